@@ -1,0 +1,20 @@
+"""The ``mercia`` command: a thin root that mounts each capability's own commands."""
+
+from __future__ import annotations
+
+import typer
+
+from mercia import __version__
+
+app = typer.Typer(name="mercia", help="Mercia: clinical research data platform (OMOP CDM).",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.command()
+def version() -> None:
+    """Print the Mercia version."""
+    typer.echo(__version__)
+
+
+# Each capability owns its command group in mercia/<capability>/cli.py.  Those modules import
+# their heavy dependencies inside the commands so that `mercia --help` stays fast.

@@ -1,0 +1,93 @@
+"""Shared fixtures: the same test runs on every engine (in the spirit of ehrQL's spec tests).
+
+``store`` is parametrised over DuckDB and PostgreSQL.  PostgreSQL needs MERCIA_TEST_POSTGRES_URL
+(``.ci/pg-start`` prints one); without it those cases skip with a reason, except in CI, where
+MERCIA_REQUIRE_ENGINES=1 turns every engine skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mercia.cdm import Store
+
+SHARED_DATA = Path(os.environ.get("MERCIA_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+REQUIRE_ENGINES = os.environ.get("MERCIA_REQUIRE_ENGINES") == "1"
+ENGINES = ["duckdb", "postgres"]
+
+
+def engine_missing(reason: str) -> None:
+    """Skip for a missing engine locally; fail in CI where every engine must run."""
+    if REQUIRE_ENGINES:
+        pytest.fail(f"required engine missing in CI: {reason}")
+    pytest.skip(reason)
+
+
+def postgres_url() -> str:
+    url = os.environ.get("MERCIA_TEST_POSTGRES_URL")
+    if not url:
+        engine_missing("PostgreSQL not configured: set MERCIA_TEST_POSTGRES_URL (see .ci/pg-start)")
+    return url
+
+
+def open_store(engine: str, tmp_path: Path) -> Store:
+    """A fresh, empty CDM store on ``engine``, isolated in its own schema or file."""
+    if engine == "duckdb":
+        return Store(str(tmp_path / "cdm.duckdb"))
+    return Store(postgres_url(), schema=f"t_{uuid.uuid4().hex[:12]}")
+
+
+def drop_store(store: Store) -> None:
+    if store.dialect == "postgres" and store.schema:
+        store.execute(f'DROP SCHEMA IF EXISTS "{store.schema}" CASCADE')
+    store.close()
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store(engine, tmp_path):
+    """A fresh CDM store with every table created, on each engine."""
+    s = open_store(engine, tmp_path)
+    s.init_schema()
+    yield s
+    drop_store(s)
+
+
+@pytest.fixture
+def empty_store(engine, tmp_path):
+    """A fresh store with no tables at all, on each engine."""
+    s = open_store(engine, tmp_path)
+    yield s
+    drop_store(s)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"public test data not found at {SHARED_DATA} (CI always has it)")
+    return SHARED_DATA.resolve()
+
+
+@pytest.fixture(scope="session")
+def gibleed_dir(shared_data) -> Path:
+    return shared_data / "eunomia_gibleed"
+
+
+@pytest.fixture(scope="session")
+def gibleed_store(gibleed_dir, tmp_path_factory):
+    """The Eunomia GiBleed CDM loaded once into DuckDB; treat it as read-only."""
+    from mercia.cdm.loader import load_omop_directory
+
+    s = Store(str(tmp_path_factory.mktemp("gibleed") / "gibleed.duckdb"))
+    s.init_schema()
+    load_omop_directory(s, gibleed_dir)
+    yield s
+    s.close()
