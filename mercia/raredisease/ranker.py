@@ -1,0 +1,347 @@
+"""Phenotype-driven differential diagnosis: a likelihood-ratio model over sparse term x disease matrices.
+
+The model (in the spirit of LIRICAL, Robinson et al. 2020, AJHG 107:403) scores disease D for a patient with
+observed terms Q and excluded terms X as
+
+    log LR(D) = sum_q log max(floor, LR_obs(q, D)) + sum_x log LR_exc(x, D)
+
+* ``P(t|D)``: the annotated frequency of t in D, or of its most frequent annotated descendant (an annotation
+  implies all its ancestors: the true-path rule). Unstated frequencies count as ``default_frequency``.
+* ``bg(t)``: the mean of ``P(t|D)`` over the candidate diseases, i.e. how often a random disease shows t.
+* ``LR_obs(q, D)`` is the best of three matches: exact or implied (``P(q|D) / bg(q)``); the patient term is
+  more specific than an annotation a (``lambda_specific * P(a|D) / bg(a)``); the patient term and an annotation
+  share the ancestor a (``lambda_related * P(a|D) / bg(a)``). A term D does not explain falls to ``floor``,
+  so unexplained terms cost little (annotations are incomplete); a term D is annotated NOT to have (on it or
+  an ancestor) gets ``not_lr``.
+* ``LR_exc(x, D) = (1 - P(x|D)) / (1 - bg(x))``, bounded below by ``excluded_floor``.
+
+All disease-independent constants are kept, so the per-term LRs in an explanation multiply to the score.
+Ranking is vectorised: per batch, one sparse row per distinct query term is built from the ancestor rows,
+and a sparse (cases x terms) @ (terms x diseases) product gives every score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from mercia.raredisease.kb import KnowledgeBase, default_kb
+from mercia.raredisease.ontology import UnknownTermError
+
+
+@dataclass(frozen=True)
+class ModelParameters:
+    """Hyper-parameters; the defaults were chosen on the tuning half of the gene cohorts only (docs)."""
+
+    default_frequency: float = 0.5
+    lambda_specific: float = 0.6
+    lambda_related: float = 0.2
+    floor: float = 0.05
+    incompleteness: float = 0.0
+    not_lr: float = 0.01
+    excluded_floor: float = 0.1
+    excluded_ascertainment: float = 1.0
+    partial_max_background: float = 0.05
+    frequency_pseudocount: float = 1.0
+    min_background: float = 1.0
+    sources: tuple[str, ...] = ("OMIM",)
+
+
+@dataclass
+class Case:
+    """What the ranker needs from a patient: HPO ids observed and explicitly excluded, candidate genes."""
+
+    observed: list[str]
+    excluded: list[str] = field(default_factory=list)
+    genes: list[str] = field(default_factory=list)
+    id: str = ""
+
+
+@dataclass
+class TermEvidence:
+    term: str
+    label: str
+    status: str  # "observed" | "excluded"
+    match: str  # exact | implied | more-specific | related | unexplained | contradicted | absent-ok | against
+    disease_term: str | None
+    frequency: float | None
+    lr: float
+
+
+@dataclass
+class Candidate:
+    rank: int
+    disease_id: str
+    label: str
+    score: float  # log10 of the composite likelihood ratio
+    posterior: float
+    genes: list[str]
+    evidence: list[TermEvidence] = field(default_factory=list)
+
+    def to_dict(self, explain: bool = False) -> dict:
+        out = {"rank": self.rank, "disease_id": self.disease_id, "label": self.label,
+               "score": round(self.score, 4), "posterior": self.posterior, "genes": self.genes}
+        if explain:
+            out["evidence"] = [asdict(e) for e in self.evidence]
+        return out
+
+
+def _max_by_key(rows, cols, vals, n_cols):
+    """Group (row, col) duplicates keeping the largest value; returns unique rows, cols, vals."""
+    keys = rows.astype(np.int64) * n_cols + cols
+    order = np.lexsort((-vals, keys))
+    keys, vals = keys[order], vals[order]
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    keys = keys[first]
+    return keys // n_cols, keys % n_cols, vals[first]
+
+
+class Ranker:
+    """Ranks the candidate diseases of a knowledge base for cases; build once, reuse for many cases."""
+
+    def __init__(self, kb: KnowledgeBase | None = None, params: ModelParameters | None = None):
+        self.kb = kb or default_kb()
+        self.params = params or ModelParameters()
+        p = self.params
+        ontology = self.kb.ontology
+        prefixes = np.char.partition(self.kb.disease_ids.astype(str), ":")[:, 0]
+        self.diseases = np.flatnonzero(np.isin(prefixes, list(p.sources))).astype(np.int32)
+        position = np.full(len(self.kb.disease_ids), -1, dtype=np.int32)
+        position[self.diseases] = np.arange(len(self.diseases))
+        self.disease_position = position
+        n_terms, n_dis = len(ontology), len(self.diseases)
+
+        keep = position[self.kb.ann_disease] >= 0
+        terms = self.kb.ann_term[keep]
+        dis = position[self.kb.ann_disease[keep]]
+        freq = np.where(np.isnan(self.kb.ann_freq[keep]), p.default_frequency, self.kb.ann_freq[keep])
+        # k/n counts from a few patients are shrunk towards 1/2 (rule of succession with a pseudo-count)
+        patients = self.kb.ann_patients[keep]
+        counted = patients > 0
+        freq = freq.astype(np.float64)
+        freq[counted] = (freq[counted] * patients[counted] + p.frequency_pseudocount) / (
+            patients[counted] + 2 * p.frequency_pseudocount
+        )
+        self.direct = sp.csr_matrix((freq, (terms, dis)), shape=(n_terms, n_dis))
+        # true-path rule: each annotation implies all ancestors, at the largest frequency found below them
+        anc = ontology.ancestors
+        counts = np.diff(anc.indptr)[terms]
+        starts = np.repeat(anc.indptr[terms], counts)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        up_terms = anc.indices[starts + offsets]
+        r, c, v = _max_by_key(up_terms, np.repeat(dis, counts), np.repeat(freq, counts), n_dis)
+        self.implied = sp.csr_matrix((v, (r, c)), shape=(n_terms, n_dis))
+        self.background = np.maximum(np.asarray(self.implied.sum(axis=1)).ravel() / n_dis, p.min_background / n_dis)
+        inverse_bg = sp.diags(1.0 / self.background)
+        self.implied_lr = (inverse_bg @ self.implied).tocsr()
+        self.direct_lr = (inverse_bg @ self.direct).tocsr()
+        # a sparsely annotated disease is more likely to show a feature nobody has annotated yet
+        annotated = np.maximum(np.bincount(dis, minlength=n_dis), 1)
+        self.floor = np.minimum(p.floor * (np.median(annotated) / annotated) ** p.incompleteness, 1.0)
+        self.row_max = np.asarray(self.implied_lr.max(axis=1).todense()).ravel()
+        keep_not = position[self.kb.not_disease] >= 0
+        self.negated = sp.csr_matrix(
+            (np.ones(keep_not.sum()), (self.kb.not_term[keep_not], position[self.kb.not_disease[keep_not]])),
+            shape=(n_terms, n_dis),
+        )
+
+    # -- query preparation -------------------------------------------------------------------------------------
+    def resolve_case(self, case: Case, strict: bool = True) -> tuple[list[int], list[int]]:
+        """Term indices (observed reduced to the most specific; excluded that an observed term implies dropped).
+
+        ``strict`` raises on an unknown id (and warns on a mapped obsolete one); otherwise such ids are skipped
+        silently, which is what batch ranking of cases coded with a newer HPO release needs.
+        """
+        ontology = self.kb.ontology
+
+        def indices(ids: list[str]) -> list[int]:
+            if strict:
+                return [ontology.resolve(t) for t in ids]
+            out = []
+            for t in ids:
+                try:
+                    out.append(ontology.resolve(t, warn=False))
+                except UnknownTermError:
+                    continue
+            return out
+
+        observed = ontology.most_specific(indices(case.observed))
+        implied = set()
+        for q in observed:
+            implied.update(ontology.ancestors_of(q).tolist())
+        excluded = [x for x in dict.fromkeys(indices(case.excluded)) if x not in implied]
+        return observed, excluded
+
+    def _observed_rows(self, terms: np.ndarray) -> sp.csr_matrix:
+        """log(LR_obs / floor) for each query term (rows) and disease, kept where it differs from the floor."""
+        p = self.params
+        anc = self.kb.ontology.ancestors
+        n_dis = len(self.diseases)
+        counts = np.diff(anc.indptr)[terms]
+        owner = np.repeat(np.arange(len(terms)), counts)
+        starts = np.repeat(anc.indptr[terms], counts)
+        ancestors = anc.indices[starts + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)]
+        is_self = ancestors == terms[owner]
+        useful = is_self | (
+            (self.row_max[ancestors] * max(p.lambda_specific, p.lambda_related) > self.floor.min())
+            & (self.background[ancestors] <= p.partial_max_background)
+        )
+        parts = []
+        for matrix, mask, weight in (
+            (self.implied_lr, is_self, 1.0),
+            (self.direct_lr, useful & ~is_self, p.lambda_specific),
+            (self.implied_lr, useful & ~is_self, p.lambda_related),
+        ):
+            rows = matrix[ancestors[mask]].tocoo()
+            parts.append((owner[mask][rows.row], rows.col, rows.data * weight))
+        r, c, v = (np.concatenate(x) for x in zip(*parts))
+        good = v > self.floor[c]
+        r, c, v = _max_by_key(r[good], c[good], np.log(v[good] / self.floor[c[good]]), n_dis)
+        positive = sp.csr_matrix((v, (r, c)), shape=(len(terms), n_dis))
+        negated = self.negated[ancestors].tocoo()
+        if not negated.nnz:
+            return positive
+        contradicted = sp.csr_matrix(
+            (np.ones(negated.nnz), (owner[negated.row], negated.col)), shape=(len(terms), n_dis)
+        )
+        contradicted.data[:] = 1.0  # duplicates were summed
+        return (positive - positive.multiply(contradicted) + contradicted @ sp.diags(np.log(p.not_lr / self.floor))).tocsr()
+
+    def _excluded_rows(self, terms: np.ndarray) -> sp.csr_matrix:
+        """log((1 - P(x|D)) / (1 - bg(x))) minus its value for unannotated diseases, i.e. log(1 - P(x|D))."""
+        p = self.params
+        rows = self.implied[terms].tocsr()
+        rows.data = np.log(p.excluded_ascertainment * np.maximum(1.0 - rows.data, p.excluded_floor))
+        return rows
+
+    def _constants(self, n_observed: int, excluded: list[int]) -> np.ndarray:
+        bg = self.background[excluded] if excluded else np.empty(0)
+        return n_observed * np.log(self.floor) - float(np.log1p(-np.minimum(bg, 0.999)).sum())
+
+    # -- ranking -----------------------------------------------------------------------------------------------
+    def score_matrix(self, cases: list[Case], strict: bool = True) -> tuple[np.ndarray, list]:
+        """Natural-log composite LR of every candidate disease (columns) for every case (rows)."""
+        resolved = [self.resolve_case(c, strict) for c in cases]
+        obs_terms = np.array(sorted({t for o, _ in resolved for t in o}), dtype=np.int64)
+        exc_terms = np.array(sorted({t for _, x in resolved for t in x}), dtype=np.int64)
+        n_dis = len(self.diseases)
+        scores = np.zeros((len(cases), n_dis))
+        for k, (terms, builder, pick) in enumerate(
+            ((obs_terms, self._observed_rows, 0), (exc_terms, self._excluded_rows, 1))
+        ):
+            if not len(terms):
+                continue
+            column = {t: i for i, t in enumerate(terms.tolist())}
+            rows, cols = [], []
+            for i, res in enumerate(resolved):
+                for t in res[pick]:
+                    rows.append(i)
+                    cols.append(column[t])
+            selector = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(cases), len(terms)))
+            scores += (selector @ builder(terms)).toarray()
+        constants = np.array([self._constants(len(o), x) for o, x in resolved])
+        return scores + constants, resolved
+
+    def rank(self, case: Case, top: int = 10, explain: bool = True) -> list[Candidate]:
+        return self.rank_many([case], top=top, explain=explain)[0]
+
+    def rank_many(self, cases: list[Case], top: int = 10, explain: bool = False, strict: bool = True):
+        """Top candidates per case; diseases are restricted to those of the case's genes when it has genes."""
+        scores, resolved = self.score_matrix(cases, strict)
+        out = []
+        for i, case in enumerate(cases):
+            row = scores[i]
+            allowed = self.gene_mask(case.genes) if case.genes else None
+            if allowed is not None:
+                row = np.where(allowed, row, -np.inf)
+            order = top_indices(row, top)
+            finite = row[np.isfinite(row)]
+            log_norm = np.logaddexp.reduce(finite) if len(finite) else 0.0
+            candidates = []
+            for rank, j in enumerate(order, 1):
+                if not np.isfinite(row[j]):
+                    break
+                disease = int(self.diseases[j])
+                candidates.append(Candidate(
+                    rank=rank,
+                    disease_id=str(self.kb.disease_ids[disease]),
+                    label=str(self.kb.disease_names[disease]),
+                    score=float(row[j] / np.log(10)),
+                    posterior=float(np.exp(row[j] - log_norm)),
+                    genes=self.kb.genes_of(disease),
+                    evidence=self.explain(resolved[i], j) if explain else [],
+                ))
+            out.append(candidates)
+        return out
+
+    def gene_mask(self, genes: list[str]) -> np.ndarray:
+        """Candidate diseases associated with any of the genes."""
+        mask = np.zeros(len(self.diseases), dtype=bool)
+        for gene in genes:
+            pos = self.disease_position[self.kb.diseases_of_gene(gene)]
+            mask[pos[pos >= 0]] = True
+        return mask
+
+    # -- explanation -------------------------------------------------------------------------------------------
+    def explain(self, resolved: tuple[list[int], list[int]], column: int) -> list[TermEvidence]:
+        """Per patient term: how it matched the disease and its likelihood ratio (these multiply to the score)."""
+        p = self.params
+        ontology = self.kb.ontology
+        ids, names = ontology.ids, ontology.names
+        implied = self.implied[:, column].toarray().ravel()
+        direct = self.direct[:, column].toarray().ravel()
+        negated = self.negated[:, column].toarray().ravel()
+        evidence = []
+        for q in resolved[0]:
+            ancestors = ontology.ancestors_of(q)
+            options = [(self.floor[column], "unexplained", None)]
+            if implied[q] > 0:
+                below = self._best_annotated_descendant(q, direct)
+                match = "exact" if direct[q] > 0 else "implied"
+                options.append((implied[q] / self.background[q], match, below))
+            for a in ancestors[(ancestors != q) & (self.background[ancestors] <= p.partial_max_background)]:
+                if direct[a] > 0:
+                    options.append((p.lambda_specific * direct[a] / self.background[a], "more-specific", a))
+                if implied[a] > 0:
+                    options.append((p.lambda_related * implied[a] / self.background[a], "related", a))
+            lr, match, via = max(options, key=lambda o: o[0])
+            freq = None
+            if via is not None:
+                freq = float(direct[via] if match in ("exact", "more-specific") else implied[via])
+                if match == "implied":
+                    freq = float(implied[q])
+            if negated[ancestors].any():
+                lr, match, via = p.not_lr, "contradicted", int(ancestors[negated[ancestors] > 0][0])
+                freq = 0.0
+            evidence.append(TermEvidence(str(ids[q]), str(names[q]), "observed", match,
+                                         None if via is None else str(ids[via]), freq, float(lr)))
+        for x in resolved[1]:
+            f = implied[x]
+            lr = (p.excluded_ascertainment * max(1 - f, p.excluded_floor) if f > 0 else 1.0) / (
+                1 - min(self.background[x], 0.999)
+            )
+            via = self._best_annotated_descendant(x, direct) if f > 0 else None
+            evidence.append(TermEvidence(str(ids[x]), str(names[x]), "excluded", "against" if f > 0 else "absent-ok",
+                                         None if via is None else str(ids[via]), float(f) if f > 0 else None,
+                                         float(lr)))
+        return evidence
+
+    def _best_annotated_descendant(self, term: int, direct: np.ndarray) -> int:
+        annotated = np.flatnonzero(direct)
+        below = annotated[[term in self.kb.ontology.ancestors_of(a) for a in annotated]]
+        return int(below[np.argmax(direct[below])]) if len(below) else term
+
+
+def top_indices(row: np.ndarray, top: int) -> np.ndarray:
+    """Indices of the ``top`` largest values, best first (ties broken by index for reproducibility)."""
+    top = min(top, len(row))
+    part = np.argpartition(-row, top - 1)[:top] if top < len(row) else np.arange(len(row))
+    return part[np.lexsort((part, -row[part]))]
+
+
+def rank_of(row: np.ndarray, column: int) -> int:
+    """1-based rank of a column in a score row, counting ties pessimistically (ties rank below)."""
+    return int((row > row[column]).sum() + (row == row[column]).sum())
