@@ -18,3 +18,7 @@ def version() -> None:
 
 # Each capability owns its command group in mercia/<capability>/cli.py.  Those modules import
 # their heavy dependencies inside the commands so that `mercia --help` stays fast.
+
+from mercia.cdm.cli import app as db_app  # noqa: E402
+
+app.add_typer(db_app, name="db")

@@ -1,0 +1,119 @@
+"""``mercia db``: create, load, export and inspect the OMOP CDM store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="The OMOP CDM store: init, load-omop, export, stats.", no_args_is_help=True)
+
+DbOption = Annotated[str | None, typer.Option("--db", help="DuckDB path or postgresql:// URL "
+                                                            "(default: the configured store, see mercia.config)")]
+
+
+@contextmanager
+def open_store(db: str | None) -> Iterator:
+    """Open the store, turning any StoreError into a one-line message and exit code 1."""
+    from mercia.cdm.store import Store, StoreError
+
+    try:
+        with Store.open(db) as store:
+            yield store
+    except StoreError as exc:
+        fail(str(exc))
+
+
+def fail(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def init(db: DbOption = None) -> None:
+    """Create every OMOP CDM v5.4 table that is missing (idempotent)."""
+    from mercia.config import load_settings
+
+    with open_store(db) as store:
+        store.init_schema(enforce_primary_keys=load_settings().enforce_primary_keys)
+        typer.echo(f"CDM v5.4 schema ready in {store!r}")
+
+
+@app.command("load-omop")
+def load_omop(
+    directory: Annotated[Path, typer.Argument(help="directory of <table>.csv|.csv.gz|.tsv|.parquet files")],
+    db: DbOption = None,
+    table: Annotated[list[str] | None, typer.Option("--table", help="load only this table (repeatable)")] = None,
+    skip_unknown: Annotated[bool, typer.Option(help="warn about, instead of refusing, data files that "
+                                                    "are not CDM tables")] = False,
+) -> None:
+    """Load an OMOP CDM directory in one transaction, replacing the tables it has files for."""
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    from mercia.cdm.loader import load_omop_directory
+
+    with open_store(db) as store:
+        report = load_omop_directory(store, directory, tables=table, skip_unknown=skip_unknown)
+        console = Console()
+        view = RichTable("table", "file", "rows", title=f"Loaded into {store!r} in {report.seconds:.1f} s")
+        for f in report.files:
+            view.add_row(f.table, f.path.name, f"{f.rows:,}")
+        console.print(view)
+        for warning in report.warnings:
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def export(
+    directory: Annotated[Path, typer.Argument(help="output directory (created if missing)")],
+    db: DbOption = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv, csv.gz, tsv (Athena style) or parquet")] = "csv",
+    table: Annotated[list[str] | None, typer.Option("--table", help="export only this table (repeatable)")] = None,
+) -> None:
+    """Write every CDM table (or --table ones) to DIRECTORY/<table>.<format>."""
+    from mercia.cdm.loader import export_omop
+
+    with open_store(db) as store:
+        written = export_omop(store, directory, fmt=fmt, tables=table)
+        typer.echo(f"wrote {len(written)} tables to {directory} as {fmt}")
+
+
+@app.command()
+def stats(
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Row counts per table, the CDM version and the vocabulary versions."""
+    from mercia.cdm.stats import store_stats
+
+    with open_store(db) as store:
+        summary = store_stats(store)
+    if as_json:
+        import orjson
+
+        typer.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    console = Console()
+    source = summary["cdm_source"]
+    console.print(f"{summary['store']}: OMOP CDM v{summary['cdm_version']}"
+                  + (f"; source {source['name']!r} declares CDM {source['cdm_version']}, vocabulary "
+                     f"{source['vocabulary_version']}" if source else ""), highlight=False)
+    counts = RichTable("table", "rows")
+    for name, n in summary["row_counts"].items():
+        counts.add_row(name, f"{n:,}")
+    console.print(counts)
+    if summary["tables_missing"]:
+        console.print(f"[yellow]missing tables:[/] {', '.join(summary['tables_missing'])} (run `mercia db init`)")
+    vocab = RichTable("vocabulary", "version", "concepts", title="Vocabularies in use")
+    for v in summary["vocabularies"]:
+        vocab.add_row(v["vocabulary_id"], v["version"] or "", f"{v['concepts']:,}")
+    console.print(vocab)
