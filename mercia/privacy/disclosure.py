@@ -1,0 +1,522 @@
+"""Statistical disclosure control: one policy object for every aggregate that leaves Mercia.
+
+How to use it (CLI, API, web, exports all do exactly this and nothing else)::
+
+    from mercia.privacy.disclosure import get_policy
+    policy = get_policy()                 # the configured one (settings.disclosure_policy)
+    safe = policy.apply(result)           # an AnalysisResult or a single StatTable
+    safe.disclosure.policy                # "opensafely": every output says which policy it went through
+    safe.tables[0].display_rows()         # strings with the policy's redaction marker, for humans
+
+Results are *typed* so that the policy can be applied generically: an ``AnalysisResult`` is a list of
+``StatTable``; every column of a table declares its ``Kind``:
+
+- ``COUNT``: a number of people (or of their records).  Its name must say it is a count
+  (``count`` / ``count_...``).  Redacted when 1..threshold, then rounded.  ``denominator`` names the
+  count (column, or ``"population"`` for the table's population) it is a part of, so that a cell
+  whose complement is small (a near-100% cell) is redacted too.
+- ``STATISTIC``: a summary of a group (mean, median, SD, quantile, person-years, a model estimate).
+  ``basis`` names the counts that give the group size; redacted when any basis is redacted.
+- ``DERIVED``: a value computed from counts by a named ``formula`` (percent, rate, exact Poisson
+  bounds, binary SMD).  Recomputed from the *published* (rounded) counts so that it cannot reveal the
+  unrounded ones; redacted when any argument is redacted.
+- ``LABEL``: names, codes, times, anything that is not about how many people.
+
+``StatTable.partitions`` declares count columns whose rows partition a population (sex, age band):
+there secondary suppression redacts further cells until the redacted cells together describe either
+nobody or more than ``threshold`` people, and totals are recomputed from the published cells.
+``StatTable.kind == "life_table"`` marks Kaplan–Meier/life tables (columns ``time``,
+``count_at_risk``, ``count_events``, ``count_censored``): those get midpoint rounding of cumulative
+counts and the survival curve is recomputed from the rounded counts.
+
+Policies (docs/disclosure.md gives sources and the full rules):
+- ``opensafely`` (default): redact any statistic describing 1–7 people, round counts to the nearest
+  5, totals from rounded cells, midpoint-6 rounding for life tables.
+- ``nhse-hes``: NHS England HES analysis guide: 1–7 shown as ``*``, other counts rounded to 5.
+- ``threshold10``: redact counts 1–9 (fewer than 10), no rounding; life tables midpoint-10.
+
+Raw (uncontrolled) results carry ``disclosure=None``; every renderer refuses them
+(``require_controlled``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "AnalysisResult", "ColumnSpec", "DisclosureError", "DisclosurePolicy", "DisclosureStamp", "Kind",
+    "PartitionSpec", "POLICIES", "StatTable", "get_policy", "midpoint_round", "require_controlled",
+]
+
+
+class DisclosureError(Exception):
+    """A result that cannot be controlled as described (the message names table and column)."""
+
+
+class Kind(StrEnum):
+    LABEL = "label"
+    COUNT = "count"
+    STATISTIC = "statistic"
+    DERIVED = "derived"
+
+
+POPULATION = "population"
+
+
+# -- derived statistics: recomputed from published counts -------------------------------------
+def _percent(num: float, den: float) -> float | None:
+    return None if not den else 100.0 * num / den
+
+
+def _rate(events: float, time: float, scale: float = 1.0) -> float | None:
+    return None if not time else events / time * scale
+
+
+def poisson_interval(events: float, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact (Garwood 1936) confidence limits for a Poisson count, via the chi-squared quantiles."""
+    from scipy.stats import chi2
+
+    lower = 0.0 if events <= 0 else float(chi2.ppf(alpha / 2, 2 * events) / 2)
+    upper = float(chi2.ppf(1 - alpha / 2, 2 * events + 2) / 2)
+    return lower, upper
+
+
+def _rate_lower(events: float, time: float, scale: float = 1.0) -> float | None:
+    return None if not time else poisson_interval(events)[0] / time * scale
+
+
+def _rate_upper(events: float, time: float, scale: float = 1.0) -> float | None:
+    return None if not time else poisson_interval(events)[1] / time * scale
+
+
+def smd_binary(count_a: float, n_a: float, count_b: float, n_b: float) -> float | None:
+    """Standardised mean difference of a binary covariate (Austin 2009, Stat Med 28:3083)."""
+    if not n_a or not n_b:
+        return None
+    p_a, p_b = count_a / n_a, count_b / n_b
+    pooled = math.sqrt((p_a * (1 - p_a) + p_b * (1 - p_b)) / 2)
+    if pooled == 0:
+        return 0.0 if p_a == p_b else None
+    return (p_a - p_b) / pooled
+
+
+FORMULAS: dict[str, Callable[..., float | None]] = {
+    "percent": _percent, "rate": _rate, "rate_lower": _rate_lower, "rate_upper": _rate_upper,
+    "smd_binary": smd_binary,
+}
+
+
+# -- the typed result model -------------------------------------------------------------------
+class ColumnSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Kind
+    label: str | None = None
+    basis: list[str] = Field(default_factory=list, description="counts giving the group size")
+    formula: str | None = None
+    args: list[str] = Field(default_factory=list, description="formula arguments (columns)")
+    scale: float | None = None
+    denominator: str | None = Field(None, description="the count this count is part of")
+    rounding: str | None = Field(None, description="set by the policy: what was done to the values")
+
+    @model_validator(mode="after")
+    def _check(self) -> ColumnSpec:
+        if self.kind == Kind.COUNT and not (self.name == "count" or self.name.startswith("count_")):
+            raise DisclosureError(f"count column {self.name!r} must be named count or count_*")
+        if self.kind != Kind.COUNT and self.name.startswith("count"):
+            raise DisclosureError(f"column {self.name!r} is named like a count but is {self.kind}")
+        if self.kind == Kind.DERIVED and self.formula not in FORMULAS:
+            raise DisclosureError(f"derived column {self.name!r}: unknown formula {self.formula!r}")
+        if self.kind == Kind.STATISTIC and not self.basis:
+            raise DisclosureError(f"statistic column {self.name!r} needs a basis count")
+        return self
+
+
+class PartitionSpec(BaseModel):
+    """Rows of ``column`` (within equal values of ``within``) partition one population."""
+    model_config = ConfigDict(extra="forbid")
+
+    column: str
+    within: list[str] = Field(default_factory=list)
+
+
+class DisclosureStamp(BaseModel):
+    policy: str
+    description: str
+    redacted_marker: str
+    applied_at: str
+
+
+class StatTable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    title: str
+    kind: Literal["table", "life_table"] = "table"
+    columns: list[ColumnSpec]
+    rows: list[dict[str, Any]]
+    population: int | None = Field(None, description="people the table describes (a count)")
+    partitions: list[PartitionSpec] = Field(default_factory=list)
+    totals: list[dict[str, Any]] = Field(default_factory=list, description="from published cells")
+    redacted: list[tuple[int, str]] = Field(default_factory=list, description="(row, column)")
+    redacted_marker: str | None = None
+    notes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> StatTable:
+        names = {c.name for c in self.columns}
+        refs = names | {POPULATION}
+        for col in self.columns:
+            missing = [r for r in [*col.basis, *col.args, *([col.denominator] if col.denominator else [])]
+                       if r not in refs]
+            if missing:
+                raise DisclosureError(f"table {self.name!r}, column {col.name!r}: unknown {missing}")
+        for part in self.partitions:
+            if part.column not in names or any(w not in names for w in part.within):
+                raise DisclosureError(f"table {self.name!r}: bad partition {part}")
+        for i, row in enumerate(self.rows):
+            extra = set(row) - names
+            if extra:
+                raise DisclosureError(f"table {self.name!r}, row {i}: undeclared columns {sorted(extra)}")
+        return self
+
+    def column(self, name: str) -> ColumnSpec:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(f"table {self.name!r} has no column {name!r}")
+
+    def find(self, prefix: str) -> str:
+        """The column called ``prefix`` or renamed from it by a policy (``count_events_midpoint6``)."""
+        for col in self.columns:
+            if col.name == prefix or col.name.startswith(prefix + "_midpoint"):
+                return col.name
+        raise KeyError(f"table {self.name!r} has no column {prefix!r}")
+
+    def values(self, column: str) -> list[Any]:
+        name = self.find(column)
+        return [row.get(name) for row in self.rows]
+
+    def display_rows(self) -> list[dict[str, str]]:
+        """Every cell as text, redacted cells shown with the policy's marker."""
+        marker = self.redacted_marker or ""
+        hidden = set(self.redacted)
+        return [{c.name: (marker if (i, c.name) in hidden else _fmt(row.get(c.name))) for c in self.columns}
+                for i, row in enumerate(self.rows)]
+
+
+class AnalysisResult(BaseModel):
+    """What every analysis returns: parameters, tables, and which disclosure policy was applied."""
+    model_config = ConfigDict(extra="forbid")
+
+    analysis: str
+    title: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    tables: list[StatTable]
+    disclosure: DisclosureStamp | None = None
+
+    def table(self, name: str) -> StatTable:
+        for t in self.tables:
+            if t.name == name:
+                return t
+        raise KeyError(f"{self.analysis} result has no table {name!r}")
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1 and value != 0 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def require_controlled(result: AnalysisResult | StatTable) -> None:
+    """Raise unless ``result`` has been through a policy: renderers call this before any output."""
+    controlled = result.disclosure is not None if isinstance(result, AnalysisResult) \
+        else result.redacted_marker is not None
+    if not controlled:
+        raise DisclosureError("refusing to render a result that has not been through disclosure control")
+
+
+# -- rounding ---------------------------------------------------------------------------------
+def round_to(value: int, base: int) -> int:
+    """Round half up to the nearest multiple of ``base`` (Python's round() rounds half to even)."""
+    return int(math.floor(value / base + 0.5)) * base
+
+
+def midpoint_round(value: int, to: int = 6) -> int:
+    """OpenSAFELY midpoint rounding: 0 -> 0, 1..6 -> 3, 7..12 -> 9, ... (for ``to=6``)."""
+    return 0 if value == 0 else math.ceil(value / to) * to - to // 2
+
+
+# -- the policy -------------------------------------------------------------------------------
+class DisclosurePolicy(BaseModel):
+    """Redact counts 1..``threshold`` (and what derives from them), then round to ``rounding_base``."""
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str
+    threshold: int
+    rounding_base: int | None
+    life_table_bin: int
+    redacted_marker: str
+
+    def stamp(self) -> DisclosureStamp:
+        return DisclosureStamp(policy=self.name, description=self.description,
+                               redacted_marker=self.redacted_marker,
+                               applied_at=datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def apply(self, result: AnalysisResult | StatTable) -> Any:
+        """A disclosure-controlled copy of ``result`` (the input is not changed)."""
+        if isinstance(result, StatTable):
+            return self._apply_table(result)
+        if result.disclosure is not None:
+            if result.disclosure.policy == self.name:
+                return result
+            raise DisclosureError(f"result already controlled by {result.disclosure.policy!r}")
+        return result.model_copy(update={"tables": [self._apply_table(t) for t in result.tables],
+                                         "disclosure": self.stamp()})
+
+    def is_small(self, value: int | None) -> bool:
+        return value is not None and 1 <= value <= self.threshold
+
+    def publish_count(self, value: int) -> int:
+        return value if self.rounding_base is None else round_to(value, self.rounding_base)
+
+    # -- tables ---------------------------------------------------------------------------
+    def _apply_table(self, table: StatTable) -> StatTable:
+        if table.redacted_marker is not None:
+            raise DisclosureError(f"table {table.name!r} has already been controlled")
+        if table.kind == "life_table":
+            return self._apply_life_table(table)
+        rows = [dict(r) for r in table.rows]
+        cols = {c.name: c for c in table.columns}
+        counts = [c.name for c in table.columns if c.kind == Kind.COUNT]
+        hidden: set[tuple[int, str]] = set()
+        population_hidden = self.is_small(table.population)
+
+        def true_count(i: int, name: str) -> int | None:
+            return table.population if name == POPULATION else table.rows[i].get(name)
+
+        def is_hidden(i: int, name: str) -> bool:
+            return population_hidden if name == POPULATION else (i, name) in hidden
+
+        for name in counts:  # primary suppression, and near-100% cells
+            den = cols[name].denominator
+            for i, row in enumerate(table.rows):
+                value = _as_count(row.get(name), table.name, i, name)
+                if self.is_small(value):
+                    hidden.add((i, name))
+                elif den and value is not None and true_count(i, den) is not None \
+                        and self.is_small(true_count(i, den) - value):
+                    hidden.add((i, name))
+        for part in table.partitions:  # secondary suppression
+            groups: dict[tuple, list[int]] = {}
+            for i, row in enumerate(table.rows):
+                groups.setdefault(tuple(row.get(w) for w in part.within), []).append(i)
+            for members in groups.values():
+                hidden |= self._secondary(table, part.column, members, hidden)
+        changed = True
+        while changed:  # a part of a hidden group is hidden too
+            changed = False
+            for name in counts:
+                den = cols[name].denominator
+                for i in range(len(rows)):
+                    if den and (i, name) not in hidden and is_hidden(i, den):
+                        hidden.add((i, name))
+                        changed = True
+
+        published: dict[tuple[int, str], Any] = {}
+        for i in range(len(rows)):
+            for name in counts:
+                value = table.rows[i].get(name)
+                published[(i, name)] = None if (i, name) in hidden or value is None \
+                    else self.publish_count(int(value))
+        population = None if table.population is None or population_hidden \
+            else self.publish_count(table.population)
+
+        def published_value(i: int, name: str) -> Any:
+            if name == POPULATION:
+                return population
+            return published.get((i, name), rows[i].get(name))
+
+        for i, row in enumerate(rows):
+            for col in table.columns:
+                if col.kind == Kind.COUNT:
+                    row[col.name] = published[(i, col.name)]
+                elif col.kind == Kind.STATISTIC:
+                    if any(is_hidden(i, b) or _small_basis(self, true_count(i, b)) for b in col.basis):
+                        hidden.add((i, col.name))
+                        row[col.name] = None
+                elif col.kind == Kind.DERIVED:
+                    refs = [*col.args, *col.basis]
+                    if any(is_hidden(i, a) for a in refs if a in counts or a == POPULATION) or \
+                            any(_small_basis(self, true_count(i, b)) for b in col.basis):
+                        hidden.add((i, col.name))
+                        row[col.name] = None
+                        continue
+                    args = [published_value(i, a) for a in col.args]
+                    if any(a is None for a in args):
+                        row[col.name] = None
+                        continue
+                    extra = [col.scale] if col.scale is not None else []
+                    row[col.name] = FORMULAS[col.formula](*args, *extra)
+
+        totals = []
+        for part in table.partitions:
+            sums: dict[tuple, int] = {}
+            for i, row in enumerate(rows):
+                key = tuple(row.get(w) for w in part.within)
+                sums[key] = sums.get(key, 0) + (row[part.column] or 0)
+            totals += [{**dict(zip(part.within, key)), part.column: total} for key, total in sums.items()]
+
+        columns = [c.model_copy(update={"rounding": self._describe(c)}) for c in table.columns]
+        return table.model_copy(update={
+            "rows": rows, "columns": columns, "population": population, "totals": totals,
+            "redacted": sorted(hidden), "redacted_marker": self.redacted_marker})
+
+    def _secondary(self, table: StatTable, column: str, members: list[int],
+                   hidden: set[tuple[int, str]]) -> set[tuple[int, str]]:
+        """Hide more cells of one partition until the hidden ones describe nobody or > threshold."""
+        value = {i: int(table.rows[i].get(column) or 0) for i in members}
+        out = {(i, column) for i in members if (i, column) in hidden}
+        hidden_sum = sum(value[i] for i, _ in out)
+        candidates = sorted((i for i in members if (i, column) not in out and value[i] > 0),
+                            key=lambda i: (value[i], i))
+        for i in candidates:
+            if hidden_sum == 0 or hidden_sum > self.threshold:
+                break
+            out.add((i, column))
+            hidden_sum += value[i]
+        return out
+
+    def _describe(self, col: ColumnSpec) -> str | None:
+        if col.kind == Kind.COUNT:
+            rounding = f", rounded to nearest {self.rounding_base}" if self.rounding_base else ""
+            return f"1-{self.threshold} redacted{rounding}"
+        if col.kind == Kind.DERIVED:
+            return "recomputed from published counts"
+        if col.kind == Kind.STATISTIC:
+            return f"redacted where it describes {self.threshold} or fewer people"
+        return None
+
+    # -- life tables ----------------------------------------------------------------------
+    def _apply_life_table(self, table: StatTable) -> StatTable:
+        """Midpoint-round cumulative events and censorings, re-derive the counts and numbers at
+        risk from them, and recompute the product-limit curve with log-log Greenwood bounds."""
+        to = self.life_table_bin
+        suffix = f"_midpoint{to}"
+        n = table.population
+        if n is None:
+            raise DisclosureError(f"life table {table.name!r} needs its population (people at time 0)")
+        names = {"count_at_risk": "count_at_risk" + suffix + "_derived",
+                 "count_events": "count_events" + suffix + "_derived",
+                 "count_censored": "count_censored" + suffix + "_derived"}
+        columns = [c.model_copy(update={"name": names.get(c.name, c.name),
+                                        "basis": [names.get(b, b) for b in c.basis],
+                                        "rounding": f"from cumulative counts rounded to midpoint {to}"
+                                        if c.name in names else None}) for c in table.columns]
+        stamp = {"population": None, "redacted_marker": self.redacted_marker, "columns": columns,
+                 "totals": [], "partitions": []}
+        if n <= self.threshold:
+            return table.model_copy(update={**stamp, "rows": [], "notes": [
+                *table.notes, f"whole table redacted: {self.threshold} or fewer people"]})
+        start = midpoint_round(n, to)
+        rows, cum_events, cum_censored, prev_events, prev_censored = [], 0, 0, 0, 0
+        surv, greenwood = 1.0, 0.0
+        for raw in table.rows:
+            cum_events += int(raw["count_events"])
+            cum_censored += int(raw["count_censored"])
+            r_events, r_censored = midpoint_round(cum_events, to), midpoint_round(cum_censored, to)
+            events, censored = r_events - prev_events, r_censored - prev_censored
+            at_risk = start - prev_events - prev_censored
+            prev_events, prev_censored = r_events, r_censored
+            if at_risk <= 0:
+                break
+            if events == 0 and censored == 0 and rows:
+                continue
+            if events:
+                surv *= 1 - events / at_risk
+                greenwood += events / (at_risk * (at_risk - events)) if at_risk > events else math.inf
+            lower, upper = _loglog_bounds(surv, greenwood)
+            rows.append({**{k: v for k, v in raw.items() if k not in names},
+                         names["count_at_risk"]: at_risk, names["count_events"]: events,
+                         names["count_censored"]: censored,
+                         "survival": surv, "survival_lower": lower, "survival_upper": upper})
+        return table.model_copy(update={**stamp, "rows": rows, "population": start, "notes": [
+            *table.notes, f"counts from cumulative counts rounded to midpoint {to}; "
+                          f"curve recomputed from the rounded counts"]})
+
+
+def _loglog_bounds(surv: float, greenwood: float, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% bounds on the log(-log S) scale (Kalbfleisch & Prentice), as lifelines reports them."""
+    if surv <= 0 or surv >= 1 or greenwood == 0:
+        return surv, surv
+    if math.isinf(greenwood):
+        return 0.0, surv
+    spread = z * math.sqrt(greenwood) / math.log(surv)
+    return surv ** math.exp(-spread), surv ** math.exp(spread)
+
+
+def _small_basis(policy: DisclosurePolicy, value: Any) -> bool:
+    return isinstance(value, int | float) and value <= policy.threshold
+
+
+def _as_count(value: Any, table: str, row: int, column: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or int(value) != value:
+        raise DisclosureError(f"table {table!r}, row {row}, column {column!r}: {value!r} is not a count")
+    return int(value)
+
+
+POLICIES: dict[str, DisclosurePolicy] = {p.name: p for p in [
+    DisclosurePolicy(
+        name="opensafely", threshold=7, rounding_base=5, life_table_bin=6, redacted_marker="[REDACTED]",
+        description="OpenSAFELY output checking: statistics describing 7 or fewer people redacted "
+                    "(with secondary suppression), counts rounded to the nearest 5, totals from rounded "
+                    "cells, midpoint-6 rounding for Kaplan-Meier/life tables"),
+    DisclosurePolicy(
+        name="nhse-hes", threshold=7, rounding_base=5, life_table_bin=6, redacted_marker="*",
+        description="NHS England HES analysis guide: counts 1-7 shown as *, other counts rounded to the "
+                    "nearest 5 (with secondary suppression), midpoint-6 rounding for life tables"),
+    DisclosurePolicy(
+        name="threshold10", threshold=9, rounding_base=None, life_table_bin=10,
+        redacted_marker="[REDACTED]",
+        description="threshold 10: counts below 10 (1-9) redacted with secondary suppression, no "
+                    "rounding, midpoint-10 rounding for life tables"),
+]}
+_ALIASES = {"hes": "nhse-hes", "default": "opensafely"}
+
+
+def get_policy(name: str | None = None) -> DisclosurePolicy:
+    """The policy called ``name``, or the configured one (``disclosure_policy`` in mercia.config)."""
+    if name is None:
+        from mercia.config import load_settings
+
+        name = load_settings().disclosure_policy
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in POLICIES:
+        raise DisclosureError(f"unknown disclosure policy {name!r}; choose one of {sorted(POLICIES)}")
+    return POLICIES[key]
+
+
+def iter_counts(result: AnalysisResult) -> Iterable[tuple[str, str, Any]]:
+    """Every (table, column, value) of a count column, for checks such as the property tests."""
+    for table in result.tables:
+        for col in table.columns:
+            if col.kind == Kind.COUNT:
+                for row in table.rows:
+                    yield table.name, col.name, row.get(col.name)
