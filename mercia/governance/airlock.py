@@ -1,0 +1,121 @@
+"""The airlock: results leave Mercia only as an export request that has passed statistical
+disclosure control and been approved by an output checker who did not ask for it (the "five
+safes" safe-outputs check, as in OpenSAFELY's and the SDE output-checking processes).
+
+The content stored with a request is what disclosure control let through, computed on the
+server; the requester never supplies the numbers that leave.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from mercia.governance.db import now
+from mercia.governance.model import Conflict, Forbidden, GovernanceError, NotFound, Role
+from mercia.governance.service import Governance, User
+
+PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
+
+
+def disclosure_control(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Apply the configured disclosure policy (``mercia.privacy.disclosure``) to a result table."""
+    try:
+        from mercia.privacy import disclosure
+    except ImportError as exc:
+        raise GovernanceError("statistical disclosure control is not installed, so nothing can be exported") from exc
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(rows) if rows else pa.table({})
+    outcome = disclosure.get_policy().apply(table)
+    released = outcome.table if hasattr(outcome, "table") else outcome
+    released_rows = released.to_pylist() if hasattr(released, "to_pylist") else list(released)
+    report = outcome.report() if hasattr(outcome, "report") and callable(outcome.report) else \
+        getattr(outcome, "report", {}) or {}
+    if not isinstance(report, dict):
+        report = {"notes": str(report)}
+    report.setdefault("policy", getattr(disclosure.get_policy(), "name", "configured policy"))
+    return released_rows, report
+
+
+class Airlock:
+    def __init__(self, governance: Governance):
+        self.gov = governance
+        self.db = governance.db
+
+    def request(self, actor: User, project_id: int, *, title: str, kind: str, source_ref: str,
+                justification: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        self.gov.require_data_access(actor, project_id)
+        if not justification.strip():
+            raise GovernanceError("say why these results need to leave the platform")
+        released, report = disclosure_control(rows)
+        with self.db.transaction():
+            eid = self.db.next_id("mercia_export")
+            self.db.insert("mercia_export", {
+                "id": eid, "project_id": project_id, "requester_id": actor.id, "title": title.strip() or kind,
+                "kind": kind, "source_ref": source_ref, "justification": justification.strip(),
+                "content": orjson.dumps(released, default=str).decode(),
+                "disclosure": orjson.dumps(report, default=str).decode(), "status": PENDING,
+                "created_at": now()})
+            self.gov.audit.record(actor.username, "export.request", f"export:{eid}", project_id, kind=kind,
+                                  source=source_ref, rows=len(released))
+        return self.get(actor, eid)
+
+    def _row(self, export_id: int) -> dict[str, Any]:
+        row = self.db.row("SELECT e.*, u.display_name AS requester, c.display_name AS checker "
+                          "FROM mercia_export e JOIN mercia_user u ON u.id = e.requester_id "
+                          "LEFT JOIN mercia_user c ON c.id = e.checker_id WHERE e.id = ?", [export_id])
+        if row is None:
+            raise NotFound(f"no export request {export_id}")
+        row["content"] = orjson.loads(row["content"])
+        row["disclosure"] = orjson.loads(row["disclosure"])
+        return row
+
+    def _may_see(self, user: User, row: dict[str, Any]) -> bool:
+        if user.has(Role.OUTPUT_CHECKER) or user.has(Role.GOVERNANCE_OFFICER):
+            return True
+        return user.id in self.gov.project(row["project_id"]).members
+
+    def get(self, user: User, export_id: int) -> dict[str, Any]:
+        row = self._row(export_id)
+        if not self._may_see(user, row):
+            raise NotFound(f"no export request {export_id}")
+        return row
+
+    def list_for(self, user: User, status: str | None = None) -> list[dict[str, Any]]:
+        rows = self.db.rows("SELECT e.id, e.project_id, e.requester_id, e.title, e.kind, e.status, e.created_at, "
+                            "e.decided_at, u.display_name AS requester FROM mercia_export e "
+                            "JOIN mercia_user u ON u.id = e.requester_id ORDER BY e.id DESC")
+        return [r for r in rows if (status is None or r["status"] == status) and self._may_see(user, r)]
+
+    def decide(self, checker: User, export_id: int, decision: str, reason: str = "") -> dict[str, Any]:
+        if not checker.has(Role.OUTPUT_CHECKER):
+            raise Forbidden("only an output checker can release results")
+        row = self._row(export_id)
+        if row["requester_id"] == checker.id:
+            raise Forbidden("an output checker cannot approve their own request")
+        if row["status"] != PENDING:
+            raise Conflict(f"export {export_id} is already {row['status']}")
+        if decision not in ("approve", "reject"):
+            raise GovernanceError("decision is 'approve' or 'reject'")
+        if decision == "reject" and not reason.strip():
+            raise GovernanceError("say why the export is rejected")
+        status = APPROVED if decision == "approve" else REJECTED
+        with self.db.transaction():
+            self.db.execute("UPDATE mercia_export SET status = ?, checker_id = ?, decision_reason = ?, decided_at = ? "
+                            "WHERE id = ?", [status, checker.id, reason.strip(), now(), export_id])
+            self.gov.audit.record(checker.username, f"export.{decision}", f"export:{export_id}", row["project_id"],
+                                  reason=reason)
+        return self._row(export_id)
+
+    def release(self, user: User, export_id: int) -> dict[str, Any]:
+        """The approved content, for a member of the project; every release is audited."""
+        row = self._row(export_id)
+        if user.id not in self.gov.project(row["project_id"]).members:
+            raise NotFound(f"no export request {export_id}")
+        self.gov.require_data_access(user, row["project_id"])
+        if row["status"] != APPROVED:
+            raise Forbidden(f"export {export_id} is {row['status']}; only approved exports can be downloaded")
+        self.gov.audit.record(user.username, "export.download", f"export:{export_id}", row["project_id"])
+        return row

@@ -1,0 +1,121 @@
+"""Governance tables: their own ``mercia_*`` tables beside the CDM, on the same Store.
+
+SQL here is written with ``?`` placeholders and plain types (TEXT times in ISO-8601 UTC, JSON as
+TEXT) so one statement runs on DuckDB and PostgreSQL alike, and so audit hashes never depend on an
+engine's timestamp rendering.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from typing import Any
+
+from mercia.cdm import Store
+
+TABLES: dict[str, str] = {
+    "mercia_user": """id BIGINT PRIMARY KEY, username TEXT NOT NULL UNIQUE, display_name TEXT NOT NULL,
+        email TEXT, organisation TEXT, password_hash TEXT, active BOOLEAN NOT NULL, created_at TEXT NOT NULL""",
+    "mercia_user_role": "user_id BIGINT NOT NULL, role TEXT NOT NULL, scope TEXT NOT NULL",
+    "mercia_pillar": """code TEXT PRIMARY KEY, name TEXT NOT NULL, clinical_lead BIGINT,
+        academic_lead BIGINT, executive_lead BIGINT""",
+    "mercia_theme": "code TEXT PRIMARY KEY, name TEXT NOT NULL",
+    "mercia_project": """id BIGINT PRIMARY KEY, title TEXT NOT NULL, pillar TEXT NOT NULL, themes TEXT NOT NULL,
+        purpose TEXT NOT NULL, ppi_notes TEXT NOT NULL, status TEXT NOT NULL, scope_sources TEXT NOT NULL,
+        scope_domains TEXT NOT NULL, scope_start TEXT, scope_end TEXT, expires_on TEXT,
+        created_by BIGINT NOT NULL, created_at TEXT NOT NULL, submitted_at TEXT, decided_at TEXT""",
+    "mercia_project_member": "project_id BIGINT NOT NULL, user_id BIGINT NOT NULL, project_role TEXT NOT NULL",
+    "mercia_approval": """project_id BIGINT NOT NULL, approver_id BIGINT NOT NULL, capacity TEXT NOT NULL,
+        decision TEXT NOT NULL, reason TEXT NOT NULL, decided_at TEXT NOT NULL""",
+    "mercia_session": """token_hash TEXT PRIMARY KEY, user_id BIGINT NOT NULL, csrf TEXT NOT NULL,
+        created_at TEXT NOT NULL, expires_at TEXT NOT NULL""",
+    "mercia_token": """id BIGINT PRIMARY KEY, user_id BIGINT NOT NULL, name TEXT NOT NULL, token_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL, expires_at TEXT NOT NULL, revoked BOOLEAN NOT NULL""",
+    "mercia_signin_failure": "username TEXT NOT NULL, ip TEXT NOT NULL, failed_at TEXT NOT NULL",
+    "mercia_audit": """seq BIGINT PRIMARY KEY, logged_at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        target TEXT NOT NULL, project_id BIGINT, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL""",
+    "mercia_job": """id BIGINT PRIMARY KEY, kind TEXT NOT NULL, project_id BIGINT, user_id BIGINT NOT NULL,
+        status TEXT NOT NULL, progress DOUBLE PRECISION NOT NULL, message TEXT NOT NULL, result TEXT, error TEXT,
+        created_at TEXT NOT NULL, finished_at TEXT""",
+    "mercia_cohort": """id BIGINT PRIMARY KEY, project_id BIGINT NOT NULL, name TEXT NOT NULL, description TEXT NOT NULL,
+        expression TEXT NOT NULL, created_by BIGINT NOT NULL, created_at TEXT NOT NULL, result TEXT, ran_at TEXT""",
+    "mercia_concept_set": """id BIGINT PRIMARY KEY, project_id BIGINT NOT NULL, name TEXT NOT NULL,
+        expression TEXT NOT NULL, created_by BIGINT NOT NULL, created_at TEXT NOT NULL""",
+    "mercia_export": """id BIGINT PRIMARY KEY, project_id BIGINT NOT NULL, requester_id BIGINT NOT NULL,
+        title TEXT NOT NULL, kind TEXT NOT NULL, source_ref TEXT NOT NULL, justification TEXT NOT NULL,
+        content TEXT NOT NULL, disclosure TEXT NOT NULL, status TEXT NOT NULL, checker_id BIGINT,
+        decision_reason TEXT, created_at TEXT NOT NULL, decided_at TEXT""",
+}
+
+
+_APPEND_ONLY_TRIGGER = """
+CREATE OR REPLACE FUNCTION mercia_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$;
+CREATE OR REPLACE TRIGGER mercia_audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON mercia_audit
+FOR EACH STATEMENT EXECUTE FUNCTION mercia_audit_append_only();
+"""
+
+
+def now() -> str:
+    """The current UTC time as the ISO-8601 text every governance table stores."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def today() -> str:
+    return date.today().isoformat()
+
+
+class GovernanceDB:
+    """Serialised access to the governance tables of one Store.
+
+    One Store is one connection, which neither engine lets several threads share, so the web
+    server's worker threads and the job runner take turns through ``lock``.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.lock = threading.RLock()
+
+    def init(self) -> None:
+        with self.lock, self.store.transaction():
+            for name, columns in TABLES.items():
+                self.store.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+            if self.store.dialect == "postgres":
+                # Defence in depth on a server: refuse UPDATE/DELETE outright (the hash chain still
+                # catches whoever disables this as a superuser).
+                self.store.execute(_APPEND_ONLY_TRIGGER)
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.store.dialect == "postgres" else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        with self.lock:
+            self.store.execute(self._sql(sql), list(params))
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self.lock:
+            return self.store.query_dicts(self._sql(sql), list(params))
+
+    def row(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        found = self.rows(sql, params)
+        return found[0] if found else None
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        with self.lock:
+            return self.store.query_one(self._sql(sql), list(params))
+
+    def next_id(self, table: str, column: str = "id") -> int:
+        """Next integer key; callers hold ``lock`` across this and the insert."""
+        return int(self.scalar(f"SELECT COALESCE(MAX({column}), 0) + 1 FROM {table}"))
+
+    def insert(self, table: str, values: dict[str, Any]) -> None:
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        self.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", list(values.values()))
+
+    @contextmanager
+    def transaction(self) -> Iterator[GovernanceDB]:
+        with self.lock, self.store.transaction():
+            yield self
