@@ -35,17 +35,19 @@ from mercia.raredisease.ontology import UnknownTermError
 class ModelParameters:
     """Hyper-parameters; the defaults were chosen on the tuning half of the gene cohorts only (docs)."""
 
-    default_frequency: float = 0.5
-    lambda_specific: float = 0.6
-    lambda_related: float = 0.2
-    floor: float = 0.05
-    incompleteness: float = 0.0
-    not_lr: float = 0.01
-    excluded_floor: float = 0.1
-    excluded_ascertainment: float = 1.0
-    partial_max_background: float = 0.05
-    frequency_pseudocount: float = 1.0
-    min_background: float = 1.0
+    default_frequency: float = 0.8  # P(t|D) when the annotation states no frequency (mostly OMIM synopses)
+    frequency_pseudocount: float = 1.0  # k/n frequencies shrink towards 1/2: (k + a) / (n + 2a)
+    lambda_specific: float = 0.6  # credit when the patient term is more specific than an annotation
+    lambda_related: float = 0.05  # credit when they only share an ancestor
+    partial_max_background: float = 0.05  # no partial credit through ancestors more common than this
+    floor: float = 0.05  # LR of an observed term the disease does not explain
+    max_lr: float = 100.0  # cap per observed term, so one rare exact match cannot decide alone
+    not_lr: float = 0.01  # LR of an observed term the disease is annotated NOT to have
+    excluded_floor: float = 0.1  # lower bound of 1 - P(x|D) for an excluded term
+    excluded_ascertainment: float = 8.0  # excluded features are checked because they fit the disease
+    reporting_rate: float = 0.1  # chance that a present feature of D would be reported by the patient
+    min_background: float = 1.0  # bg(t) >= min_background / number of diseases
+    frequency_weighted_background: bool = True
     sources: tuple[str, ...] = ("OMIM",)
 
 
@@ -134,19 +136,29 @@ class Ranker:
         up_terms = anc.indices[starts + offsets]
         r, c, v = _max_by_key(up_terms, np.repeat(dis, counts), np.repeat(freq, counts), n_dis)
         self.implied = sp.csr_matrix((v, (r, c)), shape=(n_terms, n_dis))
-        self.background = np.maximum(np.asarray(self.implied.sum(axis=1)).ravel() / n_dis, p.min_background / n_dis)
+        carriers = self.implied if p.frequency_weighted_background else (self.implied > 0).astype(np.float64)
+        self.background = np.maximum(np.asarray(carriers.sum(axis=1)).ravel() / n_dis, p.min_background / n_dis)
         inverse_bg = sp.diags(1.0 / self.background)
         self.implied_lr = (inverse_bg @ self.implied).tocsr()
         self.direct_lr = (inverse_bg @ self.direct).tocsr()
-        # a sparsely annotated disease is more likely to show a feature nobody has annotated yet
-        annotated = np.maximum(np.bincount(dis, minlength=n_dis), 1)
-        self.floor = np.minimum(p.floor * (np.median(annotated) / annotated) ** p.incompleteness, 1.0)
+        self.floor = np.full(n_dis, p.floor)
         self.row_max = np.asarray(self.implied_lr.max(axis=1).todense()).ravel()
         keep_not = position[self.kb.not_disease] >= 0
         self.negated = sp.csr_matrix(
             (np.ones(keep_not.sum()), (self.kb.not_term[keep_not], position[self.kb.not_disease[keep_not]])),
             shape=(n_terms, n_dis),
         )
+        # features of D the patient neither shows nor excludes: each was reported with prob. reporting_rate * f
+        ontology = self.kb.ontology
+        phenotypic = np.asarray(
+            ontology.ancestors[:, ontology.index["HP:0000118"]].todense()
+        ).ravel()[terms].astype(bool)
+        self.unreported = sp.csr_matrix(
+            (np.log1p(-p.reporting_rate * np.minimum(freq[phenotypic], 0.999)), (terms[phenotypic], dis[phenotypic])),
+            shape=(n_terms, n_dis),
+        )
+        self.unreported_total = np.asarray(self.unreported.sum(axis=0)).ravel()
+        self.descendants = ontology.ancestors.T.tocsr()
 
     # -- query preparation -------------------------------------------------------------------------------------
     def resolve_case(self, case: Case, strict: bool = True) -> tuple[list[int], list[int]]:
@@ -198,6 +210,7 @@ class Ranker:
             rows = matrix[ancestors[mask]].tocoo()
             parts.append((owner[mask][rows.row], rows.col, rows.data * weight))
         r, c, v = (np.concatenate(x) for x in zip(*parts))
+        v = np.minimum(v, p.max_lr)
         good = v > self.floor[c]
         r, c, v = _max_by_key(r[good], c[good], np.log(v[good] / self.floor[c[good]]), n_dis)
         positive = sp.csr_matrix((v, (r, c)), shape=(len(terms), n_dis))
@@ -243,7 +256,23 @@ class Ranker:
             selector = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(cases), len(terms)))
             scores += (selector @ builder(terms)).toarray()
         constants = np.array([self._constants(len(o), x) for o, x in resolved])
+        if self.params.reporting_rate > 0:
+            scores += self.unreported_total - (self._covered(resolved) @ self.unreported).toarray()
         return scores + constants, resolved
+
+    def _covered(self, resolved) -> sp.csr_matrix:
+        """Per case, the terms the patient's report accounts for: ancestors and descendants of observed terms,
+        descendants of excluded terms."""
+        anc, desc = self.kb.ontology.ancestors, self.descendants
+        rows = []
+        for observed, excluded in resolved:
+            observed = np.asarray(observed, dtype=np.int64)
+            excluded = np.asarray(excluded, dtype=np.int64)
+            parts = [anc[observed].indices, desc[observed].indices, desc[excluded].indices]
+            rows.append(np.unique(np.concatenate(parts)))
+        ptr = np.cumsum([0] + [len(r) for r in rows])
+        flat = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
+        return sp.csr_matrix((np.ones(len(flat)), flat, ptr), shape=(len(resolved), len(self.kb.ontology)))
 
     def rank(self, case: Case, top: int = 10, explain: bool = True) -> list[Candidate]:
         return self.rank_many([case], top=top, explain=explain)[0]
