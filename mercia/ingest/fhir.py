@@ -1,0 +1,452 @@
+"""FHIR R4 reader: bulk-export NDJSON (plain or gzip, with or without manifest), Bundles and single
+resources, streamed with orjson into staged columns.
+
+References are resolved the three ways real feeds use them: ``urn:uuid:`` (through the Bundle's
+``fullUrl``; Synthea's NDJSON keeps them and uses the uuid as resource id), ``Type/id`` (also
+absolute URLs) and conditional ``Patient?identifier=system|value``, which is resolved against the
+Patients read in the same load, or later against the pseudonymised NHS number.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+from mercia.ingest.staging import Staged, content_hash
+
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+ODS_SYSTEMS = ("https://fhir.nhs.uk/Id/ods-organization-code", "https://fhir.nhs.uk/Id/ods-site-code")
+ETHNIC_CATEGORY_SYSTEM = "https://fhir.hl7.org.uk/CodeSystem/UKCore-EthnicCategoryEngland"
+
+# FHIR code system URI -> OMOP vocabulary_id (OHDSI vocabulary table), in order of preference
+# when a CodeableConcept carries several codings.
+VOCABULARIES = {
+    "http://snomed.info/sct": "SNOMED",
+    "http://loinc.org": "LOINC",
+    "https://dmd.nhs.uk": "dm+d",
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
+    "http://hl7.org/fhir/sid/cvx": "CVX",
+    "http://hl7.org/fhir/sid/icd-10": "ICD10",
+    "http://hl7.org/fhir/sid/icd-10-uk": "ICD10",
+    "http://hl7.org/fhir/sid/icd-10-cm": "ICD10CM",
+    "http://unitsofmeasure.org": "UCUM",
+    "http://purl.obolibrary.org/obo/hp.owl": "HPO",
+}
+_PREFERENCE = {v: i for i, v in enumerate(VOCABULARIES.values())}
+
+_SUPPORTED = {"Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "MedicationStatement",
+              "MedicationDispense", "MedicationAdministration", "Procedure", "Immunization",
+              "AllergyIntolerance", "DiagnosticReport", "Specimen", "QuestionnaireResponse",
+              "Organization", "Practitioner", "Location", "Medication"}
+
+
+class FhirError(Exception):
+    """A file that is not FHIR JSON at all (as opposed to one bad resource, which is a reject)."""
+
+
+def best_coding(concept: dict | None) -> tuple[str | None, str | None]:
+    """(vocabulary, code) of the preferred coding; unknown systems keep their URI as vocabulary."""
+    if not concept:
+        return None, None
+    codings = concept.get("coding") or []
+    best, rank = None, len(_PREFERENCE) + 1
+    for coding in codings:
+        vocab = VOCABULARIES.get(coding.get("system"), coding.get("system"))
+        r = _PREFERENCE.get(vocab, len(_PREFERENCE))
+        if coding.get("code") and r < rank:
+            best, rank = (vocab, coding["code"]), r
+    return best or (None, None)
+
+
+def _reference_id(ref: dict | None, fullurls: dict[str, str]) -> str | None:
+    """The local id a reference points at ('Type/id', absolute URL, urn:uuid:, conditional)."""
+    if not ref:
+        return None
+    target = ref.get("reference")
+    if not target:
+        ident = ref.get("identifier")
+        if ident and ident.get("system") == NHS_NUMBER_SYSTEM and ident.get("value"):
+            return f"?{NHS_NUMBER_SYSTEM}|{ident['value']}"
+        return None
+    if target.startswith("urn:uuid:"):
+        return fullurls.get(target, target[9:])
+    if "?" in target:
+        query = target.split("?", 1)[1]
+        return "?" + query.split("identifier=", 1)[1] if "identifier=" in query else "?" + query
+    if target in fullurls:
+        return fullurls[target]
+    return target.rstrip("/").rsplit("/", 1)[-1] if "/" in target else target
+
+
+def _date(resource: dict, *names: str) -> str | None:
+    for name in names:
+        value = resource.get(name)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, dict):
+            start = value.get("start") or value.get("end")
+            if start:
+                return start
+    return None
+
+
+def _end(resource: dict, *names: str) -> str | None:
+    for name in names:
+        value = resource.get(name)
+        if isinstance(value, dict) and value.get("end"):
+            return value["end"]
+        if isinstance(value, str):
+            return value
+    return None
+
+
+class FhirReader:
+    """Streams resources into a ``Staged``; one instance per load so Bundles' fullUrls and
+    Medication resources can be resolved across files."""
+
+    def __init__(self, extract: str):
+        self.staged = Staged(extract)
+        self.medications: dict[str, tuple[str | None, str | None]] = {}
+        self.patient_identifiers: dict[str, str] = {}
+
+    # -- files -----------------------------------------------------------------------------
+    def read_path(self, path: Path) -> Staged:
+        for file in self._files(Path(path)):
+            self.read_file(file)
+        self._resolve_deferred()
+        return self.staged
+
+    def _files(self, path: Path) -> list[Path]:
+        if path.is_file():
+            return [path]
+        manifest = path / "manifest.json"
+        if manifest.exists():
+            outputs = orjson.loads(manifest.read_bytes()).get("output", [])
+            return [path / Path(o["url"]).name for o in outputs if (path / Path(o["url"]).name).exists()]
+        suffixes = (".ndjson", ".ndjson.gz", ".json", ".json.gz")
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes)
+                      and p.name not in ("log.ndjson", "log.ndjson.gz", "manifest.json"))
+
+    def read_file(self, file: Path) -> None:
+        opener = gzip.open if file.name.endswith(".gz") else open
+        with opener(file, "rb") as handle:
+            if ".ndjson" in file.name:
+                for line_no, line in enumerate(handle, start=1):
+                    line = line.strip()
+                    if line:
+                        self._read_line(line, line_no, file.name)
+            else:
+                data = handle.read()
+                try:
+                    resource = orjson.loads(data)
+                except orjson.JSONDecodeError as exc:
+                    self.staged.read += 1
+                    self.staged.reject(file.name, None, f"not valid JSON: {exc.msg}", None)
+                    return
+                self.read_resource(resource, data if resource.get("resourceType") != "Bundle" else None)
+
+    def _read_line(self, line: bytes, line_no: int, file_name: str) -> None:
+        try:
+            resource = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            self.staged.read += 1
+            self.staged.reject(f"{file_name}:{line_no}", None, f"not valid JSON: {exc.msg}", line_no)
+            return
+        self.read_resource(resource, line, line_no)
+
+    # -- resources -------------------------------------------------------------------------
+    def read_resource(self, resource: dict, raw: bytes | None = None, line: int | None = None) -> None:
+        kind = resource.get("resourceType")
+        if kind == "Bundle":
+            self._read_bundle(resource)
+            return
+        self.staged.read += 1
+        self._stage(resource, content_hash(raw if raw is not None else orjson.dumps(resource)), {}, line)
+
+    def _read_bundle(self, bundle: dict) -> None:
+        entries = bundle.get("entry") or []
+        fullurls: dict[str, str] = {}
+        for entry in entries:
+            res = entry.get("resource") or {}
+            if entry.get("fullUrl") and res.get("id"):
+                fullurls[entry["fullUrl"]] = res["id"]
+        for entry in entries:
+            res = entry.get("resource")
+            if res is None:
+                continue  # search/batch request entries carry no resource
+            if not res.get("id"):  # transaction POST entries may leave id to the server
+                full = entry.get("fullUrl") or ""
+                res = {**res, "id": full.rsplit(":", 1)[-1].rsplit("/", 1)[-1] or None}
+            if res.get("resourceType") == "Bundle":
+                self._read_bundle(res)
+                continue
+            self.staged.read += 1
+            self._stage(res, content_hash(orjson.dumps(res)), fullurls, None)
+
+    def _stage(self, res: dict, digest: str, fullurls: dict[str, str], line: int | None) -> None:
+        kind, rid = res.get("resourceType"), res.get("id")
+        record = f"{kind}/{rid}"
+        s = self.staged
+        if not rid:
+            s.reject(f"{kind}/?", "id", "resource has no id", line)
+            return
+        if kind not in _SUPPORTED:
+            s.reject(record, "resourceType", f"resource type {kind} is not mapped to OMOP by Mercia", line)
+            return
+        if kind == "Patient":
+            self._patient(res, record, digest, line)
+            return
+        if kind in ("Organization", "Location"):
+            ods = next((i.get("value") for i in res.get("identifier") or [] if i.get("system") in ODS_SYSTEMS), None)
+            s.sites.add(record=record, record_hash=digest, kind=kind, name=res.get("name"), ods_code=ods, line=line)
+            return
+        if kind == "Practitioner":
+            s.sites.add(record=record, record_hash=digest, kind=kind, name=None, ods_code=None, line=line)
+            return
+        if kind == "Medication":
+            self.medications[rid] = best_coding(res.get("code"))
+            return
+        subject = _reference_id(res.get("subject") or res.get("patient"), fullurls)
+        if not subject:
+            s.reject(record, "subject", "no subject/patient reference", line)
+            return
+        visit = _reference_id(res.get("encounter") or res.get("context"), fullurls)
+        base = dict(record=record, record_hash=digest, person_ref=subject,
+                    visit_ref=f"Encounter/{visit}" if visit else None, line=line)
+        getattr(self, f"_{kind}")(res, base)
+
+    def _patient(self, res: dict, record: str, digest: str, line: int | None) -> None:
+        nhs = None
+        for ident in res.get("identifier") or []:
+            if ident.get("system") == NHS_NUMBER_SYSTEM:
+                nhs = ident.get("value")
+        if nhs:
+            self.patient_identifiers[f"{NHS_NUMBER_SYSTEM}|{nhs}"] = res["id"]
+        names = res.get("name") or []
+        official = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
+        addresses = res.get("address") or []
+        address = next((a for a in addresses if a.get("use") == "home"), addresses[0] if addresses else {})
+        ethnic_vocab = ethnic_code = None
+        for ext in res.get("extension") or []:
+            url = ext.get("url", "")
+            if url.endswith("Extension-UKCore-EthnicCategory"):
+                coding = (ext.get("valueCodeableConcept") or {}).get("coding") or [{}]
+                ethnic_vocab, ethnic_code = "UK Ethnic Category", coding[0].get("code")
+            elif url.endswith("us-core-race"):
+                for sub in ext.get("extension") or []:
+                    if sub.get("url") == "ombCategory":
+                        ethnic_vocab, ethnic_code = "Race", sub["valueCoding"].get("code")
+        deceased = res.get("deceasedDateTime")
+        self.staged.persons.add(
+            record=record, record_hash=digest, person_ref=res["id"], nhs_number=nhs,
+            family=official.get("family"), given=(official.get("given") or [None])[0],
+            birth_date=res.get("birthDate"), sex=res.get("gender"), ethnicity_vocabulary=ethnic_vocab,
+            ethnicity_code=ethnic_code, postcode=address.get("postalCode"), death_date=deceased, line=line)
+
+    def _event(self, base: dict, kind: str, concept: dict | None, start: str | None, field: str, **extra) -> None:
+        vocab, code = best_coding(concept)
+        if code is None:
+            self.staged.reject(base["record"], field, "no coded value", base["line"])
+            return
+        if not start:
+            self.staged.reject(base["record"], "date", f"{base['record'].split('/')[0]} has no date", base["line"])
+            return
+        self.staged.events.add(**base, kind=kind, vocabulary=vocab, code=code, start=start, **extra)
+
+    def _Encounter(self, res: dict, base: dict) -> None:
+        period = res.get("period") or {}
+        klass = res.get("class") or {}
+        if not period.get("start"):
+            self.staged.reject(base["record"], "period.start", "Encounter has no start", base["line"])
+            return
+        provider = _reference_id(res.get("serviceProvider"), {})
+        self.staged.events.add(**{**base, "visit_ref": base["record"]}, kind="Visit", vocabulary="Visit class",
+                               code=klass.get("code") or "UNK", start=period["start"], end=period.get("end"),
+                               site_ref=f"Organization/{provider}" if provider else None)
+
+    def _Condition(self, res: dict, base: dict) -> None:
+        self._event(base, "Condition", res.get("code"), _date(res, "onsetDateTime", "onsetPeriod", "recordedDate"),
+                    "code", end=_end(res, "abatementDateTime", "abatementPeriod"))
+
+    def _Procedure(self, res: dict, base: dict) -> None:
+        self._event(base, "Procedure", res.get("code"), _date(res, "performedDateTime", "performedPeriod"), "code",
+                    end=_end(res, "performedPeriod"))
+
+    def _Observation(self, res: dict, base: dict) -> None:
+        start = _date(res, "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued")
+        categories = {c.get("code") for cat in res.get("category") or [] for c in cat.get("coding") or []}
+        kind = "Measurement" if categories & {"laboratory", "vital-signs"} or not categories else "Observation"
+        parts = [res] + [{**c, "_component": True} for c in res.get("component") or []]
+        emitted = False
+        for part in parts:
+            if part is res and res.get("component") and not _has_value(res):
+                continue  # a panel (e.g. blood pressure): the components carry the values
+            self._event(base, kind, part.get("code"), start, "code", **_value(part))
+            emitted = True
+        if not emitted:
+            self.staged.reject(base["record"], "value", "Observation has neither value nor components", base["line"])
+
+    def _DiagnosticReport(self, res: dict, base: dict) -> None:
+        self._event(base, "Observation", res.get("code"), _date(res, "effectiveDateTime", "effectivePeriod", "issued"),
+                    "code")
+
+    def _medication(self, res: dict, base: dict, start: str | None, **extra) -> None:
+        concept = res.get("medicationCodeableConcept")
+        if concept is None and res.get("medicationReference"):
+            ref = res["medicationReference"].get("reference", "")
+            med_id = ref[1:] if ref.startswith("#") else ref.rsplit("/", 1)[-1].removeprefix("urn:uuid:")
+            for contained in res.get("contained") or []:
+                if contained.get("id") == med_id and contained.get("resourceType") == "Medication":
+                    concept = contained.get("code")
+            if concept is None:  # resolved once every file has been read
+                self.staged.events.add(**base, kind="Drug", vocabulary="?Medication", code=med_id, start=start,
+                                       **extra)
+                return
+        self._event(base, "Drug", concept, start, "medication[x]", **extra)
+
+    def _MedicationRequest(self, res: dict, base: dict) -> None:
+        self._medication(res, base, res.get("authoredOn"))
+
+    def _MedicationStatement(self, res: dict, base: dict) -> None:
+        self._medication(res, base, _date(res, "effectiveDateTime", "effectivePeriod", "dateAsserted"),
+                         end=_end(res, "effectivePeriod"))
+
+    def _MedicationDispense(self, res: dict, base: dict) -> None:
+        quantity = (res.get("quantity") or {}).get("value")
+        days = (res.get("daysSupply") or {}).get("value")
+        self._medication(res, base, res.get("whenHandedOver") or res.get("whenPrepared"),
+                         quantity=float(quantity) if quantity is not None else None,
+                         days_supply=int(days) if days is not None else None)
+
+    def _MedicationAdministration(self, res: dict, base: dict) -> None:
+        self._medication(res, base, _date(res, "effectiveDateTime", "effectivePeriod"), end=_end(res, "effectivePeriod"))
+
+    def _Immunization(self, res: dict, base: dict) -> None:
+        if res.get("status") == "not-done":
+            self.staged.reject(base["record"], "status", "Immunization not done", base["line"])
+            return
+        self._event(base, "Drug", res.get("vaccineCode"), _date(res, "occurrenceDateTime", "recorded"), "vaccineCode")
+
+    def _AllergyIntolerance(self, res: dict, base: dict) -> None:
+        self._event(base, "Observation", res.get("code"), _date(res, "onsetDateTime", "onsetPeriod", "recordedDate"),
+                    "code", qualifier="allergy")
+
+    def _Specimen(self, res: dict, base: dict) -> None:
+        collection = res.get("collection") or {}
+        self._event(base, "Specimen", res.get("type"),
+                    collection.get("collectedDateTime") or (collection.get("collectedPeriod") or {}).get("start")
+                    or res.get("receivedTime"), "type")
+
+    def _QuestionnaireResponse(self, res: dict, base: dict) -> None:
+        """PROM answers that are coded or numeric; free-text answers never reach the CDM."""
+        start = res.get("authored")
+        questionnaire = (res.get("questionnaire") or "questionnaire").rsplit("/", 1)[-1]
+        emitted = 0
+        stack = list(res.get("item") or [])
+        while stack:
+            item = stack.pop(0)
+            stack.extend(item.get("item") or [])
+            for answer in item.get("answer") or []:
+                stack.extend(answer.get("item") or [])
+                value = _answer_value(answer)
+                if value is None:
+                    continue
+                vocab, code = best_coding({"coding": item.get("code") or []})
+                if code is None:
+                    vocab, code = "Questionnaire", f"{questionnaire}#{item.get('linkId')}"
+                if not start:
+                    break
+                self.staged.events.add(**base, kind="Observation", vocabulary=vocab, code=code, start=start, **value)
+                emitted += 1
+        if not emitted:
+            self.staged.reject(base["record"], "item.answer",
+                               "no coded or numeric answers (free text is not loaded)" if start
+                               else "QuestionnaireResponse has no authored date", base["line"])
+
+    # -- after all files -------------------------------------------------------------------
+    def _resolve_deferred(self) -> None:
+        """Medication references and conditional Patient references that needed every file."""
+        events = self.staged.events.data
+        keep = [True] * len(events["record"])
+        for i, vocab in enumerate(events["vocabulary"]):
+            if vocab == "?Medication":
+                med_id = events["code"][i]
+                resolved = self.medications.get(med_id)
+                if not resolved or resolved[1] is None:
+                    self.staged.reject(events["record"][i], "medicationReference",
+                                       "medication reference not resolved to a coded Medication", events["line"][i])
+                    keep[i] = False
+                    continue
+                events["vocabulary"][i], events["code"][i] = resolved
+                events["also_record"][i] = f"Medication/{med_id}"
+        for i, ref in enumerate(events["person_ref"]):
+            if ref and ref.startswith("?") and ref[1:] in self.patient_identifiers:
+                events["person_ref"][i] = self.patient_identifiers[ref[1:]]
+        for i in range(len(keep) - 1, -1, -1):
+            if not keep[i]:
+                for column in events.values():
+                    del column[i]
+        used = {r.split("/", 1)[1] for r in events["also_record"] if r}
+        for med_id in self.medications:
+            if med_id not in used:
+                self.staged.reject(f"Medication/{med_id}", None,
+                                   "Medication not referenced by any loaded medication event")
+
+
+def _has_value(part: dict) -> bool:
+    return any(k.startswith("value") for k in part)
+
+
+def _value(part: dict) -> dict:
+    quantity = part.get("valueQuantity")
+    if quantity:
+        ranges = (part.get("referenceRange") or [{}])[0]
+        return {"value_number": _number(quantity.get("value")), "unit": quantity.get("code") or quantity.get("unit"),
+                "range_low": _number((ranges.get("low") or {}).get("value")),
+                "range_high": _number((ranges.get("high") or {}).get("value"))}
+    concept = part.get("valueCodeableConcept")
+    if concept:
+        vocab, code = best_coding(concept)
+        return {"value_vocabulary": vocab, "value_code": code}
+    for key in ("valueInteger", "valueDecimal"):
+        if key in part:
+            return {"value_number": _number(part[key])}
+    return {}
+
+
+def _answer_value(answer: dict) -> dict | None:
+    if "valueCoding" in answer:
+        coding = answer["valueCoding"]
+        vocab = VOCABULARIES.get(coding.get("system"), coding.get("system"))
+        return {"value_vocabulary": vocab, "value_code": coding.get("code")} if coding.get("code") else None
+    for key in ("valueInteger", "valueDecimal"):
+        if key in answer:
+            return {"value_number": _number(answer[key])}
+    if "valueBoolean" in answer:
+        return {"value_number": 1.0 if answer["valueBoolean"] else 0.0}
+    return None
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def iter_resources(path: Path) -> Iterator[dict]:
+    """Every resource under ``path`` (used by the naive benchmark and tests)."""
+    reader = FhirReader(Path(path).name)
+    for file in reader._files(Path(path)):
+        opener = gzip.open if file.name.endswith(".gz") else open
+        with opener(file, "rb") as handle:
+            for line in handle:
+                if line.strip():
+                    yield orjson.loads(line)
+
+
+def read_fhir(path: Path | str) -> Staged:
+    return FhirReader(Path(path).name).read_path(Path(path))

@@ -1,0 +1,586 @@
+"""Staged records -> pseudonymised, linked, vocabulary-mapped OMOP rows, in one transaction.
+
+The order matters for privacy: identifiers (NHS number, names, postcode, full date of birth) are
+turned into keyed hashes, tokens and reduced values in memory first, and only those reach the
+store.  The transformation runs in a private in-memory DuckDB so that both store engines get the
+same vectorised path; the store only receives Arrow bulk inserts and a few keyed deletes.
+
+Idempotency: every CDM row has provenance (organisation, extract, pseudonymised source record,
+content hash).  A record already loaded with the same hash is skipped; with a different hash
+(a corrected resend) its earlier rows are deleted and the new version inserted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mercia.cdm import Store, quote
+from mercia.ingest.staging import Staged
+from mercia.ingest.tables import TOKEN_FIELDS, ensure_ingest_tables
+from mercia.privacy.geography import GeographyLookup
+from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
+from mercia.privacy.policy import DobPolicy, normalise_name, normalise_postcode, postcode_district, \
+    reduced_birth_columns_sql, soundex
+from mercia.privacy.pseudonym import Pseudonymiser
+
+# OMOP standard concepts used as constants (OHDSI vocabulary, domain Type Concept / Gender / Visit).
+EHR_TYPE = 32817          # "EHR"
+LAB_TYPE = 32856          # "Lab"
+REGISTRY_TYPE = 32879     # "Registry"
+GENDER = {"male": 8507, "m": 8507, "female": 8532, "f": 8532}
+VISIT_CLASS = {"AMB": 9202, "IMP": 9201, "ACUTE": 9201, "EMER": 9203, "HH": 581476}  # HL7 v3 ActCode
+
+DOMAIN_TABLE = {"Condition": "condition_occurrence", "Drug": "drug_exposure", "Procedure": "procedure_occurrence",
+                "Measurement": "measurement", "Observation": "observation", "Device": "device_exposure",
+                "Specimen": "specimen", "Visit": "visit_occurrence"}
+# Tables whose rows are events of a person, and their date column (used for observation periods).
+EVENT_DATES = {"visit_occurrence": "visit_start_date", "condition_occurrence": "condition_start_date",
+               "drug_exposure": "drug_exposure_start_date", "procedure_occurrence": "procedure_date",
+               "measurement": "measurement_date", "observation": "observation_date",
+               "device_exposure": "device_exposure_start_date", "specimen": "specimen_date"}
+PERSON_TABLES = list(EVENT_DATES) + ["person", "observation_period", "death"]
+
+
+class LoadError(Exception):
+    """A load that cannot proceed at all; nothing was written."""
+
+
+@dataclass
+class LoadOptions:
+    pseudonymiser: Pseudonymiser
+    allow_synthetic_nhs_numbers: bool = False
+    dob_policy: DobPolicy = DobPolicy.YEAR_MONTH
+    opt_out: frozenset[str] = frozenset()
+    geography: GeographyLookup | None = None
+    type_concept_id: int = EHR_TYPE
+
+
+@dataclass
+class LoadSummary:
+    load_id: int
+    org: str
+    extract: str
+    read: int
+    loaded: int
+    unchanged: int
+    rejected: int
+    withheld: int
+    flagged: int
+    rows: dict[str, int] = field(default_factory=dict)
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _table_from_query(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> pa.Table:
+    return con.sql(sql, params=params).to_arrow_table()
+
+
+def _max_id(store: Store, table: str, column: str) -> int:
+    return int(store.query_one(f"SELECT COALESCE(max({quote(column)}), 0) FROM {quote(table)}") or 0)
+
+
+class _Load:
+    """One load: holds the scratch DuckDB and the running counts."""
+
+    def __init__(self, store: Store, staged: Staged, org: str, reader: str, options: LoadOptions):
+        self.store, self.staged, self.org, self.reader, self.options = store, staged, org, reader, options
+        self.con = duckdb.connect()
+        self.rejects: list[dict] = []
+        self.withheld = 0
+        self.rows: Counter[str] = Counter()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def reject(self, table: pa.Table, field_name: str, reason: str, action: str = "rejected") -> None:
+        for rec, line in zip(table.column("source_record").to_pylist(), table.column("line").to_pylist()):
+            self.rejects.append(dict(source_record=rec, line=line, field=field_name, reason=reason, action=action))
+
+    def register(self, name: str, table: pa.Table) -> None:
+        self.con.register(name, table)
+
+    # -- steps -----------------------------------------------------------------------------
+    def pseudonymise_records(self) -> None:
+        """Record keys -> 'Type/<org-scoped HMAC of the key>' for provenance and rejects."""
+        s = self.staged
+        keys = set(s.persons.data["record"]) | set(s.events.data["record"]) | set(s.sites.data["record"])
+        keys |= {r for r in s.events.data["visit_ref"] if r} | {r for r in s.events.data["also_record"] if r}
+        keys |= {r for r in s.events.data["site_ref"] if r} | {r for r in s.rejects.data["record"] if r}
+        keys.discard(None)
+        ordered = sorted(keys)
+        hashed = self.options.pseudonymiser.hash_values(f"record/{self.org}", ordered).to_pylist()
+        self.register("record_keys", pa.table({
+            "record": ordered,
+            "source_record": [k.split("/", 1)[0] + "/" + h if "/" in k else h for k, h in zip(ordered, hashed)]}))
+
+    def prepare_persons(self) -> pa.Table:
+        """Validated, pseudonymised persons with identifiers replaced by tokens."""
+        p = self.staged.persons.table()
+        self.register("staged_persons_raw", p)
+        p = _table_from_query(self.con, """
+            SELECT * EXCLUDE (pos) FROM (SELECT *, row_number() OVER () AS pos FROM staged_persons_raw)
+            QUALIFY row_number() OVER (PARTITION BY record ORDER BY pos DESC) = 1 ORDER BY pos""")
+        opt = self.options
+        nhs = normalise_nhs_numbers(p.column("nhs_number").combine_chunks()) if p.num_rows else pa.array([], pa.string())
+        problems = nhs_number_problems(nhs, opt.allow_synthetic_nhs_numbers) if p.num_rows else nhs
+        valid = pc.and_(pc.is_null(problems), pc.invert(pc.is_null(nhs))) if p.num_rows else pa.array([], pa.bool_())
+        nhs_list, valid_list = nhs.to_pylist(), valid.to_pylist()
+        opted_out = [v and n in opt.opt_out for n, v in zip(nhs_list, valid_list)]
+        ps = opt.pseudonymiser
+        valid_nhs = [n if v else None for n, v in zip(nhs_list, valid_list)]
+        status = ["valid" if v else ("absent" if n in (None, "") else "invalid") for n, v in zip(nhs_list, valid_list)]
+        family = [normalise_name(x) for x in p.column("family").to_pylist()]
+        given = [normalise_name(x) for x in p.column("given").to_pylist()]
+        dob = [(b or "")[:10] or None for b in p.column("birth_date").to_pylist()]
+        tokens = {
+            "surname": family, "forename": given,
+            "surname_sx": [soundex(x) for x in family], "forename_sx": [soundex(x) for x in given],
+            "dob": dob, "dob_ym": [d[:7] if d else None for d in dob], "dob_y": [d[:4] if d else None for d in dob],
+            "dob_swap": [f"{d[:4]}-{d[8:10]}-{d[5:7]}" if d and len(d) == 10 else None for d in dob],
+            "sex": [(x or "").lower()[:1] or None for x in p.column("sex").to_pylist()],
+            "district": [postcode_district(x) for x in p.column("postcode").to_pylist()],
+        }
+        safe = pa.table({
+            "record": p.column("record"), "record_hash": p.column("record_hash"),
+            "person_ref": p.column("person_ref"), "line": p.column("line"),
+            "source_pseudonym": ps.source_pseudonyms(self.org, p.column("person_ref")),
+            "nhs_pseudonym": ps.nhs_pseudonyms(valid_nhs), "nhs_status": pa.array(status, pa.string()),
+            "nhs_problem": problems, "opted_out": pa.array(opted_out, pa.bool_()),
+            "birth_date": pa.array(dob, pa.string()), "sex": p.column("sex"),
+            "race_source_value": pc.binary_join_element_wise(
+                pc.fill_null(p.column("ethnicity_vocabulary"), ""), pc.fill_null(p.column("ethnicity_code"), ""), ":"),
+            "death_date": p.column("death_date"),
+            "postcode": pa.array([normalise_postcode(x) for x in p.column("postcode").to_pylist()], pa.string()),
+            **{f"tok_{k}": ps.linkage_tokens(k, v) for k, v in tokens.items()},
+        })
+        self.register("persons_safe", safe)
+        geo = opt.geography.table if opt.geography else pa.table(
+            {"postcode": pa.array([], pa.string()), "lsoa": pa.array([], pa.string()),
+             "imd_decile": pa.array([], pa.int32())})
+        self.register("geography", geo)
+        persons = _table_from_query(self.con, """
+            SELECT p.* EXCLUDE (postcode), g.lsoa, CAST(g.imd_decile AS BIGINT) AS imd_decile, k.source_record
+            FROM persons_safe p LEFT JOIN geography g ON g.postcode = p.postcode
+            JOIN record_keys k ON k.record = p.record""")
+        withheld = persons.filter(persons.column("opted_out"))
+        self.withheld += withheld.num_rows
+        flagged = persons.filter(pc.and_(pc.invert(persons.column("opted_out")),
+                                         pc.invert(pc.is_null(persons.column("nhs_problem")))))
+        for reason in set(flagged.column("nhs_problem").to_pylist()):
+            self.reject(flagged.filter(pc.equal(flagged.column("nhs_problem"), reason)), "nhs_number",
+                        f"{reason}; loaded without NHS number, not used for linkage", action="flagged")
+        bad_dob = persons.filter(pc.and_(pc.invert(persons.column("opted_out")),
+                                         pc.is_null(persons.column("birth_date"))))
+        self.reject(bad_dob, "birthDate", "no date of birth")
+        keep = pc.and_(pc.invert(persons.column("opted_out")), pc.invert(pc.is_null(persons.column("birth_date"))))
+        self.opted_out_refs = set(withheld.column("person_ref").to_pylist())
+        self.opted_out_nhs = {n for n, o in zip(nhs_list, opted_out) if o}
+        return persons.filter(keep)
+
+    def resolve_persons(self, persons: pa.Table) -> None:
+        """person_id for every staged person: same organisation's earlier link, else NHS pseudonym
+        (deterministic linkage across organisations), else a new person."""
+        self.register("batch_persons", persons)
+        links = self.store.query_arrow(
+            "SELECT person_id, org, source_pseudonym, nhs_pseudonym, record_hash FROM mercia_person_link")
+        if links.num_rows == 0:
+            links = pa.table({"person_id": pa.array([], pa.int64()), "org": pa.array([], pa.string()),
+                              "source_pseudonym": pa.array([], pa.string()), "nhs_pseudonym": pa.array([], pa.string()),
+                              "record_hash": pa.array([], pa.string())})
+        self.register("links", links)
+        max_person = max(_max_id(self.store, "person", "person_id"),
+                         int(self.store.query_one("SELECT COALESCE(max(person_id), 0) FROM mercia_person_link") or 0))
+        self.con.execute(f"""
+            CREATE TABLE resolved AS
+            WITH known AS (
+                SELECT b.*, same.person_id AS same_org_id, same.record_hash AS old_hash,
+                       (SELECT min(l.person_id) FROM links l WHERE l.nhs_pseudonym = b.nhs_pseudonym) AS nhs_id
+                FROM batch_persons b
+                LEFT JOIN links same ON same.org = ? AND same.source_pseudonym = b.source_pseudonym)
+            SELECT *, COALESCE(same_org_id, nhs_id, {max_person} + dense_rank() OVER (
+                       ORDER BY CASE WHEN same_org_id IS NULL AND nhs_id IS NULL
+                                     THEN COALESCE(nhs_pseudonym, source_pseudonym) END)) AS person_id
+            FROM known""", [self.org])
+        # dense_rank numbers the NULL group too: renumber new persons densely from max_person + 1
+        self.con.execute(f"""
+            UPDATE resolved SET person_id = {max_person} + r.n FROM (
+                SELECT g, dense_rank() OVER (ORDER BY g) AS n FROM (
+                    SELECT DISTINCT COALESCE(nhs_pseudonym, source_pseudonym) AS g FROM resolved
+                    WHERE same_org_id IS NULL AND nhs_id IS NULL)) r
+            WHERE same_org_id IS NULL AND nhs_id IS NULL AND COALESCE(nhs_pseudonym, source_pseudonym) = r.g""")
+
+    def prepare_events(self) -> None:
+        e = self.staged.events.table()
+        self.register("staged_events", e)
+        refs = sorted({r for r in e.column("person_ref").to_pylist() if r and not r.startswith("?")})
+        conditional = sorted({r for r in e.column("person_ref").to_pylist() if r and r.startswith("?")})
+        ps = self.options.pseudonymiser
+        cond_nhs = [r.split("|", 1)[1] if "|" in r else None for r in conditional]
+        cond_valid = nhs_number_problems(normalise_nhs_numbers(pa.array(cond_nhs, pa.string())),
+                                         self.options.allow_synthetic_nhs_numbers).to_pylist()
+        self.register("ref_keys", pa.table({
+            "person_ref": refs + conditional,
+            "source_pseudonym": ps.source_pseudonyms(self.org, refs).to_pylist() + [None] * len(conditional),
+            "nhs_pseudonym": [None] * len(refs) + ps.nhs_pseudonyms(
+                [n if v is None else None for n, v in zip(cond_nhs, cond_valid)]).to_pylist(),
+            "opted_out": [r in self.opted_out_refs for r in refs] + [n in self.opted_out_nhs for n in cond_nhs],
+        }, schema=pa.schema([("person_ref", pa.string()), ("source_pseudonym", pa.string()),
+                             ("nhs_pseudonym", pa.string()), ("opted_out", pa.bool_())])))
+        self.con.execute(f"""
+            CREATE TABLE events AS
+            SELECT e.*, k.source_record, v.source_record AS visit_record, a.source_record AS also_source_record,
+                   st.source_record AS site_record, r.opted_out,
+                   COALESCE(bp.person_id, lo.person_id, bn.person_id, ln.person_id) AS person_id,
+                   TRY_CAST(left(e.start, 10) AS DATE) AS start_date,
+                   TRY_CAST(replace(left(e.start, 19), 'T', ' ') AS TIMESTAMP) AS start_datetime,
+                   TRY_CAST(left(e."end", 10) AS DATE) AS end_date,
+                   TRY_CAST(replace(left(e."end", 19), 'T', ' ') AS TIMESTAMP) AS end_datetime
+            FROM staged_events e
+            JOIN record_keys k ON k.record = e.record
+            LEFT JOIN record_keys v ON v.record = e.visit_ref
+            LEFT JOIN record_keys a ON a.record = e.also_record
+            LEFT JOIN record_keys st ON st.record = e.site_ref
+            LEFT JOIN ref_keys r ON r.person_ref = e.person_ref
+            LEFT JOIN resolved bp ON bp.source_pseudonym = r.source_pseudonym
+            LEFT JOIN (SELECT * FROM links WHERE org = ?) lo ON lo.source_pseudonym = r.source_pseudonym
+            LEFT JOIN (SELECT nhs_pseudonym, min(person_id) AS person_id FROM resolved
+                       WHERE nhs_pseudonym IS NOT NULL GROUP BY 1) bn ON bn.nhs_pseudonym = r.nhs_pseudonym
+            LEFT JOIN (SELECT nhs_pseudonym, min(person_id) AS person_id FROM links
+                       WHERE nhs_pseudonym IS NOT NULL GROUP BY 1) ln ON ln.nhs_pseudonym = r.nhs_pseudonym
+        """, [self.org])
+        withheld = self.con.execute("SELECT count(DISTINCT record) FROM events WHERE opted_out").fetchall()[0][0]
+        self.withheld += withheld
+        self.con.execute("DELETE FROM events WHERE opted_out")
+        for where, field_name, reason in [
+                ("person_id IS NULL", "subject", "subject not found among this organisation's patients"),
+                ("start_date IS NULL", "date", "date not parseable as YYYY-MM-DD")]:
+            bad = _table_from_query(self.con, f"SELECT DISTINCT source_record, line FROM events WHERE {where}")
+            self.reject(bad, field_name, reason)
+            self.con.execute(f"DELETE FROM events WHERE record IN (SELECT record FROM events WHERE {where})")
+
+    def skip_unchanged(self) -> int:
+        """Drop records already loaded with the same content; delete earlier versions of changed ones."""
+        existing = self.store.query_arrow(
+            "SELECT DISTINCT source_record, record_hash FROM mercia_provenance WHERE org = " +
+            ("%s" if self.store.dialect == "postgres" else "?"), [self.org])
+        if existing.num_rows == 0:
+            existing = pa.table({"source_record": pa.array([], pa.string()), "record_hash": pa.array([], pa.string())})
+        self.register("existing", existing)
+        self.con.execute("""
+            CREATE TABLE batch_records AS
+            SELECT DISTINCT source_record, record_hash FROM events
+            UNION SELECT DISTINCT source_record, record_hash FROM sites""")
+        unchanged = self.con.execute("""
+            SELECT count(*) FROM batch_records b JOIN existing x USING (source_record, record_hash)""").fetchall()[0][0]
+        changed = _table_from_query(self.con, """
+            SELECT DISTINCT b.source_record FROM batch_records b JOIN existing x USING (source_record)
+            WHERE x.record_hash <> b.record_hash""")
+        self.con.execute("""DELETE FROM events WHERE (source_record, record_hash) IN
+                            (SELECT (source_record, record_hash) FROM existing)""")
+        self.con.execute("""DELETE FROM sites WHERE (source_record, record_hash) IN
+                            (SELECT (source_record, record_hash) FROM existing)""")
+        if changed.num_rows:
+            self._delete_records(changed)
+        # persons: unchanged links are kept; changed ones replaced under the same person_id
+        unchanged += self.con.execute("SELECT count(*) FROM resolved WHERE old_hash = record_hash").fetchall()[0][0]
+        self.con.execute("DELETE FROM resolved WHERE old_hash = record_hash")
+        replaced = _table_from_query(self.con, "SELECT source_pseudonym FROM resolved WHERE old_hash IS NOT NULL")
+        if replaced.num_rows:
+            self.store.execute("DROP TABLE IF EXISTS mercia_tmp_keys")
+            self.store.execute("CREATE TEMP TABLE mercia_tmp_keys (source_pseudonym VARCHAR)")
+            self.store.insert_arrow("mercia_tmp_keys", replaced)
+            self.store.execute(f"DELETE FROM mercia_person_link WHERE org = {self._p} AND source_pseudonym IN "
+                               "(SELECT source_pseudonym FROM mercia_tmp_keys)", [self.org])
+        return unchanged
+
+    @property
+    def _p(self) -> str:
+        return "%s" if self.store.dialect == "postgres" else "?"
+
+    def _delete_records(self, records: pa.Table) -> None:
+        store = self.store
+        store.execute("DROP TABLE IF EXISTS mercia_tmp_records")
+        store.execute("CREATE TEMP TABLE mercia_tmp_records (source_record VARCHAR)")
+        store.insert_arrow("mercia_tmp_records", records)
+        doomed = f"""SELECT cdm_table, row_id FROM mercia_provenance WHERE org = {self._p}
+                     AND source_record IN (SELECT source_record FROM mercia_tmp_records)"""
+        for (table,) in store.query(f"SELECT DISTINCT cdm_table FROM ({doomed}) d", [self.org]):
+            pk = "care_site_id" if table == "care_site" else f"{table}_id"
+            store.execute(f"DELETE FROM {quote(table)} WHERE {quote(pk)} IN "
+                          f"(SELECT row_id FROM ({doomed}) d WHERE cdm_table = {self._p})", [self.org, table])
+        store.execute(f"DELETE FROM mercia_provenance WHERE org = {self._p} AND "
+                      f"(cdm_table, row_id) IN (SELECT cdm_table, row_id FROM ({doomed}) d)", [self.org, self.org])
+
+    def prepare_sites(self) -> None:
+        s = self.staged.sites.table()
+        self.register("staged_sites", s)
+        self.con.execute("""
+            CREATE TABLE sites AS SELECT s.* , k.source_record FROM (
+                SELECT * EXCLUDE (pos) FROM (SELECT *, row_number() OVER () AS pos FROM staged_sites)
+                QUALIFY row_number() OVER (PARTITION BY record ORDER BY pos DESC) = 1) s
+            JOIN record_keys k ON k.record = s.record""")
+
+    def map_codes(self) -> None:
+        """Source codes -> (source concept, standard concept, domain) through 'Maps to'."""
+        codes = _table_from_query(self.con, """
+            SELECT DISTINCT vocabulary, code FROM events WHERE code IS NOT NULL AND vocabulary IS NOT NULL
+            UNION SELECT DISTINCT value_vocabulary, value_code FROM events WHERE value_code IS NOT NULL
+              AND value_vocabulary IS NOT NULL
+            UNION SELECT DISTINCT 'UCUM', unit FROM events WHERE unit IS NOT NULL""")
+        mapped = map_to_standard(self.store, codes)
+        self.register("mapped", mapped)
+
+    def insert(self, load_id: int, extract: str) -> None:
+        store, con = self.store, self.con
+        # new and changed persons -> links
+        con.execute(f"""
+            CREATE TABLE new_links AS SELECT person_id, ? AS org, source_pseudonym, nhs_pseudonym, nhs_status,
+                record_hash, COALESCE(CASE lower(sex) {" ".join(f"WHEN '{k}' THEN {v}" for k, v in GENDER.items())}
+                END, 0) AS gender_concept_id, sex AS gender_source_value,
+                {reduced_birth_columns_sql("CAST(birth_date AS DATE)", self.options.dob_policy)},
+                NULLIF(race_source_value, ':') AS race_source_value,
+                TRY_CAST(left(death_date, 10) AS DATE) AS death_date, lsoa, imd_decile, {load_id} AS load_id,
+                {", ".join(f"tok_{f}" for f in TOKEN_FIELDS)}, source_record
+            FROM resolved""", [self.org])
+        links = _table_from_query(con, "SELECT * EXCLUDE (source_record) FROM new_links")
+        store.insert_arrow("mercia_person_link", links)
+        self.rows["person_link"] += links.num_rows
+        provenance = [_table_from_query(con, f"""
+            SELECT 'person' AS cdm_table, person_id AS row_id, source_record, record_hash FROM new_links""")]
+        # sites
+        next_site = _max_id(store, "care_site", "care_site_id")
+        con.execute(f"""CREATE TABLE site_rows AS SELECT {next_site} + row_number() OVER () AS care_site_id, *
+                        FROM sites WHERE kind IN ('Organization', 'Location')""")
+        care_sites = _table_from_query(con, """SELECT care_site_id, name AS care_site_name,
+            COALESCE(ods_code, left(source_record, 50)) AS care_site_source_value,
+            kind AS place_of_service_source_value FROM site_rows""")
+        self.rows["care_site"] += store.insert_arrow("care_site", care_sites)
+        provenance.append(_table_from_query(con, """SELECT 'care_site' AS cdm_table, care_site_id AS row_id,
+            source_record, record_hash FROM site_rows"""))
+        next_provider = _max_id(store, "provider", "provider_id")
+        con.execute(f"""CREATE TABLE provider_rows AS SELECT {next_provider} + row_number() OVER () AS provider_id, *
+                        FROM sites WHERE kind = 'Practitioner'""")
+        providers = _table_from_query(con, """SELECT provider_id, left(source_record, 50) AS provider_source_value
+                                              FROM provider_rows""")
+        self.rows["provider"] += store.insert_arrow("provider", providers)
+        provenance.append(_table_from_query(con, """SELECT 'provider' AS cdm_table, provider_id AS row_id,
+            source_record, record_hash FROM provider_rows"""))
+        existing_sites = store.query_arrow(
+            f"SELECT source_record, row_id FROM mercia_provenance WHERE org = {self._p} AND cdm_table = 'care_site'",
+            [self.org])
+        self.register("old_sites", existing_sites if existing_sites.num_rows else
+                      pa.table({"source_record": pa.array([], pa.string()), "row_id": pa.array([], pa.int64())}))
+        # events, routed by the standard concept's domain (else by the reader's default)
+        con.execute(f"""
+            CREATE TABLE routed AS
+            SELECT e.*, COALESCE(m.source_concept_id, 0) AS source_concept_id, COALESCE(m.concept_id, 0) AS concept_id,
+                   CASE WHEN e.kind IN ('Visit', 'Specimen') THEN e.kind
+                        WHEN m.domain_id IN ({", ".join(f"'{d}'" for d in DOMAIN_TABLE)}) THEN m.domain_id
+                        ELSE e.kind END AS domain,
+                   COALESCE(u.concept_id, 0) AS unit_concept_id, vc.concept_id AS value_as_concept_id,
+                   COALESCE(q.care_site_id, os.row_id) AS care_site_id
+            FROM events e
+            LEFT JOIN mapped m ON m.vocabulary = e.vocabulary AND m.code = e.code
+            LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = 'UCUM' GROUP BY 1) u
+                   ON u.code = e.unit
+            LEFT JOIN (SELECT vocabulary, code, min(concept_id) AS concept_id FROM mapped GROUP BY 1, 2) vc
+                   ON vc.vocabulary = e.value_vocabulary AND vc.code = e.value_code
+            LEFT JOIN site_rows q ON q.source_record = e.site_record
+            LEFT JOIN old_sites os ON os.source_record = e.site_record""")
+        visit_ids = self._insert_domain("Visit", load_id, provenance)
+        existing_visits = store.query_arrow(
+            f"SELECT source_record, row_id FROM mercia_provenance WHERE org = {self._p} AND "
+            "cdm_table = 'visit_occurrence'", [self.org])
+        self.register("visit_ids", pa.concat_tables([visit_ids, existing_visits.cast(visit_ids.schema)])
+                      if existing_visits.num_rows else visit_ids)
+        for domain in DOMAIN_TABLE:
+            if domain != "Visit":
+                self._insert_domain(domain, load_id, provenance)
+        prov = pa.concat_tables([t.cast(provenance[0].schema) for t in provenance])
+        self.register("prov_rows", prov)
+        prov = _table_from_query(con, f"""
+            SELECT cdm_table, row_id, ? AS org, ? AS extract, source_record, record_hash, {load_id} AS load_id
+            FROM prov_rows""", [self.org, extract])
+        store.insert_arrow("mercia_provenance", prov)
+
+    def _insert_domain(self, domain: str, load_id: int, provenance: list[pa.Table]) -> pa.Table:
+        table = DOMAIN_TABLE[domain]
+        pk = f"{table}_id"
+        start = self.store.query_one(f"SELECT COALESCE(max({quote(pk)}), 0) FROM {quote(table)}") or 0
+        self.con.execute(f"""CREATE OR REPLACE TABLE domain_rows AS
+            SELECT {start} + row_number() OVER (ORDER BY source_record, code) AS row_id, r.*
+            FROM routed r WHERE domain = '{domain}'""")
+        if domain != "Visit":
+            self.con.execute("""CREATE OR REPLACE TABLE domain_rows AS SELECT d.*, v.row_id AS visit_occurrence_id
+                                FROM domain_rows d LEFT JOIN visit_ids v ON v.source_record = d.visit_record""")
+        columns = _domain_columns(domain, self.options.type_concept_id)
+        select = ", ".join(f"{expr} AS {quote(col)}" for col, expr in columns.items())
+        rows = _table_from_query(self.con, f"SELECT row_id AS {quote(pk)}, person_id, {select} FROM domain_rows")
+        self.rows[table] += self.store.insert_arrow(table, rows)
+        provenance.append(_table_from_query(self.con, f"""
+            SELECT '{table}' AS cdm_table, row_id, source_record, record_hash FROM domain_rows
+            UNION ALL SELECT '{table}', row_id, also_source_record, record_hash FROM domain_rows
+            WHERE also_source_record IS NOT NULL"""))
+        return _table_from_query(self.con, "SELECT source_record, row_id FROM domain_rows")
+
+
+def _domain_columns(domain: str, type_concept: int) -> dict[str, str]:
+    """CDM column -> SQL over the routed events, per target table."""
+    src = "left(COALESCE(vocabulary || ':', '') || code, 50)"
+    if domain == "Visit":
+        visit = "CASE code " + " ".join(f"WHEN '{k}' THEN {v}" for k, v in VISIT_CLASS.items()) + " ELSE 0 END"
+        return {"visit_concept_id": visit, "visit_start_date": "start_date", "visit_start_datetime": "start_datetime",
+                "visit_end_date": "COALESCE(end_date, start_date)", "visit_end_datetime": "end_datetime",
+                "visit_type_concept_id": str(type_concept), "visit_source_value": "left(code, 50)",
+                "care_site_id": "care_site_id"}
+    common = {"visit_occurrence_id": "visit_occurrence_id"}
+    if domain == "Condition":
+        return {"condition_concept_id": "concept_id", "condition_start_date": "start_date",
+                "condition_start_datetime": "start_datetime", "condition_end_date": "end_date",
+                "condition_end_datetime": "end_datetime", "condition_type_concept_id": str(type_concept),
+                "condition_source_value": src, "condition_source_concept_id": "source_concept_id", **common}
+    if domain == "Drug":
+        return {"drug_concept_id": "concept_id", "drug_exposure_start_date": "start_date",
+                "drug_exposure_start_datetime": "start_datetime",
+                "drug_exposure_end_date": "COALESCE(end_date, start_date + CAST(COALESCE(days_supply, 0) AS INTEGER))",
+                "drug_exposure_end_datetime": "end_datetime", "drug_type_concept_id": str(type_concept),
+                "quantity": "quantity", "days_supply": "days_supply", "drug_source_value": src,
+                "drug_source_concept_id": "source_concept_id", **common}
+    if domain == "Procedure":
+        return {"procedure_concept_id": "concept_id", "procedure_date": "start_date",
+                "procedure_datetime": "start_datetime", "procedure_end_date": "end_date",
+                "procedure_type_concept_id": str(type_concept), "procedure_source_value": src,
+                "procedure_source_concept_id": "source_concept_id", **common}
+    if domain == "Device":
+        return {"device_concept_id": "concept_id", "device_exposure_start_date": "start_date",
+                "device_exposure_end_date": "end_date", "device_type_concept_id": str(type_concept),
+                "device_source_value": src, "device_source_concept_id": "source_concept_id", **common}
+    if domain == "Specimen":
+        return {"specimen_concept_id": "concept_id", "specimen_type_concept_id": str(type_concept),
+                "specimen_date": "start_date", "specimen_datetime": "start_datetime",
+                "specimen_source_value": src}
+    value_source = "left(COALESCE(value_vocabulary || ':' || value_code, CAST(value_number AS VARCHAR)), 50)"
+    if domain == "Measurement":
+        return {"measurement_concept_id": "concept_id", "measurement_date": "start_date",
+                "measurement_datetime": "start_datetime", "measurement_type_concept_id": str(type_concept),
+                "value_as_number": "value_number", "value_as_concept_id": "value_as_concept_id",
+                "unit_concept_id": "CASE WHEN unit IS NULL THEN NULL ELSE unit_concept_id END",
+                "range_low": "range_low", "range_high": "range_high", "measurement_source_value": src,
+                "measurement_source_concept_id": "source_concept_id", "unit_source_value": "left(unit, 50)",
+                "value_source_value": value_source, **common}
+    return {"observation_concept_id": "concept_id", "observation_date": "start_date",
+            "observation_datetime": "start_datetime", "observation_type_concept_id": str(type_concept),
+            "value_as_number": "value_number", "value_as_concept_id": "value_as_concept_id",
+            "unit_concept_id": "CASE WHEN unit IS NULL THEN NULL ELSE unit_concept_id END",
+            "observation_source_value": src, "observation_source_concept_id": "source_concept_id",
+            "unit_source_value": "left(unit, 50)", "qualifier_source_value": "qualifier",
+            "value_source_value": value_source, **common}
+
+
+def map_to_standard(store: Store, codes: pa.Table) -> pa.Table:
+    """(vocabulary, code) -> source_concept_id, standard concept_id and its domain via 'Maps to'
+    (a standard source concept maps to itself).  Codes not in the vocabulary are absent."""
+    empty = pa.table({"vocabulary": pa.array([], pa.string()), "code": pa.array([], pa.string()),
+                      "source_concept_id": pa.array([], pa.int64()), "concept_id": pa.array([], pa.int64()),
+                      "domain_id": pa.array([], pa.string())})
+    if codes.num_rows == 0 or not store.query_one("SELECT count(*) FROM (SELECT 1 FROM concept LIMIT 1) c"):
+        return empty
+    store.execute("DROP TABLE IF EXISTS mercia_tmp_codes")
+    store.execute("CREATE TEMP TABLE mercia_tmp_codes (vocabulary VARCHAR, code VARCHAR)")
+    store.insert_arrow("mercia_tmp_codes", codes.rename_columns(["vocabulary", "code"]))
+    result = store.query_arrow("""
+        SELECT t.vocabulary, t.code, c.concept_id AS source_concept_id,
+               CASE WHEN c.standard_concept = 'S' THEN c.concept_id ELSE s.concept_id END AS concept_id,
+               CASE WHEN c.standard_concept = 'S' THEN c.domain_id ELSE s.domain_id END AS domain_id
+        FROM mercia_tmp_codes t
+        JOIN concept c ON c.vocabulary_id = t.vocabulary AND c.concept_code = t.code
+        LEFT JOIN concept_relationship r ON r.concept_id_1 = c.concept_id AND r.relationship_id = 'Maps to'
+             AND r.invalid_reason IS NULL AND c.standard_concept IS DISTINCT FROM 'S'
+        LEFT JOIN concept s ON s.concept_id = r.concept_id_2 AND s.standard_concept = 'S'""")
+    store.execute("DROP TABLE IF EXISTS mercia_tmp_codes")
+    return result.cast(empty.schema) if result.num_rows else empty
+
+
+def rebuild_person_rows(store: Store, person_ids: pa.Table) -> None:
+    """person, death and observation_period rows of the given persons, rebuilt from their links
+    and events (one link per person chosen: a valid NHS number first, then the earliest load)."""
+    store.execute("DROP TABLE IF EXISTS mercia_tmp_persons")
+    store.execute("CREATE TEMP TABLE mercia_tmp_persons (person_id BIGINT)")
+    store.insert_arrow("mercia_tmp_persons", person_ids)
+    for table in ("person", "death", "observation_period"):
+        store.execute(f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM mercia_tmp_persons)")
+    store.execute("""
+        INSERT INTO person (person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth,
+            birth_datetime, race_concept_id, ethnicity_concept_id, person_source_value, gender_source_value,
+            race_source_value)
+        SELECT person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth, birth_datetime, 0, 0,
+               left(COALESCE(nhs_pseudonym, source_pseudonym), 50), gender_source_value, race_source_value
+        FROM (SELECT l.*, row_number() OVER (PARTITION BY person_id ORDER BY (nhs_status = 'valid') DESC,
+                     load_id, org, source_pseudonym) AS rn
+              FROM mercia_person_link l WHERE person_id IN (SELECT person_id FROM mercia_tmp_persons)) x
+        WHERE rn = 1""")
+    store.execute("""
+        INSERT INTO death (person_id, death_date, death_type_concept_id)
+        SELECT person_id, min(death_date), """ + str(EHR_TYPE) + """ FROM mercia_person_link
+        WHERE death_date IS NOT NULL AND person_id IN (SELECT person_id FROM mercia_tmp_persons)
+        GROUP BY person_id""")
+    union = " UNION ALL ".join(f"SELECT person_id, {col} AS d FROM {table} WHERE person_id IN "
+                               "(SELECT person_id FROM mercia_tmp_persons)" for table, col in EVENT_DATES.items())
+    next_id = _max_id(store, "observation_period", "observation_period_id")
+    store.execute(f"""
+        INSERT INTO observation_period (observation_period_id, person_id, observation_period_start_date,
+            observation_period_end_date, period_type_concept_id)
+        SELECT {next_id} + row_number() OVER (ORDER BY person_id), person_id, min(d), max(d), {EHR_TYPE}
+        FROM ({union}) e GROUP BY person_id""")
+    store.execute("DROP TABLE IF EXISTS mercia_tmp_persons")
+
+
+def load_staged(store: Store, staged: Staged, org: str, reader: str, options: LoadOptions) -> LoadSummary:
+    """Load one extract as one transaction; see the module docstring for the order of work."""
+    if not org or not org.replace("-", "").isalnum():
+        raise LoadError(f"organisation must be an ODS code (letters and digits), got {org!r}")
+    ensure_ingest_tables(store)
+    job = _Load(store, staged, org, reader, options)
+    with store.transaction():
+        load_id = int(store.query_one("SELECT COALESCE(max(load_id), 0) FROM mercia_load") or 0) + 1
+        job.pseudonymise_records()
+        persons = job.prepare_persons()
+        job.resolve_persons(persons)
+        job.prepare_events()
+        job.prepare_sites()
+        unchanged = job.skip_unchanged()
+        job.map_codes()
+        job.insert(load_id, staged.extract)
+        job.register("staged_rejects", staged.rejects.table())
+        for rec, line, field_name, reason in job.con.execute("""
+                SELECT k.source_record, r.line, r.field, r.reason FROM staged_rejects r
+                LEFT JOIN record_keys k ON k.record = r.record""").fetchall():
+            job.rejects.append(dict(source_record=rec, line=line, field=field_name, reason=reason, action="rejected"))
+        if job.withheld:
+            job.rejects.append(dict(source_record=None, line=None, field="nhs_number",
+                                    reason=f"national data opt-out ({job.withheld} records withheld)",
+                                    action="withheld"))
+        store.execute(f"DELETE FROM mercia_reject WHERE org = {job._p} AND extract = {job._p}", [org, staged.extract])
+        rejects = pa.Table.from_pylist([{**r, "load_id": load_id, "org": org, "extract": staged.extract}
+                                        for r in job.rejects],
+                                       schema=pa.schema([("load_id", pa.int64()), ("org", pa.string()),
+                                                         ("extract", pa.string()), ("source_record", pa.string()),
+                                                         ("line", pa.int64()), ("field", pa.string()),
+                                                         ("reason", pa.string()), ("action", pa.string())]))
+        store.insert_arrow("mercia_reject", rejects)
+        affected = _table_from_query(job.con, """SELECT DISTINCT person_id FROM resolved UNION
+                                      SELECT DISTINCT person_id FROM events""")
+        rebuild_person_rows(store, affected)
+        rejected_records = len({(r["source_record"], r["line"]) for r in job.rejects if r["action"] == "rejected"})
+        withheld_records = job.withheld
+        loaded = staged.read - rejected_records - withheld_records
+        store.execute("""INSERT INTO mercia_load VALUES (""" + ", ".join([job._p] * 10) + ")",
+                      [load_id, org, staged.extract, reader, dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                       staged.read, loaded, unchanged, rejected_records, withheld_records])
+    reasons = Counter(r["reason"] for r in job.rejects if r["action"] == "rejected")
+    return LoadSummary(load_id, org, staged.extract, staged.read, loaded, unchanged, rejected_records,
+                       withheld_records, sum(1 for r in job.rejects if r["action"] == "flagged"),
+                       dict(job.rows), dict(reasons))

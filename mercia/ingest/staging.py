@@ -1,0 +1,90 @@
+"""The shape every reader produces: columns of staged persons, events, sites and rejects.
+
+Readers only parse.  Staged persons still carry identifiers (NHS number, names, postcode) in
+memory; ``mercia.ingest.load`` pseudonymises them and drops them before anything is written.
+One source record (a FHIR resource, an HL7 OBX, a CSV row) may stage several events; each carries
+the record key and a hash of the record's content so resends can be recognised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+PERSON_SCHEMA = pa.schema([
+    ("record", pa.string()), ("record_hash", pa.string()), ("person_ref", pa.string()),
+    ("nhs_number", pa.string()), ("family", pa.string()), ("given", pa.string()),
+    ("birth_date", pa.string()), ("sex", pa.string()), ("ethnicity_vocabulary", pa.string()),
+    ("ethnicity_code", pa.string()), ("postcode", pa.string()), ("death_date", pa.string()),
+    ("line", pa.int64()),
+])
+
+EVENT_SCHEMA = pa.schema([
+    ("record", pa.string()), ("record_hash", pa.string()), ("person_ref", pa.string()),
+    ("visit_ref", pa.string()), ("kind", pa.string()), ("vocabulary", pa.string()), ("code", pa.string()),
+    ("start", pa.string()), ("end", pa.string()), ("value_number", pa.float64()),
+    ("value_vocabulary", pa.string()), ("value_code", pa.string()), ("unit", pa.string()),
+    ("range_low", pa.float64()), ("range_high", pa.float64()), ("qualifier", pa.string()),
+    ("quantity", pa.float64()), ("days_supply", pa.int64()), ("site_ref", pa.string()),
+    ("also_record", pa.string()), ("line", pa.int64()),
+])
+
+SITE_SCHEMA = pa.schema([
+    ("record", pa.string()), ("record_hash", pa.string()), ("kind", pa.string()),
+    ("name", pa.string()), ("ods_code", pa.string()), ("line", pa.int64()),
+])
+
+REJECT_SCHEMA = pa.schema([
+    ("record", pa.string()), ("line", pa.int64()), ("field", pa.string()), ("reason", pa.string()),
+])
+
+# Event kinds, named after the OMOP domain a record goes to when its code has no standard mapping.
+EVENT_KINDS = ("Visit", "Condition", "Drug", "Procedure", "Measurement", "Observation", "Specimen", "Device")
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class Columns:
+    """Column lists filled row by row by a reader, turned into one Arrow table at the end."""
+
+    def __init__(self, schema: pa.Schema):
+        self.schema = schema
+        self.data: dict[str, list] = {name: [] for name in schema.names}
+
+    def add(self, **values) -> None:
+        for name, column in self.data.items():
+            column.append(values.get(name))
+
+    def __len__(self) -> int:
+        return len(self.data[self.schema.names[0]])
+
+    def table(self) -> pa.Table:
+        return pa.table(self.data, schema=self.schema)
+
+
+@dataclass
+class Staged:
+    """Everything one extract produced, before privacy and linkage."""
+
+    extract: str
+    read: int = 0
+    persons: Columns = field(default_factory=lambda: Columns(PERSON_SCHEMA))
+    events: Columns = field(default_factory=lambda: Columns(EVENT_SCHEMA))
+    sites: Columns = field(default_factory=lambda: Columns(SITE_SCHEMA))
+    rejects: Columns = field(default_factory=lambda: Columns(REJECT_SCHEMA))
+    # genomic variant calls (VCF), already in their own table shape
+    variants: pa.Table | None = None
+
+    def reject(self, record: str | None, field_name: str | None, reason: str, line: int | None = None) -> None:
+        self.rejects.add(record=record, line=line, field=field_name, reason=reason)
+
+    def merge(self, other: Staged) -> None:
+        self.read += other.read
+        for name in ("persons", "events", "sites", "rejects"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            for col, values in theirs.data.items():
+                mine.data[col].extend(values)

@@ -1,0 +1,54 @@
+"""Ingestion's own tables, beside the CDM and outside it (prefix ``mercia_``).
+
+- ``mercia_load``: one row per load (organisation, extract, counts).
+- ``mercia_provenance``: every CDM row -> organisation, extract, source record (keyed by CDM table
+  and row id).  Source record keys are ``Type/<pseudonym>``: the organisation-scoped HMAC of the
+  local id, so a key holder can trace a row back while the table itself names nobody.
+- ``mercia_reject``: records that failed validation (``action = 'rejected'``), were loaded with a
+  problem flagged (``'flagged'``, e.g. an invalid NHS number), or were withheld by the national
+  data opt-out (``'withheld'``, counted only: no record key).  Never holds identifiers.
+- ``mercia_person_link``: one row per organisation's person, with the keyed-hash NHS pseudonym
+  and linkage tokens (computed before identifiers were dropped) and the person_id it links to.
+"""
+
+from __future__ import annotations
+
+from mercia.cdm import Store
+
+TOKEN_FIELDS = ("surname", "forename", "surname_sx", "forename_sx", "dob", "dob_ym", "dob_y", "dob_swap",
+                "sex", "district")
+
+DDL = [
+    """CREATE TABLE IF NOT EXISTS mercia_load (
+        load_id BIGINT NOT NULL, org VARCHAR NOT NULL, extract VARCHAR NOT NULL, reader VARCHAR NOT NULL,
+        loaded_at TIMESTAMP NOT NULL, records_read BIGINT, records_loaded BIGINT, records_unchanged BIGINT,
+        records_rejected BIGINT, records_withheld BIGINT)""",
+    """CREATE TABLE IF NOT EXISTS mercia_provenance (
+        cdm_table VARCHAR NOT NULL, row_id BIGINT NOT NULL, org VARCHAR NOT NULL, extract VARCHAR NOT NULL,
+        source_record VARCHAR NOT NULL, record_hash VARCHAR NOT NULL, load_id BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS mercia_reject (
+        load_id BIGINT NOT NULL, org VARCHAR NOT NULL, extract VARCHAR NOT NULL, source_record VARCHAR,
+        line BIGINT, field VARCHAR, reason VARCHAR NOT NULL, action VARCHAR NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS mercia_person_link (
+        person_id BIGINT NOT NULL, org VARCHAR NOT NULL, source_pseudonym VARCHAR NOT NULL,
+        nhs_pseudonym VARCHAR, nhs_status VARCHAR NOT NULL, record_hash VARCHAR NOT NULL,
+        gender_concept_id BIGINT NOT NULL, gender_source_value VARCHAR, year_of_birth BIGINT,
+        month_of_birth BIGINT, day_of_birth BIGINT, birth_datetime TIMESTAMP, race_source_value VARCHAR,
+        death_date DATE, lsoa VARCHAR, imd_decile BIGINT, load_id BIGINT NOT NULL, """
+    + ", ".join(f"tok_{f} VARCHAR" for f in TOKEN_FIELDS) + ")",
+]
+INDEXES = [
+    "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_org_record ON mercia_provenance (org, source_record)",
+    "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_row ON mercia_provenance (cdm_table, row_id)",
+    "CREATE INDEX IF NOT EXISTS idx_mercia_person_link_nhs ON mercia_person_link (nhs_pseudonym)",
+]
+
+
+def ensure_ingest_tables(store: Store) -> None:
+    """Create the CDM (if missing) and ingestion tables.  Idempotent."""
+    store.init_schema()
+    for statement in DDL:
+        store.execute(statement)
+    if store.dialect == "postgres":
+        for statement in INDEXES:
+            store.execute(statement)

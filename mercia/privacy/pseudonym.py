@@ -1,0 +1,89 @@
+"""Keyed pseudonyms: HMAC-SHA-256 under a secret that never enters the repository or the database.
+
+One master key (from ``MERCIA_PSEUDONYM_KEY`` or a key file outside the repo) derives separate
+sub-keys per purpose, so an NHS-number pseudonym, an organisation-scoped source pseudonym, a linkage
+token and a per-project research pseudonym can never be compared with each other, and a leaked
+research extract cannot be joined back to the platform's own identifiers without the master key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+import pyarrow as pa
+
+KEY_ENV = "MERCIA_PSEUDONYM_KEY"
+KEY_FILE_ENV = "MERCIA_PSEUDONYM_KEY_FILE"
+_MIN_KEY_BYTES = 32
+
+
+class KeyError_(Exception):
+    """The pseudonymisation key is missing, too short, or stored somewhere it must not be."""
+
+
+def _repository_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def load_key(key_file: Path | str | None = None) -> bytes:
+    """The master key: ``$MERCIA_PSEUDONYM_KEY``, else the key file (argument, ``$MERCIA_PSEUDONYM_KEY_FILE``
+    or ``settings.pseudonym_key_file``).  A key file inside the repository is refused."""
+    raw = os.environ.get(KEY_ENV)
+    if raw is None:
+        if key_file is None:
+            key_file = os.environ.get(KEY_FILE_ENV)
+        if key_file is None:
+            from mercia.config import load_settings
+
+            key_file = load_settings().pseudonym_key_file
+        if key_file is None:
+            raise KeyError_(f"no pseudonymisation key: set {KEY_ENV} or {KEY_FILE_ENV} "
+                            "(a file outside the repository, e.g. created with `openssl rand -hex 32`)")
+        path = Path(key_file).expanduser().resolve()
+        if path.is_relative_to(_repository_root()):
+            raise KeyError_(f"refusing a pseudonymisation key file inside the repository: {path}")
+        try:
+            raw = path.read_text().strip()
+        except OSError as exc:
+            raise KeyError_(f"cannot read pseudonymisation key file {path}: {exc.strerror}") from exc
+    key = raw.encode()
+    if len(key) < _MIN_KEY_BYTES:
+        raise KeyError_(f"pseudonymisation key too short: need at least {_MIN_KEY_BYTES} bytes")
+    return key
+
+
+class Pseudonymiser:
+    """Derives purpose-specific HMAC keys from the master key and applies them to columns."""
+
+    def __init__(self, master_key: bytes):
+        self._master = master_key
+
+    def __repr__(self) -> str:  # never print key material
+        return "Pseudonymiser(<key hidden>)"
+
+    def _subkey(self, purpose: str) -> bytes:
+        return hmac.new(self._master, f"mercia/{purpose}".encode(), hashlib.sha256).digest()
+
+    def hash_values(self, purpose: str, values: pa.Array | list) -> pa.Array:
+        """HMAC-SHA-256 (hex) of each non-null value under the purpose's sub-key; null stays null."""
+        key = self._subkey(purpose)
+        items = values.to_pylist() if isinstance(values, (pa.Array, pa.ChunkedArray)) else values
+        return pa.array([None if v is None or v == "" else hmac.new(key, str(v).encode(), hashlib.sha256).hexdigest()
+                         for v in items], pa.string())
+
+    def nhs_pseudonyms(self, nhs_numbers: pa.Array) -> pa.Array:
+        return self.hash_values("nhs-number", nhs_numbers)
+
+    def source_pseudonyms(self, org: str, source_ids: pa.Array) -> pa.Array:
+        """Organisation-scoped: the same local id at two organisations gives two pseudonyms."""
+        return self.hash_values(f"source/{org}", source_ids)
+
+    def linkage_tokens(self, field: str, values: pa.Array | list) -> pa.Array:
+        return self.hash_values(f"linkage/{field}", values)
+
+    def research_pseudonyms(self, project: str, pseudonyms: pa.Array | list) -> pa.Array:
+        """A per-project pseudonym for exports: derivable again by the platform, unlinkable across projects."""
+        return self.hash_values(f"project/{project}", pseudonyms)
