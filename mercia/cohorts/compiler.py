@@ -1,0 +1,534 @@
+"""Compile a Circe cohort expression into one relational plan of sqlglot expression trees.
+
+The plan is a short list of named steps (materialised as temporary tables on DuckDB/PostgreSQL and
+cached temporary views on Spark), then the writes of the cohort rows and the attrition.  The steps
+mirror OHDSI circe-be's generated SQL, so that the rows are the same:
+
+codesets -> primary_events -> qualified_events -> inclusion_events -> event_masks -> included_events
+-> cohort_ends -> cohort_rows (era collapse, censor window) -> ``cohort`` + attrition tables.
+
+Nothing here is a SQL string: every dialect is rendered from the same trees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from mercia.cohorts import model as m
+from mercia.cohorts.criteria import CODESETS, CriteriaCompiler, demographic_conditions
+from mercia.cohorts.model import CohortDefinitionError
+from mercia.cohorts.sqlexpr import (BIGINT, DATE, add_days, case_when, col, date_literal, empty_select,
+                                    in_list, least_date, num, row_number, running, table, union_all)
+
+DIALECTS = ("duckdb", "postgres", "spark")
+PREFIX = "mercia_"
+EVENT_COLUMNS = ["event_id", "person_id", "start_date", "end_date", "op_start_date", "op_end_date",
+                 "visit_occurrence_id"]
+
+# Result tables written next to ``cohort`` (Circe's names and meanings; see docs/cohorts.md).
+RESULT_TABLES: dict[str, list[tuple[str, str]]] = {
+    "cohort_inclusion": [("cohort_definition_id", "BIGINT"), ("rule_sequence", "BIGINT"), ("name", "VARCHAR(255)"),
+                         ("description", "VARCHAR(1000)")],
+    "cohort_inclusion_result": [("cohort_definition_id", "BIGINT"), ("mode_id", "BIGINT"),
+                                ("inclusion_rule_mask", "BIGINT"), ("person_count", "BIGINT")],
+    "cohort_inclusion_stats": [("cohort_definition_id", "BIGINT"), ("mode_id", "BIGINT"),
+                               ("rule_sequence", "BIGINT"), ("person_count", "BIGINT"), ("gain_count", "BIGINT"),
+                               ("person_total", "BIGINT")],
+    "cohort_summary_stats": [("cohort_definition_id", "BIGINT"), ("mode_id", "BIGINT"), ("base_count", "BIGINT"),
+                             ("final_count", "BIGINT")],
+}
+
+
+@dataclass
+class CohortPlan:
+    """The compiled cohort: temporary steps in order, then the final rows and attrition selects."""
+    cohort_id: int
+    steps: list[tuple[str, exp.Query]] = field(default_factory=list)
+    cohort_rows: exp.Query | None = None          # cohort_definition_id, subject_id, start, end
+    attrition: dict[str, exp.Query] = field(default_factory=dict)   # result table -> rows for this cohort
+    rules: list[m.InclusionRule] = field(default_factory=list)
+
+    def temp(self, name: str) -> str:
+        return f"{PREFIX}{name}"
+
+
+def _eq(a: exp.Expression, b: exp.Expression) -> exp.EQ:
+    return exp.EQ(this=a, expression=b)
+
+
+def _same_event(a: str, b: str) -> exp.Expression:
+    return exp.and_(_eq(col("person_id", a), col("person_id", b)), _eq(col("event_id", a), col("event_id", b)))
+
+
+class _Compiler:
+    def __init__(self, expr: m.CohortExpression, cohort_id: int):
+        self.expr = expr
+        self.plan = CohortPlan(cohort_id=cohort_id, rules=list(expr.inclusion_rules))
+        self.criteria = CriteriaCompiler(self._wrap_correlated)
+
+    # -- concept sets -------------------------------------------------------------------------
+    def codesets(self) -> exp.Query:
+        selects = [self._concept_set(cs) for cs in self.expr.concept_sets]
+        if not selects:
+            return empty_select({"codeset_id": BIGINT, "concept_id": BIGINT})
+        return union_all(selects)
+
+    def _concept_set(self, cs: m.ConceptSet) -> exp.Select:
+        include = [i for i in cs.expression.items if not i.is_excluded]
+        exclude = [i for i in cs.expression.items if i.is_excluded]
+        included = _concept_query(include)
+        q = exp.select(exp.alias_(num(cs.id), "codeset_id"),
+                       exp.alias_(exp.cast(col("concept_id", "I"), BIGINT), "concept_id")).distinct()
+        q = q.from_(included.subquery("I"))
+        if exclude:
+            q = q.join(_concept_query(exclude).subquery("E"),
+                       on=_eq(col("concept_id", "I"), col("concept_id", "E")), join_type="left")
+            q = q.where(exp.Is(this=col("concept_id", "E"), expression=exp.null()))
+        return q
+
+    # -- events -------------------------------------------------------------------------------
+    def primary_events(self) -> exp.Query:
+        pc = self.expr.primary_criteria
+        union = union_all([self.criteria.query(c) for c in pc.criteria_list])
+        desc = pc.primary_criteria_limit.type == "Last"
+        ranked = exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("E")),
+                            exp.alias_(row_number([col("person_id", "E")],
+                                                  [(col("start_date", "E"), desc), col("event_id", "E")]),
+                                       "ordinal")).from_(union.subquery("E"))
+        op_start, op_end = col("observation_period_start_date", "OP"), col("observation_period_end_date", "OP")
+        q = exp.select(
+            exp.alias_(row_number([col("person_id", "P")], [col("start_date", "P"), col("event_id", "P")]),
+                       "event_id"),
+            col("person_id", "P"), col("start_date", "P"), col("end_date", "P"),
+            exp.alias_(op_start, "op_start_date"), exp.alias_(op_end.copy(), "op_end_date"),
+            col("visit_occurrence_id", "P"),
+        ).from_(ranked.subquery("P")).join(table("observation_period", "OP"), on=exp.and_(
+            _eq(col("person_id", "P"), col("person_id", "OP")),
+            exp.GTE(this=col("start_date", "P"), expression=op_start.copy()),
+            exp.LTE(this=col("start_date", "P"), expression=op_end.copy())))
+        window = pc.observation_window
+        q = q.where(exp.LTE(this=add_days(op_start.copy(), window.prior_days), expression=col("start_date", "P")))
+        q = q.where(exp.LTE(this=add_days(col("start_date", "P"), window.post_days), expression=op_end.copy()))
+        if pc.primary_criteria_limit.type != "All":
+            q = q.where(_eq(col("ordinal", "P"), num(1)))
+        return q
+
+    def qualified_events(self, primary: str) -> exp.Query:
+        desc = self.expr.qualified_limit.type == "Last"
+        q = exp.select(*[col(c, "pe") for c in EVENT_COLUMNS],
+                       exp.alias_(row_number([col("person_id", "pe")],
+                                             [(col("start_date", "pe"), desc), col("event_id", "pe")]), "ordinal"))
+        q = q.from_(table(primary, "pe"))
+        ac = self.expr.additional_criteria
+        if ac is not None and not ac.is_empty():
+            q = q.join(self.group(ac, lambda: table(primary), 0).subquery("AC"), on=_same_event("AC", "pe"))
+        out = exp.select(*[col(c, "QE") for c in EVENT_COLUMNS]).from_(q.subquery("QE"))
+        # Circe applies the qualified limit whenever AdditionalCriteria is present, even empty
+        if ac is not None and self.expr.qualified_limit.type != "All":
+            out = out.where(_eq(col("ordinal", "QE"), num(1)))
+        return out
+
+    def inclusion_events(self, qualified: str) -> exp.Query:
+        selects = []
+        for i, rule in enumerate(self.expr.inclusion_rules):
+            q = exp.select(exp.alias_(num(i), "inclusion_rule_id"),
+                           exp.alias_(exp.cast(num(2 ** i), BIGINT), "rule_bit"),
+                           col("person_id", "pe"), col("event_id", "pe")).from_(table(qualified, "pe"))
+            q = q.join(self.group(rule.expression, lambda: table(qualified), 0).subquery("AC"),
+                       on=_same_event("AC", "pe"))
+            selects.append(q)
+        return union_all(selects)
+
+    def event_masks(self, qualified: str, inclusion: str) -> exp.Query:
+        """Per qualified event: the bitmask of inclusion rules it passes (BIGINT), for limits and stats."""
+        return exp.select(
+            col("event_id", "Q"), col("person_id", "Q"), col("start_date", "Q"),
+            exp.alias_(exp.cast(exp.func("COALESCE", exp.Sum(this=col("rule_bit", "I")), num(0)), BIGINT),
+                       "inclusion_rule_mask"),
+            exp.alias_(exp.Count(this=exp.Distinct(expressions=[col("inclusion_rule_id", "I")])), "rule_count"),
+            exp.alias_(exp.func("COALESCE", exp.Min(this=col("inclusion_rule_id", "I")), num(0)), "min_rule_id"),
+        ).from_(table(qualified, "Q")).join(table(inclusion, "I"), on=_same_event("I", "Q"), join_type="left"
+                                            ).group_by(col("event_id", "Q"), col("person_id", "Q"),
+                                                       col("start_date", "Q"))
+
+    def included_events(self, qualified: str, masks: str | None) -> exp.Query:
+        desc = self.expr.expression_limit.type == "Last"
+        cols = [c for c in EVENT_COLUMNS if c != "visit_occurrence_id"]
+        q = exp.select(*[col(c, "Q") for c in cols],
+                       exp.alias_(row_number([col("person_id", "Q")],
+                                             [(col("start_date", "Q"), desc), col("event_id", "Q")]), "ordinal"))
+        q = q.from_(table(qualified, "Q"))
+        if masks is not None:
+            full = 2 ** len(self.expr.inclusion_rules) - 1
+            q = q.join(table(masks, "MG"), on=_same_event("MG", "Q")).where(
+                _eq(col("inclusion_rule_mask", "MG"), num(full)))
+        out = exp.select(*[col(c, "R") for c in cols]).from_(q.subquery("R"))
+        if self.expr.expression_limit.type != "All":
+            out = out.where(_eq(col("ordinal", "R"), num(1)))
+        return out
+
+    # -- exits ---------------------------------------------------------------------------------
+    def custom_era_ends(self, included: str, strategy: m.CustomEraStrategy) -> exp.Query:
+        """Drug persistence: eras of the codeset's exposures (standard OR source concept, duplicates
+        kept), ``gap + offset`` days added to each end, merged; the era holding the index date ends
+        the cohort at ``max(end) - gap`` (Circe's customEraStrategy)."""
+        persons = exp.select(col("person_id")).distinct().from_(table(included))
+        if strategy.days_supply_override is not None:
+            drug_end = add_days(col("drug_exposure_start_date", "de"), strategy.days_supply_override)
+        else:
+            drug_end = exp.func("COALESCE", col("drug_exposure_end_date", "de"),
+                                add_days(col("drug_exposure_start_date", "de"), col("days_supply", "de")),
+                                add_days(col("drug_exposure_start_date", "de"), 1))
+        exposures = []
+        for concept_column in ("drug_concept_id", "drug_source_concept_id"):
+            exposures.append(exp.select(
+                col("person_id", "de"), exp.alias_(col("drug_exposure_start_date", "de"), "start_date"),
+                exp.alias_(add_days(drug_end.copy(), strategy.gap_days + strategy.offset), "end_date"),
+            ).from_(table("drug_exposure", "de")).join(persons.subquery("p"), on=_eq(
+                col("person_id", "de"), col("person_id", "p"))).join(table(CODESETS, "cs"), on=exp.and_(
+                    _eq(col("codeset_id", "cs"), num(strategy.drug_codeset_id)),
+                    _eq(col(concept_column, "de"), col("concept_id", "cs")))))
+        eras = _collapse(union_all(exposures), pad=strategy.gap_days, alias="era")
+        return exp.select(col("event_id", "et"), col("person_id", "et"),
+                          exp.alias_(col("end_date", "ERAS"), "end_date")
+                          ).from_(table(included, "et")).join(eras.subquery("ERAS"), on=exp.and_(
+                              _eq(col("person_id", "ERAS"), col("person_id", "et")),
+                              exp.Between(this=col("start_date", "et"), low=col("start_date", "ERAS"),
+                                          high=col("end_date", "ERAS"))))
+
+    def cohort_ends(self, included: str) -> exp.Query:
+        """Every candidate exit per event; the earliest on or after the start wins."""
+        candidates: list[exp.Query] = []
+        strategy = self.expr.end_strategy
+        ev = lambda: [col("event_id", "I"), col("person_id", "I")]  # noqa: E731
+        if strategy is not None and strategy.date_offset is not None:
+            offset = strategy.date_offset
+            field_ = "start_date" if offset.date_field == "StartDate" else "end_date"
+            shifted = add_days(col(field_, "I"), offset.offset)
+            candidates.append(exp.select(*ev(), exp.alias_(least_date(shifted, col("op_end_date", "I")), "end_date")
+                                         ).from_(table(included, "I")))
+        else:
+            candidates.append(exp.select(*ev(), exp.alias_(col("op_end_date", "I"), "end_date")
+                                         ).from_(table(included, "I")))
+            if strategy is not None and strategy.custom_era is not None:
+                candidates.append(self.custom_era_ends(included, strategy.custom_era))
+        if self.expr.censoring_criteria:
+            censor = union_all([exp.select(col("person_id", "X"), col("start_date", "X")).from_(
+                self.criteria.query(c).subquery("X")) for c in self.expr.censoring_criteria])
+            candidates.append(exp.select(*ev(), exp.alias_(exp.Min(this=col("start_date", "C")), "end_date"))
+                              .from_(table(included, "I")).join(censor.subquery("C"), on=exp.and_(
+                                  _eq(col("person_id", "C"), col("person_id", "I")),
+                                  exp.GTE(this=col("start_date", "C"), expression=col("start_date", "I")),
+                                  exp.LTE(this=col("start_date", "C"), expression=col("op_end_date", "I"))))
+                              .group_by(col("event_id", "I"), col("person_id", "I")))
+        first_end = exp.select(col("person_id", "I"), col("start_date", "I"),
+                               exp.alias_(exp.Min(this=col("end_date", "CE")), "end_date")
+                               ).from_(table(included, "I")).join(union_all(candidates).subquery("CE"), on=exp.and_(
+                                   _same_event("CE", "I"),
+                                   exp.GTE(this=col("end_date", "CE"), expression=col("start_date", "I")))
+                               ).group_by(col("event_id", "I"), col("person_id", "I"), col("start_date", "I"))
+        return first_end
+
+    def final_rows(self, cohort_rows: str) -> exp.Query:
+        collapsed = _collapse(exp.select("person_id", "start_date", "end_date").from_(table(cohort_rows)),
+                              pad=self.expr.collapse_settings.era_pad, alias="cr", pre_padded=False)
+        start, end = col("start_date", "CO"), col("end_date", "CO")
+        window = self.expr.censor_window
+        if window.start_date:
+            start = case_when(exp.GT(this=start, expression=date_literal(window.start_date)),
+                              col("start_date", "CO"), date_literal(window.start_date))
+        if window.end_date:
+            end = case_when(exp.LT(this=end, expression=date_literal(window.end_date)),
+                            col("end_date", "CO"), date_literal(window.end_date))
+        q = exp.select(exp.alias_(exp.cast(num(self.plan.cohort_id), BIGINT), "cohort_definition_id"),
+                       exp.alias_(col("person_id", "CO"), "subject_id"),
+                       exp.alias_(exp.cast(start, DATE), "cohort_start_date"),
+                       exp.alias_(exp.cast(end, DATE), "cohort_end_date")).from_(collapsed.subquery("CO"))
+        if window.start_date or window.end_date:
+            q = q.where(exp.LTE(this=start.copy(), expression=end.copy()))
+        return q
+
+    # -- criteria groups -----------------------------------------------------------------------
+    def group(self, g: m.CriteriaGroup, events, index: int) -> exp.Query:
+        """(index_id, person_id, event_id) of the events that satisfy group ``g``.
+
+        ``events`` returns a fresh relation (a table or a subquery) with the event columns."""
+        if g.is_empty():
+            return exp.select(exp.alias_(num(index), "index_id"), col("person_id", "E"), col("event_id", "E")
+                              ).from_(_aliased(events(), "E"))
+        parts: list[exp.Query] = []
+        for cc in g.criteria_list:
+            parts.append(self.correlated(cc, events, len(parts)))
+        for dc in g.demographic_criteria_list:
+            q = exp.select(exp.alias_(num(len(parts)), "index_id"), col("person_id", "E"), col("event_id", "E")
+                           ).from_(_aliased(events(), "E")).join(table("person", "P"), on=_eq(
+                               col("person_id", "P"), col("person_id", "E")))
+            for cond in demographic_conditions(dc, "E"):
+                q = q.where(cond)
+            parts.append(q)
+        for sub in g.groups:
+            parts.append(self.group(sub, events, len(parts)))
+        count = exp.Count(this=col("index_id", "CQ"))
+        join_type = "inner"
+        if g.type == "ALL":
+            having = _eq(count, num(len(parts)))
+        elif g.type == "ANY":
+            having = exp.GT(this=count, expression=num(0))
+        elif g.type == "AT_LEAST":
+            having = exp.GTE(this=count, expression=num(g.count))
+            join_type = "left" if g.count == 0 else "inner"
+        else:
+            having = exp.LTE(this=count, expression=num(g.count))
+            join_type = "left"
+        q = exp.select(exp.alias_(num(index), "index_id"), col("person_id", "E"), col("event_id", "E")
+                       ).from_(_aliased(events(), "E"))
+        q = q.join(union_all(parts).subquery("CQ"), on=_same_event("CQ", "E"), join_type=join_type)
+        return q.group_by(col("person_id", "E"), col("event_id", "E")).having(having)
+
+    def correlated(self, cc: m.CorrelatedCriteria, events, index: int) -> exp.Query:
+        """Circe's windowed (correlated) criterion: count matching events around each index event."""
+        check_op = not cc.ignore_observation_period
+        conds: list[exp.Expression] = [_eq(col("person_id", "A"), col("person_id", "P"))]
+        if check_op:
+            conds += [exp.GTE(this=col("start_date", "A"), expression=col("op_start_date", "P")),
+                      exp.LTE(this=col("start_date", "A"), expression=col("op_end_date", "P"))]
+        conds += _window(cc.start_window, check_op, event_end_default=False)
+        if cc.end_window is not None:
+            conds += _window(cc.end_window, check_op, event_end_default=True)
+        if cc.restrict_visit:
+            conds.append(_eq(col("visit_occurrence_id", "A"), col("visit_occurrence_id", "P")))
+        occ = cc.occurrence
+        if occ.is_distinct:
+            column = _COUNT_COLUMNS.get(occ.count_column or "DOMAIN_CONCEPT")
+            if column is None:
+                raise CohortDefinitionError(f"Occurrence.CountColumn {occ.count_column} is not supported")
+            counted: exp.Expression = exp.Distinct(expressions=[col(column, "A")])
+        else:
+            counted = col("event_id", "A")
+        count = exp.Count(this=counted)
+        op = {0: exp.EQ, 1: exp.LTE, 2: exp.GTE}[occ.type]
+        join_type = "left" if occ.type == 1 or occ.count == 0 else "inner"
+        q = exp.select(exp.alias_(num(index), "index_id"), col("person_id", "P"), col("event_id", "P")
+                       ).from_(_aliased(events(), "P"))
+        q = q.join(self.criteria.query(cc.criteria).subquery("A"), on=exp.and_(*conds), join_type=join_type)
+        return q.group_by(col("person_id", "P"), col("event_id", "P")).having(op(this=count, expression=num(occ.count)))
+
+    def _wrap_correlated(self, query: exp.Select, g: m.CriteriaGroup) -> exp.Select:
+        """A criterion's own CorrelatedCriteria: keep its events that satisfy the group, judged
+        with each event as the index (and its observation period)."""
+        with_op = exp.select(*[col(c, "Q") for c in ("person_id", "event_id", "start_date", "end_date",
+                                                     "visit_occurrence_id")],
+                             exp.alias_(col("observation_period_start_date", "op"), "op_start_date"),
+                             exp.alias_(col("observation_period_end_date", "op"), "op_end_date")
+                             ).from_(query.copy().subquery("Q")).join(table("observation_period", "op"), on=exp.and_(
+                                 _eq(col("person_id", "Q"), col("person_id", "op")),
+                                 exp.LTE(this=col("observation_period_start_date", "op"),
+                                         expression=col("start_date", "Q")),
+                                 exp.GTE(this=col("observation_period_end_date", "op"),
+                                         expression=col("start_date", "Q"))))
+        group = self.group(g, lambda: with_op.copy().subquery(), 0)
+        return exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("PE"))).from_(
+            query.subquery("PE")).join(group.subquery("AC"), on=_same_event("AC", "PE"))
+
+    # -- attrition ------------------------------------------------------------------------------
+    def attrition(self, masks: str, best: str) -> dict[str, exp.Query]:
+        cid = exp.alias_(exp.cast(num(self.plan.cohort_id), BIGINT), "cohort_definition_id")
+        n = len(self.expr.inclusion_rules)
+        full = 2 ** n - 1
+        result, stats, summary = [], [], []
+        for mode, source in ((0, masks), (1, best)):
+            mode_col = exp.alias_(exp.cast(num(mode), BIGINT), "mode_id")
+            mask = col("inclusion_rule_mask", "MG")
+            result.append(exp.select(cid.copy(), mode_col.copy(), mask.copy(),
+                                     exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT), "person_count"))
+                          .from_(table(source, "MG")).group_by(mask.copy()))
+            total = exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT), "person_total")
+            for i in range(n):
+                bit = 2 ** i
+                passed = _count_if(exp.GT(this=exp.BitwiseAnd(this=mask.copy(), expression=num(bit)), expression=num(0)))
+                gained = _count_if(_eq(mask.copy(), num(full - bit)))
+                stats.append(exp.select(cid.copy(), mode_col.copy(), exp.alias_(num(i), "rule_sequence"),
+                                        exp.alias_(passed, "person_count"), exp.alias_(gained, "gain_count"),
+                                        total.copy()).from_(table(source, "MG")))
+            summary.append(exp.select(cid.copy(), mode_col.copy(),
+                                      exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT), "base_count"),
+                                      exp.alias_(_count_if(_eq(mask.copy(), num(full))), "final_count"))
+                           .from_(table(source, "MG")))
+        out = {"cohort_inclusion_result": union_all(result), "cohort_summary_stats": union_all(summary)}
+        if stats:
+            out["cohort_inclusion_stats"] = union_all(stats)
+        return out
+
+    def best_events(self, masks: str) -> exp.Query:
+        """Circe's 'best event' per person: most rules passed, then the earliest first rule, then
+        the earliest start."""
+        ranked = exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("R")), exp.alias_(row_number(
+            [col("person_id", "R")], [(col("rule_count", "R"), True), col("min_rule_id", "R"), col("start_date", "R"),
+                                      col("event_id", "R")]), "rank_value")).from_(table(masks, "R"))
+        return exp.select(col("event_id", "B"), col("person_id", "B"), col("inclusion_rule_mask", "B")
+                          ).from_(ranked.subquery("B")).where(_eq(col("rank_value", "B"), num(1)))
+
+    # -- the plan -----------------------------------------------------------------------------
+    def build(self) -> CohortPlan:
+        plan = self.plan
+        t = plan.temp
+        plan.steps.append((t("codesets"), self.codesets()))
+        plan.steps.append((t("primary_events"), self.primary_events()))
+        plan.steps.append((t("qualified_events"), self.qualified_events(t("primary_events"))))
+        masks = None
+        if self.expr.inclusion_rules:
+            plan.steps.append((t("inclusion_events"), self.inclusion_events(t("qualified_events"))))
+        else:
+            plan.steps.append((t("inclusion_events"), empty_select({
+                "inclusion_rule_id": BIGINT, "rule_bit": BIGINT, "person_id": BIGINT, "event_id": BIGINT})))
+        plan.steps.append((t("event_masks"), self.event_masks(t("qualified_events"), t("inclusion_events"))))
+        masks = t("event_masks") if self.expr.inclusion_rules else None
+        plan.steps.append((t("included_events"), self.included_events(t("qualified_events"), masks)))
+        plan.steps.append((t("cohort_rows"), self.cohort_ends(t("included_events"))))
+        plan.steps.append((t("best_events"), self.best_events(t("event_masks"))))
+        plan.cohort_rows = self.final_rows(t("cohort_rows"))
+        plan.attrition = self.attrition(t("event_masks"), t("best_events"))
+        return plan
+
+
+_COUNT_COLUMNS = {"DOMAIN_CONCEPT": "domain_concept_id", "START_DATE": "start_date", "END_DATE": "end_date",
+                  "VISIT_ID": "visit_occurrence_id"}
+
+
+def _count_if(condition: exp.Expression) -> exp.Expression:
+    return exp.cast(exp.func("COALESCE", exp.Sum(this=case_when(condition, num(1), num(0))), num(0)), BIGINT)
+
+
+def _aliased(relation: exp.Expression, alias: str) -> exp.Expression:
+    if isinstance(relation, exp.Table):
+        return relation.as_(alias)
+    if isinstance(relation, exp.Subquery):
+        relation.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+        return relation
+    return relation.subquery(alias)
+
+
+def _window(w: m.Window, check_op: bool, event_end_default: bool) -> list[exp.Expression]:
+    """Window bounds relative to the index event, as Circe builds them (unbounded sides fall back
+    to the index event's observation period unless it is ignored)."""
+    index_date = col("end_date" if w.use_index_end else "start_date", "P")
+    use_event_end = (w.use_event_end is None or w.use_event_end) if event_end_default else bool(w.use_event_end)
+    event_date = col("end_date" if use_event_end else "start_date", "A")
+    conds = []
+    for bound, node in ((w.start, exp.GTE), (w.end, exp.LTE)):
+        if bound.days is not None:
+            limit = add_days(index_date.copy(), bound.coeff * bound.days)
+        elif check_op:
+            limit = col("op_start_date" if bound.coeff == -1 else "op_end_date", "P")
+        else:
+            continue
+        conds.append(node(this=event_date.copy(), expression=limit))
+    return conds
+
+
+def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) -> exp.Query:
+    """Circe's era constructor: rows whose (padded) ends reach the next start merge, then the pad
+    is taken off the merged end.  ``pre_padded`` rows already carry the pad in end_date."""
+    end = col("end_date", "CR") if pre_padded else add_days(col("end_date", "CR"), pad)
+    padded = exp.select(col("person_id", "CR"), col("start_date", "CR"), exp.alias_(end, "end_date")).from_(
+        rows.subquery("CR"))
+    prev_max = running(exp.Max(this=col("end_date", "ST")), [col("person_id", "ST")], [col("start_date", "ST")],
+                       exclude_current=True)
+    starts = exp.select(col("person_id", "ST"), col("start_date", "ST"), col("end_date", "ST"),
+                        exp.alias_(case_when(exp.GTE(this=prev_max, expression=col("start_date", "ST")), num(0), num(1)),
+                                   "is_start")).from_(padded.subquery("ST"))
+    groups = exp.select(col("person_id", "GR"), col("start_date", "GR"), col("end_date", "GR"), exp.alias_(
+        running(exp.Sum(this=col("is_start", "GR")), [col("person_id", "GR")],
+                [col("start_date", "GR"), (col("is_start", "GR"), True)]), "group_idx")).from_(starts.subquery("GR"))
+    return exp.select(col("person_id", "G"), exp.alias_(exp.Min(this=col("start_date", "G")), "start_date"),
+                      exp.alias_(add_days(exp.Max(this=col("end_date", "G")), -pad), "end_date")
+                      ).from_(groups.subquery("G")).group_by(col("person_id", "G"), col("group_idx", "G"))
+
+
+def _concept_query(items: list[m.ConceptSetItem]) -> exp.Query:
+    """Circe's concept set resolution: the listed concepts (present in CONCEPT), valid descendants of
+    those flagged, and concepts that 'Maps to' any of those when includeMapped is set."""
+    if not items:
+        return exp.select("concept_id").from_("concept").where(_eq(num(0), num(1)))
+    ids = [i.concept.concept_id for i in items]
+    desc_ids = [i.concept.concept_id for i in items if i.include_descendants]
+    parts = [_listed(ids, desc_ids)]
+    mapped = [i.concept.concept_id for i in items if i.include_mapped]
+    if mapped:
+        mapped_desc = [i.concept.concept_id for i in items if i.include_mapped and i.include_descendants]
+        parts.append(exp.select(exp.alias_(col("concept_id_1", "cr"), "concept_id")).distinct().from_(
+            _listed(mapped, mapped_desc).subquery("C")).join(table("concept_relationship", "cr"), on=exp.and_(
+                _eq(col("concept_id", "C"), col("concept_id_2", "cr")),
+                _eq(col("relationship_id", "cr"), exp.Literal.string("Maps to")),
+                exp.Is(this=col("invalid_reason", "cr"), expression=exp.null()))))
+    return _union_distinct(parts)
+
+
+def _listed(ids: list[int], descendant_ids: list[int]) -> exp.Query:
+    parts: list[exp.Query] = [exp.select("concept_id").from_("concept").where(in_list(col("concept_id"), ids))]
+    if descendant_ids:
+        parts.append(exp.select(col("concept_id", "c")).from_(table("concept", "c")).join(
+            table("concept_ancestor", "ca"), on=_eq(col("concept_id", "c"), col("descendant_concept_id", "ca"))
+        ).where(exp.Is(this=col("invalid_reason", "c"), expression=exp.null())).where(
+            in_list(col("ancestor_concept_id", "ca"), descendant_ids)))
+    return _union_distinct(parts)
+
+
+def _union_distinct(parts: list[exp.Query]) -> exp.Query:
+    result = parts[0]
+    for p in parts[1:]:
+        result = exp.union(result, p, distinct=True)
+    return result
+
+
+def build_plan(expr: m.CohortExpression, cohort_id: int) -> CohortPlan:
+    """The dialect-neutral plan of one cohort definition."""
+    return _Compiler(expr, cohort_id).build()
+
+
+def render(node: exp.Expression, dialect: str) -> str:
+    if dialect not in DIALECTS:
+        raise ValueError(f"unknown dialect {dialect!r}; choose one of {', '.join(DIALECTS)}")
+    return node.sql(dialect=dialect)
+
+
+def materialise(name: str, query: exp.Query, dialect: str) -> list[str]:
+    """Statements that turn a step into a temporary relation on ``dialect``."""
+    if dialect == "spark":
+        view = exp.Create(this=exp.to_table(name), kind="VIEW", replace=True, expression=query.copy(),
+                          properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
+        return [render(view, dialect), f"CACHE TABLE {name}"]
+    drop = exp.Drop(tables=[exp.to_table(name)], kind="TABLE", exists=True)
+    create = exp.Create(this=exp.to_table(name), kind="TABLE", expression=query.copy(),
+                        properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
+    return [render(drop, dialect), render(create, dialect)]
+
+
+def compile_cohort(expr: m.CohortExpression, cohort_id: int, dialect: str = "duckdb") -> list[str]:
+    """The full SQL script of one cohort on ``dialect``: temporary steps, the ``cohort`` rows
+    (replacing this id's earlier rows) and the attrition tables, then clean-up."""
+    plan = build_plan(expr, cohort_id)
+    statements: list[str] = []
+    for name, query in plan.steps:
+        statements += materialise(name, query, dialect)
+    id_filter = _eq(col("cohort_definition_id"), num(cohort_id))
+    writes = {"cohort": plan.cohort_rows, **plan.attrition}
+    for tbl, rows in writes.items():
+        statements.append(render(exp.Delete(this=exp.to_table(tbl), where=exp.Where(this=id_filter.copy())), dialect))
+        statements.append(render(exp.Insert(this=exp.to_table(tbl), expression=rows.copy()), dialect))
+    if plan.rules:
+        statements.append(render(exp.Delete(this=exp.to_table("cohort_inclusion"),
+                                            where=exp.Where(this=id_filter.copy())), dialect))
+        values = exp.values([exp.Tuple(expressions=[num(cohort_id), num(i), exp.Literal.string(r.name or ""),
+                                                     exp.Literal.string(r.description or "")])
+                             for i, r in enumerate(plan.rules)])
+        statements.append(render(exp.Insert(this=exp.to_table("cohort_inclusion"), expression=values), dialect))
+    for name, _ in reversed(plan.steps):
+        if dialect == "spark":
+            statements.append(f"UNCACHE TABLE IF EXISTS {name}")
+            statements.append(render(exp.Drop(tables=[exp.to_table(name)], kind="VIEW", exists=True), dialect))
+        else:
+            statements.append(render(exp.Drop(tables=[exp.to_table(name)], kind="TABLE", exists=True), dialect))
+    return statements

@@ -1,0 +1,87 @@
+"""Run a compiled cohort on a ``Store``: write the ``cohort`` rows and the attrition tables."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mercia.cdm import Store, quote
+from mercia.cohorts.compiler import RESULT_TABLES, compile_cohort
+from mercia.cohorts.model import CohortExpression
+
+
+@dataclass
+class AttritionRow:
+    """One inclusion rule's effect, Circe-style: ``person_count`` events (mode 0) or persons (mode 1)
+    passing the rule, ``gain_count`` that fail only this rule, ``person_total`` before any rule."""
+    rule_sequence: int
+    name: str
+    person_count: int
+    gain_count: int
+    person_total: int
+    mode_id: int
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+@dataclass
+class CohortResult:
+    cohort_id: int
+    persons: int
+    entries: int
+    seconds: float
+    base_count: dict[int, int] = field(default_factory=dict)    # mode -> events/persons qualified
+    final_count: dict[int, int] = field(default_factory=dict)   # mode -> passing every rule
+    attrition: list[AttritionRow] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"cohort_id": self.cohort_id, "persons": self.persons, "entries": self.entries,
+                "attrition": [a.as_dict() for a in self.attrition], "seconds": round(self.seconds, 4)}
+
+
+def ensure_result_tables(store: Store) -> None:
+    """Create ``cohort`` and the attrition tables (see docs/cohorts.md) when missing."""
+    with store.transaction():
+        from mercia.cdm.schema import CDM_TABLES
+        for statement in store.create_table_sql(CDM_TABLES["cohort"]):
+            store.execute(statement)
+        for name, columns in RESULT_TABLES.items():
+            cols = ", ".join(f"{quote(c)} {t}" for c, t in columns)
+            store.execute(f"CREATE TABLE IF NOT EXISTS {quote(name)} ({cols})")
+
+
+def load_expression(path: str | Path) -> CohortExpression:
+    return CohortExpression.from_json(Path(path).read_bytes())
+
+
+def run_cohort(store: Store, expr: CohortExpression, cohort_id: int) -> CohortResult:
+    """Generate cohort ``cohort_id`` from ``expr`` into ``store`` (replacing its earlier rows)."""
+    ensure_result_tables(store)
+    statements = compile_cohort(expr, cohort_id, store.dialect)
+    began = time.perf_counter()
+    with store.transaction():
+        for statement in statements:
+            store.execute(statement)
+    seconds = time.perf_counter() - began
+    return read_result(store, cohort_id, expr, seconds)
+
+
+def read_result(store: Store, cohort_id: int, expr: CohortExpression, seconds: float = 0.0) -> CohortResult:
+    p = "%s" if store.dialect == "postgres" else "?"
+    persons, entries = store.query(
+        f"SELECT count(DISTINCT subject_id), count(*) FROM cohort WHERE cohort_definition_id = {p}", [cohort_id])[0]
+    result = CohortResult(cohort_id=cohort_id, persons=int(persons), entries=int(entries), seconds=seconds)
+    for mode, base, final in store.query(
+            f"SELECT mode_id, base_count, final_count FROM cohort_summary_stats WHERE cohort_definition_id = {p}",
+            [cohort_id]):
+        result.base_count[int(mode)] = int(base)
+        result.final_count[int(mode)] = int(final)
+    names = {i: r.name or "" for i, r in enumerate(expr.inclusion_rules)}
+    for mode, seq, count, gain, total in store.query(
+            "SELECT mode_id, rule_sequence, person_count, gain_count, person_total FROM cohort_inclusion_stats "
+            f"WHERE cohort_definition_id = {p} ORDER BY mode_id, rule_sequence", [cohort_id]):
+        result.attrition.append(AttritionRow(int(seq), names.get(int(seq), ""), int(count), int(gain), int(total),
+                                             int(mode)))
+    return result

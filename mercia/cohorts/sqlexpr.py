@@ -1,0 +1,108 @@
+"""Small builders for sqlglot expression trees, so the compiler reads like the relational plan.
+
+Date arithmetic goes through sqlglot's DateAdd/DateDiff nodes, which each dialect renders natively
+(``+ INTERVAL`` on DuckDB/PostgreSQL, ``DATE_ADD`` on Spark); the result is cast back to DATE because
+DuckDB and PostgreSQL widen ``date + interval`` to a timestamp.
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+DATE = exp.DataType.build("DATE")
+BIGINT = exp.DataType.build("BIGINT")
+
+
+def col(name: str, table: str | None = None) -> exp.Column:
+    return exp.column(name, table)
+
+
+def num(value: int | float) -> exp.Expression:
+    return exp.Literal.number(value)
+
+
+def text(value: str) -> exp.Literal:
+    return exp.Literal.string(value)
+
+
+def date_literal(iso: str) -> exp.Expression:
+    return exp.cast(text(iso), DATE)
+
+
+def null_as(data_type: exp.DataType) -> exp.Expression:
+    return exp.cast(exp.null(), data_type)
+
+
+def add_days(date: exp.Expression, days: int | exp.Expression) -> exp.Expression:
+    if isinstance(days, int):
+        if days == 0:
+            return date
+        days = num(days)
+    return exp.cast(exp.DateAdd(this=date, expression=days, unit=exp.var("DAY")), DATE)
+
+
+def days_between(start: exp.Expression, end: exp.Expression) -> exp.Expression:
+    return exp.DateDiff(this=end, expression=start, unit=exp.var("DAY"))
+
+
+def year_of(date: exp.Expression) -> exp.Expression:
+    return exp.Year(this=date)
+
+
+def and_(*conditions: exp.Expression | None) -> exp.Expression | None:
+    present = [c for c in conditions if c is not None]
+    return exp.and_(*present) if present else None
+
+
+def in_list(expr: exp.Expression, values: list[int], negate: bool = False) -> exp.Expression:
+    cond = exp.In(this=expr, expressions=[num(v) for v in values])
+    return exp.not_(cond) if negate else cond
+
+
+def case_when(condition: exp.Expression, then: exp.Expression, otherwise: exp.Expression) -> exp.Expression:
+    return exp.Case(ifs=[exp.If(this=condition, true=then)], default=otherwise)
+
+
+def least_date(a: exp.Expression, b: exp.Expression) -> exp.Expression:
+    """``CASE WHEN a > b THEN b ELSE a END`` (as Circe writes it; LEAST differs on NULLs)."""
+    return case_when(exp.GT(this=a, expression=b), b.copy(), a.copy())
+
+
+def row_number(partition: list[exp.Expression], order: list[exp.Expression | tuple[exp.Expression, bool]]
+               ) -> exp.Window:
+    return exp.Window(this=exp.RowNumber(), partition_by=partition, order=_order(order))
+
+
+def _order(order: list[exp.Expression | tuple[exp.Expression, bool]]) -> exp.Order:
+    items = []
+    for item in order:
+        expr, desc = item if isinstance(item, tuple) else (item, False)
+        items.append(exp.Ordered(this=expr, desc=desc, nulls_first=not desc))
+    return exp.Order(expressions=items)
+
+
+def running(func: exp.Expression, partition: list[exp.Expression],
+            order: list[exp.Expression | tuple[exp.Expression, bool]], exclude_current: bool = False) -> exp.Window:
+    """A running aggregate over the preceding rows (optionally stopping one row before the current)."""
+    spec = exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING",
+                          end=num(1) if exclude_current else "CURRENT ROW",
+                          end_side="PRECEDING" if exclude_current else None)
+    return exp.Window(this=func, partition_by=partition, order=_order(order), spec=spec)
+
+
+def table(name: str, alias: str | None = None) -> exp.Table:
+    t = exp.to_table(name)
+    return t.as_(alias) if alias else t
+
+
+def empty_select(columns: dict[str, exp.DataType]) -> exp.Select:
+    """A typed relation with no rows (``SELECT CAST(NULL AS t) AS c ... WHERE 1 = 0``)."""
+    return exp.select(*[exp.alias_(null_as(t), name) for name, t in columns.items()]).where(
+        exp.EQ(this=num(1), expression=num(0)))
+
+
+def union_all(selects: list[exp.Query]) -> exp.Query:
+    result = selects[0]
+    for s in selects[1:]:
+        result = exp.union(result, s, distinct=False)
+    return result
