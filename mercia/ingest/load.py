@@ -26,7 +26,7 @@ from mercia.ingest.tables import TOKEN_FIELDS, ensure_ingest_tables
 from mercia.privacy.geography import GeographyLookup
 from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
 from mercia.privacy.policy import DobPolicy, normalise_name, normalise_postcode, postcode_district, \
-    reduced_birth_columns_sql, soundex
+    reduced_birth_columns_sql, soundex, valid_partial_date
 from mercia.privacy.pseudonym import Pseudonymiser
 
 # OMOP standard concepts used as constants (OHDSI vocabulary, domain Type Concept / Gender / Visit).
@@ -44,7 +44,7 @@ EVENT_DATES = {"visit_occurrence": "visit_start_date", "condition_occurrence": "
                "drug_exposure": "drug_exposure_start_date", "procedure_occurrence": "procedure_date",
                "measurement": "measurement_date", "observation": "observation_date",
                "device_exposure": "device_exposure_start_date", "specimen": "specimen_date"}
-PERSON_TABLES = list(EVENT_DATES) + ["person", "observation_period", "death"]
+PERSON_TABLES = list(EVENT_DATES) + ["person", "observation_period", "death", "variant_occurrence"]
 
 
 class LoadError(Exception):
@@ -134,11 +134,12 @@ class _Load:
         status = ["valid" if v else ("absent" if n in (None, "") else "invalid") for n, v in zip(nhs_list, valid_list)]
         family = [normalise_name(x) for x in p.column("family").to_pylist()]
         given = [normalise_name(x) for x in p.column("given").to_pylist()]
-        dob = [(b or "")[:10] or None for b in p.column("birth_date").to_pylist()]
+        dob = [valid_partial_date(b) for b in p.column("birth_date").to_pylist()]
         tokens = {
             "surname": family, "forename": given,
             "surname_sx": [soundex(x) for x in family], "forename_sx": [soundex(x) for x in given],
-            "dob": dob, "dob_ym": [d[:7] if d else None for d in dob], "dob_y": [d[:4] if d else None for d in dob],
+            "dob": [d if d and len(d) == 10 else None for d in dob],
+            "dob_ym": [d[:7] if d and len(d) >= 7 else None for d in dob], "dob_y": [d[:4] if d else None for d in dob],
             "dob_swap": [f"{d[:4]}-{d[8:10]}-{d[5:7]}" if d and len(d) == 10 else None for d in dob],
             "sex": [(x or "").lower()[:1] or None for x in p.column("sex").to_pylist()],
             "district": [postcode_district(x) for x in p.column("postcode").to_pylist()],
@@ -174,7 +175,7 @@ class _Load:
                         f"{reason}; loaded without NHS number, not used for linkage", action="flagged")
         bad_dob = persons.filter(pc.and_(pc.invert(persons.column("opted_out")),
                                          pc.is_null(persons.column("birth_date"))))
-        self.reject(bad_dob, "birthDate", "no date of birth")
+        self.reject(bad_dob, "birthDate", "date of birth missing or not a valid date")
         keep = pc.and_(pc.invert(persons.column("opted_out")), pc.invert(pc.is_null(persons.column("birth_date"))))
         self.opted_out_refs = set(withheld.column("person_ref").to_pylist())
         self.opted_out_nhs = {n for n, o in zip(nhs_list, opted_out) if o}
@@ -340,7 +341,7 @@ class _Load:
             CREATE TABLE new_links AS SELECT person_id, ? AS org, source_pseudonym, nhs_pseudonym, nhs_status,
                 record_hash, COALESCE(CASE lower(sex) {" ".join(f"WHEN '{k}' THEN {v}" for k, v in GENDER.items())}
                 END, 0) AS gender_concept_id, sex AS gender_source_value,
-                {reduced_birth_columns_sql("CAST(birth_date AS DATE)", self.options.dob_policy)},
+                {reduced_birth_columns_sql("birth_date", self.options.dob_policy)},
                 NULLIF(race_source_value, ':') AS race_source_value,
                 TRY_CAST(left(death_date, 10) AS DATE) AS death_date, lsoa, imd_decile, {load_id} AS load_id,
                 {", ".join(f"tok_{f}" for f in TOKEN_FIELDS)}, source_record
@@ -399,12 +400,30 @@ class _Load:
         for domain in DOMAIN_TABLE:
             if domain != "Visit":
                 self._insert_domain(domain, load_id, provenance)
+        self._insert_variants(provenance)
         prov = pa.concat_tables([t.cast(provenance[0].schema) for t in provenance])
         self.register("prov_rows", prov)
         prov = _table_from_query(con, f"""
             SELECT cdm_table, row_id, ? AS org, ? AS extract, source_record, record_hash, {load_id} AS load_id
             FROM prov_rows""", [self.org, extract])
         store.insert_arrow("mercia_provenance", prov)
+
+    def _insert_variants(self, provenance: list[pa.Table]) -> None:
+        variants = self.staged.variants
+        if variants is None or variants.num_rows == 0:
+            return
+        self.register("staged_variants", variants)
+        start = _max_id(self.store, "variant_occurrence", "variant_occurrence_id")
+        self.con.execute(f"""CREATE TABLE variant_rows AS
+            SELECT {start} + row_number() OVER (ORDER BY m.row_id) AS variant_occurrence_id, m.person_id,
+                   m.row_id AS measurement_id, v.assembly AS reference_sequence, v.chrom AS chromosome,
+                   v.pos AS position, v.ref AS reference_allele, v.alt AS alternate_allele,
+                   v.gene AS target_gene_symbol, v.hgvs, v.genotype, m.source_record, m.record_hash
+            FROM staged_variants v JOIN measurement_rows m ON m.record = v.record AND m.qualifier = v.key""")
+        rows = _table_from_query(self.con, "SELECT * EXCLUDE (source_record, record_hash) FROM variant_rows")
+        self.rows["variant_occurrence"] += self.store.insert_arrow("variant_occurrence", rows)
+        provenance.append(_table_from_query(self.con, """SELECT 'variant_occurrence' AS cdm_table,
+            variant_occurrence_id AS row_id, source_record, record_hash FROM variant_rows"""))
 
     def _insert_domain(self, domain: str, load_id: int, provenance: list[pa.Table]) -> pa.Table:
         table = DOMAIN_TABLE[domain]
@@ -419,6 +438,9 @@ class _Load:
         columns = _domain_columns(domain, self.options.type_concept_id)
         select = ", ".join(f"{expr} AS {quote(col)}" for col, expr in columns.items())
         rows = _table_from_query(self.con, f"SELECT row_id AS {quote(pk)}, person_id, {select} FROM domain_rows")
+        if domain == "Measurement":
+            self.con.execute("CREATE TABLE measurement_rows AS SELECT row_id, person_id, record, qualifier, source_record, "
+                             "record_hash FROM domain_rows")
         self.rows[table] += self.store.insert_arrow(table, rows)
         provenance.append(_table_from_query(self.con, f"""
             SELECT '{table}' AS cdm_table, row_id, source_record, record_hash FROM domain_rows
@@ -574,7 +596,7 @@ def load_staged(store: Store, staged: Staged, org: str, reader: str, options: Lo
         affected = _table_from_query(job.con, """SELECT DISTINCT person_id FROM resolved UNION
                                       SELECT DISTINCT person_id FROM events""")
         rebuild_person_rows(store, affected)
-        rejected_records = len({(r["source_record"], r["line"]) for r in job.rejects if r["action"] == "rejected"})
+        rejected_records = sum(1 for r in job.rejects if r["action"] == "rejected")
         withheld_records = job.withheld
         loaded = staged.read - rejected_records - withheld_records
         store.execute("""INSERT INTO mercia_load VALUES (""" + ", ".join([job._p] * 10) + ")",

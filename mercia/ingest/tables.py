@@ -7,6 +7,7 @@
 - ``mercia_reject``: records that failed validation (``action = 'rejected'``), were loaded with a
   problem flagged (``'flagged'``, e.g. an invalid NHS number), or were withheld by the national
   data opt-out (``'withheld'``, counted only: no record key).  Never holds identifiers.
+- ``variant_occurrence``: genomic variant calls (OHDSI Genomic CDM shape, see mercia.ingest.genomics).
 - ``mercia_person_link``: one row per organisation's person, with the keyed-hash NHS pseudonym
   and linkage tokens (computed before identifiers were dropped) and the person_id it links to.
 """
@@ -37,6 +38,11 @@ DDL = [
         death_date DATE, lsoa VARCHAR, imd_decile BIGINT, load_id BIGINT NOT NULL, """
     + ", ".join(f"tok_{f} VARCHAR" for f in TOKEN_FIELDS) + ")",
 ]
+# A subset of the OHDSI Genomic CDM's VARIANT_OCCURRENCE, keyed to the measurement row of the call.
+DDL.append("""CREATE TABLE IF NOT EXISTS variant_occurrence (
+        variant_occurrence_id BIGINT NOT NULL, person_id BIGINT NOT NULL, measurement_id BIGINT NOT NULL,
+        reference_sequence VARCHAR, chromosome VARCHAR, position BIGINT, reference_allele VARCHAR,
+        alternate_allele VARCHAR, target_gene_symbol VARCHAR, hgvs VARCHAR, genotype VARCHAR)""")
 INDEXES = [
     "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_org_record ON mercia_provenance (org, source_record)",
     "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_row ON mercia_provenance (cdm_table, row_id)",

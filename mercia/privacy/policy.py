@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import unicodedata
@@ -21,12 +22,28 @@ def dob_policy() -> DobPolicy:
 
 
 def reduced_birth_columns_sql(column: str, policy: DobPolicy) -> str:
-    """SQL for year/month/day_of_birth and birth_datetime under ``policy`` (DuckDB and PostgreSQL)."""
-    month = f"CAST(extract(month FROM {column}) AS BIGINT)" if policy != DobPolicy.YEAR else "CAST(NULL AS BIGINT)"
-    day = f"CAST(extract(day FROM {column}) AS BIGINT)" if policy == DobPolicy.FULL else "CAST(NULL AS BIGINT)"
-    birth_datetime = f"CAST({column} AS TIMESTAMP)" if policy == DobPolicy.FULL else "CAST(NULL AS TIMESTAMP)"
-    return (f"CAST(extract(year FROM {column}) AS BIGINT) AS year_of_birth, {month} AS month_of_birth, "
+    """SQL for year/month/day_of_birth and birth_datetime from an ISO date string that may be
+    partial (``YYYY``, ``YYYY-MM``), reduced to ``policy`` (DuckDB and PostgreSQL)."""
+    month = (f"CASE WHEN length({column}) >= 7 THEN CAST(substr({column}, 6, 2) AS BIGINT) END"
+             if policy != DobPolicy.YEAR else "CAST(NULL AS BIGINT)")
+    day = (f"CASE WHEN length({column}) = 10 THEN CAST(substr({column}, 9, 2) AS BIGINT) END"
+           if policy == DobPolicy.FULL else "CAST(NULL AS BIGINT)")
+    birth_datetime = (f"CASE WHEN length({column}) = 10 THEN CAST({column} AS TIMESTAMP) END"
+                      if policy == DobPolicy.FULL else "CAST(NULL AS TIMESTAMP)")
+    return (f"CAST(left({column}, 4) AS BIGINT) AS year_of_birth, {month} AS month_of_birth, "
             f"{day} AS day_of_birth, {birth_datetime} AS birth_datetime")
+
+
+def valid_partial_date(value: str | None) -> str | None:
+    """The value if it is a real ``YYYY``, ``YYYY-MM`` or ``YYYY-MM-DD`` date, else None."""
+    if not value:
+        return None
+    value = value[:10]
+    padded = {4: value + "-01-01", 7: value + "-01", 10: value}.get(len(value))
+    try:
+        return value if padded and dt.date.fromisoformat(padded) else None
+    except ValueError:
+        return None
 
 
 _NOT_LETTER = re.compile(r"[^A-Z]")

@@ -1,0 +1,167 @@
+"""GA4GH Phenopackets v2 and VCF -> staged persons, HPO observations, OMIM conditions and variants.
+
+Phenopackets are parsed and validated by ``mercia.raredisease.phenopackets.read_phenopacket`` (the
+rare-disease capability owns the format); this module only maps the case into staged rows.
+
+Genomic convention (documented in docs/ingest.md): each variant call becomes
+- a ``measurement`` row, as the OHDSI Genomic CDM / OMOP oncology convention does: source value
+  ``HGNC:<gene symbol>`` (concept from the vocabulary when present, else 0), ``value_source_value``
+  the genotype and ``measurement_type_concept_id`` = Registry; and
+- a row in ``variant_occurrence`` (a subset of the OHDSI G-CDM table of that name) keyed by that
+  measurement: chromosome, position, reference/alternate allele, assembly, HGVS, genotype, gene.
+HPO phenotypes go to ``observation`` (HPO concept; value Present/Absent as SNOMED qualifier
+values 52101004 / 2667000, so excluded phenotypes keep their meaning); diseases to
+``condition_occurrence`` (OMIM).  Phenopackets carry no event dates: the phenopacket's
+``metaData.created`` is used, and a missing date of birth is estimated as a year from
+``created - timeAtLastEncounter``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from mercia.ingest.staging import Staged, content_hash
+
+PRESENT, ABSENT = "52101004", "2667000"  # SNOMED CT qualifier values
+VARIANT_SCHEMA = pa.schema([
+    ("record", pa.string()), ("key", pa.string()), ("person_ref", pa.string()), ("assembly", pa.string()), ("chrom", pa.string()),
+    ("pos", pa.int64()), ("ref", pa.string()), ("alt", pa.string()), ("gene", pa.string()),
+    ("genotype", pa.string()), ("hgvs", pa.string()),
+])
+_YEARS = re.compile(r"^P(?:(\d+)Y)?")
+
+
+def _estimated_birth(created: dt.datetime | None, age: str | None) -> str | None:
+    """Year of birth from the record date and age at last encounter (ISO 8601 ``PnY...``)."""
+    if not created or not age:
+        return None
+    years = _YEARS.match(age)
+    return str(created.year - int(years.group(1))) if years and years.group(1) else None
+
+
+class GenomicsReader:
+    def __init__(self, extract: str):
+        self.staged = Staged(extract)
+        self.variants: dict[str, list] = {name: [] for name in VARIANT_SCHEMA.names}
+
+    def read_phenopackets(self, path: Path) -> Staged:
+        from mercia.raredisease.phenopackets import PhenopacketError, read_phenopacket
+
+        path = Path(path)
+        files = [path] if path.is_file() else sorted(path.rglob("*.json"))
+        for number, file in enumerate(files, start=1):
+            raw = file.read_bytes()
+            self.staged.read += 2  # the subject and the clinical record
+            try:
+                data = orjson.loads(raw)
+                case = read_phenopacket(data)
+            except (orjson.JSONDecodeError, PhenopacketError) as exc:
+                reason = f"not a valid phenopacket: {str(exc).split(':', 1)[-1].strip()[:200]}"
+                self.staged.reject(f"Subject/{file.stem}", None, reason, number)
+                self.staged.reject(f"Phenopacket/{file.stem}", None, reason, number)
+                continue
+            self._case(data, case, content_hash(raw), number, file.parent)
+        return self.finish()
+
+    def _case(self, data: dict, case, digest: str, number: int, folder: Path) -> None:
+        s = self.staged
+        person_ref = f"Subject/{case.id}"  # subject ids repeat across case reports; one packet per person
+        nhs = next((a.split(":", 1)[1] for a in data.get("subject", {}).get("alternateIds", [])
+                    if a.lower().startswith("nhs:")), None)
+        birth = case.date_of_birth.isoformat() if case.date_of_birth else \
+            _estimated_birth(case.created, case.age_at_last_encounter)
+        s.persons.add(record=person_ref, record_hash=digest, person_ref=person_ref, nhs_number=nhs,
+                      birth_date=birth, sex={"MALE": "male", "FEMALE": "female"}.get(case.sex), line=number)
+        when = case.created.date().isoformat() if case.created else None
+        record = f"Phenopacket/{case.id}"
+        base = dict(record=record, record_hash=digest, person_ref=person_ref, start=when, line=number)
+        for feature in case.phenotypes:
+            s.events.add(**base, kind="Observation", vocabulary="HPO", code=feature.term, value_vocabulary="SNOMED",
+                         value_code=ABSENT if feature.excluded else PRESENT,
+                         qualifier="excluded" if feature.excluded else "observed")
+        for disease in case.diseases:
+            if not disease.excluded:
+                s.events.add(**base, kind="Condition", vocabulary="OMIM", code=disease.term.removeprefix("OMIM:"))
+        for i, variant in enumerate(case.variants, start=1):
+            parts = variant.vcf.split(":") if variant.vcf else []
+            s.events.add(**base, kind="Measurement", vocabulary="HGNC", qualifier=f"variant {i}",
+                         code=variant.gene_symbol or "unknown", value_vocabulary="GENO",
+                         value_code=variant.allelic_state or None)
+            self._variant(record, f"variant {i}", person_ref, parts[0] if parts else None, parts[1] if len(parts) > 1 else None,
+                          int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None,
+                          parts[3] if len(parts) > 3 else None, parts[4] if len(parts) > 4 else None,
+                          variant.gene_symbol, variant.allelic_state, variant.hgvs)
+        if not (case.phenotypes or case.diseases or case.variants):
+            s.reject(record, "phenotypicFeatures", "phenopacket has no phenotypes, diseases or variants", number)
+
+    def _variant(self, record, key, person_ref, assembly, chrom, pos, ref, alt, gene, genotype, hgvs) -> None:
+        for name, value in zip(VARIANT_SCHEMA.names, (record, key, person_ref, assembly, chrom, pos, ref, alt, gene,
+                                                       genotype, hgvs)):
+            self.variants[name].append(value)
+
+    def read_vcf(self, path: Path, sample_person: dict[str, str] | None = None, when: str | None = None) -> Staged:
+        """Genotype calls per sample; samples are the organisation's patient ids unless mapped."""
+        path = Path(path)
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*.vcf*"))
+        for file in files:
+            self._vcf_file(file, sample_person or {}, when)
+        return self.finish()
+
+    def _vcf_file(self, file: Path, sample_person: dict[str, str], when: str | None) -> None:
+        raw = file.read_bytes()
+        lines = raw.split(b"\n")
+        header_at = next((i for i, line in enumerate(lines) if line.startswith(b"#CHROM")), None)
+        meta = {m.group(1): m.group(2) for line in lines[:header_at or 0]
+                if (m := re.match(rb"^##(\w+)=(.*)$", line))}
+        if header_at is None:
+            self.staged.read += 1
+            self.staged.reject(f"VCF/{file.name}", "#CHROM", "no #CHROM header line: not a VCF", None)
+            return
+        assembly = meta.get(b"reference", b"").decode() or None
+        date = when or (meta.get(b"fileDate", b"").decode() or None)
+        if date and re.fullmatch(r"\d{8}", date):
+            date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+        body = b"\n".join(lines[header_at:]).lstrip(b"#")
+        table = pa_csv.read_csv(pa.BufferReader(body), parse_options=pa_csv.ParseOptions(delimiter="\t"),
+                                convert_options=pa_csv.ConvertOptions(column_types={"POS": pa.int64()},
+                                                                      strings_can_be_null=False))
+        samples = table.column_names[9:]
+        chrom, pos, ref, alt = (table.column(c).to_pylist() for c in ("CHROM", "POS", "REF", "ALT"))
+        info, fmt = table.column("INFO").to_pylist(), table.column("FORMAT").to_pylist()
+        for sample in samples:
+            calls = table.column(sample).to_pylist()
+            person_ref = sample_person.get(sample, f"Subject/{sample}")
+            for row, call in enumerate(calls):
+                self.staged.read += 1
+                record = f"VCF/{file.name}/{sample}/{chrom[row]}:{pos[row]}:{ref[row]}:{alt[row]}"
+                keys = fmt[row].split(":")
+                genotype = call.split(":")[keys.index("GT")] if "GT" in keys else None
+                if genotype is None or set(genotype) <= {"0", "/", "|", "."}:
+                    self.staged.reject(record, "GT", "no alternate allele called for this sample", header_at + row + 2)
+                    continue
+                gene = next((kv.split("=", 1)[1] for kv in info[row].split(";") if kv.startswith("GENE=")), None)
+                digest = content_hash(f"{chrom[row]}\t{pos[row]}\t{ref[row]}\t{alt[row]}\t{genotype}".encode())
+                self.staged.events.add(record=record, record_hash=digest, person_ref=person_ref, kind="Measurement",
+                                       vocabulary="HGNC", code=gene or f"{chrom[row]}:{pos[row]}", start=date,
+                                       value_vocabulary="VCF GT", value_code=genotype, line=header_at + row + 2,
+                                       qualifier="call")
+                self._variant(record, "call", person_ref, assembly, str(chrom[row]), pos[row], ref[row], alt[row], gene,
+                              genotype, None)
+
+    def finish(self) -> Staged:
+        self.staged.variants = pa.table(self.variants, schema=VARIANT_SCHEMA)
+        return self.staged
+
+
+def read_phenopackets(path: Path | str) -> Staged:
+    return GenomicsReader(Path(path).name).read_phenopackets(Path(path))
+
+
+def read_vcf(path: Path | str, sample_person: dict[str, str] | None = None) -> Staged:
+    return GenomicsReader(Path(path).name).read_vcf(Path(path), sample_person)
