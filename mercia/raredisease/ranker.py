@@ -65,8 +65,10 @@ class Case:
 class TermEvidence:
     term: str
     label: str
-    status: str  # "observed" | "excluded"
-    match: str  # exact | implied | more-specific | related | unexplained | contradicted | absent-ok | against
+    status: str  # observed | excluded | unreported (the disease's features the patient's report does not cover)
+    # observed: exact | implied | more-specific | related | unexplained | contradicted;
+    # excluded: disease-feature | not-a-feature; unreported: unreported
+    match: str
     disease_term: str | None
     frequency: float | None
     lr: float
@@ -337,11 +339,10 @@ class Ranker:
                 if implied[a] > 0:
                     options.append((p.lambda_related * implied[a] / self.background[a], "related", a))
             lr, match, via = max(options, key=lambda o: o[0])
+            lr = max(min(lr, p.max_lr), self.floor[column])
             freq = None
             if via is not None:
-                freq = float(direct[via] if match in ("exact", "more-specific") else implied[via])
-                if match == "implied":
-                    freq = float(implied[q])
+                freq = float({"more-specific": direct[via], "related": implied[via]}.get(match, implied[q]))
             if negated[ancestors].any():
                 lr, match, via = p.not_lr, "contradicted", int(ancestors[negated[ancestors] > 0][0])
                 freq = 0.0
@@ -353,9 +354,18 @@ class Ranker:
                 1 - min(self.background[x], 0.999)
             )
             via = self._best_annotated_descendant(x, direct) if f > 0 else None
-            evidence.append(TermEvidence(str(ids[x]), str(names[x]), "excluded", "against" if f > 0 else "absent-ok",
+            evidence.append(TermEvidence(str(ids[x]), str(names[x]), "excluded",
+                                         "disease-feature" if f > 0 else "not-a-feature",
                                          None if via is None else str(ids[via]), float(f) if f > 0 else None,
                                          float(lr)))
+        if p.reporting_rate > 0:
+            covered = self._covered([resolved]).indices
+            unreported = self.unreported[:, column].toarray().ravel()
+            missing = np.flatnonzero(unreported)
+            missing = missing[~np.isin(missing, covered)]
+            evidence.append(TermEvidence(
+                "", f"{len(missing)} features of the disease not reported for the patient", "unreported",
+                "unreported", None, None, float(np.exp(unreported[missing].sum()))))
         return evidence
 
     def _best_annotated_descendant(self, term: int, direct: np.ndarray) -> int:
