@@ -22,3 +22,9 @@ def version() -> None:
 from mercia.cdm.cli import app as db_app  # noqa: E402
 
 app.add_typer(db_app, name="db")
+from mercia.vocab.cli import app as vocab_app  # noqa: E402
+
+app.add_typer(vocab_app, name="vocab")
+from mercia.raredisease.cli import app as raredisease_app  # noqa: E402
+
+app.add_typer(raredisease_app, name="raredisease")
