@@ -91,3 +91,27 @@ def gibleed_store(gibleed_dir, tmp_path_factory):
     load_omop_directory(s, gibleed_dir)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def gibleed_any_store(request, gibleed_dir, tmp_path_factory):
+    """GiBleed loaded once per session on each engine (DuckDB and PostgreSQL); read-only use.
+    ``.load_report`` holds the loader's report."""
+    from mercia.cdm.loader import load_omop_directory
+
+    s = open_store(request.param, tmp_path_factory.mktemp(f"gibleed-{request.param}"))
+    s.load_report = load_omop_directory(s, gibleed_dir)
+    yield s
+    drop_store(s)
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def starter_store(request, tmp_path_factory):
+    """A store with only the starter vocabulary (ICD-10 2019 + HPO), once per session per engine."""
+    from mercia.vocab import ensure_starter_vocabulary
+
+    s = open_store(request.param, tmp_path_factory.mktemp(f"starter-{request.param}"))
+    s.init_schema()
+    ensure_starter_vocabulary(s)
+    yield s
+    drop_store(s)

@@ -24,6 +24,7 @@ Rules (documented in docs/cdm.md):
 
 from __future__ import annotations
 
+import csv
 import difflib
 import gzip
 import re
@@ -37,7 +38,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mercia.cdm.schema import CDM_TABLES, Column, Table
+from mercia.cdm.schema import CDM_TABLES, VOCABULARY_CACHE_TABLES, Column, Table
 from mercia.cdm.store import Store, StoreError, quote
 
 DATA_SUFFIXES = (".csv.gz", ".tsv.gz", ".csv", ".tsv", ".parquet")
@@ -141,26 +142,42 @@ def _sql_string(value: str | Path) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def _is_tab_separated(path: Path) -> bool:
-    if path.name.lower().endswith((".tsv", ".tsv.gz")):
-        return True
+def _header_line(path: Path) -> str:
+    """The first line of a (possibly gzipped) text file, decoded as UTF-8."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            return b"\t" in f.readline(65536)
-    except (OSError, EOFError):
-        return False  # unreadable: let DuckDB produce the precise error
+            raw = f.readline(1 << 20)
+    except (OSError, EOFError) as exc:
+        raise LoadError(path, f"cannot read the file: {exc}", line=1) from None
+    try:
+        line = raw.decode("utf-8-sig").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise LoadError(path, "not a UTF-8 text CSV file (undecodable bytes in the header)", line=1) from None
+    if not line.strip():
+        raise LoadError(path, "empty file: expected a header line naming the columns", line=1)
+    return line
 
 
-def _scan_sql(path: Path) -> str:
+def _scan_sql(path: Path) -> tuple[str, list[str]]:
+    """SQL reading every column as text, and the header names.  The header is read here and the
+    dialect is fixed rather than sniffed, so a ragged or odd row is an error, never a new header."""
     if path.name.lower().endswith(".parquet"):
-        return f"read_parquet({_sql_string(path)})"
-    if _is_tab_separated(path):
+        return f"read_parquet({_sql_string(path)})", []
+    line = _header_line(path)
+    if path.name.lower().endswith((".tsv", ".tsv.gz")) or "\t" in line:
         # Athena: tab-separated, no quoting at all (concept names contain bare quote characters).
-        options = "delim='\\t', quote='', escape=''"
+        names, options = line.split("\t"), "delim='\\t', quote='', escape=''"
     else:
+        names = next(csv.reader([line]))
         options = "delim=',', quote='\"', escape='\"', allow_quoted_nulls=false"
-    return f"read_csv({_sql_string(path)}, header=true, all_varchar=true, {options})"
+    names = [n.strip() for n in names]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates or not all(names):
+        raise LoadError(path, f"header names must be unique and non-empty: {', '.join(duplicates) or repr(line)}",
+                        line=1)
+    columns = "{" + ", ".join(f"{_sql_string(n)}: 'VARCHAR'" for n in names) + "}"
+    return (f"read_csv({_sql_string(path)}, header=true, auto_detect=false, columns={columns}, {options})", names)
 
 
 def _duck_type(column: Column) -> str:
@@ -189,12 +206,15 @@ class _Plan:
 
 
 def _plan(con: duckdb.DuckDBPyConnection, table: Table, path: Path) -> _Plan:
-    scan = _scan_sql(path)
-    try:
-        described = con.sql(f"SELECT * FROM {scan} LIMIT 0").description
-    except duckdb.Error as exc:
-        raise _duck_error(path, exc) from None
-    by_lower = {name.lower(): (name, str(type_)) for name, type_, *_ in described}
+    scan, header = _scan_sql(path)
+    if header:
+        described = [(name, "VARCHAR") for name in header]
+    else:
+        try:
+            described = [(d[0], str(d[1])) for d in con.sql(f"SELECT * FROM {scan} LIMIT 0").description]
+        except duckdb.Error as exc:
+            raise _duck_error(path, exc) from None
+    by_lower = {name.lower(): (name, type_) for name, type_ in described}
     report = FileLoad(table.name, path)
     report.unknown_columns = [name for name, _ in by_lower.values() if name.lower() not in table.column_names]
     missing_required = [c.name for c in table.columns if c.required and c.name not in by_lower]
@@ -277,6 +297,9 @@ def load_omop_files(store: Store, files: dict[str, Path], report: LoadReport | N
         plans = [_plan(con, CDM_TABLES[name], Path(path)) for name, path in files.items()]  # headers first
         with store.transaction():
             store.init_schema()
+            if {"concept", "concept_synonym"} & set(files):
+                for cache in VOCABULARY_CACHE_TABLES:
+                    store.execute(f"DROP TABLE IF EXISTS {quote(cache)}")
             for plan in plans:
                 _empty_table(store, plan.table.name)
                 for batch in _batches(con, plan):

@@ -121,7 +121,7 @@ class Store:
 
     def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
         if self.dialect == "duckdb":
-            return self._duck.execute(sql, params).to_arrow_table()
+            return self._duck.sql(sql, params=params).to_arrow_table()
         cur = self._pg.execute(sql, params)
         names = [d.name for d in cur.description]
         rows = cur.fetchall()
@@ -130,6 +130,24 @@ class Store:
 
     def query_dicts(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         return self.query_arrow(sql, params).to_pylist()
+
+    def try_execute(self, sql: str) -> bool:
+        """Run an optional statement (say, creating an extension); False if the engine refused.
+        On PostgreSQL it runs in a savepoint, so a refusal does not spoil an open transaction."""
+        if self.dialect == "postgres":
+            import psycopg
+
+            try:
+                with self._pg.transaction():
+                    self._pg.execute(sql)
+            except psycopg.Error:
+                return False
+            return True
+        try:
+            self._duck.execute(sql)
+        except duckdb.Error:
+            return False
+        return True
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:

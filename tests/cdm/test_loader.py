@@ -1,0 +1,253 @@
+"""Bulk load: GiBleed row counts, replace semantics, and bad input that must leave the store as it was."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mercia.cdm import CDM_TABLES
+from mercia.cdm.loader import LoadError, load_omop_directory
+
+PERSON_HEADER = ("person_id,gender_concept_id,year_of_birth,month_of_birth,day_of_birth,birth_datetime,"
+                 "race_concept_id,ethnicity_concept_id")
+# The numbers the issue names, straight from the Eunomia GiBleed files.
+GIBLEED_COUNTS = {"person": 2694, "condition_occurrence": 65332, "drug_exposure": 67707, "concept_ancestor": 65690,
+                  "observation_period": 5343, "measurement": 44053, "visit_occurrence": 1037, "concept": 442}
+
+
+def source_rows(path: Path) -> int:
+    """Records in a GiBleed file, counted without the loader (no GiBleed value spans lines)."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return sum(1 for _ in f) - 1
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def person_csv(directory: Path, rows: list[str], name: str = "person.csv") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return write(directory / name, PERSON_HEADER + "\n" + "".join(r + "\n" for r in rows))
+
+
+# -- GiBleed --------------------------------------------------------------------------------
+
+def test_gibleed_row_counts_equal_source_files_for_every_table(gibleed_any_store, gibleed_dir):
+    counts = gibleed_any_store.table_counts()
+    files = sorted(gibleed_dir.glob("*.csv.gz"))
+    assert {p.name.removesuffix(".csv.gz") for p in files} == set(CDM_TABLES)
+    for path in files:
+        table = path.name.removesuffix(".csv.gz")
+        assert counts[table] == source_rows(path), table
+    assert {t: counts[t] for t in GIBLEED_COUNTS} == GIBLEED_COUNTS
+
+
+def test_gibleed_quirks_are_kept(gibleed_any_store):
+    s = gibleed_any_store
+    assert s.query_one("SELECT count(*) - count(DISTINCT measurement_id) FROM measurement") > 0
+    orphans = s.query_one("SELECT count(*) FROM observation_period o WHERE NOT EXISTS "
+                          "(SELECT 1 FROM person p WHERE p.person_id = o.person_id)")
+    assert orphans == 2649
+    assert s.query_one("SELECT count(value_as_number) FROM measurement") == 0
+
+
+def test_gibleed_report_lists_ignored_file_missing_column_and_zeroed_concept(gibleed_any_store):
+    report = gibleed_any_store.load_report
+    assert [p.name for p in report.ignored_files] == ["schema.json"]
+    by_table = {f.table: f for f in report.files}
+    assert by_table["note_nlp"].missing_columns == ["offset"]
+    assert by_table["cdm_source"].zeroed_concept_ids == {"cdm_version_concept_id": 1}
+    assert gibleed_any_store.query_one("SELECT cdm_version_concept_id FROM cdm_source") == 0
+    assert any("offset" in w for w in report.warnings)
+    assert report.rows["person"] == 2694
+
+
+def test_gibleed_values_survive_typing(gibleed_any_store):
+    row = gibleed_any_store.query(
+        "SELECT person_id, year_of_birth, CAST(birth_datetime AS DATE) FROM person ORDER BY person_id LIMIT 1")[0]
+    assert row[0] == 1 and 1900 < row[1] < 2020 and row[2].year == row[1]
+
+
+# -- replace, not duplicate ----------------------------------------------------------------
+
+def test_loading_the_same_directory_twice_replaces(store, tmp_path):
+    d = tmp_path / "cdm"
+    person_csv(d, ["1,8507,1970,,,,0,0", "2,8532,1980,,,,0,0"])
+    first = load_omop_directory(store, d)
+    second = load_omop_directory(store, d)
+    assert first.rows == second.rows == {"person": 2}
+    assert store.table_counts(["person"]) == {"person": 2}
+
+
+def test_only_tables_with_files_are_replaced(store, tmp_path):
+    person_csv(tmp_path / "a", ["1,8507,1970,,,,0,0"])
+    load_omop_directory(store, tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    write(tmp_path / "b" / "death.csv", "person_id,death_date\n1,2020-01-01\n")
+    load_omop_directory(store, tmp_path / "b")
+    assert store.table_counts(["person", "death"]) == {"person": 1, "death": 1}
+
+
+def test_null_required_concept_ids_become_zero_and_are_counted(store, tmp_path):
+    person_csv(tmp_path, ["1,,1970,,,,,0", "2,8532,1980,,,,,0"])
+    report = load_omop_directory(store, tmp_path)
+    assert report.files[0].zeroed_concept_ids == {"gender_concept_id": 1, "race_concept_id": 2}
+    assert store.query("SELECT gender_concept_id, race_concept_id FROM person ORDER BY person_id") == [(0, 0), (8532, 0)]
+
+
+def test_unknown_columns_and_non_data_files_are_reported(store, tmp_path):
+    write(tmp_path / "person.csv", PERSON_HEADER + ",favourite_colour\n1,8507,1970,,,,0,0,blue\n")
+    write(tmp_path / "README.md", "notes")
+    report = load_omop_directory(store, tmp_path)
+    assert report.files[0].unknown_columns == ["favourite_colour"]
+    assert "location_id" in report.files[0].missing_columns
+    assert any("favourite_colour" in w for w in report.warnings)
+    assert any("README.md" in w for w in report.warnings)
+    assert store.table_counts(["person"]) == {"person": 1}
+
+
+def test_athena_style_tab_separated_upper_case_file(store, tmp_path):
+    # Athena: CONCEPT.csv, tab-separated, unquoted (a bare quote inside a name), YYYYMMDD dates.
+    write(tmp_path / "CONCEPT.csv",
+          "concept_id\tconcept_name\tdomain_id\tvocabulary_id\tconcept_class_id\tstandard_concept\tconcept_code\t"
+          "valid_start_date\tvalid_end_date\tinvalid_reason\n"
+          '201826\tType 2 diabetes mellitus\tCondition\tSNOMED\tClinical Finding\tS\t44054006\t19700101\t20991231\t\n'
+          '1234\t"Quoted" name, with comma\tDrug\tRxNorm\tIngredient\t\t99\t20020131\t20991231\tD\n')
+    load_omop_directory(store, tmp_path)
+    rows = store.query("SELECT concept_id, concept_name, CAST(valid_start_date AS VARCHAR), standard_concept, "
+                       "invalid_reason FROM concept ORDER BY concept_id")
+    assert rows == [(1234, '"Quoted" name, with comma', "2002-01-31", None, "D"),
+                    (201826, "Type 2 diabetes mellitus", "1970-01-01", "S", None)]
+
+
+def test_parquet_file_loads_with_cdm_types(store, tmp_path):
+    pq.write_table(pa.table({"person_id": pa.array([1, 2], pa.int32()), "gender_concept_id": [8507, 8532],
+                             "year_of_birth": ["1970", "1980"], "race_concept_id": [0, 0],
+                             "ethnicity_concept_id": [0, 0]}), tmp_path / "person.parquet")
+    load_omop_directory(store, tmp_path)
+    assert store.query("SELECT person_id, year_of_birth FROM person ORDER BY 1") == [(1, 1970), (2, 1980)]
+
+
+# -- bad input: clear error, store unchanged ------------------------------------------------
+
+@pytest.fixture
+def loaded(store, tmp_path):
+    """A store holding 2 persons and 1 death, the state every bad load must leave untouched."""
+    d = tmp_path / "good"
+    person_csv(d, ["1,8507,1970,,,,0,0", "2,8532,1980,,,,0,0"])
+    write(d / "death.csv", "person_id,death_date\n1,2020-01-01\n")
+    load_omop_directory(store, d)
+    return store
+
+
+def bad_load(store, directory: Path, *fragments: str) -> LoadError:
+    before = store.table_counts()
+    with pytest.raises(LoadError) as caught:
+        load_omop_directory(store, directory)
+    message = str(caught.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    assert store.table_counts() == before
+    assert store.table_counts(["person", "death"]) == {"person": 2, "death": 1}
+    return caught.value
+
+
+def with_valid_death_file(directory: Path) -> Path:
+    """Every bad directory also holds a valid file, whose table must not change either."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write(directory / "death.csv", "person_id,death_date\n7,2021-01-01\n8,2021-02-02\n9,2021-03-03\n")
+    return directory
+
+
+def test_text_in_an_integer_column(loaded, tmp_path):
+    d = with_valid_death_file(tmp_path / "bad")
+    person_csv(d, ["3,8507,1970,,,,0,0", "4,8532,nineteen-eighty,,,,0,0"])
+    error = bad_load(loaded, d, "person.csv", "line 3", "column year_of_birth", "'nineteen-eighty'", "BIGINT")
+    assert (error.path.name, error.line, error.column) == ("person.csv", 3, "year_of_birth")
+
+
+def test_bad_date(loaded, tmp_path):
+    d = with_valid_death_file(tmp_path / "bad")
+    write(d / "observation_period.csv", "observation_period_id,person_id,observation_period_start_date,"
+          "observation_period_end_date,period_type_concept_id\n1,1,2020-01-01,2020-02-30,0\n")
+    bad_load(loaded, d, "observation_period.csv", "line 2", "column observation_period_end_date", "'2020-02-30'")
+
+
+def test_truncated_gzip(loaded, tmp_path, gibleed_dir):
+    d = with_valid_death_file(tmp_path / "bad")
+    data = (gibleed_dir / "person.csv.gz").read_bytes()
+    (d / "person.csv.gz").write_bytes(data[: len(data) // 2])
+    bad_load(loaded, d, "person.csv.gz", "GZIP")
+
+
+def test_missing_required_column(loaded, tmp_path):
+    d = with_valid_death_file(tmp_path / "bad")
+    write(d / "person.csv", "person_id,gender_concept_id,race_concept_id,ethnicity_concept_id\n3,8507,0,0\n")
+    bad_load(loaded, d, "person.csv", "line 1", "missing required column(s) year_of_birth")
+
+
+def test_empty_required_value(loaded, tmp_path):
+    d = with_valid_death_file(tmp_path / "bad")
+    person_csv(d, ["3,8507,1970,,,,0,0", ",8532,1980,,,,0,0"])
+    bad_load(loaded, d, "person.csv", "line 3", "column person_id", "empty value in required column")
+
+
+def test_unknown_table_name(loaded, tmp_path):
+    d = with_valid_death_file(tmp_path / "bad")
+    person_csv(d, ["3,8507,1970,,,,0,0"], name="persons.csv")
+    bad_load(loaded, d, "persons.csv", "not an OMOP CDM v5.4 table", "did you mean person")
+
+
+def test_unknown_table_can_be_skipped_with_a_warning(loaded, tmp_path):
+    d = with_valid_death_file(tmp_path / "skip")
+    person_csv(d, ["3,8507,1970,,,,0,0"], name="persons.csv")
+    report = load_omop_directory(loaded, d, skip_unknown=True)
+    assert [p.name for p in report.unknown_tables] == ["persons.csv"]
+    assert any("persons.csv" in w for w in report.warnings)
+    assert loaded.table_counts(["person", "death"]) == {"person": 2, "death": 3}
+
+
+def test_file_that_is_not_csv(loaded, tmp_path):
+    d = with_valid_death_file(tmp_path / "bad")
+    (d / "person.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe\x00binary")
+    bad_load(loaded, d, "person.csv", "not a UTF-8 text CSV file")
+
+
+def test_ragged_csv_row(loaded, tmp_path):
+    d = with_valid_death_file(tmp_path / "bad")
+    person_csv(d, ["3,8507,1970,,,,0,0", "4,8507,1970,,,,0,0,extra,fields"])
+    bad_load(loaded, d, "person.csv", "line 3")
+
+
+def test_parquet_bad_value_names_the_row(loaded, tmp_path):
+    d = with_valid_death_file(tmp_path / "bad")
+    pq.write_table(pa.table({"person_id": [3, 4, 5], "gender_concept_id": [0, 0, 0],
+                             "year_of_birth": ["1970", "1971", "x"], "race_concept_id": [0, 0, 0],
+                             "ethnicity_concept_id": [0, 0, 0]}), d / "person.parquet")
+    bad_load(loaded, d, "person.parquet", "row 3", "column year_of_birth")
+
+
+def test_error_late_in_a_large_file_rolls_back_earlier_batches(loaded, tmp_path, gibleed_dir):
+    d = with_valid_death_file(tmp_path / "bad")
+    with gzip.open(gibleed_dir / "drug_exposure.csv.gz", "rt") as src, \
+            open(d / "drug_exposure.csv", "w") as out:
+        shutil.copyfileobj(src, out)
+        out.write("999999999,1,not-a-concept,2020-01-01,,2020-01-02,,,0,,,,,,,,,,,,,,\n")
+    error = bad_load(loaded, d, "drug_exposure.csv", "column drug_concept_id")
+    assert error.line == 67709
+    assert loaded.table_counts(["drug_exposure"]) == {"drug_exposure": 0}
+
+
+def test_every_cdm_table_name_is_recognised_from_its_file_name(tmp_path):
+    from mercia.cdm.loader import table_name_of
+
+    for name in CDM_TABLES:
+        assert table_name_of(tmp_path / f"{name.upper()}.csv") == name
+        assert table_name_of(tmp_path / f"{name}.csv.gz") == name
+    assert table_name_of(tmp_path / "schema.json") is None
