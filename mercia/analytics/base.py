@@ -140,6 +140,7 @@ def concept_names(store: Store, ids: Sequence[int]) -> dict[int, str]:
             chunk = ", ".join(str(i) for i in ids[start:start + 5000])
             names.update({int(cid): name for cid, name in store.query(
                 f"SELECT concept_id, concept_name FROM concept WHERE concept_id IN ({chunk})") if name})
+    names.update({i: KNOWN_CONCEPTS[i] for i in (0,)})  # concept 0 reads "No matching concept"
     return {i: names.get(i, f"concept {i}") for i in ids}
 
 

@@ -236,7 +236,10 @@ def _fmt(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1 and value != 0 else f"{value:,.1f}"
+        size = abs(value)
+        if value == 0 or 1 <= size < 1000:
+            return f"{value:.1f}"
+        return f"{value:,.0f}" if size >= 1000 else f"{value:.2e}" if size < 0.001 else f"{value:.3f}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
