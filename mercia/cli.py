@@ -28,3 +28,6 @@ app.add_typer(vocab_app, name="vocab")
 from mercia.raredisease.cli import app as raredisease_app  # noqa: E402
 
 app.add_typer(raredisease_app, name="raredisease")
+from mercia.analytics.cli import app as analytics_app  # noqa: E402
+
+app.add_typer(analytics_app, name="analyse")
