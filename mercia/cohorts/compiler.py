@@ -496,10 +496,13 @@ def render(node: exp.Expression, dialect: str) -> str:
 
 def materialise(name: str, query: exp.Query, dialect: str) -> list[str]:
     """Statements that turn a step into a temporary relation on ``dialect``."""
+    drop = exp.Drop(tables=[exp.to_table(name)], kind="TABLE", exists=True)
     if dialect == "spark":
-        view = exp.Create(this=exp.to_table(name), kind="VIEW", replace=True, expression=query.copy(),
-                          properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
-        return [render(view, dialect), f"CACHE TABLE {name}"]
+        # Spark has no temporary tables, and temporary views re-inline their whole lineage into
+        # every later step; a real (session-owned, dropped afterwards) table cuts it.
+        create = exp.Create(this=exp.to_table(name), kind="TABLE", expression=query.copy(),
+                            properties=exp.Properties(expressions=[exp.FileFormatProperty(this=exp.var("PARQUET"))]))
+        return [render(drop, dialect), render(create, dialect)]
     drop = exp.Drop(tables=[exp.to_table(name)], kind="TABLE", exists=True)
     create = exp.Create(this=exp.to_table(name), kind="TABLE", expression=query.copy(),
                         properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
@@ -526,9 +529,5 @@ def compile_cohort(expr: m.CohortExpression, cohort_id: int, dialect: str = "duc
                              for i, r in enumerate(plan.rules)])
         statements.append(render(exp.Insert(this=exp.to_table("cohort_inclusion"), expression=values), dialect))
     for name, _ in reversed(plan.steps):
-        if dialect == "spark":
-            statements.append(f"UNCACHE TABLE IF EXISTS {name}")
-            statements.append(render(exp.Drop(tables=[exp.to_table(name)], kind="VIEW", exists=True), dialect))
-        else:
-            statements.append(render(exp.Drop(tables=[exp.to_table(name)], kind="TABLE", exists=True), dialect))
+        statements.append(render(exp.Drop(tables=[exp.to_table(name)], kind="TABLE", exists=True), dialect))
     return statements

@@ -38,6 +38,9 @@ def add_days(date: exp.Expression, days: int | exp.Expression) -> exp.Expression
         if days == 0:
             return date
         days = num(days)
+    else:
+        # Spark's DATE_ADD takes an INT day count; a BIGINT column must be narrowed
+        days = exp.cast(days, exp.DataType.build("INT"))
     return exp.cast(exp.DateAdd(this=date, expression=days, unit=exp.var("DAY")), DATE)
 
 
