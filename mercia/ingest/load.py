@@ -24,6 +24,7 @@ from mercia.cdm import Store, quote
 from mercia.ingest.staging import Staged
 from mercia.ingest.tables import TOKEN_FIELDS, ensure_ingest_tables
 from mercia.privacy.geography import GeographyLookup
+from mercia.privacy.optout import stored_opt_outs
 from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
 from mercia.privacy.policy import DobPolicy, normalise_name, normalise_postcode, postcode_district, \
     reduced_birth_columns_sql, soundex, valid_partial_date
@@ -47,6 +48,12 @@ EVENT_DATES = {"visit_occurrence": "visit_start_date", "condition_occurrence": "
 PERSON_TABLES = list(EVENT_DATES) + ["person", "observation_period", "death", "variant_occurrence"]
 
 
+# Token fields hashed under one key so they can be compared with each other (forename/surname
+# swaps, day/month swaps); every other field has its own key.
+TOKEN_PURPOSE = {"surname": "name", "forename": "name", "surname_sx": "soundex", "forename_sx": "soundex",
+                 "dob": "dob", "dob_swap": "dob"}
+
+
 class LoadError(Exception):
     """A load that cannot proceed at all; nothing was written."""
 
@@ -66,7 +73,8 @@ class LoadSummary:
     load_id: int
     org: str
     extract: str
-    read: int
+    read: int      # resources / lines / rows as the reader saw them (duplicates included)
+    records: int   # distinct source records = loaded + rejected + withheld
     loaded: int
     unchanged: int
     rejected: int
@@ -91,8 +99,8 @@ class _Load:
         self.store, self.staged, self.org, self.reader, self.options = store, staged, org, reader, options
         self.con = duckdb.connect()
         self.rejects: list[dict] = []
-        self.withheld = 0
         self.rows: Counter[str] = Counter()
+        self.stored_opt_outs = stored_opt_outs(store)
 
     # -- helpers ---------------------------------------------------------------------------
     def reject(self, table: pa.Table, field_name: str, reason: str, action: str = "rejected") -> None:
@@ -106,15 +114,17 @@ class _Load:
     def pseudonymise_records(self) -> None:
         """Record keys -> 'Type/<org-scoped HMAC of the key>' for provenance and rejects."""
         s = self.staged
-        keys = set(s.persons.data["record"]) | set(s.events.data["record"]) | set(s.sites.data["record"])
-        keys |= {r for r in s.events.data["visit_ref"] if r} | {r for r in s.events.data["also_record"] if r}
-        keys |= {r for r in s.events.data["site_ref"] if r} | {r for r in s.rejects.data["record"] if r}
-        keys.discard(None)
+        read = set(s.persons.data["record"]) | set(s.events.data["record"]) | set(s.sites.data["record"])
+        read |= {r for r in s.events.data["also_record"] if r} | {r for r in s.rejects.data["record"] if r}
+        read.discard(None)
+        keys = read | {r for r in s.events.data["visit_ref"] if r} | {r for r in s.events.data["site_ref"] if r}
         ordered = sorted(keys)
         hashed = self.options.pseudonymiser.hash_values(f"record/{self.org}", ordered).to_pylist()
-        self.register("record_keys", pa.table({
-            "record": ordered,
-            "source_record": [k.split("/", 1)[0] + "/" + h if "/" in k else h for k, h in zip(ordered, hashed)]}))
+        pseudonyms = [k.split("/", 1)[0] + "/" + h if "/" in k else h for k, h in zip(ordered, hashed)]
+        self.register("record_keys", pa.table({"record": ordered, "source_record": pseudonyms}))
+        lookup = dict(zip(ordered, pseudonyms))
+        self.records_read = {lookup[k] for k in read}
+        self.withheld_records: set[str] = set()
 
     def prepare_persons(self) -> pa.Table:
         """Validated, pseudonymised persons with identifiers replaced by tokens."""
@@ -128,9 +138,11 @@ class _Load:
         problems = nhs_number_problems(nhs, opt.allow_synthetic_nhs_numbers) if p.num_rows else nhs
         valid = pc.and_(pc.is_null(problems), pc.invert(pc.is_null(nhs))) if p.num_rows else pa.array([], pa.bool_())
         nhs_list, valid_list = nhs.to_pylist(), valid.to_pylist()
-        opted_out = [v and n in opt.opt_out for n, v in zip(nhs_list, valid_list)]
         ps = opt.pseudonymiser
         valid_nhs = [n if v else None for n, v in zip(nhs_list, valid_list)]
+        nhs_pseudonyms = ps.nhs_pseudonyms(valid_nhs)
+        opted_out = [bool(n) and (n in opt.opt_out or p in self.stored_opt_outs)
+                     for n, p in zip(valid_nhs, nhs_pseudonyms.to_pylist())]
         status = ["valid" if v else ("absent" if n in (None, "") else "invalid") for n, v in zip(nhs_list, valid_list)]
         family = [normalise_name(x) for x in p.column("family").to_pylist()]
         given = [normalise_name(x) for x in p.column("given").to_pylist()]
@@ -148,14 +160,14 @@ class _Load:
             "record": p.column("record"), "record_hash": p.column("record_hash"),
             "person_ref": p.column("person_ref"), "line": p.column("line"),
             "source_pseudonym": ps.source_pseudonyms(self.org, p.column("person_ref")),
-            "nhs_pseudonym": ps.nhs_pseudonyms(valid_nhs), "nhs_status": pa.array(status, pa.string()),
+            "nhs_pseudonym": nhs_pseudonyms, "nhs_status": pa.array(status, pa.string()),
             "nhs_problem": problems, "opted_out": pa.array(opted_out, pa.bool_()),
             "birth_date": pa.array(dob, pa.string()), "sex": p.column("sex"),
             "race_source_value": pc.binary_join_element_wise(
                 pc.fill_null(p.column("ethnicity_vocabulary"), ""), pc.fill_null(p.column("ethnicity_code"), ""), ":"),
             "death_date": p.column("death_date"),
             "postcode": pa.array([normalise_postcode(x) for x in p.column("postcode").to_pylist()], pa.string()),
-            **{f"tok_{k}": ps.linkage_tokens(k, v) for k, v in tokens.items()},
+            **{f"tok_{k}": ps.linkage_tokens(TOKEN_PURPOSE.get(k, k), v) for k, v in tokens.items()},
         })
         self.register("persons_safe", safe)
         geo = opt.geography.table if opt.geography else pa.table(
@@ -167,7 +179,7 @@ class _Load:
             FROM persons_safe p LEFT JOIN geography g ON g.postcode = p.postcode
             JOIN record_keys k ON k.record = p.record""")
         withheld = persons.filter(persons.column("opted_out"))
-        self.withheld += withheld.num_rows
+        self.withheld_records |= set(withheld.column("source_record").to_pylist())
         flagged = persons.filter(pc.and_(pc.invert(persons.column("opted_out")),
                                          pc.invert(pc.is_null(persons.column("nhs_problem")))))
         for reason in set(flagged.column("nhs_problem").to_pylist()):
@@ -178,7 +190,7 @@ class _Load:
         self.reject(bad_dob, "birthDate", "date of birth missing or not a valid date")
         keep = pc.and_(pc.invert(persons.column("opted_out")), pc.invert(pc.is_null(persons.column("birth_date"))))
         self.opted_out_refs = set(withheld.column("person_ref").to_pylist())
-        self.opted_out_nhs = {n for n, o in zip(nhs_list, opted_out) if o}
+        self.opted_out_nhs = {n for n, o in zip(nhs_list, opted_out) if o} | set(opt.opt_out)
         return persons.filter(keep)
 
     def resolve_persons(self, persons: pa.Table) -> None:
@@ -222,12 +234,13 @@ class _Load:
         cond_nhs = [r.split("|", 1)[1] if "|" in r else None for r in conditional]
         cond_valid = nhs_number_problems(normalise_nhs_numbers(pa.array(cond_nhs, pa.string())),
                                          self.options.allow_synthetic_nhs_numbers).to_pylist()
+        cond_pseudonyms = ps.nhs_pseudonyms([n if v is None else None for n, v in zip(cond_nhs, cond_valid)]).to_pylist()
         self.register("ref_keys", pa.table({
             "person_ref": refs + conditional,
             "source_pseudonym": ps.source_pseudonyms(self.org, refs).to_pylist() + [None] * len(conditional),
-            "nhs_pseudonym": [None] * len(refs) + ps.nhs_pseudonyms(
-                [n if v is None else None for n, v in zip(cond_nhs, cond_valid)]).to_pylist(),
-            "opted_out": [r in self.opted_out_refs for r in refs] + [n in self.opted_out_nhs for n in cond_nhs],
+            "nhs_pseudonym": [None] * len(refs) + cond_pseudonyms,
+            "opted_out": [r in self.opted_out_refs for r in refs] + [
+                n in self.opted_out_nhs or p in self.stored_opt_outs for n, p in zip(cond_nhs, cond_pseudonyms)],
         }, schema=pa.schema([("person_ref", pa.string()), ("source_pseudonym", pa.string()),
                              ("nhs_pseudonym", pa.string()), ("opted_out", pa.bool_())])))
         self.con.execute(f"""
@@ -252,8 +265,8 @@ class _Load:
             LEFT JOIN (SELECT nhs_pseudonym, min(person_id) AS person_id FROM links
                        WHERE nhs_pseudonym IS NOT NULL GROUP BY 1) ln ON ln.nhs_pseudonym = r.nhs_pseudonym
         """, [self.org])
-        withheld = self.con.execute("SELECT count(DISTINCT record) FROM events WHERE opted_out").fetchall()[0][0]
-        self.withheld += withheld
+        self.withheld_records |= {r for (r,) in self.con.execute(
+            "SELECT DISTINCT source_record FROM events WHERE opted_out").fetchall()}
         self.con.execute("DELETE FROM events WHERE opted_out")
         for where, field_name, reason in [
                 ("person_id IS NULL", "subject", "subject not found among this organisation's patients"),
@@ -581,9 +594,10 @@ def load_staged(store: Store, staged: Staged, org: str, reader: str, options: Lo
                 SELECT k.source_record, r.line, r.field, r.reason FROM staged_rejects r
                 LEFT JOIN record_keys k ON k.record = r.record""").fetchall():
             job.rejects.append(dict(source_record=rec, line=line, field=field_name, reason=reason, action="rejected"))
-        if job.withheld:
+        withheld_records = len(job.withheld_records)
+        if withheld_records:
             job.rejects.append(dict(source_record=None, line=None, field="nhs_number",
-                                    reason=f"national data opt-out ({job.withheld} records withheld)",
+                                    reason=f"national data opt-out ({withheld_records} records withheld)",
                                     action="withheld"))
         store.execute(f"DELETE FROM mercia_reject WHERE org = {job._p} AND extract = {job._p}", [org, staged.extract])
         rejects = pa.Table.from_pylist([{**r, "load_id": load_id, "org": org, "extract": staged.extract}
@@ -596,13 +610,14 @@ def load_staged(store: Store, staged: Staged, org: str, reader: str, options: Lo
         affected = _table_from_query(job.con, """SELECT DISTINCT person_id FROM resolved UNION
                                       SELECT DISTINCT person_id FROM events""")
         rebuild_person_rows(store, affected)
-        rejected_records = sum(1 for r in job.rejects if r["action"] == "rejected")
-        withheld_records = job.withheld
-        loaded = staged.read - rejected_records - withheld_records
+        rejected_records = len({r["source_record"] for r in job.rejects if r["action"] == "rejected"}
+                               - job.withheld_records)
+        loaded = len(job.records_read) - rejected_records - withheld_records
         store.execute("""INSERT INTO mercia_load VALUES (""" + ", ".join([job._p] * 10) + ")",
                       [load_id, org, staged.extract, reader, dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                       staged.read, loaded, unchanged, rejected_records, withheld_records])
+                       len(job.records_read), loaded, unchanged, rejected_records, withheld_records])
     reasons = Counter(r["reason"] for r in job.rejects if r["action"] == "rejected")
-    return LoadSummary(load_id, org, staged.extract, staged.read, loaded, unchanged, rejected_records,
+    return LoadSummary(load_id, org, staged.extract, staged.read, len(job.records_read), loaded, unchanged,
+                       rejected_records,
                        withheld_records, sum(1 for r in job.rejects if r["action"] == "flagged"),
                        dict(job.rows), dict(reasons))

@@ -1,0 +1,59 @@
+"""Load a whole synthetic region directory (layout: docs/synth.md, "Extract contract"), then link."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mercia.cdm import Store
+from mercia.ingest.load import LoadSummary
+from mercia.ingest.service import default_options, ingest
+from mercia.privacy.pseudonym import Pseudonymiser
+
+PROMS_ORG = "PROMS"  # the national PROMs programme, not an ODS organisation
+
+
+@dataclass
+class RegionPlan:
+    kind: str
+    path: Path
+    org: str
+    mapping: str | None = None
+
+
+def plan_region(directory: Path | str) -> list[RegionPlan]:
+    """Every extract of a region directory, in load order (GP, acute, pathology, rare disease, PROMs)."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"region directory not found: {root}")
+    plan = [RegionPlan("fhir", p, p.name) for p in sorted((root / "gp").glob("*")) if p.is_dir()]
+    plan += [RegionPlan("csv", p, p.name, "acute_trust") for p in sorted((root / "acute").glob("*")) if p.is_dir()]
+    plan += [RegionPlan("hl7v2", p, p.name) for p in sorted((root / "pathology").glob("*")) if p.is_dir()]
+    for clinic in sorted((root / "rare_disease").glob("*")):
+        if (clinic / "phenopackets").is_dir():
+            plan.append(RegionPlan("phenopackets", clinic / "phenopackets", clinic.name))
+        if (clinic / "vcf").is_dir():
+            plan.append(RegionPlan("vcf", clinic / "vcf", clinic.name))
+    if (root / "proms").is_dir():
+        plan.append(RegionPlan("csv", root / "proms", PROMS_ORG, "proms"))
+    if not plan:
+        raise FileNotFoundError(f"{root} has none of gp/, acute/, pathology/, rare_disease/, proms/")
+    return plan
+
+
+def ingest_region(store: Store, directory: Path | str, opt_out: Path | None = None, link: bool = True,
+                  on_extract: Callable[[RegionPlan, LoadSummary], None] | None = None) -> list[LoadSummary]:
+    summaries = []
+    pseudonymiser: Pseudonymiser | None = None
+    for item in plan_region(directory):
+        options = default_options(item.kind, opt_out=opt_out)
+        pseudonymiser = options.pseudonymiser
+        summary = ingest(store, item.kind, item.path, item.org, mapping=item.mapping, options=options)
+        summaries.append(summary)
+        if on_extract:
+            on_extract(item, summary)
+    if link and pseudonymiser is not None:
+        from mercia.linkage.probabilistic import link_store
+        link_store(store)
+    return summaries
