@@ -13,30 +13,21 @@ from typing import Any
 import orjson
 
 from mercia.governance.db import now
+from mercia.privacy.disclosure import AnalysisResult, get_policy
 from mercia.governance.model import Conflict, Forbidden, GovernanceError, NotFound, Role
 from mercia.governance.service import Governance, User
 
 PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
 
 
-def disclosure_control(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Apply the configured disclosure policy (``mercia.privacy.disclosure``) to a result table."""
-    try:
-        from mercia.privacy import disclosure
-    except ImportError as exc:
-        raise GovernanceError("statistical disclosure control is not installed, so nothing can be exported") from exc
-    import pyarrow as pa
-
-    table = pa.Table.from_pylist(rows) if rows else pa.table({})
-    outcome = disclosure.get_policy().apply(table)
-    released = outcome.table if hasattr(outcome, "table") else outcome
-    released_rows = released.to_pylist() if hasattr(released, "to_pylist") else list(released)
-    report = outcome.report() if hasattr(outcome, "report") and callable(outcome.report) else \
-        getattr(outcome, "report", {}) or {}
-    if not isinstance(report, dict):
-        report = {"notes": str(report)}
-    report.setdefault("policy", getattr(disclosure.get_policy(), "name", "configured policy"))
-    return released_rows, report
+def disclosure_control(result: AnalysisResult) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The result after the configured disclosure policy, and a summary for the output checker."""
+    controlled = get_policy().apply(result)
+    report = {**controlled.disclosure.model_dump(mode="json"),
+              "redacted_cells": sum(len(t.redacted) for t in controlled.tables),
+              "tables": [{"name": t.name, "rows": len(t.rows), "redacted": len(t.redacted),
+                          "notes": t.notes} for t in controlled.tables]}
+    return controlled.to_json_dict(), report
 
 
 class Airlock:
@@ -45,11 +36,11 @@ class Airlock:
         self.db = governance.db
 
     def request(self, actor: User, project_id: int, *, title: str, kind: str, source_ref: str,
-                justification: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+                justification: str, result: AnalysisResult) -> dict[str, Any]:
         self.gov.require_data_access(actor, project_id)
         if not justification.strip():
             raise GovernanceError("say why these results need to leave the platform")
-        released, report = disclosure_control(rows)
+        released, report = disclosure_control(result)
         with self.db.transaction():
             eid = self.db.next_id("mercia_export")
             self.db.insert("mercia_export", {
@@ -59,7 +50,8 @@ class Airlock:
                 "disclosure": orjson.dumps(report, default=str).decode(), "status": PENDING,
                 "created_at": now()})
             self.gov.audit.record(actor.username, "export.request", f"export:{eid}", project_id, kind=kind,
-                                  source=source_ref, rows=len(released))
+                                  source=source_ref, policy=report["policy"],
+                                  redacted_cells=report["redacted_cells"])
         return self.get(actor, eid)
 
     def _row(self, export_id: int) -> dict[str, Any]:

@@ -1,0 +1,29 @@
+"""The HTTP API: FastAPI, versioned under ``/api/v1``, schema at ``/api/v1/openapi.json``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from mercia import __version__
+from mercia.api import errors
+from mercia.api.routes import capabilities, data, governance
+
+DESCRIPTION = """Mercia's API for scripts and the web app.
+
+Authenticate with a personal API token (`Authorization: Bearer mrc_...`, created under *Account*
+or `POST /api/v1/tokens`).  Browser sessions also work; then every request that changes anything
+must carry the session's CSRF token in `X-CSRF-Token`.  Project data is reachable only by members
+of an approved, unexpired project; every access is written to the audit log.
+"""
+
+
+def create_api() -> FastAPI:
+    """The API application; mount it at ``/api/v1`` (``mercia.web.app`` does) with a MerciaState
+    in ``app.state.mercia``."""
+    api = FastAPI(title="Mercia API", version=__version__, description=DESCRIPTION,
+                  openapi_url="/openapi.json", docs_url=None, redoc_url=None)
+    errors.install(api)
+    api.include_router(governance.router)
+    api.include_router(data.router)
+    api.include_router(capabilities.router)
+    return api

@@ -1,0 +1,60 @@
+"""What can leave through the airlock, each computed on the server from the project's own data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mercia.api.state import MerciaState
+from mercia.governance import GovernanceError, NotFound, Project, User
+from mercia.privacy.disclosure import AnalysisResult, ColumnSpec, Kind, StatTable
+
+
+@dataclass(frozen=True)
+class Exportable:
+    description: str
+    build: Callable[[MerciaState, User, Project, str], AnalysisResult]
+
+
+def attrition_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """People at each step of a cohort run: qualifying, then each inclusion rule, then the cohort."""
+    rules = [a for a in result.get("attrition", []) if a["mode_id"] == 1]
+    rows = []
+    if rules:
+        rows.append({"step": "People with a qualifying entry event", "count_persons": rules[0]["person_total"]})
+        rows += [{"step": f"Rule {a['rule_sequence'] + 1}: {a['name'] or 'unnamed'}",
+                  "count_persons": a["person_count"]} for a in rules]
+    rows.append({"step": "People in the cohort", "count_persons": result["persons"]})
+    return rows
+
+
+def _cohort_attrition(state: MerciaState, user: User, project: Project, ref: str) -> AnalysisResult:
+    from mercia.api.cohorts import get_cohort
+
+    try:
+        cohort, cohort_project = get_cohort(state, user, int(ref))
+    except ValueError:
+        raise GovernanceError(f"ref must be a cohort id, not {ref!r}") from None
+    if cohort_project.id != project.id:
+        raise NotFound(f"no cohort {ref} in project {project.id}")
+    if not cohort["result"]:
+        raise GovernanceError(f"cohort {ref} has not been run yet")
+    rows = attrition_rows(cohort["result"])
+    table = StatTable(name="attrition", title=f"Attrition: {cohort['name']}",
+                      columns=[ColumnSpec(name="step", kind=Kind.LABEL),
+                               ColumnSpec(name="count_persons", kind=Kind.COUNT, label="People")],
+                      rows=rows)
+    return AnalysisResult(analysis="cohort_attrition", title=f"Cohort attrition: {cohort['name']}",
+                          parameters={"cohort_id": cohort["id"], "ran_at": cohort["ran_at"]}, tables=[table])
+
+
+EXPORTABLE: dict[str, Exportable] = {
+    "cohort_attrition": Exportable("People at each step of a cohort (ref = cohort id)", _cohort_attrition),
+}
+
+
+def build_export(state: MerciaState, user: User, project: Project, kind: str, ref: str) -> AnalysisResult:
+    if kind not in EXPORTABLE:
+        raise GovernanceError(f"unknown export kind {kind!r}; choose one of {', '.join(EXPORTABLE)}")
+    return EXPORTABLE[kind].build(state, user, project, ref)

@@ -1,0 +1,76 @@
+"""The embedded job runner: long work (cohort runs, analyses) on a small thread pool, with status
+and progress kept in ``mercia_job`` so any page or script can poll it."""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from mercia.governance.db import GovernanceDB, now
+
+Progress = Callable[[float, str], None]
+JobFunction = Callable[[Progress], dict[str, Any]]
+
+
+class JobRunner:
+    def __init__(self, db: GovernanceDB, workers: int = 2):
+        self.db = db
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mercia-job")
+        self._futures: dict[int, Future] = {}
+        self._ids = threading.Lock()
+        # Work that was running when the server last stopped will never finish: say so.
+        self.db.execute("UPDATE mercia_job SET status = 'failed', error = 'the server stopped while this ran', "
+                        "finished_at = ? WHERE status IN ('queued', 'running')", [now()])
+
+    def submit(self, kind: str, user_id: int, project_id: int | None, work: JobFunction,
+               on_done: Callable[[dict[str, Any]], None] | None = None) -> int:
+        with self._ids, self.db.transaction():
+            job_id = self.db.next_id("mercia_job")
+            self.db.insert("mercia_job", {"id": job_id, "kind": kind, "project_id": project_id, "user_id": user_id,
+                                          "status": "queued", "progress": 0.0, "message": "waiting to start",
+                                          "created_at": now()})
+        self._futures[job_id] = self._pool.submit(self._run, job_id, work, on_done)
+        return job_id
+
+    def _run(self, job_id: int, work: JobFunction, on_done) -> None:
+        def progress(fraction: float, message: str) -> None:
+            self.db.execute("UPDATE mercia_job SET progress = ?, message = ? WHERE id = ?",
+                            [max(0.0, min(1.0, fraction)), message, job_id])
+
+        self.db.execute("UPDATE mercia_job SET status = 'running', message = 'started' WHERE id = ?", [job_id])
+        try:
+            result = work(progress)
+            if on_done:
+                on_done(result)
+            self.db.execute("UPDATE mercia_job SET status = 'succeeded', progress = 1.0, message = 'done', "
+                            "result = ?, finished_at = ? WHERE id = ?",
+                            [orjson.dumps(result, default=str).decode(), now(), job_id])
+        except Exception as exc:  # noqa: BLE001 - a job's failure is reported, never raised into the pool
+            detail = f"{type(exc).__name__}: {exc}"
+            self.db.execute("UPDATE mercia_job SET status = 'failed', error = ?, message = ?, finished_at = ? "
+                            "WHERE id = ?", [detail, "failed", now(), job_id])
+            traceback.print_exc()
+
+    def get(self, job_id: int) -> dict[str, Any] | None:
+        row = self.db.row("SELECT * FROM mercia_job WHERE id = ?", [job_id])
+        if row and row["result"]:
+            row["result"] = orjson.loads(row["result"])
+        return row
+
+    def for_user(self, user_id: int, limit: int = 50) -> list[dict[str, Any]]:
+        return self.db.rows("SELECT id, kind, project_id, status, progress, message, created_at, finished_at "
+                            f"FROM mercia_job WHERE user_id = ? ORDER BY id DESC LIMIT {int(limit)}", [user_id])
+
+    def wait(self, job_id: int, timeout: float | None = None) -> dict[str, Any] | None:
+        future = self._futures.get(job_id)
+        if future is not None:
+            future.result(timeout)
+        return self.get(job_id)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,107 @@
+"""Request bodies of the HTTP API (responses are documented plain JSON objects)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mercia.governance import Role
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenRequest(Body):
+    name: str = Field(..., min_length=1, max_length=80)
+    days: int = Field(90, ge=1, le=365)
+
+
+class ProjectFields(Body):
+    title: str = Field(..., min_length=1, max_length=200)
+    pillar: str
+    purpose: str = Field("", max_length=5000)
+    themes: list[str] = []
+    ppi_notes: str = Field("", max_length=5000)
+    scope_sources: list[str] = []
+    scope_domains: list[str] = []
+    scope_start: str | None = None
+    scope_end: str | None = None
+    expires_on: str | None = None
+
+
+class ProjectUpdate(Body):
+    title: str | None = Field(None, min_length=1, max_length=200)
+    pillar: str | None = None
+    purpose: str | None = Field(None, max_length=5000)
+    themes: list[str] | None = None
+    ppi_notes: str | None = Field(None, max_length=5000)
+    scope_sources: list[str] | None = None
+    scope_domains: list[str] | None = None
+    scope_start: str | None = None
+    scope_end: str | None = None
+    expires_on: str | None = None
+
+
+class MemberRequest(Body):
+    user_id: int
+    project_role: Literal["lead", "member"] = "member"
+
+
+class Decision(Body):
+    decision: Literal["approve", "reject"]
+    reason: str = Field("", max_length=2000)
+
+
+class UserCreate(Body):
+    username: str = Field(..., min_length=1, max_length=64)
+    display_name: str = Field(..., min_length=1, max_length=200)
+    password: str = Field(..., min_length=12, max_length=256)
+    email: str | None = None
+    organisation: str | None = None
+    roles: list[tuple[Role, str]] = []
+
+
+class RoleGrant(Body):
+    role: Role
+    scope: str = ""
+
+
+class PillarLeads(Body):
+    clinical_lead: int | None = None
+    academic_lead: int | None = None
+    executive_lead: int | None = None
+
+
+class ThemeCreate(Body):
+    code: str = Field(..., min_length=1, max_length=60)
+    name: str = Field(..., min_length=1, max_length=200)
+
+
+class ExportCreate(Body):
+    project_id: int
+    kind: str
+    ref: str = Field(..., description="what to export, e.g. the cohort id for kind 'cohort_attrition'")
+    title: str = Field("", max_length=200)
+    justification: str = Field(..., min_length=1, max_length=2000)
+
+
+class ConceptSetCreate(Body):
+    project_id: int
+    name: str = Field(..., min_length=1, max_length=200)
+    expression: dict[str, Any] = Field(..., description="ATLAS concept set expression {'items': [...]}")
+
+
+class CohortCreate(Body):
+    project_id: int
+    name: str = Field(..., min_length=1, max_length=200)
+    description: str = Field("", max_length=5000)
+    expression: dict[str, Any] = Field(..., description="Circe (ATLAS) cohort definition JSON")
+
+
+class RankRequest(Body):
+    observed: list[str] = Field(..., min_length=1, max_length=200, description="HPO ids seen, e.g. HP:0001250")
+    excluded: list[str] = Field([], max_length=200, description="HPO ids looked for and absent")
+    genes: list[str] = Field([], max_length=100, description="candidate gene symbols, if sequenced")
+    top: int = Field(10, ge=1, le=50)

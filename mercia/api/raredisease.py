@@ -1,0 +1,44 @@
+"""Rare-disease ranking for the API and the web page, over ``mercia.raredisease``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from mercia.governance import GovernanceError
+
+
+@lru_cache(maxsize=1)
+def ranker():
+    """Built once per process: the knowledge base takes seconds to load, a ranking milliseconds."""
+    from mercia.raredisease.ranker import Ranker
+
+    return Ranker()
+
+
+def hpo_version() -> str:
+    return str(ranker().kb.version)
+
+
+def hpo_search(text: str, limit: int = 15) -> dict[str, Any]:
+    from mercia.raredisease.ontology import UnknownTermError
+
+    try:
+        hits = ranker().kb.ontology.search(text, limit)
+    except UnknownTermError:
+        hits = []
+    return {"hpo_version": hpo_version(),
+            "terms": [{"id": i, "name": name, "synonym": synonym} for i, name, synonym in hits]}
+
+
+def rank_case(observed: list[str], excluded: list[str], genes: list[str], top: int = 10) -> dict[str, Any]:
+    from mercia.raredisease.ontology import UnknownTermError
+    from mercia.raredisease.ranker import Case
+
+    case = Case(observed=observed, excluded=excluded, genes=genes)
+    try:
+        candidates = ranker().rank(case, top=top, explain=True)
+    except (UnknownTermError, ValueError) as exc:
+        raise GovernanceError(f"cannot rank this case: {exc}") from exc
+    return {"hpo_version": hpo_version(), "case": {"observed": observed, "excluded": excluded, "genes": genes},
+            "candidates": [c.to_dict(explain=True) for c in candidates]}

@@ -1,0 +1,108 @@
+"""Research capabilities: concept sets, cohorts, rare disease."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+
+from mercia.api import cohorts, models as m
+from mercia.api.auth import current_user, require_roles
+from mercia.api.exportable import attrition_rows
+from mercia.api.raredisease import hpo_search, rank_case
+from mercia.api.state import state_of
+from mercia.governance import NotFound, Role, User
+from mercia.governance.db import now
+
+router = APIRouter()
+clinical_roles = require_roles(Role.CLINICIAN, Role.RESEARCHER, Role.TRIAL_COORDINATOR)
+
+
+@router.get("/concept-sets", tags=["concept sets"], summary="A project's concept sets")
+def list_concept_sets(project_id: int, request: Request, user: User = Depends(current_user)) -> list[dict]:
+    import orjson
+
+    gov = state_of(request).gov
+    gov.require_data_access(user, project_id)
+    rows = gov.db.rows("SELECT id, project_id, name, expression, created_at FROM mercia_concept_set "
+                       "WHERE project_id = ? ORDER BY id", [project_id])
+    return [r | {"expression": orjson.loads(r["expression"])} for r in rows]
+
+
+@router.post("/concept-sets", tags=["concept sets"], status_code=201, summary="Save a concept set in a project")
+def create_concept_set(body: m.ConceptSetCreate, request: Request, user: User = Depends(current_user)) -> dict:
+    import orjson
+
+    from mercia.cohorts.model import ConceptSetExpression
+
+    gov = state_of(request).gov
+    gov.require_data_access(user, body.project_id)
+    try:
+        ConceptSetExpression.model_validate(body.expression)
+    except ValueError as exc:
+        raise HTTPException(422, f"not an ATLAS concept set expression: {exc}") from None
+    with gov.db.transaction():
+        cs_id = gov.db.next_id("mercia_concept_set")
+        gov.db.insert("mercia_concept_set", {"id": cs_id, "project_id": body.project_id, "name": body.name,
+                                             "expression": orjson.dumps(body.expression).decode(),
+                                             "created_by": user.id, "created_at": now()})
+        gov.audit.record(user.username, "conceptset.create", f"conceptset:{cs_id}", body.project_id)
+    return {"id": cs_id, "project_id": body.project_id, "name": body.name, "expression": body.expression}
+
+
+@router.get("/cohorts", tags=["cohorts"], summary="A project's cohorts")
+def list_cohorts(project_id: int, request: Request, user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    return cohorts.list_cohorts(state_of(request), user, project_id)
+
+
+@router.post("/cohorts", tags=["cohorts"], status_code=201,
+             summary="Create a cohort from Circe (ATLAS) JSON or the builder's output")
+def create_cohort(body: m.CohortCreate, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    return cohorts.create_cohort(state_of(request), user, body.project_id, body.name, body.description,
+                                 body.expression)
+
+
+@router.get("/cohorts/{cohort_id}", tags=["cohorts"], summary="A cohort: definition and latest counts")
+def get_cohort(cohort_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    state = state_of(request)
+    row, project = cohorts.get_cohort(state, user, cohort_id)
+    state.gov.audit.record(user.username, "cohort.view", f"cohort:{cohort_id}", project.id)
+    return row
+
+
+@router.post("/cohorts/{cohort_id}/run", tags=["cohorts"], status_code=202,
+             summary="Run the cohort as a background job; poll /jobs/{id}")
+def run_cohort(cohort_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    job_id = cohorts.start_run(state_of(request), user, cohort_id)
+    return {"job_id": job_id, "status_url": f"/api/v1/jobs/{job_id}"}
+
+
+@router.get("/cohorts/{cohort_id}/attrition", tags=["cohorts"], summary="People at each step of the last run")
+def cohort_attrition(cohort_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    state = state_of(request)
+    row, project = cohorts.get_cohort(state, user, cohort_id)
+    if not row["result"]:
+        raise NotFound(f"cohort {cohort_id} has not been run yet")
+    state.gov.audit.record(user.username, "cohort.view_attrition", f"cohort:{cohort_id}", project.id)
+    return {"cohort_id": cohort_id, "ran_at": row["ran_at"], "steps": attrition_rows(row["result"])}
+
+
+@router.get("/cohorts/{cohort_id}/circe", tags=["cohorts"], summary="The definition as ATLAS/Circe JSON")
+def cohort_circe(cohort_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    row, _ = cohorts.get_cohort(state_of(request), user, cohort_id)
+    return row["expression"]
+
+
+@router.get("/hpo/terms", tags=["rare disease"], summary="HPO term autocomplete")
+def hpo_terms(q: str = Query(..., min_length=1, max_length=200), limit: int = Query(15, ge=1, le=50),
+              user: User = Depends(current_user)) -> dict[str, Any]:
+    return hpo_search(q, limit)
+
+
+@router.post("/raredisease/rank", tags=["rare disease"],
+             summary="Rank candidate diagnoses for observed/excluded HPO terms, with explanations")
+def rank(body: m.RankRequest, request: Request, user: User = Depends(clinical_roles)) -> dict[str, Any]:
+    result = rank_case(body.observed, body.excluded, body.genes, body.top)
+    state_of(request).gov.audit.record(user.username, "raredisease.rank", "hpo-case",
+                                       observed=len(result["case"]["observed"]))
+    return result

@@ -1,0 +1,110 @@
+"""Data sources and exports (the airlock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import Response
+
+from mercia.api import models as m
+from mercia.api.auth import current_user
+from mercia.api.exportable import EXPORTABLE, build_export
+from mercia.api.sources import list_sources, source_detail
+from mercia.api.state import state_of
+from mercia.governance import Role, User
+
+router = APIRouter()
+
+
+def may_see_quality(user: User, source: str) -> bool:
+    return user.has(Role.DATA_MANAGER, source) or user.has_any(Role.ADMIN, Role.GOVERNANCE_OFFICER)
+
+
+@router.get("/sources", tags=["sources"], summary="Data sources and their load totals")
+def sources(request: Request, user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    state = state_of(request)
+    with state.lock:
+        return list_sources(state.store)
+
+
+@router.get("/sources/{name}", tags=["sources"],
+            summary="A source's load history and data-quality findings (its data managers, governance)")
+def source(name: str, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    state = state_of(request)
+    if not may_see_quality(user, name):
+        raise HTTPException(403, f"load history and data quality of {name} are for its data managers")
+    with state.lock:
+        detail = source_detail(state.store, name)
+    if detail is None:
+        raise HTTPException(404, f"no source {name!r}")
+    state.gov.audit.record(user.username, "source.view", f"source:{name}")
+    return detail
+
+
+@router.get("/exports", tags=["exports"], summary="Export requests you made, or (output checkers) all of them")
+def list_exports(request: Request, status: str | None = None, user: User = Depends(current_user)) -> list[dict]:
+    return state_of(request).airlock.list_for(user, status)
+
+
+@router.get("/exports/kinds", tags=["exports"], summary="What can be exported")
+def export_kinds(user: User = Depends(current_user)) -> dict[str, str]:
+    return {kind: spec.description for kind, spec in EXPORTABLE.items()}
+
+
+@router.post("/exports", tags=["exports"], status_code=201,
+             summary="Request an export: the server computes the result and applies disclosure control")
+def request_export(body: m.ExportCreate, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    state = state_of(request)
+    project = state.gov.require_data_access(user, body.project_id)
+    result = build_export(state, user, project, body.kind, body.ref)
+    return state.airlock.request(user, project.id, title=body.title or result.title, kind=body.kind,
+                                 source_ref=body.ref, justification=body.justification, result=result)
+
+
+@router.get("/exports/{export_id}", tags=["exports"], summary="An export request and its disclosure report")
+def get_export(export_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    state = state_of(request)
+    row = state.airlock.get(user, export_id)
+    state.gov.audit.record(user.username, "export.view", f"export:{export_id}", row["project_id"])
+    return row
+
+
+@router.post("/exports/{export_id}/decision", tags=["exports"],
+             summary="Output checker: release or refuse (never your own request)")
+def decide_export(export_id: int, body: m.Decision, request: Request,
+                  user: User = Depends(current_user)) -> dict[str, Any]:
+    return state_of(request).airlock.decide(user, export_id, body.decision, body.reason)
+
+
+@router.get("/exports/{export_id}/download", tags=["exports"], summary="Download an approved export (JSON or CSV)")
+def download_export(export_id: int, request: Request, format: str = "json",
+                    user: User = Depends(current_user)) -> Response:
+    import orjson
+
+    row = state_of(request).airlock.release(user, export_id)
+    if format == "csv":
+        return Response(export_csv(row["content"]), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="mercia-export-{export_id}.csv"'})
+    if format != "json":
+        raise HTTPException(400, "format is 'json' or 'csv'")
+    return Response(orjson.dumps(row["content"]), media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="mercia-export-{export_id}.json"'})
+
+
+def export_csv(content: dict[str, Any]) -> str:
+    """Every table of a released result as CSV blocks, redacted cells as the policy's marker."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    for table in content["tables"]:
+        hidden = {(r, c) for r, c in table["redacted"]}
+        names = [c["name"] for c in table["columns"]]
+        writer.writerow([f"# {table['title']}"])
+        writer.writerow(names)
+        for i, row in enumerate(table["rows"]):
+            writer.writerow([table["redacted_marker"] if (i, n) in hidden else row.get(n) for n in names])
+        writer.writerow([])
+    return out.getvalue()

@@ -1,0 +1,38 @@
+"""What a running Mercia server holds: the store, governance, the airlock and the job runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from mercia.api.jobs import JobRunner
+from mercia.cdm import Store
+from mercia.governance import Airlock, Governance
+
+
+@dataclass
+class ServerOptions:
+    secure_cookies: bool = True
+    session_cookie: str = "mercia_session"
+    job_workers: int = 2
+    oidc: dict[str, str] | None = None  # issuer metadata URL, client id/secret (see docs/web.md)
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class MerciaState:
+    def __init__(self, store: Store, options: ServerOptions | None = None):
+        self.store = store
+        self.options = options or ServerOptions()
+        self.gov = Governance(store)
+        self.airlock = Airlock(self.gov)
+        self.jobs = JobRunner(self.gov.db, self.options.job_workers)
+
+    @property
+    def lock(self):
+        """Held around any direct use of ``store``: one connection, many threads."""
+        return self.gov.db.lock
+
+
+def state_of(request: Request) -> MerciaState:
+    return request.app.state.mercia

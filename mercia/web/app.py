@@ -1,0 +1,57 @@
+"""The Mercia server: the web app at ``/``, the API at ``/api/v1``, static files at ``/static``."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.staticfiles import StaticFiles
+
+from mercia.api.app import create_api
+from mercia.api.state import MerciaState, ServerOptions
+from mercia.cdm import Store
+
+STATIC = Path(__file__).parent / "static"
+
+# No inline script or style anywhere, so the policy needs no 'unsafe-inline'.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+def create_app(store: Store, options: ServerOptions | None = None) -> FastAPI:
+    state = MerciaState(store, options)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        state.jobs.shutdown()
+
+    app = FastAPI(title="Mercia", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.mercia = state
+    api = create_api()
+    api.state.mercia = state
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        headers = response.headers
+        headers.setdefault("Content-Security-Policy", CSP)
+        headers["X-Frame-Options"] = "DENY"
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "same-origin"
+        headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
+        headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        if not request.url.path.startswith("/static/"):
+            headers.setdefault("Cache-Control", "no-store")
+        if state.options.secure_cookies:
+            headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        return response
+
+    from mercia.web import pages
+
+    app.mount("/api/v1", api)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(pages.router)
+    pages.install_handlers(app)
+    return app

@@ -1,0 +1,474 @@
+"""Server-rendered pages.  Every page checks the same governance rules as the API, through the
+same functions; forms carry the session's CSRF token; nothing here runs inline script."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote as urlquote
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from mercia.api import cohorts as cohort_service
+from mercia.api.auth import Caller, csrf_ok, session_caller
+from mercia.api.errors import status_for
+from mercia.api.exportable import EXPORTABLE, attrition_rows, build_export
+from mercia.api.sources import list_sources, source_detail
+from mercia.api.state import MerciaState, state_of
+from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, NotFound, ProjectStatus, Role
+from mercia.web import charts
+from mercia.web.builder import BUILDER_DOMAINS, MAX_RULES, build_circe, concept_ids
+
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, ProjectStatus=ProjectStatus)
+router = APIRouter(include_in_schema=False)
+PRE_CSRF = "mercia_signin_csrf"
+
+
+class SignInRequired(Exception):
+    def __init__(self, next_path: str):
+        self.next_path = next_path
+
+
+class BadCsrf(Exception):
+    pass
+
+
+async def form_data(request: Request) -> dict[str, str]:
+    if request.method != "POST":
+        return {}
+    form = await request.form()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def signed_in(request: Request, form: dict[str, str] = Depends(form_data)) -> Caller:
+    caller = session_caller(request)
+    if caller is None:
+        raise SignInRequired(request.url.path)
+    if request.method == "POST" and not csrf_ok(caller, form.get("csrf_token")):
+        raise BadCsrf()
+    return caller
+
+
+def render(request: Request, template: str, caller: Caller | None, status_code: int = 200, **context: Any):
+    user = caller.user if caller else None
+    nav = navigation(user, request.url.path) if user else []
+    return templates.TemplateResponse(request, template, {
+        "user": user, "csrf": caller.csrf if caller else None, "nav": nav,
+        "notice": request.query_params.get("notice"), **context}, status_code=status_code)
+
+
+def navigation(user, path: str) -> list[dict[str, Any]]:
+    items = [("Home", "/")]
+    if user.has_any(Role.RESEARCHER, Role.TRIAL_COORDINATOR, Role.CLINICIAN, Role.PILLAR_LEAD,
+                    Role.GOVERNANCE_OFFICER, Role.ADMIN):
+        items.append(("Projects", "/projects"))
+    items.append(("Data sources", "/sources"))
+    if user.has_any(Role.CLINICIAN, Role.RESEARCHER, Role.TRIAL_COORDINATOR):
+        items.append(("Rare disease", "/raredisease"))
+    items.append(("Exports", "/exports"))
+    if user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN):
+        items.append(("Audit", "/audit"))
+    return [{"label": label, "href": href,
+             "current": path == href or (href != "/" and path.startswith(href))} for label, href in items]
+
+
+def redirect(path: str, notice: str | None = None) -> RedirectResponse:
+    return RedirectResponse(path + (f"?notice={urlquote(notice)}" if notice else ""), status_code=303)
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SignInRequired)
+    async def to_signin(request: Request, exc: SignInRequired):
+        return RedirectResponse(f"/signin?next={urlquote(exc.next_path)}", status_code=303)
+
+    @app.exception_handler(BadCsrf)
+    async def bad_csrf(request: Request, exc: BadCsrf):
+        return render(request, "error.html", session_caller(request), 403, title="Form expired",
+                      message="This form could not be checked (its security token is missing or out of date). "
+                              "Go back, reload the page and try again.")
+
+    @app.exception_handler(GovernanceError)
+    async def refused(request: Request, exc: GovernanceError):
+        code = status_for(exc)
+        titles = {403: "You cannot do that", 404: "Page not found", 409: "Not possible now",
+                  429: "Too many attempts", 400: "There is a problem"}
+        return render(request, "error.html", session_caller(request), code, title=titles[code], message=str(exc))
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, exc):
+        if request.url.path.startswith("/api/"):
+            return Response(orjson.dumps({"detail": "Not Found"}), 404, media_type="application/json")
+        return render(request, "error.html", session_caller(request), 404, title="Page not found",
+                      message="Check the address, or go back to the home page.")
+
+
+# -- signing in ------------------------------------------------------------------------------
+@router.get("/signin", response_class=HTMLResponse)
+def signin_page(request: Request, next: str = "/"):
+    token = secrets.token_urlsafe(24)
+    response = render(request, "signin.html", None, next=_safe_next(next), signin_csrf=token,
+                      oidc=bool(state_of(request).options.oidc))
+    _pre_csrf_cookie(request, response, token)
+    return response
+
+
+def _pre_csrf_cookie(request: Request, response: Response, token: str) -> None:
+    response.set_cookie(PRE_CSRF, token, httponly=True, samesite="strict", path="/signin",
+                        secure=state_of(request).options.secure_cookies, max_age=3600)
+
+
+def _safe_next(path: str) -> str:
+    return path if path.startswith("/") and not path.startswith("//") else "/"
+
+
+@router.post("/signin", response_class=HTMLResponse)
+def signin(request: Request, form: dict[str, str] = Depends(form_data)):
+    state = state_of(request)
+    expected = request.cookies.get(PRE_CSRF, "")
+    supplied = form.get("csrf_token", "")
+    next_path = _safe_next(form.get("next", "/"))
+    if not expected or not secrets.compare_digest(expected, supplied):
+        raise BadCsrf()
+    try:
+        user = state.gov.authenticate(form.get("username", ""), form.get("password", ""),
+                                      request.client.host if request.client else "")
+    except GovernanceError as exc:
+        token = secrets.token_urlsafe(24)
+        response = render(request, "signin.html", None, status_code=status_for(exc), next=next_path,
+                          signin_csrf=token, error=str(exc), username=form.get("username", ""),
+                          oidc=bool(state.options.oidc))
+        _pre_csrf_cookie(request, response, token)
+        return response
+    return start_session(request, user, next_path)
+
+
+def start_session(request: Request, user, next_path: str) -> Response:
+    state = state_of(request)
+    token, _ = state.gov.start_session(user)
+    response = RedirectResponse(next_path, status_code=303)
+    response.set_cookie(state.options.session_cookie, token, httponly=True, samesite="lax",
+                        secure=state.options.secure_cookies, max_age=8 * 3600, path="/")
+    response.delete_cookie(PRE_CSRF, path="/signin")
+    return response
+
+
+@router.post("/signout")
+def signout(request: Request, caller: Caller = Depends(signed_in)):
+    state = state_of(request)
+    state.gov.end_session(caller.session_token, caller.user)
+    response = redirect("/signin", "You have signed out.")
+    response.delete_cookie(state.options.session_cookie, path="/")
+    return response
+
+
+# -- home ------------------------------------------------------------------------------------
+@router.get("/", response_class=HTMLResponse)
+def home(request: Request, caller: Caller = Depends(signed_in)):
+    state, user = state_of(request), caller.user
+    projects = state.gov.projects_for(user)
+    mine = [p for p in projects if user.id in p.members]
+    context: dict[str, Any] = {"projects": mine, "jobs": state.jobs.for_user(user.id, 5)}
+    context["approvals"] = state.gov.awaiting_decision(user)
+    if user.has(Role.OUTPUT_CHECKER):
+        context["pending_exports"] = [e for e in state.airlock.list_for(user, "pending")
+                                      if e["requester_id"] != user.id]
+    if user.has_any(Role.DATA_MANAGER, Role.ADMIN, Role.GOVERNANCE_OFFICER):
+        with state.lock:
+            context["sources"] = list_sources(state.store)
+    if user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN):
+        context["audit_check"] = state.gov.audit.verify()
+        context["all_projects"] = projects
+    return render(request, "home.html", caller, **context)
+
+
+# -- projects ----------------------------------------------------------------------------------
+@router.get("/projects", response_class=HTMLResponse)
+def projects_page(request: Request, caller: Caller = Depends(signed_in)):
+    state = state_of(request)
+    return render(request, "projects.html", caller, projects=state.gov.projects_for(caller.user),
+                  approvals=state.gov.awaiting_decision(caller.user))
+
+
+@router.get("/projects/new", response_class=HTMLResponse)
+def new_project_page(request: Request, caller: Caller = Depends(signed_in)):
+    return render(request, "project_form.html", caller, themes=state_of(request).gov.themes(), values={
+        "expires_on": (date.today() + timedelta(days=365)).isoformat(), "scope_domains": []})
+
+
+@router.post("/projects/new", response_class=HTMLResponse)
+async def create_project_page(request: Request, caller: Caller = Depends(signed_in)):
+    form = await request.form()
+    values = {"title": form.get("title", ""), "pillar": form.get("pillar", ""), "purpose": form.get("purpose", ""),
+              "themes": form.getlist("themes"), "ppi_notes": form.get("ppi_notes", ""),
+              "scope_sources": [s.strip() for s in str(form.get("scope_sources", "")).split(",") if s.strip()],
+              "scope_domains": form.getlist("scope_domains"), "scope_start": form.get("scope_start") or None,
+              "scope_end": form.get("scope_end") or None, "expires_on": form.get("expires_on") or None}
+    state = state_of(request)
+    try:
+        from starlette.concurrency import run_in_threadpool
+
+        project = await run_in_threadpool(lambda: state.gov.create_project(caller.user, **values))
+    except GovernanceError as exc:
+        return render(request, "project_form.html", caller, status_for(exc), themes=state.gov.themes(),
+                      values=values, error=str(exc))
+    return redirect(f"/projects/{project.id}", "Project created as a draft. Submit it when it is ready.")
+
+
+@router.get("/projects/{project_id}", response_class=HTMLResponse)
+def project_page(project_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    state, user = state_of(request), caller.user
+    project = state.gov.visible_project(user, project_id)
+    data_open = user.id in project.members and project.status is ProjectStatus.APPROVED
+    return render(request, "project.html", caller, project=project, members=state.gov.member_names(project),
+                  capacities=state.gov.approval_capacities(user, project),
+                  cohorts=cohort_service.list_cohorts(state, user, project_id) if data_open else [],
+                  data_open=data_open, is_lead=user.id in project.lead_ids,
+                  candidates=[u for u in state.gov.users() if u["id"] not in project.members]
+                  if user.id in project.lead_ids and project.status is ProjectStatus.DRAFT else [],
+                  themes=state.gov.themes())
+
+
+@router.post("/projects/{project_id}/submit")
+def submit_project(project_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    state_of(request).gov.visible_project(caller.user, project_id)
+    state_of(request).gov.submit(caller.user, project_id)
+    return redirect(f"/projects/{project_id}", "Submitted for approval by the pillar lead and governance.")
+
+
+@router.post("/projects/{project_id}/members")
+def add_member(project_id: int, request: Request, caller: Caller = Depends(signed_in),
+               form: dict[str, str] = Depends(form_data)):
+    gov = state_of(request).gov
+    gov.visible_project(caller.user, project_id)
+    member = gov.user_by_name(form.get("username", ""))
+    if member is None:
+        raise GovernanceError(f"no user called {form.get('username', '')!r}")
+    gov.add_member(caller.user, project_id, member.id, "member")
+    return redirect(f"/projects/{project_id}", f"{member.display_name} added.")
+
+
+@router.post("/projects/{project_id}/decision")
+def decide_project(project_id: int, request: Request, caller: Caller = Depends(signed_in),
+                   form: dict[str, str] = Depends(form_data)):
+    gov = state_of(request).gov
+    gov.visible_project(caller.user, project_id)
+    project = gov.decide(caller.user, project_id, form.get("decision", ""), form.get("reason", ""))
+    return redirect(f"/projects/{project_id}", f"Decision recorded. The project is {project.status.value}.")
+
+
+# -- cohorts -----------------------------------------------------------------------------------
+def _concept_labels(state: MerciaState, ids: list[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    from mercia.analytics.base import concept_names
+
+    with state.lock:
+        return concept_names(state.store, ids)
+
+
+def _builder_context(project, values: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {"project": project, "values": values, "domains": BUILDER_DOMAINS, "rule_numbers": range(1, MAX_RULES + 1),
+            **extra}
+
+
+@router.get("/projects/{project_id}/cohorts/new", response_class=HTMLResponse)
+def builder_page(project_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    project = state_of(request).gov.require_data_access(caller.user, project_id)
+    return render(request, "builder.html", caller, **_builder_context(project, {
+        "entry_domain": "condition", "entry_first": "on", "entry_descendants": "on", "exit": "end_of_observation",
+        "rule1_before": "365", "rule1_after": "0", "rule1_presence": "present"}))
+
+
+@router.post("/projects/{project_id}/cohorts/new", response_class=HTMLResponse)
+def builder_submit(project_id: int, request: Request, caller: Caller = Depends(signed_in),
+                   form: dict[str, str] = Depends(form_data)):
+    state = state_of(request)
+    project = state.gov.require_data_access(caller.user, project_id)
+    action = form.get("action", "preview")
+    try:
+        if action == "import":
+            try:
+                circe = orjson.loads(form.get("atlas_json", ""))
+            except orjson.JSONDecodeError as exc:
+                raise GovernanceError(f"ATLAS JSON: not valid JSON ({exc})") from None
+            if not isinstance(circe, dict):
+                raise GovernanceError("ATLAS JSON: expected a cohort definition object")
+        else:
+            ids = [i for key in form if key.endswith("_concepts") for i in concept_ids(form[key], key)]
+            circe = build_circe(form, _concept_labels(state, ids))
+        cohort_service.parse_definition(circe, project)
+        if action in ("save", "import"):
+            name = form.get("name", "").strip() or "Untitled cohort"
+            cohort = cohort_service.create_cohort(state, caller.user, project_id, name,
+                                                  form.get("description", ""), circe)
+            return redirect(f"/cohorts/{cohort['id']}", "Cohort saved. Run it to see counts and attrition.")
+        return render(request, "builder.html", caller, **_builder_context(
+            project, form, preview=orjson.dumps(circe, option=orjson.OPT_INDENT_2).decode()))
+    except GovernanceError as exc:
+        return render(request, "builder.html", caller, status_for(exc),
+                      **_builder_context(project, form, error=str(exc)))
+
+
+@router.get("/cohorts/{cohort_id}", response_class=HTMLResponse)
+def cohort_page(cohort_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    state = state_of(request)
+    cohort, project = cohort_service.get_cohort(state, caller.user, cohort_id)
+    state.gov.audit.record(caller.user.username, "cohort.view", f"cohort:{cohort_id}", project.id)
+    steps = attrition_rows(cohort["result"]) if cohort["result"] else []
+    return render(request, "cohort.html", caller, cohort=cohort, project=project, steps=steps,
+                  attrition_svg=charts.attrition(steps) if steps else None,
+                  circe=orjson.dumps(cohort["expression"], option=orjson.OPT_INDENT_2).decode(),
+                  export_kinds=EXPORTABLE)
+
+
+@router.get("/cohorts/{cohort_id}/circe.json")
+def cohort_json(cohort_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    cohort, _ = cohort_service.get_cohort(state_of(request), caller.user, cohort_id)
+    return Response(orjson.dumps(cohort["expression"], option=orjson.OPT_INDENT_2), media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="cohort-{cohort_id}.json"'})
+
+
+@router.post("/cohorts/{cohort_id}/run")
+def run_cohort(cohort_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    job_id = cohort_service.start_run(state_of(request), caller.user, cohort_id)
+    return redirect(f"/jobs/{job_id}")
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(job_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    job = state_of(request).jobs.get(job_id)
+    if job is None or job["user_id"] != caller.user.id:
+        raise NotFound(f"no job {job_id} of yours")
+    next_url = f"/cohorts/{job['result']['cohort_id']}" if job["status"] == "succeeded" and job["kind"] == "cohort.run" \
+        else None
+    return render(request, "job.html", caller, job=job, next_url=next_url)
+
+
+# -- exports -----------------------------------------------------------------------------------
+@router.get("/exports", response_class=HTMLResponse)
+def exports_page(request: Request, caller: Caller = Depends(signed_in)):
+    return render(request, "exports.html", caller, exports=state_of(request).airlock.list_for(caller.user))
+
+
+@router.post("/exports")
+def request_export(request: Request, caller: Caller = Depends(signed_in), form: dict[str, str] = Depends(form_data)):
+    state = state_of(request)
+    project = state.gov.require_data_access(caller.user, int(form.get("project_id") or 0))
+    result = build_export(state, caller.user, project, form.get("kind", ""), form.get("ref", ""))
+    row = state.airlock.request(caller.user, project.id, title=form.get("title") or result.title,
+                                kind=form.get("kind", ""), source_ref=form.get("ref", ""),
+                                justification=form.get("justification", ""), result=result)
+    return redirect(f"/exports/{row['id']}", "Export requested. An output checker will review it.")
+
+
+@router.get("/exports/{export_id}", response_class=HTMLResponse)
+def export_page(export_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    state = state_of(request)
+    row = state.airlock.get(caller.user, export_id)
+    state.gov.audit.record(caller.user.username, "export.view", f"export:{export_id}", row["project_id"])
+    can_decide = (caller.user.has(Role.OUTPUT_CHECKER) and row["requester_id"] != caller.user.id
+                  and row["status"] == "pending")
+    return render(request, "export.html", caller, export=row, can_decide=can_decide,
+                  tables=[charts.display_table(t) for t in row["content"]["tables"]])
+
+
+@router.post("/exports/{export_id}/decision")
+def decide_export(export_id: int, request: Request, caller: Caller = Depends(signed_in),
+                  form: dict[str, str] = Depends(form_data)):
+    row = state_of(request).airlock.decide(caller.user, export_id, form.get("decision", ""), form.get("reason", ""))
+    return redirect(f"/exports/{export_id}", f"Export {row['status']}.")
+
+
+@router.get("/exports/{export_id}/download")
+def download_export(export_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    from mercia.api.routes.data import export_csv
+
+    row = state_of(request).airlock.release(caller.user, export_id)
+    return Response(export_csv(row["content"]), media_type="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="mercia-export-{export_id}.csv"'})
+
+
+# -- sources, rare disease, audit, account ------------------------------------------------------
+@router.get("/sources", response_class=HTMLResponse)
+def sources_page(request: Request, caller: Caller = Depends(signed_in)):
+    state = state_of(request)
+    with state.lock:
+        sources = list_sources(state.store)
+    return render(request, "sources.html", caller, sources=sources)
+
+
+@router.get("/sources/{name}", response_class=HTMLResponse)
+def source_page(name: str, request: Request, caller: Caller = Depends(signed_in)):
+    from mercia.api.routes.data import may_see_quality
+
+    state = state_of(request)
+    if not may_see_quality(caller.user, name):
+        raise Forbidden(f"load history and data quality of {name} are for its data managers")
+    with state.lock:
+        detail = source_detail(state.store, name)
+    if detail is None:
+        raise NotFound(f"no source {name!r}")
+    state.gov.audit.record(caller.user.username, "source.view", f"source:{name}")
+    return render(request, "source.html", caller, source=detail)
+
+
+@router.get("/raredisease", response_class=HTMLResponse)
+def raredisease_page(request: Request, caller: Caller = Depends(signed_in), observed: str = "", excluded: str = ""):
+    from mercia.api.raredisease import rank_case
+
+    if not caller.user.has_any(Role.CLINICIAN, Role.RESEARCHER, Role.TRIAL_COORDINATOR):
+        raise Forbidden("rare-disease ranking is for clinicians and researchers")
+    obs = [t.strip() for t in observed.split(",") if t.strip()]
+    exc = [t.strip() for t in excluded.split(",") if t.strip()]
+    result, error = None, None
+    if obs:
+        try:
+            result = rank_case(obs, exc, [], 10)
+            state_of(request).gov.audit.record(caller.user.username, "raredisease.rank", "hpo-case",
+                                               observed=len(obs))
+        except GovernanceError as err:
+            error = str(err)
+    return render(request, "raredisease.html", caller, observed=observed, excluded=excluded, result=result,
+                  error=error)
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request, caller: Caller = Depends(signed_in), actor: str = "", action: str = "",
+               project_id: str = "", q: str = "", page: int = 1):
+    state = state_of(request)
+    if not caller.user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN):
+        raise Forbidden("the audit log is for governance officers")
+    pid = int(project_id) if project_id.isdigit() else None
+    page = max(page, 1)
+    rows = state.gov.audit.search(actor=actor or None, action=action or None, project_id=pid, text=q or None,
+                                  limit=50, offset=(page - 1) * 50)
+    state.gov.audit.record(caller.user.username, "audit.view", "audit", filters={"actor": actor, "action": action,
+                                                                                 "project_id": pid, "q": q})
+    return render(request, "audit.html", caller, rows=rows, actions=state.gov.audit.actions(), page=page,
+                  filters={"actor": actor, "action": action, "project_id": project_id, "q": q},
+                  check=state.gov.audit.verify())
+
+
+@router.get("/account", response_class=HTMLResponse)
+def account_page(request: Request, caller: Caller = Depends(signed_in)):
+    return render(request, "account.html", caller, tokens=state_of(request).gov.tokens(caller.user))
+
+
+@router.post("/account/tokens", response_class=HTMLResponse)
+def create_token(request: Request, caller: Caller = Depends(signed_in), form: dict[str, str] = Depends(form_data)):
+    gov = state_of(request).gov
+    days = form.get("days", "90")
+    _, secret = gov.create_token(caller.user, form.get("name", "token"), int(days) if days.isdigit() else 0)
+    return render(request, "account.html", caller, tokens=gov.tokens(caller.user), new_token=secret)
+
+
+@router.post("/account/tokens/{token_id}/revoke")
+def revoke_token(token_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    state_of(request).gov.revoke_token(caller.user, token_id)
+    return redirect("/account", "Token revoked.")
