@@ -31,3 +31,6 @@ app.add_typer(raredisease_app, name="raredisease")
 from mercia.analytics.cli import app as analytics_app  # noqa: E402
 
 app.add_typer(analytics_app, name="analyse")
+from mercia.cohorts.cli import app as cohort_app  # noqa: E402
+
+app.add_typer(cohort_app, name="cohort")

@@ -385,10 +385,10 @@ class CriteriaItem(CirceModel):
 
     @classmethod
     def wrap(cls, criteria: Criteria) -> CriteriaItem:
-        return cls(**{to_pascal_field(type(criteria).__name__): criteria})
+        return cls(**{domain_field_name(type(criteria).__name__): criteria})
 
 
-def to_pascal_field(domain: str) -> str:
+def domain_field_name(domain: str) -> str:
     """Field name of a domain in ``CriteriaItem`` (ConditionOccurrence -> condition_occurrence)."""
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in domain).lstrip("_")
 

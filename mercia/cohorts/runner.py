@@ -13,14 +13,16 @@ from mercia.cohorts.model import CohortExpression
 
 @dataclass
 class AttritionRow:
-    """One inclusion rule's effect, Circe-style: ``person_count`` events (mode 0) or persons (mode 1)
-    passing the rule, ``gain_count`` that fail only this rule, ``person_total`` before any rule."""
+    """One inclusion rule's effect, Circe-style, counted in events (mode 0) or best events per
+    person (mode 1): ``person_count`` pass the rule, ``gain_count`` fail only this rule,
+    ``person_total`` qualified before any rule, ``remaining`` pass this rule and every earlier one."""
     rule_sequence: int
     name: str
     person_count: int
     gain_count: int
     person_total: int
     mode_id: int
+    remaining: int = 0
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -79,9 +81,13 @@ def read_result(store: Store, cohort_id: int, expr: CohortExpression, seconds: f
         result.base_count[int(mode)] = int(base)
         result.final_count[int(mode)] = int(final)
     names = {i: r.name or "" for i, r in enumerate(expr.inclusion_rules)}
+    masks = store.query(f"SELECT mode_id, inclusion_rule_mask, person_count FROM cohort_inclusion_result "
+                        f"WHERE cohort_definition_id = {p}", [cohort_id])
     for mode, seq, count, gain, total in store.query(
             "SELECT mode_id, rule_sequence, person_count, gain_count, person_total FROM cohort_inclusion_stats "
             f"WHERE cohort_definition_id = {p} ORDER BY mode_id, rule_sequence", [cohort_id]):
+        prefix = (1 << (int(seq) + 1)) - 1
+        remaining = sum(int(n) for mm, mask, n in masks if mm == mode and int(mask) & prefix == prefix)
         result.attrition.append(AttritionRow(int(seq), names.get(int(seq), ""), int(count), int(gain), int(total),
-                                             int(mode)))
+                                             int(mode), remaining))
     return result
