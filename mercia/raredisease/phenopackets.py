@@ -55,6 +55,8 @@ class Onset:
 
 @dataclass
 class Phenotype:
+    """An HPO term observed in the patient, or explicitly excluded."""
+
     term: str
     label: str = ""
     excluded: bool = False
@@ -62,11 +64,8 @@ class Phenotype:
 
 
 @dataclass
-class Disease:
-    term: str
-    label: str = ""
-    excluded: bool = False
-    onset: Onset | None = None
+class Disease(Phenotype):
+    """A diagnosis (OMIM, ORPHA or MONDO id), or a disease explicitly ruled out."""
 
 
 @dataclass

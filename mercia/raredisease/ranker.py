@@ -43,7 +43,7 @@ class ModelParameters:
     floor: float = 0.05  # LR of an observed term the disease does not explain
     max_lr: float = 100.0  # cap per observed term, so one rare exact match cannot decide alone
     not_lr: float = 0.01  # LR of an observed term the disease is annotated NOT to have
-    excluded_floor: float = 0.1  # lower bound of 1 - P(x|D) for an excluded term
+    excluded_floor: float = 0.02  # lower bound of 1 - P(x|D) for an excluded term
     excluded_ascertainment: float = 8.0  # excluded features are checked because they fit the disease
     reporting_rate: float = 0.1  # chance that a present feature of D would be reported by the patient
     min_background: float = 1.0  # bg(t) >= min_background / number of diseases
@@ -192,12 +192,8 @@ class Ranker:
     def _observed_rows(self, terms: np.ndarray) -> sp.csr_matrix:
         """log(LR_obs / floor) for each query term (rows) and disease, kept where it differs from the floor."""
         p = self.params
-        anc = self.kb.ontology.ancestors
         n_dis = len(self.diseases)
-        counts = np.diff(anc.indptr)[terms]
-        owner = np.repeat(np.arange(len(terms)), counts)
-        starts = np.repeat(anc.indptr[terms], counts)
-        ancestors = anc.indices[starts + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)]
+        owner, ancestors = self._expand_ancestors(terms)
         is_self = ancestors == terms[owner]
         useful = is_self | (
             (self.row_max[ancestors] * max(p.lambda_specific, p.lambda_related) > self.floor.min())
@@ -225,8 +221,17 @@ class Ranker:
         contradicted.data[:] = 1.0  # duplicates were summed
         return (positive - positive.multiply(contradicted) + contradicted @ sp.diags(np.log(p.not_lr / self.floor))).tocsr()
 
+    def _expand_ancestors(self, terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position in ``terms``, ancestor) for every ancestor (itself included) of every term."""
+        anc = self.kb.ontology.ancestors
+        counts = np.diff(anc.indptr)[terms]
+        owner = np.repeat(np.arange(len(terms)), counts)
+        starts = np.repeat(anc.indptr[terms], counts)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return owner, anc.indices[starts + offsets]
+
     def _excluded_rows(self, terms: np.ndarray) -> sp.csr_matrix:
-        """log((1 - P(x|D)) / (1 - bg(x))) minus its value for unannotated diseases, i.e. log(1 - P(x|D))."""
+        """log LR_exc(x, D) + log(1 - bg(x)), which is 0 for the diseases not annotated with x."""
         p = self.params
         rows = self.implied[terms].tocsr()
         rows.data = np.log(p.excluded_ascertainment * np.maximum(1.0 - rows.data, p.excluded_floor))
@@ -350,14 +355,12 @@ class Ranker:
                                          None if via is None else str(ids[via]), freq, float(lr)))
         for x in resolved[1]:
             f = implied[x]
-            lr = (p.excluded_ascertainment * max(1 - f, p.excluded_floor) if f > 0 else 1.0) / (
-                1 - min(self.background[x], 0.999)
-            )
+            lr = p.excluded_ascertainment * max(1 - f, p.excluded_floor) if f > 0 else 1.0
             via = self._best_annotated_descendant(x, direct) if f > 0 else None
             evidence.append(TermEvidence(str(ids[x]), str(names[x]), "excluded",
                                          "disease-feature" if f > 0 else "not-a-feature",
                                          None if via is None else str(ids[via]), float(f) if f > 0 else None,
-                                         float(lr)))
+                                         float(lr / (1 - min(self.background[x], 0.999)))))
         if p.reporting_rate > 0:
             covered = self._covered([resolved]).indices
             unreported = self.unreported[:, column].toarray().ravel()

