@@ -66,24 +66,8 @@ def test_frequencies(text, expected):
     assert np.isnan(parse_frequency("")[0])
 
 
-def _write_release(folder, frequency="1/2"):
-    obo = folder / "hp.obo"
-    obo.write_text(
-        "format-version: 1.2\ndata-version: hp/releases/2030-01-01\n\n"
-        "[Term]\nid: HP:0000001\nname: All\n\n"
-        "[Term]\nid: HP:0000118\nname: Phenotypic abnormality\nis_a: HP:0000001\n\n"
-        "[Term]\nid: HP:0000002\nname: Thing\nsynonym: \"Widget\" EXACT []\nis_a: HP:0000118\n\n"
-        "[Term]\nid: HP:0000003\nname: Old thing\nis_obsolete: true\nreplaced_by: HP:0000002\n")
-    hpoa = folder / "phenotype.hpoa"
-    header = ("database_id\tdisease_name\tqualifier\thpo_id\treference\tevidence\tonset\tfrequency\tsex\t"
-              "modifier\taspect\tbiocuration")
-    hpoa.write_text(f"#version: 2030-01-01\n{header}\n"
-                    f"OMIM:1\tOne\t\tHP:0000003\tPMID:1\tPCS\t\t{frequency}\t\t\tP\tx\n")
-    return obo, hpoa
-
-
-def test_a_newer_release_can_be_loaded(tmp_path):
-    obo, hpoa = _write_release(tmp_path)
+def test_a_newer_release_can_be_loaded(tmp_path, write_release):
+    obo, hpoa = write_release(tmp_path)
     custom = kb_module.load(obo, hpoa, use_cache=False)
     assert custom.version == "HPO 2030-01-01 (annotations 2030-01-01)"
     # the annotation used the obsolete id: it lands on the replacement
@@ -92,8 +76,8 @@ def test_a_newer_release_can_be_loaded(tmp_path):
     assert custom.ontology.search("widget")[0][0] == "HP:0000002"
 
 
-def test_bad_release_file_names_line_and_field(tmp_path):
-    obo, hpoa = _write_release(tmp_path, frequency="often")
+def test_bad_release_file_names_line_and_field(tmp_path, write_release):
+    obo, hpoa = write_release(tmp_path, frequency="often")
     with pytest.raises(KnowledgeBaseError, match=r"line 3: field frequency"):
         kb_module.load(obo, hpoa, use_cache=False)
     with pytest.raises(KnowledgeBaseError, match="not found"):

@@ -1,0 +1,117 @@
+"""``mercia raredisease`` end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from mercia.cli import app
+
+runner = CliRunner()
+MARFAN = "HP:0001166,HP:0001083,HP:0002616,HP:0000098,HP:0000767,HP:0001634,HP:0100775,HP:0002650,HP:0001065"
+
+
+def invoke(*args):
+    return runner.invoke(app, ["raredisease", *args])
+
+
+def test_terms_search_json():
+    result = invoke("terms", "ectopia lent", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["knowledge_base"].startswith("HPO 2025-01-16")
+    assert data["terms"][0]["id"] == "HP:0001083"
+
+
+def test_rank_json_with_genes_and_explanation():
+    result = invoke("rank", "--hpo", MARFAN, "--excluded", "HP:0001250", "--genes", "FBN1,CFTR", "--top", "3",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["knowledge_base"].startswith("HPO 2025-01-16")
+    assert data["ranking"][0]["disease_id"] == "OMIM:154700"
+    assert data["ranking"][0]["evidence"]
+    assert data["genes"][0]["gene"] == "FBN1"
+
+
+def test_rank_table_shows_the_hpo_version():
+    result = invoke("rank", "--hpo", MARFAN, "--top", "2", "--explain")
+    assert result.exit_code == 0, result.output
+    assert "Marfan syndrome" in result.output and "HPO 2025-01-16" in result.output
+
+
+def test_rank_unknown_term_is_a_one_line_error():
+    result = invoke("rank", "--hpo", "HP:0001166,HP:9999999")
+    assert result.exit_code == 1
+    assert "HP:9999999 is not a current term" in result.output
+
+
+def test_batch_rank(tmp_path, kb):
+    cases = tmp_path / "in.jsonl"
+    cases.write_text(json.dumps({"id": "a", "observed": MARFAN.split(","), "excluded": []}) + "\n"
+                     + json.dumps({"id": "b", "observed": ["HP:0001250", "HP:9999999"], "excluded": ["HP:0000252"],
+                                   "genes": ["SCN1A"]}) + "\n")
+    out = tmp_path / "out.jsonl"
+    result = invoke("rank", "--cases", str(cases), "--out", str(out), "--top", "4")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["id"] for line in lines] == ["a", "b"]
+    assert lines[0]["ranking"][0] == {**lines[0]["ranking"][0], "rank": 1, "disease_id": "OMIM:154700"}
+    assert set(lines[0]["ranking"][0]) == {"rank", "disease_id", "label", "score"}
+    assert len(lines[0]["ranking"]) == 4
+    scn1a = {str(kb.disease_ids[d]) for d in kb.diseases_of_gene("SCN1A")}
+    assert lines[1]["ranking"] and {r["disease_id"] for r in lines[1]["ranking"]} <= scn1a
+
+
+def test_batch_rank_bad_line(tmp_path):
+    cases = tmp_path / "in.jsonl"
+    cases.write_text('{"observed": []}\n')
+    result = invoke("rank", "--cases", str(cases), "--out", str(tmp_path / "o.jsonl"))
+    assert result.exit_code == 1 and "line 1" in result.output
+
+
+def test_import_export_and_match(tmp_path, examples, monkeypatch):
+    monkeypatch.setenv("MERCIA_PSEUDONYM_KEY", "k" * 40)
+    db = str(tmp_path / "rd.duckdb")
+    result = invoke("import", *map(str, examples[:6]), "--db", db)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "p1.json"
+    result = invoke("export", "1", "--db", db, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    exported = json.loads(out.read_text())
+    original = json.loads(examples[0].read_text())
+    assert [f["type"]["id"] for f in exported["phenotypicFeatures"]] == \
+        [f["type"]["id"] for f in original["phenotypicFeatures"]]
+    result = invoke("match", "1", "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    matches = json.loads(result.output)["matches"]
+    assert len(matches) == 5
+    assert all(len(m["pseudonym"]) == 64 for m in matches)
+
+
+def test_match_needs_a_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("MERCIA_PSEUDONYM_KEY", raising=False)
+    monkeypatch.setenv("MERCIA_PSEUDONYM_KEY_FILE", str(tmp_path / "missing-key"))
+    result = invoke("match", "1", "--db", str(tmp_path / "x.duckdb"))
+    assert result.exit_code == 1 and "key" in result.output
+
+
+def test_kb_load_activates_a_release_and_reset_returns(tmp_path, monkeypatch, write_release):
+    from mercia.raredisease.kb import active_files, default_files
+
+    monkeypatch.setenv("MERCIA_CACHE_DIR", str(tmp_path / "cache"))
+    obo, hpoa = write_release(tmp_path)
+    result = invoke("kb", "load", "--obo", str(obo), "--hpoa", str(hpoa))
+    assert result.exit_code == 0, result.output
+    assert "HPO 2030-01-01" in result.output
+    assert active_files()["obo"] == obo.resolve()
+    assert invoke("kb", "reset").exit_code == 0
+    assert active_files() == default_files()
+
+
+def test_kb_info():
+    result = invoke("kb", "info", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["diseases"]["OMIM"] > 8000 and info["genes"] > 4000
