@@ -82,6 +82,7 @@ PRESCRIBING = [
     ("dementia", "donepezil", 0.50, 0), ("epilepsy", "carbamazepine", 0.55, 0),
     ("rheumatoid_arthritis", "methotrexate", 0.60, 0),
 ]
+DIAGNOSTIC_TESTS = {"af": "ecg", "chd": "ecg", "hf": "ecg"}
 ISSUE_DAYS = 84          # a 12-week repeat prescription
 # Acute primary-care problems: (condition, min age, max age, weight, antibiotic, antibiotic share)
 ACUTE = [
@@ -262,9 +263,14 @@ class ChunkBuilder:
             if key == "copd":
                 emph = self.rng.random(len(who)) < 0.2
                 for sub, keep in (("emphysema", emph), ("copd", ~emph)):
-                    self.add_conditions(who[keep], days[keep], sub, self.gp_visits(who[keep], days[keep]), False)
+                    visit = self.gp_visits(who[keep], days[keep])
+                    self.add_conditions(who[keep], days[keep], sub, visit, False)
+                    self.add_procedures(who[keep], days[keep], "spirometry", visit, False)
                 continue
-            self.add_conditions(who, days, key, self.gp_visits(who, days), False)
+            visit = self.gp_visits(who, days)
+            self.add_conditions(who, days, key, visit, False)
+            if key in DIAGNOSTIC_TESTS:  # done in primary care when the diagnosis is made
+                self.add_procedures(who, days, DIAGNOSTIC_TESTS[key], visit, False)
 
     def _active(self, key, person, days) -> np.ndarray:
         return self.has[key][person] & (self.rec[key][person] <= days)

@@ -21,6 +21,7 @@ from mercia.synth.clinical import (CARE_SITE_GP, CARE_SITE_PATHOLOGY, CARE_SITE_
 from mercia.synth.population import EPOCH, REFERENCE_DATE, geography, nhs_numbers
 
 CHUNK_PERSONS = 50_000   # fixed, so that output never depends on how a run is split
+MEMORY_LIMIT = "1536MB"   # DuckDB buffer cap during the fast path (Python holds one chunk besides)
 _ARROW_TYPES = {"int": pa.int64(), "bigint": pa.int64(), "date": pa.date32(), "ts": pa.timestamp("us"),
                 "num": pa.float64(), "text": pa.string()}
 CLINICAL_TABLES = ["person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
@@ -257,13 +258,23 @@ def write_omop(store_or_url: Store | str, persons: int, seed: int = 42, practice
         store.init_schema()
         orgs = Organisations.for_region(persons, practices, trusts)
         counts: dict[str, int] = {}
+        if store.dialect == "duckdb":  # bound DuckDB's cache so a big region stays within a few GB
+            previous = store.query_one("SELECT current_setting('memory_limit')")
+            store.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+        # One transaction per chunk: a single transaction over millions of people would hold every
+        # uncommitted row in memory.
         with store.transaction():
             for name, table in reference_tables(orgs).items():
                 counts[name] = counts.get(name, 0) + store.insert_arrow(name, table)
-            ids = IdCounters()
-            for _, chunk in generate_chunks(persons, seed, orgs):
-                for name, table in chunk_tables(chunk, ids).items():
+        ids = IdCounters()
+        for _, chunk in generate_chunks(persons, seed, orgs):
+            tables = chunk_tables(chunk, ids)
+            del chunk
+            with store.transaction():
+                for name, table in tables.items():
                     counts[name] = counts.get(name, 0) + store.insert_arrow(name, table)
+        if store.dialect == "duckdb":
+            store.execute(f"SET memory_limit = '{previous}'")
         return counts
     finally:
         if not isinstance(store_or_url, Store):
