@@ -150,7 +150,7 @@ def _strata(store: Store, at_risk: str, tar: TimeAtRisk) -> list[dict[str, Any]]
               "IMD decile": "COALESCE(CAST(imd_decile AS VARCHAR), 'Not recorded')"}
     sql = " UNION ALL ".join(
         f"SELECT '{kind}', {expr}, COUNT(*), COUNT(outcome_date), SUM(exit_date - tar_start + 1) "
-        f"FROM {at_risk} WHERE prevalent = 0 GROUP BY {expr}" for kind, expr in strata.items())
+        f"FROM {at_risk} WHERE prevalent = 0 GROUP BY 2" for kind, expr in strata.items())
     rows = [_rate_row(tar, n, events, days, stratum_type=kind, stratum=stratum)
             for kind, stratum, n, events, days in store.query(sql)]
     order = list(strata)

@@ -152,16 +152,21 @@ def survival(store: Store, target_id: int, outcome: int | str, comparator_id: in
 
 
 def _cox(aggregated: dict[str, list[tuple[int, int, int]]], target_id: int, comparator_id: int) -> StatTable:
-    """Hazard ratio target vs comparator from a Cox model on the aggregated rows (Efron ties)."""
+    """Hazard ratio target vs comparator from a Cox model (Efron ties).  The life-table rows are
+    repeated by their counts rather than passed as weights: lifelines' weighted Efron treats tied
+    weighted rows differently from the same number of tied people."""
+    import numpy as np
     from lifelines import CoxPHFitter
 
-    records = [{"duration": t, "event": flag, "target": 1 if role == "target" else 0, "weight": w}
-               for role, rows in aggregated.items() for t, e, c in rows for flag, w in ((1, e), (0, c)) if w > 0]
-    frame = pd.DataFrame.from_records(records)
+    parts = [(t, flag, 1 if role == "target" else 0, w)
+             for role, rows in aggregated.items() for t, e, c in rows for flag, w in ((1, e), (0, c)) if w > 0]
+    times, flags, groups, weights = (np.array(column) for column in zip(*parts))
+    frame = pd.DataFrame({"duration": np.repeat(times, weights), "event": np.repeat(flags, weights),
+                          "target": np.repeat(groups, weights)})
     cph = CoxPHFitter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cph.fit(frame, duration_col="duration", event_col="event", weights_col="weight")
+        cph.fit(frame, duration_col="duration", event_col="event")
     summary = cph.summary.loc["target"]
     counts = {role: (sum(e + c for _, e, c in rows), sum(e for _, e, _ in rows)) for role, rows in aggregated.items()}
     basis = ["count_persons_target", "count_events_target", "count_persons_comparator", "count_events_comparator"]
