@@ -34,3 +34,16 @@ app.add_typer(analytics_app, name="analyse")
 from mercia.cohorts.cli import app as cohort_app  # noqa: E402
 
 app.add_typer(cohort_app, name="cohort")
+
+from mercia.governance.cli import app as audit_app  # noqa: E402
+
+app.add_typer(audit_app, name="audit")
+from mercia.synth.cli import app as synth_app  # noqa: E402
+
+app.add_typer(synth_app, name="synth")
+
+from mercia.demo import demo  # noqa: E402
+from mercia.web.cli import serve  # noqa: E402
+
+app.command("serve")(serve)
+app.command("demo")(demo)
