@@ -4,7 +4,7 @@ DuckDB reads every file (all columns as text, malformed lines captured with thei
 instead of failing the file) and one SQL query per mapping entry produces the staged columns, so
 nothing here loops over rows in Python.  Field specs:
 
-- ``column`` or ``"file.column"`` (after a ``join``), ``{columns: [...]}`` to concatenate a key,
+- ``column`` or ``"file.column"`` (file name without extension, after a ``join``), ``{columns: [...]}`` to concatenate a key, ``join: {source: F, key: C}`` for a second file,
 - ``{constant: X}``, ``{column: C, map: {source: target}}``, ``vocabulary: V`` for codes,
 - dates use the mapping's ``date_format`` (strptime) or a per-field ``format``.
 """
@@ -35,7 +35,7 @@ def _sql_string(value: str) -> str:
 
 def _column(name: str, default_table: str) -> str:
     table, _, column = name.rpartition(".")
-    return f'"{(table or default_table).replace(".", "_")}"."{column}"'
+    return f'"{table or default_table}"."{column}"'
 
 
 class CsvReader:
@@ -47,7 +47,7 @@ class CsvReader:
         self.counted: set[str] = set()
 
     def _view(self, directory: Path, source: str) -> str:
-        name = source.replace(".", "_")
+        name = Path(source).stem
         if name in self.loaded_views:
             return name
         path = directory / source
@@ -86,14 +86,17 @@ class CsvReader:
                 expr = f"COALESCE(strftime(try_strptime({expr}, {_sql_string(fmt)}), '%Y-%m-%d'), {expr})"
         return expr
 
-    def _from(self, directory: Path, entry: dict) -> tuple[str, str]:
+    def _from(self, directory: Path, entry: dict) -> tuple[str, str, str]:
+        """(main view, FROM clause, SQL hashing the whole source row incl. joined columns)."""
         main = self._view(directory, entry["source"])
         clause = f'"{main}"'
+        content = f'CAST("{main}" AS VARCHAR)'
         join = entry.get("join")
         if join:
             other = self._view(directory, join["source"])
-            clause += f' LEFT JOIN "{other}" ON "{other}"."{join["on"]}" = "{main}"."{join["on"]}"'
-        return main, clause
+            clause += f' LEFT JOIN "{other}" ON "{other}"."{join["key"]}" = "{main}"."{join["key"]}"'
+            content += f' || COALESCE(CAST("{other}" AS VARCHAR), \'\')'
+        return main, clause, f"md5({content})"
 
     def _select(self, entry: dict, main: str, fields: list[str], context: str) -> str:
         parts = []
@@ -108,8 +111,16 @@ class CsvReader:
                 raise MappingError(f"{context}: field {name}: bad spec {spec!r}") from exc
             if name in _NUMERIC_FIELDS:
                 expr = f"TRY_CAST({expr} AS DOUBLE)"
+            if name == "visit_ref" and spec is not None:  # visits are keyed by their own record key
+                expr = f"{_sql_string(self._visit_source() + '/')} || {expr}"
             parts.append(f"{expr} AS {name}")
         return ", ".join(parts)
+
+    def _visit_source(self) -> str:
+        visits = [e["source"] for e in self.mapping.get("events") or [] if e.get("kind") == "Visit"]
+        if not visits:
+            raise MappingError("visit_ref is used but no events entry has kind: Visit")
+        return visits[0]
 
     def read(self, directory: Path) -> Staged:
         directory = Path(directory)
@@ -120,17 +131,17 @@ class CsvReader:
         return self.staged
 
     def _stage(self, directory: Path, entry: dict, context: str, schema: pa.Schema, target, kind: str | None) -> None:
-        main, clause = self._from(directory, entry)
+        main, clause, row_hash = self._from(directory, entry)
         fields = [f for f in schema.names if f not in ("record_hash", "line", "kind", "record")]
         select = self._select(entry, main, fields, f"{entry['source']} {context}")
         record = self._expr(entry.get("record"), main, "record")
         skip = f"WHERE {self._expr(entry['skip_if_empty'], main, 'x')} IS NOT NULL" if entry.get("skip_if_empty") else ""
         prefix = _sql_string(f"{entry['source']}/")
         sql = f"""SELECT {prefix} || COALESCE({record}, '?') AS record,
-                         md5(CAST(ROW("{main}".*) AS VARCHAR)) AS record_hash, {select}
+                         {row_hash} AS record_hash, {select}
                   FROM {clause} {skip}"""
         try:
-            rows = self.con.execute(sql).to_arrow_table()
+            rows = self.con.sql(sql).to_arrow_table()
         except duckdb.BinderException as exc:
             raise MappingError(f"{entry['source']} {context}: {str(exc).splitlines()[0]}") from exc
         if main not in self.counted:  # several entries may read one file (one event per score column)

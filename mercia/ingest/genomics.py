@@ -34,15 +34,20 @@ VARIANT_SCHEMA = pa.schema([
     ("pos", pa.int64()), ("ref", pa.string()), ("alt", pa.string()), ("gene", pa.string()),
     ("genotype", pa.string()), ("hgvs", pa.string()),
 ])
-_YEARS = re.compile(r"^P(?:(\d+)Y)?")
+_AGE = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?")
 
 
 def _estimated_birth(created: dt.datetime | None, age: str | None) -> str | None:
     """Year of birth from the record date and age at last encounter (ISO 8601 ``PnY...``)."""
     if not created or not age:
         return None
-    years = _YEARS.match(age)
-    return str(created.year - int(years.group(1))) if years and years.group(1) else None
+    parts = _AGE.match(age)
+    if not parts or not any(parts.groups()):
+        return None
+    years, months, weeks, days = (int(g or 0) for g in parts.groups())
+    months_back = years * 12 + months + (weeks * 7 + days) // 30
+    total = created.year * 12 + created.month - 1 - months_back
+    return str(total // 12)
 
 
 class GenomicsReader:

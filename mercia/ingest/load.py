@@ -37,6 +37,8 @@ REGISTRY_TYPE = 32879     # "Registry"
 GENDER = {"male": 8507, "m": 8507, "female": 8532, "f": 8532}
 VISIT_CLASS = {"AMB": 9202, "IMP": 9201, "ACUTE": 9201, "EMER": 9203, "HH": 581476}  # HL7 v3 ActCode
 
+TYPE_CONCEPTS = {"fhir": EHR_TYPE, "csv": EHR_TYPE, "hl7v2": LAB_TYPE, "phenopackets": REGISTRY_TYPE,
+                 "vcf": REGISTRY_TYPE}
 DOMAIN_TABLE = {"Condition": "condition_occurrence", "Drug": "drug_exposure", "Procedure": "procedure_occurrence",
                 "Measurement": "measurement", "Observation": "observation", "Device": "device_exposure",
                 "Specimen": "specimen", "Visit": "visit_occurrence"}
@@ -65,7 +67,7 @@ class LoadOptions:
     dob_policy: DobPolicy = DobPolicy.YEAR_MONTH
     opt_out: frozenset[str] = frozenset()
     geography: GeographyLookup | None = None
-    type_concept_id: int = EHR_TYPE
+    type_concept_id: int | None = None  # default: by reader (TYPE_CONCEPTS)
 
 
 @dataclass
@@ -448,7 +450,7 @@ class _Load:
         if domain != "Visit":
             self.con.execute("""CREATE OR REPLACE TABLE domain_rows AS SELECT d.*, v.row_id AS visit_occurrence_id
                                 FROM domain_rows d LEFT JOIN visit_ids v ON v.source_record = d.visit_record""")
-        columns = _domain_columns(domain, self.options.type_concept_id)
+        columns = _domain_columns(domain, self.options.type_concept_id or TYPE_CONCEPTS.get(self.reader, EHR_TYPE))
         select = ", ".join(f"{expr} AS {quote(col)}" for col, expr in columns.items())
         rows = _table_from_query(self.con, f"SELECT row_id AS {quote(pk)}, person_id, {select} FROM domain_rows")
         if domain == "Measurement":

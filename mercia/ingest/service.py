@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mercia.cdm import Store
-from mercia.ingest.load import EHR_TYPE, LAB_TYPE, REGISTRY_TYPE, LoadOptions, LoadSummary, load_staged
+from mercia.ingest.load import LoadOptions, LoadSummary, load_staged
 from mercia.ingest.staging import Staged
 from mercia.privacy.geography import GeographyLookup
 from mercia.privacy.optout import read_opt_out_file
@@ -15,8 +15,6 @@ from mercia.privacy.policy import dob_policy
 from mercia.privacy.pseudonym import Pseudonymiser, load_key
 
 KINDS = ("fhir", "csv", "hl7v2", "phenopackets", "vcf")
-TYPE_CONCEPTS = {"fhir": EHR_TYPE, "csv": EHR_TYPE, "hl7v2": LAB_TYPE, "phenopackets": REGISTRY_TYPE,
-                 "vcf": REGISTRY_TYPE}
 
 
 def default_options(kind: str, opt_out: Path | str | None = None, key_file: Path | str | None = None,
@@ -29,7 +27,7 @@ def default_options(kind: str, opt_out: Path | str | None = None, key_file: Path
     return LoadOptions(
         pseudonymiser=Pseudonymiser(load_key(key_file)), allow_synthetic_nhs_numbers=allow,
         dob_policy=dob_policy(), opt_out=read_opt_out_file(opt_out) if opt_out else frozenset(),
-        geography=GeographyLookup.from_environment(), type_concept_id=type_concept_id or TYPE_CONCEPTS[kind])
+        geography=GeographyLookup.from_environment(), type_concept_id=type_concept_id)
 
 
 def read_source(kind: str, path: Path | str, mapping: str | Path | None = None) -> Staged:
