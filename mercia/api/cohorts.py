@@ -12,8 +12,7 @@ from typing import Any
 import orjson
 
 from mercia.api.state import MerciaState
-from mercia.cohorts.model import CohortDefinitionError, CohortExpression
-from mercia.cohorts.runner import run_cohort
+from mercia.cohorts import CohortDefinitionError, CohortExpression, run_cohort
 from mercia.governance import Forbidden, GovernanceError, NotFound, Project, User
 from mercia.governance.db import now
 

@@ -18,13 +18,15 @@ class Exportable:
 
 
 def attrition_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """People at each step of a cohort run: qualifying, then each inclusion rule, then the cohort."""
+    """People remaining at each step of a cohort run: qualifying, after each inclusion rule in turn,
+    and in the final cohort (after era collapse and the approved date range)."""
     rules = [a for a in result.get("attrition", []) if a["mode_id"] == 1]
     rows = []
     if rules:
         rows.append({"step": "People with a qualifying entry event", "count_persons": rules[0]["person_total"]})
+        # ``remaining`` passes this rule and every earlier one: the ATLAS attrition view.
         rows += [{"step": f"Rule {a['rule_sequence'] + 1}: {a['name'] or 'unnamed'}",
-                  "count_persons": a["person_count"]} for a in rules]
+                  "count_persons": a.get("remaining", a["person_count"])} for a in rules]
     rows.append({"step": "People in the cohort", "count_persons": result["persons"]})
     return rows
 

@@ -1,0 +1,138 @@
+"""``mercia demo``: a working Mercia on this machine in one command.
+
+Builds a demo store (a synthetic region from ``mercia.synth``), registers one person for each role
+with a fresh random password (printed, never stored in the repository), sets up approved projects
+with a cohort already run, and serves the app on http://127.0.0.1:8000.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import typer
+
+from mercia.cdm import Store
+from mercia.governance.model import Role
+
+DEMO_DIR = Path("demo-data")
+
+# username, display name, roles (scope "SOURCE" becomes the demo store's source name)
+DEMO_PEOPLE = [
+    ("researcher", "Dr Asha Patel (researcher)", [(Role.RESEARCHER, "")]),
+    ("coordinator", "Tom Hughes (trial coordinator)", [(Role.TRIAL_COORDINATOR, "")]),
+    ("clinician", "Dr Lena Okafor (clinician)", [(Role.CLINICIAN, "")]),
+    ("datamanager", "Priya Singh (data manager)", [(Role.DATA_MANAGER, "SOURCE")]),
+    ("cancerlead", "Prof. Mark Evans (Cancer pillar lead)", [(Role.PILLAR_LEAD, "cancer")]),
+    ("chroniclead", "Dr Ruth Allen (Chronic Disease pillar lead)", [(Role.PILLAR_LEAD, "chronic")]),
+    ("checker", "Sam Wright (output checker)", [(Role.OUTPUT_CHECKER, "")]),
+    ("governance", "Helen Clarke (governance officer)", [(Role.GOVERNANCE_OFFICER, "")]),
+    ("admin", "Platform administrator", [(Role.ADMIN, "")]),
+]
+
+T2DM, METFORMIN = 201826, 1503297  # OMOP concepts (SNOMED 44054006, RxNorm 6809), present in mercia.synth
+
+
+@dataclass
+class Demo:
+    store: Store
+    passwords: dict[str, str]
+    source: str
+
+
+def diabetes_cohort() -> dict:
+    """Type 2 diabetes (first diagnosis, a year of prior observation), metformin within a year after."""
+    def concept_set(set_id, name, concept_id):
+        return {"id": set_id, "name": name, "expression": {"items": [
+            {"concept": {"CONCEPT_ID": concept_id, "CONCEPT_NAME": name}, "includeDescendants": True}]}}
+    return {
+        "ConceptSets": [concept_set(0, "Type 2 diabetes mellitus", T2DM), concept_set(1, "Metformin", METFORMIN)],
+        "PrimaryCriteria": {"CriteriaList": [{"ConditionOccurrence": {"CodesetId": 0, "First": True}}],
+                            "ObservationWindow": {"PriorDays": 365, "PostDays": 0},
+                            "PrimaryCriteriaLimit": {"Type": "First"}},
+        "InclusionRules": [{"name": "Metformin within a year", "expression": {
+            "Type": "ALL", "DemographicCriteriaList": [], "Groups": [], "CriteriaList": [{
+                "Criteria": {"DrugExposure": {"CodesetId": 1}},
+                "StartWindow": {"Start": {"Days": 0, "Coeff": 1}, "End": {"Days": 365, "Coeff": 1}},
+                "Occurrence": {"Type": 2, "Count": 1}}]}},
+            {"name": "Aged 40 or over", "expression": {
+                "Type": "ALL", "CriteriaList": [], "Groups": [],
+                "DemographicCriteriaList": [{"Age": {"Value": 40, "Op": "gte"}}]}}],
+        "CollapseSettings": {"CollapseType": "ERA", "EraPad": 0},
+    }
+
+
+def build_demo(directory: Path, persons: int, seed: int) -> Demo:
+    from mercia.api.cohorts import create_cohort, start_run
+    from mercia.api.state import MerciaState, ServerOptions
+    from mercia.synth.omop import write_omop
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "mercia-demo.duckdb"
+    for stale in (path, path.with_suffix(".duckdb.wal")):
+        stale.unlink(missing_ok=True)
+    store = Store(str(path))
+    write_omop(store, persons, seed)
+    source = store.query_one("SELECT cdm_source_name FROM cdm_source LIMIT 1") or "OMOP CDM store"
+    state = MerciaState(store, ServerOptions(job_workers=1))
+    gov = state.gov
+    passwords, people = {}, {}
+    for username, name, roles in DEMO_PEOPLE:
+        passwords[username] = secrets.token_urlsafe(12)
+        roles = [(role, source if scope == "SOURCE" else scope) for role, scope in roles]
+        people[username] = gov.create_user(username, name, passwords[username], roles, actor="demo")
+    gov.set_pillar_leads(people["admin"], "cancer", clinical=people["cancerlead"].id, academic=None, executive=None)
+    gov.set_pillar_leads(people["admin"], "chronic", clinical=people["chroniclead"].id, academic=None, executive=None)
+    year = (date.today() + timedelta(days=365)).isoformat()
+    scope = ["person", "condition_occurrence", "drug_exposure", "measurement", "observation", "visit_occurrence",
+             "procedure_occurrence", "death"]
+    diabetes = gov.create_project(
+        people["researcher"], title="Metformin uptake after a type 2 diabetes diagnosis", pillar="chronic",
+        purpose="How soon do people newly diagnosed with type 2 diabetes start metformin, and who does not?",
+        themes=["health_inequalities"], ppi_notes="Reviewed by the regional diabetes patient panel (3 sessions).",
+        scope_sources=[source], scope_domains=scope, scope_start="2000-01-01", expires_on=year)
+    gov.add_member(people["researcher"], diabetes.id, people["coordinator"].id)
+    for project, lead in ((diabetes, "chroniclead"),):
+        gov.submit(people["researcher"], project.id)
+        gov.decide(people[lead], project.id, "approve", "Within the pillar's priorities.")
+        gov.decide(people["governance"], project.id, "approve", "Scope proportionate to purpose.")
+    screening = gov.create_project(
+        people["clinician"], title="Breast cancer pathways across the region", pillar="cancer",
+        purpose="Describe time from first presentation to diagnosis for breast cancer.",
+        scope_sources=[source], scope_domains=["person", "condition_occurrence", "procedure_occurrence"],
+        expires_on=year, ppi_notes="Co-designed with a breast cancer charity's research panel.")
+    gov.submit(people["clinician"], screening.id)
+    gov.create_project(people["researcher"], title="Childhood asthma and air quality", pillar="womens_childrens",
+                       purpose="Draft: link asthma admissions to local air quality.", scope_domains=["person"])
+    cohort = create_cohort(state, people["researcher"], diabetes.id, "New type 2 diabetes starting metformin",
+                           "First T2DM diagnosis with a year of prior observation.", diabetes_cohort())
+    state.jobs.wait(start_run(state, people["researcher"], cohort["id"]), timeout=600)
+    state.jobs.shutdown()
+    return Demo(store, passwords, source)
+
+
+def demo(persons: int = typer.Option(10_000, help="people in the synthetic region"),
+         seed: int = typer.Option(42, help="random seed of the synthetic region"),
+         host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+         directory: Path = typer.Option(DEMO_DIR, "--dir", help="where the demo store is written")) -> None:
+    """Build a demo region with users for every role and serve Mercia on http://127.0.0.1:8000."""
+    import uvicorn
+    from rich.console import Console
+    from rich.table import Table
+
+    from mercia.api.state import ServerOptions
+    from mercia.web.app import create_app
+    from mercia.web.cli import is_loopback
+
+    console = Console()
+    with console.status(f"Generating a synthetic region of {persons:,} people..."):
+        built = build_demo(directory, persons, seed)
+    table = Table("username", "password", "role", title="Demo sign-ins (new passwords each start)")
+    for username, name, _ in DEMO_PEOPLE:
+        table.add_row(username, built.passwords[username], name)
+    console.print(table)
+    console.print(f"Open [bold]http://{host}:{port}[/] and sign in. Data: {built.source}. Ctrl+C stops.")
+    app = create_app(built.store, ServerOptions(secure_cookies=not is_loopback(host)))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,358 @@
+"""Every /api/v1 endpoint: what it returns, and every way it refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from api_world import FUTURE, GI_BLEED, PASSWORD, circe
+
+
+def run(world, headers, cohort_id):
+    r = world.client.post(f"/api/v1/cohorts/{cohort_id}/run", headers=headers)
+    assert r.status_code == 202, r.text
+    job = world.client.app.state.mercia.jobs.wait(r.json()["job_id"], 60)
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def make_cohort(world, headers, project=None, expression=None):
+    r = world.client.post("/api/v1/cohorts", headers=headers, json={
+        "project_id": project or world.approved, "name": "GI bleed on aspirin", "expression": expression or circe()})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+# -- authentication ---------------------------------------------------------------------------
+def test_no_credentials_is_401(world):
+    for path in ["/api/v1/me", "/api/v1/projects", "/api/v1/sources", "/api/v1/audit", "/api/v1/exports"]:
+        assert world.client.get(path).status_code == 401
+
+
+def test_bad_or_revoked_token_is_401(world):
+    assert world.client.get("/api/v1/me", headers={"Authorization": "Bearer mrc_nope"}).status_code == 401
+    h = world.login("res")
+    me = world.client.get("/api/v1/me", headers=h).json()
+    assert me["username"] == "res" and me["roles"] == [{"role": "researcher", "scopes": []}]
+    tokens = world.client.get("/api/v1/tokens", headers=h).json()
+    assert world.client.delete(f"/api/v1/tokens/{tokens[0]['id']}", headers=h).json()["revoked"]
+    assert world.client.get("/api/v1/me", headers=h).status_code == 401
+
+
+def test_token_create_shows_secret_once(world):
+    h = world.login("res")
+    r = world.client.post("/api/v1/tokens", headers=h, json={"name": "script", "days": 30})
+    assert r.status_code == 201 and r.json()["token"].startswith("mrc_")
+    listed = world.client.get("/api/v1/tokens", headers=h).json()
+    assert "token" not in listed[-1] and listed[-1]["name"] == "script"
+    other = world.login("res2")
+    assert world.client.delete(f"/api/v1/tokens/{r.json()['id']}", headers=other).status_code == 404
+    assert world.client.post("/api/v1/tokens", headers=h, json={"name": "x", "days": 999}).status_code == 422
+
+
+def session(world, username):
+    """Sign in through the web form; returns the CSRF token of the session."""
+    c = world.client
+    page = c.get("/signin")
+    token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+    r = c.post("/signin", data={"username": username, "password": PASSWORD, "csrf_token": token, "next": "/"},
+               follow_redirects=False)
+    assert r.status_code == 303, r.text
+    home = c.get("/")
+    return home.text.split('name="csrf_token" value="')[1].split('"')[0]
+
+
+def test_session_cookie_needs_csrf_for_changes(world):
+    csrf = session(world, "res")
+    c = world.client
+    assert c.get("/api/v1/me").json()["username"] == "res"
+    body = {"name": "from browser"}
+    r = c.post("/api/v1/tokens", json=body)
+    assert r.status_code == 403 and "CSRF" in r.json()["detail"]
+    assert c.post("/api/v1/tokens", json=body, headers={"X-CSRF-Token": "wrong"}).status_code == 403
+    assert c.post("/api/v1/tokens", json=body, headers={"X-CSRF-Token": csrf}).status_code == 201
+
+
+def test_session_cookie_flags(world):
+    c = world.client
+    page = c.get("/signin")
+    token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+    r = c.post("/signin", data={"username": "res", "password": PASSWORD, "csrf_token": token},
+               follow_redirects=False)
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=lax" in cookie.replace("Lax", "lax")
+
+
+def test_security_headers(world):
+    r = world.client.get("/signin")
+    assert "'unsafe-inline'" not in r.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["strict-transport-security"].startswith("max-age=")
+
+
+def test_openapi_schema_served(world):
+    schema = world.client.get("/api/v1/openapi.json").json()
+    assert schema["info"]["title"] == "Mercia API"
+    for path in ["/sources", "/cohorts", "/projects", "/audit", "/exports", "/jobs/{job_id}", "/hpo/terms"]:
+        assert path in schema["paths"]
+
+
+# -- users, pillars, themes (admin) -----------------------------------------------------------------
+def test_admin_user_management_and_refusals(world):
+    admin, res = world.login("admin"), world.login("res")
+    body = {"username": "newbie", "display_name": "New Person", "password": "a long password!",
+            "roles": [["researcher", ""]]}
+    assert world.client.post("/api/v1/users", headers=res, json=body).status_code == 403
+    r = world.client.post("/api/v1/users", headers=admin, json=body)
+    assert r.status_code == 201
+    uid = r.json()["id"]
+    assert world.client.post("/api/v1/users", headers=admin, json=body).status_code == 409
+    r = world.client.post(f"/api/v1/users/{uid}/roles", headers=admin, json={"role": "pillar_lead", "scope": "cancer"})
+    assert {"role": "pillar_lead", "scopes": ["cancer"]} in r.json()["roles"]
+    assert world.client.post(f"/api/v1/users/{uid}/roles", headers=res, json={"role": "admin"}).status_code == 403
+    assert world.client.post(f"/api/v1/users/{uid}/roles", headers=admin,
+                             json={"role": "pillar_lead", "scope": "nope"}).status_code == 400
+    r = world.client.delete(f"/api/v1/users/{uid}/roles/pillar_lead", headers=admin)
+    assert [x["role"] for x in r.json()["roles"]] == ["researcher"]
+    assert world.client.delete(f"/api/v1/users/{uid}/roles/researcher", headers=res).status_code == 403
+    assert world.client.get("/api/v1/users", headers=res).status_code == 403
+    assert any(u["username"] == "newbie" for u in world.client.get("/api/v1/users", headers=admin).json())
+    assert world.client.post(f"/api/v1/users/{uid}/deactivate", headers=res).status_code == 403
+    assert world.client.post(f"/api/v1/users/{uid}/deactivate", headers=admin).json()["active"] is False
+    assert world.client.post(f"/api/v1/users/9999/deactivate", headers=admin).status_code == 404
+
+
+def test_pillars_themes_domains(world):
+    res, govo = world.login("res"), world.login("govo")
+    pillars = world.client.get("/api/v1/pillars", headers=res).json()
+    assert len(pillars) == 4
+    lead = world.people["lead"].id
+    body = {"clinical_lead": lead, "academic_lead": None, "executive_lead": None}
+    assert world.client.put("/api/v1/pillars/cancer/leads", headers=res, json=body).status_code == 403
+    r = world.client.put("/api/v1/pillars/cancer/leads", headers=govo, json=body)
+    assert next(p for p in r.json() if p["code"] == "cancer")["clinical_lead"] == lead
+    assert world.client.put("/api/v1/pillars/dentistry/leads", headers=govo, json=body).status_code == 404
+    assert world.client.post("/api/v1/themes", headers=res, json={"code": "x", "name": "X"}).status_code == 403
+    assert "genomics" in world.client.post("/api/v1/themes", headers=govo,
+                                           json={"code": "genomics", "name": "Genomics"}).json()
+    assert "genomics" in world.client.get("/api/v1/themes", headers=res).json()
+    assert "drug_exposure" in world.client.get("/api/v1/domains", headers=res).json()
+
+
+# -- projects and approvals -------------------------------------------------------------------------
+def test_project_lifecycle_over_api(world):
+    res, lead, govo, res2 = world.login("res"), world.login("lead"), world.login("govo"), world.login("res2")
+    c = world.client
+    r = c.post("/api/v1/projects", headers=res, json={"title": "New", "pillar": "cancer", "purpose": "why",
+                                                      "scope_domains": ["person"], "expires_on": FUTURE})
+    assert r.status_code == 201 and r.json()["status"] == "draft"
+    pid = r.json()["id"]
+    assert c.post("/api/v1/projects", headers=world.login("checker"),
+                  json={"title": "x", "pillar": "cancer"}).status_code == 403
+    assert c.post("/api/v1/projects", headers=res, json={"title": "x", "pillar": "nope"}).status_code == 400
+    assert c.get(f"/api/v1/projects/{pid}", headers=res2).status_code == 404
+    assert c.patch(f"/api/v1/projects/{pid}", headers=res2, json={"title": "mine"}).status_code == 404
+    assert c.patch(f"/api/v1/projects/{pid}", headers=res, json={"title": "Renamed"}).json()["title"] == "Renamed"
+    assert c.post(f"/api/v1/projects/{pid}/members", headers=res2,
+                  json={"user_id": world.people["res2"].id}).status_code == 404
+    assert c.post(f"/api/v1/projects/{pid}/members", headers=res,
+                  json={"user_id": world.people["clin"].id}).status_code == 200
+    assert c.post(f"/api/v1/projects/{pid}/decision", headers=govo, json={"decision": "approve"}).status_code == 409
+    assert c.post(f"/api/v1/projects/{pid}/submit", headers=res2).status_code == 404
+    assert c.post(f"/api/v1/projects/{pid}/submit", headers=res).json()["status"] == "submitted"
+    assert c.post(f"/api/v1/projects/{pid}/submit", headers=res).status_code == 409
+    assert c.patch(f"/api/v1/projects/{pid}", headers=res, json={"title": "x"}).status_code == 409
+    assert [p["id"] for p in c.get("/api/v1/approvals", headers=lead).json()] == [pid]
+    assert c.post(f"/api/v1/projects/{pid}/decision", headers=res, json={"decision": "approve"}).status_code == 403
+    assert c.post(f"/api/v1/projects/{pid}/decision", headers=govo, json={"decision": "reject"}).status_code == 400
+    assert c.post(f"/api/v1/projects/{pid}/decision", headers=lead, json={"decision": "approve"}).status_code == 200
+    r = c.post(f"/api/v1/projects/{pid}/decision", headers=govo, json={"decision": "approve"})
+    assert r.json()["status"] == "approved"
+    assert c.get("/api/v1/approvals", headers=lead).json() == []
+    titles = {p["title"] for p in c.get("/api/v1/projects", headers=res).json()}
+    assert {"Renamed", "GI bleed outcomes", "Draft idea", "Old study"} <= titles and "Other team" not in titles
+    detail = c.get(f"/api/v1/projects/{pid}", headers=govo).json()
+    assert {a["capacity"] for a in detail["approvals"]} == {"pillar_lead", "governance_officer"}
+
+
+# -- cohorts, concept sets, jobs --------------------------------------------------------------------
+def test_cohort_create_run_attrition(world):
+    h = world.login("res")
+    cid = make_cohort(world, h)
+    assert world.client.get(f"/api/v1/cohorts/{cid}/attrition", headers=h).status_code == 404  # not run
+    job = run(world, h, cid)
+    assert job["result"]["persons"] == 10 and job["progress"] == 1.0
+    steps = world.client.get(f"/api/v1/cohorts/{cid}/attrition", headers=h).json()["steps"]
+    assert [s["count_persons"] for s in steps] == [24, 10, 10]
+    got = world.client.get(f"/api/v1/cohorts/{cid}", headers=h).json()
+    assert got["result"]["persons"] == 10 and got["expression"]["InclusionRules"][0]["name"] == "Aspirin before"
+    assert world.client.get(f"/api/v1/cohorts/{cid}/circe", headers=h).json()["PrimaryCriteria"]
+    assert [c["id"] for c in world.client.get(f"/api/v1/cohorts?project_id={world.approved}", headers=h).json()] == [cid]
+    jobs = world.client.get("/api/v1/jobs", headers=h).json()
+    assert jobs[0]["status"] == "succeeded"
+    assert world.client.get(f"/api/v1/jobs/{jobs[0]['id']}", headers=world.login("res2")).status_code == 404
+    assert world.client.get("/api/v1/jobs/999", headers=h).status_code == 404
+
+
+def test_cohort_refusals(world):
+    h, other = world.login("res"), world.login("res2")
+    cid = make_cohort(world, h)
+    for path in [f"/api/v1/cohorts/{cid}", f"/api/v1/cohorts/{cid}/attrition", f"/api/v1/cohorts/{cid}/circe"]:
+        assert world.client.get(path, headers=other).status_code == 404, path
+        assert world.client.get(path, headers=world.login("govo")).status_code == 403, path
+    assert world.client.post(f"/api/v1/cohorts/{cid}/run", headers=other).status_code == 404
+    assert world.client.get(f"/api/v1/cohorts?project_id={world.approved}", headers=other).status_code == 404
+    for project in (world.draft, world.expired):
+        r = world.client.post("/api/v1/cohorts", headers=h, json={"project_id": project, "name": "x",
+                                                                 "expression": circe()})
+        assert r.status_code == 403, r.text
+        assert world.client.get(f"/api/v1/cohorts?project_id={project}", headers=h).status_code == 403
+    bad = world.client.post("/api/v1/cohorts", headers=h, json={"project_id": world.approved, "name": "x",
+                                                               "expression": {"PrimaryCriteria": 3}})
+    assert bad.status_code == 400 and "Circe" in bad.json()["detail"]
+    measured = circe(rule_drug=None)
+    measured["PrimaryCriteria"]["CriteriaList"] = [{"Measurement": {"CodesetId": 0}}]
+    r = world.client.post("/api/v1/cohorts", headers=h, json={"project_id": world.approved, "name": "x",
+                                                             "expression": measured})
+    assert r.status_code == 403 and "measurement" in r.json()["detail"]
+
+
+def test_expiry_after_creation_closes_cohort(world):
+    h = world.login("res")
+    cid = make_cohort(world, h)
+    world.gov.db.execute("UPDATE mercia_project SET expires_on = '2000-01-01' WHERE id = ?", [world.approved])
+    r = world.client.get(f"/api/v1/cohorts/{cid}", headers=h)
+    assert r.status_code == 403 and "expired" in r.json()["detail"]
+    assert world.client.post(f"/api/v1/cohorts/{cid}/run", headers=h).status_code == 403
+
+
+def test_date_scope_clips_cohort(world):
+    h = world.login("res")
+    world.gov.db.execute("UPDATE mercia_project SET scope_start = '2016-01-01' WHERE id = ?", [world.approved])
+    cid = make_cohort(world, h, expression=circe(rule_drug=None))
+    job = run(world, h, cid)
+    assert job["result"]["persons"] == 0 and job["result"]["clipped_entries"] == 24
+
+
+def test_concept_sets(world):
+    h = world.login("res")
+    expr = {"items": [{"concept": {"CONCEPT_ID": GI_BLEED}, "includeDescendants": True}]}
+    r = world.client.post("/api/v1/concept-sets", headers=h, json={"project_id": world.approved, "name": "GI",
+                                                                  "expression": expr})
+    assert r.status_code == 201
+    assert world.client.get(f"/api/v1/concept-sets?project_id={world.approved}", headers=h).json()[0]["name"] == "GI"
+    assert world.client.get(f"/api/v1/concept-sets?project_id={world.approved}",
+                            headers=world.login("res2")).status_code == 404
+    assert world.client.post("/api/v1/concept-sets", headers=h, json={
+        "project_id": world.expired, "name": "GI", "expression": expr}).status_code == 403
+    assert world.client.post("/api/v1/concept-sets", headers=h, json={
+        "project_id": world.approved, "name": "GI", "expression": {"items": [{"nope": 1}]}}).status_code == 422
+
+
+# -- exports (airlock) -------------------------------------------------------------------------------
+def test_export_flow_and_refusals(world):
+    h = world.login("res")
+    cid = make_cohort(world, h)
+    body = {"project_id": world.approved, "kind": "cohort_attrition", "ref": str(cid), "justification": "paper"}
+    assert world.client.post("/api/v1/exports", headers=h, json=body).status_code == 400  # not run yet
+    run(world, h, cid)
+    assert world.client.post("/api/v1/exports", headers=world.login("res2"), json=body).status_code == 404
+    assert world.client.post("/api/v1/exports", headers=h, json=body | {"kind": "everything"}).status_code == 400
+    assert world.client.post("/api/v1/exports", headers=h,
+                             json=body | {"project_id": world.expired}).status_code == 403
+    r = world.client.post("/api/v1/exports", headers=h, json=body)
+    assert r.status_code == 201
+    export = r.json()
+    rows = export["content"]["tables"][0]["rows"]
+    assert [row["count_persons"] for row in rows] == [25, 10, 10]  # rounded to 5 by the default policy
+    assert export["disclosure"]["policy"] == "opensafely" and export["status"] == "pending"
+    eid = export["id"]
+    assert world.client.get(f"/api/v1/exports/{eid}/download", headers=h).status_code == 403  # not approved
+    assert world.client.post(f"/api/v1/exports/{eid}/decision", headers=h,
+                             json={"decision": "approve"}).status_code == 403  # not a checker
+    assert world.client.post(f"/api/v1/exports/{eid}/decision", headers=world.login("govo"),
+                             json={"decision": "approve"}).status_code == 403
+    assert world.client.get(f"/api/v1/exports/{eid}", headers=world.login("res2")).status_code == 404
+    assert [e["id"] for e in world.client.get("/api/v1/exports?status=pending",
+                                              headers=world.login("checker")).json()] == [eid]
+    r = world.client.post(f"/api/v1/exports/{eid}/decision", headers=world.login("checker"),
+                          json={"decision": "approve", "reason": "counts rounded"})
+    assert r.json()["status"] == "approved"
+    assert world.client.post(f"/api/v1/exports/{eid}/decision", headers=world.login("checker"),
+                             json={"decision": "reject", "reason": "x"}).status_code == 409
+    assert world.client.get(f"/api/v1/exports/{eid}/download", headers=world.login("checker")).status_code == 404
+    csv = world.client.get(f"/api/v1/exports/{eid}/download?format=csv", headers=h)
+    assert csv.status_code == 200 and "People in the cohort,10" in csv.text
+    assert world.client.get(f"/api/v1/exports/{eid}/download", headers=h).json()["analysis"] == "cohort_attrition"
+    assert world.client.get(f"/api/v1/exports/{eid}/download?format=xml", headers=h).status_code == 400
+    assert "cohort_attrition" in world.client.get("/api/v1/exports/kinds", headers=h).json()
+
+
+def test_checker_cannot_approve_own_export(world):
+    own = world.login("checker2")  # an output checker who is also on the project
+    cid = make_cohort(world, own)
+    run(world, own, cid)
+    eid = world.client.post("/api/v1/exports", headers=own, json={
+        "project_id": world.approved, "kind": "cohort_attrition", "ref": str(cid), "justification": "x"}).json()["id"]
+    r = world.client.post(f"/api/v1/exports/{eid}/decision", headers=own, json={"decision": "approve"})
+    assert r.status_code == 403 and "own request" in r.json()["detail"]
+    r = world.client.post(f"/api/v1/exports/{eid}/decision", headers=world.login("checker"),
+                          json={"decision": "reject"})
+    assert r.status_code == 400  # a refusal needs a reason
+
+
+def test_small_counts_are_redacted_in_exports(world):
+    h = world.login("res")
+    world.gov.db.execute("DELETE FROM drug_exposure WHERE person_id > 3")  # only 3 people on aspirin now
+    cid = make_cohort(world, h)
+    run(world, h, cid)
+    export = world.client.post("/api/v1/exports", headers=h, json={
+        "project_id": world.approved, "kind": "cohort_attrition", "ref": str(cid), "justification": "x"}).json()
+    table = export["content"]["tables"][0]
+    assert [1, "count_persons"] in [list(x) for x in table["redacted"]]
+    assert table["rows"][1]["count_persons"] is None and export["disclosure"]["redacted_cells"] >= 2
+
+
+# -- sources, audit, rare disease ---------------------------------------------------------------------
+def test_sources(world):
+    h = world.login("res")
+    sources = world.client.get("/api/v1/sources", headers=h).json()
+    assert sources[0]["name"] == "OMOP CDM store" and sources[0]["records_loaded"] > 0
+    assert world.client.get("/api/v1/sources/OMOP%20CDM%20store", headers=h).status_code == 403
+    detail = world.client.get("/api/v1/sources/OMOP%20CDM%20store", headers=world.login("dm")).json()
+    assert detail["row_counts"]["person"] == 40 and detail["load_history"] == []
+    assert world.client.get("/api/v1/sources/elsewhere", headers=world.login("admin")).status_code == 404
+
+
+def test_audit_records_and_filters(world):
+    h = world.login("res")
+    cid = make_cohort(world, h)
+    run(world, h, cid)
+    world.client.get(f"/api/v1/cohorts/{cid}", headers=h)
+    govo = world.login("govo")
+    assert world.client.get("/api/v1/audit", headers=h).status_code == 403
+    assert world.client.get("/api/v1/audit/verify", headers=h).status_code == 403
+    entries = world.client.get(f"/api/v1/audit?actor=res&project_id={world.approved}", headers=govo).json()
+    actions = [e["action"] for e in entries]
+    assert actions[:3] == ["cohort.view", "cohort.run", "cohort.create"]
+    assert all(e["actor"] == "res" for e in entries)
+    assert world.client.get("/api/v1/audit?action=cohort.run", headers=govo).json()[0]["target"] == f"cohort:{cid}"
+    assert world.client.get("/api/v1/audit?limit=5000", headers=govo).status_code == 422
+    assert world.client.get("/api/v1/audit/verify", headers=govo).json()["ok"] is True
+    assert world.client.get("/api/v1/audit?action=audit.view", headers=govo).json()  # browsing is audited too
+
+
+@pytest.mark.slow
+def test_rare_disease_ranking(world):
+    clin = world.login("clin")
+    terms = world.client.get("/api/v1/hpo/terms?q=seizure", headers=clin).json()
+    assert terms["hpo_version"].startswith("HPO") and any(t["id"] == "HP:0001250" for t in terms["terms"])
+    body = {"observed": ["HP:0001250", "HP:0001263", "HP:0000252"], "top": 5}
+    r = world.client.post("/api/v1/raredisease/rank", headers=clin, json=body)
+    assert r.status_code == 200
+    candidates = r.json()["candidates"]
+    assert len(candidates) == 5 and candidates[0]["rank"] == 1 and candidates[0]["evidence"]
+    assert world.client.post("/api/v1/raredisease/rank", headers=world.login("checker"), json=body).status_code == 403
+    bad = world.client.post("/api/v1/raredisease/rank", headers=clin, json={"observed": ["HP:9999999"]})
+    assert bad.status_code == 400
