@@ -1,0 +1,202 @@
+"""Cohort test fixtures: GiBleed on each engine, one shared local Spark session, and a runner that
+executes one cohort definition on tiny hand-written tables on any engine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from mercia.cdm import Store
+from mercia.cdm.schema import CDM_TABLES
+from mercia.cohorts import CohortExpression, build_plan, run_cohort
+from mercia.cohorts.compiler import materialise, render
+
+def _root_conftest():
+    """The suite's shared helpers (tests/ is not a package, and every conftest is named alike)."""
+    import importlib.util
+    import sys
+
+    name = "mercia_root_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+SHARED_REFERENCE = _root_conftest().SHARED_DATA / "ohdsi_reference"
+drop_store = _root_conftest().drop_store
+engine_missing = _root_conftest().engine_missing
+postgres_url = _root_conftest().postgres_url
+
+_ARROW = {"int": pa.int64(), "bigint": pa.int64(), "date": pa.date32(), "ts": pa.timestamp("us"),
+          "num": pa.float64(), "text": pa.string()}
+_SPARK = {"int": "bigint", "bigint": "bigint", "date": "date", "ts": "timestamp", "num": "double", "text": "string"}
+
+
+def arrow_type(spec_type: str) -> pa.DataType:
+    return pa.string() if spec_type.startswith("vc") else _ARROW[spec_type]
+
+
+def spark_type(spec_type: str) -> str:
+    return "string" if spec_type.startswith("vc") else _SPARK[spec_type]
+
+
+def cdm_arrow(name: str, rows: list[dict]) -> pa.Table:
+    """Rows of CDM table ``name`` as Arrow with the CDM types; required ids and concepts that a
+    test leaves out are filled (ids numbered, concepts 0), so tests state only what matters."""
+    table = CDM_TABLES[name]
+    given = {k for r in rows for k in r}
+    filled = []
+    for i, r in enumerate(rows, start=1):
+        r = dict(r)
+        for c in table.columns:
+            if c.name in r or not c.required:
+                continue
+            if c.is_concept_id:
+                r[c.name] = 0
+            elif c.name == table.primary_key:
+                r[c.name] = i
+            elif c.spec_type.startswith("vc"):
+                r[c.name] = ""
+        filled.append(r)
+    names = [c.name for c in table.columns if c.name in given or any(c.name in r for r in filled)]
+    schema = pa.schema([(n, arrow_type(table.column(n).spec_type)) for n in names])
+    data = {n: [_value(r.get(n)) for r in filled] for n in names}
+    return pa.table(data, schema=schema)
+
+
+def _value(v):
+    return dt.date.fromisoformat(v) if isinstance(v, str) and len(v) == 10 and v[4] == "-" else v
+
+
+# -- engines for spec tests ------------------------------------------------------------------------
+SPEC_ENGINES = ["duckdb", "postgres", pytest.param("spark", marks=[pytest.mark.spark, pytest.mark.slow])]
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """One local Spark session for the whole run (1 core, 1 shuffle partition, no UI)."""
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        engine_missing("Spark needs a Java runtime (apt-get install openjdk-17-jre-headless)")
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        engine_missing("pyspark is not installed (pip install -e .[test])")
+    warehouse = tmp_path_factory.mktemp("spark-warehouse")
+    session = (SparkSession.builder.master("local[1]").appName("mercia-tests")
+               .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "1")
+               .config("spark.default.parallelism", "1").config("spark.driver.memory", "1g")
+               .config("spark.sql.warehouse.dir", str(warehouse))
+               .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={warehouse}")
+               .getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def spark_register(spark, name: str, data: pa.Table | None) -> None:
+    """Expose a CDM table to Spark SQL as a temporary view with the CDM column types."""
+    table = CDM_TABLES[name]
+    schema = ", ".join(f"{c.name} {spark_type(c.spec_type)}" for c in table.columns)
+    if data is None or data.num_rows == 0:
+        df = spark.createDataFrame([], schema)
+    else:
+        full = {c.name: (data.column(c.name).to_pylist() if c.name in data.column_names else [None] * data.num_rows)
+                for c in table.columns}
+        rows = list(zip(*full.values(), strict=True))
+        df = spark.createDataFrame(rows, schema)
+    df.createOrReplaceTempView(name)
+
+
+def spark_cohort_rows(spark, expr: CohortExpression, cohort_id: int = 1) -> list[tuple]:
+    """Run the Spark rendering of a cohort plan and return its (subject, start, end) rows, sorted."""
+    plan = build_plan(expr, cohort_id)
+    try:
+        for name, query in plan.steps:
+            for statement in materialise(name, query, "spark"):
+                spark.sql(statement)
+        rows = spark.sql(render(plan.cohort_rows, "spark")).collect()
+    finally:
+        for name, _ in plan.steps:
+            spark.sql(f"DROP TABLE IF EXISTS {name}")
+    return sorted((int(r[1]), r[2], r[3]) for r in rows)
+
+
+SPEC_TABLES = ["person", "observation_period", "condition_occurrence", "drug_exposure", "procedure_occurrence",
+               "measurement", "observation", "visit_occurrence", "visit_detail", "device_exposure", "specimen",
+               "death", "condition_era", "drug_era", "dose_era", "payer_plan_period", "provider", "care_site",
+               "concept", "concept_ancestor", "concept_relationship"]
+
+
+@pytest.fixture(params=SPEC_ENGINES)
+def spec_engine(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def run_spec(spec_engine, tmp_path, request):
+    """``run_spec(tables, expr) -> (rows, result_or_None)`` on the engine under test."""
+    stores: list[Store] = []
+
+    def run(tables: dict[str, list[dict]], expr: CohortExpression, cohort_id: int = 1):
+        arrow = {name: cdm_arrow(name, rows) for name, rows in tables.items() if rows}
+        if spec_engine == "spark":
+            session = request.getfixturevalue("spark")
+            for name in SPEC_TABLES:
+                spark_register(session, name, arrow.get(name))
+            return spark_cohort_rows(session, expr, cohort_id), None
+        if spec_engine == "duckdb":
+            store = Store(str(tmp_path / f"{uuid.uuid4().hex[:8]}.duckdb"))
+        else:
+            store = Store(postgres_url(), schema=f"t_{uuid.uuid4().hex[:12]}")
+        stores.append(store)
+        store.init_schema()
+        for name, data in arrow.items():
+            store.insert_arrow(name, data)
+        result = run_cohort(store, expr, cohort_id)
+        rows = store.query("SELECT subject_id, cohort_start_date, cohort_end_date FROM cohort "
+                           f"WHERE cohort_definition_id = {int(cohort_id)} ORDER BY 1, 2, 3")
+        return [(int(a), b, c) for a, b, c in rows], result
+
+    yield run
+    for s in stores:
+        drop_store(s)
+
+
+# -- GiBleed on every engine, for the reference suite --------------------------------------------
+@pytest.fixture(scope="session")
+def cohort_gibleed_duckdb(gibleed_dir, tmp_path_factory):
+    """GiBleed in a DuckDB of our own (the shared ``gibleed_store`` is read-only; cohorts write)."""
+    from mercia.cdm.loader import load_omop_directory
+
+    store = Store(str(tmp_path_factory.mktemp("cohort-gibleed") / "gibleed.duckdb"))
+    store.init_schema()
+    load_omop_directory(store, gibleed_dir)
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def cohort_gibleed_postgres(cohort_gibleed_duckdb):
+    """GiBleed copied once per session into its own PostgreSQL schema (Arrow in, COPY out)."""
+    store = Store(postgres_url(), schema=f"t_gib_{uuid.uuid4().hex[:10]}")
+    store.init_schema()
+    for name in CDM_TABLES:
+        if name != "cohort":
+            data = cohort_gibleed_duckdb.duckdb_connection.sql(f'SELECT * FROM "{name}"').to_arrow_table()
+            store.insert_arrow(name, data)
+    yield store
+    drop_store(store)
+
+
+@pytest.fixture(scope="session")
+def reference_dir(shared_data) -> Path:
+    return shared_data / "ohdsi_reference"
