@@ -122,7 +122,11 @@ class KnowledgeBase:
         return self._ic
 
     def genes_of(self, disease: int) -> list[str]:
-        return sorted(self.gene_symbols[self.gene_disease_gene[self.gene_disease_disease == disease]].tolist())
+        if not hasattr(self, "_genes_by_disease"):
+            self._genes_by_disease: dict[int, list[str]] = {}
+            for gene, d in zip(self.gene_disease_gene.tolist(), self.gene_disease_disease.tolist()):
+                self._genes_by_disease.setdefault(d, []).append(str(self.gene_symbols[gene]))
+        return sorted(self._genes_by_disease.get(disease, []))
 
     def diseases_of_gene(self, symbol: str) -> np.ndarray:
         gene = self.gene_index.get(symbol.upper())

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import logsumexp
 
 from mercia.raredisease.kb import KnowledgeBase, default_kb
 from mercia.raredisease.ontology import UnknownTermError
@@ -143,7 +144,6 @@ class Ranker:
         inverse_bg = sp.diags(1.0 / self.background)
         self.implied_lr = (inverse_bg @ self.implied).tocsr()
         self.direct_lr = (inverse_bg @ self.direct).tocsr()
-        self.floor = np.full(n_dis, p.floor)
         self.row_max = np.asarray(self.implied_lr.max(axis=1).todense()).ravel()
         keep_not = position[self.kb.not_disease] >= 0
         self.negated = sp.csr_matrix(
@@ -196,7 +196,7 @@ class Ranker:
         owner, ancestors = self._expand_ancestors(terms)
         is_self = ancestors == terms[owner]
         useful = is_self | (
-            (self.row_max[ancestors] * max(p.lambda_specific, p.lambda_related) > self.floor.min())
+            (self.row_max[ancestors] * max(p.lambda_specific, p.lambda_related) > p.floor)
             & (self.background[ancestors] <= p.partial_max_background)
         )
         parts = []
@@ -209,8 +209,8 @@ class Ranker:
             parts.append((owner[mask][rows.row], rows.col, rows.data * weight))
         r, c, v = (np.concatenate(x) for x in zip(*parts))
         v = np.minimum(v, p.max_lr)
-        good = v > self.floor[c]
-        r, c, v = _max_by_key(r[good], c[good], np.log(v[good] / self.floor[c[good]]), n_dis)
+        good = v > p.floor
+        r, c, v = _max_by_key(r[good], c[good], np.log(v[good] / p.floor), n_dis)
         positive = sp.csr_matrix((v, (r, c)), shape=(len(terms), n_dis))
         negated = self.negated[ancestors].tocoo()
         if not negated.nnz:
@@ -219,7 +219,7 @@ class Ranker:
             (np.ones(negated.nnz), (owner[negated.row], negated.col)), shape=(len(terms), n_dis)
         )
         contradicted.data[:] = 1.0  # duplicates were summed
-        return (positive - positive.multiply(contradicted) + contradicted @ sp.diags(np.log(p.not_lr / self.floor))).tocsr()
+        return (positive - positive.multiply(contradicted) + contradicted * np.log(p.not_lr / p.floor)).tocsr()
 
     def _expand_ancestors(self, terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(position in ``terms``, ancestor) for every ancestor (itself included) of every term."""
@@ -237,49 +237,36 @@ class Ranker:
         rows.data = np.log(p.excluded_ascertainment * np.maximum(1.0 - rows.data, p.excluded_floor))
         return rows
 
-    def _constants(self, n_observed: int, excluded: list[int]) -> np.ndarray:
-        bg = self.background[excluded] if excluded else np.empty(0)
-        return n_observed * np.log(self.floor) - float(np.log1p(-np.minimum(bg, 0.999)).sum())
 
     # -- ranking -----------------------------------------------------------------------------------------------
     def score_matrix(self, cases: list[Case], strict: bool = True) -> tuple[np.ndarray, list]:
         """Natural-log composite LR of every candidate disease (columns) for every case (rows)."""
         resolved = [self.resolve_case(c, strict) for c in cases]
-        obs_terms = np.array(sorted({t for o, _ in resolved for t in o}), dtype=np.int64)
-        exc_terms = np.array(sorted({t for _, x in resolved for t in x}), dtype=np.int64)
-        n_dis = len(self.diseases)
-        scores = np.zeros((len(cases), n_dis))
-        for k, (terms, builder, pick) in enumerate(
-            ((obs_terms, self._observed_rows, 0), (exc_terms, self._excluded_rows, 1))
-        ):
-            if not len(terms):
-                continue
-            column = {t: i for i, t in enumerate(terms.tolist())}
-            rows, cols = [], []
-            for i, res in enumerate(resolved):
-                for t in res[pick]:
-                    rows.append(i)
-                    cols.append(column[t])
-            selector = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(cases), len(terms)))
-            scores += (selector @ builder(terms)).toarray()
-        constants = np.array([self._constants(len(o), x) for o, x in resolved])
+        n_terms = len(self.kb.ontology)
+        observed = _selector([o for o, _ in resolved], n_terms)  # cases x terms, 0/1
+        excluded = _selector([x for _, x in resolved], n_terms)
+        total = sp.csr_matrix((len(cases), len(self.diseases)))
+        for selector, builder in ((observed, self._observed_rows), (excluded, self._excluded_rows)):
+            used = np.unique(selector.indices)
+            if len(used):
+                total = total + selector[:, used] @ builder(used)
         if self.params.reporting_rate > 0:
-            scores += self.unreported_total - (self._covered(resolved) @ self.unreported).toarray()
-        return scores + constants, resolved
+            total = total - self._covered(observed, excluded) @ self.unreported
+        # the disease-independent parts: the floor of every observed term, 1 / (1 - bg) of every excluded one
+        constants = np.asarray(observed.sum(axis=1)).ravel() * np.log(self.params.floor)
+        constants -= excluded @ np.log1p(-np.minimum(self.background, 0.999))
+        scores = total.toarray()
+        scores += constants[:, None]
+        if self.params.reporting_rate > 0:
+            scores += self.unreported_total
+        return scores, resolved
 
-    def _covered(self, resolved) -> sp.csr_matrix:
-        """Per case, the terms the patient's report accounts for: ancestors and descendants of observed terms,
-        descendants of excluded terms."""
-        anc, desc = self.kb.ontology.ancestors, self.descendants
-        rows = []
-        for observed, excluded in resolved:
-            observed = np.asarray(observed, dtype=np.int64)
-            excluded = np.asarray(excluded, dtype=np.int64)
-            parts = [anc[observed].indices, desc[observed].indices, desc[excluded].indices]
-            rows.append(np.unique(np.concatenate(parts)))
-        ptr = np.cumsum([0] + [len(r) for r in rows])
-        flat = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
-        return sp.csr_matrix((np.ones(len(flat)), flat, ptr), shape=(len(resolved), len(self.kb.ontology)))
+    def _covered(self, observed: sp.csr_matrix, excluded: sp.csr_matrix) -> sp.csr_matrix:
+        """Per case, the terms its report accounts for: ancestors and descendants of the observed terms and
+        descendants of the excluded ones (their features are neither missing nor unreported)."""
+        covered = observed @ self.kb.ontology.ancestors + observed @ self.descendants + excluded @ self.descendants
+        covered.data[:] = 1.0
+        return covered.tocsr()
 
     def rank(self, case: Case, top: int = 10, explain: bool = True) -> list[Candidate]:
         return self.rank_many([case], top=top, explain=explain)[0]
@@ -287,26 +274,25 @@ class Ranker:
     def rank_many(self, cases: list[Case], top: int = 10, explain: bool = False, strict: bool = True):
         """Top candidates per case; diseases are restricted to those of the case's genes when it has genes."""
         scores, resolved = self.score_matrix(cases, strict)
-        out = []
         for i, case in enumerate(cases):
+            if case.genes:
+                scores[i, ~self.gene_mask(case.genes)] = -np.inf
+        log_norm = logsumexp(scores, axis=1)
+        k = min(top, scores.shape[1])
+        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        out = []
+        for i in range(len(cases)):
             row = scores[i]
-            allowed = self.gene_mask(case.genes) if case.genes else None
-            if allowed is not None:
-                row = np.where(allowed, row, -np.inf)
-            order = top_indices(row, top)
-            finite = row[np.isfinite(row)]
-            log_norm = np.logaddexp.reduce(finite) if len(finite) else 0.0
+            order = best[i][np.lexsort((best[i], -row[best[i]]))]
             candidates = []
-            for rank, j in enumerate(order, 1):
-                if not np.isfinite(row[j]):
-                    break
+            for rank, j in enumerate(order[np.isfinite(row[order])], 1):
                 disease = int(self.diseases[j])
                 candidates.append(Candidate(
                     rank=rank,
                     disease_id=str(self.kb.disease_ids[disease]),
                     label=str(self.kb.disease_names[disease]),
                     score=float(row[j] / np.log(10)),
-                    posterior=float(np.exp(row[j] - log_norm)),
+                    posterior=float(np.exp(row[j] - log_norm[i])),
                     genes=self.kb.genes_of(disease),
                     evidence=self.explain(resolved[i], j) if explain else [],
                 ))
@@ -333,7 +319,7 @@ class Ranker:
         evidence = []
         for q in resolved[0]:
             ancestors = ontology.ancestors_of(q)
-            options = [(self.floor[column], "unexplained", None)]
+            options = [(p.floor, "unexplained", None)]
             if implied[q] > 0:
                 below = self._best_annotated_descendant(q, direct)
                 match = "exact" if direct[q] > 0 else "implied"
@@ -344,7 +330,7 @@ class Ranker:
                 if implied[a] > 0:
                     options.append((p.lambda_related * implied[a] / self.background[a], "related", a))
             lr, match, via = max(options, key=lambda o: o[0])
-            lr = max(min(lr, p.max_lr), self.floor[column])
+            lr = max(min(lr, p.max_lr), p.floor)
             freq = None
             if via is not None:
                 freq = float({"more-specific": direct[via], "related": implied[via]}.get(match, implied[q]))
@@ -362,7 +348,8 @@ class Ranker:
                                          None if via is None else str(ids[via]), float(f) if f > 0 else None,
                                          float(lr / (1 - min(self.background[x], 0.999)))))
         if p.reporting_rate > 0:
-            covered = self._covered([resolved]).indices
+            n_terms = len(ontology)
+            covered = self._covered(_selector([resolved[0]], n_terms), _selector([resolved[1]], n_terms)).indices
             unreported = self.unreported[:, column].toarray().ravel()
             missing = np.flatnonzero(unreported)
             missing = missing[~np.isin(missing, covered)]
@@ -377,11 +364,11 @@ class Ranker:
         return int(below[np.argmax(direct[below])]) if len(below) else term
 
 
-def top_indices(row: np.ndarray, top: int) -> np.ndarray:
-    """Indices of the ``top`` largest values, best first (ties broken by index for reproducibility)."""
-    top = min(top, len(row))
-    part = np.argpartition(-row, top - 1)[:top] if top < len(row) else np.arange(len(row))
-    return part[np.lexsort((part, -row[part]))]
+def _selector(term_lists: list[list[int]], n_terms: int) -> sp.csr_matrix:
+    """One 0/1 row per case marking its terms."""
+    ptr = np.cumsum([0] + [len(terms) for terms in term_lists])
+    flat = np.fromiter((t for terms in term_lists for t in terms), dtype=np.int64, count=int(ptr[-1]))
+    return sp.csr_matrix((np.ones(len(flat)), flat, ptr), shape=(len(term_lists), n_terms))
 
 
 def rank_of(row: np.ndarray, column: int) -> int:
