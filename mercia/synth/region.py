@@ -57,6 +57,7 @@ class Writer:
                 self.errors.append({"org_code": org, "file": rel, "record_ref": ref, "error_type": err,
                                     "detail": ""})
         if n and self.error_rate > 0:
+            original = list(lines)   # a resend carries the record as first composed
             broken = np.flatnonzero(self.rng.random(n) < self.error_rate / 4)
             for i in broken:
                 lines[i] = _break(lines[i], kind)
@@ -66,7 +67,7 @@ class Writer:
             for i in resend:
                 self.errors.append({"org_code": org, "file": rel, "record_ref": refs[i], "error_type": "duplicate",
                                     "detail": "resent later in the file"})
-            lines = lines + [lines[i] for i in resend]
+            lines = lines + [original[i] for i in resend]
         path = self.out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8", newline="") as fh:
