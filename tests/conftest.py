@@ -69,6 +69,23 @@ def empty_store(engine, tmp_path):
     drop_store(s)
 
 
+@pytest.fixture
+def store_factory(tmp_path):
+    """Make extra fresh CDM stores on a given engine (dropped after the test):
+    ``store_factory("postgres")``."""
+    made: list[Store] = []
+
+    def make(engine: str) -> Store:
+        s = open_store(engine, tmp_path / f"extra{len(made)}")
+        s.init_schema()
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        drop_store(s)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -392,7 +392,7 @@ def _export_postgres(store: Store, table: Table, target: Path, fmt: str, scratch
     columns = ", ".join(quote(c) for c in table.column_names)
     with staged.open("wb") as f, store._pg.cursor() as cur, cur.copy(
             f"COPY (SELECT {columns} FROM {quote(table.name)}) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
-        for chunk in copy:
+        while chunk := copy.read():
             f.write(chunk)
     spec = "{" + ", ".join(f"'{c.name}': '{_duck_type(c)}'" for c in table.columns) + "}"
     con = duckdb.connect()

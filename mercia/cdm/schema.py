@@ -498,9 +498,10 @@ cohort_initiation_date date
 # Columns indexed on PostgreSQL besides primary keys (the OHDSI DDL's own index set, abridged to
 # the columns every query here filters or joins on).  DuckDB relies on zone maps instead: ART
 # indexes there slow bulk loads and do not speed up scans.
-_INDEXED_SUFFIXES = ("person_id", "_concept_id_1", "ancestor_concept_id", "descendant_concept_id",
+_INDEXED_SUFFIXES = ("person_id", "ancestor_concept_id", "descendant_concept_id",
                      "subject_id", "cohort_definition_id")
-_INDEXED_EXACT = {"concept_code", "vocabulary_id", "visit_occurrence_id"}
+_INDEXED_EXACT = {"concept_code", "vocabulary_id", "visit_occurrence_id",
+                  "concept_id", "concept_id_1", "concept_id_2"}
 
 _SQL_TYPES = {"int": "BIGINT", "bigint": "BIGINT", "date": "DATE", "ts": "TIMESTAMP",
               "num": "DOUBLE PRECISION", "text": "VARCHAR"}

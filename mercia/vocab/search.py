@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mercia.cdm.store import Store, StoreError
+from mercia.cdm.store import Store, StoreError, quote
 
 SEARCH_TABLE = "mercia_concept_search"
 STATE_TABLE = "mercia_concept_search_state"
@@ -65,13 +65,25 @@ def refresh_search_index(store: Store, force: bool = False) -> bool:
         store.execute(f"DROP TABLE IF EXISTS {SEARCH_TABLE}")
         store.execute(f"DROP TABLE IF EXISTS {STATE_TABLE}")
         store.execute(f"CREATE TABLE {SEARCH_TABLE} AS SELECT * FROM ({_TERMS_SQL}) t ORDER BY term")
-        if store.dialect == "postgres" and store.try_execute("CREATE EXTENSION IF NOT EXISTS pg_trgm"):
-            store.execute(f"CREATE INDEX ON {SEARCH_TABLE} USING gin (term gin_trgm_ops)")
+        trigram_schema = _pg_trgm_schema(store) if store.dialect == "postgres" else None
+        if trigram_schema:
+            store.execute(f"CREATE INDEX ON {SEARCH_TABLE} USING gin (term {quote(trigram_schema)}.gin_trgm_ops)")
         concept_rows, synonym_rows, max_id = _signature(store)
         store.execute(f"CREATE TABLE {STATE_TABLE} AS SELECT CAST({int(concept_rows)} AS BIGINT) AS concept_rows, "
                       f"CAST({int(synonym_rows)} AS BIGINT) AS synonym_rows, "
                       f"CAST({int(max_id)} AS BIGINT) AS max_concept_id")
     return True
+
+
+def _pg_trgm_schema(store: Store) -> str | None:
+    """Where PostgreSQL's pg_trgm lives, installing it in ``public`` if allowed; None if unavailable.
+    (Not in the store's own schema: dropping that schema must not take the extension with it.)"""
+    sql = ("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+           "WHERE e.extname = 'pg_trgm'")
+    schema = store.query_one(sql)
+    if schema is None and store.try_execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public"):
+        schema = store.query_one(sql)
+    return schema
 
 
 def _like_escape(text: str) -> str:
@@ -199,9 +211,11 @@ def maps_to(store: Store, vocabulary_id: str, codes: Iterable[str]) -> pa.Table:
         WHERE r.relationship_id = 'Maps to' AND r.invalid_reason IS NULL AND t.standard_concept = 'S'
           AND r.concept_id_1 IN (SELECT concept_id FROM source)
     )
-    SELECT s.code, s.concept_id, t.concept_id, t.concept_name, t.vocabulary_id, t.domain_id
+    SELECT s.code AS source_code, s.concept_id AS source_concept_id, t.concept_id AS target_concept_id,
+           t.concept_name AS target_concept_name, t.vocabulary_id AS target_vocabulary_id,
+           t.domain_id AS target_domain_id
     FROM source s LEFT JOIN target t ON t.concept_id_1 = s.concept_id
     ORDER BY 1, 3
     """
     result = store.query_arrow(sql, [code_list, vocabulary_id])
-    return result.rename_columns(MAPS_TO_SCHEMA.names).cast(MAPS_TO_SCHEMA)
+    return result.cast(MAPS_TO_SCHEMA)

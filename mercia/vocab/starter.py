@@ -37,7 +37,7 @@ from mercia.vocab.hpo import HPO_CONCEPT_OFFSET, HPO_VOCABULARY_ID, hpo_concept_
 from mercia.vocab.icd10 import ICD10_CONCEPT_OFFSET, ICD10_VOCABULARY_ID, icd10_concept_id
 
 # Bump when the derivation below changes, so stale caches are rebuilt.
-STARTER_SCHEME = 1
+STARTER_SCHEME = 2
 STARTER_TABLES = ["concept", "concept_relationship", "concept_ancestor", "concept_synonym", "vocabulary",
                   "domain", "concept_class", "relationship"]
 # The local id range each starter vocabulary owns (mercia.vocab.icd10 / mercia.vocab.hpo).
