@@ -52,7 +52,7 @@ def _cohort_attrition(state: MerciaState, user: User, project: Project, ref: str
 
 
 EXPORTABLE: dict[str, Exportable] = {
-    "cohort_attrition": Exportable("People at each step of a cohort (ref = cohort id)", _cohort_attrition),
+    "cohort_attrition": Exportable("Cohort attrition: people remaining at each step", _cohort_attrition),
 }
 
 

@@ -1,0 +1,95 @@
+"""The web app over the demo region (``mercia.demo``), in-process and, for the browser, on a port."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _root_conftest():
+    """The suite's shared helpers (tests/ is not a package, and every conftest is named alike)."""
+    name = "mercia_root_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A small synthetic region with one person per role and the demo projects."""
+    from mercia.demo import build_demo
+
+    built = build_demo(tmp_path_factory.mktemp("demo"), persons=1500, seed=7)
+    yield built
+    built.store.close()
+
+
+@pytest.fixture(scope="module")
+def app(demo):
+    from mercia.api.state import ServerOptions
+    from mercia.web.app import create_app
+
+    return create_app(demo.store, ServerOptions(secure_cookies=False, job_workers=1))
+
+
+@pytest.fixture
+def client(app):
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def live_server(app):
+    """The app served by uvicorn on a free port in a background thread."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        _root_conftest().engine_missing("Chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def shots():
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    def shoot(page, name: str) -> None:
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    return shoot

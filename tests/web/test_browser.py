@@ -1,0 +1,141 @@
+"""Browser journeys in Chromium: build a cohort, run it, see its attrition, request an export and
+have a second person release it.  Screenshots of each main page go to test-artifacts/."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+
+def sign_in(page, base: str, demo, username: str) -> None:
+    page.goto(f"{base}/signin")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(demo.passwords[username])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{base}/")
+
+
+def sign_out(page) -> None:
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(re.compile(r".*/signin.*"))
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    yield page
+    context.close()
+    assert not errors, f"browser console errors (a CSP violation shows here): {errors}"
+
+
+def test_cohort_to_released_export(page, live_server, demo, shots):
+    base = live_server
+    page.goto(f"{base}/signin")
+    shots(page, "01-signin")
+    sign_in(page, base, demo, "researcher")
+    shots(page, "02-home-researcher")
+
+    page.get_by_role("link", name="Metformin uptake after a type 2 diabetes diagnosis").first.click()
+    page.get_by_role("link", name="Build a cohort").click()
+    page.get_by_label("Cohort name").fill("T2DM on metformin within 6 months")
+    page.get_by_label("Concept ids", exact=True).first.fill("201826")
+    page.locator("#rule1_name").fill("Metformin within 6 months")
+    page.locator("#rule1_domain").select_option("drug")
+    page.locator("#rule1_concepts").fill("1503297")
+    page.locator("#rule1_before").fill("0")
+    page.locator("#rule1_after").fill("182")
+    page.get_by_label("Minimum age at entry (years)").fill("18")
+    page.get_by_role("button", name="Preview ATLAS JSON").click()
+    assert "DrugExposure" in page.locator("pre.code").first.inner_text()
+    shots(page, "03-cohort-builder")
+    page.get_by_role("button", name="Save cohort").click()
+    page.wait_for_url(re.compile(r".*/cohorts/\d+.*"))
+    cohort_url = page.url.split("?")[0]
+
+    page.get_by_role("button", name="Run cohort").click()
+    page.wait_for_url(re.compile(r".*/jobs/\d+"))
+    page.get_by_role("link", name="See the results").click(timeout=60_000)
+    page.wait_for_url(cohort_url)
+    chart = page.locator("#attrition-chart svg")
+    assert chart.is_visible()
+    assert chart.locator("rect.bar").count() == 4  # qualifying, two rules, cohort
+    people = int(page.locator(".stat__value").first.inner_text().replace(",", ""))
+    assert people > 0
+    shots(page, "04-cohort-attrition")
+
+    page.get_by_label("Why does this need to leave the platform?").fill("Table 1 of the protocol paper")
+    page.get_by_role("button", name="Request export").click()
+    page.wait_for_url(re.compile(r".*/exports/\d+.*"))
+    export_url = page.url.split("?")[0]
+    assert page.get_by_text("Pending").is_visible()
+    shots(page, "05-export-requested")
+    sign_out(page)
+
+    sign_in(page, base, demo, "checker")
+    shots(page, "06-home-output-checker")
+    page.get_by_role("link", name=re.compile("Cohort attrition: T2DM on metformin")).click()
+    page.get_by_label("Release: safe to leave the platform").check()
+    page.get_by_role("button", name="Record output check").click()
+    page.wait_for_url(re.compile(re.escape(export_url) + r".*"))
+    assert page.get_by_text("Approved", exact=True).is_visible()
+    shots(page, "07-export-approved")
+    sign_out(page)
+
+    sign_in(page, base, demo, "researcher")
+    page.goto(export_url)
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download CSV").click()
+    assert download.value.suggested_filename.endswith(".csv")
+
+
+def test_governance_pages(page, live_server, demo, shots):
+    base = live_server
+    sign_in(page, base, demo, "cancerlead")
+    page.get_by_role("link", name="Breast cancer pathways across the region").first.click()
+    page.get_by_role("button", name="Record decision").click()
+    assert page.get_by_text("Decision recorded").is_visible()
+    shots(page, "08-project-approval")
+    sign_out(page)
+
+    sign_in(page, base, demo, "governance")
+    shots(page, "09-home-governance")
+    page.get_by_role("link", name="Audit", exact=True).click()
+    page.get_by_label("What").select_option("signin.success")
+    page.get_by_role("button", name="Filter").click()
+    assert page.get_by_text("Hash chain verified").is_visible()
+    assert page.locator("tbody tr").count() >= 2
+    shots(page, "10-audit")
+    page.get_by_role("link", name="Data sources").click()
+    page.get_by_role("link", name=re.compile("Mercia synthetic")).click()
+    shots(page, "11-source-quality")
+
+
+def test_rare_disease_autocomplete(page, live_server, demo, shots):
+    base = live_server
+    sign_in(page, base, demo, "clinician")
+    page.get_by_role("link", name="Rare disease").click()
+    page.get_by_label("Find an HPO term").press_sequentially("seizure", delay=30)
+    option = page.get_by_role("option").first
+    option.wait_for(timeout=30_000)
+    option.dispatch_event("mousedown")
+    assert page.get_by_label("Observed HPO terms").input_value().startswith("HP:")
+    page.get_by_label("Observed HPO terms").fill("HP:0001250, HP:0001263, HP:0000252")
+    page.get_by_role("button", name="Rank diagnoses").click()
+    assert page.locator(".ranking__item").count() == 10
+    page.locator(".details__summary").first.click()
+    shots(page, "12-rare-disease")
+
+
+def test_keyboard_skip_link_and_focus(page, live_server, demo):
+    page.goto(f"{live_server}/signin")
+    page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to main content")
+    assert skip.evaluate("el => el === document.activeElement")
+    outline = page.evaluate("getComputedStyle(document.activeElement).backgroundColor")
+    assert outline == "rgb(255, 235, 59)"  # the yellow focus state

@@ -1,0 +1,134 @@
+"""Server-rendered pages: sign-in, CSRF, and the same refusals as the API."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def sign_in(client, demo, username: str):
+    page = client.get("/signin")
+    r = client.post("/signin", data={"username": username, "password": demo.passwords[username],
+                                     "csrf_token": csrf_of(page.text), "next": "/"}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return csrf_of(client.get("/").text)
+
+
+def test_pages_need_sign_in(client):
+    for path in ["/", "/projects", "/sources", "/audit", "/exports", "/raredisease", "/account"]:
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/signin?next="), path
+
+
+def test_signin_page_is_accessible(client):
+    html = client.get("/signin").text
+    assert 'class="skip-link" href="#maincontent"' in html and 'id="maincontent"' in html
+    assert '<label class="label" for="username">' in html and '<label class="label" for="password">' in html
+    assert 'lang="en-GB"' in html and "<script>" not in html and "style=" not in html
+
+
+def test_wrong_password_and_signin_csrf(client, demo):
+    token = csrf_of(client.get("/signin").text)
+    r = client.post("/signin", data={"username": "researcher", "password": "not it at all", "csrf_token": token})
+    assert r.status_code == 400 and "not right" in r.text
+    r = client.post("/signin", data={"username": "researcher", "password": demo.passwords["researcher"]})
+    assert r.status_code == 403 and "security token" in r.text
+
+
+def test_signin_throttled(client):
+    for _ in range(5):
+        client.post("/signin", data={"username": "ghost", "password": "x" * 12,
+                                     "csrf_token": csrf_of(client.get("/signin").text)})
+    r = client.post("/signin", data={"username": "ghost", "password": "x" * 12,
+                                     "csrf_token": csrf_of(client.get("/signin").text)})
+    assert r.status_code == 429 and "15 minutes" in r.text
+
+
+def test_forms_refuse_without_csrf(client, demo):
+    csrf = sign_in(client, demo, "researcher")
+    r = client.post("/account/tokens", data={"name": "t", "days": "30"})
+    assert r.status_code == 403 and "security token" in r.text
+    r = client.post("/account/tokens", data={"name": "t", "days": "30", "csrf_token": "forged"})
+    assert r.status_code == 403
+    r = client.post("/account/tokens", data={"name": "t", "days": "30", "csrf_token": csrf})
+    assert r.status_code == 200 and "mrc_" in r.text
+    assert client.post("/signout", follow_redirects=False).status_code == 403
+
+
+def test_home_per_role(client, demo):
+    sign_in(client, demo, "researcher")
+    home = client.get("/").text
+    assert "Your projects" in home and "Metformin uptake" in home and "Audit log" not in home
+    client.cookies.clear()
+    sign_in(client, demo, "governance")
+    home = client.get("/").text
+    assert "Waiting for your decision" in home and "Breast cancer pathways" in home and "hash chain verified" in home
+    client.cookies.clear()
+    sign_in(client, demo, "datamanager")
+    assert "Data sources" in client.get("/").text
+
+
+def test_role_refusals(client, demo):
+    sign_in(client, demo, "checker")
+    assert client.get("/audit").status_code == 403
+    assert client.get("/raredisease").status_code == 403
+    assert client.get("/projects/1").status_code == 404  # not theirs, not governance
+    client.cookies.clear()
+    sign_in(client, demo, "researcher")
+    assert client.get("/sources/anything").status_code == 403
+    assert client.get("/projects/2").status_code == 404  # the clinician's project
+    assert client.get("/projects/3/cohorts/new").status_code == 403  # their own draft
+
+
+def test_other_project_and_expired(client, demo):
+    sign_in(client, demo, "clinician")
+    assert client.get("/cohorts/1").status_code == 404
+    assert client.get("/cohorts/1/circe.json").status_code == 404
+    client.cookies.clear()
+    csrf = sign_in(client, demo, "researcher")
+    assert client.get("/cohorts/1").status_code == 200
+    gov = client.app.state.mercia.gov
+    gov.db.execute("UPDATE mercia_project SET expires_on = '2001-01-01' WHERE id = 1")
+    try:
+        r = client.get("/cohorts/1")
+        assert r.status_code == 403 and "expired" in r.text
+        assert client.post("/cohorts/1/run", data={"csrf_token": csrf}).status_code == 403
+    finally:
+        gov.db.execute("UPDATE mercia_project SET expires_on = '2099-01-01' WHERE id = 1")
+
+
+def test_builder_preview_and_import(client, demo):
+    csrf = sign_in(client, demo, "researcher")
+    form = {"csrf_token": csrf, "action": "preview", "name": "T2DM", "entry_domain": "condition",
+            "entry_concepts": "201826", "entry_first": "on", "rule1_concepts": "1503297", "rule1_domain": "drug",
+            "rule1_before": "0", "rule1_after": "365", "exit": "offset", "exit_days": "180"}
+    r = client.post("/projects/1/cohorts/new", data=form)
+    assert r.status_code == 200 and "&#34;DrugExposure&#34;" in r.text and "&#34;Offset&#34;: 180" in r.text
+    r = client.post("/projects/1/cohorts/new", data=form | {"entry_concepts": "abc"})
+    assert r.status_code == 400 and "not a concept id" in r.text
+    r = client.post("/projects/1/cohorts/new", data={"csrf_token": csrf, "action": "import", "name": "x",
+                                                     "atlas_json": "{not json"})
+    assert r.status_code == 400 and "not valid JSON" in r.text
+    exported = client.get("/cohorts/1/circe.json").text
+    r = client.post("/projects/1/cohorts/new", data={"csrf_token": csrf, "action": "import",
+                                                     "name": "Imported", "atlas_json": exported},
+                    follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/cohorts/")
+
+
+@pytest.mark.parametrize("path", ["/", "/projects", "/projects/1", "/sources", "/exports", "/account", "/cohorts/1",
+                                  "/projects/1/cohorts/new", "/raredisease"])
+def test_pages_render_with_landmarks(client, demo, path):
+    sign_in(client, demo, "researcher")
+    r = client.get(path)
+    assert r.status_code == 200, path
+    html = r.text
+    assert '<main class="main" id="maincontent"' in html and 'role="banner"' in html and "<h1>" in html
+    assert 'aria-current="page"' in html or path.startswith("/cohorts") or path == "/account"
+    unlabelled = [m for m in re.findall(r'<input class="input[^"]*" id="([^"]+)"', html) if f'for="{m}"' not in html]
+    assert not unlabelled, unlabelled
