@@ -92,11 +92,11 @@ def score_pairs(records: pa.Table, threshold: float = DEFAULT_THRESHOLD,
     """
     from splink import DuckDBAPI, Linker, block_on
 
-    logging.getLogger("splink").setLevel(logging.WARNING)
+    logging.getLogger("splink").setLevel(logging.ERROR)  # untrained-level notices are expected here
     con = connection or duckdb.connect()
     db_api = DuckDBAPI(connection=con)
     df = db_api.register(records, table_name="mercia_linkage_input")
-    linker = Linker(df, _settings(), log_level=logging.WARNING)
+    linker = Linker(df, _settings(), log_level=logging.ERROR)
     linker._settings_obj._probability_two_random_records_match = _prior(records)
     linker.training.estimate_u_using_random_sampling(max_pairs=min(2e6, max(1e4, records.num_rows * 20)), seed=1)
     if _has_labels(records):

@@ -55,12 +55,12 @@ class GeographyLookup:
         onspd_cols = _header(con, onspd)
         onspd_lsoa = _find(onspd_cols, rf"^lsoa{vintage[2:]}(cd)?$", onspd, f"lsoa{vintage[2:]}")
         pcds = _find(onspd_cols, r"^pcds$", onspd, "pcds")
-        table = con.execute(f"""
+        table = con.sql(f"""
             SELECT upper(o."{pcds}") AS postcode, o."{onspd_lsoa}" AS lsoa,
                    CAST(i."{decile_col}" AS INTEGER) AS imd_decile
             FROM read_csv(?, header=true, all_varchar=true) o
             LEFT JOIN read_csv(?, header=true, all_varchar=true) i ON i."{lsoa_col}" = o."{onspd_lsoa}"
-        """, [str(onspd), str(imd)]).to_arrow_table()
+        """, params=[str(onspd), str(imd)]).to_arrow_table()
         con.close()
         return cls(table, vintage)
 
