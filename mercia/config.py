@@ -13,7 +13,7 @@ import tomllib
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class Settings(BaseModel):
@@ -42,12 +42,35 @@ def _from_environment() -> dict[str, str]:
             for name in Settings.model_fields if f"MERCIA_{name.upper()}" in os.environ}
 
 
+class ConfigError(ValueError):
+    """The configuration file or environment is wrong; the message names the file or variable."""
+
+
+def _from_file(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as f:
+            document = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} (from MERCIA_CONFIG) does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    section = document.get("mercia", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [mercia] must be a table of settings")
+    return section
+
+
 @lru_cache(maxsize=1)
 def load_settings() -> Settings:
-    values: dict[str, object] = {}
+    """Defaults, then the TOML file's ``[mercia]`` table, then ``MERCIA_<NAME>`` variables.
+    Cached: call ``load_settings.cache_clear()`` after changing the environment."""
     path = _config_file()
-    if path is not None:
-        with path.open("rb") as f:
-            values.update(tomllib.load(f).get("mercia", {}))
-    values.update(_from_environment())
-    return Settings(**values)
+    file_values = _from_file(path) if path is not None else {}
+    env_values = _from_environment()
+    try:
+        return Settings(**{**file_values, **env_values})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'MERCIA_' + str(e['loc'][0]).upper() if e['loc'] and e['loc'][0] in env_values else e['loc'][0]}: "
+            f"{e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid Mercia configuration{f' in {path}' if path else ''}: {problems}") from None

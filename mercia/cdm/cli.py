@@ -19,11 +19,12 @@ DbOption = Annotated[str | None, typer.Option("--db", help="DuckDB path or postg
 def open_store(db: str | None) -> Iterator:
     """Open the store, turning any StoreError into a one-line message and exit code 1."""
     from mercia.cdm.store import Store, StoreError
+    from mercia.config import ConfigError
 
     try:
         with Store.open(db) as store:
             yield store
-    except StoreError as exc:
+    except (StoreError, ConfigError) as exc:
         fail(str(exc))
 
 
