@@ -145,8 +145,11 @@ def _bound(days: int | None, unbounded_coeff: int) -> m.WindowBound:
     return m.WindowBound(days=abs(days), coeff=-1 if days < 0 else 1)
 
 
-def window(start: int | None, end: int | None, *, index_end: bool = False, event_end: bool = False) -> m.Window:
-    """Days relative to the index event; None is unbounded (within the observation period)."""
+def window(start: int | None, end: int | None, *, index_end: bool | None = None,
+           event_end: bool | None = None) -> m.Window:
+    """Days relative to the index event; None is unbounded (within the observation period).
+    Unset flags keep Circe's defaults: a start window tests the event's start date, an end window
+    its end date, both relative to the index start date."""
     return m.Window(start=_bound(start, -1), end=_bound(end, 1), use_index_end=index_end, use_event_end=event_end)
 
 
