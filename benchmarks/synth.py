@@ -1,0 +1,106 @@
+"""Benchmark the synthetic region generator.
+
+    .venv/bin/python benchmarks/synth.py [--sizes 250000,500000,1000000,2000000] [--region 50000]
+
+Each run happens in a fresh child process so that its peak memory (ru_maxrss from wait4) is its own:
+the OMOP fast path into a new DuckDB file at each size (time, rows, rows/s, peak RSS, against the
+targets of 1M people < 5 min and < 4 GB on 2 cores), then a full region with extracts (records and
+bytes written per second).  Writes benchmarks/results/synth.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULT = Path(__file__).resolve().parent / "results" / "synth.json"
+SEED = 42
+
+
+def child(kind: str, persons: int, target: str) -> None:
+    """Runs inside the child: one generation, timings printed as JSON on stdout."""
+    started = time.perf_counter()
+    if kind == "omop":
+        from mercia.synth import write_omop
+
+        counts = write_omop(target, persons, SEED)
+        seconds = time.perf_counter() - started
+        print(json.dumps({"seconds": seconds, "rows": sum(counts.values()), "tables": counts}))
+    else:
+        from mercia.synth import generate_region
+
+        manifest = generate_region(target, persons, SEED, 0.02)
+        seconds = time.perf_counter() - started
+        size = sum(p.stat().st_size for p in Path(target).rglob("*") if p.is_file())
+        extract_bytes = sum(p.stat().st_size for p in Path(target).rglob("*")
+                            if p.is_file() and "truth" not in p.parts)
+        print(json.dumps({"seconds": seconds, "records": sum(manifest["files"].values()),
+                          "truth_rows": sum(manifest["truth_rows"].values()), "bytes": size,
+                          "extract_bytes": extract_bytes, "files": len(manifest["files"])}))
+
+
+def run_child(kind: str, persons: int, target: str) -> dict:
+    proc = subprocess.Popen([sys.executable, __file__, "--child", kind, str(persons), target],
+                            stdout=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    out = proc.stdout.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{kind} {persons} failed")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)   # kB on Linux
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="250000,500000,1000000,2000000")
+    parser.add_argument("--region", type=int, default=50_000, help="people in the full-region (extracts) run")
+    parser.add_argument("--child", nargs=3, metavar=("KIND", "PERSONS", "TARGET"))
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], int(args.child[1]), args.child[2])
+        return
+
+    results = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                           "platform": platform.platform()},
+               "seed": SEED, "omop": [], "region": None}
+    with tempfile.TemporaryDirectory(prefix="synth-bench-") as tmp:
+        for persons in [int(s) for s in args.sizes.split(",") if s]:
+            db = Path(tmp) / f"omop-{persons}.duckdb"
+            r = run_child("omop", persons, str(db))
+            r.update(persons=persons, rows_per_second=round(r["rows"] / r["seconds"]),
+                     persons_per_second=round(persons / r["seconds"]), db_mb=round(db.stat().st_size / 2**20, 1))
+            del r["tables"]
+            results["omop"].append(r)
+            print(json.dumps(r), flush=True)
+            db.unlink()
+        if args.region:
+            r = run_child("region", args.region, str(Path(tmp) / "region"))
+            r.update(persons=args.region, records_per_second=round(r["records"] / r["seconds"]),
+                     extract_mb_per_second=round(r["extract_bytes"] / 2**20 / r["seconds"], 2))
+            results["region"] = r
+            print(json.dumps(r), flush=True)
+    million = next((r for r in results["omop"] if r["persons"] == 1_000_000), None)
+    if million:
+        results["targets_1m"] = {"under_5_minutes": million["seconds"] < 300,
+                                 "under_4_gb": million["peak_rss_mb"] < 4096}
+    sizes = results["omop"]
+    if len(sizes) >= 2:
+        first, last = sizes[0], sizes[-1]
+        results["scaling"] = {"persons_ratio": last["persons"] / first["persons"],
+                              "time_ratio": round(last["seconds"] / first["seconds"], 2),
+                              "rss_ratio": round(last["peak_rss_mb"] / first["peak_rss_mb"], 2)}
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {RESULT}")
+
+
+if __name__ == "__main__":
+    main()
