@@ -293,7 +293,7 @@ class DisclosurePolicy(BaseModel):
                                          "disclosure": self.stamp()})
 
     def is_small(self, value: int | None) -> bool:
-        return value is not None and 1 <= value <= self.threshold - 3
+        return value is not None and 1 <= value <= self.threshold
 
     def publish_count(self, value: int) -> int:
         return value if self.rounding_base is None else round_to(value, self.rounding_base)
