@@ -41,6 +41,13 @@ app.add_typer(audit_app, name="audit")
 from mercia.synth.cli import app as synth_app  # noqa: E402
 
 app.add_typer(synth_app, name="synth")
+from mercia.ingest.cli import app as ingest_app  # noqa: E402
+from mercia.privacy.cli import app as privacy_app  # noqa: E402
+from mercia.quality.cli import app as dq_app  # noqa: E402
+
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(privacy_app, name="privacy")
+app.add_typer(dq_app, name="dq")
 
 from mercia.demo import demo  # noqa: E402
 from mercia.web.cli import serve  # noqa: E402

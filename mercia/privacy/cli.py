@@ -1,0 +1,27 @@
+"""``mercia privacy``: apply the national data opt-out to an existing store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Privacy operations on the CDM store.", no_args_is_help=True)
+
+
+@app.command()
+def purge(opt_out: Path = typer.Option(..., "--opt-out", exists=True, help="NHS numbers, one per line"),
+          db: str = typer.Option(None, "--db", help="DuckDB path or postgresql:// URL (default: configured)")) -> None:
+    """Remove everyone on the opt-out list from every table, and withhold them from later loads."""
+    from rich.console import Console
+
+    from mercia.cdm import Store
+    from mercia.privacy.optout import purge as purge_people
+    from mercia.privacy.optout import read_opt_out_file
+    from mercia.privacy.pseudonym import Pseudonymiser, load_key
+
+    numbers = read_opt_out_file(opt_out)
+    with Store.open(db) as store:
+        deleted = purge_people(store, numbers, Pseudonymiser(load_key()))
+    Console().print(f"{len(numbers)} NHS numbers on the list; rows removed: "
+                    + (", ".join(f"{t} {n}" for t, n in sorted(deleted.items())) or "none"))

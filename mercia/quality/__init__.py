@@ -1,0 +1,1 @@
+"""Data-quality reporting on a loaded CDM (``mercia dq report``)."""

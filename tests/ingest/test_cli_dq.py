@@ -1,0 +1,60 @@
+"""The ``mercia ingest``, ``mercia privacy purge`` and ``mercia dq report`` commands end to end."""
+
+from __future__ import annotations
+
+import orjson
+from typer.testing import CliRunner
+
+from mercia.cli import app
+from mercia.quality.report import build_report
+
+runner = CliRunner()
+
+
+def test_ingest_purge_and_dq_report_commands(shared_data, tmp_path):
+    db = str(tmp_path / "cli.duckdb")
+    result = runner.invoke(app, ["ingest", "fhir", str(shared_data / "fhir/ukcore_examples/json"),
+                                 "--org", "RR8", "--db", db, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = orjson.loads(result.output)[0]
+    assert summary["records"] == summary["loaded"] + summary["rejected"] + summary["withheld"]
+    result = runner.invoke(app, ["ingest", "hl7v2", str(shared_data / "hl7v2/oru_lab"), "--org", "R9P", "--db", db])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["ingest", "csv", str(tmp_path), "--org", "R9A", "--db", db])
+    assert result.exit_code != 0 and "--mapping" in result.output
+
+    html = tmp_path / "dq.html"
+    result = runner.invoke(app, ["dq", "report", "--db", db, "--org", "R9P", "--json", "--html", str(html)])
+    assert result.exit_code == 0, result.output
+    report = orjson.loads(result.output)
+    assert {c["org"] for c in report["counts"]} == {"R9P"}
+    assert {r["org"] for r in report["rejects"]} == {"R9P"}
+    measurement = next(m for m in report["mapping"] if m["table"] == "measurement")
+    assert measurement["rows"] == 55 and measurement["mapped"] == 0  # no vocabulary loaded
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["measurement_before_birth"]["violations"] > 0  # the OUL examples: born 2019, result 1999
+    assert "Mercia data quality" in html.read_text() and "R9P" in html.read_text()
+
+    opt_out = tmp_path / "optout.txt"
+    opt_out.write_text("9912003888\n")  # Richard Smith, UK Core
+    result = runner.invoke(app, ["privacy", "purge", "--opt-out", str(opt_out), "--db", db])
+    assert result.exit_code == 0, result.output
+    assert "person 1" in result.output
+
+
+def test_dq_checks_find_planted_problems(store):
+    store.execute("""INSERT INTO person (person_id, gender_concept_id, year_of_birth, race_concept_id,
+                     ethnicity_concept_id) VALUES (1, 8507, 1990, 0, 0), (2, 123, 1700, 0, 0)""")
+    store.execute("INSERT INTO death (person_id, death_date) VALUES (1, DATE '1985-01-01')")
+    store.execute("""INSERT INTO measurement (measurement_id, person_id, measurement_concept_id, measurement_date,
+                     measurement_type_concept_id, value_as_number, measurement_source_value, unit_source_value)
+                     VALUES (1, 1, 0, DATE '2020-01-01', 32817, 900, 'LOINC:8302-2', 'cm'),
+                            (2, 1, 0, DATE '2020-01-01', 32817, 170, 'LOINC:8302-2', 'cm')""")
+    checks = {c.name: c for c in build_report(store).checks}
+    assert checks["gender_conformance"].violations == 1
+    assert checks["year_of_birth_plausible"].violations == 1
+    assert checks["birth_after_death"].violations == 1
+    assert checks["implausible_lab_value"].violations == 1
+    assert checks["measurement_outside_observation"].violations == 2
+    assert checks["measurement_after_death"].violations == 2
+    assert not checks["implausible_lab_value"].passed
