@@ -51,8 +51,23 @@ def _cohort_attrition(state: MerciaState, user: User, project: Project, ref: str
                           parameters={"cohort_id": cohort["id"], "ran_at": cohort["ran_at"]}, tables=[table])
 
 
+def _analysis(state: MerciaState, user: User, project: Project, ref: str) -> AnalysisResult:
+    from mercia.api.analyses import get_analysis
+
+    try:
+        row = get_analysis(state, user, int(ref))
+    except ValueError:
+        raise GovernanceError(f"ref must be an analysis id, not {ref!r}") from None
+    if row["project_id"] != project.id:
+        raise NotFound(f"no analysis {ref} in project {project.id}")
+    if row["result"] is None:
+        raise GovernanceError(f"analysis {ref} has not finished")
+    return AnalysisResult.model_validate(row["result"])
+
+
 EXPORTABLE: dict[str, Exportable] = {
     "cohort_attrition": Exportable("Cohort attrition: people remaining at each step", _cohort_attrition),
+    "analysis": Exportable("The tables of an analysis (characterisation, incidence, survival)", _analysis),
 }
 
 

@@ -105,3 +105,11 @@ class RankRequest(Body):
     excluded: list[str] = Field([], max_length=200, description="HPO ids looked for and absent")
     genes: list[str] = Field([], max_length=100, description="candidate gene symbols, if sequenced")
     top: int = Field(10, ge=1, le=50)
+
+
+class AnalysisCreate(Body):
+    project_id: int
+    kind: str = Field(..., description="characterise, incidence, survival or compare (see /analyses/kinds)")
+    target_cohort_id: int
+    outcome_cohort_id: int | None = Field(None, description="incidence and survival (survival: omit for death)")
+    comparator_cohort_id: int | None = Field(None, description="compare; optional second curve for survival")

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from mercia.governance.db import now
-from mercia.privacy.disclosure import AnalysisResult, get_policy
+from mercia.privacy.disclosure import AnalysisResult, DisclosureError, get_policy
 from mercia.governance.model import Conflict, Forbidden, GovernanceError, NotFound, Role
 from mercia.governance.service import Governance, User
 
@@ -22,7 +22,10 @@ PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
 
 def disclosure_control(result: AnalysisResult) -> tuple[dict[str, Any], dict[str, Any]]:
     """The result after the configured disclosure policy, and a summary for the output checker."""
-    controlled = get_policy().apply(result)
+    try:
+        controlled = get_policy().apply(result)
+    except DisclosureError as exc:
+        raise GovernanceError(f"disclosure control refused this result: {exc}") from exc
     report = {**controlled.disclosure.model_dump(mode="json"),
               "redacted_cells": sum(len(t.redacted) for t in controlled.tables),
               "tables": [{"name": t.name, "rows": len(t.rows), "redacted": len(t.redacted),

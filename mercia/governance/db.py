@@ -43,6 +43,8 @@ TABLES: dict[str, str] = {
         expression TEXT NOT NULL, created_by BIGINT NOT NULL, created_at TEXT NOT NULL, result TEXT, ran_at TEXT""",
     "mercia_concept_set": """id BIGINT PRIMARY KEY, project_id BIGINT NOT NULL, name TEXT NOT NULL,
         expression TEXT NOT NULL, created_by BIGINT NOT NULL, created_at TEXT NOT NULL""",
+    "mercia_analysis": """id BIGINT PRIMARY KEY, project_id BIGINT NOT NULL, kind TEXT NOT NULL, parameters TEXT NOT NULL,
+        result TEXT, job_id BIGINT, created_by BIGINT NOT NULL, created_at TEXT NOT NULL""",
     "mercia_export": """id BIGINT PRIMARY KEY, project_id BIGINT NOT NULL, requester_id BIGINT NOT NULL,
         title TEXT NOT NULL, kind TEXT NOT NULL, source_ref TEXT NOT NULL, justification TEXT NOT NULL,
         content TEXT NOT NULL, disclosure TEXT NOT NULL, status TEXT NOT NULL, checker_id BIGINT,

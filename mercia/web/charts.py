@@ -59,3 +59,63 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+KM_COLOURS = ["#005eb8", "#d5281b", "#007f3b", "#7c2855"]
+
+
+def survival_curves(tables: list[dict[str, Any]], width: int = 720, height: int = 360) -> Markup | None:
+    """Kaplan–Meier step curves (with pointwise confidence bands) from disclosure-controlled life tables."""
+    curves = [t for t in tables if t.get("kind") == "life_table" and t["rows"]]
+    if not curves:
+        return None
+    left, right, top, bottom = 56, 16, 16, 44
+    max_t = max(float(r["time"]) for t in curves for r in t["rows"]) or 1.0
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def x(t: float) -> float:
+        return left + plot_w * t / max_t
+
+    def y(s: float) -> float:
+        return top + plot_h * (1 - s)
+
+    parts = [f'<svg class="chart" role="img" aria-labelledby="km-title km-desc" viewBox="0 0 {width} {height}" '
+             f'width="100%" xmlns="http://www.w3.org/2000/svg"><title id="km-title">Kaplan–Meier survival</title>'
+             '<desc id="km-desc">Probability of remaining free of the outcome over time; the life tables below '
+             'hold the same numbers.</desc>']
+    for tick in (0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#d8dde0"/>'
+                     f'<text x="{left - 8}" y="{y(tick) + 5:.1f}" font-size="12" text-anchor="end" fill="{TEXT}">'
+                     f'{tick:.2f}</text>')
+    for i in range(5):
+        t = max_t * i / 4
+        parts.append(f'<text x="{x(t):.1f}" y="{height - 22}" font-size="12" text-anchor="middle" fill="{TEXT}">'
+                     f'{t:,.0f}</text>')
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 4}" font-size="13" text-anchor="middle" '
+                 f'fill="{TEXT}">Days from index</text>')
+    for n, table in enumerate(curves):
+        colour = KM_COLOURS[n % len(KM_COLOURS)]
+        rows = sorted(table["rows"], key=lambda r: float(r["time"]))
+        line, band_hi, band_lo = [f"M{x(0):.1f},{y(1):.1f}"], [], []
+        previous = 1.0
+        for r in rows:
+            s = r.get("survival")
+            if s is None:
+                continue
+            line.append(f"H{x(float(r['time'])):.1f}V{y(float(s)):.1f}")
+            previous = float(s)
+            if r.get("survival_lower") is not None and r.get("survival_upper") is not None:
+                band_hi.append((x(float(r["time"])), y(float(r["survival_upper"]))))
+                band_lo.append((x(float(r["time"])), y(float(r["survival_lower"]))))
+        line.append(f"H{x(max_t):.1f}")
+        if band_hi:
+            points = " ".join(f"{px:.1f},{py:.1f}" for px, py in band_hi + band_lo[::-1])
+            parts.append(f'<polygon points="{points}" fill="{colour}" fill-opacity="0.12" stroke="none"/>')
+        label = escape(table["title"])
+        parts.append(f'<path d="{"".join(line)}" fill="none" stroke="{colour}" stroke-width="2.5">'
+                     f'<title>{label}: final survival {previous:.3f}</title></path>')
+        parts.append(f'<rect x="{width - right - 230}" y="{top + 6 + n * 20}" width="14" height="4" fill="{colour}"/>'
+                     f'<text x="{width - right - 210}" y="{top + 12 + n * 20}" font-size="12" fill="{TEXT}">'
+                     f'{escape(_shorten(table["title"], 32))}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))

@@ -14,12 +14,13 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from mercia.api import cohorts as cohort_service
+from mercia.api import analyses as analysis_service, cohorts as cohort_service
 from mercia.api.auth import Caller, csrf_ok, session_caller
 from mercia.api.errors import status_for
-from mercia.api.exportable import EXPORTABLE, attrition_rows, build_export
+from mercia.api.exportable import attrition_rows, build_export
 from mercia.api.sources import list_sources, source_detail
 from mercia.api.state import MerciaState, state_of
+from mercia.cdm import StoreError
 from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, NotFound, ProjectStatus, Role
 from mercia.web import charts
 from mercia.web.builder import BUILDER_DOMAINS, MAX_RULES, build_circe, concept_ids
@@ -68,6 +69,7 @@ def navigation(user, path: str) -> list[dict[str, Any]]:
     if user.has_any(Role.RESEARCHER, Role.TRIAL_COORDINATOR, Role.CLINICIAN, Role.PILLAR_LEAD,
                     Role.GOVERNANCE_OFFICER, Role.ADMIN):
         items.append(("Projects", "/projects"))
+    items.append(("Concepts", "/concepts"))
     items.append(("Data sources", "/sources"))
     if user.has_any(Role.CLINICIAN, Role.RESEARCHER, Role.TRIAL_COORDINATOR):
         items.append(("Rare disease", "/raredisease"))
@@ -321,10 +323,38 @@ def cohort_page(cohort_id: int, request: Request, caller: Caller = Depends(signe
     cohort, project = cohort_service.get_cohort(state, caller.user, cohort_id)
     state.gov.audit.record(caller.user.username, "cohort.view", f"cohort:{cohort_id}", project.id)
     steps = attrition_rows(cohort["result"]) if cohort["result"] else []
+    others = [c for c in cohort_service.list_cohorts(state, caller.user, project.id)
+              if c["id"] != cohort_id and c["result"]]
     return render(request, "cohort.html", caller, cohort=cohort, project=project, steps=steps,
                   attrition_svg=charts.attrition(steps) if steps else None,
                   circe=orjson.dumps(cohort["expression"], option=orjson.OPT_INDENT_2).decode(),
-                  export_kinds=EXPORTABLE)
+                  analyses=analysis_service.list_analyses(state, caller.user, project.id, cohort_id),
+                  analysis_kinds=analysis_service.ANALYSES, other_cohorts=others)
+
+
+@router.post("/cohorts/{cohort_id}/analyses")
+def run_analysis(cohort_id: int, request: Request, caller: Caller = Depends(signed_in),
+                 form: dict[str, str] = Depends(form_data)):
+    state = state_of(request)
+    _, project = cohort_service.get_cohort(state, caller.user, cohort_id)
+    parameters: dict[str, Any] = {"target_cohort_id": cohort_id}
+    for name in ("outcome_cohort_id", "comparator_cohort_id"):
+        if (form.get(name) or "").isdigit():
+            parameters[name] = int(form[name])
+    started = analysis_service.start_analysis(state, caller.user, project.id, form.get("kind", ""), parameters)
+    return redirect(f"/jobs/{started['job_id']}")
+
+
+@router.get("/analyses/{analysis_id}", response_class=HTMLResponse)
+def analysis_page(analysis_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    state = state_of(request)
+    row = analysis_service.get_analysis(state, caller.user, analysis_id)
+    state.gov.audit.record(caller.user.username, "analysis.view", f"analysis:{analysis_id}", row["project_id"])
+    project = state.gov.project(row["project_id"])
+    tables = row["result"]["tables"] if row["result"] else []
+    return render(request, "analysis.html", caller, analysis=row, project=project,
+                  title_text=analysis_service.ANALYSES[row["kind"]][0], km_svg=charts.survival_curves(tables),
+                  tables=[charts.display_table(t) for t in tables])
 
 
 @router.get("/cohorts/{cohort_id}/circe.json")
@@ -345,8 +375,10 @@ def job_page(job_id: int, request: Request, caller: Caller = Depends(signed_in))
     job = state_of(request).jobs.get(job_id)
     if job is None or job["user_id"] != caller.user.id:
         raise NotFound(f"no job {job_id} of yours")
-    next_url = f"/cohorts/{job['result']['cohort_id']}" if job["status"] == "succeeded" and job["kind"] == "cohort.run" \
-        else None
+    next_url = None
+    if job["status"] == "succeeded":
+        next_url = f"/cohorts/{job['result']['cohort_id']}" if job["kind"] == "cohort.run" \
+            else f"/analyses/{job['result']['analysis_id']}"
     return render(request, "job.html", caller, job=job, next_url=next_url)
 
 
@@ -416,6 +448,23 @@ def source_page(name: str, request: Request, caller: Caller = Depends(signed_in)
         raise NotFound(f"no source {name!r}")
     state.gov.audit.record(caller.user.username, "source.view", f"source:{name}")
     return render(request, "source.html", caller, source=detail)
+
+
+@router.get("/concepts", response_class=HTMLResponse)
+def concepts_page(request: Request, caller: Caller = Depends(signed_in), q: str = "", domain: str = "",
+                  standard_only: str = ""):
+    from mercia.vocab.search import search
+
+    state = state_of(request)
+    results, error = [], None
+    if q.strip():
+        try:
+            with state.lock:
+                results = search(state.store, q, domain=domain or None, standard_only=bool(standard_only), limit=50)
+        except StoreError as exc:
+            error = str(exc)
+    return render(request, "concepts.html", caller, q=q, domain=domain, standard_only=bool(standard_only),
+                  results=results, error=error)
 
 
 @router.get("/raredisease", response_class=HTMLResponse)

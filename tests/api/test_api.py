@@ -356,3 +356,62 @@ def test_rare_disease_ranking(world):
     assert world.client.post("/api/v1/raredisease/rank", headers=world.login("checker"), json=body).status_code == 403
     bad = world.client.post("/api/v1/raredisease/rank", headers=clin, json={"observed": ["HP:9999999"]})
     assert bad.status_code == 400
+
+
+# -- vocabulary and analytics ---------------------------------------------------------------------------
+def test_concept_search(world):
+    h = world.login("res")
+    hits = world.client.get("/api/v1/concepts?q=gastro", headers=h).json()
+    assert hits[0]["concept_id"] == GI_BLEED
+    assert world.client.get("/api/v1/concepts?q=aspirin&domain=Condition", headers=h).json() == []
+    assert world.client.get(f"/api/v1/concepts/{GI_BLEED}", headers=h).json()["concept_name"] == \
+        "Gastrointestinal hemorrhage"
+    assert world.client.get("/api/v1/concepts/42", headers=h).status_code == 404
+    assert world.client.get("/api/v1/concepts?q=%20%20", headers=h).status_code == 400
+    assert world.client.get("/api/v1/concepts?q=gastro").status_code == 401
+
+
+def test_analyses(world):
+    h = world.login("res")
+    target = make_cohort(world, h, expression=circe(rule_drug=None))
+    body = {"project_id": world.approved, "kind": "characterise", "target_cohort_id": target}
+    assert world.client.post("/api/v1/analyses", headers=h, json=body).status_code == 400  # not run yet
+    run(world, h, target)
+    r = world.client.post("/api/v1/analyses", headers=h, json=body)
+    assert r.status_code == 202
+    job = world.client.app.state.mercia.jobs.wait(r.json()["job_id"], 120)
+    assert job["status"] == "succeeded", job
+    analysis = world.client.get(f"/api/v1/analyses/{r.json()['analysis_id']}", headers=h).json()
+    tables = {t["name"]: t for t in analysis["result"]["tables"]}
+    assert analysis["result"]["disclosure"]["policy"] == "opensafely"
+    assert "age_sex" in tables and "demographics" in tables
+    listed = world.client.get(f"/api/v1/analyses?project_id={world.approved}&cohort_id={target}", headers=h).json()
+    assert [a["id"] for a in listed] == [analysis["id"]]
+    assert "survival" in world.client.get("/api/v1/analyses/kinds", headers=h).json()
+    # refusals: other team, governance, expired project, unknown kind, another project's cohort
+    assert world.client.get(f"/api/v1/analyses/{analysis['id']}", headers=world.login("res2")).status_code == 404
+    assert world.client.get(f"/api/v1/analyses/{analysis['id']}", headers=world.login("govo")).status_code == 403
+    assert world.client.post("/api/v1/analyses", headers=h, json=body | {"kind": "magic"}).status_code == 400
+    other = world.login("res2")
+    other_cohort = make_cohort(world, other, project=world.other)
+    assert world.client.post("/api/v1/analyses", headers=other, json=body | {
+        "project_id": world.other, "target_cohort_id": target}).status_code == 404
+    assert world.client.post("/api/v1/analyses", headers=h, json=body | {
+        "outcome_cohort_id": other_cohort, "kind": "incidence"}).status_code == 404
+    assert world.client.post("/api/v1/analyses", headers=h, json=body | {"project_id": world.expired}).status_code == 403
+    # and the analysis can leave through the airlock
+    export = world.client.post("/api/v1/exports", headers=h, json={
+        "project_id": world.approved, "kind": "analysis", "ref": str(analysis["id"]), "justification": "Table 1"})
+    assert export.status_code == 201 and export.json()["content"]["analysis"] == "characterisation"
+
+
+def test_survival_analysis(world):
+    h = world.login("res")
+    target = make_cohort(world, h, expression=circe(rule_drug=None))
+    run(world, h, target)
+    r = world.client.post("/api/v1/analyses", headers=h, json={
+        "project_id": world.approved, "kind": "survival", "target_cohort_id": target})
+    job = world.client.app.state.mercia.jobs.wait(r.json()["job_id"], 120)
+    assert job["status"] == "succeeded", job
+    result = world.client.get(f"/api/v1/analyses/{r.json()['analysis_id']}", headers=h).json()["result"]
+    assert any(t["kind"] == "life_table" for t in result["tables"])

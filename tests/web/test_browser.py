@@ -69,6 +69,17 @@ def test_cohort_to_released_export(page, live_server, demo, shots):
     assert people > 0
     shots(page, "04-cohort-attrition")
 
+    for kind, shot in (("characterise", "04b-characterisation"), ("survival", "04c-survival")):
+        page.get_by_label("Analysis", exact=True).select_option(kind)
+        page.get_by_role("button", name="Run analysis").click()
+        page.get_by_role("link", name="See the results").click(timeout=60_000)
+        page.wait_for_url(re.compile(r".*/analyses/\d+"))
+        assert page.locator("table.table").count() >= 2
+        if kind == "survival":
+            assert page.locator("svg.chart path").count() >= 1
+        shots(page, shot)
+        page.goto(cohort_url)
+
     page.get_by_label("Why does this need to leave the platform?").fill("Table 1 of the protocol paper")
     page.get_by_role("button", name="Request export").click()
     page.wait_for_url(re.compile(r".*/exports/\d+.*"))

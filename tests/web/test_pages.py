@@ -121,8 +121,15 @@ def test_builder_preview_and_import(client, demo):
     assert r.status_code == 303 and r.headers["location"].startswith("/cohorts/")
 
 
+def test_concept_search_page(client, demo):
+    sign_in(client, demo, "researcher")
+    html = client.get("/concepts?q=metformin").text
+    assert "1503297" in html and "Metformin" in html
+    assert "No concepts match" in client.get("/concepts?q=zzzzqqq").text
+
+
 @pytest.mark.parametrize("path", ["/", "/projects", "/projects/1", "/sources", "/exports", "/account", "/cohorts/1",
-                                  "/projects/1/cohorts/new", "/raredisease"])
+                                  "/projects/1/cohorts/new", "/raredisease", "/concepts?q=diabetes"])
 def test_pages_render_with_landmarks(client, demo, path):
     sign_in(client, demo, "researcher")
     r = client.get(path)

@@ -1,4 +1,4 @@
-"""Research capabilities: concept sets, cohorts, rare disease."""
+"""Research capabilities: vocabulary, concept sets, cohorts, analytics, rare disease."""
 
 from __future__ import annotations
 
@@ -6,16 +6,44 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from mercia.api import cohorts, models as m
+from mercia.api import analyses, cohorts, models as m
 from mercia.api.auth import current_user, require_roles
 from mercia.api.exportable import attrition_rows
 from mercia.api.raredisease import hpo_search, rank_case
 from mercia.api.state import state_of
+from mercia.cdm import StoreError
 from mercia.governance import NotFound, Role, User
 from mercia.governance.db import now
+from mercia.vocab.search import search as concept_search
 
 router = APIRouter()
 clinical_roles = require_roles(Role.CLINICIAN, Role.RESEARCHER, Role.TRIAL_COORDINATOR)
+
+
+@router.get("/concepts", tags=["vocabulary"], summary="Search concepts by name, synonym or code")
+def search_concepts(request: Request, q: str = Query(..., min_length=1, max_length=200),
+                    domain: str | None = Query(None, max_length=40), vocabulary: str | None = Query(None, max_length=40),
+                    standard_only: bool = False, limit: int = Query(20, ge=1, le=200),
+                    user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    state = state_of(request)
+    try:
+        with state.lock:
+            return concept_search(state.store, q, vocabulary=vocabulary, domain=domain,
+                                  standard_only=standard_only, limit=limit)
+    except StoreError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+@router.get("/concepts/{concept_id}", tags=["vocabulary"], summary="One concept")
+def get_concept(concept_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    from mercia.vocab.search import concept
+
+    state = state_of(request)
+    with state.lock:
+        found = concept(state.store, concept_id)
+    if found is None:
+        raise NotFound(f"no concept {concept_id}")
+    return found
 
 
 @router.get("/concept-sets", tags=["concept sets"], summary="A project's concept sets")
@@ -91,6 +119,34 @@ def cohort_attrition(cohort_id: int, request: Request, user: User = Depends(curr
 def cohort_circe(cohort_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
     row, _ = cohorts.get_cohort(state_of(request), user, cohort_id)
     return row["expression"]
+
+
+@router.get("/analyses/kinds", tags=["analytics"], summary="Analyses that can be run")
+def analysis_kinds(user: User = Depends(current_user)) -> dict[str, str]:
+    return {kind: spec[0] for kind, spec in analyses.ANALYSES.items()}
+
+
+@router.post("/analyses", tags=["analytics"], status_code=202,
+             summary="Run an analysis of the project's cohorts as a background job")
+def start_analysis(body: m.AnalysisCreate, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    parameters = body.model_dump(exclude={"project_id", "kind"}, exclude_none=True)
+    started = analyses.start_analysis(state_of(request), user, body.project_id, body.kind, parameters)
+    return started | {"status_url": f"/api/v1/jobs/{started['job_id']}"}
+
+
+@router.get("/analyses", tags=["analytics"], summary="A project's analyses")
+def list_analyses(project_id: int, request: Request, cohort_id: int | None = None,
+                  user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    return analyses.list_analyses(state_of(request), user, project_id, cohort_id)
+
+
+@router.get("/analyses/{analysis_id}", tags=["analytics"],
+            summary="An analysis and its disclosure-controlled result tables")
+def get_analysis(analysis_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    state = state_of(request)
+    row = analyses.get_analysis(state, user, analysis_id)
+    state.gov.audit.record(user.username, "analysis.view", f"analysis:{analysis_id}", row["project_id"])
+    return row
 
 
 @router.get("/hpo/terms", tags=["rare disease"], summary="HPO term autocomplete")
