@@ -126,7 +126,9 @@ class KnowledgeBase:
             self._genes_by_disease: dict[int, list[str]] = {}
             for gene, d in zip(self.gene_disease_gene.tolist(), self.gene_disease_disease.tolist()):
                 self._genes_by_disease.setdefault(d, []).append(str(self.gene_symbols[gene]))
-        return sorted(self._genes_by_disease.get(disease, []))
+            for genes in self._genes_by_disease.values():
+                genes.sort()
+        return list(self._genes_by_disease.get(disease, []))
 
     def diseases_of_gene(self, symbol: str) -> np.ndarray:
         gene = self.gene_index.get(symbol.upper())

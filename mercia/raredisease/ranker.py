@@ -3,7 +3,8 @@
 The model (in the spirit of LIRICAL, Robinson et al. 2020, AJHG 107:403) scores disease D for a patient with
 observed terms Q and excluded terms X as
 
-    log LR(D) = sum_q log max(floor, LR_obs(q, D)) + sum_x log LR_exc(x, D)
+    log LR(D) = sum_q log max(floor, min(max_lr, LR_obs(q, D))) + sum_x log LR_exc(x, D)
+                + sum_{features t of D the report does not cover} log(1 - reporting_rate * P(t|D))
 
 * ``P(t|D)``: the annotated frequency of t in D, or of its most frequent annotated descendant (an annotation
   implies all its ancestors: the true-path rule). Unstated frequencies count as ``default_frequency``.
@@ -13,7 +14,11 @@ observed terms Q and excluded terms X as
   share the ancestor a (``lambda_related * P(a|D) / bg(a)``). A term D does not explain falls to ``floor``,
   so unexplained terms cost little (annotations are incomplete); a term D is annotated NOT to have (on it or
   an ancestor) gets ``not_lr``.
-* ``LR_exc(x, D) = (1 - P(x|D)) / (1 - bg(x))``, bounded below by ``excluded_floor``.
+* ``LR_exc(x, D) = rho * max(1 - P(x|D), excluded_floor) / (1 - bg(x))`` for the diseases annotated with x,
+  ``1 / (1 - bg(x))`` for the others: rho (``excluded_ascertainment``) says that a feature is far more often
+  recorded as absent when it belongs to the disease in question (docs/raredisease.md).
+* The last sum is the evidence of silence: features of D that the patient's terms neither imply, refine nor
+  exclude, each of which would have been reported with probability ``reporting_rate * P(t|D)``.
 
 All disease-independent constants are kept, so the per-term LRs in an explanation multiply to the score.
 Ranking is vectorised: per batch, one sparse row per distinct query term is built from the ancestor rows,
@@ -26,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import logsumexp
 
 from mercia.raredisease.kb import KnowledgeBase, default_kb
 from mercia.raredisease.ontology import UnknownTermError
@@ -48,7 +52,6 @@ class ModelParameters:
     excluded_ascertainment: float = 8.0  # excluded features are checked because they fit the disease
     reporting_rate: float = 0.1  # chance that a present feature of D would be reported by the patient
     min_background: float = 1.0  # bg(t) >= min_background / number of diseases
-    frequency_weighted_background: bool = True
     sources: tuple[str, ...] = ("OMIM",)
 
 
@@ -132,15 +135,10 @@ class Ranker:
         )
         self.direct = sp.csr_matrix((freq, (terms, dis)), shape=(n_terms, n_dis))
         # true-path rule: each annotation implies all ancestors, at the largest frequency found below them
-        anc = ontology.ancestors
-        counts = np.diff(anc.indptr)[terms]
-        starts = np.repeat(anc.indptr[terms], counts)
-        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        up_terms = anc.indices[starts + offsets]
-        r, c, v = _max_by_key(up_terms, np.repeat(dis, counts), np.repeat(freq, counts), n_dis)
+        owner, up_terms = self._expand_ancestors(terms)
+        r, c, v = _max_by_key(up_terms, dis[owner], freq[owner], n_dis)
         self.implied = sp.csr_matrix((v, (r, c)), shape=(n_terms, n_dis))
-        carriers = self.implied if p.frequency_weighted_background else (self.implied > 0).astype(np.float64)
-        self.background = np.maximum(np.asarray(carriers.sum(axis=1)).ravel() / n_dis, p.min_background / n_dis)
+        self.background = np.maximum(np.asarray(self.implied.sum(axis=1)).ravel() / n_dis, p.min_background / n_dis)
         inverse_bg = sp.diags(1.0 / self.background)
         self.implied_lr = (inverse_bg @ self.implied).tocsr()
         self.direct_lr = (inverse_bg @ self.direct).tocsr()
@@ -151,7 +149,6 @@ class Ranker:
             shape=(n_terms, n_dis),
         )
         # features of D the patient neither shows nor excludes: each was reported with prob. reporting_rate * f
-        ontology = self.kb.ontology
         phenotypic = np.asarray(
             ontology.ancestors[:, ontology.index["HP:0000118"]].todense()
         ).ravel()[terms].astype(bool)
@@ -277,9 +274,13 @@ class Ranker:
         for i, case in enumerate(cases):
             if case.genes:
                 scores[i, ~self.gene_mask(case.genes)] = -np.inf
-        log_norm = logsumexp(scores, axis=1)
         k = min(top, scores.shape[1])
-        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        best = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
+        peak = np.take_along_axis(scores, best, axis=1).max(axis=1, initial=-np.inf)
+        peak = np.where(np.isfinite(peak), peak, 0.0)
+        shifted = scores - peak[:, None]
+        np.exp(shifted, out=shifted)
+        log_norm = np.log(shifted.sum(axis=1)) + peak  # log of the total likelihood, for the posterior
         out = []
         for i in range(len(cases)):
             row = scores[i]
