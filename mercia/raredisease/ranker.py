@@ -42,9 +42,9 @@ class ModelParameters:
 
     default_frequency: float = 0.8  # P(t|D) when the annotation states no frequency (mostly OMIM synopses)
     frequency_pseudocount: float = 1.0  # k/n frequencies shrink towards 1/2: (k + a) / (n + 2a)
-    lambda_specific: float = 0.6  # credit when the patient term is more specific than an annotation
+    lambda_specific: float = 0.3  # credit when the patient term is more specific than an annotation
     lambda_related: float = 0.05  # credit when they only share an ancestor
-    partial_max_background: float = 0.05  # no partial credit through ancestors more common than this
+    partial_max_background: float = 0.05  # no "related" credit through ancestors more common than this
     floor: float = 0.05  # LR of an observed term the disease does not explain
     max_lr: float = 100.0  # cap per observed term, so one rare exact match cannot decide alone
     not_lr: float = 0.01  # LR of an observed term the disease is annotated NOT to have
@@ -192,15 +192,13 @@ class Ranker:
         n_dis = len(self.diseases)
         owner, ancestors = self._expand_ancestors(terms)
         is_self = ancestors == terms[owner]
-        useful = is_self | (
-            (self.row_max[ancestors] * max(p.lambda_specific, p.lambda_related) > p.floor)
-            & (self.background[ancestors] <= p.partial_max_background)
-        )
+        can_beat_floor = ~is_self & (self.row_max[ancestors] * max(p.lambda_specific, p.lambda_related) > p.floor)
+        related = can_beat_floor & (self.background[ancestors] <= p.partial_max_background)
         parts = []
         for matrix, mask, weight in (
             (self.implied_lr, is_self, 1.0),
-            (self.direct_lr, useful & ~is_self, p.lambda_specific),
-            (self.implied_lr, useful & ~is_self, p.lambda_related),
+            (self.direct_lr, can_beat_floor, p.lambda_specific),
+            (self.implied_lr, related, p.lambda_related),
         ):
             rows = matrix[ancestors[mask]].tocoo()
             parts.append((owner[mask][rows.row], rows.col, rows.data * weight))
@@ -325,10 +323,10 @@ class Ranker:
                 below = self._best_annotated_descendant(q, direct)
                 match = "exact" if direct[q] > 0 else "implied"
                 options.append((implied[q] / self.background[q], match, below))
-            for a in ancestors[(ancestors != q) & (self.background[ancestors] <= p.partial_max_background)]:
+            for a in ancestors[ancestors != q]:
                 if direct[a] > 0:
                     options.append((p.lambda_specific * direct[a] / self.background[a], "more-specific", a))
-                if implied[a] > 0:
+                if implied[a] > 0 and self.background[a] <= p.partial_max_background:
                     options.append((p.lambda_related * implied[a] / self.background[a], "related", a))
             lr, match, via = max(options, key=lambda o: o[0])
             lr = max(min(lr, p.max_lr), p.floor)
