@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mercia.synth import catalogue as cat
-from mercia.synth.population import (GROUPS, REFERENCE_DATE, WINDOW_START, YEAR, Geography, People,
-                                     geography, make_people, nhs_numbers)
+from mercia.synth.population import (REFERENCE_DATE, WINDOW_START, YEAR, Geography, People, geography,
+                                     make_people)
 from mercia.synth.rare import RareCases, sample_cases
 from mercia.synth.rare import panel as rare_panel
 
@@ -581,4 +581,4 @@ def build_chunk(seed: int, chunk_index: int, first_person: int, n: int, nhs: np.
     return ChunkBuilder(seed, chunk_index, first_person, n, nhs, n_practices, n_trusts, geography()).build()
 
 
-__all__ = ["CONDITION_MODELS", "Chunk", "build_chunk", "calibration", "nhs_numbers", "GROUPS"]
+__all__ = ["CONDITION_MODELS", "Chunk", "ChunkBuilder", "build_chunk", "calibration"]

@@ -16,9 +16,8 @@ import pyarrow.parquet as pq
 from mercia.cdm import CDM_TABLES, Store
 from mercia.cdm.schema import CDM_VERSION_CONCEPT_ID
 from mercia.synth import catalogue as cat
-from mercia.synth.clinical import (CARE_SITE_GP, CARE_SITE_PATHOLOGY, CARE_SITE_RARE, CARE_SITE_TRUST, Chunk,
-                                   build_chunk)
-from mercia.synth.population import EPOCH, REFERENCE_DATE, geography, nhs_numbers
+from mercia.synth.clinical import CARE_SITE_GP, CARE_SITE_PATHOLOGY, CARE_SITE_RARE, CARE_SITE_TRUST, Chunk, build_chunk
+from mercia.synth.population import EPOCH, geography, nhs_numbers
 
 CHUNK_PERSONS = 50_000   # fixed, so that output never depends on how a run is split
 MEMORY_LIMIT = "1536MB"   # DuckDB buffer cap during the fast path (Python holds one chunk besides)
@@ -43,15 +42,6 @@ class Organisations:
         trusts = trusts or max(2 if persons >= 10_000 else 1, min(26, math.ceil(persons / 250_000)))
         return cls([f"M9{i + 1:04d}" for i in range(practices)],
                    [f"R9{chr(ord('A') + i)}" if i < 15 else f"R8{chr(ord('A') + i - 15)}" for i in range(trusts)])
-
-    def care_site_code(self, care_site_id: int) -> str:
-        if care_site_id >= CARE_SITE_RARE:
-            return self.rare_disease
-        if care_site_id >= CARE_SITE_PATHOLOGY:
-            return self.pathology
-        if care_site_id >= CARE_SITE_TRUST:
-            return self.trusts[care_site_id - CARE_SITE_TRUST]
-        return self.practices[care_site_id - CARE_SITE_GP]
 
     def rows(self) -> list[dict]:
         rows = [{"org_code": c, "org_type": "gp", "name": f"Synthetic Practice {c}", "care_site_id": CARE_SITE_GP + i}
@@ -146,8 +136,7 @@ def chunk_tables(chunk: Chunk, ids: IdCounters) -> dict[str, pa.Table]:
         "visit_occurrence_id": np.arange(v_off, v_off + nv), "person_id": p.person_id[v["person"]],
         "visit_concept_id": v["concept"], "visit_start_date": v["start"], "visit_end_date": v["end"],
         "visit_type_concept_id": cat.EHR, "care_site_id": v["care_site"], "visit_source_value": v["source"],
-        "admitted_from_source_value": pa.array(v["method"], pa.string()).cast(pa.string()) if nv else None,
-        "discharged_to_source_value": v["discharge"] if nv else None}, nv)
+        "admitted_from_source_value": v.get("method"), "discharged_to_source_value": v.get("discharge")}, nv)
 
     c = chunk.conditions.get()
     nc = len(c["person"])
@@ -314,4 +303,4 @@ def load_truth(store: Store, out_dir: Path | str, tables: list[str] | None = Non
 
 
 __all__ = ["CHUNK_PERSONS", "Organisations", "chunk_tables", "generate_chunks", "load_truth",
-           "reference_tables", "write_omop", "REFERENCE_DATE"]
+           "reference_tables", "write_omop"]

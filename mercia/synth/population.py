@@ -123,13 +123,14 @@ def nhs_check_digits(bases: np.ndarray) -> np.ndarray:
 
 
 def nhs_numbers(count: int, seed: int) -> np.ndarray:
-    """``count`` distinct valid NHS numbers (int64), 999 range first, then 990-998; never issued."""
+    """``count`` distinct valid NHS numbers (int64), 999 range first, then 990-998; never issued.
+    Each 3-digit prefix block is shuffled on its own, so the first ~909,000 are all ``999``."""
     rng = np.random.default_rng([seed, 999])
     out, needed = [], count
-    for prefix_block in (np.array([999]), np.arange(990, 999)):
+    for prefix in (999, *range(990, 999)):
         if needed <= 0:
             break
-        bases = (prefix_block[:, None] * 1_000_000 + np.arange(1_000_000)).ravel()
+        bases = prefix * 1_000_000 + np.arange(1_000_000)
         check = nhs_check_digits(bases)
         valid = bases[check != 10] * 10 + check[check != 10]
         take = valid[rng.permutation(len(valid))[:needed]]

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from mercia import __version__
 from mercia.synth import catalogue as cat
-from mercia.synth.clinical import CARE_SITE_GP, CARE_SITE_TRUST, Chunk
+from mercia.synth.clinical import CARE_SITE_TRUST, Chunk
 from mercia.synth.identity import local_ids, sent_identities, true_identities
 from mercia.synth.omop import (IdCounters, Organisations, ParquetParts, chunk_tables, generate_chunks,
                                reference_tables)
