@@ -126,7 +126,7 @@ def rank(
 ) -> None:
     """Rank diseases (and candidate genes) for observed and excluded HPO terms, or a batch of cases."""
     from mercia.raredisease.ontology import ObsoleteTermWarning, UnknownTermError
-    from mercia.raredisease.ranker import Case, Ranker
+    from mercia.raredisease.ranker import Case
 
     if cases is not None:
         if out is None:

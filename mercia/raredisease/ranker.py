@@ -232,7 +232,6 @@ class Ranker:
         rows.data = np.log(p.excluded_ascertainment * np.maximum(1.0 - rows.data, p.excluded_floor))
         return rows
 
-
     # -- ranking -----------------------------------------------------------------------------------------------
     def score_matrix(self, cases: list[Case], strict: bool = True) -> tuple[np.ndarray, list]:
         """Natural-log composite LR of every candidate disease (columns) for every case (rows)."""
