@@ -100,3 +100,17 @@ def test_matching_finds_the_planted_twin(store, kb, pseudonymise):
 def test_matching_unknown_person(store, kb, pseudonymise):
     with pytest.raises(CaseNotFoundError):
         match_patient(store, 1, kb, pseudonymise)
+
+
+def test_reads_phenotypes_loaded_by_mercia_ingest(store):
+    """Rows as ``mercia ingest`` writes them when the SNOMED qualifiers are not in the vocabulary."""
+    seizure = hpo_concept_id("HP:0001250")
+    store.execute(
+        "INSERT INTO observation (observation_id, person_id, observation_concept_id, observation_date, "
+        "observation_type_concept_id, observation_source_value, value_source_value, qualifier_source_value) VALUES "
+        f"(1, 7, {seizure}, DATE '2024-01-01', 32879, 'HP:0001250', 'SNOMED:52101004', 'observed'), "
+        "(2, 7, 0, DATE '2024-01-01', 32879, 'HP:0000252', 'SNOMED:2667000', 'excluded')")
+    assert phenotype_table(store).to_pylist() == [
+        {"person_id": 7, "hp_id": "HP:0001250", "excluded": False},
+        {"person_id": 7, "hp_id": "HP:0000252", "excluded": True},
+    ]
