@@ -453,14 +453,15 @@ def source_page(name: str, request: Request, caller: Caller = Depends(signed_in)
 @router.get("/concepts", response_class=HTMLResponse)
 def concepts_page(request: Request, caller: Caller = Depends(signed_in), q: str = "", domain: str = "",
                   standard_only: str = ""):
-    from mercia.vocab.search import search
+    from mercia.api.vocabulary import find_concepts
 
     state = state_of(request)
     results, error = [], None
     if q.strip():
         try:
             with state.lock:
-                results = search(state.store, q, domain=domain or None, standard_only=bool(standard_only), limit=50)
+                results = find_concepts(state.store, q, domain=domain or None, standard_only=bool(standard_only),
+                                        limit=50)
         except StoreError as exc:
             error = str(exc)
     return render(request, "concepts.html", caller, q=q, domain=domain, standard_only=bool(standard_only),

@@ -11,10 +11,10 @@ from mercia.api.auth import current_user, require_roles
 from mercia.api.exportable import attrition_rows
 from mercia.api.raredisease import hpo_search, rank_case
 from mercia.api.state import state_of
+from mercia.api.vocabulary import find_concepts
 from mercia.cdm import StoreError
 from mercia.governance import NotFound, Role, User
 from mercia.governance.db import now
-from mercia.vocab.search import search as concept_search
 
 router = APIRouter()
 clinical_roles = require_roles(Role.CLINICIAN, Role.RESEARCHER, Role.TRIAL_COORDINATOR)
@@ -28,8 +28,8 @@ def search_concepts(request: Request, q: str = Query(..., min_length=1, max_leng
     state = state_of(request)
     try:
         with state.lock:
-            return concept_search(state.store, q, vocabulary=vocabulary, domain=domain,
-                                  standard_only=standard_only, limit=limit)
+            return find_concepts(state.store, q, vocabulary=vocabulary, domain=domain,
+                                 standard_only=standard_only, limit=limit)
     except StoreError as exc:
         raise HTTPException(400, str(exc)) from None
 
