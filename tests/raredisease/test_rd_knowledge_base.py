@@ -44,7 +44,12 @@ def test_alt_id_maps_to_current_term_with_a_warning(kb):
         assert kb.ontology.resolve("HP:0001275") == kb.ontology.index["HP:0001250"]
 
 
-@pytest.mark.parametrize("bad", ["HP:12", "OMIM:154700", "HP:9999999"])
+def test_obsolete_id_maps_to_its_replacement_with_a_warning(kb):
+    with pytest.warns(ObsoleteTermWarning, match="HP:0000057.*HP:0008665"):
+        assert kb.ontology.resolve("HP:0000057") == kb.ontology.index["HP:0008665"]
+
+
+@pytest.mark.parametrize("bad", ["HP:12", "OMIM:154700", "HP:9999999", "HP:0001726"])  # last: obsolete, no replacement
 def test_invalid_ids_are_clear_errors(kb, bad):
     with pytest.raises(UnknownTermError, match=bad):
         kb.ontology.resolve(bad)
