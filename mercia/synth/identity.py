@@ -21,6 +21,10 @@ def true_identities(rng: np.random.Generator, people: People) -> pa.Table:
     geo = geography()
     given, family = names(rng, people)
     postcode = postcodes(rng, people, geo)
+    # People who changed practice moved house: the earlier practice knows the old postcode.
+    old = postcodes(rng, people, geo)
+    moved = people.change_date >= 0
+    previous = pa.array(np.where(moved, old, None), pa.string())
     return pa.table({
         "person_id": people.person_id,
         "nhs_number": pa.array(people.nhs_number.astype(str)),
@@ -28,6 +32,7 @@ def true_identities(rng: np.random.Generator, people: People) -> pa.Table:
         "birth_date": pa.array(people.birth.astype(np.int32)).cast(pa.date32()),
         "sex": pa.array(np.where(people.female, "F", "M")),
         "postcode": pa.array(postcode), "postcode_district": pa.array(geo.districts[people.district]),
+        "previous_postcode": previous,
         "city": pa.array(np.array([a[3] for a in AREAS], dtype=object)[people.area], pa.string()),
         "lsoa_code": pa.array(geo.lsoa_codes[people.lsoa]), "imd_decile": pa.array(people.imd, pa.int64()),
         "ethnic_category": pa.array(people.ethnic.astype(str)),
@@ -50,14 +55,19 @@ def local_ids(org_type: str, org_code: np.ndarray, person_id: np.ndarray, seed: 
 
 
 def sent_identities(rng: np.random.Generator, truth: pa.Table, person_id: np.ndarray, org_code: np.ndarray,
-                    org_type: str, local_id: np.ndarray | None, error_rate: float) -> pa.Table:
-    """One row per (person, organisation): identity as that organisation writes it, with errors."""
+                    org_type: str, local_id: np.ndarray | None, error_rate: float,
+                    old_address: np.ndarray | None = None) -> pa.Table:
+    """One row per (person, organisation): identity as that organisation writes it, with errors.
+    ``old_address`` marks rows whose organisation last saw the person before they moved house."""
     idx = np.searchsorted(truth["person_id"].to_numpy(), person_id)
     n = len(person_id)
     nhs = truth["nhs_number"].to_numpy(zero_copy_only=False)[idx].astype(object)
     family = truth["family_name"].to_numpy(zero_copy_only=False)[idx].astype(object)
     birth = truth["birth_date"].to_numpy(zero_copy_only=False)[idx].astype("datetime64[D]").astype(str).astype(object)
     postcode = truth["postcode"].to_numpy(zero_copy_only=False)[idx].astype(object)
+    if old_address is not None:
+        previous = truth["previous_postcode"].to_numpy(zero_copy_only=False)[idx].astype(object)
+        postcode = np.where(old_address, previous, postcode)
     u = rng.random((3, n))
     nhs_error = np.select([u[0] < error_rate, u[0] < 2 * error_rate], ["missing", "mistyped"], "none").astype(object)
     for i in np.flatnonzero(nhs_error == "mistyped"):

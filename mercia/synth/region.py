@@ -203,8 +203,9 @@ def _crosswalk(rng, chunk: Chunk, tables, ident: pa.Table, orgs: Organisations, 
     moved = p.change_date >= 0
     gp_person = np.concatenate([p.person_id, p.person_id[moved]])
     gp_org = np.concatenate([practices[p.practice], practices[p.practice2[moved]]])
+    first_of_two = np.concatenate([moved, np.zeros(moved.sum(), bool)])
     parts.append(sent_identities(rng, ident, gp_person, gp_org, "gp", local_ids("gp", gp_org, gp_person, seed),
-                                 error_rate))
+                                 error_rate, old_address=first_of_two))
     visits = tables["visit_occurrence"]
     site = visits["care_site_id"].to_numpy()
     at_trust = (site >= CARE_SITE_TRUST) & (site < CARE_SITE_TRUST + len(orgs.trusts))

@@ -227,3 +227,15 @@ def test_truth_loads_into_the_store(region, store):
         "WHERE o.person_id = v.person_id AND v.visit_start_date BETWEEN o.observation_period_start_date "
         "AND o.observation_period_end_date)")
     assert outside == 0
+
+
+def test_people_who_changed_practice_moved_house(region):
+    out, _ = region
+    truth = {r["person_id"]: r for r in pq.read_table(out / "truth" / "person_identifiers.parquet").to_pylist()}
+    gp = [r for r in pq.read_table(out / "truth" / "crosswalk.parquet").to_pylist() if r["org_type"] == "gp"]
+    registrations: dict[int, int] = {}
+    for r in gp:
+        registrations[r["person_id"]] = registrations.get(r["person_id"], 0) + 1
+    movers = {p for p, n in registrations.items() if n == 2}
+    assert movers and all(truth[p]["previous_postcode"] for p in movers)
+    assert all(truth[p]["previous_postcode"] is None for p in truth if p not in movers)
