@@ -113,3 +113,9 @@ class AnalysisCreate(Body):
     target_cohort_id: int
     outcome_cohort_id: int | None = Field(None, description="incidence and survival (survival: omit for death)")
     comparator_cohort_id: int | None = Field(None, description="compare; optional second curve for survival")
+
+
+class MatchRequest(Body):
+    project_id: int = Field(..., description="an approved project whose scope includes observations")
+    person_id: int
+    top: int = Field(10, ge=1, le=50)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from mercia.governance import GovernanceError
+from mercia.governance import GovernanceError, NotFound
 
 
 @lru_cache(maxsize=1)
@@ -42,3 +42,18 @@ def rank_case(observed: list[str], excluded: list[str], genes: list[str], top: i
         raise GovernanceError(f"cannot rank this case: {exc}") from exc
     return {"hpo_version": hpo_version(), "case": {"observed": observed, "excluded": excluded, "genes": genes},
             "candidates": [c.to_dict(explain=True) for c in candidates]}
+
+
+def match_person(store, person_id: int, top: int = 10) -> dict[str, Any]:
+    """Patients most like ``person_id`` (phenotype and genes), as pseudonyms only."""
+    from mercia.privacy.pseudonym import KeyError_ as NoPseudonymKey
+    from mercia.raredisease.matching import default_pseudonymiser, match_patient
+    from mercia.raredisease.patients import CaseNotFoundError
+
+    try:
+        matches = match_patient(store, person_id, ranker().kb, default_pseudonymiser(), top=top)
+    except CaseNotFoundError as exc:
+        raise NotFound(str(exc)) from None
+    except NoPseudonymKey as exc:
+        raise GovernanceError(f"patient matching needs the platform's pseudonymisation key: {exc}") from None
+    return {"hpo_version": hpo_version(), "matches": [m.to_dict() for m in matches]}

@@ -415,3 +415,46 @@ def test_survival_analysis(world):
     assert job["status"] == "succeeded", job
     result = world.client.get(f"/api/v1/analyses/{r.json()['analysis_id']}", headers=h).json()["result"]
     assert any(t["kind"] == "life_table" for t in result["tables"])
+
+
+def test_patient_matching_refusals(world):
+    body = {"project_id": world.approved, "person_id": 1}
+    assert world.client.post("/api/v1/raredisease/match", headers=world.login("res"), json=body).status_code == 403
+    clin = world.login("clin")
+    assert world.client.post("/api/v1/raredisease/match", headers=clin, json=body).status_code == 404  # not a member
+    world.gov.add_member(world.people["govo"], world.approved, world.people["clin"].id)
+    r = world.client.post("/api/v1/raredisease/match", headers=clin, json=body)
+    assert r.status_code == 403 and "observations" in r.json()["detail"]
+    assert world.client.post("/api/v1/raredisease/match", headers=clin,
+                             json=body | {"project_id": world.expired}).status_code == 404
+
+
+def test_patient_matching_returns_pseudonyms(world, monkeypatch):
+    import pyarrow as pa
+
+    from mercia.vocab.hpo import hpo_concept_id
+
+    monkeypatch.setenv("MERCIA_PSEUDONYM_KEY", "ab" * 32)
+    terms = {1: ["HP:0001250", "HP:0000252"], 2: ["HP:0001250", "HP:0000252", "HP:0001263"], 3: ["HP:0002090"]}
+    rows = [(p, t) for p, ts in terms.items() for t in ts]
+    world.gov.db.store.insert_arrow("observation", pa.table({
+        "observation_id": list(range(1, len(rows) + 1)), "person_id": [p for p, _ in rows],
+        "observation_concept_id": [hpo_concept_id(t) for _, t in rows],
+        "observation_date": pa.array([__import__("datetime").date(2015, 1, 1)] * len(rows)),
+        "observation_type_concept_id": [32817] * len(rows), "observation_source_value": [t for _, t in rows]}))
+    clin = world.people["clin"]
+    project = world.gov.create_project(clin, title="Undiagnosed epilepsy", pillar="cancer", purpose="matching",
+                                       scope_domains=["observation", "person"], expires_on="2099-01-01")
+    world.gov.submit(clin, project.id)
+    world.gov.decide(world.people["lead"], project.id, "approve")
+    world.gov.decide(world.people["govo"], project.id, "approve")
+    r = world.client.post("/api/v1/raredisease/match", headers=world.login("clin"),
+                          json={"project_id": project.id, "person_id": 1, "top": 2})
+    assert r.status_code == 200, r.text
+    matches = r.json()["matches"]
+    assert len(matches) == 2 and matches[0]["score"] > matches[1]["score"]
+    assert all(not str(m["pseudonym"]).isdigit() for m in matches)  # never a person id
+    assert matches[0]["phenotype_similarity"] > 0.5 > matches[1]["phenotype_similarity"]
+    missing = world.client.post("/api/v1/raredisease/match", headers=world.login("clin"),
+                                json={"project_id": project.id, "person_id": 39})
+    assert missing.status_code == 404

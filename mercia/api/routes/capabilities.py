@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from mercia.api import analyses, cohorts, models as m
 from mercia.api.auth import current_user, require_roles
 from mercia.api.exportable import attrition_rows
-from mercia.api.raredisease import hpo_search, rank_case
+from mercia.api.raredisease import hpo_search, match_person, rank_case
 from mercia.api.state import state_of
 from mercia.api.vocabulary import find_concepts
 from mercia.cdm import StoreError
@@ -161,4 +161,20 @@ def rank(body: m.RankRequest, request: Request, user: User = Depends(clinical_ro
     result = rank_case(body.observed, body.excluded, body.genes, body.top)
     state_of(request).gov.audit.record(user.username, "raredisease.rank", "hpo-case",
                                        observed=len(result["case"]["observed"]))
+    return result
+
+
+@router.post("/raredisease/match", tags=["rare disease"],
+             summary="Patients whose phenotype matches a patient's (clinicians in an approved project; pseudonyms)")
+def match(body: m.MatchRequest, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    state = state_of(request)
+    project = state.gov.require_data_access(user, body.project_id)
+    if not user.has(Role.CLINICIAN):
+        raise HTTPException(403, "patient matching is for clinicians")
+    if "observation" not in project.scope_domains:
+        raise HTTPException(403, f"project {project.id} is not approved for observations (where HPO terms live)")
+    with state.lock:
+        result = match_person(state.store, body.person_id, body.top)
+    state.gov.audit.record(user.username, "raredisease.match", f"person:{body.person_id}", project.id,
+                           matches=len(result["matches"]))
     return result
