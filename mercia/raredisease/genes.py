@@ -50,7 +50,8 @@ class GeneResult:
     evidence: GeneEvidence
 
     def to_dict(self) -> dict:
-        return {"rank": self.rank, "gene": self.gene, "score": round(self.score, 4), "disease_id": self.disease_id,
+        score = round(float(self.score), 4) if np.isfinite(self.score) else None  # None: no known disease
+        return {"rank": self.rank, "gene": self.gene, "score": score, "disease_id": self.disease_id,
                 "label": self.disease_label, "phenotype_score": self.phenotype_score,
                 "impact_weight": self.evidence.weight, "alleles": self.evidence.alleles,
                 "variants": self.evidence.variants}

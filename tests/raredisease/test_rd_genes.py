@@ -22,6 +22,7 @@ def test_causal_gene_ranks_first_among_decoys(prioritiser):
     assert ranked[0].gene == "FBN1"
     assert ranked[0].disease_id in {"OMIM:154700", "OMIM:616914"}
     assert ranked[-1].gene == "NOT_A_GENE" and ranked[-1].disease_id is None
+    assert ranked[-1].to_dict()["score"] is None  # JSON has no -infinity
     assert [r.rank for r in ranked] == list(range(1, 7))
 
 
