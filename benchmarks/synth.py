@@ -55,6 +55,9 @@ def run_child(kind: str, persons: int, target: str) -> dict:
         raise RuntimeError(f"{kind} {persons} failed")
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)   # kB on Linux
+    # CPU seconds too: the machine is shared, so wall time depends on everyone else's load.
+    result["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 1)
+    result["load_average_1m"] = round(os.getloadavg()[0], 2)
     return result
 
 
