@@ -116,22 +116,26 @@ class _Load:
     def pseudonymise_records(self) -> None:
         """Record keys -> 'Type/<org-scoped HMAC of the key>' for provenance and rejects."""
         s = self.staged
-        read = set(s.persons.data["record"]) | set(s.events.data["record"]) | set(s.sites.data["record"])
-        read |= {r for r in s.events.data["also_record"] if r} | {r for r in s.rejects.data["record"] if r}
-        read.discard(None)
-        keys = read | {r for r in s.events.data["visit_ref"] if r} | {r for r in s.events.data["site_ref"] if r}
-        ordered = sorted(keys)
-        hashed = self.options.pseudonymiser.hash_values(f"record/{self.org}", ordered).to_pylist()
-        pseudonyms = [k.split("/", 1)[0] + "/" + h if "/" in k else h for k, h in zip(ordered, hashed)]
-        self.register("record_keys", pa.table({"record": ordered, "source_record": pseudonyms}))
-        lookup = dict(zip(ordered, pseudonyms))
-        self.records_read = {lookup[k] for k in read}
+        for name, columns in (("staged_persons_raw", s.persons), ("staged_events", s.events),
+                              ("staged_sites", s.sites), ("staged_rejects", s.rejects)):
+            self.register(name, columns.table())
+        self.con.execute("""CREATE TABLE read_records AS SELECT DISTINCT record FROM (
+            SELECT record FROM staged_persons_raw UNION ALL SELECT record FROM staged_events
+            UNION ALL SELECT also_record FROM staged_events UNION ALL SELECT record FROM staged_sites
+            UNION ALL SELECT record FROM staged_rejects) WHERE record IS NOT NULL""")
+        keys = _table_from_query(self.con, """SELECT DISTINCT record FROM (
+            SELECT record FROM read_records UNION ALL SELECT visit_ref FROM staged_events
+            UNION ALL SELECT site_ref FROM staged_events) WHERE record IS NOT NULL""")
+        hashed = self.options.pseudonymiser.hash_values(f"record/{self.org}", keys.column("record"))
+        self.register("record_hashes", keys.append_column("h", hashed))
+        self.con.execute("""CREATE TABLE record_keys AS SELECT record,
+            CASE WHEN contains(record, '/') THEN split_part(record, '/', 1) || '/' || h ELSE h END AS source_record
+            FROM record_hashes""")
+        self.records_read = self.con.execute("SELECT count(*) FROM read_records").fetchall()[0][0]
         self.withheld_records: set[str] = set()
 
     def prepare_persons(self) -> pa.Table:
         """Validated, pseudonymised persons with identifiers replaced by tokens."""
-        p = self.staged.persons.table()
-        self.register("staged_persons_raw", p)
         p = _table_from_query(self.con, """
             SELECT * EXCLUDE (pos) FROM (SELECT *, row_number() OVER () AS pos FROM staged_persons_raw)
             QUALIFY row_number() OVER (PARTITION BY record ORDER BY pos DESC) = 1 ORDER BY pos""")
@@ -228,8 +232,7 @@ class _Load:
             WHERE same_org_id IS NULL AND nhs_id IS NULL AND COALESCE(nhs_pseudonym, source_pseudonym) = r.g""")
 
     def prepare_events(self) -> None:
-        e = self.staged.events.table()
-        self.register("staged_events", e)
+        e = _table_from_query(self.con, "SELECT DISTINCT person_ref FROM staged_events")
         refs = sorted({r for r in e.column("person_ref").to_pylist() if r and not r.startswith("?")})
         conditional = sorted({r for r in e.column("person_ref").to_pylist() if r and r.startswith("?")})
         ps = self.options.pseudonymiser
@@ -331,8 +334,6 @@ class _Load:
                       f"(cdm_table, row_id) IN (SELECT cdm_table, row_id FROM ({doomed}) d)", [self.org, self.org])
 
     def prepare_sites(self) -> None:
-        s = self.staged.sites.table()
-        self.register("staged_sites", s)
         self.con.execute("""
             CREATE TABLE sites AS SELECT s.* , k.source_record FROM (
                 SELECT * EXCLUDE (pos) FROM (SELECT *, row_number() OVER () AS pos FROM staged_sites)
@@ -591,7 +592,6 @@ def load_staged(store: Store, staged: Staged, org: str, reader: str, options: Lo
         unchanged = job.skip_unchanged()
         job.map_codes()
         job.insert(load_id, staged.extract)
-        job.register("staged_rejects", staged.rejects.table())
         for rec, line, field_name, reason in job.con.execute("""
                 SELECT k.source_record, r.line, r.field, r.reason FROM staged_rejects r
                 LEFT JOIN record_keys k ON k.record = r.record""").fetchall():
@@ -614,12 +614,12 @@ def load_staged(store: Store, staged: Staged, org: str, reader: str, options: Lo
         rebuild_person_rows(store, affected)
         rejected_records = len({r["source_record"] for r in job.rejects if r["action"] == "rejected"}
                                - job.withheld_records)
-        loaded = len(job.records_read) - rejected_records - withheld_records
+        loaded = job.records_read - rejected_records - withheld_records
         store.execute("""INSERT INTO mercia_load VALUES (""" + ", ".join([job._p] * 10) + ")",
                       [load_id, org, staged.extract, reader, dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                       len(job.records_read), loaded, unchanged, rejected_records, withheld_records])
+                       job.records_read, loaded, unchanged, rejected_records, withheld_records])
     reasons = Counter(r["reason"] for r in job.rejects if r["action"] == "rejected")
-    return LoadSummary(load_id, org, staged.extract, staged.read, len(job.records_read), loaded, unchanged,
+    return LoadSummary(load_id, org, staged.extract, staged.read, job.records_read, loaded, unchanged,
                        rejected_records,
                        withheld_records, sum(1 for r in job.rejects if r["action"] == "flagged"),
                        dict(job.rows), dict(reasons))
