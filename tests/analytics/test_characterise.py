@@ -46,7 +46,7 @@ def built(store, cdm):
     for pid in range(1, 11):
         cdm.measurement(pid, date(2019, 12, 1), 401, float(pid))
     cdm.measurement(1, date(2019, 6, 1), 401, 100.0)  # older than person 1's latest value
-    return store
+    return cdm.flush()
 
 
 def by(table, *keys):

@@ -70,6 +70,7 @@ def test_hand_scored_patients(store, cdm):
     cdm.person(16)
     cdm.cohort(16, 16, index)
     cdm.condition(16, index, source_concept=45000001)
+    cdm.flush()
     expected = {**{k: v[1:] for k, v in PATIENTS.items()}, 16: (1, 0, 0)}
     for cohort_id, (charlson, quan, vw) in expected.items():
         scores = {r["variable"]: r["mean"] for r in characterise(store, cohort_id, domains=[], raw=True)
@@ -84,6 +85,7 @@ def test_category_prevalence_and_lookback(store, cdm):
         cdm.person(pid)
         cdm.cohort(1, pid, date(2020, 1, 1))
         cdm.condition(pid, date(2019, 12, 1) if pid <= 9 else date(2015, 1, 1), source="I50.1")
+    cdm.flush()
     rows = {(r["comorbidity_index"], r["category"]): r["count_persons"]
             for r in characterise(store, 1, domains=[], raw=True).table("comorbidity").rows}
     assert rows[("charlson", "Congestive heart failure")] == 10

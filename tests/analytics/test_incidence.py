@@ -31,7 +31,7 @@ def built(store, cdm):
     cdm.person(5, sex=8532, start=date(2010, 1, 1), end=date(2025, 12, 31))
     cdm.cohort(1, 5, index)
     cdm.cohort(2, 5, date(2020, 6, 1))      # after 0:365 ends (2020-01-01): 366 days, 365 + 1
-    return store
+    return cdm.flush()
 
 
 def test_rates_person_years_and_exact_intervals_match_hand_calculation(built):
@@ -62,7 +62,7 @@ def test_time_at_risk_anchored_on_cohort_end(store, cdm):
     cdm.person(1, end=date(2025, 1, 1))
     cdm.cohort(1, 1, date(2020, 1, 1), date(2020, 1, 31))
     cdm.cohort(2, 1, date(2020, 2, 10))  # day 40: inside end+30 (2020-03-01), outside end+0
-    result = incidence(store, 1, 2, tars=["0:end", "0:end+30"], raw=True)
+    result = incidence(cdm.flush(), 1, 2, tars=["0:end", "0:end+30"], raw=True)
     rows = {r["time_at_risk"]: r for r in result.table("incidence").rows if r["stratum_type"] == "Overall"}
     assert rows["start+0 to end+0 days"]["count_events"] == 0
     assert rows["start+0 to end+0 days"]["person_years"] * PY == pytest.approx(31)

@@ -48,7 +48,7 @@ def built(store, cdm):
     cdm.person(PRIOR_OUTCOME, start=date(2015, 1, 1))
     cdm.cohort(1, PRIOR_OUTCOME, INDEX)
     cdm.cohort(2, PRIOR_OUTCOME, date(2019, 1, 1))
-    return store
+    return cdm.flush()
 
 
 def test_life_table_and_curve_match_hand_calculation(built):
