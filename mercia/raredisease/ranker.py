@@ -99,12 +99,13 @@ class Candidate:
 def _max_by_key(rows, cols, vals, n_cols):
     """Group (row, col) duplicates keeping the largest value; returns unique rows, cols, vals."""
     keys = rows.astype(np.int64) * n_cols + cols
-    order = np.lexsort((-vals, keys))
-    keys, vals = keys[order], vals[order]
-    first = np.ones(len(keys), dtype=bool)
-    first[1:] = keys[1:] != keys[:-1]
-    keys = keys[first]
-    return keys // n_cols, keys % n_cols, vals[first]
+    if not len(keys):
+        return keys, keys, np.asarray(vals, dtype=np.float64)
+    order = np.argsort(keys)
+    keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    keys = keys[starts]
+    return keys // n_cols, keys % n_cols, np.maximum.reduceat(vals[order], starts)
 
 
 class Ranker:
