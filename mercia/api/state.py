@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import Request
 
@@ -16,8 +16,8 @@ class ServerOptions:
     secure_cookies: bool = True
     session_cookie: str = "mercia_session"
     job_workers: int = 2
-    oidc: dict[str, str] | None = None  # issuer metadata URL, client id/secret (see docs/web.md)
-    extra: dict[str, object] = field(default_factory=dict)
+    oidc: dict[str, str] | None = None  # see mercia.web.oidc
+
 
 
 class MerciaState:

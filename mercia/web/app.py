@@ -54,4 +54,8 @@ def create_app(store: Store, options: ServerOptions | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)
     pages.install_handlers(app)
+    if state.options.oidc:
+        from mercia.web import oidc
+
+        oidc.install(app, state.options.oidc, state.options.secure_cookies)
     return app

@@ -26,8 +26,9 @@ def serve(db: str | None = typer.Option(None, "--db", help="store URL (default: 
     from mercia.api.state import ServerOptions
     from mercia.cdm import Store
     from mercia.web.app import create_app
+    from mercia.web.oidc import oidc_from_environment
 
     secure = (not is_loopback(host)) if secure_cookies is None else secure_cookies
-    app = create_app(Store.open(db), ServerOptions(secure_cookies=secure))
+    app = create_app(Store.open(db), ServerOptions(secure_cookies=secure, oidc=oidc_from_environment()))
     typer.echo(f"Mercia on http://{host}:{port}  (API: /api/v1, schema: /api/v1/openapi.json)")
     uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=not is_loopback(host))
