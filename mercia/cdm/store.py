@@ -149,6 +149,10 @@ class Store:
             return False
         return True
 
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_transaction
+
     @contextmanager
     def transaction(self) -> Iterator[Store]:
         """All or nothing: everything inside commits together or not at all.  Nested use joins

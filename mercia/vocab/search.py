@@ -2,13 +2,21 @@
 
 Search ranks by how the text matches a concept's name or one of its synonyms — exact, then prefix,
 then the start of a word, then anywhere, then all words in any order — and within each rank puts
-standard concepts first, then shorter names.  It reads a Mercia-owned table,
-``mercia_concept_search`` (one lower-cased row per name and synonym, sorted by term, with the
-vocabulary and standard flag copied in so the top hits come from one scan; on PostgreSQL with a
-pg_trgm index when the extension is available).  The table is rebuilt when the ``concept`` or
-``concept_synonym`` tables change: the loader drops it (``mercia.cdm.schema.VOCABULARY_CACHE_TABLES``)
-and a cheap signature (row counts, max id) catches other writers.  A read-only store with a stale
-index is searched directly, just more slowly.
+standard concepts first, then shorter names.
+
+It reads two Mercia-owned tables built from ``concept`` and ``concept_synonym``:
+``mercia_concept_search`` holds one row per (word, lower-cased name or synonym) sorted by word,
+with the concept's vocabulary and flags copied in, and ``mercia_concept_search_words`` is its
+dictionary (word, number of rows).  Ranks 0-2 (exact, prefix, word start) all begin at the start
+of a word, so one range scan over the words that start with the first search word finds them;
+ranks 3-4 (inside a word, words in any order) are looked for only if the first ranks do not fill
+the limit, through the dictionary words containing the rarest search word.  Every candidate is
+then checked against the full text, so the index narrows the search but never changes the answer
+(``use_index=False`` computes the same ranking straight from the vocabulary tables).
+
+The tables are rebuilt when ``concept`` or ``concept_synonym`` change: the loader drops them
+(``mercia.cdm.schema.VOCABULARY_CACHE_TABLES``) and a cheap signature (row counts, max id)
+catches other writers.  A read-only store with a stale index is searched directly, more slowly.
 """
 
 from __future__ import annotations
@@ -18,22 +26,25 @@ from typing import Any
 
 import pyarrow as pa
 
-from mercia.cdm.store import Store, StoreError, quote
+from mercia.cdm.store import Store, StoreError
 
 SEARCH_TABLE = "mercia_concept_search"
+WORDS_TABLE = "mercia_concept_search_words"
 STATE_TABLE = "mercia_concept_search_state"
 MATCH_RANKS = ["exact", "prefix", "word", "substring", "all words"]
 MAPS_TO_SCHEMA = pa.schema([("source_code", pa.string()), ("source_concept_id", pa.int64()),
                             ("target_concept_id", pa.int64()), ("target_concept_name", pa.string()),
                             ("target_vocabulary_id", pa.string()), ("target_domain_id", pa.string())])
+_LAST_CHARACTER = "\U0010ffff"  # sorts after any continuation of a prefix (DuckDB compares bytes)
+_ESCAPE = "ESCAPE '\\'"
 
 _TERMS_SQL = """
-SELECT concept_id, lower(concept_name) AS term, false AS is_synonym, vocabulary_id,
+SELECT concept_id, lower(concept_name) AS term, vocabulary_id,
        coalesce(standard_concept = 'S', false) AS is_standard, invalid_reason IS NULL AS is_valid,
        length(concept_name) AS name_length
 FROM concept
 UNION ALL
-SELECT s.concept_id, lower(s.concept_synonym_name), true, c.vocabulary_id,
+SELECT s.concept_id, lower(s.concept_synonym_name), c.vocabulary_id,
        coalesce(c.standard_concept = 'S', false), c.invalid_reason IS NULL, length(c.concept_name)
 FROM concept_synonym s JOIN concept c ON c.concept_id = s.concept_id
 """
@@ -49,98 +60,128 @@ def _signature(store: Store) -> tuple:
 
 
 def search_index_is_fresh(store: Store) -> bool:
-    if not (store.table_exists(SEARCH_TABLE) and store.table_exists(STATE_TABLE)):
+    if not all(store.table_exists(t) for t in (SEARCH_TABLE, WORDS_TABLE, STATE_TABLE)):
         return False
     state = store.query(f"SELECT concept_rows, synonym_rows, max_concept_id FROM {STATE_TABLE}")
     return bool(state) and tuple(state[0]) == _signature(store)
 
 
 def refresh_search_index(store: Store, force: bool = False) -> bool:
-    """Rebuild the search table if the vocabulary changed (or ``force``); True if rebuilt."""
+    """Rebuild the search tables if the vocabulary changed (or ``force``); True if rebuilt."""
     if not store.table_exists("concept"):
         raise StoreError("the store has no concept table; run `mercia db init` and load a vocabulary")
     if not force and search_index_is_fresh(store):
         return False
     with store.transaction():
-        store.execute(f"DROP TABLE IF EXISTS {SEARCH_TABLE}")
-        store.execute(f"DROP TABLE IF EXISTS {STATE_TABLE}")
-        store.execute(f"CREATE TABLE {SEARCH_TABLE} AS SELECT * FROM ({_TERMS_SQL}) t ORDER BY term")
-        trigram_schema = _pg_trgm_schema(store) if store.dialect == "postgres" else None
-        if trigram_schema:
-            store.execute(f"CREATE INDEX ON {SEARCH_TABLE} USING gin (term {quote(trigram_schema)}.gin_trgm_ops)")
+        for table in (SEARCH_TABLE, WORDS_TABLE, STATE_TABLE):
+            store.execute(f"DROP TABLE IF EXISTS {table}")
+        store.execute(f"""CREATE TABLE {SEARCH_TABLE} AS
+            SELECT * FROM (SELECT unnest(string_to_array(term, ' ')) AS word, concept_id, term, vocabulary_id,
+                                  is_standard, is_valid, name_length FROM ({_TERMS_SQL}) t) w
+            WHERE word <> '' ORDER BY word""")
+        store.execute(f"CREATE TABLE {WORDS_TABLE} AS SELECT word, count(*) AS terms FROM {SEARCH_TABLE} "
+                      "GROUP BY word ORDER BY word")
+        if store.dialect == "postgres":  # DuckDB's zone maps already prune the sorted words
+            store.execute(f"CREATE INDEX ON {SEARCH_TABLE} (word text_pattern_ops)")
+            store.execute(f"CREATE INDEX ON {SEARCH_TABLE} (word)")
         concept_rows, synonym_rows, max_id = _signature(store)
         store.execute(f"CREATE TABLE {STATE_TABLE} AS SELECT CAST({int(concept_rows)} AS BIGINT) AS concept_rows, "
                       f"CAST({int(synonym_rows)} AS BIGINT) AS synonym_rows, "
                       f"CAST({int(max_id)} AS BIGINT) AS max_concept_id")
+    if store.dialect == "duckdb" and not store.in_transaction:
+        store.try_execute("CHECKPOINT")  # compressed, zone-mapped storage for the sorted words
     return True
-
-
-def _pg_trgm_schema(store: Store) -> str | None:
-    """Where PostgreSQL's pg_trgm lives, installing it in ``public`` if allowed; None if unavailable.
-    (Not in the store's own schema: dropping that schema must not take the extension with it.)"""
-    sql = ("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
-           "WHERE e.extname = 'pg_trgm'")
-    schema = store.query_one(sql)
-    if schema is None and store.try_execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public"):
-        schema = store.query_one(sql)
-    return schema
 
 
 def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _rank_sql(p: str) -> str:
+    return (f"CASE WHEN term = {p} THEN 0 WHEN term LIKE {p} {_ESCAPE} THEN 1 WHEN term LIKE {p} {_ESCAPE} THEN 2 "
+            f"WHEN term LIKE {p} {_ESCAPE} THEN 3 ELSE 4 END")
+
+
 def search(store: Store, text: str, vocabulary: str | None = None, limit: int = 20,
-           standard_only: bool = False, domain: str | None = None,
-           include_invalid: bool = False) -> list[dict[str, Any]]:
+           standard_only: bool = False, include_invalid: bool = False,
+           use_index: bool = True) -> list[dict[str, Any]]:
     """Concepts whose name or synonym matches ``text``, best first (see module doc); concepts
     with an ``invalid_reason`` (deprecated, upgraded) only when ``include_invalid``."""
     needle = " ".join(text.lower().split())
     if not needle:
         raise StoreError("empty search text")
-    source = SEARCH_TABLE
-    try:
-        refresh_search_index(store)
-    except Exception:  # noqa: BLE001 - e.g. a read-only store: search the vocabulary directly
-        if not search_index_is_fresh(store):
-            source = f"({_TERMS_SQL})"
-    p, esc = _p(store), "ESCAPE '\\'"
-    words = needle.split()
-    escaped = _like_escape(needle)
-    params: list[Any] = [needle, escaped + "%", "% " + escaped + "%", "%" + escaped + "%"]
-    where = [f"s.term LIKE {p} {esc}"]
-    where_params: list[Any] = ["%" + escaped + "%"]
-    if len(words) > 1:
-        where = ["(" + where[0] + " OR (" + " AND ".join([f"s.term LIKE {p} {esc}"] * len(words)) + "))"]
-        where_params += ["%" + _like_escape(w) + "%" for w in words]
+    if use_index:
+        try:
+            refresh_search_index(store)
+        except Exception:  # noqa: BLE001 - e.g. a read-only store: search the vocabulary directly
+            use_index = search_index_is_fresh(store)
+    p = _p(store)
+    escaped, words = _like_escape(needle), needle.split()
+    rank_params = [needle, escaped + "%", "% " + escaped + "%", "%" + escaped + "%"]
+    filters, filter_params = ["TRUE"], []
     if vocabulary is not None:
-        where.append(f"s.vocabulary_id = {p}")
-        where_params.append(vocabulary)
+        filters.append(f"vocabulary_id = {p}")
+        filter_params.append(vocabulary)
     if standard_only:
-        where.append("s.is_standard")
+        filters.append("is_standard")
     if not include_invalid:
-        where.append("s.is_valid")
-    sql = f"""
-    SELECT c.concept_id, c.concept_name, c.vocabulary_id, c.concept_code, c.concept_class_id, c.domain_id,
-           c.standard_concept, h.match_rank
-    FROM (
-        SELECT s.concept_id, s.is_standard, s.name_length,
-               min(CASE WHEN s.term = {p} THEN 0 WHEN s.term LIKE {p} {esc} THEN 1 WHEN s.term LIKE {p} {esc} THEN 2
-                        WHEN s.term LIKE {p} {esc} THEN 3 ELSE 4 END) AS match_rank
-        FROM {source} s
-        WHERE {' AND '.join(where)}
-        GROUP BY s.concept_id, s.is_standard, s.name_length
-        ORDER BY match_rank, s.is_standard DESC, s.name_length, s.concept_id
-        LIMIT {int(limit) if domain is None else int(limit) * 20}
-    ) h JOIN concept c ON c.concept_id = h.concept_id
-    {f'WHERE c.domain_id = {p}' if domain is not None else ''}
-    ORDER BY h.match_rank, h.is_standard DESC, h.name_length, h.concept_id
-    LIMIT {int(limit)}
-    """
-    rows = store.query(sql, params + where_params + ([domain] if domain is not None else []))
+        filters.append("is_valid")
+
+    def ranked(source: str, where: str, where_params: list, n: int) -> list[tuple]:
+        return store.query(
+            f"SELECT concept_id, min({_rank_sql(p)}) AS match_rank, is_standard, name_length FROM {source} "
+            f"WHERE {where} AND {' AND '.join(filters)} GROUP BY concept_id, is_standard, name_length "
+            f"ORDER BY match_rank, is_standard DESC, name_length, concept_id LIMIT {int(n)}",
+            rank_params + where_params + filter_params)
+
+    all_words = " AND ".join([f"term LIKE {p} {_ESCAPE}"] * len(words))
+    word_params = ["%" + _like_escape(w) + "%" for w in words]
+    if not use_index:
+        hits = ranked(f"({_TERMS_SQL}) t", f"({all_words})", word_params, limit)
+    else:
+        first = _like_escape(words[0])
+        starts = [f"word LIKE {p} {_ESCAPE}"]
+        start_params: list[Any] = [first + "%"]
+        if store.dialect == "duckdb":  # a range on the sorted words lets DuckDB skip row groups
+            starts += [f"word >= {p}", f"word < {p}"]
+            start_params += [words[0], words[0] + _LAST_CHARACTER]
+        hits = ranked(SEARCH_TABLE, " AND ".join(starts) + f" AND (term LIKE {p} {_ESCAPE} OR term LIKE {p} {_ESCAPE})",
+                      start_params + [escaped + "%", "% " + escaped + "%"], limit)
+        if len(hits) < limit:
+            hits += _inside_words(store, ranked, words, all_words, word_params, [h[0] for h in hits], limit - len(hits))
+    return _describe(store, [(h[0], h[1]) for h in hits])
+
+
+def _inside_words(store: Store, ranked, words: list[str], all_words: str, word_params: list[str],
+                  found: list[int], n: int) -> list[tuple]:
+    """Ranks 3-4: rows with a word containing the rarest search word, checked against all words."""
+    p = _p(store)
+    frequency = []
+    for word in words:
+        count = store.query_one(f"SELECT coalesce(sum(terms), 0) FROM {WORDS_TABLE} WHERE word LIKE {p} {_ESCAPE}",
+                                ["%" + _like_escape(word) + "%"])
+        if not count:
+            return []  # a search word found nowhere: no concept can hold all of them
+        frequency.append((int(count), word))
+    rarest = min(frequency)[1]
+    where = (f"word IN (SELECT word FROM {WORDS_TABLE} WHERE word LIKE {p} {_ESCAPE}) AND ({all_words})")
+    params: list[Any] = ["%" + _like_escape(rarest) + "%", *word_params]
+    if found:
+        where += f" AND NOT (concept_id = ANY({p}))"
+        params.append(found)
+    return ranked(SEARCH_TABLE, where, params, n)
+
+
+def _describe(store: Store, hits: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """The concept rows for ranked hits, in rank order."""
+    if not hits:
+        return []
+    rows = store.query("SELECT concept_id, concept_name, vocabulary_id, concept_code, concept_class_id, domain_id, "
+                       f"standard_concept FROM concept WHERE concept_id = ANY({_p(store)})", [[h[0] for h in hits]])
+    by_id = {r[0]: r for r in rows}
     keys = ["concept_id", "concept_name", "vocabulary_id", "concept_code", "concept_class_id", "domain_id",
-            "standard_concept", "match"]
-    return [dict(zip(keys, (*row[:-1], MATCH_RANKS[row[-1]]))) for row in rows]
+            "standard_concept"]
+    return [{**dict(zip(keys, by_id[cid])), "match": MATCH_RANKS[rank]} for cid, rank in hits]
 
 
 def _hierarchy(store: Store, concept_id: int, direction: str, include_self: bool,

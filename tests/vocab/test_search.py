@@ -113,3 +113,12 @@ def test_cli_descendants_and_unknown_concept(starter_db):
     assert [c["concept_code"] for c in orjson.loads(result.output)["concepts"]] == [f"E11.{d}" for d in range(10)]
     result = runner.invoke(app, ["vocab", "ancestors", "12", "--db", starter_db])
     assert result.exit_code == 1 and "concept 12 is not in the concept table" in result.output
+
+
+@pytest.mark.parametrize("text", ["seizure", "type 2 diabetes", "mellitus type 2", "ertens", "abnormality of the",
+                                  "fracture femur", "e11", "zzqx"])
+def test_index_gives_the_same_answer_as_a_direct_search(starter_store, text):
+    for limit in (5, 40):
+        indexed = vocab.search(starter_store, text, limit=limit)
+        direct = vocab.search(starter_store, text, limit=limit, use_index=False)
+        assert [(h["concept_id"], h["match"]) for h in indexed] == [(h["concept_id"], h["match"]) for h in direct]
