@@ -32,7 +32,8 @@ counts and the survival curve is recomputed from the rounded counts.
 Policies (docs/disclosure.md gives sources and the full rules):
 - ``opensafely`` (default): redact any statistic describing 1–7 people, round counts to the nearest
   5, totals from rounded cells, midpoint-6 rounding for life tables.
-- ``nhse-hes``: NHS England HES analysis guide: 1–7 shown as ``*``, other counts rounded to 5.
+- ``nhse-hes``: NHS England's HES/ECDS method: 1–7 shown as ``*``, other counts and totals (from the
+  true values) rounded to 5; rounding replaces secondary suppression.
 - ``threshold10``: redact counts 1–9 (fewer than 10), no rounding; life tables midpoint-10.
 
 Raw (uncontrolled) results carry ``disclosure=None``; every renderer refuses them
@@ -275,6 +276,10 @@ class DisclosurePolicy(BaseModel):
     rounding_base: int | None
     life_table_bin: int
     redacted_marker: str
+    secondary_suppression: bool = Field(
+        True, description="hide more cells of a partition (and near-100% cells) so hidden ones stay hidden")
+    totals_from_published_cells: bool = Field(
+        True, description="totals are sums of published cells; otherwise the true total, rounded")
 
     def stamp(self) -> DisclosureStamp:
         return DisclosureStamp(policy=self.name, description=self.description,
@@ -322,10 +327,10 @@ class DisclosurePolicy(BaseModel):
                 value = _as_count(row.get(name), table.name, i, name)
                 if self.is_small(value):
                     hidden.add((i, name))
-                elif den and value is not None and true_count(i, den) is not None \
-                        and self.is_small(true_count(i, den) - value):
+                elif self.secondary_suppression and den and value is not None \
+                        and true_count(i, den) is not None and self.is_small(true_count(i, den) - value):
                     hidden.add((i, name))
-        for part in table.partitions:  # secondary suppression
+        for part in table.partitions if self.secondary_suppression else []:
             groups: dict[tuple, list[int]] = {}
             for i, row in enumerate(table.rows):
                 groups.setdefault(tuple(row.get(w) for w in part.within), []).append(i)
@@ -382,7 +387,12 @@ class DisclosurePolicy(BaseModel):
             sums: dict[tuple, int] = {}
             for i, row in enumerate(rows):
                 key = tuple(row.get(w) for w in part.within)
-                sums[key] = sums.get(key, 0) + (row[part.column] or 0)
+                if self.totals_from_published_cells:
+                    sums[key] = sums.get(key, 0) + (row[part.column] or 0)
+                else:
+                    sums[key] = sums.get(key, 0) + int(table.rows[i].get(part.column) or 0)
+            if not self.totals_from_published_cells:
+                sums = {k: None if self.is_small(v) else self.publish_count(v) for k, v in sums.items()}
             totals += [{**dict(zip(part.within, key)), part.column: total} for key, total in sums.items()]
 
         columns = [c.model_copy(update={"rounding": self._describe(c)}) for c in table.columns]
@@ -493,8 +503,11 @@ POLICIES: dict[str, DisclosurePolicy] = {p.name: p for p in [
                     "cells, midpoint-6 rounding for Kaplan-Meier/life tables"),
     DisclosurePolicy(
         name="nhse-hes", threshold=7, rounding_base=5, life_table_bin=6, redacted_marker="*",
-        description="NHS England HES analysis guide: counts 1-7 shown as *, other counts rounded to the "
-                    "nearest 5 (with secondary suppression), midpoint-6 rounding for life tables"),
+        secondary_suppression=False, totals_from_published_cells=False,
+        description="NHS England HES/ECDS disclosure control (since September 2018): counts 1-7 shown as *, "
+                    "other counts and totals rounded to the nearest 5 (rounding replaces secondary "
+                    "suppression), means and other statistics of 1-7 people shown as *, midpoint-6 "
+                    "rounding for life tables"),
     DisclosurePolicy(
         name="threshold10", threshold=9, rounding_base=None, life_table_bin=10,
         redacted_marker="[REDACTED]",
