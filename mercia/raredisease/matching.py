@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from mercia.cdm import Store
@@ -40,21 +41,24 @@ class Match:
 
 def profiles(store: Store, kb: KnowledgeBase) -> tuple[np.ndarray, sp.csr_matrix]:
     """Person ids and their observed terms with ancestors (persons x terms, 0/1); unknown terms are skipped."""
-    table = phenotype_table(store).to_pydict()
+    table = phenotype_table(store)
+    observed = table.filter(pc.invert(table.column("excluded")))
+    hp_ids = observed.column("hp_id").to_numpy(zero_copy_only=False)
+    distinct, inverse = np.unique(hp_ids, return_inverse=True)
     ontology = kb.ontology
-    people, rows, cols = {}, [], []
-    for person, hp_id, excluded in zip(table["person_id"], table["hp_id"], table["excluded"]):
-        if excluded:
-            continue
-        term = ontology.index.get(hp_id) if hp_id in ontology.index else ontology.index.get(
-            ontology.aliases.get(hp_id, ""))
-        if term is None:
-            continue
-        rows.append(people.setdefault(person, len(people)))
-        cols.append(term)
+    index = np.array([_term_index(ontology, h) for h in distinct.tolist()], dtype=np.int64)[inverse]
+    known = index >= 0
+    people, rows = np.unique(observed.column("person_id").to_numpy()[known], return_inverse=True)
+    cols = index[known]
     direct = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(people), len(ontology)))
     closure = (direct @ ontology.ancestors) > 0
-    return np.array(list(people), dtype=np.int64), closure.astype(np.float64).tocsr()
+    return people.astype(np.int64), closure.astype(np.float64).tocsr()
+
+
+def _term_index(ontology, hp_id: str) -> int:
+    """Index of a current term (alt and obsolete ids mapped); -1 for ids this release does not know."""
+    current = hp_id if hp_id in ontology.index else ontology.aliases.get(hp_id)
+    return ontology.index[current] if current else -1
 
 
 def match_patient(store: Store, person_id: int, kb: KnowledgeBase, pseudonymise, top: int = 10) -> list[Match]:
@@ -68,13 +72,12 @@ def match_patient(store: Store, person_id: int, kb: KnowledgeBase, pseudonymise,
     norms = np.sqrt(np.asarray(weighted.multiply(weighted).sum(axis=1)).ravel())
     target = where[0]
     similarity = (weighted @ weighted[target].T).toarray().ravel() / np.maximum(norms * norms[target], 1e-12)
-    genes = gene_table(store).to_pydict()
-    genes_by_person: dict[int, set[str]] = {}
-    for person, gene in zip(genes["person_id"], genes["gene"]):
-        genes_by_person.setdefault(int(person), set()).add(gene)
-    mine = genes_by_person.get(int(person_id), set())
-    shared_genes = [sorted(mine & genes_by_person.get(int(p), set())) for p in person_ids]
-    score = similarity + GENE_BONUS * np.array([bool(g) for g in shared_genes])
+    genes = gene_table(store)
+    carrier = genes.column("person_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    symbol = genes.column("gene").to_numpy(zero_copy_only=False)
+    mine = set(symbol[carrier == person_id].tolist())
+    sharing = np.isin(person_ids, carrier[np.isin(symbol, list(mine))]) if mine else np.zeros(len(person_ids), bool)
+    score = similarity + GENE_BONUS * sharing
     score[target] = -np.inf
     order = [i for i in np.argsort(-score, kind="stable")[:top] if np.isfinite(score[i])]
     pseudonyms = pseudonymise([int(person_ids[i]) for i in order])
@@ -84,7 +87,8 @@ def match_patient(store: Store, person_id: int, kb: KnowledgeBase, pseudonymise,
     for i, pseudonym in zip(order, pseudonyms):
         common = [t for t in target_terms.intersection(closure[i].indices.tolist()) if ic[t] >= MIN_SHARED_IC]
         shared = [(str(ontology.ids[t]), str(ontology.names[t])) for t in ontology.most_specific(sorted(common))]
-        matches.append(Match(str(pseudonym), float(score[i]), float(similarity[i]), shared, shared_genes[i]))
+        genes_in_common = sorted(mine & set(symbol[carrier == person_ids[i]].tolist()))
+        matches.append(Match(str(pseudonym), float(score[i]), float(similarity[i]), shared, genes_in_common))
     return matches
 
 

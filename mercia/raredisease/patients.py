@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mercia.cdm import Store
 from mercia.raredisease.phenopackets import Disease, Onset, Phenotype, RareDiseaseCase, Variant
@@ -183,10 +185,16 @@ def phenotype_table(store: Store) -> pa.Table:
         f"COALESCE(value_as_concept_id = {ABSENT} OR value_source_value LIKE '%:{ABSENT_SNOMED}' "
         "OR qualifier_source_value = 'excluded', FALSE) AS excluded "
         f"FROM observation WHERE {HPO_RANGE} OR observation_source_value LIKE '%HP:_______' ORDER BY person_id")
-    concepts = table.column("concept").to_pylist()
-    sources = table.column("source").to_pylist()
-    hp_ids = [hp_id_from_concept_id(c) if c and HPO_CONCEPT_OFFSET <= c < HPO_CONCEPT_OFFSET + 10_000_000
-              else s[-10:] for c, s in zip(concepts, sources)]
+    if table.num_rows == 0:  # (PostgreSQL gives untyped columns for an empty result)
+        return pa.table({"person_id": pa.array([], pa.int64()), "hp_id": pa.array([], pa.string()),
+                         "excluded": pa.array([], pa.bool_())})
+    # the HP id from the concept (one call per distinct concept), else the tail of the source value
+    concepts = np.asarray(table.column("concept").fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    distinct, inverse = np.unique(concepts, return_inverse=True)
+    from_concept = np.array([hp_id_from_concept_id(int(c)) if HPO_CONCEPT_OFFSET <= c < HPO_CONCEPT_OFFSET + 10_000_000
+                             else "" for c in distinct], dtype=object)[inverse]
+    from_source = pc.utf8_slice_codeunits(table.column("source").fill_null(""), -10).to_numpy(zero_copy_only=False)
+    hp_ids = np.where(from_concept != "", from_concept, from_source)
     return pa.table({"person_id": table.column("person_id").cast(pa.int64()), "hp_id": pa.array(hp_ids, pa.string()),
                      "excluded": table.column("excluded").cast(pa.bool_())})
 
@@ -194,8 +202,9 @@ def phenotype_table(store: Store) -> pa.Table:
 def gene_table(store: Store) -> pa.Table:
     """Every person's variant genes: person_id, gene (this module's rows and ``mercia ingest``'s
     ``HGNC:<symbol>`` measurements)."""
-    return store.query_arrow(
+    table = store.query_arrow(
         f"SELECT DISTINCT person_id, SUBSTRING(observation_source_value, {len(VARIANT_PREFIX) + 1}) AS gene "
         f"FROM observation WHERE observation_concept_id = 0 AND observation_source_value LIKE '{VARIANT_PREFIX}%' "
         "UNION SELECT DISTINCT person_id, SUBSTRING(measurement_source_value, 6) AS gene FROM measurement "
         "WHERE measurement_source_value LIKE 'HGNC:%'")
+    return table.cast(pa.schema([("person_id", pa.int64()), ("gene", pa.string())]))
