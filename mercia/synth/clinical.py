@@ -16,6 +16,7 @@ import functools
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from mercia.synth import catalogue as cat
 from mercia.synth.population import (REFERENCE_DATE, WINDOW_START, YEAR, Geography, People, geography,
@@ -99,17 +100,27 @@ RARE_CLINIC_OPENED = 6000       # 2016-06-10: the regional clinic's records star
 
 @dataclass
 class Columns:
-    """Rows of one table as parallel numpy columns, appended part by part."""
+    """Rows of one table as parallel columns, appended part by part: numbers as numpy arrays,
+    text as Arrow string arrays (a constant string is repeated by Arrow, not by Python)."""
 
     parts: dict[str, list] = field(default_factory=dict)
 
     def add(self, **cols) -> None:
         n = len(next(iter(cols.values())))
         for k, v in cols.items():
-            self.parts.setdefault(k, []).append(np.broadcast_to(v, (n,)) if np.ndim(v) == 0 else np.asarray(v))
+            if isinstance(v, str):
+                part = pa.array([v]).take(pa.array(np.zeros(n, dtype=np.int32)))
+            elif np.ndim(v) == 0:
+                part = np.full(n, v)
+            elif np.asarray(v).dtype.kind in "OUS":
+                part = pa.array(np.asarray(v, dtype=object), pa.string())
+            else:
+                part = np.asarray(v)
+            self.parts.setdefault(k, []).append(part)
 
-    def get(self) -> dict[str, np.ndarray]:
-        return {k: np.concatenate(v) if v else np.array([]) for k, v in self.parts.items()}
+    def get(self) -> dict[str, np.ndarray | pa.Array]:
+        return {k: pa.concat_arrays(v) if isinstance(v[0], pa.Array) else np.concatenate(v)
+                for k, v in self.parts.items()}
 
     def __len__(self) -> int:
         first = next(iter(self.parts.values()), [])

@@ -76,10 +76,10 @@ def cdm_table(name: str, columns: dict[str, object], n: int) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def lookup(keys: np.ndarray, mapping: dict) -> np.ndarray:
+def lookup(keys: pa.Array, mapping: dict) -> pa.Array:
     """``mapping[key]`` for every element, computed once per distinct key."""
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    return np.array([mapping[u] for u in uniq], dtype=object)[inverse] if len(keys) else np.array([], dtype=object)
+    encoded = keys.dictionary_encode()
+    return pa.array([mapping[k] for k in encoded.dictionary.to_pylist()]).take(encoded.indices)
 
 
 def _nullable_ids(local: np.ndarray, offset: int) -> pa.Array:
@@ -170,7 +170,7 @@ def chunk_tables(chunk: Chunk, ids: IdCounters) -> dict[str, pa.Table]:
     m = chunk.measurements.get()
     nm = len(m["person"])
     off = ids.take("measurement", nm)
-    keys = m["key"] if nm else np.array([], dtype=object)
+    keys = m["key"] if nm else pa.array([], pa.string())
     tables["measurement"] = cdm_table("measurement", {
         "measurement_id": np.arange(off, off + nm), "person_id": p.person_id[m["person"]],
         "measurement_concept_id": m["concept"], "measurement_date": m["date"],
@@ -247,9 +247,13 @@ def write_omop(store_or_url: Store | str, persons: int, seed: int = 42, practice
         store.init_schema()
         orgs = Organisations.for_region(persons, practices, trusts)
         counts: dict[str, int] = {}
-        if store.dialect == "duckdb":  # bound DuckDB's cache so a big region stays within a few GB
-            previous = store.query_one("SELECT current_setting('memory_limit')")
+        if store.dialect == "duckdb":
+            # Bound DuckDB's cache so a big region stays within a few GB, and let it append without
+            # keeping insertion order (ids carry the order; ~15% less CPU).
+            previous = store.query("SELECT current_setting('memory_limit'), "
+                                   "current_setting('preserve_insertion_order')")[0]
             store.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+            store.execute("SET preserve_insertion_order = false")
         # One transaction per chunk: a single transaction over millions of people would hold every
         # uncommitted row in memory.
         with store.transaction():
@@ -263,7 +267,8 @@ def write_omop(store_or_url: Store | str, persons: int, seed: int = 42, practice
                 for name, table in tables.items():
                     counts[name] = counts.get(name, 0) + store.insert_arrow(name, table)
         if store.dialect == "duckdb":
-            store.execute(f"SET memory_limit = '{previous}'")
+            store.execute(f"SET memory_limit = '{previous[0]}'")
+            store.execute(f"SET preserve_insertion_order = {str(previous[1]).lower()}")
         return counts
     finally:
         if not isinstance(store_or_url, Store):
