@@ -64,19 +64,23 @@ def kb_info(as_json: JsonOption = False) -> None:
 
 @kb_app.command("load")
 def kb_load(
-    obo: Annotated[Path, typer.Option("--obo", help="hp.obo")],
-    hpoa: Annotated[Path, typer.Option("--hpoa", help="phenotype.hpoa")],
+    obo: Annotated[Path | None, typer.Option("--obo", help="hp.obo")] = None,
+    hpoa: Annotated[Path | None, typer.Option("--hpoa", help="phenotype.hpoa")] = None,
     genes: Annotated[Path | None, typer.Option("--genes", help="genes_to_phenotype.txt")] = None,
+    mondo: Annotated[Path | None, typer.Option("--mondo", help="MONDO SSSOM mapping (mondo.sssom.tsv)")] = None,
 ) -> None:
-    """Parse an official HPO release, cache it and make it the active knowledge base."""
+    """Parse an official HPO release (and/or a MONDO mapping), cache it and make it the active knowledge base."""
     from mercia.raredisease.kb import KnowledgeBaseError, activate, load
 
+    if not (obo or hpoa or mondo):
+        fail("give --obo and --hpoa (a new release), --mondo (a mapping for the active one), or both")
     try:
-        kb = load(obo, hpoa, genes)
+        kb = load(obo, hpoa, genes, mondo)
     except (KnowledgeBaseError, ValueError) as exc:
         fail(str(exc))
-    activate({"obo": obo, "hpoa": hpoa} | ({"genes": genes} if genes else {}))
-    typer.echo(f"active: {kb.version}: {len(kb.ontology)} terms, {len(kb.disease_ids)} diseases")
+    activate({k: Path(v) for k, v in kb.files.items()})
+    typer.echo(f"active: {kb.version}: {len(kb.ontology)} terms, {len(kb.disease_ids)} diseases"
+               + (f", {len(kb.mondo_ids)} MONDO ids mapped" if len(kb.mondo_ids) else ""))
 
 
 @kb_app.command("reset")
@@ -108,6 +112,39 @@ def terms(text: str, limit: Annotated[int, typer.Option(help="at most this many"
     table = Table("id", "label", "matched synonym", caption=kb.version)
     for row in hits:
         table.add_row(*row)
+    _console().print(table)
+
+
+@app.command()
+def disease(disease_id: str, limit: Annotated[int, typer.Option(help="annotations to list")] = 30,
+            as_json: JsonOption = False) -> None:
+    """Show a disease (OMIM, ORPHA, DECIPHER or a mapped MONDO id): label, genes and HPO annotations."""
+    import numpy as np
+
+    from mercia.raredisease.kb import UnknownDiseaseError
+
+    kb = _kb()
+    try:
+        index = kb.resolve_disease(disease_id)
+    except UnknownDiseaseError as exc:
+        fail(str(exc))
+    rows = np.flatnonzero(kb.ann_disease == index)
+    rows = rows[np.argsort(-np.nan_to_num(kb.ann_freq[rows], nan=-1.0), kind="stable")][:limit]
+    annotations = [{"id": str(kb.ontology.ids[kb.ann_term[r]]), "label": str(kb.ontology.names[kb.ann_term[r]]),
+                    "frequency": None if np.isnan(kb.ann_freq[r]) else round(float(kb.ann_freq[r]), 3)}
+                   for r in rows]
+    info = {"knowledge_base": kb.version, "disease_id": str(kb.disease_ids[index]),
+            "label": str(kb.disease_names[index]), "genes": kb.genes_of(index), "annotations": annotations}
+    if as_json:
+        _print_json(info)
+        return
+    from rich.table import Table
+
+    table = Table("HPO term", "label", "frequency",
+                  title=f"{info['disease_id']} {info['label']} ({', '.join(info['genes']) or 'no gene'})",
+                  caption=kb.version)
+    for a in annotations:
+        table.add_row(a["id"], a["label"], "" if a["frequency"] is None else f"{a['frequency']:.2f}")
     _console().print(table)
 
 

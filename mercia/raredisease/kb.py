@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from mercia.raredisease.ontology import Ontology, parse_obo
 
-CACHE_FORMAT = 4  # bump when the cached arrays change meaning
+CACHE_FORMAT = 5  # bump when the cached arrays change meaning
 
 # Midpoints of the HPO frequency classes (HP:0040279 subtree), as used for their definitions.
 FREQUENCY_TERMS = {
@@ -38,6 +38,10 @@ DISEASE_SOURCES = ("OMIM", "ORPHA", "DECIPHER")
 
 class KnowledgeBaseError(ValueError):
     """A knowledge-base file that cannot be read; the message names file, line and field."""
+
+
+class UnknownDiseaseError(KnowledgeBaseError):
+    """A disease id the knowledge base does not annotate (or a MONDO id without a mapping)."""
 
 
 def default_files() -> dict[str, Path]:
@@ -89,6 +93,8 @@ class KnowledgeBase:
     gene_symbols: np.ndarray
     gene_disease_gene: np.ndarray  # parallel arrays: gene index, disease index
     gene_disease_disease: np.ndarray
+    mondo_ids: np.ndarray  # parallel: MONDO id, disease index (from an optional SSSOM mapping)
+    mondo_disease: np.ndarray
     hpoa_version: str
     files: dict
 
@@ -120,6 +126,21 @@ class KnowledgeBase:
             carriers = ((pairs @ self.ontology.ancestors) > 0).sum(axis=0).A1
             self._ic = -np.log(np.maximum(carriers, 1) / (len(self.disease_ids) + 1))
         return self._ic
+
+    def resolve_disease(self, disease_id: str) -> int:
+        """Index of a disease given as OMIM:, ORPHA:/Orphanet:, DECIPHER: or (through the mapping) MONDO: id."""
+        disease_id = disease_id.strip().replace("Orphanet:", "ORPHA:")
+        if disease_id in self.disease_index:
+            return self.disease_index[disease_id]
+        if disease_id.startswith("MONDO:"):
+            hits = np.flatnonzero(self.mondo_ids == disease_id)
+            if len(hits):
+                return int(self.mondo_disease[hits[0]])
+            if not len(self.mondo_ids):
+                raise UnknownDiseaseError(f"{disease_id}: no MONDO mapping is loaded "
+                                          "(mercia raredisease kb load --mondo mondo.sssom.tsv)")
+            raise UnknownDiseaseError(f"{disease_id} has no exact match to an annotated disease in the mapping")
+        raise UnknownDiseaseError(f"{disease_id} is not an annotated disease of {self.version}")
 
     def genes_of(self, disease: int) -> list[str]:
         if not hasattr(self, "_genes_by_disease"):
@@ -233,6 +254,35 @@ def _parse_genes(path: Path, disease_index: dict[str, int]):
     return dict(gene_symbols=np.array(list(genes)), gene_disease_gene=array[:, 0], gene_disease_disease=array[:, 1])
 
 
+def _parse_mondo(path: Path, disease_index: dict[str, int]):
+    """MONDO -> annotated disease from a SSSOM table (e.g. mondo.sssom.tsv): skos:exactMatch rows only."""
+    pairs: dict[str, int] = {}
+    header: list[str] | None = None
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if line.startswith("#") or not line.strip():
+                continue
+            fields = line.rstrip("\n").split("\t")
+            if header is None:
+                header = fields
+                missing = {"subject_id", "predicate_id", "object_id"} - set(header)
+                if missing:
+                    raise KnowledgeBaseError(f"{path}: line {line_no}: SSSOM header lacks {sorted(missing)}")
+                subject, predicate, obj = (header.index(c) for c in ("subject_id", "predicate_id", "object_id"))
+                continue
+            if len(fields) <= max(subject, predicate, obj):
+                raise KnowledgeBaseError(f"{path}: line {line_no}: field object_id missing")
+            if fields[predicate] != "skos:exactMatch":
+                continue
+            mondo, other = fields[subject], fields[obj].replace("Orphanet:", "ORPHA:")
+            if not mondo.startswith("MONDO:"):
+                mondo, other = other, mondo
+            if mondo.startswith("MONDO:") and other in disease_index:
+                pairs.setdefault(mondo, disease_index[other])  # first exact match wins (OMIM rows come first)
+    return dict(mondo_ids=np.array(list(pairs), dtype=str),
+                mondo_disease=np.array(list(pairs.values()), dtype=np.int32))
+
+
 def build(files: dict[str, Path]) -> dict[str, np.ndarray]:
     """Parse the text files into the flat arrays that are cached."""
     terms = parse_obo(str(files["obo"]))
@@ -244,6 +294,8 @@ def build(files: dict[str, Path]) -> dict[str, np.ndarray]:
     else:
         empty = np.empty(0, dtype=np.int32)
         arrays.update(gene_symbols=np.array([], dtype=str), gene_disease_gene=empty, gene_disease_disease=empty)
+    arrays.update(_parse_mondo(Path(files["mondo"]), disease_index) if files.get("mondo") else
+                  dict(mondo_ids=np.array([], dtype=str), mondo_disease=np.empty(0, dtype=np.int32)))
     aliases = sorted(ontology.aliases.items())
     arrays.update(
         term_ids=ontology.ids,
@@ -295,13 +347,18 @@ def activate(files: dict[str, Path] | None) -> None:
     pointer.write_text(json.dumps({k: str(Path(v).resolve()) for k, v in files.items()}))
 
 
-def load(obo=None, hpoa=None, genes=None, *, use_cache: bool = True) -> KnowledgeBase:
-    """Load the knowledge base (the active release unless files are given), through the cache."""
+def load(obo=None, hpoa=None, genes=None, mondo=None, *, use_cache: bool = True) -> KnowledgeBase:
+    """Load the knowledge base (the active release unless files are given), through the cache.
+
+    A MONDO mapping alone (``mondo``) is added to the active release.
+    """
     files = active_files()
     if obo or hpoa or genes:
         if not (obo and hpoa):
             raise KnowledgeBaseError("give both an ontology (--obo) and annotations (--hpoa)")
         files = {"obo": Path(obo), "hpoa": Path(hpoa)} | ({"genes": Path(genes)} if genes else {})
+    if mondo:
+        files = files | {"mondo": Path(mondo)}
     for key, path in files.items():
         if not Path(path).is_file():
             raise KnowledgeBaseError(f"{key} file not found: {path}")

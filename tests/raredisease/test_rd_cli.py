@@ -115,3 +115,14 @@ def test_kb_info():
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["diseases"]["OMIM"] > 8000 and info["genes"] > 4000
+
+
+def test_disease_command():
+    result = invoke("disease", "OMIM:154700", "--json", "--limit", "5")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["label"] == "Marfan syndrome" and "FBN1" in info["genes"]
+    assert len(info["annotations"]) == 5
+    frequencies = [a["frequency"] for a in info["annotations"]]
+    assert frequencies == sorted(frequencies, reverse=True)
+    assert invoke("disease", "MONDO:0007947").exit_code == 1

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mercia.raredisease import kb as kb_module
-from mercia.raredisease.kb import KnowledgeBaseError, parse_frequency
+from mercia.raredisease.kb import KnowledgeBaseError, UnknownDiseaseError, parse_frequency
 from mercia.raredisease.ontology import ObsoleteTermWarning, UnknownTermError
 
 
@@ -93,3 +93,27 @@ def test_no_warning_for_current_ids(kb):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         kb.ontology.resolve("HP:0001250")
+
+
+def test_mondo_ids_map_through_an_sssom_table(tmp_path, write_release):
+    obo, hpoa = write_release(tmp_path)
+    sssom = tmp_path / "mondo.sssom.tsv"
+    sssom.write_text("# curie_map:\n#   MONDO: http://purl.obolibrary.org/obo/MONDO_\n"
+                     "subject_id\tsubject_label\tpredicate_id\tobject_id\tmapping_justification\n"
+                     "MONDO:0000001\tone\tskos:exactMatch\tOMIM:1\tsemapv:ManualMappingCuration\n"
+                     "MONDO:0000002\ttwo\tskos:broadMatch\tOMIM:1\tsemapv:ManualMappingCuration\n"
+                     "MONDO:0000003\tthree\tskos:exactMatch\tOMIM:999\tsemapv:ManualMappingCuration\n")
+    custom = kb_module.load(obo, hpoa, mondo=sssom, use_cache=False)
+    assert custom.resolve_disease("MONDO:0000001") == custom.disease_index["OMIM:1"]
+    with pytest.raises(UnknownDiseaseError, match="no exact match"):
+        custom.resolve_disease("MONDO:0000002")  # only a broad match
+    with pytest.raises(UnknownDiseaseError, match="no exact match"):
+        custom.resolve_disease("MONDO:0000003")  # OMIM:999 is not annotated
+
+
+def test_disease_ids_without_a_mapping(kb):
+    assert kb.resolve_disease("Orphanet:558") == kb.disease_index["ORPHA:558"]
+    with pytest.raises(UnknownDiseaseError, match="no MONDO mapping is loaded"):
+        kb.resolve_disease("MONDO:0007947")
+    with pytest.raises(UnknownDiseaseError, match="OMIM:1 is not"):
+        kb.resolve_disease("OMIM:1")
