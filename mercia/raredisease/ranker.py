@@ -281,6 +281,9 @@ class Ranker:
         log_norm = np.log(shifted.sum(axis=1)) + peak  # log of the total likelihood, for the posterior
         out = []
         for i in range(len(cases)):
+            if not (resolved[i][0] or resolved[i][1]):
+                out.append([])  # no usable term: every disease ties, so there is nothing to rank
+                continue
             row = scores[i]
             order = best[i][np.lexsort((best[i], -row[best[i]]))]
             candidates = []

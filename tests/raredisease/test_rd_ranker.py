@@ -131,3 +131,7 @@ def test_orphanet_can_be_ranked_too(kb):
     ids = [c.disease_id for c in both.rank(MARFAN, top=10, explain=False)]
     assert any(i.startswith("ORPHA:") for i in ids)
     assert "OMIM:154700" in ids
+
+
+def test_a_case_without_usable_terms_gets_no_ranking(ranker):
+    assert ranker.rank_many([Case(["HP:9999999"]), MARFAN], top=3, strict=False)[0] == []
