@@ -48,33 +48,34 @@ class Writer:
     counts: dict[str, int] = field(default_factory=dict)
     errors: list[dict] = field(default_factory=list)
 
-    def lines(self, rel: str, org: str, lines: list[str], refs: list[str], flagged: list[str | None],
-              kind: str, terminator: str = "\n") -> None:
-        """Write records, logging the SQL-injected errors and adding resends and broken lines."""
+    def lines(self, rel: str, org: str, lines: pa.Array, refs: pa.Array, flagged: pa.Array, kind: str,
+              terminator: str = "\n") -> None:
+        """Append records (Arrow strings), logging the SQL-injected errors and adding resends and
+        broken lines; only the few records chosen for an error are touched in Python."""
         n = len(lines)
-        for ref, err in zip(refs, flagged):
-            if err:
-                self.errors.append({"org_code": org, "file": rel, "record_ref": ref, "error_type": err,
-                                    "detail": ""})
+        for i in np.flatnonzero(pc.is_valid(flagged).to_numpy(zero_copy_only=False)):
+            self.errors.append({"org_code": org, "file": rel, "record_ref": refs[int(i)].as_py(),
+                                "error_type": flagged[int(i)].as_py(), "detail": ""})
+        order = np.arange(n)
         if n and self.error_rate > 0:
-            original = list(lines)   # a resend carries the record as first composed
             broken = np.flatnonzero(self.rng.random(n) < self.error_rate / 4)
-            for i in broken:
-                lines[i] = _break(lines[i], kind)
-                self.errors.append({"org_code": org, "file": rel, "record_ref": refs[i], "error_type": "malformed_line",
-                                    "detail": kind})
             resend = np.flatnonzero(self.rng.random(n) < self.error_rate)
-            for i in resend:
-                self.errors.append({"org_code": org, "file": rel, "record_ref": refs[i], "error_type": "duplicate",
-                                    "detail": "resent later in the file"})
-            lines = lines + [original[i] for i in resend]
+            fixed = pa.array([_break(lines[int(i)].as_py(), kind) for i in broken], pa.string())
+            order[broken] = n + np.arange(len(broken))
+            order = np.concatenate([order, resend])   # a resend carries the record as first composed
+            lines = pa.concat_arrays([lines.cast(pa.string()), fixed])
+            for kind_, rows, detail in (("malformed_line", broken, kind), ("duplicate", resend,
+                                                                           "resent later in the file")):
+                self.errors += [{"org_code": org, "file": rel, "record_ref": refs[int(i)].as_py(),
+                                 "error_type": kind_, "detail": detail} for i in rows]
+        out = pc.binary_join_element_wise(lines.take(pa.array(order)), "", terminator).cast(pa.large_string())
         path = self.out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8", newline="") as fh:
-            for line in lines:
-                fh.write(line)
-                fh.write(terminator)
-        self.counts[rel] = self.counts.get(rel, 0) + len(lines)
+        offsets = np.frombuffer(out.buffers()[1], dtype=np.int64)[out.offset:out.offset + len(out) + 1]
+        with open(path, "ab") as fh:
+            if len(out):
+                fh.write(memoryview(out.buffers()[2])[offsets[0]:offsets[-1]])
+        self.counts[rel] = self.counts.get(rel, 0) + len(out)
 
     def csv(self, rel: str, org: str, table: pa.Table, key: str, flagged: list[str | None]) -> None:
         path = self.out / rel
@@ -87,7 +88,8 @@ class Writer:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(header[0] + "\n", encoding="utf-8")
             self.counts[rel] = 0
-        self.lines(rel, org, body, [str(k) for k in table[key].to_pylist()], flagged, "csv")
+        self.lines(rel, org, pa.array(body, pa.string()), table[key].combine_chunks().cast(pa.string()),
+                   pa.array(flagged, pa.string()), "csv")
 
 
 def _break(line: str, kind: str) -> str:
@@ -244,14 +246,12 @@ def _fetch(con, sql: str) -> pa.Table:
 def _emit_by_org(writer: Writer, result: pa.Table, rel_pattern: str, kind: str, terminator: str = "\n") -> None:
     if result.num_rows == 0:
         return
-    org = np.array(result["org_code"].to_pylist(), dtype=object)
-    lines = result["line"].to_pylist()
-    refs = result["ref"].to_pylist()
-    errs = result["err"].to_pylist()
-    for code in sorted(set(org)):
-        rows = np.flatnonzero(org == code)
-        writer.lines(rel_pattern.format(org=code), code, [lines[i] for i in rows], [refs[i] for i in rows],
-                     [errs[i] for i in rows], kind, terminator)
+    result = result.combine_chunks()
+    for code in sorted(set(result["org_code"].unique().to_pylist())):
+        part = result.filter(pc.equal(result["org_code"], code))
+        writer.lines(rel_pattern.format(org=code), code, part["line"].combine_chunks().cast(pa.string()),
+                     part["ref"].combine_chunks().cast(pa.string()), part["err"].combine_chunks().cast(pa.string()),
+                     kind, terminator)
 
 
 def _gp(con, writer: Writer, rate: float) -> None:
