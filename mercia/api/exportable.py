@@ -44,7 +44,7 @@ def _cohort_attrition(state: MerciaState, user: User, project: Project, ref: str
         raise GovernanceError(f"cohort {ref} has not been run yet")
     rows = attrition_rows(cohort["result"])
     table = StatTable(name="attrition", title=f"Attrition: {cohort['name']}",
-                      columns=[ColumnSpec(name="step", kind=Kind.LABEL),
+                      columns=[ColumnSpec(name="step", kind=Kind.LABEL, label="Step"),
                                ColumnSpec(name="count_persons", kind=Kind.COUNT, label="People")],
                       rows=rows)
     return AnalysisResult(analysis="cohort_attrition", title=f"Cohort attrition: {cohort['name']}",

@@ -76,6 +76,8 @@ def navigation(user, path: str) -> list[dict[str, Any]]:
     items.append(("Exports", "/exports"))
     if user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN):
         items.append(("Audit", "/audit"))
+    if user.has(Role.ADMIN):
+        items.append(("People", "/admin/users"))
     return [{"label": label, "href": href,
              "current": path == href or (href != "/" and path.startswith(href))} for label, href in items]
 
@@ -522,3 +524,44 @@ def create_token(request: Request, caller: Caller = Depends(signed_in), form: di
 def revoke_token(token_id: int, request: Request, caller: Caller = Depends(signed_in)):
     state_of(request).gov.revoke_token(caller.user, token_id)
     return redirect("/account", "Token revoked.")
+
+
+# -- administration ----------------------------------------------------------------------------
+def _require_admin(caller: Caller) -> None:
+    if not caller.user.has(Role.ADMIN):
+        raise Forbidden("managing people is for administrators")
+
+
+@router.get("/admin/users", response_class=HTMLResponse)
+def users_page(request: Request, caller: Caller = Depends(signed_in)):
+    _require_admin(caller)
+    return render(request, "users.html", caller, users=state_of(request).gov.users(), roles=list(Role))
+
+
+@router.post("/admin/users", response_class=HTMLResponse)
+async def create_user(request: Request, caller: Caller = Depends(signed_in)):
+    from starlette.concurrency import run_in_threadpool
+
+    _require_admin(caller)
+    form = await request.form()
+    gov = state_of(request).gov
+    scope = str(form.get("scope", "")).strip()
+    roles = [(Role(r), scope if Role(r) in (Role.PILLAR_LEAD, Role.DATA_MANAGER) else "")
+             for r in form.getlist("roles") if r in {x.value for x in Role}]
+    password = secrets.token_urlsafe(12)
+    try:
+        created = await run_in_threadpool(lambda: gov.create_user(
+            str(form.get("username", "")), str(form.get("display_name", "")).strip() or str(form.get("username", "")),
+            password, roles, organisation=str(form.get("organisation", "")) or None, actor=caller.user.username))
+    except GovernanceError as exc:
+        return render(request, "users.html", caller, status_for(exc), users=gov.users(), roles=list(Role),
+                      error=str(exc))
+    return render(request, "users.html", caller, users=gov.users(), roles=list(Role),
+                  created={"username": created.username, "password": password})
+
+
+@router.post("/admin/users/{user_id}/deactivate")
+def deactivate_user(user_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    _require_admin(caller)
+    state_of(request).gov.set_active(caller.user, user_id, False)
+    return redirect("/admin/users", "Account deactivated: its sessions and tokens have ended.")

@@ -27,9 +27,10 @@ def _root_conftest():
     return sys.modules[name]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo(tmp_path_factory):
-    """A small synthetic region with one person per role and the demo projects."""
+    """A small synthetic region with one person per role and the demo projects (built once; tests
+    add to it but leave what others rely on in place)."""
     from mercia.demo import build_demo
 
     built = build_demo(tmp_path_factory.mktemp("demo"), persons=1500, seed=7)

@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from mercia.governance import Role
+
 
 def csrf_of(html: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
@@ -139,3 +141,25 @@ def test_pages_render_with_landmarks(client, demo, path):
     assert 'aria-current="page"' in html or path.startswith("/cohorts") or path == "/account"
     unlabelled = [m for m in re.findall(r'<input class="input[^"]*" id="([^"]+)"', html) if f'for="{m}"' not in html]
     assert not unlabelled, unlabelled
+
+
+def test_admin_registers_and_deactivates_people(client, demo):
+    sign_in(client, demo, "researcher")
+    assert client.get("/admin/users").status_code == 403
+    client.cookies.clear()
+    csrf = sign_in(client, demo, "admin")
+    assert "People" in client.get("/").text
+    r = client.post("/admin/users", data={"csrf_token": csrf, "username": "newlead", "display_name": "New Lead",
+                                          "roles": "pillar_lead", "scope": "wellbeing"})
+    assert r.status_code == 200 and "newlead is registered" in r.text and "Pillar lead (wellbeing)" in r.text
+    password = re.search(r'<pre class="code">([^<]+)</pre>', r.text).group(1)
+    r = client.post("/admin/users", data={"csrf_token": csrf, "username": "bad", "roles": "pillar_lead",
+                                          "scope": "nowhere"})
+    assert r.status_code == 400 and "unknown pillar" in r.text
+    gov = client.app.state.mercia.gov
+    assert gov.authenticate("newlead", password).has(Role.PILLAR_LEAD, "wellbeing")
+    uid = gov.user_by_name("newlead").id
+    assert client.post(f"/admin/users/{uid}/deactivate", data={"csrf_token": csrf}, follow_redirects=False
+                       ).status_code == 303
+    with pytest.raises(Exception, match="not right"):
+        gov.authenticate("newlead", password)
