@@ -36,6 +36,7 @@ class ConditionModel:
     ethnic: tuple = (1, 1, 1, 1, 1, 1)  # relative risk per population.GROUPS
     deprivation: float = 0.0  # log relative risk from least (10) to most (1) deprived decile
     after: tuple = ()        # (earlier condition key, relative risk)
+    dying: float = 1.0       # relative risk among people who died in the window (they were sicker)
 
 
 # Targets: NHS England QOF 2023-24 prevalence, West Midlands ICBs (rounded; docs/synth.md).
@@ -45,18 +46,18 @@ CONDITION_MODELS = [
     ConditionModel("hypertension", 0.150, 18, 58, 9, 0.95, (1, 1, 1.3, 1.5, 1, 1), 0.3),
     ConditionModel("t2dm", 0.083, 17, 58, 10, 0.8, (1, 1.3, 2.6, 2.0, 1.3, 1.3), 0.6, (("hypertension", 1.8),)),
     ConditionModel("asthma", 0.066, 6, None, female=1.2, deprivation=0.3),
-    ConditionModel("copd", 0.019, 35, 66, 7, 0.9, (1, 0.6, 0.5, 0.4, 0.5, 0.6), 1.0),
+    ConditionModel("copd", 0.019, 35, 66, 7, 0.9, (1, 0.6, 0.5, 0.4, 0.5, 0.6), 1.0, dying=2.5),
     ConditionModel("ckd", 0.043, 18, 74, 7, 1.3, (1, 1, 1.3, 1.3, 1, 1), 0.3, (("hypertension", 2.0), ("t2dm", 2.0))),
     ConditionModel("af", 0.022, 18, 77, 6, 0.8, (1, 0.6, 0.5, 0.5, 0.5, 0.6), 0.0, (("hypertension", 1.5),)),
-    ConditionModel("chd", 0.031, 18, 70, 7, 0.55, (1, 1, 1.5, 0.7, 0.7, 1), 0.5, (("hypertension", 1.6), ("t2dm", 1.8))),
-    ConditionModel("hf", 0.011, 18, 78, 6, 0.8, (1, 1, 1, 1, 1, 1), 0.4, (("chd", 3.0), ("af", 2.0))),
+    ConditionModel("chd", 0.031, 18, 70, 7, 0.55, (1, 1, 1.5, 0.7, 0.7, 1), 0.5, (("hypertension", 1.6), ("t2dm", 1.8)), dying=2.0),
+    ConditionModel("hf", 0.011, 18, 78, 6, 0.8, (1, 1, 1, 1, 1, 1), 0.4, (("chd", 3.0), ("af", 2.0)), dying=3.0),
     ConditionModel("depression", 0.135, 18, None, female=1.9, deprivation=0.5),
-    ConditionModel("breast_cancer", 0.011, 18, 62, 9, float("inf")),
-    ConditionModel("prostate_cancer", 0.007, 18, 72, 6, 0.0, (1, 1, 0.6, 2.0, 0.5, 1)),
-    ConditionModel("colorectal_cancer", 0.004, 18, 70, 8, 0.8),
-    ConditionModel("lung_cancer", 0.0015, 18, 72, 7, 0.9, (1, 1, 0.5, 0.5, 0.8, 1), 1.0),
-    ConditionModel("stroke", 0.019, 18, 74, 8, 0.9, (1, 1, 1.2, 1.4, 1, 1), 0.3, (("hypertension", 2.0), ("af", 2.5))),
-    ConditionModel("dementia", 0.0075, 65, 85, 4, 1.4),
+    ConditionModel("breast_cancer", 0.011, 18, 62, 9, float("inf"), dying=2.0),
+    ConditionModel("prostate_cancer", 0.007, 18, 72, 6, 0.0, (1, 1, 0.6, 2.0, 0.5, 1), dying=2.0),
+    ConditionModel("colorectal_cancer", 0.004, 18, 70, 8, 0.8, dying=3.0),
+    ConditionModel("lung_cancer", 0.0015, 18, 72, 7, 0.9, (1, 1, 0.5, 0.5, 0.8, 1), 1.0, dying=8.0),
+    ConditionModel("stroke", 0.019, 18, 74, 8, 0.9, (1, 1, 1.2, 1.4, 1, 1), 0.3, (("hypertension", 2.0), ("af", 2.5)), dying=2.5),
+    ConditionModel("dementia", 0.0075, 65, 85, 4, 1.4, dying=3.0),
     ConditionModel("hypothyroidism", 0.035, 18, 58, 12, 5.0),
     ConditionModel("osteoarthritis", 0.10, 45, 68, 8, 1.5),
     ConditionModel("epilepsy", 0.0085, 18, None, deprivation=0.5),
@@ -156,7 +157,7 @@ def _raw_risk(m: ConditionModel, people: People, exit_age: np.ndarray, flags: di
         sex = np.where(people.female, m.female, 1.0)
     eth = np.asarray(m.ethnic, dtype=float)[people.group]
     dep = np.exp(m.deprivation * (10 - people.imd) / 9)
-    risk = base * sex * eth * dep
+    risk = base * sex * eth * dep * np.where(people.death >= 0, m.dying, 1.0)
     for key, rr in m.after:
         risk = risk * np.where(flags[key], rr, 1.0)
     return risk
@@ -541,10 +542,11 @@ class ChunkBuilder:
         dead = np.flatnonzero(p.death >= 0)
         if len(dead) == 0:
             return
-        causes = [("lung_cancer", 8), ("breast_cancer", 4), ("prostate_cancer", 3), ("colorectal_cancer", 4),
-                  ("hf", 4), ("copd", 3), ("dementia", 4), ("chd", 3), ("stroke", 3)]
+        # A known serious condition is the likely cause; otherwise pneumonia or a cardiac arrest.
+        causes = [("lung_cancer", 12), ("breast_cancer", 6), ("prostate_cancer", 5), ("colorectal_cancer", 6),
+                  ("hf", 5), ("copd", 5), ("dementia", 6), ("chd", 4), ("stroke", 4)]
         score = np.stack([np.where(self.has[k][dead], w, 0.0) for k, w in causes] +
-                         [np.full(len(dead), 1.5), np.full(len(dead), 1.0)], axis=1)
+                         [np.full(len(dead), 0.6), np.full(len(dead), 0.4)], axis=1)
         pick = (score.cumsum(1) / score.sum(1, keepdims=True) < rng.random((len(dead), 1))).sum(1)
         keys = np.array([k for k, _ in causes] + ["pneumonia", "cardiac_arrest"])[pick]
         keys = np.where(keys == "chd", "mi", keys)
