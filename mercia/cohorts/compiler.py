@@ -7,7 +7,9 @@ mirror OHDSI circe-be's generated SQL, so that the rows are the same:
 codesets -> primary_events -> qualified_events -> inclusion_events -> event_masks -> included_events
 -> cohort_ends -> cohort_rows (era collapse, censor window) -> ``cohort`` + attrition tables.
 
-Nothing here is a SQL string: every dialect is rendered from the same trees.
+Nothing here is a SQL string: every dialect is rendered from the same trees.  Builders are called
+with ``copy=False``: a plan is built once and never shared, and sqlglot's defensive copies were most
+of the compile time.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def _eq(a: exp.Expression, b: exp.Expression) -> exp.EQ:
 
 
 def _same_event(a: str, b: str) -> exp.Expression:
-    return exp.and_(_eq(col("person_id", a), col("person_id", b)), _eq(col("event_id", a), col("event_id", b)))
+    return exp.and_(_eq(col("person_id", a), col("person_id", b)), _eq(col("event_id", a), col("event_id", b)), copy=False)
 
 
 class _Compiler:
@@ -79,13 +81,13 @@ class _Compiler:
         include = [i for i in cs.expression.items if not i.is_excluded]
         exclude = [i for i in cs.expression.items if i.is_excluded]
         included = _concept_query(include)
-        q = exp.select(exp.alias_(num(cs.id), "codeset_id"),
-                       exp.alias_(exp.cast(col("concept_id", "I"), BIGINT), "concept_id")).distinct()
-        q = q.from_(included.subquery("I"))
+        q = exp.select(exp.alias_(num(cs.id), "codeset_id", copy=False),
+                       exp.alias_(exp.cast(col("concept_id", "I"), BIGINT, copy=False), "concept_id", copy=False)).distinct(copy=False)
+        q = q.from_(included.subquery("I", copy=False))
         if exclude:
-            q = q.join(_concept_query(exclude).subquery("E"),
-                       on=_eq(col("concept_id", "I"), col("concept_id", "E")), join_type="left")
-            q = q.where(exp.Is(this=col("concept_id", "E"), expression=exp.null()))
+            q = q.join(_concept_query(exclude).subquery("E", copy=False),
+                       on=_eq(col("concept_id", "I"), col("concept_id", "E")), join_type="left", copy=False)
+            q = q.where(exp.Is(this=col("concept_id", "E"), expression=exp.null()), copy=False)
         return q
 
     # -- events -------------------------------------------------------------------------------
@@ -96,48 +98,48 @@ class _Compiler:
         ranked = exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("E")),
                             exp.alias_(row_number([col("person_id", "E")],
                                                   [(col("start_date", "E"), desc), col("event_id", "E")]),
-                                       "ordinal")).from_(union.subquery("E"))
+                                       "ordinal", copy=False)).from_(union.subquery("E", copy=False))
         op_start, op_end = col("observation_period_start_date", "OP"), col("observation_period_end_date", "OP")
         q = exp.select(
             exp.alias_(row_number([col("person_id", "P")], [col("start_date", "P"), col("event_id", "P")]),
-                       "event_id"),
+                       "event_id", copy=False),
             col("person_id", "P"), col("start_date", "P"), col("end_date", "P"),
-            exp.alias_(op_start, "op_start_date"), exp.alias_(op_end.copy(), "op_end_date"),
-            col("visit_occurrence_id", "P"),
-        ).from_(ranked.subquery("P")).join(table("observation_period", "OP"), on=exp.and_(
+            exp.alias_(op_start, "op_start_date", copy=False), exp.alias_(op_end.copy(), "op_end_date", copy=False),
+            col("visit_occurrence_id", "P"), copy=False
+        ).from_(ranked.subquery("P", copy=False)).join(table("observation_period", "OP"), on=exp.and_(
             _eq(col("person_id", "P"), col("person_id", "OP")),
             exp.GTE(this=col("start_date", "P"), expression=op_start.copy()),
-            exp.LTE(this=col("start_date", "P"), expression=op_end.copy())))
+            exp.LTE(this=col("start_date", "P"), expression=op_end.copy()), copy=False))
         window = pc.observation_window
-        q = q.where(exp.LTE(this=add_days(op_start.copy(), window.prior_days), expression=col("start_date", "P")))
-        q = q.where(exp.LTE(this=add_days(col("start_date", "P"), window.post_days), expression=op_end.copy()))
+        q = q.where(exp.LTE(this=add_days(op_start.copy(), window.prior_days), expression=col("start_date", "P")), copy=False)
+        q = q.where(exp.LTE(this=add_days(col("start_date", "P"), window.post_days), expression=op_end.copy()), copy=False)
         if pc.primary_criteria_limit.type != "All":
-            q = q.where(_eq(col("ordinal", "P"), num(1)))
+            q = q.where(_eq(col("ordinal", "P"), num(1)), copy=False)
         return q
 
     def qualified_events(self, primary: str) -> exp.Query:
         desc = self.expr.qualified_limit.type == "Last"
         q = exp.select(*[col(c, "pe") for c in EVENT_COLUMNS],
                        exp.alias_(row_number([col("person_id", "pe")],
-                                             [(col("start_date", "pe"), desc), col("event_id", "pe")]), "ordinal"))
-        q = q.from_(table(primary, "pe"))
+                                             [(col("start_date", "pe"), desc), col("event_id", "pe")]), "ordinal", copy=False))
+        q = q.from_(table(primary, "pe"), copy=False)
         ac = self.expr.additional_criteria
         if ac is not None and not ac.is_empty():
-            q = q.join(self.group(ac, lambda: table(primary), 0).subquery("AC"), on=_same_event("AC", "pe"))
-        out = exp.select(*[col(c, "QE") for c in EVENT_COLUMNS]).from_(q.subquery("QE"))
+            q = q.join(self.group(ac, lambda: table(primary), 0).subquery("AC", copy=False), on=_same_event("AC", "pe"), copy=False)
+        out = exp.select(*[col(c, "QE") for c in EVENT_COLUMNS], copy=False).from_(q.subquery("QE", copy=False))
         # Circe applies the qualified limit whenever AdditionalCriteria is present, even empty
         if ac is not None and self.expr.qualified_limit.type != "All":
-            out = out.where(_eq(col("ordinal", "QE"), num(1)))
+            out = out.where(_eq(col("ordinal", "QE"), num(1)), copy=False)
         return out
 
     def inclusion_events(self, qualified: str) -> exp.Query:
         selects = []
         for i, rule in enumerate(self.expr.inclusion_rules):
-            q = exp.select(exp.alias_(num(i), "inclusion_rule_id"),
-                           exp.alias_(exp.cast(num(2 ** i), BIGINT), "rule_bit"),
-                           col("person_id", "pe"), col("event_id", "pe")).from_(table(qualified, "pe"))
-            q = q.join(self.group(rule.expression, lambda: table(qualified), 0).subquery("AC"),
-                       on=_same_event("AC", "pe"))
+            q = exp.select(exp.alias_(num(i), "inclusion_rule_id", copy=False),
+                           exp.alias_(exp.cast(num(2 ** i), BIGINT, copy=False), "rule_bit", copy=False),
+                           col("person_id", "pe"), col("event_id", "pe"), copy=False).from_(table(qualified, "pe"), copy=False)
+            q = q.join(self.group(rule.expression, lambda: table(qualified), 0).subquery("AC", copy=False),
+                       on=_same_event("AC", "pe"), copy=False)
             selects.append(q)
         return union_all(selects)
 
@@ -145,28 +147,28 @@ class _Compiler:
         """Per qualified event: the bitmask of inclusion rules it passes (BIGINT), for limits and stats."""
         return exp.select(
             col("event_id", "Q"), col("person_id", "Q"), col("start_date", "Q"),
-            exp.alias_(exp.cast(exp.func("COALESCE", exp.Sum(this=col("rule_bit", "I")), num(0)), BIGINT),
-                       "inclusion_rule_mask"),
-            exp.alias_(exp.Count(this=exp.Distinct(expressions=[col("inclusion_rule_id", "I")])), "rule_count"),
-            exp.alias_(exp.func("COALESCE", exp.Min(this=col("inclusion_rule_id", "I")), num(0)), "min_rule_id"),
-        ).from_(table(qualified, "Q")).join(table(inclusion, "I"), on=_same_event("I", "Q"), join_type="left"
+            exp.alias_(exp.cast(exp.func("COALESCE", exp.Sum(this=col("rule_bit", "I")), num(0)), BIGINT, copy=False),
+                       "inclusion_rule_mask", copy=False),
+            exp.alias_(exp.Count(this=exp.Distinct(expressions=[col("inclusion_rule_id", "I")])), "rule_count", copy=False),
+            exp.alias_(exp.func("COALESCE", exp.Min(this=col("inclusion_rule_id", "I")), num(0)), "min_rule_id", copy=False), copy=False
+        ).from_(table(qualified, "Q"), copy=False).join(table(inclusion, "I"), on=_same_event("I", "Q"), join_type="left", copy=False
                                             ).group_by(col("event_id", "Q"), col("person_id", "Q"),
-                                                       col("start_date", "Q"))
+                                                       col("start_date", "Q"), copy=False)
 
     def included_events(self, qualified: str, masks: str | None) -> exp.Query:
         desc = self.expr.expression_limit.type == "Last"
         cols = [c for c in EVENT_COLUMNS if c != "visit_occurrence_id"]
         q = exp.select(*[col(c, "Q") for c in cols],
                        exp.alias_(row_number([col("person_id", "Q")],
-                                             [(col("start_date", "Q"), desc), col("event_id", "Q")]), "ordinal"))
-        q = q.from_(table(qualified, "Q"))
+                                             [(col("start_date", "Q"), desc), col("event_id", "Q")]), "ordinal", copy=False))
+        q = q.from_(table(qualified, "Q"), copy=False)
         if masks is not None:
             full = 2 ** len(self.expr.inclusion_rules) - 1
-            q = q.join(table(masks, "MG"), on=_same_event("MG", "Q")).where(
-                _eq(col("inclusion_rule_mask", "MG"), num(full)))
-        out = exp.select(*[col(c, "R") for c in cols]).from_(q.subquery("R"))
+            q = q.join(table(masks, "MG"), on=_same_event("MG", "Q"), copy=False).where(
+                _eq(col("inclusion_rule_mask", "MG"), num(full)), copy=False)
+        out = exp.select(*[col(c, "R") for c in cols], copy=False).from_(q.subquery("R", copy=False))
         if self.expr.expression_limit.type != "All":
-            out = out.where(_eq(col("ordinal", "R"), num(1)))
+            out = out.where(_eq(col("ordinal", "R"), num(1)), copy=False)
         return out
 
     # -- exits ---------------------------------------------------------------------------------
@@ -174,7 +176,7 @@ class _Compiler:
         """Drug persistence: eras of the codeset's exposures (standard OR source concept, duplicates
         kept), ``gap + offset`` days added to each end, merged; the era holding the index date ends
         the cohort at ``max(end) - gap`` (Circe's customEraStrategy)."""
-        persons = exp.select(col("person_id")).distinct().from_(table(included))
+        persons = exp.select(col("person_id"), copy=False).distinct(copy=False).from_(table(included), copy=False)
         if strategy.days_supply_override is not None:
             drug_end = add_days(col("drug_exposure_start_date", "de"), strategy.days_supply_override)
         else:
@@ -184,19 +186,19 @@ class _Compiler:
         exposures = []
         for concept_column in ("drug_concept_id", "drug_source_concept_id"):
             exposures.append(exp.select(
-                col("person_id", "de"), exp.alias_(col("drug_exposure_start_date", "de"), "start_date"),
-                exp.alias_(add_days(drug_end.copy(), strategy.gap_days + strategy.offset), "end_date"),
-            ).from_(table("drug_exposure", "de")).join(persons.subquery("p"), on=_eq(
-                col("person_id", "de"), col("person_id", "p"))).join(table(CODESETS, "cs"), on=exp.and_(
+                col("person_id", "de"), exp.alias_(col("drug_exposure_start_date", "de"), "start_date", copy=False),
+                exp.alias_(add_days(drug_end.copy(), strategy.gap_days + strategy.offset), "end_date", copy=False), copy=False
+            ).from_(table("drug_exposure", "de"), copy=False).join(persons.subquery("p", copy=False), on=_eq(
+                col("person_id", "de"), col("person_id", "p")), copy=False).join(table(CODESETS, "cs"), on=exp.and_(
                     _eq(col("codeset_id", "cs"), num(strategy.drug_codeset_id)),
-                    _eq(col(concept_column, "de"), col("concept_id", "cs")))))
+                    _eq(col(concept_column, "de"), col("concept_id", "cs")), copy=False)))
         eras = _collapse(union_all(exposures), pad=strategy.gap_days, alias="era")
         return exp.select(col("event_id", "et"), col("person_id", "et"),
-                          exp.alias_(col("end_date", "ERAS"), "end_date")
-                          ).from_(table(included, "et")).join(eras.subquery("ERAS"), on=exp.and_(
+                          exp.alias_(col("end_date", "ERAS"), "end_date", copy=False), copy=False
+                          ).from_(table(included, "et"), copy=False).join(eras.subquery("ERAS", copy=False), on=exp.and_(
                               _eq(col("person_id", "ERAS"), col("person_id", "et")),
                               exp.Between(this=col("start_date", "et"), low=col("start_date", "ERAS"),
-                                          high=col("end_date", "ERAS"))))
+                                          high=col("end_date", "ERAS")), copy=False))
 
     def cohort_ends(self, included: str) -> exp.Query:
         """Every candidate exit per event; the earliest on or after the start wins."""
@@ -207,32 +209,32 @@ class _Compiler:
             offset = strategy.date_offset
             field_ = "start_date" if offset.date_field == "StartDate" else "end_date"
             shifted = add_days(col(field_, "I"), offset.offset)
-            candidates.append(exp.select(*ev(), exp.alias_(least_date(shifted, col("op_end_date", "I")), "end_date")
-                                         ).from_(table(included, "I")))
+            candidates.append(exp.select(*ev(), exp.alias_(least_date(shifted, col("op_end_date", "I")), "end_date", copy=False), copy=False
+                                         ).from_(table(included, "I"), copy=False))
         else:
-            candidates.append(exp.select(*ev(), exp.alias_(col("op_end_date", "I"), "end_date")
-                                         ).from_(table(included, "I")))
+            candidates.append(exp.select(*ev(), exp.alias_(col("op_end_date", "I"), "end_date", copy=False), copy=False
+                                         ).from_(table(included, "I"), copy=False))
             if strategy is not None and strategy.custom_era is not None:
                 candidates.append(self.custom_era_ends(included, strategy.custom_era))
         if self.expr.censoring_criteria:
-            censor = union_all([exp.select(col("person_id", "X"), col("start_date", "X")).from_(
-                self.criteria.query(c).subquery("X")) for c in self.expr.censoring_criteria])
-            candidates.append(exp.select(*ev(), exp.alias_(exp.Min(this=col("start_date", "C")), "end_date"))
-                              .from_(table(included, "I")).join(censor.subquery("C"), on=exp.and_(
+            censor = union_all([exp.select(col("person_id", "X"), col("start_date", "X"), copy=False).from_(
+                self.criteria.query(c).subquery("X", copy=False)) for c in self.expr.censoring_criteria])
+            candidates.append(exp.select(*ev(), exp.alias_(exp.Min(this=col("start_date", "C")), "end_date", copy=False))
+                              .from_(table(included, "I"), copy=False).join(censor.subquery("C", copy=False), on=exp.and_(
                                   _eq(col("person_id", "C"), col("person_id", "I")),
                                   exp.GTE(this=col("start_date", "C"), expression=col("start_date", "I")),
-                                  exp.LTE(this=col("start_date", "C"), expression=col("op_end_date", "I"))))
-                              .group_by(col("event_id", "I"), col("person_id", "I")))
+                                  exp.LTE(this=col("start_date", "C"), expression=col("op_end_date", "I")), copy=False))
+                              .group_by(col("event_id", "I"), col("person_id", "I"), copy=False))
         first_end = exp.select(col("person_id", "I"), col("start_date", "I"),
-                               exp.alias_(exp.Min(this=col("end_date", "CE")), "end_date")
-                               ).from_(table(included, "I")).join(union_all(candidates).subquery("CE"), on=exp.and_(
+                               exp.alias_(exp.Min(this=col("end_date", "CE")), "end_date", copy=False), copy=False
+                               ).from_(table(included, "I"), copy=False).join(union_all(candidates).subquery("CE", copy=False), on=exp.and_(
                                    _same_event("CE", "I"),
-                                   exp.GTE(this=col("end_date", "CE"), expression=col("start_date", "I")))
-                               ).group_by(col("event_id", "I"), col("person_id", "I"), col("start_date", "I"))
+                                   exp.GTE(this=col("end_date", "CE"), expression=col("start_date", "I")), copy=False), copy=False
+                               ).group_by(col("event_id", "I"), col("person_id", "I"), col("start_date", "I"), copy=False)
         return first_end
 
     def final_rows(self, cohort_rows: str) -> exp.Query:
-        collapsed = _collapse(exp.select("person_id", "start_date", "end_date").from_(table(cohort_rows)),
+        collapsed = _collapse(exp.select("person_id", "start_date", "end_date", copy=False).from_(table(cohort_rows), copy=False),
                               pad=self.expr.collapse_settings.era_pad, alias="cr", pre_padded=False)
         start, end = col("start_date", "CO"), col("end_date", "CO")
         window = self.expr.censor_window
@@ -242,12 +244,12 @@ class _Compiler:
         if window.end_date:
             end = case_when(exp.LT(this=end, expression=date_literal(window.end_date)),
                             col("end_date", "CO"), date_literal(window.end_date))
-        q = exp.select(exp.alias_(exp.cast(num(self.plan.cohort_id), BIGINT), "cohort_definition_id"),
-                       exp.alias_(col("person_id", "CO"), "subject_id"),
-                       exp.alias_(exp.cast(start, DATE), "cohort_start_date"),
-                       exp.alias_(exp.cast(end, DATE), "cohort_end_date")).from_(collapsed.subquery("CO"))
+        q = exp.select(exp.alias_(exp.cast(num(self.plan.cohort_id), BIGINT, copy=False), "cohort_definition_id", copy=False),
+                       exp.alias_(col("person_id", "CO"), "subject_id", copy=False),
+                       exp.alias_(exp.cast(start, DATE, copy=False), "cohort_start_date", copy=False),
+                       exp.alias_(exp.cast(end, DATE, copy=False), "cohort_end_date", copy=False)).from_(collapsed.subquery("CO", copy=False))
         if window.start_date or window.end_date:
-            q = q.where(exp.LTE(this=start.copy(), expression=end.copy()))
+            q = q.where(exp.LTE(this=start.copy(), expression=end.copy()), copy=False)
         return q
 
     # -- criteria groups -----------------------------------------------------------------------
@@ -256,17 +258,17 @@ class _Compiler:
 
         ``events`` returns a fresh relation (a table or a subquery) with the event columns."""
         if g.is_empty():
-            return exp.select(exp.alias_(num(index), "index_id"), col("person_id", "E"), col("event_id", "E")
-                              ).from_(_aliased(events(), "E"))
+            return exp.select(exp.alias_(num(index), "index_id", copy=False), col("person_id", "E"), col("event_id", "E"), copy=False
+                              ).from_(_aliased(events(), "E"), copy=False)
         parts: list[exp.Query] = []
         for cc in g.criteria_list:
             parts.append(self.correlated(cc, events, len(parts)))
         for dc in g.demographic_criteria_list:
-            q = exp.select(exp.alias_(num(len(parts)), "index_id"), col("person_id", "E"), col("event_id", "E")
-                           ).from_(_aliased(events(), "E")).join(table("person", "P"), on=_eq(
-                               col("person_id", "P"), col("person_id", "E")))
+            q = exp.select(exp.alias_(num(len(parts)), "index_id", copy=False), col("person_id", "E"), col("event_id", "E"), copy=False
+                           ).from_(_aliased(events(), "E"), copy=False).join(table("person", "P"), on=_eq(
+                               col("person_id", "P"), col("person_id", "E")), copy=False)
             for cond in demographic_conditions(dc, "E"):
-                q = q.where(cond)
+                q = q.where(cond, copy=False)
             parts.append(q)
         for sub in g.groups:
             parts.append(self.group(sub, events, len(parts)))
@@ -282,10 +284,10 @@ class _Compiler:
         else:
             having = exp.LTE(this=count, expression=num(g.count))
             join_type = "left"
-        q = exp.select(exp.alias_(num(index), "index_id"), col("person_id", "E"), col("event_id", "E")
-                       ).from_(_aliased(events(), "E"))
-        q = q.join(union_all(parts).subquery("CQ"), on=_same_event("CQ", "E"), join_type=join_type)
-        return q.group_by(col("person_id", "E"), col("event_id", "E")).having(having)
+        q = exp.select(exp.alias_(num(index), "index_id", copy=False), col("person_id", "E"), col("event_id", "E"), copy=False
+                       ).from_(_aliased(events(), "E"), copy=False)
+        q = q.join(union_all(parts).subquery("CQ", copy=False), on=_same_event("CQ", "E"), join_type=join_type, copy=False)
+        return q.group_by(col("person_id", "E"), col("event_id", "E"), copy=False).having(having, copy=False)
 
     def correlated(self, cc: m.CorrelatedCriteria, events, index: int) -> exp.Query:
         """Circe's windowed (correlated) criterion: count matching events around each index event."""
@@ -310,52 +312,52 @@ class _Compiler:
         count = exp.Count(this=counted)
         op = {0: exp.EQ, 1: exp.LTE, 2: exp.GTE}[occ.type]
         join_type = "left" if occ.type == 1 or occ.count == 0 else "inner"
-        q = exp.select(exp.alias_(num(index), "index_id"), col("person_id", "P"), col("event_id", "P")
-                       ).from_(_aliased(events(), "P"))
-        q = q.join(self.criteria.query(cc.criteria).subquery("A"), on=exp.and_(*conds), join_type=join_type)
-        return q.group_by(col("person_id", "P"), col("event_id", "P")).having(op(this=count, expression=num(occ.count)))
+        q = exp.select(exp.alias_(num(index), "index_id", copy=False), col("person_id", "P"), col("event_id", "P"), copy=False
+                       ).from_(_aliased(events(), "P"), copy=False)
+        q = q.join(self.criteria.query(cc.criteria).subquery("A", copy=False), on=exp.and_(*conds, copy=False), join_type=join_type, copy=False)
+        return q.group_by(col("person_id", "P"), col("event_id", "P"), copy=False).having(op(this=count, expression=num(occ.count)), copy=False)
 
     def _wrap_correlated(self, query: exp.Select, g: m.CriteriaGroup) -> exp.Select:
         """A criterion's own CorrelatedCriteria: keep its events that satisfy the group, judged
         with each event as the index (and its observation period)."""
         with_op = exp.select(*[col(c, "Q") for c in ("person_id", "event_id", "start_date", "end_date",
                                                      "visit_occurrence_id")],
-                             exp.alias_(col("observation_period_start_date", "op"), "op_start_date"),
-                             exp.alias_(col("observation_period_end_date", "op"), "op_end_date")
-                             ).from_(query.copy().subquery("Q")).join(table("observation_period", "op"), on=exp.and_(
+                             exp.alias_(col("observation_period_start_date", "op"), "op_start_date", copy=False),
+                             exp.alias_(col("observation_period_end_date", "op"), "op_end_date", copy=False), copy=False
+                             ).from_(query.copy().subquery("Q", copy=False)).join(table("observation_period", "op"), on=exp.and_(
                                  _eq(col("person_id", "Q"), col("person_id", "op")),
                                  exp.LTE(this=col("observation_period_start_date", "op"),
                                          expression=col("start_date", "Q")),
                                  exp.GTE(this=col("observation_period_end_date", "op"),
-                                         expression=col("start_date", "Q"))))
-        group = self.group(g, lambda: with_op.copy().subquery(), 0)
-        return exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("PE"))).from_(
-            query.subquery("PE")).join(group.subquery("AC"), on=_same_event("AC", "PE"))
+                                         expression=col("start_date", "Q")), copy=False))
+        group = self.group(g, lambda: with_op.copy().subquery(copy=False), 0)
+        return exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("PE")), copy=False).from_(
+            query.subquery("PE", copy=False)).join(group.subquery("AC", copy=False), on=_same_event("AC", "PE"), copy=False)
 
     # -- attrition ------------------------------------------------------------------------------
     def attrition(self, masks: str, best: str) -> dict[str, exp.Query]:
-        cid = exp.alias_(exp.cast(num(self.plan.cohort_id), BIGINT), "cohort_definition_id")
+        cid = exp.alias_(exp.cast(num(self.plan.cohort_id), BIGINT, copy=False), "cohort_definition_id", copy=False)
         n = len(self.expr.inclusion_rules)
         full = 2 ** n - 1
         result, stats, summary = [], [], []
         for mode, source in ((0, masks), (1, best)):
-            mode_col = exp.alias_(exp.cast(num(mode), BIGINT), "mode_id")
+            mode_col = exp.alias_(exp.cast(num(mode), BIGINT, copy=False), "mode_id", copy=False)
             mask = col("inclusion_rule_mask", "MG")
             result.append(exp.select(cid.copy(), mode_col.copy(), mask.copy(),
-                                     exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT), "person_count"))
-                          .from_(table(source, "MG")).group_by(mask.copy()))
-            total = exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT), "person_total")
+                                     exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "person_count", copy=False))
+                          .from_(table(source, "MG"), copy=False).group_by(mask.copy(), copy=False))
+            total = exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "person_total", copy=False)
             for i in range(n):
                 bit = 2 ** i
                 passed = _count_if(exp.GT(this=exp.BitwiseAnd(this=mask.copy(), expression=num(bit)), expression=num(0)))
                 gained = _count_if(_eq(mask.copy(), num(full - bit)))
-                stats.append(exp.select(cid.copy(), mode_col.copy(), exp.alias_(num(i), "rule_sequence"),
-                                        exp.alias_(passed, "person_count"), exp.alias_(gained, "gain_count"),
-                                        total.copy()).from_(table(source, "MG")))
+                stats.append(exp.select(cid.copy(), mode_col.copy(), exp.alias_(num(i), "rule_sequence", copy=False),
+                                        exp.alias_(passed, "person_count", copy=False), exp.alias_(gained, "gain_count", copy=False),
+                                        total.copy(), copy=False).from_(table(source, "MG"), copy=False))
             summary.append(exp.select(cid.copy(), mode_col.copy(),
-                                      exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT), "base_count"),
-                                      exp.alias_(_count_if(_eq(mask.copy(), num(full))), "final_count"))
-                           .from_(table(source, "MG")))
+                                      exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "base_count", copy=False),
+                                      exp.alias_(_count_if(_eq(mask.copy(), num(full))), "final_count", copy=False))
+                           .from_(table(source, "MG"), copy=False))
         out = {"cohort_inclusion_result": union_all(result), "cohort_summary_stats": union_all(summary)}
         if stats:
             out["cohort_inclusion_stats"] = union_all(stats)
@@ -366,9 +368,9 @@ class _Compiler:
         the earliest start."""
         ranked = exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("R")), exp.alias_(row_number(
             [col("person_id", "R")], [(col("rule_count", "R"), True), col("min_rule_id", "R"), col("start_date", "R"),
-                                      col("event_id", "R")]), "rank_value")).from_(table(masks, "R"))
-        return exp.select(col("event_id", "B"), col("person_id", "B"), col("inclusion_rule_mask", "B")
-                          ).from_(ranked.subquery("B")).where(_eq(col("rank_value", "B"), num(1)))
+                                      col("event_id", "R")]), "rank_value", copy=False)).from_(table(masks, "R"), copy=False)
+        return exp.select(col("event_id", "B"), col("person_id", "B"), col("inclusion_rule_mask", "B"), copy=False
+                          ).from_(ranked.subquery("B", copy=False)).where(_eq(col("rank_value", "B"), num(1)), copy=False)
 
     # -- the plan -----------------------------------------------------------------------------
     def build(self) -> CohortPlan:
@@ -398,7 +400,7 @@ _COUNT_COLUMNS = {"DOMAIN_CONCEPT": "domain_concept_id", "START_DATE": "start_da
 
 
 def _count_if(condition: exp.Expression) -> exp.Expression:
-    return exp.cast(exp.func("COALESCE", exp.Sum(this=case_when(condition, num(1), num(0))), num(0)), BIGINT)
+    return exp.cast(exp.func("COALESCE", exp.Sum(this=case_when(condition, num(1), num(0))), num(0)), BIGINT, copy=False)
 
 
 def _aliased(relation: exp.Expression, alias: str) -> exp.Expression:
@@ -407,7 +409,7 @@ def _aliased(relation: exp.Expression, alias: str) -> exp.Expression:
     if isinstance(relation, exp.Subquery):
         relation.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
         return relation
-    return relation.subquery(alias)
+    return relation.subquery(alias, copy=False)
 
 
 def _window(w: m.Window, check_op: bool, event_end_default: bool) -> list[exp.Expression]:
@@ -432,54 +434,54 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
     """Circe's era constructor: rows whose (padded) ends reach the next start merge, then the pad
     is taken off the merged end.  ``pre_padded`` rows already carry the pad in end_date."""
     end = col("end_date", "CR") if pre_padded else add_days(col("end_date", "CR"), pad)
-    padded = exp.select(col("person_id", "CR"), col("start_date", "CR"), exp.alias_(end, "end_date")).from_(
-        rows.subquery("CR"))
+    padded = exp.select(col("person_id", "CR"), col("start_date", "CR"), exp.alias_(end, "end_date", copy=False)).from_(
+        rows.subquery("CR", copy=False))
     prev_max = running(exp.Max(this=col("end_date", "ST")), [col("person_id", "ST")], [col("start_date", "ST")],
                        exclude_current=True)
     starts = exp.select(col("person_id", "ST"), col("start_date", "ST"), col("end_date", "ST"),
                         exp.alias_(case_when(exp.GTE(this=prev_max, expression=col("start_date", "ST")), num(0), num(1)),
-                                   "is_start")).from_(padded.subquery("ST"))
+                                   "is_start", copy=False)).from_(padded.subquery("ST", copy=False))
     groups = exp.select(col("person_id", "GR"), col("start_date", "GR"), col("end_date", "GR"), exp.alias_(
         running(exp.Sum(this=col("is_start", "GR")), [col("person_id", "GR")],
-                [col("start_date", "GR"), (col("is_start", "GR"), True)]), "group_idx")).from_(starts.subquery("GR"))
-    return exp.select(col("person_id", "G"), exp.alias_(exp.Min(this=col("start_date", "G")), "start_date"),
-                      exp.alias_(add_days(exp.Max(this=col("end_date", "G")), -pad), "end_date")
-                      ).from_(groups.subquery("G")).group_by(col("person_id", "G"), col("group_idx", "G"))
+                [col("start_date", "GR"), (col("is_start", "GR"), True)]), "group_idx", copy=False)).from_(starts.subquery("GR", copy=False))
+    return exp.select(col("person_id", "G"), exp.alias_(exp.Min(this=col("start_date", "G")), "start_date", copy=False),
+                      exp.alias_(add_days(exp.Max(this=col("end_date", "G")), -pad), "end_date", copy=False), copy=False
+                      ).from_(groups.subquery("G", copy=False)).group_by(col("person_id", "G"), col("group_idx", "G"), copy=False)
 
 
 def _concept_query(items: list[m.ConceptSetItem]) -> exp.Query:
     """Circe's concept set resolution: the listed concepts (present in CONCEPT), valid descendants of
     those flagged, and concepts that 'Maps to' any of those when includeMapped is set."""
     if not items:
-        return exp.select("concept_id").from_("concept").where(_eq(num(0), num(1)))
+        return exp.select("concept_id", copy=False).from_("concept", copy=False).where(_eq(num(0), num(1)), copy=False)
     ids = [i.concept.concept_id for i in items]
     desc_ids = [i.concept.concept_id for i in items if i.include_descendants]
     parts = [_listed(ids, desc_ids)]
     mapped = [i.concept.concept_id for i in items if i.include_mapped]
     if mapped:
         mapped_desc = [i.concept.concept_id for i in items if i.include_mapped and i.include_descendants]
-        parts.append(exp.select(exp.alias_(col("concept_id_1", "cr"), "concept_id")).distinct().from_(
-            _listed(mapped, mapped_desc).subquery("C")).join(table("concept_relationship", "cr"), on=exp.and_(
+        parts.append(exp.select(exp.alias_(col("concept_id_1", "cr"), "concept_id", copy=False)).distinct(copy=False).from_(
+            _listed(mapped, mapped_desc).subquery("C", copy=False)).join(table("concept_relationship", "cr"), on=exp.and_(
                 _eq(col("concept_id", "C"), col("concept_id_2", "cr")),
                 _eq(col("relationship_id", "cr"), exp.Literal.string("Maps to")),
-                exp.Is(this=col("invalid_reason", "cr"), expression=exp.null()))))
+                exp.Is(this=col("invalid_reason", "cr"), expression=exp.null()), copy=False)))
     return _union_distinct(parts)
 
 
 def _listed(ids: list[int], descendant_ids: list[int]) -> exp.Query:
-    parts: list[exp.Query] = [exp.select("concept_id").from_("concept").where(in_list(col("concept_id"), ids))]
+    parts: list[exp.Query] = [exp.select("concept_id", copy=False).from_("concept", copy=False).where(in_list(col("concept_id"), ids), copy=False)]
     if descendant_ids:
-        parts.append(exp.select(col("concept_id", "c")).from_(table("concept", "c")).join(
-            table("concept_ancestor", "ca"), on=_eq(col("concept_id", "c"), col("descendant_concept_id", "ca"))
-        ).where(exp.Is(this=col("invalid_reason", "c"), expression=exp.null())).where(
-            in_list(col("ancestor_concept_id", "ca"), descendant_ids)))
+        parts.append(exp.select(col("concept_id", "c"), copy=False).from_(table("concept", "c"), copy=False).join(
+            table("concept_ancestor", "ca"), on=_eq(col("concept_id", "c"), col("descendant_concept_id", "ca")), copy=False
+        ).where(exp.Is(this=col("invalid_reason", "c"), expression=exp.null()), copy=False).where(
+            in_list(col("ancestor_concept_id", "ca"), descendant_ids), copy=False))
     return _union_distinct(parts)
 
 
 def _union_distinct(parts: list[exp.Query]) -> exp.Query:
     result = parts[0]
     for p in parts[1:]:
-        result = exp.union(result, p, distinct=True)
+        result = exp.union(result, p, distinct=True, copy=False)
     return result
 
 
@@ -490,8 +492,8 @@ def build_plan(expr: m.CohortExpression, cohort_id: int) -> CohortPlan:
 
 def render(node: exp.Expression, dialect: str) -> str:
     if dialect not in DIALECTS:
-        raise ValueError(f"unknown dialect {dialect!r}; choose one of {', '.join(DIALECTS)}")
-    return node.sql(dialect=dialect)
+        raise ValueError(f"unknown dialect {dialect!r}; choose one of {', '.join(DIALECTS, copy=False)}")
+    return node.sql(dialect=dialect, copy=False)
 
 
 def materialise(name: str, query: exp.Query, dialect: str) -> list[str]:
@@ -500,11 +502,11 @@ def materialise(name: str, query: exp.Query, dialect: str) -> list[str]:
     if dialect == "spark":
         # Spark has no temporary tables, and temporary views re-inline their whole lineage into
         # every later step; a real (session-owned, dropped afterwards) table cuts it.
-        create = exp.Create(this=exp.to_table(name), kind="TABLE", expression=query.copy(),
+        create = exp.Create(this=exp.to_table(name), kind="TABLE", expression=query,
                             properties=exp.Properties(expressions=[exp.FileFormatProperty(this=exp.var("PARQUET"))]))
         return [render(drop, dialect), render(create, dialect)]
     drop = exp.Drop(tables=[exp.to_table(name)], kind="TABLE", exists=True)
-    create = exp.Create(this=exp.to_table(name), kind="TABLE", expression=query.copy(),
+    create = exp.Create(this=exp.to_table(name), kind="TABLE", expression=query,
                         properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
     return [render(drop, dialect), render(create, dialect)]
 
@@ -520,7 +522,7 @@ def compile_cohort(expr: m.CohortExpression, cohort_id: int, dialect: str = "duc
     writes = {"cohort": plan.cohort_rows, **plan.attrition}
     for tbl, rows in writes.items():
         statements.append(render(exp.Delete(this=exp.to_table(tbl), where=exp.Where(this=id_filter.copy())), dialect))
-        statements.append(render(exp.Insert(this=exp.to_table(tbl), expression=rows.copy()), dialect))
+        statements.append(render(exp.Insert(this=exp.to_table(tbl), expression=rows), dialect))
     if plan.rules:
         statements.append(render(exp.Delete(this=exp.to_table("cohort_inclusion"),
                                             where=exp.Where(this=id_filter.copy())), dialect))

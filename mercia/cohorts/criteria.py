@@ -134,17 +134,17 @@ def numeric_range(expr: exp.Expression, rng: m.NumericRange, whole: bool) -> exp
         return num(int(v)) if whole else num(round(float(v), 4))
     if rng.op.endswith("bt"):
         cond = exp.and_(exp.GTE(this=expr.copy(), expression=bound(rng.value)),
-                        exp.LTE(this=expr.copy(), expression=bound(rng.extent)))
+                        exp.LTE(this=expr.copy(), expression=bound(rng.extent)), copy=False)
         cond = exp.paren(cond)
-        return exp.not_(cond) if rng.op.startswith("!") else cond
+        return exp.not_(cond, copy=False) if rng.op.startswith("!") else cond
     return _compare(expr, rng.op, bound(rng.value))
 
 
 def date_range(expr: exp.Expression, rng: m.DateRange) -> exp.Expression:
     if rng.op.endswith("bt"):
         cond = exp.paren(exp.and_(exp.GTE(this=expr.copy(), expression=date_literal(rng.value)),
-                                  exp.LTE(this=expr.copy(), expression=date_literal(rng.extent))))
-        return exp.not_(cond) if rng.op.startswith("!") else cond
+                                  exp.LTE(this=expr.copy(), expression=date_literal(rng.extent)), copy=False))
+        return exp.not_(cond, copy=False) if rng.op.startswith("!") else cond
     return _compare(expr, rng.op, date_literal(rng.value))
 
 
@@ -158,19 +158,19 @@ def text_filter(expr: exp.Expression, flt: m.TextFilter) -> exp.Expression:
     prefix = "%" if flt.op.endswith(("endsWith", "contains")) else ""
     suffix = "%" if flt.op.endswith(("startsWith", "contains")) else ""
     like = exp.Like(this=expr, expression=text(f"{prefix}{value}{suffix}"))
-    return exp.not_(like) if flt.op.startswith("!") else like
+    return exp.not_(like, copy=False) if flt.op.startswith("!") else like
 
 
 def in_codeset(expr: exp.Expression, codeset_id: int, negate: bool = False) -> exp.Expression:
-    sub = exp.select("concept_id").from_(CODESETS).where(exp.EQ(this=col("codeset_id"), expression=num(codeset_id)))
+    sub = exp.select("concept_id", copy=False).from_(CODESETS, copy=False).where(exp.EQ(this=col("codeset_id"), expression=num(codeset_id)), copy=False)
     cond = exp.In(this=expr, query=sub)
-    return exp.not_(cond) if negate else cond
+    return exp.not_(cond, copy=False) if negate else cond
 
 
 def _codeset_join(query: exp.Select, alias: str, column: exp.Expression, codeset_id: int) -> exp.Select:
     return query.join(table(CODESETS, alias), on=exp.and_(
         exp.EQ(this=column, expression=col("concept_id", alias)),
-        exp.EQ(this=col("codeset_id", alias), expression=num(codeset_id))))
+        exp.EQ(this=col("codeset_id", alias), expression=num(codeset_id)), copy=False))
 
 
 class CriteriaCompiler:
@@ -203,7 +203,7 @@ class CriteriaCompiler:
             for iso in (user_period.start_date, user_period.end_date):
                 if iso:
                     where.append(exp.and_(exp.GTE(this=date_literal(iso), expression=col(dom.start, "C")),
-                                          exp.LTE(this=date_literal(iso), expression=dom.end("C"))))
+                                          exp.LTE(this=date_literal(iso), expression=dom.end("C")), copy=False))
             start = date_literal(user_period.start_date) if user_period.start_date else start
             end = date_literal(user_period.end_date) if user_period.end_date else end
         if c.date_adjustment is not None:
@@ -213,8 +213,8 @@ class CriteriaCompiler:
             end = add_days((base_start if adj.end_with == "START_DATE" else base_end).copy(), adj.end_offset)
             where.append(exp.GTE(this=col("end_date", "C"), expression=col("start_date", "C")))
 
-        inner = exp.select(exp.Star(), exp.alias_(start, "start_date"), exp.alias_(end, "end_date")).from_(
-            table(dom.table, t))
+        inner = exp.select(exp.Star(), exp.alias_(start, "start_date", copy=False), exp.alias_(end, "end_date", copy=False)).from_(
+            table(dom.table, t), copy=False)
         # exp.Star would be unqualified; qualify it so the computed columns can sit beside it
         inner.expressions[0] = exp.Column(this=exp.Star(), table=exp.to_identifier(t))
         codeset = getattr(c, "codeset_id", None)
@@ -228,21 +228,21 @@ class CriteriaCompiler:
                 inner = _codeset_join(inner, "cns", col(column, t), source)
         if getattr(c, "first", None):
             inner = inner.select(exp.alias_(row_number([col("person_id", t)],
-                                                       [col(dom.start, t), col(dom.event_id, t)]), "ordinal"))
+                                                       [col(dom.start, t), col(dom.event_id, t)]), "ordinal", copy=False))
             where.append(exp.EQ(this=col("ordinal", "C"), expression=num(1)))
 
         outer = exp.select(
             col("person_id", "C"),
-            exp.alias_(exp.cast(col(dom.event_id, "C"), BIGINT), "event_id"),
+            exp.alias_(exp.cast(col(dom.event_id, "C"), BIGINT, copy=False), "event_id", copy=False),
             col("start_date", "C"), col("end_date", "C"),
-            exp.alias_(exp.cast(col("visit_occurrence_id", "C"), BIGINT) if dom.visit else null_as(BIGINT),
-                       "visit_occurrence_id"),
-            exp.alias_(exp.cast(col(dom.concept, "C"), BIGINT) if dom.concept else null_as(BIGINT),
-                       "domain_concept_id"),
-        ).from_(inner.subquery("C"))
+            exp.alias_(exp.cast(col("visit_occurrence_id", "C"), BIGINT, copy=False) if dom.visit else null_as(BIGINT),
+                       "visit_occurrence_id", copy=False),
+            exp.alias_(exp.cast(col(dom.concept, "C"), BIGINT, copy=False) if dom.concept else null_as(BIGINT),
+                       "domain_concept_id", copy=False), copy=False
+        ).from_(inner.subquery("C", copy=False))
         outer, filters = self._filters(c, dom, outer)
         for cond in where + filters:
-            outer = outer.where(cond)
+            outer = outer.where(cond, copy=False)
         return outer
 
     def _filters(self, c: m.Criteria, dom: Domain, q: exp.Select) -> tuple[exp.Select, list[exp.Expression]]:
@@ -299,7 +299,7 @@ class CriteriaCompiler:
                 f.append(exp.paren(exp.or_(
                     exp.LT(this=value.copy(), expression=col("range_low", "C")),
                     exp.GT(this=value.copy(), expression=col("range_high", "C")),
-                    in_list(col("value_as_concept_id", "C"), [4155142, 4155143]))))
+                    in_list(col("value_as_concept_id", "C"), [4155142, 4155143]), copy=False)))
         # lengths
         for attr in ("visit_length", "visit_detail_length", "era_length", "period_length"):
             rng = getattr(c, attr, None)
@@ -313,7 +313,7 @@ class CriteriaCompiler:
         age_start, age_end = getattr(c, "age_at_start", None), getattr(c, "age_at_end", None)
         gender, gender_cs = getattr(c, "gender", None), getattr(c, "gender_cs", None)
         if age is not None or age_start is not None or age_end is not None or gender or gender_cs is not None:
-            q = q.join(table("person", "P"), on=exp.EQ(this=col("person_id", "C"), expression=col("person_id", "P")))
+            q = q.join(table("person", "P"), on=exp.EQ(this=col("person_id", "C"), expression=col("person_id", "P")), copy=False)
             birth_year = col("year_of_birth", "P")
             for rng, date in ((age, start), (age_start, start), (age_end, end)):
                 if rng is not None:
@@ -328,7 +328,7 @@ class CriteriaCompiler:
         if not isinstance(c, m.VisitOccurrence) and (visit_type or visit_type_cs is not None):
             q = q.join(table("visit_occurrence", "V"), on=exp.and_(
                 exp.EQ(this=col("visit_occurrence_id", "C"), expression=col("visit_occurrence_id", "V")),
-                exp.EQ(this=col("person_id", "C"), expression=col("person_id", "V"))))
+                exp.EQ(this=col("person_id", "C"), expression=col("person_id", "V")), copy=False))
             if visit_type:
                 f.append(in_list(col("visit_concept_id", "V"), [x.concept_id for x in visit_type]))
             if visit_type_cs is not None:
@@ -338,7 +338,7 @@ class CriteriaCompiler:
         specialty_cs = getattr(c, "provider_specialty_cs", None)
         if specialty or specialty_cs is not None:
             q = q.join(table("provider", "PR"), on=exp.EQ(this=col("provider_id", "C"),
-                                                           expression=col("provider_id", "PR")), join_type="left")
+                                                           expression=col("provider_id", "PR")), join_type="left", copy=False)
             if specialty:
                 f.append(in_list(col("specialty_concept_id", "PR"), [x.concept_id for x in specialty]))
             if specialty_cs is not None:
@@ -347,7 +347,7 @@ class CriteriaCompiler:
         place, place_cs = getattr(c, "place_of_service", None), getattr(c, "place_of_service_cs", None)
         if place or place_cs is not None:
             q = q.join(table("care_site", "CST"), on=exp.EQ(this=col("care_site_id", "C"),
-                                                             expression=col("care_site_id", "CST")))
+                                                             expression=col("care_site_id", "CST")), copy=False)
             if place:
                 f.append(in_list(col("place_of_service_concept_id", "CST"), [x.concept_id for x in place]))
             if place_cs is not None:

@@ -26,11 +26,11 @@ def text(value: str) -> exp.Literal:
 
 
 def date_literal(iso: str) -> exp.Expression:
-    return exp.cast(text(iso), DATE)
+    return exp.cast(text(iso), DATE, copy=False)
 
 
 def null_as(data_type: exp.DataType) -> exp.Expression:
-    return exp.cast(exp.null(), data_type)
+    return exp.cast(exp.null(), data_type, copy=False)
 
 
 def add_days(date: exp.Expression, days: int | exp.Expression) -> exp.Expression:
@@ -40,8 +40,8 @@ def add_days(date: exp.Expression, days: int | exp.Expression) -> exp.Expression
         days = num(days)
     else:
         # Spark's DATE_ADD takes an INT day count; a BIGINT column must be narrowed
-        days = exp.cast(days, exp.DataType.build("INT"))
-    return exp.cast(exp.DateAdd(this=date, expression=days, unit=exp.var("DAY")), DATE)
+        days = exp.cast(days, exp.DataType.build("INT"), copy=False)
+    return exp.cast(exp.DateAdd(this=date, expression=days, unit=exp.var("DAY")), DATE, copy=False)
 
 
 def days_between(start: exp.Expression, end: exp.Expression) -> exp.Expression:
@@ -54,12 +54,12 @@ def year_of(date: exp.Expression) -> exp.Expression:
 
 def and_(*conditions: exp.Expression | None) -> exp.Expression | None:
     present = [c for c in conditions if c is not None]
-    return exp.and_(*present) if present else None
+    return exp.and_(*present, copy=False) if present else None
 
 
 def in_list(expr: exp.Expression, values: list[int], negate: bool = False) -> exp.Expression:
     cond = exp.In(this=expr, expressions=[num(v) for v in values])
-    return exp.not_(cond) if negate else cond
+    return exp.not_(cond, copy=False) if negate else cond
 
 
 def case_when(condition: exp.Expression, then: exp.Expression, otherwise: exp.Expression) -> exp.Expression:
@@ -94,18 +94,21 @@ def running(func: exp.Expression, partition: list[exp.Expression],
 
 
 def table(name: str, alias: str | None = None) -> exp.Table:
-    t = exp.to_table(name)
-    return t.as_(alias) if alias else t
+    """A table reference built directly (``exp.to_table`` would run the SQL parser on the name)."""
+    node = exp.Table(this=exp.to_identifier(name))
+    if alias:
+        node.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+    return node
 
 
 def empty_select(columns: dict[str, exp.DataType]) -> exp.Select:
     """A typed relation with no rows (``SELECT CAST(NULL AS t) AS c ... WHERE 1 = 0``)."""
-    return exp.select(*[exp.alias_(null_as(t), name) for name, t in columns.items()]).where(
-        exp.EQ(this=num(1), expression=num(0)))
+    return exp.select(*[exp.alias_(null_as(t), name, copy=False) for name, t in columns.items()], copy=False).where(
+        exp.EQ(this=num(1), expression=num(0)), copy=False)
 
 
 def union_all(selects: list[exp.Query]) -> exp.Query:
     result = selects[0]
     for s in selects[1:]:
-        result = exp.union(result, s, distinct=False)
+        result = exp.union(result, s, distinct=False, copy=False)
     return result
