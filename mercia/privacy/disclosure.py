@@ -438,15 +438,18 @@ class DisclosurePolicy(BaseModel):
                  "count_events": "count_events" + suffix + "_derived",
                  "count_censored": "count_censored" + suffix + "_derived"}
         columns = [c.model_copy(update={"name": names.get(c.name, c.name),
+                                        "label": f"{c.label or c.name} (midpoint {to})" if c.name in names
+                                        else c.label,
                                         "basis": [names.get(b, b) for b in c.basis],
                                         "rounding": f"from cumulative counts rounded to midpoint {to}"
                                         if c.name in names else None}) for c in table.columns]
         stamp = {"population": None, "redacted_marker": self.redacted_marker, "columns": columns,
                  "totals": [], "partitions": []}
-        if n <= self.threshold:
-            return table.model_copy(update={**stamp, "rows": [], "notes": [
-                *table.notes, f"whole table redacted: {self.threshold} or fewer people"]})
         start = midpoint_round(n, to)
+        if n <= self.threshold or start <= self.threshold:  # nor a label that reads as a small count
+            return table.model_copy(update={**stamp, "rows": [], "notes": [
+                *table.notes, f"whole table redacted: too few people ({self.threshold} or fewer, "
+                              f"or a midpoint-{to} label that small)"]})
         rows, cum_events, cum_censored, prev_events, prev_censored = [], 0, 0, 0, 0
         surv, greenwood = 1.0, 0.0
         for raw in table.rows:

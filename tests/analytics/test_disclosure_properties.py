@@ -99,7 +99,7 @@ def assert_safe(result: AnalysisResult, policy) -> None:
                         assert published is not None, (table.name, col.name, basis, row)
         for total in table.totals if policy.totals_from_published_cells else []:
             for part in table.partitions:
-                if part.column in total:
+                if set(total) == {part.column, *part.within}:
                     members = [r for r in table.rows if all(r[w] == total.get(w) for w in part.within)]
                     assert total[part.column] == sum(r[part.column] or 0 for r in members)
 
