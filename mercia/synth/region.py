@@ -32,6 +32,7 @@ from mercia.synth.population import EPOCH, REFERENCE_DATE
 from mercia.synth.rare import panel as rare_panel
 
 _GENERATED = ("gp", "acute", "pathology", "rare_disease", "proms", "truth", "manifest.json", "organisations.csv")
+EXTRACT_SLICE = 10_000   # people whose extract text is rendered together
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 SNOMED, LOINC, RXNORM, UCUM = ("http://snomed.info/sct", "http://loinc.org",
@@ -142,12 +143,19 @@ def generate_region(out_dir: Path | str, persons: int = 20_000, seed: int = 42, 
         ident = true_identities(rng, chunk.people)
         xw, cases = _crosswalk(rng, chunk, tables, ident, orgs, seed, error_rate, case_counter)
         case_counter += 0 if cases is None else len(cases)
-        for name, table in {**tables, "xw": xw, "pp": _practice_table(chunk, orgs)}.items():
-            con.register(name, table)
-        _gp(con, writer, error_rate)
-        _acute(con, writer, error_rate)
-        _pathology(con, writer, error_rate, orgs)
-        _proms(con, writer)
+        per_person = {**{k: t for k, t in tables.items() if "person_id" in t.column_names},
+                      "xw": xw, "pp": _practice_table(chunk, orgs)}
+        first = int(chunk.people.person_id[0])
+        for lo in range(first, first + len(chunk.people), EXTRACT_SLICE):
+            # Extract text for a slice of people at a time keeps memory flat (FHIR is verbose).
+            for name, table in per_person.items():
+                ids = table["person_id"]
+                con.register(name, table.filter(pc.and_(pc.greater_equal(ids, lo),
+                                                        pc.less(ids, lo + EXTRACT_SLICE))))
+            _gp(con, writer, error_rate)
+            _acute(con, writer, error_rate)
+            _pathology(con, writer, error_rate, orgs)
+            _proms(con, writer)
         if cases is not None:
             aux["variants"].append(_rare_disease(writer, chunk, cases, xw, orgs))
         aux["person_identifiers"].append(ident)
