@@ -159,32 +159,51 @@ class Ranker:
         )
         self.unreported_total = np.asarray(self.unreported.sum(axis=0)).ravel()
         self.descendants = ontology.ancestors.T.tocsr()
+        self.proper_ancestors = (ontology.ancestors - sp.identity(n_terms, dtype=np.int8, format="csr")).tocsr()
+        self.proper_ancestors.eliminate_zeros()
 
     # -- query preparation -------------------------------------------------------------------------------------
     def resolve_case(self, case: Case, strict: bool = True) -> tuple[list[int], list[int]]:
-        """Term indices (observed reduced to the most specific; excluded that an observed term implies dropped).
+        """Term indices in the patient's order: observed reduced to the most specific, excluded without those an
+        observed term implies (a contradiction).
 
         ``strict`` raises on an unknown id (and warns on a mapped obsolete one); otherwise such ids are skipped
         silently, which is what batch ranking of cases coded with a newer HPO release needs.
         """
         ontology = self.kb.ontology
-
-        def indices(ids: list[str]) -> list[int]:
-            if strict:
-                return [ontology.resolve(t) for t in ids]
-            out = []
-            for t in ids:
-                try:
-                    out.append(ontology.resolve(t, warn=False))
-                except UnknownTermError:
-                    continue
-            return out
-
-        observed = ontology.most_specific(indices(case.observed))
+        observed = ontology.most_specific(self._indices(case.observed, strict))
         implied = set()
         for q in observed:
             implied.update(ontology.ancestors_of(q).tolist())
-        excluded = [x for x in dict.fromkeys(indices(case.excluded)) if x not in implied]
+        excluded = [x for x in dict.fromkeys(self._indices(case.excluded, strict)) if x not in implied]
+        return observed, excluded
+
+    def _indices(self, ids: list[str], strict: bool) -> list[int]:
+        ontology = self.kb.ontology
+        if strict:
+            return [ontology.resolve(t) for t in ids]
+        out = []
+        for t in ids:
+            try:
+                out.append(ontology.resolve(t, warn=False))
+            except UnknownTermError:
+                continue
+        return out
+
+    def _selectors(self, cases: list[Case], strict: bool) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """resolve_case for a batch, as (cases x terms) 0/1 matrices of observed and excluded terms."""
+        n_terms = len(self.kb.ontology)
+        observed = _selector([self._indices(c.observed, strict) for c in cases], n_terms)
+        excluded = _selector([self._indices(c.excluded, strict) for c in cases], n_terms)
+        observed.data[:] = 1.0  # repeated ids were summed
+        excluded.data[:] = 1.0
+        # drop observed terms that are ancestors of another observed term, and contradicted excluded terms
+        redundant = observed.multiply((observed @ self.proper_ancestors) > 0)
+        observed = (observed - redundant).tocsr()
+        observed.eliminate_zeros()
+        contradicted = excluded.multiply((observed @ self.kb.ontology.ancestors) > 0)
+        excluded = (excluded - contradicted).tocsr()
+        excluded.eliminate_zeros()
         return observed, excluded
 
     def _observed_rows(self, terms: np.ndarray) -> sp.csr_matrix:
@@ -235,11 +254,9 @@ class Ranker:
 
     # -- ranking -----------------------------------------------------------------------------------------------
     def score_matrix(self, cases: list[Case], strict: bool = True) -> tuple[np.ndarray, list]:
-        """Natural-log composite LR of every candidate disease (columns) for every case (rows)."""
-        resolved = [self.resolve_case(c, strict) for c in cases]
-        n_terms = len(self.kb.ontology)
-        observed = _selector([o for o, _ in resolved], n_terms)  # cases x terms, 0/1
-        excluded = _selector([x for _, x in resolved], n_terms)
+        """Natural-log composite LR of every candidate disease (columns) for every case (rows), and per case
+        whether it had any usable term."""
+        observed, excluded = self._selectors(cases, strict)  # cases x terms, 0/1
         total = sp.csr_matrix((len(cases), len(self.diseases)))
         for selector, builder in ((observed, self._observed_rows), (excluded, self._excluded_rows)):
             used = np.unique(selector.indices)
@@ -254,7 +271,8 @@ class Ranker:
         scores += constants[:, None]
         if self.params.reporting_rate > 0:
             scores += self.unreported_total
-        return scores, resolved
+        usable = (np.diff(observed.indptr) + np.diff(excluded.indptr)) > 0
+        return scores, usable
 
     def _covered(self, observed: sp.csr_matrix, excluded: sp.csr_matrix) -> sp.csr_matrix:
         """Per case, the terms its report accounts for: ancestors and descendants of the observed terms and
@@ -268,7 +286,7 @@ class Ranker:
 
     def rank_many(self, cases: list[Case], top: int = 10, explain: bool = False, strict: bool = True):
         """Top candidates per case; diseases are restricted to those of the case's genes when it has genes."""
-        scores, resolved = self.score_matrix(cases, strict)
+        scores, usable = self.score_matrix(cases, strict)
         for i, case in enumerate(cases):
             if case.genes:
                 scores[i, ~self.gene_mask(case.genes)] = -np.inf
@@ -281,7 +299,7 @@ class Ranker:
         log_norm = np.log(shifted.sum(axis=1)) + peak  # log of the total likelihood, for the posterior
         out = []
         for i in range(len(cases)):
-            if not (resolved[i][0] or resolved[i][1]):
+            if not usable[i]:
                 out.append([])  # no usable term: every disease ties, so there is nothing to rank
                 continue
             row = scores[i]
@@ -296,7 +314,7 @@ class Ranker:
                     score=float(row[j] / np.log(10)),
                     posterior=float(np.exp(row[j] - log_norm[i])),
                     genes=self.kb.genes_of(disease),
-                    evidence=self.explain(resolved[i], j) if explain else [],
+                    evidence=self.explain(self.resolve_case(cases[i], strict), j) if explain else [],
                 ))
             out.append(candidates)
         return out

@@ -49,7 +49,8 @@ def test_excluding_an_obligate_feature_lowers_the_disease(ranker):
     observed = ["HP:0001339", "HP:0000252", "HP:0001250"]  # lissencephaly, microcephaly, seizure
     intellectual_disability = ranker.kb.ontology.index["HP:0001249"]
     without, _ = ranker.score_matrix([Case(observed)])
-    with_excluded, resolved = ranker.score_matrix([Case(observed, ["HP:0001249"])])
+    with_excluded, _ = ranker.score_matrix([Case(observed, ["HP:0001249"])])
+    resolved = [ranker.resolve_case(Case(observed, ["HP:0001249"]))]
     change = with_excluded[0] - without[0]
     mds = ranker.disease_position[ranker.kb.disease_index["OMIM:247200"]]
     lacking = np.flatnonzero(ranker.implied[intellectual_disability].toarray().ravel() == 0)
@@ -61,7 +62,7 @@ def test_excluding_an_obligate_feature_lowers_the_disease(ranker):
 def test_without_ascertainment_any_annotated_excluded_feature_lowers_the_disease(kb):
     plain = Ranker(kb, replace(ModelParameters(), excluded_ascertainment=1.0))
     case = Case(["HP:0001166"], ["HP:0001083"])  # arachnodactyly, no ectopia lentis
-    scores, resolved = plain.score_matrix([case])
+    resolved = [plain.resolve_case(case)]
     marfan = plain.disease_position[kb.disease_index["OMIM:154700"]]
     excluded = [e for e in plain.explain(resolved[0], marfan) if e.status == "excluded"][0]
     assert excluded.match == "disease-feature" and excluded.lr < 1
@@ -78,7 +79,7 @@ def test_explanation_multiplies_to_the_score(ranker):
 
 def test_explanation_kinds_of_match(ranker):
     case = Case(["HP:0001083", "HP:0001302"])  # ectopia lentis; pachygyria (not a Marfan feature)
-    scores, resolved = ranker.score_matrix([case])
+    resolved = [ranker.resolve_case(case)]
     evidence = ranker.explain(resolved[0], ranker.disease_position[ranker.kb.disease_index["OMIM:154700"]])
     by_term = {e.term: e for e in evidence}
     assert by_term["HP:0001083"].match == "exact" and by_term["HP:0001083"].lr > 10
@@ -89,7 +90,7 @@ def test_explanation_kinds_of_match(ranker):
 def test_more_specific_patient_term_still_matches(ranker):
     # "Bilateral ectopia lentis" is below "Ectopia lentis", which Marfan syndrome is annotated with
     specific = Case(["HP:0001166", "HP:0007676"])
-    scores, resolved = ranker.score_matrix([specific])
+    resolved = [ranker.resolve_case(specific)]
     marfan = ranker.disease_position[ranker.kb.disease_index["OMIM:154700"]]
     lens = [e for e in ranker.explain(resolved[0], marfan) if e.term == "HP:0007676"][0]
     assert lens.match in ("more-specific", "exact")
@@ -135,3 +136,13 @@ def test_orphanet_can_be_ranked_too(kb):
 
 def test_a_case_without_usable_terms_gets_no_ranking(ranker):
     assert ranker.rank_many([Case(["HP:9999999"]), MARFAN], top=3, strict=False)[0] == []
+
+
+def test_batch_resolution_matches_single_case_resolution(ranker):
+    cases = [Case(["HP:0001250", "HP:0007359", "HP:0001250"], ["HP:0012638", "HP:0000252"]),
+             Case(["HP:0001275"], ["HP:0001250"])]  # alt id of Seizure, excluded Seizure contradicts it
+    observed, excluded = ranker._selectors(cases, strict=False)
+    for i, case in enumerate(cases):
+        single = ranker.resolve_case(case, strict=False)
+        assert sorted(single[0]) == observed[i].indices.tolist()
+        assert sorted(single[1]) == excluded[i].indices.tolist()
