@@ -1,1 +1,10 @@
-"""raredisease"""
+"""Rare disease: HPO phenotyping, phenotype-driven diagnosis, gene prioritisation, patient matching, Phenopackets.
+
+* ``kb`` / ``ontology``: the HPO release (ontology, disease annotations, disease-gene links), cached;
+* ``ranker``: the likelihood-ratio differential diagnosis (``Ranker``, ``Case``) with explanations;
+* ``genes``: candidate genes from a list or an annotated VCF, ranked with the phenotype;
+* ``phenopackets``: GA4GH Phenopacket v2 reader and writer (``read_phenopacket``, ``write_phenopacket``);
+* ``patients``: cases in the OMOP CDM (``save_case``, ``load_case``); ``matching``: similar patients.
+
+See docs/raredisease.md.
+"""
