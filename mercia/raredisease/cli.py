@@ -173,7 +173,8 @@ def rank(
     if not hpo:
         fail("give --hpo (observed terms) or --cases")
     ranker = _ranker(sources)
-    case = Case(_ids(hpo), _ids(excluded), _ids(genes))
+    evidence = _gene_evidence(genes, vcf)
+    case = Case(_ids(hpo), _ids(excluded), list(evidence))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ObsoleteTermWarning)
         try:
@@ -181,7 +182,11 @@ def rank(
         except UnknownTermError as exc:
             fail(str(exc))
     notes = [str(w.message) for w in caught if issubclass(w.category, ObsoleteTermWarning)]
-    gene_results = _rank_genes(ranker, case, genes, vcf, top) if (genes or vcf) else None
+    gene_results = None
+    if genes or vcf:
+        from mercia.raredisease.genes import GenePrioritiser
+
+        gene_results = GenePrioritiser(ranker).rank(case, evidence, top=top)
     if as_json:
         _print_json({"knowledge_base": ranker.kb.version, "warnings": notes,
                      "ranking": [c.to_dict(explain=True) for c in candidates],
@@ -203,8 +208,9 @@ def _ranker(sources: str):
     return Ranker(_kb(), replace(ModelParameters(), sources=chosen))
 
 
-def _rank_genes(ranker, case, genes, vcf, top):
-    from mercia.raredisease.genes import GenePrioritiser, VcfError, from_gene_list, read_vcf
+def _gene_evidence(genes: str | None, vcf: Path | None) -> dict:
+    """Candidate genes from --genes and --vcf (the VCF's evidence wins for a gene given both ways)."""
+    from mercia.raredisease.genes import VcfError, from_gene_list, read_vcf
 
     evidence = from_gene_list(_ids(genes))
     if vcf is not None:
@@ -212,7 +218,7 @@ def _rank_genes(ranker, case, genes, vcf, top):
             evidence |= read_vcf(vcf)
         except (OSError, VcfError) as exc:
             fail(str(exc))
-    return GenePrioritiser(ranker).rank(case, evidence, top=top)
+    return evidence
 
 
 def _show_ranking(ranker, candidates, gene_results, notes, explain) -> None:

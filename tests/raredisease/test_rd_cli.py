@@ -126,3 +126,18 @@ def test_disease_command():
     frequencies = [a["frequency"] for a in info["annotations"]]
     assert frequencies == sorted(frequencies, reverse=True)
     assert invoke("disease", "MONDO:0007947").exit_code == 1
+
+
+def test_rank_with_a_vcf_restricts_diseases_to_its_genes(tmp_path):
+    vcf = tmp_path / "case.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS1\n"
+                   "7\t117559590\t.\tG\tA\t50\tPASS\tANN=A|stop_gained|HIGH|CFTR|E|x\tGT\t1/1\n")
+    result = invoke("rank", "--hpo", MARFAN, "--vcf", str(vcf), "--json", "--top", "3")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["genes"][0]["gene"] == "CFTR" and data["genes"][0]["alleles"] == 2
+    assert data["ranking"] and all("CFTR" in c["genes"] for c in data["ranking"])
+    bad = tmp_path / "bad.vcf"
+    bad.write_text("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n1\t5\t.\tA\tG\t.\t.\tDP=1\n")
+    result = invoke("rank", "--hpo", MARFAN, "--vcf", str(bad))
+    assert result.exit_code == 1 and "line 2: field INFO" in result.output
