@@ -61,6 +61,16 @@ def store(engine, tmp_path):
     drop_store(s)
 
 
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.slow)])
+def heavy_store(request, tmp_path):
+    """Like ``store``, for tests whose work takes seconds on PostgreSQL (say, reinstalling the
+    starter vocabulary): the PostgreSQL case runs in the slow tier only (CI runs every tier)."""
+    s = open_store(request.param, tmp_path)
+    s.init_schema()
+    yield s
+    drop_store(s)
+
+
 @pytest.fixture
 def empty_store(engine, tmp_path):
     """A fresh store with no tables at all, on each engine."""

@@ -10,7 +10,7 @@ import pytest
 from mercia.cdm import CDM_TABLES, StoreError
 from mercia.cdm.loader import export_omop, load_omop_directory
 
-SUBSET = ["person", "drug_exposure", "concept", "concept_synonym", "cdm_source", "note_nlp"]
+SUBSET = ["person", "visit_occurrence", "observation_period", "concept", "concept_synonym", "cdm_source", "note_nlp"]
 
 
 def differences(left: Path, right: Path, tables) -> dict[str, tuple[int, int]]:
@@ -36,21 +36,17 @@ def round_trip(source, target, fmt: str, tables, tmp_path: Path) -> dict:
     return differences(tmp_path / "a", tmp_path / "b", tables)
 
 
-def test_round_trip_of_all_of_gibleed_as_csv_gz_on_duckdb(gibleed_store, store_factory, tmp_path):
-    assert round_trip(gibleed_store, store_factory("duckdb"), "csv.gz", list(CDM_TABLES), tmp_path) == {}
-
-
 @pytest.mark.slow
 def test_round_trip_of_all_of_gibleed_as_csv_gz(gibleed_any_store, store_factory, tmp_path):
     target = store_factory(gibleed_any_store.dialect)
     assert round_trip(gibleed_any_store, target, "csv.gz", list(CDM_TABLES), tmp_path) == {}
 
 
-@pytest.mark.parametrize("fmt", ["csv", "tsv", "parquet"])
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "tsv", "parquet"])
 def test_round_trip_each_format(gibleed_any_store, store_factory, fmt, tmp_path):
     target = store_factory(gibleed_any_store.dialect)
     assert round_trip(gibleed_any_store, target, fmt, SUBSET, tmp_path) == {}
-    suffix = {"csv": ".csv", "tsv": ".tsv", "parquet": ".parquet"}[fmt]
+    suffix = {"csv": ".csv", "csv.gz": ".csv.gz", "tsv": ".tsv", "parquet": ".parquet"}[fmt]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(t + suffix for t in SUBSET)
 
 

@@ -93,7 +93,8 @@ def test_ensure_is_a_no_op_when_installed(starter_store):
     assert starter_store.table_counts(["concept", "concept_ancestor", "concept_relationship"]) == before
 
 
-def test_reinstall_replaces_only_the_starter_rows(store):
+def test_reinstall_replaces_only_the_starter_rows(heavy_store):
+    store = heavy_store
     store.execute("INSERT INTO concept VALUES (201826, 'Type 2 diabetes mellitus', 'Condition', 'SNOMED', "
                   "'Clinical Finding', 'S', '44054006', DATE '1970-01-01', DATE '2099-12-31', NULL)")
     store.execute("INSERT INTO vocabulary VALUES ('SNOMED', 'SNOMED CT', '', 'test', 0)")
@@ -106,7 +107,8 @@ def test_reinstall_replaces_only_the_starter_rows(store):
     assert once["vocabulary"] == 3
 
 
-def test_starter_steps_aside_for_an_athena_vocabulary(store):
+def test_starter_steps_aside_for_an_athena_vocabulary(heavy_store):
+    store = heavy_store
     store.execute("INSERT INTO concept VALUES (45542411, 'Type 2 diabetes mellitus', 'Condition', 'ICD10', "
                   "'ICD10 code', NULL, 'E11', DATE '1970-01-01', DATE '2099-12-31', NULL)")
     outcome = vocab.install_starter(store)
