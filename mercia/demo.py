@@ -19,12 +19,13 @@ from mercia.governance.model import Role
 
 DEMO_DIR = Path("demo-data")
 
-# username, display name, roles (scope "SOURCE" becomes the demo store's source name)
+# username, display name, roles (scope "SOURCE" becomes the demo store's source name; RRK is the ODS
+# code under which the data manager can load extracts through the web app)
 DEMO_PEOPLE = [
     ("researcher", "Dr Asha Patel (researcher)", [(Role.RESEARCHER, "")]),
     ("coordinator", "Tom Hughes (trial coordinator)", [(Role.TRIAL_COORDINATOR, "")]),
     ("clinician", "Dr Lena Okafor (clinician)", [(Role.CLINICIAN, "")]),
-    ("datamanager", "Priya Singh (data manager)", [(Role.DATA_MANAGER, "SOURCE")]),
+    ("datamanager", "Priya Singh (data manager)", [(Role.DATA_MANAGER, "SOURCE"), (Role.DATA_MANAGER, "RRK")]),
     ("cancerlead", "Prof. Mark Evans (Cancer pillar lead)", [(Role.PILLAR_LEAD, "cancer")]),
     ("chroniclead", "Dr Ruth Allen (Chronic Disease pillar lead)", [(Role.PILLAR_LEAD, "chronic")]),
     ("checker", "Sam Wright (output checker)", [(Role.OUTPUT_CHECKER, "")]),

@@ -379,8 +379,10 @@ def job_page(job_id: int, request: Request, caller: Caller = Depends(signed_in))
         raise NotFound(f"no job {job_id} of yours")
     next_url = None
     if job["status"] == "succeeded":
-        next_url = f"/cohorts/{job['result']['cohort_id']}" if job["kind"] == "cohort.run" \
-            else f"/analyses/{job['result']['analysis_id']}"
+        result = job["result"]
+        next_url = (f"/cohorts/{result['cohort_id']}" if job["kind"] == "cohort.run"
+                    else f"/sources/{urlquote(result['org'])}" if job["kind"] == "source.load"
+                    else f"/analyses/{result['analysis_id']}")
     return render(request, "job.html", caller, job=job, next_url=next_url)
 
 
@@ -449,7 +451,10 @@ def source_page(name: str, request: Request, caller: Caller = Depends(signed_in)
     if detail is None:
         raise NotFound(f"no source {name!r}")
     state.gov.audit.record(caller.user.username, "source.view", f"source:{name}")
-    return render(request, "source.html", caller, source=detail)
+    from mercia.api.loads import UPLOAD_KINDS
+
+    return render(request, "source.html", caller, source=detail, upload_kinds=UPLOAD_KINDS,
+                  can_load=caller.user.has(Role.DATA_MANAGER, name) or caller.user.has(Role.ADMIN))
 
 
 @router.get("/concepts", response_class=HTMLResponse)
@@ -468,6 +473,21 @@ def concepts_page(request: Request, caller: Caller = Depends(signed_in), q: str 
             error = str(exc)
     return render(request, "concepts.html", caller, q=q, domain=domain, standard_only=bool(standard_only),
                   results=results, error=error)
+
+
+@router.post("/sources/{name}/loads")
+async def load_extract(name: str, request: Request, caller: Caller = Depends(signed_in)):
+    from starlette.concurrency import run_in_threadpool
+
+    from mercia.api.loads import start_load
+
+    form = await request.form()
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str) or not upload.filename:
+        raise GovernanceError("choose a file to load")
+    job_id = await run_in_threadpool(start_load, state_of(request), caller.user, name, str(form.get("kind", "")),
+                                     upload.filename, upload.file)
+    return redirect(f"/jobs/{job_id}")
 
 
 @router.get("/raredisease", response_class=HTMLResponse)

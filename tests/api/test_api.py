@@ -458,3 +458,26 @@ def test_patient_matching_returns_pseudonyms(world, monkeypatch):
     missing = world.client.post("/api/v1/raredisease/match", headers=world.login("clin"),
                                 json={"project_id": project.id, "person_id": 39})
     assert missing.status_code == 404
+
+
+def test_data_manager_loads_an_extract(world, shared_data, monkeypatch):
+    monkeypatch.setenv("MERCIA_PSEUDONYM_KEY", "cd" * 32)
+    bundle = sorted((shared_data / "fhir" / "synthea_small" / "bundles").iterdir())[0]
+    dm_org = world.gov.create_user("dmrrk", "Trust DM", PASSWORD, [("data_manager", "RRK")])
+    h = {"Authorization": f"Bearer {world.gov.create_token(dm_org, 't')[1]}"}
+    files = {"file": (bundle.name, bundle.read_bytes())}
+    assert world.client.post("/api/v1/sources/RRK/loads", headers=world.login("res"), files=files,
+                             data={"kind": "fhir"}).status_code == 403
+    assert world.client.post("/api/v1/sources/OTHER/loads", headers=h, files=files,
+                             data={"kind": "fhir"}).status_code == 403
+    assert world.client.post("/api/v1/sources/RRK/loads", headers=h, files=files,
+                             data={"kind": "csv"}).status_code == 400
+    r = world.client.post("/api/v1/sources/RRK/loads", headers=h, files=files, data={"kind": "fhir"})
+    assert r.status_code == 202
+    job = world.client.app.state.mercia.jobs.wait(r.json()["job_id"], 120)
+    assert job["status"] == "succeeded", job
+    assert job["result"]["loaded"] > 0 and job["result"]["org"] == "RRK"
+    detail = world.client.get("/api/v1/sources/RRK", headers=h).json()
+    assert detail["load_history"][0]["extract"] == bundle.name
+    assert any("not mapped" in f["reason"] for f in detail["quality_findings"])
+    assert "RRK" in [s["name"] for s in world.client.get("/api/v1/sources", headers=h).json()]

@@ -48,8 +48,9 @@ def app(demo):
 
 @pytest.fixture
 def client(app):
-    with TestClient(app, base_url="http://127.0.0.1") as c:
-        yield c
+    """A fresh browser-like client; not entered as a context manager, so the shared app's lifespan
+    (which stops its job runner) is not run after each test."""
+    return TestClient(app, base_url="http://127.0.0.1")
 
 
 @pytest.fixture(scope="module")

@@ -163,3 +163,24 @@ def test_admin_registers_and_deactivates_people(client, demo):
                        ).status_code == 303
     with pytest.raises(Exception, match="not right"):
         gov.authenticate("newlead", password)
+
+
+def test_data_manager_uploads_through_the_source_page(client, demo, shared_data, monkeypatch):
+    monkeypatch.setenv("MERCIA_PSEUDONYM_KEY", "ef" * 32)
+    bundle = sorted((shared_data / "fhir" / "synthea_small" / "bundles").iterdir())[0]
+    csrf = sign_in(client, demo, "datamanager")
+    page = client.get(f"/sources/{demo.source}")
+    assert page.status_code == 200 and "Load an extract" in page.text
+    files = {"file": (bundle.name, bundle.read_bytes())}
+    assert client.post("/sources/RRK/loads", data={"kind": "fhir"}, files=files).status_code == 403
+    r = client.post("/sources/RRK/loads", data={"kind": "fhir", "csrf_token": csrf}, files=files,
+                    follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/jobs/")
+    job_id = int(r.headers["location"].split("/")[-1])
+    assert client.app.state.mercia.jobs.wait(job_id, 120)["status"] == "succeeded"
+    assert 'href="/sources/RRK"' in client.get(f"/jobs/{job_id}").text
+    assert bundle.name in client.get("/sources/RRK").text
+    client.cookies.clear()
+    csrf = sign_in(client, demo, "researcher")
+    assert client.post("/sources/RRK/loads", data={"kind": "fhir", "csrf_token": csrf},
+                       files=files).status_code == 403

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, UploadFile
 from fastapi.responses import Response
 
 from mercia.api import models as m
 from mercia.api.auth import current_user
 from mercia.api.exportable import EXPORTABLE, build_export
+from mercia.api.loads import start_load
 from mercia.api.sources import list_sources, source_detail
 from mercia.api.state import state_of
 from mercia.governance import Role, User
@@ -40,6 +41,14 @@ def source(name: str, request: Request, user: User = Depends(current_user)) -> d
         raise HTTPException(404, f"no source {name!r}")
     state.gov.audit.record(user.username, "source.view", f"source:{name}")
     return detail
+
+
+@router.post("/sources/{org}/loads", tags=["sources"], status_code=202,
+             summary="Load an organisation's extract (FHIR, HL7 v2, Phenopackets, VCF) as a background job")
+def load_extract(org: str, request: Request, file: UploadFile, kind: str = Form(...),
+                 user: User = Depends(current_user)) -> dict[str, Any]:
+    job_id = start_load(state_of(request), user, org, kind, file.filename or "", file.file)
+    return {"job_id": job_id, "status_url": f"/api/v1/jobs/{job_id}"}
 
 
 @router.get("/exports", tags=["exports"], summary="Export requests you made, or (output checkers) all of them")

@@ -1,0 +1,48 @@
+"""Data managers load an organisation's extract (``mercia.ingest``) through the platform, as a job."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from mercia.api.state import MerciaState
+from mercia.governance import Forbidden, GovernanceError, Role, User
+
+UPLOAD_KINDS = ("fhir", "hl7v2", "phenopackets", "vcf")  # single-file readers; CSV extracts are directories
+
+
+def start_load(state: MerciaState, user: User, org: str, kind: str, filename: str, data: BinaryIO) -> int:
+    if not (user.has(Role.DATA_MANAGER, org) or user.has(Role.ADMIN)):
+        raise Forbidden(f"only {org}'s data managers can load its data")
+    if kind not in UPLOAD_KINDS:
+        raise GovernanceError(f"kind must be one of {', '.join(UPLOAD_KINDS)}")
+    name = Path(filename or "extract").name
+    if not name or name.startswith("."):
+        raise GovernanceError("the upload needs a file name")
+    folder = Path(tempfile.mkdtemp(prefix="mercia-load-"))
+    path = folder / name
+    with path.open("wb") as out:
+        shutil.copyfileobj(data, out)
+    state.gov.audit.record(user.username, "source.load", f"source:{org}", kind=kind, extract=name,
+                           bytes=path.stat().st_size)
+
+    def work(progress) -> dict[str, Any]:
+        from mercia.ingest.service import ingest
+        from mercia.ingest.tables import ensure_ingest_tables
+
+        steps = iter([0.2, 0.5, 0.8])
+        try:
+            with state.lock:
+                ensure_ingest_tables(state.store)
+                summary = ingest(state.store, kind, path, org,
+                                 on_step=lambda message: progress(next(steps, 0.9), message))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return {"load_id": summary.load_id, "org": summary.org, "extract": summary.extract, "read": summary.read,
+                "loaded": summary.loaded, "unchanged": summary.unchanged, "rejected": summary.rejected,
+                "withheld": summary.withheld, "flagged": summary.flagged, "rows": summary.rows,
+                "reject_reasons": summary.reject_reasons}
+
+    return state.jobs.submit("source.load", user.id, None, work)
