@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from mercia.raredisease.ontology import Ontology, parse_obo
 
-CACHE_FORMAT = 5  # bump when the cached arrays change meaning
+CACHE_FORMAT = 6  # bump when the cached arrays change meaning
 
 # Midpoints of the HPO frequency classes (HP:0040279 subtree), as used for their definitions.
 FREQUENCY_TERMS = {
@@ -309,10 +309,28 @@ def build(files: dict[str, Path]) -> dict[str, np.ndarray]:
         hpoa_version=np.array(arrays["hpoa_version"]),
         files=np.array(json.dumps({k: str(v) for k, v in files.items()})),
     )
+    for key in PACKED:  # long, ragged strings: a fixed-width unicode array would be mostly padding
+        arrays[f"{key}_blob"], arrays[f"{key}_offsets"] = _pack(arrays.pop(key))
     return arrays
 
 
+PACKED = ("term_names", "term_synonyms", "disease_names")
+
+
+def _pack(strings) -> tuple[np.ndarray, np.ndarray]:
+    encoded = [str(s).encode() for s in strings]
+    offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
+
+
+def _unpack(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    raw = blob.tobytes()
+    bounds = offsets.tolist()
+    return np.array([raw[a:b].decode() for a, b in zip(bounds, bounds[1:])], dtype=object)
+
+
 def _from_arrays(a) -> KnowledgeBase:
+    a = dict(a) | {key: _unpack(a[f"{key}_blob"], a[f"{key}_offsets"]) for key in PACKED}
     ontology = Ontology(
         a["term_ids"],
         a["term_names"],

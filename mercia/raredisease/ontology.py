@@ -87,7 +87,7 @@ class Ontology:
 
     def __init__(self, ids, names, synonyms, parent_ptr, parent_idx, aliases, version):
         self.ids = np.asarray(ids)
-        self.names = np.asarray(names)
+        self.names = np.asarray(names, dtype=object)
         self.synonyms = synonyms  # list[str] per term, joined with "|"
         self.version = str(version)
         self.index = {term_id: i for i, term_id in enumerate(self.ids.tolist())}
