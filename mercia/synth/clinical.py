@@ -534,8 +534,7 @@ class ChunkBuilder:
         self.add_conditions(mum, booking, "pregnant", self.gp_visits(mum, booking), False)
         caes = rng.random(len(mum)) < 0.3
         for proc, rows in (("caesarean", caes), ("normal_delivery", ~caes)):
-            self._admit(mum[rows], bday[rows], np.where(caes[rows], 3, 1), "delivered",
-                        "11" if proc == "caesarean" else "21", proc)
+            self._admit(mum[rows], bday[rows], np.where(caes[rows], 3, 1), "delivered", "31", proc)
 
     def _deaths(self) -> None:
         p, rng = self.p, self.rng

@@ -412,10 +412,14 @@ def _acute(con, writer: Writer, rate: float) -> None:
                CASE WHEN v.visit_source_value = 'IP' THEN v.admitted_from_source_value ELSE '' END AS admission_method,
                CASE v.visit_source_value WHEN 'OP' THEN '' WHEN 'AE' THEN '1'
                     ELSE v.discharged_to_source_value END AS discharge_method,
-               CASE v.visit_source_value WHEN 'AE' THEN '180' WHEN 'OP' THEN '300' ELSE '100' END AS specialty,
+               CASE WHEN v.visit_source_value = 'AE' THEN '180' WHEN v.visit_source_value = 'OP' THEN '300'
+                    WHEN dx.code IN ('O80') THEN '501' WHEN dx.code IN ('S72.0', 'M19.9') THEN '110'
+                    WHEN dx.code IN ('K35.8') THEN '100' WHEN dx.code LIKE 'C%' THEN '370' ELSE '300' END AS specialty,
                CASE WHEN u('ed|' || v.visit_occurrence_id) < {bad_date} THEN 'impossible_date' END AS err
         FROM visit_occurrence v JOIN org o ON o.care_site_id = v.care_site_id AND o.org_type = 'acute'
         JOIN xw x ON x.person_id = v.person_id AND x.org_code = o.org_code
+        LEFT JOIN (SELECT visit_occurrence_id, arg_min(condition_source_value, condition_occurrence_id) AS code
+                   FROM condition_occurrence GROUP BY ALL) dx USING (visit_occurrence_id)
         ORDER BY v.visit_occurrence_id""")
     diagnoses = _fetch(con, f"""
         SELECT o.org_code, 'E' || key12('enc' || c.visit_occurrence_id)
