@@ -128,7 +128,8 @@ def _pre_csrf_cookie(request: Request, response: Response, token: str) -> None:
 
 
 def _safe_next(path: str) -> str:
-    return path if path.startswith("/") and not path.startswith("//") else "/"
+    """Only a path on this site: browsers read "//host" and "/\\host" as another site."""
+    return path if path.startswith("/") and not path.startswith(("//", "/\\")) and "\n" not in path else "/"
 
 
 @router.post("/signin", response_class=HTMLResponse)

@@ -120,7 +120,7 @@ def test_admin_user_management_and_refusals(world):
     assert any(u["username"] == "newbie" for u in world.client.get("/api/v1/users", headers=admin).json())
     assert world.client.post(f"/api/v1/users/{uid}/deactivate", headers=res).status_code == 403
     assert world.client.post(f"/api/v1/users/{uid}/deactivate", headers=admin).json()["active"] is False
-    assert world.client.post(f"/api/v1/users/9999/deactivate", headers=admin).status_code == 404
+    assert world.client.post("/api/v1/users/9999/deactivate", headers=admin).status_code == 404
 
 
 def test_pillars_themes_domains(world):

@@ -184,3 +184,11 @@ def test_data_manager_uploads_through_the_source_page(client, demo, shared_data,
     csrf = sign_in(client, demo, "researcher")
     assert client.post("/sources/RRK/loads", data={"kind": "fhir", "csrf_token": csrf},
                        files=files).status_code == 403
+
+
+@pytest.mark.parametrize("target", ["//evil.example", "/\\evil.example", "https://evil.example"])
+def test_signin_never_redirects_off_site(client, demo, target):
+    page = client.get(f"/signin?next={target}")
+    r = client.post("/signin", data={"username": "researcher", "password": demo.passwords["researcher"],
+                                     "csrf_token": csrf_of(page.text), "next": target}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
