@@ -1,6 +1,7 @@
 """Benchmark the rare-disease ranker on the published phenopacket-store cases in the shared data.
 
-    .venv/bin/python benchmarks/raredisease.py [--tune]
+    .venv/bin/python benchmarks/raredisease.py                  # writes benchmarks/results/raredisease.json
+    .venv/bin/python benchmarks/raredisease.py --tune '{"floor": [0.02, 0.05]}'   # grid on the tuning half
 
 Reports top-1/3/10 and MRR separately for cases whose publication was an annotation source of HPO 2025-01-16
 (cited: the answer leaked into the knowledge base), for those whose publication was not (the honest figure),
