@@ -171,6 +171,7 @@ def generate_region(out_dir: Path | str, persons: int = 20_000, seed: int = 42, 
     pq.write_table(errors, out / "truth" / "errors.parquet", compression="zstd")
     pacsv.write_csv(org_table.select(["org_code", "org_type", "name"]).append_column(
         "postcode", pa.array([""] * org_table.num_rows)), out / "organisations.csv")
+    _complete_layout(out, orgs, writer)
     for code in orgs.practices:
         _bulk_manifest(out, code, writer.counts)
     manifest = {
@@ -608,6 +609,33 @@ def _rare_disease(writer: Writer, chunk: Chunk, seen: np.ndarray, xw: pa.Table, 
                         ("chrom", pa.string()), ("pos", pa.int64()), ("ref", pa.string()), ("alt", pa.string()),
                         ("genotype", pa.string()), ("disease_id", pa.string())])
     return pa.Table.from_pylist(variants, schema=schema)
+
+
+CSV_HEADERS = {
+    "patients": "local_patient_id,nhs_number,family_name,given_name,date_of_birth,sex,postcode",
+    "encounters": "encounter_id,local_patient_id,setting,start_date,end_date,admission_method,discharge_method,"
+                  "specialty",
+    "diagnoses": "encounter_id,position,icd10_code",
+    "procedures": "encounter_id,position,opcs4_code,procedure_date",
+    "proms": "record_id,nhs_number,date_of_birth,sex,postcode,provider_code,procedure_opcs4,questionnaire,timepoint,"
+             "completed_date,eq5d_mobility,eq5d_selfcare,eq5d_usual_activities,eq5d_pain_discomfort,"
+             "eq5d_anxiety_depression,eq_vas,oks_score",
+}
+FHIR_TYPES = ("Patient", "EpisodeOfCare", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure")
+
+
+def _complete_layout(out: Path, orgs: Organisations, writer: Writer) -> None:
+    """Every file of the contract exists, empty (or header only) when an organisation had no records."""
+    expected = {f"gp/{c}/{t}.ndjson": "" for c in orgs.practices for t in FHIR_TYPES}
+    expected |= {f"acute/{c}/{n}.csv": CSV_HEADERS[n] + "\n" for c in orgs.trusts
+                 for n in ("patients", "encounters", "diagnoses", "procedures")}
+    expected |= {f"pathology/{orgs.pathology}/results.hl7": "", "proms/proms.csv": CSV_HEADERS["proms"] + "\n"}
+    for rel, content in expected.items():
+        path = out / rel
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content, encoding="utf-8")
+            writer.counts[rel] = 0
 
 
 def _bulk_manifest(out: Path, practice: str, counts: dict[str, int]) -> None:
