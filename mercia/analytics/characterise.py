@@ -83,7 +83,7 @@ def characterise(store: Store, cohort_id: int, windows: Sequence[Any] = ("-365:0
         persons = int(store.query_one(f"SELECT COUNT(*) FROM {idx}"))
         tables = [
             _summary(store, idx, persons, entries),
-            _demographics(store, idx, persons),
+            *_demographics(store, idx, persons),
             _age_sex(store, idx, persons),
         ]
         score_table, comorbidity_table, score_rows = _comorbidity(store, idx, persons,
@@ -125,7 +125,8 @@ def _continuous(store: Store, idx: str, persons: int, score_rows: list[dict[str,
                      rows=rows + score_rows)
 
 
-def _demographics(store: Store, idx: str, persons: int) -> StatTable:
+def _demographics(store: Store, idx: str, persons: int) -> list[StatTable]:
+    """Characteristics at index, and organisations in a table of their own (there may be hundreds)."""
     prior_band = ("CASE WHEN prior_obs_days IS NULL THEN 'Not in observation' "
                   "WHEN prior_obs_days < 365 THEN '< 1 year' WHEN prior_obs_days < 1095 THEN '1-3 years' "
                   "WHEN prior_obs_days < 1825 THEN '3-5 years' ELSE '5+ years' END")
@@ -153,7 +154,10 @@ def _demographics(store: Store, idx: str, persons: int) -> StatTable:
         text = names.get(int(category)) if v in concept_vars and category is not None else category
         rows.append({"variable": list(parts)[v], "category": text, "count_persons": int(n), "_order": v})
     rows.sort(key=lambda r: (r.pop("_order"), _category_key(r["variable"], r["category"], r["count_persons"])))
-    return categorical_table("demographics", "Characteristics at index", rows, persons)
+    return [categorical_table("demographics", "Characteristics at index",
+                              [r for r in rows if r["variable"] != "Organisation"], persons),
+            categorical_table("organisations", "Organisation (care site) at index",
+                              [r for r in rows if r["variable"] == "Organisation"], persons)]
 
 
 def _category_key(variable: str, category: str, n: int) -> tuple:

@@ -23,7 +23,7 @@ IMBALANCE = 0.1
 
 def _binary_covariates(result: AnalysisResult) -> dict[tuple[str, str], int]:
     out: dict[tuple[str, str], int] = {}
-    for row in result.table("demographics").rows:
+    for row in [*result.table("demographics").rows, *result.table("organisations").rows]:
         out[("Characteristic", f"{row['variable']}: {row['category']}")] = row["count_persons"]
     for row in result.table("comorbidity").rows:
         out[("Comorbidity", f"{row['comorbidity_index']}: {row['category']}")] = row["count_persons"]
