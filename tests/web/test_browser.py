@@ -44,7 +44,9 @@ def test_cohort_to_released_export(page, live_server, demo, shots):
     page.get_by_role("link", name="Metformin uptake after a type 2 diabetes diagnosis").first.click()
     page.get_by_role("link", name="Build a cohort").click()
     page.get_by_label("Cohort name").fill("T2DM on metformin within 6 months")
-    page.get_by_label("Concept ids", exact=True).first.fill("201826")
+    page.get_by_label("Find concepts for the entry event").press_sequentially("type 2 diab", delay=30)
+    page.get_by_role("option", name=re.compile("Type 2 diabetes mellitus")).first.dispatch_event("mousedown")
+    assert page.get_by_label("Concept ids", exact=True).input_value() == "201826"
     page.locator("#rule1_name").fill("Metformin within 6 months")
     page.locator("#rule1_domain").select_option("drug")
     page.locator("#rule1_concepts").fill("1503297")

@@ -21,16 +21,31 @@ function watchJob(box) {
   setTimeout(poll, 500);
 }
 
-// HPO term autocomplete (an ARIA combobox): choosing a term adds its id to the observed field;
-// Shift+Enter adds it to the excluded field.
-function hpoAutocomplete(input) {
+// Term autocomplete (an ARIA combobox) for HPO terms and OMOP concepts: choosing a term appends its
+// id to the field named by data-target; Shift+Enter (or Shift+click) uses data-alt-target instead.
+const SOURCES = {
+  hpo: {
+    url: (q) => `/api/v1/hpo/terms?q=${encodeURIComponent(q)}&limit=12`,
+    items: (body) => body.terms.map((t) => ({ id: t.id, name: t.name, hint: t.synonym ? `${t.id} (${t.synonym})` : t.id })),
+  },
+  concepts: {
+    url: (q, domain) => `/api/v1/concepts?q=${encodeURIComponent(q)}&standard_only=true&limit=12` +
+      (domain ? `&domain=${encodeURIComponent(domain)}` : ""),
+    items: (body) => body.map((c) => ({ id: String(c.concept_id), name: c.concept_name,
+      hint: `${c.concept_id} · ${c.vocabulary_id} ${c.concept_code} · ${c.domain_id}` })),
+  },
+};
+
+function autocomplete(input) {
+  const source = SOURCES[input.dataset.autocomplete];
   const list = document.getElementById(input.getAttribute("aria-controls"));
   let items = [];
   let active = -1;
   let timer;
   const close = () => { list.hidden = true; input.setAttribute("aria-expanded", "false"); active = -1; };
-  const add = (term, excluded) => {
-    const target = document.getElementById(excluded ? input.dataset.altTarget : input.dataset.target);
+  const add = (term, alternative) => {
+    const targetId = alternative && input.dataset.altTarget ? input.dataset.altTarget : input.dataset.target;
+    const target = document.getElementById(targetId);
     const ids = target.value.split(",").map((s) => s.trim()).filter(Boolean);
     if (!ids.includes(term.id)) ids.push(term.id);
     target.value = ids.join(", ");
@@ -45,17 +60,19 @@ function hpoAutocomplete(input) {
   const search = async () => {
     const q = input.value.trim();
     if (q.length < 2) { close(); return; }
-    const response = await fetch(`/api/v1/hpo/terms?q=${encodeURIComponent(q)}&limit=12`, { credentials: "same-origin" });
+    const domainField = input.dataset.domainFrom ? document.getElementById(input.dataset.domainFrom) : null;
+    const domain = domainField ? domainField.selectedOptions[0].textContent : "";
+    const response = await fetch(source.url(q, domain), { credentials: "same-origin" });
     if (!response.ok) return;
-    items = (await response.json()).terms;
+    items = source.items(await response.json());
     list.replaceChildren(...items.map((term, i) => {
       const li = document.createElement("li");
-      li.id = `hpo-option-${i}`;
+      li.id = `${list.id}-${i}`;
       li.setAttribute("role", "option");
       li.textContent = `${term.name} `;
       const small = document.createElement("span");
       small.className = "hint";
-      small.textContent = term.synonym ? `${term.id} (${term.synonym})` : term.id;
+      small.textContent = term.hint;
       li.appendChild(small);
       li.addEventListener("mousedown", (e) => { e.preventDefault(); add(term, e.shiftKey); });
       return li;
@@ -78,8 +95,7 @@ function hpoAutocomplete(input) {
 document.addEventListener("DOMContentLoaded", () => {
   const job = document.getElementById("job");
   if (job && (job.dataset.status === "queued" || job.dataset.status === "running")) watchJob(job);
-  const hpo = document.getElementById("hpo-search");
-  if (hpo) hpoAutocomplete(hpo);
+  document.querySelectorAll("[data-autocomplete]").forEach(autocomplete);
   const summary = document.querySelector(".error-summary[tabindex]");
   if (summary) summary.focus();
 });
