@@ -42,7 +42,7 @@ _PREFERENCE = {v: i for i, v in enumerate(VOCABULARIES.values())}
 _SUPPORTED = {"Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "MedicationStatement",
               "MedicationDispense", "MedicationAdministration", "Procedure", "Immunization",
               "AllergyIntolerance", "DiagnosticReport", "Specimen", "QuestionnaireResponse",
-              "Organization", "Practitioner", "Location", "Medication"}
+              "Organization", "Practitioner", "Location", "Medication", "EpisodeOfCare"}
 
 
 _ID = re.compile(rb'"id":"([^"]+)"')
@@ -116,6 +116,7 @@ class FhirReader:
         self.staged = Staged(extract)
         self.medications: dict[str, tuple[str | None, str | None]] = {}
         self.patient_identifiers: dict[str, str] = {}
+        self.extract_date: str | None = None  # the bulk export's transactionTime: ends open registrations
 
     # -- files -----------------------------------------------------------------------------
     def read_path(self, path: Path) -> Staged:
@@ -129,7 +130,9 @@ class FhirReader:
             return [path]
         manifest = path / "manifest.json"
         if manifest.exists():
-            outputs = orjson.loads(manifest.read_bytes()).get("output", [])
+            content = orjson.loads(manifest.read_bytes())
+            self.extract_date = (content.get("transactionTime") or "")[:10] or None
+            outputs = content.get("output", [])
             return [path / Path(o["url"]).name for o in outputs if (path / Path(o["url"]).name).exists()]
         suffixes = (".ndjson", ".ndjson.gz", ".json", ".json.gz")
         return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes)
@@ -283,6 +286,15 @@ class FhirReader:
         self.staged.events.add(**{**base, "visit_ref": base["record"]}, kind="Visit", vocabulary="Visit class",
                                code=klass.get("code") or "UNK", start=period["start"], end=period.get("end"),
                                site_ref=f"Organization/{provider}" if provider else None)
+
+    def _EpisodeOfCare(self, res: dict, base: dict) -> None:
+        """A GP registration: the span in which the practice's record is complete (observation period)."""
+        period = res.get("period") or {}
+        if not period.get("start"):
+            self.staged.reject(base["record"], "period.start", "EpisodeOfCare has no start", base["line"])
+            return
+        self.staged.events.add(**base, kind="Registration", vocabulary="Registration", code="registration",
+                               start=period["start"], end=period.get("end") or self.extract_date)
 
     def _Condition(self, res: dict, base: dict) -> None:
         self._event(base, "Condition", res.get("code"), _date(res, "onsetDateTime", "onsetPeriod", "recordedDate"),

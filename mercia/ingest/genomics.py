@@ -9,6 +9,7 @@ Genomic convention (documented in docs/ingest.md): each variant call becomes
   the genotype and ``measurement_type_concept_id`` = Registry; and
 - a row in ``variant_occurrence`` (a subset of the OHDSI G-CDM table of that name) keyed by that
   measurement: chromosome, position, reference/alternate allele, assembly, HGVS, genotype, gene.
+The clinic appointment becomes an outpatient ``visit_occurrence`` on that date, and
 HPO phenotypes go to ``observation`` (HPO concept; value Present/Absent as SNOMED qualifier
 values 52101004 / 2667000, so excluded phenotypes keep their meaning); diseases to
 ``condition_occurrence`` (OMIM).  Phenopackets carry no event dates: the phenopacket's
@@ -85,14 +86,17 @@ class GenomicsReader:
                       birth_date=birth, sex={"MALE": "male", "FEMALE": "female"}.get(case.sex), line=number)
         when = case.created.date().isoformat() if case.created else None
         record = f"Phenopacket/{case.id}"
-        base = dict(record=record, record_hash=digest, person_ref=person_ref, start=when, line=number)
+        base = dict(record=record, record_hash=digest, person_ref=person_ref, start=when, line=number,
+                    visit_ref=record)
+        # the clinic appointment at which the phenopacket was recorded: an outpatient visit
+        s.events.add(**base, kind="Visit", vocabulary="Visit class", code="AMB")
         for feature in case.phenotypes:
             s.events.add(**base, kind="Observation", vocabulary="HPO", code=feature.term, value_vocabulary="SNOMED",
                          value_code=ABSENT if feature.excluded else PRESENT,
                          qualifier="excluded" if feature.excluded else "observed")
         for disease in case.diseases:
             if not disease.excluded:
-                s.events.add(**base, kind="Condition", vocabulary="OMIM", code=disease.term.removeprefix("OMIM:"))
+                s.events.add(**base, kind="Condition", vocabulary="OMIM", code=disease.term)
         for i, variant in enumerate(case.variants, start=1):
             parts = variant.vcf.split(":") if variant.vcf else []
             s.events.add(**base, kind="Measurement", vocabulary="HGNC", qualifier=f"variant {i}",
@@ -142,6 +146,7 @@ class GenomicsReader:
         for sample in samples:
             calls = table.column(sample).to_pylist()
             person_ref = sample_person.get(sample, f"Subject/{sample}")
+            sample_date = date or _phenopacket_date(file.parent.parent / "phenopackets" / f"{sample}.json")
             for row, call in enumerate(calls):
                 self.staged.read += 1
                 record = f"VCF/{file.name}/{sample}/{chrom[row]}:{pos[row]}:{ref[row]}:{alt[row]}"
@@ -153,7 +158,7 @@ class GenomicsReader:
                 gene = next((kv.split("=", 1)[1] for kv in info[row].split(";") if kv.startswith("GENE=")), None)
                 digest = content_hash(f"{chrom[row]}\t{pos[row]}\t{ref[row]}\t{alt[row]}\t{genotype}".encode())
                 self.staged.events.add(record=record, record_hash=digest, person_ref=person_ref, kind="Measurement",
-                                       vocabulary="HGNC", code=gene or f"{chrom[row]}:{pos[row]}", start=date,
+                                       vocabulary="HGNC", code=gene or f"{chrom[row]}:{pos[row]}", start=sample_date,
                                        value_vocabulary="VCF GT", value_code=genotype, line=header_at + row + 2,
                                        qualifier="call")
                 self._variant(record, "call", person_ref, assembly, str(chrom[row]), pos[row], ref[row], alt[row], gene,
@@ -162,6 +167,15 @@ class GenomicsReader:
     def finish(self) -> Staged:
         self.staged.variants = pa.table(self.variants, schema=VARIANT_SCHEMA)
         return self.staged
+
+
+def _phenopacket_date(path: Path) -> str | None:
+    """A VCF without ##fileDate takes the date of the phenopacket that points at it (region layout:
+    ``rare_disease/<ODS>/phenopackets/<id>.json`` beside ``vcf/<id>.vcf``)."""
+    if not path.exists():
+        return None
+    created = orjson.loads(path.read_bytes()).get("metaData", {}).get("created")
+    return created[:10] if created else None
 
 
 def read_phenopackets(path: Path | str) -> Staged:

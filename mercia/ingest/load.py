@@ -416,6 +416,7 @@ class _Load:
         for domain in DOMAIN_TABLE:
             if domain != "Visit":
                 self._insert_domain(domain, load_id, provenance)
+        self._insert_registrations(provenance)
         self._insert_variants(provenance)
         prov = pa.concat_tables([t.cast(provenance[0].schema) for t in provenance])
         self.register("prov_rows", prov)
@@ -423,6 +424,18 @@ class _Load:
             SELECT cdm_table, row_id, ? AS org, ? AS extract, source_record, record_hash, {load_id} AS load_id
             FROM prov_rows""", [self.org, extract])
         store.insert_arrow("mercia_provenance", prov)
+
+    def _insert_registrations(self, provenance: list[pa.Table]) -> None:
+        start = _max_id(self.store, "mercia_registration", "registration_id")
+        self.con.execute(f"""CREATE TABLE registration_rows AS
+            SELECT {start} + row_number() OVER (ORDER BY source_record) AS registration_id, person_id,
+                   ? AS org, start_date, end_date, source_record, record_hash
+            FROM routed WHERE domain = 'Registration'""", [self.org])
+        rows = _table_from_query(self.con, """SELECT registration_id, person_id, org, start_date, end_date
+                                              FROM registration_rows""")
+        self.rows["registration"] += self.store.insert_arrow("mercia_registration", rows)
+        provenance.append(_table_from_query(self.con, """SELECT 'mercia_registration' AS cdm_table,
+            registration_id AS row_id, source_record, record_hash FROM registration_rows"""))
 
     def _insert_variants(self, provenance: list[pa.Table]) -> None:
         variants = self.staged.variants
@@ -467,7 +480,7 @@ class _Load:
 
 def _domain_columns(domain: str, type_concept: int) -> dict[str, str]:
     """CDM column -> SQL over the routed events, per target table."""
-    src = "left(COALESCE(vocabulary || ':', '') || code, 50)"
+    src = "left(code, 50)"  # the code verbatim (OMOP convention); its vocabulary is in *_source_concept_id
     if domain == "Visit":
         visit = "CASE code " + " ".join(f"WHEN '{k}' THEN {v}" for k, v in VISIT_CLASS.items()) + " ELSE 0 END"
         return {"visit_concept_id": visit, "visit_start_date": "start_date", "visit_start_datetime": "start_datetime",
@@ -500,7 +513,7 @@ def _domain_columns(domain: str, type_concept: int) -> dict[str, str]:
         return {"specimen_concept_id": "concept_id", "specimen_type_concept_id": str(type_concept),
                 "specimen_date": "start_date", "specimen_datetime": "start_datetime",
                 "specimen_source_value": src}
-    value_source = "left(COALESCE(value_vocabulary || ':' || value_code, CAST(value_number AS VARCHAR)), 50)"
+    value_source = "left(COALESCE(value_code, CAST(value_number AS VARCHAR)), 50)"
     if domain == "Measurement":
         return {"measurement_concept_id": "concept_id", "measurement_date": "start_date",
                 "measurement_datetime": "start_datetime", "measurement_type_concept_id": str(type_concept),
@@ -534,7 +547,8 @@ def map_to_standard(store: Store, codes: pa.Table) -> pa.Table:
                CASE WHEN c.standard_concept = 'S' THEN c.concept_id ELSE s.concept_id END AS concept_id,
                CASE WHEN c.standard_concept = 'S' THEN c.domain_id ELSE s.domain_id END AS domain_id
         FROM mercia_tmp_codes t
-        JOIN concept c ON c.vocabulary_id = t.vocabulary AND c.concept_code = t.code
+        JOIN concept c ON c.vocabulary_id = t.vocabulary AND c.concept_code =
+             CASE WHEN t.vocabulary = 'OMIM' THEN replace(t.code, 'OMIM:', '') ELSE t.code END
         LEFT JOIN concept_relationship r ON r.concept_id_1 = c.concept_id AND r.relationship_id = 'Maps to'
              AND r.invalid_reason IS NULL AND c.standard_concept IS DISTINCT FROM 'S'
         LEFT JOIN concept s ON s.concept_id = r.concept_id_2 AND s.standard_concept = 'S'""")
@@ -565,14 +579,31 @@ def rebuild_person_rows(store: Store, person_ids: pa.Table) -> None:
         SELECT person_id, min(death_date), """ + str(EHR_TYPE) + """ FROM mercia_person_link
         WHERE death_date IS NOT NULL AND person_id IN (SELECT person_id FROM mercia_tmp_persons)
         GROUP BY person_id""")
+    # Observation periods: a person's GP registrations, overlapping ones merged (gaps and islands);
+    # a person never registered gets one period spanning their events.
     union = " UNION ALL ".join(f"SELECT person_id, {col} AS d FROM {table} WHERE person_id IN "
                                "(SELECT person_id FROM mercia_tmp_persons)" for table, col in EVENT_DATES.items())
     next_id = _max_id(store, "observation_period", "observation_period_id")
     store.execute(f"""
         INSERT INTO observation_period (observation_period_id, person_id, observation_period_start_date,
             observation_period_end_date, period_type_concept_id)
-        SELECT {next_id} + row_number() OVER (ORDER BY person_id), person_id, min(d), max(d), {EHR_TYPE}
-        FROM ({union}) e GROUP BY person_id""")
+        SELECT {next_id} + row_number() OVER (ORDER BY person_id, s), person_id, s, e, {EHR_TYPE} FROM (
+            SELECT person_id, min(start_date) AS s, max(end_date) AS e FROM (
+                SELECT *, sum(starts_island) OVER (PARTITION BY person_id ORDER BY start_date, end_date
+                                                   ROWS UNBOUNDED PRECEDING) AS island FROM (
+                    SELECT person_id, start_date, end_date,
+                           CASE WHEN start_date <= max(end_date) OVER (PARTITION BY person_id
+                               ORDER BY start_date, end_date ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                           THEN 0 ELSE 1 END AS starts_island
+                    FROM (SELECT r.person_id, r.start_date,
+                                 COALESCE(r.end_date, (SELECT max(d) FROM ({union}) ev
+                                                       WHERE ev.person_id = r.person_id), r.start_date) AS end_date
+                          FROM mercia_registration r WHERE r.person_id IN (SELECT person_id FROM mercia_tmp_persons)
+                         ) reg) flagged) islands
+            GROUP BY person_id, island
+            UNION ALL
+            SELECT person_id, min(d), max(d) FROM ({union}) e
+            WHERE person_id NOT IN (SELECT person_id FROM mercia_registration) GROUP BY person_id) periods""")
     store.execute("DROP TABLE IF EXISTS mercia_tmp_persons")
 
 

@@ -8,6 +8,7 @@
   problem flagged (``'flagged'``, e.g. an invalid NHS number), or were withheld by the national
   data opt-out (``'withheld'``, counted only: no record key).  Never holds identifiers.
 - ``variant_occurrence``: genomic variant calls (OHDSI Genomic CDM shape, see mercia.ingest.genomics).
+- ``mercia_registration``: GP registrations, from which observation periods are built.
 - ``mercia_person_link``: one row per organisation's person, with the keyed-hash NHS pseudonym
   and linkage tokens (computed before identifiers were dropped) and the person_id it links to.
 """
@@ -43,6 +44,10 @@ DDL.append("""CREATE TABLE IF NOT EXISTS variant_occurrence (
         variant_occurrence_id BIGINT NOT NULL, person_id BIGINT NOT NULL, measurement_id BIGINT NOT NULL,
         reference_sequence VARCHAR, chromosome VARCHAR, position BIGINT, reference_allele VARCHAR,
         alternate_allele VARCHAR, target_gene_symbol VARCHAR, hgvs VARCHAR, genotype VARCHAR)""")
+# Registrations (GP EpisodeOfCare): the observation periods are derived from these.
+DDL.append("""CREATE TABLE IF NOT EXISTS mercia_registration (
+        registration_id BIGINT NOT NULL, person_id BIGINT NOT NULL, org VARCHAR NOT NULL,
+        start_date DATE NOT NULL, end_date DATE)""")
 INDEXES = [
     "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_org_record ON mercia_provenance (org, source_record)",
     "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_row ON mercia_provenance (cdm_table, row_id)",

@@ -93,3 +93,36 @@ def _with_check_digit(base: int) -> str | None:
     check = 11 - sum(d * w for d, w in zip(digits, range(10, 1, -1))) % 11
     check = 0 if check == 11 else check
     return None if check == 10 else f"{base:09d}{check}"
+
+
+# How each region organisation type keys its patients in staging (see mercia.ingest readers).
+PERSON_REF_FORMAT = {"gp": "{}", "acute": "{}", "pathology": "PID/{}", "rare_disease": "Subject/{}", "proms": "{}"}
+
+
+def region_person_truth(store, region_dir, pseudonymiser) -> pa.Table:
+    """(org, source_pseudonym, person_id, true_person_id) for every link record the region's
+    crosswalk can identify; ``truth/crosswalk.parquet`` is read, never loaded into the store."""
+    from pathlib import Path
+
+    con = duckdb.connect()
+    crosswalk = con.sql("SELECT person_id, org_code, org_type, local_id FROM read_parquet(?)",
+                        params=[str(Path(region_dir) / "truth" / "crosswalk.parquet")]).to_arrow_table()
+    refs = [PERSON_REF_FORMAT[t].format(local) for t, local in
+            zip(crosswalk.column("org_type").to_pylist(), crosswalk.column("local_id").to_pylist())]
+    orgs = crosswalk.column("org_code").to_pylist()
+    pseudonyms = [None] * len(refs)
+    for org in set(orgs):
+        idx = [i for i, o in enumerate(orgs) if o == org]
+        hashed = pseudonymiser.source_pseudonyms(org, [refs[i] for i in idx]).to_pylist()
+        for i, h in zip(idx, hashed):
+            pseudonyms[i] = h
+    con.register("crosswalk", crosswalk.append_column("source_pseudonym", pa.array(pseudonyms, pa.string())))
+    con.register("links", store.query_arrow("SELECT org, source_pseudonym, person_id FROM mercia_person_link"))
+    return con.sql("""SELECT l.org, l.source_pseudonym, l.person_id, c.person_id AS true_person_id
+                      FROM links l JOIN crosswalk c ON c.org_code = l.org AND c.source_pseudonym = l.source_pseudonym
+                   """).to_arrow_table()
+
+
+def region_linkage_quality(store, region_dir, pseudonymiser) -> Quality:
+    truth = region_person_truth(store, region_dir, pseudonymiser)
+    return pairwise_quality(truth.column("person_id").to_numpy(), truth.column("true_person_id").to_numpy())

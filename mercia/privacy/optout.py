@@ -17,7 +17,7 @@ from mercia.privacy.nhs import normalise_nhs_numbers
 from mercia.privacy.pseudonym import Pseudonymiser
 
 OPT_OUT_DDL = "CREATE TABLE IF NOT EXISTS mercia_opt_out (nhs_pseudonym VARCHAR NOT NULL)"
-EXTRA_PERSON_TABLES = {"variant_occurrence": "variant_occurrence_id"}
+EXTRA_PERSON_TABLES = {"variant_occurrence": "variant_occurrence_id", "mercia_registration": "registration_id"}
 
 
 def read_opt_out_file(path: Path | str) -> frozenset[str]:

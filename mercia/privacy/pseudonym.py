@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import threading
 from pathlib import Path
 
 import duckdb
@@ -19,6 +20,18 @@ import pyarrow as pa
 KEY_ENV = "MERCIA_PSEUDONYM_KEY"
 KEY_FILE_ENV = "MERCIA_PSEUDONYM_KEY_FILE"
 _MIN_KEY_BYTES = 32
+
+
+_VECTOR_MIN = 5000
+_LOCK = threading.Lock()
+_DUCK: list[duckdb.DuckDBPyConnection] = []
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB per process for hashing; callers take a cursor each."""
+    if not _DUCK:
+        _DUCK.append(duckdb.connect())
+    return _DUCK[0]
 
 
 class KeyError_(Exception):
@@ -71,14 +84,20 @@ class Pseudonymiser:
     def hash_values(self, purpose: str, values: pa.Array | list) -> pa.Array:
         """HMAC-SHA-256 (hex) of each non-null value under the purpose's sub-key; null stays null.
 
-        HMAC (RFC 2104) is written out in DuckDB SQL so a whole column is hashed vectorised and in
-        parallel: H((K ^ opad) || H((K ^ ipad) || m)).  The padded keys go in as query parameters.
+        Large columns are hashed in DuckDB SQL, vectorised and in parallel, with HMAC (RFC 2104)
+        written out: H((K ^ opad) || H((K ^ ipad) || m)), the padded keys passed as parameters.
+        Short lists use the standard library (same digests, no connection overhead).
         """
+        key = self._subkey(purpose)
         if not isinstance(values, (pa.Array, pa.ChunkedArray)):
             values = pa.array([None if v is None else str(v) for v in values], pa.string())
-        key = self._subkey(purpose).ljust(64, b"\0")
-        inner, outer = bytes(b ^ 0x36 for b in key).hex(), bytes(b ^ 0x5C for b in key).hex()
-        con = duckdb.connect()
+        if len(values) < _VECTOR_MIN:
+            return pa.array([None if v is None or v == "" else hmac.new(key, v.encode(), hashlib.sha256).hexdigest()
+                             for v in values.cast(pa.string()).to_pylist()], pa.string())
+        padded = key.ljust(64, b"\0")
+        inner, outer = bytes(b ^ 0x36 for b in padded).hex(), bytes(b ^ 0x5C for b in padded).hex()
+        with _LOCK:
+            con = _connection().cursor()
         con.register("pseudonym_input", pa.table({"v": values.cast(pa.string())}))
         result = con.sql("""SELECT CASE WHEN v IS NULL OR v = '' THEN NULL
                                  ELSE sha256(unhex($outer) || unhex(sha256(unhex($inner) || encode(v)))) END AS h

@@ -158,7 +158,7 @@ def _checks(store: Store, scope: _Scope) -> list[Check]:
         "t.value_as_number IS NULL AND t.value_as_concept_id IS NULL", threshold=20.0)
     add("measurement_unit_missing", "completeness", "measurement", "numeric value without a unit",
         "t.value_as_number IS NOT NULL AND t.unit_source_value IS NULL", threshold=5.0)
-    cases = " ".join(f"WHEN 'LOINC:{code}' THEN t.value_as_number NOT BETWEEN {lo} AND {hi}"
+    cases = " ".join(f"WHEN '{code}' THEN t.value_as_number NOT BETWEEN {lo} AND {hi}"
                      for code, (lo, hi, _) in PLAUSIBLE_RANGES.items())
     add("implausible_lab_value", "plausibility", "measurement",
         f"value outside a plausible range for {len(PLAUSIBLE_RANGES)} common LOINC codes",

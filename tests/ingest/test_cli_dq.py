@@ -48,8 +48,8 @@ def test_dq_checks_find_planted_problems(store):
     store.execute("INSERT INTO death (person_id, death_date) VALUES (1, DATE '1985-01-01')")
     store.execute("""INSERT INTO measurement (measurement_id, person_id, measurement_concept_id, measurement_date,
                      measurement_type_concept_id, value_as_number, measurement_source_value, unit_source_value)
-                     VALUES (1, 1, 0, DATE '2020-01-01', 32817, 900, 'LOINC:8302-2', 'cm'),
-                            (2, 1, 0, DATE '2020-01-01', 32817, 170, 'LOINC:8302-2', 'cm')""")
+                     VALUES (1, 1, 0, DATE '2020-01-01', 32817, 900, '8302-2', 'cm'),
+                            (2, 1, 0, DATE '2020-01-01', 32817, 170, '8302-2', 'cm')""")
     checks = {c.name: c for c in build_report(store).checks}
     assert checks["gender_conformance"].violations == 1
     assert checks["year_of_birth_plausible"].violations == 1

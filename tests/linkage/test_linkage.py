@@ -26,9 +26,10 @@ def load_copies(store, options, persons: int, error_rate: float, seed: int):
 
 def quality(store, options, columns, truth):
     key = {}
-    for i, ref in enumerate(columns["person_ref"]):
-        org = ORGS[int(ref.split("-")[0])]
-        key[(org, options.pseudonymiser.source_pseudonyms(org, [ref])[0].as_py())] = truth[i]
+    for copy, org in enumerate(ORGS):
+        idx = [i for i, ref in enumerate(columns["person_ref"]) if ref.startswith(f"{copy}-")]
+        pseudonyms = options.pseudonymiser.source_pseudonyms(org, [columns["person_ref"][i] for i in idx])
+        key.update({(org, p): truth[i] for i, p in zip(idx, pseudonyms.to_pylist())})
     links = store.query("SELECT org, source_pseudonym, person_id FROM mercia_person_link")
     return pairwise_quality([r[2] for r in links], [key[(r[0], r[1])] for r in links])
 
