@@ -119,3 +119,44 @@ def survival_curves(tables: list[dict[str, Any]], width: int = 720, height: int 
                      f'{escape(_shorten(table["title"], 32))}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+SEX_COLOURS = {"Female": "#005eb8", "Male": "#41b6e6"}
+
+
+def age_sex_pyramid(tables: list[dict[str, Any]], width: int = 720) -> Markup | None:
+    """Population pyramid of the ``age_sex`` table: women left, men right, one row per age band.
+    Redacted cells are drawn as empty and marked, never guessed."""
+    table = next((t for t in tables if t["name"] == "age_sex" and t["rows"]), None)
+    if table is None:
+        return None
+    hidden = {r for r, c in table["redacted"] if c == "count_persons"}
+    bands: dict[str, dict[str, int | None]] = {}
+    for i, row in enumerate(table["rows"]):
+        bands.setdefault(row["age_band"], {})[row["sex"]] = None if i in hidden else (row.get("count_persons") or 0)
+    top = max([v for b in bands.values() for v in b.values() if v] or [1])
+    bar_h, gap, label_w, head = 20, 6, 70, 28
+    half = (width - label_w) / 2 - 40
+    height = head + len(bands) * (bar_h + gap) + 10
+    centre = width / 2
+    parts = [f'<svg class="chart" role="img" aria-labelledby="pyr-title pyr-desc" viewBox="0 0 {width} {height}" '
+             f'width="100%" xmlns="http://www.w3.org/2000/svg"><title id="pyr-title">Age and sex at index</title>'
+             '<desc id="pyr-desc">Women to the left, men to the right; the table below holds the same numbers.</desc>',
+             f'<text x="{centre - label_w / 2 - 8}" y="16" font-size="13" text-anchor="end" fill="{TEXT}">Female</text>',
+             f'<text x="{centre + label_w / 2 + 8}" y="16" font-size="13" fill="{TEXT}">Male</text>']
+    for i, (band, by_sex) in enumerate(bands.items()):
+        y = head + i * (bar_h + gap)
+        parts.append(f'<text x="{centre}" y="{y + 15}" font-size="12" text-anchor="middle" fill="{TEXT}">'
+                     f'{escape(band)}</text>')
+        for sex, side in (("Female", -1), ("Male", 1)):
+            n = by_sex.get(sex, 0)
+            w = 0 if not n else max(1.5, half * n / top)
+            x0 = centre - label_w / 2 - w if side < 0 else centre + label_w / 2
+            text = "redacted" if n is None else f"{n:,}"
+            parts.append(f'<rect x="{x0:.1f}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{SEX_COLOURS[sex]}">'
+                         f'<title>{escape(band)}, {sex.lower()}: {text}</title></rect>')
+            tx = x0 - 6 if side < 0 else x0 + w + 6
+            parts.append(f'<text x="{tx:.1f}" y="{y + 15}" font-size="12" text-anchor="{"end" if side < 0 else "start"}" '
+                         f'fill="{TEXT}">{text}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
