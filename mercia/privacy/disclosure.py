@@ -360,8 +360,9 @@ class DisclosurePolicy(BaseModel):
                 return population
             return published.get((i, name), rows[i].get(name))
 
+        order = {Kind.LABEL: 0, Kind.COUNT: 0, Kind.STATISTIC: 1, Kind.DERIVED: 2}  # derived last
         for i, row in enumerate(rows):
-            for col in table.columns:
+            for col in sorted(table.columns, key=lambda c: order[c.kind]):
                 if col.kind == Kind.COUNT:
                     row[col.name] = published[(i, col.name)]
                 elif col.kind == Kind.STATISTIC:
@@ -370,7 +371,7 @@ class DisclosurePolicy(BaseModel):
                         row[col.name] = None
                 elif col.kind == Kind.DERIVED:
                     refs = [*col.args, *col.basis]
-                    if any(is_hidden(i, a) for a in refs if a in counts or a == POPULATION) or \
+                    if any(is_hidden(i, a) for a in refs) or \
                             any(_small_basis(self, true_count(i, b)) for b in col.basis):
                         hidden.add((i, col.name))
                         row[col.name] = None

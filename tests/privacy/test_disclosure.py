@@ -123,6 +123,18 @@ def test_derived_statistics_follow_their_counts_and_use_published_values():
     assert few["count_events"] is None and few["rate"] is None and few["mean_age"] == 40.0
 
 
+def test_a_derived_value_never_uses_a_withheld_statistic_whatever_the_column_order():
+    table = StatTable(
+        name="rates", title="rates",
+        columns=[ColumnSpec(name="rate", kind="derived", formula="rate", args=["count_events", "person_years"]),
+                 ColumnSpec(name="count_persons", kind="count"),
+                 ColumnSpec(name="count_events", kind="count"),
+                 ColumnSpec(name="person_years", kind="statistic", basis=["count_persons"])],
+        rows=[{"count_persons": 5, "count_events": 0, "person_years": 3.0}])
+    out = OPENSAFELY.apply(table)
+    assert out.rows[0]["rate"] is None and (0, "rate") in out.redacted
+
+
 def test_statistic_of_a_small_population_is_redacted():
     table = StatTable(name="age", title="age", population=5,
                       columns=[ColumnSpec(name="statistic", kind="label"),
