@@ -7,6 +7,7 @@ How to use it (CLI, API, web, exports all do exactly this and nothing else)::
     safe = policy.apply(result)           # an AnalysisResult or a single StatTable
     safe.disclosure.policy                # "opensafely": every output says which policy it went through
     safe.tables[0].display_rows()         # strings with the policy's redaction marker, for humans
+    safe.tables[0].to_csv()               # the same for files (exports)
 
 Results are *typed* so that the policy can be applied generically: an ``AnalysisResult`` is a list of
 ``StatTable``; every column of a table declares its ``Kind``:
@@ -42,6 +43,8 @@ Raw (uncontrolled) results carry ``disclosure=None``; every renderer refuses the
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -211,6 +214,20 @@ class StatTable(BaseModel):
         hidden = set(self.redacted)
         return [{c.name: (marker if (i, c.name) in hidden else _fmt(row.get(c.name))) for c in self.columns}
                 for i, row in enumerate(self.rows)]
+
+
+    def to_csv(self) -> str:
+        """The table as CSV (header = column names), redacted cells as the policy's marker; for
+        exports, which must only ever write controlled tables."""
+        require_controlled(self)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow([c.name for c in self.columns])
+        hidden = set(self.redacted)
+        for i, row in enumerate(self.rows):
+            writer.writerow([self.redacted_marker if (i, c.name) in hidden else
+                             ("" if row.get(c.name) is None else row.get(c.name)) for c in self.columns])
+        return buffer.getvalue()
 
 
 class AnalysisResult(BaseModel):

@@ -98,3 +98,29 @@ def test_cli_json_is_controlled_and_counts_sit_under_count_keys(two_cohorts, tmp
         assert orjson.loads(out.stdout)["disclosure"]["policy"] in ("opensafely", "nhse-hes")
     missing = runner.invoke(app, ["analyse", "characterise", "--cohort-id", "9", "--db", url])
     assert missing.exit_code == 1 and "cohort 9 has no rows" in missing.output
+
+
+@pytest.mark.browser
+def test_report_renders_in_headless_chromium(two_cohorts, tmp_path):
+    """The report as a browser shows it: a screenshot that is not blank, with the charts drawn."""
+    import shutil
+    import subprocess
+
+    import matplotlib.image
+
+    if two_cohorts.dialect != "duckdb":
+        pytest.skip("rendering does not depend on the engine; run once")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium not installed (CI installs it)")
+    page = tmp_path / "report.html"
+    page.write_text(render_html(compare(two_cohorts, 1, 2, domains=["condition"])))
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1280,1600", page.as_uri()], check=True, capture_output=True, timeout=120)
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (1600, 1280)
+    assert pixels[..., :3].std() > 0.05  # header, tables and charts, not an empty page
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<svg") >= 1 and "Disclosure control: opensafely" in dom

@@ -190,6 +190,15 @@ def test_life_table_of_a_small_cohort_is_withheld_whole():
     assert out.rows == [] and out.population is None
 
 
+def test_csv_export_shows_the_marker_and_refuses_raw_tables():
+    table = category_table({"a": 40, "b": 30, "c": 3})
+    with pytest.raises(DisclosureError):
+        table.to_csv()
+    lines = get_policy("hes").apply(table).to_csv().splitlines()
+    assert lines[0] == "category,count_persons,percent"
+    assert lines[3] == "c,*,*"
+
+
 def test_results_say_which_policy_was_applied_and_raw_results_cannot_be_rendered():
     raw = AnalysisResult(analysis="demo", title="demo", tables=[category_table({"a": 20, "b": 30})])
     with pytest.raises(DisclosureError):
