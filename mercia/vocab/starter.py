@@ -231,7 +231,8 @@ def build_starter(target: Path) -> Path:
     versions = starter_versions()
     hpo_terms, hpo_edges, hpo_synonyms = _hpo_terms(hpo_obo_path())
     con = duckdb.connect()
-    staging = Path(tempfile.mkdtemp(prefix="starter-", dir=target.parent if target.parent.exists() else None))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
         for name, data in {"icd": _icd10_terms(), "hpo_terms": hpo_terms, "hpo_edges": hpo_edges,
                            "hpo_synonyms": hpo_synonyms}.items():
@@ -262,18 +263,23 @@ def build_starter(target: Path) -> Path:
         raise
     finally:
         con.close()
-    if target.exists():
+    if target.exists() and not _complete(target):
         shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(target)  # complete or absent: a half-written cache is never seen
+    try:
+        staging.rename(target)  # complete or absent: a half-written cache is never seen
+    except OSError:  # another process (a parallel test worker) finished first; its build is the same
+        shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _complete(target: Path) -> bool:
+    return all((target / f"{t}.parquet").exists() for t in STARTER_TABLES)
 
 
 def starter_files(data_dir: Path | None = None) -> Path:
     """The cached starter tables, building them if this machine has not yet."""
     target = cache_dir(data_dir)
-    if not all((target / f"{t}.parquet").exists() for t in STARTER_TABLES):
-        target.parent.mkdir(parents=True, exist_ok=True)
+    if not _complete(target):
         build_starter(target)
     return target
 

@@ -122,3 +122,25 @@ def test_index_gives_the_same_answer_as_a_direct_search(starter_store, text):
         indexed = vocab.search(starter_store, text, limit=limit)
         direct = vocab.search(starter_store, text, limit=limit, use_index=False)
         assert [(h["concept_id"], h["match"]) for h in indexed] == [(h["concept_id"], h["match"]) for h in direct]
+
+
+def test_read_only_store_is_searched_without_an_index(tmp_path):
+    from mercia.cdm import Store
+
+    path = str(tmp_path / "ro.duckdb")
+    with Store(path) as s:
+        s.init_schema()
+        s.execute("INSERT INTO concept VALUES (7, 'Quokka bite', 'Condition', 'Test', 'X', 'S', 'Q', "
+                  "DATE '1970-01-01', DATE '2099-12-31', NULL)")
+    with Store(path, read_only=True) as s:
+        assert [h["concept_id"] for h in vocab.search(s, "quokka")] == [7]
+        assert not s.table_exists("mercia_concept_search")
+
+
+def test_starter_cache_is_built_once_and_reused(tmp_path):
+    from mercia.vocab.starter import starter_files
+
+    first = starter_files(tmp_path)
+    stamp = (first / "concept.parquet").stat().st_mtime_ns
+    assert starter_files(tmp_path) == first and (first / "concept.parquet").stat().st_mtime_ns == stamp
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no staging left behind
