@@ -251,3 +251,20 @@ def test_every_cdm_table_name_is_recognised_from_its_file_name(tmp_path):
         assert table_name_of(tmp_path / f"{name.upper()}.csv") == name
         assert table_name_of(tmp_path / f"{name}.csv.gz") == name
     assert table_name_of(tmp_path / "schema.json") is None
+
+
+def test_two_files_for_one_table_are_refused(loaded, tmp_path):
+    d = with_valid_death_file(tmp_path / "bad")
+    person_csv(d, ["3,8507,1970,,,,0,0"])
+    person_csv(d, ["4,8507,1970,,,,0,0"], name="PERSON.tsv")
+    bad_load(loaded, d, "a second file for table person")
+
+
+def test_only_the_tables_asked_for(loaded, tmp_path):
+    d = with_valid_death_file(tmp_path / "some")
+    person_csv(d, ["3,8507,1970,,,,0,0"])
+    report = load_omop_directory(loaded, d, tables=["death"])
+    assert report.rows == {"death": 3}
+    assert loaded.table_counts(["person", "death"]) == {"person": 2, "death": 3}
+    with pytest.raises(LoadError, match="no file for table"):
+        load_omop_directory(loaded, d, tables=["measurement"])
