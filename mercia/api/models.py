@@ -119,3 +119,34 @@ class MatchRequest(Body):
     project_id: int = Field(..., description="an approved project whose scope includes observations")
     person_id: int
     top: int = Field(10, ge=1, le=50)
+
+
+class BuilderFields(Body):
+    """The cohort builder's fields (as the web form sends them); see docs/web.md."""
+    entry_domain: str = "condition"
+    entry_concepts: str = Field(..., description="concept ids, comma separated")
+    entry_label: str = ""
+    entry_descendants: str = Field("on", description="'on' to include descendants")
+    entry_first: str = Field("on", description="'on' for the first event per person only")
+    prior_days: str = "0"
+    rule1_name: str = ""
+    rule1_presence: str = Field("present", description="'present' (at least one event) or 'absent'")
+    rule1_domain: str = "condition"
+    rule1_concepts: str = ""
+    rule1_before: str = "365"
+    rule1_after: str = "0"
+    rule2_name: str = ""
+    rule2_presence: str = "present"
+    rule2_domain: str = "condition"
+    rule2_concepts: str = ""
+    rule2_before: str = "365"
+    rule2_after: str = "0"
+    rule3_name: str = ""
+    rule3_presence: str = "present"
+    rule3_domain: str = "condition"
+    rule3_concepts: str = ""
+    rule3_before: str = "365"
+    rule3_after: str = "0"
+    min_age: str = ""
+    exit: str = Field("end_of_observation", description="'end_of_observation' or 'offset'")
+    exit_days: str = "365"

@@ -458,6 +458,15 @@ class Governance:
             capacities.append("governance_officer")
         return capacities
 
+    def open_capacities(self, user: User, project: Project) -> list[str]:
+        """The capacities in which ``user`` can still decide on ``project`` now (none once they have)."""
+        if project.status is not ProjectStatus.SUBMITTED:
+            return []
+        done = {a["capacity"]: a["approver_id"] for a in project.approvals}
+        if user.id in done.values():
+            return []
+        return [c for c in self.approval_capacities(user, project) if c not in done]
+
     def decide(self, actor: User, project_id: int, decision: str, reason: str = "",
                capacity: str | None = None) -> Project:
         """Record an approval or rejection.  Approval needs both the pillar's lead and a governance
@@ -473,7 +482,7 @@ class Governance:
         if decision == "reject" and not reason.strip():
             raise GovernanceError("say why the request is rejected")
         done = {a["capacity"]: a["approver_id"] for a in project.approvals}
-        open_capacities = [c for c in capacities if c not in done and actor.id not in done.values()]
+        open_capacities = self.open_capacities(actor, project)
         if capacity is not None:
             open_capacities = [c for c in open_capacities if c == capacity]
         if not open_capacities:
@@ -542,9 +551,7 @@ class Governance:
         return [p for p in map(self.project, ids) if self.can_view_project(user, p)]
 
     def awaiting_decision(self, user: User) -> list[Project]:
-        return [p for p in self.projects_for(user) if p.status is ProjectStatus.SUBMITTED
-                and any(c not in {a["capacity"] for a in p.approvals} for c in self.approval_capacities(user, p))
-                and user.id not in {a["approver_id"] for a in p.approvals}]
+        return [p for p in self.projects_for(user) if self.open_capacities(user, p)]
 
     def require_data_access(self, user: User, project_id: int) -> Project:
         """The project if ``user`` may work with its data today; otherwise Forbidden/NotFound.

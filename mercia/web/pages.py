@@ -19,11 +19,11 @@ from mercia.api.auth import Caller, csrf_ok, session_caller
 from mercia.api.errors import status_for
 from mercia.api.exportable import attrition_rows, build_export
 from mercia.api.sources import list_sources, source_detail
-from mercia.api.state import MerciaState, state_of
+from mercia.api.state import state_of
 from mercia.cdm import StoreError
 from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, NotFound, ProjectStatus, Role
 from mercia.web import charts
-from mercia.web.builder import BUILDER_DOMAINS, MAX_RULES, build_circe, concept_ids
+from mercia.api.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, ProjectStatus=ProjectStatus)
@@ -231,7 +231,7 @@ def project_page(project_id: int, request: Request, caller: Caller = Depends(sig
     project = state.gov.visible_project(user, project_id)
     data_open = user.id in project.members and project.status is ProjectStatus.APPROVED
     return render(request, "project.html", caller, project=project, members=state.gov.member_names(project),
-                  capacities=state.gov.approval_capacities(user, project),
+                  capacities=state.gov.open_capacities(user, project),
                   cohorts=cohort_service.list_cohorts(state, user, project_id) if data_open else [],
                   data_open=data_open, is_lead=user.id in project.lead_ids,
                   candidates=[u for u in state.gov.users() if u["id"] not in project.members]
@@ -264,19 +264,14 @@ def decide_project(project_id: int, request: Request, caller: Caller = Depends(s
     gov = state_of(request).gov
     gov.visible_project(caller.user, project_id)
     project = gov.decide(caller.user, project_id, form.get("decision", ""), form.get("reason", ""))
-    return redirect(f"/projects/{project_id}", f"Decision recorded. The project is {project.status.value}.")
+    waiting = {"pillar_lead": "the pillar lead", "governance_officer": "a governance officer"}
+    missing = [waiting[c] for c in waiting if c not in {a["capacity"] for a in project.approvals}]
+    outcome = f"now waiting for {' and '.join(missing)}" if project.status is ProjectStatus.SUBMITTED and missing \
+        else f"the project is {project.status.value}"
+    return redirect(f"/projects/{project_id}", f"Decision recorded: {outcome}.")
 
 
 # -- cohorts -----------------------------------------------------------------------------------
-def _concept_labels(state: MerciaState, ids: list[int]) -> dict[int, str]:
-    if not ids:
-        return {}
-    from mercia.analytics.base import concept_names
-
-    with state.lock:
-        return concept_names(state.store, ids)
-
-
 def _builder_context(project, values: dict[str, str], **extra: Any) -> dict[str, Any]:
     return {"project": project, "values": values, "domains": BUILDER_DOMAINS, "rule_numbers": range(1, MAX_RULES + 1),
             **extra}
@@ -305,8 +300,7 @@ def builder_submit(project_id: int, request: Request, caller: Caller = Depends(s
             if not isinstance(circe, dict):
                 raise GovernanceError("ATLAS JSON: expected a cohort definition object")
         else:
-            ids = [i for key in form if key.endswith("_concepts") for i in concept_ids(form[key], key)]
-            circe = build_circe(form, _concept_labels(state, ids))
+            circe = build_from_form(state, form)
         cohort_service.parse_definition(circe, project)
         if action in ("save", "import"):
             name = form.get("name", "").strip() or "Untitled cohort"

@@ -481,3 +481,19 @@ def test_data_manager_loads_an_extract(world, shared_data, monkeypatch):
     assert detail["load_history"][0]["extract"] == bundle.name
     assert any("not mapped" in f["reason"] for f in detail["quality_findings"])
     assert "RRK" in [s["name"] for s in world.client.get("/api/v1/sources", headers=h).json()]
+
+
+def test_cohort_builder_endpoint(world):
+    h = world.login("res")
+    fields = {"entry_concepts": str(GI_BLEED), "rule1_name": "Aspirin before", "rule1_domain": "drug",
+              "rule1_concepts": "1112807", "min_age": "18", "exit": "offset", "exit_days": "30"}
+    circe_json = world.client.post("/api/v1/cohorts/builder", headers=h, json=fields).json()
+    assert circe_json["ConceptSets"][0]["expression"]["items"][0]["concept"]["CONCEPT_NAME"] == \
+        "Gastrointestinal hemorrhage"
+    assert [r["name"] for r in circe_json["InclusionRules"]] == ["Aspirin before", "Aged 18 or over at entry"]
+    assert circe_json["EndStrategy"]["DateOffset"]["Offset"] == 30
+    cid = make_cohort(world, h, expression=circe_json)
+    assert run(world, h, cid)["result"]["persons"] == 10
+    bad = world.client.post("/api/v1/cohorts/builder", headers=h, json=fields | {"rule1_before": "a year"})
+    assert bad.status_code == 400 and "Rule 1 days before" in bad.json()["detail"]
+    assert world.client.post("/api/v1/cohorts/builder", json=fields).status_code == 401

@@ -112,7 +112,8 @@ def test_governance_pages(page, live_server, demo, shots):
     sign_in(page, base, demo, "cancerlead")
     page.get_by_role("link", name="Breast cancer pathways across the region").first.click()
     page.get_by_role("button", name="Record decision").click()
-    assert page.get_by_text("Decision recorded").is_visible()
+    assert page.get_by_text("Decision recorded: now waiting for a governance officer.").is_visible()
+    assert page.get_by_role("button", name="Record decision").count() == 0  # one decision per person
     shots(page, "08-project-approval")
     sign_out(page)
 

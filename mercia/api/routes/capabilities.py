@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from mercia.api import analyses, cohorts, models as m
 from mercia.api.auth import current_user, require_roles
+from mercia.api.builder import build_from_form
 from mercia.api.exportable import attrition_rows
 from mercia.api.raredisease import hpo_search, match_person, rank_case
 from mercia.api.state import state_of
@@ -88,6 +89,12 @@ def list_cohorts(project_id: int, request: Request, user: User = Depends(current
 def create_cohort(body: m.CohortCreate, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
     return cohorts.create_cohort(state_of(request), user, body.project_id, body.name, body.description,
                                  body.expression)
+
+
+@router.post("/cohorts/builder", tags=["cohorts"],
+             summary="Turn the cohort builder's fields into Circe (ATLAS) JSON, ready for POST /cohorts")
+def cohort_builder(body: m.BuilderFields, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    return build_from_form(state_of(request), body.model_dump())
 
 
 @router.get("/cohorts/{cohort_id}", tags=["cohorts"], summary="A cohort: definition and latest counts")

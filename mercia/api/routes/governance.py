@@ -118,7 +118,7 @@ def get_project(project_id: int, request: Request, user: User = Depends(current_
     gov = state_of(request).gov
     project = gov.visible_project(user, project_id)
     return project.to_dict() | {"member_names": gov.member_names(project),
-                                "your_capacities": gov.approval_capacities(user, project)}
+                                "your_capacities": gov.open_capacities(user, project)}
 
 
 @router.patch("/projects/{project_id}", tags=["projects"], summary="Edit a draft or rejected project")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mercia.api.state import MerciaState
 from mercia.governance import GovernanceError
 
 # Builder domain -> (Circe criteria type, CDM table holding the concept, label)
@@ -104,4 +105,20 @@ def build_circe(form: dict[str, str], concept_names: dict[int, str]) -> dict[str
     if form.get("exit") == "offset":
         circe["EndStrategy"] = {"DateOffset": {"DateField": "StartDate",
                                                "Offset": _int(form, "exit_days", 365, "Exit after days")}}
+    return circe
+
+
+def build_from_form(state: MerciaState, form: dict[str, str]) -> dict[str, Any]:
+    """Circe JSON from builder fields, with each concept's name looked up in the vocabulary."""
+    from mercia.analytics.base import concept_names
+    from mercia.cohorts import CohortDefinitionError, CohortExpression
+
+    ids = [i for key in sorted(form) if key.endswith("_concepts") for i in concept_ids(form[key], key)]
+    with state.lock:
+        names = concept_names(state.store, ids) if ids else {}
+    circe = build_circe(form, names)
+    try:
+        CohortExpression.from_json(circe)
+    except CohortDefinitionError as exc:
+        raise GovernanceError(f"the builder made an invalid definition: {exc}") from exc
     return circe
