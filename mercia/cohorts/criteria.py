@@ -163,7 +163,7 @@ def text_filter(expr: exp.Expression, flt: m.TextFilter) -> exp.Expression:
 
 def in_codeset(expr: exp.Expression, codeset_id: int, negate: bool = False) -> exp.Expression:
     sub = exp.select("concept_id", copy=False).from_(CODESETS, copy=False).where(exp.EQ(this=col("codeset_id"), expression=num(codeset_id)), copy=False)
-    cond = exp.In(this=expr, query=sub)
+    cond = exp.In(this=expr, query=exp.Subquery(this=sub))
     return exp.not_(cond, copy=False) if negate else cond
 
 
@@ -190,6 +190,9 @@ class CriteriaCompiler:
         if isinstance(c, m.LocationRegion):
             raise CohortDefinitionError("LocationRegion: needs the location_history table, which CDM v5.4 "
                                         "does not define")
+        if isinstance(c, m.DrugExposure) and (c.effective_drug_dose or c.dose_unit or c.dose_unit_cs):
+            raise CohortDefinitionError("DrugExposure.EffectiveDrugDose/DoseUnit: CDM v5.4 drug_exposure has no "
+                                        "effective_drug_dose or dose_unit_concept_id column")
         if isinstance(c, m.Specimen) and c.specimen_source_concept is not None:
             raise CohortDefinitionError("Specimen.SpecimenSourceConcept: CDM v5.4 specimen has no source concept")
         dom = DOMAINS[type(c)]

@@ -79,3 +79,14 @@ def test_builder_checks_codeset_references():
     ghost = cb.concept_set(9, "not listed", 1)
     with pytest.raises(CohortDefinitionError, match="concept set 9"):
         cb.cohort(entry=[cb.condition(ghost)], concept_sets=[])
+
+
+def test_docs_worked_example_json_and_python_are_the_same_cohort():
+    import re
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cohorts.md").read_text()
+    from_json = CohortExpression.from_json(re.findall(r"```json\n(.*?)```", doc, re.S)[0])
+    python = re.findall(r"```python\n(.*?)```", doc, re.S)[1].replace("print(expr.to_json())", "")
+    namespace: dict = {}
+    exec(python, namespace)  # the documented builder code, verbatim
+    assert namespace["expr"] == from_json
