@@ -49,50 +49,50 @@ def simulated_demographics(persons: int, copies: int = 2, error_rate: float = 0.
                            seed: int = 0) -> tuple[dict[str, list], np.ndarray]:
     """``copies`` records per person (as different organisations would hold them) with errors:
     NHS number missing or mistyped, a surname letter changed, day/month swapped, district changed.
-    Returns staged-person columns (identifiers included, for the loader) and the true person per record."""
+    Returns staged-person columns (identifiers included, for the loader) and the true person per
+    record (copy 0 of every person first, then copy 1, ...).  Vectorised: a million persons in seconds."""
     rng = np.random.default_rng(seed)
-    first = rng.choice(_FORENAMES, persons)
-    last = np.char.add(rng.choice(_SURNAMES, persons),
-                       np.where(rng.random(persons) < 0.5, "", rng.choice(list("ABDEGHKLMNRST"), persons)))
-    birth = np.datetime64("1930-01-01") + rng.integers(0, 90 * 365, persons).astype("timedelta64[D]")
-    sex = rng.choice(["male", "female"], persons)
+    first = rng.choice(np.array(_FORENAMES), persons)
+    last = np.char.add(rng.choice(np.array(_SURNAMES), persons),
+                       np.where(rng.random(persons) < 0.5, "", rng.choice(np.array(list("ABDEGHKLMNRST")), persons)))
+    birth = (np.datetime64("1930-01-01") + rng.integers(0, 90 * 365, persons).astype("timedelta64[D]")).astype(str)
+    sex = rng.choice(np.array(["male", "female"]), persons)
     district = np.char.add("B", rng.integers(1, 99, persons).astype(str))
-    nhs_base = rng.choice(np.arange(400_000_000, 499_999_999), persons, replace=False)
+    nhs = _nhs_numbers(rng.choice(np.arange(400_000_000, 499_999_999), persons, replace=False))
     columns: dict[str, list] = {k: [] for k in ("person_ref", "nhs_number", "family", "given", "birth_date", "sex",
                                                 "postcode")}
-    truth = []
     for copy in range(copies):
-        err = rng.random((6, persons))
-        for i in range(persons):
-            nhs = _with_check_digit(int(nhs_base[i]))
-            if err[0, i] < error_rate:
-                nhs = None
-            elif err[1, i] < error_rate and nhs:
-                nhs = nhs[:4] + str((int(nhs[4]) + 1) % 10) + nhs[5:]
-            family = str(last[i])
-            if err[2, i] < error_rate:
-                pos = int(rng.integers(1, len(family)))
-                family = family[:pos] + "X" + family[pos + 1:]
-            day = str(birth[i])
-            if err[3, i] < error_rate and int(day[8:]) <= 12:
-                day = f"{day[:4]}-{day[8:]}-{day[5:7]}"
-            place = str(district[i]) if err[4, i] >= error_rate else f"B{int(rng.integers(1, 99))}"
-            columns["person_ref"].append(f"{copy}-{i}")
-            columns["nhs_number"].append(nhs)
-            columns["family"].append(family)
-            columns["given"].append(str(first[i]))
-            columns["birth_date"].append(day)
-            columns["sex"].append(str(sex[i]))
-            columns["postcode"].append(f"{place} {int(rng.integers(1, 9))}AA")
-            truth.append(i)
-    return columns, np.array(truth)
+        err = rng.random((5, persons)) < error_rate
+        number = nhs.copy()
+        mistyped = err[1] & ~err[0] & (number != "")
+        number[mistyped] = [n[:4] + str((int(n[4]) + 1) % 10) + n[5:] for n in number[mistyped]]
+        number[err[0]] = ""
+        family = last.copy()
+        positions = rng.integers(1, np.char.str_len(family))
+        family[err[2]] = [f[:p] + "X" + f[p + 1:] for f, p in zip(family[err[2]], positions[err[2]])]
+        day = birth.copy()
+        swap = err[3] & (np.char.str_len(day) == 10) & (np.array([int(d[8:]) for d in day]) <= 12)
+        day[swap] = [f"{d[:4]}-{d[8:]}-{d[5:7]}" for d in day[swap]]
+        place = np.where(err[4], np.char.add("B", rng.integers(1, 99, persons).astype(str)), district)
+        postcode = np.char.add(np.char.add(place, " "), np.char.add(rng.integers(1, 9, persons).astype(str), "AA"))
+        columns["person_ref"] += np.char.add(f"{copy}-", np.arange(persons).astype(str)).tolist()
+        columns["nhs_number"] += [n or None for n in number.tolist()]
+        columns["family"] += family.tolist()
+        columns["given"] += first.tolist()
+        columns["birth_date"] += day.tolist()
+        columns["sex"] += sex.tolist()
+        columns["postcode"] += postcode.tolist()
+    return columns, np.tile(np.arange(persons), copies)
 
 
-def _with_check_digit(base: int) -> str | None:
-    digits = [int(c) for c in f"{base:09d}"]
-    check = 11 - sum(d * w for d, w in zip(digits, range(10, 1, -1))) % 11
-    check = 0 if check == 11 else check
-    return None if check == 10 else f"{base:09d}{check}"
+def _nhs_numbers(bases: np.ndarray) -> np.ndarray:
+    """Ten-digit numbers with a modulus-11 check digit; '' where the check digit would be 10."""
+    digits = (bases[:, None] // 10 ** np.arange(8, -1, -1)) % 10
+    check = 11 - (digits @ np.arange(10, 1, -1)) % 11
+    check[check == 11] = 0
+    out = np.char.add(np.char.zfill(bases.astype(str), 9), (check % 10).astype(str))
+    out[check == 10] = ""
+    return out.astype(object)
 
 
 # How each region organisation type keys its patients in staging (see mercia.ingest readers).

@@ -49,18 +49,14 @@ def _settings():
     def eq(a: str, b: str | None = None) -> str:
         return f"tok_{a}_l = tok_{b or a}_r"
 
-    names = cl.CustomComparison(output_column_name="surname", comparison_levels=[
-        cll.NullLevel("tok_surname"),
-        cll.CustomLevel(eq("surname"), "exact"),
-        cll.CustomLevel(f"{eq('surname', 'forename')} AND {eq('forename', 'surname')}", "swapped with forename"),
-        cll.CustomLevel(eq("surname_sx"), "same soundex"),
-        cll.ElseLevel()])
-    forename = cl.CustomComparison(output_column_name="forename", comparison_levels=[
-        cll.NullLevel("tok_forename"),
-        cll.CustomLevel(eq("forename"), "exact"),
-        cll.CustomLevel(f"{eq('forename', 'surname')} AND {eq('surname', 'forename')}", "swapped with surname"),
-        cll.CustomLevel(eq("forename_sx"), "same soundex"),
-        cll.ElseLevel()])
+    def name(field: str, other: str):
+        return cl.CustomComparison(output_column_name=field, comparison_levels=[
+            cll.NullLevel(f"tok_{field}"),
+            cll.CustomLevel(eq(field), "exact"),
+            cll.CustomLevel(f"{eq(field, other)} AND {eq(other, field)}", f"swapped with {other}"),
+            cll.CustomLevel(eq(f"{field}_sx"), "same soundex"),
+            cll.ElseLevel()])
+
     dob = cl.CustomComparison(output_column_name="dob", comparison_levels=[
         cll.NullLevel("tok_dob_y"),
         cll.CustomLevel(eq("dob"), "exact"),
@@ -74,7 +70,7 @@ def _settings():
         cll.NullLevel("tok_district"), cll.CustomLevel(eq("district"), "same"), cll.ElseLevel()])
     return SettingsCreator(
         link_type="dedupe_only",
-        comparisons=[names, forename, dob, sex, district],
+        comparisons=[name("surname", "forename"), name("forename", "surname"), dob, sex, district],
         blocking_rules_to_generate_predictions=[
             block_on("tok_dob"), block_on("tok_surname", "tok_dob_y"), block_on("tok_surname", "tok_forename"),
             block_on("tok_forename", "tok_dob_ym"), block_on("tok_surname_sx", "tok_dob_swap"),

@@ -1,22 +1,3 @@
 """A throwaway pseudonymisation key outside the repository, for every test here."""
 
-from __future__ import annotations
-
-import pytest
-
-from mercia.ingest.load import LoadOptions
-from mercia.privacy.pseudonym import Pseudonymiser, load_key
-
-
-@pytest.fixture(autouse=True)
-def pseudonym_key(tmp_path, monkeypatch):
-    key_file = tmp_path / "mercia.key"
-    key_file.write_text("a-test-key-that-is-long-enough-for-hmac-0123456789")
-    monkeypatch.delenv("MERCIA_PSEUDONYM_KEY", raising=False)
-    monkeypatch.setenv("MERCIA_PSEUDONYM_KEY_FILE", str(key_file))
-    return key_file
-
-
-@pytest.fixture
-def options(pseudonym_key) -> LoadOptions:
-    return LoadOptions(Pseudonymiser(load_key()))
+from mercia.privacy.testing import options, pseudonym_key  # noqa: F401  (pytest fixtures)

@@ -1,0 +1,185 @@
+"""Benchmark ingestion and linkage.
+
+    .venv/bin/python benchmarks/ingest.py                         # all parts -> benchmarks/results/ingest.json
+    .venv/bin/python benchmarks/ingest.py --linkage-persons 100000 --skip-naive
+
+1. FHIR NDJSON -> CDM end to end (read, pseudonymise, map, load into a fresh DuckDB file) on
+   ../shared/data/fhir/synthea_medium (191,093 resources).
+2. The same pipeline with a naive reader: every resource parsed into a fhir.resources R4B pydantic
+   model and dumped back to a dict before staging (on synthea_small, to keep the run short; the
+   ratio is taken against the fast pipeline on the same folder).
+3. Linkage of N simulated persons held by two organisations (N records against N): load time,
+   linkage time and peak memory (resident set size of this process).
+4. Linkage quality on a synthetic region from mercia.synth (--region-persons, error rate 0.02).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(os.environ.get("MERCIA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+if not SHARED.exists():
+    SHARED = Path("/work/shared/data")
+RESULT = Path(__file__).resolve().parent / "results" / "ingest.json"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def options():
+    from mercia.ingest.load import LoadOptions
+    from mercia.privacy.pseudonym import Pseudonymiser, load_key
+    return LoadOptions(Pseudonymiser(load_key()), allow_synthetic_nhs_numbers=True)
+
+
+def fhir_end_to_end(folder: Path, workdir: Path) -> dict:
+    from mercia.cdm import Store
+    from mercia.ingest.service import ingest
+
+    store = Store(str(workdir / f"fhir-{folder.parent.name}.duckdb"))
+    start = time.perf_counter()
+    summary = ingest(store, "fhir", folder, "RX1", options=options())
+    elapsed = time.perf_counter() - start
+    store.close()
+    return {"folder": str(folder.relative_to(SHARED)), "resources": summary.read, "records": summary.records,
+            "loaded": summary.loaded, "rejected": summary.rejected, "seconds": round(elapsed, 2),
+            "resources_per_second": round(summary.read / elapsed)}
+
+
+def fhir_naive(folder: Path, workdir: Path) -> dict:
+    """Per-resource pydantic models (fhir.resources R4B), then the same staging and load."""
+    import orjson
+    from fhir.resources.R4B import get_fhir_model_class
+
+    from mercia.cdm import Store
+    from mercia.ingest.fhir import FhirReader, iter_resources
+    from mercia.ingest.load import load_staged
+
+    store = Store(str(workdir / "naive.duckdb"))
+    start = time.perf_counter()
+    reader = FhirReader(folder.name)
+    invalid = 0
+    for resource_json in iter_resources(folder):
+        try:
+            model = get_fhir_model_class(resource_json["resourceType"]).model_validate(resource_json)
+            resource_json = orjson.loads(model.model_dump_json(by_alias=True, exclude_none=True))
+        except Exception:  # R4 content the R4B models refuse: staged from the raw dict, counted
+            invalid += 1
+        reader.read_resource(resource_json)
+    summary = load_staged(store, reader.staged, "RX1", "fhir", options())
+    elapsed = time.perf_counter() - start
+    store.close()
+    return {"folder": str(folder.relative_to(SHARED)), "resources": summary.read, "seconds": round(elapsed, 2),
+            "resources_per_second": round(summary.read / elapsed), "refused_by_r4b_models": invalid}
+
+
+def linkage(persons: int, workdir: Path) -> dict:
+    from mercia.cdm import Store
+    from mercia.ingest.load import load_staged
+    from mercia.ingest.staging import PERSON_SCHEMA, Staged
+    from mercia.linkage.evaluate import pairwise_quality, simulated_demographics
+    from mercia.linkage.probabilistic import link_store
+
+    t0 = time.perf_counter()
+    columns, truth = simulated_demographics(persons, copies=2, error_rate=0.02, seed=2026)
+    simulate = time.perf_counter() - t0
+    store = Store(str(workdir / "linkage.duckdb"))
+    opts = options()
+    t0 = time.perf_counter()
+    for copy, org in enumerate(("M90001", "R9A")):
+        staged = Staged(f"simulated-{org}")
+        lo, hi = copy * persons, (copy + 1) * persons
+        for name in PERSON_SCHEMA.names:
+            staged.persons.data[name] = columns[name][lo:hi] if name in columns else [None] * persons
+        staged.persons.data["record"] = [f"Patient/{r}" for r in columns["person_ref"][lo:hi]]
+        staged.persons.data["record_hash"] = ["v1"] * persons
+        staged.read = persons
+        load_staged(store, staged, org, "fhir", opts)
+    load = time.perf_counter() - t0
+    rss_before = peak_rss_mb()
+    t0 = time.perf_counter()
+    result = link_store(store)
+    link_seconds = time.perf_counter() - t0
+    links = store.query_arrow("SELECT org, source_pseudonym, person_id FROM mercia_person_link")
+    key = {}
+    for copy, org in enumerate(("M90001", "R9A")):
+        refs = columns["person_ref"][copy * persons:(copy + 1) * persons]
+        key.update(zip(((org, p) for p in opts.pseudonymiser.source_pseudonyms(org, refs).to_pylist()),
+                       truth[copy * persons:(copy + 1) * persons].tolist()))
+    quality = pairwise_quality(links.column("person_id").to_numpy(),
+                               [key[(o, p)] for o, p in zip(links.column("org").to_pylist(),
+                                                            links.column("source_pseudonym").to_pylist())])
+    store.close()
+    return {"persons_per_organisation": persons, "records": result.records, "error_rate": 0.02,
+            "simulate_seconds": round(simulate, 1), "load_seconds": round(load, 1),
+            "linkage_seconds": round(link_seconds, 1), "peak_rss_mb_before_linkage": round(rss_before),
+            "peak_rss_mb_after_linkage": round(peak_rss_mb()), "persons_before": result.persons_before,
+            "persons_after": result.persons_after, "precision": round(quality.precision, 5),
+            "recall": round(quality.recall, 5)}
+
+
+def region_quality(persons: int, workdir: Path) -> dict:
+    from mercia.cdm import Store
+    from mercia.ingest.region import ingest_region
+    from mercia.linkage.evaluate import region_linkage_quality
+    from mercia.privacy.pseudonym import Pseudonymiser, load_key
+    from mercia.synth import generate_region
+
+    out = workdir / "region"
+    generate_region(out, persons=persons, seed=42, error_rate=0.02)
+    store = Store(str(workdir / "region.duckdb"))
+    os.environ["MERCIA_ALLOW_SYNTHETIC_NHS_NUMBERS"] = "1"
+    t0 = time.perf_counter()
+    summaries = ingest_region(store, out)
+    seconds = time.perf_counter() - t0
+    quality = region_linkage_quality(store, out, Pseudonymiser(load_key()))
+    result = {"persons": persons, "error_rate": 0.02, "records": sum(s.records for s in summaries),
+              "seconds_ingest_and_link": round(seconds, 1), "persons_in_cdm": store.query_one("SELECT count(*) FROM person"),
+              "precision": round(quality.precision, 5), "recall": round(quality.recall, 5),
+              "true_pairs": quality.true_pairs, "predicted_pairs": quality.predicted_pairs}
+    store.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--linkage-persons", type=int, default=1_000_000)
+    parser.add_argument("--region-persons", type=int, default=5_000)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--skip-linkage", action="store_true")
+    parser.add_argument("--only-linkage", action="store_true")
+    args = parser.parse_args()
+    if "MERCIA_PSEUDONYM_KEY" not in os.environ and "MERCIA_PSEUDONYM_KEY_FILE" not in os.environ:
+        os.environ["MERCIA_PSEUDONYM_KEY"] = os.urandom(32).hex()  # a throwaway key for the run
+    results = json.loads(RESULT.read_text()) if RESULT.exists() else {}
+    results["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(),
+                          "load_average_at_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if not args.only_linkage:
+            results["fhir_medium"] = fhir_end_to_end(SHARED / "fhir/synthea_medium/ndjson", work)
+            small = fhir_end_to_end(SHARED / "fhir/synthea_small/ndjson", work)
+            results["fhir_small"] = small
+            if not args.skip_naive:
+                naive = fhir_naive(SHARED / "fhir/synthea_small/ndjson", work)
+                naive["slower_than_fast_reader"] = round(naive["seconds"] / small["seconds"], 1)
+                results["fhir_small_naive_r4b_models"] = naive
+            results["region_linkage"] = region_quality(args.region_persons, work)
+        if not args.skip_linkage:
+            results["linkage"] = linkage(args.linkage_persons, work)
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
