@@ -146,3 +146,15 @@ def test_batch_resolution_matches_single_case_resolution(ranker):
         single = ranker.resolve_case(case, strict=False)
         assert sorted(single[0]) == observed[i].indices.tolist()
         assert sorted(single[1]) == excluded[i].indices.tolist()
+
+
+def test_a_negated_annotation_contradicts_the_observed_term(ranker):
+    """MASS syndrome (OMIM:604308) is annotated NOT to have ectopia lentis, which tells it apart from Marfan."""
+    case = Case(["HP:0001166", "HP:0001083"])
+    mass = ranker.disease_position[ranker.kb.disease_index["OMIM:604308"]]
+    lens = [e for e in ranker.explain(ranker.resolve_case(case), mass) if e.term == "HP:0001083"][0]
+    assert lens.match == "contradicted" and lens.lr == pytest.approx(ranker.params.not_lr)
+    with_lens, _ = ranker.score_matrix([case])
+    without, _ = ranker.score_matrix([Case(["HP:0001166"])])
+    marfan = ranker.disease_position[ranker.kb.disease_index["OMIM:154700"]]
+    assert with_lens[0, mass] - without[0, mass] < with_lens[0, marfan] - without[0, marfan]
