@@ -79,7 +79,7 @@ def characterise(store: Store, cohort_id: int, windows: Sequence[Any] = ("-365:0
     if unknown:
         raise AnalyticsError(f"unknown domain(s) {unknown}; choose from {sorted(DOMAINS)}")
     entries = cohort_check(store, cohort_id)
-    with temp_table(store, index_table_sql(cohort_id), "mercia_idx") as idx:
+    with temp_table(store, index_table_sql(store, cohort_id), "mercia_idx") as idx:
         persons = int(store.query_one(f"SELECT COUNT(*) FROM {idx}"))
         tables = [
             _summary(store, idx, persons, entries),

@@ -91,7 +91,7 @@ def incidence(store: Store, target_id: int, outcome_id: int, tars: Sequence[str 
     rate_rows: list[dict[str, Any]] = []
     year_rows: list[dict[str, Any]] = []
     attrition: list[dict[str, Any]] = []
-    with temp_table(store, index_table_sql(target_id), "mercia_idx") as idx:
+    with temp_table(store, index_table_sql(store, target_id), "mercia_idx") as idx:
         persons = int(store.query_one(f"SELECT COUNT(*) FROM {idx}"))
         for tar in parsed:
             with temp_table(store, _persons_sql(idx, outcome_id, tar), "mercia_tar") as at_risk:

@@ -70,7 +70,7 @@ def _counts(store: Store, idx: str, outcome: int | str) -> tuple[int, int]:
 def life_table(store: Store, cohort_id: int, outcome: int | str,
                max_days: int | None = None) -> tuple[list[tuple[int, int, int]], int, int]:
     """((day, events, censored) rows, persons, excluded) for one cohort, from the engine."""
-    with temp_table(store, index_table_sql(cohort_id), "mercia_idx") as idx:
+    with temp_table(store, index_table_sql(store, cohort_id), "mercia_idx") as idx:
         rows = [(int(t), int(e), int(c)) for t, e, c in store.query(_life_table_sql(idx, outcome, max_days))]
         persons, excluded = _counts(store, idx, outcome)
     return rows, persons, excluded

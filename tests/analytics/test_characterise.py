@@ -100,6 +100,16 @@ def test_controlled_characterisation_redacts_rounds_and_suppresses(built):
     assert result.table("summary").rows[0]["count"] == 20
 
 
+def test_imd_from_the_ingestion_link_table_fills_gaps_only(built):
+    built.execute("CREATE TABLE mercia_person_link (person_id BIGINT, imd_decile BIGINT, load_id BIGINT)")
+    built.execute("INSERT INTO mercia_person_link VALUES (7, 2, 1), (7, 4, 2), (1, 8, 5), (8, NULL, 3)")
+    demo = {(r["variable"], r["category"]): r["count_persons"]
+            for r in characterise(built, 1, domains=[], raw=True).table("demographics").rows}
+    assert demo[("IMD decile", "4")] == 1  # person 7: the latest load
+    assert demo[("IMD decile", "3")] == 5 and ("IMD decile", "8") not in demo  # an observation row wins
+    assert demo[("IMD decile", "Not recorded")] == 14
+
+
 def test_feature_windows_are_inclusive_day_offsets(built):
     result = characterise(built, 1, windows=["-366:-366", "1:1"], domains=["condition"], raw=True)
     rows = {(r["time_window"], r["concept_id"]): r["count_persons"] for r in result.table("features").rows
