@@ -106,7 +106,8 @@ def main() -> None:
     report = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "database": {"persons": counts.get("person"), "rows": counts, "build_seconds": build_seconds},
-        "synthetic_concept_ancestor_rows": synthetic_ancestors or None,
+        "concept_ancestor_stand_in": bool(synthetic_ancestors) or bool(store.query_one(
+            f"SELECT COUNT(*) FROM concept_ancestor WHERE ancestor_concept_id >= {ANCESTOR_BASE}")),
         "cohort_persons": cohort,
         "domains": list(DOMAINS),
         "window": "-365:0",
