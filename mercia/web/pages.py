@@ -29,6 +29,7 @@ templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, ProjectStatus=ProjectStatus)
 router = APIRouter(include_in_schema=False)
 PRE_CSRF = "mercia_signin_csrf"
+ROLE_LABELS = {r.value: r.label for r in Role}
 
 
 class SignInRequired(Exception):
@@ -551,7 +552,7 @@ def _require_admin(caller: Caller) -> None:
 @router.get("/admin/users", response_class=HTMLResponse)
 def users_page(request: Request, caller: Caller = Depends(signed_in)):
     _require_admin(caller)
-    return render(request, "users.html", caller, users=state_of(request).gov.users(), roles=list(Role))
+    return render(request, "users.html", caller, users=state_of(request).gov.users(), role_labels=ROLE_LABELS)
 
 
 @router.post("/admin/users", response_class=HTMLResponse)
@@ -570,9 +571,9 @@ async def create_user(request: Request, caller: Caller = Depends(signed_in)):
             str(form.get("username", "")), str(form.get("display_name", "")).strip() or str(form.get("username", "")),
             password, roles, organisation=str(form.get("organisation", "")) or None, actor=caller.user.username))
     except GovernanceError as exc:
-        return render(request, "users.html", caller, status_for(exc), users=gov.users(), roles=list(Role),
+        return render(request, "users.html", caller, status_for(exc), users=gov.users(), role_labels=ROLE_LABELS,
                       error=str(exc))
-    return render(request, "users.html", caller, users=gov.users(), roles=list(Role),
+    return render(request, "users.html", caller, users=gov.users(), role_labels=ROLE_LABELS,
                   created={"username": created.username, "password": password})
 
 

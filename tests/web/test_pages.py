@@ -192,3 +192,18 @@ def test_signin_never_redirects_off_site(client, demo, target):
     r = client.post("/signin", data={"username": "researcher", "password": demo.passwords["researcher"],
                                      "csrf_token": csrf_of(page.text), "next": target}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/"
+
+
+def test_start_a_project_through_the_form(client, demo):
+    csrf = sign_in(client, demo, "coordinator")
+    form = {"csrf_token": csrf, "title": "Trial feasibility: metformin and CKD", "pillar": "chronic",
+            "purpose": "Count eligible patients", "themes": ["health_inequalities", "workforce"],
+            "scope_domains": ["person", "condition_occurrence"], "scope_sources": "RRK, RQ3",
+            "expires_on": "2099-01-01", "ppi_notes": "Panel review booked"}
+    r = client.post("/projects/new", data=form, follow_redirects=False)
+    assert r.status_code == 303
+    page = client.get(r.headers["location"]).text
+    assert "Trial feasibility" in page and "Health inequalities" in page and "RRK, RQ3" in page
+    assert "Submit for approval" in page
+    r = client.post("/projects/new", data=form | {"title": ""})
+    assert r.status_code == 400 and "needs a title" in r.text and 'value="health_inequalities" checked' in r.text
