@@ -31,9 +31,24 @@ DATA = Path(os.environ.get("MERCIA_SHARED_DATA", ROOT / ".." / "shared" / "data"
 # Tables replicated per copy, and the id columns shifted in each copy.
 PERSON_SHIFT = 10_000_000
 ID_SHIFT = 1_000_000_000
-CLINICAL = ["person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
-            "procedure_occurrence", "measurement", "observation", "device_exposure", "death", "condition_era",
-            "drug_era", "dose_era", "specimen", "visit_detail", "payer_plan_period"]
+CLINICAL = [
+    "person",
+    "observation_period",
+    "visit_occurrence",
+    "condition_occurrence",
+    "drug_exposure",
+    "procedure_occurrence",
+    "measurement",
+    "observation",
+    "device_exposure",
+    "death",
+    "condition_era",
+    "drug_era",
+    "dose_era",
+    "specimen",
+    "visit_detail",
+    "payer_plan_period",
+]
 # Per table: the columns a single scan reads (what a cohort query needs from it).
 SCAN_COLUMNS = {
     "person": ["person_id", "gender_concept_id", "year_of_birth"],
@@ -46,8 +61,12 @@ def _shifted(table: str, k: str) -> str:
     for c in CDM_TABLES[table].columns:
         if c.name == "person_id":
             cols.append(f"person_id + {k} * {PERSON_SHIFT} AS person_id")
-        elif c.name.endswith("_id") and c.spec_type in ("int", "bigint") and not c.is_concept_id and \
-                c.name not in ("provider_id", "care_site_id", "location_id"):
+        elif (
+            c.name.endswith("_id")
+            and c.spec_type in ("int", "bigint")
+            and not c.is_concept_id
+            and c.name not in ("provider_id", "care_site_id", "location_id")
+        ):
             cols.append(f"{c.name} + {k} * {ID_SHIFT} AS {c.name}")
         else:
             cols.append(c.name)
@@ -59,7 +78,10 @@ def build(db: Path, replicas: int) -> dict:
     started = time.perf_counter()
     store = Store(str(db))
     con = store.duckdb_connection
-    if store.table_exists("mercia_bench_meta") and store.query_one("SELECT replicas FROM mercia_bench_meta") == replicas:
+    if (
+        store.table_exists("mercia_bench_meta")
+        and store.query_one("SELECT replicas FROM mercia_bench_meta") == replicas
+    ):
         return {"reused": True, "seconds": 0.0, "store": store}
     store.close()
     db.unlink(missing_ok=True)
@@ -76,8 +98,10 @@ def build(db: Path, replicas: int) -> dict:
             continue
         con.execute(f'INSERT INTO main."{name}" SELECT * FROM base."{name}"')
     for name in CLINICAL:
-        con.execute(f'INSERT INTO main."{name}" SELECT {_shifted(name, "r.k")} '
-                    f'FROM base."{name}" CROSS JOIN (SELECT range AS k FROM range({replicas})) r')
+        con.execute(
+            f'INSERT INTO main."{name}" SELECT {_shifted(name, "r.k")} '
+            f'FROM base."{name}" CROSS JOIN (SELECT range AS k FROM range({replicas})) r'
+        )
     con.execute("DROP SCHEMA base CASCADE")
     con.execute(f"CREATE TABLE mercia_bench_meta AS SELECT {replicas} AS replicas")  # marks a complete build
     con.execute("CHECKPOINT")
@@ -137,12 +161,23 @@ def main() -> None:
         tables = touched_tables(expr)
         scan = single_scan(store, tables)
         result = run_cohort(store, expr, cid)
-        results.append({"cohort_id": cid, "compile_ms": round(statistics.median(compile_ms), 2),
-                        "execute_s": round(result.seconds, 3), "persons": result.persons,
-                        "entries": result.entries, "tables": tables, "scan_s": round(scan, 3),
-                        "ratio_to_scan": round(result.seconds / scan, 2) if scan > 0 else None})
-        print(f"{cid}: compile {results[-1]['compile_ms']} ms, execute {result.seconds:.2f} s, "
-              f"scan {scan:.2f} s, persons {result.persons}", flush=True)
+        results.append(
+            {
+                "cohort_id": cid,
+                "compile_ms": round(statistics.median(compile_ms), 2),
+                "execute_s": round(result.seconds, 3),
+                "persons": result.persons,
+                "entries": result.entries,
+                "tables": tables,
+                "scan_s": round(scan, 3),
+                "ratio_to_scan": round(result.seconds / scan, 2) if scan > 0 else None,
+            }
+        )
+        print(
+            f"{cid}: compile {results[-1]['compile_ms']} ms, execute {result.seconds:.2f} s, "
+            f"scan {scan:.2f} s, persons {result.persons}",
+            flush=True,
+        )
         write(args, built, counts, results, complete=len(results) == len(ids))
 
 
@@ -150,10 +185,15 @@ def write(args, built: dict, counts: dict, results: list[dict], complete: bool) 
     """Write the JSON after every cohort, so a long run that is cut short still reports."""
     ratios = [r["ratio_to_scan"] for r in results if r["ratio_to_scan"] is not None]
     summary = {
-        "replicas": args.replicas, "persons": counts.get("person"),
-        "clinical_rows": sum(v for k, v in counts.items() if k != "person"), "table_rows": counts,
-        "threads": args.threads, "build_seconds": built["seconds"], "database_reused": built["reused"],
-        "complete": complete, "cohorts": len(results),
+        "replicas": args.replicas,
+        "persons": counts.get("person"),
+        "clinical_rows": sum(v for k, v in counts.items() if k != "person"),
+        "table_rows": counts,
+        "threads": args.threads,
+        "build_seconds": built["seconds"],
+        "database_reused": built["reused"],
+        "complete": complete,
+        "cohorts": len(results),
         "compile_ms_median": round(statistics.median(r["compile_ms"] for r in results), 2),
         "compile_ms_max": max(r["compile_ms"] for r in results),
         "compile_under_50ms": sum(1 for r in results if r["compile_ms"] < 50),

@@ -12,5 +12,13 @@ from mercia.cohorts.compiler import CohortPlan, build_plan, compile_cohort
 from mercia.cohorts.model import CohortDefinitionError, CohortExpression
 from mercia.cohorts.runner import AttritionRow, CohortResult, run_cohort
 
-__all__ = ["AttritionRow", "CohortDefinitionError", "CohortExpression", "CohortPlan", "CohortResult",
-           "build_plan", "compile_cohort", "run_cohort"]
+__all__ = [
+    "AttritionRow",
+    "CohortDefinitionError",
+    "CohortExpression",
+    "CohortPlan",
+    "CohortResult",
+    "build_plan",
+    "compile_cohort",
+    "run_cohort",
+]

@@ -18,10 +18,15 @@ from mercia.cohorts import model as m
 
 
 # -- concept sets -----------------------------------------------------------------------------
-def concept(concept_id: int, name: str | None = None, *, descendants: bool = False, mapped: bool = False,
-            exclude: bool = False) -> m.ConceptSetItem:
-    return m.ConceptSetItem(concept=m.Concept(concept_id=concept_id, concept_name=name),
-                            include_descendants=descendants, include_mapped=mapped, is_excluded=exclude)
+def concept(
+    concept_id: int, name: str | None = None, *, descendants: bool = False, mapped: bool = False, exclude: bool = False
+) -> m.ConceptSetItem:
+    return m.ConceptSetItem(
+        concept=m.Concept(concept_id=concept_id, concept_name=name),
+        include_descendants=descendants,
+        include_mapped=mapped,
+        is_excluded=exclude,
+    )
 
 
 def concept_set(set_id: int, name: str, *items: m.ConceptSetItem | int) -> m.ConceptSet:
@@ -145,37 +150,71 @@ def _bound(days: int | None, unbounded_coeff: int) -> m.WindowBound:
     return m.WindowBound(days=abs(days), coeff=-1 if days < 0 else 1)
 
 
-def window(start: int | None, end: int | None, *, index_end: bool | None = None,
-           event_end: bool | None = None) -> m.Window:
+def window(
+    start: int | None, end: int | None, *, index_end: bool | None = None, event_end: bool | None = None
+) -> m.Window:
     """Days relative to the index event; None is unbounded (within the observation period).
     Unset flags keep Circe's defaults: a start window tests the event's start date, an end window
     its end date, both relative to the index start date."""
     return m.Window(start=_bound(start, -1), end=_bound(end, 1), use_index_end=index_end, use_event_end=event_end)
 
 
-def _correlated(kind: int, count: int, crit: m.Criteria, within: m.Window | None, end_within: m.Window | None,
-                distinct: bool, restrict_visit: bool, ignore_observation_period: bool) -> m.CorrelatedCriteria:
-    return m.CorrelatedCriteria(criteria=m.CriteriaItem.wrap(crit), start_window=within or window(None, None),
-                                end_window=end_within, restrict_visit=restrict_visit,
-                                ignore_observation_period=ignore_observation_period,
-                                occurrence=m.Occurrence(type=kind, count=count, is_distinct=distinct))
+def _correlated(
+    kind: int,
+    count: int,
+    crit: m.Criteria,
+    within: m.Window | None,
+    end_within: m.Window | None,
+    distinct: bool,
+    restrict_visit: bool,
+    ignore_observation_period: bool,
+) -> m.CorrelatedCriteria:
+    return m.CorrelatedCriteria(
+        criteria=m.CriteriaItem.wrap(crit),
+        start_window=within or window(None, None),
+        end_window=end_within,
+        restrict_visit=restrict_visit,
+        ignore_observation_period=ignore_observation_period,
+        occurrence=m.Occurrence(type=kind, count=count, is_distinct=distinct),
+    )
 
 
-def at_least(count: int, crit: m.Criteria, within: m.Window | None = None, *, end_within: m.Window | None = None,
-             distinct: bool = False, restrict_visit: bool = False,
-             ignore_observation_period: bool = False) -> m.CorrelatedCriteria:
+def at_least(
+    count: int,
+    crit: m.Criteria,
+    within: m.Window | None = None,
+    *,
+    end_within: m.Window | None = None,
+    distinct: bool = False,
+    restrict_visit: bool = False,
+    ignore_observation_period: bool = False,
+) -> m.CorrelatedCriteria:
     return _correlated(2, count, crit, within, end_within, distinct, restrict_visit, ignore_observation_period)
 
 
-def at_most(count: int, crit: m.Criteria, within: m.Window | None = None, *, end_within: m.Window | None = None,
-            distinct: bool = False, restrict_visit: bool = False,
-            ignore_observation_period: bool = False) -> m.CorrelatedCriteria:
+def at_most(
+    count: int,
+    crit: m.Criteria,
+    within: m.Window | None = None,
+    *,
+    end_within: m.Window | None = None,
+    distinct: bool = False,
+    restrict_visit: bool = False,
+    ignore_observation_period: bool = False,
+) -> m.CorrelatedCriteria:
     return _correlated(1, count, crit, within, end_within, distinct, restrict_visit, ignore_observation_period)
 
 
-def exactly(count: int, crit: m.Criteria, within: m.Window | None = None, *, end_within: m.Window | None = None,
-            distinct: bool = False, restrict_visit: bool = False,
-            ignore_observation_period: bool = False) -> m.CorrelatedCriteria:
+def exactly(
+    count: int,
+    crit: m.Criteria,
+    within: m.Window | None = None,
+    *,
+    end_within: m.Window | None = None,
+    distinct: bool = False,
+    restrict_visit: bool = False,
+    ignore_observation_period: bool = False,
+) -> m.CorrelatedCriteria:
     return _correlated(0, count, crit, within, end_within, distinct, restrict_visit, ignore_observation_period)
 
 
@@ -188,10 +227,12 @@ GroupItem = m.CorrelatedCriteria | m.DemographicCriteria | m.CriteriaGroup
 
 def _group(kind: str, items: tuple[GroupItem, ...], count: int | None = None) -> m.CriteriaGroup:
     return m.CriteriaGroup(
-        type=kind, count=count,
+        type=kind,
+        count=count,
         criteria_list=[i for i in items if isinstance(i, m.CorrelatedCriteria)],
         demographic_criteria_list=[i for i in items if isinstance(i, m.DemographicCriteria)],
-        groups=[i for i in items if isinstance(i, m.CriteriaGroup)])
+        groups=[i for i in items if isinstance(i, m.CriteriaGroup)],
+    )
 
 
 def all_of(*items: GroupItem) -> m.CriteriaGroup:
@@ -223,31 +264,52 @@ def date_offset(days: int, field: str = "StartDate") -> m.EndStrategy:
     return m.EndStrategy(date_offset=m.DateOffsetStrategy(date_field=field, offset=days))
 
 
-def drug_persistence(codeset: m.ConceptSet | int, gap_days: int = 0, offset: int = 0,
-                     days_supply: int | None = None) -> m.EndStrategy:
+def drug_persistence(
+    codeset: m.ConceptSet | int, gap_days: int = 0, offset: int = 0, days_supply: int | None = None
+) -> m.EndStrategy:
     """Circe's CustomEra exit: the end of the drug era containing the index date."""
     cid = codeset.id if isinstance(codeset, m.ConceptSet) else codeset
-    return m.EndStrategy(custom_era=m.CustomEraStrategy(drug_codeset_id=cid, gap_days=gap_days, offset=offset,
-                                                        days_supply_override=days_supply))
+    return m.EndStrategy(
+        custom_era=m.CustomEraStrategy(
+            drug_codeset_id=cid, gap_days=gap_days, offset=offset, days_supply_override=days_supply
+        )
+    )
 
 
-def cohort(entry: list[m.Criteria], *, concept_sets: list[m.ConceptSet] = (), prior_days: int = 0,
-           post_days: int = 0, entry_limit: str = "First", additional: m.CriteriaGroup | None = None,
-           qualified_limit: str = "First", rules: list[m.InclusionRule] = (), expression_limit: str = "First",
-           end: m.EndStrategy | None = None, censor: list[m.Criteria] = (), era_pad: int = 0,
-           censor_window: tuple[str | None, str | None] = (None, None), title: str | None = None
-           ) -> m.CohortExpression:
+def cohort(
+    entry: list[m.Criteria],
+    *,
+    concept_sets: list[m.ConceptSet] = (),
+    prior_days: int = 0,
+    post_days: int = 0,
+    entry_limit: str = "First",
+    additional: m.CriteriaGroup | None = None,
+    qualified_limit: str = "First",
+    rules: list[m.InclusionRule] = (),
+    expression_limit: str = "First",
+    end: m.EndStrategy | None = None,
+    censor: list[m.Criteria] = (),
+    era_pad: int = 0,
+    censor_window: tuple[str | None, str | None] = (None, None),
+    title: str | None = None,
+) -> m.CohortExpression:
     """A whole cohort definition.  Codeset references are checked against ``concept_sets``."""
     expr = m.CohortExpression(
-        title=title, concept_sets=list(concept_sets),
+        title=title,
+        concept_sets=list(concept_sets),
         primary_criteria=m.PrimaryCriteria(
             criteria_list=[m.CriteriaItem.wrap(c) for c in entry],
             observation_window=m.ObservationWindow(prior_days=prior_days, post_days=post_days),
-            primary_criteria_limit=m.ResultLimit(type=entry_limit)),
-        additional_criteria=additional, qualified_limit=m.ResultLimit(type=qualified_limit),
-        inclusion_rules=list(rules), expression_limit=m.ResultLimit(type=expression_limit),
-        end_strategy=end, censoring_criteria=[m.CriteriaItem.wrap(c) for c in censor],
+            primary_criteria_limit=m.ResultLimit(type=entry_limit),
+        ),
+        additional_criteria=additional,
+        qualified_limit=m.ResultLimit(type=qualified_limit),
+        inclusion_rules=list(rules),
+        expression_limit=m.ResultLimit(type=expression_limit),
+        end_strategy=end,
+        censoring_criteria=[m.CriteriaItem.wrap(c) for c in censor],
         collapse_settings=m.CollapseSettings(era_pad=era_pad),
-        censor_window=m.Period(start_date=censor_window[0], end_date=censor_window[1]))
+        censor_window=m.Period(start_date=censor_window[0], end_date=censor_window[1]),
+    )
     expr.check_references()
     return expr

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="ATLAS/Circe cohort definitions: run them, print their SQL and attrition.",
-                  no_args_is_help=True)
+app = typer.Typer(help="ATLAS/Circe cohort definitions: run them, print their SQL and attrition.", no_args_is_help=True)
 
 
 def _definitions(path: Path, cohort_id: int | None) -> list[tuple[int, Path]]:
@@ -36,6 +35,7 @@ def _definitions(path: Path, cohort_id: int | None) -> list[tuple[int, Path]]:
 def _load(f: Path):
     from mercia.cohorts.model import CohortDefinitionError
     from mercia.cohorts.runner import load_expression
+
     try:
         return load_expression(f)
     except CohortDefinitionError as exc:
@@ -44,11 +44,13 @@ def _load(f: Path):
 
 
 @app.command()
-def run(path: Path = typer.Argument(..., help="A <id>.json definition or a directory of them"),
-        db: str = typer.Option(..., "--db", help="DuckDB path or postgresql:// URL of the CDM"),
-        out_dir: Path | None = typer.Option(None, "--out-dir", help="Write <id>.csv and summary.json here"),
-        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
-        cohort_id: int | None = typer.Option(None, "--cohort-id", help="Cohort id for a single file")) -> None:
+def run(
+    path: Path = typer.Argument(..., help="A <id>.json definition or a directory of them"),
+    db: str = typer.Option(..., "--db", help="DuckDB path or postgresql:// URL of the CDM"),
+    out_dir: Path | None = typer.Option(None, "--out-dir", help="Write <id>.csv and summary.json here"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
+    cohort_id: int | None = typer.Option(None, "--cohort-id", help="Cohort id for a single file"),
+) -> None:
     """Generate cohorts into the ``cohort`` table (replacing each id's earlier rows)."""
     import orjson
     import pyarrow.csv as pa_csv
@@ -71,7 +73,8 @@ def run(path: Path = typer.Argument(..., help="A <id>.json definition or a direc
                 rows = store.query_arrow(
                     "SELECT subject_id, cohort_start_date, cohort_end_date FROM cohort "
                     f"WHERE cohort_definition_id = {p} ORDER BY subject_id, cohort_start_date, cohort_end_date",
-                    [cid])
+                    [cid],
+                )
                 _write_rows_csv(rows, out_dir / f"{cid}.csv", pa_csv)
     if out_dir is not None:
         (out_dir / "summary.json").write_bytes(orjson.dumps(summaries, option=orjson.OPT_INDENT_2))
@@ -86,20 +89,25 @@ def run(path: Path = typer.Argument(..., help="A <id>.json definition or a direc
 
 def _write_rows_csv(rows, target: Path, pa_csv) -> None:
     import pyarrow as pa
+
     if rows.num_rows == 0:
         target.write_text("subject_id,cohort_start_date,cohort_end_date\n")
         return
-    rows = rows.cast(pa.schema([("subject_id", pa.int64()), ("cohort_start_date", pa.date32()),
-                                ("cohort_end_date", pa.date32())]))
+    rows = rows.cast(
+        pa.schema([("subject_id", pa.int64()), ("cohort_start_date", pa.date32()), ("cohort_end_date", pa.date32())])
+    )
     pa_csv.write_csv(rows, target, pa_csv.WriteOptions(quoting_style="none"))
 
 
 @app.command()
-def sql(path: Path = typer.Argument(..., help="A cohort definition JSON file"),
-        dialect: str = typer.Option("duckdb", "--dialect", help="duckdb, postgres or spark"),
-        cohort_id: int | None = typer.Option(None, "--cohort-id", help="Cohort id (default: file name)")) -> None:
+def sql(
+    path: Path = typer.Argument(..., help="A cohort definition JSON file"),
+    dialect: str = typer.Option("duckdb", "--dialect", help="duckdb, postgres or spark"),
+    cohort_id: int | None = typer.Option(None, "--cohort-id", help="Cohort id (default: file name)"),
+) -> None:
     """Print the SQL that generates the cohort, exactly as it runs."""
     from mercia.cohorts.compiler import DIALECTS, compile_cohort
+
     if dialect not in DIALECTS:
         raise typer.BadParameter(f"--dialect must be one of {', '.join(DIALECTS)}")
     if path.is_dir():
@@ -110,10 +118,12 @@ def sql(path: Path = typer.Argument(..., help="A cohort definition JSON file"),
 
 
 @app.command()
-def attrition(path: Path = typer.Argument(..., help="A cohort definition JSON file"),
-              db: str = typer.Option(..., "--db", help="DuckDB path or postgresql:// URL of the CDM"),
-              cohort_id: int | None = typer.Option(None, "--cohort-id", help="Cohort id (default: file name)"),
-              as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table")) -> None:
+def attrition(
+    path: Path = typer.Argument(..., help="A cohort definition JSON file"),
+    db: str = typer.Option(..., "--db", help="DuckDB path or postgresql:// URL of the CDM"),
+    cohort_id: int | None = typer.Option(None, "--cohort-id", help="Cohort id (default: file name)"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table"),
+) -> None:
     """Generate the cohort and print its attrition: each inclusion rule's own pass count, the
     events/persons remaining after it, and those lost to it alone."""
     import orjson
@@ -132,12 +142,27 @@ def attrition(path: Path = typer.Argument(..., help="A cohort definition JSON fi
     if as_json:
         typer.echo(orjson.dumps(result.summary()).decode())
         return
-    table = Table("mode", "rule", "name", "passing", "remaining", "lost only here", "total",
-                  title=f"cohort {cid}: {result.persons} persons, {result.entries} entries")
+    table = Table(
+        "mode",
+        "rule",
+        "name",
+        "passing",
+        "remaining",
+        "lost only here",
+        "total",
+        title=f"cohort {cid}: {result.persons} persons, {result.entries} entries",
+    )
     for mode, label in ((0, "events"), (1, "persons")):
         table.add_row(label, "-", "qualifying", str(result.base_count.get(mode, 0)), "", "", "")
         for row in (a for a in result.attrition if a.mode_id == mode):
-            table.add_row(label, str(row.rule_sequence), row.name, str(row.person_count), str(row.remaining),
-                          str(row.gain_count), str(row.person_total))
+            table.add_row(
+                label,
+                str(row.rule_sequence),
+                row.name,
+                str(row.person_count),
+                str(row.remaining),
+                str(row.gain_count),
+                str(row.person_total),
+            )
         table.add_row(label, "-", "final", str(result.final_count.get(mode, 0)), "", "", "")
     Console().print(table)

@@ -21,35 +21,74 @@ from sqlglot import exp
 from mercia.cohorts import model as m
 from mercia.cohorts.criteria import CODESETS, CriteriaCompiler, demographic_conditions
 from mercia.cohorts.model import CohortDefinitionError
-from mercia.cohorts.sqlexpr import (BIGINT, DATE, add_days, case_when, col, date_literal, empty_select,
-                                    in_list, least_date, num, row_number, running, table, union_all)
+from mercia.cohorts.sqlexpr import (
+    BIGINT,
+    DATE,
+    add_days,
+    case_when,
+    col,
+    date_literal,
+    empty_select,
+    in_list,
+    least_date,
+    num,
+    row_number,
+    running,
+    table,
+    union_all,
+)
 
 DIALECTS = ("duckdb", "postgres", "spark")
 PREFIX = "mercia_"
-EVENT_COLUMNS = ["event_id", "person_id", "start_date", "end_date", "op_start_date", "op_end_date",
-                 "visit_occurrence_id"]
+EVENT_COLUMNS = [
+    "event_id",
+    "person_id",
+    "start_date",
+    "end_date",
+    "op_start_date",
+    "op_end_date",
+    "visit_occurrence_id",
+]
 
 # Result tables written next to ``cohort`` (Circe's names and meanings; see docs/cohorts.md).
 RESULT_TABLES: dict[str, list[tuple[str, str]]] = {
-    "cohort_inclusion": [("cohort_definition_id", "BIGINT"), ("rule_sequence", "BIGINT"), ("name", "VARCHAR(255)"),
-                         ("description", "VARCHAR(1000)")],
-    "cohort_inclusion_result": [("cohort_definition_id", "BIGINT"), ("mode_id", "BIGINT"),
-                                ("inclusion_rule_mask", "BIGINT"), ("person_count", "BIGINT")],
-    "cohort_inclusion_stats": [("cohort_definition_id", "BIGINT"), ("mode_id", "BIGINT"),
-                               ("rule_sequence", "BIGINT"), ("person_count", "BIGINT"), ("gain_count", "BIGINT"),
-                               ("person_total", "BIGINT")],
-    "cohort_summary_stats": [("cohort_definition_id", "BIGINT"), ("mode_id", "BIGINT"), ("base_count", "BIGINT"),
-                             ("final_count", "BIGINT")],
+    "cohort_inclusion": [
+        ("cohort_definition_id", "BIGINT"),
+        ("rule_sequence", "BIGINT"),
+        ("name", "VARCHAR(255)"),
+        ("description", "VARCHAR(1000)"),
+    ],
+    "cohort_inclusion_result": [
+        ("cohort_definition_id", "BIGINT"),
+        ("mode_id", "BIGINT"),
+        ("inclusion_rule_mask", "BIGINT"),
+        ("person_count", "BIGINT"),
+    ],
+    "cohort_inclusion_stats": [
+        ("cohort_definition_id", "BIGINT"),
+        ("mode_id", "BIGINT"),
+        ("rule_sequence", "BIGINT"),
+        ("person_count", "BIGINT"),
+        ("gain_count", "BIGINT"),
+        ("person_total", "BIGINT"),
+    ],
+    "cohort_summary_stats": [
+        ("cohort_definition_id", "BIGINT"),
+        ("mode_id", "BIGINT"),
+        ("base_count", "BIGINT"),
+        ("final_count", "BIGINT"),
+    ],
 }
 
 
 @dataclass
 class CohortPlan:
     """The compiled cohort: temporary steps in order, then the final rows and attrition selects."""
+
     cohort_id: int
     steps: list[tuple[str, exp.Query]] = field(default_factory=list)
-    cohort_rows: exp.Query | None = None          # cohort_definition_id, subject_id, start, end
-    attrition: dict[str, exp.Query] = field(default_factory=dict)   # result table -> rows for this cohort
+    cohort_rows: exp.Query | None = None  # cohort_definition_id, subject_id, start, end
+    attrition: dict[str, exp.Query] = field(default_factory=dict)  # result table -> rows for this cohort
     rules: list[m.InclusionRule] = field(default_factory=list)
 
     def temp(self, name: str) -> str:
@@ -61,7 +100,9 @@ def _eq(a: exp.Expression, b: exp.Expression) -> exp.EQ:
 
 
 def _same_event(a: str, b: str) -> exp.Expression:
-    return exp.and_(_eq(col("person_id", a), col("person_id", b)), _eq(col("event_id", a), col("event_id", b)), copy=False)
+    return exp.and_(
+        _eq(col("person_id", a), col("person_id", b)), _eq(col("event_id", a), col("event_id", b)), copy=False
+    )
 
 
 class _Compiler:
@@ -81,12 +122,18 @@ class _Compiler:
         include = [i for i in cs.expression.items if not i.is_excluded]
         exclude = [i for i in cs.expression.items if i.is_excluded]
         included = _concept_query(include)
-        q = exp.select(exp.alias_(num(cs.id), "codeset_id", copy=False),
-                       exp.alias_(exp.cast(col("concept_id", "I"), BIGINT, copy=False), "concept_id", copy=False)).distinct(copy=False)
+        q = exp.select(
+            exp.alias_(num(cs.id), "codeset_id", copy=False),
+            exp.alias_(exp.cast(col("concept_id", "I"), BIGINT, copy=False), "concept_id", copy=False),
+        ).distinct(copy=False)
         q = q.from_(included.subquery("I", copy=False))
         if exclude:
-            q = q.join(_concept_query(exclude).subquery("E", copy=False),
-                       on=_eq(col("concept_id", "I"), col("concept_id", "E")), join_type="left", copy=False)
+            q = q.join(
+                _concept_query(exclude).subquery("E", copy=False),
+                on=_eq(col("concept_id", "I"), col("concept_id", "E")),
+                join_type="left",
+                copy=False,
+            )
             q = q.where(exp.Is(this=col("concept_id", "E"), expression=exp.null()), copy=False)
         return q
 
@@ -95,37 +142,70 @@ class _Compiler:
         pc = self.expr.primary_criteria
         union = union_all([self.criteria.query(c) for c in pc.criteria_list])
         desc = pc.primary_criteria_limit.type == "Last"
-        ranked = exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("E")),
-                            exp.alias_(row_number([col("person_id", "E")],
-                                                  [(col("start_date", "E"), desc), col("event_id", "E")]),
-                                       "ordinal", copy=False)).from_(union.subquery("E", copy=False))
+        ranked = exp.select(
+            exp.Column(this=exp.Star(), table=exp.to_identifier("E")),
+            exp.alias_(
+                row_number([col("person_id", "E")], [(col("start_date", "E"), desc), col("event_id", "E")]),
+                "ordinal",
+                copy=False,
+            ),
+        ).from_(union.subquery("E", copy=False))
         op_start, op_end = col("observation_period_start_date", "OP"), col("observation_period_end_date", "OP")
-        q = exp.select(
-            exp.alias_(row_number([col("person_id", "P")], [col("start_date", "P"), col("event_id", "P")]),
-                       "event_id", copy=False),
-            col("person_id", "P"), col("start_date", "P"), col("end_date", "P"),
-            exp.alias_(op_start, "op_start_date", copy=False), exp.alias_(op_end.copy(), "op_end_date", copy=False),
-            col("visit_occurrence_id", "P"), copy=False
-        ).from_(ranked.subquery("P", copy=False)).join(table("observation_period", "OP"), on=exp.and_(
-            _eq(col("person_id", "P"), col("person_id", "OP")),
-            exp.GTE(this=col("start_date", "P"), expression=op_start.copy()),
-            exp.LTE(this=col("start_date", "P"), expression=op_end.copy()), copy=False))
+        q = (
+            exp.select(
+                exp.alias_(
+                    row_number([col("person_id", "P")], [col("start_date", "P"), col("event_id", "P")]),
+                    "event_id",
+                    copy=False,
+                ),
+                col("person_id", "P"),
+                col("start_date", "P"),
+                col("end_date", "P"),
+                exp.alias_(op_start, "op_start_date", copy=False),
+                exp.alias_(op_end.copy(), "op_end_date", copy=False),
+                col("visit_occurrence_id", "P"),
+                copy=False,
+            )
+            .from_(ranked.subquery("P", copy=False))
+            .join(
+                table("observation_period", "OP"),
+                on=exp.and_(
+                    _eq(col("person_id", "P"), col("person_id", "OP")),
+                    exp.GTE(this=col("start_date", "P"), expression=op_start.copy()),
+                    exp.LTE(this=col("start_date", "P"), expression=op_end.copy()),
+                    copy=False,
+                ),
+            )
+        )
         window = pc.observation_window
-        q = q.where(exp.LTE(this=add_days(op_start.copy(), window.prior_days), expression=col("start_date", "P")), copy=False)
-        q = q.where(exp.LTE(this=add_days(col("start_date", "P"), window.post_days), expression=op_end.copy()), copy=False)
+        q = q.where(
+            exp.LTE(this=add_days(op_start.copy(), window.prior_days), expression=col("start_date", "P")), copy=False
+        )
+        q = q.where(
+            exp.LTE(this=add_days(col("start_date", "P"), window.post_days), expression=op_end.copy()), copy=False
+        )
         if pc.primary_criteria_limit.type != "All":
             q = q.where(_eq(col("ordinal", "P"), num(1)), copy=False)
         return q
 
     def qualified_events(self, primary: str) -> exp.Query:
         desc = self.expr.qualified_limit.type == "Last"
-        q = exp.select(*[col(c, "pe") for c in EVENT_COLUMNS],
-                       exp.alias_(row_number([col("person_id", "pe")],
-                                             [(col("start_date", "pe"), desc), col("event_id", "pe")]), "ordinal", copy=False))
+        q = exp.select(
+            *[col(c, "pe") for c in EVENT_COLUMNS],
+            exp.alias_(
+                row_number([col("person_id", "pe")], [(col("start_date", "pe"), desc), col("event_id", "pe")]),
+                "ordinal",
+                copy=False,
+            ),
+        )
         q = q.from_(table(primary, "pe"), copy=False)
         ac = self.expr.additional_criteria
         if ac is not None and not ac.is_empty():
-            q = q.join(self.group(ac, lambda: table(primary), 0).subquery("AC", copy=False), on=_same_event("AC", "pe"), copy=False)
+            q = q.join(
+                self.group(ac, lambda: table(primary), 0).subquery("AC", copy=False),
+                on=_same_event("AC", "pe"),
+                copy=False,
+            )
         out = exp.select(*[col(c, "QE") for c in EVENT_COLUMNS], copy=False).from_(q.subquery("QE", copy=False))
         # Circe applies the qualified limit whenever AdditionalCriteria is present, even empty
         if ac is not None and self.expr.qualified_limit.type != "All":
@@ -135,37 +215,63 @@ class _Compiler:
     def inclusion_events(self, qualified: str) -> exp.Query:
         selects = []
         for i, rule in enumerate(self.expr.inclusion_rules):
-            q = exp.select(exp.alias_(num(i), "inclusion_rule_id", copy=False),
-                           exp.alias_(exp.cast(num(2 ** i), BIGINT, copy=False), "rule_bit", copy=False),
-                           col("person_id", "pe"), col("event_id", "pe"), copy=False).from_(table(qualified, "pe"), copy=False)
-            q = q.join(self.group(rule.expression, lambda: table(qualified), 0).subquery("AC", copy=False),
-                       on=_same_event("AC", "pe"), copy=False)
+            q = exp.select(
+                exp.alias_(num(i), "inclusion_rule_id", copy=False),
+                exp.alias_(exp.cast(num(2**i), BIGINT, copy=False), "rule_bit", copy=False),
+                col("person_id", "pe"),
+                col("event_id", "pe"),
+                copy=False,
+            ).from_(table(qualified, "pe"), copy=False)
+            q = q.join(
+                self.group(rule.expression, lambda: table(qualified), 0).subquery("AC", copy=False),
+                on=_same_event("AC", "pe"),
+                copy=False,
+            )
             selects.append(q)
         return union_all(selects)
 
     def event_masks(self, qualified: str, inclusion: str) -> exp.Query:
         """Per qualified event: the bitmask of inclusion rules it passes (BIGINT), for limits and stats."""
-        return exp.select(
-            col("event_id", "Q"), col("person_id", "Q"), col("start_date", "Q"),
-            exp.alias_(exp.cast(exp.func("COALESCE", exp.Sum(this=col("rule_bit", "I")), num(0)), BIGINT, copy=False),
-                       "inclusion_rule_mask", copy=False),
-            exp.alias_(exp.Count(this=exp.Distinct(expressions=[col("inclusion_rule_id", "I")])), "rule_count", copy=False),
-            exp.alias_(exp.func("COALESCE", exp.Min(this=col("inclusion_rule_id", "I")), num(0)), "min_rule_id", copy=False), copy=False
-        ).from_(table(qualified, "Q"), copy=False).join(table(inclusion, "I"), on=_same_event("I", "Q"), join_type="left", copy=False
-                                            ).group_by(col("event_id", "Q"), col("person_id", "Q"),
-                                                       col("start_date", "Q"), copy=False)
+        return (
+            exp.select(
+                col("event_id", "Q"),
+                col("person_id", "Q"),
+                col("start_date", "Q"),
+                exp.alias_(
+                    exp.cast(exp.func("COALESCE", exp.Sum(this=col("rule_bit", "I")), num(0)), BIGINT, copy=False),
+                    "inclusion_rule_mask",
+                    copy=False,
+                ),
+                exp.alias_(
+                    exp.Count(this=exp.Distinct(expressions=[col("inclusion_rule_id", "I")])), "rule_count", copy=False
+                ),
+                exp.alias_(
+                    exp.func("COALESCE", exp.Min(this=col("inclusion_rule_id", "I")), num(0)), "min_rule_id", copy=False
+                ),
+                copy=False,
+            )
+            .from_(table(qualified, "Q"), copy=False)
+            .join(table(inclusion, "I"), on=_same_event("I", "Q"), join_type="left", copy=False)
+            .group_by(col("event_id", "Q"), col("person_id", "Q"), col("start_date", "Q"), copy=False)
+        )
 
     def included_events(self, qualified: str, masks: str | None) -> exp.Query:
         desc = self.expr.expression_limit.type == "Last"
         cols = [c for c in EVENT_COLUMNS if c != "visit_occurrence_id"]
-        q = exp.select(*[col(c, "Q") for c in cols],
-                       exp.alias_(row_number([col("person_id", "Q")],
-                                             [(col("start_date", "Q"), desc), col("event_id", "Q")]), "ordinal", copy=False))
+        q = exp.select(
+            *[col(c, "Q") for c in cols],
+            exp.alias_(
+                row_number([col("person_id", "Q")], [(col("start_date", "Q"), desc), col("event_id", "Q")]),
+                "ordinal",
+                copy=False,
+            ),
+        )
         q = q.from_(table(qualified, "Q"), copy=False)
         if masks is not None:
             full = 2 ** len(self.expr.inclusion_rules) - 1
             q = q.join(table(masks, "MG"), on=_same_event("MG", "Q"), copy=False).where(
-                _eq(col("inclusion_rule_mask", "MG"), num(full)), copy=False)
+                _eq(col("inclusion_rule_mask", "MG"), num(full)), copy=False
+            )
         out = exp.select(*[col(c, "R") for c in cols], copy=False).from_(q.subquery("R", copy=False))
         if self.expr.expression_limit.type != "All":
             out = out.where(_eq(col("ordinal", "R"), num(1)), copy=False)
@@ -180,74 +286,148 @@ class _Compiler:
         if strategy.days_supply_override is not None:
             drug_end = add_days(col("drug_exposure_start_date", "de"), strategy.days_supply_override)
         else:
-            drug_end = exp.func("COALESCE", col("drug_exposure_end_date", "de"),
-                                add_days(col("drug_exposure_start_date", "de"), col("days_supply", "de")),
-                                add_days(col("drug_exposure_start_date", "de"), 1))
+            drug_end = exp.func(
+                "COALESCE",
+                col("drug_exposure_end_date", "de"),
+                add_days(col("drug_exposure_start_date", "de"), col("days_supply", "de")),
+                add_days(col("drug_exposure_start_date", "de"), 1),
+            )
         exposures = []
         for concept_column in ("drug_concept_id", "drug_source_concept_id"):
-            exposures.append(exp.select(
-                col("person_id", "de"), exp.alias_(col("drug_exposure_start_date", "de"), "start_date", copy=False),
-                exp.alias_(add_days(drug_end.copy(), strategy.gap_days + strategy.offset), "end_date", copy=False), copy=False
-            ).from_(table("drug_exposure", "de"), copy=False).join(persons.subquery("p", copy=False), on=_eq(
-                col("person_id", "de"), col("person_id", "p")), copy=False).join(table(CODESETS, "cs"), on=exp.and_(
-                    _eq(col("codeset_id", "cs"), num(strategy.drug_codeset_id)),
-                    _eq(col(concept_column, "de"), col("concept_id", "cs")), copy=False)))
+            exposures.append(
+                exp.select(
+                    col("person_id", "de"),
+                    exp.alias_(col("drug_exposure_start_date", "de"), "start_date", copy=False),
+                    exp.alias_(add_days(drug_end.copy(), strategy.gap_days + strategy.offset), "end_date", copy=False),
+                    copy=False,
+                )
+                .from_(table("drug_exposure", "de"), copy=False)
+                .join(
+                    persons.subquery("p", copy=False), on=_eq(col("person_id", "de"), col("person_id", "p")), copy=False
+                )
+                .join(
+                    table(CODESETS, "cs"),
+                    on=exp.and_(
+                        _eq(col("codeset_id", "cs"), num(strategy.drug_codeset_id)),
+                        _eq(col(concept_column, "de"), col("concept_id", "cs")),
+                        copy=False,
+                    ),
+                )
+            )
         eras = _collapse(union_all(exposures), pad=strategy.gap_days, alias="era")
-        return exp.select(col("event_id", "et"), col("person_id", "et"),
-                          exp.alias_(col("end_date", "ERAS"), "end_date", copy=False), copy=False
-                          ).from_(table(included, "et"), copy=False).join(eras.subquery("ERAS", copy=False), on=exp.and_(
-                              _eq(col("person_id", "ERAS"), col("person_id", "et")),
-                              exp.Between(this=col("start_date", "et"), low=col("start_date", "ERAS"),
-                                          high=col("end_date", "ERAS")), copy=False))
+        return (
+            exp.select(
+                col("event_id", "et"),
+                col("person_id", "et"),
+                exp.alias_(col("end_date", "ERAS"), "end_date", copy=False),
+                copy=False,
+            )
+            .from_(table(included, "et"), copy=False)
+            .join(
+                eras.subquery("ERAS", copy=False),
+                on=exp.and_(
+                    _eq(col("person_id", "ERAS"), col("person_id", "et")),
+                    exp.Between(
+                        this=col("start_date", "et"), low=col("start_date", "ERAS"), high=col("end_date", "ERAS")
+                    ),
+                    copy=False,
+                ),
+            )
+        )
 
     def cohort_ends(self, included: str) -> exp.Query:
         """Every candidate exit per event; the earliest on or after the start wins."""
         candidates: list[exp.Query] = []
         strategy = self.expr.end_strategy
-        ev = lambda: [col("event_id", "I"), col("person_id", "I")]  # noqa: E731
+        ev = lambda: [col("event_id", "I"), col("person_id", "I")]
         if strategy is not None and strategy.date_offset is not None:
             offset = strategy.date_offset
             field_ = "start_date" if offset.date_field == "StartDate" else "end_date"
             shifted = add_days(col(field_, "I"), offset.offset)
-            candidates.append(exp.select(*ev(), exp.alias_(least_date(shifted, col("op_end_date", "I")), "end_date", copy=False), copy=False
-                                         ).from_(table(included, "I"), copy=False))
+            candidates.append(
+                exp.select(
+                    *ev(), exp.alias_(least_date(shifted, col("op_end_date", "I")), "end_date", copy=False), copy=False
+                ).from_(table(included, "I"), copy=False)
+            )
         else:
-            candidates.append(exp.select(*ev(), exp.alias_(col("op_end_date", "I"), "end_date", copy=False), copy=False
-                                         ).from_(table(included, "I"), copy=False))
+            candidates.append(
+                exp.select(*ev(), exp.alias_(col("op_end_date", "I"), "end_date", copy=False), copy=False).from_(
+                    table(included, "I"), copy=False
+                )
+            )
             if strategy is not None and strategy.custom_era is not None:
                 candidates.append(self.custom_era_ends(included, strategy.custom_era))
         if self.expr.censoring_criteria:
-            censor = union_all([exp.select(col("person_id", "X"), col("start_date", "X"), copy=False).from_(
-                self.criteria.query(c).subquery("X", copy=False)) for c in self.expr.censoring_criteria])
-            candidates.append(exp.select(*ev(), exp.alias_(exp.Min(this=col("start_date", "C")), "end_date", copy=False))
-                              .from_(table(included, "I"), copy=False).join(censor.subquery("C", copy=False), on=exp.and_(
-                                  _eq(col("person_id", "C"), col("person_id", "I")),
-                                  exp.GTE(this=col("start_date", "C"), expression=col("start_date", "I")),
-                                  exp.LTE(this=col("start_date", "C"), expression=col("op_end_date", "I")), copy=False))
-                              .group_by(col("event_id", "I"), col("person_id", "I"), copy=False))
-        first_end = exp.select(col("person_id", "I"), col("start_date", "I"),
-                               exp.alias_(exp.Min(this=col("end_date", "CE")), "end_date", copy=False), copy=False
-                               ).from_(table(included, "I"), copy=False).join(union_all(candidates).subquery("CE", copy=False), on=exp.and_(
-                                   _same_event("CE", "I"),
-                                   exp.GTE(this=col("end_date", "CE"), expression=col("start_date", "I")), copy=False), copy=False
-                               ).group_by(col("event_id", "I"), col("person_id", "I"), col("start_date", "I"), copy=False)
+            censor = union_all(
+                [
+                    exp.select(col("person_id", "X"), col("start_date", "X"), copy=False).from_(
+                        self.criteria.query(c).subquery("X", copy=False)
+                    )
+                    for c in self.expr.censoring_criteria
+                ]
+            )
+            candidates.append(
+                exp.select(*ev(), exp.alias_(exp.Min(this=col("start_date", "C")), "end_date", copy=False))
+                .from_(table(included, "I"), copy=False)
+                .join(
+                    censor.subquery("C", copy=False),
+                    on=exp.and_(
+                        _eq(col("person_id", "C"), col("person_id", "I")),
+                        exp.GTE(this=col("start_date", "C"), expression=col("start_date", "I")),
+                        exp.LTE(this=col("start_date", "C"), expression=col("op_end_date", "I")),
+                        copy=False,
+                    ),
+                )
+                .group_by(col("event_id", "I"), col("person_id", "I"), copy=False)
+            )
+        first_end = (
+            exp.select(
+                col("person_id", "I"),
+                col("start_date", "I"),
+                exp.alias_(exp.Min(this=col("end_date", "CE")), "end_date", copy=False),
+                copy=False,
+            )
+            .from_(table(included, "I"), copy=False)
+            .join(
+                union_all(candidates).subquery("CE", copy=False),
+                on=exp.and_(
+                    _same_event("CE", "I"),
+                    exp.GTE(this=col("end_date", "CE"), expression=col("start_date", "I")),
+                    copy=False,
+                ),
+                copy=False,
+            )
+            .group_by(col("event_id", "I"), col("person_id", "I"), col("start_date", "I"), copy=False)
+        )
         return first_end
 
     def final_rows(self, cohort_rows: str) -> exp.Query:
-        collapsed = _collapse(exp.select("person_id", "start_date", "end_date", copy=False).from_(table(cohort_rows), copy=False),
-                              pad=self.expr.collapse_settings.era_pad, alias="cr", pre_padded=False)
+        collapsed = _collapse(
+            exp.select("person_id", "start_date", "end_date", copy=False).from_(table(cohort_rows), copy=False),
+            pad=self.expr.collapse_settings.era_pad,
+            alias="cr",
+            pre_padded=False,
+        )
         start, end = col("start_date", "CO"), col("end_date", "CO")
         window = self.expr.censor_window
         if window.start_date:
-            start = case_when(exp.GT(this=start, expression=date_literal(window.start_date)),
-                              col("start_date", "CO"), date_literal(window.start_date))
+            start = case_when(
+                exp.GT(this=start, expression=date_literal(window.start_date)),
+                col("start_date", "CO"),
+                date_literal(window.start_date),
+            )
         if window.end_date:
-            end = case_when(exp.LT(this=end, expression=date_literal(window.end_date)),
-                            col("end_date", "CO"), date_literal(window.end_date))
-        q = exp.select(exp.alias_(exp.cast(num(self.plan.cohort_id), BIGINT, copy=False), "cohort_definition_id", copy=False),
-                       exp.alias_(col("person_id", "CO"), "subject_id", copy=False),
-                       exp.alias_(exp.cast(start, DATE, copy=False), "cohort_start_date", copy=False),
-                       exp.alias_(exp.cast(end, DATE, copy=False), "cohort_end_date", copy=False)).from_(collapsed.subquery("CO", copy=False))
+            end = case_when(
+                exp.LT(this=end, expression=date_literal(window.end_date)),
+                col("end_date", "CO"),
+                date_literal(window.end_date),
+            )
+        q = exp.select(
+            exp.alias_(exp.cast(num(self.plan.cohort_id), BIGINT, copy=False), "cohort_definition_id", copy=False),
+            exp.alias_(col("person_id", "CO"), "subject_id", copy=False),
+            exp.alias_(exp.cast(start, DATE, copy=False), "cohort_start_date", copy=False),
+            exp.alias_(exp.cast(end, DATE, copy=False), "cohort_end_date", copy=False),
+        ).from_(collapsed.subquery("CO", copy=False))
         if window.start_date or window.end_date:
             q = q.where(exp.LTE(this=start.copy(), expression=end.copy()), copy=False)
         return q
@@ -258,15 +438,23 @@ class _Compiler:
 
         ``events`` returns a fresh relation (a table or a subquery) with the event columns."""
         if g.is_empty():
-            return exp.select(exp.alias_(num(index), "index_id", copy=False), col("person_id", "E"), col("event_id", "E"), copy=False
-                              ).from_(_aliased(events(), "E"), copy=False)
+            return exp.select(
+                exp.alias_(num(index), "index_id", copy=False), col("person_id", "E"), col("event_id", "E"), copy=False
+            ).from_(_aliased(events(), "E"), copy=False)
         parts: list[exp.Query] = []
         for cc in g.criteria_list:
             parts.append(self.correlated(cc, events, len(parts)))
         for dc in g.demographic_criteria_list:
-            q = exp.select(exp.alias_(num(len(parts)), "index_id", copy=False), col("person_id", "E"), col("event_id", "E"), copy=False
-                           ).from_(_aliased(events(), "E"), copy=False).join(table("person", "P"), on=_eq(
-                               col("person_id", "P"), col("person_id", "E")), copy=False)
+            q = (
+                exp.select(
+                    exp.alias_(num(len(parts)), "index_id", copy=False),
+                    col("person_id", "E"),
+                    col("event_id", "E"),
+                    copy=False,
+                )
+                .from_(_aliased(events(), "E"), copy=False)
+                .join(table("person", "P"), on=_eq(col("person_id", "P"), col("person_id", "E")), copy=False)
+            )
             for cond in demographic_conditions(dc, "E"):
                 q = q.where(cond, copy=False)
             parts.append(q)
@@ -284,9 +472,12 @@ class _Compiler:
         else:
             having = exp.LTE(this=count, expression=num(g.count))
             join_type = "left"
-        q = exp.select(exp.alias_(num(index), "index_id", copy=False), col("person_id", "E"), col("event_id", "E"), copy=False
-                       ).from_(_aliased(events(), "E"), copy=False)
-        q = q.join(union_all(parts).subquery("CQ", copy=False), on=_same_event("CQ", "E"), join_type=join_type, copy=False)
+        q = exp.select(
+            exp.alias_(num(index), "index_id", copy=False), col("person_id", "E"), col("event_id", "E"), copy=False
+        ).from_(_aliased(events(), "E"), copy=False)
+        q = q.join(
+            union_all(parts).subquery("CQ", copy=False), on=_same_event("CQ", "E"), join_type=join_type, copy=False
+        )
         return q.group_by(col("person_id", "E"), col("event_id", "E"), copy=False).having(having, copy=False)
 
     def correlated(self, cc: m.CorrelatedCriteria, events, index: int) -> exp.Query:
@@ -294,8 +485,10 @@ class _Compiler:
         check_op = not cc.ignore_observation_period
         conds: list[exp.Expression] = [_eq(col("person_id", "A"), col("person_id", "P"))]
         if check_op:
-            conds += [exp.GTE(this=col("start_date", "A"), expression=col("op_start_date", "P")),
-                      exp.LTE(this=col("start_date", "A"), expression=col("op_end_date", "P"))]
+            conds += [
+                exp.GTE(this=col("start_date", "A"), expression=col("op_start_date", "P")),
+                exp.LTE(this=col("start_date", "A"), expression=col("op_end_date", "P")),
+            ]
         conds += _window(cc.start_window, check_op, event_end_default=False)
         if cc.end_window is not None:
             conds += _window(cc.end_window, check_op, event_end_default=True)
@@ -312,52 +505,92 @@ class _Compiler:
         count = exp.Count(this=counted)
         op = {0: exp.EQ, 1: exp.LTE, 2: exp.GTE}[occ.type]
         join_type = "left" if occ.type == 1 or occ.count == 0 else "inner"
-        q = exp.select(exp.alias_(num(index), "index_id", copy=False), col("person_id", "P"), col("event_id", "P"), copy=False
-                       ).from_(_aliased(events(), "P"), copy=False)
-        q = q.join(self.criteria.query(cc.criteria).subquery("A", copy=False), on=exp.and_(*conds, copy=False), join_type=join_type, copy=False)
-        return q.group_by(col("person_id", "P"), col("event_id", "P"), copy=False).having(op(this=count, expression=num(occ.count)), copy=False)
+        q = exp.select(
+            exp.alias_(num(index), "index_id", copy=False), col("person_id", "P"), col("event_id", "P"), copy=False
+        ).from_(_aliased(events(), "P"), copy=False)
+        q = q.join(
+            self.criteria.query(cc.criteria).subquery("A", copy=False),
+            on=exp.and_(*conds, copy=False),
+            join_type=join_type,
+            copy=False,
+        )
+        return q.group_by(col("person_id", "P"), col("event_id", "P"), copy=False).having(
+            op(this=count, expression=num(occ.count)), copy=False
+        )
 
     def _wrap_correlated(self, query: exp.Select, g: m.CriteriaGroup) -> exp.Select:
         """A criterion's own CorrelatedCriteria: keep its events that satisfy the group, judged
         with each event as the index (and its observation period)."""
-        with_op = exp.select(*[col(c, "Q") for c in ("person_id", "event_id", "start_date", "end_date",
-                                                     "visit_occurrence_id")],
-                             exp.alias_(col("observation_period_start_date", "op"), "op_start_date", copy=False),
-                             exp.alias_(col("observation_period_end_date", "op"), "op_end_date", copy=False), copy=False
-                             ).from_(query.copy().subquery("Q", copy=False)).join(table("observation_period", "op"), on=exp.and_(
-                                 _eq(col("person_id", "Q"), col("person_id", "op")),
-                                 exp.LTE(this=col("observation_period_start_date", "op"),
-                                         expression=col("start_date", "Q")),
-                                 exp.GTE(this=col("observation_period_end_date", "op"),
-                                         expression=col("start_date", "Q")), copy=False))
+        with_op = (
+            exp.select(
+                *[col(c, "Q") for c in ("person_id", "event_id", "start_date", "end_date", "visit_occurrence_id")],
+                exp.alias_(col("observation_period_start_date", "op"), "op_start_date", copy=False),
+                exp.alias_(col("observation_period_end_date", "op"), "op_end_date", copy=False),
+                copy=False,
+            )
+            .from_(query.copy().subquery("Q", copy=False))
+            .join(
+                table("observation_period", "op"),
+                on=exp.and_(
+                    _eq(col("person_id", "Q"), col("person_id", "op")),
+                    exp.LTE(this=col("observation_period_start_date", "op"), expression=col("start_date", "Q")),
+                    exp.GTE(this=col("observation_period_end_date", "op"), expression=col("start_date", "Q")),
+                    copy=False,
+                ),
+            )
+        )
         group = self.group(g, lambda: with_op.copy().subquery(copy=False), 0)
-        return exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("PE")), copy=False).from_(
-            query.subquery("PE", copy=False)).join(group.subquery("AC", copy=False), on=_same_event("AC", "PE"), copy=False)
+        return (
+            exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("PE")), copy=False)
+            .from_(query.subquery("PE", copy=False))
+            .join(group.subquery("AC", copy=False), on=_same_event("AC", "PE"), copy=False)
+        )
 
     # -- attrition ------------------------------------------------------------------------------
     def attrition(self, masks: str, best: str) -> dict[str, exp.Query]:
         cid = exp.alias_(exp.cast(num(self.plan.cohort_id), BIGINT, copy=False), "cohort_definition_id", copy=False)
         n = len(self.expr.inclusion_rules)
-        full = 2 ** n - 1
+        full = 2**n - 1
         result, stats, summary = [], [], []
         for mode, source in ((0, masks), (1, best)):
             mode_col = exp.alias_(exp.cast(num(mode), BIGINT, copy=False), "mode_id", copy=False)
             mask = col("inclusion_rule_mask", "MG")
-            result.append(exp.select(cid.copy(), mode_col.copy(), mask.copy(),
-                                     exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "person_count", copy=False))
-                          .from_(table(source, "MG"), copy=False).group_by(mask.copy(), copy=False))
+            result.append(
+                exp.select(
+                    cid.copy(),
+                    mode_col.copy(),
+                    mask.copy(),
+                    exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "person_count", copy=False),
+                )
+                .from_(table(source, "MG"), copy=False)
+                .group_by(mask.copy(), copy=False)
+            )
             total = exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "person_total", copy=False)
             for i in range(n):
-                bit = 2 ** i
-                passed = _count_if(exp.GT(this=exp.BitwiseAnd(this=mask.copy(), expression=num(bit)), expression=num(0)))
+                bit = 2**i
+                passed = _count_if(
+                    exp.GT(this=exp.BitwiseAnd(this=mask.copy(), expression=num(bit)), expression=num(0))
+                )
                 gained = _count_if(_eq(mask.copy(), num(full - bit)))
-                stats.append(exp.select(cid.copy(), mode_col.copy(), exp.alias_(num(i), "rule_sequence", copy=False),
-                                        exp.alias_(passed, "person_count", copy=False), exp.alias_(gained, "gain_count", copy=False),
-                                        total.copy(), copy=False).from_(table(source, "MG"), copy=False))
-            summary.append(exp.select(cid.copy(), mode_col.copy(),
-                                      exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "base_count", copy=False),
-                                      exp.alias_(_count_if(_eq(mask.copy(), num(full))), "final_count", copy=False))
-                           .from_(table(source, "MG"), copy=False))
+                stats.append(
+                    exp.select(
+                        cid.copy(),
+                        mode_col.copy(),
+                        exp.alias_(num(i), "rule_sequence", copy=False),
+                        exp.alias_(passed, "person_count", copy=False),
+                        exp.alias_(gained, "gain_count", copy=False),
+                        total.copy(),
+                        copy=False,
+                    ).from_(table(source, "MG"), copy=False)
+                )
+            summary.append(
+                exp.select(
+                    cid.copy(),
+                    mode_col.copy(),
+                    exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "base_count", copy=False),
+                    exp.alias_(_count_if(_eq(mask.copy(), num(full))), "final_count", copy=False),
+                ).from_(table(source, "MG"), copy=False)
+            )
         out = {"cohort_inclusion_result": union_all(result), "cohort_summary_stats": union_all(summary)}
         if stats:
             out["cohort_inclusion_stats"] = union_all(stats)
@@ -366,11 +599,27 @@ class _Compiler:
     def best_events(self, masks: str) -> exp.Query:
         """Circe's 'best event' per person: most rules passed, then the earliest first rule, then
         the earliest start."""
-        ranked = exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("R")), exp.alias_(row_number(
-            [col("person_id", "R")], [(col("rule_count", "R"), True), col("min_rule_id", "R"), col("start_date", "R"),
-                                      col("event_id", "R")]), "rank_value", copy=False)).from_(table(masks, "R"), copy=False)
-        return exp.select(col("event_id", "B"), col("person_id", "B"), col("inclusion_rule_mask", "B"), copy=False
-                          ).from_(ranked.subquery("B", copy=False)).where(_eq(col("rank_value", "B"), num(1)), copy=False)
+        ranked = exp.select(
+            exp.Column(this=exp.Star(), table=exp.to_identifier("R")),
+            exp.alias_(
+                row_number(
+                    [col("person_id", "R")],
+                    [
+                        (col("rule_count", "R"), True),
+                        col("min_rule_id", "R"),
+                        col("start_date", "R"),
+                        col("event_id", "R"),
+                    ],
+                ),
+                "rank_value",
+                copy=False,
+            ),
+        ).from_(table(masks, "R"), copy=False)
+        return (
+            exp.select(col("event_id", "B"), col("person_id", "B"), col("inclusion_rule_mask", "B"), copy=False)
+            .from_(ranked.subquery("B", copy=False))
+            .where(_eq(col("rank_value", "B"), num(1)), copy=False)
+        )
 
     # -- the plan -----------------------------------------------------------------------------
     def build(self) -> CohortPlan:
@@ -383,8 +632,14 @@ class _Compiler:
         if self.expr.inclusion_rules:
             plan.steps.append((t("inclusion_events"), self.inclusion_events(t("qualified_events"))))
         else:
-            plan.steps.append((t("inclusion_events"), empty_select({
-                "inclusion_rule_id": BIGINT, "rule_bit": BIGINT, "person_id": BIGINT, "event_id": BIGINT})))
+            plan.steps.append(
+                (
+                    t("inclusion_events"),
+                    empty_select(
+                        {"inclusion_rule_id": BIGINT, "rule_bit": BIGINT, "person_id": BIGINT, "event_id": BIGINT}
+                    ),
+                )
+            )
         plan.steps.append((t("event_masks"), self.event_masks(t("qualified_events"), t("inclusion_events"))))
         masks = t("event_masks") if self.expr.inclusion_rules else None
         plan.steps.append((t("included_events"), self.included_events(t("qualified_events"), masks)))
@@ -395,12 +650,18 @@ class _Compiler:
         return plan
 
 
-_COUNT_COLUMNS = {"DOMAIN_CONCEPT": "domain_concept_id", "START_DATE": "start_date", "END_DATE": "end_date",
-                  "VISIT_ID": "visit_occurrence_id"}
+_COUNT_COLUMNS = {
+    "DOMAIN_CONCEPT": "domain_concept_id",
+    "START_DATE": "start_date",
+    "END_DATE": "end_date",
+    "VISIT_ID": "visit_occurrence_id",
+}
 
 
 def _count_if(condition: exp.Expression) -> exp.Expression:
-    return exp.cast(exp.func("COALESCE", exp.Sum(this=case_when(condition, num(1), num(0))), num(0)), BIGINT, copy=False)
+    return exp.cast(
+        exp.func("COALESCE", exp.Sum(this=case_when(condition, num(1), num(0))), num(0)), BIGINT, copy=False
+    )
 
 
 def _aliased(relation: exp.Expression, alias: str) -> exp.Expression:
@@ -435,18 +696,45 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
     is taken off the merged end.  ``pre_padded`` rows already carry the pad in end_date."""
     end = col("end_date", "CR") if pre_padded else add_days(col("end_date", "CR"), pad)
     padded = exp.select(col("person_id", "CR"), col("start_date", "CR"), exp.alias_(end, "end_date", copy=False)).from_(
-        rows.subquery("CR", copy=False))
-    prev_max = running(exp.Max(this=col("end_date", "ST")), [col("person_id", "ST")], [col("start_date", "ST")],
-                       exclude_current=True)
-    starts = exp.select(col("person_id", "ST"), col("start_date", "ST"), col("end_date", "ST"),
-                        exp.alias_(case_when(exp.GTE(this=prev_max, expression=col("start_date", "ST")), num(0), num(1)),
-                                   "is_start", copy=False)).from_(padded.subquery("ST", copy=False))
-    groups = exp.select(col("person_id", "GR"), col("start_date", "GR"), col("end_date", "GR"), exp.alias_(
-        running(exp.Sum(this=col("is_start", "GR")), [col("person_id", "GR")],
-                [col("start_date", "GR"), (col("is_start", "GR"), True)]), "group_idx", copy=False)).from_(starts.subquery("GR", copy=False))
-    return exp.select(col("person_id", "G"), exp.alias_(exp.Min(this=col("start_date", "G")), "start_date", copy=False),
-                      exp.alias_(add_days(exp.Max(this=col("end_date", "G")), -pad), "end_date", copy=False), copy=False
-                      ).from_(groups.subquery("G", copy=False)).group_by(col("person_id", "G"), col("group_idx", "G"), copy=False)
+        rows.subquery("CR", copy=False)
+    )
+    prev_max = running(
+        exp.Max(this=col("end_date", "ST")), [col("person_id", "ST")], [col("start_date", "ST")], exclude_current=True
+    )
+    starts = exp.select(
+        col("person_id", "ST"),
+        col("start_date", "ST"),
+        col("end_date", "ST"),
+        exp.alias_(
+            case_when(exp.GTE(this=prev_max, expression=col("start_date", "ST")), num(0), num(1)),
+            "is_start",
+            copy=False,
+        ),
+    ).from_(padded.subquery("ST", copy=False))
+    groups = exp.select(
+        col("person_id", "GR"),
+        col("start_date", "GR"),
+        col("end_date", "GR"),
+        exp.alias_(
+            running(
+                exp.Sum(this=col("is_start", "GR")),
+                [col("person_id", "GR")],
+                [col("start_date", "GR"), (col("is_start", "GR"), True)],
+            ),
+            "group_idx",
+            copy=False,
+        ),
+    ).from_(starts.subquery("GR", copy=False))
+    return (
+        exp.select(
+            col("person_id", "G"),
+            exp.alias_(exp.Min(this=col("start_date", "G")), "start_date", copy=False),
+            exp.alias_(add_days(exp.Max(this=col("end_date", "G")), -pad), "end_date", copy=False),
+            copy=False,
+        )
+        .from_(groups.subquery("G", copy=False))
+        .group_by(col("person_id", "G"), col("group_idx", "G"), copy=False)
+    )
 
 
 def _concept_query(items: list[m.ConceptSetItem]) -> exp.Query:
@@ -460,21 +748,41 @@ def _concept_query(items: list[m.ConceptSetItem]) -> exp.Query:
     mapped = [i.concept.concept_id for i in items if i.include_mapped]
     if mapped:
         mapped_desc = [i.concept.concept_id for i in items if i.include_mapped and i.include_descendants]
-        parts.append(exp.select(exp.alias_(col("concept_id_1", "cr"), "concept_id", copy=False)).distinct(copy=False).from_(
-            _listed(mapped, mapped_desc).subquery("C", copy=False)).join(table("concept_relationship", "cr"), on=exp.and_(
-                _eq(col("concept_id", "C"), col("concept_id_2", "cr")),
-                _eq(col("relationship_id", "cr"), exp.Literal.string("Maps to")),
-                exp.Is(this=col("invalid_reason", "cr"), expression=exp.null()), copy=False)))
+        parts.append(
+            exp.select(exp.alias_(col("concept_id_1", "cr"), "concept_id", copy=False))
+            .distinct(copy=False)
+            .from_(_listed(mapped, mapped_desc).subquery("C", copy=False))
+            .join(
+                table("concept_relationship", "cr"),
+                on=exp.and_(
+                    _eq(col("concept_id", "C"), col("concept_id_2", "cr")),
+                    _eq(col("relationship_id", "cr"), exp.Literal.string("Maps to")),
+                    exp.Is(this=col("invalid_reason", "cr"), expression=exp.null()),
+                    copy=False,
+                ),
+            )
+        )
     return _union_distinct(parts)
 
 
 def _listed(ids: list[int], descendant_ids: list[int]) -> exp.Query:
-    parts: list[exp.Query] = [exp.select("concept_id", copy=False).from_("concept", copy=False).where(in_list(col("concept_id"), ids), copy=False)]
+    parts: list[exp.Query] = [
+        exp.select("concept_id", copy=False)
+        .from_("concept", copy=False)
+        .where(in_list(col("concept_id"), ids), copy=False)
+    ]
     if descendant_ids:
-        parts.append(exp.select(col("concept_id", "c"), copy=False).from_(table("concept", "c"), copy=False).join(
-            table("concept_ancestor", "ca"), on=_eq(col("concept_id", "c"), col("descendant_concept_id", "ca")), copy=False
-        ).where(exp.Is(this=col("invalid_reason", "c"), expression=exp.null()), copy=False).where(
-            in_list(col("ancestor_concept_id", "ca"), descendant_ids), copy=False))
+        parts.append(
+            exp.select(col("concept_id", "c"), copy=False)
+            .from_(table("concept", "c"), copy=False)
+            .join(
+                table("concept_ancestor", "ca"),
+                on=_eq(col("concept_id", "c"), col("descendant_concept_id", "ca")),
+                copy=False,
+            )
+            .where(exp.Is(this=col("invalid_reason", "c"), expression=exp.null()), copy=False)
+            .where(in_list(col("ancestor_concept_id", "ca"), descendant_ids), copy=False)
+        )
     return _union_distinct(parts)
 
 
@@ -502,12 +810,20 @@ def materialise(name: str, query: exp.Query, dialect: str) -> list[str]:
     if dialect == "spark":
         # Spark has no temporary tables, and temporary views re-inline their whole lineage into
         # every later step; a real (session-owned, dropped afterwards) table cuts it.
-        create = exp.Create(this=exp.to_table(name), kind="TABLE", expression=query,
-                            properties=exp.Properties(expressions=[exp.FileFormatProperty(this=exp.var("PARQUET"))]))
+        create = exp.Create(
+            this=exp.to_table(name),
+            kind="TABLE",
+            expression=query,
+            properties=exp.Properties(expressions=[exp.FileFormatProperty(this=exp.var("PARQUET"))]),
+        )
         return [render(drop, dialect), render(create, dialect)]
     drop = exp.Drop(tables=[exp.to_table(name)], kind="TABLE", exists=True)
-    create = exp.Create(this=exp.to_table(name), kind="TABLE", expression=query,
-                        properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
+    create = exp.Create(
+        this=exp.to_table(name),
+        kind="TABLE",
+        expression=query,
+        properties=exp.Properties(expressions=[exp.TemporaryProperty()]),
+    )
     return [render(drop, dialect), render(create, dialect)]
 
 
@@ -524,11 +840,22 @@ def compile_cohort(expr: m.CohortExpression, cohort_id: int, dialect: str = "duc
         statements.append(render(exp.Delete(this=exp.to_table(tbl), where=exp.Where(this=id_filter.copy())), dialect))
         statements.append(render(exp.Insert(this=exp.to_table(tbl), expression=rows), dialect))
     if plan.rules:
-        statements.append(render(exp.Delete(this=exp.to_table("cohort_inclusion"),
-                                            where=exp.Where(this=id_filter.copy())), dialect))
-        values = exp.values([exp.Tuple(expressions=[num(cohort_id), num(i), exp.Literal.string(r.name or ""),
-                                                     exp.Literal.string(r.description or "")])
-                             for i, r in enumerate(plan.rules)])
+        statements.append(
+            render(exp.Delete(this=exp.to_table("cohort_inclusion"), where=exp.Where(this=id_filter.copy())), dialect)
+        )
+        values = exp.values(
+            [
+                exp.Tuple(
+                    expressions=[
+                        num(cohort_id),
+                        num(i),
+                        exp.Literal.string(r.name or ""),
+                        exp.Literal.string(r.description or ""),
+                    ]
+                )
+                for i, r in enumerate(plan.rules)
+            ]
+        )
         statements.append(render(exp.Insert(this=exp.to_table("cohort_inclusion"), expression=values), dialect))
     for name, _ in reversed(plan.steps):
         statements.append(render(exp.Drop(tables=[exp.to_table(name)], kind="TABLE", exists=True), dialect))

@@ -20,8 +20,9 @@ class CohortDefinitionError(ValueError):
 
 
 class CirceModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_pascal,
-                              validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, alias_generator=to_pascal, validate_assignment=True
+    )
 
 
 Number = int | float
@@ -75,6 +76,7 @@ class Concept(BaseModel):
 
 class ConceptSetSelection(CirceModel):
     """A reference to a concept set used as a filter (``...CS`` attributes)."""
+
     codeset_id: int
     is_exclusion: bool = False
 
@@ -115,6 +117,7 @@ class ConceptSet(BaseModel):
 # -- domain criteria --------------------------------------------------------------------------
 class Criteria(CirceModel):
     """Attributes shared by every domain criterion."""
+
     correlated_criteria: CriteriaGroup | None = None
     date_adjustment: DateAdjustment | None = None
 
@@ -347,14 +350,32 @@ class LocationRegion(Criteria):
     end_date: DateRange | None = None
 
 
-DOMAINS: dict[str, type[Criteria]] = {cls.__name__: cls for cls in (
-    ConditionOccurrence, DrugExposure, ProcedureOccurrence, Measurement, Observation, VisitOccurrence,
-    VisitDetail, DeviceExposure, Specimen, Death, ObservationPeriod, ConditionEra, DrugEra, DoseEra,
-    PayerPlanPeriod, LocationRegion)}
+DOMAINS: dict[str, type[Criteria]] = {
+    cls.__name__: cls
+    for cls in (
+        ConditionOccurrence,
+        DrugExposure,
+        ProcedureOccurrence,
+        Measurement,
+        Observation,
+        VisitOccurrence,
+        VisitDetail,
+        DeviceExposure,
+        Specimen,
+        Death,
+        ObservationPeriod,
+        ConditionEra,
+        DrugEra,
+        DoseEra,
+        PayerPlanPeriod,
+        LocationRegion,
+    )
+}
 
 
 class CriteriaItem(CirceModel):
     """Circe's polymorphic criterion: an object with exactly one key naming the domain."""
+
     condition_occurrence: ConditionOccurrence | None = None
     drug_exposure: DrugExposure | None = None
     procedure_occurrence: ProcedureOccurrence | None = None
@@ -410,9 +431,25 @@ class Occurrence(CirceModel):
     type: Literal[0, 1, 2]  # 0 exactly, 1 at most, 2 at least
     count: int
     is_distinct: bool = False
-    count_column: Literal["DOMAIN_CONCEPT", "START_DATE", "VISIT_ID", "DURATION", "END_DATE",
-                          "VALUE_AS_NUMBER", "RANGE_LOW", "RANGE_HIGH", "QUANTITY", "DAYS_SUPPLY",
-                          "REFILLS", "UNIT", "ERA_OCCURRENCES", "GAP_DAYS"] | None = None
+    count_column: (
+        Literal[
+            "DOMAIN_CONCEPT",
+            "START_DATE",
+            "VISIT_ID",
+            "DURATION",
+            "END_DATE",
+            "VALUE_AS_NUMBER",
+            "RANGE_LOW",
+            "RANGE_HIGH",
+            "QUANTITY",
+            "DAYS_SUPPLY",
+            "REFILLS",
+            "UNIT",
+            "ERA_OCCURRENCES",
+            "GAP_DAYS",
+        ]
+        | None
+    ) = None
 
 
 class CorrelatedCriteria(CirceModel):
@@ -506,6 +543,7 @@ class CollapseSettings(CirceModel):
 
 class CohortExpression(CirceModel):
     """A whole Circe cohort definition (the JSON that ATLAS exports)."""
+
     concept_sets: list[ConceptSet] = Field(default_factory=list)
     primary_criteria: PrimaryCriteria
     additional_criteria: CriteriaGroup | None = None
@@ -549,12 +587,29 @@ class CohortExpression(CirceModel):
                 raise CohortDefinitionError(f"{path}: concept set {value} is not defined in ConceptSets")
 
 
-_CODESET_KEYS = {"CodesetId", "DrugCodesetId", "ConditionSourceConcept", "DrugSourceConcept",
-                 "ProcedureSourceConcept", "MeasurementSourceConcept", "ObservationSourceConcept",
-                 "VisitSourceConcept", "VisitDetailSourceConcept", "DeviceSourceConcept",
-                 "SpecimenSourceConcept", "DeathSourceConcept", "PlaceOfServiceLocation", "PayerConcept",
-                 "PlanConcept", "SponsorConcept", "StopReasonConcept", "PayerSourceConcept",
-                 "PlanSourceConcept", "SponsorSourceConcept", "StopReasonSourceConcept"}
+_CODESET_KEYS = {
+    "CodesetId",
+    "DrugCodesetId",
+    "ConditionSourceConcept",
+    "DrugSourceConcept",
+    "ProcedureSourceConcept",
+    "MeasurementSourceConcept",
+    "ObservationSourceConcept",
+    "VisitSourceConcept",
+    "VisitDetailSourceConcept",
+    "DeviceSourceConcept",
+    "SpecimenSourceConcept",
+    "DeathSourceConcept",
+    "PlaceOfServiceLocation",
+    "PayerConcept",
+    "PlanConcept",
+    "SponsorConcept",
+    "StopReasonConcept",
+    "PayerSourceConcept",
+    "PlanSourceConcept",
+    "SponsorSourceConcept",
+    "StopReasonSourceConcept",
+}
 
 
 def _codeset_refs(node: Any, path: str):

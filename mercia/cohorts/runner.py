@@ -16,6 +16,7 @@ class AttritionRow:
     """One inclusion rule's effect, Circe-style, counted in events (mode 0) or best events per
     person (mode 1): ``person_count`` pass the rule, ``gain_count`` fail only this rule,
     ``person_total`` qualified before any rule, ``remaining`` pass this rule and every earlier one."""
+
     rule_sequence: int
     name: str
     person_count: int
@@ -34,19 +35,25 @@ class CohortResult:
     persons: int
     entries: int
     seconds: float
-    base_count: dict[int, int] = field(default_factory=dict)    # mode -> events/persons qualified
-    final_count: dict[int, int] = field(default_factory=dict)   # mode -> passing every rule
+    base_count: dict[int, int] = field(default_factory=dict)  # mode -> events/persons qualified
+    final_count: dict[int, int] = field(default_factory=dict)  # mode -> passing every rule
     attrition: list[AttritionRow] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {"cohort_id": self.cohort_id, "persons": self.persons, "entries": self.entries,
-                "attrition": [a.as_dict() for a in self.attrition], "seconds": round(self.seconds, 4)}
+        return {
+            "cohort_id": self.cohort_id,
+            "persons": self.persons,
+            "entries": self.entries,
+            "attrition": [a.as_dict() for a in self.attrition],
+            "seconds": round(self.seconds, 4),
+        }
 
 
 def ensure_result_tables(store: Store) -> None:
     """Create ``cohort`` and the attrition tables (see docs/cohorts.md) when missing."""
     with store.transaction():
         from mercia.cdm.schema import CDM_TABLES
+
         for statement in store.create_table_sql(CDM_TABLES["cohort"]):
             store.execute(statement)
         for name, columns in RESULT_TABLES.items():
@@ -73,21 +80,29 @@ def run_cohort(store: Store, expr: CohortExpression, cohort_id: int) -> CohortRe
 def read_result(store: Store, cohort_id: int, expr: CohortExpression, seconds: float = 0.0) -> CohortResult:
     p = "%s" if store.dialect == "postgres" else "?"
     persons, entries = store.query(
-        f"SELECT count(DISTINCT subject_id), count(*) FROM cohort WHERE cohort_definition_id = {p}", [cohort_id])[0]
+        f"SELECT count(DISTINCT subject_id), count(*) FROM cohort WHERE cohort_definition_id = {p}", [cohort_id]
+    )[0]
     result = CohortResult(cohort_id=cohort_id, persons=int(persons), entries=int(entries), seconds=seconds)
     for mode, base, final in store.query(
-            f"SELECT mode_id, base_count, final_count FROM cohort_summary_stats WHERE cohort_definition_id = {p}",
-            [cohort_id]):
+        f"SELECT mode_id, base_count, final_count FROM cohort_summary_stats WHERE cohort_definition_id = {p}",
+        [cohort_id],
+    ):
         result.base_count[int(mode)] = int(base)
         result.final_count[int(mode)] = int(final)
     names = {i: r.name or "" for i, r in enumerate(expr.inclusion_rules)}
-    masks = store.query(f"SELECT mode_id, inclusion_rule_mask, person_count FROM cohort_inclusion_result "
-                        f"WHERE cohort_definition_id = {p}", [cohort_id])
+    masks = store.query(
+        f"SELECT mode_id, inclusion_rule_mask, person_count FROM cohort_inclusion_result "
+        f"WHERE cohort_definition_id = {p}",
+        [cohort_id],
+    )
     for mode, seq, count, gain, total in store.query(
-            "SELECT mode_id, rule_sequence, person_count, gain_count, person_total FROM cohort_inclusion_stats "
-            f"WHERE cohort_definition_id = {p} ORDER BY mode_id, rule_sequence", [cohort_id]):
+        "SELECT mode_id, rule_sequence, person_count, gain_count, person_total FROM cohort_inclusion_stats "
+        f"WHERE cohort_definition_id = {p} ORDER BY mode_id, rule_sequence",
+        [cohort_id],
+    ):
         prefix = (1 << (int(seq) + 1)) - 1
         remaining = sum(int(n) for mm, mask, n in masks if mm == mode and int(mask) & prefix == prefix)
-        result.attrition.append(AttritionRow(int(seq), names.get(int(seq), ""), int(count), int(gain), int(total),
-                                             int(mode), remaining))
+        result.attrition.append(
+            AttritionRow(int(seq), names.get(int(seq), ""), int(count), int(gain), int(total), int(mode), remaining)
+        )
     return result

@@ -17,7 +17,7 @@ def col(name: str, table: str | None = None) -> exp.Column:
     return exp.column(name, table)
 
 
-def num(value: int | float) -> exp.Expression:
+def num(value: float) -> exp.Expression:
     return exp.Literal.number(value)
 
 
@@ -71,8 +71,9 @@ def least_date(a: exp.Expression, b: exp.Expression) -> exp.Expression:
     return case_when(exp.GT(this=a, expression=b), b.copy(), a.copy())
 
 
-def row_number(partition: list[exp.Expression], order: list[exp.Expression | tuple[exp.Expression, bool]]
-               ) -> exp.Window:
+def row_number(
+    partition: list[exp.Expression], order: list[exp.Expression | tuple[exp.Expression, bool]]
+) -> exp.Window:
     return exp.Window(this=exp.RowNumber(), partition_by=partition, order=_order(order))
 
 
@@ -84,12 +85,20 @@ def _order(order: list[exp.Expression | tuple[exp.Expression, bool]]) -> exp.Ord
     return exp.Order(expressions=items)
 
 
-def running(func: exp.Expression, partition: list[exp.Expression],
-            order: list[exp.Expression | tuple[exp.Expression, bool]], exclude_current: bool = False) -> exp.Window:
+def running(
+    func: exp.Expression,
+    partition: list[exp.Expression],
+    order: list[exp.Expression | tuple[exp.Expression, bool]],
+    exclude_current: bool = False,
+) -> exp.Window:
     """A running aggregate over the preceding rows (optionally stopping one row before the current)."""
-    spec = exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING",
-                          end=num(1) if exclude_current else "CURRENT ROW",
-                          end_side="PRECEDING" if exclude_current else None)
+    spec = exp.WindowSpec(
+        kind="ROWS",
+        start="UNBOUNDED",
+        start_side="PRECEDING",
+        end=num(1) if exclude_current else "CURRENT ROW",
+        end_side="PRECEDING" if exclude_current else None,
+    )
     return exp.Window(this=func, partition_by=partition, order=_order(order), spec=spec)
 
 
@@ -104,7 +113,8 @@ def table(name: str, alias: str | None = None) -> exp.Table:
 def empty_select(columns: dict[str, exp.DataType]) -> exp.Select:
     """A typed relation with no rows (``SELECT CAST(NULL AS t) AS c ... WHERE 1 = 0``)."""
     return exp.select(*[exp.alias_(null_as(t), name, copy=False) for name, t in columns.items()], copy=False).where(
-        exp.EQ(this=num(1), expression=num(0)), copy=False)
+        exp.EQ(this=num(1), expression=num(0)), copy=False
+    )
 
 
 def union_all(selects: list[exp.Query]) -> exp.Query:

@@ -17,6 +17,7 @@ from mercia.cdm.schema import CDM_TABLES
 from mercia.cohorts import CohortExpression, build_plan, run_cohort
 from mercia.cohorts.compiler import materialise, render
 
+
 def _root_conftest():
     """The suite's shared helpers (tests/ is not a package, and every conftest is named alike)."""
     import importlib.util
@@ -36,8 +37,14 @@ drop_store = _root_conftest().drop_store
 engine_missing = _root_conftest().engine_missing
 postgres_url = _root_conftest().postgres_url
 
-_ARROW = {"int": pa.int64(), "bigint": pa.int64(), "date": pa.date32(), "ts": pa.timestamp("us"),
-          "num": pa.float64(), "text": pa.string()}
+_ARROW = {
+    "int": pa.int64(),
+    "bigint": pa.int64(),
+    "date": pa.date32(),
+    "ts": pa.timestamp("us"),
+    "num": pa.float64(),
+    "text": pa.string(),
+}
 _SPARK = {"int": "bigint", "bigint": "bigint", "date": "date", "ts": "timestamp", "num": "double", "text": "string"}
 
 
@@ -95,12 +102,17 @@ def spark(tmp_path_factory):
     except ImportError:
         engine_missing("pyspark is not installed (pip install -e .[test])")
     warehouse = tmp_path_factory.mktemp("spark-warehouse")
-    session = (SparkSession.builder.master("local[1]").appName("mercia-tests")
-               .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "1")
-               .config("spark.default.parallelism", "1").config("spark.driver.memory", "1g")
-               .config("spark.sql.warehouse.dir", str(warehouse))
-               .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={warehouse}")
-               .getOrCreate())
+    session = (
+        SparkSession.builder.master("local[1]")
+        .appName("mercia-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "1")
+        .config("spark.default.parallelism", "1")
+        .config("spark.driver.memory", "1g")
+        .config("spark.sql.warehouse.dir", str(warehouse))
+        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={warehouse}")
+        .getOrCreate()
+    )
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
@@ -113,8 +125,10 @@ def spark_register(spark, name: str, data: pa.Table | None) -> None:
     if data is None or data.num_rows == 0:
         df = spark.createDataFrame([], schema)
     else:
-        full = {c.name: (data.column(c.name).to_pylist() if c.name in data.column_names else [None] * data.num_rows)
-                for c in table.columns}
+        full = {
+            c.name: (data.column(c.name).to_pylist() if c.name in data.column_names else [None] * data.num_rows)
+            for c in table.columns
+        }
         rows = list(zip(*full.values(), strict=True))
         df = spark.createDataFrame(rows, schema)
     df.createOrReplaceTempView(name)
@@ -134,10 +148,29 @@ def spark_cohort_rows(spark, expr: CohortExpression, cohort_id: int = 1) -> list
     return sorted((int(r[1]), r[2], r[3]) for r in rows)
 
 
-SPEC_TABLES = ["person", "observation_period", "condition_occurrence", "drug_exposure", "procedure_occurrence",
-               "measurement", "observation", "visit_occurrence", "visit_detail", "device_exposure", "specimen",
-               "death", "condition_era", "drug_era", "dose_era", "payer_plan_period", "provider", "care_site",
-               "concept", "concept_ancestor", "concept_relationship"]
+SPEC_TABLES = [
+    "person",
+    "observation_period",
+    "condition_occurrence",
+    "drug_exposure",
+    "procedure_occurrence",
+    "measurement",
+    "observation",
+    "visit_occurrence",
+    "visit_detail",
+    "device_exposure",
+    "specimen",
+    "death",
+    "condition_era",
+    "drug_era",
+    "dose_era",
+    "payer_plan_period",
+    "provider",
+    "care_site",
+    "concept",
+    "concept_ancestor",
+    "concept_relationship",
+]
 
 
 @pytest.fixture(params=SPEC_ENGINES)
@@ -170,8 +203,10 @@ def run_spec(spec_engine, tmp_path, request):
                     store.execute(f'ALTER TABLE "{name}" ALTER COLUMN "{column}" DROP NOT NULL')
             store.insert_arrow(name, data)
         result = run_cohort(store, expr, cohort_id)
-        rows = store.query("SELECT subject_id, cohort_start_date, cohort_end_date FROM cohort "
-                           f"WHERE cohort_definition_id = {int(cohort_id)} ORDER BY 1, 2, 3")
+        rows = store.query(
+            "SELECT subject_id, cohort_start_date, cohort_end_date FROM cohort "
+            f"WHERE cohort_definition_id = {int(cohort_id)} ORDER BY 1, 2, 3"
+        )
         return [(int(a), b, c) for a, b, c in rows], result
 
     yield run

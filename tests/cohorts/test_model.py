@@ -17,30 +17,49 @@ def test_reference_definitions_round_trip(reference_dir):
         assert again == expr, f.name
 
 
-MINIMAL = {"ConceptSets": [{"id": 0, "name": "x", "expression": {"items": [
-    {"concept": {"CONCEPT_ID": 1}, "includeDescendants": True}]}}],
-    "PrimaryCriteria": {"CriteriaList": [{"ConditionOccurrence": {"CodesetId": 0}}]}}
+MINIMAL = {
+    "ConceptSets": [
+        {"id": 0, "name": "x", "expression": {"items": [{"concept": {"CONCEPT_ID": 1}, "includeDescendants": True}]}}
+    ],
+    "PrimaryCriteria": {"CriteriaList": [{"ConditionOccurrence": {"CodesetId": 0}}]},
+}
 
 
-@pytest.mark.parametrize(("mutate", "message"), [
-    (lambda d: d["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"].update(Frist=True),
-     "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.Frist: Extra inputs are not permitted"),
-    (lambda d: d["PrimaryCriteria"]["CriteriaList"][0].update(Foo={}),
-     "$.PrimaryCriteria.CriteriaList[0]"),
-    (lambda d: d["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"].update(
-        Age={"Value": 18, "Op": "between"}), "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.Age.Op"),
-    (lambda d: d["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"].update(
-        OccurrenceStartDate={"Value": "2010/01/01", "Op": "gt"}),
-     "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.OccurrenceStartDate.Value"),
-    (lambda d: d["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"].update(CodesetId=7),
-     "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.CodesetId: concept set 7 is not defined"),
-    (lambda d: d.update(EndStrategy={}), "$.EndStrategy"),
-    (lambda d: d.update(InclusionRules=[{"name": "r", "expression": {"Type": "AT_LEAST", "CriteriaList": []}}]),
-     "$.InclusionRules[0].expression"),
-    (lambda d: d.pop("PrimaryCriteria"), "$.PrimaryCriteria: Field required"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda d: d["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"].update(Frist=True),
+            "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.Frist: Extra inputs are not permitted",
+        ),
+        (lambda d: d["PrimaryCriteria"]["CriteriaList"][0].update(Foo={}), "$.PrimaryCriteria.CriteriaList[0]"),
+        (
+            lambda d: d["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"].update(
+                Age={"Value": 18, "Op": "between"}
+            ),
+            "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.Age.Op",
+        ),
+        (
+            lambda d: d["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"].update(
+                OccurrenceStartDate={"Value": "2010/01/01", "Op": "gt"}
+            ),
+            "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.OccurrenceStartDate.Value",
+        ),
+        (
+            lambda d: d["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"].update(CodesetId=7),
+            "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.CodesetId: concept set 7 is not defined",
+        ),
+        (lambda d: d.update(EndStrategy={}), "$.EndStrategy"),
+        (
+            lambda d: d.update(InclusionRules=[{"name": "r", "expression": {"Type": "AT_LEAST", "CriteriaList": []}}]),
+            "$.InclusionRules[0].expression",
+        ),
+        (lambda d: d.pop("PrimaryCriteria"), "$.PrimaryCriteria: Field required"),
+    ],
+)
 def test_bad_definitions_name_the_json_path(mutate, message):
     import copy
+
     data = copy.deepcopy(MINIMAL)
     mutate(data)
     with pytest.raises(CohortDefinitionError) as err:
@@ -54,17 +73,26 @@ def test_not_json_is_a_clear_error():
 
 
 def test_builder_round_trips_through_circe_json():
-    t2dm = cb.concept_set(1, "type 2 diabetes", cb.concept(201826, descendants=True),
-                          cb.concept(4, exclude=True))
+    t2dm = cb.concept_set(1, "type 2 diabetes", cb.concept(201826, descendants=True), cb.concept(4, exclude=True))
     metformin = cb.concept_set(2, "metformin", cb.concept(1503297, descendants=True, mapped=True))
     expr = cb.cohort(
         entry=[cb.condition(t2dm, first=True, age=cb.gte(18), gender=cb.concepts(8507))],
-        concept_sets=[t2dm, metformin], prior_days=365, post_days=0,
-        rules=[cb.rule("metformin within 90 days", cb.at_least(1, cb.drug(metformin), within=cb.window(0, 90))),
-               cb.rule("no insulin before", cb.exactly(0, cb.drug(metformin), within=cb.window(None, -1)),
-                       cb.demographic(age=cb.between(18, 80)))],
-        end=cb.drug_persistence(metformin, gap_days=30), censor=[cb.death()], era_pad=7,
-        censor_window=("2000-01-01", None))
+        concept_sets=[t2dm, metformin],
+        prior_days=365,
+        post_days=0,
+        rules=[
+            cb.rule("metformin within 90 days", cb.at_least(1, cb.drug(metformin), within=cb.window(0, 90))),
+            cb.rule(
+                "no insulin before",
+                cb.exactly(0, cb.drug(metformin), within=cb.window(None, -1)),
+                cb.demographic(age=cb.between(18, 80)),
+            ),
+        ],
+        end=cb.drug_persistence(metformin, gap_days=30),
+        censor=[cb.death()],
+        era_pad=7,
+        censor_window=("2000-01-01", None),
+    )
     data = expr.to_dict()
     # ATLAS's own key names and shapes
     assert data["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"]["Age"] == {"Value": 18, "Op": "gte"}
@@ -84,9 +112,10 @@ def test_builder_checks_codeset_references():
 def test_docs_worked_example_json_and_python_are_the_same_cohort():
     import re
     from pathlib import Path
+
     doc = (Path(__file__).resolve().parents[2] / "docs" / "cohorts.md").read_text()
-    from_json = CohortExpression.from_json(re.findall(r"```json\n(.*?)```", doc, re.S)[0])
-    python = re.findall(r"```python\n(.*?)```", doc, re.S)[1].replace("print(expr.to_json())", "")
+    from_json = CohortExpression.from_json(re.findall(r"```json\n(.*?)```", doc, re.DOTALL)[0])
+    python = re.findall(r"```python\n(.*?)```", doc, re.DOTALL)[1].replace("print(expr.to_json())", "")
     namespace: dict = {}
     exec(python, namespace)  # the documented builder code, verbatim
     assert namespace["expr"] == from_json

@@ -32,21 +32,25 @@ def expected(reference_dir: Path):
     return counts, stats
 
 
-@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])],
-                scope="module")
+@pytest.fixture(
+    params=["duckdb", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])], scope="module"
+)
 def gibleed_engine(request):
     return request.getfixturevalue(f"cohort_gibleed_{request.param}")
 
 
-@pytest.mark.parametrize("cohort_id", COHORT_IDS or [pytest.param(0, marks=pytest.mark.skip(
-    reason="ohdsi_reference not found (CI always has it)"))])
+@pytest.mark.parametrize(
+    "cohort_id",
+    COHORT_IDS or [pytest.param(0, marks=pytest.mark.skip(reason="ohdsi_reference not found (CI always has it)"))],
+)
 def test_reference_cohort(gibleed_engine, reference_dir, expected, cohort_id):
     counts, stats = expected
     want = counts[cohort_id]
     expr = CohortExpression.from_json((reference_dir / "cohorts" / f"{cohort_id}.json").read_bytes())
     result = run_cohort(gibleed_engine, expr, cohort_id)
-    rows = gibleed_engine.query("SELECT subject_id, cohort_start_date, cohort_end_date FROM cohort "
-                                f"WHERE cohort_definition_id = {cohort_id}")
+    rows = gibleed_engine.query(
+        f"SELECT subject_id, cohort_start_date, cohort_end_date FROM cohort WHERE cohort_definition_id = {cohort_id}"
+    )
     assert (result.persons, result.entries) == (int(want["persons"]), int(want["entries"]))
     if want["stable"] == "True":
         assert rows_sha256(rows) == want["rows_sha256"]
@@ -55,10 +59,14 @@ def test_reference_cohort(gibleed_engine, reference_dir, expected, cohort_id):
     ours_summary = {(m, result.base_count[m], result.final_count[m]) for m in result.base_count}
     ours_rules = {(a.mode_id, a.rule_sequence, a.person_total, a.person_count, a.gain_count) for a in result.attrition}
     theirs = stats.get(cohort_id, [])
-    theirs_summary = {(int(r["mode_id"]), int(r["base_or_total"]), int(r["count"]))
-                      for r in theirs if r["kind"] == "summary"}
-    theirs_rules = {(int(r["mode_id"]), int(r["rule_sequence"]), int(r["base_or_total"]), int(r["count"]),
-                     int(r["gain_count"])) for r in theirs if r["kind"] == "rule"}
+    theirs_summary = {
+        (int(r["mode_id"]), int(r["base_or_total"]), int(r["count"])) for r in theirs if r["kind"] == "summary"
+    }
+    theirs_rules = {
+        (int(r["mode_id"]), int(r["rule_sequence"]), int(r["base_or_total"]), int(r["count"]), int(r["gain_count"]))
+        for r in theirs
+        if r["kind"] == "rule"
+    }
     assert ours_rules == theirs_rules
     if theirs_summary:
         assert ours_summary == theirs_summary
