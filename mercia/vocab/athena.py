@@ -18,17 +18,18 @@ from mercia.cdm.store import Store
 
 
 def load_athena(store: Store, directory: Path | str) -> LoadReport:
-    from mercia.vocab.starter import install_starter, installed_versions
+    from mercia.vocab.starter import install_starter, starter_installed
 
     found, report = discover(Path(directory))
     vocabulary_tables = {t.name for t in VOCABULARY_TABLES}
     others = sorted(set(found) - vocabulary_tables)
     if others:
-        raise LoadError(found[others[0]], f"{others[0]} is not a vocabulary table; an Athena download holds only "
-                                          f"{', '.join(sorted(vocabulary_tables))} (use `mercia db load-omop` for CDM data)")
+        raise LoadError(found[others[0]], f"{others[0]} is not a vocabulary table; an Athena download holds "
+                                          f"only {', '.join(sorted(vocabulary_tables))} "
+                                          "(use `mercia db load-omop` for CDM data)")
     if "concept" not in found:
         raise LoadError(directory, "no CONCEPT.csv: not an Athena vocabulary download")
-    had_starter = bool(installed_versions(store))
+    had_starter = starter_installed(store)
     with store.transaction():
         report = load_omop_files(store, found, report)
         if had_starter:

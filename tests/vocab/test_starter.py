@@ -6,6 +6,7 @@ import pytest
 
 from mercia import vocab
 from mercia.cdm.stats import store_stats
+from mercia.vocab.diseases import disease_concept_id
 from mercia.vocab.hpo import hpo_concept_id
 from mercia.vocab.icd10 import icd10_concept_id
 
@@ -83,7 +84,8 @@ def test_icd10_codes_map_to_themselves(starter_store):
 def test_every_concept_id_is_local_and_derived_from_its_code(starter_store):
     rows = starter_store.query("SELECT vocabulary_id, concept_code, concept_id FROM concept")
     assert len(rows) > 30_000
-    derive = {"ICD10": icd10_concept_id, "HPO": hpo_concept_id}
+    derive = {"ICD10": icd10_concept_id, "HPO": hpo_concept_id,
+              **{v: (lambda code, v=v: disease_concept_id(f"{v}:{code}")) for v in ("OMIM", "ORPHA", "DECIPHER")}}
     assert [r for r in rows if not (r[2] == derive[r[0]](r[1]) and r[2] > 2_000_000_000)] == []
 
 
@@ -99,12 +101,12 @@ def test_reinstall_replaces_only_the_starter_rows(heavy_store):
                   "'Clinical Finding', 'S', '44054006', DATE '1970-01-01', DATE '2099-12-31', NULL)")
     store.execute("INSERT INTO vocabulary VALUES ('SNOMED', 'SNOMED CT', '', 'test', 0)")
     installed = vocab.install_starter(store)
-    assert set(installed) == {"ICD10", "HPO"}
+    assert set(installed) == {"ICD10", "HPO", "OMIM", "ORPHA", "DECIPHER"}
     once = store.table_counts(["concept", "concept_ancestor", "concept_relationship", "vocabulary"])
     vocab.install_starter(store)
     assert store.table_counts(["concept", "concept_ancestor", "concept_relationship", "vocabulary"]) == once
     assert vocab.concept(store, 201826)["vocabulary_id"] == "SNOMED"
-    assert once["vocabulary"] == 3
+    assert once["vocabulary"] == 6  # SNOMED and the five starter vocabularies
 
 
 def test_starter_steps_aside_for_an_athena_vocabulary(heavy_store):
@@ -115,6 +117,33 @@ def test_starter_steps_aside_for_an_athena_vocabulary(heavy_store):
     assert outcome["ICD10"].startswith("skipped")
     assert outcome["HPO"] == "2025-01-16"
     assert store.query_one("SELECT count(*) FROM concept WHERE vocabulary_id = 'ICD10'") == 1
+
+
+def test_hpo_annotated_diseases_are_concepts_with_their_phenotypes(starter_store):
+    marfan = vocab.concept(starter_store, disease_concept_id("OMIM:154700"))
+    assert (marfan["concept_name"], marfan["vocabulary_id"], marfan["concept_code"]) == \
+        ("Marfan syndrome", "OMIM", "154700")
+    assert vocab.concept(starter_store, disease_concept_id("Orphanet:558"))["concept_name"] == "Marfan syndrome"
+    p = "%s" if starter_store.dialect == "postgres" else "?"
+    phenotypes = {r[0] for r in starter_store.query(
+        f"SELECT concept_id_2 FROM concept_relationship WHERE relationship_id = 'Has phenotype' AND concept_id_1 = {p}",
+        [marfan["concept_id"]])}
+    assert hpo_concept_id("HP:0001166") in phenotypes  # Arachnodactyly
+    assert len(phenotypes) > 50
+    reverse = starter_store.query_one(
+        f"SELECT count(*) FROM concept_relationship WHERE relationship_id = 'Phenotype of' AND concept_id_2 = {p}",
+        [marfan["concept_id"]])
+    assert reverse == len(phenotypes)
+    versions = {v["vocabulary_id"]: v["version"] for v in store_stats(starter_store)["vocabularies"]}
+    assert versions["OMIM"] == versions["ORPHA"] == "HPO annotations 2025-01-16"
+
+
+def test_disease_id_scheme():
+    assert disease_concept_id("OMIM:154700") == 2_200_154_700
+    assert disease_concept_id("ORPHA:558") == disease_concept_id("Orphanet:558") == 2_300_000_558
+    assert disease_concept_id("DECIPHER:1") == 2_400_000_001
+    with pytest.raises(ValueError):
+        disease_concept_id("MONDO:0007947")
 
 
 def test_icd10_id_scheme():
