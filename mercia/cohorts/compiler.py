@@ -125,8 +125,9 @@ class _Compiler:
         q = exp.select(
             exp.alias_(num(cs.id), "codeset_id", copy=False),
             exp.alias_(exp.cast(col("concept_id", "I"), BIGINT, copy=False), "concept_id", copy=False),
+            copy=False,
         ).distinct(copy=False)
-        q = q.from_(included.subquery("I", copy=False))
+        q = q.from_(included.subquery("I", copy=False), copy=False)
         if exclude:
             q = q.join(
                 _concept_query(exclude).subquery("E", copy=False),
@@ -149,7 +150,8 @@ class _Compiler:
                 "ordinal",
                 copy=False,
             ),
-        ).from_(union.subquery("E", copy=False))
+            copy=False,
+        ).from_(union.subquery("E", copy=False), copy=False)
         op_start, op_end = col("observation_period_start_date", "OP"), col("observation_period_end_date", "OP")
         q = (
             exp.select(
@@ -166,7 +168,7 @@ class _Compiler:
                 col("visit_occurrence_id", "P"),
                 copy=False,
             )
-            .from_(ranked.subquery("P", copy=False))
+            .from_(ranked.subquery("P", copy=False), copy=False)
             .join(
                 table("observation_period", "OP"),
                 on=exp.and_(
@@ -175,6 +177,7 @@ class _Compiler:
                     exp.LTE(this=col("start_date", "P"), expression=op_end.copy()),
                     copy=False,
                 ),
+                copy=False,
             )
         )
         window = pc.observation_window
@@ -197,6 +200,7 @@ class _Compiler:
                 "ordinal",
                 copy=False,
             ),
+            copy=False,
         )
         q = q.from_(table(primary, "pe"), copy=False)
         ac = self.expr.additional_criteria
@@ -206,7 +210,9 @@ class _Compiler:
                 on=_same_event("AC", "pe"),
                 copy=False,
             )
-        out = exp.select(*[col(c, "QE") for c in EVENT_COLUMNS], copy=False).from_(q.subquery("QE", copy=False))
+        out = exp.select(*[col(c, "QE") for c in EVENT_COLUMNS], copy=False).from_(
+            q.subquery("QE", copy=False), copy=False
+        )
         # Circe applies the qualified limit whenever AdditionalCriteria is present, even empty
         if ac is not None and self.expr.qualified_limit.type != "All":
             out = out.where(_eq(col("ordinal", "QE"), num(1)), copy=False)
@@ -265,6 +271,7 @@ class _Compiler:
                 "ordinal",
                 copy=False,
             ),
+            copy=False,
         )
         q = q.from_(table(qualified, "Q"), copy=False)
         if masks is not None:
@@ -272,7 +279,7 @@ class _Compiler:
             q = q.join(table(masks, "MG"), on=_same_event("MG", "Q"), copy=False).where(
                 _eq(col("inclusion_rule_mask", "MG"), num(full)), copy=False
             )
-        out = exp.select(*[col(c, "R") for c in cols], copy=False).from_(q.subquery("R", copy=False))
+        out = exp.select(*[col(c, "R") for c in cols], copy=False).from_(q.subquery("R", copy=False), copy=False)
         if self.expr.expression_limit.type != "All":
             out = out.where(_eq(col("ordinal", "R"), num(1)), copy=False)
         return out
@@ -312,6 +319,7 @@ class _Compiler:
                         _eq(col(concept_column, "de"), col("concept_id", "cs")),
                         copy=False,
                     ),
+                    copy=False,
                 )
             )
         eras = _collapse(union_all(exposures), pad=strategy.gap_days, alias="era")
@@ -332,6 +340,7 @@ class _Compiler:
                     ),
                     copy=False,
                 ),
+                copy=False,
             )
         )
 
@@ -339,6 +348,8 @@ class _Compiler:
         """Every candidate exit per event; the earliest on or after the start wins."""
         candidates: list[exp.Query] = []
         strategy = self.expr.end_strategy
+        if not self.expr.censoring_criteria and (strategy is None or strategy.date_offset is not None):
+            return self._single_exit(included)
         ev = lambda: [col("event_id", "I"), col("person_id", "I")]
         if strategy is not None and strategy.date_offset is not None:
             offset = strategy.date_offset
@@ -361,13 +372,13 @@ class _Compiler:
             censor = union_all(
                 [
                     exp.select(col("person_id", "X"), col("start_date", "X"), copy=False).from_(
-                        self.criteria.query(c).subquery("X", copy=False)
+                        self.criteria.query(c).subquery("X", copy=False), copy=False
                     )
                     for c in self.expr.censoring_criteria
                 ]
             )
             candidates.append(
-                exp.select(*ev(), exp.alias_(exp.Min(this=col("start_date", "C")), "end_date", copy=False))
+                exp.select(*ev(), exp.alias_(exp.Min(this=col("start_date", "C")), "end_date", copy=False), copy=False)
                 .from_(table(included, "I"), copy=False)
                 .join(
                     censor.subquery("C", copy=False),
@@ -377,6 +388,7 @@ class _Compiler:
                         exp.LTE(this=col("start_date", "C"), expression=col("op_end_date", "I")),
                         copy=False,
                     ),
+                    copy=False,
                 )
                 .group_by(col("event_id", "I"), col("person_id", "I"), copy=False)
             )
@@ -400,6 +412,25 @@ class _Compiler:
             .group_by(col("event_id", "I"), col("person_id", "I"), col("start_date", "I"), copy=False)
         )
         return first_end
+
+    def _single_exit(self, included: str) -> exp.Query:
+        """One exit candidate per event (observation period end, or a date offset capped at it):
+        no candidates to union and rank."""
+        strategy = self.expr.end_strategy
+        end: exp.Expression = col("op_end_date", "I")
+        if strategy is not None:
+            offset = strategy.date_offset
+            shifted = add_days(
+                col("start_date" if offset.date_field == "StartDate" else "end_date", "I"), offset.offset
+            )
+            end = least_date(shifted, col("op_end_date", "I"))
+        return (
+            exp.select(
+                col("person_id", "I"), col("start_date", "I"), exp.alias_(end, "end_date", copy=False), copy=False
+            )
+            .from_(table(included, "I"), copy=False)
+            .where(exp.GTE(this=end.copy(), expression=col("start_date", "I")), copy=False)
+        )
 
     def final_rows(self, cohort_rows: str) -> exp.Query:
         collapsed = _collapse(
@@ -427,7 +458,8 @@ class _Compiler:
             exp.alias_(col("person_id", "CO"), "subject_id", copy=False),
             exp.alias_(exp.cast(start, DATE, copy=False), "cohort_start_date", copy=False),
             exp.alias_(exp.cast(end, DATE, copy=False), "cohort_end_date", copy=False),
-        ).from_(collapsed.subquery("CO", copy=False))
+            copy=False,
+        ).from_(collapsed.subquery("CO", copy=False), copy=False)
         if window.start_date or window.end_date:
             q = q.where(exp.LTE(this=start.copy(), expression=end.copy()), copy=False)
         return q
@@ -528,7 +560,7 @@ class _Compiler:
                 exp.alias_(col("observation_period_end_date", "op"), "op_end_date", copy=False),
                 copy=False,
             )
-            .from_(query.copy().subquery("Q", copy=False))
+            .from_(query.copy().subquery("Q", copy=False), copy=False)
             .join(
                 table("observation_period", "op"),
                 on=exp.and_(
@@ -537,17 +569,20 @@ class _Compiler:
                     exp.GTE(this=col("observation_period_end_date", "op"), expression=col("start_date", "Q")),
                     copy=False,
                 ),
+                copy=False,
             )
         )
         group = self.group(g, lambda: with_op.copy().subquery(copy=False), 0)
         return (
             exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("PE")), copy=False)
-            .from_(query.subquery("PE", copy=False))
+            .from_(query.subquery("PE", copy=False), copy=False)
             .join(group.subquery("AC", copy=False), on=_same_event("AC", "PE"), copy=False)
         )
 
     # -- attrition ------------------------------------------------------------------------------
-    def attrition(self, masks: str, best: str) -> dict[str, exp.Query]:
+    def attrition(self, masks, best) -> dict[str, exp.Query]:
+        """Circe's inclusion statistics; ``masks``/``best`` return fresh relations of events
+        (mode 0) and best events per person (mode 1), each with its ``inclusion_rule_mask``."""
         cid = exp.alias_(exp.cast(num(self.plan.cohort_id), BIGINT, copy=False), "cohort_definition_id", copy=False)
         n = len(self.expr.inclusion_rules)
         full = 2**n - 1
@@ -561,8 +596,9 @@ class _Compiler:
                     mode_col.copy(),
                     mask.copy(),
                     exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "person_count", copy=False),
+                    copy=False,
                 )
-                .from_(table(source, "MG"), copy=False)
+                .from_(_aliased(source(), "MG"), copy=False)
                 .group_by(mask.copy(), copy=False)
             )
             total = exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "person_total", copy=False)
@@ -581,7 +617,7 @@ class _Compiler:
                         exp.alias_(gained, "gain_count", copy=False),
                         total.copy(),
                         copy=False,
-                    ).from_(table(source, "MG"), copy=False)
+                    ).from_(_aliased(source(), "MG"), copy=False)
                 )
             summary.append(
                 exp.select(
@@ -589,7 +625,8 @@ class _Compiler:
                     mode_col.copy(),
                     exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "base_count", copy=False),
                     exp.alias_(_count_if(_eq(mask.copy(), num(full))), "final_count", copy=False),
-                ).from_(table(source, "MG"), copy=False)
+                    copy=False,
+                ).from_(_aliased(source(), "MG"), copy=False)
             )
         out = {"cohort_inclusion_result": union_all(result), "cohort_summary_stats": union_all(summary)}
         if stats:
@@ -614,10 +651,11 @@ class _Compiler:
                 "rank_value",
                 copy=False,
             ),
+            copy=False,
         ).from_(table(masks, "R"), copy=False)
         return (
             exp.select(col("event_id", "B"), col("person_id", "B"), col("inclusion_rule_mask", "B"), copy=False)
-            .from_(ranked.subquery("B", copy=False))
+            .from_(ranked.subquery("B", copy=False), copy=False)
             .where(_eq(col("rank_value", "B"), num(1)), copy=False)
         )
 
@@ -628,25 +666,22 @@ class _Compiler:
         plan.steps.append((t("codesets"), self.codesets()))
         plan.steps.append((t("primary_events"), self.primary_events()))
         plan.steps.append((t("qualified_events"), self.qualified_events(t("primary_events"))))
-        masks = None
         if self.expr.inclusion_rules:
             plan.steps.append((t("inclusion_events"), self.inclusion_events(t("qualified_events"))))
+            plan.steps.append((t("event_masks"), self.event_masks(t("qualified_events"), t("inclusion_events"))))
+            plan.steps.append((t("included_events"), self.included_events(t("qualified_events"), t("event_masks"))))
+            plan.steps.append((t("best_events"), self.best_events(t("event_masks"))))
+            plan.attrition = self.attrition(lambda: table(t("event_masks")), lambda: table(t("best_events")))
         else:
-            plan.steps.append(
-                (
-                    t("inclusion_events"),
-                    empty_select(
-                        {"inclusion_rule_id": BIGINT, "rule_bit": BIGINT, "person_id": BIGINT, "event_id": BIGINT}
-                    ),
-                )
-            )
-        plan.steps.append((t("event_masks"), self.event_masks(t("qualified_events"), t("inclusion_events"))))
-        masks = t("event_masks") if self.expr.inclusion_rules else None
-        plan.steps.append((t("included_events"), self.included_events(t("qualified_events"), masks)))
+            # no rules: every qualified event passes (mask 0) and a person's best event is any one
+            plan.steps.append((t("included_events"), self.included_events(t("qualified_events"), None)))
+            events = lambda: exp.select(  # noqa: E731
+                col("person_id"), exp.alias_(num(0), "inclusion_rule_mask", copy=False), copy=False
+            ).from_(table(t("qualified_events")), copy=False)
+            persons = lambda: events().distinct(copy=False)  # noqa: E731
+            plan.attrition = self.attrition(events, persons)
         plan.steps.append((t("cohort_rows"), self.cohort_ends(t("included_events"))))
-        plan.steps.append((t("best_events"), self.best_events(t("event_masks"))))
         plan.cohort_rows = self.final_rows(t("cohort_rows"))
-        plan.attrition = self.attrition(t("event_masks"), t("best_events"))
         return plan
 
 
@@ -695,9 +730,9 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
     """Circe's era constructor: rows whose (padded) ends reach the next start merge, then the pad
     is taken off the merged end.  ``pre_padded`` rows already carry the pad in end_date."""
     end = col("end_date", "CR") if pre_padded else add_days(col("end_date", "CR"), pad)
-    padded = exp.select(col("person_id", "CR"), col("start_date", "CR"), exp.alias_(end, "end_date", copy=False)).from_(
-        rows.subquery("CR", copy=False)
-    )
+    padded = exp.select(
+        col("person_id", "CR"), col("start_date", "CR"), exp.alias_(end, "end_date", copy=False), copy=False
+    ).from_(rows.subquery("CR", copy=False), copy=False)
     prev_max = running(
         exp.Max(this=col("end_date", "ST")), [col("person_id", "ST")], [col("start_date", "ST")], exclude_current=True
     )
@@ -710,7 +745,8 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
             "is_start",
             copy=False,
         ),
-    ).from_(padded.subquery("ST", copy=False))
+        copy=False,
+    ).from_(padded.subquery("ST", copy=False), copy=False)
     groups = exp.select(
         col("person_id", "GR"),
         col("start_date", "GR"),
@@ -724,7 +760,8 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
             "group_idx",
             copy=False,
         ),
-    ).from_(starts.subquery("GR", copy=False))
+        copy=False,
+    ).from_(starts.subquery("GR", copy=False), copy=False)
     return (
         exp.select(
             col("person_id", "G"),
@@ -732,7 +769,7 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
             exp.alias_(add_days(exp.Max(this=col("end_date", "G")), -pad), "end_date", copy=False),
             copy=False,
         )
-        .from_(groups.subquery("G", copy=False))
+        .from_(groups.subquery("G", copy=False), copy=False)
         .group_by(col("person_id", "G"), col("group_idx", "G"), copy=False)
     )
 
@@ -749,9 +786,9 @@ def _concept_query(items: list[m.ConceptSetItem]) -> exp.Query:
     if mapped:
         mapped_desc = [i.concept.concept_id for i in items if i.include_mapped and i.include_descendants]
         parts.append(
-            exp.select(exp.alias_(col("concept_id_1", "cr"), "concept_id", copy=False))
+            exp.select(exp.alias_(col("concept_id_1", "cr"), "concept_id", copy=False), copy=False)
             .distinct(copy=False)
-            .from_(_listed(mapped, mapped_desc).subquery("C", copy=False))
+            .from_(_listed(mapped, mapped_desc).subquery("C", copy=False), copy=False)
             .join(
                 table("concept_relationship", "cr"),
                 on=exp.and_(
@@ -760,6 +797,7 @@ def _concept_query(items: list[m.ConceptSetItem]) -> exp.Query:
                     exp.Is(this=col("invalid_reason", "cr"), expression=exp.null()),
                     copy=False,
                 ),
+                copy=False,
             )
         )
     return _union_distinct(parts)
@@ -800,7 +838,7 @@ def build_plan(expr: m.CohortExpression, cohort_id: int) -> CohortPlan:
 
 def render(node: exp.Expression, dialect: str) -> str:
     if dialect not in DIALECTS:
-        raise ValueError(f"unknown dialect {dialect!r}; choose one of {', '.join(DIALECTS, copy=False)}")
+        raise ValueError(f"unknown dialect {dialect!r}; choose one of {', '.join(DIALECTS)}")
     return node.sql(dialect=dialect, copy=False)
 
 

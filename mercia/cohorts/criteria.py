@@ -272,6 +272,7 @@ def _codeset_join(query: exp.Select, alias: str, column: exp.Expression, codeset
             exp.EQ(this=col("codeset_id", alias), expression=num(codeset_id)),
             copy=False,
         ),
+        copy=False,
     )
 
 
@@ -327,7 +328,7 @@ class CriteriaCompiler:
             where.append(exp.GTE(this=col("end_date", "C"), expression=col("start_date", "C")))
 
         inner = exp.select(
-            exp.Star(), exp.alias_(start, "start_date", copy=False), exp.alias_(end, "end_date", copy=False)
+            exp.Star(), exp.alias_(start, "start_date", copy=False), exp.alias_(end, "end_date", copy=False), copy=False
         ).from_(table(dom.table, t), copy=False)
         # exp.Star would be unqualified; qualify it so the computed columns can sit beside it
         inner.expressions[0] = exp.Column(this=exp.Star(), table=exp.to_identifier(t))
@@ -344,7 +345,8 @@ class CriteriaCompiler:
             inner = inner.select(
                 exp.alias_(
                     row_number([col("person_id", t)], [col(dom.start, t), col(dom.event_id, t)]), "ordinal", copy=False
-                )
+                ),
+                copy=False,
             )
             where.append(exp.EQ(this=col("ordinal", "C"), expression=num(1)))
 
@@ -364,7 +366,7 @@ class CriteriaCompiler:
                 copy=False,
             ),
             copy=False,
-        ).from_(inner.subquery("C", copy=False))
+        ).from_(inner.subquery("C", copy=False), copy=False)
         outer, filters = self._filters(c, dom, outer)
         for cond in where + filters:
             outer = outer.where(cond, copy=False)
@@ -478,6 +480,7 @@ class CriteriaCompiler:
                     exp.EQ(this=col("person_id", "C"), expression=col("person_id", "V")),
                     copy=False,
                 ),
+                copy=False,
             )
             if visit_type:
                 f.append(in_list(col("visit_concept_id", "V"), [x.concept_id for x in visit_type]))
