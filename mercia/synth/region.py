@@ -128,6 +128,7 @@ def generate_region(out_dir: Path | str, persons: int = 20_000, seed: int = 42, 
     writer = Writer(out, np.random.default_rng([seed, 7]), error_rate)
     con = duckdb.connect()
     con.execute("SET threads = 2")   # every query orders on unique keys, so output is thread-independent
+    con.execute("SET enable_progress_bar = false")
     _macros(con, seed)
     org_table = pa.Table.from_pylist(orgs.rows())
     con.register("org", org_table)
