@@ -127,17 +127,22 @@ def search(store: Store, text: str, vocabulary: str | None = None, limit: int = 
     if not include_invalid:
         filters.append("is_valid")
 
-    def ranked(source: str, where: str, where_params: list, n: int) -> list[tuple]:
+    def ranked(source: str, narrow: str, narrow_params: list, text: str, text_params: list, n: int) -> list[tuple]:
+        """Top ``n`` (concept, rank) among the rows ``narrow`` selects whose text passes ``text``.
+        The text test runs on the narrowed rows only (a materialized step keeps the engine from
+        pushing it down into a scan of the whole table)."""
         return store.query(
-            f"SELECT concept_id, min({_rank_sql(p)}) AS match_rank, is_standard, name_length FROM {source} "
-            f"WHERE {where} AND {' AND '.join(filters)} GROUP BY concept_id, is_standard, name_length "
+            f"WITH candidates AS MATERIALIZED (SELECT concept_id, term, is_standard, name_length FROM {source} "
+            f"WHERE {narrow} AND {' AND '.join(filters)}) "
+            f"SELECT concept_id, min({_rank_sql(p)}) AS match_rank, is_standard, name_length FROM candidates "
+            f"WHERE {text} GROUP BY concept_id, is_standard, name_length "
             f"ORDER BY match_rank, is_standard DESC, name_length, concept_id LIMIT {int(n)}",
-            rank_params + where_params + filter_params)
+            narrow_params + filter_params + rank_params + text_params)
 
     all_words = " AND ".join([f"term LIKE {p} {_ESCAPE}"] * len(words))
     word_params = ["%" + _like_escape(w) + "%" for w in words]
     if not use_index:
-        hits = ranked(f"({_TERMS_SQL}) t", f"({all_words})", word_params, limit)
+        hits = ranked(f"({_TERMS_SQL}) t", "TRUE", [], f"({all_words})", word_params, limit)
     else:
         first = _like_escape(words[0])
         starts = [f"word LIKE {p} {_ESCAPE}"]
@@ -145,8 +150,9 @@ def search(store: Store, text: str, vocabulary: str | None = None, limit: int = 
         if store.dialect == "duckdb":  # a range on the sorted words lets DuckDB skip row groups
             starts += [f"word >= {p}", f"word < {p}"]
             start_params += [words[0], words[0] + _LAST_CHARACTER]
-        hits = ranked(SEARCH_TABLE, " AND ".join(starts) + f" AND (term LIKE {p} {_ESCAPE} OR term LIKE {p} {_ESCAPE})",
-                      start_params + [escaped + "%", "% " + escaped + "%"], limit)
+        hits = ranked(SEARCH_TABLE, " AND ".join(starts), start_params,
+                      f"(term LIKE {p} {_ESCAPE} OR term LIKE {p} {_ESCAPE})",
+                      [escaped + "%", "% " + escaped + "%"], limit)
         if len(hits) < limit:
             hits += _inside_words(store, ranked, words, all_words, word_params, [h[0] for h in hits], limit - len(hits))
     return _describe(store, [(h[0], h[1]) for h in hits])
@@ -164,12 +170,12 @@ def _inside_words(store: Store, ranked, words: list[str], all_words: str, word_p
             return []  # a search word found nowhere: no concept can hold all of them
         frequency.append((int(count), word))
     rarest = min(frequency)[1]
-    where = (f"word IN (SELECT word FROM {WORDS_TABLE} WHERE word LIKE {p} {_ESCAPE}) AND ({all_words})")
-    params: list[Any] = ["%" + _like_escape(rarest) + "%", *word_params]
+    narrow = f"word IN (SELECT word FROM {WORDS_TABLE} WHERE word LIKE {p} {_ESCAPE})"
+    params: list[Any] = ["%" + _like_escape(rarest) + "%"]
     if found:
-        where += f" AND NOT (concept_id = ANY({p}))"
+        narrow += f" AND NOT (concept_id = ANY({p}))"
         params.append(found)
-    return ranked(SEARCH_TABLE, where, params, n)
+    return ranked(SEARCH_TABLE, narrow, params, f"({all_words})", word_params, n)
 
 
 def _describe(store: Store, hits: list[tuple[int, int]]) -> list[dict[str, Any]]:
