@@ -71,9 +71,11 @@ def _settings():
     return SettingsCreator(
         link_type="dedupe_only",
         comparisons=[name("surname", "forename"), name("forename", "surname"), dob, sex, district],
+        # Each rule pairs two keys so blocks stay small at millions of records; together they
+        # still meet every single-field error: a surname typo (rules 1-2), a date error (3-4).
         blocking_rules_to_generate_predictions=[
-            block_on("tok_dob"), block_on("tok_surname", "tok_dob_y"), block_on("tok_surname", "tok_forename"),
-            block_on("tok_forename", "tok_dob_ym"), block_on("tok_surname_sx", "tok_dob_swap"),
+            block_on("tok_dob", "tok_surname_sx"), block_on("tok_dob", "tok_forename"),
+            block_on("tok_surname", "tok_forename", "tok_dob_y"), block_on("tok_surname_sx", "tok_dob_swap"),
         ],
         retain_matching_columns=False, retain_intermediate_calculation_columns=False,
         additional_columns_to_retain=["nhs"],

@@ -29,7 +29,9 @@ def test_ukcore_examples_load_and_baby_nhs_number_is_flagged(store, shared_data,
                               FROM person p JOIN mercia_person_link l USING (person_id) ORDER BY 1""")
     assert statuses == [(1970, 9, "valid", False), (2021, 2, "invalid", True)]
     # UK Core lab results, dm+d medicines and specimens arrived
-    assert store.query_one("SELECT count(*) FROM drug_exposure WHERE drug_source_concept_id = 0 AND length(drug_source_value) > 10") > 0
+    # dm+d Amoxicillin 500mg capsules, UKCore-MedicationRequest-Amoxicillin-Example
+    assert store.query_one("""SELECT count(*) FROM drug_exposure WHERE drug_source_value = '39732411000001106'
+                              AND drug_exposure_start_date = DATE '2023-06-15'""") == 1
     assert store.query_one("SELECT count(*) FROM specimen") > 0
     reasons = dict(store.query("SELECT reason, count(*) FROM mercia_reject WHERE action = 'rejected' GROUP BY 1"))
     assert reasons["resource type ServiceRequest is not mapped to OMOP by Mercia"] == 10
