@@ -178,8 +178,15 @@ def concept_rows() -> list[dict]:
         if c.concept_id == 0 or c.concept_id in seen:
             continue
         seen.add(c.concept_id)
-        vocabulary = {"SNOMED": "SNOMED", "RxNorm": "RxNorm", "LOINC": "LOINC"}.get(c.vocabulary, c.vocabulary)
         rows.append({"concept_id": c.concept_id, "concept_name": c.name, "domain_id": c.domain,
-                     "vocabulary_id": vocabulary, "concept_class_id": c.domain,
+                     "vocabulary_id": c.vocabulary, "concept_class_id": _concept_class(c),
                      "standard_concept": "S", "concept_code": c.code})
     return rows
+
+
+def _concept_class(c: Concept) -> str:
+    """The Athena concept class of a catalogue concept (drugs: ingredient unless a dose is named)."""
+    if c.domain == "Drug":
+        return "Clinical Drug" if " MG" in c.name or "ACTUAT" in c.name else "Ingredient"
+    return {"Condition": "Clinical Finding", "Measurement": "Lab Test" if c.key not in VITALS else
+            "Clinical Observation", "Procedure": "Procedure"}.get(c.domain, "Undefined")
