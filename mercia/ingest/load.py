@@ -532,28 +532,31 @@ def _domain_columns(domain: str, type_concept: int) -> dict[str, str]:
 
 
 def map_to_standard(store: Store, codes: pa.Table) -> pa.Table:
-    """(vocabulary, code) -> source_concept_id, standard concept_id and its domain via 'Maps to'
-    (a standard source concept maps to itself).  Codes not in the vocabulary are absent."""
+    """(vocabulary, code) -> source_concept_id, standard concept_id and its domain, through
+    ``mercia.vocab.maps_to`` (valid 'Maps to' links; one query per vocabulary present).
+    Codes not in the vocabulary are absent from the result; phenopackets' ``OMIM:`` prefix is
+    dropped for the lookup only (the OMOP OMIM concept_code is the bare number)."""
+    from mercia.vocab import maps_to
+
     empty = pa.table({"vocabulary": pa.array([], pa.string()), "code": pa.array([], pa.string()),
                       "source_concept_id": pa.array([], pa.int64()), "concept_id": pa.array([], pa.int64()),
                       "domain_id": pa.array([], pa.string())})
     if codes.num_rows == 0 or not store.query_one("SELECT count(*) FROM (SELECT 1 FROM concept LIMIT 1) c"):
         return empty
-    store.execute("DROP TABLE IF EXISTS mercia_tmp_codes")
-    store.execute("CREATE TEMP TABLE mercia_tmp_codes (vocabulary VARCHAR, code VARCHAR)")
-    store.insert_arrow("mercia_tmp_codes", codes.rename_columns(["vocabulary", "code"]))
-    result = store.query_arrow("""
-        SELECT t.vocabulary, t.code, c.concept_id AS source_concept_id,
-               CASE WHEN c.standard_concept = 'S' THEN c.concept_id ELSE s.concept_id END AS concept_id,
-               CASE WHEN c.standard_concept = 'S' THEN c.domain_id ELSE s.domain_id END AS domain_id
-        FROM mercia_tmp_codes t
-        JOIN concept c ON c.vocabulary_id = t.vocabulary AND c.concept_code =
-             CASE WHEN t.vocabulary = 'OMIM' THEN replace(t.code, 'OMIM:', '') ELSE t.code END
-        LEFT JOIN concept_relationship r ON r.concept_id_1 = c.concept_id AND r.relationship_id = 'Maps to'
-             AND r.invalid_reason IS NULL AND c.standard_concept IS DISTINCT FROM 'S'
-        LEFT JOIN concept s ON s.concept_id = r.concept_id_2 AND s.standard_concept = 'S'""")
-    store.execute("DROP TABLE IF EXISTS mercia_tmp_codes")
-    return result.cast(empty.schema) if result.num_rows else empty
+    codes = codes.rename_columns(["vocabulary", "code"])
+    parts = []
+    for vocabulary in sorted(set(codes.column("vocabulary").to_pylist())):
+        original = codes.filter(pc.equal(codes.column("vocabulary"), vocabulary)).column("code").to_pylist()
+        lookup = {c.removeprefix("OMIM:") if vocabulary == "OMIM" else c: c for c in original}
+        found = maps_to(store, vocabulary, lookup).filter(
+            pc.invert(pc.is_null(pc.field("source_concept_id"))))
+        parts.append(pa.table({
+            "vocabulary": pa.array([vocabulary] * found.num_rows, pa.string()),
+            "code": pa.array([lookup[c] for c in found.column("source_code").to_pylist()], pa.string()),
+            "source_concept_id": found.column("source_concept_id").cast(pa.int64()),
+            "concept_id": found.column("target_concept_id").cast(pa.int64()),
+            "domain_id": found.column("target_domain_id").cast(pa.string())}))
+    return pa.concat_tables(parts) if parts else empty
 
 
 def rebuild_person_rows(store: Store, person_ids: pa.Table) -> None:

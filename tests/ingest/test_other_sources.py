@@ -100,7 +100,8 @@ def write_acute(folder):
 
 def add_vocabulary(store) -> None:
     """A tiny vocabulary: ICD10 I21.9 maps to a SNOMED condition; ICD10 E11.9 maps to a concept in
-    the Observation domain (routing follows the standard concept); LOINC 8302-2 is standard."""
+    the Observation domain (routing follows the standard concept); standard concepts map to
+    themselves, as in the OHDSI vocabularies."""
     concepts = pa.table({
         "concept_id": [1, 2, 3, 4, 5], "concept_name": ["AMI", "AMI", "DM", "DM finding", "Body height"],
         "domain_id": ["Condition", "Condition", "Condition", "Observation", "Measurement"],
@@ -111,9 +112,9 @@ def add_vocabulary(store) -> None:
         "valid_end_date": pa.array([pa.scalar(40000, pa.date32()).as_py()] * 5, pa.date32())})
     store.insert_arrow("concept", concepts)
     store.insert_arrow("concept_relationship", pa.table({
-        "concept_id_1": [1, 3], "concept_id_2": [2, 4], "relationship_id": ["Maps to", "Maps to"],
-        "valid_start_date": concepts.column("valid_start_date").slice(0, 2),
-        "valid_end_date": concepts.column("valid_end_date").slice(0, 2)}))
+        "concept_id_1": [1, 3, 2, 4, 5], "concept_id_2": [2, 4, 2, 4, 5], "relationship_id": ["Maps to"] * 5,
+        "valid_start_date": concepts.column("valid_start_date"),
+        "valid_end_date": concepts.column("valid_end_date")}))
 
 
 def test_csv_extract_with_shipped_mapping_and_vocabulary(store, load, tmp_path):
