@@ -160,3 +160,43 @@ def age_sex_pyramid(tables: list[dict[str, Any]], width: int = 720) -> Markup | 
                          f'fill="{TEXT}">{text}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def incidence_rates(tables: list[dict[str, Any]], width: int = 720) -> Markup | None:
+    """Rates per 1,000 person-years with 95% intervals (dot and whisker), overall, by sex and by age band."""
+    table = next((t for t in tables if t["name"] == "incidence" and t["rows"]), None)
+    if table is None:
+        return None
+    hidden = {r for r, _ in table["redacted"]}
+    rows = [(i, r) for i, r in enumerate(table["rows"]) if r.get("stratum_type") in ("Overall", "Sex", "Age band")]
+    values = [r.get("rate_upper") or r.get("rate_per_1000py") or 0 for i, r in rows if i not in hidden]
+    top = max([float(v) for v in values if v is not None] or [1.0]) or 1.0
+    label_w, row_h, head = 260, 26, 30
+    plot_w = width - label_w - 70
+    height = head + len(rows) * row_h + 10
+
+    def x(v: float) -> float:
+        return label_w + plot_w * v / top
+
+    parts = [f'<svg class="chart" role="img" aria-labelledby="inc-title inc-desc" viewBox="0 0 {width} {height}" '
+             f'width="100%" xmlns="http://www.w3.org/2000/svg"><title id="inc-title">Incidence rates</title>'
+             '<desc id="inc-desc">Rate per 1,000 person-years with its 95% confidence interval for each group; '
+             'the table below holds the same numbers.</desc>',
+             f'<text x="{label_w}" y="16" font-size="12" fill="{TEXT}">0</text>',
+             f'<text x="{label_w + plot_w}" y="16" font-size="12" text-anchor="end" fill="{TEXT}">'
+             f'{top:,.1f} per 1,000 person-years</text>']
+    for n, (i, r) in enumerate(rows):
+        y = head + n * row_h + row_h / 2
+        name = f"{r['time_at_risk']} · {r['stratum']}" if r["stratum_type"] != "Overall" else f"{r['time_at_risk']} · all"
+        parts.append(f'<text x="0" y="{y + 4}" font-size="12" fill="{TEXT}">{escape(_shorten(name, 38))}</text>')
+        rate, low, high = r.get("rate_per_1000py"), r.get("rate_lower"), r.get("rate_upper")
+        if i in hidden or rate is None:
+            parts.append(f'<text x="{label_w}" y="{y + 4}" font-size="12" fill="#4c6272">redacted</text>')
+            continue
+        if low is not None and high is not None:
+            parts.append(f'<line x1="{x(float(low)):.1f}" x2="{x(float(high)):.1f}" y1="{y}" y2="{y}" '
+                         f'stroke="{BAR}" stroke-width="2"/>')
+        parts.append(f'<circle cx="{x(float(rate)):.1f}" cy="{y}" r="5" fill="{BAR}"><title>{escape(name)}: '
+                     f'{float(rate):,.2f} per 1,000 person-years</title></circle>')
+    parts.append("</svg>")
+    return Markup("".join(parts))

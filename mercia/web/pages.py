@@ -352,7 +352,7 @@ def analysis_page(analysis_id: int, request: Request, caller: Caller = Depends(s
     tables = row["result"]["tables"] if row["result"] else []
     return render(request, "analysis.html", caller, analysis=row, project=project,
                   title_text=analysis_service.ANALYSES[row["kind"]][0], km_svg=charts.survival_curves(tables),
-                  pyramid_svg=charts.age_sex_pyramid(tables),
+                  pyramid_svg=charts.age_sex_pyramid(tables), incidence_svg=charts.incidence_rates(tables),
                   tables=[charts.display_table(t) for t in tables])
 
 

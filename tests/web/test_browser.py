@@ -71,14 +71,19 @@ def test_cohort_to_released_export(page, live_server, demo, shots):
     assert people > 0
     shots(page, "04-cohort-attrition")
 
-    for kind, shot in (("characterise", "04b-characterisation"), ("survival", "04c-survival")):
+    for kind, shot in (("characterise", "04b-characterisation"), ("survival", "04c-survival"),
+                       ("incidence", "04d-incidence")):
         page.get_by_label("Analysis", exact=True).select_option(kind)
+        if kind == "incidence":
+            page.get_by_label("Outcome cohort (incidence, survival)").select_option(index=1)
         page.get_by_role("button", name="Run analysis").click()
         page.get_by_role("link", name="See the results").click(timeout=60_000)
         page.wait_for_url(re.compile(r".*/analyses/\d+"))
         assert page.locator("table.table").count() >= 2
         if kind == "survival":
             assert page.locator("svg.chart path").count() >= 1
+        if kind == "incidence":
+            assert page.locator("svg.chart circle").count() >= 1
         shots(page, shot)
         page.goto(cohort_url)
 

@@ -207,3 +207,26 @@ def test_start_a_project_through_the_form(client, demo):
     assert "Submit for approval" in page
     r = client.post("/projects/new", data=form | {"title": ""})
     assert r.status_code == 400 and "needs a title" in r.text and 'value="health_inequalities" checked' in r.text
+
+
+def test_incidence_analysis_page_has_a_chart(client, demo):
+    csrf = sign_in(client, demo, "researcher")
+    state = client.app.state.mercia
+    researcher = state.gov.user_by_name("researcher")
+    from mercia.api.cohorts import create_cohort, start_run
+
+    outcome = create_cohort(state, researcher, 1, "Outcome: any metformin", "", {
+        "ConceptSets": [{"id": 0, "name": "Metformin", "expression": {"items": [
+            {"concept": {"CONCEPT_ID": 1503297}, "includeDescendants": True}]}}],
+        "PrimaryCriteria": {"CriteriaList": [{"DrugExposure": {"CodesetId": 0, "First": True}}],
+                            "ObservationWindow": {"PriorDays": 0, "PostDays": 0},
+                            "PrimaryCriteriaLimit": {"Type": "First"}}})
+    state.jobs.wait(start_run(state, researcher, outcome["id"]), 120)
+    r = client.post("/cohorts/1/analyses", data={"csrf_token": csrf, "kind": "incidence",
+                                                 "outcome_cohort_id": str(outcome["id"])}, follow_redirects=False)
+    job_id = int(r.headers["location"].split("/")[-1])
+    job = state.jobs.wait(job_id, 120)
+    assert job["status"] == "succeeded", job
+    page = client.get(f"/analyses/{job['result']['analysis_id']}").text
+    assert 'aria-labelledby="inc-title inc-desc"' in page and "<circle" in page
+    assert "Incidence per 1,000 person-years" in page
