@@ -146,3 +146,24 @@ def test_conditional_and_urn_references_resolve(tmp_path):
 def test_every_shared_fhir_file_loads(store, shared_data, load):
     for folder in ("synthea_small/ndjson", "synthea_small/bundles", "synthea_medium/ndjson", "ukcore_examples/json"):
         reconciles(load(store, "fhir", shared_data / "fhir" / folder, "RX1"))
+
+
+def test_bulk_export_manifest_and_log_are_honoured(tmp_path):
+    export = tmp_path / "export"
+    export.mkdir()
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1990-01-01"}
+    condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                 "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]},
+                 "onsetDateTime": "2020-01-01"}
+    with gzip.open(export / "Patient.ndjson.gz", "wb") as f:
+        f.write(orjson.dumps(patient) + b"\n")
+    (export / "Condition.ndjson").write_bytes(orjson.dumps(condition) + b"\n\n")
+    (export / "Stale.ndjson").write_bytes(orjson.dumps({**condition, "id": "old"}) + b"\n")
+    (export / "log.ndjson").write_bytes(orjson.dumps({"resourceType": "OperationOutcome", "id": "x"}) + b"\n")
+    (export / "manifest.json").write_bytes(orjson.dumps({
+        "transactionTime": "2024-03-31T00:00:00Z", "request": "$export",
+        "output": [{"type": "Patient", "url": "https://server/files/Patient.ndjson.gz"},
+                   {"type": "Condition", "url": "https://server/files/Condition.ndjson"}]}))
+    staged = read_fhir(export)
+    assert staged.read == 2 and staged.events.data["record"] == ["Condition/c1"]
+    assert read_fhir(export / "Stale.ndjson").events.data["record"] == ["Condition/old"]
