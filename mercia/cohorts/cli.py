@@ -88,15 +88,19 @@ def run(
 
 
 def _write_rows_csv(rows, target: Path, pa_csv) -> None:
+    """The cohort rows as CSV with a plain header (Arrow would quote the header names)."""
+    import io
+
     import pyarrow as pa
 
-    if rows.num_rows == 0:
-        target.write_text("subject_id,cohort_start_date,cohort_end_date\n")
-        return
+    header = b"subject_id,cohort_start_date,cohort_end_date\n"
     rows = rows.cast(
         pa.schema([("subject_id", pa.int64()), ("cohort_start_date", pa.date32()), ("cohort_end_date", pa.date32())])
     )
-    pa_csv.write_csv(rows, target, pa_csv.WriteOptions(quoting_style="none"))
+    body = io.BytesIO()
+    if rows.num_rows:
+        pa_csv.write_csv(rows, body, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
+    target.write_bytes(header + body.getvalue())
 
 
 @app.command()
