@@ -1,0 +1,28 @@
+"""`mercia synth region|omop` from the root command."""
+
+from __future__ import annotations
+
+import orjson
+from typer.testing import CliRunner
+
+from mercia.cli import app
+
+
+def test_region_and_omop_commands(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["synth", "region", "--persons", "200", "--out", str(tmp_path / "r"), "--seed", "3",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = orjson.loads(result.output)
+    assert manifest["persons"] == 200 and manifest["seed"] == 3
+    assert (tmp_path / "r" / "truth" / "crosswalk.parquet").exists()
+
+    result = runner.invoke(app, ["synth", "omop", "--persons", "200", "--db", str(tmp_path / "o.duckdb"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.output)["rows"]["person"] == 200
+
+
+def test_region_refuses_a_foreign_directory(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["synth", "region", "--persons", "10", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "not a synthetic region" in result.output
