@@ -121,13 +121,11 @@ class Hl7Reader:
                       nhs_number=nhs, family=_field(pid, 5, 1), given=_field(pid, 5, 2),
                       birth_date=dob[:10] if dob else None, sex=_field(pid, 8), postcode=_field(pid, 11, 5),
                       line=number)
-        obr_time = None
-        current_obr_time = None
+        current_obr_time = None  # a result's date: OBX-14, else its OBR-7 collection time, else MSH-7
         for seg in msg:
             kind = str(seg[0])
             if kind == "OBR":
                 current_obr_time = hl7_timestamp(_field(seg, 7))
-                obr_time = obr_time or current_obr_time
             elif kind == "OBX":
                 self._obx(seg, control, person_ref, current_obr_time or message_time, number)
 

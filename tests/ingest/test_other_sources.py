@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
-import pytest
 
 from mercia.ingest.fhir import read_fhir
 from mercia.ingest.hl7v2 import read_hl7v2, split_messages
