@@ -587,7 +587,8 @@ def _rare_disease(writer: Writer, chunk: Chunk, seen: np.ndarray, xw: pa.Table, 
                                                        else "homozygous"}}}}]}}]
             packet["files"] = [{"uri": f"file://vcf/{pid}.vcf", "individualToFileIdentifiers": {pid: pid},
                                 "fileAttributes": {"genomeAssembly": "GRCh38", "fileFormat": "VCF"}}]
-            vcf = ("##fileformat=VCFv4.2\n##reference=GRCh38\n"
+            vcf = ("##fileformat=VCFv4.2\n"
+                   f"##fileDate={(EPOCH + dt.timedelta(days=seen_day)).strftime('%Y%m%d')}\n##reference=GRCh38\n"
                    '##INFO=<ID=GENE,Number=1,Type=String,Description="HGNC gene symbol">\n'
                    '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
                    f"#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t{pid}\n"
