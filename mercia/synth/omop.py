@@ -302,9 +302,20 @@ def load_truth(store: Store, out_dir: Path | str, tables: list[str] | None = Non
                 continue
             n = 0
             for part in sorted(folder.glob("part-*.parquet")):
-                n += store.insert_arrow(folder.name, pq.read_table(part))
+                table = pq.read_table(part)
+                if folder.name == "concept":
+                    table = _new_concepts(store, table)
+                n += store.insert_arrow(folder.name, table)
             counts[folder.name] = n
     return counts
+
+
+def _new_concepts(store: Store, table: pa.Table) -> pa.Table:
+    """The catalogue concepts a store's vocabulary does not hold yet (a full vocabulary has them all)."""
+    ids = table["concept_id"].to_pylist()
+    listed = ", ".join(map(str, ids))
+    present = {r[0] for r in store.query(f"SELECT concept_id FROM concept WHERE concept_id IN ({listed})")}
+    return table.filter(pa.array([i not in present for i in ids]))
 
 
 __all__ = ["CHUNK_PERSONS", "Organisations", "chunk_tables", "generate_chunks", "load_truth",

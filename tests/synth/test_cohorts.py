@@ -7,6 +7,7 @@ import pytest
 
 from mercia.cdm import Store
 from mercia.synth import generate_region, load_truth
+from mercia.synth.catalogue import concept_rows
 
 # 521 Asthma (317009 + descendants, incl. childhood asthma), 522 Coronary arteriosclerosis,
 # 553 Cerebrovascular accident, 456 Osteoporosis, 1262 Asthma or COPD.
@@ -19,13 +20,15 @@ def region_store(shared_data, tmp_path_factory):
     base = tmp_path_factory.mktemp("cohort_region")
     generate_region(base / "wm", persons=10_000, seed=21, error_rate=0.0)
     store = Store(str(base / "cdm.duckdb"))
-    load_truth(store, base / "wm")
-    # The vocabulary hierarchy (descendants) comes from the GiBleed vocabulary, as in a real
-    # deployment with Athena vocabularies; the region's own concept rows are already loaded.
+    store.init_schema()
+    # The vocabulary (with its hierarchy, for descendants) is GiBleed's, as a deployment would load
+    # Athena's; load_truth then adds only the catalogue concepts GiBleed lacks (COPD, T2DM, ...).
     gibleed = shared_data / "eunomia_gibleed"
     store.execute(f"INSERT INTO concept_ancestor SELECT * FROM read_csv('{gibleed / 'concept_ancestor.csv.gz'}')")
-    store.execute(f"""INSERT INTO concept SELECT * FROM read_csv('{gibleed / 'concept.csv.gz'}', header=true)
-                      WHERE concept_id NOT IN (SELECT concept_id FROM concept)""")
+    store.execute(f"INSERT INTO concept SELECT * FROM read_csv('{gibleed / 'concept.csv.gz'}', header=true)")
+    counts = load_truth(store, base / "wm")
+    assert 0 < counts["concept"] < len(concept_rows())     # GiBleed already held part of the catalogue
+    assert store.query_one("SELECT count(*) - count(DISTINCT concept_id) FROM concept") == 0
     yield store
     store.close()
 
