@@ -855,7 +855,6 @@ def materialise(name: str, query: exp.Query, dialect: str) -> list[str]:
             properties=exp.Properties(expressions=[exp.FileFormatProperty(this=exp.var("PARQUET"))]),
         )
         return [render(drop, dialect), render(create, dialect)]
-    drop = exp.Drop(tables=[exp.to_table(name)], kind="TABLE", exists=True)
     create = exp.Create(
         this=exp.to_table(name),
         kind="TABLE",
