@@ -19,7 +19,6 @@ from mercia.cohorts.model import CohortDefinitionError
 from mercia.cohorts.sqlexpr import (
     BIGINT,
     add_days,
-    and_,
     col,
     date_literal,
     days_between,
@@ -198,7 +197,8 @@ _TEXT_FILTERS: dict[str, str] = {
     "unique_device_id": "unique_device_id",
     "source_id": "specimen_source_id",
 }
-_WHOLE_NUMBER_COUNTS = {m.ProcedureOccurrence: True, m.DeviceExposure: True}
+# Circe compares these domains' Quantity as whole numbers (other quantities at 4 decimals)
+_WHOLE_NUMBER_QUANTITY = (m.ProcedureOccurrence, m.DeviceExposure)
 _PAYER_CONCEPTS = {
     "payer_concept": "payer_concept_id",
     "plan_concept": "plan_concept_id",
@@ -411,7 +411,7 @@ class CriteriaCompiler:
         for attr, (column, whole) in _NUMERIC_FILTERS.items():
             rng = getattr(c, attr, None)
             if rng is not None:
-                if attr == "quantity" and type(c) in _WHOLE_NUMBER_COUNTS:
+                if attr == "quantity" and isinstance(c, _WHOLE_NUMBER_QUANTITY):
                     whole = True
                 f.append(numeric_range(col(column, "C"), rng, whole))
         for attr, column in _TEXT_FILTERS.items():
@@ -551,4 +551,4 @@ def demographic_conditions(d: m.DemographicCriteria, events: str) -> list[exp.Ex
     return [x for x in f if x is not None]
 
 
-__all__ = ["CODESETS", "DOMAINS", "CriteriaCompiler", "and_", "demographic_conditions"]
+__all__ = ["CODESETS", "DOMAINS", "CriteriaCompiler", "demographic_conditions"]

@@ -52,11 +52,6 @@ def year_of(date: exp.Expression) -> exp.Expression:
     return exp.Year(this=date)
 
 
-def and_(*conditions: exp.Expression | None) -> exp.Expression | None:
-    present = [c for c in conditions if c is not None]
-    return exp.and_(*present, copy=False) if present else None
-
-
 def in_list(expr: exp.Expression, values: list[int], negate: bool = False) -> exp.Expression:
     cond = exp.In(this=expr, expressions=[num(v) for v in values])
     return exp.not_(cond, copy=False) if negate else cond
