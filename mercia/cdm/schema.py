@@ -578,4 +578,5 @@ CDM_TABLES: dict[str, Table] = _parse(_SPEC)
 VOCABULARY_TABLES = [t for t in CDM_TABLES.values() if t.group == "vocabulary"]
 # Mercia-owned tables derived from concept/concept_synonym (the search index of mercia.vocab.search).
 # Not part of the CDM: the loader drops them whenever it replaces those tables, so they are rebuilt.
-VOCABULARY_CACHE_TABLES = ("mercia_concept_search", "mercia_concept_search_words", "mercia_concept_search_state")
+VOCABULARY_CACHE_TABLES = ("mercia_concept_search", "mercia_concept_search_words", "mercia_concept_search_state",
+                           "mercia_concept_search_build")

@@ -5,14 +5,16 @@ then the start of a word, then anywhere, then all words in any order — and wit
 standard concepts first, then shorter names.
 
 It reads two Mercia-owned tables built from ``concept`` and ``concept_synonym``:
-``mercia_concept_search`` holds one row per (word, lower-cased name or synonym) sorted by word,
-with the concept's vocabulary and flags copied in, and ``mercia_concept_search_words`` is its
-dictionary (word, number of rows).  Ranks 0-2 (exact, prefix, word start) all begin at the start
-of a word, so one range scan over the words that start with the first search word finds them;
+``mercia_concept_search_words`` is the dictionary (word, ``word_id`` in the words' sort order, rows)
+and ``mercia_concept_search`` holds one row per (word, lower-cased name or synonym) sorted by
+``word_id``, with the concept's vocabulary and flags and the id of the term's first word copied in.
+Ranks 0-2 (exact, prefix, word start) all begin at the start of a word, so one ``word_id`` range
+(the words starting with the first search word) finds them;
 ranks 3-4 (inside a word, words in any order) are looked for only if the first ranks do not fill
-the limit, through the dictionary words containing the rarest search word.  Every candidate is
-then checked against the full text, so the index narrows the search but never changes the answer
-(``use_index=False`` computes the same ranking straight from the vocabulary tables).
+the limit, through the dictionary words containing the rarest search word.  Multi-word candidates
+are checked against the full text; a one-word search is ranked from the word ids alone.  The index
+narrows the search but never changes the answer (``use_index=False`` computes the same ranking
+straight from the vocabulary tables, and the tests compare the two).
 
 The tables are rebuilt when ``concept`` or ``concept_synonym`` change: the loader drops them
 (``mercia.cdm.schema.VOCABULARY_CACHE_TABLES``) and a cheap signature (row counts, max id)
@@ -31,6 +33,7 @@ from mercia.cdm.store import Store, StoreError
 SEARCH_TABLE = "mercia_concept_search"
 WORDS_TABLE = "mercia_concept_search_words"
 STATE_TABLE = "mercia_concept_search_state"
+BUILD_TABLE = "mercia_concept_search_build"
 MATCH_RANKS = ["exact", "prefix", "word", "substring", "all words"]
 MAPS_TO_SCHEMA = pa.schema([("source_code", pa.string()), ("source_concept_id", pa.int64()),
                             ("target_concept_id", pa.int64()), ("target_concept_name", pa.string()),
@@ -73,17 +76,26 @@ def refresh_search_index(store: Store, force: bool = False) -> bool:
     if not force and search_index_is_fresh(store):
         return False
     with store.transaction():
-        for table in (SEARCH_TABLE, WORDS_TABLE, STATE_TABLE):
+        for table in (SEARCH_TABLE, WORDS_TABLE, STATE_TABLE, BUILD_TABLE):
             store.execute(f"DROP TABLE IF EXISTS {table}")
-        store.execute(f"""CREATE TABLE {SEARCH_TABLE} AS
+        store.execute(f"""CREATE TABLE {BUILD_TABLE} AS
             SELECT * FROM (SELECT unnest(string_to_array(term, ' ')) AS word, concept_id, term, vocabulary_id,
                                   is_standard, is_valid, name_length FROM ({_TERMS_SQL}) t) w
-            WHERE word <> '' ORDER BY word""")
-        store.execute(f"CREATE TABLE {WORDS_TABLE} AS SELECT word, count(*) AS terms FROM {SEARCH_TABLE} "
-                      "GROUP BY word ORDER BY word")
-        if store.dialect == "postgres":  # DuckDB's zone maps already prune the sorted words
-            store.execute(f"CREATE INDEX ON {SEARCH_TABLE} (word text_pattern_ops)")
-            store.execute(f"CREATE INDEX ON {SEARCH_TABLE} (word)")
+            WHERE word <> ''""")
+        # Word ids follow the words' sort order, so the words sharing a prefix are one id range.
+        store.execute(f"CREATE TABLE {WORDS_TABLE} AS SELECT word, CAST(row_number() OVER (ORDER BY word) AS INTEGER) "
+                      f"AS word_id, count(*) AS terms FROM {BUILD_TABLE} GROUP BY word ORDER BY word")
+        # The term's first word (and whether that is all of it) lets a one-word search rank
+        # exact / prefix / word-start matches without reading the text.
+        store.execute(f"CREATE TABLE {SEARCH_TABLE} AS SELECT d.word_id, f.word_id AS first_word_id, "
+                      f"b.term = split_part(b.term, ' ', 1) AS is_single_word, b.concept_id, b.term, "
+                      f"b.vocabulary_id, b.is_standard, b.is_valid, b.name_length FROM {BUILD_TABLE} b "
+                      f"JOIN {WORDS_TABLE} d ON d.word = b.word "
+                      f"LEFT JOIN {WORDS_TABLE} f ON f.word = split_part(b.term, ' ', 1) ORDER BY d.word_id")
+        store.execute(f"DROP TABLE {BUILD_TABLE}")
+        if store.dialect == "postgres":  # DuckDB's zone maps already prune the sorted ids
+            store.execute(f"CREATE INDEX ON {SEARCH_TABLE} (word_id)")
+            store.execute(f"CREATE INDEX ON {WORDS_TABLE} (word text_pattern_ops)")
         concept_rows, synonym_rows, max_id = _signature(store)
         store.execute(f"CREATE TABLE {STATE_TABLE} AS SELECT CAST({int(concept_rows)} AS BIGINT) AS concept_rows, "
                       f"CAST({int(synonym_rows)} AS BIGINT) AS synonym_rows, "
@@ -144,22 +156,31 @@ def search(store: Store, text: str, vocabulary: str | None = None, limit: int = 
     if not use_index:
         hits = ranked(f"({_TERMS_SQL}) t", "TRUE", [], f"({all_words})", word_params, limit)
     else:
-        first = _like_escape(words[0])
-        starts = [f"word LIKE {p} {_ESCAPE}"]
-        start_params: list[Any] = [first + "%"]
-        if store.dialect == "duckdb":  # a range on the sorted words lets DuckDB skip row groups
-            starts += [f"word >= {p}", f"word < {p}"]
-            start_params += [words[0], words[0] + _LAST_CHARACTER]
-        hits = ranked(SEARCH_TABLE, " AND ".join(starts), start_params,
-                      f"(term LIKE {p} {_ESCAPE} OR term LIKE {p} {_ESCAPE})",
-                      [escaped + "%", "% " + escaped + "%"], limit)
+        span = store.query(f"SELECT min(word_id), max(word_id) FROM {WORDS_TABLE} WHERE {_prefix_sql(store)}",
+                           _prefix_params(store, words[0]))[0]
+        if span[0] is None:
+            hits = []
+        elif len(words) == 1:
+            exact = store.query_one(f"SELECT word_id FROM {WORDS_TABLE} WHERE word = {p}", [needle])
+            hits = store.query(
+                f"SELECT concept_id, min(CASE WHEN is_single_word AND first_word_id = {p} THEN 0 "
+                f"WHEN first_word_id BETWEEN {p} AND {p} THEN 1 ELSE 2 END) AS match_rank, is_standard, name_length "
+                f"FROM {SEARCH_TABLE} WHERE word_id BETWEEN {p} AND {p} AND {' AND '.join(filters)} "
+                f"GROUP BY concept_id, is_standard, name_length "
+                f"ORDER BY match_rank, is_standard DESC, name_length, concept_id LIMIT {int(limit)}",
+                [-1 if exact is None else exact, *span, *span, *filter_params])
+        else:
+            hits = ranked(SEARCH_TABLE, f"word_id BETWEEN {p} AND {p}", list(span),
+                          f"(term LIKE {p} {_ESCAPE} OR term LIKE {p} {_ESCAPE})",
+                          [escaped + "%", "% " + escaped + "%"], limit)
         if len(hits) < limit:
-            hits += _inside_words(store, ranked, words, all_words, word_params, [h[0] for h in hits], limit - len(hits))
+            hits += _inside_words(store, ranked, words, all_words, word_params, [h[0] for h in hits],
+                                  limit - len(hits), " AND ".join(filters), filter_params)
     return _describe(store, [(h[0], h[1]) for h in hits])
 
 
 def _inside_words(store: Store, ranked, words: list[str], all_words: str, word_params: list[str],
-                  found: list[int], n: int) -> list[tuple]:
+                  found: list[int], n: int, filters: str, filter_params: list) -> list[tuple]:
     """Ranks 3-4: rows with a word containing the rarest search word, checked against all words."""
     p = _p(store)
     frequency = []
@@ -170,12 +191,30 @@ def _inside_words(store: Store, ranked, words: list[str], all_words: str, word_p
             return []  # a search word found nowhere: no concept can hold all of them
         frequency.append((int(count), word))
     rarest = min(frequency)[1]
-    narrow = f"word IN (SELECT word FROM {WORDS_TABLE} WHERE word LIKE {p} {_ESCAPE})"
+    narrow = f"word_id IN (SELECT word_id FROM {WORDS_TABLE} WHERE word LIKE {p} {_ESCAPE})"
     params: list[Any] = ["%" + _like_escape(rarest) + "%"]
     if found:
         narrow += f" AND NOT (concept_id = ANY({p}))"
         params.append(found)
-    return ranked(SEARCH_TABLE, narrow, params, f"({all_words})", word_params, n)
+    if len(words) > 1:
+        return ranked(SEARCH_TABLE, narrow, params, f"({all_words})", word_params, n)
+    # One search word: a row whose word contains it holds it, and every better match (ranks 0-2) is
+    # already among ``found``, so each candidate is a substring match and its text need not be read.
+    return store.query(f"SELECT concept_id, 3 AS match_rank, is_standard, name_length FROM {SEARCH_TABLE} "
+                       f"WHERE {narrow} AND {filters} GROUP BY concept_id, is_standard, name_length "
+                       f"ORDER BY is_standard DESC, name_length, concept_id LIMIT {int(n)}", params + filter_params)
+
+
+def _prefix_sql(store: Store) -> str:
+    p = _p(store)
+    if store.dialect == "duckdb":  # a range on the sorted words lets DuckDB skip row groups
+        return f"word LIKE {p} {_ESCAPE} AND word >= {p} AND word < {p}"
+    return f"word LIKE {p} {_ESCAPE}"
+
+
+def _prefix_params(store: Store, word: str) -> list[str]:
+    pattern = _like_escape(word) + "%"
+    return [pattern, word, word + _LAST_CHARACTER] if store.dialect == "duckdb" else [pattern]
 
 
 def _describe(store: Store, hits: list[tuple[int, int]]) -> list[dict[str, Any]]:
