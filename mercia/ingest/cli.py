@@ -86,3 +86,24 @@ def region(directory: Path = typer.Argument(..., exists=True, file_okay=False, h
 
         ingest_region(store, directory, opt_out=opt_out, link=link, on_extract=done)
     _report(summaries, as_json)
+
+
+@app.command()
+def link(db: str = DB, threshold: float = typer.Option(None, help="match probability (default 0.99)"),
+         as_json: bool = JSON) -> None:
+    """Probabilistic linkage across every organisation loaded so far (after single-extract loads)."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+
+    from mercia.cdm import Store
+    from mercia.linkage.probabilistic import DEFAULT_THRESHOLD, link_store
+
+    with Store.open(db) as store:
+        result = link_store(store, threshold or DEFAULT_THRESHOLD)
+    if as_json:
+        import orjson
+        typer.echo(orjson.dumps(asdict(result)).decode())
+    else:
+        Console().print(f"{result.records} organisation records: {result.persons_before} persons before, "
+                        f"{result.persons_after} after ({result.probabilistic_links} probabilistic links)")

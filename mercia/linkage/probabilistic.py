@@ -100,8 +100,14 @@ def score_pairs(records: pa.Table, threshold: float = DEFAULT_THRESHOLD,
     if _has_labels(records):
         linker.training.estimate_m_from_label_column("nhs")
     else:  # no NHS numbers at all: unsupervised EM, blocking on each side in turn
-        linker.training.estimate_parameters_using_expectation_maximisation(block_on("tok_dob"))
-        linker.training.estimate_parameters_using_expectation_maximisation(block_on("tok_surname"))
+        from splink.internals.exceptions import EMTrainingException
+        try:
+            linker.training.estimate_parameters_using_expectation_maximisation(block_on("tok_dob"))
+            linker.training.estimate_parameters_using_expectation_maximisation(block_on("tok_surname"))
+        except EMTrainingException:  # too few records to learn from: link nothing rather than guess
+            return pa.table({"unique_id_l": pa.array([], pa.int64()), "unique_id_r": pa.array([], pa.int64()),
+                             "match_probability": pa.array([], pa.float64()),
+                             "nhs_l": pa.array([], pa.string()), "nhs_r": pa.array([], pa.string())})
     predictions = linker.inference.predict(threshold_match_probability=threshold)
     table = predictions.as_duckdbpyrelation().select(
         "unique_id_l, unique_id_r, match_probability, nhs_l, nhs_r").to_arrow_table()

@@ -23,6 +23,10 @@ def test_ingest_purge_and_dq_report_commands(shared_data, tmp_path):
     result = runner.invoke(app, ["ingest", "csv", str(tmp_path), "--org", "R9A", "--db", db])
     assert result.exit_code != 0 and "--mapping" in result.output
 
+    result = runner.invoke(app, ["ingest", "link", "--db", db, "--json"])
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.output)["records"] == 7  # 2 UK Core patients + 5 HL7 patients
+
     html = tmp_path / "dq.html"
     result = runner.invoke(app, ["dq", "report", "--db", db, "--org", "R9P", "--json", "--html", str(html)])
     assert result.exit_code == 0, result.output
