@@ -84,7 +84,7 @@ def fhir_naive(folder: Path, workdir: Path) -> dict:
 def linkage(persons: int, workdir: Path) -> dict:
     from mercia.cdm import Store
     from mercia.ingest.load import load_staged
-    from mercia.ingest.staging import PERSON_SCHEMA, Staged
+    from mercia.ingest.staging import Staged
     from mercia.linkage.evaluate import pairwise_quality, simulated_demographics
     from mercia.linkage.probabilistic import link_store
 
@@ -97,10 +97,9 @@ def linkage(persons: int, workdir: Path) -> dict:
     for copy, org in enumerate(("M90001", "R9A")):
         staged = Staged(f"simulated-{org}")
         lo, hi = copy * persons, (copy + 1) * persons
-        for name in PERSON_SCHEMA.names:
-            staged.persons.data[name] = columns[name][lo:hi] if name in columns else [None] * persons
-        staged.persons.data["record"] = [f"Patient/{r}" for r in columns["person_ref"][lo:hi]]
-        staged.persons.data["record_hash"] = ["v1"] * persons
+        staged.persons.extend({**{name: values[lo:hi] for name, values in columns.items()},
+                               "record": [f"Patient/{r}" for r in columns["person_ref"][lo:hi]],
+                               "record_hash": ["v1"] * persons}, persons)
         staged.read = persons
         load_staged(store, staged, org, "fhir", opts)
     load = time.perf_counter() - t0

@@ -18,7 +18,7 @@ import duckdb
 import pyarrow as pa
 import yaml
 
-from mercia.ingest.staging import EVENT_SCHEMA, PERSON_SCHEMA, Staged
+from mercia.ingest.staging import EVENT_SCHEMA, PERSON_SCHEMA, Columns, Staged
 
 MAPPINGS_DIR = Path(__file__).with_name("mappings")
 _DATE_FIELDS = {"birth_date", "start", "end", "death_date"}
@@ -130,7 +130,8 @@ class CsvReader:
             self._stage(directory, entry, f"events[{i}]", EVENT_SCHEMA, self.staged.events, entry.get("kind"))
         return self.staged
 
-    def _stage(self, directory: Path, entry: dict, context: str, schema: pa.Schema, target, kind: str | None) -> None:
+    def _stage(self, directory: Path, entry: dict, context: str, schema: pa.Schema, target: Columns,
+               kind: str | None) -> None:
         main, clause, row_hash = self._from(directory, entry)
         fields = [f for f in schema.names if f not in ("record_hash", "line", "kind", "record")]
         select = self._select(entry, main, fields, f"{entry['source']} {context}")
@@ -148,11 +149,9 @@ class CsvReader:
             self.counted.add(main)
             self.staged.read += self.con.execute(f'SELECT count(*) FROM "{main}"').fetchall()[0][0]
         data = rows.to_pydict()
-        n = rows.num_rows
         if kind != "Person":
-            data["kind"] = [kind] * n
-        for name in schema.names:
-            target.data[name].extend(data.get(name, [None] * n))
+            data["kind"] = [kind] * rows.num_rows
+        target.extend(data, rows.num_rows)
 
 
 def load_mapping(name_or_path: str | Path) -> dict[str, Any]:

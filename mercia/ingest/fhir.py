@@ -399,7 +399,7 @@ class FhirReader:
     def _resolve_deferred(self) -> None:
         """Medication references and conditional Patient references that needed every file."""
         events = self.staged.events.data
-        keep = [True] * len(events["record"])
+        dropped: list[int] = []
         for i, vocab in enumerate(events["vocabulary"]):
             if vocab == "?Medication":
                 med_id = events["code"][i]
@@ -407,18 +407,16 @@ class FhirReader:
                 if not resolved or resolved[1] is None:
                     self.staged.reject(events["record"][i], "medicationReference",
                                        "medication reference not resolved to a coded Medication", events["line"][i])
-                    keep[i] = False
+                    dropped.append(i)
                     continue
                 events["vocabulary"][i], events["code"][i] = resolved
                 events["also_record"][i] = f"Medication/{med_id}"
         for i, ref in enumerate(events["person_ref"]):
             if ref and ref.startswith("?") and ref[1:] in self.patient_identifiers:
                 events["person_ref"][i] = self.patient_identifiers[ref[1:]]
-        for i in range(len(keep) - 1, -1, -1):
-            if not keep[i]:
-                for column in events.values():
-                    del column[i]
-        used = {r.split("/", 1)[1] for r in events["also_record"] if r}
+        if dropped:
+            self.staged.events.drop(dropped)
+        used = {r.split("/", 1)[1] for r in self.staged.events.data["also_record"] if r}
         for med_id in self.medications:
             if med_id not in used:
                 self.staged.reject(f"Medication/{med_id}", None,

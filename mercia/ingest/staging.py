@@ -49,18 +49,48 @@ def content_hash(data: bytes) -> str:
 
 
 class Columns:
-    """Column lists filled row by row by a reader, turned into one Arrow table at the end."""
+    """Column lists filled row by row by a reader, turned into one Arrow table at the end.
+
+    ``add`` touches only the fields given (readers give a third of them), padding a column with
+    nulls when it is next written; ``data`` returns the columns aligned.
+    """
 
     def __init__(self, schema: pa.Schema):
         self.schema = schema
-        self.data: dict[str, list] = {name: [] for name in schema.names}
+        self._columns: dict[str, list] = {name: [] for name in schema.names}
+        self._rows = 0
 
     def add(self, **values) -> None:
+        rows = self._rows
+        for name, value in values.items():
+            column = self._columns[name]
+            if len(column) < rows:
+                column.extend([None] * (rows - len(column)))
+            column.append(value)
+        self._rows = rows + 1
+
+    @property
+    def data(self) -> dict[str, list]:
+        for column in self._columns.values():
+            if len(column) < self._rows:
+                column.extend([None] * (self._rows - len(column)))
+        return self._columns
+
+    def extend(self, columns: dict[str, list], rows: int) -> None:
+        """Append ``rows`` rows given as column lists (missing columns are null)."""
+        data = self.data
+        for name, column in data.items():
+            column.extend(columns.get(name) or [None] * rows)
+        self._rows += rows
+
+    def drop(self, positions: list[int]) -> None:
+        doomed = set(positions)
         for name, column in self.data.items():
-            column.append(values.get(name))
+            self._columns[name] = [v for i, v in enumerate(column) if i not in doomed]
+        self._rows -= len(doomed)
 
     def __len__(self) -> int:
-        return len(self.data[self.schema.names[0]])
+        return self._rows
 
     def table(self) -> pa.Table:
         return pa.table(self.data, schema=self.schema)
@@ -85,6 +115,5 @@ class Staged:
     def merge(self, other: Staged) -> None:
         self.read += other.read
         for name in ("persons", "events", "sites", "rejects"):
-            mine, theirs = getattr(self, name), getattr(other, name)
-            for col, values in theirs.data.items():
-                mine.data[col].extend(values)
+            theirs = getattr(other, name)
+            getattr(self, name).extend(theirs.data, len(theirs))
