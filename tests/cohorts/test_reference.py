@@ -33,7 +33,7 @@ def expected(reference_dir: Path):
 
 
 @pytest.fixture(
-    params=["duckdb", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])], scope="module"
+    params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)], scope="module"
 )
 def gibleed_engine(request):
     return request.getfixturevalue(f"cohort_gibleed_{request.param}")
