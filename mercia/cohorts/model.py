@@ -21,7 +21,7 @@ class CohortDefinitionError(ValueError):
 
 class CirceModel(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", populate_by_name=True, alias_generator=to_pascal, validate_assignment=True
+        extra="forbid", populate_by_name=True, strict=True, alias_generator=to_pascal, validate_assignment=True
     )
 
 
@@ -59,7 +59,7 @@ class TextFilter(CirceModel):
 
 
 class Concept(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
     concept_id: int = Field(alias="CONCEPT_ID")
     concept_name: str | None = Field(default=None, alias="CONCEPT_NAME")
     standard_concept: str | None = Field(default=None, alias="STANDARD_CONCEPT")
@@ -95,7 +95,7 @@ class Period(CirceModel):
 
 # -- concept sets -----------------------------------------------------------------------------
 class ConceptSetItem(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
     concept: Concept
     is_excluded: bool = Field(default=False, alias="isExcluded")
     include_descendants: bool = Field(default=False, alias="includeDescendants")
@@ -103,12 +103,12 @@ class ConceptSetItem(BaseModel):
 
 
 class ConceptSetExpression(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
     items: list[ConceptSetItem] = Field(default_factory=list)
 
 
 class ConceptSet(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
     id: int
     name: str | None = None
     expression: ConceptSetExpression = Field(default_factory=ConceptSetExpression)
@@ -491,7 +491,7 @@ class CriteriaGroup(CirceModel):
 
 
 class InclusionRule(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
     name: str | None = None
     description: str | None = None
     expression: CriteriaGroup = Field(default_factory=CriteriaGroup)

@@ -49,6 +49,10 @@ MINIMAL = {
             lambda d: d["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"].update(CodesetId=7),
             "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.CodesetId: concept set 7 is not defined",
         ),
+        (
+            lambda d: d["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"].update(First="yes"),
+            "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.First: Input should be a valid boolean",
+        ),
         (lambda d: d.update(EndStrategy={}), "$.EndStrategy"),
         (
             lambda d: d.update(InclusionRules=[{"name": "r", "expression": {"Type": "AT_LEAST", "CriteriaList": []}}]),
