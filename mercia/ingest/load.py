@@ -567,12 +567,22 @@ def rebuild_person_rows(store: Store, person_ids: pa.Table) -> None:
     store.insert_arrow("mercia_tmp_persons", person_ids)
     for table in ("person", "death", "observation_period"):
         store.execute(f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM mercia_tmp_persons)")
+    # one location per LSOA (the postcode itself is never kept): location_source_value = LSOA code
+    next_location = _max_id(store, "location", "location_id")
+    store.execute(f"""
+        INSERT INTO location (location_id, location_source_value, country_source_value)
+        SELECT {next_location} + row_number() OVER (ORDER BY lsoa), lsoa, 'England' FROM (
+            SELECT DISTINCT lsoa FROM mercia_person_link WHERE lsoa IS NOT NULL
+              AND person_id IN (SELECT person_id FROM mercia_tmp_persons)
+              AND lsoa NOT IN (SELECT location_source_value FROM location
+                               WHERE location_source_value IS NOT NULL)) new_lsoa""")
     store.execute("""
         INSERT INTO person (person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth,
             birth_datetime, race_concept_id, ethnicity_concept_id, person_source_value, gender_source_value,
-            race_source_value)
+            race_source_value, location_id)
         SELECT person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth, birth_datetime, 0, 0,
-               left(COALESCE(nhs_pseudonym, source_pseudonym), 50), gender_source_value, race_source_value
+               left(COALESCE(nhs_pseudonym, source_pseudonym), 50), gender_source_value, race_source_value,
+               (SELECT min(location_id) FROM location WHERE location_source_value = x.lsoa)
         FROM (SELECT l.*, row_number() OVER (PARTITION BY person_id ORDER BY (nhs_status = 'valid') DESC,
                      load_id, org, source_pseudonym) AS rn
               FROM mercia_person_link l WHERE person_id IN (SELECT person_id FROM mercia_tmp_persons)) x

@@ -118,6 +118,8 @@ def test_imd_decile_kept_and_postcode_dropped(store, shared_data, options, tmp_p
     ingest(store, "fhir", shared_data / "fhir/ukcore_examples/json", "RR8", options=options)
     rows = store.query("SELECT year_of_birth, lsoa, imd_decile FROM mercia_person_link ORDER BY 1")
     assert (2021, "E01033002", 9) in rows  # the baby lives at LS8 3DR
+    assert store.query("""SELECT l.location_source_value FROM person p JOIN location l USING (location_id)
+                          WHERE p.year_of_birth = 2021""") == [("E01033002",)]
 
 
 def patient(pid: str, nhs: str, birth: str) -> dict:
