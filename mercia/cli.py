@@ -1,10 +1,26 @@
-"""The ``mercia`` command: a thin root that mounts each capability's own commands."""
+"""The ``mercia`` command: a thin root that mounts each capability's own commands.
+
+Each capability owns its command group in ``mercia/<capability>/cli.py``; those modules import
+their heavy dependencies inside the commands so that ``mercia --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import typer
 
 from mercia import __version__
+from mercia.analytics.cli import app as analytics_app
+from mercia.cdm.cli import app as db_app
+from mercia.cohorts.cli import app as cohort_app
+from mercia.demo import demo
+from mercia.governance.cli import app as audit_app
+from mercia.ingest.cli import app as ingest_app
+from mercia.privacy.cli import app as privacy_app
+from mercia.quality.cli import app as dq_app
+from mercia.raredisease.cli import app as raredisease_app
+from mercia.synth.cli import app as synth_app
+from mercia.vocab.cli import app as vocab_app
+from mercia.web.cli import serve
 
 app = typer.Typer(name="mercia", help="Mercia: clinical research data platform (OMOP CDM).",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -16,41 +32,15 @@ def version() -> None:
     typer.echo(__version__)
 
 
-# Each capability owns its command group in mercia/<capability>/cli.py.  Those modules import
-# their heavy dependencies inside the commands so that `mercia --help` stays fast.
-
-from mercia.cdm.cli import app as db_app  # noqa: E402
-
+app.command("demo")(demo)
+app.command("serve")(serve)
 app.add_typer(db_app, name="db")
-from mercia.vocab.cli import app as vocab_app  # noqa: E402
-
 app.add_typer(vocab_app, name="vocab")
-from mercia.raredisease.cli import app as raredisease_app  # noqa: E402
-
-app.add_typer(raredisease_app, name="raredisease")
-from mercia.analytics.cli import app as analytics_app  # noqa: E402
-
-app.add_typer(analytics_app, name="analyse")
-from mercia.cohorts.cli import app as cohort_app  # noqa: E402
-
-app.add_typer(cohort_app, name="cohort")
-
-from mercia.governance.cli import app as audit_app  # noqa: E402
-
-app.add_typer(audit_app, name="audit")
-from mercia.synth.cli import app as synth_app  # noqa: E402
-
 app.add_typer(synth_app, name="synth")
-from mercia.ingest.cli import app as ingest_app  # noqa: E402
-from mercia.privacy.cli import app as privacy_app  # noqa: E402
-from mercia.quality.cli import app as dq_app  # noqa: E402
-
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(dq_app, name="dq")
-
-from mercia.demo import demo  # noqa: E402
-from mercia.web.cli import serve  # noqa: E402
-
-app.command("serve")(serve)
-app.command("demo")(demo)
+app.add_typer(cohort_app, name="cohort")
+app.add_typer(analytics_app, name="analyse")
+app.add_typer(raredisease_app, name="raredisease")
+app.add_typer(audit_app, name="audit")
