@@ -377,7 +377,7 @@ def _check_tsv_safe(store: Store, table: Table) -> None:
     text = [c.name for c in table.columns if c.sql_type == "VARCHAR"]
     if not text:
         return
-    counts = store.query(f"SELECT " + ", ".join(
+    counts = store.query("SELECT " + ", ".join(
         f"count(*) FILTER (WHERE strpos({quote(c)}, chr(9)) + strpos({quote(c)}, chr(10)) "
         f"+ strpos({quote(c)}, chr(13)) > 0)" for c in text) + f" FROM {quote(table.name)}")[0]
     offending = [c for c, n in zip(text, counts) if n]

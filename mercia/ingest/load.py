@@ -248,7 +248,7 @@ class _Load:
                 n in self.opted_out_nhs or p in self.stored_opt_outs for n, p in zip(cond_nhs, cond_pseudonyms)],
         }, schema=pa.schema([("person_ref", pa.string()), ("source_pseudonym", pa.string()),
                              ("nhs_pseudonym", pa.string()), ("opted_out", pa.bool_())])))
-        self.con.execute(f"""
+        self.con.execute("""
             CREATE TABLE events AS
             SELECT e.*, k.source_record, v.source_record AS visit_record, a.source_record AS also_source_record,
                    st.source_record AS site_record, r.opted_out,
@@ -365,7 +365,7 @@ class _Load:
         links = _table_from_query(con, "SELECT * EXCLUDE (source_record) FROM new_links")
         store.insert_arrow("mercia_person_link", links)
         self.rows["person_link"] += links.num_rows
-        provenance = [_table_from_query(con, f"""
+        provenance = [_table_from_query(con, """
             SELECT 'person' AS cdm_table, person_id AS row_id, source_record, record_hash FROM new_links""")]
         # sites
         next_site = _max_id(store, "care_site", "care_site_id")

@@ -248,7 +248,7 @@ def _disease_tables(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         SELECT CAST(CASE vocabulary_id {offsets} END + CAST(concept_code AS BIGINT) AS BIGINT) AS concept_id,
                concept_code, mode(disease_name) AS concept_name, vocabulary_id
         FROM annotations GROUP BY vocabulary_id, concept_code""")
-    con.execute(f"""
+    con.execute("""
         CREATE TABLE disease_phenotypes AS
         SELECT DISTINCT d.concept_id AS disease_id, t.concept_id AS hpo_id
         FROM annotations a

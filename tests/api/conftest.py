@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from api_world import build_world
+from tests.api.api_world import build_world
 from argon2 import PasswordHasher
 
 

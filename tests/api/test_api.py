@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api_world import FUTURE, GI_BLEED, PASSWORD, circe
+from tests.api.api_world import FUTURE, GI_BLEED, PASSWORD, circe
 
 
 def run(world, headers, cohort_id):

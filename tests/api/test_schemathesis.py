@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from api_world import build_world
+from tests.api.api_world import build_world
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 

@@ -12,30 +12,18 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+import tests.conftest as root_conftest
 from mercia.cdm import Store
 from mercia.cdm.schema import CDM_TABLES
 from mercia.cohorts import CohortExpression, build_plan, run_cohort
 from mercia.cohorts.compiler import materialise, render
 
 
-def _root_conftest():
-    """The suite's shared helpers (tests/ is not a package, and every conftest is named alike)."""
-    import importlib.util
-    import sys
 
-    name = "mercia_root_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-SHARED_REFERENCE = _root_conftest().SHARED_DATA / "ohdsi_reference"
-drop_store = _root_conftest().drop_store
-engine_missing = _root_conftest().engine_missing
-postgres_url = _root_conftest().postgres_url
+SHARED_REFERENCE = root_conftest.SHARED_DATA / "ohdsi_reference"
+drop_store = root_conftest.drop_store
+engine_missing = root_conftest.engine_missing
+postgres_url = root_conftest.postgres_url
 
 _ARROW = {
     "int": pa.int64(),

@@ -201,7 +201,7 @@ def test_clean_region_extracts_carry_every_true_event_once(tmp_path):
         "Condition": f"SELECT count(*) FROM condition_occurrence WHERE visit_occurrence_id IN {gp_visits}",
         "MedicationRequest": "SELECT count(*) FROM drug_exposure",
         "Encounter": f"SELECT count(*) FROM {gp_visits}",
-        "Observation": f"SELECT count(*) FROM measurement WHERE measurement_type_concept_id = 32817",
+        "Observation": "SELECT count(*) FROM measurement WHERE measurement_type_concept_id = 32817",
         "diagnoses": f"SELECT count(*) FROM condition_occurrence WHERE visit_occurrence_id IN {trust_visits}",
         "encounters": f"SELECT count(*) FROM {trust_visits}",
         "procedures": f"SELECT count(*) FROM procedure_occurrence WHERE visit_occurrence_id IN {trust_visits}",

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,19 +10,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+import tests.conftest as root_conftest
+
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 
-
-def _root_conftest():
-    """The suite's shared helpers (tests/ is not a package, and every conftest is named alike)."""
-    name = "mercia_root_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +67,7 @@ def live_server(app):
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        _root_conftest().engine_missing("Chromium not installed (apt-get install chromium)")
+        root_conftest.engine_missing("Chromium not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
