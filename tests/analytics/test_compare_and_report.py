@@ -14,6 +14,7 @@ from mercia.analytics.compare import compare, smd_continuous
 from mercia.analytics.report import render_html, write_charts
 from mercia.cli import app
 from mercia.privacy.disclosure import DisclosureError, Kind, smd_binary
+from tests.conftest import engine_missing
 
 
 @pytest.fixture
@@ -112,7 +113,7 @@ def test_report_renders_in_headless_chromium(two_cohorts, tmp_path):
         pytest.skip("rendering does not depend on the engine; run once")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("Chromium not installed (CI installs it)")
+        engine_missing("Chromium not installed (apt-get install chromium)")
     page = tmp_path / "report.html"
     page.write_text(render_html(compare(two_cohorts, 1, 2, domains=["condition"])))
     shot = tmp_path / "report.png"
