@@ -108,14 +108,20 @@ def gibleed_dir(shared_data) -> Path:
     return shared_data / "eunomia_gibleed"
 
 
+def load_gibleed_duckdb(path: Path, gibleed_dir: Path) -> Store:
+    """A DuckDB store at ``path`` holding GiBleed: for suites that write and need their own copy."""
+    from mercia.cdm.loader import load_omop_directory
+
+    s = Store(str(path))
+    s.init_schema()
+    load_omop_directory(s, gibleed_dir)
+    return s
+
+
 @pytest.fixture(scope="session")
 def gibleed_store(gibleed_dir, tmp_path_factory):
     """The Eunomia GiBleed CDM loaded once into DuckDB; treat it as read-only."""
-    from mercia.cdm.loader import load_omop_directory
-
-    s = Store(str(tmp_path_factory.mktemp("gibleed") / "gibleed.duckdb"))
-    s.init_schema()
-    load_omop_directory(s, gibleed_dir)
+    s = load_gibleed_duckdb(tmp_path_factory.mktemp("gibleed") / "gibleed.duckdb", gibleed_dir)
     yield s
     s.close()
 

@@ -13,8 +13,8 @@ from mercia.analytics.compare import compare
 from mercia.analytics.incidence import incidence
 from mercia.analytics.report import render_html
 from mercia.analytics.survival import survival
-from mercia.cdm import Store
 from mercia.privacy.disclosure import round_to
+from tests.conftest import load_gibleed_duckdb
 
 OSTEOARTHRITIS, ASPIRIN, INPATIENT = 1184, 1158, 23
 
@@ -22,11 +22,7 @@ OSTEOARTHRITIS, ASPIRIN, INPATIENT = 1184, 1158, 23
 @pytest.fixture(scope="module")
 def gibleed(gibleed_dir, shared_data, tmp_path_factory):
     """Our own GiBleed copy (the shared fixture is read-only) with reference cohort rows loaded."""
-    from mercia.cdm.loader import load_omop_directory
-
-    store = Store(str(tmp_path_factory.mktemp("gibleed_analytics") / "cdm.duckdb"))
-    store.init_schema()
-    load_omop_directory(store, gibleed_dir)
+    store = load_gibleed_duckdb(tmp_path_factory.mktemp("gibleed_analytics") / "cdm.duckdb", gibleed_dir)
     reference = shared_data / "ohdsi_reference"
     for cohort_id in (OSTEOARTHRITIS, ASPIRIN, INPATIENT):
         rows = pa_csv.read_csv(reference / "rows" / f"{cohort_id}.csv")

@@ -18,8 +18,6 @@ from mercia.cdm.schema import CDM_TABLES
 from mercia.cohorts import CohortExpression, build_plan, run_cohort
 from mercia.cohorts.compiler import materialise, render
 
-
-
 SHARED_REFERENCE = root_conftest.SHARED_DATA / "ohdsi_reference"
 drop_store = root_conftest.drop_store
 engine_missing = root_conftest.engine_missing
@@ -206,11 +204,8 @@ def run_spec(spec_engine, tmp_path, request):
 @pytest.fixture(scope="session")
 def cohort_gibleed_duckdb(gibleed_dir, tmp_path_factory):
     """GiBleed in a DuckDB of our own (the shared ``gibleed_store`` is read-only; cohorts write)."""
-    from mercia.cdm.loader import load_omop_directory
-
-    store = Store(str(tmp_path_factory.mktemp("cohort-gibleed") / "gibleed.duckdb"))
-    store.init_schema()
-    load_omop_directory(store, gibleed_dir)
+    store = root_conftest.load_gibleed_duckdb(tmp_path_factory.mktemp("cohort-gibleed") / "gibleed.duckdb",
+                                              gibleed_dir)
     yield store
     store.close()
 
