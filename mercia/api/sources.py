@@ -36,14 +36,13 @@ def source_detail(store: Store, name: str) -> dict[str, Any] | None:
     stats = store_stats(store)
     history, problems = [], []
     if store.table_exists("mercia_load"):
-        mark = "%s" if store.dialect == "postgres" else "?"
         history = store.query_dicts(
             "SELECT load_id, extract, reader, loaded_at, records_read, records_loaded, records_unchanged, "
-            f"records_rejected, records_withheld FROM mercia_load WHERE org = {mark} ORDER BY loaded_at DESC", [name])
+            "records_rejected, records_withheld FROM mercia_load WHERE org = ? ORDER BY loaded_at DESC", [name])
         if store.table_exists("mercia_reject"):
             problems = store.query_dicts(
                 "SELECT action, field, reason, COUNT(*) AS records FROM mercia_reject "
-                f"WHERE org = {mark} GROUP BY action, field, reason ORDER BY records DESC LIMIT 50", [name])
+                "WHERE org = ? GROUP BY action, field, reason ORDER BY records DESC LIMIT 50", [name])
     non_empty = {t: n for t, n in stats["row_counts"].items() if n}
     return {**known[name], "cdm_version": stats["cdm_version"], "cdm_source": stats["cdm_source"],
             "row_counts": non_empty, "empty_tables": sorted(t for t, n in stats["row_counts"].items() if not n),

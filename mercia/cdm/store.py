@@ -21,6 +21,18 @@ import pyarrow.csv as pa_csv
 from mercia.cdm.schema import CDM_TABLES, Table
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Quoted strings, quoted identifiers and comments, where a ``?`` or ``%`` is text, not a parameter.
+_LITERAL_OR_MARK = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\?|%", re.S)
+
+
+def _to_pyformat(sql: str) -> str:
+    """Every caller writes ``?`` placeholders; psycopg wants ``%s`` and a literal ``%`` doubled."""
+    def swap(m: re.Match) -> str:
+        token = m.group(0)
+        if token == "?":
+            return "%s"
+        return "%%" if token == "%" else token.replace("%", "%%")
+    return _LITERAL_OR_MARK.sub(swap, sql)
 
 
 class StoreError(Exception):
@@ -103,15 +115,16 @@ class Store:
 
     # -- SQL -------------------------------------------------------------------------------
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
-        """Run one statement (or, without params, a script of several) for its effect."""
+        """Run one statement (or, without params, a script of several) for its effect.
+        Parameters are ``?`` on every engine."""
         if self.dialect == "postgres":
-            self._pg.execute(sql, params)
+            self._pg.execute(_to_pyformat(sql) if params is not None else sql, params)
         else:
             self._duck.execute(sql, params) if params is not None else self._duck.execute(sql)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
         if self.dialect == "postgres":
-            return self._pg.execute(sql, params).fetchall()
+            return self._pg.execute(_to_pyformat(sql) if params is not None else sql, params).fetchall()
         return self._duck.execute(sql, params).fetchall()
 
     def query_one(self, sql: str, params: Sequence[Any] | None = None) -> Any:
@@ -122,7 +135,7 @@ class Store:
     def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
         if self.dialect == "duckdb":
             return self._duck.sql(sql, params=params).to_arrow_table()
-        cur = self._pg.execute(sql, params)
+        cur = self._pg.execute(_to_pyformat(sql) if params is not None else sql, params)
         names = [d.name for d in cur.description]
         rows = cur.fetchall()
         return pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)}) if rows else \
@@ -179,23 +192,18 @@ class Store:
 
     # -- schema ----------------------------------------------------------------------------
     def table_exists(self, name: str) -> bool:
-        if self.dialect == "postgres":
-            sql = ("SELECT count(*) FROM information_schema.tables WHERE table_name = %s "
-                   "AND table_schema = current_schema()")
-        else:
-            sql = ("SELECT count(*) FROM information_schema.tables WHERE table_name = ? "
-                   "AND table_schema = current_schema() AND table_catalog = current_database()")
+        sql = "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = current_schema()"
+        if self.dialect == "duckdb":
+            sql += " AND table_catalog = current_database()"
         return bool(self.query_one(sql, [name]))
 
     def columns(self, table: str) -> list[tuple[str, str]]:
         """(name, data type) of a table's columns as the engine reports them, in order."""
-        if self.dialect == "postgres":
-            sql = ("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s "
-                   "AND table_schema = current_schema() ORDER BY ordinal_position")
-        else:
-            sql = ("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
-                   "AND table_schema = current_schema() AND table_catalog = current_database() "
-                   "ORDER BY ordinal_position")
+        sql = "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? " \
+              "AND table_schema = current_schema()"
+        if self.dialect == "duckdb":
+            sql += " AND table_catalog = current_database()"
+        sql += " ORDER BY ordinal_position"
         return [(r[0], r[1]) for r in self.query(sql, [table])]
 
     def create_table_sql(self, table: Table, enforce_primary_key: bool = False) -> list[str]:

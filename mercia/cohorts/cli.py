@@ -69,10 +69,9 @@ def run(
             summaries.append(result.summary())
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)
-                p = "%s" if store.dialect == "postgres" else "?"
                 rows = store.query_arrow(
                     "SELECT subject_id, cohort_start_date, cohort_end_date FROM cohort "
-                    f"WHERE cohort_definition_id = {p} ORDER BY subject_id, cohort_start_date, cohort_end_date",
+                    "WHERE cohort_definition_id = ? ORDER BY subject_id, cohort_start_date, cohort_end_date",
                     [cid],
                 )
                 _write_rows_csv(rows, out_dir / f"{cid}.csv", pa_csv)

@@ -78,26 +78,25 @@ def run_cohort(store: Store, expr: CohortExpression, cohort_id: int) -> CohortRe
 
 
 def read_result(store: Store, cohort_id: int, expr: CohortExpression, seconds: float = 0.0) -> CohortResult:
-    p = "%s" if store.dialect == "postgres" else "?"
     persons, entries = store.query(
-        f"SELECT count(DISTINCT subject_id), count(*) FROM cohort WHERE cohort_definition_id = {p}", [cohort_id]
+        "SELECT count(DISTINCT subject_id), count(*) FROM cohort WHERE cohort_definition_id = ?", [cohort_id]
     )[0]
     result = CohortResult(cohort_id=cohort_id, persons=int(persons), entries=int(entries), seconds=seconds)
     for mode, base, final in store.query(
-        f"SELECT mode_id, base_count, final_count FROM cohort_summary_stats WHERE cohort_definition_id = {p}",
+        "SELECT mode_id, base_count, final_count FROM cohort_summary_stats WHERE cohort_definition_id = ?",
         [cohort_id],
     ):
         result.base_count[int(mode)] = int(base)
         result.final_count[int(mode)] = int(final)
     names = {i: r.name or "" for i, r in enumerate(expr.inclusion_rules)}
     masks = store.query(
-        f"SELECT mode_id, inclusion_rule_mask, person_count FROM cohort_inclusion_result "
-        f"WHERE cohort_definition_id = {p}",
+        "SELECT mode_id, inclusion_rule_mask, person_count FROM cohort_inclusion_result "
+        "WHERE cohort_definition_id = ?",
         [cohort_id],
     )
     for mode, seq, count, gain, total in store.query(
         "SELECT mode_id, rule_sequence, person_count, gain_count, person_total FROM cohort_inclusion_stats "
-        f"WHERE cohort_definition_id = {p} ORDER BY mode_id, rule_sequence",
+        "WHERE cohort_definition_id = ? ORDER BY mode_id, rule_sequence",
         [cohort_id],
     ):
         prefix = (1 << (int(seq) + 1)) - 1

@@ -89,16 +89,13 @@ class GovernanceDB:
                 # catches whoever disables this as a superuser).
                 self.store.execute(_APPEND_ONLY_TRIGGER)
 
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self.store.dialect == "postgres" else sql
-
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         with self.lock:
-            self.store.execute(self._sql(sql), list(params))
+            self.store.execute(sql, list(params))
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self.lock:
-            return self.store.query_dicts(self._sql(sql), list(params))
+            return self.store.query_dicts(sql, list(params))
 
     def row(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         found = self.rows(sql, params)
@@ -106,7 +103,7 @@ class GovernanceDB:
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         with self.lock:
-            return self.store.query_one(self._sql(sql), list(params))
+            return self.store.query_one(sql, list(params))
 
     def next_id(self, table: str, column: str = "id") -> int:
         """Next integer key; callers hold ``lock`` across this and the insert."""

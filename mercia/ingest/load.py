@@ -283,8 +283,7 @@ class _Load:
     def skip_unchanged(self) -> int:
         """Drop records already loaded with the same content; delete earlier versions of changed ones."""
         existing = self.store.query_arrow(
-            "SELECT DISTINCT source_record, record_hash FROM mercia_provenance WHERE org = " +
-            ("%s" if self.store.dialect == "postgres" else "?"), [self.org])
+            "SELECT DISTINCT source_record, record_hash FROM mercia_provenance WHERE org = ?", [self.org])
         if existing.num_rows == 0:
             existing = pa.table({"source_record": pa.array([], pa.string()), "record_hash": pa.array([], pa.string())})
         self.register("existing", existing)
@@ -311,26 +310,22 @@ class _Load:
             self.store.execute("DROP TABLE IF EXISTS mercia_tmp_keys")
             self.store.execute("CREATE TEMP TABLE mercia_tmp_keys (source_pseudonym VARCHAR)")
             self.store.insert_arrow("mercia_tmp_keys", replaced)
-            self.store.execute(f"DELETE FROM mercia_person_link WHERE org = {self._p} AND source_pseudonym IN "
+            self.store.execute("DELETE FROM mercia_person_link WHERE org = ? AND source_pseudonym IN "
                                "(SELECT source_pseudonym FROM mercia_tmp_keys)", [self.org])
         return unchanged
-
-    @property
-    def _p(self) -> str:
-        return "%s" if self.store.dialect == "postgres" else "?"
 
     def _delete_records(self, records: pa.Table) -> None:
         store = self.store
         store.execute("DROP TABLE IF EXISTS mercia_tmp_records")
         store.execute("CREATE TEMP TABLE mercia_tmp_records (source_record VARCHAR)")
         store.insert_arrow("mercia_tmp_records", records)
-        doomed = f"""SELECT cdm_table, row_id FROM mercia_provenance WHERE org = {self._p}
+        doomed = """SELECT cdm_table, row_id FROM mercia_provenance WHERE org = ?
                      AND source_record IN (SELECT source_record FROM mercia_tmp_records)"""
         for (table,) in store.query(f"SELECT DISTINCT cdm_table FROM ({doomed}) d", [self.org]):
             pk = "care_site_id" if table == "care_site" else f"{table}_id"
             store.execute(f"DELETE FROM {quote(table)} WHERE {quote(pk)} IN "
-                          f"(SELECT row_id FROM ({doomed}) d WHERE cdm_table = {self._p})", [self.org, table])
-        store.execute(f"DELETE FROM mercia_provenance WHERE org = {self._p} AND "
+                          f"(SELECT row_id FROM ({doomed}) d WHERE cdm_table = ?)", [self.org, table])
+        store.execute(f"DELETE FROM mercia_provenance WHERE org = ? AND "
                       f"(cdm_table, row_id) IN (SELECT cdm_table, row_id FROM ({doomed}) d)", [self.org, self.org])
 
     def prepare_sites(self) -> None:
@@ -386,7 +381,7 @@ class _Load:
         provenance.append(_table_from_query(con, """SELECT 'provider' AS cdm_table, provider_id AS row_id,
             source_record, record_hash FROM provider_rows"""))
         existing_sites = store.query_arrow(
-            f"SELECT source_record, row_id FROM mercia_provenance WHERE org = {self._p} AND cdm_table = 'care_site'",
+            "SELECT source_record, row_id FROM mercia_provenance WHERE org = ? AND cdm_table = 'care_site'",
             [self.org])
         self.register("old_sites", existing_sites if existing_sites.num_rows else
                       pa.table({"source_record": pa.array([], pa.string()), "row_id": pa.array([], pa.int64())}))
@@ -409,7 +404,7 @@ class _Load:
             LEFT JOIN old_sites os ON os.source_record = e.site_record""")
         visit_ids = self._insert_domain("Visit", load_id, provenance)
         existing_visits = store.query_arrow(
-            f"SELECT source_record, row_id FROM mercia_provenance WHERE org = {self._p} AND "
+            "SELECT source_record, row_id FROM mercia_provenance WHERE org = ? AND "
             "cdm_table = 'visit_occurrence'", [self.org])
         self.register("visit_ids", pa.concat_tables([visit_ids, existing_visits.cast(visit_ids.schema)])
                       if existing_visits.num_rows else visit_ids)
@@ -645,7 +640,7 @@ def load_staged(store: Store, staged: Staged, org: str, reader: str, options: Lo
             job.rejects.append(dict(source_record=None, line=None, field="nhs_number",
                                     reason=f"national data opt-out ({withheld_records} records withheld)",
                                     action="withheld"))
-        store.execute(f"DELETE FROM mercia_reject WHERE org = {job._p} AND extract = {job._p}", [org, staged.extract])
+        store.execute("DELETE FROM mercia_reject WHERE org = ? AND extract = ?", [org, staged.extract])
         rejects = pa.Table.from_pylist([{**r, "load_id": load_id, "org": org, "extract": staged.extract}
                                         for r in job.rejects],
                                        schema=pa.schema([("load_id", pa.int64()), ("org", pa.string()),
@@ -659,7 +654,7 @@ def load_staged(store: Store, staged: Staged, org: str, reader: str, options: Lo
         rejected_records = len({r["source_record"] for r in job.rejects if r["action"] == "rejected"}
                                - job.withheld_records)
         loaded = job.records_read - rejected_records - withheld_records
-        store.execute("""INSERT INTO mercia_load VALUES (""" + ", ".join([job._p] * 10) + ")",
+        store.execute("""INSERT INTO mercia_load VALUES (""" + ", ".join(["?"] * 10) + ")",
                       [load_id, org, staged.extract, reader, dt.datetime.now(dt.UTC).replace(tzinfo=None),
                        job.records_read, loaded, unchanged, rejected_records, withheld_records])
     reasons = Counter(r["reason"] for r in job.rejects if r["action"] == "rejected")

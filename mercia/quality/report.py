@@ -77,7 +77,6 @@ class Report:
 class _Scope:
     def __init__(self, store: Store, org: str | None):
         self.store, self.org = store, org
-        self.p = "%s" if store.dialect == "postgres" else "?"
 
     def rows(self, table: str, alias: str = "t") -> tuple[str, list]:
         """WHERE fragment restricting ``table`` to the organisation's rows."""
@@ -85,7 +84,7 @@ class _Scope:
             return "TRUE", []
         pk = CDM_TABLES[table].primary_key if table in CDM_TABLES else f"{table}_id"
         return (f"{alias}.{quote(pk)} IN (SELECT row_id FROM mercia_provenance WHERE cdm_table = '{table}' "
-                f"AND org = {self.p})"), [self.org]
+                f"AND org = ?)"), [self.org]
 
     def count(self, table: str, condition: str = "TRUE", join: str = "") -> tuple[int, int]:
         where, params = self.rows(table)
@@ -99,9 +98,8 @@ def build_report(store: Store, org: str | None = None) -> Report:
 
     ensure_ingest_tables(store)
     scope = _Scope(store, org)
-    p = scope.p
     report = Report(org=org, generated=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-    org_where, org_params = (f"WHERE org = {p}", [org]) if org else ("", [])
+    org_where, org_params = ("WHERE org = ?", [org]) if org else ("", [])
     report.counts = store.query_dicts(f"""
         SELECT org, cdm_table, count(DISTINCT row_id) AS row_count FROM mercia_provenance {org_where}
         GROUP BY org, cdm_table ORDER BY org, cdm_table""", org_params or None)

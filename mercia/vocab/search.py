@@ -53,10 +53,6 @@ FROM concept_synonym s JOIN concept c ON c.concept_id = s.concept_id
 """
 
 
-def _p(store: Store) -> str:
-    return "%s" if store.dialect == "postgres" else "?"
-
-
 def _signature(store: Store) -> tuple:
     return tuple(store.query("SELECT (SELECT count(*) FROM concept), (SELECT count(*) FROM concept_synonym), "
                              "(SELECT coalesce(max(concept_id), 0) FROM concept)")[0])
@@ -109,9 +105,9 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _rank_sql(p: str) -> str:
-    return (f"CASE WHEN term = {p} THEN 0 WHEN term LIKE {p} {_ESCAPE} THEN 1 WHEN term LIKE {p} {_ESCAPE} THEN 2 "
-            f"WHEN term LIKE {p} {_ESCAPE} THEN 3 ELSE 4 END")
+def _rank_sql() -> str:
+    return (f"CASE WHEN term = ? THEN 0 WHEN term LIKE ? {_ESCAPE} THEN 1 WHEN term LIKE ? {_ESCAPE} THEN 2 "
+            f"WHEN term LIKE ? {_ESCAPE} THEN 3 ELSE 4 END")
 
 
 def search(store: Store, text: str, vocabulary: str | None = None, limit: int = 20,
@@ -127,12 +123,11 @@ def search(store: Store, text: str, vocabulary: str | None = None, limit: int = 
             refresh_search_index(store)
         except Exception:  # noqa: BLE001 - e.g. a read-only store: search the vocabulary directly
             use_index = search_index_is_fresh(store)
-    p = _p(store)
     escaped, words = _like_escape(needle), needle.split()
     rank_params = [needle, escaped + "%", "% " + escaped + "%", "%" + escaped + "%"]
     filters, filter_params = ["TRUE"], []
     if vocabulary is not None:
-        filters.append(f"vocabulary_id = {p}")
+        filters.append("vocabulary_id = ?")
         filter_params.append(vocabulary)
     if standard_only:
         filters.append("is_standard")
@@ -146,12 +141,12 @@ def search(store: Store, text: str, vocabulary: str | None = None, limit: int = 
         return store.query(
             f"WITH candidates AS MATERIALIZED (SELECT concept_id, term, is_standard, name_length FROM {source} "
             f"WHERE {narrow} AND {' AND '.join(filters)}) "
-            f"SELECT concept_id, min({_rank_sql(p)}) AS match_rank, is_standard, name_length FROM candidates "
+            f"SELECT concept_id, min({_rank_sql()}) AS match_rank, is_standard, name_length FROM candidates "
             f"WHERE {text} GROUP BY concept_id, is_standard, name_length "
             f"ORDER BY match_rank, is_standard DESC, name_length, concept_id LIMIT {int(n)}",
             narrow_params + filter_params + rank_params + text_params)
 
-    all_words = " AND ".join([f"term LIKE {p} {_ESCAPE}"] * len(words))
+    all_words = " AND ".join([f"term LIKE ? {_ESCAPE}"] * len(words))
     word_params = ["%" + _like_escape(w) + "%" for w in words]
     if not use_index:
         hits = ranked(f"({_TERMS_SQL}) t", "TRUE", [], f"({all_words})", word_params, limit)
@@ -161,17 +156,17 @@ def search(store: Store, text: str, vocabulary: str | None = None, limit: int = 
         if span[0] is None:
             hits = []
         elif len(words) == 1:
-            exact = store.query_one(f"SELECT word_id FROM {WORDS_TABLE} WHERE word = {p}", [needle])
+            exact = store.query_one(f"SELECT word_id FROM {WORDS_TABLE} WHERE word = ?", [needle])
             hits = store.query(
-                f"SELECT concept_id, min(CASE WHEN is_single_word AND first_word_id = {p} THEN 0 "
-                f"WHEN first_word_id BETWEEN {p} AND {p} THEN 1 ELSE 2 END) AS match_rank, is_standard, name_length "
-                f"FROM {SEARCH_TABLE} WHERE word_id BETWEEN {p} AND {p} AND {' AND '.join(filters)} "
+                f"SELECT concept_id, min(CASE WHEN is_single_word AND first_word_id = ? THEN 0 "
+                f"WHEN first_word_id BETWEEN ? AND ? THEN 1 ELSE 2 END) AS match_rank, is_standard, name_length "
+                f"FROM {SEARCH_TABLE} WHERE word_id BETWEEN ? AND ? AND {' AND '.join(filters)} "
                 f"GROUP BY concept_id, is_standard, name_length "
                 f"ORDER BY match_rank, is_standard DESC, name_length, concept_id LIMIT {int(limit)}",
                 [-1 if exact is None else exact, *span, *span, *filter_params])
         else:
-            hits = ranked(SEARCH_TABLE, f"word_id BETWEEN {p} AND {p}", list(span),
-                          f"(term LIKE {p} {_ESCAPE} OR term LIKE {p} {_ESCAPE})",
+            hits = ranked(SEARCH_TABLE, "word_id BETWEEN ? AND ?", list(span),
+                          f"(term LIKE ? {_ESCAPE} OR term LIKE ? {_ESCAPE})",
                           [escaped + "%", "% " + escaped + "%"], limit)
         if len(hits) < limit:
             hits += _inside_words(store, ranked, words, all_words, word_params, [h[0] for h in hits],
@@ -182,19 +177,18 @@ def search(store: Store, text: str, vocabulary: str | None = None, limit: int = 
 def _inside_words(store: Store, ranked, words: list[str], all_words: str, word_params: list[str],
                   found: list[int], n: int, filters: str, filter_params: list) -> list[tuple]:
     """Ranks 3-4: rows with a word containing the rarest search word, checked against all words."""
-    p = _p(store)
     frequency = []
     for word in words:
-        count = store.query_one(f"SELECT coalesce(sum(terms), 0) FROM {WORDS_TABLE} WHERE word LIKE {p} {_ESCAPE}",
+        count = store.query_one(f"SELECT coalesce(sum(terms), 0) FROM {WORDS_TABLE} WHERE word LIKE ? {_ESCAPE}",
                                 ["%" + _like_escape(word) + "%"])
         if not count:
             return []  # a search word found nowhere: no concept can hold all of them
         frequency.append((int(count), word))
     rarest = min(frequency)[1]
-    narrow = f"word_id IN (SELECT word_id FROM {WORDS_TABLE} WHERE word LIKE {p} {_ESCAPE})"
+    narrow = f"word_id IN (SELECT word_id FROM {WORDS_TABLE} WHERE word LIKE ? {_ESCAPE})"
     params: list[Any] = ["%" + _like_escape(rarest) + "%"]
     if found:
-        narrow += f" AND NOT (concept_id = ANY({p}))"
+        narrow += " AND NOT (concept_id = ANY(?))"
         params.append(found)
     if len(words) > 1:
         return ranked(SEARCH_TABLE, narrow, params, f"({all_words})", word_params, n)
@@ -206,10 +200,9 @@ def _inside_words(store: Store, ranked, words: list[str], all_words: str, word_p
 
 
 def _prefix_sql(store: Store) -> str:
-    p = _p(store)
     if store.dialect == "duckdb":  # a range on the sorted words lets DuckDB skip row groups
-        return f"word LIKE {p} {_ESCAPE} AND word >= {p} AND word < {p}"
-    return f"word LIKE {p} {_ESCAPE}"
+        return f"word LIKE ? {_ESCAPE} AND word >= ? AND word < ?"
+    return f"word LIKE ? {_ESCAPE}"
 
 
 def _prefix_params(store: Store, word: str) -> list[str]:
@@ -222,7 +215,7 @@ def _describe(store: Store, hits: list[tuple[int, int]]) -> list[dict[str, Any]]
     if not hits:
         return []
     rows = store.query("SELECT concept_id, concept_name, vocabulary_id, concept_code, concept_class_id, domain_id, "
-                       f"standard_concept FROM concept WHERE concept_id = ANY({_p(store)})", [[h[0] for h in hits]])
+                       "standard_concept FROM concept WHERE concept_id = ANY(?)", [[h[0] for h in hits]])
     by_id = {r[0]: r for r in rows}
     keys = ["concept_id", "concept_name", "vocabulary_id", "concept_code", "concept_class_id", "domain_id",
             "standard_concept"]
@@ -233,13 +226,12 @@ def _hierarchy(store: Store, concept_id: int, direction: str, include_self: bool
                max_levels: int | None) -> list[dict[str, Any]]:
     mine, other = ("ancestor_concept_id", "descendant_concept_id") if direction == "down" else \
         ("descendant_concept_id", "ancestor_concept_id")
-    p = _p(store)
-    conditions = [f"a.{mine} = {p}"]
+    conditions = [f"a.{mine} = ?"]
     params: list[Any] = [int(concept_id)]
     if not include_self:
         conditions.append(f"a.{other} <> a.{mine}")
     if max_levels is not None:
-        conditions.append(f"a.min_levels_of_separation <= {p}")
+        conditions.append("a.min_levels_of_separation <= ?")
         params.append(int(max_levels))
     rows = store.query(
         f"SELECT c.concept_id, c.concept_name, c.vocabulary_id, c.concept_code, c.standard_concept, "
@@ -263,13 +255,12 @@ def ancestors(store: Store, concept_id: int, include_self: bool = False,
 
 
 def concept(store: Store, concept_id: int) -> dict[str, Any] | None:
-    rows = store.query_dicts(f"SELECT * FROM concept WHERE concept_id = {_p(store)}", [int(concept_id)])
+    rows = store.query_dicts("SELECT * FROM concept WHERE concept_id = ?", [int(concept_id)])
     return rows[0] if rows else None
 
 
 def concept_by_code(store: Store, vocabulary_id: str, code: str) -> dict[str, Any] | None:
-    p = _p(store)
-    rows = store.query_dicts(f"SELECT * FROM concept WHERE vocabulary_id = {p} AND concept_code = {p}",
+    rows = store.query_dicts("SELECT * FROM concept WHERE vocabulary_id = ? AND concept_code = ?",
                              [vocabulary_id, code])
     return rows[0] if rows else None
 
@@ -284,13 +275,12 @@ def maps_to(store: Store, vocabulary_id: str, codes: Iterable[str]) -> pa.Table:
     code_list = sorted({str(c) for c in codes})
     if not code_list:
         return MAPS_TO_SCHEMA.empty_table()
-    codes_sql = "unnest(CAST(%s AS text[]))" if store.dialect == "postgres" else "unnest(CAST(? AS VARCHAR[]))"
-    p = _p(store)
+    codes_sql = "unnest(CAST(? AS text[]))" if store.dialect == "postgres" else "unnest(CAST(? AS VARCHAR[]))"
     sql = f"""
     WITH source AS (
         SELECT k.code, c.concept_id
         FROM (SELECT {codes_sql} AS code) k
-        LEFT JOIN concept c ON c.vocabulary_id = {p} AND c.concept_code = k.code
+        LEFT JOIN concept c ON c.vocabulary_id = ? AND c.concept_code = k.code
     ), target AS (
         SELECT r.concept_id_1, t.concept_id, t.concept_name, t.vocabulary_id, t.domain_id
         FROM concept_relationship r JOIN concept t ON t.concept_id = r.concept_id_2

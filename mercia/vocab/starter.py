@@ -360,9 +360,8 @@ def starter_installed(store: Store) -> bool:
 def _foreign_concepts(store: Store, vocabulary_id: str) -> int:
     """Concepts of this vocabulary outside the starter's own id range (e.g. from Athena)."""
     low, high = STARTER_RANGES[vocabulary_id]
-    p = "%s" if store.dialect == "postgres" else "?"
-    return int(store.query_one(f"SELECT count(*) FROM concept WHERE vocabulary_id = {p} "
-                               f"AND NOT (concept_id >= {p} AND concept_id < {p})", [vocabulary_id, low, high]))
+    return int(store.query_one("SELECT count(*) FROM concept WHERE vocabulary_id = ? "
+                               "AND NOT (concept_id >= ? AND concept_id < ?)", [vocabulary_id, low, high]))
 
 
 def install_starter(store: Store, data_dir: Path | None = None) -> dict[str, str]:

@@ -34,11 +34,10 @@ def test_spec_matches_the_cdm_v54_tables_eunomia_ships(gibleed_dir):
 
 
 def test_every_column_has_the_spec_type_and_nullability(store):
-    p = "%s" if store.dialect == "postgres" else "?"
     catalog = "" if store.dialect == "postgres" else "AND table_catalog = current_database()"
     rows = store.query(
         "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
-        f"WHERE table_schema = current_schema() {catalog} AND table_name <> {p}", ["__none__"])
+        f"WHERE table_schema = current_schema() {catalog} AND table_name <> ?", ["__none__"])
     actual = {(t, c): (typ, nullable == "NO") for t, c, typ, nullable in rows}
     expected = {(t.name, c.name): (ENGINE_TYPES[store.dialect][c.sql_type], c.required)
                 for t in CDM_TABLES.values() for c in t.columns}

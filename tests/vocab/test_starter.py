@@ -124,14 +124,13 @@ def test_hpo_annotated_diseases_are_concepts_with_their_phenotypes(starter_store
     assert (marfan["concept_name"], marfan["vocabulary_id"], marfan["concept_code"]) == \
         ("Marfan syndrome", "OMIM", "154700")
     assert vocab.concept(starter_store, disease_concept_id("Orphanet:558"))["concept_name"] == "Marfan syndrome"
-    p = "%s" if starter_store.dialect == "postgres" else "?"
     phenotypes = {r[0] for r in starter_store.query(
-        f"SELECT concept_id_2 FROM concept_relationship WHERE relationship_id = 'Has phenotype' AND concept_id_1 = {p}",
+        "SELECT concept_id_2 FROM concept_relationship WHERE relationship_id = 'Has phenotype' AND concept_id_1 = ?",
         [marfan["concept_id"]])}
     assert hpo_concept_id("HP:0001166") in phenotypes  # Arachnodactyly
     assert len(phenotypes) > 50
     reverse = starter_store.query_one(
-        f"SELECT count(*) FROM concept_relationship WHERE relationship_id = 'Phenotype of' AND concept_id_2 = {p}",
+        "SELECT count(*) FROM concept_relationship WHERE relationship_id = 'Phenotype of' AND concept_id_2 = ?",
         [marfan["concept_id"]])
     assert reverse == len(phenotypes)
     versions = {v["vocabulary_id"]: v["version"] for v in store_stats(starter_store)["vocabularies"]}
