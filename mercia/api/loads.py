@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mercia.api.state import MerciaState
+from mercia.cdm.extensions import ensure_extension_tables
 from mercia.governance import Forbidden, GovernanceError, Role, User
 
 UPLOAD_KINDS = ("fhir", "hl7v2", "phenopackets", "vcf")  # single-file readers; CSV extracts are directories
@@ -30,12 +31,10 @@ def start_load(state: MerciaState, user: User, org: str, kind: str, filename: st
 
     def work(progress) -> dict[str, Any]:
         from mercia.ingest.service import ingest
-        from mercia.ingest.tables import ensure_ingest_tables
-
         steps = iter([0.2, 0.5, 0.8])
         try:
             with state.lock:
-                ensure_ingest_tables(state.store)
+                ensure_extension_tables(state.store)
                 summary = ingest(state.store, kind, path, org,
                                  on_step=lambda message: progress(next(steps, 0.9), message))
         finally:

@@ -1,7 +1,7 @@
 """Data sources: what each organisation has loaded, when, and how clean it was.
 
 Load history and rejects come from ingestion's ``mercia_load`` / ``mercia_reject`` tables (see
-``mercia.ingest.tables``); a store loaded directly as OMOP (GiBleed, a synthetic region) has one
+``mercia.cdm.extensions``); a store loaded directly as OMOP (GiBleed, a synthetic region) has one
 source, described by its ``cdm_source`` row.
 """
 

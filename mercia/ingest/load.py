@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from mercia.cdm import Store, quote
 from mercia.ingest.staging import Staged
-from mercia.ingest.tables import TOKEN_FIELDS, ensure_ingest_tables
+from mercia.cdm.extensions import TOKEN_FIELDS, ensure_extension_tables
 from mercia.privacy.geography import GeographyLookup
 from mercia.privacy.optout import stored_opt_outs
 from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
@@ -619,7 +619,7 @@ def load_staged(store: Store, staged: Staged, org: str, reader: str, options: Lo
     """Load one extract as one transaction; see the module docstring for the order of work."""
     if not org or not org.replace("-", "").isalnum():
         raise LoadError(f"organisation must be an ODS code (letters and digits), got {org!r}")
-    ensure_ingest_tables(store)
+    ensure_extension_tables(store)
     job = _Load(store, staged, org, reader, options)
     with store.transaction():
         load_id = int(store.query_one("SELECT COALESCE(max(load_id), 0) FROM mercia_load") or 0) + 1

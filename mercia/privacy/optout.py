@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from mercia.cdm import CDM_TABLES, Store, quote
+from mercia.cdm import Store, quote
+from mercia.cdm.extensions import ensure_extension_tables, person_tables
 from mercia.privacy.nhs import normalise_nhs_numbers
 from mercia.privacy.pseudonym import Pseudonymiser
 
 OPT_OUT_DDL = "CREATE TABLE IF NOT EXISTS mercia_opt_out (nhs_pseudonym VARCHAR NOT NULL)"
-EXTRA_PERSON_TABLES = {"variant_occurrence": "variant_occurrence_id", "mercia_registration": "registration_id"}
 
 
 def read_opt_out_file(path: Path | str) -> frozenset[str]:
@@ -38,20 +38,11 @@ def record_opt_outs(store: Store, pseudonyms: list[str]) -> None:
     store.insert_arrow("mercia_opt_out", pa.table({"nhs_pseudonym": pa.array(new, pa.string())}))
 
 
-def person_tables(store: Store) -> dict[str, str | None]:
-    """Every table holding person rows -> its row-id column (None for person-keyed tables)."""
-    tables = {name: table.primary_key for name, table in CDM_TABLES.items()
-              if "person_id" in table.column_names and store.table_exists(name)}
-    tables.update({t: pk for t, pk in EXTRA_PERSON_TABLES.items() if store.table_exists(t)})
-    return tables
-
 
 def purge(store: Store, nhs_numbers: frozenset[str], pseudonymiser: Pseudonymiser) -> dict[str, int]:
     """Delete everyone on the list from every table (all organisations' records of the linked
     person), in one transaction; returns rows deleted per table."""
-    from mercia.ingest.tables import ensure_ingest_tables
-
-    ensure_ingest_tables(store)
+    ensure_extension_tables(store)
     pseudonyms = [p for p in pseudonymiser.nhs_pseudonyms(sorted(nhs_numbers)).to_pylist() if p]
     deleted: dict[str, int] = {}
     with store.transaction():

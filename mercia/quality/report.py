@@ -12,6 +12,7 @@ import datetime as dt
 from dataclasses import asdict, dataclass, field
 
 from mercia.cdm import CDM_TABLES, Store, quote
+from mercia.cdm.extensions import ensure_extension_tables
 
 DOMAINS = {  # table -> (primary key, concept column, source value column, date column)
     "visit_occurrence": ("visit_occurrence_id", "visit_concept_id", "visit_source_value", "visit_start_date"),
@@ -94,9 +95,7 @@ class _Scope:
 
 
 def build_report(store: Store, org: str | None = None) -> Report:
-    from mercia.ingest.tables import ensure_ingest_tables
-
-    ensure_ingest_tables(store)
+    ensure_extension_tables(store)
     scope = _Scope(store, org)
     report = Report(org=org, generated=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     org_where, org_params = ("WHERE org = ?", [org]) if org else ("", [])

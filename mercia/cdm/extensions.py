@@ -1,4 +1,5 @@
-"""Ingestion's own tables, beside the CDM and outside it (prefix ``mercia_``).
+"""Mercia's extension tables, beside the CDM and outside it (prefix ``mercia_``, plus the Genomic CDM's
+``variant_occurrence``). Every capability that reads or writes them imports them from here.
 
 - ``mercia_load``: one row per load (organisation, extract, counts).
 - ``mercia_provenance``: every CDM row -> organisation, extract, source record (keyed by CDM table
@@ -15,7 +16,8 @@
 
 from __future__ import annotations
 
-from mercia.cdm import Store
+from mercia.cdm.schema import CDM_TABLES
+from mercia.cdm.store import Store
 
 TOKEN_FIELDS = ("surname", "forename", "surname_sx", "forename_sx", "dob", "dob_ym", "dob_y", "dob_swap",
                 "sex", "district")
@@ -55,7 +57,7 @@ INDEXES = [
 ]
 
 
-def ensure_ingest_tables(store: Store) -> None:
+def ensure_extension_tables(store: Store) -> None:
     """Create the CDM (if missing) and ingestion tables.  Idempotent."""
     store.init_schema()
     for statement in DDL:
@@ -63,3 +65,15 @@ def ensure_ingest_tables(store: Store) -> None:
     if store.dialect == "postgres":
         for statement in INDEXES:
             store.execute(statement)
+
+
+# Extension tables holding person rows -> their row-id column.
+EXTRA_PERSON_TABLES = {"variant_occurrence": "variant_occurrence_id", "mercia_registration": "registration_id"}
+
+
+def person_tables(store: Store) -> dict[str, str | None]:
+    """Every table holding person rows -> its row-id column (None for person-keyed tables)."""
+    tables = {name: table.primary_key for name, table in CDM_TABLES.items()
+              if "person_id" in table.column_names and store.table_exists(name)}
+    tables.update({t: pk for t, pk in EXTRA_PERSON_TABLES.items() if store.table_exists(t)})
+    return tables
