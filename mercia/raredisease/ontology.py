@@ -1,17 +1,18 @@
 """The Human Phenotype Ontology as compact arrays: parsing, id resolution, ancestry and term search.
 
-Parsed once from ``hp.obo`` and cached (with the annotations) by :mod:`mercia.raredisease.kb`, so this module
-only knows how to turn an OBO file into arrays and how to answer questions over those arrays.
+Built from :func:`mercia.vocab.hpo.parse_obo` (the one HPO reader) and cached with the annotations by
+:mod:`mercia.raredisease.kb`, so this module only turns parsed terms into arrays and answers questions over them.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+
+from mercia.vocab.hpo import OboTerms
 
 PHENOTYPIC_ABNORMALITY = "HP:0000118"
 HP_ID = re.compile(r"^HP:\d{7}$")
@@ -23,59 +24,6 @@ class UnknownTermError(ValueError):
 
 class ObsoleteTermWarning(UserWarning):
     """An alternative or obsolete HPO id was mapped to its current term."""
-
-
-@dataclass
-class OboTerms:
-    """Raw content of an OBO file, one list entry per term (obsolete terms included)."""
-
-    ids: list[str]
-    names: list[str]
-    synonyms: list[list[str]]
-    parents: list[list[str]]
-    alt_ids: list[list[str]]
-    obsolete: list[bool]
-    replaced_by: list[str | None]
-    version: str
-
-
-def parse_obo(path: str) -> OboTerms:
-    """Read the [Term] stanzas of an OBO 1.2 file (only the tags the ranker and the search need)."""
-    out = OboTerms([], [], [], [], [], [], [], "unknown")
-    in_term = False
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("["):
-                in_term = line.startswith("[Term]")
-                if in_term:
-                    for column in (out.synonyms, out.parents, out.alt_ids):
-                        column.append([])
-                    out.names.append("")
-                    out.obsolete.append(False)
-                    out.replaced_by.append(None)
-                continue
-            tag, _, value = line.rstrip("\n").partition(": ")
-            if not in_term:
-                if tag == "data-version":
-                    out.version = value.rsplit("/", 1)[-1]
-                continue
-            if tag == "id":
-                out.ids.append(value)
-            elif tag == "name":
-                out.names[-1] = value
-            elif tag == "synonym":
-                out.synonyms[-1].append(value.split('"')[1])
-            elif tag == "is_a":
-                out.parents[-1].append(value.split(" ", 1)[0])
-            elif tag == "alt_id":
-                out.alt_ids[-1].append(value)
-            elif tag == "is_obsolete" and value == "true":
-                out.obsolete[-1] = True
-            elif tag == "replaced_by":
-                out.replaced_by[-1] = value
-    if len(out.ids) != len(out.names):
-        raise ValueError(f"{path}: a [Term] stanza has no id")
-    return out
 
 
 class Ontology:

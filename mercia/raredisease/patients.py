@@ -27,7 +27,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mercia.cdm import Store
-from mercia.raredisease.phenopackets import Disease, Onset, Phenotype, RareDiseaseCase, Variant
+from mercia.raredisease.phenopackets import (
+    Disease,
+    Onset,
+    Phenotype,
+    RareDiseaseCase,
+    Variant,
+)
 from mercia.vocab.hpo import HPO_CONCEPT_OFFSET, hp_id_from_concept_id, hpo_concept_id
 
 PRESENT = 4181412  # SNOMED 52101004 "Present"

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format
-
 import phenopackets as pps
+from google.protobuf import json_format
 
 SEXES = {"MALE", "FEMALE", "OTHER_SEX", "UNKNOWN_SEX"}
 SCHEMA_VERSION = "2.0"

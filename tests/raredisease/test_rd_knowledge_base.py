@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from mercia.raredisease import kb as kb_module
-from mercia.raredisease.kb import KnowledgeBaseError, UnknownDiseaseError, parse_frequency
+from mercia.raredisease.kb import (
+    KnowledgeBaseError,
+    UnknownDiseaseError,
+    parse_frequency,
+)
 from mercia.raredisease.ontology import ObsoleteTermWarning, UnknownTermError
 
 
