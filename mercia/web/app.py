@@ -9,8 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 
 from mercia.api.app import create_api
-from mercia.api.state import MerciaState, ServerOptions
 from mercia.cdm import Store
+from mercia.services.state import MerciaState, ServerOptions
 
 STATIC = Path(__file__).parent / "static"
 

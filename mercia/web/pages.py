@@ -14,16 +14,17 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from mercia.api import analyses as analysis_service, cohorts as cohort_service
 from mercia.api.auth import Caller, csrf_ok, session_caller
 from mercia.api.errors import status_for
-from mercia.api.exportable import attrition_rows, build_export
-from mercia.api.sources import list_sources, source_detail
-from mercia.api.state import state_of
 from mercia.cdm import StoreError
 from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, NotFound, ProjectStatus, Role
+from mercia.services import analyses as analysis_service
+from mercia.services import cohorts as cohort_service
+from mercia.services.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form
+from mercia.services.exportable import attrition_rows, build_export
+from mercia.services.sources import list_sources, source_detail
+from mercia.services.state import state_of
 from mercia.web import charts
-from mercia.api.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, ProjectStatus=ProjectStatus)
@@ -448,7 +449,7 @@ def source_page(name: str, request: Request, caller: Caller = Depends(signed_in)
     if detail is None:
         raise NotFound(f"no source {name!r}")
     state.gov.audit.record(caller.user.username, "source.view", f"source:{name}")
-    from mercia.api.loads import UPLOAD_KINDS
+    from mercia.services.loads import UPLOAD_KINDS
 
     return render(request, "source.html", caller, source=detail, upload_kinds=UPLOAD_KINDS,
                   can_load=caller.user.has(Role.DATA_MANAGER, name) or caller.user.has(Role.ADMIN))
@@ -457,7 +458,7 @@ def source_page(name: str, request: Request, caller: Caller = Depends(signed_in)
 @router.get("/concepts", response_class=HTMLResponse)
 def concepts_page(request: Request, caller: Caller = Depends(signed_in), q: str = "", domain: str = "",
                   standard_only: str = ""):
-    from mercia.api.vocabulary import find_concepts
+    from mercia.services.vocabulary import find_concepts
 
     state = state_of(request)
     results, error = [], None
@@ -476,7 +477,7 @@ def concepts_page(request: Request, caller: Caller = Depends(signed_in), q: str 
 async def load_extract(name: str, request: Request, caller: Caller = Depends(signed_in)):
     from starlette.concurrency import run_in_threadpool
 
-    from mercia.api.loads import start_load
+    from mercia.services.loads import start_load
 
     form = await request.form()
     upload = form.get("file")
@@ -489,7 +490,7 @@ async def load_extract(name: str, request: Request, caller: Caller = Depends(sig
 
 @router.get("/raredisease", response_class=HTMLResponse)
 def raredisease_page(request: Request, caller: Caller = Depends(signed_in), observed: str = "", excluded: str = ""):
-    from mercia.api.raredisease import rank_case
+    from mercia.services.raredisease import rank_case
 
     if not caller.user.has_any(Role.CLINICIAN, Role.RESEARCHER, Role.TRIAL_COORDINATOR):
         raise Forbidden("rare-disease ranking is for clinicians and researchers")

@@ -8,8 +8,8 @@ from datetime import date, timedelta
 import pyarrow as pa
 from fastapi.testclient import TestClient
 
-from mercia.api.state import ServerOptions
 from mercia.governance import Governance, Role
+from mercia.services.state import ServerOptions
 from mercia.web.app import create_app
 
 PASSWORD = "correct horse battery"

@@ -6,16 +6,17 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from mercia.api import analyses, cohorts, models as m
+from mercia.api import models as m
 from mercia.api.auth import current_user, require_roles
-from mercia.api.builder import build_from_form
-from mercia.api.exportable import attrition_rows
-from mercia.api.raredisease import hpo_search, match_person, rank_case
-from mercia.api.state import state_of
-from mercia.api.vocabulary import find_concepts
 from mercia.cdm import StoreError
 from mercia.governance import NotFound, Role, User
 from mercia.governance.db import now
+from mercia.services import analyses, cohorts
+from mercia.services.builder import build_from_form
+from mercia.services.exportable import attrition_rows
+from mercia.services.raredisease import hpo_search, match_person, rank_case
+from mercia.services.state import state_of
+from mercia.services.vocabulary import find_concepts
 
 router = APIRouter()
 clinical_roles = require_roles(Role.CLINICIAN, Role.RESEARCHER, Role.TRIAL_COORDINATOR)

@@ -9,11 +9,11 @@ from fastapi.responses import Response
 
 from mercia.api import models as m
 from mercia.api.auth import current_user
-from mercia.api.exportable import EXPORTABLE, build_export
-from mercia.api.loads import start_load
-from mercia.api.sources import list_sources, source_detail
-from mercia.api.state import state_of
 from mercia.governance import Role, User
+from mercia.services.exportable import EXPORTABLE, build_export
+from mercia.services.loads import start_load
+from mercia.services.sources import list_sources, source_detail
+from mercia.services.state import state_of
 
 router = APIRouter()
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from mercia.api import models as m
 from mercia.api.auth import current_user, require_roles
-from mercia.api.state import state_of
 from mercia.governance import DOMAINS, Role, User
+from mercia.services.state import state_of
 
 router = APIRouter()
 admin_only = require_roles(Role.ADMIN)

@@ -12,11 +12,11 @@ from typing import Any
 
 import orjson
 
-from mercia.api.cohorts import get_cohort
-from mercia.api.state import MerciaState
 from mercia.governance import GovernanceError, NotFound, User
 from mercia.governance.db import now
 from mercia.privacy.disclosure import AnalysisResult
+from mercia.services.cohorts import get_cohort
+from mercia.services.state import MerciaState
 
 
 def _characterise(store, p: dict[str, Any]) -> AnalysisResult:

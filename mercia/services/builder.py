@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mercia.api.state import MerciaState
 from mercia.governance import GovernanceError
+from mercia.services.state import MerciaState
 
 # Builder domain -> (Circe criteria type, CDM table holding the concept, label)
 BUILDER_DOMAINS: dict[str, tuple[str, str]] = {

@@ -7,9 +7,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mercia.api.state import MerciaState
 from mercia.cdm.extensions import ensure_extension_tables
 from mercia.governance import Forbidden, GovernanceError, Role, User
+from mercia.services.state import MerciaState
 
 UPLOAD_KINDS = ("fhir", "hl7v2", "phenopackets", "vcf")  # single-file readers; CSV extracts are directories
 

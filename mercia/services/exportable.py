@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mercia.api.state import MerciaState
 from mercia.governance import GovernanceError, NotFound, Project, User
 from mercia.privacy.disclosure import AnalysisResult, ColumnSpec, Kind, StatTable
+from mercia.services.state import MerciaState
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def attrition_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _cohort_attrition(state: MerciaState, user: User, project: Project, ref: str) -> AnalysisResult:
-    from mercia.api.cohorts import get_cohort
+    from mercia.services.cohorts import get_cohort
 
     try:
         cohort, cohort_project = get_cohort(state, user, int(ref))
@@ -52,7 +52,7 @@ def _cohort_attrition(state: MerciaState, user: User, project: Project, ref: str
 
 
 def _analysis(state: MerciaState, user: User, project: Project, ref: str) -> AnalysisResult:
-    from mercia.api.analyses import get_analysis
+    from mercia.services.analyses import get_analysis
 
     try:
         row = get_analysis(state, user, int(ref))

@@ -11,10 +11,10 @@ from typing import Any
 
 import orjson
 
-from mercia.api.state import MerciaState
 from mercia.cohorts import CohortDefinitionError, CohortExpression, run_cohort
 from mercia.governance import Forbidden, GovernanceError, NotFound, Project, User
 from mercia.governance.db import now
+from mercia.services.state import MerciaState
 
 # Circe criteria types -> the CDM table (approval domain) they read.
 CRITERIA_DOMAINS = {
