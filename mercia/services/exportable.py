@@ -1,4 +1,6 @@
-"""What can leave through the airlock, each computed on the server from the project's own data."""
+"""What can leave through the airlock, each computed on the server from the project's own data, and
+how an export request is seen: its tables only once released (or by the output checker reviewing
+it), never while pending, after a refusal or once the project has expired."""
 
 from __future__ import annotations
 
@@ -6,8 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mercia.governance import GovernanceError, NotFound, Project, User
-from mercia.privacy.disclosure import AnalysisResult, ColumnSpec, Kind, StatTable
+from mercia.governance import Project, Role, User
+from mercia.privacy.disclosure import AnalysisResult
+from mercia.services.analyses import analysis_domains, get_analysis
+from mercia.services.cohorts import attrition_table, get_cohort, parse_definition
+from mercia.services.errors import GovernanceError, Invalid, NotFound
+from mercia.services.scope import require_domains
 from mercia.services.state import MerciaState
 
 
@@ -17,51 +23,31 @@ class Exportable:
     build: Callable[[MerciaState, User, Project, str], AnalysisResult]
 
 
-def attrition_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """People remaining at each step of a cohort run: qualifying, after each inclusion rule in turn,
-    and in the final cohort (after era collapse and the approved date range)."""
-    rules = [a for a in result.get("attrition", []) if a["mode_id"] == 1]
-    rows = []
-    if rules:
-        rows.append({"step": "People with a qualifying entry event", "count_persons": rules[0]["person_total"]})
-        # ``remaining`` passes this rule and every earlier one: the ATLAS attrition view.
-        rows += [{"step": f"Rule {a['rule_sequence'] + 1}: {a['name'] or 'unnamed'}",
-                  "count_persons": a.get("remaining", a["person_count"])} for a in rules]
-    rows.append({"step": "People in the cohort", "count_persons": result["persons"]})
-    return rows
+def _id(ref: str, what: str) -> int:
+    if not ref.strip().isdigit():
+        raise Invalid(f"ref must be {what} id (a whole number)")
+    return int(ref)
 
 
 def _cohort_attrition(state: MerciaState, user: User, project: Project, ref: str) -> AnalysisResult:
-    from mercia.services.cohorts import get_cohort
-
-    try:
-        cohort, cohort_project = get_cohort(state, user, int(ref))
-    except ValueError:
-        raise GovernanceError(f"ref must be a cohort id, not {ref!r}") from None
+    cohort, cohort_project = get_cohort(state, user, _id(ref, "a cohort"))
     if cohort_project.id != project.id:
         raise NotFound(f"no cohort {ref} in project {project.id}")
+    parse_definition(cohort["expression"], project)  # the scope may have narrowed since it ran
     if not cohort["result"]:
-        raise GovernanceError(f"cohort {ref} has not been run yet")
-    rows = attrition_rows(cohort["result"])
-    table = StatTable(name="attrition", title=f"Attrition: {cohort['name']}",
-                      columns=[ColumnSpec(name="step", kind=Kind.LABEL, label="Step"),
-                               ColumnSpec(name="count_persons", kind=Kind.COUNT, label="People")],
-                      rows=rows)
+        raise Invalid(f"cohort {ref} has not been run yet")
+    table = attrition_table(f"Attrition: {cohort['name']}", cohort["result"])
     return AnalysisResult(analysis="cohort_attrition", title=f"Cohort attrition: {cohort['name']}",
                           parameters={"cohort_id": cohort["id"], "ran_at": cohort["ran_at"]}, tables=[table])
 
 
 def _analysis(state: MerciaState, user: User, project: Project, ref: str) -> AnalysisResult:
-    from mercia.services.analyses import get_analysis
-
-    try:
-        row = get_analysis(state, user, int(ref))
-    except ValueError:
-        raise GovernanceError(f"ref must be an analysis id, not {ref!r}") from None
+    row = get_analysis(state, user, _id(ref, "an analysis"))
     if row["project_id"] != project.id:
         raise NotFound(f"no analysis {ref} in project {project.id}")
+    require_domains(project, analysis_domains(row["kind"], row["parameters"]), f"exporting a {row['kind']} analysis")
     if row["result"] is None:
-        raise GovernanceError(f"analysis {ref} has not finished")
+        raise Invalid(f"analysis {ref} has not finished")
     return AnalysisResult.model_validate(row["result"])
 
 
@@ -73,5 +59,48 @@ EXPORTABLE: dict[str, Exportable] = {
 
 def build_export(state: MerciaState, user: User, project: Project, kind: str, ref: str) -> AnalysisResult:
     if kind not in EXPORTABLE:
-        raise GovernanceError(f"unknown export kind {kind!r}; choose one of {', '.join(EXPORTABLE)}")
+        raise Invalid(f"unknown export kind; choose one of {', '.join(EXPORTABLE)}")
     return EXPORTABLE[kind].build(state, user, project, ref)
+
+
+def request_export(state: MerciaState, user: User, project_id: int, kind: str, ref: str, title: str,
+                   justification: str) -> dict[str, Any]:
+    """Compute the result on the server, put it through disclosure control and queue it for an
+    output checker; the requester sees the disclosure report, not the tables, until it is released."""
+    project = state.gov.require_data_access(user, project_id)
+    result = build_export(state, user, project, kind, ref)
+    row = state.airlock.request(user, project.id, title=title or result.title, kind=kind, source_ref=ref,
+                                justification=justification, result=result)
+    return withhold(row, "an output checker has not released it yet")
+
+
+def _content_withheld(state: MerciaState, user: User, row: dict[str, Any], in_platform: bool) -> str | None:
+    """Why ``user`` may not see the tables of this export request, or None if they may."""
+    status = row["status"]
+    if status == "pending" and user.has(Role.OUTPUT_CHECKER) and user.id != row["requester_id"]:
+        return None  # the output check itself
+    if status == "rejected":
+        return "the output checker refused it"
+    try:
+        state.gov.require_data_access(user, row["project_id"])
+    except GovernanceError:
+        return "you have no access to the project's data (not a member, or it is not approved or has expired)"
+    if status == "approved" or in_platform:
+        return None  # released; or, inside the platform, the member's own controlled results
+    return "an output checker has not released it yet"
+
+
+def withhold(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    return row | {"content": None, "content_withheld": reason}
+
+
+def view_export(state: MerciaState, user: User, export_id: int, in_platform: bool = False) -> dict[str, Any]:
+    """An export request as ``user`` may see it (audited).  Its tables leave the platform (the API)
+    only once released; the web pages, inside the platform, also show a pending request's tables to
+    project members with data access, as they show the analysis itself."""
+    row = state.airlock.get(user, export_id)
+    state.gov.audit.record(user.username, "export.view", f"export:{export_id}", row["project_id"])
+    reason = _content_withheld(state, user, row, in_platform)
+    return row if reason is None else withhold(row, reason)
+
+

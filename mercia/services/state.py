@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mercia.cdm import Store
+from mercia.config import load_settings
 from mercia.governance import Airlock, Governance
 from mercia.services.jobs import JobRunner
 
@@ -15,6 +16,8 @@ class ServerOptions:
     session_cookie: str = "mercia_session"
     job_workers: int = 2
     oidc: dict[str, str] | None = None  # see mercia.web.oidc
+    max_request_bytes: int = field(default_factory=lambda: load_settings().max_request_bytes)
+    max_upload_bytes: int = field(default_factory=lambda: load_settings().max_upload_bytes)
 
 
 class MerciaState:

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from mercia.api import models as m
 from mercia.api.auth import current_user, require_roles
 from mercia.cdm import StoreError
-from mercia.governance import NotFound, Role, User
+from mercia.governance import Role, User
 from mercia.governance.db import now
 from mercia.services import analyses, cohorts
 from mercia.services.builder import build_from_form
-from mercia.services.exportable import attrition_rows
+from mercia.services.errors import Invalid, NotFound
 from mercia.services.raredisease import hpo_search, match_person, rank_case
 from mercia.services.state import state_of
 from mercia.services.vocabulary import find_concepts
@@ -32,8 +32,8 @@ def search_concepts(request: Request, q: str = Query(..., min_length=1, max_leng
         with state.lock:
             return find_concepts(state.store, q, vocabulary=vocabulary, domain=domain,
                                  standard_only=standard_only, limit=limit)
-    except StoreError as exc:
-        raise HTTPException(400, str(exc)) from None
+    except StoreError:
+        raise Invalid("the concept search could not be run (is the vocabulary loaded?)") from None
 
 
 @router.get("/concepts/{concept_id}", tags=["vocabulary"], summary="One concept")
@@ -100,10 +100,7 @@ def cohort_builder(body: m.BuilderFields, request: Request, user: User = Depends
 
 @router.get("/cohorts/{cohort_id}", tags=["cohorts"], summary="A cohort: definition and latest counts")
 def get_cohort(cohort_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
-    state = state_of(request)
-    row, project = cohorts.get_cohort(state, user, cohort_id)
-    state.gov.audit.record(user.username, "cohort.view", f"cohort:{cohort_id}", project.id)
-    return row
+    return cohorts.view_cohort(state_of(request), user, cohort_id)[0]
 
 
 @router.post("/cohorts/{cohort_id}/run", tags=["cohorts"], status_code=202,
@@ -115,12 +112,11 @@ def run_cohort(cohort_id: int, request: Request, user: User = Depends(current_us
 
 @router.get("/cohorts/{cohort_id}/attrition", tags=["cohorts"], summary="People at each step of the last run")
 def cohort_attrition(cohort_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
-    state = state_of(request)
-    row, project = cohorts.get_cohort(state, user, cohort_id)
+    row, _ = cohorts.view_cohort(state_of(request), user, cohort_id)
     if not row["result"]:
         raise NotFound(f"cohort {cohort_id} has not been run yet")
-    state.gov.audit.record(user.username, "cohort.view_attrition", f"cohort:{cohort_id}", project.id)
-    return {"cohort_id": cohort_id, "ran_at": row["ran_at"], "steps": attrition_rows(row["result"])}
+    return {"cohort_id": cohort_id, "ran_at": row["ran_at"], "steps": row["result"]["steps"],
+            "disclosure": row["result"]["disclosure"], "redacted_marker": row["result"]["redacted_marker"]}
 
 
 @router.get("/cohorts/{cohort_id}/circe", tags=["cohorts"], summary="The definition as ATLAS/Circe JSON")
@@ -149,12 +145,9 @@ def list_analyses(project_id: int, request: Request, cohort_id: int | None = Non
 
 
 @router.get("/analyses/{analysis_id}", tags=["analytics"],
-            summary="An analysis and its disclosure-controlled result tables")
+            summary="An analysis and a summary of its tables (the tables leave only through an approved export)")
 def get_analysis(analysis_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
-    state = state_of(request)
-    row = analyses.get_analysis(state, user, analysis_id)
-    state.gov.audit.record(user.username, "analysis.view", f"analysis:{analysis_id}", row["project_id"])
-    return row
+    return analyses.describe_analysis(state_of(request), user, analysis_id)
 
 
 @router.get("/hpo/terms", tags=["rare disease"], summary="HPO term autocomplete")
