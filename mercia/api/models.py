@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mercia.governance import Role
 
@@ -97,6 +97,17 @@ class ConceptSetCreate(Body):
     project_id: int
     name: str = Field(..., min_length=1, max_length=200)
     expression: dict[str, Any] = Field(..., description="ATLAS concept set expression {'items': [...]}")
+
+    @field_validator("expression")
+    @classmethod
+    def _atlas(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from mercia.cohorts.model import ConceptSetExpression
+
+        try:
+            ConceptSetExpression.model_validate(value)
+        except ValueError:
+            raise ValueError("not an ATLAS concept set expression (expected {'items': [{'concept': ...}]})") from None
+        return value
 
 
 class CohortCreate(Body):

@@ -17,13 +17,13 @@ from fastapi.templating import Jinja2Templates
 from mercia.api.auth import Caller, csrf_ok, session_caller
 from mercia.api.errors import STORE_REFUSED, status_for
 from mercia.cdm import StoreError
-from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, NotFound, ProjectStatus, Role
+from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, ProjectStatus, Role
 from mercia.services import analyses as analysis_service
 from mercia.services import cohorts as cohort_service
 from mercia.services.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form
 from mercia.services.exportable import request_export as request_export_service, view_export
 from mercia.services.jobs import job_for
-from mercia.services.sources import list_sources, source_detail
+from mercia.services.sources import list_sources, view_source
 from mercia.services.state import state_of
 from mercia.web import charts
 
@@ -439,16 +439,7 @@ def sources_page(request: Request, caller: Caller = Depends(signed_in)):
 
 @router.get("/sources/{name}", response_class=HTMLResponse)
 def source_page(name: str, request: Request, caller: Caller = Depends(signed_in)):
-    from mercia.api.routes.data import may_see_quality
-
-    state = state_of(request)
-    if not may_see_quality(caller.user, name):
-        raise Forbidden(f"load history and data quality of {name} are for its data managers")
-    with state.lock:
-        detail = source_detail(state.store, name)
-    if detail is None:
-        raise NotFound(f"no source {name!r}")
-    state.gov.audit.record(caller.user.username, "source.view", f"source:{name}")
+    detail = view_source(state_of(request), caller.user, name)
     from mercia.services.loads import UPLOAD_KINDS
 
     return render(request, "source.html", caller, source=detail, upload_kinds=UPLOAD_KINDS,
