@@ -181,3 +181,21 @@ def test_body_limit_is_configurable(store):
         r = client.post("/api/v1/projects", content=b"{" + b" " * 4096 + b"}",
                         headers={"content-type": "application/json"})
         assert r.status_code == 413 and "2,048 bytes" in r.json()["detail"]
+
+
+def test_web_pages_show_small_counts_as_the_marker(world):
+    from tests.api.api_world import PASSWORD
+    from tests.web.test_pages import csrf_of
+
+    world.gov.db.execute("DELETE FROM drug_exposure WHERE person_id > 1")
+    h = world.login("res")
+    cid = make_cohort(world, h)
+    run(world, h, cid)
+    client = world.client
+    page = client.get("/signin")
+    client.post("/signin", data={"username": "res", "password": PASSWORD, "csrf_token": csrf_of(page.text),
+                                 "next": "/"}, follow_redirects=False)
+    for path in (f"/cohorts/{cid}", f"/projects/{world.approved}"):
+        html = client.get(path).text
+        assert "[REDACTED]" in html, path
+        assert ">1<" not in html and "1 people" not in html, path
