@@ -27,6 +27,8 @@ class Settings(BaseModel):
         None, description="file holding the HMAC key for NHS-number pseudonyms (outside the repo)")
     disclosure_policy: str = Field("opensafely", description="statistical disclosure control policy")
     enforce_primary_keys: bool = Field(False, description="create CDM primary keys as constraints")
+    max_request_bytes: int = Field(1_048_576, ge=1024, description="largest request body the server reads (413 beyond)")
+    max_upload_bytes: int = Field(2_147_483_648, ge=1024, description="largest extract upload (multipart) it reads")
 
 
 def _config_file() -> Path | None:

@@ -66,8 +66,8 @@ def diabetes_cohort() -> dict:
 
 
 def build_demo(directory: Path, persons: int, seed: int) -> Demo:
-    from mercia.api.cohorts import create_cohort, start_run
-    from mercia.api.state import MerciaState, ServerOptions
+    from mercia.services.cohorts import create_cohort, start_run
+    from mercia.services.state import MerciaState, ServerOptions
     from mercia.synth.omop import write_omop
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -123,7 +123,7 @@ def demo(persons: int = typer.Option(10_000, help="people in the synthetic regio
     from rich.console import Console
     from rich.table import Table
 
-    from mercia.api.state import ServerOptions
+    from mercia.services.state import ServerOptions
     from mercia.web.app import create_app
     from mercia.web.cli import is_loopback
 

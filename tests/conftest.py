@@ -12,12 +12,19 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from mercia.cdm import Store
 
 SHARED_DATA = Path(os.environ.get("MERCIA_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 REQUIRE_ENGINES = os.environ.get("MERCIA_REQUIRE_ENGINES") == "1"
 ENGINES = ["duckdb", "postgres"]
+
+# Disclosure properties: at least 500 examples in CI, fewer locally (use with
+# ``@settings(settings.get_profile(DISCLOSURE_PROFILE))``).
+settings.register_profile("disclosure-ci", max_examples=500, deadline=None)
+settings.register_profile("disclosure-dev", max_examples=60, deadline=None)
+DISCLOSURE_PROFILE = "disclosure-ci" if REQUIRE_ENGINES else "disclosure-dev"
 
 
 def engine_missing(reason: str) -> None:

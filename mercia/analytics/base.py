@@ -66,7 +66,8 @@ def quantiles_sql(expr: str) -> str:
     """count, mean, sd and the quantiles of DISTRIBUTION_STATS, in that order."""
     parts = [f"COUNT({expr})", f"AVG(CAST({expr} AS DOUBLE PRECISION))",
              f"STDDEV_SAMP(CAST({expr} AS DOUBLE PRECISION))"]
-    parts += [f"PERCENTILE_CONT({q}) WITHIN GROUP (ORDER BY {expr})" for q in (0.1, 0.25, 0.5, 0.75, 0.9)]
+    # Observed values, never interpolated: an interpolated quantile's fraction gives away N modulo 10.
+    parts += [f"PERCENTILE_DISC({q}) WITHIN GROUP (ORDER BY {expr})" for q in (0.1, 0.25, 0.5, 0.75, 0.9)]
     return ", ".join(parts)
 
 
@@ -167,8 +168,11 @@ def count(name: str, title: str | None = None, denominator: str | None = None) -
     return ColumnSpec(name=name, kind=Kind.COUNT, label=title, denominator=denominator)
 
 
-def statistic(name: str, basis: Sequence[str], title: str | None = None) -> ColumnSpec:
-    return ColumnSpec(name=name, kind=Kind.STATISTIC, basis=list(basis), label=title)
+def statistic(name: str, basis: Sequence[str], title: str | None = None,
+              resolution: float | None = 1.0) -> ColumnSpec:
+    """A summary of per-person values (``resolution``: their step), or with ``resolution=None`` a model
+    estimate; the policy rounds both so that they cannot identify the group size."""
+    return ColumnSpec(name=name, kind=Kind.STATISTIC, basis=list(basis), label=title, resolution=resolution)
 
 
 def derived(name: str, formula: str, args: Sequence[str], title: str | None = None,

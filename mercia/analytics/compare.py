@@ -80,7 +80,7 @@ def compare(store: Store, target_id: int, comparator_id: int, windows: Sequence[
                  count("count_comparator", "Comparator N"),
                  statistic("mean_comparator", ["count_comparator"], "Comparator mean"),
                  statistic("sd_comparator", ["count_comparator"], "Comparator SD"),
-                 statistic("smd", both, "SMD")],
+                 statistic("smd", both, "SMD", None)],
         rows=continuous_rows)
     result = AnalysisResult(
         analysis="comparison", title=f"Cohort {target_id} (target) vs cohort {comparator_id} (comparator)",

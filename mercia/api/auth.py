@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from mercia.api.state import state_of
 from mercia.governance import Role, User
+from mercia.services.state import state_of
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 bearer = HTTPBearer(auto_error=False, description="personal API token (create one under Account)")

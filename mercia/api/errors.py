@@ -1,20 +1,55 @@
-"""Governance refusals become HTTP answers with the rule in the message."""
+"""Refusals become HTTP answers, mapped here once for the API and the web app.
+
+A service refusal (``mercia.services.errors``) keeps its message, which names the rule or field.
+Nothing else reaches the client: no input echoed back, no SQL, no stack trace.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from mercia.governance import Conflict, Forbidden, GovernanceError, NotFound, Throttled
+from mercia.cdm import StoreError
+from mercia.services.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError, Throttled, TooLarge
 
-STATUS = [(NotFound, 404), (Forbidden, 403), (Conflict, 409), (Throttled, 429), (GovernanceError, 400)]
+STATUS = [(NotFound, 404), (Forbidden, 403), (Conflict, 409), (Throttled, 429), (TooLarge, 413), (Invalid, 400),
+          (ServiceError, 400)]
+STORE_REFUSED = "the data store could not do this with the values given (check dates, numbers and codes)"
+MAX_REPORTED_ERRORS = 20
 
 
 def status_for(exc: Exception) -> int:
     return next(code for kind, code in STATUS if isinstance(exc, kind))
 
 
+def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Where each problem is and what it is, never the value sent (pydantic's ``input``/``ctx``, or
+    the name of a field the model does not have)."""
+    errors = exc.errors()
+    report = []
+    for e in errors[:MAX_REPORTED_ERRORS]:
+        loc = list(e.get("loc", ()))
+        if e.get("type") == "extra_forbidden":
+            loc = [*loc[:-1], "(a field this operation does not take)"]
+        report.append({"loc": [part if isinstance(part, int) else str(part)[:64] for part in loc],
+                       "msg": str(e.get("msg", ""))[:200], "type": str(e.get("type", ""))[:64]})
+    if len(errors) > MAX_REPORTED_ERRORS:
+        report.append({"loc": [], "msg": f"and {len(errors) - MAX_REPORTED_ERRORS} more problems", "type": "more"})
+    return report
+
+
 def install(app: FastAPI) -> None:
-    @app.exception_handler(GovernanceError)
-    async def governance_refusal(request: Request, exc: GovernanceError) -> JSONResponse:
+    @app.exception_handler(ServiceError)
+    async def refused(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_errors(exc)}, status_code=422)
+
+    @app.exception_handler(StoreError)
+    async def store_refused(request: Request, exc: StoreError) -> JSONResponse:
+        return JSONResponse({"detail": STORE_REFUSED}, status_code=400)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mercia.governance import Role
+
+# Every string and list a client sends is bounded, so no body can make validation slow.
+Code = Annotated[str, Field(max_length=100)]
+Date = Annotated[str, Field(max_length=32, description="an ISO date, YYYY-MM-DD")]
+FormText = Annotated[str, Field(max_length=200)]
+Concepts = Annotated[str, Field(max_length=5000, description="concept ids, comma separated")]
 
 
 class Body(BaseModel):
@@ -20,28 +26,28 @@ class TokenRequest(Body):
 
 class ProjectFields(Body):
     title: str = Field(..., min_length=1, max_length=200)
-    pillar: str
+    pillar: Code
     purpose: str = Field("", max_length=5000)
-    themes: list[str] = []
+    themes: list[Code] = Field([], max_length=50)
     ppi_notes: str = Field("", max_length=5000)
-    scope_sources: list[str] = []
-    scope_domains: list[str] = []
-    scope_start: str | None = None
-    scope_end: str | None = None
-    expires_on: str | None = None
+    scope_sources: list[Code] = Field([], max_length=200)
+    scope_domains: list[Code] = Field([], max_length=50)
+    scope_start: Date | None = None
+    scope_end: Date | None = None
+    expires_on: Date | None = None
 
 
 class ProjectUpdate(Body):
     title: str | None = Field(None, min_length=1, max_length=200)
-    pillar: str | None = None
+    pillar: Code | None = None
     purpose: str | None = Field(None, max_length=5000)
-    themes: list[str] | None = None
+    themes: list[Code] | None = Field(None, max_length=50)
     ppi_notes: str | None = Field(None, max_length=5000)
-    scope_sources: list[str] | None = None
-    scope_domains: list[str] | None = None
-    scope_start: str | None = None
-    scope_end: str | None = None
-    expires_on: str | None = None
+    scope_sources: list[Code] | None = Field(None, max_length=200)
+    scope_domains: list[Code] | None = Field(None, max_length=50)
+    scope_start: Date | None = None
+    scope_end: Date | None = None
+    expires_on: Date | None = None
 
 
 class MemberRequest(Body):
@@ -58,14 +64,14 @@ class UserCreate(Body):
     username: str = Field(..., min_length=1, max_length=64)
     display_name: str = Field(..., min_length=1, max_length=200)
     password: str = Field(..., min_length=12, max_length=256)
-    email: str | None = None
-    organisation: str | None = None
-    roles: list[tuple[Role, str]] = []
+    email: str | None = Field(None, max_length=254)
+    organisation: str | None = Field(None, max_length=200)
+    roles: list[tuple[Role, Code]] = Field([], max_length=50)
 
 
 class RoleGrant(Body):
     role: Role
-    scope: str = ""
+    scope: Code = ""
 
 
 class PillarLeads(Body):
@@ -81,8 +87,8 @@ class ThemeCreate(Body):
 
 class ExportCreate(Body):
     project_id: int
-    kind: str
-    ref: str = Field(..., description="what to export, e.g. the cohort id for kind 'cohort_attrition'")
+    kind: Code
+    ref: Code = Field(..., description="what to export, e.g. the cohort id for kind 'cohort_attrition'")
     title: str = Field("", max_length=200)
     justification: str = Field(..., min_length=1, max_length=2000)
 
@@ -91,6 +97,17 @@ class ConceptSetCreate(Body):
     project_id: int
     name: str = Field(..., min_length=1, max_length=200)
     expression: dict[str, Any] = Field(..., description="ATLAS concept set expression {'items': [...]}")
+
+    @field_validator("expression")
+    @classmethod
+    def _atlas(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from mercia.cohorts.model import ConceptSetExpression
+
+        try:
+            ConceptSetExpression.model_validate(value)
+        except ValueError:
+            raise ValueError("not an ATLAS concept set expression (expected {'items': [{'concept': ...}]})") from None
+        return value
 
 
 class CohortCreate(Body):
@@ -101,15 +118,15 @@ class CohortCreate(Body):
 
 
 class RankRequest(Body):
-    observed: list[str] = Field(..., min_length=1, max_length=200, description="HPO ids seen, e.g. HP:0001250")
-    excluded: list[str] = Field([], max_length=200, description="HPO ids looked for and absent")
-    genes: list[str] = Field([], max_length=100, description="candidate gene symbols, if sequenced")
+    observed: list[Code] = Field(..., min_length=1, max_length=200, description="HPO ids seen, e.g. HP:0001250")
+    excluded: list[Code] = Field([], max_length=200, description="HPO ids looked for and absent")
+    genes: list[Code] = Field([], max_length=100, description="candidate gene symbols, if sequenced")
     top: int = Field(10, ge=1, le=50)
 
 
 class AnalysisCreate(Body):
     project_id: int
-    kind: str = Field(..., description="characterise, incidence, survival or compare (see /analyses/kinds)")
+    kind: Code = Field(..., description="characterise, incidence, survival or compare (see /analyses/kinds)")
     target_cohort_id: int
     outcome_cohort_id: int | None = Field(None, description="incidence and survival (survival: omit for death)")
     comparator_cohort_id: int | None = Field(None, description="compare; optional second curve for survival")
@@ -123,30 +140,30 @@ class MatchRequest(Body):
 
 class BuilderFields(Body):
     """The cohort builder's fields (as the web form sends them); see docs/web.md."""
-    entry_domain: str = "condition"
-    entry_concepts: str = Field(..., description="concept ids, comma separated")
-    entry_label: str = ""
-    entry_descendants: str = Field("on", description="'on' to include descendants")
-    entry_first: str = Field("on", description="'on' for the first event per person only")
-    prior_days: str = "0"
-    rule1_name: str = ""
-    rule1_presence: str = Field("present", description="'present' (at least one event) or 'absent'")
-    rule1_domain: str = "condition"
-    rule1_concepts: str = ""
-    rule1_before: str = "365"
-    rule1_after: str = "0"
-    rule2_name: str = ""
-    rule2_presence: str = "present"
-    rule2_domain: str = "condition"
-    rule2_concepts: str = ""
-    rule2_before: str = "365"
-    rule2_after: str = "0"
-    rule3_name: str = ""
-    rule3_presence: str = "present"
-    rule3_domain: str = "condition"
-    rule3_concepts: str = ""
-    rule3_before: str = "365"
-    rule3_after: str = "0"
-    min_age: str = ""
-    exit: str = Field("end_of_observation", description="'end_of_observation' or 'offset'")
-    exit_days: str = "365"
+    entry_domain: FormText = "condition"
+    entry_concepts: Concepts
+    entry_label: FormText = ""
+    entry_descendants: FormText = Field("on", description="'on' to include descendants")
+    entry_first: FormText = Field("on", description="'on' for the first event per person only")
+    prior_days: FormText = "0"
+    rule1_name: FormText = ""
+    rule1_presence: FormText = Field("present", description="'present' (at least one event) or 'absent'")
+    rule1_domain: FormText = "condition"
+    rule1_concepts: Concepts = ""
+    rule1_before: FormText = "365"
+    rule1_after: FormText = "0"
+    rule2_name: FormText = ""
+    rule2_presence: FormText = "present"
+    rule2_domain: FormText = "condition"
+    rule2_concepts: Concepts = ""
+    rule2_before: FormText = "365"
+    rule2_after: FormText = "0"
+    rule3_name: FormText = ""
+    rule3_presence: FormText = "present"
+    rule3_domain: FormText = "condition"
+    rule3_concepts: Concepts = ""
+    rule3_before: FormText = "365"
+    rule3_after: FormText = "0"
+    min_age: FormText = ""
+    exit: FormText = Field("end_of_observation", description="'end_of_observation' or 'offset'")
+    exit_days: FormText = "365"

@@ -17,7 +17,8 @@ Results are *typed* so that the policy can be applied generically: an ``Analysis
   count (column, or ``"population"`` for the table's population) it is a part of, so that a cell
   whose complement is small (a near-100% cell) is redacted too.
 - ``STATISTIC``: a summary of a group (mean, median, SD, quantile, person-years, a model estimate).
-  ``basis`` names the counts that give the group size; redacted when any basis is redacted.
+  ``basis`` names the counts that give the group size; redacted when any basis is redacted, otherwise
+  rounded to a step tied to the published group size (``publish_statistic``) so it cannot reveal N.
 - ``DERIVED``: a value computed from counts by a named ``formula`` (percent, rate, exact Poisson
   bounds, binary SMD).  Recomputed from the *published* (rounded) counts so that it cannot reveal the
   unrounded ones; redacted when any argument is redacted.
@@ -127,6 +128,9 @@ class ColumnSpec(BaseModel):
     formula: str | None = None
     args: list[str] = Field(default_factory=list, description="formula arguments (columns)")
     scale: float | None = None
+    resolution: float | None = Field(
+        1.0, description="statistics: the step between the values summarised (1 for years, days, scores); "
+                         "None for a model estimate (hazard ratio, p, SMD), released to 2 significant figures")
     denominator: str | None = Field(None, description="the count this count is part of")
     rounding: str | None = Field(None, description="set by the policy: what was done to the values")
 
@@ -320,6 +324,23 @@ class DisclosurePolicy(BaseModel):
     def publish_count(self, value: int) -> int:
         return value if self.rounding_base is None else round_to(value, self.rounding_base)
 
+    def statistic_step(self, resolution: float, group: int) -> float:
+        """The step a statistic of ``group`` people (its published size) is rounded to: the power of ten
+        at or above (threshold + 1) x resolution / group.  One person moves a mean by resolution / N,
+        so each released value is then consistent with more than ``threshold`` different sums for
+        every N the rounded count allows, and neither N nor a hidden cell can be read back from it."""
+        return 10.0 ** math.ceil(math.log10((self.threshold + 1) * resolution / max(group, 1)))
+
+    def publish_statistic(self, value: Any, resolution: float | None, basis: list[Any]) -> Any:
+        """A statistic rounded so that it cannot identify its group size (docs/disclosure.md)."""
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return value
+        if resolution is None:
+            return float(f"{value:.2g}")
+        sizes = [b for b in basis if isinstance(b, int | float) and b > 0]
+        step = self.statistic_step(resolution, int(min(sizes)) if sizes else 1)
+        return _round_to_step(value, step)
+
     # -- tables ---------------------------------------------------------------------------
     def _apply_table(self, table: StatTable) -> StatTable:
         if table.redacted_marker is not None:
@@ -386,6 +407,9 @@ class DisclosurePolicy(BaseModel):
                     if any(is_hidden(i, b) or _small_basis(self, true_count(i, b)) for b in col.basis):
                         hidden.add((i, col.name))
                         row[col.name] = None
+                    else:
+                        row[col.name] = self.publish_statistic(
+                            row.get(col.name), col.resolution, [published_value(i, b) for b in col.basis])
                 elif col.kind == Kind.DERIVED:
                     refs = [*col.args, *col.basis]
                     if any(is_hidden(i, a) for a in refs) or \
@@ -440,7 +464,9 @@ class DisclosurePolicy(BaseModel):
         if col.kind == Kind.DERIVED:
             return "recomputed from published counts"
         if col.kind == Kind.STATISTIC:
-            return f"redacted where it describes {self.threshold} or fewer people"
+            precision = ("2 significant figures" if col.resolution is None else
+                         f"rounded to the power of ten at or above {self.threshold + 1} x {col.resolution:g} / N")
+            return f"redacted where it describes {self.threshold} or fewer people; {precision}"
         return None
 
     # -- life tables ----------------------------------------------------------------------
@@ -502,6 +528,13 @@ def _loglog_bounds(surv: float, greenwood: float, z: float = 1.959963984540054) 
         return 0.0, surv
     spread = z * math.sqrt(greenwood) / math.log(surv)
     return surv ** math.exp(-spread), surv ** math.exp(spread)
+
+
+def _round_to_step(value: float, step: float) -> float:
+    """``value`` rounded half away from zero to a power-of-ten ``step``, without float noise."""
+    decimals = max(0, -round(math.log10(step)))
+    rounded = math.floor(abs(value) / step + 0.5) * step * (1 if value >= 0 else -1)
+    return round(rounded, decimals) + 0.0
 
 
 def _small_basis(policy: DisclosurePolicy, value: Any) -> bool:

@@ -9,8 +9,9 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 
 from mercia.api.app import create_api
-from mercia.api.state import MerciaState, ServerOptions
+from mercia.api.limits import BodyLimit
 from mercia.cdm import Store
+from mercia.services.state import MerciaState, ServerOptions
 
 STATIC = Path(__file__).parent / "static"
 
@@ -50,6 +51,8 @@ def create_app(store: Store, options: ServerOptions | None = None) -> FastAPI:
 
     from mercia.web import pages
 
+    app.add_middleware(BodyLimit, max_bytes=state.options.max_request_bytes,
+                       max_upload_bytes=state.options.max_upload_bytes)
     app.mount("/api/v1", api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)

@@ -24,14 +24,15 @@ def attrition(steps: list[dict[str, Any]], width: int = 720) -> Markup:
     for i, step in enumerate(steps):
         y = gap + i * (bar_h + gap)
         n = step["count_persons"] or 0
+        shown = "redacted" if step["count_persons"] is None else f"{n:,}"
         w = max(2, (width - label_w - 90) * n / top)
         colour = BAR_FINAL if i == len(steps) - 1 else BAR
         parts.append(f'<text x="0" y="{y + bar_h * 0.68}" fill="{TEXT}" font-size="14">'
                      f'{escape(_shorten(step["step"], 40))}</text>')
         parts.append(f'<rect class="bar" x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colour}" rx="2">'
-                     f'<title>{escape(step["step"])}: {n:,} people</title></rect>')
+                     f'<title>{escape(step["step"])}: {shown} people</title></rect>')
         parts.append(f'<text x="{label_w + w + 8:.1f}" y="{y + bar_h * 0.68}" fill="{TEXT}" font-size="14" '
-                     f'font-weight="600">{n:,}</text>')
+                     f'font-weight="600">{shown}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 

@@ -23,8 +23,8 @@ def serve(db: str | None = typer.Option(None, "--db", help="store URL (default: 
     """Serve the web app at / and the HTTP API at /api/v1 (put TLS in front of it beyond loopback)."""
     import uvicorn
 
-    from mercia.api.state import ServerOptions
     from mercia.cdm import Store
+    from mercia.services.state import ServerOptions
     from mercia.web.app import create_app
     from mercia.web.oidc import oidc_from_environment
 

@@ -16,8 +16,8 @@ import secrets
 from fastapi import APIRouter, FastAPI, Request
 from starlette.middleware.sessions import SessionMiddleware
 
-from mercia.api.state import state_of
 from mercia.governance import GovernanceError
+from mercia.services.state import state_of
 
 PROVIDER = "organisation"
 router = APIRouter(include_in_schema=False)

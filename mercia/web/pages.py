@@ -14,19 +14,22 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from mercia.api import analyses as analysis_service, cohorts as cohort_service
 from mercia.api.auth import Caller, csrf_ok, session_caller
-from mercia.api.errors import status_for
-from mercia.api.exportable import attrition_rows, build_export
-from mercia.api.sources import list_sources, source_detail
-from mercia.api.state import state_of
+from mercia.api.errors import STORE_REFUSED, status_for
 from mercia.cdm import StoreError
-from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, NotFound, ProjectStatus, Role
+from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, ProjectStatus, Role
+from mercia.services import analyses as analysis_service
+from mercia.services import cohorts as cohort_service
+from mercia.services.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form
+from mercia.services.exportable import request_export as request_export_service, view_export
+from mercia.services.jobs import job_for
+from mercia.services.sources import list_sources, view_source
+from mercia.services.state import state_of
 from mercia.web import charts
-from mercia.api.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, ProjectStatus=ProjectStatus)
+templates.env.filters["count"] = lambda value, marker: marker if value is None else f"{value:,}"
 router = APIRouter(include_in_schema=False)
 PRE_CSRF = "mercia_signin_csrf"
 ROLE_LABELS = {r.value: r.label for r in Role}
@@ -102,8 +105,13 @@ def install_handlers(app: FastAPI) -> None:
     async def refused(request: Request, exc: GovernanceError):
         code = status_for(exc)
         titles = {403: "You cannot do that", 404: "Page not found", 409: "Not possible now",
-                  429: "Too many attempts", 400: "There is a problem"}
+                  413: "Too large", 429: "Too many attempts", 400: "There is a problem"}
         return render(request, "error.html", session_caller(request), code, title=titles[code], message=str(exc))
+
+    @app.exception_handler(StoreError)
+    async def store_refused(request: Request, exc: StoreError):
+        return render(request, "error.html", session_caller(request), 400, title="There is a problem",
+                      message=STORE_REFUSED)
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc):
@@ -318,9 +326,8 @@ def builder_submit(project_id: int, request: Request, caller: Caller = Depends(s
 @router.get("/cohorts/{cohort_id}", response_class=HTMLResponse)
 def cohort_page(cohort_id: int, request: Request, caller: Caller = Depends(signed_in)):
     state = state_of(request)
-    cohort, project = cohort_service.get_cohort(state, caller.user, cohort_id)
-    state.gov.audit.record(caller.user.username, "cohort.view", f"cohort:{cohort_id}", project.id)
-    steps = attrition_rows(cohort["result"]) if cohort["result"] else []
+    cohort, project = cohort_service.view_cohort(state, caller.user, cohort_id)
+    steps = cohort["result"]["steps"] if cohort["result"] else []
     others = [c for c in cohort_service.list_cohorts(state, caller.user, project.id)
               if c["id"] != cohort_id and c["result"]]
     return render(request, "cohort.html", caller, cohort=cohort, project=project, steps=steps,
@@ -371,9 +378,7 @@ def run_cohort(cohort_id: int, request: Request, caller: Caller = Depends(signed
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job_id: int, request: Request, caller: Caller = Depends(signed_in)):
-    job = state_of(request).jobs.get(job_id)
-    if job is None or job["user_id"] != caller.user.id:
-        raise NotFound(f"no job {job_id} of yours")
+    job = job_for(state_of(request), caller.user, job_id)
     next_url = None
     if job["status"] == "succeeded":
         result = job["result"]
@@ -391,24 +396,20 @@ def exports_page(request: Request, caller: Caller = Depends(signed_in)):
 
 @router.post("/exports")
 def request_export(request: Request, caller: Caller = Depends(signed_in), form: dict[str, str] = Depends(form_data)):
-    state = state_of(request)
-    project = state.gov.require_data_access(caller.user, int(form.get("project_id") or 0))
-    result = build_export(state, caller.user, project, form.get("kind", ""), form.get("ref", ""))
-    row = state.airlock.request(caller.user, project.id, title=form.get("title") or result.title,
-                                kind=form.get("kind", ""), source_ref=form.get("ref", ""),
-                                justification=form.get("justification", ""), result=result)
+    project_id = form.get("project_id") or ""
+    row = request_export_service(state_of(request), caller.user, int(project_id) if project_id.isdigit() else 0,
+                                 form.get("kind", ""), form.get("ref", ""), form.get("title", ""),
+                                 form.get("justification", ""))
     return redirect(f"/exports/{row['id']}", "Export requested. An output checker will review it.")
 
 
 @router.get("/exports/{export_id}", response_class=HTMLResponse)
 def export_page(export_id: int, request: Request, caller: Caller = Depends(signed_in)):
-    state = state_of(request)
-    row = state.airlock.get(caller.user, export_id)
-    state.gov.audit.record(caller.user.username, "export.view", f"export:{export_id}", row["project_id"])
+    row = view_export(state_of(request), caller.user, export_id, in_platform=True)
     can_decide = (caller.user.has(Role.OUTPUT_CHECKER) and row["requester_id"] != caller.user.id
                   and row["status"] == "pending")
     return render(request, "export.html", caller, export=row, can_decide=can_decide,
-                  tables=[charts.display_table(t) for t in row["content"]["tables"]])
+                  tables=[charts.display_table(t) for t in row["content"]["tables"]] if row["content"] else [])
 
 
 @router.post("/exports/{export_id}/decision")
@@ -438,17 +439,8 @@ def sources_page(request: Request, caller: Caller = Depends(signed_in)):
 
 @router.get("/sources/{name}", response_class=HTMLResponse)
 def source_page(name: str, request: Request, caller: Caller = Depends(signed_in)):
-    from mercia.api.routes.data import may_see_quality
-
-    state = state_of(request)
-    if not may_see_quality(caller.user, name):
-        raise Forbidden(f"load history and data quality of {name} are for its data managers")
-    with state.lock:
-        detail = source_detail(state.store, name)
-    if detail is None:
-        raise NotFound(f"no source {name!r}")
-    state.gov.audit.record(caller.user.username, "source.view", f"source:{name}")
-    from mercia.api.loads import UPLOAD_KINDS
+    detail = view_source(state_of(request), caller.user, name)
+    from mercia.services.loads import UPLOAD_KINDS
 
     return render(request, "source.html", caller, source=detail, upload_kinds=UPLOAD_KINDS,
                   can_load=caller.user.has(Role.DATA_MANAGER, name) or caller.user.has(Role.ADMIN))
@@ -457,7 +449,7 @@ def source_page(name: str, request: Request, caller: Caller = Depends(signed_in)
 @router.get("/concepts", response_class=HTMLResponse)
 def concepts_page(request: Request, caller: Caller = Depends(signed_in), q: str = "", domain: str = "",
                   standard_only: str = ""):
-    from mercia.api.vocabulary import find_concepts
+    from mercia.services.vocabulary import find_concepts
 
     state = state_of(request)
     results, error = [], None
@@ -466,8 +458,8 @@ def concepts_page(request: Request, caller: Caller = Depends(signed_in), q: str 
             with state.lock:
                 results = find_concepts(state.store, q, domain=domain or None, standard_only=bool(standard_only),
                                         limit=50)
-        except StoreError as exc:
-            error = str(exc)
+        except StoreError:
+            error = "the concept search could not be run (is the vocabulary loaded?)"
     return render(request, "concepts.html", caller, q=q, domain=domain, standard_only=bool(standard_only),
                   results=results, error=error)
 
@@ -476,7 +468,7 @@ def concepts_page(request: Request, caller: Caller = Depends(signed_in), q: str 
 async def load_extract(name: str, request: Request, caller: Caller = Depends(signed_in)):
     from starlette.concurrency import run_in_threadpool
 
-    from mercia.api.loads import start_load
+    from mercia.services.loads import start_load
 
     form = await request.form()
     upload = form.get("file")
@@ -489,7 +481,7 @@ async def load_extract(name: str, request: Request, caller: Caller = Depends(sig
 
 @router.get("/raredisease", response_class=HTMLResponse)
 def raredisease_page(request: Request, caller: Caller = Depends(signed_in), observed: str = "", excluded: str = ""):
-    from mercia.api.raredisease import rank_case
+    from mercia.services.raredisease import rank_case
 
     if not caller.user.has_any(Role.CLINICIAN, Role.RESEARCHER, Role.TRIAL_COORDINATOR):
         raise Forbidden("rare-disease ranking is for clinicians and researchers")

@@ -8,8 +8,8 @@ from datetime import date, timedelta
 import pyarrow as pa
 from fastapi.testclient import TestClient
 
-from mercia.api.state import ServerOptions
 from mercia.governance import Governance, Role
+from mercia.services.state import ServerOptions
 from mercia.web.app import create_app
 
 PASSWORD = "correct horse battery"
@@ -99,7 +99,7 @@ def build_world(store) -> World:
             "dm": [(Role.DATA_MANAGER, "OMOP CDM store")], "admin": [(Role.ADMIN, "")]}
     people = {name: gov.create_user(name, name.title(), PASSWORD, roles) for name, roles in spec.items()}
     fields = dict(pillar="cancer", purpose="Outcomes after GI bleeding",
-                  scope_domains=["condition_occurrence", "drug_exposure", "person"], expires_on=FUTURE)
+                  scope_domains=["condition_occurrence", "drug_exposure", "person", "death"], expires_on=FUTURE)
     approved = gov.create_project(people["res"], title="GI bleed outcomes", **fields).id
     gov.add_member(people["res"], approved, people["checker2"].id)
     approve(gov, people, approved)

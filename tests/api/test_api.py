@@ -184,7 +184,7 @@ def test_cohort_create_run_attrition(world):
     job = run(world, h, cid)
     assert job["result"]["persons"] == 10 and job["progress"] == 1.0
     steps = world.client.get(f"/api/v1/cohorts/{cid}/attrition", headers=h).json()["steps"]
-    assert [s["count_persons"] for s in steps] == [24, 10, 10]
+    assert [s["count_persons"] for s in steps] == [25, 10, 10]  # 24 qualify: shown rounded to 5
     got = world.client.get(f"/api/v1/cohorts/{cid}", headers=h).json()
     assert got["result"]["persons"] == 10 and got["expression"]["InclusionRules"][0]["name"] == "Aspirin before"
     assert world.client.get(f"/api/v1/cohorts/{cid}/circe", headers=h).json()["PrimaryCriteria"]
@@ -232,7 +232,7 @@ def test_date_scope_clips_cohort(world):
     world.gov.db.execute("UPDATE mercia_project SET scope_start = '2016-01-01' WHERE id = ?", [world.approved])
     cid = make_cohort(world, h, expression=circe(rule_drug=None))
     job = run(world, h, cid)
-    assert job["result"]["persons"] == 0 and job["result"]["clipped_entries"] == 24
+    assert job["result"]["persons"] == 0 and job["result"]["clipped_entries"] == 25  # 24, rounded
 
 
 def test_concept_sets(world):
@@ -264,10 +264,13 @@ def test_export_flow_and_refusals(world):
     r = world.client.post("/api/v1/exports", headers=h, json=body)
     assert r.status_code == 201
     export = r.json()
-    rows = export["content"]["tables"][0]["rows"]
-    assert [row["count_persons"] for row in rows] == [25, 10, 10]  # rounded to 5 by the default policy
+    assert export["content"] is None and "not released" in export["content_withheld"]  # pending: no tables
     assert export["disclosure"]["policy"] == "opensafely" and export["status"] == "pending"
     eid = export["id"]
+    assert world.client.get(f"/api/v1/exports/{eid}", headers=h).json()["content"] is None
+    reviewed = world.client.get(f"/api/v1/exports/{eid}", headers=world.login("checker")).json()
+    rows = reviewed["content"]["tables"][0]["rows"]
+    assert [row["count_persons"] for row in rows] == [25, 10, 10]  # rounded to 5 by the default policy
     assert world.client.get(f"/api/v1/exports/{eid}/download", headers=h).status_code == 403  # not approved
     assert world.client.post(f"/api/v1/exports/{eid}/decision", headers=h,
                              json={"decision": "approve"}).status_code == 403  # not a checker
@@ -279,6 +282,7 @@ def test_export_flow_and_refusals(world):
     r = world.client.post(f"/api/v1/exports/{eid}/decision", headers=world.login("checker"),
                           json={"decision": "approve", "reason": "counts rounded"})
     assert r.json()["status"] == "approved"
+    assert world.client.get(f"/api/v1/exports/{eid}", headers=h).json()["content"]["tables"][0]["rows"] == rows
     assert world.client.post(f"/api/v1/exports/{eid}/decision", headers=world.login("checker"),
                              json={"decision": "reject", "reason": "x"}).status_code == 409
     assert world.client.get(f"/api/v1/exports/{eid}/download", headers=world.login("checker")).status_code == 404
@@ -307,8 +311,9 @@ def test_small_counts_are_redacted_in_exports(world):
     world.gov.db.execute("DELETE FROM drug_exposure WHERE person_id > 3")  # only 3 people on aspirin now
     cid = make_cohort(world, h)
     run(world, h, cid)
-    export = world.client.post("/api/v1/exports", headers=h, json={
-        "project_id": world.approved, "kind": "cohort_attrition", "ref": str(cid), "justification": "x"}).json()
+    eid = world.client.post("/api/v1/exports", headers=h, json={
+        "project_id": world.approved, "kind": "cohort_attrition", "ref": str(cid), "justification": "x"}).json()["id"]
+    export = world.client.get(f"/api/v1/exports/{eid}", headers=world.login("checker")).json()
     table = export["content"]["tables"][0]
     assert [1, "count_persons"] in [list(x) for x in table["redacted"]]
     assert table["rows"][1]["count_persons"] is None and export["disclosure"]["redacted_cells"] >= 2
@@ -382,8 +387,9 @@ def test_analyses(world):
     job = world.client.app.state.mercia.jobs.wait(r.json()["job_id"], 120)
     assert job["status"] == "succeeded", job
     analysis = world.client.get(f"/api/v1/analyses/{r.json()['analysis_id']}", headers=h).json()
-    tables = {t["name"]: t for t in analysis["result"]["tables"]}
-    assert analysis["result"]["disclosure"]["policy"] == "opensafely"
+    assert "result" not in analysis and "result" not in job["result"]  # tables leave only by export
+    tables = {t["name"]: t for t in analysis["result_summary"]["tables"]}
+    assert analysis["result_summary"]["disclosure"]["policy"] == "opensafely"
     assert "age_sex" in tables and "demographics" in tables
     listed = world.client.get(f"/api/v1/analyses?project_id={world.approved}&cohort_id={target}", headers=h).json()
     assert [a["id"] for a in listed] == [analysis["id"]]
@@ -402,7 +408,9 @@ def test_analyses(world):
     # and the analysis can leave through the airlock
     export = world.client.post("/api/v1/exports", headers=h, json={
         "project_id": world.approved, "kind": "analysis", "ref": str(analysis["id"]), "justification": "Table 1"})
-    assert export.status_code == 201 and export.json()["content"]["analysis"] == "characterisation"
+    assert export.status_code == 201
+    reviewed = world.client.get(f"/api/v1/exports/{export.json()['id']}", headers=world.login("checker")).json()
+    assert reviewed["content"]["analysis"] == "characterisation"
 
 
 def test_survival_analysis(world):
@@ -413,8 +421,8 @@ def test_survival_analysis(world):
         "project_id": world.approved, "kind": "survival", "target_cohort_id": target})
     job = world.client.app.state.mercia.jobs.wait(r.json()["job_id"], 120)
     assert job["status"] == "succeeded", job
-    result = world.client.get(f"/api/v1/analyses/{r.json()['analysis_id']}", headers=h).json()["result"]
-    assert any(t["kind"] == "life_table" for t in result["tables"])
+    summary = world.client.get(f"/api/v1/analyses/{r.json()['analysis_id']}", headers=h).json()["result_summary"]
+    assert any(t["kind"] == "life_table" for t in summary["tables"])
 
 
 def test_patient_matching_refusals(world):

@@ -30,7 +30,7 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(demo):
-    from mercia.api.state import ServerOptions
+    from mercia.services.state import ServerOptions
     from mercia.web.app import create_app
 
     return create_app(demo.store, ServerOptions(secure_cookies=False, job_workers=1))

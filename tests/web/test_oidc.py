@@ -14,7 +14,7 @@ OIDC = {"metadata_url": "https://login.example.nhs.uk/.well-known/openid-configu
 def oidc_client(demo, monkeypatch):
     from authlib.integrations.starlette_client import StarletteOAuth2App
 
-    from mercia.api.state import ServerOptions
+    from mercia.services.state import ServerOptions
     from mercia.web.app import create_app
 
     claims: dict[str, str] = {}

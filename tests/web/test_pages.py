@@ -213,7 +213,7 @@ def test_incidence_analysis_page_has_a_chart(client, demo):
     csrf = sign_in(client, demo, "researcher")
     state = client.app.state.mercia
     researcher = state.gov.user_by_name("researcher")
-    from mercia.api.cohorts import create_cohort, start_run
+    from mercia.services.cohorts import create_cohort, start_run
 
     outcome = create_cohort(state, researcher, 1, "Outcome: any metformin", "", {
         "ConceptSets": [{"id": 0, "name": "Metformin", "expression": {"items": [

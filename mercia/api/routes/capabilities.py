@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
-from mercia.api import analyses, cohorts, models as m
+from mercia.api import models as m
 from mercia.api.auth import current_user, require_roles
-from mercia.api.builder import build_from_form
-from mercia.api.exportable import attrition_rows
-from mercia.api.raredisease import hpo_search, match_person, rank_case
-from mercia.api.state import state_of
-from mercia.api.vocabulary import find_concepts
 from mercia.cdm import StoreError
-from mercia.governance import NotFound, Role, User
-from mercia.governance.db import now
+from mercia.governance import Role, User
+from mercia.services import analyses, cohorts, conceptsets
+from mercia.services.builder import build_from_form
+from mercia.services.errors import Invalid, NotFound
+from mercia.services.raredisease import hpo_search, match_in_project, rank_case
+from mercia.services.state import state_of
+from mercia.services.vocabulary import find_concepts
 
 router = APIRouter()
 clinical_roles = require_roles(Role.CLINICIAN, Role.RESEARCHER, Role.TRIAL_COORDINATOR)
@@ -31,8 +31,8 @@ def search_concepts(request: Request, q: str = Query(..., min_length=1, max_leng
         with state.lock:
             return find_concepts(state.store, q, vocabulary=vocabulary, domain=domain,
                                  standard_only=standard_only, limit=limit)
-    except StoreError as exc:
-        raise HTTPException(400, str(exc)) from None
+    except StoreError:
+        raise Invalid("the concept search could not be run (is the vocabulary loaded?)") from None
 
 
 @router.get("/concepts/{concept_id}", tags=["vocabulary"], summary="One concept")
@@ -49,34 +49,12 @@ def get_concept(concept_id: int, request: Request, user: User = Depends(current_
 
 @router.get("/concept-sets", tags=["concept sets"], summary="A project's concept sets")
 def list_concept_sets(project_id: int, request: Request, user: User = Depends(current_user)) -> list[dict]:
-    import orjson
-
-    gov = state_of(request).gov
-    gov.require_data_access(user, project_id)
-    rows = gov.db.rows("SELECT id, project_id, name, expression, created_at FROM mercia_concept_set "
-                       "WHERE project_id = ? ORDER BY id", [project_id])
-    return [r | {"expression": orjson.loads(r["expression"])} for r in rows]
+    return conceptsets.list_concept_sets(state_of(request), user, project_id)
 
 
 @router.post("/concept-sets", tags=["concept sets"], status_code=201, summary="Save a concept set in a project")
 def create_concept_set(body: m.ConceptSetCreate, request: Request, user: User = Depends(current_user)) -> dict:
-    import orjson
-
-    from mercia.cohorts.model import ConceptSetExpression
-
-    gov = state_of(request).gov
-    gov.require_data_access(user, body.project_id)
-    try:
-        ConceptSetExpression.model_validate(body.expression)
-    except ValueError as exc:
-        raise HTTPException(422, f"not an ATLAS concept set expression: {exc}") from None
-    with gov.db.transaction():
-        cs_id = gov.db.next_id("mercia_concept_set")
-        gov.db.insert("mercia_concept_set", {"id": cs_id, "project_id": body.project_id, "name": body.name,
-                                             "expression": orjson.dumps(body.expression).decode(),
-                                             "created_by": user.id, "created_at": now()})
-        gov.audit.record(user.username, "conceptset.create", f"conceptset:{cs_id}", body.project_id)
-    return {"id": cs_id, "project_id": body.project_id, "name": body.name, "expression": body.expression}
+    return conceptsets.create_concept_set(state_of(request), user, body.project_id, body.name, body.expression)
 
 
 @router.get("/cohorts", tags=["cohorts"], summary="A project's cohorts")
@@ -99,10 +77,7 @@ def cohort_builder(body: m.BuilderFields, request: Request, user: User = Depends
 
 @router.get("/cohorts/{cohort_id}", tags=["cohorts"], summary="A cohort: definition and latest counts")
 def get_cohort(cohort_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
-    state = state_of(request)
-    row, project = cohorts.get_cohort(state, user, cohort_id)
-    state.gov.audit.record(user.username, "cohort.view", f"cohort:{cohort_id}", project.id)
-    return row
+    return cohorts.view_cohort(state_of(request), user, cohort_id)[0]
 
 
 @router.post("/cohorts/{cohort_id}/run", tags=["cohorts"], status_code=202,
@@ -114,12 +89,11 @@ def run_cohort(cohort_id: int, request: Request, user: User = Depends(current_us
 
 @router.get("/cohorts/{cohort_id}/attrition", tags=["cohorts"], summary="People at each step of the last run")
 def cohort_attrition(cohort_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
-    state = state_of(request)
-    row, project = cohorts.get_cohort(state, user, cohort_id)
+    row, _ = cohorts.view_cohort(state_of(request), user, cohort_id)
     if not row["result"]:
         raise NotFound(f"cohort {cohort_id} has not been run yet")
-    state.gov.audit.record(user.username, "cohort.view_attrition", f"cohort:{cohort_id}", project.id)
-    return {"cohort_id": cohort_id, "ran_at": row["ran_at"], "steps": attrition_rows(row["result"])}
+    return {"cohort_id": cohort_id, "ran_at": row["ran_at"], "steps": row["result"]["steps"],
+            "disclosure": row["result"]["disclosure"], "redacted_marker": row["result"]["redacted_marker"]}
 
 
 @router.get("/cohorts/{cohort_id}/circe", tags=["cohorts"], summary="The definition as ATLAS/Circe JSON")
@@ -148,12 +122,9 @@ def list_analyses(project_id: int, request: Request, cohort_id: int | None = Non
 
 
 @router.get("/analyses/{analysis_id}", tags=["analytics"],
-            summary="An analysis and its disclosure-controlled result tables")
+            summary="An analysis and a summary of its tables (the tables leave only through an approved export)")
 def get_analysis(analysis_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
-    state = state_of(request)
-    row = analyses.get_analysis(state, user, analysis_id)
-    state.gov.audit.record(user.username, "analysis.view", f"analysis:{analysis_id}", row["project_id"])
-    return row
+    return analyses.describe_analysis(state_of(request), user, analysis_id)
 
 
 @router.get("/hpo/terms", tags=["rare disease"], summary="HPO term autocomplete")
@@ -174,14 +145,4 @@ def rank(body: m.RankRequest, request: Request, user: User = Depends(clinical_ro
 @router.post("/raredisease/match", tags=["rare disease"],
              summary="Patients whose phenotype matches a patient's (clinicians in an approved project; pseudonyms)")
 def match(body: m.MatchRequest, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
-    state = state_of(request)
-    project = state.gov.require_data_access(user, body.project_id)
-    if not user.has(Role.CLINICIAN):
-        raise HTTPException(403, "patient matching is for clinicians")
-    if "observation" not in project.scope_domains:
-        raise HTTPException(403, f"project {project.id} is not approved for observations (where HPO terms live)")
-    with state.lock:
-        result = match_person(state.store, body.person_id, body.top)
-    state.gov.audit.record(user.username, "raredisease.match", f"person:{body.person_id}", project.id,
-                           matches=len(result["matches"]))
-    return result
+    return match_in_project(state_of(request), user, body.project_id, body.person_id, body.top)

@@ -9,17 +9,14 @@ from fastapi.responses import Response
 
 from mercia.api import models as m
 from mercia.api.auth import current_user
-from mercia.api.exportable import EXPORTABLE, build_export
-from mercia.api.loads import start_load
-from mercia.api.sources import list_sources, source_detail
-from mercia.api.state import state_of
-from mercia.governance import Role, User
+from mercia.governance import User
+from mercia.services import exportable
+from mercia.services.exportable import EXPORTABLE, view_export
+from mercia.services.loads import start_load
+from mercia.services.sources import list_sources, view_source
+from mercia.services.state import state_of
 
 router = APIRouter()
-
-
-def may_see_quality(user: User, source: str) -> bool:
-    return user.has(Role.DATA_MANAGER, source) or user.has_any(Role.ADMIN, Role.GOVERNANCE_OFFICER)
 
 
 @router.get("/sources", tags=["sources"], summary="Data sources and their load totals")
@@ -32,15 +29,7 @@ def sources(request: Request, user: User = Depends(current_user)) -> list[dict[s
 @router.get("/sources/{name}", tags=["sources"],
             summary="A source's load history and data-quality findings (its data managers, governance)")
 def source(name: str, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
-    state = state_of(request)
-    if not may_see_quality(user, name):
-        raise HTTPException(403, f"load history and data quality of {name} are for its data managers")
-    with state.lock:
-        detail = source_detail(state.store, name)
-    if detail is None:
-        raise HTTPException(404, f"no source {name!r}")
-    state.gov.audit.record(user.username, "source.view", f"source:{name}")
-    return detail
+    return view_source(state_of(request), user, name)
 
 
 @router.post("/sources/{org}/loads", tags=["sources"], status_code=202,
@@ -64,19 +53,14 @@ def export_kinds(user: User = Depends(current_user)) -> dict[str, str]:
 @router.post("/exports", tags=["exports"], status_code=201,
              summary="Request an export: the server computes the result and applies disclosure control")
 def request_export(body: m.ExportCreate, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
-    state = state_of(request)
-    project = state.gov.require_data_access(user, body.project_id)
-    result = build_export(state, user, project, body.kind, body.ref)
-    return state.airlock.request(user, project.id, title=body.title or result.title, kind=body.kind,
-                                 source_ref=body.ref, justification=body.justification, result=result)
+    return exportable.request_export(state_of(request), user, body.project_id, body.kind, body.ref, body.title,
+                                     body.justification)
 
 
-@router.get("/exports/{export_id}", tags=["exports"], summary="An export request and its disclosure report")
+@router.get("/exports/{export_id}", tags=["exports"],
+            summary="An export request and its disclosure report; its tables only once released")
 def get_export(export_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
-    state = state_of(request)
-    row = state.airlock.get(user, export_id)
-    state.gov.audit.record(user.username, "export.view", f"export:{export_id}", row["project_id"])
-    return row
+    return view_export(state_of(request), user, export_id)
 
 
 @router.post("/exports/{export_id}/decision", tags=["exports"],

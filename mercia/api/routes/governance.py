@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from mercia.api import models as m
 from mercia.api.auth import current_user, require_roles
-from mercia.api.state import state_of
 from mercia.governance import DOMAINS, Role, User
+from mercia.services.jobs import job_for
+from mercia.services.state import state_of
 
 router = APIRouter()
 admin_only = require_roles(Role.ADMIN)
@@ -185,9 +186,6 @@ def list_jobs(request: Request, user: User = Depends(current_user)) -> list[dict
 
 @router.get("/jobs/{job_id}", tags=["jobs"], summary="A job's status, progress and result")
 def get_job(job_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
-    job = state_of(request).jobs.get(job_id)
-    if job is None or (job["user_id"] != user.id and not user.has(Role.ADMIN)):
-        raise HTTPException(404, f"no job {job_id} of yours")
-    return job
+    return job_for(state_of(request), user, job_id)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from mercia.governance.db import GovernanceDB, now
+from mercia.services.errors import NotFound
 
 Progress = Callable[[float, str], None]
 JobFunction = Callable[[Progress], dict[str, Any]]
@@ -74,3 +75,12 @@ class JobRunner:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def job_for(state, user, job_id: int) -> dict[str, Any]:
+    """A job of ``user``'s own (status, progress and what may be shown of its result); anyone
+    else's job, administrators' included, is not found."""
+    job = state.jobs.get(job_id)
+    if job is None or job["user_id"] != user.id:
+        raise NotFound(f"no job {job_id} of yours")
+    return job

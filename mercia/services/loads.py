@@ -7,9 +7,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mercia.api.state import MerciaState
 from mercia.cdm.extensions import ensure_extension_tables
-from mercia.governance import Forbidden, GovernanceError, Role, User
+from mercia.governance import Role, User
+from mercia.services.errors import Forbidden, Invalid
+from mercia.services.state import MerciaState
 
 UPLOAD_KINDS = ("fhir", "hl7v2", "phenopackets", "vcf")  # single-file readers; CSV extracts are directories
 
@@ -18,10 +19,10 @@ def start_load(state: MerciaState, user: User, org: str, kind: str, filename: st
     if not (user.has(Role.DATA_MANAGER, org) or user.has(Role.ADMIN)):
         raise Forbidden(f"only {org}'s data managers can load its data")
     if kind not in UPLOAD_KINDS:
-        raise GovernanceError(f"kind must be one of {', '.join(UPLOAD_KINDS)}")
+        raise Invalid(f"kind must be one of {', '.join(UPLOAD_KINDS)}")
     name = Path(filename or "extract").name
     if not name or name.startswith("."):
-        raise GovernanceError("the upload needs a file name")
+        raise Invalid("the upload needs a file name")
     folder = Path(tempfile.mkdtemp(prefix="mercia-load-"))
     path = folder / name
     with path.open("wb") as out:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from fastapi import Request
-
-from mercia.api.jobs import JobRunner
 from mercia.cdm import Store
+from mercia.config import load_settings
 from mercia.governance import Airlock, Governance
+from mercia.services.jobs import JobRunner
 
 
 @dataclass
@@ -17,7 +16,8 @@ class ServerOptions:
     session_cookie: str = "mercia_session"
     job_workers: int = 2
     oidc: dict[str, str] | None = None  # see mercia.web.oidc
-
+    max_request_bytes: int = field(default_factory=lambda: load_settings().max_request_bytes)
+    max_upload_bytes: int = field(default_factory=lambda: load_settings().max_upload_bytes)
 
 
 class MerciaState:
@@ -34,5 +34,6 @@ class MerciaState:
         return self.gov.db.lock
 
 
-def state_of(request: Request) -> MerciaState:
+def state_of(request) -> MerciaState:
+    """The state a web or API request runs against (``app.state.mercia`` of its ASGI app)."""
     return request.app.state.mercia

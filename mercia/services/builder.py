@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mercia.api.state import MerciaState
-from mercia.governance import GovernanceError
+from mercia.services.errors import Invalid
+from mercia.services.state import MerciaState
 
 # Builder domain -> (Circe criteria type, CDM table holding the concept, label)
 BUILDER_DOMAINS: dict[str, tuple[str, str]] = {
@@ -29,7 +29,7 @@ def concept_ids(text: str, field: str) -> list[int]:
     for part in text.replace(";", ",").replace(" ", ",").split(","):
         if part.strip():
             if not part.strip().isdigit():
-                raise GovernanceError(f"{field}: {part.strip()!r} is not a concept id (a whole number)")
+                raise Invalid(f"{field}: a value is not a concept id (a whole number)")
             ids.append(int(part))
     return ids
 
@@ -39,7 +39,7 @@ def _int(form: dict[str, str], name: str, default: int, label: str) -> int:
     if not value:
         return default
     if not value.lstrip("-").isdigit():
-        raise GovernanceError(f"{label} must be a whole number of days, not {value!r}")
+        raise Invalid(f"{label} must be a whole number of days")
     return int(value)
 
 
@@ -53,10 +53,10 @@ def build_circe(form: dict[str, str], concept_names: dict[int, str]) -> dict[str
     """Circe JSON from the builder's fields; errors name the field to fix."""
     domain = form.get("entry_domain", "condition")
     if domain not in BUILDER_DOMAINS:
-        raise GovernanceError(f"entry event: unknown domain {domain!r}")
+        raise Invalid(f"entry event: unknown domain; choose one of {', '.join(BUILDER_DOMAINS)}")
     entry_ids = concept_ids(form.get("entry_concepts", ""), "Entry event concepts")
     if not entry_ids:
-        raise GovernanceError("Entry event concepts: give at least one concept id")
+        raise Invalid("Entry event concepts: give at least one concept id")
     descendants = form.get("entry_descendants") == "on"
     concept_sets = [_concept_set(0, form.get("entry_label") or "Entry event", entry_ids, concept_names, descendants)]
     entry_criterion: dict[str, Any] = {"CodesetId": 0}
@@ -69,7 +69,7 @@ def build_circe(form: dict[str, str], concept_names: dict[int, str]) -> dict[str
             continue
         rule_domain = form.get(f"rule{i}_domain", "condition")
         if rule_domain not in BUILDER_DOMAINS:
-            raise GovernanceError(f"Rule {i}: unknown domain {rule_domain!r}")
+            raise Invalid(f"Rule {i}: unknown domain; choose one of {', '.join(BUILDER_DOMAINS)}")
         name = form.get(f"rule{i}_name") or f"Rule {i}"
         concept_sets.append(_concept_set(len(concept_sets), name, ids, concept_names, True))
         before = _int(form, f"rule{i}_before", 365, f"Rule {i} days before")
@@ -84,7 +84,7 @@ def build_circe(form: dict[str, str], concept_names: dict[int, str]) -> dict[str
     min_age = (form.get("min_age") or "").strip()
     if min_age:
         if not min_age.isdigit():
-            raise GovernanceError(f"Minimum age must be a whole number of years, not {min_age!r}")
+            raise Invalid("Minimum age must be a whole number of years")
         rules.append({"name": f"Aged {min_age} or over at entry", "expression": {
             "Type": "ALL", "CriteriaList": [], "Groups": [],
             "DemographicCriteriaList": [{"Age": {"Value": int(min_age), "Op": "gte"}}]}})
@@ -120,5 +120,5 @@ def build_from_form(state: MerciaState, form: dict[str, str]) -> dict[str, Any]:
     try:
         CohortExpression.from_json(circe)
     except CohortDefinitionError as exc:
-        raise GovernanceError(f"the builder made an invalid definition: {exc}") from exc
+        raise Invalid(f"the builder made an invalid definition: {exc}") from exc
     return circe

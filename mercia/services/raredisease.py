@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from mercia.governance import GovernanceError, NotFound
+from mercia.governance import GovernanceError, NotFound, Role, User
+from mercia.services.errors import Forbidden
+from mercia.services.scope import require_domains
 
 
 @lru_cache(maxsize=1)
@@ -57,3 +59,17 @@ def match_person(store, person_id: int, top: int = 10) -> dict[str, Any]:
     except NoPseudonymKey as exc:
         raise GovernanceError(f"patient matching needs the platform's pseudonymisation key: {exc}") from None
     return {"hpo_version": hpo_version(), "matches": [m.to_dict() for m in matches]}
+
+
+def match_in_project(state, user: User, project_id: int, person_id: int, top: int = 10) -> dict[str, Any]:
+    """Patients like ``person_id``, for a clinician in an approved project covering observations
+    (where HPO terms live); answers carry pseudonyms only, and every match is audited."""
+    project = state.gov.require_data_access(user, project_id)
+    if not user.has(Role.CLINICIAN):
+        raise Forbidden("patient matching is for clinicians")
+    require_domains(project, {"observation"}, "patient matching")
+    with state.lock:
+        result = match_person(state.store, person_id, top)
+    state.gov.audit.record(user.username, "raredisease.match", f"person:{person_id}", project.id,
+                           matches=len(result["matches"]))
+    return result

@@ -11,6 +11,9 @@ from typing import Any
 
 from mercia.cdm.stats import store_stats
 from mercia.cdm.store import Store
+from mercia.governance import Role, User
+from mercia.services.errors import Forbidden, NotFound
+from mercia.services.state import MerciaState
 
 
 def list_sources(store: Store) -> list[dict[str, Any]]:
@@ -47,3 +50,20 @@ def source_detail(store: Store, name: str) -> dict[str, Any] | None:
     return {**known[name], "cdm_version": stats["cdm_version"], "cdm_source": stats["cdm_source"],
             "row_counts": non_empty, "empty_tables": sorted(t for t, n in stats["row_counts"].items() if not n),
             "vocabularies": stats["vocabularies"], "load_history": history, "quality_findings": problems}
+
+
+def may_see_quality(user: User, source: str) -> bool:
+    return user.has(Role.DATA_MANAGER, source) or user.has_any(Role.ADMIN, Role.GOVERNANCE_OFFICER)
+
+
+def view_source(state: MerciaState, user: User, name: str) -> dict[str, Any]:
+    """A source's load history and data-quality findings, for its data managers and governance
+    (audited)."""
+    if not may_see_quality(user, name):
+        raise Forbidden(f"load history and data quality of {name} are for its data managers")
+    with state.lock:
+        detail = source_detail(state.store, name)
+    if detail is None:
+        raise NotFound("no source of that name")
+    state.gov.audit.record(user.username, "source.view", f"source:{name}")
+    return detail

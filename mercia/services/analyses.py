@@ -1,8 +1,10 @@
 """Cohort analytics for a project (``mercia.analytics``), run as jobs, kept in ``mercia_analysis``.
 
-Every cohort an analysis reads must belong to the same project the caller may use.  Results come
-back from ``mercia.analytics`` already through the disclosure policy, so project members see
-rounded, redacted numbers even inside the platform.
+Every cohort an analysis reads must belong to the same project the caller may use, and the analysis
+must stay inside the project's approved domains (``analysis_domains``).  Results come back from
+``mercia.analytics`` already through the disclosure policy, so project members see rounded, redacted
+numbers even inside the platform; outside it (the API, job results) only a summary until an output
+checker releases the tables through the airlock.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ from typing import Any
 
 import orjson
 
-from mercia.api.cohorts import get_cohort
-from mercia.api.state import MerciaState
-from mercia.governance import GovernanceError, NotFound, User
+from mercia.governance import GovernanceError, User
 from mercia.governance.db import now
 from mercia.privacy.disclosure import AnalysisResult
+from mercia.services.cohorts import get_cohort
+from mercia.services.errors import Invalid, NotFound
+from mercia.services.scope import require_domains
+from mercia.services.state import MerciaState
 
 
 def _characterise(store, p: dict[str, Any]) -> AnalysisResult:
     from mercia.analytics.characterise import characterise
-    return characterise(store, p["target_cohort_id"])
+    return characterise(store, p["target_cohort_id"], domains=p.get("feature_domains", DEFAULT_FEATURES))
 
 
 def _incidence(store, p: dict[str, Any]) -> AnalysisResult:
@@ -36,13 +40,34 @@ def _survival(store, p: dict[str, Any]) -> AnalysisResult:
 
 def _compare(store, p: dict[str, Any]) -> AnalysisResult:
     from mercia.analytics.compare import compare
-    return compare(store, p["target_cohort_id"], _required(p, "comparator_cohort_id"))
+    return compare(store, p["target_cohort_id"], _required(p, "comparator_cohort_id"),
+                   domains=p.get("feature_domains", DEFAULT_FEATURES))
 
 
 def _required(parameters: dict[str, Any], name: str) -> int:
     if not parameters.get(name):
-        raise GovernanceError(f"this analysis needs {name}")
+        raise Invalid(f"this analysis needs {name}")
     return parameters[name]
+
+
+# Characterisation features: analytics' name -> the CDM domain it reads.
+FEATURE_DOMAINS = {"condition": "condition_occurrence", "drug": "drug_exposure",
+                   "procedure": "procedure_occurrence", "measurement": "measurement", "observation": "observation"}
+DEFAULT_FEATURES = list(FEATURE_DOMAINS)
+# Every analysis indexes its cohort with age, sex and deprivation (person); characterisation also
+# scores comorbidity from recorded conditions.
+BASE_DOMAINS = {"characterise": {"person", "condition_occurrence"}, "compare": {"person", "condition_occurrence"},
+                "incidence": {"person"}, "survival": {"person"}}
+
+
+def analysis_domains(kind: str, parameters: dict[str, Any]) -> set[str]:
+    """The CDM domains an analysis reads, so that the project's approved scope can be checked."""
+    needed = set(BASE_DOMAINS.get(kind, {"person"}))
+    if kind in ("characterise", "compare"):
+        needed |= {FEATURE_DOMAINS[f] for f in parameters.get("feature_domains", DEFAULT_FEATURES)}
+    if kind == "survival" and not parameters.get("outcome_cohort_id"):
+        needed.add("death")
+    return needed
 
 
 ANALYSES: dict[str, tuple[str, Callable[[Any, dict[str, Any]], AnalysisResult]]] = {
@@ -58,8 +83,13 @@ def start_analysis(state: MerciaState, user: User, project_id: int, kind: str,
                    parameters: dict[str, Any]) -> dict[str, Any]:
     """Check every cohort is the project's and has been run, then queue the analysis."""
     if kind not in ANALYSES:
-        raise GovernanceError(f"unknown analysis {kind!r}; choose one of {', '.join(ANALYSES)}")
-    state.gov.require_data_access(user, project_id)
+        raise Invalid(f"unknown analysis; choose one of {', '.join(ANALYSES)}")
+    project = state.gov.require_data_access(user, project_id)
+    if kind in ("characterise", "compare") and "feature_domains" not in parameters:
+        # Features of the approved domains only; demographics and comorbidity are checked below.
+        parameters = parameters | {"feature_domains": [f for f, d in FEATURE_DOMAINS.items()
+                                                       if d in project.scope_domains]}
+    require_domains(project, analysis_domains(kind, parameters), f"a {kind} analysis")
     for name in COHORT_PARAMETERS:
         cohort_id = parameters.get(name)
         if cohort_id is None:
@@ -68,7 +98,7 @@ def start_analysis(state: MerciaState, user: User, project_id: int, kind: str,
         if project.id != project_id:
             raise NotFound(f"no cohort {cohort_id} in project {project_id}")
         if not cohort["result"]:
-            raise GovernanceError(f"cohort {cohort_id} has not been run yet")
+            raise Invalid(f"cohort {cohort_id} has not been run yet")
     run = ANALYSES[kind][1]
     db = state.gov.db
     with db.transaction():
@@ -85,13 +115,11 @@ def start_analysis(state: MerciaState, user: User, project_id: int, kind: str,
             result = run(state.store, parameters)
         if result.disclosure is None:
             raise GovernanceError("the analysis returned a result without disclosure control")
-        return {"analysis_id": analysis_id, "result": result.to_json_dict()}
-
-    def store_result(outcome: dict[str, Any]) -> None:
         db.execute("UPDATE mercia_analysis SET result = ? WHERE id = ?",
-                   [orjson.dumps(outcome["result"]).decode(), analysis_id])
+                   [orjson.dumps(result.to_json_dict()).decode(), analysis_id])
+        return {"analysis_id": analysis_id}  # the tables stay in the platform (see describe_analysis)
 
-    job_id = state.jobs.submit(f"analysis.{kind}", user.id, project_id, work, on_done=store_result)
+    job_id = state.jobs.submit(f"analysis.{kind}", user.id, project_id, work)
     db.execute("UPDATE mercia_analysis SET job_id = ? WHERE id = ?", [job_id, analysis_id])
     return {"analysis_id": analysis_id, "job_id": job_id}
 
@@ -106,6 +134,20 @@ def get_analysis(state: MerciaState, user: User, analysis_id: int) -> dict[str, 
         raise NotFound(f"no analysis {analysis_id}") from None
     row["parameters"] = orjson.loads(row["parameters"])
     row["result"] = orjson.loads(row["result"]) if row["result"] else None
+    return row
+
+
+def describe_analysis(state: MerciaState, user: User, analysis_id: int) -> dict[str, Any]:
+    """An analysis as it may leave the platform before release: what it is and what its tables hold
+    (names, sizes, how much was redacted), not the tables; the view is audited."""
+    row = get_analysis(state, user, analysis_id)
+    state.gov.audit.record(user.username, "analysis.view", f"analysis:{analysis_id}", row["project_id"])
+    result = row.pop("result")
+    row["result_summary"] = None if result is None else {
+        "analysis": result["analysis"], "title": result["title"], "disclosure": result["disclosure"],
+        "tables": [{"name": t["name"], "title": t["title"], "kind": t["kind"], "rows": len(t["rows"]),
+                    "redacted": len(t["redacted"])} for t in result["tables"]]}
+    row["release"] = "the tables leave the platform only through an approved export (POST /exports, kind 'analysis')"
     return row
 
 

@@ -2,7 +2,9 @@
 
 A project's cohort is kept in ``mercia_cohort``; its id is the ``cohort_definition_id`` its rows
 get in the CDM ``cohort`` table.  A definition may only use the data domains the project was
-approved for, and its rows are clipped to the approved date range after each run.
+approved for (``mercia.services.scope``), and its rows are clipped to the approved date range after
+each run.  The true counts of a run stay in the table; every view shows them through the disclosure
+policy (``controlled_result``).
 """
 
 from __future__ import annotations
@@ -11,45 +13,60 @@ from typing import Any
 
 import orjson
 
-from mercia.api.state import MerciaState
 from mercia.cohorts import CohortDefinitionError, CohortExpression, run_cohort
-from mercia.governance import Forbidden, GovernanceError, NotFound, Project, User
+from mercia.governance import Project, User
 from mercia.governance.db import now
-
-# Circe criteria types -> the CDM table (approval domain) they read.
-CRITERIA_DOMAINS = {
-    "ConditionOccurrence": "condition_occurrence", "ConditionEra": "condition_occurrence",
-    "DrugExposure": "drug_exposure", "DrugEra": "drug_exposure", "DoseEra": "drug_exposure",
-    "ProcedureOccurrence": "procedure_occurrence", "Measurement": "measurement", "Observation": "observation",
-    "VisitOccurrence": "visit_occurrence", "VisitDetail": "visit_occurrence", "DeviceExposure": "device_exposure",
-    "Specimen": "specimen", "Death": "death", "ObservationPeriod": "observation_period",
-    "PayerPlanPeriod": "payer_plan_period",
-}
-
-
-def domains_used(definition: Any) -> set[str]:
-    """Every CDM domain a Circe definition reads (walks the JSON for criteria type keys)."""
-    found: set[str] = set()
-    if isinstance(definition, dict):
-        for key, value in definition.items():
-            if key in CRITERIA_DOMAINS:
-                found.add(CRITERIA_DOMAINS[key])
-            found |= domains_used(value)
-    elif isinstance(definition, list):
-        for item in definition:
-            found |= domains_used(item)
-    return found
-
+from mercia.privacy.disclosure import ColumnSpec, Kind, StatTable, get_policy
+from mercia.services.errors import Invalid, NotFound
+from mercia.services.scope import cohort_domains, require_domains
+from mercia.services.state import MerciaState
 
 def parse_definition(definition: dict[str, Any], project: Project) -> CohortExpression:
+    """The definition as a Circe expression, if every criterion stays inside the approved domains."""
     try:
         expression = CohortExpression.from_json(definition)
     except CohortDefinitionError as exc:
-        raise GovernanceError(f"the cohort definition is not valid Circe JSON: {exc}") from exc
-    outside = domains_used(definition) - set(project.scope_domains) - {"observation_period"}
-    if outside:
-        raise Forbidden(f"project {project.id} is not approved for the data domains {', '.join(sorted(outside))}")
+        raise Invalid(f"the cohort definition is not valid Circe JSON: {exc}") from exc
+    require_domains(project, cohort_domains(definition), "this cohort definition")
     return expression
+
+
+def attrition_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """People remaining at each step of a cohort run: qualifying, after each inclusion rule in turn,
+    and in the final cohort (after era collapse and the approved date range).  True counts: only
+    ever shown through ``attrition_table`` and the disclosure policy."""
+    rules = [a for a in result.get("attrition", []) if a["mode_id"] == 1]
+    rows = []
+    if rules:
+        rows.append({"step": "People with a qualifying entry event", "count_persons": rules[0]["person_total"]})
+        # ``remaining`` passes this rule and every earlier one: the ATLAS attrition view.
+        rows += [{"step": f"Rule {a['rule_sequence'] + 1}: {a['name'] or 'unnamed'}",
+                  "count_persons": a.get("remaining", a["person_count"])} for a in rules]
+    rows.append({"step": "People in the cohort", "count_persons": result["persons"]})
+    return rows
+
+
+def attrition_table(title: str, result: dict[str, Any]) -> StatTable:
+    return StatTable(name="attrition", title=title,
+                     columns=[ColumnSpec(name="step", kind=Kind.LABEL, label="Step"),
+                              ColumnSpec(name="count_persons", kind=Kind.COUNT, label="People")],
+                     rows=attrition_rows(result))
+
+
+def controlled_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the platform shows of a cohort run: people, entries and attrition through the disclosure
+    policy (a small count is ``None``, shown as the policy's marker), never the true counts."""
+    if not result:
+        return None
+    policy = get_policy()
+    counts = policy.apply(StatTable(name="run", title="run", columns=[
+        ColumnSpec(name=n, kind=Kind.COUNT) for n in ("count_persons", "count_entries", "count_clipped")],
+        rows=[{"count_persons": result["persons"], "count_entries": result["entries"],
+               "count_clipped": result.get("clipped_entries", 0)}])).rows[0]
+    steps = policy.apply(attrition_table("attrition", result)).rows
+    return {"persons": counts["count_persons"], "entries": counts["count_entries"],
+            "clipped_entries": counts["count_clipped"], "date_range": result.get("date_range"),
+            "steps": steps, "disclosure": policy.name, "redacted_marker": policy.redacted_marker}
 
 
 def _cohort_row(state: MerciaState, cohort_id: int) -> dict[str, Any]:
@@ -62,7 +79,8 @@ def _cohort_row(state: MerciaState, cohort_id: int) -> dict[str, Any]:
 
 
 def get_cohort(state: MerciaState, user: User, cohort_id: int) -> tuple[dict[str, Any], Project]:
-    """A cohort the user may work with: a member of its approved, unexpired project."""
+    """A cohort the user may work with (a member of its approved, unexpired project), with the true
+    run result: for services only, never shown (see ``view_cohort``)."""
     row = _cohort_row(state, cohort_id)
     try:
         project = state.gov.require_data_access(user, row["project_id"])
@@ -71,12 +89,19 @@ def get_cohort(state: MerciaState, user: User, cohort_id: int) -> tuple[dict[str
     return row, project
 
 
+def view_cohort(state: MerciaState, user: User, cohort_id: int) -> tuple[dict[str, Any], Project]:
+    """A cohort as people see it: its run result disclosure-controlled; the view is audited."""
+    row, project = get_cohort(state, user, cohort_id)
+    state.gov.audit.record(user.username, "cohort.view", f"cohort:{cohort_id}", project.id)
+    return row | {"result": controlled_result(row["result"])}, project
+
+
 def list_cohorts(state: MerciaState, user: User, project_id: int) -> list[dict[str, Any]]:
     state.gov.require_data_access(user, project_id)
     rows = state.gov.db.rows("SELECT id, project_id, name, description, created_at, ran_at, result "
                              "FROM mercia_cohort WHERE project_id = ? ORDER BY id DESC", [project_id])
     for r in rows:
-        r["result"] = orjson.loads(r["result"]) if r["result"] else None
+        r["result"] = controlled_result(orjson.loads(r["result"]) if r["result"] else None)
     return rows
 
 
@@ -107,13 +132,11 @@ def start_run(state: MerciaState, user: User, cohort_id: int) -> int:
             result = run_cohort(state.store, expression, cohort_id).summary()
             progress(0.8, "applying the approved date range")
             result |= clip_to_scope(state, cohort_id, project)
-        return result
-
-    def store_result(result: dict[str, Any]) -> None:
         state.gov.db.execute("UPDATE mercia_cohort SET result = ?, ran_at = ? WHERE id = ?",
                              [orjson.dumps(result, default=str).decode(), now(), cohort_id])
+        return {"cohort_id": cohort_id, **controlled_result(result)}  # a job keeps only what may be shown
 
-    return state.jobs.submit("cohort.run", user.id, project.id, work, on_done=store_result)
+    return state.jobs.submit("cohort.run", user.id, project.id, work)
 
 
 def clip_to_scope(state: MerciaState, cohort_id: int, project: Project) -> dict[str, Any]:

@@ -1,0 +1,65 @@
+"""Bounded request bodies: an ASGI middleware answering 413 when a body is larger than allowed,
+whether it says so in Content-Length or streams past the limit, before anything parses it."""
+
+from __future__ import annotations
+
+import orjson
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Bodies up to ``max_bytes``; file uploads (multipart) up to ``max_upload_bytes``."""
+
+    def __init__(self, app, max_bytes: int, max_upload_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_upload_bytes = max_upload_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        upload = headers.get(b"content-type", b"").startswith(b"multipart/form-data")
+        limit = self.max_upload_bytes if upload else self.max_bytes
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            return await self._too_large(send, limit)
+        received, overflowed, started = 0, False, False
+
+        async def counted_receive():
+            nonlocal received, overflowed
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    overflowed = True
+                    raise BodyTooLarge
+            return message
+
+        async def tracked_send(message):
+            # A framework may turn the interrupted read into its own error answer: send 413 instead.
+            nonlocal started
+            if overflowed:
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await self._too_large(send, limit)
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyTooLarge:
+            if not started:
+                await self._too_large(send, limit)
+
+    @staticmethod
+    async def _too_large(send, limit: int) -> None:
+        body = orjson.dumps({"detail": f"the request body is larger than this server accepts ({limit:,} bytes)"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
