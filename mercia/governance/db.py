@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from mercia.cdm import Store
+from mercia.governance.model import Conflict
 
 TABLES: dict[str, str] = {
     "mercia_user": """id BIGINT PRIMARY KEY, username TEXT NOT NULL UNIQUE, display_name TEXT NOT NULL,
@@ -33,7 +34,10 @@ TABLES: dict[str, str] = {
         created_at TEXT NOT NULL, expires_at TEXT NOT NULL""",
     "mercia_token": """id BIGINT PRIMARY KEY, user_id BIGINT NOT NULL, name TEXT NOT NULL, token_hash TEXT NOT NULL,
         created_at TEXT NOT NULL, expires_at TEXT NOT NULL, revoked BOOLEAN NOT NULL""",
-    "mercia_signin_failure": "username TEXT NOT NULL, ip TEXT NOT NULL, failed_at TEXT NOT NULL",
+    "mercia_signin_throttle": """username TEXT NOT NULL, source TEXT NOT NULL, failures INTEGER NOT NULL,
+        wait_until TEXT NOT NULL, PRIMARY KEY (username, source)""",
+    "mercia_totp": "user_id BIGINT PRIMARY KEY, secret TEXT NOT NULL, last_step BIGINT NOT NULL, confirmed_at TEXT",
+    "mercia_recovery_code": "user_id BIGINT NOT NULL, code_hash TEXT NOT NULL, used_at TEXT",
     "mercia_audit": """seq BIGINT PRIMARY KEY, logged_at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
         target TEXT NOT NULL, project_id BIGINT, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL""",
     "mercia_job": """id BIGINT PRIMARY KEY, kind TEXT NOT NULL, project_id BIGINT, user_id BIGINT NOT NULL,
@@ -116,5 +120,24 @@ class GovernanceDB:
 
     @contextmanager
     def transaction(self) -> Iterator[GovernanceDB]:
-        with self.lock, self.store.transaction():
-            yield self
+        """All or nothing; a write that lost a race with another connection becomes a Conflict."""
+        try:
+            with self.lock, self.store.transaction():
+                yield self
+        except Exception as exc:
+            if _is_write_conflict(exc):
+                raise Conflict("someone else changed this at the same moment; reload and try again") from exc
+            raise
+
+
+def _is_write_conflict(exc: BaseException) -> bool:
+    """DuckDB's optimistic-concurrency abort or PostgreSQL's serialisation failure (or a
+    StoreError wrapping either)."""
+    import duckdb
+    import psycopg
+
+    while exc is not None:
+        if isinstance(exc, (duckdb.TransactionException, psycopg.errors.SerializationFailure)):
+            return True
+        exc = exc.__cause__
+    return False

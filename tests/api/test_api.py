@@ -423,6 +423,9 @@ def test_patient_matching_refusals(world):
     clin = world.login("clin")
     assert world.client.post("/api/v1/raredisease/match", headers=clin, json=body).status_code == 404  # not a member
     world.gov.add_member(world.people["govo"], world.approved, world.people["clin"].id)
+    assert world.client.post("/api/v1/raredisease/match", headers=clin, json=body).status_code == 403  # re-approval
+    world.gov.decide(world.people["lead"], world.approved, "approve")
+    world.gov.decide(world.people["govo"], world.approved, "approve")
     r = world.client.post("/api/v1/raredisease/match", headers=clin, json=body)
     assert r.status_code == 403 and "observations" in r.json()["detail"]
     assert world.client.post("/api/v1/raredisease/match", headers=clin,

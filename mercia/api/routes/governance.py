@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from mercia.api import models as m
 from mercia.api.auth import current_user, require_roles
 from mercia.api.state import state_of
-from mercia.governance import DOMAINS, Role, User
+from mercia.governance import DOMAINS, NotFound, Role, User
 
 router = APIRouter()
 admin_only = require_roles(Role.ADMIN)
@@ -185,9 +185,13 @@ def list_jobs(request: Request, user: User = Depends(current_user)) -> list[dict
 
 @router.get("/jobs/{job_id}", tags=["jobs"], summary="A job's status, progress and result")
 def get_job(job_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
-    job = state_of(request).jobs.get(job_id)
-    if job is None or (job["user_id"] != user.id and not user.has(Role.ADMIN)):
-        raise HTTPException(404, f"no job {job_id} of yours")
+    """Only the job's owner, and for project work only while they may still reach the project's
+    data (no administrator bypass); every read of a result is audited."""
+    state = state_of(request)
+    job = state.jobs.get(job_id)
+    if job is None or job["user_id"] != user.id:
+        raise NotFound(f"no job {job_id} of yours")
+    if job["project_id"] is not None:
+        state.gov.require_data_access(user, job["project_id"])
+    state.gov.audit.record(user.username, "job.view", f"job:{job_id}", job["project_id"], kind=job["kind"])
     return job
-
-
