@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
@@ -17,6 +17,14 @@ class ServerOptions:
     session_cookie: str = "mercia_session"
     job_workers: int = 2
     oidc: dict[str, str] | None = None  # see mercia.web.oidc
+    # Reverse proxies whose X-Forwarded-For is believed (see mercia.api.auth.client_source).
+    trusted_proxies: tuple[str, ...] = field(default_factory=lambda: tuple(_settings().trusted_proxies))
+
+
+def _settings():
+    from mercia.config import load_settings
+
+    return load_settings()
 
 
 

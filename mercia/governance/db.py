@@ -8,7 +8,7 @@ engine's timestamp rendering.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
@@ -38,6 +38,7 @@ TABLES: dict[str, str] = {
         wait_until TEXT NOT NULL, PRIMARY KEY (username, source)""",
     "mercia_totp": "user_id BIGINT PRIMARY KEY, secret TEXT NOT NULL, last_step BIGINT NOT NULL, confirmed_at TEXT",
     "mercia_recovery_code": "user_id BIGINT NOT NULL, code_hash TEXT NOT NULL, used_at TEXT",
+    "mercia_pending_signin": "token_hash TEXT PRIMARY KEY, user_id BIGINT NOT NULL, expires_at TEXT NOT NULL",
     "mercia_audit": """seq BIGINT PRIMARY KEY, logged_at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
         target TEXT NOT NULL, project_id BIGINT, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL""",
     "mercia_job": """id BIGINT PRIMARY KEY, kind TEXT NOT NULL, project_id BIGINT, user_id BIGINT NOT NULL,
@@ -83,6 +84,8 @@ class GovernanceDB:
     def __init__(self, store: Store):
         self.store = store
         self.lock = threading.RLock()
+        self._depth = 0
+        self._after_commit: list[Callable[[], None]] = []
 
     def init(self) -> None:
         with self.lock, self.store.transaction():
@@ -118,12 +121,33 @@ class GovernanceDB:
         marks = ", ".join("?" for _ in values)
         self.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", list(values.values()))
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the current transaction has committed (dropped on rollback)."""
+        if self._depth:
+            self._after_commit.append(callback)
+        else:
+            callback()
+
     @contextmanager
     def transaction(self) -> Iterator[GovernanceDB]:
         """All or nothing; a write that lost a race with another connection becomes a Conflict."""
         try:
-            with self.lock, self.store.transaction():
-                yield self
+            with self.lock:
+                outermost = self._depth == 0
+                self._depth += 1
+                try:
+                    with self.store.transaction():
+                        yield self
+                except BaseException:
+                    if outermost:
+                        self._after_commit.clear()
+                    raise
+                finally:
+                    self._depth -= 1
+                if outermost:
+                    done, self._after_commit = self._after_commit, []
+                    for callback in done:
+                        callback()
         except Exception as exc:
             if _is_write_conflict(exc):
                 raise Conflict("someone else changed this at the same moment; reload and try again") from exc

@@ -305,6 +305,8 @@ class Identity:
     def _totp_ok(self, user: User, secret: str, code: str) -> bool:
         """A current code (one step of clock drift allowed), never the same step twice."""
         code = code.strip().replace(" ", "")
+        if not (code.isascii() and code.isdigit()):
+            return False
         totp = pyotp.TOTP(secret)
         for drift in (0, -1, 1):
             step = totp.timecode(datetime.now(UTC)) + drift
@@ -328,6 +330,8 @@ class Identity:
 
     def _use_recovery_code(self, user: User, code: str) -> bool:
         code = code.strip().lower()
+        if not (code.isascii() and code.isalnum()) or len(code) > 32:
+            return False
         for r in self.db.rows("SELECT code_hash FROM mercia_recovery_code WHERE user_id = ? AND used_at IS NULL",
                               [user.id]):
             try:
@@ -344,11 +348,33 @@ class Identity:
     def reset_second_factor(self, actor: User, user_id: int) -> None:
         """An administrator clears someone's lost authenticator; they enrol again at next sign-in."""
         require_role(actor, Role.ADMIN)
-        target = self.user(user_id)
+        self.clear_second_factor(self.user(user_id), actor.username)
+
+    def clear_second_factor(self, target: User, actor: str) -> None:
+        """Remove ``target``'s authenticator and recovery codes (callers have checked who may)."""
         with self.db.transaction():
-            self.db.execute("DELETE FROM mercia_totp WHERE user_id = ?", [user_id])
-            self.db.execute("DELETE FROM mercia_recovery_code WHERE user_id = ?", [user_id])
-            self.audit.record(actor.username, "user.totp_reset", f"user:{target.username}")
+            self.db.execute("DELETE FROM mercia_totp WHERE user_id = ?", [target.id])
+            self.db.execute("DELETE FROM mercia_recovery_code WHERE user_id = ?", [target.id])
+            self.audit.record(actor, "user.totp_reset", f"user:{target.username}")
+
+    # -- a sign-in halfway: password checked, second factor still to come -------------------------------
+    def start_pending(self, user: User) -> str:
+        """A short-lived token standing for "password passed"; only its hash is stored."""
+        token = secrets.token_urlsafe(32)
+        with self.db.transaction():
+            self.db.execute("DELETE FROM mercia_pending_signin WHERE expires_at < ?", [now()])
+            self.db.insert("mercia_pending_signin", {
+                "token_hash": digest(token), "user_id": user.id,
+                "expires_at": iso(datetime.now(UTC) + timedelta(minutes=PENDING_MINUTES))})
+        return token
+
+    def pending_user(self, token: str) -> User | None:
+        row = self.db.row("SELECT p.user_id FROM mercia_pending_signin p JOIN mercia_user u ON u.id = p.user_id "
+                          "WHERE p.token_hash = ? AND p.expires_at > ? AND u.active", [digest(token), now()])
+        return self.user(row["user_id"]) if row else None
+
+    def end_pending(self, token: str) -> None:
+        self.db.execute("DELETE FROM mercia_pending_signin WHERE token_hash = ?", [digest(token)])
 
     # -- sessions and tokens -------------------------------------------------------------------
     def start_session(self, user: User) -> tuple[str, str]:

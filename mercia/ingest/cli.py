@@ -37,6 +37,7 @@ def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, o
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from mercia.cdm import Store
+    from mercia.governance.audit import record_cli_write
     from mercia.ingest.service import default_options, ingest
 
     options = default_options(kind, opt_out=opt_out)
@@ -45,6 +46,8 @@ def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, o
         task = progress.add_task(f"{kind} {path.name}", total=None)
         summary = ingest(store, kind, path, org, mapping=mapping, options=options,
                          on_step=lambda step: progress.update(task, description=step))
+        record_cli_write(store, f"ingest.{kind}", f"org:{org}", extract=path.name, loaded=summary.loaded,
+                         rejected=summary.rejected)
     _report([summary], as_json)
 
 

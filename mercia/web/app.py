@@ -48,8 +48,10 @@ def create_app(store: Store, options: ServerOptions | None = None) -> FastAPI:
             headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
         return response
 
+    from mercia.api.errors import install_refusal_audit
     from mercia.web import pages
 
+    install_refusal_audit(app)
     app.mount("/api/v1", api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)
