@@ -76,6 +76,7 @@ def region(directory: Path = typer.Argument(..., exists=True, file_okay=False, h
     from rich.progress import Progress
 
     from mercia.cdm import Store
+    from mercia.governance.audit import record_cli_write
     from mercia.ingest.region import ingest_region, plan_region
 
     plan = plan_region(directory)
@@ -88,6 +89,8 @@ def region(directory: Path = typer.Argument(..., exists=True, file_okay=False, h
             progress.update(task, advance=1, description=f"{item.kind} {item.org}")
 
         ingest_region(store, directory, opt_out=opt_out, link=link, on_extract=done)
+        record_cli_write(store, "ingest.region", f"region:{directory.name}", extracts=len(summaries),
+                         loaded=sum(s.loaded for s in summaries), linked=link)
     _report(summaries, as_json)
 
 
@@ -100,10 +103,13 @@ def link(db: str = DB, threshold: float = typer.Option(None, help="match probabi
     from rich.console import Console
 
     from mercia.cdm import Store
+    from mercia.governance.audit import record_cli_write
     from mercia.linkage.probabilistic import DEFAULT_THRESHOLD, link_store
 
     with Store.open(db) as store:
         result = link_store(store, threshold or DEFAULT_THRESHOLD)
+        record_cli_write(store, "ingest.link", "persons", records=result.records,
+                         links=result.probabilistic_links)
     if as_json:
         import orjson
         typer.echo(orjson.dumps(asdict(result)).decode())

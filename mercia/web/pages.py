@@ -444,9 +444,13 @@ def run_cohort(cohort_id: int, request: Request, caller: Caller = Depends(signed
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job_id: int, request: Request, caller: Caller = Depends(signed_in)):
-    job = state_of(request).jobs.get(job_id)
+    state = state_of(request)
+    job = state.jobs.get(job_id)
     if job is None or job["user_id"] != caller.user.id:
         raise NotFound(f"no job {job_id} of yours")
+    if job["project_id"] is not None:
+        state.gov.require_data_access(caller.user, job["project_id"])
+    state.gov.audit.record(caller.user.username, "job.view", f"job:{job_id}", job["project_id"], kind=job["kind"])
     next_url = None
     if job["status"] == "succeeded":
         result = job["result"]

@@ -143,3 +143,18 @@ def test_reset_second_factor_cli(tmp_path):
         gov = Governance(store)
         assert not gov.second_factor_enrolled(gov.user_by_name("lead"))
         assert gov.audit.search(action="user.totp_reset")[0]["actor"].startswith("cli:")
+
+
+def test_cli_ingest_and_link_are_audited(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("MERCIA_PSEUDONYM_KEY", "ef" * 32)
+    db = str(tmp_path / "ingest.duckdb")
+    runner = CliRunner()
+    loaded = runner.invoke(app, ["ingest", "hl7v2", str(shared_data / "hl7v2/oru_lab"), "--org", "R9P", "--db", db])
+    assert loaded.exit_code == 0, loaded.output
+    assert runner.invoke(app, ["ingest", "link", "--db", db]).exit_code == 0
+    with Store(db) as store:
+        entries = Governance(store).audit.search()
+    assert [e["action"] for e in entries] == ["ingest.link", "ingest.hl7v2"]
+    assert entries[1]["target"] == "org:R9P" and entries[1]["detail"]["loaded"] > 0
+    assert all(e["actor"].startswith("cli:") for e in entries)
+    assert runner.invoke(app, ["audit", "verify", "--db", db]).exit_code == 0
