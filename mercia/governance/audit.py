@@ -25,7 +25,7 @@ import orjson
 
 from mercia.cdm import Store
 from mercia.governance.db import GovernanceDB, now
-from mercia.governance.model import GovernanceError
+from mercia.governance.model import Conflict, GovernanceError
 
 GENESIS = "0" * 64
 KEY_ENV = "MERCIA_AUDIT_KEY"
@@ -143,17 +143,31 @@ class AuditLog:
 
     def record(self, actor: str, action: str, target: str = "", project_id: int | None = None,
                **detail: Any) -> int:
-        """Append one entry and return its sequence number."""
+        """Append one entry and return its sequence number.
+
+        The next number comes from a conditional UPDATE of the one-row ``mercia_audit_head``, so
+        appenders on different connections take turns (a row lock on PostgreSQL; on DuckDB the
+        loser of a write conflict retries, unless it is inside a caller's transaction)."""
         detail_text = orjson.dumps(detail, option=orjson.OPT_SORT_KEYS, default=str).decode()
+        attempts = 1 if self.db.store.in_transaction else 5
+        for attempt in range(attempts):
+            try:
+                return self._append(actor, action, target, project_id, detail_text)
+            except Conflict:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _append(self, actor: str, action: str, target: str, project_id: int | None, detail_text: str) -> int:
         with self.db.transaction():
-            last = self.db.row("SELECT seq, hash FROM mercia_audit ORDER BY seq DESC LIMIT 1")
-            seq = last["seq"] + 1 if last else 1
-            prev = last["hash"] if last else GENESIS
+            seq = self.db.scalar("UPDATE mercia_audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq")
+            prev = self.db.scalar("SELECT hash FROM mercia_audit_head WHERE id = 1")
             at = now()
             digest = entry_hash(self.key, prev, seq, at, actor, action, target, project_id, detail_text)
             self.db.insert("mercia_audit", {"seq": seq, "logged_at": at, "actor": actor, "action": action,
                                             "target": target, "project_id": project_id,
                                             "detail": detail_text, "prev_hash": prev, "hash": digest})
+            self.db.execute("UPDATE mercia_audit_head SET hash = ? WHERE id = 1", [digest])
             self.db.after_commit(lambda: self.anchor.append(seq, digest))
         return seq
 

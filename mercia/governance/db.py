@@ -41,6 +41,7 @@ TABLES: dict[str, str] = {
     "mercia_pending_signin": "token_hash TEXT PRIMARY KEY, user_id BIGINT NOT NULL, expires_at TEXT NOT NULL",
     "mercia_audit": """seq BIGINT PRIMARY KEY, logged_at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
         target TEXT NOT NULL, project_id BIGINT, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL""",
+    "mercia_audit_head": "id INTEGER PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL",
     "mercia_job": """id BIGINT PRIMARY KEY, kind TEXT NOT NULL, project_id BIGINT, user_id BIGINT NOT NULL,
         status TEXT NOT NULL, progress DOUBLE PRECISION NOT NULL, message TEXT NOT NULL, result TEXT, error TEXT,
         created_at TEXT NOT NULL, finished_at TEXT""",
@@ -95,6 +96,11 @@ class GovernanceDB:
                 # Defence in depth on a server: refuse UPDATE/DELETE outright (the hash chain still
                 # catches whoever disables this as a superuser).
                 self.store.execute(_APPEND_ONLY_TRIGGER)
+            # One row naming the newest audit entry: appenders take turns through it (see AuditLog.record).
+            self.store.execute(
+                "INSERT INTO mercia_audit_head (id, seq, hash) SELECT 1, COALESCE(MAX(seq), 0), COALESCE("
+                "(SELECT hash FROM mercia_audit ORDER BY seq DESC LIMIT 1), ?) FROM mercia_audit "
+                "ON CONFLICT DO NOTHING", ["0" * 64])
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         with self.lock:

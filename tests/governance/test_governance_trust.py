@@ -238,3 +238,18 @@ def test_totp_enrolment_verification_and_recovery_codes(gov, people):
         gov.begin_enrolment(checker)
     gov.reset_second_factor(people["admin"], checker.id)
     assert not gov.second_factor_enrolled(checker)
+
+
+def test_parallel_audit_appends_on_separate_connections_keep_one_chain(gov, store):
+    """Appenders on their own connections (as a pooled server has) never fork or break the chain."""
+    stores = [_same_store(store) for _ in range(6)]
+    try:
+        logs = [Governance(s).audit for s in stores]
+        counts = _outcomes([lambda log=log: [log.record("t", "test.parallel", str(i)) for i in range(5)]
+                            for log in logs])
+    finally:
+        for s in stores:
+            s.close()
+    written = len(gov.audit.search(action="test.parallel", limit=100))
+    assert gov.audit.verify().ok
+    assert written == 30 if store.dialect == "postgres" else written >= 5 * counts.get("ok", 0), (counts, written)
