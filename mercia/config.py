@@ -13,7 +13,7 @@ import tomllib
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Settings(BaseModel):
@@ -29,6 +29,22 @@ class Settings(BaseModel):
     enforce_primary_keys: bool = Field(False, description="create CDM primary keys as constraints")
     max_request_bytes: int = Field(1_048_576, ge=1024, description="largest request body the server reads (413 beyond)")
     max_upload_bytes: int = Field(2_147_483_648, ge=1024, description="largest extract upload (multipart) it reads")
+    audit_key_file: Path | None = Field(
+        None, description="file holding the audit chain's HMAC key (outside the repo and the database); "
+                          "default <data_dir>/audit.key, created once; $MERCIA_AUDIT_KEY overrides")
+    audit_anchor_file: Path | None = Field(
+        None, description="file the audit log's head hashes are appended to (default: one per store "
+                          "under <data_dir>/audit-anchors)")
+    audit_anchor_syslog: bool = Field(False, description="also send each audit head hash to syslog")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="addresses/networks of reverse proxies whose X-Forwarded-For is "
+                                          "believed; from any other peer the header is ignored")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """``MERCIA_TRUSTED_PROXIES=10.0.0.1,10.1.0.0/16`` as well as a TOML list."""
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
 
 def _config_file() -> Path | None:

@@ -5,6 +5,7 @@ browser attaches a bearer token on its own."""
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from dataclasses import dataclass
 
@@ -67,3 +68,36 @@ def require_roles(*roles: Role):
             raise HTTPException(403, f"this needs the role {' or '.join(r.label for r in roles)}")
         return user
     return check
+
+
+def _listed(address: str, networks: tuple[str, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+    except ValueError:
+        return False
+
+
+def client_source(request: Request) -> str:
+    """The address a request came from.  ``X-Forwarded-For`` counts only when the peer is a
+    configured trusted proxy; then the rightmost address that is not itself a trusted proxy."""
+    peer = request.client.host if request.client else ""
+    proxies = state_of(request).options.trusted_proxies
+    if not proxies or not _listed(peer, proxies):
+        return peer
+    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _listed(hop, proxies):
+            return hop[:64]
+    return peer
+
+
+def caller_name(request: Request) -> str:
+    """Who sent a request, for the audit log of a refusal: the token's or session's user, or '-'."""
+    gov = state_of(request).gov
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        user = gov.token_user(header[7:].strip())
+        return user.username if user else "-"
+    caller = session_caller(request)
+    return caller.user.username if caller else "-"

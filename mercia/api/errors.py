@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from mercia.cdm import StoreError
 from mercia.services.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError, Throttled, TooLarge
@@ -53,3 +54,24 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def store_refused(request: Request, exc: StoreError) -> JSONResponse:
         return JSONResponse({"detail": STORE_REFUSED}, status_code=400)
+
+
+REFUSALS = {403, 404}
+
+
+def install_refusal_audit(app: FastAPI) -> None:
+    """Write every refused request (403, 404) to the audit log: who, what, from where."""
+    from mercia.api.auth import caller_name, client_source
+    from mercia.services.state import state_of
+
+    def record(request: Request, status: int) -> None:
+        state_of(request).gov.audit.record(caller_name(request), "access.refused",
+                                           f"{request.method} {request.url.path[:300]}", status=status,
+                                           ip=client_source(request))
+
+    @app.middleware("http")
+    async def audit_refusals(request: Request, call_next):
+        response = await call_next(request)
+        if response.status_code in REFUSALS and not request.url.path.startswith("/static/"):
+            await run_in_threadpool(record, request, response.status_code)
+        return response

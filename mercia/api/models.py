@@ -69,6 +69,15 @@ class UserCreate(Body):
     roles: list[tuple[Role, Code]] = Field([], max_length=50)
 
 
+class PasswordChange(Body):
+    current_password: str = Field(..., max_length=256)
+    new_password: str = Field(..., max_length=256)
+
+
+class SecondFactorCode(Body):
+    code: str = Field(..., min_length=6, max_length=64)
+
+
 class RoleGrant(Body):
     role: Role
     scope: Code = ""

@@ -2,10 +2,13 @@
 
 from mercia.governance.airlock import Airlock
 from mercia.governance.audit import AuditLog, Verification
+from mercia.governance.identity import Identity, Throttled, User
 from mercia.governance.model import (
     DOMAINS, PILLARS, Conflict, Forbidden, GovernanceError, NotFound, ProjectStatus, Role,
 )
-from mercia.governance.service import Governance, Project, Throttled, User
+from mercia.governance.projects import Project, Projects
+from mercia.governance.service import Governance
 
 __all__ = ["DOMAINS", "PILLARS", "Airlock", "AuditLog", "Conflict", "Forbidden", "Governance", "GovernanceError",
-           "NotFound", "Project", "ProjectStatus", "Role", "Throttled", "User", "Verification"]
+           "Identity", "NotFound", "Project", "Projects", "ProjectStatus", "Role", "Throttled", "User",
+           "Verification"]

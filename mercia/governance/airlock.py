@@ -15,7 +15,8 @@ import orjson
 from mercia.governance.db import now
 from mercia.privacy.disclosure import AnalysisResult, DisclosureError, get_policy
 from mercia.governance.model import Conflict, Forbidden, GovernanceError, NotFound, Role
-from mercia.governance.service import Governance, User
+from mercia.governance.identity import User
+from mercia.governance.service import Governance
 
 PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
 
@@ -85,21 +86,28 @@ class Airlock:
         return [r for r in rows if (status is None or r["status"] == status) and self._may_see(user, r)]
 
     def decide(self, checker: User, export_id: int, decision: str, reason: str = "") -> dict[str, Any]:
+        """An output checker's release or rejection.  Four eyes: never on a request from a project
+        the checker works on.  Race-free: the status moves with a conditional UPDATE, so of two
+        checkers deciding at once exactly one wins; the other gets a Conflict."""
         if not checker.has(Role.OUTPUT_CHECKER):
             raise Forbidden("only an output checker can release results")
         row = self._row(export_id)
         if row["requester_id"] == checker.id:
             raise Forbidden("an output checker cannot approve their own request")
-        if row["status"] != PENDING:
-            raise Conflict(f"export {export_id} is already {row['status']}")
+        if checker.id in self.gov.project(row["project_id"]).members:
+            raise Forbidden("an output checker cannot decide on a request from a project they work on")
         if decision not in ("approve", "reject"):
             raise GovernanceError("decision is 'approve' or 'reject'")
         if decision == "reject" and not reason.strip():
             raise GovernanceError("say why the export is rejected")
         status = APPROVED if decision == "approve" else REJECTED
         with self.db.transaction():
-            self.db.execute("UPDATE mercia_export SET status = ?, checker_id = ?, decision_reason = ?, decided_at = ? "
-                            "WHERE id = ?", [status, checker.id, reason.strip(), now(), export_id])
+            moved = self.db.scalar("UPDATE mercia_export SET status = ?, checker_id = ?, decision_reason = ?, "
+                                   "decided_at = ? WHERE id = ? AND status = ? RETURNING id",
+                                   [status, checker.id, reason.strip(), now(), export_id, PENDING])
+            if moved is None:
+                current = self.db.scalar("SELECT status FROM mercia_export WHERE id = ?", [export_id])
+                raise Conflict(f"export {export_id} is already {current}")
             self.gov.audit.record(checker.username, f"export.{decision}", f"export:{export_id}", row["project_id"],
                                   reason=reason)
         return self._row(export_id)

@@ -1,31 +1,126 @@
-"""Append-only, hash-chained audit log: who did what, when, and for which project.
+"""Append-only, keyed hash-chained audit log: who did what, when, and for which project.
 
-Each entry's hash is SHA-256 over the previous entry's hash and the entry's own fields in a
-canonical JSON form, so changing, deleting or reordering any entry breaks every later link and
-``verify`` names the first entry that no longer matches.  This gives the attributable,
-contemporaneous, enduring record that MHRA "GXP Data Integrity Guidance" (2018, section 6.13 audit
-trail) and ICH E6(R3) expect of a computerised system.  The chain cannot by itself reveal that the
-newest entries were cut off; ``head`` is meant to be copied somewhere else (a ticket, a signed
-email) so that truncation can be caught too.
+Each entry's hash is HMAC-SHA-256, under a key kept outside the database, over the previous
+entry's hash and the entry's own fields in a canonical JSON form: changing, deleting or reordering
+any entry breaks every later link, and without the key nobody can write a chain that verifies.
+After each commit the new head (sequence number and hash) is appended to an anchor file outside
+the database (and, if configured, to syslog), so cutting off the newest entries, or rewriting the
+whole log even with the key, is caught too.  This gives the attributable, contemporaneous,
+enduring record that MHRA "GXP Data Integrity Guidance" (2018, section 6.13 audit trail) and
+ICH E6(R3) expect of a computerised system.
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
+import hmac
+import os
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from mercia.cdm import Store
 from mercia.governance.db import GovernanceDB, now
+from mercia.governance.model import Conflict, GovernanceError
 
 GENESIS = "0" * 64
+KEY_ENV = "MERCIA_AUDIT_KEY"
+_MIN_KEY_BYTES = 32
 
 
-def entry_hash(prev_hash: str, seq: int, at: str, actor: str, action: str, target: str,
+def _repository_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def load_audit_key() -> bytes:
+    """``$MERCIA_AUDIT_KEY``, else ``settings.audit_key_file``, else ``<data_dir>/audit.key``
+    (created once, readable only by its owner).  A key file inside the repository is refused."""
+    raw = os.environ.get(KEY_ENV)
+    if raw is None:
+        from mercia.config import load_settings
+
+        settings = load_settings()
+        path = Path(settings.audit_key_file or settings.data_dir / "audit.key").expanduser().resolve()
+        if path.is_relative_to(_repository_root()):
+            raise GovernanceError(f"refusing an audit key file inside the repository: {path}")
+        if not path.exists() and settings.audit_key_file is None:
+            _create_key_file(path)
+        try:
+            raw = path.read_text().strip()
+        except OSError as exc:
+            raise GovernanceError(f"cannot read the audit key file {path}: {exc.strerror}") from exc
+    if len(raw.encode()) < _MIN_KEY_BYTES:
+        raise GovernanceError(f"the audit key is too short: need at least {_MIN_KEY_BYTES} bytes")
+    return raw.encode()
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new random key atomically (linked into place complete, never overwriting one that
+    another process made first)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
+
+
+class AuditAnchor:
+    """Where each new head of the chain is written, outside the database: lines ``seq hash``."""
+
+    def __init__(self, path: Path | None, use_syslog: bool = False):
+        self.path = path
+        self.use_syslog = use_syslog
+
+    @classmethod
+    def for_store(cls, store: Store) -> AuditAnchor:
+        """``settings.audit_anchor_file``, else one file per store under ``<data_dir>/audit-anchors``;
+        none for an in-memory store, which nothing outlives."""
+        from mercia.config import load_settings
+
+        settings = load_settings()
+        if settings.audit_anchor_file is not None:
+            return cls(Path(settings.audit_anchor_file).expanduser(), settings.audit_anchor_syslog)
+        if store.url == ":memory:":
+            return cls(None, settings.audit_anchor_syslog)
+        where = store.url if store.dialect == "postgres" else str(Path(store.url.removeprefix("duckdb://")).resolve())
+        name = hashlib.sha256(f"{where}|{store.schema or ''}".encode()).hexdigest()[:24]
+        return cls(settings.data_dir / "audit-anchors" / f"{name}.log", settings.audit_anchor_syslog)
+
+    def append(self, seq: int, digest: str) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(f"{seq} {digest}\n")
+        if self.use_syslog:
+            import syslog
+
+            syslog.syslog(syslog.LOG_INFO, f"mercia audit head {seq} {digest}")
+
+    def read(self) -> dict[int, str]:
+        if self.path is None or not self.path.exists():
+            return {}
+        anchored = {}
+        for line in self.path.read_text().splitlines():
+            seq, _, digest = line.partition(" ")
+            if seq.isdigit() and digest:
+                anchored[int(seq)] = digest
+        return anchored
+
+
+def entry_hash(key: bytes, prev_hash: str, seq: int, at: str, actor: str, action: str, target: str,
                project_id: int | None, detail: str) -> str:
     canonical = orjson.dumps([prev_hash, seq, at, actor, action, target, project_id, detail])
-    return hashlib.sha256(canonical).hexdigest()
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -38,32 +133,59 @@ class Verification:
 
 
 class AuditLog:
-    def __init__(self, db: GovernanceDB):
+    def __init__(self, db: GovernanceDB, key: bytes | None = None, anchor: AuditAnchor | None = None):
         self.db = db
+        self.key = key or load_audit_key()
+        self.anchor = anchor or AuditAnchor.for_store(db.store)
+
+    def __repr__(self) -> str:  # never print key material
+        return "AuditLog(<key hidden>)"
 
     def record(self, actor: str, action: str, target: str = "", project_id: int | None = None,
                **detail: Any) -> int:
-        """Append one entry and return its sequence number."""
+        """Append one entry and return its sequence number.
+
+        The next number comes from a conditional UPDATE of the one-row ``mercia_audit_head``, so
+        appenders on different connections take turns (a row lock on PostgreSQL; on DuckDB the
+        loser of a write conflict retries, unless it is inside a caller's transaction)."""
         detail_text = orjson.dumps(detail, option=orjson.OPT_SORT_KEYS, default=str).decode()
+        attempts = 1 if self.db.store.in_transaction else 5
+        for attempt in range(attempts):
+            try:
+                return self._append(actor, action, target, project_id, detail_text)
+            except Conflict:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _append(self, actor: str, action: str, target: str, project_id: int | None, detail_text: str) -> int:
         with self.db.transaction():
-            last = self.db.row("SELECT seq, hash FROM mercia_audit ORDER BY seq DESC LIMIT 1")
-            seq = last["seq"] + 1 if last else 1
-            prev = last["hash"] if last else GENESIS
+            seq = self.db.scalar("UPDATE mercia_audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq")
+            prev = self.db.scalar("SELECT hash FROM mercia_audit_head WHERE id = 1")
             at = now()
-            digest = entry_hash(prev, seq, at, actor, action, target, project_id, detail_text)
+            digest = entry_hash(self.key, prev, seq, at, actor, action, target, project_id, detail_text)
             self.db.insert("mercia_audit", {"seq": seq, "logged_at": at, "actor": actor, "action": action,
                                             "target": target, "project_id": project_id,
                                             "detail": detail_text, "prev_hash": prev, "hash": digest})
+            self.db.execute("UPDATE mercia_audit_head SET hash = ? WHERE id = 1", [digest])
+            self.db.after_commit(lambda: self.anchor.append(seq, digest))
         return seq
 
     def verify(self, batch: int = 50_000) -> Verification:
-        """Recompute the whole chain; report the first entry that was altered, removed or moved."""
+        """Recompute the whole chain and compare it with the anchored heads; report the first entry
+        that was altered, removed or moved, or that the newest entries were cut off."""
+        anchored = self.anchor.read()
         prev, expected_seq, count = GENESIS, 1, 0
         while True:
             rows = self.db.rows(
                 "SELECT seq, logged_at, actor, action, target, project_id, detail, prev_hash, hash FROM mercia_audit "
                 f"WHERE seq >= ? ORDER BY seq LIMIT {int(batch)}", [expected_seq])
             if not rows:
+                last_anchor = max(anchored, default=0)
+                if last_anchor > count:
+                    return Verification(False, count, prev, count + 1,
+                                        f"the log ends at entry {count} but entry {last_anchor} was anchored: "
+                                        "entries were cut off")
                 return Verification(True, count, prev)
             for r in rows:
                 if r["seq"] != expected_seq:
@@ -72,11 +194,14 @@ class AuditLog:
                 if r["prev_hash"] != prev:
                     return Verification(False, count, prev, r["seq"],
                                         f"entry {r['seq']} does not link to entry {r['seq'] - 1}")
-                digest = entry_hash(prev, r["seq"], r["logged_at"], r["actor"], r["action"], r["target"],
+                digest = entry_hash(self.key, prev, r["seq"], r["logged_at"], r["actor"], r["action"], r["target"],
                                     r["project_id"], r["detail"])
-                if digest != r["hash"]:
+                if not hmac.compare_digest(digest, r["hash"]):
                     return Verification(False, count, prev, r["seq"],
                                         f"entry {r['seq']} was altered after it was written")
+                if anchored.get(r["seq"], r["hash"]) != r["hash"]:
+                    return Verification(False, count, prev, r["seq"],
+                                        f"entry {r['seq']} differs from its anchored hash: the log was rewritten")
                 prev, expected_seq, count = r["hash"], expected_seq + 1, count + 1
 
     def head(self) -> str:
@@ -109,3 +234,12 @@ class AuditLog:
 
     def actions(self) -> list[str]:
         return [r["action"] for r in self.db.rows("SELECT DISTINCT action FROM mercia_audit ORDER BY action")]
+
+
+def record_cli_write(store: Store, action: str, target: str = "", project_id: int | None = None,
+                     **detail: Any) -> int:
+    """Audit a write made from the command line (a load, a purge...) in the store it changed;
+    the actor is ``cli:<operating-system user>``."""
+    from mercia.governance.service import Governance
+
+    return Governance(store).audit.record(f"cli:{getpass.getuser()}", action, target, project_id, **detail)

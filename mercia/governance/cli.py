@@ -58,5 +58,22 @@ def add_user(username: str, display_name: str = typer.Option(..., "--name"),
 
     roles = [(Role(r.split(":")[0]), r.split(":", 1)[1] if ":" in r else "") for r in role]
     password = secrets.token_urlsafe(12)
-    _governance(db).create_user(username, display_name, password, roles, organisation=organisation, actor="cli")
+    import getpass
+
+    _governance(db).create_user(username, display_name, password, roles, organisation=organisation,
+                                actor=f"cli:{getpass.getuser()}")
     console.print(f"created {username}; first password: {password}")
+
+
+@app.command("reset-second-factor")
+def reset_second_factor(username: str, db: str | None = DB) -> None:
+    """Clear someone's lost authenticator app; they set up a new one at their next sign-in."""
+    import getpass
+
+    gov = _governance(db)
+    user = gov.user_by_name(username)
+    if user is None:
+        console.print(f"[red]no user {username!r}[/]")
+        raise typer.Exit(1)
+    gov.clear_second_factor(user, f"cli:{getpass.getuser()}")
+    console.print(f"{username} will set up a new authenticator at their next sign-in")

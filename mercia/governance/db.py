@@ -8,12 +8,13 @@ engine's timestamp rendering.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
 from mercia.cdm import Store
+from mercia.governance.model import Conflict
 
 TABLES: dict[str, str] = {
     "mercia_user": """id BIGINT PRIMARY KEY, username TEXT NOT NULL UNIQUE, display_name TEXT NOT NULL,
@@ -33,9 +34,14 @@ TABLES: dict[str, str] = {
         created_at TEXT NOT NULL, expires_at TEXT NOT NULL""",
     "mercia_token": """id BIGINT PRIMARY KEY, user_id BIGINT NOT NULL, name TEXT NOT NULL, token_hash TEXT NOT NULL,
         created_at TEXT NOT NULL, expires_at TEXT NOT NULL, revoked BOOLEAN NOT NULL""",
-    "mercia_signin_failure": "username TEXT NOT NULL, ip TEXT NOT NULL, failed_at TEXT NOT NULL",
+    "mercia_signin_throttle": """username TEXT NOT NULL, source TEXT NOT NULL, failures INTEGER NOT NULL,
+        wait_until TEXT NOT NULL, PRIMARY KEY (username, source)""",
+    "mercia_totp": "user_id BIGINT PRIMARY KEY, secret TEXT NOT NULL, last_step BIGINT NOT NULL, confirmed_at TEXT",
+    "mercia_recovery_code": "user_id BIGINT NOT NULL, code_hash TEXT NOT NULL, used_at TEXT",
+    "mercia_pending_signin": "token_hash TEXT PRIMARY KEY, user_id BIGINT NOT NULL, expires_at TEXT NOT NULL",
     "mercia_audit": """seq BIGINT PRIMARY KEY, logged_at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
         target TEXT NOT NULL, project_id BIGINT, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL""",
+    "mercia_audit_head": "id INTEGER PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL",
     "mercia_job": """id BIGINT PRIMARY KEY, kind TEXT NOT NULL, project_id BIGINT, user_id BIGINT NOT NULL,
         status TEXT NOT NULL, progress DOUBLE PRECISION NOT NULL, message TEXT NOT NULL, result TEXT, error TEXT,
         created_at TEXT NOT NULL, finished_at TEXT""",
@@ -79,6 +85,8 @@ class GovernanceDB:
     def __init__(self, store: Store):
         self.store = store
         self.lock = threading.RLock()
+        self._depth = 0
+        self._after_commit: list[Callable[[], None]] = []
 
     def init(self) -> None:
         with self.lock, self.store.transaction():
@@ -88,6 +96,11 @@ class GovernanceDB:
                 # Defence in depth on a server: refuse UPDATE/DELETE outright (the hash chain still
                 # catches whoever disables this as a superuser).
                 self.store.execute(_APPEND_ONLY_TRIGGER)
+            # One row naming the newest audit entry: appenders take turns through it (see AuditLog.record).
+            self.store.execute(
+                "INSERT INTO mercia_audit_head (id, seq, hash) SELECT 1, COALESCE(MAX(seq), 0), COALESCE("
+                "(SELECT hash FROM mercia_audit ORDER BY seq DESC LIMIT 1), ?) FROM mercia_audit "
+                "ON CONFLICT DO NOTHING", ["0" * 64])
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         with self.lock:
@@ -114,7 +127,47 @@ class GovernanceDB:
         marks = ", ".join("?" for _ in values)
         self.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", list(values.values()))
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the current transaction has committed (dropped on rollback)."""
+        if self._depth:
+            self._after_commit.append(callback)
+        else:
+            callback()
+
     @contextmanager
     def transaction(self) -> Iterator[GovernanceDB]:
-        with self.lock, self.store.transaction():
-            yield self
+        """All or nothing; a write that lost a race with another connection becomes a Conflict."""
+        try:
+            with self.lock:
+                outermost = self._depth == 0
+                self._depth += 1
+                try:
+                    with self.store.transaction():
+                        yield self
+                except BaseException:
+                    if outermost:
+                        self._after_commit.clear()
+                    raise
+                finally:
+                    self._depth -= 1
+                if outermost:
+                    done, self._after_commit = self._after_commit, []
+                    for callback in done:
+                        callback()
+        except Exception as exc:
+            if _is_write_conflict(exc):
+                raise Conflict("someone else changed this at the same moment; reload and try again") from exc
+            raise
+
+
+def _is_write_conflict(exc: BaseException) -> bool:
+    """DuckDB's optimistic-concurrency abort or PostgreSQL's serialisation failure (or a
+    StoreError wrapping either)."""
+    import duckdb
+    import psycopg
+
+    while exc is not None:
+        if isinstance(exc, (duckdb.TransactionException, psycopg.errors.SerializationFailure)):
+            return True
+        exc = exc.__cause__
+    return False

@@ -37,6 +37,7 @@ def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, o
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from mercia.cdm import Store
+    from mercia.governance.audit import record_cli_write
     from mercia.ingest.service import default_options, ingest
 
     options = default_options(kind, opt_out=opt_out)
@@ -45,6 +46,8 @@ def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, o
         task = progress.add_task(f"{kind} {path.name}", total=None)
         summary = ingest(store, kind, path, org, mapping=mapping, options=options,
                          on_step=lambda step: progress.update(task, description=step))
+        record_cli_write(store, f"ingest.{kind}", f"org:{org}", extract=path.name, loaded=summary.loaded,
+                         rejected=summary.rejected)
     _report([summary], as_json)
 
 
@@ -73,6 +76,7 @@ def region(directory: Path = typer.Argument(..., exists=True, file_okay=False, h
     from rich.progress import Progress
 
     from mercia.cdm import Store
+    from mercia.governance.audit import record_cli_write
     from mercia.ingest.region import ingest_region, plan_region
 
     plan = plan_region(directory)
@@ -85,6 +89,8 @@ def region(directory: Path = typer.Argument(..., exists=True, file_okay=False, h
             progress.update(task, advance=1, description=f"{item.kind} {item.org}")
 
         ingest_region(store, directory, opt_out=opt_out, link=link, on_extract=done)
+        record_cli_write(store, "ingest.region", f"region:{directory.name}", extracts=len(summaries),
+                         loaded=sum(s.loaded for s in summaries), linked=link)
     _report(summaries, as_json)
 
 
@@ -97,10 +103,13 @@ def link(db: str = DB, threshold: float = typer.Option(None, help="match probabi
     from rich.console import Console
 
     from mercia.cdm import Store
+    from mercia.governance.audit import record_cli_write
     from mercia.linkage.probabilistic import DEFAULT_THRESHOLD, link_store
 
     with Store.open(db) as store:
         result = link_store(store, threshold or DEFAULT_THRESHOLD)
+        record_cli_write(store, "ingest.link", "persons", records=result.records,
+                         links=result.probabilistic_links)
     if as_json:
         import orjson
         typer.echo(orjson.dumps(asdict(result)).decode())

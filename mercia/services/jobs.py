@@ -79,8 +79,12 @@ class JobRunner:
 
 def job_for(state, user, job_id: int) -> dict[str, Any]:
     """A job of ``user``'s own (status, progress and what may be shown of its result); anyone
-    else's job, administrators' included, is not found."""
+    else's job, administrators' included, is not found.  Project work is shown only while the user may
+    still reach the project's data, and every read is audited."""
     job = state.jobs.get(job_id)
     if job is None or job["user_id"] != user.id:
         raise NotFound(f"no job {job_id} of yours")
+    if job["project_id"] is not None:
+        state.gov.require_data_access(user, job["project_id"])
+    state.gov.audit.record(user.username, "job.view", f"job:{job_id}", job["project_id"], kind=job["kind"])
     return job

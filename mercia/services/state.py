@@ -18,6 +18,8 @@ class ServerOptions:
     oidc: dict[str, str] | None = None  # see mercia.web.oidc
     max_request_bytes: int = field(default_factory=lambda: load_settings().max_request_bytes)
     max_upload_bytes: int = field(default_factory=lambda: load_settings().max_upload_bytes)
+    # Reverse proxies whose X-Forwarded-For is believed (see mercia.api.auth.client_source).
+    trusted_proxies: tuple[str, ...] = field(default_factory=lambda: tuple(load_settings().trusted_proxies))
 
 
 class MerciaState:

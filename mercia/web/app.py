@@ -49,10 +49,12 @@ def create_app(store: Store, options: ServerOptions | None = None) -> FastAPI:
             headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
         return response
 
+    from mercia.api.errors import install_refusal_audit
     from mercia.web import pages
 
     app.add_middleware(BodyLimit, max_bytes=state.options.max_request_bytes,
                        max_upload_bytes=state.options.max_upload_bytes)
+    install_refusal_audit(app)
     app.mount("/api/v1", api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)

@@ -16,6 +16,7 @@ import secrets
 from fastapi import APIRouter, FastAPI, Request
 from starlette.middleware.sessions import SessionMiddleware
 
+from mercia.api.auth import client_source
 from mercia.governance import GovernanceError
 from mercia.services.state import state_of
 
@@ -65,7 +66,7 @@ async def callback(request: Request):
                       message=f"Your organisation's sign-in did not complete: {exc}")
     claims = token.get("userinfo") or {}
     username = str(claims.get(state.options.oidc.get("username_claim", "preferred_username"), "")).lower()
-    ip = request.client.host if request.client else ""
+    ip = client_source(request)
     try:
         user = await run_in_threadpool(state.gov.user_for_external_identity, username, ip)
     except GovernanceError as exc:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from mercia.api.auth import Caller, csrf_ok, session_caller
+from mercia.api.auth import Caller, client_source, csrf_ok, session_caller
 from mercia.api.errors import STORE_REFUSED, status_for
 from mercia.cdm import StoreError
 from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, ProjectStatus, Role
@@ -32,6 +32,7 @@ templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, Projec
 templates.env.filters["count"] = lambda value, marker: marker if value is None else f"{value:,}"
 router = APIRouter(include_in_schema=False)
 PRE_CSRF = "mercia_signin_csrf"
+PENDING = "mercia_signin_pending"  # password passed, second factor to come
 ROLE_LABELS = {r.value: r.label for r in Role}
 
 
@@ -151,7 +152,7 @@ def signin(request: Request, form: dict[str, str] = Depends(form_data)):
         raise BadCsrf()
     try:
         user = state.gov.authenticate(form.get("username", ""), form.get("password", ""),
-                                      request.client.host if request.client else "")
+                                      client_source(request))
     except GovernanceError as exc:
         token = secrets.token_urlsafe(24)
         response = render(request, "signin.html", None, status_code=status_for(exc), next=next_path,
@@ -159,17 +160,89 @@ def signin(request: Request, form: dict[str, str] = Depends(form_data)):
                           oidc=bool(state.options.oidc))
         _pre_csrf_cookie(request, response, token)
         return response
+    if user.needs_second_factor:
+        response = redirect(f"/signin/second-factor?next={urlquote(next_path)}")
+        response.set_cookie(PENDING, state.gov.start_pending(user), httponly=True, samesite="strict",
+                            path="/signin", secure=state.options.secure_cookies, max_age=600)
+        return response
     return start_session(request, user, next_path)
 
 
+def _pending(request: Request):
+    token = request.cookies.get(PENDING, "")
+    user = state_of(request).gov.pending_user(token) if token else None
+    if user is None:
+        raise SignInRequired("/")
+    return user, token
+
+
+def _second_factor_page(request: Request, user, next_path: str, status_code: int = 200, error: str | None = None):
+    gov = state_of(request).gov
+    enrolling = not gov.second_factor_enrolled(user)
+    secret = uri = None
+    if enrolling:
+        secret, uri = gov.begin_enrolment(user)
+    token = secrets.token_urlsafe(24)
+    response = render(request, "second_factor.html", None, status_code=status_code, next=next_path,
+                      signin_csrf=token, enrolling=enrolling, secret=secret, uri=uri, error=error)
+    _pre_csrf_cookie(request, response, token)
+    return response
+
+
+@router.get("/signin/second-factor", response_class=HTMLResponse)
+def second_factor_page(request: Request, next: str = "/"):
+    user, _ = _pending(request)
+    return _second_factor_page(request, user, _safe_next(next))
+
+
+@router.post("/signin/second-factor", response_class=HTMLResponse)
+def second_factor(request: Request, form: dict[str, str] = Depends(form_data)):
+    """The code from the authenticator app (or a recovery code); at the first sign-in, the code
+    confirms the newly set-up authenticator and the recovery codes are shown once."""
+    state = state_of(request)
+    expected = request.cookies.get(PRE_CSRF, "")
+    if not expected or not secrets.compare_digest(expected, form.get("csrf_token", "")):
+        raise BadCsrf()
+    user, pending = _pending(request)
+    next_path = _safe_next(form.get("next", "/"))
+    code = form.get("code", "")[:64]
+    recovery_codes = None
+    try:
+        if state.gov.second_factor_enrolled(user):
+            state.gov.verify_second_factor(user, code, client_source(request))
+        else:
+            recovery_codes = state.gov.confirm_enrolment(user, code)
+    except GovernanceError as exc:
+        if not state.gov.second_factor_enrolled(user):  # a fresh secret for the next try
+            return _second_factor_page(request, user, next_path, status_for(exc), str(exc))
+        token = secrets.token_urlsafe(24)
+        response = render(request, "second_factor.html", None, status_code=status_for(exc), next=next_path,
+                          signin_csrf=token, enrolling=False, error=str(exc))
+        _pre_csrf_cookie(request, response, token)
+        return response
+    state.gov.end_pending(pending)
+    state.gov.signed_in(user, client_source(request), "password+totp")
+    if recovery_codes is None:
+        response = start_session(request, user, next_path)
+    else:
+        response = render(request, "recovery_codes.html", None, codes=recovery_codes, next=next_path)
+        _session_cookie(request, response, user)
+    response.delete_cookie(PENDING, path="/signin")
+    return response
+
+
 def start_session(request: Request, user, next_path: str) -> Response:
+    response = RedirectResponse(next_path, status_code=303)
+    _session_cookie(request, response, user)
+    return response
+
+
+def _session_cookie(request: Request, response: Response, user) -> None:
     state = state_of(request)
     token, _ = state.gov.start_session(user)
-    response = RedirectResponse(next_path, status_code=303)
     response.set_cookie(state.options.session_cookie, token, httponly=True, samesite="lax",
                         secure=state.options.secure_cookies, max_age=8 * 3600, path="/")
     response.delete_cookie(PRE_CSRF, path="/signin")
-    return response
 
 
 @router.post("/signout")
@@ -518,7 +591,24 @@ def audit_page(request: Request, caller: Caller = Depends(signed_in), actor: str
 
 @router.get("/account", response_class=HTMLResponse)
 def account_page(request: Request, caller: Caller = Depends(signed_in)):
-    return render(request, "account.html", caller, tokens=state_of(request).gov.tokens(caller.user))
+    return _account(request, caller)
+
+
+def _account(request: Request, caller: Caller, status_code: int = 200, **extra: Any):
+    gov = state_of(request).gov
+    return render(request, "account.html", caller, status_code, tokens=gov.tokens(caller.user),
+                  second_factor=gov.second_factor_enrolled(caller.user), **extra)
+
+
+@router.post("/account/password", response_class=HTMLResponse)
+def change_password(request: Request, caller: Caller = Depends(signed_in), form: dict[str, str] = Depends(form_data)):
+    """Self-service password change: needs the current password; other sessions end."""
+    try:
+        state_of(request).gov.change_password(caller.user, form.get("current_password", ""),
+                                              form.get("new_password", ""), keep_session=caller.session_token)
+    except GovernanceError as exc:
+        return _account(request, caller, status_for(exc), password_error=str(exc))
+    return redirect("/account", "Your password has been changed; your other sessions have ended.")
 
 
 @router.post("/account/tokens", response_class=HTMLResponse)
@@ -526,7 +616,7 @@ def create_token(request: Request, caller: Caller = Depends(signed_in), form: di
     gov = state_of(request).gov
     days = form.get("days", "90")
     _, secret = gov.create_token(caller.user, form.get("name", "token"), int(days) if days.isdigit() else 0)
-    return render(request, "account.html", caller, tokens=gov.tokens(caller.user), new_token=secret)
+    return _account(request, caller, new_token=secret)
 
 
 @router.post("/account/tokens/{token_id}/revoke")

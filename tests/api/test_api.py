@@ -431,6 +431,9 @@ def test_patient_matching_refusals(world):
     clin = world.login("clin")
     assert world.client.post("/api/v1/raredisease/match", headers=clin, json=body).status_code == 404  # not a member
     world.gov.add_member(world.people["govo"], world.approved, world.people["clin"].id)
+    assert world.client.post("/api/v1/raredisease/match", headers=clin, json=body).status_code == 403  # re-approval
+    world.gov.decide(world.people["lead"], world.approved, "approve")
+    world.gov.decide(world.people["govo"], world.approved, "approve")
     r = world.client.post("/api/v1/raredisease/match", headers=clin, json=body)
     assert r.status_code == 403 and "observations" in r.json()["detail"]
     assert world.client.post("/api/v1/raredisease/match", headers=clin,
@@ -505,3 +508,79 @@ def test_cohort_builder_endpoint(world):
     bad = world.client.post("/api/v1/cohorts/builder", headers=h, json=fields | {"rule1_before": "a year"})
     assert bad.status_code == 400 and "Rule 1 days before" in bad.json()["detail"]
     assert world.client.post("/api/v1/cohorts/builder", json=fields).status_code == 401
+
+
+# -- issue 11, holes 7 and 8: no admin bypass on jobs, reads and refusals audited, proxy headers -------
+def test_jobs_are_owners_only_and_reads_are_audited(world):
+    h = world.login("res")
+    target = make_cohort(world, h, expression=circe(rule_drug=None))
+    job_id = world.client.post(f"/api/v1/cohorts/{target}/run", headers=h).json()["job_id"]
+    world.client.app.state.mercia.jobs.wait(job_id, 60)
+    assert world.client.get(f"/api/v1/jobs/{job_id}", headers=h).status_code == 200
+    assert world.gov.audit.search(action="job.view", actor="res")[0]["target"] == f"job:{job_id}"
+    assert world.client.get(f"/api/v1/jobs/{job_id}", headers=world.login("admin")).status_code == 404
+    refused = world.gov.audit.search(action="access.refused", actor="admin")[0]
+    assert refused["target"] == f"GET /api/v1/jobs/{job_id}" and refused["detail"]["status"] == 404
+    world.client.get(f"/api/v1/cohorts?project_id={world.approved}", headers=h)
+    assert world.gov.audit.search(action="cohort.list", actor="res", project_id=world.approved)
+    # past the project's end the owner cannot read the job either
+    world.gov.db.execute("UPDATE mercia_project SET expires_on = '2000-01-01' WHERE id = ?", [world.approved])
+    assert world.client.get(f"/api/v1/jobs/{job_id}", headers=h).status_code == 403
+    assert world.gov.audit.search(action="access.refused", actor="res")[0]["detail"]["status"] == 403
+
+
+def test_forwarded_for_believed_only_from_trusted_proxies(world):
+    from mercia.api.auth import client_source
+
+    class FakeRequest:
+        def __init__(self, peer, forwarded):
+            self.client = type("C", (), {"host": peer})()
+            self.headers = {"x-forwarded-for": forwarded}
+            self.app = world.client.app
+
+    state = world.client.app.state.mercia
+    assert client_source(FakeRequest("198.51.100.1", "1.2.3.4")) == "198.51.100.1"  # none configured
+    state.options.trusted_proxies = ("10.0.0.0/8",)
+    try:
+        assert client_source(FakeRequest("198.51.100.1", "1.2.3.4")) == "198.51.100.1"  # peer not a proxy
+        assert client_source(FakeRequest("10.0.0.5", "6.6.6.6, 1.2.3.4, 10.0.0.9")) == "1.2.3.4"
+    finally:
+        state.options.trusted_proxies = ()
+
+
+def test_password_change_and_422_never_echoes_a_password(world):
+    h = world.login("res2")
+    secret = "zz-unique-secret-" + "q" * 300
+    r = world.client.post("/api/v1/account/password", headers=h,
+                          json={"current_password": "whatever it is", "new_password": secret})
+    assert r.status_code == 422 and "zz-unique-secret" not in r.text
+    r = world.client.post("/api/v1/users", headers=world.login("admin"),
+                          json={"username": "x", "display_name": "X", "password": "shortpw99"})
+    assert r.status_code == 422 and "shortpw99" not in r.text
+    r = world.client.post("/api/v1/account/password", headers=h,
+                          json={"current_password": "wrong one entirely", "new_password": "tea kettle orbit lamp"})
+    assert r.status_code == 403
+    r = world.client.post("/api/v1/account/password", headers=h,
+                          json={"current_password": PASSWORD, "new_password": "password12345"})
+    assert r.status_code == 400 and "commonly used" in r.json()["detail"] and "password12345" not in r.text
+    r = world.client.post("/api/v1/account/password", headers=h,
+                          json={"current_password": PASSWORD, "new_password": "tea kettle orbit lamp"})
+    assert r.status_code == 200 and world.gov.authenticate("res2", "tea kettle orbit lamp").username == "res2"
+
+
+def test_second_factor_enrolment_over_the_api(world):
+    import pyotp
+
+    h = world.login("checker")
+    secret = world.client.post("/api/v1/account/second-factor", headers=h).json()["secret"]
+    assert world.client.post("/api/v1/account/second-factor/confirm", headers=h,
+                             json={"code": "000000" if pyotp.TOTP(secret).now() != "000000" else "111111"}
+                             ).status_code == 400
+    codes = world.client.post("/api/v1/account/second-factor/confirm", headers=h,
+                              json={"code": pyotp.TOTP(secret).now()}).json()["recovery_codes"]
+    assert len(codes) == 10
+    assert world.client.post("/api/v1/account/second-factor", headers=h).status_code == 409
+    checker_id = world.people["checker"].id
+    assert world.client.delete(f"/api/v1/users/{checker_id}/second-factor", headers=world.login("res")).status_code == 403
+    assert world.client.delete(f"/api/v1/users/{checker_id}/second-factor",
+                               headers=world.login("admin")).status_code == 200

@@ -7,6 +7,8 @@ import re
 
 import pytest
 
+from tests.web.totp_codes import code_for, remember_recovery_codes
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
@@ -15,6 +17,14 @@ def sign_in(page, base: str, demo, username: str) -> None:
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(demo.passwords[username])
     page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state()
+    if "/signin/second-factor" in page.url:
+        page.get_by_label("Code").fill(code_for(username, page.content()))
+        page.get_by_role("button", name="Continue").click()
+        page.wait_for_load_state()
+        if "recovery codes" in page.content():
+            remember_recovery_codes(username, page.content())
+            page.get_by_role("link", name="Continue").click()
     page.wait_for_url(f"{base}/")
 
 

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from mercia.governance import Role
+from tests.web.totp_codes import code_for, remember_recovery_codes
 
 
 def csrf_of(html: str) -> str:
@@ -18,6 +19,12 @@ def sign_in(client, demo, username: str):
     r = client.post("/signin", data={"username": username, "password": demo.passwords[username],
                                      "csrf_token": csrf_of(page.text), "next": "/"}, follow_redirects=False)
     assert r.status_code == 303, r.text
+    if r.headers["location"].startswith("/signin/second-factor"):
+        page = client.get(r.headers["location"])
+        r = client.post("/signin/second-factor", data={"code": code_for(username, page.text), "next": "/",
+                                                       "csrf_token": csrf_of(page.text)}, follow_redirects=False)
+        assert r.status_code in (200, 303), r.text
+        remember_recovery_codes(username, r.text)
     return csrf_of(client.get("/").text)
 
 
@@ -48,7 +55,7 @@ def test_signin_throttled(client):
                                      "csrf_token": csrf_of(client.get("/signin").text)})
     r = client.post("/signin", data={"username": "ghost", "password": "x" * 12,
                                      "csrf_token": csrf_of(client.get("/signin").text)})
-    assert r.status_code == 429 and "15 minutes" in r.text
+    assert r.status_code == 429 and "try again in" in r.text
 
 
 def test_forms_refuse_without_csrf(client, demo):
@@ -230,3 +237,39 @@ def test_incidence_analysis_page_has_a_chart(client, demo):
     page = client.get(f"/analyses/{job['result']['analysis_id']}").text
     assert 'aria-labelledby="inc-title inc-desc"' in page and "<circle" in page
     assert "Incidence per 1,000 person-years" in page
+
+
+def test_second_factor_needed_for_privileged_roles(client, demo):
+    page = client.get("/signin")
+    r = client.post("/signin", data={"username": "chroniclead", "password": demo.passwords["chroniclead"],
+                                     "csrf_token": csrf_of(page.text), "next": "/"}, follow_redirects=False)
+    assert r.headers["location"].startswith("/signin/second-factor")
+    assert client.get("/", follow_redirects=False).status_code == 303  # no session from the password alone
+    setup = client.get(r.headers["location"])
+    assert 'id="totp-secret"' in setup.text
+    wrong = client.post("/signin/second-factor", data={"code": "12345x", "csrf_token": csrf_of(setup.text)})
+    assert wrong.status_code == 400 and "not right" in wrong.text
+    assert client.get("/", follow_redirects=False).status_code == 303
+    client.cookies.clear()
+    assert client.get("/signin/second-factor", follow_redirects=False).status_code == 303  # no pending sign-in
+    sign_in(client, demo, "chroniclead")  # enrols, gets recovery codes
+    assert "Your projects" in client.get("/").text or client.get("/").status_code == 200
+    client.cookies.clear()
+    sign_in(client, demo, "chroniclead")  # now with a recovery code
+    assert client.get("/account").status_code == 200
+
+
+def test_password_change_page(client, demo):
+    csrf = sign_in(client, demo, "coordinator")
+    r = client.post("/account/password", data={"csrf_token": csrf, "current_password": "not my password",
+                                                "new_password": "tea kettle orbit lamp"})
+    assert r.status_code == 403 and "current password" in r.text
+    r = client.post("/account/password", data={"csrf_token": csrf, "current_password": demo.passwords["coordinator"],
+                                                "new_password": " " * 14})
+    assert r.status_code == 400 and "at least 12" in r.text
+    r = client.post("/account/password", data={"csrf_token": csrf, "current_password": demo.passwords["coordinator"],
+                                                "new_password": "tea kettle orbit lamp"}, follow_redirects=False)
+    assert r.status_code == 303
+    demo.passwords["coordinator"] = "tea kettle orbit lamp"
+    client.cookies.clear()
+    sign_in(client, demo, "coordinator")

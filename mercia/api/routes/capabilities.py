@@ -59,7 +59,9 @@ def create_concept_set(body: m.ConceptSetCreate, request: Request, user: User = 
 
 @router.get("/cohorts", tags=["cohorts"], summary="A project's cohorts")
 def list_cohorts(project_id: int, request: Request, user: User = Depends(current_user)) -> list[dict[str, Any]]:
-    return cohorts.list_cohorts(state_of(request), user, project_id)
+    found = cohorts.list_cohorts(state_of(request), user, project_id)
+    state_of(request).gov.audit.record(user.username, "cohort.list", f"project:{project_id}", project_id)
+    return found
 
 
 @router.post("/cohorts", tags=["cohorts"], status_code=201,
@@ -118,7 +120,9 @@ def start_analysis(body: m.AnalysisCreate, request: Request, user: User = Depend
 @router.get("/analyses", tags=["analytics"], summary="A project's analyses")
 def list_analyses(project_id: int, request: Request, cohort_id: int | None = None,
                   user: User = Depends(current_user)) -> list[dict[str, Any]]:
-    return analyses.list_analyses(state_of(request), user, project_id, cohort_id)
+    found = analyses.list_analyses(state_of(request), user, project_id, cohort_id)
+    state_of(request).gov.audit.record(user.username, "analysis.list", f"project:{project_id}", project_id)
+    return found
 
 
 @router.get("/analyses/{analysis_id}", tags=["analytics"],

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from mercia.api import models as m
-from mercia.api.auth import current_user, require_roles
+from mercia.api.auth import Caller, current_caller, current_user, require_roles
 from mercia.governance import DOMAINS, Role, User
 from mercia.services.jobs import job_for
 from mercia.services.state import state_of
@@ -38,6 +38,33 @@ def create_token(body: m.TokenRequest, request: Request, user: User = Depends(cu
 def revoke_token(token_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
     state_of(request).gov.revoke_token(user, token_id)
     return {"id": token_id, "revoked": True}
+
+
+@router.post("/account/password", tags=["account"], summary="Change your password (needs the current one)")
+def change_password(body: m.PasswordChange, request: Request, caller: Caller = Depends(current_caller)) -> dict[str, Any]:
+    state_of(request).gov.change_password(caller.user, body.current_password, body.new_password,
+                                          keep_session=caller.session_token)
+    return {"changed": True}
+
+
+@router.post("/account/second-factor", tags=["account"],
+             summary="Start setting up an authenticator app: a new TOTP secret and its otpauth:// address")
+def begin_second_factor(request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    secret, uri = state_of(request).gov.begin_enrolment(user)
+    return {"secret": secret, "otpauth_uri": uri}
+
+
+@router.post("/account/second-factor/confirm", tags=["account"],
+             summary="Confirm the authenticator with a code; returns one-time recovery codes, shown only here")
+def confirm_second_factor(body: m.SecondFactorCode, request: Request,
+                          user: User = Depends(current_user)) -> dict[str, Any]:
+    return {"recovery_codes": state_of(request).gov.confirm_enrolment(user, body.code)}
+
+
+@router.delete("/users/{user_id}/second-factor", tags=["admin"], summary="Reset someone's lost authenticator")
+def reset_second_factor(user_id: int, request: Request, user: User = Depends(admin_only)) -> dict[str, Any]:
+    state_of(request).gov.reset_second_factor(user, user_id)
+    return {"id": user_id, "second_factor": False}
 
 
 @router.get("/users", tags=["admin"], summary="Everyone registered (administrators and governance)")

@@ -1,0 +1,388 @@
+"""Pillars, themes, research projects and their approval, and who may reach a project's data.
+
+Access to a project's data is decided in one place, ``require_data_access`` (and its yes/no form
+``can_read_project_data``), which every service calls.  Decisions are race-free: each one claims
+the project with a conditional UPDATE inside its transaction, so of two people deciding at the same
+moment exactly one wins and the other gets a Conflict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import orjson
+
+from mercia.governance.audit import AuditLog
+from mercia.governance.db import GovernanceDB, now, today
+from mercia.governance.identity import Identity, User, require_role
+from mercia.governance.model import (
+    DOMAINS, PILLARS, PROJECT_ROLES, Conflict, Forbidden, GovernanceError, NotFound, ProjectStatus, Role,
+)
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    title: str
+    pillar: str
+    themes: list[str]
+    purpose: str
+    ppi_notes: str
+    status: ProjectStatus
+    scope_sources: list[str]
+    scope_domains: list[str]
+    scope_start: str | None
+    scope_end: str | None
+    expires_on: str | None
+    created_by: int
+    created_at: str
+    submitted_at: str | None
+    decided_at: str | None
+    members: dict[int, str]
+    approvals: list[dict[str, Any]]
+
+    @property
+    def pillar_name(self) -> str:
+        return PILLARS.get(self.pillar, self.pillar)
+
+    @property
+    def lead_ids(self) -> list[int]:
+        return [u for u, r in self.members.items() if r == "lead"]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "members"}
+        d["status"] = self.status.value
+        d["pillar_name"] = self.pillar_name
+        d["members"] = [{"user_id": u, "project_role": r} for u, r in self.members.items()]
+        return d
+
+
+class Projects:
+    """Pillars, themes, projects, approvals and data access over the ``mercia_project*`` tables."""
+
+    def __init__(self, db: GovernanceDB, audit: AuditLog, identity: Identity):
+        self.db = db
+        self.audit = audit
+        self.identity = identity
+
+    def seed(self, themes: dict[str, str]) -> None:
+        """The four pillars always; the themes only into an empty table (they are configurable)."""
+        with self.db.transaction():
+            for code, name in PILLARS.items():
+                if not self.db.scalar("SELECT COUNT(*) FROM mercia_pillar WHERE code = ?", [code]):
+                    self.db.insert("mercia_pillar", {"code": code, "name": name})
+            if not self.db.scalar("SELECT COUNT(*) FROM mercia_theme"):
+                for code, name in themes.items():
+                    self.db.insert("mercia_theme", {"code": code, "name": name})
+
+    # -- pillars and themes ---------------------------------------------------------------
+    def pillars(self) -> list[dict[str, Any]]:
+        rows = self.db.rows("SELECT * FROM mercia_pillar ORDER BY name")
+        names = {u["id"]: u["display_name"] for u in self.db.rows("SELECT id, display_name FROM mercia_user")}
+        for r in rows:
+            for lead in ("clinical_lead", "academic_lead", "executive_lead"):
+                r[f"{lead}_name"] = names.get(r[lead])
+        return rows
+
+    def set_pillar_leads(self, actor: User, code: str, *, clinical: int | None, academic: int | None,
+                         executive: int | None) -> None:
+        """Name a pillar's leads; they hold the pillar-lead role for it, and leads replaced here
+        lose it.  Nobody names themselves (they would then approve in that capacity)."""
+        require_role(actor, Role.ADMIN, Role.GOVERNANCE_OFFICER)
+        if code not in PILLARS:
+            raise NotFound(f"no pillar {code!r}")
+        named = {clinical, academic, executive} - {None}
+        if actor.id in named:
+            raise Forbidden("nobody can name themselves a pillar lead; ask another governance officer")
+        with self.db.transaction():
+            for uid in named:
+                self.identity.user(uid)
+            before = self.db.row("SELECT clinical_lead, academic_lead, executive_lead FROM mercia_pillar WHERE code = ?",
+                                 [code])
+            self.db.execute("UPDATE mercia_pillar SET clinical_lead = ?, academic_lead = ?, executive_lead = ? "
+                            "WHERE code = ?", [clinical, academic, executive, code])
+            for uid in named:
+                if not self.identity.user(uid).has(Role.PILLAR_LEAD, code):
+                    self.identity.add_role(uid, Role.PILLAR_LEAD, code)
+            replaced = sorted({v for v in before.values() if v is not None} - named)
+            for uid in replaced:
+                self.db.execute("DELETE FROM mercia_user_role WHERE user_id = ? AND role = ? AND scope = ?",
+                                [uid, Role.PILLAR_LEAD.value, code])
+            self.audit.record(actor.username, "pillar.set_leads", f"pillar:{code}", clinical=clinical,
+                              academic=academic, executive=executive, replaced=replaced)
+
+    def themes(self) -> dict[str, str]:
+        return {r["code"]: r["name"] for r in self.db.rows("SELECT code, name FROM mercia_theme ORDER BY name")}
+
+    def add_theme(self, actor: User, code: str, name: str) -> None:
+        require_role(actor, Role.ADMIN, Role.GOVERNANCE_OFFICER)
+        code = code.strip().lower().replace(" ", "_")
+        if not code or not name.strip():
+            raise GovernanceError("a theme needs a code and a name")
+        with self.db.transaction():
+            if code in self.themes():
+                raise Conflict(f"theme {code!r} already exists")
+            self.db.insert("mercia_theme", {"code": code, "name": name.strip()})
+            self.audit.record(actor.username, "theme.create", f"theme:{code}", name=name)
+
+    # -- projects ---------------------------------------------------------------------------
+    def create_project(self, actor: User, *, title: str, pillar: str, purpose: str, themes: list[str] = (),
+                       ppi_notes: str = "", scope_sources: list[str] = (), scope_domains: list[str] = (),
+                       scope_start: str | None = None, scope_end: str | None = None,
+                       expires_on: str | None = None) -> Project:
+        if not actor.has_any(*PROJECT_ROLES):
+            raise Forbidden("only researchers, trial coordinators and clinicians can start a project")
+        values = self._project_fields(title, pillar, purpose, themes, ppi_notes, scope_sources, scope_domains,
+                                      scope_start, scope_end, expires_on)
+        with self.db.transaction():
+            pid = self.db.next_id("mercia_project")
+            self.db.insert("mercia_project", {"id": pid, **values, "status": ProjectStatus.DRAFT.value,
+                                              "created_by": actor.id, "created_at": now()})
+            self.db.insert("mercia_project_member", {"project_id": pid, "user_id": actor.id, "project_role": "lead"})
+            self.audit.record(actor.username, "project.create", f"project:{pid}", pid, title=title)
+        return self.project(pid)
+
+    def _project_fields(self, title, pillar, purpose, themes, ppi_notes, sources, domains, start, end,
+                        expires_on) -> dict[str, Any]:
+        if not title.strip():
+            raise GovernanceError("a project needs a title")
+        if pillar not in PILLARS:
+            raise GovernanceError(f"unknown pillar {pillar!r}; pillars are {', '.join(PILLARS)}")
+        unknown = set(themes) - set(self.themes())
+        if unknown:
+            raise GovernanceError(f"unknown themes: {', '.join(sorted(unknown))}")
+        bad_domains = set(domains) - set(DOMAINS)
+        if bad_domains:
+            raise GovernanceError(f"unknown data domains: {', '.join(sorted(bad_domains))}")
+        for name, value in (("scope_start", start), ("scope_end", end), ("expires_on", expires_on)):
+            if value:
+                try:
+                    date.fromisoformat(value)
+                except ValueError as exc:
+                    raise GovernanceError(f"{name} must be a date YYYY-MM-DD, not {value!r}") from exc
+        if start and end and start > end:
+            raise GovernanceError("the data date range ends before it starts")
+        return {"title": title.strip(), "pillar": pillar, "themes": orjson.dumps(list(themes)).decode(),
+                "purpose": purpose.strip(), "ppi_notes": ppi_notes.strip(),
+                "scope_sources": orjson.dumps(list(sources)).decode(),
+                "scope_domains": orjson.dumps(list(domains)).decode(), "scope_start": start or None,
+                "scope_end": end or None, "expires_on": expires_on or None}
+
+    def update_project(self, actor: User, project_id: int, **fields: Any) -> Project:
+        """Edit a draft (or a rejected request, which returns to draft); only its lead may."""
+        project = self.project(project_id)
+        if actor.id not in project.lead_ids:
+            raise Forbidden("only the project's lead can edit it")
+        if project.status not in (ProjectStatus.DRAFT, ProjectStatus.REJECTED):
+            raise Conflict(f"a {project.status.value} project cannot be edited; approved scope is fixed")
+        current = project.to_dict()
+        merged = {k: fields.get(k, current[k]) for k in ("title", "pillar", "purpose", "themes", "ppi_notes",
+                                                         "scope_sources", "scope_domains", "scope_start",
+                                                         "scope_end", "expires_on")}
+        values = self._project_fields(*merged.values())
+        with self.db.transaction():
+            sets = ", ".join(f"{k} = ?" for k in values)
+            self.db.execute(f"UPDATE mercia_project SET {sets}, status = ? WHERE id = ?",
+                            [*values.values(), ProjectStatus.DRAFT.value, project_id])
+            self.audit.record(actor.username, "project.update", f"project:{project_id}", project_id,
+                              fields=sorted(fields))
+        return self.project(project_id)
+
+    def add_member(self, actor: User, project_id: int, user_id: int, project_role: str = "member") -> None:
+        """Add someone to a project.  After approval only governance may, and the project goes back
+        for a fresh decision: the approval covered the people on it, not whoever joins later."""
+        project = self.project(project_id)
+        lead_editing_draft = actor.id in project.lead_ids and project.status is ProjectStatus.DRAFT
+        if not (lead_editing_draft or actor.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN)):
+            raise Forbidden("members are added by the project lead while in draft, later by governance")
+        if actor.id == user_id and not lead_editing_draft:
+            raise Forbidden("nobody can add themselves to a project; ask its lead or another governance officer")
+        if project_role not in ("lead", "member"):
+            raise GovernanceError("project_role is 'lead' or 'member'")
+        member = self.identity.user(user_id)
+        if not member.has_any(*PROJECT_ROLES):
+            raise GovernanceError(f"{member.username} is not a researcher, trial coordinator or clinician")
+        with self.db.transaction():
+            self.db.execute("DELETE FROM mercia_project_member WHERE project_id = ? AND user_id = ?",
+                            [project_id, user_id])
+            self.db.insert("mercia_project_member", {"project_id": project_id, "user_id": user_id,
+                                                     "project_role": project_role})
+            self.audit.record(actor.username, "project.add_member", f"project:{project_id}", project_id,
+                              member=member.username, project_role=project_role)
+            self._back_for_decision(actor, project_id, "membership changed")
+
+    def _back_for_decision(self, actor: User, project_id: int, why: str) -> None:
+        """An approved (or expired) project returns to 'submitted' with its approvals cleared."""
+        reopened = self.db.scalar(
+            "UPDATE mercia_project SET status = ?, submitted_at = ?, decided_at = NULL "
+            "WHERE id = ? AND status IN (?, ?) RETURNING id",
+            [ProjectStatus.SUBMITTED.value, now(), project_id, ProjectStatus.APPROVED.value,
+             ProjectStatus.EXPIRED.value])
+        if reopened is not None:
+            self.db.execute("DELETE FROM mercia_approval WHERE project_id = ?", [project_id])
+            self.audit.record(actor.username, "project.reapproval_needed", f"project:{project_id}", project_id,
+                              reason=why)
+
+    def submit(self, actor: User, project_id: int) -> Project:
+        project = self.project(project_id)
+        if actor.id not in project.lead_ids:
+            raise Forbidden("only the project's lead can submit it")
+        if project.status not in (ProjectStatus.DRAFT, ProjectStatus.REJECTED):
+            raise Conflict(f"a {project.status.value} project cannot be submitted")
+        missing = [name for name, value in (("purpose", project.purpose), ("data domains", project.scope_domains),
+                                            ("expiry date", project.expires_on)) if not value]
+        if missing:
+            raise GovernanceError(f"before submitting, add: {', '.join(missing)}")
+        if project.expires_on <= today():
+            raise GovernanceError("the expiry date must be in the future")
+        with self.db.transaction():
+            self.db.execute("DELETE FROM mercia_approval WHERE project_id = ?", [project_id])
+            self.db.execute("UPDATE mercia_project SET status = ?, submitted_at = ?, decided_at = NULL WHERE id = ?",
+                            [ProjectStatus.SUBMITTED.value, now(), project_id])
+            self.audit.record(actor.username, "project.submit", f"project:{project_id}", project_id)
+        return self.project(project_id)
+
+    def approval_capacities(self, user: User, project: Project) -> list[str]:
+        """In which capacities ``user`` may decide on ``project`` (never on one they work on)."""
+        if user.id in project.members:
+            return []
+        capacities = []
+        if user.has(Role.PILLAR_LEAD, project.pillar):
+            capacities.append("pillar_lead")
+        if user.has(Role.GOVERNANCE_OFFICER):
+            capacities.append("governance_officer")
+        return capacities
+
+    def open_capacities(self, user: User, project: Project) -> list[str]:
+        """The capacities in which ``user`` can still decide on ``project`` now (none once they have)."""
+        if project.status is not ProjectStatus.SUBMITTED:
+            return []
+        done = {a["capacity"]: a["approver_id"] for a in project.approvals}
+        if user.id in done.values():
+            return []
+        return [c for c in self.approval_capacities(user, project) if c not in done]
+
+    def decide(self, actor: User, project_id: int, decision: str, reason: str = "",
+               capacity: str | None = None) -> Project:
+        """Record an approval or rejection.  Approval needs both the pillar's lead and a governance
+        officer, as two different people; one rejection rejects."""
+        if decision not in ("approve", "reject"):
+            raise GovernanceError("decision is 'approve' or 'reject'")
+        project = self.project(project_id)
+        capacities = self.approval_capacities(actor, project)
+        if not capacities:
+            raise Forbidden("only this pillar's lead or a governance officer, not on the project, can decide")
+        if decision == "reject" and not reason.strip():
+            raise GovernanceError("say why the request is rejected")
+        with self.db.transaction():
+            # Claim the project first: a row lock (PostgreSQL) or write conflict (DuckDB) orders
+            # parallel deciders, and the status test sees what the winner committed.
+            claimed = self.db.scalar("UPDATE mercia_project SET status = status WHERE id = ? AND status = ? "
+                                     "RETURNING id", [project_id, ProjectStatus.SUBMITTED.value])
+            if claimed is None:
+                current = self.db.scalar("SELECT status FROM mercia_project WHERE id = ?", [project_id])
+                raise Conflict(f"the project is {current}, not awaiting a decision")
+            done = {r["capacity"]: r["approver_id"] for r in self.db.rows(
+                "SELECT capacity, approver_id FROM mercia_approval WHERE project_id = ?", [project_id])}
+            open_capacities = [] if actor.id in done.values() else [c for c in capacities if c not in done]
+            if capacity is not None:
+                open_capacities = [c for c in open_capacities if c == capacity]
+            if not open_capacities:
+                raise Conflict("you have already decided on this request, or your part is done")
+            chosen = open_capacities[0]
+            self.db.insert("mercia_approval", {"project_id": project_id, "approver_id": actor.id, "capacity": chosen,
+                                               "decision": decision, "reason": reason.strip(), "decided_at": now()})
+            status = ProjectStatus.SUBMITTED
+            if decision == "reject":
+                status = ProjectStatus.REJECTED
+            elif {"pillar_lead", "governance_officer"} <= set(done) | {chosen}:
+                status = ProjectStatus.APPROVED
+            if status is not ProjectStatus.SUBMITTED:
+                self.db.execute("UPDATE mercia_project SET status = ?, decided_at = ? WHERE id = ?",
+                                [status.value, now(), project_id])
+            self.audit.record(actor.username, f"project.{decision}", f"project:{project_id}", project_id,
+                              capacity=chosen, reason=reason, status=status.value)
+        return self.project(project_id)
+
+    def expire_due(self, actor: str = "system") -> list[int]:
+        """Mark approved projects past their expiry date as expired."""
+        with self.db.transaction():
+            due = [r["id"] for r in self.db.rows("SELECT id FROM mercia_project WHERE status = ? AND expires_on < ?",
+                                                 [ProjectStatus.APPROVED.value, today()])]
+            for pid in due:
+                self.db.execute("UPDATE mercia_project SET status = ? WHERE id = ?",
+                                [ProjectStatus.EXPIRED.value, pid])
+                self.audit.record(actor, "project.expire", f"project:{pid}", pid)
+        return due
+
+    def project(self, project_id: int) -> Project:
+        row = self.db.row("SELECT * FROM mercia_project WHERE id = ?", [project_id])
+        if row is None:
+            raise NotFound(f"no project {project_id}")
+        members = {r["user_id"]: r["project_role"] for r in self.db.rows(
+            "SELECT user_id, project_role FROM mercia_project_member WHERE project_id = ? ORDER BY user_id",
+            [project_id])}
+        approvals = self.db.rows("SELECT a.approver_id, u.display_name AS approver, a.capacity, a.decision, "
+                                 "a.reason, a.decided_at FROM mercia_approval a JOIN mercia_user u ON u.id = a.approver_id "
+                                 "WHERE a.project_id = ? ORDER BY a.decided_at", [project_id])
+        status = ProjectStatus(row["status"])
+        if status is ProjectStatus.APPROVED and row["expires_on"] and row["expires_on"] < today():
+            status = ProjectStatus.EXPIRED  # effective at once, whether or not expire_due has run
+        return Project(
+            id=row["id"], title=row["title"], pillar=row["pillar"], themes=orjson.loads(row["themes"]),
+            purpose=row["purpose"], ppi_notes=row["ppi_notes"], status=status,
+            scope_sources=orjson.loads(row["scope_sources"]), scope_domains=orjson.loads(row["scope_domains"]),
+            scope_start=row["scope_start"], scope_end=row["scope_end"], expires_on=row["expires_on"],
+            created_by=row["created_by"], created_at=row["created_at"], submitted_at=row["submitted_at"],
+            decided_at=row["decided_at"], members=members, approvals=approvals)
+
+    def can_view_project(self, user: User, project: Project) -> bool:
+        """Seeing a project's record (not its data): members, its pillar's leads, governance, admins."""
+        return (user.id in project.members or user.has(Role.PILLAR_LEAD, project.pillar)
+                or user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN))
+
+    def visible_project(self, user: User, project_id: int) -> Project:
+        project = self.project(project_id)
+        if not self.can_view_project(user, project):
+            raise NotFound(f"no project {project_id}")  # do not reveal other teams' projects exist
+        return project
+
+    def projects_for(self, user: User) -> list[Project]:
+        ids = [r["id"] for r in self.db.rows("SELECT id FROM mercia_project ORDER BY id DESC")]
+        return [p for p in map(self.project, ids) if self.can_view_project(user, p)]
+
+    def awaiting_decision(self, user: User) -> list[Project]:
+        return [p for p in self.projects_for(user) if self.open_capacities(user, p)]
+
+    def data_access_refusal(self, user: User, project: Project) -> str | None:
+        """Why ``user`` may not work with ``project``'s data today, or None if they may.
+
+        Only members who still hold a research role reach an approved, unexpired project's data;
+        administrators and governance roles see the record but never the data."""
+        if user.id not in project.members:
+            return f"you are not a member of project {project.id}"
+        if user.has(Role.ADMIN):
+            return "administrators manage the platform; they do not work with project data"
+        if not user.has_any(*PROJECT_ROLES):
+            return "working with project data needs the researcher, trial coordinator or clinician role"
+        if project.status is not ProjectStatus.APPROVED:
+            return (f"project {project.id} is {project.status.value}: its data can be reached only "
+                    "while it is approved and unexpired")
+        return None
+
+    def can_read_project_data(self, user: User, project: Project) -> bool:
+        return self.data_access_refusal(user, project) is None
+
+    def require_data_access(self, user: User, project_id: int) -> Project:
+        """The project if ``user`` may work with its data today; otherwise Forbidden/NotFound."""
+        project = self.visible_project(user, project_id)
+        refusal = self.data_access_refusal(user, project)
+        if refusal:
+            raise Forbidden(refusal)
+        return project
+
+    def member_names(self, project: Project) -> list[dict[str, Any]]:
+        return [{"user_id": uid, "name": self.identity.user(uid).display_name, "project_role": role}
+                for uid, role in project.members.items()]
