@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="The OMOP CDM store: init, load-omop, export, stats.", no_args_is_help=True)
+app = typer.Typer(help="The OMOP CDM store: init, load-omop, export, stats, backup, restore.", no_args_is_help=True)
 
 DbOption = Annotated[str | None, typer.Option("--db", help="DuckDB path or postgresql:// URL "
                                                             "(default: the configured store, see mercia.config)")]
@@ -118,3 +118,39 @@ def stats(
     for v in summary["vocabularies"]:
         vocab.add_row(v["vocabulary_id"], v["version"] or "", f"{v['concepts']:,}")
     console.print(vocab)
+
+
+def _store_url(db: str | None) -> str:
+    from mercia.config import load_settings
+
+    return db or str(load_settings().db)
+
+
+@app.command()
+def backup(path: Annotated[Path, typer.Argument(help="backup file to write (must not exist)")],
+           db: DbOption = None) -> None:
+    """Back up the whole store: a consistent DuckDB copy, or pg_dump --format=custom on PostgreSQL."""
+    from mercia.cdm import backup as backups
+    from mercia.cdm.store import StoreError
+
+    try:
+        backups.backup(_store_url(db), path)
+    except StoreError as exc:
+        fail(str(exc))
+    typer.echo(f"backup written to {path} ({path.stat().st_size:,} bytes)")
+
+
+@app.command()
+def restore(path: Annotated[Path, typer.Argument(help="backup file written by `mercia db backup`")],
+            db: DbOption = None,
+            replace: Annotated[bool, typer.Option("--replace", help="overwrite an existing DuckDB store")] = False,
+            ) -> None:
+    """Restore a backup into the store (all or nothing; stop `mercia serve` first on DuckDB)."""
+    from mercia.cdm import backup as backups
+    from mercia.cdm.store import StoreError
+
+    try:
+        backups.restore(path, _store_url(db), replace=replace)
+    except StoreError as exc:
+        fail(str(exc))
+    typer.echo(f"restored {path}")
