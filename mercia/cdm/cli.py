@@ -80,9 +80,26 @@ def export(
     """Write every CDM table (or --table ones) to DIRECTORY/<table>.<format>."""
     from mercia.cdm.loader import export_omop
 
+    import duckdb
+
     with open_store(db) as store:
-        written = export_omop(store, directory, fmt=fmt, tables=table)
+        try:
+            written = export_omop(store, directory, fmt=fmt, tables=table)
+        except (OSError, duckdb.IOException) as exc:  # a full disk, a quota, a file size limit
+            fail(f"export to {directory} failed while writing ({_io_cause(exc)}); "
+                 "the files there are incomplete: free space and export again")
         typer.echo(f"wrote {len(written)} tables to {directory} as {fmt}")
+
+
+def _io_cause(exc: Exception) -> str:
+    """The operating system's words for a failed write (DuckDB wraps them in a JSON object)."""
+    import orjson
+
+    text = str(exc).splitlines()[0]
+    try:
+        return orjson.loads(text[text.index("{"):])["exception_message"]
+    except (ValueError, KeyError, TypeError):
+        return text
 
 
 @app.command()
