@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -140,12 +139,6 @@ def _writing_probe(engine: str, victim: Store):
     return writing
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for(url: str, seconds: float = 90) -> int:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -158,12 +151,12 @@ def _wait_for(url: str, seconds: float = 90) -> int:
 
 
 @pytest.mark.slow
-def test_kill_9_of_the_server_then_it_restarts_on_the_same_store(tmp_path, pseudonym_key):
+def test_kill_9_of_the_server_then_it_restarts_on_the_same_store(tmp_path, pseudonym_key, free_tcp_port_factory):
     db = tmp_path / "served.duckdb"
     env = _env(pseudonym_key)
     subprocess.run(_cli("db", "init", "--db", str(db)), env=env, check=True, capture_output=True, timeout=300)
     for attempt in range(2):
-        port = _free_port()
+        port = free_tcp_port_factory()
         server = subprocess.Popen(_cli("serve", "--db", str(db), "--port", str(port)), env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
