@@ -44,3 +44,7 @@ app.add_typer(cohort_app, name="cohort")
 app.add_typer(analytics_app, name="analyse")
 app.add_typer(raredisease_app, name="raredisease")
 app.add_typer(audit_app, name="audit")
+
+
+if __name__ == "__main__":  # `python -m mercia.cli ...`, as the tests and docs run it
+    app()

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="The OMOP CDM store: init, load-omop, export, stats.", no_args_is_help=True)
+app = typer.Typer(help="The OMOP CDM store: init, load-omop, export, stats, backup, restore.", no_args_is_help=True)
 
 DbOption = Annotated[str | None, typer.Option("--db", help="DuckDB path or postgresql:// URL "
                                                             "(default: the configured store, see mercia.config)")]
@@ -80,9 +80,26 @@ def export(
     """Write every CDM table (or --table ones) to DIRECTORY/<table>.<format>."""
     from mercia.cdm.loader import export_omop
 
+    import duckdb
+
     with open_store(db) as store:
-        written = export_omop(store, directory, fmt=fmt, tables=table)
+        try:
+            written = export_omop(store, directory, fmt=fmt, tables=table)
+        except (OSError, duckdb.IOException) as exc:  # a full disk, a quota, a file size limit
+            fail(f"export to {directory} failed while writing ({_io_cause(exc)}); "
+                 "the files there are incomplete: free space and export again")
         typer.echo(f"wrote {len(written)} tables to {directory} as {fmt}")
+
+
+def _io_cause(exc: Exception) -> str:
+    """The operating system's words for a failed write (DuckDB wraps them in a JSON object)."""
+    import orjson
+
+    text = str(exc).splitlines()[0]
+    try:
+        return orjson.loads(text[text.index("{"):])["exception_message"]
+    except (ValueError, KeyError, TypeError):
+        return text
 
 
 @app.command()
@@ -118,3 +135,39 @@ def stats(
     for v in summary["vocabularies"]:
         vocab.add_row(v["vocabulary_id"], v["version"] or "", f"{v['concepts']:,}")
     console.print(vocab)
+
+
+def _store_url(db: str | None) -> str:
+    from mercia.config import load_settings
+
+    return db or str(load_settings().db)
+
+
+@app.command()
+def backup(path: Annotated[Path, typer.Argument(help="backup file to write (must not exist)")],
+           db: DbOption = None) -> None:
+    """Back up the whole store: a consistent DuckDB copy, or pg_dump --format=custom on PostgreSQL."""
+    from mercia.cdm import backup as backups
+    from mercia.cdm.store import StoreError
+
+    try:
+        backups.backup(_store_url(db), path)
+    except StoreError as exc:
+        fail(str(exc))
+    typer.echo(f"backup written to {path} ({path.stat().st_size:,} bytes)")
+
+
+@app.command()
+def restore(path: Annotated[Path, typer.Argument(help="backup file written by `mercia db backup`")],
+            db: DbOption = None,
+            replace: Annotated[bool, typer.Option("--replace", help="overwrite an existing DuckDB store")] = False,
+            ) -> None:
+    """Restore a backup into the store (all or nothing; stop `mercia serve` first on DuckDB)."""
+    from mercia.cdm import backup as backups
+    from mercia.cdm.store import StoreError
+
+    try:
+        backups.restore(path, _store_url(db), replace=replace)
+    except StoreError as exc:
+        fail(str(exc))
+    typer.echo(f"restored {path}")

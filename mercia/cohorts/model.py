@@ -8,10 +8,12 @@ being silently ignored.
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_pascal
 
 
@@ -45,6 +47,17 @@ class DateRange(CirceModel):
     value: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
     op: Literal["lt", "lte", "eq", "!eq", "gt", "gte", "bt", "!bt"]
     extent: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+
+    @field_validator("value", "extent")
+    @classmethod
+    def _calendar_date(cls, value: str | None) -> str | None:
+        """The pattern admits 2010-13-45; the engine would then fail with its own SQL error."""
+        if value is not None:
+            try:
+                dt.date.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"{value} is not a calendar date") from None
+        return value
 
     @model_validator(mode="after")
     def _extent_for_between(self) -> DateRange:
@@ -564,6 +577,11 @@ class CohortExpression(CirceModel):
             data = orjson.loads(text) if isinstance(text, str | bytes) else text
         except orjson.JSONDecodeError as exc:
             raise CohortDefinitionError(f"not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise CohortDefinitionError(f"not valid JSON: nested deeper than {MAX_DEPTH} levels") from None
+        problem = _out_of_bounds(data)
+        if problem:
+            raise CohortDefinitionError(f"invalid cohort definition:\n  {problem}")
         try:
             expr = cls.model_validate(data)
         except ValidationError as exc:
@@ -624,6 +642,56 @@ def _codeset_refs(node: Any, path: str):
     elif isinstance(node, list):
         for i, value in enumerate(node):
             yield from _codeset_refs(value, f"{path}[{i}]")
+
+
+# Bounds that no real definition reaches and that keep the compiler and the engines out of trouble:
+# Circe's integers are Java ints; a number the engines cannot cast or add days to, a string that is
+# not UTF-8 (a lone surrogate) or nesting deep enough to exhaust the compiler's recursion is refused
+# here, with its JSON path, instead of failing later inside SQL.
+MAX_DEPTH = 100
+MAX_INT = 2**31 - 1
+MAX_DAYS = 100_000  # about 270 years: any real window, era pad or offset, and no date overflow in SQL
+DAY_KEYS = {"Days", "PriorDays", "PostDays", "Offset", "StartOffset", "EndOffset", "GapDays", "EraPad",
+            "DaysSupplyOverride"}
+MAX_NUMBER = 1e15
+MAX_STRING = 10_000
+
+
+def _out_of_bounds(data: Any) -> str | None:
+    """The first value of the raw JSON outside the bounds above, as ``path: reason``; else None."""
+    stack: list[tuple[Any, str, int]] = [(data, "$", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"{path[:120]}...: nested deeper than {MAX_DEPTH} levels"
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str) or _bad_text(key):
+                    return f"{path}: a key is not valid UTF-8 text"
+                stack.append((value, f"{path}.{key}", depth + 1))
+        elif isinstance(node, list):
+            stack.extend((value, f"{path}[{i}]", depth + 1) for i, value in enumerate(node))
+        elif isinstance(node, bool) or node is None:
+            continue
+        elif isinstance(node, int) and path.rsplit(".", 1)[-1] in DAY_KEYS and abs(node) > MAX_DAYS:
+            return f"{path}: a number of days out of range (at most {MAX_DAYS})"
+        elif isinstance(node, int) and abs(node) > MAX_INT:
+            return f"{path}: integer out of range (at most {MAX_INT})"
+        elif isinstance(node, float) and not (math.isfinite(node) and abs(node) <= MAX_NUMBER):
+            return f"{path}: number out of range (at most {MAX_NUMBER:g})"
+        elif isinstance(node, str) and _bad_text(node):
+            return f"{path}: text is not valid UTF-8 or longer than {MAX_STRING} characters"
+    return None
+
+
+def _bad_text(text: str) -> bool:
+    if len(text) > MAX_STRING:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _describe(exc: ValidationError) -> str:

@@ -38,17 +38,27 @@ def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, o
 
     from mercia.cdm import Store
     from mercia.governance.audit import record_cli_write
+    from mercia.ingest.csv import MappingError
+    from mercia.ingest.fhir import FhirError
     from mercia.ingest.service import default_options, ingest
 
     options = default_options(kind, opt_out=opt_out)
     with Store.open(db) as store, Progress(SpinnerColumn(), TextColumn("{task.description}"),
                                            TimeElapsedColumn(), transient=True) as progress:
         task = progress.add_task(f"{kind} {path.name}", total=None)
-        summary = ingest(store, kind, path, org, mapping=mapping, options=options,
-                         on_step=lambda step: progress.update(task, description=step))
+        try:
+            summary = ingest(store, kind, path, org, mapping=mapping, options=options,
+                             on_step=lambda step: progress.update(task, description=step))
+        except (FhirError, MappingError) as exc:  # the whole extract is unreadable; nothing was written
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
         record_cli_write(store, f"ingest.{kind}", f"org:{org}", extract=path.name, loaded=summary.loaded,
                          rejected=summary.rejected)
     _report([summary], as_json)
+    if summary.loaded + summary.unchanged + summary.withheld == 0:
+        typer.echo(f"error: nothing valid was read from {path} ({summary.rejected} records rejected; "
+                   "reasons are in mercia_reject and `mercia dq`)", err=True)
+        raise typer.Exit(1)
 
 
 def _command(kind: str, needs_mapping: bool = False):

@@ -26,7 +26,8 @@ _NUMERIC_FIELDS = {"value_number", "range_low", "range_high", "quantity"}
 
 
 class MappingError(Exception):
-    """A mapping file that does not fit its extract; names the mapping entry and field."""
+    """A mapping file that does not fit its extract, or an extract file that is not CSV at all;
+    names the mapping entry and field, or the file."""
 
 
 def _sql_string(value: str) -> str:
@@ -55,9 +56,12 @@ class CsvReader:
             raise MappingError(f"mapping names {source}, which is not in {directory}")
         delimiter = self.mapping.get("delimiter", "\t" if source.endswith(".tsv") else ",")
         rejects = f"rej_{name}"
-        self.con.execute(f"""CREATE TABLE "{name}" AS SELECT *, CAST(NULL AS VARCHAR) AS _nothing FROM read_csv(?,
-            header=true, all_varchar=true, delim={_sql_string(delimiter)}, store_rejects=true,
-            rejects_table='{rejects}', rejects_scan='scan_{name}')""", [str(path)])
+        try:
+            self.con.execute(f"""CREATE TABLE "{name}" AS SELECT *, CAST(NULL AS VARCHAR) AS _nothing FROM read_csv(?,
+                header=true, all_varchar=true, delim={_sql_string(delimiter)}, store_rejects=true,
+                rejects_table='{rejects}', rejects_scan='scan_{name}')""", [str(path)])
+        except duckdb.Error as exc:  # not CSV at all (binary, no consistent dialect): the whole extract stops
+            raise MappingError(f"{source} is not readable as CSV: {str(exc).splitlines()[0][:200]}") from None
         bad = self.con.execute(f"SELECT line, error_message FROM {rejects} ORDER BY line").fetchall()
         for line, message in bad:
             self.staged.read += 1

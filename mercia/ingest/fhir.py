@@ -39,17 +39,115 @@ VOCABULARIES = {
 }
 _PREFERENCE = {v: i for i, v in enumerate(VOCABULARIES.values())}
 
-_SUPPORTED = {"Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "MedicationStatement",
-              "MedicationDispense", "MedicationAdministration", "Procedure", "Immunization",
-              "AllergyIntolerance", "DiagnosticReport", "Specimen", "QuestionnaireResponse",
-              "Organization", "Practitioner", "Location", "Medication", "EpisodeOfCare"}
-
 
 _ID = re.compile(rb'"id":"([^"]+)"')
 
 
 class FhirError(Exception):
     """A file that is not FHIR JSON at all (as opposed to one bad resource, which is a reject)."""
+
+
+# -- shapes ------------------------------------------------------------------------------------
+# The JSON shape of every FHIR R4 element this reader touches: "str", "num", "bool", a datatype
+# below, or [shape] for a repeating element.  A resource is checked against its shape before it is
+# mapped, so a wrongly typed element (``"identifier": "x"``) is a reject naming the element, never a
+# crash half-way through the load.  Elements the reader does not touch are not checked.
+_DATATYPES: dict[str, dict] = {
+    "Coding": {"system": "str", "code": "str"},
+    "CodeableConcept": {"coding": ["Coding"]},
+    "Identifier": {"system": "str", "value": "str"},
+    "Reference": {"reference": "str", "identifier": "Identifier"},
+    "Period": {"start": "str", "end": "str"},
+    "Quantity": {"value": "num", "unit": "str", "code": "str"},
+    "ReferenceRange": {"low": "Quantity", "high": "Quantity"},
+    "HumanName": {"use": "str", "family": "str", "given": ["str"]},
+    "Address": {"use": "str", "postalCode": "str"},
+    "Extension": {"url": "str", "valueCodeableConcept": "CodeableConcept", "valueCoding": "Coding",
+                  "extension": ["Extension"]},
+    "ObservationValue": {"code": "CodeableConcept", "valueQuantity": "Quantity",
+                         "valueCodeableConcept": "CodeableConcept", "valueInteger": "num", "valueDecimal": "num",
+                         "referenceRange": ["ReferenceRange"]},
+    "Contained": {"resourceType": "str", "id": "str", "code": "CodeableConcept"},
+    "Collection": {"collectedDateTime": "str", "collectedPeriod": "Period"},
+    "Item": {"linkId": "str", "code": ["Coding"], "item": ["Item"], "answer": ["Answer"]},
+    "BundleEntry": {"fullUrl": "str", "resource": "Resource"},
+    "Resource": {"resourceType": "str", "id": "str"},
+    "Manifest": {"transactionTime": "str", "output": ["ManifestOutput"]},
+    "ManifestOutput": {"url": "str"},
+    "Answer": {"valueCoding": "Coding", "valueInteger": "num", "valueDecimal": "num", "valueBoolean": "bool",
+               "item": ["Item"]},
+}
+_EVENT = {"subject": "Reference", "patient": "Reference", "encounter": "Reference", "context": "Reference"}
+_MEDICATION = {**_EVENT, "medicationCodeableConcept": "CodeableConcept", "medicationReference": "Reference",
+               "contained": ["Contained"]}
+_RESOURCES: dict[str, dict] = {
+    "Patient": {"identifier": ["Identifier"], "name": ["HumanName"], "address": ["Address"],
+                "extension": ["Extension"], "birthDate": "str", "gender": "str", "deceasedDateTime": "str"},
+    "Organization": {"identifier": ["Identifier"], "name": "str"},
+    "Location": {"identifier": ["Identifier"], "name": "str"},
+    "Practitioner": {},
+    "Medication": {"code": "CodeableConcept"},
+    "Encounter": {**_EVENT, "period": "Period", "class": "Coding", "serviceProvider": "Reference"},
+    "EpisodeOfCare": {**_EVENT, "period": "Period"},
+    "Condition": {**_EVENT, "code": "CodeableConcept", "onsetDateTime": "str", "onsetPeriod": "Period",
+                  "recordedDate": "str", "abatementDateTime": "str", "abatementPeriod": "Period"},
+    "Procedure": {**_EVENT, "code": "CodeableConcept", "performedDateTime": "str", "performedPeriod": "Period"},
+    "Observation": {**_EVENT, **_DATATYPES["ObservationValue"], "effectiveDateTime": "str",
+                    "effectivePeriod": "Period", "effectiveInstant": "str", "issued": "str",
+                    "category": ["CodeableConcept"], "component": ["ObservationValue"]},
+    "DiagnosticReport": {**_EVENT, "code": "CodeableConcept", "effectiveDateTime": "str",
+                         "effectivePeriod": "Period", "issued": "str"},
+    "MedicationRequest": {**_MEDICATION, "authoredOn": "str"},
+    "MedicationStatement": {**_MEDICATION, "effectiveDateTime": "str", "effectivePeriod": "Period",
+                            "dateAsserted": "str"},
+    "MedicationDispense": {**_MEDICATION, "quantity": "Quantity", "daysSupply": "Quantity",
+                           "whenHandedOver": "str", "whenPrepared": "str"},
+    "MedicationAdministration": {**_MEDICATION, "effectiveDateTime": "str", "effectivePeriod": "Period"},
+    "Immunization": {**_EVENT, "status": "str", "vaccineCode": "CodeableConcept", "occurrenceDateTime": "str",
+                     "recorded": "str"},
+    "AllergyIntolerance": {**_EVENT, "code": "CodeableConcept", "onsetDateTime": "str", "onsetPeriod": "Period",
+                           "recordedDate": "str"},
+    "Specimen": {**_EVENT, "type": "CodeableConcept", "collection": "Collection", "receivedTime": "str"},
+    "QuestionnaireResponse": {**_EVENT, "authored": "str", "questionnaire": "str", "item": ["Item"]},
+}
+_SUPPORTED = set(_RESOURCES)
+_NOT_AN_OBJECT = "a FHIR resource is a JSON object, got {}"
+_MAX_NUMBER = 1e15  # larger magnitudes are not clinical values and overflow integer columns
+_PRIMITIVES = {"str": (str, "a string"), "num": (int | float, "a number"), "bool": (bool, "true or false")}
+_JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+               type(None): "null"}
+
+
+def shape_problem(value, shape, path: str) -> tuple[str, str] | None:
+    """(element path, reason) for the first element of ``value`` that does not have ``shape``."""
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return path, f"expected an array, got {_JSON_TYPES.get(type(value), 'a value')}"
+        for i, item in enumerate(value):
+            problem = shape_problem(item, shape[0], f"{path}[{i}]")
+            if problem:
+                return problem
+        return None
+    got = _JSON_TYPES.get(type(value), "a value")
+    if shape in _PRIMITIVES:
+        expected_type, expected = _PRIMITIVES[shape]
+        if not isinstance(value, expected_type) or (shape == "num" and isinstance(value, bool)):
+            return path, f"expected {expected}, got {got}"
+        if shape == "num" and not abs(value) <= _MAX_NUMBER:
+            return path, f"number out of range (at most {_MAX_NUMBER:g} in magnitude)"
+        return None
+    if not isinstance(value, dict):
+        return path, f"expected a {shape} object, got {got}"
+    return _fields_problem(value, _DATATYPES[shape], path)
+
+
+def _fields_problem(value: dict, fields: dict, path: str) -> tuple[str, str] | None:
+    for name, shape in fields.items():
+        if value.get(name) is not None:  # absent, or null (which FHIR forbids, but feeds send)
+            problem = shape_problem(value[name], shape, f"{path}.{name}" if path else name)
+            if problem:
+                return problem
+    return None
 
 
 def best_coding(concept: dict | None) -> tuple[str | None, str | None]:
@@ -130,18 +228,34 @@ class FhirReader:
             return [path]
         manifest = path / "manifest.json"
         if manifest.exists():
-            content = orjson.loads(manifest.read_bytes())
+            try:
+                content = orjson.loads(manifest.read_bytes())
+            except orjson.JSONDecodeError as exc:
+                raise FhirError(f"{manifest}: not valid JSON: {exc.msg}") from None
+            problem = shape_problem(content, "Manifest", "")
+            if problem:
+                raise FhirError(f"{manifest}: field {problem[0] or '(document)'}: {problem[1]}")
             self.extract_date = (content.get("transactionTime") or "")[:10] or None
-            outputs = content.get("output", [])
-            return [path / Path(o["url"]).name for o in outputs if (path / Path(o["url"]).name).exists()]
+            names = [Path(o.get("url") or "").name for o in content.get("output") or []]
+            return [path / name for name in names if name and (path / name).is_file()]
         suffixes = (".ndjson", ".ndjson.gz", ".json", ".json.gz")
         return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes)
                       and p.name not in ("log.ndjson", "log.ndjson.gz", "manifest.json"))
 
     def read_file(self, file: Path) -> None:
         raw = file.read_bytes()
-        data = zlib.decompress(raw, 31) if file.name.endswith(".gz") else raw  # one shot: faster than streaming
+        try:
+            data = zlib.decompress(raw, 31) if file.name.endswith(".gz") else raw  # one shot: faster than streaming
+        except zlib.error as exc:
+            self.staged.read += 1
+            self.staged.reject(file.name, None, f"not a valid gzip file: {exc}", None)
+            return
         del raw
+        self.read_bytes(data, file.name)
+
+    def read_bytes(self, data: bytes, name: str) -> None:
+        """One file's content: NDJSON when ``name`` says so, else one resource or Bundle."""
+        file = Path(name)
         if ".ndjson" in file.name:
             for line_no, line in enumerate(data.split(b"\n"), start=1):
                 line = line.strip()
@@ -154,6 +268,10 @@ class FhirReader:
             self.staged.read += 1
             self.staged.reject(file.name, None, f"not valid JSON: {exc.msg}", None)
             return
+        if not isinstance(resource, dict):
+            self.staged.read += 1
+            self.staged.reject(file.name, "resourceType", _NOT_AN_OBJECT.format(_JSON_TYPES[type(resource)]), None)
+            return
         self.read_resource(resource, data if resource.get("resourceType") != "Bundle" else None)
 
     def _read_line(self, line: bytes, line_no: int, file_name: str) -> None:
@@ -161,10 +279,10 @@ class FhirReader:
         # are most of Synthea's bytes) is rejected by name without parsing the whole resource.
         if line.startswith(b'{"resourceType":"'):
             end = line.find(b'"', 17)
-            kind = line[17:end].decode()
+            kind = line[17:end].decode(errors="replace")
             if kind not in _SUPPORTED and kind != "Bundle":
                 found = _ID.search(line, 0, 400)
-                rid = found.group(1).decode() if found else None
+                rid = found.group(1).decode(errors="replace") if found else None
                 self.staged.read += 1
                 self.staged.reject(f"{kind}/{rid}" if rid else f"{file_name}:{line_no}", "resourceType",
                                    f"resource type {kind} is not mapped to OMOP by Mercia", line_no)
@@ -175,19 +293,36 @@ class FhirReader:
             self.staged.read += 1
             self.staged.reject(f"{file_name}:{line_no}", None, f"not valid JSON: {exc.msg}", line_no)
             return
+        if not isinstance(resource, dict):
+            self.staged.read += 1
+            self.staged.reject(f"{file_name}:{line_no}", "resourceType",
+                               _NOT_AN_OBJECT.format(_JSON_TYPES[type(resource)]), line_no)
+            return
         self.read_resource(resource, line, line_no)
 
     # -- resources -------------------------------------------------------------------------
     def read_resource(self, resource: dict, raw: bytes | None = None, line: int | None = None) -> None:
         kind = resource.get("resourceType")
         if kind == "Bundle":
-            self._read_bundle(resource)
+            self._read_bundle(resource, line)
             return
         self.staged.read += 1
         self._stage(resource, content_hash(raw if raw is not None else orjson.dumps(resource)), {}, line)
 
-    def _read_bundle(self, bundle: dict) -> None:
-        entries = bundle.get("entry") or []
+    def _read_bundle(self, bundle: dict, line: int | None = None) -> None:
+        record = f"Bundle/{bundle.get('id') if isinstance(bundle.get('id'), str) else '?'}"
+        if not isinstance(bundle.get("entry") or [], list):
+            self.staged.read += 1
+            self.staged.reject(record, "entry", f"expected an array, got {_JSON_TYPES[type(bundle['entry'])]}", line)
+            return
+        entries = []  # each entry is checked on its own: one bad entry is one reject
+        for i, entry in enumerate(bundle.get("entry") or []):
+            problem = shape_problem(entry, "BundleEntry", f"entry[{i}]")
+            if problem:
+                self.staged.read += 1
+                self.staged.reject(record, *problem, line)
+            else:
+                entries.append(entry)
         fullurls: dict[str, str] = {}
         for entry in entries:
             res = entry.get("resource") or {}
@@ -201,20 +336,28 @@ class FhirReader:
                 full = entry.get("fullUrl") or ""
                 res = {**res, "id": full.rsplit(":", 1)[-1].rsplit("/", 1)[-1] or None}
             if res.get("resourceType") == "Bundle":
-                self._read_bundle(res)
+                self._read_bundle(res, line)
                 continue
             self.staged.read += 1
-            self._stage(res, content_hash(orjson.dumps(res)), fullurls, None)
+            self._stage(res, content_hash(orjson.dumps(res)), fullurls, line)
 
     def _stage(self, res: dict, digest: str, fullurls: dict[str, str], line: int | None) -> None:
         kind, rid = res.get("resourceType"), res.get("id")
-        record = f"{kind}/{rid}"
         s = self.staged
-        if not rid:
-            s.reject(f"{kind}/?", "id", "resource has no id", line)
+        if not isinstance(kind, str):
+            s.reject(f"?/{rid}" if isinstance(rid, str) else "?/?", "resourceType",
+                     "resourceType missing or not a string", line)
             return
+        if not rid or not isinstance(rid, str):
+            s.reject(f"{kind}/?", "id", "resource has no id" if not rid else "id is not a string", line)
+            return
+        record = f"{kind}/{rid}"
         if kind not in _SUPPORTED:
             s.reject(record, "resourceType", f"resource type {kind} is not mapped to OMOP by Mercia", line)
+            return
+        problem = _fields_problem(res, _RESOURCES[kind], "")
+        if problem:
+            s.reject(record, *problem, line)
             return
         if kind == "Patient":
             self._patient(res, record, digest, line)
@@ -251,14 +394,14 @@ class FhirReader:
         address = next((a for a in addresses if a.get("use") == "home"), addresses[0] if addresses else {})
         ethnic_vocab = ethnic_code = None
         for ext in res.get("extension") or []:
-            url = ext.get("url", "")
+            url = ext.get("url") or ""
             if url.endswith("Extension-UKCore-EthnicCategory"):
                 coding = (ext.get("valueCodeableConcept") or {}).get("coding") or [{}]
                 ethnic_vocab, ethnic_code = "UK Ethnic Category", coding[0].get("code")
             elif url.endswith("us-core-race"):
                 for sub in ext.get("extension") or []:
                     if sub.get("url") == "ombCategory":
-                        ethnic_vocab, ethnic_code = "Race", sub["valueCoding"].get("code")
+                        ethnic_vocab, ethnic_code = "Race", (sub.get("valueCoding") or {}).get("code")
         deceased = res.get("deceasedDateTime")
         self.staged.persons.add(
             record=record, record_hash=digest, person_ref=res["id"], nhs_number=nhs,
@@ -325,7 +468,7 @@ class FhirReader:
     def _medication(self, res: dict, base: dict, start: str | None, **extra) -> None:
         concept = res.get("medicationCodeableConcept")
         if concept is None and res.get("medicationReference"):
-            ref = res["medicationReference"].get("reference", "")
+            ref = res["medicationReference"].get("reference") or ""
             med_id = ref[1:] if ref.startswith("#") else ref.rsplit("/", 1)[-1].removeprefix("urn:uuid:")
             for contained in res.get("contained") or []:
                 if contained.get("id") == med_id and contained.get("resourceType") == "Medication":
@@ -445,7 +588,7 @@ def _value(part: dict) -> dict:
 
 
 def _answer_value(answer: dict) -> dict | None:
-    if "valueCoding" in answer:
+    if answer.get("valueCoding"):
         coding = answer["valueCoding"]
         vocab = VOCABULARIES.get(coding.get("system"), coding.get("system"))
         return {"value_vocabulary": vocab, "value_code": coding.get("code")} if coding.get("code") else None

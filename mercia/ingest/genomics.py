@@ -51,31 +51,49 @@ def _estimated_birth(created: dt.datetime | None, age: str | None) -> str | None
     return str(total // 12)
 
 
+def _without_nulls(node):
+    """Phenopackets are protobuf JSON, where ``null`` means the field's default: drop it, so that the
+    reader sees an absent field instead of a None where an object belongs."""
+    if isinstance(node, dict):
+        return {k: _without_nulls(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_without_nulls(v) for v in node if v is not None]
+    return node
+
+
 class GenomicsReader:
     def __init__(self, extract: str):
         self.staged = Staged(extract)
         self.variants: dict[str, list] = {name: [] for name in VARIANT_SCHEMA.names}
 
     def read_phenopackets(self, path: Path) -> Staged:
-        from mercia.raredisease.phenopackets import PhenopacketError, read_phenopacket
-
         path = Path(path)
         files = [path] if path.is_file() else sorted(path.rglob("*.json"))
         for number, file in enumerate(files, start=1):
-            raw = file.read_bytes()
-            self.staged.read += 2  # the subject and the clinical record
-            try:
-                data = orjson.loads(raw)
-                case = read_phenopacket(data)
-            except (orjson.JSONDecodeError, PhenopacketError) as exc:
-                reason = f"not a valid phenopacket: {str(exc).split(':', 1)[-1].strip()[:200]}"
-                self.staged.reject(f"Subject/{file.stem}", None, reason, number)
-                self.staged.reject(f"Phenopacket/{file.stem}", None, reason, number)
-                continue
-            self._case(data, case, content_hash(raw), number, file.parent)
+            self.read_phenopacket_bytes(file.read_bytes(), file.stem, number)
         return self.finish()
 
-    def _case(self, data: dict, case, digest: str, number: int, folder: Path) -> None:
+    def read_phenopacket_bytes(self, raw: bytes, name: str, number: int) -> None:
+        from mercia.raredisease.phenopackets import PhenopacketError, read_phenopacket
+
+        self.staged.read += 2  # the subject and the clinical record
+        try:
+            data = _without_nulls(orjson.loads(raw))
+            if not isinstance(data, dict):  # read_phenopacket would take a JSON string for a file name
+                raise PhenopacketError("a phenopacket must be a JSON object")
+            case = read_phenopacket(data)
+        except (orjson.JSONDecodeError, PhenopacketError) as exc:
+            reason = f"not a valid phenopacket: {str(exc).split(':', 1)[-1].strip()[:200]}"
+        except (AttributeError, TypeError, KeyError, ValueError):
+            # the protobuf check lets some wrongly typed elements through to the rare-disease reader
+            reason = "not a valid phenopacket: an element has the wrong JSON type"
+        else:
+            self._case(data, case, content_hash(raw), number)
+            return
+        self.staged.reject(f"Subject/{name}", None, reason, number)
+        self.staged.reject(f"Phenopacket/{name}", None, reason, number)
+
+    def _case(self, data: dict, case, digest: str, number: int) -> None:
         s = self.staged
         person_ref = f"Subject/{case.id}"  # subject ids repeat across case reports; one packet per person
         nhs = next((a.split(":", 1)[1] for a in data.get("subject", {}).get("alternateIds", [])

@@ -36,9 +36,14 @@ def hl7_timestamp(value: str | None) -> str | None:
 
 
 def split_messages(data: bytes) -> list[str]:
+    return [m for m in _chunks(data) if m.startswith("MSH|")]
+
+
+def _chunks(data: bytes) -> list[str]:
+    """The file cut before each MSH segment; a chunk not starting with MSH is not HL7."""
     text = data.decode("utf-8-sig", errors="replace").replace("\ufeff", "")
     text = text.replace("\r\n", "\r").replace("\n", "\r")
-    return [m.strip("\r") for m in _MSH_START.split(text) if m.strip("\r").startswith("MSH|")]
+    return [m.strip("\r") for m in _MSH_START.split(text) if m.strip("\r \t\x00")]
 
 
 def _field(segment, index: int, component: int = 1, repetition: int = 0) -> str | None:
@@ -75,10 +80,24 @@ class Hl7Reader:
         path = Path(path)
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in (".hl7", ".txt"))
         for file in files:
-            for number, message in enumerate(split_messages(file.read_bytes()), start=1):
-                self._message(message, f"{file.name}#{number}", number)
+            self.read_bytes(file.read_bytes(), file.name)
         self.staged.read += len(set(self.staged.persons.data["record"]))  # each patient once
         return self.staged
+
+    def read_bytes(self, data: bytes, name: str) -> None:
+        chunks = _chunks(data)
+        if not chunks:
+            self.staged.read += 1
+            self.staged.reject(f"HL7/{name}", "MSH", "empty file: no HL7 v2 message", None)
+        number = 0
+        for chunk in chunks:
+            if not chunk.startswith("MSH|"):  # text before the first MSH segment (or a file of garbage)
+                self.staged.read += 1
+                self.staged.reject(f"HL7/{name}#0", "MSH", "text that is not an HL7 v2 message "
+                                   "(a message starts with an MSH segment)", None)
+                continue
+            number += 1
+            self._message(chunk, f"{name}#{number}", number)
 
     def _message(self, text: str, fallback_id: str, number: int) -> None:
         s = self.staged

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mercia.cdm import Store, quote
-from mercia.ingest.staging import Staged
+from mercia.ingest.staging import EARLIEST_DATE, END_DATE_AHEAD, Staged, date_window, latest_date
 from mercia.cdm.extensions import TOKEN_FIELDS, ensure_extension_tables
 from mercia.privacy.geography import GeographyLookup
 from mercia.privacy.optout import stored_opt_outs
@@ -191,6 +191,7 @@ class _Load:
         for reason in set(flagged.column("nhs_problem").to_pylist()):
             self.reject(flagged.filter(pc.equal(flagged.column("nhs_problem"), reason)), "nhs_number",
                         f"{reason}; loaded without NHS number, not used for linkage", action="flagged")
+        persons = self._reject_implausible_person_dates(persons)
         bad_dob = persons.filter(pc.and_(pc.invert(persons.column("opted_out")),
                                          pc.is_null(persons.column("birth_date"))))
         self.reject(bad_dob, "birthDate", "date of birth missing or not a valid date")
@@ -198,6 +199,21 @@ class _Load:
         self.opted_out_refs = set(withheld.column("person_ref").to_pylist())
         self.opted_out_nhs = {n for n, o in zip(nhs_list, opted_out) if o} | set(opt.opt_out)
         return persons.filter(keep)
+
+    def _reject_implausible_person_dates(self, persons: pa.Table) -> pa.Table:
+        """Births and deaths outside the plausible window (see ``staging.EARLIEST_DATE``) are rejected;
+        ISO dates, partial or not, compare correctly as text."""
+        self.register("persons_dated", persons)
+        earliest, latest = EARLIEST_DATE.isoformat(), latest_date().isoformat()
+        checks = [("birthDate", "date of birth", "birth_date IS NOT NULL AND (birth_date < ? OR birth_date > ?)"),
+                  ("deceasedDateTime", "date of death", "death_date IS NOT NULL AND (TRY_CAST(left(death_date, 10) "
+                   "AS DATE) IS NULL OR left(death_date, 10) < ? OR left(death_date, 10) > ?)")]
+        for field_name, what, where in checks:
+            bad = _table_from_query(self.con, f"SELECT source_record, line FROM persons_dated WHERE NOT opted_out "
+                                              f"AND {where}", [earliest, latest])
+            self.reject(bad, field_name, f"{what} not a date in the plausible window {date_window()}")
+        return _table_from_query(self.con, f"""SELECT * FROM persons_dated WHERE opted_out OR NOT (
+            COALESCE({checks[0][2]}, false) OR COALESCE({checks[1][2]}, false))""", [earliest, latest] * 2)
 
     def resolve_persons(self, persons: pa.Table) -> None:
         """person_id for every staged person: same organisation's earlier link, else NHS pseudonym
@@ -273,9 +289,16 @@ class _Load:
         self.withheld_records |= {r for (r,) in self.con.execute(
             "SELECT DISTINCT source_record FROM events WHERE opted_out").fetchall()}
         self.con.execute("DELETE FROM events WHERE opted_out")
+        earliest, latest = f"DATE '{EARLIEST_DATE}'", f"DATE '{latest_date()}'"
+        latest_end = f"DATE '{latest_date() + END_DATE_AHEAD}'"
         for where, field_name, reason in [
                 ("person_id IS NULL", "subject", "subject not found among this organisation's patients"),
-                ("start_date IS NULL", "date", "date not parseable as YYYY-MM-DD")]:
+                ("start_date IS NULL", "date", "date not parseable as YYYY-MM-DD"),
+                (f"start_date < {earliest} OR start_date > {latest}", "date",
+                 f"date outside the plausible window {date_window()}"),
+                ("length(start) > 10 AND start_datetime IS NULL", "date", "time of day not valid (hh:mm:ss)"),
+                (f'"end" IS NOT NULL AND (end_date IS NULL OR end_date < {earliest} OR end_date > {latest_end})',
+                 "end", f"end date not a date between {EARLIEST_DATE} and a year from today")]:
             bad = _table_from_query(self.con, f"SELECT DISTINCT source_record, line FROM events WHERE {where}")
             self.reject(bad, field_name, reason)
             self.con.execute(f"DELETE FROM events WHERE record IN (SELECT record FROM events WHERE {where})")

@@ -8,6 +8,7 @@ the record key and a hash of the record's content so resends can be recognised.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 
@@ -42,6 +43,22 @@ REJECT_SCHEMA = pa.schema([
 
 # Event kinds, named after the OMOP domain a record goes to when its code has no standard mapping.
 EVENT_KINDS = ("Visit", "Condition", "Drug", "Procedure", "Measurement", "Observation", "Specimen", "Device")
+
+
+# The plausible window for clinical dates: nobody in an NHS record was born or treated before 1850,
+# and no event (or birth, or death) happens after tomorrow (one day of slack for time zones).  End
+# dates may lie up to a year ahead (a course of treatment in progress).  Outside it, a date is a
+# data error (9999-12-31, 1066-10-14, 2999-01-01): the record is rejected with that reason.
+EARLIEST_DATE = dt.date(1850, 1, 1)
+END_DATE_AHEAD = dt.timedelta(days=366)
+
+
+def latest_date() -> dt.date:
+    return dt.date.today() + dt.timedelta(days=1)
+
+
+def date_window() -> str:
+    return f"{EARLIEST_DATE.isoformat()} to {latest_date().isoformat()}"
 
 
 def content_hash(data: bytes) -> str:
