@@ -1,6 +1,5 @@
 """The Spark store: an embedded local session (``spark://local[N]?warehouse=DIR``) or a cluster reached
-through Spark Connect (``sc://HOST:PORT``).  Tables are Parquet (or Delta, ``format=delta``) in the
-warehouse; SQL is Spark SQL with ANSI double-quoted identifiers, so ``quote()`` works unchanged.
+through Spark Connect (``sc://HOST:PORT``).  Tables are Parquet in the warehouse; SQL is Spark SQL with ANSI double-quoted identifiers, so ``quote()`` works unchanged.
 
 Spark has no rollback.  Instead every write of ``insert_arrow`` and
 ``truncate`` inside ``transaction()`` goes to a staging table per target; the commit swaps each
@@ -59,7 +58,7 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     unknown = set(options) - {"warehouse", "format", "memory", "partitions"}
     if not re.fullmatch(r"local(\[(\d+|\*)\])?", master) or unknown:
         raise StoreError(f"not a Spark store URL: {url!r}; use spark://local[N]?warehouse=DIR"
-                         "[&format=parquet|delta][&memory=2g][&partitions=N] or sc://HOST:PORT", engine="spark")
+                         "[&memory=2g][&partitions=N] or sc://HOST:PORT", engine="spark")
     return master, options
 
 
@@ -79,13 +78,11 @@ def _local_session(master: str, options: dict[str, str]):
         warehouse.mkdir(parents=True, exist_ok=True)
         builder = (SparkSession.builder.master(master).appName("mercia")
                    .config("spark.ui.enabled", "false")
+                   .config("spark.ui.showConsoleProgress", "false")
                    .config("spark.sql.warehouse.dir", str(warehouse))
                    .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={warehouse}")
                    .config("spark.sql.shuffle.partitions", options.get("partitions", "4"))
                    .config("spark.driver.memory", options.get("memory", "2g")))
-        if options.get("format") == "delta":
-            builder = (builder.config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-                       .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog"))
         session = builder.getOrCreate()
         session.sparkContext.setLogLevel("ERROR")
         return session
@@ -127,9 +124,9 @@ class SparkStore(Store):
         else:
             master, options = parse_url(url)
             self.table_format = options.get("format", "parquet")
-            if self.table_format not in ("parquet", "delta"):
-                raise StoreError(f"unknown Spark table format {self.table_format!r}; use parquet or delta",
-                                 engine=self.dialect)
+            if self.table_format != "parquet":
+                raise StoreError(f"Spark table format {self.table_format!r} is not supported yet; tables are "
+                                 "Parquet (Delta Lake is planned)", engine=self.dialect)
             self._root = _local_session(master, options)
             self._spark = self._root.newSession()  # own current database, temp views and settings
         self._staged: dict[str, str] = {}  # table -> staging table, inside a transaction
@@ -162,7 +159,7 @@ class SparkStore(Store):
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         statements = [sql] if params is not None else split_statements(sql)
         for statement in statements:
-            if statement[:6].upper() == "DELETE" and self.table_format == "parquet":
+            if statement[:6].upper() == "DELETE":
                 self._delete(statement, params)
             else:
                 self._collect(statement, params)
@@ -241,7 +238,7 @@ class SparkStore(Store):
         return _SPARK_TYPES[column.sql_type]
 
     def create_table_sql(self, table: Table, enforce_primary_key: bool = False) -> list[str]:
-        """Parquet/Delta tables in the warehouse; NOT NULL and keys are checked by the loader."""
+        """Parquet tables in the warehouse; NOT NULL and keys are checked by the loader."""
         cols = ", ".join(f"{quote(c.name)} {self.column_type(c)}" for c in table.columns)
         return [f"CREATE TABLE IF NOT EXISTS {quote(table.name)} ({cols}) USING {self.table_format}"]
 
