@@ -63,7 +63,8 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
 
 
 def _local_session(master: str, options: dict[str, str]):
-    """The process's one local Spark session (a JVM holds one SparkContext)."""
+    """The process's one local Spark session (a JVM holds one SparkContext).  Its catalog is an
+    embedded Derby metastore in the warehouse, which one process at a time may open."""
     from pyspark.sql import SparkSession
 
     warehouse = Path(options.get("warehouse", "spark-warehouse")).resolve()
@@ -81,6 +82,10 @@ def _local_session(master: str, options: dict[str, str]):
                    .config("spark.ui.showConsoleProgress", "false")
                    .config("spark.sql.warehouse.dir", str(warehouse))
                    .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={warehouse}")
+                   # the table catalog lives beside the tables, so the next process finds them
+                   .config("spark.hadoop.javax.jdo.option.ConnectionURL",
+                           f"jdbc:derby:;databaseName={warehouse / 'metastore_db'};create=true")
+                   .enableHiveSupport()
                    .config("spark.sql.shuffle.partitions", options.get("partitions", "4"))
                    .config("spark.driver.memory", options.get("memory", "2g")))
         session = builder.getOrCreate()
