@@ -8,6 +8,8 @@ MERCIA_REQUIRE_ENGINES=1 turns every engine skip into a failure.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from mercia.cdm import Store
 SHARED_DATA = Path(os.environ.get("MERCIA_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 REQUIRE_ENGINES = os.environ.get("MERCIA_REQUIRE_ENGINES") == "1"
 ENGINES = ["duckdb", "postgres"]
+CONTRACT_ENGINES = [*ENGINES, pytest.param("spark", marks=[pytest.mark.spark, pytest.mark.slow])]
 
 # Disclosure properties: at least 500 examples in CI, fewer locally (use with
 # ``@settings(settings.get_profile(DISCLOSURE_PROFILE))``).
@@ -42,21 +45,48 @@ def postgres_url() -> str:
     return url
 
 
+_SPARK_WAREHOUSE: list[str] = []
+
+
+def spark_url() -> str:
+    """The local Spark store URL of this test process: one small session, one warehouse."""
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        engine_missing("Spark needs a Java runtime (apt-get install openjdk-17-jre-headless)")
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        engine_missing("pyspark is not installed (pip install -e .[test])")
+    if not _SPARK_WAREHOUSE:
+        _SPARK_WAREHOUSE.append(tempfile.mkdtemp(prefix="mercia-spark-warehouse-"))
+    return f"spark://local[1]?warehouse={_SPARK_WAREHOUSE[0]}&partitions=1&memory=1g"
+
+
 def open_store(engine: str, tmp_path: Path) -> Store:
     """A fresh, empty CDM store on ``engine``, isolated in its own schema or file."""
     if engine == "duckdb":
         return Store(str(tmp_path / "cdm.duckdb"))
+    if engine == "spark":
+        return Store(spark_url(), schema=f"t_{uuid.uuid4().hex[:12]}")
     return Store(postgres_url(), schema=f"t_{uuid.uuid4().hex[:12]}")
 
 
 def drop_store(store: Store) -> None:
     if store.dialect == "postgres" and store.schema:
         store.execute(f'DROP SCHEMA IF EXISTS "{store.schema}" CASCADE')
+    elif store.dialect == "spark" and store.schema:
+        store.execute("USE default")
+        store.execute(f'DROP DATABASE IF EXISTS "{store.schema}" CASCADE')
     store.close()
 
 
 @pytest.fixture(params=ENGINES)
 def engine(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=CONTRACT_ENGINES)
+def contract_engine(request) -> str:
+    """Every engine behind ``Store``, for the store contract suite (tests/cdm/test_store_contract.py)."""
     return request.param
 
 

@@ -62,7 +62,7 @@ def ensure_extension_tables(store: Store) -> None:
     store.init_schema()
     for statement in DDL:
         store.execute(statement)
-    if store.dialect == "postgres":
+    if store.wants_indexes:
         for statement in INDEXES:
             store.execute(statement)
 

@@ -28,7 +28,6 @@ import csv
 import difflib
 import gzip
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,12 +38,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mercia.cdm.schema import CDM_TABLES, VOCABULARY_CACHE_TABLES, Column, Table
-from mercia.cdm.store import Store, StoreError, quote
+from mercia.cdm.store import Store, StoreError, duckdb_type, quote, sql_string
 
 DATA_SUFFIXES = (".csv.gz", ".tsv.gz", ".csv", ".tsv", ".parquet")
 EXPORT_FORMATS = {"csv": ".csv", "csv.gz": ".csv.gz", "tsv": ".tsv", "parquet": ".parquet"}
 _BATCH_ROWS = 256_000
-_DUCK_TYPES = {"DOUBLE PRECISION": "DOUBLE"}
 
 
 class LoadError(StoreError):
@@ -138,10 +136,6 @@ def discover(directory: Path, skip_unknown: bool = False) -> tuple[dict[str, Pat
 
 # -- reading one file -----------------------------------------------------------------------
 
-def _sql_string(value: str | Path) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def _header_line(path: Path) -> str:
     """The first line of a (possibly gzipped) text file, decoded as UTF-8."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
@@ -163,7 +157,7 @@ def _scan_sql(path: Path) -> tuple[str, list[str]]:
     """SQL reading every column as text, and the header names.  The header is read here and the
     dialect is fixed rather than sniffed, so a ragged or odd row is an error, never a new header."""
     if path.name.lower().endswith(".parquet"):
-        return f"read_parquet({_sql_string(path)})", []
+        return f"read_parquet({sql_string(path)})", []
     line = _header_line(path)
     if path.name.lower().endswith((".tsv", ".tsv.gz")) or "\t" in line:
         # Athena: tab-separated, no quoting at all (concept names contain bare quote characters).
@@ -176,17 +170,13 @@ def _scan_sql(path: Path) -> tuple[str, list[str]]:
     if duplicates or not all(names):
         raise LoadError(path, f"header names must be unique and non-empty: {', '.join(duplicates) or repr(line)}",
                         line=1)
-    columns = "{" + ", ".join(f"{_sql_string(n)}: 'VARCHAR'" for n in names) + "}"
-    return (f"read_csv({_sql_string(path)}, header=true, auto_detect=false, columns={columns}, {options})", names)
-
-
-def _duck_type(column: Column) -> str:
-    return _DUCK_TYPES.get(column.sql_type, column.sql_type)
+    columns = "{" + ", ".join(f"{sql_string(n)}: 'VARCHAR'" for n in names) + "}"
+    return (f"read_csv({sql_string(path)}, header=true, auto_detect=false, columns={columns}, {options})", names)
 
 
 def _conversion(raw: str, column: Column, source_type: str) -> str:
     """SQL turning a raw file value into the column's CDM type, NULL where it cannot."""
-    target = _duck_type(column)
+    target = duckdb_type(column)
     if source_type != "VARCHAR" or target == "VARCHAR":
         return raw if source_type == target else f"TRY_CAST({raw} AS {target})"
     if target == "DATE":
@@ -301,7 +291,7 @@ def load_omop_files(store: Store, files: dict[str, Path], report: LoadReport | N
                 for cache in VOCABULARY_CACHE_TABLES:
                     store.execute(f"DROP TABLE IF EXISTS {quote(cache)}")
             for plan in plans:
-                _empty_table(store, plan.table.name)
+                store.truncate(plan.table.name)
                 for batch in _batches(con, plan):
                     plan.report.rows += store.insert_arrow(plan.table.name, pa.Table.from_batches([batch]))
                 report.files.append(plan.report)
@@ -324,10 +314,6 @@ def load_omop_directory(store: Store, directory: Path | str, tables: Sequence[st
     if not found:
         raise LoadError(directory, "no OMOP CDM table files (<table>.csv, .csv.gz, .tsv, .parquet) found")
     return load_omop_files(store, found, report)
-
-
-def _empty_table(store: Store, table: str) -> None:
-    store.execute(f"TRUNCATE {quote(table)}" if store.dialect == "postgres" else f"DELETE FROM {quote(table)}")
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -357,19 +343,13 @@ def export_omop(store: Store, directory: Path | str, fmt: str = "csv",
     out_dir = Path(directory)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    with tempfile.TemporaryDirectory(prefix="mercia-export-") as scratch:
-        for name in names:
-            table = CDM_TABLES[name]
-            if fmt == "tsv":
-                _check_tsv_safe(store, table)
-            target = out_dir / f"{name}{EXPORT_FORMATS[fmt]}"
-            columns = ", ".join(quote(c) for c in table.column_names)
-            if store.dialect == "duckdb":
-                store.execute(f"COPY (SELECT {columns} FROM {quote(name)}) TO {_sql_string(target)} "
-                              f"({_copy_options(fmt)})")
-            else:
-                _export_postgres(store, table, target, fmt, Path(scratch))
-            written[name] = target
+    for name in names:
+        table = CDM_TABLES[name]
+        if fmt == "tsv":
+            _check_tsv_safe(store, table)
+        target = out_dir / f"{name}{EXPORT_FORMATS[fmt]}"
+        store.export_table(table, target, _copy_options(fmt))
+        written[name] = target
     return written
 
 
@@ -384,21 +364,3 @@ def _check_tsv_safe(store: Store, table: Table) -> None:
     if offending:
         raise StoreError(f"table {table.name}, column {', '.join(offending)}: values contain tabs or line breaks, "
                          "which Athena-style TSV cannot hold; export as csv, csv.gz or parquet instead")
-
-
-def _export_postgres(store: Store, table: Table, target: Path, fmt: str, scratch: Path) -> None:
-    """PostgreSQL COPY streams the table out as CSV; DuckDB rewrites it in the CDM types and format."""
-    staged = scratch / f"{table.name}.csv"
-    columns = ", ".join(quote(c) for c in table.column_names)
-    with staged.open("wb") as f, store._pg.cursor() as cur, cur.copy(
-            f"COPY (SELECT {columns} FROM {quote(table.name)}) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
-        while chunk := copy.read():
-            f.write(chunk)
-    spec = "{" + ", ".join(f"'{c.name}': '{_duck_type(c)}'" for c in table.columns) + "}"
-    con = duckdb.connect()
-    try:
-        con.execute(f"COPY (SELECT * FROM read_csv({_sql_string(staged)}, header=true, columns={spec}, "
-                    f"delim=',', quote='\"', escape='\"', allow_quoted_nulls=false)) "
-                    f"TO {_sql_string(target)} ({_copy_options(fmt)})")
-    finally:
-        con.close()

@@ -1,42 +1,37 @@
-"""One store for every capability: an OMOP CDM on embedded DuckDB or on a PostgreSQL server.
+"""One store for every capability: an OMOP CDM on embedded DuckDB, a PostgreSQL server or Spark.
 
-Capabilities talk SQL to a ``Store`` and never to a driver, so the same code path serves both
-engines (and, through sqlglot dialects, Spark).  The store owns connection, schema placement,
-transactions and the native bulk paths (DuckDB's Arrow scans, PostgreSQL's COPY).
+Capabilities talk SQL to a ``Store`` and never to a driver.  ``Store(url)`` (or ``connect(url)``)
+returns the engine's subclass (``mercia.cdm.engines``), which owns everything that differs by
+engine: connection, placeholder style (callers always write ``?``), schema placement,
+transactions, result types and the bulk paths.  Every driver error surfaces as ``StoreError``
+carrying the failing SQL in ``.sql`` (never in the message, which users may see).
 """
 
 from __future__ import annotations
 
-import io
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
-import duckdb
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 
-from mercia.cdm.schema import CDM_TABLES, Table
+from mercia.cdm.schema import CDM_TABLES, Column, Table
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Quoted strings, quoted identifiers and comments, where a ``?`` or ``%`` is text, not a parameter.
-_LITERAL_OR_MARK = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\?|%", re.S)
-
-
-def _to_pyformat(sql: str) -> str:
-    """Every caller writes ``?`` placeholders; psycopg wants ``%s`` and a literal ``%`` doubled."""
-    def swap(m: re.Match) -> str:
-        token = m.group(0)
-        if token == "?":
-            return "%s"
-        return "%%" if token == "%" else token.replace("%", "%%")
-    return _LITERAL_OR_MARK.sub(swap, sql)
 
 
 class StoreError(Exception):
-    """A problem with the store that the user can act on; the message says what and where."""
+    """A problem with the store that the user can act on; the message says what and where.
+
+    ``sql`` holds the statement that failed and ``engine`` the store's dialect, for logs and
+    developers; the message never includes the SQL, so it can be shown to a user."""
+
+    def __init__(self, message: str, sql: str | None = None, engine: str | None = None):
+        super().__init__(message)
+        self.sql, self.engine = sql, engine
 
 
 def quote(identifier: str) -> str:
@@ -46,43 +41,51 @@ def quote(identifier: str) -> str:
     return f'"{identifier}"'
 
 
-class Store:
+def duckdb_type(column: Column) -> str:
+    """The column's type as DuckDB spells it (DuckDB parses files for every engine)."""
+    return "DOUBLE" if column.sql_type == "DOUBLE PRECISION" else column.sql_type
+
+
+def engine_class(url: str) -> type[Store]:
+    """The ``Store`` subclass serving ``url``."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from mercia.cdm.engines.postgres import PostgresStore
+
+        return PostgresStore
+    if url.startswith(("spark://", "sc://")):
+        from mercia.cdm.engines.spark import SparkStore
+
+        return SparkStore
+    from mercia.cdm.engines.duckdb import DuckDBStore
+
+    return DuckDBStore
+
+
+def connect(url: str, schema: str | None = None, read_only: bool = False) -> Store:
+    """Open the store at ``url``: a DuckDB path (or ``:memory:``, ``duckdb:///path``),
+    ``postgresql://...``, ``spark://local[N]?warehouse=DIR`` or ``sc://HOST:PORT``."""
+    return engine_class(str(url))(str(url), schema=schema, read_only=read_only)
+
+
+class Store(ABC):
     """A connection to one OMOP CDM schema.
 
-    ``url`` is a DuckDB file path, ``:memory:``, ``duckdb:///path`` or ``postgresql://...``.
+    ``Store(url, schema=None, read_only=False)`` returns the engine's subclass (see ``connect``).
     ``schema`` places the CDM in a named schema (created if missing), which is how tests isolate
-    themselves on a shared PostgreSQL server.
+    themselves on a shared server.
     """
 
-    dialect: str
+    dialect: ClassVar[str]  # sqlglot's name for the engine's SQL
+    wants_indexes: ClassVar[bool] = False  # B-tree indexes pay off (row stores), not on column stores
+    savepoints: ClassVar[bool] = False  # a refused statement can be undone alone inside a transaction
+
+    def __new__(cls, url: str | None = None, *args: Any, **kwargs: Any) -> Self:
+        return super().__new__(engine_class(str(url)) if cls is Store else cls)
 
     def __init__(self, url: str, schema: str | None = None, read_only: bool = False):
-        self.url = url
-        self.schema = schema
-        self._in_transaction = False
-        if url.startswith(("postgresql://", "postgres://")):
-            import psycopg
-
-            self.dialect = "postgres"
-            try:
-                self._pg = psycopg.connect(url, autocommit=True)
-            except psycopg.OperationalError as exc:
-                raise StoreError(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}") from exc
-            if schema:
-                self._pg.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
-                self._pg.execute(f"SET search_path TO {quote(schema)}")
-        else:
-            self.dialect = "duckdb"
-            path = url.removeprefix("duckdb://").removeprefix("/") if url.startswith("duckdb:///") else url
-            if path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                self._duck = duckdb.connect(path, read_only=read_only)
-            except duckdb.Error as exc:
-                raise StoreError(f"cannot open DuckDB database {path}: {exc}") from exc
-            if schema:
-                self._duck.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
-                self._duck.execute(f"SET schema = '{schema}'")
+        self.url, self.schema, self.read_only = url, schema, read_only
+        self._depth = 0  # nesting of transaction()
+        self._doomed = False  # an inner transaction failed: the outer one must roll back
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -92,126 +95,153 @@ class Store:
             from mercia.config import load_settings
 
             url = load_settings().db
-        return cls(str(url), schema=schema, read_only=read_only)
+        return connect(str(url), schema=schema, read_only=read_only)
 
-    def close(self) -> None:
-        (self._pg if self.dialect == "postgres" else self._duck).close()
+    @abstractmethod
+    def close(self) -> None: ...
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Store({_redact(self.url)!r}, dialect={self.dialect!r}, schema={self.schema!r})"
+        return f"{type(self).__name__}({redact(self.url)!r}, schema={self.schema!r})"
+
+    @contextmanager
+    def session(self) -> Iterator[Store]:
+        """A store of its own on the same database, for one request or job: its own connection
+        (DuckDB cursor, pooled PostgreSQL connection), its own transactions, no shared lock.
+        Safe to use from another thread than the parent store's."""
+        child = self._open_session()
+        try:
+            yield child
+        finally:
+            child.close()
+
+    @abstractmethod
+    def _open_session(self) -> Store: ...
 
     @property
-    def duckdb_connection(self) -> duckdb.DuckDBPyConnection:
+    def duckdb_connection(self):
         """The raw DuckDB connection, for DuckDB-only fast paths (Arrow scans, COPY to Parquet)."""
-        if self.dialect != "duckdb":
-            raise StoreError("this operation needs an embedded DuckDB store")
-        return self._duck
+        raise StoreError("this operation needs an embedded DuckDB store", engine=self.dialect)
 
     # -- SQL -------------------------------------------------------------------------------
+    @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         """Run one statement (or, without params, a script of several) for its effect.
         Parameters are ``?`` on every engine."""
-        if self.dialect == "postgres":
-            self._pg.execute(_to_pyformat(sql) if params is not None else sql, params)
-        else:
-            self._duck.execute(sql, params) if params is not None else self._duck.execute(sql)
 
-    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
-        if self.dialect == "postgres":
-            return self._pg.execute(_to_pyformat(sql) if params is not None else sql, params).fetchall()
-        return self._duck.execute(sql, params).fetchall()
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]: ...
+
+    @abstractmethod
+    def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        """The result as Arrow with the engine's column types, also when it has no rows."""
 
     def query_one(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         """The first column of the first row, or None."""
         rows = self.query(sql, params)
         return rows[0][0] if rows else None
 
-    def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
-        if self.dialect == "duckdb":
-            return self._duck.sql(sql, params=params).to_arrow_table()
-        cur = self._pg.execute(_to_pyformat(sql) if params is not None else sql, params)
-        names = [d.name for d in cur.description]
-        rows = cur.fetchall()
-        return pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)}) if rows else \
-            pa.table({n: pa.array([], pa.null()) for n in names})
-
     def query_dicts(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         return self.query_arrow(sql, params).to_pylist()
 
     def try_execute(self, sql: str) -> bool:
         """Run an optional statement (say, creating an extension); False if the engine refused.
-        On PostgreSQL it runs in a savepoint, so a refusal does not spoil an open transaction."""
-        if self.dialect == "postgres":
-            import psycopg
 
-            try:
-                with self._pg.transaction():
-                    self._pg.execute(sql)
-            except psycopg.Error:
-                return False
-            return True
+        With ``savepoints`` a refusal does not spoil an open transaction; without, the engine
+        has aborted it, so the transaction is doomed (rolled back at its end, see ``transaction``)."""
         try:
-            self._duck.execute(sql)
-        except duckdb.Error:
+            self.execute(sql)
+        except StoreError:
+            self._doomed = self._doomed or self.in_transaction
             return False
         return True
 
+    def _error(self, exc: Exception, sql: str, action: str = "could not run a statement") -> StoreError:
+        """A driver error as StoreError: the driver's first line for people, the SQL attached."""
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        return StoreError(f"{self.dialect} {action}: {first}", sql=sql, engine=self.dialect)
+
+    # -- transactions ----------------------------------------------------------------------
     @property
     def in_transaction(self) -> bool:
-        return self._in_transaction
+        return self._depth > 0
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:
-        """All or nothing: everything inside commits together or not at all.  Nested use joins
-        the outer transaction, so a capability can be transactional on its own and inside a
-        larger load."""
-        if self._in_transaction:
-            yield self
+        """All or nothing: everything inside commits together or not at all.
+
+        Nested use joins the outer transaction, so a capability can be transactional on its own
+        and inside a larger load.  An error escaping a nested block dooms the whole transaction:
+        even if an outer block catches it, the outer block rolls back and raises ``StoreError``,
+        so nothing is ever half-written.
+        """
+        self._depth += 1
+        if self._depth > 1:
+            try:
+                yield self
+            except BaseException:
+                self._doomed = True
+                raise
+            finally:
+                self._depth -= 1
             return
-        self._in_transaction = True
+        self._doomed = False
         try:
-            if self.dialect == "postgres":
-                with self._pg.transaction():
-                    yield self
-            else:
-                self._duck.execute("BEGIN TRANSACTION")
-                try:
-                    yield self
-                except BaseException:
-                    self._duck.execute("ROLLBACK")
-                    raise
-                self._duck.execute("COMMIT")
+            self._begin()
+            try:
+                yield self
+            except BaseException:
+                self._rollback()
+                raise
+            if self._doomed:
+                self._rollback()
+                raise StoreError("an inner step of this transaction failed; nothing was written",
+                                 engine=self.dialect)
+            self._commit()
         finally:
-            self._in_transaction = False
+            self._depth = 0
+            self._doomed = False
+
+    @abstractmethod
+    def _begin(self) -> None: ...
+
+    @abstractmethod
+    def _commit(self) -> None: ...
+
+    @abstractmethod
+    def _rollback(self) -> None: ...
 
     # -- schema ----------------------------------------------------------------------------
+    def _current_schema_filter(self) -> str:
+        """The WHERE clause on information_schema placing a table in this store's schema."""
+        return "table_schema = current_schema()"
+
     def table_exists(self, name: str) -> bool:
-        sql = "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = current_schema()"
-        if self.dialect == "duckdb":
-            sql += " AND table_catalog = current_database()"
+        sql = f"SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND {self._current_schema_filter()}"
         return bool(self.query_one(sql, [name]))
 
     def columns(self, table: str) -> list[tuple[str, str]]:
         """(name, data type) of a table's columns as the engine reports them, in order."""
-        sql = "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? " \
-              "AND table_schema = current_schema()"
-        if self.dialect == "duckdb":
-            sql += " AND table_catalog = current_database()"
-        sql += " ORDER BY ordinal_position"
+        sql = ("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+               f"AND {self._current_schema_filter()} ORDER BY ordinal_position")
         return [(r[0], r[1]) for r in self.query(sql, [table])]
 
+    def column_type(self, column: Column) -> str:
+        """The engine's SQL type for a CDM column."""
+        return column.sql_type
+
     def create_table_sql(self, table: Table, enforce_primary_key: bool = False) -> list[str]:
-        cols = [f"{quote(c.name)} {c.sql_type}{' NOT NULL' if c.required else ''}" for c in table.columns]
+        cols = [f"{quote(c.name)} {self.column_type(c)}{' NOT NULL' if c.required else ''}" for c in table.columns]
         if enforce_primary_key and table.primary_key:
             cols.append(f"PRIMARY KEY ({quote(table.primary_key)})")
         statements = [f"CREATE TABLE IF NOT EXISTS {quote(table.name)} (\n  " + ",\n  ".join(cols) + "\n)"]
-        if self.dialect == "postgres":
+        if self.wants_indexes:
             index_cols = list(table.indexed_columns)
             if table.primary_key and not enforce_primary_key:
                 index_cols.insert(0, table.primary_key)
@@ -238,29 +268,43 @@ class Store:
         sql = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {quote(t)}" for t in names)
         return {name: int(n) for name, n in self.query(sql)}
 
+    def truncate(self, table: str) -> None:
+        """Remove every row of ``table`` (inside the current transaction, if any)."""
+        self.execute(f"DELETE FROM {quote(table)}")
+
     # -- bulk ------------------------------------------------------------------------------
     def insert_arrow(self, table: str, data: pa.Table | pa.RecordBatchReader) -> int:
         """Append an Arrow table by column name through the engine's bulk path; returns rows."""
         if isinstance(data, pa.RecordBatchReader):
             data = data.read_all()
-        if data.num_rows == 0:
-            return 0
-        cols = ", ".join(quote(c) for c in data.column_names)
-        if self.dialect == "duckdb":
-            self._duck.register("_mercia_arrow_in", data)
-            try:
-                self._duck.execute(f"INSERT INTO {quote(table)} ({cols}) SELECT {cols} FROM _mercia_arrow_in")
-            finally:
-                self._duck.unregister("_mercia_arrow_in")
-        else:
-            buffer = io.BytesIO()
-            pa_csv.write_csv(data, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
-            with self._pg.cursor() as cur, cur.copy(
-                    f"COPY {quote(table)} ({cols}) FROM STDIN WITH (FORMAT csv)") as copy:
-                copy.write(buffer.getvalue())
+        if data.num_rows:
+            self._insert(table, data, ", ".join(quote(c) for c in data.column_names))
         return data.num_rows
 
+    @abstractmethod
+    def _insert(self, table: str, data: pa.Table, columns: str) -> None:
+        """Append ``data`` (at least one row) to ``table``; ``columns`` lists its quoted names."""
 
-def _redact(url: str) -> str:
+    def export_table(self, table: Table, target: Path, copy_options: str) -> None:
+        """Write a CDM table to ``target`` with DuckDB's ``COPY ... (copy_options)`` (the one
+        file writer for every engine): here through an Arrow read of the table."""
+        import duckdb
+
+        columns = ", ".join(quote(c) for c in table.column_names)
+        data = self.query_arrow(f"SELECT {columns} FROM {quote(table.name)}")
+        con = duckdb.connect()
+        try:
+            con.register("_mercia_export", data)
+            con.execute(f"COPY (SELECT * FROM _mercia_export) TO {sql_string(target)} ({copy_options})")
+        finally:
+            con.close()
+
+
+def sql_string(value: str | Path) -> str:
+    """A SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def redact(url: str) -> str:
     """Hide a password in a connection URL before it reaches a message or a log."""
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)

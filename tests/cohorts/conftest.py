@@ -4,8 +4,6 @@ executes one cohort definition on tiny hand-written tables on any engine."""
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -80,28 +78,11 @@ SPEC_ENGINES = ["duckdb", "postgres", pytest.param("spark", marks=[pytest.mark.s
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    """One local Spark session for the whole run (1 core, 1 shuffle partition, no UI)."""
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        engine_missing("Spark needs a Java runtime (apt-get install openjdk-17-jre-headless)")
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        engine_missing("pyspark is not installed (pip install -e .[test])")
-    warehouse = tmp_path_factory.mktemp("spark-warehouse")
-    session = (
-        SparkSession.builder.master("local[1]")
-        .appName("mercia-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "1")
-        .config("spark.default.parallelism", "1")
-        .config("spark.driver.memory", "1g")
-        .config("spark.sql.warehouse.dir", str(warehouse))
-        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={warehouse}")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
+    """The SparkSession of one Spark store (local[1], 1 shuffle partition) for the whole run; the
+    spec tests register their tables on it as temporary views."""
+    store = root_conftest.open_store("spark", tmp_path_factory.mktemp("spark-spec"))
+    yield store.spark
+    drop_store(store)
 
 
 def spark_register(spark, name: str, data: pa.Table | None) -> None:

@@ -8,7 +8,6 @@ import shutil
 import orjson
 import pytest
 
-from mercia.cdm import Store
 from mercia.ingest.fhir import read_fhir
 
 
@@ -102,7 +101,7 @@ def test_interrupted_load_leaves_the_database_unchanged(store, shared_data, load
     load(store, "fhir", shared_data / "fhir/ukcore_examples/json", "RR8")
     before = snapshot(store)
     calls = {"n": 0}
-    original = Store.insert_arrow
+    original = type(store).insert_arrow  # the engine's own bulk path
 
     def failing(self, table, data):
         calls["n"] += 1
@@ -110,11 +109,11 @@ def test_interrupted_load_leaves_the_database_unchanged(store, shared_data, load
             raise RuntimeError("disk full (simulated)")
         return original(self, table, data)
 
-    monkeypatch.setattr(Store, "insert_arrow", failing)
+    monkeypatch.setattr(type(store), "insert_arrow", failing)
     with pytest.raises(RuntimeError, match="simulated"):
         load(store, "fhir", shared_data / "fhir/synthea_small/ndjson", "RX1")
     assert calls["n"] == 6
-    monkeypatch.setattr(Store, "insert_arrow", original)
+    monkeypatch.setattr(type(store), "insert_arrow", original)
     assert snapshot(store) == before
 
 

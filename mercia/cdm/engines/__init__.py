@@ -1,0 +1,1 @@
+"""One ``Store`` subclass per engine; each holds every difference of its engine (see ``mercia.cdm.store``)."""

@@ -1,0 +1,98 @@
+"""The embedded DuckDB store: a file (or ``:memory:``) in this process, Arrow scans for bulk paths."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from mercia.cdm.schema import Table
+from mercia.cdm.store import Store, StoreError, quote, sql_string
+
+
+class DuckDBStore(Store):
+    dialect = "duckdb"
+
+    def __init__(self, url: str, schema: str | None = None, read_only: bool = False):
+        super().__init__(url, schema, read_only)
+        path = url.removeprefix("duckdb://").removeprefix("/") if url.startswith("duckdb:///") else url
+        if path != ":memory:" and not read_only:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._duck = duckdb.connect(path, read_only=read_only)
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open DuckDB database {path}: {exc}", engine=self.dialect) from exc
+        self._release: Callable[[], None] = self._duck.close
+        if schema:
+            self.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+            self._use_schema()
+
+    def _use_schema(self) -> None:
+        if self.schema:
+            self.execute(f"SET schema = '{self.schema}'")
+
+    def close(self) -> None:
+        self._release()
+
+    def _open_session(self) -> DuckDBStore:
+        """A cursor is DuckDB's own connection to the same database: separate transactions."""
+        child = object.__new__(DuckDBStore)
+        Store.__init__(child, self.url, self.schema, self.read_only)
+        child._duck = self._duck.cursor()
+        child._release = child._duck.close
+        child._use_schema()
+        return child
+
+    @property
+    def duckdb_connection(self) -> duckdb.DuckDBPyConnection:
+        return self._duck
+
+    # -- SQL -------------------------------------------------------------------------------
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        try:
+            self._duck.execute(sql, params) if params is not None else self._duck.execute(sql)
+        except duckdb.Error as exc:
+            raise self._error(exc, sql) from exc
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
+        try:
+            return self._duck.execute(sql, params).fetchall()
+        except duckdb.Error as exc:
+            raise self._error(exc, sql) from exc
+
+    def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        try:
+            return self._duck.sql(sql, params=params).to_arrow_table()
+        except duckdb.Error as exc:
+            raise self._error(exc, sql) from exc
+
+    def _begin(self) -> None:
+        self.execute("BEGIN TRANSACTION")
+
+    def _commit(self) -> None:
+        self.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        self.execute("ROLLBACK")
+
+    def _current_schema_filter(self) -> str:
+        return "table_schema = current_schema() AND table_catalog = current_database()"
+
+    # -- bulk ------------------------------------------------------------------------------
+    def _insert(self, table: str, data: pa.Table, cols: str) -> None:
+        sql = f"INSERT INTO {quote(table)} ({cols}) SELECT {cols} FROM _mercia_arrow_in"
+        try:
+            self._duck.register("_mercia_arrow_in", data)
+            try:
+                self._duck.execute(sql)
+            finally:
+                self._duck.unregister("_mercia_arrow_in")
+        except duckdb.Error as exc:
+            raise self._error(exc, sql) from exc
+
+    def export_table(self, table: Table, target: Path, copy_options: str) -> None:
+        columns = ", ".join(quote(c) for c in table.column_names)
+        self.execute(f"COPY (SELECT {columns} FROM {quote(table.name)}) TO {sql_string(target)} ({copy_options})")

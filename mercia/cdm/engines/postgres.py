@@ -1,0 +1,175 @@
+"""The PostgreSQL store: psycopg with ``?`` converted inside, ``COPY`` for bulk paths, a pool for sessions."""
+
+from __future__ import annotations
+
+import io
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from mercia.cdm.schema import Table
+from mercia.cdm.store import Store, StoreError, duckdb_type, quote, redact, sql_string
+
+# Quoted strings, quoted identifiers and comments, where a ``?`` or ``%`` is text, not a parameter.
+_LITERAL_OR_MARK = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\?|%", re.DOTALL)
+
+# Arrow types of PostgreSQL's built-in type OIDs (pg_type.dat), so an empty result keeps its types.
+_ARROW_BY_OID: dict[int, pa.DataType] = {
+    16: pa.bool_(), 17: pa.binary(), 18: pa.string(), 19: pa.string(), 20: pa.int64(), 21: pa.int16(),
+    23: pa.int32(), 25: pa.string(), 26: pa.int64(), 700: pa.float32(), 701: pa.float64(),
+    1042: pa.string(), 1043: pa.string(), 1082: pa.date32(), 1114: pa.timestamp("us"),
+    1184: pa.timestamp("us", tz="UTC"), 1700: pa.decimal128(38, 10),
+}
+_INFERRED_WHEN_ROWS = {1700}  # numeric: the values' own precision and scale
+
+
+def to_pyformat(sql: str) -> str:
+    """Every caller writes ``?`` placeholders; psycopg wants ``%s`` and a literal ``%`` doubled."""
+    def swap(m: re.Match) -> str:
+        token = m.group(0)
+        if token == "?":
+            return "%s"
+        return "%%" if token == "%" else token.replace("%", "%%")
+    return _LITERAL_OR_MARK.sub(swap, sql)
+
+
+class PostgresStore(Store):
+    dialect = "postgres"
+    wants_indexes = True
+    savepoints = True
+    pool_size = 8  # connections shared by the sessions of one store (one per concurrent request/job)
+
+    def __init__(self, url: str, schema: str | None = None, read_only: bool = False):
+        super().__init__(url, schema, read_only)
+        try:
+            self._pg = psycopg.connect(url, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}", engine=self.dialect) from exc
+        self._release: Callable[[], None] = self._close_all
+        self._pool = None
+        self._pool_lock = threading.Lock()
+        if schema:
+            self.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+            self.execute(f"SET search_path TO {quote(schema)}")
+
+    def _close_all(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        self._pg.close()
+
+    def close(self) -> None:
+        self._release()
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        if self.schema:
+            conn.execute(f"SET search_path TO {quote(self.schema)}")
+
+    def _open_session(self) -> PostgresStore:
+        """A connection from this store's pool (opened on first use), returned on close."""
+        with self._pool_lock:
+            if self._pool is None:
+                from psycopg_pool import ConnectionPool
+
+                self._pool = ConnectionPool(self.url, min_size=1, max_size=self.pool_size, open=True,
+                                            kwargs={"autocommit": True}, configure=self._configure)
+        pool = self._pool
+        conn = pool.getconn()
+        child = object.__new__(PostgresStore)
+        Store.__init__(child, self.url, self.schema, self.read_only)
+        child._pg, child._pool, child._pool_lock = conn, None, threading.Lock()
+        child._release = lambda: pool.putconn(conn)
+        return child
+
+    # -- SQL -------------------------------------------------------------------------------
+    def _run(self, sql: str, params: Sequence[Any] | None) -> psycopg.Cursor:
+        try:
+            return self._pg.execute(to_pyformat(sql) if params is not None else sql, params)
+        except psycopg.Error as exc:
+            raise self._error(exc, sql) from exc
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        self._run(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
+        return self._fetch(self._run(sql, params), sql)
+
+    def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        cur = self._run(sql, params)
+        rows = self._fetch(cur, sql)
+        columns = {}
+        for i, d in enumerate(cur.description or []):
+            values = [r[i] for r in rows]
+            known = _ARROW_BY_OID.get(d.type_code)
+            if rows and (known is None or d.type_code in _INFERRED_WHEN_ROWS):
+                columns[d.name] = pa.array(values)
+            else:
+                columns[d.name] = pa.array(values, known or pa.string())
+        return pa.table(columns)
+
+    def _fetch(self, cur: psycopg.Cursor, sql: str) -> list[tuple]:
+        try:
+            return cur.fetchall()
+        except psycopg.Error as exc:
+            raise self._error(exc, sql) from exc
+
+    def try_execute(self, sql: str) -> bool:
+        """In a savepoint, so a refusal does not spoil an open transaction."""
+        try:
+            with self._pg.transaction():
+                self._pg.execute(sql)
+        except psycopg.Error:
+            return False
+        return True
+
+    def _begin(self) -> None:
+        self.execute("BEGIN")
+
+    def _commit(self) -> None:
+        self.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self._pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self.execute("ROLLBACK")
+
+    def truncate(self, table: str) -> None:
+        self.execute(f"TRUNCATE {quote(table)}")
+
+    # -- bulk ------------------------------------------------------------------------------
+    def _insert(self, table: str, data: pa.Table, cols: str) -> None:
+        sql = f"COPY {quote(table)} ({cols}) FROM STDIN WITH (FORMAT csv)"
+        buffer = io.BytesIO()
+        pa_csv.write_csv(data, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
+        try:
+            with self._pg.cursor() as cur, cur.copy(sql) as copy:
+                copy.write(buffer.getvalue())
+        except psycopg.Error as exc:
+            raise self._error(exc, sql) from exc
+
+    def export_table(self, table: Table, target: Path, copy_options: str) -> None:
+        """COPY streams the table out as CSV; DuckDB rewrites it in the CDM types and format."""
+        columns = ", ".join(quote(c) for c in table.column_names)
+        sql = f"COPY (SELECT {columns} FROM {quote(table.name)}) TO STDOUT WITH (FORMAT csv, HEADER)"
+        spec = "{" + ", ".join(f"'{c.name}': '{duckdb_type(c)}'" for c in table.columns) + "}"
+        with tempfile.TemporaryDirectory(prefix="mercia-export-") as scratch:
+            staged = Path(scratch) / f"{table.name}.csv"
+            try:
+                with staged.open("wb") as f, self._pg.cursor() as cur, cur.copy(sql) as copy:
+                    while chunk := copy.read():
+                        f.write(chunk)
+            except psycopg.Error as exc:
+                raise self._error(exc, sql) from exc
+            con = duckdb.connect()
+            try:
+                con.execute(f"COPY (SELECT * FROM read_csv({sql_string(staged)}, header=true, columns={spec}, "
+                            f"delim=',', quote='\"', escape='\"', allow_quoted_nulls=false)) "
+                            f"TO {sql_string(target)} ({copy_options})")
+            finally:
+                con.close()

@@ -1,0 +1,268 @@
+"""The Spark store: an embedded local session (``spark://local[N]?warehouse=DIR``) or a cluster reached
+through Spark Connect (``sc://HOST:PORT``).  Tables are Parquet in the warehouse; SQL is Spark SQL with ANSI double-quoted identifiers, so ``quote()`` works unchanged.
+
+Spark has no rollback.  Instead every write of ``insert_arrow`` and
+``truncate`` inside ``transaction()`` goes to a staging table per target; the commit swaps each
+staging table in (drop + rename, metadata only); an error drops the staging tables, so a failed load
+leaves the previous tables intact.  Other SQL writes (``INSERT ... SELECT``) apply at once, and
+reads inside the transaction see the tables as they were before it.  ``DELETE`` on a Parquet table (which Spark refuses) is rewritten
+to keep the other rows through a staging table.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+
+from mercia.cdm.schema import Column, Table
+from mercia.cdm.store import Store, StoreError, quote
+
+_SPARK_TYPES = {"BIGINT": "BIGINT", "DATE": "DATE", "TIMESTAMP": "TIMESTAMP_NTZ",
+                "DOUBLE PRECISION": "DOUBLE", "VARCHAR": "STRING"}
+# Session settings every Spark store relies on (also sent to a Spark Connect server).
+_SESSION_CONF = {
+    "spark.sql.ansi.enabled": "true",
+    "spark.sql.ansi.doubleQuotedIdentifiers": "true",  # "name" is an identifier, as on every other engine
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.timestampType": "TIMESTAMP_NTZ",  # CDM datetimes carry no time zone
+}
+_STATEMENT_END = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|;", re.DOTALL)
+_local_lock = threading.Lock()
+
+
+def split_statements(script: str) -> list[str]:
+    """A script's statements (Spark runs one per call); a ``;`` in a literal or comment is text."""
+    out, start = [], 0
+    for m in _STATEMENT_END.finditer(script):
+        if m.group(0) == ";":
+            out.append(script[start:m.start()])
+            start = m.end()
+    out.append(script[start:])
+    return [s.strip() for s in out if s.strip()]
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """``spark://local[2]?warehouse=/x`` -> (``local[2]``, {warehouse: /x})."""
+    rest = url.removeprefix("spark://")
+    master, _, query = rest.partition("?")
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    unknown = set(options) - {"warehouse", "format", "memory", "partitions"}
+    if not re.fullmatch(r"local(\[(\d+|\*)\])?", master) or unknown:
+        raise StoreError(f"not a Spark store URL: {url!r}; use spark://local[N]?warehouse=DIR"
+                         "[&memory=2g][&partitions=N] or sc://HOST:PORT", engine="spark")
+    return master, options
+
+
+def _local_session(master: str, options: dict[str, str]):
+    """The process's one local Spark session (a JVM holds one SparkContext).  Its catalog is an
+    embedded Derby metastore in the warehouse, which one process at a time may open."""
+    from pyspark.sql import SparkSession
+
+    warehouse = Path(options.get("warehouse", "spark-warehouse")).resolve()
+    with _local_lock:
+        active = SparkSession.getActiveSession()
+        if active is not None:
+            current = active.conf.get("spark.sql.warehouse.dir", "")
+            if Path(current.removeprefix("file:")).resolve() != warehouse:
+                raise StoreError(f"this process already runs Spark with warehouse {current}; "
+                                 f"one process serves one local warehouse", engine="spark")
+            return active
+        warehouse.mkdir(parents=True, exist_ok=True)
+        builder = (SparkSession.builder.master(master).appName("mercia")
+                   .config("spark.ui.enabled", "false")
+                   .config("spark.ui.showConsoleProgress", "false")
+                   .config("spark.sql.warehouse.dir", str(warehouse))
+                   .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={warehouse}")
+                   # the table catalog lives beside the tables, so the next process finds them
+                   .config("spark.hadoop.javax.jdo.option.ConnectionURL",
+                           f"jdbc:derby:;databaseName={warehouse / 'metastore_db'};create=true")
+                   .enableHiveSupport()
+                   .config("spark.sql.shuffle.partitions", options.get("partitions", "4"))
+                   .config("spark.driver.memory", options.get("memory", "2g")))
+        session = builder.getOrCreate()
+        session.sparkContext.setLogLevel("ERROR")
+        return session
+
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    from pyspark.errors import PySparkException
+
+    errors: list[type[BaseException]] = [PySparkException]
+    try:
+        from py4j.protocol import Py4JError
+
+        errors.append(Py4JError)
+    except ImportError:  # Spark Connect clients need no py4j
+        pass
+    return tuple(errors)
+
+
+class SparkStore(Store):
+    dialect = "spark"
+
+    def __init__(self, url: str, schema: str | None = None, read_only: bool = False):
+        super().__init__(url, schema, read_only)
+        try:
+            import pyspark  # noqa: F401
+        except ImportError as exc:
+            raise StoreError("the Spark engine needs pyspark: pip install 'mercia[spark]' (and a Java runtime)",
+                             engine=self.dialect) from exc
+        self._errors = _driver_errors()
+        if url.startswith("sc://"):
+            from pyspark.sql import SparkSession
+
+            self.table_format = "parquet"
+            self._root = None
+            try:
+                self._spark = SparkSession.builder.remote(url).create()
+            except self._errors as exc:
+                raise StoreError(f"cannot reach Spark Connect at {url}: {exc}", engine=self.dialect) from exc
+        else:
+            master, options = parse_url(url)
+            self.table_format = options.get("format", "parquet")
+            if self.table_format != "parquet":
+                raise StoreError(f"Spark table format {self.table_format!r} is not supported yet; tables are "
+                                 "Parquet (Delta Lake is planned)", engine=self.dialect)
+            self._root = _local_session(master, options)
+            self._spark = self._root.newSession()  # own current database, temp views and settings
+        self._staged: dict[str, str] = {}  # table -> staging table, inside a transaction
+        for key, value in _SESSION_CONF.items():
+            self._spark.conf.set(key, value)
+        if schema:
+            self.execute(f"CREATE DATABASE IF NOT EXISTS {quote(schema)}")
+            self.execute(f"USE {quote(schema)}")
+
+    def close(self) -> None:
+        """Ends a Spark Connect session; a local session lives as long as the process."""
+        if self._root is None:
+            self._spark.stop()
+
+    def _open_session(self) -> SparkStore:
+        return SparkStore(self.url, self.schema, self.read_only)
+
+    @property
+    def spark(self):
+        """The ``pyspark.sql.SparkSession`` (classic or Connect), for Spark-only paths."""
+        return self._spark
+
+    # -- SQL -------------------------------------------------------------------------------
+    def _sql(self, sql: str, params: Sequence[Any] | None = None):
+        try:
+            return self._spark.sql(sql, args=list(params)) if params is not None else self._spark.sql(sql)
+        except self._errors as exc:
+            raise self._error(exc, sql) from exc
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        statements = [sql] if params is not None else split_statements(sql)
+        for statement in statements:
+            if statement[:6].upper() == "DELETE":
+                self._delete(statement, params)
+            else:
+                self._collect(statement, params)
+
+    def _collect(self, sql: str, params: Sequence[Any] | None) -> list:
+        df = self._sql(sql, params)
+        try:
+            return df.collect()
+        except self._errors as exc:
+            raise self._error(exc, sql) from exc
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
+        return [tuple(r) for r in self._collect(sql, params)]
+
+    def query_arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        df = self._sql(sql, params)
+        try:
+            return df.toArrow()
+        except self._errors as exc:
+            raise self._error(exc, sql) from exc
+
+    def _delete(self, sql: str, params: Sequence[Any] | None) -> None:
+        """``DELETE FROM t WHERE c`` on Parquet: keep the rows where c is not true, via a staging table."""
+        try:
+            tree = sqlglot.parse_one(sql, read="spark")
+        except sqlglot.errors.ParseError as exc:
+            raise self._error(exc, sql) from exc
+        table = tree.this.name
+        where = tree.args.get("where")
+        if where is None:
+            self.truncate(table)
+            return
+        keep = exp.not_(exp.func("coalesce", where.this.copy(), exp.false()))
+        stage = f"_mercia_keep_{uuid.uuid4().hex[:12]}"
+        select = exp.select("*").from_(exp.to_table(table)).where(keep).sql(dialect="spark")
+        self._sql(f"CREATE TABLE {quote(stage)} USING parquet AS {select}", params)
+        try:
+            self._collect(f"INSERT OVERWRITE TABLE {quote(table)} SELECT * FROM {quote(stage)}", None)
+        finally:
+            self._collect(f"DROP TABLE IF EXISTS {quote(stage)}", None)
+
+    # -- transactions: staging tables swapped in at commit ---------------------------------
+    def _begin(self) -> None:
+        self._staged = {}
+
+    def _stage(self, table: str, keep_rows: bool) -> str:
+        if table not in self._staged:
+            stage = f"_mercia_stage_{uuid.uuid4().hex[:12]}"
+            self._collect(f"CREATE TABLE {quote(stage)} USING {self.table_format} AS SELECT * FROM {quote(table)}"
+                          + ("" if keep_rows else " WHERE false"), None)
+            self._staged[table] = stage
+        return self._staged[table]
+
+    def _commit(self) -> None:
+        staged, self._staged = self._staged, {}
+        for table, stage in staged.items():
+            self._collect(f"DROP TABLE {quote(table)}", None)
+            self._collect(f"ALTER TABLE {quote(stage)} RENAME TO {quote(table)}", None)
+
+    def _rollback(self) -> None:
+        staged, self._staged = self._staged, {}
+        for stage in staged.values():
+            self._collect(f"DROP TABLE IF EXISTS {quote(stage)}", None)
+
+    # -- schema ----------------------------------------------------------------------------
+    def table_exists(self, name: str) -> bool:
+        try:
+            return bool(self._spark.catalog.tableExists(name))
+        except self._errors as exc:
+            raise self._error(exc, f"-- catalog.tableExists({name!r})") from exc
+
+    def columns(self, table: str) -> list[tuple[str, str]]:
+        return [(f.name, f.dataType.simpleString()) for f in self._sql(f"SELECT * FROM {quote(table)}").schema]
+
+    def column_type(self, column: Column) -> str:
+        return _SPARK_TYPES[column.sql_type]
+
+    def create_table_sql(self, table: Table, enforce_primary_key: bool = False) -> list[str]:
+        """Parquet tables in the warehouse; NOT NULL and keys are checked by the loader."""
+        cols = ", ".join(f"{quote(c.name)} {self.column_type(c)}" for c in table.columns)
+        return [f"CREATE TABLE IF NOT EXISTS {quote(table.name)} ({cols}) USING {self.table_format}"]
+
+    def truncate(self, table: str) -> None:
+        if self.in_transaction:
+            self._stage(table, keep_rows=False)
+        else:
+            self._collect(f"TRUNCATE TABLE {quote(table)}", None)
+
+    # -- bulk ------------------------------------------------------------------------------
+    def _insert(self, table: str, data: pa.Table, cols: str) -> None:
+        target = self._stage(table, keep_rows=True) if self.in_transaction else table
+        view = f"_mercia_arrow_{uuid.uuid4().hex[:12]}"
+        sql = f"INSERT INTO {quote(target)} ({cols}) SELECT {cols} FROM {quote(view)}"
+        try:
+            self._spark.createDataFrame(data).createOrReplaceTempView(view)
+        except self._errors as exc:
+            raise self._error(exc, sql) from exc
+        try:
+            self._collect(sql, None)
+        finally:
+            self._spark.catalog.dropTempView(view)

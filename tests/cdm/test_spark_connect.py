@@ -1,0 +1,100 @@
+"""Spark Connect: the store reaches a Spark server over ``sc://HOST:PORT`` the way a user reaches a
+cluster.  The test starts the Connect server that ships with pyspark on a free local port, runs a
+cohort through the store and checks DuckDB's rows."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mercia.cdm import Store
+from mercia.cohorts import run_cohort
+from mercia.cohorts.builder import cohort, concept_set, condition
+from tests.cohorts.conftest import cdm_arrow
+from tests.conftest import drop_store, spark_url
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+ROWS_SQL = "SELECT subject_id, cohort_start_date, cohort_end_date FROM cohort ORDER BY 1, 2"
+TABLES = {
+    "person": [{"person_id": p, "year_of_birth": 1950 + p} for p in (1, 2, 3)],
+    "observation_period": [{"person_id": p, "observation_period_start_date": "2000-01-01",
+                            "observation_period_end_date": "2020-12-31"} for p in (1, 2, 3)],
+    "condition_occurrence": [
+        {"person_id": 1, "condition_concept_id": 201826, "condition_start_date": "2010-05-01"},
+        {"person_id": 1, "condition_concept_id": 201826, "condition_start_date": "2012-05-01"},
+        {"person_id": 2, "condition_concept_id": 201826, "condition_start_date": "2019-02-03"},
+        {"person_id": 3, "condition_concept_id": 4329847, "condition_start_date": "2011-01-01"},
+    ],
+    "concept": [{"concept_id": 201826, "concept_name": "Type 2 diabetes mellitus", "domain_id": "Condition",
+                 "vocabulary_id": "SNOMED", "concept_class_id": "Clinical Finding", "concept_code": "44054006",
+                 "valid_start_date": "1970-01-01", "valid_end_date": "2099-12-31"}],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def connect_url(tmp_path_factory):
+    spark_url()  # skips (fails in CI) without Java or pyspark
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    port, warehouse = free_port(), tmp_path_factory.mktemp("connect-warehouse")
+    log = (warehouse / "server.log").open("wb")
+    server = subprocess.Popen(
+        [str(home / "bin" / "spark-submit"), "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
+         "--master", "local[1]", "--conf", f"spark.connect.grpc.binding.port={port}",
+         "--conf", "spark.connect.grpc.binding.address=127.0.0.1", "--conf", "spark.ui.enabled=false",
+         "--conf", "spark.sql.shuffle.partitions=1", "--conf", "spark.driver.memory=1g",
+         "--conf", f"spark.sql.warehouse.dir={warehouse}",
+         "--conf", f"spark.driver.extraJavaOptions=-Dderby.system.home={warehouse}", "spark-internal"],
+        stdout=log, stderr=subprocess.STDOUT, env={"SPARK_HOME": str(home), "PATH": "/usr/bin:/bin"},
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"Spark Connect server did not start: {(warehouse / 'server.log').read_text()[-2000:]}")
+                time.sleep(1)
+        yield f"sc://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def test_cohort_through_spark_connect_equals_duckdb(connect_url, tmp_path):
+    t2dm = concept_set(1, "type 2 diabetes", 201826)
+    expr = cohort(entry=[condition(t2dm, first=True)], concept_sets=[t2dm])
+    results = {}
+    for name, url, schema in (("duckdb", str(tmp_path / "cdm.duckdb"), None),
+                              ("connect", connect_url, f"t_{uuid.uuid4().hex[:12]}")):
+        store = Store(url, schema=schema)
+        try:
+            assert type(store).__name__ == ("SparkStore" if name == "connect" else "DuckDBStore")
+            store.init_schema()
+            for table, rows in TABLES.items():
+                store.insert_arrow(table, cdm_arrow(table, rows))
+            result = run_cohort(store, expr, 1)
+            results[name] = (result.persons, [(int(s), a, b) for s, a, b in store.query(ROWS_SQL)])
+        finally:
+            drop_store(store)
+    assert results["connect"] == results["duckdb"]
+    assert results["duckdb"][0] == 2

@@ -1,0 +1,63 @@
+"""The Spark store's own parsing (no JVM needed: its URL, splitting a script), and its local catalog."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mercia.cdm import StoreError
+from mercia.cdm.engines.spark import parse_url, split_statements
+from mercia.cdm.store import engine_class
+from tests.conftest import spark_url
+
+
+def test_spark_urls_pick_the_spark_store():
+    assert engine_class("spark://local[2]?warehouse=/tmp/w").__name__ == "SparkStore"
+    assert engine_class("sc://127.0.0.1:15002").__name__ == "SparkStore"
+
+
+def test_local_url_options():
+    assert parse_url("spark://local[2]?warehouse=/data/wh&memory=4g&partitions=8") == (
+        "local[2]", {"warehouse": "/data/wh", "memory": "4g", "partitions": "8"})
+    assert parse_url("spark://local[*]") == ("local[*]", {})
+
+
+@pytest.mark.parametrize("url", ["spark://yarn?warehouse=/x", "spark://local[2]?warehous=/x", "spark://local[two]"])
+def test_bad_local_urls_are_refused_with_the_accepted_form(url):
+    with pytest.raises(StoreError, match=r"spark://local\[N\]\?warehouse=DIR"):
+        parse_url(url)
+
+
+def test_scripts_split_on_semicolons_outside_literals_and_comments():
+    script = "CREATE TABLE a (x INT);\nINSERT INTO a SELECT 1 -- a; comment\n; SELECT ';' AS \"semi;colon\" ;"
+    assert split_statements(script) == ["CREATE TABLE a (x INT)", "INSERT INTO a SELECT 1 -- a; comment",
+                                        "SELECT ';' AS \"semi;colon\""]
+
+
+WRITE_THEN_COUNT = """
+import sys
+import pyarrow as pa
+from mercia.cdm import Store
+store = Store(sys.argv[1])
+if sys.argv[2] == "write":
+    store.init_schema()
+    store.insert_arrow("person", pa.table({"person_id": [1, 2], "gender_concept_id": [0, 0],
+                       "year_of_birth": [1950, 1960], "race_concept_id": [0, 0], "ethnicity_concept_id": [0, 0]}))
+print("PERSONS", store.table_counts(["person"]).get("person"))
+"""
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_local_spark_tables_outlive_the_process(tmp_path):
+    """``mercia db load-omop`` and ``mercia cohort run`` are separate processes: the second must find
+    the first one's tables (the catalog is kept in the warehouse, not in the JVM's memory)."""
+    spark_url()  # skips (fails in CI) without Java or pyspark
+    url = f"spark://local[1]?warehouse={tmp_path / 'wh'}&partitions=1&memory=1g"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    outputs = [subprocess.run([sys.executable, "-c", WRITE_THEN_COUNT, url, step], capture_output=True, text=True,
+                              timeout=600, env=env, check=True).stdout for step in ("write", "read")]
+    assert ["PERSONS 2" in out for out in outputs] == [True, True], outputs

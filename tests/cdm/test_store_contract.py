@@ -1,0 +1,192 @@
+"""The store contract: every engine behind ``Store`` behaves the same for what capabilities rely on.
+
+Parametrised over every engine (``contract_engine``).  Transactions are tested through the bulk
+paths (``insert_arrow``, ``truncate``) that loads use: Spark, which has no rollback, stages those and
+swaps them in at commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import pyarrow as pa
+import pytest
+
+from mercia.cdm import Store, StoreError
+from mercia.cdm.schema import Column, Table
+from mercia.cdm.store import connect
+from tests.conftest import drop_store, open_store
+
+SAMPLE = Table("contract_sample", "test", (
+    Column("id", "int", True), Column("amount", "num", False), Column("label", "vc20", False),
+    Column("day", "date", False), Column("at", "ts", False), Column("note", "text", False)), "id")
+SAMPLE_TYPES = {"id": pa.int64(), "amount": pa.float64(), "label": pa.string(), "day": pa.date32(),
+                "at": pa.timestamp("us"), "note": pa.string()}
+
+
+def sample_rows(n: int, start: int = 1) -> pa.Table:
+    ids = list(range(start, start + n))
+    return pa.table({
+        "id": pa.array(ids, pa.int64()),
+        "amount": pa.array([i / 4 if i % 5 else None for i in ids], pa.float64()),
+        "label": pa.array([f"r{i}" if i % 7 else None for i in ids], pa.string()),
+        "day": pa.array([dt.date(2020, 1, 1) + dt.timedelta(days=i) for i in ids], pa.date32()),
+        "at": pa.array([dt.datetime(2021, 3, 4, 5, 6, 7) + dt.timedelta(seconds=i) for i in ids], pa.timestamp("us")),
+        "note": pa.array([None] * n, pa.string()),
+    })
+
+
+@pytest.fixture
+def cstore(contract_engine, tmp_path):
+    s = open_store(contract_engine, tmp_path)
+    for statement in s.create_table_sql(SAMPLE):
+        s.execute(statement)
+    yield s
+    drop_store(s)
+
+
+def count(store: Store) -> int:
+    return int(store.query_one(f"SELECT count(*) FROM {SAMPLE.name}"))
+
+
+def test_store_url_picks_the_engine_subclass(cstore, contract_engine):
+    assert type(cstore).__name__ == {"duckdb": "DuckDBStore", "postgres": "PostgresStore",
+                                     "spark": "SparkStore"}[contract_engine]
+    assert isinstance(cstore, Store) and cstore.dialect == contract_engine
+
+
+def test_connect_and_store_constructor_agree(tmp_path):
+    with connect(str(tmp_path / "a.duckdb")) as a, Store(str(tmp_path / "b.duckdb")) as b:
+        assert type(a) is type(b)
+
+
+def test_bulk_arrow_load_and_types_round_trip(cstore):
+    data = sample_rows(5000)
+    assert cstore.insert_arrow(SAMPLE.name, data) == 5000
+    got = cstore.query_arrow(f"SELECT * FROM {SAMPLE.name} ORDER BY id")
+    assert {f.name: f.type for f in got.schema} == SAMPLE_TYPES
+    assert got.to_pylist() == data.to_pylist()
+
+
+def test_empty_result_keeps_column_types(cstore):
+    got = cstore.query_arrow(f"SELECT * FROM {SAMPLE.name} WHERE id < 0")
+    assert got.num_rows == 0
+    assert {f.name: f.type for f in got.schema} == SAMPLE_TYPES
+
+
+def test_parameters_and_literals_holding_placeholder_characters(cstore):
+    cstore.insert_arrow(SAMPLE.name, sample_rows(3))
+    rows = cstore.query(f"SELECT id, '50% off? yes' AS text FROM {SAMPLE.name} "
+                        "WHERE id >= ? AND label LIKE ? ORDER BY id", [2, "r%"])
+    assert rows == [(2, "50% off? yes"), (3, "50% off? yes")]
+    assert cstore.query_one("SELECT '?' || ? || '%'", ["x"]) == "?x%"
+
+
+def test_transaction_commits(cstore):
+    with cstore.transaction():
+        assert cstore.in_transaction
+        cstore.insert_arrow(SAMPLE.name, sample_rows(3))
+    assert not cstore.in_transaction
+    assert count(cstore) == 3
+
+
+def test_transaction_rolls_back_on_error(cstore):
+    cstore.insert_arrow(SAMPLE.name, sample_rows(2))
+    with pytest.raises(RuntimeError), cstore.transaction():
+        cstore.insert_arrow(SAMPLE.name, sample_rows(3, start=10))
+        cstore.truncate(SAMPLE.name)
+        raise RuntimeError("boom")
+    assert count(cstore) == 2
+
+
+def test_nested_transaction_joins_the_outer_one(cstore):
+    with cstore.transaction():
+        cstore.insert_arrow(SAMPLE.name, sample_rows(1))
+        with cstore.transaction():
+            cstore.insert_arrow(SAMPLE.name, sample_rows(1, start=2))
+        assert cstore.in_transaction
+    assert count(cstore) == 2
+
+
+def test_failed_inner_transaction_dooms_the_outer_one(cstore):
+    with pytest.raises(StoreError, match="nothing was written"), cstore.transaction():
+        cstore.insert_arrow(SAMPLE.name, sample_rows(1))
+        try:
+            with cstore.transaction():
+                cstore.insert_arrow(SAMPLE.name, sample_rows(1, start=2))
+                raise ValueError("inner step fails")
+        except ValueError:
+            pass  # a careless caller swallows it; the store still refuses to commit half the work
+    assert count(cstore) == 0 and not cstore.in_transaction
+
+
+def test_refused_optional_statement_inside_a_transaction(cstore):
+    """With savepoints the transaction goes on; without, it is rolled back whole, never half-kept."""
+    cstore.insert_arrow(SAMPLE.name, sample_rows(1))
+    if cstore.savepoints:
+        with cstore.transaction():
+            cstore.insert_arrow(SAMPLE.name, sample_rows(1, start=2))
+            assert cstore.try_execute("SELECT * FROM no_such_table_here") is False
+            cstore.insert_arrow(SAMPLE.name, sample_rows(1, start=3))
+        assert count(cstore) == 3
+    else:
+        with pytest.raises(StoreError), cstore.transaction():
+            cstore.insert_arrow(SAMPLE.name, sample_rows(1, start=2))
+            assert cstore.try_execute("SELECT * FROM no_such_table_here") is False
+            cstore.insert_arrow(SAMPLE.name, sample_rows(1, start=3))
+        assert count(cstore) == 1 and not cstore.in_transaction
+    assert cstore.try_execute("SELECT * FROM no_such_table_here") is False  # outside: no harm at all
+
+
+def test_errors_carry_the_sql_but_do_not_show_it(cstore):
+    sql = "SELECT no_such_column FROM contract_sample WHERE id = ?"
+    with pytest.raises(StoreError) as caught:
+        cstore.query(sql, [1])
+    assert caught.value.sql == sql and caught.value.engine == cstore.dialect
+    assert sql not in str(caught.value) and "no_such_column" in str(caught.value)
+    for call in (lambda: cstore.execute("CREATE TABLE broken ("), lambda: cstore.query_arrow("SELEC 1"),
+                 lambda: cstore.insert_arrow("no_such_table_here", sample_rows(1))):
+        with pytest.raises(StoreError) as caught:
+            call()
+        assert caught.value.sql
+
+
+def test_sessions_share_the_database(cstore):
+    with cstore.session() as s:
+        assert type(s) is type(cstore)
+        s.insert_arrow(SAMPLE.name, sample_rows(4))
+    assert count(cstore) == 4
+
+
+def test_a_long_write_in_one_session_does_not_block_a_read_in_another(cstore):
+    """Session A holds a write transaction open; session B (another thread's) reads at once and
+    sees only committed rows.  With one shared connection behind a lock, B would wait for A."""
+    cstore.insert_arrow(SAMPLE.name, sample_rows(2))
+    written, release, failures = threading.Event(), threading.Event(), []
+
+    def long_write() -> None:
+        try:
+            with cstore.session() as a, a.transaction():
+                a.insert_arrow(SAMPLE.name, sample_rows(20_000, start=100))
+                written.set()
+                release.wait(30)
+        except Exception as exc:  # noqa: BLE001 - reported to the test thread below
+            failures.append(exc)
+            written.set()
+
+    writer = threading.Thread(target=long_write)
+    writer.start()
+    try:
+        assert written.wait(60)
+        with cstore.session() as b:
+            started = time.perf_counter()
+            seen = count(b)
+            elapsed = time.perf_counter() - started
+        assert seen == 2 and elapsed < 2.0, (seen, elapsed)
+    finally:
+        release.set()
+        writer.join(60)
+    assert not failures
+    assert count(cstore) == 20_002
