@@ -367,10 +367,11 @@ class Hub:
             problem = None
             if not secrets.compare_digest(task["nonce"], result.nonce):
                 problem = "the nonce does not match the task (replayed or forged)"
+            elif task["status"] == "timed_out" or (task["status"] in ("issued", "sent")
+                                                   and _now() > _parse(task["expires_at"])):
+                problem = "the result arrived after the deadline; the user can refresh the question"
             elif task["status"] not in ("issued", "sent") or task["round"] != task["current_round"]:
                 problem = f"task {result.task_id} is already {task['status']} (replay or superseded round)"
-            elif _now() > _parse(task["expires_at"]):
-                problem = "the result arrived after the deadline; the user can refresh the question"
             if problem:
                 self.gov.audit.record(f"node:{org}", "federation.reject", f"task:{result.task_id}",
                                       task["project_id"], reason=problem)
