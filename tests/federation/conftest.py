@@ -17,8 +17,9 @@ synth = pytest.importorskip("mercia.synth")
 def network(tmp_path_factory):
     """A region of 400 people with no identity errors (every NHS number right), one node per organisation."""
     directory = tmp_path_factory.mktemp("federation")
-    net, _, _ = prepare_network(directory, persons=400, seed=5, error_rate=0.0, allow_raw=True, policy="none",
-                                deadline=20)
+    net, project_id, token = prepare_network(directory, persons=400, seed=5, error_rate=0.0, allow_raw=True,
+                                             policy="none", deadline=20)
+    net.project_id, net.token = project_id, token   # the prepared hub store's approved project
     return net
 
 
