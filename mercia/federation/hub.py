@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import duckdb
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mercia.cdm import Store
 from mercia.federation.disclosure import FederatedPolicy, federated_policy
@@ -112,7 +112,10 @@ class Hub:
         """Register (or re-key) a node: its ODS code and the public half of its Ed25519 key."""
         if not org or not org.replace("-", "").isalnum():
             raise FederationError(f"a node is named by its ODS code (letters and digits), not {org!r}")
-        load_public_key(public_key_pem)
+        try:
+            load_public_key(public_key_pem)
+        except SignatureError as exc:
+            raise FederationError(f"node {org}: {exc}") from exc
         with self._lock, self.store.transaction():
             self.store.execute("DELETE FROM mercia_fed_node WHERE org = ?", [org])
             self.store.execute("INSERT INTO mercia_fed_node VALUES (?, ?, ?, ?, ?, NULL, TRUE)",
@@ -288,14 +291,9 @@ class Hub:
         policy = federated_policy(row["policy"], self.settings.allow_raw)
         answered = [s for s in sites if s["status"] == "answered"]
         arrays = [self._tokens[s["task_id"]] for s in answered if s["task_id"] in self._tokens]
-        tokens = pa.chunked_array(arrays, pa.string()) if arrays else pa.chunked_array([], pa.string())
+        tokens = pa.chunked_array(arrays, pa.string())
         unlinkable = sum(int(s["unlinkable"] or 0) for s in answered)
-        distinct = pc.count_distinct(tokens).as_py() if len(tokens) else 0
-        if len(tokens):
-            counts = pc.value_counts(tokens).field("counts")
-            shared = int(pc.sum(pc.greater(counts, 1)).as_py() or 0)
-        else:
-            shared = 0
+        distinct, shared = union_counts(tokens)
         naive = len(tokens) + unlinkable
         seed = fingerprint([row["fingerprint"], sorted((s["org"], s["data_version"]) for s in answered)])
         nodes = [{"org": s["org"], "name": s["name"],
@@ -387,6 +385,19 @@ class Hub:
                                       count=result.count, reason=result.reason)
             if result.status == "answered":
                 self._tokens[result.task_id] = pa.array(result.tokens, pa.string())
+
+
+def union_counts(tokens: pa.ChunkedArray) -> tuple[int, int]:
+    """(distinct persons, persons seen at two or more sites) over the sites' salted tokens, in DuckDB
+    (one hash aggregation, parallel; faster than Arrow's count_distinct at millions of tokens)."""
+    con = duckdb.connect()
+    try:
+        con.register("salted_tokens", pa.table({"token": tokens}))
+        distinct, shared = con.execute("SELECT count(*), count(*) FILTER (WHERE n > 1) FROM "
+                                       "(SELECT token, count(*) AS n FROM salted_tokens GROUP BY token)").fetchone()
+    finally:
+        con.close()
+    return int(distinct), int(shared)
 
 
 def request_message(org: str, method: str, path: str, stamp: str | None, body: bytes) -> bytes:

@@ -30,6 +30,10 @@ class NodeStore:
     org: str
     url: str
     key_file: Path
+    schema: str | None = None
+
+    def open(self) -> Store:
+        return Store(self.url, schema=self.schema)
 
 
 def catalogue_vocabulary(store: Store) -> None:
@@ -74,34 +78,44 @@ def catalogue_vocabulary(store: Store) -> None:
                       "WHERE standard_concept = 'S'")
 
 
-def build_node_stores(region: Path | str, out: Path | str, network_key: bytes,
-                      url_for: dict[str, str] | None = None) -> list[NodeStore]:
-    """Ingest each organisation of ``region`` into its own store under ``out`` (or ``url_for[org]``).
+def build_node_stores(region: Path | str, out: Path | str, network_key: bytes) -> list[NodeStore]:
+    """Ingest each organisation of ``region`` into its own DuckDB store under ``out/nodes``.
 
     Every organisation gets its own pseudonymisation key (written to ``out/keys/ORG.pseudonym``);
     the PROMs feed is national, not an organisation of the network, and is left out."""
     out = Path(out)
     (out / "keys").mkdir(parents=True, exist_ok=True)
-    by_org: dict[str, list] = defaultdict(list)
-    for item in plan_region(region):
-        if item.org != PROMS_ORG:
-            by_org[item.org].append(item)
+    by_org = organisation_extracts(region)
     nodes = []
     for org, items in by_org.items():
         key_file = out / "keys" / f"{org}.pseudonym"
         if not key_file.exists():
             key_file.write_text(secrets.token_hex(32))
             key_file.chmod(0o600)
-        url = (url_for or {}).get(org) or str(out / "nodes" / f"{org}.duckdb")
-        with Store(url) as store:
-            catalogue_vocabulary(store)
-            for item in items:
-                options = default_options(item.kind, key_file=key_file)
-                options.pseudonymiser = Pseudonymiser(key_file.read_text().strip().encode())
-                options.allow_synthetic_nhs_numbers = True   # a synthetic region only
-                ingest_with_tokens(store, item.kind, item.path, org, options, network_key, mapping=item.mapping)
-        nodes.append(NodeStore(org, url, key_file))
+        node = NodeStore(org, str(out / "nodes" / f"{org}.duckdb"), key_file)
+        load_node(node, items, network_key)
+        nodes.append(node)
     return nodes
+
+
+def organisation_extracts(region: Path | str) -> dict[str, list]:
+    """The region's extracts by organisation (the national PROMs feed is not a node)."""
+    by_org: dict[str, list] = defaultdict(list)
+    for item in plan_region(region):
+        if item.org != PROMS_ORG:
+            by_org[item.org].append(item)
+    return by_org
+
+
+def load_node(node: NodeStore, items: list, network_key: bytes) -> None:
+    """The catalogue vocabulary, then each extract with its network tokens, under the node's own key."""
+    with node.open() as store:
+        catalogue_vocabulary(store)
+        for item in items:
+            options = default_options(item.kind, key_file=node.key_file)
+            options.pseudonymiser = Pseudonymiser(node.key_file.read_text().strip().encode())
+            options.allow_synthetic_nhs_numbers = True   # a synthetic region only
+            ingest_with_tokens(store, item.kind, item.path, node.org, options, network_key, mapping=item.mapping)
 
 
 def reference_cohort() -> dict:
@@ -128,7 +142,7 @@ def true_distinct_persons(region: Path | str, nodes: list[NodeStore], cohort_id:
     union: set[int] = set()
     per_site: dict[str, int] = {}
     for node in nodes:
-        with Store(node.url) as store:
+        with node.open() as store:
             truth = region_person_truth(store, region, Pseudonymiser(node.key_file.read_text().strip().encode()))
             mapping = dict(zip(truth.column("person_id").to_pylist(), truth.column("true_person_id").to_pylist()))
             members = [r[0] for r in store.query("SELECT DISTINCT subject_id FROM cohort WHERE cohort_definition_id = ?",

@@ -20,9 +20,10 @@ from mercia.governance.model import Role
 from .conftest import public_key
 
 
-def agents(network, client, policies=None):
+def agents(network, client, policies=None, nodes=None):
     return {n.org: NodeAgent(n.url, n.org, "http://testserver", network.keys[n.org],
-                             (policies or {}).get(n.org, NodePolicy(allow_raw=True)), wait=0, client=client) for n in network.nodes}
+                             (policies or {}).get(n.org, NodePolicy(allow_raw=True)), schema=n.schema, wait=0, client=client)
+            for n in (nodes or network.nodes)}
 
 
 def ask(client, token, project_id, cohort=None, **extra):
