@@ -244,21 +244,14 @@ class Hub:
             row = self._query_row(user, query_id)
             deadline = _now() + timedelta(seconds=deadline_seconds or self.settings.deadline_seconds)
             round_ = row["round"] + 1
+            for (task_id,) in self.store.query("SELECT id FROM mercia_fed_task WHERE query_id = ?", [query_id]):
+                self._tokens.pop(task_id, None)   # a superseded round's tokens are never combined
             self.store.execute("UPDATE mercia_fed_query SET round = ?, status = 'running', answer = NULL, "
                                "deadline_at = ? WHERE id = ?", [round_, _iso(deadline), query_id])
             orgs = self._issue(query_id, round_, deadline)
             self.gov.audit.record(user.username, "federation.refresh", f"query:{query_id}", row["project_id"],
                                   round=round_)
         return {"query_id": query_id, "round": round_, "nodes": orgs, "deadline_at": _iso(deadline)}
-
-    def wait(self, user: User, query_id: int, timeout: float = 120.0) -> dict[str, Any]:
-        """Poll until the answer is complete or ``timeout`` (for the CLI, tests and demo)."""
-        end = time.monotonic() + timeout
-        while True:
-            result = self.answer(user, query_id)
-            if result["status"] != "running" or time.monotonic() > end:
-                return result
-            time.sleep(0.1)
 
     def _site_rows(self, query_id: int, round_: int) -> list[dict[str, Any]]:
         rows = self.store.query_dicts(

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from mercia.cohorts.model import CohortExpression
 
 PROTOCOL_VERSION = 1
-NODE_STATUSES = ("answered", "refused", "paused", "error")
 
 
 def canonical(value: Any) -> bytes:
