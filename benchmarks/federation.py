@@ -92,7 +92,7 @@ def end_to_end(persons: int, directory: Path) -> dict:
         t = time.perf_counter()
         result = agent.handle(task)
         node_seconds[agent.org] = round(time.perf_counter() - t, 3)
-        tokens += len(result.tokens)
+        tokens += len(result.tokens) + len(result.aliases) + len(result.demographic)
         t = time.perf_counter()
         agent.post(result).raise_for_status()
         hub_seconds += time.perf_counter() - t

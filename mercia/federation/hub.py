@@ -92,7 +92,7 @@ class Hub:
         self.policy: FederatedPolicy = federated_policy(self.settings.policy, self.settings.allow_raw)
         self.gov = Governance(store)
         self._lock = threading.RLock()
-        self._tokens: dict[int, pa.Array] = {}      # task id -> salted tokens, in memory only
+        self._tokens: dict[int, dict[str, pa.Array]] = {}   # task id -> salted tokens, in memory only
         self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
         with self._lock, store.transaction():
             for statement in DDL:
@@ -283,11 +283,12 @@ class Hub:
         """De-duplicate the salted tokens, then pass every published figure through the policy."""
         policy = federated_policy(row["policy"], self.settings.allow_raw)
         answered = [s for s in sites if s["status"] == "answered"]
-        arrays = [self._tokens[s["task_id"]] for s in answered if s["task_id"] in self._tokens]
-        tokens = pa.chunked_array(arrays, pa.string())
+        received = [self._tokens[s["task_id"]] for s in answered if s["task_id"] in self._tokens]
+        lists = {k: pa.chunked_array([r[k] for r in received], pa.string())
+                 for k in ("tokens", "aliases", "demographic")}
         unlinkable = sum(int(s["unlinkable"] or 0) for s in answered)
-        distinct, shared = union_counts(tokens)
-        naive = len(tokens) + unlinkable
+        distinct, shared = union_counts(lists["tokens"], lists["aliases"], lists["demographic"])
+        naive = len(lists["tokens"]) + len(lists["demographic"]) + unlinkable
         seed = fingerprint([row["fingerprint"], sorted((s["org"], s["data_version"]) for s in answered)])
         nodes = [{"org": s["org"], "name": s["name"],
                   "status": "timed_out" if s["status"] not in FINAL_TASK_STATUSES else s["status"],
@@ -377,17 +378,32 @@ class Hub:
                                       task["project_id"], query=task["query_id"], status=result.status,
                                       count=result.count, reason=result.reason)
             if result.status == "answered":
-                self._tokens[result.task_id] = pa.array(result.tokens, pa.string())
+                self._tokens[result.task_id] = {k: pa.array(getattr(result, k), pa.string())
+                                                for k in ("tokens", "aliases", "demographic")}
 
 
-def union_counts(tokens: pa.ChunkedArray) -> tuple[int, int]:
-    """(distinct persons, persons seen at two or more sites) over the sites' salted tokens, in DuckDB
-    (one hash aggregation, parallel; faster than Arrow's count_distinct at millions of tokens)."""
+def union_counts(tokens: pa.ChunkedArray, aliases: pa.ChunkedArray | None = None,
+                 demographic: pa.ChunkedArray | None = None) -> tuple[int, int]:
+    """(distinct persons, persons seen at two or more sites) over the sites' salted tokens, in DuckDB.
+
+    Persons with an NHS token count once per distinct token; a person known only by a demographic
+    token counts once per distinct token, unless a person with an NHS token has it too (then it is
+    that person, seen at one more site)."""
+    empty = pa.chunked_array([], pa.string())
     con = duckdb.connect()
     try:
-        con.register("salted_tokens", pa.table({"token": tokens}))
-        distinct, shared = con.execute("SELECT count(*), count(*) FILTER (WHERE n > 1) FROM "
-                                       "(SELECT token, count(*) AS n FROM salted_tokens GROUP BY token)").fetchone()
+        con.register("nhs_tokens", pa.table({"token": tokens}))
+        con.register("alias_tokens", pa.table({"token": aliases if aliases is not None else empty}))
+        con.register("demographic_tokens", pa.table({"token": demographic if demographic is not None else empty}))
+        distinct, shared = con.execute("""
+            WITH nhs AS (SELECT token, count(*) AS n FROM nhs_tokens GROUP BY token),
+                 demo AS (SELECT token, count(*) AS n FROM demographic_tokens GROUP BY token),
+                 joined AS (SELECT DISTINCT token FROM alias_tokens WHERE token IN (SELECT token FROM demo))
+            SELECT (SELECT count(*) FROM nhs)
+                   + (SELECT count(*) FROM demo WHERE token NOT IN (SELECT token FROM alias_tokens)),
+                   (SELECT count(*) FROM nhs WHERE n > 1) + (SELECT count(*) FROM joined)
+                   + (SELECT count(*) FROM demo WHERE n > 1 AND token NOT IN (SELECT token FROM alias_tokens))
+            """).fetchone()
     finally:
         con.close()
     return int(distinct), int(shared)

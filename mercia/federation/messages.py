@@ -69,7 +69,11 @@ class NodeResult(BaseModel):
     status: Literal["answered", "refused", "paused", "error"]
     reason: str | None = None
     count: int | None = Field(None, description="the site's count after the node's disclosure policy")
-    tokens: list[str] = Field(default_factory=list, description="HMAC(salt, network token) per linkable person")
+    tokens: list[str] = Field(default_factory=list, description="HMAC(salt, NHS token) per person with one")
+    aliases: list[str] = Field(default_factory=list,
+                               description="HMAC(salt, demographic token) of those persons, where known")
+    demographic: list[str] = Field(default_factory=list,
+                                   description="HMAC(salt, demographic token) per person without an NHS token")
     unlinkable: int = Field(0, description="cohort persons with no network token (counted, not de-duplicated)")
     last_load: str | None = Field(None, description="when the node's store was last loaded (data freshness)")
     data_version: str | None = None

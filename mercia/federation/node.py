@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pyarrow.compute as pc
 import yaml
 
 from mercia.cdm import Store, StoreError
@@ -125,14 +126,19 @@ def answer_feasibility(store: Store, task: Task, policy: NodePolicy, org: str) -
     """Run the cohort on the local store; return the published count and the salted tokens."""
     run_cohort(store, task.query.expression(), COHORT_ID)
     members = store.query_arrow(COHORT_TOKENS_SQL.format(cohort_table="cohort"), [COHORT_ID])
-    tokens = members.column("token").drop_null() if members.num_rows else None
-    linkable = len(tokens) if tokens is not None else 0
     last_load, version = store.query("SELECT CAST(max(loaded_at) AS VARCHAR), count(*) || ':' || "
                                      "COALESCE(max(load_id), 0) FROM mercia_load")[0]
     published = federated_policy(policy.disclosure or task.policy, policy.allow_raw)
     count = published.publish(members.num_rows, fingerprint([task.query.model_dump(), org, version]))
-    return NodeResult(task_id=task.task_id, org=org, nonce=task.nonce, status="answered", count=count,
-                      tokens=salted(task.salt, tokens).to_pylist() if linkable else [],
+    lists = {"tokens": [], "aliases": [], "demographic": []}
+    if members.num_rows:
+        nhs, demographic = members.column("nhs"), members.column("demographic")
+        has_nhs = pc.invert(pc.is_null(nhs))
+        lists = {"tokens": nhs.filter(has_nhs), "aliases": demographic.filter(has_nhs).drop_null(),
+                 "demographic": demographic.filter(pc.invert(has_nhs)).drop_null()}
+        lists = {k: salted(task.salt, v.combine_chunks()).to_pylist() if len(v) else [] for k, v in lists.items()}
+    linkable = len(lists["tokens"]) + len(lists["demographic"])
+    return NodeResult(task_id=task.task_id, org=org, nonce=task.nonce, status="answered", count=count, **lists,
                       unlinkable=members.num_rows - linkable, last_load=last_load, data_version=version)
 
 

@@ -1,9 +1,11 @@
 """Network linkage tokens: how a federated answer counts a person seen by three organisations once.
 
-At ingest a node computes, beside its own pseudonyms, one token per local person record: an HMAC
-of the NHS number under the *network* key (held by every node, never by the hub); a person without
-a valid NHS number gets a keyed demographic token instead (normalised surname, forename, full date
-of birth and sex, the normalisation the linkage tokens use).  For each question the hub sends a
+At ingest a node computes, beside its own pseudonyms, tokens per local person record: an HMAC of
+the NHS number under the *network* key (held by every node, never by the hub) and a keyed
+demographic token (normalised surname, forename, full date of birth and sex, the normalisation the
+linkage tokens use).  A person is counted by NHS token; a person without one is counted by its
+demographic token unless that token belongs to a person with an NHS number (two NHS numbers are
+never merged by demographics).  For each question the hub sends a
 fresh random salt and the node returns ``HMAC(salt, token)`` for its cohort: the hub can count the
 union and overlap of sites for that question only, and cannot link across questions or back to people.
 """
@@ -52,24 +54,23 @@ def new_salt() -> str:
 
 
 def network_tokens(network_key: bytes, persons: pa.Table, allow_synthetic: bool) -> pa.Table:
-    """(person_ref, token_kind, token) for staged persons that carry enough to be linked."""
+    """(person_ref, token_kind, token) for staged persons: an ``nhs`` token for a valid NHS number and a
+    ``demographic`` token whenever surname, forename, full date of birth and sex are all present."""
     network = Pseudonymiser(network_key)
     nhs = normalise_nhs_numbers(persons.column("nhs_number").combine_chunks())
     valid = pc.and_(pc.is_null(nhs_number_problems(nhs, allow_synthetic)), pc.invert(pc.is_null(nhs)))
-    valid_nhs = pc.if_else(valid, nhs, pa.scalar(None, pa.string()))
     demographic = []
-    for family, given, dob, sex, ok in zip(persons.column("family").to_pylist(), persons.column("given").to_pylist(),
-                                           persons.column("birth_date").to_pylist(), persons.column("sex").to_pylist(),
-                                           valid.to_pylist()):
+    for family, given, dob, sex in zip(persons.column("family").to_pylist(), persons.column("given").to_pylist(),
+                                       persons.column("birth_date").to_pylist(), persons.column("sex").to_pylist()):
         parts = (normalise_name(family), normalise_name(given), valid_partial_date(dob), (sex or "").lower()[:1])
-        full = not ok and all(parts) and len(parts[2]) == 10
-        demographic.append("|".join(parts) if full else None)
-    by_nhs = network.hash_values("network/nhs-number", valid_nhs)
-    by_demographics = network.hash_values("network/demographic", demographic)
-    kind = pc.if_else(valid, "nhs", pc.if_else(pc.is_null(by_demographics), pa.scalar(None, pa.string()), "demographic"))
-    table = pa.table({"person_ref": persons.column("person_ref"), "token_kind": kind,
-                      "token": pc.coalesce(by_nhs, by_demographics)})
-    return table.filter(pc.invert(pc.is_null(table.column("token"))))
+        demographic.append("|".join(parts) if all(parts) and len(parts[2]) == 10 else None)
+    refs = persons.column("person_ref").combine_chunks()
+    both = pa.concat_tables([
+        pa.table({"person_ref": refs, "token_kind": pa.array(["nhs"] * len(refs), pa.string()),
+                  "token": network.hash_values("network/nhs-number", pc.if_else(valid, nhs, pa.scalar(None, pa.string())))}),
+        pa.table({"person_ref": refs, "token_kind": pa.array(["demographic"] * len(refs), pa.string()),
+                  "token": network.hash_values("network/demographic", demographic)})])
+    return both.filter(pc.invert(pc.is_null(both.column("token"))))
 
 
 def ingest_with_tokens(store: Store, kind: str, path: Path | str, org: str, options: LoadOptions,
@@ -96,8 +97,8 @@ def ingest_with_tokens(store: Store, kind: str, path: Path | str, org: str, opti
     return summary
 
 
-# One token per person of the cohort: the NHS token where any local record has one, else the
-# demographic token; persons with neither are counted as "unlinkable" (they cannot be de-duplicated).
+# Per person of the cohort: the NHS token of any of its local records, and the demographic token.
+# A person with neither is counted as "unlinkable" (it cannot be de-duplicated).
 COHORT_TOKENS_SQL = """
     WITH members AS (SELECT DISTINCT subject_id AS person_id FROM {cohort_table} WHERE cohort_definition_id = ?),
     tokens AS (
@@ -106,7 +107,7 @@ COHORT_TOKENS_SQL = """
         FROM mercia_person_link l JOIN mercia_network_token t
              ON t.org = l.org AND t.source_pseudonym = l.source_pseudonym
         WHERE l.person_id IN (SELECT person_id FROM members) GROUP BY l.person_id)
-    SELECT m.person_id, COALESCE(t.nhs, t.demographic) AS token
+    SELECT m.person_id, t.nhs, t.demographic
     FROM members m LEFT JOIN tokens t ON t.person_id = m.person_id"""
 
 
