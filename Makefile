@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 env: $(STAMP)
 
 demo: $(STAMP)
+	@echo "Federated network (a hub and one node per organisation): $(BIN)/mercia federation demo --dir /tmp/mercia-federation"
 	$(BIN)/mercia demo
 
 test: $(STAMP)

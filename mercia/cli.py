@@ -13,6 +13,7 @@ from mercia.analytics.cli import app as analytics_app
 from mercia.cdm.cli import app as db_app
 from mercia.cohorts.cli import app as cohort_app
 from mercia.demo import demo
+from mercia.federation.cli import app as federation_app
 from mercia.governance.cli import app as audit_app
 from mercia.ingest.cli import app as ingest_app
 from mercia.privacy.cli import app as privacy_app
@@ -44,6 +45,7 @@ app.add_typer(cohort_app, name="cohort")
 app.add_typer(analytics_app, name="analyse")
 app.add_typer(raredisease_app, name="raredisease")
 app.add_typer(audit_app, name="audit")
+app.add_typer(federation_app, name="federation")
 
 
 if __name__ == "__main__":  # `python -m mercia.cli ...`, as the tests and docs run it

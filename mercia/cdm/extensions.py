@@ -12,6 +12,7 @@
 - ``mercia_registration``: GP registrations, from which observation periods are built.
 - ``mercia_person_link``: one row per organisation's person, with the keyed-hash NHS pseudonym
   and linkage tokens (computed before identifiers were dropped) and the person_id it links to.
+- ``mercia_network_token``: per local person record, its network linkage token (mercia.federation).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ DDL.append("""CREATE TABLE IF NOT EXISTS variant_occurrence (
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_registration (
         registration_id BIGINT NOT NULL, person_id BIGINT NOT NULL, org VARCHAR NOT NULL,
         start_date DATE NOT NULL, end_date DATE)""")
+# Network linkage tokens (mercia.federation): a keyed hash under the federated network's key, per local
+# record, so a node can de-duplicate across organisations without any identifier leaving it.
+DDL.append("""CREATE TABLE IF NOT EXISTS mercia_network_token (
+        org VARCHAR NOT NULL, source_pseudonym VARCHAR NOT NULL, token_kind VARCHAR NOT NULL,
+        token VARCHAR NOT NULL, load_id BIGINT NOT NULL)""")
 INDEXES = [
     "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_org_record ON mercia_provenance (org, source_record)",
     "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_row ON mercia_provenance (cdm_table, row_id)",

@@ -1,0 +1,416 @@
+"""The hub: takes questions from approved projects, hands them to nodes, returns one answer.
+
+The hub holds nodes (with their Ed25519 public keys), questions, their per-node tasks and the
+published answers — never a token, pseudonym or row.  Salted tokens received from nodes live only
+in this process's memory until the answer is combined; a hub restart forgets them and re-issues the
+affected tasks.  Every question, refusal, node result and answer is in the governance audit log.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from mercia.cdm import Store
+from mercia.federation.disclosure import FederatedPolicy, federated_policy
+from mercia.federation.messages import FeasibilityQuery, NodeResult, Task, canonical, fingerprint
+from mercia.federation.signing import SignatureError, load_public_key, verify
+from mercia.federation.tokens import new_salt
+from mercia.governance import Role, User
+from mercia.governance.model import Forbidden, GovernanceError, NotFound
+from mercia.governance.service import Governance
+
+DDL = [
+    """CREATE TABLE IF NOT EXISTS mercia_fed_node (
+        org VARCHAR NOT NULL, name VARCHAR NOT NULL, public_key VARCHAR NOT NULL, enrolled_at VARCHAR NOT NULL,
+        enrolled_by VARCHAR NOT NULL, last_seen VARCHAR, active BOOLEAN NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS mercia_fed_permission (
+        project_id BIGINT NOT NULL, granted_by VARCHAR NOT NULL, granted_at VARCHAR NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS mercia_fed_query (
+        id BIGINT NOT NULL, project_id BIGINT NOT NULL, username VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+        body VARCHAR NOT NULL, fingerprint VARCHAR NOT NULL, criteria VARCHAR NOT NULL, policy VARCHAR NOT NULL,
+        differencing BOOLEAN NOT NULL, round BIGINT NOT NULL, created_at VARCHAR NOT NULL,
+        deadline_at VARCHAR NOT NULL, status VARCHAR NOT NULL, answer VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS mercia_fed_task (
+        id BIGINT NOT NULL, query_id BIGINT NOT NULL, round BIGINT NOT NULL, org VARCHAR NOT NULL,
+        nonce VARCHAR NOT NULL, salt VARCHAR NOT NULL, expires_at VARCHAR NOT NULL, status VARCHAR NOT NULL,
+        sent_at VARCHAR, answered_at VARCHAR, count BIGINT, unlinkable BIGINT, reason VARCHAR,
+        last_load VARCHAR, data_version VARCHAR)""",
+]
+FINAL_TASK_STATUSES = ("answered", "refused", "paused", "error")
+CLOCK_SKEW = timedelta(seconds=120)
+
+
+class FederationError(GovernanceError):
+    """A federated request that cannot be done (HTTP 4xx with this message)."""
+
+
+class BudgetExceeded(Forbidden):
+    """The project has used its allowance of repeated or near-complementary questions."""
+
+
+class Rejected(FederationError):
+    """A node message refused: unknown node, bad signature, replay, or late."""
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    deadline_seconds: float = 60.0
+    differencing_limit: int = 7          # SHRINE locks a user out after ~7 repeats in 30 days
+    budget_window_days: int = 30
+    policy: str = "opensafely"
+    allow_raw: bool = False              # the "none" policy: test and ground-truth runs only
+    node_offline_after: float = 30.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+class Hub:
+    """The hub's rules over one Store (DuckDB or PostgreSQL); thread-safe (one lock)."""
+
+    def __init__(self, store: Store, settings: HubSettings | None = None):
+        self.store = store
+        self.settings = settings or HubSettings()
+        self.policy: FederatedPolicy = federated_policy(self.settings.policy, self.settings.allow_raw)
+        self.gov = Governance(store)
+        self._lock = threading.RLock()
+        self._tokens: dict[int, dict[str, pa.Array]] = {}   # task id -> salted tokens, in memory only
+        self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
+        with self._lock, store.transaction():
+            for statement in DDL:
+                store.execute(statement)
+            self._reissue_forgotten()
+
+    def user_for_token(self, secret: str) -> User | None:
+        with self._lock:
+            return self.gov.token_user(secret)
+
+    # -- administration --------------------------------------------------------------------
+    def _require_admin(self, actor: User) -> None:
+        if not actor.has(Role.ADMIN):
+            raise Forbidden("only a hub administrator can do this")
+
+    def enrol(self, org: str, name: str, public_key_pem: str, actor: str) -> None:
+        """Register (or re-key) a node: its ODS code and the public half of its Ed25519 key."""
+        if not org or not org.replace("-", "").isalnum():
+            raise FederationError(f"a node is named by its ODS code (letters and digits), not {org!r}")
+        try:
+            load_public_key(public_key_pem)
+        except SignatureError as exc:
+            raise FederationError(f"node {org}: {exc}") from exc
+        with self._lock, self.store.transaction():
+            self.store.execute("DELETE FROM mercia_fed_node WHERE org = ?", [org])
+            self.store.execute("INSERT INTO mercia_fed_node VALUES (?, ?, ?, ?, ?, NULL, TRUE)",
+                               [org, name, public_key_pem, _iso(_now()), actor])
+            self.gov.audit.record(actor, "federation.enrol", f"node:{org}", name=name)
+
+    def enrol_by(self, actor: User, org: str, name: str, public_key_pem: str) -> None:
+        self._require_admin(actor)
+        self.enrol(org, name, public_key_pem, actor.username)
+
+    def allow_project(self, project_id: int, actor: str) -> None:
+        """Grant a project the federated-query permission (it must also be approved to ask)."""
+        with self._lock, self.store.transaction():
+            self.gov.project(project_id)
+            self.store.execute("DELETE FROM mercia_fed_permission WHERE project_id = ?", [project_id])
+            self.store.execute("INSERT INTO mercia_fed_permission VALUES (?, ?, ?)",
+                               [project_id, actor, _iso(_now())])
+            self.gov.audit.record(actor, "federation.permit", f"project:{project_id}", project_id)
+
+    def allow_project_by(self, actor: User, project_id: int) -> None:
+        self._require_admin(actor)
+        self.allow_project(project_id, actor.username)
+
+    def node_health(self, actor: User) -> list[dict[str, Any]]:
+        self._require_admin(actor)
+        with self._lock:
+            rows = self.store.query_dicts("SELECT org, name, enrolled_at, last_seen, active FROM mercia_fed_node "
+                                          "ORDER BY org")
+        cutoff = _now() - timedelta(seconds=self.settings.node_offline_after)
+        for row in rows:
+            row["online"] = bool(row["last_seen"]) and _parse(row["last_seen"]) >= cutoff
+        return rows
+
+    # -- questions -------------------------------------------------------------------------
+    def submit(self, user: User, project_id: int, query: FeasibilityQuery, deadline_seconds: float | None = None,
+               policy: str | None = None) -> dict[str, Any]:
+        """Check who is asking and the project's budget, then hand the question to every node."""
+        query.expression()   # a definition that does not parse is refused here, not at every node
+        chosen = federated_policy(policy, self.settings.allow_raw) if policy else self.policy
+        with self._lock:
+            try:
+                self.gov.require_data_access(user, project_id)
+                if not self.store.query_one("SELECT count(*) FROM mercia_fed_permission WHERE project_id = ?",
+                                            [project_id]):
+                    raise Forbidden(f"project {project_id} does not have the federated-query permission")
+                differencing = self._check_budget(project_id, query)
+            except GovernanceError as exc:
+                self.gov.audit.record(user.username, "federation.refuse", f"project:{project_id}", None,
+                                      reason=str(exc))
+                raise
+            with self.store.transaction():
+                qid = int(self.store.query_one("SELECT COALESCE(max(id), 0) FROM mercia_fed_query") or 0) + 1
+                now = _now()
+                deadline = now + timedelta(seconds=deadline_seconds or self.settings.deadline_seconds)
+                self.store.execute(
+                    "INSERT INTO mercia_fed_query VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, 'running', NULL)",
+                    [qid, project_id, user.username, query.kind, canonical(query.model_dump()).decode(),
+                     fingerprint(query.model_dump()), orjson.dumps(sorted(query.criteria())).decode(),
+                     chosen.name, differencing, _iso(now), _iso(deadline)])
+                orgs = self._issue(qid, 1, deadline)
+                self.gov.audit.record(user.username, "federation.ask", f"query:{qid}", project_id, kind=query.kind,
+                                      fingerprint=fingerprint(query.model_dump()), nodes=orgs, policy=chosen.name,
+                                      differencing=differencing)
+        return {"query_id": qid, "nodes": orgs, "deadline_at": _iso(deadline)}
+
+    def _check_budget(self, project_id: int, query: FeasibilityQuery) -> bool:
+        """Is this a repeat, or the same cohort plus or minus one criterion, of an earlier question of the
+        project in the window?  Such questions are counted; past the limit they are refused."""
+        since = _iso(_now() - timedelta(days=self.settings.budget_window_days))
+        earlier = self.store.query("SELECT fingerprint, criteria, differencing FROM mercia_fed_query "
+                                   "WHERE project_id = ? AND created_at >= ?", [project_id, since])
+        mine, parts = fingerprint(query.model_dump()), query.criteria()
+        differencing = any(fp == mine or len(parts ^ set(orjson.loads(c))) == 1 for fp, c, _ in earlier)
+        used = sum(1 for *_, d in earlier if d)
+        if differencing and used >= self.settings.differencing_limit:
+            raise BudgetExceeded(
+                f"project {project_id} has asked {used} repeated or near-complementary questions (the same cohort, "
+                f"or one criterion added or removed) in {self.settings.budget_window_days} days; the limit is "
+                f"{self.settings.differencing_limit}. Ask the hub's data governance team to review the need.")
+        return differencing
+
+    def _issue(self, qid: int, round_: int, deadline: datetime) -> list[str]:
+        orgs = [r[0] for r in self.store.query("SELECT org FROM mercia_fed_node WHERE active ORDER BY org")]
+        first = int(self.store.query_one("SELECT COALESCE(max(id), 0) FROM mercia_fed_task") or 0) + 1
+        salt = new_salt()   # one salt per round: the same person gives the same salted token at every node
+        for i, org in enumerate(orgs):
+            self.store.execute("INSERT INTO mercia_fed_task (id, query_id, round, org, nonce, salt, expires_at, status) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?, 'issued')",
+                               [first + i, qid, round_, org, secrets.token_hex(16), salt, _iso(deadline)])
+        return orgs
+
+    def _reissue_forgotten(self) -> None:
+        """After a restart the salted tokens of unfinished questions are gone: ask those nodes again."""
+        for (task_id,) in self.store.query(
+                "SELECT t.id FROM mercia_fed_task t JOIN mercia_fed_query q ON q.id = t.query_id AND q.round = t.round "
+                "WHERE q.status = 'running' AND t.status = 'answered'"):
+            self.store.execute("UPDATE mercia_fed_task SET status = 'issued', nonce = ?, sent_at = NULL WHERE id = ?",
+                               [secrets.token_hex(16), task_id])
+
+    def _query_row(self, user: User, query_id: int) -> dict[str, Any]:
+        row = self.store.query_dicts("SELECT * FROM mercia_fed_query WHERE id = ?", [query_id])
+        if not row:
+            raise NotFound(f"no federated query {query_id}")
+        self.gov.require_data_access(user, row[0]["project_id"])
+        return row[0]
+
+    def answer(self, user: User, query_id: int) -> dict[str, Any]:
+        """The question's state; once every node has answered (or the deadline passed), the one answer."""
+        with self._lock:
+            row = self._query_row(user, query_id)
+            if row["status"] == "running":
+                self._finish_if_due(row)
+                row = self._query_row(user, query_id)
+            result = {"query_id": query_id, "project_id": row["project_id"], "status": row["status"],
+                      "round": row["round"], "deadline_at": row["deadline_at"], "policy": row["policy"]}
+            if row["answer"]:
+                result.update(orjson.loads(row["answer"]))
+            else:
+                result["nodes"] = self._site_rows(query_id, row["round"])
+            return result
+
+    def refresh(self, user: User, query_id: int, deadline_seconds: float | None = None) -> dict[str, Any]:
+        """Ask every node again (a new round, a new salt): a node that missed the deadline can now count.
+        A refresh is the same question, so it does not use the project's budget."""
+        with self._lock, self.store.transaction():
+            row = self._query_row(user, query_id)
+            deadline = _now() + timedelta(seconds=deadline_seconds or self.settings.deadline_seconds)
+            round_ = row["round"] + 1
+            for (task_id,) in self.store.query("SELECT id FROM mercia_fed_task WHERE query_id = ?", [query_id]):
+                self._tokens.pop(task_id, None)   # a superseded round's tokens are never combined
+            self.store.execute("UPDATE mercia_fed_query SET round = ?, status = 'running', answer = NULL, "
+                               "deadline_at = ? WHERE id = ?", [round_, _iso(deadline), query_id])
+            orgs = self._issue(query_id, round_, deadline)
+            self.gov.audit.record(user.username, "federation.refresh", f"query:{query_id}", row["project_id"],
+                                  round=round_)
+        return {"query_id": query_id, "round": round_, "nodes": orgs, "deadline_at": _iso(deadline)}
+
+    def _site_rows(self, query_id: int, round_: int) -> list[dict[str, Any]]:
+        rows = self.store.query_dicts(
+            "SELECT t.id AS task_id, t.org, n.name, t.status, t.count, t.unlinkable, t.reason, t.last_load, "
+            "t.data_version FROM mercia_fed_task t JOIN mercia_fed_node n ON n.org = t.org "
+            "WHERE t.query_id = ? AND t.round = ? ORDER BY t.org", [query_id, round_])
+        return rows
+
+    def _finish_if_due(self, row: dict[str, Any]) -> None:
+        sites = self._site_rows(row["id"], row["round"])
+        everyone = all(s["status"] in FINAL_TASK_STATUSES for s in sites)
+        if not everyone and _now() < _parse(row["deadline_at"]):
+            return
+        answer = self._combine(row, sites)
+        with self.store.transaction():
+            self.store.execute("UPDATE mercia_fed_task SET status = 'timed_out' WHERE query_id = ? AND round = ? "
+                               "AND status NOT IN ('answered', 'refused', 'paused', 'error')", [row["id"], row["round"]])
+            self.store.execute("UPDATE mercia_fed_query SET status = ?, answer = ? WHERE id = ?",
+                               ["complete" if answer["complete"] else "partial", orjson.dumps(answer).decode(),
+                                row["id"]])
+            self.gov.audit.record("hub", "federation.answer", f"query:{row['id']}", row["project_id"],
+                                  round=row["round"], complete=answer["complete"],
+                                  deduplicated_total=answer["deduplicated_total"], naive_sum=answer["naive_sum"],
+                                  missing=answer["missing"])
+        for site in sites:
+            self._tokens.pop(site["task_id"], None)
+
+    def _combine(self, row: dict[str, Any], sites: list[dict[str, Any]]) -> dict[str, Any]:
+        """De-duplicate the salted tokens, then pass every published figure through the policy."""
+        policy = federated_policy(row["policy"], self.settings.allow_raw)
+        answered = [s for s in sites if s["status"] == "answered"]
+        received = [self._tokens[s["task_id"]] for s in answered if s["task_id"] in self._tokens]
+        lists = {k: pa.chunked_array([r[k] for r in received], pa.string())
+                 for k in ("tokens", "aliases", "demographic")}
+        unlinkable = sum(int(s["unlinkable"] or 0) for s in answered)
+        distinct, shared = union_counts(lists["tokens"], lists["aliases"], lists["demographic"])
+        naive = len(lists["tokens"]) + len(lists["demographic"]) + unlinkable
+        seed = fingerprint([row["fingerprint"], sorted((s["org"], s["data_version"]) for s in answered)])
+        nodes = [{"org": s["org"], "name": s["name"],
+                  "status": "timed_out" if s["status"] not in FINAL_TASK_STATUSES else s["status"],
+                  "count": s["count"], "reason": s["reason"], "last_load": s["last_load"]} for s in sites]
+        missing = [n["org"] for n in nodes if n["status"] != "answered"]
+        return {"nodes": nodes, "complete": not missing, "missing": missing,
+                "deduplicated_total": policy.publish(distinct + unlinkable, seed + ":total"),
+                "naive_sum": policy.publish(naive, seed + ":naive"),
+                "seen_at_two_or_more_sites": policy.publish(shared, seed + ":shared"),
+                "redacted_marker": policy.redacted_marker, "policy_description": policy.description,
+                "answered_at": _iso(_now())}
+
+    # -- nodes -----------------------------------------------------------------------------
+    def authenticate_node(self, org: str | None, method: str, path: str, stamp: str | None, body: bytes,
+                          signature: str | None) -> str:
+        """Verify a node's signed request: enrolled node, its key, a fresh timestamp, never seen before."""
+        if not org:
+            raise Rejected("the request does not name its node (X-Mercia-Node)")
+        with self._lock:
+            key = self.store.query_one("SELECT public_key FROM mercia_fed_node WHERE org = ? AND active", [org])
+        if key is None:
+            raise Rejected(f"unknown node {org!r}: enrol it first")
+        try:
+            moment = float(stamp or "")
+        except ValueError as exc:
+            raise Rejected("the request has no valid timestamp (X-Mercia-Time)") from exc
+        if abs(time.time() - moment) > CLOCK_SKEW.total_seconds():
+            raise Rejected("the request's timestamp is too old or in the future (replay or clock skew)")
+        try:
+            verify(load_public_key(key), request_message(org, method, path, stamp, body), signature)
+        except SignatureError as exc:
+            raise Rejected(str(exc)) from exc
+        with self._lock:
+            cutoff = time.time() - 2 * CLOCK_SKEW.total_seconds()
+            self._seen_requests = {s: t for s, t in self._seen_requests.items() if t >= cutoff}
+            if signature in self._seen_requests:
+                raise Rejected("this request was already received (replay)")
+            self._seen_requests[signature] = moment
+            self.store.execute("UPDATE mercia_fed_node SET last_seen = ? WHERE org = ?", [_iso(_now()), org])
+        return org
+
+    def work_for(self, org: str) -> list[Task]:
+        """Tasks issued to ``org`` and not yet answered or expired (sent again until answered)."""
+        with self._lock:
+            rows = self.store.query_dicts(
+                "SELECT t.id, t.query_id, t.nonce, t.salt, t.expires_at, q.body, q.policy FROM mercia_fed_task t "
+                "JOIN mercia_fed_query q ON q.id = t.query_id AND q.round = t.round "
+                "WHERE t.org = ? AND t.status IN ('issued', 'sent') AND t.expires_at > ? ORDER BY t.id",
+                [org, _iso(_now())])
+            for r in rows:
+                self.store.execute("UPDATE mercia_fed_task SET status = 'sent', sent_at = ? WHERE id = ?",
+                                   [_iso(_now()), r["id"]])
+        return [Task(task_id=r["id"], query_id=r["query_id"], org=org, nonce=r["nonce"], salt=r["salt"],
+                     expires_at=r["expires_at"], policy=r["policy"], query=FeasibilityQuery.model_validate_json(r["body"]))
+                for r in rows]
+
+    def accept(self, org: str, result: NodeResult) -> None:
+        """Record a node's (already signature-checked) result; replays and late results are refused."""
+        if result.org != org:
+            raise Rejected(f"node {org} sent a result signed for {result.org}")
+        with self._lock:
+            task = self.store.query_dicts("SELECT t.*, q.project_id, q.round AS current_round FROM mercia_fed_task t "
+                                          "JOIN mercia_fed_query q ON q.id = t.query_id WHERE t.id = ? AND t.org = ?",
+                                          [result.task_id, org])
+            if not task:
+                raise Rejected(f"node {org} has no task {result.task_id}")
+            task = task[0]
+            problem = None
+            if not secrets.compare_digest(task["nonce"], result.nonce):
+                problem = "the nonce does not match the task (replayed or forged)"
+            elif task["status"] == "timed_out" or (task["status"] in ("issued", "sent")
+                                                   and _now() > _parse(task["expires_at"])):
+                problem = "the result arrived after the deadline; the user can refresh the question"
+            elif task["status"] not in ("issued", "sent") or task["round"] != task["current_round"]:
+                problem = f"task {result.task_id} is already {task['status']} (replay or superseded round)"
+            if problem:
+                self.gov.audit.record(f"node:{org}", "federation.reject", f"task:{result.task_id}",
+                                      task["project_id"], reason=problem)
+                raise Rejected(problem)
+            with self.store.transaction():
+                self.store.execute(
+                    "UPDATE mercia_fed_task SET status = ?, answered_at = ?, count = ?, unlinkable = ?, reason = ?, "
+                    "last_load = ?, data_version = ? WHERE id = ?",
+                    [result.status, _iso(_now()), result.count, result.unlinkable, result.reason, result.last_load,
+                     result.data_version, result.task_id])
+                self.gov.audit.record(f"node:{org}", "federation.result", f"task:{result.task_id}",
+                                      task["project_id"], query=task["query_id"], status=result.status,
+                                      count=result.count, reason=result.reason)
+            if result.status == "answered":
+                self._tokens[result.task_id] = {k: pa.array(getattr(result, k), pa.string())
+                                                for k in ("tokens", "aliases", "demographic")}
+
+
+def union_counts(tokens: pa.ChunkedArray, aliases: pa.ChunkedArray | None = None,
+                 demographic: pa.ChunkedArray | None = None) -> tuple[int, int]:
+    """(distinct persons, persons seen at two or more sites) over the sites' salted tokens, in DuckDB.
+
+    Persons with an NHS token count once per distinct token; a person known only by a demographic
+    token counts once per distinct token, unless a person with an NHS token has it too (then it is
+    that person, seen at one more site)."""
+    empty = pa.chunked_array([], pa.string())
+    con = duckdb.connect()
+    try:
+        con.register("nhs_tokens", pa.table({"token": tokens}))
+        con.register("alias_tokens", pa.table({"token": aliases if aliases is not None else empty}))
+        con.register("demographic_tokens", pa.table({"token": demographic if demographic is not None else empty}))
+        distinct, shared = con.execute("""
+            WITH nhs AS (SELECT token, count(*) AS n FROM nhs_tokens GROUP BY token),
+                 demo AS (SELECT token, count(*) AS n FROM demographic_tokens GROUP BY token),
+                 joined AS (SELECT DISTINCT token FROM alias_tokens WHERE token IN (SELECT token FROM demo))
+            SELECT (SELECT count(*) FROM nhs)
+                   + (SELECT count(*) FROM demo WHERE token NOT IN (SELECT token FROM alias_tokens)),
+                   (SELECT count(*) FROM nhs WHERE n > 1) + (SELECT count(*) FROM joined)
+                   + (SELECT count(*) FROM demo WHERE n > 1 AND token NOT IN (SELECT token FROM alias_tokens))
+            """).fetchone()
+    finally:
+        con.close()
+    return int(distinct), int(shared)
+
+
+def request_message(org: str, method: str, path: str, stamp: str | None, body: bytes) -> bytes:
+    """What a node signs for each request: who, what, when and a digest of the body."""
+    import hashlib
+
+    return "\n".join([org, method.upper(), path, stamp or "", hashlib.sha256(body).hexdigest()]).encode()

@@ -1,0 +1,240 @@
+"""The node: runs inside an organisation, pulls work from the hub, answers from its own store.
+
+It opens only outbound connections (long-polls the hub) and listens on no port.  Its policy file
+says which question kinds run automatically, which wait for the local data manager
+(``mercia federation node pending|approve|deny``) and which are refused; a paused node answers
+"paused".  It applies the disclosure policy to its own count, signs every request with its
+Ed25519 key, keeps what it ran in its own hash-chained audit log, and reconnects by itself
+whenever the hub or the network comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pyarrow.compute as pc
+import yaml
+
+from mercia.cdm import Store, StoreError
+from mercia.cohorts.runner import run_cohort
+from mercia.federation.disclosure import federated_policy
+from mercia.federation.hub import _iso, _now, request_message
+from mercia.federation.hubapp import PREFIX
+from mercia.federation.messages import NodeResult, Task, fingerprint
+from mercia.federation.signing import load_private_key, sign
+from mercia.federation.tokens import COHORT_TOKENS_SQL, salted
+from mercia.governance.audit import AuditLog
+from mercia.governance.db import GovernanceDB
+
+log = logging.getLogger("mercia.federation.node")
+COHORT_ID = 990_001   # the node's scratch cohort id for federated questions
+NODE_DDL = [
+    """CREATE TABLE IF NOT EXISTS mercia_fed_inbox (
+        task_id BIGINT NOT NULL, query_id BIGINT NOT NULL, kind VARCHAR NOT NULL, body VARCHAR NOT NULL,
+        status VARCHAR NOT NULL, received_at VARCHAR NOT NULL, decided_by VARCHAR, decided_at VARCHAR)""",
+    "CREATE TABLE IF NOT EXISTS mercia_fed_state (paused BOOLEAN NOT NULL)",
+]
+
+
+class NodeError(Exception):
+    """A node command that cannot be done (unknown task, bad policy file)."""
+
+
+@dataclass
+class NodePolicy:
+    """Local control: what runs by itself, what waits for the data manager, what is refused."""
+    auto: set[str] = field(default_factory=lambda: {"feasibility"})
+    approve: set[str] = field(default_factory=set)
+    refuse: set[str] = field(default_factory=set)
+    disclosure: str | None = None      # None: the policy the hub names for the question
+    allow_raw: bool = False            # allow the "none" policy (ground-truth tests only)
+
+    @classmethod
+    def load(cls, path: Path | str | None) -> NodePolicy:
+        if path is None:
+            return cls()
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(data) - {"auto", "approve", "refuse", "disclosure", "allow_raw"}
+        if unknown:
+            raise NodeError(f"{path}: unknown policy keys {sorted(unknown)}")
+        return cls(auto=set(data.get("auto", ["feasibility"])), approve=set(data.get("approve", [])),
+                   refuse=set(data.get("refuse", [])), disclosure=data.get("disclosure"),
+                   allow_raw=bool(data.get("allow_raw", False)))
+
+    def decide(self, kind: str) -> str:
+        if kind in self.refuse:
+            return "refuse"
+        if kind in self.approve:
+            return "approve"
+        return "auto" if kind in self.auto else "refuse"
+
+
+def open_node_store(url: str, schema: str | None = None, attempts: int = 100) -> Store:
+    """Open the node's store; a DuckDB file held briefly by the other side (node or CLI) is retried."""
+    for attempt in range(attempts):
+        try:
+            store = Store(url, schema=schema)
+            break
+        except StoreError as exc:
+            if "lock" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+    for statement in NODE_DDL:
+        store.execute(statement)
+    if not store.query_one("SELECT count(*) FROM mercia_fed_state"):
+        store.execute("INSERT INTO mercia_fed_state VALUES (FALSE)")
+    return store
+
+
+def node_audit(store: Store) -> AuditLog:
+    db = GovernanceDB(store)
+    db.init()
+    return AuditLog(db)
+
+
+# -- the data manager's commands (CLI) -----------------------------------------------------------
+def pending(store: Store) -> list[dict[str, Any]]:
+    return store.query_dicts("SELECT task_id, query_id, kind, status, received_at FROM mercia_fed_inbox "
+                             "WHERE status = 'pending' ORDER BY task_id")
+
+
+def decide(store: Store, task_id: int, approve: bool, actor: str) -> None:
+    with store.transaction():
+        if not store.query_one("SELECT count(*) FROM mercia_fed_inbox WHERE task_id = ? AND status = 'pending'",
+                               [task_id]):
+            raise NodeError(f"no task {task_id} waiting for a decision")
+        store.execute("UPDATE mercia_fed_inbox SET status = ?, decided_by = ?, decided_at = ? WHERE task_id = ?",
+                      ["approved" if approve else "denied", actor, _iso(_now()), task_id])
+        node_audit(store).record(actor, "node.approve" if approve else "node.deny", f"task:{task_id}")
+
+
+def set_paused(store: Store, paused: bool, actor: str) -> None:
+    with store.transaction():
+        store.execute("UPDATE mercia_fed_state SET paused = ?", [paused])
+        node_audit(store).record(actor, "node.pause" if paused else "node.resume", "node")
+
+
+# -- answering ---------------------------------------------------------------------------------
+def answer_feasibility(store: Store, task: Task, policy: NodePolicy, org: str) -> NodeResult:
+    """Run the cohort on the local store; return the published count and the salted tokens."""
+    run_cohort(store, task.query.expression(), COHORT_ID)
+    members = store.query_arrow(COHORT_TOKENS_SQL.format(cohort_table="cohort"), [COHORT_ID])
+    last_load, version = store.query("SELECT CAST(max(loaded_at) AS VARCHAR), count(*) || ':' || "
+                                     "COALESCE(max(load_id), 0) FROM mercia_load")[0]
+    published = federated_policy(policy.disclosure or task.policy, policy.allow_raw)
+    count = published.publish(members.num_rows, fingerprint([task.query.model_dump(), org, version]))
+    lists = {"tokens": [], "aliases": [], "demographic": []}
+    if members.num_rows:
+        nhs, demographic = members.column("nhs"), members.column("demographic")
+        has_nhs = pc.invert(pc.is_null(nhs))
+        lists = {"tokens": nhs.filter(has_nhs), "aliases": demographic.filter(has_nhs).drop_null(),
+                 "demographic": demographic.filter(pc.invert(has_nhs)).drop_null()}
+        lists = {k: salted(task.salt, v.combine_chunks()).to_pylist() if len(v) else [] for k, v in lists.items()}
+    linkable = len(lists["tokens"]) + len(lists["demographic"])
+    return NodeResult(task_id=task.task_id, org=org, nonce=task.nonce, status="answered", count=count, **lists,
+                      unlinkable=members.num_rows - linkable, last_load=last_load, data_version=version)
+
+
+class NodeAgent:
+    """The node's loop: poll, decide, run, sign, post; back off and retry while the hub is away."""
+
+    def __init__(self, db: str, org: str, hub_url: str, key_file: Path | str, policy: NodePolicy | None = None,
+                 schema: str | None = None, wait: float = 5.0, client: httpx.Client | None = None):
+        self.db, self.schema, self.org = db, schema, org
+        self.hub_url = hub_url.rstrip("/")
+        self.key = load_private_key(key_file)
+        self.policy = policy or NodePolicy()
+        self.wait = wait
+        self.stop = threading.Event()
+        self.client = client or httpx.Client(base_url=self.hub_url, timeout=wait + 30)
+        self.connected = False
+
+    def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        stamp = f"{time.time():.6f}"
+        return {"X-Mercia-Node": self.org, "X-Mercia-Time": stamp, "Content-Type": "application/json",
+                "X-Mercia-Signature": sign(self.key, request_message(self.org, method, path, stamp, body))}
+
+    def fetch(self) -> list[Task]:
+        path = f"{PREFIX}/node/work"
+        response = self.client.get(path, params={"wait": self.wait}, headers=self._headers("GET", path, b""))
+        response.raise_for_status()
+        return [Task.model_validate(t) for t in response.json()]
+
+    def post(self, result: NodeResult) -> httpx.Response:
+        path = f"{PREFIX}/node/results"
+        body = result.model_dump_json().encode()
+        return self.client.post(path, content=body, headers=self._headers("POST", path, body))
+
+    def handle(self, task: Task) -> NodeResult | None:
+        """Decide on one task against local control; None while it waits for the data manager."""
+        store = open_node_store(self.db, self.schema)
+        try:
+            audit = node_audit(store)
+            paused = bool(store.query_one("SELECT paused FROM mercia_fed_state"))
+            decision = self.policy.decide(task.query.kind)
+            if decision == "approve":
+                status = store.query_one("SELECT status FROM mercia_fed_inbox WHERE task_id = ?", [task.task_id])
+                if status is None:
+                    store.execute("INSERT INTO mercia_fed_inbox VALUES (?, ?, ?, ?, 'pending', ?, NULL, NULL)",
+                                  [task.task_id, task.query_id, task.query.kind,
+                                   orjson.dumps(task.query.model_dump()).decode(), _iso(_now())])
+                    audit.record("node", "node.pending", f"task:{task.task_id}", kind=task.query.kind)
+                    return None
+                if status == "pending":
+                    return None
+                decision = "auto" if status == "approved" else "refuse"
+            common = {"task_id": task.task_id, "org": self.org, "nonce": task.nonce}
+            if paused:
+                result = NodeResult(**common, status="paused", reason="the node is paused by its organisation")
+            elif decision == "refuse":
+                result = NodeResult(**common, status="refused",
+                                    reason=f"{task.query.kind} questions are refused by this organisation")
+            else:
+                try:
+                    result = answer_feasibility(store, task, self.policy, self.org)
+                except Exception as exc:  # a failing question must not stop the node; the hub is told
+                    log.exception("task %s failed", task.task_id)
+                    result = NodeResult(**common, status="error", reason=f"{type(exc).__name__}: {exc}"[:500])
+            audit.record("node", "node.run", f"task:{task.task_id}", query=task.query_id, kind=task.query.kind,
+                         status=result.status, count=result.count, fingerprint=fingerprint(task.query.model_dump()))
+            return result
+        finally:
+            store.close()
+
+    def step(self) -> int:
+        """One poll: fetch work, answer what can be answered; returns how many results were posted."""
+        posted = 0
+        tasks = self.fetch()
+        for task in tasks:
+            result = self.handle(task)
+            if result is not None:
+                response = self.post(result)
+                if response.status_code >= 400:
+                    log.warning("hub refused task %s: %s", task.task_id, response.text)
+                posted += 1
+        if tasks and not posted:   # everything waits for the data manager: do not spin
+            self.stop.wait(0.5)
+        return posted
+
+    def run(self) -> None:
+        backoff = 0.2
+        while not self.stop.is_set():
+            try:
+                self.step()
+                if not self.connected:
+                    log.info("connected to %s", self.hub_url)
+                self.connected, backoff = True, 0.2
+            except (httpx.HTTPError, OSError) as exc:
+                if self.connected:
+                    log.warning("lost the hub (%s); retrying", exc)
+                self.connected = False
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self.client.close()

@@ -1,0 +1,116 @@
+"""Network linkage tokens: how a federated answer counts a person seen by three organisations once.
+
+At ingest a node computes, beside its own pseudonyms, tokens per local person record: an HMAC of
+the NHS number under the *network* key (held by every node, never by the hub) and a keyed
+demographic token (normalised surname, forename, full date of birth and sex, the normalisation the
+linkage tokens use).  A person is counted by NHS token; a person without one is counted by its
+demographic token unless that token belongs to a person with an NHS number (two NHS numbers are
+never merged by demographics).  For each question the hub sends a
+fresh random salt and the node returns ``HMAC(salt, token)`` for its cohort: the hub can count the
+union and overlap of sites for that question only, and cannot link across questions or back to people.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mercia.cdm import Store
+from mercia.cdm.extensions import ensure_extension_tables
+from mercia.ingest.load import LoadOptions, LoadSummary, load_staged
+from mercia.ingest.service import read_source
+from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
+from mercia.privacy.policy import normalise_name, valid_partial_date
+from mercia.privacy.pseudonym import KeyError_, Pseudonymiser
+
+NETWORK_KEY_ENV = "MERCIA_NETWORK_KEY"
+NETWORK_KEY_FILE_ENV = "MERCIA_NETWORK_KEY_FILE"
+SALT_BYTES = 32
+
+
+def load_network_key(key_file: Path | str | None = None) -> bytes:
+    """The network key: ``$MERCIA_NETWORK_KEY`` or a file (argument or ``$MERCIA_NETWORK_KEY_FILE``)."""
+    raw = os.environ.get(NETWORK_KEY_ENV)
+    if raw is None:
+        key_file = key_file or os.environ.get(NETWORK_KEY_FILE_ENV)
+        if key_file is None:
+            raise KeyError_(f"no network key: set {NETWORK_KEY_ENV} or {NETWORK_KEY_FILE_ENV} "
+                            "(the same secret on every node of the network; the hub never holds it)")
+        try:
+            raw = Path(key_file).expanduser().read_text().strip()
+        except OSError as exc:
+            raise KeyError_(f"cannot read network key file {key_file}: {exc.strerror}") from exc
+    if len(raw.encode()) < 32:
+        raise KeyError_("network key too short: need at least 32 bytes")
+    return raw.encode()
+
+
+def new_salt() -> str:
+    return secrets.token_hex(SALT_BYTES)
+
+
+def network_tokens(network_key: bytes, persons: pa.Table, allow_synthetic: bool) -> pa.Table:
+    """(person_ref, token_kind, token) for staged persons: an ``nhs`` token for a valid NHS number and a
+    ``demographic`` token whenever surname, forename, full date of birth and sex are all present."""
+    network = Pseudonymiser(network_key)
+    nhs = normalise_nhs_numbers(persons.column("nhs_number").combine_chunks())
+    valid = pc.and_(pc.is_null(nhs_number_problems(nhs, allow_synthetic)), pc.invert(pc.is_null(nhs)))
+    demographic = []
+    for family, given, dob, sex in zip(persons.column("family").to_pylist(), persons.column("given").to_pylist(),
+                                       persons.column("birth_date").to_pylist(), persons.column("sex").to_pylist()):
+        parts = (normalise_name(family), normalise_name(given), valid_partial_date(dob), (sex or "").lower()[:1])
+        demographic.append("|".join(parts) if all(parts) and len(parts[2]) == 10 else None)
+    refs = persons.column("person_ref").combine_chunks()
+    both = pa.concat_tables([
+        pa.table({"person_ref": refs, "token_kind": pa.array(["nhs"] * len(refs), pa.string()),
+                  "token": network.hash_values("network/nhs-number", pc.if_else(valid, nhs, pa.scalar(None, pa.string())))}),
+        pa.table({"person_ref": refs, "token_kind": pa.array(["demographic"] * len(refs), pa.string()),
+                  "token": network.hash_values("network/demographic", demographic)})])
+    return both.filter(pc.invert(pc.is_null(both.column("token"))))
+
+
+def ingest_with_tokens(store: Store, kind: str, path: Path | str, org: str, options: LoadOptions,
+                       network_key: bytes, mapping: str | Path | None = None) -> LoadSummary:
+    """Load one extract (the platform's own ingest) and record its persons' network tokens."""
+    staged = read_source(kind, path, mapping)
+    persons = staged.persons.table()
+    summary = load_staged(store, staged, org, kind, options)
+    if persons.num_rows == 0:
+        return summary
+    tokens = network_tokens(network_key, persons, options.allow_synthetic_nhs_numbers)
+    pseudonyms = options.pseudonymiser.source_pseudonyms(org, tokens.column("person_ref"))
+    rows = pa.table({"org": pa.array([org] * tokens.num_rows, pa.string()), "source_pseudonym": pseudonyms,
+                     "token_kind": tokens.column("token_kind"), "token": tokens.column("token"),
+                     "load_id": pa.array([summary.load_id] * tokens.num_rows, pa.int64())})
+    ensure_extension_tables(store)
+    with store.transaction():
+        store.execute("CREATE TEMP TABLE IF NOT EXISTS fed_refresh (source_pseudonym VARCHAR)")
+        store.execute("DELETE FROM fed_refresh")
+        store.insert_arrow("fed_refresh", rows.select(["source_pseudonym"]))
+        store.execute("DELETE FROM mercia_network_token WHERE org = ? AND source_pseudonym IN "
+                      "(SELECT source_pseudonym FROM fed_refresh)", [org])
+        store.insert_arrow("mercia_network_token", rows)
+    return summary
+
+
+# Per person of the cohort: the NHS token of any of its local records, and the demographic token.
+# A person with neither is counted as "unlinkable" (it cannot be de-duplicated).
+COHORT_TOKENS_SQL = """
+    WITH members AS (SELECT DISTINCT subject_id AS person_id FROM {cohort_table} WHERE cohort_definition_id = ?),
+    tokens AS (
+        SELECT l.person_id, min(CASE WHEN t.token_kind = 'nhs' THEN t.token END) AS nhs,
+               min(CASE WHEN t.token_kind = 'demographic' THEN t.token END) AS demographic
+        FROM mercia_person_link l JOIN mercia_network_token t
+             ON t.org = l.org AND t.source_pseudonym = l.source_pseudonym
+        WHERE l.person_id IN (SELECT person_id FROM members) GROUP BY l.person_id)
+    SELECT m.person_id, t.nhs, t.demographic
+    FROM members m LEFT JOIN tokens t ON t.person_id = m.person_id"""
+
+
+def salted(salt: str, tokens: pa.Array) -> pa.Array:
+    """``HMAC(salt, token)`` per token, truncated to 128 bits (hex): unlinkable to any other question."""
+    return pc.utf8_slice_codeunits(Pseudonymiser(salt.encode()).hash_values("query", tokens), 0, 32)

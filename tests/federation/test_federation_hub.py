@@ -1,0 +1,274 @@
+"""Hub and nodes in one process (ASGI test client, nodes stepped by hand): de-duplication against the
+region's ground truth, signatures, replay, late results, governance refusals, budget, local control."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mercia.cdm import Store
+from mercia.federation.hubapp import PREFIX
+from mercia.federation.messages import NodeResult
+from mercia.federation.node import COHORT_ID, NodeAgent, NodePolicy, open_node_store, pending, decide, set_paused
+from mercia.federation.region import reference_cohort, true_distinct_persons
+from mercia.federation.signing import generate_keypair
+from mercia.governance.model import Role
+
+from .conftest import public_key
+
+
+def agents(network, client, policies=None, nodes=None):
+    return {n.org: NodeAgent(n.url, n.org, "http://testserver", network.keys[n.org],
+                             (policies or {}).get(n.org, NodePolicy(allow_raw=True)), schema=n.schema, wait=0, client=client)
+            for n in (nodes or network.nodes)}
+
+
+def ask(client, token, project_id, cohort=None, **extra):
+    return client.post(f"{PREFIX}/queries", headers={"Authorization": f"Bearer {token}"},
+                       json={"project_id": project_id, "query": {"kind": "feasibility", "version": 1,
+                                                                 "cohort": cohort or reference_cohort()}, **extra})
+
+
+def answer(client, token, query_id):
+    return client.get(f"{PREFIX}/queries/{query_id}", headers={"Authorization": f"Bearer {token}"}).json()
+
+
+def test_deduplicated_total_equals_the_true_number_of_distinct_persons(network, hub_factory):
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    query_id = ask(client, token, project_id).json()["query_id"]
+    for agent in agents(network, client).values():
+        assert agent.step() == 1
+    result = answer(client, token, query_id)
+    truth = true_distinct_persons(network.directory / "region", network.nodes, COHORT_ID)
+    assert result["status"] == "complete" and result["missing"] == []
+    assert {n["org"]: n["count"] for n in result["nodes"]} == truth["per_site"]
+    assert result["deduplicated_total"] == truth["distinct"]
+    assert result["naive_sum"] == truth["naive_sum"] > truth["distinct"]   # persons are shared between sites
+    assert result["seen_at_two_or_more_sites"] > 0
+    assert all(n["last_load"] for n in result["nodes"])
+
+
+def test_no_token_pseudonym_or_row_reaches_the_hub(network, hub_factory, tmp_path):
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    query_id = ask(client, token, project_id).json()["query_id"]
+    sent = []
+    for agent in agents(network, client).values():
+        original = agent.post
+        agent.post = lambda result, original=original: (
+            sent.extend(result.tokens + result.aliases + result.demographic), original(result))[1]
+        agent.step()
+    response = client.get(f"{PREFIX}/queries/{query_id}", headers={"Authorization": f"Bearer {token}"}).text
+    secrets_ = set(sent)
+    for node in network.nodes:
+        with Store(node.url) as store:
+            secrets_ |= {r[0] for r in store.query("SELECT token FROM mercia_network_token")}
+            secrets_ |= {r[0] for r in store.query("SELECT source_pseudonym FROM mercia_person_link")}
+            secrets_ |= {r[0] for r in store.query("SELECT nhs_pseudonym FROM mercia_person_link "
+                                                   "WHERE nhs_pseudonym IS NOT NULL")}
+    assert len(sent) > 100 and len(secrets_) > 1000
+    hub_text = [response]
+    for (table,) in hub.store.query("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"):
+        hub_text += [str(row) for row in hub.store.query(f'SELECT * FROM "{table}"')]
+    blob = "\n".join(hub_text)
+    leaked = [s for s in secrets_ if s in blob]
+    assert leaked == []
+    assert not any(s[:32] in blob for s in sent)
+
+
+def test_unsigned_wrongly_signed_replayed_and_unknown_requests_are_refused(network, hub_factory, tmp_path):
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    org = network.nodes[0].org
+    agent = agents(network, client)[org]
+    query_id = ask(client, token, project_id).json()["query_id"]
+    path = f"{PREFIX}/node/work"
+    assert client.get(path).status_code == 403                               # unsigned
+    headers = agent._headers("GET", path, b"")
+    assert client.get(path, headers={**headers, "X-Mercia-Signature": ""}).status_code == 403
+    assert client.get(path, headers=headers).status_code == 200
+    assert client.get(path, headers=headers).status_code == 403              # the same request again: replay
+    stranger, _ = generate_keypair(tmp_path / "stranger")
+    impostor = NodeAgent(network.nodes[0].url, org, "http://testserver", stranger, wait=0, client=client)
+    assert client.get(path, headers=impostor._headers("GET", path, b"")).status_code == 403   # wrong key
+    unknown = NodeAgent(network.nodes[0].url, "ZZZ99", "http://testserver", stranger, wait=0, client=client)
+    refused = client.get(path, headers=unknown._headers("GET", path, b""))
+    assert refused.status_code == 403 and "unknown node" in refused.json()["detail"]
+    stale = agent._headers("GET", path, b"")
+    stale["X-Mercia-Time"] = f"{time.time() - 3600:.6f}"
+    assert client.get(path, headers=stale).status_code == 403
+    # a result with a forged nonce, then the genuine one, then the genuine one again (replayed)
+    task = agent.fetch()[0]
+    result = agent.handle(task)
+    forged = result.model_copy(update={"nonce": "0" * 32})
+    assert agent.post(forged).status_code == 403
+    assert agent.post(result).status_code == 200
+    again = agent.post(result)
+    assert again.status_code == 403 and "already answered" in again.json()["detail"]
+    actions = [e["action"] for e in hub.gov.audit.search(action="federation.reject")]
+    assert len(actions) == 2
+    assert answer(client, token, query_id)["status"] == "running"
+
+
+def test_a_late_result_does_not_change_a_returned_answer_and_refresh_asks_again(network, hub_factory, monkeypatch):
+    import mercia.federation.hub as hub_module
+
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    nodes = agents(network, client)
+    query_id = ask(client, token, project_id, deadline_seconds=30).json()["query_id"]
+    late_org = network.nodes[-1].org
+    tasks = {org: agent.fetch() for org, agent in nodes.items()}
+    for org, agent in nodes.items():
+        if org != late_org:
+            agent.post(agent.handle(tasks[org][0]))
+    late = nodes[late_org].handle(tasks[late_org][0])
+    real_now = hub_module._now
+    monkeypatch.setattr(hub_module, "_now", lambda: real_now() + timedelta(seconds=31))   # the deadline passes
+    partial = answer(client, token, query_id)
+    assert partial["status"] == "partial" and partial["missing"] == [late_org]
+    assert {n["org"]: n["status"] for n in partial["nodes"]}[late_org] == "timed_out"
+    refused = nodes[late_org].post(late)
+    assert refused.status_code == 403 and "after the deadline" in refused.json()["detail"]
+    assert answer(client, token, query_id) == partial                     # unchanged
+    refreshed = client.post(f"{PREFIX}/queries/{query_id}/refresh", headers={"Authorization": f"Bearer {token}"})
+    assert refreshed.status_code == 200 and refreshed.json()["round"] == 2
+    for agent in nodes.values():
+        agent.step()
+    complete = answer(client, token, query_id)
+    assert complete["status"] == "complete" and complete["deduplicated_total"] >= partial["deduplicated_total"]
+
+
+def test_only_members_of_an_approved_permitted_project_may_ask(network, hub_factory):
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    assert ask(client, "mrc_not-a-token", project_id).status_code == 401
+    assert client.post(f"{PREFIX}/queries", json={}).status_code == 401
+    gov = hub.gov
+    outsider = gov.create_user("outsider", "Outsider", "a-long-password-1", [(Role.RESEARCHER, "")])
+    _, outsider_token = gov.create_token(outsider, "t")
+    refused = ask(client, outsider_token, project_id)
+    assert refused.status_code == 404        # governance does not even confirm the project exists to outsiders
+    draft = gov.create_project(outsider, title="Draft", pillar="chronic", purpose="p")
+    assert "draft" in ask(client, outsider_token, draft.id).json()["detail"]
+    other_id, other_token, _ = approved_project_without_permission(hub)
+    assert "federated-query permission" in ask(client, other_token, other_id).json()["detail"]
+    assert len(gov.audit.search(action="federation.refuse")) == 3
+    assert client.get(f"{PREFIX}/nodes", headers={"Authorization": f"Bearer {token}"}).status_code == 403
+    assert client.post(f"{PREFIX}/nodes", headers={"Authorization": f"Bearer {token}"},
+                       json={"org": "X1", "name": "x", "public_key": "x"}).status_code == 403
+    assert gov.audit.verify().ok
+
+
+def approved_project_without_permission(hub):
+    from mercia.federation.demo import approved_project
+
+    project_id, token, user = approved_project(hub, "Another project")
+    hub.store.execute("DELETE FROM mercia_fed_permission WHERE project_id = ?", [project_id])
+    return project_id, token, user
+
+
+def test_budget_refuses_the_next_differencing_question(network, hub_factory):
+    hub, app, project_id, token = hub_factory(differencing_limit=2)
+    client = TestClient(app)
+    base = reference_cohort()
+    plus_one = {**base, "InclusionRules": [{"name": "female", "expression": {
+        "Type": "ALL", "CriteriaList": [], "Groups": [],
+        "DemographicCriteriaList": [{"Gender": [{"CONCEPT_ID": 8532}]}]}}]}
+    assert ask(client, token, project_id, base).status_code == 202
+    assert ask(client, token, project_id, plus_one).status_code == 202        # differencing 1
+    assert ask(client, token, project_id, base).status_code == 202            # differencing 2 (a repeat)
+    refused = ask(client, token, project_id, plus_one)
+    assert refused.status_code == 429 and "limit is 2" in refused.json()["detail"]
+    unrelated = {**base, "ConceptSets": base["ConceptSets"][:1],
+                 "PrimaryCriteria": {**base["PrimaryCriteria"], "CriteriaList": base["PrimaryCriteria"]["CriteriaList"][:1]}}
+    assert ask(client, token, project_id, unrelated).status_code == 202        # a new question is not differencing
+
+
+def test_node_local_approval_blocks_until_the_data_manager_approves(network, hub_factory):
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    gated = network.nodes[0]
+    nodes = agents(network, client, {gated.org: NodePolicy(auto=set(), approve={"feasibility"}, allow_raw=True)})
+    query_id = ask(client, token, project_id).json()["query_id"]
+    for org, agent in nodes.items():
+        assert agent.step() == (0 if org == gated.org else 1)
+    assert nodes[gated.org].step() == 0
+    assert answer(client, token, query_id)["status"] == "running"
+    store = open_node_store(gated.url)
+    try:
+        waiting = pending(store)
+        assert [w["query_id"] for w in waiting] == [query_id]
+        decide(store, waiting[0]["task_id"], True, "dm")
+    finally:
+        store.close()
+    assert nodes[gated.org].step() == 1
+    result = answer(client, token, query_id)
+    assert result["status"] == "complete"
+
+
+def test_refused_and_paused_nodes_give_an_explicit_partial_answer(network, hub_factory):
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    refusing, paused = network.nodes[0], network.nodes[1]
+    nodes = agents(network, client, {refusing.org: NodePolicy(auto=set(), refuse={"feasibility"}, allow_raw=True)})
+    store = open_node_store(paused.url)
+    set_paused(store, True, "dm")
+    store.close()
+    try:
+        query_id = ask(client, token, project_id).json()["query_id"]
+        for agent in nodes.values():
+            agent.step()
+        result = answer(client, token, query_id)
+    finally:
+        store = open_node_store(paused.url)
+        set_paused(store, False, "dm")
+        store.close()
+    status = {n["org"]: n["status"] for n in result["nodes"]}
+    assert status[refusing.org] == "refused" and status[paused.org] == "paused"
+    assert result["status"] == "partial" and sorted(result["missing"]) == sorted([refusing.org, paused.org])
+
+
+@pytest.mark.parametrize("policy", ["opensafely", "shrine"])
+def test_published_counts_pass_the_policy_and_repeats_return_the_same_answer(network, hub_factory, policy):
+    hub, app, project_id, token = hub_factory(policy=policy)
+    client = TestClient(app)
+    nodes = agents(network, client)
+    results = []
+    for _ in range(2):
+        query_id = ask(client, token, project_id).json()["query_id"]
+        for agent in nodes.values():
+            agent.step()
+        results.append(answer(client, token, query_id))
+    first, second = results
+    published = [first["deduplicated_total"], first["naive_sum"]] + [n["count"] for n in first["nodes"]]
+    if policy == "opensafely":
+        assert all(c is None or c % 5 == 0 for c in published)
+        assert all(c is None or c == 0 or c > 7 for c in published)
+    else:
+        assert all(c is None or c > 10 for c in published)
+    assert first["deduplicated_total"] == second["deduplicated_total"]       # seeded: no averaging away
+    assert first["policy"] == policy
+
+
+def test_raw_counts_need_an_explicit_test_setting(network, hub_factory):
+    hub, app, project_id, token = hub_factory(policy="opensafely", allow_raw=False)
+    response = ask(TestClient(app), token, project_id, policy="none")
+    assert response.status_code == 400 and "ground-truth tests only" in response.json()["detail"]
+
+
+def test_a_result_for_another_nodes_task_is_refused(network, hub_factory):
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    nodes = agents(network, client)
+    ask(client, token, project_id)
+    first, second = network.nodes[0].org, network.nodes[1].org
+    task = nodes[second].fetch()[0]
+    spoof = NodeResult(task_id=task.task_id, org=second, nonce=task.nonce, status="answered", count=1)
+    response = nodes[first].post(spoof)
+    assert response.status_code == 403 and "signed for" in response.json()["detail"]
+    assert public_key(network, first) != public_key(network, second)

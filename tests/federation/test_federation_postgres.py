@@ -1,0 +1,47 @@
+"""A node whose store is PostgreSQL answers in the same network, and the total still equals the truth."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mercia.cohorts.model import CohortExpression
+from mercia.cohorts.runner import run_cohort
+from mercia.federation.node import COHORT_ID
+from mercia.federation.region import (
+    NodeStore, load_node, organisation_extracts, reference_cohort, true_distinct_persons,
+)
+from tests.conftest import postgres_url
+
+from .test_federation_hub import agents, answer, ask
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_postgresql_node_store_answers_like_its_duckdb_twin(network, hub_factory):
+    url = postgres_url()
+    twin = next(n for n in network.nodes if n.org.startswith("R9A"))
+    node = NodeStore(twin.org, url, twin.key_file, schema=f"t_{uuid.uuid4().hex[:12]}")
+    try:
+        load_node(node, organisation_extracts(network.directory / "region")[twin.org],
+                  (network.directory / "keys" / "network.key").read_text().encode())
+        nodes = [node if n.org == twin.org else n for n in network.nodes]
+        hub, app, project_id, token = hub_factory()
+        client = TestClient(app)
+        query_id = ask(client, token, project_id).json()["query_id"]
+        for agent in agents(network, client, nodes=nodes).values():
+            assert agent.step() == 1
+        result = answer(client, token, query_id)
+        truth = true_distinct_persons(network.directory / "region", nodes, COHORT_ID)
+        assert result["status"] == "complete"
+        assert result["deduplicated_total"] == truth["distinct"]
+        with twin.open() as duck, node.open() as pg:
+            run_cohort(duck, CohortExpression.from_json(reference_cohort()), COHORT_ID)
+            counts = [s.query_one("SELECT count(DISTINCT subject_id) FROM cohort WHERE cohort_definition_id = ?",
+                                  [COHORT_ID]) for s in (duck, pg)]
+        assert counts[0] == counts[1] == {n["org"]: n["count"] for n in result["nodes"]}[twin.org] > 0
+    finally:
+        with node.open() as pg:
+            pg.execute(f'DROP SCHEMA IF EXISTS "{node.schema}" CASCADE')
