@@ -19,6 +19,7 @@ from mercia.privacy.cli import app as privacy_app
 from mercia.quality.cli import app as dq_app
 from mercia.raredisease.cli import app as raredisease_app
 from mercia.synth.cli import app as synth_app
+from mercia.trials.cli import app as trials_app
 from mercia.vocab.cli import app as vocab_app
 from mercia.web.cli import serve
 
@@ -44,3 +45,4 @@ app.add_typer(cohort_app, name="cohort")
 app.add_typer(analytics_app, name="analyse")
 app.add_typer(raredisease_app, name="raredisease")
 app.add_typer(audit_app, name="audit")
+app.add_typer(trials_app, name="trials")
