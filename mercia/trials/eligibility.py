@@ -3,7 +3,7 @@
 A person's site is the organisation of their registered care site (``person.care_site_id`` ->
 ``care_site.care_site_source_value``, the ODS code).  Each run adds people newly meeting the criteria to
 ``mercia_trial_candidate`` with the day Mercia first saw them so, which is what "newly eligible since
-last week" on a worklist means.
+last week" on a worklist means.  People are eligible *now* while a cohort entry covers ``data_as_of``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,12 @@ from mercia.trials.register import Trial
 
 PERSON_SITE = """SELECT p.person_id, cs.care_site_source_value AS site FROM person p
                  JOIN care_site cs ON cs.care_site_id = p.care_site_id"""
+
+
+def data_as_of(store: Store) -> date:
+    """'Now' for eligibility: today, or the last day the records cover if they stop earlier."""
+    latest = store.query_one("SELECT MAX(observation_period_end_date) FROM observation_period")
+    return min(date.today(), latest) if latest else date.today()
 
 
 def site_list(trial: Trial) -> str:

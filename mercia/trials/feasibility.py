@@ -13,11 +13,12 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+import numpy as np
 from scipy.stats import poisson
 
 from mercia.governance import User
 from mercia.privacy.disclosure import AnalysisResult, ColumnSpec, DisclosurePolicy, Kind, StatTable, get_policy
-from mercia.trials.eligibility import PERSON_SITE, site_list, run_eligibility
+from mercia.trials.eligibility import PERSON_SITE, data_as_of, run_eligibility, site_list
 from mercia.trials.register import Trial, TrialError, TrialRegister, TrialRole
 
 FEASIBILITY_ROLES = (TrialRole.TRIAL_MANAGER, TrialRole.STATISTICIAN, TrialRole.SITE_INVESTIGATOR)
@@ -81,30 +82,32 @@ def project(monthly: list[dict], pool: list[dict], *, consent: float, screen_fai
             ) -> list[dict]:
     """Expected cumulative recruits and a 95% interval per site for months 1..horizon (published counts in)."""
     rows = []
+    months = np.arange(1, horizon + 1)
     for p in pool:
         site = p["site"]
         recent = [r["count_new"] or 0 for r in monthly if r["site"] == site][-12:]
-        lam = sum(recent) / 12
-        basis = (p["count_pool"] or 0) + sum(recent)
-        for m in range(1, horizon + 1):
-            mu = ((p["count_pool"] or 0) + lam * m) * (1 - screen_failure) * consent
-            rows.append({"site": site, "month_ahead": str(m), "count_basis": basis, "expected": round(mu, 1),
-                         "lower": float(poisson.ppf(0.025, mu)) if mu > 0 else 0.0,
-                         "upper": float(poisson.ppf(0.975, mu)) if mu > 0 else 0.0})
+        start = p["count_pool"] or 0
+        mu = (start + sum(recent) / 12 * months) * (1 - screen_failure) * consent
+        lower, upper = poisson.ppf(0.025, mu), poisson.ppf(0.975, mu)
+        for m, expected, lo, hi in zip(months, mu, lower, upper, strict=True):
+            rows.append({"site": site, "month_ahead": str(m), "count_basis": start + sum(recent),
+                         "expected": round(float(expected), 1), "lower": float(lo) if expected > 0 else 0.0,
+                         "upper": float(hi) if expected > 0 else 0.0})
     return rows
 
 
 def feasibility(register: TrialRegister, actor: User, trial_id: str, *, years: int = 10, as_of: str | None = None,
                 consent: float = 0.5, screen_failure: float = 0.3, horizon: int = 24,
                 policy: DisclosurePolicy | None = None, refresh: bool = True) -> AnalysisResult:
-    """The trial's feasibility, disclosure-controlled (see the module docstring for the projection)."""
+    """The trial's feasibility, disclosure-controlled (see the module docstring for the projection).
+    ``as_of`` defaults to today, or to the last day the records cover if they stop earlier."""
     trial = register.require(actor, trial_id, *FEASIBILITY_ROLES)
     if not (0 <= consent <= 1 and 0 <= screen_failure <= 1):
         raise TrialError("consent and screen-failure rates are proportions between 0 and 1")
     if not 1 <= years <= 30 or not 1 <= horizon <= 120:
         raise TrialError("years is 1-30 and horizon 1-120 months")
     try:
-        day = date.fromisoformat(as_of) if as_of else date.today()
+        day = date.fromisoformat(as_of) if as_of else data_as_of(register.store)
     except ValueError as exc:
         raise TrialError(f"as_of must be a date YYYY-MM-DD, not {as_of!r}") from exc
     policy = policy or get_policy()

@@ -22,7 +22,7 @@ from mercia.governance import Forbidden, NotFound, User
 from mercia.governance.db import now
 from mercia.privacy.optout import OPT_OUT_DDL
 from mercia.privacy.pseudonym import Pseudonymiser
-from mercia.trials.eligibility import run_eligibility
+from mercia.trials.eligibility import data_as_of, run_eligibility
 from mercia.trials.register import TrialError, TrialRegister, TrialRole
 
 WORKLIST_ROLES = (TrialRole.CARE_TEAM, TrialRole.SITE_INVESTIGATOR, TrialRole.RESEARCH_NURSE)
@@ -43,7 +43,8 @@ def record_dissent(register: TrialRegister, actor: User, person_id: int) -> None
 
 def worklist(register: TrialRegister, actor: User, trial_id: str, site: str, *, since: str | None = None,
              refresh: bool = True) -> list[dict[str, Any]]:
-    """People at ``site`` meeting the computable criteria now, pseudonymous, with their recruitment status.
+    """People at ``site`` meeting the computable criteria now (see ``data_as_of``), pseudonymous, with their
+    recruitment status.
 
     ``since`` (a date) keeps only those Mercia first found eligible on or after it; ``refresh`` reruns
     the eligibility cohort first so that newly loaded data counts.
@@ -63,14 +64,15 @@ def worklist(register: TrialRegister, actor: User, trial_id: str, site: str, *, 
         LEFT JOIN (SELECT person_id, MIN(nhs_pseudonym) AS nhs_pseudonym FROM mercia_person_link
                    GROUP BY person_id) link ON link.person_id = c.person_id
         WHERE c.trial_id = ? AND c.site = ? {since_clause}
-          AND c.person_id IN (SELECT subject_id FROM cohort WHERE cohort_definition_id = ?)
+          AND c.person_id IN (SELECT subject_id FROM cohort WHERE cohort_definition_id = ?
+                              AND cohort_end_date >= CAST(? AS DATE))
           AND c.person_id NOT IN (SELECT person_id FROM death)
           AND c.person_id NOT IN (SELECT person_id FROM mercia_person_link WHERE death_date IS NOT NULL)
           AND c.person_id NOT IN (SELECT person_id FROM mercia_research_contact_dissent)
           AND c.person_id NOT IN (SELECT l.person_id FROM mercia_person_link l
                                   JOIN mercia_opt_out o ON o.nhs_pseudonym = l.nhs_pseudonym)
         ORDER BY c.first_seen DESC, c.person_id""",
-        [trial_id, site, *([since] if since else []), trial.cohort_id])
+        [trial_id, site, *([since] if since else []), trial.cohort_id, data_as_of(store).isoformat()])
     register.gov.audit.record(actor.username, "trial.worklist", f"trial:{trial_id}/site:{site}", trial.project_id,
                               since=since, persons=[int(r["person_id"]) for r in rows])
     return rows
