@@ -30,9 +30,9 @@ def enrol(world, person_id: int, site: str = SITE_A, levels=LEVELS):
 
 def test_create_needs_an_approved_project_and_valid_input(world):
     p = world.people
-    common = dict(title="X", project_id=world.project, sponsor="S", chief_investigator="C", sites=[SITE_A], target=10,
-                  opens_on="2026-01-01", closes_on="2027-01-01", eligibility=eligibility(),
-                  settings={"method": "simple", "arms": [{"code": "a"}, {"code": "b"}]})
+    common = {"title": "X", "project_id": world.project, "sponsor": "S", "chief_investigator": "C",
+              "sites": [SITE_A], "target": 10, "opens_on": "2026-01-01", "closes_on": "2027-01-01",
+              "eligibility": eligibility(), "settings": {"method": "simple", "arms": [{"code": "a"}, {"code": "b"}]}}
     with pytest.raises(NotFound):
         world.register.create(p["stats"], trial_id="ISRCTN2", **common)          # not a project member
     with pytest.raises(Conflict):
