@@ -11,7 +11,9 @@ from typer.testing import CliRunner
 from mercia.cdm import Store
 from mercia.cli import app
 
-from .conftest import SITE_A, eligibility, make_world
+from mercia.trials.prescreen import ReidentificationService
+
+from .conftest import PSEUDONYMISER, SITE_A, eligibility, make_world, nhs_number
 
 runner = CliRunner()
 T = "ISRCTN12345678"
@@ -77,6 +79,17 @@ def test_trial_journey_from_the_command_line(tmp_path, monkeypatch):
     assert drawn.exit_code == 0 and (tmp_path / "flow.png").exists() and (tmp_path / "flow.svg").exists()
     log = _cli("screening-log", "--trial", T, "--out", str(tmp_path / "log.csv"), *db, "--as", "manager")
     assert log.exit_code == 0 and len(list(csv.DictReader((tmp_path / "log.csv").open()))) == 4
+    org = tmp_path / "org.duckdb"
+    with Store(str(org)) as org_store:
+        ReidentificationService(org_store, SITE_A).record_identities(
+            PSEUDONYMISER, [nhs_number(i) for i in range(1, 41)], [f"MRN{i}" for i in range(1, 41)])
+    named = _cli("worklist", "--trial", T, "--site", SITE_A, "--org-db", str(org), "--json", *db, "--as", "gp_a")
+    assert named.exit_code == 0, named.output
+    assert {r["nhs_number"] for r in orjson.loads(named.stdout)} >= {nhs_number(7), nhs_number(8)}
+    for who in ("nurse_a", "researcher", "stats", "gp_b"):
+        refused = _cli("worklist", "--trial", T, "--site", SITE_A, "--org-db", str(org), *db, "--as", who)
+        assert refused.exit_code == 1 and "refused" in refused.output and nhs_number(8) not in refused.output
+    assert nhs_number(8) not in (tmp_path / "log.csv").read_text()
     feas = _cli("feasibility", "--trial", T, "--years", "2", "--horizon", "3", "--json", *db, "--as", "stats")
     assert feas.exit_code == 0, feas.output
     assert orjson.loads(feas.stdout)["disclosure"]["policy"]
