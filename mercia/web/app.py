@@ -48,11 +48,12 @@ def create_app(store: Store, options: ServerOptions | None = None) -> FastAPI:
             headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
         return response
 
-    from mercia.web import pages
+    from mercia.web import pages, trial_pages
 
     app.mount("/api/v1", api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)
+    app.include_router(trial_pages.router)
     pages.install_handlers(app)
     if state.options.oidc:
         from mercia.web import oidc
