@@ -23,7 +23,7 @@ KEY = "MERCIA_RANDOMISATION_KEY"
 def world(tmp_path_factory):
     from argon2 import PasswordHasher
 
-    import mercia.governance.service as service
+    from mercia.governance import service
 
     previous_hasher, previous_key = service._hasher, os.environ.get(KEY)
     service._hasher = PasswordHasher(time_cost=1, memory_cost=1024)
@@ -115,6 +115,7 @@ def test_trial_journey(browser, live_server, world):  # noqa: F811
     page.goto(f"{base}/trials/ISRCTN99999999")
     with page.expect_download() as download:
         page.get_by_role("link", name="Download the CONSORT flow diagram (SVG)").click()
-    assert "Randomised (n=1)" in open(download.value.path()).read()
+    with open(download.value.path()) as diagram:
+        assert "Randomised (n=1)" in diagram.read()
     assert not errors, errors
     context.close()

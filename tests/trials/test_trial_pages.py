@@ -3,13 +3,12 @@ site's pseudonymous worklist; nobody else sees the trial; no page shows an ident
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
 from mercia.api.state import ServerOptions
 from mercia.web.app import create_app
-
-import orjson
 
 from .conftest import SITE_A, eligibility, make_world, nhs_number
 

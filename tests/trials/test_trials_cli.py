@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 
 from mercia.cdm import Store
 from mercia.cli import app
-
 from mercia.trials.prescreen import ReidentificationService
 
 from .conftest import PSEUDONYMISER, SITE_A, eligibility, make_world, nhs_number
