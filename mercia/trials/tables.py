@@ -26,9 +26,11 @@ TABLES: dict[str, str] = {
     "mercia_trial_status": """trial_id TEXT NOT NULL, person_id BIGINT NOT NULL, site TEXT NOT NULL,
         status TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL, recorded_on TEXT NOT NULL,
         recorded_by TEXT NOT NULL, recorded_at TEXT NOT NULL""",
+    # The engine itself refuses a second allocation of a person or of a sequence number (two servers racing).
     "mercia_trial_allocation": """trial_id TEXT NOT NULL, version BIGINT NOT NULL, sequence BIGINT NOT NULL,
         person_id BIGINT NOT NULL, site TEXT NOT NULL, levels TEXT NOT NULL, arm TEXT NOT NULL,
-        pack_code TEXT NOT NULL, allocated_by TEXT NOT NULL, allocated_at TEXT NOT NULL, audit_seq BIGINT NOT NULL""",
+        pack_code TEXT NOT NULL, allocated_by TEXT NOT NULL, allocated_at TEXT NOT NULL, audit_seq BIGINT NOT NULL,
+        UNIQUE (trial_id, person_id), UNIQUE (trial_id, version, sequence)""",
     "mercia_trial_unblinding": """trial_id TEXT NOT NULL, person_id BIGINT NOT NULL, unblinded_by TEXT NOT NULL,
         reason TEXT NOT NULL, unblinded_at TEXT NOT NULL""",
     "mercia_trial_notification": """trial_id TEXT NOT NULL, user_id BIGINT NOT NULL, message TEXT NOT NULL,

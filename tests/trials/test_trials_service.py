@@ -181,6 +181,11 @@ def test_randomisation_concealment_blinding_and_refusals(world):
     assert entry["detail"]["arm"] is None                                               # the log keeps blinding
     with pytest.raises(Conflict, match="already randomised"):
         r.randomise(p["nurse_a"], T, 7, LEVELS)
+    row = world.store.query_dicts("SELECT * FROM mercia_trial_allocation WHERE person_id = 7")[0]
+    cols = ", ".join(row)
+    with pytest.raises(Exception, match="(?i)unique|duplicate|constraint"):   # a racing second server is refused too
+        world.store.execute(f"INSERT INTO mercia_trial_allocation ({cols}) VALUES ({', '.join('?' for _ in row)})",
+                            list(row.values()))
     r.record(p["nurse_a"], T, 8, "approached", site=SITE_A)
     with pytest.raises(Conflict, match="not consented"):
         r.randomise(p["nurse_a"], T, 8, LEVELS)
