@@ -57,6 +57,10 @@ def test_trial_routes_follow_the_rules(api):
     boxes = client.get(f"{base}/consort", params={"external": True}, headers=as_user("stats")).json()
     assert boxes["controlled"] and any(b["box"] == "randomised" for b in boxes["boxes"])
     assert client.get(f"{base}/dashboard", headers=as_user("manager")).json()[0]["randomised"] == 1
+    log = client.get(f"{base}/screening-log", headers=as_user("stats")).json()
+    assert [r["status"] for r in log] == ["approached", "screened", "consented", "randomised"]
+    assert not any("arm" in r for r in log)
+    assert client.get(f"{base}/screening-log", headers=as_user("researcher")).status_code == 404
     new = {"trial_id": "IRAS1", "title": "T", "project_id": world.project, "sponsor": "S", "chief_investigator": "C",
            "sites": [SITE_A], "target": 5, "opens_on": "2026-01-01", "closes_on": "2030-01-01",
            "eligibility": eligibility(), "settings": {"method": "simple", "arms": [{"code": "a"}, {"code": "b"}]}}

@@ -178,6 +178,13 @@ def dashboard(trial_id: str, request: Request, user: User = Depends(current_user
         return recruitment.dashboard(user, trial_id)
 
 
+@router.get("/{trial_id}/screening-log", summary="Every status recorded (the trial team; person ids, no arms)")
+def screening_log(trial_id: str, request: Request, user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    state, _, recruitment = _services(request)
+    with state.lock:
+        return recruitment.screening_log(user, trial_id)
+
+
 @router.get("/{trial_id}/consort", summary="CONSORT flow counts (controlled with external=true)")
 def consort(trial_id: str, request: Request, external: bool = False,
             user: User = Depends(current_user)) -> dict[str, Any]:
