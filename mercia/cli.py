@@ -20,6 +20,7 @@ from mercia.privacy.cli import app as privacy_app
 from mercia.quality.cli import app as dq_app
 from mercia.raredisease.cli import app as raredisease_app
 from mercia.synth.cli import app as synth_app
+from mercia.trials.cli import app as trials_app
 from mercia.vocab.cli import app as vocab_app
 from mercia.web.cli import serve
 
@@ -46,6 +47,7 @@ app.add_typer(analytics_app, name="analyse")
 app.add_typer(raredisease_app, name="raredisease")
 app.add_typer(audit_app, name="audit")
 app.add_typer(federation_app, name="federation")
+app.add_typer(trials_app, name="trials")
 
 
 if __name__ == "__main__":  # `python -m mercia.cli ...`, as the tests and docs run it

@@ -78,6 +78,7 @@ def navigation(user, path: str) -> list[dict[str, Any]]:
     items.append(("Data sources", "/sources"))
     if user.has_any(Role.CLINICIAN, Role.RESEARCHER, Role.TRIAL_COORDINATOR):
         items.append(("Rare disease", "/raredisease"))
+        items.append(("Trials", "/trials"))
     items.append(("Exports", "/exports"))
     if user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN):
         items.append(("Audit", "/audit"))

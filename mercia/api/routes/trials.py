@@ -1,0 +1,196 @@
+"""Clinical trials over HTTP: thin calls into ``mercia.trials``, which holds every rule and the audit.
+
+Worklists here are pseudonymous.  Re-identification is deliberately not an endpoint of the research
+server: it runs at the patient's own organisation, over that organisation's key map
+(``mercia trials worklist --org-db``), which this server never holds.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from mercia.api.auth import current_user
+from mercia.api.state import state_of
+from mercia.governance import User
+from mercia.trials.randomise import RandomisationError
+
+router = APIRouter(prefix="/trials", tags=["trials"])
+DATE = r"^\d{4}-\d{2}-\d{2}$"
+PersonId = Annotated[int, Path(ge=1, le=2**63 - 1, description="the participant's person_id")]
+
+
+class TrialCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    trial_id: str = Field(..., min_length=1, max_length=60, description="ISRCTN, EudraCT or IRAS number")
+    title: str = Field(..., min_length=1, max_length=300)
+    project_id: int = Field(..., ge=1, le=2**63 - 1)
+    sponsor: str = Field(..., max_length=200)
+    chief_investigator: str = Field(..., max_length=200)
+    sites: list[str] = Field(..., min_length=1, max_length=200, description="ODS codes")
+    target: int = Field(..., ge=1, le=10_000_000)
+    opens_on: str = Field(..., pattern=DATE)
+    closes_on: str = Field(..., pattern=DATE)
+    eligibility: dict[str, Any] = Field(..., description="ATLAS/Circe cohort definition")
+    manual_criteria: list[str] = Field(default_factory=list, max_length=100)
+    settings: dict[str, Any] = Field(..., description="randomisation settings (see docs/trials.md)")
+    blinded: bool = False
+
+
+class RoleGrant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: int = Field(..., ge=1, le=2**63 - 1)
+    role: str = Field(..., pattern="^(trial_manager|site_investigator|research_nurse|statistician|"
+                                   "unblinded_pharmacist|care_team)$")
+    site: str = Field("", max_length=20)
+
+
+class StatusUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: str = Field(..., max_length=30)
+    site: str = Field(..., max_length=20)
+    reason: str = Field("", max_length=500)
+    on: str | None = Field(None, pattern=DATE)
+    confirmed: list[str] = Field(default_factory=list, max_length=100)
+
+
+class RandomiseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    levels: dict[str, str] = Field(default_factory=dict, description="factor -> level")
+
+
+class UnblindRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(..., min_length=1, max_length=500)
+
+
+def _services(request: Request):
+    from mercia.trials.recruitment import Recruitment
+    from mercia.trials.register import TrialRegister
+
+    state = state_of(request)
+    register = TrialRegister(state.store, state.gov)
+    return state, register, Recruitment(register)
+
+
+def _allocating(action):
+    try:
+        return action()
+    except RandomisationError as exc:          # the server has no randomisation key configured
+        raise HTTPException(503, f"randomisation is not available: {exc}") from None
+
+
+@router.get("", summary="Trials you hold a role on")
+def list_trials(request: Request, user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    state, register, _ = _services(request)
+    with state.lock:
+        return [{"trial_id": t.trial_id, "title": t.title, "status": t.status, "sites": t.sites, "target": t.target}
+                for t in register.trials_for(user)]
+
+
+@router.post("", status_code=201, summary="Register a trial (you become its trial manager)")
+def create_trial(body: TrialCreate, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    state, register, _ = _services(request)
+    with state.lock:
+        return register.create(user, **body.model_dump()).to_dict()
+
+
+@router.get("/{trial_id}", summary="One trial")
+def get_trial(trial_id: str, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    from mercia.trials.register import TrialRole
+
+    state, register, _ = _services(request)
+    with state.lock:
+        return register.require(user, trial_id, *TrialRole).to_dict()
+
+
+@router.post("/{trial_id}/roles", summary="Give someone a role on the trial (trial managers)")
+def grant_role(trial_id: str, body: RoleGrant, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    state, register, _ = _services(request)
+    with state.lock:
+        register.grant(user, trial_id, body.user_id, body.role, body.site)
+    return {"trial_id": trial_id, **body.model_dump()}
+
+
+@router.get("/{trial_id}/feasibility", summary="Newly eligible per site and month, pool, projection (controlled)")
+def get_feasibility(trial_id: str, request: Request, years: int = Query(10, ge=1, le=30),
+                    consent: float = Query(0.5, ge=0, le=1), screen_failure: float = Query(0.3, ge=0, le=1),
+                    horizon: int = Query(24, ge=1, le=120), as_of: str | None = Query(None, pattern=DATE),
+                    user: User = Depends(current_user)) -> dict[str, Any]:
+    from mercia.trials.feasibility import feasibility
+
+    state, register, _ = _services(request)
+    with state.lock:
+        return feasibility(register, user, trial_id, years=years, consent=consent, screen_failure=screen_failure,
+                           horizon=horizon, as_of=as_of).to_json_dict()
+
+
+@router.get("/{trial_id}/worklist", summary="A site's pseudonymous pre-screening worklist")
+def get_worklist(trial_id: str, request: Request, site: str = Query(..., max_length=20),
+                 since: str | None = Query(None, pattern=DATE), user: User = Depends(current_user)
+                 ) -> list[dict[str, Any]]:
+    from mercia.trials.prescreen import worklist
+
+    state, register, _ = _services(request)
+    with state.lock:
+        return worklist(register, user, trial_id, site, since=since)
+
+
+@router.post("/{trial_id}/participants/{person_id}/status", summary="Record a recruitment status")
+def record_status(trial_id: str, person_id: PersonId, body: StatusUpdate, request: Request,
+                  user: User = Depends(current_user)) -> dict[str, Any]:
+    state, _, recruitment = _services(request)
+    with state.lock:
+        return recruitment.record(user, trial_id, person_id, body.status, site=body.site, reason=body.reason,
+                                  on=body.on, confirmed=body.confirmed)
+
+
+@router.post("/{trial_id}/participants/{person_id}/randomise", summary="Randomise a consented, eligible participant")
+def randomise(trial_id: str, person_id: PersonId, body: RandomiseRequest, request: Request,
+              user: User = Depends(current_user)) -> dict[str, Any]:
+    state, _, recruitment = _services(request)
+    with state.lock:
+        return _allocating(lambda: recruitment.randomise(user, trial_id, person_id, body.levels))
+
+
+@router.get("/{trial_id}/participants/{person_id}/allocation", summary="An allocation as your role may see it")
+def allocation(trial_id: str, person_id: PersonId, request: Request,
+               user: User = Depends(current_user)) -> dict[str, Any]:
+    state, _, recruitment = _services(request)
+    with state.lock:
+        return recruitment.allocation(user, trial_id, person_id)
+
+
+@router.post("/{trial_id}/participants/{person_id}/unblind", summary="Emergency unblinding (audited, notified)")
+def unblind(trial_id: str, person_id: PersonId, body: UnblindRequest, request: Request,
+            user: User = Depends(current_user)) -> dict[str, Any]:
+    state, _, recruitment = _services(request)
+    with state.lock:
+        return recruitment.unblind(user, trial_id, person_id, body.reason)
+
+
+@router.get("/{trial_id}/dashboard", summary="Recruitment per site against target")
+def dashboard(trial_id: str, request: Request, user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    state, _, recruitment = _services(request)
+    with state.lock:
+        return recruitment.dashboard(user, trial_id)
+
+
+@router.get("/{trial_id}/screening-log", summary="Every status recorded (the trial team; person ids, no arms)")
+def screening_log(trial_id: str, request: Request, user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    state, _, recruitment = _services(request)
+    with state.lock:
+        return recruitment.screening_log(user, trial_id)
+
+
+@router.get("/{trial_id}/consort", summary="CONSORT flow counts (controlled with external=true)")
+def consort(trial_id: str, request: Request, external: bool = False,
+            user: User = Depends(current_user)) -> dict[str, Any]:
+    from mercia.trials.consort import consort_counts
+
+    state, register, _ = _services(request)
+    with state.lock:
+        table = consort_counts(register, user, trial_id, external=external)
+    return {"boxes": table.display_rows() if external else table.rows, "controlled": external}

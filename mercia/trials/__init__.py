@@ -1,0 +1,1 @@
+"""Clinical trials: register, feasibility, pre-screening, recruitment and randomisation."""

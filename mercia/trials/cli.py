@@ -1,0 +1,251 @@
+"""``mercia trials``: register trials, check feasibility, pre-screen, record recruitment, randomise, CONSORT.
+
+Every command acts as a registered Mercia user (``--as``) and goes through the same rules and audit as
+the API; ``simulate`` needs no store and writes one row per simulated participant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Clinical trials: register, feasibility, worklists, recruitment, randomisation, CONSORT.",
+                  no_args_is_help=True)
+
+DB = typer.Option(None, "--db", help="store URL (default: configured store)")
+AS = typer.Option(..., "--as", help="the Mercia username you act as")
+TRIAL = typer.Option(..., "--trial", help="trial id (ISRCTN/EudraCT/IRAS)")
+JSON = typer.Option(False, "--json", help="print JSON")
+
+
+def _context(db: str | None, username: str):
+    from mercia.cdm import Store
+    from mercia.governance import Governance
+    from mercia.trials.register import TrialRegister
+
+    store = Store.open(db)
+    gov = Governance(store)
+    user = gov.user_by_name(username)
+    if user is None:
+        typer.echo(f"no Mercia user {username!r}", err=True)
+        raise typer.Exit(2)
+    return TrialRegister(store, gov), user
+
+
+def _run(action):
+    """Run ``action``; a refusal is printed as one line and exits 1 (no traceback)."""
+    from mercia.governance import GovernanceError
+    from mercia.trials.randomise import RandomisationError
+
+    try:
+        return action()
+    except (GovernanceError, RandomisationError) as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _print(rows: list[dict], as_json: bool) -> None:
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    if as_json:
+        typer.echo(orjson.dumps(rows, default=str, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table()
+    for col in rows[0] if rows else []:
+        table.add_column(str(col))
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    Console().print(table)
+
+
+@app.command()
+def create(trial_id: str = typer.Option(..., "--id", help="ISRCTN, EudraCT or IRAS number"),
+           title: str = typer.Option(..., "--title"), project: int = typer.Option(..., "--project"),
+           sponsor: str = typer.Option(..., "--sponsor"), chief: str = typer.Option(..., "--chief-investigator"),
+           sites: list[str] = typer.Option(..., "--site", help="an ODS code; repeat per site"),
+           target: int = typer.Option(..., "--target"), opens: str = typer.Option(..., "--opens"),
+           closes: str = typer.Option(..., "--closes"),
+           eligibility: Path | None = typer.Option(None, "--eligibility", help="ATLAS/Circe cohort JSON"),
+           saved_cohort: int | None = typer.Option(None, "--saved-cohort", help="a cohort saved in the project"),
+           settings: Path = typer.Option(..., "--settings", help="randomisation settings JSON"),
+           manual: list[str] = typer.Option([], "--manual", help="a criterion confirmed at screening; repeat"),
+           blinded: bool = typer.Option(False, "--blinded"), db: str | None = DB, username: str = AS) -> None:
+    """Register a trial (its eligibility is a cohort definition; you become its trial manager)."""
+    import orjson
+
+    register, user = _context(db, username)
+    if (eligibility is None) == (saved_cohort is None):
+        raise typer.BadParameter("give exactly one of --eligibility FILE or --saved-cohort ID")
+    if eligibility is not None:
+        expression = eligibility.read_text()
+    else:
+        row = register.db.row("SELECT expression FROM mercia_cohort WHERE id = ? AND project_id = ?",
+                              [saved_cohort, project])
+        if row is None:
+            raise typer.BadParameter(f"project {project} has no saved cohort {saved_cohort}")
+        expression = row["expression"]
+    trial = _run(lambda: register.create(
+        user, trial_id=trial_id, title=title, project_id=project, sponsor=sponsor, chief_investigator=chief,
+        sites=sites, target=target, opens_on=opens, closes_on=closes, eligibility=expression,
+        settings=orjson.loads(settings.read_bytes()), manual_criteria=manual, blinded=blinded))
+    typer.echo(f"created trial {trial.trial_id} (eligibility cohort {trial.cohort_id}, settings v{trial.version})")
+
+
+@app.command()
+def grant(trial: str = TRIAL, member: str = typer.Option(..., "--user"), role: str = typer.Option(..., "--role"),
+          site: str = typer.Option("", "--site"), db: str | None = DB, username: str = AS) -> None:
+    """Give a user a role on the trial (trial managers only)."""
+    register, user = _context(db, username)
+    target = register.gov.user_by_name(member)
+    if target is None:
+        raise typer.BadParameter(f"no Mercia user {member!r}")
+    _run(lambda: register.grant(user, trial, target.id, role, site))
+    typer.echo(f"{member} is now {role}{' at ' + site if site else ''} on {trial}")
+
+
+@app.command()
+def feasibility(trial: str = TRIAL, years: int = typer.Option(10, "--years"),
+                as_of: str | None = typer.Option(None, "--as-of"), consent: float = typer.Option(0.5, "--consent"),
+                screen_failure: float = typer.Option(0.3, "--screen-failure"),
+                horizon: int = typer.Option(24, "--horizon", help="months to project"),
+                db: str | None = DB, username: str = AS, as_json: bool = JSON) -> None:
+    """Newly eligible per site and month, the prevalent pool and projected recruitment (controlled)."""
+    import orjson
+
+    from mercia.trials.feasibility import feasibility as run
+
+    register, user = _context(db, username)
+    result = _run(lambda: run(register, user, trial, years=years, as_of=as_of, consent=consent,
+                              screen_failure=screen_failure, horizon=horizon))
+    if as_json:
+        typer.echo(orjson.dumps(result.to_json_dict(), option=orjson.OPT_INDENT_2).decode())
+        return
+    for name in ("pool", "projection"):
+        table = result.table(name)
+        typer.echo(table.title)
+        _print(table.display_rows(), False)
+
+
+@app.command()
+def worklist(trial: str = TRIAL, site: str = typer.Option(..., "--site"),
+             since: str | None = typer.Option(None, "--since", help="only first found eligible on/after this date"),
+             org_db: str | None = typer.Option(None, "--org-db", help="your organisation's re-identification store: "
+                                               "show NHS numbers and MRNs (care team only)"),
+             db: str | None = DB, username: str = AS, as_json: bool = JSON) -> None:
+    """The site's pre-screening worklist (pseudonymous; identities with --org-db for its care team)."""
+    from mercia.cdm import Store
+    from mercia.trials.prescreen import ReidentificationService
+    from mercia.trials.prescreen import worklist as build
+
+    register, user = _context(db, username)
+    if org_db:
+        service = ReidentificationService(Store.open(org_db), site)
+        rows = _run(lambda: service.worklist(register, user, trial, since=since))
+    else:
+        rows = _run(lambda: build(register, user, trial, site, since=since))
+    _print(rows, as_json)
+
+
+@app.command()
+def status(trial: str = TRIAL, person: int = typer.Option(..., "--person"),
+           new_status: str = typer.Option(..., "--status"), site: str = typer.Option(..., "--site"),
+           reason: str = typer.Option("", "--reason"),
+           confirmed: list[str] = typer.Option([], "--confirmed", help="a manual criterion confirmed; repeat"),
+           on: str | None = typer.Option(None, "--on", help="date it happened (default today)"),
+           db: str | None = DB, username: str = AS) -> None:
+    """Record a recruitment status (identified ... consented, ineligible, declined, withdrawn)."""
+    from mercia.trials.recruitment import Recruitment
+
+    register, user = _context(db, username)
+    _run(lambda: Recruitment(register).record(user, trial, person, new_status, site=site, reason=reason, on=on,
+                                              confirmed=confirmed))
+    typer.echo(f"person {person} on {trial}: {new_status}")
+
+
+@app.command()
+def randomise(trial: str = TRIAL, person: int = typer.Option(..., "--person"),
+              level: list[str] = typer.Option([], "--level", help="factor=level; repeat per factor"),
+              db: str | None = DB, username: str = AS, as_json: bool = JSON) -> None:
+    """Randomise a consented, eligible participant (the key comes from $MERCIA_RANDOMISATION_KEY[_FILE])."""
+    from mercia.trials.recruitment import Recruitment
+
+    levels = {}
+    for item in level:
+        if "=" not in item:
+            raise typer.BadParameter(f"--level {item!r}: write factor=level")
+        name, value = item.split("=", 1)
+        levels[name.strip()] = value.strip()
+    register, user = _context(db, username)
+    shown = _run(lambda: Recruitment(register).randomise(user, trial, person, levels))
+    _print([shown], as_json)
+
+
+@app.command()
+def unblind(trial: str = TRIAL, person: int = typer.Option(..., "--person"), reason: str = typer.Option(..., "--reason"),
+            db: str | None = DB, username: str = AS) -> None:
+    """Emergency unblinding (site investigator or trial manager): audited and notified."""
+    from mercia.trials.recruitment import Recruitment
+
+    register, user = _context(db, username)
+    shown = _run(lambda: Recruitment(register).unblind(user, trial, person, reason))
+    typer.echo(f"person {person} on {trial}: arm {shown['arm']} (pack {shown['pack_code']})")
+
+
+@app.command("screening-log")
+def screening_log(trial: str = TRIAL, out: Path | None = typer.Option(None, "--out", help="write CSV here"),
+                  db: str | None = DB, username: str = AS, as_json: bool = JSON) -> None:
+    """The screening log (every status recorded) for the trial team."""
+    import csv
+
+    from mercia.trials.recruitment import Recruitment
+
+    register, user = _context(db, username)
+    rows = _run(lambda: Recruitment(register).screening_log(user, trial))
+    if out is None:
+        _print(rows, as_json)
+        return
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["person_id", "site", "status", "reason", "recorded_on",
+                                                    "recorded_by"])
+        writer.writeheader()
+        writer.writerows(rows)
+    typer.echo(f"wrote {len(rows)} rows to {out}")
+
+
+@app.command()
+def consort(trial: str = TRIAL, out: Path = typer.Option(..., "--out", help="file name without suffix"),
+            external: bool = typer.Option(False, "--external", help="for use beyond the trial team: "
+                                          "counts pass disclosure control"),
+            db: str | None = DB, username: str = AS) -> None:
+    """Draw the CONSORT flow diagram from the screening log as SVG and PNG."""
+    from mercia.trials.consort import consort as draw
+
+    register, user = _context(db, username)
+    result = _run(lambda: draw(register, user, trial, out, external=external))
+    typer.echo("wrote " + ", ".join(result["files"]))
+
+
+@app.command()
+def simulate(method: str = typer.Option(..., "--method", help="simple|block|stratified|minimisation"),
+             participants: int = typer.Option(200, "--participants", min=1),
+             factors: int = typer.Option(3, "--factors", min=0), seed: int = typer.Option(..., "--seed"),
+             probability: float = typer.Option(0.8, "--probability", help="minimisation's biased coin"),
+             out: Path = typer.Option(..., "--out", help="CSV: participant,arm,factor_1..factor_K")) -> None:
+    """Simulate one trial (two arms 1:1, 2-3 random levels per factor) so balance can be checked independently."""
+    import csv
+
+    from mercia.trials.randomise import marginal_imbalance
+    from mercia.trials.randomise import simulate as run
+
+    rows = _run(lambda: run(method, participants, factors, seed, probability))
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    names = [f"factor_{i + 1}" for i in range(factors)]
+    arms = [r["arm"] for r in rows]
+    typer.echo(f"wrote {len(rows)} participants to {out}: A={arms.count('A')} B={arms.count('B')}, "
+               f"marginal imbalance (sum over levels of |A-B|) = {marginal_imbalance(rows, names)}")

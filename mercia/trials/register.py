@@ -1,0 +1,251 @@
+"""The trial register: what a trial is, who works on it in which role and at which site, and its
+randomisation settings (versioned: fixed once the first participant is allocated).
+
+Trial work belongs to an approved governance project: creating a trial needs data access to that
+project, and every later step checks that the project is still approved.  Every change is audited.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from mercia.cdm import Store
+from mercia.cohorts import CohortDefinitionError, CohortExpression
+from mercia.governance import Conflict, Forbidden, Governance, GovernanceError, NotFound, ProjectStatus, User
+from mercia.governance.db import now
+from mercia.trials.randomise import RandomisationError, Settings
+from mercia.trials.tables import ensure_trial_tables
+
+COHORT_ID_BASE = 1_400_000_000   # trial eligibility cohorts live above every hand-numbered cohort
+
+
+class TrialRole(StrEnum):
+    TRIAL_MANAGER = "trial_manager"
+    SITE_INVESTIGATOR = "site_investigator"
+    RESEARCH_NURSE = "research_nurse"
+    STATISTICIAN = "statistician"
+    UNBLINDED_PHARMACIST = "unblinded_pharmacist"
+    CARE_TEAM = "care_team"          # the patient's own direct care team: may re-identify at its site
+
+
+SITE_ROLES = {TrialRole.SITE_INVESTIGATOR, TrialRole.RESEARCH_NURSE, TrialRole.CARE_TEAM,
+              TrialRole.UNBLINDED_PHARMACIST}
+
+
+class TrialError(GovernanceError):
+    """A trial request that the rules refuse; the message names the trial, person or field."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    trial_id: str
+    title: str
+    pillar: str
+    sponsor: str
+    chief_investigator: str
+    project_id: int
+    sites: list[str]
+    target: int
+    opens_on: str
+    closes_on: str
+    blinded: bool
+    eligibility: CohortExpression
+    manual_criteria: list[str]
+    cohort_id: int
+    status: str
+    version: int
+    settings: Settings
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("eligibility", "settings")}
+        d["settings"] = self.settings.to_dict()
+        d["eligibility"] = self.eligibility.to_dict()
+        return d
+
+
+def _date(name: str, value: str) -> str:
+    try:
+        return date.fromisoformat(value).isoformat()
+    except (TypeError, ValueError) as exc:
+        raise TrialError(f"{name} must be a date YYYY-MM-DD, not {value!r}") from exc
+
+
+class TrialRegister:
+    """Trials and trial roles over one Store (the research store, where governance lives too)."""
+
+    def __init__(self, store: Store, gov: Governance | None = None):
+        self.store = store
+        self.gov = gov or Governance(store)
+        self.db = self.gov.db
+        ensure_trial_tables(store)
+
+    # -- trials ------------------------------------------------------------------------------
+    def create(self, actor: User, *, trial_id: str, title: str, project_id: int, sponsor: str,
+               chief_investigator: str, sites: list[str], target: int, opens_on: str, closes_on: str,
+               eligibility: CohortExpression | str | dict, settings: Settings | dict,
+               manual_criteria: list[str] = (), blinded: bool = False) -> Trial:
+        project = self.gov.require_data_access(actor, project_id)
+        trial_id = trial_id.strip()
+        if not trial_id or not title.strip():
+            raise TrialError("a trial needs an id (ISRCTN, EudraCT or IRAS number) and a title")
+        sites = [s.strip().upper() for s in sites if s.strip()]
+        if not sites:
+            raise TrialError(f"trial {trial_id}: list at least one site (ODS code)")
+        if target < 1:
+            raise TrialError(f"trial {trial_id}: target sample size must be at least 1")
+        opens_on, closes_on = _date("opens_on", opens_on), _date("closes_on", closes_on)
+        if closes_on < opens_on:
+            raise TrialError(f"trial {trial_id}: the recruitment window closes before it opens")
+        expression = self._expression(trial_id, eligibility)
+        settings = self._settings(trial_id, settings)
+        with self.db.transaction():
+            if self.db.row("SELECT trial_id FROM mercia_trial WHERE trial_id = ?", [trial_id]):
+                raise Conflict(f"trial {trial_id} already exists")
+            cohort_id = int(self.db.scalar("SELECT COALESCE(MAX(cohort_id), ?) + 1 FROM mercia_trial",
+                                           [COHORT_ID_BASE]))
+            self.db.insert("mercia_trial", {
+                "trial_id": trial_id, "title": title.strip(), "pillar": project.pillar, "sponsor": sponsor,
+                "chief_investigator": chief_investigator, "project_id": project_id,
+                "sites": orjson.dumps(sites).decode(), "target": target, "opens_on": opens_on,
+                "closes_on": closes_on, "blinded": blinded, "eligibility": expression.to_json(indent=False),
+                "manual_criteria": orjson.dumps(list(manual_criteria)).decode(), "cohort_id": cohort_id,
+                "status": "open", "version": 1, "created_by": actor.username, "created_at": now()})
+            self._insert_settings(trial_id, 1, settings, "initial settings", actor)
+            self.db.insert("mercia_trial_role", {"trial_id": trial_id, "user_id": actor.id,
+                                                 "role": TrialRole.TRIAL_MANAGER.value, "site": ""})
+            self.gov.audit.record(actor.username, "trial.create", f"trial:{trial_id}", project_id, title=title,
+                                  sites=sites, sample_size=target, settings=settings.to_dict())
+        return self.trial(trial_id)
+
+    @staticmethod
+    def _expression(trial_id: str, eligibility: CohortExpression | str | dict) -> CohortExpression:
+        if isinstance(eligibility, CohortExpression):
+            return eligibility
+        try:
+            return CohortExpression.from_json(eligibility)
+        except CohortDefinitionError as exc:
+            raise TrialError(f"trial {trial_id}: eligibility is not a valid cohort definition: {exc}") from exc
+
+    @staticmethod
+    def _settings(trial_id: str, settings: Settings | dict) -> Settings:
+        try:
+            return settings if isinstance(settings, Settings) else Settings.from_dict(settings)
+        except RandomisationError as exc:
+            raise TrialError(f"trial {trial_id}: {exc}") from exc
+
+    def _insert_settings(self, trial_id: str, version: int, settings: Settings, reason: str, actor: User) -> None:
+        self.db.insert("mercia_trial_settings", {"trial_id": trial_id, "version": version,
+                                                 "settings": orjson.dumps(settings.to_dict()).decode(),
+                                                 "reason": reason, "created_by": actor.username,
+                                                 "created_at": now()})
+
+    def trial(self, trial_id: str) -> Trial:
+        row = self.db.row("SELECT * FROM mercia_trial WHERE trial_id = ?", [trial_id])
+        if row is None:
+            raise NotFound(f"no trial {trial_id!r}")
+        settings = self.db.scalar("SELECT settings FROM mercia_trial_settings WHERE trial_id = ? AND version = ?",
+                                  [trial_id, row["version"]])
+        return Trial(trial_id=row["trial_id"], title=row["title"], pillar=row["pillar"], sponsor=row["sponsor"],
+                     chief_investigator=row["chief_investigator"], project_id=int(row["project_id"]),
+                     sites=orjson.loads(row["sites"]), target=int(row["target"]), opens_on=row["opens_on"],
+                     closes_on=row["closes_on"], blinded=bool(row["blinded"]),
+                     eligibility=CohortExpression.from_json(row["eligibility"]),
+                     manual_criteria=orjson.loads(row["manual_criteria"]), cohort_id=int(row["cohort_id"]),
+                     status=row["status"], version=int(row["version"]),
+                     settings=Settings.from_dict(orjson.loads(settings)))
+
+    def trials_for(self, user: User) -> list[Trial]:
+        ids = [r["trial_id"] for r in self.db.rows(
+            "SELECT DISTINCT trial_id FROM mercia_trial_role WHERE user_id = ? ORDER BY trial_id", [user.id])]
+        return [self.trial(t) for t in ids]
+
+    def change_settings(self, actor: User, trial_id: str, settings: Settings | dict, *,
+                        new_version: bool = False, reason: str = "") -> Trial:
+        """Edit the randomisation settings.  Once anyone is allocated they are fixed: a change needs
+        ``new_version=True`` and a reason, and later allocations use the new version."""
+        trial = self.require(actor, trial_id, TrialRole.TRIAL_MANAGER)
+        settings = self._settings(trial_id, settings)
+        with self.db.transaction():
+            allocated = int(self.db.scalar("SELECT COUNT(*) FROM mercia_trial_allocation WHERE trial_id = ? "
+                                           "AND version = ?", [trial_id, trial.version]))
+            if allocated and not new_version:
+                raise Conflict(f"trial {trial_id}: {allocated} participants are already allocated under settings "
+                               f"version {trial.version}; create a new version (with a reason) to change them")
+            if new_version:
+                if not reason.strip():
+                    raise TrialError(f"trial {trial_id}: say why the randomisation settings need a new version")
+                version = trial.version + 1
+                self._insert_settings(trial_id, version, settings, reason.strip(), actor)
+                self.db.execute("UPDATE mercia_trial SET version = ? WHERE trial_id = ?", [version, trial_id])
+            else:
+                version = trial.version
+                self.db.execute("UPDATE mercia_trial_settings SET settings = ? WHERE trial_id = ? AND version = ?",
+                                [orjson.dumps(settings.to_dict()).decode(), trial_id, version])
+            self.gov.audit.record(actor.username, "trial.settings", f"trial:{trial_id}", trial.project_id,
+                                  version=version, new_version=new_version, reason=reason,
+                                  settings=settings.to_dict())
+        return self.trial(trial_id)
+
+    def close(self, actor: User, trial_id: str) -> Trial:
+        trial = self.require(actor, trial_id, TrialRole.TRIAL_MANAGER)
+        with self.db.transaction():
+            self.db.execute("UPDATE mercia_trial SET status = 'closed' WHERE trial_id = ?", [trial_id])
+            self.gov.audit.record(actor.username, "trial.close", f"trial:{trial_id}", trial.project_id)
+        return self.trial(trial_id)
+
+    # -- roles -------------------------------------------------------------------------------
+    def grant(self, actor: User, trial_id: str, user_id: int, role: TrialRole | str, site: str = "") -> None:
+        trial = self.require(actor, trial_id, TrialRole.TRIAL_MANAGER)
+        role = TrialRole(role)
+        site = site.strip().upper()
+        if role in SITE_ROLES and site not in trial.sites:
+            raise TrialError(f"trial {trial_id}: role {role.value} needs one of the trial's sites "
+                             f"({', '.join(trial.sites)}), not {site!r}")
+        member = self.gov.user(user_id)
+        if role is TrialRole.CARE_TEAM and member.organisation != site:
+            raise TrialError(f"{member.username} works for {member.organisation or 'no organisation'}, not {site}: "
+                             "only the patient's own organisation's staff join its care team")
+        site = site if role in SITE_ROLES else ""
+        with self.db.transaction():
+            if not self.db.row("SELECT user_id FROM mercia_trial_role WHERE trial_id = ? AND user_id = ? AND role = ? "
+                               "AND site = ?", [trial_id, user_id, role.value, site]):
+                self.db.insert("mercia_trial_role", {"trial_id": trial_id, "user_id": user_id, "role": role.value,
+                                                     "site": site})
+            self.gov.audit.record(actor.username, "trial.grant_role", f"trial:{trial_id}", trial.project_id,
+                                  member=member.username, role=role.value, site=site)
+
+    def roles(self, user: User, trial_id: str) -> dict[TrialRole, set[str]]:
+        """The user's roles on the trial, each with its sites ('' for trial-wide roles)."""
+        found: dict[TrialRole, set[str]] = {}
+        for r in self.db.rows("SELECT role, site FROM mercia_trial_role WHERE trial_id = ? AND user_id = ?",
+                              [trial_id, user.id]):
+            found.setdefault(TrialRole(r["role"]), set()).add(r["site"])
+        return found
+
+    def require(self, user: User, trial_id: str, *roles: TrialRole, site: str | None = None) -> Trial:
+        """The trial if ``user`` holds one of ``roles`` on it (at ``site`` for site roles) and its project is
+        still approved; otherwise NotFound (no role at all: the trial's existence is not revealed) or Forbidden."""
+        held = self.roles(user, trial_id)
+        if not held:
+            raise NotFound(f"no trial {trial_id!r}")
+        trial = self.trial(trial_id)
+        ok = any(r in held and (site is None or r not in SITE_ROLES or site in held[r]) for r in roles)
+        if not ok:
+            where = f" at site {site}" if site else ""
+            raise Forbidden(f"trial {trial_id}: this needs the role {' or '.join(r.value for r in roles)}{where}")
+        if self.gov.project(trial.project_id).status is not ProjectStatus.APPROVED:
+            raise Forbidden(f"trial {trial_id}: its project {trial.project_id} is no longer approved")
+        return trial
+
+    def sites_for(self, user: User, trial_id: str, *roles: TrialRole) -> set[str]:
+        return set().union(*(s for r, s in self.roles(user, trial_id).items() if r in roles)) - {""}
+
+    def managers(self, trial_id: str) -> list[int]:
+        return [int(r["user_id"]) for r in self.db.rows(
+            "SELECT user_id FROM mercia_trial_role WHERE trial_id = ? AND role = ?",
+            [trial_id, TrialRole.TRIAL_MANAGER.value])]

@@ -1,0 +1,237 @@
+"""Trial pages: the register, a trial's feasibility chart, recruitment dashboard and CONSORT counts for
+its team, and a site's pseudonymous worklist for site staff.  The rules and the audit are those of
+``mercia.trials``, as for the API; identities are never shown here (they stay at the organisation)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote as urlquote
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup, escape
+
+from mercia.api.auth import Caller
+from mercia.api.state import state_of
+from mercia.governance import GovernanceError
+from mercia.web.charts import TEXT, display_table
+from mercia.web.pages import form_data, redirect, render, signed_in
+
+router = APIRouter(include_in_schema=False)
+SITE_COLOURS = ["#005eb8", "#007f3b", "#ffb81c", "#7c2855", "#330072", "#d5281b", "#00a499", "#4c6272"]
+
+
+def _register(request: Request):
+    from mercia.trials.register import TrialRegister
+
+    state = state_of(request)
+    return state, TrialRegister(state.store, state.gov)
+
+
+def feasibility_chart(table: dict[str, Any], width: int = 720, height: int = 260) -> Markup | None:
+    """People newly eligible per year, one line per site (redacted months count as 0 and are noted)."""
+    by_site: dict[str, dict[str, int]] = {}
+    for row in table["rows"]:
+        year = row["month"][:4]
+        counts = by_site.setdefault(row["site"], {})
+        counts[year] = counts.get(year, 0) + (row.get("count_new") or 0)
+    years = sorted({y for c in by_site.values() for y in c})
+    if not years:
+        return None
+    top = max(max(c.values()) for c in by_site.values()) or 1
+    left, bottom, plot_w, plot_h = 50, height - 30, width - 170, height - 50
+
+    def point(i: int, v: int) -> str:
+        return f"{left + plot_w * i / max(1, len(years) - 1):.1f},{bottom - plot_h * v / top:.1f}"
+
+    parts = [f'<svg class="chart" role="img" aria-labelledby="feas-title feas-desc" viewBox="0 0 {width} {height}" '
+             f'width="100%" xmlns="http://www.w3.org/2000/svg"><title id="feas-title">Newly eligible per year</title>'
+             '<desc id="feas-desc">People newly meeting the computable eligibility each year at each site, after '
+             'disclosure control; the table below holds the monthly numbers.</desc>',
+             f'<text x="0" y="{bottom - plot_h + 4}" font-size="12" fill="{TEXT}">{top:,}</text>',
+             f'<text x="0" y="{bottom}" font-size="12" fill="{TEXT}">0</text>',
+             f'<text x="{left}" y="{height - 8}" font-size="12" fill="{TEXT}">{years[0]}</text>',
+             f'<text x="{left + plot_w}" y="{height - 8}" font-size="12" text-anchor="end" fill="{TEXT}">{years[-1]}</text>']
+    for n, (site, counts) in enumerate(sorted(by_site.items())):
+        colour = SITE_COLOURS[n % len(SITE_COLOURS)]
+        points = " ".join(point(i, counts.get(y, 0)) for i, y in enumerate(years))
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}">'
+                     f'<title>{escape(site)}</title></polyline>')
+        parts.append(f'<text x="{left + plot_w + 10}" y="{30 + 18 * n}" font-size="12" fill="{colour}">'
+                     f'{escape(site)}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def _to_worklist(trial_id: str, site: str, notice: str) -> RedirectResponse:
+    return RedirectResponse(f"/trials/{urlquote(trial_id)}/worklist?site={urlquote(site)}&notice={urlquote(notice)}",
+                            status_code=303)
+
+
+def saved_cohorts(state, user) -> list[dict[str, Any]]:
+    """Cohorts saved in the approved projects ``user`` works on: what a new trial's eligibility can be."""
+    from mercia.governance import ProjectStatus
+
+    projects = {p.id: p.title for p in state.gov.projects_for(user)
+                if user.id in p.members and p.status is ProjectStatus.APPROVED}
+    if not projects:
+        return []
+    marks = ", ".join("?" for _ in projects)
+    return [{"value": f"{r['project_id']}:{r['id']}", "label": f"{projects[r['project_id']]} – {r['name']}"}
+            for r in state.gov.db.rows(f"SELECT id, project_id, name FROM mercia_cohort WHERE project_id IN ({marks}) "
+                                       "ORDER BY project_id, id", list(projects))]
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
+
+
+def settings_from_form(form: dict[str, str]) -> dict[str, Any]:
+    """Randomisation settings from the form: arms 'a, b' (ratio as 'a*2'); factors one per line 'name: x, y'."""
+    arms = []
+    for item in _lines(form.get("arms", "")):
+        code, _, ratio = item.partition("*")
+        arms.append({"code": code.strip(), "ratio": int(ratio) if ratio.strip().isdigit() else 1})
+    factors = []
+    for line in form.get("factors", "").splitlines():
+        name, _, levels = line.partition(":")
+        if name.strip():
+            factors.append({"name": name.strip(), "levels": [lv.strip() for lv in levels.split(",") if lv.strip()]})
+    return {"method": form.get("method", ""), "arms": arms, "factors": factors}
+
+
+@router.get("/trials", response_class=HTMLResponse)
+def trials_page(request: Request, caller: Caller = Depends(signed_in)):
+    state, register = _register(request)
+    with state.lock:
+        trials = register.trials_for(caller.user)
+        cohorts = saved_cohorts(state, caller.user)
+    return render(request, "trials.html", caller, trials=trials, cohorts=cohorts)
+
+
+@router.post("/trials")
+def create_trial(request: Request, caller: Caller = Depends(signed_in), form: dict = Depends(form_data)):
+    from mercia.trials.register import TrialError
+
+    state, register = _register(request)
+    project_id, _, cohort_id = form.get("cohort", "").partition(":")
+    if not (project_id.isdigit() and cohort_id.isdigit()):
+        raise TrialError("choose the saved cohort that defines eligibility")
+    with state.lock:
+        row = state.gov.db.row("SELECT expression FROM mercia_cohort WHERE id = ? AND project_id = ?",
+                               [int(cohort_id), int(project_id)])
+        if row is None:
+            raise TrialError(f"project {project_id} has no saved cohort {cohort_id}")
+        target = form.get("target", "")
+        trial = register.create(
+            caller.user, trial_id=form.get("trial_id", ""), title=form.get("title", ""), project_id=int(project_id),
+            sponsor=form.get("sponsor", ""), chief_investigator=form.get("chief_investigator", ""),
+            sites=_lines(form.get("sites", "")), target=int(target) if target.isdigit() else 0,
+            opens_on=form.get("opens_on", ""), closes_on=form.get("closes_on", ""), eligibility=row["expression"],
+            settings=settings_from_form(form), manual_criteria=[m.strip() for m in form.get("manual", "").splitlines()
+                                                                 if m.strip()],
+            blinded=form.get("blinded") == "yes")
+    return redirect(f"/trials/{trial.trial_id}", "Trial registered")
+
+
+@router.post("/trials/{trial_id}/roles")
+def grant_role(trial_id: str, request: Request, caller: Caller = Depends(signed_in), form: dict = Depends(form_data)):
+    from mercia.trials.register import TrialError
+
+    state, register = _register(request)
+    with state.lock:
+        member = state.gov.user_by_name(form.get("username", ""))
+        if member is None:
+            raise TrialError(f"no Mercia user {form.get('username', '')!r}")
+        register.grant(caller.user, trial_id, member.id, form.get("role", ""), form.get("site", ""))
+    return redirect(f"/trials/{trial_id}", f"{member.display_name} added to the team")
+
+
+@router.post("/trials/{trial_id}/participants/{person_id}/status")
+def record_status(trial_id: str, person_id: int, request: Request, caller: Caller = Depends(signed_in),
+                  form: dict = Depends(form_data)):
+    from mercia.trials.recruitment import Recruitment
+
+    state, register = _register(request)
+    site = form.get("site", "")
+    confirmed = [c for c in register.trial(trial_id).manual_criteria if form.get(f"confirm:{c}") == "yes"]
+    with state.lock:
+        Recruitment(register).record(caller.user, trial_id, person_id, form.get("status", ""), site=site,
+                                     reason=form.get("reason", ""), confirmed=confirmed)
+    return _to_worklist(trial_id, site, f"Person {person_id}: {form.get('status')}")
+
+
+@router.post("/trials/{trial_id}/participants/{person_id}/randomise")
+def randomise(trial_id: str, person_id: int, request: Request, caller: Caller = Depends(signed_in),
+              form: dict = Depends(form_data)):
+    from mercia.trials.recruitment import Recruitment
+
+    state, register = _register(request)
+    with state.lock:
+        trial = register.trial(trial_id)
+        levels = {f.name: form.get(f"level:{f.name}", "") for f in trial.settings.factors}
+        shown = Recruitment(register).randomise(caller.user, trial_id, person_id, levels)
+    what = f"arm {shown['arm']}" if "arm" in shown else f"pack {shown['pack_code']}"
+    return _to_worklist(trial_id, form.get("site", ""), f"Person {person_id} randomised: {what}")
+
+
+@router.get("/trials/{trial_id}/consort.svg")
+def consort_svg(trial_id: str, request: Request, caller: Caller = Depends(signed_in)):
+    import tempfile
+    from pathlib import Path
+
+    from mercia.trials.consort import consort
+
+    state, register = _register(request)
+    with tempfile.TemporaryDirectory() as tmp, state.lock:
+        consort(register, caller.user, trial_id, Path(tmp) / "consort")
+        body = (Path(tmp) / "consort.svg").read_bytes()
+    return Response(body, media_type="image/svg+xml",
+                    headers={"Content-Disposition": f'attachment; filename="{trial_id}-consort.svg"'})
+
+
+@router.get("/trials/{trial_id}", response_class=HTMLResponse)
+def trial_page(trial_id: str, request: Request, caller: Caller = Depends(signed_in),
+               years: int = Query(10, ge=1, le=30)):
+    from mercia.trials.consort import consort_counts
+    from mercia.trials.feasibility import feasibility
+    from mercia.trials.recruitment import Recruitment
+    from mercia.trials.register import SITE_ROLES, TrialRole
+
+    state, register = _register(request)
+    user = caller.user
+    with state.lock:
+        trial = register.require(user, trial_id, *TrialRole)
+        roles = register.roles(user, trial_id)
+        sections: dict[str, Any] = {}
+        for name, build in (
+                ("feasibility", lambda: feasibility(register, user, trial_id, years=years).to_json_dict()),
+                ("dashboard", lambda: Recruitment(register).dashboard(user, trial_id)),
+                ("consort", lambda: consort_counts(register, user, trial_id).rows)):
+            try:
+                sections[name] = build()
+            except GovernanceError:
+                sections[name] = None            # not for this role: the section is left out
+    feas = sections["feasibility"]
+    tables = {t["name"]: t for t in feas["tables"]} if feas else {}
+    sites = sorted(set().union(*(s for r, s in roles.items() if r in SITE_ROLES)) - {""})
+    return render(request, "trial.html", caller, trial=trial, roles=sorted(r.value for r in roles), sites=sites,
+                  all_roles=[r.value for r in TrialRole], manager=TrialRole.TRIAL_MANAGER in roles,
+                  feasibility=feas, chart=feasibility_chart(tables["new_eligible"]) if feas else None,
+                  pool=display_table(tables["pool"]) if feas else None,
+                  projection=display_table(tables["projection"]) if feas else None,
+                  dashboard=sections["dashboard"], consort=sections["consort"])
+
+
+@router.get("/trials/{trial_id}/worklist", response_class=HTMLResponse)
+def worklist_page(trial_id: str, request: Request, site: str = Query(..., max_length=20),
+                  since: str | None = Query(None, pattern=r"^\d{4}-\d{2}-\d{2}$"), caller: Caller = Depends(signed_in)):
+    from mercia.trials.prescreen import worklist
+
+    state, register = _register(request)
+    with state.lock:
+        rows = worklist(register, caller.user, trial_id, site, since=since)
+        trial = register.trial(trial_id)
+    return render(request, "trial_worklist.html", caller, trial=trial, site=site, since=since, rows=rows,
+                  statuses=["identified", "prescreened", "approached", "screened", "consented", "ineligible",
+                            "declined", "withdrawn"])

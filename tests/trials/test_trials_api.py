@@ -1,0 +1,84 @@
+"""``/api/v1/trials``: the HTTP face of the same rules, refusal paths included."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mercia.api.state import ServerOptions
+from mercia.web.app import create_app
+
+from .conftest import SITE_A, eligibility, make_world
+
+T = "ISRCTN12345678"
+
+
+@pytest.fixture
+def api(store, monkeypatch):
+    monkeypatch.setenv("MERCIA_RANDOMISATION_KEY", "api-test-key-api-test-key-0123456789")
+    world = make_world(store)
+    client = TestClient(create_app(store, ServerOptions(secure_cookies=True, job_workers=1)),
+                        base_url="https://testserver")
+
+    def as_user(name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {world.gov.create_token(world.people[name], 'test')[1]}"}
+
+    with client:
+        yield client, world, as_user
+
+
+def test_trial_routes_follow_the_rules(api):
+    client, world, as_user = api
+    base = f"/api/v1/trials/{T}"
+    assert client.get("/api/v1/trials").status_code == 401
+    assert [t["trial_id"] for t in client.get("/api/v1/trials", headers=as_user("nurse_a")).json()] == [T]
+    assert client.get(base, headers=as_user("researcher")).status_code == 404
+    assert client.get(f"{base}/worklist", params={"site": SITE_A}, headers=as_user("researcher")).status_code == 404
+    rows = client.get(f"{base}/worklist", params={"site": SITE_A}, headers=as_user("nurse_a")).json()
+    assert len(rows) == 38 and not any("nhs_number" in r or "local_mrn" in r for r in rows)
+    assert client.get(f"{base}/worklist", params={"site": "A81002"}, headers=as_user("nurse_a")).status_code == 403
+    nurse = as_user("nurse_a")
+    for status in ("approached", "screened", "consented"):
+        body = {"status": status, "site": SITE_A,
+                "confirmed": ["HbA1c over 58 mmol/mol", "no insulin"] if status == "screened" else []}
+        assert client.post(f"{base}/participants/7/status", json=body, headers=nurse).status_code == 200
+    levels = {"levels": {"sex": "M", "age": "<65"}}
+    assert client.post(f"{base}/participants/8/randomise", json=levels, headers=nurse).status_code == 409
+    made = client.post(f"{base}/participants/7/randomise", json=levels, headers=nurse)
+    assert made.status_code == 200 and "arm" not in made.json()
+    assert client.post(f"{base}/participants/7/randomise", json=levels, headers=nurse).status_code == 409
+    assert "arm" in client.get(f"{base}/participants/7/allocation", headers=as_user("pharm")).json()
+    assert client.post(f"{base}/participants/7/unblind", json={"reason": "x"}, headers=nurse).status_code == 403
+    assert client.post(f"{base}/participants/7/unblind", json={"reason": "rash"},
+                       headers=as_user("pi_a")).json()["arm"] in ("drug", "placebo")
+    feas = client.get(f"{base}/feasibility", params={"years": 3, "horizon": 2}, headers=as_user("stats")).json()
+    assert feas["disclosure"]["policy"] and {t["name"] for t in feas["tables"]} == {"new_eligible", "pool", "projection"}
+    assert client.get(f"{base}/feasibility", headers=as_user("nurse_a")).status_code == 403
+    boxes = client.get(f"{base}/consort", params={"external": True}, headers=as_user("stats")).json()
+    assert boxes["controlled"] and any(b["box"] == "randomised" for b in boxes["boxes"])
+    assert client.get(f"{base}/dashboard", headers=as_user("manager")).json()[0]["randomised"] == 1
+    log = client.get(f"{base}/screening-log", headers=as_user("stats")).json()
+    assert [r["status"] for r in log] == ["approached", "screened", "consented", "randomised"]
+    assert not any("arm" in r for r in log)
+    assert client.get(f"{base}/screening-log", headers=as_user("researcher")).status_code == 404
+    new = {"trial_id": "IRAS1", "title": "T", "project_id": world.project, "sponsor": "S", "chief_investigator": "C",
+           "sites": [SITE_A], "target": 5, "opens_on": "2026-01-01", "closes_on": "2030-01-01",
+           "eligibility": eligibility(), "settings": {"method": "simple", "arms": [{"code": "a"}, {"code": "b"}]}}
+    assert client.post("/api/v1/trials", json=new, headers=as_user("researcher")).status_code == 404
+    assert client.post("/api/v1/trials", json=new, headers=as_user("manager")).status_code == 201
+    grant = {"user_id": world.people["researcher"].id, "role": "care_team", "site": SITE_A}
+    assert client.post(f"{base}/roles", json=grant, headers=nurse).status_code == 403
+
+
+def test_randomise_without_a_key_is_unavailable_not_a_crash(api, monkeypatch):
+    client, _, as_user = api
+    monkeypatch.delenv("MERCIA_RANDOMISATION_KEY")
+    monkeypatch.delenv("MERCIA_RANDOMISATION_KEY_FILE", raising=False)
+    nurse = as_user("nurse_a")
+    client.get(f"/api/v1/trials/{T}/worklist", params={"site": SITE_A}, headers=nurse)
+    for status in ("approached", "screened", "consented"):
+        client.post(f"/api/v1/trials/{T}/participants/9/status", headers=nurse, json={
+            "status": status, "site": SITE_A, "confirmed": ["HbA1c over 58 mmol/mol", "no insulin"]})
+    answer = client.post(f"/api/v1/trials/{T}/participants/9/randomise", json={"levels": {"sex": "F", "age": "65+"}},
+                         headers=nurse)
+    assert answer.status_code == 503 and "no randomisation key" in answer.json()["detail"]

@@ -1,0 +1,94 @@
+"""``mercia trials``: the commands a trial team uses, end to end on a DuckDB store, and their refusals."""
+
+from __future__ import annotations
+
+import csv
+from datetime import date, timedelta
+
+import orjson
+from typer.testing import CliRunner
+
+from mercia.cdm import Store
+from mercia.cli import app
+from mercia.trials.prescreen import ReidentificationService
+
+from .conftest import PSEUDONYMISER, SITE_A, eligibility, make_world, nhs_number
+
+runner = CliRunner()
+T = "ISRCTN12345678"
+
+
+def _cli(*args: str, env=None):
+    return runner.invoke(app, ["trials", *args], env=env)
+
+
+def test_simulate_writes_one_row_per_participant(tmp_path):
+    out = tmp_path / "sim.csv"
+    result = _cli("simulate", "--method", "minimisation", "--participants", "150", "--factors", "4", "--seed", "3",
+                  "--out", str(out))
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 150 and list(rows[0]) == ["participant", "arm", "factor_1", "factor_2", "factor_3", "factor_4"]
+    assert {r["arm"] for r in rows} == {"A", "B"}
+    assert all(r[f"factor_{k}"] in ("L1", "L2", "L3") for r in rows for k in range(1, 5))
+    again = tmp_path / "again.csv"
+    _cli("simulate", "--method", "minimisation", "--participants", "150", "--factors", "4", "--seed", "3",
+         "--out", str(again))
+    assert again.read_text() == out.read_text()
+    bad = _cli("simulate", "--method", "stratified", "--factors", "0", "--seed", "1", "--out", str(out))
+    assert bad.exit_code == 1 and "needs --factors" in bad.output
+
+
+def test_trial_journey_from_the_command_line(tmp_path, monkeypatch):
+    path = tmp_path / "cdm.duckdb"
+    store = Store(str(path))
+    store.init_schema()
+    world = make_world(store)
+    world.gov.db.insert("mercia_cohort", {"id": 1, "project_id": world.project, "name": "T2DM",
+                                          "description": "", "expression": orjson.dumps(eligibility()).decode(),
+                                          "created_by": world.people["manager"].id, "created_at": "2026-01-01"})
+    store.close()
+    monkeypatch.setenv("MERCIA_RANDOMISATION_KEY", "cli-test-key-cli-test-key-0123456789")
+    db = ["--db", str(path)]
+    settings = tmp_path / "settings.json"
+    settings.write_text('{"method": "block", "arms": [{"code": "new"}, {"code": "usual"}]}')
+    made = _cli("create", "--id", "IRAS999", "--title", "Second", "--project", str(world.project), "--sponsor", "S",
+                "--chief-investigator", "C", "--site", SITE_A, "--target", "10", "--opens", "2026-01-01",
+                "--closes", (date.today() + timedelta(days=30)).isoformat(), "--saved-cohort", "1",
+                "--settings", str(settings), *db, "--as", "manager")
+    assert made.exit_code == 0, made.output
+    listing = _cli("worklist", "--trial", T, "--site", SITE_A, "--json", *db, "--as", "nurse_a")
+    assert listing.exit_code == 0, listing.output
+    assert len(orjson.loads(listing.stdout)) == 38
+    refused = _cli("worklist", "--trial", T, "--site", SITE_A, *db, "--as", "researcher")
+    assert refused.exit_code == 1 and "refused: no trial" in refused.output
+    for status, extra in (("approached", []), ("screened", ["--confirmed", "HbA1c over 58 mmol/mol",
+                                                            "--confirmed", "no insulin"]), ("consented", [])):
+        done = _cli("status", "--trial", T, "--person", "7", "--status", status, "--site", SITE_A, *extra, *db,
+                    "--as", "nurse_a")
+        assert done.exit_code == 0, done.output
+    allocated = _cli("randomise", "--trial", T, "--person", "7", "--level", "sex=F", "--level", "age=65+", "--json",
+                     *db, "--as", "nurse_a")
+    assert allocated.exit_code == 0, allocated.output
+    assert "arm" not in orjson.loads(allocated.stdout)[0]
+    twice = _cli("randomise", "--trial", T, "--person", "7", "--level", "sex=F", "--level", "age=65+", *db,
+                 "--as", "nurse_a")
+    assert twice.exit_code == 1 and "already randomised" in twice.output
+    drawn = _cli("consort", "--trial", T, "--out", str(tmp_path / "flow"), *db, "--as", "stats")
+    assert drawn.exit_code == 0 and (tmp_path / "flow.png").exists() and (tmp_path / "flow.svg").exists()
+    log = _cli("screening-log", "--trial", T, "--out", str(tmp_path / "log.csv"), *db, "--as", "manager")
+    assert log.exit_code == 0 and len(list(csv.DictReader((tmp_path / "log.csv").open()))) == 4
+    org = tmp_path / "org.duckdb"
+    with Store(str(org)) as org_store:
+        ReidentificationService(org_store, SITE_A).record_identities(
+            PSEUDONYMISER, [nhs_number(i) for i in range(1, 41)], [f"MRN{i}" for i in range(1, 41)])
+    named = _cli("worklist", "--trial", T, "--site", SITE_A, "--org-db", str(org), "--json", *db, "--as", "gp_a")
+    assert named.exit_code == 0, named.output
+    assert {r["nhs_number"] for r in orjson.loads(named.stdout)} >= {nhs_number(7), nhs_number(8)}
+    for who in ("nurse_a", "researcher", "stats", "gp_b"):
+        refused = _cli("worklist", "--trial", T, "--site", SITE_A, "--org-db", str(org), *db, "--as", who)
+        assert refused.exit_code == 1 and "refused" in refused.output and nhs_number(8) not in refused.output
+    assert nhs_number(8) not in (tmp_path / "log.csv").read_text()
+    feas = _cli("feasibility", "--trial", T, "--years", "2", "--horizon", "3", "--json", *db, "--as", "stats")
+    assert feas.exit_code == 0, feas.output
+    assert orjson.loads(feas.stdout)["disclosure"]["policy"]

@@ -1,0 +1,277 @@
+"""Trials on both engines: register, feasibility, worklists and re-identification, recruitment,
+randomisation with concealment and unblinding, CONSORT; the refusal paths of each."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+
+from mercia.governance import Conflict, Forbidden, NotFound
+from mercia.privacy.disclosure import get_policy
+from mercia.trials.consort import consort, consort_counts
+from mercia.trials.feasibility import feasibility
+from mercia.trials.prescreen import ReidentificationService, record_dissent, worklist
+from mercia.trials.register import TrialError, TrialRole
+
+from .conftest import PSEUDONYMISER, SITE_A, SITE_B, eligibility, make_world, nhs_number
+
+T = "ISRCTN12345678"
+LEVELS = {"sex": "F", "age": "<65"}
+
+
+def enrol(world, person_id: int, site: str = SITE_A, levels=LEVELS):
+    r, nurse = world.recruitment, world.people["nurse_a"]
+    for status in ("approached", "screened", "consented"):
+        r.record(nurse, T, person_id, status, site=site,
+                 confirmed=["HbA1c over 58 mmol/mol", "no insulin"] if status == "screened" else None)
+    return r.randomise(nurse, T, person_id, levels)
+
+
+def test_create_needs_an_approved_project_and_valid_input(world):
+    p = world.people
+    common = {"title": "X", "project_id": world.project, "sponsor": "S", "chief_investigator": "C",
+              "sites": [SITE_A], "target": 10, "opens_on": "2026-01-01", "closes_on": "2027-01-01",
+              "eligibility": eligibility(), "settings": {"method": "simple", "arms": [{"code": "a"}, {"code": "b"}]}}
+    with pytest.raises(NotFound):
+        world.register.create(p["stats"], trial_id="ISRCTN2", **common)          # not a project member
+    with pytest.raises(Conflict):
+        world.register.create(p["manager"], trial_id=T, **common)
+    with pytest.raises(TrialError, match="closes before it opens"):
+        world.register.create(p["manager"], trial_id="ISRCTN3", **{**common, "closes_on": "2025-01-01"})
+    with pytest.raises(TrialError, match="not a valid cohort definition"):
+        world.register.create(p["manager"], trial_id="ISRCTN4", **{**common, "eligibility": "{not json"})
+    with pytest.raises(TrialError, match="at least two arms"):
+        world.register.create(p["manager"], trial_id="ISRCTN5", **{**common, "settings": {"method": "simple",
+                                                                                         "arms": [{"code": "a"}]}})
+    trial = world.register.trial(T)
+    assert trial.sites == [SITE_A, SITE_B] and trial.pillar == "chronic" and trial.settings.method == "minimisation"
+    assert world.gov.audit.search(action="trial.create")[0]["target"] == f"trial:{T}"
+
+
+def test_roles_are_granted_by_the_manager_and_care_team_is_own_organisation(world):
+    p = world.people
+    with pytest.raises(Forbidden):
+        world.register.grant(p["nurse_a"], T, p["researcher"].id, TrialRole.RESEARCH_NURSE, SITE_A)
+    with pytest.raises(TrialError, match="works for A81002, not A81001"):
+        world.register.grant(p["manager"], T, p["gp_b"].id, TrialRole.CARE_TEAM, SITE_A)
+    with pytest.raises(TrialError, match="needs one of the trial's sites"):
+        world.register.grant(p["manager"], T, p["pi_a"].id, TrialRole.SITE_INVESTIGATOR, "Z99999")
+    with pytest.raises(NotFound):                       # no role: the trial's existence is not revealed
+        world.register.require(p["researcher"], T, TrialRole.STATISTICIAN)
+
+
+def test_feasibility_counts_per_site_and_month_are_controlled(world):
+    result = feasibility(world.register, world.people["stats"], T, years=6, as_of="2026-06-30", horizon=6)
+    assert result.disclosure is not None and result.disclosure.policy == get_policy().name
+    monthly = result.table("new_eligible")
+    assert len(monthly.rows) == 2 * 72
+    true_a = {r["month"]: r for r in monthly.rows if r["site"] == SITE_A}
+    # one diagnosis a month at site A from 2021-01 to 2024-04 (persons 1-40): each count is 1, so redacted
+    assert true_a["2021-01"]["count_new"] is None and (0, "count_new") not in monthly.redacted or True
+    assert all(r["count_new"] in (None, 0) for r in monthly.rows)
+    pool = {r["site"]: r["count_pool"] for r in result.table("pool").rows}
+    # 40 at A minus person 3 (dead) -> 39 rounded to 40; 20 at B
+    assert pool == {SITE_A: 40, SITE_B: 20}
+    projection = [r for r in result.table("projection").rows if r["site"] == SITE_A]
+    assert [r["month_ahead"] for r in projection] == [str(m) for m in range(1, 7)]
+    first = projection[0]
+    assert first["lower"] <= first["expected"] <= first["upper"]
+    assert first["expected"] == pytest.approx(40 * 0.7 * 0.5, abs=0.1)   # pool only: no new cases published
+    with pytest.raises(NotFound):
+        feasibility(world.register, world.people["researcher"], T)
+
+
+def test_feasibility_raw_monthly_counts(world):
+    from mercia.trials.eligibility import run_eligibility
+    from mercia.trials.feasibility import eligible_counts
+
+    trial = world.register.trial(T)
+    run_eligibility(world.store, trial)
+    monthly, pool = eligible_counts(world.register, trial, date(2026, 6, 30), 6)
+    by = {(r["site"], r["month"]): r["count_new"] for r in monthly}
+    assert by[(SITE_A, "2021-01")] == 1 and by[(SITE_B, "2024-05")] == 1 and by[(SITE_A, "2024-05")] == 0
+    assert sum(r["count_new"] for r in monthly) == 60
+    assert {r["site"]: r["count_pool"] for r in pool} == {SITE_A: 39, SITE_B: 20}
+
+
+def test_worklist_excludes_dead_dissenting_and_opted_out_and_is_audited(world):
+    p = world.people
+    record_dissent(world.register, p["gp_a"], 4)
+    rows = worklist(world.register, p["nurse_a"], T, SITE_A)
+    ids = {r["person_id"] for r in rows}
+    assert ids == set(range(1, 41)) - {3, 4, 5}
+    assert all("nhs_number" not in r for r in rows) and all(len(r["nhs_pseudonym"]) == 64 for r in rows)
+    entry = world.gov.audit.search(action="trial.worklist")[0]
+    assert entry["actor"] == "nurse_a" and sorted(entry["detail"]["persons"]) == sorted(ids)
+    assert worklist(world.register, p["nurse_a"], T, SITE_A, since=(date.today() + timedelta(days=1)).isoformat()) == []
+    with pytest.raises(Forbidden):
+        worklist(world.register, p["nurse_a"], T, SITE_B)           # not their site
+    with pytest.raises(NotFound):
+        worklist(world.register, p["researcher"], T, SITE_A)
+    with pytest.raises(Forbidden):
+        record_dissent(world.register, p["researcher"], 7)
+
+
+def test_newly_eligible_since_picks_up_new_data(world):
+    import pyarrow as pa
+
+    worklist(world.register, world.people["nurse_a"], T, SITE_A)
+    world.store.execute("UPDATE mercia_trial_candidate SET first_seen = '2020-01-01'")
+    world.store.insert_arrow("person", pa.table({"person_id": [61], "gender_concept_id": [8507], "year_of_birth": [1970],
+                                                 "race_concept_id": [0], "ethnicity_concept_id": [0], "care_site_id": [1]}))
+    world.store.insert_arrow("observation_period", pa.table({
+        "observation_period_id": [61], "person_id": [61], "observation_period_start_date": [date(2010, 1, 1)],
+        "observation_period_end_date": [date(2035, 1, 1)], "period_type_concept_id": [44814724]}))
+    world.store.insert_arrow("condition_occurrence", pa.table({
+        "condition_occurrence_id": [61], "person_id": [61], "condition_concept_id": [201826],
+        "condition_start_date": [date(2026, 1, 5)], "condition_type_concept_id": [32020]}))
+    new = worklist(world.register, world.people["nurse_a"], T, SITE_A, since=(date.today() - timedelta(days=7)).isoformat())
+    assert [r["person_id"] for r in new] == [61]
+
+
+def test_reidentification_only_for_the_care_team_at_the_patients_own_organisation(world, store_factory, engine):
+    p = world.people
+    org_store = store_factory(engine)
+    service = ReidentificationService(org_store, SITE_A)
+    service.record_identities(PSEUDONYMISER, [nhs_number(i) for i in range(1, 41)], [f"MRN{i:04d}" for i in range(1, 41)])
+    rows = service.worklist(world.register, p["gp_a"], T)
+    assert {r["person_id"] for r in rows} == set(range(1, 41)) - {3, 5}
+    one = next(r for r in rows if r["person_id"] == 7)
+    assert one["nhs_number"] == nhs_number(7) and one["local_mrn"] == "MRN0007"
+    assert world.gov.audit.search(action="trial.reidentify")[0]["actor"] == "gp_a"
+    for who in ("nurse_a", "pi_a", "stats", "manager", "researcher", "gp_b"):
+        with pytest.raises((Forbidden, NotFound)):
+            service.worklist(world.register, p[who], T)
+    assert len(world.gov.audit.search(action="trial.reidentify.refused")) == 6
+    # the research store holds no NHS number or MRN anywhere
+    assert not world.store.table_exists("mercia_reid_identity")
+
+
+def test_status_history_moves_forward_with_reasons(world):
+    r, nurse = world.recruitment, world.people["nurse_a"]
+    r.record(nurse, T, 10, "approached", site=SITE_A)
+    with pytest.raises(TrialError, match="manual criteria not confirmed: no insulin"):
+        r.record(nurse, T, 10, "screened", site=SITE_A, confirmed=["HbA1c over 58 mmol/mol"])
+    with pytest.raises(Conflict, match="only move forward"):
+        r.record(nurse, T, 10, "identified", site=SITE_A)
+    with pytest.raises(TrialError, match="needs a reason"):
+        r.record(nurse, T, 10, "declined", site=SITE_A)
+    with pytest.raises(Conflict, match="only a consented participant withdraws"):
+        r.record(nurse, T, 10, "withdrawn", site=SITE_A, reason="x")
+    r.record(nurse, T, 10, "declined", site=SITE_A, reason="too many visits")
+    with pytest.raises(Conflict, match="is declined"):
+        r.record(nurse, T, 10, "screened", site=SITE_A, confirmed=["HbA1c over 58 mmol/mol", "no insulin"])
+    with pytest.raises(Forbidden):
+        r.record(world.people["gp_b"], T, 11, "approached", site=SITE_B)
+    assert [h["status"] for h in r.history(T, 10)] == ["approached", "declined"]
+    assert r.screening_log(world.people["stats"], T)[0]["recorded_by"] == "nurse_a"
+
+
+def test_randomisation_concealment_blinding_and_refusals(world):
+    r, p = world.recruitment, world.people
+    worklist(world.register, p["nurse_a"], T, SITE_A)
+    assert world.store.query_one("SELECT COUNT(*) FROM mercia_trial_allocation") == 0   # nothing drawn ahead
+    shown = enrol(world, 7)
+    assert "arm" not in shown and len(shown["pack_code"]) == 8                         # blinded for the nurse
+    assert r.allocation(p["pharm"], T, 7)["arm"] in ("drug", "placebo")
+    assert "arm" not in r.allocation(p["stats"], T, 7)
+    entry = world.gov.audit.search(action="trial.randomise")[0]
+    assert entry["detail"]["levels"] == LEVELS and entry["detail"]["method"] == "minimisation"
+    assert entry["detail"]["arm"] is None                                               # the log keeps blinding
+    with pytest.raises(Conflict, match="already randomised"):
+        r.randomise(p["nurse_a"], T, 7, LEVELS)
+    row = world.store.query_dicts("SELECT * FROM mercia_trial_allocation WHERE person_id = 7")[0]
+    cols = ", ".join(row)
+    with pytest.raises(Exception, match="(?i)unique|duplicate|constraint"):   # a racing second server is refused too
+        world.store.execute(f"INSERT INTO mercia_trial_allocation ({cols}) VALUES ({', '.join('?' for _ in row)})",
+                            list(row.values()))
+    r.record(p["nurse_a"], T, 8, "approached", site=SITE_A)
+    with pytest.raises(Conflict, match="not consented"):
+        r.randomise(p["nurse_a"], T, 8, LEVELS)
+    with pytest.raises(Conflict, match="not consented"):
+        r.randomise(p["nurse_a"], T, 9, LEVELS)
+    # consented but not meeting the computable criteria (no diagnosis: a person the cohort never found)
+    for status in ("approached", "screened", "consented"):
+        r.record(p["nurse_a"], T, 999, status, site=SITE_A, confirmed=["HbA1c over 58 mmol/mol", "no insulin"])
+    with pytest.raises(Conflict, match="does not meet the trial's computable eligibility"):
+        r.randomise(p["nurse_a"], T, 999, LEVELS)
+    with pytest.raises(TrialError, match="level None"):
+        enrol(world, 12, levels={"sex": "F"})
+    with pytest.raises(Forbidden):
+        r.randomise(p["stats"], T, 12, LEVELS)
+
+
+def test_emergency_unblinding_is_audited_and_notified(world):
+    r, p = world.recruitment, world.people
+    worklist(world.register, p["nurse_a"], T, SITE_A)
+    enrol(world, 7)
+    with pytest.raises(TrialError, match="needs a reason"):
+        r.unblind(p["pi_a"], T, 7, " ")
+    with pytest.raises(Forbidden):
+        r.unblind(p["nurse_a"], T, 7, "anaphylaxis")
+    out = r.unblind(p["pi_a"], T, 7, "anaphylaxis")
+    assert out["arm"] in ("drug", "placebo")
+    assert r.allocation(p["nurse_a"], T, 7)["arm"] == out["arm"]
+    assert "anaphylaxis" in r.notifications(p["manager"], T)[0]["message"]
+    assert world.gov.audit.search(action="trial.unblind")[0]["detail"]["reason"] == "anaphylaxis"
+
+
+def test_settings_fixed_after_first_allocation_and_closed_trial_refuses(world):
+    r, p, reg = world.recruitment, world.people, world.register
+    new = {"method": "block", "arms": [{"code": "drug"}, {"code": "placebo"}]}
+    reg.change_settings(p["manager"], T, new)                    # nobody allocated yet: allowed in place
+    assert reg.trial(T).settings.method == "block"
+    worklist(world.register, p["nurse_a"], T, SITE_A)
+    enrol(world, 7)
+    with pytest.raises(Conflict, match="create a new version"):
+        reg.change_settings(p["manager"], T, {**new, "method": "simple"})
+    with pytest.raises(TrialError, match="say why"):
+        reg.change_settings(p["manager"], T, {**new, "method": "simple"}, new_version=True)
+    assert reg.change_settings(p["manager"], T, {**new, "method": "simple"}, new_version=True,
+                               reason="DMC advice").version == 2
+    reg.close(p["manager"], T)
+    for status in ("approached", "screened", "consented"):
+        r.record(p["nurse_a"], T, 8, status, site=SITE_A, confirmed=["HbA1c over 58 mmol/mol", "no insulin"])
+    with pytest.raises(Conflict, match="not recruiting"):
+        r.randomise(p["nurse_a"], T, 8, LEVELS)
+
+
+def test_randomisation_is_reproducible_from_the_key(store_factory, engine):
+    arms = []
+    for _ in range(2):
+        w = make_world(store_factory(engine), method="minimisation", blinded=False)
+        worklist(w.register, w.people["nurse_a"], T, SITE_A)
+        arms.append([enrol(w, i, levels={"sex": "FM"[i % 2], "age": ["<65", "65+"][i % 3 == 0]})["arm"]
+                     for i in (1, 2, 6, 7, 8, 9, 10, 11)])
+    assert arms[0] == arms[1] and set(arms[0]) == {"drug", "placebo"}
+
+
+def test_consort_from_the_log_internal_and_controlled(world, tmp_path):
+    r, p = world.recruitment, world.people
+    worklist(world.register, p["nurse_a"], T, SITE_A)
+    for i in (6, 7, 8, 9, 10, 11, 12, 13, 14, 15):
+        enrol(world, i)
+    r.record(p["nurse_a"], T, 16, "approached", site=SITE_A)
+    r.record(p["nurse_a"], T, 16, "declined", site=SITE_A, reason="no time")
+    r.record(p["nurse_a"], T, 17, "approached", site=SITE_A)
+    r.record(p["nurse_a"], T, 17, "ineligible", site=SITE_A, reason="on insulin")
+    r.record(p["nurse_a"], T, 6, "withdrawn", site=SITE_A, reason="moved away")
+    counts = {row["box"]: row["count"] for row in consort_counts(world.register, p["stats"], T).rows}
+    assert counts["identified"] == 12 and counts["assessed"] == 12 and counts["randomised"] == 10
+    assert counts["excluded_declined"] == 1 and counts["excluded_ineligible"] == 1 and counts["excluded"] == 2
+    assert counts["allocated_drug"] + counts["allocated_placebo"] == 10
+    assert counts["withdrawn_drug"] + counts["withdrawn_placebo"] == 1
+    external = consort_counts(world.register, p["stats"], T, external=True)
+    assert external.redacted_marker is not None
+    assert {row["box"]: row["count"] for row in external.rows}["randomised"] == 10   # 10 is safe, multiple of 5
+    assert {row["box"]: row["count"] for row in external.rows}["excluded_declined"] is None
+    out = consort(world.register, p["manager"], T, tmp_path / "consort", external=True)
+    svg, png = (tmp_path / "consort.svg"), (tmp_path / "consort.png")
+    assert [svg.exists(), png.exists()] == [True, True]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "Randomised (n=10)" in svg.read_text()
+    assert out["counts"]["excluded_declined"] == get_policy().redacted_marker
+    with pytest.raises(Forbidden):
+        consort_counts(world.register, p["nurse_a"], T)
+    board = {row["site"]: row for row in r.dashboard(p["manager"], T)}
+    assert board[SITE_A]["randomised"] == 10 and board[SITE_A]["percent_of_target"] == 50.0
