@@ -16,6 +16,7 @@ from mercia.demo import demo
 from mercia.governance.cli import app as audit_app
 from mercia.ingest.cli import app as ingest_app
 from mercia.privacy.cli import app as privacy_app
+from mercia.proms.cli import app as proms_app
 from mercia.quality.cli import app as dq_app
 from mercia.raredisease.cli import app as raredisease_app
 from mercia.synth.cli import app as synth_app
@@ -44,3 +45,4 @@ app.add_typer(cohort_app, name="cohort")
 app.add_typer(analytics_app, name="analyse")
 app.add_typer(raredisease_app, name="raredisease")
 app.add_typer(audit_app, name="audit")
+app.add_typer(proms_app, name="proms")
