@@ -1,0 +1,1 @@
+"""Clinical trials: registration, randomisation, eCRFs."""
