@@ -20,6 +20,7 @@ from mercia.proms.cli import app as proms_app
 from mercia.quality.cli import app as dq_app
 from mercia.raredisease.cli import app as raredisease_app
 from mercia.synth.cli import app as synth_app
+from mercia.trials.crf.cli import app as crf_app
 from mercia.vocab.cli import app as vocab_app
 from mercia.web.cli import serve
 
@@ -46,3 +47,4 @@ app.add_typer(analytics_app, name="analyse")
 app.add_typer(raredisease_app, name="raredisease")
 app.add_typer(audit_app, name="audit")
 app.add_typer(proms_app, name="proms")
+app.add_typer(crf_app, name="crf")
