@@ -49,6 +49,11 @@ class Scored:
 
 def _integer_answers(column: pa.ChunkedArray, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
     """(values, valid) for a column of answers that must be whole numbers in [low, high]."""
+    if not pa.types.is_integer(column.type):
+        try:  # clean files cast in one step; anything odd takes the checked path below
+            column = column.cast(pa.int64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
     if pa.types.is_integer(column.type):
         values = column.fill_null(low - 1).to_numpy().astype(np.int64)
     else:

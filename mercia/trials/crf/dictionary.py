@@ -35,6 +35,7 @@ _CODE = re.compile(r"^-?[A-Za-z0-9_.]+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)$")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # not allowed in XML 1.0
 
 
 class DictionaryError(ValueError):
@@ -232,6 +233,8 @@ def validate_value(f: Field, value: str, check_range: bool = True) -> str | None
     """Why ``value`` is not acceptable for field ``f`` (None when it is); blank is always acceptable here."""
     if value == "":
         return None
+    if _CONTROL.search(value):
+        return "contains a control character"
     if f.field_type in ("dropdown", "radio", "yesno", "truefalse"):
         return None if value in f.choices else f"{value!r} is not one of the codes {', '.join(f.choices)}"
     if f.field_type == "checkbox":

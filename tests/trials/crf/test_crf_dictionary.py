@@ -93,6 +93,7 @@ def test_value_validation():
     assert validate_value(f["cig_per_day"], "3") is None and "whole number" in validate_value(f["cig_per_day"], "3.5")
     assert "e-mail" in validate_value(f["email"], "not-an-address")
     assert "not entered" in validate_value(f["bmi"], "22")
+    assert validate_value(f["notes"], "line\nbreak") is None and "control" in validate_value(f["notes"], "bell\x07")
     assert validate_value(f["sex"], "") is None
 
 
