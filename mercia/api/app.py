@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from mercia import __version__
 from mercia.api import errors
-from mercia.api.routes import capabilities, data, governance
+from mercia.api.routes import capabilities, crf, data, governance
 
 DESCRIPTION = """Mercia's API for scripts and the web app.
 
@@ -26,4 +26,5 @@ def create_api() -> FastAPI:
     api.include_router(governance.router)
     api.include_router(data.router)
     api.include_router(capabilities.router)
+    api.include_router(crf.router)
     return api

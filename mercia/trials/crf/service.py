@@ -265,6 +265,32 @@ class CrfService:
             found.setdefault(r["event_name"], {})[r["field_name"]] = r["value"]
         return found
 
+    def form_definition(self, actor: User, study_name: str, form: str) -> dict[str, Any]:
+        """A form's fields for a data-entry page: labels, choices, validation, and the branching and
+        calculation ASTs the browser evaluates with ``static/crf-logic.js``."""
+        study = self.study(study_name)
+        self.require(actor, study, *StudyRole)
+        if study.dictionary is None or form not in study.dictionary.forms:
+            raise NotFound(f"study {study.name} has no form {form!r}")
+        return {"study": study.name, "form": form, "dictionary_version": study.dictionary_version, "fields": [
+            {"name": f.name, "type": f.field_type, "label": f.label, "note": f.note, "section": f.section_header,
+             "choices": f.choices, "validation": f.validation, "min": f.validation_min, "max": f.validation_max,
+             "required": f.is_required, "identifier": f.is_identifier, "columns": f.export_columns(),
+             "branching": parse(f.branching_logic) if f.branching_logic.strip() else None,
+             "calculation": parse(f.choices_or_calc) if f.field_type == "calc" else None}
+            for f in study.dictionary.form_fields(form)]}
+
+    def form_data(self, actor: User, study_name: str, record_id: str, event: str, form: str) -> dict[str, Any]:
+        """Current values and state (status, lock, signature, voided signature) of one form."""
+        study = self.study(study_name)
+        self.require(actor, study, *StudyRole)
+        self._check_form(study, record_id, event, form)
+        columns = {c for f in study.dictionary.form_fields(form) for c in f.export_columns()}
+        values = self.record_values(study, record_id).get(event, {})
+        return {"record": record_id, "event": event, "form": form,
+                "values": {c: v for c, v in values.items() if c in columns},
+                "state": self.form_state(study, record_id, event, form)}
+
     def _check_form(self, study: Study, record_id: str, event: str, form: str) -> None:
         participant = self._participant(study, record_id)
         allowed = {e["event_name"]: e["forms"] for e in self.events(study, participant["arm"])}
