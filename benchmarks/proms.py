@@ -44,10 +44,13 @@ def scoring(rows: int, workdir: Path) -> dict:
     table = pa.table({"id": pa.array(np.arange(rows).astype(str)),
                       **{d: pa.array(levels[:, i]) for i, d in enumerate(("MO", "SC", "UA", "PD", "AD"))}})
     value_set("england_2018")                       # load the tables once, outside the timing
-    started = time.perf_counter()
-    scored = score_eq5d(table, "england_2018")
-    in_memory = time.perf_counter() - started
-    assert not scored.rejections
+    runs = []
+    for _ in range(3):                              # a shared machine: report every run and the best
+        started = time.perf_counter()
+        scored = score_eq5d(table, "england_2018")
+        runs.append(time.perf_counter() - started)
+        assert not scored.rejections
+    in_memory = min(runs)
     source, target = workdir / "eq5d.csv", workdir / "eq5d_scored.csv"
     pa_csv.write_csv(table, source)
     started = time.perf_counter()
@@ -56,11 +59,11 @@ def scoring(rows: int, workdir: Path) -> dict:
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     end_to_end = time.perf_counter() - started
     assert done.returncode == 0, done.stderr
-    started = time.perf_counter()
-    import pyarrow.csv  # noqa: F401 - the reading and writing alone, for comparison
+    started = time.perf_counter()                  # reading and writing the CSV alone, for comparison
     pa_csv.write_csv(pa_csv.read_csv(source), workdir / "copy.csv")
     io_only = time.perf_counter() - started
     return {"rows": rows, "value_set": "england_2018", "score_seconds": round(in_memory, 3),
+            "score_seconds_each_run": [round(r, 3) for r in runs],
             "score_rows_per_second": round(rows / in_memory),
             "cli_end_to_end_seconds": round(end_to_end, 3), "cli_includes": "python start-up, CSV read, score, CSV write",
             "csv_read_write_only_seconds": round(io_only, 3), "target_seconds": 2.0,

@@ -13,6 +13,9 @@ from datetime import UTC, datetime
 from typing import IO, Any
 from xml.sax.saxutils import escape
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from lxml import etree
 
 from mercia.governance import User
@@ -25,11 +28,9 @@ LOCATION = "LOC.mercia"
 BATCH = 500
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _record_batches(service: CrfService, study: Study, batch: int) -> Iterator[list[str]]:
+    """Participants' record ids in order, ``batch`` at a time: each batch is a contiguous range, so
+    queries select it with ``BETWEEN first AND last`` (which uses zone maps) rather than a long IN list."""
     last = ""
     while True:
         ids = [r[0] for r in service.db.store.query(
@@ -49,18 +50,29 @@ def _columns(study: Study) -> list[tuple[Field, str]]:
     return [(f, c) for f in study.dictionary.fields for c in f.export_columns()]
 
 
-def _wide(service: CrfService, study: Study, columns: list[str], batch: int) -> Iterator[tuple]:
-    """(record_id, arm, event, *values) per participant-event with data, in record and event order."""
-    pivots = ", ".join(f"MAX(CASE WHEN v.field_name = {_literal(c)} THEN v.value END)" for c in columns)
+def _wide(service: CrfService, study: Study, columns: list[str], batch: int
+          ) -> Iterator[tuple[list[tuple[str, str, str]], np.ndarray]]:
+    """Per batch of participants: the (record_id, arm, event) of each participant-event with data, in
+    record and schedule order, and a text grid of their values (one column per export column).
+    The EAV rows are pivoted with Arrow and numpy, not row by row."""
+    events = [e["event_name"] for e in service.events(study)]
     for ids in _record_batches(service, study, batch):
-        marks = ", ".join("?" for _ in ids)
-        yield from service.db.store.query(
-            f"SELECT v.record_id, p.arm, v.event_name, {pivots} FROM mercia_crf_value v "
-            f"JOIN mercia_crf_participant p ON p.study_id = v.study_id AND p.record_id = v.record_id "
-            f"JOIN mercia_crf_event e ON e.study_id = v.study_id AND e.event_name = v.event_name "
-            f"WHERE v.study_id = ? AND v.record_id IN ({marks}) AND {_LIVE} "
-            f"GROUP BY v.record_id, p.arm, v.event_name, e.position ORDER BY v.record_id, e.position",
-            [study.id, *ids])
+        long = service.db.store.query_arrow(
+            f"SELECT v.record_id, v.event_name, v.field_name, v.value FROM mercia_crf_value v "
+            f"WHERE v.study_id = ? AND v.record_id BETWEEN ? AND ? AND {_LIVE}", [study.id, ids[0], ids[-1]])
+        if not long.num_rows:
+            continue
+        records, record_index = np.unique(long.column(0).to_numpy(zero_copy_only=False), return_inverse=True)
+        event_index = pc.index_in(long.column(1), value_set=pa.array(events, pa.string())).fill_null(0).to_numpy()
+        column_index = pc.index_in(long.column(2), value_set=pa.array(columns, pa.string())).fill_null(-1).to_numpy()
+        keys, row_index = np.unique(record_index * len(events) + event_index, return_inverse=True)
+        grid = np.full((len(keys), len(columns)), "", dtype=object)
+        known = column_index >= 0
+        grid[row_index[known], column_index[known]] = long.column(3).to_numpy(zero_copy_only=False)[known]
+        arms = dict(service.db.store.query(
+            "SELECT record_id, arm FROM mercia_crf_participant WHERE study_id = ? AND record_id BETWEEN ? AND ?",
+            [study.id, ids[0], ids[-1]]))
+        yield [(records[k // len(events)], arms[records[k // len(events)]], events[k % len(events)]) for k in keys], grid
 
 
 def _form_status(service: CrfService, study: Study, ids: list[str]) -> dict[tuple[str, str, str], str]:
@@ -90,30 +102,22 @@ def write_csv(service: CrfService, actor: User, study_name: str, out: IO[str], r
         header = [study.dictionary.record_id_field, "arm", "event"] + [
             c for c in names if c != study.dictionary.record_id_field]
     writer.writerow(header)
+    record_column = names.index(study.dictionary.record_id_field)
+    kept = [i for i in range(len(names)) if i != record_column]
     count = 0
-    pending: list[tuple] = []
-
-    def flush() -> None:
-        statuses = _form_status(service, study, sorted({r[0] for r in pending})) if redcap else {}
-        for row in pending:
-            record_id, arm, event, values = row[0], row[1], row[2], row[3:]
-            if redcap:
-                cells = [record_id, event] + [
-                    (values[key] or "") if kind == "value" else
-                    (FormStatus(statuses[(record_id, event, key)]).code if (record_id, event, key) in statuses else "")
-                    for kind, key in layout]
-            else:
-                cells = [record_id, arm, event] + [v or "" for c, v in zip(names, values, strict=True)
-                                                   if c != study.dictionary.record_id_field]
-            writer.writerow(cells)
-        pending.clear()
-
-    for row in _wide(service, study, names, batch):
-        pending.append(row)
-        count += 1
-        if len(pending) >= batch:
-            flush()
-    flush()
+    for keys, grid in _wide(service, study, names, batch):
+        if redcap:
+            statuses = _form_status(service, study, sorted({k[0] for k in keys}))
+            cells = np.empty((len(keys), len(layout)), dtype=object)
+            for j, (kind, key) in enumerate(layout):
+                cells[:, j] = grid[:, key] if kind == "value" else [
+                    FormStatus(statuses[(r, e, key)]).code if (r, e, key) in statuses else "" for r, _, e in keys]
+            lead = [[r, e] for r, _, e in keys]
+        else:
+            cells = grid[:, kept]
+            lead = [list(k) for k in keys]
+        writer.writerows(first + rest for first, rest in zip(lead, cells.tolist(), strict=True))
+        count += len(keys)
     service.gov.audit.record(actor.username, "crf.export", f"crf:{study.name}",
                              format="redcap_csv" if redcap else "flat_csv", rows=count)
     return count
@@ -258,15 +262,14 @@ def write_odm(service: CrfService, actor: User, study_name: str, out: IO[bytes],
               f'MetaDataVersionOID="MDV.{study.dictionary_version}">'.encode())
     items = 0
     for ids in _record_batches(service, study, batch):
-        marks = ", ".join("?" for _ in ids)
         rows = service.db.store.query(
             f"SELECT v.record_id, v.event_name, v.form_name, v.field_name, v.value, v.saved_by, v.saved_at, "
             f"v.reason, v.audit_seq FROM mercia_crf_value v WHERE v.study_id = ? AND v.value <> '' "
-            f"AND v.record_id IN ({marks}) AND {_LIVE}", [study.id, *ids])
+            f"AND v.record_id BETWEEN ? AND ? AND {_LIVE}", [study.id, ids[0], ids[-1]])
         rows.sort(key=lambda r: (r[0], event_order.get(r[1], 0), form_order.get(r[2], 0), field_order.get(r[3], 0)))
         forms = {(f["record_id"], f["event_name"], f["form_name"]): f for f in service.db.rows(
-            f"SELECT * FROM mercia_crf_form WHERE study_id = ? AND signed_at IS NOT NULL AND record_id IN ({marks})",
-            [study.id, *ids])}
+            "SELECT * FROM mercia_crf_form WHERE study_id = ? AND signed_at IS NOT NULL AND record_id BETWEEN ? AND ?",
+            [study.id, ids[0], ids[-1]])}
         parts: list[str] = []
         items += _clinical_rows(parts, rows, forms, by_column, meanings)
         out.write("".join(parts).encode())
