@@ -14,7 +14,7 @@ import csv
 import itertools
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +155,7 @@ def _doi(spec: ValueSetSpec) -> str:
     raise ValueSetError(f"references.csv has no DOI for {spec.version} {spec.reference_type} {spec.column}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def value_set(value_set_id: str) -> ValueSet:
     spec = SPECS.get(value_set_id)
     if spec is None:

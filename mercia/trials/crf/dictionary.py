@@ -180,7 +180,7 @@ def _check(d: Dictionary, lines: dict[str, int]) -> None:
             raise DictionaryError(f"{where}: field type {f.field_type!r} is not one of {', '.join(FIELD_TYPES)}")
         if f.field_type in CHOICE_TYPES:
             try:
-                f.choices
+                parse_choices(f.choices_or_calc)
             except ValueError as exc:
                 raise DictionaryError(f"{where}: choices: {exc}") from None
         if f.field_type == "calc":

@@ -17,7 +17,10 @@ class Team:
     def __init__(self, gov: Governance):
         self.gov = gov
         self.crf = CrfService(gov)
-        make = lambda name, role: gov.create_user(name, name.replace("_", " ").title(), PASSWORD, [(role, "")])  # noqa: E731
+
+        def make(name, role):
+            return gov.create_user(name, name.replace("_", " ").title(), PASSWORD, [(role, "")])
+
         self.manager = make("dm_dana", Role.TRIAL_COORDINATOR)
         self.entry = make("nurse_ed", Role.RESEARCHER)
         self.monitor = make("cra_mo", Role.RESEARCHER)
