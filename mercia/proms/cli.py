@@ -82,6 +82,28 @@ def import_returns(path: Path = typer.Argument(..., exists=True, dir_okay=False)
         typer.echo(f"{import_region_csv(store, path)} new responses")
 
 
+@app.command("import-fhir")
+def import_fhir(path: Path = typer.Argument(..., exists=True, dir_okay=False), db: str | None = DB) -> None:
+    """Load EQ-5D QuestionnaireResponses from a FHIR JSON file (a resource, a Bundle) or NDJSON."""
+    import orjson
+
+    from mercia.cdm import Store
+    from mercia.proms.store import import_fhir_responses
+
+    text = path.read_bytes()
+    if path.suffix == ".ndjson":
+        resources = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        document = orjson.loads(text)
+        resources = [e.get("resource", {}) for e in document.get("entry", [])] \
+            if document.get("resourceType") == "Bundle" else [document]
+    with Store.open(db) as store:
+        loaded, problems = import_fhir_responses(store, resources)
+    for problem in problems:
+        typer.echo(problem, err=True)
+    typer.echo(f"{loaded} new responses; {len(problems)} resources not loaded")
+
+
 @app.command()
 def rescore(value_set_id: str = typer.Option(..., "--value-set"), db: str | None = DB) -> None:
     """Score every stored response again with a value set, into new rows (old scores are kept)."""

@@ -93,3 +93,74 @@ def rescore(store: Store, value_set_id: str) -> tuple[int, list[Rejection]]:
 
 def scores(store: Store, response_id: int) -> list[dict]:
     return store.query_dicts("SELECT * FROM mercia_prom_score WHERE response_id = ? ORDER BY score_id", [response_id])
+
+
+# linkIds accepted for each EQ-5D item of a QuestionnaireResponse (case-insensitive).
+FHIR_ITEMS = {"mo": ("mo", "mobility"), "sc": ("sc", "selfcare", "self-care", "self_care"),
+              "ua": ("ua", "usualactivities", "usual-activities", "usual_activities"),
+              "pd": ("pd", "paindiscomfort", "pain-discomfort", "pain_discomfort"),
+              "ad": ("ad", "anxietydepression", "anxiety-depression", "anxiety_depression"),
+              "vas": ("vas", "eqvas", "eq-vas", "eq_vas")}
+FHIR_INSTRUMENTS = {"eq-5d-5l": "eq5d5l", "eq5d5l": "eq5d5l", "eq-5d-3l": "eq5d3l", "eq5d3l": "eq5d3l"}
+
+
+def _fhir_answer(item: dict) -> str | None:
+    for answer in item.get("answer") or []:
+        for key in ("valueInteger", "valueDecimal", "valueString"):
+            if key in answer:
+                return str(answer[key])
+        if "valueCoding" in answer:
+            return str(answer["valueCoding"].get("code"))
+    return None
+
+
+def import_fhir_responses(store: Store, resources: list[dict]) -> tuple[int, list[str]]:
+    """Load EQ-5D QuestionnaireResponses (questionnaire canonical ending in ``eq-5d-5l`` or ``eq-5d-3l``;
+    items by linkId, see ``FHIR_ITEMS``); idempotent per resource id.  Returns (loaded, problems), each
+    problem naming the resource and field; answers are checked when scored."""
+    ensure_prom_tables(store)
+    known = {r[0] for r in store.query("SELECT source_record FROM mercia_prom_response WHERE source = 'fhir'")}
+    rows: dict[str, list] = {c: [] for c in ("source_record", "instrument", "completed_date", "mo", "sc", "ua", "pd",
+                                             "ad", "vas")}
+    problems: list[str] = []
+    for res in resources:
+        rid = f"QuestionnaireResponse/{res.get('id', '?')}"
+        if res.get("resourceType") != "QuestionnaireResponse":
+            problems.append(f"{res.get('resourceType', '?')}/{res.get('id', '?')}: resourceType: not a QuestionnaireResponse")
+            continue
+        instrument = FHIR_INSTRUMENTS.get(str(res.get("questionnaire", "")).rstrip("/").rsplit("/", 1)[-1].split("|")[0].lower())
+        if instrument is None:
+            problems.append(f"{rid}: questionnaire: {res.get('questionnaire')!r} is not an EQ-5D questionnaire")
+            continue
+        if not res.get("authored"):
+            problems.append(f"{rid}: authored: missing")
+            continue
+        if rid in known:
+            continue
+        stack, answers = list(res.get("item") or []), {}
+        while stack:
+            item = stack.pop()
+            stack.extend(item.get("item") or [])
+            link = str(item.get("linkId", "")).lower()
+            for column, aliases in FHIR_ITEMS.items():
+                if link in aliases:
+                    answers[column] = _fhir_answer(item)
+        rows["source_record"].append(rid)
+        rows["instrument"].append(instrument)
+        rows["completed_date"].append(str(res["authored"])[:10])
+        for column in FHIR_ITEMS:
+            rows[column].append(answers.get(column))
+        known.add(rid)
+    n = len(rows["source_record"])
+    with store.transaction():
+        start = _next_id(store, "mercia_prom_response", "response_id")
+        vas = pc.cast(pa.array(rows.pop("vas"), pa.string()), pa.int64(), safe=False) if n else pa.array([], pa.int64())
+        table = pa.table({
+            "response_id": pa.array(range(start, start + n), pa.int64()), "source": pa.array(["fhir"] * n, pa.string()),
+            "source_record": pa.array(rows["source_record"], pa.string()),
+            "instrument": pa.array(rows["instrument"], pa.string()), "timepoint": pa.nulls(n, pa.string()),
+            "completed_date": pa.array(rows["completed_date"], pa.string()).cast(pa.date32()),
+            **{c: pa.array(rows[c], pa.string()) for c in ("mo", "sc", "ua", "pd", "ad")},
+            "vas": vas, "total": pa.nulls(n, pa.float64())})
+        store.insert_arrow("mercia_prom_response", table)
+    return n, problems

@@ -63,3 +63,47 @@ def test_region_returns_rescored_into_new_rows(tmp_path):
         p1 = store.query_one("SELECT response_id FROM mercia_prom_response WHERE source_record = 'P1'")
         history = [(s["value_set_id"], s["doi"], s["score"]) for s in scores(store, p1)]
     assert history == [("england_2018", "10.1002/hec.3564", -0.285), ("uk_2026", "10.1016/j.jval.2026.03.008", -0.567)]
+
+
+def _qr(rid, questionnaire, answers, authored="2024-05-01T10:00:00Z"):
+    return {"resourceType": "QuestionnaireResponse", "id": rid, "questionnaire": questionnaire, "status": "completed",
+            "authored": authored, "item": [{"linkId": link, "answer": [answer]} for link, answer in answers.items()]}
+
+
+def test_fhir_questionnaire_responses_become_responses(tmp_path):
+    from mercia.proms.store import import_fhir_responses
+
+    five = {"mobility": {"valueCoding": {"code": "2"}}, "SC": {"valueInteger": 1}, "UA": {"valueInteger": 1},
+            "PD": {"valueInteger": 3}, "AD": {"valueInteger": 1}, "EQ-VAS": {"valueInteger": 70}}
+    resources = [
+        _qr("a", "http://example.org/Questionnaire/eq-5d-5l", five),
+        _qr("b", "http://example.org/Questionnaire/eq-5d-5l|2.1", {**five, "PD": {"valueInteger": 9}}),
+        _qr("c", "http://example.org/Questionnaire/phq-9", five),
+        _qr("d", "http://example.org/Questionnaire/eq-5d-5l", five, authored=None),
+        {"resourceType": "Patient", "id": "p"},
+    ]
+    with Store(str(tmp_path / "cdm.duckdb")) as store:
+        loaded, problems = import_fhir_responses(store, resources)
+        assert loaded == 2
+        assert problems == [
+            "QuestionnaireResponse/c: questionnaire: 'http://example.org/Questionnaire/phq-9' is not an EQ-5D questionnaire",
+            "QuestionnaireResponse/d: authored: missing", "Patient/p: resourceType: not a QuestionnaireResponse"]
+        assert import_fhir_responses(store, resources)[0] == 0                     # idempotent
+        n, rejections = rescore(store, "england_2018")
+        assert n == 1 and [(r.record, r.field, r.value) for r in rejections] == [("QuestionnaireResponse/b", "PD", "9")]
+        a = store.query_one("SELECT response_id FROM mercia_prom_response WHERE source_record = 'QuestionnaireResponse/a'")
+        assert scores(store, a)[0]["score"] == round(1 - 0.058 - 0.084, 3)
+        assert store.query_one("SELECT vas FROM mercia_prom_response WHERE response_id = ?", [a]) == 70
+
+
+def test_import_fhir_command_reads_a_bundle(tmp_path):
+    import json
+
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": _qr(
+        "x", "http://example.org/Questionnaire/EQ-5D-3L", {d: {"valueInteger": 1} for d in ["MO", "SC", "UA", "PD", "AD"]})}]}
+    (tmp_path / "bundle.json").write_text(json.dumps(bundle))
+    db = str(tmp_path / "cdm.duckdb")
+    result = runner.invoke(app, ["proms", "import-fhir", str(tmp_path / "bundle.json"), "--db", db])
+    assert result.exit_code == 0 and "1 new responses" in result.output
+    rescored = runner.invoke(app, ["proms", "rescore", "--value-set", "uk_1997", "--db", db])
+    assert "1 scores added with uk_1997" in rescored.output
