@@ -55,7 +55,7 @@ def score(instrument: str = typer.Option(..., "--instrument", help="eq5d5l, eq5d
     except (ScoringError, ValueSetError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    pa_csv.write_csv(scored.table, out_path)
+    pa_csv.write_csv(scored.table, out_path, pa_csv.WriteOptions(quoting_style="needed"))
     typer.echo(f"scored {scored.table.num_rows - len({r.row for r in scored.rejections})} of "
                f"{scored.table.num_rows} rows into {out_path}")
     if scored.rejections:
