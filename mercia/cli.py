@@ -17,10 +17,12 @@ from mercia.federation.cli import app as federation_app
 from mercia.governance.cli import app as audit_app
 from mercia.ingest.cli import app as ingest_app
 from mercia.privacy.cli import app as privacy_app
+from mercia.proms.cli import app as proms_app
 from mercia.quality.cli import app as dq_app
 from mercia.raredisease.cli import app as raredisease_app
 from mercia.synth.cli import app as synth_app
 from mercia.trials.cli import app as trials_app
+from mercia.trials.crf.cli import app as crf_app
 from mercia.vocab.cli import app as vocab_app
 from mercia.web.cli import serve
 
@@ -48,6 +50,8 @@ app.add_typer(raredisease_app, name="raredisease")
 app.add_typer(audit_app, name="audit")
 app.add_typer(federation_app, name="federation")
 app.add_typer(trials_app, name="trials")
+app.add_typer(proms_app, name="proms")
+app.add_typer(crf_app, name="crf")
 
 
 if __name__ == "__main__":  # `python -m mercia.cli ...`, as the tests and docs run it

@@ -1,1 +1,1 @@
-"""Clinical trials: register, feasibility, pre-screening, recruitment and randomisation."""
+"""Clinical trials: register, feasibility, pre-screening, recruitment, randomisation, eCRFs."""

@@ -1,0 +1,146 @@
+"""eCRF data entry over HTTP: form definitions (with branching ASTs), values, lock, sign, queries,
+audit trail and exports.  Thin: the signed-in caller is passed to ``CrfService``, which checks the
+study role every action needs and audits it."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from mercia.api.auth import current_user
+from mercia.api.state import state_of
+from mercia.governance import User
+from mercia.trials.crf.service import CrfService, FormStatus
+
+router = APIRouter(prefix="/crf/studies/{study}", tags=["trials"])
+FORM = "/records/{record}/events/{event}/forms/{form}"
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FormSave(Body):
+    values: dict[str, str]
+    reason: str = Field("", max_length=2000)
+    status: FormStatus = FormStatus.INCOMPLETE
+
+
+class Reason(Body):
+    reason: str = Field(..., min_length=1, max_length=2000)
+
+
+class Signature(Body):
+    username: str
+    password: str
+    meaning: str = Field(..., min_length=1, max_length=500)
+
+
+class QueryRaise(Body):
+    record: str
+    event: str
+    form: str
+    field: str
+    text: str = Field(..., min_length=1, max_length=4000)
+
+
+class QueryStep(Body):
+    text: str = Field(..., min_length=1, max_length=4000)
+
+
+def _crf(request: Request) -> CrfService:
+    state = state_of(request)
+    service = getattr(state, "crf_service", None)
+    if service is None:
+        service = state.crf_service = CrfService(state.gov)
+    return service
+
+
+@router.get("/forms/{form}", summary="A form's fields, with branching and calculation ASTs for the browser")
+def form_definition(study: str, form: str, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    return _crf(request).form_definition(user, study, form)
+
+
+@router.get(FORM, summary="A participant's values and the form's state")
+def form_data(study: str, record: str, event: str, form: str, request: Request,
+              user: User = Depends(current_user)) -> dict[str, Any]:
+    return _crf(request).form_data(user, study, record, event, form)
+
+
+@router.put(FORM, summary="Save values (validated on the server; a reason is needed after the first save)")
+def save_form(study: str, record: str, event: str, form: str, body: FormSave, request: Request,
+              user: User = Depends(current_user)) -> dict[str, Any]:
+    changes = _crf(request).save_form(user, study, record, event, form, body.values, body.reason, body.status)
+    return {"changes": changes}
+
+
+@router.post(FORM + "/lock", summary="Lock a form (data manager)")
+def lock(study: str, record: str, event: str, form: str, request: Request,
+         user: User = Depends(current_user)) -> dict[str, Any]:
+    _crf(request).lock(user, study, record, event, form)
+    return {"locked": True}
+
+
+@router.post(FORM + "/unlock", summary="Unlock a form with a reason; voids its signature")
+def unlock(study: str, record: str, event: str, form: str, body: Reason, request: Request,
+           user: User = Depends(current_user)) -> dict[str, Any]:
+    _crf(request).unlock(user, study, record, event, form, body.reason)
+    return {"locked": False}
+
+
+@router.post(FORM + "/sign", summary="E-sign a complete form, re-entering your credentials (investigator)")
+def sign(study: str, record: str, event: str, form: str, body: Signature, request: Request,
+         user: User = Depends(current_user)) -> dict[str, Any]:
+    _crf(request).sign(user, study, record, event, form, body.username, body.password, body.meaning)
+    return {"signed": True}
+
+
+@router.post("/queries", status_code=201, summary="Raise a data query on a field (monitor)")
+def raise_query(study: str, body: QueryRaise, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    return {"id": _crf(request).raise_query(user, study, body.record, body.event, body.form, body.field, body.text)}
+
+
+@router.post("/queries/{query_id}/{action}", summary="Answer (data entry), close or reopen (monitor) a query")
+def query_step(study: str, query_id: int, action: Literal["answer", "close", "reopen"], body: QueryStep,
+               request: Request, user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    crf = _crf(request)
+    step = {"answer": crf.answer_query, "close": crf.close_query, "reopen": crf.reopen_query}[action]
+    step(user, study, query_id, body.text)
+    return crf.query_history(query_id)
+
+
+@router.get("/audit", summary="The study's audit trail (monitor, data manager); reading it is audited")
+def audit(study: str, request: Request, record: str | None = None,
+          user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    return _crf(request).audit_trail(user, study, record)
+
+
+@router.get("/export", summary="Export the study: CDISC ODM 1.3.2, flat CSV or REDCap CSV (streamed)")
+def export(study: str, request: Request, format: Literal["odm", "flat", "redcap"] = "odm",
+           user: User = Depends(current_user)) -> StreamingResponse:
+    from mercia.trials.crf.export import write_csv, write_odm
+
+    crf = _crf(request)
+    spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024)   # spills to disk beyond 16 MB
+    if format == "odm":
+        write_odm(crf, user, study, spool)
+    else:
+        import io
+
+        text = io.TextIOWrapper(spool, encoding="utf-8", newline="", write_through=True)
+        write_csv(crf, user, study, text, redcap=format == "redcap")
+        text.detach()
+    spool.seek(0)
+
+    def chunks():
+        with spool:
+            while block := spool.read(1 << 16):
+                yield block
+
+    media = "application/xml" if format == "odm" else "text/csv"
+    name = f"{study}.{'xml' if format == 'odm' else 'csv'}"
+    return StreamingResponse(chunks(), media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})

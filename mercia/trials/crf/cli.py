@@ -1,0 +1,155 @@
+"""``mercia crf``: eCRF studies from the command line (dictionary versions, schedule, exports, audit trail).
+
+Each command acts as a registered user, who signs in with their password (prompted, or from
+``MERCIA_PASSWORD`` for scripts), so the audit trail names a person and the study roles apply.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Electronic case report forms (REDCap dictionaries, data, ODM export).", no_args_is_help=True)
+
+DB = typer.Option(None, "--db", help="store URL (default: configured store)")
+USER = typer.Option(..., "--user", help="your Mercia username (password prompted or MERCIA_PASSWORD)")
+
+
+def _session(db: str | None, username: str):
+    from mercia.cdm import Store
+    from mercia.governance import Governance, GovernanceError
+    from mercia.trials.crf.service import CrfService
+
+    gov = Governance(Store.open(db))
+    password = os.environ.get("MERCIA_PASSWORD") or typer.prompt(f"password for {username}", hide_input=True)
+    try:
+        user = gov.authenticate(username, password)
+    except GovernanceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    return CrfService(gov), user
+
+
+def _run(action):
+    """Run a service call; governance refusals become a one-line error and exit code 1."""
+    from mercia.governance import GovernanceError
+    from mercia.trials.crf.dictionary import DictionaryError
+
+    try:
+        return action()
+    except (GovernanceError, DictionaryError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("create-study")
+def create_study(name: str, title: str = typer.Option(..., "--title"), user: str = USER, db: str | None = DB) -> None:
+    """Create a study; you become its data manager."""
+    crf, actor = _session(db, user)
+    _run(lambda: crf.create_study(actor, name, title))
+    typer.echo(f"created study {name}")
+
+
+@app.command("add-member")
+def add_member(study: str, username: str, role: str = typer.Option(..., "--role",
+               help="data_entry, monitor, investigator or data_manager"), user: str = USER, db: str | None = DB) -> None:
+    """Give someone a role in a study."""
+    from mercia.trials.crf.service import StudyRole
+
+    crf, actor = _session(db, user)
+    _run(lambda: crf.add_member(actor, study, username, StudyRole(role)))
+    typer.echo(f"{username} is {role} in {study}")
+
+
+@app.command("import-dictionary")
+def import_dictionary(study: str, path: Path = typer.Argument(..., exists=True, dir_okay=False),
+                      reason: str = typer.Option("", "--reason", help="why the dictionary changes (needed after v1)"),
+                      force: bool = typer.Option(False, "--force", help="apply even if collected data would be orphaned"),
+                      dry_run: bool = typer.Option(False, "--dry-run", help="show the diff only"),
+                      user: str = USER, db: str | None = DB) -> None:
+    """Add a REDCap data dictionary as the study's next version, showing the diff; never a silent replacement."""
+    from mercia.trials.crf.dictionary import read_dictionary
+
+    crf, actor = _session(db, user)
+    text = path.read_text(encoding="utf-8-sig")
+    if dry_run:
+        plan = _run(lambda: crf.plan_migration(crf.study(study), read_dictionary(text)))
+    else:
+        plan = _run(lambda: crf.import_dictionary(actor, study, text, reason=reason, force=force))
+    for change in plan.changes:
+        typer.echo(f"{change.kind:8} {change.field}" + "".join(
+            f"\n         {column}: {old!r} -> {new!r}" for column, (old, new) in change.columns.items()))
+    for orphan in plan.orphans:
+        typer.echo(f"ORPHANS  {orphan}")
+    state = "applied" if plan.applied else "not applied (dry run)" if dry_run else "no changes"
+    typer.echo(f"version {plan.version}: {len(plan.changes)} changes, {state}")
+
+
+@app.command("export-dictionary")
+def export_dictionary(study: str, out: Path = typer.Option(..., "--out"), user: str = USER, db: str | None = DB) -> None:
+    """Write the study's current data dictionary as REDCap CSV."""
+    from mercia.trials.crf.dictionary import write_dictionary
+    from mercia.trials.crf.service import StudyRole
+
+    crf, actor = _session(db, user)
+    found = _run(lambda: crf.study(study))
+    _run(lambda: crf.require(actor, found, *StudyRole))
+    out.write_text(write_dictionary(found.dictionary), encoding="utf-8")
+    typer.echo(f"version {found.dictionary_version}: {len(found.dictionary.fields)} fields -> {out}")
+
+
+@app.command("add-event")
+def add_event(study: str, event: str, arm: str = typer.Option("arm_1", "--arm"),
+              label: str = typer.Option("", "--label"), form: list[str] = typer.Option(..., "--form"),
+              day: int = typer.Option(0, "--day", help="days after the participant's start date"),
+              before: int = typer.Option(0, "--window-before"), after: int = typer.Option(0, "--window-after"),
+              user: str = USER, db: str | None = DB) -> None:
+    """Add a visit (event) with its window and forms to an arm of the schedule."""
+    crf, actor = _session(db, user)
+    _run(lambda: crf.add_event(actor, study, arm, event, label or event, form, day, before, after))
+    typer.echo(f"event {event} ({arm}) with {', '.join(form)}")
+
+
+@app.command("add-participant")
+def add_participant(study: str, record_id: str, arm: str = typer.Option(..., "--arm"),
+                    start: str = typer.Option(..., "--start", help="start date YYYY-MM-DD (e.g. randomisation)"),
+                    person_id: int | None = typer.Option(None, "--person-id"), user: str = USER,
+                    db: str | None = DB) -> None:
+    """Enrol a randomised participant in the study's schedule."""
+    crf, actor = _session(db, user)
+    _run(lambda: crf.add_participant(actor, study, record_id, arm, start, person_id))
+    typer.echo(f"record {record_id} in {arm}")
+
+
+@app.command()
+def export(study: str, out: Path = typer.Option(..., "--out"),
+           format: str = typer.Option("odm", "--format", help="odm, flat or redcap"),
+           user: str = USER, db: str | None = DB) -> None:
+    """Export the study's data (streamed): CDISC ODM 1.3.2, flat CSV or REDCap-compatible CSV."""
+    from mercia.trials.crf.export import write_csv, write_odm
+
+    if format not in ("odm", "flat", "redcap"):
+        raise typer.BadParameter("--format is odm, flat or redcap")
+    crf, actor = _session(db, user)
+    if format == "odm":
+        with out.open("wb") as f:
+            n = _run(lambda: write_odm(crf, actor, study, f))
+        typer.echo(f"{n} item values -> {out}")
+    else:
+        with out.open("w", newline="", encoding="utf-8") as f:
+            n = _run(lambda: write_csv(crf, actor, study, f, redcap=format == "redcap"))
+        typer.echo(f"{n} participant-event rows -> {out}")
+
+
+@app.command("audit-trail")
+def audit_trail(study: str, out: Path = typer.Option(..., "--out"), record: str | None = typer.Option(None, "--record"),
+                user: str = USER, db: str | None = DB) -> None:
+    """Write the study's audit trail (who, when, old and new values, reasons) as JSON; the export is audited."""
+    import orjson
+
+    crf, actor = _session(db, user)
+    entries = _run(lambda: crf.audit_trail(actor, study, record))
+    out.write_bytes(orjson.dumps(entries, option=orjson.OPT_INDENT_2))
+    typer.echo(f"{len(entries)} audit entries -> {out}")

@@ -1,0 +1,519 @@
+"""eCRF business rules: studies, dictionary migrations, schedule, data entry, queries, lock and e-signature.
+
+Every method takes the acting ``User`` and checks the study role it needs (data_entry, monitor,
+investigator, data_manager), so the CLI, HTTP routes and web pages share one set of rules.  Every
+change is written with an entry in the platform's hash-chained audit log in the same transaction
+(who, when, old value, new value and, after a form's first save, the reason), so ``mercia audit
+verify`` covers the eCRF history too (21 CFR Part 11.10(e), MHRA GXP data integrity 6.13).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from mercia.governance import Conflict, Forbidden, Governance, GovernanceError, NotFound, Role, User
+from mercia.governance.db import now
+from mercia.trials.crf.dictionary import Change, Dictionary, diff, read_dictionary, validate_value, write_dictionary
+from mercia.trials.crf.logic import Record, calculated, parse, shows
+from mercia.trials.crf.tables import ensure_crf_tables
+
+
+class StudyRole(StrEnum):
+    DATA_ENTRY = "data_entry"
+    MONITOR = "monitor"
+    INVESTIGATOR = "investigator"     # may sign forms
+    DATA_MANAGER = "data_manager"     # dictionary, schedule, participants, lock/unlock, exports
+
+
+class FormStatus(StrEnum):
+    """REDCap's form status, with its export codes."""
+    INCOMPLETE = "incomplete"
+    UNVERIFIED = "unverified"
+    COMPLETE = "complete"
+
+    @property
+    def code(self) -> str:
+        return {"incomplete": "0", "unverified": "1", "complete": "2"}[self.value]
+
+
+class EntryError(GovernanceError):
+    """Data that fails validation; ``problems`` maps each field to why, and the message names the record."""
+
+    def __init__(self, record_id: str, event: str, form: str, problems: dict[str, str]):
+        self.problems = problems
+        detail = "; ".join(f"{field}: {why}" for field, why in problems.items())
+        super().__init__(f"record {record_id}, {event}/{form}: {detail}")
+
+
+class MigrationRefused(Conflict):
+    """A dictionary change that would orphan collected data, refused unless forced with a reason."""
+
+    def __init__(self, orphans: list[str]):
+        self.orphans = orphans
+        super().__init__("the new dictionary would orphan collected data: " + "; ".join(orphans)
+                         + " (force it with a reason to apply anyway)")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    changes: list[Change]
+    orphans: list[str]
+    applied: bool
+
+
+@dataclass(frozen=True)
+class Study:
+    id: int
+    name: str
+    title: str
+    dictionary_version: int
+    dictionary: Dictionary | None
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class CrfService:
+    def __init__(self, governance: Governance):
+        self.gov = governance
+        self.db = governance.db
+        ensure_crf_tables(self.db.store)
+
+    # -- studies and people ----------------------------------------------------------------
+    def create_study(self, actor: User, name: str, title: str, project_id: int | None = None) -> Study:
+        if not actor.has_any(Role.TRIAL_COORDINATOR, Role.ADMIN):
+            raise Forbidden("creating a study needs the role Trial coordinator or Admin")
+        with self.db.transaction():
+            if self.db.scalar("SELECT COUNT(*) FROM mercia_crf_study WHERE name = ?", [name]):
+                raise Conflict(f"study {name!r} already exists")
+            study_id = self.db.next_id("mercia_crf_study", "study_id")
+            self.db.insert("mercia_crf_study", {"study_id": study_id, "name": name, "title": title,
+                                                "project_id": project_id, "dictionary_version": 0,
+                                                "created_by": actor.username, "created_at": now()})
+            self.db.insert("mercia_crf_member", {"study_id": study_id, "username": actor.username,
+                                                 "role": StudyRole.DATA_MANAGER.value})
+            self.gov.audit.record(actor.username, "crf.study.create", f"crf:{name}", project_id, title=title)
+        return self.study(name)
+
+    def study(self, name: str) -> Study:
+        row = self.db.row("SELECT * FROM mercia_crf_study WHERE name = ?", [name])
+        if row is None:
+            raise NotFound(f"no study {name!r}")
+        text = self.db.scalar("SELECT dictionary FROM mercia_crf_dictionary WHERE study_id = ? AND version = ?",
+                              [row["study_id"], row["dictionary_version"]])
+        return Study(row["study_id"], row["name"], row["title"], row["dictionary_version"],
+                     read_dictionary(text) if text else None)
+
+    def roles(self, user: User, study: Study) -> set[StudyRole]:
+        return {StudyRole(r["role"]) for r in self.db.rows(
+            "SELECT role FROM mercia_crf_member WHERE study_id = ? AND username = ?", [study.id, user.username])}
+
+    def require(self, user: User, study: Study, *roles: StudyRole) -> None:
+        if not self.roles(user, study) & set(roles):
+            self.gov.audit.record(user.username, "crf.refused", f"crf:{study.name}",
+                                  needed=[r.value for r in roles])
+            raise Forbidden(f"{user.username} needs the study role {' or '.join(r.value for r in roles)} "
+                            f"in {study.name}")
+
+    def add_member(self, actor: User, study_name: str, username: str, role: StudyRole) -> None:
+        study = self.study(study_name)
+        self.require(actor, study, StudyRole.DATA_MANAGER)
+        if self.gov.user_by_name(username) is None:
+            raise NotFound(f"no user {username!r}")
+        with self.db.transaction():
+            self.db.insert("mercia_crf_member", {"study_id": study.id, "username": username, "role": StudyRole(role).value})
+            self.gov.audit.record(actor.username, "crf.member.add", f"crf:{study.name}", user=username, role=role)
+
+    # -- dictionary versions -----------------------------------------------------------------
+    def plan_migration(self, study: Study, new: Dictionary) -> Migration:
+        """The diff from the current dictionary, and the collected data each change would orphan."""
+        if study.dictionary is None:
+            return Migration(1, [Change(f.name, "added", {}) for f in new.fields], [], False)
+        changes = diff(study.dictionary, new)
+        orphans: list[str] = []
+        for change in changes:
+            old_field = study.dictionary.by_name.get(change.field)
+            if old_field is None:
+                continue
+            columns = old_field.export_columns() or [old_field.name]
+            stored = self.db.rows(
+                f"SELECT field_name, value, COUNT(*) AS n FROM mercia_crf_value WHERE study_id = ? AND value <> '' "
+                f"AND field_name IN ({', '.join('?' for _ in columns)}) GROUP BY field_name, value",
+                [study.id, *columns])
+            if not stored:
+                continue
+            total = sum(r["n"] for r in stored)
+            new_field = new.by_name.get(change.field)
+            if new_field is None:
+                orphans.append(f"{change.field} is removed but holds {total} values")
+            elif new_field.form != old_field.form or new_field.field_type != old_field.field_type:
+                orphans.append(f"{change.field} moves form or changes type but holds {total} values")
+            else:
+                kept = set(new_field.export_columns())
+                invalid = sum(r["n"] for r in stored
+                              if (r["field_name"] not in kept if old_field.field_type == "checkbox"
+                                  else validate_value(new_field, r["value"], check_range=False) is not None))
+                if invalid:
+                    orphans.append(f"{change.field}: {invalid} stored values are not valid under the new definition")
+        return Migration(study.dictionary_version + 1, changes, orphans, False)
+
+    def import_dictionary(self, actor: User, study_name: str, text: str, reason: str = "",
+                          force: bool = False) -> Migration:
+        """Add a dictionary version: never a silent replacement, and refused if it orphans data unless forced."""
+        study = self.study(study_name)
+        self.require(actor, study, StudyRole.DATA_MANAGER)
+        new = read_dictionary(text)
+        plan = self.plan_migration(study, new)
+        if study.dictionary is not None and not plan.changes:
+            return plan
+        if study.dictionary is not None and not reason.strip():
+            raise GovernanceError("changing the dictionary of a study needs a reason")
+        if plan.orphans and not force:
+            raise MigrationRefused(plan.orphans)
+        with self.db.transaction():
+            self.db.insert("mercia_crf_dictionary", {
+                "study_id": study.id, "version": plan.version, "dictionary": write_dictionary(new),
+                "changes": _json([c.to_dict() for c in plan.changes]), "reason": reason, "forced": bool(plan.orphans),
+                "created_by": actor.username, "created_at": now()})
+            self.db.execute("UPDATE mercia_crf_study SET dictionary_version = ? WHERE study_id = ?",
+                            [plan.version, study.id])
+            self.gov.audit.record(actor.username, "crf.dictionary.version", f"crf:{study.name}", version=plan.version,
+                                  reason=reason, forced=bool(plan.orphans), orphans=plan.orphans,
+                                  changes=[c.to_dict() for c in plan.changes])
+        return Migration(plan.version, plan.changes, plan.orphans, True)
+
+    def dictionary_versions(self, study_name: str) -> list[dict[str, Any]]:
+        study = self.study(study_name)
+        return self.db.rows("SELECT version, reason, forced, created_by, created_at, changes FROM mercia_crf_dictionary "
+                            "WHERE study_id = ? ORDER BY version", [study.id])
+
+    # -- schedule and participants -------------------------------------------------------------
+    def add_event(self, actor: User, study_name: str, arm: str, event_name: str, label: str, forms: list[str],
+                  day_offset: int = 0, window_before: int = 0, window_after: int = 0) -> None:
+        study = self.study(study_name)
+        self.require(actor, study, StudyRole.DATA_MANAGER)
+        if study.dictionary is None:
+            raise Conflict("import a data dictionary before defining events")
+        unknown = [f for f in forms if f not in study.dictionary.forms]
+        if unknown:
+            raise NotFound(f"event {event_name}: no form(s) {', '.join(unknown)} in the dictionary")
+        with self.db.transaction():
+            if self.db.scalar("SELECT COUNT(*) FROM mercia_crf_event WHERE study_id = ? AND event_name = ?",
+                              [study.id, event_name]):
+                raise Conflict(f"event {event_name} already exists")
+            position = self.db.scalar("SELECT COUNT(*) FROM mercia_crf_event WHERE study_id = ?", [study.id]) + 1
+            self.db.insert("mercia_crf_event", {
+                "study_id": study.id, "arm": arm, "event_name": event_name, "label": label, "day_offset": day_offset,
+                "window_before": window_before, "window_after": window_after, "position": position})
+            for form in forms:
+                self.db.insert("mercia_crf_event_form", {"study_id": study.id, "event_name": event_name, "form_name": form})
+            self.gov.audit.record(actor.username, "crf.event.add", f"crf:{study.name}:{event_name}", arm=arm,
+                                  forms=forms, day_offset=day_offset, window=[window_before, window_after])
+
+    def events(self, study: Study, arm: str | None = None) -> list[dict[str, Any]]:
+        rows = self.db.rows("SELECT * FROM mercia_crf_event WHERE study_id = ? ORDER BY position", [study.id])
+        forms = self.db.rows("SELECT event_name, form_name FROM mercia_crf_event_form WHERE study_id = ?", [study.id])
+        order = study.dictionary.forms if study.dictionary else []
+        for row in rows:
+            row["forms"] = sorted((f["form_name"] for f in forms if f["event_name"] == row["event_name"]),
+                                  key=lambda f: order.index(f) if f in order else len(order))
+        return [r for r in rows if arm is None or r["arm"] == arm]
+
+    def add_participant(self, actor: User, study_name: str, record_id: str, arm: str, start_date: str,
+                        person_id: int | None = None) -> None:
+        """Enrol a participant (from the trial's randomisation: the arm it allocated and the start date)."""
+        study = self.study(study_name)
+        self.require(actor, study, StudyRole.DATA_MANAGER, StudyRole.DATA_ENTRY)
+        if not self.events(study, arm):
+            raise NotFound(f"study {study.name} has no events in arm {arm!r}")
+        with self.db.transaction():
+            if self.db.scalar("SELECT COUNT(*) FROM mercia_crf_participant WHERE study_id = ? AND record_id = ?",
+                              [study.id, record_id]):
+                raise Conflict(f"record {record_id} already exists")
+            self.db.insert("mercia_crf_participant", {"study_id": study.id, "record_id": record_id, "arm": arm,
+                                                      "person_id": person_id, "start_date": start_date,
+                                                      "created_at": now()})
+            self.gov.audit.record(actor.username, "crf.participant.add", f"crf:{study.name}:{record_id}",
+                                  arm=arm, start_date=start_date, person_id=person_id)
+
+    def _participant(self, study: Study, record_id: str) -> dict[str, Any]:
+        row = self.db.row("SELECT * FROM mercia_crf_participant WHERE study_id = ? AND record_id = ?",
+                          [study.id, record_id])
+        if row is None:
+            raise NotFound(f"study {study.name} has no record {record_id!r}")
+        return row
+
+    # -- data entry -------------------------------------------------------------------------
+    def form_state(self, study: Study, record_id: str, event: str, form: str) -> dict[str, Any] | None:
+        return self.db.row("SELECT * FROM mercia_crf_form WHERE study_id = ? AND record_id = ? AND event_name = ? "
+                           "AND form_name = ?", [study.id, record_id, event, form])
+
+    def record_values(self, study: Study, record_id: str) -> dict[str, dict[str, str]]:
+        """{event: {column: value}} of one participant, soft-deleted forms left out."""
+        rows = self.db.rows(
+            "SELECT v.event_name, v.field_name, v.value FROM mercia_crf_value v WHERE v.study_id = ? AND v.record_id = ? "
+            "AND NOT EXISTS (SELECT 1 FROM mercia_crf_form f WHERE f.study_id = v.study_id AND f.record_id = v.record_id "
+            "AND f.event_name = v.event_name AND f.form_name = v.form_name AND f.deleted)", [study.id, record_id])
+        found: dict[str, dict[str, str]] = {}
+        for r in rows:
+            found.setdefault(r["event_name"], {})[r["field_name"]] = r["value"]
+        return found
+
+    def form_definition(self, actor: User, study_name: str, form: str) -> dict[str, Any]:
+        """A form's fields for a data-entry page: labels, choices, validation, and the branching and
+        calculation ASTs the browser evaluates with ``static/crf-logic.js``."""
+        study = self.study(study_name)
+        self.require(actor, study, *StudyRole)
+        if study.dictionary is None or form not in study.dictionary.forms:
+            raise NotFound(f"study {study.name} has no form {form!r}")
+        return {"study": study.name, "form": form, "dictionary_version": study.dictionary_version, "fields": [
+            {"name": f.name, "type": f.field_type, "label": f.label, "note": f.note, "section": f.section_header,
+             "choices": f.choices, "validation": f.validation, "min": f.validation_min, "max": f.validation_max,
+             "required": f.is_required, "identifier": f.is_identifier, "columns": f.export_columns(),
+             "branching": parse(f.branching_logic) if f.branching_logic.strip() else None,
+             "calculation": parse(f.choices_or_calc) if f.field_type == "calc" else None}
+            for f in study.dictionary.form_fields(form)]}
+
+    def form_data(self, actor: User, study_name: str, record_id: str, event: str, form: str) -> dict[str, Any]:
+        """Current values and state (status, lock, signature, voided signature) of one form."""
+        study = self.study(study_name)
+        self.require(actor, study, *StudyRole)
+        self._check_form(study, record_id, event, form)
+        columns = {c for f in study.dictionary.form_fields(form) for c in f.export_columns()}
+        values = self.record_values(study, record_id).get(event, {})
+        return {"record": record_id, "event": event, "form": form,
+                "values": {c: v for c, v in values.items() if c in columns},
+                "state": self.form_state(study, record_id, event, form)}
+
+    def _check_form(self, study: Study, record_id: str, event: str, form: str) -> None:
+        participant = self._participant(study, record_id)
+        allowed = {e["event_name"]: e["forms"] for e in self.events(study, participant["arm"])}
+        if event not in allowed:
+            raise NotFound(f"record {record_id} (arm {participant['arm']}) has no event {event!r}")
+        if form not in allowed[event]:
+            raise NotFound(f"event {event} has no form {form!r}")
+
+    def save_form(self, actor: User, study_name: str, record_id: str, event: str, form: str,
+                  values: Mapping[str, str], reason: str = "", status: FormStatus | str = FormStatus.INCOMPLETE
+                  ) -> list[dict[str, str]]:
+        """Validate and save entered values; returns the changes (field, old, new) that were recorded."""
+        study = self.study(study_name)
+        self.require(actor, study, StudyRole.DATA_ENTRY)
+        self._check_form(study, record_id, event, form)
+        status = FormStatus(status)
+        fields = study.dictionary.form_fields(form)
+        columns = {c: f for f in fields for c in f.export_columns() if f.field_type != "calc"}
+        problems = {name: "not a field of this form" for name in values if name not in columns}
+        for name, value in values.items():
+            if name in columns:
+                why = validate_value(columns[name], str(value))
+                if why:
+                    problems[name] = why
+        if problems:
+            raise EntryError(record_id, event, form, problems)
+        all_values = self.record_values(study, record_id)
+        current = dict(all_values.get(event, {}))
+        merged = {**current, **{k: str(v) for k, v in values.items()}}
+        for f in fields:  # calculations and hidden fields follow from the entered values
+            if f.field_type == "calc":
+                merged[f.name] = calculated(parse(f.choices_or_calc), Record(merged, all_values))
+        for f in fields:
+            hidden = f.branching_logic.strip() and not shows(parse(f.branching_logic), Record(merged, all_values))
+            if hidden:
+                for column in f.export_columns():
+                    if merged.get(column, "") not in ("", "0" if f.field_type == "checkbox" else ""):
+                        problems[column] = "has a value but is hidden by its branching logic; clear it"
+            elif status is FormStatus.COMPLETE and f.is_required and f.field_type not in ("calc", "descriptive"):
+                if f.field_type == "checkbox":
+                    if not any(merged.get(c) == "1" for c in f.export_columns()):
+                        problems[f.name] = "is required"
+                elif merged.get(f.name, "") == "":
+                    problems[f.name] = "is required"
+        if problems:
+            raise EntryError(record_id, event, form, problems)
+        form_columns = [c for f in fields for c in f.export_columns()]
+        changes = [{"field": c, "old": current.get(c, ""), "new": merged.get(c, "")} for c in form_columns
+                   if merged.get(c, "") != current.get(c, "") and not (c not in current and merged.get(c, "") == "")]
+        with self.db.transaction():
+            state = self.form_state(study, record_id, event, form)
+            if state and state["locked"]:
+                raise Conflict(f"record {record_id}, {event}/{form} is locked; it must be unlocked (with a reason) "
+                               "before it can be edited")
+            if state and state["deleted"]:
+                raise Conflict(f"record {record_id}, {event}/{form} was deleted")
+            if state and (changes or status.value != state["status"]) and not reason.strip():
+                raise EntryError(record_id, event, form, {"reason": "a reason for change is needed after the first save"})
+            if not changes and state and status.value == state["status"]:
+                return []
+            at = now()
+            seq = self.gov.audit.record(actor.username, "crf.form.save", f"crf:{study.name}:{record_id}:{event}:{form}",
+                                        changes=changes, reason=reason or None, status=status.value,
+                                        first_save=state is None, dictionary_version=study.dictionary_version)
+            for change in changes:
+                self.db.execute("DELETE FROM mercia_crf_value WHERE study_id = ? AND record_id = ? AND event_name = ? "
+                                "AND field_name = ?", [study.id, record_id, event, change["field"]])
+                self.db.insert("mercia_crf_value", {
+                    "study_id": study.id, "record_id": record_id, "event_name": event, "form_name": form,
+                    "field_name": change["field"], "value": change["new"], "saved_by": actor.username,
+                    "saved_at": at, "reason": reason or None, "audit_seq": seq})
+            if state is None:
+                self.db.insert("mercia_crf_form", {
+                    "study_id": study.id, "record_id": record_id, "event_name": event, "form_name": form,
+                    "status": status.value, "locked": False, "deleted": False, "updated_at": at})
+            else:
+                self._update_form(study, record_id, event, form, status=status.value, updated_at=at)
+        return changes
+
+    def _update_form(self, study: Study, record_id: str, event: str, form: str, **columns: Any) -> None:
+        sets = ", ".join(f"{c} = ?" for c in columns)
+        self.db.execute(f"UPDATE mercia_crf_form SET {sets} WHERE study_id = ? AND record_id = ? AND event_name = ? "
+                        "AND form_name = ?", [*columns.values(), study.id, record_id, event, form])
+
+    def _existing_form(self, study: Study, record_id: str, event: str, form: str) -> dict[str, Any]:
+        state = self.form_state(study, record_id, event, form)
+        if state is None:
+            raise NotFound(f"record {record_id} has no saved {event}/{form}")
+        return state
+
+    def delete_form(self, actor: User, study_name: str, record_id: str, event: str, form: str, reason: str) -> None:
+        """Soft delete: the values stay (and stay in the audit trail) but leave every export."""
+        study = self.study(study_name)
+        self.require(actor, study, StudyRole.DATA_MANAGER)
+        if not reason.strip():
+            raise GovernanceError("deleting a form needs a reason")
+        with self.db.transaction():
+            state = self._existing_form(study, record_id, event, form)
+            if state["locked"]:
+                raise Conflict(f"record {record_id}, {event}/{form} is locked; unlock it first")
+            self._update_form(study, record_id, event, form, deleted=True, updated_at=now())
+            self.gov.audit.record(actor.username, "crf.form.delete", f"crf:{study.name}:{record_id}:{event}:{form}",
+                                  reason=reason)
+
+    def lock(self, actor: User, study_name: str, record_id: str, event: str, form: str) -> None:
+        study = self.study(study_name)
+        self.require(actor, study, StudyRole.DATA_MANAGER)
+        with self.db.transaction():
+            state = self._existing_form(study, record_id, event, form)
+            if state["locked"]:
+                return
+            self._update_form(study, record_id, event, form, locked=True, updated_at=now())
+            self.gov.audit.record(actor.username, "crf.form.lock", f"crf:{study.name}:{record_id}:{event}:{form}")
+
+    def unlock(self, actor: User, study_name: str, record_id: str, event: str, form: str, reason: str) -> None:
+        """Unlock for correction; a signature on the form is voided, visibly (kept, marked void, audited)."""
+        study = self.study(study_name)
+        self.require(actor, study, StudyRole.DATA_MANAGER)
+        if not reason.strip():
+            raise GovernanceError("unlocking a form needs a reason")
+        with self.db.transaction():
+            state = self._existing_form(study, record_id, event, form)
+            if not state["locked"]:
+                return
+            voids = bool(state["signed_at"]) and not state["signature_voided_at"]
+            at = now()
+            extra = {"signature_voided_at": at, "signature_voided_by": actor.username,
+                     "signature_void_reason": reason} if voids else {}
+            self._update_form(study, record_id, event, form, locked=False, updated_at=at, **extra)
+            self.gov.audit.record(actor.username, "crf.form.unlock", f"crf:{study.name}:{record_id}:{event}:{form}",
+                                  reason=reason, signature_voided=voids)
+
+    def sign(self, actor: User, study_name: str, record_id: str, event: str, form: str, username: str, password: str,
+             meaning: str) -> None:
+        """E-signature: the signer re-enters their credentials; records name, time and meaning, and locks."""
+        study = self.study(study_name)
+        self.require(actor, study, StudyRole.INVESTIGATOR)
+        if not meaning.strip():
+            raise GovernanceError("a signature needs its meaning (e.g. 'I approve the data on this form')")
+        signer = self.gov.authenticate(username, password)   # outside the transaction: failures stay audited
+        if signer.id != actor.id:
+            self.gov.audit.record(actor.username, "crf.sign.refused", f"crf:{study.name}:{record_id}:{event}:{form}",
+                                  reason="credentials of another user")
+            raise Forbidden("a signature must be made with the signer's own credentials")
+        with self.db.transaction():
+            state = self._existing_form(study, record_id, event, form)
+            if state["status"] != FormStatus.COMPLETE.value:
+                raise Conflict(f"record {record_id}, {event}/{form} is {state['status']}; only a complete form is signed")
+            if state["signed_at"] and not state["signature_voided_at"]:
+                raise Conflict(f"record {record_id}, {event}/{form} is already signed")
+            at = now()
+            self._update_form(study, record_id, event, form, locked=True, signed_by=signer.username,
+                              signed_name=signer.display_name, signed_at=at, signature_meaning=meaning,
+                              signature_voided_at=None, signature_voided_by=None, signature_void_reason=None,
+                              updated_at=at)
+            self.gov.audit.record(actor.username, "crf.form.sign", f"crf:{study.name}:{record_id}:{event}:{form}",
+                                  name=signer.display_name, meaning=meaning)
+
+    # -- queries ---------------------------------------------------------------------------
+    def raise_query(self, actor: User, study_name: str, record_id: str, event: str, form: str, field: str,
+                    text: str) -> int:
+        study = self.study(study_name)
+        self.require(actor, study, StudyRole.MONITOR, StudyRole.DATA_MANAGER)
+        self._check_form(study, record_id, event, form)
+        if field not in {f.name for f in study.dictionary.form_fields(form)}:
+            raise NotFound(f"form {form} has no field {field!r}")
+        with self.db.transaction():
+            query_id = self.db.next_id("mercia_crf_query", "query_id")
+            at = now()
+            self.db.insert("mercia_crf_query", {
+                "query_id": query_id, "study_id": study.id, "record_id": record_id, "event_name": event,
+                "form_name": form, "field_name": field, "status": "open", "raised_by": actor.username, "raised_at": at})
+            self._query_message(query_id, "raise", actor, text, at)
+            self.gov.audit.record(actor.username, "crf.query.raise", f"crf:{study.name}:{record_id}:{event}:{form}",
+                                  query_id=query_id, field=field, text=text)
+        return query_id
+
+    def _query_message(self, query_id: int, action: str, actor: User, text: str, at: str) -> None:
+        seq = self.db.scalar("SELECT COUNT(*) FROM mercia_crf_query_message WHERE query_id = ?", [query_id]) + 1
+        self.db.insert("mercia_crf_query_message", {"query_id": query_id, "seq": seq, "action": action,
+                                                    "author": actor.username, "written_at": at, "text": text})
+
+    def _query_step(self, actor: User, study_name: str, query_id: int, action: str, text: str,
+                    roles: tuple[StudyRole, ...], from_status: tuple[str, ...], to_status: str) -> None:
+        study = self.study(study_name)
+        self.require(actor, study, *roles)
+        with self.db.transaction():
+            query = self.db.row("SELECT * FROM mercia_crf_query WHERE query_id = ? AND study_id = ?", [query_id, study.id])
+            if query is None:
+                raise NotFound(f"no query {query_id} in {study.name}")
+            if query["status"] not in from_status:
+                raise Conflict(f"query {query_id} is {query['status']}; it cannot be {action}ed")
+            self.db.execute("UPDATE mercia_crf_query SET status = ? WHERE query_id = ?", [to_status, query_id])
+            self._query_message(query_id, action, actor, text, now())
+            self.gov.audit.record(actor.username, f"crf.query.{action}",
+                                  f"crf:{study.name}:{query['record_id']}:{query['event_name']}:{query['form_name']}",
+                                  query_id=query_id, text=text)
+
+    def answer_query(self, actor: User, study_name: str, query_id: int, text: str) -> None:
+        self._query_step(actor, study_name, query_id, "answer", text, (StudyRole.DATA_ENTRY,), ("open",), "answered")
+
+    def close_query(self, actor: User, study_name: str, query_id: int, text: str) -> None:
+        self._query_step(actor, study_name, query_id, "close", text, (StudyRole.MONITOR, StudyRole.DATA_MANAGER),
+                         ("open", "answered"), "closed")
+
+    def reopen_query(self, actor: User, study_name: str, query_id: int, text: str) -> None:
+        self._query_step(actor, study_name, query_id, "reopen", text, (StudyRole.MONITOR, StudyRole.DATA_MANAGER),
+                         ("answered",), "open")
+
+    def query_history(self, query_id: int) -> list[dict[str, Any]]:
+        return self.db.rows("SELECT * FROM mercia_crf_query_message WHERE query_id = ? ORDER BY seq", [query_id])
+
+    # -- the audit trail -----------------------------------------------------------------------
+    def audit_trail(self, actor: User, study_name: str, record_id: str | None = None) -> list[dict[str, Any]]:
+        """The eCRF entries of the audit log, oldest first; reading it for export is itself audited."""
+        study = self.study(study_name)
+        self.require(actor, study, StudyRole.DATA_MANAGER, StudyRole.MONITOR)
+        prefix = f"crf:{study.name}:{record_id}:" if record_id else f"crf:{study.name}"
+        rows = self.db.rows("SELECT seq, logged_at, actor, action, target, detail FROM mercia_audit "
+                            "WHERE action LIKE 'crf.%' AND (target = ? OR target LIKE ?) ORDER BY seq",
+                            [prefix.rstrip(":"), prefix.rstrip(":") + ":%"])
+        for r in rows:
+            r["detail"] = json.loads(r["detail"])
+        self.gov.audit.record(actor.username, "crf.audit.export", f"crf:{study.name}", record=record_id,
+                              entries=len(rows))
+        return rows

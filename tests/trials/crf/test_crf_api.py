@@ -1,0 +1,87 @@
+"""The eCRF HTTP routes: every one refuses an anonymous caller and a caller without the study role."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mercia.api.state import ServerOptions
+from mercia.web.app import create_app
+
+from .conftest import PASSWORD, Team
+from .test_crf_entry import DEMO, ENROL
+
+FORM = "/api/v1/crf/studies/heart/records/H001/events/baseline_arm_1/forms/demographics"
+
+
+@pytest.fixture
+def api(tmp_path, monkeypatch):
+    from argon2 import PasswordHasher
+
+    from mercia.cdm import Store
+
+    monkeypatch.setattr("mercia.governance.service._hasher", PasswordHasher(time_cost=1, memory_cost=1024))
+    store = Store(str(tmp_path / "api.duckdb"))
+    app = create_app(store, ServerOptions(secure_cookies=True, job_workers=1))
+    team = Team(app.state.mercia.gov)
+    client = TestClient(app, base_url="https://testserver")
+
+    def headers(user):
+        return {"Authorization": f"Bearer {team.gov.create_token(user, 'test')[1]}"}
+
+    with client:
+        yield client, team, headers
+    store.close()
+
+
+ROUTES = [
+    ("get", "/api/v1/crf/studies/heart/forms/demographics", None),
+    ("get", FORM, None),
+    ("put", FORM, {"values": {"weight_kg": "81"}, "reason": "r"}),
+    ("post", FORM + "/lock", None),
+    ("post", FORM + "/unlock", {"reason": "r"}),
+    ("post", FORM + "/sign", {"username": "x", "password": "y", "meaning": "m"}),
+    ("post", "/api/v1/crf/studies/heart/queries",
+     {"record": "H001", "event": "baseline_arm_1", "form": "demographics", "field": "weight_kg", "text": "?"}),
+    ("post", "/api/v1/crf/studies/heart/queries/1/answer", {"text": "t"}),
+    ("get", "/api/v1/crf/studies/heart/audit", None),
+    ("get", "/api/v1/crf/studies/heart/export?format=odm", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ROUTES, ids=[f"{m} {p[22:]}" for m, p, _ in ROUTES])
+def test_every_route_refuses_anonymous_and_outsiders(api, method, path, body):
+    client, team, headers = api
+    kwargs = {"json": body} if body is not None else {}
+    assert getattr(client, method)(path, **kwargs).status_code == 401
+    refused = getattr(client, method)(path, headers=headers(team.outsider), **kwargs)
+    assert refused.status_code == 403 and "needs the study role" in refused.json()["detail"]
+
+
+def test_data_entry_round_trip_over_http(api):
+    client, team, headers = api
+    entry, monitor, signer, manager = (headers(u) for u in (team.entry, team.monitor, team.signer, team.manager))
+    definition = client.get("/api/v1/crf/studies/heart/forms/demographics", headers=entry).json()
+    cig = next(f for f in definition["fields"] if f["name"] == "cig_per_day")
+    assert cig["branching"]["op"] == "and"                                    # the AST the browser evaluates
+    assert next(f for f in definition["fields"] if f["name"] == "bmi")["calculation"]["fn"] == "round"
+    team.crf.save_form(team.entry, "heart", "H001", "enrolment_arm_1", "enrolment", ENROL, status="complete")
+    saved = client.put(FORM, headers=entry, json={"values": DEMO, "status": "complete"})
+    assert saved.status_code == 200 and {"field": "bmi", "old": "", "new": "27.7"} in saved.json()["changes"]
+    bad = client.put(FORM, headers=entry, json={"values": {"height_cm": "9000"}, "reason": "typo"})
+    assert bad.status_code == 400 and "record H001" in bad.json()["detail"] and "height_cm" in bad.json()["detail"]
+    assert client.put(FORM, headers=monitor, json={"values": {"weight_kg": "1"}}).status_code == 403
+    wrong = client.post(FORM + "/sign", headers=signer,
+                        json={"username": "dr_pi", "password": "not it at all", "meaning": "approve"})
+    assert wrong.status_code == 400
+    assert client.post(FORM + "/sign", headers=signer,
+                       json={"username": "dr_pi", "password": PASSWORD, "meaning": "approve"}).status_code == 200
+    locked = client.put(FORM, headers=entry, json={"values": {"weight_kg": "81"}, "reason": "r"})
+    assert locked.status_code == 409
+    assert client.post(FORM + "/unlock", headers=manager, json={"reason": "correction"}).status_code == 200
+    state = client.get(FORM, headers=monitor).json()["state"]
+    assert state["signature_voided_by"] == "dm_dana" and not state["locked"]
+    odm = client.get("/api/v1/crf/studies/heart/export?format=odm", headers=monitor)
+    assert odm.status_code == 200 and b'ODMVersion="1.3.2"' in odm.content
+    csv_text = client.get("/api/v1/crf/studies/heart/export?format=redcap", headers=manager).text
+    assert csv_text.startswith("record_id,redcap_event_name,")
+    trail = client.get("/api/v1/crf/studies/heart/audit", headers=monitor).json()
+    assert [e["action"] for e in trail].count("crf.export") == 2

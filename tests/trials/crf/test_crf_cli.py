@@ -1,0 +1,67 @@
+"""``mercia crf``: a study set up, migrated and exported from the command line, as a signed-in user."""
+
+import json
+
+import pytest
+from argon2 import PasswordHasher
+from typer.testing import CliRunner
+
+from mercia.cdm import Store
+from mercia.cli import app
+from mercia.governance import Governance, Role
+
+from .conftest import DICTIONARIES, PASSWORD
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    monkeypatch.setattr("mercia.governance.service._hasher", PasswordHasher(time_cost=1, memory_cost=1024))
+    monkeypatch.setenv("MERCIA_PASSWORD", PASSWORD)
+    url = str(tmp_path / "crf.duckdb")
+    with Store(url) as store:
+        gov = Governance(store)
+        gov.create_user("dm_dana", "Dana DM", PASSWORD, [(Role.TRIAL_COORDINATOR, "")])
+        gov.create_user("nurse_ed", "Ed Nurse", PASSWORD, [(Role.RESEARCHER, "")])
+    return url
+
+
+def crf(db, *args):
+    return runner.invoke(app, ["crf", *args, "--db", db, "--user", "dm_dana"])
+
+
+def test_study_from_the_command_line(db, tmp_path):
+    assert crf(db, "create-study", "heart", "--title", "HEART").exit_code == 0
+    first = crf(db, "import-dictionary", "heart", str(DICTIONARIES / "baseline.csv"))
+    assert first.exit_code == 0 and "version 1: 15 changes, applied" in first.output
+    changed = tmp_path / "v2.csv"
+    changed.write_text((DICTIONARIES / "baseline.csv").read_text().replace("Height (cm)", "Standing height (cm)"))
+    preview = crf(db, "import-dictionary", "heart", str(changed), "--dry-run")
+    assert "changed  height_cm" in preview.output and "'Height (cm)' -> 'Standing height (cm)'" in preview.output
+    assert "not applied (dry run)" in preview.output
+    no_reason = crf(db, "import-dictionary", "heart", str(changed))
+    assert no_reason.exit_code == 1 and "needs a reason" in no_reason.output
+    assert crf(db, "import-dictionary", "heart", str(changed), "--reason", "clearer label").exit_code == 0
+    assert crf(db, "add-event", "heart", "enrolment_arm_1", "--form", "enrolment").exit_code == 0
+    assert crf(db, "add-participant", "heart", "H001", "--arm", "arm_1", "--start", "2024-03-01").exit_code == 0
+    out = tmp_path / "dictionary.csv"
+    assert crf(db, "export-dictionary", "heart", "--out", str(out)).exit_code == 0
+    assert out.read_text() == changed.read_text()
+    assert crf(db, "export", "heart", "--format", "odm", "--out", str(tmp_path / "heart.xml")).exit_code == 0
+    assert b"ODMVersion=\"1.3.2\"" in (tmp_path / "heart.xml").read_bytes()
+    trail = tmp_path / "trail.json"
+    assert crf(db, "audit-trail", "heart", "--out", str(trail)).exit_code == 0
+    actions = [e["action"] for e in json.loads(trail.read_text())]
+    assert actions.count("crf.dictionary.version") == 2 and "crf.export" in actions
+
+
+def test_wrong_password_and_wrong_role_are_refused(db, monkeypatch):
+    crf(db, "create-study", "heart", "--title", "HEART")
+    monkeypatch.setenv("MERCIA_PASSWORD", "not the password")
+    bad = crf(db, "create-study", "other", "--title", "Other")
+    assert bad.exit_code == 1 and "username or password is not right" in bad.output
+    monkeypatch.setenv("MERCIA_PASSWORD", PASSWORD)
+    refused = runner.invoke(app, ["crf", "import-dictionary", "heart", str(DICTIONARIES / "baseline.csv"),
+                                  "--db", db, "--user", "nurse_ed"])
+    assert refused.exit_code == 1 and "needs the study role data_manager" in refused.output
