@@ -38,7 +38,7 @@ GENDER = {"male": 8507, "m": 8507, "female": 8532, "f": 8532}
 VISIT_CLASS = {"AMB": 9202, "IMP": 9201, "ACUTE": 9201, "EMER": 9203, "HH": 581476}  # HL7 v3 ActCode
 
 TYPE_CONCEPTS = {"fhir": EHR_TYPE, "csv": EHR_TYPE, "hl7v2": LAB_TYPE, "phenopackets": REGISTRY_TYPE,
-                 "vcf": REGISTRY_TYPE}
+                 "vcf": REGISTRY_TYPE, "nmr": LAB_TYPE, "mztab": LAB_TYPE}
 DOMAIN_TABLE = {"Condition": "condition_occurrence", "Drug": "drug_exposure", "Procedure": "procedure_occurrence",
                 "Measurement": "measurement", "Observation": "observation", "Device": "device_exposure",
                 "Specimen": "specimen", "Visit": "visit_occurrence"}
