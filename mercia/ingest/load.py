@@ -442,7 +442,8 @@ class _Load:
             SELECT {start} + row_number() OVER (ORDER BY m.row_id) AS variant_occurrence_id, m.person_id,
                    m.row_id AS measurement_id, v.assembly AS reference_sequence, v.chrom AS chromosome,
                    v.pos AS position, v.ref AS reference_allele, v.alt AS alternate_allele,
-                   v.gene AS target_gene_symbol, v.hgvs, v.genotype, m.source_record, m.record_hash
+                   v.gene AS target_gene_symbol, v.hgvs, v.genotype, v.hgvs_p, v.consequence, v.zygosity,
+                   v.read_depth, v.genotype_quality, m.source_record, m.record_hash
             FROM staged_variants v JOIN measurement_rows m ON m.record = v.record AND m.qualifier = v.key""")
         rows = _table_from_query(self.con, "SELECT * EXCLUDE (source_record, record_hash) FROM variant_rows")
         self.rows["variant_occurrence"] += self.store.insert_arrow("variant_occurrence", rows)

@@ -35,7 +35,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from mercia.ingest.staging import EVENT_SCHEMA, PERSON_SCHEMA, REJECT_SCHEMA, Columns, Staged
+from mercia.ingest.staging import (
+    EVENT_SCHEMA,
+    PERSON_SCHEMA,
+    REJECT_SCHEMA,
+    Columns,
+    Staged,
+)
 from mercia.vocab.metabolites import UCUM_UNITS, catalogue_path, nightingale_catalogue
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
@@ -174,7 +180,7 @@ class NmrReader:
         if not values:
             raise NmrError(f"{file}: no column names a Nightingale biomarker")
         self.con.register("wide_raw", table)
-        self.con.execute(f"""CREATE TABLE wide AS SELECT *, row_number() OVER () + 1 AS __line
+        self.con.execute("""CREATE TABLE wide AS SELECT *, row_number() OVER () + 1 AS __line
                              FROM wide_raw""")
         ident = _q(id_column)
 
@@ -285,9 +291,7 @@ class NmrReader:
             SELECT s.sample_id, s.line, 'NMR/' || s.sample_id AS record,
                    md5(s.content || '|' || COALESCE(m.nhs_number, '') || '|' || COALESCE(m.local_id, '') || '|'
                        || COALESCE(m.collection_date, '')) AS record_hash,
-                   CASE WHEN m.birth_date IS NOT NULL THEN 'Participant/' || COALESCE(m.local_id, m.nhs_number)
-                        WHEN m.local_id IS NOT NULL THEN 'Patient/' || m.local_id
-                        ELSE '?{NHS_NUMBER_SYSTEM}|' || m.nhs_number END AS person_ref,
+                   {person_ref_sql("m")} AS person_ref,
                    m.collection_date AS start
             FROM samples s JOIN (SELECT * FROM manifest QUALIFY row_number() OVER (PARTITION BY sample_id
                                                                                    ORDER BY line DESC) = 1) m
@@ -306,24 +310,39 @@ class NmrReader:
             UNION ALL
             SELECT {base}, 'Observation', 'Nightingale', q.name, l.start, NULL, q.value, NULL, NULL, q.line
             FROM sample_qc q JOIN linked l USING (sample_id)""").to_arrow_table()
-        n = events.num_rows
-        events = pa.table({name: events.column(name) if name in events.column_names else pa.nulls(n, EVENT_SCHEMA.field(name).type)
-                           for name in EVENT_SCHEMA.names}).cast(EVENT_SCHEMA)
-        persons = con.sql("""SELECT l.record || '#person' AS record, l.record_hash,
-                                    'Participant/' || COALESCE(m.local_id, m.nhs_number) AS person_ref, m.nhs_number,
-                                    m.birth_date, m.sex, m.line
-                             FROM linked l JOIN manifest m USING (sample_id) WHERE m.birth_date IS NOT NULL
-                             QUALIFY row_number() OVER (PARTITION BY l.sample_id ORDER BY m.line DESC) = 1
-                             """).to_arrow_table()
-        p = persons.num_rows
-        persons = pa.table({name: persons.column(name) if name in persons.column_names else pa.nulls(p, PERSON_SCHEMA.field(name).type)
-                            for name in PERSON_SCHEMA.names}).cast(PERSON_SCHEMA)
+        persons = manifest_persons(con, "SELECT sample_id FROM linked")
         read = con.execute("SELECT count(*) FROM long").fetchall()[0][0]
         staged = Staged(self.extract, read=read)
-        staged.events = ArrowColumns(events)
+        staged.events = ArrowColumns(conform(events, EVENT_SCHEMA))
         staged.persons = ArrowColumns(persons)
         staged.rejects = ArrowColumns(pa.concat_tables(self.rejects) if self.rejects else REJECT_SCHEMA.empty_table())
         return staged
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns in order, absent ones null."""
+    n = table.num_rows
+    return pa.table({f.name: table.column(f.name) if f.name in table.column_names else pa.nulls(n, f.type)
+                     for f in schema}).cast(schema)
+
+
+def person_ref_sql(m: str) -> str:
+    """The person a manifest row (alias ``m``) names: its own person record when it carries a birth date,
+    else the organisation's patient (local id), else whoever has the NHS number (resolved at load)."""
+    return (f"CASE WHEN {m}.birth_date IS NOT NULL THEN 'Participant/' || COALESCE({m}.local_id, {m}.nhs_number) "
+            f"WHEN {m}.local_id IS NOT NULL THEN 'Patient/' || {m}.local_id "
+            f"ELSE '?{NHS_NUMBER_SYSTEM}|' || {m}.nhs_number END")
+
+
+def manifest_persons(con: duckdb.DuckDBPyConnection, used_samples_sql: str) -> pa.Table:
+    """Person records of the manifest rows with a birth date whose samples are in the file."""
+    persons = con.sql(f"""
+        SELECT 'Participant/' || COALESCE(local_id, nhs_number) AS record,
+               md5(concat_ws('|', nhs_number, local_id, birth_date, sex)) AS record_hash,
+               'Participant/' || COALESCE(local_id, nhs_number) AS person_ref, nhs_number, birth_date, sex, line
+        FROM manifest WHERE birth_date IS NOT NULL AND sample_id IN ({used_samples_sql})
+        QUALIFY row_number() OVER (PARTITION BY COALESCE(local_id, nhs_number) ORDER BY line DESC) = 1""")
+    return conform(persons.to_arrow_table(), PERSON_SCHEMA)
 
 
 def _q(name: str) -> str:

@@ -54,7 +54,7 @@ def read_source(kind: str, path: Path | str, mapping: str | Path | None = None,
         from mercia.ingest.genomics import read_phenopackets
         return read_phenopackets(path)
     if kind == "vcf":
-        from mercia.ingest.genomics import read_vcf
+        from mercia.ingest.vcf import read_vcf
         return read_vcf(path)
     if kind == "nmr":
         from mercia.ingest.nmr import read_nmr
