@@ -188,10 +188,19 @@ class NmrReader:
             return f"CAST({ident} AS VARCHAR)" if instance is None else f"CAST({ident} AS VARCHAR) || '_{instance}'"
 
         def union(items, value_name):
-            return " UNION ALL ".join(
-                f"SELECT {sample(i)} AS sample_id, __line AS line, '{name}' AS name, "
-                f"CAST({_q(col)} AS VARCHAR) AS {value_name} FROM wide WHERE {_q(col)} IS NOT NULL"
-                for col, name, i in items)
+            """Columns -> rows (sample_id, line, name, value), one UNPIVOT per UK Biobank instance."""
+            by_instance: dict[str | None, list[tuple[str, str]]] = {}
+            for col, name, instance in items:
+                by_instance.setdefault(instance, []).append((col, name))
+            parts = []
+            for instance, pairs in by_instance.items():
+                mapping = " ".join(f"WHEN {_literal(col)} THEN {_literal(name)}" for col, name in pairs)
+                parts.append(f"""SELECT {sample(instance)} AS sample_id, __line AS line, CASE __col {mapping} END AS name,
+                                        {value_name} FROM (UNPIVOT (SELECT {ident}, __line,
+                                            {", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" for c, _ in pairs)}
+                                            FROM wide)
+                                        ON {", ".join(_q(c) for c, _ in pairs)} INTO NAME __col VALUE {value_name})""")
+            return " UNION ALL ".join(parts)
 
         self.con.execute(f"""CREATE TABLE long AS SELECT v.sample_id, v.line, v.name AS biomarker, v.raw,
                                  NULL::VARCHAR AS unit, f.flag AS qc_flag
@@ -253,11 +262,13 @@ class NmrReader:
                    and set(_formula_names(b.formula)) <= present]
         if not derived:
             return
-        columns = ", ".join(f"max(value) FILTER (WHERE biomarker = '{m}') AS {_q(m)}" for m in measured if m in present)
-        self.con.execute(f"CREATE TABLE measured_wide AS SELECT sample_id, {columns} FROM vals GROUP BY sample_id")
-        rederived = " UNION ALL ".join(
-            f"SELECT sample_id, '{b.name}' AS biomarker, CAST({_formula_sql(b.formula)} AS DOUBLE) AS derived "
-            f"FROM measured_wide" for b in derived)
+        names = ", ".join(_literal(m) for m in measured if m in present)
+        self.con.execute(f"""CREATE TABLE measured_wide AS PIVOT (SELECT sample_id, biomarker, value FROM vals
+                                                               WHERE biomarker IN ({names}))
+                             ON biomarker IN ({names}) USING first(value) GROUP BY sample_id""")
+        rederived = (f"UNPIVOT (SELECT sample_id, " + ", ".join(
+            f"CAST({_formula_sql(b.formula)} AS DOUBLE) AS {_q(b.name)}" for b in derived) + " FROM measured_wide) "
+            f"ON {', '.join(_q(b.name) for b in derived)} INTO NAME biomarker VALUE derived")
         self.con.execute(f"""CREATE TABLE mismatch AS
             SELECT v.sample_id, v.line, v.biomarker, v.value, d.derived FROM vals v
             JOIN ({rederived}) d USING (sample_id, biomarker)
@@ -343,6 +354,10 @@ def manifest_persons(con: duckdb.DuckDBPyConnection, used_samples_sql: str) -> p
         FROM manifest WHERE birth_date IS NOT NULL AND sample_id IN ({used_samples_sql})
         QUALIFY row_number() OVER (PARTITION BY COALESCE(local_id, nhs_number) ORDER BY line DESC) = 1""")
     return conform(persons.to_arrow_table(), PERSON_SCHEMA)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _q(name: str) -> str:
