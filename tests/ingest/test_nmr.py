@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from mercia.ingest.nmr import NmrError, read_nmr
 from mercia.ingest.service import ingest
+from mercia.privacy.testing import pseudonym_key  # noqa: F401  (pytest fixture)
 from mercia.synth.metabolomics import write_nmr_study
 from mercia.vocab.metabolites import NIGHTINGALE_OFFSET, nightingale_catalogue
 
@@ -191,3 +192,18 @@ def test_garbage_bytes_give_documented_errors_only(tmp_path, study, data):
         read_nmr(path, study / "manifest.csv")
     except NmrError:
         pass
+
+
+def test_cli_needs_a_manifest_and_loads_with_one(study, tmp_path, pseudonym_key):
+    from typer.testing import CliRunner
+
+    from mercia.cli import app
+
+    db = str(tmp_path / "cli.duckdb")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["ingest", "nmr", str(study / "nmr_wide.csv"), "--org", "NMR01", "--db", db])
+    assert refused.exit_code != 0 and "--manifest" in refused.output
+    done = runner.invoke(app, ["ingest", "nmr", str(study / "nmr_wide.csv"), "--org", "NMR01", "--db", db,
+                               "--manifest", str(study / "manifest.csv"), "--json"])
+    assert done.exit_code == 0, done.output
+    assert '"loaded": 80' in done.output
