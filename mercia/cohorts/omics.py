@@ -65,8 +65,7 @@ def biomarker_zscore_above(store: Store, set_id: int, biomarker: str, k: float,
     if not n or n < 2 or not sd:
         raise OmicsCriterionError(f"reference population has {n or 0} values of {biomarker}: too few for a z-score")
     threshold = float(mean) + k * float(sd)
-    found = biomarker_above(store, set_id, biomarker, threshold)
-    return found
+    return biomarker_above(store, set_id, biomarker, threshold)
 
 
 def variant_carriers(store: Store, gene: str, consequence: str | None = None) -> pa.Table:

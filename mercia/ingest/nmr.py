@@ -266,7 +266,7 @@ class NmrReader:
         self.con.execute(f"""CREATE TABLE measured_wide AS PIVOT (SELECT sample_id, biomarker, value FROM vals
                                                                WHERE biomarker IN ({names}))
                              ON biomarker IN ({names}) USING first(value) GROUP BY sample_id""")
-        rederived = (f"UNPIVOT (SELECT sample_id, " + ", ".join(
+        rederived = ("UNPIVOT (SELECT sample_id, " + ", ".join(
             f"CAST({_formula_sql(b.formula)} AS DOUBLE) AS {_q(b.name)}" for b in derived) + " FROM measured_wide) "
             f"ON {', '.join(_q(b.name) for b in derived)} INTO NAME biomarker VALUE derived")
         self.con.execute(f"""CREATE TABLE mismatch AS

@@ -106,3 +106,63 @@ def write_nmr_study(directory: Path | str, n: int, seed: int = 0, collection_dat
             writer.writerow([sample, f"P{seed:02d}{i:07d}", collection_date, f"{years[i]}-06-15",
                              "female" if i % 2 else "male"])
     return study
+
+
+# LC-MS targets of the synthetic metabolomics study: ChEBI id, name, neutral mass, NMR biomarker it tracks.
+MZTAB_TARGETS = [("CHEBI:16737", "Creatinine", 113.0589, "Creatinine"),
+                 ("CHEBI:17234", "Glucose", 180.0634, "Glucose"),
+                 ("CHEBI:16977", "L-Alanine", 89.0477, "Ala"),
+                 ("CHEBI:17368", "Hypoxanthine", 136.0385, None)]
+
+
+def write_mztab_batches(directory: Path | str, study: NmrStudy, batch_size: int = 48, seed: int = 0) -> pa.Table:
+    """One mzTab-M 2.0 file per batch of samples (``batch_<n>.mzTab``), concentrations in millimolar; returns
+    the ground truth (batch, sample_id, chebi, value) that a load must reproduce."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    samples = study.panel.column("sample_id").to_pylist()
+    tracked = {t[3]: study.panel.column(t[3]).to_numpy() for t in MZTAB_TARGETS if t[3]}
+    truth = {"batch": [], "sample_id": [], "chebi": [], "value": []}
+    for batch, start in enumerate(range(0, len(samples), batch_size), start=1):
+        members = list(range(start, min(start + batch_size, len(samples))))
+        lines = ["MTD\tmzTab-version\t2.0.0-M", f"MTD\tmzTab-ID\tMERCIA-SYNTH-{seed}-{batch}",
+                 "MTD\tdescription\tSynthetic LC-MS targeted metabolomics batch (Mercia)",
+                 "MTD\tsoftware[1]\t[MS, MS:1000799, custom unreleased software tool, mercia.synth]",
+                 "MTD\tquantification_method\t[MS, MS:1001834, LC-MS label-free quantitation analysis, ]",
+                 "MTD\tsmall_molecule-quantification_unit\t[UO, UO:0000063, millimolar, ]",
+                 "MTD\tsmall_molecule_feature-quantification_unit\t[UO, UO:0000063, millimolar, ]",
+                 "MTD\tsmall_molecule-identification_reliability\t[MS, MS:1002896, compound identification "
+                 "confidence level, ]",
+                 "MTD\tid_confidence_measure[1]\t[MS, MS:1002889, Progenesis MetaScope score, ]",
+                 "MTD\tcv[1]-label\tMS", "MTD\tcv[1]-full_name\tPSI-MS controlled vocabulary",
+                 "MTD\tcv[1]-version\t4.1.0", "MTD\tcv[1]-uri\thttps://purl.obolibrary.org/obo/ms.obo",
+                 "MTD\tdatabase[1]\t[MIRIAM, MIR:00000002, ChEBI, ]", "MTD\tdatabase[1]-prefix\tCHEBI",
+                 "MTD\tdatabase[1]-version\tsynthetic", "MTD\tdatabase[1]-uri\thttps://www.ebi.ac.uk/chebi/"]
+        for i, s in enumerate(members, start=1):
+            lines += [f"MTD\tms_run[{i}]-location\tfile:///synthetic/{samples[s]}.mzML",
+                      f"MTD\tsample[{i}]\t{samples[s]}", f"MTD\tassay[{i}]\t{samples[s]} injection 1",
+                      f"MTD\tassay[{i}]-sample_ref\tsample[{i}]", f"MTD\tassay[{i}]-ms_run_ref\tms_run[{i}]"]
+        refs = " | ".join(f"assay[{i}]" for i in range(1, len(members) + 1))
+        lines += ["MTD\tstudy_variable[1]\tall samples", f"MTD\tstudy_variable[1]-assay_refs\t{refs}",
+                  "MTD\tstudy_variable[1]-description\tevery sample of the batch", ""]
+        header = ["SMH", "SML_ID", "SMF_ID_REFS", "database_identifier", "chemical_formula", "smiles", "inchi",
+                  "chemical_name", "uri", "theoretical_neutral_mass", "adduct_ions", "reliability",
+                  "best_id_confidence_measure", "best_id_confidence_value",
+                  *[f"abundance_assay[{i}]" for i in range(1, len(members) + 1)],
+                  "abundance_study_variable[1]", "abundance_variation_study_variable[1]"]
+        lines.append("\t".join(header))
+        for number, (chebi, name, mass, marker) in enumerate(MZTAB_TARGETS, start=1):
+            values = [float(tracked[marker][s]) if marker else float(rng.lognormal(np.log(0.004), 0.2))
+                      for s in members]
+            for s, v in zip(members, values):
+                truth["batch"].append(batch)
+                truth["sample_id"].append(samples[s])
+                truth["chebi"].append(chebi)
+                truth["value"].append(v)
+            lines.append("\t".join(["SML", str(number), str(number), chebi, "null", "null", "null", name, "null",
+                                    repr(mass), "[M+H]1+", "2", "[MS, MS:1002889, Progenesis MetaScope score, ]",
+                                    "50.0", *(repr(v) for v in values), repr(float(np.mean(values))),
+                                    repr(float(np.std(values) / np.mean(values) * 100))]))
+        (directory / f"batch_{batch}.mzTab").write_text("\n".join(lines) + "\n")
+    return pa.table(truth)

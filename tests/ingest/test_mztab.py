@@ -110,3 +110,23 @@ def test_garbage_gives_mztab_error_only(tmp_path, data, with_header):
         read_mztab(path, tmp_path / "m.csv")
     except MzTabError:
         pass
+
+
+def test_synthetic_batches_round_trip_with_ground_truth(store, options, tmp_path):
+    from mercia.synth.metabolomics import nmr_panel, write_mztab_batches
+
+    study = nmr_panel(20, seed=9)
+    truth = write_mztab_batches(tmp_path / "ms", study, batch_size=12).to_pylist()
+    with (tmp_path / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sample_id", "local_id", "collection_date", "birth_date", "sex"])
+        for i, sample in enumerate(study.panel.column("sample_id").to_pylist()):
+            writer.writerow([sample, f"S{i}", "2024-05-01", "1960-01-01", "male"])
+    for batch in sorted((tmp_path / "ms").glob("*.mzTab")):
+        summary = ingest(store, "mztab", batch, "MSLAB", options=options, manifest=tmp_path / "manifest.csv")
+        assert summary.rejected == 0
+    rows = store.query("""SELECT c.concept_code, m.value_as_number, m.unit_source_value FROM measurement m
+                          JOIN concept c ON c.concept_id = m.measurement_source_concept_id ORDER BY 1, 2""")
+    expected = sorted((t["chebi"], t["value"]) for t in truth)
+    assert [(code, value) for code, value, _ in rows] == expected and {u for *_, u in rows} == {"mmol/L"}
+    assert store.query_one("SELECT count(DISTINCT concept_id) FROM concept WHERE vocabulary_id = 'ChEBI'") == 4

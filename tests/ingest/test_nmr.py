@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from mercia.ingest.nmr import NmrError, read_nmr
 from mercia.ingest.service import ingest
-from mercia.privacy.testing import pseudonym_key  # noqa: F401  (pytest fixture)
 from mercia.synth.metabolomics import write_nmr_study
 from mercia.vocab.metabolites import NIGHTINGALE_OFFSET, nightingale_catalogue
 
