@@ -157,6 +157,7 @@ def _cox(aggregated: dict[str, list[tuple[int, int, int]]], target_id: int, comp
     weighted rows differently from the same number of tied people."""
     import numpy as np
     from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceError, ConvergenceWarning
 
     parts = [(t, flag, 1 if role == "target" else 0, w)
              for role, rows in aggregated.items() for t, e, c in rows for flag, w in ((1, e), (0, c)) if w > 0]
@@ -164,10 +165,19 @@ def _cox(aggregated: dict[str, list[tuple[int, int, int]]], target_id: int, comp
     frame = pd.DataFrame({"duration": np.repeat(times, weights), "event": np.repeat(flags, weights),
                           "target": np.repeat(groups, weights)})
     cph = CoxPHFitter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cph.fit(frame, duration_col="duration", event_col="event")
-    summary = cph.summary.loc["target"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        try:
+            cph.fit(frame, duration_col="duration", event_col="event")
+            problem = next((str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)), None)
+        except ConvergenceError as exc:
+            problem = str(exc)
+    reason = problem.split(". ")[0] if problem else ""
+    estimate = {"hazard_ratio": None, "hr_lower": None, "hr_upper": None, "p_value": None}
+    if problem is None:
+        summary = cph.summary.loc["target"]
+        estimate = {"hazard_ratio": float(summary["exp(coef)"]), "hr_lower": float(summary["exp(coef) lower 95%"]),
+                    "hr_upper": float(summary["exp(coef) upper 95%"]), "p_value": float(summary["p"])}
     counts = {role: (sum(e + c for _, e, c in rows), sum(e for _, e, _ in rows)) for role, rows in aggregated.items()}
     basis = ["count_persons_target", "count_events_target", "count_persons_comparator", "count_events_comparator"]
     return StatTable(
@@ -182,6 +192,6 @@ def _cox(aggregated: dict[str, list[tuple[int, int, int]]], target_id: int, comp
         rows=[{"comparison": f"cohort {target_id} vs cohort {comparator_id}",
                "count_persons_target": counts["target"][0], "count_events_target": counts["target"][1],
                "count_persons_comparator": counts["comparator"][0],
-               "count_events_comparator": counts["comparator"][1],
-               "hazard_ratio": float(summary["exp(coef)"]), "hr_lower": float(summary["exp(coef) lower 95%"]),
-               "hr_upper": float(summary["exp(coef) upper 95%"]), "p_value": float(summary["p"])}])
+               "count_events_comparator": counts["comparator"][1], **estimate}],
+        notes=[] if problem is None else [
+            f"The Cox model did not converge, so no hazard ratio is published: {reason}."])

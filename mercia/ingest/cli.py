@@ -112,3 +112,5 @@ def link(db: str = DB, threshold: float = typer.Option(None, help="match probabi
     else:
         Console().print(f"{result.records} organisation records: {result.persons_before} persons before, "
                         f"{result.persons_after} after ({result.probabilistic_links} probabilistic links)")
+        if result.warning:
+            Console(stderr=True).print(f"[yellow]warning:[/] {result.warning}")

@@ -33,12 +33,17 @@ from mercia.cdm.extensions import TOKEN_FIELDS, person_tables
 DEFAULT_THRESHOLD = 0.99
 
 
+class LinkageTrainingError(Exception):
+    """The model could not be trained (too few records to learn from): no probabilistic links."""
+
+
 @dataclass
 class LinkageResult:
     records: int
     persons_before: int
     persons_after: int
     probabilistic_links: int
+    warning: str | None = None  # why probabilistic linkage did not run, when it did not
 
 
 def _settings():
@@ -104,10 +109,8 @@ def score_pairs(records: pa.Table, threshold: float = DEFAULT_THRESHOLD,
         try:
             linker.training.estimate_parameters_using_expectation_maximisation(block_on("tok_dob"))
             linker.training.estimate_parameters_using_expectation_maximisation(block_on("tok_surname"))
-        except EMTrainingException:  # too few records to learn from: link nothing rather than guess
-            return pa.table({"unique_id_l": pa.array([], pa.int64()), "unique_id_r": pa.array([], pa.int64()),
-                             "match_probability": pa.array([], pa.float64()),
-                             "nhs_l": pa.array([], pa.string()), "nhs_r": pa.array([], pa.string())})
+        except EMTrainingException as exc:  # too few records to learn from: say so rather than guess
+            raise LinkageTrainingError(f"the linkage model could not be trained without NHS numbers ({exc})") from exc
     predictions = linker.inference.predict(threshold_match_probability=threshold)
     table = predictions.as_duckdbpyrelation().select(
         "unique_id_l, unique_id_r, match_probability, nhs_l, nhs_r").to_arrow_table()
@@ -184,7 +187,12 @@ def link_store(store: Store, threshold: float = DEFAULT_THRESHOLD) -> LinkageRes
         return LinkageResult(0, 0, 0, 0)
     links = links.set_column(0, "unique_id", links.column("unique_id").cast(pa.int64()))
     persons_before = len(set(links.column("person_id").to_pylist()))
-    pairs = score_pairs(links.drop_columns(["org", "source_pseudonym", "person_id"]), threshold)
+    warning = None
+    try:
+        pairs = score_pairs(links.drop_columns(["org", "source_pseudonym", "person_id"]), threshold)
+    except LinkageTrainingError as exc:  # exact NHS-number matches still link
+        warning = f"{exc}; only records sharing an NHS number were linked"
+        pairs = pa.table({"unique_id_l": pa.array([], pa.int64()), "unique_id_r": pa.array([], pa.int64())})
     labels = cluster(links, pairs)
     current = links.column("person_id").to_numpy()
     con = duckdb.connect()
@@ -209,4 +217,4 @@ def link_store(store: Store, threshold: float = DEFAULT_THRESHOLD) -> LinkageRes
     has_nhs = links.column("nhs").is_valid().to_numpy(zero_copy_only=False)
     probabilistic = int((~(has_nhs[pairs.column("unique_id_l").to_numpy()]
                            & has_nhs[pairs.column("unique_id_r").to_numpy()])).sum()) if pairs.num_rows else 0
-    return LinkageResult(n, persons_before, persons_after, probabilistic)
+    return LinkageResult(n, persons_before, persons_after, probabilistic, warning)

@@ -13,6 +13,7 @@ from mercia.analytics.compare import compare
 from mercia.analytics.incidence import incidence
 from mercia.analytics.report import render_html
 from mercia.analytics.survival import survival
+from mercia.cohorts import runner
 from mercia.privacy.disclosure import round_to
 from tests.conftest import load_gibleed_duckdb
 
@@ -59,7 +60,6 @@ def test_reference_cohorts_give_full_controlled_reports(gibleed):
 
 
 def test_cohort_engine_rows_feed_the_analytics(gibleed, shared_data):
-    runner = pytest.importorskip("mercia.cohorts.runner", reason="cohort engine not available yet")
     store, expected = gibleed
     expr = runner.load_expression(shared_data / "ohdsi_reference" / "cohorts" / f"{OSTEOARTHRITIS}.json")
     generated = runner.run_cohort(store, expr, 9_001_184)

@@ -112,3 +112,12 @@ def test_controlled_small_cohort_life_table_is_withheld(built):
     summary = result.table("survival_summary").rows[0]
     assert summary["count_persons"] == 10 and summary["count_followed"] is None  # 8 and 7
     assert summary["median_survival_days"] is None
+
+
+def test_cox_non_convergence_is_reported_and_no_hazard_ratio_published(store, cdm):
+    # Complete separation: every target person has the outcome, no comparator person does.
+    build(cdm, {pid: (5 + pid, 400, None) for pid in range(1, 9)}, 1)
+    build(cdm, {pid: (None, 400, None) for pid in range(11, 19)}, 3)
+    cox = survival(cdm.flush(), 1, 2, comparator_id=3, raw=True).table("cox")
+    assert cox.rows[0]["hazard_ratio"] is None and cox.rows[0]["p_value"] is None
+    assert "did not converge" in cox.notes[0]

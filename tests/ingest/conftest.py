@@ -6,7 +6,7 @@ import pytest
 
 from mercia.ingest.load import LoadOptions
 from mercia.ingest.service import ingest
-from mercia.privacy.testing import options, pseudonym_key  # noqa: F401  (pytest fixtures)
+from tests.pseudonym_fixtures import options, pseudonym_key  # noqa: F401  (pytest fixtures)
 
 
 @pytest.fixture

@@ -6,11 +6,10 @@ from __future__ import annotations
 import duckdb
 import pytest
 
+from mercia import synth
 from mercia.ingest.region import ingest_region
 from mercia.linkage.evaluate import region_linkage_quality, region_person_truth
 from mercia.privacy.pseudonym import Pseudonymiser, load_key
-
-synth = pytest.importorskip("mercia.synth")
 
 
 @pytest.fixture(scope="module")

@@ -71,3 +71,16 @@ def test_two_different_valid_nhs_numbers_are_never_merged(store, options):
     # each NHS number now sits on two records with different demographics: deterministic linkage
     # joins those; probability never overrides it to join the identical-demographics pairs
     assert result.persons_after == result.persons_before == len(first)
+
+
+def test_a_model_that_cannot_be_trained_is_reported_not_silent(store, options):
+    # two different people, no NHS numbers: EM has no candidate pairs to learn from
+    columns, _ = simulated_demographics(2, copies=1, error_rate=0.0, seed=5)
+    columns["nhs_number"] = [None] * len(columns["nhs_number"])
+    staged = Staged("tiny")
+    for i, ref in enumerate(columns["person_ref"]):
+        staged.persons.add(record=f"Patient/{ref}", record_hash="v1", **{k: v[i] for k, v in columns.items()})
+    load_staged(store, staged, ORGS[0], "fhir", options)
+    result = link_store(store)
+    assert result.probabilistic_links == 0 and result.persons_after == result.persons_before == 2
+    assert "could not be trained" in result.warning

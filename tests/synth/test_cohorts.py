@@ -16,7 +16,6 @@ COHORTS = {521: (317009, 4051466), 522: (317576,), 553: (381316,), 456: (80502,)
 
 @pytest.fixture(scope="module")
 def region_store(shared_data, tmp_path_factory):
-    pytest.importorskip("mercia.cohorts", reason="cohort engine (mercia.cohorts) not available")
     base = tmp_path_factory.mktemp("cohort_region")
     generate_region(base / "wm", persons=10_000, seed=21, error_rate=0.0)
     store = Store(str(base / "cdm.duckdb"))

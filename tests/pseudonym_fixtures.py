@@ -1,6 +1,6 @@
 """Pytest fixtures for code that pseudonymises: a throwaway key outside the repository.
 
-Imported by the ingest, privacy and linkage test packages' conftest files.
+Imported by the ingest, privacy and linkage test packages' conftest files (tests only: not shipped).
 """
 
 from __future__ import annotations
