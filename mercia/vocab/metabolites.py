@@ -78,13 +78,14 @@ class Biomarker:
 
 
 def catalogue_path() -> Path:
-    """The catalogue shipped with the shared data (``MERCIA_NMR_CATALOGUE`` overrides it)."""
+    """``MERCIA_NMR_CATALOGUE``, else ``metabolomics/nightingale/nmr_info.csv`` under ``MERCIA_SHARED_DATA``
+    (default: the ``shared/data`` folder beside the checkout)."""
     import os
     override = os.environ.get("MERCIA_NMR_CATALOGUE")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "metabolomics" / "nightingale" / \
-        "nmr_info.csv"
+    shared = Path(os.environ.get("MERCIA_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+    return shared / "metabolomics" / "nightingale" / "nmr_info.csv"
 
 
 @functools.cache

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import csv
 import statistics
-from pathlib import Path
 
 import pytest
 
 from mercia.analytics.biomarkers import biomarker_distribution
 from mercia.cohorts import builder as cb
 from mercia.cohorts import run_cohort
-from mercia.cohorts.omics import (OmicsCriterionError, biomarker_above, biomarker_zscore_above, variant_carriers,
-                                  write_variant_cohort)
+from mercia.cohorts.omics import (
+    OmicsCriterionError,
+    biomarker_above,
+    biomarker_zscore_above,
+    variant_carriers,
+    write_variant_cohort,
+)
 from mercia.ingest.service import ingest
 from mercia.privacy.disclosure import get_policy
-from mercia.privacy.testing import options, pseudonym_key  # noqa: F401  (pytest fixtures)
 from mercia.synth.metabolomics import write_nmr_study
+from tests.pseudonym_fixtures import options, pseudonym_key  # noqa: F401  (pytest fixtures)
 
-CATALOGUE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "metabolomics" / "nightingale"
-pytestmark = pytest.mark.skipif(not CATALOGUE.exists(), reason="shared data metabolomics/nightingale is absent")
+
+@pytest.fixture(autouse=True)
+def _shared_data(shared_data):
+    """The public data these tests read: skipped locally when absent, a failure in CI."""
+    return shared_data
 
 
 @pytest.fixture
