@@ -1,4 +1,4 @@
-"""``mercia ingest``: load one extract (fhir, csv, hl7v2, phenopackets, vcf) or a whole region."""
+"""``mercia ingest``: load one extract (fhir, csv, hl7v2, phenopackets, vcf, nmr, mztab) or a whole region."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _report(summaries, as_json: bool) -> None:
 
 
 def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, opt_out: Path | None,
-         as_json: bool) -> None:
+         as_json: bool, manifest: Path | None = None) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from mercia.cdm import Store
@@ -48,7 +48,7 @@ def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, o
         task = progress.add_task(f"{kind} {path.name}", total=None)
         try:
             summary = ingest(store, kind, path, org, mapping=mapping, options=options,
-                             on_step=lambda step: progress.update(task, description=step))
+                             on_step=lambda step: progress.update(task, description=step), manifest=manifest)
         except (FhirError, MappingError) as exc:  # the whole extract is unreadable; nothing was written
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
@@ -66,15 +66,20 @@ def _command(kind: str, needs_mapping: bool = False):
                 org: str = typer.Option(..., "--org", help="ODS code of the sending organisation"),
                 db: str = DB,
                 mapping: str = typer.Option(None, "--mapping", help="YAML mapping file or shipped mapping name"),
-                opt_out: Path = OPT_OUT, as_json: bool = JSON) -> None:
+                opt_out: Path = OPT_OUT, as_json: bool = JSON,
+                manifest: Path = typer.Option(None, "--manifest", exists=True,
+                                              help="sample manifest CSV (nmr, mztab): sample_id -> person")) -> None:
         if needs_mapping and not mapping:
             raise typer.BadParameter("CSV extracts need --mapping (e.g. acute_trust, proms or a YAML file)")
-        _run(kind, path, org, db, mapping, opt_out, as_json)
+        if kind in ("nmr", "mztab") and manifest is None:
+            raise typer.BadParameter(f"{kind} files need --manifest (sample_id, nhs_number or local_id, "
+                                     "collection_date)")
+        _run(kind, path, org, db, mapping, opt_out, as_json, manifest)
     command.__doc__ = f"Load a {kind} extract for one organisation (one transaction; resends are idempotent)."
     return command
 
 
-for _kind in ("fhir", "csv", "hl7v2", "phenopackets", "vcf"):
+for _kind in ("fhir", "csv", "hl7v2", "phenopackets", "vcf", "nmr", "mztab"):
     app.command(name=_kind)(_command(_kind, needs_mapping=_kind == "csv"))
 
 

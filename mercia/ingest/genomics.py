@@ -1,4 +1,4 @@
-"""GA4GH Phenopackets v2 and VCF -> staged persons, HPO observations, OMIM conditions and variants.
+"""GA4GH Phenopackets v2 -> staged persons, HPO observations, OMIM conditions and variants (VCF: mercia.ingest.vcf).
 
 Phenopackets are parsed and validated by ``mercia.raredisease.phenopackets.read_phenopacket`` (the
 rare-disease capability owns the format); this module only maps the case into staged rows.
@@ -25,16 +25,11 @@ from pathlib import Path
 
 import orjson
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 
 from mercia.ingest.staging import Staged, content_hash
+from mercia.ingest.vcf import VARIANT_SCHEMA
 
 PRESENT, ABSENT = "52101004", "2667000"  # SNOMED CT qualifier values
-VARIANT_SCHEMA = pa.schema([
-    ("record", pa.string()), ("key", pa.string()), ("person_ref", pa.string()), ("assembly", pa.string()), ("chrom", pa.string()),
-    ("pos", pa.int64()), ("ref", pa.string()), ("alt", pa.string()), ("gene", pa.string()),
-    ("genotype", pa.string()), ("hgvs", pa.string()),
-])
 _AGE = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?")
 
 
@@ -128,77 +123,14 @@ class GenomicsReader:
             s.reject(record, "phenotypicFeatures", "phenopacket has no phenotypes, diseases or variants", number)
 
     def _variant(self, record, key, person_ref, assembly, chrom, pos, ref, alt, gene, genotype, hgvs) -> None:
-        for name, value in zip(VARIANT_SCHEMA.names, (record, key, person_ref, assembly, chrom, pos, ref, alt, gene,
-                                                       genotype, hgvs)):
-            self.variants[name].append(value)
-
-    def read_vcf(self, path: Path, sample_person: dict[str, str] | None = None, when: str | None = None) -> Staged:
-        """Genotype calls per sample; samples are the organisation's patient ids unless mapped."""
-        path = Path(path)
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*.vcf*"))
-        for file in files:
-            self._vcf_file(file, sample_person or {}, when)
-        return self.finish()
-
-    def _vcf_file(self, file: Path, sample_person: dict[str, str], when: str | None) -> None:
-        raw = file.read_bytes()
-        lines = raw.split(b"\n")
-        header_at = next((i for i, line in enumerate(lines) if line.startswith(b"#CHROM")), None)
-        meta = {m.group(1): m.group(2) for line in lines[:header_at or 0]
-                if (m := re.match(rb"^##(\w+)=(.*)$", line))}
-        if header_at is None:
-            self.staged.read += 1
-            self.staged.reject(f"VCF/{file.name}", "#CHROM", "no #CHROM header line: not a VCF", None)
-            return
-        assembly = meta.get(b"reference", b"").decode() or None
-        date = when or (meta.get(b"fileDate", b"").decode() or None)
-        if date and re.fullmatch(r"\d{8}", date):
-            date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
-        body = b"\n".join(lines[header_at:]).lstrip(b"#")
-        table = pa_csv.read_csv(pa.BufferReader(body), parse_options=pa_csv.ParseOptions(delimiter="\t"),
-                                convert_options=pa_csv.ConvertOptions(column_types={"POS": pa.int64()},
-                                                                      strings_can_be_null=False))
-        samples = table.column_names[9:]
-        chrom, pos, ref, alt = (table.column(c).to_pylist() for c in ("CHROM", "POS", "REF", "ALT"))
-        info, fmt = table.column("INFO").to_pylist(), table.column("FORMAT").to_pylist()
-        for sample in samples:
-            calls = table.column(sample).to_pylist()
-            person_ref = sample_person.get(sample, f"Subject/{sample}")
-            sample_date = date or _phenopacket_date(file.parent.parent / "phenopackets" / f"{sample}.json")
-            for row, call in enumerate(calls):
-                self.staged.read += 1
-                record = f"VCF/{file.name}/{sample}/{chrom[row]}:{pos[row]}:{ref[row]}:{alt[row]}"
-                keys = fmt[row].split(":")
-                genotype = call.split(":")[keys.index("GT")] if "GT" in keys else None
-                if genotype is None or set(genotype) <= {"0", "/", "|", "."}:
-                    self.staged.reject(record, "GT", "no alternate allele called for this sample", header_at + row + 2)
-                    continue
-                gene = next((kv.split("=", 1)[1] for kv in info[row].split(";") if kv.startswith("GENE=")), None)
-                digest = content_hash(f"{chrom[row]}\t{pos[row]}\t{ref[row]}\t{alt[row]}\t{genotype}".encode())
-                self.staged.events.add(record=record, record_hash=digest, person_ref=person_ref, kind="Measurement",
-                                       vocabulary="HGNC", code=gene or f"{chrom[row]}:{pos[row]}", start=sample_date,
-                                       value_vocabulary="VCF GT", value_code=genotype, line=header_at + row + 2,
-                                       qualifier="call")
-                self._variant(record, "call", person_ref, assembly, str(chrom[row]), pos[row], ref[row], alt[row], gene,
-                              genotype, None)
+        given = (record, key, person_ref, assembly, chrom, pos, ref, alt, gene, genotype, hgvs)
+        for i, name in enumerate(VARIANT_SCHEMA.names):  # the VCF-only columns stay empty
+            self.variants[name].append(given[i] if i < len(given) else None)
 
     def finish(self) -> Staged:
         self.staged.variants = pa.table(self.variants, schema=VARIANT_SCHEMA)
         return self.staged
 
 
-def _phenopacket_date(path: Path) -> str | None:
-    """A VCF without ##fileDate takes the date of the phenopacket that points at it (region layout:
-    ``rare_disease/<ODS>/phenopackets/<id>.json`` beside ``vcf/<id>.vcf``)."""
-    if not path.exists():
-        return None
-    created = orjson.loads(path.read_bytes()).get("metaData", {}).get("created")
-    return created[:10] if created else None
-
-
 def read_phenopackets(path: Path | str) -> Staged:
     return GenomicsReader(Path(path).name).read_phenopackets(Path(path))
-
-
-def read_vcf(path: Path | str, sample_person: dict[str, str] | None = None) -> Staged:
-    return GenomicsReader(Path(path).name).read_vcf(Path(path), sample_person)

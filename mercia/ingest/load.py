@@ -38,7 +38,7 @@ GENDER = {"male": 8507, "m": 8507, "female": 8532, "f": 8532}
 VISIT_CLASS = {"AMB": 9202, "IMP": 9201, "ACUTE": 9201, "EMER": 9203, "HH": 581476}  # HL7 v3 ActCode
 
 TYPE_CONCEPTS = {"fhir": EHR_TYPE, "csv": EHR_TYPE, "hl7v2": LAB_TYPE, "phenopackets": REGISTRY_TYPE,
-                 "vcf": REGISTRY_TYPE}
+                 "vcf": REGISTRY_TYPE, "nmr": LAB_TYPE, "mztab": LAB_TYPE}
 DOMAIN_TABLE = {"Condition": "condition_occurrence", "Drug": "drug_exposure", "Procedure": "procedure_occurrence",
                 "Measurement": "measurement", "Observation": "observation", "Device": "device_exposure",
                 "Specimen": "specimen", "Visit": "visit_occurrence"}
@@ -465,7 +465,8 @@ class _Load:
             SELECT {start} + row_number() OVER (ORDER BY m.row_id) AS variant_occurrence_id, m.person_id,
                    m.row_id AS measurement_id, v.assembly AS reference_sequence, v.chrom AS chromosome,
                    v.pos AS position, v.ref AS reference_allele, v.alt AS alternate_allele,
-                   v.gene AS target_gene_symbol, v.hgvs, v.genotype, m.source_record, m.record_hash
+                   v.gene AS target_gene_symbol, v.hgvs, v.genotype, v.hgvs_p, v.consequence, v.zygosity,
+                   v.read_depth, v.genotype_quality, m.source_record, m.record_hash
             FROM staged_variants v JOIN measurement_rows m ON m.record = v.record AND m.qualifier = v.key""")
         rows = _table_from_query(self.con, "SELECT * EXCLUDE (source_record, record_hash) FROM variant_rows")
         self.rows["variant_occurrence"] += self.store.insert_arrow("variant_occurrence", rows)

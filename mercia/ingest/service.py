@@ -14,7 +14,9 @@ from mercia.privacy.optout import read_opt_out_file
 from mercia.privacy.policy import dob_policy
 from mercia.privacy.pseudonym import Pseudonymiser, load_key
 
-KINDS = ("fhir", "csv", "hl7v2", "phenopackets", "vcf")
+KINDS = ("fhir", "csv", "hl7v2", "phenopackets", "vcf", "nmr", "mztab")
+# Readers that need a sample manifest (sample id -> person, collection date).
+MANIFEST_KINDS = ("nmr", "mztab")
 
 
 def default_options(kind: str, opt_out: Path | str | None = None, key_file: Path | str | None = None,
@@ -30,8 +32,11 @@ def default_options(kind: str, opt_out: Path | str | None = None, key_file: Path
         geography=GeographyLookup.from_environment(), type_concept_id=type_concept_id)
 
 
-def read_source(kind: str, path: Path | str, mapping: str | Path | None = None) -> Staged:
+def read_source(kind: str, path: Path | str, mapping: str | Path | None = None,
+                manifest: Path | str | None = None) -> Staged:
     path = Path(path)
+    if kind in MANIFEST_KINDS and manifest is None:
+        raise ValueError(f"a {kind} file needs --manifest (CSV: sample_id, nhs_number or local_id, collection_date)")
     if not path.exists():
         raise FileNotFoundError(f"{kind} source not found: {path}")
     if kind == "fhir":
@@ -49,13 +54,20 @@ def read_source(kind: str, path: Path | str, mapping: str | Path | None = None) 
         from mercia.ingest.genomics import read_phenopackets
         return read_phenopackets(path)
     if kind == "vcf":
-        from mercia.ingest.genomics import read_vcf
+        from mercia.ingest.vcf import read_vcf
         return read_vcf(path)
+    if kind == "nmr":
+        from mercia.ingest.nmr import read_nmr
+        return read_nmr(path, manifest)
+    if kind == "mztab":
+        from mercia.ingest.mztab import read_mztab
+        return read_mztab(path, manifest)
     raise ValueError(f"unknown source kind {kind!r}; one of {', '.join(KINDS)}")
 
 
 def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | Path | None = None,
-           options: LoadOptions | None = None, on_step: Callable[[str], None] | None = None) -> LoadSummary:
+           options: LoadOptions | None = None, on_step: Callable[[str], None] | None = None,
+           manifest: Path | str | None = None) -> LoadSummary:
     """Read ``path`` as ``kind`` and load it for organisation ``org`` in one transaction."""
     options = options or default_options(kind)
     if kind == "csv" and mapping is not None:
@@ -63,7 +75,10 @@ def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | P
         options.type_concept_id = load_mapping(mapping).get("type_concept_id", options.type_concept_id)
     if on_step:
         on_step(f"reading {kind} {Path(path).name}")
-    staged = read_source(kind, path, mapping)
+    staged = read_source(kind, path, mapping, manifest)
+    if kind in MANIFEST_KINDS:
+        from mercia.vocab.metabolites import ensure_local_concepts
+        ensure_local_concepts(store, staged.events.table(), staged.concept_names)
     if on_step:
         on_step(f"loading {staged.read} records for {org}")
     return load_staged(store, staged, org, kind, options)

@@ -125,6 +125,8 @@ class Staged:
     rejects: Columns = field(default_factory=lambda: Columns(REJECT_SCHEMA))
     # genomic variant calls (VCF), already in their own table shape
     variants: pa.Table | None = None
+    # names of local concepts the extract introduces: (vocabulary, code) -> name (metabolite identifiers)
+    concept_names: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def reject(self, record: str | None, field_name: str | None, reason: str, line: int | None = None) -> None:
         self.rejects.add(record=record, line=line, field=field_name, reason=reason)

@@ -1,0 +1,391 @@
+"""Nightingale NMR biomarker panels (UK Biobank wide format and Nightingale long CSV) -> staged events.
+
+The catalogue (``mercia.vocab.metabolites``) is the only list of biomarkers: a column or row naming
+anything else is rejected.  Every transform runs in DuckDB over the whole file (no Python loop over
+values), so a UK Biobank-sized file stays a handful of queries.
+
+Formats
+- wide: one row per sample; an id column (``eid``, ``sample_id`` or ``Sample id``) and one column per
+  biomarker, named as the catalogue does (``Total_C``; case, ``-`` and ``.`` ignored) or as UK Biobank
+  fields ``<field>-<instance>.<array>`` (``23400-0.0``; the sample is then ``<eid>_<instance>``).  QC
+  flags: ``<Biomarker>_QC_Flag`` or the UK Biobank QC-flag field.  Sample QC columns of
+  ``sample_qc_info.csv`` (plate, well, spectrometer, batch...) by name or UK Biobank field.
+- long: ``sample_id, biomarker, value, unit`` and optionally ``qc_flag``; a value whose unit is not
+  the catalogue's is rejected.
+
+Landing (docs/metabolomics.md): each sample is one source record ``NMR/<sample>``: a ``specimen``
+(SNOMED 119361006 plasma specimen) on the collection date, a ``measurement`` per value with the
+Nightingale concept as source concept and the UCUM unit, and linked ``observation`` rows for the
+sample QC fields and for each value-level QC flag (``qualifier_source_value`` = the biomarker).
+Composite, ratio and percentage values are re-derived from the measured biomarkers with the
+catalogue's ``Full.Formula``; a file value that differs by more than ``tolerance`` (relative) is
+rejected as record ``NMR/<sample>/<biomarker>`` and not loaded.
+The sample manifest links samples to persons: ``sample_id`` and ``nhs_number`` and/or
+``local_id``, ``collection_date``, optionally ``birth_date`` and ``sex`` (then the manifest row is
+also a person record); identifiers are pseudonymised by the load like every other.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from mercia.ingest.staging import (
+    EVENT_SCHEMA,
+    PERSON_SCHEMA,
+    REJECT_SCHEMA,
+    Columns,
+    Staged,
+)
+from mercia.vocab.metabolites import UCUM_UNITS, catalogue_path, nightingale_catalogue
+
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+PLASMA_SPECIMEN = "119361006"  # SNOMED CT: Plasma specimen
+ID_COLUMNS = ("eid", "sample_id", "sample id", "sampleid")
+_UKB_COLUMN = re.compile(r"^(\d+)-(\d+)\.(\d+)$")
+DEFAULT_TOLERANCE = 1e-6
+
+
+class NmrError(ValueError):
+    """The file cannot be read as an NMR panel at all (nothing staged)."""
+
+
+class ArrowColumns(Columns):
+    """Staged columns already built as one Arrow table by a vectorised reader."""
+
+    def __init__(self, table: pa.Table):
+        super().__init__(table.schema)
+        self._table, self._rows = table, table.num_rows
+
+    def table(self) -> pa.Table:
+        return self._table
+
+    @property
+    def data(self) -> dict[str, list]:
+        return self._table.to_pydict()
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[-_. ]", "", name).lower()
+
+
+def _sample_qc_fields() -> dict[str, str]:
+    """Sample QC column key (name or UKB field) -> sample QC name, from ``sample_qc_info.csv``."""
+    path = catalogue_path().with_name("sample_qc_info.csv")
+    out: dict[str, str] = {}
+    if path.exists():
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                out[_key(row["Name"])] = row["Name"]
+                if row["UKB.Field.ID"]:
+                    out[row["UKB.Field.ID"]] = row["Name"]
+    return out
+
+
+def _read_strings(path: Path) -> pa.Table:
+    try:
+        with open(path, "rb") as handle:
+            header = handle.readline().decode("utf-8-sig")
+        delimiter = "\t" if header.count("\t") > header.count(",") else ","
+        names = next(csv.reader([header.strip("\r\n")], delimiter=delimiter))
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise NmrError(f"{path.name}: line 1: column {duplicated[0]!r} appears more than once")
+        return pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter),
+                               convert_options=pa_csv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                                     strings_can_be_null=True,
+                                                                     null_values=["", "NA", "NaN", "null"]))
+    except (pa.ArrowInvalid, UnicodeDecodeError, StopIteration, csv.Error) as exc:
+        raise NmrError(f"{path.name}: not a readable CSV/TSV NMR file: {str(exc).splitlines()[0][:200]}") from exc
+
+
+def read_manifest(path: Path | str) -> pa.Table:
+    """Sample manifest -> (sample_id, nhs_number, local_id, collection_date, birth_date, sex, line)."""
+    table = _read_strings(Path(path))
+    columns = {_key(c): c for c in table.column_names}
+    if "sampleid" not in columns or "collectiondate" not in columns or not (
+            "nhsnumber" in columns or "localid" in columns):
+        raise NmrError(f"{Path(path).name}: a sample manifest needs columns sample_id, collection_date and "
+                       f"nhs_number or local_id; found {', '.join(table.column_names)}")
+    n = table.num_rows
+
+    def col(key: str) -> pa.Array:
+        return table.column(columns[key]).combine_chunks() if key in columns else pa.nulls(n, pa.string())
+
+    return pa.table({"sample_id": col("sampleid"), "nhs_number": col("nhsnumber"), "local_id": col("localid"),
+                     "collection_date": col("collectiondate"), "birth_date": col("birthdate"), "sex": col("sex"),
+                     "line": pa.array(range(2, n + 2), pa.int64())})
+
+
+class NmrReader:
+    def __init__(self, extract: str, manifest: pa.Table, tolerance: float = DEFAULT_TOLERANCE):
+        self.extract, self.tolerance = extract, tolerance
+        self.catalogue = nightingale_catalogue()
+        self.con = duckdb.connect()
+        self.con.register("manifest", manifest)
+        self.con.register("catalogue", pa.table({
+            "biomarker": [b.name for b in self.catalogue.values()], "kind": [b.kind for b in self.catalogue.values()],
+            "ucum": [b.ucum for b in self.catalogue.values()]}))
+        self.rejects: list[pa.Table] = []
+        self.mismatches: dict[str, int] = {}
+
+    # -- formats -> long (sample_id, line, biomarker, raw, unit, qc_flag) + sample QC (sample_id, line, name, value)
+    def read(self, path: Path) -> Staged:
+        table = _read_strings(path)
+        keys = {_key(c) for c in table.column_names}
+        if {"sampleid", "biomarker", "value"} <= keys:
+            self._long(table, path.name)
+        else:
+            self._wide(table, path.name)
+        return self._stage()
+
+    def _wide(self, table: pa.Table, file: str) -> None:
+        by_key = {_key(name): name for name in self.catalogue}
+        by_field = {str(b.ukb_field): b.name for b in self.catalogue.values() if b.ukb_field}
+        by_qc_field = {str(b.qc_field): b.name for b in self.catalogue.values() if b.qc_field}
+        sample_fields = _sample_qc_fields()
+        id_column = next((c for c in table.column_names if c.strip().lower() in ID_COLUMNS), None)
+        if id_column is None:
+            raise NmrError(f"{file}: no sample id column (one of {', '.join(ID_COLUMNS)}) and not the long format "
+                           "(sample_id, biomarker, value, unit)")
+        values, flags, samples, unknown = [], [], [], []
+        for column in table.column_names:
+            if column == id_column:
+                continue
+            ukb = _UKB_COLUMN.match(column)
+            field, instance = (ukb.group(1), ukb.group(2)) if ukb else (None, None)
+            k = _key(column)
+            if ukb and field in by_field:
+                values.append((column, by_field[field], instance))
+            elif ukb and field in by_qc_field:
+                flags.append((column, by_qc_field[field], instance))
+            elif ukb and field in sample_fields:
+                samples.append((column, sample_fields[field], instance))
+            elif k in by_key:
+                values.append((column, by_key[k], None))
+            elif k.endswith("qcflag") and k[:-6] in by_key:
+                flags.append((column, by_key[k[:-6]], None))
+            elif k in sample_fields:
+                samples.append((column, sample_fields[k], None))
+            else:
+                unknown.append(column)
+        if unknown:
+            self._reject_rows([f"NMR/{file}/column/{c}" for c in unknown], [1] * len(unknown), unknown,
+                              ["unknown biomarker: not in the Nightingale catalogue (nmr_info.csv); column not loaded"])
+        if not values:
+            raise NmrError(f"{file}: no column names a Nightingale biomarker")
+        self.con.register("wide_raw", table)
+        self.con.execute("""CREATE TABLE wide AS SELECT *, row_number() OVER () + 1 AS __line
+                             FROM wide_raw""")
+        ident = _q(id_column)
+
+        def sample(instance):
+            return f"CAST({ident} AS VARCHAR)" if instance is None else f"CAST({ident} AS VARCHAR) || '_{instance}'"
+
+        def union(items, value_name):
+            """Columns -> rows (sample_id, line, name, value), one UNPIVOT per UK Biobank instance."""
+            by_instance: dict[str | None, list[tuple[str, str]]] = {}
+            for col, name, instance in items:
+                by_instance.setdefault(instance, []).append((col, name))
+            parts = []
+            for instance, pairs in by_instance.items():
+                mapping = " ".join(f"WHEN {_literal(col)} THEN {_literal(name)}" for col, name in pairs)
+                parts.append(f"""SELECT {sample(instance)} AS sample_id, __line AS line, CASE __col {mapping} END AS name,
+                                        {value_name} FROM (UNPIVOT (SELECT {ident}, __line,
+                                            {", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" for c, _ in pairs)}
+                                            FROM wide)
+                                        ON {", ".join(_q(c) for c, _ in pairs)} INTO NAME __col VALUE {value_name})""")
+            return " UNION ALL ".join(parts)
+
+        self.con.execute(f"""CREATE TABLE long AS SELECT v.sample_id, v.line, v.name AS biomarker, v.raw,
+                                 NULL::VARCHAR AS unit, f.flag AS qc_flag
+                             FROM ({union(values, 'raw')}) v
+                             LEFT JOIN ({union(flags, 'flag') if flags else
+                                         "SELECT NULL AS sample_id, NULL AS name, NULL AS flag"}) f
+                               ON f.sample_id = v.sample_id AND f.name = v.name""")
+        self.con.execute(f"""CREATE TABLE sample_qc AS {union(samples, 'value') if samples else
+                             "SELECT NULL::VARCHAR AS sample_id, NULL::BIGINT AS line, NULL::VARCHAR AS name, "
+                             "NULL::VARCHAR AS value WHERE false"}""")
+
+    def _long(self, table: pa.Table, file: str) -> None:
+        columns = {_key(c): c for c in table.column_names}
+        by_key = {_key(name): name for name in self.catalogue}
+        self.con.register("long_raw", table)
+        names = self.con.execute(f"SELECT DISTINCT {_q(columns['biomarker'])} FROM long_raw").fetchall()
+        self.con.register("names", pa.table({"given": [n for (n,) in names if n is not None],
+                                             "biomarker": [by_key.get(_key(n)) for (n,) in names if n is not None]}))
+        unit = f"CAST({_q(columns['unit'])} AS VARCHAR)" if "unit" in columns else "NULL"
+        flag = f"CAST({_q(columns['qcflag'])} AS VARCHAR)" if "qcflag" in columns else "NULL"
+        self.con.execute(f"""CREATE TABLE long_all AS SELECT CAST({_q(columns['sampleid'])} AS VARCHAR) AS sample_id,
+                               row_number() OVER () + 1 AS line, r.{_q(columns['biomarker'])} AS given,
+                               n.biomarker, CAST({_q(columns['value'])} AS VARCHAR) AS raw, {unit} AS unit,
+                               {flag} AS qc_flag
+                             FROM long_raw r LEFT JOIN names n ON n.given = r.{_q(columns['biomarker'])}""")
+        self._reject_query("""SELECT 'NMR/' || sample_id || '/' || COALESCE(given, '') AS record, line,
+                                     'biomarker' AS field,
+                                     'unknown biomarker ' || COALESCE('''' || given || '''', '(empty)')
+                                     || ': not in the Nightingale catalogue (nmr_info.csv)' AS reason
+                              FROM long_all WHERE biomarker IS NULL""")
+        self.con.register("ucum_units", pa.table({"given": list(UCUM_UNITS), "ucum": list(UCUM_UNITS.values())}))
+        self._reject_query("""SELECT 'NMR/' || l.sample_id || '/' || l.biomarker AS record, l.line, 'unit' AS field,
+                                     'unit ' || COALESCE('''' || l.unit || '''', '(empty)') || ' is not '
+                                     || c.ucum || ', the unit of ' || l.biomarker || ' in the catalogue' AS reason
+                              FROM long_all l JOIN catalogue c USING (biomarker)
+                              LEFT JOIN ucum_units u ON u.given = l.unit
+                              WHERE COALESCE(u.ucum, l.unit, '') <> c.ucum""")
+        self.con.execute("""CREATE TABLE long AS SELECT l.sample_id, l.line, l.biomarker, l.raw, l.unit, l.qc_flag
+                            FROM long_all l JOIN catalogue c USING (biomarker)
+                            LEFT JOIN ucum_units u ON u.given = l.unit
+                            WHERE COALESCE(u.ucum, l.unit, '') = c.ucum""")
+        self.con.execute("""CREATE TABLE sample_qc AS SELECT NULL::VARCHAR AS sample_id, NULL::BIGINT AS line,
+                            NULL::VARCHAR AS name, NULL::VARCHAR AS value WHERE false""")
+
+    # -- common path ---------------------------------------------------------------------------
+    def _reject_query(self, sql: str) -> None:
+        self.rejects.append(self.con.sql(sql).to_arrow_table().cast(REJECT_SCHEMA))
+
+    def _reject_rows(self, records, lines, fields, reasons) -> None:
+        n = len(records)
+        self.rejects.append(pa.table({"record": records, "line": lines, "field": fields,
+                                      "reason": reasons * n if len(reasons) == 1 else reasons}, schema=REJECT_SCHEMA))
+
+    def _derive(self) -> None:
+        """Re-derive every composite/ratio/percentage value in the file and reject the ones that disagree."""
+        measured = [b.name for b in self.catalogue.values() if b.measured]
+        present = {b for (b,) in self.con.execute("SELECT DISTINCT biomarker FROM vals").fetchall()}
+        derived = [b for b in self.catalogue.values() if not b.measured and b.name in present
+                   and set(_formula_names(b.formula)) <= present]
+        if not derived:
+            return
+        names = ", ".join(_literal(m) for m in measured if m in present)
+        self.con.execute(f"""CREATE TABLE measured_wide AS PIVOT (SELECT sample_id, biomarker, value FROM vals
+                                                               WHERE biomarker IN ({names}))
+                             ON biomarker IN ({names}) USING first(value) GROUP BY sample_id""")
+        rederived = ("UNPIVOT (SELECT sample_id, " + ", ".join(
+            f"CAST({_formula_sql(b.formula)} AS DOUBLE) AS {_q(b.name)}" for b in derived) + " FROM measured_wide) "
+            f"ON {', '.join(_q(b.name) for b in derived)} INTO NAME biomarker VALUE derived")
+        self.con.execute(f"""CREATE TABLE mismatch AS
+            SELECT v.sample_id, v.line, v.biomarker, v.value, d.derived FROM vals v
+            JOIN ({rederived}) d USING (sample_id, biomarker)
+            WHERE d.derived IS NOT NULL AND isfinite(d.derived)
+              AND abs(v.value - d.derived) > {self.tolerance!r} * greatest(abs(d.derived), abs(v.value))""")
+        self._reject_query("""SELECT 'NMR/' || sample_id || '/' || biomarker AS record, line, biomarker AS field,
+                                     'value ' || value || ' differs from ' || derived || ' re-derived from the '
+                                     || 'measured biomarkers (catalogue Full.Formula); value not loaded' AS reason
+                              FROM mismatch""")
+        self.mismatches = dict(self.con.execute(
+            "SELECT biomarker, count(*) FROM mismatch GROUP BY 1 ORDER BY 1").fetchall())
+        self.con.execute("DELETE FROM vals WHERE (sample_id, biomarker) IN (SELECT sample_id, biomarker FROM mismatch)")
+
+    def _stage(self) -> Staged:
+        con = self.con
+        self._reject_query("""SELECT 'NMR/' || sample_id || '/' || biomarker AS record, line, biomarker AS field,
+                                     'value ''' || raw || ''' is not a number' AS reason
+                              FROM long WHERE raw IS NOT NULL AND TRY_CAST(raw AS DOUBLE) IS NULL""")
+        con.execute("""CREATE TABLE vals AS SELECT sample_id, line, biomarker, TRY_CAST(raw AS DOUBLE) AS value, qc_flag
+                       FROM long WHERE TRY_CAST(raw AS DOUBLE) IS NOT NULL""")
+        self._derive()
+        con.execute("""CREATE TABLE samples AS SELECT sample_id, min(line) AS line,
+                           md5(string_agg(biomarker || '=' || value || '|' || COALESCE(qc_flag, ''), ';'
+                                          ORDER BY biomarker)) AS content
+                       FROM vals GROUP BY sample_id""")
+        self._reject_query("""SELECT 'NMR/' || s.sample_id AS record, s.line, 'sample_id' AS field,
+                                     'sample not in the manifest: no person to attach it to' AS reason
+                              FROM samples s WHERE s.sample_id NOT IN (SELECT sample_id FROM manifest
+                                                                       WHERE sample_id IS NOT NULL)""")
+        con.execute(f"""CREATE TABLE linked AS
+            SELECT s.sample_id, s.line, 'NMR/' || s.sample_id AS record,
+                   md5(s.content || '|' || COALESCE(m.nhs_number, '') || '|' || COALESCE(m.local_id, '') || '|'
+                       || COALESCE(m.collection_date, '')) AS record_hash,
+                   {person_ref_sql("m")} AS person_ref,
+                   m.collection_date AS start
+            FROM samples s JOIN (SELECT * FROM manifest QUALIFY row_number() OVER (PARTITION BY sample_id
+                                                                                   ORDER BY line DESC) = 1) m
+              USING (sample_id)""")
+        base = "l.record, l.record_hash, l.person_ref, NULL AS visit_ref"
+        events = con.sql(f"""
+            SELECT {base}, 'Specimen' AS kind, 'SNOMED' AS vocabulary, '{PLASMA_SPECIMEN}' AS code, l.start,
+                   NULL::DOUBLE AS value_number, NULL AS value_code, NULL AS unit, NULL AS qualifier, l.line
+            FROM linked l
+            UNION ALL
+            SELECT {base}, 'Measurement', 'Nightingale', v.biomarker, l.start, v.value, NULL, c.ucum, NULL, v.line
+            FROM vals v JOIN linked l USING (sample_id) JOIN catalogue c USING (biomarker)
+            UNION ALL
+            SELECT {base}, 'Observation', 'Nightingale', 'QC flag', l.start, NULL, v.qc_flag, NULL, v.biomarker, v.line
+            FROM vals v JOIN linked l USING (sample_id) WHERE v.qc_flag IS NOT NULL
+            UNION ALL
+            SELECT {base}, 'Observation', 'Nightingale', q.name, l.start, NULL, q.value, NULL, NULL, q.line
+            FROM sample_qc q JOIN linked l USING (sample_id)""").to_arrow_table()
+        persons = manifest_persons(con, "SELECT sample_id FROM linked")
+        read = con.execute("SELECT count(*) FROM long").fetchall()[0][0]
+        staged = Staged(self.extract, read=read)
+        staged.events = ArrowColumns(conform(events, EVENT_SCHEMA))
+        staged.persons = ArrowColumns(persons)
+        staged.rejects = ArrowColumns(pa.concat_tables(self.rejects) if self.rejects else REJECT_SCHEMA.empty_table())
+        return staged
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns in order, absent ones null."""
+    n = table.num_rows
+    return pa.table({f.name: table.column(f.name) if f.name in table.column_names else pa.nulls(n, f.type)
+                     for f in schema}).cast(schema)
+
+
+def person_ref_sql(m: str) -> str:
+    """The person a manifest row (alias ``m``) names: its own person record when it carries a birth date,
+    else the organisation's patient (local id), else whoever has the NHS number (resolved at load)."""
+    return (f"CASE WHEN {m}.birth_date IS NOT NULL THEN 'Participant/' || COALESCE({m}.local_id, {m}.nhs_number) "
+            f"WHEN {m}.local_id IS NOT NULL THEN 'Patient/' || {m}.local_id "
+            f"ELSE '?{NHS_NUMBER_SYSTEM}|' || {m}.nhs_number END")
+
+
+def manifest_persons(con: duckdb.DuckDBPyConnection, used_samples_sql: str) -> pa.Table:
+    """Person records of the manifest rows with a birth date whose samples are in the file."""
+    persons = con.sql(f"""
+        SELECT 'Participant/' || COALESCE(local_id, nhs_number) AS record,
+               md5(concat_ws('|', nhs_number, local_id, birth_date, sex)) AS record_hash,
+               'Participant/' || COALESCE(local_id, nhs_number) AS person_ref, nhs_number, birth_date, sex, line
+        FROM manifest WHERE birth_date IS NOT NULL AND sample_id IN ({used_samples_sql})
+        QUALIFY row_number() OVER (PARTITION BY COALESCE(local_id, nhs_number) ORDER BY line DESC) = 1""")
+    return conform(persons.to_arrow_table(), PERSON_SCHEMA)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<number>\d+(?:\.\d+)?)|(?P<op>[-+*/()]))")
+
+
+def _formula_names(formula: str) -> list[str]:
+    return [m.group("name") for m in _TOKEN.finditer(formula) if m.group("name")]
+
+
+def _formula_sql(formula: str) -> str:
+    """A catalogue formula as SQL: names quoted; only names, numbers and + - * / ( ) are allowed.
+    (A zero divisor gives inf/NaN in DuckDB; such re-derived values are not compared.)"""
+    out, pos = [], 0
+    formula = formula.strip()
+    while pos < len(formula):
+        m = _TOKEN.match(formula, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"formula {formula!r}: unexpected text at {formula[pos:pos + 20]!r}")
+        out.append(_q(m.group("name")) if m.group("name") else m.group("number") or m.group("op"))
+        pos = m.end()
+    return " ".join(out)
+
+
+def read_nmr(path: Path | str, manifest: Path | str | pa.Table, tolerance: float = DEFAULT_TOLERANCE) -> Staged:
+    path = Path(path)
+    table = manifest if isinstance(manifest, pa.Table) else read_manifest(manifest)
+    return NmrReader(path.name, table, tolerance).read(path)

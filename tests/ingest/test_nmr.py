@@ -1,0 +1,212 @@
+"""Nightingale NMR panels -> OMOP: catalogue round trip, units, derivation check, bad input, idempotency."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mercia.ingest.nmr import NmrError, read_nmr
+from mercia.ingest.service import ingest
+from mercia.synth.metabolomics import write_nmr_study
+from mercia.vocab.metabolites import NIGHTINGALE_OFFSET, nightingale_catalogue
+
+
+@pytest.fixture(autouse=True)
+def _shared_data(shared_data):
+    """The public data these tests read: skipped locally when absent, a failure in CI."""
+    return shared_data
+
+
+# Real OMOP UCUM unit concepts (Athena), as a site's vocabulary download would hold them.
+UCUM = {"mmol/L": 8753, "g/L": 8636, "%": 8554, "{ratio}": 8523, "nm": 8577, "1": 8510}
+
+
+def add_ucum(store) -> None:
+    store.init_schema()
+    for code, concept_id in UCUM.items():
+        store.execute("INSERT INTO concept VALUES (?, ?, 'Unit', 'UCUM', 'Unit', 'S', ?, DATE '1970-01-01', "
+                      "DATE '2099-12-31', NULL)", [concept_id, code, code])
+        store.execute("INSERT INTO concept_relationship VALUES (?, ?, 'Maps to', DATE '1970-01-01', "
+                      "DATE '2099-12-31', NULL)", [concept_id, concept_id])
+
+
+@pytest.fixture
+def load_sampled(options):
+    """load_sampled(store, kind, path, org, manifest) -> LoadSummary (readers with a sample manifest)"""
+    def _load(store, kind, path, org, manifest):
+        return ingest(store, kind, path, org, options=options, manifest=manifest)
+    return _load
+
+
+@pytest.fixture
+def study(tmp_path):
+    write_nmr_study(tmp_path / "nmr", 40, seed=3)
+    return tmp_path / "nmr"
+
+
+def test_catalogue_has_ukb_panel_with_units():
+    catalogue = nightingale_catalogue()
+    ukb = [b for b in catalogue.values() if b.in_ukb]
+    assert len(ukb) == 249
+    kinds = {k: sum(b.kind == k for b in ukb) for k in ("Non-derived", "Composite", "Ratio", "Percentage")}
+    assert kinds == {"Non-derived": 107, "Composite": 61, "Ratio": 4, "Percentage": 77}
+    assert {b.ucum for b in ukb} == {"mmol/L", "g/L", "nm", "%", "{ratio}", "1"}
+
+
+def test_panel_round_trips_every_measure_with_its_unit(store, load_sampled, study):
+    add_ucum(store)
+    summary = load_sampled(store, "nmr", study / "nmr_wide.csv", "NMR01", study / "manifest.csv")
+    assert summary.rejected == 0 and summary.loaded == 40 * 2  # 40 sample records + 40 person records
+    assert summary.rows["measurement"] == 40 * 249
+    rows = store.query("""SELECT c.concept_code, m.unit_concept_id, m.unit_source_value, count(*)
+                          FROM measurement m JOIN concept c ON c.concept_id = m.measurement_source_concept_id
+                          WHERE c.vocabulary_id = 'Nightingale' GROUP BY 1, 2, 3""")
+    catalogue = nightingale_catalogue()
+    assert len(rows) == 249
+    for code, unit_concept, unit, count in rows:
+        assert count == 40 and unit == catalogue[code].ucum and unit_concept == UCUM[unit]
+    assert store.query_one("SELECT min(measurement_source_concept_id) FROM measurement") > NIGHTINGALE_OFFSET
+    # value exactly as in the file
+    with (study / "nmr_wide.csv").open() as handle:
+        first = next(csv.DictReader(handle))
+    glucose = store.query_one("""SELECT value_as_number FROM measurement m JOIN concept c
+                                 ON c.concept_id = m.measurement_source_concept_id AND c.concept_code = 'Glucose'
+                                 JOIN mercia_provenance p ON p.cdm_table = 'measurement' AND p.row_id = m.measurement_id
+                                 ORDER BY m.value_as_number""")
+    assert glucose is not None and float(first["Glucose"]) > 0
+    assert store.query_one("SELECT count(*) FROM specimen") == 40
+    assert store.query_one("SELECT count(*) FROM observation WHERE observation_source_value = 'Spectrometer'") == 40
+    # provenance for every measurement row
+    assert store.query_one("""SELECT count(*) FROM measurement m WHERE NOT EXISTS (SELECT 1 FROM mercia_provenance p
+                              WHERE p.cdm_table = 'measurement' AND p.row_id = m.measurement_id)""") == 0
+
+
+def test_resend_is_idempotent(store, load_sampled, study, snapshot):
+    load_sampled(store, "nmr", study / "nmr_wide.csv", "NMR01", study / "manifest.csv")
+    before = snapshot(store)
+    again = load_sampled(store, "nmr", study / "nmr_wide.csv", "NMR01", study / "manifest.csv")
+    assert again.unchanged == 80 and snapshot(store) == before
+
+
+def _rewrite(path: Path, edit) -> None:
+    with path.open() as handle:
+        rows = list(csv.reader(handle))
+    edit(rows)
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+
+
+def test_derived_values_rederived_and_mismatch_rejected(store, load_sampled, study):
+    header = []
+
+    def corrupt(rows):
+        header.extend(rows[0])
+        rows[1][rows[0].index("LDL_C")] = str(float(rows[1][rows[0].index("LDL_C")]) * 1.01)
+        rows[2][rows[0].index("Total_C")] = "not-a-number"
+
+    _rewrite(study / "nmr_wide.csv", corrupt)
+    staged = read_nmr(study / "nmr_wide.csv", study / "manifest.csv")
+    rejects = staged.rejects.table().to_pylist()
+    assert {(r["field"], r["line"]) for r in rejects} == {("LDL_C", 2), ("Total_C", 3)}
+    ldl = next(r for r in rejects if r["field"] == "LDL_C")
+    assert "re-derived" in ldl["reason"] and ldl["record"].endswith("/LDL_C")
+    summary = load_sampled(store, "nmr", study / "nmr_wide.csv", "NMR01", study / "manifest.csv")
+    assert summary.rejected == 2 and summary.rows["measurement"] == 40 * 249 - 2
+
+
+def test_unknown_biomarker_and_sample_without_person(store, load_sampled, study):
+    def edit(rows):
+        rows[0].append("Made_Up_Marker")
+        for row in rows[1:]:
+            row.append("1.0")
+    _rewrite(study / "nmr_wide.csv", edit)
+    _rewrite(study / "manifest.csv", lambda rows: rows.pop(1))
+    summary = load_sampled(store, "nmr", study / "nmr_wide.csv", "NMR01", study / "manifest.csv")
+    reasons = store.query("SELECT field, reason FROM mercia_reject WHERE action = 'rejected' ORDER BY field")
+    assert ("Made_Up_Marker", "unknown biomarker: not in the Nightingale catalogue (nmr_info.csv); column not loaded") \
+        in reasons
+    assert any(f == "sample_id" and "not in the manifest" in r for f, r in reasons)
+    assert summary.rows["measurement"] == 39 * 249
+
+
+def test_long_format_wrong_unit_rejected(store, load_sampled, tmp_path):
+    write_nmr_study(tmp_path, 2, seed=4)
+    with (tmp_path / "nmr_wide.csv").open() as handle:
+        wide = list(csv.DictReader(handle))
+    catalogue = nightingale_catalogue()
+    with (tmp_path / "long.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sample_id", "biomarker", "value", "unit", "qc_flag"])
+        for row in wide:
+            for name, value in row.items():
+                if name in catalogue:
+                    unit = catalogue[name].unit
+                    if name == "Glucose" and row is wide[0]:
+                        unit = "mg/dL"
+                    writer.writerow([row["sample_id"], name, value, unit,
+                                     "Below limit of quantification" if name == "Acetone" else ""])
+    summary = load_sampled(store, "nmr", tmp_path / "long.csv", "NMR02", tmp_path / "manifest.csv")
+    assert summary.rows["measurement"] == 2 * 249 - 1
+    (field, reason), = store.query("SELECT field, reason FROM mercia_reject WHERE action = 'rejected'")
+    assert field == "unit" and "'mg/dL' is not mmol/L" in reason
+    assert store.query_one("""SELECT count(*) FROM observation WHERE observation_source_value = 'QC flag'
+                              AND qualifier_source_value = 'Acetone'""") == 2
+
+
+def test_ukb_field_columns(tmp_path):
+    write_nmr_study(tmp_path, 3, seed=5)
+    catalogue = nightingale_catalogue()
+    with (tmp_path / "nmr_wide.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    with (tmp_path / "ukb.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        names = [n for n in rows[0] if n in catalogue]
+        writer.writerow(["eid"] + [f"{catalogue[n].ukb_field}-0.0" for n in names] + ["23650-0.0"])
+        for i, row in enumerate(rows):
+            writer.writerow([1000 + i] + [row[n] for n in names] + ["2"])
+    with (tmp_path / "manifest.csv").open("w") as handle:
+        handle.write("sample_id,local_id,collection_date\n" + "".join(f"{1000 + i}_0,L{i},2020-01-01\n"
+                                                                     for i in range(3)))
+    staged = read_nmr(tmp_path / "ukb.csv", tmp_path / "manifest.csv")
+    events = staged.events.table()
+    assert staged.rejects.table().num_rows == 0
+    assert sum(k == "Measurement" for k in events.column("kind").to_pylist()) == 3 * 249
+    assert set(events.column("person_ref").to_pylist()) == {"Patient/L0", "Patient/L1", "Patient/L2"}
+
+
+def test_missing_manifest_or_garbage_file_is_a_clear_error(tmp_path, study):
+    (tmp_path / "x.csv").write_text("hello,world\n1,2\n")
+    with pytest.raises(NmrError, match="no sample id column"):
+        read_nmr(tmp_path / "x.csv", study / "manifest.csv")
+    with pytest.raises(NmrError, match="needs columns sample_id"):
+        read_nmr(study / "nmr_wide.csv", tmp_path / "x.csv")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=400))
+def test_garbage_bytes_give_documented_errors_only(tmp_path, study, data):
+    path = tmp_path / "garbage.csv"
+    path.write_bytes(data)
+    try:
+        read_nmr(path, study / "manifest.csv")
+    except NmrError:
+        pass
+
+
+def test_cli_needs_a_manifest_and_loads_with_one(study, tmp_path, pseudonym_key):
+    from typer.testing import CliRunner
+
+    from mercia.cli import app
+
+    db = str(tmp_path / "cli.duckdb")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["ingest", "nmr", str(study / "nmr_wide.csv"), "--org", "NMR01", "--db", db])
+    assert refused.exit_code != 0 and "--manifest" in refused.output
+    done = runner.invoke(app, ["ingest", "nmr", str(study / "nmr_wide.csv"), "--org", "NMR01", "--db", db,
+                               "--manifest", str(study / "manifest.csv"), "--json"])
+    assert done.exit_code == 0, done.output
+    assert '"loaded": 80' in done.output

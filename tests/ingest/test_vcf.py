@@ -1,0 +1,128 @@
+"""VCF -> variant_occurrence: bgzip, multi-allelic split, multi-sample, CSQ/ANN, DP/GQ, truncated files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mercia.ingest.vcf import read_vcf
+
+CSQ_HEADER = ('##INFO=<ID=CSQ,Number=.,Type=String,Description="Consequence annotations from Ensembl VEP. '
+              'Format: Allele|Consequence|IMPACT|SYMBOL|Gene|HGVSc|HGVSp">\n')
+ANN_HEADER = ('##INFO=<ID=ANN,Number=.,Type=String,Description="Functional annotations: \'Allele | Annotation | '
+              'Annotation_Impact | Gene_Name | Gene_ID | HGVS.c | HGVS.p\' ">\n')
+HEADER = ("##fileformat=VCFv4.2\n##fileDate=20240301\n##reference=GRCh38\n##contig=<ID=chr17,length=83257441>\n"
+          "##contig=<ID=chrX,length=156040895>\n" + CSQ_HEADER + ANN_HEADER +
+          '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+          '##FORMAT=<ID=DP,Number=1,Type=Integer,Description="Read depth">\n'
+          '##FORMAT=<ID=GQ,Number=1,Type=Integer,Description="Genotype quality">\n'
+          "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tP1\tP2\tP3\n")
+BODY = (
+    # multi-allelic deletion site in TP53, annotated by VEP (deletion alleles without the shared base)
+    "chr17\t7675088\t.\tCAG\tC,CG\t50\tPASS\tCSQ=-|inframe_deletion|MODERATE|TP53|ENSG00000141510|"
+    "ENST00000269305.9:c.5_6del|ENSP00000269305.4:p.Ala2del,G|frameshift_variant|HIGH|TP53|ENSG00000141510|"
+    "ENST00000269305.9:c.6del|ENSP00000269305.4:p.Ala2fs\tGT:DP:GQ\t1/2:31:99\t0/1:25:60\t0/0:40:99\n"
+    # SnpEff-annotated SNV, hemizygous on X for P3
+    "chrX\t31478000\t.\tG\tA\t60\tPASS\tANN=A|stop_gained|HIGH|DMD|ENSG00000198947|c.100C>T|p.Gln34*\t"
+    "GT:DP:GQ\t0/0:30:99\t0/0:.:.\t1:12:40\n")
+
+
+def _phenopackets(folder, ids):
+    folder.mkdir()
+    for pid in ids:
+        packet = {"id": pid, "subject": {"id": pid, "dateOfBirth": "2001-04-02T00:00:00Z", "sex": "MALE"},
+                  "phenotypicFeatures": [{"type": {"id": "HP:0001250", "label": "Seizure"}}],
+                  "metaData": {"created": "2024-01-01T00:00:00Z", "createdBy": "t", "phenopacketSchemaVersion": "2.0"}}
+        (folder / f"{pid}.json").write_text(json.dumps(packet))
+
+
+def bgzip(source, target):
+    from cyvcf2 import VCF, Writer
+    reader = VCF(str(source))
+    writer = Writer(str(target), reader, mode="wz")
+    for site in reader:
+        writer.write_record(site)
+    writer.close()
+    reader.close()
+
+
+@pytest.fixture
+def vcf_gz(tmp_path):
+    (tmp_path / "plain.vcf").write_text(HEADER + BODY)
+    bgzip(tmp_path / "plain.vcf", tmp_path / "family.vcf.gz")
+    (tmp_path / "plain.vcf").unlink()
+    return tmp_path / "family.vcf.gz"
+
+
+def test_bgzip_multisample_multiallelic_split_with_annotations(vcf_gz):
+    staged = read_vcf(vcf_gz)
+    variants = {(r["person_ref"], r["pos"], r["ref"], r["alt"]): r for r in staged.variants.to_pylist()}
+    assert set(variants) == {("Subject/P1", 7675088, "CAG", "C"), ("Subject/P1", 7675088, "CA", "C"),
+                             ("Subject/P2", 7675088, "CAG", "C"), ("Subject/P3", 31478000, "G", "A")}
+    first = variants[("Subject/P1", 7675088, "CAG", "C")]
+    assert (first["genotype"], first["zygosity"], first["read_depth"], first["genotype_quality"]) == \
+        ("1/.", "heterozygous", 31, 99.0)
+    assert (first["gene"], first["consequence"], first["hgvs"], first["hgvs_p"]) == (
+        "TP53", "inframe_deletion", "ENST00000269305.9:c.5_6del", "ENSP00000269305.4:p.Ala2del")
+    second = variants[("Subject/P1", 7675088, "CA", "C")]  # CAG>CG trimmed to CA>C
+    assert (second["genotype"], second["consequence"]) == ("./1", "frameshift_variant")
+    dmd = variants[("Subject/P3", 31478000, "G", "A")]
+    assert (dmd["genotype"], dmd["zygosity"], dmd["gene"], dmd["hgvs_p"], dmd["read_depth"]) == \
+        ("1", "hemizygous", "DMD", "p.Gln34*", 12)
+    assert staged.variants.column("assembly").to_pylist() == ["GRCh38"] * 4
+
+
+def test_vcf_gz_loads_into_variant_occurrence(store, load, vcf_gz, tmp_path):
+    _phenopackets(tmp_path / "pp", ["P1", "P2", "P3"])
+    load(store, "phenopackets", tmp_path / "pp", "R9G")
+    summary = load(store, "vcf", vcf_gz, "R9G")
+    assert (summary.loaded, summary.rejected) == (4, 0)
+    rows = store.query("""SELECT v.target_gene_symbol, v.alternate_allele, v.zygosity, v.read_depth, v.consequence,
+                                 m.value_source_value, CAST(m.measurement_date AS VARCHAR)
+                          FROM variant_occurrence v JOIN measurement m USING (measurement_id)
+                          ORDER BY v.position, v.reference_allele, v.genotype""")
+    assert ("DMD", "A", "hemizygous", 12, "stop_gained", "1", "2024-03-01") in rows
+    assert len(rows) == 4
+    again = load(store, "vcf", vcf_gz, "R9G")
+    assert again.unchanged == 4 and store.query_one("SELECT count(*) FROM variant_occurrence") == 4
+
+
+def test_truncated_vcf_gz_is_rejected_whole_and_nothing_loaded(store, load, vcf_gz, tmp_path):
+    big = tmp_path / "big.vcf"
+    big.write_text(HEADER + "".join(f"chr17\t{1000 + i}\t.\tA\tT\t50\tPASS\t.\tGT:DP:GQ\t0/1:20:50\t0/0:1:1\t0/0:1:1\n"
+                                    for i in range(5000)))
+    bgzip(big, tmp_path / "big.vcf.gz")
+    data = (tmp_path / "big.vcf.gz").read_bytes()
+    truncated = tmp_path / "cut" / "truncated.vcf.gz"
+    truncated.parent.mkdir()
+    truncated.write_bytes(data[: len(data) // 2])
+    staged = read_vcf(truncated)
+    (reject,) = staged.rejects.table().to_pylist()
+    assert reject["record"] == "VCF/truncated.vcf.gz" and reject["field"] == "file"
+    assert "truncated or corrupt" in reject["reason"] and staged.variants.num_rows == 0
+    _phenopackets(tmp_path / "pp", ["P1", "P2", "P3"])
+    load(store, "phenopackets", tmp_path / "pp", "R9G")
+    summary = load(store, "vcf", truncated, "R9G")
+    assert summary.rejected == 1 and store.query_one("SELECT count(*) FROM variant_occurrence") == 0
+
+
+def test_gzip_not_a_vcf_is_a_reject(tmp_path):
+    path = tmp_path / "x.vcf.gz"
+    path.write_bytes(gzip.compress(b"hello\tworld\n"))
+    staged = read_vcf(path)
+    assert [r["field"] for r in staged.rejects.table().to_pylist()] == ["file"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300), st.booleans())
+def test_garbage_is_rejected_not_raised(tmp_path, data, compress):
+    path = tmp_path / ("g.vcf.gz" if compress else "g.vcf")
+    path.write_bytes(gzip.compress(data) if compress else data)
+    staged = read_vcf(path)
+    rejects = staged.rejects.table().to_pylist()
+    assert staged.variants.num_rows == 0 or not rejects
+    assert all(r["field"] == "file" for r in rejects)
