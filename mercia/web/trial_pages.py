@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup, escape
 
 from mercia.api.auth import Caller
-from mercia.api.state import state_of
+from mercia.services.state import state_of
 from mercia.governance import GovernanceError
 from mercia.web.charts import TEXT, display_table
 from mercia.web.pages import form_data, redirect, render, signed_in

@@ -42,7 +42,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(world):
-    from mercia.api.state import ServerOptions
+    from mercia.services.state import ServerOptions
     from mercia.web.app import create_app
 
     return create_app(world.store, ServerOptions(secure_cookies=False, job_workers=1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from mercia.api.state import ServerOptions
+from mercia.services.state import ServerOptions
 from mercia.web.app import create_app
 
 from .conftest import SITE_A, eligibility, make_world

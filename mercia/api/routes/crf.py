@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from mercia.api.auth import current_user
-from mercia.api.state import state_of
+from mercia.services.state import state_of
 from mercia.governance import User
 from mercia.trials.crf.service import CrfService, FormStatus
 

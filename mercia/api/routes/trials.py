@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from mercia.api.auth import current_user
-from mercia.api.state import state_of
+from mercia.services.state import state_of
 from mercia.governance import User
 from mercia.trials.randomise import RandomisationError
 

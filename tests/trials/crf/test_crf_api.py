@@ -3,7 +3,7 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from mercia.api.state import ServerOptions
+from mercia.services.state import ServerOptions
 from mercia.web.app import create_app
 
 from .conftest import PASSWORD, Team
