@@ -88,7 +88,7 @@ class TrialWorld:
 
 @pytest.fixture(autouse=True)
 def cheap_password_hashing(monkeypatch):
-    monkeypatch.setattr("mercia.governance.service._hasher", PasswordHasher(time_cost=1, memory_cost=1024))
+    monkeypatch.setattr("mercia.governance.passwords.hasher", PasswordHasher(time_cost=1, memory_cost=1024))
 
 
 def make_world(store, method: str = "minimisation", blinded: bool = True) -> TrialWorld:

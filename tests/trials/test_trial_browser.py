@@ -23,10 +23,10 @@ KEY = "MERCIA_RANDOMISATION_KEY"
 def world(tmp_path_factory):
     from argon2 import PasswordHasher
 
-    from mercia.governance import service
+    from mercia.governance import passwords
 
-    previous_hasher, previous_key = service._hasher, os.environ.get(KEY)
-    service._hasher = PasswordHasher(time_cost=1, memory_cost=1024)
+    previous_hasher, previous_key = passwords.hasher, os.environ.get(KEY)
+    passwords.hasher = PasswordHasher(time_cost=1, memory_cost=1024)
     os.environ[KEY] = "browser-test-key-browser-test-key-0123"
     store = Store(str(tmp_path_factory.mktemp("trial-browser") / "cdm.duckdb"))
     store.init_schema()
@@ -35,7 +35,7 @@ def world(tmp_path_factory):
                                           "description": "", "expression": orjson.dumps(eligibility()).decode(),
                                           "created_by": built.people["manager"].id, "created_at": "2026-01-01"})
     yield built
-    service._hasher = previous_hasher
+    passwords.hasher = previous_hasher
     os.environ.pop(KEY) if previous_key is None else os.environ.__setitem__(KEY, previous_key)
     store.close()
 

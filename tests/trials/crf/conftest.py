@@ -40,7 +40,7 @@ class Team:
 
 @pytest.fixture
 def team(engine, tmp_path, monkeypatch):
-    monkeypatch.setattr("mercia.governance.service._hasher", PasswordHasher(time_cost=1, memory_cost=1024))
+    monkeypatch.setattr("mercia.governance.passwords.hasher", PasswordHasher(time_cost=1, memory_cost=1024))
     store = open_store(engine, tmp_path)
     yield Team(Governance(store))
     drop_store(store)

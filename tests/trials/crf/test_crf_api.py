@@ -18,7 +18,7 @@ def api(tmp_path, monkeypatch):
 
     from mercia.cdm import Store
 
-    monkeypatch.setattr("mercia.governance.service._hasher", PasswordHasher(time_cost=1, memory_cost=1024))
+    monkeypatch.setattr("mercia.governance.passwords.hasher", PasswordHasher(time_cost=1, memory_cost=1024))
     store = Store(str(tmp_path / "api.duckdb"))
     app = create_app(store, ServerOptions(secure_cookies=True, job_workers=1))
     team = Team(app.state.mercia.gov)

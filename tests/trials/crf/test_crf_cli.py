@@ -17,7 +17,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def db(tmp_path, monkeypatch):
-    monkeypatch.setattr("mercia.governance.service._hasher", PasswordHasher(time_cost=1, memory_cost=1024))
+    monkeypatch.setattr("mercia.governance.passwords.hasher", PasswordHasher(time_cost=1, memory_cost=1024))
     monkeypatch.setenv("MERCIA_PASSWORD", PASSWORD)
     url = str(tmp_path / "crf.duckdb")
     with Store(url) as store:
