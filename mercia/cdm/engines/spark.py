@@ -11,6 +11,7 @@ to keep the other rows through a staging table.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import uuid
@@ -106,6 +107,9 @@ def _driver_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+_CONNECT_MODE = "SPARK_CONNECT_MODE_ENABLED"
+
+
 class SparkStore(Store):
     dialect = "spark"
 
@@ -122,6 +126,9 @@ class SparkStore(Store):
 
             self.table_format = "parquet"
             self._root = None
+            # pyspark marks the whole process as a Connect client (an environment variable) on the first
+            # remote session; close() undoes that so local sessions in the same process keep working.
+            self._set_connect_mode = _CONNECT_MODE not in os.environ
             try:
                 self._spark = SparkSession.builder.remote(url).create()
             except self._errors as exc:
@@ -145,6 +152,8 @@ class SparkStore(Store):
         """Ends a Spark Connect session; a local session lives as long as the process."""
         if self._root is None:
             self._spark.stop()
+            if self._set_connect_mode:
+                os.environ.pop(_CONNECT_MODE, None)
 
     def _open_session(self) -> SparkStore:
         return SparkStore(self.url, self.schema, self.read_only)
