@@ -38,7 +38,6 @@ def socket_inodes(pid: int) -> set[str]:
     return found
 
 
-@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc to inspect sockets")
 def test_hub_and_node_processes(network, tmp_path):
     policy = tmp_path / "node-policy.yaml"
     policy.write_text("auto: [feasibility]\nallow_raw: true\n")
