@@ -1,8 +1,23 @@
+"""Shared governance fixtures: cheap password hashing, a Governance on each engine, a password that
+passes the NCSC rules and a project end date a year ahead."""
+
+from datetime import date, timedelta
+
 import pytest
 from argon2 import PasswordHasher
+
+from mercia.governance import Governance
+
+PW = "correct horse battery"
+FUTURE = (date.today() + timedelta(days=365)).isoformat()
 
 
 @pytest.fixture(autouse=True)
 def cheap_password_hashing(monkeypatch):
     """Argon2 at its production cost takes ~150 ms a hash here; tests create many users."""
     monkeypatch.setattr("mercia.governance.passwords.hasher", PasswordHasher(time_cost=1, memory_cost=1024))
+
+
+@pytest.fixture
+def gov(store):
+    return Governance(store)

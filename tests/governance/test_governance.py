@@ -7,16 +7,15 @@ from datetime import date, timedelta
 import pytest
 
 from mercia.governance import (
-    Conflict, Forbidden, Governance, GovernanceError, NotFound, ProjectStatus, Role, Throttled,
+    Conflict,
+    Forbidden,
+    GovernanceError,
+    NotFound,
+    ProjectStatus,
+    Role,
+    Throttled,
 )
-
-PW = "correct horse battery"
-FUTURE = (date.today() + timedelta(days=365)).isoformat()
-
-
-@pytest.fixture
-def gov(store):
-    return Governance(store)
+from tests.governance.conftest import FUTURE, PW
 
 
 @pytest.fixture

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, timedelta
 
 import pyotp
 import pytest
 
 from mercia.cdm import Store
 from mercia.governance import (
-    Airlock, Conflict, Forbidden, Governance, GovernanceError, ProjectStatus, Role, Throttled,
+    Airlock,
+    Conflict,
+    Forbidden,
+    Governance,
+    GovernanceError,
+    ProjectStatus,
+    Role,
+    Throttled,
 )
 from mercia.governance.db import now
-
-PW = "correct horse battery"
-FUTURE = (date.today() + timedelta(days=365)).isoformat()
-
-
-@pytest.fixture
-def gov(store):
-    return Governance(store)
+from tests.governance.conftest import FUTURE, PW
 
 
 @pytest.fixture
