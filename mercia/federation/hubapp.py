@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from mercia.cohorts.model import CohortDefinitionError
 from mercia.federation.hub import BudgetExceeded, Hub, Rejected
-from mercia.federation.messages import FeasibilityQuery, NodeResult
+from mercia.federation.messages import NodeResult, Query
 from mercia.governance import User
 from mercia.governance.model import Conflict, Forbidden, GovernanceError, NotFound
 from mercia.privacy.disclosure import DisclosureError
@@ -31,7 +31,7 @@ bearer = HTTPBearer(auto_error=False, description="personal API token")
 
 class AskRequest(BaseModel):
     project_id: int
-    query: FeasibilityQuery
+    query: Query
     deadline_seconds: float | None = Field(None, gt=0, le=3600)
     policy: str | None = None
 
@@ -71,7 +71,8 @@ def create_hub_app(hub: Hub) -> FastAPI:
 
     @app.post(f"{PREFIX}/queries", status_code=202, tags=["questions"])
     def ask(body: AskRequest, caller: User = Depends(user)) -> dict[str, Any]:
-        """Ask every node a feasibility question for an approved project with the federated permission."""
+        """Ask every node a question (feasibility count, optionally stratified; trial feasibility by month;
+        characterisation) for an approved project with the federated permission."""
         return hub.submit(caller, body.project_id, body.query, body.deadline_seconds, body.policy)
 
     @app.get(f"{PREFIX}/queries/{{query_id}}", tags=["questions"])
