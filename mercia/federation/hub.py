@@ -9,7 +9,6 @@ affected tasks.  Every question, refusal, node result and answer is in the gover
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,7 @@ from mercia.federation.disclosure import FederatedPolicy, federated_policy
 from mercia.federation.messages import QUERY, CohortQuery, NodeResult, Task, canonical, fingerprint, partitioned
 from mercia.federation.signing import SignatureError, load_public_key, verify
 from mercia.federation.tokens import new_salt
-from mercia.governance import Role, User
+from mercia.governance import Role, Throttled, User
 from mercia.governance.model import Forbidden, GovernanceError, NotFound
 from mercia.governance.service import Governance
 
@@ -53,11 +52,11 @@ class FederationError(GovernanceError):
     """A federated request that cannot be done (HTTP 4xx with this message)."""
 
 
-class BudgetExceeded(Forbidden):
+class BudgetExceeded(Throttled):
     """The project has used its allowance of repeated or near-complementary questions."""
 
 
-class Rejected(FederationError):
+class Rejected(Forbidden):
     """A node message refused: unknown node, bad signature, replay, or late."""
 
 
@@ -84,14 +83,14 @@ def _parse(text: str) -> datetime:
 
 
 class Hub:
-    """The hub's rules over one Store (DuckDB or PostgreSQL); thread-safe (one lock)."""
+    """The hub's rules over one Store (DuckDB or PostgreSQL); thread-safe (governance's lock)."""
 
-    def __init__(self, store: Store, settings: HubSettings | None = None):
+    def __init__(self, store: Store, settings: HubSettings | None = None, gov: Governance | None = None):
         self.store = store
         self.settings = settings or HubSettings()
         self.policy: FederatedPolicy = federated_policy(self.settings.policy, self.settings.allow_raw)
-        self.gov = Governance(store)
-        self._lock = threading.RLock()
+        self.gov = gov or Governance(store)
+        self._lock = self.gov.db.lock   # one store connection: governance and the hub take turns
         self._tokens: dict[int, pa.Table] = {}   # task id -> salted tokens per cell, in memory only
         self._site_extra: dict[int, dict[str, Any]] = {}    # task id -> per-cell published counts, labels
         self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
@@ -222,6 +221,21 @@ class Hub:
             raise NotFound(f"no federated query {query_id}")
         self.gov.require_data_access(user, row[0]["project_id"])
         return row[0]
+
+    def questions_for(self, user: User) -> list[dict[str, Any]]:
+        """The questions of the projects ``user`` may use (member of an approved, unexpired project),
+        newest first: what was asked and its state, never an answer's tokens."""
+        with self._lock:
+            rows = self.store.query_dicts("SELECT id AS query_id, project_id, username, kind, created_at, status, "
+                                          "round, policy FROM mercia_fed_query ORDER BY id DESC")
+            allowed = {}
+            for project_id in {r["project_id"] for r in rows}:
+                try:
+                    self.gov.require_data_access(user, project_id)
+                    allowed[project_id] = True
+                except GovernanceError:
+                    allowed[project_id] = False
+        return [r for r in rows if allowed[r["project_id"]]]
 
     def answer(self, user: User, query_id: int) -> dict[str, Any]:
         """The question's state; once every node has answered (or the deadline passed), the one answer."""
