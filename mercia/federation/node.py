@@ -29,7 +29,7 @@ from mercia.cohorts.runner import run_cohort
 from mercia.federation.disclosure import federated_policy
 from mercia.federation.hub import _iso, _now, request_message
 from mercia.federation.hubapp import PREFIX
-from mercia.federation.messages import (KINDS, CharacterisationQuery, CohortQuery, NodeResult, Task,
+from mercia.federation.messages import (KINDS, CharacterisationQuery, CohortQuery, FeasibilityQuery, NodeResult, Task,
                                         TrialFeasibilityQuery, fingerprint)
 from mercia.federation.signing import load_private_key, sign
 from mercia.federation.tokens import COHORT_TOKENS_SQL, salted
@@ -180,7 +180,10 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> Node
     tokens = store.query_arrow(COHORT_TOKENS_SQL.format(cohort_table="cohort"), [COHORT_ID])
     last_load, version = store.query("SELECT CAST(max(loaded_at) AS VARCHAR), count(*) || ':' || "
                                      "COALESCE(max(load_id), 0) FROM mercia_load")[0]
-    if tokens.num_rows:
+    if isinstance(query, FeasibilityQuery) and not query.strata:   # one cell: no index table needed
+        cells = pa.table({"person_id": tokens.column("person_id"),
+                          "cell": pa.array([""] * tokens.num_rows, pa.string())})
+    elif tokens.num_rows:
         with temp_table(store, index_table_sql(store, COHORT_ID), "mercia_fed_idx") as idx:
             cells = store.query_arrow(_cells_sql(query, idx))
     else:
