@@ -19,8 +19,10 @@ import orjson
 import pyarrow as pa
 
 from mercia.cdm import Store
+from mercia.cohorts.model import CohortDefinitionError
 from mercia.federation.disclosure import FederatedPolicy, federated_policy
 from mercia.federation.messages import QUERY, CohortQuery, NodeResult, Task, canonical, fingerprint, partitioned
+from mercia.privacy.disclosure import DisclosureError
 from mercia.federation.signing import SignatureError, load_public_key, verify
 from mercia.federation.tokens import new_salt
 from mercia.governance import Role, Throttled, User
@@ -153,8 +155,11 @@ class Hub:
     def submit(self, user: User, project_id: int, query: CohortQuery, deadline_seconds: float | None = None,
                policy: str | None = None) -> dict[str, Any]:
         """Check who is asking and the project's budget, then hand the question to every node."""
-        query.expression()   # a definition that does not parse is refused here, not at every node
-        chosen = federated_policy(policy, self.settings.allow_raw) if policy else self.policy
+        try:
+            query.expression()   # a definition that does not parse is refused here, not at every node
+            chosen = federated_policy(policy, self.settings.allow_raw) if policy else self.policy
+        except (CohortDefinitionError, DisclosureError) as exc:
+            raise FederationError(str(exc)) from exc
         with self._lock:
             try:
                 self.gov.require_data_access(user, project_id)

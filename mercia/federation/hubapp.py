@@ -18,13 +18,11 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
-from mercia.cohorts.model import CohortDefinitionError
 from mercia.federation.hub import Hub
 from mercia.federation.messages import NodeResult, Query
 from mercia.governance import User
 from mercia.governance import Throttled
 from mercia.governance.model import Conflict, Forbidden, GovernanceError, NotFound
-from mercia.privacy.disclosure import DisclosureError
 
 PREFIX = "/api/v1/federation"
 MAX_WAIT = 25.0
@@ -126,11 +124,6 @@ def create_hub_app(hub: Hub) -> FastAPI:
         status = 429 if isinstance(exc, Throttled) else 403 if isinstance(exc, Forbidden) \
             else 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
         return JSONResponse({"detail": str(exc)}, status_code=status)
-
-    @app.exception_handler(CohortDefinitionError)
-    @app.exception_handler(DisclosureError)
-    async def bad_request(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
 
     def user(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> User:
         found = hub.user_for_token(credentials.credentials) if credentials else None

@@ -4,6 +4,7 @@ budget, disclosure) are the hub's, as for the API (``/api/v1/federation``)."""
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
@@ -14,7 +15,7 @@ from mercia.services.errors import Invalid
 from mercia.services.federation import hub_of
 from mercia.services.state import state_of
 from mercia.web.pages import form_data, redirect, render, signed_in
-from mercia.web.trial_pages import saved_cohorts
+from mercia.web.trial_pages import saved_cohort, saved_cohorts
 
 router = APIRouter(include_in_schema=False)
 KIND_LABELS = {"feasibility": "Feasibility count", "trial_feasibility": "Trial feasibility by month",
@@ -58,18 +59,9 @@ def federation_page(request: Request, caller: Caller = Depends(signed_in)):
 @router.post("/federation")
 def ask(request: Request, caller: Caller = Depends(signed_in), form: dict = Depends(form_data)):
     state = state_of(request)
-    project_id, _, cohort_id = form.get("cohort", "").partition(":")
-    if not (project_id.isdigit() and cohort_id.isdigit()):
-        raise Invalid("choose the saved cohort to ask about")
-    with state.lock:
-        row = state.gov.db.row("SELECT expression FROM mercia_cohort WHERE id = ? AND project_id = ?",
-                               [int(cohort_id), int(project_id)])
-    if row is None:
-        raise Invalid(f"project {project_id} has no saved cohort {cohort_id}")
-    import orjson
-
-    cohort = row["expression"] if isinstance(row["expression"], dict) else orjson.loads(row["expression"])
-    asked = hub_of(state).submit(caller.user, int(project_id), query_from_form(form, cohort))
+    project_id, expression = saved_cohort(state, form.get("cohort", ""), "choose the saved cohort to ask about")
+    cohort = expression if isinstance(expression, dict) else orjson.loads(expression)
+    asked = hub_of(state).submit(caller.user, project_id, query_from_form(form, cohort))
     return redirect(f"/federation/queries/{asked['query_id']}", f"Asked {len(asked['nodes'])} organisations")
 
 

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mercia.cdm import Store
+from mercia.federation.demo import approved_project
 from mercia.federation.disclosure import federated_policy
 from mercia.federation.node import COHORT_ID, NodeAgent, NodePolicy
 from mercia.federation.region import reference_cohort, true_distinct_persons
@@ -27,30 +28,16 @@ API = "/api/v1/federation"
 @pytest.fixture
 def server(network, tmp_path):
     """The main app on its own store, every node enrolled, an approved project with the permission,
-    a saved cohort; yields (app, researcher token, project id, cohort id)."""
-    from datetime import date, timedelta
-
+    a saved cohort; yields (app, researcher token, project id, cohort id, researcher's username)."""
     store = Store(str(tmp_path / "server.duckdb"))
     app = create_app(store, ServerOptions(secure_cookies=False, job_workers=1))
     state = app.state.mercia
     hub = hub_of(state)
-    gov = state.gov
     for node in network.nodes:
         hub.enrol(node.org, f"Organisation {node.org}", public_key(network, node.org), actor="test")
-    researcher = gov.create_user("fed-researcher", "Federated Researcher", PASSWORD, [(Role.RESEARCHER, "")])
-    lead = gov.create_user("fed-lead", "Pillar lead", PASSWORD, [(Role.PILLAR_LEAD, "chronic")])
-    officer = gov.create_user("fed-officer", "Officer", PASSWORD, [(Role.GOVERNANCE_OFFICER, "")])
-    project = gov.create_project(researcher, title="Diabetes across the region", pillar="chronic",
-                                 purpose="How many people could take part?",
-                                 scope_domains=["person", "condition_occurrence", "measurement"],
-                                 expires_on=str(date.today() + timedelta(days=365)))
-    gov.submit(researcher, project.id)
-    gov.decide(lead, project.id, "approve")
-    gov.decide(officer, project.id, "approve")
-    hub.allow_project(project.id, actor="test")
-    cohort = create_cohort(state, researcher, project.id, "Type 2 diabetes or HbA1c", "", reference_cohort())
-    _, token = gov.create_token(researcher, "federation")
-    yield app, token, project.id, cohort["id"]
+    project_id, token, researcher = approved_project(hub, "Diabetes across the region", password=PASSWORD)
+    cohort = create_cohort(state, researcher, project_id, "Type 2 diabetes or HbA1c", "", reference_cohort())
+    yield app, token, project_id, cohort["id"], researcher.username
     state.jobs.shutdown()
     store.close()
 
@@ -61,7 +48,7 @@ def nodes_of(network, client):
 
 
 def test_the_server_answers_a_federated_question_through_its_own_api(network, server):
-    app, token, project_id, _ = server
+    app, token, project_id, _, _ = server
     client = TestClient(app)
     bearer = {"Authorization": f"Bearer {token}"}
     asked = client.post(f"{API}/queries", headers=bearer,
@@ -78,7 +65,7 @@ def test_the_server_answers_a_federated_question_through_its_own_api(network, se
 
 
 def test_the_servers_federation_routes_refuse_whoever_may_not_use_them(network, server):
-    app, token, project_id, _ = server
+    app, token, project_id, _, _ = server
     client = TestClient(app)
     body = {"project_id": project_id, "query": {"kind": "feasibility", "cohort": reference_cohort()}}
     assert client.post(f"{API}/queries", json=body).status_code == 401
@@ -100,10 +87,10 @@ def csrf_of(html: str) -> str:
 
 
 def test_a_researcher_asks_from_a_saved_cohort_on_the_web_and_reads_the_answer(network, server):
-    app, _, project_id, cohort_id = server
+    app, _, project_id, cohort_id, username = server
     client = TestClient(app, base_url="http://127.0.0.1")
     page = client.get("/signin")
-    signed = client.post("/signin", data={"username": "fed-researcher", "password": PASSWORD,
+    signed = client.post("/signin", data={"username": username, "password": PASSWORD,
                                           "csrf_token": csrf_of(page.text), "next": "/"}, follow_redirects=False)
     assert signed.status_code == 303
     page = client.get("/federation")
