@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from mercia import __version__
 from mercia.api import errors
-from mercia.api.routes import capabilities, crf, data, governance, trials
+from mercia.api.routes import capabilities, crf, data, federation, governance, trials
 
 DESCRIPTION = """Mercia's API for scripts and the web app.
 
@@ -28,4 +28,5 @@ def create_api() -> FastAPI:
     api.include_router(capabilities.router)
     api.include_router(trials.router)
     api.include_router(crf.router)
+    api.include_router(federation.router)
     return api

@@ -37,10 +37,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def approved_project(hub: Hub, title: str = "Federated feasibility") -> tuple[int, str, Any]:
+def approved_project(hub: Hub, title: str = "Federated feasibility", password: str | None = None
+                     ) -> tuple[int, str, Any]:
     """A researcher, an approved project with the federated permission, and the researcher's API token."""
     gov = hub.gov
-    password = secrets.token_urlsafe(16)
+    password = password or secrets.token_urlsafe(16)
     researcher = gov.create_user(f"researcher-{secrets.token_hex(3)}", "Researcher", password, [(Role.RESEARCHER, "")])
     lead = gov.create_user(f"lead-{secrets.token_hex(3)}", "Pillar lead", password, [(Role.PILLAR_LEAD, "chronic")])
     officer = gov.create_user(f"officer-{secrets.token_hex(3)}", "Officer", password, [(Role.GOVERNANCE_OFFICER, "")])

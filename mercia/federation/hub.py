@@ -9,7 +9,6 @@ affected tasks.  Every question, refusal, node result and answer is in the gover
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,11 +19,13 @@ import orjson
 import pyarrow as pa
 
 from mercia.cdm import Store
+from mercia.cohorts.model import CohortDefinitionError
 from mercia.federation.disclosure import FederatedPolicy, federated_policy
-from mercia.federation.messages import FeasibilityQuery, NodeResult, Task, canonical, fingerprint
+from mercia.federation.messages import QUERY, CohortQuery, NodeResult, Task, canonical, fingerprint, partitioned
+from mercia.privacy.disclosure import DisclosureError
 from mercia.federation.signing import SignatureError, load_public_key, verify
 from mercia.federation.tokens import new_salt
-from mercia.governance import Role, User
+from mercia.governance import Role, Throttled, User
 from mercia.governance.model import Forbidden, GovernanceError, NotFound
 from mercia.governance.service import Governance
 
@@ -53,11 +54,11 @@ class FederationError(GovernanceError):
     """A federated request that cannot be done (HTTP 4xx with this message)."""
 
 
-class BudgetExceeded(Forbidden):
+class BudgetExceeded(Throttled):
     """The project has used its allowance of repeated or near-complementary questions."""
 
 
-class Rejected(FederationError):
+class Rejected(Forbidden):
     """A node message refused: unknown node, bad signature, replay, or late."""
 
 
@@ -84,15 +85,16 @@ def _parse(text: str) -> datetime:
 
 
 class Hub:
-    """The hub's rules over one Store (DuckDB or PostgreSQL); thread-safe (one lock)."""
+    """The hub's rules over one Store (DuckDB or PostgreSQL); thread-safe (governance's lock)."""
 
-    def __init__(self, store: Store, settings: HubSettings | None = None):
+    def __init__(self, store: Store, settings: HubSettings | None = None, gov: Governance | None = None):
         self.store = store
         self.settings = settings or HubSettings()
         self.policy: FederatedPolicy = federated_policy(self.settings.policy, self.settings.allow_raw)
-        self.gov = Governance(store)
-        self._lock = threading.RLock()
-        self._tokens: dict[int, dict[str, pa.Array]] = {}   # task id -> salted tokens, in memory only
+        self.gov = gov or Governance(store)
+        self._lock = self.gov.db.lock   # one store connection: governance and the hub take turns
+        self._tokens: dict[int, pa.Table] = {}   # task id -> salted tokens per cell, in memory only
+        self._site_extra: dict[int, dict[str, Any]] = {}    # task id -> per-cell published counts, labels
         self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
         with self._lock, store.transaction():
             for statement in DDL:
@@ -150,11 +152,14 @@ class Hub:
         return rows
 
     # -- questions -------------------------------------------------------------------------
-    def submit(self, user: User, project_id: int, query: FeasibilityQuery, deadline_seconds: float | None = None,
+    def submit(self, user: User, project_id: int, query: CohortQuery, deadline_seconds: float | None = None,
                policy: str | None = None) -> dict[str, Any]:
         """Check who is asking and the project's budget, then hand the question to every node."""
-        query.expression()   # a definition that does not parse is refused here, not at every node
-        chosen = federated_policy(policy, self.settings.allow_raw) if policy else self.policy
+        try:
+            query.expression()   # a definition that does not parse is refused here, not at every node
+            chosen = federated_policy(policy, self.settings.allow_raw) if policy else self.policy
+        except (CohortDefinitionError, DisclosureError) as exc:
+            raise FederationError(str(exc)) from exc
         with self._lock:
             try:
                 self.gov.require_data_access(user, project_id)
@@ -181,14 +186,14 @@ class Hub:
                                       differencing=differencing)
         return {"query_id": qid, "nodes": orgs, "deadline_at": _iso(deadline)}
 
-    def _check_budget(self, project_id: int, query: FeasibilityQuery) -> bool:
-        """Is this a repeat, or the same cohort plus or minus one criterion, of an earlier question of the
-        project in the window?  Such questions are counted; past the limit they are refused."""
+    def _check_budget(self, project_id: int, query: CohortQuery) -> bool:
+        """Is this a repeat (the same cohort, whatever the question kind or strata), or the same cohort plus
+        or minus one criterion, of an earlier question of the project in the window?  Such questions are counted; past the limit they are refused."""
         since = _iso(_now() - timedelta(days=self.settings.budget_window_days))
         earlier = self.store.query("SELECT fingerprint, criteria, differencing FROM mercia_fed_query "
                                    "WHERE project_id = ? AND created_at >= ?", [project_id, since])
         mine, parts = fingerprint(query.model_dump()), query.criteria()
-        differencing = any(fp == mine or len(parts ^ set(orjson.loads(c))) == 1 for fp, c, _ in earlier)
+        differencing = any(fp == mine or len(parts ^ set(orjson.loads(c))) <= 1 for fp, c, _ in earlier)
         used = sum(1 for *_, d in earlier if d)
         if differencing and used >= self.settings.differencing_limit:
             raise BudgetExceeded(
@@ -222,6 +227,21 @@ class Hub:
         self.gov.require_data_access(user, row[0]["project_id"])
         return row[0]
 
+    def questions_for(self, user: User) -> list[dict[str, Any]]:
+        """The questions of the projects ``user`` may use (member of an approved, unexpired project),
+        newest first: what was asked and its state, never an answer's tokens."""
+        with self._lock:
+            rows = self.store.query_dicts("SELECT id AS query_id, project_id, username, kind, created_at, status, "
+                                          "round, policy FROM mercia_fed_query ORDER BY id DESC")
+            allowed = {}
+            for project_id in {r["project_id"] for r in rows}:
+                try:
+                    self.gov.require_data_access(user, project_id)
+                    allowed[project_id] = True
+                except GovernanceError:
+                    allowed[project_id] = False
+        return [r for r in rows if allowed[r["project_id"]]]
+
     def answer(self, user: User, query_id: int) -> dict[str, Any]:
         """The question's state; once every node has answered (or the deadline passed), the one answer."""
         with self._lock:
@@ -246,6 +266,7 @@ class Hub:
             round_ = row["round"] + 1
             for (task_id,) in self.store.query("SELECT id FROM mercia_fed_task WHERE query_id = ?", [query_id]):
                 self._tokens.pop(task_id, None)   # a superseded round's tokens are never combined
+                self._site_extra.pop(task_id, None)
             self.store.execute("UPDATE mercia_fed_query SET round = ?, status = 'running', answer = NULL, "
                                "deadline_at = ? WHERE id = ?", [round_, _iso(deadline), query_id])
             orgs = self._issue(query_id, round_, deadline)
@@ -278,28 +299,52 @@ class Hub:
                                   missing=answer["missing"])
         for site in sites:
             self._tokens.pop(site["task_id"], None)
+            self._site_extra.pop(site["task_id"], None)
 
     def _combine(self, row: dict[str, Any], sites: list[dict[str, Any]]) -> dict[str, Any]:
-        """De-duplicate the salted tokens, then pass every published figure through the policy."""
+        """De-duplicate the salted tokens (overall and per cell), then pass every published figure through
+        the policy."""
         policy = federated_policy(row["policy"], self.settings.allow_raw)
-        answered = [s for s in sites if s["status"] == "answered"]
-        received = [self._tokens[s["task_id"]] for s in answered if s["task_id"] in self._tokens]
-        lists = {k: pa.chunked_array([r[k] for r in received], pa.string())
-                 for k in ("tokens", "aliases", "demographic")}
+        query = QUERY.validate_json(row["body"])
+        answered = [s for s in sites if s["status"] == "answered" and s["task_id"] in self._tokens]
+        empty = pa.table({k: pa.array([], pa.string()) for k in ("site", "nhs", "demographic", "cell")})
+        received = pa.concat_tables([empty] + [self._tokens[s["task_id"]] for s in answered])
+        extra = [self._site_extra[s["task_id"]] for s in answered]
         unlinkable = sum(int(s["unlinkable"] or 0) for s in answered)
-        distinct, shared = union_counts(lists["tokens"], lists["aliases"], lists["demographic"])
-        naive = len(lists["tokens"]) + len(lists["demographic"]) + unlinkable
+        distinct, shared, per_cell = network_counts(received, partitioned(query))
+        naive = sum(e["linked"] for e in extra) + unlinkable
         seed = fingerprint([row["fingerprint"], sorted((s["org"], s["data_version"]) for s in answered)])
         nodes = [{"org": s["org"], "name": s["name"],
                   "status": "timed_out" if s["status"] not in FINAL_TASK_STATUSES else s["status"],
                   "count": s["count"], "reason": s["reason"], "last_load": s["last_load"]} for s in sites]
         missing = [n["org"] for n in nodes if n["status"] != "answered"]
-        return {"nodes": nodes, "complete": not missing, "missing": missing,
-                "deduplicated_total": policy.publish(distinct + unlinkable, seed + ":total"),
-                "naive_sum": policy.publish(naive, seed + ":naive"),
-                "seen_at_two_or_more_sites": policy.publish(shared, seed + ":shared"),
-                "redacted_marker": policy.redacted_marker, "policy_description": policy.description,
-                "answered_at": _iso(_now())}
+        answer = {"kind": query.kind, "nodes": nodes, "complete": not missing, "missing": missing,
+                  "deduplicated_total": policy.publish(distinct + unlinkable, seed + ":total"),
+                  "naive_sum": policy.publish(naive, seed + ":naive"),
+                  "seen_at_two_or_more_sites": policy.publish(shared, seed + ":shared"),
+                  "redacted_marker": policy.redacted_marker, "policy_description": policy.description,
+                  "answered_at": _iso(_now())}
+        if query.kind != "feasibility" or query.strata:
+            answer["cells"] = self._cells(query, per_cell, extra, answered, policy, seed)
+        return answer
+
+    @staticmethod
+    def _cells(query: CohortQuery, per_cell: dict[str, int], extra: list[dict[str, Any]],
+               answered: list[dict[str, Any]], policy: FederatedPolicy, seed: str) -> list[dict[str, Any]]:
+        """One row per cell: its de-duplicated count and each site's published count, all through the policy."""
+        names = set(per_cell) | {c for e in extra for c in e["cells"]}
+        labels = {c: label for e in extra for c, label in e["labels"].items()}
+        if query.kind == "trial_feasibility":
+            names |= set(months_between(query.start_month, query.end_month))
+            labels |= {"0000-00": f"before {query.start_month}", "9999-99": f"after {query.end_month}"}
+        rows = []
+        for cell in sorted(names):
+            unlinked = sum(e["unlinkable"].get(cell, 0) for e in extra)
+            rows.append({"cell": cell, "label": labels.get(cell, cell),
+                         "deduplicated": policy.publish(per_cell.get(cell, 0) + unlinked, f"{seed}:cell:{cell}"),
+                         "sites": {s["org"]: e["cells"].get(cell, policy.publish(0, f"{seed}:{s['org']}:{cell}"))
+                                   for s, e in zip(answered, extra)}})
+        return rows
 
     # -- nodes -----------------------------------------------------------------------------
     def authenticate_node(self, org: str | None, method: str, path: str, stamp: str | None, body: bytes,
@@ -342,7 +387,7 @@ class Hub:
                 self.store.execute("UPDATE mercia_fed_task SET status = 'sent', sent_at = ? WHERE id = ?",
                                    [_iso(_now()), r["id"]])
         return [Task(task_id=r["id"], query_id=r["query_id"], org=org, nonce=r["nonce"], salt=r["salt"],
-                     expires_at=r["expires_at"], policy=r["policy"], query=FeasibilityQuery.model_validate_json(r["body"]))
+                     expires_at=r["expires_at"], policy=r["policy"], query=QUERY.validate_json(r["body"]))
                 for r in rows]
 
     def accept(self, org: str, result: NodeResult) -> None:
@@ -378,35 +423,49 @@ class Hub:
                                       task["project_id"], query=task["query_id"], status=result.status,
                                       count=result.count, reason=result.reason)
             if result.status == "answered":
-                self._tokens[result.task_id] = {k: pa.array(getattr(result, k), pa.string())
-                                                for k in ("tokens", "aliases", "demographic")}
+                members = {k: pa.array(v, pa.string()) for k, v in result.members.items()}
+                self._tokens[result.task_id] = pa.table({"site": pa.array([org] * len(members["cell"]), pa.string()),
+                                                         **members})
+                self._site_extra[result.task_id] = {"linked": result.linked, "cells": result.cells,
+                                                    "labels": result.labels, "unlinkable": result.unlinkable_cells}
 
 
-def union_counts(tokens: pa.ChunkedArray, aliases: pa.ChunkedArray | None = None,
-                 demographic: pa.ChunkedArray | None = None) -> tuple[int, int]:
-    """(distinct persons, persons seen at two or more sites) over the sites' salted tokens, in DuckDB.
+def network_counts(rows: pa.Table, partition: bool) -> tuple[int, int, dict[str, int]]:
+    """(distinct persons, persons seen at two or more sites, distinct persons per cell) over the sites'
+    salted member rows (site, nhs, demographic, cell), in DuckDB.
 
-    Persons with an NHS token count once per distinct token; a person known only by a demographic
-    token counts once per distinct token, unless a person with an NHS token has it too (then it is
-    that person, seen at one more site)."""
-    empty = pa.chunked_array([], pa.string())
+    A person is its NHS token; a person known at some site only by a demographic token is the person
+    with an NHS token who has that demographic token too (the smallest such token, so two NHS numbers
+    are never merged), else a person of its own.  With ``partition`` each person is counted in one cell
+    (the smallest: the earliest month, or the first stratum in sort order when sites disagree), so the
+    cells add up to the total; otherwise (features) a person counts once in every cell they have."""
     con = duckdb.connect()
     try:
-        con.register("nhs_tokens", pa.table({"token": tokens}))
-        con.register("alias_tokens", pa.table({"token": aliases if aliases is not None else empty}))
-        con.register("demographic_tokens", pa.table({"token": demographic if demographic is not None else empty}))
-        distinct, shared = con.execute("""
-            WITH nhs AS (SELECT token, count(*) AS n FROM nhs_tokens GROUP BY token),
-                 demo AS (SELECT token, count(*) AS n FROM demographic_tokens GROUP BY token),
-                 joined AS (SELECT DISTINCT token FROM alias_tokens WHERE token IN (SELECT token FROM demo))
-            SELECT (SELECT count(*) FROM nhs)
-                   + (SELECT count(*) FROM demo WHERE token NOT IN (SELECT token FROM alias_tokens)),
-                   (SELECT count(*) FROM nhs WHERE n > 1) + (SELECT count(*) FROM joined)
-                   + (SELECT count(*) FROM demo WHERE n > 1 AND token NOT IN (SELECT token FROM alias_tokens))
-            """).fetchone()
+        con.register("member_rows", rows)
+        persons = """
+            WITH alias AS (SELECT demographic, min(nhs) AS nhs FROM member_rows
+                           WHERE nhs IS NOT NULL AND demographic IS NOT NULL GROUP BY demographic),
+            p AS (SELECT r.site, r.cell, COALESCE(r.nhs, a.nhs, 'd:' || r.demographic) AS person
+                  FROM member_rows r LEFT JOIN alias a ON r.nhs IS NULL AND a.demographic = r.demographic)"""
+        distinct, shared = con.execute(persons + """
+            SELECT count(*), count(*) FILTER (WHERE sites > 1)
+            FROM (SELECT person, count(DISTINCT site) AS sites FROM p GROUP BY person)""").fetchone()
+        cells = con.execute(persons + (
+            " SELECT cell, count(*) FROM (SELECT person, min(cell) AS cell FROM p GROUP BY person) GROUP BY cell"
+            if partition else " SELECT cell, count(DISTINCT person) FROM p GROUP BY cell")).fetchall()
     finally:
         con.close()
-    return int(distinct), int(shared)
+    return int(distinct), int(shared), {c: int(n) for c, n in cells}
+
+
+def months_between(start: str, end: str) -> list[str]:
+    """Every month from ``start`` to ``end`` (YYYY-MM), inclusive."""
+    (y, m), (y1, m1) = (map(int, x.split("-")) for x in (start, end))
+    out = []
+    while (y, m) <= (y1, m1):
+        out.append(f"{y:04d}-{m:02d}")
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    return out
 
 
 def request_message(org: str, method: str, path: str, stamp: str | None, body: bytes) -> bytes:

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
-from mercia.cohorts.model import CohortDefinitionError
-from mercia.federation.hub import BudgetExceeded, Hub, Rejected
-from mercia.federation.messages import FeasibilityQuery, NodeResult
+from mercia.federation.hub import Hub
+from mercia.federation.messages import NodeResult, Query
 from mercia.governance import User
+from mercia.governance import Throttled
 from mercia.governance.model import Conflict, Forbidden, GovernanceError, NotFound
-from mercia.privacy.disclosure import DisclosureError
 
 PREFIX = "/api/v1/federation"
 MAX_WAIT = 25.0
@@ -31,7 +31,7 @@ bearer = HTTPBearer(auto_error=False, description="personal API token")
 
 class AskRequest(BaseModel):
     project_id: int
-    query: FeasibilityQuery
+    query: Query
     deadline_seconds: float | None = Field(None, gt=0, le=3600)
     policy: str | None = None
 
@@ -42,19 +42,88 @@ class EnrolRequest(BaseModel):
     public_key: str = Field(min_length=1, max_length=2000)
 
 
+def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User]) -> APIRouter:
+    """The federation routes (paths under ``/federation``), for the hub's own app and for a Mercia
+    server acting as hub: ``hub_of`` finds the hub for a request, ``user`` is the caller dependency."""
+    router = APIRouter(prefix="/federation")
+
+    async def node(request: Request) -> str:
+        body = await request.body()
+        h = request.headers
+        return await run_in_threadpool(hub_of(request).authenticate_node, h.get("x-mercia-node"), request.method,
+                                       request.url.path, h.get("x-mercia-time"), body, h.get("x-mercia-signature"))
+
+    @router.post("/queries", status_code=202, tags=["federation"])
+    def ask(body: AskRequest, request: Request, caller: User = Depends(user)) -> dict[str, Any]:
+        """Ask every node a question (feasibility count, optionally stratified; trial feasibility by month;
+        characterisation) for an approved project with the federated permission."""
+        return hub_of(request).submit(caller, body.project_id, body.query, body.deadline_seconds, body.policy)
+
+    @router.get("/queries", tags=["federation"])
+    def questions(request: Request, caller: User = Depends(user)) -> list[dict[str, Any]]:
+        """The questions of the projects the caller may use, newest first."""
+        return hub_of(request).questions_for(caller)
+
+    @router.get("/queries/{query_id}", tags=["federation"])
+    def answer(query_id: int, request: Request, caller: User = Depends(user)) -> dict[str, Any]:
+        """The answer: per-site status, counts and freshness, the de-duplicated total (disclosure-controlled)."""
+        return hub_of(request).answer(caller, query_id)
+
+    @router.post("/queries/{query_id}/refresh", tags=["federation"])
+    def refresh(query_id: int, request: Request, caller: User = Depends(user)) -> dict[str, Any]:
+        """Ask every node again (a node that missed the deadline can now count)."""
+        return hub_of(request).refresh(caller, query_id)
+
+    @router.get("/nodes", tags=["federation administration"])
+    def nodes(request: Request, caller: User = Depends(user)) -> list[dict[str, Any]]:
+        """Node health for hub administrators: enrolled nodes and when each last called in."""
+        return hub_of(request).node_health(caller)
+
+    @router.post("/nodes", status_code=201, tags=["federation administration"])
+    def enrol(body: EnrolRequest, request: Request, caller: User = Depends(user)) -> dict[str, str]:
+        """Enrol (or re-key) a node: its ODS code, name and Ed25519 public key (PEM)."""
+        hub_of(request).enrol_by(caller, body.org, body.name, body.public_key)
+        return {"org": body.org}
+
+    @router.post("/projects/{project_id}/permission", status_code=201, tags=["federation administration"])
+    def permit(project_id: int, request: Request, caller: User = Depends(user)) -> dict[str, int]:
+        """Grant a project the federated-query permission."""
+        hub_of(request).allow_project_by(caller, project_id)
+        return {"project_id": project_id}
+
+    @router.get("/node/work", tags=["federation nodes"])
+    async def work(request: Request, wait: float = 0.0, org: str = Depends(node)) -> list[dict[str, Any]]:
+        """Tasks for the calling node; waits up to ``wait`` seconds for one (long poll)."""
+        hub = hub_of(request)
+        end = time.monotonic() + min(max(wait, 0.0), MAX_WAIT)
+        while True:
+            tasks = await run_in_threadpool(hub.work_for, org)
+            if tasks or time.monotonic() >= end:
+                return [t.model_dump() for t in tasks]
+            await asyncio.sleep(0.1)
+
+    @router.post("/node/results", tags=["federation nodes"])
+    async def result(request: Request, org: str = Depends(node)) -> dict[str, str]:
+        """A node's signed result for one of its tasks."""
+        try:
+            parsed = NodeResult.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise HTTPException(422, f"not a node result: {exc.errors()[0]['msg']}") from exc
+        await run_in_threadpool(hub_of(request).accept, org, parsed)
+        return {"status": "accepted"}
+
+    return router
+
+
 def create_hub_app(hub: Hub) -> FastAPI:
+    """The hub as its own service: bearer-token users, signed nodes, the routes under ``/api/v1``."""
     app = FastAPI(title="Mercia federation hub", version="1")
 
     @app.exception_handler(GovernanceError)
     async def governance_error(_: Request, exc: GovernanceError) -> JSONResponse:
-        status = 429 if isinstance(exc, BudgetExceeded) else 403 if isinstance(exc, (Forbidden, Rejected)) \
+        status = 429 if isinstance(exc, Throttled) else 403 if isinstance(exc, Forbidden) \
             else 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
         return JSONResponse({"detail": str(exc)}, status_code=status)
-
-    @app.exception_handler(CohortDefinitionError)
-    @app.exception_handler(DisclosureError)
-    async def bad_request(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
 
     def user(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> User:
         found = hub.user_for_token(credentials.credentials) if credentials else None
@@ -63,58 +132,5 @@ def create_hub_app(hub: Hub) -> FastAPI:
                                 headers={"WWW-Authenticate": "Bearer"})
         return found
 
-    async def node(request: Request) -> str:
-        body = await request.body()
-        h = request.headers
-        return await run_in_threadpool(hub.authenticate_node, h.get("x-mercia-node"), request.method,
-                                       request.url.path, h.get("x-mercia-time"), body, h.get("x-mercia-signature"))
-
-    @app.post(f"{PREFIX}/queries", status_code=202, tags=["questions"])
-    def ask(body: AskRequest, caller: User = Depends(user)) -> dict[str, Any]:
-        """Ask every node a feasibility question for an approved project with the federated permission."""
-        return hub.submit(caller, body.project_id, body.query, body.deadline_seconds, body.policy)
-
-    @app.get(f"{PREFIX}/queries/{{query_id}}", tags=["questions"])
-    def answer(query_id: int, caller: User = Depends(user)) -> dict[str, Any]:
-        """The answer: per-site status, counts and freshness, the de-duplicated total (disclosure-controlled)."""
-        return hub.answer(caller, query_id)
-
-    @app.post(f"{PREFIX}/queries/{{query_id}}/refresh", tags=["questions"])
-    def refresh(query_id: int, caller: User = Depends(user)) -> dict[str, Any]:
-        return hub.refresh(caller, query_id)
-
-    @app.get(f"{PREFIX}/nodes", tags=["administration"])
-    def nodes(caller: User = Depends(user)) -> list[dict[str, Any]]:
-        """Node health for hub administrators: enrolled nodes and when each last called in."""
-        return hub.node_health(caller)
-
-    @app.post(f"{PREFIX}/nodes", status_code=201, tags=["administration"])
-    def enrol(body: EnrolRequest, caller: User = Depends(user)) -> dict[str, str]:
-        hub.enrol_by(caller, body.org, body.name, body.public_key)
-        return {"org": body.org}
-
-    @app.post(f"{PREFIX}/projects/{{project_id}}/permission", status_code=201, tags=["administration"])
-    def permit(project_id: int, caller: User = Depends(user)) -> dict[str, int]:
-        hub.allow_project_by(caller, project_id)
-        return {"project_id": project_id}
-
-    @app.get(f"{PREFIX}/node/work", tags=["nodes"])
-    async def work(wait: float = 0.0, org: str = Depends(node)) -> list[dict[str, Any]]:
-        """Tasks for the calling node; waits up to ``wait`` seconds for one (long poll)."""
-        end = time.monotonic() + min(max(wait, 0.0), MAX_WAIT)
-        while True:
-            tasks = await run_in_threadpool(hub.work_for, org)
-            if tasks or time.monotonic() >= end:
-                return [t.model_dump() for t in tasks]
-            await asyncio.sleep(0.1)
-
-    @app.post(f"{PREFIX}/node/results", tags=["nodes"])
-    async def result(request: Request, org: str = Depends(node)) -> dict[str, str]:
-        try:
-            parsed = NodeResult.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise HTTPException(422, f"not a node result: {exc.errors()[0]['msg']}") from exc
-        await run_in_threadpool(hub.accept, org, parsed)
-        return {"status": "accepted"}
-
+    app.include_router(federation_router(lambda _: hub, user), prefix="/api/v1")
     return app

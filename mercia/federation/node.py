@@ -19,15 +19,18 @@ from typing import Any
 
 import httpx
 import orjson
+import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from mercia.analytics.base import age_band_sql, concept_names, index_table_sql, temp_table
 from mercia.cdm import Store, StoreError
 from mercia.cohorts.runner import run_cohort
 from mercia.federation.disclosure import federated_policy
 from mercia.federation.hub import _iso, _now, request_message
 from mercia.federation.hubapp import PREFIX
-from mercia.federation.messages import NodeResult, Task, fingerprint
+from mercia.federation.messages import (KINDS, CharacterisationQuery, CohortQuery, FeasibilityQuery, NodeResult, Task,
+                                        TrialFeasibilityQuery, fingerprint)
 from mercia.federation.signing import load_private_key, sign
 from mercia.federation.tokens import COHORT_TOKENS_SQL, salted
 from mercia.governance.audit import AuditLog
@@ -50,8 +53,8 @@ class NodeError(Exception):
 @dataclass
 class NodePolicy:
     """Local control: what runs by itself, what waits for the data manager, what is refused."""
-    auto: set[str] = field(default_factory=lambda: {"feasibility"})
-    approve: set[str] = field(default_factory=set)
+    auto: set[str] = field(default_factory=lambda: {"feasibility", "trial_feasibility"})
+    approve: set[str] = field(default_factory=lambda: {"characterisation"})
     refuse: set[str] = field(default_factory=set)
     disclosure: str | None = None      # None: the policy the hub names for the question
     allow_raw: bool = False            # allow the "none" policy (ground-truth tests only)
@@ -64,7 +67,11 @@ class NodePolicy:
         unknown = set(data) - {"auto", "approve", "refuse", "disclosure", "allow_raw"}
         if unknown:
             raise NodeError(f"{path}: unknown policy keys {sorted(unknown)}")
-        return cls(auto=set(data.get("auto", ["feasibility"])), approve=set(data.get("approve", [])),
+        default = cls()
+        unknown_kinds = {k for key in ("auto", "approve", "refuse") for k in data.get(key, [])} - set(KINDS)
+        if unknown_kinds:
+            raise NodeError(f"{path}: unknown question kinds {sorted(unknown_kinds)}; choose from {list(KINDS)}")
+        return cls(auto=set(data.get("auto", default.auto)), approve=set(data.get("approve", default.approve)),
                    refuse=set(data.get("refuse", [])), disclosure=data.get("disclosure"),
                    allow_raw=bool(data.get("allow_raw", False)))
 
@@ -122,24 +129,91 @@ def set_paused(store: Store, paused: bool, actor: str) -> None:
 
 
 # -- answering ---------------------------------------------------------------------------------
-def answer_feasibility(store: Store, task: Task, policy: NodePolicy, org: str) -> NodeResult:
-    """Run the cohort on the local store; return the published count and the salted tokens."""
-    run_cohort(store, task.query.expression(), COHORT_ID)
-    members = store.query_arrow(COHORT_TOKENS_SQL.format(cohort_table="cohort"), [COHORT_ID])
+SEX_SQL = "CASE gender_concept_id WHEN 8507 THEN 'male' WHEN 8532 THEN 'female' ELSE 'unknown' END"
+STRATUM_SQL = {
+    "sex": SEX_SQL,
+    "age_band": age_band_sql("age"),
+    "imd_quintile": "CASE WHEN imd_decile BETWEEN 1 AND 10 THEN CAST(CAST(FLOOR((imd_decile + 1) / 2.0) AS INTEGER) "
+                    "AS VARCHAR) ELSE 'unknown' END",
+    "year": "CAST(CAST(EXTRACT(YEAR FROM index_date) AS INTEGER) AS VARCHAR)",
+}
+BEFORE, AFTER = "0000-00", "9999-99"   # first entry before / after the asked window: sort first / last
+FEATURE_TABLES = {"condition": ("condition_occurrence", "condition_concept_id", "condition_start_date"),
+                  "drug": ("drug_exposure", "drug_concept_id", "drug_exposure_start_date")}
+
+
+def _cells_sql(query: CohortQuery, idx: str) -> str:
+    """(person_id, cell) for the cohort's members, from the index table (first entry per person)."""
+    if isinstance(query, TrialFeasibilityQuery):
+        month = ("CAST(CAST(EXTRACT(YEAR FROM index_date) AS INTEGER) AS VARCHAR) || '-' || "
+                 "LPAD(CAST(CAST(EXTRACT(MONTH FROM index_date) AS INTEGER) AS VARCHAR), 2, '0')")
+        return (f"SELECT person_id, CASE WHEN m < '{query.start_month}' THEN '{BEFORE}' "
+                f"WHEN m > '{query.end_month}' THEN '{AFTER}' ELSE m END AS cell "
+                f"FROM (SELECT person_id, {month} AS m FROM {idx}) months")
+    if isinstance(query, CharacterisationQuery):
+        parts = [f"SELECT person_id, '{name}=' || {STRATUM_SQL[name]} AS cell FROM {idx}"
+                 for name in ("sex", "age_band", "imd_quintile")]
+        for domain in query.domains:
+            table, concept, day = FEATURE_TABLES[domain]
+            parts.append(f"SELECT DISTINCT i.person_id, '{domain}:' || CAST(x.{concept} AS VARCHAR) AS cell "
+                         f"FROM {idx} i JOIN {table} x ON x.person_id = i.person_id "
+                         f"WHERE x.{day} BETWEEN i.index_date - {int(query.window_days)} AND i.index_date "
+                         f"AND x.{concept} <> 0")
+        return " UNION ALL ".join(parts)
+    if not query.strata:
+        return f"SELECT person_id, '' AS cell FROM {idx}"
+    cell = " || '|' || ".join(f"'{name}=' || {STRATUM_SQL[name]}" for name in query.strata)
+    return f"SELECT person_id, {cell} AS cell FROM {idx}"
+
+
+def _labels(store: Store, cells: list[str]) -> dict[str, str]:
+    """Concept names for feature cells (``condition:201826``), from the node's vocabulary."""
+    concepts = [c for c in cells if ":" in c]
+    names = concept_names(store, [int(c.split(":", 1)[1]) for c in concepts])
+    return {c: names.get(int(c.split(":", 1)[1]), c) for c in concepts}
+
+
+def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> NodeResult:
+    """Run the cohort on the local store; return the published counts and the salted tokens per cell."""
+    query = task.query
+    run_cohort(store, query.expression(), COHORT_ID)
+    tokens = store.query_arrow(COHORT_TOKENS_SQL.format(cohort_table="cohort"), [COHORT_ID])
     last_load, version = store.query("SELECT CAST(max(loaded_at) AS VARCHAR), count(*) || ':' || "
                                      "COALESCE(max(load_id), 0) FROM mercia_load")[0]
+    if isinstance(query, FeasibilityQuery) and not query.strata:   # one cell: no index table needed
+        cells = pa.table({"person_id": tokens.column("person_id"),
+                          "cell": pa.array([""] * tokens.num_rows, pa.string())})
+    elif tokens.num_rows:
+        with temp_table(store, index_table_sql(store, COHORT_ID), "mercia_fed_idx") as idx:
+            cells = store.query_arrow(_cells_sql(query, idx))
+    else:
+        cells = pa.table({"person_id": pa.array([], pa.int64()), "cell": pa.array([], pa.string())})
     published = federated_policy(policy.disclosure or task.policy, policy.allow_raw)
-    count = published.publish(members.num_rows, fingerprint([task.query.model_dump(), org, version]))
-    lists = {"tokens": [], "aliases": [], "demographic": []}
-    if members.num_rows:
-        nhs, demographic = members.column("nhs"), members.column("demographic")
-        has_nhs = pc.invert(pc.is_null(nhs))
-        lists = {"tokens": nhs.filter(has_nhs), "aliases": demographic.filter(has_nhs).drop_null(),
-                 "demographic": demographic.filter(pc.invert(has_nhs)).drop_null()}
-        lists = {k: salted(task.salt, v.combine_chunks()).to_pylist() if len(v) else [] for k, v in lists.items()}
-    linkable = len(lists["tokens"]) + len(lists["demographic"])
-    return NodeResult(task_id=task.task_id, org=org, nonce=task.nonce, status="answered", count=count, **lists,
-                      unlinkable=members.num_rows - linkable, last_load=last_load, data_version=version)
+    seed = fingerprint([query.model_dump(), org, version])
+    salted_tokens = pa.table({
+        "person_id": tokens.column("person_id").cast(pa.int64()),
+        "nhs": salted(task.salt, tokens.column("nhs").combine_chunks()) if tokens.num_rows else pa.array([], pa.string()),
+        "demographic": (salted(task.salt, tokens.column("demographic").combine_chunks()) if tokens.num_rows
+                        else pa.array([], pa.string()))})
+    rows = cells.select(["person_id", "cell"]).cast(pa.schema([("person_id", pa.int64()), ("cell", pa.string())]))
+    rows = rows.join(salted_tokens, "person_id")
+    linkable = pc.invert(pc.and_(pc.is_null(rows.column("nhs")), pc.is_null(rows.column("demographic"))))
+    per_cell = rows.group_by("cell").aggregate([("person_id", "count_distinct")])
+    unlinkable = rows.filter(pc.invert(linkable)).group_by("cell").aggregate([("person_id", "count_distinct")])
+    linked = rows.filter(linkable)
+    no_token = tokens.filter(pc.and_(pc.is_null(tokens.column("nhs")), pc.is_null(tokens.column("demographic"))))
+    return NodeResult(
+        task_id=task.task_id, org=org, nonce=task.nonce, status="answered",
+        count=published.publish(tokens.num_rows, seed),
+        cells={c: published.publish(n, f"{seed}:{c}") for c, n in
+               zip(per_cell.column("cell").to_pylist(), per_cell.column("person_id_count_distinct").to_pylist())},
+        labels=_labels(store, per_cell.column("cell").to_pylist()),
+        members={"nhs": linked.column("nhs").to_pylist(), "demographic": linked.column("demographic").to_pylist(),
+                 "cell": linked.column("cell").to_pylist()},
+        linked=tokens.num_rows - no_token.num_rows, unlinkable=no_token.num_rows,
+        unlinkable_cells=dict(zip(unlinkable.column("cell").to_pylist(),
+                                  unlinkable.column("person_id_count_distinct").to_pylist())),
+        last_load=last_load, data_version=version)
 
 
 class NodeAgent:
@@ -198,7 +272,7 @@ class NodeAgent:
                                     reason=f"{task.query.kind} questions are refused by this organisation")
             else:
                 try:
-                    result = answer_feasibility(store, task, self.policy, self.org)
+                    result = answer_query(store, task, self.policy, self.org)
                 except Exception as exc:  # a failing question must not stop the node; the hub is told
                     log.exception("task %s failed", task.task_id)
                     result = NodeResult(**common, status="error", reason=f"{type(exc).__name__}: {exc}"[:500])

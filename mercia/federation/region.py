@@ -16,8 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from mercia.cdm import Store
-from mercia.ingest.region import PROMS_ORG, plan_region
+from mercia.ingest.region import PROMS_ORG, plan_region, region_geography
 from mercia.ingest.service import default_options
+from mercia.privacy.geography import GeographyLookup
 from mercia.privacy.pseudonym import Pseudonymiser
 from mercia.federation.tokens import ingest_with_tokens
 
@@ -93,7 +94,7 @@ def build_node_stores(region: Path | str, out: Path | str, network_key: bytes) -
             key_file.write_text(secrets.token_hex(32))
             key_file.chmod(0o600)
         node = NodeStore(org, str(out / "nodes" / f"{org}.duckdb"), key_file)
-        load_node(node, items, network_key)
+        load_node(node, items, network_key, region_geography(region))
         nodes.append(node)
     return nodes
 
@@ -107,14 +108,16 @@ def organisation_extracts(region: Path | str) -> dict[str, list]:
     return by_org
 
 
-def load_node(node: NodeStore, items: list, network_key: bytes) -> None:
-    """The catalogue vocabulary, then each extract with its network tokens, under the node's own key."""
+def load_node(node: NodeStore, items: list, network_key: bytes, geography: GeographyLookup | None = None) -> None:
+    """The catalogue vocabulary, then each extract with its network tokens, under the node's own key
+    (postcodes become IMD deciles through ``geography``, the region's own lookup files)."""
     with node.open() as store:
         catalogue_vocabulary(store)
         for item in items:
             options = default_options(item.kind, key_file=node.key_file)
             options.pseudonymiser = Pseudonymiser(node.key_file.read_text().strip().encode())
             options.allow_synthetic_nhs_numbers = True   # a synthetic region only
+            options.geography = options.geography or geography
             ingest_with_tokens(store, item.kind, item.path, node.org, options, network_key, mapping=item.mapping)
 
 

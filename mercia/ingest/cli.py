@@ -1,4 +1,4 @@
-"""``mercia ingest``: load one extract (fhir, csv, hl7v2, phenopackets, vcf, nmr, mztab) or a whole region."""
+"""``mercia ingest``: load one extract (fhir, csv, hl7v2, phenopackets, vcf, nmr, mztab, mwtab) or a whole region."""
 
 from __future__ import annotations
 
@@ -68,10 +68,10 @@ def _command(kind: str, needs_mapping: bool = False):
                 mapping: str = typer.Option(None, "--mapping", help="YAML mapping file or shipped mapping name"),
                 opt_out: Path = OPT_OUT, as_json: bool = JSON,
                 manifest: Path = typer.Option(None, "--manifest", exists=True,
-                                              help="sample manifest CSV (nmr, mztab): sample_id -> person")) -> None:
+                                              help="sample manifest CSV (nmr, mztab, mwtab): sample_id -> person")) -> None:
         if needs_mapping and not mapping:
             raise typer.BadParameter("CSV extracts need --mapping (e.g. acute_trust, proms or a YAML file)")
-        if kind in ("nmr", "mztab") and manifest is None:
+        if kind in ("nmr", "mztab", "mwtab") and manifest is None:
             raise typer.BadParameter(f"{kind} files need --manifest (sample_id, nhs_number or local_id, "
                                      "collection_date)")
         _run(kind, path, org, db, mapping, opt_out, as_json, manifest)
@@ -79,7 +79,7 @@ def _command(kind: str, needs_mapping: bool = False):
     return command
 
 
-for _kind in ("fhir", "csv", "hl7v2", "phenopackets", "vcf", "nmr", "mztab"):
+for _kind in ("fhir", "csv", "hl7v2", "phenopackets", "vcf", "nmr", "mztab", "mwtab"):
     app.command(name=_kind)(_command(_kind, needs_mapping=_kind == "csv"))
 
 

@@ -16,6 +16,7 @@ module adds the checks a load needs (version 2.0 "M", an SML section, numeric ab
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -90,17 +91,11 @@ def parse_mztab(path: Path):
 
 def read_mztab(path: Path | str, manifest: Path | str | pa.Table) -> Staged:
     path = Path(path)
-    manifest_table = manifest if isinstance(manifest, pa.Table) else read_manifest(manifest)
     metadata, sml = parse_mztab(path)
-    con = duckdb.connect()
-    con.register("manifest", manifest_table)
-    staged = Staged(path.name)
-    rejects: list[dict] = []
     assays = sorted(int(m.group(1)) for c in sml.column_names if (m := _ASSAY.match(c)))
     if not assays:
         raise MzTabError(f"{path.name}: SML section has no abundance_assay[n] columns")
     unit_name = _cv_name(metadata.get("small_molecule-quantification_unit"))
-    unit = UNITS.get((unit_name or "").lower())
     # SML rows: identifier -> vocabulary/code (a few hundred rows: plain Python is fine)
     ids = [_identifier(v) for v in sml.column("database_identifier").to_pylist()]
     names = sml.column("chemical_name").to_pylist() if "chemical_name" in sml.column_names else [None] * len(ids)
@@ -110,37 +105,70 @@ def read_mztab(path: Path | str, manifest: Path | str | pa.Table) -> Staged:
     if len(set(sml_ids)) != len(sml_ids):
         dup = next(s for s in sml_ids if sml_ids.count(s) > 1)
         raise MzTabError(f"{path.name}: SML_ID {dup} appears more than once")
-    for (vocabulary, code, _), name in zip(ids, names):
-        if vocabulary:
-            staged.concept_names[(vocabulary, code)] = name or code
     rows = pa.table({"sml_id": sml_ids, "vocabulary": [i[0] for i in ids], "code": [i[1] for i in ids],
-                     "identifier": [i[2] or n for i, n in zip(ids, names)], "reliability": rel,
+                     "identifier": [i[2] or n for i, n in zip(ids, names)], "name": names, "reliability": rel,
                      **{f"a{n}": sml.column(f"abundance_assay[{n}]").cast(pa.string()) for n in assays}})
-    con.register("sml", rows)
-    assay_rows = []
+    samples = []
     for n in assays:
         sample_ref = metadata.get(f"assay[{n}]-sample_ref")
         sample = metadata.get(sample_ref) if sample_ref else None
-        assay_rows.append({"assay": n, "keys": [k for k in (sample, sample_ref, metadata.get(f"assay[{n}]"),
-                                                                 f"assay[{n}]") if k]})
-    con.register("assays", pa.Table.from_pylist(assay_rows, schema=pa.schema([("assay", pa.int64()),
-                                                                                ("keys", pa.list_(pa.string()))])))
+        samples.append(Sample(n, f"assay[{n}]", [k for k in (sample, sample_ref, metadata.get(f"assay[{n}]"),
+                                                             f"assay[{n}]") if k],
+                              "sample_ref", f"abundance_assay[{n}]"))
+    return land_abundances(path.name, "MZTAB", rows, samples, manifest, UNITS.get((unit_name or "").lower())
+                           or unit_name)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured sample (an mzTab assay, an mwTab sample): its column ``a{index}`` of the value
+    table, its name in record ids, the manifest keys tried in order, and the fields named in rejects."""
+    index: int
+    name: str
+    keys: list[str]
+    link_field: str
+    value_field: str
+
+
+def land_abundances(file: str, source: str, rows: pa.Table, samples: list[Sample],
+                    manifest: Path | str | pa.Table, unit: str | None) -> Staged:
+    """Stage one file's abundances: per sample linked to a person through the manifest, a measurement per
+    metabolite with a value (source concept: the metabolite's HMDB/ChEBI/LipidMaps/KEGG identifier) and
+    an observation of its reliability where given.  ``rows``: sml_id, vocabulary, code, identifier, name,
+    reliability and one string column ``a{index}`` per sample.  Records are ``SOURCE/file/sample``."""
+    manifest_table = manifest if isinstance(manifest, pa.Table) else read_manifest(manifest)
+    con = duckdb.connect()
+    con.register("manifest", manifest_table)
+    staged = Staged(file)
+    rejects: list[dict] = []
+    for vocabulary, code, name in zip(*(rows.column(c).to_pylist() for c in ("vocabulary", "code", "name"))):
+        if vocabulary:
+            staged.concept_names[(vocabulary, code)] = name or code
+    con.register("sml", rows)
+    con.register("assays", pa.Table.from_pylist(
+        [{"assay": s.index, "name": s.name, "keys": s.keys} for s in samples],
+        schema=pa.schema([("assay", pa.int64()), ("name", pa.string()), ("keys", pa.list_(pa.string()))])))
+    by_index = {s.index: s for s in samples}
     con.execute("""CREATE TABLE linked AS
-        SELECT a.assay, m.sample_id, m.nhs_number, m.local_id, m.birth_date, m.collection_date FROM assays a
+        SELECT a.assay, a.name, m.sample_id, m.nhs_number, m.local_id, m.birth_date, m.collection_date FROM assays a
         LEFT JOIN LATERAL (SELECT * FROM manifest m WHERE list_contains(a.keys, m.sample_id)
                            ORDER BY list_position(a.keys, m.sample_id), m.line DESC LIMIT 1) m ON true""")
     for assay, keys in con.execute("""SELECT a.assay, a.keys FROM assays a JOIN linked l USING (assay)
                                       WHERE l.sample_id IS NULL ORDER BY 1""").fetchall():
-        rejects.append({"record": f"MZTAB/{path.name}/assay[{assay}]", "line": None, "field": "sample_ref",
-                        "reason": f"assay[{assay}] (sample {keys[0]!r}) not in the manifest: no person to attach it to"})
-    cells = " UNION ALL ".join(f"SELECT {n} AS assay, sml_id, vocabulary, code, identifier, reliability, a{n} AS raw "
-                               f"FROM sml WHERE a{n} IS NOT NULL AND a{n} <> 'null'" for n in assays)
+        sample = by_index[assay]
+        rejects.append({"record": f"{source}/{file}/{sample.name}", "line": None, "field": sample.link_field,
+                        "reason": f"{sample.name} (sample {keys[0]!r}) not in the manifest: no person to attach it to"})
+    cells = " UNION ALL ".join(f"SELECT {s.index} AS assay, sml_id, vocabulary, code, identifier, reliability, "
+                               f"a{s.index} AS raw FROM sml WHERE a{s.index} IS NOT NULL AND a{s.index} NOT IN "
+                               "('null', '')" for s in samples)
     con.execute(f"CREATE TABLE cells AS {cells}")
     for assay, sml_id, raw in con.execute(
             "SELECT assay, sml_id, raw FROM cells WHERE TRY_CAST(raw AS DOUBLE) IS NULL ORDER BY 1, 2").fetchall():
-        rejects.append({"record": f"MZTAB/{path.name}/assay[{assay}]/SML_{sml_id}", "line": None,
-                        "field": f"abundance_assay[{assay}]", "reason": f"SML_ID {sml_id}: abundance {raw!r} is not a number"})
-    record = f"'MZTAB/{path.name.replace(chr(39), chr(39) * 2)}/assay[' || l.assay || ']'"
+        sample = by_index[assay]
+        rejects.append({"record": f"{source}/{file}/{sample.name}/SML_{sml_id}", "line": None,
+                        "field": sample.value_field, "reason": f"SML_ID {sml_id}: abundance {raw!r} is not a number"})
+    prefix = f"{source}/{file}/".replace("'", "''")
+    record = f"'{prefix}' || l.name"
     person = person_ref_sql("l")
     events = con.sql(f"""
         WITH good AS (SELECT c.*, TRY_CAST(c.raw AS DOUBLE) AS value FROM cells c
@@ -159,7 +187,7 @@ def read_mztab(path: Path | str, manifest: Path | str | pa.Table) -> Staged:
                {person}, 'Observation', NULL, 'mzTab reliability', l.collection_date, NULL, g.reliability, NULL,
                COALESCE(g.code, left(g.identifier, 50)), NULL
         FROM good g JOIN linked l USING (assay) JOIN hashed h USING (assay)
-        WHERE l.sample_id IS NOT NULL AND g.reliability IS NOT NULL""", params=[unit or unit_name]).to_arrow_table()
+        WHERE l.sample_id IS NOT NULL AND g.reliability IS NOT NULL""", params=[unit]).to_arrow_table()
     staged.events = ArrowColumns(conform(events, EVENT_SCHEMA))
     staged.persons = ArrowColumns(manifest_persons(con, "SELECT sample_id FROM linked"))
     staged.rejects = ArrowColumns(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))

@@ -9,6 +9,7 @@ from pathlib import Path
 from mercia.cdm import Store
 from mercia.ingest.load import LoadSummary
 from mercia.ingest.service import default_options, ingest
+from mercia.privacy.geography import GeographyLookup
 from mercia.privacy.pseudonym import Pseudonymiser
 
 PROMS_ORG = "PROMS"  # the national PROMs programme, not an ODS organisation
@@ -42,12 +43,20 @@ def plan_region(directory: Path | str) -> list[RegionPlan]:
     return plan
 
 
+def region_geography(directory: Path | str) -> GeographyLookup | None:
+    """The region's own postcode directory and deprivation file (``geography/``), when it has them."""
+    onspd, imd = (Path(directory) / "geography" / name for name in ("onspd.csv", "imd.csv"))
+    return GeographyLookup.from_files(onspd, imd) if onspd.exists() and imd.exists() else None
+
+
 def ingest_region(store: Store, directory: Path | str, opt_out: Path | None = None, link: bool = True,
                   on_extract: Callable[[RegionPlan, LoadSummary], None] | None = None) -> list[LoadSummary]:
     summaries = []
     pseudonymiser: Pseudonymiser | None = None
+    geography = region_geography(directory)
     for item in plan_region(directory):
         options = default_options(item.kind, opt_out=opt_out)
+        options.geography = options.geography or geography
         pseudonymiser = options.pseudonymiser
         summary = ingest(store, item.kind, item.path, item.org, mapping=item.mapping, options=options)
         summaries.append(summary)

@@ -14,9 +14,9 @@ from mercia.privacy.optout import read_opt_out_file
 from mercia.privacy.policy import dob_policy
 from mercia.privacy.pseudonym import Pseudonymiser, load_key
 
-KINDS = ("fhir", "csv", "hl7v2", "phenopackets", "vcf", "nmr", "mztab")
+KINDS = ("fhir", "csv", "hl7v2", "phenopackets", "vcf", "nmr", "mztab", "mwtab")
 # Readers that need a sample manifest (sample id -> person, collection date).
-MANIFEST_KINDS = ("nmr", "mztab")
+MANIFEST_KINDS = ("nmr", "mztab", "mwtab")
 
 
 def default_options(kind: str, opt_out: Path | str | None = None, key_file: Path | str | None = None,
@@ -62,6 +62,9 @@ def read_source(kind: str, path: Path | str, mapping: str | Path | None = None,
     if kind == "mztab":
         from mercia.ingest.mztab import read_mztab
         return read_mztab(path, manifest)
+    if kind == "mwtab":
+        from mercia.ingest.mwtab import read_mwtab
+        return read_mwtab(path, manifest)
     raise ValueError(f"unknown source kind {kind!r}; one of {', '.join(KINDS)}")
 
 

@@ -31,7 +31,9 @@ from mercia.synth.omop import (IdCounters, Organisations, ParquetParts, chunk_ta
 from mercia.synth.population import EPOCH, REFERENCE_DATE
 from mercia.synth.rare import panel as rare_panel
 
-_GENERATED = ("gp", "acute", "pathology", "rare_disease", "proms", "truth", "manifest.json", "organisations.csv")
+_GENERATED = ("gp", "acute", "pathology", "rare_disease", "proms", "truth", "geography", "manifest.json",
+              "organisations.csv")
+GEOGRAPHY_FILES = ("onspd.csv", "imd.csv")   # the published ONSPD and IoD layouts (privacy.geography)
 EXTRACT_SLICE = 10_000   # people whose extract text is rendered together
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
@@ -166,6 +168,7 @@ def generate_region(out_dir: Path | str, persons: int = 20_000, seed: int = 42, 
     for name, parts in aux.items():
         pq.write_table(pa.concat_tables(parts) if parts else pa.table({}), out / "truth" / f"{name}.parquet",
                        compression="zstd")
+    _write_geography(out, pa.concat_tables(aux["person_identifiers"]))
     errors = pa.Table.from_pylist(writer.errors, schema=pa.schema(
         [("org_code", pa.string()), ("file", pa.string()), ("record_ref", pa.string()), ("error_type", pa.string()),
          ("detail", pa.string())]))
@@ -184,6 +187,25 @@ def generate_region(out_dir: Path | str, persons: int = 20_000, seed: int = 42, 
     }
     (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return manifest
+
+
+def _write_geography(out: Path, identities: pa.Table) -> None:
+    """The region's own postcode directory and deprivation file, in the published column layouts
+    (ONSPD ``pcds``/``lsoa21``; IoD 2025 ``LSOA code (2021)`` and IMD decile), so that ingest turns
+    postcodes into deciles as it would with the real files.  A synthetic postcode is drawn within a
+    district, so two people in different LSOAs can share one: the directory puts it in the smaller LSOA
+    code (a postcode lies in one LSOA), and such a person gets that LSOA's decile."""
+    (out / "geography").mkdir(exist_ok=True)
+    con = duckdb.connect()
+    con.register("ident", identities.select(["postcode", "previous_postcode", "lsoa_code", "imd_decile"]))
+    con.execute(f"""COPY (SELECT postcode AS pcds, min(lsoa_code) AS lsoa21 FROM (
+                        SELECT postcode, lsoa_code FROM ident UNION ALL
+                        SELECT previous_postcode, lsoa_code FROM ident WHERE previous_postcode IS NOT NULL)
+                    GROUP BY postcode ORDER BY postcode) TO '{out / "geography" / GEOGRAPHY_FILES[0]}' (HEADER)""")
+    con.execute(f"""COPY (SELECT DISTINCT lsoa_code AS "LSOA code (2021)",
+                                 imd_decile AS "Index of Multiple Deprivation (IMD) Decile"
+                          FROM ident ORDER BY 1) TO '{out / "geography" / GEOGRAPHY_FILES[1]}' (HEADER)""")
+    con.close()
 
 
 def _prepare(out: Path) -> None:

@@ -50,7 +50,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> FastAPI:
         return response
 
     from mercia.api.errors import install_refusal_audit
-    from mercia.web import pages, trial_pages
+    from mercia.web import federation_pages, pages, trial_pages
 
     app.add_middleware(BodyLimit, max_bytes=state.options.max_request_bytes,
                        max_upload_bytes=state.options.max_upload_bytes)
@@ -59,6 +59,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)
     app.include_router(trial_pages.router)
+    app.include_router(federation_pages.router)
     pages.install_handlers(app)
     if state.options.oidc:
         from mercia.web import oidc

@@ -79,6 +79,8 @@ def navigation(user, path: str) -> list[dict[str, Any]]:
     if user.has_any(Role.CLINICIAN, Role.RESEARCHER, Role.TRIAL_COORDINATOR):
         items.append(("Rare disease", "/raredisease"))
         items.append(("Trials", "/trials"))
+    if user.has_any(Role.RESEARCHER, Role.TRIAL_COORDINATOR, Role.ADMIN):
+        items.append(("Federation", "/federation"))
     items.append(("Exports", "/exports"))
     if user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN):
         items.append(("Audit", "/audit"))

@@ -14,6 +14,7 @@ from markupsafe import Markup, escape
 from mercia.api.auth import Caller
 from mercia.services.state import state_of
 from mercia.governance import GovernanceError
+from mercia.services.errors import Invalid
 from mercia.web.charts import TEXT, display_table
 from mercia.web.pages import form_data, redirect, render, signed_in
 
@@ -82,6 +83,20 @@ def saved_cohorts(state, user) -> list[dict[str, Any]]:
                                        "ORDER BY project_id, id", list(projects))]
 
 
+def saved_cohort(state, choice: str, missing: str) -> tuple[int, str]:
+    """(project id, Circe JSON) of the cohort a form chose as ``project:cohort``; access is checked by
+    whoever uses it (the trial register, the federation hub)."""
+    project_id, _, cohort_id = choice.partition(":")
+    if not (project_id.isdigit() and cohort_id.isdigit()):
+        raise Invalid(missing)
+    with state.lock:
+        row = state.gov.db.row("SELECT expression FROM mercia_cohort WHERE id = ? AND project_id = ?",
+                               [int(cohort_id), int(project_id)])
+    if row is None:
+        raise Invalid(f"project {project_id} has no saved cohort {cohort_id}")
+    return int(project_id), row["expression"]
+
+
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
 
@@ -111,23 +126,16 @@ def trials_page(request: Request, caller: Caller = Depends(signed_in)):
 
 @router.post("/trials")
 def create_trial(request: Request, caller: Caller = Depends(signed_in), form: dict = Depends(form_data)):
-    from mercia.trials.register import TrialError
-
     state, register = _register(request)
-    project_id, _, cohort_id = form.get("cohort", "").partition(":")
-    if not (project_id.isdigit() and cohort_id.isdigit()):
-        raise TrialError("choose the saved cohort that defines eligibility")
+    project_id, expression = saved_cohort(state, form.get("cohort", ""), "choose the saved cohort that defines "
+                                                                         "eligibility")
     with state.lock:
-        row = state.gov.db.row("SELECT expression FROM mercia_cohort WHERE id = ? AND project_id = ?",
-                               [int(cohort_id), int(project_id)])
-        if row is None:
-            raise TrialError(f"project {project_id} has no saved cohort {cohort_id}")
         target = form.get("target", "")
         trial = register.create(
             caller.user, trial_id=form.get("trial_id", ""), title=form.get("title", ""), project_id=int(project_id),
             sponsor=form.get("sponsor", ""), chief_investigator=form.get("chief_investigator", ""),
             sites=_lines(form.get("sites", "")), target=int(target) if target.isdigit() else 0,
-            opens_on=form.get("opens_on", ""), closes_on=form.get("closes_on", ""), eligibility=row["expression"],
+            opens_on=form.get("opens_on", ""), closes_on=form.get("closes_on", ""), eligibility=expression,
             settings=settings_from_form(form), manual_criteria=[m.strip() for m in form.get("manual", "").splitlines()
                                                                  if m.strip()],
             blinded=form.get("blinded") == "yes")

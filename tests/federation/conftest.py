@@ -10,8 +10,6 @@ from mercia.federation.demo import approved_project, prepare_network
 from mercia.federation.hub import Hub, HubSettings
 from mercia.federation.hubapp import create_hub_app
 
-synth = pytest.importorskip("mercia.synth")
-
 
 @pytest.fixture(scope="session")
 def network(tmp_path_factory):

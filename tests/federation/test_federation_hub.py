@@ -60,7 +60,7 @@ def test_no_token_pseudonym_or_row_reaches_the_hub(network, hub_factory, tmp_pat
     for agent in agents(network, client).values():
         original = agent.post
         agent.post = lambda result, original=original: (
-            sent.extend(result.tokens + result.aliases + result.demographic), original(result))[1]
+            sent.extend(result.secrets()), original(result))[1]
         agent.step()
     response = client.get(f"{PREFIX}/queries/{query_id}", headers={"Authorization": f"Bearer {token}"}).text
     secrets_ = set(sent)
