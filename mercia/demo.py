@@ -31,6 +31,7 @@ DEMO_PEOPLE = [
     ("checker", "Sam Wright (output checker)", [(Role.OUTPUT_CHECKER, "")]),
     ("governance", "Helen Clarke (governance officer)", [(Role.GOVERNANCE_OFFICER, "")]),
     ("admin", "Platform administrator", [(Role.ADMIN, "")]),
+    ("layreviewer", "Joan Baker (public contributor)", [(Role.LAY_REVIEWER, "cancer")]),
 ]
 
 T2DM, METFORMIN = 201826, 1503297  # OMOP concepts (SNOMED 44054006, RxNorm 6809), present in mercia.synth

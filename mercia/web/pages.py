@@ -18,6 +18,8 @@ from mercia.api.auth import Caller, client_source, csrf_ok, session_caller
 from mercia.api.errors import STORE_REFUSED, status_for
 from mercia.cdm import StoreError
 from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, ProjectStatus, Role
+from mercia.governance.model import LAY_RECOMMENDATIONS, PURPOSE_CATEGORIES
+from mercia.governance.projects import PUBLIC_TEXT_FIELDS
 from mercia.services import analyses as analysis_service
 from mercia.services import cohorts as cohort_service
 from mercia.services.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form
@@ -28,7 +30,8 @@ from mercia.services.state import state_of
 from mercia.web import charts
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
-templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, ProjectStatus=ProjectStatus)
+templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, ProjectStatus=ProjectStatus,
+                             PURPOSE_CATEGORIES=PURPOSE_CATEGORIES, LAY_RECOMMENDATIONS=LAY_RECOMMENDATIONS)
 templates.env.filters["count"] = lambda value, marker: marker if value is None else f"{value:,}"
 router = APIRouter(include_in_schema=False)
 PRE_CSRF = "mercia_signin_csrf"
@@ -72,7 +75,7 @@ def render(request: Request, template: str, caller: Caller | None, status_code: 
 def navigation(user, path: str) -> list[dict[str, Any]]:
     items = [("Home", "/")]
     if user.has_any(Role.RESEARCHER, Role.TRIAL_COORDINATOR, Role.CLINICIAN, Role.PILLAR_LEAD,
-                    Role.GOVERNANCE_OFFICER, Role.ADMIN):
+                    Role.GOVERNANCE_OFFICER, Role.ADMIN, Role.LAY_REVIEWER):
         items.append(("Projects", "/projects"))
     items.append(("Concepts", "/concepts"))
     items.append(("Data sources", "/sources"))
@@ -296,7 +299,8 @@ async def create_project_page(request: Request, caller: Caller = Depends(signed_
               "themes": form.getlist("themes"), "ppi_notes": form.get("ppi_notes", ""),
               "scope_sources": [s.strip() for s in str(form.get("scope_sources", "")).split(",") if s.strip()],
               "scope_domains": form.getlist("scope_domains"), "scope_start": form.get("scope_start") or None,
-              "scope_end": form.get("scope_end") or None, "expires_on": form.get("expires_on") or None}
+              "scope_end": form.get("scope_end") or None, "expires_on": form.get("expires_on") or None,
+              **{name: str(form.get(name, "")) for name in PUBLIC_TEXT_FIELDS}}
     state = state_of(request)
     try:
         from starlette.concurrency import run_in_threadpool
@@ -319,7 +323,9 @@ def project_page(project_id: int, request: Request, caller: Caller = Depends(sig
                   data_open=data_open, is_lead=user.id in project.lead_ids,
                   candidates=[u for u in state.gov.users() if u["id"] not in project.members]
                   if user.id in project.lead_ids and project.status is ProjectStatus.DRAFT else [],
-                  themes=state.gov.themes())
+                  themes=state.gov.themes(), can_lay_review=state.gov.can_lay_review(user, project),
+                  can_withdraw=project.status is not ProjectStatus.WITHDRAWN and (
+                      user.id in project.lead_ids or user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN)))
 
 
 @router.post("/projects/{project_id}/submit")
@@ -352,6 +358,25 @@ def decide_project(project_id: int, request: Request, caller: Caller = Depends(s
     outcome = f"now waiting for {' and '.join(missing)}" if project.status is ProjectStatus.SUBMITTED and missing \
         else f"the project is {project.status.value}"
     return redirect(f"/projects/{project_id}", f"Decision recorded: {outcome}.")
+
+
+@router.post("/projects/{project_id}/lay-review")
+def lay_review(project_id: int, request: Request, caller: Caller = Depends(signed_in),
+               form: dict[str, str] = Depends(form_data)):
+    gov = state_of(request).gov
+    gov.visible_project(caller.user, project_id)
+    gov.lay_review(caller.user, project_id, form.get("recommendation", ""), form.get("comments", ""),
+                   public=form.get("public") == "yes")
+    return redirect(f"/projects/{project_id}", "Lay review recorded. Thank you.")
+
+
+@router.post("/projects/{project_id}/withdraw")
+def withdraw_project(project_id: int, request: Request, caller: Caller = Depends(signed_in),
+                     form: dict[str, str] = Depends(form_data)):
+    gov = state_of(request).gov
+    gov.visible_project(caller.user, project_id)
+    gov.withdraw(caller.user, project_id, form.get("reason", ""))
+    return redirect(f"/projects/{project_id}", "Project withdrawn: its data can no longer be reached.")
 
 
 # -- cohorts -----------------------------------------------------------------------------------
