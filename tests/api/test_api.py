@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.api_world import FUTURE, GI_BLEED, PASSWORD, circe
+from tests.api.api_world import FUTURE, GI_BLEED, PASSWORD, PUBLIC_TEXT, circe
 
 
 def run(world, headers, cohort_id):
@@ -458,7 +458,7 @@ def test_patient_matching_returns_pseudonyms(world, monkeypatch):
     clin = world.people["clin"]
     project = world.gov.create_project(clin, title="Undiagnosed epilepsy", pillar="cancer", purpose="matching",
                                        scope_domains=["observation", "person"], expires_on="2099-01-01",
-                                       lay_summary="We will look at health records with names removed to learn how to improve care.", purpose_category="research", lead_organisation="University of the Midlands")
+                                       **PUBLIC_TEXT)
     world.gov.submit(clin, project.id)
     world.gov.decide(world.people["lead"], project.id, "approve")
     world.gov.decide(world.people["govo"], project.id, "approve")
