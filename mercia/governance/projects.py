@@ -70,7 +70,8 @@ class Project:
         d["status"] = self.status.value
         d["pillar_name"] = self.pillar_name
         d["members"] = [{"user_id": u, "project_role": r} for u, r in self.members.items()]
-        d["lay_reviews"] = list(self.lay_reviews)
+        # public contributors review anonymously: the team sees what was said, not who said it
+        d["lay_reviews"] = [{k: v for k, v in r.items() if k != "reviewer_id"} for r in self.lay_reviews]
         d["lay_summary_readability"] = readability(self.lay_summary)
         return d
 
@@ -396,7 +397,8 @@ class Projects:
         return [p for p in map(self.project, ids) if self.can_view_project(user, p)]
 
     def awaiting_decision(self, user: User) -> list[Project]:
-        return [p for p in self.projects_for(user) if self.open_capacities(user, p)]
+        """Requests waiting for ``user``: to decide on, or (lay reviewers) to review."""
+        return [p for p in self.projects_for(user) if self.open_capacities(user, p) or self.can_lay_review(user, p)]
 
     def data_access_refusal(self, user: User, project: Project) -> str | None:
         """Why ``user`` may not work with ``project``'s data today, or None if they may.

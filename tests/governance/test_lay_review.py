@@ -55,6 +55,7 @@ def test_pillar_can_require_a_lay_review_before_the_final_decision(gov, people):
     assert gov.project(p.id).status is ProjectStatus.SUBMITTED
     reviewed = gov.lay_review(people["lay"], p.id, "support_with_changes", "Explain the results to patients.", True)
     assert reviewed.lay_reviews[0]["recommendation"] == "support_with_changes"
+    assert "reviewer_id" not in reviewed.to_dict()["lay_reviews"][0]  # the team does not learn who reviewed
     assert gov.decide(people["govo"], p.id, "approve").status is ProjectStatus.APPROVED
     entries = gov.audit.search(action="project.lay_review", project_id=p.id)
     assert entries and entries[0]["actor"] == "lay"
@@ -77,6 +78,8 @@ def test_lay_review_refusals(gov, people):
     with pytest.raises(Conflict, match="already reviewed"):
         gov.lay_review(people["lay"], p.id, "support", "Again")
     assert gov.can_lay_review(people["lay2"], gov.project(p.id))
+    assert [w.id for w in gov.awaiting_decision(people["lay2"])] == [p.id]
+    assert gov.awaiting_decision(people["lay"]) == [] and gov.awaiting_decision(people["lay_chronic"]) == []
     assert not gov.can_lay_review(people["lay"], gov.project(p.id))
     draft = gov.create_project(people["res"], title="Draft", pillar="cancer", purpose="p")
     with pytest.raises(Conflict, match="not awaiting review"):
