@@ -507,8 +507,18 @@ def export_page(export_id: int, request: Request, caller: Caller = Depends(signe
     row = view_export(state_of(request), caller.user, export_id, in_platform=True)
     can_decide = (caller.user.has(Role.OUTPUT_CHECKER) and row["requester_id"] != caller.user.id
                   and row["status"] == "pending")
-    return render(request, "export.html", caller, export=row, can_decide=can_decide,
+    is_lead = caller.user.id in state_of(request).gov.project(row["project_id"]).lead_ids
+    return render(request, "export.html", caller, export=row, can_decide=can_decide, is_lead=is_lead,
                   tables=[charts.display_table(t) for t in row["content"]["tables"]] if row["content"] else [])
+
+
+@router.post("/exports/{export_id}/publish-numbers")
+def publish_numbers(export_id: int, request: Request, caller: Caller = Depends(signed_in),
+                    form: dict[str, str] = Depends(form_data)):
+    publish = form.get("publish") == "yes"
+    state_of(request).airlock.set_publish_numbers(caller.user, export_id, publish)
+    return redirect(f"/exports/{export_id}", "The numbers are now shown on the public register." if publish
+                    else "The numbers are not shown on the public register.")
 
 
 @router.post("/exports/{export_id}/decision")

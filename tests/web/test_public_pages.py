@@ -70,3 +70,26 @@ def test_public_pages_answer_without_signing_in(client, demo):
         assert r.status_code == 200 and "Sign out" not in r.text
     assert "0300 303 5678" in client.get("/about-your-data/opting-out").text
     assert client.get("/register?year=20x6").status_code == 400
+
+
+def test_lead_publishes_a_released_outputs_numbers_from_the_export_page(client, demo):
+    from mercia.services.exportable import request_export
+
+    state = client.app.state.mercia
+    researcher, checker = state.gov.user_by_name("researcher"), state.gov.user_by_name("checker")
+    cohort = state.gov.db.row("SELECT id, project_id FROM mercia_cohort WHERE result IS NOT NULL ORDER BY id LIMIT 1")
+    export = request_export(state, researcher, cohort["project_id"], "cohort_attrition", str(cohort["id"]),
+                            "Who started metformin", "a paper")
+    state.airlock.decide(checker, export["id"], "approve", "rounded")
+    public = f"/register/projects/{cohort['project_id']}"
+    assert "Who started metformin" in client.get(public).text
+    assert "has not chosen to publish the numbers" in client.get(public).text
+    csrf = sign_in(client, demo, "researcher")
+    page = client.get(f"/exports/{export['id']}").text
+    assert "Show the numbers on the public register" in page
+    r = client.post(f"/exports/{export['id']}/publish-numbers", data={"csrf_token": csrf, "publish": "yes"},
+                    follow_redirects=False)
+    assert r.status_code == 303
+    assert "Stop showing the numbers" in client.get(f"/exports/{export['id']}").text
+    client.cookies.clear()
+    assert "has not chosen to publish the numbers" not in client.get(public).text
