@@ -16,7 +16,7 @@ AUTHOR = "Mercia research governance"
 
 
 def _moment(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def _items(gov: Governance, base_url: str) -> list[dict[str, Any]]:

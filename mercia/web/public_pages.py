@@ -1,15 +1,20 @@
 """Pages anyone can read without signing in: the public register of projects and released outputs,
 its feeds, and plain-English pages for patients.  Thin: the register is ``mercia.services.register``;
-the register and its feeds share the per-address rate limit of the public API."""
+the register and its feeds are rate-limited per client address like the public API (the web app and
+the API each keep their own count)."""
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from mercia.api.ratelimit import public_rate_limit
 from mercia.services.register import (
-    STATUS_LABELS, RegisterFilter, register_index, register_project,
+    STATUS_LABELS,
+    RegisterFilter,
+    register_index,
+    register_project,
 )
 from mercia.services.register_feeds import atom_feed, json_feed
 from mercia.services.state import state_of
@@ -52,8 +57,6 @@ def register_project_page(project_id: int, request: Request):
 
 @router.get("/register/feed.json", dependencies=limited)
 def register_json_feed(request: Request):
-    import orjson
-
     return Response(orjson.dumps(json_feed(state_of(request).gov, _base_url(request))),
                     media_type="application/feed+json")
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from mercia.governance import Conflict, Forbidden, Governance, GovernanceError, ProjectStatus, Role
+from mercia.governance import (
+    Conflict,
+    Forbidden,
+    Governance,
+    GovernanceError,
+    ProjectStatus,
+    Role,
+)
 from mercia.governance.db import ADDED_COLUMNS, TABLES
 from tests.governance.conftest import FUTURE, PUBLIC_TEXT, PW
 

@@ -12,7 +12,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from mercia.api.ratelimit import public_rate_limit
-from mercia.services.register import RegisterFilter, register_index, register_project, register_releases
+from mercia.services.register import (
+    RegisterFilter,
+    register_index,
+    register_project,
+    register_releases,
+)
 from mercia.services.state import state_of
 
 router = APIRouter(prefix="/public", tags=["public register"], dependencies=[Depends(public_rate_limit)])
