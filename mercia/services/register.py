@@ -113,8 +113,10 @@ def register_index(gov: Governance, wanted: RegisterFilter = RegisterFilter()) -
     wanted = wanted.checked()
     where, params = [], [date.today().isoformat()]
     if wanted.q.strip():
-        where.append("(LOWER(p.title) LIKE ? OR LOWER(p.lay_summary) LIKE ? OR LOWER(p.lead_organisation) LIKE ?)")
-        params += [f"%{wanted.q.strip().lower()}%"] * 3
+        where.append("(" + " OR ".join(f"LOWER(p.{c}) LIKE ? ESCAPE '\\'"
+                                       for c in ("title", "lay_summary", "lead_organisation")) + ")")
+        literal = wanted.q.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params += [f"%{literal}%"] * 3
     if wanted.pillar:
         where.append("p.pillar = ?")
         params.append(wanted.pillar)

@@ -225,6 +225,8 @@ def test_register_search_and_filters(world, register):
     year = str(date.today().year)
     assert c.get(f"/api/v1/public/projects?year={year}").json()["total"] == 3
     assert c.get(f"/api/v1/public/projects?year={int(year) - 1}").json()["total"] == 0
+    assert c.get("/api/v1/public/projects?q=%25").json()["total"] == 0  # searched for, not a wildcard
+    assert c.get("/api/v1/public/projects?q=_").json()["total"] == 0
     assert c.get("/api/v1/public/projects?pillar=nowhere").status_code == 400
     assert c.get("/api/v1/public/projects?status=draft").status_code == 400
     html = c.get("/register?q=gi+bleed").text
