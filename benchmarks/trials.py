@@ -66,7 +66,9 @@ def trial_world(store: Store) -> tuple[TrialRegister, dict, list[str]]:
         ("manager", [(Role.TRIAL_COORDINATOR, "")], None), ("lead", [(Role.PILLAR_LEAD, "chronic")], None),
         ("govo", [(Role.GOVERNANCE_OFFICER, "")], None), ("nurse", [(Role.CLINICIAN, "")], sites[0]))}
     project = gov.create_project(people["manager"], title="Benchmark", pillar="chronic", purpose="benchmark",
-                                 scope_domains=["person"], expires_on=(date.today() + timedelta(days=30)).isoformat()).id
+                                 scope_domains=["person"], expires_on=(date.today() + timedelta(days=30)).isoformat(),
+                                 lay_summary="A benchmark.", purpose_category="trial_feasibility",
+                                 lead_organisation="Benchmark").id
     gov.submit(people["manager"], project)
     gov.decide(people["lead"], project, "approve")
     gov.decide(people["govo"], project, "approve")

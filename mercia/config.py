@@ -36,6 +36,8 @@ class Settings(BaseModel):
         None, description="file the audit log's head hashes are appended to (default: one per store "
                           "under <data_dir>/audit-anchors)")
     audit_anchor_syslog: bool = Field(False, description="also send each audit head hash to syslog")
+    public_requests_per_minute: int = Field(
+        60, ge=1, description="requests a minute one client address may make to the public register and its API")
     trusted_proxies: list[str] = Field(
         default_factory=list, description="addresses/networks of reverse proxies whose X-Forwarded-For is "
                                           "believed; from any other peer the header is ignored")

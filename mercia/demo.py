@@ -31,6 +31,7 @@ DEMO_PEOPLE = [
     ("checker", "Sam Wright (output checker)", [(Role.OUTPUT_CHECKER, "")]),
     ("governance", "Helen Clarke (governance officer)", [(Role.GOVERNANCE_OFFICER, "")]),
     ("admin", "Platform administrator", [(Role.ADMIN, "")]),
+    ("layreviewer", "Joan Baker (public contributor)", [(Role.LAY_REVIEWER, "cancer")]),
 ]
 
 T2DM, METFORMIN = 201826, 1503297  # OMOP concepts (SNOMED 44054006, RxNorm 6809), present in mercia.synth
@@ -93,7 +94,12 @@ def build_demo(directory: Path, persons: int, seed: int) -> Demo:
         people["researcher"], title="Metformin uptake after a type 2 diabetes diagnosis", pillar="chronic",
         purpose="How soon do people newly diagnosed with type 2 diabetes start metformin, and who does not?",
         themes=["health_inequalities"], ppi_notes="Reviewed by the regional diabetes patient panel (3 sessions).",
-        scope_sources=[source], scope_domains=scope, scope_start="2000-01-01", expires_on=year)
+        scope_sources=[source], scope_domains=scope, scope_start="2000-01-01", expires_on=year,
+        lay_summary="Metformin is the usual first medicine for type 2 diabetes. We want to find out how soon "
+                    "people start taking it after they are told they have diabetes, and which groups of people "
+                    "are less likely to be offered it, so that care can be made fairer.",
+        purpose_category="research", legal_basis="UK GDPR Article 6(1)(e) and Article 9(2)(j)",
+        approval_refs="REC 26/WM/0001 (demonstration)", lead_organisation="University of the Midlands")
     gov.add_member(people["researcher"], diabetes.id, people["coordinator"].id)
     for project, lead in ((diabetes, "chroniclead"),):
         gov.submit(people["researcher"], project.id)
@@ -103,7 +109,10 @@ def build_demo(directory: Path, persons: int, seed: int) -> Demo:
         people["clinician"], title="Breast cancer pathways across the region", pillar="cancer",
         purpose="Describe time from first presentation to diagnosis for breast cancer.",
         scope_sources=[source], scope_domains=["person", "condition_occurrence", "procedure_occurrence"],
-        expires_on=year, ppi_notes="Co-designed with a breast cancer charity's research panel.")
+        expires_on=year, ppi_notes="Co-designed with a breast cancer charity's research panel.",
+        lay_summary="Some people wait a long time between first seeing a doctor and finding out they have breast "
+                    "cancer. We want to see where the waits are longest so that services can be improved.",
+        purpose_category="service_evaluation", lead_organisation="Midlands Cancer Alliance")
     gov.submit(people["clinician"], screening.id)
     gov.create_project(people["researcher"], title="Childhood asthma and air quality", pillar="womens_childrens",
                        purpose="Draft: link asthma admissions to local air quality.", scope_domains=["person"])

@@ -6,7 +6,8 @@ from fastapi import FastAPI
 
 from mercia import __version__
 from mercia.api import errors
-from mercia.api.routes import capabilities, crf, data, federation, governance, trials
+from mercia.api.ratelimit import PublicRateLimit
+from mercia.api.routes import capabilities, crf, data, federation, governance, public, trials
 
 DESCRIPTION = """Mercia's API for scripts and the web app.
 
@@ -14,6 +15,9 @@ Authenticate with a personal API token (`Authorization: Bearer mrc_...`, created
 or `POST /api/v1/tokens`).  Browser sessions also work; then every request that changes anything
 must carry the session's CSRF token in `X-CSRF-Token`.  Project data is reachable only by members
 of an approved, unexpired project; every access is written to the audit log.
+
+The only operations that need no sign-in are those tagged *public register* (read-only, limited to a
+number of requests a minute per client address, answering 429 beyond it) and this document.
 """
 
 
@@ -29,4 +33,6 @@ def create_api() -> FastAPI:
     api.include_router(trials.router)
     api.include_router(crf.router)
     api.include_router(federation.router)
+    api.include_router(public.router)
+    api.state.public_rate_limit = PublicRateLimit()
     return api

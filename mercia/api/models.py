@@ -35,6 +35,11 @@ class ProjectFields(Body):
     scope_start: Date | None = None
     scope_end: Date | None = None
     expires_on: Date | None = None
+    lay_summary: str = Field("", max_length=3000, description="plain-English summary for the public register")
+    purpose_category: Code = Field("", description="one of mercia.governance.model.PURPOSE_CATEGORIES")
+    legal_basis: str = Field("", max_length=1000)
+    approval_refs: str = Field("", max_length=1000, description="REC, CAG, DARS or other approval references")
+    lead_organisation: str = Field("", max_length=200)
 
 
 class ProjectUpdate(Body):
@@ -48,6 +53,11 @@ class ProjectUpdate(Body):
     scope_start: Date | None = None
     scope_end: Date | None = None
     expires_on: Date | None = None
+    lay_summary: str | None = Field(None, max_length=3000)
+    purpose_category: Code | None = None
+    legal_basis: str | None = Field(None, max_length=1000)
+    approval_refs: str | None = Field(None, max_length=1000)
+    lead_organisation: str | None = Field(None, max_length=200)
 
 
 class MemberRequest(Body):
@@ -58,6 +68,25 @@ class MemberRequest(Body):
 class Decision(Body):
     decision: Literal["approve", "reject"]
     reason: str = Field("", max_length=2000)
+
+
+class LayReview(Body):
+    recommendation: Literal["support", "support_with_changes", "do_not_support"]
+    comments: str = Field(..., min_length=1, max_length=5000)
+    public: bool = Field(False, description="consent to show the recommendation and comments (not your name) "
+                                              "on the public register")
+
+
+class Withdrawal(Body):
+    reason: str = Field(..., min_length=1, max_length=2000)
+
+
+class LayReviewSetting(Body):
+    required: bool
+
+
+class PublishNumbers(Body):
+    publish: bool
 
 
 class UserCreate(Body):

@@ -47,7 +47,9 @@ def approved_project(hub: Hub, title: str = "Federated feasibility", password: s
     officer = gov.create_user(f"officer-{secrets.token_hex(3)}", "Officer", password, [(Role.GOVERNANCE_OFFICER, "")])
     project = gov.create_project(researcher, title=title, pillar="chronic", purpose="How many patients could take part?",
                                  scope_domains=["person", "condition_occurrence", "measurement"],
-                                 expires_on=str(date.today() + timedelta(days=365)))
+                                 expires_on=str(date.today() + timedelta(days=365)),
+                                 lay_summary="We want to know how many people in the region could take part in a study.",
+                                 purpose_category="trial_feasibility", lead_organisation="Midlands research network")
     gov.submit(researcher, project.id)
     gov.decide(lead, project.id, "approve")
     gov.decide(officer, project.id, "approve")

@@ -112,6 +112,20 @@ class Airlock:
                                   reason=reason)
         return self._row(export_id)
 
+    def set_publish_numbers(self, actor: User, export_id: int, publish: bool) -> dict[str, Any]:
+        """The project's choice to show a released output's numbers on the public register (off
+        unless its lead turns it on); the numbers are what disclosure control and the checker passed."""
+        row = self._row(export_id)
+        if not self._may_see(actor, row):
+            raise NotFound(f"no export request {export_id}")
+        if actor.id not in self.gov.project(row["project_id"]).lead_ids:
+            raise Forbidden("only the project's lead decides whether its released numbers are published")
+        with self.db.transaction():
+            self.db.execute("UPDATE mercia_export SET publish_numbers = ? WHERE id = ?", [publish, export_id])
+            self.gov.audit.record(actor.username, "export.publish_numbers", f"export:{export_id}", row["project_id"],
+                                  publish=publish)
+        return self._row(export_id)
+
     def release(self, user: User, export_id: int) -> dict[str, Any]:
         """The approved content, for a member of the project; every release is audited."""
         row = self._row(export_id)

@@ -55,7 +55,23 @@ TABLES: dict[str, str] = {
         title TEXT NOT NULL, kind TEXT NOT NULL, source_ref TEXT NOT NULL, justification TEXT NOT NULL,
         content TEXT NOT NULL, disclosure TEXT NOT NULL, status TEXT NOT NULL, checker_id BIGINT,
         decision_reason TEXT, created_at TEXT NOT NULL, decided_at TEXT""",
+    "mercia_lay_review": """project_id BIGINT NOT NULL, reviewer_id BIGINT NOT NULL, recommendation TEXT NOT NULL,
+        comments TEXT NOT NULL, public BOOLEAN NOT NULL, reviewed_at TEXT NOT NULL""",
 }
+
+# Columns added after a table was first released: ``init`` adds them to existing stores, and new
+# stores get them the same way, so both end up with the same table.  (DuckDB adds no column with
+# a constraint, hence defaults rather than NOT NULL.)
+ADDED_COLUMNS: list[tuple[str, str, str]] = [
+    ("mercia_project", "lay_summary", "TEXT DEFAULT ''"),
+    ("mercia_project", "purpose_category", "TEXT DEFAULT ''"),
+    ("mercia_project", "legal_basis", "TEXT DEFAULT ''"),
+    ("mercia_project", "approval_refs", "TEXT DEFAULT ''"),
+    ("mercia_project", "lead_organisation", "TEXT DEFAULT ''"),
+    ("mercia_project", "first_approved_at", "TEXT"),
+    ("mercia_pillar", "lay_review_required", "BOOLEAN DEFAULT FALSE"),
+    ("mercia_export", "publish_numbers", "BOOLEAN DEFAULT FALSE"),
+]
 
 
 _APPEND_ONLY_TRIGGER = """
@@ -92,6 +108,8 @@ class GovernanceDB:
         with self.lock, self.store.transaction():
             for name, columns in TABLES.items():
                 self.store.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+            for table, column, definition in ADDED_COLUMNS:
+                self.store.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}")
             if self.store.dialect == "postgres":
                 # Defence in depth on a server: refuse UPDATE/DELETE outright (the hash chain still
                 # catches whoever disables this as a superuser).

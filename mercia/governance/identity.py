@@ -18,7 +18,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from mercia.governance import passwords
 from mercia.governance.audit import AuditLog
 from mercia.governance.db import GovernanceDB, now
-from mercia.governance.model import PILLARS, SCOPED_ROLES, Conflict, Forbidden, GovernanceError, NotFound, Role
+from mercia.governance.model import PILLAR_ROLES, PILLARS, SCOPED_ROLES, Conflict, Forbidden, GovernanceError, NotFound, Role
 
 SESSION_HOURS = 8
 # Sign-in throttle, per (username, source): this many attempts run freely, then each further
@@ -116,7 +116,7 @@ class Identity:
         """Insert a role row; callers check who may and audit it."""
         if role in SCOPED_ROLES and not scope:
             raise GovernanceError(f"role {role.value} needs a scope (a pillar or an organisation)")
-        if role is Role.PILLAR_LEAD and scope not in PILLARS:
+        if role in PILLAR_ROLES and scope not in PILLARS:
             raise GovernanceError(f"unknown pillar {scope!r}; pillars are {', '.join(PILLARS)}")
         self.db.insert("mercia_user_role", {"user_id": user_id, "role": role.value,
                                             "scope": scope if role in SCOPED_ROLES else ""})

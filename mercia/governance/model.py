@@ -14,6 +14,7 @@ class Role(StrEnum):
     OUTPUT_CHECKER = "output_checker"
     GOVERNANCE_OFFICER = "governance_officer"
     ADMIN = "admin"
+    LAY_REVIEWER = "lay_reviewer"          # scope: the pillar a public contributor reviews for
 
     @property
     def label(self) -> str:
@@ -22,7 +23,8 @@ class Role(StrEnum):
 
 # Roles whose holders can lead or join a research project and work with its data.
 PROJECT_ROLES = {Role.RESEARCHER, Role.TRIAL_COORDINATOR, Role.CLINICIAN}
-SCOPED_ROLES = {Role.DATA_MANAGER, Role.PILLAR_LEAD}
+PILLAR_ROLES = {Role.PILLAR_LEAD, Role.LAY_REVIEWER}
+SCOPED_ROLES = {Role.DATA_MANAGER, *PILLAR_ROLES}
 
 
 class ProjectStatus(StrEnum):
@@ -31,6 +33,7 @@ class ProjectStatus(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"
 
 
 # The four research pillars of the region's research programme.
@@ -45,6 +48,23 @@ DEFAULT_THEMES: dict[str, str] = {
     "health_inequalities": "Health inequalities",
     "digital_innovation": "Digital innovation and data",
     "workforce": "Workforce and education",
+}
+
+# Why a project uses the data, as the public register groups it.
+PURPOSE_CATEGORIES: dict[str, str] = {
+    "research": "Research",
+    "service_evaluation": "Service evaluation",
+    "clinical_audit": "Clinical audit",
+    "public_health": "Public health monitoring",
+    "planning": "Planning and commissioning",
+    "trial_feasibility": "Clinical trial feasibility and recruitment",
+}
+
+# A lay reviewer's recommendation on a request.
+LAY_RECOMMENDATIONS: dict[str, str] = {
+    "support": "Supports the project",
+    "support_with_changes": "Supports the project with changes",
+    "do_not_support": "Does not support the project",
 }
 
 # OMOP CDM clinical domains a project can be approved for (table names of the CDM).

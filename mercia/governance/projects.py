@@ -18,8 +18,15 @@ from mercia.governance.audit import AuditLog
 from mercia.governance.db import GovernanceDB, now, today
 from mercia.governance.identity import Identity, User, require_role
 from mercia.governance.model import (
-    DOMAINS, PILLARS, PROJECT_ROLES, Conflict, Forbidden, GovernanceError, NotFound, ProjectStatus, Role,
+    DOMAINS, LAY_RECOMMENDATIONS, PILLARS, PROJECT_ROLES, PURPOSE_CATEGORIES, Conflict, Forbidden, GovernanceError,
+    NotFound, ProjectStatus, Role,
 )
+from mercia.governance.readability import readability
+
+# What a project says about itself for the public register (beside title, pillar and scope).
+PUBLIC_TEXT_FIELDS = ("lay_summary", "purpose_category", "legal_basis", "approval_refs", "lead_organisation")
+EDITABLE_FIELDS = ("title", "pillar", "purpose", "themes", "ppi_notes", "scope_sources", "scope_domains",
+                   "scope_start", "scope_end", "expires_on", *PUBLIC_TEXT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,13 @@ class Project:
     decided_at: str | None
     members: dict[int, str]
     approvals: list[dict[str, Any]]
+    lay_summary: str = ""
+    purpose_category: str = ""
+    legal_basis: str = ""
+    approval_refs: str = ""
+    lead_organisation: str = ""
+    first_approved_at: str | None = None
+    lay_reviews: tuple[dict[str, Any], ...] = ()
 
     @property
     def pillar_name(self) -> str:
@@ -56,6 +70,9 @@ class Project:
         d["status"] = self.status.value
         d["pillar_name"] = self.pillar_name
         d["members"] = [{"user_id": u, "project_role": r} for u, r in self.members.items()]
+        # public contributors review anonymously: the team sees what was said, not who said it
+        d["lay_reviews"] = [{k: v for k, v in r.items() if k != "reviewer_id"} for r in self.lay_reviews]
+        d["lay_summary_readability"] = readability(self.lay_summary)
         return d
 
 
@@ -131,11 +148,14 @@ class Projects:
     def create_project(self, actor: User, *, title: str, pillar: str, purpose: str, themes: list[str] = (),
                        ppi_notes: str = "", scope_sources: list[str] = (), scope_domains: list[str] = (),
                        scope_start: str | None = None, scope_end: str | None = None,
-                       expires_on: str | None = None) -> Project:
+                       expires_on: str | None = None, **public_text: str) -> Project:
+        """A draft request.  ``public_text`` holds the fields the public register shows
+        (``PUBLIC_TEXT_FIELDS``: lay summary, purpose category, legal basis, approval references,
+        lead organisation)."""
         if not actor.has_any(*PROJECT_ROLES):
             raise Forbidden("only researchers, trial coordinators and clinicians can start a project")
         values = self._project_fields(title, pillar, purpose, themes, ppi_notes, scope_sources, scope_domains,
-                                      scope_start, scope_end, expires_on)
+                                      scope_start, scope_end, expires_on, **public_text)
         with self.db.transaction():
             pid = self.db.next_id("mercia_project")
             self.db.insert("mercia_project", {"id": pid, **values, "status": ProjectStatus.DRAFT.value,
@@ -144,8 +164,15 @@ class Projects:
             self.audit.record(actor.username, "project.create", f"project:{pid}", pid, title=title)
         return self.project(pid)
 
-    def _project_fields(self, title, pillar, purpose, themes, ppi_notes, sources, domains, start, end,
-                        expires_on) -> dict[str, Any]:
+    def _project_fields(self, title, pillar, purpose, themes, ppi_notes, scope_sources, scope_domains, scope_start,
+                        scope_end, expires_on, **public_text: str) -> dict[str, Any]:
+        sources, domains, start, end = scope_sources, scope_domains, scope_start, scope_end
+        unknown_fields = set(public_text) - set(PUBLIC_TEXT_FIELDS)
+        if unknown_fields:
+            raise GovernanceError(f"a project has no field {', '.join(sorted(unknown_fields))}")
+        category = public_text.get("purpose_category") or ""
+        if category and category not in PURPOSE_CATEGORIES:
+            raise GovernanceError(f"unknown purpose_category {category!r}; one of {', '.join(PURPOSE_CATEGORIES)}")
         if not title.strip():
             raise GovernanceError("a project needs a title")
         if pillar not in PILLARS:
@@ -168,7 +195,8 @@ class Projects:
                 "purpose": purpose.strip(), "ppi_notes": ppi_notes.strip(),
                 "scope_sources": orjson.dumps(list(sources)).decode(),
                 "scope_domains": orjson.dumps(list(domains)).decode(), "scope_start": start or None,
-                "scope_end": end or None, "expires_on": expires_on or None}
+                "scope_end": end or None, "expires_on": expires_on or None,
+                **{name: (public_text.get(name) or "").strip() for name in PUBLIC_TEXT_FIELDS}}
 
     def update_project(self, actor: User, project_id: int, **fields: Any) -> Project:
         """Edit a draft (or a rejected request, which returns to draft); only its lead may."""
@@ -178,10 +206,8 @@ class Projects:
         if project.status not in (ProjectStatus.DRAFT, ProjectStatus.REJECTED):
             raise Conflict(f"a {project.status.value} project cannot be edited; approved scope is fixed")
         current = project.to_dict()
-        merged = {k: fields.get(k, current[k]) for k in ("title", "pillar", "purpose", "themes", "ppi_notes",
-                                                         "scope_sources", "scope_domains", "scope_start",
-                                                         "scope_end", "expires_on")}
-        values = self._project_fields(*merged.values())
+        merged = {k: fields.get(k, current[k]) for k in EDITABLE_FIELDS}
+        values = self._project_fields(**merged)
         with self.db.transaction():
             sets = ", ".join(f"{k} = ?" for k in values)
             self.db.execute(f"UPDATE mercia_project SET {sets}, status = ? WHERE id = ?",
@@ -232,13 +258,18 @@ class Projects:
         if project.status not in (ProjectStatus.DRAFT, ProjectStatus.REJECTED):
             raise Conflict(f"a {project.status.value} project cannot be submitted")
         missing = [name for name, value in (("purpose", project.purpose), ("data domains", project.scope_domains),
-                                            ("expiry date", project.expires_on)) if not value]
+                                            ("expiry date", project.expires_on),
+                                            ("a lay summary for the public register", project.lay_summary),
+                                            ("a purpose category", project.purpose_category),
+                                            ("the lead organisation", project.lead_organisation))
+                   if not value]
         if missing:
             raise GovernanceError(f"before submitting, add: {', '.join(missing)}")
         if project.expires_on <= today():
             raise GovernanceError("the expiry date must be in the future")
         with self.db.transaction():
             self.db.execute("DELETE FROM mercia_approval WHERE project_id = ?", [project_id])
+            self.db.execute("DELETE FROM mercia_lay_review WHERE project_id = ?", [project_id])
             self.db.execute("UPDATE mercia_project SET status = ?, submitted_at = ?, decided_at = NULL WHERE id = ?",
                             [ProjectStatus.SUBMITTED.value, now(), project_id])
             self.audit.record(actor.username, "project.submit", f"project:{project_id}", project_id)
@@ -292,16 +323,23 @@ class Projects:
             if not open_capacities:
                 raise Conflict("you have already decided on this request, or your part is done")
             chosen = open_capacities[0]
+            completes = decision == "approve" and {"pillar_lead", "governance_officer"} <= set(done) | {chosen}
+            if completes and self._lay_review_missing(project):
+                raise Conflict(f"the {project.pillar_name} pillar needs a lay review before the final decision; "
+                               "ask one of its lay reviewers")
             self.db.insert("mercia_approval", {"project_id": project_id, "approver_id": actor.id, "capacity": chosen,
                                                "decision": decision, "reason": reason.strip(), "decided_at": now()})
             status = ProjectStatus.SUBMITTED
             if decision == "reject":
                 status = ProjectStatus.REJECTED
-            elif {"pillar_lead", "governance_officer"} <= set(done) | {chosen}:
+            elif completes:
                 status = ProjectStatus.APPROVED
             if status is not ProjectStatus.SUBMITTED:
-                self.db.execute("UPDATE mercia_project SET status = ?, decided_at = ? WHERE id = ?",
-                                [status.value, now(), project_id])
+                decided = now()
+                self.db.execute("UPDATE mercia_project SET status = ?, decided_at = ?, first_approved_at = "
+                                "CASE WHEN ? THEN COALESCE(first_approved_at, ?) ELSE first_approved_at END "
+                                "WHERE id = ?", [status.value, decided, status is ProjectStatus.APPROVED, decided,
+                                                 project_id])
             self.audit.record(actor.username, f"project.{decision}", f"project:{project_id}", project_id,
                               capacity=chosen, reason=reason, status=status.value)
         return self.project(project_id)
@@ -327,6 +365,9 @@ class Projects:
         approvals = self.db.rows("SELECT a.approver_id, u.display_name AS approver, a.capacity, a.decision, "
                                  "a.reason, a.decided_at FROM mercia_approval a JOIN mercia_user u ON u.id = a.approver_id "
                                  "WHERE a.project_id = ? ORDER BY a.decided_at", [project_id])
+        lay_reviews = tuple(self.db.rows(
+            "SELECT reviewer_id, recommendation, comments, public, reviewed_at FROM mercia_lay_review "
+            "WHERE project_id = ? ORDER BY reviewed_at", [project_id]))
         status = ProjectStatus(row["status"])
         if status is ProjectStatus.APPROVED and row["expires_on"] and row["expires_on"] < today():
             status = ProjectStatus.EXPIRED  # effective at once, whether or not expire_due has run
@@ -336,12 +377,14 @@ class Projects:
             scope_sources=orjson.loads(row["scope_sources"]), scope_domains=orjson.loads(row["scope_domains"]),
             scope_start=row["scope_start"], scope_end=row["scope_end"], expires_on=row["expires_on"],
             created_by=row["created_by"], created_at=row["created_at"], submitted_at=row["submitted_at"],
-            decided_at=row["decided_at"], members=members, approvals=approvals)
+            decided_at=row["decided_at"], members=members, approvals=approvals,
+            first_approved_at=row["first_approved_at"], lay_reviews=lay_reviews,
+            **{name: row[name] or "" for name in PUBLIC_TEXT_FIELDS})
 
     def can_view_project(self, user: User, project: Project) -> bool:
         """Seeing a project's record (not its data): members, its pillar's leads, governance, admins."""
         return (user.id in project.members or user.has(Role.PILLAR_LEAD, project.pillar)
-                or user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN))
+                or user.has(Role.LAY_REVIEWER, project.pillar) or user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN))
 
     def visible_project(self, user: User, project_id: int) -> Project:
         project = self.project(project_id)
@@ -354,7 +397,8 @@ class Projects:
         return [p for p in map(self.project, ids) if self.can_view_project(user, p)]
 
     def awaiting_decision(self, user: User) -> list[Project]:
-        return [p for p in self.projects_for(user) if self.open_capacities(user, p)]
+        """Requests waiting for ``user``: to decide on, or (lay reviewers) to review."""
+        return [p for p in self.projects_for(user) if self.open_capacities(user, p) or self.can_lay_review(user, p)]
 
     def data_access_refusal(self, user: User, project: Project) -> str | None:
         """Why ``user`` may not work with ``project``'s data today, or None if they may.
@@ -386,3 +430,73 @@ class Projects:
     def member_names(self, project: Project) -> list[dict[str, Any]]:
         return [{"user_id": uid, "name": self.identity.user(uid).display_name, "project_role": role}
                 for uid, role in project.members.items()]
+
+    # -- withdrawal ---------------------------------------------------------------------------
+    def withdraw(self, actor: User, project_id: int, reason: str) -> Project:
+        """End a project for good, at any stage: its lead or governance may.  Data access stops at
+        once and the project leaves the public register."""
+        project = self.project(project_id)
+        if not (actor.id in project.lead_ids or actor.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN)):
+            raise Forbidden("only the project's lead or governance can withdraw it")
+        if not reason.strip():
+            raise GovernanceError("say why the project is withdrawn")
+        with self.db.transaction():
+            moved = self.db.scalar("UPDATE mercia_project SET status = ?, decided_at = ? WHERE id = ? AND status <> ? "
+                                   "RETURNING id", [ProjectStatus.WITHDRAWN.value, now(), project_id,
+                                                    ProjectStatus.WITHDRAWN.value])
+            if moved is None:
+                raise Conflict(f"project {project_id} is already withdrawn")
+            self.audit.record(actor.username, "project.withdraw", f"project:{project_id}", project_id,
+                              reason=reason.strip())
+        return self.project(project_id)
+
+    # -- lay review -----------------------------------------------------------------------------
+    def set_lay_review_required(self, actor: User, pillar: str, required: bool) -> None:
+        """Whether a pillar's requests need a lay review before the final approval."""
+        require_role(actor, Role.ADMIN, Role.GOVERNANCE_OFFICER)
+        if pillar not in PILLARS:
+            raise NotFound(f"no pillar {pillar!r}")
+        with self.db.transaction():
+            self.db.execute("UPDATE mercia_pillar SET lay_review_required = ? WHERE code = ?", [required, pillar])
+            self.audit.record(actor.username, "pillar.lay_review_required", f"pillar:{pillar}", required=required)
+
+    def lay_review_required(self, pillar: str) -> bool:
+        return bool(self.db.scalar("SELECT lay_review_required FROM mercia_pillar WHERE code = ?", [pillar]))
+
+    def _lay_review_missing(self, project: Project) -> bool:
+        return self.lay_review_required(project.pillar) and not self.db.scalar(
+            "SELECT COUNT(*) FROM mercia_lay_review WHERE project_id = ?", [project.id])
+
+    def can_lay_review(self, user: User, project: Project) -> bool:
+        return (project.status is ProjectStatus.SUBMITTED and user.has(Role.LAY_REVIEWER, project.pillar)
+                and user.id not in project.members
+                and all(r["reviewer_id"] != user.id for r in project.lay_reviews))
+
+    def lay_review(self, actor: User, project_id: int, recommendation: str, comments: str,
+                   public: bool = False) -> Project:
+        """A public contributor's review of a submitted request.  ``public`` is their consent to
+        show the recommendation and comments (never their name) on the public register."""
+        project = self.project(project_id)
+        if not actor.has(Role.LAY_REVIEWER):
+            raise Forbidden("only lay reviewers give lay reviews")
+        if not actor.has(Role.LAY_REVIEWER, project.pillar):
+            raise Forbidden(f"you are a lay reviewer for another pillar, not {project.pillar_name}")
+        if actor.id in project.members:
+            raise Forbidden("nobody reviews a project they work on")
+        if recommendation not in LAY_RECOMMENDATIONS:
+            raise GovernanceError(f"recommendation is one of {', '.join(LAY_RECOMMENDATIONS)}")
+        if not comments.strip():
+            raise GovernanceError("add comments: what the researchers should hear from the public")
+        with self.db.transaction():
+            status = self.db.scalar("SELECT status FROM mercia_project WHERE id = ?", [project_id])
+            if status != ProjectStatus.SUBMITTED.value:
+                raise Conflict(f"the project is {status}, not awaiting review")
+            if self.db.scalar("SELECT COUNT(*) FROM mercia_lay_review WHERE project_id = ? AND reviewer_id = ?",
+                              [project_id, actor.id]):
+                raise Conflict("you have already reviewed this request")
+            self.db.insert("mercia_lay_review", {"project_id": project_id, "reviewer_id": actor.id,
+                                                 "recommendation": recommendation, "comments": comments.strip(),
+                                                 "public": bool(public), "reviewed_at": now()})
+            self.audit.record(actor.username, "project.lay_review", f"project:{project_id}", project_id,
+                              recommendation=recommendation, public=bool(public))
+        return self.project(project_id)

@@ -10,6 +10,7 @@ from fastapi.staticfiles import StaticFiles
 
 from mercia.api.app import create_api
 from mercia.api.limits import BodyLimit
+from mercia.api.ratelimit import PublicRateLimit
 from mercia.cdm import Store
 from mercia.services.state import MerciaState, ServerOptions
 
@@ -50,7 +51,7 @@ def create_app(store: Store, options: ServerOptions | None = None) -> FastAPI:
         return response
 
     from mercia.api.errors import install_refusal_audit
-    from mercia.web import federation_pages, pages, trial_pages
+    from mercia.web import federation_pages, pages, public_pages, trial_pages
 
     app.add_middleware(BodyLimit, max_bytes=state.options.max_request_bytes,
                        max_upload_bytes=state.options.max_upload_bytes)
@@ -60,6 +61,8 @@ def create_app(store: Store, options: ServerOptions | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(trial_pages.router)
     app.include_router(federation_pages.router)
+    app.include_router(public_pages.router)
+    app.state.public_rate_limit = PublicRateLimit()
     pages.install_handlers(app)
     if state.options.oidc:
         from mercia.web import oidc

@@ -18,6 +18,8 @@ from mercia.api.auth import Caller, client_source, csrf_ok, session_caller
 from mercia.api.errors import STORE_REFUSED, status_for
 from mercia.cdm import StoreError
 from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, ProjectStatus, Role
+from mercia.governance.model import LAY_RECOMMENDATIONS, PURPOSE_CATEGORIES
+from mercia.governance.projects import PUBLIC_TEXT_FIELDS
 from mercia.services import analyses as analysis_service
 from mercia.services import cohorts as cohort_service
 from mercia.services.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form
@@ -28,7 +30,8 @@ from mercia.services.state import state_of
 from mercia.web import charts
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
-templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, ProjectStatus=ProjectStatus)
+templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, ProjectStatus=ProjectStatus,
+                             PURPOSE_CATEGORIES=PURPOSE_CATEGORIES, LAY_RECOMMENDATIONS=LAY_RECOMMENDATIONS)
 templates.env.filters["count"] = lambda value, marker: marker if value is None else f"{value:,}"
 router = APIRouter(include_in_schema=False)
 PRE_CSRF = "mercia_signin_csrf"
@@ -72,7 +75,7 @@ def render(request: Request, template: str, caller: Caller | None, status_code: 
 def navigation(user, path: str) -> list[dict[str, Any]]:
     items = [("Home", "/")]
     if user.has_any(Role.RESEARCHER, Role.TRIAL_COORDINATOR, Role.CLINICIAN, Role.PILLAR_LEAD,
-                    Role.GOVERNANCE_OFFICER, Role.ADMIN):
+                    Role.GOVERNANCE_OFFICER, Role.ADMIN, Role.LAY_REVIEWER):
         items.append(("Projects", "/projects"))
     items.append(("Concepts", "/concepts"))
     items.append(("Data sources", "/sources"))
@@ -298,7 +301,8 @@ async def create_project_page(request: Request, caller: Caller = Depends(signed_
               "themes": form.getlist("themes"), "ppi_notes": form.get("ppi_notes", ""),
               "scope_sources": [s.strip() for s in str(form.get("scope_sources", "")).split(",") if s.strip()],
               "scope_domains": form.getlist("scope_domains"), "scope_start": form.get("scope_start") or None,
-              "scope_end": form.get("scope_end") or None, "expires_on": form.get("expires_on") or None}
+              "scope_end": form.get("scope_end") or None, "expires_on": form.get("expires_on") or None,
+              **{name: str(form.get(name, "")) for name in PUBLIC_TEXT_FIELDS}}
     state = state_of(request)
     try:
         from starlette.concurrency import run_in_threadpool
@@ -321,7 +325,9 @@ def project_page(project_id: int, request: Request, caller: Caller = Depends(sig
                   data_open=data_open, is_lead=user.id in project.lead_ids,
                   candidates=[u for u in state.gov.users() if u["id"] not in project.members]
                   if user.id in project.lead_ids and project.status is ProjectStatus.DRAFT else [],
-                  themes=state.gov.themes())
+                  themes=state.gov.themes(), can_lay_review=state.gov.can_lay_review(user, project),
+                  can_withdraw=project.status is not ProjectStatus.WITHDRAWN and (
+                      user.id in project.lead_ids or user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN)))
 
 
 @router.post("/projects/{project_id}/submit")
@@ -354,6 +360,25 @@ def decide_project(project_id: int, request: Request, caller: Caller = Depends(s
     outcome = f"now waiting for {' and '.join(missing)}" if project.status is ProjectStatus.SUBMITTED and missing \
         else f"the project is {project.status.value}"
     return redirect(f"/projects/{project_id}", f"Decision recorded: {outcome}.")
+
+
+@router.post("/projects/{project_id}/lay-review")
+def lay_review(project_id: int, request: Request, caller: Caller = Depends(signed_in),
+               form: dict[str, str] = Depends(form_data)):
+    gov = state_of(request).gov
+    gov.visible_project(caller.user, project_id)
+    gov.lay_review(caller.user, project_id, form.get("recommendation", ""), form.get("comments", ""),
+                   public=form.get("public") == "yes")
+    return redirect(f"/projects/{project_id}", "Lay review recorded. Thank you.")
+
+
+@router.post("/projects/{project_id}/withdraw")
+def withdraw_project(project_id: int, request: Request, caller: Caller = Depends(signed_in),
+                     form: dict[str, str] = Depends(form_data)):
+    gov = state_of(request).gov
+    gov.visible_project(caller.user, project_id)
+    gov.withdraw(caller.user, project_id, form.get("reason", ""))
+    return redirect(f"/projects/{project_id}", "Project withdrawn: its data can no longer be reached.")
 
 
 # -- cohorts -----------------------------------------------------------------------------------
@@ -484,8 +509,18 @@ def export_page(export_id: int, request: Request, caller: Caller = Depends(signe
     row = view_export(state_of(request), caller.user, export_id, in_platform=True)
     can_decide = (caller.user.has(Role.OUTPUT_CHECKER) and row["requester_id"] != caller.user.id
                   and row["status"] == "pending")
-    return render(request, "export.html", caller, export=row, can_decide=can_decide,
+    is_lead = caller.user.id in state_of(request).gov.project(row["project_id"]).lead_ids
+    return render(request, "export.html", caller, export=row, can_decide=can_decide, is_lead=is_lead,
                   tables=[charts.display_table(t) for t in row["content"]["tables"]] if row["content"] else [])
+
+
+@router.post("/exports/{export_id}/publish-numbers")
+def publish_numbers(export_id: int, request: Request, caller: Caller = Depends(signed_in),
+                    form: dict[str, str] = Depends(form_data)):
+    publish = form.get("publish") == "yes"
+    state_of(request).airlock.set_publish_numbers(caller.user, export_id, publish)
+    return redirect(f"/exports/{export_id}", "The numbers are now shown on the public register." if publish
+                    else "The numbers are not shown on the public register.")
 
 
 @router.post("/exports/{export_id}/decision")

@@ -15,6 +15,9 @@ from mercia.web.app import create_app
 PASSWORD = "correct horse battery"
 GI_BLEED, ASPIRIN = 192671, 1112807
 FUTURE = (date.today() + timedelta(days=365)).isoformat()
+# What submitting a project needs for the public register, beside purpose, domains and end date.
+PUBLIC_TEXT = {"lay_summary": "We will look at health records with names removed to learn how to improve care.",
+               "purpose_category": "research", "lead_organisation": "University of the Midlands"}
 
 
 def fill_small_cdm(store) -> None:
@@ -99,7 +102,8 @@ def build_world(store) -> World:
             "dm": [(Role.DATA_MANAGER, "OMOP CDM store")], "admin": [(Role.ADMIN, "")]}
     people = {name: gov.create_user(name, name.title(), PASSWORD, roles) for name, roles in spec.items()}
     fields = dict(pillar="cancer", purpose="Outcomes after GI bleeding",
-                  scope_domains=["condition_occurrence", "drug_exposure", "person", "death"], expires_on=FUTURE)
+                  scope_domains=["condition_occurrence", "drug_exposure", "person", "death"], expires_on=FUTURE,
+                  **PUBLIC_TEXT)
     approved = gov.create_project(people["res"], title="GI bleed outcomes", **fields).id
     gov.add_member(people["res"], approved, people["checker2"].id)
     approve(gov, people, approved)

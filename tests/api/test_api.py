@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.api_world import FUTURE, GI_BLEED, PASSWORD, circe
+from tests.api.api_world import FUTURE, GI_BLEED, PASSWORD, PUBLIC_TEXT, circe
 
 
 def run(world, headers, cohort_id):
@@ -145,7 +145,9 @@ def test_project_lifecycle_over_api(world):
     res, lead, govo, res2 = world.login("res"), world.login("lead"), world.login("govo"), world.login("res2")
     c = world.client
     r = c.post("/api/v1/projects", headers=res, json={"title": "New", "pillar": "cancer", "purpose": "why",
-                                                      "scope_domains": ["person"], "expires_on": FUTURE})
+                                                      "scope_domains": ["person"], "expires_on": FUTURE,
+                                                      "lay_summary": "Plain words.", "purpose_category": "research",
+                                                      "lead_organisation": "Midlands University"})
     assert r.status_code == 201 and r.json()["status"] == "draft"
     pid = r.json()["id"]
     assert c.post("/api/v1/projects", headers=world.login("checker"),
@@ -455,7 +457,8 @@ def test_patient_matching_returns_pseudonyms(world, monkeypatch):
         "observation_type_concept_id": [32817] * len(rows), "observation_source_value": [t for _, t in rows]}))
     clin = world.people["clin"]
     project = world.gov.create_project(clin, title="Undiagnosed epilepsy", pillar="cancer", purpose="matching",
-                                       scope_domains=["observation", "person"], expires_on="2099-01-01")
+                                       scope_domains=["observation", "person"], expires_on="2099-01-01",
+                                       **PUBLIC_TEXT)
     world.gov.submit(clin, project.id)
     world.gov.decide(world.people["lead"], project.id, "approve")
     world.gov.decide(world.people["govo"], project.id, "approve")

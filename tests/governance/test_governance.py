@@ -15,7 +15,7 @@ from mercia.governance import (
     Role,
     Throttled,
 )
-from tests.governance.conftest import FUTURE, PW
+from tests.governance.conftest import FUTURE, PUBLIC_TEXT, PW
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def people(gov):
 
 def _project(gov, owner, **extra):
     fields = dict(title="Bowel screening outcomes", pillar="cancer", purpose="Evaluate outcomes",
-                  scope_domains=["condition_occurrence"], expires_on=FUTURE) | extra
+                  scope_domains=["condition_occurrence"], expires_on=FUTURE, **PUBLIC_TEXT) | extra
     return gov.create_project(owner, **fields)
 
 

@@ -19,7 +19,7 @@ from mercia.governance import (
     Throttled,
 )
 from mercia.governance.db import now
-from tests.governance.conftest import FUTURE, PW
+from tests.governance.conftest import FUTURE, PUBLIC_TEXT, PW
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def people(gov):
 
 def _submitted(gov, people) -> int:
     p = gov.create_project(people["res"], title="Race", pillar="cancer", purpose="p",
-                           scope_domains=["condition_occurrence"], expires_on=FUTURE)
+                           scope_domains=["condition_occurrence"], expires_on=FUTURE, **PUBLIC_TEXT)
     gov.add_member(people["res"], p.id, people["teamchecker"].id)
     gov.submit(people["res"], p.id)
     return p.id

@@ -10,7 +10,7 @@ import time
 
 import orjson
 
-from tests.api.api_world import FUTURE, approve, circe
+from tests.api.api_world import FUTURE, PUBLIC_TEXT, approve, circe
 from tests.api.test_api import make_cohort, run
 
 
@@ -78,7 +78,7 @@ def test_small_cohort_counts_are_controlled_in_every_view(world):
 def project_with_domains(world, domains: list[str]) -> int:
     res = world.people["res"]
     pid = world.gov.create_project(res, title="Narrow", pillar="cancer", purpose="scope test",
-                                   scope_domains=domains, expires_on=FUTURE).id
+                                   scope_domains=domains, expires_on=FUTURE, **PUBLIC_TEXT).id
     approve(world.gov, world.people, pid)
     return pid
 

@@ -101,7 +101,9 @@ def make_world(store, method: str = "minimisation", blinded: bool = True) -> Tri
             "pharm": ([(Role.CLINICIAN, "")], SITE_A), "researcher": ([(Role.RESEARCHER, "")], SITE_A)}
     people = {n: gov.create_user(n, n.title(), None, roles, organisation=org) for n, (roles, org) in spec.items()}
     project = gov.create_project(people["manager"], title="Diabetes trial", pillar="chronic", purpose="A trial",
-                                 scope_domains=["person", "condition_occurrence"], expires_on=FUTURE).id
+                                 scope_domains=["person", "condition_occurrence"], expires_on=FUTURE,
+                                 lay_summary="A trial of a new way to help people with diabetes.",
+                                 purpose_category="trial_feasibility", lead_organisation="Midlands NHS Trust").id
     gov.submit(people["manager"], project)
     gov.decide(people["lead"], project, "approve")
     gov.decide(people["govo"], project, "approve")

@@ -70,6 +70,14 @@ def decide_export(export_id: int, body: m.Decision, request: Request,
     return state_of(request).airlock.decide(user, export_id, body.decision, body.reason)
 
 
+@router.put("/exports/{export_id}/publish-numbers", tags=["exports"],
+            summary="Project lead: show (or stop showing) a released output's numbers on the public register")
+def publish_numbers(export_id: int, body: m.PublishNumbers, request: Request,
+                    user: User = Depends(current_user)) -> dict[str, Any]:
+    row = state_of(request).airlock.set_publish_numbers(user, export_id, body.publish)
+    return {"id": export_id, "publish_numbers": bool(row["publish_numbers"])}
+
+
 @router.get("/exports/{export_id}/download", tags=["exports"], summary="Download an approved export (JSON or CSV)")
 def download_export(export_id: int, request: Request, format: str = "json",
                     user: User = Depends(current_user)) -> Response:

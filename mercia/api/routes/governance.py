@@ -182,6 +182,32 @@ def decide_project(project_id: int, body: m.Decision, request: Request,
     return gov.decide(user, project_id, body.decision, body.reason).to_dict()
 
 
+@router.post("/projects/{project_id}/lay-review", tags=["projects"],
+             summary="A lay reviewer's recommendation and comments on a submitted request")
+def lay_review(project_id: int, body: m.LayReview, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    gov = state_of(request).gov
+    gov.visible_project(user, project_id)
+    return gov.lay_review(user, project_id, body.recommendation, body.comments, body.public).to_dict()
+
+
+@router.post("/projects/{project_id}/withdraw", tags=["projects"],
+             summary="Withdraw a project for good (its lead or governance); it leaves the public register")
+def withdraw_project(project_id: int, body: m.Withdrawal, request: Request,
+                     user: User = Depends(current_user)) -> dict[str, Any]:
+    gov = state_of(request).gov
+    gov.visible_project(user, project_id)
+    return gov.withdraw(user, project_id, body.reason).to_dict()
+
+
+@router.put("/pillars/{code}/lay-review", tags=["governance"],
+            summary="Whether the pillar's requests need a lay review before the final approval")
+def set_lay_review(code: str, body: m.LayReviewSetting, request: Request,
+                   user: User = Depends(governance_roles)) -> dict[str, Any]:
+    gov = state_of(request).gov
+    gov.set_lay_review_required(user, code, body.required)
+    return {"pillar": code, "lay_review_required": gov.lay_review_required(code)}
+
+
 @router.get("/approvals", tags=["projects"], summary="Requests waiting for your decision")
 def approvals(request: Request, user: User = Depends(current_user)) -> list[dict[str, Any]]:
     return [p.to_dict() for p in state_of(request).gov.awaiting_decision(user)]
