@@ -22,7 +22,6 @@ from mercia.quality.cli import app as dq_app
 from mercia.raredisease.cli import app as raredisease_app
 from mercia.synth.cli import app as synth_app
 from mercia.trials.cli import app as trials_app
-from mercia.trials.crf.cli import app as crf_app
 from mercia.vocab.cli import app as vocab_app
 from mercia.web.cli import serve
 
@@ -51,7 +50,6 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(federation_app, name="federation")
 app.add_typer(trials_app, name="trials")
 app.add_typer(proms_app, name="proms")
-app.add_typer(crf_app, name="crf")
 
 
 if __name__ == "__main__":  # `python -m mercia.cli ...`, as the tests and docs run it

@@ -1,4 +1,4 @@
-"""``mercia crf``: eCRF studies from the command line (dictionary versions, schedule, exports, audit trail).
+"""``mercia trials crf``: eCRF studies from the command line (dictionary versions, schedule, exports, audit trail).
 
 Each command acts as a registered user, who signs in with their password (prompted, or from
 ``MERCIA_PASSWORD`` for scripts), so the audit trail names a person and the study roles apply.
