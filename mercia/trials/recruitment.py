@@ -15,6 +15,7 @@ import orjson
 
 from mercia.governance import Conflict, User
 from mercia.governance.db import now
+from mercia.trials.crf.service import CrfService
 from mercia.trials.randomise import Allocator, KeyedStream, RandomisationError, load_randomisation_key
 from mercia.trials.register import TrialError, TrialRegister, TrialRole
 
@@ -32,6 +33,7 @@ class Recruitment:
         self.db = register.db
         self.audit = register.gov.audit
         self._stream = stream
+        self.crf = CrfService(register.gov)
 
     @property
     def stream(self) -> KeyedStream:
@@ -145,7 +147,16 @@ class Recruitment:
                 "trial_id": trial_id, "person_id": person_id, "site": site, "status": "randomised", "reason": "",
                 "detail": orjson.dumps({"sequence": sequence}).decode(), "recorded_on": today,
                 "recorded_by": actor.username, "recorded_at": now()})
-        return self.allocation(actor, trial_id, person_id)
+            record_id = self.crf.enrol_randomised(actor, trial_id, person_id, arm, site, today)
+        shown = self.allocation(actor, trial_id, person_id)
+        return {**shown, "crf_record": record_id} if record_id else shown
+
+    def link_study(self, actor: User, trial_id: str, study_name: str, arm_map: dict[str, str]) -> None:
+        """From now on each randomised participant is enrolled in the eCRF study (trial manager, who is
+        also the study's data manager)."""
+        trial = self.register.require(actor, trial_id, TrialRole.TRIAL_MANAGER)
+        self.crf.link_trial(actor, study_name, trial_id, [a.code for a in trial.settings.arms], trial.blinded,
+                            arm_map)
 
     def allocation(self, actor: User, trial_id: str, person_id: int) -> dict[str, Any]:
         """The participant's allocation as ``actor`` may see it: arm only where the trial is open-label,

@@ -123,6 +123,23 @@ def add_participant(study: str, record_id: str, arm: str = typer.Option(..., "--
     typer.echo(f"record {record_id} in {arm}")
 
 
+@app.command("link-trial")
+def link_trial(study: str, trial: str = typer.Option(..., "--trial", help="trial id"),
+               arm: list[str] = typer.Option(..., "--arm", help="TRIAL_ARM=SCHEDULE_ARM, once per trial arm"),
+               user: str = USER, db: str | None = DB) -> None:
+    """Take the study's participants from the trial's randomisation (trial manager and data manager)."""
+    from mercia.trials.recruitment import Recruitment
+    from mercia.trials.register import TrialRegister
+
+    crf, actor = _session(db, user)
+    pairs = [a.split("=", 1) for a in arm]
+    if any(len(p) != 2 for p in pairs):
+        raise typer.BadParameter("--arm is TRIAL_ARM=SCHEDULE_ARM")
+    recruitment = Recruitment(TrialRegister(crf.db.store, crf.gov))
+    _run(lambda: recruitment.link_study(actor, trial, study, dict(pairs)))
+    typer.echo(f"study {study} takes its participants from trial {trial}")
+
+
 @app.command()
 def export(study: str, out: Path = typer.Option(..., "--out"),
            format: str = typer.Option("odm", "--format", help="odm, flat or redcap"),

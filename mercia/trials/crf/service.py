@@ -227,9 +227,67 @@ class CrfService:
 
     def add_participant(self, actor: User, study_name: str, record_id: str, arm: str, start_date: str,
                         person_id: int | None = None) -> None:
-        """Enrol a participant (from the trial's randomisation: the arm it allocated and the start date)."""
+        """Enrol a participant by hand; refused when the study takes its participants from a trial."""
         study = self.study(study_name)
         self.require(actor, study, StudyRole.DATA_MANAGER, StudyRole.DATA_ENTRY)
+        link = self.trial_link(study)
+        if link is not None:
+            raise Conflict(f"study {study.name} takes its participants from the randomisation of trial "
+                           f"{link['trial_id']}; randomise the participant there")
+        self._enrol(actor, study, record_id, arm, start_date, person_id)
+
+    def trial_link(self, study: Study) -> dict[str, Any] | None:
+        row = self.db.row("SELECT trial_id, arm_map FROM mercia_crf_trial_link WHERE study_id = ?", [study.id])
+        return {"trial_id": row["trial_id"], "arm_map": json.loads(row["arm_map"])} if row else None
+
+    def link_trial(self, actor: User, study_name: str, trial_id: str, trial_arms: list[str], blinded: bool,
+                   arm_map: Mapping[str, str]) -> None:
+        """Take the study's participants from a trial's randomisation: each trial arm maps to a schedule
+        arm.  A blinded trial maps every arm to one schedule, or the schedule would reveal the allocation.
+        The caller has checked that ``actor`` manages the trial."""
+        study = self.study(study_name)
+        self.require(actor, study, StudyRole.DATA_MANAGER)
+        missing = [a for a in trial_arms if a not in arm_map]
+        unknown = [a for a in arm_map if a not in trial_arms]
+        if missing or unknown:
+            raise GovernanceError(f"study {study.name}: the arm map must name each arm of trial {trial_id} "
+                                  f"({', '.join(trial_arms)}); missing {missing or 'none'}, unknown {unknown or 'none'}")
+        empty = sorted({a for a in arm_map.values() if not self.events(study, a)})
+        if empty:
+            raise NotFound(f"study {study.name} has no events in arm(s) {', '.join(empty)}")
+        if blinded and len(set(arm_map.values())) > 1:
+            raise GovernanceError(f"trial {trial_id} is blinded: every arm must follow one schedule arm, or the "
+                                  "eCRF would unblind the allocation")
+        with self.db.transaction():
+            if self.db.scalar("SELECT COUNT(*) FROM mercia_crf_trial_link WHERE study_id = ? OR trial_id = ?",
+                              [study.id, trial_id]):
+                raise Conflict(f"study {study.name} or trial {trial_id} is already linked")
+            if self.db.scalar("SELECT COUNT(*) FROM mercia_crf_participant WHERE study_id = ?", [study.id]):
+                raise Conflict(f"study {study.name} already has participants entered by hand")
+            self.db.insert("mercia_crf_trial_link", {"study_id": study.id, "trial_id": trial_id,
+                                                     "arm_map": _json(dict(arm_map)), "linked_by": actor.username,
+                                                     "linked_at": now()})
+            self.gov.audit.record(actor.username, "crf.trial.link", f"crf:{study.name}", trial_id=trial_id,
+                                  arm_map=dict(arm_map))
+
+    def enrol_randomised(self, actor: User, trial_id: str, person_id: int, arm: str, site: str,
+                         start_date: str) -> str | None:
+        """Called by randomisation, in its transaction: enrol the participant in the trial's study (if one
+        is linked) on the schedule arm of the allocated arm.  Returns the new record id."""
+        row = self.db.row("SELECT s.name FROM mercia_crf_trial_link l JOIN mercia_crf_study s "
+                          "ON s.study_id = l.study_id WHERE l.trial_id = ?", [trial_id])
+        if row is None:
+            return None
+        study = self.study(row["name"])
+        schedule_arm = self.trial_link(study)["arm_map"][arm]
+        with self.db.transaction():
+            number = self.db.scalar("SELECT COUNT(*) FROM mercia_crf_participant WHERE study_id = ?", [study.id]) + 1
+            record_id = f"{site}-{number:04d}"
+            self._enrol(actor, study, record_id, schedule_arm, start_date, person_id)
+        return record_id
+
+    def _enrol(self, actor: User, study: Study, record_id: str, arm: str, start_date: str,
+               person_id: int | None) -> None:
         if not self.events(study, arm):
             raise NotFound(f"study {study.name} has no events in arm {arm!r}")
         with self.db.transaction():

@@ -24,6 +24,9 @@ TABLES: dict[str, str] = {
     "mercia_crf_event_form": "study_id BIGINT NOT NULL, event_name TEXT NOT NULL, form_name TEXT NOT NULL",
     "mercia_crf_participant": """study_id BIGINT NOT NULL, record_id TEXT NOT NULL, arm TEXT NOT NULL,
         person_id BIGINT, start_date TEXT NOT NULL, created_at TEXT NOT NULL""",
+    # A study whose participants come from a trial's randomisation: trial arm -> schedule arm (JSON).
+    "mercia_crf_trial_link": """study_id BIGINT NOT NULL UNIQUE, trial_id TEXT NOT NULL UNIQUE, arm_map TEXT NOT NULL,
+        linked_by TEXT NOT NULL, linked_at TEXT NOT NULL""",
     "mercia_crf_value": """study_id BIGINT NOT NULL, record_id TEXT NOT NULL, event_name TEXT NOT NULL,
         form_name TEXT NOT NULL, field_name TEXT NOT NULL, value TEXT NOT NULL, saved_by TEXT NOT NULL,
         saved_at TEXT NOT NULL, reason TEXT, audit_seq BIGINT NOT NULL""",
