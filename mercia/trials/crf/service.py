@@ -110,6 +110,15 @@ class CrfService:
         return Study(row["study_id"], row["name"], row["title"], row["dictionary_version"],
                      read_dictionary(text) if text else None)
 
+    def studies_for(self, user: User) -> list[dict[str, Any]]:
+        """The studies ``user`` has a role in, with the roles."""
+        rows = self.db.rows("SELECT s.name, s.title, m.role FROM mercia_crf_member m JOIN mercia_crf_study s "
+                            "ON s.study_id = m.study_id WHERE m.username = ? ORDER BY s.name, m.role", [user.username])
+        found: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            found.setdefault(r["name"], {"name": r["name"], "title": r["title"], "roles": []})["roles"].append(r["role"])
+        return list(found.values())
+
     def roles(self, user: User, study: Study) -> set[StudyRole]:
         return {StudyRole(r["role"]) for r in self.db.rows(
             "SELECT role FROM mercia_crf_member WHERE study_id = ? AND username = ?", [study.id, user.username])}
@@ -330,7 +339,8 @@ class CrfService:
         self.require(actor, study, *StudyRole)
         if study.dictionary is None or form not in study.dictionary.forms:
             raise NotFound(f"study {study.name} has no form {form!r}")
-        return {"study": study.name, "form": form, "dictionary_version": study.dictionary_version, "fields": [
+        return {"study": study.name, "form": form, "dictionary_version": study.dictionary_version,
+                "record_id_field": study.dictionary.record_id_field, "fields": [
             {"name": f.name, "type": f.field_type, "label": f.label, "note": f.note, "section": f.section_header,
              "choices": f.choices, "validation": f.validation, "min": f.validation_min, "max": f.validation_max,
              "required": f.is_required, "identifier": f.is_identifier, "columns": f.export_columns(),
@@ -348,6 +358,37 @@ class CrfService:
         return {"record": record_id, "event": event, "form": form,
                 "values": {c: v for c, v in values.items() if c in columns},
                 "state": self.form_state(study, record_id, event, form)}
+
+    def overview(self, actor: User, study_name: str) -> dict[str, Any]:
+        """Participants and the state of each scheduled form: the study's home page."""
+        study = self.study(study_name)
+        self.require(actor, study, *StudyRole)
+        events = self.events(study)
+        states = {(r["record_id"], r["event_name"], r["form_name"]): r for r in self.db.rows(
+            "SELECT record_id, event_name, form_name, status, locked, deleted, signed_at, signature_voided_at "
+            "FROM mercia_crf_form WHERE study_id = ?", [study.id])}
+        open_queries = {(r["record_id"], r["event_name"], r["form_name"]): r["n"] for r in self.db.rows(
+            "SELECT record_id, event_name, form_name, COUNT(*) AS n FROM mercia_crf_query WHERE study_id = ? "
+            "AND status <> 'closed' GROUP BY record_id, event_name, form_name", [study.id])}
+        participants = self.db.rows("SELECT record_id, arm, start_date FROM mercia_crf_participant WHERE study_id = ? "
+                                    "ORDER BY record_id", [study.id])
+        for p in participants:
+            p["forms"] = [{"event": e["event_name"], "event_label": e["label"], "form": form,
+                           "state": states.get((p["record_id"], e["event_name"], form)),
+                           "open_queries": open_queries.get((p["record_id"], e["event_name"], form), 0)}
+                          for e in events if e["arm"] == p["arm"] for form in e["forms"]]
+        return {"study": study, "events": events, "participants": participants, "link": self.trial_link(study),
+                "roles": sorted(r.value for r in self.roles(actor, study))}
+
+    def form_queries(self, actor: User, study_name: str, record_id: str, event: str, form: str) -> list[dict[str, Any]]:
+        """The queries on one form, each with its messages, oldest first."""
+        study = self.study(study_name)
+        self.require(actor, study, *StudyRole)
+        queries = self.db.rows("SELECT * FROM mercia_crf_query WHERE study_id = ? AND record_id = ? AND event_name = ? "
+                               "AND form_name = ? ORDER BY query_id", [study.id, record_id, event, form])
+        for q in queries:
+            q["messages"] = self.query_history(q["query_id"])
+        return queries
 
     def _check_form(self, study: Study, record_id: str, event: str, form: str) -> None:
         participant = self._participant(study, record_id)
