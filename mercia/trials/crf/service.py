@@ -17,6 +17,7 @@ from typing import Any
 
 from mercia.governance import Conflict, Forbidden, Governance, GovernanceError, NotFound, Role, User
 from mercia.governance.db import now
+from mercia.trials.crf import omop
 from mercia.trials.crf.dictionary import Change, Dictionary, diff, read_dictionary, validate_value, write_dictionary
 from mercia.trials.crf.logic import Record, calculated, parse, shows
 from mercia.trials.crf.tables import ensure_crf_tables
@@ -461,6 +462,7 @@ class CrfService:
                     "study_id": study.id, "record_id": record_id, "event_name": event, "form_name": form,
                     "field_name": change["field"], "value": change["new"], "saved_by": actor.username,
                     "saved_at": at, "reason": reason or None, "audit_seq": seq})
+            self._write_through(actor, study, record_id, event, form, fields, merged, seq)
             if state is None:
                 self.db.insert("mercia_crf_form", {
                     "study_id": study.id, "record_id": record_id, "event_name": event, "form_name": form,
@@ -468,6 +470,22 @@ class CrfService:
             else:
                 self._update_form(study, record_id, event, form, status=status.value, updated_at=at)
         return changes
+
+    def _write_through(self, actor: User, study: Study, record_id: str, event: str, form: str, fields: list,
+                       values: Mapping[str, str], cause: int | None) -> None:
+        """Bring the participant's OMOP rows from this form up to date (mapped fields and PROM scores),
+        auditing what changed beside the entry of the save or delete that caused it."""
+        participant = self._participant(study, record_id)
+        if participant["person_id"] is None or not any(
+                {"OMOP", "LOINC", "PROM"} & f.tags.keys() for f in fields):
+            return
+        on = omop.visit_date(self.db, study.id, participant, event)
+        facts = omop.form_facts(self.db.store, study.name, fields, dict(values), on)
+        changes = omop.write_through(self.db, study.id, study.name, record_id, event, form, facts,
+                                     participant["person_id"])
+        if changes:
+            self.gov.audit.record(actor.username, "crf.omop.write", f"crf:{study.name}:{record_id}:{event}:{form}",
+                                  person_id=participant["person_id"], cause_seq=cause, changes=changes)
 
     def _update_form(self, study: Study, record_id: str, event: str, form: str, **columns: Any) -> None:
         sets = ", ".join(f"{c} = ?" for c in columns)
@@ -491,8 +509,9 @@ class CrfService:
             if state["locked"]:
                 raise Conflict(f"record {record_id}, {event}/{form} is locked; unlock it first")
             self._update_form(study, record_id, event, form, deleted=True, updated_at=now())
-            self.gov.audit.record(actor.username, "crf.form.delete", f"crf:{study.name}:{record_id}:{event}:{form}",
-                                  reason=reason)
+            seq = self.gov.audit.record(actor.username, "crf.form.delete",
+                                        f"crf:{study.name}:{record_id}:{event}:{form}", reason=reason)
+            self._write_through(actor, study, record_id, event, form, study.dictionary.form_fields(form), {}, seq)
 
     def lock(self, actor: User, study_name: str, record_id: str, event: str, form: str) -> None:
         study = self.study(study_name)

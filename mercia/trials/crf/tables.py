@@ -30,6 +30,10 @@ TABLES: dict[str, str] = {
     "mercia_crf_value": """study_id BIGINT NOT NULL, record_id TEXT NOT NULL, event_name TEXT NOT NULL,
         form_name TEXT NOT NULL, field_name TEXT NOT NULL, value TEXT NOT NULL, saved_by TEXT NOT NULL,
         saved_at TEXT NOT NULL, reason TEXT, audit_seq BIGINT NOT NULL""",
+    # Which OMOP row each form fact became (mercia.trials.crf.omop); content is the row as last written.
+    "mercia_crf_omop": """study_id BIGINT NOT NULL, record_id TEXT NOT NULL, event_name TEXT NOT NULL,
+        form_name TEXT NOT NULL, fact_key TEXT NOT NULL, omop_table TEXT NOT NULL, omop_id BIGINT NOT NULL,
+        content TEXT NOT NULL""",
     "mercia_crf_form": """study_id BIGINT NOT NULL, record_id TEXT NOT NULL, event_name TEXT NOT NULL,
         form_name TEXT NOT NULL, status TEXT NOT NULL, locked BOOLEAN NOT NULL, deleted BOOLEAN NOT NULL,
         signed_by TEXT, signed_name TEXT, signed_at TEXT, signature_meaning TEXT, signature_voided_at TEXT,
