@@ -143,6 +143,8 @@ def link_trial(study: str, trial: str = typer.Option(..., "--trial", help="trial
 @app.command()
 def export(study: str, out: Path = typer.Option(..., "--out"),
            format: str = typer.Option("odm", "--format", help="odm, flat or redcap"),
+           history: bool = typer.Option(False, "--history", help="ODM: every change with its audit record "
+                                                                  "(a transactional file), not the current values"),
            user: str = USER, db: str | None = DB) -> None:
     """Export the study's data (streamed): CDISC ODM 1.3.2, flat CSV or REDCap-compatible CSV."""
     from mercia.trials.crf.export import write_csv, write_odm
@@ -152,7 +154,7 @@ def export(study: str, out: Path = typer.Option(..., "--out"),
     crf, actor = _session(db, user)
     if format == "odm":
         with out.open("wb") as f:
-            n = _run(lambda: write_odm(crf, actor, study, f))
+            n = _run(lambda: write_odm(crf, actor, study, f, history=history))
         typer.echo(f"{n} item values -> {out}")
     else:
         with out.open("w", newline="", encoding="utf-8") as f:

@@ -10,8 +10,10 @@ verify`` covers the eCRF history too (21 CFR Part 11.10(e), MHRA GXP data integr
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from enum import StrEnum
 from typing import Any
 
@@ -76,6 +78,9 @@ class Study:
     dictionary: Dictionary | None
 
 
+_KEY = re.compile(r"[A-Za-z0-9_.-]{1,100}")   # study names and record ids: part of audit targets split on ':'
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
@@ -90,6 +95,8 @@ class CrfService:
     def create_study(self, actor: User, name: str, title: str, project_id: int | None = None) -> Study:
         if not actor.has_any(Role.TRIAL_COORDINATOR, Role.ADMIN):
             raise Forbidden("creating a study needs the role Trial coordinator or Admin")
+        if not _KEY.fullmatch(name):
+            raise GovernanceError(f"study name {name!r}: letters, digits, '_', '-' and '.' only")
         with self.db.transaction():
             if self.db.scalar("SELECT COUNT(*) FROM mercia_crf_study WHERE name = ?", [name]):
                 raise Conflict(f"study {name!r} already exists")
@@ -298,6 +305,12 @@ class CrfService:
 
     def _enrol(self, actor: User, study: Study, record_id: str, arm: str, start_date: str,
                person_id: int | None) -> None:
+        if not _KEY.fullmatch(record_id):
+            raise GovernanceError(f"record id {record_id!r}: letters, digits, '_', '-' and '.' only")
+        try:
+            date.fromisoformat(start_date)
+        except (TypeError, ValueError):
+            raise GovernanceError(f"record {record_id}: start date {start_date!r} is not YYYY-MM-DD") from None
         if not self.events(study, arm):
             raise NotFound(f"study {study.name} has no events in arm {arm!r}")
         with self.db.transaction():
