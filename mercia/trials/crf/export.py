@@ -325,6 +325,20 @@ def _audit_record(entry: dict) -> str:
             + f"<SourceID>mercia_audit:{entry['seq']}</SourceID></AuditRecord>")
 
 
+def _enter(parts: list[str], before: tuple[str | None, str | None], after: tuple[str, str], attrs: str = "") -> None:
+    """Close the StudyEventData and SubjectData being left and open those entered, going from the
+    (record, event) ``before`` to ``after``."""
+    (subject, event), (record_id, event_name) = before, after
+    if after != before and event is not None:
+        parts.append("</StudyEventData>")
+    if record_id != subject and subject is not None:
+        parts.append("</SubjectData>")
+    if record_id != subject:
+        parts.append(f'<SubjectData SubjectKey="{_attr(record_id)}"{attrs}>')
+    if after != before:
+        parts.append(f'<StudyEventData StudyEventOID="SE.{event_name}"{attrs}>')
+
+
 def _history_rows(parts: list[str], changes: dict[tuple[str, str, str], list[dict]], event_order: dict[str, int],
                   form_order: dict[str, int], by_column: dict[str, Field]) -> int:
     """Append transactional SubjectData: per form, every item change in order, then any deletion."""
@@ -332,14 +346,7 @@ def _history_rows(parts: list[str], changes: dict[tuple[str, str, str], list[dic
     subject = event = None
     for record_id, event_name, form_name in sorted(changes, key=lambda k: (
             k[0], event_order.get(k[1], 0), form_order.get(k[2], 0))):
-        if (record_id, event_name) != (subject, event) and event is not None:
-            parts.append("</StudyEventData>")
-        if record_id != subject and subject is not None:
-            parts.append("</SubjectData>")
-        if record_id != subject:
-            parts.append(f'<SubjectData SubjectKey="{_attr(record_id)}" TransactionType="Context">')
-        if (record_id, event_name) != (subject, event):
-            parts.append(f'<StudyEventData StudyEventOID="SE.{event_name}" TransactionType="Context">')
+        _enter(parts, (subject, event), (record_id, event_name), ' TransactionType="Context"')
         subject, event = record_id, event_name
         entries = changes[(record_id, event_name, form_name)]
         saved = [(e, c) for e in entries if e["action"] == "crf.form.save" for c in e["changes"]]
@@ -372,25 +379,15 @@ def _clinical_rows(parts: list[str], rows: list[tuple], forms: dict, by_column: 
         if (record_id, event_name, form_name) != (subject, event, form):
             if form is not None:
                 parts.append("</ItemGroupData></FormData>")
-            if (record_id, event_name) != (subject, event) and event is not None:
-                parts.append("</StudyEventData>")
-            if record_id != subject and subject is not None:
-                parts.append("</SubjectData>")
-            if record_id != subject:
-                parts.append(f'<SubjectData SubjectKey="{_attr(record_id)}">')
-            if (record_id, event_name) != (subject, event):
-                parts.append(f'<StudyEventData StudyEventOID="SE.{event_name}">')
+            _enter(parts, (subject, event), (record_id, event_name))
             parts.append(f'<FormData FormOID="F.{form_name}">')
             parts.append(_form_signature(forms.get((record_id, event_name, form_name)), meanings))
             parts.append(f'<ItemGroupData ItemGroupOID="IG.{form_name}">')
             subject, event, form = record_id, event_name, form_name
         field = by_column.get(column)
         shown = _odm_value(field, value) if field is not None else value
-        parts.append(f'<ItemData ItemOID="I.{column}" Value="{_attr(shown)}"><AuditRecord>'
-                     f'<UserRef UserOID="U.{_attr(user)}"/><LocationRef LocationOID="{LOCATION}"/>'
-                     f"<DateTimeStamp>{at}</DateTimeStamp>"
-                     + (f"<ReasonForChange>{escape(reason)}</ReasonForChange>" if reason else "")
-                     + f"<SourceID>mercia_audit:{seq}</SourceID></AuditRecord></ItemData>")
+        parts.append(f'<ItemData ItemOID="I.{column}" Value="{_attr(shown)}">'
+                     f"{_audit_record({'actor': user, 'at': at, 'reason': reason, 'seq': seq})}</ItemData>")
     if form is not None:
         parts.append("</ItemGroupData></FormData></StudyEventData></SubjectData>")
     return len(rows)
