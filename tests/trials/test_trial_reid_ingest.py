@@ -42,3 +42,17 @@ def test_later_extracts_add_to_the_map(tmp_path):
     assert org_store.query("SELECT nhs_number, local_mrn FROM mercia_reid_identity ORDER BY 1") == [
         ("9000000001", "M1"), ("9000000002", "M2-new"), ("9000000003", "M3")]
     org_store.close()
+
+
+def test_ingest_command_takes_the_organisations_store(shared_data, pseudonym_key, tmp_path):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from mercia.cli import app
+
+    research, own = tmp_path / "research.duckdb", tmp_path / "own.duckdb"
+    Store(str(research)).close()
+    result = CliRunner().invoke(app, ["ingest", "fhir", str(shared_data / "fhir/ukcore_examples/json"), "--org", "RR8",
+                                      "--db", str(research), "--reid-db", str(own)])
+    assert result.exit_code == 0, result.output
+    with Store(str(own)) as org_store:
+        assert org_store.query_one("SELECT COUNT(*) FROM mercia_reid_identity") == 1
