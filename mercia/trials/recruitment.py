@@ -230,3 +230,29 @@ class Recruitment:
             out.append({"site": site, "randomised": randomised.get(site, 0), "target": round(share, 1),
                         "percent_of_target": round(100 * randomised.get(site, 0) / share, 1), **counts})
         return out
+
+    def allocation_summary(self, actor: User, trial_id: str) -> dict[str, Any]:
+        """Unblinded counts for the trial statistician only: allocations by arm, by site and arm, and
+        for each stratification factor by level and arm with the imbalance (largest minus smallest arm
+        count) of each level.  Every view is audited."""
+        trial = self.register.require(actor, trial_id, TrialRole.STATISTICIAN)
+        rows = self.db.rows("SELECT site, levels, arm FROM mercia_trial_allocation WHERE trial_id = ? "
+                            "ORDER BY version, sequence", [trial_id])
+        arms = [a.code for a in trial.settings.arms]
+        by_arm = {arm: sum(1 for r in rows if r["arm"] == arm) for arm in arms}
+        sites = [{"site": site, **{arm: sum(1 for r in rows if r["site"] == site and r["arm"] == arm) for arm in arms}}
+                 for site in trial.sites]
+        levels = [orjson.loads(r["levels"]) for r in rows]
+        factors = []
+        for factor in trial.settings.factors:
+            table = []
+            for level in factor.levels:
+                counts = {arm: sum(1 for r, lv in zip(rows, levels, strict=True)
+                                   if r["arm"] == arm and lv.get(factor.name) == level) for arm in arms}
+                table.append({"level": level, **counts, "imbalance": max(counts.values()) - min(counts.values())})
+            factors.append({"factor": factor.name, "rows": table,
+                            "imbalance": sum(r["imbalance"] for r in table)})
+        self.audit.record(actor.username, "trial.allocation_summary", f"trial:{trial_id}", trial.project_id,
+                          allocations=len(rows), by_arm=by_arm)
+        return {"trial": trial, "arms": arms, "total": len(rows), "by_arm": by_arm, "sites": sites,
+                "factors": factors}

@@ -216,11 +216,23 @@ def trial_page(trial_id: str, request: Request, caller: Caller = Depends(signed_
     tables = {t["name"]: t for t in feas["tables"]} if feas else {}
     sites = sorted(set().union(*(s for r, s in roles.items() if r in SITE_ROLES)) - {""})
     return render(request, "trial.html", caller, trial=trial, roles=sorted(r.value for r in roles), sites=sites,
+                  statistician=TrialRole.STATISTICIAN in roles,
                   all_roles=[r.value for r in TrialRole], manager=TrialRole.TRIAL_MANAGER in roles,
                   feasibility=feas, chart=feasibility_chart(tables["new_eligible"]) if feas else None,
                   pool=display_table(tables["pool"]) if feas else None,
                   projection=display_table(tables["projection"]) if feas else None,
                   dashboard=sections["dashboard"], consort=sections["consort"])
+
+
+@router.get("/trials/{trial_id}/allocations", response_class=HTMLResponse)
+def allocations_page(trial_id: str, request: Request, caller: Caller = Depends(signed_in)):
+    """The trial statistician's unblinded allocation summary and balance by factor (audited)."""
+    from mercia.trials.recruitment import Recruitment
+
+    state, register = _register(request)
+    with state.lock:
+        summary = Recruitment(register).allocation_summary(caller.user, trial_id)
+    return render(request, "trials_allocations.html", caller, **summary)
 
 
 @router.get("/trials/{trial_id}/worklist", response_class=HTMLResponse)
