@@ -67,3 +67,32 @@ def test_open_label_trial_follows_the_allocated_arm(store):
 def test_trial_without_a_study_randomises_as_before(world):
     worklist(world.register, world.people["nurse_a"], T, SITE_A)
     assert "crf_record" not in enrol(world, 7)
+
+
+def test_link_trial_command(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mercia.cdm import Store
+    from mercia.cli import app
+    from mercia.governance import Role
+
+    password = "a long enough secret phrase for the cli"
+    url = str(tmp_path / "cli.duckdb")
+    store = Store(url)
+    world = make_world(store)
+    admin = world.gov.create_user("admin", "Admin", password, [(Role.ADMIN, "")])
+    world.gov.set_password(admin, world.people["manager"].id, password)
+    study_for(world)
+    store.close()
+    monkeypatch.setenv("MERCIA_PASSWORD", password)
+    runner = CliRunner()
+
+    def link(*arms):
+        return runner.invoke(app, ["trials", "crf", "link-trial", "dm2", "--trial", T, *arms, "--db", url,
+                                   "--user", "manager"])
+
+    assert link("--arm", "drug").exit_code == 2                                   # not TRIAL=SCHEDULE
+    refused = link("--arm", "drug=arm_1", "--arm", "placebo=arm_2")
+    assert refused.exit_code == 1 and "no events in arm(s) arm_2" in refused.output
+    done = link("--arm", "drug=arm_1", "--arm", "placebo=arm_1")
+    assert done.exit_code == 0 and f"takes its participants from trial {T}" in done.output
