@@ -1,57 +1,78 @@
 """The ``mercia`` command: a thin root that mounts each capability's own commands.
 
-Each capability owns its command group in ``mercia/<capability>/cli.py``; those modules import
-their heavy dependencies inside the commands so that ``mercia --help`` stays fast.
+Each capability owns its command group in ``mercia/<capability>/cli.py``.  The root imports a group
+only when it is used (``LazyGroup``), so ``mercia proms score`` starts without importing the cohort
+compiler, the synthesiser or the web app; ``mercia --help`` still lists every group.
 """
 
 from __future__ import annotations
 
+import importlib
+from functools import cache
+
+import click
 import typer
+from typer.core import TyperGroup
 
 from mercia import __version__
-from mercia.analytics.cli import app as analytics_app
-from mercia.cdm.cli import app as db_app
-from mercia.cohorts.cli import app as cohort_app
-from mercia.demo import demo
-from mercia.federation.cli import app as federation_app
-from mercia.governance.cli import app as audit_app
-from mercia.ingest.cli import app as ingest_app
-from mercia.privacy.cli import app as privacy_app
-from mercia.proms.cli import app as proms_app
-from mercia.quality.cli import app as dq_app
-from mercia.raredisease.cli import app as raredisease_app
-from mercia.synth.cli import app as synth_app
-from mercia.trials.cli import app as trials_app
-from mercia.trials.crf.cli import app as crf_app
-from mercia.vocab.cli import app as vocab_app
-from mercia.web.cli import serve
 
-app = typer.Typer(name="mercia", help="Mercia: clinical research data platform (OMOP CDM).",
+# command name -> (module, attribute): a Typer app mounted as a group, or a function as one command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("mercia.demo", "demo"),
+    "serve": ("mercia.web.cli", "serve"),
+    "db": ("mercia.cdm.cli", "app"),
+    "vocab": ("mercia.vocab.cli", "app"),
+    "synth": ("mercia.synth.cli", "app"),
+    "ingest": ("mercia.ingest.cli", "app"),
+    "privacy": ("mercia.privacy.cli", "app"),
+    "dq": ("mercia.quality.cli", "app"),
+    "cohort": ("mercia.cohorts.cli", "app"),
+    "analyse": ("mercia.analytics.cli", "app"),
+    "raredisease": ("mercia.raredisease.cli", "app"),
+    "audit": ("mercia.governance.cli", "app"),
+    "federation": ("mercia.federation.cli", "app"),
+    "trials": ("mercia.trials.cli", "app"),
+    "proms": ("mercia.proms.cli", "app"),
+}
+
+
+@cache
+def load_command(name: str) -> click.Command:
+    module, attribute = COMMANDS[name]
+    target = getattr(importlib.import_module(module), attribute)
+    if isinstance(target, typer.Typer):
+        command: click.Command = typer.main.get_group(target)
+    else:
+        single = typer.Typer()
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class LazyGroup(TyperGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *COMMANDS]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS:
+            return load_command(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+app = typer.Typer(name="mercia", help="Mercia: clinical research data platform (OMOP CDM).", cls=LazyGroup,
                   no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def root() -> None:
+    """Mercia: clinical research data platform (OMOP CDM)."""
 
 
 @app.command()
 def version() -> None:
     """Print the Mercia version."""
     typer.echo(__version__)
-
-
-app.command("demo")(demo)
-app.command("serve")(serve)
-app.add_typer(db_app, name="db")
-app.add_typer(vocab_app, name="vocab")
-app.add_typer(synth_app, name="synth")
-app.add_typer(ingest_app, name="ingest")
-app.add_typer(privacy_app, name="privacy")
-app.add_typer(dq_app, name="dq")
-app.add_typer(cohort_app, name="cohort")
-app.add_typer(analytics_app, name="analyse")
-app.add_typer(raredisease_app, name="raredisease")
-app.add_typer(audit_app, name="audit")
-app.add_typer(federation_app, name="federation")
-app.add_typer(trials_app, name="trials")
-app.add_typer(proms_app, name="proms")
-app.add_typer(crf_app, name="crf")
 
 
 if __name__ == "__main__":  # `python -m mercia.cli ...`, as the tests and docs run it

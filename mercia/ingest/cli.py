@@ -33,7 +33,7 @@ def _report(summaries, as_json: bool) -> None:
 
 
 def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, opt_out: Path | None,
-         as_json: bool, manifest: Path | None = None) -> None:
+         as_json: bool, manifest: Path | None = None, reid_db: str | None = None) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from mercia.cdm import Store
@@ -42,13 +42,16 @@ def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, o
     from mercia.ingest.fhir import FhirError
     from mercia.ingest.service import default_options, ingest
 
+    from contextlib import nullcontext
+
     options = default_options(kind, opt_out=opt_out)
-    with Store.open(db) as store, Progress(SpinnerColumn(), TextColumn("{task.description}"),
+    with Store.open(db) as store, (Store.open(reid_db) if reid_db else nullcontext()) as reid_store, Progress(SpinnerColumn(), TextColumn("{task.description}"),
                                            TimeElapsedColumn(), transient=True) as progress:
         task = progress.add_task(f"{kind} {path.name}", total=None)
         try:
             summary = ingest(store, kind, path, org, mapping=mapping, options=options,
-                             on_step=lambda step: progress.update(task, description=step), manifest=manifest)
+                             on_step=lambda step: progress.update(task, description=step), manifest=manifest,
+                             reid_store=reid_store)
         except (FhirError, MappingError) as exc:  # the whole extract is unreadable; nothing was written
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
@@ -68,13 +71,15 @@ def _command(kind: str, needs_mapping: bool = False):
                 mapping: str = typer.Option(None, "--mapping", help="YAML mapping file or shipped mapping name"),
                 opt_out: Path = OPT_OUT, as_json: bool = JSON,
                 manifest: Path = typer.Option(None, "--manifest", exists=True,
-                                              help="sample manifest CSV (nmr, mztab, mwtab): sample_id -> person")) -> None:
+                                              help="sample manifest CSV (nmr, mztab, mwtab): sample_id -> person"),
+                reid_db: str = typer.Option(None, "--reid-db", help="the organisation's own store for its "
+                                            "re-identification key map (never the research store)")) -> None:
         if needs_mapping and not mapping:
             raise typer.BadParameter("CSV extracts need --mapping (e.g. acute_trust, proms or a YAML file)")
         if kind in ("nmr", "mztab", "mwtab") and manifest is None:
             raise typer.BadParameter(f"{kind} files need --manifest (sample_id, nhs_number or local_id, "
                                      "collection_date)")
-        _run(kind, path, org, db, mapping, opt_out, as_json, manifest)
+        _run(kind, path, org, db, mapping, opt_out, as_json, manifest, reid_db)
     command.__doc__ = f"Load a {kind} extract for one organisation (one transaction; resends are idempotent)."
     return command
 

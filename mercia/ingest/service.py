@@ -70,8 +70,15 @@ def read_source(kind: str, path: Path | str, mapping: str | Path | None = None,
 
 def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | Path | None = None,
            options: LoadOptions | None = None, on_step: Callable[[str], None] | None = None,
-           manifest: Path | str | None = None) -> LoadSummary:
-    """Read ``path`` as ``kind`` and load it for organisation ``org`` in one transaction."""
+           manifest: Path | str | None = None, reid_store: Store | None = None) -> LoadSummary:
+    """Read ``path`` as ``kind`` and load it for organisation ``org`` in one transaction.
+
+    ``reid_store`` is the organisation's own store (never the research store): after the load, its
+    re-identification key map (``mercia.trials.prescreen``) gets each patient's pseudonym, NHS number
+    and local record id, so its care team can turn a trial worklist back into patients."""
+    if reid_store is store:
+        raise ValueError("the re-identification key map must live in the organisation's own store, "
+                         "not in the research store")
     options = options or default_options(kind)
     if kind == "csv" and mapping is not None:
         from mercia.ingest.csv import load_mapping
@@ -84,4 +91,9 @@ def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | P
         ensure_local_concepts(store, staged.events.table(), staged.concept_names)
     if on_step:
         on_step(f"loading {staged.read} records for {org}")
-    return load_staged(store, staged, org, kind, options)
+    summary = load_staged(store, staged, org, kind, options)
+    if reid_store is not None:
+        from mercia.trials.prescreen import record_extract_identities
+        record_extract_identities(reid_store, org, staged.persons.table(), options.pseudonymiser,
+                                  options.allow_synthetic_nhs_numbers)
+    return summary

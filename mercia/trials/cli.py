@@ -10,8 +10,11 @@ from pathlib import Path
 
 import typer
 
+from mercia.trials.crf.cli import app as crf_app
+
 app = typer.Typer(help="Clinical trials: register, feasibility, worklists, recruitment, randomisation, CONSORT.",
                   no_args_is_help=True)
+app.add_typer(crf_app, name="crf")
 
 DB = typer.Option(None, "--db", help="store URL (default: configured store)")
 AS = typer.Option(..., "--as", help="the Mercia username you act as")

@@ -15,6 +15,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mercia.cdm import Store
 from mercia.cdm.extensions import ensure_extension_tables
@@ -93,16 +94,27 @@ class ReidentificationService:
         self.org = org.strip().upper()
         store.execute(IDENTITY_DDL)
 
-    def record_identities(self, pseudonymiser: Pseudonymiser, nhs_numbers: list[str], local_mrns: list[str]) -> int:
-        """Called at ingest with the organisation's extract: keep pseudonym -> NHS number, MRN (idempotent)."""
+    def record_identities(self, pseudonymiser: Pseudonymiser, nhs_numbers: list[str] | pa.Array,
+                          local_mrns: list[str] | pa.Array) -> int:
+        """Called at ingest with the organisation's extract: keep pseudonym -> NHS number and local MRN.
+
+        A resend or a later extract replaces the entries of the patients it holds and keeps the rest
+        (the last MRN seen for an NHS number wins), so loads can come in any number of pieces."""
         if len(nhs_numbers) != len(local_mrns):
             raise TrialError("each NHS number needs its local MRN (the lists differ in length)")
-        table = pa.table({"nhs_pseudonym": pseudonymiser.nhs_pseudonyms(pa.array(nhs_numbers, pa.string())),
-                          "nhs_number": pa.array(nhs_numbers, pa.string()),
+        nhs = pa.array(nhs_numbers, pa.string()) if not isinstance(nhs_numbers, pa.Array) else nhs_numbers
+        table = pa.table({"nhs_pseudonym": pseudonymiser.nhs_pseudonyms(nhs), "nhs_number": nhs,
                           "local_mrn": pa.array(local_mrns, pa.string())})
         with self.store.transaction():
-            self.store.execute("DELETE FROM mercia_reid_identity")
-            return self.store.insert_arrow("mercia_reid_identity", table)
+            self.store.execute("CREATE TEMP TABLE IF NOT EXISTS mercia_reid_incoming (nhs_pseudonym TEXT, "
+                               "nhs_number TEXT, local_mrn TEXT)")
+            self.store.execute("DELETE FROM mercia_reid_incoming")
+            self.store.insert_arrow("mercia_reid_incoming", table)
+            self.store.execute("DELETE FROM mercia_reid_identity WHERE nhs_pseudonym IN "
+                               "(SELECT nhs_pseudonym FROM mercia_reid_incoming)")
+            self.store.execute("""INSERT INTO mercia_reid_identity (nhs_pseudonym, nhs_number, local_mrn)
+                SELECT nhs_pseudonym, MAX(nhs_number), MAX(local_mrn) FROM mercia_reid_incoming GROUP BY nhs_pseudonym""")
+            return int(self.store.query_one("SELECT COUNT(DISTINCT nhs_pseudonym) FROM mercia_reid_incoming"))
 
     def worklist(self, register: TrialRegister, actor: User, trial_id: str, *, since: str | None = None
                  ) -> list[dict[str, Any]]:
@@ -133,3 +145,17 @@ class ReidentificationService:
         register.gov.audit.record(actor.username, "trial.reidentify", f"trial:{trial_id}/site:{self.org}",
                                   trial.project_id, persons=[int(r["person_id"]) for r in rows])
         return out
+
+
+def record_extract_identities(reid_store: Store, org: str, persons: pa.Table, pseudonymiser: Pseudonymiser,
+                              allow_synthetic: bool = False) -> int:
+    """Fill ``org``'s key map from an extract's staged persons (called by ingest after the load): every
+    person with a valid NHS number, their local record id as the MRN."""
+    from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
+
+    if not persons.num_rows:
+        return 0
+    nhs = normalise_nhs_numbers(persons.column("nhs_number").combine_chunks())
+    valid = pc.and_(pc.is_null(nhs_number_problems(nhs, allow_synthetic)), pc.is_valid(nhs))
+    return ReidentificationService(reid_store, org).record_identities(
+        pseudonymiser, nhs.filter(valid), persons.column("record").combine_chunks().filter(valid))

@@ -15,6 +15,7 @@ import orjson
 
 from mercia.governance import Conflict, User
 from mercia.governance.db import now
+from mercia.trials.crf.service import CrfService
 from mercia.trials.randomise import Allocator, KeyedStream, RandomisationError, load_randomisation_key
 from mercia.trials.register import TrialError, TrialRegister, TrialRole
 
@@ -32,6 +33,7 @@ class Recruitment:
         self.db = register.db
         self.audit = register.gov.audit
         self._stream = stream
+        self.crf = CrfService(register.gov)
 
     @property
     def stream(self) -> KeyedStream:
@@ -145,7 +147,16 @@ class Recruitment:
                 "trial_id": trial_id, "person_id": person_id, "site": site, "status": "randomised", "reason": "",
                 "detail": orjson.dumps({"sequence": sequence}).decode(), "recorded_on": today,
                 "recorded_by": actor.username, "recorded_at": now()})
-        return self.allocation(actor, trial_id, person_id)
+            record_id = self.crf.enrol_randomised(actor, trial_id, person_id, arm, site, today)
+        shown = self.allocation(actor, trial_id, person_id)
+        return {**shown, "crf_record": record_id} if record_id else shown
+
+    def link_study(self, actor: User, trial_id: str, study_name: str, arm_map: dict[str, str]) -> None:
+        """From now on each randomised participant is enrolled in the eCRF study (trial manager, who is
+        also the study's data manager)."""
+        trial = self.register.require(actor, trial_id, TrialRole.TRIAL_MANAGER)
+        self.crf.link_trial(actor, study_name, trial_id, [a.code for a in trial.settings.arms], trial.blinded,
+                            arm_map)
 
     def allocation(self, actor: User, trial_id: str, person_id: int) -> dict[str, Any]:
         """The participant's allocation as ``actor`` may see it: arm only where the trial is open-label,
@@ -219,3 +230,29 @@ class Recruitment:
             out.append({"site": site, "randomised": randomised.get(site, 0), "target": round(share, 1),
                         "percent_of_target": round(100 * randomised.get(site, 0) / share, 1), **counts})
         return out
+
+    def allocation_summary(self, actor: User, trial_id: str) -> dict[str, Any]:
+        """Unblinded counts for the trial statistician only: allocations by arm, by site and arm, and
+        for each stratification factor by level and arm with the imbalance (largest minus smallest arm
+        count) of each level.  Every view is audited."""
+        trial = self.register.require(actor, trial_id, TrialRole.STATISTICIAN)
+        rows = self.db.rows("SELECT site, levels, arm FROM mercia_trial_allocation WHERE trial_id = ? "
+                            "ORDER BY version, sequence", [trial_id])
+        arms = [a.code for a in trial.settings.arms]
+        by_arm = {arm: sum(1 for r in rows if r["arm"] == arm) for arm in arms}
+        sites = [{"site": site, **{arm: sum(1 for r in rows if r["site"] == site and r["arm"] == arm) for arm in arms}}
+                 for site in trial.sites]
+        levels = [orjson.loads(r["levels"]) for r in rows]
+        factors = []
+        for factor in trial.settings.factors:
+            table = []
+            for level in factor.levels:
+                counts = {arm: sum(1 for r, lv in zip(rows, levels, strict=True)
+                                   if r["arm"] == arm and lv.get(factor.name) == level) for arm in arms}
+                table.append({"level": level, **counts, "imbalance": max(counts.values()) - min(counts.values())})
+            factors.append({"factor": factor.name, "rows": table,
+                            "imbalance": sum(r["imbalance"] for r in table)})
+        self.audit.record(actor.username, "trial.allocation_summary", f"trial:{trial_id}", trial.project_id,
+                          allocations=len(rows), by_arm=by_arm)
+        return {"trial": trial, "arms": arms, "total": len(rows), "by_arm": by_arm, "sites": sites,
+                "factors": factors}

@@ -224,11 +224,23 @@ def trial_page(trial_id: str, request: Request, caller: Caller = Depends(signed_
     tables = {t["name"]: t for t in feas["tables"]} if feas else {}
     sites = sorted(set().union(*(s for r, s in roles.items() if r in SITE_ROLES)) - {""})
     return render(request, "trial.html", caller, trial=trial, roles=sorted(r.value for r in roles), sites=sites,
+                  statistician=TrialRole.STATISTICIAN in roles,
                   all_roles=[r.value for r in TrialRole], manager=TrialRole.TRIAL_MANAGER in roles,
                   feasibility=feas, chart=feasibility_chart(tables["new_eligible"]) if feas else None,
                   pool=display_table(tables["pool"]) if feas else None,
                   projection=display_table(tables["projection"]) if feas else None,
                   dashboard=sections["dashboard"], consort=sections["consort"])
+
+
+@router.get("/trials/{trial_id}/allocations", response_class=HTMLResponse)
+def allocations_page(trial_id: str, request: Request, caller: Caller = Depends(signed_in)):
+    """The trial statistician's unblinded allocation summary and balance by factor (audited)."""
+    from mercia.trials.recruitment import Recruitment
+
+    state, register = _register(request)
+    with state.lock:
+        summary = Recruitment(register).allocation_summary(caller.user, trial_id)
+    return render(request, "trials_allocations.html", caller, **summary)
 
 
 @router.get("/trials/{trial_id}/worklist", response_class=HTMLResponse)
@@ -243,3 +255,162 @@ def worklist_page(trial_id: str, request: Request, site: str = Query(..., max_le
     return render(request, "trial_worklist.html", caller, trial=trial, site=site, since=since, rows=rows,
                   statuses=["identified", "prescreened", "approached", "screened", "consented", "ineligible",
                             "declined", "withdrawn"])
+
+
+# -- eCRF data entry ----------------------------------------------------------------------------------
+# Pages over ``mercia.trials.crf.service``: the study's participants and forms, and one form per event
+# with plain labels, required markers, inline validation and live branching (``crf-form.js`` drives
+# ``crf-logic.js``, the evaluator tested against the Python reference).  The server validates again on
+# save; every rule, role check and audit entry is the service's.
+CRF_ASSETS = {"crf-logic.js", "crf-form.js"}
+
+
+def _crf(request: Request):
+    from mercia.trials.crf.service import CrfService
+
+    state = state_of(request)
+    return state, CrfService(state.gov)
+
+
+def _form_path(study: str, record: str, event: str, form: str) -> str:
+    return "/crf/" + "/".join(urlquote(part, safe="") for part in (study, record, event, form))
+
+
+@router.get("/crf-assets/{name}")
+def crf_asset(name: str):
+    from pathlib import Path
+
+    import mercia.trials.crf
+
+    if name not in CRF_ASSETS:
+        return Response(status_code=404)
+    return Response((Path(mercia.trials.crf.__file__).parent / "static" / name).read_bytes(),
+                    media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/crf", response_class=HTMLResponse)
+def crf_studies(request: Request, caller: Caller = Depends(signed_in)):
+    state, crf = _crf(request)
+    with state.lock:
+        studies = crf.studies_for(caller.user)
+    return render(request, "trials_crf_studies.html", caller, studies=studies)
+
+
+@router.get("/crf/{study}", response_class=HTMLResponse)
+def crf_study(study: str, request: Request, caller: Caller = Depends(signed_in)):
+    state, crf = _crf(request)
+    with state.lock:
+        overview = crf.overview(caller.user, study)
+    return render(request, "trials_crf_study.html", caller, form_path=_form_path, **overview)
+
+
+def _form_page(request: Request, caller: Caller, study: str, record: str, event: str, form: str,
+               problems: dict[str, str] | None = None, entered: dict[str, str] | None = None, status_code: int = 200):
+    from datetime import date
+
+    from mercia.trials.crf.logic import Record, shows
+
+    state, crf = _crf(request)
+    with state.lock:
+        definition = crf.form_definition(caller.user, study, form)
+        data = crf.form_data(caller.user, study, record, event, form)
+        found = crf.study(study)
+        roles = {r.value for r in crf.roles(caller.user, found)}
+        queries = crf.form_queries(caller.user, study, record, event, form)
+        others = crf.record_values(found, record)
+        event_label = next(e["label"] for e in crf.events(found) if e["event_name"] == event)
+    definition["fields"] = [f for f in definition["fields"] if f["name"] != definition["record_id_field"]]
+    values = {**data["values"], **(entered or {})}
+    record_view = Record(values, others, today=date.today().isoformat())
+    for f in definition["fields"]:
+        f["shown"] = shows(f["branching"], record_view)
+    state_row = data["state"] or {}
+    editable = "data_entry" in roles and not state_row.get("locked") and not state_row.get("deleted")
+    script = {"fields": definition["fields"], "values": values, "events": others, "today": record_view.today}
+    return render(request, "trials_crf_form.html", caller, status_code=status_code, study=found, record=record,
+                  event=event, event_label=event_label, form=form, fields=definition["fields"], values=values,
+                  state=state_row, roles=roles, editable=editable, queries=queries, problems=problems or {},
+                  script=script, path=_form_path(study, record, event, form),
+                  statuses=["incomplete", "unverified", "complete"])
+
+
+@router.get("/crf/{study}/{record}/{event}/{form}", response_class=HTMLResponse)
+def crf_form(study: str, record: str, event: str, form: str, request: Request, caller: Caller = Depends(signed_in)):
+    return _form_page(request, caller, study, record, event, form)
+
+
+def entered_values(definition: dict[str, Any], submitted: dict[str, str], current: dict[str, str]) -> dict[str, str]:
+    """What the form submitted for each entered column: an unticked box is '0' once the column holds a
+    value (browsers send nothing for it); calculated and descriptive fields and the record id are not entered."""
+    values: dict[str, str] = {}
+    for f in definition["fields"]:
+        if f["type"] in ("calc", "descriptive") or f["name"] == definition["record_id_field"]:
+            continue
+        for column in f["columns"]:
+            if f["type"] == "checkbox":
+                if submitted.get(column) == "1":
+                    values[column] = "1"
+                elif current.get(column, "") != "":
+                    values[column] = "0"
+            else:
+                values[column] = submitted.get(column, "").strip()
+    return values
+
+
+@router.post("/crf/{study}/{record}/{event}/{form}/save")
+def crf_save(study: str, record: str, event: str, form: str, request: Request, caller: Caller = Depends(signed_in),
+             submitted: dict = Depends(form_data)):
+    from mercia.trials.crf.service import EntryError
+
+    state, crf = _crf(request)
+    with state.lock:
+        definition = crf.form_definition(caller.user, study, form)
+        current = crf.form_data(caller.user, study, record, event, form)["values"]
+    values = entered_values(definition, submitted, current)
+    status = submitted.get("status", "incomplete")
+    if status not in ("incomplete", "unverified", "complete"):
+        return _form_page(request, caller, study, record, event, form, problems={"status": f"{status!r} is not a status"},
+                          entered=values, status_code=400)
+    try:
+        with state.lock:
+            changes = crf.save_form(caller.user, study, record, event, form, values, reason=submitted.get("reason", ""),
+                                    status=status)
+    except EntryError as exc:
+        return _form_page(request, caller, study, record, event, form, problems=exc.problems, entered=values,
+                          status_code=400)
+    return redirect(_form_path(study, record, event, form),
+                    f"Saved: {len(changes)} change{'s' if len(changes) != 1 else ''}" if changes else "No changes")
+
+
+@router.post("/crf/{study}/{record}/{event}/{form}/{action}")
+def crf_form_action(study: str, record: str, event: str, form: str, action: str, request: Request,
+                    caller: Caller = Depends(signed_in), submitted: dict = Depends(form_data)):
+    """Sign (password re-entered), lock, unlock (with a reason), raise a query."""
+    state, crf = _crf(request)
+    user = caller.user
+    actions = {
+        "sign": lambda: crf.sign(user, study, record, event, form, submitted.get("username", ""),
+                                 submitted.get("password", ""), submitted.get("meaning", "")),
+        "lock": lambda: crf.lock(user, study, record, event, form),
+        "unlock": lambda: crf.unlock(user, study, record, event, form, submitted.get("reason", "")),
+        "query": lambda: crf.raise_query(user, study, record, event, form, submitted.get("field", ""),
+                                         submitted.get("text", "")),
+    }
+    if action not in actions:
+        return Response(status_code=404)
+    with state.lock:
+        actions[action]()
+    done = {"sign": "Signed and locked", "lock": "Locked", "unlock": "Unlocked", "query": "Query raised"}[action]
+    return redirect(_form_path(study, record, event, form), done)
+
+
+@router.post("/crf/{study}/{record}/{event}/{form}/queries/{query_id}/{action}")
+def crf_query_action(study: str, record: str, event: str, form: str, query_id: int, action: str, request: Request,
+                     caller: Caller = Depends(signed_in), submitted: dict = Depends(form_data)):
+    state, crf = _crf(request)
+    steps = {"answer": crf.answer_query, "close": crf.close_query, "reopen": crf.reopen_query}
+    if action not in steps:
+        return Response(status_code=404)
+    with state.lock:
+        steps[action](caller.user, study, query_id, submitted.get("text", ""))
+    return redirect(_form_path(study, record, event, form), f"Query {query_id}: {action}ed")

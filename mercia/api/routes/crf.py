@@ -7,7 +7,7 @@ from __future__ import annotations
 import tempfile
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -121,13 +121,14 @@ def audit(study: str, request: Request, record: str | None = None,
 
 @router.get("/export", summary="Export the study: CDISC ODM 1.3.2, flat CSV or REDCap CSV (streamed)")
 def export(study: str, request: Request, format: Literal["odm", "flat", "redcap"] = "odm",
+           history: bool = Query(False, description="ODM only: every change with its audit record (transactional)"),
            user: User = Depends(current_user)) -> StreamingResponse:
     from mercia.trials.crf.export import write_csv, write_odm
 
     crf = _crf(request)
     spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024)   # spills to disk beyond 16 MB
     if format == "odm":
-        write_odm(crf, user, study, spool)
+        write_odm(crf, user, study, spool, history=history)
     else:
         import io
 

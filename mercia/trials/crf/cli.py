@@ -1,4 +1,4 @@
-"""``mercia crf``: eCRF studies from the command line (dictionary versions, schedule, exports, audit trail).
+"""``mercia trials crf``: eCRF studies from the command line (dictionary versions, schedule, exports, audit trail).
 
 Each command acts as a registered user, who signs in with their password (prompted, or from
 ``MERCIA_PASSWORD`` for scripts), so the audit trail names a person and the study roles apply.
@@ -123,9 +123,28 @@ def add_participant(study: str, record_id: str, arm: str = typer.Option(..., "--
     typer.echo(f"record {record_id} in {arm}")
 
 
+@app.command("link-trial")
+def link_trial(study: str, trial: str = typer.Option(..., "--trial", help="trial id"),
+               arm: list[str] = typer.Option(..., "--arm", help="TRIAL_ARM=SCHEDULE_ARM, once per trial arm"),
+               user: str = USER, db: str | None = DB) -> None:
+    """Take the study's participants from the trial's randomisation (trial manager and data manager)."""
+    from mercia.trials.recruitment import Recruitment
+    from mercia.trials.register import TrialRegister
+
+    crf, actor = _session(db, user)
+    pairs = [a.split("=", 1) for a in arm]
+    if any(len(p) != 2 for p in pairs):
+        raise typer.BadParameter("--arm is TRIAL_ARM=SCHEDULE_ARM")
+    recruitment = Recruitment(TrialRegister(crf.db.store, crf.gov))
+    _run(lambda: recruitment.link_study(actor, trial, study, dict(pairs)))
+    typer.echo(f"study {study} takes its participants from trial {trial}")
+
+
 @app.command()
 def export(study: str, out: Path = typer.Option(..., "--out"),
            format: str = typer.Option("odm", "--format", help="odm, flat or redcap"),
+           history: bool = typer.Option(False, "--history", help="ODM: every change with its audit record "
+                                                                  "(a transactional file), not the current values"),
            user: str = USER, db: str | None = DB) -> None:
     """Export the study's data (streamed): CDISC ODM 1.3.2, flat CSV or REDCap-compatible CSV."""
     from mercia.trials.crf.export import write_csv, write_odm
@@ -135,7 +154,7 @@ def export(study: str, out: Path = typer.Option(..., "--out"),
     crf, actor = _session(db, user)
     if format == "odm":
         with out.open("wb") as f:
-            n = _run(lambda: write_odm(crf, actor, study, f))
+            n = _run(lambda: write_odm(crf, actor, study, f, history=history))
         typer.echo(f"{n} item values -> {out}")
     else:
         with out.open("w", newline="", encoding="utf-8") as f:

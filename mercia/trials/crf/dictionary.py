@@ -35,6 +35,11 @@ _CODE = re.compile(r"^-?[A-Za-z0-9_.]+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)$")
+_TAG = re.compile(r"@([A-Z][A-Z0-9-]*)(?:=(\S+))?")
+# Tags that map a field into OMOP and mark PROM items (docs/trials-crf.md, "Into OMOP").
+OMOP_TABLES = ("measurement", "observation")
+PROM_ITEMS = {"eq5d5l": ("MO", "SC", "UA", "PD", "AD", "VAS"), "eq5d3l": ("MO", "SC", "UA", "PD", "AD", "VAS"),
+              "ohs": tuple(f"q{i}" for i in range(1, 13)), "oks": tuple(f"q{i}" for i in range(1, 13))}
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # not allowed in XML 1.0
 
 
@@ -85,6 +90,11 @@ class Field:
     @property
     def is_identifier(self) -> bool:
         return self.identifier.strip().lower() == "y"
+
+    @cached_property
+    def tags(self) -> dict[str, str]:
+        """Action tags of the annotation (``@OMOP=3038553 @PROM=eq5d5l:MO``): name -> value ('' if none)."""
+        return {m.group(1): (m.group(2) or "").strip("'\"") for m in _TAG.finditer(self.annotation)}
 
     def export_columns(self) -> list[str]:
         """Columns in a REDCap record export: checkboxes become one column per code."""
@@ -205,10 +215,39 @@ def _check(d: Dictionary, lines: dict[str, int]) -> None:
             unknown = sorted(ref for ref in referenced_fields(tree) if ref not in lines)
             if unknown:
                 raise DictionaryError(f"{where}: branching logic refers to unknown field(s) {', '.join(unknown)}")
+        problem = _tag_problem(f)
+        if problem:
+            raise DictionaryError(f"{where}: field annotation: {problem}")
         for column in f.export_columns():
             if column in columns:
                 raise DictionaryError(f"{where}: export column {column!r} collides with another field's")
             columns.add(column)
+
+
+def _tag_problem(f: Field) -> str | None:
+    tags = f.tags
+    for name in ("OMOP", "OMOP-UNIT", "PROM-OMOP"):
+        if name in tags and not re.fullmatch(r"\d{1,10}", tags[name]):
+            return f"@{name} is a concept id (digits), not {tags[name]!r}"
+    if "LOINC" in tags and not re.fullmatch(r"\d{1,7}-\d", tags["LOINC"]):
+        return f"@LOINC is a LOINC code like 39156-5, not {tags['LOINC']!r}"
+    if "OMOP-TABLE" in tags and tags["OMOP-TABLE"] not in OMOP_TABLES:
+        return f"@OMOP-TABLE is {' or '.join(OMOP_TABLES)}, not {tags['OMOP-TABLE']!r}"
+    if "PROM" in tags:
+        instrument, _, item = tags["PROM"].partition(":")
+        if item not in PROM_ITEMS.get(instrument, ()):
+            return (f"@PROM is INSTRUMENT:ITEM ({', '.join(PROM_ITEMS)}; items "
+                    f"{', '.join(PROM_ITEMS.get(instrument, PROM_ITEMS['eq5d5l']))}), not {tags['PROM']!r}")
+        if f.field_type == "checkbox":
+            return "a PROM item is one answer, not a checkbox"
+    if "PROM-VALUESET" in tags:
+        from mercia.proms.valuesets import SPECS
+
+        if tags["PROM-VALUESET"] not in SPECS:
+            return f"@PROM-VALUESET is one of {', '.join(SPECS)}, not {tags['PROM-VALUESET']!r}"
+    if ("OMOP" in tags or "LOINC" in tags) and f.field_type in ("checkbox", "descriptive", "file"):
+        return f"a {f.field_type} field cannot be written into OMOP"
+    return None
 
 
 def referenced_fields(tree: dict) -> set[str]:

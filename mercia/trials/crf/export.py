@@ -8,6 +8,7 @@ by participant.  Every export is recorded in the audit log (who, what, how many)
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -199,7 +200,8 @@ def _admin(service: CrfService, study: Study, meanings: list[str]) -> etree._Ele
     users = [r[0] for r in service.db.store.query(
         "SELECT DISTINCT saved_by FROM mercia_crf_value WHERE study_id = ? UNION "
         "SELECT DISTINCT signed_by FROM mercia_crf_form WHERE study_id = ? AND signed_by IS NOT NULL "
-        "UNION SELECT DISTINCT actor FROM mercia_audit WHERE action = 'crf.form.save' AND target LIKE ? ORDER BY 1",
+        "UNION SELECT DISTINCT actor FROM mercia_audit WHERE action IN ('crf.form.save', 'crf.form.delete') "
+        "AND target LIKE ? ORDER BY 1",
         [study.id, study.id, f"crf:{study.name}:%"])]
     for username in users:
         user = service.gov.user_by_name(username)
@@ -229,15 +231,33 @@ def _serialise(element: etree._Element) -> bytes:
     return etree.tostring(_qualify(element), encoding="UTF-8", xml_declaration=False)
 
 
-def write_odm(service: CrfService, actor: User, study_name: str, out: IO[bytes], batch: int = BATCH) -> int:
-    """CDISC ODM 1.3.2 snapshot: metadata, users and signature meanings, and clinical data with each
-    item's last audit record (who, when, why, audit entry) and each form's signature; returns ItemData count.
+def write_odm(service: CrfService, actor: User, study_name: str, out: IO[bytes], batch: int = BATCH,
+              history: bool = False) -> int:
+    """CDISC ODM 1.3.2: metadata, users and signature meanings, and clinical data; returns ItemData count.
+
+    A snapshot (the default) gives each item's current value with its last audit record (who, when,
+    why, audit entry) and each form's signature.  ``history`` writes a transactional file instead:
+    every change ever saved, in order, as ItemData with TransactionType Insert, Update or Remove and its
+    own AuditRecord, and each soft deletion of a form as a FormData Remove with who, when and why.
+    Either way everything is read in one transaction (repeatable read), so the file is one consistent
+    view however long it takes to write.
 
     Metadata and administrative data are built with lxml; the clinical data, one participant at a time,
     are formatted directly with XML escaping (an lxml element per value was ten times slower at 4 million
     values).  Values never hold control characters (data entry refuses them), so escaping is enough."""
     study = service.study(study_name)
     service.require(actor, study, StudyRole.DATA_MANAGER, StudyRole.MONITOR)
+    store = service.db.store
+    with service.db.transaction():
+        if store.dialect == "postgres":
+            store.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        items = _write_odm(service, study, out, batch, history)
+        service.gov.audit.record(actor.username, "crf.export", f"crf:{study.name}", format="odm_1.3.2",
+                                 items=items, history=history)
+    return items
+
+
+def _write_odm(service: CrfService, study: Study, out: IO[bytes], batch: int, history: bool) -> int:
     events = service.events(study)
     event_order = {e["event_name"]: i for i, e in enumerate(events)}
     form_order = {f: i for i, f in enumerate(study.dictionary.forms)}
@@ -254,7 +274,7 @@ def write_odm(service: CrfService, actor: User, study_name: str, out: IO[bytes],
     globals_el.append(_text("ProtocolName", study.name))
     study_el.append(_metadata(study, events))
     out.write(b'<?xml version="1.0" encoding="UTF-8"?>\n')
-    out.write(f'<ODM xmlns="{ODM_NS}" FileType="Snapshot" Granularity="All" FileOID="{_attr(f"mercia.{study.name}.{created}")}" '
+    out.write(f'<ODM xmlns="{ODM_NS}" FileType="{"Transactional" if history else "Snapshot"}" Granularity="All" FileOID="{_attr(f"mercia.{study.name}.{created}")}" '
               f'CreationDateTime="{created}" ODMVersion="1.3.2" SourceSystem="Mercia">'.encode())
     out.write(_serialise(study_el))
     out.write(_serialise(_admin(service, study, meanings)))
@@ -262,6 +282,11 @@ def write_odm(service: CrfService, actor: User, study_name: str, out: IO[bytes],
               f'MetaDataVersionOID="MDV.{study.dictionary_version}">'.encode())
     items = 0
     for ids in _record_batches(service, study, batch):
+        if history:
+            parts = []
+            items += _history_rows(parts, _changes(service, study, ids), event_order, form_order, by_column)
+            out.write("".join(parts).encode())
+            continue
         rows = service.db.store.query(
             f"SELECT v.record_id, v.event_name, v.form_name, v.field_name, v.value, v.saved_by, v.saved_at, "
             f"v.reason, v.audit_seq FROM mercia_crf_value v WHERE v.study_id = ? AND v.value <> '' "
@@ -274,7 +299,75 @@ def write_odm(service: CrfService, actor: User, study_name: str, out: IO[bytes],
         items += _clinical_rows(parts, rows, forms, by_column, meanings)
         out.write("".join(parts).encode())
     out.write(b"</ClinicalData></ODM>\n")
-    service.gov.audit.record(actor.username, "crf.export", f"crf:{study.name}", format="odm_1.3.2", items=items)
+    return items
+
+
+def _changes(service: CrfService, study: Study, ids: list[str]) -> dict[tuple[str, str, str], list[dict]]:
+    """The saves and deletions of each form of a batch of participants, oldest first, from the audit log,
+    whose targets are ``crf:<study>:<record>:<event>:<form>`` (study names and record ids hold no ':')."""
+    prefix = f"crf:{study.name}:"
+    found: dict[tuple[str, str, str], list[dict]] = {}
+    for seq, at, actor, action, target, detail in service.db.store.query(
+            "SELECT seq, logged_at, actor, action, target, detail FROM mercia_audit WHERE action IN "
+            "('crf.form.save', 'crf.form.delete') AND target LIKE ? AND split_part(target, ':', 3) IN "
+            f"({', '.join('?' for _ in ids)}) ORDER BY seq", [prefix + "%", *ids]):
+        record, event, form = target[len(prefix):].split(":")
+        found.setdefault((record, event, form), []).append(
+            {"seq": seq, "at": at, "actor": actor, "action": action, **json.loads(detail)})
+    return found
+
+
+def _audit_record(entry: dict) -> str:
+    reason = entry.get("reason")
+    return (f'<AuditRecord><UserRef UserOID="U.{_attr(entry["actor"])}"/><LocationRef LocationOID="{LOCATION}"/>'
+            f"<DateTimeStamp>{entry['at']}</DateTimeStamp>"
+            + (f"<ReasonForChange>{escape(reason)}</ReasonForChange>" if reason else "")
+            + f"<SourceID>mercia_audit:{entry['seq']}</SourceID></AuditRecord>")
+
+
+def _enter(parts: list[str], before: tuple[str | None, str | None], after: tuple[str, str], attrs: str = "") -> None:
+    """Close the StudyEventData and SubjectData being left and open those entered, going from the
+    (record, event) ``before`` to ``after``."""
+    (subject, event), (record_id, event_name) = before, after
+    if after != before and event is not None:
+        parts.append("</StudyEventData>")
+    if record_id != subject and subject is not None:
+        parts.append("</SubjectData>")
+    if record_id != subject:
+        parts.append(f'<SubjectData SubjectKey="{_attr(record_id)}"{attrs}>')
+    if after != before:
+        parts.append(f'<StudyEventData StudyEventOID="SE.{event_name}"{attrs}>')
+
+
+def _history_rows(parts: list[str], changes: dict[tuple[str, str, str], list[dict]], event_order: dict[str, int],
+                  form_order: dict[str, int], by_column: dict[str, Field]) -> int:
+    """Append transactional SubjectData: per form, every item change in order, then any deletion."""
+    items = 0
+    subject = event = None
+    for record_id, event_name, form_name in sorted(changes, key=lambda k: (
+            k[0], event_order.get(k[1], 0), form_order.get(k[2], 0))):
+        _enter(parts, (subject, event), (record_id, event_name), ' TransactionType="Context"')
+        subject, event = record_id, event_name
+        entries = changes[(record_id, event_name, form_name)]
+        saved = [(e, c) for e in entries if e["action"] == "crf.form.save" for c in e["changes"]]
+        if saved:
+            parts.append(f'<FormData FormOID="F.{form_name}" TransactionType="Context">'
+                         f'<ItemGroupData ItemGroupOID="IG.{form_name}" TransactionType="Context">')
+            for entry, change in saved:
+                kind = "Insert" if change["old"] == "" else "Remove" if change["new"] == "" else "Update"
+                field = by_column.get(change["field"])
+                shown = _odm_value(field, change["new"]) if field is not None else change["new"]
+                value = "" if kind == "Remove" else f' Value="{_attr(shown)}"'
+                parts.append(f'<ItemData ItemOID="I.{_attr(change["field"])}" TransactionType="{kind}"{value}>'
+                             f"{_audit_record(entry)}</ItemData>")
+            parts.append("</ItemGroupData></FormData>")
+            items += len(saved)
+        for entry in entries:
+            if entry["action"] == "crf.form.delete":
+                parts.append(f'<FormData FormOID="F.{form_name}" TransactionType="Remove">{_audit_record(entry)}'
+                             "</FormData>")
+    if subject is not None:
+        parts.append("</StudyEventData></SubjectData>")
     return items
 
 
@@ -286,25 +379,15 @@ def _clinical_rows(parts: list[str], rows: list[tuple], forms: dict, by_column: 
         if (record_id, event_name, form_name) != (subject, event, form):
             if form is not None:
                 parts.append("</ItemGroupData></FormData>")
-            if (record_id, event_name) != (subject, event) and event is not None:
-                parts.append("</StudyEventData>")
-            if record_id != subject and subject is not None:
-                parts.append("</SubjectData>")
-            if record_id != subject:
-                parts.append(f'<SubjectData SubjectKey="{_attr(record_id)}">')
-            if (record_id, event_name) != (subject, event):
-                parts.append(f'<StudyEventData StudyEventOID="SE.{event_name}">')
+            _enter(parts, (subject, event), (record_id, event_name))
             parts.append(f'<FormData FormOID="F.{form_name}">')
             parts.append(_form_signature(forms.get((record_id, event_name, form_name)), meanings))
             parts.append(f'<ItemGroupData ItemGroupOID="IG.{form_name}">')
             subject, event, form = record_id, event_name, form_name
         field = by_column.get(column)
         shown = _odm_value(field, value) if field is not None else value
-        parts.append(f'<ItemData ItemOID="I.{column}" Value="{_attr(shown)}"><AuditRecord>'
-                     f'<UserRef UserOID="U.{_attr(user)}"/><LocationRef LocationOID="{LOCATION}"/>'
-                     f"<DateTimeStamp>{at}</DateTimeStamp>"
-                     + (f"<ReasonForChange>{escape(reason)}</ReasonForChange>" if reason else "")
-                     + f"<SourceID>mercia_audit:{seq}</SourceID></AuditRecord></ItemData>")
+        parts.append(f'<ItemData ItemOID="I.{column}" Value="{_attr(shown)}">'
+                     f"{_audit_record({'actor': user, 'at': at, 'reason': reason, 'seq': seq})}</ItemData>")
     if form is not None:
         parts.append("</ItemGroupData></FormData></StudyEventData></SubjectData>")
     return len(rows)

@@ -10,13 +10,16 @@ verify`` covers the eCRF history too (21 CFR Part 11.10(e), MHRA GXP data integr
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from enum import StrEnum
 from typing import Any
 
 from mercia.governance import Conflict, Forbidden, Governance, GovernanceError, NotFound, Role, User
 from mercia.governance.db import now
+from mercia.trials.crf import omop
 from mercia.trials.crf.dictionary import Change, Dictionary, diff, read_dictionary, validate_value, write_dictionary
 from mercia.trials.crf.logic import Record, calculated, parse, shows
 from mercia.trials.crf.tables import ensure_crf_tables
@@ -75,6 +78,9 @@ class Study:
     dictionary: Dictionary | None
 
 
+_KEY = re.compile(r"[A-Za-z0-9_.-]{1,100}")   # study names and record ids: part of audit targets split on ':'
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
@@ -89,6 +95,8 @@ class CrfService:
     def create_study(self, actor: User, name: str, title: str, project_id: int | None = None) -> Study:
         if not actor.has_any(Role.TRIAL_COORDINATOR, Role.ADMIN):
             raise Forbidden("creating a study needs the role Trial coordinator or Admin")
+        if not _KEY.fullmatch(name):
+            raise GovernanceError(f"study name {name!r}: letters, digits, '_', '-' and '.' only")
         with self.db.transaction():
             if self.db.scalar("SELECT COUNT(*) FROM mercia_crf_study WHERE name = ?", [name]):
                 raise Conflict(f"study {name!r} already exists")
@@ -109,6 +117,15 @@ class CrfService:
                               [row["study_id"], row["dictionary_version"]])
         return Study(row["study_id"], row["name"], row["title"], row["dictionary_version"],
                      read_dictionary(text) if text else None)
+
+    def studies_for(self, user: User) -> list[dict[str, Any]]:
+        """The studies ``user`` has a role in, with the roles."""
+        rows = self.db.rows("SELECT s.name, s.title, m.role FROM mercia_crf_member m JOIN mercia_crf_study s "
+                            "ON s.study_id = m.study_id WHERE m.username = ? ORDER BY s.name, m.role", [user.username])
+        found: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            found.setdefault(r["name"], {"name": r["name"], "title": r["title"], "roles": []})["roles"].append(r["role"])
+        return list(found.values())
 
     def roles(self, user: User, study: Study) -> set[StudyRole]:
         return {StudyRole(r["role"]) for r in self.db.rows(
@@ -227,9 +244,73 @@ class CrfService:
 
     def add_participant(self, actor: User, study_name: str, record_id: str, arm: str, start_date: str,
                         person_id: int | None = None) -> None:
-        """Enrol a participant (from the trial's randomisation: the arm it allocated and the start date)."""
+        """Enrol a participant by hand; refused when the study takes its participants from a trial."""
         study = self.study(study_name)
         self.require(actor, study, StudyRole.DATA_MANAGER, StudyRole.DATA_ENTRY)
+        link = self.trial_link(study)
+        if link is not None:
+            raise Conflict(f"study {study.name} takes its participants from the randomisation of trial "
+                           f"{link['trial_id']}; randomise the participant there")
+        self._enrol(actor, study, record_id, arm, start_date, person_id)
+
+    def trial_link(self, study: Study) -> dict[str, Any] | None:
+        row = self.db.row("SELECT trial_id, arm_map FROM mercia_crf_trial_link WHERE study_id = ?", [study.id])
+        return {"trial_id": row["trial_id"], "arm_map": json.loads(row["arm_map"])} if row else None
+
+    def link_trial(self, actor: User, study_name: str, trial_id: str, trial_arms: list[str], blinded: bool,
+                   arm_map: Mapping[str, str]) -> None:
+        """Take the study's participants from a trial's randomisation: each trial arm maps to a schedule
+        arm.  A blinded trial maps every arm to one schedule, or the schedule would reveal the allocation.
+        The caller has checked that ``actor`` manages the trial."""
+        study = self.study(study_name)
+        self.require(actor, study, StudyRole.DATA_MANAGER)
+        missing = [a for a in trial_arms if a not in arm_map]
+        unknown = [a for a in arm_map if a not in trial_arms]
+        if missing or unknown:
+            raise GovernanceError(f"study {study.name}: the arm map must name each arm of trial {trial_id} "
+                                  f"({', '.join(trial_arms)}); missing {missing or 'none'}, unknown {unknown or 'none'}")
+        empty = sorted({a for a in arm_map.values() if not self.events(study, a)})
+        if empty:
+            raise NotFound(f"study {study.name} has no events in arm(s) {', '.join(empty)}")
+        if blinded and len(set(arm_map.values())) > 1:
+            raise GovernanceError(f"trial {trial_id} is blinded: every arm must follow one schedule arm, or the "
+                                  "eCRF would unblind the allocation")
+        with self.db.transaction():
+            if self.db.scalar("SELECT COUNT(*) FROM mercia_crf_trial_link WHERE study_id = ? OR trial_id = ?",
+                              [study.id, trial_id]):
+                raise Conflict(f"study {study.name} or trial {trial_id} is already linked")
+            if self.db.scalar("SELECT COUNT(*) FROM mercia_crf_participant WHERE study_id = ?", [study.id]):
+                raise Conflict(f"study {study.name} already has participants entered by hand")
+            self.db.insert("mercia_crf_trial_link", {"study_id": study.id, "trial_id": trial_id,
+                                                     "arm_map": _json(dict(arm_map)), "linked_by": actor.username,
+                                                     "linked_at": now()})
+            self.gov.audit.record(actor.username, "crf.trial.link", f"crf:{study.name}", trial_id=trial_id,
+                                  arm_map=dict(arm_map))
+
+    def enrol_randomised(self, actor: User, trial_id: str, person_id: int, arm: str, site: str,
+                         start_date: str) -> str | None:
+        """Called by randomisation, in its transaction: enrol the participant in the trial's study (if one
+        is linked) on the schedule arm of the allocated arm.  Returns the new record id."""
+        row = self.db.row("SELECT s.name FROM mercia_crf_trial_link l JOIN mercia_crf_study s "
+                          "ON s.study_id = l.study_id WHERE l.trial_id = ?", [trial_id])
+        if row is None:
+            return None
+        study = self.study(row["name"])
+        schedule_arm = self.trial_link(study)["arm_map"][arm]
+        with self.db.transaction():
+            number = self.db.scalar("SELECT COUNT(*) FROM mercia_crf_participant WHERE study_id = ?", [study.id]) + 1
+            record_id = f"{site}-{number:04d}"
+            self._enrol(actor, study, record_id, schedule_arm, start_date, person_id)
+        return record_id
+
+    def _enrol(self, actor: User, study: Study, record_id: str, arm: str, start_date: str,
+               person_id: int | None) -> None:
+        if not _KEY.fullmatch(record_id):
+            raise GovernanceError(f"record id {record_id!r}: letters, digits, '_', '-' and '.' only")
+        try:
+            date.fromisoformat(start_date)
+        except (TypeError, ValueError):
+            raise GovernanceError(f"record {record_id}: start date {start_date!r} is not YYYY-MM-DD") from None
         if not self.events(study, arm):
             raise NotFound(f"study {study.name} has no events in arm {arm!r}")
         with self.db.transaction():
@@ -272,7 +353,8 @@ class CrfService:
         self.require(actor, study, *StudyRole)
         if study.dictionary is None or form not in study.dictionary.forms:
             raise NotFound(f"study {study.name} has no form {form!r}")
-        return {"study": study.name, "form": form, "dictionary_version": study.dictionary_version, "fields": [
+        return {"study": study.name, "form": form, "dictionary_version": study.dictionary_version,
+                "record_id_field": study.dictionary.record_id_field, "fields": [
             {"name": f.name, "type": f.field_type, "label": f.label, "note": f.note, "section": f.section_header,
              "choices": f.choices, "validation": f.validation, "min": f.validation_min, "max": f.validation_max,
              "required": f.is_required, "identifier": f.is_identifier, "columns": f.export_columns(),
@@ -290,6 +372,37 @@ class CrfService:
         return {"record": record_id, "event": event, "form": form,
                 "values": {c: v for c, v in values.items() if c in columns},
                 "state": self.form_state(study, record_id, event, form)}
+
+    def overview(self, actor: User, study_name: str) -> dict[str, Any]:
+        """Participants and the state of each scheduled form: the study's home page."""
+        study = self.study(study_name)
+        self.require(actor, study, *StudyRole)
+        events = self.events(study)
+        states = {(r["record_id"], r["event_name"], r["form_name"]): r for r in self.db.rows(
+            "SELECT record_id, event_name, form_name, status, locked, deleted, signed_at, signature_voided_at "
+            "FROM mercia_crf_form WHERE study_id = ?", [study.id])}
+        open_queries = {(r["record_id"], r["event_name"], r["form_name"]): r["n"] for r in self.db.rows(
+            "SELECT record_id, event_name, form_name, COUNT(*) AS n FROM mercia_crf_query WHERE study_id = ? "
+            "AND status <> 'closed' GROUP BY record_id, event_name, form_name", [study.id])}
+        participants = self.db.rows("SELECT record_id, arm, start_date FROM mercia_crf_participant WHERE study_id = ? "
+                                    "ORDER BY record_id", [study.id])
+        for p in participants:
+            p["forms"] = [{"event": e["event_name"], "event_label": e["label"], "form": form,
+                           "state": states.get((p["record_id"], e["event_name"], form)),
+                           "open_queries": open_queries.get((p["record_id"], e["event_name"], form), 0)}
+                          for e in events if e["arm"] == p["arm"] for form in e["forms"]]
+        return {"study": study, "events": events, "participants": participants, "link": self.trial_link(study),
+                "roles": sorted(r.value for r in self.roles(actor, study))}
+
+    def form_queries(self, actor: User, study_name: str, record_id: str, event: str, form: str) -> list[dict[str, Any]]:
+        """The queries on one form, each with its messages, oldest first."""
+        study = self.study(study_name)
+        self.require(actor, study, *StudyRole)
+        queries = self.db.rows("SELECT * FROM mercia_crf_query WHERE study_id = ? AND record_id = ? AND event_name = ? "
+                               "AND form_name = ? ORDER BY query_id", [study.id, record_id, event, form])
+        for q in queries:
+            q["messages"] = self.query_history(q["query_id"])
+        return queries
 
     def _check_form(self, study: Study, record_id: str, event: str, form: str) -> None:
         participant = self._participant(study, record_id)
@@ -362,6 +475,7 @@ class CrfService:
                     "study_id": study.id, "record_id": record_id, "event_name": event, "form_name": form,
                     "field_name": change["field"], "value": change["new"], "saved_by": actor.username,
                     "saved_at": at, "reason": reason or None, "audit_seq": seq})
+            self._write_through(actor, study, record_id, event, form, fields, merged, seq)
             if state is None:
                 self.db.insert("mercia_crf_form", {
                     "study_id": study.id, "record_id": record_id, "event_name": event, "form_name": form,
@@ -369,6 +483,22 @@ class CrfService:
             else:
                 self._update_form(study, record_id, event, form, status=status.value, updated_at=at)
         return changes
+
+    def _write_through(self, actor: User, study: Study, record_id: str, event: str, form: str, fields: list,
+                       values: Mapping[str, str], cause: int | None) -> None:
+        """Bring the participant's OMOP rows from this form up to date (mapped fields and PROM scores),
+        auditing what changed beside the entry of the save or delete that caused it."""
+        participant = self._participant(study, record_id)
+        if participant["person_id"] is None or not any(
+                {"OMOP", "LOINC", "PROM"} & f.tags.keys() for f in fields):
+            return
+        on = omop.visit_date(self.db, study.id, participant, event)
+        facts = omop.form_facts(self.db.store, study.name, fields, dict(values), on)
+        changes = omop.write_through(self.db, study.id, study.name, record_id, event, form, facts,
+                                     participant["person_id"])
+        if changes:
+            self.gov.audit.record(actor.username, "crf.omop.write", f"crf:{study.name}:{record_id}:{event}:{form}",
+                                  person_id=participant["person_id"], cause_seq=cause, changes=changes)
 
     def _update_form(self, study: Study, record_id: str, event: str, form: str, **columns: Any) -> None:
         sets = ", ".join(f"{c} = ?" for c in columns)
@@ -392,8 +522,9 @@ class CrfService:
             if state["locked"]:
                 raise Conflict(f"record {record_id}, {event}/{form} is locked; unlock it first")
             self._update_form(study, record_id, event, form, deleted=True, updated_at=now())
-            self.gov.audit.record(actor.username, "crf.form.delete", f"crf:{study.name}:{record_id}:{event}:{form}",
-                                  reason=reason)
+            seq = self.gov.audit.record(actor.username, "crf.form.delete",
+                                        f"crf:{study.name}:{record_id}:{event}:{form}", reason=reason)
+            self._write_through(actor, study, record_id, event, form, study.dictionary.form_fields(form), {}, seq)
 
     def lock(self, actor: User, study_name: str, record_id: str, event: str, form: str) -> None:
         study = self.study(study_name)

@@ -24,9 +24,16 @@ TABLES: dict[str, str] = {
     "mercia_crf_event_form": "study_id BIGINT NOT NULL, event_name TEXT NOT NULL, form_name TEXT NOT NULL",
     "mercia_crf_participant": """study_id BIGINT NOT NULL, record_id TEXT NOT NULL, arm TEXT NOT NULL,
         person_id BIGINT, start_date TEXT NOT NULL, created_at TEXT NOT NULL""",
+    # A study whose participants come from a trial's randomisation: trial arm -> schedule arm (JSON).
+    "mercia_crf_trial_link": """study_id BIGINT NOT NULL UNIQUE, trial_id TEXT NOT NULL UNIQUE, arm_map TEXT NOT NULL,
+        linked_by TEXT NOT NULL, linked_at TEXT NOT NULL""",
     "mercia_crf_value": """study_id BIGINT NOT NULL, record_id TEXT NOT NULL, event_name TEXT NOT NULL,
         form_name TEXT NOT NULL, field_name TEXT NOT NULL, value TEXT NOT NULL, saved_by TEXT NOT NULL,
         saved_at TEXT NOT NULL, reason TEXT, audit_seq BIGINT NOT NULL""",
+    # Which OMOP row each form fact became (mercia.trials.crf.omop); content is the row as last written.
+    "mercia_crf_omop": """study_id BIGINT NOT NULL, record_id TEXT NOT NULL, event_name TEXT NOT NULL,
+        form_name TEXT NOT NULL, fact_key TEXT NOT NULL, omop_table TEXT NOT NULL, omop_id BIGINT NOT NULL,
+        content TEXT NOT NULL""",
     "mercia_crf_form": """study_id BIGINT NOT NULL, record_id TEXT NOT NULL, event_name TEXT NOT NULL,
         form_name TEXT NOT NULL, status TEXT NOT NULL, locked BOOLEAN NOT NULL, deleted BOOLEAN NOT NULL,
         signed_by TEXT, signed_name TEXT, signed_at TEXT, signature_meaning TEXT, signature_voided_at TEXT,

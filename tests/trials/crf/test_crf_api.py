@@ -83,5 +83,7 @@ def test_data_entry_round_trip_over_http(api):
     assert odm.status_code == 200 and b'ODMVersion="1.3.2"' in odm.content
     csv_text = client.get("/api/v1/crf/studies/heart/export?format=redcap", headers=manager).text
     assert csv_text.startswith("record_id,redcap_event_name,")
+    history = client.get("/api/v1/crf/studies/heart/export?format=odm&history=true", headers=monitor)
+    assert b'FileType="Transactional"' in history.content and b'TransactionType="Insert"' in history.content
     trail = client.get("/api/v1/crf/studies/heart/audit", headers=monitor).json()
-    assert [e["action"] for e in trail].count("crf.export") == 2
+    assert [e["action"] for e in trail].count("crf.export") == 3

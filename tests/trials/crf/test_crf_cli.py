@@ -1,4 +1,4 @@
-"""``mercia crf``: a study set up, migrated and exported from the command line, as a signed-in user."""
+"""``mercia trials crf``: a study set up, migrated and exported from the command line, as a signed-in user."""
 
 import json
 
@@ -28,7 +28,7 @@ def db(tmp_path, monkeypatch):
 
 
 def crf(db, *args):
-    return runner.invoke(app, ["crf", *args, "--db", db, "--user", "dm_dana"])
+    return runner.invoke(app, ["trials", "crf", *args, "--db", db, "--user", "dm_dana"])
 
 
 def test_study_from_the_command_line(db, tmp_path):
@@ -62,6 +62,11 @@ def test_wrong_password_and_wrong_role_are_refused(db, monkeypatch):
     bad = crf(db, "create-study", "other", "--title", "Other")
     assert bad.exit_code == 1 and "username or password is not right" in bad.output
     monkeypatch.setenv("MERCIA_PASSWORD", PASSWORD)
-    refused = runner.invoke(app, ["crf", "import-dictionary", "heart", str(DICTIONARIES / "baseline.csv"),
+    refused = runner.invoke(app, ["trials", "crf", "import-dictionary", "heart", str(DICTIONARIES / "baseline.csv"),
                                   "--db", db, "--user", "nurse_ed"])
     assert refused.exit_code == 1 and "needs the study role data_manager" in refused.output
+
+
+def test_crf_lives_only_under_trials():
+    assert runner.invoke(app, ["crf", "--help"]).exit_code != 0
+    assert "create-study" in runner.invoke(app, ["trials", "crf", "--help"]).output

@@ -152,3 +152,32 @@ def test_postgres_refuses_to_rewrite_the_trail(team):
     _enrol_and_baseline(team)
     with pytest.raises(Exception, match="append-only"):
         team.gov.db.store.execute("DELETE FROM mercia_audit WHERE action = 'crf.form.save'")
+
+
+def test_odm_with_full_history_is_transactional_and_valid(team, odm_schema, tmp_path):
+    _session(team)
+    team.crf.save_form(team.entry, "heart", "H001", "baseline_arm_1", "demographics", {"cig_per_day": ""},
+                       reason="not a smoker after all", status="complete")
+    team.crf.delete_form(team.manager, "heart", "H002", "enrolment_arm_1", "enrolment", reason="consent withdrawn")
+    path = tmp_path / "history.xml"
+    with path.open("wb") as f:
+        items = write_odm(team.crf, team.monitor, "heart", f, history=True, batch=1)
+    document = etree.parse(str(path))
+    assert odm_schema.validate(document), odm_schema.error_log
+    assert document.getroot().get("FileType") == "Transactional"
+    changes = [e for e in team.gov.audit.search(action="crf.form.save")]
+    assert items == sum(len(e["detail"]["changes"]) for e in changes) == len(document.findall(f".//{ODM}ItemData"))
+    weights = document.findall(f".//{ODM}ItemData[@ItemOID='I.weight_kg']")
+    assert [(w.get("TransactionType"), w.get("Value")) for w in weights] == [("Insert", "80"), ("Update", "81")]
+    assert weights[1].findtext(f"{ODM}AuditRecord/{ODM}ReasonForChange") == "re-weighed"
+    sources = [int(w.findtext(f"{ODM}AuditRecord/{ODM}SourceID").split(":")[1]) for w in weights]
+    assert sources == sorted(sources)
+    removed = document.find(f".//{ODM}ItemData[@ItemOID='I.cig_per_day'][@TransactionType='Remove']")
+    assert removed.get("Value") is None
+    assert removed.findtext(f"{ODM}AuditRecord/{ODM}ReasonForChange") == "not a smoker after all"
+    deleted = document.find(f".//{ODM}SubjectData[@SubjectKey='H002']//{ODM}FormData[@TransactionType='Remove']")
+    assert deleted.findtext(f"{ODM}AuditRecord/{ODM}ReasonForChange") == "consent withdrawn"
+    assert deleted.find(f"{ODM}AuditRecord/{ODM}UserRef").get("UserOID") == "U.dm_dana"
+    users = {u.get("OID") for u in document.iter(f"{ODM}User")}
+    assert {ref.get("UserOID") for ref in document.iter(f"{ODM}UserRef")} <= users
+    assert team.gov.audit.search(action="crf.export")[0]["detail"]["history"] is True

@@ -1,0 +1,130 @@
+"""The data-entry journey in Chromium: the nurse fills the enrolment and demographics forms, sees the
+calculation and branching follow what she types and an inline validation message, and saves; the
+monitor raises a query, the nurse answers it; the investigator signs with his password; the form locks."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mercia.cdm import Store
+from mercia.governance import Governance
+from tests.web.conftest import browser, live_server  # noqa: F401 - shared fixtures
+
+from .conftest import PASSWORD, Team
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+FORM = "/crf/heart/H001/baseline_arm_1/demographics"
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    from argon2 import PasswordHasher
+
+    from mercia.governance import passwords
+
+    previous, passwords.hasher = passwords.hasher, PasswordHasher(time_cost=1, memory_cost=1024)
+    store = Store(str(tmp_path_factory.mktemp("crf-browser") / "cdm.duckdb"))
+    store.init_schema()
+    yield Team(Governance(store))
+    passwords.hasher = previous
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def app(team):
+    from mercia.services.state import ServerOptions
+    from mercia.web.app import create_app
+
+    return create_app(team.gov.db.store, ServerOptions(secure_cookies=False, job_workers=1))
+
+
+def as_user(browser, team, base, user):  # noqa: F811 - the fixture, passed in
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    token, _ = team.gov.start_session(user)
+    context.add_cookies([{"name": "mercia_session", "value": token, "url": base}])
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return context, page, errors
+
+
+def saved(page):
+    page.wait_for_url(re.compile(r".*notice=.*"))
+    return page.locator(".notice").inner_text()
+
+
+def test_data_entry_journey(browser, live_server, team):  # noqa: F811
+    base = live_server
+    context, page, errors = as_user(browser, team, base, team.entry)
+    page.goto(f"{base}/crf")
+    page.get_by_role("link", name="heart").click()
+    page.get_by_role("link", name="Enrolment: enrolment (record H001)").click()
+    pregnant = page.locator("#group-pregnant")
+    assert pregnant.is_hidden()
+    page.get_by_label("Female", exact=True).check()
+    assert pregnant.is_visible()                                   # branching: [sex] = '1'
+    page.get_by_label("Male", exact=True).check()
+    assert pregnant.is_hidden()
+    page.get_by_label("Date of consent").fill("2024-03-01")
+    page.get_by_role("button", name="Save form").click()
+    assert "Saved: 2 changes" in saved(page)
+
+    page.goto(f"{base}{FORM}")
+    cigarettes = page.locator("#group-cig_per_day")
+    page.get_by_label("Date of birth").fill("1990-06-15")
+    page.get_by_label("Cigarettes", exact=True).check()
+    assert page.locator("#field-age").inner_text() == "33"          # calc across events, live
+    assert cigarettes.is_visible()                                 # [smoking(1)] = '1' and [age] >= 16
+    page.get_by_label("Date of birth").fill("2015-06-15")
+    page.get_by_label("Date of birth").blur()
+    assert page.locator("#field-age").inner_text() == "8" and cigarettes.is_hidden()
+    page.get_by_label("Date of birth").fill("1990-06-15")
+    page.get_by_label("Cigarettes per day").fill("10")
+    page.get_by_label("Height (cm)").fill("tall")
+    page.get_by_label("Height (cm)").blur()
+    assert page.locator("#error-height_cm").inner_text() == "'tall' is not a number"
+    page.get_by_role("button", name="Save form").click()               # the browser stops it
+    assert page.url.endswith(FORM) and page.get_by_label("Height (cm)").evaluate("e => e === document.activeElement")
+    page.get_by_label("Height (cm)").fill("180")
+    page.get_by_label("Height (cm)").blur()
+    assert page.locator("#error-height_cm").inner_text() == ""
+    page.get_by_label("Weight (kg)").fill("81")
+    page.get_by_label("Weight (kg)").blur()
+    assert page.locator("#field-bmi").inner_text() == "25"
+    page.get_by_label("Form status").select_option("complete")
+    page.get_by_role("button", name="Save form").click()
+    assert "Saved" in saved(page)
+    assert page.locator("#field-bmi").inner_text() == "25"          # the server's calculation agrees
+    assert not errors, errors
+    context.close()
+
+    context, page, errors = as_user(browser, team, base, team.monitor)
+    page.goto(f"{base}{FORM}")
+    page.get_by_label("Field to query").select_option(label="Cigarettes per day")
+    page.get_by_label("Query", exact=True).fill("Ten a day since when?")
+    page.get_by_role("button", name="Raise query").click()
+    assert "Query raised" in saved(page)
+    assert not errors, errors
+    context.close()
+
+    context, page, errors = as_user(browser, team, base, team.entry)
+    page.goto(f"{base}{FORM}")
+    page.get_by_label("Answer to query 1").fill("Since 2010")
+    page.get_by_role("button", name="Answer query 1").click()
+    assert "answered" in saved(page)
+    assert not errors, errors
+    context.close()
+
+    context, page, errors = as_user(browser, team, base, team.signer)
+    page.goto(f"{base}{FORM}")
+    page.get_by_label("Your username").fill("dr_pi")
+    page.get_by_label("Your password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign form").click()
+    assert "Signed and locked" in saved(page)
+    assert "Signed by Dr Pi" in page.locator("#signature").inner_text()
+    assert page.get_by_label("Height (cm)").is_disabled()
+    assert not errors, errors
+    context.close()

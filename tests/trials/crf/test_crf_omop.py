@@ -1,0 +1,114 @@
+"""CRF -> OMOP write-through: mapped fields and PROM scores land in the participant's OMOP record,
+are corrected in place when the form is edited, removed when cleared or deleted, and every change is audited."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pyarrow as pa
+import pytest
+from argon2 import PasswordHasher
+
+from mercia.governance import Governance
+from mercia.proms.scoring import score_eq5d
+from mercia.proms.valuesets import value_set
+from mercia.trials.crf.dictionary import DictionaryError, read_dictionary
+from tests.conftest import drop_store, open_store
+
+from .conftest import DICTIONARIES, Team
+
+BMI, SBP, MMHG = 3038553, 3004249, 8876
+DIMS = ("mo", "sc", "ua", "pd", "ad")
+
+
+@pytest.fixture
+def team(engine, tmp_path, monkeypatch):
+    monkeypatch.setattr("mercia.governance.passwords.hasher", PasswordHasher(time_cost=1, memory_cost=1024))
+    store = open_store(engine, tmp_path)
+    store.init_schema()
+    store.insert_arrow("concept", pa.table({
+        "concept_id": [BMI, SBP], "concept_name": ["Body mass index", "Systolic blood pressure"],
+        "domain_id": ["Measurement", "Measurement"], "vocabulary_id": ["LOINC", "LOINC"],
+        "concept_class_id": ["Clinical Observation"] * 2, "standard_concept": ["S", "S"],
+        "concept_code": ["39156-5", "8480-6"], "valid_start_date": [date(1970, 1, 1)] * 2,
+        "valid_end_date": [date(2099, 12, 31)] * 2}))
+    built = Team(Governance(store))
+    crf, dm = built.crf, built.manager
+    crf.import_dictionary(dm, "heart", (DICTIONARIES / "with_proms.csv").read_text(), reason="PROMs and blood pressure")
+    crf.add_event(dm, "heart", "arm_1", "month_3_arm_1", "Month 3", ["eq5d"], day_offset=90)
+    crf.add_participant(dm, "heart", "P042", "arm_1", "2024-03-01", person_id=42)
+    yield built
+    drop_store(store)
+
+
+def rows(team, table):
+    return team.gov.db.store.query_dicts(f"SELECT * FROM {table} ORDER BY {table}_id")
+
+
+def test_mapped_fields_are_written_corrected_and_removed(team):
+    crf, nurse = team.crf, team.entry
+    crf.save_form(nurse, "heart", "P042", "baseline_arm_1", "demographics",
+                  {"height_cm": "180", "weight_kg": "81", "sbp": "132"})
+    written = rows(team, "measurement")
+    assert [(r["measurement_concept_id"], float(r["value_as_number"]), r["person_id"]) for r in written] == [
+        (BMI, 25.0, 42), (SBP, 132.0, 42)]
+    assert {r["measurement_date"] for r in written} == {date(2024, 3, 8)}        # start + 7 days (the visit)
+    assert {r["measurement_type_concept_id"] for r in written} == {32809}
+    assert written[1]["unit_concept_id"] == MMHG and written[1]["measurement_source_value"] == "heart.sbp"
+    bmi_id = written[0]["measurement_id"]
+    crf.save_form(nurse, "heart", "P042", "baseline_arm_1", "demographics", {"weight_kg": "90"}, reason="re-weighed")
+    bmi = next(r for r in rows(team, "measurement") if r["measurement_id"] == bmi_id)
+    assert float(bmi["value_as_number"]) == 27.8 and len(rows(team, "measurement")) == 2   # corrected in place
+    entry = team.gov.audit.search(action="crf.omop.write")[0]
+    change = entry["detail"]["changes"][0]
+    assert change["action"] == "corrected" and change["old"]["value_as_number"] == 25.0
+    assert change["new"]["value_as_number"] == 27.8 and entry["detail"]["cause_seq"] == team.gov.audit.search(
+        action="crf.form.save")[0]["seq"]
+    crf.save_form(nurse, "heart", "P042", "baseline_arm_1", "demographics", {"sbp": ""}, reason="wrong patient's BP")
+    assert [r["measurement_concept_id"] for r in rows(team, "measurement")] == [BMI]
+    crf.delete_form(team.manager, "heart", "P042", "baseline_arm_1", "demographics", reason="entered in error")
+    assert rows(team, "measurement") == []
+    assert team.gov.audit.search(action="crf.omop.write")[0]["detail"]["changes"][0]["action"] == "deleted"
+
+
+def test_participant_without_a_person_writes_nothing(team):
+    team.crf.save_form(team.entry, "heart", "H001", "baseline_arm_1", "demographics", {"sbp": "120"})
+    assert rows(team, "measurement") == [] and team.gov.audit.search(action="crf.omop.write") == []
+
+
+def test_prom_on_a_form_is_scored_with_items_linked(team):
+    crf, nurse = team.crf, team.entry
+    answers = dict(zip(DIMS, ("1", "1", "2", "3", "1"), strict=True))
+    crf.save_form(nurse, "heart", "P042", "month_3_arm_1", "eq5d", {f"eq_{d}": v for d, v in answers.items()}
+                  | {"eq_vas": "80"}, status="complete")
+    expected = score_eq5d(pa.table({"id": ["x"], **{d.upper(): [v] for d, v in answers.items()}}),
+                          "england_2018").table.column("index")[0].as_py()
+    obs = rows(team, "observation")
+    score = next(r for r in obs if r["observation_source_value"] == "eq5d5l index")
+    assert float(score["value_as_number"]) == pytest.approx(expected, abs=1e-12)
+    assert score["qualifier_source_value"] == "england_2018" and score["value_as_string"] == value_set("england_2018").doi
+    assert score["observation_date"] == date(2024, 5, 30) and score["person_id"] == 42
+    items = {r["observation_source_value"]: r for r in obs if r is not score}
+    assert sorted(items) == sorted(f"eq5d5l:{d}" for d in ("MO", "SC", "UA", "PD", "AD", "VAS"))
+    assert {r["observation_event_id"] for r in items.values()} == {score["observation_id"]}
+    assert float(items["eq5d5l:PD"]["value_as_number"]) == 3 and float(items["eq5d5l:VAS"]["value_as_number"]) == 80
+    crf.save_form(nurse, "heart", "P042", "month_3_arm_1", "eq5d", {"eq_pd": "5"}, reason="patient corrected",
+                  status="complete")
+    rescored = next(r for r in rows(team, "observation") if r["observation_id"] == score["observation_id"])
+    changed = score_eq5d(pa.table({"id": ["x"], **{d.upper(): [v] for d, v in (answers | {"pd": "5"}).items()}}),
+                         "england_2018").table.column("index")[0].as_py()
+    assert float(rescored["value_as_number"]) == pytest.approx(changed, abs=1e-12) and changed != expected
+    crf.save_form(nurse, "heart", "P042", "month_3_arm_1", "eq5d", {"eq_mo": ""}, reason="unclear answer")
+    left = rows(team, "observation")
+    assert not any(r["observation_source_value"] == "eq5d5l index" for r in left)     # no full set, no score
+    assert len(left) == 5 and {r["observation_event_id"] for r in left} == {None}
+
+
+@pytest.mark.parametrize("annotation, problem", [
+    ("@OMOP=abc", "@OMOP is a concept id"), ("@LOINC=12", "@LOINC is a LOINC code"),
+    ("@OMOP=1 @OMOP-TABLE=drug_exposure", "@OMOP-TABLE is measurement or observation"),
+    ("@PROM=eq5d5l:XX", "@PROM is INSTRUMENT:ITEM"), ("@PROM=oks:q1 @PROM-VALUESET=nowhere", "@PROM-VALUESET is one of")])
+def test_bad_mapping_tags_are_refused_with_line_and_field(annotation, problem):
+    text = (DICTIONARIES / "baseline.csv").read_text().replace("Record ID" + "," * 13, "Record ID" + "," * 13 + annotation, 1)
+    with pytest.raises(DictionaryError, match=rf"line 2, field 'record_id': field annotation: {problem}"):
+        read_dictionary(text)

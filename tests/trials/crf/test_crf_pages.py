@@ -1,0 +1,132 @@
+"""eCRF data-entry pages: each study role sees and does only its part; the server validates and keeps
+the reason for change; queries, e-signature with the password re-entered, lock and unlock, visibly."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from argon2 import PasswordHasher
+from fastapi.testclient import TestClient
+
+from mercia.cdm import Store
+from mercia.governance import Governance
+from mercia.services.state import ServerOptions
+from mercia.web.app import create_app
+
+from .conftest import PASSWORD, Team
+
+FORM = "/crf/heart/H001/baseline_arm_1/demographics"
+
+
+@pytest.fixture
+def web(tmp_path, monkeypatch):
+    monkeypatch.setattr("mercia.governance.passwords.hasher", PasswordHasher(time_cost=1, memory_cost=1024))
+    store = Store(str(tmp_path / "cdm.duckdb"))
+    store.init_schema()
+    team = Team(Governance(store))
+    client = TestClient(create_app(store, ServerOptions(secure_cookies=False, job_workers=1)),
+                        base_url="http://testserver")
+
+    def sign_in(user) -> str:
+        token, csrf = team.gov.start_session(user)
+        client.cookies.set("mercia_session", token)
+        return csrf
+
+    with client:
+        yield client, sign_in, team
+    store.close()
+
+
+def post(client, path, csrf, **data):
+    return client.post(path, data={"csrf_token": csrf, **data}, follow_redirects=False)
+
+
+def stored(team, column):
+    rows = team.gov.db.store.query("SELECT value FROM mercia_crf_value WHERE record_id = 'H001' AND field_name = ?",
+                                   [column])
+    return rows[0][0] if rows else None
+
+
+def test_outsider_and_anonymous_are_refused_everywhere(web):
+    client, sign_in, team = web
+    assert client.get(FORM, follow_redirects=False).status_code == 303          # to sign-in
+    csrf = sign_in(team.outsider)
+    assert "no role in any eCRF study" in client.get("/crf").text
+    assert client.get("/crf/heart").status_code == 403
+    assert client.get(FORM).status_code == 403
+    for action in ("save", "sign", "lock", "unlock", "query"):
+        assert post(client, f"{FORM}/{action}", csrf, height_cm="170", reason="x", field="height_cm",
+                    text="?", username="someone_else", password=PASSWORD, meaning="m").status_code == 403
+    assert post(client, f"{FORM}/queries/1/close", csrf, text="x").status_code == 403
+    assert stored(team, "height_cm") is None
+    assert post(client, f"{FORM}/save", "wrong-token", height_cm="170").status_code == 403   # CSRF
+
+
+def test_data_entry_page_validates_and_needs_a_reason_after_first_save(web):
+    client, sign_in, team = web
+    csrf = sign_in(team.entry)
+    assert "H001" in client.get("/crf/heart").text
+    page = client.get(FORM)
+    assert page.status_code == 200
+    assert 'for="field-height_cm">Height (cm) <span class="required"' in page.text     # plain label, required
+    assert "(from 100 to 250)" in page.text and "Record ID" not in page.text
+    definition = json.loads(re.search(r'id="crf-definition">(.*?)</script>', page.text, re.S).group(1))
+    cig = next(f for f in definition["fields"] if f["name"] == "cig_per_day")
+    assert cig["branching"]["op"] == "and" and 'id="group-cig_per_day" data-field="cig_per_day" hidden' in page.text
+    bad = post(client, f"{FORM}/save", csrf, height_cm="tall", weight_kg="500")
+    assert bad.status_code == 400 and "&#39;tall&#39; is not a number" in bad.text and "above the maximum" in bad.text
+    assert stored(team, "height_cm") is None
+    ok = post(client, f"{FORM}/save", csrf, height_cm="180", weight_kg="81", smoking___1="1", status="incomplete")
+    assert ok.status_code == 303 and stored(team, "height_cm") == "180" and stored(team, "bmi") == "25"
+    assert stored(team, "smoking___1") == "1"
+    again = post(client, f"{FORM}/save", csrf, height_cm="181", weight_kg="81", smoking___1="1")
+    assert again.status_code == 400 and "a reason for change is needed" in again.text
+    fixed = post(client, f"{FORM}/save", csrf, height_cm="181", weight_kg="81", reason="typo")  # box unticked
+    assert fixed.status_code == 303 and stored(team, "height_cm") == "181" and stored(team, "smoking___1") == "0"
+    save = team.gov.audit.search(action="crf.form.save")[0]
+    assert save["detail"]["reason"] == "typo" and {"field": "height_cm", "old": "180", "new": "181"} in \
+        save["detail"]["changes"]
+    assert post(client, f"{FORM}/save", csrf, height_cm="181", status="nonsense", reason="x").status_code == 400
+    assert post(client, f"{FORM}/lock", csrf).status_code == 403                 # data entry cannot lock
+    assert post(client, f"{FORM}/query", csrf, field="height_cm", text="?").status_code == 403
+
+
+def test_queries_signature_lock_and_void_through_the_pages(web):
+    client, sign_in, team = web
+    csrf = sign_in(team.entry)
+    post(client, f"{FORM}/save", csrf, dob="1960-01-01", height_cm="170", weight_kg="70", status="complete")
+    csrf = sign_in(team.monitor)
+    assert post(client, f"{FORM}/query", csrf, field="height_cm", text="Please check the height").status_code == 303
+    assert "1 open query" in client.get("/crf/heart").text
+    csrf = sign_in(team.entry)
+    assert post(client, f"{FORM}/queries/1/answer", csrf, text="Checked: 170").status_code == 303
+    assert post(client, f"{FORM}/queries/1/close", csrf, text="x").status_code == 403
+    csrf = sign_in(team.monitor)
+    assert post(client, f"{FORM}/queries/1/close", csrf, text="Thanks").status_code == 303
+    page = client.get(FORM).text
+    assert "answer by nurse_ed" in page and "close by cra_mo" in page and "Sign this form" not in page
+    csrf = sign_in(team.signer)
+    assert "Sign this form" in client.get(FORM).text
+    wrong = post(client, f"{FORM}/sign", csrf, username="dr_pi", password="not it", meaning="I approve")
+    assert wrong.status_code in (400, 401, 403) and "Signed by" not in client.get(FORM).text
+    other = post(client, f"{FORM}/sign", csrf, username="nurse_ed", password=PASSWORD, meaning="I approve")
+    assert other.status_code == 403
+    assert post(client, f"{FORM}/sign", csrf, username="dr_pi", password=PASSWORD, meaning="I approve").status_code == 303
+    page = client.get(FORM).text
+    assert "Signed by Dr Pi (dr_pi)" in page and "Locked" in page
+    csrf = sign_in(team.entry)
+    assert "Save form" not in client.get(FORM).text
+    assert post(client, f"{FORM}/save", csrf, height_cm="171", reason="x").status_code == 409
+    csrf = sign_in(team.manager)
+    assert post(client, f"{FORM}/unlock", csrf, reason="").status_code == 400
+    assert post(client, f"{FORM}/unlock", csrf, reason="correct height").status_code == 303
+    assert "Signature void" in client.get(FORM).text and "correct height" in client.get(FORM).text
+
+
+def test_scripts_are_served_from_the_package(web):
+    client, _, _ = web
+    assert "MerciaLogic" in client.get("/crf-assets/crf-logic.js").text
+    assert client.get("/crf-assets/crf-form.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/crf-assets/service.py").status_code == 404
