@@ -28,6 +28,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from mercia.raredisease.features import FEATURES, PairFeatures
+from mercia.raredisease.ontology import UnknownTermError
 from mercia.raredisease.ranker import Case, Ranker, TermEvidence
 
 MODEL_FILE = Path(__file__).parent / "models" / "ensemble.json"
@@ -101,7 +102,7 @@ def candidate_pairs(features: PairFeatures, cases: list[Case], settings: Ensembl
                 pair_case, pair_dis = unique // scores.shape[1], unique % scores.shape[1]
         keep = usable[pair_case]
         pair_case, pair_dis = pair_case[keep], pair_dis[keep]
-        out_x.append(features.compute(observed, excluded, scores[pair_case, pair_dis], pair_case, pair_dis))
+        out_x.append(features.compute(observed, excluded, scores, pair_case, pair_dis))
         out_case.append(pair_case + start)
         out_dis.append(pair_dis)
         scores_all.append(scores)
@@ -231,9 +232,9 @@ class EnsembleModel:
 
 
 def train(ranker: Ranker, cases: list[dict], settings: EnsembleSettings = EnsembleSettings(),
-          features: PairFeatures | None = None) -> tuple[EnsembleModel, dict]:
-    """Cross-validate by gene cohort (out-of-fold scores give the figures and the calibration), then fit the
-    final booster on every case. ``cases`` are dev_cases.jsonl rows (observed, excluded, diseases, cohort)."""
+          features: PairFeatures | None = None, final: bool = True) -> tuple[EnsembleModel | None, dict]:
+    """Cross-validate by gene cohort (out-of-fold scores give the figures and the calibration), then (``final``)
+    fit the booster on every case. ``cases`` are dev_cases.jsonl rows (observed, excluded, diseases, cohort)."""
     features = features or PairFeatures(ranker)
     pairs = candidate_pairs(features, [Case(c["observed"], c["excluded"]) for c in cases], settings)
     labels = labels_for(pairs, ranker, [c["diseases"] for c in cases])
@@ -244,12 +245,15 @@ def train(ranker: Ranker, cases: list[dict], settings: EnsembleSettings = Ensemb
         booster = train_booster(pairs.features[train_rows], labels[train_rows], pairs.case[train_rows], settings)
         held_out[~train_rows] = booster.predict(pairs.features[~train_rows], num_threads=1)
     temperature, none = fit_calibration(pairs, held_out, labels)
+    info = {"pairs": pairs, "labels": labels, "held_out_scores": held_out, "folds": folds}
+    if not final:
+        return None, info
     booster = train_booster(pairs.features, labels, pairs.case, settings)
     digest = hashlib.sha256("\n".join(sorted(c["id"] for c in cases)).encode()).hexdigest()[:16]
     provenance = {"knowledge_base": ranker.kb.version, "cases": len(cases), "case_ids_sha256_16": digest,
                   "folds": settings.folds, "calibrated_on": "out-of-fold scores (grouped by gene cohort)"}
     model = EnsembleModel(booster, temperature, none, settings, provenance)
-    return model, {"pairs": pairs, "labels": labels, "held_out_scores": held_out, "folds": folds}
+    return model, info
 
 
 # -- ranking ---------------------------------------------------------------------------------------------------
@@ -303,8 +307,17 @@ class EnsembleRanker:
     def rank(self, case: Case, top: int = 10, explain: bool = True) -> Ranking:
         if not case.observed and not case.excluded:
             raise EmptyPhenotypeError("the case has no observed or excluded HPO term: nothing to rank on")
+        problems = []
+        for status, ids in (("observed", case.observed), ("excluded", case.excluded)):
+            for term in ids:
+                try:
+                    self.kb.ontology.resolve(term, warn=False)
+                except UnknownTermError as exc:
+                    problems.append(f"{status} term {exc}")
+        if problems:
+            raise UnknownTermError("; ".join(problems))
         ranking = self.rank_many([case], top=top, strict=True)[0]
-        if not ranking.candidates and not ranking.too_sparse:
+        if not ranking.candidates:
             raise EmptyPhenotypeError("none of the case's HPO terms is usable")
         if explain:
             self._explain(case, ranking)

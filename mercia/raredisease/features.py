@@ -7,7 +7,9 @@ more than ``UNIVERSAL_SHARE`` of the diseases are near-universal and count for n
 features (they would only reward richly annotated diseases).
 
 Features (``FEATURES``):
-* ``lr``: the likelihood-ratio score of :class:`~mercia.raredisease.ranker.Ranker` (natural log);
+* ``lr``: the likelihood-ratio score of :class:`~mercia.raredisease.ranker.Ranker` (natural log); ``lr_gap``: its
+  distance below the case's best disease; ``lr_log_rank``: log of its rank among all diseases; ``gene_lr_gap``:
+  the best LR among the diseases that share a gene with it, below the case's best (gene-level smoothing);
 * ``resnik_case_to_disease`` / ``resnik_sum``: Resnik best-match average (and sum) of the case's terms against
   the disease: for each observed term the IC of the most informative ancestor it shares with the disease's
   annotations (Phenomizer's one-way semantic similarity, Köhler et al., AJHG 2009;85:457);
@@ -36,7 +38,7 @@ from mercia.raredisease.ranker import Ranker
 UNIVERSAL_SHARE = 0.2  # terms in more than this share of diseases add no IC-weighted evidence
 FREQUENT = 0.8  # "obligate" features for the missed-feature count
 FEATURES = (
-    "lr", "resnik_case_to_disease", "resnik_sum", "coverage_of_case", "coverage_of_disease", "simgic",
+    "lr", "lr_gap", "lr_log_rank", "gene_lr_gap", "resnik_case_to_disease", "resnik_sum", "coverage_of_case", "coverage_of_disease", "simgic",
     "matched", "unmatched", "contradicted", "excluded_features", "excluded_frequency", "obligate_missed",
     "gene_coverage_of_case", "log_annotations", "n_observed", "n_excluded",
 )
@@ -87,11 +89,24 @@ class PairFeatures:
         keep = position >= 0
         self.disease_genes = sp.csr_matrix(
             (np.ones(keep.sum()), (position[keep], kb.gene_disease_gene[keep])), shape=(n_dis, len(kb.gene_symbols)))
+        # candidate disease columns grouped by gene, for the best LR per gene (np.maximum.reduceat)
+        genes, columns = kb.gene_disease_gene[keep], position[keep]
+        order = np.lexsort((columns, genes))
+        genes, self.gene_columns = genes[order], columns[order]
+        self.gene_starts = np.flatnonzero(np.r_[True, genes[1:] != genes[:-1]])
+        self.gene_slot = np.full(len(kb.gene_symbols), -1, dtype=np.int64)
+        self.gene_slot[genes[self.gene_starts]] = np.arange(len(self.gene_starts))
 
-    def compute(self, observed: sp.csr_matrix, excluded: sp.csr_matrix, lr: np.ndarray,
+    def compute(self, observed: sp.csr_matrix, excluded: sp.csr_matrix, scores: np.ndarray,
                 pair_case: np.ndarray, pair_disease: np.ndarray) -> np.ndarray:
         """Feature rows for (case, disease) pairs; ``observed``/``excluded`` are the ranker's 0/1 case selectors
-        and ``lr`` the natural-log LR of each pair."""
+        and ``scores`` the natural-log LR of every disease for each case (cases x diseases)."""
+        lr = scores[pair_case, pair_disease]
+        best = scores.max(axis=1)[pair_case]
+        order = np.argsort(-scores, axis=1, kind="stable")
+        position = np.empty_like(order)
+        np.put_along_axis(position, order, np.arange(scores.shape[1])[None, :], axis=1)
+        rank = position[pair_case, pair_disease] + 1.0
         ontology = self.ranker.kb.ontology
         case_closure = (observed @ ontology.ancestors.astype(np.float64)).tocsr()
         case_closure.data[:] = 1.0
@@ -107,6 +122,9 @@ class PairFeatures:
         gene_overlap = self._gene_overlap(case_weighted, pair_case, pair_disease)
         columns = {
             "lr": lr,
+            "lr_gap": lr - best,
+            "lr_log_rank": np.log(rank),
+            "gene_lr_gap": self._gene_lr(scores, pair_case, pair_disease) - best,
             "resnik_case_to_disease": resnik_sum / np.maximum(n_obs, 1),
             "resnik_sum": resnik_sum,
             "coverage_of_case": overlap / np.maximum(case_total, 1e-9),
@@ -142,6 +160,14 @@ class PairFeatures:
         total = _pairs(select @ best, pair_case, pair_disease)
         best.data[:] = 1.0
         return total, _pairs(select @ best, pair_case, pair_disease)
+
+    def _gene_lr(self, scores: np.ndarray, pair_case, pair_disease) -> np.ndarray:
+        """Per pair, the best LR among the diseases sharing a gene with the pair's disease (its own without)."""
+        genes = self.disease_genes[pair_disease].tocoo()
+        best_of_gene = np.maximum.reduceat(scores[:, self.gene_columns], self.gene_starts, axis=1)
+        out = scores[pair_case, pair_disease].copy()
+        np.maximum.at(out, genes.row, best_of_gene[pair_case[genes.row], self.gene_slot[genes.col]])
+        return out
 
     def _gene_overlap(self, case_weighted, pair_case, pair_disease) -> np.ndarray:
         """Best IC overlap of the case with the pooled profile of any gene of the disease (0 without a gene)."""
