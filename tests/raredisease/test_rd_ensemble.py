@@ -76,16 +76,26 @@ def test_textbook_presentations_rank_their_disease_near_the_top(ensemble_ranker,
     assert not ranking.too_sparse
 
 
-def test_marfan_outranks_its_rare_lookalike_in_score_and_probability(ensemble_ranker):
-    _, observed, _ = TEXTBOOK["Marfan syndrome"]
-    ranking = ensemble_ranker.rank(Case(observed), top=30, explain=False)
+MARFAN_PRESENTATIONS = {  # subsets of the revised Ghent nosology's features (GeneReviews, FBN1-related Marfan)
+    "nine classic features": (TEXTBOOK["Marfan syndrome"][1], 1),
+    "user-guide example": (["HP:0001166", "HP:0001519", "HP:0000545", "HP:0001083"], 1),  # the one issue 16 saw
+    "arachnodactyly, tall stature, ectopia lentis": (["HP:0001166", "HP:0000098", "HP:0001083"], 1),
+    "ectopia lentis, aortic root, arachnodactyly": (["HP:0001083", "HP:0002616", "HP:0001166"], 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MARFAN_PRESENTATIONS))
+def test_marfan_outranks_its_rare_lookalike_in_score_and_probability(ensemble_ranker, name):
+    """The likelihood-ratio ranker puts "Marfanoid habitus with situs inversus" (OMIM:609008, one family) first
+    for the shorter lists; the ensemble must not."""
+    observed, needed = MARFAN_PRESENTATIONS[name]
+    ranking = ensemble_ranker.rank(Case(observed), top=50, explain=False)
     by_id = {c.disease_id: c for c in ranking.candidates}
     marfan = by_id["OMIM:154700"]
-    lookalike = by_id.get("OMIM:609008")  # Marfanoid habitus with situs inversus
-    assert marfan.rank == 1
+    assert marfan.rank <= needed, [c.disease_id for c in ranking.candidates[:5]]
+    lookalike = by_id.get("OMIM:609008")
     if lookalike is not None:
         assert marfan.probability > lookalike.probability and marfan.score > lookalike.score
-    assert marfan.probability > 0.3
     assert sum(c.probability for c in ranking.candidates) <= 1 + 1e-9
 
 
