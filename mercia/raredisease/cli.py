@@ -195,6 +195,74 @@ def rank(
     _show_ranking(ranker, candidates, gene_results, notes, explain)
 
 
+@app.command()
+def diagnose(
+    hpo: Annotated[str, typer.Option("--hpo", help="observed HPO ids, comma-separated")] = "",
+    excluded: Annotated[str | None, typer.Option("--excluded", help="excluded HPO ids, comma-separated")] = None,
+    genes: Annotated[str | None, typer.Option("--genes", help="restrict to the diseases of these genes")] = None,
+    top: Annotated[int, typer.Option("--top", help="candidates to show")] = 10,
+    as_json: JsonOption = False,
+) -> None:
+    """Rank diseases with the trained ensemble: calibrated probability, supporting and contradicting terms."""
+    from mercia.raredisease.ensemble import EmptyPhenotypeError, default_ensemble
+    from mercia.raredisease.ontology import ObsoleteTermWarning, UnknownTermError
+    from mercia.raredisease.ranker import Case
+
+    case = Case(_ids(hpo), _ids(excluded), _ids(genes))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ObsoleteTermWarning)
+        try:
+            ensemble = default_ensemble()
+            ranking = ensemble.rank(case, top=top)
+        except (UnknownTermError, EmptyPhenotypeError, FileNotFoundError) as exc:
+            fail(str(exc))
+    notes = [str(w.message) for w in caught if issubclass(w.category, ObsoleteTermWarning)]
+    if as_json:
+        _print_json({"knowledge_base": ensemble.kb.version, "warnings": notes, **ranking.to_dict(explain=True)})
+        return
+    from rich.table import Table
+
+    console = _console()
+    for note in notes:
+        console.print(f"[yellow]warning:[/] {note}", highlight=False)
+    if ranking.too_sparse:
+        console.print(f"[yellow]too sparse to decide:[/] the terms carry {ranking.information:.1f} nats of "
+                      "information; add more specific findings before trusting this order", highlight=False)
+    table = Table("rank", "disease", "label", "probability", "supporting", "contradicting",
+                  caption=f"{ensemble.kb.version}; probability calibrated on held-out gene cohorts")
+    for c in ranking.candidates:
+        table.add_row(str(c.rank), c.disease_id, c.label, f"{c.probability:.3f}",
+                      ", ".join(e["label"] for e in c.supporting[:4]),
+                      ", ".join(e["label"] for e in c.contradicting[:3]))
+    console.print(table)
+
+
+@app.command("train-ensemble")
+def train_ensemble(
+    cases: Annotated[Path, typer.Option("--cases", help="dev_cases.jsonl (observed, excluded, diseases, cohort)")],
+    out: Annotated[Path | None, typer.Option("--out", help="model file (default: the shipped one)")] = None,
+    folds: Annotated[int, typer.Option("--folds", help="grouped folds by gene cohort")] = 5,
+    seed: Annotated[int, typer.Option("--seed")] = 20250116,
+) -> None:
+    """Train the ranking ensemble on development cases (grouped folds for calibration) and write the model."""
+    import orjson
+
+    from mercia.raredisease.ensemble import MODEL_FILE, EnsembleSettings, train
+    from mercia.raredisease.ranker import Ranker
+
+    try:
+        rows = [orjson.loads(line) for line in cases.read_bytes().splitlines() if line.strip()]
+    except (OSError, orjson.JSONDecodeError) as exc:
+        fail(f"cannot read {cases}: {exc}")
+    missing = [i for i, r in enumerate(rows, 1) if not {"observed", "diseases", "cohort", "id"} <= set(r)]
+    if missing:
+        fail(f"{cases}: line {missing[0]}: needs fields id, observed, diseases and cohort")
+    model, _ = train(Ranker(_kb()), rows, EnsembleSettings(folds=folds, seed=seed))
+    model.save(out or MODEL_FILE)
+    typer.echo(f"trained on {len(rows)} cases ({folds} folds by gene cohort); temperature "
+               f"{model.temperature:.3f} -> {out or MODEL_FILE}")
+
+
 def _ranker(sources: str):
     from dataclasses import replace
 

@@ -257,7 +257,11 @@ class Ranker:
         """Natural-log composite LR of every candidate disease (columns) for every case (rows), and per case
         whether it had any usable term."""
         observed, excluded = self._selectors(cases, strict)  # cases x terms, 0/1
-        total = sp.csr_matrix((len(cases), len(self.diseases)))
+        return self.selector_scores(observed, excluded)
+
+    def selector_scores(self, observed: sp.csr_matrix, excluded: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """score_matrix for cases given as (cases x terms) 0/1 selectors of resolved observed and excluded terms."""
+        total = sp.csr_matrix((observed.shape[0], len(self.diseases)))
         for selector, builder in ((observed, self._observed_rows), (excluded, self._excluded_rows)):
             used = np.unique(selector.indices)
             if len(used):

@@ -46,6 +46,20 @@ def rank_case(observed: list[str], excluded: list[str], genes: list[str], top: i
             "candidates": [c.to_dict(explain=True) for c in candidates]}
 
 
+def diagnose_case(observed: list[str], excluded: list[str], genes: list[str], top: int = 10) -> dict[str, Any]:
+    """The ensemble's ranking: calibrated probabilities, supporting/contradicting terms, a too-sparse flag."""
+    from mercia.raredisease.ensemble import EmptyPhenotypeError, default_ensemble
+    from mercia.raredisease.ontology import UnknownTermError
+    from mercia.raredisease.ranker import Case
+
+    try:
+        ranking = default_ensemble().rank(Case(observed=observed, excluded=excluded, genes=genes), top=top)
+    except (UnknownTermError, EmptyPhenotypeError) as exc:
+        raise GovernanceError(f"cannot rank this case: {exc}") from exc
+    return {"hpo_version": hpo_version(), "case": {"observed": observed, "excluded": excluded, "genes": genes},
+            **ranking.to_dict(explain=True)}
+
+
 def match_person(store, person_id: int, top: int = 10) -> dict[str, Any]:
     """Patients most like ``person_id`` (phenotype and genes), as pseudonyms only."""
     from mercia.privacy.pseudonym import KeyError_ as NoPseudonymKey

@@ -141,3 +141,31 @@ def test_rank_with_a_vcf_restricts_diseases_to_its_genes(tmp_path):
     bad.write_text("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n1\t5\t.\tA\tG\t.\t.\tDP=1\n")
     result = invoke("rank", "--hpo", MARFAN, "--vcf", str(bad))
     assert result.exit_code == 1 and "line 2: field INFO" in result.output
+
+
+def test_diagnose_json_has_probabilities_explanations_and_the_sparse_flag():
+    result = invoke("diagnose", "--hpo", MARFAN, "--excluded", "HP:0001249", "--top", "3", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["knowledge_base"].startswith("HPO 2025-01-16")
+    top = data["ranking"][0]
+    assert top["disease_id"] == "OMIM:154700" and 0 < top["probability"] <= 1
+    assert top["supporting"] and all(e["effect"] > 0 for e in top["supporting"])
+    assert data["too_sparse_to_decide"] is False
+
+
+def test_diagnose_table_warns_when_too_sparse_and_rejects_bad_input():
+    result = invoke("diagnose", "--hpo", "HP:0001250", "--top", "2")
+    assert result.exit_code == 0, result.output
+    assert "too sparse to decide" in result.output and "calibrated" in result.output
+    result = invoke("diagnose", "--hpo", "HP:9999999,HP:0000000x")
+    assert result.exit_code == 1 and "HP:9999999" in result.output and "HP:0000000x" in result.output
+    result = invoke("diagnose")
+    assert result.exit_code == 1 and "no observed or excluded HPO term" in result.output
+
+
+def test_train_ensemble_names_the_bad_line(tmp_path):
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text('{"id": "a", "observed": ["HP:0001166"], "diseases": ["OMIM:154700"]}\n')
+    result = invoke("train-ensemble", "--cases", str(cases), "--out", str(tmp_path / "m.json"))
+    assert result.exit_code == 1 and "line 1" in result.output and "cohort" in result.output

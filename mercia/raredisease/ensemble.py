@@ -1,0 +1,386 @@
+"""Learning-to-rank ensemble over the likelihood-ratio ranker: candidates, training, calibration, ranking.
+
+The likelihood-ratio :class:`~mercia.raredisease.ranker.Ranker` scores every disease; its ``candidates`` best
+are re-ranked by a LightGBM LambdaRank model (Burges, "From RankNet to LambdaRank to LambdaMART", MSR-TR-2010-82)
+over the features of :mod:`mercia.raredisease.features`. Scores become probabilities by temperature scaling
+with a "none of these" logit (Guo et al., ICML 2017), fitted on held-out gene cohorts only.
+
+Evaluation and training use grouped folds: all cases of a gene cohort fall in one fold, so a model is never
+tested on a cohort it was trained on — which is how a new patient in clinic looks to the ranker.
+
+The shipped model (``models/ensemble.json``: the LightGBM text model plus calibration and provenance) is made by
+
+    python -m mercia.cli raredisease train-ensemble --cases ../shared/data/phenopackets/dev_cases.jsonl
+
+which is deterministic for a seed (one thread, LightGBM ``deterministic``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+
+from mercia.raredisease.features import FEATURES, PairFeatures
+from mercia.raredisease.ontology import UnknownTermError
+from mercia.raredisease.ranker import Case, Ranker, TermEvidence
+
+MODEL_FILE = Path(__file__).parent / "models" / "ensemble.json"
+SEED = 20250116
+
+
+class EmptyPhenotypeError(ValueError):
+    """A case with no observed or excluded HPO term: there is nothing to rank on."""
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    candidates: int = 100  # the LR ranker's best diseases that the model re-ranks
+    chunk: int = 400  # cases per batch of sparse products (bounds memory)
+    folds: int = 5
+    num_leaves: int = 15
+    learning_rate: float = 0.05
+    rounds: int = 300
+    min_data_in_leaf: int = 40
+    feature_fraction: float = 0.8
+    seed: int = SEED
+    sparse_information: float = 6.0  # below this summed IC (nats) of the observed terms, "too sparse to decide"
+
+
+def grouped_folds(groups: list[str], k: int, seed: int = SEED) -> np.ndarray:
+    """Fold (0..k-1) of each case such that all cases of a group share one fold; groups are dealt largest
+    first to the fold with fewest cases so far (ties between equal groups broken by a seeded shuffle)."""
+    names, inverse, sizes = np.unique(np.asarray(groups, dtype=str), return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(names))
+    order = order[np.argsort(-sizes[order], kind="stable")]
+    load = np.zeros(k, dtype=np.int64)
+    fold_of_group = np.empty(len(names), dtype=np.int64)
+    for g in order:
+        fold_of_group[g] = int(np.argmin(load))
+        load[fold_of_group[g]] += sizes[g]
+    return fold_of_group[inverse]
+
+
+@dataclass
+class Pairs:
+    """Candidate (case, disease) pairs of a batch: the LR ranker's ``candidates`` best per usable case."""
+
+    case: np.ndarray  # row in the batch
+    disease: np.ndarray  # candidate column of the ranker
+    features: np.ndarray
+    lr_scores: np.ndarray  # cases x diseases, natural-log LR (for the order beyond the candidates)
+    usable: np.ndarray
+    information: np.ndarray  # summed IC of each case's observed terms
+
+
+def candidate_pairs(features: PairFeatures, cases: list[Case], settings: EnsembleSettings,
+                    strict: bool = False, extra: dict[int, list[int]] | None = None) -> Pairs:
+    """Features of every case's candidates, computed in chunks; ``extra`` adds given diseases to a case's
+    candidates (an explanation needs the score of one disease for a changed case)."""
+    ranker = features.ranker
+    out_case, out_dis, out_x, scores_all, usable_all, info_all = [], [], [], [], [], []
+    for start in range(0, len(cases), settings.chunk):
+        batch = cases[start:start + settings.chunk]
+        scores, usable = ranker.score_matrix(batch, strict)
+        observed, excluded = ranker._selectors(batch, strict)
+        k = min(settings.candidates, scores.shape[1])
+        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        pair_case = np.repeat(np.arange(len(batch)), k)
+        pair_dis = best.ravel()
+        if extra:
+            more = [(i - start, d) for i, ds in extra.items() if start <= i < start + len(batch) for d in ds]
+            if more:
+                pair_case = np.r_[pair_case, [m[0] for m in more]]
+                pair_dis = np.r_[pair_dis, [m[1] for m in more]]
+                unique = np.unique(pair_case.astype(np.int64) * scores.shape[1] + pair_dis)
+                pair_case, pair_dis = unique // scores.shape[1], unique % scores.shape[1]
+        keep = usable[pair_case]
+        pair_case, pair_dis = pair_case[keep], pair_dis[keep]
+        out_x.append(features.compute(observed, excluded, scores, pair_case, pair_dis))
+        out_case.append(pair_case + start)
+        out_dis.append(pair_dis)
+        scores_all.append(scores)
+        usable_all.append(usable)
+        info_all.append(observed @ features.ic)
+    return Pairs(np.concatenate(out_case), np.concatenate(out_dis), np.vstack(out_x), np.vstack(scores_all),
+                 np.concatenate(usable_all), np.concatenate(info_all))
+
+
+def _booster_params(settings: EnsembleSettings) -> dict:
+    return {
+        "objective": "lambdarank", "metric": "ndcg", "eval_at": [1, 10], "lambdarank_truncation_level": 20,
+        "num_leaves": settings.num_leaves, "learning_rate": settings.learning_rate,
+        "min_data_in_leaf": settings.min_data_in_leaf, "feature_fraction": settings.feature_fraction,
+        "bagging_seed": settings.seed, "feature_fraction_seed": settings.seed, "seed": settings.seed,
+        "deterministic": True, "num_threads": 1, "force_row_wise": True, "verbose": -1,
+    }
+
+
+def train_booster(x: np.ndarray, labels: np.ndarray, pair_case: np.ndarray, settings: EnsembleSettings):
+    """LambdaRank on the groups (cases) that have their true disease among the candidates."""
+    import lightgbm
+
+    positive = np.bincount(pair_case, weights=labels, minlength=int(pair_case.max()) + 1) > 0
+    keep = positive[pair_case]
+    order = np.argsort(pair_case[keep], kind="stable")
+    cases = pair_case[keep][order]
+    _, sizes = np.unique(cases, return_counts=True)
+    data = lightgbm.Dataset(x[keep][order], labels[keep][order], group=sizes, feature_name=list(FEATURES),
+                            free_raw_data=True)
+    return lightgbm.train(_booster_params(settings), data, num_boost_round=settings.rounds)
+
+
+def labels_for(pairs: Pairs, ranker: Ranker, truths: list[list[str]]) -> np.ndarray:
+    """1 for a pair whose disease is one of the case's diagnoses, else 0."""
+    column = {str(ranker.kb.disease_ids[d]): j for j, d in enumerate(ranker.diseases.tolist())}
+    truth_columns = [{column[t] for t in ts if t in column} for ts in truths]
+    return np.array([d in truth_columns[c] for c, d in zip(pairs.case.tolist(), pairs.disease.tolist())],
+                    dtype=np.float64)
+
+
+def reranked_positions(pairs: Pairs, model_scores: np.ndarray, columns: list[int]) -> np.ndarray:
+    """1-based rank of one disease column per case after re-ranking (0 for none or an unusable case): the
+    candidates by model score, then the rest by LR score; ties count against (pessimistic)."""
+    ranks = np.zeros(len(columns), dtype=np.int64)
+    starts = np.searchsorted(pairs.case, np.arange(len(columns) + 1))
+    for i, column in enumerate(columns):
+        if column < 0 or not pairs.usable[i]:
+            continue
+        a, b = starts[i], starts[i + 1]
+        here = pairs.disease[a:b]
+        where = np.flatnonzero(here == column)
+        if len(where):
+            mine = model_scores[a:b][where[0]]
+            ranks[i] = int((model_scores[a:b] >= mine).sum())
+        else:
+            row = pairs.lr_scores[i]
+            ranks[i] = (b - a) + int((row >= row[column]).sum() - (row[here] >= row[column]).sum())
+    return ranks
+
+
+# -- calibration -----------------------------------------------------------------------------------------------
+def fit_calibration(pairs: Pairs, model_scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Temperature and "none of these" logit maximising the held-out likelihood of each case's true disease
+    (a case whose disease is not a candidate, or not in the knowledge base, counts as "none")."""
+    cases = np.unique(pairs.case)
+
+    def loss(theta):
+        temperature, none = math.exp(theta[0]), theta[1]
+        logits = model_scores / temperature
+        norm = _group_logsumexp(pairs.case, logits, none, len(pairs.usable))
+        hit = np.bincount(pairs.case, weights=labels * logits, minlength=len(pairs.usable))
+        has = np.bincount(pairs.case, weights=labels, minlength=len(pairs.usable)) > 0
+        chosen = np.where(has, hit, none)
+        return float(-(chosen[cases] - norm[cases]).mean())
+
+    result = minimize(loss, x0=np.array([0.0, 0.0]), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-6})
+    return float(math.exp(result.x[0])), float(result.x[1])
+
+
+def _group_logsumexp(group: np.ndarray, logits: np.ndarray, extra: float, n: int) -> np.ndarray:
+    peak = np.full(n, extra)
+    np.maximum.at(peak, group, logits)
+    total = np.exp(extra - peak) + np.bincount(group, weights=np.exp(logits - peak[group]), minlength=n)
+    return np.log(total) + peak
+
+
+def probabilities(pairs: Pairs, model_scores: np.ndarray, temperature: float, none: float) -> np.ndarray:
+    logits = model_scores / temperature
+    norm = _group_logsumexp(pairs.case, logits, none, len(pairs.usable))
+    return np.exp(logits - norm[pairs.case])
+
+
+# -- the shipped model -----------------------------------------------------------------------------------------
+@dataclass
+class EnsembleModel:
+    booster: object  # lightgbm.Booster
+    temperature: float
+    none_logit: float
+    settings: EnsembleSettings
+    provenance: dict = field(default_factory=dict)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.booster.predict(x, num_threads=1)
+
+    def save(self, path: Path = MODEL_FILE) -> None:
+        document = {"format": 1, "features": list(FEATURES), "settings": asdict(self.settings),
+                    "temperature": self.temperature, "none_logit": self.none_logit, "provenance": self.provenance,
+                    "lightgbm_model": self.booster.model_to_string()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(document, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path = MODEL_FILE) -> EnsembleModel:
+        import lightgbm
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no trained ensemble; make it with "
+                                    "`python -m mercia.cli raredisease train-ensemble --cases dev_cases.jsonl`")
+        document = json.loads(Path(path).read_text())
+        if document["features"] != list(FEATURES):
+            raise ValueError(f"{path}: trained on features {document['features']}, this code computes {FEATURES}; "
+                             "retrain with `mercia raredisease train-ensemble`")
+        booster = lightgbm.Booster(model_str=document["lightgbm_model"])
+        return cls(booster, document["temperature"], document["none_logit"],
+                   EnsembleSettings(**document["settings"]), document["provenance"])
+
+
+def train(ranker: Ranker, cases: list[dict], settings: EnsembleSettings = EnsembleSettings(),
+          features: PairFeatures | None = None, final: bool = True) -> tuple[EnsembleModel | None, dict]:
+    """Cross-validate by gene cohort (out-of-fold scores give the figures and the calibration), then (``final``)
+    fit the booster on every case. ``cases`` are dev_cases.jsonl rows (observed, excluded, diseases, cohort)."""
+    features = features or PairFeatures(ranker)
+    pairs = candidate_pairs(features, [Case(c["observed"], c["excluded"]) for c in cases], settings)
+    labels = labels_for(pairs, ranker, [c["diseases"] for c in cases])
+    folds = grouped_folds([c["cohort"] for c in cases], settings.folds, settings.seed)
+    held_out = np.zeros(len(labels))
+    for k in range(settings.folds):
+        train_rows = folds[pairs.case] != k
+        booster = train_booster(pairs.features[train_rows], labels[train_rows], pairs.case[train_rows], settings)
+        held_out[~train_rows] = booster.predict(pairs.features[~train_rows], num_threads=1)
+    temperature, none = fit_calibration(pairs, held_out, labels)
+    info = {"pairs": pairs, "labels": labels, "held_out_scores": held_out, "folds": folds}
+    if not final:
+        return None, info
+    booster = train_booster(pairs.features, labels, pairs.case, settings)
+    digest = hashlib.sha256("\n".join(sorted(c["id"] for c in cases)).encode()).hexdigest()[:16]
+    provenance = {"knowledge_base": ranker.kb.version, "cases": len(cases), "case_ids_sha256_16": digest,
+                  "folds": settings.folds, "calibrated_on": "out-of-fold scores (grouped by gene cohort)"}
+    model = EnsembleModel(booster, temperature, none, settings, provenance)
+    return model, info
+
+
+# -- ranking ---------------------------------------------------------------------------------------------------
+@dataclass
+class RankedDisease:
+    rank: int
+    disease_id: str
+    label: str
+    score: float  # the model's score (relative: compare within one case)
+    probability: float  # calibrated on held-out gene cohorts
+    lr_score: float  # log10 LR of the likelihood-ratio model
+    genes: list[str]
+    supporting: list[dict] = field(default_factory=list)  # terms whose removal lowers the score
+    contradicting: list[dict] = field(default_factory=list)  # terms whose removal raises it
+    evidence: list[TermEvidence] = field(default_factory=list)  # the LR model's per-term evidence
+
+    def to_dict(self, explain: bool = False) -> dict:
+        out = {"rank": self.rank, "disease_id": self.disease_id, "label": self.label,
+               "score": round(self.score, 4), "probability": round(self.probability, 4),
+               "lr_score": round(self.lr_score, 4), "genes": self.genes,
+               "supporting": self.supporting, "contradicting": self.contradicting}
+        if explain:
+            out["evidence"] = [asdict(e) for e in self.evidence]
+        return out
+
+
+@dataclass
+class Ranking:
+    candidates: list[RankedDisease]
+    too_sparse: bool  # the phenotype carries too little information to tell diseases apart
+    information: float  # summed IC (nats) of the observed terms
+
+    def to_dict(self, explain: bool = False) -> dict:
+        return {"too_sparse_to_decide": self.too_sparse, "information_nats": round(self.information, 2),
+                "ranking": [c.to_dict(explain) for c in self.candidates]}
+
+
+class EnsembleRanker:
+    """Re-ranks the LR ranker's candidates with the trained model; build once, reuse for many cases."""
+
+    def __init__(self, ranker: Ranker | None = None, model: EnsembleModel | None = None):
+        self.ranker = ranker or Ranker()
+        self.model = model or EnsembleModel.load()
+        self.features = PairFeatures(self.ranker)
+        self.kb = self.ranker.kb
+
+    def scores(self, cases: list[Case], strict: bool = False, extra=None) -> tuple[Pairs, np.ndarray]:
+        pairs = candidate_pairs(self.features, cases, self.model.settings, strict, extra)
+        return pairs, (self.model.predict(pairs.features) if len(pairs.case) else np.zeros(0))
+
+    def rank(self, case: Case, top: int = 10, explain: bool = True) -> Ranking:
+        if not case.observed and not case.excluded:
+            raise EmptyPhenotypeError("the case has no observed or excluded HPO term: nothing to rank on")
+        problems = []
+        for status, ids in (("observed", case.observed), ("excluded", case.excluded)):
+            for term in ids:
+                try:
+                    self.kb.ontology.resolve(term, warn=False)
+                except UnknownTermError as exc:
+                    problems.append(f"{status} term {exc}")
+        if problems:
+            raise UnknownTermError("; ".join(problems))
+        ranking = self.rank_many([case], top=top, strict=True)[0]
+        if not ranking.candidates:
+            raise EmptyPhenotypeError("none of the case's HPO terms is usable")
+        if explain:
+            self._explain(case, ranking)
+        return ranking
+
+    def rank_many(self, cases: list[Case], top: int = 10, strict: bool = False) -> list[Ranking]:
+        pairs, scores = self.scores(cases, strict)
+        probability = probabilities(pairs, scores, self.model.temperature, self.model.none_logit)
+        starts = np.searchsorted(pairs.case, np.arange(len(cases) + 1))
+        out = []
+        for i, case in enumerate(cases):
+            a, b = starts[i], starts[i + 1]
+            allowed = self.ranker.gene_mask(case.genes) if case.genes else None
+            order = [j for j in np.lexsort((pairs.disease[a:b], -scores[a:b])) + a
+                     if allowed is None or allowed[pairs.disease[j]]][:top]
+            candidates = []
+            for rank, j in enumerate(order, 1):
+                disease = int(self.ranker.diseases[pairs.disease[j]])
+                candidates.append(RankedDisease(
+                    rank, str(self.kb.disease_ids[disease]), str(self.kb.disease_names[disease]), float(scores[j]),
+                    float(probability[j]), float(pairs.lr_scores[i, pairs.disease[j]] / np.log(10)),
+                    self.kb.genes_of(disease)))
+            information = float(pairs.information[i])
+            out.append(Ranking(candidates, information < self.model.settings.sparse_information, information))
+        return out
+
+    def _explain(self, case: Case, ranking: Ranking) -> None:
+        """Each observed/excluded term's effect on the score of each listed disease: the score of the case
+        without that term, minus the score with it (leave-one-out), plus the LR model's evidence."""
+        observed, excluded = self.ranker.resolve_case(case)
+        ontology = self.kb.ontology
+        terms = [("observed", t) for t in observed] + [("excluded", t) for t in excluded]
+        columns = [int(self.ranker.disease_position[self.kb.disease_index[c.disease_id]]) for c in ranking.candidates]
+        variants = []
+        for status, t in terms:
+            kept_obs = [str(ontology.ids[o]) for o in observed if not (status == "observed" and o == t)]
+            kept_exc = [str(ontology.ids[x]) for x in excluded if not (status == "excluded" and x == t)]
+            variants.append(Case(kept_obs, kept_exc))
+        base_pairs, base_scores = self.scores([Case([str(ontology.ids[o]) for o in observed],
+                                                    [str(ontology.ids[x]) for x in excluded])],
+                                              strict=True, extra={0: columns})
+        base = dict(zip(base_pairs.disease.tolist(), base_scores.tolist()))
+        if variants:
+            pairs, scores = self.scores(variants, strict=True, extra={i: columns for i in range(len(variants))})
+            without = {(int(c), int(d)): float(s) for c, d, s in zip(pairs.case, pairs.disease, scores)}
+        for candidate, column in zip(ranking.candidates, columns):
+            candidate.evidence = self.ranker.explain((observed, excluded), column)
+            for i, (status, t) in enumerate(terms):
+                if (i, column) not in without:  # the case without this term has nothing left to rank on
+                    continue
+                effect = base[column] - without[(i, column)]
+                entry = {"term": str(ontology.ids[t]), "label": str(ontology.names[t]), "status": status,
+                         "effect": round(effect, 4)}
+                if effect > 0:
+                    candidate.supporting.append(entry)
+                elif effect < 0:
+                    candidate.contradicting.append(entry)
+            candidate.supporting.sort(key=lambda e: -e["effect"])
+            candidate.contradicting.sort(key=lambda e: e["effect"])
+
+
+@lru_cache(maxsize=1)
+def default_ensemble() -> EnsembleRanker:
+    """The shipped model over the active knowledge base, built once per process."""
+    return EnsembleRanker()
+

@@ -1,0 +1,186 @@
+"""Per (case, candidate disease) features for the learning-to-rank ensemble, computed with sparse products.
+
+Every feature is a function of the case and one disease only (never of the other candidates), so the score of a
+disease can be recomputed for a changed case (explanations remove one term at a time). Similarity measures use
+the information content IC(t) = -log(share of candidate diseases with t or a term below it); terms carried by
+more than ``UNIVERSAL_SHARE`` of the diseases are near-universal and count for nothing in the IC-weighted
+features (they would only reward richly annotated diseases).
+
+Features (``FEATURES``):
+* ``lr``: the likelihood-ratio score of :class:`~mercia.raredisease.ranker.Ranker` (natural log); ``lr_gap``: its
+  distance below the case's best disease; ``lr_log_rank``: log of its rank among all diseases; ``gene_lr_gap``:
+  the best LR among the diseases that share a gene with it, below the case's best (gene-level smoothing);
+* ``resnik_case_to_disease`` / ``resnik_sum``: Resnik best-match average (and sum) of the case's terms against
+  the disease: for each observed term the IC of the most informative ancestor it shares with the disease's
+  annotations (Phenomizer's one-way semantic similarity, Köhler et al., AJHG 2009;85:457);
+* ``coverage_of_case`` / ``coverage_of_disease`` / ``simgic``: IC-weighted overlap of the two ancestor closures
+  over the case's and the disease's total (simGIC, Pesquita et al. 2008, is the overlap over the union);
+* ``matched`` / ``unmatched``: observed terms the disease implies / observed terms it shares nothing
+  informative with; ``contradicted``: observed terms the disease is annotated NOT to have;
+* ``excluded_features`` / ``excluded_frequency``: excluded terms the disease has, and their summed frequency;
+* ``obligate_missed``: summed frequency of the disease's frequent (f >= 0.8) features the report does not cover;
+* ``gene_coverage_of_case``: coverage of the case by the pooled profile of the disease's genes (diseases that
+  share a gene share phenotypes: HPO genes_to_phenotype), which smooths sparsely annotated diseases;
+* ``log_annotations``: the disease's annotation count, so the model can correct the bias to rich profiles;
+* ``n_observed`` / ``n_excluded``: how much the case says.
+
+The Phenopackets of the development set carry no onset or sex, so no onset/sex compatibility feature can be
+trained or checked; none is computed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from mercia.raredisease.ranker import Ranker
+
+UNIVERSAL_SHARE = 0.2  # terms in more than this share of diseases add no IC-weighted evidence
+FREQUENT = 0.8  # "obligate" features for the missed-feature count
+FEATURES = (
+    "lr", "lr_gap", "lr_log_rank", "gene_lr_gap", "resnik_case_to_disease", "resnik_sum", "coverage_of_case", "coverage_of_disease", "simgic",
+    "matched", "unmatched", "contradicted", "excluded_features", "excluded_frequency", "obligate_missed",
+    "gene_coverage_of_case", "log_annotations", "n_observed", "n_excluded",
+)
+
+
+class PairFeatures:
+    """Knowledge-base matrices behind the features; build once per :class:`Ranker`."""
+
+    def __init__(self, ranker: Ranker):
+        self.ranker = ranker
+        kb, ontology = ranker.kb, ranker.kb.ontology
+        n_dis = len(ranker.diseases)
+        self.closure = ranker.implied.copy()  # terms x diseases: the disease has the term or one below it
+        self.closure.data[:] = 1.0
+        carriers = np.diff(self.closure.indptr)
+        self.ic = -np.log(np.maximum(carriers, 1) / (n_dis + 1))
+        self.weight = np.where(carriers > UNIVERSAL_SHARE * n_dis, 0.0, self.ic)
+        self.weighted_closure = (sp.diags(self.weight) @ self.closure).tocsr()
+        self.weighted_closure.eliminate_zeros()
+        self.disease_total = np.asarray(self.weighted_closure.sum(axis=0)).ravel()
+        negated_closure = (ontology.ancestors.astype(np.float64) @ ranker.negated).tocsr()
+        negated_closure.data[:] = 1.0
+        self.negated_closure = negated_closure
+        frequent = ranker.direct.copy()
+        frequent.data[frequent.data < FREQUENT] = 0.0
+        phenotypic = ontology.ancestors[:, ontology.index["HP:0000118"]].toarray().ravel() > 0
+        self.frequent = (sp.diags(phenotypic.astype(np.float64)) @ frequent).tocsr()
+        self.frequent.eliminate_zeros()
+        self.frequent_total = np.asarray(self.frequent.sum(axis=0)).ravel()
+        self.log_annotations = np.log1p(np.diff(ranker.direct.tocsc().indptr)).astype(np.float64)
+        self._gene_profiles(kb, n_dis)
+
+    def _gene_profiles(self, kb, n_dis: int) -> None:
+        """Gene x term closure pooled over every annotated disease of the gene (all sources), and the candidate
+        diseases' genes."""
+        n_all, n_terms = len(kb.disease_ids), len(kb.ontology)
+        annotated = sp.csr_matrix((np.ones(len(kb.ann_term)), (kb.ann_disease, kb.ann_term)), shape=(n_all, n_terms))
+        gene_disease = sp.csr_matrix(
+            (np.ones(len(kb.gene_disease_gene)), (kb.gene_disease_gene, kb.gene_disease_disease)),
+            shape=(len(kb.gene_symbols), n_all))
+        direct = (gene_disease @ annotated).tocsr()
+        direct.data[:] = 1.0
+        profile = (direct @ kb.ontology.ancestors.astype(np.float64)).tocsr()
+        profile.data[:] = 1.0
+        self.gene_profile = (profile @ sp.diags(self.weight)).T.tocsr()  # terms x genes, IC-weighted
+        self.gene_profile.eliminate_zeros()
+        position = self.ranker.disease_position[kb.gene_disease_disease]
+        keep = position >= 0
+        self.disease_genes = sp.csr_matrix(
+            (np.ones(keep.sum()), (position[keep], kb.gene_disease_gene[keep])), shape=(n_dis, len(kb.gene_symbols)))
+        # candidate disease columns grouped by gene, for the best LR per gene (np.maximum.reduceat)
+        genes, columns = kb.gene_disease_gene[keep], position[keep]
+        order = np.lexsort((columns, genes))
+        genes, self.gene_columns = genes[order], columns[order]
+        self.gene_starts = np.flatnonzero(np.r_[True, genes[1:] != genes[:-1]])
+        self.gene_slot = np.full(len(kb.gene_symbols), -1, dtype=np.int64)
+        self.gene_slot[genes[self.gene_starts]] = np.arange(len(self.gene_starts))
+
+    def compute(self, observed: sp.csr_matrix, excluded: sp.csr_matrix, scores: np.ndarray,
+                pair_case: np.ndarray, pair_disease: np.ndarray) -> np.ndarray:
+        """Feature rows for (case, disease) pairs; ``observed``/``excluded`` are the ranker's 0/1 case selectors
+        and ``scores`` the natural-log LR of every disease for each case (cases x diseases)."""
+        lr = scores[pair_case, pair_disease]
+        best = scores.max(axis=1)[pair_case]
+        order = np.argsort(-scores, axis=1, kind="stable")
+        position = np.empty_like(order)
+        np.put_along_axis(position, order, np.arange(scores.shape[1])[None, :], axis=1)
+        rank = position[pair_case, pair_disease] + 1.0
+        ontology = self.ranker.kb.ontology
+        case_closure = (observed @ ontology.ancestors.astype(np.float64)).tocsr()
+        case_closure.data[:] = 1.0
+        case_weighted = case_closure @ sp.diags(self.weight)
+        case_total = np.asarray(case_weighted.sum(axis=1)).ravel()[pair_case]
+        overlap = _pairs(case_weighted @ self.closure, pair_case, pair_disease)
+        dis_total = self.disease_total[pair_disease]
+        n_obs = np.diff(observed.indptr).astype(np.float64)[pair_case]
+        n_exc = np.diff(excluded.indptr).astype(np.float64)[pair_case]
+        matched = _pairs(observed @ self.closure, pair_case, pair_disease)
+        resnik_sum, informative = self._resnik(observed, pair_case, pair_disease)
+        covered = self.ranker._covered(observed, excluded)
+        gene_overlap = self._gene_overlap(case_weighted, pair_case, pair_disease)
+        columns = {
+            "lr": lr,
+            "lr_gap": lr - best,
+            "lr_log_rank": np.log(rank),
+            "gene_lr_gap": self._gene_lr(scores, pair_case, pair_disease) - best,
+            "resnik_case_to_disease": resnik_sum / np.maximum(n_obs, 1),
+            "resnik_sum": resnik_sum,
+            "coverage_of_case": overlap / np.maximum(case_total, 1e-9),
+            "coverage_of_disease": overlap / np.maximum(dis_total, 1e-9),
+            "simgic": overlap / np.maximum(case_total + dis_total - overlap, 1e-9),
+            "matched": matched,
+            "unmatched": n_obs - informative,
+            "contradicted": _pairs(observed @ self.negated_closure, pair_case, pair_disease),
+            "excluded_features": _pairs(excluded @ self.closure, pair_case, pair_disease),
+            "excluded_frequency": _pairs(excluded @ self.ranker.implied, pair_case, pair_disease),
+            "obligate_missed": self.frequent_total[pair_disease] - _pairs(covered @ self.frequent, pair_case,
+                                                                          pair_disease),
+            "gene_coverage_of_case": gene_overlap / np.maximum(case_total, 1e-9),
+            "log_annotations": self.log_annotations[pair_disease],
+            "n_observed": n_obs,
+            "n_excluded": n_exc,
+        }
+        return np.column_stack([np.asarray(columns[name], dtype=np.float64) for name in FEATURES])
+
+    def _resnik(self, observed: sp.csr_matrix, pair_case, pair_disease) -> tuple[np.ndarray, np.ndarray]:
+        """Per pair: sum over observed terms of the IC of their most informative ancestor in the disease's closure,
+        and how many observed terms share an informative (non-universal) ancestor with it."""
+        terms = np.unique(observed.indices)
+        owner, ancestor = self.ranker._expand_ancestors(terms)
+        useful = self.weight[ancestor] > 0
+        owner, ancestor = owner[useful], ancestor[useful]
+        rows = self.closure[ancestor].tocoo()
+        n_dis = len(self.ranker.diseases)
+        best = np.zeros(len(terms) * n_dis)
+        np.maximum.at(best, owner[rows.row].astype(np.int64) * n_dis + rows.col, self.ic[ancestor][rows.row])
+        best = sp.csr_matrix(best.reshape(len(terms), n_dis))
+        select = observed[:, terms]
+        total = _pairs(select @ best, pair_case, pair_disease)
+        best.data[:] = 1.0
+        return total, _pairs(select @ best, pair_case, pair_disease)
+
+    def _gene_lr(self, scores: np.ndarray, pair_case, pair_disease) -> np.ndarray:
+        """Per pair, the best LR among the diseases sharing a gene with the pair's disease (its own without)."""
+        genes = self.disease_genes[pair_disease].tocoo()
+        best_of_gene = np.maximum.reduceat(scores[:, self.gene_columns], self.gene_starts, axis=1)
+        out = scores[pair_case, pair_disease].copy()
+        np.maximum.at(out, genes.row, best_of_gene[pair_case[genes.row], self.gene_slot[genes.col]])
+        return out
+
+    def _gene_overlap(self, case_weighted, pair_case, pair_disease) -> np.ndarray:
+        """Best IC overlap of the case with the pooled profile of any gene of the disease (0 without a gene)."""
+        per_gene = (case_weighted @ self.gene_profile).tocsr()  # cases x genes
+        genes = self.disease_genes[pair_disease].tocoo()
+        values = _pairs(per_gene, pair_case[genes.row], genes.col)
+        out = np.zeros(len(pair_case))
+        np.maximum.at(out, genes.row, values)
+        return out
+
+
+def _pairs(matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Values of a (sparse or dense) matrix at (row, col) pairs (callers pass chunks of a few hundred cases, so
+    the dense form is small and gathering from it is far faster than sparse indexing)."""
+    dense = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
+    return dense[rows, cols].astype(np.float64)
