@@ -32,6 +32,8 @@ ANONYMOUS_ROUTES = frozenset({
     # signing in itself, and the single sign-on round trip when configured
     ("GET", "/signin"), ("POST", "/signin"), ("GET", "/signin/second-factor"), ("POST", "/signin/second-factor"),
     ("GET", "/signin/oidc"), ("GET", "/signin/oidc/callback"),
+    # the eCRF pages' two scripts (code from the package, a fixed list of names; no data)
+    ("GET", "/crf-assets/{name}"),
 })
 
 
