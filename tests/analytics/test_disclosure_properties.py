@@ -47,6 +47,7 @@ person = st.fixed_dictionaries({
 def cdm():
     """One in-memory CDM for every example of the module; ``load`` replaces its rows."""
     store = Store(":memory:")
+    store.execute("SET threads = 1")  # tiny tables: one thread avoids scheduling overhead per query
     store.init_schema()
     store.execute("CREATE TABLE mercia_person_link (person_id BIGINT, imd_decile BIGINT, load_id BIGINT)")
     yield Cdm(store)
