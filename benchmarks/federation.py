@@ -70,6 +70,7 @@ def end_to_end(persons: int, directory: Path) -> dict:
     from mercia.federation.node import COHORT_ID, NodeAgent, NodePolicy
     from mercia.federation.region import catalogue_vocabulary, reference_cohort, true_distinct_persons
     from mercia.ingest.region import ingest_region
+    from mercia.linkage.probabilistic import link_store
 
     harness.DEMO_PRACTICES, harness.DEMO_TRUSTS = 2, 2
     os.environ["MERCIA_ALLOW_SYNTHETIC_NHS_NUMBERS"] = "1"
@@ -109,6 +110,7 @@ def end_to_end(persons: int, directory: Path) -> dict:
     catalogue_vocabulary(single)
     t = time.perf_counter()
     ingest_region(single, directory / "region")
+    link_store(single)
     single_ingest = time.perf_counter() - t
     t = time.perf_counter()
     single_result = run_cohort(single, CohortExpression.from_json(reference_cohort()), 1)

@@ -129,6 +129,7 @@ def region_quality(persons: int, workdir: Path) -> dict:
     from mercia.cdm import Store
     from mercia.ingest.region import ingest_region
     from mercia.linkage.evaluate import region_linkage_quality
+    from mercia.linkage.probabilistic import link_store
     from mercia.privacy.pseudonym import Pseudonymiser, load_key
     from mercia.synth import generate_region
 
@@ -138,6 +139,7 @@ def region_quality(persons: int, workdir: Path) -> dict:
     os.environ["MERCIA_ALLOW_SYNTHETIC_NHS_NUMBERS"] = "1"
     t0 = time.perf_counter()
     summaries = ingest_region(store, out)
+    link_store(store)
     seconds = time.perf_counter() - t0
     quality = region_linkage_quality(store, out, Pseudonymiser(load_key()))
     result = {"persons": persons, "error_rate": 0.02, "records": sum(s.records for s in summaries),

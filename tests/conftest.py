@@ -23,10 +23,10 @@ REQUIRE_ENGINES = os.environ.get("MERCIA_REQUIRE_ENGINES") == "1"
 ENGINES = ["duckdb", "postgres"]
 CONTRACT_ENGINES = [*ENGINES, pytest.param("spark", marks=[pytest.mark.spark, pytest.mark.slow])]
 
-# Disclosure properties: at least 500 examples in CI, fewer locally (use with
+# Disclosure properties: 500 examples in CI, 100 locally (use with
 # ``@settings(settings.get_profile(DISCLOSURE_PROFILE))``).
 settings.register_profile("disclosure-ci", max_examples=500, deadline=None)
-settings.register_profile("disclosure-dev", max_examples=60, deadline=None)
+settings.register_profile("disclosure-dev", max_examples=100, deadline=None)
 DISCLOSURE_PROFILE = "disclosure-ci" if REQUIRE_ENGINES else "disclosure-dev"
 
 

@@ -17,12 +17,9 @@ from mercia.privacy.disclosure import (
     AnalysisResult, ColumnSpec, DisclosurePolicy, Kind, PartitionSpec, StatTable, get_policy,
 )
 
-# Where Mercia keeps deprivation: an ``observation`` row per person with this source value and the
-# IMD decile (1 = most deprived ... 10 = least) in value_as_number, dated when the address was
-# valid; analytics takes the latest value on or before the index date (else the earliest after).
-# Until ingestion writes those rows, the decile that ingestion derives from the postcode
-# (mercia.privacy.geography) and keeps on its link table is used for people without one.
-IMD_SOURCE_VALUE = "imd_decile"
+# Where Mercia keeps deprivation: ingestion derives the IMD decile (1 = most deprived ... 10 = least)
+# from the postcode (mercia.privacy.geography) and keeps it on its link table, one row per organisation's
+# record of a person; analytics takes the decile of the person's most recent load.
 LINK_TABLE = "mercia_person_link"
 
 # Names for the few OMOP concepts every report shows, for vocabularies loaded without them.
@@ -93,30 +90,18 @@ def first_entry_sql(cohort_id: int) -> str:
 
 def index_table_sql(store: Store, cohort_id: int) -> str:
     """The cohort at index with everything the reports stratify by, one row per person."""
-    linked = ""
+    imd = ""
     if store.table_exists(LINK_TABLE):  # the most recent load's decile for each person
-        linked = f""",
-        linked_imd AS (
+        imd = f"""
+        imd AS (
             SELECT person_id, imd_decile FROM (
                 SELECT l.person_id, CAST(l.imd_decile AS INTEGER) AS imd_decile,
                        ROW_NUMBER() OVER (PARTITION BY l.person_id ORDER BY l.load_id DESC) AS rn
                 FROM {LINK_TABLE} l JOIN entry e ON e.person_id = l.person_id
                 WHERE l.imd_decile BETWEEN 1 AND 10) ranked
-            WHERE rn = 1)"""
-    imd = "COALESCE(i.imd_decile, li.imd_decile)" if linked else "i.imd_decile"
+            WHERE rn = 1),"""
     return f"""
-        WITH entry AS ({first_entry_sql(cohort_id)}),
-        imd AS (
-            SELECT person_id, imd_decile FROM (
-                SELECT e.person_id, CAST(o.value_as_number AS INTEGER) AS imd_decile,
-                       ROW_NUMBER() OVER (PARTITION BY e.person_id ORDER BY
-                           CASE WHEN o.observation_date <= e.index_date THEN 0 ELSE 1 END,
-                           CASE WHEN o.observation_date <= e.index_date THEN e.index_date - o.observation_date
-                                ELSE o.observation_date - e.index_date END) AS rn
-                FROM entry e JOIN observation o ON o.person_id = e.person_id
-                WHERE LOWER(o.observation_source_value) = '{IMD_SOURCE_VALUE}'
-                  AND o.value_as_number BETWEEN 1 AND 10) ranked
-            WHERE rn = 1){linked},
+        WITH entry AS ({first_entry_sql(cohort_id)}),{imd}
         period AS (
             SELECT e.person_id, MIN(op.observation_period_start_date) AS op_start,
                    MAX(op.observation_period_end_date) AS op_end
@@ -125,13 +110,12 @@ def index_table_sql(store: Store, cohort_id: int) -> str:
             GROUP BY e.person_id)
         SELECT e.person_id, e.index_date, e.end_date, p.gender_concept_id, p.race_concept_id,
                p.ethnicity_concept_id, p.care_site_id, {age_sql('e.index_date')} AS age,
-               {imd} AS imd_decile, pr.op_start, pr.op_end,
+               {"i.imd_decile" if imd else "CAST(NULL AS INTEGER)"} AS imd_decile, pr.op_start, pr.op_end,
                e.index_date - pr.op_start AS prior_obs_days,
                pr.op_end - e.index_date AS post_obs_days
         FROM entry e
         JOIN person p ON p.person_id = e.person_id
-        LEFT JOIN imd i ON i.person_id = e.person_id
-        {"LEFT JOIN linked_imd li ON li.person_id = e.person_id" if linked else ""}
+        {"LEFT JOIN imd i ON i.person_id = e.person_id" if imd else ""}
         LEFT JOIN period pr ON pr.person_id = e.person_id"""
 
 

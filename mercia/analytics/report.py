@@ -7,14 +7,16 @@ nothing from anywhere.
 
 from __future__ import annotations
 
-import html
+import functools
 import io
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import matplotlib
+from markupsafe import Markup
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -213,116 +215,68 @@ def _inline_svg(fig: plt.Figure, prefix: str) -> str:
 
 
 # -- HTML --------------------------------------------------------------------------------------
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2733;background:#f5f7fa}
-header{background:#1b3a5c;color:#fff;padding:18px 32px}
-header h1{margin:0;font-size:22px} header p{margin:4px 0 0;opacity:.85;font-size:13px}
-main{max-width:1180px;margin:0 auto;padding:16px 32px 48px}
-section{background:#fff;border:1px solid #dde3ea;border-radius:6px;padding:14px 18px;margin:16px 0}
-h2{font-size:16px;margin:0 0 10px;color:#1b3a5c}
-.policy{border-left:4px solid #d1495b;background:#fff6f6}
-.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:16px}
-.chart svg{max-width:100%;height:auto}
-table{border-collapse:collapse;font-size:12.5px;width:100%}
-th,td{padding:4px 8px;border-bottom:1px solid #e8ecf1;text-align:left;vertical-align:top}
-th{background:#eef2f6;font-weight:600}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.redacted{color:#b0263b;text-align:right}
-tr.total td{font-weight:600;border-top:2px solid #c9d2dc}
-.note{font-size:12px;color:#5a6776;margin:6px 0 0}
-details summary{cursor:pointer;color:#1b6ca8;font-size:12.5px;margin-top:6px}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;font-size:13px;margin:0}
-dt{font-weight:600}
-"""
+@functools.cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.PackageLoader("mercia.analytics"), autoescape=True,
+                              undefined=jinja2.StrictUndefined)
 
 
-def _table_html(table: StatTable, limit: int | None = TABLE_ROW_LIMIT) -> str:
+def _table_view(table: StatTable, limit: int | None = TABLE_ROW_LIMIT) -> dict[str, Any]:
+    """A table as the template shows it: header labels, (css class, text) cells for the first
+    ``limit`` rows and the rest, the totals row(s) and the notes."""
     display = table.display_rows()
     hidden = set(table.redacted)
     numeric = {c.name for c in table.columns if c.kind != Kind.LABEL}
-    head = "".join(f"<th>{html.escape(c.label or c.name)}</th>" for c in table.columns)
-
-    def body(indices: list[int]) -> str:
-        out = []
-        for i in indices:
-            cells = []
-            for c in table.columns:
-                cls = "redacted" if (i, c.name) in hidden else ("num" if c.name in numeric else "")
-                cells.append(f'<td class="{cls}">{html.escape(display[i][c.name])}</td>')
-            out.append("<tr>" + "".join(cells) + "</tr>")
-        return "".join(out)
-
-    totals = ""
+    cells = [[("redacted" if (i, c.name) in hidden else ("num" if c.name in numeric else ""), display[i][c.name])
+              for c in table.columns] for i in range(len(display))]
+    totals = []
     for total in table.totals if len(table.totals) <= 12 else []:
-        cells = []
+        row: list[tuple[str, str]] = []
         for c in table.columns:
             value = total.get(c.name)
             if isinstance(value, int) and c.kind == Kind.COUNT:
-                cells.append(f'<td class="num">{value:,}</td>')
+                row.append(("num", f"{value:,}"))
             elif value is not None:
-                cells.append(f"<td>{html.escape(str(value))}</td>")
-            elif c.kind == Kind.LABEL and "Total" not in "".join(cells):
-                cells.append("<td>Total (published cells)</td>")
+                row.append(("", str(value)))
+            elif c.kind == Kind.LABEL and not any("Total" in text for _, text in row):
+                row.append(("", "Total (published cells)"))
             else:
-                cells.append("<td></td>")
-        totals += f'<tr class="total">{"".join(cells)}</tr>'
-    rows = list(range(len(display)))
-    shown = rows if limit is None or len(rows) <= limit else rows[:limit]
-    html_table = f"<table><thead><tr>{head}</tr></thead><tbody>{body(shown)}{totals}</tbody></table>"
-    if len(shown) < len(rows):
-        rest = rows[len(shown):]
-        html_table += (f"<details><summary>Show all {len(rows):,} rows</summary>"
-                       f"<table><thead><tr>{head}</tr></thead><tbody>{body(rest)}</tbody></table></details>")
-    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in table.notes)
-    return html_table + notes
+                row.append(("", ""))
+        totals.append(row)
+    shown = len(cells) if limit is None else limit
+    return {"head": [c.label or c.name for c in table.columns], "rows": cells[:shown], "rest": cells[shown:],
+            "totals": totals, "notes": table.notes}
 
 
-def _features_html(table: StatTable) -> str:
+def _feature_groups(table: StatTable) -> list[dict[str, Any]]:
     """The features table split by domain, window and level, each led by its most prevalent rows."""
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(table.rows):
         groups.setdefault((row["domain"], row["time_window"], row["level"]), []).append(i)
-    parts = []
+    out = []
+    dropped = ("domain", "time_window", "level")
     for (domain, window, level), indices in groups.items():
         members = set(indices)
-        dropped = ("domain", "time_window", "level")
         sub = table.model_copy(update={
             "rows": [{k: v for k, v in table.rows[i].items() if k not in dropped} for i in indices],
             "redacted": [(indices.index(i), c) for i, c in table.redacted if i in members],
             "columns": [c for c in table.columns if c.name not in dropped], "notes": []})
-        parts.append(f"<h3 style='font-size:14px;margin:14px 0 6px'>{html.escape(domain.title())} — "
-                     f"{html.escape(level)}s, {html.escape(window)} ({len(indices):,})</h3>"
-                     + _table_html(sub, limit=10))
-    return "".join(parts) + "".join(f'<p class="note">{html.escape(n)}</p>' for n in table.notes)
+        out.append({"heading": f"{domain.title()} — {level}s, {window} ({len(indices):,})",
+                    "view": _table_view(sub, limit=10)})
+    return out
 
 
 def render_html(result: AnalysisResult) -> str:
-    """A self-contained HTML page: policy statement, parameters, charts and every table."""
+    """A self-contained HTML page (templates/report.html): policy statement, parameters, charts and every table."""
     require_controlled(result)
-    stamp = result.disclosure
-    params = "".join(f"<dt>{html.escape(str(k))}</dt><dd style='margin:0'>{html.escape(_param(v))}</dd>"
-                     for k, v in result.parameters.items())
-    figures = "".join(
-        f'<div class="chart">{_inline_svg(fig, f"c{n}")}</div>' for n, fig in enumerate(charts(result).values()))
-    sections = []
-    for table in result.tables:
-        body = _features_html(table) if table.name == "features" else _table_html(table)
-        sections.append(f'<section id="{html.escape(table.name)}"><h2>{html.escape(table.title)}</h2>{body}</section>')
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>{html.escape(result.title)}</title><style>{_CSS}</style></head>
-<body><header><h1>{html.escape(result.title)}</h1>
-<p>Mercia {html.escape(result.analysis)} report · disclosure policy <b>{html.escape(stamp.policy)}</b> ·
-generated {html.escape(stamp.applied_at)}</p></header>
-<main>
-<section class="policy"><h2>Disclosure control: {html.escape(stamp.policy)}</h2>
-<p style="margin:0;font-size:13px">{html.escape(stamp.description)}. Redacted values are shown as
-<b>{html.escape(stamp.redacted_marker)}</b>; totals are sums of the published cells.</p></section>
-<section><h2>Parameters</h2><dl>{params}</dl></section>
-{f'<section><h2>Charts</h2><div class="charts">{figures}</div></section>' if figures else ''}
-{''.join(sections)}
-</main></body></html>
-"""
+    sections = [{"name": t.name, "title": t.title,
+                 "groups": _feature_groups(t) if t.name == "features" else [{"heading": None, "view": _table_view(t)}],
+                 "notes": t.notes if t.name == "features" else []}
+                for t in result.tables]
+    figures = [Markup(_inline_svg(fig, f"c{n}")) for n, fig in enumerate(charts(result).values())]
+    return _templates().get_template("report.html").render(
+        result=result, stamp=result.disclosure, parameters=[(k, _param(v)) for k, v in result.parameters.items()],
+        figures=figures, sections=sections) + "\n"
 
 
 def _param(value: Any) -> str:

@@ -1,8 +1,9 @@
 """Time to an outcome (a cohort, or death) from the index date, censored at the end of the
 observation period containing the index date (and at death when death is not the outcome).
 
-The engine returns a life table (events and censorings per day of follow-up); lifelines fits the
-Kaplan-Meier curve (log-log Greenwood 95% bounds) and, for two cohorts, a Cox model with the cohort
+The engine returns a life table (events and censorings per day of follow-up); the Kaplan-Meier curve
+(log-log Greenwood 95% bounds) comes from ``mercia.privacy.disclosure.kaplan_meier``, the same estimator
+disclosure control re-runs on rounded counts; for two cohorts lifelines fits a Cox model with the cohort
 as the only covariate on the same aggregated rows (frequency weights).  People whose outcome started
 before the index date are excluded and counted; an outcome on the index day is an event at day 0.
 """
@@ -18,7 +19,7 @@ from mercia.analytics.base import (
     AnalyticsError, as_id, cohort_check, count, finish, index_table_sql, label, statistic, temp_table,
 )
 from mercia.cdm import Store
-from mercia.privacy.disclosure import AnalysisResult, DisclosurePolicy, StatTable
+from mercia.privacy.disclosure import AnalysisResult, DisclosurePolicy, StatTable, kaplan_meier
 
 DEATH = "death"
 
@@ -77,27 +78,19 @@ def life_table(store: Store, cohort_id: int, outcome: int | str,
 
 
 def _km_rows(rows: list[tuple[int, int, int]]) -> tuple[list[dict[str, Any]], float | None]:
-    """Kaplan-Meier with lifelines on aggregated rows: the life table and the median survival."""
-    from lifelines import KaplanMeierFitter
-
-    durations = [t for t, e, c in rows for _ in (0, 1)]
-    observed = [flag for _ in rows for flag in (1, 0)]
-    weights = [w for _, e, c in rows for w in (e, c)]
-    keep = [i for i, w in enumerate(weights) if w > 0]
-    km = KaplanMeierFitter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        km.fit([durations[i] for i in keep], [observed[i] for i in keep], weights=[weights[i] for i in keep])
-    table = km.event_table
-    surv = km.survival_function_.iloc[:, 0]
-    ci = km.confidence_interval_survival_function_
-    out = []
-    for t, e, c in rows:
-        out.append({"time": t, "count_at_risk": int(table.loc[t, "at_risk"]), "count_events": e,
-                    "count_censored": c, "survival": float(surv.loc[t]),
-                    "survival_lower": float(ci.iloc[:, 0].loc[t]), "survival_upper": float(ci.iloc[:, 1].loc[t])})
-    median = km.median_survival_time_
-    return out, (None if median == float("inf") else float(median))
+    """Kaplan-Meier on aggregated (day, events, censored) rows: the life table and the median survival
+    (the first day the curve reaches 0.5 or below; None if it never does)."""
+    at_risk, steps = sum(e + c for _, e, c in rows), []
+    for _, e, c in rows:
+        steps.append((at_risk, e))
+        at_risk -= e + c
+    out, median = [], None
+    for (t, e, c), (n, _), (surv, lower, upper) in zip(rows, steps, kaplan_meier(steps)):
+        out.append({"time": t, "count_at_risk": n, "count_events": e, "count_censored": c,
+                    "survival": surv, "survival_lower": lower, "survival_upper": upper})
+        if median is None and surv <= 0.5:
+            median = float(t)
+    return out, median
 
 
 def _life_table_stat(name: str, title: str, rows: list[dict[str, Any]], population: int) -> StatTable:

@@ -11,8 +11,12 @@ import typer
 
 app = typer.Typer(help="The OMOP CDM store: init, load-omop, export, stats, backup, restore.", no_args_is_help=True)
 
-DbOption = Annotated[str | None, typer.Option("--db", help="DuckDB path or postgresql:// URL "
-                                                            "(default: the configured store, see mercia.config)")]
+# The one ``--db`` option of every command group (mounted sub-apps import it from here).
+DB_HELP = "store URL: a DuckDB path, postgresql://…, spark://… or sc://…"
+DbOption = Annotated[str | None, typer.Option("--db", help=f"{DB_HELP} (default: the configured store, see mercia.config)")]
+# Commands that must name their store: a federation hub or node, or a synthetic write that must never land
+# in the configured (real) store by default.
+RequiredDbOption = Annotated[str, typer.Option("--db", help=DB_HELP)]
 
 
 @contextmanager

@@ -123,6 +123,12 @@ class Store(ABC):
     @abstractmethod
     def _open_session(self) -> Store: ...
 
+    @contextmanager
+    def bulk_writes(self, memory_limit: str | None = None) -> Iterator[Store]:
+        """Engine settings for a long series of bulk inserts, restored afterwards (none by default;
+        DuckDB bounds its cache to ``memory_limit`` and stops keeping insertion order)."""
+        yield self
+
     @property
     def duckdb_connection(self):
         """The raw DuckDB connection, for DuckDB-only fast paths (Arrow scans, COPY to Parquet)."""

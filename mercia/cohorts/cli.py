@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from mercia.cdm.cli import DbOption
+
 app = typer.Typer(help="ATLAS/Circe cohort definitions: run them, print their SQL and attrition.", no_args_is_help=True)
 
 
@@ -46,7 +48,7 @@ def _load(f: Path):
 @app.command()
 def run(
     path: Path = typer.Argument(..., help="A <id>.json definition or a directory of them"),
-    db: str = typer.Option(..., "--db", help="DuckDB path or postgresql:// URL of the CDM"),
+    db: DbOption = None,
     out_dir: Path | None = typer.Option(None, "--out-dir", help="Write <id>.csv and summary.json here"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
     cohort_id: int | None = typer.Option(None, "--cohort-id", help="Cohort id for a single file"),
@@ -123,7 +125,7 @@ def sql(
 @app.command()
 def attrition(
     path: Path = typer.Argument(..., help="A cohort definition JSON file"),
-    db: str = typer.Option(..., "--db", help="DuckDB path or postgresql:// URL of the CDM"),
+    db: DbOption = None,
     cohort_id: int | None = typer.Option(None, "--cohort-id", help="Cohort id (default: file name)"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table"),
 ) -> None:

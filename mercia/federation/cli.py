@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+from mercia.cdm.cli import RequiredDbOption
+
+if TYPE_CHECKING:
+    from mercia.cdm import Store
+    from mercia.ingest.load import LoadOptions, LoadSummary
 
 app = typer.Typer(help="Federated network: a hub, a node inside each organisation, one de-duplicated answer.",
                   no_args_is_help=True)
@@ -16,9 +23,23 @@ node_app = typer.Typer(help="A node: answers the hub's questions from its organi
 app.add_typer(hub_app, name="hub")
 app.add_typer(node_app, name="node")
 
-HUB_DB = typer.Option(..., "--db", help="the hub's own store (DuckDB file or postgresql:// URL)")
-NODE_DB = typer.Option(..., "--db", help="the node's OMOP store (DuckDB file or postgresql:// URL)")
 SCHEMA = typer.Option(None, "--schema", help="schema of the store (PostgreSQL)")
+
+
+def ingest_with_tokens(store: Store, kind: str, path: Path | str, org: str, options: LoadOptions,
+                       network_key: bytes, mapping: str | Path | None = None) -> LoadSummary:
+    """A node's load: the platform's own ingest, then its persons' network tokens (mercia.federation.tokens).
+    Composed here, in the command layer, so that neither ingest nor federation imports the other."""
+    from mercia.federation.tokens import record_network_tokens
+    from mercia.ingest.load import load_staged
+    from mercia.ingest.service import read_source
+
+    staged = read_source(kind, path, mapping)
+    persons = staged.persons.table()
+    summary = load_staged(store, staged, org, kind, options)
+    record_network_tokens(store, org, persons, summary.load_id, options.pseudonymiser, network_key,
+                          options.allow_synthetic_nhs_numbers)
+    return summary
 
 
 def _fail(message: str) -> None:
@@ -27,7 +48,7 @@ def _fail(message: str) -> None:
 
 
 @hub_app.command("serve")
-def hub_serve(db: str = HUB_DB, host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8700),
+def hub_serve(db: RequiredDbOption, host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8700),
               schema: str | None = SCHEMA, policy: str = typer.Option("opensafely", help="disclosure policy"),
               deadline: float = typer.Option(60.0, help="seconds nodes have to answer"),
               differencing_limit: int = typer.Option(7, help="repeated/near-complementary questions per project"),
@@ -46,7 +67,7 @@ def hub_serve(db: str = HUB_DB, host: str = typer.Option("127.0.0.1"), port: int
 
 
 @hub_app.command("enrol")
-def hub_enrol(db: str = HUB_DB, org: str = typer.Option(..., help="the node's ODS code"),
+def hub_enrol(db: RequiredDbOption, org: str = typer.Option(..., help="the node's ODS code"),
               public_key: Path = typer.Option(..., "--public-key", exists=True, dir_okay=False),
               name: str = typer.Option(..., help="the organisation's name"), schema: str | None = SCHEMA) -> None:
     """Register a node and its Ed25519 public key."""
@@ -59,7 +80,7 @@ def hub_enrol(db: str = HUB_DB, org: str = typer.Option(..., help="the node's OD
 
 
 @hub_app.command("permit")
-def hub_permit(db: str = HUB_DB, project: int = typer.Option(..., help="project id"),
+def hub_permit(db: RequiredDbOption, project: int = typer.Option(..., help="project id"),
                schema: str | None = SCHEMA) -> None:
     """Give a project the federated-query permission (it must also be approved to ask)."""
     from mercia.cdm import Store
@@ -80,7 +101,7 @@ def node_keygen(out: Path = typer.Option(..., "--out", help="private key file (t
 
 
 @node_app.command("run")
-def node_run(db: str = NODE_DB, org: str = typer.Option(..., help="this organisation's ODS code"),
+def node_run(db: RequiredDbOption, org: str = typer.Option(..., help="this organisation's ODS code"),
              hub: str = typer.Option(..., help="the hub's URL"), key: Path = typer.Option(..., exists=True),
              policy: Path | None = typer.Option(None, exists=True, help="local control (YAML)"),
              schema: str | None = SCHEMA, wait: float = typer.Option(5.0, help="long-poll seconds")) -> None:
@@ -99,13 +120,13 @@ def node_run(db: str = NODE_DB, org: str = typer.Option(..., help="this organisa
 
 
 @node_app.command("ingest")
-def node_ingest(db: str = NODE_DB, kind: str = typer.Option(...), path: Path = typer.Option(..., exists=True),
+def node_ingest(db: RequiredDbOption, kind: str = typer.Option(...), path: Path = typer.Option(..., exists=True),
                 org: str = typer.Option(...), mapping: str | None = typer.Option(None),
                 network_key: Path | None = typer.Option(None, help="network key file (else $MERCIA_NETWORK_KEY)"),
                 schema: str | None = SCHEMA) -> None:
     """Load an extract into the node's store and record its persons' network linkage tokens."""
     from mercia.cdm import Store
-    from mercia.federation.tokens import ingest_with_tokens, load_network_key
+    from mercia.federation.tokens import load_network_key
     from mercia.ingest.service import default_options
 
     with Store(db, schema=schema) as store:
@@ -121,7 +142,7 @@ def _control(db: str, schema: str | None):
 
 
 @node_app.command("pending")
-def node_pending(db: str = NODE_DB, schema: str | None = SCHEMA) -> None:
+def node_pending(db: RequiredDbOption, schema: str | None = SCHEMA) -> None:
     """Questions waiting for this organisation's data manager."""
     from mercia.federation.node import pending
 
@@ -146,19 +167,19 @@ def _decide(db: str, schema: str | None, task: int, approve: bool, actor: str) -
 
 
 @node_app.command("approve")
-def node_approve(task: int, db: str = NODE_DB, schema: str | None = SCHEMA,
+def node_approve(task: int, db: RequiredDbOption, schema: str | None = SCHEMA,
                  actor: str = typer.Option("data-manager", help="who decides (audited)")) -> None:
     _decide(db, schema, task, True, actor)
 
 
 @node_app.command("deny")
-def node_deny(task: int, db: str = NODE_DB, schema: str | None = SCHEMA,
+def node_deny(task: int, db: RequiredDbOption, schema: str | None = SCHEMA,
               actor: str = typer.Option("data-manager", help="who decides (audited)")) -> None:
     _decide(db, schema, task, False, actor)
 
 
 @node_app.command("pause")
-def node_pause(db: str = NODE_DB, schema: str | None = SCHEMA, resume: bool = typer.Option(False, "--resume"),
+def node_pause(db: RequiredDbOption, schema: str | None = SCHEMA, resume: bool = typer.Option(False, "--resume"),
                actor: str = typer.Option("data-manager")) -> None:
     """Pause the node (it answers "paused"), or resume it."""
     from mercia.federation.node import set_paused

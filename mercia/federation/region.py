@@ -20,7 +20,7 @@ from mercia.ingest.region import PROMS_ORG, plan_region, region_geography
 from mercia.ingest.service import default_options
 from mercia.privacy.geography import GeographyLookup
 from mercia.privacy.pseudonym import Pseudonymiser
-from mercia.federation.tokens import ingest_with_tokens
+from mercia.federation.cli import ingest_with_tokens
 
 SOURCE_CONCEPT_BASE = 2_000_900_000   # local source concepts live above 2 billion (OHDSI convention)
 T2DM, HBA1C = 201826, 3004410          # SNOMED 44054006, LOINC 4548-4 (catalogue concepts)

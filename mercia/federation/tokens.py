@@ -21,8 +21,6 @@ import pyarrow.compute as pc
 
 from mercia.cdm import Store
 from mercia.cdm.extensions import ensure_extension_tables
-from mercia.ingest.load import LoadOptions, LoadSummary, load_staged
-from mercia.ingest.service import read_source
 from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
 from mercia.privacy.policy import normalise_name, valid_partial_date
 from mercia.privacy.pseudonym import KeyError_, Pseudonymiser
@@ -73,19 +71,18 @@ def network_tokens(network_key: bytes, persons: pa.Table, allow_synthetic: bool)
     return both.filter(pc.invert(pc.is_null(both.column("token"))))
 
 
-def ingest_with_tokens(store: Store, kind: str, path: Path | str, org: str, options: LoadOptions,
-                       network_key: bytes, mapping: str | Path | None = None) -> LoadSummary:
-    """Load one extract (the platform's own ingest) and record its persons' network tokens."""
-    staged = read_source(kind, path, mapping)
-    persons = staged.persons.table()
-    summary = load_staged(store, staged, org, kind, options)
+def record_network_tokens(store: Store, org: str, persons: pa.Table, load_id: int, pseudonymiser: Pseudonymiser,
+                          network_key: bytes, allow_synthetic: bool = False) -> int:
+    """Store the network tokens of a load's persons (the staged table, identifiers still in clear, as
+    ``mercia.ingest`` reads it), keyed by the organisation's source pseudonym; replaces earlier tokens
+    of the same records.  Returns the number of tokens stored."""
     if persons.num_rows == 0:
-        return summary
-    tokens = network_tokens(network_key, persons, options.allow_synthetic_nhs_numbers)
-    pseudonyms = options.pseudonymiser.source_pseudonyms(org, tokens.column("person_ref"))
+        return 0
+    tokens = network_tokens(network_key, persons, allow_synthetic)
+    pseudonyms = pseudonymiser.source_pseudonyms(org, tokens.column("person_ref"))
     rows = pa.table({"org": pa.array([org] * tokens.num_rows, pa.string()), "source_pseudonym": pseudonyms,
                      "token_kind": tokens.column("token_kind"), "token": tokens.column("token"),
-                     "load_id": pa.array([summary.load_id] * tokens.num_rows, pa.int64())})
+                     "load_id": pa.array([load_id] * tokens.num_rows, pa.int64())})
     ensure_extension_tables(store)
     with store.transaction():
         store.execute("CREATE TEMP TABLE IF NOT EXISTS fed_refresh (source_pseudonym VARCHAR)")
@@ -94,7 +91,7 @@ def ingest_with_tokens(store: Store, kind: str, path: Path | str, org: str, opti
         store.execute("DELETE FROM mercia_network_token WHERE org = ? AND source_pseudonym IN "
                       "(SELECT source_pseudonym FROM fed_refresh)", [org])
         store.insert_arrow("mercia_network_token", rows)
-    return summary
+    return rows.num_rows
 
 
 # Per person of the cohort: the NHS token of any of its local records, and the demographic token.

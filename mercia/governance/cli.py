@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import orjson
 import typer
+
+from mercia.cdm.cli import DbOption
 from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(help="Audit log and governance administration.", no_args_is_help=True)
 console = Console()
 
-DB = typer.Option(None, "--db", help="store URL (default: configured store)")
 
 
 def _governance(db: str | None):
@@ -21,7 +22,7 @@ def _governance(db: str | None):
 
 
 @app.command()
-def verify(db: str | None = DB, json: bool = typer.Option(False, "--json")) -> None:
+def verify(db: DbOption = None, json: bool = typer.Option(False, "--json")) -> None:
     """Recompute the hash chain; exit 1 and name the first bad entry if anything was altered."""
     result = _governance(db).audit.verify()
     if json:
@@ -34,7 +35,7 @@ def verify(db: str | None = DB, json: bool = typer.Option(False, "--json")) -> N
 
 
 @app.command("list")
-def list_entries(db: str | None = DB, actor: str | None = None, action: str | None = None,
+def list_entries(db: DbOption = None, actor: str | None = None, action: str | None = None,
                  project: int | None = None, limit: int = 50, json: bool = typer.Option(False, "--json")) -> None:
     """Show the newest audit entries, filtered."""
     rows = _governance(db).audit.search(actor=actor, action=action, project_id=project, limit=limit)
@@ -50,7 +51,7 @@ def list_entries(db: str | None = DB, actor: str | None = None, action: str | No
 @app.command("add-user")
 def add_user(username: str, display_name: str = typer.Option(..., "--name"),
              role: list[str] = typer.Option(..., "--role", help="role or role:scope, repeatable"),
-             organisation: str | None = None, db: str | None = DB) -> None:
+             organisation: str | None = None, db: DbOption = None) -> None:
     """Register a person; a random first password is printed once."""
     import secrets
 
@@ -66,7 +67,7 @@ def add_user(username: str, display_name: str = typer.Option(..., "--name"),
 
 
 @app.command("reset-second-factor")
-def reset_second_factor(username: str, db: str | None = DB) -> None:
+def reset_second_factor(username: str, db: DbOption = None) -> None:
     """Clear someone's lost authenticator app; they set up a new one at their next sign-in."""
     import getpass
 

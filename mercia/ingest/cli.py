@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
+from mercia.cdm.cli import DbOption
+
 app = typer.Typer(help="Load NHS extracts into the pseudonymised, linked CDM.", no_args_is_help=True)
 
-DB = typer.Option(None, "--db", help="DuckDB path or postgresql:// URL (default: configured)")
 OPT_OUT = typer.Option(None, "--opt-out", help="national data opt-out list (NHS numbers, one per line)")
 JSON = typer.Option(False, "--json", help="print the load summary as JSON")
 
@@ -67,7 +68,7 @@ def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, o
 def _command(kind: str, needs_mapping: bool = False):
     def command(path: Path = typer.Argument(..., exists=True, help=f"{kind} file or directory"),
                 org: str = typer.Option(..., "--org", help="ODS code of the sending organisation"),
-                db: str = DB,
+                db: DbOption = None,
                 mapping: str = typer.Option(None, "--mapping", help="YAML mapping file or shipped mapping name"),
                 opt_out: Path = OPT_OUT, as_json: bool = JSON,
                 manifest: Path = typer.Option(None, "--manifest", exists=True,
@@ -90,7 +91,7 @@ for _kind in ("fhir", "csv", "hl7v2", "phenopackets", "vcf", "nmr", "mztab", "mw
 
 @app.command()
 def region(directory: Path = typer.Argument(..., exists=True, file_okay=False, help="synthetic region directory"),
-           db: str = DB, opt_out: Path = OPT_OUT, link: bool = typer.Option(True, help="run linkage afterwards"),
+           db: DbOption = None, opt_out: Path = OPT_OUT, link: bool = typer.Option(True, help="run linkage afterwards"),
            as_json: bool = JSON) -> None:
     """Load every extract of a region (docs/synth.md layout), then link persons across organisations."""
     from rich.progress import Progress
@@ -98,6 +99,7 @@ def region(directory: Path = typer.Argument(..., exists=True, file_okay=False, h
     from mercia.cdm import Store
     from mercia.governance.audit import record_cli_write
     from mercia.ingest.region import ingest_region, plan_region
+    from mercia.linkage.probabilistic import link_store
 
     plan = plan_region(directory)
     summaries = []
@@ -108,14 +110,16 @@ def region(directory: Path = typer.Argument(..., exists=True, file_okay=False, h
             summaries.append(summary)
             progress.update(task, advance=1, description=f"{item.kind} {item.org}")
 
-        ingest_region(store, directory, opt_out=opt_out, link=link, on_extract=done)
+        ingest_region(store, directory, opt_out=opt_out, on_extract=done)
+        if summaries and link:
+            link_store(store)
         record_cli_write(store, "ingest.region", f"region:{directory.name}", extracts=len(summaries),
                          loaded=sum(s.loaded for s in summaries), linked=link)
     _report(summaries, as_json)
 
 
 @app.command()
-def link(db: str = DB, threshold: float = typer.Option(None, help="match probability (default 0.99)"),
+def link(db: DbOption = None, threshold: float = typer.Option(None, help="match probability (default 0.99)"),
          as_json: bool = JSON) -> None:
     """Probabilistic linkage across every organisation loaded so far (after single-extract loads)."""
     from dataclasses import asdict

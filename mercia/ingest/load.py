@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from mercia.cdm import Store, quote
 from mercia.ingest.staging import EARLIEST_DATE, END_DATE_AHEAD, Staged, date_window, latest_date
 from mercia.cdm.extensions import TOKEN_FIELDS, ensure_extension_tables
+from mercia.cdm.persons import EHR_TYPE, max_id, rebuild_person_rows
 from mercia.privacy.geography import GeographyLookup
 from mercia.privacy.optout import stored_opt_outs
 from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
@@ -31,7 +32,6 @@ from mercia.privacy.policy import DobPolicy, normalise_name, normalise_postcode,
 from mercia.privacy.pseudonym import Pseudonymiser
 
 # OMOP standard concepts used as constants (OHDSI vocabulary, domain Type Concept / Gender / Visit).
-EHR_TYPE = 32817          # "EHR"
 LAB_TYPE = 32856          # "Lab"
 REGISTRY_TYPE = 32879     # "Registry"
 GENDER = {"male": 8507, "m": 8507, "female": 8532, "f": 8532}
@@ -42,12 +42,6 @@ TYPE_CONCEPTS = {"fhir": EHR_TYPE, "csv": EHR_TYPE, "hl7v2": LAB_TYPE, "phenopac
 DOMAIN_TABLE = {"Condition": "condition_occurrence", "Drug": "drug_exposure", "Procedure": "procedure_occurrence",
                 "Measurement": "measurement", "Observation": "observation", "Device": "device_exposure",
                 "Specimen": "specimen", "Visit": "visit_occurrence"}
-# Tables whose rows are events of a person, and their date column (used for observation periods).
-EVENT_DATES = {"visit_occurrence": "visit_start_date", "condition_occurrence": "condition_start_date",
-               "drug_exposure": "drug_exposure_start_date", "procedure_occurrence": "procedure_date",
-               "measurement": "measurement_date", "observation": "observation_date",
-               "device_exposure": "device_exposure_start_date", "specimen": "specimen_date"}
-PERSON_TABLES = list(EVENT_DATES) + ["person", "observation_period", "death", "variant_occurrence"]
 
 
 # Token fields hashed under one key so they can be compared with each other (forename/surname
@@ -88,10 +82,6 @@ class LoadSummary:
 
 def _table_from_query(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> pa.Table:
     return con.sql(sql, params=params).to_arrow_table()
-
-
-def _max_id(store: Store, table: str, column: str) -> int:
-    return int(store.query_one(f"SELECT COALESCE(max({quote(column)}), 0) FROM {quote(table)}") or 0)
 
 
 class _Load:
@@ -226,7 +216,7 @@ class _Load:
                               "source_pseudonym": pa.array([], pa.string()), "nhs_pseudonym": pa.array([], pa.string()),
                               "record_hash": pa.array([], pa.string())})
         self.register("links", links)
-        max_person = max(_max_id(self.store, "person", "person_id"),
+        max_person = max(max_id(self.store, "person", "person_id"),
                          int(self.store.query_one("SELECT COALESCE(max(person_id), 0) FROM mercia_person_link") or 0))
         self.con.execute(f"""
             CREATE TABLE resolved AS
@@ -386,7 +376,7 @@ class _Load:
         provenance = [_table_from_query(con, """
             SELECT 'person' AS cdm_table, person_id AS row_id, source_record, record_hash FROM new_links""")]
         # sites
-        next_site = _max_id(store, "care_site", "care_site_id")
+        next_site = max_id(store, "care_site", "care_site_id")
         con.execute(f"""CREATE TABLE site_rows AS SELECT {next_site} + row_number() OVER () AS care_site_id, *
                         FROM sites WHERE kind IN ('Organization', 'Location')""")
         care_sites = _table_from_query(con, """SELECT care_site_id, name AS care_site_name,
@@ -395,7 +385,7 @@ class _Load:
         self.rows["care_site"] += store.insert_arrow("care_site", care_sites)
         provenance.append(_table_from_query(con, """SELECT 'care_site' AS cdm_table, care_site_id AS row_id,
             source_record, record_hash FROM site_rows"""))
-        next_provider = _max_id(store, "provider", "provider_id")
+        next_provider = max_id(store, "provider", "provider_id")
         con.execute(f"""CREATE TABLE provider_rows AS SELECT {next_provider} + row_number() OVER () AS provider_id, *
                         FROM sites WHERE kind = 'Practitioner'""")
         providers = _table_from_query(con, """SELECT provider_id, left(source_record, 50) AS provider_source_value
@@ -444,7 +434,7 @@ class _Load:
         store.insert_arrow("mercia_provenance", prov)
 
     def _insert_registrations(self, provenance: list[pa.Table]) -> None:
-        start = _max_id(self.store, "mercia_registration", "registration_id")
+        start = max_id(self.store, "mercia_registration", "registration_id")
         self.con.execute(f"""CREATE TABLE registration_rows AS
             SELECT {start} + row_number() OVER (ORDER BY source_record) AS registration_id, person_id,
                    ? AS org, start_date, end_date, source_record, record_hash
@@ -460,7 +450,7 @@ class _Load:
         if variants is None or variants.num_rows == 0:
             return
         self.register("staged_variants", variants)
-        start = _max_id(self.store, "variant_occurrence", "variant_occurrence_id")
+        start = max_id(self.store, "variant_occurrence", "variant_occurrence_id")
         self.con.execute(f"""CREATE TABLE variant_rows AS
             SELECT {start} + row_number() OVER (ORDER BY m.row_id) AS variant_occurrence_id, m.person_id,
                    m.row_id AS measurement_id, v.assembly AS reference_sequence, v.chrom AS chromosome,
@@ -576,67 +566,6 @@ def map_to_standard(store: Store, codes: pa.Table) -> pa.Table:
             "concept_id": found.column("target_concept_id").cast(pa.int64()),
             "domain_id": found.column("target_domain_id").cast(pa.string())}))
     return pa.concat_tables(parts) if parts else empty
-
-
-def rebuild_person_rows(store: Store, person_ids: pa.Table) -> None:
-    """person, death and observation_period rows of the given persons, rebuilt from their links
-    and events (one link per person chosen: a valid NHS number first, then the earliest load)."""
-    store.execute("DROP TABLE IF EXISTS mercia_tmp_persons")
-    store.execute("CREATE TEMP TABLE mercia_tmp_persons (person_id BIGINT)")
-    store.insert_arrow("mercia_tmp_persons", person_ids)
-    for table in ("person", "death", "observation_period"):
-        store.execute(f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM mercia_tmp_persons)")
-    # one location per LSOA (the postcode itself is never kept): location_source_value = LSOA code
-    next_location = _max_id(store, "location", "location_id")
-    store.execute(f"""
-        INSERT INTO location (location_id, location_source_value, country_source_value)
-        SELECT {next_location} + row_number() OVER (ORDER BY lsoa), lsoa, 'England' FROM (
-            SELECT DISTINCT lsoa FROM mercia_person_link WHERE lsoa IS NOT NULL
-              AND person_id IN (SELECT person_id FROM mercia_tmp_persons)
-              AND lsoa NOT IN (SELECT location_source_value FROM location
-                               WHERE location_source_value IS NOT NULL)) new_lsoa""")
-    store.execute("""
-        INSERT INTO person (person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth,
-            birth_datetime, race_concept_id, ethnicity_concept_id, person_source_value, gender_source_value,
-            race_source_value, location_id)
-        SELECT person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth, birth_datetime, 0, 0,
-               left(COALESCE(nhs_pseudonym, source_pseudonym), 50), gender_source_value, race_source_value,
-               (SELECT min(location_id) FROM location WHERE location_source_value = x.lsoa)
-        FROM (SELECT l.*, row_number() OVER (PARTITION BY person_id ORDER BY (nhs_status = 'valid') DESC,
-                     load_id, org, source_pseudonym) AS rn
-              FROM mercia_person_link l WHERE person_id IN (SELECT person_id FROM mercia_tmp_persons)) x
-        WHERE rn = 1""")
-    store.execute("""
-        INSERT INTO death (person_id, death_date, death_type_concept_id)
-        SELECT person_id, min(death_date), """ + str(EHR_TYPE) + """ FROM mercia_person_link
-        WHERE death_date IS NOT NULL AND person_id IN (SELECT person_id FROM mercia_tmp_persons)
-        GROUP BY person_id""")
-    # Observation periods: a person's GP registrations, overlapping ones merged (gaps and islands);
-    # a person never registered gets one period spanning their events.
-    union = " UNION ALL ".join(f"SELECT person_id, {col} AS d FROM {table} WHERE person_id IN "
-                               "(SELECT person_id FROM mercia_tmp_persons)" for table, col in EVENT_DATES.items())
-    next_id = _max_id(store, "observation_period", "observation_period_id")
-    store.execute(f"""
-        INSERT INTO observation_period (observation_period_id, person_id, observation_period_start_date,
-            observation_period_end_date, period_type_concept_id)
-        SELECT {next_id} + row_number() OVER (ORDER BY person_id, s), person_id, s, e, {EHR_TYPE} FROM (
-            SELECT person_id, min(start_date) AS s, max(end_date) AS e FROM (
-                SELECT *, sum(starts_island) OVER (PARTITION BY person_id ORDER BY start_date, end_date
-                                                   ROWS UNBOUNDED PRECEDING) AS island FROM (
-                    SELECT person_id, start_date, end_date,
-                           CASE WHEN start_date <= max(end_date) OVER (PARTITION BY person_id
-                               ORDER BY start_date, end_date ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-                           THEN 0 ELSE 1 END AS starts_island
-                    FROM (SELECT r.person_id, r.start_date,
-                                 COALESCE(r.end_date, (SELECT max(d) FROM ({union}) ev
-                                                       WHERE ev.person_id = r.person_id), r.start_date) AS end_date
-                          FROM mercia_registration r WHERE r.person_id IN (SELECT person_id FROM mercia_tmp_persons)
-                         ) reg) flagged) islands
-            GROUP BY person_id, island
-            UNION ALL
-            SELECT person_id, min(d), max(d) FROM ({union}) e
-            WHERE person_id NOT IN (SELECT person_id FROM mercia_registration) GROUP BY person_id) periods""")
-    store.execute("DROP TABLE IF EXISTS mercia_tmp_persons")
 
 
 def load_staged(store: Store, staged: Staged, org: str, reader: str, options: LoadOptions) -> LoadSummary:

@@ -42,7 +42,8 @@ from mercia.ingest.staging import (
     Columns,
     Staged,
 )
-from mercia.vocab.metabolites import UCUM_UNITS, catalogue_path, nightingale_catalogue
+from mercia.vocab.metabolites import UCUM_UNITS, catalogue_path, formula_names, formula_sql, \
+    nightingale_catalogue, quote_name
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 PLASMA_SPECIMEN = "119361006"  # SNOMED CT: Plasma specimen
@@ -182,7 +183,7 @@ class NmrReader:
         self.con.register("wide_raw", table)
         self.con.execute("""CREATE TABLE wide AS SELECT *, row_number() OVER () + 1 AS __line
                              FROM wide_raw""")
-        ident = _q(id_column)
+        ident = quote_name(id_column)
 
         def sample(instance):
             return f"CAST({ident} AS VARCHAR)" if instance is None else f"CAST({ident} AS VARCHAR) || '_{instance}'"
@@ -197,9 +198,9 @@ class NmrReader:
                 mapping = " ".join(f"WHEN {_literal(col)} THEN {_literal(name)}" for col, name in pairs)
                 parts.append(f"""SELECT {sample(instance)} AS sample_id, __line AS line, CASE __col {mapping} END AS name,
                                         {value_name} FROM (UNPIVOT (SELECT {ident}, __line,
-                                            {", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" for c, _ in pairs)}
+                                            {", ".join(f"CAST({quote_name(c)} AS VARCHAR) AS {quote_name(c)}" for c, _ in pairs)}
                                             FROM wide)
-                                        ON {", ".join(_q(c) for c, _ in pairs)} INTO NAME __col VALUE {value_name})""")
+                                        ON {", ".join(quote_name(c) for c, _ in pairs)} INTO NAME __col VALUE {value_name})""")
             return " UNION ALL ".join(parts)
 
         self.con.execute(f"""CREATE TABLE long AS SELECT v.sample_id, v.line, v.name AS biomarker, v.raw,
@@ -216,16 +217,16 @@ class NmrReader:
         columns = {_key(c): c for c in table.column_names}
         by_key = {_key(name): name for name in self.catalogue}
         self.con.register("long_raw", table)
-        names = self.con.execute(f"SELECT DISTINCT {_q(columns['biomarker'])} FROM long_raw").fetchall()
+        names = self.con.execute(f"SELECT DISTINCT {quote_name(columns['biomarker'])} FROM long_raw").fetchall()
         self.con.register("names", pa.table({"given": [n for (n,) in names if n is not None],
                                              "biomarker": [by_key.get(_key(n)) for (n,) in names if n is not None]}))
-        unit = f"CAST({_q(columns['unit'])} AS VARCHAR)" if "unit" in columns else "NULL"
-        flag = f"CAST({_q(columns['qcflag'])} AS VARCHAR)" if "qcflag" in columns else "NULL"
-        self.con.execute(f"""CREATE TABLE long_all AS SELECT CAST({_q(columns['sampleid'])} AS VARCHAR) AS sample_id,
-                               row_number() OVER () + 1 AS line, r.{_q(columns['biomarker'])} AS given,
-                               n.biomarker, CAST({_q(columns['value'])} AS VARCHAR) AS raw, {unit} AS unit,
+        unit = f"CAST({quote_name(columns['unit'])} AS VARCHAR)" if "unit" in columns else "NULL"
+        flag = f"CAST({quote_name(columns['qcflag'])} AS VARCHAR)" if "qcflag" in columns else "NULL"
+        self.con.execute(f"""CREATE TABLE long_all AS SELECT CAST({quote_name(columns['sampleid'])} AS VARCHAR) AS sample_id,
+                               row_number() OVER () + 1 AS line, r.{quote_name(columns['biomarker'])} AS given,
+                               n.biomarker, CAST({quote_name(columns['value'])} AS VARCHAR) AS raw, {unit} AS unit,
                                {flag} AS qc_flag
-                             FROM long_raw r LEFT JOIN names n ON n.given = r.{_q(columns['biomarker'])}""")
+                             FROM long_raw r LEFT JOIN names n ON n.given = r.{quote_name(columns['biomarker'])}""")
         self._reject_query("""SELECT 'NMR/' || sample_id || '/' || COALESCE(given, '') AS record, line,
                                      'biomarker' AS field,
                                      'unknown biomarker ' || COALESCE('''' || given || '''', '(empty)')
@@ -259,7 +260,7 @@ class NmrReader:
         measured = [b.name for b in self.catalogue.values() if b.measured]
         present = {b for (b,) in self.con.execute("SELECT DISTINCT biomarker FROM vals").fetchall()}
         derived = [b for b in self.catalogue.values() if not b.measured and b.name in present
-                   and set(_formula_names(b.formula)) <= present]
+                   and set(formula_names(b.formula)) <= present]
         if not derived:
             return
         names = ", ".join(_literal(m) for m in measured if m in present)
@@ -267,8 +268,8 @@ class NmrReader:
                                                                WHERE biomarker IN ({names}))
                              ON biomarker IN ({names}) USING first(value) GROUP BY sample_id""")
         rederived = ("UNPIVOT (SELECT sample_id, " + ", ".join(
-            f"CAST({_formula_sql(b.formula)} AS DOUBLE) AS {_q(b.name)}" for b in derived) + " FROM measured_wide) "
-            f"ON {', '.join(_q(b.name) for b in derived)} INTO NAME biomarker VALUE derived")
+            f"CAST({formula_sql(b.formula)} AS DOUBLE) AS {quote_name(b.name)}" for b in derived) + " FROM measured_wide) "
+            f"ON {', '.join(quote_name(b.name) for b in derived)} INTO NAME biomarker VALUE derived")
         self.con.execute(f"""CREATE TABLE mismatch AS
             SELECT v.sample_id, v.line, v.biomarker, v.value, d.derived FROM vals v
             JOIN ({rederived}) d USING (sample_id, biomarker)
@@ -358,31 +359,6 @@ def manifest_persons(con: duckdb.DuckDBPyConnection, used_samples_sql: str) -> p
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<number>\d+(?:\.\d+)?)|(?P<op>[-+*/()]))")
-
-
-def _formula_names(formula: str) -> list[str]:
-    return [m.group("name") for m in _TOKEN.finditer(formula) if m.group("name")]
-
-
-def _formula_sql(formula: str) -> str:
-    """A catalogue formula as SQL: names quoted; only names, numbers and + - * / ( ) are allowed.
-    (A zero divisor gives inf/NaN in DuckDB; such re-derived values are not compared.)"""
-    out, pos = [], 0
-    formula = formula.strip()
-    while pos < len(formula):
-        m = _TOKEN.match(formula, pos)
-        if not m or m.end() == pos:
-            raise ValueError(f"formula {formula!r}: unexpected text at {formula[pos:pos + 20]!r}")
-        out.append(_q(m.group("name")) if m.group("name") else m.group("number") or m.group("op"))
-        pos = m.end()
-    return " ".join(out)
 
 
 def read_nmr(path: Path | str, manifest: Path | str | pa.Table, tolerance: float = DEFAULT_TOLERANCE) -> Staged:

@@ -10,7 +10,6 @@ from mercia.cdm import Store
 from mercia.ingest.load import LoadSummary
 from mercia.ingest.service import default_options, ingest
 from mercia.privacy.geography import GeographyLookup
-from mercia.privacy.pseudonym import Pseudonymiser
 
 PROMS_ORG = "PROMS"  # the national PROMs programme, not an ODS organisation
 
@@ -49,20 +48,17 @@ def region_geography(directory: Path | str) -> GeographyLookup | None:
     return GeographyLookup.from_files(onspd, imd) if onspd.exists() and imd.exists() else None
 
 
-def ingest_region(store: Store, directory: Path | str, opt_out: Path | None = None, link: bool = True,
+def ingest_region(store: Store, directory: Path | str, opt_out: Path | None = None,
                   on_extract: Callable[[RegionPlan, LoadSummary], None] | None = None) -> list[LoadSummary]:
+    """Load every extract of the region, one transaction each.  Linking persons across organisations
+    is the caller's next step (``mercia.linkage.probabilistic.link_store``): ingest does not import linkage."""
     summaries = []
-    pseudonymiser: Pseudonymiser | None = None
     geography = region_geography(directory)
     for item in plan_region(directory):
         options = default_options(item.kind, opt_out=opt_out)
         options.geography = options.geography or geography
-        pseudonymiser = options.pseudonymiser
         summary = ingest(store, item.kind, item.path, item.org, mapping=item.mapping, options=options)
         summaries.append(summary)
         if on_extract:
             on_extract(item, summary)
-    if link and pseudonymiser is not None:
-        from mercia.linkage.probabilistic import link_store
-        link_store(store)
     return summaries

@@ -29,6 +29,7 @@ from scipy.sparse.csgraph import connected_components
 
 from mercia.cdm import Store
 from mercia.cdm.extensions import TOKEN_FIELDS, person_tables
+from mercia.cdm.persons import rebuild_person_rows
 
 DEFAULT_THRESHOLD = 0.99
 
@@ -177,7 +178,6 @@ def cluster(records: pa.Table, pairs: pa.Table) -> np.ndarray:
 
 def link_store(store: Store, threshold: float = DEFAULT_THRESHOLD) -> LinkageResult:
     """Link every organisation's persons in the store and merge person_ids accordingly."""
-    from mercia.ingest.load import rebuild_person_rows
     tokens = ", ".join(f"tok_{f}" for f in TOKEN_FIELDS)
     links = store.query_arrow(f"""SELECT row_number() OVER (ORDER BY org, source_pseudonym) - 1 AS unique_id,
         org, source_pseudonym, person_id, nhs_pseudonym AS nhs, {tokens} FROM mercia_person_link

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import typer
 
+from mercia.cdm.cli import DbOption
+
 app = typer.Typer(help="Privacy operations on the CDM store.", no_args_is_help=True)
 
 
 @app.command()
 def purge(opt_out: Path = typer.Option(..., "--opt-out", exists=True, help="NHS numbers, one per line"),
-          db: str = typer.Option(None, "--db", help="DuckDB path or postgresql:// URL (default: configured)")) -> None:
+          db: DbOption = None) -> None:
     """Remove everyone on the opt-out list from every table, and withhold them from later loads."""
     from rich.console import Console
 

@@ -56,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "AnalysisResult", "ColumnSpec", "DisclosureError", "DisclosurePolicy", "DisclosureStamp", "Kind",
-    "PartitionSpec", "POLICIES", "StatTable", "get_policy", "midpoint_round", "require_controlled",
+    "PartitionSpec", "POLICIES", "StatTable", "get_policy", "kaplan_meier", "midpoint_round", "require_controlled",
 ]
 
 
@@ -494,8 +494,7 @@ class DisclosurePolicy(BaseModel):
             return table.model_copy(update={**stamp, "rows": [], "notes": [
                 *table.notes, f"whole table redacted: too few people ({self.threshold} or fewer, "
                               f"or a midpoint-{to} label that small)"]})
-        rows, cum_events, cum_censored, prev_events, prev_censored = [], 0, 0, 0, 0
-        surv, greenwood = 1.0, 0.0
+        kept, cum_events, cum_censored, prev_events, prev_censored = [], 0, 0, 0, 0
         for raw in table.rows:
             cum_events += int(raw["count_events"])
             cum_censored += int(raw["count_censored"])
@@ -505,19 +504,32 @@ class DisclosurePolicy(BaseModel):
             prev_events, prev_censored = r_events, r_censored
             if at_risk <= 0:
                 break
-            if events == 0 and censored == 0 and rows:
+            if events == 0 and censored == 0 and kept:
                 continue
-            if events:
-                surv *= 1 - events / at_risk
-                greenwood += events / (at_risk * (at_risk - events)) if at_risk > events else math.inf
-            lower, upper = _loglog_bounds(surv, greenwood)
-            rows.append({**{k: v for k, v in raw.items() if k not in names},
-                         names["count_at_risk"]: at_risk, names["count_events"]: events,
-                         names["count_censored"]: censored,
-                         "survival": surv, "survival_lower": lower, "survival_upper": upper})
+            kept.append((raw, at_risk, events, censored))
+        curve = kaplan_meier([(at_risk, events) for _, at_risk, events, _ in kept])
+        rows = [{**{k: v for k, v in raw.items() if k not in names},
+                 names["count_at_risk"]: at_risk, names["count_events"]: events, names["count_censored"]: censored,
+                 "survival": surv, "survival_lower": lower, "survival_upper": upper}
+                for (raw, at_risk, events, censored), (surv, lower, upper) in zip(kept, curve)]
         return table.model_copy(update={**stamp, "rows": rows, "population": start, "notes": [
             *table.notes, f"counts from cumulative counts rounded to midpoint {to}; "
                           f"curve recomputed from the rounded counts"]})
+
+
+def kaplan_meier(steps: list[tuple[int, int]]) -> list[tuple[float, float, float]]:
+    """The product-limit estimate with 95% bounds on the log(-log S) scale (Kalbfleisch & Prentice;
+    Greenwood variance), per step of (number at risk, events), as lifelines reports it.
+
+    Mercia's one Kaplan-Meier: analytics estimates curves with it and disclosure control re-estimates
+    them from rounded counts with it, so a published curve and its controlled version agree by construction."""
+    out, surv, greenwood = [], 1.0, 0.0
+    for at_risk, events in steps:
+        if events:
+            surv *= 1 - events / at_risk
+            greenwood += events / (at_risk * (at_risk - events)) if at_risk > events else math.inf
+        out.append((surv, *_loglog_bounds(surv, greenwood)))
+    return out
 
 
 def _loglog_bounds(surv: float, greenwood: float, z: float = 1.959963984540054) -> tuple[float, float]:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
+from mercia.cdm.cli import DbOption
+
 app = typer.Typer(help="Patient-reported outcome measures (EQ-5D, Oxford scores).", no_args_is_help=True)
 
-DB = typer.Option(None, "--db", help="store URL (default: configured store)")
 
 
 def _report_rejections(rejections, out: Path) -> None:
@@ -73,7 +74,7 @@ def value_sets() -> None:
 
 
 @app.command("import")
-def import_returns(path: Path = typer.Argument(..., exists=True, dir_okay=False), db: str | None = DB) -> None:
+def import_returns(path: Path = typer.Argument(..., exists=True, dir_okay=False), db: DbOption = None) -> None:
     """Load the region's national PROMs returns CSV (proms/proms.csv) as responses."""
     from mercia.cdm import Store
     from mercia.proms.store import import_region_csv
@@ -83,7 +84,7 @@ def import_returns(path: Path = typer.Argument(..., exists=True, dir_okay=False)
 
 
 @app.command("import-fhir")
-def import_fhir(path: Path = typer.Argument(..., exists=True, dir_okay=False), db: str | None = DB) -> None:
+def import_fhir(path: Path = typer.Argument(..., exists=True, dir_okay=False), db: DbOption = None) -> None:
     """Load EQ-5D QuestionnaireResponses from a FHIR JSON file (a resource, a Bundle) or NDJSON."""
     import orjson
 
@@ -105,7 +106,7 @@ def import_fhir(path: Path = typer.Argument(..., exists=True, dir_okay=False), d
 
 
 @app.command()
-def rescore(value_set_id: str = typer.Option(..., "--value-set"), db: str | None = DB) -> None:
+def rescore(value_set_id: str = typer.Option(..., "--value-set"), db: DbOption = None) -> None:
     """Score every stored response again with a value set, into new rows (old scores are kept)."""
     from mercia.cdm import Store
     from mercia.proms.store import rescore as rescore_all

@@ -6,34 +6,21 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Data quality of the loaded CDM.", no_args_is_help=True)
+from mercia.cdm.cli import DbOption
 
-_HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Mercia data quality</title>
-<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:1em 0}
-td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}.fail{background:#fdd}.pass{background:#dfd}</style>
-</head><body><h1>Mercia data quality{% if r.org %} — {{ r.org }}{% endif %}</h1><p>Generated {{ r.generated }}</p>
-<h2>Rows per domain and organisation</h2><table><tr><th>organisation</th><th>table</th><th>rows</th></tr>
-{% for c in r.counts %}<tr><td>{{ c.org }}</td><td>{{ c.cdm_table }}</td><td>{{ c.row_count }}</td></tr>{% endfor %}</table>
-<h2>Vocabulary mapping</h2><table><tr><th>table</th><th>rows</th><th>mapped</th><th>%</th></tr>
-{% for m in r.mapping %}<tr><td>{{ m.table }}</td><td>{{ m.rows }}</td><td>{{ m.mapped }}</td><td>{{ m.mapped_pct }}</td></tr>{% endfor %}</table>
-<h3>Most frequent unmapped source values</h3><table><tr><th>table</th><th>source value</th><th>rows</th></tr>
-{% for u in r.unmapped %}<tr><td>{{ u.table }}</td><td>{{ u.source_value }}</td><td>{{ u.rows }}</td></tr>{% endfor %}</table>
-<h2>Rejected and flagged records</h2><table><tr><th>organisation</th><th>action</th><th>field</th><th>reason</th><th>records</th></tr>
-{% for x in r.rejects %}<tr><td>{{ x.org }}</td><td>{{ x.action }}</td><td>{{ x.field }}</td><td>{{ x.reason }}</td><td>{{ x.records }}</td></tr>{% endfor %}</table>
-<h2>Checks</h2><table><tr><th>check</th><th>category</th><th>table</th><th>description</th><th>violations</th><th>rows</th><th>%</th><th>threshold %</th></tr>
-{% for c in r.checks %}<tr class="{{ 'pass' if c.passed else 'fail' }}"><td>{{ c.name }}</td><td>{{ c.category }}</td><td>{{ c.table }}</td>
-<td>{{ c.description }}</td><td>{{ c.violations }}</td><td>{{ c.rows }}</td><td>{{ c.pct }}</td><td>{{ c.threshold_pct }}</td></tr>{% endfor %}
-</table></body></html>"""
+app = typer.Typer(help="Data quality of the loaded CDM.", no_args_is_help=True)
 
 
 def render_html(report) -> str:
-    from jinja2 import Environment
+    """The report as a standalone HTML page (templates/report.html, autoescaped)."""
+    from jinja2 import Environment, PackageLoader
 
-    return Environment(autoescape=True).from_string(_HTML).render(r=report.as_dict())
+    environment = Environment(loader=PackageLoader("mercia.quality"), autoescape=True)
+    return environment.get_template("report.html").render(r=report.as_dict())
 
 
 @app.command()
-def report(db: str = typer.Option(None, "--db", help="DuckDB path or postgresql:// URL (default: configured)"),
+def report(db: DbOption = None,
            org: str = typer.Option(None, "--org", help="only this organisation's rows (ODS code)"),
            html: Path = typer.Option(None, "--html", help="also write a standalone HTML report here"),
            as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:

@@ -7,12 +7,14 @@ richer is written in ATLAS and imported as JSON; the builder's output opens in A
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from mercia.cohorts import builder as b
 from mercia.services.errors import Invalid
 from mercia.services.state import MerciaState
 
-# Builder domain -> (Circe criteria type, CDM table holding the concept, label)
+# Builder domain -> (Circe criteria type, label shown in the form)
 BUILDER_DOMAINS: dict[str, tuple[str, str]] = {
     "condition": ("ConditionOccurrence", "Condition"),
     "drug": ("DrugExposure", "Drug"),
@@ -20,6 +22,11 @@ BUILDER_DOMAINS: dict[str, tuple[str, str]] = {
     "measurement": ("Measurement", "Measurement"),
     "observation": ("Observation", "Observation"),
     "visit": ("VisitOccurrence", "Visit"),
+}
+# Builder domain -> the mercia.cohorts.builder criterion for it.
+CRITERIA: dict[str, Callable[..., Any]] = {
+    "condition": b.condition, "drug": b.drug, "procedure": b.procedure, "measurement": b.measurement,
+    "observation": b.observation, "visit": b.visit,
 }
 MAX_RULES = 3
 
@@ -43,69 +50,50 @@ def _int(form: dict[str, str], name: str, default: int, label: str) -> int:
     return int(value)
 
 
-def _concept_set(set_id: int, name: str, ids: list[int], names: dict[int, str], descendants: bool) -> dict:
-    return {"id": set_id, "name": name, "expression": {"items": [
-        {"concept": {"CONCEPT_ID": cid, "CONCEPT_NAME": names.get(cid, f"concept {cid}")},
-         "includeDescendants": descendants, "isExcluded": False, "includeMapped": False} for cid in ids]}}
+def _domain(form: dict[str, str], key: str, label: str) -> Callable[..., Any]:
+    domain = form.get(key, "condition")
+    if domain not in BUILDER_DOMAINS:
+        raise Invalid(f"{label}: unknown domain; choose one of {', '.join(BUILDER_DOMAINS)}")
+    return CRITERIA[domain]
 
 
 def build_circe(form: dict[str, str], concept_names: dict[int, str]) -> dict[str, Any]:
-    """Circe JSON from the builder's fields; errors name the field to fix."""
-    domain = form.get("entry_domain", "condition")
-    if domain not in BUILDER_DOMAINS:
-        raise Invalid(f"entry event: unknown domain; choose one of {', '.join(BUILDER_DOMAINS)}")
+    """Circe JSON from the builder's fields, built with ``mercia.cohorts.builder`` (the one cohort
+    builder); errors name the field to fix."""
+    def concept_set(set_id: int, name: str, ids: list[int], descendants: bool):
+        return b.concept_set(set_id, name, *(b.concept(i, concept_names.get(i, f"concept {i}"),
+                                                        descendants=descendants) for i in ids))
+
+    entry = _domain(form, "entry_domain", "entry event")
     entry_ids = concept_ids(form.get("entry_concepts", ""), "Entry event concepts")
     if not entry_ids:
         raise Invalid("Entry event concepts: give at least one concept id")
-    descendants = form.get("entry_descendants") == "on"
-    concept_sets = [_concept_set(0, form.get("entry_label") or "Entry event", entry_ids, concept_names, descendants)]
-    entry_criterion: dict[str, Any] = {"CodesetId": 0}
-    if form.get("entry_first") == "on":
-        entry_criterion["First"] = True
+    first = form.get("entry_first") == "on"
+    sets = [concept_set(0, form.get("entry_label") or "Entry event", entry_ids, form.get("entry_descendants") == "on")]
     rules = []
     for i in range(1, MAX_RULES + 1):
         ids = concept_ids(form.get(f"rule{i}_concepts", ""), f"Rule {i} concepts")
         if not ids:
             continue
-        rule_domain = form.get(f"rule{i}_domain", "condition")
-        if rule_domain not in BUILDER_DOMAINS:
-            raise Invalid(f"Rule {i}: unknown domain; choose one of {', '.join(BUILDER_DOMAINS)}")
+        criterion = _domain(form, f"rule{i}_domain", f"Rule {i}")
         name = form.get(f"rule{i}_name") or f"Rule {i}"
-        concept_sets.append(_concept_set(len(concept_sets), name, ids, concept_names, True))
-        before = _int(form, f"rule{i}_before", 365, f"Rule {i} days before")
-        after = _int(form, f"rule{i}_after", 0, f"Rule {i} days after")
-        absent = form.get(f"rule{i}_presence") == "absent"
-        rules.append({"name": name, "expression": {"Type": "ALL", "CriteriaList": [{
-            "Criteria": {BUILDER_DOMAINS[rule_domain][0]: {"CodesetId": len(concept_sets) - 1}},
-            "StartWindow": {"Start": {"Days": before, "Coeff": -1}, "End": {"Days": after, "Coeff": 1},
-                            "UseEventEnd": False},
-            "Occurrence": {"Type": 0 if absent else 2, "Count": 0 if absent else 1}}],
-            "DemographicCriteriaList": [], "Groups": []}})
+        sets.append(concept_set(len(sets), name, ids, True))
+        within = b.window(-_int(form, f"rule{i}_before", 365, f"Rule {i} days before"),
+                          _int(form, f"rule{i}_after", 0, f"Rule {i} days after"), event_end=False)
+        occurs = b.exactly(0, criterion(sets[-1]), within) if form.get(f"rule{i}_presence") == "absent" \
+            else b.at_least(1, criterion(sets[-1]), within)
+        rules.append(b.rule(name, occurs))
     min_age = (form.get("min_age") or "").strip()
     if min_age:
         if not min_age.isdigit():
             raise Invalid("Minimum age must be a whole number of years")
-        rules.append({"name": f"Aged {min_age} or over at entry", "expression": {
-            "Type": "ALL", "CriteriaList": [], "Groups": [],
-            "DemographicCriteriaList": [{"Age": {"Value": int(min_age), "Op": "gte"}}]}})
-    circe: dict[str, Any] = {
-        "ConceptSets": concept_sets,
-        "PrimaryCriteria": {
-            "CriteriaList": [{BUILDER_DOMAINS[domain][0]: entry_criterion}],
-            "ObservationWindow": {"PriorDays": _int(form, "prior_days", 0, "Days of prior observation"),
-                                  "PostDays": 0},
-            "PrimaryCriteriaLimit": {"Type": "First" if form.get("entry_first") == "on" else "All"}},
-        "QualifiedLimit": {"Type": "First"},
-        "ExpressionLimit": {"Type": "First" if form.get("entry_first") == "on" else "All"},
-        "InclusionRules": rules,
-        "CensoringCriteria": [],
-        "CollapseSettings": {"CollapseType": "ERA", "EraPad": 0},
-        "CensorWindow": {},
-    }
-    if form.get("exit") == "offset":
-        circe["EndStrategy"] = {"DateOffset": {"DateField": "StartDate",
-                                               "Offset": _int(form, "exit_days", 365, "Exit after days")}}
-    return circe
+        rules.append(b.rule(f"Aged {min_age} or over at entry", b.demographic(age=b.gte(int(min_age)))))
+    end = b.date_offset(_int(form, "exit_days", 365, "Exit after days")) if form.get("exit") == "offset" else None
+    expression = b.cohort([entry(sets[0], first=True) if first else entry(sets[0])], concept_sets=sets,
+                          prior_days=_int(form, "prior_days", 0, "Days of prior observation"),
+                          entry_limit="First" if first else "All", rules=rules,
+                          expression_limit="First" if first else "All", end=end)
+    return expression.to_dict()
 
 
 def build_from_form(state: MerciaState, form: dict[str, str]) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from mercia.cdm.cli import RequiredDbOption
+
 app = typer.Typer(help="Synthetic West Midlands region with ground truth.", no_args_is_help=True)
 
 
@@ -45,8 +47,8 @@ def region(persons: int = typer.Option(20_000, "--persons", "-n", min=1, help="P
 
 
 @app.command()
-def omop(persons: int = typer.Option(..., "--persons", "-n", min=1, help="People in the region."),
-         db: str = typer.Option(..., "--db", help="Store URL: DuckDB path or postgresql://..."),
+def omop(db: RequiredDbOption,
+         persons: int = typer.Option(..., "--persons", "-n", min=1, help="People in the region."),
          seed: int = typer.Option(42, "--seed"),
          as_json: bool = typer.Option(False, "--json", help="Print row counts as JSON.")) -> None:
     """Write the region's OMOP CDM straight into a store (the fast path, no extracts)."""

@@ -18,8 +18,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from mercia.ingest.nmr import _formula_sql, _q
-from mercia.vocab.metabolites import nightingale_catalogue
+from mercia.vocab.metabolites import formula_sql, nightingale_catalogue, quote_name
 
 # Typical plasma levels (catalogue units) for named measured biomarkers; lipoprotein subclass
 # lipids and particles default by size class below.
@@ -75,7 +74,7 @@ def nmr_panel(n: int, seed: int = 0, ukb_only: bool = True) -> NmrStudy:
     con = duckdb.connect()
     con.register("m", pa.table(measured))
     derived = [b for b in catalogue if not b.measured]
-    derived_values = con.sql("SELECT " + ", ".join(f"CAST({_formula_sql(b.formula)} AS DOUBLE) AS {_q(b.name)}"
+    derived_values = con.sql("SELECT " + ", ".join(f"CAST({formula_sql(b.formula)} AS DOUBLE) AS {quote_name(b.name)}"
                                                    for b in derived) + " FROM m").to_arrow_table()
     columns = {"sample_id": pa.array(ids),
                "Spectrometer": pa.array([str(1 + i % 6) for i in range(n)]),

@@ -247,28 +247,19 @@ def write_omop(store_or_url: Store | str, persons: int, seed: int = 42, practice
         store.init_schema()
         orgs = Organisations.for_region(persons, practices, trusts)
         counts: dict[str, int] = {}
-        if store.dialect == "duckdb":
-            # Bound DuckDB's cache so a big region stays within a few GB, and let it append without
-            # keeping insertion order (ids carry the order; ~15% less CPU).
-            previous = store.query("SELECT current_setting('memory_limit'), "
-                                   "current_setting('preserve_insertion_order')")[0]
-            store.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
-            store.execute("SET preserve_insertion_order = false")
-        # One transaction per chunk: a single transaction over millions of people would hold every
-        # uncommitted row in memory.
-        with store.transaction():
-            for name, table in reference_tables(orgs).items():
-                counts[name] = counts.get(name, 0) + store.insert_arrow(name, table)
-        ids = IdCounters()
-        for _, chunk in generate_chunks(persons, seed, orgs):
-            tables = chunk_tables(chunk, ids)
-            del chunk
+        with store.bulk_writes(MEMORY_LIMIT):
+            # One transaction per chunk: a single transaction over millions of people would hold every
+            # uncommitted row in memory.
             with store.transaction():
-                for name, table in tables.items():
+                for name, table in reference_tables(orgs).items():
                     counts[name] = counts.get(name, 0) + store.insert_arrow(name, table)
-        if store.dialect == "duckdb":
-            store.execute(f"SET memory_limit = '{previous[0]}'")
-            store.execute(f"SET preserve_insertion_order = {str(previous[1]).lower()}")
+            ids = IdCounters()
+            for _, chunk in generate_chunks(persons, seed, orgs):
+                tables = chunk_tables(chunk, ids)
+                del chunk
+                with store.transaction():
+                    for name, table in tables.items():
+                        counts[name] = counts.get(name, 0) + store.insert_arrow(name, table)
         return counts
     finally:
         if not isinstance(store_or_url, Store):

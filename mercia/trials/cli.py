@@ -10,13 +10,13 @@ from pathlib import Path
 
 import typer
 
+from mercia.cdm.cli import DbOption
 from mercia.trials.crf.cli import app as crf_app
 
 app = typer.Typer(help="Clinical trials: register, feasibility, worklists, recruitment, randomisation, CONSORT.",
                   no_args_is_help=True)
 app.add_typer(crf_app, name="crf")
 
-DB = typer.Option(None, "--db", help="store URL (default: configured store)")
 AS = typer.Option(..., "--as", help="the Mercia username you act as")
 TRIAL = typer.Option(..., "--trial", help="trial id (ISRCTN/EudraCT/IRAS)")
 JSON = typer.Option(False, "--json", help="print JSON")
@@ -75,7 +75,7 @@ def create(trial_id: str = typer.Option(..., "--id", help="ISRCTN, EudraCT or IR
            saved_cohort: int | None = typer.Option(None, "--saved-cohort", help="a cohort saved in the project"),
            settings: Path = typer.Option(..., "--settings", help="randomisation settings JSON"),
            manual: list[str] = typer.Option([], "--manual", help="a criterion confirmed at screening; repeat"),
-           blinded: bool = typer.Option(False, "--blinded"), db: str | None = DB, username: str = AS) -> None:
+           blinded: bool = typer.Option(False, "--blinded"), db: DbOption = None, username: str = AS) -> None:
     """Register a trial (its eligibility is a cohort definition; you become its trial manager)."""
     import orjson
 
@@ -99,7 +99,7 @@ def create(trial_id: str = typer.Option(..., "--id", help="ISRCTN, EudraCT or IR
 
 @app.command()
 def grant(trial: str = TRIAL, member: str = typer.Option(..., "--user"), role: str = typer.Option(..., "--role"),
-          site: str = typer.Option("", "--site"), db: str | None = DB, username: str = AS) -> None:
+          site: str = typer.Option("", "--site"), db: DbOption = None, username: str = AS) -> None:
     """Give a user a role on the trial (trial managers only)."""
     register, user = _context(db, username)
     target = register.gov.user_by_name(member)
@@ -114,7 +114,7 @@ def feasibility(trial: str = TRIAL, years: int = typer.Option(10, "--years"),
                 as_of: str | None = typer.Option(None, "--as-of"), consent: float = typer.Option(0.5, "--consent"),
                 screen_failure: float = typer.Option(0.3, "--screen-failure"),
                 horizon: int = typer.Option(24, "--horizon", help="months to project"),
-                db: str | None = DB, username: str = AS, as_json: bool = JSON) -> None:
+                db: DbOption = None, username: str = AS, as_json: bool = JSON) -> None:
     """Newly eligible per site and month, the prevalent pool and projected recruitment (controlled)."""
     import orjson
 
@@ -137,7 +137,7 @@ def worklist(trial: str = TRIAL, site: str = typer.Option(..., "--site"),
              since: str | None = typer.Option(None, "--since", help="only first found eligible on/after this date"),
              org_db: str | None = typer.Option(None, "--org-db", help="your organisation's re-identification store: "
                                                "show NHS numbers and MRNs (care team only)"),
-             db: str | None = DB, username: str = AS, as_json: bool = JSON) -> None:
+             db: DbOption = None, username: str = AS, as_json: bool = JSON) -> None:
     """The site's pre-screening worklist (pseudonymous; identities with --org-db for its care team)."""
     from mercia.cdm import Store
     from mercia.trials.prescreen import ReidentificationService
@@ -158,7 +158,7 @@ def status(trial: str = TRIAL, person: int = typer.Option(..., "--person"),
            reason: str = typer.Option("", "--reason"),
            confirmed: list[str] = typer.Option([], "--confirmed", help="a manual criterion confirmed; repeat"),
            on: str | None = typer.Option(None, "--on", help="date it happened (default today)"),
-           db: str | None = DB, username: str = AS) -> None:
+           db: DbOption = None, username: str = AS) -> None:
     """Record a recruitment status (identified ... consented, ineligible, declined, withdrawn)."""
     from mercia.trials.recruitment import Recruitment
 
@@ -171,7 +171,7 @@ def status(trial: str = TRIAL, person: int = typer.Option(..., "--person"),
 @app.command()
 def randomise(trial: str = TRIAL, person: int = typer.Option(..., "--person"),
               level: list[str] = typer.Option([], "--level", help="factor=level; repeat per factor"),
-              db: str | None = DB, username: str = AS, as_json: bool = JSON) -> None:
+              db: DbOption = None, username: str = AS, as_json: bool = JSON) -> None:
     """Randomise a consented, eligible participant (the key comes from $MERCIA_RANDOMISATION_KEY[_FILE])."""
     from mercia.trials.recruitment import Recruitment
 
@@ -188,7 +188,7 @@ def randomise(trial: str = TRIAL, person: int = typer.Option(..., "--person"),
 
 @app.command()
 def unblind(trial: str = TRIAL, person: int = typer.Option(..., "--person"), reason: str = typer.Option(..., "--reason"),
-            db: str | None = DB, username: str = AS) -> None:
+            db: DbOption = None, username: str = AS) -> None:
     """Emergency unblinding (site investigator or trial manager): audited and notified."""
     from mercia.trials.recruitment import Recruitment
 
@@ -199,7 +199,7 @@ def unblind(trial: str = TRIAL, person: int = typer.Option(..., "--person"), rea
 
 @app.command("screening-log")
 def screening_log(trial: str = TRIAL, out: Path | None = typer.Option(None, "--out", help="write CSV here"),
-                  db: str | None = DB, username: str = AS, as_json: bool = JSON) -> None:
+                  db: DbOption = None, username: str = AS, as_json: bool = JSON) -> None:
     """The screening log (every status recorded) for the trial team."""
     import csv
 
@@ -222,7 +222,7 @@ def screening_log(trial: str = TRIAL, out: Path | None = typer.Option(None, "--o
 def consort(trial: str = TRIAL, out: Path = typer.Option(..., "--out", help="file name without suffix"),
             external: bool = typer.Option(False, "--external", help="for use beyond the trial team: "
                                           "counts pass disclosure control"),
-            db: str | None = DB, username: str = AS) -> None:
+            db: DbOption = None, username: str = AS) -> None:
     """Draw the CONSORT flow diagram from the screening log as SVG and PNG."""
     from mercia.trials.consort import consort as draw
 

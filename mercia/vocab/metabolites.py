@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,3 +214,30 @@ def ensure_local_concepts(store: Store, events: pa.Table, names: dict[tuple[str,
         codes = pc.unique(events.filter(pc.equal(events.column("vocabulary"), vocabulary)).column("code"))
         ensure_metabolite_concepts(store, vocabulary, {c: names.get((vocabulary, c), c) for c in codes.to_pylist()
                                                        if c})
+
+
+def quote_name(name: str) -> str:
+    """A biomarker name as a quoted SQL identifier (names such as ``Total-C`` need quoting)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<number>\d+(?:\.\d+)?)|(?P<op>[-+*/()]))")
+
+
+def formula_names(formula: str) -> list[str]:
+    """The biomarker names a catalogue formula uses."""
+    return [m.group("name") for m in _TOKEN.finditer(formula) if m.group("name")]
+
+
+def formula_sql(formula: str) -> str:
+    """A catalogue formula as SQL: names quoted; only names, numbers and + - * / ( ) are allowed.
+    (A zero divisor gives inf/NaN in DuckDB; such re-derived values are not compared.)"""
+    out, pos = [], 0
+    formula = formula.strip()
+    while pos < len(formula):
+        m = _TOKEN.match(formula, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"formula {formula!r}: unexpected text at {formula[pos:pos + 20]!r}")
+        out.append(quote_name(m.group("name")) if m.group("name") else m.group("number") or m.group("op"))
+        pos = m.end()
+    return " ".join(out)

@@ -119,10 +119,10 @@ def search(store: Store, text: str, vocabulary: str | None = None, limit: int = 
     if not needle:
         raise StoreError("empty search text")
     if use_index:
-        try:
-            refresh_search_index(store)
-        except Exception:  # noqa: BLE001 - e.g. a read-only store: search the vocabulary directly
+        if store.read_only:  # it cannot build the index: use one only if it is current, else search directly
             use_index = search_index_is_fresh(store)
+        else:  # a failure to build it is a real error (a full disk, a broken vocabulary): it is raised
+            refresh_search_index(store)
     escaped, words = _like_escape(needle), needle.split()
     rank_params = [needle, escaped + "%", "% " + escaped + "%", "%" + escaped + "%"]
     filters, filter_params = ["TRUE"], []
@@ -275,11 +275,10 @@ def maps_to(store: Store, vocabulary_id: str, codes: Iterable[str]) -> pa.Table:
     code_list = sorted({str(c) for c in codes})
     if not code_list:
         return MAPS_TO_SCHEMA.empty_table()
-    codes_sql = "unnest(CAST(? AS text[]))" if store.dialect == "postgres" else "unnest(CAST(? AS VARCHAR[]))"
-    sql = f"""
+    sql = """
     WITH source AS (
         SELECT k.code, c.concept_id
-        FROM (SELECT {codes_sql} AS code) k
+        FROM (SELECT unnest(CAST(? AS text[])) AS code) k
         LEFT JOIN concept c ON c.vocabulary_id = ? AND c.concept_code = k.code
     ), target AS (
         SELECT r.concept_id_1, t.concept_id, t.concept_name, t.vocabulary_id, t.domain_id

@@ -6,6 +6,8 @@ import ipaddress
 
 import typer
 
+from mercia.cdm.cli import DbOption
+
 
 def is_loopback(host: str) -> bool:
     try:
@@ -14,7 +16,7 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def serve(db: str | None = typer.Option(None, "--db", help="store URL (default: configured store)"),
+def serve(db: DbOption = None,
           host: str = typer.Option("127.0.0.1", help="address to listen on"),
           port: int = typer.Option(8000, help="port to listen on"),
           secure_cookies: bool | None = typer.Option(

@@ -25,10 +25,6 @@ def built(store, cdm):
     cdm.person(21, sex=8532, born=1990, start=date(2015, 1, 1))  # 30 at its first entry
     cdm.cohort(1, 21, date(2020, 3, 1), date(2020, 3, 31))
     cdm.cohort(1, 21, date(2020, 9, 1), date(2020, 9, 30))
-    for pid in range(1, 6):
-        cdm.observation(pid, date(2019, 1, 1), "imd_decile", 3)
-    cdm.observation(1, date(2021, 1, 1), "imd_decile", 9)  # after index: the earlier one wins
-    cdm.observation(6, date(2021, 1, 1), "imd_decile", 7)  # only one, after index: used
     cdm.concept(200, "Parent disorder")
     cdm.concept(201, "Child disorder A")
     cdm.concept(202, "Child disorder B")
@@ -46,7 +42,13 @@ def built(store, cdm):
     for pid in range(1, 11):
         cdm.measurement(pid, date(2019, 12, 1), 401, float(pid))
     cdm.measurement(1, date(2019, 6, 1), 401, 100.0)  # older than person 1's latest value
-    return cdm.flush()
+    store = cdm.flush()
+    # IMD deciles as ingestion keeps them (mercia_person_link): persons 1-5 in decile 3 (person 1's
+    # earlier load said 9: the latest load wins), person 6 in decile 7.
+    store.execute("CREATE TABLE mercia_person_link (person_id BIGINT, imd_decile BIGINT, load_id BIGINT)")
+    store.execute("INSERT INTO mercia_person_link VALUES (1, 9, 1), (1, 3, 2), (2, 3, 2), (3, 3, 2), (4, 3, 2), "
+                  "(5, 3, 2), (6, 7, 1)")
+    return store
 
 
 def by(table, *keys):
@@ -101,14 +103,22 @@ def test_controlled_characterisation_redacts_rounds_and_suppresses(built):
     assert result.table("summary").rows[0]["count"] == 20
 
 
-def test_imd_from_the_ingestion_link_table_fills_gaps_only(built):
-    built.execute("CREATE TABLE mercia_person_link (person_id BIGINT, imd_decile BIGINT, load_id BIGINT)")
-    built.execute("INSERT INTO mercia_person_link VALUES (7, 2, 1), (7, 4, 2), (1, 8, 5), (8, NULL, 3)")
+def test_imd_is_the_latest_loads_decile_on_the_link_table(built):
+    built.execute("INSERT INTO mercia_person_link VALUES (7, 2, 1), (7, 4, 2), (8, NULL, 3), (9, 11, 1), (9, 5, 0)")
     demo = {(r["variable"], r["category"]): r["count_persons"]
             for r in characterise(built, 1, domains=[], raw=True).table("demographics").rows}
     assert demo[("IMD decile", "4")] == 1  # person 7: the latest load
-    assert demo[("IMD decile", "3")] == 5 and ("IMD decile", "8") not in demo  # an observation row wins
-    assert demo[("IMD decile", "Not recorded")] == 14
+    assert demo[("IMD decile", "5")] == 1  # person 9: 11 is no decile, so its earlier valid one
+    assert demo[("IMD decile", "3")] == 5 and ("IMD decile", "9") not in demo
+    assert demo[("IMD decile", "Not recorded")] == 13  # person 8's load had no postcode decile
+
+
+def test_imd_is_not_recorded_without_the_link_table(store, cdm):
+    cdm.person(1, sex=8532, born=1970, start=date(2010, 1, 1), end=date(2022, 12, 31))
+    cdm.cohort(1, 1, INDEX, date(2020, 6, 30))
+    demo = {(r["variable"], r["category"]): r["count_persons"]
+            for r in characterise(cdm.flush(), 1, domains=[], raw=True).table("demographics").rows}
+    assert demo[("IMD decile", "Not recorded")] == 1
 
 
 def test_feature_windows_are_inclusive_day_offsets(built):

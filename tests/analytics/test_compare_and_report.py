@@ -125,3 +125,19 @@ def test_report_renders_in_headless_chromium(two_cohorts, tmp_path):
     dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
                          check=True, capture_output=True, text=True, timeout=120).stdout
     assert dom.count("<svg") >= 1 and "Disclosure control: opensafely" in dom
+
+
+def test_html_report_escapes_every_value():
+    """The report is a Jinja2 template with autoescape on: a value cannot inject markup."""
+    from mercia.analytics.base import count, label
+    from mercia.privacy.disclosure import AnalysisResult, StatTable, get_policy
+
+    table = StatTable(name="codes", title="Codes <b>", population=100,
+                      columns=[label("code", "Code <i>"), count("count_persons", "Persons")],
+                      rows=[{"code": "<script>alert(1)</script>", "count_persons": 40}])
+    result = get_policy("opensafely").apply(
+        AnalysisResult(analysis="test", title="A & B <x>", parameters={"note": "<y>"}, tables=[table]))
+    page = render_html(result)
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "Codes &lt;b&gt;" in page
+    assert "<title>A &amp; B &lt;x&gt;</title>" in page and "&lt;y&gt;" in page and "Code &lt;i&gt;" in page

@@ -70,6 +70,18 @@ def test_bulk_arrow_load_and_types_round_trip(cstore):
     assert got.to_pylist() == data.to_pylist()
 
 
+def test_bulk_writes_load_and_restore_the_engine_settings(cstore, contract_engine):
+    settings = "SELECT current_setting('memory_limit'), current_setting('preserve_insertion_order')"
+    before = cstore.query(settings)[0] if contract_engine == "duckdb" else None
+    with cstore.bulk_writes("512MB") as s, s.transaction():
+        if contract_engine == "duckdb":
+            assert s.query(settings)[0] != before
+        assert s.insert_arrow(SAMPLE.name, sample_rows(100)) == 100
+    assert count(cstore) == 100
+    if contract_engine == "duckdb":
+        assert cstore.query(settings)[0] == before
+
+
 def test_empty_result_keeps_column_types(cstore):
     got = cstore.query_arrow(f"SELECT * FROM {SAMPLE.name} WHERE id < 0")
     assert got.num_rows == 0

@@ -9,6 +9,7 @@ import pytest
 from mercia import synth
 from mercia.ingest.region import ingest_region
 from mercia.linkage.evaluate import region_linkage_quality, region_person_truth
+from mercia.linkage.probabilistic import link_store
 from mercia.privacy.pseudonym import Pseudonymiser, load_key
 
 
@@ -47,6 +48,7 @@ def synthetic_key(monkeypatch):
 
 def test_clean_region_loads_to_the_true_cdm(store, clean_region, synthetic_key):
     ingest_region(store, clean_region)
+    link_store(store)
     pseudonymiser = Pseudonymiser(load_key())
     persons = region_person_truth(store, clean_region, pseudonymiser)
     mapping = dict(zip(persons.column("person_id").to_pylist(), persons.column("true_person_id").to_pylist()))
@@ -79,5 +81,6 @@ def test_clean_region_loads_to_the_true_cdm(store, clean_region, synthetic_key):
 @pytest.mark.slow
 def test_messy_region_linkage_quality(store, messy_region, synthetic_key):
     ingest_region(store, messy_region)
+    link_store(store)
     quality = region_linkage_quality(store, messy_region, Pseudonymiser(load_key()))
     assert quality.precision >= 0.995 and quality.recall >= 0.98, quality

@@ -145,3 +145,15 @@ def test_starter_cache_is_built_once_and_reused(tmp_path):
     stamp = (first / "concept.parquet").stat().st_mtime_ns
     assert starter_files(tmp_path) == first and (first / "concept.parquet").stat().st_mtime_ns == stamp
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no staging left behind
+
+
+def test_a_failing_index_refresh_is_raised_not_swallowed(store, monkeypatch):
+    """Only a read-only store searches without refreshing the index; any other failure surfaces."""
+    import sys
+
+    def refuse(_store):
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(sys.modules["mercia.vocab.search"], "refresh_search_index", refuse)
+    with pytest.raises(StoreError, match="disk full"):
+        vocab.search(store, "quokka")

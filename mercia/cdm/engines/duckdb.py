@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,20 @@ class DuckDBStore(Store):
     @property
     def duckdb_connection(self) -> duckdb.DuckDBPyConnection:
         return self._duck
+
+    @contextmanager
+    def bulk_writes(self, memory_limit: str | None = None) -> Iterator[Store]:
+        """A bounded cache keeps a big load within a few GB; appending without keeping insertion
+        order (ids carry the order) costs ~15% less CPU.  Both go back to DuckDB's defaults after
+        (RESET: restoring the displayed value would round the limit down a little each time)."""
+        if memory_limit:
+            self.execute(f"SET memory_limit = {sql_string(memory_limit)}")
+        self.execute("SET preserve_insertion_order = false")
+        try:
+            yield self
+        finally:
+            self.execute("RESET memory_limit")
+            self.execute("RESET preserve_insertion_order")
 
     # -- SQL -------------------------------------------------------------------------------
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import typer
 
+from mercia.cdm.cli import DbOption
+
 app = typer.Typer(help="Electronic case report forms (REDCap dictionaries, data, ODM export).", no_args_is_help=True)
 
-DB = typer.Option(None, "--db", help="store URL (default: configured store)")
 USER = typer.Option(..., "--user", help="your Mercia username (password prompted or MERCIA_PASSWORD)")
 
 
@@ -45,7 +46,7 @@ def _run(action):
 
 
 @app.command("create-study")
-def create_study(name: str, title: str = typer.Option(..., "--title"), user: str = USER, db: str | None = DB) -> None:
+def create_study(name: str, title: str = typer.Option(..., "--title"), user: str = USER, db: DbOption = None) -> None:
     """Create a study; you become its data manager."""
     crf, actor = _session(db, user)
     _run(lambda: crf.create_study(actor, name, title))
@@ -54,7 +55,7 @@ def create_study(name: str, title: str = typer.Option(..., "--title"), user: str
 
 @app.command("add-member")
 def add_member(study: str, username: str, role: str = typer.Option(..., "--role",
-               help="data_entry, monitor, investigator or data_manager"), user: str = USER, db: str | None = DB) -> None:
+               help="data_entry, monitor, investigator or data_manager"), user: str = USER, db: DbOption = None) -> None:
     """Give someone a role in a study."""
     from mercia.trials.crf.service import StudyRole
 
@@ -68,7 +69,7 @@ def import_dictionary(study: str, path: Path = typer.Argument(..., exists=True, 
                       reason: str = typer.Option("", "--reason", help="why the dictionary changes (needed after v1)"),
                       force: bool = typer.Option(False, "--force", help="apply even if collected data would be orphaned"),
                       dry_run: bool = typer.Option(False, "--dry-run", help="show the diff only"),
-                      user: str = USER, db: str | None = DB) -> None:
+                      user: str = USER, db: DbOption = None) -> None:
     """Add a REDCap data dictionary as the study's next version, showing the diff; never a silent replacement."""
     from mercia.trials.crf.dictionary import read_dictionary
 
@@ -88,7 +89,7 @@ def import_dictionary(study: str, path: Path = typer.Argument(..., exists=True, 
 
 
 @app.command("export-dictionary")
-def export_dictionary(study: str, out: Path = typer.Option(..., "--out"), user: str = USER, db: str | None = DB) -> None:
+def export_dictionary(study: str, out: Path = typer.Option(..., "--out"), user: str = USER, db: DbOption = None) -> None:
     """Write the study's current data dictionary as REDCap CSV."""
     from mercia.trials.crf.dictionary import write_dictionary
     from mercia.trials.crf.service import StudyRole
@@ -105,7 +106,7 @@ def add_event(study: str, event: str, arm: str = typer.Option("arm_1", "--arm"),
               label: str = typer.Option("", "--label"), form: list[str] = typer.Option(..., "--form"),
               day: int = typer.Option(0, "--day", help="days after the participant's start date"),
               before: int = typer.Option(0, "--window-before"), after: int = typer.Option(0, "--window-after"),
-              user: str = USER, db: str | None = DB) -> None:
+              user: str = USER, db: DbOption = None) -> None:
     """Add a visit (event) with its window and forms to an arm of the schedule."""
     crf, actor = _session(db, user)
     _run(lambda: crf.add_event(actor, study, arm, event, label or event, form, day, before, after))
@@ -116,7 +117,7 @@ def add_event(study: str, event: str, arm: str = typer.Option("arm_1", "--arm"),
 def add_participant(study: str, record_id: str, arm: str = typer.Option(..., "--arm"),
                     start: str = typer.Option(..., "--start", help="start date YYYY-MM-DD (e.g. randomisation)"),
                     person_id: int | None = typer.Option(None, "--person-id"), user: str = USER,
-                    db: str | None = DB) -> None:
+                    db: DbOption = None) -> None:
     """Enrol a randomised participant in the study's schedule."""
     crf, actor = _session(db, user)
     _run(lambda: crf.add_participant(actor, study, record_id, arm, start, person_id))
@@ -145,7 +146,7 @@ def export(study: str, out: Path = typer.Option(..., "--out"),
            format: str = typer.Option("odm", "--format", help="odm, flat or redcap"),
            history: bool = typer.Option(False, "--history", help="ODM: every change with its audit record "
                                                                   "(a transactional file), not the current values"),
-           user: str = USER, db: str | None = DB) -> None:
+           user: str = USER, db: DbOption = None) -> None:
     """Export the study's data (streamed): CDISC ODM 1.3.2, flat CSV or REDCap-compatible CSV."""
     from mercia.trials.crf.export import write_csv, write_odm
 
@@ -164,7 +165,7 @@ def export(study: str, out: Path = typer.Option(..., "--out"),
 
 @app.command("audit-trail")
 def audit_trail(study: str, out: Path = typer.Option(..., "--out"), record: str | None = typer.Option(None, "--record"),
-                user: str = USER, db: str | None = DB) -> None:
+                user: str = USER, db: DbOption = None) -> None:
     """Write the study's audit trail (who, when, old and new values, reasons) as JSON; the export is audited."""
     import orjson
 
