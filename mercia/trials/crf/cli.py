@@ -127,7 +127,7 @@ def add_participant(study: str, record_id: str, arm: str = typer.Option(..., "--
 @app.command("link-trial")
 def link_trial(study: str, trial: str = typer.Option(..., "--trial", help="trial id"),
                arm: list[str] = typer.Option(..., "--arm", help="TRIAL_ARM=SCHEDULE_ARM, once per trial arm"),
-               user: str = USER, db: str | None = DB) -> None:
+               user: str = USER, db: DbOption = None) -> None:
     """Take the study's participants from the trial's randomisation (trial manager and data manager)."""
     from mercia.trials.recruitment import Recruitment
     from mercia.trials.register import TrialRegister
