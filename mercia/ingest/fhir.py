@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 
+from mercia.ingest.fhir_columnar import BATCH, COLUMNAR, ColumnarStager, suspicious_lines
 from mercia.ingest.staging import Staged, content_hash
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
@@ -111,6 +112,7 @@ _RESOURCES: dict[str, dict] = {
     "QuestionnaireResponse": {**_EVENT, "authored": "str", "questionnaire": "str", "item": ["Item"]},
 }
 _SUPPORTED = set(_RESOURCES)
+_COLUMNAR_KINDS = {kind.encode(): kind for kind in COLUMNAR}
 _NOT_AN_OBJECT = "a FHIR resource is a JSON object, got {}"
 _MAX_NUMBER = 1e15  # larger magnitudes are not clinical values and overflow integer columns
 _PRIMITIVES = {"str": (str, "a string"), "num": (int | float, "a number"), "bool": (bool, "true or false")}
@@ -210,8 +212,9 @@ class FhirReader:
     """Streams resources into a ``Staged``; one instance per load so Bundles' fullUrls and
     Medication resources can be resolved across files."""
 
-    def __init__(self, extract: str):
+    def __init__(self, extract: str, columnar: bool = True):
         self.staged = Staged(extract)
+        self.columnar = ColumnarStager(_RESOURCES, _DATATYPES, VOCABULARIES, NHS_NUMBER_SYSTEM) if columnar else None
         self.medications: dict[str, tuple[str | None, str | None]] = {}
         self.patient_identifiers: dict[str, str] = {}
         self.extract_date: str | None = None  # the bulk export's transactionTime: ends open registrations
@@ -257,10 +260,7 @@ class FhirReader:
         """One file's content: NDJSON when ``name`` says so, else one resource or Bundle."""
         file = Path(name)
         if ".ndjson" in file.name:
-            for line_no, line in enumerate(data.split(b"\n"), start=1):
-                line = line.strip()
-                if line:
-                    self._read_line(line, line_no, file.name)
+            self._read_ndjson(data, file.name)
             return
         try:
             resource = orjson.loads(data)
@@ -273,6 +273,37 @@ class FhirReader:
             self.staged.reject(file.name, "resourceType", _NOT_AN_OBJECT.format(_JSON_TYPES[type(resource)]), None)
             return
         self.read_resource(resource, data if resource.get("resourceType") != "Bundle" else None)
+
+    def _read_ndjson(self, data: bytes, file_name: str) -> None:
+        """Lines of the types ``fhir_columnar`` maps are parsed and staged in batches; the rest one by one."""
+        if self.columnar is None:
+            for line_no, line in enumerate(data.split(b"\n"), start=1):
+                line = line.strip()
+                if line:
+                    self._read_line(line, line_no, file_name)
+            return
+        suspicious = suspicious_lines(data)
+        batches: dict[bytes, tuple[list, list]] = {}
+        for line_no, line in enumerate(data.split(b"\n"), start=1):
+            line = line.strip()
+            if not line:
+                continue
+            kind = line[17:line.find(b'"', 17)] if line.startswith(b'{"resourceType":"') else b""
+            if kind not in _COLUMNAR_KINDS or line_no in suspicious:
+                self._read_line(line, line_no, file_name)
+                continue
+            raws, lines = batches.setdefault(kind, ([], []))
+            raws.append(line)
+            lines.append(line_no)
+            if len(raws) == BATCH:
+                self._stage_batch(_COLUMNAR_KINDS[kind], batches.pop(kind), file_name)
+        for kind, batch in batches.items():
+            self._stage_batch(_COLUMNAR_KINDS[kind], batch, file_name)
+
+    def _stage_batch(self, kind: str, batch: tuple[list, list], file_name: str) -> None:
+        raws, lines = batch
+        for i in self.columnar.stage(self.staged, kind, raws, lines):
+            self._read_line(raws[i], lines[i], file_name)
 
     def _read_line(self, line: bytes, line_no: int, file_name: str) -> None:
         # Bulk exports put resourceType first: a resource type Mercia does not map (Claim, ExplanationOfBenefit
@@ -541,7 +572,7 @@ class FhirReader:
     # -- after all files -------------------------------------------------------------------
     def _resolve_deferred(self) -> None:
         """Medication references and conditional Patient references that needed every file."""
-        events = self.staged.events.data
+        events = self.staged.events.listed  # the columnar stager hands conditional references to _stage
         dropped: list[int] = []
         for i, vocab in enumerate(events["vocabulary"]):
             if vocab == "?Medication":
@@ -559,7 +590,7 @@ class FhirReader:
                 events["person_ref"][i] = self.patient_identifiers[ref[1:]]
         if dropped:
             self.staged.events.drop(dropped)
-        used = {r.split("/", 1)[1] for r in self.staged.events.data["also_record"] if r}
+        used = {r.split("/", 1)[1] for r in self.staged.events.listed["also_record"] if r}
         for med_id in self.medications:
             if med_id not in used:
                 self.staged.reject(f"Medication/{med_id}", None,
