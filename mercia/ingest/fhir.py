@@ -37,6 +37,7 @@ VOCABULARIES = {
     "http://hl7.org/fhir/sid/icd-10-cm": "ICD10CM",
     "http://unitsofmeasure.org": "UCUM",
     "http://purl.obolibrary.org/obo/hp.owl": "HPO",
+    "http://dicom.nema.org/resources/ontology/DCM": "DICOM",  # imaging modalities (no OMOP mapping)
 }
 _PREFERENCE = {v: i for i, v in enumerate(VOCABULARIES.values())}
 
@@ -70,6 +71,7 @@ _DATATYPES: dict[str, dict] = {
                          "referenceRange": ["ReferenceRange"]},
     "Contained": {"resourceType": "str", "id": "str", "code": "CodeableConcept"},
     "Collection": {"collectedDateTime": "str", "collectedPeriod": "Period"},
+    "ImagingSeries": {"modality": "Coding", "bodySite": "Coding", "started": "str"},
     "Item": {"linkId": "str", "code": ["Coding"], "item": ["Item"], "answer": ["Answer"]},
     "BundleEntry": {"fullUrl": "str", "resource": "Resource"},
     "Resource": {"resourceType": "str", "id": "str"},
@@ -110,6 +112,9 @@ _RESOURCES: dict[str, dict] = {
                            "recordedDate": "str"},
     "Specimen": {**_EVENT, "type": "CodeableConcept", "collection": "Collection", "receivedTime": "str"},
     "QuestionnaireResponse": {**_EVENT, "authored": "str", "questionnaire": "str", "item": ["Item"]},
+    "CarePlan": {**_EVENT, "category": ["CodeableConcept"], "period": "Period"},
+    "Goal": {**_EVENT, "description": "CodeableConcept", "startDate": "str", "statusDate": "str"},
+    "ImagingStudy": {**_EVENT, "started": "str", "procedureCode": ["CodeableConcept"], "series": ["ImagingSeries"]},
 }
 _SUPPORTED = set(_RESOURCES)
 _COLUMNAR_KINDS = {kind.encode(): kind for kind in COLUMNAR}
@@ -543,6 +548,25 @@ class FhirReader:
                     collection.get("collectedDateTime") or (collection.get("collectedPeriod") or {}).get("start")
                     or res.get("receivedTime"), "type")
 
+    def _CarePlan(self, res: dict, base: dict) -> None:
+        """The plan's category (SNOMED care plan type) as an observation spanning the plan's period."""
+        self._event(base, "Observation", _codings(res.get("category")), _date(res, "period"), "category",
+                    end=_end(res, "period"), qualifier="care plan")
+
+    def _Goal(self, res: dict, base: dict) -> None:
+        self._event(base, "Observation", res.get("description"), _date(res, "startDate", "statusDate"), "description",
+                    qualifier="goal")
+
+    def _ImagingStudy(self, res: dict, base: dict) -> None:
+        """One procedure per series: the study's procedure code, else the series' DICOM modality; the
+        body site (SNOMED) is kept as the procedure's modifier source value."""
+        procedure = _codings(res.get("procedureCode"))
+        for series in res.get("series") or [{}]:
+            concept = procedure if best_coding(procedure)[1] else {"coding": [series["modality"]]
+                                                                    if series.get("modality") else []}
+            self._event(base, "Procedure", concept, series.get("started") or res.get("started"), "procedureCode",
+                        qualifier=(series.get("bodySite") or {}).get("code"))
+
     def _QuestionnaireResponse(self, res: dict, base: dict) -> None:
         """PROM answers that are coded or numeric; free-text answers never reach the CDM."""
         start = res.get("authored")
@@ -595,6 +619,11 @@ class FhirReader:
             if med_id not in used:
                 self.staged.reject(f"Medication/{med_id}", None,
                                    "Medication not referenced by any loaded medication event")
+
+
+def _codings(concepts: list[dict] | None) -> dict:
+    """Several CodeableConcepts as one, for ``best_coding``."""
+    return {"coding": [c for concept in concepts or [] for c in concept.get("coding") or []]}
 
 
 def _has_value(part: dict) -> bool:

@@ -28,7 +28,7 @@ import pyarrow.json as pa_json
 # Resource types mapped here; others (Patient, Organization, Medication, QuestionnaireResponse, ...)
 # stay on the row reader: few per extract, or nested in ways SQL would only obscure.
 COLUMNAR = ("Observation", "Encounter", "Condition", "Procedure", "DiagnosticReport", "MedicationRequest",
-            "Immunization", "AllergyIntolerance")
+            "Immunization", "AllergyIntolerance", "CarePlan", "Goal", "ImagingStudy")
 
 # Lines Arrow's reader would accept although the row reader rejects them: null array items.
 NULL_ITEM = re.compile(rb'[\[,]\s*null\b')
@@ -140,11 +140,23 @@ def _parts(kind: str) -> str:
                          CASE WHEN r.period.start IS NULL OR r.period.start = '' THEN 'Encounter has no start'
                               END AS pre_reason
                   FROM recs"""
+    all_codings = "flatten(list_transform(COALESCE(r.{}, []), lambda c: COALESCE(c.coding, [])))"
+    if kind == "CarePlan":
+        return f"""SELECT idx, 'Observation' AS kind, {all_codings.format('category')} AS codings,
+                          'category' AS code_field, 'care plan' AS qualifier FROM recs"""
+    if kind == "ImagingStudy":
+        return f"""SELECT idx, 'Procedure' AS kind,
+                          CASE WHEN best_coding(procedure) IS NOT NULL THEN procedure
+                               WHEN s.modality IS NOT NULL THEN [s.modality] ELSE [] END AS codings,
+                          'procedureCode' AS code_field, s.bodySite.code AS qualifier, NULLIF(s.started, '') AS part_start
+                   FROM (SELECT idx, {all_codings.format('procedureCode')} AS procedure,
+                                unnest(CASE WHEN len(COALESCE(r.series, [])) = 0 THEN [NULL] ELSE r.series END) AS s
+                         FROM recs)"""
     simple = {  # kind -> (OMOP kind, concept element, qualifier)
         "Condition": ("Condition", "code", None), "Procedure": ("Procedure", "code", None),
         "DiagnosticReport": ("Observation", "code", None), "AllergyIntolerance": ("Observation", "code", "allergy"),
         "MedicationRequest": ("Drug", "medicationCodeableConcept", None),
-        "Immunization": ("Drug", "vaccineCode", None)}
+        "Immunization": ("Drug", "vaccineCode", None), "Goal": ("Observation", "description", "goal")}
     omop, element, qualifier = simple[kind]
     field = "medication[x]" if kind == "MedicationRequest" else element
     not_done = "r.status = 'not-done'" if kind == "Immunization" else "false"
@@ -167,12 +179,15 @@ _DATES = {  # kind -> (start expression, end expression) over r, as fhir._date /
     "AllergyIntolerance": ("COALESCE(r.onsetDateTime, period_date(r.onsetPeriod), r.recordedDate)", "NULL"),
     "MedicationRequest": ("r.authoredOn", "NULL"),
     "Immunization": ("COALESCE(r.occurrenceDateTime, r.recorded)", "NULL"),
+    "CarePlan": ("period_date(r.period)", "NULLIF(r.period.\"end\", '')"),
+    "Goal": ("COALESCE(r.startDate, r.statusDate)", "NULL"),
+    "ImagingStudy": ("r.started", "NULL"),
 }
 _PART_COLUMNS = {"kind": "VARCHAR", "codings": "STRUCT(system VARCHAR, code VARCHAR)[]", "code_field": "VARCHAR",
                  "fixed_vocabulary": "VARCHAR", "fixed_code": "VARCHAR", "own_visit": "VARCHAR", "site_ref": "VARCHAR",
                  "value_number": "DOUBLE", "unit": "VARCHAR", "range_low": "DOUBLE", "range_high": "DOUBLE",
                  "value_codings": "STRUCT(system VARCHAR, code VARCHAR)[]", "qualifier": "VARCHAR",
-                 "pre_field": "VARCHAR", "pre_reason": "VARCHAR"}
+                 "pre_field": "VARCHAR", "pre_reason": "VARCHAR", "part_start": "VARCHAR"}
 
 
 def _select_parts(kind: str) -> str:
@@ -233,10 +248,11 @@ class ColumnarStager:
             SELECT record, record_hash, person_ref,
                    COALESCE(own_visit, 'Encounter/' || visit_id) AS visit_ref, p.kind,
                    COALESCE(fixed_vocabulary, best.v) AS vocabulary, COALESCE(fixed_code, best.c) AS code,
-                   start, "end", value_number, value_best.v AS value_vocabulary, value_best.c AS value_code,
+                   COALESCE(part_start, start) AS start, "end", value_number, value_best.v AS value_vocabulary, value_best.c AS value_code,
                    unit, range_low, range_high, qualifier, site_ref, line
             FROM parts p JOIN recs USING (idx)
-            WHERE pre_reason IS NULL AND (fixed_code IS NOT NULL OR best IS NOT NULL) AND start <> ''
+            WHERE pre_reason IS NULL AND (fixed_code IS NOT NULL OR best IS NOT NULL)
+              AND COALESCE(part_start, start) <> ''
             ORDER BY idx""").to_arrow_table())
         staged.rejects.add_table(con.sql(f"""
             SELECT record, line, 'subject' AS field, 'no subject/patient reference' AS reason, idx
@@ -248,7 +264,8 @@ class ColumnarStager:
                         WHEN fixed_code IS NULL AND best IS NULL THEN 'no coded value'
                         ELSE '{kind} has no date' END, idx
             FROM parts p JOIN recs USING (idx)
-            WHERE pre_reason IS NOT NULL OR (fixed_code IS NULL AND best IS NULL) OR start IS NULL OR start = ''
+            WHERE pre_reason IS NOT NULL OR (fixed_code IS NULL AND best IS NULL)
+               OR COALESCE(part_start, start, '') = ''
             ORDER BY idx""").to_arrow_table().drop_columns(["idx"]))
         con.unregister("batch")
         staged.read += len(raws) - len(fallback)

@@ -523,7 +523,8 @@ def _domain_columns(domain: str, type_concept: int) -> dict[str, str]:
         return {"procedure_concept_id": "concept_id", "procedure_date": "start_date",
                 "procedure_datetime": "start_datetime", "procedure_end_date": "end_date",
                 "procedure_type_concept_id": str(type_concept), "procedure_source_value": src,
-                "procedure_source_concept_id": "source_concept_id", **common}
+                "procedure_source_concept_id": "source_concept_id", "modifier_source_value": "left(qualifier, 50)",
+                **common}
     if domain == "Device":
         return {"device_concept_id": "concept_id", "device_exposure_start_date": "start_date",
                 "device_exposure_end_date": "end_date", "device_type_concept_id": str(type_concept),

@@ -107,3 +107,34 @@ def test_hostile_lines_stage_the_same_on_both_paths(tmp_path, refused):
     assert ("MedicationRequest/m1", "1") in events  # contained medication, resolved by the row reader
     if refused:
         assert {("Observation/bool-number", "valueQuantity.value"), ("Observation/string-code", "code")} <= reasons
+
+
+def test_care_plans_goals_and_imaging_studies_are_mapped(tmp_path):
+    lines = [
+        {"resourceType": "CarePlan", "id": "cp1", "subject": SUBJECT, "period": {"start": "2017-03-21", "end": "2017-05-27"},
+         "category": [{"coding": [{"system": SNOMED, "code": "91251008"}]}]},
+        {"resourceType": "CarePlan", "id": "cp2", "subject": SUBJECT, "period": {"start": "2017-03-21"}},
+        {"resourceType": "Goal", "id": "g1", "subject": SUBJECT, "description": {"text": "HbA1c < 7.0"}},
+        {"resourceType": "Goal", "id": "g2", "subject": SUBJECT, "startDate": "2018-01-01",
+         "description": {"coding": [{"system": SNOMED, "code": "289169006"}]}},
+        {"resourceType": "ImagingStudy", "id": "is1", "subject": SUBJECT, "started": "2017-03-21T23:37:54+00:00",
+         "series": [{"modality": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "DX"},
+                     "bodySite": {"system": SNOMED, "code": "72696002"}},
+                    {"modality": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"},
+                     "started": "2017-03-22"}]},
+        {"resourceType": "ImagingStudy", "id": "is2", "subject": SUBJECT, "started": "2017-03-21",
+         "procedureCode": [{"coding": [{"system": SNOMED, "code": "168537006"}]}]},
+    ]
+    (tmp_path / "x.ndjson").write_bytes(b"\n".join(orjson.dumps(r) for r in lines))
+    fast, slow = _both(tmp_path / "x.ndjson", vouched=6)
+    _same(fast, slow)
+    events = {(e["record"], e["kind"], e["vocabulary"], e["code"], e["start"], e["qualifier"])
+              for e in fast.events.table().to_pylist()}
+    assert events == {
+        ("CarePlan/cp1", "Observation", "SNOMED", "91251008", "2017-03-21", "care plan"),
+        ("Goal/g2", "Observation", "SNOMED", "289169006", "2018-01-01", "goal"),
+        ("ImagingStudy/is1", "Procedure", "DICOM", "DX", "2017-03-21T23:37:54+00:00", "72696002"),
+        ("ImagingStudy/is1", "Procedure", "DICOM", "CT", "2017-03-22", None),
+        ("ImagingStudy/is2", "Procedure", "SNOMED", "168537006", "2017-03-21", None)}
+    rejects = {(r["record"], r["field"], r["reason"]) for r in fast.rejects.table().to_pylist()}
+    assert rejects == {("CarePlan/cp2", "category", "no coded value"), ("Goal/g1", "description", "no coded value")}
