@@ -477,12 +477,11 @@ class _Load:
         table = DOMAIN_TABLE[domain]
         pk = f"{table}_id"
         start = self.store.query_one(f"SELECT COALESCE(max({quote(pk)}), 0) FROM {quote(table)}") or 0
-        self.con.execute(f"""CREATE OR REPLACE TABLE domain_rows AS
-            SELECT {start} + row_number() OVER (ORDER BY source_record, code) AS row_id, r.*
-            FROM routed r WHERE domain = '{domain}'""")
-        if domain != "Visit":
-            self.con.execute("""CREATE OR REPLACE TABLE domain_rows AS SELECT d.*, v.row_id AS visit_occurrence_id
-                                FROM domain_rows d LEFT JOIN visit_ids v ON v.source_record = d.visit_record""")
+        numbered = f"""SELECT {start} + row_number() OVER (ORDER BY source_record, code) AS row_id, r.*
+                       FROM routed r WHERE domain = '{domain}'"""
+        self.con.execute(f"CREATE OR REPLACE TABLE domain_rows AS {numbered}" if domain == "Visit" else
+                         f"""CREATE OR REPLACE TABLE domain_rows AS SELECT d.*, v.row_id AS visit_occurrence_id
+                             FROM ({numbered}) d LEFT JOIN visit_ids v ON v.source_record = d.visit_record""")
         columns = _domain_columns(domain, self.options.type_concept_id or TYPE_CONCEPTS.get(self.reader, EHR_TYPE))
         select = ", ".join(f"{expr} AS {quote(col)}" for col, expr in columns.items())
         rows = _table_from_query(self.con, f"SELECT row_id AS {quote(pk)}, person_id, {select} FROM domain_rows")
