@@ -75,7 +75,7 @@ _DATATYPES: dict[str, dict] = {
     "Item": {"linkId": "str", "code": ["Coding"], "item": ["Item"], "answer": ["Answer"]},
     "BundleEntry": {"fullUrl": "str", "resource": "Resource"},
     "Resource": {"resourceType": "str", "id": "str"},
-    "Manifest": {"transactionTime": "str", "output": ["ManifestOutput"]},
+    "Manifest": {"transactionTime": "str", "output": ["ManifestOutput"], "deleted": ["ManifestOutput"]},
     "ManifestOutput": {"url": "str"},
     "Answer": {"valueCoding": "Coding", "valueInteger": "num", "valueDecimal": "num", "valueBoolean": "bool",
                "item": ["Item"]},
@@ -223,13 +223,42 @@ class FhirReader:
         self.medications: dict[str, tuple[str | None, str | None]] = {}
         self.patient_identifiers: dict[str, str] = {}
         self.extract_date: str | None = None  # the bulk export's transactionTime: ends open registrations
+        self.deleted_files: list[Path] = []  # a bulk export's deleted/ files, read after the resources
 
     # -- files -----------------------------------------------------------------------------
     def read_path(self, path: Path) -> Staged:
         for file in self._files(Path(path)):
             self.read_file(file)
+        for file in self.deleted_files:
+            self.read_deleted(file)
         self._resolve_deferred()
         return self.staged
+
+    def read_deleted(self, file: Path) -> None:
+        """A bulk export's ``deleted`` file: Bundles of DELETE requests (``Type/id``), one per line.
+        Each names a record whose earlier rows the load removes."""
+        data = gzip.decompress(file.read_bytes()) if file.name.endswith(".gz") else file.read_bytes()
+        for line_no, line in enumerate(data.split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                bundle = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                self.staged.read += 1
+                self.staged.reject(f"{file.name}:{line_no}", None, f"not valid JSON: {exc.msg}", line_no)
+                continue
+            entries = bundle.get("entry") if isinstance(bundle, dict) else None
+            for entry in entries if isinstance(entries, list) else [None]:
+                self.staged.read += 1
+                request = entry.get("request") if isinstance(entry, dict) else None
+                url = request.get("url") if isinstance(request, dict) else None
+                if not isinstance(url, str) or request.get("method") != "DELETE" or url.count("/") < 1:
+                    self.staged.reject(f"{file.name}:{line_no}", "entry.request",
+                                       "a deleted-file entry must be a DELETE request for Type/id", line_no)
+                    continue
+                kind, rid = url.split("?", 1)[0].rstrip("/").rsplit("/", 2)[-2:]
+                self.staged.removals.add(record=f"{kind}/{rid}", line=line_no, field="request",
+                                         reason="deleted at the source (bulk export deleted file)")
 
     def _files(self, path: Path) -> list[Path]:
         if path.is_file():
@@ -244,11 +273,17 @@ class FhirReader:
             if problem:
                 raise FhirError(f"{manifest}: field {problem[0] or '(document)'}: {problem[1]}")
             self.extract_date = (content.get("transactionTime") or "")[:10] or None
-            names = [Path(o.get("url") or "").name for o in content.get("output") or []]
-            return [path / name for name in names if name and (path / name).is_file()]
+
+            def local(outputs):
+                names = [Path(o.get("url") or "").name for o in outputs or []]
+                return [p for name in names if name for p in (path / name, path / "deleted" / name) if p.is_file()]
+            self.deleted_files = local(content.get("deleted"))
+            return local(content.get("output"))
         suffixes = (".ndjson", ".ndjson.gz", ".json", ".json.gz")
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes)
-                      and p.name not in ("log.ndjson", "log.ndjson.gz", "manifest.json"))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes)
+                       and p.name not in ("log.ndjson", "log.ndjson.gz", "manifest.json"))
+        self.deleted_files = [p for p in files if p.parent.name == "deleted"]
+        return [p for p in files if p.parent.name != "deleted"]
 
     def read_file(self, file: Path) -> None:
         raw = file.read_bytes()
@@ -294,7 +329,7 @@ class FhirReader:
             if not line:
                 continue
             kind = line[17:line.find(b'"', 17)] if line.startswith(b'{"resourceType":"') else b""
-            if kind not in _COLUMNAR_KINDS or line_no in suspicious:
+            if kind not in _COLUMNAR_KINDS or line_no in suspicious or b"entered-in-error" in line:
                 self._read_line(line, line_no, file_name)
                 continue
             raws, lines = batches.setdefault(kind, ([], []))
@@ -394,6 +429,10 @@ class FhirReader:
         problem = _fields_problem(res, _RESOURCES[kind], "")
         if problem:
             s.reject(record, *problem, line)
+            return
+        if _entered_in_error(res):
+            s.removals.add(record=record, line=line, field="status",
+                           reason="entered-in-error at the source: earlier rows of the record removed")
             return
         if kind == "Patient":
             self._patient(res, record, digest, line)
@@ -619,6 +658,17 @@ class FhirReader:
             if med_id not in used:
                 self.staged.reject(f"Medication/{med_id}", None,
                                    "Medication not referenced by any loaded medication event")
+
+
+def _entered_in_error(res: dict) -> bool:
+    """FHIR's withdrawal of a record: status (most event resources) or verificationStatus
+    (Condition, AllergyIntolerance) ``entered-in-error``."""
+    if res.get("status") == "entered-in-error":
+        return True
+    verification = res.get("verificationStatus")
+    codings = verification.get("coding") if isinstance(verification, dict) else None
+    return isinstance(codings, list) and any(isinstance(c, dict) and c.get("code") == "entered-in-error"
+                                             for c in codings)
 
 
 def _codings(concepts: list[dict] | None) -> dict:

@@ -150,6 +150,8 @@ class Staged:
     events: Columns = field(default_factory=lambda: Columns(EVENT_SCHEMA))
     sites: Columns = field(default_factory=lambda: Columns(SITE_SCHEMA))
     rejects: Columns = field(default_factory=lambda: Columns(REJECT_SCHEMA))
+    # records the source withdrew (entered-in-error, bulk-export deletions): their earlier rows are removed
+    removals: Columns = field(default_factory=lambda: Columns(REJECT_SCHEMA))
     # genomic variant calls (VCF), already in their own table shape
     variants: pa.Table | None = None
     # names of local concepts the extract introduces: (vocabulary, code) -> name (metabolite identifiers)
@@ -160,6 +162,6 @@ class Staged:
 
     def merge(self, other: Staged) -> None:
         self.read += other.read
-        for name in ("persons", "events", "sites", "rejects"):
+        for name in ("persons", "events", "sites", "rejects", "removals"):
             theirs = getattr(other, name)
             getattr(self, name).extend(theirs.data, len(theirs))
