@@ -45,6 +45,9 @@ _PREFERENCE = {v: i for i, v in enumerate(VOCABULARIES.values())}
 _ID = re.compile(rb'"id":"([^"]+)"')
 
 
+_INVALID = object()  # a line that is not JSON (already rejected)
+
+
 class FhirError(Exception):
     """A file that is not FHIR JSON at all (as opposed to one bad resource, which is a reject)."""
 
@@ -234,6 +237,15 @@ class FhirReader:
         self._resolve_deferred()
         return self.staged
 
+    def _json_line(self, line: bytes, line_no: int, file_name: str):
+        """One NDJSON line parsed, or ``_INVALID`` after rejecting it as invalid JSON."""
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            self.staged.read += 1
+            self.staged.reject(f"{file_name}:{line_no}", None, f"not valid JSON: {exc.msg}", line_no)
+            return _INVALID
+
     def read_deleted(self, file: Path) -> None:
         """A bulk export's ``deleted`` file: Bundles of DELETE requests (``Type/id``), one per line.
         Each names a record whose earlier rows the load removes."""
@@ -241,11 +253,8 @@ class FhirReader:
         for line_no, line in enumerate(data.split(b"\n"), start=1):
             if not line.strip():
                 continue
-            try:
-                bundle = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                self.staged.read += 1
-                self.staged.reject(f"{file.name}:{line_no}", None, f"not valid JSON: {exc.msg}", line_no)
+            bundle = self._json_line(line, line_no, file.name)
+            if bundle is _INVALID:
                 continue
             entries = bundle.get("entry") if isinstance(bundle, dict) else None
             for entry in entries if isinstance(entries, list) else [None]:
@@ -358,11 +367,8 @@ class FhirReader:
                 self.staged.reject(f"{kind}/{rid}" if rid else f"{file_name}:{line_no}", "resourceType",
                                    f"resource type {kind} is not mapped to OMOP by Mercia", line_no)
                 return
-        try:
-            resource = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            self.staged.read += 1
-            self.staged.reject(f"{file_name}:{line_no}", None, f"not valid JSON: {exc.msg}", line_no)
+        resource = self._json_line(line, line_no, file_name)
+        if resource is _INVALID:
             return
         if not isinstance(resource, dict):
             self.staged.read += 1
