@@ -1,10 +1,19 @@
 """Benchmark ingestion and linkage.
 
-    .venv/bin/python benchmarks/ingest.py                         # all parts -> benchmarks/results/ingest.json
+    .venv/bin/python benchmarks/ingest.py --skip-linkage          # FHIR parts only
     .venv/bin/python benchmarks/ingest.py --linkage-persons 100000 --skip-naive
 
+Every run writes a fresh ``benchmarks/results/ingest-<UTC time>.json`` holding only what that run
+measured, with the load average (``os.getloadavg``) around each part: the 2 CPUs are shared.
+
 1. FHIR NDJSON -> CDM end to end (read, pseudonymise, map, load into a fresh DuckDB file) on
-   ../shared/data/fhir/synthea_medium (191,093 resources).
+   ../shared/data/fhir/synthea_medium (191,093 resources), in this process (wall and CPU seconds)
+   and through ``python -m mercia.cli ingest fhir`` from a cold start (a new interpreter: imports,
+   key, store creation included; CPU seconds of the child).  ``mapped`` counts distinct source
+   records that reached the CDM (the load summary's ``loaded``); ``rejected`` are kept in
+   mercia_reject with their reason; both rates are reported, over mapped and over all resources.
+   An incremental resend in which 10% of the resources changed is timed on the loaded store, and the
+   same load with the columnar NDJSON path switched off (``fhir_medium_row_reader``) right after.
 2. The same pipeline with a naive reader: every resource parsed into a fhir.resources R4B pydantic
    model and dumped back to a dict before staging (on synthea_small, to keep the run short; the
    ratio is taken against the fast pipeline on the same folder).
@@ -16,6 +25,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
@@ -27,7 +37,7 @@ from pathlib import Path
 SHARED = Path(os.environ.get("MERCIA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 if not SHARED.exists():
     SHARED = Path("/work/shared/data")
-RESULT = Path(__file__).resolve().parent / "results" / "ingest.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def peak_rss_mb() -> float:
@@ -40,18 +50,106 @@ def options():
     return LoadOptions(Pseudonymiser(load_key()), allow_synthetic_nhs_numbers=True)
 
 
-def fhir_end_to_end(folder: Path, workdir: Path) -> dict:
+def _rates(summary, wall: float, cpu: float) -> dict:
+    return {"resources": summary["read"], "records": summary["records"], "mapped": summary["loaded"],
+            "unchanged": summary["unchanged"], "rejected": summary["rejected"], "seconds": round(wall, 2),
+            "cpu_seconds": round(cpu, 2), "mapped_per_second": round(summary["loaded"] / wall),
+            "resources_per_second": round(summary["read"] / wall),
+            "mapped_per_cpu_second": round(summary["loaded"] / cpu) if cpu else None,
+            "rows": summary["rows"], "rejects_by_reason": dict(sorted(summary["reject_reasons"].items(),
+                                                                      key=lambda kv: -kv[1])[:12])}
+
+
+def fhir_end_to_end(folder: Path, workdir: Path) -> tuple[dict, Path]:
+    from dataclasses import asdict
+
     from mercia.cdm import Store
     from mercia.ingest.service import ingest
 
-    store = Store(str(workdir / f"fhir-{folder.parent.name}.duckdb"))
-    start = time.perf_counter()
+    workdir.mkdir(parents=True, exist_ok=True)
+    db = workdir / f"fhir-{folder.parent.name}.duckdb"
+    store = Store(str(db))
+    load_before = os.getloadavg()
+    wall, cpu = time.perf_counter(), time.process_time()
     summary = ingest(store, "fhir", folder, "RX1", options=options())
-    elapsed = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     store.close()
-    return {"folder": str(folder.relative_to(SHARED)), "resources": summary.read, "records": summary.records,
-            "loaded": summary.loaded, "rejected": summary.rejected, "seconds": round(elapsed, 2),
-            "resources_per_second": round(summary.read / elapsed)}
+    result = {"folder": str(folder.relative_to(SHARED)), **_rates(asdict(summary), wall, cpu),
+              "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    return result, db
+
+
+def fhir_row_reader(folder: Path, workdir: Path) -> dict:
+    """The same end-to-end load with the columnar NDJSON path switched off (every resource staged by the
+    row reader): the comparison that shows what the columnar path buys, under the same machine load."""
+    from unittest import mock
+
+    from mercia.ingest import fhir
+
+    def row_reader(path):
+        return fhir.FhirReader(Path(path).name, columnar=False).read_path(Path(path))
+
+    with mock.patch.object(fhir, "read_fhir", row_reader):
+        result, _ = fhir_end_to_end(folder, workdir / "rows")
+    return result
+
+
+def fhir_cli_cold(folder: Path, workdir: Path) -> dict:
+    """What a user waits for: a fresh interpreter running ``mercia ingest fhir`` on an empty store."""
+    import subprocess
+    import sys
+
+    db = workdir / "cli-cold.duckdb"
+    env = {**os.environ, "MERCIA_ALLOW_SYNTHETIC_NHS_NUMBERS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    load_before = os.getloadavg()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "mercia.cli", "ingest", "fhir", str(folder), "--org", "RX1",
+                           "--db", str(db), "--json"], env=env, capture_output=True, check=True)
+    wall = time.perf_counter() - wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    summary = json.loads(done.stdout)[0]
+    return {"folder": str(folder.relative_to(SHARED)), **_rates(summary, wall, cpu),
+            "load_average_before": load_before, "load_average_after": os.getloadavg()}
+
+
+def changed_copy(folder: Path, out: Path, every: int = 10) -> int:
+    """``folder`` with one resource in ``every`` given a new meta.versionId (a daily feed's updates)."""
+    import gzip
+
+    out.mkdir(parents=True, exist_ok=True)
+    changed = 0
+    for file in sorted(folder.glob("*.ndjson.gz")):
+        lines = gzip.decompress(file.read_bytes()).split(b"\n")
+        for i in range(0, len(lines), every):
+            if lines[i].startswith(b'{"resourceType":"'):
+                head, rest = lines[i].split(b",", 1)
+                lines[i] = head + b',"meta":{"versionId":"2"},' + rest
+                changed += 1
+        (out / file.name).write_bytes(gzip.compress(b"\n".join(lines), compresslevel=1))
+    return changed
+
+
+def fhir_incremental(folder: Path, db: Path, workdir: Path) -> dict:
+    """A 10% update resent to the store the end-to-end run filled."""
+    from dataclasses import asdict
+
+    from mercia.cdm import Store
+    from mercia.ingest.service import ingest
+
+    update = workdir / "update" / "ndjson"
+    changed = changed_copy(folder, update)
+    store = Store(str(db))
+    load_before = os.getloadavg()
+    wall, cpu = time.perf_counter(), time.process_time()
+    summary = ingest(store, "fhir", update, "RX1", options=options())
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    store.close()
+    return {"resources_changed": changed, "records_reloaded": summary.loaded - summary.unchanged,
+            **_rates(asdict(summary), wall, cpu),
+            "load_average_before": load_before, "load_average_after": os.getloadavg()}
 
 
 def fhir_naive(folder: Path, workdir: Path) -> dict:
@@ -155,31 +253,41 @@ def main() -> None:
     parser.add_argument("--linkage-persons", type=int, default=1_000_000)
     parser.add_argument("--region-persons", type=int, default=5_000)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--skip-region", action="store_true")
     parser.add_argument("--skip-linkage", action="store_true")
     parser.add_argument("--only-linkage", action="store_true")
     args = parser.parse_args()
     if "MERCIA_PSEUDONYM_KEY" not in os.environ and "MERCIA_PSEUDONYM_KEY_FILE" not in os.environ:
         os.environ["MERCIA_PSEUDONYM_KEY"] = os.urandom(32).hex()  # a throwaway key for the run
-    results = json.loads(RESULT.read_text()) if RESULT.exists() else {}
-    results["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(),
-                          "load_average_at_start": os.getloadavg()}
+    started = dt.datetime.now(dt.UTC)
+    results: dict = {"started": started.isoformat(timespec="seconds"),
+                     "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                                 "load_average_at_start": os.getloadavg()},
+                     "target_fhir_mapped_per_second": 50000}
+    medium = SHARED / "fhir/synthea_medium/ndjson"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if not args.only_linkage:
-            results["fhir_medium"] = fhir_end_to_end(SHARED / "fhir/synthea_medium/ndjson", work)
-            small = fhir_end_to_end(SHARED / "fhir/synthea_small/ndjson", work)
+            small, _ = fhir_end_to_end(SHARED / "fhir/synthea_small/ndjson", work)  # also warms imports
             results["fhir_small"] = small
+            results["fhir_medium"], db = fhir_end_to_end(medium, work)
+            results["fhir_medium_row_reader"] = fhir_row_reader(medium, work)
+            results["fhir_medium_incremental_10pct"] = fhir_incremental(medium, db, work)
+            results["fhir_medium_cli_cold"] = fhir_cli_cold(medium, work)
             if not args.skip_naive:
                 naive = fhir_naive(SHARED / "fhir/synthea_small/ndjson", work)
                 naive["slower_than_fast_reader"] = round(naive["seconds"] / small["seconds"], 1)
                 results["fhir_small_naive_r4b_models"] = naive
-            results["region_linkage"] = region_quality(args.region_persons, work)
+            if not args.skip_region:
+                results["region_linkage"] = region_quality(args.region_persons, work)
         if not args.skip_linkage:
             results["linkage"] = linkage(args.linkage_persons, work)
     results["machine"]["load_average_at_end"] = os.getloadavg()
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(results, indent=2) + "\n")
+    out = RESULTS / f"ingest-{started:%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+    print(f"written {out}")
 
 
 if __name__ == "__main__":

@@ -25,11 +25,12 @@ def _report(summaries, as_json: bool) -> None:
         typer.echo(orjson.dumps([asdict(s) for s in summaries], option=orjson.OPT_INDENT_2).decode())
         return
     table = Table(title="Loads")
-    for column in ("org", "extract", "read", "records", "loaded", "unchanged", "rejected", "withheld", "flagged"):
+    for column in ("org", "extract", "read", "records", "loaded", "unchanged", "rejected", "withheld", "flagged",
+                   "removed"):
         table.add_column(column)
     for s in summaries:
         table.add_row(s.org, s.extract, *(str(v) for v in (s.read, s.records, s.loaded, s.unchanged, s.rejected,
-                                                            s.withheld, s.flagged)))
+                                                            s.withheld, s.flagged, s.removed)))
     Console().print(table)
 
 
@@ -59,7 +60,7 @@ def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, o
         record_cli_write(store, f"ingest.{kind}", f"org:{org}", extract=path.name, loaded=summary.loaded,
                          rejected=summary.rejected)
     _report([summary], as_json)
-    if summary.loaded + summary.unchanged + summary.withheld == 0:
+    if summary.loaded + summary.unchanged + summary.withheld + summary.removed == 0:
         typer.echo(f"error: nothing valid was read from {path} ({summary.rejected} records rejected; "
                    "reasons are in mercia_reject and `mercia dq`)", err=True)
         raise typer.Exit(1)

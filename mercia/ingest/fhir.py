@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 
+from mercia.ingest.fhir_columnar import BATCH, COLUMNAR, ColumnarStager, suspicious_lines
 from mercia.ingest.staging import Staged, content_hash
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
@@ -36,11 +37,15 @@ VOCABULARIES = {
     "http://hl7.org/fhir/sid/icd-10-cm": "ICD10CM",
     "http://unitsofmeasure.org": "UCUM",
     "http://purl.obolibrary.org/obo/hp.owl": "HPO",
+    "http://dicom.nema.org/resources/ontology/DCM": "DICOM",  # imaging modalities (no OMOP mapping)
 }
 _PREFERENCE = {v: i for i, v in enumerate(VOCABULARIES.values())}
 
 
 _ID = re.compile(rb'"id":"([^"]+)"')
+
+
+_INVALID = object()  # a line that is not JSON (already rejected)
 
 
 class FhirError(Exception):
@@ -69,10 +74,11 @@ _DATATYPES: dict[str, dict] = {
                          "referenceRange": ["ReferenceRange"]},
     "Contained": {"resourceType": "str", "id": "str", "code": "CodeableConcept"},
     "Collection": {"collectedDateTime": "str", "collectedPeriod": "Period"},
+    "ImagingSeries": {"modality": "Coding", "bodySite": "Coding", "started": "str"},
     "Item": {"linkId": "str", "code": ["Coding"], "item": ["Item"], "answer": ["Answer"]},
     "BundleEntry": {"fullUrl": "str", "resource": "Resource"},
     "Resource": {"resourceType": "str", "id": "str"},
-    "Manifest": {"transactionTime": "str", "output": ["ManifestOutput"]},
+    "Manifest": {"transactionTime": "str", "output": ["ManifestOutput"], "deleted": ["ManifestOutput"]},
     "ManifestOutput": {"url": "str"},
     "Answer": {"valueCoding": "Coding", "valueInteger": "num", "valueDecimal": "num", "valueBoolean": "bool",
                "item": ["Item"]},
@@ -109,8 +115,12 @@ _RESOURCES: dict[str, dict] = {
                            "recordedDate": "str"},
     "Specimen": {**_EVENT, "type": "CodeableConcept", "collection": "Collection", "receivedTime": "str"},
     "QuestionnaireResponse": {**_EVENT, "authored": "str", "questionnaire": "str", "item": ["Item"]},
+    "CarePlan": {**_EVENT, "category": ["CodeableConcept"], "period": "Period"},
+    "Goal": {**_EVENT, "description": "CodeableConcept", "startDate": "str", "statusDate": "str"},
+    "ImagingStudy": {**_EVENT, "started": "str", "procedureCode": ["CodeableConcept"], "series": ["ImagingSeries"]},
 }
 _SUPPORTED = set(_RESOURCES)
+_COLUMNAR_KINDS = {kind.encode(): kind for kind in COLUMNAR}
 _NOT_AN_OBJECT = "a FHIR resource is a JSON object, got {}"
 _MAX_NUMBER = 1e15  # larger magnitudes are not clinical values and overflow integer columns
 _PRIMITIVES = {"str": (str, "a string"), "num": (int | float, "a number"), "bool": (bool, "true or false")}
@@ -210,18 +220,54 @@ class FhirReader:
     """Streams resources into a ``Staged``; one instance per load so Bundles' fullUrls and
     Medication resources can be resolved across files."""
 
-    def __init__(self, extract: str):
+    def __init__(self, extract: str, columnar: bool = True):
         self.staged = Staged(extract)
+        self.columnar = ColumnarStager(_RESOURCES, _DATATYPES, VOCABULARIES, NHS_NUMBER_SYSTEM) if columnar else None
         self.medications: dict[str, tuple[str | None, str | None]] = {}
         self.patient_identifiers: dict[str, str] = {}
         self.extract_date: str | None = None  # the bulk export's transactionTime: ends open registrations
+        self.deleted_files: list[Path] = []  # a bulk export's deleted/ files, read after the resources
 
     # -- files -----------------------------------------------------------------------------
     def read_path(self, path: Path) -> Staged:
         for file in self._files(Path(path)):
             self.read_file(file)
+        for file in self.deleted_files:
+            self.read_deleted(file)
         self._resolve_deferred()
         return self.staged
+
+    def _json_line(self, line: bytes, line_no: int, file_name: str):
+        """One NDJSON line parsed, or ``_INVALID`` after rejecting it as invalid JSON."""
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            self.staged.read += 1
+            self.staged.reject(f"{file_name}:{line_no}", None, f"not valid JSON: {exc.msg}", line_no)
+            return _INVALID
+
+    def read_deleted(self, file: Path) -> None:
+        """A bulk export's ``deleted`` file: Bundles of DELETE requests (``Type/id``), one per line.
+        Each names a record whose earlier rows the load removes."""
+        data = gzip.decompress(file.read_bytes()) if file.name.endswith(".gz") else file.read_bytes()
+        for line_no, line in enumerate(data.split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            bundle = self._json_line(line, line_no, file.name)
+            if bundle is _INVALID:
+                continue
+            entries = bundle.get("entry") if isinstance(bundle, dict) else None
+            for entry in entries if isinstance(entries, list) else [None]:
+                self.staged.read += 1
+                request = entry.get("request") if isinstance(entry, dict) else None
+                url = request.get("url") if isinstance(request, dict) else None
+                if not isinstance(url, str) or request.get("method") != "DELETE" or url.count("/") < 1:
+                    self.staged.reject(f"{file.name}:{line_no}", "entry.request",
+                                       "a deleted-file entry must be a DELETE request for Type/id", line_no)
+                    continue
+                kind, rid = url.split("?", 1)[0].rstrip("/").rsplit("/", 2)[-2:]
+                self.staged.removals.add(record=f"{kind}/{rid}", line=line_no, field="request",
+                                         reason="deleted at the source (bulk export deleted file)")
 
     def _files(self, path: Path) -> list[Path]:
         if path.is_file():
@@ -236,11 +282,17 @@ class FhirReader:
             if problem:
                 raise FhirError(f"{manifest}: field {problem[0] or '(document)'}: {problem[1]}")
             self.extract_date = (content.get("transactionTime") or "")[:10] or None
-            names = [Path(o.get("url") or "").name for o in content.get("output") or []]
-            return [path / name for name in names if name and (path / name).is_file()]
+
+            def local(outputs):
+                names = [Path(o.get("url") or "").name for o in outputs or []]
+                return [p for name in names if name for p in (path / name, path / "deleted" / name) if p.is_file()]
+            self.deleted_files = local(content.get("deleted"))
+            return local(content.get("output"))
         suffixes = (".ndjson", ".ndjson.gz", ".json", ".json.gz")
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes)
-                      and p.name not in ("log.ndjson", "log.ndjson.gz", "manifest.json"))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes)
+                       and p.name not in ("log.ndjson", "log.ndjson.gz", "manifest.json"))
+        self.deleted_files = [p for p in files if p.parent.name == "deleted"]
+        return [p for p in files if p.parent.name != "deleted"]
 
     def read_file(self, file: Path) -> None:
         raw = file.read_bytes()
@@ -257,10 +309,7 @@ class FhirReader:
         """One file's content: NDJSON when ``name`` says so, else one resource or Bundle."""
         file = Path(name)
         if ".ndjson" in file.name:
-            for line_no, line in enumerate(data.split(b"\n"), start=1):
-                line = line.strip()
-                if line:
-                    self._read_line(line, line_no, file.name)
+            self._read_ndjson(data, file.name)
             return
         try:
             resource = orjson.loads(data)
@@ -273,6 +322,37 @@ class FhirReader:
             self.staged.reject(file.name, "resourceType", _NOT_AN_OBJECT.format(_JSON_TYPES[type(resource)]), None)
             return
         self.read_resource(resource, data if resource.get("resourceType") != "Bundle" else None)
+
+    def _read_ndjson(self, data: bytes, file_name: str) -> None:
+        """Lines of the types ``fhir_columnar`` maps are parsed and staged in batches; the rest one by one."""
+        if self.columnar is None:
+            for line_no, line in enumerate(data.split(b"\n"), start=1):
+                line = line.strip()
+                if line:
+                    self._read_line(line, line_no, file_name)
+            return
+        suspicious = suspicious_lines(data)
+        batches: dict[bytes, tuple[list, list]] = {}
+        for line_no, line in enumerate(data.split(b"\n"), start=1):
+            line = line.strip()
+            if not line:
+                continue
+            kind = line[17:line.find(b'"', 17)] if line.startswith(b'{"resourceType":"') else b""
+            if kind not in _COLUMNAR_KINDS or line_no in suspicious or b"entered-in-error" in line:
+                self._read_line(line, line_no, file_name)
+                continue
+            raws, lines = batches.setdefault(kind, ([], []))
+            raws.append(line)
+            lines.append(line_no)
+            if len(raws) == BATCH:
+                self._stage_batch(_COLUMNAR_KINDS[kind], batches.pop(kind), file_name)
+        for kind, batch in batches.items():
+            self._stage_batch(_COLUMNAR_KINDS[kind], batch, file_name)
+
+    def _stage_batch(self, kind: str, batch: tuple[list, list], file_name: str) -> None:
+        raws, lines = batch
+        for i in self.columnar.stage(self.staged, kind, raws, lines):
+            self._read_line(raws[i], lines[i], file_name)
 
     def _read_line(self, line: bytes, line_no: int, file_name: str) -> None:
         # Bulk exports put resourceType first: a resource type Mercia does not map (Claim, ExplanationOfBenefit
@@ -287,11 +367,8 @@ class FhirReader:
                 self.staged.reject(f"{kind}/{rid}" if rid else f"{file_name}:{line_no}", "resourceType",
                                    f"resource type {kind} is not mapped to OMOP by Mercia", line_no)
                 return
-        try:
-            resource = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            self.staged.read += 1
-            self.staged.reject(f"{file_name}:{line_no}", None, f"not valid JSON: {exc.msg}", line_no)
+        resource = self._json_line(line, line_no, file_name)
+        if resource is _INVALID:
             return
         if not isinstance(resource, dict):
             self.staged.read += 1
@@ -358,6 +435,10 @@ class FhirReader:
         problem = _fields_problem(res, _RESOURCES[kind], "")
         if problem:
             s.reject(record, *problem, line)
+            return
+        if _entered_in_error(res):
+            s.removals.add(record=record, line=line, field="status",
+                           reason="entered-in-error at the source: earlier rows of the record removed")
             return
         if kind == "Patient":
             self._patient(res, record, digest, line)
@@ -512,6 +593,25 @@ class FhirReader:
                     collection.get("collectedDateTime") or (collection.get("collectedPeriod") or {}).get("start")
                     or res.get("receivedTime"), "type")
 
+    def _CarePlan(self, res: dict, base: dict) -> None:
+        """The plan's category (SNOMED care plan type) as an observation spanning the plan's period."""
+        self._event(base, "Observation", _codings(res.get("category")), _date(res, "period"), "category",
+                    end=_end(res, "period"), qualifier="care plan")
+
+    def _Goal(self, res: dict, base: dict) -> None:
+        self._event(base, "Observation", res.get("description"), _date(res, "startDate", "statusDate"), "description",
+                    qualifier="goal")
+
+    def _ImagingStudy(self, res: dict, base: dict) -> None:
+        """One procedure per series: the study's procedure code, else the series' DICOM modality; the
+        body site (SNOMED) is kept as the procedure's modifier source value."""
+        procedure = _codings(res.get("procedureCode"))
+        for series in res.get("series") or [{}]:
+            concept = procedure if best_coding(procedure)[1] else {"coding": [series["modality"]]
+                                                                    if series.get("modality") else []}
+            self._event(base, "Procedure", concept, series.get("started") or res.get("started"), "procedureCode",
+                        qualifier=(series.get("bodySite") or {}).get("code"))
+
     def _QuestionnaireResponse(self, res: dict, base: dict) -> None:
         """PROM answers that are coded or numeric; free-text answers never reach the CDM."""
         start = res.get("authored")
@@ -541,7 +641,7 @@ class FhirReader:
     # -- after all files -------------------------------------------------------------------
     def _resolve_deferred(self) -> None:
         """Medication references and conditional Patient references that needed every file."""
-        events = self.staged.events.data
+        events = self.staged.events.listed  # the columnar stager hands conditional references to _stage
         dropped: list[int] = []
         for i, vocab in enumerate(events["vocabulary"]):
             if vocab == "?Medication":
@@ -559,11 +659,27 @@ class FhirReader:
                 events["person_ref"][i] = self.patient_identifiers[ref[1:]]
         if dropped:
             self.staged.events.drop(dropped)
-        used = {r.split("/", 1)[1] for r in self.staged.events.data["also_record"] if r}
+        used = {r.split("/", 1)[1] for r in self.staged.events.listed["also_record"] if r}
         for med_id in self.medications:
             if med_id not in used:
                 self.staged.reject(f"Medication/{med_id}", None,
                                    "Medication not referenced by any loaded medication event")
+
+
+def _entered_in_error(res: dict) -> bool:
+    """FHIR's withdrawal of a record: status (most event resources) or verificationStatus
+    (Condition, AllergyIntolerance) ``entered-in-error``."""
+    if res.get("status") == "entered-in-error":
+        return True
+    verification = res.get("verificationStatus")
+    codings = verification.get("coding") if isinstance(verification, dict) else None
+    return isinstance(codings, list) and any(isinstance(c, dict) and c.get("code") == "entered-in-error"
+                                             for c in codings)
+
+
+def _codings(concepts: list[dict] | None) -> dict:
+    """Several CodeableConcepts as one, for ``best_coding``."""
+    return {"coding": [c for concept in concepts or [] for c in concept.get("coding") or []]}
 
 
 def _has_value(part: dict) -> bool:

@@ -70,7 +70,7 @@ class LoadSummary:
     org: str
     extract: str
     read: int      # resources / lines / rows as the reader saw them (duplicates included)
-    records: int   # distinct source records = loaded + rejected + withheld
+    records: int   # distinct source records = loaded + rejected + withheld + removed
     loaded: int
     unchanged: int
     rejected: int
@@ -78,6 +78,7 @@ class LoadSummary:
     flagged: int
     rows: dict[str, int] = field(default_factory=dict)
     reject_reasons: dict[str, int] = field(default_factory=dict)
+    removed: int = 0  # records the source withdrew (entered-in-error, deleted): earlier rows removed
 
 
 def _table_from_query(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> pa.Table:
@@ -93,6 +94,8 @@ class _Load:
         self.rejects: list[dict] = []
         self.rows: Counter[str] = Counter()
         self.stored_opt_outs = stored_opt_outs(store)
+        self.touched_persons: list[pa.Table] = []  # persons whose rows a deletion removed
+        self.removed_records: set[str] = set()
 
     # -- helpers ---------------------------------------------------------------------------
     def reject(self, table: pa.Table, field_name: str, reason: str, action: str = "rejected") -> None:
@@ -107,12 +110,14 @@ class _Load:
         """Record keys -> 'Type/<org-scoped HMAC of the key>' for provenance and rejects."""
         s = self.staged
         for name, columns in (("staged_persons_raw", s.persons), ("staged_events", s.events),
-                              ("staged_sites", s.sites), ("staged_rejects", s.rejects)):
+                              ("staged_sites", s.sites), ("staged_rejects", s.rejects),
+                              ("staged_removals", s.removals)):
             self.register(name, columns.table())
         self.con.execute("""CREATE TABLE read_records AS SELECT DISTINCT record FROM (
             SELECT record FROM staged_persons_raw UNION ALL SELECT record FROM staged_events
             UNION ALL SELECT also_record FROM staged_events UNION ALL SELECT record FROM staged_sites
-            UNION ALL SELECT record FROM staged_rejects) WHERE record IS NOT NULL""")
+            UNION ALL SELECT record FROM staged_rejects UNION ALL SELECT record FROM staged_removals)
+            WHERE record IS NOT NULL""")
         keys = _table_from_query(self.con, """SELECT DISTINCT record FROM (
             SELECT record FROM read_records UNION ALL SELECT visit_ref FROM staged_events
             UNION ALL SELECT site_ref FROM staged_events) WHERE record IS NOT NULL""")
@@ -327,6 +332,22 @@ class _Load:
                                "(SELECT source_pseudonym FROM mercia_tmp_keys)", [self.org])
         return unchanged
 
+    def remove_withdrawn(self) -> None:
+        """Records the source withdrew: their earlier rows go (and any version staged in this load)."""
+        removed = _table_from_query(self.con, """SELECT DISTINCT k.source_record, min(r.line) AS line,
+            min(r.field) AS field, min(r.reason) AS reason FROM staged_removals r JOIN record_keys k USING (record)
+            GROUP BY 1""")
+        self.removed_records = set(removed.column("source_record").to_pylist()) - self.withheld_records
+        if not removed.num_rows:
+            return
+        self.register("removed", removed)
+        for table in ("events", "sites"):
+            self.con.execute(f"DELETE FROM {table} WHERE source_record IN (SELECT source_record FROM removed)")
+        self._delete_records(removed.select(["source_record"]))
+        for rec, line, field_name, reason in zip(*(removed.column(c).to_pylist()
+                                                   for c in ("source_record", "line", "field", "reason"))):
+            self.rejects.append(dict(source_record=rec, line=line, field=field_name, reason=reason, action="removed"))
+
     def _delete_records(self, records: pa.Table) -> None:
         store = self.store
         store.execute("DROP TABLE IF EXISTS mercia_tmp_records")
@@ -336,6 +357,10 @@ class _Load:
                      AND source_record IN (SELECT source_record FROM mercia_tmp_records)"""
         for (table,) in store.query(f"SELECT DISTINCT cdm_table FROM ({doomed}) d", [self.org]):
             pk = "care_site_id" if table == "care_site" else f"{table}_id"
+            if table in EVENT_DATES:  # their persons' observation periods are rebuilt
+                self.touched_persons.append(store.query_arrow(
+                    f"SELECT DISTINCT person_id FROM {quote(table)} WHERE {quote(pk)} IN "
+                    f"(SELECT row_id FROM ({doomed}) d WHERE cdm_table = ?)", [self.org, table]))
             store.execute(f"DELETE FROM {quote(table)} WHERE {quote(pk)} IN "
                           f"(SELECT row_id FROM ({doomed}) d WHERE cdm_table = ?)", [self.org, table])
         store.execute(f"DELETE FROM mercia_provenance WHERE org = ? AND "
@@ -467,12 +492,11 @@ class _Load:
         table = DOMAIN_TABLE[domain]
         pk = f"{table}_id"
         start = self.store.query_one(f"SELECT COALESCE(max({quote(pk)}), 0) FROM {quote(table)}") or 0
-        self.con.execute(f"""CREATE OR REPLACE TABLE domain_rows AS
-            SELECT {start} + row_number() OVER (ORDER BY source_record, code) AS row_id, r.*
-            FROM routed r WHERE domain = '{domain}'""")
-        if domain != "Visit":
-            self.con.execute("""CREATE OR REPLACE TABLE domain_rows AS SELECT d.*, v.row_id AS visit_occurrence_id
-                                FROM domain_rows d LEFT JOIN visit_ids v ON v.source_record = d.visit_record""")
+        numbered = f"""SELECT {start} + row_number() OVER (ORDER BY source_record, code) AS row_id, r.*
+                       FROM routed r WHERE domain = '{domain}'"""
+        self.con.execute(f"CREATE OR REPLACE TABLE domain_rows AS {numbered}" if domain == "Visit" else
+                         f"""CREATE OR REPLACE TABLE domain_rows AS SELECT d.*, v.row_id AS visit_occurrence_id
+                             FROM ({numbered}) d LEFT JOIN visit_ids v ON v.source_record = d.visit_record""")
         columns = _domain_columns(domain, self.options.type_concept_id or TYPE_CONCEPTS.get(self.reader, EHR_TYPE))
         select = ", ".join(f"{expr} AS {quote(col)}" for col, expr in columns.items())
         rows = _table_from_query(self.con, f"SELECT row_id AS {quote(pk)}, person_id, {select} FROM domain_rows")
@@ -513,7 +537,8 @@ def _domain_columns(domain: str, type_concept: int) -> dict[str, str]:
         return {"procedure_concept_id": "concept_id", "procedure_date": "start_date",
                 "procedure_datetime": "start_datetime", "procedure_end_date": "end_date",
                 "procedure_type_concept_id": str(type_concept), "procedure_source_value": src,
-                "procedure_source_concept_id": "source_concept_id", **common}
+                "procedure_source_concept_id": "source_concept_id", "modifier_source_value": "left(qualifier, 50)",
+                **common}
     if domain == "Device":
         return {"device_concept_id": "concept_id", "device_exposure_start_date": "start_date",
                 "device_exposure_end_date": "end_date", "device_type_concept_id": str(type_concept),
@@ -582,6 +607,7 @@ def load_staged(store: Store, staged: Staged, org: str, reader: str, options: Lo
         job.prepare_events()
         job.prepare_sites()
         unchanged = job.skip_unchanged()
+        job.remove_withdrawn()
         job.map_codes()
         job.insert(load_id, staged.extract)
         for rec, line, field_name, reason in job.con.execute("""
@@ -601,12 +627,15 @@ def load_staged(store: Store, staged: Staged, org: str, reader: str, options: Lo
                                                          ("line", pa.int64()), ("field", pa.string()),
                                                          ("reason", pa.string()), ("action", pa.string())]))
         store.insert_arrow("mercia_reject", rejects)
+        job.register("touched_persons", pa.concat_tables([t.select(["person_id"]).cast(
+            pa.schema([("person_id", pa.int64())])) for t in job.touched_persons])
+            if job.touched_persons else pa.table({"person_id": pa.array([], pa.int64())}))
         affected = _table_from_query(job.con, """SELECT DISTINCT person_id FROM resolved UNION
-                                      SELECT DISTINCT person_id FROM events""")
+                                      SELECT DISTINCT person_id FROM events UNION SELECT person_id FROM touched_persons""")
         rebuild_person_rows(store, affected)
         rejected_records = len({r["source_record"] for r in job.rejects if r["action"] == "rejected"}
-                               - job.withheld_records)
-        loaded = job.records_read - rejected_records - withheld_records
+                               - job.withheld_records - job.removed_records)
+        loaded = job.records_read - rejected_records - withheld_records - len(job.removed_records)
         store.execute("""INSERT INTO mercia_load VALUES (""" + ", ".join(["?"] * 10) + ")",
                       [load_id, org, staged.extract, reader, dt.datetime.now(dt.UTC).replace(tzinfo=None),
                        job.records_read, loaded, unchanged, rejected_records, withheld_records])
@@ -614,4 +643,4 @@ def load_staged(store: Store, staged: Staged, org: str, reader: str, options: Lo
     return LoadSummary(load_id, org, staged.extract, staged.read, job.records_read, loaded, unchanged,
                        rejected_records,
                        withheld_records, sum(1 for r in job.rejects if r["action"] == "flagged"),
-                       dict(job.rows), dict(reasons))
+                       dict(job.rows), dict(reasons), len(job.removed_records))

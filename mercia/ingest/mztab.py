@@ -22,8 +22,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from mercia.ingest.nmr import ArrowColumns, conform, manifest_persons, person_ref_sql, read_manifest
-from mercia.ingest.staging import EVENT_SCHEMA, REJECT_SCHEMA, Staged
+from mercia.ingest.nmr import ArrowColumns, manifest_persons, person_ref_sql, read_manifest
+from mercia.ingest.staging import EVENT_SCHEMA, REJECT_SCHEMA, Staged, conform
 
 # database_identifier prefix (lower case) -> (vocabulary, whether the prefix is part of the code)
 DATABASES = {"hmdb": ("HMDB", False), "chebi": ("ChEBI", True), "lm": ("LipidMaps", False),

@@ -41,6 +41,7 @@ from mercia.ingest.staging import (
     REJECT_SCHEMA,
     Columns,
     Staged,
+    conform,
 )
 from mercia.vocab.metabolites import UCUM_UNITS, catalogue_path, formula_names, formula_sql, \
     nightingale_catalogue, quote_name
@@ -329,13 +330,6 @@ class NmrReader:
         staged.persons = ArrowColumns(persons)
         staged.rejects = ArrowColumns(pa.concat_tables(self.rejects) if self.rejects else REJECT_SCHEMA.empty_table())
         return staged
-
-
-def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` with ``schema``'s columns in order, absent ones null."""
-    n = table.num_rows
-    return pa.table({f.name: table.column(f.name) if f.name in table.column_names else pa.nulls(n, f.type)
-                     for f in schema}).cast(schema)
 
 
 def person_ref_sql(m: str) -> str:

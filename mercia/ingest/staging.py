@@ -65,17 +65,26 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns in order, absent ones null."""
+    n = table.num_rows
+    return pa.table({f.name: table.column(f.name) if f.name in table.column_names else pa.nulls(n, f.type)
+                     for f in schema}).cast(schema)
+
+
 class Columns:
     """Column lists filled row by row by a reader, turned into one Arrow table at the end.
 
     ``add`` touches only the fields given (readers give a third of them), padding a column with
-    nulls when it is next written; ``data`` returns the columns aligned.
+    nulls when it is next written; ``listed`` returns those columns aligned.  A vectorised reader
+    appends whole Arrow tables with ``add_table`` instead; ``table`` joins both.
     """
 
     def __init__(self, schema: pa.Schema):
         self.schema = schema
         self._columns: dict[str, list] = {name: [] for name in schema.names}
         self._rows = 0
+        self._chunks: list[pa.Table] = []
 
     def add(self, **values) -> None:
         rows = self._rows
@@ -86,12 +95,28 @@ class Columns:
             column.append(value)
         self._rows = rows + 1
 
+    def add_table(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._chunks.append(conform(table, self.schema))
+
     @property
-    def data(self) -> dict[str, list]:
+    def listed(self) -> dict[str, list]:
+        """The rows added one at a time (not those added as tables), as aligned lists."""
         for column in self._columns.values():
             if len(column) < self._rows:
                 column.extend([None] * (self._rows - len(column)))
         return self._columns
+
+    @property
+    def data(self) -> dict[str, list]:
+        """Every row as aligned lists (tables added so far are folded in)."""
+        listed = self.listed
+        for chunk in self._chunks:
+            for name, values in chunk.to_pydict().items():
+                listed[name].extend(values)
+            self._rows += chunk.num_rows
+        self._chunks = []
+        return listed
 
     def extend(self, columns: dict[str, list], rows: int) -> None:
         """Append ``rows`` rows given as column lists (missing columns are null)."""
@@ -101,16 +126,18 @@ class Columns:
         self._rows += rows
 
     def drop(self, positions: list[int]) -> None:
+        """Remove rows at ``positions`` of ``listed``."""
         doomed = set(positions)
-        for name, column in self.data.items():
+        for name, column in self.listed.items():
             self._columns[name] = [v for i, v in enumerate(column) if i not in doomed]
         self._rows -= len(doomed)
 
     def __len__(self) -> int:
-        return self._rows
+        return self._rows + sum(chunk.num_rows for chunk in self._chunks)
 
     def table(self) -> pa.Table:
-        return pa.table(self.data, schema=self.schema)
+        listed = pa.table(self.listed, schema=self.schema)
+        return pa.concat_tables([listed, *self._chunks]) if self._chunks else listed
 
 
 @dataclass
@@ -123,6 +150,8 @@ class Staged:
     events: Columns = field(default_factory=lambda: Columns(EVENT_SCHEMA))
     sites: Columns = field(default_factory=lambda: Columns(SITE_SCHEMA))
     rejects: Columns = field(default_factory=lambda: Columns(REJECT_SCHEMA))
+    # records the source withdrew (entered-in-error, bulk-export deletions): their earlier rows are removed
+    removals: Columns = field(default_factory=lambda: Columns(REJECT_SCHEMA))
     # genomic variant calls (VCF), already in their own table shape
     variants: pa.Table | None = None
     # names of local concepts the extract introduces: (vocabulary, code) -> name (metabolite identifiers)
@@ -133,6 +162,6 @@ class Staged:
 
     def merge(self, other: Staged) -> None:
         self.read += other.read
-        for name in ("persons", "events", "sites", "rejects"):
+        for name in ("persons", "events", "sites", "rejects", "removals"):
             theirs = getattr(other, name)
             getattr(self, name).extend(theirs.data, len(theirs))

@@ -17,7 +17,7 @@ def test_ingest_purge_and_dq_report_commands(shared_data, tmp_path):
                                  "--org", "RR8", "--db", db, "--json"])
     assert result.exit_code == 0, result.output
     summary = orjson.loads(result.output)[0]
-    assert summary["records"] == summary["loaded"] + summary["rejected"] + summary["withheld"]
+    assert summary["records"] == summary["loaded"] + summary["rejected"] + summary["withheld"] + summary["removed"]
     result = runner.invoke(app, ["ingest", "hl7v2", str(shared_data / "hl7v2/oru_lab"), "--org", "R9P", "--db", db])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["ingest", "csv", str(tmp_path), "--org", "R9A", "--db", db])

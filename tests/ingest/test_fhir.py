@@ -12,7 +12,7 @@ from mercia.ingest.fhir import read_fhir
 
 
 def reconciles(summary) -> None:
-    assert summary.records == summary.loaded + summary.rejected + summary.withheld
+    assert summary.records == summary.loaded + summary.rejected + summary.withheld + summary.removed
     assert summary.loaded > 0
 
 

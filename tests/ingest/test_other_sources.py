@@ -11,7 +11,7 @@ from mercia.ingest.hl7v2 import read_hl7v2, split_messages
 
 
 def reconciles(summary) -> None:
-    assert summary.records == summary.loaded + summary.rejected + summary.withheld
+    assert summary.records == summary.loaded + summary.rejected + summary.withheld + summary.removed
 
 
 def test_hl7v2_lab_results_load(store, shared_data, load):
