@@ -9,10 +9,13 @@ from mercia.cli import app
 
 
 def _commands(group, path=()):
-    for name, command in getattr(group, "commands", {}).items():
-        yield from _commands(command, (*path, name))
-    if not hasattr(group, "commands"):
+    """Every leaf command, the root's lazily loaded groups included."""
+    if not hasattr(group, "list_commands"):
         yield path, group
+        return
+    context = type(group).context_class(group)
+    for name in group.list_commands(context):
+        yield from _commands(group.get_command(context, name), (*path, name))
 
 
 def test_every_db_option_is_the_shared_one():
