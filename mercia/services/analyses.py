@@ -46,8 +46,14 @@ def _compare(store, p: dict[str, Any]) -> AnalysisResult:
 
 def _required(parameters: dict[str, Any], name: str) -> int:
     if not parameters.get(name):
-        raise Invalid(f"this analysis needs {name}")
+        raise Invalid(REQUIRED_WORDS[name])
     return parameters[name]
+
+
+# What each analysis cannot run without, checked before it is queued, in words for the form.
+REQUIRED_COHORTS = {"incidence": "outcome_cohort_id", "compare": "comparator_cohort_id"}
+REQUIRED_WORDS = {"outcome_cohort_id": "Choose an outcome cohort: incidence counts how many people go on to have it",
+                  "comparator_cohort_id": "Choose a comparator cohort: a comparison needs a second cohort"}
 
 
 # Characterisation features: analytics' name -> the CDM domain it reads.
@@ -89,6 +95,8 @@ def start_analysis(state: MerciaState, user: User, project_id: int, kind: str,
         # Features of the approved domains only; demographics and comorbidity are checked below.
         parameters = parameters | {"feature_domains": [f for f, d in FEATURE_DOMAINS.items()
                                                        if d in project.scope_domains]}
+    if kind in REQUIRED_COHORTS:
+        _required(parameters, REQUIRED_COHORTS[kind])
     require_domains(project, analysis_domains(kind, parameters), f"a {kind} analysis")
     for name in COHORT_PARAMETERS:
         cohort_id = parameters.get(name)
@@ -119,7 +127,8 @@ def start_analysis(state: MerciaState, user: User, project_id: int, kind: str,
                    [orjson.dumps(result.to_json_dict()).decode(), analysis_id])
         return {"analysis_id": analysis_id}  # the tables stay in the platform (see describe_analysis)
 
-    job_id = state.jobs.submit(f"analysis.{kind}", user.id, project_id, work)
+    job_id = state.jobs.submit(f"analysis.{kind}", user.id, project_id, work,
+                               about={"cohort_id": parameters.get("target_cohort_id"), "analysis_id": analysis_id})
     db.execute("UPDATE mercia_analysis SET job_id = ? WHERE id = ?", [job_id, analysis_id])
     return {"analysis_id": analysis_id, "job_id": job_id}
 

@@ -31,12 +31,13 @@ def start_load(state: MerciaState, user: User, org: str, kind: str, filename: st
                            bytes=path.stat().st_size)
 
     def work(progress) -> dict[str, Any]:
-        from mercia.ingest.service import ingest
+        from mercia.ingest.service import default_options, ingest
         steps = iter([0.2, 0.5, 0.8])
         try:
+            options = default_options(kind, key_file=state.options.pseudonym_key_file)
             with state.lock:
                 ensure_extension_tables(state.store)
-                summary = ingest(state.store, kind, path, org,
+                summary = ingest(state.store, kind, path, org, options=options,
                                  on_step=lambda message: progress(next(steps, 0.9), message))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -45,4 +46,4 @@ def start_load(state: MerciaState, user: User, org: str, kind: str, filename: st
                 "withheld": summary.withheld, "flagged": summary.flagged, "rows": summary.rows,
                 "reject_reasons": summary.reject_reasons}
 
-    return state.jobs.submit("source.load", user.id, None, work)
+    return state.jobs.submit("source.load", user.id, None, work, about={"org": org, "extract": name})

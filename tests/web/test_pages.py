@@ -166,31 +166,61 @@ def test_admin_registers_and_deactivates_people(client, demo):
     gov = client.app.state.mercia.gov
     assert gov.authenticate("newlead", password).has(Role.PILLAR_LEAD, "wellbeing")
     uid = gov.user_by_name("newlead").id
-    assert client.post(f"/admin/users/{uid}/deactivate", data={"csrf_token": csrf}, follow_redirects=False
-                       ).status_code == 303
+    check = client.post(f"/admin/users/{uid}/deactivate", data={"csrf_token": csrf}, follow_redirects=False)
+    assert check.status_code == 200 and "will not be able to sign in again" in check.text  # asks first
+    assert gov.authenticate("newlead", password).username == "newlead"  # still active
+    assert client.post(f"/admin/users/{uid}/deactivate", data={"csrf_token": csrf, "confirm": "yes"},
+                       follow_redirects=False).status_code == 303
     with pytest.raises(Exception, match="not right"):
         gov.authenticate("newlead", password)
 
 
 def test_data_manager_uploads_through_the_source_page(client, demo, shared_data, monkeypatch):
-    monkeypatch.setenv("MERCIA_PSEUDONYM_KEY", "ef" * 32)
+    """The demo's own key file is used (no key in the environment); the organisation is listed before
+    its first load, its page counts only its records, and the regional source stays listed."""
+    monkeypatch.delenv("MERCIA_PSEUDONYM_KEY", raising=False)
+    monkeypatch.delenv("MERCIA_PSEUDONYM_KEY_FILE", raising=False)
     bundle = sorted((shared_data / "fhir" / "synthea_small" / "bundles").iterdir())[0]
     csrf = sign_in(client, demo, "datamanager")
-    page = client.get(f"/sources/{demo.source}")
-    assert page.status_code == 200 and "Load an extract" in page.text
+    assert "Load an extract" not in client.get(f"/sources/{demo.source}").text  # the region is not an organisation
+    page = client.get("/sources/RRK")
+    assert page.status_code == 200 and "Load an extract" in page.text and "Nothing loaded from this organisation" in page.text
     files = {"file": (bundle.name, bundle.read_bytes())}
     assert client.post("/sources/RRK/loads", data={"kind": "fhir"}, files=files).status_code == 403
     r = client.post("/sources/RRK/loads", data={"kind": "fhir", "csrf_token": csrf}, files=files,
                     follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].startswith("/jobs/")
     job_id = int(r.headers["location"].split("/")[-1])
-    assert client.app.state.mercia.jobs.wait(job_id, 120)["status"] == "succeeded"
+    job = client.app.state.mercia.jobs.wait(job_id, 120)
+    assert job["status"] == "succeeded", job["error"]
     assert 'href="/sources/RRK"' in client.get(f"/jobs/{job_id}").text
-    assert bundle.name in client.get("/sources/RRK").text
+    rrk = client.get("/sources/RRK").text
+    assert bundle.name in rrk and "Data-quality report" in rrk and 'id="quality-checks"' in rrk
+    persons = int(re.search(r"<td>person</td><td class=\"numeric\">([\d,]+)</td>", rrk).group(1).replace(",", ""))
+    assert persons == 1  # one Synthea patient's bundle, not the region's 1,500
+    listed = client.get("/sources").text
+    assert demo.source in listed and "Demo acute trust (uploads)" in listed and "R9P" in listed
     client.cookies.clear()
     csrf = sign_in(client, demo, "researcher")
     assert client.post("/sources/RRK/loads", data={"kind": "fhir", "csrf_token": csrf},
                        files=files).status_code == 403
+
+
+def test_wrong_format_load_fails_and_says_why(client, demo):
+    csrf = sign_in(client, demo, "datamanager")
+    r = client.post("/sources/R9P/loads", data={"kind": "fhir", "csrf_token": csrf},
+                    files={"file": ("results.csv", b"nhs_number,test,value\n9990000018,HbA1c,48\n")},
+                    follow_redirects=False)
+    job_id = int(r.headers["location"].split("/")[-1])
+    assert client.app.state.mercia.jobs.wait(job_id, 60)["status"] == "failed"
+    page = client.get(f"/jobs/{job_id}").text
+    assert "Loading an extract failed" in page and "could be read as fhir" in page
+    assert 'href="/sources/R9P"' in page and "Error" not in re.sub(r"<[^>]+>", "", page).replace("Error:", "")
+    assert "R9P" not in {row["org"] for row in client.app.state.mercia.store.query_dicts(
+        "SELECT org FROM mercia_load")}  # nothing recorded as a load
+    r = client.post("/sources/R9P/loads", data={"csrf_token": csrf}, follow_redirects=False)
+    assert r.status_code == 400 and "Choose the format of the file" in r.text and "Choose a file to load" in r.text
+    assert 'href="#load-kind"' in r.text and "<title>Error:" in r.text
 
 
 @pytest.mark.parametrize("target", ["//evil.example", "/\\evil.example", "https://evil.example"])
