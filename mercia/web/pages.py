@@ -299,6 +299,10 @@ async def create_project_page(request: Request, caller: Caller = Depends(signed_
               "scope_domains": form.getlist("scope_domains"), "scope_start": form.get("scope_start") or None,
               "scope_end": form.get("scope_end") or None, "expires_on": form.get("expires_on") or None}
     state = state_of(request)
+    errors = project_form_errors(values)
+    if errors:
+        return render(request, "project_form.html", caller, 400, themes=state.gov.themes(), values=values,
+                      errors=errors)
     try:
         from starlette.concurrency import run_in_threadpool
 
@@ -307,6 +311,20 @@ async def create_project_page(request: Request, caller: Caller = Depends(signed_
         return render(request, "project_form.html", caller, status_for(exc), themes=state.gov.themes(),
                       values=values, error=str(exc))
     return redirect(f"/projects/{project.id}", "Project created as a draft. Submit it when it is ready.")
+
+
+def project_form_errors(values: dict[str, Any]) -> dict[str, str]:
+    """Everything missing from a new project at once; nothing is chosen for the applicant."""
+    errors = {}
+    if not str(values["title"]).strip():
+        errors["title"] = "Enter a title for the project"
+    if values["pillar"] not in PILLARS:
+        errors["pillar"] = "Choose the research pillar the project belongs to"
+    if not str(values["purpose"]).strip():
+        errors["purpose"] = "Say what question the data will answer"
+    if not values["scope_domains"]:
+        errors["scope_domains-person"] = "Choose at least one data domain the project needs"
+    return errors
 
 
 @router.get("/projects/{project_id}", response_class=HTMLResponse)
@@ -379,12 +397,15 @@ def _builder_context(project, values: dict[str, str], **extra: Any) -> dict[str,
             **extra}
 
 
+# The builder as it first opens (and as it comes back after a failed ATLAS import, with the JSON kept).
+BUILDER_START = {"entry_domain": "condition", "entry_first": "on", "entry_descendants": "on",
+                 "exit": "end_of_observation", "rule1_before": "365", "rule1_after": "0", "rule1_presence": "present"}
+
+
 @router.get("/projects/{project_id}/cohorts/new", response_class=HTMLResponse)
 def builder_page(project_id: int, request: Request, caller: Caller = Depends(signed_in)):
     project = state_of(request).gov.require_data_access(caller.user, project_id)
-    return render(request, "builder.html", caller, **_builder_context(project, {
-        "entry_domain": "condition", "entry_first": "on", "entry_descendants": "on", "exit": "end_of_observation",
-        "rule1_before": "365", "rule1_after": "0", "rule1_presence": "present"}))
+    return render(request, "builder.html", caller, **_builder_context(project, BUILDER_START))
 
 
 @router.post("/projects/{project_id}/cohorts/new", response_class=HTMLResponse)
@@ -412,8 +433,9 @@ def builder_submit(project_id: int, request: Request, caller: Caller = Depends(s
         return render(request, "builder.html", caller, **_builder_context(
             project, form, preview=orjson.dumps(circe, option=orjson.OPT_INDENT_2).decode()))
     except GovernanceError as exc:
+        values = BUILDER_START | form if action == "import" else form
         return render(request, "builder.html", caller, status_for(exc),
-                      **_builder_context(project, form, error=str(exc)))
+                      **_builder_context(project, values, error=str(exc)))
 
 
 @router.get("/cohorts/{cohort_id}", response_class=HTMLResponse)

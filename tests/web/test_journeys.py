@@ -157,3 +157,33 @@ def test_project_decision_is_explicit(page, live_server, demo, app, shots):
     page.get_by_role("button", name="Reject the project").click()
     assert page.get_by_text("the project is rejected").is_visible()
     assert state.gov.project(project.id).status.value == "rejected"
+
+
+def test_api_docs_work_offline(page, live_server):
+    """Swagger UI from bundled assets: every request stays on this server, and the page renders."""
+    hosts: set[str] = set()
+    page.on("request", lambda r: hosts.add(r.url.split("/")[2]))
+    page.goto(f"{live_server}/api/v1/docs")
+    page.locator(".opblock").first.wait_for(timeout=30_000)
+    assert page.locator(".opblock").count() > 50
+    assert hosts == {live_server.split("/")[2]}
+
+
+def test_every_request_body_is_described_in_openapi():
+    """Each operation that takes a body has a schema naming its fields and which are required."""
+    from mercia.api.app import create_api
+
+    schema = create_api().openapi()
+    components = schema["components"]["schemas"]
+    bodies = 0
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                ref = media["schema"].get("$ref", "")
+                body = components[ref.rsplit("/", 1)[-1]] if ref else media["schema"]
+                assert body.get("properties"), f"{method.upper()} {path}: a body without named fields"
+                bodies += 1
+    assert bodies > 20
+    projects = components[schema["paths"]["/projects"]["post"]["requestBody"]["content"]["application/json"]
+                          ["schema"]["$ref"].rsplit("/", 1)[-1]]
+    assert {"title", "pillar"} <= set(projects["required"])

@@ -123,6 +123,9 @@ def test_builder_preview_and_import(client, demo):
     r = client.post("/projects/1/cohorts/new", data={"csrf_token": csrf, "action": "import", "name": "x",
                                                      "atlas_json": "{not json"})
     assert r.status_code == 400 and "not valid JSON" in r.text
+    assert ">{not json</textarea>" in r.text and "<details class=\"details\" open>" in r.text  # nothing lost
+    r = client.post("/projects/1/cohorts/new", data=form | {"rule1_before": "-30"})
+    assert r.status_code == 400 and "cannot be negative" in r.text
     exported = client.get("/cohorts/1/circe.json").text
     r = client.post("/projects/1/cohorts/new", data={"csrf_token": csrf, "action": "import",
                                                      "name": "Imported", "atlas_json": exported},
@@ -243,7 +246,13 @@ def test_start_a_project_through_the_form(client, demo):
     assert "Trial feasibility" in page and "Health inequalities" in page and "RRK, RQ3" in page
     assert "Submit for approval" in page
     r = client.post("/projects/new", data=form | {"title": ""})
-    assert r.status_code == 400 and "needs a title" in r.text and 'value="health_inequalities" checked' in r.text
+    assert r.status_code == 400 and "Enter a title" in r.text and 'value="health_inequalities" checked' in r.text
+    r = client.post("/projects/new", data={"csrf_token": csrf, "title": "Nothing chosen"})
+    assert r.status_code == 400 and "<title>Error: Start a project" in r.text
+    for field in ("#pillar", "#purpose", "#scope_domains-person"):  # every problem at once, linked
+        assert f'href="{field}"' in r.text
+    assert '<option value="">Choose a pillar</option>' in client.get("/projects/new").text
+    assert " selected" not in client.get("/projects/new").text  # no pillar chosen for the applicant
 
 
 def test_incidence_analysis_page_has_a_chart(client, demo):
