@@ -65,17 +65,6 @@ def read_source(kind: str, path: Path | str, mapping: str | Path | None = None,
     raise ValueError(f"unknown source kind {kind!r}; one of {', '.join(KINDS)}")
 
 
-def _refuse_unreadable(staged: Staged, kind: str) -> None:
-    """A file of the wrong format fails instead of "succeeding" with nothing loaded."""
-    variants = staged.variants.num_rows if staged.variants is not None else 0
-    if len(staged.persons) or len(staged.events) or variants:
-        return
-    reasons = staged.rejects.data["reason"]
-    why = f" (first problem: {reasons[0]})" if reasons else ""
-    raise ValueError(f"nothing in {staged.extract} could be read as {kind}{why}: check that the file "
-                     f"is in the format chosen")
-
-
 def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | Path | None = None,
            options: LoadOptions | None = None, on_step: Callable[[str], None] | None = None,
            manifest: Path | str | None = None) -> LoadSummary:
@@ -87,7 +76,6 @@ def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | P
     if on_step:
         on_step(f"reading {kind} {Path(path).name}")
     staged = read_source(kind, path, mapping, manifest)
-    _refuse_unreadable(staged, kind)
     if kind in MANIFEST_KINDS:
         from mercia.vocab.metabolites import ensure_local_concepts
         ensure_local_concepts(store, staged.events.table(), staged.concept_names)

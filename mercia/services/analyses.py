@@ -160,12 +160,36 @@ def describe_analysis(state: MerciaState, user: User, analysis_id: int) -> dict[
     return row
 
 
+def analysis_name(kind: str, parameters: dict[str, Any], cohort_names: dict[int, str]) -> str:
+    """An analysis named by what it asks of which cohorts ("Incidence of GI bleed in new NSAID users")."""
+    def name(key: str, otherwise: str = "another cohort") -> str:
+        cohort_id = parameters.get(key)
+        return cohort_names.get(cohort_id, f"cohort {cohort_id}") if cohort_id else otherwise
+    target = name("target_cohort_id")
+    return {"characterise": f"Characterisation of {target}",
+            "incidence": f"Incidence of {name('outcome_cohort_id')} in {target}",
+            "survival": f"Time to {name('outcome_cohort_id', 'death')} in {target}",
+            "compare": f"{target} compared with {name('comparator_cohort_id')}"}.get(kind, kind)
+
+
+def cohort_names(state: MerciaState, project_id: int) -> dict[int, str]:
+    return {r["id"]: r["name"] for r in state.gov.db.rows("SELECT id, name FROM mercia_cohort WHERE project_id = ?",
+                                                          [project_id])}
+
+
 def list_analyses(state: MerciaState, user: User, project_id: int, cohort_id: int | None = None) -> list[dict]:
+    """The project's analyses, newest first, each with a name in words; repeats of the same question
+    are told apart by their run number ("…, run 2")."""
     state.gov.require_data_access(user, project_id)
     rows = state.gov.db.rows("SELECT id, project_id, kind, parameters, job_id, created_at, result IS NOT NULL AS done "
                              "FROM mercia_analysis WHERE project_id = ? ORDER BY id DESC", [project_id])
-    for r in rows:
+    names = cohort_names(state, project_id)
+    seen: dict[str, int] = {}
+    for r in reversed(rows):
         r["parameters"] = orjson.loads(r["parameters"])
+        base = analysis_name(r["kind"], r["parameters"], names)
+        seen[base] = seen.get(base, 0) + 1
+        r["name"] = base if seen[base] == 1 else f"{base}, run {seen[base]}"
     if cohort_id is not None:
         rows = [r for r in rows if cohort_id in [r["parameters"].get(n) for n in COHORT_PARAMETERS]]
     return rows

@@ -489,8 +489,11 @@ def analysis_page(analysis_id: int, request: Request, caller: Caller = Depends(s
     state.gov.audit.record(caller.user.username, "analysis.view", f"analysis:{analysis_id}", row["project_id"])
     project = state.gov.project(row["project_id"])
     tables = row["result"]["tables"] if row["result"] else []
+    names = analysis_service.cohort_names(state, row["project_id"])
     return render(request, "analysis.html", caller, analysis=row, project=project,
-                  title_text=analysis_service.ANALYSES[row["kind"]][0], km_svg=charts.survival_curves(tables),
+                  title_text=analysis_service.analysis_name(row["kind"], row["parameters"], names),
+                  target_name=names.get(row["parameters"].get("target_cohort_id"), "Cohort"),
+                  km_svg=charts.survival_curves(tables),
                   pyramid_svg=charts.age_sex_pyramid(tables), incidence_svg=charts.incidence_rates(tables),
                   tables=[charts.display_table(t) for t in tables])
 
@@ -691,16 +694,39 @@ def raredisease_page(request: Request, caller: Caller = Depends(signed_in), obse
         raise Forbidden("rare-disease ranking is for clinicians and researchers")
     obs = [t.strip() for t in observed.split(",") if t.strip()]
     exc = [t.strip() for t in excluded.split(",") if t.strip()]
+    chips = {"observed": hpo_chips(obs, exc, "observed"), "excluded": hpo_chips(exc, obs, "excluded")}
+    errors = {field: "Not HPO terms: " + "; ".join(c["problem"] for c in found if c["problem"])
+              for field, found in chips.items() if any(c["problem"] for c in found)}
     result, error = None, None
-    if obs:
+    if obs and not errors:
         try:
             result = rank_case(obs, exc, [], 10)
             state_of(request).gov.audit.record(caller.user.username, "raredisease.rank", "hpo-case",
                                                observed=len(obs))
         except GovernanceError as err:
             error = str(err)
-    return render(request, "raredisease.html", caller, observed=observed, excluded=excluded, result=result,
-                  error=error)
+    return render(request, "raredisease.html", caller, 400 if errors else 200, observed=observed, excluded=excluded,
+                  result=result, error=error, errors=errors, chips=chips)
+
+
+def hpo_chips(terms: list[str], others: list[str], field: str) -> list[dict[str, Any]]:
+    """Each typed term with its HPO name and a link that removes it, or what is wrong with it (every
+    term is checked, so all the invalid ones are reported at once)."""
+    from mercia.raredisease.ontology import UnknownTermError
+    from mercia.services.raredisease import ranker
+
+    ontology = ranker().kb.ontology
+    chips = []
+    for term in terms:
+        rest = [t for t in terms if t != term]
+        query = {field: ", ".join(rest), ("excluded" if field == "observed" else "observed"): ", ".join(others)}
+        remove = "/raredisease?" + "&".join(f"{k}={urlquote(v)}" for k, v in sorted(query.items()))
+        try:
+            chips.append({"id": term, "name": str(ontology.names[ontology.resolve(term, warn=False)]),
+                          "remove": remove, "problem": None})
+        except UnknownTermError as exc:
+            chips.append({"id": term, "name": None, "remove": remove, "problem": str(exc)})
+    return chips
 
 
 @router.get("/audit", response_class=HTMLResponse)

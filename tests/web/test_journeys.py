@@ -187,3 +187,40 @@ def test_every_request_body_is_described_in_openapi():
     projects = components[schema["paths"]["/projects"]["post"]["requestBody"]["content"]["application/json"]
                           ["schema"]["$ref"].rsplit("/", 1)[-1]]
     assert {"title", "pillar"} <= set(projects["required"])
+
+
+def test_rare_disease_terms_as_chips_and_every_bad_term_at_once(page, live_server, demo, shots):
+    base = live_server
+    sign_in(page, base, demo, "clinician")
+    page.goto(f"{base}/raredisease?observed=HP:0001166, HP:123, HP:9999999&excluded=marfan")
+    assert page.title().startswith("Error:")
+    summary = page.locator(".error-summary").inner_text()
+    assert "HP:123" in summary and "HP:9999999" in summary and "marfan" in summary  # all at once
+    chips = page.get_by_role("list", name="Observed terms chosen")
+    assert chips.get_by_text("Arachnodactyly").is_visible()  # the name, not only the id
+    check(page, shots, "28-rare-disease-errors")
+    for bad in ("HP:123", "HP:9999999"):
+        page.get_by_role("link", name=f"Remove {bad}").click()
+    page.get_by_role("list", name="Absent terms chosen").get_by_role("link", name="Remove marfan").click()
+    assert page.locator(".error-summary").count() == 0
+    assert page.get_by_label("Observed HPO terms").input_value() == "HP:0001166"
+    assert page.locator(".ranking__item").count() == 10
+    assert "Relative score" in page.locator(".ranking__item").first.inner_text()
+    assert "not the chance that the patient has it" in page.content()
+    check(page, shots, "29-rare-disease-chips")
+
+
+@pytest.mark.parametrize("username, paths", [
+    ("researcher", ["/", "/projects", "/projects/new", "/projects/1", "/projects/1/cohorts/new", "/cohorts/1",
+                    "/concepts?q=diabetes", "/exports", "/account", "/sources", "/raredisease", "/trials"]),
+    ("governance", ["/", "/audit", "/sources"]),
+    ("admin", ["/admin/users"]),
+])
+def test_every_page_passes_axe_and_fits_a_phone(page, live_server, demo, username, paths):
+    sign_in(page, live_server, demo, username)
+    titles = set()
+    for path in paths:
+        page.goto(f"{live_server}{path}")
+        assert page.title() not in titles, f"{path} repeats the title {page.title()!r}"
+        titles.add(page.title())
+        check(page)

@@ -219,8 +219,8 @@ def test_wrong_format_load_fails_and_says_why(client, demo):
     page = client.get(f"/jobs/{job_id}").text
     assert "Loading an extract failed" in page and "could be read as fhir" in page
     assert 'href="/sources/R9P"' in page and "Error" not in re.sub(r"<[^>]+>", "", page).replace("Error:", "")
-    assert "R9P" not in {row["org"] for row in client.app.state.mercia.store.query_dicts(
-        "SELECT org FROM mercia_load")}  # nothing recorded as a load
+    assert client.app.state.mercia.store.query_one(  # the rejected record is kept with its reason
+        "SELECT COUNT(*) FROM mercia_reject WHERE org = 'R9P' AND reason LIKE 'not valid JSON%'") >= 1
     r = client.post("/sources/R9P/loads", data={"csrf_token": csrf}, follow_redirects=False)
     assert r.status_code == 400 and "Choose the format of the file" in r.text and "Choose a file to load" in r.text
     assert 'href="#load-kind"' in r.text and "<title>Error:" in r.text
@@ -268,6 +268,9 @@ def test_incidence_analysis_page_has_a_chart(client, demo):
                             "ObservationWindow": {"PriorDays": 0, "PostDays": 0},
                             "PrimaryCriteriaLimit": {"Type": "First"}}})
     state.jobs.wait(start_run(state, researcher, outcome["id"]), 120)
+    r = client.post("/cohorts/1/analyses", data={"csrf_token": csrf, "kind": "incidence"})  # no outcome chosen
+    assert r.status_code == 400 and 'href="#outcome"' in r.text and "Choose an outcome cohort" in r.text
+    assert "<title>Error:" in r.text and not state.jobs.for_user(researcher.id, 1)[0]["kind"] == "analysis.incidence"
     r = client.post("/cohorts/1/analyses", data={"csrf_token": csrf, "kind": "incidence",
                                                  "outcome_cohort_id": str(outcome["id"])}, follow_redirects=False)
     job_id = int(r.headers["location"].split("/")[-1])
@@ -276,6 +279,9 @@ def test_incidence_analysis_page_has_a_chart(client, demo):
     page = client.get(f"/analyses/{job['result']['analysis_id']}").text
     assert 'aria-labelledby="inc-title inc-desc"' in page and "<circle" in page
     assert "Incidence per 1,000 person-years" in page
+    assert "<h1>Incidence of Outcome: any metformin in New type 2 diabetes starting metformin</h1>" in page
+    assert ">Incidence of Outcome: any metformin in New type 2 diabetes starting metformin</a>" in client.get(
+        "/cohorts/1").text  # named on the cohort page too
 
 
 def test_second_factor_needed_for_privileged_roles(client, demo):
