@@ -26,7 +26,7 @@ from mercia.services.exportable import request_export as request_export_service,
 from mercia.services.jobs import job_for
 from mercia.services.sources import list_sources, view_source
 from mercia.services.state import state_of
-from mercia.web import charts
+from mercia.web import charts, words
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, ProjectStatus=ProjectStatus)
@@ -452,6 +452,7 @@ def _cohort_page(request: Request, caller: Caller, cohort_id: int, status_code: 
     return render(request, "cohort.html", caller, status_code, cohort=cohort, project=project, steps=steps,
                   attrition_svg=charts.attrition(steps) if steps else None,
                   circe=orjson.dumps(cohort["expression"], option=orjson.OPT_INDENT_2).decode(),
+                  definition=words.describe(cohort["expression"]),
                   analyses=analysis_service.list_analyses(state, caller.user, project.id, cohort_id),
                   analysis_kinds=analysis_service.ANALYSES, other_cohorts=others, **extra)
 

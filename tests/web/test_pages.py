@@ -280,8 +280,9 @@ def test_incidence_analysis_page_has_a_chart(client, demo):
     assert 'aria-labelledby="inc-title inc-desc"' in page and "<circle" in page
     assert "Incidence per 1,000 person-years" in page
     assert "<h1>Incidence of Outcome: any metformin in New type 2 diabetes starting metformin</h1>" in page
-    assert ">Incidence of Outcome: any metformin in New type 2 diabetes starting metformin</a>" in client.get(
-        "/cohorts/1").text  # named on the cohort page too
+    cohort_page = client.get("/cohorts/1").text
+    assert ">Incidence of Outcome: any metformin in New type 2 diabetes starting metformin</a>" in cohort_page
+    assert "drug exposure of Metformin from index to 365 days after" in cohort_page  # windows in words
 
 
 def test_second_factor_needed_for_privileged_roles(client, demo):
