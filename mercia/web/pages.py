@@ -777,9 +777,19 @@ def create_token(request: Request, caller: Caller = Depends(signed_in), form: di
     return _account(request, caller, new_token=secret)
 
 
-@router.post("/account/tokens/{token_id}/revoke")
-def revoke_token(token_id: int, request: Request, caller: Caller = Depends(signed_in)):
-    state_of(request).gov.revoke_token(caller.user, token_id)
+@router.post("/account/tokens/{token_id}/revoke", response_class=HTMLResponse)
+def revoke_token(token_id: int, request: Request, caller: Caller = Depends(signed_in),
+                 form: dict[str, str] = Depends(form_data)):
+    gov = state_of(request).gov
+    if form.get("confirm") != "yes":
+        token = next((t for t in gov.tokens(caller.user) if t["id"] == token_id and not t["revoked"]), None)
+        if token is None:
+            raise NotFound("no such active token of yours")
+        return confirm_page(request, caller, f"Revoke the token “{token['name']}”?",
+                            f"Scripts using “{token['name']}” will stop working at once; this cannot be undone.",
+                            f"/account/tokens/{token_id}/revoke", {}, "Revoke the token", "/account",
+                            destructive=True)
+    gov.revoke_token(caller.user, token_id)
     return redirect("/account", "Token revoked.")
 
 

@@ -319,3 +319,17 @@ def test_password_change_page(client, demo):
     demo.passwords["coordinator"] = "tea kettle orbit lamp"
     client.cookies.clear()
     sign_in(client, demo, "coordinator")
+
+
+def test_revoking_a_token_asks_first(client, demo):
+    csrf = sign_in(client, demo, "researcher")
+    gov = client.app.state.mercia.gov
+    researcher = gov.user_by_name("researcher")
+    gov.create_token(researcher, "nightly export script", 30)
+    token = next(t for t in gov.tokens(researcher) if t["name"] == "nightly export script")
+    r = client.post(f"/account/tokens/{token['id']}/revoke", data={"csrf_token": csrf})
+    assert r.status_code == 200 and "will stop working at once" in r.text
+    assert not next(t for t in gov.tokens(researcher) if t["id"] == token["id"])["revoked"]
+    r = client.post(f"/account/tokens/{token['id']}/revoke", data={"csrf_token": csrf, "confirm": "yes"},
+                    follow_redirects=False)
+    assert r.status_code == 303 and next(t for t in gov.tokens(researcher) if t["id"] == token["id"])["revoked"]
