@@ -1,8 +1,10 @@
 """``mercia demo``: a working Mercia on this machine in one command.
 
 Builds a demo store (a synthetic region from ``mercia.synth``), registers one person for each role
-with a fresh random password (printed, never stored in the repository), sets up approved projects
-with a cohort already run, and serves the app on http://127.0.0.1:8000.
+with a fresh random password (printed, never stored in the repository), registers the region's
+organisations by ODS code, writes its own pseudonymisation key file in its data folder (outside the
+repository), sets up approved projects with a cohort already run, and serves the app on
+http://127.0.0.1:8000.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ import typer
 from mercia.cdm import Store
 from mercia.governance.model import Role
 
-DEMO_DIR = Path("demo-data")
+KEY_FILE = "pseudonym.key"
+# An organisation with no synthetic records, for trying uploads (a Synthea FHIR bundle, say).
+UPLOAD_ORGANISATION = ("RRK", "Demo acute trust (uploads)", "acute")
 
-# username, display name, roles (scope "SOURCE" becomes the demo store's source name; RRK is the ODS
-# code under which the data manager can load extracts through the web app)
+# username, display name, roles (scope "SOURCE" becomes the demo store's source name, "ORGS" every
+# registered organisation's ODS code)
 DEMO_PEOPLE = [
     ("researcher", "Dr Asha Patel (researcher)", [(Role.RESEARCHER, "")]),
     ("coordinator", "Tom Hughes (trial coordinator)", [(Role.TRIAL_COORDINATOR, "")]),
     ("clinician", "Dr Lena Okafor (clinician)", [(Role.CLINICIAN, "")]),
-    ("datamanager", "Priya Singh (data manager)", [(Role.DATA_MANAGER, "SOURCE"), (Role.DATA_MANAGER, "RRK")]),
+    ("datamanager", "Priya Singh (data manager)", [(Role.DATA_MANAGER, "SOURCE"), (Role.DATA_MANAGER, "ORGS")]),
     ("cancerlead", "Prof. Mark Evans (Cancer pillar lead)", [(Role.PILLAR_LEAD, "cancer")]),
     ("chroniclead", "Dr Ruth Allen (Chronic Disease pillar lead)", [(Role.PILLAR_LEAD, "chronic")]),
     ("checker", "Sam Wright (output checker)", [(Role.OUTPUT_CHECKER, "")]),
@@ -42,6 +46,34 @@ class Demo:
     store: Store
     passwords: dict[str, str]
     source: str
+    key_file: Path
+    organisations: list[tuple[str, str, str]]
+
+
+def default_directory() -> Path:
+    """The demo's data folder: under Mercia's data directory, outside any repository (it holds a key)."""
+    from mercia.config import load_settings
+
+    return load_settings().data_dir / "demo"
+
+
+def demo_key(directory: Path) -> Path:
+    """The demo's own pseudonymisation key (made once, readable by its owner only)."""
+    from mercia.privacy.pseudonym import load_key
+
+    path = directory.resolve() / KEY_FILE
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    load_key(path)  # refuses a folder inside the repository, with the reason
+    return path
+
+
+def demo_organisations(persons: int) -> list[tuple[str, str, str]]:
+    from mercia.synth.omop import Organisations
+
+    rows = Organisations.for_region(persons).rows()
+    return [(r["org_code"], r["name"], r["org_type"]) for r in rows] + [UPLOAD_ORGANISATION]
 
 
 def diabetes_cohort() -> dict:
@@ -68,21 +100,28 @@ def diabetes_cohort() -> dict:
 
 def build_demo(directory: Path, persons: int, seed: int) -> Demo:
     from mercia.services.cohorts import create_cohort, start_run
+    from mercia.services.sources import register_organisation
     from mercia.services.state import MerciaState, ServerOptions
     from mercia.synth.omop import write_omop
 
     directory.mkdir(parents=True, exist_ok=True)
+    key_file = demo_key(directory)
     path = directory / "mercia-demo.duckdb"
     for stale in (path, path.with_suffix(".duckdb.wal")):
         stale.unlink(missing_ok=True)
     store = Store(str(path))
     write_omop(store, persons, seed)
     source = store.query_one("SELECT cdm_source_name FROM cdm_source LIMIT 1") or "OMOP CDM store"
+    organisations = demo_organisations(persons)
+    for code, name, kind in organisations:
+        register_organisation(store, code, name, kind)
     state = MerciaState(store, ServerOptions(job_workers=1))
     gov = state.gov
     passwords, people = {}, {}
     for username, name, roles in DEMO_PEOPLE:
         passwords[username] = secrets.token_urlsafe(12)
+        roles = [(role, org) for role, scope in roles
+                 for org in ([code for code, _, _ in organisations] if scope == "ORGS" else [scope])]
         roles = [(role, source if scope == "SOURCE" else scope) for role, scope in roles]
         people[username] = gov.create_user(username, name, passwords[username], roles, actor="demo")
     gov.set_pillar_leads(people["admin"], "cancer", clinical=people["cancerlead"].id, academic=None, executive=None)
@@ -120,13 +159,14 @@ def build_demo(directory: Path, persons: int, seed: int) -> Demo:
                            "First T2DM diagnosis with a year of prior observation.", diabetes_cohort())
     state.jobs.wait(start_run(state, people["researcher"], cohort["id"]), timeout=600)
     state.jobs.shutdown()
-    return Demo(store, passwords, source)
+    return Demo(store, passwords, source, key_file, organisations)
 
 
 def demo(persons: int = typer.Option(10_000, help="people in the synthetic region"),
          seed: int = typer.Option(42, help="random seed of the synthetic region"),
          host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
-         directory: Path = typer.Option(DEMO_DIR, "--dir", help="where the demo store is written")) -> None:
+         directory: Path = typer.Option(None, "--dir", help="where the demo store and its key are written "
+                                        "(outside the repository; default: <data_dir>/demo)")) -> None:
     """Build a demo region with users for every role and serve Mercia on http://127.0.0.1:8000."""
     import uvicorn
     from rich.console import Console
@@ -138,11 +178,12 @@ def demo(persons: int = typer.Option(10_000, help="people in the synthetic regio
 
     console = Console()
     with console.status(f"Generating a synthetic region of {persons:,} people..."):
-        built = build_demo(directory, persons, seed)
+        built = build_demo(directory or default_directory(), persons, seed)
     table = Table("username", "password", "role", title="Demo sign-ins (new passwords each start)")
     for username, name, _ in DEMO_PEOPLE:
         table.add_row(username, built.passwords[username], name)
     console.print(table)
     console.print(f"Open [bold]http://{host}:{port}[/] and sign in. Data: {built.source}. Ctrl+C stops.")
-    app = create_app(built.store, ServerOptions(secure_cookies=not is_loopback(host)))
+    console.print(f"Pseudonymisation key for uploads: {built.key_file}")
+    app = create_app(built.store, ServerOptions(secure_cookies=not is_loopback(host), pseudonym_key_file=built.key_file))
     uvicorn.run(app, host=host, port=port, log_level="warning")

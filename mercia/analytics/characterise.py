@@ -210,12 +210,15 @@ def _comorbidity(store: Store, idx: str, persons: int,
                          "weights": ", ".join(f"{s}={c.weights[s]}" for s in schemes),
                          "count_persons": found.get((index, c.key), 0)})
     comorbidity_table = StatTable(
-        name="comorbidity", title="Comorbidity categories (ICD-10, Quan 2005)", population=persons,
+        name="comorbidity", title="Comorbidity categories (Quan 2005 ICD-10 codes, as standard concepts)",
+        population=persons,
         columns=[label("comorbidity_index", "Index"), label("category", "Category"),
                  label("weights", "Weights"), count("count_persons", "Persons", denominator="population"),
                  derived("percent", "percent", ["count_persons", "population"], "%")],
-        rows=rows, notes=["ICD-10 codes recorded on or before index" +
-                          ("" if lookback is None else f" (last {lookback} days)")])
+        rows=rows, notes=["Conditions recorded on or before index" +
+                          ("" if lookback is None else f" (last {lookback} days)") +
+                          ": standard concepts the category's ICD-10 codes map to (and their descendants), "
+                          "or the ICD-10 source codes themselves"])
     order = ["0", "1-2", "3-4", "5+"]
     band_rows = sorted(({"variable": "Charlson (Quan 2011)", "category": b, "count_persons": int(n)}
                         for b, n in bands), key=lambda r: order.index(r["category"]))

@@ -17,9 +17,15 @@ Hierarchies (a milder category does not count when its severe form is present): 
 severe liver disease, diabetes without vs with complications, any malignancy vs metastatic tumour
 (Charlson); diabetes, hypertension, solid tumour vs metastatic cancer (Elixhauser).
 
-Codes are matched on the ICD-10 code with dots removed, by 3- or 4-character prefix, taken from
-``condition_source_value`` and from the code of ``condition_source_concept_id`` when that concept is
-in an ICD-10 vocabulary.
+Two paths flag a category, and a person counts once either way:
+1. Standard concepts (most OMOP data: GP records coded in SNOMED carry no ICD-10 at all): each
+   category's ICD-10 codes are looked up as vocabulary concepts (ICD10, ICD10CM), followed through
+   ``concept_relationship`` "Maps to" to their standard concepts, then to every descendant in
+   ``concept_ancestor``; a condition whose ``condition_concept_id`` is in that set flags it.  This is
+   the way OHDSI's FeatureExtraction builds its Charlson covariates from concept sets.
+2. ICD-10 source codes, with dots removed, by 3- or 4-character prefix, from
+   ``condition_source_value`` and from the code of ``condition_source_concept_id`` when that concept
+   is in an ICD-10 vocabulary (hospital data keeps them).
 """
 
 from __future__ import annotations
@@ -142,8 +148,31 @@ def prefix_values_sql() -> str:
     return "SELECT * FROM (VALUES " + ", ".join(rows) + ") AS v(comorbidity_index, category, prefix, prefix_len)"
 
 
+def standard_sets_sql() -> str:
+    """(comorbidity_index, category, concept_id): each category as a set of standard concepts, from its
+    ICD-10 codes mapped through "Maps to" and then every descendant (the mapped concept included)."""
+    icd10 = "SELECT concept_id, UPPER(REPLACE(concept_code, '.', '')) AS code FROM concept WHERE vocabulary_id LIKE 'ICD10%'"
+    return f"""
+        WITH prefixes AS ({prefix_values_sql()}), icd10 AS ({icd10}),
+        matched AS (
+            SELECT p.comorbidity_index, p.category, s.concept_id FROM icd10 s
+            JOIN prefixes p ON p.prefix_len = 3 AND p.prefix = SUBSTR(s.code, 1, 3)
+            UNION
+            SELECT p.comorbidity_index, p.category, s.concept_id FROM icd10 s
+            JOIN prefixes p ON p.prefix_len = 4 AND p.prefix = SUBSTR(s.code, 1, 4)),
+        mapped AS (
+            SELECT DISTINCT m.comorbidity_index, m.category, r.concept_id_2 AS concept_id FROM matched m
+            JOIN concept_relationship r ON r.concept_id_1 = m.concept_id AND r.relationship_id = 'Maps to'
+                                       AND r.invalid_reason IS NULL)
+        SELECT comorbidity_index, category, concept_id FROM mapped
+        UNION
+        SELECT m.comorbidity_index, m.category, a.descendant_concept_id FROM mapped m
+        JOIN concept_ancestor a ON a.ancestor_concept_id = m.concept_id"""
+
+
 def flags_sql(index_table: str, lookback_days: int | None) -> str:
-    """(person_id, comorbidity_index, category): ICD-10 codes recorded on or before index."""
+    """(person_id, comorbidity_index, category): conditions recorded on or before index, matched as
+    standard concepts (path 1) or as ICD-10 source codes (path 2)."""
     window = "" if lookback_days is None else f" AND co.condition_start_date >= i.index_date - {int(lookback_days)}"
     codes = f"""
         SELECT i.person_id, UPPER(REPLACE(REPLACE(co.condition_source_value, '.', ''), ' ', '')) AS code
@@ -155,12 +184,17 @@ def flags_sql(index_table: str, lookback_days: int | None) -> str:
         JOIN concept c ON c.concept_id = co.condition_source_concept_id AND c.vocabulary_id LIKE 'ICD10%'
         WHERE co.condition_start_date <= i.index_date{window}"""
     return f"""
-        WITH codes AS ({codes}), prefixes AS ({prefix_values_sql()})
+        WITH codes AS ({codes}), prefixes AS ({prefix_values_sql()}), standard_sets AS ({standard_sets_sql()})
         SELECT DISTINCT c.person_id, p.comorbidity_index, p.category
         FROM codes c JOIN prefixes p ON p.prefix_len = 3 AND p.prefix = SUBSTR(c.code, 1, 3)
         UNION
         SELECT DISTINCT c.person_id, p.comorbidity_index, p.category
-        FROM codes c JOIN prefixes p ON p.prefix_len = 4 AND p.prefix = SUBSTR(c.code, 1, 4)"""
+        FROM codes c JOIN prefixes p ON p.prefix_len = 4 AND p.prefix = SUBSTR(c.code, 1, 4)
+        UNION
+        SELECT DISTINCT i.person_id, s.comorbidity_index, s.category
+        FROM {index_table} i JOIN condition_occurrence co ON co.person_id = i.person_id
+        JOIN standard_sets s ON s.concept_id = co.condition_concept_id
+        WHERE co.condition_start_date <= i.index_date{window}"""
 
 
 def scores_sql(flags_table: str, index_table: str) -> str:

@@ -1,4 +1,5 @@
-"""The HTTP API: FastAPI, versioned under ``/api/v1``, schema at ``/api/v1/openapi.json``."""
+"""The HTTP API: FastAPI, versioned under ``/api/v1``, schema at ``/api/v1/openapi.json``, offline
+documentation at ``/api/v1/docs``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from fastapi import FastAPI
 
 from mercia import __version__
 from mercia.api import errors
+from mercia.api.docs import install_docs
 from mercia.api.ratelimit import PublicRateLimit
 from mercia.api.routes import capabilities, crf, data, federation, governance, public, trials
 
@@ -27,6 +29,7 @@ def create_api() -> FastAPI:
     api = FastAPI(title="Mercia API", version=__version__, description=DESCRIPTION,
                   openapi_url="/openapi.json", docs_url=None, redoc_url=None)
     errors.install(api)
+    install_docs(api)
     api.include_router(governance.router)
     api.include_router(data.router)
     api.include_router(capabilities.router)

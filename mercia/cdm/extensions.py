@@ -13,6 +13,7 @@
 - ``mercia_person_link``: one row per organisation's person, with the keyed-hash NHS pseudonym
   and linkage tokens (computed before identifiers were dropped) and the person_id it links to.
 - ``mercia_network_token``: per local person record, its network linkage token (mercia.federation).
+- ``mercia_organisation``: the organisations (ODS codes) that send extracts, with their names.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ DDL.append("""CREATE TABLE IF NOT EXISTS mercia_registration (
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_network_token (
         org VARCHAR NOT NULL, source_pseudonym VARCHAR NOT NULL, token_kind VARCHAR NOT NULL,
         token VARCHAR NOT NULL, load_id BIGINT NOT NULL)""")
+DDL.append("""CREATE TABLE IF NOT EXISTS mercia_organisation (
+        ods_code VARCHAR NOT NULL PRIMARY KEY, name VARCHAR NOT NULL, kind VARCHAR, registered_at TIMESTAMP NOT NULL)""")
 INDEXES = [
     "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_org_record ON mercia_provenance (org, source_record)",
     "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_row ON mercia_provenance (cdm_table, row_id)",

@@ -46,8 +46,14 @@ def _compare(store, p: dict[str, Any]) -> AnalysisResult:
 
 def _required(parameters: dict[str, Any], name: str) -> int:
     if not parameters.get(name):
-        raise Invalid(f"this analysis needs {name}")
+        raise Invalid(REQUIRED_WORDS[name])
     return parameters[name]
+
+
+# What each analysis cannot run without, checked before it is queued, in words for the form.
+REQUIRED_COHORTS = {"incidence": "outcome_cohort_id", "compare": "comparator_cohort_id"}
+REQUIRED_WORDS = {"outcome_cohort_id": "Choose an outcome cohort: incidence counts how many people go on to have it",
+                  "comparator_cohort_id": "Choose a comparator cohort: a comparison needs a second cohort"}
 
 
 # Characterisation features: analytics' name -> the CDM domain it reads.
@@ -89,6 +95,8 @@ def start_analysis(state: MerciaState, user: User, project_id: int, kind: str,
         # Features of the approved domains only; demographics and comorbidity are checked below.
         parameters = parameters | {"feature_domains": [f for f, d in FEATURE_DOMAINS.items()
                                                        if d in project.scope_domains]}
+    if kind in REQUIRED_COHORTS:
+        _required(parameters, REQUIRED_COHORTS[kind])
     require_domains(project, analysis_domains(kind, parameters), f"a {kind} analysis")
     for name in COHORT_PARAMETERS:
         cohort_id = parameters.get(name)
@@ -119,7 +127,8 @@ def start_analysis(state: MerciaState, user: User, project_id: int, kind: str,
                    [orjson.dumps(result.to_json_dict()).decode(), analysis_id])
         return {"analysis_id": analysis_id}  # the tables stay in the platform (see describe_analysis)
 
-    job_id = state.jobs.submit(f"analysis.{kind}", user.id, project_id, work)
+    job_id = state.jobs.submit(f"analysis.{kind}", user.id, project_id, work,
+                               about={"cohort_id": parameters.get("target_cohort_id"), "analysis_id": analysis_id})
     db.execute("UPDATE mercia_analysis SET job_id = ? WHERE id = ?", [job_id, analysis_id])
     return {"analysis_id": analysis_id, "job_id": job_id}
 
@@ -151,12 +160,36 @@ def describe_analysis(state: MerciaState, user: User, analysis_id: int) -> dict[
     return row
 
 
+def analysis_name(kind: str, parameters: dict[str, Any], cohort_names: dict[int, str]) -> str:
+    """An analysis named by what it asks of which cohorts ("Incidence of GI bleed in new NSAID users")."""
+    def name(key: str, otherwise: str = "another cohort") -> str:
+        cohort_id = parameters.get(key)
+        return cohort_names.get(cohort_id, f"cohort {cohort_id}") if cohort_id else otherwise
+    target = name("target_cohort_id")
+    return {"characterise": f"Characterisation of {target}",
+            "incidence": f"Incidence of {name('outcome_cohort_id')} in {target}",
+            "survival": f"Time to {name('outcome_cohort_id', 'death')} in {target}",
+            "compare": f"{target} compared with {name('comparator_cohort_id')}"}.get(kind, kind)
+
+
+def cohort_names(state: MerciaState, project_id: int) -> dict[int, str]:
+    return {r["id"]: r["name"] for r in state.gov.db.rows("SELECT id, name FROM mercia_cohort WHERE project_id = ?",
+                                                          [project_id])}
+
+
 def list_analyses(state: MerciaState, user: User, project_id: int, cohort_id: int | None = None) -> list[dict]:
+    """The project's analyses, newest first, each with a name in words; repeats of the same question
+    are told apart by their run number ("…, run 2")."""
     state.gov.require_data_access(user, project_id)
     rows = state.gov.db.rows("SELECT id, project_id, kind, parameters, job_id, created_at, result IS NOT NULL AS done "
                              "FROM mercia_analysis WHERE project_id = ? ORDER BY id DESC", [project_id])
-    for r in rows:
+    names = cohort_names(state, project_id)
+    seen: dict[str, int] = {}
+    for r in reversed(rows):
         r["parameters"] = orjson.loads(r["parameters"])
+        base = analysis_name(r["kind"], r["parameters"], names)
+        seen[base] = seen.get(base, 0) + 1
+        r["name"] = base if seen[base] == 1 else f"{base}, run {seen[base]}"
     if cohort_id is not None:
         rows = [r for r in rows if cohort_id in [r["parameters"].get(n) for n in COHORT_PARAMETERS]]
     return rows

@@ -45,7 +45,9 @@ def _int(form: dict[str, str], name: str, default: int, label: str) -> int:
     value = (form.get(name) or "").strip()
     if not value:
         return default
-    if not value.lstrip("-").isdigit():
+    if value.startswith("-") and value[1:].isdigit():
+        raise Invalid(f"{label}: a number of days cannot be negative (say how many days before or after instead)")
+    if not value.isdigit():
         raise Invalid(f"{label} must be a whole number of days")
     return int(value)
 

@@ -136,7 +136,7 @@ def start_run(state: MerciaState, user: User, cohort_id: int) -> int:
                              [orjson.dumps(result, default=str).decode(), now(), cohort_id])
         return {"cohort_id": cohort_id, **controlled_result(result)}  # a job keeps only what may be shown
 
-    return state.jobs.submit("cohort.run", user.id, project.id, work)
+    return state.jobs.submit("cohort.run", user.id, project.id, work, about={"cohort_id": cohort_id})
 
 
 def clip_to_scope(state: MerciaState, cohort_id: int, project: Project) -> dict[str, Any]:

@@ -11,11 +11,24 @@ from typing import Any
 
 import orjson
 
+from mercia.cdm import StoreError
+from mercia.governance import GovernanceError
 from mercia.governance.db import GovernanceDB, now
+from mercia.ingest.load import LoadError
+from mercia.privacy.pseudonym import KeyError_
 from mercia.services.errors import NotFound
 
 Progress = Callable[[float, str], None]
 JobFunction = Callable[[Progress], dict[str, Any]]
+# Failures whose message is written for the person who started the job; anything else is a fault,
+# reported in plain words (its details go to the server log, never to the page).
+EXPLAINED = (GovernanceError, ValueError, LoadError, KeyError_, StoreError, FileNotFoundError)
+
+
+def failure_words(exc: Exception) -> str:
+    if isinstance(exc, EXPLAINED) and str(exc):
+        return str(exc)
+    return "an unexpected problem stopped this job; the administrator can find the details in the server log"
 
 
 class JobRunner:
@@ -29,12 +42,15 @@ class JobRunner:
                         "finished_at = ? WHERE status IN ('queued', 'running')", [now()])
 
     def submit(self, kind: str, user_id: int, project_id: int | None, work: JobFunction,
-               on_done: Callable[[dict[str, Any]], None] | None = None) -> int:
+               on_done: Callable[[dict[str, Any]], None] | None = None, about: dict[str, Any] | None = None) -> int:
+        """Queue ``work``.  ``about`` (what the job works on, e.g. ``{"org": "RRK"}``) is kept as its
+        result until it succeeds, so a queued, running or failed job can link back to its subject."""
         with self._ids, self.db.transaction():
             job_id = self.db.next_id("mercia_job")
             self.db.insert("mercia_job", {"id": job_id, "kind": kind, "project_id": project_id, "user_id": user_id,
                                           "status": "queued", "progress": 0.0, "message": "waiting to start",
-                                          "created_at": now()})
+                                          "created_at": now(),
+                                          "result": orjson.dumps(about).decode() if about else None})
         self._futures[job_id] = self._pool.submit(self._run, job_id, work, on_done)
         return job_id
 
@@ -52,10 +68,11 @@ class JobRunner:
                             "result = ?, finished_at = ? WHERE id = ?",
                             [orjson.dumps(result, default=str).decode(), now(), job_id])
         except Exception as exc:  # noqa: BLE001 - a job's failure is reported, never raised into the pool
-            detail = f"{type(exc).__name__}: {exc}"
+            detail = failure_words(exc)
             self.db.execute("UPDATE mercia_job SET status = 'failed', error = ?, message = ?, finished_at = ? "
                             "WHERE id = ?", [detail, "failed", now(), job_id])
-            traceback.print_exc()
+            if not isinstance(exc, EXPLAINED):
+                traceback.print_exc()
 
     def get(self, job_id: int) -> dict[str, Any] | None:
         row = self.db.row("SELECT * FROM mercia_job WHERE id = ?", [job_id])

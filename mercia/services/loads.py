@@ -31,18 +31,27 @@ def start_load(state: MerciaState, user: User, org: str, kind: str, filename: st
                            bytes=path.stat().st_size)
 
     def work(progress) -> dict[str, Any]:
-        from mercia.ingest.service import ingest
+        from mercia.ingest.service import default_options, ingest
         steps = iter([0.2, 0.5, 0.8])
         try:
+            options = default_options(kind, key_file=state.options.pseudonym_key_file)
             with state.lock:
                 ensure_extension_tables(state.store)
-                summary = ingest(state.store, kind, path, org,
+                summary = ingest(state.store, kind, path, org, options=options,
                                  on_step=lambda message: progress(next(steps, 0.9), message))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        if summary.loaded + summary.unchanged + summary.withheld == 0:
+            # A file of the wrong format: the job fails (as the CLI exits non-zero); its rejects stay recorded.
+            with state.lock:
+                reason = state.store.query_one("SELECT reason FROM mercia_reject WHERE load_id = ? GROUP BY reason "
+                                               "ORDER BY COUNT(*) DESC, reason LIMIT 1", [summary.load_id])
+            why = f" (most common problem: {reason})" if reason else ""
+            raise ValueError(f"nothing in {name} could be read as {kind}{why}: check that the file is in "
+                             f"the format chosen; {summary.rejected} records were rejected")
         return {"load_id": summary.load_id, "org": summary.org, "extract": summary.extract, "read": summary.read,
                 "loaded": summary.loaded, "unchanged": summary.unchanged, "rejected": summary.rejected,
                 "withheld": summary.withheld, "flagged": summary.flagged, "rows": summary.rows,
                 "reject_reasons": summary.reject_reasons}
 
-    return state.jobs.submit("source.load", user.id, None, work)
+    return state.jobs.submit("source.load", user.id, None, work, about={"org": org, "extract": name})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mercia.cdm import Store
 from mercia.config import load_settings
@@ -20,6 +21,8 @@ class ServerOptions:
     max_upload_bytes: int = field(default_factory=lambda: load_settings().max_upload_bytes)
     # Reverse proxies whose X-Forwarded-For is believed (see mercia.api.auth.client_source).
     trusted_proxies: tuple[str, ...] = field(default_factory=lambda: tuple(load_settings().trusted_proxies))
+    # Key file for NHS-number pseudonyms in uploaded extracts (else the environment/settings; see mercia.privacy).
+    pseudonym_key_file: Path | None = None
 
 
 class MerciaState:

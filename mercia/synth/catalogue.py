@@ -184,6 +184,47 @@ def concept_rows() -> list[dict]:
     return rows
 
 
+# Broader SNOMED CT concepts (real OMOP ids) above catalogue conditions, so that "include descendants"
+# has a hierarchy to follow in a synthetic region: parent (id, name, SNOMED code) -> child keys.
+PARENTS = {
+    (201820, "Diabetes mellitus", "73211009"): ["t2dm"],
+    (443392, "Malignant neoplastic disease", "363346000"): ["breast_cancer", "prostate_cancer",
+                                                            "colorectal_cancer", "lung_cancer"],
+    (321588, "Heart disease", "56265001"): ["mi", "hf", "af", "chd", "cardiac_arrest"],
+    (317009, "Asthma", "195967001"): ["childhood_asthma"],
+    (255573, "Chronic obstructive lung disease", "13645005"): ["emphysema"],
+}
+
+
+def vocabulary_rows() -> tuple[list[dict], list[tuple[int, int]], list[tuple[int, int, int]]]:
+    """What a synthetic region's vocabulary adds to the catalogue's concepts: the parent concepts and
+    the ICD-10 codes hospitals use (non-standard, ids from ``mercia.vocab.icd10``) as concept rows;
+    ICD-10 -> SNOMED "Maps to" pairs; and ``concept_ancestor`` rows (ancestor, descendant, levels),
+    a level-0 row per standard concept as OMOP has."""
+    from mercia.vocab.icd10 import icd10_concept_id
+
+    extra, maps = [], []
+    for (concept_id, name, code), _ in PARENTS.items():
+        if concept_id not in {c.concept_id for c in ALL.values()}:
+            extra.append({"concept_id": concept_id, "concept_name": name, "domain_id": "Condition",
+                          "vocabulary_id": "SNOMED", "concept_class_id": "Clinical Finding",
+                          "standard_concept": "S", "concept_code": code})
+    mapped = set()
+    for c in CONDITIONS.values():
+        if c.icd10 and c.concept_id and c.icd10 not in mapped:
+            mapped.add(c.icd10)
+            icd = icd10_concept_id(c.icd10)
+            extra.append({"concept_id": icd, "concept_name": f"{c.name} (ICD-10 {c.icd10})", "domain_id": "Condition",
+                          "vocabulary_id": "ICD10", "concept_class_id": "ICD10 code", "standard_concept": None,
+                          "concept_code": c.icd10})
+            maps.append((icd, c.concept_id))
+    standard = {r["concept_id"] for r in concept_rows()} | {r["concept_id"] for r in extra
+                                                            if r["standard_concept"] == "S"}
+    ancestors = [(cid, cid, 0) for cid in sorted(standard)]
+    ancestors += [(parent[0], CONDITIONS[key].concept_id, 1) for parent, keys in PARENTS.items() for key in keys]
+    return extra, maps, ancestors
+
+
 def _concept_class(c: Concept) -> str:
     """The Athena concept class of a catalogue concept (drugs: ingredient unless a dose is named)."""
     if c.domain == "Drug":

@@ -204,11 +204,14 @@ def chunk_tables(chunk: Chunk, ids: IdCounters) -> dict[str, pa.Table]:
 
 
 def reference_tables(orgs: Organisations) -> dict[str, pa.Table]:
-    """location (one per synthetic LSOA), care_site, cdm_source and the catalogue's concepts."""
+    """location (one per synthetic LSOA), care_site, cdm_source and the catalogue's concepts with their
+    ICD-10 codes ("Maps to") and hierarchy (``concept_ancestor``; see ``catalogue.vocabulary_rows``)."""
     geo = geography()
     nl = len(geo.lsoa_codes)
     org_rows = orgs.rows()
-    concepts = cat.concept_rows()
+    extra, maps, ancestors = cat.vocabulary_rows()
+    concepts = cat.concept_rows() + extra
+    start, end = 0, (dt.date(2099, 12, 31) - EPOCH).days
     today = (dt.date(2024, 3, 31) - EPOCH).days
     return {
         "location": cdm_table("location", {
@@ -225,9 +228,19 @@ def reference_tables(orgs: Organisations) -> dict[str, pa.Table]:
             "cdm_version_concept_id": CDM_VERSION_CONCEPT_ID, "vocabulary_version": "catalogue"}, 1),
         "concept": cdm_table("concept", {
             **{k: [r[k] for r in concepts] for k in concepts[0]},
-            "valid_start_date": np.zeros(len(concepts), dtype=np.int32),
-            "valid_end_date": np.full(len(concepts), (dt.date(2099, 12, 31) - EPOCH).days, dtype=np.int32)},
+            "valid_start_date": np.full(len(concepts), start, dtype=np.int32),
+            "valid_end_date": np.full(len(concepts), end, dtype=np.int32)},
             len(concepts)),
+        "concept_relationship": cdm_table("concept_relationship", {
+            "concept_id_1": [a for a, _ in maps] + [b for _, b in maps],
+            "concept_id_2": [b for _, b in maps] + [a for a, _ in maps],
+            "relationship_id": ["Maps to"] * len(maps) + ["Mapped from"] * len(maps),
+            "valid_start_date": np.full(2 * len(maps), start, dtype=np.int32),
+            "valid_end_date": np.full(2 * len(maps), end, dtype=np.int32)}, 2 * len(maps)),
+        "concept_ancestor": cdm_table("concept_ancestor", {
+            "ancestor_concept_id": [a for a, _, _ in ancestors], "descendant_concept_id": [d for _, d, _ in ancestors],
+            "min_levels_of_separation": [n for _, _, n in ancestors],
+            "max_levels_of_separation": [n for _, _, n in ancestors]}, len(ancestors)),
     }
 
 

@@ -3,6 +3,8 @@ readers (each chart has a title, a description and a table of the same numbers b
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 from markupsafe import Markup, escape
@@ -46,15 +48,26 @@ def display_table(table: dict[str, Any]) -> dict[str, Any]:
     hidden = {(r, c) for r, c in table["redacted"]}
     marker = table.get("redacted_marker") or ""
     columns = table["columns"]
-    rows = [[marker if (i, c["name"]) in hidden else _fmt(row.get(c["name"])) for c in columns]
-            for i, row in enumerate(table["rows"])]
+    rows = [[marker if (i, c["name"]) in hidden else _fmt(row.get(c["name"]), _is_code(c), _is_median(c))
+             for c in columns] for i, row in enumerate(table["rows"])]
     return {"title": table["title"], "headers": [c.get("label") or c["name"] for c in columns],
             "numeric": [c["kind"] != "label" for c in columns], "rows": rows, "notes": table.get("notes", [])}
 
 
-def _fmt(value: Any) -> str:
+def _is_code(column: dict[str, Any]) -> bool:
+    """Identifiers (concept ids, codes) are written as they are looked up: no thousands separators."""
+    return column["kind"] == "label" or column["name"].endswith(("_id", "_code"))
+
+
+def _is_median(column: dict[str, Any]) -> bool:
+    return column["kind"] == "statistic" and "median" in column["name"]
+
+
+def _fmt(value: Any, code: bool = False, median: bool = False) -> str:
     if value is None:
-        return ""
+        return "not reached" if median else ""
+    if code or isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
         return f"{value:,.2f}"
     if isinstance(value, int):
@@ -70,8 +83,11 @@ def survival_curves(tables: list[dict[str, Any]], width: int = 720, height: int 
     curves = [t for t in tables if t.get("kind") == "life_table" and t["rows"]]
     if not curves:
         return None
-    left, right, top, bottom = 56, 16, 16, 44
-    max_t = max(float(r["time"]) for t in curves for r in t["rows"]) or 1.0
+    years = max(1, math.ceil(max(float(r["time"]) for t in curves for r in t["rows"]) / DAYS_PER_YEAR))
+    risk_h = 24 + 18 * len(curves)  # the numbers-at-risk rows under the axis
+    left, right, top, bottom = 56, 16, 16, 44 + risk_h
+    height += risk_h
+    max_t = years * DAYS_PER_YEAR
     plot_w, plot_h = width - left - right, height - top - bottom
 
     def x(t: float) -> float:
@@ -88,12 +104,22 @@ def survival_curves(tables: list[dict[str, Any]], width: int = 720, height: int 
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#d8dde0"/>'
                      f'<text x="{left - 8}" y="{y(tick) + 5:.1f}" font-size="12" text-anchor="end" fill="{TEXT}">'
                      f'{tick:.2f}</text>')
-    for i in range(5):
-        t = max_t * i / 4
-        parts.append(f'<text x="{x(t):.1f}" y="{height - 22}" font-size="12" text-anchor="middle" fill="{TEXT}">'
-                     f'{t:,.0f}</text>')
-    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 4}" font-size="13" text-anchor="middle" '
-                 f'fill="{TEXT}">Days from index</text>')
+    step = max(1, math.ceil(years / 8))
+    ticks = list(range(0, years + 1, step))
+    axis_y = top + plot_h
+    for year in ticks:
+        parts.append(f'<text x="{x(year * DAYS_PER_YEAR):.1f}" y="{axis_y + 18}" font-size="12" text-anchor="middle" '
+                     f'fill="{TEXT}">{year}</text>')
+    parts.append(f'<text x="{left + plot_w / 2}" y="{axis_y + 36}" font-size="13" text-anchor="middle" '
+                 f'fill="{TEXT}">Years from index</text>')
+    parts.append(f'<text x="4" y="{axis_y + 58}" font-size="12" font-weight="bold" fill="{TEXT}">Number at risk</text>')
+    for n, table in enumerate(curves):
+        row_y = axis_y + 76 + 18 * n
+        parts.append(f'<text x="4" y="{row_y}" font-size="11" fill="{KM_COLOURS[n % len(KM_COLOURS)]}">'
+                     f'{escape(_shorten(table["title"], 8))}</text>')
+        for year, count in zip(ticks, numbers_at_risk(table, [y * DAYS_PER_YEAR for y in ticks])):
+            parts.append(f'<text x="{x(year * DAYS_PER_YEAR):.1f}" y="{row_y}" font-size="12" text-anchor="middle" '
+                         f'fill="{TEXT}">{escape(count)}</text>')
     for n, table in enumerate(curves):
         colour = KM_COLOURS[n % len(KM_COLOURS)]
         rows = sorted(table["rows"], key=lambda r: float(r["time"]))
@@ -120,6 +146,29 @@ def survival_curves(tables: list[dict[str, Any]], width: int = 720, height: int 
                      f'{escape(_shorten(table["title"], 32))}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+DAYS_PER_YEAR = 365.25
+
+
+def numbers_at_risk(table: dict[str, Any], times: list[float]) -> list[str]:
+    """People still at risk at each time, read from the (disclosure-controlled) life table: the at-risk
+    count of the first row at or after that time; blank once nobody is followed that long."""
+    column = next((c["name"] for c in table["columns"] if c["name"].startswith("count_at_risk")), None)
+    if column is None:
+        return ["" for _ in times]
+    hidden = {r for r, c in table["redacted"] if c == column}
+    marker = table.get("redacted_marker") or ""
+    rows = sorted(enumerate(table["rows"]), key=lambda item: float(item[1]["time"]))
+    out = []
+    for t in times:
+        found = next(((i, r) for i, r in rows if float(r["time"]) >= t), None)
+        if found is None:
+            out.append("0")
+        else:
+            i, row = found
+            out.append(marker if i in hidden else "" if row.get(column) is None else f"{row[column]:,}")
+    return out
 
 
 SEX_COLOURS = {"Female": "#005eb8", "Male": "#41b6e6"}

@@ -23,11 +23,12 @@ from mercia.governance.projects import PUBLIC_TEXT_FIELDS
 from mercia.services import analyses as analysis_service
 from mercia.services import cohorts as cohort_service
 from mercia.services.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form
+from mercia.services.errors import Invalid, NotFound
 from mercia.services.exportable import request_export as request_export_service, view_export
 from mercia.services.jobs import job_for
 from mercia.services.sources import list_sources, view_source
 from mercia.services.state import state_of
-from mercia.web import charts
+from mercia.web import charts, words
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, ProjectStatus=ProjectStatus,
@@ -304,6 +305,10 @@ async def create_project_page(request: Request, caller: Caller = Depends(signed_
               "scope_end": form.get("scope_end") or None, "expires_on": form.get("expires_on") or None,
               **{name: str(form.get(name, "")) for name in PUBLIC_TEXT_FIELDS}}
     state = state_of(request)
+    errors = project_form_errors(values)
+    if errors:
+        return render(request, "project_form.html", caller, 400, themes=state.gov.themes(), values=values,
+                      errors=errors)
     try:
         from starlette.concurrency import run_in_threadpool
 
@@ -314,12 +319,30 @@ async def create_project_page(request: Request, caller: Caller = Depends(signed_
     return redirect(f"/projects/{project.id}", "Project created as a draft. Submit it when it is ready.")
 
 
+def project_form_errors(values: dict[str, Any]) -> dict[str, str]:
+    """Everything missing from a new project at once; nothing is chosen for the applicant."""
+    errors = {}
+    if not str(values["title"]).strip():
+        errors["title"] = "Enter a title for the project"
+    if values["pillar"] not in PILLARS:
+        errors["pillar"] = "Choose the research pillar the project belongs to"
+    if not str(values["purpose"]).strip():
+        errors["purpose"] = "Say what question the data will answer"
+    if not values["scope_domains"]:
+        errors["scope_domains-person"] = "Choose at least one data domain the project needs"
+    return errors
+
+
 @router.get("/projects/{project_id}", response_class=HTMLResponse)
 def project_page(project_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    return _project_page(request, caller, project_id)
+
+
+def _project_page(request: Request, caller: Caller, project_id: int, status_code: int = 200, **extra: Any):
     state, user = state_of(request), caller.user
     project = state.gov.visible_project(user, project_id)
     data_open = user.id in project.members and project.status is ProjectStatus.APPROVED
-    return render(request, "project.html", caller, project=project, members=state.gov.member_names(project),
+    return render(request, "project.html", caller, status_code, project=project, members=state.gov.member_names(project),
                   capacities=state.gov.open_capacities(user, project),
                   cohorts=cohort_service.list_cohorts(state, user, project_id) if data_open else [],
                   data_open=data_open, is_lead=user.id in project.lead_ids,
@@ -327,7 +350,8 @@ def project_page(project_id: int, request: Request, caller: Caller = Depends(sig
                   if user.id in project.lead_ids and project.status is ProjectStatus.DRAFT else [],
                   themes=state.gov.themes(), can_lay_review=state.gov.can_lay_review(user, project),
                   can_withdraw=project.status is not ProjectStatus.WITHDRAWN and (
-                      user.id in project.lead_ids or user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN)))
+                      user.id in project.lead_ids or user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN)),
+                  **extra)
 
 
 @router.post("/projects/{project_id}/submit")
@@ -349,12 +373,26 @@ def add_member(project_id: int, request: Request, caller: Caller = Depends(signe
     return redirect(f"/projects/{project_id}", f"{member.display_name} added.")
 
 
-@router.post("/projects/{project_id}/decision")
+@router.post("/projects/{project_id}/decision", response_class=HTMLResponse)
 def decide_project(project_id: int, request: Request, caller: Caller = Depends(signed_in),
                    form: dict[str, str] = Depends(form_data)):
     gov = state_of(request).gov
-    gov.visible_project(caller.user, project_id)
-    project = gov.decide(caller.user, project_id, form.get("decision", ""), form.get("reason", ""))
+    project = gov.visible_project(caller.user, project_id)
+    decision, reason = form.get("decision", ""), form.get("reason", "").strip()
+    errors = decision_errors(decision, reason, "d-approve", "approve or reject this project", "reject it")
+    if errors:
+        return _project_page(request, caller, project_id, 400, errors=errors, decision=decision, reason=reason)
+    if form.get("confirm") != "yes":
+        if decision == "approve":
+            consequence = (f"You approve “{project.title}”. Once the pillar lead and a governance officer have both "
+                           f"approved, its team of {len(project.members)} can use the data in its scope "
+                           f"({', '.join(DOMAINS.get(d, d) for d in project.scope_domains) or 'none'}).")
+        else:
+            consequence = (f"“{project.title}” will be rejected and returned to its lead, who will read your reason: "
+                           f"“{reason}”. Its team cannot use any data.")
+        return confirm_decision(request, caller, decision, reason, ("Approve", "Reject"), "project",
+                                f"/projects/{project_id}", consequence)
+    project = gov.decide(caller.user, project_id, decision, reason)
     waiting = {"pillar_lead": "the pillar lead", "governance_officer": "a governance officer"}
     missing = [waiting[c] for c in waiting if c not in {a["capacity"] for a in project.approvals}]
     outcome = f"now waiting for {' and '.join(missing)}" if project.status is ProjectStatus.SUBMITTED and missing \
@@ -387,12 +425,15 @@ def _builder_context(project, values: dict[str, str], **extra: Any) -> dict[str,
             **extra}
 
 
+# The builder as it first opens (and as it comes back after a failed ATLAS import, with the JSON kept).
+BUILDER_START = {"entry_domain": "condition", "entry_first": "on", "entry_descendants": "on",
+                 "exit": "end_of_observation", "rule1_before": "365", "rule1_after": "0", "rule1_presence": "present"}
+
+
 @router.get("/projects/{project_id}/cohorts/new", response_class=HTMLResponse)
 def builder_page(project_id: int, request: Request, caller: Caller = Depends(signed_in)):
     project = state_of(request).gov.require_data_access(caller.user, project_id)
-    return render(request, "builder.html", caller, **_builder_context(project, {
-        "entry_domain": "condition", "entry_first": "on", "entry_descendants": "on", "exit": "end_of_observation",
-        "rule1_before": "365", "rule1_after": "0", "rule1_presence": "present"}))
+    return render(request, "builder.html", caller, **_builder_context(project, BUILDER_START))
 
 
 @router.post("/projects/{project_id}/cohorts/new", response_class=HTMLResponse)
@@ -420,34 +461,53 @@ def builder_submit(project_id: int, request: Request, caller: Caller = Depends(s
         return render(request, "builder.html", caller, **_builder_context(
             project, form, preview=orjson.dumps(circe, option=orjson.OPT_INDENT_2).decode()))
     except GovernanceError as exc:
+        values = BUILDER_START | form if action == "import" else form
         return render(request, "builder.html", caller, status_for(exc),
-                      **_builder_context(project, form, error=str(exc)))
+                      **_builder_context(project, values, error=str(exc)))
 
 
 @router.get("/cohorts/{cohort_id}", response_class=HTMLResponse)
 def cohort_page(cohort_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    return _cohort_page(request, caller, cohort_id)
+
+
+def _cohort_page(request: Request, caller: Caller, cohort_id: int, status_code: int = 200, **extra: Any):
     state = state_of(request)
     cohort, project = cohort_service.view_cohort(state, caller.user, cohort_id)
     steps = cohort["result"]["steps"] if cohort["result"] else []
     others = [c for c in cohort_service.list_cohorts(state, caller.user, project.id)
               if c["id"] != cohort_id and c["result"]]
-    return render(request, "cohort.html", caller, cohort=cohort, project=project, steps=steps,
+    return render(request, "cohort.html", caller, status_code, cohort=cohort, project=project, steps=steps,
                   attrition_svg=charts.attrition(steps) if steps else None,
                   circe=orjson.dumps(cohort["expression"], option=orjson.OPT_INDENT_2).decode(),
+                  definition=words.describe(cohort["expression"]),
                   analyses=analysis_service.list_analyses(state, caller.user, project.id, cohort_id),
-                  analysis_kinds=analysis_service.ANALYSES, other_cohorts=others)
+                  analysis_kinds=analysis_service.ANALYSES, other_cohorts=others, **extra)
 
 
-@router.post("/cohorts/{cohort_id}/analyses")
+# Analysis form fields by the parameter they set (the error summary links to them).
+ANALYSIS_FIELDS = {"outcome_cohort_id": "outcome", "comparator_cohort_id": "comparator"}
+
+
+@router.post("/cohorts/{cohort_id}/analyses", response_class=HTMLResponse)
 def run_analysis(cohort_id: int, request: Request, caller: Caller = Depends(signed_in),
                  form: dict[str, str] = Depends(form_data)):
+    """Checked before anything is queued: a missing cohort is a form error, not a failed job."""
     state = state_of(request)
     _, project = cohort_service.get_cohort(state, caller.user, cohort_id)
+    kind = form.get("kind", "")
     parameters: dict[str, Any] = {"target_cohort_id": cohort_id}
-    for name in ("outcome_cohort_id", "comparator_cohort_id"):
+    for name in ANALYSIS_FIELDS:
         if (form.get(name) or "").isdigit():
             parameters[name] = int(form[name])
-    started = analysis_service.start_analysis(state, caller.user, project.id, form.get("kind", ""), parameters)
+    missing = analysis_service.REQUIRED_COHORTS.get(kind)
+    if missing and missing not in parameters:
+        return _cohort_page(request, caller, cohort_id, 400, chosen=form,
+                            errors={ANALYSIS_FIELDS[missing]: analysis_service.REQUIRED_WORDS[missing]})
+    try:
+        started = analysis_service.start_analysis(state, caller.user, project.id, kind, parameters)
+    except Invalid as exc:
+        return _cohort_page(request, caller, cohort_id, 400, chosen=form, errors={"analysis-kind": str(exc)})
     return redirect(f"/jobs/{started['job_id']}")
 
 
@@ -458,8 +518,11 @@ def analysis_page(analysis_id: int, request: Request, caller: Caller = Depends(s
     state.gov.audit.record(caller.user.username, "analysis.view", f"analysis:{analysis_id}", row["project_id"])
     project = state.gov.project(row["project_id"])
     tables = row["result"]["tables"] if row["result"] else []
+    names = analysis_service.cohort_names(state, row["project_id"])
     return render(request, "analysis.html", caller, analysis=row, project=project,
-                  title_text=analysis_service.ANALYSES[row["kind"]][0], km_svg=charts.survival_curves(tables),
+                  title_text=analysis_service.analysis_name(row["kind"], row["parameters"], names),
+                  target_name=names.get(row["parameters"].get("target_cohort_id"), "Cohort"),
+                  km_svg=charts.survival_curves(tables),
                   pyramid_svg=charts.age_sex_pyramid(tables), incidence_svg=charts.incidence_rates(tables),
                   tables=[charts.display_table(t) for t in tables])
 
@@ -477,16 +540,28 @@ def run_cohort(cohort_id: int, request: Request, caller: Caller = Depends(signed
     return redirect(f"/jobs/{job_id}")
 
 
+JOB_NAMES = {"cohort.run": "Running a cohort", "source.load": "Loading an extract",
+             "analysis.characterise": "Characterisation", "analysis.incidence": "Incidence analysis",
+             "analysis.survival": "Survival analysis", "analysis.compare": "Cohort comparison"}
+
+
+def job_links(job: dict[str, Any]) -> tuple[str | None, str | None]:
+    """Where a job's results are (once it succeeded) and the page it was started from."""
+    about = job["result"] or {}
+    subject = (f"/sources/{urlquote(about['org'])}" if "org" in about
+               else f"/cohorts/{about['cohort_id']}" if about.get("cohort_id")
+               else f"/projects/{job['project_id']}" if job["project_id"] else "/")
+    if job["status"] != "succeeded":
+        return None, subject
+    return (f"/analyses/{about['analysis_id']}" if job["kind"].startswith("analysis.") else subject), subject
+
+
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job_id: int, request: Request, caller: Caller = Depends(signed_in)):
     job = job_for(state_of(request), caller.user, job_id)
-    next_url = None
-    if job["status"] == "succeeded":
-        result = job["result"]
-        next_url = (f"/cohorts/{result['cohort_id']}" if job["kind"] == "cohort.run"
-                    else f"/sources/{urlquote(result['org'])}" if job["kind"] == "source.load"
-                    else f"/analyses/{result['analysis_id']}")
-    return render(request, "job.html", caller, job=job, next_url=next_url)
+    next_url, back_url = job_links(job)
+    return render(request, "job.html", caller, job=job, next_url=next_url, back_url=back_url,
+                  job_name=JOB_NAMES.get(job["kind"], job["kind"]))
 
 
 # -- exports -----------------------------------------------------------------------------------
@@ -506,12 +581,17 @@ def request_export(request: Request, caller: Caller = Depends(signed_in), form: 
 
 @router.get("/exports/{export_id}", response_class=HTMLResponse)
 def export_page(export_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    return _export_page(request, caller, export_id)
+
+
+def _export_page(request: Request, caller: Caller, export_id: int, status_code: int = 200, **extra: Any):
     row = view_export(state_of(request), caller.user, export_id, in_platform=True)
     can_decide = (caller.user.has(Role.OUTPUT_CHECKER) and row["requester_id"] != caller.user.id
                   and row["status"] == "pending")
     is_lead = caller.user.id in state_of(request).gov.project(row["project_id"]).lead_ids
-    return render(request, "export.html", caller, export=row, can_decide=can_decide, is_lead=is_lead,
-                  tables=[charts.display_table(t) for t in row["content"]["tables"]] if row["content"] else [])
+    return render(request, "export.html", caller, status_code, export=row, can_decide=can_decide, is_lead=is_lead,
+                  tables=[charts.display_table(t) for t in row["content"]["tables"]] if row["content"] else [],
+                  **extra)
 
 
 @router.post("/exports/{export_id}/publish-numbers")
@@ -523,11 +603,54 @@ def publish_numbers(export_id: int, request: Request, caller: Caller = Depends(s
                     else "The numbers are not shown on the public register.")
 
 
-@router.post("/exports/{export_id}/decision")
+def decision_errors(decision: str, reason: str, choice_field: str, choose: str, refusal: str) -> dict[str, str]:
+    """Every problem with a decision form at once (field id -> words), for the error summary."""
+    errors = {}
+    if decision not in ("approve", "reject"):
+        errors[choice_field] = f"Choose whether to {choose}"
+    if decision == "reject" and not reason:
+        errors["reason"] = f"Give a reason to {refusal}: the requester will read it"
+    return errors
+
+
+def confirm_page(request: Request, caller: Caller, heading: str, consequence: str, action: str,
+                 fields: dict[str, str], button: str, back: str, destructive: bool = False):
+    """The second step of a releasing or destructive action: says what will happen, then does it."""
+    return render(request, "confirm.html", caller, heading=heading, consequence=consequence, action=action,
+                  fields=fields, button=button, back=back, destructive=destructive)
+
+
+def confirm_decision(request: Request, caller: Caller, decision: str, reason: str, verbs: tuple[str, str],
+                     subject: str, path: str, consequence: str):
+    verb = verbs[0] if decision == "approve" else verbs[1]
+    return confirm_page(request, caller, f"{verb} this {subject}?", consequence, f"{path}/decision",
+                        {"decision": decision, "reason": reason}, f"{verb} the {subject}", path,
+                        destructive=decision == "reject")
+
+
+@router.post("/exports/{export_id}/decision", response_class=HTMLResponse)
 def decide_export(export_id: int, request: Request, caller: Caller = Depends(signed_in),
                   form: dict[str, str] = Depends(form_data)):
-    row = state_of(request).airlock.decide(caller.user, export_id, form.get("decision", ""), form.get("reason", ""))
-    return redirect(f"/exports/{export_id}", f"Export {row['status']}.")
+    state = state_of(request)
+    decision, reason = form.get("decision", ""), form.get("reason", "").strip()
+    errors = decision_errors(decision, reason, "e-approve", "release or refuse this export", "refuse it")
+    if errors:
+        return _export_page(request, caller, export_id, 400, errors=errors, decision=decision, reason=reason)
+    if form.get("confirm") != "yes":
+        row = view_export(state, caller.user, export_id, in_platform=True)
+        tables = len(row["content"]["tables"]) if row["content"] else 0
+        if decision == "approve":
+            consequence = (f"{row['requester']} will be able to download “{row['title']}” ({tables} table"
+                           f"{'' if tables == 1 else 's'}) as a CSV file: the results leave the platform. "
+                           "This cannot be undone.")
+        else:
+            consequence = (f"The request “{row['title']}” will be closed and nothing will leave the platform. "
+                           f"{row['requester']} will read your reason: “{reason}”.")
+        return confirm_decision(request, caller, decision, reason, ("Release", "Refuse"), "export",
+                                f"/exports/{export_id}", consequence)
+    row = state.airlock.decide(caller.user, export_id, decision, reason)
+    outcome = "released: the requester can download it" if row["status"] == "approved" else "refused"
+    return redirect(f"/exports/{export_id}", f"Export {outcome}.")
 
 
 @router.get("/exports/{export_id}/download")
@@ -550,11 +673,16 @@ def sources_page(request: Request, caller: Caller = Depends(signed_in)):
 
 @router.get("/sources/{name}", response_class=HTMLResponse)
 def source_page(name: str, request: Request, caller: Caller = Depends(signed_in)):
-    detail = view_source(state_of(request), caller.user, name)
+    return _source_page(request, caller, name)
+
+
+def _source_page(request: Request, caller: Caller, name: str, status_code: int = 200, **extra: Any):
     from mercia.services.loads import UPLOAD_KINDS
 
-    return render(request, "source.html", caller, source=detail, upload_kinds=UPLOAD_KINDS,
-                  can_load=caller.user.has(Role.DATA_MANAGER, name) or caller.user.has(Role.ADMIN))
+    detail = view_source(state_of(request), caller.user, name, with_quality=True)
+    return render(request, "source.html", caller, status_code, source=detail, upload_kinds=UPLOAD_KINDS,
+                  can_load=detail["organisation"] and (caller.user.has(Role.DATA_MANAGER, name)
+                                                       or caller.user.has(Role.ADMIN)), **extra)
 
 
 @router.get("/concepts", response_class=HTMLResponse)
@@ -575,17 +703,24 @@ def concepts_page(request: Request, caller: Caller = Depends(signed_in), q: str 
                   results=results, error=error)
 
 
-@router.post("/sources/{name}/loads")
+@router.post("/sources/{name}/loads", response_class=HTMLResponse)
 async def load_extract(name: str, request: Request, caller: Caller = Depends(signed_in)):
     from starlette.concurrency import run_in_threadpool
 
     from mercia.services.loads import start_load
 
+    from mercia.services.loads import UPLOAD_KINDS
+
     form = await request.form()
-    upload = form.get("file")
+    upload, kind = form.get("file"), str(form.get("kind", ""))
+    errors = {}
+    if kind not in UPLOAD_KINDS:
+        errors["load-kind"] = "Choose the format of the file"
     if upload is None or isinstance(upload, str) or not upload.filename:
-        raise GovernanceError("choose a file to load")
-    job_id = await run_in_threadpool(start_load, state_of(request), caller.user, name, str(form.get("kind", "")),
+        errors["load-file"] = "Choose a file to load"
+    if errors:
+        return await run_in_threadpool(lambda: _source_page(request, caller, name, 400, errors=errors))
+    job_id = await run_in_threadpool(start_load, state_of(request), caller.user, name, kind,
                                      upload.filename, upload.file)
     return redirect(f"/jobs/{job_id}")
 
@@ -598,16 +733,39 @@ def raredisease_page(request: Request, caller: Caller = Depends(signed_in), obse
         raise Forbidden("rare-disease ranking is for clinicians and researchers")
     obs = [t.strip() for t in observed.split(",") if t.strip()]
     exc = [t.strip() for t in excluded.split(",") if t.strip()]
+    chips = {"observed": hpo_chips(obs, exc, "observed"), "excluded": hpo_chips(exc, obs, "excluded")}
+    errors = {field: "Not HPO terms: " + "; ".join(c["problem"] for c in found if c["problem"])
+              for field, found in chips.items() if any(c["problem"] for c in found)}
     result, error = None, None
-    if obs:
+    if obs and not errors:
         try:
             result = rank_case(obs, exc, [], 10)
             state_of(request).gov.audit.record(caller.user.username, "raredisease.rank", "hpo-case",
                                                observed=len(obs))
         except GovernanceError as err:
             error = str(err)
-    return render(request, "raredisease.html", caller, observed=observed, excluded=excluded, result=result,
-                  error=error)
+    return render(request, "raredisease.html", caller, 400 if errors else 200, observed=observed, excluded=excluded,
+                  result=result, error=error, errors=errors, chips=chips)
+
+
+def hpo_chips(terms: list[str], others: list[str], field: str) -> list[dict[str, Any]]:
+    """Each typed term with its HPO name and a link that removes it, or what is wrong with it (every
+    term is checked, so all the invalid ones are reported at once)."""
+    from mercia.raredisease.ontology import UnknownTermError
+    from mercia.services.raredisease import ranker
+
+    ontology = ranker().kb.ontology
+    chips = []
+    for term in terms:
+        rest = [t for t in terms if t != term]
+        query = {field: ", ".join(rest), ("excluded" if field == "observed" else "observed"): ", ".join(others)}
+        remove = "/raredisease?" + "&".join(f"{k}={urlquote(v)}" for k, v in sorted(query.items()))
+        try:
+            chips.append({"id": term, "name": str(ontology.names[ontology.resolve(term, warn=False)]),
+                          "remove": remove, "problem": None})
+        except UnknownTermError as exc:
+            chips.append({"id": term, "name": None, "remove": remove, "problem": str(exc)})
+    return chips
 
 
 @router.get("/audit", response_class=HTMLResponse)
@@ -657,9 +815,19 @@ def create_token(request: Request, caller: Caller = Depends(signed_in), form: di
     return _account(request, caller, new_token=secret)
 
 
-@router.post("/account/tokens/{token_id}/revoke")
-def revoke_token(token_id: int, request: Request, caller: Caller = Depends(signed_in)):
-    state_of(request).gov.revoke_token(caller.user, token_id)
+@router.post("/account/tokens/{token_id}/revoke", response_class=HTMLResponse)
+def revoke_token(token_id: int, request: Request, caller: Caller = Depends(signed_in),
+                 form: dict[str, str] = Depends(form_data)):
+    gov = state_of(request).gov
+    if form.get("confirm") != "yes":
+        token = next((t for t in gov.tokens(caller.user) if t["id"] == token_id and not t["revoked"]), None)
+        if token is None:
+            raise NotFound("no such active token of yours")
+        return confirm_page(request, caller, f"Revoke the token “{token['name']}”?",
+                            f"Scripts using “{token['name']}” will stop working at once; this cannot be undone.",
+                            f"/account/tokens/{token_id}/revoke", {}, "Revoke the token", "/account",
+                            destructive=True)
+    gov.revoke_token(caller.user, token_id)
     return redirect("/account", "Token revoked.")
 
 
@@ -697,8 +865,19 @@ async def create_user(request: Request, caller: Caller = Depends(signed_in)):
                   created={"username": created.username, "password": password})
 
 
-@router.post("/admin/users/{user_id}/deactivate")
-def deactivate_user(user_id: int, request: Request, caller: Caller = Depends(signed_in)):
+@router.post("/admin/users/{user_id}/deactivate", response_class=HTMLResponse)
+def deactivate_user(user_id: int, request: Request, caller: Caller = Depends(signed_in),
+                    form: dict[str, str] = Depends(form_data)):
     _require_admin(caller)
-    state_of(request).gov.set_active(caller.user, user_id, False)
+    gov = state_of(request).gov
+    if form.get("confirm") != "yes":
+        person = next((u for u in gov.users() if u["id"] == user_id), None)
+        if person is None:
+            raise NotFound("no such person")
+        return confirm_page(request, caller, f"Deactivate {person['display_name']}?",
+                            f"{person['display_name']} ({person['username']}) will be signed out everywhere, their "
+                            "API tokens will stop working and they will not be able to sign in again.",
+                            f"/admin/users/{user_id}/deactivate", {}, "Deactivate the account", "/admin/users",
+                            destructive=True)
+    gov.set_active(caller.user, user_id, False)
     return redirect("/admin/users", "Account deactivated: its sessions and tokens have ended.")

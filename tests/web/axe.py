@@ -1,20 +1,37 @@
-"""axe-core (the copy bundled with ``axe-playwright-python``, no CDN) over a Playwright page,
-checking the WCAG 2.0, 2.1 and 2.2 A and AA rules."""
+"""axe-core (Deque, MPL-2.0, shipped inside the pinned ``axe-playwright-python`` package: no CDN) run
+on a Playwright page; a test fails on any serious or critical WCAG violation."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from axe_playwright_python.sync_playwright import Axe
 
-WCAG_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]},
-           "resultTypes": ["violations"]}
 BLOCKING = ("serious", "critical")
+_axe = Axe()
 
 
-def blocking_violations(page) -> list[dict[str, Any]]:
-    """The serious and critical WCAG A/AA violations on the page now, each with where it occurs."""
-    violations = Axe().run(page, options=WCAG_AA).response["violations"]
-    return [{"rule": v["id"], "impact": v["impact"], "help": v["help"],
-             "where": [n["target"] for n in v["nodes"]][:5]}
-            for v in violations if v["impact"] in BLOCKING]
+def blocking_violations(page) -> list[str]:
+    """Serious and critical violations on the page as it is now, one line each (rule, impact, where)."""
+    results = _axe.run(page, options={"resultTypes": ["violations"],
+                                      "runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a",
+                                                                           "wcag21aa", "wcag22aa"]}})
+    found = []
+    for violation in results.response["violations"]:
+        if violation["impact"] in BLOCKING:
+            targets = ", ".join(str(node["target"]) for node in violation["nodes"][:3])
+            found.append(f"{violation['id']} ({violation['impact']}): {violation['help']} at {targets}")
+    return found
+
+
+def assert_accessible(page) -> None:
+    problems = blocking_violations(page)
+    assert not problems, f"axe-core on {page.url}:\n" + "\n".join(problems)
+
+
+def assert_fits(page, width: int = 390) -> None:
+    """No horizontal scroll at a phone's width (WCAG 1.4.10 reflow)."""
+    page.set_viewport_size({"width": width, "height": 844})
+    scroll = page.evaluate("document.documentElement.scrollWidth")
+    widest = page.evaluate("""w => [...document.querySelectorAll('body *')]
+        .filter(e => e.getBoundingClientRect().right > w && !e.closest('.table-wrap'))
+        .slice(0, 3).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))""", width)
+    assert scroll <= width, f"{page.url} scrolls sideways at {width}px ({scroll}px wide): {widest}"

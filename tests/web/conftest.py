@@ -33,7 +33,7 @@ def app(demo):
     from mercia.services.state import ServerOptions
     from mercia.web.app import create_app
 
-    return create_app(demo.store, ServerOptions(secure_cookies=False, job_workers=1))
+    return create_app(demo.store, ServerOptions(secure_cookies=False, job_workers=1, pseudonym_key_file=demo.key_file))
 
 
 @pytest.fixture

@@ -110,6 +110,7 @@ def test_cohort_to_released_export(page, live_server, demo, shots):
     page.get_by_role("link", name=re.compile("Cohort attrition: T2DM on metformin")).click()
     page.get_by_label("Release: safe to leave the platform").check()
     page.get_by_role("button", name="Record output check").click()
+    page.get_by_role("button", name="Release the export").click()  # a second step names what happens
     page.wait_for_url(re.compile(re.escape(export_url) + r".*"))
     assert page.get_by_text("Approved", exact=True).is_visible()
     shots(page, "07-export-approved")
@@ -126,7 +127,9 @@ def test_governance_pages(page, live_server, demo, shots):
     base = live_server
     sign_in(page, base, demo, "cancerlead")
     page.get_by_role("link", name="Breast cancer pathways across the region").first.click()
+    page.get_by_label("Approve", exact=True).check()  # nothing is pre-selected
     page.get_by_role("button", name="Record decision").click()
+    page.get_by_role("button", name="Approve the project").click()
     assert page.get_by_text("Decision recorded: now waiting for a governance officer.").is_visible()
     assert page.get_by_role("button", name="Record decision").count() == 0  # one decision per person
     shots(page, "08-project-approval")

@@ -123,6 +123,9 @@ def test_builder_preview_and_import(client, demo):
     r = client.post("/projects/1/cohorts/new", data={"csrf_token": csrf, "action": "import", "name": "x",
                                                      "atlas_json": "{not json"})
     assert r.status_code == 400 and "not valid JSON" in r.text
+    assert ">{not json</textarea>" in r.text and "<details class=\"details\" open>" in r.text  # nothing lost
+    r = client.post("/projects/1/cohorts/new", data=form | {"rule1_before": "-30"})
+    assert r.status_code == 400 and "cannot be negative" in r.text
     exported = client.get("/cohorts/1/circe.json").text
     r = client.post("/projects/1/cohorts/new", data={"csrf_token": csrf, "action": "import",
                                                      "name": "Imported", "atlas_json": exported},
@@ -166,31 +169,61 @@ def test_admin_registers_and_deactivates_people(client, demo):
     gov = client.app.state.mercia.gov
     assert gov.authenticate("newlead", password).has(Role.PILLAR_LEAD, "wellbeing")
     uid = gov.user_by_name("newlead").id
-    assert client.post(f"/admin/users/{uid}/deactivate", data={"csrf_token": csrf}, follow_redirects=False
-                       ).status_code == 303
+    check = client.post(f"/admin/users/{uid}/deactivate", data={"csrf_token": csrf}, follow_redirects=False)
+    assert check.status_code == 200 and "will not be able to sign in again" in check.text  # asks first
+    assert gov.authenticate("newlead", password).username == "newlead"  # still active
+    assert client.post(f"/admin/users/{uid}/deactivate", data={"csrf_token": csrf, "confirm": "yes"},
+                       follow_redirects=False).status_code == 303
     with pytest.raises(Exception, match="not right"):
         gov.authenticate("newlead", password)
 
 
 def test_data_manager_uploads_through_the_source_page(client, demo, shared_data, monkeypatch):
-    monkeypatch.setenv("MERCIA_PSEUDONYM_KEY", "ef" * 32)
+    """The demo's own key file is used (no key in the environment); the organisation is listed before
+    its first load, its page counts only its records, and the regional source stays listed."""
+    monkeypatch.delenv("MERCIA_PSEUDONYM_KEY", raising=False)
+    monkeypatch.delenv("MERCIA_PSEUDONYM_KEY_FILE", raising=False)
     bundle = sorted((shared_data / "fhir" / "synthea_small" / "bundles").iterdir())[0]
     csrf = sign_in(client, demo, "datamanager")
-    page = client.get(f"/sources/{demo.source}")
-    assert page.status_code == 200 and "Load an extract" in page.text
+    assert "Load an extract" not in client.get(f"/sources/{demo.source}").text  # the region is not an organisation
+    page = client.get("/sources/RRK")
+    assert page.status_code == 200 and "Load an extract" in page.text and "Nothing loaded from this organisation" in page.text
     files = {"file": (bundle.name, bundle.read_bytes())}
     assert client.post("/sources/RRK/loads", data={"kind": "fhir"}, files=files).status_code == 403
     r = client.post("/sources/RRK/loads", data={"kind": "fhir", "csrf_token": csrf}, files=files,
                     follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].startswith("/jobs/")
     job_id = int(r.headers["location"].split("/")[-1])
-    assert client.app.state.mercia.jobs.wait(job_id, 120)["status"] == "succeeded"
+    job = client.app.state.mercia.jobs.wait(job_id, 120)
+    assert job["status"] == "succeeded", job["error"]
     assert 'href="/sources/RRK"' in client.get(f"/jobs/{job_id}").text
-    assert bundle.name in client.get("/sources/RRK").text
+    rrk = client.get("/sources/RRK").text
+    assert bundle.name in rrk and "Data-quality report" in rrk and 'id="quality-checks"' in rrk
+    persons = int(re.search(r"<td>person</td><td class=\"numeric\">([\d,]+)</td>", rrk).group(1).replace(",", ""))
+    assert persons == 1  # one Synthea patient's bundle, not the region's 1,500
+    listed = client.get("/sources").text
+    assert demo.source in listed and "Demo acute trust (uploads)" in listed and "R9P" in listed
     client.cookies.clear()
     csrf = sign_in(client, demo, "researcher")
     assert client.post("/sources/RRK/loads", data={"kind": "fhir", "csrf_token": csrf},
                        files=files).status_code == 403
+
+
+def test_wrong_format_load_fails_and_says_why(client, demo):
+    csrf = sign_in(client, demo, "datamanager")
+    r = client.post("/sources/R9P/loads", data={"kind": "fhir", "csrf_token": csrf},
+                    files={"file": ("results.csv", b"nhs_number,test,value\n9990000018,HbA1c,48\n")},
+                    follow_redirects=False)
+    job_id = int(r.headers["location"].split("/")[-1])
+    assert client.app.state.mercia.jobs.wait(job_id, 60)["status"] == "failed"
+    page = client.get(f"/jobs/{job_id}").text
+    assert "Loading an extract failed" in page and "could be read as fhir" in page
+    assert 'href="/sources/R9P"' in page and "Error" not in re.sub(r"<[^>]+>", "", page).replace("Error:", "")
+    assert client.app.state.mercia.store.query_one(  # the rejected record is kept with its reason
+        "SELECT COUNT(*) FROM mercia_reject WHERE org = 'R9P' AND reason LIKE 'not valid JSON%'") >= 1
+    r = client.post("/sources/R9P/loads", data={"csrf_token": csrf}, follow_redirects=False)
+    assert r.status_code == 400 and "Choose the format of the file" in r.text and "Choose a file to load" in r.text
+    assert 'href="#load-kind"' in r.text and "<title>Error:" in r.text
 
 
 @pytest.mark.parametrize("target", ["//evil.example", "/\\evil.example", "https://evil.example"])
@@ -213,7 +246,13 @@ def test_start_a_project_through_the_form(client, demo):
     assert "Trial feasibility" in page and "Health inequalities" in page and "RRK, RQ3" in page
     assert "Submit for approval" in page
     r = client.post("/projects/new", data=form | {"title": ""})
-    assert r.status_code == 400 and "needs a title" in r.text and 'value="health_inequalities" checked' in r.text
+    assert r.status_code == 400 and "Enter a title" in r.text and 'value="health_inequalities" checked' in r.text
+    r = client.post("/projects/new", data={"csrf_token": csrf, "title": "Nothing chosen"})
+    assert r.status_code == 400 and "<title>Error: Start a project" in r.text
+    for field in ("#pillar", "#purpose", "#scope_domains-person"):  # every problem at once, linked
+        assert f'href="{field}"' in r.text
+    assert '<option value="">Choose a pillar</option>' in client.get("/projects/new").text
+    assert " selected" not in client.get("/projects/new").text  # no pillar chosen for the applicant
 
 
 def test_incidence_analysis_page_has_a_chart(client, demo):
@@ -229,6 +268,9 @@ def test_incidence_analysis_page_has_a_chart(client, demo):
                             "ObservationWindow": {"PriorDays": 0, "PostDays": 0},
                             "PrimaryCriteriaLimit": {"Type": "First"}}})
     state.jobs.wait(start_run(state, researcher, outcome["id"]), 120)
+    r = client.post("/cohorts/1/analyses", data={"csrf_token": csrf, "kind": "incidence"})  # no outcome chosen
+    assert r.status_code == 400 and 'href="#outcome"' in r.text and "Choose an outcome cohort" in r.text
+    assert "<title>Error:" in r.text and not state.jobs.for_user(researcher.id, 1)[0]["kind"] == "analysis.incidence"
     r = client.post("/cohorts/1/analyses", data={"csrf_token": csrf, "kind": "incidence",
                                                  "outcome_cohort_id": str(outcome["id"])}, follow_redirects=False)
     job_id = int(r.headers["location"].split("/")[-1])
@@ -237,6 +279,10 @@ def test_incidence_analysis_page_has_a_chart(client, demo):
     page = client.get(f"/analyses/{job['result']['analysis_id']}").text
     assert 'aria-labelledby="inc-title inc-desc"' in page and "<circle" in page
     assert "Incidence per 1,000 person-years" in page
+    assert "<h1>Incidence of Outcome: any metformin in New type 2 diabetes starting metformin</h1>" in page
+    cohort_page = client.get("/cohorts/1").text
+    assert ">Incidence of Outcome: any metformin in New type 2 diabetes starting metformin</a>" in cohort_page
+    assert "drug exposure of Metformin from index to 365 days after" in cohort_page  # windows in words
 
 
 def test_second_factor_needed_for_privileged_roles(client, demo):
@@ -273,3 +319,17 @@ def test_password_change_page(client, demo):
     demo.passwords["coordinator"] = "tea kettle orbit lamp"
     client.cookies.clear()
     sign_in(client, demo, "coordinator")
+
+
+def test_revoking_a_token_asks_first(client, demo):
+    csrf = sign_in(client, demo, "researcher")
+    gov = client.app.state.mercia.gov
+    researcher = gov.user_by_name("researcher")
+    gov.create_token(researcher, "nightly export script", 30)
+    token = next(t for t in gov.tokens(researcher) if t["name"] == "nightly export script")
+    r = client.post(f"/account/tokens/{token['id']}/revoke", data={"csrf_token": csrf})
+    assert r.status_code == 200 and "will stop working at once" in r.text
+    assert not next(t for t in gov.tokens(researcher) if t["id"] == token["id"])["revoked"]
+    r = client.post(f"/account/tokens/{token['id']}/revoke", data={"csrf_token": csrf, "confirm": "yes"},
+                    follow_redirects=False)
+    assert r.status_code == 303 and next(t for t in gov.tokens(researcher) if t["id"] == token["id"])["revoked"]

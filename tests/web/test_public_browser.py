@@ -64,4 +64,4 @@ def test_the_axe_check_sees_a_violation(page):
     """The check above can fail: an image without a text alternative is a critical violation."""
     page.set_content('<!DOCTYPE html><html lang="en"><head><title>t</title></head>'
                      '<body><main><img src="data:image/gif;base64,R0lGODlhAQABAAAAACw="></main></body></html>')
-    assert [v["rule"] for v in blocking_violations(page)] == ["image-alt"]
+    assert [v.split(" ")[0] for v in blocking_violations(page)] == ["image-alt"]
