@@ -23,7 +23,7 @@ from mercia.services.state import state_of
 router = APIRouter(prefix="/public", tags=["public register"], dependencies=[Depends(public_rate_limit)])
 
 ANONYMOUS_ROUTES = frozenset({
-    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/openapi.json"), ("GET", "/api/v1/docs"),   # the API's own description, offline
     ("GET", "/api/v1/public/projects"), ("GET", "/api/v1/public/projects/{project_id}"),
     ("GET", "/api/v1/public/releases"),
     ("GET", "/register"), ("GET", "/register/projects/{project_id}"), ("GET", "/register/feed.json"),
