@@ -167,8 +167,8 @@ class CirceSide:
         import sys
 
         sys.path.insert(0, str(CIRCE_TOOLS))
-        import ohdsi_oracle  # noqa: PLC0415  (shared tool, outside the package)
-        import time_circe  # noqa: PLC0415
+        import ohdsi_oracle  # the shared tool, outside the package
+        import time_circe
 
         self.oracle, self.timer = ohdsi_oracle, time_circe
         self.store, self.con = store, store.duckdb_connection

@@ -123,53 +123,53 @@ class _Compiler:
 
     # -- events -------------------------------------------------------------------------------
     def primary_events(self) -> exp.Query:
+        """The primary criteria's events inside an observation period (and its window), ranked
+        per person *after* that filter (as Circe does), then the first/last/all of them."""
         pc = self.expr.primary_criteria
         union = union_all([self.criteria.query(c) for c in pc.criteria_list])
         desc = pc.primary_criteria_limit.type == "Last"
-        ranked = exp.select(
-            exp.Column(this=exp.Star(), table=exp.to_identifier("E")),
-            exp.alias_(
-                row_number([col("person_id", "E")], [(col("start_date", "E"), desc), col("event_id", "E")]),
-                "ordinal",
-                copy=False,
-            ),
-            copy=False,
-        ).from_(union.subquery("E", copy=False), copy=False)
         op_start, op_end = (col("observation_period_start_date", "OP"), col("observation_period_end_date", "OP"))
-        q = (
+        window = pc.observation_window
+        ranked = (
             exp.select(
+                exp.Column(this=exp.Star(), table=exp.to_identifier("E")),
+                exp.alias_(op_start, "op_start_date", copy=False),
+                exp.alias_(op_end, "op_end_date", copy=False),
                 exp.alias_(
-                    row_number([col("person_id", "P")], [col("start_date", "P"), col("event_id", "P")]),
-                    "event_id",
+                    row_number([col("person_id", "E")], [(col("start_date", "E"), desc), col("event_id", "E")]),
+                    "ordinal",
                     copy=False,
                 ),
-                col("person_id", "P"),
-                col("start_date", "P"),
-                col("end_date", "P"),
-                exp.alias_(op_start, "op_start_date", copy=False),
-                exp.alias_(op_end.copy(), "op_end_date", copy=False),
-                col("visit_occurrence_id", "P"),
                 copy=False,
             )
-            .from_(ranked.subquery("P", copy=False), copy=False)
+            .from_(union.subquery("E", copy=False), copy=False)
             .join(
                 table("observation_period", "OP"),
                 on=exp.and_(
-                    _eq(col("person_id", "P"), col("person_id", "OP")),
-                    exp.GTE(this=col("start_date", "P"), expression=op_start.copy()),
-                    exp.LTE(this=col("start_date", "P"), expression=op_end.copy()),
+                    _eq(col("person_id", "E"), col("person_id", "OP")),
+                    exp.GTE(this=col("start_date", "E"), expression=op_start.copy()),
+                    exp.LTE(this=col("start_date", "E"), expression=op_end.copy()),
                     copy=False,
                 ),
                 copy=False,
             )
+            .where(
+                exp.LTE(this=add_days(op_start.copy(), window.prior_days), expression=col("start_date", "E")),
+                copy=False,
+            )
+            .where(
+                exp.LTE(this=add_days(col("start_date", "E"), window.post_days), expression=op_end.copy()), copy=False
+            )
         )
-        window = pc.observation_window
-        q = q.where(
-            exp.LTE(this=add_days(op_start.copy(), window.prior_days), expression=col("start_date", "P")), copy=False
-        )
-        q = q.where(
-            exp.LTE(this=add_days(col("start_date", "P"), window.post_days), expression=op_end.copy()), copy=False
-        )
+        q = exp.select(
+            exp.alias_(
+                row_number([col("person_id", "P")], [col("start_date", "P"), col("event_id", "P")]),
+                "event_id",
+                copy=False,
+            ),
+            *[col(c, "P") for c in EVENT_COLUMNS[1:]],
+            copy=False,
+        ).from_(ranked.subquery("P", copy=False), copy=False)
         if pc.primary_criteria_limit.type != "All":
             q = q.where(_eq(col("ordinal", "P"), num(1)), copy=False)
         return q
