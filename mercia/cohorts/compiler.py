@@ -14,9 +14,11 @@ of the compile time.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 
 from mercia.cohorts import model as m
 from mercia.cohorts.criteria import CODESETS, CriteriaCompiler, demographic_conditions
@@ -110,83 +112,64 @@ class _Compiler:
         self.expr = expr
         self.plan = CohortPlan(cohort_id=cohort_id, rules=list(expr.inclusion_rules))
         self.criteria = CriteriaCompiler(self._wrap_correlated)
+        self._nested = 0  # numbers the CTEs of nested correlated criteria
 
     # -- concept sets -------------------------------------------------------------------------
     def codesets(self) -> exp.Query:
-        selects = [self._concept_set(cs) for cs in self.expr.concept_sets]
+        selects = [concept_set_query(cs, cs.id) for cs in self.expr.concept_sets]
         if not selects:
             return empty_select({"codeset_id": BIGINT, "concept_id": BIGINT})
         return union_all(selects)
 
-    def _concept_set(self, cs: m.ConceptSet) -> exp.Select:
-        include = [i for i in cs.expression.items if not i.is_excluded]
-        exclude = [i for i in cs.expression.items if i.is_excluded]
-        included = _concept_query(include)
-        q = exp.select(
-            exp.alias_(num(cs.id), "codeset_id", copy=False),
-            exp.alias_(exp.cast(col("concept_id", "I"), BIGINT, copy=False), "concept_id", copy=False),
-            copy=False,
-        ).distinct(copy=False)
-        q = q.from_(included.subquery("I", copy=False), copy=False)
-        if exclude:
-            q = q.join(
-                _concept_query(exclude).subquery("E", copy=False),
-                on=_eq(col("concept_id", "I"), col("concept_id", "E")),
-                join_type="left",
-                copy=False,
-            )
-            q = q.where(exp.Is(this=col("concept_id", "E"), expression=exp.null()), copy=False)
-        return q
-
     # -- events -------------------------------------------------------------------------------
     def primary_events(self) -> exp.Query:
+        """The primary criteria's events inside an observation period (and its window), ranked
+        per person *after* that filter (as Circe does), then the first/last/all of them."""
         pc = self.expr.primary_criteria
         union = union_all([self.criteria.query(c) for c in pc.criteria_list])
         desc = pc.primary_criteria_limit.type == "Last"
-        ranked = exp.select(
-            exp.Column(this=exp.Star(), table=exp.to_identifier("E")),
-            exp.alias_(
-                row_number([col("person_id", "E")], [(col("start_date", "E"), desc), col("event_id", "E")]),
-                "ordinal",
-                copy=False,
-            ),
-            copy=False,
-        ).from_(union.subquery("E", copy=False), copy=False)
-        op_start, op_end = col("observation_period_start_date", "OP"), col("observation_period_end_date", "OP")
-        q = (
+        op_start, op_end = (col("observation_period_start_date", "OP"), col("observation_period_end_date", "OP"))
+        window = pc.observation_window
+        ranked = (
             exp.select(
+                exp.Column(this=exp.Star(), table=exp.to_identifier("E")),
+                exp.alias_(op_start, "op_start_date", copy=False),
+                exp.alias_(op_end, "op_end_date", copy=False),
                 exp.alias_(
-                    row_number([col("person_id", "P")], [col("start_date", "P"), col("event_id", "P")]),
-                    "event_id",
+                    row_number([col("person_id", "E")], [(col("start_date", "E"), desc), col("event_id", "E")]),
+                    "ordinal",
                     copy=False,
                 ),
-                col("person_id", "P"),
-                col("start_date", "P"),
-                col("end_date", "P"),
-                exp.alias_(op_start, "op_start_date", copy=False),
-                exp.alias_(op_end.copy(), "op_end_date", copy=False),
-                col("visit_occurrence_id", "P"),
                 copy=False,
             )
-            .from_(ranked.subquery("P", copy=False), copy=False)
+            .from_(union.subquery("E", copy=False), copy=False)
             .join(
                 table("observation_period", "OP"),
                 on=exp.and_(
-                    _eq(col("person_id", "P"), col("person_id", "OP")),
-                    exp.GTE(this=col("start_date", "P"), expression=op_start.copy()),
-                    exp.LTE(this=col("start_date", "P"), expression=op_end.copy()),
+                    _eq(col("person_id", "E"), col("person_id", "OP")),
+                    exp.GTE(this=col("start_date", "E"), expression=op_start.copy()),
+                    exp.LTE(this=col("start_date", "E"), expression=op_end.copy()),
                     copy=False,
                 ),
                 copy=False,
             )
+            .where(
+                exp.LTE(this=add_days(op_start.copy(), window.prior_days), expression=col("start_date", "E")),
+                copy=False,
+            )
+            .where(
+                exp.LTE(this=add_days(col("start_date", "E"), window.post_days), expression=op_end.copy()), copy=False
+            )
         )
-        window = pc.observation_window
-        q = q.where(
-            exp.LTE(this=add_days(op_start.copy(), window.prior_days), expression=col("start_date", "P")), copy=False
-        )
-        q = q.where(
-            exp.LTE(this=add_days(col("start_date", "P"), window.post_days), expression=op_end.copy()), copy=False
-        )
+        q = exp.select(
+            exp.alias_(
+                row_number([col("person_id", "P")], [col("start_date", "P"), col("event_id", "P")]),
+                "event_id",
+                copy=False,
+            ),
+            *[col(c, "P") for c in EVENT_COLUMNS[1:]],
+            copy=False,
+        ).from_(ranked.subquery("P", copy=False), copy=False)
         if pc.primary_criteria_limit.type != "All":
             q = q.where(_eq(col("ordinal", "P"), num(1)), copy=False)
         return q
@@ -465,17 +448,18 @@ class _Compiler:
         return q
 
     # -- criteria groups -----------------------------------------------------------------------
-    def group(self, g: m.CriteriaGroup, events, index: int) -> exp.Query:
+    def group(self, g: m.CriteriaGroup, events, index: int, unique_events: bool = True) -> exp.Query:
         """(index_id, person_id, event_id) of the events that satisfy group ``g``.
 
-        ``events`` returns a fresh relation (a table or a subquery) with the event columns."""
+        ``events`` returns a fresh relation (a table or a subquery) with the event columns;
+        ``unique_events`` says (person_id, event_id) is a key of it."""
         if g.is_empty():
             return exp.select(
                 exp.alias_(num(index), "index_id", copy=False), col("person_id", "E"), col("event_id", "E"), copy=False
             ).from_(_aliased(events(), "E"), copy=False)
         parts: list[exp.Query] = []
         for cc in g.criteria_list:
-            parts.append(self.correlated(cc, events, len(parts)))
+            parts.append(self.correlated(cc, events, len(parts), unique_events))
         for dc in g.demographic_criteria_list:
             q = (
                 exp.select(
@@ -491,7 +475,7 @@ class _Compiler:
                 q = q.where(cond, copy=False)
             parts.append(q)
         for sub in g.groups:
-            parts.append(self.group(sub, events, len(parts)))
+            parts.append(self.group(sub, events, len(parts), unique_events))
         count = exp.Count(this=col("index_id", "CQ"))
         join_type = "inner"
         if g.type == "ALL":
@@ -512,8 +496,10 @@ class _Compiler:
         )
         return q.group_by(col("person_id", "E"), col("event_id", "E"), copy=False).having(having, copy=False)
 
-    def correlated(self, cc: m.CorrelatedCriteria, events, index: int) -> exp.Query:
-        """Circe's windowed (correlated) criterion: count matching events around each index event."""
+    def correlated(self, cc: m.CorrelatedCriteria, events, index: int, unique_events: bool = True) -> exp.Query:
+        """Circe's windowed (correlated) criterion: count matching events around each index event.
+        When only existence matters (at least 1; or none, over unique events) it is a semi-join
+        (anti-join) instead of a join and a count."""
         check_op = not cc.ignore_observation_period
         conds: list[exp.Expression] = [_eq(col("person_id", "A"), col("person_id", "P"))]
         if check_op:
@@ -531,15 +517,28 @@ class _Compiler:
             column = _COUNT_COLUMNS.get(occ.count_column or "DOMAIN_CONCEPT")
             if column is None:
                 raise CohortDefinitionError(f"Occurrence.CountColumn {occ.count_column} is not supported")
-            counted: exp.Expression = exp.Distinct(expressions=[col(column, "A")])
+            counted_column = col(column, "A")
+            counted: exp.Expression = exp.Distinct(expressions=[counted_column.copy()])
         else:
-            counted = col("event_id", "A")
-        count = exp.Count(this=counted)
-        op = {0: exp.EQ, 1: exp.LTE, 2: exp.GTE}[occ.type]
-        join_type = "left" if occ.type == 1 or occ.count == 0 else "inner"
+            counted_column = col("event_id", "A")
+            counted = counted_column.copy()
         q = exp.select(
             exp.alias_(num(index), "index_id", copy=False), col("person_id", "P"), col("event_id", "P"), copy=False
         ).from_(_aliased(events(), "P"), copy=False)
+        exists = occ.type == 2 and occ.count == 1
+        absent = unique_events and occ.count == 0 and occ.type in (0, 1)
+        if exists or absent:
+            conds.append(exp.Not(this=exp.Is(this=counted_column, expression=exp.null())))
+            match = exp.Exists(
+                this=exp.select(num(1), copy=False)
+                .from_(self.criteria.query(cc.criteria).subquery("A", copy=False), copy=False)
+                .where(exp.and_(*conds, copy=False), copy=False)
+            )
+            q = q.where(match if exists else exp.Not(this=match), copy=False)
+            return q if unique_events else q.distinct(copy=False)
+        count = exp.Count(this=counted)
+        op = {0: exp.EQ, 1: exp.LTE, 2: exp.GTE}[occ.type]
+        join_type = "left" if occ.type == 1 or occ.count == 0 else "inner"
         q = q.join(
             self.criteria.query(cc.criteria).subquery("A", copy=False),
             on=exp.and_(*conds, copy=False),
@@ -552,7 +551,10 @@ class _Compiler:
 
     def _wrap_correlated(self, query: exp.Select, g: m.CriteriaGroup) -> exp.Select:
         """A criterion's own CorrelatedCriteria: keep its events that satisfy the group, judged
-        with each event as the index (and its observation period)."""
+        with each event as the index (and its observation period).  The criterion's events and
+        their observation-period lookup are named once (CTEs) however many criteria read them."""
+        self._nested += 1
+        rows, indexed = f"{PREFIX}q{self._nested}", f"{PREFIX}ix{self._nested}"
         with_op = (
             exp.select(
                 *[col(c, "Q") for c in ("person_id", "event_id", "start_date", "end_date", "visit_occurrence_id")],
@@ -560,7 +562,7 @@ class _Compiler:
                 exp.alias_(col("observation_period_end_date", "op"), "op_end_date", copy=False),
                 copy=False,
             )
-            .from_(query.copy().subquery("Q", copy=False), copy=False)
+            .from_(table(rows, "Q"), copy=False)
             .join(
                 table("observation_period", "op"),
                 on=exp.and_(
@@ -572,11 +574,17 @@ class _Compiler:
                 copy=False,
             )
         )
-        group = self.group(g, lambda: with_op.copy().subquery(copy=False), 0)
-        return (
+        group = self.group(g, lambda: table(indexed), 0, unique_events=False)
+        kept = (
             exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("PE")), copy=False)
-            .from_(query.subquery("PE", copy=False), copy=False)
+            .from_(table(rows, "PE"), copy=False)
             .join(group.subquery("AC", copy=False), on=_same_event("AC", "PE"), copy=False)
+            .with_(rows, as_=query, materialized=True, copy=False)
+            .with_(indexed, as_=with_op, materialized=True, copy=False)
+        )
+        # wrapped, so the WITH may sit inside a UNION ALL
+        return exp.select(exp.Star(), copy=False).from_(
+            kept.subquery(f"{PREFIX}w{self._nested}", copy=False), copy=False
         )
 
     # -- attrition ------------------------------------------------------------------------------
@@ -774,6 +782,28 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
     )
 
 
+def concept_set_query(cs: m.ConceptSet, codeset_id: int) -> exp.Select:
+    """(codeset_id, concept_id) rows of one concept set: its resolved concepts less the excluded ones."""
+    include = [i for i in cs.expression.items if not i.is_excluded]
+    exclude = [i for i in cs.expression.items if i.is_excluded]
+    included = _concept_query(include)
+    q = exp.select(
+        exp.alias_(num(codeset_id), "codeset_id", copy=False),
+        exp.alias_(exp.cast(col("concept_id", "I"), BIGINT, copy=False), "concept_id", copy=False),
+        copy=False,
+    ).distinct(copy=False)
+    q = q.from_(included.subquery("I", copy=False), copy=False)
+    if exclude:
+        q = q.join(
+            _concept_query(exclude).subquery("E", copy=False),
+            on=_eq(col("concept_id", "I"), col("concept_id", "E")),
+            join_type="left",
+            copy=False,
+        )
+        q = q.where(exp.Is(this=col("concept_id", "E"), expression=exp.null()), copy=False)
+    return q
+
+
 def _concept_query(items: list[m.ConceptSetItem]) -> exp.Query:
     """Circe's concept set resolution: the listed concepts (present in CONCEPT), valid descendants of
     those flagged, and concepts that 'Maps to' any of those when includeMapped is set."""
@@ -839,46 +869,66 @@ def build_plan(expr: m.CohortExpression, cohort_id: int) -> CohortPlan:
 def render(node: exp.Expression, dialect: str) -> str:
     if dialect not in DIALECTS:
         raise ValueError(f"unknown dialect {dialect!r}; choose one of {', '.join(DIALECTS)}")
-    return node.sql(dialect=dialect, copy=False)
+    if dialect == "spark":  # Spark has no MATERIALIZED hint (it plans CTEs itself)
+        for cte in node.find_all(exp.CTE):
+            cte.set("materialized", None)
+    return _dialect(dialect).generate(node, copy=False)
+
+
+@functools.cache
+def _dialect(name: str) -> Dialect:
+    """One instance per dialect (``Expression.sql`` builds a new one per call: a tenth of compiling)."""
+    return Dialect.get_or_raise(name)
 
 
 def materialise(name: str, query: exp.Query, dialect: str) -> list[str]:
     """Statements that turn a step into a temporary relation on ``dialect``."""
-    drop = exp.Drop(tables=[exp.to_table(name)], kind="TABLE", exists=True)
     if dialect == "spark":
         # Spark has no temporary tables, and temporary views re-inline their whole lineage into
-        # every later step; a real (session-owned, dropped afterwards) table cuts it.
+        # every later step; a real (session-owned, dropped afterwards) table cuts it.  No
+        # transaction either: a failed earlier run may have left it behind.
         create = exp.Create(
-            this=exp.to_table(name),
+            this=table(name),
             kind="TABLE",
             expression=query,
             properties=exp.Properties(expressions=[exp.FileFormatProperty(this=exp.var("PARQUET"))]),
         )
-        return [render(drop, dialect), render(create, dialect)]
+        return [render(drop_table(name), dialect), render(create, dialect)]
+    # DuckDB/PostgreSQL: the script runs in one transaction and drops its steps at the end, so a
+    # failed run leaves nothing behind to drop first
     create = exp.Create(
-        this=exp.to_table(name),
+        this=table(name),
         kind="TABLE",
         expression=query,
         properties=exp.Properties(expressions=[exp.TemporaryProperty()]),
     )
-    return [render(drop, dialect), render(create, dialect)]
+    return [render(create, dialect)]
+
+
+def drop_table(name: str) -> exp.Drop:
+    return exp.Drop(tables=[table(name)], kind="TABLE", exists=True)
 
 
 def compile_cohort(expr: m.CohortExpression, cohort_id: int, dialect: str = "duckdb") -> list[str]:
     """The full SQL script of one cohort on ``dialect``: temporary steps, the ``cohort`` rows
     (replacing this id's earlier rows) and the attrition tables, then clean-up."""
-    plan = build_plan(expr, cohort_id)
+    return plan_statements(build_plan(expr, cohort_id), dialect)
+
+
+def plan_statements(plan: CohortPlan, dialect: str) -> list[str]:
+    """The SQL script of a built (possibly rewritten) plan on ``dialect``."""
+    cohort_id = plan.cohort_id
     statements: list[str] = []
     for name, query in plan.steps:
         statements += materialise(name, query, dialect)
     id_filter = _eq(col("cohort_definition_id"), num(cohort_id))
     writes = {"cohort": plan.cohort_rows, **plan.attrition}
     for tbl, rows in writes.items():
-        statements.append(render(exp.Delete(this=exp.to_table(tbl), where=exp.Where(this=id_filter.copy())), dialect))
-        statements.append(render(exp.Insert(this=exp.to_table(tbl), expression=rows), dialect))
+        statements.append(render(exp.Delete(this=table(tbl), where=exp.Where(this=id_filter.copy())), dialect))
+        statements.append(render(exp.Insert(this=table(tbl), expression=rows), dialect))
     if plan.rules:
         statements.append(
-            render(exp.Delete(this=exp.to_table("cohort_inclusion"), where=exp.Where(this=id_filter.copy())), dialect)
+            render(exp.Delete(this=table("cohort_inclusion"), where=exp.Where(this=id_filter.copy())), dialect)
         )
         values = exp.values(
             [
@@ -893,7 +943,7 @@ def compile_cohort(expr: m.CohortExpression, cohort_id: int, dialect: str = "duc
                 for i, r in enumerate(plan.rules)
             ]
         )
-        statements.append(render(exp.Insert(this=exp.to_table("cohort_inclusion"), expression=values), dialect))
+        statements.append(render(exp.Insert(this=table("cohort_inclusion"), expression=values), dialect))
     for name, _ in reversed(plan.steps):
-        statements.append(render(exp.Drop(tables=[exp.to_table(name)], kind="TABLE", exists=True), dialect))
+        statements.append(render(drop_table(name), dialect))
     return statements

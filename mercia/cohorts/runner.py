@@ -78,30 +78,41 @@ def run_cohort(store: Store, expr: CohortExpression, cohort_id: int) -> CohortRe
 
 
 def read_result(store: Store, cohort_id: int, expr: CohortExpression, seconds: float = 0.0) -> CohortResult:
-    persons, entries = store.query(
-        "SELECT count(DISTINCT subject_id), count(*) FROM cohort WHERE cohort_definition_id = ?", [cohort_id]
-    )[0]
-    result = CohortResult(cohort_id=cohort_id, persons=int(persons), entries=int(entries), seconds=seconds)
-    for mode, base, final in store.query(
-        "SELECT mode_id, base_count, final_count FROM cohort_summary_stats WHERE cohort_definition_id = ?",
-        [cohort_id],
+    return read_results(store, [(cohort_id, expr, seconds)])[0]
+
+
+def read_results(store: Store, cohorts: list[tuple[int, CohortExpression, float]]) -> list[CohortResult]:
+    """Persons, entries and attrition of each (cohort id, definition, seconds), in four queries."""
+    ids = [cid for cid, _, _ in cohorts]
+    where = f"WHERE cohort_definition_id IN ({', '.join('?' * len(ids))})"
+    results = {cid: CohortResult(cohort_id=cid, persons=0, entries=0, seconds=seconds) for cid, _, seconds in cohorts}
+    for cid, persons, entries in store.query(
+        f"SELECT cohort_definition_id, count(DISTINCT subject_id), count(*) FROM cohort {where} "
+        "GROUP BY cohort_definition_id",
+        ids,
     ):
-        result.base_count[int(mode)] = int(base)
-        result.final_count[int(mode)] = int(final)
-    names = {i: r.name or "" for i, r in enumerate(expr.inclusion_rules)}
-    masks = store.query(
-        "SELECT mode_id, inclusion_rule_mask, person_count FROM cohort_inclusion_result "
-        "WHERE cohort_definition_id = ?",
-        [cohort_id],
-    )
-    for mode, seq, count, gain, total in store.query(
-        "SELECT mode_id, rule_sequence, person_count, gain_count, person_total FROM cohort_inclusion_stats "
-        "WHERE cohort_definition_id = ? ORDER BY mode_id, rule_sequence",
-        [cohort_id],
+        results[int(cid)].persons, results[int(cid)].entries = int(persons), int(entries)
+    for cid, mode, base, final in store.query(
+        f"SELECT cohort_definition_id, mode_id, base_count, final_count FROM cohort_summary_stats {where}", ids
     ):
-        prefix = (1 << (int(seq) + 1)) - 1
-        remaining = sum(int(n) for mm, mask, n in masks if mm == mode and int(mask) & prefix == prefix)
-        result.attrition.append(
-            AttritionRow(int(seq), names.get(int(seq), ""), int(count), int(gain), int(total), int(mode), remaining)
+        results[int(cid)].base_count[int(mode)] = int(base)
+        results[int(cid)].final_count[int(mode)] = int(final)
+    masks: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for cid, mode, mask, count in store.query(
+        f"SELECT cohort_definition_id, mode_id, inclusion_rule_mask, person_count FROM cohort_inclusion_result {where}",
+        ids,
+    ):
+        masks.setdefault((int(cid), int(mode)), []).append((int(mask), int(count)))
+    names = {cid: {i: r.name or "" for i, r in enumerate(expr.inclusion_rules)} for cid, expr, _ in cohorts}
+    for cid, mode, seq, count, gain, total in store.query(
+        "SELECT cohort_definition_id, mode_id, rule_sequence, person_count, gain_count, person_total "
+        f"FROM cohort_inclusion_stats {where} ORDER BY cohort_definition_id, mode_id, rule_sequence",
+        ids,
+    ):
+        cid, mode, seq = int(cid), int(mode), int(seq)
+        prefix = (1 << (seq + 1)) - 1
+        remaining = sum(n for mask, n in masks.get((cid, mode), []) if mask & prefix == prefix)
+        results[cid].attrition.append(
+            AttritionRow(seq, names[cid].get(seq, ""), int(count), int(gain), int(total), mode, remaining)
         )
-    return result
+    return [results[cid] for cid in ids]

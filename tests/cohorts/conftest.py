@@ -3,6 +3,7 @@ executes one cohort definition on tiny hand-written tables on any engine."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import uuid
 from pathlib import Path
@@ -202,6 +203,22 @@ def cohort_gibleed_postgres(cohort_gibleed_duckdb):
             store.insert_arrow(name, data)
     yield store
     drop_store(store)
+
+
+@pytest.fixture(scope="session")
+def expected(reference_dir: Path):
+    counts = {int(r["cohort_id"]): r for r in csv.DictReader((reference_dir / "expected_counts.csv").open())}
+    stats: dict[int, list[dict]] = {}
+    for r in csv.DictReader((reference_dir / "inclusion_stats.csv").open()):
+        stats.setdefault(int(r["cohort_id"]), []).append(r)
+    return counts, stats
+
+
+@pytest.fixture(
+    params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)], scope="module"
+)
+def gibleed_engine(request):
+    return request.getfixturevalue(f"cohort_gibleed_{request.param}")
 
 
 @pytest.fixture(scope="session")

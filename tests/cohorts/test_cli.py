@@ -119,3 +119,17 @@ def test_bad_definition_names_the_json_path(cdm, tmp_path):
     result = runner.invoke(app, ["cohort", "run", str(broken), "--db", str(cdm)])
     assert result.exit_code == 2
     assert "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.Frist" in result.output
+
+
+def test_directory_batch_and_one_by_one_give_the_same_cohorts(cdm, definitions, tmp_path):
+    outputs = {}
+    for mode in ([], ["--one-by-one"]):
+        out = tmp_path / ("one" if mode else "batch")
+        result = runner.invoke(app, ["cohort", "run", str(definitions), "--db", str(cdm), "--out-dir", str(out), *mode])
+        assert result.exit_code == 0, result.output
+        summary = orjson.loads((out / "summary.json").read_bytes())
+        outputs[bool(mode)] = (
+            [{k: v for k, v in s.items() if k != "seconds"} for s in summary],
+            [(out / f"{cid}.csv").read_text() for cid in (5, 6)],
+        )
+    assert outputs[False] == outputs[True]

@@ -135,12 +135,14 @@ def test_entry_ends_at_observation_period_end_by_default(run_spec):
 @pytest.mark.parametrize(
     ("first", "limit", "expected"),
     [
-        (True, "All", []),  # First picks 2010-02-01, which fails the window
-        (False, "First", []),  # so does the primary limit
+        (True, "All", []),  # the criterion's First picks 2010-02-01, which fails the window
+        # the primary limit ranks after the window (Circe's primary-events row_number runs after its
+        # observation-period join and WHERE), so the later event is the first
+        (False, "First", [(1, "2012-01-01", "2015-12-31")]),
         (False, "All", [(1, "2012-01-01", "2015-12-31")]),  # with All the later event qualifies
     ],
 )
-def test_first_event_outside_observation_window_drops_the_person(run_spec, first, limit, expected):
+def test_first_and_primary_limit_against_the_observation_window(run_spec, first, limit, expected):
     tables = world([1], condition_occurrence=[cond(1, "2010-02-01"), cond(1, "2012-01-01")])
     got, _ = run_spec(tables, cohort(cb.condition(A, first=first or None), prior_days=365, entry_limit=limit))
     assert got == rows(*expected)

@@ -1,0 +1,188 @@
+"""Generate many cohort definitions together, with the same rows as one at a time.
+
+What a batch shares (the idea of OHDSI CDMConnector's ``generateCohortSet2``):
+
+* **concept sets, expanded once**: equal concept set expressions across the batch get one
+  global codeset id in ``mercia_batch_codesets``; each cohort's ``mercia_codesets`` step becomes
+  a lookup of its own ids in that table instead of a walk of the vocabulary.
+* **domain tables, scanned once**: a CDM table that every plan of the batch reads only through
+  an inner join to a codeset (on one of its concept columns) is filtered once to the rows whose
+  concept is in any codeset of the batch (``mercia_batch_<table>``), and every cohort reads that
+  instead.  Rows outside it cannot reach any of those joins, so each cohort's rows are unchanged.
+* one transaction, the result tables checked once, the results read in three queries.
+
+Then each cohort's own steps run as in ``run_cohort``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import orjson
+from sqlglot import exp
+
+from mercia.cdm import Store
+from mercia.cohorts import model as m
+from mercia.cohorts.compiler import (
+    PREFIX,
+    CohortPlan,
+    build_plan,
+    concept_set_query,
+    drop_table,
+    materialise,
+    plan_statements,
+    render,
+)
+from mercia.cohorts.criteria import CODESETS, DOMAINS
+from mercia.cohorts.runner import CohortResult, ensure_result_tables, read_results
+from mercia.cohorts.sqlexpr import col, num, table, union_all
+
+BATCH_CODESETS = f"{PREFIX}batch_codesets"
+_DOMAIN_TABLES = {d.table for d in DOMAINS.values()} | {"person", "visit_occurrence", "observation_period"}
+
+
+def _concept_set_key(cs: m.ConceptSet) -> bytes:
+    """Two concept sets resolve to the same concepts when their items are equal (order aside)."""
+    items = sorted(
+        (i.concept.concept_id, i.is_excluded, i.include_descendants, i.include_mapped) for i in cs.expression.items
+    )
+    return orjson.dumps(items)
+
+
+class BatchPlan:
+    """The shared steps of a batch and each cohort's plan rewritten to read them."""
+
+    def __init__(self, definitions: Sequence[tuple[int, m.CohortExpression]]):
+        self.shared: list[tuple[str, exp.Query]] = []
+        self.plans: list[CohortPlan] = [build_plan(expr, cid) for cid, expr in definitions]
+        global_ids: dict[bytes, int] = {}
+        codesets: list[exp.Query] = []
+        for (_, expr), plan in zip(definitions, self.plans, strict=True):
+            local_to_global = []
+            for cs in expr.concept_sets:
+                key = _concept_set_key(cs)
+                if key not in global_ids:
+                    global_ids[key] = len(global_ids)
+                    codesets.append(concept_set_query(cs, global_ids[key]))
+                local_to_global.append((cs.id, global_ids[key]))
+            plan.steps = [
+                (name, _local_codesets(local_to_global) if name == CODESETS else query) for name, query in plan.steps
+            ]
+        if codesets:
+            self.shared.append((BATCH_CODESETS, union_all(codesets)))
+            self._filter_domain_tables()
+
+    def _filter_domain_tables(self) -> None:
+        columns: dict[str, set[str]] = {}
+        unfiltered: set[str] = set()
+        for plan in self.plans:
+            for query in self._queries(plan):
+                for node in query.find_all(exp.Table):
+                    name = node.name
+                    if name not in _DOMAIN_TABLES or name in unfiltered:
+                        continue
+                    joined = _codeset_join_columns(node)
+                    if joined:
+                        columns.setdefault(name, set()).update(joined)
+                    else:
+                        unfiltered.add(name)
+        renamed = {}
+        for name in sorted(set(columns) - unfiltered):
+            concepts = exp.select(col("concept_id"), copy=False).from_(table(BATCH_CODESETS), copy=False)
+            keep = exp.or_(
+                *[exp.In(this=col(c), query=concepts.copy().subquery(copy=False)) for c in sorted(columns[name])],
+                copy=False,
+            )
+            renamed[name] = f"{PREFIX}batch_{name}"
+            self.shared.append(
+                (
+                    renamed[name],
+                    exp.select(exp.Star(), copy=False).from_(table(name), copy=False).where(keep, copy=False),
+                )
+            )
+        for plan in self.plans:
+            for query in self._queries(plan):
+                for node in list(query.find_all(exp.Table)):
+                    if node.name in renamed:
+                        node.set("this", exp.to_identifier(renamed[node.name]))
+
+    @staticmethod
+    def _queries(plan: CohortPlan) -> list[exp.Expression]:
+        return [q for _, q in plan.steps] + [plan.cohort_rows, *plan.attrition.values()]
+
+    def statements(self, dialect: str) -> tuple[list[str], list[list[str]], list[str]]:
+        """(shared set-up, each cohort's script, shared clean-up) on ``dialect``."""
+        setup = [s for name, q in self.shared for s in materialise(name, q, dialect)]
+        cleanup = [render(drop_table(name), dialect) for name, _ in reversed(self.shared)]
+        return setup, [plan_statements(p, dialect) for p in self.plans], cleanup
+
+
+def _local_codesets(local_to_global: list[tuple[int, int]]) -> exp.Query:
+    """A cohort's ``mercia_codesets`` rows, under its own codeset ids, from the batch's table."""
+    if not local_to_global:
+        return exp.select(
+            exp.alias_(exp.cast(exp.null(), "BIGINT"), "codeset_id"),
+            exp.alias_(exp.cast(exp.null(), "BIGINT"), "concept_id"),
+            copy=False,
+        ).where(exp.EQ(this=num(1), expression=num(0)), copy=False)
+    mapping = exp.case()
+    for local, global_id in local_to_global:
+        mapping = mapping.when(exp.EQ(this=col("codeset_id", "B"), expression=num(global_id)), num(local), copy=False)
+    return (
+        exp.select(
+            exp.alias_(exp.cast(mapping, "BIGINT"), "codeset_id", copy=False), col("concept_id", "B"), copy=False
+        )
+        .from_(table(BATCH_CODESETS, "B"), copy=False)
+        .where(exp.In(this=col("codeset_id", "B"), expressions=[num(g) for _, g in local_to_global]), copy=False)
+    )
+
+
+def _codeset_join_columns(node: exp.Table) -> set[str]:
+    """The table's columns that an inner join to the codesets constrains, when ``node`` is the
+    FROM of a select with such a join (the criterion and drug-persistence queries); else empty."""
+    source = node.parent
+    select = source.parent if isinstance(source, exp.From) else None
+    if not isinstance(select, exp.Select) or not node.alias:
+        return set()
+    found = set()
+    for join in select.args.get("joins") or []:
+        target = join.this
+        if (
+            not (isinstance(target, exp.Table) and target.name == CODESETS)
+            or join.side
+            or join.kind not in ("", None, "INNER")
+        ):
+            continue
+        for eq in join.args["on"].find_all(exp.EQ):
+            sides = [eq.this, eq.expression]
+            if not all(isinstance(s, exp.Column) for s in sides):
+                continue
+            mine = [s for s in sides if s.table == node.alias]
+            theirs = [s for s in sides if s.table == target.alias and s.name == "concept_id"]
+            if mine and theirs:
+                found.add(mine[0].name)
+    return found
+
+
+def run_batch(store: Store, definitions: Sequence[tuple[int, m.CohortExpression]]) -> list[CohortResult]:
+    """Generate every (cohort id, definition) into ``store`` in one transaction; each cohort's
+    rows and attrition are those ``run_cohort`` gives.  ``seconds`` is each cohort's own steps
+    (the shared set-up is not spread over them)."""
+    if len({cid for cid, _ in definitions}) != len(definitions):
+        raise ValueError("a batch names a cohort id twice")
+    ensure_result_tables(store)
+    batch = BatchPlan(definitions)
+    setup, scripts, cleanup = batch.statements(store.dialect)
+    seconds = []
+    with store.transaction():
+        for statement in setup:
+            store.execute(statement)
+        for script in scripts:
+            began = time.perf_counter()
+            for statement in script:
+                store.execute(statement)
+            seconds.append(time.perf_counter() - began)
+        for statement in cleanup:
+            store.execute(statement)
+    return read_results(store, [(cid, expr, s) for (cid, expr), s in zip(definitions, seconds, strict=True)])

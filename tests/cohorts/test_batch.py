@@ -1,0 +1,75 @@
+"""Batch generation: the whole reference library in one batch gives each cohort OHDSI's rows and
+attrition (the same as one at a time), on DuckDB and PostgreSQL; concept sets are shared and domain
+tables pre-filtered only where every read of them goes through a codeset."""
+
+from __future__ import annotations
+
+import pytest
+
+from mercia.cohorts import CohortExpression
+from mercia.cohorts.batch import BATCH_CODESETS, BatchPlan, run_batch
+
+from .test_reference import COHORT_IDS, assert_reference
+
+
+def _definitions(reference_dir, ids):
+    return [(cid, CohortExpression.from_json((reference_dir / "cohorts" / f"{cid}.json").read_bytes())) for cid in ids]
+
+
+@pytest.mark.slow
+def test_reference_library_as_one_batch(gibleed_engine, reference_dir, expected):
+    definitions = _definitions(reference_dir, COHORT_IDS)
+    gibleed_engine.execute("DELETE FROM cohort")
+    results = run_batch(gibleed_engine, definitions)
+    assert [r.cohort_id for r in results] == COHORT_IDS
+    for (_, expr), result in zip(definitions, results, strict=True):
+        assert_reference(gibleed_engine, expected, expr, result)
+
+
+def test_small_batch_matches_reference(gibleed_engine, reference_dir, expected):
+    ids = [1073, 1187, 368, 56, 29, 651]  # nested criteria, drug persistence, era collapse, plain
+    definitions = _definitions(reference_dir, ids)
+    for (_, expr), result in zip(definitions, run_batch(gibleed_engine, definitions), strict=True):
+        assert_reference(gibleed_engine, expected, expr, result)
+
+
+def _condition_cohort(concept_id: int, codeset: bool = True) -> CohortExpression:
+    criterion = {"ConditionOccurrence": {"CodesetId": 0} if codeset else {}}
+    return CohortExpression.model_validate(
+        {
+            "ConceptSets": [
+                {
+                    "id": 0,
+                    "expression": {"items": [{"concept": {"CONCEPT_ID": concept_id}, "includeDescendants": True}]},
+                }
+            ],
+            "PrimaryCriteria": {"CriteriaList": [criterion]},
+        }
+    )
+
+
+def test_equal_concept_sets_are_expanded_once():
+    batch = BatchPlan([(1, _condition_cohort(192671)), (2, _condition_cohort(192671)), (3, _condition_cohort(80809))])
+    shared = dict(batch.shared)
+    codeset_sql = shared[BATCH_CODESETS].sql()
+    # each distinct set is resolved once (its id appears in the listed concepts and the descendants)
+    assert codeset_sql.count("192671") == 2 and codeset_sql.count("80809") == 2
+    assert "mercia_batch_condition_occurrence" in shared
+    for plan in batch.plans:
+        primary = dict(plan.steps)["mercia_primary_events"].sql()
+        assert "FROM mercia_batch_condition_occurrence" in primary
+        assert "FROM condition_occurrence" not in primary
+
+
+def test_a_table_read_without_a_codeset_is_not_filtered():
+    batch = BatchPlan([(1, _condition_cohort(192671)), (2, _condition_cohort(80809, codeset=False))])
+    assert "mercia_batch_condition_occurrence" not in dict(batch.shared)
+    assert all(
+        "mercia_batch_condition_occurrence" not in dict(p.steps)["mercia_primary_events"].sql() for p in batch.plans
+    )
+
+
+def test_a_cohort_id_twice_is_refused(gibleed_engine):
+    expr = _condition_cohort(192671)
+    with pytest.raises(ValueError, match="cohort id twice"):
+        run_batch(gibleed_engine, [(5, expr), (5, expr)])
