@@ -15,6 +15,7 @@ from mercia.cdm import Store
 from mercia.cdm.schema import CDM_TABLES
 from mercia.cohorts import CohortExpression, run_cohort
 from mercia.cohorts.batch import run_batch
+from tests.conftest import engine_missing
 
 from .conftest import cdm_arrow
 
@@ -113,7 +114,7 @@ def random_cdm(path, gibleed: Store, seed: int, persons: int = 150) -> Store:
 def circe_oracle(shared_data):
     tools = shared_data.parent / "tools" / "circe"
     if not (tools / "ohdsi_oracle.py").exists():
-        pytest.skip(f"OHDSI oracle not found at {tools}")
+        engine_missing(f"OHDSI oracle not found at {tools}")
     sys.path.insert(0, str(tools))
     import ohdsi_oracle
 
