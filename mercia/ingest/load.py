@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from mercia.cdm import Store, quote
 from mercia.ingest.staging import EARLIEST_DATE, END_DATE_AHEAD, Staged, date_window, latest_date
 from mercia.cdm.extensions import TOKEN_FIELDS, ensure_extension_tables
-from mercia.cdm.persons import EHR_TYPE, max_id, rebuild_person_rows
+from mercia.cdm.persons import EHR_TYPE, EVENT_DATES, max_id, rebuild_person_rows
 from mercia.privacy.geography import GeographyLookup
 from mercia.privacy.optout import stored_opt_outs
 from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
