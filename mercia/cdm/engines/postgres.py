@@ -84,9 +84,19 @@ class PostgresStore(Store):
         conn = pool.getconn()
         child = object.__new__(PostgresStore)
         Store.__init__(child, self.url, self.schema, self.read_only)
+        child._adopt(self)
         child._pg, child._pool, child._pool_lock = conn, None, threading.Lock()
         child._release = lambda: pool.putconn(conn)
         return child
+
+    def _create_id_table(self) -> None:
+        """On a short connection of its own, so it commits even inside the caller's transaction;
+        one creator at a time in this process (concurrent CREATEs of one table collide)."""
+        from mercia.cdm.extensions import ID_BLOCK_DDL
+
+        with self._shared.ids, psycopg.connect(self.url, autocommit=True) as conn:
+            self._configure(conn)
+            conn.execute(ID_BLOCK_DDL)
 
     # -- SQL -------------------------------------------------------------------------------
     def _run(self, sql: str, params: Sequence[Any] | None) -> psycopg.Cursor:
