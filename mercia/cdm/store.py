@@ -52,6 +52,11 @@ class _Shared:
             self.allocator = None
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached now (restarting, network, every connection busy): nothing
+    was done, and the same request may succeed in a moment (HTTP 503 with Retry-After)."""
+
+
 def quote(identifier: str) -> str:
     """Quote an identifier for every engine here (names such as ``offset`` are reserved)."""
     if not _IDENTIFIER.match(identifier):

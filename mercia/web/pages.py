@@ -15,8 +15,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from mercia.api.auth import Caller, client_source, csrf_ok, session_caller
-from mercia.api.errors import STORE_REFUSED, status_for
-from mercia.cdm import StoreError
+from mercia.api.errors import RETRY_AFTER, STORE_REFUSED, STORE_UNAVAILABLE, status_for
+from mercia.cdm import StoreError, StoreUnavailable
 from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, ProjectStatus, Role
 from mercia.services import analyses as analysis_service
 from mercia.services import cohorts as cohort_service
@@ -114,6 +114,14 @@ def install_handlers(app: FastAPI) -> None:
     async def store_refused(request: Request, exc: StoreError):
         return render(request, "error.html", session_caller(request), 400, title="There is a problem",
                       message=STORE_REFUSED)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable):
+        # No signed-in caller on this page: finding them needs the store that is not answering.
+        response = render(request, "error.html", None, 503, title="Please try again shortly",
+                          message=STORE_UNAVAILABLE)
+        response.headers.update(RETRY_AFTER)
+        return response
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc):
@@ -262,7 +270,7 @@ def home(request: Request, caller: Caller = Depends(signed_in)):
     projects = state.gov.projects_for(user)
     mine = [p for p in projects if user.id in p.members]
     context: dict[str, Any] = {"projects": mine, "jobs": state.jobs.for_user(user.id, 5)}
-    context["approvals"] = state.gov.awaiting_decision(user)
+    context["approvals"] = state.gov.awaiting_decision(user, projects)
     if user.has(Role.OUTPUT_CHECKER):
         context["pending_exports"] = [e for e in state.airlock.list_for(user, "pending")
                                       if e["requester_id"] != user.id]
@@ -279,8 +287,9 @@ def home(request: Request, caller: Caller = Depends(signed_in)):
 @router.get("/projects", response_class=HTMLResponse)
 def projects_page(request: Request, caller: Caller = Depends(signed_in)):
     state = state_of(request)
-    return render(request, "projects.html", caller, projects=state.gov.projects_for(caller.user),
-                  approvals=state.gov.awaiting_decision(caller.user))
+    projects = state.gov.projects_for(caller.user)
+    return render(request, "projects.html", caller, projects=projects,
+                  approvals=state.gov.awaiting_decision(caller.user, projects))
 
 
 @router.get("/projects/new", response_class=HTMLResponse)
