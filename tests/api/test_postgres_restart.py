@@ -51,7 +51,7 @@ class ThrowawayPostgres:
 
     def remove(self) -> None:
         subprocess.run([*self.run_as, str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",
-                        "stop"], capture_output=True, timeout=60)
+                        "stop"], capture_output=True, timeout=60, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -3,10 +3,9 @@ on every engine: parallel writers on their own connections never get the same id
 
 from __future__ import annotations
 
+import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
-
-import pytest
 
 from mercia.cdm.sessions import bound_session, current, session_for
 
@@ -72,5 +71,5 @@ def test_blocks_of_ids_do_not_overlap_and_step_over_rows_written_with_their_own_
 
     firsts = sorted(_in_parallel(8, reserve))
     assert firsts[0] == 42
-    assert all(b - a >= 5 for a, b in zip(firsts, firsts[1:], strict=False))
+    assert all(b - a >= 5 for a, b in itertools.pairwise(firsts))
     assert store.allocate_ids("made", "id", start=1000) == 1000  # a floor (trial cohort ids start high)
