@@ -123,6 +123,18 @@ def entry_hash(key: bytes, prev_hash: str, seq: int, at: str, actor: str, action
     return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
+def legacy_entry_hash(prev_hash: str, seq: int, at: str, actor: str, action: str, target: str,
+                      project_id: int | None, detail: str) -> str:
+    """How entries were chained before the chain was keyed: plain SHA-256 over the same fields."""
+    canonical = orjson.dumps([prev_hash, seq, at, actor, action, target, project_id, detail])
+    return hashlib.sha256(canonical).hexdigest()
+
+
+LEGACY_FORMAT = ("entry {seq} is in the legacy unkeyed format (a plain SHA-256 chain, written before Mercia "
+                 "keyed audit entries with HMAC): it is intact as an unkeyed chain but cannot be verified with "
+                 "the audit key; archive the log of that period (`mercia audit list --json`) and start a keyed one")
+
+
 @dataclass(frozen=True)
 class Verification:
     ok: bool
@@ -130,6 +142,7 @@ class Verification:
     head: str
     first_bad_seq: int | None = None
     problem: str | None = None
+    legacy: bool = False  # the chain is the unkeyed one of before HMAC, not tampered with
 
 
 class AuditLog:
@@ -197,6 +210,10 @@ class AuditLog:
                 digest = entry_hash(self.key, prev, r["seq"], r["logged_at"], r["actor"], r["action"], r["target"],
                                     r["project_id"], r["detail"])
                 if not hmac.compare_digest(digest, r["hash"]):
+                    if legacy_entry_hash(prev, r["seq"], r["logged_at"], r["actor"], r["action"], r["target"],
+                                         r["project_id"], r["detail"]) == r["hash"]:
+                        return Verification(False, count, prev, r["seq"], LEGACY_FORMAT.format(seq=r["seq"]),
+                                            legacy=True)
                     return Verification(False, count, prev, r["seq"],
                                         f"entry {r['seq']} was altered after it was written")
                 if anchored.get(r["seq"], r["hash"]) != r["hash"]:

@@ -20,8 +20,12 @@ def purge(opt_out: Path = typer.Option(..., "--opt-out", exists=True, help="NHS 
     from mercia.privacy.optout import read_opt_out_file
     from mercia.privacy.pseudonym import Pseudonymiser, load_key
 
+    from mercia.governance.audit import record_cli_write
+
     numbers = read_opt_out_file(opt_out)
     with Store.open(db) as store:
         deleted = purge_people(store, numbers, Pseudonymiser(load_key()))
+        # Counts only: the audit log never holds an NHS number.
+        record_cli_write(store, "privacy.purge", "opt-out", listed=len(numbers), removed=deleted)
     Console().print(f"{len(numbers)} NHS numbers on the list; rows removed: "
                     + (", ".join(f"{t} {n}" for t, n in sorted(deleted.items())) or "none"))
