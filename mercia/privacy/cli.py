@@ -16,11 +16,10 @@ def purge(opt_out: Path = typer.Option(..., "--opt-out", exists=True, help="NHS 
     from rich.console import Console
 
     from mercia.cdm import Store
+    from mercia.governance.audit import record_cli_write
     from mercia.privacy.optout import purge as purge_people
     from mercia.privacy.optout import read_opt_out_file
     from mercia.privacy.pseudonym import Pseudonymiser, load_key
-
-    from mercia.governance.audit import record_cli_write
 
     numbers = read_opt_out_file(opt_out)
     with Store.open(db) as store:

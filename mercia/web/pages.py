@@ -169,6 +169,13 @@ def signin(request: Request, form: dict[str, str] = Depends(form_data)):
                           oidc=bool(state.options.oidc))
         _pre_csrf_cookie(request, response, token)
         return response
+    return after_first_factor(request, user, next_path)
+
+
+def after_first_factor(request: Request, user, next_path: str) -> Response:
+    """A password or an organisation's sign-in (OIDC) proved who this is: a session now, or first the
+    authenticator code for the roles that need a second factor (whichever way they signed in)."""
+    state = state_of(request)
     if user.needs_second_factor:
         response = redirect(f"/signin/second-factor?next={urlquote(next_path)}")
         response.set_cookie(PENDING, state.gov.start_pending(user), httponly=True, samesite="strict",
