@@ -15,8 +15,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import hmac
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,53 +23,20 @@ import orjson
 
 from mercia.cdm import Store
 from mercia.governance.db import GovernanceDB, now
-from mercia.governance.model import Conflict, GovernanceError
+from mercia.governance.keys import read_key
+from mercia.governance.model import Conflict
 
 GENESIS = "0" * 64
 KEY_ENV = "MERCIA_AUDIT_KEY"
-_MIN_KEY_BYTES = 32
-
-
-def _repository_root() -> Path:
-    return Path(__file__).resolve().parents[2]
 
 
 def load_audit_key() -> bytes:
     """``$MERCIA_AUDIT_KEY``, else ``settings.audit_key_file``, else ``<data_dir>/audit.key``
     (created once, readable only by its owner).  A key file inside the repository is refused."""
-    raw = os.environ.get(KEY_ENV)
-    if raw is None:
-        from mercia.config import load_settings
+    from mercia.config import load_settings
 
-        settings = load_settings()
-        path = Path(settings.audit_key_file or settings.data_dir / "audit.key").expanduser().resolve()
-        if path.is_relative_to(_repository_root()):
-            raise GovernanceError(f"refusing an audit key file inside the repository: {path}")
-        if not path.exists() and settings.audit_key_file is None:
-            _create_key_file(path)
-        try:
-            raw = path.read_text().strip()
-        except OSError as exc:
-            raise GovernanceError(f"cannot read the audit key file {path}: {exc.strerror}") from exc
-    if len(raw.encode()) < _MIN_KEY_BYTES:
-        raise GovernanceError(f"the audit key is too short: need at least {_MIN_KEY_BYTES} bytes")
-    return raw.encode()
-
-
-def _create_key_file(path: Path) -> None:
-    """Write a new random key atomically (linked into place complete, never overwriting one that
-    another process made first)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    draft = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    try:
-        os.link(draft, path)
-    except FileExistsError:
-        pass
-    finally:
-        draft.unlink()
+    settings = load_settings()
+    return read_key(KEY_ENV, settings.audit_key_file, settings.data_dir / "audit.key", "the audit key")
 
 
 class AuditAnchor:

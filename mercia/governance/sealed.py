@@ -11,39 +11,24 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from mercia.governance.audit import _create_key_file, _repository_root
 from mercia.governance.db import GovernanceDB
+from mercia.governance.keys import read_key
 from mercia.governance.model import GovernanceError
 
 KEY_ENV = "MERCIA_TOTP_KEY"
 PREFIX = "fernet:"
-_MIN_KEY_BYTES = 32
 
 
 def load_cipher() -> Fernet:
-    raw = os.environ.get(KEY_ENV)
-    if raw is None:
-        from mercia.config import load_settings
+    from mercia.config import load_settings
 
-        settings = load_settings()
-        path = Path(settings.totp_key_file or settings.data_dir / "totp.key").expanduser().resolve()
-        if path.is_relative_to(_repository_root()):
-            raise GovernanceError(f"refusing a second-factor key file inside the repository: {path}")
-        if not path.exists() and settings.totp_key_file is None:
-            _create_key_file(path)
-        try:
-            raw = path.read_text().strip()
-        except OSError as exc:
-            raise GovernanceError(f"cannot read the second-factor key file {path}: {exc.strerror}") from exc
-    if len(raw.encode()) < _MIN_KEY_BYTES:
-        raise GovernanceError(f"the second-factor key is too short: need at least {_MIN_KEY_BYTES} bytes")
+    settings = load_settings()
+    raw = read_key(KEY_ENV, settings.totp_key_file, settings.data_dir / "totp.key", "the second-factor key")
     # Any key text of enough entropy, made into the 32 bytes Fernet takes.
-    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(raw.encode()).digest()))
+    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(raw).digest()))
 
 
 class SecretBox:
