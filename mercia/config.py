@@ -32,6 +32,9 @@ class Settings(BaseModel):
     audit_key_file: Path | None = Field(
         None, description="file holding the audit chain's HMAC key (outside the repo and the database); "
                           "default <data_dir>/audit.key, created once; $MERCIA_AUDIT_KEY overrides")
+    totp_key_file: Path | None = Field(
+        None, description="file holding the key that seals second-factor secrets at rest (outside the repo and "
+                          "the database); default <data_dir>/totp.key, created once; $MERCIA_TOTP_KEY overrides")
     audit_anchor_file: Path | None = Field(
         None, description="file the audit log's head hashes are appended to (default: one per store "
                           "under <data_dir>/audit-anchors)")

@@ -13,12 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from mercia.cdm import StoreError
+from mercia.cdm import StoreError, StoreUnavailable
 from mercia.services.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError, Throttled, TooLarge
 
 STATUS = [(NotFound, 404), (Forbidden, 403), (Conflict, 409), (Throttled, 429), (TooLarge, 413), (Invalid, 400),
           (ServiceError, 400)]
 STORE_REFUSED = "the data store could not do this with the values given (check dates, numbers and codes)"
+STORE_UNAVAILABLE = "the data store cannot be reached at the moment; nothing was changed, try again shortly"
+RETRY_AFTER = {"Retry-After": "5"}  # seconds: a database restart or a burst of long requests
 MAX_REPORTED_ERRORS = 20
 
 
@@ -54,6 +56,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def store_refused(request: Request, exc: StoreError) -> JSONResponse:
         return JSONResponse({"detail": STORE_REFUSED}, status_code=400)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": STORE_UNAVAILABLE}, status_code=503, headers=RETRY_AFTER)
 
 
 REFUSALS = {403, 404}

@@ -14,12 +14,16 @@
   and linkage tokens (computed before identifiers were dropped) and the person_id it links to.
 - ``mercia_network_token``: per local person record, its network linkage token (mercia.federation).
 - ``mercia_organisation``: the organisations (ODS codes) that send extracts, with their names.
+- ``mercia_id_block``: the id counters behind ``Store.allocate_ids``.
 """
 
 from __future__ import annotations
 
 from mercia.cdm.schema import CDM_TABLES
 from mercia.cdm.store import Store
+
+# Id counters (Store.allocate_ids): one row per "table.column", moved atomically by UPDATE ... RETURNING.
+ID_BLOCK_DDL = "CREATE TABLE IF NOT EXISTS mercia_id_block (name VARCHAR PRIMARY KEY, last_id BIGINT NOT NULL)"
 
 TOKEN_FIELDS = ("surname", "forename", "surname_sx", "forename_sx", "dob", "dob_ym", "dob_y", "dob_swap",
                 "sex", "district")
@@ -72,7 +76,7 @@ INDEXES = [
 def ensure_extension_tables(store: Store) -> None:
     """Create the CDM (if missing) and ingestion tables.  Idempotent."""
     store.init_schema()
-    for statement in DDL:
+    for statement in [*DDL, ID_BLOCK_DDL]:
         store.execute(statement)
     if store.wants_indexes:
         for statement in INDEXES:

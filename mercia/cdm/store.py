@@ -10,6 +10,7 @@ carrying the failing SQL in ``.sql`` (never in the message, which users may see)
 from __future__ import annotations
 
 import re
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,28 @@ class StoreError(Exception):
     def __init__(self, message: str, sql: str | None = None, engine: str | None = None):
         super().__init__(message)
         self.sql, self.engine = sql, engine
+
+
+class _Shared:
+    """What a store and all its sessions share: the lock that makes id allocation atomic in
+    this process, and the lock that serialises governance writes where the engine aborts
+    concurrent writers instead of queueing them (DuckDB)."""
+
+    def __init__(self) -> None:
+        self.ids = threading.Lock()
+        self.id_table_ready = False
+        self.writes = threading.RLock()
+        self.allocator: Store | None = None  # DuckDB: a connection of its own for allocation
+
+    def close(self) -> None:
+        if self.allocator is not None:
+            self.allocator.close()
+            self.allocator = None
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached now (restarting, network, every connection busy): nothing
+    was done, and the same request may succeed in a moment (HTTP 503 with Retry-After)."""
 
 
 def quote(identifier: str) -> str:
@@ -86,6 +109,7 @@ class Store(ABC):
         self.url, self.schema, self.read_only = url, schema, read_only
         self._depth = 0  # nesting of transaction()
         self._doomed = False  # an inner transaction failed: the outer one must roll back
+        self._shared = _Shared()  # replaced by the parent's in a session (see ``_adopt``)
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -128,11 +152,46 @@ class Store(ABC):
         """Engine settings for a long series of bulk inserts, restored afterwards (none by default;
         DuckDB bounds its cache to ``memory_limit`` and stops keeping insertion order)."""
         yield self
+    def _adopt(self, parent: Store) -> None:
+        """Make this new session share ``parent``'s locks and allocator."""
+        self._shared = parent._shared
 
     @property
-    def duckdb_connection(self):
-        """The raw DuckDB connection, for DuckDB-only fast paths (Arrow scans, COPY to Parquet)."""
-        raise StoreError("this operation needs an embedded DuckDB store", engine=self.dialect)
+    def serialised_writes(self) -> threading.RLock | None:
+        """Held by governance write transactions on engines that abort a concurrent writer of
+        the same row rather than make it wait (DuckDB); None where the engine queues them."""
+        return None
+
+    # -- ids -------------------------------------------------------------------------------
+    def allocate_ids(self, table: str, column: str, count: int = 1, start: int = 1) -> int:
+        """Reserve ``count`` consecutive new ids for ``table.column`` and return the first.
+
+        Atomic across sessions (and, on PostgreSQL, processes): one ``UPDATE ... RETURNING`` moves
+        a counter row of ``mercia_id_block``, never below the column's current maximum, so rows
+        written with ids of their own are stepped over.  On PostgreSQL the counter moves inside the
+        caller's transaction (others wait for it); on DuckDB on a connection of its own (gaps, no waits)."""
+        bump = (f"UPDATE mercia_id_block SET last_id = GREATEST(last_id, ?, (SELECT COALESCE(MAX({quote(column)}), 0) "
+                f"FROM {quote(table)})) + ? WHERE name = ? RETURNING last_id")
+        key = f"{table}.{column}"
+        return int(self._move_counter(bump, [start - 1, count, key], key)) - count + 1
+
+    def _move_counter(self, bump: str, params: list[Any], key: str) -> int:
+        """Run the counter ``bump`` on this connection (creating the table and row on first use);
+        where the engine makes a concurrent mover of the row wait (PostgreSQL row locks)."""
+        if not self._shared.id_table_ready:
+            self._create_id_table()
+            self._shared.id_table_ready = True
+        last = self.query_one(bump, params)
+        if last is None:
+            self.execute("INSERT INTO mercia_id_block (name, last_id) VALUES (?, 0) ON CONFLICT DO NOTHING", [key])
+            last = self.query_one(bump, params)
+        return last
+
+    def _create_id_table(self) -> None:
+        """Create ``mercia_id_block`` if missing, committed at once (other sessions need it now)."""
+        from mercia.cdm.extensions import ID_BLOCK_DDL
+
+        self.execute(ID_BLOCK_DDL)
 
     # -- SQL -------------------------------------------------------------------------------
     @abstractmethod

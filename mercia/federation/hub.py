@@ -88,18 +88,26 @@ class Hub:
     """The hub's rules over one Store (DuckDB or PostgreSQL); thread-safe (governance's lock)."""
 
     def __init__(self, store: Store, settings: HubSettings | None = None, gov: Governance | None = None):
-        self.store = store
         self.settings = settings or HubSettings()
         self.policy: FederatedPolicy = federated_policy(self.settings.policy, self.settings.allow_raw)
         self.gov = gov or Governance(store)
-        self._lock = self.gov.db.lock   # one store connection: governance and the hub take turns
         self._tokens: dict[int, pa.Table] = {}   # task id -> salted tokens per cell, in memory only
         self._site_extra: dict[int, dict[str, Any]] = {}    # task id -> per-cell published counts, labels
         self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
-        with self._lock, store.transaction():
+        with self._lock, self.gov.db.transaction():
             for statement in DDL:
-                store.execute(statement)
+                self.store.execute(statement)
             self._reissue_forgotten()
+
+    @property
+    def store(self) -> Store:
+        """The caller's connection: a server request's or job's own session, else the root store."""
+        return self.gov.db.store
+
+    @property
+    def _lock(self):
+        """Governance's lock for the current connection (threads sharing one connection take turns)."""
+        return self.gov.db.lock
 
     def user_for_token(self, secret: str) -> User | None:
         with self._lock:
@@ -118,7 +126,7 @@ class Hub:
             load_public_key(public_key_pem)
         except SignatureError as exc:
             raise FederationError(f"node {org}: {exc}") from exc
-        with self._lock, self.store.transaction():
+        with self._lock, self.gov.db.transaction():
             self.store.execute("DELETE FROM mercia_fed_node WHERE org = ?", [org])
             self.store.execute("INSERT INTO mercia_fed_node VALUES (?, ?, ?, ?, ?, NULL, TRUE)",
                                [org, name, public_key_pem, _iso(_now()), actor])
@@ -130,7 +138,7 @@ class Hub:
 
     def allow_project(self, project_id: int, actor: str) -> None:
         """Grant a project the federated-query permission (it must also be approved to ask)."""
-        with self._lock, self.store.transaction():
+        with self._lock, self.gov.db.transaction():
             self.gov.project(project_id)
             self.store.execute("DELETE FROM mercia_fed_permission WHERE project_id = ?", [project_id])
             self.store.execute("INSERT INTO mercia_fed_permission VALUES (?, ?, ?)",
@@ -171,8 +179,8 @@ class Hub:
                 self.gov.audit.record(user.username, "federation.refuse", f"project:{project_id}", None,
                                       reason=str(exc))
                 raise
-            with self.store.transaction():
-                qid = int(self.store.query_one("SELECT COALESCE(max(id), 0) FROM mercia_fed_query") or 0) + 1
+            with self.gov.db.transaction():
+                qid = self.store.allocate_ids("mercia_fed_query", "id")
                 now = _now()
                 deadline = now + timedelta(seconds=deadline_seconds or self.settings.deadline_seconds)
                 self.store.execute(
@@ -204,7 +212,7 @@ class Hub:
 
     def _issue(self, qid: int, round_: int, deadline: datetime) -> list[str]:
         orgs = [r[0] for r in self.store.query("SELECT org FROM mercia_fed_node WHERE active ORDER BY org")]
-        first = int(self.store.query_one("SELECT COALESCE(max(id), 0) FROM mercia_fed_task") or 0) + 1
+        first = self.store.allocate_ids("mercia_fed_task", "id", max(1, len(orgs)))
         salt = new_salt()   # one salt per round: the same person gives the same salted token at every node
         for i, org in enumerate(orgs):
             self.store.execute("INSERT INTO mercia_fed_task (id, query_id, round, org, nonce, salt, expires_at, status) "
@@ -260,7 +268,7 @@ class Hub:
     def refresh(self, user: User, query_id: int, deadline_seconds: float | None = None) -> dict[str, Any]:
         """Ask every node again (a new round, a new salt): a node that missed the deadline can now count.
         A refresh is the same question, so it does not use the project's budget."""
-        with self._lock, self.store.transaction():
+        with self._lock, self.gov.db.transaction():
             row = self._query_row(user, query_id)
             deadline = _now() + timedelta(seconds=deadline_seconds or self.settings.deadline_seconds)
             round_ = row["round"] + 1
@@ -287,7 +295,7 @@ class Hub:
         if not everyone and _now() < _parse(row["deadline_at"]):
             return
         answer = self._combine(row, sites)
-        with self.store.transaction():
+        with self.gov.db.transaction():
             self.store.execute("UPDATE mercia_fed_task SET status = 'timed_out' WHERE query_id = ? AND round = ? "
                                "AND status NOT IN ('answered', 'refused', 'paused', 'error')", [row["id"], row["round"]])
             self.store.execute("UPDATE mercia_fed_query SET status = ?, answer = ? WHERE id = ?",
@@ -413,7 +421,7 @@ class Hub:
                 self.gov.audit.record(f"node:{org}", "federation.reject", f"task:{result.task_id}",
                                       task["project_id"], reason=problem)
                 raise Rejected(problem)
-            with self.store.transaction():
+            with self.gov.db.transaction():
                 self.store.execute(
                     "UPDATE mercia_fed_task SET status = ?, answered_at = ?, count = ?, unlinkable = ?, reason = ?, "
                     "last_load = ?, data_version = ? WHERE id = ?",

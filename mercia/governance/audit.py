@@ -15,8 +15,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import hmac
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,53 +23,20 @@ import orjson
 
 from mercia.cdm import Store
 from mercia.governance.db import GovernanceDB, now
-from mercia.governance.model import Conflict, GovernanceError
+from mercia.governance.keys import read_key
+from mercia.governance.model import Conflict
 
 GENESIS = "0" * 64
 KEY_ENV = "MERCIA_AUDIT_KEY"
-_MIN_KEY_BYTES = 32
-
-
-def _repository_root() -> Path:
-    return Path(__file__).resolve().parents[2]
 
 
 def load_audit_key() -> bytes:
     """``$MERCIA_AUDIT_KEY``, else ``settings.audit_key_file``, else ``<data_dir>/audit.key``
     (created once, readable only by its owner).  A key file inside the repository is refused."""
-    raw = os.environ.get(KEY_ENV)
-    if raw is None:
-        from mercia.config import load_settings
+    from mercia.config import load_settings
 
-        settings = load_settings()
-        path = Path(settings.audit_key_file or settings.data_dir / "audit.key").expanduser().resolve()
-        if path.is_relative_to(_repository_root()):
-            raise GovernanceError(f"refusing an audit key file inside the repository: {path}")
-        if not path.exists() and settings.audit_key_file is None:
-            _create_key_file(path)
-        try:
-            raw = path.read_text().strip()
-        except OSError as exc:
-            raise GovernanceError(f"cannot read the audit key file {path}: {exc.strerror}") from exc
-    if len(raw.encode()) < _MIN_KEY_BYTES:
-        raise GovernanceError(f"the audit key is too short: need at least {_MIN_KEY_BYTES} bytes")
-    return raw.encode()
-
-
-def _create_key_file(path: Path) -> None:
-    """Write a new random key atomically (linked into place complete, never overwriting one that
-    another process made first)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    draft = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    try:
-        os.link(draft, path)
-    except FileExistsError:
-        pass
-    finally:
-        draft.unlink()
+    settings = load_settings()
+    return read_key(KEY_ENV, settings.audit_key_file, settings.data_dir / "audit.key", "the audit key")
 
 
 class AuditAnchor:
@@ -123,6 +88,18 @@ def entry_hash(key: bytes, prev_hash: str, seq: int, at: str, actor: str, action
     return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
+def legacy_entry_hash(prev_hash: str, seq: int, at: str, actor: str, action: str, target: str,
+                      project_id: int | None, detail: str) -> str:
+    """How entries were chained before the chain was keyed: plain SHA-256 over the same fields."""
+    canonical = orjson.dumps([prev_hash, seq, at, actor, action, target, project_id, detail])
+    return hashlib.sha256(canonical).hexdigest()
+
+
+LEGACY_FORMAT = ("entry {seq} is in the legacy unkeyed format (a plain SHA-256 chain, written before Mercia "
+                 "keyed audit entries with HMAC): it is intact as an unkeyed chain but cannot be verified with "
+                 "the audit key; archive the log of that period (`mercia audit list --json`) and start a keyed one")
+
+
 @dataclass(frozen=True)
 class Verification:
     ok: bool
@@ -130,6 +107,7 @@ class Verification:
     head: str
     first_bad_seq: int | None = None
     problem: str | None = None
+    legacy: bool = False  # the chain is the unkeyed one of before HMAC, not tampered with
 
 
 class AuditLog:
@@ -197,6 +175,10 @@ class AuditLog:
                 digest = entry_hash(self.key, prev, r["seq"], r["logged_at"], r["actor"], r["action"], r["target"],
                                     r["project_id"], r["detail"])
                 if not hmac.compare_digest(digest, r["hash"]):
+                    if legacy_entry_hash(prev, r["seq"], r["logged_at"], r["actor"], r["action"], r["target"],
+                                         r["project_id"], r["detail"]) == r["hash"]:
+                        return Verification(False, count, prev, r["seq"], LEGACY_FORMAT.format(seq=r["seq"]),
+                                            legacy=True)
                     return Verification(False, count, prev, r["seq"],
                                         f"entry {r['seq']} was altered after it was written")
                 if anchored.get(r["seq"], r["hash"]) != r["hash"]:

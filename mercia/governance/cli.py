@@ -30,7 +30,8 @@ def verify(db: DbOption = None, json: bool = typer.Option(False, "--json")) -> N
     elif result.ok:
         console.print(f"[green]audit log intact[/]: {result.entries} entries, head {result.head}")
     else:
-        console.print(f"[red]audit log altered[/]: {result.problem} (checked {result.entries} good entries)")
+        verdict = "audit log in the legacy format" if result.legacy else "audit log altered"
+        console.print(f"[red]{verdict}[/]: {result.problem} (checked {result.entries} good entries)")
     raise typer.Exit(0 if result.ok else 1)
 
 

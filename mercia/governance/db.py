@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, date, datetime
 from typing import Any
 
 from mercia.cdm import Store
+from mercia.cdm.sessions import current, session_for
 from mercia.governance.model import Conflict
 
 TABLES: dict[str, str] = {
@@ -91,25 +92,60 @@ def today() -> str:
     return date.today().isoformat()
 
 
-class GovernanceDB:
-    """Serialised access to the governance tables of one Store.
+class _Scope:
+    """Bookkeeping of one connection: the lock its threads take turns through, how deep its
+    governance transaction is, and what runs once that commits."""
 
-    One Store is one connection, which neither engine lets several threads share, so the web
-    server's worker threads and the job runner take turns through ``lock``.
+    def __init__(self, lock: threading.RLock):
+        self.lock = lock
+        self.depth = 0
+        self.after_commit: list[Callable[[], None]] = []
+
+
+class GovernanceDB:
+    """The governance tables of one Store, reached through the caller's own connection.
+
+    Inside a bound session (``mercia.cdm.sessions``: one per HTTP request or job) every call runs on
+    that session's connection, so requests and jobs never wait for each other here.  Outside one
+    (the CLI, tests, start-up) calls share the root store's connection and take turns through its
+    lock.  On DuckDB, which aborts the second of two transactions writing one row instead of making
+    it wait, governance writes also take turns through the store's ``serialised_writes`` lock.
     """
 
     def __init__(self, store: Store):
-        self.store = store
-        self.lock = threading.RLock()
-        self._depth = 0
-        self._after_commit: list[Callable[[], None]] = []
+        self.root = store
+        self._root_scope = _Scope(threading.RLock())
+
+    @property
+    def store(self) -> Store:
+        return current(self.root)
+
+    def _scope(self) -> _Scope:
+        session = session_for(self.root)
+        if session is None:
+            return self._root_scope
+        return session.state.setdefault(_Scope, _Scope(session.lock))
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held around direct use of ``store`` by threads that may share its connection."""
+        return self._scope().lock
+
+    @contextmanager
+    def _writing(self, scope: _Scope) -> Iterator[None]:
+        writes = self.store.serialised_writes if scope.depth == 0 else None
+        with scope.lock, writes if writes is not None else nullcontext():
+            yield
 
     def init(self) -> None:
+        from mercia.cdm.extensions import ID_BLOCK_DDL
+
         with self.lock, self.store.transaction():
             for name, columns in TABLES.items():
                 self.store.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
             for table, column, definition in ADDED_COLUMNS:
                 self.store.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}")
+            self.store.execute(ID_BLOCK_DDL)
             if self.store.dialect == "postgres":
                 # Defence in depth on a server: refuse UPDATE/DELETE outright (the hash chain still
                 # catches whoever disables this as a superuser).
@@ -121,8 +157,13 @@ class GovernanceDB:
                 "ON CONFLICT DO NOTHING", ["0" * 64])
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        with self.lock:
-            self.store.execute(sql, list(params))
+        try:
+            with self._writing(self._scope()):
+                self.store.execute(sql, list(params))
+        except Exception as exc:
+            if _is_write_conflict(exc):
+                raise Conflict("someone else changed this at the same moment; reload and try again") from exc
+            raise
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self.lock:
@@ -136,9 +177,10 @@ class GovernanceDB:
         with self.lock:
             return self.store.query_one(sql, list(params))
 
-    def next_id(self, table: str, column: str = "id") -> int:
-        """Next integer key; callers hold ``lock`` across this and the insert."""
-        return int(self.scalar(f"SELECT COALESCE(MAX({column}), 0) + 1 FROM {table}"))
+    def next_id(self, table: str, column: str = "id", start: int = 1) -> int:
+        """A new integer key for ``table`` that no other connection will be given (see
+        ``Store.allocate_ids``)."""
+        return self.store.allocate_ids(table, column, start=start)
 
     def insert(self, table: str, values: dict[str, Any]) -> None:
         cols = ", ".join(values)
@@ -147,29 +189,31 @@ class GovernanceDB:
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the current transaction has committed (dropped on rollback)."""
-        if self._depth:
-            self._after_commit.append(callback)
+        scope = self._scope()
+        if scope.depth:
+            scope.after_commit.append(callback)
         else:
             callback()
 
     @contextmanager
     def transaction(self) -> Iterator[GovernanceDB]:
         """All or nothing; a write that lost a race with another connection becomes a Conflict."""
+        scope = self._scope()
         try:
-            with self.lock:
-                outermost = self._depth == 0
-                self._depth += 1
+            with self._writing(scope):
+                outermost = scope.depth == 0
+                scope.depth += 1
                 try:
                     with self.store.transaction():
                         yield self
                 except BaseException:
                     if outermost:
-                        self._after_commit.clear()
+                        scope.after_commit.clear()
                     raise
                 finally:
-                    self._depth -= 1
+                    scope.depth -= 1
                 if outermost:
-                    done, self._after_commit = self._after_commit, []
+                    done, scope.after_commit = scope.after_commit, []
                     for callback in done:
                         callback()
         except Exception as exc:
@@ -179,13 +223,14 @@ class GovernanceDB:
 
 
 def _is_write_conflict(exc: BaseException) -> bool:
-    """DuckDB's optimistic-concurrency abort or PostgreSQL's serialisation failure (or a
-    StoreError wrapping either)."""
+    """DuckDB's optimistic-concurrency abort or PostgreSQL's serialisation failure or deadlock
+    (or a StoreError wrapping one)."""
     import duckdb
     import psycopg
 
     while exc is not None:
-        if isinstance(exc, (duckdb.TransactionException, psycopg.errors.SerializationFailure)):
+        if isinstance(exc, (duckdb.TransactionException, psycopg.errors.SerializationFailure,
+                            psycopg.errors.DeadlockDetected)):
             return True
         exc = exc.__cause__
     return False

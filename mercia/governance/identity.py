@@ -18,7 +18,17 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from mercia.governance import passwords
 from mercia.governance.audit import AuditLog
 from mercia.governance.db import GovernanceDB, now
-from mercia.governance.model import PILLAR_ROLES, PILLARS, SCOPED_ROLES, Conflict, Forbidden, GovernanceError, NotFound, Role
+from mercia.governance.model import (
+    PILLAR_ROLES,
+    PILLARS,
+    SCOPED_ROLES,
+    Conflict,
+    Forbidden,
+    GovernanceError,
+    NotFound,
+    Role,
+)
+from mercia.governance.sealed import SecretBox
 
 SESSION_HOURS = 8
 # Sign-in throttle, per (username, source): this many attempts run freely, then each further
@@ -85,9 +95,11 @@ def require_role(user: User, *roles: Role) -> None:
 class Identity:
     """Accounts, roles and authentication over the ``mercia_user*``, session and token tables."""
 
-    def __init__(self, db: GovernanceDB, audit: AuditLog):
+    def __init__(self, db: GovernanceDB, audit: AuditLog, box: SecretBox | None = None):
         self.db = db
         self.audit = audit
+        self.box = box or SecretBox()
+        self.box.seal_plaintext_secrets(db)
 
     # -- accounts and roles -----------------------------------------------------------------
     def create_user(self, username: str, display_name: str, password: str | None,
@@ -280,7 +292,7 @@ class Identity:
         secret = pyotp.random_base32()
         with self.db.transaction():
             self.db.execute("DELETE FROM mercia_totp WHERE user_id = ?", [user.id])
-            self.db.insert("mercia_totp", {"user_id": user.id, "secret": secret, "last_step": 0,
+            self.db.insert("mercia_totp", {"user_id": user.id, "secret": self.box.seal(secret), "last_step": 0,
                                            "confirmed_at": None})
         return secret, pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name="Mercia")
 
@@ -290,7 +302,7 @@ class Identity:
         row = self.db.row("SELECT secret FROM mercia_totp WHERE user_id = ? AND confirmed_at IS NULL", [user.id])
         if row is None:
             raise Conflict("start setting up the second factor first")
-        if not self._totp_ok(user, row["secret"], code):
+        if not self._totp_ok(user, self.box.open(row["secret"]), code):
             raise GovernanceError("that code is not right; check the clock of your device and try again")
         codes = [secrets.token_hex(5) for _ in range(RECOVERY_CODES)]
         with self.db.transaction():
@@ -322,7 +334,7 @@ class Identity:
         row = self.db.row("SELECT secret FROM mercia_totp WHERE user_id = ? AND confirmed_at IS NOT NULL", [user.id])
         if row is None:
             raise Conflict("no second factor is set up yet")
-        if self._totp_ok(user, row["secret"], code) or self._use_recovery_code(user, code):
+        if self._totp_ok(user, self.box.open(row["secret"]), code) or self._use_recovery_code(user, code):
             self._clear_attempts(f"{user.username}#2fa", source)
             return
         self.audit.record(user.username, "signin.second_factor_failure", f"user:{user.username}", ip=source)

@@ -356,18 +356,37 @@ class Projects:
         return due
 
     def project(self, project_id: int) -> Project:
-        row = self.db.row("SELECT * FROM mercia_project WHERE id = ?", [project_id])
-        if row is None:
+        found = self._projects("WHERE id = ?", [project_id])
+        if not found:
             raise NotFound(f"no project {project_id}")
-        members = {r["user_id"]: r["project_role"] for r in self.db.rows(
-            "SELECT user_id, project_role FROM mercia_project_member WHERE project_id = ? ORDER BY user_id",
-            [project_id])}
-        approvals = self.db.rows("SELECT a.approver_id, u.display_name AS approver, a.capacity, a.decision, "
-                                 "a.reason, a.decided_at FROM mercia_approval a JOIN mercia_user u ON u.id = a.approver_id "
-                                 "WHERE a.project_id = ? ORDER BY a.decided_at", [project_id])
-        lay_reviews = tuple(self.db.rows(
-            "SELECT reviewer_id, recommendation, comments, public, reviewed_at FROM mercia_lay_review "
-            "WHERE project_id = ? ORDER BY reviewed_at", [project_id]))
+        return found[0]
+
+    def _projects(self, where: str, params: list[Any]) -> list[Project]:
+        """Projects with their members, approvals and lay reviews in four queries, whatever their number."""
+        rows = self.db.rows(f"SELECT * FROM mercia_project {where} ORDER BY id DESC", params)
+        if not rows:
+            return []
+        ids = [r["id"] for r in rows]
+        marks = ", ".join("?" for _ in ids)
+        members: dict[int, dict[int, str]] = {i: {} for i in ids}
+        for r in self.db.rows("SELECT project_id, user_id, project_role FROM mercia_project_member "
+                              f"WHERE project_id IN ({marks}) ORDER BY user_id", ids):
+            members[r["project_id"]][r["user_id"]] = r["project_role"]
+        approvals: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+        for r in self.db.rows("SELECT a.project_id, a.approver_id, u.display_name AS approver, a.capacity, a.decision, "
+                              "a.reason, a.decided_at FROM mercia_approval a JOIN mercia_user u ON u.id = a.approver_id "
+                              f"WHERE a.project_id IN ({marks}) ORDER BY a.decided_at", ids):
+            approvals[r.pop("project_id")].append(r)
+        lay_reviews: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+        for r in self.db.rows("SELECT project_id, reviewer_id, recommendation, comments, public, reviewed_at "
+                              f"FROM mercia_lay_review WHERE project_id IN ({marks}) ORDER BY reviewed_at", ids):
+            lay_reviews[r.pop("project_id")].append(r)
+        return [self._project(row, members[row["id"]], approvals[row["id"]], tuple(lay_reviews[row["id"]]))
+                for row in rows]
+
+    @staticmethod
+    def _project(row: dict[str, Any], members: dict[int, str], approvals: list[dict[str, Any]],
+                 lay_reviews: tuple[dict[str, Any], ...]) -> Project:
         status = ProjectStatus(row["status"])
         if status is ProjectStatus.APPROVED and row["expires_on"] and row["expires_on"] < today():
             status = ProjectStatus.EXPIRED  # effective at once, whether or not expire_due has run
@@ -393,12 +412,13 @@ class Projects:
         return project
 
     def projects_for(self, user: User) -> list[Project]:
-        ids = [r["id"] for r in self.db.rows("SELECT id FROM mercia_project ORDER BY id DESC")]
-        return [p for p in map(self.project, ids) if self.can_view_project(user, p)]
+        return [p for p in self._projects("", []) if self.can_view_project(user, p)]
 
-    def awaiting_decision(self, user: User) -> list[Project]:
-        """Requests waiting for ``user``: to decide on, or (lay reviewers) to review."""
-        return [p for p in self.projects_for(user) if self.open_capacities(user, p) or self.can_lay_review(user, p)]
+    def awaiting_decision(self, user: User, visible: list[Project] | None = None) -> list[Project]:
+        """Requests waiting for ``user`` (from ``visible``, their ``projects_for``, if already read): to
+        decide on, or (lay reviewers) to review."""
+        return [p for p in (self.projects_for(user) if visible is None else visible)
+                if self.open_capacities(user, p) or self.can_lay_review(user, p)]
 
     def data_access_refusal(self, user: User, project: Project) -> str | None:
         """Why ``user`` may not work with ``project``'s data today, or None if they may.

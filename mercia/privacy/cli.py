@@ -18,6 +18,7 @@ def purge(opt_out: Path = typer.Option(..., "--opt-out", exists=True, help="NHS 
     from rich.console import Console
 
     from mercia.cdm import Store
+    from mercia.governance.audit import record_cli_write
     from mercia.privacy.optout import purge as purge_people
     from mercia.privacy.optout import read_opt_out_file
     from mercia.privacy.pseudonym import Pseudonymiser, load_key
@@ -25,5 +26,7 @@ def purge(opt_out: Path = typer.Option(..., "--opt-out", exists=True, help="NHS 
     numbers = read_opt_out_file(opt_out)
     with Store.open(db) as store:
         deleted = purge_people(store, numbers, Pseudonymiser(load_key()))
+        # Counts only: the audit log never holds an NHS number.
+        record_cli_write(store, "privacy.purge", "opt-out", listed=len(numbers), removed=deleted)
     Console().print(f"{len(numbers)} NHS numbers on the list; rows removed: "
                     + (", ".join(f"{t} {n}" for t, n in sorted(deleted.items())) or "none"))

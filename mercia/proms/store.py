@@ -39,10 +39,6 @@ def ensure_prom_tables(store: Store) -> None:
         store.execute(ddl)
 
 
-def _next_id(store: Store, table: str, column: str) -> int:
-    return int(store.query_one(f"SELECT COALESCE(MAX({column}), 0) + 1 FROM {table}"))
-
-
 def import_region_csv(store: Store, path: Path) -> int:
     """Load the region's ``proms.csv`` (EQ-5D-5L and Oxford Knee Score returns); idempotent per record."""
     ensure_prom_tables(store)
@@ -54,8 +50,8 @@ def import_region_csv(store: Store, path: Path) -> int:
     instrument = pc.utf8_lower(pc.replace_substring(table.column("questionnaire"), "-", ""))
     instrument = pc.if_else(pc.equal(instrument, "eq5d5l"), instrument, pc.utf8_lower(table.column("questionnaire")))
     with store.transaction():
-        start = _next_id(store, "mercia_prom_response", "response_id")
         n = table.num_rows
+        start = store.allocate_ids("mercia_prom_response", "response_id", n)
         rows = pa.table({
             "response_id": pa.array(range(start, start + n), pa.int64()),
             "source": pa.array(["proms_csv"] * n, pa.string()), "source_record": table.column("record_id"),
@@ -78,8 +74,8 @@ def rescore(store: Store, value_set_id: str) -> tuple[int, list[Rejection]]:
     scored = score_eq5d(answers, value_set_id, vs.spec.instrument)
     good = scored.table.filter(scored.table.column("index").is_valid())
     with store.transaction():
-        start = _next_id(store, "mercia_prom_score", "score_id")
         n = good.num_rows
+        start = store.allocate_ids("mercia_prom_score", "score_id", n)
         rows = pa.table({
             "score_id": pa.array(range(start, start + n), pa.int64()),
             "response_id": good.column("response_id").cast(pa.int64()),
@@ -153,7 +149,7 @@ def import_fhir_responses(store: Store, resources: list[dict]) -> tuple[int, lis
         known.add(rid)
     n = len(rows["source_record"])
     with store.transaction():
-        start = _next_id(store, "mercia_prom_response", "response_id")
+        start = store.allocate_ids("mercia_prom_response", "response_id", n)
         vas = pc.cast(pa.array(rows.pop("vas"), pa.string()), pa.int64(), safe=False) if n else pa.array([], pa.int64())
         table = pa.table({
             "response_id": pa.array(range(start, start + n), pa.int64()), "source": pa.array(["fhir"] * n, pa.string()),

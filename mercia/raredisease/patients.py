@@ -50,10 +50,6 @@ class CaseNotFoundError(LookupError):
     """No person with that id in the store."""
 
 
-def _next_id(store: Store, table: str, column: str) -> int:
-    return int(store.query_one(f"SELECT COALESCE(MAX({column}), 0) + 1 FROM {table}"))
-
-
 def _years(iso_age: str | None) -> int:
     if not iso_age or not iso_age.startswith("P") or "Y" not in iso_age:
         return 0
@@ -65,7 +61,7 @@ def save_case(store: Store, case: RareDiseaseCase, person_id: int | None = None)
     recorded = (case.created or dt.datetime.now(dt.UTC)).date()
     with store.transaction():
         if person_id is None:
-            person_id = _next_id(store, "person", "person_id")
+            person_id = store.allocate_ids("person", "person_id")
             birth_year = case.date_of_birth.year if case.date_of_birth else recorded.year - _years(
                 case.age_at_last_encounter)
             store.insert_arrow("person", pa.table({
@@ -79,8 +75,8 @@ def save_case(store: Store, case: RareDiseaseCase, person_id: int | None = None)
                 "person_source_value": pa.array([case.id[:50]]),
                 "gender_source_value": pa.array([case.sex]),
             }))
-        first = _next_id(store, "observation", "observation_id")
         rows = [_phenotype_row(p) for p in case.phenotypes] + [_variant_row(v) for v in case.variants]
+        first = store.allocate_ids("observation", "observation_id", len(rows))
         if rows:
             columns = {key: [row[key] for row in rows] for key in rows[0]}
             store.insert_arrow("observation", pa.table({
@@ -92,8 +88,8 @@ def save_case(store: Store, case: RareDiseaseCase, person_id: int | None = None)
                    for key, values in columns.items()},
             }))
         if case.diseases:
-            first = _next_id(store, "condition_occurrence", "condition_occurrence_id")
             diseases = [d for d in case.diseases if not d.excluded]
+            first = store.allocate_ids("condition_occurrence", "condition_occurrence_id", len(diseases))
             store.insert_arrow("condition_occurrence", pa.table({
                 "condition_occurrence_id": pa.array(range(first, first + len(diseases)), pa.int64()),
                 "person_id": pa.array([person_id] * len(diseases), pa.int64()),

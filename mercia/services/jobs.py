@@ -3,7 +3,6 @@ and progress kept in ``mercia_job`` so any page or script can poll it."""
 
 from __future__ import annotations
 
-import threading
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -12,6 +11,7 @@ from typing import Any
 import orjson
 
 from mercia.cdm import StoreError
+from mercia.cdm.sessions import bound_session
 from mercia.governance import GovernanceError
 from mercia.governance.db import GovernanceDB, now
 from mercia.ingest.load import LoadError
@@ -36,7 +36,6 @@ class JobRunner:
         self.db = db
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mercia-job")
         self._futures: dict[int, Future] = {}
-        self._ids = threading.Lock()
         # Work that was running when the server last stopped will never finish: say so.
         self.db.execute("UPDATE mercia_job SET status = 'failed', error = 'the server stopped while this ran', "
                         "finished_at = ? WHERE status IN ('queued', 'running')", [now()])
@@ -45,7 +44,7 @@ class JobRunner:
                on_done: Callable[[dict[str, Any]], None] | None = None, about: dict[str, Any] | None = None) -> int:
         """Queue ``work``.  ``about`` (what the job works on, e.g. ``{"org": "RRK"}``) is kept as its
         result until it succeeds, so a queued, running or failed job can link back to its subject."""
-        with self._ids, self.db.transaction():
+        with self.db.transaction():
             job_id = self.db.next_id("mercia_job")
             self.db.insert("mercia_job", {"id": job_id, "kind": kind, "project_id": project_id, "user_id": user_id,
                                           "status": "queued", "progress": 0.0, "message": "waiting to start",
@@ -55,6 +54,11 @@ class JobRunner:
         return job_id
 
     def _run(self, job_id: int, work: JobFunction, on_done) -> None:
+        """Run one job in a store session of its own, so it never holds up requests or other jobs."""
+        with bound_session(self.db.root):
+            self._run_bound(job_id, work, on_done)
+
+    def _run_bound(self, job_id: int, work: JobFunction, on_done) -> None:
         def progress(fraction: float, message: str) -> None:
             self.db.execute("UPDATE mercia_job SET progress = ?, message = ? WHERE id = ?",
                             [max(0.0, min(1.0, fraction)), message, job_id])

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mercia.cdm import Store
+from mercia.cdm.sessions import current
 from mercia.config import load_settings
 from mercia.governance import Airlock, Governance
 from mercia.services.jobs import JobRunner
@@ -26,16 +27,25 @@ class ServerOptions:
 
 
 class MerciaState:
+    """The server's root store and the services over it.  Each HTTP request and each job runs in a
+    session of its own (``mercia.cdm.sessions``, bound by ``mercia.web.app`` and ``JobRunner``), so
+    ``store`` is that session's connection there, and the root's elsewhere."""
+
     def __init__(self, store: Store, options: ServerOptions | None = None):
-        self.store = store
+        self.root_store = store
         self.options = options or ServerOptions()
         self.gov = Governance(store)
         self.airlock = Airlock(self.gov)
         self.jobs = JobRunner(self.gov.db, self.options.job_workers)
 
     @property
+    def store(self) -> Store:
+        return current(self.root_store)
+
+    @property
     def lock(self):
-        """Held around any direct use of ``store``: one connection, many threads."""
+        """Held around direct use of ``store`` by threads that may share its connection: the
+        session's own lock inside a request or job (uncontended), the root's elsewhere."""
         return self.gov.db.lock
 
 

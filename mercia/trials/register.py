@@ -106,8 +106,7 @@ class TrialRegister:
         with self.db.transaction():
             if self.db.row("SELECT trial_id FROM mercia_trial WHERE trial_id = ?", [trial_id]):
                 raise Conflict(f"trial {trial_id} already exists")
-            cohort_id = int(self.db.scalar("SELECT COALESCE(MAX(cohort_id), ?) + 1 FROM mercia_trial",
-                                           [COHORT_ID_BASE]))
+            cohort_id = self.db.next_id("mercia_trial", "cohort_id", start=COHORT_ID_BASE + 1)
             self.db.insert("mercia_trial", {
                 "trial_id": trial_id, "title": title.strip(), "pillar": project.pillar, "sponsor": sponsor,
                 "chief_investigator": chief_investigator, "project_id": project_id,

@@ -24,6 +24,7 @@ catches other writers.  A read-only store with a stale index is searched directl
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import Any
 
 import pyarrow as pa
@@ -53,22 +54,37 @@ FROM concept_synonym s JOIN concept c ON c.concept_id = s.concept_id
 """
 
 
+_SIGNATURE_SQL = ("(SELECT count(*) FROM concept), (SELECT count(*) FROM concept_synonym), "
+                  "(SELECT coalesce(max(concept_id), 0) FROM concept)")
+
+
 def _signature(store: Store) -> tuple:
-    return tuple(store.query("SELECT (SELECT count(*) FROM concept), (SELECT count(*) FROM concept_synonym), "
-                             "(SELECT coalesce(max(concept_id), 0) FROM concept)")[0])
+    return tuple(store.query(f"SELECT {_SIGNATURE_SQL}")[0])
 
 
 def search_index_is_fresh(store: Store) -> bool:
-    if not all(store.table_exists(t) for t in (SEARCH_TABLE, WORDS_TABLE, STATE_TABLE)):
+    """One round trip (every search asks): the state row (written in the same transaction as the
+    search tables, so it exists only with them) against the vocabulary's signature now."""
+    if not store.table_exists(STATE_TABLE):
         return False
-    state = store.query(f"SELECT concept_rows, synonym_rows, max_concept_id FROM {STATE_TABLE}")
-    return bool(state) and tuple(state[0]) == _signature(store)
+    state = store.query(f"SELECT concept_rows, synonym_rows, max_concept_id, {_SIGNATURE_SQL} FROM {STATE_TABLE}")
+    return bool(state) and tuple(state[0][:3]) == tuple(state[0][3:])
 
 
 def refresh_search_index(store: Store, force: bool = False) -> bool:
     """Rebuild the search tables if the vocabulary changed (or ``force``); True if rebuilt."""
     if not store.table_exists("concept"):
         raise StoreError("the store has no concept table; run `mercia db init` and load a vocabulary")
+    if not force and search_index_is_fresh(store):
+        return False
+    # Concurrent searches on a stale index rebuild it once: on DuckDB two sessions replacing the
+    # same tables would abort each other, so they take turns and the second finds it fresh.
+    writes = store.serialised_writes
+    with writes if writes is not None else nullcontext():
+        return _rebuild_search_index(store, force)
+
+
+def _rebuild_search_index(store: Store, force: bool) -> bool:
     if not force and search_index_is_fresh(store):
         return False
     with store.transaction():

@@ -12,6 +12,7 @@ from mercia.api.app import create_api
 from mercia.api.limits import BodyLimit
 from mercia.api.ratelimit import PublicRateLimit
 from mercia.cdm import Store
+from mercia.cdm.sessions import bound_session
 from mercia.services.state import MerciaState, ServerOptions
 
 STATIC = Path(__file__).parent / "static"
@@ -68,4 +69,21 @@ def create_app(store: Store, options: ServerOptions | None = None) -> FastAPI:
         from mercia.web import oidc
 
         oidc.install(app, state.options.oidc, state.options.secure_cookies)
+    app.add_middleware(StoreSessions, store=store)  # outermost: every layer below runs in the session
     return app
+
+
+class StoreSessions:
+    """Each HTTP request runs in a store session of its own (``mercia.cdm.sessions``): its own
+    connection, opened when the request first touches the store and closed when it is answered,
+    so a long request or job never holds up another."""
+
+    def __init__(self, app, store: Store):
+        self.app = app
+        self.store = store
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        with bound_session(self.store):
+            await self.app(scope, receive, send)

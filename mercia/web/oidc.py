@@ -55,7 +55,7 @@ async def start(request: Request):
 async def callback(request: Request):
     from starlette.concurrency import run_in_threadpool
 
-    from mercia.web.pages import render, start_session
+    from mercia.web.pages import after_first_factor, render
 
     state = state_of(request)
     client = request.app.state.oauth.create_client(PROVIDER)
@@ -71,4 +71,4 @@ async def callback(request: Request):
         user = await run_in_threadpool(state.gov.user_for_external_identity, username, ip)
     except GovernanceError as exc:
         return render(request, "error.html", None, 403, title="Not registered", message=str(exc))
-    return start_session(request, user, "/")
+    return await run_in_threadpool(after_first_factor, request, user, "/")

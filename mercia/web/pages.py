@@ -15,8 +15,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from mercia.api.auth import Caller, client_source, csrf_ok, session_caller
-from mercia.api.errors import STORE_REFUSED, status_for
-from mercia.cdm import StoreError
+from mercia.api.errors import RETRY_AFTER, STORE_REFUSED, STORE_UNAVAILABLE, status_for
+from mercia.cdm import StoreError, StoreUnavailable
 from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, ProjectStatus, Role
 from mercia.governance.model import LAY_RECOMMENDATIONS, PURPOSE_CATEGORIES
 from mercia.governance.projects import PUBLIC_TEXT_FIELDS
@@ -121,6 +121,14 @@ def install_handlers(app: FastAPI) -> None:
         return render(request, "error.html", session_caller(request), 400, title="There is a problem",
                       message=STORE_REFUSED)
 
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable):
+        # No signed-in caller on this page: finding them needs the store that is not answering.
+        response = render(request, "error.html", None, 503, title="Please try again shortly",
+                          message=STORE_UNAVAILABLE)
+        response.headers.update(RETRY_AFTER)
+        return response
+
     @app.exception_handler(404)
     async def not_found(request: Request, exc):
         if request.url.path.startswith("/api/"):
@@ -167,6 +175,13 @@ def signin(request: Request, form: dict[str, str] = Depends(form_data)):
                           oidc=bool(state.options.oidc))
         _pre_csrf_cookie(request, response, token)
         return response
+    return after_first_factor(request, user, next_path)
+
+
+def after_first_factor(request: Request, user, next_path: str) -> Response:
+    """A password or an organisation's sign-in (OIDC) proved who this is: a session now, or first the
+    authenticator code for the roles that need a second factor (whichever way they signed in)."""
+    state = state_of(request)
     if user.needs_second_factor:
         response = redirect(f"/signin/second-factor?next={urlquote(next_path)}")
         response.set_cookie(PENDING, state.gov.start_pending(user), httponly=True, samesite="strict",
@@ -268,7 +283,7 @@ def home(request: Request, caller: Caller = Depends(signed_in)):
     projects = state.gov.projects_for(user)
     mine = [p for p in projects if user.id in p.members]
     context: dict[str, Any] = {"projects": mine, "jobs": state.jobs.for_user(user.id, 5)}
-    context["approvals"] = state.gov.awaiting_decision(user)
+    context["approvals"] = state.gov.awaiting_decision(user, projects)
     if user.has(Role.OUTPUT_CHECKER):
         context["pending_exports"] = [e for e in state.airlock.list_for(user, "pending")
                                       if e["requester_id"] != user.id]
@@ -285,8 +300,9 @@ def home(request: Request, caller: Caller = Depends(signed_in)):
 @router.get("/projects", response_class=HTMLResponse)
 def projects_page(request: Request, caller: Caller = Depends(signed_in)):
     state = state_of(request)
-    return render(request, "projects.html", caller, projects=state.gov.projects_for(caller.user),
-                  approvals=state.gov.awaiting_decision(caller.user))
+    projects = state.gov.projects_for(caller.user)
+    return render(request, "projects.html", caller, projects=projects,
+                  approvals=state.gov.awaiting_decision(caller.user, projects))
 
 
 @router.get("/projects/new", response_class=HTMLResponse)

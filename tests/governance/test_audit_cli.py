@@ -158,3 +158,20 @@ def test_cli_ingest_and_link_are_audited(shared_data, tmp_path, monkeypatch):
     assert entries[1]["target"] == "org:R9P" and entries[1]["detail"]["loaded"] > 0
     assert all(e["actor"].startswith("cli:") for e in entries)
     assert runner.invoke(app, ["audit", "verify", "--db", db]).exit_code == 0
+
+
+def test_audit_verify_names_the_legacy_unkeyed_format(tmp_path):
+    from mercia.governance.audit import GENESIS, legacy_entry_hash
+
+    db = str(tmp_path / "legacy.duckdb")
+    with Store(db) as store:
+        Governance(store)  # the tables
+        at, detail = "2026-01-02T03:04:05.000000Z", "{}"
+        digest = legacy_entry_hash(GENESIS, 1, at, "admin", "user.create", "user:1", None, detail)
+        store.execute("INSERT INTO mercia_audit VALUES (1, ?, 'admin', 'user.create', 'user:1', NULL, ?, ?, ?)",
+                      [at, detail, GENESIS, digest])
+        store.execute("UPDATE mercia_audit_head SET seq = 1, hash = ? WHERE id = 1", [digest])
+    legacy = CliRunner().invoke(app, ["audit", "verify", "--db", db])
+    assert legacy.exit_code == 1
+    assert "legacy unkeyed format" in legacy.output and "entry 1" in legacy.output
+    assert "altered" not in legacy.output

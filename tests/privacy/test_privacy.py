@@ -171,3 +171,26 @@ def test_opt_out_at_load_and_purge_later(store, options, tmp_path):
     again = ingest(store, "fhir", tmp_path / "trust", "R9A", options=options)
     assert again.withheld == 2 and store.query_one("SELECT count(*) FROM person") == 1
     assert "9449307539" not in str(store.query("SELECT * FROM mercia_opt_out"))
+
+
+def test_purge_from_the_command_line_is_audited_without_nhs_numbers(pseudonym_key, tmp_path):
+    from typer.testing import CliRunner
+
+    from mercia.cdm import Store
+    from mercia.cdm.extensions import ensure_extension_tables
+    from mercia.cli import app
+    from mercia.governance import Governance
+
+    db = str(tmp_path / "purge.duckdb")
+    with Store(db) as made:
+        ensure_extension_tables(made)
+    opt_out = tmp_path / "optout.txt"
+    opt_out.write_text("943 476 5919\n")
+    result = CliRunner().invoke(app, ["privacy", "purge", "--opt-out", str(opt_out), "--db", db])
+    assert result.exit_code == 0, result.output
+    with Store(db) as store:
+        gov = Governance(store)
+        [entry] = gov.audit.search(action="privacy.purge")
+        assert entry["actor"].startswith("cli:") and entry["detail"]["listed"] == 1
+        assert "9434765919" not in str(entry) and "943 476 5919" not in str(entry)
+        assert gov.audit.verify().ok

@@ -54,3 +54,14 @@ def test_unregistered_or_failed_oidc_is_refused(oidc_client):
     claims.clear()
     r = client.get("/signin/oidc", follow_redirects=True)
     assert r.status_code == 400 and "did not complete" in r.text
+
+
+def test_oidc_sign_in_for_a_privileged_role_still_asks_for_the_authenticator_code(oidc_client):
+    client, claims = oidc_client
+    claims["preferred_username"] = "governance"  # governance officers need a second factor
+    r = client.get("/signin/oidc", follow_redirects=False)
+    r = client.get(r.headers["location"], follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/signin/second-factor")
+    assert client.get("/", follow_redirects=False).status_code == 303  # no session before the code
+    page = client.get(r.headers["location"])
+    assert page.status_code == 200 and "code" in page.text.lower()

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from mercia.api import models as m
 from mercia.api.auth import current_user, require_roles
+from mercia.api.limits import ParsedOffLoop
 from mercia.cdm import StoreError
 from mercia.governance import Role, User
 from mercia.services import analyses, cohorts, conceptsets
@@ -17,7 +18,7 @@ from mercia.services.raredisease import hpo_search, match_in_project, rank_case
 from mercia.services.state import state_of
 from mercia.services.vocabulary import find_concepts
 
-router = APIRouter()
+router = APIRouter(route_class=ParsedOffLoop)
 clinical_roles = require_roles(Role.CLINICIAN, Role.RESEARCHER, Role.TRIAL_COORDINATOR)
 
 

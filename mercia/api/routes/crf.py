@@ -12,11 +12,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from mercia.api.auth import current_user
-from mercia.services.state import state_of
+from mercia.api.limits import ParsedOffLoop
 from mercia.governance import User
+from mercia.services.state import state_of
 from mercia.trials.crf.service import CrfService, FormStatus
 
-router = APIRouter(prefix="/crf/studies/{study}", tags=["trials"])
+router = APIRouter(prefix="/crf/studies/{study}", tags=["trials"], route_class=ParsedOffLoop)
 FORM = "/records/{record}/events/{event}/forms/{form}"
 
 

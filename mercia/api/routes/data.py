@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from mercia.api import models as m
 from mercia.api.auth import current_user
+from mercia.api.limits import ParsedOffLoop
 from mercia.governance import User
 from mercia.services import exportable
 from mercia.services.exportable import EXPORTABLE, view_export
@@ -16,7 +17,7 @@ from mercia.services.loads import start_load
 from mercia.services.sources import list_sources, view_source
 from mercia.services.state import state_of
 
-router = APIRouter()
+router = APIRouter(route_class=ParsedOffLoop)
 
 
 @router.get("/sources", tags=["sources"], summary="Data sources and their load totals")

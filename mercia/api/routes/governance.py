@@ -8,11 +8,12 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from mercia.api import models as m
 from mercia.api.auth import Caller, current_caller, current_user, require_roles
+from mercia.api.limits import ParsedOffLoop
 from mercia.governance import DOMAINS, Role, User
 from mercia.services.jobs import job_for
 from mercia.services.state import state_of
 
-router = APIRouter()
+router = APIRouter(route_class=ParsedOffLoop)
 admin_only = require_roles(Role.ADMIN)
 governance_roles = require_roles(Role.GOVERNANCE_OFFICER, Role.ADMIN)
 

@@ -13,11 +13,12 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from mercia.api.auth import current_user
-from mercia.services.state import state_of
+from mercia.api.limits import ParsedOffLoop
 from mercia.governance import User
+from mercia.services.state import state_of
 from mercia.trials.randomise import RandomisationError
 
-router = APIRouter(prefix="/trials", tags=["trials"])
+router = APIRouter(prefix="/trials", tags=["trials"], route_class=ParsedOffLoop)
 DATE = r"^\d{4}-\d{2}-\d{2}$"
 PersonId = Annotated[int, Path(ge=1, le=2**63 - 1, description="the participant's person_id")]
 

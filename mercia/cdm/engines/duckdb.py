@@ -26,7 +26,8 @@ class DuckDBStore(Store):
             self._duck = duckdb.connect(path, read_only=read_only)
         except duckdb.Error as exc:
             raise StoreError(f"cannot open DuckDB database {path}: {exc}", engine=self.dialect) from exc
-        self._release: Callable[[], None] = self._duck.close
+        self._root = self._duck  # sessions are cursors of this connection, whoever opens them
+        self._release: Callable[[], None] = self._close_all
         if schema:
             self.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
             self._use_schema()
@@ -35,6 +36,10 @@ class DuckDBStore(Store):
         if self.schema:
             self.execute(f"SET schema = '{self.schema}'")
 
+    def _close_all(self) -> None:
+        self._shared.close()
+        self._duck.close()
+
     def close(self) -> None:
         self._release()
 
@@ -42,10 +47,25 @@ class DuckDBStore(Store):
         """A cursor is DuckDB's own connection to the same database: separate transactions."""
         child = object.__new__(DuckDBStore)
         Store.__init__(child, self.url, self.schema, self.read_only)
-        child._duck = self._duck.cursor()
+        child._adopt(self)
+        child._root = self._root
+        child._duck = self._root.cursor()  # not a cursor of a cursor: that dies with its parent
         child._release = child._duck.close
         child._use_schema()
         return child
+
+    @property
+    def serialised_writes(self):
+        return self._shared.writes
+
+    def _move_counter(self, bump: str, params: list[Any], key: str) -> int:
+        """On a cursor of its own in autocommit, one mover at a time: DuckDB aborts a second
+        transaction that moves the same row, so movers queue on a lock instead, and the counter
+        never joins (and never conflicts through) the caller's transaction."""
+        with self._shared.ids:
+            if self._shared.allocator is None:
+                self._shared.allocator = self._open_session()
+            return Store._move_counter(self._shared.allocator, bump, params, key)
 
     @property
     def duckdb_connection(self) -> duckdb.DuckDBPyConnection:

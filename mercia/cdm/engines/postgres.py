@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from mercia.cdm.schema import Table
-from mercia.cdm.store import Store, StoreError, duckdb_type, quote, redact, sql_string
+from mercia.cdm.store import Store, StoreError, StoreUnavailable, duckdb_type, quote, redact, sql_string
 
 # Quoted strings, quoted identifiers and comments, where a ``?`` or ``%`` is text, not a parameter.
 _LITERAL_OR_MARK = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\?|%", re.DOTALL)
@@ -46,6 +46,7 @@ class PostgresStore(Store):
     wants_indexes = True
     savepoints = True
     pool_size = 8  # connections shared by the sessions of one store (one per concurrent request/job)
+    pool_timeout = 10.0  # seconds a session waits for a connection before the store counts as unavailable
 
     def __init__(self, url: str, schema: str | None = None, read_only: bool = False):
         super().__init__(url, schema, read_only)
@@ -73,20 +74,50 @@ class PostgresStore(Store):
             conn.execute(f"SET search_path TO {quote(self.schema)}")
 
     def _open_session(self) -> PostgresStore:
-        """A connection from this store's pool (opened on first use), returned on close."""
+        """A connection from this store's pool (opened on first use), returned on close.
+
+        The pool checks each connection as it hands it out and replaces one the server dropped
+        (a PostgreSQL restart), so a new session works as soon as the server is back; until then,
+        or while every connection stays busy, opening one raises ``StoreUnavailable``."""
+        from psycopg_pool import ConnectionPool, PoolTimeout
+
         with self._pool_lock:
             if self._pool is None:
-                from psycopg_pool import ConnectionPool
-
                 self._pool = ConnectionPool(self.url, min_size=1, max_size=self.pool_size, open=True,
-                                            kwargs={"autocommit": True}, configure=self._configure)
+                                            kwargs={"autocommit": True}, configure=self._configure,
+                                            check=ConnectionPool.check_connection)
         pool = self._pool
-        conn = pool.getconn()
+        try:
+            conn = pool.getconn(timeout=self.pool_timeout)
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise StoreUnavailable(f"the database at {redact(self.url)} cannot be reached now; try again shortly",
+                                   engine=self.dialect) from exc
         child = object.__new__(PostgresStore)
         Store.__init__(child, self.url, self.schema, self.read_only)
+        child._adopt(self)
         child._pg, child._pool, child._pool_lock = conn, None, threading.Lock()
         child._release = lambda: pool.putconn(conn)
         return child
+
+    def _error(self, exc: Exception, sql: str, action: str = "could not run a statement") -> StoreError:
+        """A lost connection (the server restarted or went away) is ``StoreUnavailable``: the
+        request may be sent again; the pool replaces the connection."""
+        if isinstance(exc, psycopg.OperationalError) and self._lost():
+            return StoreUnavailable("the database connection was lost; try again in a moment", sql=sql,
+                                    engine=self.dialect)
+        return super()._error(exc, sql, action)
+
+    def _lost(self) -> bool:
+        return self._pg.closed or self._pg.broken
+
+    def _create_id_table(self) -> None:
+        """On a short connection of its own, so it commits even inside the caller's transaction;
+        one creator at a time in this process (concurrent CREATEs of one table collide)."""
+        from mercia.cdm.extensions import ID_BLOCK_DDL
+
+        with self._shared.ids, psycopg.connect(self.url, autocommit=True) as conn:
+            self._configure(conn)
+            conn.execute(ID_BLOCK_DDL)
 
     # -- SQL -------------------------------------------------------------------------------
     def _run(self, sql: str, params: Sequence[Any] | None) -> psycopg.Cursor:
@@ -136,6 +167,8 @@ class PostgresStore(Store):
         self.execute("COMMIT")
 
     def _rollback(self) -> None:
+        if self._lost():
+            return  # the server dropped the connection, and the transaction with it
         if self._pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             self.execute("ROLLBACK")
 
