@@ -10,6 +10,7 @@ whenever the hub or the network comes back.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -42,6 +43,8 @@ NODE_DDL = [
     """CREATE TABLE IF NOT EXISTS mercia_fed_inbox (
         task_id BIGINT NOT NULL, query_id BIGINT NOT NULL, kind VARCHAR NOT NULL, body VARCHAR NOT NULL,
         status VARCHAR NOT NULL, received_at VARCHAR NOT NULL, decided_by VARCHAR, decided_at VARCHAR)""",
+    # which issue of the task was decided on: a digest of the round's salt, never the salt itself
+    "ALTER TABLE mercia_fed_inbox ADD COLUMN IF NOT EXISTS issue VARCHAR",
     "CREATE TABLE IF NOT EXISTS mercia_fed_state (paused BOOLEAN NOT NULL)",
 ]
 
@@ -117,7 +120,8 @@ def decide(store: Store, task_id: int, approve: bool, actor: str) -> None:
         if not store.query_one("SELECT count(*) FROM mercia_fed_inbox WHERE task_id = ? AND status = 'pending'",
                                [task_id]):
             raise NodeError(f"no task {task_id} waiting for a decision")
-        store.execute("UPDATE mercia_fed_inbox SET status = ?, decided_by = ?, decided_at = ? WHERE task_id = ?",
+        store.execute("UPDATE mercia_fed_inbox SET status = ?, decided_by = ?, decided_at = ? "
+                      "WHERE task_id = ? AND status = 'pending'",
                       ["approved" if approve else "denied", actor, _iso(_now()), task_id])
         node_audit(store).record(actor, "node.approve" if approve else "node.deny", f"task:{task_id}")
 
@@ -254,11 +258,16 @@ class NodeAgent:
             paused = bool(store.query_one("SELECT paused FROM mercia_fed_state"))
             decision = self.policy.decide(task.query.kind)
             if decision == "approve":
-                status = store.query_one("SELECT status FROM mercia_fed_inbox WHERE task_id = ?", [task.task_id])
+                # A decision holds for exactly the task decided on: a task id met again in another issue
+                # (a hub rebuilt, a second hub) waits for a decision of its own.
+                body = orjson.dumps(task.query.model_dump()).decode()
+                issue = hashlib.sha256(task.salt.encode()).hexdigest()[:32]
+                status = store.query_one("SELECT status FROM mercia_fed_inbox WHERE task_id = ? AND query_id = ? "
+                                         "AND body = ? AND issue = ?", [task.task_id, task.query_id, body, issue])
                 if status is None:
-                    store.execute("INSERT INTO mercia_fed_inbox VALUES (?, ?, ?, ?, 'pending', ?, NULL, NULL)",
-                                  [task.task_id, task.query_id, task.query.kind,
-                                   orjson.dumps(task.query.model_dump()).decode(), _iso(_now())])
+                    store.execute("INSERT INTO mercia_fed_inbox (task_id, query_id, kind, body, status, received_at, "
+                                  "issue) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                                  [task.task_id, task.query_id, task.query.kind, body, _iso(_now()), issue])
                     audit.record("node", "node.pending", f"task:{task.task_id}", kind=task.query.kind)
                     return None
                 if status == "pending":

@@ -85,10 +85,8 @@ class Airlock:
                             "JOIN mercia_user u ON u.id = e.requester_id ORDER BY e.id DESC")
         return [r for r in rows if (status is None or r["status"] == status) and self._may_see(user, r)]
 
-    def decide(self, checker: User, export_id: int, decision: str, reason: str = "") -> dict[str, Any]:
-        """An output checker's release or rejection.  Four eyes: never on a request from a project
-        the checker works on.  Race-free: the status moves with a conditional UPDATE, so of two
-        checkers deciding at once exactly one wins; the other gets a Conflict."""
+    def check_may_decide(self, checker: User, export_id: int) -> dict[str, Any]:
+        """The export, if ``checker`` may decide on it (asked before a decision is even confirmed)."""
         if not checker.has(Role.OUTPUT_CHECKER):
             raise Forbidden("only an output checker can release results")
         row = self._row(export_id)
@@ -96,6 +94,13 @@ class Airlock:
             raise Forbidden("an output checker cannot approve their own request")
         if checker.id in self.gov.project(row["project_id"]).members:
             raise Forbidden("an output checker cannot decide on a request from a project they work on")
+        return row
+
+    def decide(self, checker: User, export_id: int, decision: str, reason: str = "") -> dict[str, Any]:
+        """An output checker's release or rejection.  Four eyes: never on a request from a project
+        the checker works on.  Race-free: the status moves with a conditional UPDATE, so of two
+        checkers deciding at once exactly one wins; the other gets a Conflict."""
+        row = self.check_may_decide(checker, export_id)
         if decision not in ("approve", "reject"):
             raise GovernanceError("decision is 'approve' or 'reject'")
         if decision == "reject" and not reason.strip():

@@ -295,6 +295,14 @@ class Projects:
             return []
         return [c for c in self.approval_capacities(user, project) if c not in done]
 
+    def check_may_decide(self, actor: User, project: Project) -> list[str]:
+        """The capacities in which ``actor`` may decide on ``project`` (asked before a decision is
+        even confirmed), or Forbidden."""
+        capacities = self.approval_capacities(actor, project)
+        if not capacities:
+            raise Forbidden("only this pillar's lead or a governance officer, not on the project, can decide")
+        return capacities
+
     def decide(self, actor: User, project_id: int, decision: str, reason: str = "",
                capacity: str | None = None) -> Project:
         """Record an approval or rejection.  Approval needs both the pillar's lead and a governance
@@ -302,9 +310,7 @@ class Projects:
         if decision not in ("approve", "reject"):
             raise GovernanceError("decision is 'approve' or 'reject'")
         project = self.project(project_id)
-        capacities = self.approval_capacities(actor, project)
-        if not capacities:
-            raise Forbidden("only this pillar's lead or a governance officer, not on the project, can decide")
+        capacities = self.check_may_decide(actor, project)
         if decision == "reject" and not reason.strip():
             raise GovernanceError("say why the request is rejected")
         with self.db.transaction():

@@ -394,6 +394,7 @@ def decide_project(project_id: int, request: Request, caller: Caller = Depends(s
                    form: dict[str, str] = Depends(form_data)):
     gov = state_of(request).gov
     project = gov.visible_project(caller.user, project_id)
+    gov.check_may_decide(caller.user, project)
     decision, reason = form.get("decision", ""), form.get("reason", "").strip()
     errors = decision_errors(decision, reason, "d-approve", "approve or reject this project", "reject it")
     if errors:
@@ -648,6 +649,8 @@ def confirm_decision(request: Request, caller: Caller, decision: str, reason: st
 def decide_export(export_id: int, request: Request, caller: Caller = Depends(signed_in),
                   form: dict[str, str] = Depends(form_data)):
     state = state_of(request)
+    view_export(state, caller.user, export_id, in_platform=True)
+    state.airlock.check_may_decide(caller.user, export_id)
     decision, reason = form.get("decision", ""), form.get("reason", "").strip()
     errors = decision_errors(decision, reason, "e-approve", "release or refuse this export", "refuse it")
     if errors:

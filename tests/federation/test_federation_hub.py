@@ -211,6 +211,35 @@ def test_node_local_approval_blocks_until_the_data_manager_approves(network, hub
     assert result["status"] == "complete"
 
 
+def test_an_approval_holds_only_for_the_question_approved(network, hub_factory):
+    """A rebuilt hub numbers its tasks from 1 again: a data manager's yes to the old task 1 must not
+    answer the new hub's task 1, a different question."""
+    gated = network.nodes[0]
+    policy = {gated.org: NodePolicy(auto=set(), approve={"feasibility"}, allow_raw=True)}
+    first_hub, first_app, first_project, first_token = hub_factory()
+    first = TestClient(first_app)
+    ask(first, first_token, first_project)
+    assert agents(network, first, policy, [gated])[gated.org].step() == 0
+    store = open_node_store(gated.url)
+    try:
+        task_id = pending(store)[-1]["task_id"]
+        decide(store, task_id, True, "dm")
+    finally:
+        store.close()
+    _, second_app, second_project, second_token = hub_factory()
+    second = TestClient(second_app)
+    other = reference_cohort()
+    other = {**other, "ConceptSets": other["ConceptSets"][:1],
+             "PrimaryCriteria": {**other["PrimaryCriteria"], "CriteriaList": other["PrimaryCriteria"]["CriteriaList"][:1]}}
+    ask(second, second_token, second_project, other)
+    assert agents(network, second, policy, [gated])[gated.org].step() == 0
+    store = open_node_store(gated.url)
+    try:
+        assert task_id in [w["task_id"] for w in pending(store)]
+    finally:
+        store.close()
+
+
 def test_refused_and_paused_nodes_give_an_explicit_partial_answer(network, hub_factory):
     hub, app, project_id, token = hub_factory()
     client = TestClient(app)

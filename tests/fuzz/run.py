@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +36,11 @@ def main() -> None:
         parser.error(f"unknown target {args.target}; one of {', '.join(TARGETS)}")
     work = args.work or tempfile.mkdtemp(prefix=f"fuzz-{args.target}-")
     Path(work).mkdir(parents=True, exist_ok=True)
-    libfuzzer = [sys.argv[0], f"-max_total_time={args.seconds}", f"-artifact_prefix={work}/", "-rss_limit_mb=2048",
+    # libFuzzer reads the peak RSS, which Linux carries over from the parent through fork and exec:
+    # started from a busy test worker, it begins high.  Allow 2 GB above where it began.
+    inherited_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    libfuzzer = [sys.argv[0], f"-max_total_time={args.seconds}", f"-artifact_prefix={work}/",
+                 f"-rss_limit_mb={inherited_mb + 2048}",
                  "-timeout=20", work, str(CORPUS / args.target)]
     atheris.Setup(libfuzzer, checked(args.target))
     atheris.Fuzz()

@@ -139,7 +139,9 @@ def test_project_decision_is_explicit(page, live_server, demo, app, shots):
     clinician = state.gov.user_by_name("clinician")
     project = state.gov.create_project(clinician, title="Ovarian cancer referral times", pillar="cancer",
                                        purpose="Time from referral to diagnosis.", scope_domains=["person"],
-                                       expires_on="2099-01-01", ppi_notes="Panel review")
+                                       expires_on="2099-01-01", ppi_notes="Panel review",
+                                       lay_summary="How long people wait between a referral and a diagnosis.",
+                                       purpose_category="service_evaluation", lead_organisation="Demo acute trust")
     state.gov.submit(clinician, project.id)
     base = live_server
     sign_in(page, base, demo, "cancerlead")

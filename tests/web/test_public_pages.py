@@ -72,6 +72,12 @@ def test_public_pages_answer_without_signing_in(client, demo):
     assert client.get("/register?year=20x6").status_code == 400
 
 
+def release_section(page: str, export_id: int) -> str:
+    """One released output's card on a public register page (others of the project may sit beside it)."""
+    start = page.index(f'id="release-{export_id}"')
+    return page[start:page.index("</section>", start)]
+
+
 def test_lead_publishes_a_released_outputs_numbers_from_the_export_page(client, demo):
     from mercia.services.exportable import request_export
 
@@ -83,7 +89,7 @@ def test_lead_publishes_a_released_outputs_numbers_from_the_export_page(client, 
     state.airlock.decide(checker, export["id"], "approve", "rounded")
     public = f"/register/projects/{cohort['project_id']}"
     assert "Who started metformin" in client.get(public).text
-    assert "has not chosen to publish the numbers" in client.get(public).text
+    assert "has not chosen to publish the numbers" in release_section(client.get(public).text, export["id"])
     csrf = sign_in(client, demo, "researcher")
     page = client.get(f"/exports/{export['id']}").text
     assert "Show the numbers on the public register" in page
@@ -92,4 +98,24 @@ def test_lead_publishes_a_released_outputs_numbers_from_the_export_page(client, 
     assert r.status_code == 303
     assert "Stop showing the numbers" in client.get(f"/exports/{export['id']}").text
     client.cookies.clear()
-    assert "has not chosen to publish the numbers" not in client.get(public).text
+    assert "has not chosen to publish the numbers" not in release_section(client.get(public).text, export["id"])
+
+
+def test_only_an_independent_output_checker_is_asked_to_confirm_a_release(client, demo):
+    """The confirmation step comes after the permission check: a researcher, or a checker on their
+    own request, is refused at once and never shown what a release would do."""
+    from mercia.services.exportable import request_export
+
+    state = client.app.state.mercia
+    researcher = state.gov.user_by_name("researcher")
+    cohort = state.gov.db.row("SELECT id, project_id FROM mercia_cohort WHERE result IS NOT NULL ORDER BY id LIMIT 1")
+    export = request_export(state, researcher, cohort["project_id"], "cohort_attrition", str(cohort["id"]),
+                            "Attrition for the confirm test", "a report")
+    csrf = sign_in(client, demo, "researcher")
+    refused = client.post(f"/exports/{export['id']}/decision", data={"csrf_token": csrf, "decision": "approve"})
+    assert refused.status_code == 403 and "Release this export?" not in refused.text
+    client.cookies.clear()
+    csrf = sign_in(client, demo, "checker")
+    asked = client.post(f"/exports/{export['id']}/decision", data={"csrf_token": csrf, "decision": "approve"})
+    assert asked.status_code == 200 and "Release this export?" in asked.text
+    assert state.airlock.list_for(state.gov.user_by_name("checker"), "pending")
