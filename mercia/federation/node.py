@@ -265,6 +265,9 @@ class NodeAgent:
                 status = store.query_one("SELECT status FROM mercia_fed_inbox WHERE task_id = ? AND query_id = ? "
                                          "AND body = ? AND issue = ?", [task.task_id, task.query_id, body, issue])
                 if status is None:
+                    # an undecided earlier issue of this task id can no longer be answered: set it aside
+                    store.execute("UPDATE mercia_fed_inbox SET status = 'superseded' WHERE task_id = ? "
+                                  "AND status = 'pending'", [task.task_id])
                     store.execute("INSERT INTO mercia_fed_inbox (task_id, query_id, kind, body, status, received_at, "
                                   "issue) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
                                   [task.task_id, task.query_id, task.query.kind, body, _iso(_now()), issue])

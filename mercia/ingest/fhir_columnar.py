@@ -213,14 +213,17 @@ class ColumnarStager:
     def stage(self, staged, kind: str, raws: list[bytes], lines: list[int]) -> list[int]:
         """Stage what can be staged; return the positions the row reader must handle."""
         schema = pa.schema(list(self.types[kind]))
+        text = b"\n".join(raws)
         try:
-            table = pa_json.read_json(io.BytesIO(b"\n".join(raws)), parse_options=pa_json.ParseOptions(
+            text.decode("utf-8")  # Arrow's reader lets invalid UTF-8 through; the row reader names the line
+            table = pa_json.read_json(io.BytesIO(text), parse_options=pa_json.ParseOptions(
                 explicit_schema=schema, unexpected_field_behavior="ignore"))
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            has_value = [b'"component"' in raw and any(k.startswith("value") for k in orjson.loads(raw))
+                         for raw in raws]
+        except (UnicodeDecodeError, pa.ArrowInvalid, pa.ArrowTypeError, orjson.JSONDecodeError):
             return list(range(len(raws)))  # some line is not JSON or has a wrongly shaped element
         if table.num_rows != len(raws):
             return list(range(len(raws)))
-        has_value = [b'"component"' in raw and any(k.startswith("value") for k in orjson.loads(raw)) for raw in raws]
         batch = pa.table({"idx": pa.array(range(len(raws)), pa.int64()),
                           "record_hash": [hashlib.blake2b(raw, digest_size=16).hexdigest() for raw in raws],
                           "line": pa.array(lines, pa.int64()),

@@ -41,7 +41,7 @@ def start_load(state: MerciaState, user: User, org: str, kind: str, filename: st
                                  on_step=lambda message: progress(next(steps, 0.9), message))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        if summary.loaded + summary.unchanged + summary.withheld == 0:
+        if summary.loaded + summary.unchanged + summary.withheld + summary.removed == 0:
             # A file of the wrong format: the job fails (as the CLI exits non-zero); its rejects stay recorded.
             with state.lock:
                 reason = state.store.query_one("SELECT reason FROM mercia_reject WHERE load_id = ? GROUP BY reason "
@@ -51,7 +51,8 @@ def start_load(state: MerciaState, user: User, org: str, kind: str, filename: st
                              f"the format chosen; {summary.rejected} records were rejected")
         return {"load_id": summary.load_id, "org": summary.org, "extract": summary.extract, "read": summary.read,
                 "loaded": summary.loaded, "unchanged": summary.unchanged, "rejected": summary.rejected,
-                "withheld": summary.withheld, "flagged": summary.flagged, "rows": summary.rows,
+                "withheld": summary.withheld, "flagged": summary.flagged, "removed": summary.removed,
+                "rows": summary.rows,
                 "reject_reasons": summary.reject_reasons}
 
     return state.jobs.submit("source.load", user.id, None, work, about={"org": org, "extract": name})

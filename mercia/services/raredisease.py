@@ -33,21 +33,9 @@ def hpo_search(text: str, limit: int = 15) -> dict[str, Any]:
             "terms": [{"id": i, "name": name, "synonym": synonym} for i, name, synonym in hits]}
 
 
-def rank_case(observed: list[str], excluded: list[str], genes: list[str], top: int = 10) -> dict[str, Any]:
-    from mercia.raredisease.ontology import UnknownTermError
-    from mercia.raredisease.ranker import Case
-
-    case = Case(observed=observed, excluded=excluded, genes=genes)
-    try:
-        candidates = ranker().rank(case, top=top, explain=True)
-    except (UnknownTermError, ValueError) as exc:
-        raise GovernanceError(f"cannot rank this case: {exc}") from exc
-    return {"hpo_version": hpo_version(), "case": {"observed": observed, "excluded": excluded, "genes": genes},
-            "candidates": [c.to_dict(explain=True) for c in candidates]}
-
-
 def diagnose_case(observed: list[str], excluded: list[str], genes: list[str], top: int = 10) -> dict[str, Any]:
-    """The ensemble's ranking: calibrated probabilities, supporting/contradicting terms, a too-sparse flag."""
+    """The ensemble's ranking (the one the API and the web page give): calibrated probabilities,
+    supporting and contradicting terms, the likelihood-ratio evidence per term, a too-sparse flag."""
     from mercia.raredisease.ensemble import EmptyPhenotypeError, default_ensemble
     from mercia.raredisease.ontology import UnknownTermError
     from mercia.raredisease.ranker import Case

@@ -746,7 +746,7 @@ async def load_extract(name: str, request: Request, caller: Caller = Depends(sig
 
 @router.get("/raredisease", response_class=HTMLResponse)
 def raredisease_page(request: Request, caller: Caller = Depends(signed_in), observed: str = "", excluded: str = ""):
-    from mercia.services.raredisease import rank_case
+    from mercia.services.raredisease import diagnose_case
 
     if not caller.user.has_any(Role.CLINICIAN, Role.RESEARCHER, Role.TRIAL_COORDINATOR):
         raise Forbidden("rare-disease ranking is for clinicians and researchers")
@@ -758,7 +758,7 @@ def raredisease_page(request: Request, caller: Caller = Depends(signed_in), obse
     result, error = None, None
     if obs and not errors:
         try:
-            result = rank_case(obs, exc, [], 10)
+            result = diagnose_case(obs, exc, [], 10)
             state_of(request).gov.audit.record(caller.user.username, "raredisease.rank", "hpo-case",
                                                observed=len(obs))
         except GovernanceError as err:

@@ -358,8 +358,9 @@ def test_rare_disease_ranking(world):
     body = {"observed": ["HP:0001250", "HP:0001263", "HP:0000252"], "top": 5}
     r = world.client.post("/api/v1/raredisease/rank", headers=clin, json=body)
     assert r.status_code == 200
-    candidates = r.json()["candidates"]
-    assert len(candidates) == 5 and candidates[0]["rank"] == 1 and candidates[0]["evidence"]
+    ranking = r.json()["ranking"]
+    assert len(ranking) == 5 and ranking[0]["rank"] == 1 and ranking[0]["evidence"]
+    assert 0 < ranking[0]["probability"] <= 1 and r.json()["too_sparse_to_decide"] in (True, False)
     assert world.client.post("/api/v1/raredisease/rank", headers=world.login("checker"), json=body).status_code == 403
     bad = world.client.post("/api/v1/raredisease/rank", headers=clin, json={"observed": ["HP:9999999"]})
     assert bad.status_code == 400

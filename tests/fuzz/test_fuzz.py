@@ -62,9 +62,19 @@ def _replace(document, path, value):
     return document
 
 
+def _documents(target: str) -> list:
+    """The seeds' JSON documents (a seed that is a fuzzing finding may be no JSON at all)."""
+    documents = []
+    for line in (line for data in seeds(target) for line in data.splitlines() if line.strip().startswith(b"{")):
+        try:
+            documents.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            continue
+    return documents
+
+
 def _mutations(target: str):
-    documents = [orjson.loads(line) for data in seeds(target) for line in data.splitlines()
-                 if line.strip().startswith(b"{")]
+    documents = _documents(target)
     return st.sampled_from(documents).flatmap(
         lambda doc: st.tuples(st.just(doc), st.sampled_from(list(_paths(doc))), JSON))
 

@@ -138,3 +138,16 @@ def test_care_plans_goals_and_imaging_studies_are_mapped(tmp_path):
         ("ImagingStudy/is2", "Procedure", "SNOMED", "168537006", "2017-03-21", None)}
     rejects = {(r["record"], r["field"], r["reason"]) for r in fast.rejects.table().to_pylist()}
     assert rejects == {("CarePlan/cp2", "category", "no coded value"), ("Goal/g1", "description", "no coded value")}
+
+
+@pytest.mark.parametrize("bad", [b'"\xff\xfe"', b'"\\ud800"'], ids=["invalid-utf8", "lone-surrogate"])
+def test_a_line_that_is_not_text_goes_to_the_row_reader(tmp_path, bad):
+    """Found by fuzzing: Arrow's JSON reader takes invalid UTF-8 and lone surrogates that orjson (and
+    the row reader) refuse; the batch falls back and the bad line is rejected with its line number."""
+    good = orjson.dumps(_obs("o1", valueQuantity={"value": 1.5, "unit": "mmol/L"}))
+    broken = orjson.dumps(_obs("o2", component=[{"code": {"text": "x"}}])).replace(b'"x"', bad)
+    patient = orjson.dumps({"resourceType": "Patient", "id": "p1", "gender": "male", "birthDate": "1960-01-01"})
+    (tmp_path / "x.ndjson").write_bytes(b"\n".join([patient, good, broken]))
+    fast, slow = _both(tmp_path / "x.ndjson")
+    _same(fast, slow)
+    assert [r["line"] for r in fast.rejects.table().to_pylist()] == [3]

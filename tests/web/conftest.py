@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,24 @@ def browser():
             "--no-first-run"])
         yield chromium
         chromium.close()
+
+
+@contextmanager
+def watched_page(browser, width: int = 1280, height: int = 900):
+    """A page in a fresh browser context; any console error fails the test (a CSP violation shows there)."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    yield page
+    context.close()
+    assert not errors, f"browser console errors (a CSP violation shows here): {errors}"
+
+
+@pytest.fixture
+def page(browser):
+    with watched_page(browser) as opened:
+        yield opened
 
 
 @pytest.fixture

@@ -33,17 +33,6 @@ def sign_out(page) -> None:
     page.wait_for_url(re.compile(r".*/signin.*"))
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    yield page
-    context.close()
-    assert not errors, f"browser console errors (a CSP violation shows here): {errors}"
-
-
 def test_cohort_to_released_export(page, live_server, demo, shots):
     base = live_server
     page.goto(f"{base}/signin")

@@ -209,6 +209,20 @@ def test_data_manager_uploads_through_the_source_page(client, demo, shared_data,
                        files=files).status_code == 403
 
 
+def test_rare_disease_page_gives_the_ensembles_calibrated_ranking(client, demo):
+    """The user guide's Marfan example: the page ranks Marfan syndrome first, with a probability and
+    the terms for it (the likelihood-ratio ranker alone put OMIM:609008 first)."""
+    sign_in(client, demo, "clinician")
+    page = client.get("/raredisease?observed=HP:0001166, HP:0001083, HP:0002616, HP:0000098")
+    assert page.status_code == 200
+    first = page.text[page.text.index('<li class="card ranking__item">'):]
+    first = first[:first.index("</li>")]
+    assert "OMIM:154700" in first and "Probability" in first and "For it:" in first
+    assert "Too few specific features" not in page.text
+    actions = client.app.state.mercia.gov.audit.search(action="raredisease.rank", limit=1)
+    assert actions and actions[0]["actor"] == "clinician"
+
+
 def test_wrong_format_load_fails_and_says_why(client, demo):
     csrf = sign_in(client, demo, "datamanager")
     r = client.post("/sources/R9P/loads", data={"kind": "fhir", "csrf_token": csrf},
@@ -224,6 +238,29 @@ def test_wrong_format_load_fails_and_says_why(client, demo):
     r = client.post("/sources/R9P/loads", data={"csrf_token": csrf}, follow_redirects=False)
     assert r.status_code == 400 and "Choose the format of the file" in r.text and "Choose a file to load" in r.text
     assert 'href="#load-kind"' in r.text and "<title>Error:" in r.text
+
+
+def test_an_extract_that_only_withdraws_records_is_a_successful_load(client, demo):
+    """A daily feed may carry nothing but entered-in-error records: the job succeeds and says how many
+    earlier records it removed, rather than calling the file the wrong format."""
+    import orjson
+
+    condition = {"resourceType": "Condition", "id": "withdrawn-c1", "subject": {"reference": "Patient/withdrawn-p1"},
+                 "onsetDateTime": "2015-02-03", "code": {"coding": [{"system": "http://snomed.info/sct",
+                                                                      "code": "44054006"}]}}
+    patient = {"resourceType": "Patient", "id": "withdrawn-p1", "gender": "female", "birthDate": "1970-05-01"}
+    withdrawn = {**condition, "verificationStatus": {"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "entered-in-error"}]}}
+    csrf = sign_in(client, demo, "datamanager")
+    jobs = client.app.state.mercia.jobs
+    results = []
+    for name, resources in (("day1.ndjson", [patient, condition]), ("day2.ndjson", [withdrawn])):
+        r = client.post("/sources/R9P/loads", data={"kind": "fhir", "csrf_token": csrf},
+                        files={"file": (name, b"\n".join(orjson.dumps(x) for x in resources))}, follow_redirects=False)
+        job = jobs.wait(int(r.headers["location"].split("/")[-1]), 120)
+        assert job["status"] == "succeeded", job["error"]
+        results.append(job["result"])
+    assert results[0]["loaded"] == 2 and (results[1]["loaded"], results[1]["removed"]) == (0, 1)
 
 
 @pytest.mark.parametrize("target", ["//evil.example", "/\\evil.example", "https://evil.example"])

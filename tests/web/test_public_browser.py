@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.web.axe import blocking_violations
+from tests.web.conftest import watched_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -15,13 +16,8 @@ PATIENT_PAGES = ["/about-your-data", "/about-your-data/pseudonymisation", "/abou
 
 @pytest.fixture(params=[(1280, 900), (320, 640)], ids=["desktop", "phone"])
 def page(browser, request):
-    context = browser.new_context(viewport={"width": request.param[0], "height": request.param[1]})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    yield page
-    context.close()
-    assert not errors, f"browser console errors (a CSP violation shows here): {errors}"
+    with watched_page(browser, *request.param) as opened:
+        yield opened
 
 
 def test_register_and_patient_pages_pass_axe(page, live_server, shots):

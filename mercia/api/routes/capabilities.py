@@ -14,7 +14,7 @@ from mercia.governance import Role, User
 from mercia.services import analyses, cohorts, conceptsets
 from mercia.services.builder import build_from_form
 from mercia.services.errors import Invalid, NotFound
-from mercia.services.raredisease import hpo_search, match_in_project, rank_case
+from mercia.services.raredisease import diagnose_case, hpo_search, match_in_project
 from mercia.services.state import state_of
 from mercia.services.vocabulary import find_concepts
 
@@ -139,9 +139,9 @@ def hpo_terms(q: str = Query(..., min_length=1, max_length=200), limit: int = Qu
 
 
 @router.post("/raredisease/rank", tags=["rare disease"],
-             summary="Rank candidate diagnoses for observed/excluded HPO terms, with explanations")
+             summary="Rank candidate diagnoses for observed/excluded HPO terms: calibrated probabilities, with explanations")
 def rank(body: m.RankRequest, request: Request, user: User = Depends(clinical_roles)) -> dict[str, Any]:
-    result = rank_case(body.observed, body.excluded, body.genes, body.top)
+    result = diagnose_case(body.observed, body.excluded, body.genes, body.top)
     state_of(request).gov.audit.record(user.username, "raredisease.rank", "hpo-case",
                                        observed=len(result["case"]["observed"]))
     return result
