@@ -28,6 +28,11 @@ def status_for(exc: Exception) -> int:
     return next(code for kind, code in STATUS if isinstance(exc, kind))
 
 
+def retry_headers(exc: Exception) -> dict[str, str]:
+    """Retry-After for a throttled caller: when the limit lets them in again (RFC 9110, 10.2.3)."""
+    return {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else {}
+
+
 def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     """Where each problem is and what it is, never the value sent (pydantic's ``input``/``ctx``, or
     the name of a field the model does not have)."""
@@ -47,7 +52,7 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def refused(request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+        return JSONResponse({"detail": str(exc)}, status_code=status_for(exc), headers=retry_headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

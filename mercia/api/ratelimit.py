@@ -3,6 +3,8 @@ a moving one-minute window per client address, kept in memory by the ``limits`` 
 
 from __future__ import annotations
 
+import time
+
 from fastapi import Request
 from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
@@ -20,8 +22,9 @@ class PublicRateLimit:
 
     def check(self, client: str) -> None:
         if not self.limiter.hit(self.item, "public", client):
+            reset = self.limiter.get_window_stats(self.item, "public", client).reset_time
             raise Throttled(f"too many requests from your address; at most {self.item.amount} a minute, "
-                            "try again shortly")
+                            "try again shortly", reset - time.time())
 
 
 def public_rate_limit(request: Request) -> None:

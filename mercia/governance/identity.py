@@ -7,6 +7,7 @@ Every state change is written to the audit log by the method that makes it.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,7 +45,12 @@ PENDING_MINUTES = 10
 
 
 class Throttled(GovernanceError):
-    """Too many failed sign-ins from this source for this user; the caller should wait."""
+    """Too many attempts from this source; the caller should wait ``retry_after`` seconds (told to
+    HTTP clients in a Retry-After header)."""
+
+    def __init__(self, message: str, retry_after: float = 60):
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after))
 
 
 def digest(token: str) -> str:
@@ -205,7 +211,7 @@ class Identity:
                                        "AND source = ?", [username, source])
                 self.audit.record(username or "-", "signin.throttled", f"user:{username}", ip=source)
                 wait = (datetime.fromisoformat(until) - moment).total_seconds()
-                raise Throttled(f"too many failed sign-in attempts; try again in {_wait_text(wait)}")
+                raise Throttled(f"too many failed sign-in attempts; try again in {_wait_text(wait)}", wait)
             if failures > FREE_ATTEMPTS:  # each failure past the free ones doubles the wait
                 wait = min(MAX_WAIT, FIRST_WAIT * 2 ** (failures - FREE_ATTEMPTS))
                 self.db.execute("UPDATE mercia_signin_throttle SET wait_until = ? WHERE username = ? AND source = ?",

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from mercia.api.auth import Caller, client_source, csrf_ok, session_caller
-from mercia.api.errors import RETRY_AFTER, STORE_REFUSED, STORE_UNAVAILABLE, status_for
+from mercia.api.errors import RETRY_AFTER, STORE_REFUSED, STORE_UNAVAILABLE, retry_headers, status_for
 from mercia.cdm import StoreError, StoreUnavailable
 from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, ProjectStatus, Role
 from mercia.governance.model import LAY_RECOMMENDATIONS, PURPOSE_CATEGORIES
@@ -114,7 +114,9 @@ def install_handlers(app: FastAPI) -> None:
         code = status_for(exc)
         titles = {403: "You cannot do that", 404: "Page not found", 409: "Not possible now",
                   413: "Too large", 429: "Too many attempts", 400: "There is a problem"}
-        return render(request, "error.html", session_caller(request), code, title=titles[code], message=str(exc))
+        response = render(request, "error.html", session_caller(request), code, title=titles[code], message=str(exc))
+        response.headers.update(retry_headers(exc))
+        return response
 
     @app.exception_handler(StoreError)
     async def store_refused(request: Request, exc: StoreError):
@@ -173,6 +175,7 @@ def signin(request: Request, form: dict[str, str] = Depends(form_data)):
         response = render(request, "signin.html", None, status_code=status_for(exc), next=next_path,
                           signin_csrf=token, error=str(exc), username=form.get("username", ""),
                           oidc=bool(state.options.oidc))
+        response.headers.update(retry_headers(exc))
         _pre_csrf_cookie(request, response, token)
         return response
     return after_first_factor(request, user, next_path)

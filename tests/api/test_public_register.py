@@ -258,6 +258,7 @@ def test_public_api_is_rate_limited_per_client_address(world):
     assert [c.get("/api/v1/public/projects").status_code for _ in range(3)] == [200, 200, 200]
     refused = c.get("/api/v1/public/releases")
     assert refused.status_code == 429 and "at most 3 a minute" in refused.json()["detail"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60   # when the oldest of the three leaves the window
     api.state.public_rate_limit.check("198.51.100.7")  # another address has its own budget
 
 

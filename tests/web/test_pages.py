@@ -56,6 +56,7 @@ def test_signin_throttled(client):
     r = client.post("/signin", data={"username": "ghost", "password": "x" * 12,
                                      "csrf_token": csrf_of(client.get("/signin").text)})
     assert r.status_code == 429 and "try again in" in r.text
+    assert 1 <= int(r.headers["Retry-After"]) <= 3600   # when the wait ends, for clients that read it
 
 
 def test_forms_refuse_without_csrf(client, demo):
