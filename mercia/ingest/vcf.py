@@ -129,7 +129,9 @@ class VcfReader:
             vcf = VCF(str(file), lazy=True)
         except Exception as exc:  # noqa: BLE001 (cyvcf2 raises bare Exception for unreadable files)
             self.staged.read += 1
-            self.staged.reject(file_record, "file", f"not a readable VCF: {str(exc)[:200]}", None)
+            # cyvcf2 names the full path: keep only the file's own name (an upload's folder is the server's)
+            problem = str(exc).replace(str(file), file.name)[:200]
+            self.staged.reject(file_record, "file", f"not a readable VCF: {problem}", None)
             return
         header = {m.group(1): m.group(2) for m in re.finditer(r"^##(\w+)=(.*)$", vcf.raw_header, re.MULTILINE)}
         assembly = header.get("reference") or None

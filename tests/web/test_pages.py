@@ -224,6 +224,15 @@ def test_rare_disease_page_gives_the_ensembles_calibrated_ranking(client, demo):
     assert actions and actions[0]["actor"] == "clinician"
 
 
+def test_a_failed_load_names_the_upload_not_the_servers_folder(client, demo):
+    csrf = sign_in(client, demo, "datamanager")
+    r = client.post("/sources/R9P/loads", data={"kind": "vcf", "csrf_token": csrf},
+                    files={"file": ("family.vcf", b"this is not a VCF file\n")}, follow_redirects=False)
+    job = client.app.state.mercia.jobs.wait(int(r.headers["location"].split("/")[-1]), 60)
+    assert job["status"] == "failed" and "family.vcf" in job["error"]
+    assert "mercia-load-" not in job["error"] and "/tmp" not in job["error"], job["error"]
+
+
 def test_wrong_format_load_fails_and_says_why(client, demo):
     csrf = sign_in(client, demo, "datamanager")
     r = client.post("/sources/R9P/loads", data={"kind": "fhir", "csrf_token": csrf},
