@@ -155,6 +155,10 @@ class CohortCreate(Body):
     expression: dict[str, Any] = Field(..., description="Circe (ATLAS) cohort definition JSON")
 
 
+class QuickCountRequest(Body):
+    expression: dict[str, Any] = Field(..., description="Circe (ATLAS) cohort definition JSON")
+
+
 class RankRequest(Body):
     observed: list[Code] = Field(..., min_length=1, max_length=200, description="HPO ids seen, e.g. HP:0001250")
     excluded: list[Code] = Field([], max_length=200, description="HPO ids looked for and absent")

@@ -21,13 +21,14 @@ import pyarrow as pa
 from mercia.cdm import Store
 from mercia.cohorts.model import CohortDefinitionError
 from mercia.federation.disclosure import FederatedPolicy, federated_policy
-from mercia.federation.messages import QUERY, CohortQuery, NodeResult, Task, canonical, fingerprint, partitioned
-from mercia.privacy.disclosure import DisclosureError
+from mercia.federation.messages import QUERY, CohortQuery, NodeResult, Task, partitioned
 from mercia.federation.signing import SignatureError, load_public_key, verify
 from mercia.federation.tokens import new_salt
 from mercia.governance import Role, Throttled, User
 from mercia.governance.model import Forbidden, GovernanceError, NotFound
 from mercia.governance.service import Governance
+from mercia.privacy.differencing import Asked, budget, canonical, fingerprint
+from mercia.privacy.disclosure import DisclosureError
 
 DDL = [
     """CREATE TABLE IF NOT EXISTS mercia_fed_node (
@@ -198,17 +199,17 @@ class Hub:
         """Is this a repeat (the same cohort, whatever the question kind or strata), or the same cohort plus
         or minus one criterion, of an earlier question of the project in the window?  Such questions are counted; past the limit they are refused."""
         since = _iso(_now() - timedelta(days=self.settings.budget_window_days))
-        earlier = self.store.query("SELECT fingerprint, criteria, differencing FROM mercia_fed_query "
+        earlier = self.store.query("SELECT criteria, differencing FROM mercia_fed_query "
                                    "WHERE project_id = ? AND created_at >= ?", [project_id, since])
-        mine, parts = fingerprint(query.model_dump()), query.criteria()
-        differencing = any(fp == mine or len(parts ^ set(orjson.loads(c))) <= 1 for fp, c, _ in earlier)
-        used = sum(1 for *_, d in earlier if d)
-        if differencing and used >= self.settings.differencing_limit:
+        verdict = budget(query.criteria(), [Asked(frozenset(orjson.loads(c)), bool(d)) for c, d in earlier],
+                         self.settings.differencing_limit)
+        if verdict.exceeded:
             raise BudgetExceeded(
-                f"project {project_id} has asked {used} repeated or near-complementary questions (the same cohort, "
-                f"or one criterion added or removed) in {self.settings.budget_window_days} days; the limit is "
-                f"{self.settings.differencing_limit}. Ask the hub's data governance team to review the need.")
-        return differencing
+                f"project {project_id} has asked {verdict.used} repeated or near-complementary questions (the same "
+                f"cohort, or one criterion added or removed) in {self.settings.budget_window_days} days; the limit "
+                f"is {verdict.limit}. Ask the hub's data governance team to review the need.",
+                retry_after=self.settings.budget_window_days * 86400)
+        return verdict.differencing
 
     def _issue(self, qid: int, round_: int, deadline: datetime) -> list[str]:
         orgs = [r[0] for r in self.store.query("SELECT org FROM mercia_fed_node WHERE active ORDER BY org")]

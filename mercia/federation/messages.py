@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from mercia.cohorts.model import CohortExpression
+from mercia.privacy.differencing import cohort_parts
 
 PROTOCOL_VERSION = 1
-
-
-def canonical(value: Any) -> bytes:
-    """One byte string per value (sorted keys), so fingerprints and signatures are stable."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-
-
-def fingerprint(value: Any) -> str:
-    return hashlib.sha256(canonical(value)).hexdigest()
 
 
 STRATA = ("sex", "age_band", "imd_quintile", "year")
@@ -38,16 +28,8 @@ class CohortQuery(BaseModel):
         return CohortExpression.from_json(self.cohort)
 
     def criteria(self) -> set[str]:
-        """Fingerprints of the parts a differencing attack would vary: primary criteria, each
-        inclusion rule, additional criteria, concept sets, censoring and the end strategy."""
-        c = self.cohort
-        parts = {"primary:" + fingerprint(c.get("PrimaryCriteria")), "end:" + fingerprint(c.get("EndStrategy")),
-                 "additional:" + fingerprint(c.get("AdditionalCriteria")),
-                 "censor:" + fingerprint(c.get("CensoringCriteria")),
-                 "window:" + fingerprint([c.get("CensorWindow"), c.get("QualifiedLimit"), c.get("ExpressionLimit")])}
-        parts |= {"rule:" + fingerprint(r.get("expression")) for r in c.get("InclusionRules") or []}
-        parts |= {"set:" + fingerprint(s.get("expression")) for s in c.get("ConceptSets") or []}
-        return parts
+        """The cohort's parts a differencing attack would vary (``privacy.differencing``)."""
+        return cohort_parts(self.cohort)
 
 
 class FeasibilityQuery(CohortQuery):

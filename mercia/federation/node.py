@@ -31,11 +31,12 @@ from mercia.federation.disclosure import federated_policy
 from mercia.federation.hub import _iso, _now, request_message
 from mercia.federation.hubapp import PREFIX
 from mercia.federation.messages import (KINDS, CharacterisationQuery, CohortQuery, FeasibilityQuery, NodeResult, Task,
-                                        TrialFeasibilityQuery, fingerprint)
+                                        TrialFeasibilityQuery)
 from mercia.federation.signing import load_private_key, sign
 from mercia.federation.tokens import COHORT_TOKENS_SQL, salted
 from mercia.governance.audit import AuditLog
 from mercia.governance.db import GovernanceDB
+from mercia.privacy.differencing import fingerprint
 
 log = logging.getLogger("mercia.federation.node")
 COHORT_ID = 990_001   # the node's scratch cohort id for federated questions

@@ -58,6 +58,9 @@ TABLES: dict[str, str] = {
         decision_reason TEXT, created_at TEXT NOT NULL, decided_at TEXT""",
     "mercia_lay_review": """project_id BIGINT NOT NULL, reviewer_id BIGINT NOT NULL, recommendation TEXT NOT NULL,
         comments TEXT NOT NULL, public BOOLEAN NOT NULL, reviewed_at TEXT NOT NULL""",
+    # the quick feasibility counts each user asked: their differencing budget (privacy.differencing)
+    "mercia_quick_count": """id BIGINT PRIMARY KEY, user_id BIGINT NOT NULL, fingerprint TEXT NOT NULL,
+        criteria TEXT NOT NULL, differencing BOOLEAN NOT NULL, asked_at TEXT NOT NULL""",
 }
 
 # Columns added after a table was first released: ``init`` adds them to existing stores, and new

@@ -23,6 +23,7 @@ from mercia.governance.projects import PUBLIC_TEXT_FIELDS
 from mercia.services import analyses as analysis_service
 from mercia.services import cohorts as cohort_service
 from mercia.services.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form
+from mercia.services.quickcount import QUICK_COUNT_ROLES, quick_count
 from mercia.services.errors import Invalid, NotFound
 from mercia.services.exportable import request_export as request_export_service, view_export
 from mercia.services.jobs import job_for
@@ -441,8 +442,9 @@ def withdraw_project(project_id: int, request: Request, caller: Caller = Depends
 
 # -- cohorts -----------------------------------------------------------------------------------
 def _builder_context(project, values: dict[str, str], **extra: Any) -> dict[str, Any]:
+    """The builder in a project (save a cohort), or without one (the quick feasibility count)."""
     return {"project": project, "values": values, "domains": BUILDER_DOMAINS, "rule_numbers": range(1, MAX_RULES + 1),
-            **extra}
+            "form_action": f"/projects/{project.id}/cohorts/new" if project else "/feasibility", **extra}
 
 
 # The builder as it first opens (and as it comes back after a failed ATLAS import, with the JSON kept).
@@ -473,6 +475,9 @@ def builder_submit(project_id: int, request: Request, caller: Caller = Depends(s
         else:
             circe = build_from_form(state, form)
         cohort_service.parse_definition(circe, project)
+        if action == "count":
+            return render(request, "builder.html", caller, **_builder_context(
+                project, form, quick=quick_count(state, caller.user, circe)))
         if action in ("save", "import"):
             name = form.get("name", "").strip() or "Untitled cohort"
             cohort = cohort_service.create_cohort(state, caller.user, project_id, name,
@@ -482,8 +487,35 @@ def builder_submit(project_id: int, request: Request, caller: Caller = Depends(s
             project, form, preview=orjson.dumps(circe, option=orjson.OPT_INDENT_2).decode()))
     except GovernanceError as exc:
         values = BUILDER_START | form if action == "import" else form
-        return render(request, "builder.html", caller, status_for(exc),
-                      **_builder_context(project, values, error=str(exc)))
+        response = render(request, "builder.html", caller, status_for(exc),
+                          **_builder_context(project, values, error=str(exc)))
+        response.headers.update(retry_headers(exc))
+        return response
+
+
+@router.get("/feasibility", response_class=HTMLResponse)
+def feasibility_page(request: Request, caller: Caller = Depends(signed_in)):
+    if not caller.user.has_any(*QUICK_COUNT_ROLES):
+        raise Forbidden("quick feasibility counts are for researchers, clinicians and trial coordinators")
+    return render(request, "builder.html", caller, **_builder_context(None, BUILDER_START))
+
+
+@router.post("/feasibility", response_class=HTMLResponse)
+def feasibility_submit(request: Request, caller: Caller = Depends(signed_in),
+                       form: dict[str, str] = Depends(form_data)):
+    state = state_of(request)
+    try:
+        circe = build_from_form(state, form)
+        if form.get("action") == "preview":
+            return render(request, "builder.html", caller, **_builder_context(
+                None, form, preview=orjson.dumps(circe, option=orjson.OPT_INDENT_2).decode()))
+        return render(request, "builder.html", caller,
+                      **_builder_context(None, form, quick=quick_count(state, caller.user, circe)))
+    except GovernanceError as exc:
+        response = render(request, "builder.html", caller, status_for(exc),
+                          **_builder_context(None, form, error=str(exc)))
+        response.headers.update(retry_headers(exc))
+        return response
 
 
 @router.get("/cohorts/{cohort_id}", response_class=HTMLResponse)

@@ -112,6 +112,37 @@ def test_other_project_and_expired(client, demo):
         gov.db.execute("UPDATE mercia_project SET expires_on = '2099-01-01' WHERE id = 1")
 
 
+def test_quick_feasibility_count_before_any_project(client, demo):
+    """The builder without a project counts people: the policy's number, the budget shown, audited;
+    a role without counts is refused the page."""
+    from mercia.cohorts import CohortExpression, run_cohort
+    from mercia.privacy.disclosure import get_policy
+    from mercia.services.builder import build_from_form
+
+    csrf = sign_in(client, demo, "researcher")
+    assert "Count people first" in client.get("/projects").text
+    page = client.get("/feasibility").text
+    assert "Quick feasibility count" in page and "Save cohort" not in page and "Cohort name" not in page
+    form = {"csrf_token": csrf, "action": "count", "entry_domain": "condition", "entry_concepts": "201826",
+            "entry_first": "on", "entry_descendants": "on", "exit": "end_of_observation"}
+    r = client.post("/feasibility", data=form)
+    assert r.status_code == 200, r.text
+    state = client.app.state.mercia
+    circe = client.post("/feasibility", data=form | {"action": "preview"}).text
+    assert "&#34;PrimaryCriteria&#34;" in circe
+    with state.lock:
+        true_count = run_cohort(state.store, CohortExpression.from_json(build_from_form(state, form)), 987_654).persons
+        state.store.execute("DELETE FROM cohort WHERE cohort_definition_id = 987654")
+    assert true_count > 7 and f"About {get_policy().publish_count(true_count):,} people" in r.text
+    assert "You have used 0 of 10" in r.text
+    again = client.post("/feasibility", data=form)
+    assert "You have used 1 of 10" in again.text and "This count was one of them" in again.text
+    assert state.gov.audit.search(action="feasibility.quick_count", actor="researcher")
+    client.cookies.clear()
+    sign_in(client, demo, "checker")
+    assert client.get("/feasibility").status_code == 403
+
+
 def test_builder_preview_and_import(client, demo):
     csrf = sign_in(client, demo, "researcher")
     form = {"csrf_token": csrf, "action": "preview", "name": "T2DM", "entry_domain": "condition",

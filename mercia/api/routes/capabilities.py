@@ -14,6 +14,7 @@ from mercia.governance import Role, User
 from mercia.services import analyses, cohorts, conceptsets
 from mercia.services.builder import build_from_form
 from mercia.services.errors import Invalid, NotFound
+from mercia.services.quickcount import quick_count
 from mercia.services.raredisease import diagnose_case, hpo_search, match_in_project
 from mercia.services.state import state_of
 from mercia.services.vocabulary import find_concepts
@@ -76,6 +77,14 @@ def create_cohort(body: m.CohortCreate, request: Request, user: User = Depends(c
              summary="Turn the cohort builder's fields into Circe (ATLAS) JSON, ready for POST /cohorts")
 def cohort_builder(body: m.BuilderFields, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
     return build_from_form(state_of(request), body.model_dump())
+
+
+@router.post("/feasibility/quick-count", tags=["cohorts"],
+             summary="How many people match a cohort, before any project: rounded, small numbers hidden, "
+                     "audited, within a per-user differencing budget (429 past it)")
+def quick_feasibility_count(body: m.QuickCountRequest, request: Request,
+                            user: User = Depends(current_user)) -> dict[str, Any]:
+    return quick_count(state_of(request), user, body.expression)
 
 
 @router.get("/cohorts/{cohort_id}", tags=["cohorts"], summary="A cohort: definition and latest counts")

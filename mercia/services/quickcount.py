@@ -1,0 +1,104 @@
+"""The quick feasibility count: how many people match a cohort definition, for any signed-in
+researcher, before a project exists (as TriNetX users expect).
+
+No output checker sees it, so it is safe by construction: the count goes through the platform's
+disclosure policy (counts of 1..threshold hidden, the rest rounded), every count is audited, and each
+user has a differencing budget (``privacy.differencing``) so that cohorts differing by one criterion
+cannot be subtracted to describe a few people.  A count is asked for with a button, not refreshed
+as criteria change: every edit would otherwise be one criterion added or removed, and the budget
+would be spent in minutes.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from mercia.governance import Role, User
+from mercia.privacy.differencing import Asked, budget, cohort_parts, fingerprint
+from mercia.privacy.disclosure import get_policy
+from mercia.services.errors import Forbidden, Invalid, Throttled
+from mercia.services.state import MerciaState
+
+QUICK_COUNT_ROLES = (Role.RESEARCHER, Role.CLINICIAN, Role.TRIAL_COORDINATOR)
+WINDOW_DAYS = 30
+DIFFERENCING_LIMIT = 10   # repeated or one-criterion-apart counts per user per window
+DAILY_LIMIT = 100         # counts of any kind per user per 24 hours
+
+
+def quick_count(state: MerciaState, user: User, cohort: dict[str, Any]) -> dict[str, Any]:
+    """The disclosure-controlled number of people in ``cohort`` (Circe JSON) across the whole store."""
+    from mercia.cohorts import CohortDefinitionError, CohortExpression
+
+    if not user.has_any(*QUICK_COUNT_ROLES):
+        raise Forbidden("quick feasibility counts are for researchers, clinicians and trial coordinators")
+    try:
+        expression = CohortExpression.from_json(orjson.dumps(cohort))
+    except CohortDefinitionError as exc:
+        raise Invalid(f"the cohort cannot be counted: {exc}") from None
+    parts = cohort_parts(cohort)
+    moment = datetime.now(UTC)
+    db = state.gov.db
+    refusal = None
+    with db.transaction():   # read the budget and spend it in one step: two tabs cannot both pass
+        earlier = db.rows("SELECT criteria, differencing, asked_at FROM mercia_quick_count "
+                          "WHERE user_id = ? AND asked_at >= ? ORDER BY asked_at",
+                          [user.id, _iso(moment - timedelta(days=WINDOW_DAYS))])
+        today = [r for r in earlier if r["asked_at"] >= _iso(moment - timedelta(days=1))]
+        verdict = budget(parts, [Asked(frozenset(orjson.loads(r["criteria"])), bool(r["differencing"]))
+                                 for r in earlier], DIFFERENCING_LIMIT)
+        if len(today) >= DAILY_LIMIT:
+            refusal = (f"at most {DAILY_LIMIT} quick counts a day", _until(today[0]["asked_at"], 1, moment))
+        elif verdict.exceeded:
+            first = next(r for r in earlier if r["differencing"])
+            refusal = (f"you have asked {verdict.used} repeated or near-identical counts (the same cohort, or one "
+                       f"criterion added or removed) in {WINDOW_DAYS} days; the limit is {DIFFERENCING_LIMIT}. "
+                       "Start a project to run cohorts with an output check",
+                       _until(first["asked_at"], WINDOW_DAYS, moment))
+        else:
+            count_id = db.next_id("mercia_quick_count")
+            db.insert("mercia_quick_count", {"id": count_id, "user_id": user.id, "fingerprint": fingerprint(cohort),
+                                             "criteria": orjson.dumps(sorted(parts)).decode(),
+                                             "differencing": verdict.differencing, "asked_at": _iso(moment)})
+    if refusal:
+        state.gov.audit.record(user.username, "feasibility.quick_count.refused", "quick-count", reason=refusal[0])
+        raise Throttled(*refusal)
+    persons = _count_persons(state, expression, count_id)
+    policy = get_policy()
+    hidden = policy.is_small(persons)
+    shown = None if hidden else policy.publish_count(persons)
+    state.gov.audit.record(user.username, "feasibility.quick_count", f"quick-count:{count_id}",
+                           fingerprint=fingerprint(cohort), differencing=verdict.differencing,
+                           shown=policy.redacted_marker if hidden else shown)
+    used = verdict.used + verdict.differencing
+    return {"persons": shown, "hidden": hidden, "policy": policy.name, "threshold": policy.threshold,
+            "rounding_base": policy.rounding_base, "differencing": verdict.differencing,
+            "budget": {"used": used, "limit": DIFFERENCING_LIMIT, "window_days": WINDOW_DAYS}}
+
+
+def _count_persons(state: MerciaState, expression, count_id: int) -> int:
+    """Run the cohort under a scratch id of its own (negative: never a saved cohort's), count its
+    people, and remove its rows."""
+    from mercia.cohorts import run_cohort
+    from mercia.cohorts.compiler import RESULT_TABLES
+
+    scratch = -count_id
+    with state.lock:
+        try:
+            return run_cohort(state.store, expression, scratch).persons
+        finally:
+            with state.store.transaction():
+                for table in ("cohort", *RESULT_TABLES):
+                    state.store.execute(f"DELETE FROM {table} WHERE cohort_definition_id = ?", [scratch])
+
+
+def _until(asked_at: str, days: int, moment: datetime) -> float:
+    """Seconds until a question asked at ``asked_at`` leaves a window of ``days``."""
+    return max(1.0, math.ceil((datetime.fromisoformat(asked_at) + timedelta(days=days) - moment).total_seconds()))
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
