@@ -1,5 +1,8 @@
 """The embedded job runner: long work (cohort runs, analyses) on a small thread pool, with status
-and progress kept in ``mercia_job`` so any page or script can poll it."""
+and progress kept in ``mercia_job`` so any page or script can poll it.
+
+A job can be cancelled by the person who started it: a queued one never starts; a running one stops
+at its next progress step (work in a store transaction, such as a load, is rolled back)."""
 
 from __future__ import annotations
 
@@ -16,13 +19,17 @@ from mercia.governance import GovernanceError
 from mercia.governance.db import GovernanceDB, now
 from mercia.ingest.load import LoadError
 from mercia.privacy.pseudonym import KeyError_
-from mercia.services.errors import NotFound
+from mercia.services.errors import Conflict, NotFound
 
 Progress = Callable[[float, str], None]
 JobFunction = Callable[[Progress], dict[str, Any]]
 # Failures whose message is written for the person who started the job; anything else is a fault,
 # reported in plain words (its details go to the server log, never to the page).
 EXPLAINED = (GovernanceError, ValueError, LoadError, KeyError_, StoreError, FileNotFoundError)
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job at its next progress step once its owner has cancelled it."""
 
 
 def failure_words(exc: Exception) -> str:
@@ -36,6 +43,7 @@ class JobRunner:
         self.db = db
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mercia-job")
         self._futures: dict[int, Future] = {}
+        self._cancelled: set[int] = set()
         # Work that was running when the server last stopped will never finish: say so.
         self.db.execute("UPDATE mercia_job SET status = 'failed', error = 'the server stopped while this ran', "
                         "finished_at = ? WHERE status IN ('queued', 'running')", [now()])
@@ -60,17 +68,25 @@ class JobRunner:
 
     def _run_bound(self, job_id: int, work: JobFunction, on_done) -> None:
         def progress(fraction: float, message: str) -> None:
+            if job_id in self._cancelled:
+                raise JobCancelled()
             self.db.execute("UPDATE mercia_job SET progress = ?, message = ? WHERE id = ?",
                             [max(0.0, min(1.0, fraction)), message, job_id])
 
-        self.db.execute("UPDATE mercia_job SET status = 'running', message = 'started' WHERE id = ?", [job_id])
+        started = self.db.scalar("UPDATE mercia_job SET status = 'running', message = 'started' "
+                                 "WHERE id = ? AND status = 'queued' RETURNING id", [job_id])
+        if started is None:   # cancelled before it began
+            return
         try:
-            result = work(progress)
+            result = work(progress)   # a cancel that comes after the last step is too late: the work is done
             if on_done:
                 on_done(result)
             self.db.execute("UPDATE mercia_job SET status = 'succeeded', progress = 1.0, message = 'done', "
                             "result = ?, finished_at = ? WHERE id = ?",
                             [orjson.dumps(result, default=str).decode(), now(), job_id])
+        except JobCancelled:
+            self.db.execute("UPDATE mercia_job SET status = 'cancelled', message = 'cancelled', finished_at = ? "
+                            "WHERE id = ?", [now(), job_id])
         except Exception as exc:  # noqa: BLE001 - a job's failure is reported, never raised into the pool
             detail = failure_words(exc)
             self.db.execute("UPDATE mercia_job SET status = 'failed', error = ?, message = ?, finished_at = ? "
@@ -87,6 +103,19 @@ class JobRunner:
     def for_user(self, user_id: int, limit: int = 50) -> list[dict[str, Any]]:
         return self.db.rows("SELECT id, kind, project_id, status, progress, message, created_at, finished_at "
                             f"FROM mercia_job WHERE user_id = ? ORDER BY id DESC LIMIT {int(limit)}", [user_id])
+
+    def cancel(self, job_id: int) -> str:
+        """Stop a queued or running job; returns its status afterwards ('cancelled', or 'running' until
+        its next progress step)."""
+        with self.db.transaction():
+            status = self.db.scalar("SELECT status FROM mercia_job WHERE id = ?", [job_id])
+            if status not in ("queued", "running"):
+                raise Conflict(f"job {job_id} is {status}: only a queued or running job can be cancelled")
+            self._cancelled.add(job_id)
+            if status == "queued":
+                self.db.execute("UPDATE mercia_job SET status = 'cancelled', message = 'cancelled before it started', "
+                                "finished_at = ? WHERE id = ? AND status = 'queued'", [now(), job_id])
+        return self.db.scalar("SELECT status FROM mercia_job WHERE id = ?", [job_id])
 
     def wait(self, job_id: int, timeout: float | None = None) -> dict[str, Any] | None:
         future = self._futures.get(job_id)
@@ -109,3 +138,13 @@ def job_for(state, user, job_id: int) -> dict[str, Any]:
         state.gov.require_data_access(user, job["project_id"])
     state.gov.audit.record(user.username, "job.view", f"job:{job_id}", job["project_id"], kind=job["kind"])
     return job
+
+
+def cancel_job(state, user, job_id: int) -> str:
+    """Cancel a job of ``user``'s own (no one else's: not even an administrator's); audited."""
+    job = state.jobs.get(job_id)
+    if job is None or job["user_id"] != user.id:
+        raise NotFound(f"no job {job_id} of yours")
+    status = state.jobs.cancel(job_id)
+    state.gov.audit.record(user.username, "job.cancel", f"job:{job_id}", job["project_id"], kind=job["kind"])
+    return status

@@ -26,7 +26,7 @@ from mercia.services.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form
 from mercia.services.quickcount import QUICK_COUNT_ROLES, quick_count
 from mercia.services.errors import Invalid, NotFound
 from mercia.services.exportable import request_export as request_export_service, view_export
-from mercia.services.jobs import job_for
+from mercia.services.jobs import cancel_job, job_for
 from mercia.services.sources import list_sources, view_source
 from mercia.services.state import state_of
 from mercia.web import charts, words
@@ -614,6 +614,14 @@ def job_page(job_id: int, request: Request, caller: Caller = Depends(signed_in))
     next_url, back_url = job_links(job)
     return render(request, "job.html", caller, job=job, next_url=next_url, back_url=back_url,
                   job_name=JOB_NAMES.get(job["kind"], job["kind"]))
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job_page(job_id: int, request: Request, caller: Caller = Depends(signed_in),
+                    form: dict[str, str] = Depends(form_data)):
+    status = cancel_job(state_of(request), caller.user, job_id)
+    return redirect(f"/jobs/{job_id}", "Cancelled." if status == "cancelled"
+                    else "Cancelling: the job stops at its next step.")
 
 
 # -- exports -----------------------------------------------------------------------------------

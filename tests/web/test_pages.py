@@ -264,6 +264,32 @@ def test_a_failed_load_names_the_upload_not_the_servers_folder(client, demo):
     assert "mercia-load-" not in job["error"] and "/tmp" not in job["error"], job["error"]
 
 
+def test_a_running_job_can_be_cancelled_from_its_page(client, demo):
+    import threading
+
+    state = client.app.state.mercia
+    researcher = state.gov.user_by_name("researcher")
+    release = threading.Event()
+
+    def work(progress):
+        release.wait(30)
+        progress(0.5, "half way")
+        return {}
+
+    job_id = state.jobs.submit("cohort.run", researcher.id, None, work)
+    try:
+        csrf = sign_in(client, demo, "researcher")
+        assert "Cancel this job" in client.get(f"/jobs/{job_id}").text
+        assert client.post(f"/jobs/{job_id}/cancel").status_code == 403          # no CSRF token
+        r = client.post(f"/jobs/{job_id}/cancel", data={"csrf_token": csrf}, follow_redirects=False)
+        assert r.status_code == 303
+    finally:
+        release.set()
+    assert state.jobs.wait(job_id, 30)["status"] == "cancelled"
+    page = client.get(f"/jobs/{job_id}").text
+    assert "You cancelled this job" in page and "Cancel this job" not in page
+
+
 def test_wrong_format_load_fails_and_says_why(client, demo):
     csrf = sign_in(client, demo, "datamanager")
     r = client.post("/sources/R9P/loads", data={"kind": "fhir", "csrf_token": csrf},

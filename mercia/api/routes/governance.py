@@ -10,7 +10,7 @@ from mercia.api import models as m
 from mercia.api.auth import Caller, current_caller, current_user, require_roles
 from mercia.api.limits import ParsedOffLoop
 from mercia.governance import DOMAINS, Role, User
-from mercia.services.jobs import job_for
+from mercia.services.jobs import cancel_job, job_for
 from mercia.services.state import state_of
 
 router = APIRouter(route_class=ParsedOffLoop)
@@ -241,5 +241,11 @@ def list_jobs(request: Request, user: User = Depends(current_user)) -> list[dict
 @router.get("/jobs/{job_id}", tags=["jobs"], summary="A job's status, progress and result")
 def get_job(job_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
     return job_for(state_of(request), user, job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", tags=["jobs"], status_code=202,
+             summary="Cancel your queued or running job (a running one stops at its next step; 409 if it has ended)")
+def cancel_job_route(job_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    return {"job_id": job_id, "status": cancel_job(state_of(request), user, job_id)}
 
 
