@@ -198,17 +198,17 @@ class Hub:
     def _check_budget(self, project_id: int, query: CohortQuery) -> bool:
         """Is this a repeat (the same cohort, whatever the question kind or strata), or the same cohort plus
         or minus one criterion, of an earlier question of the project in the window?  Such questions are counted; past the limit they are refused."""
-        since = _iso(_now() - timedelta(days=self.settings.budget_window_days))
-        earlier = self.store.query("SELECT criteria, differencing FROM mercia_fed_query "
-                                   "WHERE project_id = ? AND created_at >= ?", [project_id, since])
-        verdict = budget(query.criteria(), [Asked(frozenset(orjson.loads(c)), bool(d)) for c, d in earlier],
-                         self.settings.differencing_limit)
+        moment, window = _now(), timedelta(days=self.settings.budget_window_days)
+        earlier = self.store.query("SELECT criteria, differencing, created_at FROM mercia_fed_query "
+                                   "WHERE project_id = ? AND created_at >= ?", [project_id, _iso(moment - window)])
+        verdict = budget(query.criteria(), [Asked(frozenset(orjson.loads(c)), bool(d), datetime.fromisoformat(at))
+                                            for c, d, at in earlier], self.settings.differencing_limit, window)
         if verdict.exceeded:
             raise BudgetExceeded(
                 f"project {project_id} has asked {verdict.used} repeated or near-complementary questions (the same "
                 f"cohort, or one criterion added or removed) in {self.settings.budget_window_days} days; the limit "
                 f"is {verdict.limit}. Ask the hub's data governance team to review the need.",
-                retry_after=self.settings.budget_window_days * 86400)
+                retry_after=verdict.seconds_until_free(moment))
         return verdict.differencing
 
     def _issue(self, qid: int, round_: int, deadline: datetime) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -54,9 +55,11 @@ def cohort_parts(cohort: dict[str, Any]) -> set[str]:
 
 @dataclass(frozen=True)
 class Asked:
-    """An earlier question in the window: its parts, and whether it was itself counted against the budget."""
+    """An earlier question in the window: its parts, whether it was itself counted against the
+    budget, and when it was asked."""
     parts: frozenset[str]
     differencing: bool
+    asked_at: datetime
 
 
 @dataclass(frozen=True)
@@ -64,14 +67,19 @@ class Budget:
     differencing: bool   # this question repeats an earlier one, or adds or removes one criterion
     used: int            # earlier questions in the window that were counted against the budget
     limit: int
+    frees_at: datetime | None   # when the oldest counted question leaves the window
 
     @property
     def exceeded(self) -> bool:
         return self.differencing and self.used >= self.limit
 
+    def seconds_until_free(self, now: datetime) -> float:
+        return max(1.0, (self.frees_at - now).total_seconds()) if self.frees_at else 1.0
 
-def budget(parts: set[str], earlier: Iterable[Asked], limit: int) -> Budget:
+
+def budget(parts: set[str], earlier: Iterable[Asked], limit: int, window: timedelta) -> Budget:
     """Where a question with ``parts`` stands against the asker's ``earlier`` questions in the window."""
     earlier = list(earlier)
-    differencing = any(len(parts ^ asked.parts) <= 1 for asked in earlier)
-    return Budget(differencing, sum(1 for asked in earlier if asked.differencing), limit)
+    counted = [asked.asked_at for asked in earlier if asked.differencing]
+    return Budget(differencing=any(len(parts ^ asked.parts) <= 1 for asked in earlier), used=len(counted),
+                  limit=limit, frees_at=min(counted) + window if counted else None)

@@ -65,6 +65,7 @@ class JobRunner:
         """Run one job in a store session of its own, so it never holds up requests or other jobs."""
         with bound_session(self.db.root):
             self._run_bound(job_id, work, on_done)
+        self._cancelled.discard(job_id)
 
     def _run_bound(self, job_id: int, work: JobFunction, on_done) -> None:
         def progress(fraction: float, message: str) -> None:
@@ -112,10 +113,11 @@ class JobRunner:
             if status not in ("queued", "running"):
                 raise Conflict(f"job {job_id} is {status}: only a queued or running job can be cancelled")
             self._cancelled.add(job_id)
-            if status == "queued":
-                self.db.execute("UPDATE mercia_job SET status = 'cancelled', message = 'cancelled before it started', "
-                                "finished_at = ? WHERE id = ? AND status = 'queued'", [now(), job_id])
-        return self.db.scalar("SELECT status FROM mercia_job WHERE id = ?", [job_id])
+            # A queued job that starts meanwhile is not moved here; it meets the flag at its first step.
+            stopped = self.db.scalar("UPDATE mercia_job SET status = 'cancelled', finished_at = ?, "
+                                     "message = 'cancelled before it started' WHERE id = ? AND status = 'queued' "
+                                     "RETURNING id", [now(), job_id])
+        return "cancelled" if stopped is not None else "running"
 
     def wait(self, job_id: int, timeout: float | None = None) -> dict[str, Any] | None:
         future = self._futures.get(job_id)

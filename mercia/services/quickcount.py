@@ -11,7 +11,6 @@ would be spent in minutes.
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,28 +38,28 @@ def quick_count(state: MerciaState, user: User, cohort: dict[str, Any]) -> dict[
         expression = CohortExpression.from_json(orjson.dumps(cohort))
     except CohortDefinitionError as exc:
         raise Invalid(f"the cohort cannot be counted: {exc}") from None
-    parts = cohort_parts(cohort)
+    parts, mine = cohort_parts(cohort), fingerprint(cohort)
     moment = datetime.now(UTC)
+    window = timedelta(days=WINDOW_DAYS)
     db = state.gov.db
     refusal = None
     with db.transaction():   # read the budget and spend it in one step: two tabs cannot both pass
         earlier = db.rows("SELECT criteria, differencing, asked_at FROM mercia_quick_count "
-                          "WHERE user_id = ? AND asked_at >= ? ORDER BY asked_at",
-                          [user.id, _iso(moment - timedelta(days=WINDOW_DAYS))])
+                          "WHERE user_id = ? AND asked_at >= ? ORDER BY asked_at", [user.id, _iso(moment - window)])
         today = [r for r in earlier if r["asked_at"] >= _iso(moment - timedelta(days=1))]
-        verdict = budget(parts, [Asked(frozenset(orjson.loads(r["criteria"])), bool(r["differencing"]))
-                                 for r in earlier], DIFFERENCING_LIMIT)
+        verdict = budget(parts, [Asked(frozenset(orjson.loads(r["criteria"])), bool(r["differencing"]),
+                                       datetime.fromisoformat(r["asked_at"])) for r in earlier],
+                         DIFFERENCING_LIMIT, window)
         if len(today) >= DAILY_LIMIT:
-            refusal = (f"at most {DAILY_LIMIT} quick counts a day", _until(today[0]["asked_at"], 1, moment))
+            next_free = datetime.fromisoformat(today[0]["asked_at"]) + timedelta(days=1)
+            refusal = (f"at most {DAILY_LIMIT} quick counts a day", max(1.0, (next_free - moment).total_seconds()))
         elif verdict.exceeded:
-            first = next(r for r in earlier if r["differencing"])
             refusal = (f"you have asked {verdict.used} repeated or near-identical counts (the same cohort, or one "
                        f"criterion added or removed) in {WINDOW_DAYS} days; the limit is {DIFFERENCING_LIMIT}. "
-                       "Start a project to run cohorts with an output check",
-                       _until(first["asked_at"], WINDOW_DAYS, moment))
+                       "Start a project to run cohorts with an output check", verdict.seconds_until_free(moment))
         else:
             count_id = db.next_id("mercia_quick_count")
-            db.insert("mercia_quick_count", {"id": count_id, "user_id": user.id, "fingerprint": fingerprint(cohort),
+            db.insert("mercia_quick_count", {"id": count_id, "user_id": user.id, "fingerprint": mine,
                                              "criteria": orjson.dumps(sorted(parts)).decode(),
                                              "differencing": verdict.differencing, "asked_at": _iso(moment)})
     if refusal:
@@ -71,7 +70,7 @@ def quick_count(state: MerciaState, user: User, cohort: dict[str, Any]) -> dict[
     hidden = policy.is_small(persons)
     shown = None if hidden else policy.publish_count(persons)
     state.gov.audit.record(user.username, "feasibility.quick_count", f"quick-count:{count_id}",
-                           fingerprint=fingerprint(cohort), differencing=verdict.differencing,
+                           fingerprint=mine, differencing=verdict.differencing,
                            shown=policy.redacted_marker if hidden else shown)
     used = verdict.used + verdict.differencing
     return {"persons": shown, "hidden": hidden, "policy": policy.name, "threshold": policy.threshold,
@@ -93,11 +92,6 @@ def _count_persons(state: MerciaState, expression, count_id: int) -> int:
             with state.store.transaction():
                 for table in ("cohort", *RESULT_TABLES):
                     state.store.execute(f"DELETE FROM {table} WHERE cohort_definition_id = ?", [scratch])
-
-
-def _until(asked_at: str, days: int, moment: datetime) -> float:
-    """Seconds until a question asked at ``asked_at`` leaves a window of ``days``."""
-    return max(1.0, math.ceil((datetime.fromisoformat(asked_at) + timedelta(days=days) - moment).total_seconds()))
 
 
 def _iso(moment: datetime) -> str:

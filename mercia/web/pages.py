@@ -23,10 +23,10 @@ from mercia.governance.projects import PUBLIC_TEXT_FIELDS
 from mercia.services import analyses as analysis_service
 from mercia.services import cohorts as cohort_service
 from mercia.services.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form
-from mercia.services.quickcount import QUICK_COUNT_ROLES, quick_count
 from mercia.services.errors import Invalid, NotFound
 from mercia.services.exportable import request_export as request_export_service, view_export
 from mercia.services.jobs import cancel_job, job_for
+from mercia.services.quickcount import QUICK_COUNT_ROLES, quick_count
 from mercia.services.sources import list_sources, view_source
 from mercia.services.state import state_of
 from mercia.web import charts, words
@@ -66,12 +66,13 @@ def signed_in(request: Request, form: dict[str, str] = Depends(form_data)) -> Ca
     return caller
 
 
-def render(request: Request, template: str, caller: Caller | None, status_code: int = 200, **context: Any):
+def render(request: Request, template: str, caller: Caller | None, status_code: int = 200,
+           headers: dict[str, str] | None = None, **context: Any):
     user = caller.user if caller else None
     nav = navigation(user, request.url.path) if user else []
     return templates.TemplateResponse(request, template, {
         "user": user, "csrf": caller.csrf if caller else None, "nav": nav,
-        "notice": request.query_params.get("notice"), **context}, status_code=status_code)
+        "notice": request.query_params.get("notice"), **context}, status_code=status_code, headers=headers)
 
 
 def navigation(user, path: str) -> list[dict[str, Any]]:
@@ -115,9 +116,8 @@ def install_handlers(app: FastAPI) -> None:
         code = status_for(exc)
         titles = {403: "You cannot do that", 404: "Page not found", 409: "Not possible now",
                   413: "Too large", 429: "Too many attempts", 400: "There is a problem"}
-        response = render(request, "error.html", session_caller(request), code, title=titles[code], message=str(exc))
-        response.headers.update(retry_headers(exc))
-        return response
+        return render(request, "error.html", session_caller(request), code, retry_headers(exc), title=titles[code],
+                      message=str(exc))
 
     @app.exception_handler(StoreError)
     async def store_refused(request: Request, exc: StoreError):
@@ -173,10 +173,9 @@ def signin(request: Request, form: dict[str, str] = Depends(form_data)):
                                       client_source(request))
     except GovernanceError as exc:
         token = secrets.token_urlsafe(24)
-        response = render(request, "signin.html", None, status_code=status_for(exc), next=next_path,
+        response = render(request, "signin.html", None, status_for(exc), retry_headers(exc), next=next_path,
                           signin_csrf=token, error=str(exc), username=form.get("username", ""),
                           oidc=bool(state.options.oidc))
-        response.headers.update(retry_headers(exc))
         _pre_csrf_cookie(request, response, token)
         return response
     return after_first_factor(request, user, next_path)
@@ -475,22 +474,25 @@ def builder_submit(project_id: int, request: Request, caller: Caller = Depends(s
         else:
             circe = build_from_form(state, form)
         cohort_service.parse_definition(circe, project)
-        if action == "count":
-            return render(request, "builder.html", caller, **_builder_context(
-                project, form, quick=quick_count(state, caller.user, circe)))
         if action in ("save", "import"):
             name = form.get("name", "").strip() or "Untitled cohort"
             cohort = cohort_service.create_cohort(state, caller.user, project_id, name,
                                                   form.get("description", ""), circe)
             return redirect(f"/cohorts/{cohort['id']}", "Cohort saved. Run it to see counts and attrition.")
-        return render(request, "builder.html", caller, **_builder_context(
-            project, form, preview=orjson.dumps(circe, option=orjson.OPT_INDENT_2).decode()))
+        return _builder_answer(request, caller, project, form, circe)
     except GovernanceError as exc:
         values = BUILDER_START | form if action == "import" else form
-        response = render(request, "builder.html", caller, status_for(exc),
-                          **_builder_context(project, values, error=str(exc)))
-        response.headers.update(retry_headers(exc))
-        return response
+        return render(request, "builder.html", caller, status_for(exc), retry_headers(exc),
+                      **_builder_context(project, values, error=str(exc)))
+
+
+def _builder_answer(request: Request, caller: Caller, project, form: dict[str, str], circe: dict[str, Any]):
+    """The builder again with what was asked of the definition: a quick count, or its Circe JSON."""
+    if form.get("action") == "count":
+        extra = {"quick": quick_count(state_of(request), caller.user, circe)}
+    else:
+        extra = {"preview": orjson.dumps(circe, option=orjson.OPT_INDENT_2).decode()}
+    return render(request, "builder.html", caller, **_builder_context(project, form, **extra))
 
 
 @router.get("/feasibility", response_class=HTMLResponse)
@@ -503,19 +505,11 @@ def feasibility_page(request: Request, caller: Caller = Depends(signed_in)):
 @router.post("/feasibility", response_class=HTMLResponse)
 def feasibility_submit(request: Request, caller: Caller = Depends(signed_in),
                        form: dict[str, str] = Depends(form_data)):
-    state = state_of(request)
     try:
-        circe = build_from_form(state, form)
-        if form.get("action") == "preview":
-            return render(request, "builder.html", caller, **_builder_context(
-                None, form, preview=orjson.dumps(circe, option=orjson.OPT_INDENT_2).decode()))
-        return render(request, "builder.html", caller,
-                      **_builder_context(None, form, quick=quick_count(state, caller.user, circe)))
+        return _builder_answer(request, caller, None, form, build_from_form(state_of(request), form))
     except GovernanceError as exc:
-        response = render(request, "builder.html", caller, status_for(exc),
-                          **_builder_context(None, form, error=str(exc)))
-        response.headers.update(retry_headers(exc))
-        return response
+        return render(request, "builder.html", caller, status_for(exc), retry_headers(exc),
+                      **_builder_context(None, form, error=str(exc)))
 
 
 @router.get("/cohorts/{cohort_id}", response_class=HTMLResponse)
@@ -692,7 +686,6 @@ def confirm_decision(request: Request, caller: Caller, decision: str, reason: st
 def decide_export(export_id: int, request: Request, caller: Caller = Depends(signed_in),
                   form: dict[str, str] = Depends(form_data)):
     state = state_of(request)
-    view_export(state, caller.user, export_id, in_platform=True)
     state.airlock.check_may_decide(caller.user, export_id)
     decision, reason = form.get("decision", ""), form.get("reason", "").strip()
     errors = decision_errors(decision, reason, "e-approve", "release or refuse this export", "refuse it")

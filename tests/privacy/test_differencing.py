@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime, timedelta
 
 from mercia.privacy.differencing import Asked, budget, cohort_parts
+
+NOW = datetime(2026, 12, 4, tzinfo=UTC)
+WINDOW = timedelta(days=30)
 
 
 def _cohort(rules: list[str], gi_codes: tuple[int, ...] = (192671,)) -> dict:
@@ -18,16 +22,16 @@ def _cohort(rules: list[str], gi_codes: tuple[int, ...] = (192671,)) -> dict:
             "InclusionRules": inclusion}
 
 
-def _asked(*cohorts, differencing=False) -> list[Asked]:
-    return [Asked(frozenset(cohort_parts(c)), differencing) for c in cohorts]
+def _asked(*cohorts, differencing=False, days_ago=1) -> list[Asked]:
+    return [Asked(frozenset(cohort_parts(c)), differencing, NOW - timedelta(days=days_ago)) for c in cohorts]
 
 
 def test_a_repeat_or_one_rule_added_or_removed_is_differencing():
     two = _cohort(["aspirin", "nsaid"])
-    assert budget(cohort_parts(two), _asked(two), 5).differencing                       # the same cohort
-    assert budget(cohort_parts(_cohort(["aspirin"])), _asked(two), 5).differencing      # one rule (and its set) fewer
-    assert budget(cohort_parts(_cohort(["aspirin", "nsaid", "statin"])), _asked(two), 5).differencing
-    assert not budget(cohort_parts(_cohort([])), _asked(two), 5).differencing           # two rules apart
+    assert budget(cohort_parts(two), _asked(two), 5, WINDOW).differencing   # the same cohort
+    assert budget(cohort_parts(_cohort(["aspirin"])), _asked(two), 5, WINDOW).differencing   # a rule and its set fewer
+    assert budget(cohort_parts(_cohort(["aspirin", "nsaid", "statin"])), _asked(two), 5, WINDOW).differencing
+    assert not budget(cohort_parts(_cohort([])), _asked(two), 5, WINDOW).differencing   # two rules apart
 
 
 def test_concept_sets_count_where_they_are_used():
@@ -45,7 +49,9 @@ def test_concept_sets_count_where_they_are_used():
 
 def test_the_limit_counts_only_earlier_differencing_questions():
     two = _cohort(["aspirin", "nsaid"])
-    earlier = _asked(two) + _asked(two, differencing=True) + _asked(two, differencing=True)
-    verdict = budget(cohort_parts(two), earlier, 2)
+    earlier = (_asked(two, days_ago=20) + _asked(two, differencing=True, days_ago=10)
+               + _asked(two, differencing=True, days_ago=5))
+    verdict = budget(cohort_parts(two), earlier, 2, WINDOW)
     assert (verdict.used, verdict.exceeded) == (2, True)
-    assert not budget(cohort_parts(_cohort([])), earlier, 2).exceeded   # a new question is never refused
+    assert verdict.seconds_until_free(NOW) == timedelta(days=20).total_seconds()   # the oldest counted one leaves
+    assert not budget(cohort_parts(_cohort([])), earlier, 2, WINDOW).exceeded   # a new question is never refused

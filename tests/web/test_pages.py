@@ -116,6 +116,7 @@ def test_quick_feasibility_count_before_any_project(client, demo):
     """The builder without a project counts people: the policy's number, the budget shown, audited;
     a role without counts is refused the page."""
     from mercia.cohorts import CohortExpression, run_cohort
+    from mercia.cohorts.compiler import RESULT_TABLES
     from mercia.privacy.disclosure import get_policy
     from mercia.services.builder import build_from_form
 
@@ -132,7 +133,8 @@ def test_quick_feasibility_count_before_any_project(client, demo):
     assert "&#34;PrimaryCriteria&#34;" in circe
     with state.lock:
         true_count = run_cohort(state.store, CohortExpression.from_json(build_from_form(state, form)), 987_654).persons
-        state.store.execute("DELETE FROM cohort WHERE cohort_definition_id = 987654")
+        for table in ("cohort", *RESULT_TABLES):
+            state.store.execute(f"DELETE FROM {table} WHERE cohort_definition_id = 987654")
     assert true_count > 7 and f"About {get_policy().publish_count(true_count):,} people" in r.text
     assert "You have used 0 of 10" in r.text
     again = client.post("/feasibility", data=form)
