@@ -34,6 +34,20 @@ def _definitions(path: Path, cohort_id: int | None) -> list[tuple[int, Path]]:
     return sorted(pairs)
 
 
+def _claim(store, pairs: list[tuple[int, Path]]) -> None:
+    """Register each id to the CLI before any rows are written; an id a project, trial or other
+    maker holds is refused (``mercia.cohorts.registry``)."""
+    from mercia.cohorts.registry import CLI, CohortIdTaken, claim_cohort_id
+
+    try:
+        with store.transaction():
+            for cid, f in pairs:
+                claim_cohort_id(store, cid, f.name, CLI, f.read_text())
+    except CohortIdTaken as exc:
+        typer.echo(f"{exc} (--cohort-id)", err=True)
+        raise typer.Exit(2) from None
+
+
 def _load(f: Path):
     from mercia.cohorts.model import CohortDefinitionError
     from mercia.cohorts.runner import load_expression
@@ -56,7 +70,8 @@ def run(
         False, "--one-by-one", help="Generate a directory's cohorts one at a time instead of as one batch"
     ),
 ) -> None:
-    """Generate cohorts into the ``cohort`` table (replacing each id's earlier rows).  A directory
+    """Generate cohorts into the ``cohort`` table (replacing each id's earlier rows; an id held by a
+    project's or a trial's cohort is refused).  A directory
     is generated as one batch (concept sets and domain-table scans shared); the rows are the same."""
     import orjson
     import pyarrow.csv as pa_csv
@@ -71,6 +86,7 @@ def run(
     expressions = [(cid, _load(f)) for cid, f in pairs]
     summaries = []
     with Store.open(db) as store:
+        _claim(store, pairs)
         if one_by_one or len(expressions) == 1:
             results = [run_cohort(store, expr, cid) for cid, expr in expressions]
         else:
@@ -152,6 +168,7 @@ def attrition(
     [(cid, f)] = _definitions(path, cohort_id)
     expr = _load(f)
     with Store.open(db) as store:
+        _claim(store, [(cid, f)])
         result = run_cohort(store, expr, cid)
     if as_json:
         typer.echo(orjson.dumps(result.summary()).decode())

@@ -82,12 +82,15 @@ def variant_carriers(store: Store, gene: str, consequence: str | None = None) ->
 
 
 def write_variant_cohort(store: Store, cohort_id: int, gene: str, consequence: str | None = None) -> int:
-    """Write carriers as cohort ``cohort_id`` (start = first call, end = end of that observation period)."""
+    """Write carriers as cohort ``cohort_id`` (start = first call, end = end of that observation period),
+    registered as a variant cohort (``mercia.cohorts.registry``)."""
+    from mercia.cohorts.registry import claim_cohort_id
     from mercia.cohorts.runner import ensure_result_tables
 
     ensure_result_tables(store)
     carriers = variant_carriers(store, gene, consequence)
     with store.transaction():
+        claim_cohort_id(store, cohort_id, f"{gene} {consequence or 'any'} carriers", "variant cohort")
         store.execute("DELETE FROM cohort WHERE cohort_definition_id = ?", [cohort_id])
         if carriers.num_rows:
             store.execute("DROP TABLE IF EXISTS mercia_tmp_carriers")

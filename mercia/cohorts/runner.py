@@ -50,12 +50,14 @@ class CohortResult:
 
 
 def ensure_result_tables(store: Store) -> None:
-    """Create ``cohort`` and the attrition tables (see docs/cohorts.md) when missing."""
+    """Create ``cohort``, its registry ``cohort_definition`` and the attrition tables (see
+    docs/cohorts.md) when missing."""
     with store.transaction():
         from mercia.cdm.schema import CDM_TABLES
 
-        for statement in store.create_table_sql(CDM_TABLES["cohort"]):
-            store.execute(statement)
+        for table in ("cohort", "cohort_definition"):
+            for statement in store.create_table_sql(CDM_TABLES[table]):
+                store.execute(statement)
         for name, columns in RESULT_TABLES.items():
             cols = ", ".join(f"{quote(c)} {t}" for c, t in columns)
             store.execute(f"CREATE TABLE IF NOT EXISTS {quote(name)} ({cols})")

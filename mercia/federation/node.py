@@ -26,6 +26,7 @@ import yaml
 
 from mercia.analytics.base import age_band_sql, concept_names, index_table_sql, temp_table
 from mercia.cdm import Store, StoreError
+from mercia.cohorts.registry import scratch_cohort
 from mercia.cohorts.runner import run_cohort
 from mercia.federation.disclosure import federated_policy
 from mercia.federation.hub import _iso, _now, request_message
@@ -39,7 +40,6 @@ from mercia.governance.db import GovernanceDB
 from mercia.privacy.differencing import fingerprint
 
 log = logging.getLogger("mercia.federation.node")
-COHORT_ID = 990_001   # the node's scratch cohort id for federated questions
 NODE_DDL = [
     """CREATE TABLE IF NOT EXISTS mercia_fed_inbox (
         task_id BIGINT NOT NULL, query_id BIGINT NOT NULL, kind VARCHAR NOT NULL, body VARCHAR NOT NULL,
@@ -181,18 +181,19 @@ def _labels(store: Store, cells: list[str]) -> dict[str, str]:
 def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> NodeResult:
     """Run the cohort on the local store; return the published counts and the salted tokens per cell."""
     query = task.query
-    run_cohort(store, query.expression(), COHORT_ID)
-    tokens = store.query_arrow(COHORT_TOKENS_SQL.format(cohort_table="cohort"), [COHORT_ID])
+    with scratch_cohort(store) as cohort_id:
+        run_cohort(store, query.expression(), cohort_id)
+        tokens = store.query_arrow(COHORT_TOKENS_SQL.format(cohort_table="cohort"), [cohort_id])
+        if isinstance(query, FeasibilityQuery) and not query.strata:   # one cell: no index table needed
+            cells = pa.table({"person_id": tokens.column("person_id"),
+                              "cell": pa.array([""] * tokens.num_rows, pa.string())})
+        elif tokens.num_rows:
+            with temp_table(store, index_table_sql(store, cohort_id), "mercia_fed_idx") as idx:
+                cells = store.query_arrow(_cells_sql(query, idx))
+        else:
+            cells = pa.table({"person_id": pa.array([], pa.int64()), "cell": pa.array([], pa.string())})
     last_load, version = store.query("SELECT CAST(max(loaded_at) AS VARCHAR), count(*) || ':' || "
                                      "COALESCE(max(load_id), 0) FROM mercia_load")[0]
-    if isinstance(query, FeasibilityQuery) and not query.strata:   # one cell: no index table needed
-        cells = pa.table({"person_id": tokens.column("person_id"),
-                          "cell": pa.array([""] * tokens.num_rows, pa.string())})
-    elif tokens.num_rows:
-        with temp_table(store, index_table_sql(store, COHORT_ID), "mercia_fed_idx") as idx:
-            cells = store.query_arrow(_cells_sql(query, idx))
-    else:
-        cells = pa.table({"person_id": pa.array([], pa.int64()), "cell": pa.array([], pa.string())})
     published = federated_policy(policy.disclosure or task.policy, policy.allow_raw)
     seed = fingerprint([query.model_dump(), org, version])
     salted_tokens = pa.table({

@@ -137,15 +137,19 @@ def reference_cohort() -> dict:
             "CollapseSettings": {"CollapseType": "ERA", "EraPad": 0}}
 
 
-def true_distinct_persons(region: Path | str, nodes: list[NodeStore], cohort_id: int) -> dict[str, object]:
-    """Ground truth for a cohort already run on every node: the true persons behind each site's
+def true_distinct_persons(region: Path | str, nodes: list[NodeStore], cohort: dict | str) -> dict[str, object]:
+    """Ground truth for a cohort definition: run on every node, the true persons behind each site's
     members (via the region's crosswalk), their union, and the per-site counts."""
+    from mercia.cohorts import CohortExpression, run_cohort
+    from mercia.cohorts.registry import scratch_cohort
     from mercia.linkage.evaluate import region_person_truth
 
+    expression = CohortExpression.from_json(cohort)
     union: set[int] = set()
     per_site: dict[str, int] = {}
     for node in nodes:
-        with node.open() as store:
+        with node.open() as store, scratch_cohort(store) as cohort_id:
+            run_cohort(store, expression, cohort_id)
             truth = region_person_truth(store, region, Pseudonymiser(node.key_file.read_text().strip().encode()))
             mapping = dict(zip(truth.column("person_id").to_pylist(), truth.column("true_person_id").to_pylist()))
             members = [r[0] for r in store.query("SELECT DISTINCT subject_id FROM cohort WHERE cohort_definition_id = ?",

@@ -14,12 +14,25 @@ from typing import Any
 import orjson
 
 from mercia.cohorts import CohortDefinitionError, CohortExpression, run_cohort
+from mercia.cohorts.registry import adopt_cohorts, new_cohort_id
 from mercia.governance import Project, User
 from mercia.governance.db import now
 from mercia.privacy.disclosure import ColumnSpec, Kind, StatTable, get_policy
 from mercia.services.errors import Invalid, NotFound
 from mercia.services.scope import cohort_domains, require_domains
 from mercia.services.state import MerciaState
+
+
+def made_by(project_id: int) -> str:
+    """Who a project cohort is registered to in ``cohort_definition`` (``mercia.cohorts.registry``)."""
+    return f"project {project_id}"
+
+
+def adopt_project_cohorts(state: MerciaState) -> None:
+    """Register project cohorts saved before the cohort registry existed (their ids stay)."""
+    adopt_cohorts(state.store, "SELECT id, name, 'project ' || CAST(project_id AS VARCHAR) AS made_by "
+                                      "FROM mercia_cohort")
+
 
 def parse_definition(definition: dict[str, Any], project: Project) -> CohortExpression:
     """The definition as a Circe expression, if every criterion stays inside the approved domains."""
@@ -111,7 +124,7 @@ def create_cohort(state: MerciaState, user: User, project_id: int, name: str, de
     expression = parse_definition(definition, project)
     db = state.gov.db
     with db.transaction():
-        cohort_id = db.next_id("mercia_cohort")
+        cohort_id = new_cohort_id(state.store, name.strip(), made_by(project_id), expression.to_json(indent=False))
         db.insert("mercia_cohort", {"id": cohort_id, "project_id": project_id, "name": name.strip(),
                                     "description": description.strip(),
                                     "expression": expression.to_json(indent=False), "created_by": user.id,

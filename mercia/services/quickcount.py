@@ -65,7 +65,7 @@ def quick_count(state: MerciaState, user: User, cohort: dict[str, Any]) -> dict[
     if refusal:
         state.gov.audit.record(user.username, "feasibility.quick_count.refused", "quick-count", reason=refusal[0])
         raise Throttled(*refusal)
-    persons = _count_persons(state, expression, count_id)
+    persons = _count_persons(state, expression)
     policy = get_policy()
     hidden = policy.is_small(persons)
     shown = None if hidden else policy.publish_count(persons)
@@ -78,20 +78,14 @@ def quick_count(state: MerciaState, user: User, cohort: dict[str, Any]) -> dict[
             "budget": {"used": used, "limit": DIFFERENCING_LIMIT, "window_days": WINDOW_DAYS}}
 
 
-def _count_persons(state: MerciaState, expression, count_id: int) -> int:
-    """Run the cohort under a scratch id of its own (negative: never a saved cohort's), count its
-    people, and remove its rows."""
+def _count_persons(state: MerciaState, expression) -> int:
+    """Run the cohort under a scratch id (negative: never a saved cohort's) and count its people;
+    its rows are removed afterwards."""
     from mercia.cohorts import run_cohort
-    from mercia.cohorts.compiler import RESULT_TABLES
+    from mercia.cohorts.registry import scratch_cohort
 
-    scratch = -count_id
-    with state.lock:
-        try:
-            return run_cohort(state.store, expression, scratch).persons
-        finally:
-            with state.store.transaction():
-                for table in ("cohort", *RESULT_TABLES):
-                    state.store.execute(f"DELETE FROM {table} WHERE cohort_definition_id = ?", [scratch])
+    with state.lock, scratch_cohort(state.store) as scratch:
+        return run_cohort(state.store, expression, scratch).persons
 
 
 def _iso(moment: datetime) -> str:

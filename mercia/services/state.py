@@ -37,6 +37,9 @@ class MerciaState:
         self.gov = Governance(store)
         self.airlock = Airlock(self.gov)
         self.jobs = JobRunner(self.gov.db, self.options.job_workers)
+        from mercia.services.cohorts import adopt_project_cohorts   # cohorts builds on this module
+
+        adopt_project_cohorts(self)
 
     @property
     def store(self) -> Store:

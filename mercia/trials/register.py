@@ -16,12 +16,11 @@ import orjson
 
 from mercia.cdm import Store
 from mercia.cohorts import CohortDefinitionError, CohortExpression
+from mercia.cohorts.registry import new_cohort_id
 from mercia.governance import Conflict, Forbidden, Governance, GovernanceError, NotFound, ProjectStatus, User
 from mercia.governance.db import now
 from mercia.trials.randomise import RandomisationError, Settings
 from mercia.trials.tables import ensure_trial_tables
-
-COHORT_ID_BASE = 1_400_000_000   # trial eligibility cohorts live above every hand-numbered cohort
 
 
 class TrialRole(StrEnum):
@@ -106,7 +105,8 @@ class TrialRegister:
         with self.db.transaction():
             if self.db.row("SELECT trial_id FROM mercia_trial WHERE trial_id = ?", [trial_id]):
                 raise Conflict(f"trial {trial_id} already exists")
-            cohort_id = self.db.next_id("mercia_trial", "cohort_id", start=COHORT_ID_BASE + 1)
+            cohort_id = new_cohort_id(self.db.store, f"{trial_id} eligibility", f"trial {trial_id}",
+                                      expression.to_json(indent=False))
             self.db.insert("mercia_trial", {
                 "trial_id": trial_id, "title": title.strip(), "pillar": project.pillar, "sponsor": sponsor,
                 "chief_investigator": chief_investigator, "project_id": project_id,

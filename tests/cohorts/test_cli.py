@@ -133,3 +133,24 @@ def test_directory_batch_and_one_by_one_give_the_same_cohorts(cdm, definitions, 
             [(out / f"{cid}.csv").read_text() for cid in (5, 6)],
         )
     assert outputs[False] == outputs[True]
+
+
+def test_run_refuses_an_id_another_maker_holds_and_writes_nothing(cdm, definitions):
+    """``mercia cohort run 5.json`` used to replace the rows of whichever cohort had id 5 (a
+    project's, say); the registry refuses it before anything is written."""
+    from mercia.cohorts.registry import claim_cohort_id
+
+    with Store(str(cdm)) as store:
+        claim_cohort_id(store, 5, "Type 2 diabetes", "project 1")
+        store.execute("INSERT INTO cohort VALUES (5, 42, DATE '2020-01-01', DATE '2020-01-02')")
+    refused = runner.invoke(app, ["cohort", "run", str(definitions), "--db", str(cdm)])
+    assert refused.exit_code == 2
+    assert "cohort id 5 is already 'Type 2 diabetes' (made by project 1)" in refused.output
+    with Store(str(cdm)) as store:
+        assert store.query("SELECT cohort_definition_id, subject_id FROM cohort") == [(5, 42)]
+        assert store.query("SELECT cohort_definition_id FROM cohort_definition") == [(5,)]   # 6 not claimed either
+    moved = runner.invoke(app, ["cohort", "run", str(definitions / "5.json"), "--db", str(cdm), "--cohort-id", "15"])
+    again = runner.invoke(app, ["cohort", "run", str(definitions / "5.json"), "--db", str(cdm), "--cohort-id", "15"])
+    assert moved.exit_code == again.exit_code == 0, moved.output + again.output
+    with Store(str(cdm)) as store:
+        assert store.query("SELECT DISTINCT cohort_definition_id FROM cohort ORDER BY 1") == [(5,), (15,)]

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from mercia.cdm import Store
 from mercia.federation.hubapp import PREFIX
 from mercia.federation.messages import NodeResult
-from mercia.federation.node import COHORT_ID, NodeAgent, NodePolicy, open_node_store, pending, decide, set_paused
+from mercia.federation.node import NodeAgent, NodePolicy, open_node_store, pending, decide, set_paused
 from mercia.federation.region import reference_cohort, true_distinct_persons
 from mercia.federation.signing import generate_keypair
 from mercia.governance.model import Role
@@ -43,7 +43,7 @@ def test_deduplicated_total_equals_the_true_number_of_distinct_persons(network, 
     for agent in agents(network, client).values():
         assert agent.step() == 1
     result = answer(client, token, query_id)
-    truth = true_distinct_persons(network.directory / "region", network.nodes, COHORT_ID)
+    truth = true_distinct_persons(network.directory / "region", network.nodes, reference_cohort())
     assert result["status"] == "complete" and result["missing"] == []
     assert {n["org"]: n["count"] for n in result["nodes"]} == truth["per_site"]
     assert result["deduplicated_total"] == truth["distinct"]

@@ -10,9 +10,11 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from mercia.analytics.base import index_table_sql, temp_table
+from mercia.cohorts.registry import scratch_cohort
+from mercia.cohorts.runner import run_cohort
 from mercia.federation.hubapp import PREFIX
 from mercia.federation.messages import QUERY, FeasibilityQuery, partitioned
-from mercia.federation.node import COHORT_ID, NodePolicy, _cells_sql, decide, open_node_store, pending
+from mercia.federation.node import NodePolicy, _cells_sql, decide, open_node_store, pending
 from mercia.federation.region import reference_cohort
 from mercia.linkage.evaluate import region_person_truth
 from mercia.privacy.pseudonym import Pseudonymiser
@@ -46,9 +48,11 @@ def truth(network, query: dict) -> dict[str, int]:
             mapping = region_person_truth(store, network.directory / "region",
                                           Pseudonymiser(node.key_file.read_text().strip().encode()))
             true_id = dict(zip(mapping.column("person_id").to_pylist(), mapping.column("true_person_id").to_pylist()))
-            with temp_table(store, index_table_sql(store, COHORT_ID), "truth_idx") as idx:
-                for person_id, cell in store.query(_cells_sql(parsed, idx)):
-                    cells_of[true_id[person_id]].add(cell)
+            with scratch_cohort(store) as cohort_id:
+                run_cohort(store, parsed.expression(), cohort_id)
+                with temp_table(store, index_table_sql(store, cohort_id), "truth_idx") as idx:
+                    for person_id, cell in store.query(_cells_sql(parsed, idx)):
+                        cells_of[true_id[person_id]].add(cell)
         finally:
             store.close()
     counts: dict[str, int] = defaultdict(int)

@@ -10,8 +10,8 @@ from mercia.cdm import Store
 from mercia.federation.demo import approved_project, prepare_network
 from mercia.federation.hub import Hub, HubSettings
 from mercia.federation.hubapp import create_hub_app
-from mercia.federation.node import COHORT_ID, NodeAgent, NodePolicy
-from mercia.federation.region import true_distinct_persons
+from mercia.federation.node import NodeAgent, NodePolicy
+from mercia.federation.region import reference_cohort, true_distinct_persons
 
 from .conftest import public_key
 from .test_federation_hub import answer, ask
@@ -32,7 +32,7 @@ def test_deduplicated_total_is_within_one_percent_on_a_messy_region(tmp_path):
             NodeAgent(node.url, node.org, "http://testserver", net.keys[node.org], NodePolicy(allow_raw=True),
                       wait=0, client=client).step()
         result = answer(client, token, query_id)
-    truth = true_distinct_persons(tmp_path / "region", net.nodes, COHORT_ID)
+    truth = true_distinct_persons(tmp_path / "region", net.nodes, reference_cohort())
     assert result["status"] == "complete"
     assert result["naive_sum"] == truth["naive_sum"] > truth["distinct"]
     assert abs(result["deduplicated_total"] - truth["distinct"]) <= 0.01 * truth["distinct"], (result, truth)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from mercia.federation.demo import ask
-from mercia.federation.node import COHORT_ID
 from mercia.federation.region import reference_cohort, true_distinct_persons
 
 pytestmark = pytest.mark.slow
@@ -48,7 +47,7 @@ def test_hub_and_node_processes(network, tmp_path):
         first = ask(network, network.token, network.project_id, reference_cohort(), timeout=180,
                     deadline_seconds=150)   # the first answer waits for every node process to start
         assert first["status"] == "complete", first
-        truth = true_distinct_persons(network.directory / "region", network.nodes, COHORT_ID)
+        truth = true_distinct_persons(network.directory / "region", network.nodes, reference_cohort())
         assert first["deduplicated_total"] == truth["distinct"] < first["naive_sum"] == truth["naive_sum"]
 
         hub_pid = network.processes["hub"].pid

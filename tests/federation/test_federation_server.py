@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from mercia.cdm import Store
 from mercia.federation.demo import approved_project
 from mercia.federation.disclosure import federated_policy
-from mercia.federation.node import COHORT_ID, NodeAgent, NodePolicy
+from mercia.federation.node import NodeAgent, NodePolicy
 from mercia.federation.region import reference_cohort, true_distinct_persons
 from mercia.governance import Role
 from mercia.services.cohorts import create_cohort
@@ -57,7 +57,7 @@ def test_the_server_answers_a_federated_question_through_its_own_api(network, se
     for agent in nodes_of(network, client):
         assert agent.step() == 1
     answer = client.get(f"{API}/queries/{asked.json()['query_id']}", headers=bearer).json()
-    truth = true_distinct_persons(network.directory / "region", network.nodes, COHORT_ID)
+    truth = true_distinct_persons(network.directory / "region", network.nodes, reference_cohort())
     assert answer["status"] == "complete"
     assert answer["deduplicated_total"] == federated_policy("opensafely").publish(truth["distinct"], "")
     listed = client.get(f"{API}/queries", headers=bearer).json()

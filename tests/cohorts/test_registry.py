@@ -1,0 +1,69 @@
+"""One allocator for cohort ids (``mercia.cohorts.registry``), on every engine."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from mercia.cohorts.registry import CLI, CohortIdTaken, adopt_cohorts, claim_cohort_id, new_cohort_id, scratch_cohort
+from mercia.cohorts.runner import ensure_result_tables
+
+
+def registered(store) -> list[tuple]:
+    return [tuple(r) for r in store.query(
+        "SELECT cohort_definition_id, cohort_definition_name, cohort_definition_description FROM cohort_definition "
+        "ORDER BY cohort_definition_id")]
+
+
+def add_rows(store, cohort_id: int, people: int = 2) -> None:
+    for person in range(1, people + 1):
+        store.execute("INSERT INTO cohort VALUES (?, ?, ?, ?)", [cohort_id, person, date(2020, 1, 1), date(2020, 2, 1)])
+
+
+def test_new_ids_step_over_unregistered_rows_and_claimed_ids(store):
+    ensure_result_tables(store)
+    add_rows(store, 40)   # written before the registry existed
+    first = new_cohort_id(store, "Type 2 diabetes", "project 1", '{"PrimaryCriteria": {}}')
+    claim_cohort_id(store, 100, "100.json", CLI)
+    second = new_cohort_id(store, "Asthma", "project 2")
+    assert (first, second) == (41, 101)
+    assert registered(store) == [(41, "Type 2 diabetes", "project 1"), (100, "100.json", CLI),
+                                 (101, "Asthma", "project 2")]
+
+
+def test_an_id_is_claimed_again_only_by_its_maker(store):
+    project_cohort = new_cohort_id(store, "Type 2 diabetes", "project 3")
+    with pytest.raises(CohortIdTaken, match=f"cohort id {project_cohort} is already 'Type 2 diabetes'"):
+        claim_cohort_id(store, project_cohort, f"{project_cohort}.json", CLI)
+    claim_cohort_id(store, 7, "7.json", CLI)
+    assert claim_cohort_id(store, 7, "renamed.json", CLI) == 7   # the same maker re-runs its cohort
+    with pytest.raises(CohortIdTaken, match="made by mercia cohort run"):
+        claim_cohort_id(store, 7, "trial eligibility", "trial T1")
+    with pytest.raises(CohortIdTaken, match="positive"):
+        claim_cohort_id(store, -3, "x.json", CLI)
+    assert [r[0] for r in registered(store)] == [project_cohort, 7]
+
+
+def test_scratch_ids_are_negative_distinct_and_leave_no_rows(store):
+    saved = new_cohort_id(store, "kept", "project 1")
+    add_rows(store, saved)
+    with scratch_cohort(store) as one, scratch_cohort(store) as two:
+        assert one < 0 and two < 0 and one != two
+        add_rows(store, one)
+        add_rows(store, two, 3)
+    with pytest.raises(RuntimeError), scratch_cohort(store) as failing:
+        add_rows(store, failing)
+        raise RuntimeError("the count failed half way")
+    assert store.query("SELECT cohort_definition_id, count(*) FROM cohort GROUP BY 1") == [(saved, 2)]
+    assert [r[0] for r in registered(store)] == [saved]   # scratch ids are never registered
+
+
+def test_adopting_earlier_cohorts_keeps_their_ids_and_runs_once(store):
+    claim_cohort_id(store, 2, "2.json", CLI)
+    earlier = ("SELECT * FROM (VALUES (2, 'clash', 'project 9'), (5, 'Asthma', 'project 1')) "
+               "AS t(id, name, made_by)")
+    adopt_cohorts(store, earlier)
+    adopt_cohorts(store, earlier)
+    assert registered(store) == [(2, "2.json", CLI), (5, "Asthma", "project 1")]
+    assert new_cohort_id(store, "next", "project 1") == 6
