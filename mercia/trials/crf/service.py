@@ -493,7 +493,7 @@ class CrfService:
                 {"OMOP", "LOINC", "PROM"} & f.tags.keys() for f in fields):
             return
         on = omop.visit_date(self.db, study.id, participant, event)
-        facts = omop.form_facts(self.db.store, study.name, fields, dict(values), on)
+        facts = omop.form_facts(self.db.store, study.name, record_id, event, form, fields, dict(values), on)
         changes = omop.write_through(self.db, study.id, study.name, record_id, event, form, facts,
                                      participant["person_id"])
         if changes:

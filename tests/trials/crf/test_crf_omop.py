@@ -112,3 +112,43 @@ def test_bad_mapping_tags_are_refused_with_line_and_field(annotation, problem):
     text = (DICTIONARIES / "baseline.csv").read_text().replace("Record ID" + "," * 13, "Record ID" + "," * 13 + annotation, 1)
     with pytest.raises(DictionaryError, match=rf"line 2, field 'record_id': field annotation: {problem}"):
         read_dictionary(text)
+
+
+def test_prom_on_a_form_lands_in_the_proms_store_and_follows_edits(team):
+    """The answers become a mercia_prom_response row (what `mercia proms rescore` and PROM reports read),
+    corrected in place on edit, with scores computed from the old answers dropped, and removed on delete."""
+    from mercia.proms.store import rescore
+
+    crf, nurse, store = team.crf, team.entry, team.gov.db.store
+    answers = dict(zip(DIMS, ("1", "1", "2", "3", "1"), strict=True))
+    crf.save_form(nurse, "heart", "P042", "month_3_arm_1", "eq5d", {f"eq_{d}": v for d, v in answers.items()}
+                  | {"eq_vas": "80"}, status="complete")
+    [response] = store.query_dicts("SELECT * FROM mercia_prom_response")
+    assert (response["source"], response["source_record"], response["instrument"], response["timepoint"]) == (
+        "crf", "heart/P042/month_3_arm_1/eq5d", "eq5d5l", "month_3_arm_1")
+    assert [response[d] for d in DIMS] == list(answers.values()) and response["vas"] == 80
+    assert response["completed_date"] == date(2024, 5, 30)
+    assert rescore(store, "england_2018")[0] == 1
+    observed = next(r for r in rows(team, "observation") if r["observation_source_value"] == "eq5d5l index")
+    [stored] = store.query_dicts("SELECT * FROM mercia_prom_score")
+    assert stored["response_id"] == response["response_id"]
+    assert stored["score"] == pytest.approx(float(observed["value_as_number"]), abs=1e-12)
+
+    crf.save_form(nurse, "heart", "P042", "month_3_arm_1", "eq5d", {"eq_pd": "5"}, reason="patient corrected",
+                  status="complete")
+    [corrected] = store.query_dicts("SELECT * FROM mercia_prom_response")
+    assert corrected["response_id"] == response["response_id"] and corrected["pd"] == "5"
+    assert store.query_dicts("SELECT * FROM mercia_prom_score") == []      # scored from answers that changed
+    change = next(c for c in team.gov.audit.search(action="crf.omop.write")[0]["detail"]["changes"]
+                  if c["table"] == "mercia_prom_response")
+    assert change["action"] == "corrected" and (change["old"]["pd"], change["new"]["pd"]) == ("3", "5")
+    assert rescore(store, "england_2018")[0] == 1
+    rescored = store.query_one("SELECT score FROM mercia_prom_score")
+    observed = next(r for r in rows(team, "observation") if r["observation_source_value"] == "eq5d5l index")
+    assert rescored == pytest.approx(float(observed["value_as_number"]), abs=1e-12)
+
+    crf.save_form(nurse, "heart", "P042", "month_3_arm_1", "eq5d", {"eq_mo": ""}, reason="unclear answer")
+    assert store.query_one("SELECT mo FROM mercia_prom_response") is None     # kept, as returned: rescore rejects it
+    crf.delete_form(team.manager, "heart", "P042", "month_3_arm_1", "eq5d", reason="entered in error")
+    assert store.query_dicts("SELECT * FROM mercia_prom_response") == []
+    assert store.query_dicts("SELECT * FROM mercia_prom_score") == []
