@@ -40,21 +40,22 @@ NUMERIC_VALIDATIONS = ("integer", "number")
 
 @dataclass(frozen=True)
 class Fact:
-    key: str                      # column name, "prom:<instrument>", "prom:<instrument>:<item>" or ":response"
+    key: str                      # column (field___code for a ticked choice), or "prom:<instrument>[:<item>|:response]"
     table: str                    # measurement, observation or mercia_prom_response
     row: dict[str, Any]           # the columns other than the id, person and link
     link: str | None = None       # key of the score an item answer belongs to
 
 
-def _concept(store, f: Field) -> tuple[int, str | None]:
-    """(concept id, domain) for a field's @OMOP or @LOINC tag; 0 and None when the vocabulary lacks it."""
-    tags = f.tags
-    if "OMOP" in tags:
-        found = store.query("SELECT concept_id, domain_id FROM concept WHERE concept_id = ?", [int(tags["OMOP"])])
-        return (int(tags["OMOP"]), found[0][1] if found else None)
-    if "LOINC" in tags:
+def _concept(store, f: Field, choice: str | None = None) -> tuple[int, str | None]:
+    """(concept id, domain) for a field's (or a checkbox choice's) @OMOP or @LOINC tag; 0 and None when
+    the vocabulary lacks it."""
+    concept_id, loinc = f.mapping_target("OMOP", choice), f.mapping_target("LOINC", choice)
+    if concept_id:
+        found = store.query("SELECT concept_id, domain_id FROM concept WHERE concept_id = ?", [int(concept_id)])
+        return (int(concept_id), found[0][1] if found else None)
+    if loinc:
         found = store.query("SELECT concept_id, domain_id FROM concept WHERE vocabulary_id = 'LOINC' "
-                            "AND concept_code = ?", [tags["LOINC"]])
+                            "AND concept_code = ?", [loinc])
         return (int(found[0][0]), found[0][1]) if found else (0, None)
     return 0, None
 
@@ -67,8 +68,9 @@ def _number(f: Field, value: str) -> float | None:
         return None
 
 
-def _field_fact(store, f: Field, value: str, on: date, source: str) -> Fact:
-    concept, domain = _concept(store, f)
+def _field_fact(store, f: Field, value: str, on: date, source: str, key: str | None = None) -> Fact:
+    """One value as a row; for a ticked checkbox choice ``value`` is its code and ``key`` its column."""
+    concept, domain = _concept(store, f, value if f.field_type == "checkbox" else None)
     table = f.tags.get("OMOP-TABLE") or ("measurement" if domain == "Measurement" else "observation")
     number = _number(f, value)
     shown = f.choices.get(value, value) if f.choices else value
@@ -82,7 +84,18 @@ def _field_fact(store, f: Field, value: str, on: date, source: str) -> Fact:
                "observation_type_concept_id": CASE_REPORT_FORM, "value_as_number": number,
                "value_as_string": None if number is not None else shown[:60], "unit_concept_id": unit,
                "observation_source_value": source[:50], "value_source_value": value[:50]}
-    return Fact(f.name, table, row)
+    return Fact(key or f.name, table, row)
+
+
+def _checkbox_facts(store, f: Field, values: dict[str, str], on: date, source: str) -> list[Fact]:
+    """One row per ticked choice (REDCap stores each as ``field___code`` = 1): with one @OMOP/@LOINC target
+    every tick is a row of that concept, with per-choice targets only the listed choices are written."""
+    facts = []
+    for code, column in zip(f.choices, f.export_columns(), strict=True):
+        mapped = f.mapping_target("OMOP", code) or f.mapping_target("LOINC", code)
+        if values.get(column) == "1" and mapped:
+            facts.append(_field_fact(store, f, code, on, source, key=column))
+    return facts
 
 
 def _prom_facts(store, form_ref: str, event: str, fields: list[Field], values: dict[str, str], on: date) -> list[Fact]:
@@ -158,7 +171,11 @@ def form_facts(store, study: str, record_id: str, event: str, form: str, fields:
     """The facts a form's current values amount to (scores before the items that link to them)."""
     facts = _prom_facts(store, f"{study}/{record_id}/{event}/{form}", event, fields, values, on)
     for f in fields:
-        if ("OMOP" in f.tags or "LOINC" in f.tags) and "PROM" not in f.tags and values.get(f.name, "") != "":
+        if not ("OMOP" in f.tags or "LOINC" in f.tags) or "PROM" in f.tags:
+            continue
+        if f.field_type == "checkbox":
+            facts += _checkbox_facts(store, f, values, on, f"{study}.{f.name}")
+        elif values.get(f.name, "") != "":
             facts.append(_field_fact(store, f, values[f.name], on, f"{study}.{f.name}"))
     return facts
 

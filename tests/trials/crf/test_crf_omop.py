@@ -3,6 +3,7 @@ are corrected in place when the form is edited, removed when cleared or deleted,
 
 from __future__ import annotations
 
+import re
 from datetime import date
 
 import pyarrow as pa
@@ -107,7 +108,8 @@ def test_prom_on_a_form_is_scored_with_items_linked(team):
 @pytest.mark.parametrize("annotation, problem", [
     ("@OMOP=abc", "@OMOP is a concept id"), ("@LOINC=12", "@LOINC is a LOINC code"),
     ("@OMOP=1 @OMOP-TABLE=drug_exposure", "@OMOP-TABLE is measurement or observation"),
-    ("@PROM=eq5d5l:XX", "@PROM is INSTRUMENT:ITEM"), ("@PROM=oks:q1 @PROM-VALUESET=nowhere", "@PROM-VALUESET is one of")])
+    ("@PROM=eq5d5l:XX", "@PROM is INSTRUMENT:ITEM"), ("@PROM=oks:q1 @PROM-VALUESET=nowhere", "@PROM-VALUESET is one of"),
+    ("@OMOP=1:4298794", "@OMOP=CODE:TARGET,... maps the choices of a checkbox; a text field takes one target")])
 def test_bad_mapping_tags_are_refused_with_line_and_field(annotation, problem):
     text = (DICTIONARIES / "baseline.csv").read_text().replace("Record ID" + "," * 13, "Record ID" + "," * 13 + annotation, 1)
     with pytest.raises(DictionaryError, match=rf"line 2, field 'record_id': field annotation: {problem}"):
@@ -152,3 +154,51 @@ def test_prom_on_a_form_lands_in_the_proms_store_and_follows_edits(team):
     crf.delete_form(team.manager, "heart", "P042", "month_3_arm_1", "eq5d", reason="entered in error")
     assert store.query_dicts("SELECT * FROM mercia_prom_response") == []
     assert store.query_dicts("SELECT * FROM mercia_prom_score") == []
+
+
+SMOKING = '"1, Cigarettes | 2, Cigars | 3, Vaping | 98, None",,,,,,,,,,,,'
+CIGARETTES, VAPING, TOBACCO_USE = 4298794, 4219336, 4041306
+
+
+@pytest.mark.parametrize("annotation, problem", [
+    ("@OMOP=1:4298794,7:4219336", "@OMOP maps choice '7', which is not one of the field's (1, 2, 3, 98)"),
+    ("@OMOP=1:4298794,3:vape", "@OMOP for choice '3' is a concept id (digits), not 'vape'"),
+    ("@LOINC=1:72166-2,3:x", "@LOINC for choice '3' is a LOINC code like 39156-5, not 'x'")])
+def test_bad_checkbox_mapping_is_refused_naming_the_choice(annotation, problem):
+    text = (DICTIONARIES / "baseline.csv").read_text().replace(SMOKING, f'{SMOKING}"{annotation}"')   # CSV-quoted
+    with pytest.raises(DictionaryError, match=re.escape(f"line 14, field 'smoking': field annotation: {problem}")):
+        read_dictionary(text)
+
+
+@pytest.mark.parametrize("annotation, concept_of", [
+    (f"@OMOP=1:{CIGARETTES},3:{VAPING}", {"1": CIGARETTES, "3": VAPING}),       # a concept per choice
+    (f"@OMOP={TOBACCO_USE}", {"1": TOBACCO_USE, "2": TOBACCO_USE, "3": TOBACCO_USE, "98": TOBACCO_USE})])
+def test_ticked_checkbox_choices_are_written_and_unticking_removes_them(team, annotation, concept_of):
+    """Each ticked choice (REDCap's field___code = 1) is its own observation; unticking deletes it,
+    ticking another adds one (only if the choice is mapped), and deleting the form removes them all."""
+    crf, nurse = team.crf, team.entry
+    text = (DICTIONARIES / "with_proms.csv").read_text().replace(SMOKING, f'{SMOKING}"{annotation}"')
+    crf.import_dictionary(team.manager, "heart", text, reason="map tobacco use")
+
+    def ticked():
+        return {r["value_source_value"]: (r["observation_concept_id"], r["value_as_string"], r["observation_id"])
+                for r in rows(team, "observation") if r["observation_source_value"] == "heart.smoking"}
+
+    crf.save_form(nurse, "heart", "P042", "baseline_arm_1", "demographics",
+                  {"smoking___1": "1", "smoking___2": "0", "smoking___3": "1", "smoking___98": "0"})
+    first = ticked()
+    assert {code: v[:2] for code, v in first.items()} == {
+        "1": (concept_of["1"], "Cigarettes"), "3": (concept_of["3"], "Vaping")}
+    assert {r["person_id"] for r in rows(team, "observation")} == {42}
+
+    crf.save_form(nurse, "heart", "P042", "baseline_arm_1", "demographics", {"smoking___3": "0", "smoking___2": "1"},
+                  reason="does not vape; smokes cigars")
+    after = ticked()
+    assert "3" not in after and after["1"] == first["1"]                       # untouched tick keeps its row
+    assert ("2" in after) == ("2" in concept_of)
+    changes = team.gov.audit.search(action="crf.omop.write")[0]["detail"]["changes"]
+    assert {(c["fact"], c["action"]) for c in changes} == {("smoking___3", "deleted")} | (
+        {("smoking___2", "written")} if "2" in concept_of else set())
+
+    crf.delete_form(team.manager, "heart", "P042", "baseline_arm_1", "demographics", reason="entered in error")
+    assert ticked() == {}
