@@ -186,11 +186,12 @@ def visit_date(db, study_id: int, participant: dict[str, Any], event: str) -> da
 
 
 def write_through(db, study_id: int, study: str, record_id: str, event: str, form: str, facts: list[Fact],
-                  person_id: int) -> list[dict[str, Any]]:
+                  person_id: int | None) -> list[dict[str, Any]]:
     """Make the OMOP and PROMs-store rows of one form equal ``facts``; returns what changed (for the
     audit entry).  Runs inside the caller's transaction.  Scores of a PROM response that is corrected or
     removed go with it: they were computed from answers that no longer stand (the audit keeps those)."""
-    if not (db.store.table_exists("observation") and db.store.table_exists("measurement")):
+    if any(f.table in OMOP_TABLES for f in facts) and not (
+            db.store.table_exists("observation") and db.store.table_exists("measurement")):
         raise Conflict(f"study {study} maps fields into OMOP but this store has no OMOP tables")
     key = [study_id, record_id, event, form]
     existing = {r["fact_key"]: r for r in db.rows(

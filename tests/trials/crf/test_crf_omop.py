@@ -202,3 +202,29 @@ def test_ticked_checkbox_choices_are_written_and_unticking_removes_them(team, an
 
     crf.delete_form(team.manager, "heart", "P042", "baseline_arm_1", "demographics", reason="entered in error")
     assert ticked() == {}
+
+
+def test_prom_of_a_participant_without_a_person_still_reaches_the_proms_store(team):
+    answers = {f"eq_{d}": "2" for d in DIMS}
+    team.crf.save_form(team.entry, "heart", "H001", "month_3_arm_1", "eq5d", answers, status="complete")
+    assert rows(team, "observation") == []                                   # no person, no OMOP record
+    [response] = team.gov.db.store.query_dicts("SELECT * FROM mercia_prom_response")
+    assert response["source_record"] == "heart/H001/month_3_arm_1/eq5d" and response["mo"] == "2"
+
+
+def test_prom_response_is_written_in_the_saves_transaction(team, monkeypatch):
+    """A failure after the write-through (here: auditing it) rolls back the values, the OMOP rows and the
+    PROM response together."""
+    record = team.gov.audit.record
+
+    def failing(actor, action, *args, **kwargs):
+        if action == "crf.omop.write":
+            raise RuntimeError("audit unavailable")
+        return record(actor, action, *args, **kwargs)
+
+    monkeypatch.setattr(team.gov.audit, "record", failing)
+    with pytest.raises(RuntimeError, match="audit unavailable"):
+        team.crf.save_form(team.entry, "heart", "P042", "month_3_arm_1", "eq5d", {f"eq_{d}": "1" for d in DIMS})
+    store = team.gov.db.store
+    assert store.query_dicts("SELECT * FROM mercia_prom_response") == [] and rows(team, "observation") == []
+    assert store.query_one("SELECT COUNT(*) FROM mercia_crf_value") == 0
