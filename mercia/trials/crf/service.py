@@ -490,6 +490,8 @@ class CrfService:
         up to date, auditing what changed beside the entry of the save or delete that caused it.  A
         participant without a person_id has no OMOP record, but their PROM answers still reach the PROMs store."""
         participant = self._participant(study, record_id)
+        if participant["person_id"] is None:
+            fields = [f for f in fields if "PROM" in f.tags]
         if not any({"OMOP", "LOINC", "PROM"} & f.tags.keys() for f in fields):
             return
         on = omop.visit_date(self.db, study.id, participant, event)
