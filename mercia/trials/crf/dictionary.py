@@ -98,7 +98,7 @@ class Field:
 
     def mapping_target(self, tag: str, choice: str | None = None) -> str | None:
         """The concept id (``@OMOP``) or LOINC code (``@LOINC``) a value maps to.  On a checkbox the tag
-        may name one per choice, ``@OMOP=1:4298794,2:4219336``: ticked choices not listed map to nothing."""
+        may name one per choice, ``@OMOP=1:2000000101,2:2000000103``: ticked choices not listed map to nothing."""
         value = self.tags.get(tag)
         targets = choice_targets(value) if value else None
         return value if targets is None else targets.get(choice or "")
@@ -113,7 +113,7 @@ class Field:
 
 
 def choice_targets(value: str) -> dict[str, str] | None:
-    """``1:4298794,2:4219336`` -> {"1": "4298794", "2": "4219336"}; None for a single target (no ':')."""
+    """``1:2000000101,2:2000000103`` -> {"1": "2000000101", "2": "2000000103"}; None for a single target (no ':')."""
     if ":" not in value:
         return None
     return {code: target for code, _, target in (pair.partition(":") for pair in value.split(","))}

@@ -109,7 +109,7 @@ def test_prom_on_a_form_is_scored_with_items_linked(team):
     ("@OMOP=abc", "@OMOP is a concept id"), ("@LOINC=12", "@LOINC is a LOINC code"),
     ("@OMOP=1 @OMOP-TABLE=drug_exposure", "@OMOP-TABLE is measurement or observation"),
     ("@PROM=eq5d5l:XX", "@PROM is INSTRUMENT:ITEM"), ("@PROM=oks:q1 @PROM-VALUESET=nowhere", "@PROM-VALUESET is one of"),
-    ("@OMOP=1:4298794", "@OMOP=CODE:TARGET,... maps the choices of a checkbox; a text field takes one target")])
+    ("@OMOP=1:2000000101", "@OMOP=CODE:TARGET,... maps the choices of a checkbox; a text field takes one target")])
 def test_bad_mapping_tags_are_refused_with_line_and_field(annotation, problem):
     text = (DICTIONARIES / "baseline.csv").read_text().replace("Record ID" + "," * 13, "Record ID" + "," * 13 + annotation, 1)
     with pytest.raises(DictionaryError, match=rf"line 2, field 'record_id': field annotation: {problem}"):
@@ -157,12 +157,12 @@ def test_prom_on_a_form_lands_in_the_proms_store_and_follows_edits(team):
 
 
 SMOKING = '"1, Cigarettes | 2, Cigars | 3, Vaping | 98, None",,,,,,,,,,,,'
-CIGARETTES, VAPING, TOBACCO_USE = 4298794, 4219336, 4041306
+CIGARETTES, VAPING, TOBACCO_USE = 2000000101, 2000000103, 2000000100   # local (2-billion) concept ids
 
 
 @pytest.mark.parametrize("annotation, problem", [
-    ("@OMOP=1:4298794,7:4219336", "@OMOP maps choice '7', which is not one of the field's (1, 2, 3, 98)"),
-    ("@OMOP=1:4298794,3:vape", "@OMOP for choice '3' is a concept id (digits), not 'vape'"),
+    ("@OMOP=1:2000000101,7:2000000103", "@OMOP maps choice '7', which is not one of the field's (1, 2, 3, 98)"),
+    ("@OMOP=1:2000000101,3:vape", "@OMOP for choice '3' is a concept id (digits), not 'vape'"),
     ("@LOINC=1:72166-2,3:x", "@LOINC for choice '3' is a LOINC code like 39156-5, not 'x'")])
 def test_bad_checkbox_mapping_is_refused_naming_the_choice(annotation, problem):
     text = (DICTIONARIES / "baseline.csv").read_text().replace(SMOKING, f'{SMOKING}"{annotation}"')   # CSV-quoted
@@ -228,3 +228,11 @@ def test_prom_response_is_written_in_the_saves_transaction(team, monkeypatch):
     store = team.gov.db.store
     assert store.query_dicts("SELECT * FROM mercia_prom_response") == [] and rows(team, "observation") == []
     assert store.query_one("SELECT COUNT(*) FROM mercia_crf_value") == 0
+
+
+def test_checkbox_mapping_targets_read_from_the_annotation():
+    history = read_dictionary((DICTIONARIES / "history_checkboxes.csv").read_text())
+    comorbidities, symptoms, smoker = (history.by_name[n] for n in ("comorbidities", "symptoms", "smoker"))
+    assert [comorbidities.mapping_target("OMOP", c) for c in ("1", "4", "99")] == ["2000000201", "2000000204", None]
+    assert [symptoms.mapping_target("OMOP", c) for c in ("BREATH", "CHEST_PAIN")] == ["2000000220", "2000000220"]
+    assert smoker.mapping_target("OMOP") == "2000000210" and smoker.mapping_target("LOINC") is None
