@@ -39,7 +39,13 @@ def score(instrument: str = typer.Option(..., "--instrument", help="eq5d5l, eq5d
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
-    from mercia.proms.scoring import INSTRUMENTS, OXFORD_ITEMS, ScoringError, score_eq5d, score_oxford
+    from mercia.proms.scoring import (
+        INSTRUMENTS,
+        OXFORD_ITEMS,
+        ScoringError,
+        score_eq5d,
+        score_oxford,
+    )
     from mercia.proms.valuesets import DIMENSIONS, ValueSetError
 
     if instrument not in INSTRUMENTS:

@@ -2,9 +2,8 @@
 
 import csv
 
-from typer.testing import CliRunner
-
 import pytest
+from typer.testing import CliRunner
 
 from mercia.cli import app
 from mercia.proms.store import import_region_csv, rescore, scores
