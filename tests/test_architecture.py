@@ -37,7 +37,7 @@ ALLOWED = {
     ("trials", "governance"): "trial access goes through projects, roles and the audit log",
     ("ingest", "raredisease"): "the Phenopacket reader validates with raredisease.phenopackets (one parser)",
     ("ingest", "trials"): "a load given the organisation's own store fills its re-identification key map (trials.reid)",
-    ("trials", "proms"): "PROM items on eCRF forms are scored with proms.scoring (one scorer)",
+    ("trials", "proms"): "PROM items on eCRF forms are scored with proms.scoring (one scorer) and stored in proms.store",
     ("federation", "analytics"): "a node builds strata and characterisation cells from analytics.base's index table",
 }
 # Demo/test harness modules that compose capabilities like a command does.

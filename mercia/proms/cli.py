@@ -39,13 +39,21 @@ def score(instrument: str = typer.Option(..., "--instrument", help="eq5d5l, eq5d
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
-    from mercia.proms.scoring import INSTRUMENTS, ScoringError, score_eq5d, score_oxford
-    from mercia.proms.valuesets import ValueSetError
+    from mercia.proms.scoring import (
+        INSTRUMENTS,
+        OXFORD_ITEMS,
+        ScoringError,
+        score_eq5d,
+        score_oxford,
+    )
+    from mercia.proms.valuesets import DIMENSIONS, ValueSetError
 
     if instrument not in INSTRUMENTS:
         raise typer.BadParameter(f"unknown instrument {instrument!r}; use one of {', '.join(INSTRUMENTS)}")
+    answers = DIMENSIONS if instrument in ("eq5d5l", "eq5d3l") else OXFORD_ITEMS
+    # Answers are read as text (no type inference, which costs more than the scoring) and checked by the scorer.
     table = pa_csv.read_csv(in_path, convert_options=pa_csv.ConvertOptions(
-        column_types={id_column: pa.string()}, strings_can_be_null=True))
+        column_types={c: pa.string() for c in (id_column, *answers)}, strings_can_be_null=True))
     try:
         if instrument in ("eq5d5l", "eq5d3l"):
             if not value_set_id:

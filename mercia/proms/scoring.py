@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mercia.proms.valuesets import DIMENSIONS, SPECS, ValueSetError, state_position, value_set
+from mercia.proms.valuesets import DIMENSIONS, SPECS, ValueSetError, value_set
 
 INSTRUMENTS = {
     "eq5d5l": "EQ-5D-5L descriptive system (index from a value set) and EQ VAS",
@@ -47,21 +47,49 @@ class Scored:
     rejections: list[Rejection]
 
 
-def _integer_answers(column: pa.ChunkedArray, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
-    """(values, valid) for a column of answers that must be whole numbers in [low, high]."""
-    if not pa.types.is_integer(column.type):
+def _to_numpy(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(values, present) of a fixed-width or boolean Arrow array, read straight from its buffers:
+    ``to_numpy`` and ``pa.array`` import pandas on first use, which costs more than scoring a million rows."""
+    n, offset = len(array), array.offset
+    validity, data = array.buffers()[:2]
+    if pa.types.is_boolean(array.type):
+        values = np.unpackbits(np.frombuffer(data, np.uint8), count=offset + n, bitorder="little")[offset:].view(bool)
+    else:
+        values = np.frombuffer(data, array.type.to_pandas_dtype(), count=offset + n)[offset:] if n else \
+            np.empty(0, array.type.to_pandas_dtype())
+    present = np.ones(n, bool) if validity is None or array.null_count == 0 else \
+        np.unpackbits(np.frombuffer(validity, np.uint8), count=offset + n, bitorder="little")[offset:].view(bool)
+    return values, present
+
+
+def _float_array(values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """A float64 Arrow array of ``values``, null where not ``valid`` (built from buffers, see ``_to_numpy``)."""
+    data = pa.py_buffer(np.ascontiguousarray(values, np.float64))
+    if valid.all():
+        return pa.Array.from_buffers(pa.float64(), len(values), [None, data], null_count=0)
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(pa.float64(), len(values), [bitmap, data], null_count=int((~valid).sum()))
+
+
+def _integer_answers(column: pa.ChunkedArray, low: int, high: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, valid, answered) for a column of answers that must be whole numbers in [low, high];
+    ``answered`` is False where the cell is empty."""
+    array = column.combine_chunks()
+    if not pa.types.is_integer(array.type):
         try:  # clean files cast in one step; anything odd takes the checked path below
-            column = column.cast(pa.int64())
+            array = array.cast(pa.int64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
-    if pa.types.is_integer(column.type):
-        values = column.fill_null(low - 1).to_numpy().astype(np.int64)
+    if pa.types.is_integer(array.type):
+        values, answered = _to_numpy(array)
+        values = values.astype(np.int64)
     else:
-        text = pc.utf8_trim_whitespace(column.cast(pa.string()))
+        text = pc.utf8_trim_whitespace(array.cast(pa.string()))
+        answered = _to_numpy(pc.fill_null(pc.not_equal(text, ""), False))[0]
         numeric = pc.fill_null(pc.match_substring_regex(text, r"^[+-]?[0-9]{1,6}$"), False)
-        values = pc.if_else(numeric, text, pa.scalar(str(low - 1))).cast(pa.int64()).to_numpy()
-    valid = (values >= low) & (values <= high)
-    return values, valid
+        values = _to_numpy(pc.if_else(numeric, text, pa.scalar(str(low - 1))).cast(pa.int64()))[0]
+    valid = answered & (values >= low) & (values <= high)
+    return values, valid, answered
 
 
 def _rejections(table: pa.Table, id_column: str, field: str, bad: np.ndarray, reason: str) -> list[Rejection]:
@@ -88,16 +116,15 @@ def score_eq5d(table: pa.Table, value_set_id: str, instrument: str = "eq5d5l", i
         raise ValueSetError(f"value set {value_set_id} scores {vs.spec.instrument}, not {instrument}; "
                             f"for {instrument} use {', '.join(s.id for s in SPECS.values() if s.instrument == instrument)}")
     _require_columns(table, DIMENSIONS)
-    levels = np.empty((table.num_rows, 5), dtype=np.int64)
+    position = np.zeros(table.num_rows, dtype=np.int64)   # the state's row in all_states(levels)
     ok = np.ones(table.num_rows, dtype=bool)
     rejections: list[Rejection] = []
-    for d, dim in enumerate(DIMENSIONS):
-        values, valid = _integer_answers(table.column(dim), 1, vs.levels)
-        levels[:, d] = np.where(valid, values, 1)
+    for dim in DIMENSIONS:
+        values, valid, _ = _integer_answers(table.column(dim), 1, vs.levels)
+        position = position * vs.levels + np.where(valid, values - 1, 0)
         ok &= valid
         rejections += _rejections(table, id_column, dim, ~valid, f"must be a level from 1 to {vs.levels}")
-    index = vs.lookup[state_position(levels, vs.levels)]
-    column = pa.array(index, mask=~ok)
+    column = _float_array(vs.lookup[position], ok)
     rejections.sort(key=lambda r: (r.row, DIMENSIONS.index(r.field)))
     return Scored(table.append_column("index", column), rejections)
 
@@ -105,7 +132,7 @@ def score_eq5d(table: pa.Table, value_set_id: str, instrument: str = "eq5d5l", i
 def score_vas(table: pa.Table, column: str = "VAS", id_column: str = "id") -> Scored:
     """Check EQ VAS answers (whole numbers 0..100); the score is the answer itself."""
     _require_columns(table, (column,))
-    values, valid = _integer_answers(table.column(column), 0, 100)
+    values, valid, _ = _integer_answers(table.column(column), 0, 100)
     return Scored(table.append_column("vas", pa.array(values, mask=~valid)),
                   _rejections(table, id_column, column, ~valid, "must be a whole number from 0 to 100"))
 
@@ -122,11 +149,8 @@ def score_oxford(table: pa.Table, id_column: str = "id") -> Scored:
     bad_any = np.zeros(table.num_rows, dtype=bool)
     rejections: list[Rejection] = []
     for item in OXFORD_ITEMS:
-        column = table.column(item)
-        blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(column.cast(pa.string())), ""), True).to_numpy(
-            zero_copy_only=False)
-        values, valid = _integer_answers(column, 0, 4)
-        invalid = ~valid & ~blank
+        values, valid, given = _integer_answers(table.column(item), 0, 4)
+        invalid = ~valid & given
         bad_any |= invalid
         rejections += _rejections(table, id_column, item, invalid, "must be a whole number from 0 to 4")
         answered += valid
@@ -138,4 +162,4 @@ def score_oxford(table: pa.Table, id_column: str = "id") -> Scored:
                                     f"{12 - answered[p]} items unanswered; at most 2 may be missing"))
     score = np.where(answered > 0, total * 12 / np.maximum(answered, 1), 0.0)
     rejections.sort(key=lambda r: r.row)
-    return Scored(table.append_column("score", pa.array(score, mask=bad_any | too_few)), rejections)
+    return Scored(table.append_column("score", _float_array(score, ~(bad_any | too_few))), rejections)

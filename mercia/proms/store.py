@@ -22,11 +22,11 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS mercia_prom_response (
         response_id BIGINT NOT NULL, source VARCHAR NOT NULL, source_record VARCHAR NOT NULL,
         instrument VARCHAR NOT NULL, timepoint VARCHAR, completed_date DATE,
-        mo VARCHAR, sc VARCHAR, ua VARCHAR, pd VARCHAR, ad VARCHAR, vas BIGINT, total DOUBLE)""",
+        mo VARCHAR, sc VARCHAR, ua VARCHAR, pd VARCHAR, ad VARCHAR, vas BIGINT, total DOUBLE PRECISION)""",
     """CREATE TABLE IF NOT EXISTS mercia_prom_score (
         score_id BIGINT NOT NULL, response_id BIGINT NOT NULL, instrument VARCHAR NOT NULL,
         score_name VARCHAR NOT NULL, value_set_id VARCHAR NOT NULL, doi VARCHAR NOT NULL,
-        score DOUBLE NOT NULL, scored_at VARCHAR NOT NULL)""",
+        score DOUBLE PRECISION NOT NULL, scored_at VARCHAR NOT NULL)""",
 ]
 
 # The synthetic region's national PROMs return (mercia.synth, docs/synth.md) -> response columns.

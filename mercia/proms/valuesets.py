@@ -104,12 +104,6 @@ def all_states(levels: int) -> np.ndarray:
     return np.array(list(itertools.product(range(1, levels + 1), repeat=5)), dtype=np.int8)
 
 
-def state_position(levels_by_dimension: np.ndarray, levels: int) -> np.ndarray:
-    """Row positions in ``all_states(levels)`` of an (n, 5) array of levels 1..levels."""
-    weights = levels ** np.arange(4, -1, -1)
-    return (levels_by_dimension.astype(np.int64) - 1) @ weights
-
-
 def _vt_lookup(column: str) -> np.ndarray:
     c = _coefficients("VT.csv", column, _VT_TERMS)
     states = all_states(5)

@@ -2,13 +2,21 @@
 
 import csv
 
+import pytest
 from typer.testing import CliRunner
 
-from mercia.cdm import Store
 from mercia.cli import app
 from mercia.proms.store import import_region_csv, rescore, scores
+from tests.conftest import drop_store, open_store
 
 runner = CliRunner()
+
+
+@pytest.fixture
+def store(engine, tmp_path):
+    opened = open_store(engine, tmp_path)
+    yield opened
+    drop_store(opened)
 
 
 def _write(path, header, rows):
@@ -47,7 +55,7 @@ def test_score_command_refuses_a_file_without_a_dimension(tmp_path):
     assert result.exit_code == 2 and "no column AD" in result.output
 
 
-def test_region_returns_rescored_into_new_rows(tmp_path):
+def test_region_returns_rescored_into_new_rows(tmp_path, store):
     header = ["record_id", "nhs_number", "date_of_birth", "sex", "postcode", "provider_code", "procedure_opcs4",
               "questionnaire", "timepoint", "completed_date", "eq5d_mobility", "eq5d_selfcare",
               "eq5d_usual_activities", "eq5d_pain_discomfort", "eq5d_anxiety_depression", "eq_vas", "oks_score"]
@@ -55,13 +63,12 @@ def test_region_returns_rescored_into_new_rows(tmp_path):
         ["P1", "", "", "F", "", "", "W40.1", "EQ-5D-5L", "pre", "2024-01-02", 5, 5, 5, 5, 5, 40, ""],
         ["P2", "", "", "M", "", "", "W40.1", "EQ-5D-5L", "post", "2024-07-02", 1, 1, 1, 1, 2, 80, ""],
         ["P3", "", "", "M", "", "", "W40.1", "OKS", "post", "2024-07-02", "", "", "", "", "", "", 37]])
-    with Store(str(tmp_path / "cdm.duckdb")) as store:
-        assert import_region_csv(store, tmp_path / "proms.csv") == 3
-        assert import_region_csv(store, tmp_path / "proms.csv") == 0          # idempotent
-        assert rescore(store, "england_2018")[0] == 2
-        assert rescore(store, "uk_2026")[0] == 2
-        p1 = store.query_one("SELECT response_id FROM mercia_prom_response WHERE source_record = 'P1'")
-        history = [(s["value_set_id"], s["doi"], s["score"]) for s in scores(store, p1)]
+    assert import_region_csv(store, tmp_path / "proms.csv") == 3
+    assert import_region_csv(store, tmp_path / "proms.csv") == 0          # idempotent
+    assert rescore(store, "england_2018")[0] == 2
+    assert rescore(store, "uk_2026")[0] == 2
+    p1 = store.query_one("SELECT response_id FROM mercia_prom_response WHERE source_record = 'P1'")
+    history = [(s["value_set_id"], s["doi"], s["score"]) for s in scores(store, p1)]
     assert history == [("england_2018", "10.1002/hec.3564", -0.285), ("uk_2026", "10.1016/j.jval.2026.03.008", -0.567)]
 
 
@@ -70,7 +77,7 @@ def _qr(rid, questionnaire, answers, authored="2024-05-01T10:00:00Z"):
             "authored": authored, "item": [{"linkId": link, "answer": [answer]} for link, answer in answers.items()]}
 
 
-def test_fhir_questionnaire_responses_become_responses(tmp_path):
+def test_fhir_questionnaire_responses_become_responses(store):
     from mercia.proms.store import import_fhir_responses
 
     five = {"mobility": {"valueCoding": {"code": "2"}}, "SC": {"valueInteger": 1}, "UA": {"valueInteger": 1},
@@ -82,18 +89,17 @@ def test_fhir_questionnaire_responses_become_responses(tmp_path):
         _qr("d", "http://example.org/Questionnaire/eq-5d-5l", five, authored=None),
         {"resourceType": "Patient", "id": "p"},
     ]
-    with Store(str(tmp_path / "cdm.duckdb")) as store:
-        loaded, problems = import_fhir_responses(store, resources)
-        assert loaded == 2
-        assert problems == [
-            "QuestionnaireResponse/c: questionnaire: 'http://example.org/Questionnaire/phq-9' is not an EQ-5D questionnaire",
-            "QuestionnaireResponse/d: authored: missing", "Patient/p: resourceType: not a QuestionnaireResponse"]
-        assert import_fhir_responses(store, resources)[0] == 0                     # idempotent
-        n, rejections = rescore(store, "england_2018")
-        assert n == 1 and [(r.record, r.field, r.value) for r in rejections] == [("QuestionnaireResponse/b", "PD", "9")]
-        a = store.query_one("SELECT response_id FROM mercia_prom_response WHERE source_record = 'QuestionnaireResponse/a'")
-        assert scores(store, a)[0]["score"] == round(1 - 0.058 - 0.084, 3)
-        assert store.query_one("SELECT vas FROM mercia_prom_response WHERE response_id = ?", [a]) == 70
+    loaded, problems = import_fhir_responses(store, resources)
+    assert loaded == 2
+    assert problems == [
+        "QuestionnaireResponse/c: questionnaire: 'http://example.org/Questionnaire/phq-9' is not an EQ-5D questionnaire",
+        "QuestionnaireResponse/d: authored: missing", "Patient/p: resourceType: not a QuestionnaireResponse"]
+    assert import_fhir_responses(store, resources)[0] == 0                     # idempotent
+    n, rejections = rescore(store, "england_2018")
+    assert n == 1 and [(r.record, r.field, r.value) for r in rejections] == [("QuestionnaireResponse/b", "PD", "9")]
+    a = store.query_one("SELECT response_id FROM mercia_prom_response WHERE source_record = 'QuestionnaireResponse/a'")
+    assert scores(store, a)[0]["score"] == round(1 - 0.058 - 0.084, 3)
+    assert store.query_one("SELECT vas FROM mercia_prom_response WHERE response_id = ?", [a]) == 70
 
 
 def test_import_fhir_command_reads_a_bundle(tmp_path):
@@ -111,7 +117,7 @@ def test_import_fhir_command_reads_a_bundle(tmp_path):
 
 def test_score_command_imports_only_what_it_uses(tmp_path):
     """The root command mounts groups lazily: scoring a file never imports the cohort compiler,
-    the synthesiser, governance or the web app (their imports cost more than the scoring)."""
+    the synthesiser, governance, the web app or pandas (their imports cost more than the scoring)."""
     import subprocess
     import sys
 
@@ -119,10 +125,10 @@ def test_score_command_imports_only_what_it_uses(tmp_path):
     script = ("import sys; from mercia.cli import app; "
               "app(['proms', 'score', '--instrument', 'eq5d5l', '--value-set', 'england_2018', "
               f"'--in', {str(tmp_path / 'in.csv')!r}, '--out', {str(tmp_path / 'out.csv')!r}], standalone_mode=False); "
-              "print(' '.join(sorted(m for m in sys.modules if m.startswith('mercia'))))")
+              "print(' '.join(sorted(m for m in sys.modules if m.startswith(('mercia', 'pandas')))))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     loaded = set(done.stdout.splitlines()[-1].split())
     assert "mercia.proms.scoring" in loaded
     assert not loaded & {"mercia.cohorts", "mercia.synth", "mercia.governance", "mercia.web", "mercia.demo",
-                         "mercia.trials"}
+                         "mercia.trials", "pandas"}
     assert (tmp_path / "out.csv").exists()

@@ -96,6 +96,13 @@ class Field:
         """Action tags of the annotation (``@OMOP=3038553 @PROM=eq5d5l:MO``): name -> value ('' if none)."""
         return {m.group(1): (m.group(2) or "").strip("'\"") for m in _TAG.finditer(self.annotation)}
 
+    def mapping_target(self, tag: str, choice: str | None = None) -> str | None:
+        """The concept id (``@OMOP``) or LOINC code (``@LOINC``) a value maps to.  On a checkbox the tag
+        may name one per choice, ``@OMOP=1:2000000101,2:2000000103``: ticked choices not listed map to nothing."""
+        value = self.tags.get(tag)
+        targets = choice_targets(value) if value else None
+        return value if targets is None else targets.get(choice or "")
+
     def export_columns(self) -> list[str]:
         """Columns in a REDCap record export: checkboxes become one column per code."""
         if self.field_type == "descriptive":
@@ -103,6 +110,13 @@ class Field:
         if self.field_type == "checkbox":
             return [f"{self.name}___{checkbox_code_column(code)}" for code in self.choices]
         return [self.name]
+
+
+def choice_targets(value: str) -> dict[str, str] | None:
+    """``1:2000000101,2:2000000103`` -> {"1": "2000000101", "2": "2000000103"}; None for a single target (no ':')."""
+    if ":" not in value:
+        return None
+    return {code: target for code, _, target in (pair.partition(":") for pair in value.split(","))}
 
 
 def checkbox_code_column(code: str) -> str:
@@ -226,11 +240,25 @@ def _check(d: Dictionary, lines: dict[str, int]) -> None:
 
 def _tag_problem(f: Field) -> str | None:
     tags = f.tags
-    for name in ("OMOP", "OMOP-UNIT", "PROM-OMOP"):
+    for name in ("OMOP-UNIT", "PROM-OMOP"):
         if name in tags and not re.fullmatch(r"\d{1,10}", tags[name]):
             return f"@{name} is a concept id (digits), not {tags[name]!r}"
-    if "LOINC" in tags and not re.fullmatch(r"\d{1,7}-\d", tags["LOINC"]):
-        return f"@LOINC is a LOINC code like 39156-5, not {tags['LOINC']!r}"
+    for name, pattern, kind in (("OMOP", r"\d{1,10}", "a concept id (digits)"),
+                                ("LOINC", r"\d{1,7}-\d", "a LOINC code like 39156-5")):
+        if name not in tags:
+            continue
+        targets = choice_targets(tags[name])
+        if targets is None:
+            if not re.fullmatch(pattern, tags[name]):
+                return f"@{name} is {kind}, not {tags[name]!r}"
+            continue
+        if f.field_type != "checkbox":
+            return f"@{name}=CODE:TARGET,... maps the choices of a checkbox; a {f.field_type} field takes one target"
+        for code, target in targets.items():
+            if code not in f.choices:
+                return f"@{name} maps choice {code!r}, which is not one of the field's ({', '.join(f.choices)})"
+            if not re.fullmatch(pattern, target):
+                return f"@{name} for choice {code!r} is {kind}, not {target!r}"
     if "OMOP-TABLE" in tags and tags["OMOP-TABLE"] not in OMOP_TABLES:
         return f"@OMOP-TABLE is {' or '.join(OMOP_TABLES)}, not {tags['OMOP-TABLE']!r}"
     if "PROM" in tags:
@@ -245,7 +273,7 @@ def _tag_problem(f: Field) -> str | None:
 
         if tags["PROM-VALUESET"] not in SPECS:
             return f"@PROM-VALUESET is one of {', '.join(SPECS)}, not {tags['PROM-VALUESET']!r}"
-    if ("OMOP" in tags or "LOINC" in tags) and f.field_type in ("checkbox", "descriptive", "file"):
+    if ("OMOP" in tags or "LOINC" in tags) and f.field_type in ("descriptive", "file"):
         return f"a {f.field_type} field cannot be written into OMOP"
     return None
 

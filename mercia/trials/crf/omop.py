@@ -7,9 +7,11 @@ Report Form".  Items annotated ``@PROM=<instrument>:<item>`` (EQ-5D-5L/3L, Oxfor
 once the form holds a full set of answers with ``mercia.proms.scoring`` (value set from
 ``@PROM-VALUESET``, default England 2018 / UK 1997): the score is an observation carrying its value
 set id (``qualifier_source_value``) and DOI (``value_as_string``), and each item answer is an
-observation whose ``observation_event_id`` is the score's ``observation_id``.
+observation whose ``observation_event_id`` is the score's ``observation_id``.  The answers are also a
+row of the PROMs store's ``mercia_prom_response`` (source ``crf``), where ``mercia proms rescore`` and
+PROM reports find them beside the region's returns and FHIR responses.
 
-``mercia_crf_omop`` is the provenance: which OMOP row each form fact became.  Every save recomputes
+``mercia_crf_omop`` is the provenance: which OMOP (or PROMs store) row each form fact became.  Every save recomputes
 the form's facts and updates, inserts or deletes rows so the CDM always shows the current values; the
 change list goes into the audit log beside the save that caused it.
 """
@@ -24,33 +26,36 @@ from typing import Any
 import pyarrow as pa
 
 from mercia.governance import Conflict
-from mercia.trials.crf.dictionary import Field
+from mercia.trials.crf.dictionary import OMOP_TABLES, Field
 
 CASE_REPORT_FORM = 32809          # OMOP type concept "Case Report Form"
 # The CDM field concept of observation.observation_id is not in Mercia's vocabulary, so the link of an
 # item answer to its score is carried by observation_event_id with the field concept 0 ("no concept").
 ITEM_LINK_FIELD = 0
+# Tables a form fact can become, with their id column; only the OMOP ones carry person_id.
+ID_COLUMNS = {"measurement": "measurement_id", "observation": "observation_id", "mercia_prom_response": "response_id"}
 DEFAULT_VALUE_SETS = {"eq5d5l": "england_2018", "eq5d3l": "uk_1997"}
 NUMERIC_VALIDATIONS = ("integer", "number")
 
 
 @dataclass(frozen=True)
 class Fact:
-    key: str                      # column name, "prom:<instrument>" or "prom:<instrument>:<item>"
-    table: str                    # measurement or observation
-    row: dict[str, Any]           # the OMOP columns other than the id, person and link
+    key: str                      # column (field___code for a ticked choice), or "prom:<instrument>[:<item>|:response]"
+    table: str                    # measurement, observation or mercia_prom_response
+    row: dict[str, Any]           # the columns other than the id, person and link
     link: str | None = None       # key of the score an item answer belongs to
 
 
-def _concept(store, f: Field) -> tuple[int, str | None]:
-    """(concept id, domain) for a field's @OMOP or @LOINC tag; 0 and None when the vocabulary lacks it."""
-    tags = f.tags
-    if "OMOP" in tags:
-        found = store.query("SELECT concept_id, domain_id FROM concept WHERE concept_id = ?", [int(tags["OMOP"])])
-        return (int(tags["OMOP"]), found[0][1] if found else None)
-    if "LOINC" in tags:
+def _concept(store, f: Field, choice: str | None = None) -> tuple[int, str | None]:
+    """(concept id, domain) for a field's (or a checkbox choice's) @OMOP or @LOINC tag; 0 and None when
+    the vocabulary lacks it."""
+    concept_id, loinc = f.mapping_target("OMOP", choice), f.mapping_target("LOINC", choice)
+    if concept_id:
+        found = store.query("SELECT concept_id, domain_id FROM concept WHERE concept_id = ?", [int(concept_id)])
+        return (int(concept_id), found[0][1] if found else None)
+    if loinc:
         found = store.query("SELECT concept_id, domain_id FROM concept WHERE vocabulary_id = 'LOINC' "
-                            "AND concept_code = ?", [tags["LOINC"]])
+                            "AND concept_code = ?", [loinc])
         return (int(found[0][0]), found[0][1]) if found else (0, None)
     return 0, None
 
@@ -63,8 +68,9 @@ def _number(f: Field, value: str) -> float | None:
         return None
 
 
-def _field_fact(store, f: Field, value: str, on: date, source: str) -> Fact:
-    concept, domain = _concept(store, f)
+def _field_fact(store, f: Field, value: str, on: date, source: str, key: str | None = None) -> Fact:
+    """One value as a row; for a ticked checkbox choice ``value`` is its code and ``key`` its column."""
+    concept, domain = _concept(store, f, value if f.field_type == "checkbox" else None)
     table = f.tags.get("OMOP-TABLE") or ("measurement" if domain == "Measurement" else "observation")
     number = _number(f, value)
     shown = f.choices.get(value, value) if f.choices else value
@@ -78,10 +84,21 @@ def _field_fact(store, f: Field, value: str, on: date, source: str) -> Fact:
                "observation_type_concept_id": CASE_REPORT_FORM, "value_as_number": number,
                "value_as_string": None if number is not None else shown[:60], "unit_concept_id": unit,
                "observation_source_value": source[:50], "value_source_value": value[:50]}
-    return Fact(f.name, table, row)
+    return Fact(key or f.name, table, row)
 
 
-def _prom_facts(store, study: str, fields: list[Field], values: dict[str, str], on: date) -> list[Fact]:
+def _checkbox_facts(store, f: Field, values: dict[str, str], on: date, source: str) -> list[Fact]:
+    """One row per ticked choice (REDCap stores each as ``field___code`` = 1): with one @OMOP/@LOINC target
+    every tick is a row of that concept, with per-choice targets only the listed choices are written."""
+    facts = []
+    for code, column in zip(f.choices, f.export_columns(), strict=True):
+        mapped = f.mapping_target("OMOP", code) or f.mapping_target("LOINC", code)
+        if values.get(column) == "1" and mapped:
+            facts.append(_field_fact(store, f, code, on, source, key=column))
+    return facts
+
+
+def _prom_facts(store, form_ref: str, event: str, fields: list[Field], values: dict[str, str], on: date) -> list[Fact]:
     from mercia.proms.scoring import score_eq5d, score_oxford
     from mercia.proms.valuesets import value_set
 
@@ -107,6 +124,8 @@ def _prom_facts(store, study: str, fields: list[Field], values: dict[str, str], 
                                                                for i in range(1, 13)}}))
             score, name, qualifier, doi = scored.table.column("score")[0].as_py(), "total", "oxford_2007", None
         score_key = f"prom:{instrument}"
+        if any(answered.values()):
+            facts.append(_response_fact(score_key, form_ref, event, instrument, answered, score, on))
         if score is not None:
             concept = next((int(f.tags["PROM-OMOP"]) for f in items.values() if "PROM-OMOP" in f.tags), 0)
             facts.append(Fact(score_key, "observation", {
@@ -128,6 +147,18 @@ def _prom_facts(store, study: str, fields: list[Field], values: dict[str, str], 
     return facts
 
 
+def _response_fact(score_key: str, form_ref: str, event: str, instrument: str, answered: dict[str, str],
+                   score: float | None, on: date) -> Fact:
+    """The answers as a ``mercia_prom_response`` row, as the PROMs store keeps every return (scores there
+    come from ``mercia proms rescore``; the Oxford total is kept with the answers, as the region's are)."""
+    vas = _int_or_none(answered.get("VAS", ""))
+    return Fact(f"{score_key}:response", "mercia_prom_response", {
+        "source": "crf", "source_record": form_ref, "instrument": instrument, "timepoint": event,
+        "completed_date": on, **{d.lower(): answered.get(d) or None for d in ("MO", "SC", "UA", "PD", "AD")},
+        "vas": int(vas) if vas is not None else None,
+        "total": float(score) if score is not None and not instrument.startswith("eq5d") else None})
+
+
 def _int_or_none(value: str) -> float | None:
     try:
         return float(int(value))
@@ -135,11 +166,16 @@ def _int_or_none(value: str) -> float | None:
         return None
 
 
-def form_facts(store, study: str, fields: list[Field], values: dict[str, str], on: date) -> list[Fact]:
-    """The OMOP facts a form's current values amount to (scores before the items that link to them)."""
-    facts = _prom_facts(store, study, fields, values, on)
+def form_facts(store, study: str, record_id: str, event: str, form: str, fields: list[Field],
+               values: dict[str, str], on: date) -> list[Fact]:
+    """The facts a form's current values amount to (scores before the items that link to them)."""
+    facts = _prom_facts(store, f"{study}/{record_id}/{event}/{form}", event, fields, values, on)
     for f in fields:
-        if ("OMOP" in f.tags or "LOINC" in f.tags) and "PROM" not in f.tags and values.get(f.name, "") != "":
+        if not ("OMOP" in f.tags or "LOINC" in f.tags) or "PROM" in f.tags:
+            continue
+        if f.field_type == "checkbox":
+            facts += _checkbox_facts(store, f, values, on, f"{study}.{f.name}")
+        elif values.get(f.name, "") != "":
             facts.append(_field_fact(store, f, values[f.name], on, f"{study}.{f.name}"))
     return facts
 
@@ -150,10 +186,12 @@ def visit_date(db, study_id: int, participant: dict[str, Any], event: str) -> da
 
 
 def write_through(db, study_id: int, study: str, record_id: str, event: str, form: str, facts: list[Fact],
-                  person_id: int) -> list[dict[str, Any]]:
-    """Make the OMOP rows of one form equal ``facts``; returns what changed (for the audit entry).
-    Runs inside the caller's transaction."""
-    if not (db.store.table_exists("observation") and db.store.table_exists("measurement")):
+                  person_id: int | None) -> list[dict[str, Any]]:
+    """Make the OMOP and PROMs-store rows of one form equal ``facts``; returns what changed (for the
+    audit entry).  Runs inside the caller's transaction.  Scores of a PROM response that is corrected or
+    removed go with it: they were computed from answers that no longer stand (the audit keeps those)."""
+    if any(f.table in OMOP_TABLES for f in facts) and not (
+            db.store.table_exists("observation") and db.store.table_exists("measurement")):
         raise Conflict(f"study {study} maps fields into OMOP but this store has no OMOP tables")
     key = [study_id, record_id, event, form]
     existing = {r["fact_key"]: r for r in db.rows(
@@ -163,7 +201,8 @@ def write_through(db, study_id: int, study: str, record_id: str, event: str, for
     changes: list[dict[str, Any]] = []
     for fact_key, old in existing.items():
         if fact_key not in wanted or wanted[fact_key].table != old["omop_table"]:
-            db.execute(f"DELETE FROM {old['omop_table']} WHERE {old['omop_table']}_id = ?", [old["omop_id"]])
+            _drop_scores(db, old["omop_table"], old["omop_id"])
+            db.execute(f"DELETE FROM {old['omop_table']} WHERE {ID_COLUMNS[old['omop_table']]} = ?", [old["omop_id"]])
             db.execute("DELETE FROM mercia_crf_omop WHERE study_id = ? AND record_id = ? AND event_name = ? "
                        "AND form_name = ? AND fact_key = ?", [*key, fact_key])
             changes.append({"fact": fact_key, "table": old["omop_table"], "id": old["omop_id"], "action": "deleted",
@@ -182,18 +221,25 @@ def write_through(db, study_id: int, study: str, record_id: str, event: str, for
             if old["content"] == content:
                 continue
             sets = ", ".join(f"{c} = ?" for c in row)
-            db.execute(f"UPDATE {fact.table} SET {sets} WHERE {fact.table}_id = ?", [*row.values(), old["omop_id"]])
+            _drop_scores(db, fact.table, old["omop_id"])
+            db.execute(f"UPDATE {fact.table} SET {sets} WHERE {ID_COLUMNS[fact.table]} = ?", [*row.values(), old["omop_id"]])
             db.execute("UPDATE mercia_crf_omop SET content = ? WHERE study_id = ? AND record_id = ? AND event_name = ? "
                        "AND form_name = ? AND fact_key = ?", [content, *key, fact.key])
             changes.append({"fact": fact.key, "table": fact.table, "id": old["omop_id"], "action": "corrected",
                             "old": json.loads(old["content"]), "new": json.loads(content)})
             continue
-        new_id = db.next_id(fact.table, f"{fact.table}_id")
+        new_id = db.next_id(fact.table, ID_COLUMNS[fact.table])
         ids[fact.key] = new_id
-        db.insert(fact.table, {f"{fact.table}_id": new_id, "person_id": person_id, **row})
+        person = {"person_id": person_id} if fact.table in OMOP_TABLES else {}
+        db.insert(fact.table, {ID_COLUMNS[fact.table]: new_id, **person, **row})
         db.insert("mercia_crf_omop", {"study_id": study_id, "record_id": record_id, "event_name": event,
                                       "form_name": form, "fact_key": fact.key, "omop_table": fact.table,
                                       "omop_id": new_id, "content": content})
         changes.append({"fact": fact.key, "table": fact.table, "id": new_id, "action": "written", "old": None,
                         "new": json.loads(content)})
     return changes
+
+
+def _drop_scores(db, table: str, row_id: int) -> None:
+    if table == "mercia_prom_response":
+        db.execute("DELETE FROM mercia_prom_score WHERE response_id = ?", [row_id])

@@ -486,14 +486,18 @@ class CrfService:
 
     def _write_through(self, actor: User, study: Study, record_id: str, event: str, form: str, fields: list,
                        values: Mapping[str, str], cause: int | None) -> None:
-        """Bring the participant's OMOP rows from this form up to date (mapped fields and PROM scores),
-        auditing what changed beside the entry of the save or delete that caused it."""
+        """Bring the participant's OMOP rows (mapped fields, PROM scores) and PROM responses from this form
+        up to date, auditing what changed beside the entry of the save or delete that caused it.  A
+        participant without a person_id has no OMOP record, but their PROM answers still reach the PROMs store."""
         participant = self._participant(study, record_id)
-        if participant["person_id"] is None or not any(
-                {"OMOP", "LOINC", "PROM"} & f.tags.keys() for f in fields):
+        if participant["person_id"] is None:
+            fields = [f for f in fields if "PROM" in f.tags]
+        if not any({"OMOP", "LOINC", "PROM"} & f.tags.keys() for f in fields):
             return
         on = omop.visit_date(self.db, study.id, participant, event)
-        facts = omop.form_facts(self.db.store, study.name, fields, dict(values), on)
+        facts = omop.form_facts(self.db.store, study.name, record_id, event, form, fields, dict(values), on)
+        if participant["person_id"] is None:
+            facts = [f for f in facts if f.table not in omop.OMOP_TABLES]
         changes = omop.write_through(self.db, study.id, study.name, record_id, event, form, facts,
                                      participant["person_id"])
         if changes:

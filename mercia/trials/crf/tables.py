@@ -52,8 +52,12 @@ INDEXES = [
 
 
 def ensure_crf_tables(store: Store) -> None:
+    """The eCRF tables, and the PROMs store's, which PROMs completed on forms are written into."""
+    from mercia.proms.store import ensure_prom_tables
+
     with store.transaction():
         for name, columns in TABLES.items():
             store.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
         for ddl in INDEXES:
             store.execute(ddl)
+        ensure_prom_tables(store)
