@@ -282,6 +282,36 @@ class Store(ABC):
     @abstractmethod
     def _rollback(self) -> None: ...
 
+    def snapshot_reads(self) -> None:
+        """Make the open transaction read one consistent moment however long it runs (a long
+        export).  Call it first thing in the transaction.  DuckDB's transactions already are
+        snapshots; PostgreSQL's default (read committed) is not."""
+
+    # -- engine behaviour, asked for by intent -----------------------------------------------
+    @property
+    def location(self) -> str:
+        """Where this database lives, the same text for every connection to it (a resolved file
+        path, a server URL): a key for files kept about the store, such as audit anchors."""
+        return self.url
+
+    def forbid_changes(self, table: str) -> bool:
+        """Make the engine itself refuse UPDATE, DELETE and TRUNCATE on ``table`` (defence in depth
+        for append-only logs).  False where the engine cannot (DuckDB, Spark): the caller's own
+        checks are then all there is."""
+        return False
+
+    def lookup_index(self, table: str, column: str, prefix: bool = False) -> None:
+        """An index for equality lookups on ``column`` (with ``prefix``, also ``LIKE 'x%'``) where
+        the engine needs one.  None by default: DuckDB's zone maps over sorted data do the work."""
+
+    def compact(self) -> None:
+        """Outside a transaction, move recent writes into the engine's compressed, zone-mapped
+        storage (DuckDB ``CHECKPOINT``); nothing elsewhere.  Failure is harmless."""
+
+    def prefix_match(self, column: str, prefix: str) -> tuple[str, list[str]]:
+        """A condition (and its parameters) for ``column`` starting with ``prefix`` taken literally."""
+        return f"{column} LIKE ? {LIKE_ESCAPE}", [like_escape(prefix) + "%"]
+
     # -- schema ----------------------------------------------------------------------------
     def _current_schema_filter(self) -> str:
         """The WHERE clause on information_schema placing a table in this store's schema."""
@@ -363,6 +393,15 @@ class Store(ABC):
             con.execute(f"COPY (SELECT * FROM _mercia_export) TO {sql_string(target)} ({copy_options})")
         finally:
             con.close()
+
+
+LIKE_ESCAPE = "ESCAPE '!'"
+
+
+def like_escape(text: str) -> str:
+    """``text`` taken literally inside a LIKE pattern written with ``LIKE_ESCAPE`` (``!``: a
+    backslash would itself need escaping in Spark's string literals)."""
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
 def sql_string(value: str | Path) -> str:

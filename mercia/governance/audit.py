@@ -57,8 +57,7 @@ class AuditAnchor:
             return cls(Path(settings.audit_anchor_file).expanduser(), settings.audit_anchor_syslog)
         if store.url == ":memory:":
             return cls(None, settings.audit_anchor_syslog)
-        where = store.url if store.dialect == "postgres" else str(Path(store.url.removeprefix("duckdb://")).resolve())
-        name = hashlib.sha256(f"{where}|{store.schema or ''}".encode()).hexdigest()[:24]
+        name = hashlib.sha256(f"{store.location}|{store.schema or ''}".encode()).hexdigest()[:24]
         return cls(settings.data_dir / "audit-anchors" / f"{name}.log", settings.audit_anchor_syslog)
 
     def append(self, seq: int, digest: str) -> None:

@@ -78,14 +78,6 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
 ]
 
 
-_APPEND_ONLY_TRIGGER = """
-CREATE OR REPLACE FUNCTION mercia_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$;
-CREATE OR REPLACE TRIGGER mercia_audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON mercia_audit
-FOR EACH STATEMENT EXECUTE FUNCTION mercia_audit_append_only();
-"""
-
-
 def now() -> str:
     """The current UTC time as the ISO-8601 text every governance table stores."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -149,10 +141,9 @@ class GovernanceDB:
             for table, column, definition in ADDED_COLUMNS:
                 self.store.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}")
             self.store.execute(ID_BLOCK_DDL)
-            if self.store.dialect == "postgres":
-                # Defence in depth on a server: refuse UPDATE/DELETE outright (the hash chain still
-                # catches whoever disables this as a superuser).
-                self.store.execute(_APPEND_ONLY_TRIGGER)
+            # Defence in depth where the engine can: refuse UPDATE/DELETE outright (the hash chain
+            # still catches whoever disables this as a superuser).
+            self.store.forbid_changes("mercia_audit")
             # One row naming the newest audit entry: appenders take turns through it (see AuditLog.record).
             self.store.execute(
                 "INSERT INTO mercia_audit_head (id, seq, hash) SELECT 1, COALESCE(MAX(seq), 0), COALESCE("

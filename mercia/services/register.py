@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from mercia.cdm.store import LIKE_ESCAPE, like_escape
 from mercia.governance import DOMAINS, PILLARS, Governance, NotFound
 from mercia.governance.model import LAY_RECOMMENDATIONS, PURPOSE_CATEGORIES
 from mercia.governance.readability import readability
@@ -113,10 +114,9 @@ def register_index(gov: Governance, wanted: RegisterFilter = RegisterFilter()) -
     wanted = wanted.checked()
     where, params = [], [date.today().isoformat()]
     if wanted.q.strip():
-        where.append("(" + " OR ".join(f"LOWER(p.{c}) LIKE ? ESCAPE '\\'"
+        where.append("(" + " OR ".join(f"LOWER(p.{c}) LIKE ? {LIKE_ESCAPE}"
                                        for c in ("title", "lay_summary", "lead_organisation")) + ")")
-        literal = wanted.q.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        params += [f"%{literal}%"] * 3
+        params += [f"%{like_escape(wanted.q.strip().lower())}%"] * 3
     if wanted.pillar:
         where.append("p.pillar = ?")
         params.append(wanted.pillar)

@@ -29,7 +29,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mercia.cdm.store import Store, StoreError
+from mercia.cdm.store import LIKE_ESCAPE, Store, StoreError, like_escape
 
 SEARCH_TABLE = "mercia_concept_search"
 WORDS_TABLE = "mercia_concept_search_words"
@@ -39,8 +39,6 @@ MATCH_RANKS = ["exact", "prefix", "word", "substring", "all words"]
 MAPS_TO_SCHEMA = pa.schema([("source_code", pa.string()), ("source_concept_id", pa.int64()),
                             ("target_concept_id", pa.int64()), ("target_concept_name", pa.string()),
                             ("target_vocabulary_id", pa.string()), ("target_domain_id", pa.string())])
-_LAST_CHARACTER = "\U0010ffff"  # sorts after any continuation of a prefix (DuckDB compares bytes)
-_ESCAPE = "ESCAPE '\\'"
 
 _TERMS_SQL = """
 SELECT concept_id, lower(concept_name) AS term, vocabulary_id,
@@ -105,25 +103,19 @@ def _rebuild_search_index(store: Store, force: bool) -> bool:
                       f"JOIN {WORDS_TABLE} d ON d.word = b.word "
                       f"LEFT JOIN {WORDS_TABLE} f ON f.word = split_part(b.term, ' ', 1) ORDER BY d.word_id")
         store.execute(f"DROP TABLE {BUILD_TABLE}")
-        if store.dialect == "postgres":  # DuckDB's zone maps already prune the sorted ids
-            store.execute(f"CREATE INDEX ON {SEARCH_TABLE} (word_id)")
-            store.execute(f"CREATE INDEX ON {WORDS_TABLE} (word text_pattern_ops)")
+        store.lookup_index(SEARCH_TABLE, "word_id")
+        store.lookup_index(WORDS_TABLE, "word", prefix=True)
         concept_rows, synonym_rows, max_id = _signature(store)
         store.execute(f"CREATE TABLE {STATE_TABLE} AS SELECT CAST({int(concept_rows)} AS BIGINT) AS concept_rows, "
                       f"CAST({int(synonym_rows)} AS BIGINT) AS synonym_rows, "
                       f"CAST({int(max_id)} AS BIGINT) AS max_concept_id")
-    if store.dialect == "duckdb" and not store.in_transaction:
-        store.try_execute("CHECKPOINT")  # compressed, zone-mapped storage for the sorted words
+    store.compact()   # compressed, zone-mapped storage for the sorted words
     return True
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def _rank_sql() -> str:
-    return (f"CASE WHEN term = ? THEN 0 WHEN term LIKE ? {_ESCAPE} THEN 1 WHEN term LIKE ? {_ESCAPE} THEN 2 "
-            f"WHEN term LIKE ? {_ESCAPE} THEN 3 ELSE 4 END")
+    return (f"CASE WHEN term = ? THEN 0 WHEN term LIKE ? {LIKE_ESCAPE} THEN 1 WHEN term LIKE ? {LIKE_ESCAPE} THEN 2 "
+            f"WHEN term LIKE ? {LIKE_ESCAPE} THEN 3 ELSE 4 END")
 
 
 def search(store: Store, text: str, vocabulary: str | None = None, limit: int = 20,
@@ -139,7 +131,7 @@ def search(store: Store, text: str, vocabulary: str | None = None, limit: int = 
             use_index = search_index_is_fresh(store)
         else:  # a failure to build it is a real error (a full disk, a broken vocabulary): it is raised
             refresh_search_index(store)
-    escaped, words = _like_escape(needle), needle.split()
+    escaped, words = like_escape(needle), needle.split()
     rank_params = [needle, escaped + "%", "% " + escaped + "%", "%" + escaped + "%"]
     filters, filter_params = ["TRUE"], []
     if vocabulary is not None:
@@ -162,13 +154,13 @@ def search(store: Store, text: str, vocabulary: str | None = None, limit: int = 
             f"ORDER BY match_rank, is_standard DESC, name_length, concept_id LIMIT {int(n)}",
             narrow_params + filter_params + rank_params + text_params)
 
-    all_words = " AND ".join([f"term LIKE ? {_ESCAPE}"] * len(words))
-    word_params = ["%" + _like_escape(w) + "%" for w in words]
+    all_words = " AND ".join([f"term LIKE ? {LIKE_ESCAPE}"] * len(words))
+    word_params = ["%" + like_escape(w) + "%" for w in words]
     if not use_index:
         hits = ranked(f"({_TERMS_SQL}) t", "TRUE", [], f"({all_words})", word_params, limit)
     else:
-        span = store.query(f"SELECT min(word_id), max(word_id) FROM {WORDS_TABLE} WHERE {_prefix_sql(store)}",
-                           _prefix_params(store, words[0]))[0]
+        starts, start_params = store.prefix_match("word", words[0])
+        span = store.query(f"SELECT min(word_id), max(word_id) FROM {WORDS_TABLE} WHERE {starts}", start_params)[0]
         if span[0] is None:
             hits = []
         elif len(words) == 1:
@@ -182,7 +174,7 @@ def search(store: Store, text: str, vocabulary: str | None = None, limit: int = 
                 [-1 if exact is None else exact, *span, *span, *filter_params])
         else:
             hits = ranked(SEARCH_TABLE, "word_id BETWEEN ? AND ?", list(span),
-                          f"(term LIKE ? {_ESCAPE} OR term LIKE ? {_ESCAPE})",
+                          f"(term LIKE ? {LIKE_ESCAPE} OR term LIKE ? {LIKE_ESCAPE})",
                           [escaped + "%", "% " + escaped + "%"], limit)
         if len(hits) < limit:
             hits += _inside_words(store, ranked, words, all_words, word_params, [h[0] for h in hits],
@@ -195,14 +187,14 @@ def _inside_words(store: Store, ranked, words: list[str], all_words: str, word_p
     """Ranks 3-4: rows with a word containing the rarest search word, checked against all words."""
     frequency = []
     for word in words:
-        count = store.query_one(f"SELECT coalesce(sum(terms), 0) FROM {WORDS_TABLE} WHERE word LIKE ? {_ESCAPE}",
-                                ["%" + _like_escape(word) + "%"])
+        count = store.query_one(f"SELECT coalesce(sum(terms), 0) FROM {WORDS_TABLE} WHERE word LIKE ? {LIKE_ESCAPE}",
+                                ["%" + like_escape(word) + "%"])
         if not count:
             return []  # a search word found nowhere: no concept can hold all of them
         frequency.append((int(count), word))
     rarest = min(frequency)[1]
-    narrow = f"word_id IN (SELECT word_id FROM {WORDS_TABLE} WHERE word LIKE ? {_ESCAPE})"
-    params: list[Any] = ["%" + _like_escape(rarest) + "%"]
+    narrow = f"word_id IN (SELECT word_id FROM {WORDS_TABLE} WHERE word LIKE ? {LIKE_ESCAPE})"
+    params: list[Any] = ["%" + like_escape(rarest) + "%"]
     if found:
         narrow += " AND NOT (concept_id = ANY(?))"
         params.append(found)
@@ -215,15 +207,6 @@ def _inside_words(store: Store, ranked, words: list[str], all_words: str, word_p
                        f"ORDER BY is_standard DESC, name_length, concept_id LIMIT {int(n)}", params + filter_params)
 
 
-def _prefix_sql(store: Store) -> str:
-    if store.dialect == "duckdb":  # a range on the sorted words lets DuckDB skip row groups
-        return f"word LIKE ? {_ESCAPE} AND word >= ? AND word < ?"
-    return f"word LIKE ? {_ESCAPE}"
-
-
-def _prefix_params(store: Store, word: str) -> list[str]:
-    pattern = _like_escape(word) + "%"
-    return [pattern, word, word + _LAST_CHARACTER] if store.dialect == "duckdb" else [pattern]
 
 
 def _describe(store: Store, hits: list[tuple[int, int]]) -> list[dict[str, Any]]:

@@ -202,3 +202,71 @@ def test_a_long_write_in_one_session_does_not_block_a_read_in_another(cstore):
         writer.join(60)
     assert not failures
     assert count(cstore) == 20_002
+
+
+# -- engine behaviour asked for by intent (callers never branch on the dialect) ---------------------
+def test_prefix_match_takes_the_prefix_literally(cstore):
+    words = ["stroke", "stroked", "strok_e", "strokes%", "str%x", "strake", "abc"]
+    cstore.insert_arrow(SAMPLE.name, sample_rows(len(words)).set_column(
+        2, "label", pa.array(words, pa.string())))
+    for prefix, expected in [("strok", ["strok_e", "stroke", "stroked", "strokes%"]), ("strok_", ["strok_e"]),
+                             ("str%", ["str%x"]), ("strokes%", ["strokes%"]), ("x", [])]:
+        condition, params = cstore.prefix_match("label", prefix)
+        rows = cstore.query(f"SELECT label FROM {SAMPLE.name} WHERE {condition} ORDER BY label", params)
+        assert [r[0] for r in rows] == expected, prefix
+
+
+def test_lookup_indexes_are_idempotent_and_change_no_answer(cstore, contract_engine):
+    cstore.insert_arrow(SAMPLE.name, sample_rows(30))
+    for _ in range(2):
+        cstore.lookup_index(SAMPLE.name, "id")
+        cstore.lookup_index(SAMPLE.name, "label", prefix=True)
+    condition, params = cstore.prefix_match("label", "r2")
+    assert cstore.query(f"SELECT count(*) FROM {SAMPLE.name} WHERE {condition}", params) == [(9,)]   # r2, r20–r29 but r21 and r28 (no label)
+    if contract_engine == "postgres":
+        indexed = cstore.query("SELECT indexdef FROM pg_indexes WHERE tablename = ? ORDER BY indexname", [SAMPLE.name])
+        assert any("text_pattern_ops" in r[0] for r in indexed)
+
+
+def test_forbid_changes_where_the_engine_can(cstore, contract_engine):
+    cstore.insert_arrow(SAMPLE.name, sample_rows(3))
+    refused = cstore.forbid_changes(SAMPLE.name)
+    assert refused == (contract_engine == "postgres")
+    if refused:
+        for statement in (f"UPDATE {SAMPLE.name} SET label = 'x'", f"DELETE FROM {SAMPLE.name}",
+                          f"TRUNCATE {SAMPLE.name}"):
+            with pytest.raises(StoreError, match="contract_sample is append-only"):
+                cstore.execute(statement)
+        cstore.insert_arrow(SAMPLE.name, sample_rows(1, start=10))   # appending still works
+        assert count(cstore) == 4
+
+
+def test_location_is_the_same_for_every_connection(cstore, contract_engine, tmp_path, monkeypatch):
+    with cstore.session() as other:
+        assert other.location == cstore.location
+    cstore.compact()   # harmless on every engine, inside or outside a transaction
+    with cstore.transaction():
+        cstore.compact()
+    if contract_engine == "duckdb":
+        monkeypatch.chdir(tmp_path)
+        with Store("relative.duckdb") as here, Store(f"duckdb://{tmp_path / 'relative.duckdb'}") as there:
+            assert here.location == there.location == str(tmp_path / "relative.duckdb")
+
+
+def test_snapshot_reads_see_one_moment(engine, tmp_path):
+    """A long export reads inside one transaction; rows committed meanwhile by another session
+    must not appear half way through (PostgreSQL's default isolation would show them)."""
+    store = open_store(engine, tmp_path)
+    try:
+        for statement in store.create_table_sql(SAMPLE):
+            store.execute(statement)
+        store.insert_arrow(SAMPLE.name, sample_rows(2))
+        with store.transaction():
+            store.snapshot_reads()
+            assert count(store) == 2
+            with store.session() as writer:
+                writer.insert_arrow(SAMPLE.name, sample_rows(5, start=10))
+            assert count(store) == 2
+        assert count(store) == 7
+    finally:
+        drop_store(store)

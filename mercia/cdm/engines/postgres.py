@@ -172,6 +172,24 @@ class PostgresStore(Store):
         if self._pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             self.execute("ROLLBACK")
 
+    def snapshot_reads(self) -> None:
+        self.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
+    def forbid_changes(self, table: str) -> bool:
+        """A statement trigger raising on UPDATE, DELETE and TRUNCATE (a superuser can still drop
+        it, which is why append-only logs also chain their rows' hashes)."""
+        guard = quote(f"{table}_append_only")
+        self.execute(f"""CREATE OR REPLACE FUNCTION {guard}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$;
+CREATE OR REPLACE TRIGGER {guard} BEFORE UPDATE OR DELETE OR TRUNCATE ON {quote(table)}
+FOR EACH STATEMENT EXECUTE FUNCTION {guard}();""")
+        return True
+
+    def lookup_index(self, table: str, column: str, prefix: bool = False) -> None:
+        opclass = " text_pattern_ops" if prefix else ""   # LIKE 'x%' uses the index whatever the collation
+        self.execute(f"CREATE INDEX IF NOT EXISTS {quote(f'idx_{table}_{column}')} ON {quote(table)} "
+                     f"({quote(column)}{opclass})")
+
     def truncate(self, table: str) -> None:
         self.execute(f"TRUNCATE {quote(table)}")
 

@@ -249,8 +249,7 @@ def write_odm(service: CrfService, actor: User, study_name: str, out: IO[bytes],
     service.require(actor, study, StudyRole.DATA_MANAGER, StudyRole.MONITOR)
     store = service.db.store
     with service.db.transaction():
-        if store.dialect == "postgres":
-            store.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        store.snapshot_reads()
         items = _write_odm(service, study, out, batch, history)
         service.gov.audit.record(actor.username, "crf.export", f"crf:{study.name}", format="odm_1.3.2",
                                  items=items, history=history)
