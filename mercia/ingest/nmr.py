@@ -17,8 +17,11 @@ Landing (docs/metabolomics.md): each sample is one source record ``NMR/<sample>`
 (SNOMED 119361006 plasma specimen) on the collection date, a ``measurement`` per value with the
 Nightingale concept as source concept and the UCUM unit, and linked ``observation`` rows for the
 sample QC fields and for each value-level QC flag (``qualifier_source_value`` = the biomarker).
-Composite, ratio and percentage values are re-derived from the measured biomarkers with the
-catalogue's ``Full.Formula``; a file value that differs by more than ``tolerance`` (relative) is
+QC exclusion comes first: a value whose QC flag is not in ``USABLE_QC_FLAGS`` is unusable, and so is
+a composite/ratio whose formula uses an unusable value; both are kept in their ``QC flag`` observation
+(``value_as_number`` = the value) and never become a measurement nor enter the re-derivation.
+Then composite, ratio and percentage values are re-derived from the usable measured biomarkers with
+the catalogue's ``Full.Formula``; a file value that differs by more than ``tolerance`` (relative) is
 rejected as record ``NMR/<sample>/<biomarker>`` and not loaded.
 The sample manifest links samples to persons: ``sample_id`` and ``nhs_number`` and/or
 ``local_id``, ``collection_date``, optionally ``birth_date`` and ``sex`` (then the manifest row is
@@ -51,6 +54,12 @@ PLASMA_SPECIMEN = "119361006"  # SNOMED CT: Plasma specimen
 ID_COLUMNS = ("eid", "sample_id", "sample id", "sampleid")
 _UKB_COLUMN = re.compile(r"^(\d+)-(\d+)\.(\d+)$")
 DEFAULT_TOLERANCE = 1e-6
+# Nightingale value QC flags that still leave a usable measurement: a value below the limit of
+# quantification is a real (low) reading, which ukbnmr (Ritchie et al. 2023) also keeps.  Every other
+# flag (degraded sample, citrate plasma, ethanol, isopropyl alcohol, polysaccharides, unknown
+# contamination, low glutamine or high glutamate, or a flag this list does not know) marks the value
+# unusable.  Compared case-insensitively.
+USABLE_QC_FLAGS = frozenset({"below limit of quantification"})
 
 
 class NmrError(ValueError):
@@ -133,8 +142,12 @@ class NmrReader:
         self.con.register("catalogue", pa.table({
             "biomarker": [b.name for b in self.catalogue.values()], "kind": [b.kind for b in self.catalogue.values()],
             "ucum": [b.ucum for b in self.catalogue.values()]}))
+        self.con.register("formula_parts", pa.table({
+            "biomarker": [b.name for b in self.catalogue.values() if not b.measured for _ in formula_names(b.formula)],
+            "part": [n for b in self.catalogue.values() if not b.measured for n in formula_names(b.formula)]}))
         self.rejects: list[pa.Table] = []
         self.mismatches: dict[str, int] = {}
+        self.excluded: dict[str, int] = {}
 
     # -- formats -> long (sample_id, line, biomarker, raw, unit, qc_flag) + sample QC (sample_id, line, name, value)
     def read(self, path: Path) -> Staged:
@@ -256,8 +269,26 @@ class NmrReader:
         self.rejects.append(pa.table({"record": records, "line": lines, "field": fields,
                                       "reason": reasons * n if len(reasons) == 1 else reasons}, schema=REJECT_SCHEMA))
 
+    def _exclude_unusable(self) -> None:
+        """Move unusable values (``USABLE_QC_FLAGS``), and composites/ratios computed from them, out of
+        ``vals`` into ``excluded`` so that neither the measurements nor the re-derivation use them."""
+        usable = ", ".join(_literal(flag) for flag in sorted(USABLE_QC_FLAGS))
+        self.con.execute(f"""CREATE TABLE excluded AS SELECT * FROM vals
+                             WHERE qc_flag IS NOT NULL AND lower(trim(qc_flag)) NOT IN ({usable})""")
+        self.con.execute("""INSERT INTO excluded
+            SELECT v.sample_id, v.line, v.biomarker, v.value,
+                   COALESCE(v.qc_flag || '; ', '') || 'computed from QC-flagged ' || p.parts
+            FROM vals v JOIN (SELECT x.sample_id, f.biomarker, string_agg(DISTINCT f.part, ', ' ORDER BY f.part) AS parts
+                              FROM excluded x JOIN formula_parts f ON f.part = x.biomarker
+                              GROUP BY x.sample_id, f.biomarker) p USING (sample_id, biomarker)
+            WHERE (v.sample_id, v.biomarker) NOT IN (SELECT sample_id, biomarker FROM excluded)""")
+        self.con.execute("DELETE FROM vals WHERE (sample_id, biomarker) IN (SELECT sample_id, biomarker FROM excluded)")
+        self.excluded = dict(self.con.execute(
+            "SELECT biomarker, count(*) FROM excluded GROUP BY 1 ORDER BY 1").fetchall())
+
     def _derive(self) -> None:
-        """Re-derive every composite/ratio/percentage value in the file and reject the ones that disagree."""
+        """Re-derive every composite/ratio/percentage value in the file from the usable measured values and
+        reject the file values that disagree."""
         measured = [b.name for b in self.catalogue.values() if b.measured]
         present = {b for (b,) in self.con.execute("SELECT DISTINCT biomarker FROM vals").fetchall()}
         derived = [b for b in self.catalogue.values() if not b.measured and b.name in present
@@ -291,11 +322,12 @@ class NmrReader:
                               FROM long WHERE raw IS NOT NULL AND TRY_CAST(raw AS DOUBLE) IS NULL""")
         con.execute("""CREATE TABLE vals AS SELECT sample_id, line, biomarker, TRY_CAST(raw AS DOUBLE) AS value, qc_flag
                        FROM long WHERE TRY_CAST(raw AS DOUBLE) IS NOT NULL""")
+        self._exclude_unusable()
         self._derive()
         con.execute("""CREATE TABLE samples AS SELECT sample_id, min(line) AS line,
                            md5(string_agg(biomarker || '=' || value || '|' || COALESCE(qc_flag, ''), ';'
                                           ORDER BY biomarker)) AS content
-                       FROM vals GROUP BY sample_id""")
+                       FROM (SELECT * FROM vals UNION ALL SELECT * FROM excluded) GROUP BY sample_id""")
         self._reject_query("""SELECT 'NMR/' || s.sample_id AS record, s.line, 'sample_id' AS field,
                                      'sample not in the manifest: no person to attach it to' AS reason
                               FROM samples s WHERE s.sample_id NOT IN (SELECT sample_id FROM manifest
@@ -320,6 +352,9 @@ class NmrReader:
             UNION ALL
             SELECT {base}, 'Observation', 'Nightingale', 'QC flag', l.start, NULL, v.qc_flag, NULL, v.biomarker, v.line
             FROM vals v JOIN linked l USING (sample_id) WHERE v.qc_flag IS NOT NULL
+            UNION ALL
+            SELECT {base}, 'Observation', 'Nightingale', 'QC flag', l.start, x.value, x.qc_flag, NULL, x.biomarker, x.line
+            FROM excluded x JOIN linked l USING (sample_id)
             UNION ALL
             SELECT {base}, 'Observation', 'Nightingale', q.name, l.start, NULL, q.value, NULL, NULL, q.line
             FROM sample_qc q JOIN linked l USING (sample_id)""").to_arrow_table()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from mercia.ingest.nmr import NmrError, read_nmr
 from mercia.ingest.service import ingest
 from mercia.synth.metabolomics import write_nmr_study
-from mercia.vocab.metabolites import NIGHTINGALE_OFFSET, nightingale_catalogue
+from mercia.vocab.metabolites import NIGHTINGALE_OFFSET, formula_names, nightingale_catalogue
 
 
 @pytest.fixture(autouse=True)
@@ -210,3 +210,45 @@ def test_cli_needs_a_manifest_and_loads_with_one(study, tmp_path, pseudonym_key)
                                "--manifest", str(study / "manifest.csv"), "--json"])
     assert done.exit_code == 0, done.output
     assert '"loaded": 80' in done.output
+
+
+def _flag(rows, line: int, biomarker: str, flag: str, scale: float = 1.0) -> None:
+    """Give the value of ``biomarker`` on file line ``line`` a QC flag (and optionally a wrong value)."""
+    column = f"{biomarker}_QC_Flag"
+    if column not in rows[0]:
+        rows[0].append(column)
+        for row in rows[1:]:
+            row.append("")
+    rows[line - 1][rows[0].index(column)] = flag
+    rows[line - 1][rows[0].index(biomarker)] = repr(float(rows[line - 1][rows[0].index(biomarker)]) * scale)
+
+
+def test_unusable_qc_flag_excluded_before_rederivation(store, load_sampled, study):
+    """A degraded value (here also 10x off) is kept in its QC-flag observation, not measured, and neither it
+    nor the composites computed from it are compared or loaded; a below-LOQ value stays a measurement."""
+    _rewrite(study / "nmr_wide.csv", lambda rows: (_flag(rows, 2, "XL_HDL_CE", "Degraded sample", 10.0),
+                                                   _flag(rows, 3, "Acetone", "Below limit of quantification")))
+    catalogue = nightingale_catalogue()
+    dependants = {b.name for b in catalogue.values() if b.in_ukb and "XL_HDL_CE" in formula_names(b.formula)}
+    assert {"Total_C", "HDL_C", "XL_HDL_C"} <= dependants
+    staged = read_nmr(study / "nmr_wide.csv", study / "manifest.csv")
+    assert staged.rejects.table().num_rows == 0  # nothing re-derived from the degraded value
+    summary = load_sampled(store, "nmr", study / "nmr_wide.csv", "NMR01", study / "manifest.csv")
+    assert summary.rejected == 0
+    assert summary.rows["measurement"] == 40 * 249 - 1 - len(dependants)
+    kept = dict(store.query("""SELECT qualifier_source_value, value_source_value FROM observation
+                               WHERE observation_source_value = 'QC flag' AND value_as_number IS NOT NULL"""))
+    assert set(kept) == {"XL_HDL_CE"} | dependants
+    assert kept["XL_HDL_CE"] == "Degraded sample"
+    assert kept["Total_C"] == "computed from QC-flagged XL_HDL_CE"
+    acetone = store.query_one("""SELECT count(*) FROM measurement m JOIN concept c
+                                 ON c.concept_id = m.measurement_source_concept_id WHERE c.concept_code = 'Acetone'""")
+    assert acetone == 40
+
+
+def test_usable_flag_does_not_hide_a_wrong_value(study):
+    """The same 10x error under a usable flag (below LOQ) is still caught by the re-derivation."""
+    _rewrite(study / "nmr_wide.csv", lambda rows: _flag(rows, 2, "XL_HDL_CE", "Below limit of quantification", 10.0))
+    rejects = read_nmr(study / "nmr_wide.csv", study / "manifest.csv").rejects.table().to_pylist()
+    assert {r["field"] for r in rejects} >= {"Total_C", "HDL_C", "XL_HDL_C"}
+    assert all("re-derived" in r["reason"] and r["line"] == 2 for r in rejects)
