@@ -46,6 +46,7 @@ from mercia.ingest.staging import (
     Staged,
     conform,
 )
+from mercia.ingest.nmr_technical import ADJUSTED, remove_technical_variation
 from mercia.vocab.metabolites import UCUM_UNITS, catalogue_path, formula_names, formula_sql, \
     nightingale_catalogue, quote_name
 
@@ -134,8 +135,9 @@ def read_manifest(path: Path | str) -> pa.Table:
 
 
 class NmrReader:
-    def __init__(self, extract: str, manifest: pa.Table, tolerance: float = DEFAULT_TOLERANCE):
-        self.extract, self.tolerance = extract, tolerance
+    def __init__(self, extract: str, manifest: pa.Table, tolerance: float = DEFAULT_TOLERANCE,
+                 remove_technical_variation: bool = False):
+        self.extract, self.tolerance, self.adjust = extract, tolerance, remove_technical_variation
         self.catalogue = nightingale_catalogue()
         self.con = duckdb.connect()
         self.con.register("manifest", manifest)
@@ -286,22 +288,29 @@ class NmrReader:
         self.excluded = dict(self.con.execute(
             "SELECT biomarker, count(*) FROM excluded GROUP BY 1 ORDER BY 1").fetchall())
 
-    def _derive(self) -> None:
-        """Re-derive every composite/ratio/percentage value in the file from the usable measured values and
-        reject the file values that disagree."""
+    def _rederived(self) -> str | None:
+        """SQL of (sample_id, biomarker, derived): each composite/ratio/percentage in ``vals`` recomputed with
+        the catalogue's ``Full.Formula`` from the sample's measured values (None: nothing to recompute)."""
         measured = [b.name for b in self.catalogue.values() if b.measured]
         present = {b for (b,) in self.con.execute("SELECT DISTINCT biomarker FROM vals").fetchall()}
         derived = [b for b in self.catalogue.values() if not b.measured and b.name in present
                    and set(formula_names(b.formula)) <= present]
         if not derived:
-            return
+            return None
         names = ", ".join(_literal(m) for m in measured if m in present)
-        self.con.execute(f"""CREATE TABLE measured_wide AS PIVOT (SELECT sample_id, biomarker, value FROM vals
-                                                               WHERE biomarker IN ({names}))
+        self.con.execute(f"""CREATE OR REPLACE TABLE measured_wide AS PIVOT (SELECT sample_id, biomarker, value FROM vals
+                                                                          WHERE biomarker IN ({names}))
                              ON biomarker IN ({names}) USING first(value) GROUP BY sample_id""")
-        rederived = ("UNPIVOT (SELECT sample_id, " + ", ".join(
+        return ("UNPIVOT (SELECT sample_id, " + ", ".join(
             f"CAST({formula_sql(b.formula)} AS DOUBLE) AS {quote_name(b.name)}" for b in derived) + " FROM measured_wide) "
             f"ON {', '.join(quote_name(b.name) for b in derived)} INTO NAME biomarker VALUE derived")
+
+    def _derive(self) -> None:
+        """Re-derive every composite/ratio/percentage value in the file from the usable measured values and
+        reject the file values that disagree."""
+        rederived = self._rederived()
+        if rederived is None:
+            return
         self.con.execute(f"""CREATE TABLE mismatch AS
             SELECT v.sample_id, v.line, v.biomarker, v.value, d.derived FROM vals v
             JOIN ({rederived}) d USING (sample_id, biomarker)
@@ -315,6 +324,23 @@ class NmrReader:
             "SELECT biomarker, count(*) FROM mismatch GROUP BY 1 ORDER BY 1").fetchall())
         self.con.execute("DELETE FROM vals WHERE (sample_id, biomarker) IN (SELECT sample_id, biomarker FROM mismatch)")
 
+    def _remove_technical_variation(self) -> None:
+        """Adjust the measured values (``mercia.ingest.nmr_technical``), then replace every composite, ratio
+        and percentage with its value recomputed from them; one that cannot be recomputed (a zero divisor)
+        is excluded with that reason."""
+        remove_technical_variation(self.con, [b.name for b in self.catalogue.values() if b.measured])
+        rederived = self._rederived()
+        self.con.execute(f"""CREATE TABLE rederived AS {rederived or
+                             "SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS biomarker, NULL::DOUBLE AS derived"}""")
+        self.con.execute("""INSERT INTO excluded
+            SELECT v.sample_id, v.line, v.biomarker, v.value, 'not computable after technical-variation removal'
+            FROM vals v JOIN catalogue c USING (biomarker) WHERE c.kind <> 'Non-derived' AND NOT EXISTS (
+                SELECT 1 FROM rederived d WHERE d.sample_id = v.sample_id AND d.biomarker = v.biomarker
+                AND isfinite(d.derived))""")
+        self.con.execute("DELETE FROM vals WHERE (sample_id, biomarker) IN (SELECT sample_id, biomarker FROM excluded)")
+        self.con.execute("""UPDATE vals SET value = d.derived FROM rederived d
+                            WHERE vals.sample_id = d.sample_id AND vals.biomarker = d.biomarker""")
+
     def _stage(self) -> Staged:
         con = self.con
         self._reject_query("""SELECT 'NMR/' || sample_id || '/' || biomarker AS record, line, biomarker AS field,
@@ -324,6 +350,8 @@ class NmrReader:
                        FROM long WHERE TRY_CAST(raw AS DOUBLE) IS NOT NULL""")
         self._exclude_unusable()
         self._derive()
+        if self.adjust:
+            self._remove_technical_variation()
         con.execute("""CREATE TABLE samples AS SELECT sample_id, min(line) AS line,
                            md5(string_agg(biomarker || '=' || value || '|' || COALESCE(qc_flag, ''), ';'
                                           ORDER BY biomarker)) AS content
@@ -357,7 +385,11 @@ class NmrReader:
             FROM excluded x JOIN linked l USING (sample_id)
             UNION ALL
             SELECT {base}, 'Observation', 'Nightingale', q.name, l.start, NULL, q.value, NULL, NULL, q.line
-            FROM sample_qc q JOIN linked l USING (sample_id)""").to_arrow_table()
+            FROM sample_qc q JOIN linked l USING (sample_id)
+            UNION ALL
+            SELECT {base}, 'Observation', 'Nightingale', 'Technical variation removed', l.start, NULL, {_literal(ADJUSTED)},
+                   NULL, NULL, l.line
+            FROM linked l WHERE {self.adjust}""").to_arrow_table()
         persons = manifest_persons(con, "SELECT sample_id FROM linked")
         read = con.execute("SELECT count(*) FROM long").fetchall()[0][0]
         staged = Staged(self.extract, read=read)
@@ -390,7 +422,9 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def read_nmr(path: Path | str, manifest: Path | str | pa.Table, tolerance: float = DEFAULT_TOLERANCE) -> Staged:
+def read_nmr(path: Path | str, manifest: Path | str | pa.Table, tolerance: float = DEFAULT_TOLERANCE,
+             remove_technical_variation: bool = False) -> Staged:
+    """``remove_technical_variation``: land values adjusted as ``mercia.ingest.nmr_technical`` describes."""
     path = Path(path)
     table = manifest if isinstance(manifest, pa.Table) else read_manifest(manifest)
-    return NmrReader(path.name, table, tolerance).read(path)
+    return NmrReader(path.name, table, tolerance, remove_technical_variation).read(path)

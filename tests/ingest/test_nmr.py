@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -252,3 +253,98 @@ def test_usable_flag_does_not_hide_a_wrong_value(study):
     rejects = read_nmr(study / "nmr_wide.csv", study / "manifest.csv").rejects.table().to_pylist()
     assert {r["field"] for r in rejects} >= {"Total_C", "HDL_C", "XL_HDL_C"}
     assert all("re-derived" in r["reason"] and r["line"] == 2 for r in rejects)
+
+
+def _technical_study(tmp_path: Path) -> tuple[Path, Path]:
+    """960 samples (ten plates) with known technical effects on every measured biomarker: x1.25 on plate
+    row A and exp(0.004 per hour) between preparation and measurement; composites computed from the
+    affected values, as a laboratory would deliver them."""
+    import duckdb
+    import numpy as np
+
+    from mercia.synth.metabolomics import nmr_panel
+    from mercia.vocab.metabolites import formula_sql, quote_name
+
+    study = nmr_panel(960, seed=21)
+    rng = np.random.default_rng(4)
+    hours = rng.uniform(1, 48, 960)
+    row_a = np.array([w.startswith("A") for w in study.panel.column("Well.Position.Within.Plate").to_pylist()])
+    factor = np.exp(0.004 * hours) * np.where(row_a, 1.25, 1.0)
+    catalogue = nightingale_catalogue()
+    measured = {b.name: study.panel.column(b.name).to_numpy() * factor for b in catalogue.values()
+                if b.in_ukb and b.measured}
+    con = duckdb.connect()
+    con.register("m", pa.table(measured))
+    derived = con.sql("SELECT " + ", ".join(f"CAST({formula_sql(b.formula)} AS DOUBLE) AS {quote_name(b.name)}"
+                                            for b in catalogue.values() if b.in_ukb and not b.measured)
+                      + " FROM m").to_arrow_table()
+    prepared = np.datetime64("2024-01-01T08:00") + np.arange(960).astype("timedelta64[m]") * 30
+    columns = {name: study.panel.column(name) for name in study.panel.column_names[:5]}
+    columns["Sample.Prepared.Date.and.Time"] = pa.array(prepared.astype(str))
+    columns["Sample.Measured.Date.and.Time"] = pa.array(
+        (prepared + (hours * 3600).astype("timedelta64[s]")).astype("datetime64[s]").astype(str))
+    for b in catalogue.values():
+        if b.in_ukb:
+            columns[b.name] = pa.array(measured[b.name]) if b.measured else derived.column(b.name)
+    con.register("panel", pa.table(columns))
+    con.execute(f"COPY panel TO '{tmp_path / 'tv.csv'}' (HEADER)")
+    with (tmp_path / "tv_manifest.csv").open("w") as handle:
+        handle.write("sample_id,local_id,collection_date\n" + "".join(
+            f"{s},L{i},2024-01-01\n" for i, s in enumerate(study.panel.column("sample_id").to_pylist())))
+    con.register("truth", pa.table({"sample_id": study.panel.column("sample_id"), "hours": hours, "row_a": row_a,
+                                    "diabetes": study.truth.column("diabetes")}))
+    con.execute(f"COPY truth TO '{tmp_path / 'tv_truth.csv'}' (HEADER)")
+    return tmp_path / "tv.csv", tmp_path / "tv_manifest.csv"
+
+
+def _values(staged, truth: Path):
+    import duckdb
+    events = staged.events.table()
+    return duckdb.sql(f"""SELECT replace(e.record, 'NMR/', '') AS sample_id, e.code AS biomarker,
+                                 e.value_number AS value, t.hours, t.row_a, t.diabetes
+                          FROM events e JOIN read_csv('{truth}') t ON t.sample_id = replace(e.record, 'NMR/', '')
+                          WHERE e.kind = 'Measurement'""")
+
+
+def test_technical_variation_removed_and_composites_rederived(tmp_path):
+    """Opt-in (Ritchie et al. 2023 steps): the row and time effects injected into every measured biomarker
+    are gone, diabetes still raises glucose, composites equal their adjusted parts."""
+    import duckdb
+    panel, manifest = _technical_study(tmp_path)
+    truth = tmp_path / "tv_truth.csv"
+    raw = read_nmr(panel, manifest)
+    assert raw.rejects.table().num_rows == 0
+
+    def effects(staged):
+        values = _values(staged, truth)
+        row, slope = duckdb.sql("""SELECT max(abs(row_effect)), max(abs(slope)) FROM (
+            SELECT biomarker, avg(ln(value)) FILTER (WHERE row_a) - avg(ln(value)) FILTER (WHERE NOT row_a) AS row_effect,
+                   regr_slope(ln(value), hours) AS slope
+            FROM values WHERE biomarker IN ('Glucose', 'Creatinine', 'XL_HDL_CE', 'Albumin', 'Ala') GROUP BY 1)""").fetchall()[0]
+        return row, slope
+    raw_row, raw_slope = effects(raw)
+    assert raw_row > 0.15 and raw_slope > 0.003        # the injected log(1.25) = 0.22 and 0.004 per hour
+    adjusted = read_nmr(panel, manifest, remove_technical_variation=True)
+    assert adjusted.rejects.table().num_rows == 0
+    row, slope = effects(adjusted)
+    assert row < 0.03 and slope < 0.0005
+    values = _values(adjusted, truth)
+    (ratio,) = duckdb.sql("""SELECT avg(value) FILTER (WHERE diabetes) / avg(value) FILTER (WHERE NOT diabetes)
+                             FROM values WHERE biomarker = 'Glucose'""").fetchall()[0]
+    assert 1.45 < ratio < 1.75                           # the synthetic disease effect (x1.6) survives
+    parts = ", ".join(f"'{b}'" for b in formula_names(nightingale_catalogue()["Total_C"].formula))
+    (worst,) = duckdb.sql(f"""SELECT max(abs(t.value - s.value) / t.value)
+        FROM (SELECT sample_id, value FROM values WHERE biomarker = 'Total_C') t
+        JOIN (SELECT sample_id, sum(value) AS value FROM values WHERE biomarker IN ({parts}) GROUP BY 1) s
+        USING (sample_id)""").fetchall()[0]
+    assert worst < 1e-9
+    events = adjusted.events.table().to_pylist()
+    marks = [e for e in events if e["code"] == "Technical variation removed"]
+    assert len(marks) == 960 and "Ritchie 2023" in marks[0]["value_code"]
+
+
+def test_technical_variation_only_for_nmr(tmp_path):
+    from mercia.ingest.service import read_source
+    (tmp_path / "x.vcf").write_text("")
+    with pytest.raises(ValueError, match="applies to NMR panels"):
+        read_source("vcf", tmp_path / "x.vcf", remove_technical_variation=True)
