@@ -298,48 +298,47 @@ def _technical_study(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _values(staged, truth: Path):
+    """A DuckDB connection with ``vals`` (sample_id, biomarker, value, hours, row_a, diabetes) of a staged panel."""
     import duckdb
-    events = staged.events.table()
-    return duckdb.sql(f"""SELECT replace(e.record, 'NMR/', '') AS sample_id, e.code AS biomarker,
-                                 e.value_number AS value, t.hours, t.row_a, t.diabetes
-                          FROM events e JOIN read_csv('{truth}') t ON t.sample_id = replace(e.record, 'NMR/', '')
-                          WHERE e.kind = 'Measurement'""")
+    con = duckdb.connect()
+    con.register("events", staged.events.table())
+    con.execute(f"""CREATE TABLE vals AS SELECT replace(e.record, 'NMR/', '') AS sample_id, e.code AS biomarker,
+                                                e.value_number AS value, t.hours, t.row_a, t.diabetes
+                    FROM events e JOIN read_csv('{truth}') t ON t.sample_id = replace(e.record, 'NMR/', '')
+                    WHERE e.kind = 'Measurement'""")
+    return con
 
 
 def test_technical_variation_removed_and_composites_rederived(tmp_path):
     """Opt-in (Ritchie et al. 2023 steps): the row and time effects injected into every measured biomarker
     are gone, diabetes still raises glucose, composites equal their adjusted parts."""
-    import duckdb
     panel, manifest = _technical_study(tmp_path)
     truth = tmp_path / "tv_truth.csv"
     raw = read_nmr(panel, manifest)
     assert raw.rejects.table().num_rows == 0
 
     def effects(staged):
-        values = _values(staged, truth)
-        row, slope = duckdb.sql("""SELECT max(abs(row_effect)), max(abs(slope)) FROM (
+        return _values(staged, truth).execute("""SELECT max(abs(row_effect)), max(abs(slope)) FROM (
             SELECT biomarker, avg(ln(value)) FILTER (WHERE row_a) - avg(ln(value)) FILTER (WHERE NOT row_a) AS row_effect,
                    regr_slope(ln(value), hours) AS slope
-            FROM values WHERE biomarker IN ('Glucose', 'Creatinine', 'XL_HDL_CE', 'Albumin', 'Ala') GROUP BY 1)""").fetchall()[0]
-        return row, slope
+            FROM vals WHERE biomarker IN ('Glucose', 'Creatinine', 'XL_HDL_CE', 'Albumin', 'Ala') GROUP BY 1)""").fetchall()[0]
     raw_row, raw_slope = effects(raw)
     assert raw_row > 0.15 and raw_slope > 0.003        # the injected log(1.25) = 0.22 and 0.004 per hour
     adjusted = read_nmr(panel, manifest, remove_technical_variation=True)
     assert adjusted.rejects.table().num_rows == 0
     row, slope = effects(adjusted)
     assert row < 0.03 and slope < 0.0005
-    values = _values(adjusted, truth)
-    (ratio,) = duckdb.sql("""SELECT avg(value) FILTER (WHERE diabetes) / avg(value) FILTER (WHERE NOT diabetes)
-                             FROM values WHERE biomarker = 'Glucose'""").fetchall()[0]
+    con = _values(adjusted, truth)
+    (ratio,) = con.execute("""SELECT avg(value) FILTER (WHERE diabetes) / avg(value) FILTER (WHERE NOT diabetes)
+                              FROM vals WHERE biomarker = 'Glucose'""").fetchall()[0]
     assert 1.45 < ratio < 1.75                           # the synthetic disease effect (x1.6) survives
     parts = ", ".join(f"'{b}'" for b in formula_names(nightingale_catalogue()["Total_C"].formula))
-    (worst,) = duckdb.sql(f"""SELECT max(abs(t.value - s.value) / t.value)
-        FROM (SELECT sample_id, value FROM values WHERE biomarker = 'Total_C') t
-        JOIN (SELECT sample_id, sum(value) AS value FROM values WHERE biomarker IN ({parts}) GROUP BY 1) s
+    (worst,) = con.execute(f"""SELECT max(abs(t.value - s.value) / t.value)
+        FROM (SELECT sample_id, value FROM vals WHERE biomarker = 'Total_C') t
+        JOIN (SELECT sample_id, sum(value) AS value FROM vals WHERE biomarker IN ({parts}) GROUP BY 1) s
         USING (sample_id)""").fetchall()[0]
     assert worst < 1e-9
-    events = adjusted.events.table().to_pylist()
-    marks = [e for e in events if e["code"] == "Technical variation removed"]
+    marks = [e for e in adjusted.events.table().to_pylist() if e["code"] == "Technical variation removed"]
     assert len(marks) == 960 and "Ritchie 2023" in marks[0]["value_code"]
 
 
@@ -348,3 +347,22 @@ def test_technical_variation_only_for_nmr(tmp_path):
     (tmp_path / "x.vcf").write_text("")
     with pytest.raises(ValueError, match="applies to NMR panels"):
         read_source("vcf", tmp_path / "x.vcf", remove_technical_variation=True)
+
+
+def test_cli_remove_technical_variation_flag(study, tmp_path, pseudonym_key):
+    from typer.testing import CliRunner
+
+    from mercia.cdm import Store
+    from mercia.cli import app
+
+    db = str(tmp_path / "cli.duckdb")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["ingest", "vcf", str(study / "nmr_wide.csv"), "--org", "NMR01", "--db", db,
+                                  "--remove-technical-variation"])
+    assert refused.exit_code != 0 and "nmr panels only" in refused.output
+    done = runner.invoke(app, ["ingest", "nmr", str(study / "nmr_wide.csv"), "--org", "NMR01", "--db", db,
+                               "--manifest", str(study / "manifest.csv"), "--remove-technical-variation", "--json"])
+    assert done.exit_code == 0, done.output
+    with Store(db) as store:
+        assert store.query_one("""SELECT count(*) FROM observation
+                                  WHERE observation_source_value = 'Technical variation removed'""") == 40
