@@ -40,6 +40,8 @@ def plan_region(directory: Path | str) -> list[RegionPlan]:
     for study in sorted((root / "metabolomics").glob("*")):
         if (study / "nmr_wide.csv").is_file():
             plan.append(RegionPlan("nmr", study / "nmr_wide.csv", study.name, manifest=study / "manifest.csv"))
+        plan += [RegionPlan("mztab", batch, study.name, manifest=study / "manifest.csv")
+                 for batch in sorted((study / "mztab").glob("*.mzTab"))]
     if (root / "proms").is_dir():
         plan.append(RegionPlan("csv", root / "proms", PROMS_ORG, "proms"))
     if not plan:

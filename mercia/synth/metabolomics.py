@@ -178,16 +178,18 @@ MZTAB_TARGETS = [("CHEBI:16737", "Creatinine", 113.0589, "Creatinine"),
                  ("CHEBI:17368", "Hypoxanthine", 136.0385, None)]
 
 
-def write_mztab_batches(directory: Path | str, study: NmrStudy, batch_size: int = 48, seed: int = 0) -> pa.Table:
-    """One mzTab-M 2.0 file per batch of samples (``batch_<n>.mzTab``), concentrations in millimolar; returns
-    the ground truth (batch, sample_id, chebi, value) that a load must reproduce."""
+def write_mztab_batches(directory: Path | str, study: NmrStudy, batch_size: int = 48, seed: int = 0,
+                        first_batch: int = 1) -> pa.Table:
+    """One mzTab-M 2.0 file per batch of samples (``batch_<n>.mzTab``, numbered from ``first_batch``),
+    concentrations in millimolar; returns the ground truth (batch, sample_id, chebi, value) that a load
+    must reproduce."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, first_batch])
     samples = study.panel.column("sample_id").to_pylist()
     tracked = {t[3]: study.panel.column(t[3]).to_numpy() for t in MZTAB_TARGETS if t[3]}
     truth = {"batch": [], "sample_id": [], "chebi": [], "value": []}
-    for batch, start in enumerate(range(0, len(samples), batch_size), start=1):
+    for batch, start in enumerate(range(0, len(samples), batch_size), start=first_batch):
         members = list(range(start, min(start + batch_size, len(samples))))
         lines = ["MTD\tmzTab-version\t2.0.0-M", f"MTD\tmzTab-ID\tMERCIA-SYNTH-{seed}-{batch}",
                  "MTD\tdescription\tSynthetic LC-MS targeted metabolomics batch (Mercia)",

@@ -52,6 +52,9 @@ def test_layout_matches_the_contract(region):
     samples = manifest["files"]["metabolomics/R9M/nmr_wide.csv"]
     assert samples == manifest["files"]["metabolomics/R9M/manifest.csv"] > 0
     assert pq.read_table(out / "truth" / "metabolomics.parquet").num_rows == samples * 249
+    batches = sorted((out / "metabolomics" / "R9M" / "mztab").glob("batch_*.mzTab"))
+    assert len(batches) == manifest["files"]["metabolomics/R9M/mztab"] == -(-samples // 48)
+    assert pq.read_table(out / "truth" / "mztab.parquet").num_rows == samples * 4   # four LC-MS targets
     for name in ("person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
                  "measurement", "observation", "death", "concept"):
         part = pq.read_table(next((out / "truth" / "omop" / name).glob("part-*.parquet")))
