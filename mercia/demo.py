@@ -98,6 +98,15 @@ def diabetes_cohort() -> dict:
     }
 
 
+def nmr_glucose_cohort(store: Store) -> dict:
+    """Metabolomics study participants with NMR glucose above 7 mmol/L (a measurement value criterion)."""
+    from mercia.cohorts import builder as cb
+    from mercia.cohorts.omics import biomarker_above
+
+    high = biomarker_above(store, 0, "Glucose", 7.0)
+    return cb.cohort([high.criterion], concept_sets=[high.concept_set]).to_dict()
+
+
 def build_demo(directory: Path, persons: int, seed: int) -> Demo:
     from mercia.services.cohorts import create_cohort, start_run
     from mercia.services.sources import register_organisation
@@ -110,7 +119,7 @@ def build_demo(directory: Path, persons: int, seed: int) -> Demo:
     for stale in (path, path.with_suffix(".duckdb.wal")):
         stale.unlink(missing_ok=True)
     store = Store(str(path))
-    write_omop(store, persons, seed)
+    write_omop(store, persons, seed, metabolomics=True)
     source = store.query_one("SELECT cdm_source_name FROM cdm_source LIMIT 1") or "OMOP CDM store"
     organisations = demo_organisations(persons)
     for code, name, kind in organisations:
@@ -158,6 +167,10 @@ def build_demo(directory: Path, persons: int, seed: int) -> Demo:
     cohort = create_cohort(state, people["researcher"], diabetes.id, "New type 2 diabetes starting metformin",
                            "First T2DM diagnosis with a year of prior observation.", diabetes_cohort())
     state.jobs.wait(start_run(state, people["researcher"], cohort["id"]), timeout=600)
+    glucose = create_cohort(state, people["researcher"], diabetes.id, "NMR glucose above 7 mmol/L",
+                            "Metabolomics study participants whose Nightingale NMR glucose exceeds 7 mmol/L.",
+                            nmr_glucose_cohort(store))
+    state.jobs.wait(start_run(state, people["researcher"], glucose["id"]), timeout=600)
     state.jobs.shutdown()
     return Demo(store, passwords, source, key_file, organisations)
 

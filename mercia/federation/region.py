@@ -100,10 +100,11 @@ def build_node_stores(region: Path | str, out: Path | str, network_key: bytes) -
 
 
 def organisation_extracts(region: Path | str) -> dict[str, list]:
-    """The region's extracts by organisation (the national PROMs feed is not a node)."""
+    """The region's extracts by organisation.  Neither the national PROMs feed nor the metabolomics study
+    is a node: the study's samples find their persons in other organisations' loads (sample manifest)."""
     by_org: dict[str, list] = defaultdict(list)
     for item in plan_region(region):
-        if item.org != PROMS_ORG:
+        if item.org != PROMS_ORG and item.manifest is None:
             by_org[item.org].append(item)
     return by_org
 

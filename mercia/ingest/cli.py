@@ -35,7 +35,8 @@ def _report(summaries, as_json: bool) -> None:
 
 
 def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, opt_out: Path | None,
-         as_json: bool, manifest: Path | None = None, reid_db: str | None = None) -> None:
+         as_json: bool, manifest: Path | None = None, reid_db: str | None = None,
+         remove_technical_variation: bool = False) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from mercia.cdm import Store
@@ -53,7 +54,7 @@ def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, o
         try:
             summary = ingest(store, kind, path, org, mapping=mapping, options=options,
                              on_step=lambda step: progress.update(task, description=step), manifest=manifest,
-                             reid_store=reid_store)
+                             reid_store=reid_store, remove_technical_variation=remove_technical_variation)
         except (FhirError, MappingError) as exc:  # the whole extract is unreadable; nothing was written
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
@@ -75,13 +76,19 @@ def _command(kind: str, needs_mapping: bool = False):
                 manifest: Path = typer.Option(None, "--manifest", exists=True,
                                               help="sample manifest CSV (nmr, mztab, mwtab): sample_id -> person"),
                 reid_db: str = typer.Option(None, "--reid-db", help="the organisation's own store for its "
-                                            "re-identification key map (never the research store)")) -> None:
+                                            "re-identification key map (never the research store)"),
+                remove_technical_variation: bool = typer.Option(
+                    False, "--remove-technical-variation",
+                    help="nmr: adjust for time, plate row/column and spectrometer drift (Ritchie et al. 2023), "
+                         "then re-derive composites")) -> None:
         if needs_mapping and not mapping:
             raise typer.BadParameter("CSV extracts need --mapping (e.g. acute_trust, proms or a YAML file)")
         if kind in ("nmr", "mztab", "mwtab") and manifest is None:
             raise typer.BadParameter(f"{kind} files need --manifest (sample_id, nhs_number or local_id, "
                                      "collection_date)")
-        _run(kind, path, org, db, mapping, opt_out, as_json, manifest, reid_db)
+        if remove_technical_variation and kind != "nmr":
+            raise typer.BadParameter("--remove-technical-variation applies to nmr panels only")
+        _run(kind, path, org, db, mapping, opt_out, as_json, manifest, reid_db, remove_technical_variation)
     command.__doc__ = f"Load a {kind} extract for one organisation (one transaction; resends are idempotent)."
     return command
 

@@ -17,8 +17,11 @@ Landing (docs/metabolomics.md): each sample is one source record ``NMR/<sample>`
 (SNOMED 119361006 plasma specimen) on the collection date, a ``measurement`` per value with the
 Nightingale concept as source concept and the UCUM unit, and linked ``observation`` rows for the
 sample QC fields and for each value-level QC flag (``qualifier_source_value`` = the biomarker).
-Composite, ratio and percentage values are re-derived from the measured biomarkers with the
-catalogue's ``Full.Formula``; a file value that differs by more than ``tolerance`` (relative) is
+QC exclusion comes first: a value whose QC flag is not in ``USABLE_QC_FLAGS`` is unusable, and so is
+a composite/ratio whose formula uses an unusable value; both are kept in their ``QC flag`` observation
+(``value_as_number`` = the value) and never become a measurement nor enter the re-derivation.
+Then composite, ratio and percentage values are re-derived from the usable measured biomarkers with
+the catalogue's ``Full.Formula``; a file value that differs by more than ``tolerance`` (relative) is
 rejected as record ``NMR/<sample>/<biomarker>`` and not loaded.
 The sample manifest links samples to persons: ``sample_id`` and ``nhs_number`` and/or
 ``local_id``, ``collection_date``, optionally ``birth_date`` and ``sex`` (then the manifest row is
@@ -43,6 +46,7 @@ from mercia.ingest.staging import (
     Staged,
     conform,
 )
+from mercia.ingest.nmr_technical import ADJUSTED, remove_technical_variation
 from mercia.vocab.metabolites import UCUM_UNITS, catalogue_path, formula_names, formula_sql, \
     nightingale_catalogue, quote_name
 
@@ -51,6 +55,12 @@ PLASMA_SPECIMEN = "119361006"  # SNOMED CT: Plasma specimen
 ID_COLUMNS = ("eid", "sample_id", "sample id", "sampleid")
 _UKB_COLUMN = re.compile(r"^(\d+)-(\d+)\.(\d+)$")
 DEFAULT_TOLERANCE = 1e-6
+# Nightingale value QC flags that still leave a usable measurement: a value below the limit of
+# quantification is a real (low) reading, which ukbnmr (Ritchie et al. 2023) also keeps.  Every other
+# flag (degraded sample, citrate plasma, ethanol, isopropyl alcohol, polysaccharides, unknown
+# contamination, low glutamine or high glutamate, or a flag this list does not know) marks the value
+# unusable.  Compared case-insensitively.
+USABLE_QC_FLAGS = frozenset({"below limit of quantification"})
 
 
 class NmrError(ValueError):
@@ -125,16 +135,21 @@ def read_manifest(path: Path | str) -> pa.Table:
 
 
 class NmrReader:
-    def __init__(self, extract: str, manifest: pa.Table, tolerance: float = DEFAULT_TOLERANCE):
-        self.extract, self.tolerance = extract, tolerance
+    def __init__(self, extract: str, manifest: pa.Table, tolerance: float = DEFAULT_TOLERANCE,
+                 remove_technical_variation: bool = False):
+        self.extract, self.tolerance, self.adjust = extract, tolerance, remove_technical_variation
         self.catalogue = nightingale_catalogue()
         self.con = duckdb.connect()
         self.con.register("manifest", manifest)
         self.con.register("catalogue", pa.table({
             "biomarker": [b.name for b in self.catalogue.values()], "kind": [b.kind for b in self.catalogue.values()],
             "ucum": [b.ucum for b in self.catalogue.values()]}))
+        self.con.register("formula_parts", pa.table({
+            "biomarker": [b.name for b in self.catalogue.values() if not b.measured for _ in formula_names(b.formula)],
+            "part": [n for b in self.catalogue.values() if not b.measured for n in formula_names(b.formula)]}))
         self.rejects: list[pa.Table] = []
         self.mismatches: dict[str, int] = {}
+        self.excluded: dict[str, int] = {}
 
     # -- formats -> long (sample_id, line, biomarker, raw, unit, qc_flag) + sample QC (sample_id, line, name, value)
     def read(self, path: Path) -> Staged:
@@ -256,21 +271,46 @@ class NmrReader:
         self.rejects.append(pa.table({"record": records, "line": lines, "field": fields,
                                       "reason": reasons * n if len(reasons) == 1 else reasons}, schema=REJECT_SCHEMA))
 
-    def _derive(self) -> None:
-        """Re-derive every composite/ratio/percentage value in the file and reject the ones that disagree."""
+    def _exclude_unusable(self) -> None:
+        """Move unusable values (``USABLE_QC_FLAGS``), and composites/ratios computed from them, out of
+        ``vals`` into ``excluded`` so that neither the measurements nor the re-derivation use them."""
+        usable = ", ".join(_literal(flag) for flag in sorted(USABLE_QC_FLAGS))
+        self.con.execute(f"""CREATE TABLE excluded AS SELECT * FROM vals
+                             WHERE qc_flag IS NOT NULL AND lower(trim(qc_flag)) NOT IN ({usable})""")
+        self.con.execute("""INSERT INTO excluded
+            SELECT v.sample_id, v.line, v.biomarker, v.value,
+                   COALESCE(v.qc_flag || '; ', '') || 'computed from QC-flagged ' || p.parts
+            FROM vals v JOIN (SELECT x.sample_id, f.biomarker, string_agg(DISTINCT f.part, ', ' ORDER BY f.part) AS parts
+                              FROM excluded x JOIN formula_parts f ON f.part = x.biomarker
+                              GROUP BY x.sample_id, f.biomarker) p USING (sample_id, biomarker)
+            WHERE (v.sample_id, v.biomarker) NOT IN (SELECT sample_id, biomarker FROM excluded)""")
+        self.con.execute("DELETE FROM vals WHERE (sample_id, biomarker) IN (SELECT sample_id, biomarker FROM excluded)")
+        self.excluded = dict(self.con.execute(
+            "SELECT biomarker, count(*) FROM excluded GROUP BY 1 ORDER BY 1").fetchall())
+
+    def _rederived(self) -> str | None:
+        """SQL of (sample_id, biomarker, derived): each composite/ratio/percentage in ``vals`` recomputed with
+        the catalogue's ``Full.Formula`` from the sample's measured values (None: nothing to recompute)."""
         measured = [b.name for b in self.catalogue.values() if b.measured]
         present = {b for (b,) in self.con.execute("SELECT DISTINCT biomarker FROM vals").fetchall()}
         derived = [b for b in self.catalogue.values() if not b.measured and b.name in present
                    and set(formula_names(b.formula)) <= present]
         if not derived:
-            return
+            return None
         names = ", ".join(_literal(m) for m in measured if m in present)
-        self.con.execute(f"""CREATE TABLE measured_wide AS PIVOT (SELECT sample_id, biomarker, value FROM vals
-                                                               WHERE biomarker IN ({names}))
+        self.con.execute(f"""CREATE OR REPLACE TABLE measured_wide AS PIVOT (SELECT sample_id, biomarker, value FROM vals
+                                                                          WHERE biomarker IN ({names}))
                              ON biomarker IN ({names}) USING first(value) GROUP BY sample_id""")
-        rederived = ("UNPIVOT (SELECT sample_id, " + ", ".join(
+        return ("UNPIVOT (SELECT sample_id, " + ", ".join(
             f"CAST({formula_sql(b.formula)} AS DOUBLE) AS {quote_name(b.name)}" for b in derived) + " FROM measured_wide) "
             f"ON {', '.join(quote_name(b.name) for b in derived)} INTO NAME biomarker VALUE derived")
+
+    def _derive(self) -> None:
+        """Re-derive every composite/ratio/percentage value in the file from the usable measured values and
+        reject the file values that disagree."""
+        rederived = self._rederived()
+        if rederived is None:
+            return
         self.con.execute(f"""CREATE TABLE mismatch AS
             SELECT v.sample_id, v.line, v.biomarker, v.value, d.derived FROM vals v
             JOIN ({rederived}) d USING (sample_id, biomarker)
@@ -284,6 +324,23 @@ class NmrReader:
             "SELECT biomarker, count(*) FROM mismatch GROUP BY 1 ORDER BY 1").fetchall())
         self.con.execute("DELETE FROM vals WHERE (sample_id, biomarker) IN (SELECT sample_id, biomarker FROM mismatch)")
 
+    def _remove_technical_variation(self) -> None:
+        """Adjust the measured values (``mercia.ingest.nmr_technical``), then replace every composite, ratio
+        and percentage with its value recomputed from them; one that cannot be recomputed (a zero divisor)
+        is excluded with that reason."""
+        remove_technical_variation(self.con, [b.name for b in self.catalogue.values() if b.measured])
+        rederived = self._rederived()
+        self.con.execute(f"""CREATE TABLE rederived AS {rederived or
+                             "SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS biomarker, NULL::DOUBLE AS derived"}""")
+        self.con.execute("""INSERT INTO excluded
+            SELECT v.sample_id, v.line, v.biomarker, v.value, 'not computable after technical-variation removal'
+            FROM vals v JOIN catalogue c USING (biomarker) WHERE c.kind <> 'Non-derived' AND NOT EXISTS (
+                SELECT 1 FROM rederived d WHERE d.sample_id = v.sample_id AND d.biomarker = v.biomarker
+                AND isfinite(d.derived))""")
+        self.con.execute("DELETE FROM vals WHERE (sample_id, biomarker) IN (SELECT sample_id, biomarker FROM excluded)")
+        self.con.execute("""UPDATE vals SET value = d.derived FROM rederived d
+                            WHERE vals.sample_id = d.sample_id AND vals.biomarker = d.biomarker""")
+
     def _stage(self) -> Staged:
         con = self.con
         self._reject_query("""SELECT 'NMR/' || sample_id || '/' || biomarker AS record, line, biomarker AS field,
@@ -291,11 +348,14 @@ class NmrReader:
                               FROM long WHERE raw IS NOT NULL AND TRY_CAST(raw AS DOUBLE) IS NULL""")
         con.execute("""CREATE TABLE vals AS SELECT sample_id, line, biomarker, TRY_CAST(raw AS DOUBLE) AS value, qc_flag
                        FROM long WHERE TRY_CAST(raw AS DOUBLE) IS NOT NULL""")
+        self._exclude_unusable()
         self._derive()
+        if self.adjust:
+            self._remove_technical_variation()
         con.execute("""CREATE TABLE samples AS SELECT sample_id, min(line) AS line,
                            md5(string_agg(biomarker || '=' || value || '|' || COALESCE(qc_flag, ''), ';'
                                           ORDER BY biomarker)) AS content
-                       FROM vals GROUP BY sample_id""")
+                       FROM (SELECT * FROM vals UNION ALL SELECT * FROM excluded) GROUP BY sample_id""")
         self._reject_query("""SELECT 'NMR/' || s.sample_id AS record, s.line, 'sample_id' AS field,
                                      'sample not in the manifest: no person to attach it to' AS reason
                               FROM samples s WHERE s.sample_id NOT IN (SELECT sample_id FROM manifest
@@ -321,8 +381,15 @@ class NmrReader:
             SELECT {base}, 'Observation', 'Nightingale', 'QC flag', l.start, NULL, v.qc_flag, NULL, v.biomarker, v.line
             FROM vals v JOIN linked l USING (sample_id) WHERE v.qc_flag IS NOT NULL
             UNION ALL
+            SELECT {base}, 'Observation', 'Nightingale', 'QC flag', l.start, x.value, x.qc_flag, NULL, x.biomarker, x.line
+            FROM excluded x JOIN linked l USING (sample_id)
+            UNION ALL
             SELECT {base}, 'Observation', 'Nightingale', q.name, l.start, NULL, q.value, NULL, NULL, q.line
-            FROM sample_qc q JOIN linked l USING (sample_id)""").to_arrow_table()
+            FROM sample_qc q JOIN linked l USING (sample_id)
+            UNION ALL
+            SELECT {base}, 'Observation', 'Nightingale', 'Technical variation removed', l.start, NULL, {_literal(ADJUSTED)},
+                   NULL, NULL, l.line
+            FROM linked l WHERE {self.adjust}""").to_arrow_table()
         persons = manifest_persons(con, "SELECT sample_id FROM linked")
         read = con.execute("SELECT count(*) FROM long").fetchall()[0][0]
         staged = Staged(self.extract, read=read)
@@ -355,7 +422,9 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def read_nmr(path: Path | str, manifest: Path | str | pa.Table, tolerance: float = DEFAULT_TOLERANCE) -> Staged:
+def read_nmr(path: Path | str, manifest: Path | str | pa.Table, tolerance: float = DEFAULT_TOLERANCE,
+             remove_technical_variation: bool = False) -> Staged:
+    """``remove_technical_variation``: land values adjusted as ``mercia.ingest.nmr_technical`` describes."""
     path = Path(path)
     table = manifest if isinstance(manifest, pa.Table) else read_manifest(manifest)
-    return NmrReader(path.name, table, tolerance).read(path)
+    return NmrReader(path.name, table, tolerance, remove_technical_variation).read(path)

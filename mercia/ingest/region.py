@@ -20,10 +20,12 @@ class RegionPlan:
     path: Path
     org: str
     mapping: str | None = None
+    manifest: Path | None = None   # sample manifest of a laboratory file (nmr)
 
 
 def plan_region(directory: Path | str) -> list[RegionPlan]:
-    """Every extract of a region directory, in load order (GP, acute, pathology, rare disease, PROMs)."""
+    """Every extract of a region directory, in load order (GP, acute, pathology, rare disease, metabolomics
+    study, PROMs): persons come first, so that samples find theirs by NHS number."""
     root = Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(f"region directory not found: {root}")
@@ -35,10 +37,15 @@ def plan_region(directory: Path | str) -> list[RegionPlan]:
             plan.append(RegionPlan("phenopackets", clinic / "phenopackets", clinic.name))
         if (clinic / "vcf").is_dir():
             plan.append(RegionPlan("vcf", clinic / "vcf", clinic.name))
+    for study in sorted((root / "metabolomics").glob("*")):
+        if (study / "nmr_wide.csv").is_file():
+            plan.append(RegionPlan("nmr", study / "nmr_wide.csv", study.name, manifest=study / "manifest.csv"))
+        plan += [RegionPlan("mztab", batch, study.name, manifest=study / "manifest.csv")
+                 for batch in sorted((study / "mztab").glob("*.mzTab"))]
     if (root / "proms").is_dir():
         plan.append(RegionPlan("csv", root / "proms", PROMS_ORG, "proms"))
     if not plan:
-        raise FileNotFoundError(f"{root} has none of gp/, acute/, pathology/, rare_disease/, proms/")
+        raise FileNotFoundError(f"{root} has none of gp/, acute/, pathology/, rare_disease/, metabolomics/, proms/")
     return plan
 
 
@@ -57,7 +64,8 @@ def ingest_region(store: Store, directory: Path | str, opt_out: Path | None = No
     for item in plan_region(directory):
         options = default_options(item.kind, opt_out=opt_out)
         options.geography = options.geography or geography
-        summary = ingest(store, item.kind, item.path, item.org, mapping=item.mapping, options=options)
+        summary = ingest(store, item.kind, item.path, item.org, mapping=item.mapping, options=options,
+                         manifest=item.manifest)
         summaries.append(summary)
         if on_extract:
             on_extract(item, summary)

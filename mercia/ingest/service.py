@@ -33,8 +33,11 @@ def default_options(kind: str, opt_out: Path | str | None = None, key_file: Path
 
 
 def read_source(kind: str, path: Path | str, mapping: str | Path | None = None,
-                manifest: Path | str | None = None) -> Staged:
+                manifest: Path | str | None = None, remove_technical_variation: bool = False) -> Staged:
+    """``remove_technical_variation``: NMR only, the opt-in adjustment of ``mercia.ingest.nmr_technical``."""
     path = Path(path)
+    if remove_technical_variation and kind != "nmr":
+        raise ValueError(f"removing technical variation applies to NMR panels, not {kind}")
     if kind in MANIFEST_KINDS and manifest is None:
         raise ValueError(f"a {kind} file needs --manifest (CSV: sample_id, nhs_number or local_id, collection_date)")
     if not path.exists():
@@ -58,7 +61,7 @@ def read_source(kind: str, path: Path | str, mapping: str | Path | None = None,
         return read_vcf(path)
     if kind == "nmr":
         from mercia.ingest.nmr import read_nmr
-        return read_nmr(path, manifest)
+        return read_nmr(path, manifest, remove_technical_variation=remove_technical_variation)
     if kind == "mztab":
         from mercia.ingest.mztab import read_mztab
         return read_mztab(path, manifest)
@@ -70,7 +73,8 @@ def read_source(kind: str, path: Path | str, mapping: str | Path | None = None,
 
 def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | Path | None = None,
            options: LoadOptions | None = None, on_step: Callable[[str], None] | None = None,
-           manifest: Path | str | None = None, reid_store: Store | None = None) -> LoadSummary:
+           manifest: Path | str | None = None, reid_store: Store | None = None,
+           remove_technical_variation: bool = False) -> LoadSummary:
     """Read ``path`` as ``kind`` and load it for organisation ``org`` in one transaction.
 
     ``reid_store`` is the organisation's own store (never the research store): after the load, its
@@ -85,7 +89,7 @@ def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | P
         options.type_concept_id = load_mapping(mapping).get("type_concept_id", options.type_concept_id)
     if on_step:
         on_step(f"reading {kind} {Path(path).name}")
-    staged = read_source(kind, path, mapping, manifest)
+    staged = read_source(kind, path, mapping, manifest, remove_technical_variation)
     if kind in MANIFEST_KINDS:
         from mercia.vocab.metabolites import ensure_local_concepts
         ensure_local_concepts(store, staged.events.table(), staged.concept_names)

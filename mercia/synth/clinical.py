@@ -98,6 +98,7 @@ ACUTE = [
     ("sprain_ankle", 8, 70, 0.6, "", 0),
 ]
 CARE_SITE_GP, CARE_SITE_TRUST, CARE_SITE_PATHOLOGY, CARE_SITE_RARE = 1, 1001, 2001, 3001
+CARE_SITE_METABOLOMICS = 4001
 RARE_DISEASE_SHARE = 1 / 17     # people living with a rare disease (Rare Disease UK)
 RARE_CHILD_SHARE = 0.5          # of whom children
 RARE_CLINIC_OPENED = 6000       # 2016-06-10: the regional clinic's records start here

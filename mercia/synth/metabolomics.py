@@ -37,6 +37,8 @@ EFFECTS = {"diabetes": {"Glucose": 1.6, "GlycA": 1.15}, "ckd": {"Creatinine": 1.
                       **{f"{c}_{x}": 0.65 for c in ("IDL", "L_LDL", "M_LDL", "S_LDL")
                          for x in ("P", "CE", "FC", "PL", "TG")}}}
 PREVALENCE = {"diabetes": 0.08, "ckd": 0.06, "statin": 0.2}
+# OMOP concepts of the UCUM units of the panel (Athena, vocabulary UCUM).
+UCUM_CONCEPTS = {"mmol/L": 8753, "g/L": 8636, "%": 8554, "{ratio}": 8523, "nm": 8577, "1": 8510}
 
 
 @dataclass
@@ -54,11 +56,14 @@ def _level(name: str) -> float:
     return 0.1
 
 
-def nmr_panel(n: int, seed: int = 0, ukb_only: bool = True) -> NmrStudy:
-    """``n`` samples of the panel (UK Biobank's 249 biomarkers, or all Nightingale ones)."""
-    rng = np.random.default_rng(seed)
+def nmr_panel(n: int, seed: int = 0, ukb_only: bool = True, conditions: dict[str, np.ndarray] | None = None,
+              first: int = 0) -> NmrStudy:
+    """``n`` samples of the panel (UK Biobank's 249 biomarkers, or all Nightingale ones).  ``conditions``
+    (diabetes, ckd, statin: one boolean per sample) are the samples' true states, drawn at
+    ``PREVALENCE`` when not given; ``first`` numbers the samples (and plates) after earlier batches."""
+    rng = np.random.default_rng([seed, first])
     catalogue = [b for b in nightingale_catalogue().values() if (b.in_ukb if ukb_only else True)]
-    truth = {k: rng.random(n) < p for k, p in PREVALENCE.items()}
+    truth = conditions if conditions is not None else {k: rng.random(n) < p for k, p in PREVALENCE.items()}
     lipid = rng.normal(0, 0.18, n)
     measured = {}
     for b in catalogue:
@@ -70,20 +75,22 @@ def nmr_panel(n: int, seed: int = 0, ukb_only: bool = True) -> NmrStudy:
             if b.name in effects:
                 value = np.where(truth[condition], value * effects[b.name], value)
         measured[b.name] = value
-    ids = [f"S{seed:02d}{i:07d}" for i in range(n)]
+    ids = [f"S{seed:02d}{first + i:07d}" for i in range(n)]
     con = duckdb.connect()
     con.register("m", pa.table(measured))
     derived = [b for b in catalogue if not b.measured]
     derived_values = con.sql("SELECT " + ", ".join(f"CAST({formula_sql(b.formula)} AS DOUBLE) AS {quote_name(b.name)}"
                                                    for b in derived) + " FROM m").to_arrow_table()
     columns = {"sample_id": pa.array(ids),
-               "Spectrometer": pa.array([str(1 + i % 6) for i in range(n)]),
-               "Shipment.Plate": pa.array([f"P{i // 96:05d}" for i in range(n)]),
-               "Well.Position.Within.Plate": pa.array([f"{'ABCDEFGH'[(i % 96) // 12]}{1 + i % 12}" for i in range(n)]),
-               "Processing.Batch": pa.array([str(1 + i // 10_000) for i in range(n)])}
+               "Spectrometer": pa.array([str(1 + i % 6) for i in range(first, first + n)]),
+               "Shipment.Plate": pa.array([f"P{i // 96:05d}" for i in range(first, first + n)]),
+               "Well.Position.Within.Plate": pa.array([f"{'ABCDEFGH'[(i % 96) // 12]}{1 + i % 12}"
+                                                       for i in range(first, first + n)]),
+               "Processing.Batch": pa.array([str(1 + i // 10_000) for i in range(first, first + n)])}
     for b in catalogue:
         columns[b.name] = pa.array(measured[b.name]) if b.measured else derived_values.column(b.name)
-    return NmrStudy(pa.table(columns), pa.table({"sample_id": ids, **{k: v for k, v in truth.items()}}))
+    return NmrStudy(pa.table(columns), pa.table({"sample_id": ids, **{k: np.asarray(truth[k], bool)
+                                                                      for k in PREVALENCE}}))
 
 
 def write_nmr_study(directory: Path | str, n: int, seed: int = 0, collection_date: str = "2024-03-01") -> NmrStudy:
@@ -107,6 +114,63 @@ def write_nmr_study(directory: Path | str, n: int, seed: int = 0, collection_dat
     return study
 
 
+# The region's metabolomics study: a share of the adults registered with a practice gives one plasma
+# sample in the year before the reference date.  Disease states come from the person's own record
+# (synth catalogue concepts): type 2 diabetes or CKD diagnosed, or a statin issued, by the collection date.
+STUDY_FRACTION = 0.05
+T2DM_CONCEPT, CKD_CONCEPT = 201826, 46271022           # SNOMED 44054006, 709044004
+STATIN_CONCEPTS = (1545959, 1539411)                  # atorvastatin 80 mg, simvastatin 20 mg (RxNorm)
+
+
+def study_participants(tables: dict[str, pa.Table], seed: int, reference_date: str,
+                       fraction: float = STUDY_FRACTION) -> pa.Table:
+    """(person_id, collection_date, diabetes, ckd, statin) of the chunk's study participants, ordered by
+    person: adults whose last observation period covers the collection date, chosen by a seeded hash."""
+    con = duckdb.connect()
+    for name in ("person", "observation_period", "condition_occurrence", "drug_exposure"):
+        con.register(name, tables[name])
+    statins = ", ".join(str(c) for c in STATIN_CONCEPTS)
+    return con.sql(f"""
+        WITH last_period AS (
+            SELECT person_id, max(observation_period_start_date) AS start_date, max(observation_period_end_date) AS end_date
+            FROM observation_period GROUP BY person_id),
+        chosen AS (
+            SELECT o.person_id, CAST(DATE '{reference_date}' - CAST(hash(o.person_id, {seed}, 'nmr-day') % 365 AS INTEGER)
+                                     AS DATE) AS collection_date, o.start_date, o.end_date
+            FROM last_period o WHERE hash(o.person_id, {seed}, 'nmr') % 1000000 < {int(fraction * 1_000_000)})
+        SELECT c.person_id, c.collection_date,
+               EXISTS (SELECT 1 FROM condition_occurrence x WHERE x.person_id = c.person_id
+                       AND x.condition_concept_id = {T2DM_CONCEPT} AND x.condition_start_date <= c.collection_date) AS diabetes,
+               EXISTS (SELECT 1 FROM condition_occurrence x WHERE x.person_id = c.person_id
+                       AND x.condition_concept_id = {CKD_CONCEPT} AND x.condition_start_date <= c.collection_date) AS ckd,
+               EXISTS (SELECT 1 FROM drug_exposure x WHERE x.person_id = c.person_id
+                       AND x.drug_concept_id IN ({statins}) AND x.drug_exposure_start_date <= c.collection_date
+                       AND x.drug_exposure_start_date > c.collection_date - 365) AS statin
+        FROM chosen c JOIN person p USING (person_id)
+        WHERE c.collection_date BETWEEN c.start_date AND c.end_date
+          AND CAST(p.birth_datetime AS DATE) <= c.collection_date - INTERVAL 18 YEAR
+        ORDER BY c.person_id""").to_arrow_table()
+
+
+def study_panel(participants: pa.Table, seed: int, first: int) -> NmrStudy:
+    """The participants' NMR panels, their disease states shifting the values (``EFFECTS``)."""
+    conditions = {k: participants.column(k).to_numpy(zero_copy_only=False) for k in PREVALENCE}
+    return nmr_panel(participants.num_rows, seed, conditions=conditions, first=first)
+
+
+def panel_long(study: NmrStudy, participants: pa.Table) -> pa.Table:
+    """The panel as ground truth rows (person_id, sample_id, collection_date, biomarker, value)."""
+    con = duckdb.connect()
+    con.register("panel", study.panel.drop_columns(["Spectrometer", "Shipment.Plate", "Well.Position.Within.Plate",
+                                                    "Processing.Batch"]))
+    con.register("who", pa.table({"sample_id": study.panel.column("sample_id"),
+                                  "person_id": participants.column("person_id"),
+                                  "collection_date": participants.column("collection_date")}))
+    return con.sql("""SELECT w.person_id, u.sample_id, w.collection_date, u.biomarker, u.value
+                      FROM (UNPIVOT panel ON COLUMNS(* EXCLUDE (sample_id)) INTO NAME biomarker VALUE value) u
+                      JOIN who w USING (sample_id) ORDER BY w.person_id, u.biomarker""").to_arrow_table()
+
+
 # LC-MS targets of the synthetic metabolomics study: ChEBI id, name, neutral mass, NMR biomarker it tracks.
 MZTAB_TARGETS = [("CHEBI:16737", "Creatinine", 113.0589, "Creatinine"),
                  ("CHEBI:17234", "Glucose", 180.0634, "Glucose"),
@@ -114,16 +178,18 @@ MZTAB_TARGETS = [("CHEBI:16737", "Creatinine", 113.0589, "Creatinine"),
                  ("CHEBI:17368", "Hypoxanthine", 136.0385, None)]
 
 
-def write_mztab_batches(directory: Path | str, study: NmrStudy, batch_size: int = 48, seed: int = 0) -> pa.Table:
-    """One mzTab-M 2.0 file per batch of samples (``batch_<n>.mzTab``), concentrations in millimolar; returns
-    the ground truth (batch, sample_id, chebi, value) that a load must reproduce."""
+def write_mztab_batches(directory: Path | str, study: NmrStudy, batch_size: int = 48, seed: int = 0,
+                        first_batch: int = 1) -> pa.Table:
+    """One mzTab-M 2.0 file per batch of samples (``batch_<n>.mzTab``, numbered from ``first_batch``),
+    concentrations in millimolar; returns the ground truth (batch, sample_id, chebi, value) that a load
+    must reproduce."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, first_batch])
     samples = study.panel.column("sample_id").to_pylist()
     tracked = {t[3]: study.panel.column(t[3]).to_numpy() for t in MZTAB_TARGETS if t[3]}
     truth = {"batch": [], "sample_id": [], "chebi": [], "value": []}
-    for batch, start in enumerate(range(0, len(samples), batch_size), start=1):
+    for batch, start in enumerate(range(0, len(samples), batch_size), start=first_batch):
         members = list(range(start, min(start + batch_size, len(samples))))
         lines = ["MTD\tmzTab-version\t2.0.0-M", f"MTD\tmzTab-ID\tMERCIA-SYNTH-{seed}-{batch}",
                  "MTD\tdescription\tSynthetic LC-MS targeted metabolomics batch (Mercia)",

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,8 +17,11 @@ import pyarrow.parquet as pq
 from mercia.cdm import CDM_TABLES, Store
 from mercia.cdm.schema import CDM_VERSION_CONCEPT_ID
 from mercia.synth import catalogue as cat
-from mercia.synth.clinical import CARE_SITE_GP, CARE_SITE_PATHOLOGY, CARE_SITE_RARE, CARE_SITE_TRUST, Chunk, build_chunk
-from mercia.synth.population import EPOCH, geography, nhs_numbers
+from mercia.synth.clinical import CARE_SITE_GP, CARE_SITE_METABOLOMICS, CARE_SITE_PATHOLOGY, CARE_SITE_RARE, \
+    CARE_SITE_TRUST, Chunk, build_chunk
+from mercia.synth.metabolomics import UCUM_CONCEPTS, panel_long, study_panel, study_participants
+from mercia.synth.population import EPOCH, REFERENCE_DATE, geography, nhs_numbers
+from mercia.vocab.metabolites import NIGHTINGALE_VOCABULARY_ID, ensure_nightingale_vocabulary, nightingale_catalogue
 
 CHUNK_PERSONS = 50_000   # fixed, so that output never depends on how a run is split
 MEMORY_LIMIT = "1536MB"   # DuckDB buffer cap during the fast path (Python holds one chunk besides)
@@ -35,6 +39,7 @@ class Organisations:
     trusts: list[str]
     pathology: str = "R9P"
     rare_disease: str = "R9G"
+    metabolomics: str = "R9M"
 
     @classmethod
     def for_region(cls, persons: int, practices: int | None = None, trusts: int | None = None) -> Organisations:
@@ -51,7 +56,9 @@ class Organisations:
         rows += [{"org_code": self.pathology, "org_type": "pathology", "name": "Synthetic Regional Pathology",
                   "care_site_id": CARE_SITE_PATHOLOGY},
                  {"org_code": self.rare_disease, "org_type": "rare_disease",
-                  "name": "Synthetic Regional Clinical Genetics Service", "care_site_id": CARE_SITE_RARE}]
+                  "name": "Synthetic Regional Clinical Genetics Service", "care_site_id": CARE_SITE_RARE},
+                 {"org_code": self.metabolomics, "org_type": "metabolomics",
+                  "name": "Synthetic Regional Metabolomics Study", "care_site_id": CARE_SITE_METABOLOMICS}]
         return rows
 
 
@@ -253,8 +260,10 @@ def generate_chunks(persons: int, seed: int, orgs: Organisations) -> Iterator[tu
 
 
 def write_omop(store_or_url: Store | str, persons: int, seed: int = 42, practices: int | None = None,
-               trusts: int | None = None) -> dict[str, int]:
-    """The fast path: the region's OMOP CDM straight into a store (no extracts).  Returns row counts."""
+               trusts: int | None = None, metabolomics: bool = False) -> dict[str, int]:
+    """The fast path: the region's OMOP CDM straight into a store (no extracts).  Returns row counts.
+    ``metabolomics`` adds the metabolomics study's NMR panels (specimens and Nightingale measurements, as
+    an NMR load would land them) with the Nightingale vocabulary."""
     store = store_or_url if isinstance(store_or_url, Store) else Store.open(str(store_or_url))
     try:
         store.init_schema()
@@ -266,10 +275,18 @@ def write_omop(store_or_url: Store | str, persons: int, seed: int = 42, practice
             with store.transaction():
                 for name, table in reference_tables(orgs).items():
                     counts[name] = counts.get(name, 0) + store.insert_arrow(name, table)
+            targets = _nightingale_targets(store) if metabolomics else {}
             ids = IdCounters()
+            samples = 0
             for _, chunk in generate_chunks(persons, seed, orgs):
                 tables = chunk_tables(chunk, ids)
                 del chunk
+                if metabolomics:
+                    participants = study_participants(tables, seed, str(EPOCH + dt.timedelta(days=REFERENCE_DATE)))
+                    for name, table in study_tables(participants, study_panel(participants, seed, samples), ids,
+                                                    targets).items():
+                        tables[name] = pa.concat_tables([tables[name], table]) if name in tables else table
+                    samples += participants.num_rows
                 with store.transaction():
                     for name, table in tables.items():
                         counts[name] = counts.get(name, 0) + store.insert_arrow(name, table)
@@ -277,6 +294,45 @@ def write_omop(store_or_url: Store | str, persons: int, seed: int = 42, practice
     finally:
         if not isinstance(store_or_url, Store):
             store.close()
+
+
+def _nightingale_targets(store: Store) -> dict[str, tuple[int, int]]:
+    """Biomarker -> (Nightingale concept, the standard concept it maps to), writing the vocabulary first."""
+    ensure_nightingale_vocabulary(store)
+    return {code: (source, target) for code, source, target in store.query(
+        """SELECT c.concept_code, c.concept_id, r.concept_id_2 FROM concept c JOIN concept_relationship r
+           ON r.concept_id_1 = c.concept_id AND r.relationship_id = 'Maps to' WHERE c.vocabulary_id = ?""",
+        [NIGHTINGALE_VOCABULARY_ID])}
+
+
+def study_tables(participants: pa.Table, study, ids: IdCounters, targets: dict[str, tuple[int, int]]) -> dict[str, pa.Table]:
+    """The study's samples as CDM rows: a plasma specimen per sample (SNOMED 119361006, concept 0 as the
+    synthetic vocabulary lacks it) and a measurement per biomarker value, typed Lab."""
+    n = participants.num_rows
+    off = ids.take("specimen", n)
+    dates = participants.column("collection_date")
+    specimen = cdm_table("specimen", {
+        "specimen_id": np.arange(off, off + n), "person_id": participants.column("person_id"), "specimen_concept_id": 0,
+        "specimen_type_concept_id": cat.LAB, "specimen_date": dates, "specimen_source_id": study.panel.column("sample_id"),
+        "specimen_source_value": "119361006"}, n)
+    con = duckdb.connect()
+    con.register("vals", panel_long(study, participants))
+    con.register("markers", pa.table({
+        "biomarker": list(targets), "source": [s for s, _ in targets.values()], "target": [t for _, t in targets.values()],
+        "unit": [nightingale_catalogue()[b].ucum for b in targets]}))
+    con.register("units", pa.table({"unit": list(UCUM_CONCEPTS), "unit_concept": list(UCUM_CONCEPTS.values())}))
+    values = con.sql("""SELECT v.person_id, v.collection_date, v.biomarker, v.value, m.source, m.target, m.unit,
+                               u.unit_concept FROM vals v JOIN markers m USING (biomarker) JOIN units u USING (unit)
+                        ORDER BY v.person_id, v.biomarker""").to_arrow_table()
+    m = values.num_rows
+    off = ids.take("measurement", m)
+    measurement = cdm_table("measurement", {
+        "measurement_id": np.arange(off, off + m), "person_id": values.column("person_id"),
+        "measurement_concept_id": values.column("target"), "measurement_date": values.column("collection_date"),
+        "measurement_type_concept_id": cat.LAB, "value_as_number": values.column("value"),
+        "unit_concept_id": values.column("unit_concept"), "measurement_source_value": values.column("biomarker"),
+        "measurement_source_concept_id": values.column("source"), "unit_source_value": values.column("unit")}, m)
+    return {"specimen": specimen, "measurement": measurement}
 
 
 class ParquetParts:

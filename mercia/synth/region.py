@@ -26,15 +26,17 @@ from mercia import __version__
 from mercia.synth import catalogue as cat
 from mercia.synth.clinical import CARE_SITE_TRUST, Chunk
 from mercia.synth.identity import local_ids, sent_identities, true_identities
+from mercia.synth.metabolomics import panel_long, study_panel, study_participants, write_mztab_batches
 from mercia.synth.omop import (IdCounters, Organisations, ParquetParts, chunk_tables, generate_chunks,
                                reference_tables)
 from mercia.synth.population import EPOCH, REFERENCE_DATE
 from mercia.synth.rare import panel as rare_panel
 
-_GENERATED = ("gp", "acute", "pathology", "rare_disease", "proms", "truth", "geography", "manifest.json",
-              "organisations.csv")
+_GENERATED = ("gp", "acute", "pathology", "rare_disease", "metabolomics", "proms", "truth", "geography",
+              "manifest.json", "organisations.csv")
 GEOGRAPHY_FILES = ("onspd.csv", "imd.csv")   # the published ONSPD and IoD layouts (privacy.geography)
 EXTRACT_SLICE = 10_000   # people whose extract text is rendered together
+MZTAB_BATCH = 48         # samples per LC-MS batch (half a 96-well plate) of the metabolomics study
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 SNOMED, LOINC, RXNORM, UCUM = ("http://snomed.info/sct", "http://loinc.org",
@@ -136,7 +138,10 @@ def generate_region(out_dir: Path | str, persons: int = 20_000, seed: int = 42, 
     con.register("org", org_table)
     con.register("concept", reference_tables(orgs)["concept"])
     ids = IdCounters()
-    aux: dict[str, list[pa.Table]] = {"person_identifiers": [], "crosswalk": [], "variants": []}
+    aux: dict[str, list[pa.Table]] = {"person_identifiers": [], "crosswalk": [], "variants": [], "metabolomics": [],
+                                      "mztab": []}
+    reference_date = str(EPOCH + dt.timedelta(days=REFERENCE_DATE))
+    samples = 0   # metabolomics study samples so far (numbers the next chunk's samples and plates)
     case_counter = 0
     for index, chunk in generate_chunks(persons, seed, orgs):
         tables = chunk_tables(chunk, ids)
@@ -161,6 +166,12 @@ def generate_region(out_dir: Path | str, persons: int = 20_000, seed: int = 42, 
             _proms(con, writer)
         if cases is not None:
             aux["variants"].append(_rare_disease(writer, chunk, cases, xw, orgs))
+        participants = study_participants(tables, seed, reference_date)
+        if participants.num_rows:
+            panels, mztab = _metabolomics(writer, participants, ident, orgs, seed, samples)
+            aux["metabolomics"].append(panels)
+            aux["mztab"].append(mztab)
+            samples += participants.num_rows
         aux["person_identifiers"].append(ident)
         aux["crosswalk"].append(xw.drop_columns(["given_name", "family_name", "birth_date", "sex", "postcode",
                                                  "city"]))
@@ -180,13 +191,37 @@ def generate_region(out_dir: Path | str, persons: int = 20_000, seed: int = 42, 
         _bulk_manifest(out, code, writer.counts)
     manifest = {
         "generator": f"mercia.synth {__version__}", "seed": seed, "persons": persons, "error_rate": error_rate,
-        "reference_date": str(EPOCH + dt.timedelta(days=REFERENCE_DATE)),
+        "reference_date": reference_date,
         "organisations": [{k: r[k] for k in ("org_code", "org_type", "name")} for r in orgs.rows()],
         "files": dict(sorted(writer.counts.items())), "truth_rows": dict(sorted(truth.rows.items())),
         "errors_injected": len(writer.errors),
     }
     (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return manifest
+
+
+def _metabolomics(writer: Writer, participants: pa.Table, ident: pa.Table, orgs: Organisations, seed: int,
+                  first: int) -> tuple[pa.Table, pa.Table]:
+    """The metabolomics study's samples of this chunk: NMR panel rows appended to ``nmr_wide.csv``, the
+    sample manifest (sample id -> NHS number, collection date) to ``manifest.csv``, and the same samples'
+    LC-MS batches of ``MZTAB_BATCH`` as ``mztab/batch_<n>.mzTab``; returns the truth of both."""
+    study = study_panel(participants, seed, first)
+    people = ident.select(["person_id", "nhs_number"])
+    nhs = people.column("nhs_number").take(pc.index_in(participants.column("person_id"), people.column("person_id")))
+    manifest = pa.table({"sample_id": study.panel.column("sample_id"), "nhs_number": nhs,
+                         "collection_date": participants.column("collection_date")})
+    for name, table in (("nmr_wide.csv", study.panel), ("manifest.csv", manifest)):
+        rel = f"metabolomics/{orgs.metabolomics}/{name}"
+        path = writer.out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as handle:
+            pacsv.write_csv(table, handle, pacsv.WriteOptions(include_header=handle.tell() == 0))
+        writer.counts[rel] = writer.counts.get(rel, 0) + table.num_rows
+    folder = writer.out / "metabolomics" / orgs.metabolomics / "mztab"
+    first_batch = 1 + len(list(folder.glob("batch_*.mzTab"))) if folder.is_dir() else 1
+    mztab = write_mztab_batches(folder, study, MZTAB_BATCH, seed, first_batch)
+    writer.counts[f"metabolomics/{orgs.metabolomics}/mztab"] = first_batch - 1 + len(set(mztab.column("batch").to_pylist()))
+    return panel_long(study, participants), mztab
 
 
 def _write_geography(out: Path, identities: pa.Table) -> None:

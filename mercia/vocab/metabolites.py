@@ -29,10 +29,12 @@ import pyarrow as pa
 from mercia.cdm.store import Store
 
 NIGHTINGALE_VOCABULARY_ID = "Nightingale"
-NIGHTINGALE_OFFSET = 2_500_000_000
-METABOLITE_VOCABULARIES = {"HMDB": 2_510_000_000, "ChEBI": 2_520_000_000, "LipidMaps": 2_530_000_000,
-                           "KEGG": 2_540_000_000}
-METABOLITE_RANGE = 10_000_000
+# OMOP concept ids are 32-bit integers (Circe refuses larger ones): the local ranges sit between HPO's
+# (2,100,000,000 + HP number, below 2,110,000,000) and 2,147,483,647.
+NIGHTINGALE_OFFSET = 2_120_000_000
+METABOLITE_VOCABULARIES = {"HMDB": 2_121_000_000, "ChEBI": 2_122_000_000, "LipidMaps": 2_123_000_000,
+                           "KEGG": 2_124_000_000}
+METABOLITE_RANGE = 1_000_000
 # The catalogue's unit text -> UCUM code (ucum.org): "degree" is the unsaturation index, a pure number.
 UCUM_UNITS = {"mmol/L": "mmol/L", "mmol/l": "mmol/L", "g/l": "g/L", "g/L": "g/L", "nm": "nm", "%": "%",
               "ratio": "{ratio}", "degree": "1"}

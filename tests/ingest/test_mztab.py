@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mercia.ingest.mztab import MzTabError, parse_mztab, read_mztab
 from mercia.ingest.service import ingest
-from mercia.vocab.metabolites import METABOLITE_VOCABULARIES
+from mercia.vocab.metabolites import METABOLITE_RANGE, METABOLITE_VOCABULARIES
 from tests.conftest import SHARED_DATA
 
 EXAMPLES = SHARED_DATA / "metabolomics" / "mztab_m"
@@ -71,7 +71,7 @@ def test_chebi_concepts_are_local_standard_and_named(store, options, tmp_path):
     row = store.query("""SELECT concept_id, concept_name, standard_concept FROM concept
                          WHERE vocabulary_id = 'ChEBI' AND concept_code = 'CHEBI:16737'""")
     assert row and row[0][1] == "Creatinine" and row[0][2] == "S"
-    assert METABOLITE_VOCABULARIES["ChEBI"] < row[0][0] < METABOLITE_VOCABULARIES["ChEBI"] + 10_000_000
+    assert METABOLITE_VOCABULARIES["ChEBI"] < row[0][0] < METABOLITE_VOCABULARIES["ChEBI"] + METABOLITE_RANGE
     creatinine = store.query("""SELECT measurement_concept_id, value_as_number FROM measurement
                                 WHERE measurement_source_concept_id = ? ORDER BY value_as_number""", [row[0][0]])
     assert len(creatinine) == 6 and creatinine[0] == (row[0][0], 59131129.43)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from mercia.ingest.nmr import NmrError, read_nmr
 from mercia.ingest.service import ingest
 from mercia.synth.metabolomics import write_nmr_study
-from mercia.vocab.metabolites import NIGHTINGALE_OFFSET, nightingale_catalogue
+from mercia.vocab.metabolites import NIGHTINGALE_OFFSET, formula_names, nightingale_catalogue
 
 
 @pytest.fixture(autouse=True)
@@ -210,3 +211,158 @@ def test_cli_needs_a_manifest_and_loads_with_one(study, tmp_path, pseudonym_key)
                                "--manifest", str(study / "manifest.csv"), "--json"])
     assert done.exit_code == 0, done.output
     assert '"loaded": 80' in done.output
+
+
+def _flag(rows, line: int, biomarker: str, flag: str, scale: float = 1.0) -> None:
+    """Give the value of ``biomarker`` on file line ``line`` a QC flag (and optionally a wrong value)."""
+    column = f"{biomarker}_QC_Flag"
+    if column not in rows[0]:
+        rows[0].append(column)
+        for row in rows[1:]:
+            row.append("")
+    rows[line - 1][rows[0].index(column)] = flag
+    rows[line - 1][rows[0].index(biomarker)] = repr(float(rows[line - 1][rows[0].index(biomarker)]) * scale)
+
+
+def test_unusable_qc_flag_excluded_before_rederivation(store, load_sampled, study):
+    """A degraded value (here also 10x off) is kept in its QC-flag observation, not measured, and neither it
+    nor the composites computed from it are compared or loaded; a below-LOQ value stays a measurement."""
+    _rewrite(study / "nmr_wide.csv", lambda rows: (_flag(rows, 2, "XL_HDL_CE", "Degraded sample", 10.0),
+                                                   _flag(rows, 3, "Acetone", "Below limit of quantification")))
+    catalogue = nightingale_catalogue()
+    dependants = {b.name for b in catalogue.values() if b.in_ukb and "XL_HDL_CE" in formula_names(b.formula)}
+    assert {"Total_C", "HDL_C", "XL_HDL_C"} <= dependants
+    staged = read_nmr(study / "nmr_wide.csv", study / "manifest.csv")
+    assert staged.rejects.table().num_rows == 0  # nothing re-derived from the degraded value
+    summary = load_sampled(store, "nmr", study / "nmr_wide.csv", "NMR01", study / "manifest.csv")
+    assert summary.rejected == 0
+    assert summary.rows["measurement"] == 40 * 249 - 1 - len(dependants)
+    kept = dict(store.query("""SELECT qualifier_source_value, value_source_value FROM observation
+                               WHERE observation_source_value = 'QC flag' AND value_as_number IS NOT NULL"""))
+    assert set(kept) == {"XL_HDL_CE"} | dependants
+    assert kept["XL_HDL_CE"] == "Degraded sample"
+    assert kept["Total_C"] == "computed from QC-flagged XL_HDL_CE"
+    acetone = store.query_one("""SELECT count(*) FROM measurement m JOIN concept c
+                                 ON c.concept_id = m.measurement_source_concept_id WHERE c.concept_code = 'Acetone'""")
+    assert acetone == 40
+
+
+def test_usable_flag_does_not_hide_a_wrong_value(study):
+    """The same 10x error under a usable flag (below LOQ) is still caught by the re-derivation."""
+    _rewrite(study / "nmr_wide.csv", lambda rows: _flag(rows, 2, "XL_HDL_CE", "Below limit of quantification", 10.0))
+    rejects = read_nmr(study / "nmr_wide.csv", study / "manifest.csv").rejects.table().to_pylist()
+    assert {r["field"] for r in rejects} >= {"Total_C", "HDL_C", "XL_HDL_C"}
+    assert all("re-derived" in r["reason"] and r["line"] == 2 for r in rejects)
+
+
+def _technical_study(tmp_path: Path) -> tuple[Path, Path]:
+    """960 samples (ten plates) with known technical effects on every measured biomarker: x1.25 on plate
+    row A and exp(0.004 per hour) between preparation and measurement; composites computed from the
+    affected values, as a laboratory would deliver them."""
+    import duckdb
+    import numpy as np
+
+    from mercia.synth.metabolomics import nmr_panel
+    from mercia.vocab.metabolites import formula_sql, quote_name
+
+    study = nmr_panel(960, seed=21)
+    rng = np.random.default_rng(4)
+    hours = rng.uniform(1, 48, 960)
+    row_a = np.array([w.startswith("A") for w in study.panel.column("Well.Position.Within.Plate").to_pylist()])
+    factor = np.exp(0.004 * hours) * np.where(row_a, 1.25, 1.0)
+    catalogue = nightingale_catalogue()
+    measured = {b.name: study.panel.column(b.name).to_numpy() * factor for b in catalogue.values()
+                if b.in_ukb and b.measured}
+    con = duckdb.connect()
+    con.register("m", pa.table(measured))
+    derived = con.sql("SELECT " + ", ".join(f"CAST({formula_sql(b.formula)} AS DOUBLE) AS {quote_name(b.name)}"
+                                            for b in catalogue.values() if b.in_ukb and not b.measured)
+                      + " FROM m").to_arrow_table()
+    prepared = np.datetime64("2024-01-01T08:00") + np.arange(960).astype("timedelta64[m]") * 30
+    columns = {name: study.panel.column(name) for name in study.panel.column_names[:5]}
+    columns["Sample.Prepared.Date.and.Time"] = pa.array(prepared.astype(str))
+    columns["Sample.Measured.Date.and.Time"] = pa.array(
+        (prepared + (hours * 3600).astype("timedelta64[s]")).astype("datetime64[s]").astype(str))
+    for b in catalogue.values():
+        if b.in_ukb:
+            columns[b.name] = pa.array(measured[b.name]) if b.measured else derived.column(b.name)
+    con.register("panel", pa.table(columns))
+    con.execute(f"COPY panel TO '{tmp_path / 'tv.csv'}' (HEADER)")
+    with (tmp_path / "tv_manifest.csv").open("w") as handle:
+        handle.write("sample_id,local_id,collection_date\n" + "".join(
+            f"{s},L{i},2024-01-01\n" for i, s in enumerate(study.panel.column("sample_id").to_pylist())))
+    con.register("truth", pa.table({"sample_id": study.panel.column("sample_id"), "hours": hours, "row_a": row_a,
+                                    "diabetes": study.truth.column("diabetes")}))
+    con.execute(f"COPY truth TO '{tmp_path / 'tv_truth.csv'}' (HEADER)")
+    return tmp_path / "tv.csv", tmp_path / "tv_manifest.csv"
+
+
+def _values(staged, truth: Path):
+    """A DuckDB connection with ``vals`` (sample_id, biomarker, value, hours, row_a, diabetes) of a staged panel."""
+    import duckdb
+    con = duckdb.connect()
+    con.register("events", staged.events.table())
+    con.execute(f"""CREATE TABLE vals AS SELECT replace(e.record, 'NMR/', '') AS sample_id, e.code AS biomarker,
+                                                e.value_number AS value, t.hours, t.row_a, t.diabetes
+                    FROM events e JOIN read_csv('{truth}') t ON t.sample_id = replace(e.record, 'NMR/', '')
+                    WHERE e.kind = 'Measurement'""")
+    return con
+
+
+def test_technical_variation_removed_and_composites_rederived(tmp_path):
+    """Opt-in (Ritchie et al. 2023 steps): the row and time effects injected into every measured biomarker
+    are gone, diabetes still raises glucose, composites equal their adjusted parts."""
+    panel, manifest = _technical_study(tmp_path)
+    truth = tmp_path / "tv_truth.csv"
+    raw = read_nmr(panel, manifest)
+    assert raw.rejects.table().num_rows == 0
+
+    def effects(staged):
+        return _values(staged, truth).execute("""SELECT max(abs(row_effect)), max(abs(slope)) FROM (
+            SELECT biomarker, avg(ln(value)) FILTER (WHERE row_a) - avg(ln(value)) FILTER (WHERE NOT row_a) AS row_effect,
+                   regr_slope(ln(value), hours) AS slope
+            FROM vals WHERE biomarker IN ('Glucose', 'Creatinine', 'XL_HDL_CE', 'Albumin', 'Ala') GROUP BY 1)""").fetchall()[0]
+    raw_row, raw_slope = effects(raw)
+    assert raw_row > 0.15 and raw_slope > 0.003        # the injected log(1.25) = 0.22 and 0.004 per hour
+    adjusted = read_nmr(panel, manifest, remove_technical_variation=True)
+    assert adjusted.rejects.table().num_rows == 0
+    row, slope = effects(adjusted)
+    assert row < 0.03 and slope < 0.0005
+    con = _values(adjusted, truth)
+    (ratio,) = con.execute("""SELECT avg(value) FILTER (WHERE diabetes) / avg(value) FILTER (WHERE NOT diabetes)
+                              FROM vals WHERE biomarker = 'Glucose'""").fetchall()[0]
+    assert 1.45 < ratio < 1.75                           # the synthetic disease effect (x1.6) survives
+    parts = ", ".join(f"'{b}'" for b in formula_names(nightingale_catalogue()["Total_C"].formula))
+    (worst,) = con.execute(f"""SELECT max(abs(t.value - s.value) / t.value)
+        FROM (SELECT sample_id, value FROM vals WHERE biomarker = 'Total_C') t
+        JOIN (SELECT sample_id, sum(value) AS value FROM vals WHERE biomarker IN ({parts}) GROUP BY 1) s
+        USING (sample_id)""").fetchall()[0]
+    assert worst < 1e-9
+    marks = [e for e in adjusted.events.table().to_pylist() if e["code"] == "Technical variation removed"]
+    assert len(marks) == 960 and "Ritchie 2023" in marks[0]["value_code"]
+
+
+def test_technical_variation_only_for_nmr(tmp_path):
+    from mercia.ingest.service import read_source
+    (tmp_path / "x.vcf").write_text("")
+    with pytest.raises(ValueError, match="applies to NMR panels"):
+        read_source("vcf", tmp_path / "x.vcf", remove_technical_variation=True)
+
+
+def test_cli_remove_technical_variation_flag(study, tmp_path, pseudonym_key):
+    from typer.testing import CliRunner
+
+    from mercia.cdm import Store
+    from mercia.cli import app
+
+    db = str(tmp_path / "cli.duckdb")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["ingest", "vcf", str(study / "nmr_wide.csv"), "--org", "NMR01", "--db", db,
+                                  "--remove-technical-variation"])
+    assert refused.exit_code != 0 and "nmr panels only" in refused.output
+    done = runner.invoke(app, ["ingest", "nmr", str(study / "nmr_wide.csv"), "--org", "NMR01", "--db", db,
+                               "--manifest", str(study / "manifest.csv"), "--remove-technical-variation", "--json"])
+    assert done.exit_code == 0, done.output
+    with Store(db) as store:
+        assert store.query_one("""SELECT count(*) FROM observation
+                                  WHERE observation_source_value = 'Technical variation removed'""") == 40

@@ -11,6 +11,9 @@ from mercia.ingest.region import ingest_region
 from mercia.linkage.evaluate import region_linkage_quality, region_person_truth
 from mercia.linkage.probabilistic import link_store
 from mercia.privacy.pseudonym import Pseudonymiser, load_key
+from mercia.vocab.metabolites import METABOLITE_RANGE, METABOLITE_VOCABULARIES, NIGHTINGALE_OFFSET
+
+METABOLOMICS_END = max(METABOLITE_VOCABULARIES.values()) + METABOLITE_RANGE - 1   # last local metabolite concept
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +63,10 @@ def test_clean_region_loads_to_the_true_cdm(store, clean_region, synthetic_key):
                            FROM read_parquet('{clean_region}/truth/omop/person/*.parquet')""").fetchall()
     assert sorted((mapping[p], *rest) for p, *rest in ours) == sorted(truth)
     for table, (date, source) in COMPARED.items():
-        # genomic calls are measurements here (OHDSI G-CDM convention) but live in variants.parquet in the truth
-        where = "WHERE measurement_id NOT IN (SELECT measurement_id FROM variant_occurrence)" \
+        # genomic calls are measurements here (OHDSI G-CDM convention) but live in variants.parquet in the truth,
+        # NMR and LC-MS values (Nightingale and ChEBI source concepts) in metabolomics/mztab.parquet: compared below
+        where = f"""WHERE measurement_id NOT IN (SELECT measurement_id FROM variant_occurrence)
+                    AND measurement_source_concept_id NOT BETWEEN {NIGHTINGALE_OFFSET} AND {METABOLOMICS_END}""" \
             if table == "measurement" else ""
         ours = [(mapping[p], d, str(s)) for p, d, s in store.query(f"SELECT person_id, {date}, {source} FROM {table} {where}")]
         expected = [(p, d, str(s)) for p, d, s in truth_events(clean_region, table, date, source)]
@@ -71,6 +76,22 @@ def test_clean_region_loads_to_the_true_cdm(store, clean_region, synthetic_key):
     true_variants = duckdb.sql(f"""SELECT DISTINCT person_id, gene, chrom, pos, ref, alt
                                    FROM read_parquet('{clean_region}/truth/variants.parquet')""").fetchall()
     assert sorted((mapping[p], *rest) for p, *rest in variants) == sorted(true_variants)
+    nmr = store.query("""SELECT m.person_id, m.measurement_date, c.concept_code, m.value_as_number FROM measurement m
+                         JOIN concept c ON c.concept_id = m.measurement_source_concept_id
+                         WHERE c.vocabulary_id = 'Nightingale'""")
+    true_nmr = duckdb.sql(f"""SELECT person_id, collection_date, biomarker, value
+                              FROM read_parquet('{clean_region}/truth/metabolomics.parquet')""").fetchall()
+    assert len(true_nmr) > 0 and len(true_nmr) % 249 == 0
+    assert sorted((mapping[p], d, b, pytest.approx(v, rel=1e-12)) for p, d, b, v in nmr) == sorted(true_nmr)
+    assert store.query_one("SELECT count(*) FROM specimen") == len(true_nmr) // 249
+    lcms = store.query("""SELECT m.person_id, m.measurement_date, c.concept_code, m.value_as_number FROM measurement m
+                          JOIN concept c ON c.concept_id = m.measurement_source_concept_id
+                          WHERE c.vocabulary_id = 'ChEBI'""")
+    true_lcms = duckdb.sql(f"""SELECT DISTINCT s.person_id, s.collection_date, t.chebi, t.value
+                               FROM read_parquet('{clean_region}/truth/mztab.parquet') t
+                               JOIN read_parquet('{clean_region}/truth/metabolomics.parquet') s USING (sample_id)""").fetchall()
+    assert len(true_lcms) > 0
+    assert sorted((mapping[p], d, c, pytest.approx(v, rel=1e-12)) for p, d, c, v in lcms) == sorted(true_lcms)
     periods = store.query("""SELECT person_id, observation_period_start_date, observation_period_end_date
                              FROM observation_period""")
     true_periods = duckdb.sql(f"""SELECT person_id, observation_period_start_date, observation_period_end_date

@@ -24,7 +24,7 @@ def test_write_omop_fills_the_cdm(store):
     assert store.query_one("SELECT count(DISTINCT person_id) FROM observation_period") == 400
     sites = {r[0] for r in store.query("SELECT care_site_source_value FROM care_site")}
     orgs = Organisations.for_region(400)
-    assert sites == {*orgs.practices, *orgs.trusts, orgs.pathology, orgs.rare_disease}
+    assert sites == {*orgs.practices, *orgs.trusts, orgs.pathology, orgs.rare_disease, orgs.metabolomics}
 
 
 def test_write_omop_is_deterministic(tmp_path):
@@ -37,3 +37,41 @@ def test_write_omop_is_deterministic(tmp_path):
     write_omop(str(tmp_path / "c.duckdb"), persons=300, seed=9)
     with Store(str(tmp_path / "c.duckdb")) as s:
         assert s.query(CHECKSUM) != sums[0]
+
+
+def test_metabolomics_study_panels_follow_the_record_and_a_biomarker_cohort_finds_them(store, shared_data):
+    """The demo's metabolomics study: one plasma specimen and 249 Nightingale values per participant,
+    composites equal to their measured parts, diabetes (from the person's own record) raising glucose, so a
+    cohort on NMR glucose above 7 mmol/L is mostly people with type 2 diabetes by the sample date."""
+    from mercia.cohorts import builder as cb
+    from mercia.cohorts import run_cohort
+    from mercia.cohorts.omics import biomarker_above
+    from mercia.synth.metabolomics import T2DM_CONCEPT
+    from mercia.vocab.metabolites import formula_names, nightingale_catalogue
+
+    write_omop(store, persons=3000, seed=5, metabolomics=True)
+    samples = store.query_one("SELECT count(*) FROM specimen")
+    assert samples > 50
+    per_person = store.query("""SELECT person_id, count(*) FROM measurement m JOIN concept c
+                                ON c.concept_id = m.measurement_source_concept_id AND c.vocabulary_id = 'Nightingale'
+                                GROUP BY person_id""")
+    assert len(per_person) == samples and {n for _, n in per_person} == {249}
+    # Total_C is the sum of every lipoprotein class's cholesterol esters and free cholesterol (catalogue formula)
+    parts = ", ".join(f"'{b}'" for b in formula_names(nightingale_catalogue()["Total_C"].formula))
+    assert parts.count(",") == 27
+    worst = store.query_one(f"""
+        WITH v AS (SELECT m.person_id, c.concept_code AS b, m.value_as_number AS x FROM measurement m
+                   JOIN concept c ON c.concept_id = m.measurement_source_concept_id AND c.vocabulary_id = 'Nightingale')
+        SELECT max(abs(t.x - s.x) / t.x) FROM (SELECT person_id, x FROM v WHERE b = 'Total_C') t
+        JOIN (SELECT person_id, sum(x) AS x FROM v WHERE b IN ({parts}) GROUP BY person_id) s USING (person_id)""")
+    assert worst is not None and worst < 1e-9
+    high = biomarker_above(store, 1, "Glucose", 7.0)
+    result = run_cohort(store, cb.cohort([high.criterion], concept_sets=[high.concept_set]), 501)
+    assert result.persons > 0
+    diabetic = f"""EXISTS (SELECT 1 FROM condition_occurrence o WHERE o.person_id = x.person_id
+                               AND o.condition_concept_id = {T2DM_CONCEPT} AND o.condition_start_date <= x.day)"""
+    in_cohort = store.query_one(f"""SELECT avg(CASE WHEN {diabetic} THEN 1.0 ELSE 0 END) FROM (SELECT subject_id AS person_id,
+                                    cohort_start_date AS day FROM cohort WHERE cohort_definition_id = 501) x""")
+    in_study = store.query_one(f"""SELECT avg(CASE WHEN {diabetic} THEN 1.0 ELSE 0 END) FROM (SELECT person_id,
+                                   specimen_date AS day FROM specimen) x""")
+    assert float(in_cohort) >= 0.5 and float(in_cohort) >= 4 * float(in_study)   # glucose x1.6 with diabetes

@@ -37,7 +37,7 @@ def test_layout_matches_the_contract(region):
     out, manifest = region
     assert (out / "manifest.json").exists() and (out / "organisations.csv").exists()
     orgs = list(csv.DictReader(open(out / "organisations.csv")))
-    assert {o["org_type"] for o in orgs} == {"gp", "acute", "pathology", "rare_disease"}
+    assert {o["org_type"] for o in orgs} == {"gp", "acute", "pathology", "rare_disease", "metabolomics"}
     for o in orgs:
         if o["org_type"] == "gp":
             assert all((out / "gp" / o["org_code"] / f"{t}.ndjson").exists() for t in FHIR_TYPES)
@@ -49,6 +49,12 @@ def test_layout_matches_the_contract(region):
     assert list((out / "rare_disease" / "R9G" / "phenopackets").glob("*.json"))
     assert list((out / "rare_disease" / "R9G" / "vcf").glob("*.vcf"))
     assert (out / "proms" / "proms.csv").exists()
+    samples = manifest["files"]["metabolomics/R9M/nmr_wide.csv"]
+    assert samples == manifest["files"]["metabolomics/R9M/manifest.csv"] > 0
+    assert pq.read_table(out / "truth" / "metabolomics.parquet").num_rows == samples * 249
+    batches = sorted((out / "metabolomics" / "R9M" / "mztab").glob("batch_*.mzTab"))
+    assert len(batches) == manifest["files"]["metabolomics/R9M/mztab"] == -(-samples // 48)
+    assert pq.read_table(out / "truth" / "mztab.parquet").num_rows == samples * 4   # four LC-MS targets
     for name in ("person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
                  "measurement", "observation", "death", "concept"):
         part = pq.read_table(next((out / "truth" / "omop" / name).glob("part-*.parquet")))
