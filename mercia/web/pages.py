@@ -446,7 +446,7 @@ def _builder_context(project, values: dict[str, str], **extra: Any) -> dict[str,
             "form_action": f"/projects/{project.id}/cohorts/new" if project else "/feasibility", **extra}
 
 
-# The builder as it first opens (and as it comes back after a failed ATLAS import, with the JSON kept).
+# The builder as it first opens.
 BUILDER_START = {"entry_domain": "condition", "entry_first": "on", "entry_descendants": "on",
                  "exit": "end_of_observation", "rule1_before": "365", "rule1_after": "0", "rule1_presence": "present"}
 
@@ -481,9 +481,9 @@ def builder_submit(project_id: int, request: Request, caller: Caller = Depends(s
             return redirect(f"/cohorts/{cohort['id']}", "Cohort saved. Run it to see counts and attrition.")
         return _builder_answer(request, caller, project, form, circe)
     except GovernanceError as exc:
-        values = BUILDER_START | form if action == "import" else form
+        # Everything the user entered comes back (the import is part of the builder's form).
         return render(request, "builder.html", caller, status_for(exc), retry_headers(exc),
-                      **_builder_context(project, values, error=str(exc)))
+                      **_builder_context(project, form, error=str(exc)))
 
 
 def _builder_answer(request: Request, caller: Caller, project, form: dict[str, str], circe: dict[str, Any]):

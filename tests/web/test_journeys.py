@@ -161,6 +161,35 @@ def test_project_decision_is_explicit(page, live_server, demo, app, shots):
     assert state.gov.project(project.id).status.value == "rejected"
 
 
+def test_a_failed_atlas_import_keeps_the_builders_settings(page, live_server, demo, shots):
+    """The import box belongs to the builder's form: what the user typed in the builder survives a bad paste."""
+    base = live_server
+    sign_in(page, base, demo, "researcher")
+    page.goto(f"{base}/projects/1/cohorts/new")
+    page.get_by_label("Cohort name").fill("New metformin users")
+    page.get_by_label("Concept ids", exact=True).fill("201826")
+    page.get_by_label("First event per person only").uncheck()
+    page.get_by_label("Rule name 1").fill("Metformin in the year after")
+    page.get_by_label("Domain for rule 1").select_option("drug")
+    page.get_by_label("Concept ids for rule 1").fill("1503297")
+    page.get_by_label("Minimum age at entry (years)").fill("40")
+    page.get_by_label("A fixed number of days after entry").check()
+    page.get_by_text("Import a cohort definition from ATLAS").click()
+    page.get_by_label("ATLAS JSON").fill('{"ConceptSets": [')
+    page.get_by_role("button", name="Import").click()
+    assert page.title().startswith("Error:") and "not valid JSON" in page.locator(".error-summary").inner_text()
+    assert page.get_by_label("ATLAS JSON").input_value() == '{"ConceptSets": ['
+    assert page.get_by_label("Cohort name").input_value() == "New metformin users"
+    assert page.get_by_label("Concept ids", exact=True).input_value() == "201826"
+    assert not page.get_by_label("First event per person only").is_checked()
+    assert page.get_by_label("Rule name 1").input_value() == "Metformin in the year after"
+    assert page.get_by_label("Domain for rule 1").input_value() == "drug"
+    assert page.get_by_label("Concept ids for rule 1").input_value() == "1503297"
+    assert page.get_by_label("Minimum age at entry (years)").input_value() == "40"
+    assert page.get_by_label("A fixed number of days after entry").is_checked()
+    check(page, shots, "30-builder-failed-import")
+
+
 def test_api_docs_work_offline(page, live_server):
     """Swagger UI from bundled assets: every request stays on this server, and the page renders."""
     hosts: set[str] = set()
