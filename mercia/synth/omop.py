@@ -18,6 +18,7 @@ from mercia.cdm.schema import CDM_VERSION_CONCEPT_ID
 from mercia.synth import catalogue as cat
 from mercia.synth.clinical import CARE_SITE_GP, CARE_SITE_PATHOLOGY, CARE_SITE_RARE, CARE_SITE_TRUST, Chunk, build_chunk
 from mercia.synth.population import EPOCH, geography, nhs_numbers
+from mercia.vocab.starter import ENGLISH_CONCEPT_ID
 
 CHUNK_PERSONS = 50_000   # fixed, so that output never depends on how a run is split
 MEMORY_LIMIT = "1536MB"   # DuckDB buffer cap during the fast path (Python holds one chunk besides)
@@ -205,11 +206,11 @@ def chunk_tables(chunk: Chunk, ids: IdCounters) -> dict[str, pa.Table]:
 
 def reference_tables(orgs: Organisations) -> dict[str, pa.Table]:
     """location (one per synthetic LSOA), care_site, cdm_source and the catalogue's concepts with their
-    ICD-10 codes ("Maps to") and hierarchy (``concept_ancestor``; see ``catalogue.vocabulary_rows``)."""
+    ICD-10 codes ("Maps to"), hierarchy (``concept_ancestor``) and synonyms (see ``catalogue.vocabulary_rows``)."""
     geo = geography()
     nl = len(geo.lsoa_codes)
     org_rows = orgs.rows()
-    extra, maps, ancestors = cat.vocabulary_rows()
+    extra, maps, ancestors, synonyms = cat.vocabulary_rows()
     concepts = cat.concept_rows() + extra
     start, end = 0, (dt.date(2099, 12, 31) - EPOCH).days
     today = (dt.date(2024, 3, 31) - EPOCH).days
@@ -241,6 +242,9 @@ def reference_tables(orgs: Organisations) -> dict[str, pa.Table]:
             "ancestor_concept_id": [a for a, _, _ in ancestors], "descendant_concept_id": [d for _, d, _ in ancestors],
             "min_levels_of_separation": [n for _, _, n in ancestors],
             "max_levels_of_separation": [n for _, _, n in ancestors]}, len(ancestors)),
+        "concept_synonym": cdm_table("concept_synonym", {
+            "concept_id": [c for c, _ in synonyms], "concept_synonym_name": [n for _, n in synonyms],
+            "language_concept_id": np.full(len(synonyms), ENGLISH_CONCEPT_ID, dtype=np.int64)}, len(synonyms)),
     }
 
 
