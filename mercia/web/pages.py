@@ -22,7 +22,8 @@ from mercia.governance.model import LAY_RECOMMENDATIONS, PURPOSE_CATEGORIES
 from mercia.governance.projects import PUBLIC_TEXT_FIELDS
 from mercia.services import analyses as analysis_service
 from mercia.services import cohorts as cohort_service
-from mercia.services.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form
+from mercia.services import conceptsets as concept_set_service
+from mercia.services.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form, concept_ids
 from mercia.services.errors import Invalid, NotFound
 from mercia.services.exportable import request_export as request_export_service, view_export
 from mercia.services.jobs import cancel_job, job_for
@@ -364,6 +365,7 @@ def _project_page(request: Request, caller: Caller, project_id: int, status_code
     return render(request, "project.html", caller, status_code, project=project, members=state.gov.member_names(project),
                   capacities=state.gov.open_capacities(user, project),
                   cohorts=cohort_service.list_cohorts(state, user, project_id) if data_open else [],
+                  concept_sets=concept_set_service.list_concept_sets(state, user, project_id) if data_open else [],
                   data_open=data_open, is_lead=user.id in project.lead_ids,
                   candidates=[u for u in state.gov.users() if u["id"] not in project.members]
                   if user.id in project.lead_ids and project.status is ProjectStatus.DRAFT else [],
@@ -437,6 +439,65 @@ def withdraw_project(project_id: int, request: Request, caller: Caller = Depends
     gov.visible_project(caller.user, project_id)
     gov.withdraw(caller.user, project_id, form.get("reason", ""))
     return redirect(f"/projects/{project_id}", "Project withdrawn: its data can no longer be reached.")
+
+
+# -- concept sets ------------------------------------------------------------------------------
+@router.get("/projects/{project_id}/concept-sets", response_class=HTMLResponse)
+def concept_sets_page(project_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    state = state_of(request)
+    project = state.gov.require_data_access(caller.user, project_id)
+    return render(request, "conceptsets.html", caller, project=project, values={"descendants": "on"},
+                  concept_sets=concept_set_service.list_concept_sets(state, caller.user, project_id))
+
+
+@router.post("/projects/{project_id}/concept-sets", response_class=HTMLResponse)
+def create_concept_set_page(project_id: int, request: Request, caller: Caller = Depends(signed_in),
+                            form: dict[str, str] = Depends(form_data)):
+    """From the fields, or from pasted ATLAS JSON; a refusal returns the form as it was sent."""
+    state = state_of(request)
+    project = state.gov.require_data_access(caller.user, project_id)
+    errors: dict[str, str] = {}
+    expression: Any = None
+    pasted = form.get("atlas_json", "").strip()
+    if not form.get("name", "").strip():
+        errors["name"] = "Give the concept set a name"
+    try:
+        if pasted:
+            try:
+                expression = orjson.loads(pasted)
+            except orjson.JSONDecodeError as exc:
+                errors["atlas_json"] = f"ATLAS concept set JSON: not valid JSON ({exc})"
+        else:
+            include = concept_ids(form.get("include", ""), "Concept ids to include")
+            exclude = concept_ids(form.get("exclude", ""), "Concept ids to exclude")
+            if not include:
+                errors["include"] = "Give at least one concept id to include"
+            expression = concept_set_service.expression_from_fields(include, exclude, form.get("descendants") == "on")
+    except Invalid as exc:
+        errors["include" if "include" in str(exc) else "exclude"] = str(exc)
+    if not errors:
+        try:
+            created = concept_set_service.create_concept_set(state, caller.user, project_id, form["name"], expression)
+            return redirect(f"/concept-sets/{created['id']}", "Concept set saved.")
+        except Invalid as exc:
+            errors["atlas_json" if pasted else "include"] = str(exc)
+    return render(request, "conceptsets.html", caller, 400, project=project, values=form, errors=errors,
+                  concept_sets=concept_set_service.list_concept_sets(state, caller.user, project_id))
+
+
+@router.get("/concept-sets/{concept_set_id}", response_class=HTMLResponse)
+def concept_set_page(concept_set_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    state = state_of(request)
+    concept_set, project = concept_set_service.get_concept_set(state, caller.user, concept_set_id)
+    return render(request, "conceptset.html", caller, concept_set=concept_set, project=project,
+                  expanded=concept_set_service.expanded_concepts(state, caller.user, concept_set_id))
+
+
+@router.get("/concept-sets/{concept_set_id}/atlas.json")
+def concept_set_json(concept_set_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    concept_set, _ = concept_set_service.get_concept_set(state_of(request), caller.user, concept_set_id)
+    return Response(orjson.dumps(concept_set["expression"], option=orjson.OPT_INDENT_2), media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="concept-set-{concept_set_id}.json"'})
 
 
 # -- cohorts -----------------------------------------------------------------------------------
