@@ -243,7 +243,8 @@ def test_rare_disease_terms_as_chips_and_every_bad_term_at_once(page, live_serve
 
 @pytest.mark.parametrize("username, paths", [
     ("researcher", ["/", "/projects", "/projects/new", "/projects/1", "/projects/1/cohorts/new", "/cohorts/1",
-                    "/concepts?q=diabetes", "/exports", "/account", "/sources", "/raredisease", "/trials"]),
+                    "/concepts?q=diabetes", "/projects/1/concept-sets", "/concept-sets/1", "/exports", "/account",
+                    "/sources", "/raredisease", "/trials"]),
     ("governance", ["/", "/audit", "/sources"]),
     ("admin", ["/admin/users"]),
 ])
