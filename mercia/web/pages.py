@@ -461,20 +461,23 @@ def create_concept_set_page(project_id: int, request: Request, caller: Caller = 
     pasted = form.get("atlas_json", "").strip()
     if not form.get("name", "").strip():
         errors["name"] = "Give the concept set a name"
-    try:
-        if pasted:
+    if pasted:
+        try:
+            expression = orjson.loads(pasted)
+        except orjson.JSONDecodeError as exc:
+            errors["atlas_json"] = f"ATLAS concept set JSON: not valid JSON ({exc})"
+    else:
+        ids: dict[str, list[int]] = {}
+        for field, label in (("include", "Concept ids to include"), ("exclude", "Concept ids to exclude")):
             try:
-                expression = orjson.loads(pasted)
-            except orjson.JSONDecodeError as exc:
-                errors["atlas_json"] = f"ATLAS concept set JSON: not valid JSON ({exc})"
-        else:
-            include = concept_ids(form.get("include", ""), "Concept ids to include")
-            exclude = concept_ids(form.get("exclude", ""), "Concept ids to exclude")
-            if not include:
-                errors["include"] = "Give at least one concept id to include"
-            expression = concept_set_service.expression_from_fields(include, exclude, form.get("descendants") == "on")
-    except Invalid as exc:
-        errors["include" if "include" in str(exc) else "exclude"] = str(exc)
+                ids[field] = concept_ids(form.get(field, ""), label)
+            except Invalid as exc:
+                errors[field] = str(exc)
+        if not errors.get("include") and not ids.get("include"):
+            errors["include"] = "Give at least one concept id to include"
+        if len(ids) == 2:
+            expression = concept_set_service.expression_from_fields(ids["include"], ids["exclude"],
+                                                                    form.get("descendants") == "on")
     if not errors:
         try:
             created = concept_set_service.create_concept_set(state, caller.user, project_id, form["name"], expression)

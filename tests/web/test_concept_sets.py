@@ -85,8 +85,9 @@ def test_atlas_json_round_trip_and_a_bad_import_keeps_the_form(client, demo):
     assert r.status_code == 400 and "<title>Error:" in r.text
     assert "item 2 (concept.CONCEPT_ID 999999999) is not in this store" in r.text and 'href="#atlas_json"' in r.text
     assert 'value="Kept name"' in r.text and "999999999}}]}</textarea>" in r.text.replace("&#34;", '"')
-    r = make_set(client, csrf, name="", include="12x")
-    assert r.status_code == 400 and 'href="#name"' in r.text and "not a concept id" in r.text
+    r = make_set(client, csrf, name="", include="12x", exclude="y")
+    assert r.status_code == 400 and 'href="#name"' in r.text and 'href="#include"' in r.text
+    assert 'href="#exclude"' in r.text and "Concept ids to exclude: a value is not a concept id" in r.text
 
 
 def test_concept_sets_refuse_strangers_and_forged_forms(client, demo):
