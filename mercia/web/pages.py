@@ -504,10 +504,17 @@ def concept_set_json(concept_set_id: int, request: Request, caller: Caller = Dep
 
 
 # -- cohorts -----------------------------------------------------------------------------------
-def _builder_context(project, values: dict[str, str], **extra: Any) -> dict[str, Any]:
-    """The builder in a project (save a cohort), or without one (the quick feasibility count)."""
+def _builder_context(project, values: dict[str, str], saved_sets: dict[int, dict[str, Any]] | None = None,
+                     **extra: Any) -> dict[str, Any]:
+    """The builder in a project (save a cohort; its saved concept sets to choose from), or without one
+    (the quick feasibility count)."""
     return {"project": project, "values": values, "domains": BUILDER_DOMAINS, "rule_numbers": range(1, MAX_RULES + 1),
-            "form_action": f"/projects/{project.id}/cohorts/new" if project else "/feasibility", **extra}
+            "form_action": f"/projects/{project.id}/cohorts/new" if project else "/feasibility",
+            "saved_sets": saved_sets or {}, **extra}
+
+
+def _saved_sets(request: Request, caller: Caller, project_id: int) -> dict[int, dict[str, Any]]:
+    return {cs["id"]: cs for cs in concept_set_service.list_concept_sets(state_of(request), caller.user, project_id)}
 
 
 # The builder as it first opens.
@@ -518,7 +525,8 @@ BUILDER_START = {"entry_domain": "condition", "entry_first": "on", "entry_descen
 @router.get("/projects/{project_id}/cohorts/new", response_class=HTMLResponse)
 def builder_page(project_id: int, request: Request, caller: Caller = Depends(signed_in)):
     project = state_of(request).gov.require_data_access(caller.user, project_id)
-    return render(request, "builder.html", caller, **_builder_context(project, BUILDER_START))
+    return render(request, "builder.html", caller,
+                  **_builder_context(project, BUILDER_START, _saved_sets(request, caller, project_id)))
 
 
 @router.post("/projects/{project_id}/cohorts/new", response_class=HTMLResponse)
@@ -526,6 +534,7 @@ def builder_submit(project_id: int, request: Request, caller: Caller = Depends(s
                    form: dict[str, str] = Depends(form_data)):
     state = state_of(request)
     project = state.gov.require_data_access(caller.user, project_id)
+    saved_sets = _saved_sets(request, caller, project_id)
     action = form.get("action", "preview")
     try:
         if action == "import":
@@ -536,27 +545,28 @@ def builder_submit(project_id: int, request: Request, caller: Caller = Depends(s
             if not isinstance(circe, dict):
                 raise GovernanceError("ATLAS JSON: expected a cohort definition object")
         else:
-            circe = build_from_form(state, form)
+            circe = build_from_form(state, form, saved_sets)
         cohort_service.parse_definition(circe, project)
         if action in ("save", "import"):
             name = form.get("name", "").strip() or "Untitled cohort"
             cohort = cohort_service.create_cohort(state, caller.user, project_id, name,
                                                   form.get("description", ""), circe)
             return redirect(f"/cohorts/{cohort['id']}", "Cohort saved. Run it to see counts and attrition.")
-        return _builder_answer(request, caller, project, form, circe)
+        return _builder_answer(request, caller, project, form, circe, saved_sets)
     except GovernanceError as exc:
         # Everything the user entered comes back (the import is part of the builder's form).
         return render(request, "builder.html", caller, status_for(exc), retry_headers(exc),
-                      **_builder_context(project, form, error=str(exc)))
+                      **_builder_context(project, form, saved_sets, error=str(exc)))
 
 
-def _builder_answer(request: Request, caller: Caller, project, form: dict[str, str], circe: dict[str, Any]):
+def _builder_answer(request: Request, caller: Caller, project, form: dict[str, str], circe: dict[str, Any],
+                    saved_sets: dict[int, dict[str, Any]] | None = None):
     """The builder again with what was asked of the definition: a quick count, or its Circe JSON."""
     if form.get("action") == "count":
         extra = {"quick": quick_count(state_of(request), caller.user, circe)}
     else:
         extra = {"preview": orjson.dumps(circe, option=orjson.OPT_INDENT_2).decode()}
-    return render(request, "builder.html", caller, **_builder_context(project, form, **extra))
+    return render(request, "builder.html", caller, **_builder_context(project, form, saved_sets, **extra))
 
 
 @router.get("/feasibility", response_class=HTMLResponse)

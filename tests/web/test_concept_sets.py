@@ -110,3 +110,25 @@ def test_search_finds_what_clinicians_type(client, demo):
     for typed, concept in (("HbA1c", 3004410), ("stroke", 381316), ("cancer", BREAST), ("heart attack", 4329847)):
         page = client.get("/concepts", params={"q": typed}).text
         assert f"<td class=\"numeric\">{concept}</td>" in page, typed
+
+
+def test_the_builder_uses_a_saved_concept_set_with_its_exclusions(client, demo):
+    csrf = sign_in(client, demo, "researcher")
+    r = make_set(client, csrf, name="Cancers, not colon", include=str(CANCER), exclude=str(COLON), descendants="on")
+    set_id = int(r.headers["location"].split("?")[0].rsplit("/", 1)[1])
+    builder = client.get("/projects/1/cohorts/new").text
+    assert f'<option value="{set_id}">Cancers, not colon</option>' in builder
+    form = {"csrf_token": csrf, "name": "First cancer", "entry_domain": "condition", "entry_concept_set": str(set_id),
+            "entry_first": "on", "exit": "end_of_observation"}
+    r = client.post("/projects/1/cohorts/new", data=form | {"action": "save"}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    cohort_id = int(r.headers["location"].split("?")[0].rsplit("/", 1)[1])
+    circe = client.get(f"/cohorts/{cohort_id}/circe.json").json()
+    saved = client.get(f"/api/v1/concept-sets/{set_id}").json()["expression"]["items"]
+    assert circe["ConceptSets"][0]["name"] == "Cancers, not colon"
+    assert [(i["concept"]["CONCEPT_ID"], i["isExcluded"], i["includeDescendants"])
+            for i in circe["ConceptSets"][0]["expression"]["items"]] == \
+        [(i["concept"]["CONCEPT_ID"], i["isExcluded"], i["includeDescendants"]) for i in saved] == \
+        [(CANCER, False, True), (COLON, True, True)]
+    r = client.post("/projects/1/cohorts/new", data=form | {"action": "preview", "entry_concept_set": "987654"})
+    assert r.status_code == 400 and "Entry event concept set: choose one of this project&#39;s concept sets" in r.text
