@@ -59,14 +59,17 @@ def _domain(form: dict[str, str], key: str, label: str) -> Callable[..., Any]:
     return CRITERIA[domain]
 
 
-def _saved_set(form: dict[str, str], key: str, label: str,
+def _saved_set(form: dict[str, str], key: str, label: str, ids: list[int],
                saved_sets: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
-    """The project's saved concept set chosen in field ``key`` (None when none is chosen)."""
+    """The project's saved concept set chosen in field ``key`` (None when none is chosen); never
+    together with concept ids typed for the same criterion."""
     chosen = (form.get(key) or "").strip()
     if not chosen:
         return None
     if not chosen.isdigit() or int(chosen) not in saved_sets:
         raise Invalid(f"{label}: choose one of this project's concept sets")
+    if ids:
+        raise Invalid(f"{label}: give concept ids or choose a saved concept set, not both")
     return saved_sets[int(chosen)]
 
 
@@ -87,7 +90,7 @@ def build_circe(form: dict[str, str], concept_names: dict[int, str],
 
     entry = _domain(form, "entry_domain", "entry event")
     entry_ids = concept_ids(form.get("entry_concepts", ""), "Entry event concepts")
-    entry_saved = _saved_set(form, "entry_concept_set", "Entry event concept set", saved_sets)
+    entry_saved = _saved_set(form, "entry_concept_set", "Entry event concept set", entry_ids, saved_sets)
     if not entry_ids and entry_saved is None:
         raise Invalid("Entry event concepts: give at least one concept id, or choose a saved concept set")
     first = form.get("entry_first") == "on"
@@ -96,7 +99,7 @@ def build_circe(form: dict[str, str], concept_names: dict[int, str],
     rules = []
     for i in range(1, MAX_RULES + 1):
         ids = concept_ids(form.get(f"rule{i}_concepts", ""), f"Rule {i} concepts")
-        saved = _saved_set(form, f"rule{i}_concept_set", f"Rule {i} concept set", saved_sets)
+        saved = _saved_set(form, f"rule{i}_concept_set", f"Rule {i} concept set", ids, saved_sets)
         if not ids and saved is None:
             continue
         criterion = _domain(form, f"rule{i}_domain", f"Rule {i}")

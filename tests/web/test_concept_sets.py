@@ -132,3 +132,5 @@ def test_the_builder_uses_a_saved_concept_set_with_its_exclusions(client, demo):
         [(CANCER, False, True), (COLON, True, True)]
     r = client.post("/projects/1/cohorts/new", data=form | {"action": "preview", "entry_concept_set": "987654"})
     assert r.status_code == 400 and "Entry event concept set: choose one of this project&#39;s concept sets" in r.text
+    r = client.post("/projects/1/cohorts/new", data=form | {"action": "preview", "entry_concepts": "201826"})
+    assert r.status_code == 400 and "or choose a saved concept set, not both" in r.text
