@@ -39,6 +39,7 @@ DEMO_PEOPLE = [
 ]
 
 T2DM, METFORMIN = 201826, 1503297  # OMOP concepts (SNOMED 44054006, RxNorm 6809), present in mercia.synth
+DIABETES = 201820  # "Diabetes mellitus" (SNOMED 73211009), the parent of T2DM in mercia.synth's hierarchy
 
 
 @dataclass
@@ -109,6 +110,7 @@ def nmr_glucose_cohort(store: Store) -> dict:
 
 def build_demo(directory: Path, persons: int, seed: int) -> Demo:
     from mercia.services.cohorts import create_cohort, start_run
+    from mercia.services.conceptsets import create_concept_set
     from mercia.services.sources import register_organisation
     from mercia.services.state import MerciaState, ServerOptions
     from mercia.synth.omop import write_omop
@@ -164,6 +166,8 @@ def build_demo(directory: Path, persons: int, seed: int) -> Demo:
     gov.submit(people["clinician"], screening.id)
     gov.create_project(people["researcher"], title="Childhood asthma and air quality", pillar="womens_childrens",
                        purpose="Draft: link asthma admissions to local air quality.", scope_domains=["person"])
+    create_concept_set(state, people["researcher"], diabetes.id, "Diabetes mellitus and every more specific kind",
+                       {"items": [{"concept": {"CONCEPT_ID": DIABETES}, "includeDescendants": True}]})
     cohort = create_cohort(state, people["researcher"], diabetes.id, "New type 2 diabetes starting metformin",
                            "First T2DM diagnosis with a year of prior observation.", diabetes_cohort())
     state.jobs.wait(start_run(state, people["researcher"], cohort["id"]), timeout=600)

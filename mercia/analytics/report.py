@@ -103,7 +103,7 @@ def km_curves(tables: list[StatTable]) -> plt.Figure | None:
     risk_ax.set_ylim(len(tables) - 0.5, -0.5)
     risk_ax.set_yticks(range(len(tables)), [t.name.removeprefix("km_") for t in tables])
     risk_ax.set_xticks(ticks, [f"{t / 365.25:.0f}" for t in ticks])
-    risk_ax.set_xlabel("Years since index (numbers at risk, midpoint-rounded)")
+    risk_ax.set_xlabel("Years since index (numbers at risk, disclosure-controlled)")
     risk_ax.spines["left"].set_visible(False)
     risk_ax.tick_params(left=False)
     fig.tight_layout()

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mercia.cdm import Store, quote
-from mercia.cohorts.compiler import RESULT_TABLES, compile_cohort
-from mercia.cohorts.model import CohortExpression
+from mercia.cohorts.compiler import RESULT_TABLES, compile_cohort, concept_set_query, render
+from mercia.cohorts.model import CohortExpression, ConceptSet, ConceptSetExpression
 
 
 @dataclass
@@ -118,3 +118,10 @@ def read_results(store: Store, cohorts: list[tuple[int, CohortExpression, float]
             AttritionRow(seq, names[cid].get(seq, ""), int(count), int(gain), int(total), mode, remaining)
         )
     return [results[cid] for cid in ids]
+
+
+def resolve_concept_set(store: Store, expression: ConceptSetExpression) -> list[int]:
+    """The concepts a concept set stands for, as a cohort uses it (Circe's rules, the compiler's
+    query): listed concepts, their descendants and mapped concepts where flagged, less the excluded."""
+    query = concept_set_query(ConceptSet(id=0, expression=expression), 0)
+    return sorted(int(r[1]) for r in store.query(render(query, store.dialect)))

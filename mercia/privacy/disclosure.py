@@ -29,7 +29,8 @@ there secondary suppression redacts further cells until the redacted cells toget
 nobody or more than ``threshold`` people, and totals are recomputed from the published cells.
 ``StatTable.kind == "life_table"`` marks Kaplan–Meier/life tables (columns ``time``,
 ``count_at_risk``, ``count_events``, ``count_censored``): those get midpoint rounding of cumulative
-counts and the survival curve is recomputed from the rounded counts.
+counts, start from the population released by the count rule (so the number at risk at time 0 is the
+number every other page shows for those people), and the survival curve is recomputed from them.
 
 Policies (docs/disclosure.md gives sources and the full rules):
 - ``opensafely`` (default): redact any statistic describing 1–7 people, round counts to the nearest
@@ -472,7 +473,12 @@ class DisclosurePolicy(BaseModel):
     # -- life tables ----------------------------------------------------------------------
     def _apply_life_table(self, table: StatTable) -> StatTable:
         """Midpoint-round cumulative events and censorings, re-derive the counts and numbers at
-        risk from them, and recompute the product-limit curve with log-log Greenwood bounds."""
+        risk from them, and recompute the product-limit curve with log-log Greenwood bounds.
+
+        The number at risk at time 0 is the population released by the count rule
+        (``publish_count``), not a midpoint of its own: one true count has one released number on
+        every page (a cohort of 70 is 70 on its page and 70 at risk, not 69), and two roundings of
+        the same count would together narrow it down."""
         to = self.life_table_bin
         suffix = f"_midpoint{to}"
         n = table.population
@@ -485,15 +491,17 @@ class DisclosurePolicy(BaseModel):
                                         "label": f"{c.label or c.name} (midpoint {to})" if c.name in names
                                         else c.label,
                                         "basis": [names.get(b, b) for b in c.basis],
-                                        "rounding": f"from cumulative counts rounded to midpoint {to}"
+                                        "rounding": (f"the released population less cumulative counts rounded "
+                                                     f"to midpoint {to}" if c.name == "count_at_risk" else
+                                                     f"from cumulative counts rounded to midpoint {to}")
                                         if c.name in names else None}) for c in table.columns]
         stamp = {"population": None, "redacted_marker": self.redacted_marker, "columns": columns,
                  "totals": [], "partitions": []}
-        start = midpoint_round(n, to)
+        start = self.publish_count(n)
         if n <= self.threshold or start <= self.threshold:  # nor a label that reads as a small count
             return table.model_copy(update={**stamp, "rows": [], "notes": [
                 *table.notes, f"whole table redacted: too few people ({self.threshold} or fewer, "
-                              f"or a midpoint-{to} label that small)"]})
+                              f"or a released count that small)"]})
         kept, cum_events, cum_censored, prev_events, prev_censored = [], 0, 0, 0, 0
         for raw in table.rows:
             cum_events += int(raw["count_events"])
@@ -513,8 +521,9 @@ class DisclosurePolicy(BaseModel):
                  "survival": surv, "survival_lower": lower, "survival_upper": upper}
                 for (raw, at_risk, events, censored), (surv, lower, upper) in zip(kept, curve)]
         return table.model_copy(update={**stamp, "rows": rows, "population": start, "notes": [
-            *table.notes, f"counts from cumulative counts rounded to midpoint {to}; "
-                          f"curve recomputed from the rounded counts"]})
+            *table.notes, f"at risk at the start: the released number of people ({start:,}); events and "
+                          f"censorings from cumulative counts rounded to midpoint {to}; curve recomputed "
+                          f"from the rounded counts"]})
 
 
 def kaplan_meier(steps: list[tuple[int, int]]) -> list[tuple[float, float, float]]:

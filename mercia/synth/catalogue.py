@@ -196,11 +196,40 @@ PARENTS = {
 }
 
 
-def vocabulary_rows() -> tuple[list[dict], list[tuple[int, int]], list[tuple[int, int, int]]]:
+# What clinicians type for catalogue concepts (SNOMED CT synonyms and LOINC short names in Athena's
+# concept_synonym, and the abbreviations used in UK primary care): the search matches these too.
+SYNONYMS = {
+    "hypertension": ["High blood pressure", "Hypertensive disorder", "HTN"],
+    "t2dm": ["Type II diabetes mellitus", "Diabetes mellitus type 2", "T2DM", "Non-insulin dependent diabetes"],
+    "copd": ["Chronic obstructive pulmonary disease", "COPD"],
+    "ckd": ["CKD", "Chronic renal disease"],
+    "af": ["AF", "Auricular fibrillation"],
+    "chd": ["Coronary heart disease", "Coronary artery disease", "CHD", "CAD"],
+    "mi": ["Heart attack", "Myocardial infarct", "MI"],
+    "hf": ["Cardiac failure", "HF"],
+    "depression": ["Depression", "Depressive illness"],
+    "breast_cancer": ["Breast cancer", "Cancer of breast", "Malignant neoplasm of breast"],
+    "prostate_cancer": ["Prostate cancer", "Cancer of prostate", "Malignant neoplasm of prostate"],
+    "colorectal_cancer": ["Colon cancer", "Cancer of colon", "Malignant neoplasm of colon"],
+    "lung_cancer": ["Lung cancer", "Cancer of lung", "Malignant neoplasm of lung"],
+    "stroke": ["Stroke", "CVA - cerebrovascular accident", "Cerebrovascular accident (stroke)"],
+    "dementia": ["Alzheimer's dementia", "Alzheimer disease", "Dementia of the Alzheimer type"],
+    "hypothyroidism": ["Underactive thyroid"],
+    "hba1c": ["HbA1c", "Glycated haemoglobin", "Hemoglobin A1c", "Haemoglobin A1c"],
+    "egfr": ["eGFR", "Estimated glomerular filtration rate"],
+    "metformin": ["Metformin hydrochloride"],
+    "salbutamol": ["Salbutamol inhaler"],
+    "paracetamol": ["Paracetamol 325 mg tablet"],
+}
+PARENT_SYNONYMS = {443392: ["Cancer", "Malignant tumour", "Malignancy"], 201820: ["Diabetes", "DM"],
+                   321588: ["Cardiac disease"]}
+
+
+def vocabulary_rows() -> tuple[list[dict], list[tuple[int, int]], list[tuple[int, int, int]], list[tuple[int, str]]]:
     """What a synthetic region's vocabulary adds to the catalogue's concepts: the parent concepts and
     the ICD-10 codes hospitals use (non-standard, ids from ``mercia.vocab.icd10``) as concept rows;
-    ICD-10 -> SNOMED "Maps to" pairs; and ``concept_ancestor`` rows (ancestor, descendant, levels),
-    a level-0 row per standard concept as OMOP has."""
+    ICD-10 -> SNOMED "Maps to" pairs; ``concept_ancestor`` rows (ancestor, descendant, levels),
+    a level-0 row per standard concept as OMOP has; and (concept, synonym) pairs."""
     from mercia.vocab.icd10 import icd10_concept_id
 
     extra, maps = [], []
@@ -222,7 +251,9 @@ def vocabulary_rows() -> tuple[list[dict], list[tuple[int, int]], list[tuple[int
                                                             if r["standard_concept"] == "S"}
     ancestors = [(cid, cid, 0) for cid in sorted(standard)]
     ancestors += [(parent[0], CONDITIONS[key].concept_id, 1) for parent, keys in PARENTS.items() for key in keys]
-    return extra, maps, ancestors
+    synonyms = [(ALL[key].concept_id, name) for key, names in SYNONYMS.items() for name in names]
+    synonyms += [(concept_id, name) for concept_id, names in PARENT_SYNONYMS.items() for name in names]
+    return extra, maps, ancestors, synonyms
 
 
 def _concept_class(c: Concept) -> str:

@@ -22,6 +22,7 @@ from mercia.synth.clinical import CARE_SITE_GP, CARE_SITE_METABOLOMICS, CARE_SIT
 from mercia.synth.metabolomics import UCUM_CONCEPTS, panel_long, study_panel, study_participants
 from mercia.synth.population import EPOCH, REFERENCE_DATE, geography, nhs_numbers
 from mercia.vocab.metabolites import NIGHTINGALE_VOCABULARY_ID, ensure_nightingale_vocabulary, nightingale_catalogue
+from mercia.vocab.starter import ENGLISH_CONCEPT_ID
 
 CHUNK_PERSONS = 50_000   # fixed, so that output never depends on how a run is split
 MEMORY_LIMIT = "1536MB"   # DuckDB buffer cap during the fast path (Python holds one chunk besides)
@@ -212,11 +213,11 @@ def chunk_tables(chunk: Chunk, ids: IdCounters) -> dict[str, pa.Table]:
 
 def reference_tables(orgs: Organisations) -> dict[str, pa.Table]:
     """location (one per synthetic LSOA), care_site, cdm_source and the catalogue's concepts with their
-    ICD-10 codes ("Maps to") and hierarchy (``concept_ancestor``; see ``catalogue.vocabulary_rows``)."""
+    ICD-10 codes ("Maps to"), hierarchy (``concept_ancestor``) and synonyms (see ``catalogue.vocabulary_rows``)."""
     geo = geography()
     nl = len(geo.lsoa_codes)
     org_rows = orgs.rows()
-    extra, maps, ancestors = cat.vocabulary_rows()
+    extra, maps, ancestors, synonyms = cat.vocabulary_rows()
     concepts = cat.concept_rows() + extra
     start, end = 0, (dt.date(2099, 12, 31) - EPOCH).days
     today = (dt.date(2024, 3, 31) - EPOCH).days
@@ -248,6 +249,9 @@ def reference_tables(orgs: Organisations) -> dict[str, pa.Table]:
             "ancestor_concept_id": [a for a, _, _ in ancestors], "descendant_concept_id": [d for _, d, _ in ancestors],
             "min_levels_of_separation": [n for _, _, n in ancestors],
             "max_levels_of_separation": [n for _, _, n in ancestors]}, len(ancestors)),
+        "concept_synonym": cdm_table("concept_synonym", {
+            "concept_id": [c for c, _ in synonyms], "concept_synonym_name": [n for _, n in synonyms],
+            "language_concept_id": np.full(len(synonyms), ENGLISH_CONCEPT_ID, dtype=np.int64)}, len(synonyms)),
     }
 
 

@@ -22,7 +22,8 @@ from mercia.governance.model import LAY_RECOMMENDATIONS, PURPOSE_CATEGORIES
 from mercia.governance.projects import PUBLIC_TEXT_FIELDS
 from mercia.services import analyses as analysis_service
 from mercia.services import cohorts as cohort_service
-from mercia.services.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form
+from mercia.services import conceptsets as concept_set_service
+from mercia.services.builder import BUILDER_DOMAINS, MAX_RULES, build_from_form, concept_ids
 from mercia.services.errors import Invalid, NotFound
 from mercia.services.exportable import request_export as request_export_service, view_export
 from mercia.services.jobs import cancel_job, job_for
@@ -364,6 +365,7 @@ def _project_page(request: Request, caller: Caller, project_id: int, status_code
     return render(request, "project.html", caller, status_code, project=project, members=state.gov.member_names(project),
                   capacities=state.gov.open_capacities(user, project),
                   cohorts=cohort_service.list_cohorts(state, user, project_id) if data_open else [],
+                  concept_sets=concept_set_service.list_concept_sets(state, user, project_id) if data_open else [],
                   data_open=data_open, is_lead=user.id in project.lead_ids,
                   candidates=[u for u in state.gov.users() if u["id"] not in project.members]
                   if user.id in project.lead_ids and project.status is ProjectStatus.DRAFT else [],
@@ -439,14 +441,83 @@ def withdraw_project(project_id: int, request: Request, caller: Caller = Depends
     return redirect(f"/projects/{project_id}", "Project withdrawn: its data can no longer be reached.")
 
 
+# -- concept sets ------------------------------------------------------------------------------
+@router.get("/projects/{project_id}/concept-sets", response_class=HTMLResponse)
+def concept_sets_page(project_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    state = state_of(request)
+    project = state.gov.require_data_access(caller.user, project_id)
+    return render(request, "conceptsets.html", caller, project=project, values={"descendants": "on"},
+                  concept_sets=concept_set_service.list_concept_sets(state, caller.user, project_id))
+
+
+@router.post("/projects/{project_id}/concept-sets", response_class=HTMLResponse)
+def create_concept_set_page(project_id: int, request: Request, caller: Caller = Depends(signed_in),
+                            form: dict[str, str] = Depends(form_data)):
+    """From the fields, or from pasted ATLAS JSON; a refusal returns the form as it was sent."""
+    state = state_of(request)
+    project = state.gov.require_data_access(caller.user, project_id)
+    errors: dict[str, str] = {}
+    expression: Any = None
+    pasted = form.get("atlas_json", "").strip()
+    if not form.get("name", "").strip():
+        errors["name"] = "Give the concept set a name"
+    if pasted:
+        try:
+            expression = orjson.loads(pasted)
+        except orjson.JSONDecodeError as exc:
+            errors["atlas_json"] = f"ATLAS concept set JSON: not valid JSON ({exc})"
+    else:
+        ids: dict[str, list[int]] = {}
+        for field, label in (("include", "Concept ids to include"), ("exclude", "Concept ids to exclude")):
+            try:
+                ids[field] = concept_ids(form.get(field, ""), label)
+            except Invalid as exc:
+                errors[field] = str(exc)
+        if not errors.get("include") and not ids.get("include"):
+            errors["include"] = "Give at least one concept id to include"
+        if len(ids) == 2:
+            expression = concept_set_service.expression_from_fields(ids["include"], ids["exclude"],
+                                                                    form.get("descendants") == "on")
+    if not errors:
+        try:
+            created = concept_set_service.create_concept_set(state, caller.user, project_id, form["name"], expression)
+            return redirect(f"/concept-sets/{created['id']}", "Concept set saved.")
+        except Invalid as exc:
+            errors["atlas_json" if pasted else "include"] = str(exc)
+    return render(request, "conceptsets.html", caller, 400, project=project, values=form, errors=errors,
+                  concept_sets=concept_set_service.list_concept_sets(state, caller.user, project_id))
+
+
+@router.get("/concept-sets/{concept_set_id}", response_class=HTMLResponse)
+def concept_set_page(concept_set_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    state = state_of(request)
+    concept_set, project = concept_set_service.get_concept_set(state, caller.user, concept_set_id)
+    return render(request, "conceptset.html", caller, concept_set=concept_set, project=project,
+                  expanded=concept_set_service.expanded_concepts(state, caller.user, concept_set_id))
+
+
+@router.get("/concept-sets/{concept_set_id}/atlas.json")
+def concept_set_json(concept_set_id: int, request: Request, caller: Caller = Depends(signed_in)):
+    concept_set, _ = concept_set_service.get_concept_set(state_of(request), caller.user, concept_set_id)
+    return Response(orjson.dumps(concept_set["expression"], option=orjson.OPT_INDENT_2), media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="concept-set-{concept_set_id}.json"'})
+
+
 # -- cohorts -----------------------------------------------------------------------------------
-def _builder_context(project, values: dict[str, str], **extra: Any) -> dict[str, Any]:
-    """The builder in a project (save a cohort), or without one (the quick feasibility count)."""
+def _builder_context(project, values: dict[str, str], saved_sets: dict[int, dict[str, Any]] | None = None,
+                     **extra: Any) -> dict[str, Any]:
+    """The builder in a project (save a cohort; its saved concept sets to choose from), or without one
+    (the quick feasibility count)."""
     return {"project": project, "values": values, "domains": BUILDER_DOMAINS, "rule_numbers": range(1, MAX_RULES + 1),
-            "form_action": f"/projects/{project.id}/cohorts/new" if project else "/feasibility", **extra}
+            "form_action": f"/projects/{project.id}/cohorts/new" if project else "/feasibility",
+            "saved_sets": saved_sets or {}, **extra}
 
 
-# The builder as it first opens (and as it comes back after a failed ATLAS import, with the JSON kept).
+def _saved_sets(request: Request, caller: Caller, project_id: int) -> dict[int, dict[str, Any]]:
+    return {cs["id"]: cs for cs in concept_set_service.list_concept_sets(state_of(request), caller.user, project_id)}
+
+
+# The builder as it first opens.
 BUILDER_START = {"entry_domain": "condition", "entry_first": "on", "entry_descendants": "on",
                  "exit": "end_of_observation", "rule1_before": "365", "rule1_after": "0", "rule1_presence": "present"}
 
@@ -454,7 +525,8 @@ BUILDER_START = {"entry_domain": "condition", "entry_first": "on", "entry_descen
 @router.get("/projects/{project_id}/cohorts/new", response_class=HTMLResponse)
 def builder_page(project_id: int, request: Request, caller: Caller = Depends(signed_in)):
     project = state_of(request).gov.require_data_access(caller.user, project_id)
-    return render(request, "builder.html", caller, **_builder_context(project, BUILDER_START))
+    return render(request, "builder.html", caller,
+                  **_builder_context(project, BUILDER_START, _saved_sets(request, caller, project_id)))
 
 
 @router.post("/projects/{project_id}/cohorts/new", response_class=HTMLResponse)
@@ -462,6 +534,7 @@ def builder_submit(project_id: int, request: Request, caller: Caller = Depends(s
                    form: dict[str, str] = Depends(form_data)):
     state = state_of(request)
     project = state.gov.require_data_access(caller.user, project_id)
+    saved_sets = _saved_sets(request, caller, project_id)
     action = form.get("action", "preview")
     try:
         if action == "import":
@@ -472,27 +545,28 @@ def builder_submit(project_id: int, request: Request, caller: Caller = Depends(s
             if not isinstance(circe, dict):
                 raise GovernanceError("ATLAS JSON: expected a cohort definition object")
         else:
-            circe = build_from_form(state, form)
+            circe = build_from_form(state, form, saved_sets)
         cohort_service.parse_definition(circe, project)
         if action in ("save", "import"):
             name = form.get("name", "").strip() or "Untitled cohort"
             cohort = cohort_service.create_cohort(state, caller.user, project_id, name,
                                                   form.get("description", ""), circe)
             return redirect(f"/cohorts/{cohort['id']}", "Cohort saved. Run it to see counts and attrition.")
-        return _builder_answer(request, caller, project, form, circe)
+        return _builder_answer(request, caller, project, form, circe, saved_sets)
     except GovernanceError as exc:
-        values = BUILDER_START | form if action == "import" else form
+        # Everything the user entered comes back (the import is part of the builder's form).
         return render(request, "builder.html", caller, status_for(exc), retry_headers(exc),
-                      **_builder_context(project, values, error=str(exc)))
+                      **_builder_context(project, form, saved_sets, error=str(exc)))
 
 
-def _builder_answer(request: Request, caller: Caller, project, form: dict[str, str], circe: dict[str, Any]):
+def _builder_answer(request: Request, caller: Caller, project, form: dict[str, str], circe: dict[str, Any],
+                    saved_sets: dict[int, dict[str, Any]] | None = None):
     """The builder again with what was asked of the definition: a quick count, or its Circe JSON."""
     if form.get("action") == "count":
         extra = {"quick": quick_count(state_of(request), caller.user, circe)}
     else:
         extra = {"preview": orjson.dumps(circe, option=orjson.OPT_INDENT_2).decode()}
-    return render(request, "builder.html", caller, **_builder_context(project, form, **extra))
+    return render(request, "builder.html", caller, **_builder_context(project, form, saved_sets, **extra))
 
 
 @router.get("/feasibility", response_class=HTMLResponse)

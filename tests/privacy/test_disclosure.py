@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mercia.privacy.disclosure import (
-    AnalysisResult, ColumnSpec, DisclosureError, PartitionSpec, StatTable, get_policy, midpoint_round,
+    AnalysisResult, POLICIES, ColumnSpec, DisclosureError, PartitionSpec, StatTable, get_policy, midpoint_round,
     require_controlled,
 )
 
@@ -173,16 +173,29 @@ def life_table(population: int, events: list[tuple[int, int, int]]) -> StatTable
 
 
 def test_life_table_midpoint6_rounds_cumulative_counts_and_recomputes_the_curve():
-    out = OPENSAFELY.apply(life_table(40, [(10, 2, 0), (20, 5, 1), (30, 3, 2), (40, 3, 0)]))
-    assert out.population == 39  # midpoint 6 of 40
+    out = OPENSAFELY.apply(life_table(41, [(10, 2, 0), (20, 5, 1), (30, 3, 2), (40, 3, 0)]))
+    assert out.population == 40  # the count rule (nearest 5), as every other page shows 41 people
     risk, ev, cens = (out.find(c) for c in ("count_at_risk", "count_events", "count_censored"))
     assert ev == "count_events_midpoint6_derived"
     # cumulative events 2, 7, 10, 13 -> 3, 9, 9, 15; cumulative censored 0, 1, 3, 3 -> 0, 3, 3, 3
     assert [(r["time"], r[risk], r[ev], r[cens]) for r in out.rows] == [
-        (10, 39, 3, 0), (20, 36, 6, 3), (40, 27, 6, 0)]
-    expected = (1 - 3 / 39) * (1 - 6 / 36) * (1 - 6 / 27)
+        (10, 40, 3, 0), (20, 37, 6, 3), (40, 28, 6, 0)]
+    expected = (1 - 3 / 40) * (1 - 6 / 37) * (1 - 6 / 28)
     assert out.rows[-1]["survival"] == pytest.approx(expected)
     assert out.rows[-1]["survival_lower"] < expected < out.rows[-1]["survival_upper"]
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("people", [8, 12, 69, 70, 72, 129, 130, 147, 1234])
+def test_at_risk_at_time_zero_is_the_released_count(policy, people):
+    """One true count, one released number: a life table starts where every count table does."""
+    rule = get_policy(policy)
+    events = [(5, 1, 0), (30, people - 1, 0)]
+    counted = rule.apply(StatTable(name="n", title="n", columns=[ColumnSpec(name="count_persons", kind="count")],
+                                   rows=[{"count_persons": people}])).rows[0]["count_persons"]
+    km = rule.apply(life_table(people, events))
+    assert km.population == counted
+    assert (km.rows[0][km.find("count_at_risk")] if km.rows else None) == counted
 
 
 def test_life_table_of_a_small_cohort_is_withheld_whole():

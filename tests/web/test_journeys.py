@@ -161,6 +161,68 @@ def test_project_decision_is_explicit(page, live_server, demo, app, shots):
     assert state.gov.project(project.id).status.value == "rejected"
 
 
+def test_a_failed_atlas_import_keeps_the_builders_settings(page, live_server, demo, shots):
+    """The import box belongs to the builder's form: what the user typed in the builder survives a bad paste."""
+    base = live_server
+    sign_in(page, base, demo, "researcher")
+    page.goto(f"{base}/projects/1/cohorts/new")
+    page.get_by_label("Cohort name").fill("New metformin users")
+    page.get_by_label("Concept ids", exact=True).fill("201826")
+    page.get_by_label("First event per person only").uncheck()
+    page.get_by_label("Rule name 1").fill("Metformin in the year after")
+    page.get_by_label("Domain for rule 1").select_option("drug")
+    page.get_by_label("Concept ids for rule 1").fill("1503297")
+    page.get_by_label("Minimum age at entry (years)").fill("40")
+    page.get_by_label("A fixed number of days after entry").check()
+    page.get_by_text("Import a cohort definition from ATLAS").click()
+    page.get_by_label("ATLAS JSON").fill('{"ConceptSets": [')
+    page.get_by_role("button", name="Import").click()
+    assert page.title().startswith("Error:") and "not valid JSON" in page.locator(".error-summary").inner_text()
+    assert page.get_by_label("ATLAS JSON").input_value() == '{"ConceptSets": ['
+    assert page.get_by_label("Cohort name").input_value() == "New metformin users"
+    assert page.get_by_label("Concept ids", exact=True).input_value() == "201826"
+    assert not page.get_by_label("First event per person only").is_checked()
+    assert page.get_by_label("Rule name 1").input_value() == "Metformin in the year after"
+    assert page.get_by_label("Domain for rule 1").input_value() == "drug"
+    assert page.get_by_label("Concept ids for rule 1").input_value() == "1503297"
+    assert page.get_by_label("Minimum age at entry (years)").input_value() == "40"
+    assert page.get_by_label("A fixed number of days after entry").is_checked()
+    check(page, shots, "30-builder-failed-import")
+
+
+def test_concept_sets_as_atlas_users_expect(page, live_server, demo, shots):
+    """Search finds what a clinician types; a set with descendants and an exclusion lists the concepts
+    it stands for, with counts; it exports as ATLAS JSON and the builder can use it."""
+    base = live_server
+    sign_in(page, base, demo, "researcher")
+    page.goto(f"{base}/concepts?q=cancer")
+    results = page.get_by_role("table").inner_text()
+    assert "Malignant neoplastic disease" in results and "Malignant tumor of breast" in results
+    page.goto(f"{base}/projects/1")
+    page.get_by_role("link", name="Make or view concept sets").click()
+    page.get_by_role("button", name="Save concept set").click()  # nothing filled in
+    assert page.title().startswith("Error:")
+    assert page.get_by_role("link", name="Give the concept set a name").is_visible()
+    page.get_by_label("Name").fill("Cancer except lung")
+    page.get_by_label("Concept ids to include").fill("443392")
+    page.get_by_label("Concept ids to exclude (optional)").fill("443388")
+    page.get_by_label("Include descendant concepts").check()
+    page.get_by_role("button", name="Save concept set").click()
+    assert page.get_by_role("heading", name="Cancer except lung").is_visible()
+    expanded = page.get_by_role("table", name="Concepts the set stands for").inner_text()
+    assert "Malignant tumor of breast" in expanded and "Malignant tumor of lung" not in expanded
+    assert "descendant" in expanded
+    check(page, shots, "31-concept-set")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Export as ATLAS JSON").click()
+    exported = download.value.path().read_text()
+    assert '"isExcluded": true' in exported and '"CONCEPT_NAME": "Malignant tumor of lung"' in exported
+    page.goto(f"{base}/projects/1/cohorts/new")
+    page.get_by_label("Or use a saved concept set for the entry event").select_option(label="Cancer except lung")
+    page.get_by_role("button", name="Preview ATLAS JSON").click()
+    assert "Cancer except lung" in page.locator("pre.code").inner_text()
+
+
 def test_api_docs_work_offline(page, live_server):
     """Swagger UI from bundled assets: every request stays on this server, and the page renders."""
     hosts: set[str] = set()
@@ -214,7 +276,8 @@ def test_rare_disease_terms_as_chips_and_every_bad_term_at_once(page, live_serve
 
 @pytest.mark.parametrize("username, paths", [
     ("researcher", ["/", "/projects", "/projects/new", "/projects/1", "/projects/1/cohorts/new", "/cohorts/1",
-                    "/concepts?q=diabetes", "/exports", "/account", "/sources", "/raredisease", "/trials"]),
+                    "/concepts?q=diabetes", "/projects/1/concept-sets", "/concept-sets/1", "/exports", "/account",
+                    "/sources", "/raredisease", "/trials"]),
     ("governance", ["/", "/audit", "/sources"]),
     ("admin", ["/admin/users"]),
 ])

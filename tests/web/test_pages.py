@@ -154,10 +154,17 @@ def test_builder_preview_and_import(client, demo):
     assert r.status_code == 200 and "&#34;DrugExposure&#34;" in r.text and "&#34;Offset&#34;: 180" in r.text
     r = client.post("/projects/1/cohorts/new", data=form | {"entry_concepts": "abc"})
     assert r.status_code == 400 and "not a concept id" in r.text
-    r = client.post("/projects/1/cohorts/new", data={"csrf_token": csrf, "action": "import", "name": "x",
-                                                     "atlas_json": "{not json"})
+    # A failed import returns the JSON and every other setting of the builder (one form), unchecked boxes too.
+    settings = {k: v for k, v in form.items() if k != "entry_first"} | {"min_age": "40", "rule1_presence": "absent"}
+    r = client.post("/projects/1/cohorts/new", data=settings | {"action": "import", "atlas_json": "{not json"})
     assert r.status_code == 400 and "not valid JSON" in r.text
-    assert ">{not json</textarea>" in r.text and "<details class=\"details\" open>" in r.text  # nothing lost
+    assert ">{not json</textarea>" in r.text and "<details class=\"details\" open>" in r.text
+    assert 'id="name" name="name" value="T2DM"' in r.text and 'name="entry_concepts" aria-describedby="entry-hint" ' \
+        'value="201826"' in r.text
+    assert 'name="rule1_concepts" value="1503297"' in r.text and '<option value="drug" selected>' in r.text
+    assert 'name="rule1_after" value="365"' in r.text and 'name="min_age" value="40"' in r.text
+    assert '<option value="absent" selected>' in r.text and 'value="offset" checked' in r.text
+    assert 'name="exit_days" value="180"' in r.text and 'id="entry_first" name="entry_first">' in r.text
     r = client.post("/projects/1/cohorts/new", data=form | {"rule1_before": "-30"})
     assert r.status_code == 400 and "cannot be negative" in r.text
     exported = client.get("/cohorts/1/circe.json").text

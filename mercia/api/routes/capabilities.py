@@ -59,6 +59,19 @@ def create_concept_set(body: m.ConceptSetCreate, request: Request, user: User = 
     return conceptsets.create_concept_set(state_of(request), user, body.project_id, body.name, body.expression)
 
 
+@router.get("/concept-sets/{concept_set_id}", tags=["concept sets"],
+            summary="A concept set in ATLAS's export format (each concept's details from the vocabulary)")
+def get_concept_set(concept_set_id: int, request: Request, user: User = Depends(current_user)) -> dict:
+    return conceptsets.get_concept_set(state_of(request), user, concept_set_id)[0]
+
+
+@router.get("/concept-sets/{concept_set_id}/concepts", tags=["concept sets"],
+            summary="The concepts a concept set stands for (descendants added, exclusions removed), with records "
+                    "and people in the project's approved data, disclosure-controlled")
+def concept_set_concepts(concept_set_id: int, request: Request, user: User = Depends(current_user)) -> dict:
+    return conceptsets.expanded_concepts(state_of(request), user, concept_set_id)
+
+
 @router.get("/cohorts", tags=["cohorts"], summary="A project's cohorts")
 def list_cohorts(project_id: int, request: Request, user: User = Depends(current_user)) -> list[dict[str, Any]]:
     found = cohorts.list_cohorts(state_of(request), user, project_id)
