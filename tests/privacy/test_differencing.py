@@ -55,3 +55,31 @@ def test_the_limit_counts_only_earlier_differencing_questions():
     assert (verdict.used, verdict.exceeded) == (2, True)
     assert verdict.seconds_until_free(NOW) == timedelta(days=20).total_seconds()   # the oldest counted one leaves
     assert not budget(cohort_parts(_cohort([])), earlier, 2, WINDOW).exceeded   # a new question is never refused
+
+
+def _aged(low: int, start: str = "2015-01-01", sex: int = 8507) -> dict:
+    cohort = _cohort(["aspirin"])
+    cohort["InclusionRules"].append({"name": "adult", "expression": {"Type": "ALL", "DemographicCriteriaList": [
+        {"Age": {"Value": low, "Op": "gte"}, "Gender": [{"CONCEPT_ID": sex}]}]}})
+    cohort["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"]["OccurrenceStartDate"] = {
+        "Value": start, "Op": "gt"}
+    return cohort
+
+
+def test_changing_one_criterions_values_is_differencing():
+    """Age ≥ 18 then ≥ 19 (or one start date moved by a day) counts the people at the margin."""
+    earlier = _asked(_aged(18))
+    assert budget(cohort_parts(_aged(19)), earlier, 5, WINDOW).differencing
+    assert budget(cohort_parts(_aged(18, start="2015-01-02")), earlier, 5, WINDOW).differencing
+    assert not budget(cohort_parts(_aged(19, start="2015-01-02")), earlier, 5, WINDOW).differencing   # two changed
+    assert not budget(cohort_parts(_aged(18, sex=8532)), earlier, 5, WINDOW).differencing   # another concept
+    other_drug = _cohort(["aspirin"])
+    other_drug["ConceptSets"][1]["expression"]["items"][0]["concept"]["CONCEPT_ID"] = 2000
+    assert not budget(cohort_parts(other_drug), _asked(_cohort(["aspirin"])), 5, WINDOW).differencing
+
+
+def test_questions_recorded_before_shapes_still_compare_exactly():
+    old_style = frozenset(p for p in cohort_parts(_aged(18)) if not p.startswith("shape:"))
+    earlier = [Asked(old_style, False, NOW - timedelta(days=1))]
+    assert budget(cohort_parts(_aged(18)), earlier, 5, WINDOW).differencing   # a repeat
+    assert not budget(cohort_parts(_aged(19)), earlier, 5, WINDOW).differencing   # no shapes to compare
