@@ -155,6 +155,11 @@ class CohortCreate(Body):
     expression: dict[str, Any] = Field(..., description="Circe (ATLAS) cohort definition JSON")
 
 
+class BatchRunRequest(Body):
+    cohort_ids: list[int] = Field([], max_length=500,
+                                  description="the project's cohorts to generate together (empty: all of them)")
+
+
 class QuickCountRequest(Body):
     expression: dict[str, Any] = Field(..., description="Circe (ATLAS) cohort definition JSON")
 

@@ -660,7 +660,7 @@ def run_cohort(cohort_id: int, request: Request, caller: Caller = Depends(signed
     return redirect(f"/jobs/{job_id}")
 
 
-JOB_NAMES = {"cohort.run": "Running a cohort", "source.load": "Loading an extract",
+JOB_NAMES = {"cohort.run": "Running a cohort", "cohort.run_batch": "Running cohorts together", "source.load": "Loading an extract",
              "analysis.characterise": "Characterisation", "analysis.incidence": "Incidence analysis",
              "analysis.survival": "Survival analysis", "analysis.compare": "Cohort comparison"}
 

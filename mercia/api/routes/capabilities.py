@@ -112,6 +112,15 @@ def run_cohort(cohort_id: int, request: Request, user: User = Depends(current_us
     return {"job_id": job_id, "status_url": f"/api/v1/jobs/{job_id}"}
 
 
+@router.post("/projects/{project_id}/cohorts/run", tags=["cohorts"], status_code=202,
+             summary="Generate several of a project's cohorts as one batch job (concept sets and domain scans "
+                     "shared; rows identical to one at a time); poll /jobs/{id}")
+def run_cohorts_together(project_id: int, body: m.BatchRunRequest, request: Request,
+                         user: User = Depends(current_user)) -> dict[str, Any]:
+    job_id = cohorts.start_batch_run(state_of(request), user, project_id, body.cohort_ids)
+    return {"job_id": job_id, "status_url": f"/api/v1/jobs/{job_id}"}
+
+
 @router.get("/cohorts/{cohort_id}/attrition", tags=["cohorts"], summary="People at each step of the last run")
 def cohort_attrition(cohort_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
     row, _ = cohorts.view_cohort(state_of(request), user, cohort_id)
