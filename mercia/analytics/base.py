@@ -123,11 +123,11 @@ def index_table_sql(store: Store, cohort_id: int) -> str:
 def temp_table(store: Store, select_sql: str, prefix: str = "mercia_tmp") -> Iterator[str]:
     """A temporary table holding ``select_sql`` for the duration of the block."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    store.execute(f"CREATE TEMPORARY TABLE {name} AS {select_sql}")
+    store.create_temp_table(name, select_sql)
     try:
         yield name
     finally:
-        store.execute(f"DROP TABLE IF EXISTS {name}")
+        store.drop_temp_table(name)
 
 
 def concept_names(store: Store, ids: Sequence[int]) -> dict[int, str]:

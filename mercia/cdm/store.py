@@ -308,6 +308,13 @@ class Store(ABC):
         """Outside a transaction, move recent writes into the engine's compressed, zone-mapped
         storage (DuckDB ``CHECKPOINT``); nothing elsewhere.  Failure is harmless."""
 
+    def create_temp_table(self, name: str, select_sql: str) -> None:
+        """A table of this session holding ``select_sql``'s rows, computed now; gone with the session."""
+        self.execute(f"CREATE TEMPORARY TABLE {quote(name)} AS {select_sql}")
+
+    def drop_temp_table(self, name: str) -> None:
+        self.execute(f"DROP TABLE IF EXISTS {quote(name)}")
+
     def prefix_match(self, column: str, prefix: str) -> tuple[str, list[str]]:
         """A condition (and its parameters) for ``column`` starting with ``prefix`` taken literally."""
         return f"{column} LIKE ? {LIKE_ESCAPE}", [like_escape(prefix) + "%"]

@@ -270,3 +270,16 @@ def test_snapshot_reads_see_one_moment(engine, tmp_path):
         assert count(store) == 7
     finally:
         drop_store(store)
+
+
+def test_temporary_tables_and_text_casts(cstore):
+    """Analytics keeps intermediate results in temporary tables (Spark: cached temporary views) and
+    casts to text as ``CAST(x AS VARCHAR)`` (Spark: STRING)."""
+    cstore.insert_arrow(SAMPLE.name, sample_rows(5))
+    cstore.create_temp_table("contract_tmp", f"SELECT id, CAST(id AS VARCHAR) AS label FROM {SAMPLE.name} WHERE id > 2")
+    cstore.insert_arrow(SAMPLE.name, sample_rows(5, start=10))   # computed when made, not when read
+    assert cstore.query("SELECT id, label FROM contract_tmp ORDER BY id") == [(3, "3"), (4, "4"), (5, "5")]
+    cstore.drop_temp_table("contract_tmp")
+    cstore.drop_temp_table("contract_tmp")   # dropping twice is harmless
+    with pytest.raises(StoreError):
+        cstore.query("SELECT count(*) FROM contract_tmp")

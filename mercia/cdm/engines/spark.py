@@ -110,6 +110,10 @@ def _driver_errors() -> tuple[type[BaseException], ...]:
 _CONNECT_MODE = "SPARK_CONNECT_MODE_ENABLED"
 
 
+# Mercia's SQL casts to text as ``CAST(x AS VARCHAR)`` (DuckDB and PostgreSQL); Spark wants a length or STRING.
+_UNSIZED_VARCHAR = re.compile(r"\s+AS\s+VARCHAR\s*\)", re.IGNORECASE)
+
+
 class SparkStore(Store):
     dialect = "spark"
 
@@ -165,6 +169,7 @@ class SparkStore(Store):
 
     # -- SQL -------------------------------------------------------------------------------
     def _sql(self, sql: str, params: Sequence[Any] | None = None):
+        sql = _UNSIZED_VARCHAR.sub(" AS STRING)", sql)
         try:
             return self._spark.sql(sql, args=list(params)) if params is not None else self._spark.sql(sql)
         except self._errors as exc:
@@ -194,6 +199,18 @@ class SparkStore(Store):
             return df.toArrow()
         except self._errors as exc:
             raise self._error(exc, sql) from exc
+
+    def create_temp_table(self, name: str, select_sql: str) -> None:
+        """Spark has no temporary tables: a temporary view over the rows computed now (a local
+        checkpoint; a cached view would be recomputed once its source tables change)."""
+        rows = self._sql(select_sql)
+        try:
+            rows.localCheckpoint(eager=True).createOrReplaceTempView(name)
+        except self._errors as exc:
+            raise self._error(exc, select_sql) from exc
+
+    def drop_temp_table(self, name: str) -> None:
+        self.execute(f"DROP VIEW IF EXISTS {quote(name)}")
 
     def _delete(self, sql: str, params: Sequence[Any] | None) -> None:
         """``DELETE FROM t WHERE c`` on Parquet: keep the rows where c is not true, via a staging table."""
