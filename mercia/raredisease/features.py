@@ -103,10 +103,7 @@ class PairFeatures:
         and ``scores`` the natural-log LR of every disease for each case (cases x diseases)."""
         lr = scores[pair_case, pair_disease]
         best = scores.max(axis=1)[pair_case]
-        order = np.argsort(-scores, axis=1, kind="stable")
-        position = np.empty_like(order)
-        np.put_along_axis(position, order, np.arange(scores.shape[1])[None, :], axis=1)
-        rank = position[pair_case, pair_disease] + 1.0
+        rank = _ranks(scores, pair_case, pair_disease).astype(np.float64)
         ontology = self.ranker.kb.ontology
         case_closure = (observed @ ontology.ancestors.astype(np.float64)).tocsr()
         case_closure.data[:] = 1.0
@@ -177,6 +174,27 @@ class PairFeatures:
         out = np.zeros(len(pair_case))
         np.maximum.at(out, genes.row, values)
         return out
+
+
+def _ranks(scores: np.ndarray, pair_case: np.ndarray, pair_disease: np.ndarray, block: int = 256) -> np.ndarray:
+    """1-based rank of each pair's disease in its case's row, best score first and ties by column (the order of
+    a stable descending sort), without sorting whole rows: a pair scoring above every disease outside its case's
+    pairs (the candidates are each case's best) is ranked among those pairs alone; any other pair is counted
+    against its whole row."""
+    value = scores[pair_case, pair_disease]
+    outside = scores.copy()
+    outside[pair_case, pair_disease] = -np.inf
+    among_pairs = value > outside.max(axis=1)[pair_case]
+    order = np.lexsort((pair_disease, -value, pair_case))
+    group_start = np.searchsorted(pair_case[order], pair_case[order], side="left")
+    rank = np.empty(len(value), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - group_start + 1
+    columns = np.arange(scores.shape[1])
+    for start in range(0, len(rest := np.flatnonzero(~among_pairs)), block):
+        pick = rest[start:start + block]
+        row, v, d = scores[pair_case[pick]], value[pick, None], pair_disease[pick, None]
+        rank[pick] = (row > v).sum(axis=1) + ((row == v) & (columns < d)).sum(axis=1) + 1
+    return rank
 
 
 def _pairs(matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
