@@ -143,20 +143,25 @@ class PairFeatures:
 
     def _resnik(self, observed: sp.csr_matrix, pair_case, pair_disease) -> tuple[np.ndarray, np.ndarray]:
         """Per pair: sum over observed terms of the IC of their most informative ancestor in the disease's closure,
-        and how many observed terms share an informative (non-universal) ancestor with it."""
+        and how many observed terms share an informative (non-universal) ancestor with it.  Only the diseases
+        of the pairs are looked at (about half of them in a chunk of cases)."""
         terms = np.unique(observed.indices)
         owner, ancestor = self.ranker._expand_ancestors(terms)
         useful = self.weight[ancestor] > 0
         owner, ancestor = owner[useful], ancestor[useful]
+        diseases = np.unique(pair_disease)
+        slot = np.full(len(self.ranker.diseases), -1, dtype=np.int64)
+        slot[diseases] = np.arange(len(diseases))
         rows = self.closure[ancestor].tocoo()
-        n_dis = len(self.ranker.diseases)
-        best = np.zeros(len(terms) * n_dis)
-        np.maximum.at(best, owner[rows.row].astype(np.int64) * n_dis + rows.col, self.ic[ancestor][rows.row])
-        best = sp.csr_matrix(best.reshape(len(terms), n_dis))
+        wanted = slot[rows.col] >= 0
+        row, column = rows.row[wanted], slot[rows.col[wanted]]
+        best = np.zeros(len(terms) * len(diseases))
+        np.maximum.at(best, owner[row].astype(np.int64) * len(diseases) + column, self.ic[ancestor][row])
+        best = sp.csr_matrix(best.reshape(len(terms), len(diseases)))
         select = observed[:, terms]
-        total = _pairs(select @ best, pair_case, pair_disease)
+        total = _pairs(select @ best, pair_case, slot[pair_disease])
         best.data[:] = 1.0
-        return total, _pairs(select @ best, pair_case, pair_disease)
+        return total, _pairs(select @ best, pair_case, slot[pair_disease])
 
     def _gene_lr(self, scores: np.ndarray, pair_case, pair_disease) -> np.ndarray:
         """Per pair, the best LR among the diseases sharing a gene with the pair's disease (its own without)."""
