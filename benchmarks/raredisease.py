@@ -7,9 +7,10 @@ Headline (``ensemble_grouped_folds``): the gene cohorts are dealt into 5 folds; 
 trained on the other folds only, so no cohort is ever in both training and test; figures are the mean, standard
 deviation, minimum and maximum over the folds, beside the likelihood-ratio ranker on the same folds. Probabilities
 of each fold are calibrated on the other folds' held-out scores. ``ensemble_cold_start`` times a fresh Python
-process that imports Mercia, loads the knowledge base (the JSON says whether its cache was warm), builds the
-ensemble and ranks every case (top 10): cases/s = cases / that wall time (and per CPU-second of the process,
-which the load of the shared machine distorts less); ``--cold-start-only`` repeats just that measurement.
+process that imports Mercia, loads the knowledge base, builds the ensemble and ranks every case (top 10):
+cases/s = cases / that wall time (and per CPU-second of the process, which the load of the shared machine
+distorts less), once with the knowledge-base cache empty and once with it filled, plus a warm repeat of the
+ranking in the same process; ``--cold-start-only`` repeats just that measurement.
 
 The likelihood-ratio figures below it:
     .venv/bin/python benchmarks/raredisease.py --tune '{"floor": [0.02, 0.05]}'   # grid on the tuning half
