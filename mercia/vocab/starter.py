@@ -326,11 +326,11 @@ def installed_versions(store: Store) -> dict[str, str | None]:
 
 
 def starter_installed(store: Store) -> bool:
-    """Whether any starter concept (by its id range) is in the store."""
+    """Whether any starter concept (by its id blocks, which other local vocabularies sit between) is in the store."""
     if not store.table_exists("concept"):
         return False
-    low, high = min(r[0] for r in STARTER_RANGES.values()), max(r[1] for r in STARTER_RANGES.values())
-    return bool(store.query_one(f"SELECT count(*) FROM concept WHERE concept_id >= {low} AND concept_id < {high}"))
+    inside = " OR ".join(f"(concept_id >= {low} AND concept_id < {high})" for low, high in STARTER_RANGES.values())
+    return bool(store.query_one(f"SELECT count(*) FROM concept WHERE {inside}"))
 
 
 def _foreign_concepts(store: Store, vocabulary_id: str) -> int:

@@ -126,3 +126,18 @@ def test_installing_the_starter_migrates_a_store_written_with_old_ids(heavy_stor
     marfan = disease_concept_id("OMIM:154700")
     assert vocab.concept(store, marfan)["concept_name"] == "Marfan syndrome"
     assert marfan in {r["concept_id"] for r in vocab.search(store, "Marfan syndrome")}  # search rebuilt
+
+
+def test_a_metabolite_concept_is_not_taken_for_the_starter(store):
+    from mercia.vocab.starter import starter_installed
+
+    def add(concept_id: int, vocabulary: str) -> None:
+        store.insert_arrow("concept", pa.table({
+            "concept_id": [concept_id], "concept_name": ["x"], "domain_id": ["Measurement"],
+            "vocabulary_id": [vocabulary], "concept_class_id": ["x"], "concept_code": ["x"],
+            "valid_start_date": [dt.date(1970, 1, 1)], "valid_end_date": [dt.date(2099, 12, 31)]}))
+
+    add(NIGHTINGALE_OFFSET + 1, "Nightingale")  # its block lies between the starter's OMIM and ORPHA blocks
+    assert not starter_installed(store)
+    add(disease_concept_id("ORPHA:558"), "ORPHA")
+    assert starter_installed(store)
