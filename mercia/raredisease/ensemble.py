@@ -25,13 +25,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize
 
 from mercia.raredisease.features import FEATURES, PairFeatures
 from mercia.raredisease.ontology import UnknownTermError
 from mercia.raredisease.ranker import Case, Ranker, TermEvidence
 
 MODEL_FILE = Path(__file__).parent / "models" / "ensemble.json"
+LR_COLUMN = FEATURES.index("lr")
 SEED = 20250116
 
 
@@ -74,21 +74,24 @@ class Pairs:
     case: np.ndarray  # row in the batch
     disease: np.ndarray  # candidate column of the ranker
     features: np.ndarray
-    lr_scores: np.ndarray  # cases x diseases, natural-log LR (for the order beyond the candidates)
+    lr_scores: np.ndarray | None  # cases x diseases, natural-log LR (for the order beyond the candidates), if kept
     usable: np.ndarray
     information: np.ndarray  # summed IC of each case's observed terms
 
 
 def candidate_pairs(features: PairFeatures, cases: list[Case], settings: EnsembleSettings,
-                    strict: bool = False, extra: dict[int, list[int]] | None = None) -> Pairs:
+                    strict: bool = False, extra: dict[int, list[int]] | None = None,
+                    keep_scores: bool = True) -> Pairs:
     """Features of every case's candidates, computed in chunks; ``extra`` adds given diseases to a case's
-    candidates (an explanation needs the score of one disease for a changed case)."""
+    candidates (an explanation needs the score of one disease for a changed case).  Without ``keep_scores``
+    the cases x diseases LR matrix is dropped after each chunk (ranking needs only the candidates' LR,
+    which is the ``lr`` feature; evaluation needs the rest)."""
     ranker = features.ranker
     out_case, out_dis, out_x, scores_all, usable_all, info_all = [], [], [], [], [], []
     for start in range(0, len(cases), settings.chunk):
         batch = cases[start:start + settings.chunk]
-        scores, usable = ranker.score_matrix(batch, strict)
         observed, excluded = ranker._selectors(batch, strict)
+        scores, usable = ranker.selector_scores(observed, excluded)
         k = min(settings.candidates, scores.shape[1])
         best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         pair_case = np.repeat(np.arange(len(batch)), k)
@@ -105,11 +108,12 @@ def candidate_pairs(features: PairFeatures, cases: list[Case], settings: Ensembl
         out_x.append(features.compute(observed, excluded, scores, pair_case, pair_dis))
         out_case.append(pair_case + start)
         out_dis.append(pair_dis)
-        scores_all.append(scores)
+        if keep_scores:
+            scores_all.append(scores)
         usable_all.append(usable)
         info_all.append(observed @ features.ic)
-    return Pairs(np.concatenate(out_case), np.concatenate(out_dis), np.vstack(out_x), np.vstack(scores_all),
-                 np.concatenate(usable_all), np.concatenate(info_all))
+    return Pairs(np.concatenate(out_case), np.concatenate(out_dis), np.vstack(out_x),
+                 np.vstack(scores_all) if keep_scores else None, np.concatenate(usable_all), np.concatenate(info_all))
 
 
 def _booster_params(settings: EnsembleSettings) -> dict:
@@ -178,6 +182,8 @@ def fit_calibration(pairs: Pairs, model_scores: np.ndarray, labels: np.ndarray) 
         has = np.bincount(pairs.case, weights=labels, minlength=len(pairs.usable)) > 0
         chosen = np.where(has, hit, none)
         return float(-(chosen[cases] - norm[cases]).mean())
+
+    from scipy.optimize import minimize  # only training calibrates; ranking should not pay for the import
 
     result = minimize(loss, x0=np.array([0.0, 0.0]), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-6})
     return float(math.exp(result.x[0])), float(result.x[1])
@@ -301,7 +307,7 @@ class EnsembleRanker:
         self.kb = self.ranker.kb
 
     def scores(self, cases: list[Case], strict: bool = False, extra=None) -> tuple[Pairs, np.ndarray]:
-        pairs = candidate_pairs(self.features, cases, self.model.settings, strict, extra)
+        pairs = candidate_pairs(self.features, cases, self.model.settings, strict, extra, keep_scores=False)
         return pairs, (self.model.predict(pairs.features) if len(pairs.case) else np.zeros(0))
 
     def rank(self, case: Case, top: int = 10, explain: bool = True) -> Ranking:
@@ -338,7 +344,7 @@ class EnsembleRanker:
                 disease = int(self.ranker.diseases[pairs.disease[j]])
                 candidates.append(RankedDisease(
                     rank, str(self.kb.disease_ids[disease]), str(self.kb.disease_names[disease]), float(scores[j]),
-                    float(probability[j]), float(pairs.lr_scores[i, pairs.disease[j]] / np.log(10)),
+                    float(probability[j]), float(pairs.features[j, LR_COLUMN] / np.log(10)),
                     self.kb.genes_of(disease)))
             information = float(pairs.information[i])
             out.append(Ranking(candidates, information < self.model.settings.sparse_information, information))

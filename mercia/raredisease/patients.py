@@ -8,7 +8,8 @@ Conventions (docs/raredisease.md):
   rare-disease work uses); onset goes to ``qualifier_source_value`` (the HPO onset class id or the ISO 8601
   age) and, for an onset class, ``qualifier_concept_id`` = its HPO concept;
 * each disease is a ``condition_occurrence`` with ``condition_source_value`` = its OMIM/ORPHA/MONDO id
-  (``condition_concept_id`` 0: those vocabularies are not standard in OMOP) and the onset in
+  and ``condition_concept_id`` its local concept (``mercia.vocab.diseases``; 0 for MONDO, which has
+  none), so cohorts can select the diagnosis; the onset goes in
   ``condition_status_source_value``;
 * each variant is an ``observation`` with concept 0, ``observation_source_value`` = ``gene:<symbol>``,
   ``value_as_string`` = the HGVS expression, ``value_source_value`` = the VCF record
@@ -34,6 +35,7 @@ from mercia.raredisease.phenopackets import (
     RareDiseaseCase,
     Variant,
 )
+from mercia.vocab.diseases import disease_concept_id
 from mercia.vocab.hpo import HPO_CONCEPT_OFFSET, hp_id_from_concept_id, hpo_concept_id
 
 PRESENT = 4181412  # SNOMED 52101004 "Present"
@@ -93,7 +95,7 @@ def save_case(store: Store, case: RareDiseaseCase, person_id: int | None = None)
             store.insert_arrow("condition_occurrence", pa.table({
                 "condition_occurrence_id": pa.array(range(first, first + len(diseases)), pa.int64()),
                 "person_id": pa.array([person_id] * len(diseases), pa.int64()),
-                "condition_concept_id": pa.array([0] * len(diseases), pa.int64()),
+                "condition_concept_id": pa.array([_disease_concept(d.term) for d in diseases], pa.int64()),
                 "condition_start_date": pa.array([recorded] * len(diseases), pa.date32()),
                 "condition_type_concept_id": pa.array([CASE_REPORT_FORM] * len(diseases), pa.int64()),
                 "condition_source_value": pa.array([d.term for d in diseases]),
@@ -101,6 +103,14 @@ def save_case(store: Store, case: RareDiseaseCase, person_id: int | None = None)
                                                            for d in diseases], pa.string()),
             }))
     return person_id
+
+
+def _disease_concept(term: str) -> int:
+    """The local concept of an OMIM/ORPHA/DECIPHER diagnosis (so cohorts can select it); 0 for others."""
+    try:
+        return disease_concept_id(term)
+    except ValueError:
+        return 0
 
 
 def _phenotype_row(p: Phenotype) -> dict:

@@ -261,17 +261,17 @@ class Ranker:
 
     def selector_scores(self, observed: sp.csr_matrix, excluded: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         """score_matrix for cases given as (cases x terms) 0/1 selectors of resolved observed and excluded terms."""
-        total = sp.csr_matrix((observed.shape[0], len(self.diseases)))
+        # summed dense: the products fill most of the matrix, where sparse sums cost more than dense ones
+        scores = np.zeros((observed.shape[0], len(self.diseases)))
         for selector, builder in ((observed, self._observed_rows), (excluded, self._excluded_rows)):
             used = np.unique(selector.indices)
             if len(used):
-                total = total + selector[:, used] @ builder(used)
+                scores += (selector[:, used] @ builder(used)).toarray()
         if self.params.reporting_rate > 0:
-            total = total - self._covered(observed, excluded) @ self.unreported
+            scores -= (self._covered(observed, excluded) @ self.unreported).toarray()
         # the disease-independent parts: the floor of every observed term, 1 / (1 - bg) of every excluded one
         constants = np.asarray(observed.sum(axis=1)).ravel() * np.log(self.params.floor)
         constants -= excluded @ np.log1p(-np.minimum(self.background, 0.999))
-        scores = total.toarray()
         scores += constants[:, None]
         if self.params.reporting_rate > 0:
             scores += self.unreported_total

@@ -17,7 +17,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-HPO_CONCEPT_OFFSET = 2_100_000_000
+from mercia.vocab.local_ids import block_start
+
+HPO_CONCEPT_OFFSET = block_start("HPO")
 HPO_VOCABULARY_ID = "HPO"
 _HP_ID = re.compile(r"^HP:(\d{7})$")
 _SYNONYM = re.compile(r'^"((?:[^"\\]|\\.)*)"')

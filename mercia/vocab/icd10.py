@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import re
 
+from mercia.vocab.local_ids import block_start
+
 ICD10_VOCABULARY_ID = "ICD10"
-ICD10_CONCEPT_OFFSET = 2_000_000_000  # start of the range this vocabulary owns
+ICD10_CONCEPT_OFFSET = block_start("ICD10")  # start of the block this vocabulary owns (local_ids)
 _CODE_OFFSET = 2_010_000_000
 _BLOCK_OFFSET = 2_080_000_000
 _CHAPTER_OFFSET = 2_099_000_000

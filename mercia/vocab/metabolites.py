@@ -27,14 +27,13 @@ from pathlib import Path
 import pyarrow as pa
 
 from mercia.cdm.store import Store
+from mercia.vocab.local_ids import block_size, block_start
 
 NIGHTINGALE_VOCABULARY_ID = "Nightingale"
-# OMOP concept ids are 32-bit integers (Circe refuses larger ones): the local ranges sit between HPO's
-# (2,100,000,000 + HP number, below 2,110,000,000) and 2,147,483,647.
-NIGHTINGALE_OFFSET = 2_120_000_000
-METABOLITE_VOCABULARIES = {"HMDB": 2_121_000_000, "ChEBI": 2_122_000_000, "LipidMaps": 2_123_000_000,
-                           "KEGG": 2_124_000_000}
-METABOLITE_RANGE = 1_000_000
+# Local id blocks (32-bit, no overlaps) come from mercia.vocab.local_ids.
+NIGHTINGALE_OFFSET = block_start("Nightingale")
+METABOLITE_VOCABULARIES = {v: block_start(v) for v in ("HMDB", "ChEBI", "LipidMaps", "KEGG")}
+METABOLITE_RANGE = block_size("HMDB")
 # The catalogue's unit text -> UCUM code (ucum.org): "degree" is the unsaturation index, a pure number.
 UCUM_UNITS = {"mmol/L": "mmol/L", "mmol/l": "mmol/L", "g/l": "g/L", "g/L": "g/L", "nm": "nm", "%": "%",
               "ratio": "{ratio}", "degree": "1"}

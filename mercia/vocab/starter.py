@@ -36,28 +36,25 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mercia.cdm.store import Store
-from mercia.vocab.diseases import DISEASE_RANGE, DISEASE_VOCABULARIES
+from mercia.vocab.diseases import DISEASE_VOCABULARIES
 from mercia.vocab.hpo import (
-    HPO_CONCEPT_OFFSET,
     HPO_VOCABULARY_ID,
     hpo_concept_id,
     hpo_release_dir,
     parse_obo,
 )
 from mercia.vocab.icd10 import (
-    ICD10_CONCEPT_OFFSET,
     ICD10_VOCABULARY_ID,
     icd10_concept_id,
 )
+from mercia.vocab.local_ids import LOCAL_CONCEPT_BLOCKS, migrate_legacy_disease_ids
 
 # Bump when the derivation below changes, so stale caches are rebuilt.
-STARTER_SCHEME = 3
+STARTER_SCHEME = 4
 STARTER_TABLES = ["concept", "concept_relationship", "concept_ancestor", "concept_synonym", "vocabulary",
                   "domain", "concept_class", "relationship"]
-# The local id range each starter vocabulary owns (mercia.vocab.icd10 / mercia.vocab.hpo).
-STARTER_RANGES = {ICD10_VOCABULARY_ID: (ICD10_CONCEPT_OFFSET, HPO_CONCEPT_OFFSET),
-                  HPO_VOCABULARY_ID: (HPO_CONCEPT_OFFSET, HPO_CONCEPT_OFFSET + 10_000_000),
-                  **{v: (low, low + DISEASE_RANGE) for v, low in DISEASE_VOCABULARIES.items()}}
+# The local id block each starter vocabulary owns (mercia.vocab.local_ids).
+STARTER_RANGES = {v: LOCAL_CONCEPT_BLOCKS[v] for v in (ICD10_VOCABULARY_ID, HPO_VOCABULARY_ID, *DISEASE_VOCABULARIES)}
 ENGLISH_CONCEPT_ID = 4180186  # OMOP concept "English language"
 HPO_PHENOTYPIC_ABNORMALITY = "HP:0000118"
 
@@ -329,11 +326,11 @@ def installed_versions(store: Store) -> dict[str, str | None]:
 
 
 def starter_installed(store: Store) -> bool:
-    """Whether any starter concept (by its id range) is in the store."""
+    """Whether any starter concept (by its id blocks, which other local vocabularies sit between) is in the store."""
     if not store.table_exists("concept"):
         return False
-    low, high = min(r[0] for r in STARTER_RANGES.values()), max(r[1] for r in STARTER_RANGES.values())
-    return bool(store.query_one(f"SELECT count(*) FROM concept WHERE concept_id >= {low} AND concept_id < {high}"))
+    inside = " OR ".join(f"(concept_id >= {low} AND concept_id < {high})" for low, high in STARTER_RANGES.values())
+    return bool(store.query_one(f"SELECT count(*) FROM concept WHERE {inside}"))
 
 
 def _foreign_concepts(store: Store, vocabulary_id: str) -> int:
@@ -349,6 +346,7 @@ def install_starter(store: Store, data_dir: Path | None = None) -> dict[str, str
 
     A vocabulary that the store already has from elsewhere (Athena ids outside the starter range)
     is skipped, so an Athena download always wins.  Rows of other vocabularies are untouched.
+    Disease ids a store holds at their old (above 32-bit) offsets are moved first.
     """
     from mercia.vocab.search import refresh_search_index
 
@@ -357,6 +355,7 @@ def install_starter(store: Store, data_dir: Path | None = None) -> dict[str, str
     outcome: dict[str, str] = {}
     with store.transaction():
         store.init_schema()
+        migrate_legacy_disease_ids(store)
         chosen = []
         for vocabulary_id in STARTER_RANGES:
             foreign = _foreign_concepts(store, vocabulary_id)
@@ -412,7 +411,13 @@ def _add_missing(store: Store, files: Path, table: str) -> None:
 
 def ensure_starter_vocabulary(store: Store, data_dir: Path | None = None) -> dict[str, str]:
     """Install the starter vocabularies unless the store already has these versions; returns what
-    was installed (empty when nothing needed doing)."""
+    was installed (empty when nothing needed doing).  A store written with the old disease ids has
+    them moved into their 32-bit blocks (and its concept search rebuilt) even when nothing else is due."""
+    from mercia.vocab.search import refresh_search_index
+
+    with store.transaction():
+        if migrate_legacy_disease_ids(store):
+            refresh_search_index(store, force=True)
     wanted = starter_versions()
     have = installed_versions(store)
     needed = [v for v in wanted if have.get(v) != wanted[v] and not (v in have and _foreign_concepts(store, v))]

@@ -137,14 +137,6 @@ def test_hpo_annotated_diseases_are_concepts_with_their_phenotypes(starter_store
     assert versions["OMIM"] == versions["ORPHA"] == "HPO annotations 2025-01-16"
 
 
-def test_disease_id_scheme():
-    assert disease_concept_id("OMIM:154700") == 2_200_154_700
-    assert disease_concept_id("ORPHA:558") == disease_concept_id("Orphanet:558") == 2_300_000_558
-    assert disease_concept_id("DECIPHER:1") == 2_400_000_001
-    with pytest.raises(ValueError):
-        disease_concept_id("MONDO:0007947")
-
-
 def test_icd10_id_scheme():
     assert icd10_concept_id("A00") == 2_010_000_000
     assert icd10_concept_id("E11") == 2_014_110_000
