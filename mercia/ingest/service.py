@@ -93,6 +93,9 @@ def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | P
     if kind in MANIFEST_KINDS:
         from mercia.vocab.metabolites import ensure_local_concepts
         ensure_local_concepts(store, staged.events.table(), staged.concept_names)
+    if kind in ("csv", "fhir"):  # PROM returns: their scores load with their item answers
+        from mercia.ingest.proms import add_prom_scores
+        add_prom_scores(staged)
     if on_step:
         on_step(f"loading {staged.read} records for {org}")
     summary = load_staged(store, staged, org, kind, options)
