@@ -5,7 +5,8 @@ Readers stage each EQ-5D item answer as an ``Observation`` event of vocabulary `
 return of the extract at once and stages the index as one more event of the same source record (so a
 resend is skipped or replaced with its items); a return that cannot be scored gets no index and a
 reject naming the record and the item.  Inside the load's transaction, ``link_prom_items`` points each
-item observation of the load at its score (``observation_event_id``) and stores the value set's DOI.
+item observation of the load at its score (``observation_event_id``), stores the value set's DOI and
+gives the index and EQ VAS their SNOMED CT concepts when the vocabulary holds them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import pyarrow as pa
 
 from mercia.cdm import Store
 from mercia.ingest.staging import Staged
-from mercia.proms.omop import EQ5D_INSTRUMENTS, ITEM_LINK_FIELD, PROM_VOCABULARY, item_source_value, \
-    score_item_answers, score_source_value
+from mercia.proms.omop import EQ5D_INSTRUMENTS, ITEM_LINK_FIELD, PROM_VOCABULARY, STANDARD_CODES, \
+    item_source_value, score_item_answers, score_source_value
 from mercia.proms.valuesets import DIMENSIONS, value_set
 
 SCORE_NAME = "index"
@@ -58,27 +59,35 @@ def add_prom_scores(staged: Staged) -> int:
 
 
 def link_prom_items(store: Store, load_id: int) -> None:
-    """Point the item observations of load ``load_id`` at their return's score and store each score's
-    DOI; runs inside the load's transaction (two keyed updates per instrument, no rows in Python)."""
+    """Point the item observations of load ``load_id`` at their return's score, store each score's DOI
+    and set the standard concepts; runs inside the load's transaction (keyed updates, no rows in Python)."""
     in_load = "SELECT row_id FROM mercia_provenance WHERE load_id = ? AND cdm_table = 'observation'"
-    scores = [score_source_value(instrument, SCORE_NAME) for instrument in EQ5D_INSTRUMENTS]
-    scored = store.query(f"""SELECT DISTINCT observation_source_value, qualifier_source_value FROM observation
-        WHERE observation_id IN ({in_load}) AND observation_source_value IN ({", ".join("?" for _ in scores)})""",
-                         [load_id, *scores])
-    for score, value_set_id in scored:
-        instrument = score.split(" ")[0]
-        items = ", ".join("?" for _ in ITEM_CODES[instrument])
+    wanted = [score_source_value(instrument, SCORE_NAME) for instrument in EQ5D_INSTRUMENTS] + list(STANDARD_CODES)
+    present = store.query(f"""SELECT DISTINCT observation_source_value, qualifier_source_value FROM observation
+        WHERE observation_id IN ({in_load}) AND observation_source_value IN ({", ".join("?" for _ in wanted)})""",
+                          [load_id, *wanted])
+    for source_value, value_set_id in present:
+        if source_value in STANDARD_CODES:
+            vocabulary, code = STANDARD_CODES[source_value]
+            store.execute(f"""UPDATE observation SET observation_concept_id = COALESCE((SELECT min(concept_id)
+                    FROM concept WHERE vocabulary_id = ? AND concept_code = ? AND standard_concept = 'S'), 0)
+                WHERE observation_id IN ({in_load}) AND observation_source_value = ?""",
+                          [vocabulary, code, load_id, source_value])
+        if not source_value.endswith(f" {SCORE_NAME}"):
+            continue
+        items = ITEM_CODES[source_value.split(" ")[0]]
+        marks = ", ".join("?" for _ in items)
         store.execute(f"""UPDATE observation SET observation_event_id = (
                 SELECT min(ps.row_id) FROM mercia_provenance pi
                 JOIN mercia_provenance ps ON ps.load_id = pi.load_id AND ps.org = pi.org
                      AND ps.source_record = pi.source_record AND ps.cdm_table = 'observation'
                 JOIN observation s ON s.observation_id = ps.row_id AND s.observation_source_value = ?
                 WHERE pi.load_id = ? AND pi.cdm_table = 'observation' AND pi.row_id = observation.observation_id)
-            WHERE observation_id IN ({in_load}) AND observation_source_value IN ({items})""",
-                      [score, load_id, load_id, *ITEM_CODES[instrument]])
+            WHERE observation_id IN ({in_load}) AND observation_source_value IN ({marks})""",
+                      [source_value, load_id, load_id, *items])
         store.execute(f"""UPDATE observation SET obs_event_field_concept_id = {ITEM_LINK_FIELD}
             WHERE observation_id IN ({in_load}) AND observation_event_id IS NOT NULL
-              AND observation_source_value IN ({items})""", [load_id, *ITEM_CODES[instrument]])
+              AND observation_source_value IN ({marks})""", [load_id, *items])
         store.execute(f"""UPDATE observation SET value_as_string = ?
             WHERE observation_id IN ({in_load}) AND observation_source_value = ? AND qualifier_source_value = ?""",
-                      [value_set(value_set_id).doi, load_id, score, value_set_id])
+                      [value_set(value_set_id).doi, load_id, source_value, value_set_id])

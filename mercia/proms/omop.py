@@ -25,6 +25,13 @@ EQ5D_INSTRUMENTS = tuple(DEFAULT_VALUE_SETS)
 ITEM_LINK_FIELD = 0
 # Staged events of PROM items and scores carry this vocabulary (a Mercia local one: no concept ids).
 PROM_VOCABULARY = "PROMs"
+# Standard concepts for the rows that have one, by source value; the rest keep concept 0 and are found
+# by their source value.  SNOMED CT observables as the HL7 Germany MII PRO implementation guide uses
+# them ("EQ-5D-5L Scores", build.fhir.org/ig/medizininformatik-initiative/kerndatensatzmodul-proms):
+# 736534008 "EuroQol five dimension five level index value", 736535009 "EuroQol visual analogue score".
+# No item code for the five dimensions was found in a published terminology we could verify.
+STANDARD_CODES = {"eq5d5l index": ("SNOMED", "736534008"), "eq5d5l:VAS": ("SNOMED", "736535009"),
+                  "eq5d3l:VAS": ("SNOMED", "736535009")}
 
 
 def item_source_value(instrument: str, item: str) -> str:

@@ -131,7 +131,18 @@ def _fhir_extract(path, *responses):
     (path / "extract.ndjson").write_bytes(b"\n".join(orjson.dumps(r) for r in (patient, *responses)))
 
 
+def _snomed_concepts(store) -> dict[str, int]:
+    """Test concept ids for the two SNOMED CT observables Mercia codes (the ids are this test's own)."""
+    store.init_schema()
+    concepts = {"736534008": 91_000_001, "736535009": 91_000_002}
+    for code, concept_id in concepts.items():
+        store.execute("INSERT INTO concept VALUES (?, ?, 'Observation', 'SNOMED', 'Observable Entity', 'S', ?, "
+                      "DATE '1970-01-01', DATE '2099-12-31', NULL)", [concept_id, f"EuroQol {code}", code])
+    return concepts
+
+
 def test_fhir_questionnaire_response_items_and_index_reach_omop_linked(store, load, tmp_path, snapshot):
+    concepts = _snomed_concepts(store)
     answers = {"MO": 2, "SC": 1, "UA": 3, "PD": 2, "AD": 1, "VAS": 75}
     _fhir_extract(tmp_path / "qr", _questionnaire_response("qr1", answers, "2024-05-01T10:00:00Z"),
                   _questionnaire_response("qr2", {**answers, "PD": 0}, "2024-06-01T10:00:00Z"))
@@ -142,6 +153,9 @@ def test_fhir_questionnaire_response_items_and_index_reach_omop_linked(store, lo
             for s in scores.values()] == [(expected[0].as_py(), "england_2018", ENGLAND_DOI, "2024-05-01")]
     items = {i["observation_source_value"]: i["value_as_number"] for i in _items(store) if i["observation_event_id"]}
     assert items["eq5d5l:VAS"] == 75
+    coded = store.query("SELECT observation_source_value, observation_concept_id FROM observation "
+                        "WHERE observation_concept_id <> 0 ORDER BY 1, 2")
+    assert coded == [("eq5d5l index", concepts["736534008"])] + [("eq5d5l:VAS", concepts["736535009"])] * 2
     rejects = store.query("SELECT field, reason FROM mercia_reject WHERE org = 'RX1'")
     assert rejects == [("eq5d5l:PD", "eq5d5l index not computed: must be a level from 1 to 5 (value '0')")]
     assert summary.rejected == 1
