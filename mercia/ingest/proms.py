@@ -27,6 +27,10 @@ ITEM_CODES = {instrument: [item_source_value(instrument, item) for item in (*DIM
 
 def add_prom_scores(staged: Staged) -> int:
     """Stage the index of every EQ-5D return among ``staged``'s events; returns how many were scored."""
+    # PROM items come from row-staging readers (CSV, the FHIR QuestionnaireResponse mapper), never as
+    # Arrow chunks: a scan of the listed vocabularies spares other extracts a copy of all their events.
+    if PROM_VOCABULARY not in staged.events.listed["vocabulary"]:
+        return 0
     events = staged.events.table()
     con = duckdb.connect()
     con.register("events", events)
