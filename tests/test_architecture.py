@@ -37,6 +37,9 @@ ALLOWED = {
     ("trials", "governance"): "trial access goes through projects, roles and the audit log",
     ("ingest", "raredisease"): "the Phenopacket reader validates with raredisease.phenopackets (one parser)",
     ("ingest", "trials"): "a load given the organisation's own store fills its re-identification key map (trials.reid)",
+    ("ingest", "proms"): "PROM returns arriving through ingest (region CSV, FHIR QuestionnaireResponse) are scored "
+                         "with proms.omop.score_item_answers (one scorer), coded as proms.omop says like eCRF ones, "
+                         "QuestionnaireResponse items found by proms.store.FHIR_ITEMS, DOIs from proms.valuesets",
     ("trials", "proms"): "PROM items on eCRF forms are scored with proms.scoring (one scorer) and stored in proms.store",
     ("federation", "analytics"): "a node builds strata and characterisation cells from analytics.base's index table",
 }

@@ -19,6 +19,8 @@ import orjson
 
 from mercia.ingest.fhir_columnar import BATCH, COLUMNAR, ColumnarStager, suspicious_lines
 from mercia.ingest.staging import Staged, content_hash
+from mercia.proms.omop import PROM_VOCABULARY, item_source_value
+from mercia.proms.store import FHIR_INSTRUMENTS, FHIR_ITEMS
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEMS = ("https://fhir.nhs.uk/Id/ods-organization-code", "https://fhir.nhs.uk/Id/ods-site-code")
@@ -616,6 +618,7 @@ class FhirReader:
         """PROM answers that are coded or numeric; free-text answers never reach the CDM."""
         start = res.get("authored")
         questionnaire = (res.get("questionnaire") or "questionnaire").rsplit("/", 1)[-1]
+        prom_items = _prom_item_codes(questionnaire)
         emitted = 0
         stack = list(res.get("item") or [])
         while stack:
@@ -627,7 +630,9 @@ class FhirReader:
                 if value is None:
                     continue
                 vocab, code = best_coding({"coding": item.get("code") or []})
-                if code is None:
+                if str(item.get("linkId", "")).lower() in prom_items:  # scored and linked: mercia.ingest.proms
+                    vocab, code = PROM_VOCABULARY, prom_items[str(item["linkId"]).lower()]
+                elif code is None:
                     vocab, code = "Questionnaire", f"{questionnaire}#{item.get('linkId')}"
                 if not start:
                     break
@@ -701,6 +706,16 @@ def _value(part: dict) -> dict:
         if key in part:
             return {"value_number": _number(part[key])}
     return {}
+
+
+def _prom_item_codes(questionnaire: str) -> dict[str, str]:
+    """linkId (lower case) -> PROM item code for an EQ-5D questionnaire (``proms.store.FHIR_ITEMS``);
+    empty for any other questionnaire."""
+    instrument = FHIR_INSTRUMENTS.get(questionnaire.split("|")[0].lower())
+    if instrument is None:
+        return {}
+    return {alias: item_source_value(instrument, column.upper()) for column, aliases in FHIR_ITEMS.items()
+            for alias in aliases}
 
 
 def _answer_value(answer: dict) -> dict | None:

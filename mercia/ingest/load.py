@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mercia.cdm import Store, quote
+from mercia.ingest.proms import link_prom_items
 from mercia.ingest.staging import EARLIEST_DATE, END_DATE_AHEAD, Staged, date_window, latest_date
 from mercia.cdm.extensions import TOKEN_FIELDS, ensure_extension_tables
 from mercia.cdm.persons import EHR_TYPE, EVENT_DATES, max_id, rebuild_person_rows
@@ -610,6 +611,7 @@ def load_staged(store: Store, staged: Staged, org: str, reader: str, options: Lo
         job.remove_withdrawn()
         job.map_codes()
         job.insert(load_id, staged.extract)
+        link_prom_items(store, load_id)
         for rec, line, field_name, reason in job.con.execute("""
                 SELECT k.source_record, r.line, r.field, r.reason FROM staged_rejects r
                 LEFT JOIN record_keys k ON k.record = r.record""").fetchall():

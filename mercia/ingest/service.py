@@ -42,14 +42,18 @@ def read_source(kind: str, path: Path | str, mapping: str | Path | None = None,
         raise ValueError(f"a {kind} file needs --manifest (CSV: sample_id, nhs_number or local_id, collection_date)")
     if not path.exists():
         raise FileNotFoundError(f"{kind} source not found: {path}")
-    if kind == "fhir":
-        from mercia.ingest.fhir import read_fhir
-        return read_fhir(path)
-    if kind == "csv":
-        from mercia.ingest.csv import read_csv_extract
-        if mapping is None:
-            raise ValueError("a CSV extract needs --mapping (a YAML file or a shipped name such as acute_trust)")
-        return read_csv_extract(path, mapping)
+    if kind in ("fhir", "csv"):  # the readers that carry PROM returns: their EQ-5D index is staged with them
+        from mercia.ingest.proms import add_prom_scores
+        if kind == "fhir":
+            from mercia.ingest.fhir import read_fhir
+            staged = read_fhir(path)
+        else:
+            from mercia.ingest.csv import read_csv_extract
+            if mapping is None:
+                raise ValueError("a CSV extract needs --mapping (a YAML file or a shipped name such as acute_trust)")
+            staged = read_csv_extract(path, mapping)
+        add_prom_scores(staged)
+        return staged
     if kind == "hl7v2":
         from mercia.ingest.hl7v2 import read_hl7v2
         return read_hl7v2(path)

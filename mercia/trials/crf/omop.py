@@ -7,7 +7,8 @@ Report Form".  Items annotated ``@PROM=<instrument>:<item>`` (EQ-5D-5L/3L, Oxfor
 once the form holds a full set of answers with ``mercia.proms.scoring`` (value set from
 ``@PROM-VALUESET``, default England 2018 / UK 1997): the score is an observation carrying its value
 set id (``qualifier_source_value``) and DOI (``value_as_string``), and each item answer is an
-observation whose ``observation_event_id`` is the score's ``observation_id``.  The answers are also a
+observation whose ``observation_event_id`` is the score's ``observation_id`` (the convention of
+``mercia.proms.omop``, which the ingest paths follow too).  The answers are also a
 row of the PROMs store's ``mercia_prom_response`` (source ``crf``), where ``mercia proms rescore`` and
 PROM reports find them beside the region's returns and FHIR responses.
 
@@ -26,15 +27,12 @@ from typing import Any
 import pyarrow as pa
 
 from mercia.governance import Conflict
+from mercia.proms.omop import DEFAULT_VALUE_SETS, ITEM_LINK_FIELD, item_source_value, score_source_value
 from mercia.trials.crf.dictionary import OMOP_TABLES, Field
 
 CASE_REPORT_FORM = 32809          # OMOP type concept "Case Report Form"
-# The CDM field concept of observation.observation_id is not in Mercia's vocabulary, so the link of an
-# item answer to its score is carried by observation_event_id with the field concept 0 ("no concept").
-ITEM_LINK_FIELD = 0
 # Tables a form fact can become, with their id column; only the OMOP ones carry person_id.
 ID_COLUMNS = {"measurement": "measurement_id", "observation": "observation_id", "mercia_prom_response": "response_id"}
-DEFAULT_VALUE_SETS = {"eq5d5l": "england_2018", "eq5d3l": "uk_1997"}
 NUMERIC_VALIDATIONS = ("integer", "number")
 
 
@@ -132,7 +130,7 @@ def _prom_facts(store, form_ref: str, event: str, fields: list[Field], values: d
                 "observation_concept_id": concept, "observation_date": on,
                 "observation_type_concept_id": CASE_REPORT_FORM, "value_as_number": float(score),
                 "value_as_string": doi, "qualifier_source_value": qualifier,
-                "observation_source_value": f"{instrument} {name}"[:50], "value_source_value": None,
+                "observation_source_value": score_source_value(instrument, name)[:50], "value_source_value": None,
                 "unit_concept_id": None}))
         for item, f in items.items():
             if answered[item] == "":
@@ -142,7 +140,7 @@ def _prom_facts(store, form_ref: str, event: str, fields: list[Field], values: d
                 "observation_concept_id": concept, "observation_date": on,
                 "observation_type_concept_id": CASE_REPORT_FORM, "value_as_number": _int_or_none(answered[item]),
                 "value_as_string": None, "qualifier_source_value": None,
-                "observation_source_value": f"{instrument}:{item}", "value_source_value": answered[item][:50],
+                "observation_source_value": item_source_value(instrument, item), "value_source_value": answered[item][:50],
                 "unit_concept_id": None}, link=score_key if score is not None else None))
     return facts
 
