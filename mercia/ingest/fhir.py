@@ -75,6 +75,10 @@ _DATATYPES: dict[str, dict] = {
     "Contained": {"resourceType": "str", "id": "str", "code": "CodeableConcept"},
     "Collection": {"collectedDateTime": "str", "collectedPeriod": "Period"},
     "ImagingSeries": {"modality": "Coding", "bodySite": "Coding", "started": "str"},
+    "UdiCarrier": {"deviceIdentifier": "str"},
+    "Attachment": {"title": "str"},
+    "DocumentContent": {"attachment": "Attachment"},
+    "DocumentContext": {"encounter": ["Reference"], "period": "Period"},
     "Item": {"linkId": "str", "code": ["Coding"], "item": ["Item"], "answer": ["Answer"]},
     "BundleEntry": {"fullUrl": "str", "resource": "Resource"},
     "Resource": {"resourceType": "str", "id": "str"},
@@ -118,6 +122,13 @@ _RESOURCES: dict[str, dict] = {
     "CarePlan": {**_EVENT, "category": ["CodeableConcept"], "period": "Period"},
     "Goal": {**_EVENT, "description": "CodeableConcept", "startDate": "str", "statusDate": "str"},
     "ImagingStudy": {**_EVENT, "started": "str", "procedureCode": ["CodeableConcept"], "series": ["ImagingSeries"]},
+    "Device": {"type": "CodeableConcept", "udiCarrier": ["UdiCarrier"], "lotNumber": "str", "serialNumber": "str"},
+    "DeviceUseStatement": {**_EVENT, "device": "Reference", "timingDateTime": "str", "timingPeriod": "Period",
+                           "recordedOn": "str"},
+    "DeviceRequest": {**_EVENT, "status": "str", "codeCodeableConcept": "CodeableConcept", "codeReference": "Reference",
+                      "occurrenceDateTime": "str", "occurrencePeriod": "Period", "authoredOn": "str"},
+    "DocumentReference": {**_EVENT, "type": "CodeableConcept", "category": ["CodeableConcept"], "date": "str",
+                          "description": "str", "content": ["DocumentContent"], "context": "DocumentContext"},
 }
 _SUPPORTED = set(_RESOURCES)
 _COLUMNAR_KINDS = {kind.encode(): kind for kind in COLUMNAR}
@@ -224,6 +235,7 @@ class FhirReader:
         self.staged = Staged(extract)
         self.columnar = ColumnarStager(_RESOURCES, _DATATYPES, VOCABULARIES, NHS_NUMBER_SYSTEM) if columnar else None
         self.medications: dict[str, tuple[str | None, str | None]] = {}
+        self.devices: dict[str, dict] = {}  # Device id -> its type coding, UDI and production id
         self.patient_identifiers: dict[str, str] = {}
         self.extract_date: str | None = None  # the bulk export's transactionTime: ends open registrations
         self.deleted_files: list[Path] = []  # a bulk export's deleted/ files, read after the resources
@@ -453,11 +465,14 @@ class FhirReader:
         if kind == "Medication":
             self.medications[rid] = best_coding(res.get("code"))
             return
+        if kind == "Device":
+            self._device(res, rid)
+            return
         subject = _reference_id(res.get("subject") or res.get("patient"), fullurls)
         if not subject:
             s.reject(record, "subject", "no subject/patient reference", line)
             return
-        visit = _reference_id(res.get("encounter") or res.get("context"), fullurls)
+        visit = _reference_id(_encounter(res), fullurls)
         base = dict(record=record, record_hash=digest, person_ref=subject,
                     visit_ref=f"Encounter/{visit}" if visit else None, line=line)
         getattr(self, f"_{kind}")(res, base)
@@ -549,8 +564,7 @@ class FhirReader:
     def _medication(self, res: dict, base: dict, start: str | None, **extra) -> None:
         concept = res.get("medicationCodeableConcept")
         if concept is None and res.get("medicationReference"):
-            ref = res["medicationReference"].get("reference") or ""
-            med_id = ref[1:] if ref.startswith("#") else ref.rsplit("/", 1)[-1].removeprefix("urn:uuid:")
+            med_id = _local_id(res["medicationReference"])
             for contained in res.get("contained") or []:
                 if contained.get("id") == med_id and contained.get("resourceType") == "Medication":
                     concept = contained.get("code")
@@ -612,6 +626,48 @@ class FhirReader:
             self._event(base, "Procedure", concept, series.get("started") or res.get("started"), "procedureCode",
                         qualifier=(series.get("bodySite") or {}).get("code"))
 
+    def _device(self, res: dict, rid: str) -> None:
+        """A Device is a catalogue entry: its use (and so its date) comes from the DeviceUseStatements and
+        DeviceRequests that reference it; R4 gives a Device no date of use (``manufactureDate`` is not one)."""
+        udi = next((u.get("deviceIdentifier") for u in res.get("udiCarrier") or [] if u.get("deviceIdentifier")), None)
+        vocab, code = best_coding(res.get("type"))
+        self.devices[rid] = {"vocabulary": vocab, "code": code, "unique_device_id": udi,
+                             "production_id": res.get("lotNumber") or res.get("serialNumber")}
+
+    def _device_use(self, base: dict, device: dict | None, concept: dict | None, start: str | None, field: str,
+                    **extra) -> None:
+        """A device exposure: coded by the request/statement itself, else by the referenced Device once
+        every file has been read (like ``medicationReference``)."""
+        if best_coding(concept)[1] is None and device:
+            self.staged.events.add(**base, kind="Device", vocabulary="?Device", code=_local_id(device), start=start,
+                                   **extra)
+            return
+        self._event(base, "Device", concept, start, field, **extra)
+
+    def _DeviceUseStatement(self, res: dict, base: dict) -> None:
+        self._device_use(base, res.get("device"), None,
+                         _date(res, "timingDateTime", "timingPeriod", "recordedOn"), "device",
+                         end=_end(res, "timingPeriod"))
+
+    def _DeviceRequest(self, res: dict, base: dict) -> None:
+        if res.get("status") in ("revoked", "draft"):
+            self.staged.reject(base["record"], "status", f"DeviceRequest {res['status']}: no device was used",
+                               base["line"])
+            return
+        self._device_use(base, res.get("codeReference"), res.get("codeCodeableConcept"),
+                         _date(res, "occurrenceDateTime", "occurrencePeriod", "authoredOn"), "code[x]",
+                         end=_end(res, "occurrencePeriod"))
+
+    def _DocumentReference(self, res: dict, base: dict) -> None:
+        """Metadata only: the document's type (else category) and date, titled by its description (else the
+        first attachment's title).  The text never reaches the CDM (docs/ingest.md says why)."""
+        concept = res.get("type") if best_coding(res.get("type"))[1] else _codings(res.get("category"))
+        title = res.get("description") or next(
+            ((c.get("attachment") or {}).get("title") for c in res.get("content") or []
+             if (c.get("attachment") or {}).get("title")), None)
+        self._event(base, "Note", concept, res.get("date") or _date(res.get("context") or {}, "period"),
+                    "type", title=title)
+
     def _QuestionnaireResponse(self, res: dict, base: dict) -> None:
         """PROM answers that are coded or numeric; free-text answers never reach the CDM."""
         start = res.get("authored")
@@ -654,16 +710,31 @@ class FhirReader:
                     continue
                 events["vocabulary"][i], events["code"][i] = resolved
                 events["also_record"][i] = f"Medication/{med_id}"
+            elif vocab == "?Device":
+                device_id = events["code"][i]
+                device = self.devices.get(device_id)
+                if not device or device["code"] is None:
+                    self.staged.reject(events["record"][i], "device",
+                                       "device reference not resolved to a coded Device", events["line"][i])
+                    dropped.append(i)
+                    continue
+                for name, value in device.items():
+                    events[name][i] = value
+                events["also_record"][i] = f"Device/{device_id}"
         for i, ref in enumerate(events["person_ref"]):
             if ref and ref.startswith("?") and ref[1:] in self.patient_identifiers:
                 events["person_ref"][i] = self.patient_identifiers[ref[1:]]
         if dropped:
             self.staged.events.drop(dropped)
-        used = {r.split("/", 1)[1] for r in self.staged.events.listed["also_record"] if r}
+        used = {r for r in self.staged.events.listed["also_record"] if r}
         for med_id in self.medications:
-            if med_id not in used:
+            if f"Medication/{med_id}" not in used:
                 self.staged.reject(f"Medication/{med_id}", None,
                                    "Medication not referenced by any loaded medication event")
+        for device_id in self.devices:
+            if f"Device/{device_id}" not in used:
+                self.staged.reject(f"Device/{device_id}", None, "Device not referenced by any loaded "
+                                   "DeviceUseStatement or DeviceRequest (a Device carries no date of use)")
 
 
 def _entered_in_error(res: dict) -> bool:
@@ -675,6 +746,21 @@ def _entered_in_error(res: dict) -> bool:
     codings = verification.get("coding") if isinstance(verification, dict) else None
     return isinstance(codings, list) and any(isinstance(c, dict) and c.get("code") == "entered-in-error"
                                              for c in codings)
+
+
+def _encounter(res: dict) -> dict | None:
+    """The encounter Reference: ``encounter``, ``context`` (a Reference in R4 medication resources), or the
+    first of DocumentReference's ``context.encounter``."""
+    ref = res.get("encounter") or res.get("context")
+    if isinstance(ref, dict) and "encounter" in ref:
+        return (ref.get("encounter") or [None])[0]
+    return ref
+
+
+def _local_id(ref: dict) -> str:
+    """The id a catalogue reference (Medication, Device) points at: contained ``#id``, ``Type/id``, urn:uuid."""
+    target = ref.get("reference") or ""
+    return target[1:] if target.startswith("#") else target.rsplit("/", 1)[-1].removeprefix("urn:uuid:")
 
 
 def _codings(concepts: list[dict] | None) -> dict:

@@ -41,7 +41,8 @@ TYPE_CONCEPTS = {"fhir": EHR_TYPE, "csv": EHR_TYPE, "hl7v2": LAB_TYPE, "phenopac
                  "vcf": REGISTRY_TYPE, "nmr": LAB_TYPE, "mztab": LAB_TYPE}
 DOMAIN_TABLE = {"Condition": "condition_occurrence", "Drug": "drug_exposure", "Procedure": "procedure_occurrence",
                 "Measurement": "measurement", "Observation": "observation", "Device": "device_exposure",
-                "Specimen": "specimen", "Visit": "visit_occurrence"}
+                "Specimen": "specimen", "Visit": "visit_occurrence", "Note": "note"}
+NOTE_TEXT = ""  # note text is never loaded (docs/ingest.md: free text can identify people); the column is NOT NULL
 
 
 # Token fields hashed under one key so they can be compared with each other (forename/surname
@@ -427,7 +428,7 @@ class _Load:
         con.execute(f"""
             CREATE TABLE routed AS
             SELECT e.*, COALESCE(m.source_concept_id, 0) AS source_concept_id, COALESCE(m.concept_id, 0) AS concept_id,
-                   CASE WHEN e.kind IN ('Visit', 'Specimen') THEN e.kind
+                   CASE WHEN e.kind IN ('Visit', 'Specimen', 'Note') THEN e.kind
                         WHEN m.domain_id IN ({", ".join(f"'{d}'" for d in DOMAIN_TABLE)}) THEN m.domain_id
                         ELSE e.kind END AS domain,
                    COALESCE(u.concept_id, 0) AS unit_concept_id, vc.concept_id AS value_as_concept_id,
@@ -541,8 +542,14 @@ def _domain_columns(domain: str, type_concept: int) -> dict[str, str]:
                 **common}
     if domain == "Device":
         return {"device_concept_id": "concept_id", "device_exposure_start_date": "start_date",
-                "device_exposure_end_date": "end_date", "device_type_concept_id": str(type_concept),
+                "device_exposure_start_datetime": "start_datetime", "device_exposure_end_date": "end_date",
+                "device_exposure_end_datetime": "end_datetime", "device_type_concept_id": str(type_concept),
+                "unique_device_id": "unique_device_id", "production_id": "production_id",
                 "device_source_value": src, "device_source_concept_id": "source_concept_id", **common}
+    if domain == "Note":  # the document's type is its class (OMOP: note_type_concept_id is the provenance)
+        return {"note_date": "start_date", "note_datetime": "start_datetime", "note_type_concept_id": str(type_concept),
+                "note_class_concept_id": "concept_id", "note_title": "left(title, 250)", "note_text": f"'{NOTE_TEXT}'",
+                "encoding_concept_id": "0", "language_concept_id": "0", "note_source_value": src, **common}
     if domain == "Specimen":
         return {"specimen_concept_id": "concept_id", "specimen_type_concept_id": str(type_concept),
                 "specimen_date": "start_date", "specimen_datetime": "start_datetime",
