@@ -76,6 +76,10 @@ _DATATYPES: dict[str, dict] = {
     "Collection": {"collectedDateTime": "str", "collectedPeriod": "Period"},
     "ImagingSeries": {"modality": "Coding", "bodySite": "Coding", "started": "str"},
     "UdiCarrier": {"deviceIdentifier": "str"},
+    "Money": {"value": "num", "currency": "str"},
+    "Adjudication": {"category": "CodeableConcept", "amount": "Money"},
+    "ClaimItem": {"encounter": ["Reference"], "adjudication": ["Adjudication"]},
+    "Payment": {"amount": "Money"},
     "Attachment": {"title": "str"},
     "DocumentContent": {"attachment": "Attachment"},
     "DocumentContext": {"encounter": ["Reference"], "period": "Period"},
@@ -127,10 +131,16 @@ _RESOURCES: dict[str, dict] = {
                            "recordedOn": "str"},
     "DeviceRequest": {**_EVENT, "status": "str", "codeCodeableConcept": "CodeableConcept", "codeReference": "Reference",
                       "occurrenceDateTime": "str", "occurrencePeriod": "Period", "authoredOn": "str"},
+    "Claim": {"patient": "Reference", "billablePeriod": "Period", "created": "str", "total": "Money",
+              "item": ["ClaimItem"]},
+    "ExplanationOfBenefit": {"patient": "Reference", "billablePeriod": "Period", "created": "str", "claim": "Reference",
+                             "total": ["Adjudication"], "payment": "Payment", "item": ["ClaimItem"]},
     "DocumentReference": {**_EVENT, "type": "CodeableConcept", "category": ["CodeableConcept"], "date": "str",
                           "description": "str", "content": ["DocumentContent"], "context": "DocumentContext"},
 }
 _SUPPORTED = set(_RESOURCES)
+# adjudication categories that are the patient's share of a bill (Blue Button line variables, FHIR R4 codes)
+_PATIENT_SHARE = {"line_coinsrnc_amt", "line_bene_ptb_ddctbl_amt", "copay", "deductible"}
 _COLUMNAR_KINDS = {kind.encode(): kind for kind in COLUMNAR}
 _NOT_AN_OBJECT = "a FHIR resource is a JSON object, got {}"
 _MAX_NUMBER = 1e15  # larger magnitudes are not clinical values and overflow integer columns
@@ -668,6 +678,34 @@ class FhirReader:
         self._event(base, "Note", concept, res.get("date") or _date(res.get("context") or {}, "period"),
                     "type", title=title)
 
+    def _cost(self, res: dict, base: dict, total: dict, **amounts) -> None:
+        """A bill as a cost row of the visit it bills (cost_event_id); the amounts' currency is the
+        event's coded value (OMOP vocabulary ``Currency``, ISO 4217 codes)."""
+        if not base["visit_ref"]:
+            self.staged.reject(base["record"], "item.encounter",
+                               "bill not linked to an Encounter: a cost row belongs to a visit", base["line"])
+            return
+        self.staged.events.add(**base, kind="Cost", vocabulary="Cost", code=res["resourceType"],
+                               start=_date(res, "created", "billablePeriod"), value_number=total.get("value"),
+                               value_vocabulary="Currency" if total.get("currency") else None,
+                               value_code=total.get("currency"), **amounts)
+
+    def _Claim(self, res: dict, base: dict) -> None:
+        """What was billed; an ExplanationOfBenefit of the same load adjudicating it supersedes it."""
+        self._cost(res, base, res.get("total") or {})
+
+    def _ExplanationOfBenefit(self, res: dict, base: dict) -> None:
+        """The adjudicated bill: submitted total, the insurer's payment and the patient's share (Blue
+        Button coinsurance and deductible line amounts, or the R4 ``copay``/``deductible`` adjudications)."""
+        totals = {(best_coding(t.get("category"))[1] or ""): t.get("amount") or {} for t in res.get("total") or []}
+        patient = [a["amount"]["value"] for item in res.get("item") or [] for a in item.get("adjudication") or []
+                   if (a.get("amount") or {}).get("value") is not None
+                   and (best_coding(a.get("category"))[1] or "").rsplit("/", 1)[-1] in _PATIENT_SHARE]
+        claim = _local_id(res["claim"]) if res.get("claim") else None
+        self._cost(res, base, totals.get("submitted") or {},
+                   paid_by_payer=((res.get("payment") or {}).get("amount") or {}).get("value"),
+                   paid_by_patient=sum(patient) if patient else None, also_record=f"Claim/{claim}" if claim else None)
+
     def _QuestionnaireResponse(self, res: dict, base: dict) -> None:
         """PROM answers that are coded or numeric; free-text answers never reach the CDM."""
         start = res.get("authored")
@@ -727,6 +765,10 @@ class FhirReader:
         if dropped:
             self.staged.events.drop(dropped)
         used = {r for r in self.staged.events.listed["also_record"] if r}
+        billed = [i for i, (kind, record) in enumerate(zip(events["kind"], events["record"]))
+                  if kind == "Cost" and record in used]  # Claims adjudicated by a loaded ExplanationOfBenefit
+        if billed:
+            self.staged.events.drop(billed)
         for med_id in self.medications:
             if f"Medication/{med_id}" not in used:
                 self.staged.reject(f"Medication/{med_id}", None,
@@ -749,11 +791,13 @@ def _entered_in_error(res: dict) -> bool:
 
 
 def _encounter(res: dict) -> dict | None:
-    """The encounter Reference: ``encounter``, ``context`` (a Reference in R4 medication resources), or the
-    first of DocumentReference's ``context.encounter``."""
+    """The encounter Reference: ``encounter``, ``context`` (a Reference in R4 medication resources), the
+    first of DocumentReference's ``context.encounter``, or the first a Claim's items bill."""
     ref = res.get("encounter") or res.get("context")
     if isinstance(ref, dict) and "encounter" in ref:
         return (ref.get("encounter") or [None])[0]
+    if ref is None and res.get("resourceType") in ("Claim", "ExplanationOfBenefit"):
+        return next((e for item in res.get("item") or [] for e in item.get("encounter") or []), None)
     return ref
 
 

@@ -98,3 +98,58 @@ def test_uk_core_documents_load_and_bare_devices_are_kept_as_rejects(store, shar
     devices = store.query_one("""SELECT count(*) FROM mercia_reject WHERE source_record LIKE 'Device/%'
                                  AND reason LIKE 'Device not referenced%'""")
     assert devices == 5 and summary.reject_reasons.get("resource type Device is not mapped to OMOP by Mercia") is None
+
+
+def _bill(kind: str, bid: str, encounter: str | None, **extra) -> dict:
+    items = [{"sequence": 1, "encounter": [{"reference": encounter}]}] if encounter else [{"sequence": 1}]
+    return {"resourceType": kind, "id": bid, "patient": SUBJECT, "created": "2020-03-01T10:30:00Z",
+            "billablePeriod": {"start": "2020-03-01T09:00:00Z", "end": "2021-03-01T09:00:00Z"}, "item": items, **extra}
+
+
+def _amount(value: float) -> dict:
+    return {"value": value, "currency": "GBP"}
+
+
+def _adjudication(code: str, value: float) -> dict:
+    return {"category": {"coding": [{"system": "https://bluebutton.cms.gov/resources/variables", "code": code}]},
+            "amount": _amount(value)}
+
+
+def test_claims_and_explanations_of_benefit_become_costs_of_their_visit(store, load, tmp_path):
+    adjudicated = _bill("Claim", "c1", "Encounter/e1", total=_amount(100))
+    explanation = _bill("ExplanationOfBenefit", "x1", "Encounter/e1", claim={"reference": "Claim/c1"},
+                        total=[{"category": {"coding": [{"code": "submitted"}]}, "amount": _amount(100)}],
+                        payment={"amount": _amount(80)})
+    explanation["item"][0]["adjudication"] = [_adjudication("line_coinsrnc_amt", 15),
+                                              _adjudication("line_bene_ptb_ddctbl_amt", 5),
+                                              _adjudication("line_alowd_chrg_amt", 100)]
+    _write(tmp_path / "feed" / "all.ndjson", PATIENT, ENCOUNTER, adjudicated, explanation,
+           _bill("Claim", "c2", "Encounter/e1", total=_amount(40)),  # billed, not (yet) adjudicated
+           _bill("Claim", "c-no-encounter", None, total=_amount(7)),
+           _bill("Claim", "c-unknown-encounter", "Encounter/e9", total=_amount(9)))
+    summary = load(store, "fhir", tmp_path / "feed", "RX1")
+    visit = store.query_one("SELECT visit_occurrence_id FROM visit_occurrence")
+    costs = store.query("""SELECT cost_event_id, cost_domain_id, cost_type_concept_id, total_charge, paid_by_payer,
+                                  paid_by_patient FROM cost ORDER BY total_charge""")
+    assert [(event, domain, kind, float(charge), payer and float(payer), patient and float(patient))
+            for event, domain, kind, charge, payer, patient in costs] == [
+        (visit, "Visit", 32810, 40.0, None, None), (visit, "Visit", 32810, 100.0, 80.0, 20.0)]
+    # the adjudicated Claim is traced to the ExplanationOfBenefit's row, not counted twice
+    assert store.query_one("""SELECT count(DISTINCT source_record) FROM mercia_provenance
+                              WHERE cdm_table = 'cost'""") == 3
+    assert sorted(store.query("SELECT field, reason FROM mercia_reject WHERE action = 'rejected'")) == [
+        ("item.encounter", "bill not linked to an Encounter: a cost row belongs to a visit"),
+        ("item.encounter", "the billed Encounter is not loaded: a cost row belongs to a visit")]
+    assert (summary.loaded, summary.rejected) == (5, 2)
+    again = load(store, "fhir", tmp_path / "feed", "RX1")
+    assert sum(again.rows.values()) == 0 and store.query_one("SELECT count(*) FROM cost") == 2
+
+
+def test_synthea_bills_are_costs_of_loaded_visits(store, shared_data, load):
+    summary = load(store, "fhir", shared_data / "fhir/synthea_small/ndjson", "RX1")
+    assert not [r for r in summary.reject_reasons if "not mapped to OMOP" in r]
+    # 1,403 ExplanationOfBenefit rows (each adjudicating one of the 1,762 Claims) + 359 Claims without one
+    assert summary.rows["cost"] == 1762
+    assert store.query_one("""SELECT count(*) FROM cost c LEFT JOIN visit_occurrence v
+                              ON v.visit_occurrence_id = c.cost_event_id WHERE v.visit_occurrence_id IS NULL""") == 0
+    assert store.query_one("SELECT count(*) FROM cost WHERE paid_by_payer IS NOT NULL") == 1403
