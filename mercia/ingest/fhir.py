@@ -77,6 +77,14 @@ _DATATYPES: dict[str, dict] = {
     "Contained": {"resourceType": "str", "id": "str", "code": "CodeableConcept"},
     "Collection": {"collectedDateTime": "str", "collectedPeriod": "Period"},
     "ImagingSeries": {"modality": "Coding", "bodySite": "Coding", "started": "str"},
+    "UdiCarrier": {"deviceIdentifier": "str"},
+    "Money": {"value": "num", "currency": "str"},
+    "Adjudication": {"category": "CodeableConcept", "amount": "Money"},
+    "ClaimItem": {"encounter": ["Reference"], "adjudication": ["Adjudication"]},
+    "Payment": {"amount": "Money"},
+    "Attachment": {"title": "str"},
+    "DocumentContent": {"attachment": "Attachment"},
+    "DocumentContext": {"encounter": ["Reference"], "period": "Period"},
     "Item": {"linkId": "str", "code": ["Coding"], "item": ["Item"], "answer": ["Answer"]},
     "BundleEntry": {"fullUrl": "str", "resource": "Resource"},
     "Resource": {"resourceType": "str", "id": "str"},
@@ -120,8 +128,21 @@ _RESOURCES: dict[str, dict] = {
     "CarePlan": {**_EVENT, "category": ["CodeableConcept"], "period": "Period"},
     "Goal": {**_EVENT, "description": "CodeableConcept", "startDate": "str", "statusDate": "str"},
     "ImagingStudy": {**_EVENT, "started": "str", "procedureCode": ["CodeableConcept"], "series": ["ImagingSeries"]},
+    "Device": {"type": "CodeableConcept", "udiCarrier": ["UdiCarrier"], "lotNumber": "str", "serialNumber": "str"},
+    "DeviceUseStatement": {**_EVENT, "device": "Reference", "timingDateTime": "str", "timingPeriod": "Period",
+                           "recordedOn": "str"},
+    "DeviceRequest": {**_EVENT, "status": "str", "codeCodeableConcept": "CodeableConcept", "codeReference": "Reference",
+                      "occurrenceDateTime": "str", "occurrencePeriod": "Period", "authoredOn": "str"},
+    "Claim": {"patient": "Reference", "billablePeriod": "Period", "created": "str", "total": "Money",
+              "item": ["ClaimItem"]},
+    "ExplanationOfBenefit": {"patient": "Reference", "billablePeriod": "Period", "created": "str", "claim": "Reference",
+                             "total": ["Adjudication"], "payment": "Payment", "item": ["ClaimItem"]},
+    "DocumentReference": {**_EVENT, "type": "CodeableConcept", "category": ["CodeableConcept"], "date": "str",
+                          "description": "str", "content": ["DocumentContent"], "context": "DocumentContext"},
 }
 _SUPPORTED = set(_RESOURCES)
+# adjudication categories that are the patient's share of a bill (Blue Button line variables, FHIR R4 codes)
+_PATIENT_SHARE = {"line_coinsrnc_amt", "line_bene_ptb_ddctbl_amt", "copay", "deductible"}
 _COLUMNAR_KINDS = {kind.encode(): kind for kind in COLUMNAR}
 _NOT_AN_OBJECT = "a FHIR resource is a JSON object, got {}"
 _MAX_NUMBER = 1e15  # larger magnitudes are not clinical values and overflow integer columns
@@ -226,6 +247,7 @@ class FhirReader:
         self.staged = Staged(extract)
         self.columnar = ColumnarStager(_RESOURCES, _DATATYPES, VOCABULARIES, NHS_NUMBER_SYSTEM) if columnar else None
         self.medications: dict[str, tuple[str | None, str | None]] = {}
+        self.devices: dict[str, dict] = {}  # Device id -> its type coding, UDI and production id
         self.patient_identifiers: dict[str, str] = {}
         self.extract_date: str | None = None  # the bulk export's transactionTime: ends open registrations
         self.deleted_files: list[Path] = []  # a bulk export's deleted/ files, read after the resources
@@ -455,11 +477,14 @@ class FhirReader:
         if kind == "Medication":
             self.medications[rid] = best_coding(res.get("code"))
             return
+        if kind == "Device":
+            self._device(res, rid)
+            return
         subject = _reference_id(res.get("subject") or res.get("patient"), fullurls)
         if not subject:
             s.reject(record, "subject", "no subject/patient reference", line)
             return
-        visit = _reference_id(res.get("encounter") or res.get("context"), fullurls)
+        visit = _reference_id(_encounter(res), fullurls)
         base = dict(record=record, record_hash=digest, person_ref=subject,
                     visit_ref=f"Encounter/{visit}" if visit else None, line=line)
         getattr(self, f"_{kind}")(res, base)
@@ -551,8 +576,7 @@ class FhirReader:
     def _medication(self, res: dict, base: dict, start: str | None, **extra) -> None:
         concept = res.get("medicationCodeableConcept")
         if concept is None and res.get("medicationReference"):
-            ref = res["medicationReference"].get("reference") or ""
-            med_id = ref[1:] if ref.startswith("#") else ref.rsplit("/", 1)[-1].removeprefix("urn:uuid:")
+            med_id = _local_id(res["medicationReference"])
             for contained in res.get("contained") or []:
                 if contained.get("id") == med_id and contained.get("resourceType") == "Medication":
                     concept = contained.get("code")
@@ -614,6 +638,76 @@ class FhirReader:
             self._event(base, "Procedure", concept, series.get("started") or res.get("started"), "procedureCode",
                         qualifier=(series.get("bodySite") or {}).get("code"))
 
+    def _device(self, res: dict, rid: str) -> None:
+        """A Device is a catalogue entry: its use (and so its date) comes from the DeviceUseStatements and
+        DeviceRequests that reference it; R4 gives a Device no date of use (``manufactureDate`` is not one)."""
+        udi = next((u.get("deviceIdentifier") for u in res.get("udiCarrier") or [] if u.get("deviceIdentifier")), None)
+        vocab, code = best_coding(res.get("type"))
+        self.devices[rid] = {"vocabulary": vocab, "code": code, "unique_device_id": udi,
+                             "production_id": res.get("lotNumber") or res.get("serialNumber")}
+
+    def _device_use(self, base: dict, device: dict | None, concept: dict | None, start: str | None, field: str,
+                    **extra) -> None:
+        """A device exposure: coded by the request/statement itself, else by the referenced Device once
+        every file has been read (like ``medicationReference``)."""
+        if best_coding(concept)[1] is None and device:
+            self.staged.events.add(**base, kind="Device", vocabulary="?Device", code=_local_id(device), start=start,
+                                   **extra)
+            return
+        self._event(base, "Device", concept, start, field, **extra)
+
+    def _DeviceUseStatement(self, res: dict, base: dict) -> None:
+        self._device_use(base, res.get("device"), None,
+                         _date(res, "timingDateTime", "timingPeriod", "recordedOn"), "device",
+                         end=_end(res, "timingPeriod"))
+
+    def _DeviceRequest(self, res: dict, base: dict) -> None:
+        if res.get("status") in ("revoked", "draft"):
+            self.staged.reject(base["record"], "status", f"DeviceRequest {res['status']}: no device was used",
+                               base["line"])
+            return
+        self._device_use(base, res.get("codeReference"), res.get("codeCodeableConcept"),
+                         _date(res, "occurrenceDateTime", "occurrencePeriod", "authoredOn"), "code[x]",
+                         end=_end(res, "occurrencePeriod"))
+
+    def _DocumentReference(self, res: dict, base: dict) -> None:
+        """Metadata only: the document's type (else category) and date, titled by its description (else the
+        first attachment's title).  The text never reaches the CDM (docs/ingest.md says why)."""
+        concept = res.get("type") if best_coding(res.get("type"))[1] else _codings(res.get("category"))
+        title = res.get("description") or next(
+            ((c.get("attachment") or {}).get("title") for c in res.get("content") or []
+             if (c.get("attachment") or {}).get("title")), None)
+        self._event(base, "Note", concept, res.get("date") or _date(res.get("context") or {}, "period"),
+                    "type", title=title)
+
+    def _cost(self, res: dict, base: dict, total: dict, **amounts) -> None:
+        """A bill as a cost row of the visit it bills (cost_event_id); the amounts' currency is the
+        event's coded value (OMOP vocabulary ``Currency``, ISO 4217 codes)."""
+        if not base["visit_ref"]:
+            self.staged.reject(base["record"], "item.encounter",
+                               "bill not linked to an Encounter: a cost row belongs to a visit", base["line"])
+            return
+        self.staged.events.add(**base, kind="Cost", vocabulary="Cost", code=res["resourceType"],
+                               start=_date(res, "created", "billablePeriod"), value_number=total.get("value"),
+                               value_vocabulary="Currency" if total.get("currency") else None,
+                               value_code=total.get("currency"), **amounts)
+
+    def _Claim(self, res: dict, base: dict) -> None:
+        """What was billed; an ExplanationOfBenefit of the same load adjudicating it supersedes it."""
+        self._cost(res, base, res.get("total") or {})
+
+    def _ExplanationOfBenefit(self, res: dict, base: dict) -> None:
+        """The adjudicated bill: submitted total, the insurer's payment and the patient's share (Blue
+        Button coinsurance and deductible line amounts, or the R4 ``copay``/``deductible`` adjudications)."""
+        totals = {(best_coding(t.get("category"))[1] or ""): t.get("amount") or {} for t in res.get("total") or []}
+        patient = [a["amount"]["value"] for item in res.get("item") or [] for a in item.get("adjudication") or []
+                   if (a.get("amount") or {}).get("value") is not None
+                   and (best_coding(a.get("category"))[1] or "").rsplit("/", 1)[-1] in _PATIENT_SHARE]
+        claim = _local_id(res["claim"]) if res.get("claim") else None
+        self._cost(res, base, totals.get("submitted") or {},
+                   paid_by_payer=((res.get("payment") or {}).get("amount") or {}).get("value"),
+                   paid_by_patient=sum(patient) if patient else None, also_record=f"Claim/{claim}" if claim else None)
+
     def _QuestionnaireResponse(self, res: dict, base: dict) -> None:
         """PROM answers that are coded or numeric; free-text answers never reach the CDM."""
         start = res.get("authored")
@@ -659,16 +753,35 @@ class FhirReader:
                     continue
                 events["vocabulary"][i], events["code"][i] = resolved
                 events["also_record"][i] = f"Medication/{med_id}"
+            elif vocab == "?Device":
+                device_id = events["code"][i]
+                device = self.devices.get(device_id)
+                if not device or device["code"] is None:
+                    self.staged.reject(events["record"][i], "device",
+                                       "device reference not resolved to a coded Device", events["line"][i])
+                    dropped.append(i)
+                    continue
+                for name, value in device.items():
+                    events[name][i] = value
+                events["also_record"][i] = f"Device/{device_id}"
         for i, ref in enumerate(events["person_ref"]):
             if ref and ref.startswith("?") and ref[1:] in self.patient_identifiers:
                 events["person_ref"][i] = self.patient_identifiers[ref[1:]]
         if dropped:
             self.staged.events.drop(dropped)
-        used = {r.split("/", 1)[1] for r in self.staged.events.listed["also_record"] if r}
+        used = {r for r in self.staged.events.listed["also_record"] if r}
+        billed = [i for i, (kind, record) in enumerate(zip(events["kind"], events["record"]))
+                  if kind == "Cost" and record in used]  # Claims adjudicated by a loaded ExplanationOfBenefit
+        if billed:
+            self.staged.events.drop(billed)
         for med_id in self.medications:
-            if med_id not in used:
+            if f"Medication/{med_id}" not in used:
                 self.staged.reject(f"Medication/{med_id}", None,
                                    "Medication not referenced by any loaded medication event")
+        for device_id in self.devices:
+            if f"Device/{device_id}" not in used:
+                self.staged.reject(f"Device/{device_id}", None, "Device not referenced by any loaded "
+                                   "DeviceUseStatement or DeviceRequest (a Device carries no date of use)")
 
 
 def _entered_in_error(res: dict) -> bool:
@@ -680,6 +793,23 @@ def _entered_in_error(res: dict) -> bool:
     codings = verification.get("coding") if isinstance(verification, dict) else None
     return isinstance(codings, list) and any(isinstance(c, dict) and c.get("code") == "entered-in-error"
                                              for c in codings)
+
+
+def _encounter(res: dict) -> dict | None:
+    """The encounter Reference: ``encounter``, ``context`` (a Reference in R4 medication resources), the
+    first of DocumentReference's ``context.encounter``, or the first a Claim's items bill."""
+    ref = res.get("encounter") or res.get("context")
+    if isinstance(ref, dict) and "encounter" in ref:
+        return (ref.get("encounter") or [None])[0]
+    if ref is None and res.get("resourceType") in ("Claim", "ExplanationOfBenefit"):
+        return next((e for item in res.get("item") or [] for e in item.get("encounter") or []), None)
+    return ref
+
+
+def _local_id(ref: dict) -> str:
+    """The id a catalogue reference (Medication, Device) points at: contained ``#id``, ``Type/id``, urn:uuid."""
+    target = ref.get("reference") or ""
+    return target[1:] if target.startswith("#") else target.rsplit("/", 1)[-1].removeprefix("urn:uuid:")
 
 
 def _codings(concepts: list[dict] | None) -> dict:

@@ -35,6 +35,7 @@ from mercia.privacy.pseudonym import Pseudonymiser
 # OMOP standard concepts used as constants (OHDSI vocabulary, domain Type Concept / Gender / Visit).
 LAB_TYPE = 32856          # "Lab"
 REGISTRY_TYPE = 32879     # "Registry"
+CLAIM_TYPE = 32810        # "Claim"
 GENDER = {"male": 8507, "m": 8507, "female": 8532, "f": 8532}
 VISIT_CLASS = {"AMB": 9202, "IMP": 9201, "ACUTE": 9201, "EMER": 9203, "HH": 581476}  # HL7 v3 ActCode
 
@@ -42,7 +43,8 @@ TYPE_CONCEPTS = {"fhir": EHR_TYPE, "csv": EHR_TYPE, "hl7v2": LAB_TYPE, "phenopac
                  "vcf": REGISTRY_TYPE, "nmr": LAB_TYPE, "mztab": LAB_TYPE}
 DOMAIN_TABLE = {"Condition": "condition_occurrence", "Drug": "drug_exposure", "Procedure": "procedure_occurrence",
                 "Measurement": "measurement", "Observation": "observation", "Device": "device_exposure",
-                "Specimen": "specimen", "Visit": "visit_occurrence"}
+                "Specimen": "specimen", "Visit": "visit_occurrence", "Note": "note"}
+NOTE_TEXT = ""  # note text is never loaded (docs/ingest.md: free text can identify people); the column is NOT NULL
 
 
 # Token fields hashed under one key so they can be compared with each other (forename/surname
@@ -428,7 +430,7 @@ class _Load:
         con.execute(f"""
             CREATE TABLE routed AS
             SELECT e.*, COALESCE(m.source_concept_id, 0) AS source_concept_id, COALESCE(m.concept_id, 0) AS concept_id,
-                   CASE WHEN e.kind IN ('Visit', 'Specimen') THEN e.kind
+                   CASE WHEN e.kind IN ('Visit', 'Specimen', 'Note', 'Cost') THEN e.kind
                         WHEN m.domain_id IN ({", ".join(f"'{d}'" for d in DOMAIN_TABLE)}) THEN m.domain_id
                         ELSE e.kind END AS domain,
                    COALESCE(u.concept_id, 0) AS unit_concept_id, vc.concept_id AS value_as_concept_id,
@@ -451,6 +453,7 @@ class _Load:
             if domain != "Visit":
                 self._insert_domain(domain, load_id, provenance)
         self._insert_registrations(provenance)
+        self._insert_costs(provenance)
         self._insert_variants(provenance)
         prov = pa.concat_tables([t.cast(provenance[0].schema) for t in provenance])
         self.register("prov_rows", prov)
@@ -470,6 +473,24 @@ class _Load:
         self.rows["registration"] += self.store.insert_arrow("mercia_registration", rows)
         provenance.append(_table_from_query(self.con, """SELECT 'mercia_registration' AS cdm_table,
             registration_id AS row_id, source_record, record_hash FROM registration_rows"""))
+
+    def _insert_costs(self, provenance: list[pa.Table]) -> None:
+        """Bills as cost rows of the visit they bill; a bill whose Encounter is not loaded is rejected."""
+        self.con.execute("""CREATE TABLE billed AS SELECT r.*, v.row_id AS visit_occurrence_id FROM routed r
+                            LEFT JOIN visit_ids v ON v.source_record = r.visit_record WHERE r.domain = 'Cost'""")
+        self.reject(_table_from_query(self.con, "SELECT DISTINCT source_record, line FROM billed WHERE "
+                                                "visit_occurrence_id IS NULL"),
+                    "item.encounter", "the billed Encounter is not loaded: a cost row belongs to a visit")
+        start = max_id(self.store, "cost", "cost_id")
+        self.con.execute(f"""CREATE TABLE cost_rows AS SELECT {start} + row_number() OVER (ORDER BY source_record)
+                             AS cost_id, * FROM billed WHERE visit_occurrence_id IS NOT NULL""")
+        rows = _table_from_query(self.con, f"""SELECT cost_id, visit_occurrence_id AS cost_event_id,
+            'Visit' AS cost_domain_id, {CLAIM_TYPE} AS cost_type_concept_id, value_as_concept_id AS currency_concept_id,
+            value_number AS total_charge, paid_by_payer, paid_by_patient FROM cost_rows""")
+        self.rows["cost"] += self.store.insert_arrow("cost", rows)
+        provenance.append(_table_from_query(self.con, """SELECT 'cost' AS cdm_table, cost_id AS row_id, source_record,
+            record_hash FROM cost_rows UNION ALL SELECT 'cost', cost_id, also_source_record, record_hash FROM cost_rows
+            WHERE also_source_record IS NOT NULL"""))
 
     def _insert_variants(self, provenance: list[pa.Table]) -> None:
         variants = self.staged.variants
@@ -542,8 +563,14 @@ def _domain_columns(domain: str, type_concept: int) -> dict[str, str]:
                 **common}
     if domain == "Device":
         return {"device_concept_id": "concept_id", "device_exposure_start_date": "start_date",
-                "device_exposure_end_date": "end_date", "device_type_concept_id": str(type_concept),
+                "device_exposure_start_datetime": "start_datetime", "device_exposure_end_date": "end_date",
+                "device_exposure_end_datetime": "end_datetime", "device_type_concept_id": str(type_concept),
+                "unique_device_id": "unique_device_id", "production_id": "production_id",
                 "device_source_value": src, "device_source_concept_id": "source_concept_id", **common}
+    if domain == "Note":  # the document's type is its class (OMOP: note_type_concept_id is the provenance)
+        return {"note_date": "start_date", "note_datetime": "start_datetime", "note_type_concept_id": str(type_concept),
+                "note_class_concept_id": "concept_id", "note_title": "left(title, 250)", "note_text": f"'{NOTE_TEXT}'",
+                "encoding_concept_id": "0", "language_concept_id": "0", "note_source_value": src, **common}
     if domain == "Specimen":
         return {"specimen_concept_id": "concept_id", "specimen_type_concept_id": str(type_concept),
                 "specimen_date": "start_date", "specimen_datetime": "start_datetime",

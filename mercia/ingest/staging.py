@@ -29,7 +29,9 @@ EVENT_SCHEMA = pa.schema([
     ("value_vocabulary", pa.string()), ("value_code", pa.string()), ("unit", pa.string()),
     ("range_low", pa.float64()), ("range_high", pa.float64()), ("qualifier", pa.string()),
     ("quantity", pa.float64()), ("days_supply", pa.int64()), ("site_ref", pa.string()),
-    ("also_record", pa.string()), ("line", pa.int64()),
+    ("also_record", pa.string()), ("unique_device_id", pa.string()), ("production_id", pa.string()),
+    ("title", pa.string()), ("paid_by_payer", pa.float64()), ("paid_by_patient", pa.float64()),
+    ("line", pa.int64()),
 ])
 
 SITE_SCHEMA = pa.schema([
@@ -42,7 +44,8 @@ REJECT_SCHEMA = pa.schema([
 ])
 
 # Event kinds, named after the OMOP domain a record goes to when its code has no standard mapping.
-EVENT_KINDS = ("Visit", "Condition", "Drug", "Procedure", "Measurement", "Observation", "Specimen", "Device")
+EVENT_KINDS = ("Visit", "Condition", "Drug", "Procedure", "Measurement", "Observation", "Specimen", "Device",
+               "Note", "Cost")
 
 
 # The plausible window for clinical dates: nobody in an NHS record was born or treated before 1850,

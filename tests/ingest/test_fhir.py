@@ -60,10 +60,16 @@ def test_synthea_without_nhs_numbers_keyed_by_org_scoped_source_pseudonym(store,
 def test_bundles_are_the_same_records_as_ndjson(store, shared_data, load):
     first = load(store, "fhir", shared_data / "fhir/synthea_small/bundles", "RX1")
     reconciles(first)
+    # a Claim adjudicated by an ExplanationOfBenefit has no rows of its own (it is traced to the EOB's cost
+    # row), so a resend recognises it through the EOB and does not count it as unchanged by itself
+    superseded = store.query_one("""SELECT count(*) FROM mercia_provenance c JOIN mercia_provenance x
+        ON x.cdm_table = 'cost' AND x.row_id = c.row_id AND x.source_record LIKE 'ExplanationOfBenefit/%'
+        WHERE c.cdm_table = 'cost' AND c.source_record LIKE 'Claim/%'""")
+    assert superseded == 204  # every ExplanationOfBenefit of the 10 bundles adjudicates one of their 260 Claims
     second = load(store, "fhir", shared_data / "fhir/synthea_small/ndjson", "RX1")
     # the 10 bundle patients' resources are recognised as unchanged (the hospital/practitioner
     # information bundles describe some organisations differently from the patient bundles)
-    assert second.unchanged >= 0.95 * first.loaded
+    assert second.unchanged >= 0.95 * (first.loaded - superseded)
     assert store.query_one("SELECT count(*) FROM person") == 50
     assert store.query_one("SELECT count(*) FROM measurement") == 6794  # as from the NDJSON alone
 
