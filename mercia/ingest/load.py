@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import duckdb
@@ -593,54 +594,100 @@ def map_to_standard(store: Store, codes: pa.Table) -> pa.Table:
     return pa.concat_tables(parts) if parts else empty
 
 
-def load_staged(store: Store, staged: Staged, org: str, reader: str, options: LoadOptions) -> LoadSummary:
-    """Load one extract as one transaction; see the module docstring for the order of work."""
+def load_staged(store: Store, staged: Staged | Iterable[Staged], org: str, reader: str,
+                options: LoadOptions) -> LoadSummary:
+    """Load one extract as one transaction; see the module docstring for the order of work.
+
+    ``staged`` may be a sequence of chunks of the same extract (a reader streaming a large file):
+    each chunk runs the whole path in its own scratch DuckDB, so memory is bounded by the chunk,
+    but all chunks share one transaction, one load id and one summary.  A chunk must hold every
+    row of its source records (a record split across chunks would look like a corrected resend)."""
     if not org or not org.replace("-", "").isalnum():
         raise LoadError(f"organisation must be an ODS code (letters and digits), got {org!r}")
     ensure_extension_tables(store)
-    job = _Load(store, staged, org, reader, options)
+    chunks = [staged] if isinstance(staged, Staged) else staged
+    total = _Totals()
     with store.transaction():
         load_id = int(store.query_one("SELECT COALESCE(max(load_id), 0) FROM mercia_load") or 0) + 1
-        job.pseudonymise_records()
-        persons = job.prepare_persons()
-        job.resolve_persons(persons)
-        job.prepare_events()
-        job.prepare_sites()
-        unchanged = job.skip_unchanged()
-        job.remove_withdrawn()
-        job.map_codes()
-        job.insert(load_id, staged.extract)
-        for rec, line, field_name, reason in job.con.execute("""
-                SELECT k.source_record, r.line, r.field, r.reason FROM staged_rejects r
-                LEFT JOIN record_keys k ON k.record = r.record""").fetchall():
-            job.rejects.append(dict(source_record=rec, line=line, field=field_name, reason=reason, action="rejected"))
-        withheld_records = len(job.withheld_records)
-        if withheld_records:
-            job.rejects.append(dict(source_record=None, line=None, field="nhs_number",
-                                    reason=f"national data opt-out ({withheld_records} records withheld)",
-                                    action="withheld"))
-        store.execute("DELETE FROM mercia_reject WHERE org = ? AND extract = ?", [org, staged.extract])
-        rejects = pa.Table.from_pylist([{**r, "load_id": load_id, "org": org, "extract": staged.extract}
-                                        for r in job.rejects],
-                                       schema=pa.schema([("load_id", pa.int64()), ("org", pa.string()),
-                                                         ("extract", pa.string()), ("source_record", pa.string()),
-                                                         ("line", pa.int64()), ("field", pa.string()),
-                                                         ("reason", pa.string()), ("action", pa.string())]))
-        store.insert_arrow("mercia_reject", rejects)
-        job.register("touched_persons", pa.concat_tables([t.select(["person_id"]).cast(
-            pa.schema([("person_id", pa.int64())])) for t in job.touched_persons])
-            if job.touched_persons else pa.table({"person_id": pa.array([], pa.int64())}))
-        affected = _table_from_query(job.con, """SELECT DISTINCT person_id FROM resolved UNION
-                                      SELECT DISTINCT person_id FROM events UNION SELECT person_id FROM touched_persons""")
-        rebuild_person_rows(store, affected)
-        rejected_records = len({r["source_record"] for r in job.rejects if r["action"] == "rejected"}
-                               - job.withheld_records - job.removed_records)
-        loaded = job.records_read - rejected_records - withheld_records - len(job.removed_records)
+        for chunk in chunks:
+            if total.extract is None:
+                total.extract = chunk.extract
+                store.execute("DELETE FROM mercia_reject WHERE org = ? AND extract = ?", [org, chunk.extract])
+            total.add(_load_chunk(store, chunk, org, reader, options, load_id))
+        if total.extract is None:
+            raise LoadError("the reader produced nothing to load")
         store.execute("""INSERT INTO mercia_load VALUES (""" + ", ".join(["?"] * 10) + ")",
-                      [load_id, org, staged.extract, reader, dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                       job.records_read, loaded, unchanged, rejected_records, withheld_records])
+                      [load_id, org, total.extract, reader, dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                       total.records, total.loaded, total.unchanged, total.rejected, total.withheld])
+    return LoadSummary(load_id, org, total.extract, total.read, total.records, total.loaded, total.unchanged,
+                       total.rejected, total.withheld, total.flagged, dict(total.rows), dict(total.reasons),
+                       total.removed)
+
+
+@dataclass
+class _Totals:
+    """Counts summed over the chunks of one load."""
+
+    extract: str | None = None
+    read: int = 0
+    records: int = 0
+    loaded: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    withheld: int = 0
+    flagged: int = 0
+    removed: int = 0
+    rows: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+
+    def add(self, chunk: LoadSummary) -> None:
+        for name in ("read", "records", "loaded", "unchanged", "rejected", "withheld", "flagged", "removed"):
+            setattr(self, name, getattr(self, name) + getattr(chunk, name))
+        self.rows.update(chunk.rows)
+        self.reasons.update(chunk.reject_reasons)
+
+
+def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: LoadOptions,
+                load_id: int) -> LoadSummary:
+    """One chunk's whole path (inside the load's transaction): its counts, rejects written."""
+    job = _Load(store, staged, org, reader, options)
+    job.pseudonymise_records()
+    persons = job.prepare_persons()
+    job.resolve_persons(persons)
+    job.prepare_events()
+    job.prepare_sites()
+    unchanged = job.skip_unchanged()
+    job.remove_withdrawn()
+    job.map_codes()
+    job.insert(load_id, staged.extract)
+    for rec, line, field_name, reason in job.con.execute("""
+            SELECT k.source_record, r.line, r.field, r.reason FROM staged_rejects r
+            LEFT JOIN record_keys k ON k.record = r.record""").fetchall():
+        job.rejects.append(dict(source_record=rec, line=line, field=field_name, reason=reason, action="rejected"))
+    withheld_records = len(job.withheld_records)
+    if withheld_records:
+        job.rejects.append(dict(source_record=None, line=None, field="nhs_number",
+                                reason=f"national data opt-out ({withheld_records} records withheld)",
+                                action="withheld"))
+    rejects = pa.Table.from_pylist([{**r, "load_id": load_id, "org": org, "extract": staged.extract}
+                                    for r in job.rejects],
+                                   schema=pa.schema([("load_id", pa.int64()), ("org", pa.string()),
+                                                     ("extract", pa.string()), ("source_record", pa.string()),
+                                                     ("line", pa.int64()), ("field", pa.string()),
+                                                     ("reason", pa.string()), ("action", pa.string())]))
+    store.insert_arrow("mercia_reject", rejects)
+    job.register("touched_persons", pa.concat_tables([t.select(["person_id"]).cast(
+        pa.schema([("person_id", pa.int64())])) for t in job.touched_persons])
+        if job.touched_persons else pa.table({"person_id": pa.array([], pa.int64())}))
+    affected = _table_from_query(job.con, """SELECT DISTINCT person_id FROM resolved UNION
+                                  SELECT DISTINCT person_id FROM events UNION SELECT person_id FROM touched_persons""")
+    rebuild_person_rows(store, affected)
+    rejected_records = len({r["source_record"] for r in job.rejects if r["action"] == "rejected"}
+                           - job.withheld_records - job.removed_records)
+    loaded = job.records_read - rejected_records - withheld_records - len(job.removed_records)
     reasons = Counter(r["reason"] for r in job.rejects if r["action"] == "rejected")
-    return LoadSummary(load_id, org, staged.extract, staged.read, job.records_read, loaded, unchanged,
-                       rejected_records,
-                       withheld_records, sum(1 for r in job.rejects if r["action"] == "flagged"),
-                       dict(job.rows), dict(reasons), len(job.removed_records))
+    summary = LoadSummary(load_id, org, staged.extract, staged.read, job.records_read, loaded, unchanged,
+                          rejected_records, withheld_records, sum(1 for r in job.rejects if r["action"] == "flagged"),
+                          dict(job.rows), dict(reasons), len(job.removed_records))
+    job.con.close()
+    return summary
