@@ -106,6 +106,12 @@ class _Load:
     def register(self, name: str, table: pa.Table) -> None:
         self.con.register(name, table)
 
+    def _store_temp(self, name: str, table: pa.Table, columns: str) -> None:
+        """``table`` as a temporary table of the store (keys to join there rather than fetch here)."""
+        self.store.execute(f"DROP TABLE IF EXISTS {name}")
+        self.store.execute(f"CREATE TEMP TABLE {name} ({columns})")
+        self.store.insert_arrow(name, table)
+
     # -- steps -----------------------------------------------------------------------------
     def pseudonymise_records(self) -> None:
         """Record keys -> 'Type/<org-scoped HMAC of the key>' for provenance and rejects."""
@@ -301,15 +307,20 @@ class _Load:
 
     def skip_unchanged(self) -> int:
         """Drop records already loaded with the same content; delete earlier versions of changed ones."""
-        existing = self.store.query_arrow(
-            "SELECT DISTINCT source_record, record_hash FROM mercia_provenance WHERE org = ?", [self.org])
-        if existing.num_rows == 0:
-            existing = pa.table({"source_record": pa.array([], pa.string()), "record_hash": pa.array([], pa.string())})
-        self.register("existing", existing)
         self.con.execute("""
             CREATE TABLE batch_records AS
             SELECT DISTINCT source_record, record_hash FROM events
             UNION SELECT DISTINCT source_record, record_hash FROM sites""")
+        # only this batch's records: the organisation's whole provenance (a row per CDM row) would make
+        # every chunk of a large load read everything loaded before it
+        self._store_temp("mercia_tmp_batch", _table_from_query(
+            self.con, "SELECT DISTINCT source_record FROM batch_records"), "source_record VARCHAR")
+        existing = self.store.query_arrow(
+            "SELECT DISTINCT source_record, record_hash FROM mercia_provenance WHERE org = ? "
+            "AND source_record IN (SELECT source_record FROM mercia_tmp_batch)", [self.org])
+        if existing.num_rows == 0:
+            existing = pa.table({"source_record": pa.array([], pa.string()), "record_hash": pa.array([], pa.string())})
+        self.register("existing", existing)
         unchanged = self.con.execute("""
             SELECT count(*) FROM batch_records b JOIN existing x USING (source_record, record_hash)""").fetchall()[0][0]
         changed = _table_from_query(self.con, """
@@ -326,9 +337,7 @@ class _Load:
         self.con.execute("DELETE FROM resolved WHERE old_hash = record_hash")
         replaced = _table_from_query(self.con, "SELECT source_pseudonym FROM resolved WHERE old_hash IS NOT NULL")
         if replaced.num_rows:
-            self.store.execute("DROP TABLE IF EXISTS mercia_tmp_keys")
-            self.store.execute("CREATE TEMP TABLE mercia_tmp_keys (source_pseudonym VARCHAR)")
-            self.store.insert_arrow("mercia_tmp_keys", replaced)
+            self._store_temp("mercia_tmp_keys", replaced, "source_pseudonym VARCHAR")
             self.store.execute("DELETE FROM mercia_person_link WHERE org = ? AND source_pseudonym IN "
                                "(SELECT source_pseudonym FROM mercia_tmp_keys)", [self.org])
         return unchanged
@@ -351,9 +360,7 @@ class _Load:
 
     def _delete_records(self, records: pa.Table) -> None:
         store = self.store
-        store.execute("DROP TABLE IF EXISTS mercia_tmp_records")
-        store.execute("CREATE TEMP TABLE mercia_tmp_records (source_record VARCHAR)")
-        store.insert_arrow("mercia_tmp_records", records)
+        self._store_temp("mercia_tmp_records", records, "source_record VARCHAR")
         doomed = """SELECT cdm_table, row_id FROM mercia_provenance WHERE org = ?
                      AND source_record IN (SELECT source_record FROM mercia_tmp_records)"""
         for (table,) in store.query(f"SELECT DISTINCT cdm_table FROM ({doomed}) d", [self.org]):
@@ -399,8 +406,8 @@ class _Load:
         links = _table_from_query(con, "SELECT * EXCLUDE (source_record) FROM new_links")
         store.insert_arrow("mercia_person_link", links)
         self.rows["person_link"] += links.num_rows
-        provenance = [_table_from_query(con, """
-            SELECT 'person' AS cdm_table, person_id AS row_id, source_record, record_hash FROM new_links""")]
+        con.execute("""CREATE TABLE prov_rows AS SELECT 'person' AS cdm_table, CAST(person_id AS BIGINT) AS row_id,
+                       source_record, record_hash FROM new_links""")
         # sites
         next_site = max_id(store, "care_site", "care_site_id")
         con.execute(f"""CREATE TABLE site_rows AS SELECT {next_site} + row_number() OVER () AS care_site_id, *
@@ -409,21 +416,15 @@ class _Load:
             COALESCE(ods_code, left(source_record, 50)) AS care_site_source_value,
             kind AS place_of_service_source_value FROM site_rows""")
         self.rows["care_site"] += store.insert_arrow("care_site", care_sites)
-        provenance.append(_table_from_query(con, """SELECT 'care_site' AS cdm_table, care_site_id AS row_id,
-            source_record, record_hash FROM site_rows"""))
+        self._provenance("SELECT 'care_site', care_site_id, source_record, record_hash FROM site_rows")
         next_provider = max_id(store, "provider", "provider_id")
         con.execute(f"""CREATE TABLE provider_rows AS SELECT {next_provider} + row_number() OVER () AS provider_id, *
                         FROM sites WHERE kind = 'Practitioner'""")
         providers = _table_from_query(con, """SELECT provider_id, left(source_record, 50) AS provider_source_value
                                               FROM provider_rows""")
         self.rows["provider"] += store.insert_arrow("provider", providers)
-        provenance.append(_table_from_query(con, """SELECT 'provider' AS cdm_table, provider_id AS row_id,
-            source_record, record_hash FROM provider_rows"""))
-        existing_sites = store.query_arrow(
-            "SELECT source_record, row_id FROM mercia_provenance WHERE org = ? AND cdm_table = 'care_site'",
-            [self.org])
-        self.register("old_sites", existing_sites if existing_sites.num_rows else
-                      pa.table({"source_record": pa.array([], pa.string()), "row_id": pa.array([], pa.int64())}))
+        self._provenance("SELECT 'provider', provider_id, source_record, record_hash FROM provider_rows")
+        self.register("old_sites", self._earlier_rows("care_site", "site_record"))
         # events, routed by the standard concept's domain (else by the reader's default)
         con.execute(f"""
             CREATE TABLE routed AS
@@ -441,25 +442,40 @@ class _Load:
                    ON vc.vocabulary = e.value_vocabulary AND vc.code = e.value_code
             LEFT JOIN site_rows q ON q.source_record = e.site_record
             LEFT JOIN old_sites os ON os.source_record = e.site_record""")
-        visit_ids = self._insert_domain("Visit", load_id, provenance)
-        existing_visits = store.query_arrow(
-            "SELECT source_record, row_id FROM mercia_provenance WHERE org = ? AND "
-            "cdm_table = 'visit_occurrence'", [self.org])
-        self.register("visit_ids", pa.concat_tables([visit_ids, existing_visits.cast(visit_ids.schema)])
-                      if existing_visits.num_rows else visit_ids)
+        present = {d for (d,) in con.execute("SELECT DISTINCT domain FROM routed").fetchall()}
+        self.rows.update({DOMAIN_TABLE[d]: 0 for d in DOMAIN_TABLE if d not in present})  # reported as 0 rows
+        if "Visit" in present:
+            self._insert_domain("Visit")
+        visit_ids = _table_from_query(con, "SELECT source_record, row_id FROM domain_rows") if "Visit" in present \
+            else pa.table({"source_record": pa.array([], pa.string()), "row_id": pa.array([], pa.int64())})
+        self.register("visit_ids", pa.concat_tables([visit_ids, self._earlier_rows("visit_occurrence", "visit_record")
+                                                     .cast(visit_ids.schema)]))
         for domain in DOMAIN_TABLE:
-            if domain != "Visit":
-                self._insert_domain(domain, load_id, provenance)
-        self._insert_registrations(provenance)
-        self._insert_variants(provenance)
-        prov = pa.concat_tables([t.cast(provenance[0].schema) for t in provenance])
-        self.register("prov_rows", prov)
+            if domain != "Visit" and domain in present:
+                self._insert_domain(domain)
+        self._insert_registrations()
+        self._insert_variants()
         prov = _table_from_query(con, f"""
             SELECT cdm_table, row_id, ? AS org, ? AS extract, source_record, record_hash, {load_id} AS load_id
             FROM prov_rows""", [self.org, extract])
         store.insert_arrow("mercia_provenance", prov)
 
-    def _insert_registrations(self, provenance: list[pa.Table]) -> None:
+    def _earlier_rows(self, cdm_table: str, reference: str) -> pa.Table:
+        """(source_record, row_id) of the ``cdm_table`` rows this organisation loaded before, for the
+        events' ``reference`` column to point at (none looked up when no event refers to one)."""
+        if self.con.execute(f"SELECT count(*) FROM (SELECT 1 FROM events WHERE {reference} IS NOT NULL LIMIT 1)"
+                            ).fetchall()[0][0]:
+            found = self.store.query_arrow("SELECT source_record, row_id FROM mercia_provenance WHERE org = ? "
+                                           "AND cdm_table = ?", [self.org, cdm_table])
+            if found.num_rows:
+                return found.cast(pa.schema([("source_record", pa.string()), ("row_id", pa.int64())]))
+        return pa.table({"source_record": pa.array([], pa.string()), "row_id": pa.array([], pa.int64())})
+
+    def _provenance(self, sql: str) -> None:
+        """Add (cdm_table, row_id, source_record, record_hash) rows to this load's provenance."""
+        self.con.execute(f"INSERT INTO prov_rows {sql}")
+
+    def _insert_registrations(self) -> None:
         start = max_id(self.store, "mercia_registration", "registration_id")
         self.con.execute(f"""CREATE TABLE registration_rows AS
             SELECT {start} + row_number() OVER (ORDER BY source_record) AS registration_id, person_id,
@@ -468,10 +484,10 @@ class _Load:
         rows = _table_from_query(self.con, """SELECT registration_id, person_id, org, start_date, end_date
                                               FROM registration_rows""")
         self.rows["registration"] += self.store.insert_arrow("mercia_registration", rows)
-        provenance.append(_table_from_query(self.con, """SELECT 'mercia_registration' AS cdm_table,
-            registration_id AS row_id, source_record, record_hash FROM registration_rows"""))
+        self._provenance("SELECT 'mercia_registration', registration_id, source_record, record_hash "
+                         "FROM registration_rows")
 
-    def _insert_variants(self, provenance: list[pa.Table]) -> None:
+    def _insert_variants(self) -> None:
         variants = self.staged.variants
         if variants is None or variants.num_rows == 0:
             return
@@ -486,10 +502,12 @@ class _Load:
             FROM staged_variants v JOIN measurement_rows m ON m.record = v.record AND m.qualifier = v.key""")
         rows = _table_from_query(self.con, "SELECT * EXCLUDE (source_record, record_hash) FROM variant_rows")
         self.rows["variant_occurrence"] += self.store.insert_arrow("variant_occurrence", rows)
-        provenance.append(_table_from_query(self.con, """SELECT 'variant_occurrence' AS cdm_table,
-            variant_occurrence_id AS row_id, source_record, record_hash FROM variant_rows"""))
+        self._provenance("SELECT 'variant_occurrence', variant_occurrence_id, source_record, record_hash "
+                         "FROM variant_rows")
 
-    def _insert_domain(self, domain: str, load_id: int, provenance: list[pa.Table]) -> pa.Table:
+    def _insert_domain(self, domain: str) -> None:
+        """The routed events of one domain -> its CDM table (ids after the table's largest), their
+        provenance, and ``domain_rows`` left for the caller (visit ids; measurements for variants)."""
         table = DOMAIN_TABLE[domain]
         pk = f"{table}_id"
         start = self.store.query_one(f"SELECT COALESCE(max({quote(pk)}), 0) FROM {quote(table)}") or 0
@@ -501,15 +519,14 @@ class _Load:
         columns = _domain_columns(domain, self.options.type_concept_id or TYPE_CONCEPTS.get(self.reader, EHR_TYPE))
         select = ", ".join(f"{expr} AS {quote(col)}" for col, expr in columns.items())
         rows = _table_from_query(self.con, f"SELECT row_id AS {quote(pk)}, person_id, {select} FROM domain_rows")
-        if domain == "Measurement":
+        if domain == "Measurement" and self.staged.variants is not None and self.staged.variants.num_rows:
             self.con.execute("CREATE TABLE measurement_rows AS SELECT row_id, person_id, record, qualifier, source_record, "
                              "record_hash FROM domain_rows")
         self.rows[table] += self.store.insert_arrow(table, rows)
-        provenance.append(_table_from_query(self.con, f"""
-            SELECT '{table}' AS cdm_table, row_id, source_record, record_hash FROM domain_rows
+        del rows
+        self._provenance(f"""SELECT '{table}', row_id, source_record, record_hash FROM domain_rows
             UNION ALL SELECT '{table}', row_id, also_source_record, record_hash FROM domain_rows
-            WHERE also_source_record IS NOT NULL"""))
-        return _table_from_query(self.con, "SELECT source_record, row_id FROM domain_rows")
+            WHERE also_source_record IS NOT NULL""")
 
 
 def _domain_columns(domain: str, type_concept: int) -> dict[str, str]:

@@ -58,9 +58,9 @@ PLASMA_SPECIMEN = "119361006"  # SNOMED CT: Plasma specimen
 ID_COLUMNS = ("eid", "sample_id", "sample id", "sampleid")
 _UKB_COLUMN = re.compile(r"^(\d+)-(\d+)\.(\d+)$")
 DEFAULT_TOLERANCE = 1e-6
-# Wide rows (samples) per chunk of a streamed load: ~250,000 measurement rows, small enough that a
+# Wide rows (samples) per chunk of a streamed load: ~620,000 measurement rows, small enough that a
 # chunk's read and load stay well under 1 GB, large enough that per-chunk fixed costs stay small.
-CHUNK_SAMPLES = 1_000
+CHUNK_SAMPLES = 2_500
 # Nightingale value QC flags that still leave a usable measurement: a value below the limit of
 # quantification is a real (low) reading, which ukbnmr (Ritchie et al. 2023) also keeps.  Every other
 # flag (degraded sample, citrate plasma, ethanol, isopropyl alcohol, polysaccharides, unknown
