@@ -623,45 +623,33 @@ def load_staged(store: Store, staged: Staged | Iterable[Staged], org: str, reade
         raise LoadError(f"organisation must be an ODS code (letters and digits), got {org!r}")
     ensure_extension_tables(store)
     chunks = [staged] if isinstance(staged, Staged) else staged
-    total = _Totals()
+    parts: list[LoadSummary] = []
     with store.transaction():
         load_id = int(store.query_one("SELECT COALESCE(max(load_id), 0) FROM mercia_load") or 0) + 1
         for chunk in chunks:
-            if total.extract is None:
-                total.extract = chunk.extract
+            if not parts:
                 store.execute("DELETE FROM mercia_reject WHERE org = ? AND extract = ?", [org, chunk.extract])
-            total.add(_load_chunk(store, chunk, org, reader, options, load_id))
-        if total.extract is None:
+            parts.append(_load_chunk(store, chunk, org, reader, options, load_id))
+        if not parts:
             raise LoadError("the reader produced nothing to load")
+        summary = _combined(parts)
         store.execute("""INSERT INTO mercia_load VALUES (""" + ", ".join(["?"] * 10) + ")",
-                      [load_id, org, total.extract, reader, dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                       total.records, total.loaded, total.unchanged, total.rejected, total.withheld])
-    return LoadSummary(load_id, org, total.extract, total.read, total.records, total.loaded, total.unchanged,
-                       total.rejected, total.withheld, total.flagged, dict(total.rows), dict(total.reasons),
-                       total.removed)
+                      [load_id, org, summary.extract, reader, dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                       summary.records, summary.loaded, summary.unchanged, summary.rejected, summary.withheld])
+    return summary
 
 
-@dataclass
-class _Totals:
-    """Counts summed over the chunks of one load."""
-
-    extract: str | None = None
-    read: int = 0
-    records: int = 0
-    loaded: int = 0
-    unchanged: int = 0
-    rejected: int = 0
-    withheld: int = 0
-    flagged: int = 0
-    removed: int = 0
-    rows: Counter = field(default_factory=Counter)
-    reasons: Counter = field(default_factory=Counter)
-
-    def add(self, chunk: LoadSummary) -> None:
-        for name in ("read", "records", "loaded", "unchanged", "rejected", "withheld", "flagged", "removed"):
-            setattr(self, name, getattr(self, name) + getattr(chunk, name))
-        self.rows.update(chunk.rows)
-        self.reasons.update(chunk.reject_reasons)
+def _combined(parts: list[LoadSummary]) -> LoadSummary:
+    """The chunks' summaries of one load summed into the load's."""
+    rows: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    for part in parts:
+        rows.update(part.rows)
+        reasons.update(part.reject_reasons)
+    counts = {name: sum(getattr(part, name) for part in parts)
+              for name in ("read", "records", "loaded", "unchanged", "rejected", "withheld", "flagged", "removed")}
+    return LoadSummary(parts[0].load_id, parts[0].org, parts[0].extract, rows=dict(rows),
+                       reject_reasons=dict(reasons), **counts)
 
 
 def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: LoadOptions,

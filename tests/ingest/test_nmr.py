@@ -414,9 +414,9 @@ def test_chunked_load_lands_exactly_what_a_whole_file_load_does(store, store_fac
     wide, manifest = awkward_study / "nmr_wide.csv", awkward_study / "manifest.csv"
     whole_store = store_factory(engine)
     summaries = []
-    for target, chunk_samples in ((store, 7), (whole_store, None)):
+    for target, chunk_samples in ((store, 14), (whole_store, None)):
         chunks = list(read_nmr_chunks(wide, manifest, chunk_samples=chunk_samples))
-        assert len(chunks) == (6 if chunk_samples else 1)
+        assert len(chunks) == (3 if chunk_samples else 1)
         for chunk in chunks:
             ensure_local_concepts(target, chunk.events.table())
         summaries.append(load_staged(target, chunks, "NMR01", "nmr", options))
@@ -438,7 +438,7 @@ def test_failure_in_a_later_chunk_leaves_nothing_and_resend_adds_nothing(store, 
     empty = snapshot(store)
 
     def failing():
-        for number, chunk in enumerate(read_nmr_chunks(wide, manifest, chunk_samples=10)):
+        for number, chunk in enumerate(read_nmr_chunks(wide, manifest, chunk_samples=15)):
             if number == 2:
                 raise NmrError("disk went away after two chunks")
             yield chunk
@@ -446,8 +446,8 @@ def test_failure_in_a_later_chunk_leaves_nothing_and_resend_adds_nothing(store, 
     with pytest.raises(NmrError, match="two chunks"):
         load_staged(store, failing(), "NMR01", "nmr", options)
     assert snapshot(store) == empty
-    first = load_staged(store, read_nmr_chunks(wide, manifest, chunk_samples=10), "NMR01", "nmr", options)
+    first = load_staged(store, read_nmr_chunks(wide, manifest, chunk_samples=15), "NMR01", "nmr", options)
     loaded = snapshot(store)
-    again = load_staged(store, read_nmr_chunks(wide, manifest, chunk_samples=10), "NMR01", "nmr", options)
+    again = load_staged(store, read_nmr_chunks(wide, manifest, chunk_samples=15), "NMR01", "nmr", options)
     assert first.loaded == 80 and again.unchanged == 80 and again.rows.get("measurement", 0) == 0
     assert snapshot(store) == loaded
