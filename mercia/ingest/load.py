@@ -443,6 +443,8 @@ class _Load:
             LEFT JOIN site_rows q ON q.source_record = e.site_record
             LEFT JOIN old_sites os ON os.source_record = e.site_record""")
         present = {d for (d,) in con.execute("SELECT DISTINCT domain FROM routed").fetchall()}
+        if self.staged.variants is not None and self.staged.variants.num_rows:
+            present.add("Measurement")  # its rows (even none) are what the variant rows point at
         self.rows.update({DOMAIN_TABLE[d]: 0 for d in DOMAIN_TABLE if d not in present})  # reported as 0 rows
         if "Visit" in present:
             self._insert_domain("Visit")
