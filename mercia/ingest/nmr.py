@@ -475,8 +475,9 @@ def read_nmr_chunks(path: Path | str, manifest: Path | str | pa.Table, tolerance
     whole = chunk_samples is None or remove_technical_variation or is_long_format(_header(path))
     first_line, staged_persons = 2, pa.array([], pa.string())
     for batch in _string_batches(path, None if whole else chunk_samples):
-        staged = NmrReader(path.name, table, tolerance, remove_technical_variation).read(
-            pa.Table.from_batches([batch]), path.name, first_line, first_chunk=first_line == 2)
+        reader = NmrReader(path.name, table, tolerance, remove_technical_variation)
+        staged = reader.read(pa.Table.from_batches([batch]), path.name, first_line, first_chunk=first_line == 2)
+        reader.con.close()  # the chunk's scratch tables go now, not when the collector finds them
         persons = staged.persons.table()
         new = persons.filter(pc.invert(pc.is_in(persons.column("record"), value_set=staged_persons)))
         staged.persons = ArrowColumns(new)
