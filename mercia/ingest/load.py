@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import duckdb
@@ -107,6 +108,12 @@ class _Load:
 
     def register(self, name: str, table: pa.Table) -> None:
         self.con.register(name, table)
+
+    def _store_temp(self, name: str, table: pa.Table, columns: str) -> None:
+        """``table`` as a temporary table of the store (keys to join there rather than fetch here)."""
+        self.store.execute(f"DROP TABLE IF EXISTS {name}")
+        self.store.execute(f"CREATE TEMP TABLE {name} ({columns})")
+        self.store.insert_arrow(name, table)
 
     # -- steps -----------------------------------------------------------------------------
     def pseudonymise_records(self) -> None:
@@ -303,15 +310,20 @@ class _Load:
 
     def skip_unchanged(self) -> int:
         """Drop records already loaded with the same content; delete earlier versions of changed ones."""
-        existing = self.store.query_arrow(
-            "SELECT DISTINCT source_record, record_hash FROM mercia_provenance WHERE org = ?", [self.org])
-        if existing.num_rows == 0:
-            existing = pa.table({"source_record": pa.array([], pa.string()), "record_hash": pa.array([], pa.string())})
-        self.register("existing", existing)
         self.con.execute("""
             CREATE TABLE batch_records AS
             SELECT DISTINCT source_record, record_hash FROM events
             UNION SELECT DISTINCT source_record, record_hash FROM sites""")
+        # only this batch's records: the organisation's whole provenance (a row per CDM row) would make
+        # every chunk of a large load read everything loaded before it
+        self._store_temp("mercia_tmp_batch", _table_from_query(
+            self.con, "SELECT DISTINCT source_record FROM batch_records"), "source_record VARCHAR")
+        existing = self.store.query_arrow(
+            "SELECT DISTINCT source_record, record_hash FROM mercia_provenance WHERE org = ? "
+            "AND source_record IN (SELECT source_record FROM mercia_tmp_batch)", [self.org])
+        if existing.num_rows == 0:
+            existing = pa.table({"source_record": pa.array([], pa.string()), "record_hash": pa.array([], pa.string())})
+        self.register("existing", existing)
         unchanged = self.con.execute("""
             SELECT count(*) FROM batch_records b JOIN existing x USING (source_record, record_hash)""").fetchall()[0][0]
         changed = _table_from_query(self.con, """
@@ -328,9 +340,7 @@ class _Load:
         self.con.execute("DELETE FROM resolved WHERE old_hash = record_hash")
         replaced = _table_from_query(self.con, "SELECT source_pseudonym FROM resolved WHERE old_hash IS NOT NULL")
         if replaced.num_rows:
-            self.store.execute("DROP TABLE IF EXISTS mercia_tmp_keys")
-            self.store.execute("CREATE TEMP TABLE mercia_tmp_keys (source_pseudonym VARCHAR)")
-            self.store.insert_arrow("mercia_tmp_keys", replaced)
+            self._store_temp("mercia_tmp_keys", replaced, "source_pseudonym VARCHAR")
             self.store.execute("DELETE FROM mercia_person_link WHERE org = ? AND source_pseudonym IN "
                                "(SELECT source_pseudonym FROM mercia_tmp_keys)", [self.org])
         return unchanged
@@ -353,9 +363,7 @@ class _Load:
 
     def _delete_records(self, records: pa.Table) -> None:
         store = self.store
-        store.execute("DROP TABLE IF EXISTS mercia_tmp_records")
-        store.execute("CREATE TEMP TABLE mercia_tmp_records (source_record VARCHAR)")
-        store.insert_arrow("mercia_tmp_records", records)
+        self._store_temp("mercia_tmp_records", records, "source_record VARCHAR")
         doomed = """SELECT cdm_table, row_id FROM mercia_provenance WHERE org = ?
                      AND source_record IN (SELECT source_record FROM mercia_tmp_records)"""
         for (table,) in store.query(f"SELECT DISTINCT cdm_table FROM ({doomed}) d", [self.org]):
@@ -401,8 +409,8 @@ class _Load:
         links = _table_from_query(con, "SELECT * EXCLUDE (source_record) FROM new_links")
         store.insert_arrow("mercia_person_link", links)
         self.rows["person_link"] += links.num_rows
-        provenance = [_table_from_query(con, """
-            SELECT 'person' AS cdm_table, person_id AS row_id, source_record, record_hash FROM new_links""")]
+        con.execute("""CREATE TABLE prov_rows AS SELECT 'person' AS cdm_table, CAST(person_id AS BIGINT) AS row_id,
+                       source_record, record_hash FROM new_links""")
         # sites
         next_site = max_id(store, "care_site", "care_site_id")
         con.execute(f"""CREATE TABLE site_rows AS SELECT {next_site} + row_number() OVER () AS care_site_id, *
@@ -411,21 +419,15 @@ class _Load:
             COALESCE(ods_code, left(source_record, 50)) AS care_site_source_value,
             kind AS place_of_service_source_value FROM site_rows""")
         self.rows["care_site"] += store.insert_arrow("care_site", care_sites)
-        provenance.append(_table_from_query(con, """SELECT 'care_site' AS cdm_table, care_site_id AS row_id,
-            source_record, record_hash FROM site_rows"""))
+        self._provenance("SELECT 'care_site', care_site_id, source_record, record_hash FROM site_rows")
         next_provider = max_id(store, "provider", "provider_id")
         con.execute(f"""CREATE TABLE provider_rows AS SELECT {next_provider} + row_number() OVER () AS provider_id, *
                         FROM sites WHERE kind = 'Practitioner'""")
         providers = _table_from_query(con, """SELECT provider_id, left(source_record, 50) AS provider_source_value
                                               FROM provider_rows""")
         self.rows["provider"] += store.insert_arrow("provider", providers)
-        provenance.append(_table_from_query(con, """SELECT 'provider' AS cdm_table, provider_id AS row_id,
-            source_record, record_hash FROM provider_rows"""))
-        existing_sites = store.query_arrow(
-            "SELECT source_record, row_id FROM mercia_provenance WHERE org = ? AND cdm_table = 'care_site'",
-            [self.org])
-        self.register("old_sites", existing_sites if existing_sites.num_rows else
-                      pa.table({"source_record": pa.array([], pa.string()), "row_id": pa.array([], pa.int64())}))
+        self._provenance("SELECT 'provider', provider_id, source_record, record_hash FROM provider_rows")
+        self.register("old_sites", self._earlier_rows("care_site", "site_record"))
         # events, routed by the standard concept's domain (else by the reader's default)
         con.execute(f"""
             CREATE TABLE routed AS
@@ -443,26 +445,43 @@ class _Load:
                    ON vc.vocabulary = e.value_vocabulary AND vc.code = e.value_code
             LEFT JOIN site_rows q ON q.source_record = e.site_record
             LEFT JOIN old_sites os ON os.source_record = e.site_record""")
-        visit_ids = self._insert_domain("Visit", load_id, provenance)
-        existing_visits = store.query_arrow(
-            "SELECT source_record, row_id FROM mercia_provenance WHERE org = ? AND "
-            "cdm_table = 'visit_occurrence'", [self.org])
-        self.register("visit_ids", pa.concat_tables([visit_ids, existing_visits.cast(visit_ids.schema)])
-                      if existing_visits.num_rows else visit_ids)
+        present = {d for (d,) in con.execute("SELECT DISTINCT domain FROM routed").fetchall()}
+        if self.staged.variants is not None and self.staged.variants.num_rows:
+            present.add("Measurement")  # its rows (even none) are what the variant rows point at
+        self.rows.update({DOMAIN_TABLE[d]: 0 for d in DOMAIN_TABLE if d not in present})  # reported as 0 rows
+        if "Visit" in present:
+            self._insert_domain("Visit")
+        visit_ids = _table_from_query(con, "SELECT source_record, row_id FROM domain_rows") if "Visit" in present \
+            else pa.table({"source_record": pa.array([], pa.string()), "row_id": pa.array([], pa.int64())})
+        self.register("visit_ids", pa.concat_tables([visit_ids, self._earlier_rows("visit_occurrence", "visit_record")
+                                                     .cast(visit_ids.schema)]))
         for domain in DOMAIN_TABLE:
-            if domain != "Visit":
-                self._insert_domain(domain, load_id, provenance)
-        self._insert_registrations(provenance)
-        self._insert_costs(provenance)
-        self._insert_variants(provenance)
-        prov = pa.concat_tables([t.cast(provenance[0].schema) for t in provenance])
-        self.register("prov_rows", prov)
+            if domain != "Visit" and domain in present:
+                self._insert_domain(domain)
+        self._insert_registrations()
+        self._insert_costs()
+        self._insert_variants()
         prov = _table_from_query(con, f"""
             SELECT cdm_table, row_id, ? AS org, ? AS extract, source_record, record_hash, {load_id} AS load_id
             FROM prov_rows""", [self.org, extract])
         store.insert_arrow("mercia_provenance", prov)
 
-    def _insert_registrations(self, provenance: list[pa.Table]) -> None:
+    def _earlier_rows(self, cdm_table: str, reference: str) -> pa.Table:
+        """(source_record, row_id) of the ``cdm_table`` rows this organisation loaded before, for the
+        events' ``reference`` column to point at (none looked up when no event refers to one)."""
+        if self.con.execute(f"SELECT count(*) FROM (SELECT 1 FROM events WHERE {reference} IS NOT NULL LIMIT 1)"
+                            ).fetchall()[0][0]:
+            found = self.store.query_arrow("SELECT source_record, row_id FROM mercia_provenance WHERE org = ? "
+                                           "AND cdm_table = ?", [self.org, cdm_table])
+            if found.num_rows:
+                return found.cast(pa.schema([("source_record", pa.string()), ("row_id", pa.int64())]))
+        return pa.table({"source_record": pa.array([], pa.string()), "row_id": pa.array([], pa.int64())})
+
+    def _provenance(self, sql: str) -> None:
+        """Add (cdm_table, row_id, source_record, record_hash) rows to this load's provenance."""
+        self.con.execute(f"INSERT INTO prov_rows {sql}")
+
+    def _insert_registrations(self) -> None:
         start = max_id(self.store, "mercia_registration", "registration_id")
         self.con.execute(f"""CREATE TABLE registration_rows AS
             SELECT {start} + row_number() OVER (ORDER BY source_record) AS registration_id, person_id,
@@ -471,10 +490,10 @@ class _Load:
         rows = _table_from_query(self.con, """SELECT registration_id, person_id, org, start_date, end_date
                                               FROM registration_rows""")
         self.rows["registration"] += self.store.insert_arrow("mercia_registration", rows)
-        provenance.append(_table_from_query(self.con, """SELECT 'mercia_registration' AS cdm_table,
-            registration_id AS row_id, source_record, record_hash FROM registration_rows"""))
+        self._provenance("SELECT 'mercia_registration', registration_id, source_record, record_hash "
+                         "FROM registration_rows")
 
-    def _insert_costs(self, provenance: list[pa.Table]) -> None:
+    def _insert_costs(self) -> None:
         """Bills as cost rows of the visit they bill; a bill whose Encounter is not loaded is rejected."""
         self.con.execute("""CREATE TABLE billed AS SELECT r.*, v.row_id AS visit_occurrence_id FROM routed r
                             LEFT JOIN visit_ids v ON v.source_record = r.visit_record WHERE r.domain = 'Cost'""")
@@ -488,11 +507,11 @@ class _Load:
             'Visit' AS cost_domain_id, {CLAIM_TYPE} AS cost_type_concept_id, value_as_concept_id AS currency_concept_id,
             value_number AS total_charge, paid_by_payer, paid_by_patient FROM cost_rows""")
         self.rows["cost"] += self.store.insert_arrow("cost", rows)
-        provenance.append(_table_from_query(self.con, """SELECT 'cost' AS cdm_table, cost_id AS row_id, source_record,
-            record_hash FROM cost_rows UNION ALL SELECT 'cost', cost_id, also_source_record, record_hash FROM cost_rows
-            WHERE also_source_record IS NOT NULL"""))
+        self._provenance("SELECT 'cost', cost_id, source_record, record_hash FROM cost_rows UNION ALL "
+                         "SELECT 'cost', cost_id, also_source_record, record_hash FROM cost_rows "
+                         "WHERE also_source_record IS NOT NULL")
 
-    def _insert_variants(self, provenance: list[pa.Table]) -> None:
+    def _insert_variants(self) -> None:
         variants = self.staged.variants
         if variants is None or variants.num_rows == 0:
             return
@@ -507,10 +526,12 @@ class _Load:
             FROM staged_variants v JOIN measurement_rows m ON m.record = v.record AND m.qualifier = v.key""")
         rows = _table_from_query(self.con, "SELECT * EXCLUDE (source_record, record_hash) FROM variant_rows")
         self.rows["variant_occurrence"] += self.store.insert_arrow("variant_occurrence", rows)
-        provenance.append(_table_from_query(self.con, """SELECT 'variant_occurrence' AS cdm_table,
-            variant_occurrence_id AS row_id, source_record, record_hash FROM variant_rows"""))
+        self._provenance("SELECT 'variant_occurrence', variant_occurrence_id, source_record, record_hash "
+                         "FROM variant_rows")
 
-    def _insert_domain(self, domain: str, load_id: int, provenance: list[pa.Table]) -> pa.Table:
+    def _insert_domain(self, domain: str) -> None:
+        """The routed events of one domain -> its CDM table (ids after the table's largest), their
+        provenance, and ``domain_rows`` left for the caller (visit ids; measurements for variants)."""
         table = DOMAIN_TABLE[domain]
         pk = f"{table}_id"
         start = self.store.query_one(f"SELECT COALESCE(max({quote(pk)}), 0) FROM {quote(table)}") or 0
@@ -522,15 +543,14 @@ class _Load:
         columns = _domain_columns(domain, self.options.type_concept_id or TYPE_CONCEPTS.get(self.reader, EHR_TYPE))
         select = ", ".join(f"{expr} AS {quote(col)}" for col, expr in columns.items())
         rows = _table_from_query(self.con, f"SELECT row_id AS {quote(pk)}, person_id, {select} FROM domain_rows")
-        if domain == "Measurement":
+        if domain == "Measurement" and self.staged.variants is not None and self.staged.variants.num_rows:
             self.con.execute("CREATE TABLE measurement_rows AS SELECT row_id, person_id, record, qualifier, source_record, "
                              "record_hash FROM domain_rows")
         self.rows[table] += self.store.insert_arrow(table, rows)
-        provenance.append(_table_from_query(self.con, f"""
-            SELECT '{table}' AS cdm_table, row_id, source_record, record_hash FROM domain_rows
+        del rows
+        self._provenance(f"""SELECT '{table}', row_id, source_record, record_hash FROM domain_rows
             UNION ALL SELECT '{table}', row_id, also_source_record, record_hash FROM domain_rows
-            WHERE also_source_record IS NOT NULL"""))
-        return _table_from_query(self.con, "SELECT source_record, row_id FROM domain_rows")
+            WHERE also_source_record IS NOT NULL""")
 
 
 def _domain_columns(domain: str, type_concept: int) -> dict[str, str]:
@@ -621,55 +641,89 @@ def map_to_standard(store: Store, codes: pa.Table) -> pa.Table:
     return pa.concat_tables(parts) if parts else empty
 
 
-def load_staged(store: Store, staged: Staged, org: str, reader: str, options: LoadOptions) -> LoadSummary:
-    """Load one extract as one transaction; see the module docstring for the order of work."""
+def load_staged(store: Store, staged: Staged | Iterable[Staged], org: str, reader: str,
+                options: LoadOptions) -> LoadSummary:
+    """Load one extract as one transaction; see the module docstring for the order of work.
+
+    ``staged`` may be a sequence of chunks of the same extract (a reader streaming a large file):
+    each chunk runs the whole path in its own scratch DuckDB, so memory is bounded by the chunk,
+    but all chunks share one transaction, one load id and one summary.  A chunk must hold every
+    row of its source records (a record split across chunks would look like a corrected resend)."""
     if not org or not org.replace("-", "").isalnum():
         raise LoadError(f"organisation must be an ODS code (letters and digits), got {org!r}")
     ensure_extension_tables(store)
-    job = _Load(store, staged, org, reader, options)
+    chunks = [staged] if isinstance(staged, Staged) else staged
+    parts: list[LoadSummary] = []
     with store.transaction():
         load_id = int(store.query_one("SELECT COALESCE(max(load_id), 0) FROM mercia_load") or 0) + 1
-        job.pseudonymise_records()
-        persons = job.prepare_persons()
-        job.resolve_persons(persons)
-        job.prepare_events()
-        job.prepare_sites()
-        unchanged = job.skip_unchanged()
-        job.remove_withdrawn()
-        job.map_codes()
-        job.insert(load_id, staged.extract)
+        for chunk in chunks:
+            if not parts:
+                store.execute("DELETE FROM mercia_reject WHERE org = ? AND extract = ?", [org, chunk.extract])
+            parts.append(_load_chunk(store, chunk, org, reader, options, load_id))
+        if not parts:
+            raise LoadError("the reader produced nothing to load")
+        summary = _combined(parts)
         link_prom_items(store, load_id)
-        for rec, line, field_name, reason in job.con.execute("""
-                SELECT k.source_record, r.line, r.field, r.reason FROM staged_rejects r
-                LEFT JOIN record_keys k ON k.record = r.record""").fetchall():
-            job.rejects.append(dict(source_record=rec, line=line, field=field_name, reason=reason, action="rejected"))
-        withheld_records = len(job.withheld_records)
-        if withheld_records:
-            job.rejects.append(dict(source_record=None, line=None, field="nhs_number",
-                                    reason=f"national data opt-out ({withheld_records} records withheld)",
-                                    action="withheld"))
-        store.execute("DELETE FROM mercia_reject WHERE org = ? AND extract = ?", [org, staged.extract])
-        rejects = pa.Table.from_pylist([{**r, "load_id": load_id, "org": org, "extract": staged.extract}
-                                        for r in job.rejects],
-                                       schema=pa.schema([("load_id", pa.int64()), ("org", pa.string()),
-                                                         ("extract", pa.string()), ("source_record", pa.string()),
-                                                         ("line", pa.int64()), ("field", pa.string()),
-                                                         ("reason", pa.string()), ("action", pa.string())]))
-        store.insert_arrow("mercia_reject", rejects)
-        job.register("touched_persons", pa.concat_tables([t.select(["person_id"]).cast(
-            pa.schema([("person_id", pa.int64())])) for t in job.touched_persons])
-            if job.touched_persons else pa.table({"person_id": pa.array([], pa.int64())}))
-        affected = _table_from_query(job.con, """SELECT DISTINCT person_id FROM resolved UNION
-                                      SELECT DISTINCT person_id FROM events UNION SELECT person_id FROM touched_persons""")
-        rebuild_person_rows(store, affected)
-        rejected_records = len({r["source_record"] for r in job.rejects if r["action"] == "rejected"}
-                               - job.withheld_records - job.removed_records)
-        loaded = job.records_read - rejected_records - withheld_records - len(job.removed_records)
         store.execute("""INSERT INTO mercia_load VALUES (""" + ", ".join(["?"] * 10) + ")",
-                      [load_id, org, staged.extract, reader, dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                       job.records_read, loaded, unchanged, rejected_records, withheld_records])
+                      [load_id, org, summary.extract, reader, dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                       summary.records, summary.loaded, summary.unchanged, summary.rejected, summary.withheld])
+    return summary
+
+
+def _combined(parts: list[LoadSummary]) -> LoadSummary:
+    """The chunks' summaries of one load summed into the load's."""
+    rows: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    for part in parts:
+        rows.update(part.rows)
+        reasons.update(part.reject_reasons)
+    counts = {name: sum(getattr(part, name) for part in parts)
+              for name in ("read", "records", "loaded", "unchanged", "rejected", "withheld", "flagged", "removed")}
+    return LoadSummary(parts[0].load_id, parts[0].org, parts[0].extract, rows=dict(rows),
+                       reject_reasons=dict(reasons), **counts)
+
+
+def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: LoadOptions,
+                load_id: int) -> LoadSummary:
+    """One chunk's whole path (inside the load's transaction): its counts, rejects written."""
+    job = _Load(store, staged, org, reader, options)
+    job.pseudonymise_records()
+    persons = job.prepare_persons()
+    job.resolve_persons(persons)
+    job.prepare_events()
+    job.prepare_sites()
+    unchanged = job.skip_unchanged()
+    job.remove_withdrawn()
+    job.map_codes()
+    job.insert(load_id, staged.extract)
+    for rec, line, field_name, reason in job.con.execute("""
+            SELECT k.source_record, r.line, r.field, r.reason FROM staged_rejects r
+            LEFT JOIN record_keys k ON k.record = r.record""").fetchall():
+        job.rejects.append(dict(source_record=rec, line=line, field=field_name, reason=reason, action="rejected"))
+    withheld_records = len(job.withheld_records)
+    if withheld_records:
+        job.rejects.append(dict(source_record=None, line=None, field="nhs_number",
+                                reason=f"national data opt-out ({withheld_records} records withheld)",
+                                action="withheld"))
+    rejects = pa.Table.from_pylist([{**r, "load_id": load_id, "org": org, "extract": staged.extract}
+                                    for r in job.rejects],
+                                   schema=pa.schema([("load_id", pa.int64()), ("org", pa.string()),
+                                                     ("extract", pa.string()), ("source_record", pa.string()),
+                                                     ("line", pa.int64()), ("field", pa.string()),
+                                                     ("reason", pa.string()), ("action", pa.string())]))
+    store.insert_arrow("mercia_reject", rejects)
+    job.register("touched_persons", pa.concat_tables([t.select(["person_id"]).cast(
+        pa.schema([("person_id", pa.int64())])) for t in job.touched_persons])
+        if job.touched_persons else pa.table({"person_id": pa.array([], pa.int64())}))
+    affected = _table_from_query(job.con, """SELECT DISTINCT person_id FROM resolved UNION
+                                  SELECT DISTINCT person_id FROM events UNION SELECT person_id FROM touched_persons""")
+    rebuild_person_rows(store, affected)
+    rejected_records = len({r["source_record"] for r in job.rejects if r["action"] == "rejected"}
+                           - job.withheld_records - job.removed_records)
+    loaded = job.records_read - rejected_records - withheld_records - len(job.removed_records)
     reasons = Counter(r["reason"] for r in job.rejects if r["action"] == "rejected")
-    return LoadSummary(load_id, org, staged.extract, staged.read, job.records_read, loaded, unchanged,
-                       rejected_records,
-                       withheld_records, sum(1 for r in job.rejects if r["action"] == "flagged"),
-                       dict(job.rows), dict(reasons), len(job.removed_records))
+    summary = LoadSummary(load_id, org, staged.extract, staged.read, job.records_read, loaded, unchanged,
+                          rejected_records, withheld_records, sum(1 for r in job.rejects if r["action"] == "flagged"),
+                          dict(job.rows), dict(reasons), len(job.removed_records))
+    job.con.close()
+    return summary

@@ -34,8 +34,11 @@ import csv
 import re
 from pathlib import Path
 
+from collections.abc import Iterator
+
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from mercia.ingest.staging import (
@@ -55,6 +58,9 @@ PLASMA_SPECIMEN = "119361006"  # SNOMED CT: Plasma specimen
 ID_COLUMNS = ("eid", "sample_id", "sample id", "sampleid")
 _UKB_COLUMN = re.compile(r"^(\d+)-(\d+)\.(\d+)$")
 DEFAULT_TOLERANCE = 1e-6
+# Wide rows (samples) per chunk of a streamed load: ~620,000 measurement rows, small enough that a
+# chunk's read and load stay well under 1 GB, large enough that per-chunk fixed costs stay small.
+CHUNK_SAMPLES = 2_500
 # Nightingale value QC flags that still leave a usable measurement: a value below the limit of
 # quantification is a real (low) reading, which ukbnmr (Ritchie et al. 2023) also keeps.  Every other
 # flag (degraded sample, citrate plasma, ethanol, isopropyl alcohol, polysaccharides, unknown
@@ -100,18 +106,38 @@ def _sample_qc_fields() -> dict[str, str]:
 
 
 def _read_strings(path: Path) -> pa.Table:
+    return pa.Table.from_batches(list(_string_batches(path, None)))
+
+
+def _string_batches(path: Path, rows: int | None) -> Iterator[pa.RecordBatch]:
+    """The file as all-string record batches of ``rows`` rows (None: one batch of the whole file),
+    streamed so that a chunked read never holds the whole file."""
     try:
-        with open(path, "rb") as handle:
-            header = handle.readline().decode("utf-8-sig")
-        delimiter = "\t" if header.count("\t") > header.count(",") else ","
-        names = next(csv.reader([header.strip("\r\n")], delimiter=delimiter))
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise NmrError(f"{path.name}: line 1: column {duplicated[0]!r} appears more than once")
-        return pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter),
-                               convert_options=pa_csv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                                     strings_can_be_null=True,
-                                                                     null_values=["", "NA", "NaN", "null"]))
+        delimiter, names = _layout(path)
+        parse = pa_csv.ParseOptions(delimiter=delimiter)
+        convert = pa_csv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True,
+                                        null_values=["", "NA", "NaN", "null"])
+        if rows is None:
+            table = pa_csv.read_csv(path, parse_options=parse, convert_options=convert)
+            yield table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(
+                [], table.schema)
+            return
+        pending: list[pa.RecordBatch] = []
+        pending_rows, any_rows = 0, False
+        batches = pa_csv.open_csv(path, parse_options=parse, convert_options=convert)
+        schema = batches.schema
+        for batch in batches:
+            any_rows = True
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            while pending_rows >= rows:
+                table = pa.Table.from_batches(pending).combine_chunks()
+                yield table.slice(0, rows).to_batches()[0]
+                rest = table.slice(rows)
+                pending, pending_rows = rest.to_batches(), rest.num_rows
+        if pending_rows or not any_rows:
+            yield pa.Table.from_batches(pending, schema).combine_chunks().to_batches()[0] if pending_rows else \
+                pa.RecordBatch.from_pylist([], schema)
     except (pa.ArrowInvalid, UnicodeDecodeError, StopIteration, csv.Error) as exc:
         raise NmrError(f"{path.name}: not a readable CSV/TSV NMR file: {str(exc).splitlines()[0][:200]}") from exc
 
@@ -152,13 +178,14 @@ class NmrReader:
         self.excluded: dict[str, int] = {}
 
     # -- formats -> long (sample_id, line, biomarker, raw, unit, qc_flag) + sample QC (sample_id, line, name, value)
-    def read(self, path: Path) -> Staged:
-        table = _read_strings(path)
-        keys = {_key(c) for c in table.column_names}
-        if {"sampleid", "biomarker", "value"} <= keys:
-            self._long(table, path.name)
+    def read(self, table: pa.Table, file: str, first_line: int = 2, first_chunk: bool = True) -> Staged:
+        """Rows of a wide file (or a whole long file) -> staged records; ``first_line``: the file line
+        of the table's first row; column-level rejects are reported with the ``first_chunk`` only."""
+        self.first_line, self.first_chunk = first_line, first_chunk
+        if is_long_format(table.column_names):
+            self._long(table, file)
         else:
-            self._wide(table, path.name)
+            self._wide(table, file)
         return self._stage()
 
     def _wide(self, table: pa.Table, file: str) -> None:
@@ -191,13 +218,13 @@ class NmrReader:
                 samples.append((column, sample_fields[k], None))
             else:
                 unknown.append(column)
-        if unknown:
+        if unknown and self.first_chunk:
             self._reject_rows([f"NMR/{file}/column/{c}" for c in unknown], [1] * len(unknown), unknown,
                               ["unknown biomarker: not in the Nightingale catalogue (nmr_info.csv); column not loaded"])
         if not values:
             raise NmrError(f"{file}: no column names a Nightingale biomarker")
         self.con.register("wide_raw", table)
-        self.con.execute("""CREATE TABLE wide AS SELECT *, row_number() OVER () + 1 AS __line
+        self.con.execute(f"""CREATE TABLE wide AS SELECT *, row_number() OVER () + {self.first_line - 1} AS __line
                              FROM wide_raw""")
         ident = quote_name(id_column)
 
@@ -422,9 +449,57 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def is_long_format(column_names: list[str]) -> bool:
+    return {"sampleid", "biomarker", "value"} <= {_key(c) for c in column_names}
+
+
 def read_nmr(path: Path | str, manifest: Path | str | pa.Table, tolerance: float = DEFAULT_TOLERANCE,
              remove_technical_variation: bool = False) -> Staged:
-    """``remove_technical_variation``: land values adjusted as ``mercia.ingest.nmr_technical`` describes."""
+    """The whole file as one staged extract (see ``read_nmr_chunks`` for large files)."""
+    return next(read_nmr_chunks(path, manifest, tolerance, remove_technical_variation, chunk_samples=None))
+
+
+def read_nmr_chunks(path: Path | str, manifest: Path | str | pa.Table, tolerance: float = DEFAULT_TOLERANCE,
+                    remove_technical_variation: bool = False,
+                    chunk_samples: int | None = CHUNK_SAMPLES) -> Iterator[Staged]:
+    """The file as staged chunks of ``chunk_samples`` wide rows each, streamed, for one load
+    (``load_staged`` takes them in one transaction), so memory stays flat whatever the file's size.
+
+    Every value of a sample is in its row, so a chunk holds whole source records.  A person record
+    (a manifest row with a birth date) is staged with the first chunk that uses it.  The whole file is
+    one chunk when ``chunk_samples`` is None, for the long format (a sample's rows may be anywhere in
+    the file) and when removing technical variation (``remove_technical_variation``: land values
+    adjusted as ``mercia.ingest.nmr_technical`` describes; it models plates and batches over all samples)."""
     path = Path(path)
     table = manifest if isinstance(manifest, pa.Table) else read_manifest(manifest)
-    return NmrReader(path.name, table, tolerance, remove_technical_variation).read(path)
+    whole = chunk_samples is None or remove_technical_variation or is_long_format(_header(path))
+    first_line, staged_persons = 2, pa.array([], pa.string())
+    for batch in _string_batches(path, None if whole else chunk_samples):
+        reader = NmrReader(path.name, table, tolerance, remove_technical_variation)
+        staged = reader.read(pa.Table.from_batches([batch]), path.name, first_line, first_chunk=first_line == 2)
+        reader.con.close()  # the chunk's scratch tables go now, not when the collector finds them
+        persons = staged.persons.table()
+        new = persons.filter(pc.invert(pc.is_in(persons.column("record"), value_set=staged_persons)))
+        staged.persons = ArrowColumns(new)
+        staged_persons = pa.concat_arrays([staged_persons, new.column("record").combine_chunks()])
+        first_line += batch.num_rows
+        yield staged
+
+
+def _layout(path: Path) -> tuple[str, list[str]]:
+    """(delimiter, column names) from the header line; a repeated column name is an error."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.readline().decode("utf-8-sig")
+        delimiter = "\t" if header.count("\t") > header.count(",") else ","
+        names = next(csv.reader([header.strip("\r\n")], delimiter=delimiter))
+    except (UnicodeDecodeError, StopIteration, csv.Error) as exc:
+        raise NmrError(f"{path.name}: not a readable CSV/TSV NMR file: {str(exc).splitlines()[0][:200]}") from exc
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise NmrError(f"{path.name}: line 1: column {duplicated[0]!r} appears more than once")
+    return delimiter, names
+
+
+def _header(path: Path) -> list[str]:
+    return _layout(path)[1]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pyarrow as pa
 
 from mercia.cdm import Store
 from mercia.ingest.load import LoadOptions, LoadSummary, load_staged
@@ -75,6 +77,18 @@ def read_source(kind: str, path: Path | str, mapping: str | Path | None = None,
     raise ValueError(f"unknown source kind {kind!r}; one of {', '.join(KINDS)}")
 
 
+def read_chunks(kind: str, path: Path | str, mapping: str | Path | None = None,
+                manifest: Path | str | None = None, remove_technical_variation: bool = False) -> Iterator[Staged]:
+    """The source as staged chunks for one load: a large NMR panel streams in chunks of samples
+    (``mercia.ingest.nmr.read_nmr_chunks``) so that memory does not grow with the file; every other
+    kind is one chunk, ``read_source``."""
+    if kind == "nmr" and manifest is not None and Path(path).exists():
+        from mercia.ingest.nmr import read_nmr_chunks
+        yield from read_nmr_chunks(path, manifest, remove_technical_variation=remove_technical_variation)
+    else:
+        yield read_source(kind, path, mapping, manifest, remove_technical_variation)
+
+
 def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | Path | None = None,
            options: LoadOptions | None = None, on_step: Callable[[str], None] | None = None,
            manifest: Path | str | None = None, reid_store: Store | None = None,
@@ -93,15 +107,22 @@ def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | P
         options.type_concept_id = load_mapping(mapping).get("type_concept_id", options.type_concept_id)
     if on_step:
         on_step(f"reading {kind} {Path(path).name}")
-    staged = read_source(kind, path, mapping, manifest, remove_technical_variation)
-    if kind in MANIFEST_KINDS:
-        from mercia.vocab.metabolites import ensure_local_concepts
-        ensure_local_concepts(store, staged.events.table(), staged.concept_names)
-    if on_step:
-        on_step(f"loading {staged.read} records for {org}")
-    summary = load_staged(store, staged, org, kind, options)
+    persons: list[pa.Table] = []  # for the re-identification key map
+
+    def prepared() -> Iterator[Staged]:
+        for number, staged in enumerate(read_chunks(kind, path, mapping, manifest, remove_technical_variation)):
+            if kind in MANIFEST_KINDS:
+                from mercia.vocab.metabolites import ensure_local_concepts
+                ensure_local_concepts(store, staged.events.table(), staged.concept_names)
+            if on_step:
+                on_step(f"loading {staged.read} records for {org}" + (f" (chunk {number + 1})" if number else ""))
+            if reid_store is not None:
+                persons.append(staged.persons.table())
+            yield staged
+
+    summary = load_staged(store, prepared(), org, kind, options)
     if reid_store is not None:
         from mercia.trials.prescreen import record_extract_identities
-        record_extract_identities(reid_store, org, staged.persons.table(), options.pseudonymiser,
+        record_extract_identities(reid_store, org, pa.concat_tables(persons), options.pseudonymiser,
                                   options.allow_synthetic_nhs_numbers)
     return summary

@@ -366,3 +366,88 @@ def test_cli_remove_technical_variation_flag(study, tmp_path, pseudonym_key):
     with Store(db) as store:
         assert store.query_one("""SELECT count(*) FROM observation
                                   WHERE observation_source_value = 'Technical variation removed'""") == 40
+
+
+def _loaded_content(store) -> dict[str, list]:
+    """What a load produced, independent of the row ids it drew (which depend on the chunking)."""
+    return {
+        "rejects": store.query("SELECT source_record, line, field, reason, action FROM mercia_reject "
+                               "ORDER BY 1, 2, 3, 4"),
+        "links": store.query("SELECT source_pseudonym, record_hash FROM mercia_person_link ORDER BY 1"),
+        "values": store.query("""SELECT p.source_record, m.measurement_source_concept_id, m.value_as_number,
+                                        l.source_pseudonym
+                                 FROM measurement m JOIN mercia_provenance p ON p.cdm_table = 'measurement'
+                                   AND p.row_id = m.measurement_id
+                                 JOIN mercia_person_link l ON l.person_id = m.person_id ORDER BY 1, 2"""),
+        "observations": store.query("""SELECT observation_source_value, qualifier_source_value, value_source_value,
+                                              count(*) FROM observation GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""),
+        "specimens": store.query("SELECT count(*), count(DISTINCT person_id) FROM specimen"),
+        "persons": store.query("SELECT count(*) FROM person"),
+    }
+
+
+@pytest.fixture
+def awkward_study(study):
+    """The 40-sample study with a value that fails re-derivation (line 13), an unknown column, and
+    samples 1 and 30 given by the same person (one person record used by two chunks)."""
+    def corrupt(rows):
+        rows[12][rows[0].index("LDL_C")] = str(float(rows[12][rows[0].index("LDL_C")]) * 1.01)
+        rows[0].append("Made_Up_Marker")
+        for row in rows[1:]:
+            row.append("1.0")
+    _rewrite(study / "nmr_wide.csv", corrupt)
+
+    def same_person(rows):
+        rows[30][rows[0].index("local_id")] = rows[1][rows[0].index("local_id")]
+        rows[30][rows[0].index("birth_date")] = rows[1][rows[0].index("birth_date")]
+        rows[30][rows[0].index("sex")] = rows[1][rows[0].index("sex")]
+    _rewrite(study / "manifest.csv", same_person)
+    return study
+
+
+def test_chunked_load_lands_exactly_what_a_whole_file_load_does(store, store_factory, engine, options,
+                                                                 awkward_study):
+    from mercia.ingest.load import load_staged
+    from mercia.ingest.nmr import read_nmr_chunks
+    from mercia.vocab.metabolites import ensure_local_concepts
+
+    wide, manifest = awkward_study / "nmr_wide.csv", awkward_study / "manifest.csv"
+    whole_store = store_factory(engine)
+    summaries = []
+    for target, chunk_samples in ((store, 14), (whole_store, None)):
+        chunks = list(read_nmr_chunks(wide, manifest, chunk_samples=chunk_samples))
+        assert len(chunks) == (3 if chunk_samples else 1)
+        for chunk in chunks:
+            ensure_local_concepts(target, chunk.events.table())
+        summaries.append(load_staged(target, chunks, "NMR01", "nmr", options))
+    chunked, whole = summaries
+    assert chunked.__dict__ | {"load_id": 0} == whole.__dict__ | {"load_id": 0}
+    assert chunked.loaded == 40 + 39 and chunked.rejected == 2 and chunked.rows["measurement"] == 40 * 249 - 1
+    assert _loaded_content(store) == _loaded_content(whole_store)
+    assert store.query("SELECT line FROM mercia_reject WHERE field = 'LDL_C'") == [(13,)]
+    assert store.query_one("SELECT count(*) FROM mercia_load") == 1
+
+
+def test_failure_in_a_later_chunk_leaves_nothing_and_resend_adds_nothing(store, options, snapshot, study):
+    from mercia.ingest.load import load_staged
+    from mercia.ingest.nmr import read_nmr_chunks
+    from mercia.vocab.metabolites import ensure_local_concepts
+
+    wide, manifest = study / "nmr_wide.csv", study / "manifest.csv"
+    ensure_local_concepts(store, read_nmr(wide, manifest).events.table())
+    empty = snapshot(store)
+
+    def failing():
+        for number, chunk in enumerate(read_nmr_chunks(wide, manifest, chunk_samples=15)):
+            if number == 2:
+                raise NmrError("disk went away after two chunks")
+            yield chunk
+
+    with pytest.raises(NmrError, match="two chunks"):
+        load_staged(store, failing(), "NMR01", "nmr", options)
+    assert snapshot(store) == empty
+    first = load_staged(store, read_nmr_chunks(wide, manifest, chunk_samples=15), "NMR01", "nmr", options)
+    loaded = snapshot(store)
+    again = load_staged(store, read_nmr_chunks(wide, manifest, chunk_samples=15), "NMR01", "nmr", options)
+    assert first.loaded == 80 and again.unchanged == 80 and again.rows.get("measurement", 0) == 0
+    assert snapshot(store) == loaded
