@@ -534,7 +534,7 @@ class _Load:
         provenance, and ``domain_rows`` left for the caller (visit ids; measurements for variants)."""
         table = DOMAIN_TABLE[domain]
         pk = f"{table}_id"
-        start = self.store.query_one(f"SELECT COALESCE(max({quote(pk)}), 0) FROM {quote(table)}") or 0
+        start = max_id(self.store, table, pk)
         numbered = f"""SELECT {start} + row_number() OVER (ORDER BY source_record, code) AS row_id, r.*
                        FROM routed r WHERE domain = '{domain}'"""
         self.con.execute(f"CREATE OR REPLACE TABLE domain_rows AS {numbered}" if domain == "Visit" else

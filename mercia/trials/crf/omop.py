@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from mercia.governance import Conflict
 from mercia.proms.omop import DEFAULT_VALUE_SETS, ITEM_LINK_FIELD, item_source_value, score_source_value
+from mercia.proms.valuesets import DIMENSIONS
 from mercia.trials.crf.dictionary import OMOP_TABLES, Field
 
 CASE_REPORT_FORM = 32809          # OMOP type concept "Case Report Form"
@@ -152,7 +153,7 @@ def _response_fact(score_key: str, form_ref: str, event: str, instrument: str, a
     vas = _int_or_none(answered.get("VAS", ""))
     return Fact(f"{score_key}:response", "mercia_prom_response", {
         "source": "crf", "source_record": form_ref, "instrument": instrument, "timepoint": event,
-        "completed_date": on, **{d.lower(): answered.get(d) or None for d in ("MO", "SC", "UA", "PD", "AD")},
+        "completed_date": on, **{d.lower(): answered.get(d) or None for d in DIMENSIONS},
         "vas": int(vas) if vas is not None else None,
         "total": float(score) if score is not None and not instrument.startswith("eq5d") else None})
 
