@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.web.totp_codes import code_for, remember_recovery_codes
 
@@ -64,7 +65,7 @@ def test_cohort_to_released_export(page, live_server, demo, shots):
     page.get_by_role("link", name="See the results").click(timeout=60_000)
     page.wait_for_url(cohort_url)
     chart = page.locator("#attrition-chart svg")
-    assert chart.is_visible()
+    expect(chart).to_be_visible()
     assert chart.locator("rect.bar").count() == 4  # qualifying, two rules, cohort
     people = int(page.locator(".stat__value").first.inner_text().replace(",", ""))
     assert people > 0
@@ -90,7 +91,7 @@ def test_cohort_to_released_export(page, live_server, demo, shots):
     page.get_by_role("button", name="Request export").click()
     page.wait_for_url(re.compile(r".*/exports/\d+.*"))
     export_url = page.url.split("?")[0]
-    assert page.get_by_text("Pending").is_visible()
+    expect(page.get_by_text("Pending")).to_be_visible()
     shots(page, "05-export-requested")
     sign_out(page)
 
@@ -101,7 +102,7 @@ def test_cohort_to_released_export(page, live_server, demo, shots):
     page.get_by_role("button", name="Record output check").click()
     page.get_by_role("button", name="Release the export").click()  # a second step names what happens
     page.wait_for_url(re.compile(re.escape(export_url) + r".*"))
-    assert page.get_by_text("Approved", exact=True).is_visible()
+    expect(page.get_by_text("Approved", exact=True)).to_be_visible()
     shots(page, "07-export-approved")
     sign_out(page)
 
@@ -119,7 +120,7 @@ def test_governance_pages(page, live_server, demo, shots):
     page.get_by_label("Approve", exact=True).check()  # nothing is pre-selected
     page.get_by_role("button", name="Record decision").click()
     page.get_by_role("button", name="Approve the project").click()
-    assert page.get_by_text("Decision recorded: now waiting for a governance officer.").is_visible()
+    expect(page.get_by_text("Decision recorded: now waiting for a governance officer.")).to_be_visible()
     assert page.get_by_role("button", name="Record decision").count() == 0  # one decision per person
     shots(page, "08-project-approval")
     sign_out(page)
@@ -129,7 +130,7 @@ def test_governance_pages(page, live_server, demo, shots):
     page.get_by_role("link", name="Audit", exact=True).click()
     page.get_by_label("What").select_option("signin.success")
     page.get_by_role("button", name="Filter").click()
-    assert page.get_by_text("Hash chain verified").is_visible()
+    expect(page.get_by_text("Hash chain verified")).to_be_visible()
     assert page.locator("tbody tr").count() >= 2
     shots(page, "10-audit")
     page.get_by_role("link", name="Data sources").click()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.web.axe import assert_accessible, assert_fits
 from tests.web.test_browser import sign_in, sign_out
@@ -48,17 +49,17 @@ def test_data_manager_loads_an_extract(page, live_server, demo, shared_data, sho
     base = live_server
     sign_in(page, base, demo, "datamanager")
     page.get_by_role("link", name="Data sources", exact=True).click()
-    assert page.get_by_role("link", name=demo.source).is_visible()
+    expect(page.get_by_role("link", name=demo.source)).to_be_visible()
     check(page, shots, "20-sources")
     page.get_by_role("link", name="Synthetic Acute Trust R9A").click()  # a registered organisation
-    assert page.get_by_text("Nothing loaded from this organisation yet.").is_visible()
+    expect(page.get_by_text("Nothing loaded from this organisation yet.")).to_be_visible()
     check(page)
 
     page.get_by_role("button", name="Load").click()  # nothing chosen: every problem at once, linked
     assert page.title().startswith("Error:")
     summary = page.locator(".error-summary")
     assert summary.get_by_role("link", name="Choose the format of the file").get_attribute("href") == "#load-kind"
-    assert summary.get_by_role("link", name="Choose a file to load").is_visible()
+    expect(summary.get_by_role("link", name="Choose a file to load")).to_be_visible()
     check(page, shots, "21-load-errors")
 
     wrong = tmp_path / "lab-results.csv"
@@ -80,15 +81,15 @@ def test_data_manager_loads_an_extract(page, live_server, demo, shared_data, sho
     page.get_by_role("button", name="Load").click()
     page.get_by_role("link", name="See the results").click(timeout=120_000)
     page.wait_for_url(f"{base}/sources/R9A")
-    assert page.get_by_role("cell", name=bundle.name).is_visible()
+    expect(page.get_by_role("cell", name=bundle.name)).to_be_visible()
     assert page.locator("#quality-checks tbody tr").count() > 0
     persons = page.locator("#row-counts tr", has_text="person").first.locator("td.numeric").inner_text()
     assert persons == "1"  # this organisation's own records, not the region's
     check(page, shots, "23-source-after-load")
     page.get_by_role("navigation", name="Primary").get_by_role("link", name="Data sources").click()
-    assert page.get_by_role("link", name=demo.source).is_visible()  # the regional source stays listed
+    expect(page.get_by_role("link", name=demo.source)).to_be_visible()  # the regional source stays listed
     page.get_by_role("link", name=demo.source).click()
-    assert page.get_by_role("heading", name="Data-quality report").is_visible()
+    expect(page.get_by_role("heading", name="Data-quality report")).to_be_visible()
     check(page, shots, "24-region-quality")
 
 
@@ -120,17 +121,17 @@ def test_release_needs_a_choice_and_a_confirmation(page, live_server, demo, pend
 
     page.get_by_label("Refuse", exact=True).check()
     page.get_by_role("button", name="Record output check").click()  # refusing needs a reason
-    assert page.get_by_role("link", name=re.compile("Give a reason to refuse it")).is_visible()
+    expect(page.get_by_role("link", name=re.compile("Give a reason to refuse it"))).to_be_visible()
     assert page.get_by_label("Refuse", exact=True).is_checked()  # the choice is kept
 
     page.get_by_label("Release: safe to leave the platform").check()
     page.get_by_role("button", name="Record output check").click()
-    assert page.get_by_role("heading", name="Release this export?").is_visible()
+    expect(page.get_by_role("heading", name="Release this export?")).to_be_visible()
     assert "leave the platform" in page.locator("#consequence").inner_text()
     assert app.state.mercia.airlock.list_for(app.state.mercia.gov.user_by_name("checker"), "pending")  # not yet
     check(page, shots, "26-export-confirm")
     page.get_by_role("link", name="No, go back").click()
-    assert page.get_by_text("Pending").is_visible()
+    expect(page.get_by_text("Pending")).to_be_visible()
     sign_out(page)
 
 
@@ -149,15 +150,15 @@ def test_project_decision_is_explicit(page, live_server, demo, app, shots):
     page.get_by_label("Reject", exact=True).check()
     page.get_by_role("button", name="Record decision").click()
     assert page.title().startswith("Error:")
-    assert page.get_by_role("link", name="Give a reason to reject it: the requester will read it").is_visible()
+    expect(page.get_by_role("link", name="Give a reason to reject it: the requester will read it")).to_be_visible()
     check(page, shots, "27-project-decision-error")
     page.get_by_label("Reason (needed to reject)").fill("The scope leaves out the referral data it needs.")
     page.get_by_role("button", name="Record decision").click()
-    assert page.get_by_role("heading", name="Reject this project?").is_visible()
+    expect(page.get_by_role("heading", name="Reject this project?")).to_be_visible()
     assert "The scope leaves out the referral data" in page.locator("#consequence").inner_text()
     check(page)
     page.get_by_role("button", name="Reject the project").click()
-    assert page.get_by_text("the project is rejected").is_visible()
+    expect(page.get_by_text("the project is rejected")).to_be_visible()
     assert state.gov.project(project.id).status.value == "rejected"
 
 
@@ -202,13 +203,13 @@ def test_concept_sets_as_atlas_users_expect(page, live_server, demo, shots):
     page.get_by_role("link", name="Make or view concept sets").click()
     page.get_by_role("button", name="Save concept set").click()  # nothing filled in
     assert page.title().startswith("Error:")
-    assert page.get_by_role("link", name="Give the concept set a name").is_visible()
+    expect(page.get_by_role("link", name="Give the concept set a name")).to_be_visible()
     page.get_by_label("Name").fill("Cancer except lung")
     page.get_by_label("Concept ids to include").fill("443392")
     page.get_by_label("Concept ids to exclude (optional)").fill("443388")
     page.get_by_label("Include descendant concepts").check()
     page.get_by_role("button", name="Save concept set").click()
-    assert page.get_by_role("heading", name="Cancer except lung").is_visible()
+    expect(page.get_by_role("heading", name="Cancer except lung")).to_be_visible()
     expanded = page.get_by_role("table", name="Concepts the set stands for").inner_text()
     assert "Malignant tumor of breast" in expanded and "Malignant tumor of lung" not in expanded
     assert "descendant" in expanded
@@ -261,7 +262,7 @@ def test_rare_disease_terms_as_chips_and_every_bad_term_at_once(page, live_serve
     summary = page.locator(".error-summary").inner_text()
     assert "HP:123" in summary and "HP:9999999" in summary and "marfan" in summary  # all at once
     chips = page.get_by_role("list", name="Observed terms chosen")
-    assert chips.get_by_text("Arachnodactyly").is_visible()  # the name, not only the id
+    expect(chips.get_by_text("Arachnodactyly")).to_be_visible()  # the name, not only the id
     check(page, shots, "28-rare-disease-errors")
     for bad in ("HP:123", "HP:9999999"):
         page.get_by_role("link", name=f"Remove {bad}").click()

@@ -5,6 +5,7 @@ at desktop and phone widths."""
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.web.axe import blocking_violations
 from tests.web.conftest import watched_page
@@ -33,7 +34,7 @@ def test_register_and_patient_pages_pass_axe(page, live_server, shots):
     shots(page, f"register-index-{page.viewport_size['width']}")
     page.get_by_role("link", name="Metformin uptake after a type 2 diabetes diagnosis").click()
     page.wait_for_load_state()
-    assert page.get_by_role("heading", name="In plain English").is_visible()
+    expect(page.get_by_role("heading", name="In plain English")).to_be_visible()
     assert "Reading age about" in page.content()
     assert blocking_violations(page) == []
     shots(page, f"register-project-{page.viewport_size['width']}")
@@ -49,11 +50,11 @@ def test_search_finds_by_words_in_the_lay_summary(page, live_server):
     page.get_by_role("searchbox", name="Search").fill("metformin")
     page.get_by_role("button", name="Show projects").click()
     page.wait_for_load_state()
-    assert page.get_by_text("1 project found").is_visible()
+    expect(page.get_by_text("1 project found")).to_be_visible()
     page.get_by_role("searchbox", name="Search").fill("no such words anywhere")
     page.get_by_role("button", name="Show projects").click()
     page.wait_for_load_state()
-    assert page.get_by_text("0 projects found").is_visible()
+    expect(page.get_by_text("0 projects found")).to_be_visible()
 
 
 def test_the_axe_check_sees_a_violation(page):
