@@ -81,17 +81,15 @@ def link_prom_items(store: Store, load_id: int) -> None:
             continue
         items = ITEM_CODES[source_value.split(" ")[0]]
         marks = ", ".join("?" for _ in items)
-        store.execute(f"""UPDATE observation SET observation_event_id = (
-                SELECT min(ps.row_id) FROM mercia_provenance pi
-                JOIN mercia_provenance ps ON ps.load_id = pi.load_id AND ps.org = pi.org
-                     AND ps.source_record = pi.source_record AND ps.cdm_table = 'observation'
-                JOIN observation s ON s.observation_id = ps.row_id AND s.observation_source_value = ?
-                WHERE pi.load_id = ? AND pi.cdm_table = 'observation' AND pi.row_id = observation.observation_id)
-            WHERE observation_id IN ({in_load}) AND observation_source_value IN ({marks})""",
-                      [source_value, load_id, load_id, *items])
-        store.execute(f"""UPDATE observation SET obs_event_field_concept_id = {ITEM_LINK_FIELD}
-            WHERE observation_id IN ({in_load}) AND observation_event_id IS NOT NULL
-              AND observation_source_value IN ({marks})""", [load_id, *items])
+        store.execute(f"""UPDATE observation SET observation_event_id = link.score_id,
+                obs_event_field_concept_id = {ITEM_LINK_FIELD}
+            FROM (SELECT pi.row_id AS item_id, min(ps.row_id) AS score_id FROM mercia_provenance pi
+                  JOIN mercia_provenance ps ON ps.load_id = pi.load_id AND ps.org = pi.org
+                       AND ps.source_record = pi.source_record AND ps.cdm_table = 'observation'
+                  JOIN observation s ON s.observation_id = ps.row_id AND s.observation_source_value = ?
+                  WHERE pi.load_id = ? AND pi.cdm_table = 'observation' GROUP BY pi.row_id) link
+            WHERE observation.observation_id = link.item_id AND observation.observation_source_value IN ({marks})""",
+                      [source_value, load_id, *items])
         store.execute(f"""UPDATE observation SET value_as_string = ?
             WHERE observation_id IN ({in_load}) AND observation_source_value = ? AND qualifier_source_value = ?""",
                       [value_set(value_set_id).doi, load_id, source_value, value_set_id])
