@@ -1,4 +1,5 @@
-"""``mercia ingest``: load one extract (fhir, csv, hl7v2, phenopackets, vcf, nmr, mztab, mwtab) or a whole region."""
+"""``mercia ingest``: load one extract (fhir, csv, hl7v2, phenopackets, vcf, nmr, mztab, mwtab), a FHIR Bulk Data
+export fetched from a server, or a whole region."""
 
 from __future__ import annotations
 
@@ -34,9 +35,11 @@ def _report(summaries, as_json: bool) -> None:
     Console().print(table)
 
 
-def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, opt_out: Path | None,
-         as_json: bool, manifest: Path | None = None, reid_db: str | None = None,
-         remove_technical_variation: bool = False) -> None:
+def _load(kind: str, path: Path, org: str, db: str | None, mapping: str | None, opt_out: Path | None,
+          manifest: Path | None = None, reid_db: str | None = None, remove_technical_variation: bool = False):
+    """One transactional load with a progress spinner, audited; exit 2 when the extract cannot be read."""
+    from contextlib import nullcontext
+
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from mercia.cdm import Store
@@ -44,8 +47,6 @@ def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, o
     from mercia.ingest.csv import MappingError
     from mercia.ingest.fhir import FhirError
     from mercia.ingest.service import default_options, ingest
-
-    from contextlib import nullcontext
 
     options = default_options(kind, opt_out=opt_out)
     with Store.open(db) as store, (Store.open(reid_db) if reid_db else nullcontext()) as reid_store, Progress(SpinnerColumn(), TextColumn("{task.description}"),
@@ -60,11 +61,22 @@ def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, o
             raise typer.Exit(2) from None
         record_cli_write(store, f"ingest.{kind}", f"org:{org}", extract=path.name, loaded=summary.loaded,
                          rejected=summary.rejected)
-    _report([summary], as_json)
+    return summary
+
+
+def _refuse_if_nothing_valid(summary, path: Path) -> None:
     if summary.loaded + summary.unchanged + summary.withheld + summary.removed == 0:
         typer.echo(f"error: nothing valid was read from {path} ({summary.rejected} records rejected; "
                    "reasons are in mercia_reject and `mercia dq`)", err=True)
         raise typer.Exit(1)
+
+
+def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, opt_out: Path | None,
+         as_json: bool, manifest: Path | None = None, reid_db: str | None = None,
+         remove_technical_variation: bool = False) -> None:
+    summary = _load(kind, path, org, db, mapping, opt_out, manifest, reid_db, remove_technical_variation)
+    _report([summary], as_json)
+    _refuse_if_nothing_valid(summary, path)
 
 
 def _command(kind: str, needs_mapping: bool = False):
@@ -95,6 +107,83 @@ def _command(kind: str, needs_mapping: bool = False):
 
 for _kind in ("fhir", "csv", "hl7v2", "phenopackets", "vcf", "nmr", "mztab", "mwtab"):
     app.command(name=_kind)(_command(_kind, needs_mapping=_kind == "csv"))
+
+
+@app.command(name="fhir-export")
+def fhir_export(
+        base_url: str = typer.Argument(..., help="FHIR server base URL (https)"),
+        org: str = typer.Option(..., "--org", help="ODS code of the organisation the server belongs to"),
+        out: Path = typer.Option(..., "--out", file_okay=False,
+                                 help="directory for the NDJSON files and the export state; run the same "
+                                      "command again with it to resume"),
+        since: str = typer.Option(None, "--since", help="only resources changed since this date or instant "
+                                  "(_since), e.g. 2026-12-01 or 2026-12-01T06:00:00Z"),
+        group: str = typer.Option(None, "--group", help="export one Group (Group/ID/$export), not the system"),
+        types: str = typer.Option(None, "--types", help="resource types (_type), e.g. Patient,Condition"),
+        db: DbOption = None,
+        client_id: str = typer.Option(None, "--client-id", envvar="MERCIA_SMART_CLIENT_ID",
+                                      help="SMART Backend Services client id (none: an open server)"),
+        private_key: Path = typer.Option(None, "--private-key", envvar="MERCIA_SMART_PRIVATE_KEY_FILE",
+                                         exists=True, dir_okay=False,
+                                         help="PEM private key signing the client assertion (RSA: RS384, "
+                                              "EC P-384: ES384); keep it outside the repository"),
+        key_id: str = typer.Option(None, "--key-id", help="kid of the key registered with the server "
+                                   "(default: its RFC 7638 thumbprint)"),
+        token_url: str = typer.Option(None, "--token-url", help="token endpoint (default: from "
+                                      "BASE_URL/.well-known/smart-configuration)"),
+        scope: str = typer.Option("system/*.read", "--scope", help="scopes asked for, e.g. system/*.rs"),
+        concurrency: int = typer.Option(4, "--concurrency", min=1, max=16, help="files downloaded at once"),
+        timeout: float = typer.Option(6 * 3600, "--timeout", min=0, help="seconds to wait for the export "
+                                      "to be ready (a re-run keeps waiting for the same export)"),
+        restart: bool = typer.Option(False, "--restart", help="discard an earlier export in --out and its "
+                                     "files, and kick off a new one"),
+        opt_out: Path = OPT_OUT, as_json: bool = JSON) -> None:
+    """Export from a FHIR server (Bulk Data $export), download the NDJSON and load it like `ingest fhir`.
+
+    Resumable: an interrupted run continues the same export when run again with the same --out."""
+    from dataclasses import asdict
+
+    from mercia.ingest.bulk import (BulkExportError, ExportRequest, SmartCredentials, first_diagnostics,
+                                    run_export, since_instant)
+
+    if (client_id is None) != (private_key is None):
+        raise typer.BadParameter("SMART Backend Services needs both --client-id and --private-key")
+    try:
+        request = ExportRequest(base_url, group=group, since=since_instant(since) if since else None,
+                                types=tuple(t.strip() for t in types.split(",") if t.strip()) if types else ())
+        credentials = SmartCredentials(client_id, private_key.read_bytes(), key_id=key_id, token_url=token_url,
+                                       scope=scope) if client_id else None
+        result = run_export(request, out, credentials, concurrency=concurrency, poll_timeout=timeout,
+                            restart=restart, on_progress=lambda message: typer.echo(message, err=True))
+    except BulkExportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from None
+    errors = [(f, first_diagnostics(out / f.local)) for f in result.errors]
+    summary = _load("fhir", out, org, db, None, opt_out) if result.output else None
+    if as_json:
+        import orjson
+        typer.echo(orjson.dumps({
+            "transactionTime": result.transaction_time, "resumed": result.resumed,
+            "files": [asdict(f) for f in result.files], "load": asdict(summary) if summary else None},
+            option=orjson.OPT_INDENT_2).decode())
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"Export of {result.transaction_time}" + (" (resumed)" if result.resumed else ""))
+        for column in ("kind", "type", "file", "lines", "bytes"):
+            table.add_column(column)
+        for f in result.files:
+            table.add_row(f.kind, f.type, f.local, str(f.lines), str(f.bytes))
+        Console().print(table)
+        for f, diagnostics in errors:
+            typer.echo(f"server errors: {f.local}: {f.lines} OperationOutcome(s), first: {diagnostics}", err=True)
+        if summary:
+            _report([summary], False)
+    if summary is None:
+        typer.echo("the export has no files: nothing to load", err=True)
+        return
+    _refuse_if_nothing_valid(summary, out)
 
 
 @app.command()
