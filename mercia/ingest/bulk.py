@@ -400,12 +400,15 @@ def _download_all(session: _Session, state: ExportState, directory: Path, concur
         on_progress(f"downloaded {entry.local} ({entry.lines} lines)")
 
     failures = []
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
         for entry, future in [(e, pool.submit(fetch, e)) for e in pending]:
             try:
                 future.result()
             except (BulkExportError, httpx.HTTPError, OSError) as exc:
                 failures.append(f"{entry.local}: {exc}")
+    finally:  # stopped (Ctrl-C, any other error): files not yet started stay pending for the re-run
+        pool.shutdown(wait=True, cancel_futures=True)
     if failures:
         done = sum(1 for f in state.files if f.complete)
         raise BulkExportError(f"{len(failures)} of {len(state.files)} files not downloaded ({done} complete, kept; "
@@ -475,7 +478,7 @@ def _write_local_manifest(directory: Path, state: ExportState) -> None:
     """``manifest.json`` naming the local files, so the FHIR reader reads exactly this export's files."""
     local = {**state.manifest}
     for kind in ("output", "error", "deleted"):
-        local[kind] = [{"type": f.type, "url": Path(f.local).name, "count": f.lines}
+        local[kind] = [{"type": f.type, "url": f.local, "count": f.lines}
                        for f in state.files if f.kind == kind]
     _write_atomically(directory / "manifest.json", orjson.dumps(local, option=orjson.OPT_INDENT_2))
 
