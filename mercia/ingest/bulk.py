@@ -29,7 +29,7 @@ TOKEN_MARGIN_S = 60  # a token is renewed this long before it expires
 ASSERTION_LIFETIME_S = 300  # SMART Backend Services: exp no more than five minutes ahead
 MAX_BACKOFF_S = 120.0  # polling without Retry-After doubles its wait from 1 s up to this
 MAX_RETRY_AFTER_S = 3600.0  # a server asking for longer is polled again after an hour anyway
-DOWNLOAD_ATTEMPTS = 3  # per file, for 429/503 answers with Retry-After
+BUSY_ATTEMPTS = 3  # a kick-off or a file download answered 429/503 (busy) is tried this often
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -305,7 +305,7 @@ class _Session:
 
 def _kick_off(session: _Session, request: ExportRequest) -> str:
     url = request.kickoff_url
-    for _ in range(DOWNLOAD_ATTEMPTS):
+    for _ in range(BUSY_ATTEMPTS):
         response = session.get(url, FHIR_JSON, params=request.params, extra={"Prefer": "respond-async"})
         if response.status_code != 429:
             break
@@ -420,7 +420,7 @@ def _download(session: _Session, entry: DownloadedFile, target: Path, needs_toke
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     renew = False
-    for _attempt in range(DOWNLOAD_ATTEMPTS):
+    for _attempt in range(BUSY_ATTEMPTS):
         headers = session.headers("application/fhir+ndjson", needs_token, renew=renew)
         with session.client.stream("GET", entry.url, headers=headers) as response:
             status = response.status_code
@@ -458,7 +458,7 @@ def _download(session: _Session, entry: DownloadedFile, target: Path, needs_toke
             time.sleep(retry_after(response.headers["Retry-After"], 1.0))
             continue
         raise BulkExportError(f"{entry.url}: HTTP {status}{_outcome(response)}")
-    raise BulkExportError(f"{entry.url}: still refused after {DOWNLOAD_ATTEMPTS} attempts (HTTP {status})")
+    raise BulkExportError(f"{entry.url}: still refused after {BUSY_ATTEMPTS} attempts (HTTP {status})")
 
 
 def first_diagnostics(path: Path) -> str:

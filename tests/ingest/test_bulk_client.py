@@ -81,8 +81,11 @@ class BulkServer:
         self.requires_token = requires_token and public_key is not None
         self.status_script: list[tuple[int, dict]] = []  # answers to polls before the manifest
         self.kickoff_error: dict | None = None
+        self.kickoff_busy = 0  # kick-offs answered 429 before one is accepted
         self.drop_once: set[str] = set()  # files whose first download is cut off midway
         self.expired: set[str] = set()  # files whose URL has expired (410)
+        self.revoke_tokens_with_manifest = False  # tokens die early: downloads must get a new one
+        self.deleted: dict[str, bytes] = {}  # bulk "deleted" files (Bundles of DELETE requests)
         self.kickoffs: list[dict] = []
         self.polls: list[float] = []
         self.downloads: Counter[str] = Counter()
@@ -109,7 +112,8 @@ class BulkServer:
                 "output": [{"type": n.split("-")[0].split(".")[0], "url": f"{self.origin}/files/{n}"}
                            for n in outputs],
                 "error": [{"type": "OperationOutcome", "url": f"{self.origin}/files/errors.ndjson"}]
-                if "errors.ndjson" in self.files else []}
+                if "errors.ndjson" in self.files else [],
+                "deleted": [{"type": "Bundle", "url": f"{self.origin}/files/{n}"} for n in self.deleted]}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -164,6 +168,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Accept") != "application/fhir+json" or self.headers.get("Prefer") != "respond-async":
             self._outcome(400, "invalid", "kick-off needs Accept: application/fhir+json and Prefer: respond-async")
             return
+        if self.bulk.kickoff_busy:
+            self.bulk.kickoff_busy -= 1
+            self._outcome(429, "throttled", "busy", {"Retry-After": "0"})
+            return
         if self.bulk.kickoff_error:
             self._send(400, orjson.dumps(self.bulk.kickoff_error), {"Content-Type": "application/fhir+json"})
             return
@@ -177,9 +185,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.bulk.polls.append(time.monotonic())
             step = self.bulk.status_script.pop(0) if self.bulk.status_script else None
         if step is None:
+            if self.bulk.revoke_tokens_with_manifest:
+                self.bulk.tokens.clear()
             self._send(200, orjson.dumps(self.bulk.manifest()), {"Content-Type": "application/json"})
         elif step[0] == 429:
             self._outcome(429, "throttled", "too many requests", step[1])
+        elif step[0] >= 500:
+            self._outcome(step[0], "transient", "database restarting", step[1])
         else:
             self._send(step[0], headers=step[1])
 
@@ -192,10 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
         if name in self.bulk.expired:
             self._outcome(410, "expired", "this file has expired")
             return
-        if name not in self.bulk.files:
+        body = self.bulk.files.get(name, self.bulk.deleted.get(name))
+        if body is None:
             self._outcome(404, "not-found", name)
             return
-        body = self.bulk.files[name]
         if drop:  # headers promise the whole file; half of it arrives, then the connection closes
             self.send_response(200)
             self.send_header("Content-Type", "application/fhir+ndjson")
@@ -468,3 +480,49 @@ def test_bad_arguments_are_refused_before_any_request(tmp_path):
                    SmartCredentials(CLIENT_ID, b"unused"))
     with pytest.raises(BulkExportError, match="RS384 .* or ES384"):
         bulk.signing_key(pem(ec.generate_private_key(ec.SECP256R1())))
+
+
+def test_a_token_refused_midway_is_renewed_once_and_downloads_go_on(server, credentials, tmp_path):
+    server.revoke_tokens_with_manifest = True
+    result = run_export(ExportRequest(server.base), tmp_path / "out", credentials, concurrency=1)
+    assert len(result.output) == 3 and server.token_requests == [None, None]
+
+
+def test_deleted_files_of_a_daily_feed_remove_what_earlier_exports_loaded(server, credentials, tmp_path, store,
+                                                                           load):
+    first = run_export(ExportRequest(server.base), tmp_path / "day1", credentials)
+    load(store, "fhir", first.directory, "RX1")
+    condition_id = orjson.loads(server.files["Condition-a.ndjson"].splitlines()[0])["id"]
+    before = store.query_one("SELECT count(*) FROM condition_occurrence")
+
+    server.files = {}  # the next day: nothing new, one condition deleted at the source
+    server.deleted = {"deleted-conditions.ndjson": orjson.dumps({"resourceType": "Bundle", "type": "transaction",
+        "entry": [{"request": {"method": "DELETE", "url": f"Condition/{condition_id}"}}]}) + b"\n"}
+    second = run_export(ExportRequest(server.base, since="2026-12-04T06:00:00Z"), tmp_path / "day2", credentials)
+    assert [f.local for f in second.output] == ["deleted/deleted-Bundle-1.ndjson"]
+    summary = load(store, "fhir", second.directory, "RX1")
+    assert summary.removed == 1
+    assert store.query_one("SELECT count(*) FROM condition_occurrence") == before - 1
+
+
+def test_a_busy_kick_off_and_a_transient_server_error_are_waited_out(server, credentials, tmp_path):
+    server.kickoff_busy = 1
+    server.status_script = [(503, {"Retry-After": "0"})]
+    result = run_export(ExportRequest(server.base), tmp_path / "out", credentials)
+    assert len(server.kickoffs) == 1 and len(server.polls) == 2 and len(result.output) == 3
+
+
+def test_a_job_the_server_no_longer_knows_asks_for_restart(server, credentials, tmp_path):
+    server.status_script = [(404, {})]
+    with pytest.raises(BulkExportError, match=r"HTTP 404 — the server no longer knows this export.*--restart"):
+        run_export(ExportRequest(server.base), tmp_path / "out", credentials)
+
+
+def test_cli_exits_3_with_the_reason_when_the_export_cannot_be_finished(server, tmp_path):
+    key_file = tmp_path / "impostor.pem"
+    key_file.write_bytes(pem(ec.generate_private_key(ec.SECP384R1())))
+    result = CliRunner().invoke(app, ["ingest", "fhir-export", server.base, "--org", "RX1", "--out",
+                                      str(tmp_path / "out"), "--db", str(tmp_path / "cli.duckdb"),
+                                      "--client-id", CLIENT_ID, "--private-key", str(key_file)])
+    assert result.exit_code == 3
+    assert "refused client 'mercia-test-client': HTTP 401: invalid_client: algorithm ES384 not allowed" in result.stderr
