@@ -80,7 +80,7 @@ def since_instant(value: str) -> str:
     try:
         if len(value) == 10:
             return datetime.strptime(value, "%Y-%m-%d").strftime("%Y-%m-%dT00:00:00Z")
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value)  # Python 3.11 reads a trailing Z
     except ValueError:
         raise BulkExportError(f"--since {value!r}: not a date (YYYY-MM-DD) or an instant "
                               "(YYYY-MM-DDThh:mm:ssZ)") from None
@@ -238,8 +238,7 @@ class ExportResult:
 
 def run_export(request: ExportRequest, directory: Path, credentials: SmartCredentials | None = None, *,
                concurrency: int = 4, poll_timeout: float = 6 * 3600, restart: bool = False,
-               on_progress: Callable[[str], None] = lambda message: None,
-               client: httpx.Client | None = None) -> ExportResult:
+               on_progress: Callable[[str], None] = lambda message: None) -> ExportResult:
     """Kick off (or resume) an export and download every file of its manifest into ``directory``.
 
     Re-running with the same request after an interruption polls the same job and downloads only the files
@@ -254,9 +253,8 @@ def run_export(request: ExportRequest, directory: Path, credentials: SmartCreden
     if state is not None and state.request != request.as_dict():
         raise BulkExportError(f"{directory} holds an export of a different request ({state.request}); "
                               "use another --out directory, or --restart to discard it")
-    own_client = client is None
-    client = client or httpx.Client(timeout=httpx.Timeout(60.0), follow_redirects=True)
-    try:
+    # Redirects are followed (file servers often redirect to storage); httpx drops the token for another origin.
+    with httpx.Client(timeout=httpx.Timeout(60.0), follow_redirects=True) as client:
         auth = SmartAuth(credentials, request.base_url, client) if credentials else None
         session = _Session(client, auth)
         resumed = state is not None and state.status_url is not None
@@ -274,10 +272,7 @@ def run_export(request: ExportRequest, directory: Path, credentials: SmartCreden
             state.write(directory)
         _download_all(session, state, directory, concurrency, on_progress)
         _write_local_manifest(directory, state)
-        return ExportResult(directory, state.manifest.get("transactionTime", ""), state.files, resumed)
-    finally:
-        if own_client:
-            client.close()
+        return ExportResult(directory, state.manifest["transactionTime"], state.files, resumed)
 
 
 class _Session:
@@ -293,13 +288,11 @@ class _Session:
             headers["Authorization"] = f"Bearer {self.auth.bearer(renew)}"
         return headers
 
-    def get(self, url: str, accept: str, params: dict | None = None, extra: dict | None = None,
-            authorised: bool = True) -> httpx.Response:
-        response = _send(self.client, "GET", url, params=params,
-                         headers={**self.headers(accept, authorised), **(extra or {})})
-        if response.status_code == 401 and authorised and self.auth:
+    def get(self, url: str, accept: str, params: dict | None = None, extra: dict | None = None) -> httpx.Response:
+        response = _send(self.client, "GET", url, params=params, headers={**self.headers(accept), **(extra or {})})
+        if response.status_code == 401 and self.auth:
             response = _send(self.client, "GET", url, params=params,
-                             headers={**self.headers(accept, authorised, renew=True), **(extra or {})})
+                             headers={**self.headers(accept, renew=True), **(extra or {})})
         return response
 
 
@@ -417,6 +410,8 @@ def _download_all(session: _Session, state: ExportState, directory: Path, concur
 
 def _download(session: _Session, entry: DownloadedFile, target: Path, needs_token: bool) -> None:
     """Stream one file to ``target.part``, renamed to ``target`` only when whole; counts bytes and lines."""
+    if needs_token and session.auth:
+        _require_tls(entry.url)
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     renew = False

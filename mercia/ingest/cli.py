@@ -143,8 +143,14 @@ def fhir_export(
     Resumable: an interrupted run continues the same export when run again with the same --out."""
     from dataclasses import asdict
 
-    from mercia.ingest.bulk import (BulkExportError, ExportRequest, SmartCredentials, first_diagnostics,
-                                    run_export, since_instant)
+    from mercia.ingest.bulk import (
+        BulkExportError,
+        ExportRequest,
+        SmartCredentials,
+        first_diagnostics,
+        run_export,
+        since_instant,
+    )
 
     if (client_id is None) != (private_key is None):
         raise typer.BadParameter("SMART Backend Services needs both --client-id and --private-key")

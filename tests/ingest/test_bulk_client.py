@@ -11,8 +11,8 @@ import secrets
 import threading
 import time
 from collections import Counter
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,10 +24,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from typer.testing import CliRunner
 
-import mercia.ingest.bulk as bulk
 from mercia.cli import app
-from mercia.ingest.bulk import (STATE_FILE, BulkExportError, ExportRequest, SmartAuth, SmartCredentials,
-                                retry_after, run_export)
+from mercia.ingest import bulk
+from mercia.ingest.bulk import (
+    STATE_FILE,
+    BulkExportError,
+    ExportRequest,
+    SmartAuth,
+    SmartCredentials,
+    retry_after,
+    run_export,
+)
 
 CLIENT_ID = "mercia-test-client"
 ERROR_LINE = orjson.dumps({"resourceType": "OperationOutcome", "issue": [
