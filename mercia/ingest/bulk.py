@@ -28,6 +28,7 @@ FHIR_JSON = "application/fhir+json"
 TOKEN_MARGIN_S = 60  # a token is renewed this long before it expires
 ASSERTION_LIFETIME_S = 300  # SMART Backend Services: exp no more than five minutes ahead
 MAX_BACKOFF_S = 120.0  # polling without Retry-After doubles its wait from 1 s up to this
+MIN_POLL_S = 0.1  # a server answering Retry-After: 0 again and again is not polled in a tight loop
 MAX_RETRY_AFTER_S = 3600.0  # a server asking for longer is polled again after an hour anyway
 BUSY_ATTEMPTS = 3  # a kick-off or a file download answered 429/503 (busy) is tried this often
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
@@ -333,7 +334,7 @@ def _poll(session: _Session, status_url: str, timeout: float, on_progress: Calla
             raise BulkExportError(f"export failed: status {status_url}: HTTP {status}{_outcome(response)}")
         if status == 202 and response.headers.get("X-Progress"):
             on_progress(f"in progress: {response.headers['X-Progress']}")
-        wait = retry_after(response.headers.get("Retry-After"), backoff)
+        wait = max(retry_after(response.headers.get("Retry-After"), backoff), MIN_POLL_S)
         if "Retry-After" not in response.headers:
             backoff = min(backoff * 2, MAX_BACKOFF_S)
         remaining = deadline - time.monotonic()

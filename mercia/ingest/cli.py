@@ -151,9 +151,15 @@ def fhir_export(
         run_export,
         since_instant,
     )
+    from mercia.privacy.pseudonym import KeyError_, load_key
 
     if (client_id is None) != (private_key is None):
         raise typer.BadParameter("SMART Backend Services needs both --client-id and --private-key")
+    try:
+        load_key()  # before a long export, not after it
+    except KeyError_ as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         request = ExportRequest(base_url, group=group, since=since_instant(since) if since else None,
                                 types=tuple(t.strip() for t in types.split(",") if t.strip()) if types else ())
@@ -164,7 +170,7 @@ def fhir_export(
     except BulkExportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(3) from None
-    errors = [(f, first_diagnostics(out / f.local)) for f in result.errors]
+    errors = [(f, first_diagnostics(out / f.local)) for f in result.errors if f.lines]
     summary = _load("fhir", out, org, db, None, opt_out) if result.output else None
     if as_json:
         import orjson

@@ -544,3 +544,16 @@ def test_cli_exits_3_with_the_reason_when_the_export_cannot_be_finished(server, 
                                       "--client-id", CLIENT_ID, "--private-key", str(key_file)])
     assert result.exit_code == 3
     assert "refused client 'mercia-test-client': HTTP 401: invalid_client: algorithm ES384 not allowed" in result.stderr
+
+
+def test_cli_without_a_pseudonymisation_key_stops_before_kicking_off(server, tmp_path, monkeypatch, request):
+    from mercia.config import load_settings
+
+    monkeypatch.delenv("MERCIA_PSEUDONYM_KEY", raising=False)
+    monkeypatch.delenv("MERCIA_PSEUDONYM_KEY_FILE", raising=False)
+    load_settings.cache_clear()  # settings read under an earlier test's environment
+    request.addfinalizer(load_settings.cache_clear)
+    result = CliRunner().invoke(app, ["ingest", "fhir-export", server.base, "--org", "RX1", "--out",
+                                      str(tmp_path / "out"), "--db", str(tmp_path / "cli.duckdb")])
+    assert result.exit_code == 2, result.output
+    assert "no pseudonymisation key" in result.stderr and not server.kickoffs
