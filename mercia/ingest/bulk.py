@@ -7,6 +7,7 @@ the same reader and transactional load as ``mercia ingest fhir DIR``. Nothing he
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import tempfile
@@ -24,6 +25,7 @@ import httpx
 import orjson
 
 STATE_FILE = "bulk-export-state.json"
+LOCK_FILE = ".bulk-export.lock"  # held while a run works in the directory (two cron runs must not overlap)
 FHIR_JSON = "application/fhir+json"
 TOKEN_MARGIN_S = 60  # a token is renewed this long before it expires
 ASSERTION_LIFETIME_S = 300  # SMART Backend Services: exp no more than five minutes ahead
@@ -247,6 +249,16 @@ def run_export(request: ExportRequest, directory: Path, credentials: SmartCreden
     directory.mkdir(parents=True, exist_ok=True)
     if credentials is not None:
         _require_tls(request.base_url)
+    with (directory / LOCK_FILE).open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BulkExportError(f"another export is running in {directory}") from None
+        return _run_locked(request, directory, credentials, concurrency, poll_timeout, restart, on_progress)
+
+
+def _run_locked(request: ExportRequest, directory: Path, credentials: SmartCredentials | None, concurrency: int,
+                poll_timeout: float, restart: bool, on_progress: Callable[[str], None]) -> ExportResult:
     state = ExportState.read(directory)
     if state is not None and restart:
         _forget(directory, state)

@@ -557,3 +557,16 @@ def test_cli_without_a_pseudonymisation_key_stops_before_kicking_off(server, tmp
                                       str(tmp_path / "out"), "--db", str(tmp_path / "cli.duckdb")])
     assert result.exit_code == 2, result.output
     assert "no pseudonymisation key" in result.stderr and not server.kickoffs
+
+
+def test_two_runs_in_one_directory_do_not_overlap(server, credentials, tmp_path):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / bulk.LOCK_FILE).open("w") as held:  # as an earlier run still working would hold it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(BulkExportError, match="another export is running in"):
+            run_export(ExportRequest(server.base), out, credentials)
+    assert not server.kickoffs
+    assert len(run_export(ExportRequest(server.base), out, credentials).output) == 3
