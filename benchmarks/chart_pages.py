@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--persons", type=int, default=1500)
     parser.add_argument("--requests", type=int, default=20)
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         demo = build_demo(Path(tmp), persons=args.persons, seed=7)
         app = create_app(demo.store, ServerOptions(secure_cookies=False, job_workers=1,

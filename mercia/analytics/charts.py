@@ -238,7 +238,7 @@ def km_curves(tables: list[StatTable]) -> Chart | None:
                  transform=risk_ax.get_yaxis_transform())
     for k, table in enumerate(tables):
         colour = PALETTE[k % len(PALETTE)]
-        risk_ax.text(-0.04, k, _short(table.title, 14), ha="right", va="center", color=colour,
+        risk_ax.text(-0.04, k, table.name.removeprefix("km_"), ha="right", va="center", color=colour,
                      transform=risk_ax.get_yaxis_transform())
         for t, number in zip(ticks, numbers_at_risk(table, ticks)):
             risk_ax.text(t, k, number, ha="center", va="center")

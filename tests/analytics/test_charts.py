@@ -87,7 +87,7 @@ def test_km_in_years_with_numbers_at_risk_never_guessed():
     texts = [t.text for t in parsed(svg).iter(f"{SVG}text")]
     assert "Years from index" in texts and "Days from index" not in texts
     after = texts[texts.index("Number at risk") + 1:]
-    assert after[:2] == ["New metformin…", "200"]  # the curve's label, then the released population at year 0
+    assert after[:2] == ["target", "200"]  # the curve's row label, then the released population at year 0
     assert parsed(svg).find(f".//{SVG}g[@id='kaplan_meier-km-0']") is not None
     column = table.find("count_at_risk")
     assert charts.numbers_at_risk(table, [0, 365.25, 730.5, 1000]) == [
