@@ -304,6 +304,8 @@ def charts(result: AnalysisResult) -> list[Chart]:
         makers.append(lambda: smd_plot(result.table("smd_binary")))
     if "incidence" in names:
         makers.append(lambda: incidence_by_stratum(result.table("incidence")))
+    if "new_eligible" in names:
+        makers.append(lambda: feasibility(result.table("new_eligible")))
     life_tables = [t for t in result.tables if t.kind == "life_table"]
     if life_tables:
         makers.append(lambda: km_curves(life_tables))

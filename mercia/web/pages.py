@@ -14,14 +14,12 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from mercia.analytics.charts import attrition, charts, inline_svg
 from mercia.api.auth import Caller, client_source, csrf_ok, session_caller
 from mercia.api.errors import RETRY_AFTER, STORE_REFUSED, STORE_UNAVAILABLE, retry_headers, status_for
 from mercia.cdm import StoreError, StoreUnavailable
 from mercia.governance import DOMAINS, PILLARS, Forbidden, GovernanceError, ProjectStatus, Role
 from mercia.governance.model import LAY_RECOMMENDATIONS, PURPOSE_CATEGORIES
 from mercia.governance.projects import PUBLIC_TEXT_FIELDS
-from mercia.privacy.disclosure import AnalysisResult
 from mercia.services import analyses as analysis_service
 from mercia.services import cohorts as cohort_service
 from mercia.services import conceptsets as concept_set_service
@@ -33,7 +31,7 @@ from mercia.services.quickcount import QUICK_COUNT_ROLES, quick_count
 from mercia.services.sources import list_sources, view_source
 from mercia.services.state import state_of
 from mercia.web import words
-from mercia.web.tables import display_table
+from mercia.web.results import attrition_svg, display_table, result_charts
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, ProjectStatus=ProjectStatus,
@@ -600,9 +598,8 @@ def _cohort_page(request: Request, caller: Caller, cohort_id: int, status_code: 
     steps = cohort["result"]["steps"] if cohort["result"] else []
     others = [c for c in cohort_service.list_cohorts(state, caller.user, project.id)
               if c["id"] != cohort_id and c["result"]]
-    chart = attrition(cohort_service.shown_attrition(cohort["result"])) if steps else None
     return render(request, "cohort.html", caller, status_code, cohort=cohort, project=project, steps=steps,
-                  attrition_svg=inline_svg(chart) if chart else None,
+                  attrition_svg=attrition_svg(orjson.dumps(cohort["result"])) if steps else None,
                   circe=orjson.dumps(cohort["expression"], option=orjson.OPT_INDENT_2).decode(),
                   definition=words.describe(cohort["expression"]),
                   analyses=analysis_service.list_analyses(state, caller.user, project.id, cohort_id),
@@ -641,14 +638,13 @@ def analysis_page(analysis_id: int, request: Request, caller: Caller = Depends(s
     row = analysis_service.get_analysis(state, caller.user, analysis_id)
     state.gov.audit.record(caller.user.username, "analysis.view", f"analysis:{analysis_id}", row["project_id"])
     project = state.gov.project(row["project_id"])
-    result = AnalysisResult.model_validate(row["result"]) if row["result"] else None
+    result = row["result"]
     names = analysis_service.cohort_names(state, row["project_id"])
     return render(request, "analysis.html", caller, analysis=row, project=project,
                   title_text=analysis_service.analysis_name(row["kind"], row["parameters"], names),
                   target_name=names.get(row["parameters"].get("target_cohort_id"), "Cohort"),
-                  charts=[{"name": c.name, "title": c.title, "svg": inline_svg(c)} for c in charts(result)]
-                  if result else [],
-                  tables=[display_table(t) for t in row["result"]["tables"]] if result else [])
+                  charts=result_charts(orjson.dumps(result)) if result else (),
+                  tables=[display_table(t) for t in result["tables"]] if result else [])
 
 
 @router.get("/cohorts/{cohort_id}/circe.json")

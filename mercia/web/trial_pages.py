@@ -7,17 +7,15 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote as urlquote
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from markupsafe import Markup
 
-from mercia.analytics.charts import feasibility as feasibility_chart, inline_svg
 from mercia.api.auth import Caller
 from mercia.services.state import state_of
 from mercia.governance import GovernanceError
-from mercia.privacy.disclosure import AnalysisResult
 from mercia.services.errors import Invalid
-from mercia.web.tables import display_table
+from mercia.web.results import display_table, result_charts
 from mercia.web.pages import form_data, redirect, render, signed_in
 
 router = APIRouter(include_in_schema=False)
@@ -28,12 +26,6 @@ def _register(request: Request):
 
     state = state_of(request)
     return state, TrialRegister(state.store, state.gov)
-
-
-def _feasibility_svg(feas: dict[str, Any] | None) -> Markup | None:
-    """The newly-eligible chart of a feasibility result (stored JSON), drawn like every other chart."""
-    chart = feasibility_chart(AnalysisResult.model_validate(feas).table("new_eligible")) if feas else None
-    return inline_svg(chart) if chart else None
 
 
 def _to_worklist(trial_id: str, site: str, notice: str) -> RedirectResponse:
@@ -198,7 +190,7 @@ def trial_page(trial_id: str, request: Request, caller: Caller = Depends(signed_
     return render(request, "trial.html", caller, trial=trial, roles=sorted(r.value for r in roles), sites=sites,
                   statistician=TrialRole.STATISTICIAN in roles,
                   all_roles=[r.value for r in TrialRole], manager=TrialRole.TRIAL_MANAGER in roles,
-                  feasibility=feas, chart=_feasibility_svg(feas),
+                  feasibility=feas, charts=result_charts(orjson.dumps(feas)) if feas else (),
                   pool=display_table(tables["pool"]) if feas else None,
                   projection=display_table(tables["projection"]) if feas else None,
                   dashboard=sections["dashboard"], consort=sections["consort"])

@@ -4,7 +4,7 @@ tests/analytics/test_charts.py.)"""
 
 from __future__ import annotations
 
-from mercia.web.tables import display_table
+from mercia.web.results import display_table
 
 
 def test_medians_not_reached_and_concept_ids_plain():

@@ -1,8 +1,31 @@
-"""Disclosure-controlled tables (as stored JSON) in the words and numbers a page shows."""
+"""Disclosure-controlled results (as stored JSON) in the words, numbers and charts a page shows."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+import orjson
+from markupsafe import Markup
+
+from mercia.analytics.charts import attrition, charts, inline_svg
+from mercia.privacy.disclosure import AnalysisResult
+from mercia.services.cohorts import shown_attrition
+
+
+@functools.lru_cache(maxsize=256)
+def result_charts(result_json: bytes) -> tuple[dict[str, Any], ...]:
+    """Every chart of a stored analysis result (its JSON), as inline SVG with its name and title.
+    Drawn once per content: a stored result never changes and drawing takes a tenth of a second."""
+    return tuple({"name": c.name, "title": c.title, "svg": inline_svg(c)}
+                 for c in charts(AnalysisResult.model_validate_json(result_json)))
+
+
+@functools.lru_cache(maxsize=256)
+def attrition_svg(shown_json: bytes) -> Markup | None:
+    """The attrition chart of a cohort's shown result (``services.cohorts.controlled_result``, as JSON)."""
+    chart = attrition(shown_attrition(orjson.loads(shown_json)))
+    return inline_svg(chart) if chart else None
 
 
 def display_table(table: dict[str, Any]) -> dict[str, Any]:
