@@ -4,7 +4,8 @@
 Builds the demo region (``mercia.demo.build_demo``, DuckDB), runs the three analyses on its first
 cohort, signs the researcher in through a ``TestClient`` and times each page's GET: best, median and
 worst of several requests after two warm-ups (charts and page templates already imported/compiled).
-Import costs are wall times in fresh interpreters: the web app alone, and the chart module after it.
+Where pages keep drawn charts (``mercia.web.results``), the pages are timed again with that cache
+cleared before every request, so the drawing itself is counted.  Import costs are wall times in fresh interpreters: the web app alone, and the chart module after it.
 
     .venv/bin/python benchmarks/chart_pages.py [--persons 1500] [--requests 20]
 
@@ -38,11 +39,13 @@ ANALYSES = {"characterise": {}, "survival": {}, "incidence": {"outcome_cohort_id
 IMPORT_RUNS = 5
 
 
-def timed_gets(client: TestClient, url: str, requests: int) -> dict[str, float]:
+def timed_gets(client: TestClient, url: str, requests: int, before_each=None) -> dict[str, float]:
     for _ in range(2):
         assert client.get(url).status_code == 200, url
     times = []
     for _ in range(requests):
+        if before_each:
+            before_each()
         started = time.perf_counter()
         response = client.get(url)
         times.append((time.perf_counter() - started) * 1000)
@@ -81,6 +84,16 @@ def main() -> None:
             assert job["status"] == "succeeded", job
             pages[f"analysis_{kind}"] = f"/analyses/{job['result']['analysis_id']}"
         timings = {name: timed_gets(client, url, args.requests) for name, url in pages.items()}
+        try:  # pages that keep drawn charts: also time them drawing on every request
+            from mercia.web.results import attrition_svg, result_charts
+        except ImportError:
+            drawing = None
+        else:
+            def forget() -> None:
+                attrition_svg.cache_clear()
+                result_charts.cache_clear()
+
+            drawing = {name: timed_gets(client, url, args.requests, forget) for name, url in pages.items()}
         demo.store.close()
     chart_module = "mercia.analytics.charts" if Path("mercia/analytics/charts.py").exists() else "mercia.web.charts"
     imports = {
@@ -96,6 +109,7 @@ def main() -> None:
         "what": "wall time of an in-process TestClient GET of each page (researcher signed in), after two "
                 "warm-up requests; import times are medians of fresh interpreters (seconds)",
         "commit": commit, "persons": args.persons, "requests_per_page": args.requests, "pages": timings,
+        "pages_drawing_charts_every_request": drawing,
         "imports": imports,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
     }
