@@ -5,7 +5,8 @@ Builds the demo region (``mercia.demo.build_demo``, DuckDB), runs the three anal
 cohort, signs the researcher in through a ``TestClient`` and times each page's GET: best, median and
 worst of several requests after two warm-ups (charts and page templates already imported/compiled).
 Where pages keep drawn charts (``mercia.web.results``), the pages are timed again with that cache
-cleared before every request, so the drawing itself is counted.  Import costs are wall times in fresh interpreters: the web app alone, and the chart module after it.
+cleared before every request, so the drawing itself is counted.  Import costs are wall times in fresh interpreters: the web pages module (what ``create_app`` loads,
+charts included), and matplotlib's figure and SVG backend after the API (the chart stack's own cost).
 
     .venv/bin/python benchmarks/chart_pages.py [--persons 1500] [--requests 20]
 
@@ -29,6 +30,7 @@ from pathlib import Path
 import orjson
 from fastapi.testclient import TestClient
 
+import mercia
 from mercia.demo import build_demo
 from mercia.services.analyses import start_analysis
 from mercia.services.state import ServerOptions
@@ -58,7 +60,7 @@ def import_seconds(statement: str) -> float:
     """Median wall time of ``statement`` in a fresh interpreter (the interpreter's own start excluded)."""
     code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
     runs = [float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                                 env=os.environ | {"PYTHONPATH": str(Path.cwd())}).stdout.split()[-1])
+                                 env=os.environ | {"PYTHONPATH": str(Path(mercia.__file__).parents[1])}).stdout.split()[-1])
             for _ in range(IMPORT_RUNS)]
     return round(statistics.median(runs), 3)
 
@@ -67,8 +69,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--persons", type=int, default=1500)
     parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--commit", help="the commit of the code measured, when it is not a git checkout "
+                                         "(an exported tree on PYTHONPATH, to time an older version)")
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
+                                           text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         demo = build_demo(Path(tmp), persons=args.persons, seed=7)
         app = create_app(demo.store, ServerOptions(secure_cookies=False, job_workers=1,
@@ -95,15 +100,13 @@ def main() -> None:
 
             drawing = {name: timed_gets(client, url, args.requests, forget) for name, url in pages.items()}
         demo.store.close()
-    chart_module = "mercia.analytics.charts" if Path("mercia/analytics/charts.py").exists() else "mercia.web.charts"
     imports = {
-        "web_app_seconds": import_seconds("import mercia.web.app"),
-        "web_app_loads_matplotlib": subprocess.run(
-            [sys.executable, "-c", "import sys, mercia.web.app; print('matplotlib' in sys.modules)"],
+        "web_pages_seconds": import_seconds("import mercia.web.pages"),
+        "web_pages_load_matplotlib": subprocess.run(
+            [sys.executable, "-c", "import sys, mercia.web.pages; print('matplotlib' in sys.modules)"],
             check=True, capture_output=True, text=True).stdout.strip() == "True",
-        "chart_module": chart_module,
-        "chart_module_after_web_app_seconds": import_seconds(
-            f"import mercia.web.app; t = time.perf_counter(); import {chart_module}"),
+        "matplotlib_after_web_api_seconds": import_seconds(
+            "import mercia.api.app; t = time.perf_counter(); import matplotlib.figure, matplotlib.backends.backend_svg"),
     }
     out = {
         "what": "wall time of an in-process TestClient GET of each page (researcher signed in), after two "
