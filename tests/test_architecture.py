@@ -42,6 +42,8 @@ ALLOWED = {
                          "QuestionnaireResponse items found by proms.store.FHIR_ITEMS, DOIs from proms.valuesets",
     ("trials", "proms"): "PROM items on eCRF forms are scored with proms.scoring (one scorer) and stored in proms.store",
     ("federation", "analytics"): "a node builds strata and characterisation cells from analytics.base's index table",
+    ("trials", "analytics"): "the CONSORT diagram is a chart of the one chart stack (analytics.charts: Chart, "
+                             "write_chart)",
 }
 # Demo/test harness modules that compose capabilities like a command does.
 COMPOSITION_ROOTS = {

@@ -60,11 +60,21 @@ def attrition_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+ATTRITION_COLUMNS = [ColumnSpec(name="step", kind=Kind.LABEL, label="Step"),
+                     ColumnSpec(name="count_persons", kind=Kind.COUNT, label="People")]
+
+
 def attrition_table(title: str, result: dict[str, Any]) -> StatTable:
-    return StatTable(name="attrition", title=title,
-                     columns=[ColumnSpec(name="step", kind=Kind.LABEL, label="Step"),
-                              ColumnSpec(name="count_persons", kind=Kind.COUNT, label="People")],
-                     rows=attrition_rows(result))
+    return StatTable(name="attrition", title=title, columns=ATTRITION_COLUMNS, rows=attrition_rows(result))
+
+
+def shown_attrition(shown: dict[str, Any]) -> StatTable:
+    """The attrition of a ``controlled_result`` as the controlled table it was cut from (a count the
+    policy hid is None there), so the attrition chart is drawn like every other chart."""
+    steps = shown["steps"]
+    return StatTable(name="attrition", title="Cohort attrition", columns=ATTRITION_COLUMNS, rows=steps,
+                     redacted=[(i, "count_persons") for i, s in enumerate(steps) if s["count_persons"] is None],
+                     redacted_marker=shown["redacted_marker"])
 
 
 def controlled_result(result: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
+from mercia.analytics.charts import TEXT, Chart, write_chart
 from mercia.governance import User
 from mercia.privacy.disclosure import ColumnSpec, DisclosurePolicy, Kind, StatTable, get_policy
 from mercia.trials.register import TrialRegister, TrialRole
@@ -57,26 +60,22 @@ def _shown(table: StatTable) -> dict[str, str]:
     return {r["box"]: r["count"] for r in table.display_rows()}
 
 
-def draw_consort(table: StatTable, arms: list[str], out: Path | str) -> list[Path]:
-    """Write ``<out>.svg`` and ``<out>.png`` and return their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def consort_chart(table: StatTable, arms: list[str]) -> Chart:
+    """The flow diagram as a chart of the one chart stack (``mercia.analytics.charts``)."""
     n = _shown(table)
     width = max(2, len(arms))
-    fig, ax = plt.subplots(figsize=(3.2 * width + 2, 8))
+    fig = Figure(figsize=(3.2 * width + 2, 8))
+    ax = fig.subplots()
     ax.set_xlim(0, 10)
     ax.set_ylim(0, 10)
     ax.axis("off")
-    box = {"boxstyle": "square,pad=0.5", "facecolor": "white", "edgecolor": "#212b32"}
+    box = {"boxstyle": "square,pad=0.5", "facecolor": "white", "edgecolor": TEXT}
 
     def put(x: float, y: float, text: str) -> None:
         ax.text(x, y, text, ha="center", va="center", fontsize=9, bbox=box, wrap=True)
 
     def arrow(x0: float, y0: float, x1: float, y1: float) -> None:
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": "#212b32"})
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": TEXT})
 
     put(3.5, 9.3, f"Assessed for eligibility (n={n['assessed']})\nof {n['identified']} identified")
     put(7.6, 8.0, f"Excluded (n={n['excluded']})\n  Not meeting criteria (n={n['excluded_ineligible']})\n"
@@ -95,13 +94,13 @@ def draw_consort(table: StatTable, arms: list[str], out: Path | str) -> list[Pat
         arrow(x, 2.6, x, 1.6)
     for label, y in (("Enrolment", 9.3), ("Allocation", 4.5), ("Follow-up", 2.9), ("Analysis", 1.3)):
         ax.text(0.05, y, label, fontsize=9, fontweight="bold", va="center", rotation=90)
-    base = Path(out)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    paths = [base.with_suffix(".svg"), base.with_suffix(".png")]
-    for path in paths:
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return paths
+    return Chart("consort", table.title, "CONSORT 2010 flow: people assessed, excluded, randomised, allocated to "
+                 "each arm, withdrawn and analysed.", fig)
+
+
+def draw_consort(table: StatTable, arms: list[str], out: Path | str) -> list[Path]:
+    """Write ``<out>.svg`` and ``<out>.png`` and return their paths."""
+    return write_chart(consort_chart(table, arms), Path(out).with_suffix(""), ("svg", "png"), dpi=120)
 
 
 def consort(register: TrialRegister, actor: User, trial_id: str, out: Path | str, *, external: bool = False

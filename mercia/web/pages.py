@@ -30,7 +30,8 @@ from mercia.services.jobs import cancel_job, job_for
 from mercia.services.quickcount import QUICK_COUNT_ROLES, quick_count
 from mercia.services.sources import list_sources, view_source
 from mercia.services.state import state_of
-from mercia.web import charts, words
+from mercia.web import words
+from mercia.web.results import attrition_svg, display_table, result_charts
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, ProjectStatus=ProjectStatus,
@@ -598,7 +599,7 @@ def _cohort_page(request: Request, caller: Caller, cohort_id: int, status_code: 
     others = [c for c in cohort_service.list_cohorts(state, caller.user, project.id)
               if c["id"] != cohort_id and c["result"]]
     return render(request, "cohort.html", caller, status_code, cohort=cohort, project=project, steps=steps,
-                  attrition_svg=charts.attrition(steps) if steps else None,
+                  attrition_svg=attrition_svg(orjson.dumps(cohort["result"])) if steps else None,
                   circe=orjson.dumps(cohort["expression"], option=orjson.OPT_INDENT_2).decode(),
                   definition=words.describe(cohort["expression"]),
                   analyses=analysis_service.list_analyses(state, caller.user, project.id, cohort_id),
@@ -637,14 +638,13 @@ def analysis_page(analysis_id: int, request: Request, caller: Caller = Depends(s
     row = analysis_service.get_analysis(state, caller.user, analysis_id)
     state.gov.audit.record(caller.user.username, "analysis.view", f"analysis:{analysis_id}", row["project_id"])
     project = state.gov.project(row["project_id"])
-    tables = row["result"]["tables"] if row["result"] else []
+    result = row["result"]
     names = analysis_service.cohort_names(state, row["project_id"])
     return render(request, "analysis.html", caller, analysis=row, project=project,
                   title_text=analysis_service.analysis_name(row["kind"], row["parameters"], names),
                   target_name=names.get(row["parameters"].get("target_cohort_id"), "Cohort"),
-                  km_svg=charts.survival_curves(tables),
-                  pyramid_svg=charts.age_sex_pyramid(tables), incidence_svg=charts.incidence_rates(tables),
-                  tables=[charts.display_table(t) for t in tables])
+                  charts=result_charts(orjson.dumps(result)) if result else (),
+                  tables=[display_table(t) for t in result["tables"]] if result else [])
 
 
 @router.get("/cohorts/{cohort_id}/circe.json")
@@ -718,7 +718,7 @@ def _export_page(request: Request, caller: Caller, export_id: int, status_code: 
                   and row["status"] == "pending")
     is_lead = caller.user.id in state_of(request).gov.project(row["project_id"]).lead_ids
     return render(request, "export.html", caller, status_code, export=row, can_decide=can_decide, is_lead=is_lead,
-                  tables=[charts.display_table(t) for t in row["content"]["tables"]] if row["content"] else [],
+                  tables=[display_table(t) for t in row["content"]["tables"]] if row["content"] else [],
                   **extra)
 
 

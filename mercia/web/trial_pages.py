@@ -7,19 +7,18 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote as urlquote
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from markupsafe import Markup, escape
 
 from mercia.api.auth import Caller
 from mercia.services.state import state_of
 from mercia.governance import GovernanceError
 from mercia.services.errors import Invalid
-from mercia.web.charts import TEXT, display_table
+from mercia.web.results import display_table, result_charts
 from mercia.web.pages import form_data, redirect, render, signed_in
 
 router = APIRouter(include_in_schema=False)
-SITE_COLOURS = ["#005eb8", "#007f3b", "#ffb81c", "#7c2855", "#330072", "#d5281b", "#00a499", "#4c6272"]
 
 
 def _register(request: Request):
@@ -27,41 +26,6 @@ def _register(request: Request):
 
     state = state_of(request)
     return state, TrialRegister(state.store, state.gov)
-
-
-def feasibility_chart(table: dict[str, Any], width: int = 720, height: int = 260) -> Markup | None:
-    """People newly eligible per year, one line per site (redacted months count as 0 and are noted)."""
-    by_site: dict[str, dict[str, int]] = {}
-    for row in table["rows"]:
-        year = row["month"][:4]
-        counts = by_site.setdefault(row["site"], {})
-        counts[year] = counts.get(year, 0) + (row.get("count_new") or 0)
-    years = sorted({y for c in by_site.values() for y in c})
-    if not years:
-        return None
-    top = max(max(c.values()) for c in by_site.values()) or 1
-    left, bottom, plot_w, plot_h = 50, height - 30, width - 170, height - 50
-
-    def point(i: int, v: int) -> str:
-        return f"{left + plot_w * i / max(1, len(years) - 1):.1f},{bottom - plot_h * v / top:.1f}"
-
-    parts = [f'<svg class="chart" role="img" aria-labelledby="feas-title feas-desc" viewBox="0 0 {width} {height}" '
-             f'width="100%" xmlns="http://www.w3.org/2000/svg"><title id="feas-title">Newly eligible per year</title>'
-             '<desc id="feas-desc">People newly meeting the computable eligibility each year at each site, after '
-             'disclosure control; the table below holds the monthly numbers.</desc>',
-             f'<text x="0" y="{bottom - plot_h + 4}" font-size="12" fill="{TEXT}">{top:,}</text>',
-             f'<text x="0" y="{bottom}" font-size="12" fill="{TEXT}">0</text>',
-             f'<text x="{left}" y="{height - 8}" font-size="12" fill="{TEXT}">{years[0]}</text>',
-             f'<text x="{left + plot_w}" y="{height - 8}" font-size="12" text-anchor="end" fill="{TEXT}">{years[-1]}</text>']
-    for n, (site, counts) in enumerate(sorted(by_site.items())):
-        colour = SITE_COLOURS[n % len(SITE_COLOURS)]
-        points = " ".join(point(i, counts.get(y, 0)) for i, y in enumerate(years))
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}">'
-                     f'<title>{escape(site)}</title></polyline>')
-        parts.append(f'<text x="{left + plot_w + 10}" y="{30 + 18 * n}" font-size="12" fill="{colour}">'
-                     f'{escape(site)}</text>')
-    parts.append("</svg>")
-    return Markup("".join(parts))
 
 
 def _to_worklist(trial_id: str, site: str, notice: str) -> RedirectResponse:
@@ -226,7 +190,7 @@ def trial_page(trial_id: str, request: Request, caller: Caller = Depends(signed_
     return render(request, "trial.html", caller, trial=trial, roles=sorted(r.value for r in roles), sites=sites,
                   statistician=TrialRole.STATISTICIAN in roles,
                   all_roles=[r.value for r in TrialRole], manager=TrialRole.TRIAL_MANAGER in roles,
-                  feasibility=feas, chart=feasibility_chart(tables["new_eligible"]) if feas else None,
+                  feasibility=feas, charts=result_charts(orjson.dumps(feas)) if feas else (),
                   pool=display_table(tables["pool"]) if feas else None,
                   projection=display_table(tables["projection"]) if feas else None,
                   dashboard=sections["dashboard"], consort=sections["consort"])

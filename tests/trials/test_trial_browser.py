@@ -78,7 +78,7 @@ def test_trial_journey(browser, live_server, world):  # noqa: F811
     page.get_by_label("Blinded (site staff see pack codes)").check()
     page.get_by_role("button", name="Register trial").click()
     page.wait_for_url(re.compile(r".*/trials/ISRCTN99999999.*"))
-    assert page.locator("svg[aria-labelledby='feas-title feas-desc']").count() == 1     # the feasibility chart
+    assert page.locator("svg[aria-labelledby='feasibility-title feasibility-desc']").count() == 1     # the feasibility chart
     for username, role in (("nurse_a", "research nurse"), ("gp_a", "care team")):
         page.get_by_label("Username").fill(username)
         page.get_by_label("Role", exact=True).select_option(label=role)

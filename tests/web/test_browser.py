@@ -66,7 +66,7 @@ def test_cohort_to_released_export(page, live_server, demo, shots):
     page.wait_for_url(cohort_url)
     chart = page.locator("#attrition-chart svg")
     expect(chart).to_be_visible()
-    assert chart.locator("rect.bar").count() == 4  # qualifying, two rules, cohort
+    assert chart.locator("g[id^='attrition-bar-']").count() == 4  # qualifying, two rules, cohort
     people = int(page.locator(".stat__value").first.inner_text().replace(",", ""))
     assert people > 0
     shots(page, "04-cohort-attrition")
@@ -81,9 +81,10 @@ def test_cohort_to_released_export(page, live_server, demo, shots):
         page.wait_for_url(re.compile(r".*/analyses/\d+"))
         assert page.locator("table.table").count() >= 2
         if kind == "survival":
-            assert page.locator("svg.chart path").count() >= 1
+            expect(page.locator("#kaplan_meier-chart svg.chart g[id^='kaplan_meier-km-'] path").first).to_be_visible()
         if kind == "incidence":
-            assert page.locator("svg.chart circle").count() >= 1
+            expect(page.locator("#incidence_by_stratum-chart svg.chart g[id^='incidence_by_stratum-rate-'] use")
+                   .first).to_be_visible()
         shots(page, shot)
         page.goto(cohort_url)
 

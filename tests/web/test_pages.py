@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import lxml.html
 import pytest
 
 from mercia.governance import Role
@@ -390,7 +391,9 @@ def test_incidence_analysis_page_has_a_chart(client, demo):
     job = state.jobs.wait(job_id, 120)
     assert job["status"] == "succeeded", job
     page = client.get(f"/analyses/{job['result']['analysis_id']}").text
-    assert 'aria-labelledby="inc-title inc-desc"' in page and "<circle" in page
+    assert 'aria-labelledby="incidence_by_stratum-title incidence_by_stratum-desc"' in page
+    points = lxml.html.fromstring(page).xpath("//g[starts-with(@id, 'incidence_by_stratum-rate-')]//use")
+    assert points  # each published rate drawn as a point
     assert "Incidence per 1,000 person-years" in page
     assert "<h1>Incidence of Outcome: any metformin in New type 2 diabetes starting metformin</h1>" in page
     cohort_page = client.get("/cohorts/1").text
