@@ -22,7 +22,6 @@ import pyarrow.compute as pc
 from mercia.cdm import Store
 from mercia.cdm.extensions import ensure_extension_tables
 from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
-from mercia.privacy.policy import normalise_name, valid_partial_date
 from mercia.privacy.pseudonym import KeyError_, Pseudonymiser
 
 NETWORK_KEY_ENV = "MERCIA_NETWORK_KEY"
@@ -57,18 +56,36 @@ def network_tokens(network_key: bytes, persons: pa.Table, allow_synthetic: bool)
     network = Pseudonymiser(network_key)
     nhs = normalise_nhs_numbers(persons.column("nhs_number").combine_chunks())
     valid = pc.and_(pc.is_null(nhs_number_problems(nhs, allow_synthetic)), pc.invert(pc.is_null(nhs)))
-    demographic = []
-    for family, given, dob, sex in zip(persons.column("family").to_pylist(), persons.column("given").to_pylist(),
-                                       persons.column("birth_date").to_pylist(), persons.column("sex").to_pylist()):
-        parts = (normalise_name(family), normalise_name(given), valid_partial_date(dob), (sex or "").lower()[:1])
-        demographic.append("|".join(parts) if all(parts) and len(parts[2]) == 10 else None)
+    parts = [normalised_names(persons.column("family")), normalised_names(persons.column("given")),
+             full_dates(persons.column("birth_date")),
+             pc.utf8_slice_codeunits(pc.utf8_lower(persons.column("sex").cast(pa.string())), 0, 1)]
+    complete = pc.and_kleene(pc.and_kleene(pc.greater(pc.utf8_length(parts[0]), 0),
+                                           pc.greater(pc.utf8_length(parts[1]), 0)),
+                             pc.and_kleene(pc.is_valid(parts[2]), pc.greater(pc.utf8_length(parts[3]), 0)))
+    demographic = pc.if_else(pc.fill_null(complete, False), pc.binary_join_element_wise(*parts, "|"),
+                             pa.scalar(None, pa.string()))
     refs = persons.column("person_ref").combine_chunks()
     both = pa.concat_tables([
         pa.table({"person_ref": refs, "token_kind": pa.array(["nhs"] * len(refs), pa.string()),
                   "token": network.hash_values("network/nhs-number", pc.if_else(valid, nhs, pa.scalar(None, pa.string())))}),
         pa.table({"person_ref": refs, "token_kind": pa.array(["demographic"] * len(refs), pa.string()),
-                  "token": network.hash_values("network/demographic", demographic)})])
+                  "token": network.hash_values("network/demographic", demographic.combine_chunks())})])
     return both.filter(pc.invert(pc.is_null(both.column("token"))))
+
+
+def normalised_names(names: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """``privacy.policy.normalise_name`` over a column: accents folded (NFKD), ASCII letters only, upper case."""
+    folded = pc.utf8_normalize(names.cast(pa.string()), form="NFKD")
+    return pc.ascii_upper(pc.replace_substring_regex(folded, r"[^A-Za-z]", ""))
+
+
+def full_dates(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """The first ten characters where they are a real ``YYYY-MM-DD`` date (``privacy.policy.valid_partial_date``
+    for full dates), else null; a parse that does not print back the same (2020-02-30) is not a date."""
+    text = pc.utf8_slice_codeunits(values.cast(pa.string()), 0, 10)
+    parsed = pc.strptime(text, format="%Y-%m-%d", unit="s", error_is_null=True)
+    return pc.if_else(pc.fill_null(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), text), False), text,
+                      pa.scalar(None, pa.string()))
 
 
 def record_network_tokens(store: Store, org: str, persons: pa.Table, load_id: int, pseudonymiser: Pseudonymiser,
