@@ -129,6 +129,14 @@ def prepare_network(directory: Path | str, persons: int, seed: int, policy: str 
     network_key.chmod(0o600)
     say("Ingesting each organisation's extract into its own node store...")
     nodes = build_node_stores(directory / "region", directory, network_key.read_text().encode())
+    return prepare_hub(directory, nodes, policy, allow_raw, deadline, differencing_limit)
+
+
+def prepare_hub(directory: Path, nodes: list[NodeStore], policy: str = "opensafely", allow_raw: bool = False,
+                deadline: float = 60.0, differencing_limit: int = 7) -> tuple[Network, int, str]:
+    """A hub store with ``nodes`` enrolled (a key pair each under ``directory/keys``) and an approved project;
+    the hub's command line on a free port.  Nothing running yet."""
+    (directory / "logs").mkdir(parents=True, exist_ok=True)
     hub_db = str(directory / "hub.duckdb")
     if Path(hub_db).exists():
         Path(hub_db).unlink()
@@ -149,11 +157,11 @@ def prepare_network(directory: Path | str, persons: int, seed: int, policy: str 
 
 
 @contextmanager
-def running(net: Network) -> Iterator[Network]:
+def running(net: Network, node_policy: Path | None = None) -> Iterator[Network]:
     try:
         net.start_hub()
         for node in net.nodes:
-            net.start_node(node)
+            net.start_node(node, node_policy)
         yield net
     finally:
         net.stop()
