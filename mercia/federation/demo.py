@@ -168,24 +168,29 @@ def running(net: Network, node_policy: Path | None = None) -> Iterator[Network]:
 
 
 def ask(net: Network, token: str, project_id: int, cohort: dict, timeout: float = 120.0,
-        deadline_seconds: float | None = None, policy: str | None = None) -> dict[str, Any]:
-    """Submit a feasibility question and wait for its answer (complete or partial)."""
+        deadline_seconds: float | None = None, policy: str | None = None, poll: float = 0.1) -> dict[str, Any]:
+    """Submit a feasibility question and wait for its answer (complete or partial), looking every ``poll`` s."""
     headers = {"Authorization": f"Bearer {token}"}
     body = {"project_id": project_id, "query": {"kind": "feasibility", "version": 1, "cohort": cohort},
             "deadline_seconds": deadline_seconds, "policy": policy}
-    submitted = httpx.post(f"{net.hub_url}{PREFIX}/queries", json=body, headers=headers, timeout=30)
-    submitted.raise_for_status()
-    return wait_answer(net, token, submitted.json()["query_id"], timeout)
+    with httpx.Client(base_url=net.hub_url, headers=headers, timeout=30) as client:
+        submitted = client.post(f"{PREFIX}/queries", json=body)
+        submitted.raise_for_status()
+        return _wait(client, submitted.json()["query_id"], timeout, poll)
 
 
 def wait_answer(net: Network, token: str, query_id: int, timeout: float = 120.0) -> dict[str, Any]:
+    with httpx.Client(base_url=net.hub_url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+        return _wait(client, query_id, timeout, 0.1)
+
+
+def _wait(client: httpx.Client, query_id: int, timeout: float, poll: float) -> dict[str, Any]:
     end = time.monotonic() + timeout
     while True:
-        answer = httpx.get(f"{net.hub_url}{PREFIX}/queries/{query_id}",
-                           headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
+        answer = client.get(f"{PREFIX}/queries/{query_id}").json()
         if answer["status"] != "running" or time.monotonic() > end:
             return answer
-        time.sleep(0.1)
+        time.sleep(poll)
 
 
 def run_demo(persons: int, seed: int, directory: Path | str, cohort_file: Path | None = None,

@@ -9,6 +9,7 @@ affected tasks.  Every question, refusal, node result and answer is in the gover
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mercia.cdm import Store
 from mercia.cohorts.model import CohortDefinitionError
@@ -49,6 +51,7 @@ DDL = [
 ]
 FINAL_TASK_STATUSES = ("answered", "refused", "paused", "error")
 CLOCK_SKEW = timedelta(seconds=120)
+SALTED_TOKEN = r"^[0-9a-f]{32}$"   # tokens.cohort_tokens: HMAC-SHA-256, 128 bits, hex
 
 
 class FederationError(GovernanceError):
@@ -95,6 +98,7 @@ class Hub:
         self._tokens: dict[int, pa.Table] = {}   # task id -> salted tokens per cell, in memory only
         self._site_extra: dict[int, dict[str, Any]] = {}    # task id -> per-cell published counts, labels
         self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
+        self.issued = 0   # rounds issued by this process: a waiting node looks for its work as soon as it moves
         with self._lock, self.gov.db.transaction():
             for statement in DDL:
                 self.store.execute(statement)
@@ -219,6 +223,7 @@ class Hub:
             self.store.execute("INSERT INTO mercia_fed_task (id, query_id, round, org, nonce, salt, expires_at, status) "
                                "VALUES (?, ?, ?, ?, ?, ?, ?, 'issued')",
                                [first + i, qid, round_, org, secrets.token_hex(16), salt, _iso(deadline)])
+        self.issued += 1
         return orgs
 
     def _reissue_forgotten(self) -> None:
@@ -403,6 +408,9 @@ class Hub:
         """Record a node's (already signature-checked) result; replays and late results are refused."""
         if result.org != org:
             raise Rejected(f"node {org} sent a result signed for {result.org}")
+        members = {k: pa.array(v, pa.string()) for k, v in result.members.items()}
+        malformed = [k for k in ("nhs", "demographic")
+                     if pc.all(pc.match_substring_regex(members[k], SALTED_TOKEN)).as_py() is False]
         with self._lock:
             task = self.store.query_dicts("SELECT t.*, q.project_id, q.round AS current_round FROM mercia_fed_task t "
                                           "JOIN mercia_fed_query q ON q.id = t.query_id WHERE t.id = ? AND t.org = ?",
@@ -418,6 +426,8 @@ class Hub:
                 problem = "the result arrived after the deadline; the user can refresh the question"
             elif task["status"] not in ("issued", "sent") or task["round"] != task["current_round"]:
                 problem = f"task {result.task_id} is already {task['status']} (replay or superseded round)"
+            elif malformed:
+                problem = f"members.{malformed[0]}: salted tokens must be 32 lower-case hex characters"
             if problem:
                 self.gov.audit.record(f"node:{org}", "federation.reject", f"task:{result.task_id}",
                                       task["project_id"], reason=problem)
@@ -432,7 +442,6 @@ class Hub:
                                       task["project_id"], query=task["query_id"], status=result.status,
                                       count=result.count, reason=result.reason)
             if result.status == "answered":
-                members = {k: pa.array(v, pa.string()) for k, v in result.members.items()}
                 self._tokens[result.task_id] = pa.table({"site": pa.array([org] * len(members["cell"]), pa.string()),
                                                          **members})
                 self._site_extra[result.task_id] = {"linked": result.linked, "cells": result.cells,
@@ -447,24 +456,47 @@ def network_counts(rows: pa.Table, partition: bool) -> tuple[int, int, dict[str,
     with an NHS token who has that demographic token too (the smallest such token, so two NHS numbers
     are never merged), else a person of its own.  With ``partition`` each person is counted in one cell
     (the smallest: the earliest month, or the first stratum in sort order when sites disagree), so the
-    cells add up to the total; otherwise (features) a person counts once in every cell they have."""
-    con = duckdb.connect()
+    cells add up to the total; otherwise (features) a person counts once in every cell they have.
+    Salted tokens are 128 bits in hex: they are grouped as 128-bit integers, not as strings."""
+    with _COUNTING_LOCK:
+        con = _counting_connection().cursor()
     try:
         con.register("member_rows", rows)
         persons = """
-            WITH alias AS (SELECT demographic, min(nhs) AS nhs FROM member_rows
-                           WHERE nhs IS NOT NULL AND demographic IS NOT NULL GROUP BY demographic),
-            p AS (SELECT r.site, r.cell, COALESCE(r.nhs, a.nhs, 'd:' || r.demographic) AS person
-                  FROM member_rows r LEFT JOIN alias a ON r.nhs IS NULL AND a.demographic = r.demographic)"""
-        distinct, shared = con.execute(persons + """
-            SELECT count(*), count(*) FILTER (WHERE sites > 1)
-            FROM (SELECT person, count(DISTINCT site) AS sites FROM p GROUP BY person)""").fetchone()
-        cells = con.execute(persons + (
-            " SELECT cell, count(*) FROM (SELECT person, min(cell) AS cell FROM p GROUP BY person) GROUP BY cell"
-            if partition else " SELECT cell, count(DISTINCT person) FROM p GROUP BY cell")).fetchall()
+            WITH r AS (SELECT site, cell, CAST('0x' || nhs AS UHUGEINT) AS nhs,
+                              CAST('0x' || demographic AS UHUGEINT) AS demographic FROM member_rows),
+            alias AS (SELECT demographic, min(nhs) AS nhs FROM r
+                      WHERE nhs IS NOT NULL AND demographic IS NOT NULL GROUP BY demographic),
+            p AS (SELECT site, cell, FALSE AS by_demographic, nhs AS person FROM r WHERE nhs IS NOT NULL
+                  UNION ALL
+                  SELECT r.site, r.cell, a.nhs IS NULL, COALESCE(a.nhs, r.demographic)
+                  FROM r LEFT JOIN alias a ON a.demographic = r.demographic WHERE r.nhs IS NULL),
+            per_person AS (SELECT count(DISTINCT site) AS sites, min(cell) AS cell FROM p
+                           GROUP BY by_demographic, person)"""
+        if partition:
+            cells = con.execute(persons + " SELECT cell, count(*), count(*) FILTER (WHERE sites > 1) "
+                                          "FROM per_person GROUP BY cell").fetchall()
+            distinct, shared = sum(c[1] for c in cells), sum(c[2] for c in cells)
+        else:
+            distinct, shared = con.execute(persons + " SELECT count(*), count(*) FILTER (WHERE sites > 1) "
+                                                     "FROM per_person").fetchone()
+            cells = con.execute(persons + " SELECT cell, count(*) FROM (SELECT DISTINCT cell, by_demographic, "
+                                          "person FROM p) GROUP BY cell").fetchall()
     finally:
         con.close()
-    return int(distinct), int(shared), {c: int(n) for c, n in cells}
+    return int(distinct or 0), int(shared or 0), {c[0]: int(c[1]) for c in cells}
+
+
+_COUNTING: list[duckdb.DuckDBPyConnection] = []
+_COUNTING_LOCK = threading.Lock()
+
+
+def _counting_connection() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB per hub process for de-duplication (a new connection costs more than a
+    small question's whole count); each count takes a cursor of its own."""
+    if not _COUNTING:
+        _COUNTING.append(duckdb.connect())
+    return _COUNTING[0]
 
 
 def months_between(start: str, end: str) -> list[str]:

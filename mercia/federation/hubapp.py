@@ -26,6 +26,7 @@ from mercia.governance.model import Conflict, Forbidden, GovernanceError, NotFou
 
 PREFIX = "/api/v1/federation"
 MAX_WAIT = 25.0
+LOOK_AGAIN, WAKE = 0.1, 0.005   # seconds: a waiting node's look at the store, and at new rounds
 bearer = HTTPBearer(auto_error=False, description="personal API token")
 
 
@@ -97,10 +98,14 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
         hub = hub_of(request)
         end = time.monotonic() + min(max(wait, 0.0), MAX_WAIT)
         while True:
+            issued, looked = hub.issued, time.monotonic()
             tasks = await run_in_threadpool(hub.work_for, org)
             if tasks or time.monotonic() >= end:
                 return [t.model_dump() for t in tasks]
-            await asyncio.sleep(0.1)
+            # look again every LOOK_AGAIN seconds (work issued by another process of a shared store),
+            # at once when this process issues a round
+            while hub.issued == issued and time.monotonic() < min(looked + LOOK_AGAIN, end):
+                await asyncio.sleep(WAKE)
 
     @router.post("/node/results", tags=["federation nodes"])
     async def result(request: Request, org: str = Depends(node)) -> dict[str, str]:

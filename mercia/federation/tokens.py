@@ -12,6 +12,7 @@ union and overlap of sites for that question only, and cannot link across questi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -111,8 +112,9 @@ def record_network_tokens(store: Store, org: str, persons: pa.Table, load_id: in
     return rows.num_rows
 
 
-# Per person of the cohort: the NHS token of any of its local records, and the demographic token.
-# A person with neither is counted as "unlinkable" (it cannot be de-duplicated).
+# Per person of the cohort: HMAC(salt, token) of the NHS token of any of its local records, and of its
+# demographic token, computed in the store (one pass, no tokens leave it unsalted).  A person with neither
+# is counted as "unlinkable" (it cannot be de-duplicated).
 COHORT_TOKENS_SQL = """
     WITH members AS (SELECT DISTINCT subject_id AS person_id FROM {cohort_table} WHERE cohort_definition_id = ?),
     tokens AS (
@@ -121,10 +123,28 @@ COHORT_TOKENS_SQL = """
         FROM mercia_person_link l JOIN mercia_network_token t
              ON t.org = l.org AND t.source_pseudonym = l.source_pseudonym
         WHERE l.person_id IN (SELECT person_id FROM members) GROUP BY l.person_id)
-    SELECT m.person_id, t.nhs, t.demographic
+    SELECT m.person_id, {salted_nhs} AS nhs, {salted_demographic} AS demographic
     FROM members m LEFT JOIN tokens t ON t.person_id = m.person_id"""
+# HMAC-SHA-256 (RFC 2104: H((K ^ opad) || H((K ^ ipad) || m))) under the question's salt, truncated to
+# 128 bits (hex), per engine; the padded keys are the two parameters.
+SALTED_SQL = {
+    "duckdb": "substr(sha256(unhex(?) || unhex(sha256(unhex(?) || encode({token})))), 1, 32)",
+    "postgres": "substr(encode(sha256(decode(?, 'hex') || sha256(decode(?, 'hex') || convert_to({token}, 'UTF8'))), "
+                "'hex'), 1, 32)",
+}
 
 
-def salted(salt: str, tokens: pa.Array) -> pa.Array:
-    """``HMAC(salt, token)`` per token, truncated to 128 bits (hex): unlinkable to any other question."""
-    return pc.utf8_slice_codeunits(Pseudonymiser(salt.encode()).hash_values("query", tokens), 0, 32)
+def cohort_tokens(store: Store, cohort_table: str, cohort_id: int, salt: str) -> pa.Table:
+    """(person_id, nhs, demographic) for the cohort's members, each token ``HMAC(salt, token)`` truncated
+    to 128 bits (hex): unlinkable to any other question, and equal at every node for the same person."""
+    if store.dialect not in SALTED_SQL:
+        raise ValueError(f"a node store on {store.dialect} cannot salt tokens; use DuckDB or PostgreSQL")
+    expression = SALTED_SQL[store.dialect]
+    sql = COHORT_TOKENS_SQL.format(cohort_table=cohort_table, salted_nhs=expression.format(token="t.nhs"),
+                                   salted_demographic=expression.format(token="t.demographic"))
+    key = salt.encode()
+    if len(key) > 64:   # RFC 2104: a key longer than the block is hashed first
+        key = hashlib.sha256(key).digest()
+    padded = key.ljust(64, b"\0")
+    inner, outer = bytes(b ^ 0x36 for b in padded).hex(), bytes(b ^ 0x5C for b in padded).hex()
+    return store.query_arrow(sql, [cohort_id, outer, inner, outer, inner])
