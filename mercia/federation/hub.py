@@ -18,14 +18,13 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mercia.cdm import Store
 from mercia.cohorts.model import CohortDefinitionError
 from mercia.federation.disclosure import FederatedPolicy, federated_policy
 from mercia.federation.messages import QUERY, CohortQuery, NodeResult, Task, partitioned
 from mercia.federation.signing import SignatureError, load_public_key, verify
-from mercia.federation.tokens import new_salt
+from mercia.federation.tokens import new_salt, unpack_tokens
 from mercia.governance import Role, Throttled, User
 from mercia.governance.model import Forbidden, GovernanceError, NotFound
 from mercia.governance.service import Governance
@@ -51,7 +50,6 @@ DDL = [
 ]
 FINAL_TASK_STATUSES = ("answered", "refused", "paused", "error")
 CLOCK_SKEW = timedelta(seconds=120)
-SALTED_TOKEN = r"^[0-9a-f]{32}$"   # tokens.cohort_tokens: HMAC-SHA-256, 128 bits, hex
 
 
 class FederationError(GovernanceError):
@@ -321,8 +319,7 @@ class Hub:
         policy = federated_policy(row["policy"], self.settings.allow_raw)
         query = QUERY.validate_json(row["body"])
         answered = [s for s in sites if s["status"] == "answered" and s["task_id"] in self._tokens]
-        empty = pa.table({k: pa.array([], pa.string()) for k in ("site", "nhs", "demographic", "cell")})
-        received = pa.concat_tables([empty] + [self._tokens[s["task_id"]] for s in answered])
+        received = pa.concat_tables([MEMBER_ROWS.empty_table()] + [self._tokens[s["task_id"]] for s in answered])
         extra = [self._site_extra[s["task_id"]] for s in answered]
         unlinkable = sum(int(s["unlinkable"] or 0) for s in answered)
         distinct, shared, per_cell = network_counts(received, partitioned(query))
@@ -408,9 +405,11 @@ class Hub:
         """Record a node's (already signature-checked) result; replays and late results are refused."""
         if result.org != org:
             raise Rejected(f"node {org} sent a result signed for {result.org}")
-        members = {k: pa.array(v, pa.string()) for k, v in result.members.items()}
-        malformed = [k for k in ("nhs", "demographic")
-                     if pc.all(pc.match_substring_regex(members[k], SALTED_TOKEN)).as_py() is False]
+        try:
+            rows = member_rows(org, result)
+            malformed = None
+        except ValueError as exc:
+            rows, malformed = None, str(exc)
         with self._lock:
             task = self.store.query_dicts("SELECT t.*, q.project_id, q.round AS current_round FROM mercia_fed_task t "
                                           "JOIN mercia_fed_query q ON q.id = t.query_id WHERE t.id = ? AND t.org = ?",
@@ -427,7 +426,7 @@ class Hub:
             elif task["status"] not in ("issued", "sent") or task["round"] != task["current_round"]:
                 problem = f"task {result.task_id} is already {task['status']} (replay or superseded round)"
             elif malformed:
-                problem = f"members.{malformed[0]}: salted tokens must be 32 lower-case hex characters"
+                problem = f"members: {malformed}"
             if problem:
                 self.gov.audit.record(f"node:{org}", "federation.reject", f"task:{result.task_id}",
                                       task["project_id"], reason=problem)
@@ -442,29 +441,47 @@ class Hub:
                                       task["project_id"], query=task["query_id"], status=result.status,
                                       count=result.count, reason=result.reason)
             if result.status == "answered":
-                self._tokens[result.task_id] = pa.table({"site": pa.array([org] * len(members["cell"]), pa.string()),
-                                                         **members})
+                self._tokens[result.task_id] = rows
                 self._site_extra[result.task_id] = {"linked": result.linked, "cells": result.cells,
                                                     "labels": result.labels, "unlinkable": result.unlinkable_cells}
 
 
+MEMBER_ROWS = pa.schema([("site", pa.string()), ("nhs_hi", pa.uint64()), ("nhs_lo", pa.uint64()),
+                         ("demographic_hi", pa.uint64()), ("demographic_lo", pa.uint64()), ("cell", pa.string())])
+
+
+def member_rows(org: str, result: NodeResult) -> pa.Table:
+    """A result's members as rows (``MEMBER_ROWS``): each token as two 64-bit halves.  Raises ValueError
+    when a packed column is not what ``messages.Members`` says."""
+    members, rows = result.members, len(result.members.cell)
+    columns = {}
+    for kind in ("nhs", "demographic"):
+        try:
+            columns[f"{kind}_hi"], columns[f"{kind}_lo"] = unpack_tokens(getattr(members, kind), rows)
+        except ValueError as exc:
+            raise ValueError(f"{kind}: {exc}") from exc
+    cell = pa.array(members.cell_names, pa.string()).take(pa.array(members.cell, pa.int32()))
+    return pa.table({"site": pa.array([org] * rows, pa.string()), **columns, "cell": cell}, schema=MEMBER_ROWS)
+
+
 def network_counts(rows: pa.Table, partition: bool) -> tuple[int, int, dict[str, int]]:
     """(distinct persons, persons seen at two or more sites, distinct persons per cell) over the sites'
-    salted member rows (site, nhs, demographic, cell), in DuckDB.
+    salted member rows (``member_rows``), in DuckDB.
 
     A person is its NHS token; a person known at some site only by a demographic token is the person
     with an NHS token who has that demographic token too (the smallest such token, so two NHS numbers
     are never merged), else a person of its own.  With ``partition`` each person is counted in one cell
     (the smallest: the earliest month, or the first stratum in sort order when sites disagree), so the
     cells add up to the total; otherwise (features) a person counts once in every cell they have.
-    Salted tokens are 128 bits in hex: they are grouped as 128-bit integers, not as strings."""
+    Salted tokens are grouped as 128-bit integers."""
     with _COUNTING_LOCK:
         con = _counting_connection().cursor()
     try:
         con.register("member_rows", rows)
         persons = """
-            WITH r AS (SELECT site, cell, CAST('0x' || nhs AS UHUGEINT) AS nhs,
-                              CAST('0x' || demographic AS UHUGEINT) AS demographic FROM member_rows),
+            WITH r AS (SELECT site, cell, (CAST(nhs_hi AS UHUGEINT) << 64) | nhs_lo AS nhs,
+                              (CAST(demographic_hi AS UHUGEINT) << 64) | demographic_lo AS demographic
+                       FROM member_rows),
             alias AS (SELECT demographic, min(nhs) AS nhs FROM r
                       WHERE nhs IS NOT NULL AND demographic IS NOT NULL GROUP BY demographic),
             p AS (SELECT site, cell, FALSE AS by_demographic, nhs AS person FROM r WHERE nhs IS NOT NULL

@@ -31,10 +31,10 @@ from mercia.cohorts.runner import run_cohort
 from mercia.federation.disclosure import federated_policy
 from mercia.federation.hub import _iso, _now, request_message
 from mercia.federation.hubapp import PREFIX
-from mercia.federation.messages import (KINDS, CharacterisationQuery, CohortQuery, FeasibilityQuery, NodeResult, Task,
-                                        TrialFeasibilityQuery)
+from mercia.federation.messages import (KINDS, CharacterisationQuery, CohortQuery, FeasibilityQuery, Members, NodeResult,
+                                        Task, TrialFeasibilityQuery)
 from mercia.federation.signing import load_private_key, sign
-from mercia.federation.tokens import cohort_tokens
+from mercia.federation.tokens import cohort_tokens, pack_tokens
 from mercia.governance.audit import AuditLog
 from mercia.governance.db import GovernanceDB
 from mercia.privacy.differencing import fingerprint
@@ -184,7 +184,7 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> Node
     with scratch_cohort(store) as cohort_id:
         run_cohort(store, query.expression(), cohort_id)
         tokens = cohort_tokens(store, "cohort", cohort_id, task.salt).cast(
-            pa.schema([("person_id", pa.int64()), ("nhs", pa.string()), ("demographic", pa.string())]))
+            pa.schema([("person_id", pa.int64()), ("nhs", pa.binary()), ("demographic", pa.binary())]))
         if isinstance(query, FeasibilityQuery) and not query.strata:   # one cell: no index table needed
             rows = tokens.append_column("cell", pa.array([""] * tokens.num_rows, pa.string()))
         elif tokens.num_rows:
@@ -202,6 +202,7 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> Node
     per_cell = rows.group_by("cell").aggregate([("person_id", "count_distinct")])
     unlinkable = rows.filter(pc.invert(linkable)).group_by("cell").aggregate([("person_id", "count_distinct")])
     linked = rows.filter(linkable)
+    cells = linked.column("cell").combine_chunks().dictionary_encode()
     no_token = tokens.filter(pc.and_(pc.is_null(tokens.column("nhs")), pc.is_null(tokens.column("demographic"))))
     return NodeResult(
         task_id=task.task_id, org=org, nonce=task.nonce, status="answered",
@@ -209,8 +210,8 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> Node
         cells={c: published.publish(n, f"{seed}:{c}") for c, n in
                zip(per_cell.column("cell").to_pylist(), per_cell.column("person_id_count_distinct").to_pylist())},
         labels=_labels(store, per_cell.column("cell").to_pylist()),
-        members={"nhs": linked.column("nhs").to_pylist(), "demographic": linked.column("demographic").to_pylist(),
-                 "cell": linked.column("cell").to_pylist()},
+        members=Members(nhs=pack_tokens(linked.column("nhs")), demographic=pack_tokens(linked.column("demographic")),
+                        cell=cells.indices.to_pylist(), cell_names=cells.dictionary.to_pylist()),
         linked=tokens.num_rows - no_token.num_rows, unlinkable=no_token.num_rows,
         unlinkable_cells=dict(zip(unlinkable.column("cell").to_pylist(),
                                   unlinkable.column("person_id_count_distinct").to_pylist())),

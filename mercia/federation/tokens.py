@@ -12,16 +12,20 @@ union and overlap of sites for that question only, and cannot link across questi
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import secrets
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mercia.cdm import Store
 from mercia.cdm.extensions import ensure_extension_tables
+from mercia.federation.messages import TOKEN_BYTES
 from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
 from mercia.privacy.pseudonym import KeyError_, Pseudonymiser
 
@@ -126,17 +130,16 @@ COHORT_TOKENS_SQL = """
     SELECT m.person_id, {salted_nhs} AS nhs, {salted_demographic} AS demographic
     FROM members m LEFT JOIN tokens t ON t.person_id = m.person_id"""
 # HMAC-SHA-256 (RFC 2104: H((K ^ opad) || H((K ^ ipad) || m))) under the question's salt, truncated to
-# 128 bits (hex), per engine; the padded keys are the two parameters.
+# 128 bits (16 bytes), per engine; the padded keys are the two parameters.
 SALTED_SQL = {
-    "duckdb": "substr(sha256(unhex(?) || unhex(sha256(unhex(?) || encode({token})))), 1, 32)",
-    "postgres": "substr(encode(sha256(decode(?, 'hex') || sha256(decode(?, 'hex') || convert_to({token}, 'UTF8'))), "
-                "'hex'), 1, 32)",
+    "duckdb": "unhex(substr(sha256(unhex(?) || unhex(sha256(unhex(?) || encode({token})))), 1, 32))",
+    "postgres": "substr(sha256(decode(?, 'hex') || sha256(decode(?, 'hex') || convert_to({token}, 'UTF8'))), 1, 16)",
 }
 
 
 def cohort_tokens(store: Store, cohort_table: str, cohort_id: int, salt: str) -> pa.Table:
     """(person_id, nhs, demographic) for the cohort's members, each token ``HMAC(salt, token)`` truncated
-    to 128 bits (hex): unlinkable to any other question, and equal at every node for the same person."""
+    to 128 bits (16 bytes): unlinkable to any other question, and equal at every node for the same person."""
     if store.dialect not in SALTED_SQL:
         raise ValueError(f"a node store on {store.dialect} cannot salt tokens; use DuckDB or PostgreSQL")
     expression = SALTED_SQL[store.dialect]
@@ -148,3 +151,28 @@ def cohort_tokens(store: Store, cohort_table: str, cohort_id: int, salt: str) ->
     padded = key.ljust(64, b"\0")
     inner, outer = bytes(b ^ 0x36 for b in padded).hex(), bytes(b ^ 0x5C for b in padded).hex()
     return store.query_arrow(sql, [cohort_id, outer, inner, outer, inner])
+
+
+def pack_tokens(tokens: pa.Array | pa.ChunkedArray) -> str:
+    """16-byte salted tokens (null: none) as one base64 string, 16 bytes a row, zeros for none
+    (``messages.Members``)."""
+    if len(tokens) == 0:
+        return ""
+    fixed = pc.fill_null(tokens, pa.scalar(bytes(TOKEN_BYTES), pa.binary())).cast(pa.binary(TOKEN_BYTES))
+    fixed = fixed.combine_chunks() if isinstance(fixed, pa.ChunkedArray) else fixed
+    data = memoryview(fixed.buffers()[1])[fixed.offset * TOKEN_BYTES:(fixed.offset + len(fixed)) * TOKEN_BYTES]
+    return base64.b64encode(data).decode()
+
+
+def unpack_tokens(packed: str, rows: int) -> tuple[pa.Array, pa.Array]:
+    """A packed column as two unsigned 64-bit halves per row (null where the row has no token), the form
+    in which the hub groups tokens.  Raises ValueError when the text is not base64 of ``rows`` tokens."""
+    try:
+        raw = base64.b64decode(packed, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"not base64: {exc}") from exc
+    if len(raw) != rows * TOKEN_BYTES:
+        raise ValueError(f"{len(raw)} bytes for {rows} rows of {TOKEN_BYTES}")
+    halves = np.frombuffer(raw, dtype=">u8").reshape(-1, 2).astype(np.uint64)
+    none = (halves[:, 0] == 0) & (halves[:, 1] == 0)
+    return pa.array(halves[:, 0], pa.uint64(), mask=none), pa.array(halves[:, 1], pa.uint64(), mask=none)
