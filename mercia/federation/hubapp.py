@@ -26,7 +26,7 @@ from mercia.governance.model import Conflict, Forbidden, GovernanceError, NotFou
 
 PREFIX = "/api/v1/federation"
 MAX_WAIT = 25.0
-LOOK_AGAIN, WAKE = 0.1, 0.005   # seconds: a waiting node's look at the store, and at new rounds
+LOOK_AGAIN, WAKE = 0.1, 0.01   # seconds: a waiting node's look at the store, and at new rounds
 bearer = HTTPBearer(auto_error=False, description="personal API token")
 
 
