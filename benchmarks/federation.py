@@ -1,6 +1,7 @@
 """Benchmark a federated feasibility count at network scale.
 
     .venv/bin/python benchmarks/federation.py [--persons 1000000,100000] [--tokens 5400000] [--repeats 3]
+                                              [--keep DIR] [--region 2000]
 
 1. Token union (own child process, so its peak RSS is its own): the hub's de-duplication
    (``hub.network_counts``: distinct persons and persons at two or more sites over salted tokens) on
@@ -47,7 +48,6 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEED = 42
-POLL = 0.025   # seconds between the researcher's looks at the answer (adds up to this to each end-to-end time)
 
 
 def load() -> float:
@@ -181,7 +181,7 @@ def processes(net, token: str, project_id: int, repeats: int) -> dict:
         for _ in range(repeats):
             before = cpu_seconds(net)
             began = time.perf_counter()
-            answers.append(ask(net, token, project_id, cohort, timeout=600, poll=POLL))
+            answers.append(ask(net, token, project_id, cohort, timeout=600))
             seconds.append(time.perf_counter() - began)
             cpu.append({name: round(spent - before[name], 3) for name, spent in cpu_seconds(net).items()})
     last = answers[-1]
@@ -211,16 +211,25 @@ def write_raw_policy(directory: Path) -> Path:
 
 def network_run(persons: int, directory: Path, repeats: int) -> dict:
     from mercia.federation.demo import prepare_hub
-    from mercia.federation.region import build_scaled_network
+    from mercia.federation.region import NodeStore, ScaledNetwork, build_scaled_network
 
     os.environ["MERCIA_ALLOW_SYNTHETIC_NHS_NUMBERS"] = "1"
-    network_key = os.urandom(32).hex().encode()
-    began = time.perf_counter()
-    built = build_scaled_network(directory, persons, SEED, network_key)
-    build = {"seconds": round(time.perf_counter() - began, 1), "persons_per_node": built.persons_per_node,
-             "person_records": sum(built.persons_per_node.values()),
-             "persons_at_two_or_more_organisations": built.seen_by_two_or_more,
-             "share_at_two_or_more": round(built.seen_by_two_or_more / persons, 4), "load_average_1m": load()}
+    saved = directory / "network.json"   # a network kept by --keep: timed again without building it again
+    if saved.exists() and json.loads(saved.read_text())["build"]["persons"] == persons:
+        kept = json.loads(saved.read_text())
+        built = ScaledNetwork(kept["single"], [NodeStore(org, url, Path(key)) for org, url, key in kept["nodes"]],
+                              kept["build"]["persons_per_node"], kept["build"]["persons_at_two_or_more_organisations"],
+                              persons)
+        build = {**kept["build"], "reused_from": str(directory)}
+    else:
+        began = time.perf_counter()
+        built = build_scaled_network(directory, persons, SEED, os.urandom(32).hex().encode())
+        build = {"persons": persons, "seconds": round(time.perf_counter() - began, 1),
+                 "persons_per_node": built.persons_per_node, "person_records": sum(built.persons_per_node.values()),
+                 "persons_at_two_or_more_organisations": built.seen_by_two_or_more,
+                 "share_at_two_or_more": round(built.seen_by_two_or_more / persons, 4), "load_average_1m": load()}
+        saved.write_text(json.dumps({"single": built.single, "build": build,
+                                     "nodes": [(n.org, n.url, str(n.key_file)) for n in built.nodes]}))
     print(json.dumps({"persons": persons, "build": build}), flush=True)
     single = single_store(built.single, repeats)
     print(json.dumps({"single_store": single}), flush=True)
@@ -266,6 +275,8 @@ def main() -> None:
     parser.add_argument("--persons", default="1000000,100000", help="network sizes, comma-separated")
     parser.add_argument("--tokens", type=int, default=5_400_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--keep", help="build networks under this directory and keep them; a later run with the "
+                                           "same --keep times them again without building")
     parser.add_argument("--region", type=int, default=0,
                         help="persons in a region with identity errors, to score the total against the truth "
                              "(slow: every extract is ingested; 0 = skip)")
@@ -282,8 +293,13 @@ def main() -> None:
         results["token_union"] = token_union(args.tokens)
         print(json.dumps({"token_union": results["token_union"]}), flush=True)
     for persons in [int(p) for p in args.persons.split(",") if p]:
-        with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp:
-            results["networks"].append(network_run(persons, Path(tmp), args.repeats))
+        if args.keep:
+            directory = Path(args.keep) / f"network-{persons}"
+            directory.mkdir(parents=True, exist_ok=True)
+            results["networks"].append(network_run(persons, directory, args.repeats))
+        else:
+            with tempfile.TemporaryDirectory(prefix="federation-bench-") as tmp:
+                results["networks"].append(network_run(persons, Path(tmp), args.repeats))
     if args.region:
         with tempfile.TemporaryDirectory(prefix="federation-region-") as tmp:
             results["region_accuracy"] = region_accuracy(args.region, Path(tmp))

@@ -22,7 +22,7 @@ import orjson
 
 from mercia.cdm import Store
 from mercia.federation.hub import Hub
-from mercia.federation.hubapp import PREFIX
+from mercia.federation.hubapp import MAX_WAIT, PREFIX
 from mercia.federation.region import NodeStore, build_node_stores, reference_cohort
 from mercia.federation.signing import generate_keypair
 from mercia.governance.model import Role
@@ -168,29 +168,30 @@ def running(net: Network, node_policy: Path | None = None) -> Iterator[Network]:
 
 
 def ask(net: Network, token: str, project_id: int, cohort: dict, timeout: float = 120.0,
-        deadline_seconds: float | None = None, policy: str | None = None, poll: float = 0.1) -> dict[str, Any]:
-    """Submit a feasibility question and wait for its answer (complete or partial), looking every ``poll`` s."""
+        deadline_seconds: float | None = None, policy: str | None = None) -> dict[str, Any]:
+    """Submit a feasibility question and wait for its answer (complete or partial)."""
     headers = {"Authorization": f"Bearer {token}"}
     body = {"project_id": project_id, "query": {"kind": "feasibility", "version": 1, "cohort": cohort},
             "deadline_seconds": deadline_seconds, "policy": policy}
-    with httpx.Client(base_url=net.hub_url, headers=headers, timeout=30) as client:
+    with httpx.Client(base_url=net.hub_url, headers=headers, timeout=60) as client:
         submitted = client.post(f"{PREFIX}/queries", json=body)
         submitted.raise_for_status()
-        return _wait(client, submitted.json()["query_id"], timeout, poll)
+        return _wait(client, submitted.json()["query_id"], timeout)
 
 
 def wait_answer(net: Network, token: str, query_id: int, timeout: float = 120.0) -> dict[str, Any]:
-    with httpx.Client(base_url=net.hub_url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
-        return _wait(client, query_id, timeout, 0.1)
+    with httpx.Client(base_url=net.hub_url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+        return _wait(client, query_id, timeout)
 
 
-def _wait(client: httpx.Client, query_id: int, timeout: float, poll: float) -> dict[str, Any]:
+def _wait(client: httpx.Client, query_id: int, timeout: float) -> dict[str, Any]:
+    """Long-poll the answer until the question is no longer running (or ``timeout`` seconds)."""
     end = time.monotonic() + timeout
     while True:
-        answer = client.get(f"{PREFIX}/queries/{query_id}").json()
-        if answer["status"] != "running" or time.monotonic() > end:
+        wait = max(0.0, min(MAX_WAIT, end - time.monotonic()))
+        answer = client.get(f"{PREFIX}/queries/{query_id}", params={"wait": wait}).json()
+        if answer["status"] != "running" or time.monotonic() >= end:
             return answer
-        time.sleep(poll)
 
 
 def run_demo(persons: int, seed: int, directory: Path | str, cohort_file: Path | None = None,

@@ -96,7 +96,8 @@ class Hub:
         self._tokens: dict[int, pa.Table] = {}   # task id -> salted tokens per cell, in memory only
         self._site_extra: dict[int, dict[str, Any]] = {}    # task id -> per-cell published counts, labels
         self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
-        self.issued = 0   # rounds issued by this process: a waiting node looks for its work as soon as it moves
+        self.issued = 0     # rounds issued by this process: a waiting node looks for its work as soon as it moves
+        self.received = 0   # results accepted by this process: a waiting researcher looks at the answer
         with self._lock, self.gov.db.transaction():
             for statement in DDL:
                 self.store.execute(statement)
@@ -444,6 +445,7 @@ class Hub:
                 self._tokens[result.task_id] = rows
                 self._site_extra[result.task_id] = {"linked": result.linked, "cells": result.cells,
                                                     "labels": result.labels, "unlinkable": result.unlinkable_cells}
+            self.received += 1
 
 
 MEMBER_ROWS = pa.schema([("site", pa.string()), ("nhs_hi", pa.uint64()), ("nhs_lo", pa.uint64()),
