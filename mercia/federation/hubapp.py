@@ -27,7 +27,7 @@ from mercia.governance.model import Conflict, Forbidden, GovernanceError, NotFou
 
 PREFIX = "/api/v1/federation"
 MAX_WAIT = 25.0
-LOOK_AGAIN, WAKE = 0.1, 0.01   # seconds: a long poll's look at the store, and at this process's news
+LOOK_AGAIN, WAKE = 0.5, 0.02   # seconds: a long poll's look at the store, and at this process's news
 bearer = HTTPBearer(auto_error=False, description="personal API token")
 
 
