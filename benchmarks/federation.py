@@ -95,15 +95,17 @@ def single_store(url: str, repeats: int) -> dict:
     from mercia.federation.region import reference_cohort
 
     expression = CohortExpression.from_json(reference_cohort())
-    seconds, persons = [], None
+    seconds, cpu, persons = [], [], None
     with Store(url) as store:
         for _ in range(repeats + 1):
             with scratch_cohort(store) as cohort_id:
-                began = time.perf_counter()
+                began, spent = time.perf_counter(), time.process_time()
                 persons = run_cohort(store, expression, cohort_id).persons
                 seconds.append(time.perf_counter() - began)
+                cpu.append(time.process_time() - spent)
     return {"persons_in_cohort": persons, "cold_seconds": round(seconds[0], 3),
-            "warm_seconds": round(statistics.median(seconds[1:]), 3), "load_average_1m": load()}
+            "warm_seconds": round(statistics.median(seconds[1:]), 3), "cold_cpu_seconds": round(cpu[0], 3),
+            "warm_cpu_seconds": round(statistics.median(cpu[1:]), 3), "load_average_1m": load()}
 
 
 def in_process(net, project_id: int) -> dict:
