@@ -22,7 +22,7 @@ import orjson
 
 from mercia.cdm import Store
 from mercia.federation.hub import Hub
-from mercia.federation.hubapp import PREFIX
+from mercia.federation.hubapp import MAX_WAIT, PREFIX
 from mercia.federation.region import NodeStore, build_node_stores, reference_cohort
 from mercia.federation.signing import generate_keypair
 from mercia.governance.model import Role
@@ -129,6 +129,14 @@ def prepare_network(directory: Path | str, persons: int, seed: int, policy: str 
     network_key.chmod(0o600)
     say("Ingesting each organisation's extract into its own node store...")
     nodes = build_node_stores(directory / "region", directory, network_key.read_text().encode())
+    return prepare_hub(directory, nodes, policy, allow_raw, deadline, differencing_limit)
+
+
+def prepare_hub(directory: Path, nodes: list[NodeStore], policy: str = "opensafely", allow_raw: bool = False,
+                deadline: float = 60.0, differencing_limit: int = 7) -> tuple[Network, int, str]:
+    """A hub store with ``nodes`` enrolled (a key pair each under ``directory/keys``) and an approved project;
+    the hub's command line on a free port.  Nothing running yet."""
+    (directory / "logs").mkdir(parents=True, exist_ok=True)
     hub_db = str(directory / "hub.duckdb")
     if Path(hub_db).exists():
         Path(hub_db).unlink()
@@ -149,11 +157,11 @@ def prepare_network(directory: Path | str, persons: int, seed: int, policy: str 
 
 
 @contextmanager
-def running(net: Network) -> Iterator[Network]:
+def running(net: Network, node_policy: Path | None = None) -> Iterator[Network]:
     try:
         net.start_hub()
         for node in net.nodes:
-            net.start_node(node)
+            net.start_node(node, node_policy)
         yield net
     finally:
         net.stop()
@@ -165,19 +173,25 @@ def ask(net: Network, token: str, project_id: int, cohort: dict, timeout: float 
     headers = {"Authorization": f"Bearer {token}"}
     body = {"project_id": project_id, "query": {"kind": "feasibility", "version": 1, "cohort": cohort},
             "deadline_seconds": deadline_seconds, "policy": policy}
-    submitted = httpx.post(f"{net.hub_url}{PREFIX}/queries", json=body, headers=headers, timeout=30)
-    submitted.raise_for_status()
-    return wait_answer(net, token, submitted.json()["query_id"], timeout)
+    with httpx.Client(base_url=net.hub_url, headers=headers, timeout=60) as client:
+        submitted = client.post(f"{PREFIX}/queries", json=body)
+        submitted.raise_for_status()
+        return _wait(client, submitted.json()["query_id"], timeout)
 
 
 def wait_answer(net: Network, token: str, query_id: int, timeout: float = 120.0) -> dict[str, Any]:
+    with httpx.Client(base_url=net.hub_url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+        return _wait(client, query_id, timeout)
+
+
+def _wait(client: httpx.Client, query_id: int, timeout: float) -> dict[str, Any]:
+    """Long-poll the answer until the question is no longer running (or ``timeout`` seconds)."""
     end = time.monotonic() + timeout
     while True:
-        answer = httpx.get(f"{net.hub_url}{PREFIX}/queries/{query_id}",
-                           headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
-        if answer["status"] != "running" or time.monotonic() > end:
+        wait = max(0.0, min(MAX_WAIT, end - time.monotonic()))
+        answer = client.get(f"{PREFIX}/queries/{query_id}", params={"wait": wait}).json()
+        if answer["status"] != "running" or time.monotonic() >= end:
             return answer
-        time.sleep(0.1)
 
 
 def run_demo(persons: int, seed: int, directory: Path | str, cohort_file: Path | None = None,

@@ -9,6 +9,7 @@ affected tasks.  Every question, refusal, node result and answer is in the gover
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ from mercia.cohorts.model import CohortDefinitionError
 from mercia.federation.disclosure import FederatedPolicy, federated_policy
 from mercia.federation.messages import QUERY, CohortQuery, NodeResult, Task, partitioned
 from mercia.federation.signing import SignatureError, load_public_key, verify
-from mercia.federation.tokens import new_salt
+from mercia.federation.tokens import new_salt, unpack_tokens
 from mercia.governance import Role, Throttled, User
 from mercia.governance.model import Forbidden, GovernanceError, NotFound
 from mercia.governance.service import Governance
@@ -95,6 +96,8 @@ class Hub:
         self._tokens: dict[int, pa.Table] = {}   # task id -> salted tokens per cell, in memory only
         self._site_extra: dict[int, dict[str, Any]] = {}    # task id -> per-cell published counts, labels
         self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
+        self.issued = 0     # rounds issued by this process: a waiting node looks for its work as soon as it moves
+        self.received = 0   # results accepted by this process: a waiting researcher looks at the answer
         with self._lock, self.gov.db.transaction():
             for statement in DDL:
                 self.store.execute(statement)
@@ -219,6 +222,7 @@ class Hub:
             self.store.execute("INSERT INTO mercia_fed_task (id, query_id, round, org, nonce, salt, expires_at, status) "
                                "VALUES (?, ?, ?, ?, ?, ?, ?, 'issued')",
                                [first + i, qid, round_, org, secrets.token_hex(16), salt, _iso(deadline)])
+        self.issued += 1
         return orgs
 
     def _reissue_forgotten(self) -> None:
@@ -316,8 +320,7 @@ class Hub:
         policy = federated_policy(row["policy"], self.settings.allow_raw)
         query = QUERY.validate_json(row["body"])
         answered = [s for s in sites if s["status"] == "answered" and s["task_id"] in self._tokens]
-        empty = pa.table({k: pa.array([], pa.string()) for k in ("site", "nhs", "demographic", "cell")})
-        received = pa.concat_tables([empty] + [self._tokens[s["task_id"]] for s in answered])
+        received = pa.concat_tables([MEMBER_ROWS.empty_table()] + [self._tokens[s["task_id"]] for s in answered])
         extra = [self._site_extra[s["task_id"]] for s in answered]
         unlinkable = sum(int(s["unlinkable"] or 0) for s in answered)
         distinct, shared, per_cell = network_counts(received, partitioned(query))
@@ -403,6 +406,11 @@ class Hub:
         """Record a node's (already signature-checked) result; replays and late results are refused."""
         if result.org != org:
             raise Rejected(f"node {org} sent a result signed for {result.org}")
+        try:
+            rows = member_rows(org, result)
+            malformed = None
+        except ValueError as exc:
+            rows, malformed = None, str(exc)
         with self._lock:
             task = self.store.query_dicts("SELECT t.*, q.project_id, q.round AS current_round FROM mercia_fed_task t "
                                           "JOIN mercia_fed_query q ON q.id = t.query_id WHERE t.id = ? AND t.org = ?",
@@ -418,6 +426,8 @@ class Hub:
                 problem = "the result arrived after the deadline; the user can refresh the question"
             elif task["status"] not in ("issued", "sent") or task["round"] != task["current_round"]:
                 problem = f"task {result.task_id} is already {task['status']} (replay or superseded round)"
+            elif malformed:
+                problem = f"members: {malformed}"
             if problem:
                 self.gov.audit.record(f"node:{org}", "federation.reject", f"task:{result.task_id}",
                                       task["project_id"], reason=problem)
@@ -432,39 +442,80 @@ class Hub:
                                       task["project_id"], query=task["query_id"], status=result.status,
                                       count=result.count, reason=result.reason)
             if result.status == "answered":
-                members = {k: pa.array(v, pa.string()) for k, v in result.members.items()}
-                self._tokens[result.task_id] = pa.table({"site": pa.array([org] * len(members["cell"]), pa.string()),
-                                                         **members})
+                self._tokens[result.task_id] = rows
                 self._site_extra[result.task_id] = {"linked": result.linked, "cells": result.cells,
                                                     "labels": result.labels, "unlinkable": result.unlinkable_cells}
+            self.received += 1
+
+
+MEMBER_ROWS = pa.schema([("site", pa.string()), ("nhs_hi", pa.uint64()), ("nhs_lo", pa.uint64()),
+                         ("demographic_hi", pa.uint64()), ("demographic_lo", pa.uint64()), ("cell", pa.string())])
+
+
+def member_rows(org: str, result: NodeResult) -> pa.Table:
+    """A result's members as rows (``MEMBER_ROWS``): each token as two 64-bit halves.  Raises ValueError
+    when a packed column is not what ``messages.Members`` says."""
+    members, rows = result.members, len(result.members.cell)
+    columns = {}
+    for kind in ("nhs", "demographic"):
+        try:
+            columns[f"{kind}_hi"], columns[f"{kind}_lo"] = unpack_tokens(getattr(members, kind), rows)
+        except ValueError as exc:
+            raise ValueError(f"{kind}: {exc}") from exc
+    cell = pa.array(members.cell_names, pa.string()).take(pa.array(members.cell, pa.int32()))
+    return pa.table({"site": pa.array([org] * rows, pa.string()), **columns, "cell": cell}, schema=MEMBER_ROWS)
 
 
 def network_counts(rows: pa.Table, partition: bool) -> tuple[int, int, dict[str, int]]:
     """(distinct persons, persons seen at two or more sites, distinct persons per cell) over the sites'
-    salted member rows (site, nhs, demographic, cell), in DuckDB.
+    salted member rows (``member_rows``), in DuckDB.
 
     A person is its NHS token; a person known at some site only by a demographic token is the person
     with an NHS token who has that demographic token too (the smallest such token, so two NHS numbers
     are never merged), else a person of its own.  With ``partition`` each person is counted in one cell
     (the smallest: the earliest month, or the first stratum in sort order when sites disagree), so the
-    cells add up to the total; otherwise (features) a person counts once in every cell they have."""
-    con = duckdb.connect()
+    cells add up to the total; otherwise (features) a person counts once in every cell they have.
+    Salted tokens are grouped as 128-bit integers."""
+    with _COUNTING_LOCK:
+        con = _counting_connection().cursor()
     try:
         con.register("member_rows", rows)
         persons = """
-            WITH alias AS (SELECT demographic, min(nhs) AS nhs FROM member_rows
-                           WHERE nhs IS NOT NULL AND demographic IS NOT NULL GROUP BY demographic),
-            p AS (SELECT r.site, r.cell, COALESCE(r.nhs, a.nhs, 'd:' || r.demographic) AS person
-                  FROM member_rows r LEFT JOIN alias a ON r.nhs IS NULL AND a.demographic = r.demographic)"""
-        distinct, shared = con.execute(persons + """
-            SELECT count(*), count(*) FILTER (WHERE sites > 1)
-            FROM (SELECT person, count(DISTINCT site) AS sites FROM p GROUP BY person)""").fetchone()
-        cells = con.execute(persons + (
-            " SELECT cell, count(*) FROM (SELECT person, min(cell) AS cell FROM p GROUP BY person) GROUP BY cell"
-            if partition else " SELECT cell, count(DISTINCT person) FROM p GROUP BY cell")).fetchall()
+            WITH r AS (SELECT site, cell, (CAST(nhs_hi AS UHUGEINT) << 64) | nhs_lo AS nhs,
+                              (CAST(demographic_hi AS UHUGEINT) << 64) | demographic_lo AS demographic
+                       FROM member_rows),
+            alias AS (SELECT demographic, min(nhs) AS nhs FROM r
+                      WHERE nhs IS NOT NULL AND demographic IS NOT NULL GROUP BY demographic),
+            p AS (SELECT site, cell, FALSE AS by_demographic, nhs AS person FROM r WHERE nhs IS NOT NULL
+                  UNION ALL
+                  SELECT r.site, r.cell, a.nhs IS NULL, COALESCE(a.nhs, r.demographic)
+                  FROM r LEFT JOIN alias a ON a.demographic = r.demographic WHERE r.nhs IS NULL),
+            per_person AS (SELECT count(DISTINCT site) AS sites, min(cell) AS cell FROM p
+                           GROUP BY by_demographic, person)"""
+        if partition:
+            cells = con.execute(persons + " SELECT cell, count(*), count(*) FILTER (WHERE sites > 1) "
+                                          "FROM per_person GROUP BY cell").fetchall()
+            distinct, shared = sum(c[1] for c in cells), sum(c[2] for c in cells)
+        else:
+            distinct, shared = con.execute(persons + " SELECT count(*), count(*) FILTER (WHERE sites > 1) "
+                                                     "FROM per_person").fetchone()
+            cells = con.execute(persons + " SELECT cell, count(*) FROM (SELECT DISTINCT cell, by_demographic, "
+                                          "person FROM p) GROUP BY cell").fetchall()
     finally:
         con.close()
-    return int(distinct), int(shared), {c: int(n) for c, n in cells}
+    return int(distinct or 0), int(shared or 0), {c[0]: int(c[1]) for c in cells}
+
+
+_COUNTING: list[duckdb.DuckDBPyConnection] = []
+_COUNTING_LOCK = threading.Lock()
+
+
+def _counting_connection() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB per hub process for de-duplication (a new connection costs more than a
+    small question's whole count); each count takes a cursor of its own."""
+    if not _COUNTING:
+        _COUNTING.append(duckdb.connect())
+    return _COUNTING[0]
 
 
 def months_between(start: str, end: str) -> list[str]:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import Query as QueryParameter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -26,6 +27,7 @@ from mercia.governance.model import Conflict, Forbidden, GovernanceError, NotFou
 
 PREFIX = "/api/v1/federation"
 MAX_WAIT = 25.0
+LOOK_AGAIN, WAKE = 0.5, 0.02   # seconds: a long poll's look at the store, and at this process's news
 bearer = HTTPBearer(auto_error=False, description="personal API token")
 
 
@@ -65,9 +67,21 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
         return hub_of(request).questions_for(caller)
 
     @router.get("/queries/{query_id}", tags=["federation"])
-    def answer(query_id: int, request: Request, caller: User = Depends(user)) -> dict[str, Any]:
-        """The answer: per-site status, counts and freshness, the de-duplicated total (disclosure-controlled)."""
-        return hub_of(request).answer(caller, query_id)
+    async def answer(query_id: int, request: Request, wait: float = QueryParameter(0.0, ge=0, le=MAX_WAIT),
+                     caller: User = Depends(user)) -> dict[str, Any]:
+        """The answer: per-site status, counts and freshness, the de-duplicated total (disclosure-controlled).
+        While the question runs, waits up to ``wait`` seconds for it to finish (long poll)."""
+        hub = hub_of(request)
+        end = time.monotonic() + wait
+        while True:
+            received, looked = hub.received, time.monotonic()
+            found = await run_in_threadpool(hub.answer, caller, query_id)
+            if found["status"] != "running" or time.monotonic() >= end:
+                return found
+            # look again when a node's result arrives here, else every LOOK_AGAIN seconds (the deadline,
+            # results taken by another process of a shared store)
+            while hub.received == received and time.monotonic() < min(looked + LOOK_AGAIN, end):
+                await asyncio.sleep(WAKE)
 
     @router.post("/queries/{query_id}/refresh", tags=["federation"])
     def refresh(query_id: int, request: Request, caller: User = Depends(user)) -> dict[str, Any]:
@@ -97,10 +111,14 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
         hub = hub_of(request)
         end = time.monotonic() + min(max(wait, 0.0), MAX_WAIT)
         while True:
+            issued, looked = hub.issued, time.monotonic()
             tasks = await run_in_threadpool(hub.work_for, org)
             if tasks or time.monotonic() >= end:
                 return [t.model_dump() for t in tasks]
-            await asyncio.sleep(0.1)
+            # look again every LOOK_AGAIN seconds (work issued by another process of a shared store),
+            # at once when this process issues a round
+            while hub.issued == issued and time.monotonic() < min(looked + LOOK_AGAIN, end):
+                await asyncio.sleep(WAKE)
 
     @router.post("/node/results", tags=["federation nodes"])
     async def result(request: Request, org: str = Depends(node)) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
@@ -97,11 +98,41 @@ class Task(BaseModel):
     query: Query
 
 
+TOKEN_BYTES = 16   # a salted token: HMAC-SHA-256 truncated to 128 bits
+
+
+def packed_length(rows: int) -> int:
+    """Characters of base64 for ``rows`` packed tokens."""
+    return 4 * -(-rows * TOKEN_BYTES // 3)
+
+
+class Members(BaseModel):
+    """The linked cohort members, one row per member and cell, columnar and packed so that hundreds of
+    thousands of rows cost the hub one base64 decode rather than a JSON string each: row i's salted NHS
+    token is bytes ``16*i .. 16*i+16`` of ``nhs`` (16 zero bytes: the member has none), likewise
+    ``demographic``; its cell is ``cell_names[cell[i]]``."""
+    model_config = ConfigDict(extra="forbid")
+
+    nhs: str = Field("", description="base64: 16 bytes per row, HMAC(salt, NHS token); zeros for none")
+    demographic: str = Field("", description="base64: 16 bytes per row, HMAC(salt, demographic token); zeros for none")
+    cell: list[int] = Field(default_factory=list, description="per row: index into cell_names")
+    cell_names: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _parallel(self) -> Members:
+        rows = len(self.cell)
+        if len(self.nhs) != packed_length(rows) or len(self.demographic) != packed_length(rows):
+            raise ValueError(f"members: nhs and demographic must pack {TOKEN_BYTES} bytes for each of the {rows} rows")
+        if rows and (min(self.cell) < 0 or max(self.cell) >= len(self.cell_names)):
+            raise ValueError("members.cell: an index outside cell_names")
+        return self
+
+
 class NodeResult(BaseModel):
     """What a node sends back (signed): published counts, the salted tokens of its cohort members per
-    cell, and its data freshness.  ``members`` is columnar: row i is one member in one cell, with the
-    member's salted NHS token and/or salted demographic token (so the hub can tell that a person known
-    only by demographics at one site is a person known by NHS number at another)."""
+    cell (``Members``: a member's salted NHS token and/or salted demographic token, so the hub can tell
+    that a person known only by demographics at one site is a person known by NHS number at another),
+    and its data freshness."""
     model_config = ConfigDict(extra="forbid")
 
     task_id: int
@@ -113,22 +144,19 @@ class NodeResult(BaseModel):
     cells: dict[str, int | None] = Field(default_factory=dict,
                                          description="the site's published count per cell (stratum, month, feature)")
     labels: dict[str, str] = Field(default_factory=dict, description="names of concept cells (vocabulary, not data)")
-    members: dict[str, list[str | None]] = Field(
-        default_factory=lambda: {"nhs": [], "demographic": [], "cell": []},
-        description="parallel lists: HMAC(salt, NHS token), HMAC(salt, demographic token), cell")
+    members: Members = Field(default_factory=Members)
     linked: int = Field(0, description="cohort persons with a network token (the rows of ``members`` belong to them)")
     unlinkable: int = Field(0, description="cohort persons with no network token (counted, not de-duplicated)")
     unlinkable_cells: dict[str, int] = Field(default_factory=dict)
     last_load: str | None = Field(None, description="when the node's store was last loaded (data freshness)")
     data_version: str | None = None
 
-    @model_validator(mode="after")
-    def _parallel(self) -> NodeResult:
-        lengths = {k: len(self.members.get(k, [])) for k in ("nhs", "demographic", "cell")}
-        if set(self.members) != {"nhs", "demographic", "cell"} or len(set(lengths.values())) != 1:
-            raise ValueError("members must hold three parallel lists: nhs, demographic, cell")
-        return self
-
     def secrets(self) -> list[str]:
-        """Every salted token in the result (what must never reach a hub table or a user)."""
-        return [t for k in ("nhs", "demographic") for t in self.members[k] if t]
+        """Every salted token in the result, in hex, and the packed columns themselves (what must never
+        reach a hub table or a user)."""
+        found = [self.members.nhs, self.members.demographic] if self.members.cell else []
+        for packed in found[:2]:
+            raw = base64.b64decode(packed)
+            found += [raw[i:i + TOKEN_BYTES].hex() for i in range(0, len(raw), TOKEN_BYTES)
+                      if any(raw[i:i + TOKEN_BYTES])]
+        return found

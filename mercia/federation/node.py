@@ -31,10 +31,10 @@ from mercia.cohorts.runner import run_cohort
 from mercia.federation.disclosure import federated_policy
 from mercia.federation.hub import _iso, _now, request_message
 from mercia.federation.hubapp import PREFIX
-from mercia.federation.messages import (KINDS, CharacterisationQuery, CohortQuery, FeasibilityQuery, NodeResult, Task,
-                                        TrialFeasibilityQuery)
+from mercia.federation.messages import (KINDS, CharacterisationQuery, CohortQuery, FeasibilityQuery, Members, NodeResult,
+                                        Task, TrialFeasibilityQuery)
 from mercia.federation.signing import load_private_key, sign
-from mercia.federation.tokens import COHORT_TOKENS_SQL, salted
+from mercia.federation.tokens import cohort_tokens, pack_tokens
 from mercia.governance.audit import AuditLog
 from mercia.governance.db import GovernanceDB
 from mercia.privacy.differencing import fingerprint
@@ -183,30 +183,26 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> Node
     query = task.query
     with scratch_cohort(store) as cohort_id:
         run_cohort(store, query.expression(), cohort_id)
-        tokens = store.query_arrow(COHORT_TOKENS_SQL.format(cohort_table="cohort"), [cohort_id])
+        tokens = cohort_tokens(store, "cohort", cohort_id, task.salt).cast(
+            pa.schema([("person_id", pa.int64()), ("nhs", pa.binary()), ("demographic", pa.binary())]))
         if isinstance(query, FeasibilityQuery) and not query.strata:   # one cell: no index table needed
-            cells = pa.table({"person_id": tokens.column("person_id"),
-                              "cell": pa.array([""] * tokens.num_rows, pa.string())})
+            rows = tokens.append_column("cell", pa.array([""] * tokens.num_rows, pa.string()))
         elif tokens.num_rows:
             with temp_table(store, index_table_sql(store, cohort_id), "mercia_fed_idx") as idx:
                 cells = store.query_arrow(_cells_sql(query, idx))
+            rows = cells.select(["person_id", "cell"]).cast(
+                pa.schema([("person_id", pa.int64()), ("cell", pa.string())])).join(tokens, "person_id")
         else:
-            cells = pa.table({"person_id": pa.array([], pa.int64()), "cell": pa.array([], pa.string())})
+            rows = tokens.append_column("cell", pa.array([], pa.string()))
     last_load, version = store.query("SELECT CAST(max(loaded_at) AS VARCHAR), count(*) || ':' || "
                                      "COALESCE(max(load_id), 0) FROM mercia_load")[0]
     published = federated_policy(policy.disclosure or task.policy, policy.allow_raw)
     seed = fingerprint([query.model_dump(), org, version])
-    salted_tokens = pa.table({
-        "person_id": tokens.column("person_id").cast(pa.int64()),
-        "nhs": salted(task.salt, tokens.column("nhs").combine_chunks()) if tokens.num_rows else pa.array([], pa.string()),
-        "demographic": (salted(task.salt, tokens.column("demographic").combine_chunks()) if tokens.num_rows
-                        else pa.array([], pa.string()))})
-    rows = cells.select(["person_id", "cell"]).cast(pa.schema([("person_id", pa.int64()), ("cell", pa.string())]))
-    rows = rows.join(salted_tokens, "person_id")
     linkable = pc.invert(pc.and_(pc.is_null(rows.column("nhs")), pc.is_null(rows.column("demographic"))))
     per_cell = rows.group_by("cell").aggregate([("person_id", "count_distinct")])
     unlinkable = rows.filter(pc.invert(linkable)).group_by("cell").aggregate([("person_id", "count_distinct")])
     linked = rows.filter(linkable)
+    cells = linked.column("cell").combine_chunks().dictionary_encode()
     no_token = tokens.filter(pc.and_(pc.is_null(tokens.column("nhs")), pc.is_null(tokens.column("demographic"))))
     return NodeResult(
         task_id=task.task_id, org=org, nonce=task.nonce, status="answered",
@@ -214,8 +210,8 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> Node
         cells={c: published.publish(n, f"{seed}:{c}") for c, n in
                zip(per_cell.column("cell").to_pylist(), per_cell.column("person_id_count_distinct").to_pylist())},
         labels=_labels(store, per_cell.column("cell").to_pylist()),
-        members={"nhs": linked.column("nhs").to_pylist(), "demographic": linked.column("demographic").to_pylist(),
-                 "cell": linked.column("cell").to_pylist()},
+        members=Members(nhs=pack_tokens(linked.column("nhs")), demographic=pack_tokens(linked.column("demographic")),
+                        cell=cells.indices.to_pylist(), cell_names=cells.dictionary.to_pylist()),
         linked=tokens.num_rows - no_token.num_rows, unlinkable=no_token.num_rows,
         unlinkable_cells=dict(zip(unlinkable.column("cell").to_pylist(),
                                   unlinkable.column("person_id_count_distinct").to_pylist())),

@@ -12,17 +12,21 @@ union and overlap of sites for that question only, and cannot link across questi
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import os
 import secrets
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mercia.cdm import Store
 from mercia.cdm.extensions import ensure_extension_tables
+from mercia.federation.messages import TOKEN_BYTES
 from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
-from mercia.privacy.policy import normalise_name, valid_partial_date
 from mercia.privacy.pseudonym import KeyError_, Pseudonymiser
 
 NETWORK_KEY_ENV = "MERCIA_NETWORK_KEY"
@@ -57,18 +61,36 @@ def network_tokens(network_key: bytes, persons: pa.Table, allow_synthetic: bool)
     network = Pseudonymiser(network_key)
     nhs = normalise_nhs_numbers(persons.column("nhs_number").combine_chunks())
     valid = pc.and_(pc.is_null(nhs_number_problems(nhs, allow_synthetic)), pc.invert(pc.is_null(nhs)))
-    demographic = []
-    for family, given, dob, sex in zip(persons.column("family").to_pylist(), persons.column("given").to_pylist(),
-                                       persons.column("birth_date").to_pylist(), persons.column("sex").to_pylist()):
-        parts = (normalise_name(family), normalise_name(given), valid_partial_date(dob), (sex or "").lower()[:1])
-        demographic.append("|".join(parts) if all(parts) and len(parts[2]) == 10 else None)
+    parts = [normalised_names(persons.column("family")), normalised_names(persons.column("given")),
+             full_dates(persons.column("birth_date")),
+             pc.utf8_slice_codeunits(pc.utf8_lower(persons.column("sex").cast(pa.string())), 0, 1)]
+    complete = pc.and_kleene(pc.and_kleene(pc.greater(pc.utf8_length(parts[0]), 0),
+                                           pc.greater(pc.utf8_length(parts[1]), 0)),
+                             pc.and_kleene(pc.is_valid(parts[2]), pc.greater(pc.utf8_length(parts[3]), 0)))
+    demographic = pc.if_else(pc.fill_null(complete, False), pc.binary_join_element_wise(*parts, "|"),
+                             pa.scalar(None, pa.string()))
     refs = persons.column("person_ref").combine_chunks()
     both = pa.concat_tables([
         pa.table({"person_ref": refs, "token_kind": pa.array(["nhs"] * len(refs), pa.string()),
                   "token": network.hash_values("network/nhs-number", pc.if_else(valid, nhs, pa.scalar(None, pa.string())))}),
         pa.table({"person_ref": refs, "token_kind": pa.array(["demographic"] * len(refs), pa.string()),
-                  "token": network.hash_values("network/demographic", demographic)})])
+                  "token": network.hash_values("network/demographic", demographic.combine_chunks())})])
     return both.filter(pc.invert(pc.is_null(both.column("token"))))
+
+
+def normalised_names(names: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """``privacy.policy.normalise_name`` over a column: accents folded (NFKD), ASCII letters only, upper case."""
+    folded = pc.utf8_normalize(names.cast(pa.string()), form="NFKD")
+    return pc.ascii_upper(pc.replace_substring_regex(folded, r"[^A-Za-z]", ""))
+
+
+def full_dates(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """The first ten characters where they are a real ``YYYY-MM-DD`` date (``privacy.policy.valid_partial_date``
+    for full dates), else null; a parse that does not print back the same (2020-02-30) is not a date."""
+    text = pc.utf8_slice_codeunits(values.cast(pa.string()), 0, 10)
+    parsed = pc.strptime(text, format="%Y-%m-%d", unit="s", error_is_null=True)
+    return pc.if_else(pc.fill_null(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), text), False), text,
+                      pa.scalar(None, pa.string()))
 
 
 def record_network_tokens(store: Store, org: str, persons: pa.Table, load_id: int, pseudonymiser: Pseudonymiser,
@@ -94,8 +116,9 @@ def record_network_tokens(store: Store, org: str, persons: pa.Table, load_id: in
     return rows.num_rows
 
 
-# Per person of the cohort: the NHS token of any of its local records, and the demographic token.
-# A person with neither is counted as "unlinkable" (it cannot be de-duplicated).
+# Per person of the cohort: HMAC(salt, token) of the NHS token of any of its local records, and of its
+# demographic token, computed in the store (one pass, no tokens leave it unsalted).  A person with neither
+# is counted as "unlinkable" (it cannot be de-duplicated).
 COHORT_TOKENS_SQL = """
     WITH members AS (SELECT DISTINCT subject_id AS person_id FROM {cohort_table} WHERE cohort_definition_id = ?),
     tokens AS (
@@ -104,10 +127,52 @@ COHORT_TOKENS_SQL = """
         FROM mercia_person_link l JOIN mercia_network_token t
              ON t.org = l.org AND t.source_pseudonym = l.source_pseudonym
         WHERE l.person_id IN (SELECT person_id FROM members) GROUP BY l.person_id)
-    SELECT m.person_id, t.nhs, t.demographic
+    SELECT m.person_id, {salted_nhs} AS nhs, {salted_demographic} AS demographic
     FROM members m LEFT JOIN tokens t ON t.person_id = m.person_id"""
+# HMAC-SHA-256 (RFC 2104: H((K ^ opad) || H((K ^ ipad) || m))) under the question's salt, truncated to
+# 128 bits (16 bytes), per engine; the padded keys are the two parameters.
+SALTED_SQL = {
+    "duckdb": "unhex(substr(sha256(unhex(?) || unhex(sha256(unhex(?) || encode({token})))), 1, 32))",
+    "postgres": "substr(sha256(decode(?, 'hex') || sha256(decode(?, 'hex') || convert_to({token}, 'UTF8'))), 1, 16)",
+}
 
 
-def salted(salt: str, tokens: pa.Array) -> pa.Array:
-    """``HMAC(salt, token)`` per token, truncated to 128 bits (hex): unlinkable to any other question."""
-    return pc.utf8_slice_codeunits(Pseudonymiser(salt.encode()).hash_values("query", tokens), 0, 32)
+def cohort_tokens(store: Store, cohort_table: str, cohort_id: int, salt: str) -> pa.Table:
+    """(person_id, nhs, demographic) for the cohort's members, each token ``HMAC(salt, token)`` truncated
+    to 128 bits (16 bytes): unlinkable to any other question, and equal at every node for the same person."""
+    if store.dialect not in SALTED_SQL:
+        raise ValueError(f"a node store on {store.dialect} cannot salt tokens; use DuckDB or PostgreSQL")
+    expression = SALTED_SQL[store.dialect]
+    sql = COHORT_TOKENS_SQL.format(cohort_table=cohort_table, salted_nhs=expression.format(token="t.nhs"),
+                                   salted_demographic=expression.format(token="t.demographic"))
+    key = salt.encode()
+    if len(key) > 64:   # RFC 2104: a key longer than the block is hashed first
+        key = hashlib.sha256(key).digest()
+    padded = key.ljust(64, b"\0")
+    inner, outer = bytes(b ^ 0x36 for b in padded).hex(), bytes(b ^ 0x5C for b in padded).hex()
+    return store.query_arrow(sql, [cohort_id, outer, inner, outer, inner])
+
+
+def pack_tokens(tokens: pa.Array | pa.ChunkedArray) -> str:
+    """16-byte salted tokens (null: none) as one base64 string, 16 bytes a row, zeros for none
+    (``messages.Members``)."""
+    if len(tokens) == 0:
+        return ""
+    fixed = pc.fill_null(tokens, pa.scalar(bytes(TOKEN_BYTES), pa.binary())).cast(pa.binary(TOKEN_BYTES))
+    fixed = fixed.combine_chunks() if isinstance(fixed, pa.ChunkedArray) else fixed
+    data = memoryview(fixed.buffers()[1])[fixed.offset * TOKEN_BYTES:(fixed.offset + len(fixed)) * TOKEN_BYTES]
+    return base64.b64encode(data).decode()
+
+
+def unpack_tokens(packed: str, rows: int) -> tuple[pa.Array, pa.Array]:
+    """A packed column as two unsigned 64-bit halves per row (null where the row has no token), the form
+    in which the hub groups tokens.  Raises ValueError when the text is not base64 of ``rows`` tokens."""
+    try:
+        raw = base64.b64decode(packed, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"not base64: {exc}") from exc
+    if len(raw) != rows * TOKEN_BYTES:
+        raise ValueError(f"{len(raw)} bytes for {rows} rows of {TOKEN_BYTES}")
+    halves = np.frombuffer(raw, dtype=">u8").reshape(-1, 2).astype(np.uint64)
+    none = (halves[:, 0] == 0) & (halves[:, 1] == 0)
+    return pa.array(halves[:, 0], pa.uint64(), mask=none), pa.array(halves[:, 1], pa.uint64(), mask=none)
