@@ -63,7 +63,9 @@ def age_band_sql(age: str, width: int = 10, top: int = 90) -> str:
 
 def quantiles_sql(store: Store, expr: str) -> str:
     """count, mean, sd and the quantiles of DISTRIBUTION_STATS, in that order."""
-    parts = [f"COUNT({expr})", f"AVG({as_double(store, expr)})", f"STDDEV_SAMP({as_double(store, expr)})"]
+    # The mean of exact decimals: a float sum depends on the order an engine adds in (53.49999999999999
+    # on one, 53.5 on another), and published means are rounded, so the last bit can change the output.
+    parts = [f"COUNT({expr})", f"AVG(CAST({expr} AS DECIMAL(38, 9)))", f"STDDEV_SAMP({as_double(store, expr)})"]
     # Observed values, never interpolated: an interpolated quantile's fraction gives away N modulo 10.
     parts += [f"PERCENTILE_DISC({q}) WITHIN GROUP (ORDER BY {expr})" for q in (0.1, 0.25, 0.5, 0.75, 0.9)]
     return ", ".join(parts)

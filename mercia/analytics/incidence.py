@@ -169,13 +169,13 @@ def _years(store: Store, at_risk: str, tar: TimeAtRisk) -> list[dict[str, Any]]:
                        f"FROM {at_risk} WHERE prevalent = 0")[0]
     if span[0] is None:
         return []
-    years = ", ".join(f"({y})" for y in range(int(span[0]), int(span[1]) + 1))
+    years = ", ".join(f"({y}, DATE '{y:04d}-01-01', DATE '{y:04d}-12-31')"
+                      for y in range(int(span[0]), int(span[1]) + 1))
     found = store.query(f"""
         SELECT y.calendar_year, COUNT(*),
                SUM(CASE WHEN CAST(EXTRACT(YEAR FROM r.outcome_date) AS INTEGER) = y.calendar_year THEN 1 ELSE 0 END),
-               SUM({days_between(store, 'GREATEST(r.tar_start, MAKE_DATE(y.calendar_year, 1, 1))',
-                                 'LEAST(r.exit_date, MAKE_DATE(y.calendar_year, 12, 31))')} + 1)
-        FROM {at_risk} r JOIN (VALUES {years}) AS y(calendar_year)
+               SUM({days_between(store, 'GREATEST(r.tar_start, y.first_day)', 'LEAST(r.exit_date, y.last_day)')} + 1)
+        FROM {at_risk} r JOIN (VALUES {years}) AS y(calendar_year, first_day, last_day)
           ON y.calendar_year BETWEEN CAST(EXTRACT(YEAR FROM r.tar_start) AS INTEGER)
                                  AND CAST(EXTRACT(YEAR FROM r.exit_date) AS INTEGER)
         WHERE r.prevalent = 0
