@@ -62,7 +62,8 @@ def assert_same_tables(got, want) -> None:
 
 
 def test_the_copy_holds_duckdbs_rows(other_store, duckdb_store):
-    tables = [name for name in CDM_TABLES if duckdb_store.table_exists(name)]
+    tables = ["person", "observation_period", "condition_occurrence", "drug_exposure", "measurement", "death",
+              "concept_ancestor", "cohort"]
     counts = duckdb_store.table_counts(tables)
     assert counts["person"] == PERSONS and counts["cohort"] > 60
     assert other_store.table_counts(tables) == counts
