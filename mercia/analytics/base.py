@@ -1,5 +1,6 @@
 """What every analysis shares: the cohort at index as a temporary table, SQL fragments that mean the
-same on DuckDB, PostgreSQL and Spark (engine-specific parts from ``mercia.cdm.dialect``), and builders for the typed tables of ``mercia.privacy.disclosure``.
+same on DuckDB, PostgreSQL and Spark (the parts spelt differently per engine come from
+``mercia.cdm.dialect``), and builders for the typed tables of ``mercia.privacy.disclosure``.
 
 Heavy lifting stays in the engine: each analysis materialises one small temporary table (one row per
 person of the cohort) and runs grouped queries against the CDM; only aggregates come back.

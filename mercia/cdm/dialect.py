@@ -5,10 +5,12 @@ Mercia's SQL strings are otherwise written in the subset DuckDB, PostgreSQL and 
 falls outside it: date arithmetic (``date - date`` is a number of days on DuckDB and PostgreSQL but an
 INTERVAL on Spark; Spark adds only INT days to a date) and type names in casts (Spark has no unsized
 VARCHAR and no DOUBLE PRECISION).  Transpiling whole statements instead (``sqlglot.transpile`` from
-DuckDB) cannot see that ``a - b`` subtracts dates, and turns ``PERCENTILE_DISC`` into Spark's
-``PERCENTILE_APPROX``, so the engine-specific parts are expressed here, explicitly.
+DuckDB) cannot see that ``a - b`` subtracts dates, turns ``PERCENTILE_DISC`` into Spark's approximate
+``PERCENTILE_APPROX`` and DuckDB's ``MAKE_DATE`` into a ``DATE_FROM_PARTS`` PostgreSQL lacks, so only
+these fragments are rendered, explicitly.
 
-Arguments are SQL expressions in that common subset (column references, literals, ``COALESCE(...)``).
+Arguments are plain SQL expressions in that common subset (column references, literals, ``LEAST``,
+``GREATEST`` or ``COALESCE`` of them): they are parsed and re-rendered too, so keep functions out.
 """
 
 from __future__ import annotations
