@@ -1,5 +1,6 @@
 """What every analysis shares: the cohort at index as a temporary table, SQL fragments that mean the
-same on DuckDB and PostgreSQL, and builders for the typed tables of ``mercia.privacy.disclosure``.
+same on DuckDB, PostgreSQL and Spark (the parts spelt differently per engine come from
+``mercia.cdm.dialect``), and builders for the typed tables of ``mercia.privacy.disclosure``.
 
 Heavy lifting stays in the engine: each analysis materialises one small temporary table (one row per
 person of the cohort) and runs grouped queries against the CDM; only aggregates come back.
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from mercia.cdm import Store
+from mercia.cdm.dialect import as_double, days_between
 from mercia.privacy.disclosure import (
     AnalysisResult, ColumnSpec, DisclosurePolicy, Kind, PartitionSpec, StatTable, get_policy,
 )
@@ -53,16 +55,18 @@ def age_sql(date_expr: str, person: str = "p") -> str:
 
 
 def age_band_sql(age: str, width: int = 10, top: int = 90) -> str:
-    """Age band label such as '40-49' or '90+', the same text on every engine."""
+    """Age band label such as '40-49' or '90+', the same text on every engine (``CONCAT`` turns the
+    bounds into text everywhere, so no engine's cast spelling is needed)."""
     low = f"CAST(FLOOR({age} / {float(width)}) AS INTEGER) * {width}"
     return (f"CASE WHEN {age} IS NULL THEN 'Unknown' WHEN {age} >= {top} THEN '{top}+' "
-            f"ELSE CAST({low} AS VARCHAR) || '-' || CAST({low} + {width - 1} AS VARCHAR) END")
+            f"ELSE CONCAT({low}, '-', {low} + {width - 1}) END")
 
 
-def quantiles_sql(expr: str) -> str:
+def quantiles_sql(store: Store, expr: str) -> str:
     """count, mean, sd and the quantiles of DISTRIBUTION_STATS, in that order."""
-    parts = [f"COUNT({expr})", f"AVG(CAST({expr} AS DOUBLE PRECISION))",
-             f"STDDEV_SAMP(CAST({expr} AS DOUBLE PRECISION))"]
+    # The mean of exact decimals: a float sum depends on the order an engine adds in (53.49999999999999
+    # on one, 53.5 on another), and published means are rounded, so the last bit can change the output.
+    parts = [f"COUNT({expr})", f"AVG(CAST({expr} AS DECIMAL(38, 9)))", f"STDDEV_SAMP({as_double(store, expr)})"]
     # Observed values, never interpolated: an interpolated quantile's fraction gives away N modulo 10.
     parts += [f"PERCENTILE_DISC({q}) WITHIN GROUP (ORDER BY {expr})" for q in (0.1, 0.25, 0.5, 0.75, 0.9)]
     return ", ".join(parts)
@@ -111,8 +115,8 @@ def index_table_sql(store: Store, cohort_id: int) -> str:
         SELECT e.person_id, e.index_date, e.end_date, p.gender_concept_id, p.race_concept_id,
                p.ethnicity_concept_id, p.care_site_id, {age_sql('e.index_date')} AS age,
                {"i.imd_decile" if imd else "CAST(NULL AS INTEGER)"} AS imd_decile, pr.op_start, pr.op_end,
-               e.index_date - pr.op_start AS prior_obs_days,
-               pr.op_end - e.index_date AS post_obs_days
+               {days_between(store, 'pr.op_start', 'e.index_date')} AS prior_obs_days,
+               {days_between(store, 'e.index_date', 'pr.op_end')} AS post_obs_days
         FROM entry e
         JOIN person p ON p.person_id = e.person_id
         {"LEFT JOIN imd i ON i.person_id = e.person_id" if imd else ""}

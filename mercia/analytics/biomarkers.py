@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mercia.analytics.base import (as_id, cohort_check, count, distribution_columns, distribution_row, finish,
                                    index_table_sql, label, quantiles_sql, temp_table)
+from mercia.cdm.dialect import days_between
 from mercia.cdm.store import Store
 from mercia.privacy.disclosure import AnalysisResult, DisclosurePolicy, StatTable
 
@@ -24,12 +25,12 @@ def biomarker_distribution(store: Store, cohort_id: int, vocabulary: str = "Nigh
                 SELECT m.measurement_source_concept_id AS concept_id, m.value_as_number,
                        ROW_NUMBER() OVER (PARTITION BY m.person_id, m.measurement_source_concept_id ORDER BY
                            CASE WHEN m.measurement_date <= i.index_date THEN 0 ELSE 1 END,
-                           ABS(m.measurement_date - i.index_date), m.measurement_id) AS rn
+                           ABS({days_between(store, 'i.index_date', 'm.measurement_date')}), m.measurement_id) AS rn
                 FROM {idx} i JOIN measurement m ON m.person_id = i.person_id
                 WHERE m.value_as_number IS NOT NULL) m
             JOIN concept c ON c.concept_id = m.concept_id AND c.vocabulary_id = ?
             WHERE m.rn = 1"""
-        rows = store.query(f"SELECT biomarker, {quantiles_sql('value')} FROM ({nearest}) v "
+        rows = store.query(f"SELECT biomarker, {quantiles_sql(store, 'value')} FROM ({nearest}) v "
                            "GROUP BY biomarker ORDER BY biomarker", [vocabulary])
     table = StatTable(name="biomarkers", title=f"{vocabulary} biomarkers nearest index", population=persons,
                       columns=[label("biomarker", "Biomarker"), count("count_persons", "Persons"),

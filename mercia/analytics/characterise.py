@@ -19,6 +19,7 @@ from mercia.analytics.base import (
     distribution_columns, distribution_row, finish, index_table_sql, label, quantiles_sql, temp_table,
 )
 from mercia.cdm import Store
+from mercia.cdm.dialect import add_days, as_text, days_between
 from mercia.privacy.disclosure import AnalysisResult, DisclosurePolicy, PartitionSpec, StatTable
 
 
@@ -114,8 +115,8 @@ def _summary(store: Store, idx: str, persons: int, entries: int) -> StatTable:
 def _continuous(store: Store, idx: str, persons: int, score_rows: list[dict[str, Any]]) -> StatTable:
     variables = {"Age at index (years)": "age", "Prior observation (days)": "prior_obs_days",
                  "Observation after index (days)": "post_obs_days",
-                 "Time in cohort (days)": "end_date - index_date"}
-    sql = " UNION ALL ".join(f"SELECT {i}, {quantiles_sql(expr)} FROM {idx}"
+                 "Time in cohort (days)": days_between(store, "index_date", "end_date")}
+    sql = " UNION ALL ".join(f"SELECT {i}, {quantiles_sql(store, expr)} FROM {idx}"
                              for i, expr in enumerate(variables.values()))
     by_order = {int(r[0]): r[1:] for r in store.query(sql)}
     rows = [{"variable": name, **distribution_row(by_order[i])} for i, name in enumerate(variables)]
@@ -132,13 +133,13 @@ def _demographics(store: Store, idx: str, persons: int) -> list[StatTable]:
                   "WHEN prior_obs_days < 1825 THEN '3-5 years' ELSE '5+ years' END")
     site = ("COALESCE(cs.care_site_name, cs.care_site_source_value, "
             "CASE WHEN i.care_site_id IS NULL THEN 'Not recorded' "
-            "ELSE 'care site ' || CAST(i.care_site_id AS VARCHAR) END)")
+            f"ELSE 'care site ' || {as_text(store, 'i.care_site_id')} END)")
     parts = {
-        "Sex": "CAST(i.gender_concept_id AS VARCHAR)",
+        "Sex": as_text(store, "i.gender_concept_id"),
         "Age band": age_band_sql("i.age"),
-        "Race": "CAST(i.race_concept_id AS VARCHAR)",
-        "Ethnicity": "CAST(i.ethnicity_concept_id AS VARCHAR)",
-        "IMD decile": "COALESCE(CAST(i.imd_decile AS VARCHAR), 'Not recorded')",
+        "Race": as_text(store, "i.race_concept_id"),
+        "Ethnicity": as_text(store, "i.ethnicity_concept_id"),
+        "IMD decile": f"COALESCE({as_text(store, 'i.imd_decile')}, 'Not recorded')",
         "Organisation": site,
         "Prior observation": prior_band,
     }
@@ -189,11 +190,11 @@ def _age_sex(store: Store, idx: str, persons: int) -> StatTable:
 
 def _comorbidity(store: Store, idx: str, persons: int,
                  lookback: int | None) -> tuple[StatTable, StatTable, list[dict[str, Any]]]:
-    with temp_table(store, cm.flags_sql(idx, lookback), "mercia_cm") as flags:
+    with temp_table(store, cm.flags_sql(store, idx, lookback), "mercia_cm") as flags:
         prevalence = store.query(f"SELECT comorbidity_index, category, COUNT(DISTINCT person_id) FROM {flags} "
                                  f"GROUP BY comorbidity_index, category")
         with temp_table(store, cm.scores_sql(flags, idx), "mercia_sc") as scores:
-            sql = " UNION ALL ".join(f"SELECT {i}, {quantiles_sql(col)} FROM {scores}"
+            sql = " UNION ALL ".join(f"SELECT {i}, {quantiles_sql(store, col)} FROM {scores}"
                                      for i, col in enumerate(cm.SCORE_COLUMNS))
             dist = {int(r[0]): r[1:] for r in store.query(sql)}
             bands = store.query(f"""
@@ -232,7 +233,8 @@ def _features(store: Store, idx: str, persons: int, windows: list[Window],
     events = " UNION ALL ".join(
         f"SELECT DISTINCT '{d.name}' AS domain, '{w.name}' AS time_window, i.person_id, x.{d.concept} AS concept_id "
         f"FROM {idx} i JOIN {d.table} x ON x.person_id = i.person_id "
-        f"WHERE x.{d.date} BETWEEN i.index_date + {w.start} AND i.index_date + {w.end} AND x.{d.concept} <> 0"
+        f"WHERE x.{d.date} BETWEEN {add_days(store, 'i.index_date', w.start)} "
+        f"AND {add_days(store, 'i.index_date', w.end)} AND x.{d.concept} <> 0"
         for d in (DOMAINS[n] for n in domains) for w in windows)
     with temp_table(store, events, "mercia_ev") as ev:
         found = store.query(f"""
@@ -279,10 +281,11 @@ def _measurement_values(store: Store, idx: str, window: Window) -> list[dict[str
                                           ORDER BY m.measurement_date DESC, m.measurement_id DESC) AS rn
                 FROM {idx} i JOIN measurement m ON m.person_id = i.person_id
                 LEFT JOIN concept u ON u.concept_id = m.unit_concept_id
-                WHERE m.measurement_date BETWEEN i.index_date + {window.start} AND i.index_date + {window.end}
+                WHERE m.measurement_date BETWEEN {add_days(store, 'i.index_date', window.start)}
+                                             AND {add_days(store, 'i.index_date', window.end)}
                   AND m.value_as_number IS NOT NULL AND m.measurement_concept_id <> 0) ranked
             WHERE rn = 1)
-        SELECT measurement_concept_id, unit, {quantiles_sql('value_as_number')}
+        SELECT measurement_concept_id, unit, {quantiles_sql(store, 'value_as_number')}
         FROM latest GROUP BY measurement_concept_id, unit""")
     rows = [{"concept_id": int(c), "concept_name": "", "unit": unit, **distribution_row(rest)}
             for c, unit, *rest in found]

@@ -33,6 +33,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mercia.cdm import Store
+from mercia.cdm.dialect import add_days
+
 # category key | label | Charlson 1987 weight | Quan 2011 weight | ICD-10 codes (Quan 2005, Table 1)
 _CHARLSON = """
 mi | Myocardial infarction | 1 | 0 | I21.x, I22.x, I25.2
@@ -170,10 +173,11 @@ def standard_sets_sql() -> str:
         JOIN concept_ancestor a ON a.ancestor_concept_id = m.concept_id"""
 
 
-def flags_sql(index_table: str, lookback_days: int | None) -> str:
+def flags_sql(store: Store, index_table: str, lookback_days: int | None) -> str:
     """(person_id, comorbidity_index, category): conditions recorded on or before index, matched as
     standard concepts (path 1) or as ICD-10 source codes (path 2)."""
-    window = "" if lookback_days is None else f" AND co.condition_start_date >= i.index_date - {int(lookback_days)}"
+    window = ("" if lookback_days is None else
+              f" AND co.condition_start_date >= {add_days(store, 'i.index_date', -int(lookback_days))}")
     codes = f"""
         SELECT i.person_id, UPPER(REPLACE(REPLACE(co.condition_source_value, '.', ''), ' ', '')) AS code
         FROM {index_table} i JOIN condition_occurrence co ON co.person_id = i.person_id

@@ -23,6 +23,7 @@ from mercia.analytics.base import (
     index_table_sql, label, statistic, temp_table,
 )
 from mercia.cdm import Store
+from mercia.cdm.dialect import add_days, as_text, days_between
 from mercia.privacy.disclosure import FORMULAS, AnalysisResult, DisclosurePolicy, PartitionSpec, StatTable
 
 DAYS_PER_YEAR = 365.25
@@ -56,13 +57,13 @@ class TimeAtRisk:
 DEFAULT_TARS = ("0:365", "0:end")
 
 
-def _persons_sql(idx: str, outcome_id: int, tar: TimeAtRisk) -> str:
+def _persons_sql(store: Store, idx: str, outcome_id: int, tar: TimeAtRisk) -> str:
     """One row per target person with a TAR: start, exit, outcome inside, or prevalent flag."""
     anchor = "i.index_date" if tar.end_anchor == "start" else "i.end_date"
     return f"""
         WITH tar AS (
-            SELECT i.*, i.index_date + {tar.start_offset} AS tar_start,
-                   LEAST({anchor} + {tar.end_offset}, i.op_end) AS tar_end
+            SELECT i.*, {add_days(store, 'i.index_date', tar.start_offset)} AS tar_start,
+                   LEAST({add_days(store, anchor, tar.end_offset)}, i.op_end) AS tar_end
             FROM {idx} i WHERE i.op_end IS NOT NULL),
         prevalent_cases AS (
             SELECT DISTINCT t.person_id FROM tar t JOIN cohort o ON o.subject_id = t.person_id
@@ -94,7 +95,7 @@ def incidence(store: Store, target_id: int, outcome_id: int, tars: Sequence[str 
     with temp_table(store, index_table_sql(store, target_id), "mercia_idx") as idx:
         persons = int(store.query_one(f"SELECT COUNT(*) FROM {idx}"))
         for tar in parsed:
-            with temp_table(store, _persons_sql(idx, outcome_id, tar), "mercia_tar") as at_risk:
+            with temp_table(store, _persons_sql(store, idx, outcome_id, tar), "mercia_tar") as at_risk:
                 n_tar, n_prevalent = store.query(
                     f"SELECT COUNT(*), COALESCE(SUM(prevalent), 0) FROM {at_risk}")[0]
                 attrition.append({"time_at_risk": tar.name, "count_target": persons,
@@ -146,10 +147,11 @@ def _rate_table(name: str, title: str, rows: list[dict[str, Any]], partitions: l
 
 
 def _strata(store: Store, at_risk: str, tar: TimeAtRisk) -> list[dict[str, Any]]:
-    strata = {"Overall": "'All'", "Age band": age_band_sql("age"), "Sex": "CAST(gender_concept_id AS VARCHAR)",
-              "IMD decile": "COALESCE(CAST(imd_decile AS VARCHAR), 'Not recorded')"}
+    strata = {"Overall": "'All'", "Age band": age_band_sql("age"), "Sex": as_text(store, "gender_concept_id"),
+              "IMD decile": f"COALESCE({as_text(store, 'imd_decile')}, 'Not recorded')"}
+    days_at_risk = days_between(store, "tar_start", "exit_date")
     sql = " UNION ALL ".join(
-        f"SELECT '{kind}', {expr}, COUNT(*), COUNT(outcome_date), SUM(exit_date - tar_start + 1) "
+        f"SELECT '{kind}', {expr}, COUNT(*), COUNT(outcome_date), SUM({days_at_risk} + 1) "
         f"FROM {at_risk} WHERE prevalent = 0 GROUP BY 2" for kind, expr in strata.items())
     rows = [_rate_row(tar, n, events, days, stratum_type=kind, stratum=stratum)
             for kind, stratum, n, events, days in store.query(sql)]
@@ -167,13 +169,13 @@ def _years(store: Store, at_risk: str, tar: TimeAtRisk) -> list[dict[str, Any]]:
                        f"FROM {at_risk} WHERE prevalent = 0")[0]
     if span[0] is None:
         return []
-    years = ", ".join(f"({y})" for y in range(int(span[0]), int(span[1]) + 1))
+    years = ", ".join(f"({y}, DATE '{y:04d}-01-01', DATE '{y:04d}-12-31')"
+                      for y in range(int(span[0]), int(span[1]) + 1))
     found = store.query(f"""
         SELECT y.calendar_year, COUNT(*),
                SUM(CASE WHEN CAST(EXTRACT(YEAR FROM r.outcome_date) AS INTEGER) = y.calendar_year THEN 1 ELSE 0 END),
-               SUM(LEAST(r.exit_date, MAKE_DATE(y.calendar_year, 12, 31))
-                   - GREATEST(r.tar_start, MAKE_DATE(y.calendar_year, 1, 1)) + 1)
-        FROM {at_risk} r JOIN (VALUES {years}) AS y(calendar_year)
+               SUM({days_between(store, 'GREATEST(r.tar_start, y.first_day)', 'LEAST(r.exit_date, y.last_day)')} + 1)
+        FROM {at_risk} r JOIN (VALUES {years}) AS y(calendar_year, first_day, last_day)
           ON y.calendar_year BETWEEN CAST(EXTRACT(YEAR FROM r.tar_start) AS INTEGER)
                                  AND CAST(EXTRACT(YEAR FROM r.exit_date) AS INTEGER)
         WHERE r.prevalent = 0

@@ -19,12 +19,13 @@ from mercia.analytics.base import (
     AnalyticsError, as_id, cohort_check, count, finish, index_table_sql, label, statistic, temp_table,
 )
 from mercia.cdm import Store
+from mercia.cdm.dialect import add_days, days_between
 from mercia.privacy.disclosure import AnalysisResult, DisclosurePolicy, StatTable, kaplan_meier
 
 DEATH = "death"
 
 
-def _life_table_sql(idx: str, outcome: int | str, max_days: int | None) -> str:
+def _life_table_sql(store: Store, idx: str, outcome: int | str, max_days: int | None) -> str:
     if outcome == DEATH:
         events = "SELECT person_id, MIN(death_date) AS event_date FROM death GROUP BY person_id"
         competing = "NULL"
@@ -32,7 +33,7 @@ def _life_table_sql(idx: str, outcome: int | str, max_days: int | None) -> str:
         events = (f"SELECT subject_id AS person_id, cohort_start_date AS event_date FROM cohort "
                   f"WHERE cohort_definition_id = {outcome}")
         competing = "d.death_date"
-    cap = "" if max_days is None else f", i.index_date + {int(max_days)}"
+    cap = "" if max_days is None else f", {add_days(store, 'i.index_date', int(max_days))}"
     return f"""
         WITH ev AS ({events}),
         prevalent_cases AS (SELECT DISTINCT i.person_id FROM {idx} i JOIN ev ON ev.person_id = i.person_id
@@ -49,7 +50,8 @@ def _life_table_sql(idx: str, outcome: int | str, max_days: int | None) -> str:
             WHERE i.op_end IS NOT NULL AND i.person_id NOT IN (SELECT person_id FROM prevalent_cases)),
         timed AS (
             SELECT CASE WHEN event_date IS NOT NULL AND event_date <= censor_date
-                        THEN event_date - index_date ELSE censor_date - index_date END AS time,
+                        THEN {days_between(store, 'index_date', 'event_date')}
+                        ELSE {days_between(store, 'index_date', 'censor_date')} END AS time,
                    CASE WHEN event_date IS NOT NULL AND event_date <= censor_date THEN 1 ELSE 0 END AS event
             FROM followed)
         SELECT time, SUM(event), SUM(1 - event) FROM timed GROUP BY time ORDER BY time"""
@@ -72,7 +74,7 @@ def life_table(store: Store, cohort_id: int, outcome: int | str,
                max_days: int | None = None) -> tuple[list[tuple[int, int, int]], int, int]:
     """((day, events, censored) rows, persons, excluded) for one cohort, from the engine."""
     with temp_table(store, index_table_sql(store, cohort_id), "mercia_idx") as idx:
-        rows = [(int(t), int(e), int(c)) for t, e, c in store.query(_life_table_sql(idx, outcome, max_days))]
+        rows = [(int(t), int(e), int(c)) for t, e, c in store.query(_life_table_sql(store, idx, outcome, max_days))]
         persons, excluded = _counts(store, idx, outcome)
     return rows, persons, excluded
 

@@ -3,7 +3,8 @@ reason, and checks in the style of the OHDSI Data Quality Dashboard (Kahn et al.
 conformance, completeness, plausibility; each check counts violating rows against a threshold).
 
 Every query is one aggregate per check, scoped to an organisation through ``mercia_provenance``
-when ``org`` is given.
+when ``org`` is given.  The report only reads: a table the store lacks (a CDM loaded without Mercia's
+ingestion has no provenance or rejects) counts as empty, on every engine alike.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import datetime as dt
 from dataclasses import asdict, dataclass, field
 
 from mercia.cdm import CDM_TABLES, Store, quote
-from mercia.cdm.extensions import ensure_extension_tables
+from mercia.cdm.dialect import add_days
 
 DOMAINS = {  # table -> (primary key, concept column, source value column, date column)
     "visit_occurrence": ("visit_occurrence_id", "visit_concept_id", "visit_source_value", "visit_start_date"),
@@ -78,16 +79,27 @@ class Report:
 class _Scope:
     def __init__(self, store: Store, org: str | None):
         self.store, self.org = store, org
+        self._exists: dict[str, bool] = {}
+        self.has_provenance = self.exists("mercia_provenance")
+
+    def exists(self, table: str) -> bool:
+        if table not in self._exists:
+            self._exists[table] = self.store.table_exists(table)
+        return self._exists[table]
 
     def rows(self, table: str, alias: str = "t") -> tuple[str, list]:
         """WHERE fragment restricting ``table`` to the organisation's rows."""
         if not self.org:
             return "TRUE", []
+        if not self.has_provenance:  # no row came through ingestion, so none is the organisation's
+            return "FALSE", []
         pk = CDM_TABLES[table].primary_key if table in CDM_TABLES else f"{table}_id"
         return (f"{alias}.{quote(pk)} IN (SELECT row_id FROM mercia_provenance WHERE cdm_table = '{table}' "
                 f"AND org = ?)"), [self.org]
 
     def count(self, table: str, condition: str = "TRUE", join: str = "") -> tuple[int, int]:
+        if not self.exists(table):
+            return 0, 0
         where, params = self.rows(table)
         sql = f"SELECT count(*) FILTER (WHERE {condition}), count(*) FROM {quote(table)} t {join} WHERE {where}"
         violations, rows = self.store.query(sql, params or None)[0]
@@ -95,14 +107,16 @@ class _Scope:
 
 
 def build_report(store: Store, org: str | None = None) -> Report:
-    ensure_extension_tables(store)
     scope = _Scope(store, org)
     report = Report(org=org, generated=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     org_where, org_params = ("WHERE org = ?", [org]) if org else ("", [])
-    report.counts = store.query_dicts(f"""
-        SELECT org, cdm_table, count(DISTINCT row_id) AS row_count FROM mercia_provenance {org_where}
-        GROUP BY org, cdm_table ORDER BY org, cdm_table""", org_params or None)
+    if scope.has_provenance:
+        report.counts = store.query_dicts(f"""
+            SELECT org, cdm_table, count(DISTINCT row_id) AS row_count FROM mercia_provenance {org_where}
+            GROUP BY org, cdm_table ORDER BY org, cdm_table""", org_params or None)
     for table, (pk, concept, source, _) in DOMAINS.items():
+        if not scope.exists(table):
+            continue
         where, params = scope.rows(table)
         row = store.query(f"""SELECT count(*), count(*) FILTER (WHERE t.{concept} <> 0) FROM {quote(table)} t
                               WHERE {where}""", params or None)[0]
@@ -111,10 +125,12 @@ def build_report(store: Store, org: str | None = None) -> Report:
                                    "mapped_pct": round(100.0 * row[1] / row[0], 2)})
             report.unmapped += [{"table": table, "source_value": r[0], "rows": int(r[1])} for r in store.query(
                 f"""SELECT t.{source}, count(*) FROM {quote(table)} t WHERE t.{concept} = 0 AND {where}
-                    GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10""", params or None)]
-    report.rejects = store.query_dicts(f"""
-        SELECT org, action, field, reason, count(*) AS records FROM mercia_reject {org_where}
-        GROUP BY org, action, field, reason ORDER BY org, records DESC""", org_params or None)
+                    GROUP BY 1 ORDER BY 2 DESC, 1 NULLS LAST LIMIT 10""", params or None)]
+    if scope.exists("mercia_reject"):
+        report.rejects = store.query_dicts(f"""
+            SELECT org, action, field, reason, count(*) AS records FROM mercia_reject {org_where}
+            GROUP BY org, action, field, reason
+            ORDER BY org, records DESC, action, field NULLS LAST, reason""", org_params or None)
     report.checks = _checks(store, scope)
     return report
 
@@ -143,7 +159,7 @@ def _checks(store: Store, scope: _Scope) -> list[Check]:
         add(f"{table}_before_birth", "plausibility", table, f"{date} before the year of birth",
             f"extract(year FROM t.{date}) < p.year_of_birth", join="JOIN person p ON p.person_id = t.person_id")
         add(f"{table}_after_death", "plausibility", table, f"{date} more than 60 days after death",
-            f"t.{date} > d.death_date + 60", join="LEFT JOIN death d ON d.person_id = t.person_id")
+            f"t.{date} > {add_days(store, 'd.death_date', 60)}", join="LEFT JOIN death d ON d.person_id = t.person_id")
         add(f"{table}_outside_observation", "plausibility", table, f"{date} outside every observation period",
             f"""NOT EXISTS (SELECT 1 FROM observation_period o WHERE o.person_id = t.person_id
                 AND t.{date} BETWEEN o.observation_period_start_date AND o.observation_period_end_date)""")

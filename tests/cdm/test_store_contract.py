@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from mercia.cdm import Store, StoreError
+from mercia.cdm.dialect import add_days, as_double, as_text, days_between
 from mercia.cdm.schema import Column, Table
 from mercia.cdm.store import connect
 from tests.conftest import drop_store, open_store
@@ -273,13 +274,38 @@ def test_snapshot_reads_see_one_moment(engine, tmp_path):
 
 
 def test_temporary_tables_and_text_casts(cstore):
-    """Analytics keeps intermediate results in temporary tables (Spark: cached temporary views) and
-    casts to text as ``CAST(x AS VARCHAR)`` (Spark: STRING)."""
+    """Analytics keeps intermediate results in temporary tables (Spark: views over a local checkpoint)
+    and casts to text with ``mercia.cdm.dialect.as_text`` (Spark: STRING)."""
     cstore.insert_arrow(SAMPLE.name, sample_rows(5))
-    cstore.create_temp_table("contract_tmp", f"SELECT id, CAST(id AS VARCHAR) AS label FROM {SAMPLE.name} WHERE id > 2")
+    cstore.create_temp_table("contract_tmp", f"SELECT id, {as_text(cstore, 'id')} AS label FROM {SAMPLE.name} WHERE id > 2")
     cstore.insert_arrow(SAMPLE.name, sample_rows(5, start=10))   # computed when made, not when read
     assert cstore.query("SELECT id, label FROM contract_tmp ORDER BY id") == [(3, "3"), (4, "4"), (5, "5")]
     cstore.drop_temp_table("contract_tmp")
     cstore.drop_temp_table("contract_tmp")   # dropping twice is harmless
     with pytest.raises(StoreError):
         cstore.query("SELECT count(*) FROM contract_tmp")
+
+
+def test_date_arithmetic_and_casts_mean_the_same_on_every_engine(cstore):
+    """``mercia.cdm.dialect``: whole days between dates (Spark's ``date - date`` is an interval), days
+    added to a date across month, year and leap-day boundaries, and casts, rendered per engine."""
+    days = [dt.date(2020, 2, 28), dt.date(2020, 12, 31), dt.date(2021, 3, 1)]
+    cstore.insert_arrow(SAMPLE.name, pa.table({"id": pa.array([1, 2, 3], pa.int64()),
+                                               "amount": pa.array([0.5, 1.25, None], pa.float64()),
+                                               "day": pa.array(days, pa.date32())}))
+    first = f"(SELECT day FROM {SAMPLE.name} WHERE id = 1)"
+    rows = cstore.query(f"""
+        SELECT id, {days_between(cstore, first, 'day')}, {days_between(cstore, 'day', first)},
+               {add_days(cstore, 'day', 1)}, {add_days(cstore, 'day', -366)}, {add_days(cstore, 'day', 0)},
+               {as_text(cstore, 'id')} || '/' || COALESCE({as_text(cstore, 'amount')}, 'none'),
+               {as_double(cstore, 'id')} / 4
+        FROM {SAMPLE.name} ORDER BY id""")
+    assert [r[:3] for r in rows] == [(1, 0, 0), (2, 307, -307), (3, 367, -367)]
+    assert [r[3:6] for r in rows] == [
+        (dt.date(2020, 2, 29), dt.date(2019, 2, 27), dt.date(2020, 2, 28)),
+        (dt.date(2021, 1, 1), dt.date(2019, 12, 31), dt.date(2020, 12, 31)),
+        (dt.date(2021, 3, 2), dt.date(2020, 2, 29), dt.date(2021, 3, 1))]
+    assert [r[6] for r in rows] == ["1/0.5", "2/1.25", "3/none"]
+    assert [r[7] for r in rows] == [0.25, 0.5, 0.75]
+    with pytest.raises(TypeError):
+        add_days(cstore, "day", 1.5)

@@ -14,11 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mercia.analytics.base import distribution_columns, distribution_row, quantiles_sql
+from mercia.cdm import Store
 from mercia.privacy.disclosure import ColumnSpec, DisclosurePolicy, StatTable, get_policy
 from tests.conftest import DISCLOSURE_PROFILE
 
 OPENSAFELY = get_policy("opensafely")
 ROUNDING_POLICIES = [get_policy("opensafely"), get_policy("nhse-hes")]
+DUCKDB = Store(":memory:")  # the dialect quantiles_sql is rendered in (the test runs it on its own connection)
 
 
 def mean_table(groups: dict[str, tuple[int, float]]) -> StatTable:
@@ -101,7 +103,7 @@ def test_no_released_distribution_identifies_its_size(values, policy):
     con = duckdb.connect()
     con.execute("CREATE TABLE v (x INTEGER)")
     con.executemany("INSERT INTO v VALUES (?)", [[v] for v in values])
-    row = distribution_row(con.execute(f"SELECT {quantiles_sql('x')} FROM v").fetchone())
+    row = distribution_row(con.execute(f"SELECT {quantiles_sql(DUCKDB, 'x')} FROM v").fetchone())
     table = StatTable(name="d", title="d", columns=[ColumnSpec(name="variable", kind="label"),
                                                     ColumnSpec(name="count_persons", kind="count"),
                                                     *distribution_columns()],

@@ -110,10 +110,6 @@ def _driver_errors() -> tuple[type[BaseException], ...]:
 _CONNECT_MODE = "SPARK_CONNECT_MODE_ENABLED"
 
 
-# Mercia's SQL casts to text as ``CAST(x AS VARCHAR)`` (DuckDB and PostgreSQL); Spark wants a length or STRING.
-_UNSIZED_VARCHAR = re.compile(r"\s+AS\s+VARCHAR\s*\)", re.IGNORECASE)
-
-
 class SparkStore(Store):
     dialect = "spark"
 
@@ -169,7 +165,6 @@ class SparkStore(Store):
 
     # -- SQL -------------------------------------------------------------------------------
     def _sql(self, sql: str, params: Sequence[Any] | None = None):
-        sql = _UNSIZED_VARCHAR.sub(" AS STRING)", sql)
         try:
             return self._spark.sql(sql, args=list(params)) if params is not None else self._spark.sql(sql)
         except self._errors as exc:

@@ -1,0 +1,60 @@
+"""The few SQL fragments whose spelling differs by engine, built once as sqlglot expressions and rendered
+in the store's dialect, so capabilities that write SQL strings never branch on the engine.
+
+Mercia's SQL strings are otherwise written in the subset DuckDB, PostgreSQL and Spark read alike.  What
+falls outside it: date arithmetic (``date - date`` is a number of days on DuckDB and PostgreSQL but an
+INTERVAL on Spark; Spark adds only INT days to a date) and type names in casts (Spark has no unsized
+VARCHAR and no DOUBLE PRECISION).  Transpiling whole statements instead (``sqlglot.transpile`` from
+DuckDB) cannot see that ``a - b`` subtracts dates, turns ``PERCENTILE_DISC`` into Spark's approximate
+``PERCENTILE_APPROX`` and DuckDB's ``MAKE_DATE`` into a ``DATE_FROM_PARTS`` PostgreSQL lacks, so only
+these fragments are rendered, explicitly.
+
+Arguments are plain SQL expressions in that common subset (column references, literals, ``LEAST``,
+``GREATEST`` or ``COALESCE`` of them): they are parsed and re-rendered too, so keep functions out.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import sqlglot
+from sqlglot import exp
+
+from mercia.cdm.store import Store
+
+_DAY = exp.var("DAY")
+_DATE = exp.DataType.build("DATE")
+_TEXT = exp.DataType.build("TEXT")
+_DOUBLE = exp.DataType.build("DOUBLE")
+
+
+@lru_cache(maxsize=512)
+def _parse(fragment: str) -> exp.Expression:
+    return sqlglot.parse_one(fragment, read="duckdb")
+
+
+def _render(node: exp.Expression, store: Store) -> str:
+    return node.sql(dialect=store.dialect)
+
+
+def days_between(store: Store, start: str, end: str) -> str:
+    """Whole days from date ``start`` to date ``end`` (negative when ``end`` is earlier), as an integer."""
+    return _render(exp.DateDiff(this=_parse(end).copy(), expression=_parse(start).copy(), unit=_DAY), store)
+
+
+def add_days(store: Store, date: str, days: int) -> str:
+    """The date ``days`` days after ``date`` (before, when negative), as a DATE."""
+    if not isinstance(days, int):
+        raise TypeError(f"add_days takes a whole number of days, got {days!r}")
+    shifted = exp.DateAdd(this=_parse(date).copy(), expression=exp.Literal.number(days), unit=_DAY)
+    return _render(exp.cast(shifted, _DATE), store)
+
+
+def as_text(store: Store, value: str) -> str:
+    """``value`` cast to the engine's unbounded text type."""
+    return _render(exp.cast(_parse(value).copy(), _TEXT), store)
+
+
+def as_double(store: Store, value: str) -> str:
+    """``value`` cast to a double-precision float."""
+    return _render(exp.cast(_parse(value).copy(), _DOUBLE), store)
