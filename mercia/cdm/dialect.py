@@ -24,6 +24,7 @@ from mercia.cdm.store import Store
 
 _DAY = exp.var("DAY")
 _DATE = exp.DataType.build("DATE")
+_INT = exp.DataType.build("INT")
 _TEXT = exp.DataType.build("TEXT")
 _DOUBLE = exp.DataType.build("DOUBLE")
 
@@ -37,17 +38,28 @@ def _render(node: exp.Expression, store: Store) -> str:
     return node.sql(dialect=store.dialect)
 
 
+def day_difference(start: exp.Expression, end: exp.Expression) -> exp.Expression:
+    """Whole days from ``start`` to ``end`` as a sqlglot node (the cohort compiler builds trees with it)."""
+    return exp.DateDiff(this=end, expression=start, unit=_DAY)
+
+
+def date_plus_days(date: exp.Expression, days: int | exp.Expression) -> exp.Expression:
+    """``date`` shifted by ``days`` as a DATE node: DuckDB and PostgreSQL widen ``date + interval`` to a
+    timestamp, hence the cast back; Spark's DATE_ADD takes only INT days, hence the narrowing of a column."""
+    count = exp.Literal.number(days) if isinstance(days, int) else exp.cast(days, _INT, copy=False)
+    return exp.cast(exp.DateAdd(this=date, expression=count, unit=_DAY), _DATE, copy=False)
+
+
 def days_between(store: Store, start: str, end: str) -> str:
     """Whole days from date ``start`` to date ``end`` (negative when ``end`` is earlier), as an integer."""
-    return _render(exp.DateDiff(this=_parse(end).copy(), expression=_parse(start).copy(), unit=_DAY), store)
+    return _render(day_difference(_parse(start).copy(), _parse(end).copy()), store)
 
 
 def add_days(store: Store, date: str, days: int) -> str:
     """The date ``days`` days after ``date`` (before, when negative), as a DATE."""
     if not isinstance(days, int):
         raise TypeError(f"add_days takes a whole number of days, got {days!r}")
-    shifted = exp.DateAdd(this=_parse(date).copy(), expression=exp.Literal.number(days), unit=_DAY)
-    return _render(exp.cast(shifted, _DATE), store)
+    return _render(date_plus_days(_parse(date).copy(), days), store)
 
 
 def as_text(store: Store, value: str) -> str:

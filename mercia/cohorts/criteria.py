@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
+from mercia.cdm.dialect import day_difference
 from mercia.cohorts import model as m
 from mercia.cohorts.model import CohortDefinitionError
 from mercia.cohorts.sqlexpr import (
@@ -21,7 +22,6 @@ from mercia.cohorts.sqlexpr import (
     add_days,
     col,
     date_literal,
-    days_between,
     in_list,
     null_as,
     num,
@@ -446,7 +446,7 @@ class CriteriaCompiler:
         for attr in ("visit_length", "visit_detail_length", "era_length", "period_length"):
             rng = getattr(c, attr, None)
             if rng is not None:
-                f.append(numeric_range(days_between(start.copy(), end.copy()), rng, whole=True))
+                f.append(numeric_range(day_difference(start.copy(), end.copy()), rng, whole=True))
         if isinstance(c, m.ConditionEra | m.DrugEra) and c.occurrence_count is not None:
             column = "condition_occurrence_count" if isinstance(c, m.ConditionEra) else "drug_exposure_count"
             f.append(numeric_range(col(column, "C"), c.occurrence_count, whole=True))

@@ -1,13 +1,14 @@
 """Small builders for sqlglot expression trees, so the compiler reads like the relational plan.
 
-Date arithmetic goes through sqlglot's DateAdd/DateDiff nodes, which each dialect renders natively
-(``+ INTERVAL`` on DuckDB/PostgreSQL, ``DATE_ADD`` on Spark); the result is cast back to DATE because
-DuckDB and PostgreSQL widen ``date + interval`` to a timestamp.
+Date arithmetic comes from ``mercia.cdm.dialect`` (one home for what differs by engine), as nodes each
+dialect renders natively (``+ INTERVAL`` on DuckDB/PostgreSQL, ``DATE_ADD`` on Spark).
 """
 
 from __future__ import annotations
 
 from sqlglot import exp
+
+from mercia.cdm.dialect import date_plus_days
 
 DATE = exp.DataType.build("DATE")
 BIGINT = exp.DataType.build("BIGINT")
@@ -34,18 +35,7 @@ def null_as(data_type: exp.DataType) -> exp.Expression:
 
 
 def add_days(date: exp.Expression, days: int | exp.Expression) -> exp.Expression:
-    if isinstance(days, int):
-        if days == 0:
-            return date
-        days = num(days)
-    else:
-        # Spark's DATE_ADD takes an INT day count; a BIGINT column must be narrowed
-        days = exp.cast(days, exp.DataType.build("INT"), copy=False)
-    return exp.cast(exp.DateAdd(this=date, expression=days, unit=exp.var("DAY")), DATE, copy=False)
-
-
-def days_between(start: exp.Expression, end: exp.Expression) -> exp.Expression:
-    return exp.DateDiff(this=end, expression=start, unit=exp.var("DAY"))
+    return date if isinstance(days, int) and days == 0 else date_plus_days(date, days)
 
 
 def year_of(date: exp.Expression) -> exp.Expression:
