@@ -185,16 +185,16 @@ class Hub:
                 raise
             with self.gov.db.transaction():
                 qid = self.store.allocate_ids("mercia_fed_query", "id")
-                now = _now()
+                now, body = _now(), query.model_dump()
                 deadline = now + timedelta(seconds=deadline_seconds or self.settings.deadline_seconds)
                 self.store.execute(
                     "INSERT INTO mercia_fed_query VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, 'running', NULL)",
-                    [qid, project_id, user.username, query.kind, canonical(query.model_dump()).decode(),
-                     fingerprint(query.model_dump()), orjson.dumps(sorted(query.criteria())).decode(),
+                    [qid, project_id, user.username, query.kind, canonical(body).decode(), fingerprint(body),
+                     orjson.dumps(sorted(query.criteria())).decode(),
                      chosen.name, differencing, _iso(now), _iso(deadline)])
                 orgs = self._issue(qid, 1, deadline)
                 self.gov.audit.record(user.username, "federation.ask", f"query:{qid}", project_id, kind=query.kind,
-                                      fingerprint=fingerprint(query.model_dump()), nodes=orgs, policy=chosen.name,
+                                      fingerprint=fingerprint(body), nodes=orgs, policy=chosen.name,
                                       differencing=differencing)
         return {"query_id": qid, "nodes": orgs, "deadline_at": _iso(deadline)}
 
@@ -218,10 +218,11 @@ class Hub:
         orgs = [r[0] for r in self.store.query("SELECT org FROM mercia_fed_node WHERE active ORDER BY org")]
         first = self.store.allocate_ids("mercia_fed_task", "id", max(1, len(orgs)))
         salt = new_salt()   # one salt per round: the same person gives the same salted token at every node
-        for i, org in enumerate(orgs):
+        if orgs:   # one statement for every node's task (a nonce of its own each)
             self.store.execute("INSERT INTO mercia_fed_task (id, query_id, round, org, nonce, salt, expires_at, status) "
-                               "VALUES (?, ?, ?, ?, ?, ?, ?, 'issued')",
-                               [first + i, qid, round_, org, secrets.token_hex(16), salt, _iso(deadline)])
+                               "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, 'issued')"] * len(orgs)),
+                               [value for i, org in enumerate(orgs)
+                                for value in (first + i, qid, round_, org, secrets.token_hex(16), salt, _iso(deadline))])
         self.issued += 1
         return orgs
 
@@ -260,8 +261,7 @@ class Hub:
         with self._lock:
             row = self._query_row(user, query_id)
             if row["status"] == "running":
-                self._finish_if_due(row)
-                row = self._query_row(user, query_id)
+                row = self._finish_if_due(row)
             result = {"query_id": query_id, "project_id": row["project_id"], "status": row["status"],
                       "round": row["round"], "deadline_at": row["deadline_at"], "policy": row["policy"]}
             if row["answer"]:
@@ -294,18 +294,20 @@ class Hub:
             "WHERE t.query_id = ? AND t.round = ? ORDER BY t.org", [query_id, round_])
         return rows
 
-    def _finish_if_due(self, row: dict[str, Any]) -> None:
+    def _finish_if_due(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The question's row, answered and stored if every node has answered or the deadline passed."""
         sites = self._site_rows(row["id"], row["round"])
         everyone = all(s["status"] in FINAL_TASK_STATUSES for s in sites)
         if not everyone and _now() < _parse(row["deadline_at"]):
-            return
+            return row
         answer = self._combine(row, sites)
+        finished = {**row, "status": "complete" if answer["complete"] else "partial",
+                    "answer": orjson.dumps(answer).decode()}
         with self.gov.db.transaction():
             self.store.execute("UPDATE mercia_fed_task SET status = 'timed_out' WHERE query_id = ? AND round = ? "
                                "AND status NOT IN ('answered', 'refused', 'paused', 'error')", [row["id"], row["round"]])
             self.store.execute("UPDATE mercia_fed_query SET status = ?, answer = ? WHERE id = ?",
-                               ["complete" if answer["complete"] else "partial", orjson.dumps(answer).decode(),
-                                row["id"]])
+                               [finished["status"], finished["answer"], row["id"]])
             self.gov.audit.record("hub", "federation.answer", f"query:{row['id']}", row["project_id"],
                                   round=row["round"], complete=answer["complete"],
                                   deduplicated_total=answer["deduplicated_total"], naive_sum=answer["naive_sum"],
@@ -313,6 +315,7 @@ class Hub:
         for site in sites:
             self._tokens.pop(site["task_id"], None)
             self._site_extra.pop(site["task_id"], None)
+        return finished
 
     def _combine(self, row: dict[str, Any], sites: list[dict[str, Any]]) -> dict[str, Any]:
         """De-duplicate the salted tokens (overall and per cell), then pass every published figure through
@@ -463,44 +466,55 @@ def member_rows(org: str, result: NodeResult) -> pa.Table:
         except ValueError as exc:
             raise ValueError(f"{kind}: {exc}") from exc
     cell = pa.array(members.cell_names, pa.string()).take(pa.array(members.cell, pa.int32()))
-    return pa.table({"site": pa.array([org] * rows, pa.string()), **columns, "cell": cell}, schema=MEMBER_ROWS)
+    return pa.table({"site": pa.repeat(pa.scalar(org, pa.string()), rows), **columns, "cell": cell}, schema=MEMBER_ROWS)
 
 
 def network_counts(rows: pa.Table, partition: bool) -> tuple[int, int, dict[str, int]]:
     """(distinct persons, persons seen at two or more sites, distinct persons per cell) over the sites'
-    salted member rows (``member_rows``), in DuckDB.
+    salted member rows (``member_rows``), in one DuckDB query.
 
     A person is its NHS token; a person known at some site only by a demographic token is the person
     with an NHS token who has that demographic token too (the smallest such token, so two NHS numbers
     are never merged), else a person of its own.  With ``partition`` each person is counted in one cell
     (the smallest: the earliest month, or the first stratum in sort order when sites disagree), so the
     cells add up to the total; otherwise (features) a person counts once in every cell they have.
-    Salted tokens are grouped as 128-bit integers."""
+    Tokens are grouped as their two 64-bit halves (faster than one 128-bit integer); only demographic
+    tokens that some site holds without an NHS token are looked up, and "two or more sites" is
+    min(site) <> max(site) rather than a distinct count."""
     with _COUNTING_LOCK:
         con = _counting_connection().cursor()
     try:
         con.register("member_rows", rows)
         persons = """
-            WITH r AS (SELECT site, cell, (CAST(nhs_hi AS UHUGEINT) << 64) | nhs_lo AS nhs,
-                              (CAST(demographic_hi AS UHUGEINT) << 64) | demographic_lo AS demographic
-                       FROM member_rows),
-            alias AS (SELECT demographic, min(nhs) AS nhs FROM r
-                      WHERE nhs IS NOT NULL AND demographic IS NOT NULL GROUP BY demographic),
-            p AS (SELECT site, cell, FALSE AS by_demographic, nhs AS person FROM r WHERE nhs IS NOT NULL
+            WITH alias AS (
+                SELECT m.demographic_hi, m.demographic_lo, min(m.nhs_hi) AS nhs_hi,
+                       arg_min(m.nhs_lo, (CAST(m.nhs_hi AS UHUGEINT) << 64) | m.nhs_lo) AS nhs_lo
+                FROM member_rows m SEMI JOIN (SELECT demographic_hi, demographic_lo FROM member_rows
+                                              WHERE nhs_hi IS NULL) u
+                     ON u.demographic_hi = m.demographic_hi AND u.demographic_lo = m.demographic_lo
+                WHERE m.nhs_hi IS NOT NULL GROUP BY m.demographic_hi, m.demographic_lo),
+            p AS (SELECT site, cell, FALSE AS by_demographic, nhs_hi AS hi, nhs_lo AS lo FROM member_rows
+                  WHERE nhs_hi IS NOT NULL
                   UNION ALL
-                  SELECT r.site, r.cell, a.nhs IS NULL, COALESCE(a.nhs, r.demographic)
-                  FROM r LEFT JOIN alias a ON a.demographic = r.demographic WHERE r.nhs IS NULL),
-            per_person AS (SELECT count(DISTINCT site) AS sites, min(cell) AS cell FROM p
-                           GROUP BY by_demographic, person)"""
+                  SELECT m.site, m.cell, a.nhs_hi IS NULL, COALESCE(a.nhs_hi, m.demographic_hi),
+                         COALESCE(a.nhs_lo, m.demographic_lo)
+                  FROM member_rows m LEFT JOIN alias a
+                       ON a.demographic_hi = m.demographic_hi AND a.demographic_lo = m.demographic_lo
+                  WHERE m.nhs_hi IS NULL)"""
         if partition:
-            cells = con.execute(persons + " SELECT cell, count(*), count(*) FILTER (WHERE sites > 1) "
-                                          "FROM per_person GROUP BY cell").fetchall()
+            cells = con.execute(persons + """,
+                per_person AS (SELECT min(site) <> max(site) AS shared, min(cell) AS cell FROM p
+                               GROUP BY by_demographic, hi, lo)
+                SELECT cell, count(*), count(*) FILTER (WHERE shared) FROM per_person GROUP BY cell""").fetchall()
             distinct, shared = sum(c[1] for c in cells), sum(c[2] for c in cells)
-        else:
-            distinct, shared = con.execute(persons + " SELECT count(*), count(*) FILTER (WHERE sites > 1) "
-                                                     "FROM per_person").fetchone()
-            cells = con.execute(persons + " SELECT cell, count(*) FROM (SELECT DISTINCT cell, by_demographic, "
-                                          "person FROM p) GROUP BY cell").fetchall()
+        else:   # one pass: per person (the total and overlap) and per person and cell
+            grouped = con.execute(persons + """,
+                per_person AS (SELECT grouping(cell) = 1 AS whole, cell, min(site) <> max(site) AS shared FROM p
+                               GROUP BY GROUPING SETS ((by_demographic, hi, lo), (by_demographic, hi, lo, cell)))
+                SELECT whole, cell, count(*), count(*) FILTER (WHERE shared) FROM per_person
+                GROUP BY whole, cell""").fetchall()
+            distinct, shared = next(((g[2], g[3]) for g in grouped if g[0]), (0, 0))
+            cells = [(g[1], g[2]) for g in grouped if not g[0]]
     finally:
         con.close()
     return int(distinct or 0), int(shared or 0), {c[0]: int(c[1]) for c in cells}
