@@ -14,7 +14,7 @@
      opening the store) and warm (median of the next runs);
    - in-process parts: the hub (submit; per node result: signature check, parsing, acceptance;
      combining into the de-duplicated answer) and each node (cohort + tokens, then serialising and
-     signing its result), timed one by one;
+     signing its result), timed one by one, for ``--repeats`` questions (the hub's median reported);
    - end to end: the hub as a uvicorn process on 127.0.0.1 and one ``mercia federation node run``
      process per organisation long-polling it, wall clock from submit to the de-duplicated answer
      (after one warm-up question, as nodes are long-running), ``--repeats`` times.
@@ -108,9 +108,11 @@ def single_store(url: str, repeats: int) -> dict:
             "warm_cpu_seconds": round(statistics.median(cpu[1:]), 3), "load_average_1m": load()}
 
 
-def in_process(net, project_id: int) -> dict:
-    """One question with hub and nodes in this process, each part timed: what the hub does per question
-    (submit, per result: signature, parsing, acceptance; combining) and what each node does."""
+def in_process(net, project_id: int, questions: int = 1) -> dict:
+    """``questions`` questions with hub and nodes in this process, each part timed: what the hub does per
+    question (submit, per result: signature, parsing, acceptance; combining) and what each node does.
+    The hub's figures are the median over the questions (each part's median separately), every
+    question's total beside them; the nodes' are the last question's."""
     from fastapi.testclient import TestClient
 
     from mercia.cdm import Store
@@ -121,6 +123,7 @@ def in_process(net, project_id: int) -> dict:
     from mercia.federation.region import reference_cohort
 
     path = f"{PREFIX}/node/results"
+    asked = []   # per question: (hub parts, hub CPU seconds, nodes, member rows, answer)
     with Store(net.hub_db) as hub_store:
         hub = Hub(hub_store, HubSettings(policy="none", allow_raw=True, differencing_limit=100))
         user = hub.gov.user_by_name(hub.gov.db.rows("SELECT username FROM mercia_user WHERE username LIKE "
@@ -128,45 +131,55 @@ def in_process(net, project_id: int) -> dict:
         client = TestClient(create_hub_app(hub))
         agents = [NodeAgent(n.url, n.org, "http://testserver", net.keys[n.org], NodePolicy(allow_raw=True), wait=0,
                             client=client) for n in net.nodes]
-        hub_parts = {"submit": 0.0, "verify_signature": 0.0, "parse_result": 0.0, "accept_result": 0.0,
-                     "combine_answer": 0.0}
-        hub_cpu = 0.0   # CPU seconds of this process (all its threads) in the hub's parts: not inflated by others' load
-        nodes, rows = {}, 0
-        began, cpu = time.perf_counter(), time.process_time()
-        query_id = hub.submit(user, project_id, FeasibilityQuery(cohort=reference_cohort()))["query_id"]
-        hub_parts["submit"] = time.perf_counter() - began
-        hub_cpu += time.process_time() - cpu
-        for agent in agents:
-            task = agent.fetch()[0]
-            began = time.perf_counter()
-            result = agent.handle(task)
-            ran = time.perf_counter()
-            body = result.model_dump_json().encode()
-            headers = agent._headers("POST", path, body)
-            signed = time.perf_counter()
-            nodes[agent.org] = {"cohort_and_tokens": round(ran - began, 3), "serialise_and_sign": round(signed - ran, 3),
-                                "members": len(result.members.cell), "body_mb": round(len(body) / 1e6, 2)}
-            rows += len(result.members.cell)
+        for _ in range(questions):
+            hub_parts = {"submit": 0.0, "verify_signature": 0.0, "parse_result": 0.0, "accept_result": 0.0,
+                         "combine_answer": 0.0}
+            hub_cpu = 0.0   # CPU seconds of this process (all its threads) in the hub's parts: not inflated by others' load
+            nodes, rows = {}, 0
             began, cpu = time.perf_counter(), time.process_time()
-            org = hub.authenticate_node(headers["X-Mercia-Node"], "POST", path, headers["X-Mercia-Time"], body,
-                                        headers["X-Mercia-Signature"])
-            verified = time.perf_counter()
-            parsed = NodeResult.model_validate_json(body)
-            read = time.perf_counter()
-            hub.accept(org, parsed)
-            hub_parts["verify_signature"] += verified - began
-            hub_parts["parse_result"] += read - verified
-            hub_parts["accept_result"] += time.perf_counter() - read
+            query_id = hub.submit(user, project_id, FeasibilityQuery(cohort=reference_cohort()))["query_id"]
+            hub_parts["submit"] = time.perf_counter() - began
             hub_cpu += time.process_time() - cpu
-        began, cpu = time.perf_counter(), time.process_time()
-        answer = hub.answer(user, query_id)
-        hub_parts["combine_answer"] = time.perf_counter() - began
-        hub_cpu += time.process_time() - cpu
-    hub_seconds = sum(hub_parts.values())
+            for agent in agents:
+                task = agent.fetch()[0]
+                began = time.perf_counter()
+                result = agent.handle(task)
+                ran = time.perf_counter()
+                body = result.model_dump_json().encode()
+                headers = agent._headers("POST", path, body)
+                signed = time.perf_counter()
+                nodes[agent.org] = {"cohort_and_tokens": round(ran - began, 3),
+                                    "serialise_and_sign": round(signed - ran, 3),
+                                    "members": len(result.members.cell), "body_mb": round(len(body) / 1e6, 2)}
+                rows += len(result.members.cell)
+                began, cpu = time.perf_counter(), time.process_time()
+                org = hub.authenticate_node(headers["X-Mercia-Node"], "POST", path, headers["X-Mercia-Time"], body,
+                                            headers["X-Mercia-Signature"])
+                verified = time.perf_counter()
+                parsed = NodeResult.model_validate_json(body)
+                read = time.perf_counter()
+                hub.accept(org, parsed)
+                hub_parts["verify_signature"] += verified - began
+                hub_parts["parse_result"] += read - verified
+                hub_parts["accept_result"] += time.perf_counter() - read
+                hub_cpu += time.process_time() - cpu
+            began, cpu = time.perf_counter(), time.process_time()
+            answer = hub.answer(user, query_id)
+            hub_parts["combine_answer"] = time.perf_counter() - began
+            hub_cpu += time.process_time() - cpu
+            asked.append((hub_parts, hub_cpu, nodes, rows, answer))
+    totals = [sum(parts.values()) for parts, *_ in asked]
+    _, _, nodes, rows, answer = asked[-1]
     slowest = max(n["cohort_and_tokens"] + n["serialise_and_sign"] for n in nodes.values())
-    return {"hub_seconds": round(hub_seconds, 3), "hub_cpu_seconds": round(hub_cpu, 3), "hub_parts": {k: round(v, 3) for k, v in hub_parts.items()},
+    hub_seconds = statistics.median(totals)
+    return {"questions": questions, "hub_seconds": round(hub_seconds, 3),
+            "hub_seconds_each": [round(t, 3) for t in totals],
+            "hub_cpu_seconds": round(statistics.median(cpu for _, cpu, *_ in asked), 3),
+            "hub_cpu_seconds_each": [round(cpu, 3) for _, cpu, *_ in asked],
+            "hub_parts": {k: round(statistics.median(parts[k] for parts, *_ in asked), 3) for k in asked[0][0]},
             "nodes": nodes, "member_rows_received": rows, "slowest_node_seconds": round(slowest, 3),
             "hub_plus_slowest_node_seconds": round(hub_seconds + slowest, 3),
+            "answers_agree": len({a["deduplicated_total"] for *_, a in asked}) == 1,
             "answer": {k: answer[k] for k in ("status", "deduplicated_total", "naive_sum", "seen_at_two_or_more_sites")},
             "load_average_1m": load()}
 
@@ -237,7 +250,7 @@ def network_run(persons: int, directory: Path, repeats: int) -> dict:
     print(json.dumps({"single_store": single}), flush=True)
     net, project_id, token = prepare_hub(directory, built.nodes, policy="none", allow_raw=True,
                                          differencing_limit=100, deadline=600)
-    parts = in_process(net, project_id)
+    parts = in_process(net, project_id, repeats)
     print(json.dumps({"in_process": parts}), flush=True)
     wall = processes(net, token, project_id, repeats)
     print(json.dumps({"end_to_end": wall}), flush=True)
