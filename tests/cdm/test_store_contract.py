@@ -105,6 +105,22 @@ def test_transaction_commits(cstore):
     assert count(cstore) == 3
 
 
+def test_an_inserted_arrow_table_is_not_kept_until_commit(cstore, contract_engine):
+    """A chunked load inserts chunk after chunk in one transaction: each chunk's Arrow data must be
+    freed once inserted, not held until COMMIT (on DuckDB a registered view did, ~0.09 GB per 1,000
+    NMR samples).  Spark stages inserts until commit by design (module docstring)."""
+    if contract_engine == "spark":
+        pytest.skip("Spark stages bulk inserts until commit")
+    with cstore.transaction():
+        before = pa.total_allocated_bytes()
+        chunk = sample_rows(50_000)
+        held = pa.total_allocated_bytes() - before
+        cstore.insert_arrow(SAMPLE.name, chunk)
+        del chunk
+        assert pa.total_allocated_bytes() - before < held / 10
+    assert count(cstore) == 50_000
+
+
 def test_transaction_rolls_back_on_error(cstore):
     cstore.insert_arrow(SAMPLE.name, sample_rows(2))
     with pytest.raises(RuntimeError), cstore.transaction():

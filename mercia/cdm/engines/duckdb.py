@@ -132,13 +132,12 @@ class DuckDBStore(Store):
 
     # -- bulk ------------------------------------------------------------------------------
     def _insert(self, table: str, data: pa.Table, cols: str) -> None:
-        sql = f"INSERT INTO {quote(table)} ({cols}) SELECT {cols} FROM _mercia_arrow_in"
+        """Through a relation over the Arrow table, not ``register``: a registered view is a catalog
+        entry, and one dropped inside a transaction (with the Arrow table it holds) lives until
+        COMMIT, so a chunked load in one transaction kept every chunk's Arrow data (docs/metabolomics.md)."""
+        sql = f"INSERT INTO {quote(table)} ({cols}) SELECT {cols} FROM arrow_in"
         try:
-            self._duck.register("_mercia_arrow_in", data)
-            try:
-                self._duck.execute(sql)
-            finally:
-                self._duck.unregister("_mercia_arrow_in")
+            self._duck.from_arrow(data).query("arrow_in", sql)
         except duckdb.Error as exc:
             raise self._error(exc, sql) from exc
 
