@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mercia.cdm import Store
+from mercia.cdm.dialect import hmac_key_parameters, hmac_sha256_128
 from mercia.cdm.extensions import ensure_extension_tables
 from mercia.federation.messages import TOKEN_BYTES
 from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
@@ -129,28 +129,13 @@ COHORT_TOKENS_SQL = """
         WHERE l.person_id IN (SELECT person_id FROM members) GROUP BY l.person_id)
     SELECT m.person_id, {salted_nhs} AS nhs, {salted_demographic} AS demographic
     FROM members m LEFT JOIN tokens t ON t.person_id = m.person_id"""
-# HMAC-SHA-256 (RFC 2104: H((K ^ opad) || H((K ^ ipad) || m))) under the question's salt, truncated to
-# 128 bits (16 bytes), per engine; the padded keys are the two parameters.
-SALTED_SQL = {
-    "duckdb": "unhex(substr(sha256(unhex(?) || unhex(sha256(unhex(?) || encode({token})))), 1, 32))",
-    "postgres": "substr(sha256(decode(?, 'hex') || sha256(decode(?, 'hex') || convert_to({token}, 'UTF8'))), 1, 16)",
-}
-
-
 def cohort_tokens(store: Store, cohort_table: str, cohort_id: int, salt: str) -> pa.Table:
     """(person_id, nhs, demographic) for the cohort's members, each token ``HMAC(salt, token)`` truncated
     to 128 bits (16 bytes): unlinkable to any other question, and equal at every node for the same person."""
-    if store.dialect not in SALTED_SQL:
-        raise ValueError(f"a node store on {store.dialect} cannot salt tokens; use DuckDB or PostgreSQL")
-    expression = SALTED_SQL[store.dialect]
-    sql = COHORT_TOKENS_SQL.format(cohort_table=cohort_table, salted_nhs=expression.format(token="t.nhs"),
-                                   salted_demographic=expression.format(token="t.demographic"))
-    key = salt.encode()
-    if len(key) > 64:   # RFC 2104: a key longer than the block is hashed first
-        key = hashlib.sha256(key).digest()
-    padded = key.ljust(64, b"\0")
-    inner, outer = bytes(b ^ 0x36 for b in padded).hex(), bytes(b ^ 0x5C for b in padded).hex()
-    return store.query_arrow(sql, [cohort_id, outer, inner, outer, inner])
+    sql = COHORT_TOKENS_SQL.format(cohort_table=cohort_table, salted_nhs=hmac_sha256_128(store, "t.nhs"),
+                                   salted_demographic=hmac_sha256_128(store, "t.demographic"))
+    keys = hmac_key_parameters(salt.encode())
+    return store.query_arrow(sql, [cohort_id, *keys, *keys])
 
 
 def pack_tokens(tokens: pa.Array | pa.ChunkedArray) -> str:
