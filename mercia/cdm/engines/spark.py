@@ -112,6 +112,8 @@ _CONNECT_MODE = "SPARK_CONNECT_MODE_ENABLED"
 
 class SparkStore(Store):
     dialect = "spark"
+    no_row_transactions = ("its Parquet tables take no UPDATE (so no UPDATE … RETURNING to allocate ids), no "
+                           "PRIMARY KEY or UNIQUE constraint, and SQL writes cannot be rolled back")
 
     def __init__(self, url: str, schema: str | None = None, read_only: bool = False):
         super().__init__(url, schema, read_only)
