@@ -1,15 +1,20 @@
-"""Engine benchmark: the same OMOP cohorts on DuckDB, PostgreSQL and Spark, with identical rows.
+"""Engine benchmark: the same OMOP cohorts and characterisation on DuckDB, PostgreSQL and Spark, with
+identical rows.
 
-A synthetic region (``mercia.synth.write_omop``) is generated into DuckDB with GiBleed's vocabulary
-(concept, concept_ancestor) for the concept sets, exported once as Parquet, then loaded by each
-engine's own store through ``load_omop_directory`` (the path a user takes).  Each OHDSI
-PhenotypeLibrary cohort that the region is built to hold is generated with ``run_cohort`` on every
-engine; the rows (subject, start, end) must be identical to DuckDB's.  Counted: generation time,
-export time, load time per engine (all CDM tables of the export), and per cohort the wall time of
-``run_cohort`` (compile + execute + attrition) per engine, with persons and entries.  Writes a fresh
-``benchmarks/results/engines-<UTC time>.json`` per run.
+The synthetic region is written as partitioned Parquet by ``mercia.synth.write_omop_parquet`` (what
+``mercia synth omop --out DIR --format parquet`` does), with GiBleed's vocabulary (concept,
+concept_ancestor) added as one more part of those tables so that the OHDSI concept sets resolve.
+Each engine loads that directory through ``load_omop_directory`` (``mercia db load-omop``).  Then 20
+OHDSI PhenotypeLibrary cohorts that find people in the region run with ``run_cohort`` on every engine
+(rows (subject, start, end) compared by SHA-256), and one characterisation (``characterise`` of
+cohort 521, asthma) whose published output is compared with DuckDB's.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/engines.py --persons 20000 \\
+Counted per step and engine: wall seconds, and CPU seconds of this process, its child processes (the
+Spark JVM) and, for PostgreSQL, the server backend of the store's connection (read from /proc); the
+1-minute load average before and after each phase (the machine is shared).  Not counted: PostgreSQL
+work outside that backend.  Writes a fresh ``benchmarks/results/engines-<UTC time>.json`` per run.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/engines.py --persons 100000 \\
         [--postgres postgresql://...] [--spark-master local[2]] [--engines duckdb,postgres,spark]
 """
 
@@ -20,47 +25,92 @@ import datetime as dt
 import hashlib
 import os
 import platform
+import resource
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import duckdb
 import orjson
 
+from mercia.analytics.characterise import characterise
 from mercia.cdm import Store
-from mercia.cdm.loader import export_omop, load_omop_directory
+from mercia.cdm.loader import load_omop_directory
 from mercia.cohorts import CohortExpression, run_cohort
-from mercia.synth import write_omop
+from mercia.synth import write_omop_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MERCIA_SHARED_DATA", ROOT / ".." / "shared" / "data"))
-# PhenotypeLibrary cohorts the synthetic region's catalogue is built to hold (tests/synth/test_cohorts.py):
-# asthma, coronary arteriosclerosis, cerebrovascular accident, osteoporosis, asthma or COPD.
-COHORTS = [521, 522, 553, 456, 1262]
+# 20 PhenotypeLibrary cohorts that find people in a synthetic region with GiBleed's vocabulary (41 of the 169
+# do, at 2,000 persons): asthma (521), coronary arteriosclerosis (522), stroke (553), osteoporosis (456),
+# asthma or COPD (1262) and 15 more of assorted sizes and shapes.
+COHORTS = [521, 522, 553, 456, 1262, 23, 35, 38, 366, 368, 507, 533, 671, 861, 920, 994, 1073, 1158, 1184, 1263]
+CHARACTERISED = 521
 ROWS_SQL = "SELECT subject_id, cohort_start_date, cohort_end_date FROM cohort WHERE cohort_definition_id = ?"
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
-def timed(fn):
-    started = time.perf_counter()
-    value = fn()
-    return value, round(time.perf_counter() - started, 3)
+def _proc_cpu(pid: int) -> float:
+    """utime + stime of a live process, in seconds (0 when it has gone or cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def make_region(work: Path, persons: int, seed: int) -> tuple[Path, dict]:
-    """The region in DuckDB with GiBleed's vocabulary, exported as Parquet for every engine."""
-    source = Store(str(work / "region.duckdb"))
-    counts, generate_s = timed(lambda: write_omop(source, persons=persons, seed=seed))
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class Clock:
+    """Wall and CPU seconds of a step: this process, its children (the Spark JVM) and extra pids."""
+
+    def __init__(self, extra_pids: list[int]):
+        self.extra_pids = extra_pids
+
+    def cpu(self) -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        waited = resource.getrusage(resource.RUSAGE_CHILDREN)
+        live = sum(_proc_cpu(p) for p in _descendants(os.getpid()) + self.extra_pids)
+        return own.ru_utime + own.ru_stime + waited.ru_utime + waited.ru_stime + live
+
+    def time(self, fn):
+        cpu, started = self.cpu(), time.perf_counter()
+        value = fn()
+        return value, {"wall": round(time.perf_counter() - started, 3), "cpu": round(self.cpu() - cpu, 3)}
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def make_region(out: Path, persons: int, seed: int) -> dict:
+    """The region as partitioned Parquet, plus GiBleed's concepts and hierarchy as an extra part."""
+    clock = Clock([])
+    counts, seconds = clock.time(lambda: write_omop_parquet(out, persons, seed))
     gibleed = DATA / "eunomia_gibleed"
-    source.execute(f"INSERT INTO concept SELECT * FROM read_csv('{gibleed / 'concept.csv.gz'}', header=true) "
-                   "WHERE concept_id NOT IN (SELECT concept_id FROM concept)")
-    source.execute(f"INSERT INTO concept_ancestor SELECT * FROM read_csv('{gibleed / 'concept_ancestor.csv.gz'}')")
-    out = work / "parquet"
-    written, export_s = timed(lambda: export_omop(source, out, fmt="parquet",
-                                                  tables=[t for t, n in source.table_counts().items() if n]))
-    rows = source.table_counts(list(written))
-    source.close()
-    return out, {"generate_seconds": generate_s, "generated_rows": counts, "export_seconds": export_s,
-                 "exported_rows": rows}
+    con = duckdb.connect()
+    con.execute(f"""COPY (SELECT * FROM read_csv('{gibleed / 'concept.csv.gz'}', header=true, all_varchar=true)
+                          WHERE CAST(concept_id AS BIGINT) NOT IN (SELECT concept_id FROM read_parquet('{out / 'concept' / '*.parquet'}')))
+                    TO '{out / 'concept' / 'part-99999.parquet'}' (FORMAT parquet)""")
+    con.execute(f"""COPY (SELECT * FROM read_csv('{gibleed / 'concept_ancestor.csv.gz'}', header=true, all_varchar=true))
+                    TO '{out / 'concept_ancestor' / 'part-99999.parquet'}' (FORMAT parquet)""")
+    con.close()
+    return {"seconds": seconds, "generated_rows": counts}
 
 
 def open_engine(engine: str, work: Path, args) -> Store:
@@ -83,9 +133,16 @@ def rows_digest(rows) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def published(store: Store) -> dict:
+    """The characterisation as it leaves the store, without its time stamp."""
+    data = characterise(store, CHARACTERISED).to_json_dict()
+    data["disclosure"].pop("applied_at")
+    return data
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--persons", type=int, default=20_000)
+    parser.add_argument("--persons", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--engines", default="duckdb,postgres,spark")
     parser.add_argument("--postgres", default=os.environ.get("MERCIA_TEST_POSTGRES_URL"))
@@ -103,37 +160,62 @@ def main() -> None:
                     "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                 "python": platform.python_version()},
                     "persons": args.persons, "seed": args.seed, "engines": engines,
-                    "spark_master": args.spark_master if "spark" in engines else None,
-                    "counted": "load: load_omop_directory of every exported table; cohort: run_cohort wall time "
-                               "(compile, execute, attrition) per engine; rows compared to DuckDB's",
-                    "load_seconds": {}, "cohorts": []}
+                    "spark": {"master": args.spark_master, "driver_memory": args.spark_memory,
+                              "shuffle_partitions": args.partitions} if "spark" in engines else None,
+                    "counted": "seconds = {wall, cpu}; cpu = this process + its children (Spark's JVM) + the "
+                               "PostgreSQL backend of the store's connection. load: load_omop_directory of the "
+                               "Parquet region; cohort: run_cohort (compile, execute, attrition), rows compared by "
+                               "SHA-256; characterisation: characterise(cohort 521) published output compared with "
+                               "DuckDB's. Load averages are 1-minute, before/after each phase.",
+                    "load": {}, "cohorts": [], "load_average": {"start": load_average()}}
     with tempfile.TemporaryDirectory(prefix="mercia-engines-") as tmp:
         work = Path(tmp)
-        parquet, result["region"] = make_region(work, args.persons, args.seed)
-        print(f"region: {result['region']['generate_seconds']} s, {sum(result['region']['exported_rows'].values()):,} rows")
-        stores = {}
-        for engine in engines:
-            store = open_engine(engine, work, args)
-            report, seconds = timed(lambda s=store: load_omop_directory(s, parquet))
-            result["load_seconds"][engine] = seconds
-            stores[engine] = store
-            print(f"load {engine}: {seconds} s ({sum(report.rows.values()):,} rows)")
+        parquet = work / "parquet"
+        result["region"] = make_region(parquet, args.persons, args.seed)
+        result["load_average"]["after_region"] = load_average()
+        print(f"region: {result['region']['seconds']}, {sum(result['region']['generated_rows'].values()):,} rows",
+              flush=True)
+        stores, clocks = {}, {}
         try:
+            for engine in engines:
+                store = open_engine(engine, work, args)
+                stores[engine] = store
+                clocks[engine] = Clock([store.query_one("SELECT pg_backend_pid()")] if engine == "postgres" else [])
+                report, seconds = clocks[engine].time(lambda s=store: load_omop_directory(s, parquet))
+                result["load"][engine] = {"seconds": seconds, "rows": sum(report.rows.values()),
+                                          "load_average_after": load_average()}
+                print(f"load {engine}: {seconds} ({sum(report.rows.values()):,} rows)", flush=True)
             for cohort_id in cohort_ids:
                 expr = CohortExpression.from_json((DATA / "ohdsi_reference" / "cohorts" / f"{cohort_id}.json").read_bytes())
                 entry: dict = {"cohort_id": cohort_id, "seconds": {}, "persons": {}, "entries": {}, "rows_sha256": {}}
                 for engine, store in stores.items():
-                    outcome, seconds = timed(lambda s=store, e=expr, c=cohort_id: run_cohort(s, e, c))
+                    outcome, seconds = clocks[engine].time(lambda s=store, e=expr, c=cohort_id: run_cohort(s, e, c))
                     entry["seconds"][engine] = seconds
                     entry["persons"][engine], entry["entries"][engine] = outcome.persons, outcome.entries
                     entry["rows_sha256"][engine] = rows_digest(store.query(ROWS_SQL, [cohort_id]))
                 entry["identical_rows"] = len(set(entry["rows_sha256"].values())) == 1
+                entry["load_average_after"] = load_average()
                 result["cohorts"].append(entry)
-                print(cohort_id, entry["seconds"], entry["persons"], "identical" if entry["identical_rows"] else "DIFFER")
+                print(cohort_id, entry["seconds"], entry["persons"], "identical" if entry["identical_rows"] else "DIFFER",
+                      flush=True)
+            if CHARACTERISED in cohort_ids:
+                outputs, timing = {}, {}
+                for engine, store in stores.items():
+                    outputs[engine], timing[engine] = clocks[engine].time(lambda s=store: published(s))
+                result["characterisation"] = {
+                    "cohort_id": CHARACTERISED, "seconds": timing, "load_average_after": load_average(),
+                    "equal_to_first_engine": {e: outputs[e] == outputs[engines[0]] for e in engines[1:]}}
+                print("characterise", timing, result["characterisation"]["equal_to_first_engine"], flush=True)
         finally:
             for store in stores.values():
                 drop(store)
-    result["all_identical"] = all(c["identical_rows"] for c in result["cohorts"])
+    result["all_identical"] = (all(c["identical_rows"] for c in result["cohorts"])
+                               and all(result.get("characterisation", {}).get("equal_to_first_engine", {}).values()))
+    result["peak_rss_mb"] = {"this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                             "waited_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+    result["totals"] = {engine: {"cohort_wall": round(sum(c["seconds"][engine]["wall"] for c in result["cohorts"]), 2),
+                                 "cohort_cpu": round(sum(c["seconds"][engine]["cpu"] for c in result["cohorts"]), 2)}
+                        for engine in engines}
     out = ROOT / "benchmarks" / "results" / f"engines-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))

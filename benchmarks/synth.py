@@ -1,36 +1,40 @@
 """Benchmark the synthetic region generator.
 
     .venv/bin/python benchmarks/synth.py [--sizes 250000,500000,1000000,2000000] [--region 50000]
+        [--format duckdb|parquet]
 
 Each run happens in a fresh child process so that its peak memory (ru_maxrss from wait4) is its own:
-the OMOP fast path into a new DuckDB file at each size (time, rows, rows/s, peak RSS, against the
-targets of 1M people < 5 min and < 4 GB on 2 cores), then a full region with extracts (records and
-bytes written per second).  Writes benchmarks/results/synth.json.
+the OMOP fast path at each size, into a new DuckDB file (``--format duckdb``) or as partitioned
+Parquet (``--format parquet``, ``mercia synth omop --out``) (time, CPU, rows, rows/s, peak RSS, bytes
+written, against the targets of 1M people < 5 min and < 4 GB on 2 cores), then a full region with
+extracts (records and bytes written per second).  Writes a fresh benchmarks/results/synth-<UTC>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-RESULT = Path(__file__).resolve().parent / "results" / "synth.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 SEED = 42
 
 
 def child(kind: str, persons: int, target: str) -> None:
     """Runs inside the child: one generation, timings printed as JSON on stdout."""
     started = time.perf_counter()
-    if kind == "omop":
-        from mercia.synth import write_omop
+    if kind in ("duckdb", "parquet"):
+        from mercia.synth import write_omop, write_omop_parquet
 
-        counts = write_omop(target, persons, SEED)
+        counts = (write_omop if kind == "duckdb" else write_omop_parquet)(target, persons, SEED)
         seconds = time.perf_counter() - started
         print(json.dumps({"seconds": seconds, "rows": sum(counts.values()), "tables": counts}))
     else:
@@ -65,6 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="250000,500000,1000000,2000000")
     parser.add_argument("--region", type=int, default=50_000, help="people in the full-region (extracts) run")
+    parser.add_argument("--format", choices=["duckdb", "parquet"], default="duckdb",
+                        help="where the OMOP fast path writes: a DuckDB file or partitioned Parquet")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "PERSONS", "TARGET"))
     args = parser.parse_args()
     if args.child:
@@ -73,17 +79,20 @@ def main() -> None:
 
     results = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                            "platform": platform.platform()},
-               "seed": SEED, "omop": [], "region": None}
+               "seed": SEED, "format": args.format, "omop": [], "region": None,
+               "counted": "per size, one child process: wall and CPU seconds (user+system, wait4) of the OMOP "
+                          "fast path, its peak RSS, rows written and bytes on disk; load average at the end"}
     with tempfile.TemporaryDirectory(prefix="synth-bench-") as tmp:
         for persons in [int(s) for s in args.sizes.split(",") if s]:
-            db = Path(tmp) / f"omop-{persons}.duckdb"
-            r = run_child("omop", persons, str(db))
+            target = Path(tmp) / f"omop-{persons}.{args.format}"
+            r = run_child(args.format, persons, str(target))
+            written = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()]
             r.update(persons=persons, rows_per_second=round(r["rows"] / r["seconds"]),
-                     persons_per_second=round(persons / r["seconds"]), db_mb=round(db.stat().st_size / 2**20, 1))
-            del r["tables"]
+                     persons_per_second=round(persons / r["seconds"]), files=len(written),
+                     output_mb=round(sum(p.stat().st_size for p in written) / 2**20, 1))
             results["omop"].append(r)
             print(json.dumps(r), flush=True)
-            db.unlink()
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
         if args.region:
             r = run_child("region", args.region, str(Path(tmp) / "region"))
             r.update(persons=args.region, records_per_second=round(r["records"] / r["seconds"]),
@@ -100,9 +109,10 @@ def main() -> None:
         results["scaling"] = {"persons_ratio": last["persons"] / first["persons"],
                               "time_ratio": round(last["seconds"] / first["seconds"], 2),
                               "rss_ratio": round(last["peak_rss_mb"] / first["peak_rss_mb"], 2)}
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULT}")
+    out = RESULTS / f"synth-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

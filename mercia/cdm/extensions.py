@@ -75,6 +75,7 @@ INDEXES = [
 
 def ensure_extension_tables(store: Store) -> None:
     """Create the CDM (if missing) and ingestion tables.  Idempotent."""
+    store.require_row_transactions("Ingestion and federation (Mercia's load, provenance and link tables)")
     store.init_schema()
     for statement in [*DDL, ID_BLOCK_DDL]:
         store.execute(statement)

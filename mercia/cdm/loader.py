@@ -1,4 +1,6 @@
-"""Bulk load and export of OMOP CDM tables: a directory of ``<table>.csv|.csv.gz|.tsv|.parquet``.
+"""Bulk load and export of OMOP CDM tables: a directory of ``<table>.csv|.csv.gz|.tsv|.parquet``, or of
+``<table>/`` folders of Parquet parts (``part-*.parquet``, as ``mercia synth omop --format parquet`` and
+Spark write a partitioned table).
 
 Every file is parsed by DuckDB (``read_csv`` / ``read_parquet``) into the CDM's own column types and
 streamed as Arrow record batches into the store's native bulk path (DuckDB Arrow scan, PostgreSQL
@@ -19,7 +21,8 @@ Rules (documented in docs/cdm.md):
 - **Formats.** Comma-separated with standard quoting (``.csv``, ``.csv.gz``), or tab-separated
   without quoting as OHDSI Athena ships its vocabulary (``.tsv``, or a ``.csv`` whose header holds
   tabs, e.g. Athena's upper-case ``CONCEPT.csv``); dates as ``YYYY-MM-DD`` or Athena's ``YYYYMMDD``.
-  Line numbers count the header as line 1 and one line per record.
+  Line numbers count the header as line 1 and one line per record.  An error in a partitioned
+  table names the part file and the row within it.
 """
 
 from __future__ import annotations
@@ -116,8 +119,8 @@ def discover(directory: Path, skip_unknown: bool = False) -> tuple[dict[str, Pat
         raise LoadError(directory, "not a directory")
     report = LoadReport()
     found: dict[str, Path] = {}
-    for path in sorted(p for p in directory.iterdir() if p.is_file()):
-        name = table_name_of(path)
+    for path in sorted(directory.iterdir()):
+        name = table_name_of(path) if path.is_file() else (path.name.lower() if parquet_parts(path) else None)
         if name is None:
             report.ignored_files.append(path)
         elif name not in CDM_TABLES:
@@ -132,6 +135,11 @@ def discover(directory: Path, skip_unknown: bool = False) -> tuple[dict[str, Pat
         else:
             found[name] = path
     return found, report
+
+
+def parquet_parts(path: Path) -> list[Path]:
+    """The ``*.parquet`` parts of a partitioned table folder, in name order (empty for anything else)."""
+    return sorted(p for p in path.glob("*.parquet") if p.is_file()) if path.is_dir() else []
 
 
 # -- reading one file -----------------------------------------------------------------------
@@ -186,16 +194,31 @@ def _conversion(raw: str, column: Column, source_type: str) -> str:
 
 @dataclass
 class _Plan:
-    """How one file maps onto its CDM table."""
+    """How one file (or a folder of Parquet parts) maps onto its CDM table."""
 
     table: Table
     path: Path
-    sql: str
+    parts: list[tuple[Path, str]]  # each file with the SQL reading it in CDM types
     columns: list[str]  # CDM columns present in the file, in CDM order
     report: FileLoad
 
 
 def _plan(con: duckdb.DuckDBPyConnection, table: Table, path: Path) -> _Plan:
+    """One file's plan; a partitioned table's parts must all have the columns of its first part."""
+    parts = parquet_parts(path)
+    if not parts:
+        return _plan_file(con, table, path)
+    plans = [_plan_file(con, table, part) for part in parts]
+    first = plans[0]
+    for other in plans[1:]:
+        if (other.columns, other.report.unknown_columns) != (first.columns, first.report.unknown_columns):
+            raise LoadError(other.path, f"columns differ from those of {first.path.name} in the same table folder")
+    report = FileLoad(table.name, path, missing_columns=first.report.missing_columns,
+                      unknown_columns=first.report.unknown_columns)
+    return _Plan(table, path, [part for plan in plans for part in plan.parts], first.columns, report)
+
+
+def _plan_file(con: duckdb.DuckDBPyConnection, table: Table, path: Path) -> _Plan:
     scan, header = _scan_sql(path)
     if header:
         described = [(name, "VARCHAR") for name in header]
@@ -230,7 +253,7 @@ def _plan(con: duckdb.DuckDBPyConnection, table: Table, path: Path) -> _Plan:
     outer.append(f"CASE {' '.join(bad_column)} END AS _mercia_bad_column")
     outer.append(f"CASE {' '.join(bad_value)} END AS _mercia_bad_value")
     sql = f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM {scan})"
-    return _Plan(table, path, sql, [c.name for c in present], report)
+    return _Plan(table, path, [(path, sql)], [c.name for c in present], report)
 
 
 def _duck_error(path: Path, exc: duckdb.Error) -> LoadError:
@@ -243,13 +266,18 @@ def _duck_error(path: Path, exc: duckdb.Error) -> LoadError:
 
 
 def _batches(con: duckdb.DuckDBPyConnection, plan: _Plan) -> Iterator[pa.RecordBatch]:
-    """The file's rows in CDM types, checked; raises LoadError at the first bad value."""
-    row_word = "row" if plan.path.name.lower().endswith(".parquet") else "line"
+    """The plan's rows in CDM types, checked; raises LoadError at the first bad value."""
+    for path, sql in plan.parts:
+        yield from _file_batches(con, plan, path, sql)
+
+
+def _file_batches(con: duckdb.DuckDBPyConnection, plan: _Plan, path: Path, sql: str) -> Iterator[pa.RecordBatch]:
+    row_word = "row" if path.name.lower().endswith(".parquet") else "line"
     first_line = 1 if row_word == "row" else 2  # line 1 is the header
     required_concepts = [c for c in plan.columns if plan.table.column(c).required and plan.table.column(c).is_concept_id]
     seen = 0
     try:
-        reader = con.sql(plan.sql).to_arrow_reader(_BATCH_ROWS)
+        reader = con.sql(sql).to_arrow_reader(_BATCH_ROWS)
         for batch in reader:
             bad = batch.column("_mercia_bad_column")
             if bad.null_count < batch.num_rows:
@@ -259,7 +287,7 @@ def _batches(con: duckdb.DuckDBPyConnection, plan: _Plan) -> Iterator[pa.RecordB
                 spec = plan.table.column(column)
                 reason = (f"empty value in required column (type {spec.sql_type})" if value is None
                           else f"cannot read {value!r} as {spec.sql_type}")
-                raise LoadError(plan.path, reason, line=first_line + seen + index, column=column, row_word=row_word)
+                raise LoadError(path, reason, line=first_line + seen + index, column=column, row_word=row_word)
             seen += batch.num_rows
             batch = batch.drop_columns(["_mercia_bad_column", "_mercia_bad_value"])
             for name in required_concepts:
@@ -270,7 +298,7 @@ def _batches(con: duckdb.DuckDBPyConnection, plan: _Plan) -> Iterator[pa.RecordB
                     batch = batch.set_column(i, name, pc.fill_null(batch.column(name), 0))
             yield batch
     except duckdb.Error as exc:
-        raise _duck_error(plan.path, exc) from None
+        raise _duck_error(path, exc) from None
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -312,7 +340,8 @@ def load_omop_directory(store: Store, directory: Path | str, tables: Sequence[st
             raise LoadError(directory, f"no file for table(s) {', '.join(absent)}")
         found = {t: found[t] for t in wanted}
     if not found:
-        raise LoadError(directory, "no OMOP CDM table files (<table>.csv, .csv.gz, .tsv, .parquet) found")
+        raise LoadError(directory, "no OMOP CDM table files (<table>.csv, .csv.gz, .tsv, .parquet, or <table>/ "
+                                   "folders of .parquet parts) found")
     return load_omop_files(store, found, report)
 
 

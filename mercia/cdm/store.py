@@ -101,6 +101,9 @@ class Store(ABC):
     dialect: ClassVar[str]  # sqlglot's name for the engine's SQL
     wants_indexes: ClassVar[bool] = False  # B-tree indexes pay off (row stores), not on column stores
     savepoints: ClassVar[bool] = False  # a refused statement can be undone alone inside a transaction
+    # Why the engine cannot keep Mercia's own tables (None: it can).  Those tables (governance, ingestion,
+    # federation) need row updates, keys and rollback; the CDM, cohort and analysis tables do not.
+    no_row_transactions: ClassVar[str | None] = None
 
     def __new__(cls, url: str | None = None, *args: Any, **kwargs: Any) -> Self:
         return super().__new__(engine_class(str(url)) if cls is Store else cls)
@@ -110,6 +113,14 @@ class Store(ABC):
         self._depth = 0  # nesting of transaction()
         self._doomed = False  # an inner transaction failed: the outer one must roll back
         self._shared = _Shared()  # replaced by the parent's in a session (see ``_adopt``)
+
+    def require_row_transactions(self, purpose: str) -> None:
+        """Refuse, naming what the engine cannot do, before ``purpose`` writes Mercia's own tables."""
+        if self.no_row_transactions:
+            raise StoreError(f"{purpose} needs row-level transactions, which a {self.dialect} store lacks: "
+                             f"{self.no_row_transactions}. Use DuckDB or PostgreSQL for it; on {self.dialect}, "
+                             "run cohorts, analyses and the DQ report from the command line "
+                             "(mercia cohort run, mercia analyse, mercia dq report)", engine=self.dialect)
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod

@@ -26,6 +26,7 @@ import yaml
 
 from mercia.analytics.base import age_band_sql, concept_names, index_table_sql, temp_table
 from mercia.cdm import Store, StoreError
+from mercia.cdm.dialect import as_text
 from mercia.cohorts.registry import scratch_cohort
 from mercia.cohorts.runner import run_cohort
 from mercia.federation.disclosure import federated_policy
@@ -135,39 +136,43 @@ def set_paused(store: Store, paused: bool, actor: str) -> None:
 
 # -- answering ---------------------------------------------------------------------------------
 SEX_SQL = "CASE gender_concept_id WHEN 8507 THEN 'male' WHEN 8532 THEN 'female' ELSE 'unknown' END"
-STRATUM_SQL = {
-    "sex": SEX_SQL,
-    "age_band": age_band_sql("age"),
-    "imd_quintile": "CASE WHEN imd_decile BETWEEN 1 AND 10 THEN CAST(CAST(FLOOR((imd_decile + 1) / 2.0) AS INTEGER) "
-                    "AS VARCHAR) ELSE 'unknown' END",
-    "year": "CAST(CAST(EXTRACT(YEAR FROM index_date) AS INTEGER) AS VARCHAR)",
-}
+
+
+def stratum_sql(store: Store) -> dict[str, str]:
+    """Each stratum's text value per person of the index table, in the store's dialect."""
+    quintile = as_text(store, "CAST(FLOOR((imd_decile + 1) / 2.0) AS INTEGER)")
+    return {"sex": SEX_SQL, "age_band": age_band_sql("age"),
+            "imd_quintile": f"CASE WHEN imd_decile BETWEEN 1 AND 10 THEN {quintile} ELSE 'unknown' END",
+            "year": as_text(store, "CAST(EXTRACT(YEAR FROM index_date) AS INTEGER)")}
+
+
 BEFORE, AFTER = "0000-00", "9999-99"   # first entry before / after the asked window: sort first / last
 FEATURE_TABLES = {"condition": ("condition_occurrence", "condition_concept_id", "condition_start_date"),
                   "drug": ("drug_exposure", "drug_concept_id", "drug_exposure_start_date")}
 
 
-def _cells_sql(query: CohortQuery, idx: str) -> str:
+def _cells_sql(store: Store, query: CohortQuery, idx: str) -> str:
     """(person_id, cell) for the cohort's members, from the index table (first entry per person)."""
+    strata = stratum_sql(store)
     if isinstance(query, TrialFeasibilityQuery):
-        month = ("CAST(CAST(EXTRACT(YEAR FROM index_date) AS INTEGER) AS VARCHAR) || '-' || "
-                 "LPAD(CAST(CAST(EXTRACT(MONTH FROM index_date) AS INTEGER) AS VARCHAR), 2, '0')")
+        month = (f"{strata['year']} || '-' || "
+                 f"LPAD({as_text(store, 'CAST(EXTRACT(MONTH FROM index_date) AS INTEGER)')}, 2, '0')")
         return (f"SELECT person_id, CASE WHEN m < '{query.start_month}' THEN '{BEFORE}' "
                 f"WHEN m > '{query.end_month}' THEN '{AFTER}' ELSE m END AS cell "
                 f"FROM (SELECT person_id, {month} AS m FROM {idx}) months")
     if isinstance(query, CharacterisationQuery):
-        parts = [f"SELECT person_id, '{name}=' || {STRATUM_SQL[name]} AS cell FROM {idx}"
+        parts = [f"SELECT person_id, '{name}=' || {strata[name]} AS cell FROM {idx}"
                  for name in ("sex", "age_band", "imd_quintile")]
         for domain in query.domains:
             table, concept, day = FEATURE_TABLES[domain]
-            parts.append(f"SELECT DISTINCT i.person_id, '{domain}:' || CAST(x.{concept} AS VARCHAR) AS cell "
+            parts.append(f"SELECT DISTINCT i.person_id, '{domain}:' || {as_text(store, f'x.{concept}')} AS cell "
                          f"FROM {idx} i JOIN {table} x ON x.person_id = i.person_id "
                          f"WHERE x.{day} BETWEEN i.index_date - {int(query.window_days)} AND i.index_date "
                          f"AND x.{concept} <> 0")
         return " UNION ALL ".join(parts)
     if not query.strata:
         return f"SELECT person_id, '' AS cell FROM {idx}"
-    cell = " || '|' || ".join(f"'{name}=' || {STRATUM_SQL[name]}" for name in query.strata)
+    cell = " || '|' || ".join(f"'{name}=' || {strata[name]}" for name in query.strata)
     return f"SELECT person_id, {cell} AS cell FROM {idx}"
 
 
@@ -189,12 +194,12 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> Node
             rows = tokens.append_column("cell", pa.array([""] * tokens.num_rows, pa.string()))
         elif tokens.num_rows:
             with temp_table(store, index_table_sql(store, cohort_id), "mercia_fed_idx") as idx:
-                cells = store.query_arrow(_cells_sql(query, idx))
+                cells = store.query_arrow(_cells_sql(store, query, idx))
             rows = cells.select(["person_id", "cell"]).cast(
                 pa.schema([("person_id", pa.int64()), ("cell", pa.string())])).join(tokens, "person_id")
         else:
             rows = tokens.append_column("cell", pa.array([], pa.string()))
-    last_load, version = store.query("SELECT CAST(max(loaded_at) AS VARCHAR), count(*) || ':' || "
+    last_load, version = store.query(f"SELECT {as_text(store, 'max(loaded_at)')}, count(*) || ':' || "
                                      "COALESCE(max(load_id), 0) FROM mercia_load")[0]
     published = federated_policy(policy.disclosure or task.policy, policy.allow_raw)
     seed = fingerprint([query.model_dump(), org, version])

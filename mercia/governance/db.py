@@ -108,6 +108,8 @@ class GovernanceDB:
     """
 
     def __init__(self, store: Store):
+        store.require_row_transactions("The Mercia server and federation nodes (users, projects, sessions, the "
+                                       "audit log)")
         self.root = store
         self._root_scope = _Scope(threading.RLock())
 

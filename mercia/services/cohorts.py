@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from mercia.cdm.dialect import as_text
 from mercia.cohorts import CohortDefinitionError, CohortExpression, CohortResult, run_cohort
 from mercia.cohorts.batch import run_batch
 from mercia.cohorts.registry import adopt_cohorts, new_cohort_id
@@ -31,7 +32,7 @@ def made_by(project_id: int) -> str:
 
 def adopt_project_cohorts(state: MerciaState) -> None:
     """Register project cohorts saved before the cohort registry existed (their ids stay)."""
-    adopt_cohorts(state.store, "SELECT id, name, 'project ' || CAST(project_id AS VARCHAR) AS made_by "
+    adopt_cohorts(state.store, f"SELECT id, name, 'project ' || {as_text(state.store, 'project_id')} AS made_by "
                                       "FROM mercia_cohort")
 
 

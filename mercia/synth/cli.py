@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from mercia.cdm.cli import RequiredDbOption
+from mercia.cdm.cli import DB_HELP
+
+# Never the configured store by default: a synthetic write must name where it goes.
+DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP)]
 
 app = typer.Typer(help="Synthetic West Midlands region with ground truth.", no_args_is_help=True)
 
@@ -47,20 +51,28 @@ def region(persons: int = typer.Option(20_000, "--persons", "-n", min=1, help="P
 
 
 @app.command()
-def omop(db: RequiredDbOption,
+def omop(db: DbOption = None,
+         out: Path = typer.Option(None, "--out", help="Write partitioned Parquet here (new or empty directory) "
+                                                      "instead of into a store."),
+         fmt: str = typer.Option("parquet", "--format", help="File format with --out (parquet)."),
          persons: int = typer.Option(..., "--persons", "-n", min=1, help="People in the region."),
          seed: int = typer.Option(42, "--seed"),
          as_json: bool = typer.Option(False, "--json", help="Print row counts as JSON.")) -> None:
-    """Write the region's OMOP CDM straight into a store (the fast path, no extracts)."""
+    """Write the region's OMOP CDM straight into a store (--db), or as Parquet files any engine loads
+    with `mercia db load-omop` (--out); the fast path, no extracts."""
     import orjson
 
     from mercia.cdm import StoreError
-    from mercia.synth.omop import write_omop
+    from mercia.synth.omop import write_omop, write_omop_parquet
 
+    if (db is None) == (out is None):
+        raise typer.BadParameter("give exactly one of --db (a store) or --out (a directory)")
+    if fmt != "parquet":
+        raise typer.BadParameter(f"--format {fmt!r}: only parquet is written")
     started = time.perf_counter()
     try:
-        counts = write_omop(db, persons, seed)
-    except StoreError as exc:
+        counts = write_omop(db, persons, seed) if out is None else write_omop_parquet(out, persons, seed)
+    except (StoreError, FileExistsError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     elapsed = time.perf_counter() - started
     if as_json:

@@ -25,12 +25,13 @@ def serve(db: DbOption = None,
     """Serve the web app at / and the HTTP API at /api/v1 (put TLS in front of it beyond loopback)."""
     import uvicorn
 
-    from mercia.cdm import Store
+    from mercia.cdm.cli import open_store
     from mercia.services.state import ServerOptions
     from mercia.web.app import create_app
     from mercia.web.oidc import oidc_from_environment
 
     secure = (not is_loopback(host)) if secure_cookies is None else secure_cookies
-    app = create_app(Store.open(db), ServerOptions(secure_cookies=secure, oidc=oidc_from_environment()))
-    typer.echo(f"Mercia on http://{host}:{port}  (API: /api/v1, schema: /api/v1/openapi.json)")
-    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=not is_loopback(host))
+    with open_store(db) as store:
+        app = create_app(store, ServerOptions(secure_cookies=secure, oidc=oidc_from_environment()))
+        typer.echo(f"Mercia on http://{host}:{port}  (API: /api/v1, schema: /api/v1/openapi.json)")
+        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=not is_loopback(host))

@@ -134,6 +134,25 @@ def test_parquet_file_loads_with_cdm_types(store, tmp_path):
     assert store.query("SELECT person_id, year_of_birth FROM person ORDER BY 1") == [(1, 1970), (2, 1980)]
 
 
+def person_part(folder: Path, name: str, ids: list[int], years: list[str], **extra) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(ids)
+    pq.write_table(pa.table({"person_id": ids, "gender_concept_id": [0] * n, "year_of_birth": years,
+                             "race_concept_id": [0] * n, "ethnicity_concept_id": [0] * n, **extra}), folder / name)
+
+
+def test_partitioned_table_folder_loads_every_part(store, tmp_path):
+    """``<table>/part-*.parquet`` (what ``mercia synth omop --out`` and Spark write) is one table."""
+    person_part(tmp_path / "cdm" / "person", "part-00000.parquet", [1, 2], ["1970", "1980"])
+    person_part(tmp_path / "cdm" / "person", "part-00001.parquet", [3], ["1990"])
+    (tmp_path / "cdm" / "notes").mkdir()                    # a folder without parts is not a table
+    report = load_omop_directory(store, tmp_path / "cdm")
+    assert report.rows == {"person": 3} and report.files[0].path == tmp_path / "cdm" / "person"
+    assert store.query("SELECT person_id, year_of_birth FROM person ORDER BY 1") == [(1, 1970), (2, 1980), (3, 1990)]
+    load_omop_directory(store, tmp_path / "cdm")            # replaced, not appended
+    assert store.table_counts(["person"]) == {"person": 3}
+
+
 # -- bad input: clear error, store unchanged ------------------------------------------------
 
 @pytest.fixture
@@ -231,6 +250,20 @@ def test_parquet_bad_value_names_the_row(loaded, tmp_path):
                              "year_of_birth": ["1970", "1971", "x"], "race_concept_id": [0, 0, 0],
                              "ethnicity_concept_id": [0, 0, 0]}), d / "person.parquet")
     bad_load(loaded, d, "person.parquet", "row 3", "column year_of_birth")
+
+
+def test_bad_value_in_a_later_part_names_that_part_and_its_row(loaded, tmp_path):
+    d = with_valid_death_file(tmp_path / "bad")
+    person_part(d / "person", "part-00000.parquet", [3, 4], ["1970", "1971"])
+    person_part(d / "person", "part-00001.parquet", [5, 6], ["1972", "x"])
+    bad_load(loaded, d, "part-00001.parquet", "row 2", "column year_of_birth")
+
+
+def test_parts_with_different_columns_are_refused(loaded, tmp_path):
+    d = with_valid_death_file(tmp_path / "bad")
+    person_part(d / "person", "part-00000.parquet", [3], ["1970"])
+    person_part(d / "person", "part-00001.parquet", [4], ["1971"], month_of_birth=[5])
+    bad_load(loaded, d, "part-00001.parquet", "columns differ from those of part-00000.parquet")
 
 
 def test_error_late_in_a_large_file_rolls_back_earlier_batches(loaded, tmp_path, gibleed_dir):

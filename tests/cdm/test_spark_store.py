@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from mercia.cdm import StoreError
+from mercia.cdm import Store, StoreError
 from mercia.cdm.engines.spark import parse_url, split_statements
 from mercia.cdm.store import engine_class
 from tests.conftest import spark_url
@@ -29,6 +30,16 @@ def test_local_url_options():
 def test_bad_local_urls_are_refused_with_the_accepted_form(url):
     with pytest.raises(StoreError, match=r"spark://local\[N\]\?warehouse=DIR"):
         parse_url(url)
+
+
+def test_delta_tables_are_refused_with_the_reason(tmp_path):
+    spark_url()  # skips (fails in CI) without Java or pyspark
+    import pyspark
+
+    with pytest.raises(StoreError, match=rf"Delta Lake \(delta-spark\) does not support the pyspark "
+                                         rf"{re.escape(pyspark.__version__)}"):
+        Store(f"spark://local[1]?warehouse={tmp_path / 'wh'}&format=delta")
+    assert not (tmp_path / "wh").exists()   # refused before any session or warehouse
 
 
 def test_scripts_split_on_semicolons_outside_literals_and_comments():

@@ -51,7 +51,7 @@ def truth(network, query: dict) -> dict[str, int]:
             with scratch_cohort(store) as cohort_id:
                 run_cohort(store, parsed.expression(), cohort_id)
                 with temp_table(store, index_table_sql(store, cohort_id), "truth_idx") as idx:
-                    for person_id, cell in store.query(_cells_sql(parsed, idx)):
+                    for person_id, cell in store.query(_cells_sql(store, parsed, idx)):
                         cells_of[true_id[person_id]].add(cell)
         finally:
             store.close()

@@ -26,3 +26,22 @@ def test_region_refuses_a_foreign_directory(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     result = CliRunner().invoke(app, ["synth", "region", "--persons", "10", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "not a synthetic region" in result.output
+
+
+def test_omop_needs_exactly_one_destination(tmp_path):
+    runner = CliRunner()
+    both = runner.invoke(app, ["synth", "omop", "--persons", "5", "--db", str(tmp_path / "o.duckdb"),
+                               "--out", str(tmp_path / "pq")])
+    neither = runner.invoke(app, ["synth", "omop", "--persons", "5"])
+    for result in (both, neither):
+        assert result.exit_code != 0 and "exactly one of --db" in result.output
+    assert not (tmp_path / "o.duckdb").exists() and not (tmp_path / "pq").exists()
+    csv = runner.invoke(app, ["synth", "omop", "--persons", "5", "--out", str(tmp_path / "pq"), "--format", "csv"])
+    assert csv.exit_code != 0 and "only parquet" in csv.output
+
+
+def test_omop_parquet_refuses_a_directory_with_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["synth", "omop", "--persons", "5", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "not empty" in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

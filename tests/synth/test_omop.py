@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import orjson
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
 from mercia.cdm import Store
-from mercia.synth import Organisations, write_omop
+from mercia.cdm.loader import load_omop_directory
+from mercia.cli import app
+from mercia.synth import Organisations, write_omop, write_omop_parquet
+from mercia.synth.omop import CHUNK_PERSONS
+from tests.conftest import CONTRACT_ENGINES, drop_store, open_store
 
 CHECKSUM = ("SELECT count(*), sum(person_id), sum(measurement_concept_id), round(sum(value_as_number), 3), "
             "min(measurement_date), max(measurement_date) FROM measurement")
@@ -75,3 +84,58 @@ def test_metabolomics_study_panels_follow_the_record_and_a_biomarker_cohort_find
     in_study = store.query_one(f"""SELECT avg(CASE WHEN {diabetic} THEN 1.0 ELSE 0 END) FROM (SELECT person_id,
                                    specimen_date AS day FROM specimen) x""")
     assert float(in_cohort) >= 0.5 and float(in_cohort) >= 4 * float(in_study)   # glucose x1.6 with diabetes
+
+
+PARQUET_PERSONS, PARQUET_SEED, PARQUET_COHORT = 300, 11, 1262   # 1262: OHDSI "asthma or COPD"
+COHORT_ROWS = "SELECT subject_id, cohort_start_date, cohort_end_date FROM cohort WHERE cohort_definition_id = ?"
+
+
+def cohort_rows(store: Store, shared_data) -> list[tuple]:
+    from mercia.cohorts import CohortExpression, run_cohort
+
+    path = shared_data / "ohdsi_reference" / "cohorts" / f"{PARQUET_COHORT}.json"
+    run_cohort(store, CohortExpression.from_json(path.read_bytes()), PARQUET_COHORT)
+    return sorted(store.query(COHORT_ROWS, [PARQUET_COHORT]))
+
+
+@pytest.fixture(scope="module")
+def parquet_region(tmp_path_factory, shared_data):
+    """The region written by ``mercia synth omop --out --format parquet``, and what the other fast path
+    (``write_omop`` straight into DuckDB, same seed) holds: its row counts and its cohort rows."""
+    out = tmp_path_factory.mktemp("parquet-region") / "cdm"
+    result = CliRunner().invoke(app, ["synth", "omop", "--persons", str(PARQUET_PERSONS), "--seed", str(PARQUET_SEED),
+                                      "--out", str(out), "--format", "parquet", "--json"])
+    assert result.exit_code == 0, result.output
+    written = orjson.loads(result.output)["rows"]
+    with Store(str(tmp_path_factory.mktemp("direct") / "cdm.duckdb")) as direct:
+        counts = write_omop(direct, persons=PARQUET_PERSONS, seed=PARQUET_SEED)
+        rows = cohort_rows(direct, shared_data)
+    assert written == counts and rows
+    return out, counts, rows
+
+
+@pytest.mark.parametrize("engine", CONTRACT_ENGINES)
+def test_parquet_region_loads_alike_into_every_engine(parquet_region, engine, tmp_path, shared_data):
+    out, counts, rows = parquet_region
+    assert sorted(p.name for p in (out / "person").iterdir()) == ["part-00000.parquet"]
+    store = open_store(engine, tmp_path)
+    try:
+        report = load_omop_directory(store, out)
+        assert report.rows == counts
+        assert store.table_counts(list(counts)) == counts
+        assert cohort_rows(store, shared_data) == rows
+    finally:
+        drop_store(store)
+
+
+def test_parquet_parts_follow_the_chunks_and_the_seed(tmp_path):
+    first = write_omop_parquet(tmp_path / "a", persons=CHUNK_PERSONS + 10, seed=3)
+    assert sorted(p.name for p in (tmp_path / "a" / "person").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    assert pq.read_table(tmp_path / "a" / "person" / "part-00001.parquet").num_rows == 10
+    assert first["person"] == CHUNK_PERSONS + 10
+    write_omop_parquet(tmp_path / "b", persons=200, seed=3)
+    write_omop_parquet(tmp_path / "c", persons=200, seed=3)
+    for table in ("measurement", "drug_exposure"):
+        assert (pq.read_table(tmp_path / "b" / table).equals(pq.read_table(tmp_path / "c" / table)))
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_omop_parquet(tmp_path / "c", persons=10, seed=3)

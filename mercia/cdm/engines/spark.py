@@ -112,11 +112,13 @@ _CONNECT_MODE = "SPARK_CONNECT_MODE_ENABLED"
 
 class SparkStore(Store):
     dialect = "spark"
+    no_row_transactions = ("its Parquet tables take no UPDATE (so no UPDATE … RETURNING to allocate ids), no "
+                           "PRIMARY KEY or UNIQUE constraint, and SQL writes cannot be rolled back")
 
     def __init__(self, url: str, schema: str | None = None, read_only: bool = False):
         super().__init__(url, schema, read_only)
         try:
-            import pyspark  # noqa: F401
+            import pyspark
         except ImportError as exc:
             raise StoreError("the Spark engine needs pyspark: pip install 'mercia[spark]' (and a Java runtime)",
                              engine=self.dialect) from exc
@@ -137,8 +139,9 @@ class SparkStore(Store):
             master, options = parse_url(url)
             self.table_format = options.get("format", "parquet")
             if self.table_format != "parquet":
-                raise StoreError(f"Spark table format {self.table_format!r} is not supported yet; tables are "
-                                 "Parquet (Delta Lake is planned)", engine=self.dialect)
+                raise StoreError(f"Spark table format {self.table_format!r} is not supported; tables are Parquet. "
+                                 f"Delta Lake (delta-spark) does not support the pyspark {pyspark.__version__} this "
+                                 "engine runs on yet (docs/cdm.md, Engines)", engine=self.dialect)
             self._root = _local_session(master, options)
             self._spark = self._root.newSession()  # own current database, temp views and settings
         self._staged: dict[str, str] = {}  # table -> staging table, inside a transaction
