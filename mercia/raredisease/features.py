@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from mercia.raredisease.ranker import Ranker
+from mercia.raredisease.ranker import Ranker, row_entries
 
 UNIVERSAL_SHARE = 0.2  # terms in more than this share of diseases add no IC-weighted evidence
 FREQUENT = 0.8  # "obligate" features for the missed-feature count
@@ -61,15 +61,29 @@ class PairFeatures:
         self.disease_total = np.asarray(self.weighted_closure.sum(axis=0)).ravel()
         negated_closure = (ontology.ancestors.astype(np.float64) @ ranker.negated).tocsr()
         negated_closure.data[:] = 1.0
-        self.negated_closure = negated_closure
         frequent = ranker.direct.copy()
         frequent.data[frequent.data < FREQUENT] = 0.0
         phenotypic = ontology.ancestors[:, ontology.index["HP:0000118"]].toarray().ravel() > 0
         self.frequent = (sp.diags(phenotypic.astype(np.float64)) @ frequent).tocsr()
         self.frequent.eliminate_zeros()
         self.frequent_total = np.asarray(self.frequent.sum(axis=0)).ravel()
+        # column-major copies, for products restricted to a batch's candidate diseases
+        self.by_disease = tuple(m.tocsc() for m in (self.closure, ranker.implied, negated_closure, self.frequent))
         self.log_annotations = np.log1p(np.diff(ranker.direct.tocsc().indptr)).astype(np.float64)
+        self.profile = (sp.diags(phenotypic.astype(np.float64)) @ ranker.direct).T.tocsr()  # diseases x terms
+        self.profile.eliminate_zeros()
+        self._ontology_levels(ontology)
         self._gene_profiles(kb, n_dis)
+
+    def _ontology_levels(self, ontology) -> None:
+        """Terms grouped by ancestor count (a parent always has fewer ancestors than its child, so each group
+        only needs groups before it), with each group's parents, for dynamic programming down the ontology."""
+        counts = np.diff(ontology.ancestors.indptr)
+        self.levels = []
+        for count in np.unique(counts[counts > 1]):
+            children = np.flatnonzero(counts == count)
+            rows = ontology.parents[children]
+            self.levels.append((children, rows.indptr[:-1], rows.indices))
 
     def _gene_profiles(self, kb, n_dis: int) -> None:
         """Gene x term closure pooled over every annotated disease of the gene (all sources), and the candidate
@@ -89,13 +103,8 @@ class PairFeatures:
         keep = position >= 0
         self.disease_genes = sp.csr_matrix(
             (np.ones(keep.sum()), (position[keep], kb.gene_disease_gene[keep])), shape=(n_dis, len(kb.gene_symbols)))
-        # candidate disease columns grouped by gene, for the best LR per gene (np.maximum.reduceat)
-        genes, columns = kb.gene_disease_gene[keep], position[keep]
-        order = np.lexsort((columns, genes))
-        genes, self.gene_columns = genes[order], columns[order]
-        self.gene_starts = np.flatnonzero(np.r_[True, genes[1:] != genes[:-1]])
-        self.gene_slot = np.full(len(kb.gene_symbols), -1, dtype=np.int64)
-        self.gene_slot[genes[self.gene_starts]] = np.arange(len(self.gene_starts))
+        self.gene_siblings = (self.disease_genes @ self.disease_genes.T).tocsr()  # diseases sharing a gene
+        self.gene_siblings.sort_indices()
 
     def compute(self, observed: sp.csr_matrix, excluded: sp.csr_matrix, scores: np.ndarray,
                 pair_case: np.ndarray, pair_disease: np.ndarray) -> np.ndarray:
@@ -109,11 +118,14 @@ class PairFeatures:
         case_closure.data[:] = 1.0
         case_weighted = case_closure @ sp.diags(self.weight)
         case_total = np.asarray(case_weighted.sum(axis=1)).ravel()[pair_case]
-        overlap = _pairs(case_weighted @ self.closure, pair_case, pair_disease)
+        # products only over the pairs' diseases (a third to a half of them): column of a pair's disease
+        diseases, column = np.unique(pair_disease, return_inverse=True)
+        closure, implied, negated, frequent = (m[:, diseases].tocsr() for m in self.by_disease)
+        overlap = _pairs(case_weighted @ closure, pair_case, column)
         dis_total = self.disease_total[pair_disease]
         n_obs = np.diff(observed.indptr).astype(np.float64)[pair_case]
         n_exc = np.diff(excluded.indptr).astype(np.float64)[pair_case]
-        matched = _pairs(observed @ self.closure, pair_case, pair_disease)
+        matched = _pairs(observed @ closure, pair_case, column)
         resnik_sum, informative = self._resnik(observed, pair_case, pair_disease)
         covered = self.ranker._covered(observed, excluded)
         gene_overlap = self._gene_overlap(case_weighted, pair_case, pair_disease)
@@ -129,11 +141,10 @@ class PairFeatures:
             "simgic": overlap / np.maximum(case_total + dis_total - overlap, 1e-9),
             "matched": matched,
             "unmatched": n_obs - informative,
-            "contradicted": _pairs(observed @ self.negated_closure, pair_case, pair_disease),
-            "excluded_features": _pairs(excluded @ self.closure, pair_case, pair_disease),
-            "excluded_frequency": _pairs(excluded @ self.ranker.implied, pair_case, pair_disease),
-            "obligate_missed": self.frequent_total[pair_disease] - _pairs(covered @ self.frequent, pair_case,
-                                                                          pair_disease),
+            "contradicted": _pairs(observed @ negated, pair_case, column),
+            "excluded_features": _pairs(excluded @ closure, pair_case, column),
+            "excluded_frequency": _pairs(excluded @ implied, pair_case, column),
+            "obligate_missed": self.frequent_total[pair_disease] - _pairs(covered @ frequent, pair_case, column),
             "gene_coverage_of_case": gene_overlap / np.maximum(case_total, 1e-9),
             "log_annotations": self.log_annotations[pair_disease],
             "n_observed": n_obs,
@@ -155,20 +166,30 @@ class PairFeatures:
         rows = self.closure[ancestor].tocoo()
         wanted = slot[rows.col] >= 0
         row, column = rows.row[wanted], slot[rows.col[wanted]]
-        best = np.zeros(len(terms) * len(diseases))
+        best = np.zeros(len(terms) * len(diseases))  # observed term x pair disease: the best ancestor's IC
         np.maximum.at(best, owner[row].astype(np.int64) * len(diseases) + column, self.ic[ancestor][row])
-        best = sp.csr_matrix(best.reshape(len(terms), len(diseases)))
-        select = observed[:, terms]
-        total = _pairs(select @ best, pair_case, slot[pair_disease])
-        best.data[:] = 1.0
-        return total, _pairs(select @ best, pair_case, slot[pair_disease])
+        pair, term = row_entries(observed, pair_case)
+        values = best[np.searchsorted(terms, term) * len(diseases) + slot[pair_disease[pair]]]
+        return (np.bincount(pair, values, minlength=len(pair_case)),
+                np.bincount(pair, values > 0, minlength=len(pair_case)).astype(np.float64))
+
+    def _resnik_disease_to_case(self, case_closure: sp.csr_matrix, pair_case, pair_disease) -> np.ndarray:
+        """Per pair: mean over the disease's phenotypic annotations of the IC of their most informative ancestor
+        in the case's closure (Resnik best-match average in the disease-to-case direction).  The best ancestor
+        of every term is found once per case by one pass down the ontology (best(t) = IC(t) if the case implies
+        t, else the best of its parents)."""
+        best = case_closure.multiply(self.weight[None, :]).toarray()
+        for children, starts, parents in self.levels:
+            best[:, children] = np.maximum(best[:, children], np.maximum.reduceat(best[:, parents], starts, axis=1))
+        owner, terms = row_entries(self.profile, pair_disease)
+        total = np.bincount(owner, weights=best[pair_case[owner], terms], minlength=len(pair_disease))
+        return total / np.maximum(np.diff(self.profile.indptr)[pair_disease], 1)
 
     def _gene_lr(self, scores: np.ndarray, pair_case, pair_disease) -> np.ndarray:
         """Per pair, the best LR among the diseases sharing a gene with the pair's disease (its own without)."""
-        genes = self.disease_genes[pair_disease].tocoo()
-        best_of_gene = np.maximum.reduceat(scores[:, self.gene_columns], self.gene_starts, axis=1)
+        pair, sibling = row_entries(self.gene_siblings, pair_disease)
         out = scores[pair_case, pair_disease].copy()
-        np.maximum.at(out, genes.row, best_of_gene[pair_case[genes.row], self.gene_slot[genes.col]])
+        np.maximum.at(out, pair, scores[pair_case[pair], sibling])
         return out
 
     def _gene_overlap(self, case_weighted, pair_case, pair_disease) -> np.ndarray:
