@@ -42,7 +42,7 @@ class EmptyPhenotypeError(ValueError):
 
 @dataclass(frozen=True)
 class EnsembleSettings:
-    candidates: int = 50  # the LR ranker's best diseases that the model re-ranks
+    candidates: int = 30  # the LR ranker's best diseases that the model re-ranks
     chunk: int = 400  # cases per batch of sparse products (bounds memory)
     folds: int = 5
     num_leaves: int = 15
@@ -100,7 +100,7 @@ def chunk_pairs(features: PairFeatures, batch: list[Case], settings: EnsembleSet
     rows = ranker.term_rows(observed, excluded)
     scores, usable = ranker.selector_scores(observed, excluded, rows)
     k = min(settings.candidates, scores.shape[1])
-    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    best = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
     pair_case = np.repeat(np.arange(len(batch)), k)
     pair_dis = best.ravel()
     more = [(i, d) for i, ds in (extra or {}).items() for d in ds]
@@ -339,6 +339,9 @@ class EnsembleRanker:
         self.model = model or EnsembleModel.load()
         self.features = PairFeatures(self.ranker)
         self.kb = self.ranker.kb
+        self.disease_labels = self.kb.disease_ids.astype(str).tolist(), self.kb.disease_names.astype(str).tolist()
+        ids = self.kb.ontology.ids.astype(str).tolist()
+        self.term_labels = np.array(ids + [f"not {t}" for t in ids], dtype=object)  # observed, then excluded
 
     def scores(self, cases: list[Case], strict: bool = False, extra=None) -> tuple[Pairs, np.ndarray]:
         pairs = candidate_pairs(self.features, cases, self.model.settings, strict, extra, keep_scores=False)
@@ -386,16 +389,19 @@ class EnsembleRanker:
             if case.genes:
                 mine = mine[self.ranker.gene_mask(case.genes)[pairs.disease[mine]]]
             shown.append(mine[:top])
-        lrs = self._term_lrs(pairs, np.concatenate(shown), terms) if terms is not None else None
-        ids, names, lr_column = self.kb.disease_ids, self.kb.disease_names, pairs.features[:, LR_COLUMN] / np.log(10)
+        picked = np.concatenate(shown)
+        diseases = self.ranker.diseases[pairs.disease[picked]].tolist()
+        score, chance = scores[picked].tolist(), probability[picked].tolist()
+        lr = (pairs.features[picked, LR_COLUMN] / np.log(10)).tolist()
+        lrs = self._term_lrs(pairs, picked, terms) if terms is not None else [None] * len(picked)
+        ids, names = self.disease_labels
         out, n = [], 0
         for i, picks in enumerate(shown):
             candidates = []
-            for rank, j in enumerate(picks.tolist(), 1):
-                disease = int(self.ranker.diseases[pairs.disease[j]])
-                candidates.append(RankedDisease(
-                    rank, str(ids[disease]), str(names[disease]), float(scores[j]), float(probability[j]),
-                    float(lr_column[j]), self.kb.genes_of(disease), term_lrs=None if lrs is None else lrs[n]))
+            for rank in range(1, len(picks) + 1):
+                d = diseases[n]
+                candidates.append(RankedDisease(rank, ids[d], names[d], score[n], chance[n], lr[n],
+                                                self.kb.genes_of(d), term_lrs=lrs[n]))
                 n += 1
             information = float(pairs.information[i])
             out.append(Ranking(candidates, information < self.model.settings.sparse_information, information))
@@ -409,8 +415,7 @@ class EnsembleRanker:
         order = np.argsort(owner, kind="stable")
         owner, term, log_lr = owner[order], term[order], log_lr[order]
         unreported = pairs.features[picked, LR_COLUMN] - np.bincount(owner, log_lr, minlength=len(picked))
-        ids = self.kb.ontology.ids
-        labels = np.char.add(np.where(term < 0, "not ", ""), ids[np.where(term < 0, -1 - term, term)]).tolist()
+        labels = self.term_labels[np.where(term < 0, len(self.kb.ontology) - 1 - term, term)].tolist()
         values = np.exp(log_lr).round(4).tolist()
         bounds = np.searchsorted(owner, np.arange(len(picked) + 1)).tolist()
         factors = np.exp(unreported).tolist()

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from mercia.raredisease.kb import KnowledgeBase, default_kb
+from mercia.raredisease.kb import KnowledgeBase, cached_arrays, default_kb
 from mercia.raredisease.ontology import UnknownTermError
 
 
@@ -147,9 +147,15 @@ class Ranker:
         )
         self.direct = sp.csr_matrix((freq, (terms, dis)), shape=(n_terms, n_dis))
         # true-path rule: each annotation implies all ancestors, at the largest frequency found below them
-        owner, up_terms = self._expand_ancestors(terms)
-        r, c, v = _max_by_key(up_terms, dis[owner], freq[owner], n_dis)
-        self.implied = sp.csr_matrix((v, (r, c)), shape=(n_terms, n_dis))
+        def true_path() -> dict:
+            owner, up_terms = self._expand_ancestors(terms)
+            r, c, v = _max_by_key(up_terms, dis[owner], freq[owner], n_dis)
+            implied = sp.csr_matrix((v, (r, c)), shape=(n_terms, n_dis))
+            return {"data": implied.data, "indices": implied.indices, "indptr": implied.indptr}
+
+        implied = cached_arrays(self.kb, "true-path", {"default_frequency": p.default_frequency, "sources": p.sources,
+                                                      "frequency_pseudocount": p.frequency_pseudocount}, true_path)
+        self.implied = sp.csr_matrix((implied["data"], implied["indices"], implied["indptr"]), shape=(n_terms, n_dis))
         self.background = np.maximum(np.asarray(self.implied.sum(axis=1)).ravel() / n_dis, p.min_background / n_dis)
         inverse_bg = sp.diags(1.0 / self.background)
         self.implied_lr = (inverse_bg @ self.implied).tocsr()
@@ -193,12 +199,15 @@ class Ranker:
         ontology = self.kb.ontology
         if strict:
             return [ontology.resolve(t) for t in ids]
-        out = []
+        index, out = ontology.index, []
         for t in ids:
-            try:
-                out.append(ontology.resolve(t, warn=False))
-            except UnknownTermError:
-                continue
+            i = index.get(t)  # current ids (nearly all) need no validation; others go through resolve
+            if i is None:
+                try:
+                    i = ontology.resolve(t, warn=False)
+                except UnknownTermError:
+                    continue
+            out.append(i)
         return out
 
     def _selectors(self, cases: list[Case], strict: bool) -> tuple[sp.csr_matrix, sp.csr_matrix]:
