@@ -42,12 +42,12 @@ class EmptyPhenotypeError(ValueError):
 
 @dataclass(frozen=True)
 class EnsembleSettings:
-    candidates: int = 30  # the LR ranker's best diseases that the model re-ranks
+    candidates: int = 50  # the LR ranker's best diseases that the model re-ranks
     chunk: int = 400  # cases per batch of sparse products (bounds memory)
     folds: int = 5
     num_leaves: int = 15
-    learning_rate: float = 0.1
-    rounds: int = 150
+    learning_rate: float = 0.05
+    rounds: int = 300
     min_data_in_leaf: int = 40
     feature_fraction: float = 0.8
     seed: int = SEED

@@ -12,7 +12,11 @@ Features (``FEATURES``):
   the best LR among the diseases that share a gene with it, below the case's best (gene-level smoothing);
 * ``coverage_of_case`` / ``coverage_of_disease`` / ``simgic``: IC-weighted overlap of the two ancestor closures
   over the case's and the disease's total (simGIC, Pesquita et al. 2008, is the overlap over the union);
-* ``matched``: observed terms the disease implies;
+* ``resnik_case_to_disease`` / ``resnik_sum``: Resnik best-match average (and sum) of the case's terms against
+  the disease: for each observed term the IC of the most informative ancestor it shares with the disease's
+  annotations (Phenomizer's one-way semantic similarity, Köhler et al., AJHG 2009;85:457);
+* ``matched`` / ``unmatched``: observed terms the disease implies / observed terms it shares nothing
+  informative with; ``contradicted``: observed terms the disease is annotated NOT to have;
 * ``excluded_features`` / ``excluded_frequency``: excluded terms the disease has, and their summed frequency;
 * ``obligate_missed``: summed frequency of the disease's frequent (f >= 0.8) features the report does not cover;
 * ``gene_coverage_of_case``: coverage of the case by the pooled profile of the disease's genes (diseases that
@@ -21,10 +25,9 @@ Features (``FEATURES``):
 * ``n_observed`` / ``n_excluded``: how much the case says.
 
 Tried inside the grouped folds and left out, because the held-out means did not improve (docs/raredisease.md
-lists the figures): Resnik best-match averages case-to-disease (Phenomizer's one-way similarity, Köhler et al.,
-AJHG 2009;85:457), disease-to-case and their symmetric mean; counts of unmatched and contradicted (NOT-annotated)
-terms.  The Phenopackets of the development set carry no onset or sex, so no onset/sex compatibility feature can
-be trained or checked; none is computed.
+lists the figures): Resnik best-match average disease-to-case and the symmetric (Phenomizer) mean of both
+directions.  The Phenopackets of the development set carry no onset or sex, so no onset/sex compatibility
+feature can be trained or checked; none is computed.
 """
 
 from __future__ import annotations
@@ -37,9 +40,9 @@ from mercia.raredisease.ranker import Ranker, row_entries
 UNIVERSAL_SHARE = 0.2  # terms in more than this share of diseases add no IC-weighted evidence
 FREQUENT = 0.8  # "obligate" features for the missed-feature count
 FEATURES = (
-    "lr", "lr_gap", "lr_log_rank", "gene_lr_gap", "coverage_of_case", "coverage_of_disease", "simgic", "matched",
-    "excluded_features", "excluded_frequency", "obligate_missed", "gene_coverage_of_case", "log_annotations",
-    "n_observed", "n_excluded",
+    "lr", "lr_gap", "lr_log_rank", "gene_lr_gap", "resnik_case_to_disease", "resnik_sum", "coverage_of_case",
+    "coverage_of_disease", "simgic", "matched", "unmatched", "contradicted", "excluded_features",
+    "excluded_frequency", "obligate_missed", "gene_coverage_of_case", "log_annotations", "n_observed", "n_excluded",
 )
 
 
@@ -56,6 +59,8 @@ class PairFeatures:
         self.ic = -np.log(np.maximum(carriers, 1) / (n_dis + 1))
         self.weight = np.where(carriers > UNIVERSAL_SHARE * n_dis, 0.0, self.ic)
         self.disease_total = self.closure.T @ self.weight
+        negated_closure = (ontology.ancestors.astype(np.float64) @ ranker.negated).tocsr()
+        negated_closure.data[:] = 1.0
         frequent = ranker.direct.copy()
         frequent.data[frequent.data < FREQUENT] = 0.0
         phenotypic = ontology.ancestors[:, ontology.index["HP:0000118"]].toarray().ravel() > 0
@@ -63,7 +68,7 @@ class PairFeatures:
         self.frequent.eliminate_zeros()
         self.frequent_total = np.asarray(self.frequent.sum(axis=0)).ravel()
         # column-major copies, for products restricted to a batch's candidate diseases
-        self.by_disease = tuple(m.tocsc() for m in (self.closure, ranker.implied, self.frequent))
+        self.by_disease = tuple(m.tocsc() for m in (self.closure, ranker.implied, negated_closure, self.frequent))
         self.log_annotations = np.log1p(np.diff(ranker.direct.tocsc().indptr)).astype(np.float64)
         self._gene_profiles(kb, n_dis)
 
@@ -102,12 +107,13 @@ class PairFeatures:
         case_total = np.asarray(case_weighted.sum(axis=1)).ravel()[pair_case]
         # products only over the pairs' diseases (a third to a half of them): column of a pair's disease
         diseases, column = np.unique(pair_disease, return_inverse=True)
-        closure, implied, frequent = (m[:, diseases].tocsr() for m in self.by_disease)
+        closure, implied, negated, frequent = (m[:, diseases].tocsr() for m in self.by_disease)
         overlap = _pairs(case_weighted @ closure, pair_case, column)
         dis_total = self.disease_total[pair_disease]
         n_obs = np.diff(observed.indptr).astype(np.float64)[pair_case]
         n_exc = np.diff(excluded.indptr).astype(np.float64)[pair_case]
         matched = _pairs(observed @ closure, pair_case, column)
+        resnik_sum, informative = self._resnik(observed, pair_case, pair_disease)
         covered = self.ranker._covered(observed, excluded)
         gene_overlap = self._gene_overlap(case_weighted, pair_case, pair_disease)
         columns = {
@@ -115,10 +121,14 @@ class PairFeatures:
             "lr_gap": lr - best,
             "lr_log_rank": np.log(rank),
             "gene_lr_gap": self._gene_lr(scores, pair_case, pair_disease) - best,
+            "resnik_case_to_disease": resnik_sum / np.maximum(n_obs, 1),
+            "resnik_sum": resnik_sum,
             "coverage_of_case": overlap / np.maximum(case_total, 1e-9),
             "coverage_of_disease": overlap / np.maximum(dis_total, 1e-9),
             "simgic": overlap / np.maximum(case_total + dis_total - overlap, 1e-9),
             "matched": matched,
+            "unmatched": n_obs - informative,
+            "contradicted": _pairs(observed @ negated, pair_case, column),
             "excluded_features": _pairs(excluded @ closure, pair_case, column),
             "excluded_frequency": _pairs(excluded @ implied, pair_case, column),
             "obligate_missed": self.frequent_total[pair_disease] - _pairs(covered @ frequent, pair_case, column),
@@ -128,6 +138,27 @@ class PairFeatures:
             "n_excluded": n_exc,
         }
         return np.column_stack([np.asarray(columns[name], dtype=np.float64) for name in FEATURES])
+
+    def _resnik(self, observed: sp.csr_matrix, pair_case, pair_disease) -> tuple[np.ndarray, np.ndarray]:
+        """Per pair: sum over observed terms of the IC of their most informative ancestor in the disease's closure,
+        and how many observed terms share an informative (non-universal) ancestor with it.  Only the diseases
+        of the pairs are looked at (about half of them in a chunk of cases)."""
+        terms = np.unique(observed.indices)
+        owner, ancestor = self.ranker._expand_ancestors(terms)
+        useful = self.weight[ancestor] > 0
+        owner, ancestor = owner[useful], ancestor[useful]
+        diseases = np.unique(pair_disease)
+        slot = np.full(len(self.ranker.diseases), -1, dtype=np.int64)
+        slot[diseases] = np.arange(len(diseases))
+        rows = self.closure[ancestor].tocoo()
+        wanted = slot[rows.col] >= 0
+        row, column = rows.row[wanted], slot[rows.col[wanted]]
+        best = np.zeros(len(terms) * len(diseases))  # observed term x pair disease: the best ancestor's IC
+        np.maximum.at(best, owner[row].astype(np.int64) * len(diseases) + column, self.ic[ancestor][row])
+        pair, term = row_entries(observed, pair_case)
+        values = best[np.searchsorted(terms, term) * len(diseases) + slot[pair_disease[pair]]]
+        return (np.bincount(pair, values, minlength=len(pair_case)),
+                np.bincount(pair, values > 0, minlength=len(pair_case)).astype(np.float64))
 
     def _gene_lr(self, scores: np.ndarray, pair_case, pair_disease) -> np.ndarray:
         """Per pair, the best LR among the diseases sharing a gene with the pair's disease (its own without)."""
