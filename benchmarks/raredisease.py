@@ -1,16 +1,17 @@
 """Benchmark the rare-disease rankers on the published phenopacket-store cases in the shared data.
 
-    .venv/bin/python benchmarks/raredisease.py                  # writes benchmarks/results/raredisease.json
+    .venv/bin/python benchmarks/raredisease.py                  # writes benchmarks/results/raredisease-<UTC>.json
     .venv/bin/python benchmarks/raredisease.py --only-ensemble  # just the grouped folds and the cold start
 
 Headline (``ensemble_grouped_folds``): the gene cohorts are dealt into 5 folds; each fold is ranked by an ensemble
 trained on the other folds only, so no cohort is ever in both training and test; figures are the mean, standard
 deviation, minimum and maximum over the folds, beside the likelihood-ratio ranker on the same folds. Probabilities
-of each fold are calibrated on the other folds' held-out scores. ``ensemble_cold_start`` times a fresh Python
-process that imports Mercia, loads the knowledge base, builds the ensemble and ranks every case (top 10):
-cases/s = cases / that wall time (and per CPU-second of the process, which the load of the shared machine
-distorts less), once with the knowledge-base cache empty and once with it filled, plus a warm repeat of the
-ranking in the same process; ``--cold-start-only`` repeats just that measurement.
+of each fold are calibrated on the other folds' held-out scores. ``ensemble_cold_start`` times the real batch
+command, ``mercia raredisease diagnose --cases --out --top 10``, as a fresh process over every dev case (imports,
+knowledge base, ensemble, ranking, per-term explanations of the ten shown diseases, writing): cases/s = cases /
+its wall time, and per CPU-second of the process (which the load of the shared machine distorts less), once with
+the knowledge-base cache empty and once with it filled; ``--cold-start-only`` repeats just that measurement
+(``results/raredisease-cold-start-<UTC>.json``).
 
 The likelihood-ratio figures below it:
     .venv/bin/python benchmarks/raredisease.py --tune '{"floor": [0.02, 0.05]}'   # grid on the tuning half
@@ -49,7 +50,7 @@ from mercia.raredisease.ranker import Case, ModelParameters, Ranker, rank_of
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "phenopackets" / "dev_cases.jsonl"
 if not DATA.exists():
     DATA = Path("/work/shared/data/phenopackets/dev_cases.jsonl")
-RESULT = Path(__file__).resolve().parent / "results" / "raredisease.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 DECOYS = 50
 SEED = 20250116
 
@@ -203,70 +204,58 @@ def calibration_figures(pairs, held_out, labels, folds, k: int) -> dict:
             "brier_top1": round(float(np.mean((top_p[used] - correct[used]) ** 2)), 4)}
 
 
-def cold_start(cases_path: Path, n_cases: int, cache: Path | None = None) -> dict:
-    """A fresh process that imports Mercia, loads the knowledge base, builds the ensemble and ranks every case
-    (top 10), then ranks them all again in the same process (warm).  ``cache`` points the knowledge-base cache
-    at an empty folder, so the process also parses the HPO release (cache cold).  The SHA-256 of the
-    rankings' JSON lines shows that speed work left every ranking unchanged."""
+def cold_start(cases: list[dict], cache: Path | None = None) -> dict:
+    """Time the real command a clinic's batch would run, ``mercia raredisease diagnose --cases IN --out OUT``
+    (top 10, each ranked disease with its per-term likelihood ratios), from process start to exit: imports,
+    knowledge base, ensemble, reading, ranking, explaining and writing every case.  ``cache`` points the
+    knowledge-base cache at an empty folder, so the process also parses the HPO release (cache cold)."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     if cache is not None:
         env["MERCIA_CACHE_DIR"] = str(cache)
     files = kb_module.active_files()
     warm = cache is None and (kb_module.cache_dir() / f"hpo-{kb_module._hash_files(files)}.npz").exists()
-    code = (
-        "import hashlib, json, sys, time\n"
-        "t0, c0 = time.perf_counter(), time.process_time()\n"
-        "from mercia.raredisease.ensemble import EnsembleRanker\n"
-        "from mercia.raredisease.ranker import Case\n"
-        "t1, c1 = time.perf_counter(), time.process_time()\n"
-        "rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]\n"
-        "ranker = EnsembleRanker()\n"
-        "t2, c2 = time.perf_counter(), time.process_time()\n"
-        "cases = [Case(r['observed'], r['excluded']) for r in rows]\n"
-        "out = ranker.rank_many(cases, top=10)\n"
-        "t3, c3 = time.perf_counter(), time.process_time()\n"
-        "again = ranker.rank_many(cases, top=10)\n"
-        "t4, c4 = time.perf_counter(), time.process_time()\n"
-        "assert len(out) == len(rows)\n"
-        "text = ''.join(json.dumps(r.to_dict()) + '\\n' for r in out)\n"
-        "assert text == ''.join(json.dumps(r.to_dict()) + '\\n' for r in again)\n"
-        "print(json.dumps({'import_seconds': t1 - t0, 'import_cpu_seconds': c1 - c0,\n"
-        "    'load_and_build_seconds': t2 - t1, 'load_and_build_cpu_seconds': c2 - c1,\n"
-        "    'rank_seconds': t3 - t2, 'rank_cpu_seconds': c3 - c2,\n"
-        "    'warm_rank_seconds': t4 - t3, 'warm_rank_cpu_seconds': c4 - c3,\n"
-        "    'rankings_sha256_16': hashlib.sha256(text.encode()).hexdigest()[:16]}))\n"
-    )
-    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, str(cases_path)], capture_output=True, text=True, env=env,
-                          check=True)
-    wall = time.perf_counter() - started
-    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryDirectory(prefix="mercia-rd-bench-") as folder:
+        given, written = Path(folder) / "cases.jsonl", Path(folder) / "rankings.jsonl"
+        # phenotype only: the cases' genes would restrict the ranking to the causal gene's diseases
+        given.write_text("".join(json.dumps({"id": c["id"], "observed": c["observed"], "excluded": c["excluded"]})
+                                 + "\n" for c in cases))
+        load_before = os.getloadavg()[0]
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "mercia.cli", "raredisease", "diagnose", "--cases", str(given),
+                        "--out", str(written), "--top", "10"], capture_output=True, text=True, env=env, check=True)
+        wall = time.perf_counter() - started
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        lines = written.read_bytes().splitlines()
+        rankings = [json.loads(line) for line in lines]
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    inside = json.loads(done.stdout.strip().splitlines()[-1])
-    digest = inside.pop("rankings_sha256_16")
-    inside = {k: round(v, 3) for k, v in inside.items()}
-    # the process ran the ranking twice; the cold figures count start-up and the first ranking only
-    cold_wall = wall - inside["warm_rank_seconds"]
-    cold_cpu = cpu - inside["warm_rank_cpu_seconds"]
-    return {"cases": n_cases, "knowledge_base_cache_warm": warm,
-            "wall_seconds_from_process_start": round(cold_wall, 3),
-            "cases_per_second": round(n_cases / cold_wall, 1), "process_cpu_seconds": round(cold_cpu, 3),
-            "cases_per_cpu_second": round(n_cases / cold_cpu, 1),
-            "warm_cases_per_second": round(n_cases / inside["warm_rank_seconds"], 1),
-            "warm_cases_per_cpu_second": round(n_cases / inside["warm_rank_cpu_seconds"], 1),
-            **inside, "rankings_sha256_16": digest,
-            "counted": "cold: process start to the first rank_many's end, all cases, top 10, no explanations "
-                       "(process CPU from getrusage less the warm repeat); warm: the same rank_many again in "
-                       "that process",
-            "load_average_1min": round(os.getloadavg()[0], 2)}
+    assert len(rankings) == len(cases)
+    shown = [d for r in rankings for d in r["ranking"]]
+    assert all("term_lrs" in d for d in shown)
+    return {"cases": len(cases), "knowledge_base_cache_warm": warm,
+            "wall_seconds": round(wall, 3), "cases_per_second": round(len(cases) / wall, 1),
+            "process_cpu_seconds": round(cpu, 3), "cases_per_cpu_second": round(len(cases) / cpu, 1),
+            "ranked_diseases_written": len(shown), "peak_rss_mb": round(cpu_after.ru_maxrss / 1024),
+            "rankings_sha256_16": hashlib.sha256(b"\n".join(lines)).hexdigest()[:16],
+            "counted": "one `mercia raredisease diagnose --cases --out --top 10` process, start to exit, every dev "
+                       "case (observed and excluded terms only); CPU = user + system of that process (getrusage)",
+            "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
-def cold_starts(cases_path: Path, n_cases: int) -> dict:
+def cold_starts(cases: list[dict]) -> dict:
     """The cold start with the knowledge-base cache empty (a fresh folder), then with it filled."""
     with tempfile.TemporaryDirectory(prefix="mercia-rd-cache-") as empty:
-        cache_cold = cold_start(cases_path, n_cases, Path(empty))
-    return {"cache_cold": cache_cold, "cache_warm": cold_start(cases_path, n_cases)}
+        cache_cold = cold_start(cases, Path(empty))
+    return {"cache_cold": cache_cold, "cache_warm": cold_start(cases)}
+
+
+def write_result(name: str, document: dict) -> Path:
+    """A fresh ``results/<name>-<UTC>.json`` per run."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = RESULTS / f"{name}-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
 
 
 def tune(kb, cases: list[dict], grid: dict) -> dict:
@@ -289,14 +278,14 @@ def tune(kb, cases: list[dict], grid: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cold-start-only", action="store_true",
-                        help="only time the cold start; writes results/raredisease_cold_start.json")
+                        help="only time the cold start; writes results/raredisease-cold-start-<UTC>.json")
     parser.add_argument("--only-ensemble", action="store_true", help="only the grouped folds and the cold start")
     parser.add_argument("--tune", metavar="GRID_JSON", help='grid-search on the tuning half, e.g. {"floor": [0.02, 0.05]}')
     args = parser.parse_args()
     cases = load_cases()
     if args.cold_start_only:
-        figures = cold_starts(DATA, len(cases))
-        (RESULT.parent / "raredisease_cold_start.json").write_text(json.dumps(figures, indent=2) + "\n")
+        figures = cold_starts(cases)
+        print(write_result("raredisease-cold-start", {"data": DATA.name, **figures}))
         print(json.dumps(figures, indent=2))
         return
 
@@ -311,15 +300,14 @@ def main() -> None:
         return
     settings = ensemble.EnsembleSettings()
     started = time.perf_counter()
-    headline = {"ensemble_cold_start": cold_starts(DATA, len(cases)),
+    headline = {"ensemble_cold_start": cold_starts(cases),
                 "ensemble_grouped_folds": grouped_fold_figures(ranker, cases, settings),
                 "ensemble_settings": asdict(settings),
                 "cross_validation_seconds": None}
     headline["cross_validation_seconds"] = round(time.perf_counter() - started, 1)
     if args.only_ensemble:
-        RESULT.parent.mkdir(parents=True, exist_ok=True)
-        RESULT.write_text(json.dumps({"knowledge_base": kb.version, "data": DATA.name, "cases": len(cases),
-                                      **headline}, indent=2) + "\n")
+        print(write_result("raredisease", {"knowledge_base": kb.version, "data": DATA.name, "cases": len(cases),
+                                           **headline}))
         print(json.dumps(headline, indent=2))
         return
 
@@ -367,8 +355,7 @@ def main() -> None:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         },
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print(write_result("raredisease", result))
     print(json.dumps(result, indent=2))
 
 

@@ -200,14 +200,22 @@ def diagnose(
     hpo: Annotated[str, typer.Option("--hpo", help="observed HPO ids, comma-separated")] = "",
     excluded: Annotated[str | None, typer.Option("--excluded", help="excluded HPO ids, comma-separated")] = None,
     genes: Annotated[str | None, typer.Option("--genes", help="restrict to the diseases of these genes")] = None,
+    cases: Annotated[Path | None, typer.Option("--cases", help="batch input: JSON lines")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="batch output: JSON lines")] = None,
     top: Annotated[int, typer.Option("--top", help="candidates to show")] = 10,
     as_json: JsonOption = False,
 ) -> None:
-    """Rank diseases with the trained ensemble: calibrated probability, supporting and contradicting terms."""
+    """Rank diseases with the trained ensemble: calibrated probability, supporting and contradicting terms
+    (a batch: each ranked disease with its per-term likelihood ratios)."""
     from mercia.raredisease.ensemble import EmptyPhenotypeError, default_ensemble
     from mercia.raredisease.ontology import ObsoleteTermWarning, UnknownTermError
     from mercia.raredisease.ranker import Case
 
+    if cases is not None:
+        if out is None:
+            fail("--cases needs --out")
+        _diagnose_batch(cases, out, top)
+        return
     case = Case(_ids(hpo), _ids(excluded), _ids(genes))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ObsoleteTermWarning)
@@ -316,12 +324,12 @@ def _show_ranking(ranker, candidates, gene_results, notes, explain) -> None:
         console.print(genes)
 
 
-def _rank_batch(ranker, cases_path: Path, out_path: Path, top: int) -> None:
-    """Rank a JSON-lines file of cases; unknown HPO ids are skipped and counted on stderr."""
+def _read_cases(cases_path: Path) -> list:
+    """Cases of a JSON-lines file (``id``, ``observed``, ``excluded``, ``genes``); a bad line is an error naming it."""
     import orjson
 
     from mercia.raredisease.ranker import Case
-    batch, skipped = [], 0
+    batch = []
     try:
         lines = cases_path.read_bytes().splitlines()
     except OSError as exc:
@@ -333,13 +341,23 @@ def _rank_batch(ranker, cases_path: Path, out_path: Path, top: int) -> None:
             record = orjson.loads(line)
             batch.append(Case(list(record.get("observed", [])), list(record.get("excluded", [])),
                               list(record.get("genes") or []), str(record["id"])))
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             fail(f"{cases_path}: line {line_no}: field id/observed: {exc}")
-    for case in batch:
-        known = ranker.resolve_case(case, strict=False)
-        given = len(set(case.observed)) + len(set(case.excluded))
-        if len(known[0]) + len(known[1]) < given:
-            skipped += 1
+    return batch
+
+
+def _skipped_note(ontology, batch) -> str:
+    """How many cases had HPO ids the release does not know (batch ranking skips them)."""
+    known = ontology.index.keys() | ontology.aliases.keys()
+    skipped = sum(1 for case in batch if not {t.strip() for t in case.observed + case.excluded} <= known)
+    return f"; {skipped} cases had HPO ids this release does not know (skipped)" if skipped else ""
+
+
+def _rank_batch(ranker, cases_path: Path, out_path: Path, top: int) -> None:
+    """Rank a JSON-lines file of cases; unknown HPO ids are skipped and counted on stderr."""
+    import orjson
+
+    batch = _read_cases(cases_path)
     rankings = []
     chunk = 1000  # bounds memory: one dense (cases x diseases) block at a time
     for start in range(0, len(batch), chunk):
@@ -351,8 +369,26 @@ def _rank_batch(ranker, cases_path: Path, out_path: Path, top: int) -> None:
                 "ranking": [{"rank": c.rank, "disease_id": c.disease_id, "label": c.label, "score": round(c.score, 4)}
                             for c in ranking]}) + b"\n")
     typer.echo(f"ranked {len(batch)} cases against {len(ranker.diseases)} diseases ({ranker.kb.version}) "
-               f"-> {out_path}" + (f"; {skipped} cases had unknown or redundant HPO ids" if skipped else ""),
-               err=True)
+               f"-> {out_path}{_skipped_note(ranker.kb.ontology, batch)}", err=True)
+
+
+def _diagnose_batch(cases_path: Path, out_path: Path, top: int) -> None:
+    """Rank a JSON-lines file of cases with the ensemble; each shown disease carries its per-term LRs."""
+    import orjson
+
+    from mercia.raredisease.ensemble import default_ensemble
+
+    batch = _read_cases(cases_path)
+    try:
+        ensemble = default_ensemble()
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    rankings = ensemble.rank_many(batch, top=top, term_lrs=True)
+    with open(out_path, "wb") as handle:
+        handle.writelines(orjson.dumps({"id": case.id, "knowledge_base": ensemble.kb.version, **ranking.to_dict()})
+                          + b"\n" for case, ranking in zip(batch, rankings))
+    typer.echo(f"diagnosed {len(batch)} cases ({ensemble.kb.version}) -> {out_path}"
+               f"{_skipped_note(ensemble.kb.ontology, batch)}", err=True)
 
 
 @app.command()

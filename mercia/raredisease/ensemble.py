@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 
 from mercia.raredisease.features import FEATURES, PairFeatures
 from mercia.raredisease.ontology import UnknownTermError
-from mercia.raredisease.ranker import Case, Ranker, TermEvidence
+from mercia.raredisease.ranker import Case, Ranker, TermEvidence, TermRows
 
 MODEL_FILE = Path(__file__).parent / "models" / "ensemble.json"
 LR_COLUMN = FEATURES.index("lr")
@@ -41,7 +42,7 @@ class EmptyPhenotypeError(ValueError):
 
 @dataclass(frozen=True)
 class EnsembleSettings:
-    candidates: int = 100  # the LR ranker's best diseases that the model re-ranks
+    candidates: int = 50  # the LR ranker's best diseases that the model re-ranks
     chunk: int = 400  # cases per batch of sparse products (bounds memory)
     folds: int = 5
     num_leaves: int = 15
@@ -79,41 +80,71 @@ class Pairs:
     information: np.ndarray  # summed IC of each case's observed terms
 
 
+@dataclass
+class ChunkTerms:
+    """A batch's resolved case selectors and per-term LR rows, kept to explain the diseases shown."""
+
+    observed: object  # scipy.sparse csr, cases x terms
+    excluded: object
+    rows: TermRows
+
+
+def chunk_pairs(features: PairFeatures, batch: list[Case], settings: EnsembleSettings, strict: bool = False,
+                extra: dict[int, list[int]] | None = None, keep_scores: bool = True) -> tuple[Pairs, ChunkTerms]:
+    """Features of the candidates of one batch of cases (at most ``settings.chunk``, which bounds memory);
+    ``extra`` adds given diseases to a case's candidates (an explanation needs the score of one disease for a
+    changed case).  Without ``keep_scores`` the cases x diseases LR matrix is dropped (ranking needs only the
+    candidates' LR, which is the ``lr`` feature; evaluation needs the rest)."""
+    ranker = features.ranker
+    observed, excluded = ranker._selectors(batch, strict)
+    rows = ranker.term_rows(observed, excluded)
+    scores, usable = ranker.selector_scores(observed, excluded, rows)
+    k = min(settings.candidates, scores.shape[1])
+    best = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
+    pair_case = np.repeat(np.arange(len(batch)), k)
+    pair_dis = best.ravel()
+    more = [(i, d) for i, ds in (extra or {}).items() for d in ds]
+    if more:
+        pair_case = np.r_[pair_case, [m[0] for m in more]]
+        pair_dis = np.r_[pair_dis, [m[1] for m in more]]
+        unique = np.unique(pair_case.astype(np.int64) * scores.shape[1] + pair_dis)
+        pair_case, pair_dis = unique // scores.shape[1], unique % scores.shape[1]
+    keep = usable[pair_case]
+    pair_case, pair_dis = pair_case[keep], pair_dis[keep]
+    pairs = Pairs(pair_case, pair_dis, features.compute(observed, excluded, scores, pair_case, pair_dis),
+                  scores if keep_scores else None, usable, observed @ features.ic)
+    return pairs, ChunkTerms(observed, excluded, rows)
+
+
 def candidate_pairs(features: PairFeatures, cases: list[Case], settings: EnsembleSettings,
                     strict: bool = False, extra: dict[int, list[int]] | None = None,
                     keep_scores: bool = True) -> Pairs:
-    """Features of every case's candidates, computed in chunks; ``extra`` adds given diseases to a case's
-    candidates (an explanation needs the score of one disease for a changed case).  Without ``keep_scores``
-    the cases x diseases LR matrix is dropped after each chunk (ranking needs only the candidates' LR,
-    which is the ``lr`` feature; evaluation needs the rest)."""
-    ranker = features.ranker
-    out_case, out_dis, out_x, scores_all, usable_all, info_all = [], [], [], [], [], []
+    """:func:`chunk_pairs` over any number of cases (``extra`` keyed by position in ``cases``)."""
+    parts = []
     for start in range(0, len(cases), settings.chunk):
         batch = cases[start:start + settings.chunk]
-        observed, excluded = ranker._selectors(batch, strict)
-        scores, usable = ranker.selector_scores(observed, excluded)
-        k = min(settings.candidates, scores.shape[1])
-        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        pair_case = np.repeat(np.arange(len(batch)), k)
-        pair_dis = best.ravel()
-        if extra:
-            more = [(i - start, d) for i, ds in extra.items() if start <= i < start + len(batch) for d in ds]
-            if more:
-                pair_case = np.r_[pair_case, [m[0] for m in more]]
-                pair_dis = np.r_[pair_dis, [m[1] for m in more]]
-                unique = np.unique(pair_case.astype(np.int64) * scores.shape[1] + pair_dis)
-                pair_case, pair_dis = unique // scores.shape[1], unique % scores.shape[1]
-        keep = usable[pair_case]
-        pair_case, pair_dis = pair_case[keep], pair_dis[keep]
-        out_x.append(features.compute(observed, excluded, scores, pair_case, pair_dis))
-        out_case.append(pair_case + start)
-        out_dis.append(pair_dis)
-        if keep_scores:
-            scores_all.append(scores)
-        usable_all.append(usable)
-        info_all.append(observed @ features.ic)
-    return Pairs(np.concatenate(out_case), np.concatenate(out_dis), np.vstack(out_x),
-                 np.vstack(scores_all) if keep_scores else None, np.concatenate(usable_all), np.concatenate(info_all))
+        mine = {i - start: ds for i, ds in (extra or {}).items() if start <= i < start + len(batch)}
+        parts.append(chunk_pairs(features, batch, settings, strict, mine, keep_scores)[0])
+        parts[-1].case += start
+    return Pairs(np.concatenate([p.case for p in parts]), np.concatenate([p.disease for p in parts]),
+                 np.vstack([p.features for p in parts]),
+                 np.vstack([p.lr_scores for p in parts]) if keep_scores else None,
+                 np.concatenate([p.usable for p in parts]), np.concatenate([p.information for p in parts]))
+
+
+def _lightgbm():
+    """LightGBM, imported without pandas unless pandas is loaded already: lightgbm imports pandas only to accept
+    DataFrames, which Mercia never passes, and the import took a third of a cold ``diagnose`` (0.27 of 0.8
+    CPU-s of start-up)."""
+    if "lightgbm" in sys.modules or "pandas" in sys.modules:
+        import lightgbm
+        return lightgbm
+    sys.modules["pandas"] = None  # `import pandas` in lightgbm.compat fails, so lightgbm goes without it
+    try:
+        import lightgbm
+    finally:
+        del sys.modules["pandas"]
+    return lightgbm
 
 
 def _booster_params(settings: EnsembleSettings) -> dict:
@@ -128,7 +159,7 @@ def _booster_params(settings: EnsembleSettings) -> dict:
 
 def train_booster(x: np.ndarray, labels: np.ndarray, pair_case: np.ndarray, settings: EnsembleSettings):
     """LambdaRank on the groups (cases) that have their true disease among the candidates."""
-    import lightgbm
+    lightgbm = _lightgbm()
 
     positive = np.bincount(pair_case, weights=labels, minlength=int(pair_case.max()) + 1) > 0
     keep = positive[pair_case]
@@ -223,8 +254,7 @@ class EnsembleModel:
 
     @classmethod
     def load(cls, path: Path = MODEL_FILE) -> EnsembleModel:
-        import lightgbm
-
+        lightgbm = _lightgbm()
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no trained ensemble; make it with "
                                     "`python -m mercia.cli raredisease train-ensemble --cases dev_cases.jsonl`")
@@ -272,15 +302,19 @@ class RankedDisease:
     probability: float  # calibrated on held-out gene cohorts
     lr_score: float  # log10 LR of the likelihood-ratio model
     genes: list[str]
-    supporting: list[dict] = field(default_factory=list)  # terms whose removal lowers the score
-    contradicting: list[dict] = field(default_factory=list)  # terms whose removal raises it
+    supporting: list[dict] | None = None  # terms whose removal lowers the score (None: not explained)
+    contradicting: list[dict] | None = None  # terms whose removal raises it
     evidence: list[TermEvidence] = field(default_factory=list)  # the LR model's per-term evidence
+    term_lrs: dict | None = None  # batch explanation: term (excluded ones as "not HP:...") -> LR, and "unreported"
 
     def to_dict(self, explain: bool = False) -> dict:
         out = {"rank": self.rank, "disease_id": self.disease_id, "label": self.label,
                "score": round(self.score, 4), "probability": round(self.probability, 4),
-               "lr_score": round(self.lr_score, 4), "genes": self.genes,
-               "supporting": self.supporting, "contradicting": self.contradicting}
+               "lr_score": round(self.lr_score, 4), "genes": self.genes}
+        if self.supporting is not None:
+            out |= {"supporting": self.supporting, "contradicting": self.contradicting}
+        if self.term_lrs is not None:
+            out["term_lrs"] = self.term_lrs
         if explain:
             out["evidence"] = [asdict(e) for e in self.evidence]
         return out
@@ -305,6 +339,9 @@ class EnsembleRanker:
         self.model = model or EnsembleModel.load()
         self.features = PairFeatures(self.ranker)
         self.kb = self.ranker.kb
+        self.disease_labels = self.kb.disease_ids.astype(str).tolist(), self.kb.disease_names.astype(str).tolist()
+        ids = self.kb.ontology.ids.astype(str).tolist()
+        self.term_labels = np.array(ids + [f"not {t}" for t in ids], dtype=object)  # observed, then excluded
 
     def scores(self, cases: list[Case], strict: bool = False, extra=None) -> tuple[Pairs, np.ndarray]:
         pairs = candidate_pairs(self.features, cases, self.model.settings, strict, extra, keep_scores=False)
@@ -329,26 +366,61 @@ class EnsembleRanker:
             self._explain(case, ranking)
         return ranking
 
-    def rank_many(self, cases: list[Case], top: int = 10, strict: bool = False) -> list[Ranking]:
-        pairs, scores = self.scores(cases, strict)
-        probability = probabilities(pairs, scores, self.model.temperature, self.model.none_logit)
-        starts = np.searchsorted(pairs.case, np.arange(len(cases) + 1))
+    def rank_many(self, cases: list[Case], top: int = 10, strict: bool = False,
+                  term_lrs: bool = False) -> list[Ranking]:
+        """Rankings of many cases, a chunk at a time; ``term_lrs`` adds each shown disease's per-term
+        likelihood ratios (vectorised, so batches keep their speed; :meth:`rank` explains one case fully)."""
         out = []
+        for start in range(0, len(cases), self.model.settings.chunk):
+            batch = cases[start:start + self.model.settings.chunk]
+            pairs, terms = chunk_pairs(self.features, batch, self.model.settings, strict, keep_scores=False)
+            scores = self.model.predict(pairs.features) if len(pairs.case) else np.zeros(0)
+            out.extend(self._rankings(batch, pairs, scores, top, terms if term_lrs else None))
+        return out
+
+    def _rankings(self, cases: list[Case], pairs: Pairs, scores: np.ndarray, top: int,
+                  terms: ChunkTerms | None) -> list[Ranking]:
+        probability = probabilities(pairs, scores, self.model.temperature, self.model.none_logit)
+        order = np.lexsort((pairs.disease, -scores, pairs.case))  # per case: best first, ties by column
+        starts = np.searchsorted(pairs.case[order], np.arange(len(cases) + 1))
+        shown = []
         for i, case in enumerate(cases):
-            a, b = starts[i], starts[i + 1]
-            allowed = self.ranker.gene_mask(case.genes) if case.genes else None
-            order = [j for j in np.lexsort((pairs.disease[a:b], -scores[a:b])) + a
-                     if allowed is None or allowed[pairs.disease[j]]][:top]
+            mine = order[starts[i]:starts[i + 1]]
+            if case.genes:
+                mine = mine[self.ranker.gene_mask(case.genes)[pairs.disease[mine]]]
+            shown.append(mine[:top])
+        picked = np.concatenate(shown)
+        diseases = self.ranker.diseases[pairs.disease[picked]].tolist()
+        score, chance = scores[picked].tolist(), probability[picked].tolist()
+        lr = (pairs.features[picked, LR_COLUMN] / np.log(10)).tolist()
+        lrs = self._term_lrs(pairs, picked, terms) if terms is not None else [None] * len(picked)
+        ids, names = self.disease_labels
+        out, n = [], 0
+        for i, picks in enumerate(shown):
             candidates = []
-            for rank, j in enumerate(order, 1):
-                disease = int(self.ranker.diseases[pairs.disease[j]])
-                candidates.append(RankedDisease(
-                    rank, str(self.kb.disease_ids[disease]), str(self.kb.disease_names[disease]), float(scores[j]),
-                    float(probability[j]), float(pairs.features[j, LR_COLUMN] / np.log(10)),
-                    self.kb.genes_of(disease)))
+            for rank in range(1, len(picks) + 1):
+                d = diseases[n]
+                candidates.append(RankedDisease(rank, ids[d], names[d], score[n], chance[n], lr[n],
+                                                self.kb.genes_of(d), term_lrs=lrs[n]))
+                n += 1
             information = float(pairs.information[i])
             out.append(Ranking(candidates, information < self.model.settings.sparse_information, information))
         return out
+
+    def _term_lrs(self, pairs: Pairs, picked: np.ndarray, terms: ChunkTerms) -> list[dict]:
+        """Per picked pair: each observed and excluded term's LR under the likelihood-ratio model, and the
+        unreported features' share; they multiply to the pair's LR (10 ** lr_score)."""
+        owner, term, log_lr = self.ranker.term_log_lrs(terms.observed, terms.excluded, terms.rows,
+                                                       pairs.case[picked], pairs.disease[picked])
+        order = np.argsort(owner, kind="stable")
+        owner, term, log_lr = owner[order], term[order], log_lr[order]
+        unreported = pairs.features[picked, LR_COLUMN] - np.bincount(owner, log_lr, minlength=len(picked))
+        labels = self.term_labels[np.where(term < 0, len(self.kb.ontology) - 1 - term, term)].tolist()
+        values = np.exp(log_lr).round(4).tolist()
+        bounds = np.searchsorted(owner, np.arange(len(picked) + 1)).tolist()
+        factors = np.exp(unreported).tolist()
+        return [dict(zip(labels[a:b], values[a:b]), unreported=round(factor, 6))
+                for a, b, factor in zip(bounds[:-1], bounds[1:], factors)]
 
     def _explain(self, case: Case, ranking: Ranking) -> None:
         """Each observed/excluded term's effect on the score of each listed disease: the score of the case
@@ -371,6 +443,7 @@ class EnsembleRanker:
             without = {(int(c), int(d)): float(s) for c, d, s in zip(pairs.case, pairs.disease, scores)}
         for candidate, column in zip(ranking.candidates, columns):
             candidate.evidence = self.ranker.explain((observed, excluded), column)
+            candidate.supporting, candidate.contradicting = [], []
             for i, (status, t) in enumerate(terms):
                 if (i, column) not in without:  # the case without this term has nothing left to rank on
                     continue

@@ -10,11 +10,11 @@ Features (``FEATURES``):
 * ``lr``: the likelihood-ratio score of :class:`~mercia.raredisease.ranker.Ranker` (natural log); ``lr_gap``: its
   distance below the case's best disease; ``lr_log_rank``: log of its rank among all diseases; ``gene_lr_gap``:
   the best LR among the diseases that share a gene with it, below the case's best (gene-level smoothing);
+* ``coverage_of_case`` / ``coverage_of_disease`` / ``simgic``: IC-weighted overlap of the two ancestor closures
+  over the case's and the disease's total (simGIC, Pesquita et al. 2008, is the overlap over the union);
 * ``resnik_case_to_disease`` / ``resnik_sum``: Resnik best-match average (and sum) of the case's terms against
   the disease: for each observed term the IC of the most informative ancestor it shares with the disease's
   annotations (Phenomizer's one-way semantic similarity, Köhler et al., AJHG 2009;85:457);
-* ``coverage_of_case`` / ``coverage_of_disease`` / ``simgic``: IC-weighted overlap of the two ancestor closures
-  over the case's and the disease's total (simGIC, Pesquita et al. 2008, is the overlap over the union);
 * ``matched`` / ``unmatched``: observed terms the disease implies / observed terms it shares nothing
   informative with; ``contradicted``: observed terms the disease is annotated NOT to have;
 * ``excluded_features`` / ``excluded_frequency``: excluded terms the disease has, and their summed frequency;
@@ -24,8 +24,10 @@ Features (``FEATURES``):
 * ``log_annotations``: the disease's annotation count, so the model can correct the bias to rich profiles;
 * ``n_observed`` / ``n_excluded``: how much the case says.
 
-The Phenopackets of the development set carry no onset or sex, so no onset/sex compatibility feature can be
-trained or checked; none is computed.
+Tried inside the grouped folds and left out, because the held-out means did not improve (docs/raredisease.md
+lists the figures): Resnik best-match average disease-to-case and the symmetric (Phenomizer) mean of both
+directions.  The Phenopackets of the development set carry no onset or sex, so no onset/sex compatibility
+feature can be trained or checked; none is computed.
 """
 
 from __future__ import annotations
@@ -33,14 +35,14 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from mercia.raredisease.ranker import Ranker
+from mercia.raredisease.ranker import Ranker, row_entries
 
 UNIVERSAL_SHARE = 0.2  # terms in more than this share of diseases add no IC-weighted evidence
 FREQUENT = 0.8  # "obligate" features for the missed-feature count
 FEATURES = (
-    "lr", "lr_gap", "lr_log_rank", "gene_lr_gap", "resnik_case_to_disease", "resnik_sum", "coverage_of_case", "coverage_of_disease", "simgic",
-    "matched", "unmatched", "contradicted", "excluded_features", "excluded_frequency", "obligate_missed",
-    "gene_coverage_of_case", "log_annotations", "n_observed", "n_excluded",
+    "lr", "lr_gap", "lr_log_rank", "gene_lr_gap", "resnik_case_to_disease", "resnik_sum", "coverage_of_case",
+    "coverage_of_disease", "simgic", "matched", "unmatched", "contradicted", "excluded_features",
+    "excluded_frequency", "obligate_missed", "gene_coverage_of_case", "log_annotations", "n_observed", "n_excluded",
 )
 
 
@@ -56,18 +58,17 @@ class PairFeatures:
         carriers = np.diff(self.closure.indptr)
         self.ic = -np.log(np.maximum(carriers, 1) / (n_dis + 1))
         self.weight = np.where(carriers > UNIVERSAL_SHARE * n_dis, 0.0, self.ic)
-        self.weighted_closure = (sp.diags(self.weight) @ self.closure).tocsr()
-        self.weighted_closure.eliminate_zeros()
-        self.disease_total = np.asarray(self.weighted_closure.sum(axis=0)).ravel()
+        self.disease_total = self.closure.T @ self.weight
         negated_closure = (ontology.ancestors.astype(np.float64) @ ranker.negated).tocsr()
         negated_closure.data[:] = 1.0
-        self.negated_closure = negated_closure
         frequent = ranker.direct.copy()
         frequent.data[frequent.data < FREQUENT] = 0.0
         phenotypic = ontology.ancestors[:, ontology.index["HP:0000118"]].toarray().ravel() > 0
         self.frequent = (sp.diags(phenotypic.astype(np.float64)) @ frequent).tocsr()
         self.frequent.eliminate_zeros()
         self.frequent_total = np.asarray(self.frequent.sum(axis=0)).ravel()
+        # column-major copies, for products restricted to a batch's candidate diseases
+        self.by_disease = tuple(m.tocsc() for m in (self.closure, ranker.implied, negated_closure, self.frequent))
         self.log_annotations = np.log1p(np.diff(ranker.direct.tocsc().indptr)).astype(np.float64)
         self._gene_profiles(kb, n_dis)
 
@@ -83,19 +84,14 @@ class PairFeatures:
         direct.data[:] = 1.0
         profile = (direct @ kb.ontology.ancestors.astype(np.float64)).tocsr()
         profile.data[:] = 1.0
-        self.gene_profile = (profile @ sp.diags(self.weight)).T.tocsr()  # terms x genes, IC-weighted
+        self.gene_profile = (profile @ sp.diags(self.weight)).T.tocsc()  # terms x genes, IC-weighted
         self.gene_profile.eliminate_zeros()
         position = self.ranker.disease_position[kb.gene_disease_disease]
         keep = position >= 0
         self.disease_genes = sp.csr_matrix(
             (np.ones(keep.sum()), (position[keep], kb.gene_disease_gene[keep])), shape=(n_dis, len(kb.gene_symbols)))
-        # candidate disease columns grouped by gene, for the best LR per gene (np.maximum.reduceat)
-        genes, columns = kb.gene_disease_gene[keep], position[keep]
-        order = np.lexsort((columns, genes))
-        genes, self.gene_columns = genes[order], columns[order]
-        self.gene_starts = np.flatnonzero(np.r_[True, genes[1:] != genes[:-1]])
-        self.gene_slot = np.full(len(kb.gene_symbols), -1, dtype=np.int64)
-        self.gene_slot[genes[self.gene_starts]] = np.arange(len(self.gene_starts))
+        self.gene_siblings = (self.disease_genes @ self.disease_genes.T).tocsr()  # diseases sharing a gene
+        self.gene_siblings.sort_indices()
 
     def compute(self, observed: sp.csr_matrix, excluded: sp.csr_matrix, scores: np.ndarray,
                 pair_case: np.ndarray, pair_disease: np.ndarray) -> np.ndarray:
@@ -109,11 +105,14 @@ class PairFeatures:
         case_closure.data[:] = 1.0
         case_weighted = case_closure @ sp.diags(self.weight)
         case_total = np.asarray(case_weighted.sum(axis=1)).ravel()[pair_case]
-        overlap = _pairs(case_weighted @ self.closure, pair_case, pair_disease)
+        # products only over the pairs' diseases (a third to a half of them): column of a pair's disease
+        diseases, column = np.unique(pair_disease, return_inverse=True)
+        closure, implied, negated, frequent = (m[:, diseases].tocsr() for m in self.by_disease)
+        overlap = _pairs(case_weighted @ closure, pair_case, column)
         dis_total = self.disease_total[pair_disease]
         n_obs = np.diff(observed.indptr).astype(np.float64)[pair_case]
         n_exc = np.diff(excluded.indptr).astype(np.float64)[pair_case]
-        matched = _pairs(observed @ self.closure, pair_case, pair_disease)
+        matched = _pairs(observed @ closure, pair_case, column)
         resnik_sum, informative = self._resnik(observed, pair_case, pair_disease)
         covered = self.ranker._covered(observed, excluded)
         gene_overlap = self._gene_overlap(case_weighted, pair_case, pair_disease)
@@ -129,11 +128,10 @@ class PairFeatures:
             "simgic": overlap / np.maximum(case_total + dis_total - overlap, 1e-9),
             "matched": matched,
             "unmatched": n_obs - informative,
-            "contradicted": _pairs(observed @ self.negated_closure, pair_case, pair_disease),
-            "excluded_features": _pairs(excluded @ self.closure, pair_case, pair_disease),
-            "excluded_frequency": _pairs(excluded @ self.ranker.implied, pair_case, pair_disease),
-            "obligate_missed": self.frequent_total[pair_disease] - _pairs(covered @ self.frequent, pair_case,
-                                                                          pair_disease),
+            "contradicted": _pairs(observed @ negated, pair_case, column),
+            "excluded_features": _pairs(excluded @ closure, pair_case, column),
+            "excluded_frequency": _pairs(excluded @ implied, pair_case, column),
+            "obligate_missed": self.frequent_total[pair_disease] - _pairs(covered @ frequent, pair_case, column),
             "gene_coverage_of_case": gene_overlap / np.maximum(case_total, 1e-9),
             "log_annotations": self.log_annotations[pair_disease],
             "n_observed": n_obs,
@@ -155,29 +153,27 @@ class PairFeatures:
         rows = self.closure[ancestor].tocoo()
         wanted = slot[rows.col] >= 0
         row, column = rows.row[wanted], slot[rows.col[wanted]]
-        best = np.zeros(len(terms) * len(diseases))
+        best = np.zeros(len(terms) * len(diseases))  # observed term x pair disease: the best ancestor's IC
         np.maximum.at(best, owner[row].astype(np.int64) * len(diseases) + column, self.ic[ancestor][row])
-        best = sp.csr_matrix(best.reshape(len(terms), len(diseases)))
-        select = observed[:, terms]
-        total = _pairs(select @ best, pair_case, slot[pair_disease])
-        best.data[:] = 1.0
-        return total, _pairs(select @ best, pair_case, slot[pair_disease])
+        pair, term = row_entries(observed, pair_case)
+        values = best[np.searchsorted(terms, term) * len(diseases) + slot[pair_disease[pair]]]
+        return (np.bincount(pair, values, minlength=len(pair_case)),
+                np.bincount(pair, values > 0, minlength=len(pair_case)).astype(np.float64))
 
     def _gene_lr(self, scores: np.ndarray, pair_case, pair_disease) -> np.ndarray:
         """Per pair, the best LR among the diseases sharing a gene with the pair's disease (its own without)."""
-        genes = self.disease_genes[pair_disease].tocoo()
-        best_of_gene = np.maximum.reduceat(scores[:, self.gene_columns], self.gene_starts, axis=1)
+        pair, sibling = row_entries(self.gene_siblings, pair_disease)
         out = scores[pair_case, pair_disease].copy()
-        np.maximum.at(out, genes.row, best_of_gene[pair_case[genes.row], self.gene_slot[genes.col]])
+        np.maximum.at(out, pair, scores[pair_case[pair], sibling])
         return out
 
     def _gene_overlap(self, case_weighted, pair_case, pair_disease) -> np.ndarray:
         """Best IC overlap of the case with the pooled profile of any gene of the disease (0 without a gene)."""
-        per_gene = (case_weighted @ self.gene_profile).tocsr()  # cases x genes
-        genes = self.disease_genes[pair_disease].tocoo()
-        values = _pairs(per_gene, pair_case[genes.row], genes.col)
+        pair, gene = row_entries(self.disease_genes, pair_disease)
+        genes, column = np.unique(gene, return_inverse=True)
+        per_gene = case_weighted @ self.gene_profile[:, genes].tocsr()  # cases x the pairs' genes
         out = np.zeros(len(pair_case))
-        np.maximum.at(out, genes.row, values)
+        np.maximum.at(out, pair, _pairs(per_gene, pair_case[pair], column))
         return out
 
 

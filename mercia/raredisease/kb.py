@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -129,13 +130,36 @@ class KnowledgeBase:
 
 
 def _hash_files(files: dict[str, Path]) -> str:
+    """Content hash of the release files (the cache key).  Reading 60 MB took a tenth of a cold ``diagnose``, so
+    the hash is remembered per (path, size, modification time) in ``hashes.json`` beside the cache."""
+    stamp = json.dumps({k: [str(Path(files[k]).resolve()), *_size_and_mtime(files[k])] for k in sorted(files)})
+    memo_path = cache_dir() / "hashes.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if stamp in memo:
+        return memo[stamp]
     digest = hashlib.blake2b(f"format{CACHE_FORMAT}".encode(), digest_size=16)
     for key in sorted(files):
         digest.update(key.encode())
         with open(files[key], "rb") as handle:
             while chunk := handle.read(1 << 22):
                 digest.update(chunk)
-    return digest.hexdigest()
+    memo[stamp] = digest.hexdigest()
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = memo_path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(memo))
+        partial.replace(memo_path)
+    except OSError as exc:  # a read-only cache still works, it only hashes again next time
+        warnings.warn(f"cannot remember the HPO files' hash in {memo_path}: {exc}", stacklevel=2)
+    return memo[stamp]
+
+
+def _size_and_mtime(path) -> tuple[int, int]:
+    status = Path(path).stat()
+    return status.st_size, status.st_mtime_ns
 
 
 def _parse_hpoa(path: Path, ontology: Ontology):
@@ -360,6 +384,24 @@ def load(obo=None, hpoa=None, genes=None, mondo=None, *, use_cache: bool = True)
         partial.replace(cached)
     with np.load(cached, allow_pickle=False) as arrays:
         return _from_arrays({k: arrays[k] for k in arrays.files})
+
+
+def cached_arrays(kb: KnowledgeBase, name: str, settings: dict, build) -> dict[str, np.ndarray]:
+    """Arrays derived from the knowledge base by ``build()`` (e.g. the ranker's true-path matrix), cached beside
+    it under a key of its files' content, ``name`` and ``settings``: a cold process loads them instead of
+    rebuilding them (the true-path matrix took a fifth of a cold ``diagnose``)."""
+    key = hashlib.blake2b(json.dumps([_hash_files(kb.files), name, settings], sort_keys=True).encode(),
+                          digest_size=16).hexdigest()
+    path = cache_dir() / f"{name}-{key}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as arrays:
+            return {k: arrays[k] for k in arrays.files}
+    arrays = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(partial, **arrays)
+    partial.replace(path)
+    return arrays
 
 
 @lru_cache(maxsize=1)

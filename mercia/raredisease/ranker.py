@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from mercia.raredisease.kb import KnowledgeBase, default_kb
+from mercia.raredisease.kb import KnowledgeBase, cached_arrays, default_kb
 from mercia.raredisease.ontology import UnknownTermError
 
 
@@ -63,6 +63,17 @@ class Case:
     excluded: list[str] = field(default_factory=list)
     genes: list[str] = field(default_factory=list)
     id: str = ""
+
+
+@dataclass
+class TermRows:
+    """log(LR / floor) of observed terms and log LR_exc + log(1 - bg) of excluded terms (rows: the terms used,
+    sorted; columns: candidate diseases)."""
+
+    observed_terms: np.ndarray
+    observed: sp.csr_matrix
+    excluded_terms: np.ndarray
+    excluded: sp.csr_matrix
 
 
 @dataclass
@@ -136,9 +147,15 @@ class Ranker:
         )
         self.direct = sp.csr_matrix((freq, (terms, dis)), shape=(n_terms, n_dis))
         # true-path rule: each annotation implies all ancestors, at the largest frequency found below them
-        owner, up_terms = self._expand_ancestors(terms)
-        r, c, v = _max_by_key(up_terms, dis[owner], freq[owner], n_dis)
-        self.implied = sp.csr_matrix((v, (r, c)), shape=(n_terms, n_dis))
+        def true_path() -> dict:
+            owner, up_terms = self._expand_ancestors(terms)
+            r, c, v = _max_by_key(up_terms, dis[owner], freq[owner], n_dis)
+            implied = sp.csr_matrix((v, (r, c)), shape=(n_terms, n_dis))
+            return {"data": implied.data, "indices": implied.indices, "indptr": implied.indptr}
+
+        implied = cached_arrays(self.kb, "true-path", {"default_frequency": p.default_frequency, "sources": p.sources,
+                                                      "frequency_pseudocount": p.frequency_pseudocount}, true_path)
+        self.implied = sp.csr_matrix((implied["data"], implied["indices"], implied["indptr"]), shape=(n_terms, n_dis))
         self.background = np.maximum(np.asarray(self.implied.sum(axis=1)).ravel() / n_dis, p.min_background / n_dis)
         inverse_bg = sp.diags(1.0 / self.background)
         self.implied_lr = (inverse_bg @ self.implied).tocsr()
@@ -182,12 +199,15 @@ class Ranker:
         ontology = self.kb.ontology
         if strict:
             return [ontology.resolve(t) for t in ids]
-        out = []
+        index, out = ontology.index, []
         for t in ids:
-            try:
-                out.append(ontology.resolve(t, warn=False))
-            except UnknownTermError:
-                continue
+            i = index.get(t)  # current ids (nearly all) need no validation; others go through resolve
+            if i is None:
+                try:
+                    i = ontology.resolve(t, warn=False)
+                except UnknownTermError:
+                    continue
+            out.append(i)
         return out
 
     def _selectors(self, cases: list[Case], strict: bool) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -238,12 +258,7 @@ class Ranker:
 
     def _expand_ancestors(self, terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(position in ``terms``, ancestor) for every ancestor (itself included) of every term."""
-        anc = self.kb.ontology.ancestors
-        counts = np.diff(anc.indptr)[terms]
-        owner = np.repeat(np.arange(len(terms)), counts)
-        starts = np.repeat(anc.indptr[terms], counts)
-        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        return owner, anc.indices[starts + offsets]
+        return row_entries(self.kb.ontology.ancestors, terms)
 
     def _excluded_rows(self, terms: np.ndarray) -> sp.csr_matrix:
         """log LR_exc(x, D) + log(1 - bg(x)), which is 0 for the diseases not annotated with x."""
@@ -259,14 +274,24 @@ class Ranker:
         observed, excluded = self._selectors(cases, strict)  # cases x terms, 0/1
         return self.selector_scores(observed, excluded)
 
-    def selector_scores(self, observed: sp.csr_matrix, excluded: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        """score_matrix for cases given as (cases x terms) 0/1 selectors of resolved observed and excluded terms."""
+    def term_rows(self, observed: sp.csr_matrix, excluded: sp.csr_matrix) -> TermRows:
+        """The per-term log-LR rows (term x disease) of the terms a batch of cases uses."""
+        used_observed, used_excluded = np.unique(observed.indices), np.unique(excluded.indices)
+        empty = sp.csr_matrix((0, len(self.diseases)))
+        return TermRows(used_observed, self._observed_rows(used_observed) if len(used_observed) else empty,
+                        used_excluded, self._excluded_rows(used_excluded) if len(used_excluded) else empty)
+
+    def selector_scores(self, observed: sp.csr_matrix, excluded: sp.csr_matrix,
+                        rows: TermRows | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """score_matrix for cases given as (cases x terms) 0/1 selectors of resolved observed and excluded terms
+        (``rows``: their :meth:`term_rows`, when the caller keeps them for explanations)."""
+        rows = rows or self.term_rows(observed, excluded)
         # summed dense: the products fill most of the matrix, where sparse sums cost more than dense ones
         scores = np.zeros((observed.shape[0], len(self.diseases)))
-        for selector, builder in ((observed, self._observed_rows), (excluded, self._excluded_rows)):
-            used = np.unique(selector.indices)
+        for selector, used, matrix in ((observed, rows.observed_terms, rows.observed),
+                                       (excluded, rows.excluded_terms, rows.excluded)):
             if len(used):
-                scores += (selector[:, used] @ builder(used)).toarray()
+                scores += (selector[:, used] @ matrix).toarray()
         if self.params.reporting_rate > 0:
             scores -= (self._covered(observed, excluded) @ self.unreported).toarray()
         # the disease-independent parts: the floor of every observed term, 1 / (1 - bg) of every excluded one
@@ -277,6 +302,21 @@ class Ranker:
             scores += self.unreported_total
         usable = (np.diff(observed.indptr) + np.diff(excluded.indptr)) > 0
         return scores, usable
+
+    def term_log_lrs(self, observed: sp.csr_matrix, excluded: sp.csr_matrix, rows: TermRows,
+                     pair_case: np.ndarray, pair_disease: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every term of each (case, disease) pair with its natural-log LR for that disease, vectorised: (pair,
+        term, log LR) with excluded terms' indices negated minus one (-1 - term).  The same numbers as
+        :meth:`explain`; with the unreported features' share they sum to the score."""
+        out = []
+        for selector, used, matrix, constant, sign in (
+                (observed, rows.observed_terms, rows.observed, np.full(len(self.background), np.log(self.params.floor)), 1),
+                (excluded, rows.excluded_terms, rows.excluded, -np.log1p(-np.minimum(self.background, 0.999)), -1)):
+            owner, terms = row_entries(selector, pair_case)
+            values = np.asarray(matrix[np.searchsorted(used, terms), pair_disease[owner]]).ravel() if len(terms) \
+                else np.zeros(0)
+            out.append((owner, terms if sign > 0 else -1 - terms, values + constant[terms]))
+        return tuple(np.concatenate(parts) for parts in zip(*out))
 
     def _covered(self, observed: sp.csr_matrix, excluded: sp.csr_matrix) -> sp.csr_matrix:
         """Per case, the terms its report accounts for: ancestors and descendants of the observed terms and
@@ -386,6 +426,14 @@ class Ranker:
         annotated = np.flatnonzero(direct)
         below = annotated[[term in self.kb.ontology.ancestors_of(a) for a in annotated]]
         return int(below[np.argmax(direct[below])]) if len(below) else term
+
+
+def row_entries(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in ``rows``, column) of every stored entry of the given rows of a CSR matrix, vectorised."""
+    sizes = np.diff(matrix.indptr)[rows]
+    owner = np.repeat(np.arange(len(rows)), sizes)
+    offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return owner, matrix.indices[np.repeat(matrix.indptr[rows], sizes) + offsets]
 
 
 def _selector(term_lists: list[list[int]], n_terms: int) -> sp.csr_matrix:

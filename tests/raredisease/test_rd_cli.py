@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 
+import pytest
 from typer.testing import CliRunner
 
 from mercia.cli import app
@@ -169,3 +171,46 @@ def test_train_ensemble_names_the_bad_line(tmp_path):
     cases.write_text('{"id": "a", "observed": ["HP:0001166"], "diseases": ["OMIM:154700"]}\n')
     result = invoke("train-ensemble", "--cases", str(cases), "--out", str(tmp_path / "m.json"))
     assert result.exit_code == 1 and "line 1" in result.output and "cohort" in result.output
+
+
+def test_batch_diagnose_explains_every_shown_disease_by_its_term_lrs(tmp_path):
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(json.dumps({"id": "marfan", "observed": MARFAN.split(","), "excluded": ["HP:0001249"]}) + "\n"
+                     + json.dumps({"id": "newer-hpo", "observed": ["HP:0001166", "HP:9999999"]}) + "\n"
+                     + json.dumps({"id": "fbn1", "observed": MARFAN.split(","), "genes": ["FBN1"]}) + "\n")
+    out = tmp_path / "out.jsonl"
+    result = invoke("diagnose", "--cases", str(cases), "--out", str(out), "--top", "5")
+    assert result.exit_code == 0, result.output
+    assert "1 cases had HPO ids this release does not know" in result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["marfan", "newer-hpo", "fbn1"]
+    assert rows[0]["ranking"][0]["disease_id"] == "OMIM:154700" and len(rows[0]["ranking"]) == 5
+    assert all("FBN1" in d["genes"] for d in rows[2]["ranking"])
+    for row in rows:
+        for disease in row["ranking"]:
+            lrs = disease["term_lrs"]
+            assert "not HP:0001249" in lrs if row["id"] == "marfan" else "HP:0001166" in lrs
+            # the terms' likelihood ratios and the unreported features' share multiply to the LR score
+            assert sum(math.log10(v) for v in lrs.values()) == pytest.approx(disease["lr_score"], abs=2e-3)
+    marfan = rows[0]["ranking"][0]["term_lrs"]
+    assert marfan["HP:0001083"] > 1  # ectopia lentis supports Marfan syndrome
+
+
+def test_batch_diagnose_needs_an_output_and_names_a_bad_line(tmp_path):
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text('{"id": "a", "observed": ["HP:0001166"]}\n{"observed": ["HP:0001166"]}\n')
+    result = invoke("diagnose", "--cases", str(cases))
+    assert result.exit_code == 1 and "--cases needs --out" in result.output
+    result = invoke("diagnose", "--cases", str(cases), "--out", str(tmp_path / "out.jsonl"))
+    assert result.exit_code == 1 and "line 2" in result.output
+
+
+@pytest.mark.slow
+def test_the_shipped_model_is_reproduced_byte_for_byte_by_the_command(tmp_path, shared_data):
+    from mercia.raredisease.ensemble import MODEL_FILE
+
+    out = tmp_path / "ensemble.json"
+    result = invoke("train-ensemble", "--cases", str(shared_data / "phenopackets" / "dev_cases.jsonl"),
+                    "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == MODEL_FILE.read_bytes()

@@ -121,3 +121,23 @@ def test_disease_ids_without_a_mapping(kb):
         kb.resolve_disease("MONDO:0007947")
     with pytest.raises(UnknownDiseaseError, match="OMIM:1 is not"):
         kb.resolve_disease("OMIM:1")
+
+
+def test_the_cache_key_follows_the_files_content(tmp_path, monkeypatch, write_release):
+    """The content hash is remembered per (path, size, mtime); an edited file gets a new key and new arrays."""
+    monkeypatch.setenv("MERCIA_CACHE_DIR", str(tmp_path / "cache"))
+    obo, hpoa = write_release(tmp_path)
+    files = {"obo": obo, "hpoa": hpoa}
+    first = kb_module._hash_files(files)
+    assert (kb_module.cache_dir() / "hashes.json").exists() and kb_module._hash_files(files) == first
+    release = kb_module.load(obo, hpoa)
+    built = []
+    arrays = kb_module.cached_arrays(release, "test", {"x": 1}, lambda: built.append(1) or {"a": np.arange(3)})
+    again = kb_module.cached_arrays(release, "test", {"x": 1}, lambda: built.append(1) or {"a": np.arange(3)})
+    assert built == [1] and np.array_equal(arrays["a"], again["a"])
+    write_release(tmp_path, frequency="2/2")  # same path, new content
+    assert kb_module._hash_files(files) != first
+    edited = kb_module.load(obo, hpoa)
+    kb_module.cached_arrays(edited, "test", {"x": 1}, lambda: built.append(2) or {"a": np.arange(3)})
+    assert built == [1, 2]
+    assert edited.ann_freq[0] != release.ann_freq[0]
