@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -132,21 +131,6 @@ def candidate_pairs(features: PairFeatures, cases: list[Case], settings: Ensembl
                  np.concatenate([p.usable for p in parts]), np.concatenate([p.information for p in parts]))
 
 
-def _lightgbm():
-    """LightGBM, imported without pandas unless pandas is loaded already: lightgbm imports pandas only to accept
-    DataFrames, which Mercia never passes, and the import took a third of a cold ``diagnose`` (0.27 of 0.8
-    CPU-s of start-up)."""
-    if "lightgbm" in sys.modules or "pandas" in sys.modules:
-        import lightgbm
-        return lightgbm
-    sys.modules["pandas"] = None  # `import pandas` in lightgbm.compat fails, so lightgbm goes without it
-    try:
-        import lightgbm
-    finally:
-        del sys.modules["pandas"]
-    return lightgbm
-
-
 def _booster_params(settings: EnsembleSettings) -> dict:
     return {
         "objective": "lambdarank", "metric": "ndcg", "eval_at": [1, 10], "lambdarank_truncation_level": 20,
@@ -159,7 +143,7 @@ def _booster_params(settings: EnsembleSettings) -> dict:
 
 def train_booster(x: np.ndarray, labels: np.ndarray, pair_case: np.ndarray, settings: EnsembleSettings):
     """LambdaRank on the groups (cases) that have their true disease among the candidates."""
-    lightgbm = _lightgbm()
+    import lightgbm
 
     positive = np.bincount(pair_case, weights=labels, minlength=int(pair_case.max()) + 1) > 0
     keep = positive[pair_case]
@@ -254,7 +238,8 @@ class EnsembleModel:
 
     @classmethod
     def load(cls, path: Path = MODEL_FILE) -> EnsembleModel:
-        lightgbm = _lightgbm()
+        import lightgbm
+
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no trained ensemble; make it with "
                                     "`python -m mercia.cli raredisease train-ensemble --cases dev_cases.jsonl`")
