@@ -48,7 +48,7 @@ _SURNAMES = ("SMITH JONES TAYLOR BROWN WILLIAMS WILSON JOHNSON DAVIES PATEL WRIG
 
 
 def simulated_demographics(persons: int, copies: int = 2, error_rate: float = 0.05, seed: int = 0,
-                           batch_persons: int = 100_000) -> Iterator[pa.Table]:
+                           batch_persons: int = 50_000) -> Iterator[pa.Table]:
     """``copies`` records per person (as different organisations would hold them) with errors:
     NHS number missing or mistyped, a surname letter changed, day/month swapped, district changed.
 

@@ -35,7 +35,9 @@ from mercia.cdm.persons import rebuild_person_rows
 
 DEFAULT_THRESHOLD = 0.99
 PAGE_ROWS = 250_000  # link records read from the store per query
-SCRATCH_MEMORY_LIMIT = "1GB"  # the linkage DuckDB's cache; beyond it, it spills to its temporary directory
+# DuckDB's cache, both the store's (while linking) and the linkage scratch database's; beyond it the
+# scratch database spills to its temporary directory, so memory no longer grows with the records
+MEMORY_LIMIT = "1GB"
 
 
 class LinkageTrainingError(Exception):
@@ -48,6 +50,7 @@ class LinkageResult:
     persons_before: int
     persons_after: int
     probabilistic_links: int
+    comparisons: int = 0  # candidate pairs the blocking rules produced and the model scored
     warning: str | None = None  # why probabilistic linkage did not run, when it did not
 
 
@@ -94,10 +97,10 @@ def _settings():
 
 def link_store(store: Store, threshold: float = DEFAULT_THRESHOLD, page_rows: int = PAGE_ROWS) -> LinkageResult:
     """Link every organisation's persons in the store and merge person_ids accordingly."""
-    with tempfile.TemporaryDirectory(prefix="mercia-linkage-") as work:
+    with tempfile.TemporaryDirectory(prefix="mercia-linkage-") as work, store.bulk_writes(MEMORY_LIMIT):
         con = duckdb.connect(str(Path(work) / "linkage.duckdb"))
         try:
-            con.execute(f"SET memory_limit = '{SCRATCH_MEMORY_LIMIT}'")
+            con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
             con.execute(f"SET temp_directory = '{Path(work) / 'spill'}'")
             con.execute("SET preserve_insertion_order = false")
             return _link(store, con, threshold, page_rows)
@@ -109,9 +112,9 @@ def _link(store: Store, con: duckdb.DuckDBPyConnection, threshold: float, page_r
     n = _stage_records(store, con, page_rows)
     if n == 0:
         return LinkageResult(0, 0, 0, 0)
-    warning = None
+    warning, comparisons = None, 0
     try:
-        pairs = _score_pairs(con, n, threshold)
+        pairs, comparisons = _score_pairs(con, n, threshold)
     except LinkageTrainingError as exc:  # exact NHS-number matches still link
         warning = f"{exc}; only records sharing an NHS number were linked"
         pairs = pa.table({"unique_id_l": pa.array([], pa.int64()), "unique_id_r": pa.array([], pa.int64()),
@@ -137,7 +140,7 @@ def _link(store: Store, con: duckdb.DuckDBPyConnection, threshold: float, page_r
                              WHERE mercia_provenance.cdm_table = 'person' AND mercia_provenance.row_id = m.old""")
             rebuild_person_rows(store, provenance_ids)
             store.execute("DROP TABLE IF EXISTS mercia_tmp_remap")
-    return LinkageResult(n, persons_before, len(np.unique(labels)), pairs.num_rows, warning)
+    return LinkageResult(n, persons_before, len(np.unique(labels)), pairs.num_rows, comparisons, warning)
 
 
 def _stage_records(store: Store, con: duckdb.DuckDBPyConnection, page_rows: int) -> int:
@@ -167,9 +170,10 @@ def _stage_records(store: Store, con: duckdb.DuckDBPyConnection, page_rows: int)
     return staged
 
 
-def _score_pairs(con: duckdb.DuckDBPyConnection, records: int, threshold: float) -> pa.Table:
+def _score_pairs(con: duckdb.DuckDBPyConnection, records: int, threshold: float) -> tuple[pa.Table, int]:
     """Scored pairs (unique_id_l, unique_id_r, match_probability) above ``threshold`` that could
-    change a person: pairs where both records carry an NHS number are left to deterministic linkage."""
+    change a person (pairs where both records carry an NHS number are left to deterministic
+    linkage), and how many candidate pairs were scored."""
     from splink import DuckDBAPI, Linker, block_on
 
     logging.getLogger("splink").setLevel(logging.ERROR)  # untrained-level notices are expected here
@@ -187,9 +191,11 @@ def _score_pairs(con: duckdb.DuckDBPyConnection, records: int, threshold: float)
             linker.training.estimate_parameters_using_expectation_maximisation(block_on("tok_surname"))
         except EMTrainingException as exc:  # too few records to learn from: say so rather than guess
             raise LinkageTrainingError(f"the linkage model could not be trained without NHS numbers ({exc})") from exc
+    blocked = linker.inference.compute_blocked_pairs_for_predict()  # kept: predict scores these
     predictions = linker.inference.predict(threshold_match_probability=threshold)
-    return con.sql(f"""SELECT unique_id_l, unique_id_r, match_probability FROM {predictions.physical_name}
-                       WHERE nhs_l IS NULL OR nhs_r IS NULL""").to_arrow_table()
+    return (con.sql(f"""SELECT unique_id_l, unique_id_r, match_probability FROM {predictions.physical_name}
+                        WHERE nhs_l IS NULL OR nhs_r IS NULL""").to_arrow_table(),
+            con.execute(f"SELECT count(*) FROM {blocked.physical_name}").fetchall()[0][0])
 
 
 def _has_labels(con: duckdb.DuckDBPyConnection) -> bool:
