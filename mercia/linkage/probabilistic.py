@@ -14,6 +14,11 @@ are never joined by probability: a different valid number means a different pers
 Clustering: a record without an NHS number joins the NHS cluster of its best match above the
 threshold; the remaining such records form connected components among themselves, and a
 component joins the cluster its best member attached to.
+
+Memory stays bounded at millions of records: link records are read from the store a page at a
+time into a scratch DuckDB database whose cache is capped and which spills to disk, each token as
+the first 64 bits of its HMAC (equality is all that is compared), and only pairs that can change a
+person come back to Python (docs/linkage.md).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from scipy.sparse.csgraph import connected_components
 from mercia.cdm import Store
 from mercia.cdm.extensions import TOKEN_FIELDS, person_tables
 from mercia.cdm.persons import rebuild_person_rows
+from mercia.cdm.store import sql_string
 
 DEFAULT_THRESHOLD = 0.99
 PAGE_ROWS = 250_000  # link records read from the store per query
@@ -102,8 +108,8 @@ def link_store(store: Store, threshold: float = DEFAULT_THRESHOLD, page_rows: in
     with tempfile.TemporaryDirectory(prefix="mercia-linkage-") as work, store.bulk_writes(MEMORY_LIMIT):
         con = duckdb.connect(str(Path(work) / "linkage.duckdb"))
         try:
-            con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
-            con.execute(f"SET temp_directory = '{Path(work) / 'spill'}'")
+            con.execute(f"SET memory_limit = {sql_string(MEMORY_LIMIT)}")
+            con.execute(f"SET temp_directory = {sql_string(Path(work) / 'spill')}")
             con.execute("SET preserve_insertion_order = false")
             return _link(store, con, threshold, page_rows)
         finally:
