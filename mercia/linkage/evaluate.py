@@ -7,11 +7,13 @@ that linkage joined (recall).  Computed from cluster sizes, so it is linear in r
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 @dataclass
@@ -45,54 +47,102 @@ _SURNAMES = ("SMITH JONES TAYLOR BROWN WILLIAMS WILSON JOHNSON DAVIES PATEL WRIG
              "PARKER COLLINS BENNETT COOK BELL SHAH AHMED HUSSAIN SINGH KAUR BEGUM ALI MISTRY CHAUHAN").split()
 
 
-def simulated_demographics(persons: int, copies: int = 2, error_rate: float = 0.05,
-                           seed: int = 0) -> tuple[dict[str, list], np.ndarray]:
+def simulated_demographics(persons: int, copies: int = 2, error_rate: float = 0.05, seed: int = 0,
+                           batch_persons: int = 50_000) -> Iterator[pa.Table]:
     """``copies`` records per person (as different organisations would hold them) with errors:
     NHS number missing or mistyped, a surname letter changed, day/month swapped, district changed.
-    Returns staged-person columns (identifiers included, for the loader) and the true person per
-    record (copy 0 of every person first, then copy 1, ...).  Vectorised: a million persons in seconds."""
-    rng = np.random.default_rng(seed)
-    first = rng.choice(np.array(_FORENAMES), persons)
-    last = np.char.add(rng.choice(np.array(_SURNAMES), persons),
-                       np.where(rng.random(persons) < 0.5, "", rng.choice(np.array(list("ABDEGHKLMNRST")), persons)))
-    birth = (np.datetime64("1930-01-01") + rng.integers(0, 90 * 365, persons).astype("timedelta64[D]")).astype(str)
-    sex = rng.choice(np.array(["male", "female"]), persons)
-    district = np.char.add("B", rng.integers(1, 99, persons).astype(str))
-    nhs = _nhs_numbers(rng.choice(np.arange(400_000_000, 499_999_999), persons, replace=False))
-    columns: dict[str, list] = {k: [] for k in ("person_ref", "nhs_number", "family", "given", "birth_date", "sex",
-                                                "postcode")}
+
+    Yields one table per ``batch_persons`` persons (every copy of each, copy 0 first), so a
+    million persons never sit in memory at once: the staged-person columns with identifiers (ready
+    for ``Staged.persons.add_table``), ``copy`` and ``true_person``.  Vectorised: a million persons
+    in seconds."""
+    for start in range(0, persons, batch_persons):
+        yield _simulated_batch(np.arange(start, min(start + batch_persons, persons)), copies, error_rate, seed)
+
+
+def _simulated_batch(person: np.ndarray, copies: int, error_rate: float, seed: int) -> pa.Table:
+    n = len(person)
+    rng = np.random.default_rng([seed, int(person[0])])
+    given = rng.choice(np.array(_FORENAMES), n)
+    family = np.char.add(rng.choice(np.array(_SURNAMES), n),
+                         np.where(rng.random(n) < 0.5, "", rng.choice(np.array(list("ABDEGHKLMNRST")), n)))
+    birth = np.datetime64("1930-01-01") + rng.integers(0, 90 * 365, n).astype("timedelta64[D]")
+    sex = rng.choice(np.array(["male", "female"]), n)
+    district = rng.integers(1, 99, n)
+    nhs = _nhs_numbers(person)
+    tables = []
     for copy in range(copies):
-        err = rng.random((5, persons)) < error_rate
-        number = nhs.copy()
-        mistyped = err[1] & ~err[0] & (number != "")
-        number[mistyped] = [n[:4] + str((int(n[4]) + 1) % 10) + n[5:] for n in number[mistyped]]
-        number[err[0]] = ""
-        family = last.copy()
-        positions = rng.integers(1, np.char.str_len(family))
-        family[err[2]] = [f[:p] + "X" + f[p + 1:] for f, p in zip(family[err[2]], positions[err[2]])]
-        day = birth.copy()
-        swap = err[3] & (np.char.str_len(day) == 10) & (np.array([int(d[8:]) for d in day]) <= 12)
-        day[swap] = [f"{d[:4]}-{d[8:]}-{d[5:7]}" for d in day[swap]]
-        place = np.where(err[4], np.char.add("B", rng.integers(1, 99, persons).astype(str)), district)
-        postcode = np.char.add(np.char.add(place, " "), np.char.add(rng.integers(1, 9, persons).astype(str), "AA"))
-        columns["person_ref"] += np.char.add(f"{copy}-", np.arange(persons).astype(str)).tolist()
-        columns["nhs_number"] += [n or None for n in number.tolist()]
-        columns["family"] += family.tolist()
-        columns["given"] += first.tolist()
-        columns["birth_date"] += day.tolist()
-        columns["sex"] += sex.tolist()
-        columns["postcode"] += postcode.tolist()
-    return columns, np.tile(np.arange(persons), copies)
+        err = rng.random((5, n)) < error_rate
+        number = np.where(err[1], _mistyped(nhs), nhs)
+        place = np.where(err[4], rng.integers(1, 99, n), district)
+        tables.append(pa.table({
+            "record": _text(f"Patient/{copy}-", person), "record_hash": pa.array(np.full(n, "v1")),
+            "person_ref": _text(f"{copy}-", person),
+            "nhs_number": pa.array(np.char.zfill(number.astype(str), 10), mask=(number < 0) | err[0]),
+            "family": pa.array(_letter_replaced(family, rng.integers(1, np.char.str_len(family)), err[2])),
+            "given": pa.array(given),
+            "birth_date": pa.array(np.datetime_as_string(np.where(err[3], _day_month_swapped(birth), birth))),
+            "sex": pa.array(sex),
+            "postcode": pc.binary_join_element_wise(_text("B", place), _text("", rng.integers(1, 9, n), "AA"), " "),
+            "copy": pa.array(np.full(n, copy)), "true_person": pa.array(person)}))
+    return pa.concat_tables(tables)
 
 
-def _nhs_numbers(bases: np.ndarray) -> np.ndarray:
-    """Ten-digit numbers with a modulus-11 check digit; '' where the check digit would be 10."""
+def _text(prefix: str, numbers: np.ndarray, suffix: str = "") -> pa.Array:
+    return pc.binary_join_element_wise(prefix, pa.array(numbers).cast(pa.string()), suffix, "")
+
+
+def _nhs_numbers(person: np.ndarray) -> np.ndarray:
+    """A distinct ten-digit number per person (an affine permutation of the 400-499 million bases)
+    with its modulus-11 check digit; -1 where the check digit would be 10 (no valid number)."""
+    bases = 400_000_000 + (48_271 * person + 12_345) % 99_999_999
     digits = (bases[:, None] // 10 ** np.arange(8, -1, -1)) % 10
     check = 11 - (digits @ np.arange(10, 1, -1)) % 11
     check[check == 11] = 0
-    out = np.char.add(np.char.zfill(bases.astype(str), 9), (check % 10).astype(str))
-    out[check == 10] = ""
-    return out.astype(object)
+    return np.where(check == 10, -1, bases * 10 + check)
+
+
+def _mistyped(numbers: np.ndarray) -> np.ndarray:
+    """The fifth digit of each number one higher (9 becomes 0), as a slip of the finger."""
+    fifth = numbers // 100_000 % 10
+    return np.where(numbers < 0, numbers, numbers + ((fifth + 1) % 10 - fifth) * 100_000)
+
+
+def _letter_replaced(names: np.ndarray, positions: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """``names`` with the letter at ``positions`` changed to X where ``where``."""
+    names = names.copy()
+    letters = names.view(np.uint32).reshape(len(names), -1)
+    rows = np.flatnonzero(where)
+    letters[rows, positions[rows]] = ord("X")
+    return names
+
+
+def _day_month_swapped(dates: np.ndarray) -> np.ndarray:
+    """Day and month exchanged where the day could be a month (1-12); other dates unchanged."""
+    years, months = dates.astype("datetime64[Y]"), dates.astype("datetime64[M]")
+    month = (months - years.astype("datetime64[M]")).astype(int) + 1
+    day = (dates - months.astype("datetime64[D]")).astype(int) + 1
+    swapped = (years.astype("datetime64[M]") + (day - 1)).astype("datetime64[D]") + (month - 1)
+    return np.where(day <= 12, swapped, dates)
+
+
+def simulated_quality(store, pseudonymiser, orgs: Sequence[str], batches: Iterable[pa.Table]) -> Quality:
+    """Pairwise quality of the store's person links when copy k of every simulated person in
+    ``batches`` was loaded by ``orgs[k]``: the truth is joined on the same organisation-scoped
+    pseudonyms the loader made."""
+    keys = []
+    for batch in batches:
+        for copy, org in enumerate(orgs):
+            part = batch.filter(pc.equal(batch.column("copy"), copy))
+            keys.append(pa.table({"org": pa.array(np.full(part.num_rows, org)),
+                                  "source_pseudonym": pseudonymiser.source_pseudonyms(org, part.column("person_ref")),
+                                  "true_person": part.column("true_person")}))
+    con = duckdb.connect()
+    con.register("truth", pa.concat_tables(keys))
+    con.register("links", store.query_arrow("SELECT org, source_pseudonym, person_id FROM mercia_person_link"))
+    labels = con.execute("""SELECT l.person_id, t.true_person FROM links l
+                        JOIN truth t USING (org, source_pseudonym)""").fetchnumpy()
+    return pairwise_quality(labels["person_id"], labels["true_person"])
 
 
 # How each region organisation type keys its patients in staging (see mercia.ingest readers).

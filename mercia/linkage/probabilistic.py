@@ -14,12 +14,19 @@ are never joined by probability: a different valid number means a different pers
 Clustering: a record without an NHS number joins the NHS cluster of its best match above the
 threshold; the remaining such records form connected components among themselves, and a
 component joins the cluster its best member attached to.
+
+Memory stays bounded at millions of records: link records are read from the store a page at a
+time into a scratch DuckDB database whose cache is capped and which spills to disk, each token as
+the first 64 bits of its HMAC (equality is all that is compared), and only pairs that can change a
+person come back to Python (docs/linkage.md).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -30,8 +37,13 @@ from scipy.sparse.csgraph import connected_components
 from mercia.cdm import Store
 from mercia.cdm.extensions import TOKEN_FIELDS, person_tables
 from mercia.cdm.persons import rebuild_person_rows
+from mercia.cdm.store import sql_string
 
 DEFAULT_THRESHOLD = 0.99
+PAGE_ROWS = 250_000  # link records read from the store per query
+# DuckDB's cache, both the store's (while linking) and the linkage scratch database's; beyond it the
+# scratch database spills to its temporary directory, so memory no longer grows with the records
+MEMORY_LIMIT = "1GB"
 
 
 class LinkageTrainingError(Exception):
@@ -44,6 +56,7 @@ class LinkageResult:
     persons_before: int
     persons_after: int
     probabilistic_links: int
+    comparisons: int = 0  # candidate pairs the blocking rules produced and the model scored
     warning: str | None = None  # why probabilistic linkage did not run, when it did not
 
 
@@ -78,128 +91,50 @@ def _settings():
         link_type="dedupe_only",
         comparisons=[name("surname", "forename"), name("forename", "surname"), dob, sex, district],
         # Each rule pairs two keys so blocks stay small at millions of records; together they
-        # still meet every single-field error: a surname typo (rules 1-2), a date error (3-4).
+        # still meet every single-field error: a surname typo (rules 1-2), a date error, day and
+        # month swapped included (rule 3: the year stays).  Blocking on the swapped date itself
+        # would add nothing: two swapped dates agree exactly when the dates do.
         blocking_rules_to_generate_predictions=[
             block_on("tok_dob", "tok_surname_sx"), block_on("tok_dob", "tok_forename"),
-            block_on("tok_surname", "tok_forename", "tok_dob_y"), block_on("tok_surname_sx", "tok_dob_swap"),
+            block_on("tok_surname", "tok_forename", "tok_dob_y"),
         ],
         retain_matching_columns=False, retain_intermediate_calculation_columns=False,
         additional_columns_to_retain=["nhs"],
     )
 
 
-def score_pairs(records: pa.Table, threshold: float = DEFAULT_THRESHOLD,
-                connection: duckdb.DuckDBPyConnection | None = None) -> pa.Table:
-    """Scored candidate pairs (unique_id_l, unique_id_r, match_probability) above ``threshold``.
-
-    ``records`` has ``unique_id`` (int), ``nhs`` (NHS pseudonym or null) and the ``tok_*`` columns.
-    """
-    from splink import DuckDBAPI, Linker, block_on
-
-    logging.getLogger("splink").setLevel(logging.ERROR)  # untrained-level notices are expected here
-    con = connection or duckdb.connect()
-    db_api = DuckDBAPI(connection=con)
-    df = db_api.register(records, table_name="mercia_linkage_input")
-    linker = Linker(df, _settings(), log_level=logging.ERROR)
-    linker._settings_obj._probability_two_random_records_match = _prior(records)
-    linker.training.estimate_u_using_random_sampling(max_pairs=min(2e6, max(1e4, records.num_rows * 20)), seed=1)
-    if _has_labels(records):
-        linker.training.estimate_m_from_label_column("nhs")
-    else:  # no NHS numbers at all: unsupervised EM, blocking on each side in turn
-        from splink.internals.exceptions import EMTrainingException
-        try:
-            linker.training.estimate_parameters_using_expectation_maximisation(block_on("tok_dob"))
-            linker.training.estimate_parameters_using_expectation_maximisation(block_on("tok_surname"))
-        except EMTrainingException as exc:  # too few records to learn from: say so rather than guess
-            raise LinkageTrainingError(f"the linkage model could not be trained without NHS numbers ({exc})") from exc
-    predictions = linker.inference.predict(threshold_match_probability=threshold)
-    table = predictions.as_duckdbpyrelation().select(
-        "unique_id_l, unique_id_r, match_probability, nhs_l, nhs_r").to_arrow_table()
-    return table
-
-
-def _has_labels(records: pa.Table) -> bool:
-    nhs = records.column("nhs").drop_null()
-    return len(nhs) > len(set(nhs.to_pylist()))
-
-
-def _prior(records: pa.Table) -> float:
-    """P(two random records match), from the NHS-number clusters (records per person there)."""
-    nhs = [n for n in records.column("nhs").to_pylist() if n]
-    n = records.num_rows
-    if len(nhs) < 2 or n < 2:
-        return 1.0 / max(n, 2)
-    _, sizes = np.unique(np.array(nhs), return_counts=True)
-    within = float((sizes * (sizes - 1) / 2).sum())
-    total = len(nhs) * (len(nhs) - 1) / 2
-    return min(max(within / total, 1e-9), 0.5)
-
-
-def cluster(records: pa.Table, pairs: pa.Table) -> np.ndarray:
-    """Cluster label per record (index into ``records``) under the rules in the module docstring."""
-    n = records.num_rows
-    nhs = records.column("nhs").to_pylist()
-    # deterministic clusters: same NHS pseudonym
-    _, nhs_cluster = np.unique(np.array([v or f"\x00{i}" for i, v in enumerate(nhs)]), return_inverse=True)
-    label = nhs_cluster.astype(np.int64)
-    if pairs.num_rows == 0:
-        return label
-    left = pairs.column("unique_id_l").to_numpy()
-    right = pairs.column("unique_id_r").to_numpy()
-    prob = pairs.column("match_probability").to_numpy()
-    has_nhs = np.array([v is not None for v in nhs])
-    keep = ~(has_nhs[left] & has_nhs[right])
-    left, right, prob = left[keep], right[keep], prob[keep]
-    # 1) a record without NHS number attaches to its best NHS-bearing match
-    to_nhs = has_nhs[left] ^ has_nhs[right]
-    free = np.where(has_nhs[left[to_nhs]], right[to_nhs], left[to_nhs])
-    anchor = np.where(has_nhs[left[to_nhs]], left[to_nhs], right[to_nhs])
-    order = np.lexsort((-prob[to_nhs], free))
-    best_anchor = np.full(n, -1)
-    best_prob = np.zeros(n)
-    firsts = np.unique(free[order], return_index=True)[1]
-    chosen = order[firsts]
-    best_anchor[free[chosen]] = anchor[chosen]
-    best_prob[free[chosen]] = prob[to_nhs][chosen]
-    # 2) records without NHS number: components among themselves
-    among = ~has_nhs[left] & ~has_nhs[right]
-    graph = coo_matrix((np.ones(among.sum()), (left[among], right[among])), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
-    for comp in np.unique(component[~has_nhs]):
-        members = np.where((component == comp) & ~has_nhs)[0]
-        attached = members[best_anchor[members] >= 0]
-        if attached.size:
-            target = label[best_anchor[attached[np.argmax(best_prob[attached])]]]
-        else:
-            target = label[members.min()]
-        label[members] = target
-    return label
-
-
-def link_store(store: Store, threshold: float = DEFAULT_THRESHOLD) -> LinkageResult:
+def link_store(store: Store, threshold: float = DEFAULT_THRESHOLD, page_rows: int = PAGE_ROWS) -> LinkageResult:
     """Link every organisation's persons in the store and merge person_ids accordingly."""
-    tokens = ", ".join(f"tok_{f}" for f in TOKEN_FIELDS)
-    links = store.query_arrow(f"""SELECT row_number() OVER (ORDER BY org, source_pseudonym) - 1 AS unique_id,
-        org, source_pseudonym, person_id, nhs_pseudonym AS nhs, {tokens} FROM mercia_person_link
-        ORDER BY org, source_pseudonym""")
-    n = links.num_rows
+    with tempfile.TemporaryDirectory(prefix="mercia-linkage-") as work, store.bulk_writes(MEMORY_LIMIT):
+        con = duckdb.connect(str(Path(work) / "linkage.duckdb"))
+        try:
+            con.execute(f"SET memory_limit = {sql_string(MEMORY_LIMIT)}")
+            con.execute(f"SET temp_directory = {sql_string(Path(work) / 'spill')}")
+            con.execute("SET preserve_insertion_order = false")
+            return _link(store, con, threshold, page_rows)
+        finally:
+            con.close()
+
+
+def _link(store: Store, con: duckdb.DuckDBPyConnection, threshold: float, page_rows: int) -> LinkageResult:
+    n = _stage_records(store, con, page_rows)
     if n == 0:
         return LinkageResult(0, 0, 0, 0)
-    links = links.set_column(0, "unique_id", links.column("unique_id").cast(pa.int64()))
-    persons_before = len(set(links.column("person_id").to_pylist()))
-    warning = None
+    warning, comparisons = None, 0
     try:
-        pairs = score_pairs(links.drop_columns(["org", "source_pseudonym", "person_id"]), threshold)
+        pairs, comparisons = _score_pairs(con, n, threshold)
     except LinkageTrainingError as exc:  # exact NHS-number matches still link
         warning = f"{exc}; only records sharing an NHS number were linked"
-        pairs = pa.table({"unique_id_l": pa.array([], pa.int64()), "unique_id_r": pa.array([], pa.int64())})
-    labels = cluster(links, pairs)
-    current = links.column("person_id").to_numpy()
-    con = duckdb.connect()
-    con.register("assign", pa.table({"old": current, "label": labels}))
-    remap = con.sql("""SELECT DISTINCT a.old, m.new FROM assign a JOIN
+        pairs = pa.table({"unique_id_l": pa.array([], pa.int64()), "unique_id_r": pa.array([], pa.int64()),
+                          "match_probability": pa.array([], pa.float64())})
+    labels = cluster(con.execute("SELECT COALESCE(nhs, -1) AS nhs FROM records ORDER BY unique_id").fetchnumpy()["nhs"],
+                     pairs)
+    con.register("labels", pa.table({"unique_id": np.arange(n), "label": labels}))
+    remap = con.sql("""WITH assign AS (SELECT r.person_id AS old, l.label FROM records r JOIN labels l USING (unique_id))
+                       SELECT DISTINCT a.old, m.new FROM assign a JOIN
                        (SELECT label, min(old) AS new FROM assign GROUP BY label) m USING (label)
                        WHERE a.old <> m.new""").to_arrow_table()
+    persons_before = con.execute("SELECT count(DISTINCT person_id) FROM records").fetchall()[0][0]
     if remap.num_rows:
         with store.transaction():
             store.execute("DROP TABLE IF EXISTS mercia_tmp_remap")
@@ -213,8 +148,108 @@ def link_store(store: Store, threshold: float = DEFAULT_THRESHOLD) -> LinkageRes
                              WHERE mercia_provenance.cdm_table = 'person' AND mercia_provenance.row_id = m.old""")
             rebuild_person_rows(store, provenance_ids)
             store.execute("DROP TABLE IF EXISTS mercia_tmp_remap")
-    persons_after = len(set(labels.tolist()))
-    has_nhs = links.column("nhs").is_valid().to_numpy(zero_copy_only=False)
-    probabilistic = int((~(has_nhs[pairs.column("unique_id_l").to_numpy()]
-                           & has_nhs[pairs.column("unique_id_r").to_numpy()])).sum()) if pairs.num_rows else 0
-    return LinkageResult(n, persons_before, persons_after, probabilistic, warning)
+    return LinkageResult(n, persons_before, len(np.unique(labels)), pairs.num_rows, comparisons, warning)
+
+
+def _stage_records(store: Store, con: duckdb.DuckDBPyConnection, page_rows: int) -> int:
+    """Copy the link records into the scratch table ``records`` a page at a time (keyset paging in
+    SQL every engine speaks), numbered by ``unique_id`` in (org, source_pseudonym) order; each token
+    becomes the first 64 bits of its HMAC, and the NHS pseudonym a cluster number."""
+    tokens = ", ".join(f"tok_{f}" for f in TOKEN_FIELDS)
+    con.execute("CREATE TABLE staged_links (unique_id BIGINT, person_id BIGINT, nhs_pseudonym VARCHAR, "
+                + ", ".join(f"tok_{f} UBIGINT" for f in TOKEN_FIELDS) + ")")
+    query = f"SELECT org, source_pseudonym, person_id, nhs_pseudonym, {tokens} FROM mercia_person_link"
+    order = f"ORDER BY org, source_pseudonym LIMIT {int(page_rows)}"
+    page = store.query_arrow(f"{query} {order}")
+    staged = 0
+    while page.num_rows:
+        con.register("page", page.append_column("unique_id", pa.array(np.arange(staged, staged + page.num_rows))))
+        con.execute("INSERT INTO staged_links SELECT unique_id, person_id, nhs_pseudonym, "
+                    + ", ".join(f"('0x' || left(tok_{f}, 16))::UBIGINT" for f in TOKEN_FIELDS) + " FROM page")
+        con.unregister("page")
+        staged += page.num_rows
+        last_org, last_source = page.column("org")[-1].as_py(), page.column("source_pseudonym")[-1].as_py()
+        page = store.query_arrow(f"{query} WHERE org > ? OR (org = ? AND source_pseudonym > ?) {order}",
+                                 [last_org, last_org, last_source]) if page.num_rows == page_rows else page.slice(0, 0)
+    con.execute(f"""CREATE TABLE records AS SELECT unique_id, person_id,
+        CASE WHEN nhs_pseudonym IS NOT NULL THEN dense_rank() OVER (ORDER BY nhs_pseudonym) END AS nhs, {tokens}
+        FROM staged_links""")
+    con.execute("DROP TABLE staged_links")
+    return staged
+
+
+def _score_pairs(con: duckdb.DuckDBPyConnection, records: int, threshold: float) -> tuple[pa.Table, int]:
+    """Scored pairs (unique_id_l, unique_id_r, match_probability) above ``threshold`` that could
+    change a person (pairs where both records carry an NHS number are left to deterministic
+    linkage), and how many candidate pairs were scored."""
+    from splink import DuckDBAPI, Linker, block_on
+
+    logging.getLogger("splink").setLevel(logging.ERROR)  # untrained-level notices are expected here
+    con.execute("CREATE VIEW linkage_input AS SELECT unique_id, nhs, "
+                + ", ".join(f"tok_{f}" for f in TOKEN_FIELDS) + " FROM records")
+    linker = Linker(DuckDBAPI(connection=con).register("linkage_input"), _settings(), log_level=logging.ERROR)
+    linker._settings_obj._probability_two_random_records_match = _prior(con, records)
+    linker.training.estimate_u_using_random_sampling(max_pairs=min(2e6, max(1e4, records * 20)), seed=1)
+    if _has_labels(con):
+        linker.training.estimate_m_from_label_column("nhs")
+    else:  # no NHS numbers at all: unsupervised EM, blocking on each side in turn
+        from splink.internals.exceptions import EMTrainingException
+        try:
+            linker.training.estimate_parameters_using_expectation_maximisation(block_on("tok_dob"))
+            linker.training.estimate_parameters_using_expectation_maximisation(block_on("tok_surname"))
+        except EMTrainingException as exc:  # too few records to learn from: say so rather than guess
+            raise LinkageTrainingError(f"the linkage model could not be trained without NHS numbers ({exc})") from exc
+    blocked = linker.inference.compute_blocked_pairs_for_predict()  # kept: predict scores these
+    predictions = linker.inference.predict(threshold_match_probability=threshold)
+    return (con.sql(f"""SELECT unique_id_l, unique_id_r, match_probability FROM {predictions.physical_name}
+                        WHERE nhs_l IS NULL OR nhs_r IS NULL""").to_arrow_table(),
+            con.execute(f"SELECT count(*) FROM {blocked.physical_name}").fetchall()[0][0])
+
+
+def _has_labels(con: duckdb.DuckDBPyConnection) -> bool:
+    return con.execute("SELECT count(nhs) > count(DISTINCT nhs) FROM records").fetchall()[0][0]
+
+
+def _prior(con: duckdb.DuckDBPyConnection, records: int) -> float:
+    """P(two random records match), from the NHS-number clusters (records per person there)."""
+    within, with_nhs = con.execute("""SELECT COALESCE(sum(c * (c - 1) / 2), 0), COALESCE(sum(c), 0)
+                                  FROM (SELECT count(*) AS c FROM records WHERE nhs IS NOT NULL GROUP BY nhs)""").fetchall()[0]
+    if with_nhs < 2 or records < 2:
+        return 1.0 / max(records, 2)
+    return min(max(float(within) / (with_nhs * (with_nhs - 1) / 2), 1e-9), 0.5)
+
+
+def cluster(nhs: np.ndarray, pairs: pa.Table) -> np.ndarray:
+    """Cluster label per record under the rules in the module docstring.  ``nhs`` is the NHS cluster
+    number of each record (-1 without one); ``pairs`` never has both records carrying one."""
+    n = len(nhs)
+    has_nhs = nhs >= 0
+    label = np.where(has_nhs, nhs, nhs.max(initial=0) + 1 + np.arange(n))
+    if pairs.num_rows == 0:
+        return label
+    left = pairs.column("unique_id_l").to_numpy()
+    right = pairs.column("unique_id_r").to_numpy()
+    prob = pairs.column("match_probability").to_numpy()
+    # 1) a record without NHS number attaches to its best NHS-bearing match
+    to_nhs = has_nhs[left] | has_nhs[right]
+    free = np.where(has_nhs[left], right, left)[to_nhs]
+    anchor = np.where(has_nhs[left], left, right)[to_nhs]
+    order = np.lexsort((-prob[to_nhs], free))
+    chosen = order[np.unique(free[order], return_index=True)[1]]
+    best_anchor = np.full(n, -1)
+    best_prob = np.zeros(n)
+    best_anchor[free[chosen]] = anchor[chosen]
+    best_prob[free[chosen]] = prob[to_nhs][chosen]
+    # 2) records without NHS number: components among themselves, each led by its best-attached
+    # member (highest probability, then lowest index), else by its lowest index
+    graph = coo_matrix((np.ones((~to_nhs).sum()), (left[~to_nhs], right[~to_nhs])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    members = np.flatnonzero(~has_nhs)
+    attached = best_anchor[members] >= 0
+    order = np.lexsort((members, np.where(attached, -best_prob[members], 1.0), component[members]))
+    firsts = order[np.unique(component[members][order], return_index=True)[1]]
+    leaders = members[firsts]
+    target = np.empty(component.max() + 1, dtype=label.dtype)
+    target[component[leaders]] = np.where(attached[firsts], label[np.maximum(best_anchor[leaders], 0)], label[leaders])
+    label[members] = target[component[members]]
+    return label

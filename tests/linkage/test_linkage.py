@@ -2,71 +2,102 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from mercia.ingest.load import load_staged
 from mercia.ingest.staging import Staged
-from mercia.linkage.evaluate import pairwise_quality, simulated_demographics
-from mercia.linkage.probabilistic import DEFAULT_THRESHOLD, link_store
+from mercia.linkage.evaluate import pairwise_quality, simulated_demographics, simulated_quality
+from mercia.linkage.probabilistic import DEFAULT_THRESHOLD, cluster, link_store
+from tests.conftest import drop_store, open_store
 
 ORGS = ("M90001", "R9A")
 
 
-def load_copies(store, options, persons: int, error_rate: float, seed: int):
-    columns, truth = simulated_demographics(persons, copies=2, error_rate=error_rate, seed=seed)
+def load_copies(store, options, persons: int, error_rate: float, seed: int) -> list:
+    """Copy k of every simulated person loaded by ORGS[k]; returns the simulated batches."""
+    batches = list(simulated_demographics(persons, copies=2, error_rate=error_rate, seed=seed))
     for copy, org in enumerate(ORGS):
-        staged = Staged(f"demographics-{org}")
-        for i, ref in enumerate(columns["person_ref"]):
-            if ref.startswith(f"{copy}-"):
-                staged.persons.add(record=f"Patient/{ref}", record_hash="v1", **{k: v[i] for k, v in columns.items()})
-                staged.read += 1
-        load_staged(store, staged, org, "fhir", options)
-    return columns, truth
+        load_staged(store, [staged(f"demographics-{org}", b.filter(pc.equal(b.column("copy"), copy)))
+                            for b in batches], org, "fhir", options)
+    return batches
 
 
-def quality(store, options, columns, truth):
-    key = {}
-    for copy, org in enumerate(ORGS):
-        idx = [i for i, ref in enumerate(columns["person_ref"]) if ref.startswith(f"{copy}-")]
-        pseudonyms = options.pseudonymiser.source_pseudonyms(org, [columns["person_ref"][i] for i in idx])
-        key.update({(org, p): truth[i] for i, p in zip(idx, pseudonyms.to_pylist())})
-    links = store.query("SELECT org, source_pseudonym, person_id FROM mercia_person_link")
-    return pairwise_quality([r[2] for r in links], [key[(r[0], r[1])] for r in links])
+def staged(extract: str, people: pa.Table) -> Staged:
+    chunk = Staged(extract, read=people.num_rows)
+    chunk.persons.add_table(people)
+    return chunk
 
 
 def test_deterministic_linkage_alone_misses_records_without_valid_nhs_numbers(store, options):
-    columns, truth = load_copies(store, options, 400, 0.05, seed=1)
-    q = quality(store, options, columns, truth)
+    batches = load_copies(store, options, 400, 0.05, seed=1)
+    q = simulated_quality(store, options.pseudonymiser, ORGS, batches)
     assert q.precision == 1.0 and q.recall < 0.95
 
 
 @pytest.mark.parametrize("error_rate", [0.02, 0.05])
 def test_probabilistic_linkage_meets_the_quality_bar(store, options, error_rate):
     options.allow_synthetic_nhs_numbers = True
-    columns, truth = load_copies(store, options, 1000, error_rate, seed=7)
+    batches = load_copies(store, options, 1000, error_rate, seed=7)
     result = link_store(store, DEFAULT_THRESHOLD)
     assert result.probabilistic_links > 0 and result.persons_after < result.persons_before
-    q = quality(store, options, columns, truth)
+    q = simulated_quality(store, options.pseudonymiser, ORGS, batches)
     assert q.precision >= 0.995 and q.recall >= 0.98, q
     # the CDM follows the links: one person row per linked person, events re-pointed
     assert store.query_one("SELECT count(*) FROM person") == len(set(r[0] for r in store.query(
         "SELECT person_id FROM mercia_person_link")))
 
 
+def test_reading_the_store_in_small_pages_links_exactly_as_in_one_page(heavy_store, options, tmp_path):
+    """The streamed path (many keyset pages, one crossing from one organisation to the next) gives
+    the same person for every record as reading all link records at once."""
+    options.allow_synthetic_nhs_numbers = True
+    (tmp_path / "whole").mkdir()
+    whole = open_store(heavy_store.dialect, tmp_path / "whole")
+    try:
+        whole.init_schema()
+        for store in (heavy_store, whole):
+            load_copies(store, options, 500, 0.05, seed=11)
+        paged, at_once = link_store(heavy_store, page_rows=97), link_store(whole, page_rows=10_000)
+        links = "SELECT org, source_pseudonym, person_id FROM mercia_person_link ORDER BY org, source_pseudonym"
+        assert paged.probabilistic_links > 0 and paged == at_once
+        assert heavy_store.query(links) == whole.query(links)
+    finally:
+        drop_store(whole)
+
+
+def test_clusters_attach_records_without_nhs_numbers_to_their_best_match():
+    # records 0-1 share NHS cluster 0, record 2 is NHS cluster 1; records 3-7 have no NHS number
+    nhs = np.array([0, 0, 1, -1, -1, -1, -1, -1])
+    pairs = pa.table({"unique_id_l": [3, 3, 4, 5, 6], "unique_id_r": [0, 2, 2, 4, 7],
+                      "match_probability": [0.995, 0.999, 0.992, 0.999, 0.999]})
+    label = cluster(nhs, pairs)
+    # 3's best anchor is 2; component {4, 5} follows 4, its only attached member (to 2);
+    # component {6, 7} has no anchor and stays on its own, under 6's label
+    assert label[3] == label[4] == label[5] == label[2] != label[0] == label[1]
+    assert label[6] == label[7] and len(set(label[[0, 2, 6]])) == 3
+
+
+def test_simulated_nhs_numbers_are_distinct_and_pass_the_check_digit():
+    people = pa.concat_tables(simulated_demographics(5000, copies=1, error_rate=0.0, seed=4, batch_persons=1000))
+    numbers = [n for n in people.column("nhs_number").to_pylist() if n]
+    assert len(numbers) == len(set(numbers)) > 4000
+    digits = np.array([[int(c) for c in n] for n in numbers])
+    assert ((11 - (digits[:, :9] @ np.arange(10, 1, -1)) % 11) % 11 == digits[:, 9]).all()
+
+
 def test_two_different_valid_nhs_numbers_are_never_merged(store, options):
     """Twins-like pairs: identical demographics but each record a different valid NHS number."""
-    columns, truth = simulated_demographics(300, copies=2, error_rate=0.0, seed=3)
-    half = len(truth) // 2  # copy 0 then copy 1 of the same persons, in the same order
+    columns = pa.concat_tables(simulated_demographics(300, copies=2, error_rate=0.0, seed=3)).to_pydict()
+    half = len(columns["copy"]) // 2  # copy 0 then copy 1 of the same persons, in the same order
     first = [i for i in range(half) if columns["nhs_number"][i]]
     for k, i in enumerate(first):  # copy 1 of person k carries person k+1's NHS number
         columns["nhs_number"][half + i] = columns["nhs_number"][first[(k + 1) % len(first)]]
     keep = first + [half + i for i in first]
     assert all(columns["nhs_number"][i] != columns["nhs_number"][half + i] for i in first)
-    staged = Staged("twins")
-    for i in keep:
-        staged.persons.add(record=f"Patient/{columns['person_ref'][i]}", record_hash="v1",
-                           **{k: v[i] for k, v in columns.items()})
-    load_staged(store, staged, ORGS[0], "fhir", options)
+    load_staged(store, staged("twins", pa.table(columns).take(keep)), ORGS[0], "fhir", options)
     result = link_store(store)
     # each NHS number now sits on two records with different demographics: deterministic linkage
     # joins those; probability never overrides it to join the identical-demographics pairs
@@ -75,12 +106,16 @@ def test_two_different_valid_nhs_numbers_are_never_merged(store, options):
 
 def test_a_model_that_cannot_be_trained_is_reported_not_silent(store, options):
     # two different people, no NHS numbers: EM has no candidate pairs to learn from
-    columns, _ = simulated_demographics(2, copies=1, error_rate=0.0, seed=5)
-    columns["nhs_number"] = [None] * len(columns["nhs_number"])
-    staged = Staged("tiny")
-    for i, ref in enumerate(columns["person_ref"]):
-        staged.persons.add(record=f"Patient/{ref}", record_hash="v1", **{k: v[i] for k, v in columns.items()})
-    load_staged(store, staged, ORGS[0], "fhir", options)
+    people = next(simulated_demographics(2, copies=1, error_rate=0.0, seed=5))
+    people = people.set_column(people.schema.get_field_index("nhs_number"), "nhs_number", pa.nulls(2, pa.string()))
+    load_staged(store, staged("tiny", people), ORGS[0], "fhir", options)
     result = link_store(store)
     assert result.probabilistic_links == 0 and result.persons_after == result.persons_before == 2
     assert "could not be trained" in result.warning
+
+
+def test_pairwise_quality_counts_pairs_from_cluster_sizes():
+    # predicted {a,b,c}, {d}; truth {a,b}, {c,d}: 3 predicted pairs, 2 true, 1 correct
+    q = pairwise_quality([1, 1, 1, 2], [7, 7, 8, 8])
+    assert (q.predicted_pairs, q.true_pairs, q.correct_pairs) == (3, 2, 1)
+    assert q.precision == pytest.approx(1 / 3) and q.recall == 0.5
