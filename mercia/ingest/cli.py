@@ -26,12 +26,12 @@ def _report(summaries, as_json: bool) -> None:
         typer.echo(orjson.dumps([asdict(s) for s in summaries], option=orjson.OPT_INDENT_2).decode())
         return
     table = Table(title="Loads")
-    for column in ("org", "extract", "read", "records", "loaded", "unchanged", "rejected", "withheld", "flagged",
-                   "removed"):
+    counts = ("read", "records", "loaded", "unchanged", "changed", "rejected", "withheld", "flagged", "removed",
+              "superseded")
+    for column in ("org", "extract", *counts):
         table.add_column(column)
     for s in summaries:
-        table.add_row(s.org, s.extract, *(str(v) for v in (s.read, s.records, s.loaded, s.unchanged, s.rejected,
-                                                            s.withheld, s.flagged, s.removed)))
+        table.add_row(s.org, s.extract, *(str(getattr(s, name)) for name in counts))
     Console().print(table)
 
 
@@ -65,7 +65,7 @@ def _load(kind: str, path: Path, org: str, db: str | None, mapping: str | None, 
 
 
 def _refuse_if_nothing_valid(summary, path: Path) -> None:
-    if summary.loaded + summary.unchanged + summary.withheld + summary.removed == 0:
+    if summary.loaded + summary.unchanged + summary.withheld + summary.removed + summary.superseded == 0:
         typer.echo(f"error: nothing valid was read from {path} ({summary.rejected} records rejected; "
                    "reasons are in mercia_reject and `mercia dq`)", err=True)
         raise typer.Exit(1)
