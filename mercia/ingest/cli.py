@@ -120,6 +120,10 @@ def fhir_export(
                                   "(_since), e.g. 2026-12-01 or 2026-12-01T06:00:00Z"),
         group: str = typer.Option(None, "--group", help="export one Group (Group/ID/$export), not the system"),
         types: str = typer.Option(None, "--types", help="resource types (_type), e.g. Patient,Condition"),
+        patients: bool = typer.Option(False, "--patients", help="export every patient's compartment "
+                                      "(Patient/$export) rather than the whole system"),
+        type_filter: list[str] = typer.Option(None, "--type-filter", help="a search narrowing one type "
+                                              "(_typeFilter), e.g. 'Observation?category=laboratory'; repeatable"),
         db: DbOption = None,
         client_id: str = typer.Option(None, "--client-id", envvar="MERCIA_SMART_CLIENT_ID",
                                       help="SMART Backend Services client id (none: an open server)"),
@@ -162,7 +166,8 @@ def fhir_export(
         raise typer.Exit(2) from None
     try:
         request = ExportRequest(base_url, group=group, since=since_instant(since) if since else None,
-                                types=tuple(t.strip() for t in types.split(",") if t.strip()) if types else ())
+                                types=tuple(t.strip() for t in types.split(",") if t.strip()) if types else (),
+                                patients=patients, type_filters=tuple(type_filter or ()))
         credentials = SmartCredentials(client_id, private_key.read_bytes(), key_id=key_id, token_url=token_url,
                                        scope=scope) if client_id else None
         result = run_export(request, out, credentials, concurrency=concurrency, poll_timeout=timeout,

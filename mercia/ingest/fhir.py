@@ -507,14 +507,16 @@ class FhirReader:
         """This version of ``record``: its meta (taken as found; a wrongly typed meta is the shape check's
         reject) and its place in reading order."""
         meta = res.get("meta")
-        meta = meta if isinstance(meta, dict) else {}
+        updated = version = None
+        if isinstance(meta, dict):
+            updated, version = meta.get("lastUpdated"), meta.get("versionId")
         if self.line_base is not None and line is not None:
             seq = self.line_base + line
         else:
             seq, self.next_seq = self.next_seq, self.next_seq + 1
         self.staged.versions.add(record=record, record_hash=digest, seq=seq, line=line,
-                                 **{column: value if isinstance(value, str) else None for column, value in
-                                    (("last_updated", meta.get("lastUpdated")), ("version_id", meta.get("versionId")))})
+                                 last_updated=updated if isinstance(updated, str) else None,
+                                 version_id=version if isinstance(version, str) else None)
 
     def _reject(self, base: dict, field_name: str, reason: str) -> None:
         self.staged.reject(base["record"], field_name, reason, base["line"], base["record_hash"])

@@ -162,11 +162,14 @@ class _Load:
             FROM staged_versions v JOIN record_keys k USING (record)""")
         if not con.execute("SELECT count(*) FROM versions").fetchall()[0][0]:
             return  # a reader without versions (everything but FHIR)
-        self._store_temp("mercia_tmp_versioned", _table_from_query(
-            con, "SELECT DISTINCT source_record FROM versions"), "source_record VARCHAR")
-        stored = self.store.query_arrow(
-            "SELECT source_record, last_updated, version_id FROM mercia_record_version WHERE org = ? "
-            "AND source_record IN (SELECT source_record FROM mercia_tmp_versioned)", [self.org])
+        stored = pa.table({})
+        if self.store.query_one("SELECT count(*) FROM (SELECT 1 FROM mercia_record_version WHERE org = ? LIMIT 1) v",
+                                [self.org]):  # a feed without meta never stores a version: nothing to compare
+            self._store_temp("mercia_tmp_versioned", _table_from_query(
+                con, "SELECT DISTINCT source_record FROM versions"), "source_record VARCHAR")
+            stored = self.store.query_arrow(
+                "SELECT source_record, last_updated, version_id FROM mercia_record_version WHERE org = ? "
+                "AND source_record IN (SELECT source_record FROM mercia_tmp_versioned)", [self.org])
         self.register("stored_versions", conform(stored, pa.schema([
             ("source_record", pa.string()), ("last_updated", pa.timestamp("us")), ("version_id", pa.string())])))
         con.execute("""CREATE TABLE ranked AS
