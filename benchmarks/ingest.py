@@ -121,14 +121,17 @@ def changed_copy(folder: Path, out: Path, meta: bytes, every: int = 10) -> int:
     """``folder`` with one resource in ``every`` given ``meta`` (a daily feed's updates)."""
     import gzip
 
+    import orjson
+
     out.mkdir(parents=True, exist_ok=True)
     changed = 0
     for file in sorted(folder.glob("*.ndjson.gz")):
         lines = gzip.decompress(file.read_bytes()).split(b"\n")
         for i in range(0, len(lines), every):
-            if lines[i].startswith(b'{"resourceType":"'):
-                head, rest = lines[i].split(b",", 1)
-                lines[i] = head + b',"meta":' + meta + b',' + rest
+            if lines[i].startswith(b'{"resourceType":"'):  # Synthea's own meta (tags) is kept
+                resource = orjson.loads(lines[i])
+                resource["meta"] = {**resource.get("meta", {}), **orjson.loads(meta)}
+                lines[i] = orjson.dumps(resource)
                 changed += 1
         (out / file.name).write_bytes(gzip.compress(b"\n".join(lines), compresslevel=1))
     return changed

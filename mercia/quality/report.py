@@ -133,7 +133,8 @@ def build_report(store: Store, org: str | None = None) -> Report:
             SELECT org, action, field, reason, count(*) AS records FROM mercia_reject {org_where}
             GROUP BY org, action, field, reason
             ORDER BY org, records DESC, action, field NULLS LAST, reason""", org_params or None)
-    if scope.exists("mercia_load"):
+    # a store whose last load predates these counts (mercia.cdm.extensions adds them) has none to show
+    if scope.exists("mercia_load") and "records_changed" in {name for name, _ in store.columns("mercia_load")}:
         report.changes = store.query_dicts(f"""
             SELECT org, load_id, extract, loaded_at, records_read AS records,
                    records_loaded - records_unchanged - COALESCE(records_changed, 0) AS new,

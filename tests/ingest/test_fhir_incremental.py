@@ -7,6 +7,8 @@ import gzip
 
 import orjson
 
+from mercia.quality.report import build_report
+
 SNOMED = "http://snomed.info/sct"
 SUBJECT = {"reference": "Patient/p1"}
 
@@ -103,7 +105,7 @@ def test_an_older_version_sent_later_does_not_overwrite_a_newer_one(store, load,
     assert store.query("SELECT * FROM mercia_provenance ORDER BY cdm_table, row_id") == provenance
     assert sorted(store.query("SELECT field, reason, action FROM mercia_reject WHERE load_id = 2")) == [
         ("meta.lastUpdated", "older than the version loaded before: not loaded", "superseded")] * 2
-    # instants compare in UTC: 10:30+02:00 is 08:30Z, older; 12:00+01:00 is 11:00Z, newer
+    assert _latest_changes(store) == [(2, 2, 0, 0, 0, 2)]  # what the DQ report says changed    # instants compare in UTC: 10:30+02:00 is 08:30Z, older; 12:00+01:00 is 11:00Z, newer
     _write(tmp_path / "d3" / "Condition.ndjson", _versioned(_coded("c1", ASTHMA), "2024-03-02T10:30:00+02:00"))
     assert load(store, "fhir", tmp_path / "d3", "RX1").superseded == 1 and _codes(store) == [DIABETES]
     _write(tmp_path / "d4" / "Condition.ndjson", _versioned(_coded("c1", HYPERTENSION), "2024-03-02T12:00:00+01:00"))
@@ -114,6 +116,12 @@ def test_an_older_version_sent_later_does_not_overwrite_a_newer_one(store, load,
                        "'Condition/%'")[0][0].isoformat() == "2024-03-02T11:00:00"
     assert store.query("SELECT records_changed, records_superseded FROM mercia_load ORDER BY load_id") == [
         (0, 0), (0, 2), (0, 1), (1, 0)]
+    assert _latest_changes(store) == [(4, 1, 0, 1, 0, 0)]
+
+
+def _latest_changes(store) -> list[tuple]:
+    return [(c["load_id"], c["records"], c["new"], c["changed"], c["unchanged"], c["superseded"])
+            for c in build_report(store, "RX1").changes]
 
 
 def test_the_newest_version_in_one_file_wins_and_equal_instants_go_by_version_id(store, load, tmp_path):
