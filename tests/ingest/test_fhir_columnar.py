@@ -111,7 +111,8 @@ def test_hostile_lines_stage_the_same_on_both_paths(tmp_path, refused):
     assert ("Observation/panel", "8480-6") in events and ("Observation/preferred-coding", "50373000") in events
     assert ("MedicationRequest/m1", "1") in events  # contained medication, resolved by the row reader
     if refused:
-        assert {("Observation/bool-number", "valueQuantity.value"), ("Observation/string-code", "code")} <= reasons
+        assert {("Observation/bool-number", "valueQuantity.value"), ("Observation/string-code", "code"),
+                ("Observation/number-version", "meta.versionId")} <= reasons
 
 
 def test_care_plans_goals_and_imaging_studies_are_mapped(tmp_path):
