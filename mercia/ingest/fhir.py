@@ -715,8 +715,7 @@ class FhirReader:
         """A bill as a cost row of the visit it bills (cost_event_id); the amounts' currency is the
         event's coded value (OMOP vocabulary ``Currency``, ISO 4217 codes)."""
         if not base["visit_ref"]:
-            self._reject(base, "item.encounter",
-                               "bill not linked to an Encounter: a cost row belongs to a visit")
+            self._reject(base, "item.encounter", "bill not linked to an Encounter: a cost row belongs to a visit")
             return
         self.staged.events.add(**base, kind="Cost", vocabulary="Cost", code=res["resourceType"],
                                start=_date(res, "created", "billablePeriod"), value_number=total.get("value"),
@@ -764,9 +763,8 @@ class FhirReader:
                 self.staged.events.add(**base, kind="Observation", vocabulary=vocab, code=code, start=start, **value)
                 emitted += 1
         if not emitted:
-            self._reject(base, "item.answer",
-                               "no coded or numeric answers (free text is not loaded)" if start
-                               else "QuestionnaireResponse has no authored date")
+            self._reject(base, "item.answer", "no coded or numeric answers (free text is not loaded)" if start
+                         else "QuestionnaireResponse has no authored date")
 
     # -- after all files -------------------------------------------------------------------
     def _resolve_deferred(self) -> None:

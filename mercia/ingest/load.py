@@ -195,9 +195,8 @@ class _Load:
             return
         self.register("losers", losers)
         for name in ("staged_persons_raw", "staged_events", "staged_sites", "staged_removals", "staged_rejects"):
-            keep = "record_hash IS NULL OR " if name == "staged_rejects" else ""
-            con.execute(f"""CREATE TABLE kept AS SELECT * FROM {name} WHERE {keep}(record, record_hash) NOT IN
-                            (SELECT (record, record_hash) FROM losers)""")
+            con.execute(f"""CREATE TABLE kept AS SELECT * FROM {name} s WHERE NOT EXISTS (
+                SELECT 1 FROM losers l WHERE l.record = s.record AND l.record_hash = s.record_hash)""")
             con.unregister(name)
             con.execute(f"ALTER TABLE kept RENAME TO {name}")
         bad, stale = pc.field("bad_instant"), pc.field("stale")
