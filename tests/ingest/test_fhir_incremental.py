@@ -105,7 +105,8 @@ def test_an_older_version_sent_later_does_not_overwrite_a_newer_one(store, load,
     assert store.query("SELECT * FROM mercia_provenance ORDER BY cdm_table, row_id") == provenance
     assert sorted(store.query("SELECT field, reason, action FROM mercia_reject WHERE load_id = 2")) == [
         ("meta.lastUpdated", "older than the version loaded before: not loaded", "superseded")] * 2
-    assert _latest_changes(store) == [(2, 2, 0, 0, 0, 2)]  # what the DQ report says changed    # instants compare in UTC: 10:30+02:00 is 08:30Z, older; 12:00+01:00 is 11:00Z, newer
+    assert _latest_changes(store) == [(2, 2, 0, 0, 0, 2)]  # what the DQ report says changed
+    # instants compare in UTC: 10:30+02:00 is 08:30Z, older; 12:00+01:00 is 11:00Z, newer
     _write(tmp_path / "d3" / "Condition.ndjson", _versioned(_coded("c1", ASTHMA), "2024-03-02T10:30:00+02:00"))
     assert load(store, "fhir", tmp_path / "d3", "RX1").superseded == 1 and _codes(store) == [DIABETES]
     _write(tmp_path / "d4" / "Condition.ndjson", _versioned(_coded("c1", HYPERTENSION), "2024-03-02T12:00:00+01:00"))
