@@ -12,7 +12,8 @@ measured, with the load average (``os.getloadavg``) around each part: the 2 CPUs
    key, store creation included; CPU seconds of the child).  ``mapped`` counts distinct source
    records that reached the CDM (the load summary's ``loaded``); ``rejected`` are kept in
    mercia_reject with their reason; both rates are reported, over mapped and over all resources.
-   An incremental resend in which 10% of the resources changed is timed on the loaded store, and the
+   An incremental resend in which 10% of the resources changed (a newer meta) is timed on the loaded
+   store, then the same 10% with an older meta arriving late (all superseded, nothing written), and the
    same load with the columnar NDJSON path switched off (``fhir_medium_row_reader``) right after.
 2. The same pipeline with a naive reader: every resource parsed into a fhir.resources R4B pydantic
    model and dumped back to a dict before staging (on synthea_small, to keep the run short; the
@@ -49,7 +50,8 @@ def options():
 
 def _rates(summary, wall: float, cpu: float) -> dict:
     return {"resources": summary["read"], "records": summary["records"], "mapped": summary["loaded"],
-            "unchanged": summary["unchanged"], "rejected": summary["rejected"], "seconds": round(wall, 2),
+            "unchanged": summary["unchanged"], "changed": summary["changed"], "superseded": summary["superseded"],
+            "rejected": summary["rejected"], "seconds": round(wall, 2),
             "cpu_seconds": round(cpu, 2), "mapped_per_second": round(summary["loaded"] / wall),
             "resources_per_second": round(summary["read"] / wall),
             "mapped_per_cpu_second": round(summary["loaded"] / cpu) if cpu else None,
@@ -112,39 +114,47 @@ def fhir_cli_cold(folder: Path, workdir: Path) -> dict:
             "load_average_before": load_before, "load_average_after": os.getloadavg()}
 
 
-def changed_copy(folder: Path, out: Path, every: int = 10) -> int:
-    """``folder`` with one resource in ``every`` given a new meta.versionId (a daily feed's updates)."""
+def changed_copy(folder: Path, out: Path, meta: bytes, every: int = 10) -> int:
+    """``folder`` with one resource in ``every`` given ``meta`` (a daily feed's updates)."""
     import gzip
+
+    import orjson
 
     out.mkdir(parents=True, exist_ok=True)
     changed = 0
     for file in sorted(folder.glob("*.ndjson.gz")):
         lines = gzip.decompress(file.read_bytes()).split(b"\n")
         for i in range(0, len(lines), every):
-            if lines[i].startswith(b'{"resourceType":"'):
-                head, rest = lines[i].split(b",", 1)
-                lines[i] = head + b',"meta":{"versionId":"2"},' + rest
+            if lines[i].startswith(b'{"resourceType":"'):  # Synthea's own meta (tags) is kept
+                resource = orjson.loads(lines[i])
+                resource["meta"] = {**resource.get("meta", {}), **orjson.loads(meta)}
+                lines[i] = orjson.dumps(resource)
                 changed += 1
         (out / file.name).write_bytes(gzip.compress(b"\n".join(lines), compresslevel=1))
     return changed
 
 
-def fhir_incremental(folder: Path, db: Path, workdir: Path) -> dict:
-    """A 10% update resent to the store the end-to-end run filled."""
+NEWER = b'{"versionId":"3","lastUpdated":"2026-01-03T00:00:00Z"}'
+OLDER = b'{"versionId":"2","lastUpdated":"2026-01-02T00:00:00+00:00"}'
+
+
+def fhir_incremental(folder: Path, db: Path, workdir: Path, meta: bytes) -> dict:
+    """A 10% update (those resources with ``meta``) resent to the store the end-to-end run filled: first
+    the newer versions (reloaded), then, on the same store, older ones arriving late (superseded)."""
     from dataclasses import asdict
 
     from mercia.cdm import Store
     from mercia.ingest.service import ingest
 
-    update = workdir / "update" / "ndjson"
-    changed = changed_copy(folder, update)
+    update = workdir / f"update-{len(list(workdir.glob('update-*')))}" / "ndjson"
+    changed = changed_copy(folder, update, meta=meta)
     store = Store(str(db))
     load_before = os.getloadavg()
     wall, cpu = time.perf_counter(), time.process_time()
     summary = ingest(store, "fhir", update, "RX1", options=options())
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     store.close()
-    return {"resources_changed": changed, "records_reloaded": summary.loaded - summary.unchanged,
+    return {"resources_changed": changed, "meta": meta.decode(), "records_reloaded": summary.changed,
             **_rates(asdict(summary), wall, cpu),
             "load_average_before": load_before, "load_average_after": os.getloadavg()}
 
@@ -301,7 +311,8 @@ def main() -> None:
             results["fhir_small"] = small
             results["fhir_medium"], db = fhir_end_to_end(medium, work)
             results["fhir_medium_row_reader"] = fhir_row_reader(medium, work)
-            results["fhir_medium_incremental_10pct"] = fhir_incremental(medium, db, work)
+            results["fhir_medium_incremental_10pct"] = fhir_incremental(medium, db, work, NEWER)
+            results["fhir_medium_older_10pct_late"] = fhir_incremental(medium, db, work, OLDER)
             results["fhir_medium_cli_cold"] = fhir_cli_cold(medium, work)
             if not args.skip_naive:
                 naive = fhir_naive(SHARED / "fhir/synthea_small/ndjson", work)

@@ -13,6 +13,7 @@
 - ``mercia_person_link``: one row per organisation's person, with the keyed-hash NHS pseudonym
   and linkage tokens (computed before identifiers were dropped) and the person_id it links to.
 - ``mercia_network_token``: per local person record, its network linkage token (mercia.federation).
+- ``mercia_record_version``: the newest source version (lastUpdated, versionId) of each loaded record.
 - ``mercia_organisation``: the organisations (ODS codes) that send extracts, with their names.
 - ``mercia_id_block``: the id counters behind ``Store.allocate_ids``.
 """
@@ -64,12 +65,22 @@ DDL.append("""CREATE TABLE IF NOT EXISTS mercia_registration (
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_network_token (
         org VARCHAR NOT NULL, source_pseudonym VARCHAR NOT NULL, token_kind VARCHAR NOT NULL,
         token VARCHAR NOT NULL, load_id BIGINT NOT NULL)""")
+# The newest version of each source record an organisation has loaded (FHIR meta.lastUpdated, versionId;
+# ``last_updated`` in UTC): an older version arriving later is superseded, not loaded (mercia.ingest.load).
+DDL.append("""CREATE TABLE IF NOT EXISTS mercia_record_version (
+        org VARCHAR NOT NULL, source_record VARCHAR NOT NULL, last_updated TIMESTAMP, version_id VARCHAR,
+        load_id BIGINT NOT NULL)""")
+# What each load changed: records replaced by a newer version, removed at the source, superseded (older
+# than what was loaded before); the data-quality report shows them for each organisation's latest load.
+DDL.extend(f"ALTER TABLE mercia_load ADD COLUMN IF NOT EXISTS {column} BIGINT" for column in (
+    "records_changed", "records_removed", "records_superseded"))
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_organisation (
         ods_code VARCHAR NOT NULL PRIMARY KEY, name VARCHAR NOT NULL, kind VARCHAR, registered_at TIMESTAMP NOT NULL)""")
 INDEXES = [
     "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_org_record ON mercia_provenance (org, source_record)",
     "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_row ON mercia_provenance (cdm_table, row_id)",
     "CREATE INDEX IF NOT EXISTS idx_mercia_person_link_nhs ON mercia_person_link (nhs_pseudonym)",
+    "CREATE INDEX IF NOT EXISTS idx_mercia_record_version ON mercia_record_version (org, source_record)",
 ]
 
 

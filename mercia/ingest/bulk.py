@@ -35,6 +35,7 @@ MAX_RETRY_AFTER_S = 3600.0  # a server asking for longer is polled again after a
 BUSY_ATTEMPTS = 3  # a kick-off or a file download answered 429/503 (busy) is tried this often
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_TYPE_FILTER = re.compile(r"([A-Z][A-Za-z]{1,63})\?[^?#\s]+")  # Type?search-parameters (Bulk Data v2 _typeFilter)
 
 
 class BulkExportError(Exception):
@@ -43,38 +44,54 @@ class BulkExportError(Exception):
 
 @dataclass(frozen=True)
 class ExportRequest:
-    """What to export: the whole server (system level) or one Group, since an instant, some types."""
+    """What to export: the whole server (system level), one Group or every patient (Patient level), since
+    an instant, some types, narrowed by search queries per type (``_typeFilter``)."""
 
     base_url: str
     group: str | None = None
     since: str | None = None
     types: tuple[str, ...] = ()
+    patients: bool = False
+    type_filters: tuple[str, ...] = ()
 
     def __post_init__(self):
         if urlsplit(self.base_url).scheme not in ("http", "https") or not urlsplit(self.base_url).netloc:
             raise BulkExportError(f"base URL {self.base_url!r}: must be an http(s) URL of a FHIR server")
         if self.group is not None and not _FHIR_ID.fullmatch(self.group):
             raise BulkExportError(f"--group {self.group!r}: not a FHIR id (letters, digits, '-', '.'; up to 64)")
+        if self.patients and self.group is not None:
+            raise BulkExportError("--patients and --group: an export is Patient level or one Group, not both")
         for kind in self.types:
             if not _RESOURCE_TYPE.fullmatch(kind):
                 raise BulkExportError(f"--types: {kind!r} is not a FHIR resource type name")
+        for query in self.type_filters:
+            match = _TYPE_FILTER.fullmatch(query)
+            if not match:
+                raise BulkExportError(f"--type-filter {query!r}: not Type?search-parameters, "
+                                      "e.g. Observation?category=laboratory")
+            if self.types and match.group(1) not in self.types:  # the server would return none of them
+                raise BulkExportError(f"--type-filter {query!r}: {match.group(1)} is not among --types")
 
     def as_dict(self) -> dict:
         """As kept in the state file (JSON: the types as a list), to tell a re-run from a new request."""
-        return {**asdict(self), "types": list(self.types)}
+        return {**asdict(self), "types": list(self.types), "type_filters": list(self.type_filters)}
 
     @property
     def kickoff_url(self) -> str:
         base = self.base_url.rstrip("/") + "/"
-        return urljoin(base, f"Group/{self.group}/$export" if self.group else "$export")
+        level = f"Group/{self.group}/" if self.group else "Patient/" if self.patients else ""
+        return urljoin(base, f"{level}$export")
 
     @property
-    def params(self) -> dict[str, str]:
-        params = {"_outputFormat": "application/fhir+ndjson"}
+    def params(self) -> dict[str, str | list[str]]:
+        """Kick-off parameters; each type filter is its own ``_typeFilter`` (the IG allows repeating it)."""
+        params: dict[str, str | list[str]] = {"_outputFormat": "application/fhir+ndjson"}
         if self.since:
             params["_since"] = self.since
         if self.types:
             params["_type"] = ",".join(self.types)
+        if self.type_filters:
+            params["_typeFilter"] = list(self.type_filters)
         return params
 
 

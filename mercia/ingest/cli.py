@@ -26,12 +26,12 @@ def _report(summaries, as_json: bool) -> None:
         typer.echo(orjson.dumps([asdict(s) for s in summaries], option=orjson.OPT_INDENT_2).decode())
         return
     table = Table(title="Loads")
-    for column in ("org", "extract", "read", "records", "loaded", "unchanged", "rejected", "withheld", "flagged",
-                   "removed"):
+    counts = ("read", "records", "loaded", "unchanged", "changed", "rejected", "withheld", "flagged", "removed",
+              "superseded")
+    for column in ("org", "extract", *counts):
         table.add_column(column)
     for s in summaries:
-        table.add_row(s.org, s.extract, *(str(v) for v in (s.read, s.records, s.loaded, s.unchanged, s.rejected,
-                                                            s.withheld, s.flagged, s.removed)))
+        table.add_row(s.org, s.extract, *(str(getattr(s, name)) for name in counts))
     Console().print(table)
 
 
@@ -65,7 +65,7 @@ def _load(kind: str, path: Path, org: str, db: str | None, mapping: str | None, 
 
 
 def _refuse_if_nothing_valid(summary, path: Path) -> None:
-    if summary.loaded + summary.unchanged + summary.withheld + summary.removed == 0:
+    if summary.loaded + summary.unchanged + summary.withheld + summary.removed + summary.superseded == 0:
         typer.echo(f"error: nothing valid was read from {path} ({summary.rejected} records rejected; "
                    "reasons are in mercia_reject and `mercia dq`)", err=True)
         raise typer.Exit(1)
@@ -120,6 +120,10 @@ def fhir_export(
                                   "(_since), e.g. 2026-12-01 or 2026-12-01T06:00:00Z"),
         group: str = typer.Option(None, "--group", help="export one Group (Group/ID/$export), not the system"),
         types: str = typer.Option(None, "--types", help="resource types (_type), e.g. Patient,Condition"),
+        patients: bool = typer.Option(False, "--patients", help="export every patient's compartment "
+                                      "(Patient/$export) rather than the whole system"),
+        type_filter: list[str] = typer.Option(None, "--type-filter", help="a search narrowing one type "
+                                              "(_typeFilter), e.g. 'Observation?category=laboratory'; repeatable"),
         db: DbOption = None,
         client_id: str = typer.Option(None, "--client-id", envvar="MERCIA_SMART_CLIENT_ID",
                                       help="SMART Backend Services client id (none: an open server)"),
@@ -162,7 +166,8 @@ def fhir_export(
         raise typer.Exit(2) from None
     try:
         request = ExportRequest(base_url, group=group, since=since_instant(since) if since else None,
-                                types=tuple(t.strip() for t in types.split(",") if t.strip()) if types else ())
+                                types=tuple(t.strip() for t in types.split(",") if t.strip()) if types else (),
+                                patients=patients, type_filters=tuple(type_filter or ()))
         credentials = SmartCredentials(client_id, private_key.read_bytes(), key_id=key_id, token_url=token_url,
                                        scope=scope) if client_id else None
         result = run_export(request, out, credentials, concurrency=concurrency, poll_timeout=timeout,

@@ -90,13 +90,14 @@ _DATATYPES: dict[str, dict] = {
     "Resource": {"resourceType": "str", "id": "str"},
     "Manifest": {"transactionTime": "str", "output": ["ManifestOutput"], "deleted": ["ManifestOutput"]},
     "ManifestOutput": {"url": "str"},
+    "Meta": {"lastUpdated": "str", "versionId": "str"},
     "Answer": {"valueCoding": "Coding", "valueInteger": "num", "valueDecimal": "num", "valueBoolean": "bool",
                "item": ["Item"]},
 }
 _EVENT = {"subject": "Reference", "patient": "Reference", "encounter": "Reference", "context": "Reference"}
 _MEDICATION = {**_EVENT, "medicationCodeableConcept": "CodeableConcept", "medicationReference": "Reference",
                "contained": ["Contained"]}
-_RESOURCES: dict[str, dict] = {
+_RESOURCE_ELEMENTS: dict[str, dict] = {
     "Patient": {"identifier": ["Identifier"], "name": ["HumanName"], "address": ["Address"],
                 "extension": ["Extension"], "birthDate": "str", "gender": "str", "deceasedDateTime": "str"},
     "Organization": {"identifier": ["Identifier"], "name": "str"},
@@ -140,6 +141,8 @@ _RESOURCES: dict[str, dict] = {
     "DocumentReference": {**_EVENT, "type": "CodeableConcept", "category": ["CodeableConcept"], "date": "str",
                           "description": "str", "content": ["DocumentContent"], "context": "DocumentContext"},
 }
+# every resource carries meta (lastUpdated, versionId): which of two versions of a record is newer
+_RESOURCES = {kind: {"meta": "Meta", **elements} for kind, elements in _RESOURCE_ELEMENTS.items()}
 _SUPPORTED = set(_RESOURCES)
 # adjudication categories that are the patient's share of a bill (Blue Button line variables, FHIR R4 codes)
 _PATIENT_SHARE = {"line_coinsrnc_amt", "line_bene_ptb_ddctbl_amt", "copay", "deductible"}
@@ -251,6 +254,10 @@ class FhirReader:
         self.patient_identifiers: dict[str, str] = {}
         self.extract_date: str | None = None  # the bulk export's transactionTime: ends open registrations
         self.deleted_files: list[Path] = []  # a bulk export's deleted/ files, read after the resources
+        # reading order of resource versions (Staged.versions.seq): a file's lines are numbered from
+        # ``line_base``; a file that is one resource or Bundle takes the next number per resource
+        self.line_base: int | None = None
+        self.next_seq = 0
 
     # -- files -----------------------------------------------------------------------------
     def read_path(self, path: Path) -> Staged:
@@ -290,8 +297,11 @@ class FhirReader:
                                        "a deleted-file entry must be a DELETE request for Type/id", line_no)
                     continue
                 kind, rid = url.split("?", 1)[0].rstrip("/").rsplit("/", 2)[-2:]
-                self.staged.removals.add(record=f"{kind}/{rid}", line=line_no, field="request",
+                record, digest = f"{kind}/{rid}", content_hash(f"DELETE {url}".encode())
+                self.staged.removals.add(record=record, line=line_no, field="request", record_hash=digest,
                                          reason="deleted at the source (bulk export deleted file)")
+                self.staged.versions.add(record=record, record_hash=digest, seq=self.next_seq + line_no, line=line_no)
+        self.next_seq += data.count(b"\n") + 2
 
     def _files(self, path: Path) -> list[Path]:
         if path.is_file():
@@ -333,7 +343,10 @@ class FhirReader:
         """One file's content: NDJSON when ``name`` says so, else one resource or Bundle."""
         file = Path(name)
         if ".ndjson" in file.name:
+            self.line_base = self.next_seq
             self._read_ndjson(data, file.name)
+            self.next_seq += data.count(b"\n") + 2
+            self.line_base = None
             return
         try:
             resource = orjson.loads(data)
@@ -375,7 +388,7 @@ class FhirReader:
 
     def _stage_batch(self, kind: str, batch: tuple[list, list], file_name: str) -> None:
         raws, lines = batch
-        for i in self.columnar.stage(self.staged, kind, raws, lines):
+        for i in self.columnar.stage(self.staged, kind, raws, lines, self.line_base):
             self._read_line(raws[i], lines[i], file_name)
 
     def _read_line(self, line: bytes, line_no: int, file_name: str) -> None:
@@ -456,12 +469,13 @@ class FhirReader:
         if kind not in _SUPPORTED:
             s.reject(record, "resourceType", f"resource type {kind} is not mapped to OMOP by Mercia", line)
             return
+        self._version(res, record, digest, line)
         problem = _fields_problem(res, _RESOURCES[kind], "")
         if problem:
-            s.reject(record, *problem, line)
+            s.reject(record, *problem, line, digest)
             return
         if _entered_in_error(res):
-            s.removals.add(record=record, line=line, field="status",
+            s.removals.add(record=record, line=line, field="status", record_hash=digest,
                            reason="entered-in-error at the source: earlier rows of the record removed")
             return
         if kind == "Patient":
@@ -482,12 +496,30 @@ class FhirReader:
             return
         subject = _reference_id(res.get("subject") or res.get("patient"), fullurls)
         if not subject:
-            s.reject(record, "subject", "no subject/patient reference", line)
+            s.reject(record, "subject", "no subject/patient reference", line, digest)
             return
         visit = _reference_id(_encounter(res), fullurls)
         base = dict(record=record, record_hash=digest, person_ref=subject,
                     visit_ref=f"Encounter/{visit}" if visit else None, line=line)
         getattr(self, f"_{kind}")(res, base)
+
+    def _version(self, res: dict, record: str, digest: str, line: int | None) -> None:
+        """This version of ``record``: its meta (taken as found; a wrongly typed meta is the shape check's
+        reject) and its place in reading order."""
+        meta = res.get("meta")
+        updated = version = None
+        if isinstance(meta, dict):
+            updated, version = meta.get("lastUpdated"), meta.get("versionId")
+        if self.line_base is not None and line is not None:
+            seq = self.line_base + line
+        else:
+            seq, self.next_seq = self.next_seq, self.next_seq + 1
+        self.staged.versions.add(record=record, record_hash=digest, seq=seq, line=line,
+                                 last_updated=updated if isinstance(updated, str) else None,
+                                 version_id=version if isinstance(version, str) else None)
+
+    def _reject(self, base: dict, field_name: str, reason: str) -> None:
+        self.staged.reject(base["record"], field_name, reason, base["line"], base["record_hash"])
 
     def _patient(self, res: dict, record: str, digest: str, line: int | None) -> None:
         nhs = None
@@ -520,10 +552,10 @@ class FhirReader:
     def _event(self, base: dict, kind: str, concept: dict | None, start: str | None, field: str, **extra) -> None:
         vocab, code = best_coding(concept)
         if code is None:
-            self.staged.reject(base["record"], field, "no coded value", base["line"])
+            self._reject(base, field, "no coded value")
             return
         if not start:
-            self.staged.reject(base["record"], "date", f"{base['record'].split('/')[0]} has no date", base["line"])
+            self._reject(base, "date", f"{base['record'].split('/')[0]} has no date")
             return
         self.staged.events.add(**base, kind=kind, vocabulary=vocab, code=code, start=start, **extra)
 
@@ -531,7 +563,7 @@ class FhirReader:
         period = res.get("period") or {}
         klass = res.get("class") or {}
         if not period.get("start"):
-            self.staged.reject(base["record"], "period.start", "Encounter has no start", base["line"])
+            self._reject(base, "period.start", "Encounter has no start")
             return
         provider = _reference_id(res.get("serviceProvider"), {})
         self.staged.events.add(**{**base, "visit_ref": base["record"]}, kind="Visit", vocabulary="Visit class",
@@ -542,7 +574,7 @@ class FhirReader:
         """A GP registration: the span in which the practice's record is complete (observation period)."""
         period = res.get("period") or {}
         if not period.get("start"):
-            self.staged.reject(base["record"], "period.start", "EpisodeOfCare has no start", base["line"])
+            self._reject(base, "period.start", "EpisodeOfCare has no start")
             return
         self.staged.events.add(**base, kind="Registration", vocabulary="Registration", code="registration",
                                start=period["start"], end=period.get("end") or self.extract_date)
@@ -567,7 +599,7 @@ class FhirReader:
             self._event(base, kind, part.get("code"), start, "code", **_value(part))
             emitted = True
         if not emitted:
-            self.staged.reject(base["record"], "value", "Observation has neither value nor components", base["line"])
+            self._reject(base, "value", "Observation has neither value nor components")
 
     def _DiagnosticReport(self, res: dict, base: dict) -> None:
         self._event(base, "Observation", res.get("code"), _date(res, "effectiveDateTime", "effectivePeriod", "issued"),
@@ -605,7 +637,7 @@ class FhirReader:
 
     def _Immunization(self, res: dict, base: dict) -> None:
         if res.get("status") == "not-done":
-            self.staged.reject(base["record"], "status", "Immunization not done", base["line"])
+            self._reject(base, "status", "Immunization not done")
             return
         self._event(base, "Drug", res.get("vaccineCode"), _date(res, "occurrenceDateTime", "recorded"), "vaccineCode")
 
@@ -663,8 +695,7 @@ class FhirReader:
 
     def _DeviceRequest(self, res: dict, base: dict) -> None:
         if res.get("status") in ("revoked", "draft"):
-            self.staged.reject(base["record"], "status", f"DeviceRequest {res['status']}: no device was used",
-                               base["line"])
+            self._reject(base, "status", f"DeviceRequest {res['status']}: no device was used")
             return
         self._device_use(base, res.get("codeReference"), res.get("codeCodeableConcept"),
                          _date(res, "occurrenceDateTime", "occurrencePeriod", "authoredOn"), "code[x]",
@@ -684,8 +715,7 @@ class FhirReader:
         """A bill as a cost row of the visit it bills (cost_event_id); the amounts' currency is the
         event's coded value (OMOP vocabulary ``Currency``, ISO 4217 codes)."""
         if not base["visit_ref"]:
-            self.staged.reject(base["record"], "item.encounter",
-                               "bill not linked to an Encounter: a cost row belongs to a visit", base["line"])
+            self._reject(base, "item.encounter", "bill not linked to an Encounter: a cost row belongs to a visit")
             return
         self.staged.events.add(**base, kind="Cost", vocabulary="Cost", code=res["resourceType"],
                                start=_date(res, "created", "billablePeriod"), value_number=total.get("value"),
@@ -733,9 +763,8 @@ class FhirReader:
                 self.staged.events.add(**base, kind="Observation", vocabulary=vocab, code=code, start=start, **value)
                 emitted += 1
         if not emitted:
-            self.staged.reject(base["record"], "item.answer",
-                               "no coded or numeric answers (free text is not loaded)" if start
-                               else "QuestionnaireResponse has no authored date", base["line"])
+            self._reject(base, "item.answer", "no coded or numeric answers (free text is not loaded)" if start
+                         else "QuestionnaireResponse has no authored date")
 
     # -- after all files -------------------------------------------------------------------
     def _resolve_deferred(self) -> None:
@@ -748,7 +777,8 @@ class FhirReader:
                 resolved = self.medications.get(med_id)
                 if not resolved or resolved[1] is None:
                     self.staged.reject(events["record"][i], "medicationReference",
-                                       "medication reference not resolved to a coded Medication", events["line"][i])
+                                       "medication reference not resolved to a coded Medication", events["line"][i],
+                                       events["record_hash"][i])
                     dropped.append(i)
                     continue
                 events["vocabulary"][i], events["code"][i] = resolved
@@ -758,7 +788,8 @@ class FhirReader:
                 device = self.devices.get(device_id)
                 if not device or device["code"] is None:
                     self.staged.reject(events["record"][i], "device",
-                                       "device reference not resolved to a coded Device", events["line"][i])
+                                       "device reference not resolved to a coded Device", events["line"][i],
+                                       events["record_hash"][i])
                     dropped.append(i)
                     continue
                 for name, value in device.items():

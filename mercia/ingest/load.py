@@ -8,6 +8,13 @@ same vectorised path; the store only receives Arrow bulk inserts and a few keyed
 Idempotency: every CDM row has provenance (organisation, extract, pseudonymised source record,
 content hash).  A record already loaded with the same hash is skipped; with a different hash
 (a corrected resend) its earlier rows are deleted and the new version inserted.
+
+Versions: when a record comes several times (twice in one load, or again in a later one), the newest
+version wins: the later ``meta.lastUpdated`` (as an instant, in UTC), on equal instants the higher
+``meta.versionId`` (as numbers when both are), then reading order.  A version without lastUpdated
+counts as at least as new as every version read before it (feeds without meta: the last one loaded
+wins).  Losing versions are kept as ``superseded`` rejects; ``mercia_record_version`` remembers the
+newest version loaded, so an older one sent later changes nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import pyarrow.compute as pc
 
 from mercia.cdm import Store, quote
 from mercia.ingest.proms import link_prom_items
-from mercia.ingest.staging import EARLIEST_DATE, END_DATE_AHEAD, Staged, date_window, latest_date
+from mercia.ingest.staging import EARLIEST_DATE, END_DATE_AHEAD, VERSIONED_REJECT_SCHEMA, Staged, conform, \
+    date_window, latest_date
 from mercia.cdm.extensions import TOKEN_FIELDS, ensure_extension_tables
 from mercia.cdm.persons import EHR_TYPE, EVENT_DATES, max_id, rebuild_person_rows
 from mercia.privacy.geography import GeographyLookup
@@ -83,6 +91,8 @@ class LoadSummary:
     rows: dict[str, int] = field(default_factory=dict)
     reject_reasons: dict[str, int] = field(default_factory=dict)
     removed: int = 0  # records the source withdrew (entered-in-error, deleted): earlier rows removed
+    changed: int = 0  # records loaded before whose earlier version this load replaced
+    superseded: int = 0  # records not loaded: the version sent is older than the one loaded before
 
 
 def _table_from_query(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> pa.Table:
@@ -120,9 +130,10 @@ class _Load:
         """Record keys -> 'Type/<org-scoped HMAC of the key>' for provenance and rejects."""
         s = self.staged
         for name, columns in (("staged_persons_raw", s.persons), ("staged_events", s.events),
-                              ("staged_sites", s.sites), ("staged_rejects", s.rejects),
-                              ("staged_removals", s.removals)):
+                              ("staged_sites", s.sites), ("staged_versions", s.versions)):
             self.register(name, columns.table())
+        for name, columns in (("staged_rejects", s.rejects), ("staged_removals", s.removals)):
+            self.register(name, conform(columns.table(), VERSIONED_REJECT_SCHEMA))
         self.con.execute("""CREATE TABLE read_records AS SELECT DISTINCT record FROM (
             SELECT record FROM staged_persons_raw UNION ALL SELECT record FROM staged_events
             UNION ALL SELECT also_record FROM staged_events UNION ALL SELECT record FROM staged_sites
@@ -138,6 +149,80 @@ class _Load:
             FROM record_hashes""")
         self.records_read = self.con.execute("SELECT count(*) FROM read_records").fetchall()[0][0]
         self.withheld_records: set[str] = set()
+
+    def choose_versions(self) -> None:
+        """Each record's newest version (module docstring) stays staged; the others become
+        ``superseded`` rejects, and a record whose stored version is newer than any it brings is not
+        loaded.  A lastUpdated that is not an instant rejects that version."""
+        self.superseded_records: set[str] = set()
+        con = self.con
+        con.execute("SET TimeZone = 'UTC'")  # an instant without offset is read as UTC
+        con.execute("""CREATE TABLE versions AS SELECT v.*, k.source_record,
+            timezone('UTC', TRY_CAST(v.last_updated AS TIMESTAMPTZ)) AS instant
+            FROM staged_versions v JOIN record_keys k USING (record)""")
+        if not con.execute("SELECT count(*) FROM versions").fetchall()[0][0]:
+            return  # a reader without versions (everything but FHIR)
+        stored = pa.table({})
+        if self.store.query_one("SELECT count(*) FROM (SELECT 1 FROM mercia_record_version WHERE org = ? LIMIT 1) v",
+                                [self.org]):  # a feed without meta never stores a version: nothing to compare
+            self._store_temp("mercia_tmp_versioned", _table_from_query(
+                con, "SELECT DISTINCT source_record FROM versions"), "source_record VARCHAR")
+            stored = self.store.query_arrow(
+                "SELECT source_record, last_updated, version_id FROM mercia_record_version WHERE org = ? "
+                "AND source_record IN (SELECT source_record FROM mercia_tmp_versioned)", [self.org])
+        self.register("stored_versions", conform(stored, pa.schema([
+            ("source_record", pa.string()), ("last_updated", pa.timestamp("us")), ("version_id", pa.string())])))
+        con.execute("""CREATE TABLE ranked AS
+            WITH candidates AS (
+                SELECT source_record, record_hash, instant, version_id, seq, last_updated IS NULL AS undated,
+                       false AS stored FROM versions WHERE last_updated IS NULL OR instant IS NOT NULL
+                UNION ALL
+                SELECT source_record, NULL, last_updated, version_id, -1, false, true FROM stored_versions),
+            effective AS (
+                SELECT *, COALESCE(instant, max(instant) OVER (PARTITION BY source_record ORDER BY seq
+                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) AS effective
+                FROM candidates)
+            SELECT *, row_number() OVER (PARTITION BY source_record ORDER BY effective DESC NULLS LAST,
+                undated DESC, TRY_CAST(version_id AS BIGINT) DESC NULLS LAST, version_id DESC NULLS LAST,
+                seq DESC) AS rank
+            FROM effective""")
+        losers = _table_from_query(con, """
+            SELECT DISTINCT v.record, v.record_hash, v.source_record, v.line, COALESCE(w.stored, false) AS stale,
+                   v.last_updated IS NOT NULL AND v.instant IS NULL AS bad_instant
+            FROM versions v LEFT JOIN ranked w ON w.source_record = v.source_record AND w.rank = 1
+            WHERE (v.last_updated IS NOT NULL AND v.instant IS NULL) OR w.stored OR v.record_hash <> w.record_hash""")
+        if not losers.num_rows:
+            return
+        self.register("losers", losers)
+        for name in ("staged_persons_raw", "staged_events", "staged_sites", "staged_removals", "staged_rejects"):
+            con.execute(f"""CREATE TABLE kept AS SELECT * FROM {name} s WHERE NOT EXISTS (
+                SELECT 1 FROM losers l WHERE l.record = s.record AND l.record_hash = s.record_hash)""")
+            con.unregister(name)
+            con.execute(f"ALTER TABLE kept RENAME TO {name}")
+        bad, stale = pc.field("bad_instant"), pc.field("stale")
+        for which, reason, action in [
+                (bad, "meta.lastUpdated is not an instant (YYYY-MM-DDThh:mm:ss+zz:zz)", "rejected"),
+                (stale & ~bad, "older than the version loaded before: not loaded", "superseded"),
+                (~stale & ~bad, "a newer version of the record in the same load replaced it", "superseded")]:
+            self.reject(losers.filter(which), "meta.lastUpdated", reason, action=action)
+        self.superseded_records = set(losers.filter(stale & ~bad).column("source_record").to_pylist())
+
+    def record_versions(self, load_id: int) -> None:
+        """Remember the newest version of each record this load wrote or removed (mercia_record_version)."""
+        if not self.con.execute("SELECT count(*) FROM versions").fetchall()[0][0]:
+            return
+        self.register("removed_now", pa.table({"source_record": pa.array(sorted(self.removed_records), pa.string())}))
+        newest = _table_from_query(self.con, f"""
+            SELECT ? AS org, source_record, effective AS last_updated, version_id, {load_id} AS load_id
+            FROM ranked WHERE rank = 1 AND NOT stored AND (effective IS NOT NULL OR version_id IS NOT NULL)
+              AND source_record IN (SELECT source_record FROM prov_rows UNION SELECT source_record FROM removed_now)""",
+                                  [self.org])
+        if not newest.num_rows:
+            return
+        self._store_temp("mercia_tmp_versioned", newest.select(["source_record"]), "source_record VARCHAR")
+        self.store.execute("DELETE FROM mercia_record_version WHERE org = ? AND source_record IN "
+                           "(SELECT source_record FROM mercia_tmp_versioned)", [self.org])
+        self.store.insert_arrow("mercia_record_version", newest)
 
     def prepare_persons(self) -> pa.Table:
         """Validated, pseudonymised persons with identifiers replaced by tokens."""
@@ -333,14 +418,17 @@ class _Load:
                             (SELECT (source_record, record_hash) FROM existing)""")
         self.con.execute("""DELETE FROM sites WHERE (source_record, record_hash) IN
                             (SELECT (source_record, record_hash) FROM existing)""")
+        self.changed_records = set(changed.column("source_record").to_pylist())
         if changed.num_rows:
             self._delete_records(changed)
         # persons: unchanged links are kept; changed ones replaced under the same person_id
         unchanged += self.con.execute("SELECT count(*) FROM resolved WHERE old_hash = record_hash").fetchall()[0][0]
         self.con.execute("DELETE FROM resolved WHERE old_hash = record_hash")
-        replaced = _table_from_query(self.con, "SELECT source_pseudonym FROM resolved WHERE old_hash IS NOT NULL")
+        replaced = _table_from_query(self.con, "SELECT source_pseudonym, source_record FROM resolved "
+                                               "WHERE old_hash IS NOT NULL")
+        self.changed_records |= set(replaced.column("source_record").to_pylist())
         if replaced.num_rows:
-            self._store_temp("mercia_tmp_keys", replaced, "source_pseudonym VARCHAR")
+            self._store_temp("mercia_tmp_keys", replaced.select(["source_pseudonym"]), "source_pseudonym VARCHAR")
             self.store.execute("DELETE FROM mercia_person_link WHERE org = ? AND source_pseudonym IN "
                                "(SELECT source_pseudonym FROM mercia_tmp_keys)", [self.org])
         return unchanged
@@ -664,9 +752,12 @@ def load_staged(store: Store, staged: Staged | Iterable[Staged], org: str, reade
             raise LoadError("the reader produced nothing to load")
         summary = _combined(parts)
         link_prom_items(store, load_id)
-        store.execute("""INSERT INTO mercia_load VALUES (""" + ", ".join(["?"] * 10) + ")",
+        store.execute("""INSERT INTO mercia_load (load_id, org, extract, reader, loaded_at, records_read,
+                         records_loaded, records_unchanged, records_rejected, records_withheld, records_changed,
+                         records_removed, records_superseded) VALUES (""" + ", ".join(["?"] * 13) + ")",
                       [load_id, org, summary.extract, reader, dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                       summary.records, summary.loaded, summary.unchanged, summary.rejected, summary.withheld])
+                       summary.records, summary.loaded, summary.unchanged, summary.rejected, summary.withheld,
+                       summary.changed, summary.removed, summary.superseded])
     return summary
 
 
@@ -678,7 +769,8 @@ def _combined(parts: list[LoadSummary]) -> LoadSummary:
         rows.update(part.rows)
         reasons.update(part.reject_reasons)
     counts = {name: sum(getattr(part, name) for part in parts)
-              for name in ("read", "records", "loaded", "unchanged", "rejected", "withheld", "flagged", "removed")}
+              for name in ("read", "records", "loaded", "unchanged", "rejected", "withheld", "flagged", "removed",
+                           "changed", "superseded")}
     return LoadSummary(parts[0].load_id, parts[0].org, parts[0].extract, rows=dict(rows),
                        reject_reasons=dict(reasons), **counts)
 
@@ -688,6 +780,7 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
     """One chunk's whole path (inside the load's transaction): its counts, rejects written."""
     job = _Load(store, staged, org, reader, options)
     job.pseudonymise_records()
+    job.choose_versions()
     persons = job.prepare_persons()
     job.resolve_persons(persons)
     job.prepare_events()
@@ -696,6 +789,7 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
     job.remove_withdrawn()
     job.map_codes()
     job.insert(load_id, staged.extract)
+    job.record_versions(load_id)
     for rec, line, field_name, reason in job.con.execute("""
             SELECT k.source_record, r.line, r.field, r.reason FROM staged_rejects r
             LEFT JOIN record_keys k ON k.record = r.record""").fetchall():
@@ -719,11 +813,13 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
                                   SELECT DISTINCT person_id FROM events UNION SELECT person_id FROM touched_persons""")
     rebuild_person_rows(store, affected)
     rejected_records = len({r["source_record"] for r in job.rejects if r["action"] == "rejected"}
-                           - job.withheld_records - job.removed_records)
-    loaded = job.records_read - rejected_records - withheld_records - len(job.removed_records)
+                           - job.withheld_records - job.removed_records - job.superseded_records)
+    loaded = (job.records_read - rejected_records - withheld_records - len(job.removed_records)
+              - len(job.superseded_records))
     reasons = Counter(r["reason"] for r in job.rejects if r["action"] == "rejected")
     summary = LoadSummary(load_id, org, staged.extract, staged.read, job.records_read, loaded, unchanged,
                           rejected_records, withheld_records, sum(1 for r in job.rejects if r["action"] == "flagged"),
-                          dict(job.rows), dict(reasons), len(job.removed_records))
+                          dict(job.rows), dict(reasons), len(job.removed_records),
+                          len(job.changed_records - job.removed_records), len(job.superseded_records))
     job.con.close()
     return summary

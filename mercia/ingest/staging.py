@@ -42,6 +42,16 @@ SITE_SCHEMA = pa.schema([
 REJECT_SCHEMA = pa.schema([
     ("record", pa.string()), ("line", pa.int64()), ("field", pa.string()), ("reason", pa.string()),
 ])
+# What ``Staged`` keeps of rejects and removals: also the content hash of the record version they came
+# from when the reader knows it, so a version superseded within the load takes its rejects with it.
+VERSIONED_REJECT_SCHEMA = REJECT_SCHEMA.append(pa.field("record_hash", pa.string()))
+
+# One row per resource version read: the source's meta.lastUpdated / meta.versionId and the position in
+# reading order (``seq``), from which the load picks each record's newest version (``load._Load``).
+VERSION_SCHEMA = pa.schema([
+    ("record", pa.string()), ("record_hash", pa.string()), ("last_updated", pa.string()),
+    ("version_id", pa.string()), ("seq", pa.int64()), ("line", pa.int64()),
+])
 
 # Event kinds, named after the OMOP domain a record goes to when its code has no standard mapping.
 EVENT_KINDS = ("Visit", "Condition", "Drug", "Procedure", "Measurement", "Observation", "Specimen", "Device",
@@ -152,19 +162,22 @@ class Staged:
     persons: Columns = field(default_factory=lambda: Columns(PERSON_SCHEMA))
     events: Columns = field(default_factory=lambda: Columns(EVENT_SCHEMA))
     sites: Columns = field(default_factory=lambda: Columns(SITE_SCHEMA))
-    rejects: Columns = field(default_factory=lambda: Columns(REJECT_SCHEMA))
+    rejects: Columns = field(default_factory=lambda: Columns(VERSIONED_REJECT_SCHEMA))
     # records the source withdrew (entered-in-error, bulk-export deletions): their earlier rows are removed
-    removals: Columns = field(default_factory=lambda: Columns(REJECT_SCHEMA))
+    removals: Columns = field(default_factory=lambda: Columns(VERSIONED_REJECT_SCHEMA))
+    # resource versions with their source metadata (FHIR); readers without versions leave it empty
+    versions: Columns = field(default_factory=lambda: Columns(VERSION_SCHEMA))
     # genomic variant calls (VCF), already in their own table shape
     variants: pa.Table | None = None
     # names of local concepts the extract introduces: (vocabulary, code) -> name (metabolite identifiers)
     concept_names: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def reject(self, record: str | None, field_name: str | None, reason: str, line: int | None = None) -> None:
-        self.rejects.add(record=record, line=line, field=field_name, reason=reason)
+    def reject(self, record: str | None, field_name: str | None, reason: str, line: int | None = None,
+               record_hash: str | None = None) -> None:
+        self.rejects.add(record=record, line=line, field=field_name, reason=reason, record_hash=record_hash)
 
     def merge(self, other: Staged) -> None:
         self.read += other.read
-        for name in ("persons", "events", "sites", "rejects", "removals"):
+        for name in ("persons", "events", "sites", "rejects", "removals", "versions"):
             theirs = getattr(other, name)
             getattr(self, name).extend(theirs.data, len(theirs))

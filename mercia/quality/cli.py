@@ -43,7 +43,10 @@ def report(db: DbOption = None,
     for title, rows, columns in [
             ("Rows per domain and organisation", result.counts, ["org", "cdm_table", "row_count"]),
             ("Vocabulary mapping", result.mapping, ["table", "rows", "mapped", "mapped_pct"]),
-            ("Rejected and flagged records", result.rejects, ["org", "action", "field", "reason", "records"])]:
+            ("Rejected and flagged records", result.rejects, ["org", "action", "field", "reason", "records"]),
+            ("Changed since the previous load (latest load per organisation)", result.changes,
+             ["org", "load_id", "extract", "records", "new", "changed", "unchanged", "removed", "superseded",
+              "rejected", "withheld"])]:
         table = Table(title=title)
         for c in columns:
             table.add_column(c)

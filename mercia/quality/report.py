@@ -1,5 +1,6 @@
 """Data-quality report: counts per domain and organisation, vocabulary mapping rates, rejects by
-reason, and checks in the style of the OHDSI Data Quality Dashboard (Kahn et al. 2016 framework:
+reason, what each organisation's latest load changed (new, changed, unchanged, removed, superseded
+records), and checks in the style of the OHDSI Data Quality Dashboard (Kahn et al. 2016 framework:
 conformance, completeness, plausibility; each check counts violating rows against a threshold).
 
 Every query is one aggregate per check, scoped to an organisation through ``mercia_provenance``
@@ -68,6 +69,7 @@ class Report:
     mapping: list[dict] = field(default_factory=list)
     unmapped: list[dict] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
+    changes: list[dict] = field(default_factory=list)  # each organisation's latest load against what it held
     checks: list[Check] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -131,6 +133,16 @@ def build_report(store: Store, org: str | None = None) -> Report:
             SELECT org, action, field, reason, count(*) AS records FROM mercia_reject {org_where}
             GROUP BY org, action, field, reason
             ORDER BY org, records DESC, action, field NULLS LAST, reason""", org_params or None)
+    # a store whose last load predates these counts (mercia.cdm.extensions adds them) has none to show
+    if scope.exists("mercia_load") and "records_changed" in {name for name, _ in store.columns("mercia_load")}:
+        report.changes = store.query_dicts(f"""
+            SELECT org, load_id, extract, loaded_at, records_read AS records,
+                   records_loaded - records_unchanged - COALESCE(records_changed, 0) AS new,
+                   COALESCE(records_changed, 0) AS changed, records_unchanged AS unchanged,
+                   COALESCE(records_removed, 0) AS removed, COALESCE(records_superseded, 0) AS superseded,
+                   records_rejected AS rejected, records_withheld AS withheld
+            FROM mercia_load l WHERE load_id = (SELECT max(load_id) FROM mercia_load m WHERE m.org = l.org)
+            {org_where.replace("WHERE", "AND")} ORDER BY org""", org_params or None)
     report.checks = _checks(store, scope)
     return report
 

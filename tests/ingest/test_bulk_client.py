@@ -570,3 +570,42 @@ def test_two_runs_in_one_directory_do_not_overlap(server, credentials, tmp_path)
             run_export(ExportRequest(server.base), out, credentials)
     assert not server.kickoffs
     assert len(run_export(ExportRequest(server.base), out, credentials).output) == 3
+
+
+def test_patient_level_export_sends_each_type_filter(server, credentials, tmp_path):
+    filters = ("Condition?clinical-status=active", "Condition?code=http://snomed.info/sct|44054006")
+    request = ExportRequest(server.base, patients=True, types=("Patient", "Condition"), type_filters=filters)
+    result = run_export(request, tmp_path / "out", credentials)
+    assert server.kickoffs[0]["path"] == "/fhir/Patient/$export"
+    assert server.kickoffs[0]["params"]["_typeFilter"] == list(filters)  # repeated, each decoded as sent
+    assert server.kickoffs[0]["params"]["_type"] == ["Patient,Condition"]
+    assert len(result.output) == 3
+    # the same directory with other filters is another export: refused, nothing kicked off
+    with pytest.raises(BulkExportError, match="different"):
+        run_export(ExportRequest(server.base, patients=True, types=("Patient", "Condition"),
+                                 type_filters=filters[:1]), tmp_path / "out", credentials)
+    assert len(server.kickoffs) == 1
+
+
+@pytest.mark.parametrize(("request_args", "problem"), [
+    ({"patients": True, "group": "g1"}, "Patient level or one Group"),
+    ({"type_filters": ("category=laboratory",)}, "not Type\\?search-parameters"),
+    ({"type_filters": ("Observation?",)}, "not Type\\?search-parameters"),
+    ({"types": ("Patient",), "type_filters": ("Observation?category=laboratory",)}, "Observation is not among"),
+])
+def test_an_export_request_that_cannot_mean_anything_is_refused_before_kick_off(server, request_args, problem):
+    with pytest.raises(BulkExportError, match=problem):
+        ExportRequest(server.base, **request_args)
+    assert server.kickoffs == []
+
+
+def test_cli_passes_patients_and_type_filters(server, rsa_key, tmp_path):
+    key_file = tmp_path / "client.pem"
+    key_file.write_bytes(pem(rsa_key))
+    result = CliRunner().invoke(app, [
+        "ingest", "fhir-export", server.base, "--org", "RX1", "--patients", "--out", str(tmp_path / "export"),
+        "--type-filter", "Condition?clinical-status=active", "--type-filter", "Patient?active=true",
+        "--db", str(tmp_path / "cli.duckdb"), "--client-id", CLIENT_ID, "--private-key", str(key_file)])
+    assert result.exit_code == 0, result.output
+    assert server.kickoffs[0]["path"] == "/fhir/Patient/$export"
+    assert server.kickoffs[0]["params"]["_typeFilter"] == ["Condition?clinical-status=active", "Patient?active=true"]

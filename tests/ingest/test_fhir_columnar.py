@@ -1,5 +1,6 @@
 """The columnar NDJSON path stages exactly what the row-by-row reader stages: same events, rejects
-(record, field, reason, line), persons and sites, on real Synthea data and on hostile lines."""
+(record, field, reason, line), persons, sites and versions (meta, reading order), on real Synthea data
+and on hostile lines."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _both(path, vouched: int | None = None):
 
 def _same(fast, slow) -> None:
     assert fast.read == slow.read
-    for part in ("events", "rejects", "persons", "sites"):
+    for part in ("events", "rejects", "persons", "sites", "versions"):
         assert _rows(getattr(fast, part)) == _rows(getattr(slow, part)), part
 
 
@@ -56,6 +57,9 @@ HOSTILE = [
     _obs("conditional", subject={"reference": "Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9000000009"}),
     _obs("absolute-ref", subject={"reference": "https://example.org/fhir/Patient/p1/"}, encounter={"reference": "urn:uuid:e1"}),
     {**_obs("no-id"), "id": ""},
+    _obs("versioned", meta={"lastUpdated": "2024-03-02T10:00:00+01:00", "versionId": "7"},
+         valueQuantity={"value": 170, "code": "cm"}),
+    _obs("versioned", meta={"lastUpdated": "2024-03-01T10:00:00Z"}, valueQuantity={"value": 160, "code": "cm"}),
     {"resourceType": "Encounter", "id": "e1", "subject": SUBJECT, "period": {"start": "2012-03-04T10:00:00"},
      "class": {"code": "AMB"}, "serviceProvider": {"reference": "Organization/o9"}},
     {"resourceType": "Encounter", "id": "e2", "subject": SUBJECT, "period": {"end": "2012-03-04"}},
@@ -84,11 +88,12 @@ def test_synthea_small_stages_the_same_on_both_paths(shared_data):
 
 # Lines Arrow's JSON reader refuses: their whole batch (here: every Observation) goes to the row reader.
 REFUSED = [_obs("bool-number", valueQuantity={"value": True}), _obs("string-code", code="8302-2"),
+           _obs("number-version", meta={"versionId": 7}),
            b'{"resourceType":"Observation","id":"bad json"']
 # Of HOSTILE, the row reader takes: the null array item, the huge number, the empty id, the
-# conditional reference and the medication reference (5 of the 22 resources of mapped types).
-VOUCHED = 17
-OBSERVATIONS_VOUCHED = 8
+# conditional reference and the medication reference (5 of the 24 resources of mapped types).
+VOUCHED = 19
+OBSERVATIONS_VOUCHED = 10
 
 
 @pytest.mark.parametrize("refused", [[], REFUSED])
@@ -106,7 +111,8 @@ def test_hostile_lines_stage_the_same_on_both_paths(tmp_path, refused):
     assert ("Observation/panel", "8480-6") in events and ("Observation/preferred-coding", "50373000") in events
     assert ("MedicationRequest/m1", "1") in events  # contained medication, resolved by the row reader
     if refused:
-        assert {("Observation/bool-number", "valueQuantity.value"), ("Observation/string-code", "code")} <= reasons
+        assert {("Observation/bool-number", "valueQuantity.value"), ("Observation/string-code", "code"),
+                ("Observation/number-version", "meta.versionId")} <= reasons
 
 
 def test_care_plans_goals_and_imaging_studies_are_mapped(tmp_path):
