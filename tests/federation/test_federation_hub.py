@@ -3,6 +3,7 @@ region's ground truth, signatures, replay, late results, governance refusals, bu
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import timedelta
 
@@ -11,10 +12,10 @@ from fastapi.testclient import TestClient
 
 from mercia.cdm import Store
 from mercia.federation.hubapp import PREFIX
-from mercia.federation.messages import NodeResult
+from mercia.federation.messages import PROTOCOL_HEADER, PROTOCOL_VERSION, NodeResult
 from mercia.federation.node import NodeAgent, NodePolicy, open_node_store, pending, decide, set_paused
 from mercia.federation.region import reference_cohort, true_distinct_persons
-from mercia.federation.signing import generate_keypair
+from mercia.federation.signing import generate_keypair, sign
 from mercia.governance.model import Role
 
 from .conftest import public_key
@@ -67,6 +68,7 @@ def test_no_token_pseudonym_or_row_reaches_the_hub(network, hub_factory, tmp_pat
     for node in network.nodes:
         with Store(node.url) as store:
             secrets_ |= {r[0] for r in store.query("SELECT token FROM mercia_network_token")}
+            secrets_ |= {t for row in store.query("SELECT nhs, demographic FROM mercia_person_token") for t in row if t}
             secrets_ |= {r[0] for r in store.query("SELECT source_pseudonym FROM mercia_person_link")}
             secrets_ |= {r[0] for r in store.query("SELECT nhs_pseudonym FROM mercia_person_link "
                                                    "WHERE nhs_pseudonym IS NOT NULL")}
@@ -112,6 +114,27 @@ def test_unsigned_wrongly_signed_replayed_and_unknown_requests_are_refused(netwo
     actions = [e["action"] for e in hub.gov.audit.search(action="federation.reject")]
     assert len(actions) == 2
     assert answer(client, token, query_id)["status"] == "running"
+
+
+def test_a_node_of_another_protocol_version_is_refused_clearly(network, hub_factory):
+    """Version-1 nodes salted other tokens (never equal to this version's): their requests are refused with a
+    message saying so, before anything else is looked at."""
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    org = network.nodes[0].org
+    agent = agents(network, client)[org]
+    path = f"{PREFIX}/node/work"
+    stamp = f"{time.time():.6f}"
+    old_message = "\n".join([org, "GET", path, stamp, hashlib.sha256(b"").hexdigest()]).encode()   # version 1
+    old_node = {"X-Mercia-Node": org, "X-Mercia-Time": stamp, "X-Mercia-Signature": sign(agent.key, old_message)}
+    refused = client.get(path, headers=old_node)
+    assert refused.status_code == 426
+    assert refused.json()["detail"] == (f"this hub speaks federation protocol {PROTOCOL_VERSION} and node '{org}' "
+                                        "speaks 1: upgrade the node's Mercia")
+    newer = agent._headers("GET", path, b"")
+    newer[PROTOCOL_HEADER] = str(PROTOCOL_VERSION + 1)
+    assert client.get(path, headers=newer).status_code == 426
+    assert client.get(path, headers=agent._headers("GET", path, b"")).status_code == 200
 
 
 def test_a_late_result_does_not_change_a_returned_answer_and_refresh_asks_again(network, hub_factory, monkeypatch):
