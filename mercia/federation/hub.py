@@ -51,6 +51,7 @@ DDL = [
 ]
 FINAL_TASK_STATUSES = ("answered", "refused", "paused", "error")
 CLOCK_SKEW = timedelta(seconds=120)
+LAST_SEEN_EVERY = 5.0   # seconds between writes of a node's last_seen (it is offline after node_offline_after)
 
 
 class FederationError(GovernanceError):
@@ -97,6 +98,8 @@ class Hub:
         self._tokens: dict[int, pa.Table] = {}   # task id -> salted tokens per cell, in memory only
         self._site_extra: dict[int, dict[str, Any]] = {}    # task id -> per-cell published counts, labels
         self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
+        self._projects: dict[int, int] = {}          # question id -> its project
+        self._seen_written: dict[str, float] = {}    # node -> when this process last wrote its last_seen
         self.work_news = News()     # a round issued by this process: waiting nodes look for their work
         self.result_news = News()   # a result accepted by this process: waiting researchers look at the answer
         with self._lock, self.gov.db.transaction():
@@ -388,7 +391,9 @@ class Hub:
             if signature in self._seen_requests:
                 raise Rejected("this request was already received (replay)")
             self._seen_requests[signature] = moment
-            self.store.execute("UPDATE mercia_fed_node SET last_seen = ? WHERE org = ?", [_iso(_now()), org])
+            if time.time() - self._seen_written.get(org, 0.0) >= LAST_SEEN_EVERY:   # health needs no finer grain
+                self.store.execute("UPDATE mercia_fed_node SET last_seen = ? WHERE org = ?", [_iso(_now()), org])
+                self._seen_written[org] = time.time()
         return org
 
     def work_for(self, org: str) -> list[Task]:
@@ -415,41 +420,60 @@ class Hub:
             malformed = None
         except ValueError as exc:
             rows, malformed = None, str(exc)
+        taken = []
         with self._lock:
-            task = self.store.query_dicts("SELECT t.*, q.project_id, q.round AS current_round FROM mercia_fed_task t "
-                                          "JOIN mercia_fed_query q ON q.id = t.query_id WHERE t.id = ? AND t.org = ?",
-                                          [result.task_id, org])
-            if not task:
-                raise Rejected(f"node {org} has no task {result.task_id}")
-            task = task[0]
-            problem = None
-            if not secrets.compare_digest(task["nonce"], result.nonce):
-                problem = "the nonce does not match the task (replayed or forged)"
-            elif task["status"] == "timed_out" or (task["status"] in ("issued", "sent")
-                                                   and _now() > _parse(task["expires_at"])):
-                problem = "the result arrived after the deadline; the user can refresh the question"
-            elif task["status"] not in ("issued", "sent") or task["round"] != task["current_round"]:
-                problem = f"task {result.task_id} is already {task['status']} (replay or superseded round)"
-            elif malformed:
-                problem = f"members: {malformed}"
-            if problem:
-                self.gov.audit.record(f"node:{org}", "federation.reject", f"task:{result.task_id}",
-                                      task["project_id"], reason=problem)
-                raise Rejected(problem)
-            with self.gov.db.transaction():
-                self.store.execute(
-                    "UPDATE mercia_fed_task SET status = ?, answered_at = ?, count = ?, unlinkable = ?, reason = ?, "
-                    "last_load = ?, data_version = ? WHERE id = ?",
-                    [result.status, _iso(_now()), result.count, result.unlinkable, result.reason, result.last_load,
-                     result.data_version, result.task_id])
-                self.gov.audit.record(f"node:{org}", "federation.result", f"task:{result.task_id}",
-                                      task["project_id"], query=task["query_id"], status=result.status,
-                                      count=result.count, reason=result.reason)
+            if malformed is None:
+                with self.gov.db.transaction():
+                    # One statement checks and records: the node's own task, this nonce (the request is
+                    # already signed by the node, so only the node itself could probe it), still open,
+                    # before its deadline, in the question's current round.
+                    taken = self.store.query(
+                        "UPDATE mercia_fed_task SET status = ?, answered_at = ?, count = ?, unlinkable = ?, reason = ?, "
+                        "last_load = ?, data_version = ? WHERE id = ? AND org = ? AND nonce = ? "
+                        "AND status IN ('issued', 'sent') AND expires_at >= ? "
+                        "AND round = (SELECT q.round FROM mercia_fed_query q WHERE q.id = query_id) RETURNING query_id",
+                        [result.status, _iso(_now()), result.count, result.unlinkable, result.reason, result.last_load,
+                         result.data_version, result.task_id, org, result.nonce, _iso(_now())])
+                    if taken:
+                        query_id = taken[0][0]
+                        self.gov.audit.record(f"node:{org}", "federation.result", f"task:{result.task_id}",
+                                              self._project_of(query_id), query=query_id, status=result.status,
+                                              count=result.count, reason=result.reason)
+            if not taken:
+                self._refuse_result(org, result, malformed)
             if result.status == "answered":
                 self._tokens[result.task_id] = rows
                 self._site_extra[result.task_id] = {"linked": result.linked, "cells": result.cells,
                                                     "labels": result.labels, "unlinkable": result.unlinkable_cells}
             self.result_news.announce()
+
+    def _project_of(self, query_id: int) -> int:
+        """The project a question belongs to (kept: it never changes)."""
+        if query_id not in self._projects:
+            self._projects[query_id] = self.store.query_one("SELECT project_id FROM mercia_fed_query WHERE id = ?",
+                                                            [query_id])
+        return self._projects[query_id]
+
+    def _refuse_result(self, org: str, result: NodeResult, malformed: str | None) -> None:
+        """Why a result was not taken (in the audit log), raised as Rejected."""
+        task = self.store.query_dicts("SELECT t.*, q.project_id, q.round AS current_round FROM mercia_fed_task t "
+                                      "JOIN mercia_fed_query q ON q.id = t.query_id WHERE t.id = ? AND t.org = ?",
+                                      [result.task_id, org])
+        if not task:
+            raise Rejected(f"node {org} has no task {result.task_id}")
+        task = task[0]
+        if not secrets.compare_digest(task["nonce"], result.nonce):
+            problem = "the nonce does not match the task (replayed or forged)"
+        elif task["status"] == "timed_out" or (task["status"] in ("issued", "sent")
+                                               and _now() > _parse(task["expires_at"])):
+            problem = "the result arrived after the deadline; the user can refresh the question"
+        elif task["status"] not in ("issued", "sent") or task["round"] != task["current_round"]:
+            problem = f"task {result.task_id} is already {task['status']} (replay or superseded round)"
+        else:
+            problem = f"members: {malformed}" if malformed else "the task changed while its result was recorded"
+        self.gov.audit.record(f"node:{org}", "federation.reject", f"task:{result.task_id}", task["project_id"],
+                              reason=problem)
+        raise Rejected(problem)
 
 
 class News:
