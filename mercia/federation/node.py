@@ -259,8 +259,17 @@ class NodeAgent:
         return self.client.post(path, content=body, headers=self._headers("POST", path, body))
 
     def handle(self, task: Task) -> NodeResult | None:
-        """Decide on one task against local control; None while it waits for the data manager."""
-        store, audit = self._open()
+        """Decide on one task against local control; None while it waits for the data manager.  Uses the
+        store the node loop holds open, else opens it for this task only."""
+        if self._store is not None:
+            return self._decide(task, self._store, self._audit)
+        store = open_node_store(self.db, self.schema)
+        try:
+            return self._decide(task, store, node_audit(store))
+        finally:
+            store.close()
+
+    def _decide(self, task: Task, store: Store, audit: AuditLog) -> NodeResult | None:
         paused = bool(store.query_one("SELECT paused FROM mercia_fed_state"))
         decision = self.policy.decide(task.query.kind)
         if decision == "approve":
@@ -298,13 +307,12 @@ class NodeAgent:
                      status=result.status, count=result.count, fingerprint=fingerprint(task.query.model_dump()))
         return result
 
-    def _open(self) -> tuple[Store, AuditLog]:
-        """The node's store and audit log, opened once and kept while questions keep coming: opening a
-        store and its audit log costs more than a small question."""
+    def hold(self) -> None:
+        """Open the node's store and audit log and keep them while questions keep coming (``step``): opening
+        them costs more than a small question."""
         if self._store is None:
             self._store = open_node_store(self.db, self.schema)
             self._audit = node_audit(self._store)
-        return self._store, self._audit
 
     def release(self) -> None:
         """Close the store, so that the data manager's commands and loads can open a DuckDB file."""
@@ -312,10 +320,13 @@ class NodeAgent:
             self._store.close()
             self._store = self._audit = None
 
-    def step(self) -> int:
-        """One poll: fetch work, answer what can be answered; returns how many results were posted."""
+    def step(self, keep_open: bool = False) -> int:
+        """One poll: fetch work, answer what can be answered; returns how many results were posted.  With
+        ``keep_open`` (the node's loop) the store stays open after an answer, for the next question."""
         posted = 0
         tasks = self.fetch()
+        if tasks:
+            self.hold()
         for task in tasks:
             result = self.handle(task)
             if result is not None:
@@ -323,7 +334,7 @@ class NodeAgent:
                 if response.status_code >= 400:
                     log.warning("hub refused task %s: %s", task.task_id, response.text)
                 posted += 1
-        if not posted:   # no question answered: let the data manager's commands and loads in
+        if not (keep_open and posted):   # nothing answered: let the data manager's commands and loads in
             self.release()
         if tasks and not posted:   # everything waits for the data manager: do not spin
             self.stop.wait(0.5)
@@ -333,7 +344,7 @@ class NodeAgent:
         backoff = 0.2
         while not self.stop.is_set():
             try:
-                self.step()
+                self.step(keep_open=True)
                 if not self.connected:
                     log.info("connected to %s", self.hub_url)
                 self.connected, backoff = True, 0.2
