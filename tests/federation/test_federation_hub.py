@@ -4,6 +4,8 @@ region's ground truth, signatures, replay, late results, governance refusals, bu
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
@@ -135,6 +137,27 @@ def test_a_node_of_another_protocol_version_is_refused_clearly(network, hub_fact
     newer[PROTOCOL_HEADER] = str(PROTOCOL_VERSION + 1)
     assert client.get(path, headers=newer).status_code == 426
     assert client.get(path, headers=agent._headers("GET", path, b"")).status_code == 200
+
+
+def opens_elsewhere(url: str) -> bool:
+    """Can another process open this DuckDB file (as the data manager's commands and loads must)?"""
+    probe = subprocess.run([sys.executable, "-c", f"import duckdb; duckdb.connect({url!r}).close()"],
+                           capture_output=True, text=True)
+    return probe.returncode == 0
+
+
+def test_the_node_loop_keeps_its_store_open_only_while_questions_keep_coming(network, hub_factory):
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    node = network.nodes[0]
+    agent = agents(network, client, nodes=[node])[node.org]
+    ask(client, token, project_id)
+    assert agent.step(keep_open=True) == 1
+    assert not opens_elsewhere(node.url)        # held for the next question...
+    assert agent.step(keep_open=True) == 0
+    assert opens_elsewhere(node.url)            # ...and let go when none came
+    ask(client, token, project_id)
+    assert agent.step() == 1 and opens_elsewhere(node.url)   # a step outside the loop never holds it
 
 
 def test_a_late_result_does_not_change_a_returned_answer_and_refresh_asks_again(network, hub_factory, monkeypatch):
