@@ -91,8 +91,9 @@ class NodePolicy:
         return "auto" if kind in self.auto else "refuse"
 
 
-def open_node_store(url: str, schema: str | None = None, attempts: int = 100) -> Store:
-    """Open the node's store; a DuckDB file held briefly by the other side (node or CLI) is retried."""
+def open_node_store(url: str, schema: str | None = None, attempts: int = 200) -> Store:
+    """Open the node's store; a DuckDB file held by the other side (the node, for a second or two after
+    its last answer, or a CLI command) is retried for up to 10 s."""
     for attempt in range(attempts):
         try:
             store = Store(url, schema=schema)
