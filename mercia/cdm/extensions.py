@@ -12,7 +12,8 @@
 - ``mercia_registration``: GP registrations, from which observation periods are built.
 - ``mercia_person_link``: one row per organisation's person, with the keyed-hash NHS pseudonym
   and linkage tokens (computed before identifiers were dropped) and the person_id it links to.
-- ``mercia_network_token``: per local person record, its network linkage token (mercia.federation).
+- ``mercia_network_token``: per local person record, its network linkage token (mercia.federation);
+  ``mercia_person_token``: the same per person, for questions.
 - ``mercia_record_version``: the newest source version (lastUpdated, versionId) of each loaded record.
 - ``mercia_organisation``: the organisations (ODS codes) that send extracts, with their names.
 - ``mercia_id_block``: the id counters behind ``Store.allocate_ids``.
@@ -74,6 +75,13 @@ DDL.append("""CREATE TABLE IF NOT EXISTS mercia_record_version (
 # than what was loaded before); the data-quality report shows them for each organisation's latest load.
 DDL.extend(f"ALTER TABLE mercia_load ADD COLUMN IF NOT EXISTS {column} BIGINT" for column in (
     "records_changed", "records_removed", "records_superseded"))
+# The same tokens per person (mercia.federation.tokens.refresh_person_tokens, after each load): a question
+# joins its cohort to them on the integer person_id.  Each token is its first 16 bytes, in hex.
+DDL.append("""CREATE TABLE IF NOT EXISTS mercia_person_token (
+        person_id BIGINT NOT NULL, nhs VARCHAR, demographic VARCHAR)""")
+# What mercia_person_token was built from (a fingerprint of the links and tokens), so a change by any
+# other path (linkage merging persons, an opt-out deletion) is seen and the table rebuilt.
+DDL.append("CREATE TABLE IF NOT EXISTS mercia_person_token_source (fingerprint VARCHAR NOT NULL)")
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_organisation (
         ods_code VARCHAR NOT NULL PRIMARY KEY, name VARCHAR NOT NULL, kind VARCHAR, registered_at TIMESTAMP NOT NULL)""")
 INDEXES = [

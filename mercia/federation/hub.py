@@ -8,6 +8,7 @@ affected tasks.  Every question, refusal, node result and answer is in the gover
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 import time
@@ -22,7 +23,7 @@ import pyarrow as pa
 from mercia.cdm import Store
 from mercia.cohorts.model import CohortDefinitionError
 from mercia.federation.disclosure import FederatedPolicy, federated_policy
-from mercia.federation.messages import QUERY, CohortQuery, NodeResult, Task, partitioned
+from mercia.federation.messages import PROTOCOL_VERSION, QUERY, CohortQuery, NodeResult, Task, partitioned
 from mercia.federation.signing import SignatureError, load_public_key, verify
 from mercia.federation.tokens import new_salt, unpack_tokens
 from mercia.governance import Role, Throttled, User
@@ -50,6 +51,7 @@ DDL = [
 ]
 FINAL_TASK_STATUSES = ("answered", "refused", "paused", "error")
 CLOCK_SKEW = timedelta(seconds=120)
+LAST_SEEN_EVERY = 5.0   # seconds between writes of a node's last_seen (it is offline after node_offline_after)
 
 
 class FederationError(GovernanceError):
@@ -96,8 +98,10 @@ class Hub:
         self._tokens: dict[int, pa.Table] = {}   # task id -> salted tokens per cell, in memory only
         self._site_extra: dict[int, dict[str, Any]] = {}    # task id -> per-cell published counts, labels
         self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
-        self.issued = 0     # rounds issued by this process: a waiting node looks for its work as soon as it moves
-        self.received = 0   # results accepted by this process: a waiting researcher looks at the answer
+        self._projects: dict[int, int] = {}          # question id -> its project
+        self._seen_written: dict[str, float] = {}    # node -> when this process last wrote its last_seen
+        self.work_news = News()     # a round issued by this process: waiting nodes look for their work
+        self.result_news = News()   # a result accepted by this process: waiting researchers look at the answer
         with self._lock, self.gov.db.transaction():
             for statement in DDL:
                 self.store.execute(statement)
@@ -223,7 +227,7 @@ class Hub:
                                "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, 'issued')"] * len(orgs)),
                                [value for i, org in enumerate(orgs)
                                 for value in (first + i, qid, round_, org, secrets.token_hex(16), salt, _iso(deadline))])
-        self.issued += 1
+        self.work_news.announce()
         return orgs
 
     def _reissue_forgotten(self) -> None:
@@ -387,7 +391,9 @@ class Hub:
             if signature in self._seen_requests:
                 raise Rejected("this request was already received (replay)")
             self._seen_requests[signature] = moment
-            self.store.execute("UPDATE mercia_fed_node SET last_seen = ? WHERE org = ?", [_iso(_now()), org])
+            if time.time() - self._seen_written.get(org, 0.0) >= LAST_SEEN_EVERY:   # health needs no finer grain
+                self.store.execute("UPDATE mercia_fed_node SET last_seen = ? WHERE org = ?", [_iso(_now()), org])
+                self._seen_written[org] = time.time()
         return org
 
     def work_for(self, org: str) -> list[Task]:
@@ -414,41 +420,101 @@ class Hub:
             malformed = None
         except ValueError as exc:
             rows, malformed = None, str(exc)
+        taken = []
         with self._lock:
-            task = self.store.query_dicts("SELECT t.*, q.project_id, q.round AS current_round FROM mercia_fed_task t "
-                                          "JOIN mercia_fed_query q ON q.id = t.query_id WHERE t.id = ? AND t.org = ?",
-                                          [result.task_id, org])
-            if not task:
-                raise Rejected(f"node {org} has no task {result.task_id}")
-            task = task[0]
-            problem = None
-            if not secrets.compare_digest(task["nonce"], result.nonce):
-                problem = "the nonce does not match the task (replayed or forged)"
-            elif task["status"] == "timed_out" or (task["status"] in ("issued", "sent")
-                                                   and _now() > _parse(task["expires_at"])):
-                problem = "the result arrived after the deadline; the user can refresh the question"
-            elif task["status"] not in ("issued", "sent") or task["round"] != task["current_round"]:
-                problem = f"task {result.task_id} is already {task['status']} (replay or superseded round)"
-            elif malformed:
-                problem = f"members: {malformed}"
-            if problem:
-                self.gov.audit.record(f"node:{org}", "federation.reject", f"task:{result.task_id}",
-                                      task["project_id"], reason=problem)
-                raise Rejected(problem)
-            with self.gov.db.transaction():
-                self.store.execute(
-                    "UPDATE mercia_fed_task SET status = ?, answered_at = ?, count = ?, unlinkable = ?, reason = ?, "
-                    "last_load = ?, data_version = ? WHERE id = ?",
-                    [result.status, _iso(_now()), result.count, result.unlinkable, result.reason, result.last_load,
-                     result.data_version, result.task_id])
-                self.gov.audit.record(f"node:{org}", "federation.result", f"task:{result.task_id}",
-                                      task["project_id"], query=task["query_id"], status=result.status,
-                                      count=result.count, reason=result.reason)
+            if malformed is None:
+                with self.gov.db.transaction():
+                    # One statement checks and records: the node's own task, this nonce (the request is
+                    # already signed by the node, so only the node itself could probe it), still open,
+                    # before its deadline, in the question's current round.
+                    taken = self.store.query(
+                        "UPDATE mercia_fed_task SET status = ?, answered_at = ?, count = ?, unlinkable = ?, reason = ?, "
+                        "last_load = ?, data_version = ? WHERE id = ? AND org = ? AND nonce = ? "
+                        "AND status IN ('issued', 'sent') AND expires_at >= ? "
+                        "AND round = (SELECT q.round FROM mercia_fed_query q WHERE q.id = query_id) RETURNING query_id",
+                        [result.status, _iso(_now()), result.count, result.unlinkable, result.reason, result.last_load,
+                         result.data_version, result.task_id, org, result.nonce, _iso(_now())])
+                    if taken:
+                        query_id = taken[0][0]
+                        self.gov.audit.record(f"node:{org}", "federation.result", f"task:{result.task_id}",
+                                              self._project_of(query_id), query=query_id, status=result.status,
+                                              count=result.count, reason=result.reason)
+            if not taken:
+                self._refuse_result(org, result, malformed)
             if result.status == "answered":
                 self._tokens[result.task_id] = rows
                 self._site_extra[result.task_id] = {"linked": result.linked, "cells": result.cells,
                                                     "labels": result.labels, "unlinkable": result.unlinkable_cells}
-            self.received += 1
+            self.result_news.announce()
+
+    def _project_of(self, query_id: int) -> int:
+        """The project a question belongs to (kept: it never changes)."""
+        if query_id not in self._projects:
+            self._projects[query_id] = self.store.query_one("SELECT project_id FROM mercia_fed_query WHERE id = ?",
+                                                            [query_id])
+        return self._projects[query_id]
+
+    def _refuse_result(self, org: str, result: NodeResult, malformed: str | None) -> None:
+        """Why a result was not taken (in the audit log), raised as Rejected."""
+        task = self.store.query_dicts("SELECT t.*, q.project_id, q.round AS current_round FROM mercia_fed_task t "
+                                      "JOIN mercia_fed_query q ON q.id = t.query_id WHERE t.id = ? AND t.org = ?",
+                                      [result.task_id, org])
+        if not task:
+            raise Rejected(f"node {org} has no task {result.task_id}")
+        task = task[0]
+        if not secrets.compare_digest(task["nonce"], result.nonce):
+            problem = "the nonce does not match the task (replayed or forged)"
+        elif task["status"] == "timed_out" or (task["status"] in ("issued", "sent")
+                                               and _now() > _parse(task["expires_at"])):
+            problem = "the result arrived after the deadline; the user can refresh the question"
+        elif task["status"] not in ("issued", "sent") or task["round"] != task["current_round"]:
+            problem = f"task {result.task_id} is already {task['status']} (replay or superseded round)"
+        else:
+            problem = f"members: {malformed}" if malformed else "the task changed while its result was recorded"
+        self.gov.audit.record(f"node:{org}", "federation.reject", f"task:{result.task_id}", task["project_id"],
+                              reason=problem)
+        raise Rejected(problem)
+
+
+class News:
+    """Wakes the hub's long polls (coroutines on an event loop) when this process issues a round or accepts a
+    result; announced from any thread.  Waking beats looking at the counters every few milliseconds, which
+    cost the hub CPU for every waiting node and researcher."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+
+    def subscribe(self) -> asyncio.Future:
+        """A future done at the next announcement (subscribe, then look, then wait: nothing is missed)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            self._waiting.append((loop, future))
+        return future
+
+    async def wait(self, future: asyncio.Future, seconds: float) -> None:
+        """Until ``future`` is done or ``seconds`` pass."""
+        try:
+            await asyncio.wait_for(future, max(seconds, 0.0))
+        except TimeoutError:
+            self.forget(future)
+
+    def forget(self, future: asyncio.Future) -> None:
+        """No longer waiting for ``future`` (a long poll that ends)."""
+        with self._lock:
+            self._waiting = [(loop, f) for loop, f in self._waiting if f is not future]
+
+    def announce(self) -> None:
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for loop, future in waiting:
+            loop.call_soon_threadsafe(_settle, future)
+
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 MEMBER_ROWS = pa.schema([("site", pa.string()), ("nhs_hi", pa.uint64()), ("nhs_lo", pa.uint64()),
@@ -543,7 +609,8 @@ def months_between(start: str, end: str) -> list[str]:
 
 
 def request_message(org: str, method: str, path: str, stamp: str | None, body: bytes) -> bytes:
-    """What a node signs for each request: who, what, when and a digest of the body."""
+    """What a node signs for each request: the protocol, who, what, when and a digest of the body."""
     import hashlib
 
-    return "\n".join([org, method.upper(), path, stamp or "", hashlib.sha256(body).hexdigest()]).encode()
+    return "\n".join([f"mercia-federation/{PROTOCOL_VERSION}", org, method.upper(), path, stamp or "",
+                      hashlib.sha256(body).hexdigest()]).encode()

@@ -7,7 +7,6 @@ the hub: they fetch work by long-polling ``GET /node/work`` and post signed resu
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,14 +19,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
 from mercia.federation.hub import Hub
-from mercia.federation.messages import NodeResult, Query
+from mercia.federation.messages import PROTOCOL_HEADER, PROTOCOL_VERSION, NodeResult, Query
 from mercia.governance import User
 from mercia.governance import Throttled
 from mercia.governance.model import Conflict, Forbidden, GovernanceError, NotFound
 
 PREFIX = "/api/v1/federation"
 MAX_WAIT = 25.0
-LOOK_AGAIN, WAKE = 0.5, 0.02   # seconds: a long poll's look at the store, and at this process's news
+# seconds: how often a long poll looks at the store without news from this process (results taken, work
+# issued by another process of a shared store; the deadline).  A node's look costs the hub a query, and
+# every enrolled node is waiting all the time.
+ANSWER_LOOK_AGAIN, WORK_LOOK_AGAIN = 0.5, 2.0
 bearer = HTTPBearer(auto_error=False, description="personal API token")
 
 
@@ -50,8 +52,13 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
     router = APIRouter(prefix="/federation")
 
     async def node(request: Request) -> str:
-        body = await request.body()
         h = request.headers
+        spoken = h.get(PROTOCOL_HEADER)
+        if spoken != str(PROTOCOL_VERSION) and (spoken or h.get("x-mercia-signature")):   # version 1 did not say
+            raise HTTPException(426, f"this hub speaks federation protocol {PROTOCOL_VERSION} and node "
+                                     f"{h.get('x-mercia-node')!r} speaks {spoken or 1}: upgrade the node's Mercia",
+                                headers={"Upgrade": f"mercia-federation/{PROTOCOL_VERSION}"})
+        body = await request.body()
         return await run_in_threadpool(hub_of(request).authenticate_node, h.get("x-mercia-node"), request.method,
                                        request.url.path, h.get("x-mercia-time"), body, h.get("x-mercia-signature"))
 
@@ -74,14 +81,12 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
         hub = hub_of(request)
         end = time.monotonic() + wait
         while True:
-            received, looked = hub.received, time.monotonic()
+            news = hub.result_news.subscribe()
             found = await run_in_threadpool(hub.answer, caller, query_id)
             if found["status"] != "running" or time.monotonic() >= end:
+                hub.result_news.forget(news)
                 return found
-            # look again when a node's result arrives here, else every LOOK_AGAIN seconds (the deadline,
-            # results taken by another process of a shared store)
-            while hub.received == received and time.monotonic() < min(looked + LOOK_AGAIN, end):
-                await asyncio.sleep(WAKE)
+            await hub.result_news.wait(news, min(ANSWER_LOOK_AGAIN, end - time.monotonic()))
 
     @router.post("/queries/{query_id}/refresh", tags=["federation"])
     def refresh(query_id: int, request: Request, caller: User = Depends(user)) -> dict[str, Any]:
@@ -111,14 +116,12 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
         hub = hub_of(request)
         end = time.monotonic() + min(max(wait, 0.0), MAX_WAIT)
         while True:
-            issued, looked = hub.issued, time.monotonic()
+            news = hub.work_news.subscribe()
             tasks = await run_in_threadpool(hub.work_for, org)
             if tasks or time.monotonic() >= end:
+                hub.work_news.forget(news)
                 return [t.model_dump() for t in tasks]
-            # look again every LOOK_AGAIN seconds (work issued by another process of a shared store),
-            # at once when this process issues a round
-            while hub.issued == issued and time.monotonic() < min(looked + LOOK_AGAIN, end):
-                await asyncio.sleep(WAKE)
+            await hub.work_news.wait(news, min(WORK_LOOK_AGAIN, end - time.monotonic()))
 
     @router.post("/node/results", tags=["federation nodes"])
     async def result(request: Request, org: str = Depends(node)) -> dict[str, str]:

@@ -10,7 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator,
 from mercia.cohorts.model import CohortExpression
 from mercia.privacy.differencing import cohort_parts
 
-PROTOCOL_VERSION = 1
+QUERY_VERSION = 1      # the question a researcher asks (the API's message)
+# What hub and nodes speak (headers, signed requests, how tokens are salted).  2: nodes salt per-person
+# tokens of 16 bytes (mercia_person_token), so a version-1 node's tokens would never match a version-2 node's.
+PROTOCOL_VERSION = 2
+PROTOCOL_HEADER = "X-Mercia-Protocol"
 
 
 STRATA = ("sex", "age_band", "imd_quintile", "year")
@@ -22,7 +26,7 @@ class CohortQuery(BaseModel):
     """What every question kind shares: one ATLAS/Circe cohort, run by each node's own cohort engine."""
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[1] = PROTOCOL_VERSION
+    version: Literal[1] = QUERY_VERSION
     cohort: dict[str, Any] = Field(description="an ATLAS/Circe cohort definition (JSON object)")
 
     def expression(self) -> CohortExpression:

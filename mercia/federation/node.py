@@ -27,13 +27,14 @@ import yaml
 from mercia.analytics.base import age_band_sql, concept_names, index_table_sql, temp_table
 from mercia.cdm import Store, StoreError
 from mercia.cdm.dialect import as_text
+from mercia.cdm.extensions import ensure_extension_tables
 from mercia.cohorts.registry import scratch_cohort
 from mercia.cohorts.runner import run_cohort
 from mercia.federation.disclosure import federated_policy
 from mercia.federation.hub import _iso, _now, request_message
 from mercia.federation.hubapp import PREFIX
-from mercia.federation.messages import (KINDS, CharacterisationQuery, CohortQuery, FeasibilityQuery, Members, NodeResult,
-                                        Task, TrialFeasibilityQuery)
+from mercia.federation.messages import (KINDS, PROTOCOL_HEADER, PROTOCOL_VERSION, CharacterisationQuery, CohortQuery,
+                                        FeasibilityQuery, Members, NodeResult, Task, TrialFeasibilityQuery)
 from mercia.federation.signing import load_private_key, sign
 from mercia.federation.tokens import cohort_tokens, pack_tokens
 from mercia.governance.audit import AuditLog
@@ -49,6 +50,9 @@ NODE_DDL = [
     "ALTER TABLE mercia_fed_inbox ADD COLUMN IF NOT EXISTS issue VARCHAR",
     "CREATE TABLE IF NOT EXISTS mercia_fed_state (paused BOOLEAN NOT NULL)",
 ]
+
+
+HOLD_SECONDS = 1.0   # the store stays open this long after an answer, waiting for the next question
 
 
 class NodeError(Exception):
@@ -88,8 +92,9 @@ class NodePolicy:
         return "auto" if kind in self.auto else "refuse"
 
 
-def open_node_store(url: str, schema: str | None = None, attempts: int = 100) -> Store:
-    """Open the node's store; a DuckDB file held briefly by the other side (node or CLI) is retried."""
+def open_node_store(url: str, schema: str | None = None, attempts: int = 200) -> Store:
+    """Open the node's store; a DuckDB file held by the other side (the node, for a second or two after
+    its last answer, or a CLI command) is retried for up to 10 s."""
     for attempt in range(attempts):
         try:
             store = Store(url, schema=schema)
@@ -98,6 +103,7 @@ def open_node_store(url: str, schema: str | None = None, attempts: int = 100) ->
             if "lock" not in str(exc).lower() or attempt == attempts - 1:
                 raise
             time.sleep(0.05)
+    ensure_extension_tables(store)   # a store from before a Mercia upgrade gets the tables added since
     for statement in NODE_DDL:
         store.execute(statement)
     if not store.query_one("SELECT count(*) FROM mercia_fed_state"):
@@ -236,15 +242,20 @@ class NodeAgent:
         self.stop = threading.Event()
         self.client = client or httpx.Client(base_url=self.hub_url, timeout=wait + 30)
         self.connected = False
+        self._store: Store | None = None    # kept open while questions keep coming (release())
+        self._audit: AuditLog | None = None
 
     def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
         stamp = f"{time.time():.6f}"
         return {"X-Mercia-Node": self.org, "X-Mercia-Time": stamp, "Content-Type": "application/json",
+                PROTOCOL_HEADER: str(PROTOCOL_VERSION),
                 "X-Mercia-Signature": sign(self.key, request_message(self.org, method, path, stamp, body))}
 
     def fetch(self) -> list[Task]:
+        """The node's tasks; while its store is held open, waits at most HOLD_SECONDS for them."""
         path = f"{PREFIX}/node/work"
-        response = self.client.get(path, params={"wait": self.wait}, headers=self._headers("GET", path, b""))
+        wait = self.wait if self._store is None else min(self.wait, HOLD_SECONDS)
+        response = self.client.get(path, params={"wait": wait}, headers=self._headers("GET", path, b""))
         response.raise_for_status()
         return [Task.model_validate(t) for t in response.json()]
 
@@ -254,53 +265,74 @@ class NodeAgent:
         return self.client.post(path, content=body, headers=self._headers("POST", path, body))
 
     def handle(self, task: Task) -> NodeResult | None:
-        """Decide on one task against local control; None while it waits for the data manager."""
+        """Decide on one task against local control; None while it waits for the data manager.  Uses the
+        store the node loop holds open, else opens it for this task only."""
+        if self._store is not None:
+            return self._decide(task, self._store, self._audit)
         store = open_node_store(self.db, self.schema)
         try:
-            audit = node_audit(store)
-            paused = bool(store.query_one("SELECT paused FROM mercia_fed_state"))
-            decision = self.policy.decide(task.query.kind)
-            if decision == "approve":
-                # A decision holds for exactly the task decided on: a task id met again in another issue
-                # (a hub rebuilt, a second hub) waits for a decision of its own.
-                body = orjson.dumps(task.query.model_dump()).decode()
-                issue = hashlib.sha256(task.salt.encode()).hexdigest()[:32]
-                status = store.query_one("SELECT status FROM mercia_fed_inbox WHERE task_id = ? AND query_id = ? "
-                                         "AND body = ? AND issue = ?", [task.task_id, task.query_id, body, issue])
-                if status is None:
-                    # an undecided earlier issue of this task id can no longer be answered: set it aside
-                    store.execute("UPDATE mercia_fed_inbox SET status = 'superseded' WHERE task_id = ? "
-                                  "AND status = 'pending'", [task.task_id])
-                    store.execute("INSERT INTO mercia_fed_inbox (task_id, query_id, kind, body, status, received_at, "
-                                  "issue) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                                  [task.task_id, task.query_id, task.query.kind, body, _iso(_now()), issue])
-                    audit.record("node", "node.pending", f"task:{task.task_id}", kind=task.query.kind)
-                    return None
-                if status == "pending":
-                    return None
-                decision = "auto" if status == "approved" else "refuse"
-            common = {"task_id": task.task_id, "org": self.org, "nonce": task.nonce}
-            if paused:
-                result = NodeResult(**common, status="paused", reason="the node is paused by its organisation")
-            elif decision == "refuse":
-                result = NodeResult(**common, status="refused",
-                                    reason=f"{task.query.kind} questions are refused by this organisation")
-            else:
-                try:
-                    result = answer_query(store, task, self.policy, self.org)
-                except Exception as exc:  # a failing question must not stop the node; the hub is told
-                    log.exception("task %s failed", task.task_id)
-                    result = NodeResult(**common, status="error", reason=f"{type(exc).__name__}: {exc}"[:500])
-            audit.record("node", "node.run", f"task:{task.task_id}", query=task.query_id, kind=task.query.kind,
-                         status=result.status, count=result.count, fingerprint=fingerprint(task.query.model_dump()))
-            return result
+            return self._decide(task, store, node_audit(store))
         finally:
             store.close()
 
-    def step(self) -> int:
-        """One poll: fetch work, answer what can be answered; returns how many results were posted."""
+    def _decide(self, task: Task, store: Store, audit: AuditLog) -> NodeResult | None:
+        paused = bool(store.query_one("SELECT paused FROM mercia_fed_state"))
+        decision = self.policy.decide(task.query.kind)
+        if decision == "approve":
+            # A decision holds for exactly the task decided on: a task id met again in another issue
+            # (a hub rebuilt, a second hub) waits for a decision of its own.
+            body = orjson.dumps(task.query.model_dump()).decode()
+            issue = hashlib.sha256(task.salt.encode()).hexdigest()[:32]
+            status = store.query_one("SELECT status FROM mercia_fed_inbox WHERE task_id = ? AND query_id = ? "
+                                     "AND body = ? AND issue = ?", [task.task_id, task.query_id, body, issue])
+            if status is None:
+                # an undecided earlier issue of this task id can no longer be answered: set it aside
+                store.execute("UPDATE mercia_fed_inbox SET status = 'superseded' WHERE task_id = ? "
+                              "AND status = 'pending'", [task.task_id])
+                store.execute("INSERT INTO mercia_fed_inbox (task_id, query_id, kind, body, status, received_at, "
+                              "issue) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                              [task.task_id, task.query_id, task.query.kind, body, _iso(_now()), issue])
+                audit.record("node", "node.pending", f"task:{task.task_id}", kind=task.query.kind)
+                return None
+            if status == "pending":
+                return None
+            decision = "auto" if status == "approved" else "refuse"
+        common = {"task_id": task.task_id, "org": self.org, "nonce": task.nonce}
+        if paused:
+            result = NodeResult(**common, status="paused", reason="the node is paused by its organisation")
+        elif decision == "refuse":
+            result = NodeResult(**common, status="refused",
+                                reason=f"{task.query.kind} questions are refused by this organisation")
+        else:
+            try:
+                result = answer_query(store, task, self.policy, self.org)
+            except Exception as exc:  # a failing question must not stop the node; the hub is told
+                log.exception("task %s failed", task.task_id)
+                result = NodeResult(**common, status="error", reason=f"{type(exc).__name__}: {exc}"[:500])
+        audit.record("node", "node.run", f"task:{task.task_id}", query=task.query_id, kind=task.query.kind,
+                     status=result.status, count=result.count, fingerprint=fingerprint(task.query.model_dump()))
+        return result
+
+    def hold(self) -> None:
+        """Open the node's store and audit log and keep them while questions keep coming (``step``): opening
+        them costs more than a small question."""
+        if self._store is None:
+            self._store = open_node_store(self.db, self.schema)
+            self._audit = node_audit(self._store)
+
+    def release(self) -> None:
+        """Close the store, so that the data manager's commands and loads can open a DuckDB file."""
+        if self._store is not None:
+            self._store.close()
+            self._store = self._audit = None
+
+    def step(self, keep_open: bool = False) -> int:
+        """One poll: fetch work, answer what can be answered; returns how many results were posted.  With
+        ``keep_open`` (the node's loop) the store stays open after an answer, for the next question."""
         posted = 0
         tasks = self.fetch()
+        if tasks:
+            self.hold()
         for task in tasks:
             result = self.handle(task)
             if result is not None:
@@ -308,6 +340,8 @@ class NodeAgent:
                 if response.status_code >= 400:
                     log.warning("hub refused task %s: %s", task.task_id, response.text)
                 posted += 1
+        if not (keep_open and posted):   # nothing answered: let the data manager's commands and loads in
+            self.release()
         if tasks and not posted:   # everything waits for the data manager: do not spin
             self.stop.wait(0.5)
         return posted
@@ -316,14 +350,23 @@ class NodeAgent:
         backoff = 0.2
         while not self.stop.is_set():
             try:
-                self.step()
+                self.step(keep_open=True)
                 if not self.connected:
                     log.info("connected to %s", self.hub_url)
                 self.connected, backoff = True, 0.2
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 426:
+                    raise
+                log.error("the hub refused this node: %s", exc.response.text)   # retried: the hub may be rolled back
+                self.connected = False
+                self.release()
+                self.stop.wait(5.0)
             except (httpx.HTTPError, OSError) as exc:
                 if self.connected:
                     log.warning("lost the hub (%s); retrying", exc)
                 self.connected = False
+                self.release()
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+        self.release()
         self.client.close()

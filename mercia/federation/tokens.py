@@ -97,7 +97,7 @@ def record_network_tokens(store: Store, org: str, persons: pa.Table, load_id: in
                           network_key: bytes, allow_synthetic: bool = False) -> int:
     """Store the network tokens of a load's persons (the staged table, identifiers still in clear, as
     ``mercia.ingest`` reads it), keyed by the organisation's source pseudonym; replaces earlier tokens
-    of the same records.  Returns the number of tokens stored."""
+    of the same records, and rebuilds the per-person tokens.  Returns the number of tokens stored."""
     if persons.num_rows == 0:
         return 0
     tokens = network_tokens(network_key, persons, allow_synthetic)
@@ -113,29 +113,63 @@ def record_network_tokens(store: Store, org: str, persons: pa.Table, load_id: in
         store.execute("DELETE FROM mercia_network_token WHERE org = ? AND source_pseudonym IN "
                       "(SELECT source_pseudonym FROM fed_refresh)", [org])
         store.insert_arrow("mercia_network_token", rows)
+        refresh_person_tokens(store)
     return rows.num_rows
 
 
-# Per person of the cohort: HMAC(salt, token) of the NHS token of any of its local records, and of its
-# demographic token, computed in the store (one pass, no tokens leave it unsalted).  A person with neither
-# is counted as "unlinkable" (it cannot be de-duplicated).
+# Per person: the NHS token of any of its local records and its demographic token, each cut to its first
+# 16 bytes (32 hex digits; 128 bits are plenty to tell persons apart), so a question joins on person_id.
+PERSON_TOKENS_SQL = """
+    INSERT INTO mercia_person_token (person_id, nhs, demographic)
+    SELECT l.person_id, substr(min(CASE WHEN t.token_kind = 'nhs' THEN t.token END), 1, 32),
+           substr(min(CASE WHEN t.token_kind = 'demographic' THEN t.token END), 1, 32)
+    FROM mercia_person_link l JOIN mercia_network_token t ON t.org = l.org AND t.source_pseudonym = l.source_pseudonym
+    GROUP BY l.person_id"""
+# What the per-person tokens depend on: which records link to which person, and the tokens stored.
+SOURCE_FINGERPRINT_SQL = """
+    SELECT (SELECT count(*) FROM mercia_person_link), (SELECT COALESCE(sum(person_id), 0) FROM mercia_person_link),
+           (SELECT COALESCE(sum(load_id), 0) FROM mercia_person_link), (SELECT count(*) FROM mercia_network_token),
+           (SELECT COALESCE(sum(load_id), 0) FROM mercia_network_token)"""
+
+
+def _source_fingerprint(store: Store) -> str:
+    return ":".join(str(int(v)) for v in store.query(SOURCE_FINGERPRINT_SQL)[0])
+
+
+def refresh_person_tokens(store: Store) -> int:
+    """Rebuild ``mercia_person_token`` from the person links and network tokens (after every load; each
+    question also rebuilds it when links changed by another path).  Returns the persons with a token."""
+    with store.transaction():
+        store.execute("DELETE FROM mercia_person_token")
+        store.execute(PERSON_TOKENS_SQL)
+        store.execute("DELETE FROM mercia_person_token_source")
+        store.execute("INSERT INTO mercia_person_token_source VALUES (?)", [_source_fingerprint(store)])
+    return int(store.query_one("SELECT count(*) FROM mercia_person_token"))
+
+
+def person_tokens_current(store: Store) -> bool:
+    """Were the per-person tokens built from the links and tokens the store holds now?"""
+    return store.query_one("SELECT fingerprint FROM mercia_person_token_source") == _source_fingerprint(store)
+
+
+# Per person of the cohort: HMAC(salt, token) of its NHS token and of its demographic token, computed in the
+# store (no token leaves it unsalted).  A person with neither is counted as "unlinkable" (not de-duplicated).
 COHORT_TOKENS_SQL = """
-    WITH members AS (SELECT DISTINCT subject_id AS person_id FROM {cohort_table} WHERE cohort_definition_id = ?),
-    tokens AS (
-        SELECT l.person_id, min(CASE WHEN t.token_kind = 'nhs' THEN t.token END) AS nhs,
-               min(CASE WHEN t.token_kind = 'demographic' THEN t.token END) AS demographic
-        FROM mercia_person_link l JOIN mercia_network_token t
-             ON t.org = l.org AND t.source_pseudonym = l.source_pseudonym
-        WHERE l.person_id IN (SELECT person_id FROM members) GROUP BY l.person_id)
     SELECT m.person_id, {salted_nhs} AS nhs, {salted_demographic} AS demographic
-    FROM members m LEFT JOIN tokens t ON t.person_id = m.person_id"""
+    FROM (SELECT DISTINCT subject_id AS person_id FROM {cohort_table} WHERE cohort_definition_id = ?) m
+    LEFT JOIN mercia_person_token t ON t.person_id = m.person_id"""
+
+
 def cohort_tokens(store: Store, cohort_table: str, cohort_id: int, salt: str) -> pa.Table:
     """(person_id, nhs, demographic) for the cohort's members, each token ``HMAC(salt, token)`` truncated
-    to 128 bits (16 bytes): unlinkable to any other question, and equal at every node for the same person."""
+    to 128 bits (16 bytes): unlinkable to any other question, and equal at every node for the same person.
+    Per-person tokens that no longer match the store's links are rebuilt first."""
+    if not person_tokens_current(store):
+        refresh_person_tokens(store)
     sql = COHORT_TOKENS_SQL.format(cohort_table=cohort_table, salted_nhs=hmac_sha256_128(store, "t.nhs"),
                                    salted_demographic=hmac_sha256_128(store, "t.demographic"))
     keys = hmac_key_parameters(salt.encode())
-    return store.query_arrow(sql, [cohort_id, *keys, *keys])
+    return store.query_arrow(sql, [*keys, *keys, cohort_id])
 
 
 def pack_tokens(tokens: pa.Array | pa.ChunkedArray) -> str:

@@ -114,6 +114,7 @@ class AuditLog:
         self.db = db
         self.key = key or load_audit_key()
         self.anchor = anchor or AuditAnchor.for_store(db.store)
+        self._head: tuple[int, str] | None = None   # (seq, hash) of the newest entry this log wrote
 
     def __repr__(self) -> str:  # never print key material
         return "AuditLog(<key hidden>)"
@@ -136,17 +137,29 @@ class AuditLog:
         raise AssertionError("unreachable")
 
     def _append(self, actor: str, action: str, target: str, project_id: int | None, detail_text: str) -> int:
+        """Two statements: the head moved on only if it is still the one this log last wrote or read (so a
+        stale guess, after another connection appended, costs a read and nothing else), then the entry."""
         with self.db.transaction():
-            seq = self.db.scalar("UPDATE mercia_audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq")
-            prev = self.db.scalar("SELECT hash FROM mercia_audit_head WHERE id = 1")
             at = now()
-            digest = entry_hash(self.key, prev, seq, at, actor, action, target, project_id, detail_text)
+            for head in (self._head, None, None, None, None, None):
+                prev_seq, prev = head or self._read_head()
+                seq = prev_seq + 1
+                digest = entry_hash(self.key, prev, seq, at, actor, action, target, project_id, detail_text)
+                if self.db.scalar("UPDATE mercia_audit_head SET seq = ?, hash = ? WHERE id = 1 AND seq = ? AND hash = ? "
+                                  "RETURNING seq", [seq, digest, prev_seq, prev]) is not None:
+                    break
+            else:
+                raise Conflict("the audit log moved on while this entry was written; try again")
             self.db.insert("mercia_audit", {"seq": seq, "logged_at": at, "actor": actor, "action": action,
                                             "target": target, "project_id": project_id,
                                             "detail": detail_text, "prev_hash": prev, "hash": digest})
-            self.db.execute("UPDATE mercia_audit_head SET hash = ? WHERE id = 1", [digest])
+            self._head = (seq, digest)   # a guess for the next entry; a rolled-back one is caught as stale
             self.db.after_commit(lambda: self.anchor.append(seq, digest))
         return seq
+
+    def _read_head(self) -> tuple[int, str]:
+        head = self.db.rows("SELECT seq, hash FROM mercia_audit_head WHERE id = 1")[0]
+        return int(head["seq"]), head["hash"]
 
     def verify(self, batch: int = 50_000) -> Verification:
         """Recompute the whole chain and compare it with the anchored heads; report the first entry

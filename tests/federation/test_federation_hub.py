@@ -3,6 +3,9 @@ region's ground truth, signatures, replay, late results, governance refusals, bu
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
@@ -11,10 +14,10 @@ from fastapi.testclient import TestClient
 
 from mercia.cdm import Store
 from mercia.federation.hubapp import PREFIX
-from mercia.federation.messages import NodeResult
+from mercia.federation.messages import PROTOCOL_HEADER, PROTOCOL_VERSION, NodeResult
 from mercia.federation.node import NodeAgent, NodePolicy, open_node_store, pending, decide, set_paused
 from mercia.federation.region import reference_cohort, true_distinct_persons
-from mercia.federation.signing import generate_keypair
+from mercia.federation.signing import generate_keypair, sign
 from mercia.governance.model import Role
 
 from .conftest import public_key
@@ -67,6 +70,7 @@ def test_no_token_pseudonym_or_row_reaches_the_hub(network, hub_factory, tmp_pat
     for node in network.nodes:
         with Store(node.url) as store:
             secrets_ |= {r[0] for r in store.query("SELECT token FROM mercia_network_token")}
+            secrets_ |= {t for row in store.query("SELECT nhs, demographic FROM mercia_person_token") for t in row if t}
             secrets_ |= {r[0] for r in store.query("SELECT source_pseudonym FROM mercia_person_link")}
             secrets_ |= {r[0] for r in store.query("SELECT nhs_pseudonym FROM mercia_person_link "
                                                    "WHERE nhs_pseudonym IS NOT NULL")}
@@ -112,6 +116,48 @@ def test_unsigned_wrongly_signed_replayed_and_unknown_requests_are_refused(netwo
     actions = [e["action"] for e in hub.gov.audit.search(action="federation.reject")]
     assert len(actions) == 2
     assert answer(client, token, query_id)["status"] == "running"
+
+
+def test_a_node_of_another_protocol_version_is_refused_clearly(network, hub_factory):
+    """Version-1 nodes salted other tokens (never equal to this version's): their requests are refused with a
+    message saying so, before anything else is looked at."""
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    org = network.nodes[0].org
+    agent = agents(network, client)[org]
+    path = f"{PREFIX}/node/work"
+    stamp = f"{time.time():.6f}"
+    old_message = "\n".join([org, "GET", path, stamp, hashlib.sha256(b"").hexdigest()]).encode()   # version 1
+    old_node = {"X-Mercia-Node": org, "X-Mercia-Time": stamp, "X-Mercia-Signature": sign(agent.key, old_message)}
+    refused = client.get(path, headers=old_node)
+    assert refused.status_code == 426
+    assert refused.json()["detail"] == (f"this hub speaks federation protocol {PROTOCOL_VERSION} and node '{org}' "
+                                        "speaks 1: upgrade the node's Mercia")
+    newer = agent._headers("GET", path, b"")
+    newer[PROTOCOL_HEADER] = str(PROTOCOL_VERSION + 1)
+    assert client.get(path, headers=newer).status_code == 426
+    assert client.get(path, headers=agent._headers("GET", path, b"")).status_code == 200
+
+
+def opens_elsewhere(url: str) -> bool:
+    """Can another process open this DuckDB file (as the data manager's commands and loads must)?"""
+    probe = subprocess.run([sys.executable, "-c", f"import duckdb; duckdb.connect({url!r}).close()"],
+                           capture_output=True, text=True)
+    return probe.returncode == 0
+
+
+def test_the_node_loop_keeps_its_store_open_only_while_questions_keep_coming(network, hub_factory):
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    node = network.nodes[0]
+    agent = agents(network, client, nodes=[node])[node.org]
+    ask(client, token, project_id)
+    assert agent.step(keep_open=True) == 1
+    assert not opens_elsewhere(node.url)        # held for the next question...
+    assert agent.step(keep_open=True) == 0
+    assert opens_elsewhere(node.url)            # ...and let go when none came
+    ask(client, token, project_id)
+    assert agent.step() == 1 and opens_elsewhere(node.url)   # a step outside the loop never holds it
 
 
 def test_a_late_result_does_not_change_a_returned_answer_and_refresh_asks_again(network, hub_factory, monkeypatch):

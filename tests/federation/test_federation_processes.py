@@ -40,6 +40,8 @@ def socket_inodes(pid: int) -> set[str]:
 def test_hub_and_node_processes(network, tmp_path):
     policy = tmp_path / "node-policy.yaml"
     policy.write_text("auto: [feasibility]\nallow_raw: true\n")
+    # counted before the nodes start: a running node holds its DuckDB store while questions keep coming
+    truth = true_distinct_persons(network.directory / "region", network.nodes, reference_cohort())
     try:
         network.start_hub()
         for node in network.nodes:
@@ -47,7 +49,6 @@ def test_hub_and_node_processes(network, tmp_path):
         first = ask(network, network.token, network.project_id, reference_cohort(), timeout=180,
                     deadline_seconds=150)   # the first answer waits for every node process to start
         assert first["status"] == "complete", first
-        truth = true_distinct_persons(network.directory / "region", network.nodes, reference_cohort())
         assert first["deduplicated_total"] == truth["distinct"] < first["naive_sum"] == truth["naive_sum"]
 
         hub_pid = network.processes["hub"].pid

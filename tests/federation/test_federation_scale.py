@@ -17,7 +17,8 @@ from mercia.cohorts.registry import scratch_cohort
 from mercia.federation.hub import member_rows, network_counts
 from mercia.federation.messages import Members, NodeResult
 from mercia.federation.region import SCALED_TABLES, build_scaled_network, reference_cohort
-from mercia.federation.tokens import cohort_tokens, network_tokens, new_salt, pack_tokens
+from mercia.federation.tokens import (cohort_tokens, network_tokens, new_salt, pack_tokens, person_tokens_current,
+                                      refresh_person_tokens)
 from mercia.privacy.policy import normalise_name, valid_partial_date
 from mercia.privacy.pseudonym import Pseudonymiser
 from mercia.synth.population import nhs_numbers
@@ -141,6 +142,47 @@ def test_cohort_tokens_are_the_salted_hmac_on_every_engine(store):
     assert rows[1]["nhs"] == salted("nhs-one") and rows[1]["demographic"] == salted("dem-one")
     assert rows[2]["nhs"] is None and rows[2]["demographic"] == salted("dem-two")
     assert rows[3]["nhs"] is None and rows[3]["demographic"] is None   # no token: unlinkable
+
+
+def test_a_load_writes_each_persons_tokens_cut_to_16_bytes(scaled):
+    """What a question joins on: per node person, the first 16 bytes (hex) of its NHS and demographic tokens."""
+    for node in scaled.nodes[:2]:
+        with node.open() as store:
+            expected = {person: (nhs[:32], demographic[:32]) for person, nhs, demographic in store.query(
+                "SELECT l.person_id, max(CASE WHEN t.token_kind = 'nhs' THEN t.token END), "
+                "max(CASE WHEN t.token_kind = 'demographic' THEN t.token END) FROM mercia_person_link l "
+                "JOIN mercia_network_token t ON t.source_pseudonym = l.source_pseudonym GROUP BY l.person_id")}
+            held = {person: (nhs, demographic) for person, nhs, demographic in
+                    store.query("SELECT person_id, nhs, demographic FROM mercia_person_token")}
+            assert person_tokens_current(store)
+        assert held == expected and len(held) == scaled.persons_per_node[node.org]
+
+
+def test_per_person_tokens_follow_links_changed_after_the_load(store):
+    """Linkage merging two persons, or an opt-out deleting one, changes the links without a load: the next
+    question sees it and rebuilds the per-person tokens."""
+    ensure_extension_tables(store)
+    store.execute("CREATE TABLE fed_test_link AS SELECT * FROM mercia_person_link WHERE 1 = 0")
+    store.insert_arrow("fed_test_link", pa.table({
+        "person_id": [1, 2, 3], "org": ["X"] * 3, "source_pseudonym": ["s1", "s2", "s3"], "nhs_status": ["valid"] * 3,
+        "record_hash": ["h"] * 3, "gender_concept_id": [0] * 3, "load_id": [1] * 3}))
+    store.execute("INSERT INTO mercia_person_link SELECT * FROM fed_test_link")
+    store.insert_arrow("mercia_network_token", pa.table({
+        "org": ["X"] * 3, "source_pseudonym": ["s1", "s2", "s3"], "token_kind": ["demographic", "nhs", "nhs"],
+        "token": ["d1", "n2", "n3"], "load_id": [1] * 3}))
+    assert refresh_person_tokens(store) == 3
+    store.execute("UPDATE mercia_person_link SET person_id = 1 WHERE source_pseudonym = 's2'")   # 2 merged into 1
+    store.execute("DELETE FROM mercia_person_link WHERE person_id = 3")                          # 3 opted out
+    assert not person_tokens_current(store)
+    store.insert_arrow("cohort", pa.table({"cohort_definition_id": [9] * 2, "subject_id": [1, 3],
+                                           "cohort_start_date": pa.array([0] * 2, pa.int32()).cast(pa.date32()),
+                                           "cohort_end_date": pa.array([0] * 2, pa.int32()).cast(pa.date32())}))
+    salt = new_salt()
+    rows = {r["person_id"]: r for r in cohort_tokens(store, "cohort", 9, salt).to_pylist()}
+    assert rows[1]["nhs"] == hmac.new(salt.encode(), b"n2", hashlib.sha256).digest()[:16]
+    assert rows[1]["demographic"] == hmac.new(salt.encode(), b"d1", hashlib.sha256).digest()[:16]
+    assert rows[3]["nhs"] is None and person_tokens_current(store)
+    assert store.query("SELECT person_id FROM mercia_person_token ORDER BY 1") == [(1,)]
 
 
 def test_packed_members_unpack_to_the_same_counts():
