@@ -280,7 +280,9 @@ def _record_links(store: Store, org: str, local: pa.Table, nhs, rng, network_key
                        "family": pa.array(family, pa.string()), "given": pa.array(given, pa.string()),
                        "birth_date": local.column("birth_date"), "sex": local.column("gender_source_value")})
     load_id = 1
-    store.execute("INSERT INTO mercia_load VALUES (?, ?, 'synthetic network cut', 'benchmark', now(), ?, ?, 0, 0, 0)",
+    store.execute("INSERT INTO mercia_load (load_id, org, extract, reader, loaded_at, records_read, records_loaded, "
+                  "records_unchanged, records_rejected, records_withheld) "
+                  "VALUES (?, ?, 'synthetic network cut', 'benchmark', now(), ?, ?, 0, 0, 0)",
                   [load_id, org, n, n])
     links = pa.table({"person_id": local.column("local_id"), "org": pa.array([org] * n, pa.string()),
                       "source_pseudonym": pseudonymiser.source_pseudonyms(org, refs),
