@@ -34,6 +34,7 @@ from mercia.cohorts.sqlexpr import (
     in_list,
     least_date,
     num,
+    over,
     row_number,
     running,
     table,
@@ -417,7 +418,7 @@ class _Compiler:
 
     def final_rows(self, cohort_rows: str) -> exp.Query:
         collapsed = _collapse(
-            exp.select("person_id", "start_date", "end_date", copy=False).from_(table(cohort_rows), copy=False),
+            exp.select(col("person_id"), col("start_date"), col("end_date"), copy=False).from_(table(cohort_rows), copy=False),
             pad=self.expr.collapse_settings.era_pad,
             alias="cr",
             pre_padded=False,
@@ -736,49 +737,66 @@ def _window(w: m.Window, check_op: bool, event_end_default: bool) -> list[exp.Ex
 
 def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) -> exp.Query:
     """Circe's era constructor: rows whose (padded) ends reach the next start merge, then the pad
-    is taken off the merged end.  ``pre_padded`` rows already carry the pad in end_date."""
+    is taken off the merged end.  ``pre_padded`` rows already carry the pad in end_date.
+
+    Gaps and islands in one sort instead of Circe's two window passes and a GROUP BY: in start
+    order, a row starts an era when no earlier row reaches its start, and ends one when the ends
+    so far do not reach the next start; only those rows are kept, and an end row that does not
+    start its era takes the start of the row before it (its era's start row).  Rows with the same
+    start always share an era (ends are never before starts), so ties need no order of their own."""
     end = col("end_date", "CR") if pre_padded else add_days(col("end_date", "CR"), pad)
     padded = exp.select(
         col("person_id", "CR"), col("start_date", "CR"), exp.alias_(end, "end_date", copy=False), copy=False
     ).from_(rows.subquery("CR", copy=False), copy=False)
-    prev_max = running(
-        exp.Max(this=col("end_date", "ST")), [col("person_id", "ST")], [col("start_date", "ST")], exclude_current=True
-    )
-    starts = exp.select(
+    person, order = [col("person_id", "ST")], [col("start_date", "ST"), col("end_date", "ST")]
+    bounds = exp.select(
         col("person_id", "ST"),
         col("start_date", "ST"),
-        col("end_date", "ST"),
         exp.alias_(
-            case_when(exp.GTE(this=prev_max, expression=col("start_date", "ST")), num(0), num(1)),
-            "is_start",
+            running(exp.Max(this=col("end_date", "ST")), person, order, exclude_current=True), "prev_end", copy=False
+        ),
+        exp.alias_(running(exp.Max(this=col("end_date", "ST")), person, order), "reach", copy=False),
+        exp.alias_(
+            over(exp.Lead(this=col("start_date", "ST")), person, order),
+            "next_start",
             copy=False,
         ),
         copy=False,
     ).from_(padded.subquery("ST", copy=False), copy=False)
-    groups = exp.select(
-        col("person_id", "GR"),
-        col("start_date", "GR"),
-        col("end_date", "GR"),
-        exp.alias_(
-            running(
-                exp.Sum(this=col("is_start", "GR")),
-                [col("person_id", "GR")],
-                [col("start_date", "GR"), (col("is_start", "GR"), True)],
-            ),
-            "group_idx",
-            copy=False,
-        ),
-        copy=False,
-    ).from_(starts.subquery("GR", copy=False), copy=False)
-    return (
+    is_start = case_when(exp.GTE(this=col("prev_end", "B"), expression=col("start_date", "B")), num(0), num(1))
+    is_end = case_when(exp.GTE(this=col("reach", "B"), expression=col("next_start", "B")), num(0), num(1))
+    edges = (
         exp.select(
-            col("person_id", "G"),
-            exp.alias_(exp.Min(this=col("start_date", "G")), "start_date", copy=False),
-            exp.alias_(add_days(exp.Max(this=col("end_date", "G")), -pad), "end_date", copy=False),
+            col("person_id", "B"),
+            col("start_date", "B"),
+            col("reach", "B"),
+            exp.alias_(is_start, "is_start", copy=False),
+            exp.alias_(is_end, "is_end", copy=False),
             copy=False,
         )
-        .from_(groups.subquery("G", copy=False), copy=False)
-        .group_by(col("person_id", "G"), col("group_idx", "G"), copy=False)
+        .from_(bounds.subquery("B", copy=False), copy=False)
+        .where(exp.or_(_eq(is_start.copy(), num(1)), _eq(is_end.copy(), num(1)), copy=False), copy=False)
+    )
+    era_start = case_when(
+        _eq(col("is_start", "ED"), num(1)),
+        col("start_date", "ED"),
+        over(
+            exp.Lag(this=col("start_date", "ED")),
+            [col("person_id", "ED")],
+            [col("start_date", "ED"), (col("is_start", "ED"), True)],
+        ),
+    )
+    eras = exp.select(
+        col("person_id", "ED"),
+        exp.alias_(era_start, "start_date", copy=False),
+        exp.alias_(add_days(col("reach", "ED"), -pad), "end_date", copy=False),
+        col("is_end", "ED"),
+        copy=False,
+    ).from_(edges.subquery("ED", copy=False), copy=False)
+    return (
+        exp.select(col("person_id", alias), col("start_date", alias), col("end_date", alias), copy=False)
+        .from_(eras.subquery(alias, copy=False), copy=False)
+        .where(_eq(col("is_end", alias), num(1)), copy=False)
     )
 
 
@@ -808,7 +826,7 @@ def _concept_query(items: list[m.ConceptSetItem]) -> exp.Query:
     """Circe's concept set resolution: the listed concepts (present in CONCEPT), valid descendants of
     those flagged, and concepts that 'Maps to' any of those when includeMapped is set."""
     if not items:
-        return exp.select("concept_id", copy=False).from_("concept", copy=False).where(_eq(num(0), num(1)), copy=False)
+        return exp.select(col("concept_id"), copy=False).from_(table("concept"), copy=False).where(_eq(num(0), num(1)), copy=False)
     ids = [i.concept.concept_id for i in items]
     desc_ids = [i.concept.concept_id for i in items if i.include_descendants]
     parts = [_listed(ids, desc_ids)]
@@ -835,8 +853,8 @@ def _concept_query(items: list[m.ConceptSetItem]) -> exp.Query:
 
 def _listed(ids: list[int], descendant_ids: list[int]) -> exp.Query:
     parts: list[exp.Query] = [
-        exp.select("concept_id", copy=False)
-        .from_("concept", copy=False)
+        exp.select(col("concept_id"), copy=False)
+        .from_(table("concept"), copy=False)
         .where(in_list(col("concept_id"), ids), copy=False)
     ]
     if descendant_ids:
@@ -915,8 +933,26 @@ def compile_cohort(expr: m.CohortExpression, cohort_id: int, dialect: str = "duc
     return plan_statements(build_plan(expr, cohort_id), dialect)
 
 
+def inline_single_reads(plan: CohortPlan) -> CohortPlan:
+    """Write each step that is read only once into its reader as a subquery instead of materialising
+    it: one statement and one temporary table fewer, and the engine plans the two together.  Steps
+    read twice or more (codesets, qualified events, masks) stay materialised."""
+    kept: list[tuple[str, exp.Query]] = []
+    for name, query in reversed(plan.steps):
+        readers = [q for _, q in kept] + [plan.cohort_rows, *plan.attrition.values()]
+        reads = [t for reader in readers for t in reader.find_all(exp.Table) if t.name == name]
+        if len(reads) == 1:
+            reads[0].replace(query.subquery(reads[0].alias or name, copy=False))
+        else:
+            kept.insert(0, (name, query))
+    plan.steps = kept
+    return plan
+
+
 def plan_statements(plan: CohortPlan, dialect: str) -> list[str]:
-    """The SQL script of a built (possibly rewritten) plan on ``dialect``."""
+    """The SQL script of a built (possibly rewritten) plan on ``dialect``; steps read once are
+    inlined first (``inline_single_reads``)."""
+    inline_single_reads(plan)
     cohort_id = plan.cohort_id
     statements: list[str] = []
     for name, query in plan.steps:

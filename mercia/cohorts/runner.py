@@ -69,10 +69,10 @@ def load_expression(path: str | Path) -> CohortExpression:
 
 def run_cohort(store: Store, expr: CohortExpression, cohort_id: int) -> CohortResult:
     """Generate cohort ``cohort_id`` from ``expr`` into ``store`` (replacing its earlier rows)."""
-    ensure_result_tables(store)
     statements = compile_cohort(expr, cohort_id, store.dialect)
     began = time.perf_counter()
     with store.transaction():
+        ensure_result_tables(store)
         for statement in statements:
             store.execute(statement)
     seconds = time.perf_counter() - began
