@@ -21,7 +21,7 @@ from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 
 from mercia.cohorts import model as m
-from mercia.cohorts.criteria import CODESETS, CriteriaCompiler, demographic_conditions
+from mercia.cohorts.criteria import CriteriaCompiler, demographic_conditions, in_codeset
 from mercia.cohorts.model import CohortDefinitionError
 from mercia.cohorts.sqlexpr import (
     BIGINT,
@@ -283,30 +283,24 @@ class _Compiler:
                 add_days(col("drug_exposure_start_date", "de"), col("days_supply", "de")),
                 add_days(col("drug_exposure_start_date", "de"), 1),
             )
-        exposures = []
-        for concept_column in ("drug_concept_id", "drug_source_concept_id"):
-            exposures.append(
-                exp.select(
-                    col("person_id", "de"),
-                    exp.alias_(col("drug_exposure_start_date", "de"), "start_date", copy=False),
-                    exp.alias_(add_days(drug_end.copy(), strategy.gap_days + strategy.offset), "end_date", copy=False),
-                    copy=False,
-                )
-                .from_(table("drug_exposure", "de"), copy=False)
-                .join(
-                    persons.subquery("p", copy=False), on=_eq(col("person_id", "de"), col("person_id", "p")), copy=False
-                )
-                .join(
-                    table(CODESETS, "cs"),
-                    on=exp.and_(
-                        _eq(col("codeset_id", "cs"), num(strategy.drug_codeset_id)),
-                        _eq(col(concept_column, "de"), col("concept_id", "cs")),
-                        copy=False,
-                    ),
-                    copy=False,
-                )
+        # an exposure whose standard and source concepts both match is one row, not Circe's two:
+        # a duplicate row cannot change an era
+        in_drug_codeset = exp.or_(
+            *[in_codeset(col(c, "de"), strategy.drug_codeset_id) for c in ("drug_concept_id", "drug_source_concept_id")],
+            copy=False,
+        )
+        exposures = (
+            exp.select(
+                col("person_id", "de"),
+                exp.alias_(col("drug_exposure_start_date", "de"), "start_date", copy=False),
+                exp.alias_(add_days(drug_end, strategy.gap_days + strategy.offset), "end_date", copy=False),
+                copy=False,
             )
-        eras = _collapse(union_all(exposures), pad=strategy.gap_days, alias="era")
+            .from_(table("drug_exposure", "de"), copy=False)
+            .join(persons.subquery("p", copy=False), on=_eq(col("person_id", "de"), col("person_id", "p")), copy=False)
+            .where(in_drug_codeset, copy=False)
+        )
+        eras = _collapse(exposures, pad=strategy.gap_days, alias="era")
         return (
             exp.select(
                 col("event_id", "et"),
