@@ -28,7 +28,7 @@ from mercia.cohorts.compiler import (
     PREFIX,
     CohortPlan,
     build_plan,
-    concept_set_query,
+    concept_sets_query,
     drop_table,
     materialise,
     plan_statements,
@@ -57,20 +57,20 @@ class BatchPlan:
         self.shared: list[tuple[str, exp.Query]] = []
         self.plans: list[CohortPlan] = [build_plan(expr, cid) for cid, expr in definitions]
         global_ids: dict[bytes, int] = {}
-        codesets: list[exp.Query] = []
+        codesets: list[tuple[int, m.ConceptSetExpression]] = []
         for (_, expr), plan in zip(definitions, self.plans, strict=True):
             local_to_global = []
             for cs in expr.concept_sets:
                 key = _concept_set_key(cs)
                 if key not in global_ids:
                     global_ids[key] = len(global_ids)
-                    codesets.append(concept_set_query(cs, global_ids[key]))
+                    codesets.append((global_ids[key], cs.expression))
                 local_to_global.append((cs.id, global_ids[key]))
             plan.steps = [
                 (name, _local_codesets(local_to_global) if name == CODESETS else query) for name, query in plan.steps
             ]
         if codesets:
-            self.shared.append((BATCH_CODESETS, union_all(codesets)))
+            self.shared.append((BATCH_CODESETS, concept_sets_query(codesets)))
             self._filter_domain_tables()
 
     def _filter_domain_tables(self) -> None:
