@@ -242,12 +242,14 @@ def side_by_side(side: CirceSide) -> dict:
         )
         print(f"{cid}: circe {cw:.3f} s, mercia {mw:.3f} s, ratio {mw / cw:.2f}, same {cn == mn}", flush=True)
     ratios = [r["ratio"] for r in rows]
+    cpu_ratios = [r["mercia_cpu_s"] / r["circe_cpu_s"] for r in rows]
     tc, tm = sum(r["circe_s"] for r in rows), sum(r["mercia_s"] for r in rows)
-    compile_ms = []
+    compile_ms, compile_cpu_ms = [], []
     for cid in side.ids:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         compile_cohort(side.exprs[cid], cid, "duckdb")
         compile_ms.append((time.perf_counter() - began) * 1000)
+        compile_cpu_ms.append((time.process_time() - cpu) * 1000)
     summary = {
         "cohorts": len(rows),
         "same_counts": sum(r["same_counts"] for r in rows),
@@ -260,7 +262,13 @@ def side_by_side(side: CirceSide) -> dict:
         "ratio_p90": round(quantile(ratios, 0.9), 3),
         "ratio_max": max(ratios),
         "slower_than_circe": sum(1 for r in ratios if r > 1.0),
+        "cpu_ratio_total": round(sum(r["mercia_cpu_s"] for r in rows) / sum(r["circe_cpu_s"] for r in rows), 3),
+        "cpu_ratio_median": round(statistics.median(cpu_ratios), 3),
+        "cpu_ratio_p90": round(quantile(cpu_ratios, 0.9), 3),
+        "cpu_ratio_max": round(max(cpu_ratios), 3),
+        "slower_than_circe_cpu": sum(1 for r in cpu_ratios if r > 1.0),
         "compile_ms_median": round(statistics.median(compile_ms), 2),
+        "compile_cpu_ms_median": round(statistics.median(compile_cpu_ms), 2),
     }
     return {"summary": summary, "cohorts": rows}
 
