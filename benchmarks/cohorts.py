@@ -19,7 +19,8 @@ Against OHDSI's own SQL (Circe's PhenotypeLibrary rendering, translated to DuckD
 
 Both write ``benchmarks/results/cohorts_<mode>_<UTC time>.json``: per cohort wall and process-CPU
 seconds of each engine (Mercia's include compiling and reading back its counts), persons/entries
-of both (they must agree), the ratios, and the load average before and after.
+of both (they must agree), the ratios (wall and CPU), the package that ran, and the load average
+before and after.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 import orjson
 from sqlglot import exp
 
+import mercia
 from mercia.cdm import Store
 from mercia.cdm.loader import load_omop_directory
 from mercia.cdm.schema import CDM_TABLES
@@ -334,6 +336,7 @@ def compare(args) -> None:
             "db": str(args.db),
             "persons": store.query_one("SELECT count(*) FROM person"),
             "threads": args.threads,
+            "mercia_package": str(Path(mercia.__file__).parent),  # which code ran (a base checkout or this one)
             "loadavg_before": load_before,
             "loadavg_after": _load(),
             "counted": "wall and process-CPU seconds per engine; Circe: executing its translated statements; "
