@@ -19,7 +19,8 @@ Against OHDSI's own SQL (Circe's PhenotypeLibrary rendering, translated to DuckD
 
 Both write ``benchmarks/results/cohorts_<mode>_<UTC time>.json``: per cohort wall and process-CPU
 seconds of each engine (Mercia's include compiling and reading back its counts), persons/entries
-of both (they must agree), the ratios, and the load average before and after.
+of both (they must agree), the ratios (wall and CPU), the package that ran, and the load average
+before and after.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 import orjson
 from sqlglot import exp
 
+import mercia
 from mercia.cdm import Store
 from mercia.cdm.loader import load_omop_directory
 from mercia.cdm.schema import CDM_TABLES
@@ -242,12 +244,14 @@ def side_by_side(side: CirceSide) -> dict:
         )
         print(f"{cid}: circe {cw:.3f} s, mercia {mw:.3f} s, ratio {mw / cw:.2f}, same {cn == mn}", flush=True)
     ratios = [r["ratio"] for r in rows]
+    cpu_ratios = [r["mercia_cpu_s"] / r["circe_cpu_s"] for r in rows]
     tc, tm = sum(r["circe_s"] for r in rows), sum(r["mercia_s"] for r in rows)
-    compile_ms = []
+    compile_ms, compile_cpu_ms = [], []
     for cid in side.ids:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         compile_cohort(side.exprs[cid], cid, "duckdb")
         compile_ms.append((time.perf_counter() - began) * 1000)
+        compile_cpu_ms.append((time.process_time() - cpu) * 1000)
     summary = {
         "cohorts": len(rows),
         "same_counts": sum(r["same_counts"] for r in rows),
@@ -260,7 +264,13 @@ def side_by_side(side: CirceSide) -> dict:
         "ratio_p90": round(quantile(ratios, 0.9), 3),
         "ratio_max": max(ratios),
         "slower_than_circe": sum(1 for r in ratios if r > 1.0),
+        "cpu_ratio_total": round(sum(r["mercia_cpu_s"] for r in rows) / sum(r["circe_cpu_s"] for r in rows), 3),
+        "cpu_ratio_median": round(statistics.median(cpu_ratios), 3),
+        "cpu_ratio_p90": round(quantile(cpu_ratios, 0.9), 3),
+        "cpu_ratio_max": round(max(cpu_ratios), 3),
+        "slower_than_circe_cpu": sum(1 for r in cpu_ratios if r > 1.0),
         "compile_ms_median": round(statistics.median(compile_ms), 2),
+        "compile_cpu_ms_median": round(statistics.median(compile_cpu_ms), 2),
     }
     return {"summary": summary, "cohorts": rows}
 
@@ -326,6 +336,7 @@ def compare(args) -> None:
             "db": str(args.db),
             "persons": store.query_one("SELECT count(*) FROM person"),
             "threads": args.threads,
+            "mercia_package": str(Path(mercia.__file__).parent),  # which code ran (a base checkout or this one)
             "loadavg_before": load_before,
             "loadavg_after": _load(),
             "counted": "wall and process-CPU seconds per engine; Circe: executing its translated statements; "

@@ -28,7 +28,7 @@ from mercia.cohorts.compiler import (
     PREFIX,
     CohortPlan,
     build_plan,
-    concept_set_query,
+    concept_sets_query,
     drop_table,
     materialise,
     plan_statements,
@@ -57,20 +57,20 @@ class BatchPlan:
         self.shared: list[tuple[str, exp.Query]] = []
         self.plans: list[CohortPlan] = [build_plan(expr, cid) for cid, expr in definitions]
         global_ids: dict[bytes, int] = {}
-        codesets: list[exp.Query] = []
+        codesets: list[tuple[int, m.ConceptSetExpression]] = []
         for (_, expr), plan in zip(definitions, self.plans, strict=True):
             local_to_global = []
             for cs in expr.concept_sets:
                 key = _concept_set_key(cs)
                 if key not in global_ids:
                     global_ids[key] = len(global_ids)
-                    codesets.append(concept_set_query(cs, global_ids[key]))
+                    codesets.append((global_ids[key], cs.expression))
                 local_to_global.append((cs.id, global_ids[key]))
             plan.steps = [
                 (name, _local_codesets(local_to_global) if name == CODESETS else query) for name, query in plan.steps
             ]
         if codesets:
-            self.shared.append((BATCH_CODESETS, union_all(codesets)))
+            self.shared.append((BATCH_CODESETS, concept_sets_query(codesets)))
             self._filter_domain_tables()
 
     def _filter_domain_tables(self) -> None:
@@ -139,13 +139,14 @@ def _local_codesets(local_to_global: list[tuple[int, int]]) -> exp.Query:
 
 
 def _codeset_join_columns(node: exp.Table) -> set[str]:
-    """The table's columns that an inner join to the codesets constrains, when ``node`` is the
-    FROM of a select with such a join (the criterion and drug-persistence queries); else empty."""
+    """The table's columns that an inner join to the codesets constrains (the criterion queries), or
+    that a WHERE of codeset memberships requires (one of them) to be in a codeset (drug persistence),
+    when ``node`` is the FROM of such a select; else empty."""
     source = node.parent
     select = source.parent if isinstance(source, exp.From) else None
     if not isinstance(select, exp.Select) or not node.alias:
         return set()
-    found = set()
+    found = _codeset_membership_columns(select.args.get("where"), node.alias)
     for join in select.args.get("joins") or []:
         target = join.this
         if (
@@ -162,6 +163,22 @@ def _codeset_join_columns(node: exp.Table) -> set[str]:
             theirs = [s for s in sides if s.table == target.alias and s.name == "concept_id"]
             if mine and theirs:
                 found.add(mine[0].name)
+    return found
+
+
+def _codeset_membership_columns(where: exp.Where | None, alias: str) -> set[str]:
+    """Columns of ``alias`` in a WHERE that is ``col IN (codesets)`` or an OR of such: every row kept
+    has one of them in a codeset."""
+    if where is None:
+        return set()
+    memberships = list(where.this.flatten()) if isinstance(where.this, exp.Or) else [where.this]
+    found = set()
+    for node in memberships:
+        query = node.args.get("query") if isinstance(node, exp.In) else None
+        reads = {t.name for t in query.find_all(exp.Table)} if query is not None else set()
+        if reads != {CODESETS} or not isinstance(node.this, exp.Column) or node.this.table != alias:
+            return set()
+        found.add(node.this.name)
     return found
 
 

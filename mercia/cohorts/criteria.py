@@ -256,8 +256,8 @@ def text_filter(expr: exp.Expression, flt: m.TextFilter) -> exp.Expression:
 
 def in_codeset(expr: exp.Expression, codeset_id: int, negate: bool = False) -> exp.Expression:
     sub = (
-        exp.select("concept_id", copy=False)
-        .from_(CODESETS, copy=False)
+        exp.select(col("concept_id"), copy=False)
+        .from_(table(CODESETS), copy=False)
         .where(exp.EQ(this=col("codeset_id"), expression=num(codeset_id)), copy=False)
     )
     cond = exp.In(this=expr, query=exp.Subquery(this=sub))

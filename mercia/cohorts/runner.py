@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mercia.cdm import Store, quote
-from mercia.cohorts.compiler import RESULT_TABLES, compile_cohort, concept_set_query, render
-from mercia.cohorts.model import CohortExpression, ConceptSet, ConceptSetExpression
+from mercia.cohorts.compiler import RESULT_TABLES, compile_cohort, concept_sets_query, render
+from mercia.cohorts.model import CohortExpression, ConceptSetExpression
 
 
 @dataclass
@@ -69,10 +69,10 @@ def load_expression(path: str | Path) -> CohortExpression:
 
 def run_cohort(store: Store, expr: CohortExpression, cohort_id: int) -> CohortResult:
     """Generate cohort ``cohort_id`` from ``expr`` into ``store`` (replacing its earlier rows)."""
-    ensure_result_tables(store)
     statements = compile_cohort(expr, cohort_id, store.dialect)
     began = time.perf_counter()
     with store.transaction():
+        ensure_result_tables(store)
         for statement in statements:
             store.execute(statement)
     seconds = time.perf_counter() - began
@@ -123,5 +123,5 @@ def read_results(store: Store, cohorts: list[tuple[int, CohortExpression, float]
 def resolve_concept_set(store: Store, expression: ConceptSetExpression) -> list[int]:
     """The concepts a concept set stands for, as a cohort uses it (Circe's rules, the compiler's
     query): listed concepts, their descendants and mapped concepts where flagged, less the excluded."""
-    query = concept_set_query(ConceptSet(id=0, expression=expression), 0)
+    query = concept_sets_query([(0, expression)])
     return sorted(int(r[1]) for r in store.query(render(query, store.dialect)))

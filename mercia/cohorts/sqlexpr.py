@@ -56,10 +56,17 @@ def least_date(a: exp.Expression, b: exp.Expression) -> exp.Expression:
     return case_when(exp.GT(this=a, expression=b), b.copy(), a.copy())
 
 
+def over(
+    func: exp.Expression, partition: list[exp.Expression], order: list[exp.Expression | tuple[exp.Expression, bool]]
+) -> exp.Window:
+    """``func OVER (PARTITION BY partition ORDER BY order)``; a tuple in ``order`` is (expr, descending)."""
+    return exp.Window(this=func, partition_by=partition, order=_order(order))
+
+
 def row_number(
     partition: list[exp.Expression], order: list[exp.Expression | tuple[exp.Expression, bool]]
 ) -> exp.Window:
-    return exp.Window(this=exp.RowNumber(), partition_by=partition, order=_order(order))
+    return over(exp.RowNumber(), partition, order)
 
 
 def _order(order: list[exp.Expression | tuple[exp.Expression, bool]]) -> exp.Order:

@@ -15,7 +15,7 @@ import tests.conftest as root_conftest
 from mercia.cdm import Store
 from mercia.cdm.schema import CDM_TABLES
 from mercia.cohorts import CohortExpression, build_plan, run_cohort
-from mercia.cohorts.compiler import materialise, render
+from mercia.cohorts.compiler import inline_single_reads, materialise, render
 
 SHARED_REFERENCE = root_conftest.SHARED_DATA / "ohdsi_reference"
 drop_store = root_conftest.drop_store
@@ -104,7 +104,7 @@ def spark_register(spark, name: str, data: pa.Table | None) -> None:
 
 def spark_cohort_rows(spark, expr: CohortExpression, cohort_id: int = 1) -> list[tuple]:
     """Run the Spark rendering of a cohort plan and return its (subject, start, end) rows, sorted."""
-    plan = build_plan(expr, cohort_id)
+    plan = inline_single_reads(build_plan(expr, cohort_id))
     try:
         for name, query in plan.steps:
             for statement in materialise(name, query, "spark"):

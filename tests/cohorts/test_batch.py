@@ -73,3 +73,13 @@ def test_a_cohort_id_twice_is_refused(gibleed_engine):
     expr = _condition_cohort(192671)
     with pytest.raises(ValueError, match="cohort id twice"):
         run_batch(gibleed_engine, [(5, expr), (5, expr)])
+
+
+def test_drug_persistence_reads_only_pre_filtered_drug_exposures(reference_dir):
+    """Drug persistence (1187) reads drug_exposure through codeset memberships, not a join: the batch
+    still filters drug_exposure once, and every read of it is the filtered table."""
+    batch = BatchPlan(_definitions(reference_dir, [1187, 1073]))
+    assert "mercia_batch_drug_exposure" in dict(batch.shared)
+    for plan in batch.plans:
+        script = " ".join(q.sql() for q in BatchPlan._queries(plan))
+        assert " drug_exposure " not in script.replace("mercia_batch_drug_exposure", "")

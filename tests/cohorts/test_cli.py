@@ -99,7 +99,7 @@ def test_cohort_id_option_and_file_names(cdm, definitions, tmp_path):
 def test_sql_prints_the_statements(definitions, dialect):
     result = runner.invoke(app, ["cohort", "sql", str(definitions / "6.json"), "--dialect", dialect])
     assert result.exit_code == 0, result.output
-    assert "mercia_primary_events" in result.stdout and "INSERT INTO cohort" in result.stdout
+    assert "mercia_qualified_events" in result.stdout and "INSERT INTO cohort" in result.stdout
     assert ("DATE_ADD(" in result.stdout) == (dialect == "spark")
 
 
