@@ -161,7 +161,8 @@ def vcf(samples: int, sites: int, workdir: Path) -> dict:
             "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "calls_read": summary.read, "variant_rows": rows, "rejected": summary.rejected, "load_seconds": round(elapsed, 1),
             "load_cpu_seconds": round(cpu, 1), "calls_read_per_second": round(summary.read / elapsed),
-            "calls_read_per_cpu_second": round(summary.read / cpu), "calls_per_bgzip_byte": round(summary.read / size, 2),
+            "calls_read_per_cpu_second": round(summary.read / cpu),
+            "calls_per_bgzip_byte": round(summary.read / size, 2),
             "peak_rss_mb": peak_rss_mb()}
 
 

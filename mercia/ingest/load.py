@@ -541,7 +541,8 @@ class _Load:
         # ids numbered over the sort keys and the row's position only: sorting whole routed rows (every
         # column carried through the sort) was most of a large load's time (docs/metabolomics.md)
         numbered = f"""SELECT n.row_id, r.* FROM (
-                           SELECT {start} + row_number() OVER (ORDER BY source_record, code) AS row_id, rowid AS position
+                           SELECT {start} + row_number() OVER (ORDER BY source_record, code) AS row_id,
+                                  rowid AS position
                            FROM routed WHERE domain = '{domain}') n
                        JOIN routed r ON r.rowid = n.position"""
         self.con.execute(f"CREATE OR REPLACE TABLE domain_rows AS {numbered}" if domain == "Visit" else

@@ -13,6 +13,9 @@ OHDSI Genomic CDM convention described in mercia.ingest.genomics) and a ``varian
 - Kept per call: GT, zygosity (heterozygous / homozygous / hemizygous), FORMAT DP and GQ, and the
   annotation of this ALT allele from VEP ``CSQ`` or SnpEff ``ANN`` (gene, consequence, HGVS c. and p.);
   ``INFO/GENE`` is the gene when neither is present.
+- Vectorised: per site, numpy finds each ALT allele's carriers and their allele states in cyvcf2's
+  genotype/DP/GQ arrays for all samples; one DuckDB statement per file spells the rows (no Python work
+  per call).  The content hash of a call is the MD5 of its fields (``_Carriers.table``).
 - A file htslib cannot read to the end (a truncated ``.vcf.gz``, a corrupt record) is rejected as a whole:
   record ``VCF/<file>``, field ``file``, the htslib message; none of its calls are staged.
 """
@@ -128,8 +131,12 @@ def _phenopacket_date(path: Path) -> str | None:
     return created[:10] if created else None
 
 
+# Per (site, ALT allele): its columns, and how many carrier calls it has ("calls").
+_SITE_COLUMNS = ("chrom", "pos", "ref", "alt", "gene", "hgvs", "hgvs_p", "consequence", "line", "calls")
+
+
 class _Carriers:
-    """A file's carrier calls as numpy pieces, one per (site, ALT allele); ``tables`` joins them with the
+    """A file's carrier calls as numpy pieces, one per (site, ALT allele); ``table`` joins them with the
     sites, samples and genotype texts in one DuckDB statement (no Python work per call)."""
 
     def __init__(self):
@@ -152,7 +159,7 @@ class _Carriers:
                              ("quality", quality)):
             self.calls[name].append(values)
 
-    def tables(self, file: str, samples: list[str], refs: list[str], dates: list[str | None],
+    def table(self, file: str, samples: list[str], refs: list[str], dates: list[str | None],
                assembly: str | None) -> pa.Table:
         """One row per carrier call, in file order, with the event and variant columns."""
         site_count = len(self.sites["calls"])
@@ -177,11 +184,12 @@ class _Carriers:
                                             "genotype": pa.array([g for g, _ in texts], pa.string()),
                                             "zygosity": pa.array([z for _, z in texts], pa.string())}))
             return con.sql("""
-                SELECT 'VCF/' || $file || '/' || p.name || '/' || s.chrom || ':' || s.pos || ':' || s.ref || ':' || s.alt
-                           AS record,
+                SELECT 'VCF/' || $file || '/' || p.name || '/' || s.chrom || ':' || s.pos || ':' || s.ref || ':'
+                           || s.alt AS record,
                        md5(concat_ws(chr(9), s.chrom, s.pos, s.ref, s.alt, t.genotype,
-                           COALESCE(CAST(CAST(c.depth AS BIGINT) AS VARCHAR), ''), COALESCE(CAST(c.quality AS VARCHAR), ''), COALESCE(s.gene, ''),
-                           COALESCE(s.consequence, ''), COALESCE(s.hgvs, ''), COALESCE(s.hgvs_p, ''))) AS record_hash,
+                           COALESCE(CAST(CAST(c.depth AS BIGINT) AS VARCHAR), ''),
+                           COALESCE(CAST(c.quality AS VARCHAR), ''), COALESCE(s.gene, ''), COALESCE(s.consequence, ''),
+                           COALESCE(s.hgvs, ''), COALESCE(s.hgvs_p, ''))) AS record_hash,
                        p.person_ref, p.start, s.line, $assembly AS assembly, s.chrom, s.pos, s.ref, s.alt, s.gene,
                        COALESCE(s.gene, s.chrom || ':' || s.pos) AS code, t.genotype, s.hgvs, s.hgvs_p, s.consequence,
                        t.zygosity, CAST(c.depth AS BIGINT) AS read_depth, c.quality AS genotype_quality
@@ -190,9 +198,6 @@ class _Carriers:
                 ORDER BY c.position""", params={"file": file, "assembly": assembly}).to_arrow_table()
         finally:
             con.close()
-
-
-_SITE_COLUMNS = ("chrom", "pos", "ref", "alt", "gene", "hgvs", "hgvs_p", "consequence", "line", "calls")
 
 
 class VcfReader:
@@ -248,7 +253,7 @@ class VcfReader:
         finally:
             vcf.close()
         self.staged.read += read
-        calls = carriers.tables(file.name, samples, refs, dates, assembly)
+        calls = carriers.table(file.name, samples, refs, dates, assembly)
         n = calls.num_rows
         self.staged.events.add_table(calls.select(["record", "record_hash", "person_ref", "code", "start", "line"])
                                      .append_column("value_code", calls.column("genotype"))
