@@ -13,20 +13,26 @@ OHDSI Genomic CDM convention described in mercia.ingest.genomics) and a ``varian
 - Kept per call: GT, zygosity (heterozygous / homozygous / hemizygous), FORMAT DP and GQ, and the
   annotation of this ALT allele from VEP ``CSQ`` or SnpEff ``ANN`` (gene, consequence, HGVS c. and p.);
   ``INFO/GENE`` is the gene when neither is present.
+- Vectorised: per site, numpy finds each ALT allele's carriers and their allele states in cyvcf2's
+  genotype/DP/GQ arrays for all samples; one DuckDB statement per file spells the rows (no Python work
+  per call).  The content hash of a call is the MD5 of its fields (``_Carriers.table``).
 - A file htslib cannot read to the end (a truncated ``.vcf.gz``, a corrupt record) is rejected as a whole:
   record ``VCF/<file>``, field ``file``, the htslib message; none of its calls are staged.
 """
 
 from __future__ import annotations
 
+import gzip
+import itertools
 import re
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
 
-from mercia.ingest.staging import Staged, content_hash
+from mercia.ingest.staging import Staged
 
 VARIANT_SCHEMA = pa.schema([
     ("record", pa.string()), ("key", pa.string()), ("person_ref", pa.string()), ("assembly", pa.string()),
@@ -89,14 +95,31 @@ def _format_field(site, tag: str) -> np.ndarray | None:
         return None
 
 
-def _format_value(values: np.ndarray | None, sample: int) -> float | None:
-    """A sample's FORMAT number, None when absent (htslib: int32 minimum or NaN)."""
+def _carrier_values(values: np.ndarray | None, carriers: np.ndarray) -> np.ndarray:
+    """The carriers' FORMAT numbers as float64, NaN when absent (htslib: int32 minimum or NaN)."""
     if values is None:
-        return None
-    value = values[sample, 0]
-    if (values.dtype.kind == "f" and np.isnan(value)) or value == _MISSING_INT:
-        return None
-    return value.item()
+        return np.full(carriers.size, np.nan)
+    picked = values[carriers, 0]
+    return np.where(picked == _MISSING_INT, np.nan, picked.astype(np.float64)) if picked.dtype.kind == "i" \
+        else picked.astype(np.float64)
+
+
+def _call_text(states: tuple[int, ...], phased: bool) -> tuple[str, str]:
+    """(genotype, zygosity) of one call whose alleles are ``states`` (0 reference, 1 this ALT, 2 another
+    ALT or missing, 3 absent: a haploid call in a diploid site)."""
+    called = ["01."[state] for state in states if state != 3]
+    zygosity = "hemizygous" if len(called) == 1 else "homozygous" if called.count("1") == len(called) else \
+        "heterozygous"
+    return ("|" if phased else "/").join(called), zygosity
+
+
+def _header_lines(file: Path) -> int:
+    """How many header lines the file itself has (htslib's ``raw_header`` adds lines it implies, such as
+    ``##FILTER=<ID=PASS>``, so counting those would put every reject one line late)."""
+    with open(file, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open(file, "rb") if compressed else open(file, "rb")) as handle:
+        return sum(1 for _ in itertools.takewhile(lambda line: line.startswith(b"#"), handle))
 
 
 def _phenopacket_date(path: Path) -> str | None:
@@ -108,17 +131,86 @@ def _phenopacket_date(path: Path) -> str | None:
     return created[:10] if created else None
 
 
+# Per (site, ALT allele): its columns, and how many carrier calls it has ("calls").
+_SITE_COLUMNS = ("chrom", "pos", "ref", "alt", "gene", "hgvs", "hgvs_p", "consequence", "line", "calls")
+
+
+class _Carriers:
+    """A file's carrier calls as numpy pieces, one per (site, ALT allele); ``table`` joins them with the
+    sites, samples and genotype texts in one DuckDB statement (no Python work per call)."""
+
+    def __init__(self):
+        self.sites: dict[str, list] = {name: [] for name in _SITE_COLUMNS}
+        self.calls: dict[str, list[np.ndarray]] = {"sample": [], "text": [], "depth": [], "quality": []}
+        self.texts: dict[tuple[tuple[int, ...], bool], int] = {}  # (allele states, phased) -> row of texts
+
+    def add(self, site: dict, carriers: np.ndarray, states: np.ndarray, phased: np.ndarray, depth: np.ndarray,
+            quality: np.ndarray) -> None:
+        """``states``: the carriers' alleles for this ALT (see ``_call_text``), one row per carrier."""
+        for name, value in site.items():
+            self.sites[name].append(value)
+        self.sites["calls"].append(carriers.size)
+        ploidy = states.shape[1]
+        code = (states * (4 ** np.arange(ploidy))).sum(axis=1) + phased * 4 ** ploidy
+        unique, inverse = np.unique(code, return_inverse=True)
+        rows = [self.texts.setdefault((tuple(int(c) // 4 ** j % 4 for j in range(ploidy)), bool(c // 4 ** ploidy)),
+                                      len(self.texts)) for c in unique]
+        for name, values in (("sample", carriers), ("text", np.asarray(rows, np.int64)[inverse]), ("depth", depth),
+                             ("quality", quality)):
+            self.calls[name].append(values)
+
+    def table(self, file: str, samples: list[str], refs: list[str], dates: list[str | None],
+               assembly: str | None) -> pa.Table:
+        """One row per carrier call, in file order, with the event and variant columns."""
+        site_count = len(self.sites["calls"])
+        call_site = np.repeat(np.arange(site_count), np.asarray(self.sites["calls"], np.int64))
+        pieces = {name: np.concatenate(values) if values else np.array([], np.float64 if name in ("depth", "quality")
+                                                                         else np.int64)
+                  for name, values in self.calls.items()}
+        calls = pa.table({"position": np.arange(call_site.size), "site": call_site, "sample": pieces["sample"],
+                          "text": pieces["text"], "depth": pa.array(pieces["depth"], from_pandas=True),
+                          "quality": pa.array(pieces["quality"], from_pandas=True)})
+        texts = [_call_text(states, phased) for states, phased in self.texts]
+        con = duckdb.connect()
+        try:
+            con.register("calls", calls)
+            con.register("sites", pa.table({"site": np.arange(site_count), **{
+                name: pa.array(values, pa.int64() if name in ("pos", "line") else pa.string())
+                for name, values in self.sites.items() if name != "calls"}}))
+            con.register("samples", pa.table({"sample": np.arange(len(samples)), "name": pa.array(samples, pa.string()),
+                                              "person_ref": pa.array(refs, pa.string()),
+                                              "start": pa.array(dates, pa.string())}))
+            con.register("texts", pa.table({"text": np.arange(len(texts), dtype=np.int64),
+                                            "genotype": pa.array([g for g, _ in texts], pa.string()),
+                                            "zygosity": pa.array([z for _, z in texts], pa.string())}))
+            return con.sql("""
+                SELECT 'VCF/' || $file || '/' || p.name || '/' || s.chrom || ':' || s.pos || ':' || s.ref || ':'
+                           || s.alt AS record,
+                       md5(concat_ws(chr(9), s.chrom, s.pos, s.ref, s.alt, t.genotype,
+                           COALESCE(CAST(CAST(c.depth AS BIGINT) AS VARCHAR), ''),
+                           COALESCE(CAST(c.quality AS VARCHAR), ''), COALESCE(s.gene, ''), COALESCE(s.consequence, ''),
+                           COALESCE(s.hgvs, ''), COALESCE(s.hgvs_p, ''))) AS record_hash,
+                       p.person_ref, p.start, s.line, $assembly AS assembly, s.chrom, s.pos, s.ref, s.alt, s.gene,
+                       COALESCE(s.gene, s.chrom || ':' || s.pos) AS code, t.genotype, s.hgvs, s.hgvs_p, s.consequence,
+                       t.zygosity, CAST(c.depth AS BIGINT) AS read_depth, c.quality AS genotype_quality
+                FROM calls c
+                JOIN sites s USING (site) JOIN samples p USING (sample) JOIN texts t USING (text)
+                ORDER BY c.position""", params={"file": file, "assembly": assembly}).to_arrow_table()
+        finally:
+            con.close()
+
+
 class VcfReader:
     def __init__(self, extract: str):
         self.staged = Staged(extract)
-        self.variants: dict[str, list] = {name: [] for name in VARIANT_SCHEMA.names}
+        self.variants: list[pa.Table] = []
 
     def read(self, path: Path, sample_person: dict[str, str] | None = None, when: str | None = None) -> Staged:
         path = Path(path)
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.name.endswith(VCF_SUFFIXES))
         for file in files:
             self._file(file, sample_person or {}, when)
-        self.staged.variants = pa.table(self.variants, schema=VARIANT_SCHEMA)
+        self.staged.variants = pa.concat_tables(self.variants) if self.variants else VARIANT_SCHEMA.empty_table()
         return self.staged
 
     def _file(self, file: Path, sample_person: dict[str, str], when: str | None) -> None:
@@ -142,10 +234,8 @@ class VcfReader:
         samples = list(vcf.samples)
         refs = [sample_person.get(s, f"Subject/{s}") for s in samples]
         dates = [date or _phenopacket_date(file.parent.parent / "phenopackets" / f"{s}.json") for s in samples]
-        header_lines = vcf.raw_header.count("\n")
-        events, variants, read = {k: [] for k in ("record", "record_hash", "person_ref", "code", "start",
-                                                   "value_code", "line")}, {k: [] for k in VARIANT_SCHEMA.names}, 0
-        number, sites = header_lines, iter(vcf)
+        carriers, read = _Carriers(), 0
+        number, sites = _header_lines(file), iter(vcf)
         try:
             while True:
                 try:
@@ -159,18 +249,25 @@ class VcfReader:
                     return
                 number += 1
                 read += len(samples) * len(site.ALT)
-                self._site(site, number, samples, refs, dates, assembly, annotations, file.name, events, variants)
+                self._site(site, number, bool(samples), annotations, carriers)
         finally:
             vcf.close()
         self.staged.read += read
-        n = len(events["record"])
-        self.staged.events.extend({**events, "kind": ["Measurement"] * n, "vocabulary": ["HGNC"] * n,
-                                   "value_vocabulary": ["VCF GT"] * n, "qualifier": ["call"] * n}, n)
-        for name, values in variants.items():
-            self.variants[name].extend(values)
+        calls = carriers.table(file.name, samples, refs, dates, assembly)
+        n = calls.num_rows
+        self.staged.events.add_table(calls.select(["record", "record_hash", "person_ref", "code", "start", "line"])
+                                     .append_column("value_code", calls.column("genotype"))
+                                     .append_column("kind", pa.repeat("Measurement", n))
+                                     .append_column("vocabulary", pa.repeat("HGNC", n))
+                                     .append_column("value_vocabulary", pa.repeat("VCF GT", n))
+                                     .append_column("qualifier", pa.repeat("call", n)))
+        self.variants.append(calls.append_column("key", pa.repeat("call", n)).select(VARIANT_SCHEMA.names)
+                             .cast(VARIANT_SCHEMA))
 
-    def _site(self, site, number, samples, refs, dates, assembly, annotations, file, events, variants) -> None:
-        genotypes = site.genotype.array() if samples else np.empty((0, 3), np.int16)
+    @staticmethod
+    def _site(site, number: int, has_samples: bool, annotations: dict[str, list[str]], carriers: _Carriers) -> None:
+        """The site's carriers of each ALT allele (split as the module describes), whole numpy columns at once."""
+        genotypes = site.genotype.array() if has_samples else np.empty((0, 3), np.int16)
         ploidy = genotypes.shape[1] - 1
         alleles = genotypes[:, :ploidy]
         phased = genotypes[:, ploidy].astype(bool) if ploidy else np.zeros(0, bool)
@@ -178,35 +275,19 @@ class VcfReader:
         info_gene = site.INFO.get("GENE")
         tag = next((t for t in annotations if site.INFO.get(t)), None)
         annotation_value, names = (site.INFO.get(tag), annotations[tag]) if tag else (None, [])
-        chrom = site.CHROM
         for index, raw_alt in enumerate(site.ALT, start=1):
-            carriers = np.flatnonzero((alleles == index).any(axis=1))
-            if carriers.size == 0:
+            holders = np.flatnonzero((alleles == index).any(axis=1))
+            if holders.size == 0:
                 continue
             pos, ref, alt = _trim(site.POS, site.REF, raw_alt)
             note = _annotation_for(annotation_value, tag, names, raw_alt, site.REF)
-            gene = note.get("gene") or info_gene
-            for s in carriers:
-                calls = alleles[s]
-                called = [("1" if a == index else "0" if a == 0 else ".") for a in calls if a != -2]
-                genotype = ("|" if phased[s] else "/").join(called)
-                ones = called.count("1")
-                zygosity = "hemizygous" if len(called) == 1 else "homozygous" if ones == len(called) else \
-                    "heterozygous"
-                record = f"VCF/{file}/{samples[s]}/{chrom}:{pos}:{ref}:{alt}"
-                dp, gq = _format_value(depth, s), _format_value(quality, s)
-                digest = content_hash(f"{chrom}\t{pos}\t{ref}\t{alt}\t{genotype}\t{dp}\t{gq}\t{note}".encode())
-                for k, v in (("record", record), ("record_hash", digest), ("person_ref", refs[s]),
-                             ("code", gene or f"{chrom}:{pos}"), ("start", dates[s]), ("value_code", genotype),
-                             ("line", number)):
-                    events[k].append(v)
-                for k, v in (("record", record), ("key", "call"), ("person_ref", refs[s]), ("assembly", assembly),
-                             ("chrom", chrom), ("pos", pos), ("ref", ref), ("alt", alt), ("gene", gene),
-                             ("genotype", genotype), ("hgvs", note.get("hgvs")), ("hgvs_p", note.get("hgvs_p")),
-                             ("consequence", note.get("consequence")), ("zygosity", zygosity),
-                             ("read_depth", None if dp is None else int(dp)),
-                             ("genotype_quality", None if gq is None else float(gq))):
-                    variants[k].append(v)
+            held = alleles[holders]
+            states = np.where(held == index, 1, np.where(held == 0, 0, np.where(held == -2, 3, 2)))
+            carriers.add({"chrom": site.CHROM, "pos": pos, "ref": ref, "alt": alt,
+                          "gene": note.get("gene") or info_gene, "hgvs": note.get("hgvs"),
+                          "hgvs_p": note.get("hgvs_p"), "consequence": note.get("consequence"), "line": number},
+                         holders, states, phased[holders], _carrier_values(depth, holders),
+                         _carrier_values(quality, holders))
 
 
 def read_vcf(path: Path | str, sample_person: dict[str, str] | None = None) -> Staged:
