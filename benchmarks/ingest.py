@@ -13,8 +13,7 @@ measured, with the load average (``os.getloadavg``) around each part: the 2 CPUs
    records that reached the CDM (the load summary's ``loaded``); ``rejected`` are kept in
    mercia_reject with their reason; both rates are reported, over mapped and over all resources.
    An incremental resend in which 10% of the resources changed (a newer meta) is timed on the loaded
-   store, then the same 10% with an older meta arriving late (all superseded, nothing written), and the
-   same load with the columnar NDJSON path switched off (``fhir_medium_row_reader``) right after.
+   store, then the same 10% with an older meta arriving late (all superseded, nothing written).
 2. The same pipeline with a naive reader: every resource parsed into a fhir.resources R4B pydantic
    model and dumped back to a dict before staging (on synthea_small, to keep the run short; the
    ratio is taken against the fast pipeline on the same folder).
@@ -76,21 +75,6 @@ def fhir_end_to_end(folder: Path, workdir: Path) -> tuple[dict, Path]:
     result = {"folder": str(folder.relative_to(SHARED)), **_rates(asdict(summary), wall, cpu),
               "load_average_before": load_before, "load_average_after": os.getloadavg()}
     return result, db
-
-
-def fhir_row_reader(folder: Path, workdir: Path) -> dict:
-    """The same end-to-end load with the columnar NDJSON path switched off (every resource staged by the
-    row reader): the comparison that shows what the columnar path buys, under the same machine load."""
-    from unittest import mock
-
-    from mercia.ingest import fhir
-
-    def row_reader(path):
-        return fhir.FhirReader(Path(path).name, columnar=False).read_path(Path(path))
-
-    with mock.patch.object(fhir, "read_fhir", row_reader):
-        result, _ = fhir_end_to_end(folder, workdir / "rows")
-    return result
 
 
 def fhir_cli_cold(folder: Path, workdir: Path) -> dict:
@@ -310,7 +294,6 @@ def main() -> None:
             small, _ = fhir_end_to_end(SHARED / "fhir/synthea_small/ndjson", work)  # also warms imports
             results["fhir_small"] = small
             results["fhir_medium"], db = fhir_end_to_end(medium, work)
-            results["fhir_medium_row_reader"] = fhir_row_reader(medium, work)
             results["fhir_medium_incremental_10pct"] = fhir_incremental(medium, db, work, NEWER)
             results["fhir_medium_older_10pct_late"] = fhir_incremental(medium, db, work, OLDER)
             results["fhir_medium_cli_cold"] = fhir_cli_cold(medium, work)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import orjson
 
-from mercia.ingest.fhir_columnar import BATCH, COLUMNAR, ColumnarStager, suspicious_lines
 from mercia.ingest.staging import Staged, content_hash
 from mercia.proms.omop import PROM_VOCABULARY, item_source_value
 from mercia.proms.store import FHIR_INSTRUMENTS, FHIR_ITEMS
@@ -146,7 +145,6 @@ _RESOURCES = {kind: {"meta": "Meta", **elements} for kind, elements in _RESOURCE
 _SUPPORTED = set(_RESOURCES)
 # adjudication categories that are the patient's share of a bill (Blue Button line variables, FHIR R4 codes)
 _PATIENT_SHARE = {"line_coinsrnc_amt", "line_bene_ptb_ddctbl_amt", "copay", "deductible"}
-_COLUMNAR_KINDS = {kind.encode(): kind for kind in COLUMNAR}
 _NOT_AN_OBJECT = "a FHIR resource is a JSON object, got {}"
 _MAX_NUMBER = 1e15  # larger magnitudes are not clinical values and overflow integer columns
 _PRIMITIVES = {"str": (str, "a string"), "num": (int | float, "a number"), "bool": (bool, "true or false")}
@@ -246,9 +244,8 @@ class FhirReader:
     """Streams resources into a ``Staged``; one instance per load so Bundles' fullUrls and
     Medication resources can be resolved across files."""
 
-    def __init__(self, extract: str, columnar: bool = True):
+    def __init__(self, extract: str):
         self.staged = Staged(extract)
-        self.columnar = ColumnarStager(_RESOURCES, _DATATYPES, VOCABULARIES, NHS_NUMBER_SYSTEM) if columnar else None
         self.medications: dict[str, tuple[str | None, str | None]] = {}
         self.devices: dict[str, dict] = {}  # Device id -> its type coding, UDI and production id
         self.patient_identifiers: dict[str, str] = {}
@@ -361,35 +358,10 @@ class FhirReader:
         self.read_resource(resource, data if resource.get("resourceType") != "Bundle" else None)
 
     def _read_ndjson(self, data: bytes, file_name: str) -> None:
-        """Lines of the types ``fhir_columnar`` maps are parsed and staged in batches; the rest one by one."""
-        if self.columnar is None:
-            for line_no, line in enumerate(data.split(b"\n"), start=1):
-                line = line.strip()
-                if line:
-                    self._read_line(line, line_no, file_name)
-            return
-        suspicious = suspicious_lines(data)
-        batches: dict[bytes, tuple[list, list]] = {}
         for line_no, line in enumerate(data.split(b"\n"), start=1):
             line = line.strip()
-            if not line:
-                continue
-            kind = line[17:line.find(b'"', 17)] if line.startswith(b'{"resourceType":"') else b""
-            if kind not in _COLUMNAR_KINDS or line_no in suspicious or b"entered-in-error" in line:
+            if line:
                 self._read_line(line, line_no, file_name)
-                continue
-            raws, lines = batches.setdefault(kind, ([], []))
-            raws.append(line)
-            lines.append(line_no)
-            if len(raws) == BATCH:
-                self._stage_batch(_COLUMNAR_KINDS[kind], batches.pop(kind), file_name)
-        for kind, batch in batches.items():
-            self._stage_batch(_COLUMNAR_KINDS[kind], batch, file_name)
-
-    def _stage_batch(self, kind: str, batch: tuple[list, list], file_name: str) -> None:
-        raws, lines = batch
-        for i in self.columnar.stage(self.staged, kind, raws, lines, self.line_base):
-            self._read_line(raws[i], lines[i], file_name)
 
     def _read_line(self, line: bytes, line_no: int, file_name: str) -> None:
         # Bulk exports put resourceType first: a resource type Mercia does not map (Claim, ExplanationOfBenefit
@@ -769,7 +741,7 @@ class FhirReader:
     # -- after all files -------------------------------------------------------------------
     def _resolve_deferred(self) -> None:
         """Medication references and conditional Patient references that needed every file."""
-        events = self.staged.events.listed  # the columnar stager hands conditional references to _stage
+        events = self.staged.events.listed
         dropped: list[int] = []
         for i, vocab in enumerate(events["vocabulary"]):
             if vocab == "?Medication":

@@ -1,9 +1,12 @@
 """FHIR types beyond the clinical core: devices (Device + DeviceUseStatement/DeviceRequest ->
-device_exposure) and documents (DocumentReference -> note metadata, never text)."""
+device_exposure), documents (DocumentReference -> note metadata, never text), bills (Claim,
+ExplanationOfBenefit -> cost), care plans and goals (observation) and imaging studies (procedure)."""
 
 from __future__ import annotations
 
 import orjson
+
+from mercia.ingest.fhir import read_fhir
 
 SNOMED = "http://snomed.info/sct"
 SUBJECT = {"reference": "Patient/p1"}
@@ -153,3 +156,31 @@ def test_synthea_bills_are_costs_of_loaded_visits(store, shared_data, load):
     assert store.query_one("""SELECT count(*) FROM cost c LEFT JOIN visit_occurrence v
                               ON v.visit_occurrence_id = c.cost_event_id WHERE v.visit_occurrence_id IS NULL""") == 0
     assert store.query_one("SELECT count(*) FROM cost WHERE paid_by_payer IS NOT NULL") == 1403
+
+
+def test_care_plans_goals_and_imaging_studies_are_mapped(tmp_path):
+    dicom = "http://dicom.nema.org/resources/ontology/DCM"
+    _write(tmp_path / "x.ndjson",
+           {"resourceType": "CarePlan", "id": "cp1", "subject": SUBJECT,
+            "period": {"start": "2017-03-21", "end": "2017-05-27"},
+            "category": [{"coding": [{"system": SNOMED, "code": "91251008"}]}]},
+           {"resourceType": "CarePlan", "id": "cp2", "subject": SUBJECT, "period": {"start": "2017-03-21"}},
+           {"resourceType": "Goal", "id": "g1", "subject": SUBJECT, "description": {"text": "HbA1c < 7.0"}},
+           {"resourceType": "Goal", "id": "g2", "subject": SUBJECT, "startDate": "2018-01-01",
+            "description": {"coding": [{"system": SNOMED, "code": "289169006"}]}},
+           {"resourceType": "ImagingStudy", "id": "is1", "subject": SUBJECT, "started": "2017-03-21T23:37:54+00:00",
+            "series": [{"modality": {"system": dicom, "code": "DX"}, "bodySite": {"system": SNOMED, "code": "72696002"}},
+                       {"modality": {"system": dicom, "code": "CT"}, "started": "2017-03-22"}]},
+           {"resourceType": "ImagingStudy", "id": "is2", "subject": SUBJECT, "started": "2017-03-21",
+            "procedureCode": [{"coding": [{"system": SNOMED, "code": "168537006"}]}]})
+    staged = read_fhir(tmp_path / "x.ndjson")
+    events = {(e["record"], e["kind"], e["vocabulary"], e["code"], e["start"], e["end"], e["qualifier"])
+              for e in staged.events.table().to_pylist()}
+    assert events == {
+        ("CarePlan/cp1", "Observation", "SNOMED", "91251008", "2017-03-21", "2017-05-27", "care plan"),
+        ("Goal/g2", "Observation", "SNOMED", "289169006", "2018-01-01", None, "goal"),
+        ("ImagingStudy/is1", "Procedure", "DICOM", "DX", "2017-03-21T23:37:54+00:00", None, "72696002"),
+        ("ImagingStudy/is1", "Procedure", "DICOM", "CT", "2017-03-22", None, None),
+        ("ImagingStudy/is2", "Procedure", "SNOMED", "168537006", "2017-03-21", None, None)}
+    rejects = {(r["record"], r["field"], r["reason"]) for r in staged.rejects.table().to_pylist()}
+    assert rejects == {("CarePlan/cp2", "category", "no coded value"), ("Goal/g1", "description", "no coded value")}

@@ -33,7 +33,7 @@ def test_entered_in_error_and_deleted_files_remove_earlier_rows(store, load, tmp
            observation)
     first = load(store, "fhir", tmp_path / "day1", "RX1")
     assert first.loaded == 5 and store.query_one("SELECT count(*) FROM condition_occurrence") == 3
-    # day 2: c1 withdrawn by verificationStatus, o1 by status (columnar type), c2 in the export's deleted file
+    # day 2: c1 withdrawn by verificationStatus, o1 by status, c2 in the export's deleted file
     day2 = tmp_path / "day2"
     _write(day2 / "Condition.ndjson", _condition("c1", verificationStatus={"coding": [
         {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "entered-in-error"}]}))
@@ -97,7 +97,7 @@ def test_an_older_version_sent_later_does_not_overwrite_a_newer_one(store, load,
     provenance = store.query("SELECT * FROM mercia_provenance ORDER BY cdm_table, row_id")
     # day 2 brings the versions before them (a feed replayed out of order): nothing changes
     _write(tmp_path / "d2" / "Condition.ndjson", _versioned(_coded("c1", ASTHMA), "2024-03-01T09:00:00+00:00"))
-    _write(tmp_path / "d2" / "Observation.ndjson", _height(160, "2024-03-01T09:00:00Z"))  # columnar path
+    _write(tmp_path / "d2" / "Observation.ndjson", _height(160, "2024-03-01T09:00:00Z"))
     second = load(store, "fhir", tmp_path / "d2", "RX1")
     assert (second.records, second.loaded, second.superseded, second.changed) == (2, 0, 2, 0)
     assert second.records == second.loaded + second.rejected + second.withheld + second.removed + second.superseded

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mercia.cli import app
-from mercia.ingest.fhir import FhirError, read_fhir
+from mercia.ingest.fhir import NHS_NUMBER_SYSTEM, FhirError, read_fhir
 from mercia.ingest.hl7v2 import read_hl7v2
 
 SNOMED = "http://snomed.info/sct"
@@ -120,3 +120,105 @@ def test_implausible_dates_are_rejected_and_never_reach_the_engine(store, load, 
     assert window.startswith("date outside the plausible window 1850-01-01 to ")
     assert store.query("SELECT condition_start_date FROM condition_occurrence") == [(dt.date(1850, 1, 1),)]
     assert store.query_one("SELECT count(*) FROM person") == 1
+
+
+LOINC = "http://loinc.org"
+SUBJECT = {"reference": "Patient/p1"}
+
+
+def _observation(oid: str, **extra) -> dict:
+    return {"resourceType": "Observation", "id": oid, "subject": SUBJECT, "effectiveDateTime": "2012-03-04",
+            "code": {"coding": [{"system": LOINC, "code": "8302-2"}]}, **extra}
+
+
+# Each line tests one rule of the event types: a reject naming the element, or the event it maps to.
+EVENT_LINES = [
+    _patient("p1"),
+    _observation("ok", valueQuantity={"value": 180, "unit": "cm", "code": "cm"},
+                 referenceRange=[{"low": {"value": 150}, "high": {"value": 200}}]),
+    _observation("huge-number", valueQuantity={"value": 1e30}),
+    _observation("null-item", category=[None]),
+    _observation("no-subject", subject=None),
+    _observation("no-date", effectiveDateTime=None),
+    _observation("uncoded", code={"text": "height"}),
+    _observation("panel", category=[{"coding": [{"code": "survey"}]}],
+                 component=[{"code": {"coding": [{"system": LOINC, "code": "8480-6"}]}, "valueQuantity": {"value": 120}},
+                            {"code": {"text": "no code"}, "valueInteger": 80}]),
+    _observation("panel-with-text-value", component=[{"code": {"coding": [{"system": LOINC, "code": "8462-4"}]}}],
+                 valueString="see text"),
+    _observation("preferred-coding", code={"coding": [{"system": "urn:local", "code": "x1"},
+                                                      {"system": LOINC, "code": ""},
+                                                      {"system": SNOMED, "code": "50373000"}]},
+                 valueCodeableConcept={"coding": [{"system": SNOMED, "code": "260385009"}]}),
+    _observation("conditional", subject={"reference": f"Patient?identifier={NHS_NUMBER_SYSTEM}|9000000009"}),
+    _observation("absolute-ref", subject={"reference": "https://example.org/fhir/Patient/p1/"},
+                 encounter={"reference": "urn:uuid:e1"}),
+    {**_observation("no-id"), "id": ""},
+    {"resourceType": "Encounter", "id": "e1", "subject": SUBJECT, "period": {"start": "2012-03-04T10:00:00"},
+     "class": {"code": "AMB"}, "serviceProvider": {"reference": "Organization/o9"}},
+    {"resourceType": "Encounter", "id": "e2", "subject": SUBJECT, "period": {"end": "2012-03-04"}},
+    {"resourceType": "Immunization", "id": "i1", "patient": SUBJECT, "status": "not-done",
+     "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "140"}]}},
+    {"resourceType": "Immunization", "id": "i2", "patient": SUBJECT, "recorded": "2014-01-01",
+     "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "140"}]}},
+    {"resourceType": "MedicationRequest", "id": "m1", "subject": SUBJECT, "authoredOn": "2015-01-01",
+     "medicationReference": {"reference": "#med"},
+     "contained": [{"resourceType": "Medication", "id": "med", "code": {"coding": [{"system": SNOMED, "code": "1"}]}}]},
+    {"resourceType": "MedicationRequest", "id": "m2", "subject": SUBJECT, "authoredOn": "2015-01-01"},
+    {"resourceType": "Condition", "id": "c1", "subject": SUBJECT, "onsetPeriod": {"end": "2001-01-01"},
+     "abatementPeriod": {"end": "2002-01-01"}, "code": {"coding": [{"system": SNOMED, "code": "44054006"}]}},
+    {"resourceType": "Procedure", "id": "pr1", "subject": SUBJECT, "performedPeriod": {"start": "2003-01-01",
+     "end": "2003-01-02"}, "code": {"coding": [{"system": SNOMED, "code": "80146002"}]}},
+    {"resourceType": "AllergyIntolerance", "id": "a1", "patient": SUBJECT, "recordedDate": "2004-05-06",
+     "code": {"coding": [{"system": SNOMED, "code": "91936005"}]}},
+    {"resourceType": "DiagnosticReport", "id": "d1", "subject": SUBJECT, "issued": "2005-01-01T00:00:00Z",
+     "code": {"coding": [{"system": LOINC, "code": "58410-2"}]}},
+    _observation("bool-number", valueQuantity={"value": True}),
+    _observation("string-code", code="8302-2"),
+    b'{"resourceType":"Observation","id":"bad json"',
+]
+
+
+def test_event_lines_are_mapped_or_rejected_naming_the_element(tmp_path):
+    _ndjson(tmp_path / "x.ndjson", *EVENT_LINES, b"", b"  ")
+    staged = read_fhir(tmp_path / "x.ndjson")
+    assert staged.read == len(EVENT_LINES)
+    rejects = {(r["record"], r["field"], r["line"]) for r in staged.rejects.table().to_pylist()}
+    assert rejects == {
+        ("Observation/huge-number", "valueQuantity.value", 3), ("Observation/null-item", "category[0]", 4),
+        ("Observation/no-subject", "subject", 5), ("Observation/no-date", "date", 6),
+        ("Observation/uncoded", "code", 7), ("Observation/panel", "code", 8), ("Observation/?", "id", 13),
+        ("Encounter/e2", "period.start", 15), ("Immunization/i1", "status", 16),
+        ("MedicationRequest/m2", "medication[x]", 19), ("Observation/bool-number", "valueQuantity.value", 24),
+        ("Observation/string-code", "code", 25), ("x.ndjson:26", None, 26)}
+    events = {(e["record"], e["kind"], e["code"], e["start"], e["end"], e["person_ref"], e["visit_ref"],
+               e["value_number"], e["value_code"]) for e in staged.events.table().to_pylist()}
+    day = "2012-03-04"
+    assert events == {
+        ("Observation/ok", "Measurement", "8302-2", day, None, "p1", None, 180.0, None),
+        ("Observation/panel", "Observation", "8480-6", day, None, "p1", None, 120.0, None),  # coded component only
+        ("Observation/panel-with-text-value", "Measurement", "8302-2", day, None, "p1", None, None, None),
+        ("Observation/panel-with-text-value", "Measurement", "8462-4", day, None, "p1", None, None, None),
+        ("Observation/preferred-coding", "Measurement", "50373000", day, None, "p1", None, None, "260385009"),
+        ("Observation/conditional", "Measurement", "8302-2", day, None, f"?{NHS_NUMBER_SYSTEM}|9000000009", None,
+         None, None),  # resolved once every file is read (no Patient carries that number here)
+        ("Observation/absolute-ref", "Measurement", "8302-2", day, None, "p1", "Encounter/e1", None, None),
+        ("Encounter/e1", "Visit", "AMB", "2012-03-04T10:00:00", None, "p1", "Encounter/e1", None, None),
+        ("Immunization/i2", "Drug", "140", "2014-01-01", None, "p1", None, None, None),
+        ("MedicationRequest/m1", "Drug", "1", "2015-01-01", None, "p1", None, None, None),  # contained Medication
+        ("Condition/c1", "Condition", "44054006", "2001-01-01", "2002-01-01", "p1", None, None, None),
+        ("Procedure/pr1", "Procedure", "80146002", "2003-01-01", "2003-01-02", "p1", None, None, None),
+        ("AllergyIntolerance/a1", "Observation", "91936005", "2004-05-06", None, "p1", None, None, None),
+        ("DiagnosticReport/d1", "Observation", "58410-2", "2005-01-01T00:00:00Z", None, "p1", None, None, None)}
+
+
+@pytest.mark.parametrize("bad", [b'"\xff\xfe"', b'"\\ud800"'], ids=["invalid-utf8", "lone-surrogate"])
+def test_a_line_that_is_not_text_is_rejected_with_its_line_number(tmp_path, bad):
+    """Found by fuzzing: invalid UTF-8 and lone surrogates inside a string are not JSON text."""
+    good = _observation("o1", valueQuantity={"value": 1.5, "unit": "mmol/L"})
+    broken = orjson.dumps(_observation("o2", component=[{"code": {"text": "x"}}])).replace(b'"x"', bad)
+    _ndjson(tmp_path / "x.ndjson", _patient("p1"), good, broken)
+    staged = read_fhir(tmp_path / "x.ndjson")
+    assert [(r["line"], r["reason"].split(":")[0]) for r in staged.rejects.table().to_pylist()] == [
+        (3, "not valid JSON")]
+    assert staged.events.data["record"] == ["Observation/o1"]
