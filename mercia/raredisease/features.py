@@ -183,9 +183,9 @@ def _ranks(scores: np.ndarray, pair_case: np.ndarray, pair_disease: np.ndarray, 
     pairs (the candidates are each case's best) is ranked among those pairs alone; any other pair is counted
     against its whole row."""
     value = scores[pair_case, pair_disease]
-    outside = scores.copy()
-    outside[pair_case, pair_disease] = -np.inf
-    among_pairs = value > outside.max(axis=1)[pair_case]
+    scores[pair_case, pair_disease] = -np.inf  # for the best score outside the pairs (no copy of the matrix)
+    among_pairs = value > scores.max(axis=1)[pair_case]
+    scores[pair_case, pair_disease] = value
     order = np.lexsort((pair_disease, -value, pair_case))
     group_start = np.searchsorted(pair_case[order], pair_case[order], side="left")
     rank = np.empty(len(value), dtype=np.int64)
