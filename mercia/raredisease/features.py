@@ -113,7 +113,7 @@ class PairFeatures:
         n_obs = np.diff(observed.indptr).astype(np.float64)[pair_case]
         n_exc = np.diff(excluded.indptr).astype(np.float64)[pair_case]
         matched = _pairs(observed @ closure, pair_case, column)
-        resnik_sum, informative = self._resnik(observed, pair_case, pair_disease)
+        resnik_sum, informative = self._resnik(observed, pair_case, column, closure)
         covered = self.ranker._covered(observed, excluded)
         gene_overlap = self._gene_overlap(case_weighted, pair_case, pair_disease)
         columns = {
@@ -139,24 +139,20 @@ class PairFeatures:
         }
         return np.column_stack([np.asarray(columns[name], dtype=np.float64) for name in FEATURES])
 
-    def _resnik(self, observed: sp.csr_matrix, pair_case, pair_disease) -> tuple[np.ndarray, np.ndarray]:
+    def _resnik(self, observed: sp.csr_matrix, pair_case, column, closure) -> tuple[np.ndarray, np.ndarray]:
         """Per pair: sum over observed terms of the IC of their most informative ancestor in the disease's closure,
-        and how many observed terms share an informative (non-universal) ancestor with it.  Only the diseases
-        of the pairs are looked at (about half of them in a chunk of cases)."""
+        and how many observed terms share an informative (non-universal) ancestor with it.  ``closure`` holds
+        only the pairs' diseases (about half of them in a chunk of cases); ``column`` is each pair's among them."""
         terms = np.unique(observed.indices)
         owner, ancestor = self.ranker._expand_ancestors(terms)
         useful = self.weight[ancestor] > 0
         owner, ancestor = owner[useful], ancestor[useful]
-        diseases = np.unique(pair_disease)
-        slot = np.full(len(self.ranker.diseases), -1, dtype=np.int64)
-        slot[diseases] = np.arange(len(diseases))
-        rows = self.closure[ancestor].tocoo()
-        wanted = slot[rows.col] >= 0
-        row, column = rows.row[wanted], slot[rows.col[wanted]]
-        best = np.zeros(len(terms) * len(diseases))  # observed term x pair disease: the best ancestor's IC
-        np.maximum.at(best, owner[row].astype(np.int64) * len(diseases) + column, self.ic[ancestor][row])
+        n_dis = closure.shape[1]
+        rows = closure[ancestor].tocoo()
+        best = np.zeros(len(terms) * n_dis)  # observed term x pair disease: the best ancestor's IC
+        np.maximum.at(best, owner[rows.row].astype(np.int64) * n_dis + rows.col, self.ic[ancestor][rows.row])
         pair, term = row_entries(observed, pair_case)
-        values = best[np.searchsorted(terms, term) * len(diseases) + slot[pair_disease[pair]]]
+        values = best[np.searchsorted(terms, term) * n_dis + column[pair]]
         return (np.bincount(pair, values, minlength=len(pair_case)),
                 np.bincount(pair, values > 0, minlength=len(pair_case)).astype(np.float64))
 
