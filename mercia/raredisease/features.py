@@ -58,6 +58,10 @@ class PairFeatures:
         carriers = np.diff(self.closure.indptr)
         self.ic = -np.log(np.maximum(carriers, 1) / (n_dis + 1))
         self.weight = np.where(carriers > UNIVERSAL_SHARE * n_dis, 0.0, self.ic)
+        # IC as a small integer code (0: none), so Resnik's term x disease maximum fits a quarter of the memory
+        levels, code = np.unique(self.ic, return_inverse=True)
+        self.ic_levels = np.r_[0.0, levels]
+        self.ic_code = (code + 1).astype(np.min_scalar_type(len(levels)))
         self.disease_total = self.closure.T @ self.weight
         negated_closure = (ontology.ancestors.astype(np.float64) @ ranker.negated).tocsr()
         negated_closure.data[:] = 1.0
@@ -149,10 +153,10 @@ class PairFeatures:
         owner, ancestor = owner[useful], ancestor[useful]
         n_dis = closure.shape[1]
         rows = closure[ancestor].tocoo()
-        best = np.zeros(len(terms) * n_dis)  # observed term x pair disease: the best ancestor's IC
-        np.maximum.at(best, owner[rows.row].astype(np.int64) * n_dis + rows.col, self.ic[ancestor][rows.row])
+        best = np.zeros(len(terms) * n_dis, dtype=self.ic_code.dtype)  # term x pair disease: best ancestor's IC
+        np.maximum.at(best, owner[rows.row].astype(np.int64) * n_dis + rows.col, self.ic_code[ancestor][rows.row])
         pair, term = row_entries(observed, pair_case)
-        values = best[np.searchsorted(terms, term) * n_dis + column[pair]]
+        values = self.ic_levels[best[np.searchsorted(terms, term) * n_dis + column[pair]]]
         return (np.bincount(pair, values, minlength=len(pair_case)),
                 np.bincount(pair, values > 0, minlength=len(pair_case)).astype(np.float64))
 
