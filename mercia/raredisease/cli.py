@@ -3,6 +3,7 @@ Phenopacket import/export and the knowledge base. Every result names the HPO rel
 
 from __future__ import annotations
 
+import gc
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -383,10 +384,16 @@ def _diagnose_batch(cases_path: Path, out_path: Path, top: int) -> None:
         ensemble = default_ensemble()
     except FileNotFoundError as exc:
         fail(str(exc))
-    rankings = ensemble.rank_many(batch, top=top, term_lrs=True)
-    with open(out_path, "wb") as handle:
-        handle.writelines(orjson.dumps({"id": case.id, "knowledge_base": ensemble.kb.version, **ranking.to_dict()})
-                          + b"\n" for case, ranking in zip(batch, rankings))
+    # the objects made so far (modules, knowledge base) outlive the batch: keep the garbage collector, which the
+    # batch's many small results set off, from walking them again and again (~0.1 CPU-s over 2,820 cases)
+    gc.freeze()
+    try:
+        rankings = ensemble.rank_many(batch, top=top, term_lrs=True)
+        with open(out_path, "wb") as handle:
+            handle.writelines(orjson.dumps({"id": case.id, "knowledge_base": ensemble.kb.version,
+                                            **ranking.to_dict()}) + b"\n" for case, ranking in zip(batch, rankings))
+    finally:
+        gc.unfreeze()  # an in-process caller (tests) gets its collector back as it was
     typer.echo(f"diagnosed {len(batch)} cases ({ensemble.kb.version}) -> {out_path}"
                f"{_skipped_note(ensemble.kb.ontology, batch)}", err=True)
 

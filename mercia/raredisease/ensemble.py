@@ -2,8 +2,9 @@
 
 The likelihood-ratio :class:`~mercia.raredisease.ranker.Ranker` scores every disease; its ``candidates`` best
 are re-ranked by a LightGBM LambdaRank model (Burges, "From RankNet to LambdaRank to LambdaMART", MSR-TR-2010-82)
-over the features of :mod:`mercia.raredisease.features`. Scores become probabilities by temperature scaling
-with a "none of these" logit (Guo et al., ICML 2017), fitted on held-out gene cohorts only.
+over the features of :mod:`mercia.raredisease.features` (ranking evaluates the trees with
+:mod:`mercia.raredisease.trees`: exact, and without importing LightGBM). Scores become probabilities by
+temperature scaling with a "none of these" logit (Guo et al., ICML 2017), fitted on held-out gene cohorts only.
 
 Evaluation and training use grouped folds: all cases of a gene cohort fall in one fold, so a model is never
 tested on a cohort it was trained on — which is how a new patient in clinic looks to the ranker.
@@ -29,6 +30,7 @@ import numpy as np
 from mercia.raredisease.features import FEATURES, PairFeatures
 from mercia.raredisease.ontology import UnknownTermError
 from mercia.raredisease.ranker import Case, Ranker, TermEvidence, TermRows
+from mercia.raredisease.trees import TreeEnsemble
 
 MODEL_FILE = Path(__file__).parent / "models" / "ensemble.json"
 LR_COLUMN = FEATURES.index("lr")
@@ -141,7 +143,8 @@ def _booster_params(settings: EnsembleSettings) -> dict:
     }
 
 
-def train_booster(x: np.ndarray, labels: np.ndarray, pair_case: np.ndarray, settings: EnsembleSettings):
+def train_trees(x: np.ndarray, labels: np.ndarray, pair_case: np.ndarray, settings: EnsembleSettings
+                  ) -> TreeEnsemble:
     """LambdaRank on the groups (cases) that have their true disease among the candidates."""
     import lightgbm
 
@@ -152,7 +155,8 @@ def train_booster(x: np.ndarray, labels: np.ndarray, pair_case: np.ndarray, sett
     _, sizes = np.unique(cases, return_counts=True)
     data = lightgbm.Dataset(x[keep][order], labels[keep][order], group=sizes, feature_name=list(FEATURES),
                             free_raw_data=True)
-    return lightgbm.train(_booster_params(settings), data, num_boost_round=settings.rounds)
+    booster = lightgbm.train(_booster_params(settings), data, num_boost_round=settings.rounds)
+    return TreeEnsemble(booster.model_to_string())
 
 
 def labels_for(pairs: Pairs, ranker: Ranker, truths: list[list[str]]) -> np.ndarray:
@@ -220,26 +224,24 @@ def probabilities(pairs: Pairs, model_scores: np.ndarray, temperature: float, no
 # -- the shipped model -----------------------------------------------------------------------------------------
 @dataclass
 class EnsembleModel:
-    booster: object  # lightgbm.Booster
+    trees: TreeEnsemble  # the trained LightGBM model
     temperature: float
     none_logit: float
     settings: EnsembleSettings
     provenance: dict = field(default_factory=dict)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.booster.predict(x, num_threads=1)
+        return self.trees.predict(x)
 
     def save(self, path: Path = MODEL_FILE) -> None:
         document = {"format": 1, "features": list(FEATURES), "settings": asdict(self.settings),
                     "temperature": self.temperature, "none_logit": self.none_logit, "provenance": self.provenance,
-                    "lightgbm_model": self.booster.model_to_string()}
+                    "lightgbm_model": self.trees.text}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(document, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: Path = MODEL_FILE) -> EnsembleModel:
-        import lightgbm
-
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no trained ensemble; make it with "
                                     "`python -m mercia.cli raredisease train-ensemble --cases dev_cases.jsonl`")
@@ -247,8 +249,7 @@ class EnsembleModel:
         if document["features"] != list(FEATURES):
             raise ValueError(f"{path}: trained on features {document['features']}, this code computes {FEATURES}; "
                              "retrain with `mercia raredisease train-ensemble`")
-        booster = lightgbm.Booster(model_str=document["lightgbm_model"])
-        return cls(booster, document["temperature"], document["none_logit"],
+        return cls(TreeEnsemble(document["lightgbm_model"]), document["temperature"], document["none_logit"],
                    EnsembleSettings(**document["settings"]), document["provenance"])
 
 
@@ -263,17 +264,17 @@ def train(ranker: Ranker, cases: list[dict], settings: EnsembleSettings = Ensemb
     held_out = np.zeros(len(labels))
     for k in range(settings.folds):
         train_rows = folds[pairs.case] != k
-        booster = train_booster(pairs.features[train_rows], labels[train_rows], pairs.case[train_rows], settings)
-        held_out[~train_rows] = booster.predict(pairs.features[~train_rows], num_threads=1)
+        trees = train_trees(pairs.features[train_rows], labels[train_rows], pairs.case[train_rows], settings)
+        held_out[~train_rows] = trees.predict(pairs.features[~train_rows])
     temperature, none = fit_calibration(pairs, held_out, labels)
     info = {"pairs": pairs, "labels": labels, "held_out_scores": held_out, "folds": folds}
     if not final:
         return None, info
-    booster = train_booster(pairs.features, labels, pairs.case, settings)
+    trees = train_trees(pairs.features, labels, pairs.case, settings)
     digest = hashlib.sha256("\n".join(sorted(c["id"] for c in cases)).encode()).hexdigest()[:16]
     provenance = {"knowledge_base": ranker.kb.version, "cases": len(cases), "case_ids_sha256_16": digest,
                   "folds": settings.folds, "calibrated_on": "out-of-fold scores (grouped by gene cohort)"}
-    model = EnsembleModel(booster, temperature, none, settings, provenance)
+    model = EnsembleModel(trees, temperature, none, settings, provenance)
     return model, info
 
 

@@ -58,6 +58,10 @@ class PairFeatures:
         carriers = np.diff(self.closure.indptr)
         self.ic = -np.log(np.maximum(carriers, 1) / (n_dis + 1))
         self.weight = np.where(carriers > UNIVERSAL_SHARE * n_dis, 0.0, self.ic)
+        # IC as a small integer code (0: none), so Resnik's term x disease maximum fits a quarter of the memory
+        levels, code = np.unique(self.ic, return_inverse=True)
+        self.ic_levels = np.r_[0.0, levels]
+        self.ic_code = (code + 1).astype(np.min_scalar_type(len(levels)))
         self.disease_total = self.closure.T @ self.weight
         negated_closure = (ontology.ancestors.astype(np.float64) @ ranker.negated).tocsr()
         negated_closure.data[:] = 1.0
@@ -113,7 +117,7 @@ class PairFeatures:
         n_obs = np.diff(observed.indptr).astype(np.float64)[pair_case]
         n_exc = np.diff(excluded.indptr).astype(np.float64)[pair_case]
         matched = _pairs(observed @ closure, pair_case, column)
-        resnik_sum, informative = self._resnik(observed, pair_case, pair_disease)
+        resnik_sum, informative = self._resnik(observed, pair_case, column, closure)
         covered = self.ranker._covered(observed, excluded)
         gene_overlap = self._gene_overlap(case_weighted, pair_case, pair_disease)
         columns = {
@@ -139,24 +143,20 @@ class PairFeatures:
         }
         return np.column_stack([np.asarray(columns[name], dtype=np.float64) for name in FEATURES])
 
-    def _resnik(self, observed: sp.csr_matrix, pair_case, pair_disease) -> tuple[np.ndarray, np.ndarray]:
+    def _resnik(self, observed: sp.csr_matrix, pair_case, column, closure) -> tuple[np.ndarray, np.ndarray]:
         """Per pair: sum over observed terms of the IC of their most informative ancestor in the disease's closure,
-        and how many observed terms share an informative (non-universal) ancestor with it.  Only the diseases
-        of the pairs are looked at (about half of them in a chunk of cases)."""
+        and how many observed terms share an informative (non-universal) ancestor with it.  ``closure`` holds
+        only the pairs' diseases (about half of them in a chunk of cases); ``column`` is each pair's among them."""
         terms = np.unique(observed.indices)
         owner, ancestor = self.ranker._expand_ancestors(terms)
         useful = self.weight[ancestor] > 0
         owner, ancestor = owner[useful], ancestor[useful]
-        diseases = np.unique(pair_disease)
-        slot = np.full(len(self.ranker.diseases), -1, dtype=np.int64)
-        slot[diseases] = np.arange(len(diseases))
-        rows = self.closure[ancestor].tocoo()
-        wanted = slot[rows.col] >= 0
-        row, column = rows.row[wanted], slot[rows.col[wanted]]
-        best = np.zeros(len(terms) * len(diseases))  # observed term x pair disease: the best ancestor's IC
-        np.maximum.at(best, owner[row].astype(np.int64) * len(diseases) + column, self.ic[ancestor][row])
+        n_dis = closure.shape[1]
+        rows = closure[ancestor].tocoo()
+        best = np.zeros(len(terms) * n_dis, dtype=self.ic_code.dtype)  # term x pair disease: best ancestor's IC
+        np.maximum.at(best, owner[rows.row].astype(np.int64) * n_dis + rows.col, self.ic_code[ancestor][rows.row])
         pair, term = row_entries(observed, pair_case)
-        values = best[np.searchsorted(terms, term) * len(diseases) + slot[pair_disease[pair]]]
+        values = self.ic_levels[best[np.searchsorted(terms, term) * n_dis + column[pair]]]
         return (np.bincount(pair, values, minlength=len(pair_case)),
                 np.bincount(pair, values > 0, minlength=len(pair_case)).astype(np.float64))
 
@@ -183,9 +183,9 @@ def _ranks(scores: np.ndarray, pair_case: np.ndarray, pair_disease: np.ndarray, 
     pairs (the candidates are each case's best) is ranked among those pairs alone; any other pair is counted
     against its whole row."""
     value = scores[pair_case, pair_disease]
-    outside = scores.copy()
-    outside[pair_case, pair_disease] = -np.inf
-    among_pairs = value > outside.max(axis=1)[pair_case]
+    scores[pair_case, pair_disease] = -np.inf  # for the best score outside the pairs (no copy of the matrix)
+    among_pairs = value > scores.max(axis=1)[pair_case]
+    scores[pair_case, pair_disease] = value
     order = np.lexsort((pair_disease, -value, pair_case))
     group_start = np.searchsorted(pair_case[order], pair_case[order], side="left")
     rank = np.empty(len(value), dtype=np.int64)
