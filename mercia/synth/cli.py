@@ -10,8 +10,8 @@ import typer
 
 from mercia.cdm.cli import DB_HELP
 
-# Never the configured store by default: a synthetic write must name where it goes.
-DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP)]
+# Never the configured store by default: a synthetic write must name where it goes (a store or --out).
+DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP + "; or --out for Parquet files")]
 
 app = typer.Typer(help="Synthetic West Midlands region with ground truth.", no_args_is_help=True)
 
