@@ -36,7 +36,7 @@ from mercia.cohorts.compiler import (
 )
 from mercia.cohorts.criteria import CODESETS, DOMAINS
 from mercia.cohorts.runner import CohortResult, ensure_result_tables, read_results
-from mercia.cohorts.sqlexpr import col, num, table, union_all
+from mercia.cohorts.sqlexpr import col, num, table
 
 BATCH_CODESETS = f"{PREFIX}batch_codesets"
 _DOMAIN_TABLES = {d.table for d in DOMAINS.values()} | {"person", "visit_occurrence", "observation_period"}

@@ -31,7 +31,6 @@ from mercia.cohorts.sqlexpr import (
     col,
     date_literal,
     empty_select,
-    in_list,
     least_date,
     num,
     over,

@@ -142,7 +142,7 @@ def build_report(store: Store, org: str | None = None) -> Report:
                    COALESCE(records_removed, 0) AS removed, COALESCE(records_superseded, 0) AS superseded,
                    records_rejected AS rejected, records_withheld AS withheld
             FROM mercia_load l WHERE load_id = (SELECT max(load_id) FROM mercia_load m WHERE m.org = l.org)
-            {org_where.replace("WHERE", "AND")} ORDER BY org""", org_params or None)
+            {"AND org = ?" if org else ""} ORDER BY org""", org_params or None)
     report.checks = _checks(store, scope)
     return report
 
