@@ -423,6 +423,7 @@ class Hub:
         taken = []
         with self._lock:
             if malformed is None:
+                now = _iso(_now())   # when the result is recorded, and the moment its deadline is checked at
                 with self.gov.db.transaction():
                     # One statement checks and records: the node's own task, this nonce (the request is
                     # already signed by the node, so only the node itself could probe it), still open,
@@ -432,8 +433,8 @@ class Hub:
                         "last_load = ?, data_version = ? WHERE id = ? AND org = ? AND nonce = ? "
                         "AND status IN ('issued', 'sent') AND expires_at >= ? "
                         "AND round = (SELECT q.round FROM mercia_fed_query q WHERE q.id = query_id) RETURNING query_id",
-                        [result.status, _iso(_now()), result.count, result.unlinkable, result.reason, result.last_load,
-                         result.data_version, result.task_id, org, result.nonce, _iso(_now())])
+                        [result.status, now, result.count, result.unlinkable, result.reason, result.last_load,
+                         result.data_version, result.task_id, org, result.nonce, now])
                     if taken:
                         query_id = taken[0][0]
                         self.gov.audit.record(f"node:{org}", "federation.result", f"task:{result.task_id}",
