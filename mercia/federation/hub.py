@@ -386,14 +386,15 @@ class Hub:
         except SignatureError as exc:
             raise Rejected(str(exc)) from exc
         with self._lock:
-            cutoff = time.time() - 2 * CLOCK_SKEW.total_seconds()
+            now = time.time()
+            cutoff = now - 2 * CLOCK_SKEW.total_seconds()
             self._seen_requests = {s: t for s, t in self._seen_requests.items() if t >= cutoff}
             if signature in self._seen_requests:
                 raise Rejected("this request was already received (replay)")
             self._seen_requests[signature] = moment
-            if time.time() - self._seen_written.get(org, 0.0) >= LAST_SEEN_EVERY:   # health needs no finer grain
+            if now - self._seen_written.get(org, 0.0) >= LAST_SEEN_EVERY:   # health needs no finer grain
                 self.store.execute("UPDATE mercia_fed_node SET last_seen = ? WHERE org = ?", [_iso(_now()), org])
-                self._seen_written[org] = time.time()
+                self._seen_written[org] = now
         return org
 
     def work_for(self, org: str) -> list[Task]:
