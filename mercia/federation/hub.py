@@ -386,14 +386,15 @@ class Hub:
         except SignatureError as exc:
             raise Rejected(str(exc)) from exc
         with self._lock:
-            cutoff = time.time() - 2 * CLOCK_SKEW.total_seconds()
+            now = time.time()
+            cutoff = now - 2 * CLOCK_SKEW.total_seconds()
             self._seen_requests = {s: t for s, t in self._seen_requests.items() if t >= cutoff}
             if signature in self._seen_requests:
                 raise Rejected("this request was already received (replay)")
             self._seen_requests[signature] = moment
-            if time.time() - self._seen_written.get(org, 0.0) >= LAST_SEEN_EVERY:   # health needs no finer grain
+            if now - self._seen_written.get(org, 0.0) >= LAST_SEEN_EVERY:   # health needs no finer grain
                 self.store.execute("UPDATE mercia_fed_node SET last_seen = ? WHERE org = ?", [_iso(_now()), org])
-                self._seen_written[org] = time.time()
+                self._seen_written[org] = now
         return org
 
     def work_for(self, org: str) -> list[Task]:
@@ -423,6 +424,7 @@ class Hub:
         taken = []
         with self._lock:
             if malformed is None:
+                now = _iso(_now())   # when the result is recorded, and the moment its deadline is checked at
                 with self.gov.db.transaction():
                     # One statement checks and records: the node's own task, this nonce (the request is
                     # already signed by the node, so only the node itself could probe it), still open,
@@ -432,8 +434,8 @@ class Hub:
                         "last_load = ?, data_version = ? WHERE id = ? AND org = ? AND nonce = ? "
                         "AND status IN ('issued', 'sent') AND expires_at >= ? "
                         "AND round = (SELECT q.round FROM mercia_fed_query q WHERE q.id = query_id) RETURNING query_id",
-                        [result.status, _iso(_now()), result.count, result.unlinkable, result.reason, result.last_load,
-                         result.data_version, result.task_id, org, result.nonce, _iso(_now())])
+                        [result.status, now, result.count, result.unlinkable, result.reason, result.last_load,
+                         result.data_version, result.task_id, org, result.nonce, now])
                     if taken:
                         query_id = taken[0][0]
                         self.gov.audit.record(f"node:{org}", "federation.result", f"task:{result.task_id}",
