@@ -163,7 +163,8 @@ class _Load:
         con.execute("""CREATE TABLE versions AS SELECT v.*, k.source_record,
             timezone('UTC', TRY_CAST(v.last_updated AS TIMESTAMPTZ)) AS instant
             FROM staged_versions v JOIN record_keys k USING (record)""")
-        if not con.execute("SELECT count(*) FROM versions").fetchall()[0][0]:
+        self.has_versions = bool(con.execute("SELECT count(*) FROM versions").fetchall()[0][0])
+        if not self.has_versions:
             return  # a reader without versions (everything but FHIR)
         stored = pa.table({})
         if self.store.query_one("SELECT count(*) FROM (SELECT 1 FROM mercia_record_version WHERE org = ? LIMIT 1) v",
@@ -212,7 +213,7 @@ class _Load:
 
     def record_versions(self, load_id: int) -> None:
         """Remember the newest version of each record this load wrote or removed (mercia_record_version)."""
-        if not self.con.execute("SELECT count(*) FROM versions").fetchall()[0][0]:
+        if not self.has_versions:  # choose_versions made no ranking
             return
         self.register("removed_now", pa.table({"source_record": pa.array(sorted(self.removed_records), pa.string())}))
         newest = _table_from_query(self.con, f"""

@@ -378,10 +378,7 @@ def load(obo=None, hpoa=None, genes=None, mondo=None, *, use_cache: bool = True)
         return _from_arrays(build(files))
     cached = cache_dir() / f"hpo-{_hash_files(files)}.npz"
     if not cached.exists():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(partial, **build(files))
-        partial.replace(cached)
+        _save_npz(cached, build(files))
     with np.load(cached, allow_pickle=False) as arrays:
         return _from_arrays({k: arrays[k] for k in arrays.files})
 
@@ -397,11 +394,17 @@ def cached_arrays(kb: KnowledgeBase, name: str, settings: dict, build) -> dict[s
         with np.load(path, allow_pickle=False) as arrays:
             return {k: arrays[k] for k in arrays.files}
     arrays = build()
+    _save_npz(path, arrays)
+    return arrays
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` whole or not at all (a partial file, renamed), so a concurrent reader never
+    sees half a cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(partial, **arrays)
     partial.replace(path)
-    return arrays
 
 
 @lru_cache(maxsize=1)
