@@ -109,6 +109,9 @@ class Verification:
     legacy: bool = False  # the chain is the unkeyed one of before HMAC, not tampered with
 
 
+APPEND_ATTEMPTS = 6  # a stale head (another connection appended) is re-read; give up after this many
+
+
 class AuditLog:
     def __init__(self, db: GovernanceDB, key: bytes | None = None, anchor: AuditAnchor | None = None):
         self.db = db
@@ -141,8 +144,8 @@ class AuditLog:
         stale guess, after another connection appended, costs a read and nothing else), then the entry."""
         with self.db.transaction():
             at = now()
-            for head in (self._head, None, None, None, None, None):
-                prev_seq, prev = head or self._read_head()
+            for attempt in range(APPEND_ATTEMPTS):
+                prev_seq, prev = (attempt == 0 and self._head) or self._read_head()
                 seq = prev_seq + 1
                 digest = entry_hash(self.key, prev, seq, at, actor, action, target, project_id, detail_text)
                 if self.db.scalar("UPDATE mercia_audit_head SET seq = ?, hash = ? WHERE id = 1 AND seq = ? AND hash = ? "
