@@ -802,8 +802,8 @@ def _encounter(res: dict) -> dict | None:
     """The encounter Reference: ``encounter``, ``context`` (a Reference in R4 medication resources), the
     first of DocumentReference's ``context.encounter``, or the first a Claim's items bill."""
     ref = res.get("encounter") or res.get("context")
-    if isinstance(ref, dict) and "encounter" in ref:
-        return (ref.get("encounter") or [None])[0]
+    if isinstance(ref, dict) and isinstance(ref.get("encounter"), list):  # DocumentReference.context
+        return next(iter(ref["encounter"]), None)
     if ref is None and res.get("resourceType") in ("Claim", "ExplanationOfBenefit"):
         return next((e for item in res.get("item") or [] for e in item.get("encounter") or []), None)
     return ref
