@@ -210,7 +210,7 @@ class Ranker:
             out.append(i)
         return out
 
-    def _selectors(self, cases: list[Case], strict: bool) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    def selectors(self, cases: list[Case], strict: bool) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """resolve_case for a batch, as (cases x terms) 0/1 matrices of observed and excluded terms."""
         n_terms = len(self.kb.ontology)
         observed = _selector([self._indices(c.observed, strict) for c in cases], n_terms)
@@ -271,7 +271,7 @@ class Ranker:
     def score_matrix(self, cases: list[Case], strict: bool = True) -> tuple[np.ndarray, list]:
         """Natural-log composite LR of every candidate disease (columns) for every case (rows), and per case
         whether it had any usable term."""
-        observed, excluded = self._selectors(cases, strict)  # cases x terms, 0/1
+        observed, excluded = self.selectors(cases, strict)  # cases x terms, 0/1
         return self.selector_scores(observed, excluded)
 
     def term_rows(self, observed: sp.csr_matrix, excluded: sp.csr_matrix) -> TermRows:
@@ -286,14 +286,18 @@ class Ranker:
         """score_matrix for cases given as (cases x terms) 0/1 selectors of resolved observed and excluded terms
         (``rows``: their :meth:`term_rows`, when the caller keeps them for explanations)."""
         rows = rows or self.term_rows(observed, excluded)
-        # summed dense: the products fill most of the matrix, where sparse sums cost more than dense ones
-        scores = np.zeros((observed.shape[0], len(self.diseases)))
-        for selector, used, matrix in ((observed, rows.observed_terms, rows.observed),
-                                       (excluded, rows.excluded_terms, rows.excluded)):
-            if len(used):
-                scores += (selector[:, used] @ matrix).toarray()
+        # dense: the observed terms' product fills most of the matrix; the other two products are added where
+        # they have entries (a dense copy of each would be three more fresh cases x diseases arrays per call)
+        n_dis = len(self.diseases)
+        if len(rows.observed_terms):
+            scores = (observed[:, rows.observed_terms] @ rows.observed).toarray()
+        else:
+            scores = np.zeros((observed.shape[0], n_dis))
+        flat = scores.reshape(-1)
+        if len(rows.excluded_terms):
+            _add_entries(flat, excluded[:, rows.excluded_terms] @ rows.excluded, n_dis)
         if self.params.reporting_rate > 0:
-            scores -= (self._covered(observed, excluded) @ self.unreported).toarray()
+            _add_entries(flat, -(self._covered(observed, excluded) @ self.unreported), n_dis)
         # the disease-independent parts: the floor of every observed term, 1 / (1 - bg) of every excluded one
         constants = np.asarray(observed.sum(axis=1)).ravel() * np.log(self.params.floor)
         constants -= excluded @ np.log1p(-np.minimum(self.background, 0.999))
@@ -434,6 +438,13 @@ def row_entries(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np
     owner = np.repeat(np.arange(len(rows)), sizes)
     offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     return owner, matrix.indices[np.repeat(matrix.indptr[rows], sizes) + offsets]
+
+
+def _add_entries(flat: np.ndarray, product: sp.csr_matrix, n_cols: int) -> None:
+    """Add a sparse product's entries (unique per row and column, as a product has them) to a dense matrix given
+    flat, in place; adding only where there are entries gives the same numbers as adding its dense copy."""
+    rows = np.repeat(np.arange(product.shape[0], dtype=np.int64), np.diff(product.indptr))
+    flat[rows * n_cols + product.indices] += product.data
 
 
 def _selector(term_lists: list[list[int]], n_terms: int) -> sp.csr_matrix:

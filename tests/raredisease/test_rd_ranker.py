@@ -141,7 +141,7 @@ def test_a_case_without_usable_terms_gets_no_ranking(ranker):
 def test_batch_resolution_matches_single_case_resolution(ranker):
     cases = [Case(["HP:0001250", "HP:0007359", "HP:0001250"], ["HP:0012638", "HP:0000252"]),
              Case(["HP:0001275"], ["HP:0001250"])]  # alt id of Seizure, excluded Seizure contradicts it
-    observed, excluded = ranker._selectors(cases, strict=False)
+    observed, excluded = ranker.selectors(cases, strict=False)
     for i, case in enumerate(cases):
         single = ranker.resolve_case(case, strict=False)
         assert sorted(single[0]) == observed[i].indices.tolist()

@@ -154,6 +154,6 @@ def test_a_failing_index_refresh_is_raised_not_swallowed(store, monkeypatch):
     def refuse(_store):
         raise StoreError("disk full")
 
-    monkeypatch.setattr(sys.modules["mercia.vocab.search"], "refresh_search_index", refuse)
+    monkeypatch.setattr(sys.modules["mercia.vocab.concepts"], "refresh_search_index", refuse)
     with pytest.raises(StoreError, match="disk full"):
         vocab.search(store, "quokka")
