@@ -294,7 +294,7 @@ def build(files: dict[str, Path]) -> dict[str, np.ndarray]:
     arrays.update(
         term_ids=ontology.ids,
         term_names=ontology.names,
-        term_synonyms=np.array(ontology.synonyms),
+        term_synonyms=ontology.synonyms,  # packed below; a fixed-width array would be 19,034 x the longest
         parent_ptr=ontology.parents.indptr,
         parent_idx=ontology.parents.indices,
         alias_from=np.array([a for a, _ in aliases]),
