@@ -35,6 +35,8 @@ import scipy.sparse as sp
 from mercia.raredisease.kb import KnowledgeBase, cached_arrays, default_kb
 from mercia.raredisease.ontology import UnknownTermError
 
+TERM_BLOCK = 256  # query terms whose LR rows are built together
+
 
 @dataclass(frozen=True)
 class ModelParameters:
@@ -278,7 +280,11 @@ class Ranker:
         """The per-term log-LR rows (term x disease) of the terms a batch of cases uses."""
         used_observed, used_excluded = np.unique(observed.indices), np.unique(excluded.indices)
         empty = sp.csr_matrix((0, len(self.diseases)))
-        return TermRows(used_observed, self._observed_rows(used_observed) if len(used_observed) else empty,
+        # a block of terms at a time: their candidate entries (every ancestor's row) take ~100 kB per term, so
+        # blocks keep that memory small and reused instead of fresh pages for the whole batch's terms at once
+        blocks = [used_observed[i:i + TERM_BLOCK] for i in range(0, len(used_observed), TERM_BLOCK)]
+        return TermRows(used_observed, sp.vstack([self._observed_rows(b) for b in blocks], format="csr")
+                        if blocks else empty,
                         used_excluded, self._excluded_rows(used_excluded) if len(used_excluded) else empty)
 
     def selector_scores(self, observed: sp.csr_matrix, excluded: sp.csr_matrix,
