@@ -398,6 +398,17 @@ def cached_arrays(kb: KnowledgeBase, name: str, settings: dict, build) -> dict[s
     return arrays
 
 
+def cached_matrix(kb: KnowledgeBase, name: str, settings: dict, build, shape: tuple[int, int]) -> sp.csr_matrix:
+    """A sparse matrix derived from the knowledge base by ``build()``, through :func:`cached_arrays` (its CSR
+    arrays exactly as built, so products over it give the same numbers from the cache)."""
+    def arrays() -> dict[str, np.ndarray]:
+        matrix = build().tocsr()
+        return {"data": matrix.data, "indices": matrix.indices, "indptr": matrix.indptr}
+
+    found = cached_arrays(kb, name, settings, arrays)
+    return sp.csr_matrix((found["data"], found["indices"], found["indptr"]), shape=shape)
+
+
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` whole or not at all (a partial file, renamed), so a concurrent reader never
     sees half a cache."""

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from mercia.raredisease.kb import KnowledgeBase, cached_arrays, default_kb
+from mercia.raredisease.kb import KnowledgeBase, cached_matrix, default_kb
 from mercia.raredisease.ontology import UnknownTermError
 
 TERM_BLOCK = 256  # query terms whose LR rows are built together
@@ -149,15 +149,12 @@ class Ranker:
         )
         self.direct = sp.csr_matrix((freq, (terms, dis)), shape=(n_terms, n_dis))
         # true-path rule: each annotation implies all ancestors, at the largest frequency found below them
-        def true_path() -> dict:
+        def true_path() -> sp.csr_matrix:
             owner, up_terms = self._expand_ancestors(terms)
             r, c, v = _max_by_key(up_terms, dis[owner], freq[owner], n_dis)
-            implied = sp.csr_matrix((v, (r, c)), shape=(n_terms, n_dis))
-            return {"data": implied.data, "indices": implied.indices, "indptr": implied.indptr}
+            return sp.csr_matrix((v, (r, c)), shape=(n_terms, n_dis))
 
-        implied = cached_arrays(self.kb, "true-path", {"default_frequency": p.default_frequency, "sources": p.sources,
-                                                      "frequency_pseudocount": p.frequency_pseudocount}, true_path)
-        self.implied = sp.csr_matrix((implied["data"], implied["indices"], implied["indptr"]), shape=(n_terms, n_dis))
+        self.implied = cached_matrix(self.kb, "true-path", self.derivation(), true_path, (n_terms, n_dis))
         self.background = np.maximum(np.asarray(self.implied.sum(axis=1)).ravel() / n_dis, p.min_background / n_dis)
         inverse_bg = sp.diags(1.0 / self.background)
         self.implied_lr = (inverse_bg @ self.implied).tocsr()
@@ -180,6 +177,12 @@ class Ranker:
         self.descendants = ontology.ancestors.T.tocsr()
         self.proper_ancestors = (ontology.ancestors - sp.identity(n_terms, dtype=np.int8, format="csr")).tocsr()
         self.proper_ancestors.eliminate_zeros()
+
+    def derivation(self) -> dict:
+        """The parameters that matrices derived from the annotations depend on (part of their cache key)."""
+        p = self.params
+        return {"default_frequency": p.default_frequency, "sources": p.sources,
+                "frequency_pseudocount": p.frequency_pseudocount}
 
     # -- query preparation -------------------------------------------------------------------------------------
     def resolve_case(self, case: Case, strict: bool = True) -> tuple[list[int], list[int]]:
