@@ -77,6 +77,11 @@ class TermRows:
     excluded_terms: np.ndarray
     excluded: sp.csr_matrix
 
+    def __post_init__(self):
+        # each matrix's entries as sorted keys, to look up (term, disease) pairs by binary search: scipy's own
+        # lookup scans whole rows when the pairs are few against the matrix (a batch's rows hold ~10^6 entries)
+        self.observed_keys, self.excluded_keys = _entry_keys(self.observed), _entry_keys(self.excluded)
+
 
 @dataclass
 class TermEvidence:
@@ -297,16 +302,15 @@ class Ranker:
         rows = rows or self.term_rows(observed, excluded)
         # dense: the observed terms' product fills most of the matrix; the other two products are added where
         # they have entries (a dense copy of each would be three more fresh cases x diseases arrays per call)
-        n_dis = len(self.diseases)
         if len(rows.observed_terms):
             scores = (observed[:, rows.observed_terms] @ rows.observed).toarray()
         else:
-            scores = np.zeros((observed.shape[0], n_dis))
+            scores = np.zeros((observed.shape[0], len(self.diseases)))
         flat = scores.reshape(-1)
         if len(rows.excluded_terms):
-            _add_entries(flat, excluded[:, rows.excluded_terms] @ rows.excluded, n_dis)
+            _add_entries(flat, excluded[:, rows.excluded_terms] @ rows.excluded)
         if self.params.reporting_rate > 0:
-            _add_entries(flat, -(self._covered(observed, excluded) @ self.unreported), n_dis)
+            _add_entries(flat, -(self._covered(observed, excluded) @ self.unreported))
         # the disease-independent parts: the floor of every observed term, 1 / (1 - bg) of every excluded one
         constants = np.asarray(observed.sum(axis=1)).ravel() * np.log(self.params.floor)
         constants -= excluded @ np.log1p(-np.minimum(self.background, 0.999))
@@ -322,12 +326,13 @@ class Ranker:
         term, log LR) with excluded terms' indices negated minus one (-1 - term).  The same numbers as
         :meth:`explain`; with the unreported features' share they sum to the score."""
         out = []
-        for selector, used, matrix, constant, sign in (
-                (observed, rows.observed_terms, rows.observed, np.full(len(self.background), np.log(self.params.floor)), 1),
-                (excluded, rows.excluded_terms, rows.excluded, -np.log1p(-np.minimum(self.background, 0.999)), -1)):
+        for selector, used, matrix, keys, constant, sign in (
+                (observed, rows.observed_terms, rows.observed, rows.observed_keys,
+                 np.full(len(self.background), np.log(self.params.floor)), 1),
+                (excluded, rows.excluded_terms, rows.excluded, rows.excluded_keys,
+                 -np.log1p(-np.minimum(self.background, 0.999)), -1)):
             owner, terms = row_entries(selector, pair_case)
-            values = np.asarray(matrix[np.searchsorted(used, terms), pair_disease[owner]]).ravel() if len(terms) \
-                else np.zeros(0)
+            values = _values_at(matrix, keys, np.searchsorted(used, terms), pair_disease[owner])
             out.append((owner, terms if sign > 0 else -1 - terms, values + constant[terms]))
         return tuple(np.concatenate(parts) for parts in zip(*out))
 
@@ -449,11 +454,25 @@ def row_entries(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np
     return owner, matrix.indices[np.repeat(matrix.indptr[rows], sizes) + offsets]
 
 
-def _add_entries(flat: np.ndarray, product: sp.csr_matrix, n_cols: int) -> None:
+def _add_entries(flat: np.ndarray, product: sp.csr_matrix) -> None:
     """Add a sparse product's entries (unique per row and column, as a product has them) to a dense matrix given
     flat, in place; adding only where there are entries gives the same numbers as adding its dense copy."""
-    rows = np.repeat(np.arange(product.shape[0], dtype=np.int64), np.diff(product.indptr))
-    flat[rows * n_cols + product.indices] += product.data
+    flat[_entry_keys(product)] += product.data
+
+
+def _entry_keys(matrix: sp.csr_matrix) -> np.ndarray:
+    """row * columns + column of every stored entry, in storage order (ascending when indices are sorted)."""
+    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    return rows * matrix.shape[1] + matrix.indices
+
+
+def _values_at(matrix: sp.csr_matrix, keys: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``matrix[rows, columns]`` (0 where nothing is stored) by binary search in its sorted entry keys."""
+    if not len(keys):
+        return np.zeros(len(rows))
+    wanted = rows.astype(np.int64) * matrix.shape[1] + columns
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return np.where(keys[at] == wanted, matrix.data[at], 0.0)
 
 
 def _selector(term_lists: list[list[int]], n_terms: int) -> sp.csr_matrix:
