@@ -80,6 +80,8 @@ class TermRows:
     def __post_init__(self):
         # each matrix's entries as sorted keys, to look up (term, disease) pairs by binary search: scipy's own
         # lookup scans whole rows when the pairs are few against the matrix (a batch's rows hold ~10^6 entries)
+        for matrix in (self.observed, self.excluded):
+            matrix.sort_indices()  # a no-op for the rows as built; the keys must ascend
         self.observed_keys, self.excluded_keys = _entry_keys(self.observed), _entry_keys(self.excluded)
 
 
