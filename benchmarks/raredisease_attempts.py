@@ -15,7 +15,10 @@ up more often) are added on average; some cases also exclude a few terms, half o
 lack (frequency <= 0.5), half findings of other diseases.
 
 Also tried: the share of the case's observed terms that the disease explains only through annotations of
-frequency "occasional" or rarer (``rare_match_share``, an extra feature).
+frequency "occasional" or rarer (``rare_match_share``, an extra feature); and counting the training folds'
+not-cited cases (whose publication did not feed the annotations) two or three times.
+
+    ATTEMPTS=0,7,8 .venv/bin/python benchmarks/raredisease_attempts.py   # only these attempts
 """
 
 from __future__ import annotations
@@ -104,11 +107,17 @@ def rare_match_share(ranker: Ranker, cases: list[Case], pairs: ensemble.Pairs, c
 
 
 def held_out_figures(x_real, labels, pairs, folds, cases, columns, settings, x_sim=None, sim_labels=None,
-                     sim_case=None) -> dict:
+                     sim_case=None, not_cited_copies=1) -> dict:
     held_out = np.zeros(len(labels))
+    cited_case = np.array([c["pmid_cited_in_hpoa_2025_01_16"] for c in cases])
     for k in range(settings.folds):
         train = folds[pairs.case] != k
         x, y, group = x_real[train], labels[train], pairs.case[train]
+        hard = train & ~cited_case[pairs.case]  # training cases whose publication did not feed the annotations
+        for copy in range(1, not_cited_copies):  # each copy is one more query group, i.e. weight per copy
+            x = np.vstack([x, x_real[hard]])
+            y = np.r_[y, labels[hard]]
+            group = np.r_[group, pairs.case[hard] + copy * 10 * len(cases)]
         if x_sim is not None:
             x = np.vstack([x, x_sim])
             y = np.r_[y, sim_labels]
@@ -165,10 +174,12 @@ def main() -> None:
         ("+ 2,000 simulated cases (imprecision 0.3, noise 1) + rare_match_share", Simulation(2000, 0.3, 1.0), True),
         ("+ 2,000 harder simulated cases (at most 6 terms, imprecision 0.6, noise 3)", Simulation(2000, 0.6, 3.0, 6),
          False),
+        ("not-cited training cases counted twice (their query groups repeated)", None, False, 2),
+        ("not-cited training cases counted three times", None, False, 3),
     ]
     only = os.environ.get("ATTEMPTS")
     results = []
-    for i, (name, sim, extra) in enumerate(attempts):
+    for i, (name, sim, extra, *copies) in enumerate(attempts):
         if only and str(i) not in only.split(","):
             continue
         started, cpu = time.time(), time.process_time()
@@ -182,7 +193,8 @@ def main() -> None:
             entry["simulated_cases_with_their_disease_among_the_50_candidates"] = round(recall, 3)
         # the model's feature names: the shipped ones, plus the extra column where tried
         ensemble.FEATURES = FEATURES + ("rare_match_share",) if extra else FEATURES
-        entry |= held_out_figures(x_real, labels, pairs, folds, real, columns, settings, **kwargs)
+        entry |= held_out_figures(x_real, labels, pairs, folds, real, columns, settings, **kwargs,
+                                  not_cited_copies=copies[0] if copies else 1)
         ensemble.FEATURES = FEATURES
         entry |= {"wall_seconds": round(time.time() - started), "cpu_seconds": round(time.process_time() - cpu),
                   "load_average_1min": round(os.getloadavg()[0], 2)}
