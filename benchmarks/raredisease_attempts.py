@@ -10,9 +10,10 @@ looking at any dev case). Figures are mean ± sd over the 5 held-out folds, as i
 
 Simulation, as in the Phenomizer (Köhler et al. 2009) and LIRICAL (Robinson et al. 2020) evaluations: each
 phenotypic annotation of the disease is kept with its annotated frequency; a kept term is replaced by one of its
-parents with probability ``imprecision``; ``noise`` random terms (drawn like annotations, so common findings come
-up more often) are added on average; some cases also exclude a few terms, half of them features the disease may
-lack (frequency <= 0.5), half findings of other diseases.
+parents with probability ``imprecision`` (or first, with probability ``sideways``, by a sibling: a related
+finding the disease is not annotated with, as a new patient's record often has); ``noise`` random terms (drawn
+like annotations, so common findings come up more often) are added on average; some cases also exclude a few
+terms, half of them features the disease may lack (frequency <= 0.5), half findings of other diseases.
 
 Also tried: the share of the case's observed terms that the disease explains only through annotations of
 frequency "occasional" or rarer (``rare_match_share``, an extra feature); and counting the training folds'
@@ -48,6 +49,7 @@ class Simulation:
     imprecision: float
     noise: float
     most_terms: int = 12
+    sideways: float = 0.0  # chance that a kept term is replaced by a sibling (a related finding, not the annotated)
     seed: int = 7
 
 
@@ -62,6 +64,7 @@ def simulate(ranker: Ranker, sim: Simulation) -> tuple[list[Case], list[str]]:
     eligible = np.flatnonzero(np.diff((sp.diags(phenotypic.astype(float)) @ direct).tocsc().indptr) >= 5)
     pool = direct.indices[phenotypic[direct.indices]]  # annotation terms, as often as they are annotated
     parents = ontology.parents
+    children = parents.T.tocsr()
     cases, truth = [], []
     for column in rng.choice(eligible, sim.cases, replace=True):
         terms = direct.indices[direct.indptr[column]:direct.indptr[column + 1]]
@@ -77,6 +80,12 @@ def simulate(ranker: Ranker, sim: Simulation) -> tuple[list[Case], list[str]]:
         for t in chosen.tolist():
             up = parents.indices[parents.indptr[t]:parents.indptr[t + 1]]
             up = up[phenotypic[up]]
+            if sim.sideways and len(up) and rng.random() < sim.sideways:  # no draw without it: older runs repeat
+                parent = int(rng.choice(up))
+                siblings = children.indices[children.indptr[parent]:children.indptr[parent + 1]]
+                siblings = siblings[siblings != t]
+                observed.append(int(rng.choice(siblings)) if len(siblings) else t)
+                continue
             observed.append(int(rng.choice(up)) if len(up) and rng.random() < sim.imprecision else t)
         observed += rng.choice(pool, rng.poisson(sim.noise)).tolist()
         excluded = []
@@ -176,6 +185,10 @@ def main() -> None:
          False),
         ("not-cited training cases counted twice (their query groups repeated)", None, False, 2),
         ("not-cited training cases counted three times", None, False, 3),
+        ("+ 2,000 simulated cases with half their terms moved to a sibling (noise 2)",
+         Simulation(2000, 0.2, 2.0, sideways=0.5), False),
+        ("+ 2,000 simulated cases with most terms moved to a sibling (0.8; noise 2, at most 8 terms)",
+         Simulation(2000, 0.1, 2.0, 8, sideways=0.8), False),
     ]
     only = os.environ.get("ATTEMPTS")
     results = []
