@@ -1,7 +1,7 @@
 """Concept search ranked by use: what counting the candidates' records costs per search.
 
 Writes a synthetic region (``mercia.synth.omop.write_omop``, DuckDB file) and times, alternating in
-one process, ``mercia.vocab.search.search`` (match ranking only) and
+one process, ``mercia.vocab.concepts.search`` (match ranking only) and
 ``mercia.services.vocabulary.find_concepts`` (the web app's and API's search: up to 200 candidates,
 then their records counted over every CDM event table and used to order equal matches).  Best,
 median and worst of several runs per query after one warm-up, the store opened fresh after the write.
@@ -27,7 +27,7 @@ import orjson
 from mercia.cdm import Store
 from mercia.services.vocabulary import find_concepts
 from mercia.synth.omop import write_omop
-from mercia.vocab.search import search
+from mercia.vocab.concepts import search
 from mercia.vocab.usage import EVENT_CONCEPTS
 
 QUERIES = ["HbA1c", "cancer", "stroke", "diabetes", "heart attack", "malignant", "cholesterol", "tablet", "zzqx"]

@@ -1,6 +1,10 @@
-"""The OMOP CDM v5.4 store shared by every Mercia capability."""
+"""The OMOP CDM v5.4 store shared by every Mercia capability (its names are imported on first use, so a
+submodule such as ``mercia.cdm.cli`` or ``mercia.cdm.dialect`` does not bring in pyarrow)."""
 
-from mercia.cdm.schema import CDM_TABLES, CDM_VERSION, Column, Table
-from mercia.cdm.store import Store, StoreError, StoreUnavailable, quote
+from mercia import lazy_exports
 
-__all__ = ["CDM_TABLES", "CDM_VERSION", "Column", "Store", "StoreError", "StoreUnavailable", "Table", "quote"]
+_EXPORTS = {"CDM_TABLES": "mercia.cdm.schema", "CDM_VERSION": "mercia.cdm.schema", "Column": "mercia.cdm.schema",
+            "Table": "mercia.cdm.schema", "Store": "mercia.cdm.store", "StoreError": "mercia.cdm.store",
+            "StoreUnavailable": "mercia.cdm.store", "quote": "mercia.cdm.store"}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

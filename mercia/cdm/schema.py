@@ -576,7 +576,7 @@ def _parse(spec: str) -> dict[str, Table]:
 
 CDM_TABLES: dict[str, Table] = _parse(_SPEC)
 VOCABULARY_TABLES = [t for t in CDM_TABLES.values() if t.group == "vocabulary"]
-# Mercia-owned tables derived from concept/concept_synonym (the search index of mercia.vocab.search).
+# Mercia-owned tables derived from concept/concept_synonym (the search index of mercia.vocab.concepts).
 # Not part of the CDM: the loader drops them whenever it replaces those tables, so they are rebuilt.
 VOCABULARY_CACHE_TABLES = ("mercia_concept_search", "mercia_concept_search_words", "mercia_concept_search_state",
                            "mercia_concept_search_build")

@@ -26,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from mercia.raredisease.features import FEATURES, PairFeatures
 from mercia.raredisease.ontology import UnknownTermError
@@ -82,27 +83,35 @@ class Pairs:
 
 
 @dataclass
-class ChunkTerms:
-    """A batch's resolved case selectors and per-term LR rows, kept to explain the diseases shown."""
+class CaseTerms:
+    """Cases' resolved terms as (cases x terms) 0/1 selectors, and the likelihood-ratio rows of every term they
+    use: made once per batch, so a term that many chunks of cases share has its row built once (it was a sixth of
+    ranking); kept to explain the diseases shown."""
 
-    observed: object  # scipy.sparse csr, cases x terms
-    excluded: object
+    observed: sp.csr_matrix
+    excluded: sp.csr_matrix
     rows: TermRows
 
+    def chunk(self, start: int, stop: int) -> CaseTerms:
+        return CaseTerms(self.observed[start:stop], self.excluded[start:stop], self.rows)
 
-def chunk_pairs(features: PairFeatures, batch: list[Case], settings: EnsembleSettings, strict: bool = False,
-                extra: dict[int, list[int]] | None = None, keep_scores: bool = True) -> tuple[Pairs, ChunkTerms]:
-    """Features of the candidates of one batch of cases (at most ``settings.chunk``, which bounds memory);
+
+def case_terms(ranker: Ranker, cases: list[Case], strict: bool = False) -> CaseTerms:
+    observed, excluded = ranker.selectors(cases, strict)
+    return CaseTerms(observed, excluded, ranker.term_rows(observed, excluded))
+
+
+def chunk_pairs(features: PairFeatures, terms: CaseTerms, settings: EnsembleSettings,
+                extra: dict[int, list[int]] | None = None, keep_scores: bool = True) -> Pairs:
+    """Features of the candidates of one chunk of cases (at most ``settings.chunk``, which bounds memory);
     ``extra`` adds given diseases to a case's candidates (an explanation needs the score of one disease for a
     changed case).  Without ``keep_scores`` the cases x diseases LR matrix is dropped (ranking needs only the
     candidates' LR, which is the ``lr`` feature; evaluation needs the rest)."""
-    ranker = features.ranker
-    observed, excluded = ranker._selectors(batch, strict)
-    rows = ranker.term_rows(observed, excluded)
-    scores, usable = ranker.selector_scores(observed, excluded, rows)
+    observed, excluded = terms.observed, terms.excluded
+    scores, usable = features.ranker.selector_scores(observed, excluded, terms.rows)
     k = min(settings.candidates, scores.shape[1])
     best = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
-    pair_case = np.repeat(np.arange(len(batch)), k)
+    pair_case = np.repeat(np.arange(observed.shape[0]), k)
     pair_dis = best.ravel()
     more = [(i, d) for i, ds in (extra or {}).items() for d in ds]
     if more:
@@ -112,20 +121,20 @@ def chunk_pairs(features: PairFeatures, batch: list[Case], settings: EnsembleSet
         pair_case, pair_dis = unique // scores.shape[1], unique % scores.shape[1]
     keep = usable[pair_case]
     pair_case, pair_dis = pair_case[keep], pair_dis[keep]
-    pairs = Pairs(pair_case, pair_dis, features.compute(observed, excluded, scores, pair_case, pair_dis),
-                  scores if keep_scores else None, usable, observed @ features.ic)
-    return pairs, ChunkTerms(observed, excluded, rows)
+    return Pairs(pair_case, pair_dis, features.compute(observed, excluded, scores, pair_case, pair_dis),
+                 scores if keep_scores else None, usable, observed @ features.ic)
 
 
 def candidate_pairs(features: PairFeatures, cases: list[Case], settings: EnsembleSettings,
                     strict: bool = False, extra: dict[int, list[int]] | None = None,
                     keep_scores: bool = True) -> Pairs:
     """:func:`chunk_pairs` over any number of cases (``extra`` keyed by position in ``cases``)."""
+    terms = case_terms(features.ranker, cases, strict)
     parts = []
     for start in range(0, len(cases), settings.chunk):
-        batch = cases[start:start + settings.chunk]
-        mine = {i - start: ds for i, ds in (extra or {}).items() if start <= i < start + len(batch)}
-        parts.append(chunk_pairs(features, batch, settings, strict, mine, keep_scores)[0])
+        stop = min(start + settings.chunk, len(cases))
+        mine = {i - start: ds for i, ds in (extra or {}).items() if start <= i < stop}
+        parts.append(chunk_pairs(features, terms.chunk(start, stop), settings, mine, keep_scores))
         parts[-1].case += start
     return Pairs(np.concatenate([p.case for p in parts]), np.concatenate([p.disease for p in parts]),
                  np.vstack([p.features for p in parts]),
@@ -357,15 +366,17 @@ class EnsembleRanker:
         """Rankings of many cases, a chunk at a time; ``term_lrs`` adds each shown disease's per-term
         likelihood ratios (vectorised, so batches keep their speed; :meth:`rank` explains one case fully)."""
         out = []
+        terms = case_terms(self.ranker, cases, strict)
         for start in range(0, len(cases), self.model.settings.chunk):
-            batch = cases[start:start + self.model.settings.chunk]
-            pairs, terms = chunk_pairs(self.features, batch, self.model.settings, strict, keep_scores=False)
+            stop = min(start + self.model.settings.chunk, len(cases))
+            chunk = terms.chunk(start, stop)
+            pairs = chunk_pairs(self.features, chunk, self.model.settings, keep_scores=False)
             scores = self.model.predict(pairs.features) if len(pairs.case) else np.zeros(0)
-            out.extend(self._rankings(batch, pairs, scores, top, terms if term_lrs else None))
+            out.extend(self._rankings(cases[start:stop], pairs, scores, top, chunk if term_lrs else None))
         return out
 
     def _rankings(self, cases: list[Case], pairs: Pairs, scores: np.ndarray, top: int,
-                  terms: ChunkTerms | None) -> list[Ranking]:
+                  terms: CaseTerms | None) -> list[Ranking]:
         probability = probabilities(pairs, scores, self.model.temperature, self.model.none_logit)
         order = np.lexsort((pairs.disease, -scores, pairs.case))  # per case: best first, ties by column
         starts = np.searchsorted(pairs.case[order], np.arange(len(cases) + 1))
@@ -393,7 +404,7 @@ class EnsembleRanker:
             out.append(Ranking(candidates, information < self.model.settings.sparse_information, information))
         return out
 
-    def _term_lrs(self, pairs: Pairs, picked: np.ndarray, terms: ChunkTerms) -> list[dict]:
+    def _term_lrs(self, pairs: Pairs, picked: np.ndarray, terms: CaseTerms) -> list[dict]:
         """Per picked pair: each observed and excluded term's LR under the likelihood-ratio model, and the
         unreported features' share; they multiply to the pair's LR (10 ** lr_score)."""
         owner, term, log_lr = self.ranker.term_log_lrs(terms.observed, terms.excluded, terms.rows,

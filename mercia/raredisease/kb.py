@@ -294,7 +294,7 @@ def build(files: dict[str, Path]) -> dict[str, np.ndarray]:
     arrays.update(
         term_ids=ontology.ids,
         term_names=ontology.names,
-        term_synonyms=np.array(ontology.synonyms),
+        term_synonyms=ontology.synonyms,  # packed below; a fixed-width array would be 19,034 x the longest
         parent_ptr=ontology.parents.indptr,
         parent_idx=ontology.parents.indices,
         alias_from=np.array([a for a, _ in aliases]),
@@ -396,6 +396,17 @@ def cached_arrays(kb: KnowledgeBase, name: str, settings: dict, build) -> dict[s
     arrays = build()
     _save_npz(path, arrays)
     return arrays
+
+
+def cached_matrix(kb: KnowledgeBase, name: str, settings: dict, build, shape: tuple[int, int]) -> sp.csr_matrix:
+    """A sparse matrix derived from the knowledge base by ``build()``, through :func:`cached_arrays` (its CSR
+    arrays exactly as built, so products over it give the same numbers from the cache)."""
+    def arrays() -> dict[str, np.ndarray]:
+        matrix = build().tocsr()
+        return {"data": matrix.data, "indices": matrix.indices, "indptr": matrix.indptr}
+
+    found = cached_arrays(kb, name, settings, arrays)
+    return sp.csr_matrix((found["data"], found["indices"], found["indptr"]), shape=shape)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -32,8 +32,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from mercia.raredisease.kb import KnowledgeBase, cached_arrays, default_kb
+from mercia.raredisease.kb import KnowledgeBase, cached_matrix, default_kb
 from mercia.raredisease.ontology import UnknownTermError
+
+TERM_BLOCK = 256  # query terms whose LR rows are built together
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,13 @@ class TermRows:
     observed: sp.csr_matrix
     excluded_terms: np.ndarray
     excluded: sp.csr_matrix
+
+    def __post_init__(self):
+        # each matrix's entries as sorted keys, to look up (term, disease) pairs by binary search: scipy's own
+        # lookup scans whole rows when the pairs are few against the matrix (a batch's rows hold ~10^6 entries)
+        for matrix in (self.observed, self.excluded):
+            matrix.sort_indices()  # a no-op for the rows as built; the keys must ascend
+        self.observed_keys, self.excluded_keys = _entry_keys(self.observed), _entry_keys(self.excluded)
 
 
 @dataclass
@@ -147,15 +156,12 @@ class Ranker:
         )
         self.direct = sp.csr_matrix((freq, (terms, dis)), shape=(n_terms, n_dis))
         # true-path rule: each annotation implies all ancestors, at the largest frequency found below them
-        def true_path() -> dict:
+        def true_path() -> sp.csr_matrix:
             owner, up_terms = self._expand_ancestors(terms)
             r, c, v = _max_by_key(up_terms, dis[owner], freq[owner], n_dis)
-            implied = sp.csr_matrix((v, (r, c)), shape=(n_terms, n_dis))
-            return {"data": implied.data, "indices": implied.indices, "indptr": implied.indptr}
+            return sp.csr_matrix((v, (r, c)), shape=(n_terms, n_dis))
 
-        implied = cached_arrays(self.kb, "true-path", {"default_frequency": p.default_frequency, "sources": p.sources,
-                                                      "frequency_pseudocount": p.frequency_pseudocount}, true_path)
-        self.implied = sp.csr_matrix((implied["data"], implied["indices"], implied["indptr"]), shape=(n_terms, n_dis))
+        self.implied = cached_matrix(self.kb, "true-path", self.derivation(), true_path, (n_terms, n_dis))
         self.background = np.maximum(np.asarray(self.implied.sum(axis=1)).ravel() / n_dis, p.min_background / n_dis)
         inverse_bg = sp.diags(1.0 / self.background)
         self.implied_lr = (inverse_bg @ self.implied).tocsr()
@@ -178,6 +184,12 @@ class Ranker:
         self.descendants = ontology.ancestors.T.tocsr()
         self.proper_ancestors = (ontology.ancestors - sp.identity(n_terms, dtype=np.int8, format="csr")).tocsr()
         self.proper_ancestors.eliminate_zeros()
+
+    def derivation(self) -> dict:
+        """The parameters that matrices derived from the annotations depend on (part of their cache key)."""
+        p = self.params
+        return {"default_frequency": p.default_frequency, "sources": p.sources,
+                "frequency_pseudocount": p.frequency_pseudocount}
 
     # -- query preparation -------------------------------------------------------------------------------------
     def resolve_case(self, case: Case, strict: bool = True) -> tuple[list[int], list[int]]:
@@ -210,7 +222,7 @@ class Ranker:
             out.append(i)
         return out
 
-    def _selectors(self, cases: list[Case], strict: bool) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    def selectors(self, cases: list[Case], strict: bool) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """resolve_case for a batch, as (cases x terms) 0/1 matrices of observed and excluded terms."""
         n_terms = len(self.kb.ontology)
         observed = _selector([self._indices(c.observed, strict) for c in cases], n_terms)
@@ -271,14 +283,18 @@ class Ranker:
     def score_matrix(self, cases: list[Case], strict: bool = True) -> tuple[np.ndarray, list]:
         """Natural-log composite LR of every candidate disease (columns) for every case (rows), and per case
         whether it had any usable term."""
-        observed, excluded = self._selectors(cases, strict)  # cases x terms, 0/1
+        observed, excluded = self.selectors(cases, strict)  # cases x terms, 0/1
         return self.selector_scores(observed, excluded)
 
     def term_rows(self, observed: sp.csr_matrix, excluded: sp.csr_matrix) -> TermRows:
         """The per-term log-LR rows (term x disease) of the terms a batch of cases uses."""
         used_observed, used_excluded = np.unique(observed.indices), np.unique(excluded.indices)
         empty = sp.csr_matrix((0, len(self.diseases)))
-        return TermRows(used_observed, self._observed_rows(used_observed) if len(used_observed) else empty,
+        # a block of terms at a time: their candidate entries (every ancestor's row) take ~100 kB per term, so
+        # blocks keep that memory small and reused instead of fresh pages for the whole batch's terms at once
+        blocks = [used_observed[i:i + TERM_BLOCK] for i in range(0, len(used_observed), TERM_BLOCK)]
+        return TermRows(used_observed, sp.vstack([self._observed_rows(b) for b in blocks], format="csr")
+                        if blocks else empty,
                         used_excluded, self._excluded_rows(used_excluded) if len(used_excluded) else empty)
 
     def selector_scores(self, observed: sp.csr_matrix, excluded: sp.csr_matrix,
@@ -286,14 +302,17 @@ class Ranker:
         """score_matrix for cases given as (cases x terms) 0/1 selectors of resolved observed and excluded terms
         (``rows``: their :meth:`term_rows`, when the caller keeps them for explanations)."""
         rows = rows or self.term_rows(observed, excluded)
-        # summed dense: the products fill most of the matrix, where sparse sums cost more than dense ones
-        scores = np.zeros((observed.shape[0], len(self.diseases)))
-        for selector, used, matrix in ((observed, rows.observed_terms, rows.observed),
-                                       (excluded, rows.excluded_terms, rows.excluded)):
-            if len(used):
-                scores += (selector[:, used] @ matrix).toarray()
+        # dense: the observed terms' product fills most of the matrix; the other two products are added where
+        # they have entries (a dense copy of each would be three more fresh cases x diseases arrays per call)
+        if len(rows.observed_terms):
+            scores = (observed[:, rows.observed_terms] @ rows.observed).toarray()
+        else:
+            scores = np.zeros((observed.shape[0], len(self.diseases)))
+        flat = scores.reshape(-1)
+        if len(rows.excluded_terms):
+            _add_entries(flat, excluded[:, rows.excluded_terms] @ rows.excluded)
         if self.params.reporting_rate > 0:
-            scores -= (self._covered(observed, excluded) @ self.unreported).toarray()
+            _add_entries(flat, -(self._covered(observed, excluded) @ self.unreported))
         # the disease-independent parts: the floor of every observed term, 1 / (1 - bg) of every excluded one
         constants = np.asarray(observed.sum(axis=1)).ravel() * np.log(self.params.floor)
         constants -= excluded @ np.log1p(-np.minimum(self.background, 0.999))
@@ -309,12 +328,13 @@ class Ranker:
         term, log LR) with excluded terms' indices negated minus one (-1 - term).  The same numbers as
         :meth:`explain`; with the unreported features' share they sum to the score."""
         out = []
-        for selector, used, matrix, constant, sign in (
-                (observed, rows.observed_terms, rows.observed, np.full(len(self.background), np.log(self.params.floor)), 1),
-                (excluded, rows.excluded_terms, rows.excluded, -np.log1p(-np.minimum(self.background, 0.999)), -1)):
+        for selector, used, matrix, keys, constant, sign in (
+                (observed, rows.observed_terms, rows.observed, rows.observed_keys,
+                 np.full(len(self.background), np.log(self.params.floor)), 1),
+                (excluded, rows.excluded_terms, rows.excluded, rows.excluded_keys,
+                 -np.log1p(-np.minimum(self.background, 0.999)), -1)):
             owner, terms = row_entries(selector, pair_case)
-            values = np.asarray(matrix[np.searchsorted(used, terms), pair_disease[owner]]).ravel() if len(terms) \
-                else np.zeros(0)
+            values = _values_at(matrix, keys, np.searchsorted(used, terms), pair_disease[owner])
             out.append((owner, terms if sign > 0 else -1 - terms, values + constant[terms]))
         return tuple(np.concatenate(parts) for parts in zip(*out))
 
@@ -434,6 +454,27 @@ def row_entries(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np
     owner = np.repeat(np.arange(len(rows)), sizes)
     offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     return owner, matrix.indices[np.repeat(matrix.indptr[rows], sizes) + offsets]
+
+
+def _add_entries(flat: np.ndarray, product: sp.csr_matrix) -> None:
+    """Add a sparse product's entries (unique per row and column, as a product has them) to a dense matrix given
+    flat, in place; adding only where there are entries gives the same numbers as adding its dense copy."""
+    flat[_entry_keys(product)] += product.data
+
+
+def _entry_keys(matrix: sp.csr_matrix) -> np.ndarray:
+    """row * columns + column of every stored entry, in storage order (ascending when indices are sorted)."""
+    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    return rows * matrix.shape[1] + matrix.indices
+
+
+def _values_at(matrix: sp.csr_matrix, keys: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``matrix[rows, columns]`` (0 where nothing is stored) by binary search in its sorted entry keys."""
+    if not len(keys):
+        return np.zeros(len(rows))
+    wanted = rows.astype(np.int64) * matrix.shape[1] + columns
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return np.where(keys[at] == wanted, matrix.data[at], 0.0)
 
 
 def _selector(term_lists: list[list[int]], n_terms: int) -> sp.csr_matrix:

@@ -1,4 +1,4 @@
-"""Concept search for the API and the web page, over ``mercia.vocab.search``."""
+"""Concept search for the API and the web page, over ``mercia.vocab.concepts``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def find_concepts(store: Store, text: str, *, domain: str | None = None, vocabul
     """Best matches first: how well the text matches (vocab's ranking: exact, prefix, word...), then
     standard concepts, then the most used (records in the store, as ATLAS sorts by record count), then
     vocab's order (shorter names first).  The counts only order the list; they are not shown."""
-    from mercia.vocab.search import MATCH_RANKS, search
+    from mercia.vocab.concepts import MATCH_RANKS, search
     from mercia.vocab.usage import record_counts
 
     hits = search(store, text, vocabulary=vocabulary, standard_only=standard_only, limit=max(CANDIDATES, limit))

@@ -7,17 +7,22 @@ The Python API other capabilities use::
     vocab.search(store, "type 2 diabetes", vocabulary="ICD10")
     vocab.descendants(store, icd10_concept_id("E11"))
     vocab.maps_to(store, "ICD10", ["E11.9"])       # source code -> standard concept (Arrow)
+
+The names are imported on first use: the HPO reader (``mercia.vocab.hpo``), which the rare-disease ranker needs,
+then does not bring in pyarrow, DuckDB and Parquet with the store-facing modules (a tenth of a second).
 """
 
-from mercia.vocab.athena import load_athena
-from mercia.vocab.diseases import disease_concept_id
-from mercia.vocab.hpo import HPO_VOCABULARY_ID, hp_id_from_concept_id, hpo_concept_id
-from mercia.vocab.icd10 import ICD10_VOCABULARY_ID, icd10_concept_id
-from mercia.vocab.search import (ancestors, concept, concept_by_code, descendants, maps_to, refresh_search_index,
-                                 search)
-from mercia.vocab.starter import ensure_starter_vocabulary, install_starter, starter_versions
+from mercia import lazy_exports
 
-__all__ = ["HPO_VOCABULARY_ID", "ICD10_VOCABULARY_ID", "ancestors", "concept", "concept_by_code", "descendants",
-           "disease_concept_id", "ensure_starter_vocabulary", "hp_id_from_concept_id", "hpo_concept_id",
-           "icd10_concept_id", "install_starter", "load_athena", "maps_to", "refresh_search_index", "search",
-           "starter_versions"]
+_MODULES = {
+    "mercia.vocab.athena": ["load_athena"],
+    "mercia.vocab.diseases": ["disease_concept_id"],
+    "mercia.vocab.hpo": ["HPO_VOCABULARY_ID", "hp_id_from_concept_id", "hpo_concept_id"],
+    "mercia.vocab.icd10": ["ICD10_VOCABULARY_ID", "icd10_concept_id"],
+    "mercia.vocab.concepts": ["ancestors", "concept", "concept_by_code", "descendants", "maps_to",
+                              "refresh_search_index", "search"],
+    "mercia.vocab.starter": ["ensure_starter_vocabulary", "install_starter", "starter_versions"],
+}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -87,7 +87,7 @@ def search_command(
     as_json: JsonOption = False,
 ) -> None:
     """Search concepts by name: exact, prefix, word, substring matches; standard concepts first."""
-    from mercia.vocab.search import search
+    from mercia.vocab.concepts import search
 
     with open_store(db) as store:
         rows = search(store, text, vocabulary=vocabulary, limit=limit, standard_only=standard)
@@ -95,7 +95,7 @@ def search_command(
 
 
 def _hierarchy_command(concept_id: int, db: str | None, as_json: bool, direction: str) -> None:
-    from mercia.vocab.search import ancestors, concept, descendants
+    from mercia.vocab.concepts import ancestors, concept, descendants
 
     with open_store(db) as store:
         root = concept(store, concept_id)

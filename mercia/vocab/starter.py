@@ -348,7 +348,7 @@ def install_starter(store: Store, data_dir: Path | None = None) -> dict[str, str
     is skipped, so an Athena download always wins.  Rows of other vocabularies are untouched.
     Disease ids a store holds at their old (above 32-bit) offsets are moved first.
     """
-    from mercia.vocab.search import refresh_search_index
+    from mercia.vocab.concepts import refresh_search_index
 
     files = starter_files(data_dir)
     versions = starter_versions()
@@ -413,7 +413,7 @@ def ensure_starter_vocabulary(store: Store, data_dir: Path | None = None) -> dic
     """Install the starter vocabularies unless the store already has these versions; returns what
     was installed (empty when nothing needed doing).  A store written with the old disease ids has
     them moved into their 32-bit blocks (and its concept search rebuilt) even when nothing else is due."""
-    from mercia.vocab.search import refresh_search_index
+    from mercia.vocab.concepts import refresh_search_index
 
     with store.transaction():
         if migrate_legacy_disease_ids(store):

@@ -214,3 +214,16 @@ def test_the_shipped_model_is_reproduced_byte_for_byte_by_the_command(tmp_path, 
                     "--out", str(out))
     assert result.exit_code == 0, result.output
     assert out.read_bytes() == MODEL_FILE.read_bytes()
+
+
+def test_the_diagnose_command_imports_neither_pyarrow_nor_duckdb():
+    """The ranking path reaches ``mercia.cdm`` and ``mercia.vocab`` (the HPO reader) only through light
+    submodules; the packages import their store-facing names on first use (a tenth of a second of start-up)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mercia.cli import load_command; load_command('raredisease'); "
+            "import mercia.raredisease.ensemble, mercia.raredisease.kb; "
+            "print(sorted({'pyarrow', 'duckdb'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

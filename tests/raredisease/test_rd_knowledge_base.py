@@ -141,3 +141,22 @@ def test_the_cache_key_follows_the_files_content(tmp_path, monkeypatch, write_re
     kb_module.cached_arrays(edited, "test", {"x": 1}, lambda: built.append(2) or {"a": np.arange(3)})
     assert built == [1, 2]
     assert edited.ann_freq[0] != release.ann_freq[0]
+
+
+def test_derived_matrices_come_back_from_the_cache_exactly(kb, tmp_path, monkeypatch):
+    """The genes' phenotype profiles (like the true-path matrix) are built once per release and then loaded: the
+    loaded arrays equal the built ones, so products over them give the same numbers."""
+    from mercia.raredisease.features import PairFeatures
+    from mercia.raredisease.ranker import Ranker
+
+    monkeypatch.setenv("MERCIA_CACHE_DIR", str(tmp_path / "cache"))
+    ranker = Ranker(kb)
+    built = PairFeatures(ranker).gene_profile
+    assert sorted(p.name.split("-")[0] for p in kb_module.cache_dir().glob("*.npz")) == ["gene", "true"]
+    loaded = PairFeatures(ranker).gene_profile
+    for name in ("data", "indices", "indptr"):
+        assert np.array_equal(getattr(built, name), getattr(loaded, name))
+    calls = []
+    first = kb_module.cached_matrix(kb, "test", {}, lambda: calls.append(1) or ranker.direct, ranker.direct.shape)
+    again = kb_module.cached_matrix(kb, "test", {}, lambda: calls.append(1) or ranker.direct, ranker.direct.shape)
+    assert calls == [1] and (first != again).nnz == 0 and (first != ranker.direct).nnz == 0

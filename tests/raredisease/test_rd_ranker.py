@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mercia.raredisease.ontology import ObsoleteTermWarning, UnknownTermError
-from mercia.raredisease.ranker import Case, ModelParameters, Ranker, rank_of
+from mercia.raredisease.ranker import Case, ModelParameters, Ranker, _values_at, rank_of
 
 MARFAN = Case([
     "HP:0001166",  # Arachnodactyly
@@ -141,7 +141,7 @@ def test_a_case_without_usable_terms_gets_no_ranking(ranker):
 def test_batch_resolution_matches_single_case_resolution(ranker):
     cases = [Case(["HP:0001250", "HP:0007359", "HP:0001250"], ["HP:0012638", "HP:0000252"]),
              Case(["HP:0001275"], ["HP:0001250"])]  # alt id of Seizure, excluded Seizure contradicts it
-    observed, excluded = ranker._selectors(cases, strict=False)
+    observed, excluded = ranker.selectors(cases, strict=False)
     for i, case in enumerate(cases):
         single = ranker.resolve_case(case, strict=False)
         assert sorted(single[0]) == observed[i].indices.tolist()
@@ -158,3 +158,23 @@ def test_a_negated_annotation_contradicts_the_observed_term(ranker):
     without, _ = ranker.score_matrix([Case(["HP:0001166"])])
     marfan = ranker.disease_position[ranker.kb.disease_index["OMIM:154700"]]
     assert with_lens[0, mass] - without[0, mass] < with_lens[0, marfan] - without[0, marfan]
+
+
+def test_term_rows_of_a_batch_equal_those_built_per_chunk_and_are_looked_up_exactly(ranker):
+    """A batch's term rows are built a block of terms at a time; each term's row is its own (the same as in a
+    small batch), and the binary-search lookup the explanations use equals scipy's indexing, absent entries 0."""
+    cases = [Case(["HP:0001166", "HP:0001083", "HP:0002616"], ["HP:0001250"]), Case(["HP:0001250", "HP:0000252"]),
+             Case(["HP:0000098"], ["HP:0001083"])]
+    observed, excluded = ranker.selectors(cases, strict=False)
+    batch = ranker.term_rows(observed, excluded)
+    for i in range(len(cases)):
+        alone = ranker.term_rows(observed[i:i + 1], excluded[i:i + 1])
+        rows = np.searchsorted(batch.observed_terms, alone.observed_terms)
+        assert (batch.observed[rows] != alone.observed).nnz == 0
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, batch.observed.shape[0], 500)
+    columns = rng.integers(0, batch.observed.shape[1], 500)
+    columns[:50] = batch.observed.indices[batch.observed.indptr[rows[:50]]]  # some certainly stored
+    expected = np.asarray(batch.observed[rows, columns]).ravel()
+    found = _values_at(batch.observed, batch.observed_keys, rows, columns)
+    assert np.array_equal(found, expected) and (found[:50] != 0).all() and (found == 0).any()

@@ -154,6 +154,18 @@ def test_a_failing_index_refresh_is_raised_not_swallowed(store, monkeypatch):
     def refuse(_store):
         raise StoreError("disk full")
 
-    monkeypatch.setattr(sys.modules["mercia.vocab.search"], "refresh_search_index", refuse)
+    monkeypatch.setattr(sys.modules["mercia.vocab.concepts"], "refresh_search_index", refuse)
     with pytest.raises(StoreError, match="disk full"):
         vocab.search(store, "quokka")
+
+
+def test_vocab_search_is_the_function_whichever_module_is_imported_first():
+    """``mercia.vocab`` imports its names on first use; the search function lives in ``mercia.vocab.concepts``,
+    so importing that module first cannot shadow ``vocab.search`` with a module."""
+    import subprocess
+    import sys
+
+    code = ("import mercia.vocab.concepts as concepts; from mercia import vocab; "
+            "print(vocab.search is concepts.search, vocab.maps_to is concepts.maps_to, 'search' in dir(vocab))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "True", "True"]

@@ -39,7 +39,7 @@ def search_concepts(request: Request, q: str = Query(..., min_length=1, max_leng
 
 @router.get("/concepts/{concept_id}", tags=["vocabulary"], summary="One concept")
 def get_concept(concept_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
-    from mercia.vocab.search import concept
+    from mercia.vocab.concepts import concept
 
     state = state_of(request)
     with state.lock:
