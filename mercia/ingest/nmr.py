@@ -45,6 +45,7 @@ from mercia.ingest.staging import (
     EVENT_SCHEMA,
     PERSON_SCHEMA,
     REJECT_SCHEMA,
+    VALUE_SCHEMA,
     Columns,
     Staged,
     conform,
@@ -401,9 +402,7 @@ class NmrReader:
             SELECT {base}, 'Specimen' AS kind, 'SNOMED' AS vocabulary, '{PLASMA_SPECIMEN}' AS code, l.start,
                    NULL::DOUBLE AS value_number, NULL AS value_code, NULL AS unit, NULL AS qualifier, l.line
             FROM linked l
-            UNION ALL
-            SELECT {base}, 'Measurement', 'Nightingale', v.biomarker, l.start, v.value, NULL, c.ucum, NULL, v.line
-            FROM vals v JOIN linked l USING (sample_id) JOIN catalogue c USING (biomarker)
+
             UNION ALL
             SELECT {base}, 'Observation', 'Nightingale', 'QC flag', l.start, NULL, v.qc_flag, NULL, v.biomarker, v.line
             FROM vals v JOIN linked l USING (sample_id) WHERE v.qc_flag IS NOT NULL
@@ -417,10 +416,14 @@ class NmrReader:
             SELECT {base}, 'Observation', 'Nightingale', 'Technical variation removed', l.start, NULL, {_literal(ADJUSTED)},
                    NULL, NULL, l.line
             FROM linked l WHERE {self.adjust}""").to_arrow_table()
+        values = con.sql("""SELECT l.record, 'Nightingale' AS vocabulary, v.biomarker AS code, v.value AS value_number,
+                                   c.ucum AS unit, v.line
+                            FROM vals v JOIN linked l USING (sample_id) JOIN catalogue c USING (biomarker)""")
         persons = manifest_persons(con, "SELECT sample_id FROM linked")
         read = con.execute("SELECT count(*) FROM long").fetchall()[0][0]
         staged = Staged(self.extract, read=read)
         staged.events = ArrowColumns(conform(events, EVENT_SCHEMA))
+        staged.values = values.to_arrow_table().cast(VALUE_SCHEMA)
         staged.persons = ArrowColumns(persons)
         staged.rejects = ArrowColumns(pa.concat_tables(self.rejects) if self.rejects else REJECT_SCHEMA.empty_table())
         return staged

@@ -113,7 +113,7 @@ def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | P
         for number, staged in enumerate(read_chunks(kind, path, mapping, manifest, remove_technical_variation)):
             if kind in MANIFEST_KINDS:
                 from mercia.vocab.metabolites import ensure_local_concepts
-                ensure_local_concepts(store, staged.events.table(), staged.concept_names)
+                ensure_local_concepts(store, staged.codes(), staged.concept_names)
             if on_step:
                 on_step(f"loading {staged.read} records for {org}" + (f" (chunk {number + 1})" if number else ""))
             if reid_store is not None:
