@@ -561,7 +561,7 @@ class _Load:
         for domain in DOMAIN_TABLE:
             if domain != "Visit" and domain in present:
                 self._insert_domain(domain)
-        self._insert_values()
+        self._insert_values(load_id, extract)
         self._insert_registrations()
         self._insert_costs()
         self._insert_variants()
@@ -585,25 +585,31 @@ class _Load:
         """Add (cdm_table, row_id, source_record, record_hash) rows to this load's provenance."""
         self.con.execute(f"INSERT INTO prov_rows {sql}")
 
-    def _insert_values(self) -> None:
-        """Staged values -> ``measurement`` in one statement: each takes its record's person and date from
-        the record's events still to load (none once the record is rejected, withheld or unchanged), its
-        concepts from the mapping, and an id after the events' measurements in (source_record, code) order."""
+    def _insert_values(self, load_id: int, extract: str) -> None:
+        """Staged values -> ``measurement`` and their provenance, set-based: each takes its record's person
+        and date from the record's events still to load (none once the record is rejected, withheld or
+        unchanged), its concepts from the mapping, and an id after the events' measurements in
+        (source_record, code) order: the values before its record's plus its code's rank in the record
+        (the sort stays within each record and carries no text)."""
         if not self.con.execute("SELECT count(*) FROM (SELECT 1 FROM staged_values LIMIT 1)").fetchall()[0][0]:
             return
         start = max_id(self.store, "measurement", "measurement_id")
+        self.con.execute("""CREATE TABLE value_anchors AS
+            SELECT a.record, a.source_record, a.record_hash, a.person_id, a.start_date, a.start_datetime,
+                   COALESCE(sum(n.value_count) OVER (ORDER BY a.source_record
+                                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS values_before
+            FROM (SELECT DISTINCT ON (record) * FROM events) a
+            JOIN (SELECT record, count(*) AS value_count FROM staged_values GROUP BY record) n USING (record)""")
         self.con.execute(f"""CREATE TABLE value_rows AS
-            WITH anchors AS (
-                SELECT record, source_record, record_hash, person_id, start_date, start_datetime,
-                       row_number() OVER (ORDER BY source_record) AS record_order
-                FROM (SELECT DISTINCT ON (record) * FROM events))
-            SELECT {start} + row_number() OVER (ORDER BY a.record_order, v.code) AS row_id, a.person_id,
-                   a.source_record, a.record_hash, a.start_date, a.start_datetime, v.code, v.value_number, v.unit,
+            WITH codes AS (SELECT vocabulary, code, row_number() OVER (ORDER BY code) AS code_order
+                           FROM (SELECT DISTINCT vocabulary, code FROM staged_values))
+            SELECT {start} + a.values_before + row_number() OVER (PARTITION BY v.record ORDER BY c.code_order) AS row_id,
+                   v.record, a.person_id, a.start_date, a.start_datetime, v.code, v.value_number, v.unit,
                    COALESCE(m.source_concept_id, 0) AS source_concept_id, COALESCE(m.concept_id, 0) AS concept_id,
                    COALESCE(u.concept_id, 0) AS unit_concept_id, NULL::BIGINT AS value_as_concept_id,
                    NULL::VARCHAR AS value_code, NULL::DOUBLE AS range_low, NULL::DOUBLE AS range_high,
                    NULL::BIGINT AS visit_occurrence_id
-            FROM staged_values v JOIN anchors a USING (record)
+            FROM staged_values v JOIN value_anchors a USING (record) JOIN codes c USING (vocabulary, code)
             LEFT JOIN mapped m ON m.vocabulary = v.vocabulary AND m.code = v.code
             LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = 'UCUM' GROUP BY 1) u
                    ON u.code = v.unit""")
@@ -612,7 +618,10 @@ class _Load:
         rows = _table_from_query(self.con, f"SELECT row_id AS measurement_id, person_id, {select} FROM value_rows")
         self.rows["measurement"] += self.store.insert_arrow("measurement", rows)
         del rows
-        self._provenance("SELECT 'measurement', row_id, source_record, record_hash FROM value_rows")
+        self.store.insert_arrow("mercia_provenance", _table_from_query(self.con, f"""
+            SELECT 'measurement' AS cdm_table, v.row_id, ? AS org, ? AS extract, a.source_record, a.record_hash,
+                   {load_id} AS load_id
+            FROM value_rows v JOIN value_anchors a USING (record)""", [self.org, extract]))
 
     def _insert_registrations(self) -> None:
         start = max_id(self.store, "mercia_registration", "registration_id")
