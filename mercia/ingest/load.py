@@ -596,32 +596,36 @@ class _Load:
         start = max_id(self.store, "measurement", "measurement_id")
         self.con.execute("""CREATE TABLE value_anchors AS
             SELECT a.record, a.source_record, a.record_hash, a.person_id, a.start_date, a.start_datetime,
-                   COALESCE(sum(n.value_count) OVER (ORDER BY a.source_record
-                                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS values_before
+                   n.value_count, CAST(COALESCE(sum(n.value_count) OVER (
+                       ORDER BY a.source_record ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS BIGINT)
+                       AS values_before
             FROM (SELECT DISTINCT ON (record) * FROM events) a
             JOIN (SELECT record, count(*) AS value_count FROM staged_values GROUP BY record) n USING (record)""")
-        self.con.execute(f"""CREATE TABLE value_rows AS
-            WITH codes AS (SELECT vocabulary, code, row_number() OVER (ORDER BY code) AS code_order
-                           FROM (SELECT DISTINCT vocabulary, code FROM staged_values))
-            SELECT {start} + a.values_before + row_number() OVER (PARTITION BY v.record ORDER BY c.code_order) AS row_id,
-                   v.record, a.person_id, a.start_date, a.start_datetime, v.code, v.value_number, v.unit,
-                   COALESCE(m.source_concept_id, 0) AS source_concept_id, COALESCE(m.concept_id, 0) AS concept_id,
-                   COALESCE(u.concept_id, 0) AS unit_concept_id, NULL::BIGINT AS value_as_concept_id,
-                   NULL::VARCHAR AS value_code, NULL::DOUBLE AS range_low, NULL::DOUBLE AS range_high,
-                   NULL::BIGINT AS visit_occurrence_id
-            FROM staged_values v JOIN value_anchors a USING (record) JOIN codes c USING (vocabulary, code)
-            LEFT JOIN mapped m ON m.vocabulary = v.vocabulary AND m.code = v.code
-            LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = 'UCUM' GROUP BY 1) u
-                   ON u.code = v.unit""")
         columns = _domain_columns("Measurement", self.options.type_concept_id or TYPE_CONCEPTS.get(self.reader, EHR_TYPE))
         select = ", ".join(f"{expr} AS {quote(col)}" for col, expr in columns.items())
-        rows = _table_from_query(self.con, f"SELECT row_id AS measurement_id, person_id, {select} FROM value_rows")
+        rows = _table_from_query(self.con, f"""
+            WITH codes AS (SELECT vocabulary, code, row_number() OVER (ORDER BY code) AS code_order
+                           FROM (SELECT DISTINCT vocabulary, code FROM staged_values))
+            SELECT row_id AS measurement_id, person_id, {select} FROM (
+                SELECT {start} + a.values_before + row_number() OVER (PARTITION BY v.record ORDER BY c.code_order)
+                           AS row_id,
+                       a.person_id, a.start_date, a.start_datetime, v.code, v.value_number, v.unit,
+                       COALESCE(m.source_concept_id, 0) AS source_concept_id, COALESCE(m.concept_id, 0) AS concept_id,
+                       COALESCE(u.concept_id, 0) AS unit_concept_id, NULL::BIGINT AS value_as_concept_id,
+                       NULL::VARCHAR AS value_code, NULL::DOUBLE AS range_low, NULL::DOUBLE AS range_high,
+                       NULL::BIGINT AS visit_occurrence_id
+                FROM staged_values v JOIN value_anchors a USING (record) JOIN codes c USING (vocabulary, code)
+                LEFT JOIN mapped m ON m.vocabulary = v.vocabulary AND m.code = v.code
+                LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = 'UCUM'
+                           GROUP BY 1) u ON u.code = v.unit)""")
         self.rows["measurement"] += self.store.insert_arrow("measurement", rows)
         del rows
+        # a record's values have consecutive ids: its provenance rows come from the record alone
         self.store.insert_arrow("mercia_provenance", _table_from_query(self.con, f"""
-            SELECT 'measurement' AS cdm_table, v.row_id, ? AS org, ? AS extract, a.source_record, a.record_hash,
-                   {load_id} AS load_id
-            FROM value_rows v JOIN value_anchors a USING (record)""", [self.org, extract]))
+            SELECT 'measurement' AS cdm_table, unnest(range({start + 1} + values_before,
+                                                            {start + 1} + values_before + value_count)) AS row_id,
+                   ? AS org, ? AS extract, source_record, record_hash, {load_id} AS load_id
+            FROM value_anchors""", [self.org, extract]))
 
     def _insert_registrations(self) -> None:
         start = max_id(self.store, "mercia_registration", "registration_id")
