@@ -590,7 +590,7 @@ class _Load:
         and date from the record's events still to load (none once the record is rejected, withheld or
         unchanged), its concepts from the mapping, and an id after the events' measurements in
         (source_record, code) order: the values before its record's plus its code's rank in the record
-        (the sort stays within each record and carries no text)."""
+        (the sort stays within each record and carries no text; codes and units are looked up once each)."""
         if not self.con.execute("SELECT count(*) FROM (SELECT 1 FROM staged_values LIMIT 1)").fetchall()[0][0]:
             return
         start = max_id(self.store, "measurement", "measurement_id")
@@ -603,21 +603,25 @@ class _Load:
             JOIN (SELECT record, count(*) AS value_count FROM staged_values GROUP BY record) n USING (record)""")
         columns = _domain_columns("Measurement", self.options.type_concept_id or TYPE_CONCEPTS.get(self.reader, EHR_TYPE))
         select = ", ".join(f"{expr} AS {quote(col)}" for col, expr in columns.items())
+        self.con.execute("""CREATE TABLE value_codes AS
+            SELECT k.vocabulary, k.code, k.unit, dense_rank() OVER (ORDER BY k.code) AS code_order,
+                   COALESCE(m.source_concept_id, 0) AS source_concept_id, COALESCE(m.concept_id, 0) AS concept_id,
+                   COALESCE(u.concept_id, 0) AS unit_concept_id
+            FROM (SELECT DISTINCT vocabulary, code, unit FROM staged_values) k
+            LEFT JOIN mapped m ON m.vocabulary = k.vocabulary AND m.code = k.code
+            LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = 'UCUM' GROUP BY 1) u
+                   ON u.code = k.unit""")
         rows = _table_from_query(self.con, f"""
-            WITH codes AS (SELECT vocabulary, code, row_number() OVER (ORDER BY code) AS code_order
-                           FROM (SELECT DISTINCT vocabulary, code FROM staged_values))
             SELECT row_id AS measurement_id, person_id, {select} FROM (
-                SELECT {start} + a.values_before + row_number() OVER (PARTITION BY v.record ORDER BY c.code_order)
-                           AS row_id,
+                SELECT {start} + a.values_before + row_number() OVER (PARTITION BY a.values_before
+                                                                      ORDER BY k.code_order) AS row_id,
                        a.person_id, a.start_date, a.start_datetime, v.code, v.value_number, v.unit,
-                       COALESCE(m.source_concept_id, 0) AS source_concept_id, COALESCE(m.concept_id, 0) AS concept_id,
-                       COALESCE(u.concept_id, 0) AS unit_concept_id, NULL::BIGINT AS value_as_concept_id,
+                       k.source_concept_id, k.concept_id, k.unit_concept_id, NULL::BIGINT AS value_as_concept_id,
                        NULL::VARCHAR AS value_code, NULL::DOUBLE AS range_low, NULL::DOUBLE AS range_high,
                        NULL::BIGINT AS visit_occurrence_id
-                FROM staged_values v JOIN value_anchors a USING (record) JOIN codes c USING (vocabulary, code)
-                LEFT JOIN mapped m ON m.vocabulary = v.vocabulary AND m.code = v.code
-                LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = 'UCUM'
-                           GROUP BY 1) u ON u.code = v.unit)""")
+                FROM staged_values v JOIN value_anchors a USING (record)
+                JOIN value_codes k ON k.vocabulary = v.vocabulary AND k.code = v.code
+                                  AND k.unit IS NOT DISTINCT FROM v.unit)""")
         self.rows["measurement"] += self.store.insert_arrow("measurement", rows)
         del rows
         # a record's values have consecutive ids: its provenance rows come from the record alone

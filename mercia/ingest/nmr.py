@@ -250,12 +250,11 @@ class NmrReader:
 
         # typed as it is unpivoted: a cell that is not a number gives no value; only the columns holding
         # such cells (fewer values than non-empty cells) are read again for their rejects
+        flag, flagged = ("f.flag", f"LEFT JOIN ({union(flags, 'flag')}) f ON f.sample_id = v.sample_id "
+                                   "AND f.name = v.name") if flags else ("NULL::VARCHAR", "")
         self.con.execute(f"""CREATE TABLE vals AS SELECT v.sample_id, v.line, v.name AS biomarker, v.value,
-                                 f.flag AS qc_flag, v.__col
-                             FROM ({union(values, 'value', 'TRY_CAST({} AS DOUBLE)')}) v
-                             LEFT JOIN ({union(flags, 'flag') if flags else
-                                         "SELECT NULL AS sample_id, NULL AS name, NULL AS flag"}) f
-                               ON f.sample_id = v.sample_id AND f.name = v.name""")
+                                 {flag} AS qc_flag, v.__col
+                             FROM ({union(values, 'value', 'TRY_CAST({} AS DOUBLE)')}) v {flagged}""")
         typed = dict(self.con.execute("SELECT __col, count(*) FROM vals GROUP BY 1").fetchall())
         self.con.execute("ALTER TABLE vals DROP COLUMN __col")
         cells = {column: table.num_rows - table.column(column).null_count for column, _, _ in values}
