@@ -417,7 +417,6 @@ class NmrReader:
             SELECT {base}, 'Specimen' AS kind, 'SNOMED' AS vocabulary, '{PLASMA_SPECIMEN}' AS code, l.start,
                    NULL::DOUBLE AS value_number, NULL AS value_code, NULL AS unit, NULL AS qualifier, l.line
             FROM linked l
-
             UNION ALL
             SELECT {base}, 'Observation', 'Nightingale', 'QC flag', l.start, NULL, v.qc_flag, NULL, v.biomarker, v.line
             FROM vals v JOIN linked l USING (sample_id) WHERE v.qc_flag IS NOT NULL
