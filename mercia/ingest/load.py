@@ -30,8 +30,8 @@ import pyarrow.compute as pc
 
 from mercia.cdm import Store, quote
 from mercia.ingest.proms import link_prom_items
-from mercia.ingest.staging import EARLIEST_DATE, END_DATE_AHEAD, VERSIONED_REJECT_SCHEMA, Staged, conform, \
-    date_window, latest_date
+from mercia.ingest.staging import EARLIEST_DATE, END_DATE_AHEAD, VALUE_SCHEMA, VERSIONED_REJECT_SCHEMA, Staged, \
+    conform, date_window, latest_date
 from mercia.cdm.extensions import TOKEN_FIELDS, ensure_extension_tables
 from mercia.cdm.persons import EHR_TYPE, EVENT_DATES, max_id, rebuild_person_rows
 from mercia.privacy.geography import GeographyLookup
@@ -137,6 +137,7 @@ class _Load:
             self.register(name, columns.table())
         for name, columns in (("staged_rejects", s.rejects), ("staged_removals", s.removals)):
             self.register(name, conform(columns.table(), VERSIONED_REJECT_SCHEMA))
+        self.register("staged_values", VALUE_SCHEMA.empty_table() if s.values is None else s.values)
         self.con.execute("""CREATE TABLE read_records AS SELECT DISTINCT record FROM (
             SELECT record FROM staged_persons_raw UNION ALL SELECT record FROM staged_events
             UNION ALL SELECT also_record FROM staged_events UNION ALL SELECT record FROM staged_sites
@@ -383,6 +384,11 @@ class _Load:
         self.withheld_records |= {r for (r,) in self.con.execute(
             "SELECT DISTINCT source_record FROM events WHERE opted_out").fetchall()}
         self.con.execute("DELETE FROM events WHERE opted_out")
+        # a staged value shares its record's person and date (and has no end): its line is named too when
+        # the record is rejected for them
+        self.con.execute("""CREATE VIEW value_events AS
+            SELECT e.* EXCLUDE (line, "end", end_date), v.line, NULL::VARCHAR AS "end", NULL::DATE AS end_date
+            FROM staged_values v JOIN (SELECT DISTINCT ON (record) * FROM events) e USING (record)""")
         earliest, latest = f"DATE '{EARLIEST_DATE}'", f"DATE '{latest_date()}'"
         latest_end = f"DATE '{latest_date() + END_DATE_AHEAD}'"
         for where, field_name, reason in [
@@ -394,6 +400,9 @@ class _Load:
                 (f'"end" IS NOT NULL AND (end_date IS NULL OR end_date < {earliest} OR end_date > {latest_end})',
                  "end", f"end date not a date between {EARLIEST_DATE} and a year from today")]:
             bad = _table_from_query(self.con, f"SELECT DISTINCT source_record, line FROM events WHERE {where}")
+            if bad.num_rows:
+                bad = _table_from_query(self.con, f"""SELECT source_record, line FROM events WHERE {where}
+                                                      UNION SELECT source_record, line FROM value_events WHERE {where}""")
             self.reject(bad, field_name, reason)
             self.con.execute(f"DELETE FROM events WHERE record IN (SELECT record FROM events WHERE {where})")
 
@@ -482,7 +491,9 @@ class _Load:
             SELECT DISTINCT vocabulary, code FROM events WHERE code IS NOT NULL AND vocabulary IS NOT NULL
             UNION SELECT DISTINCT value_vocabulary, value_code FROM events WHERE value_code IS NOT NULL
               AND value_vocabulary IS NOT NULL
-            UNION SELECT DISTINCT 'UCUM', unit FROM events WHERE unit IS NOT NULL""")
+            UNION SELECT DISTINCT 'UCUM', unit FROM events WHERE unit IS NOT NULL
+            UNION SELECT DISTINCT vocabulary, code FROM staged_values
+            UNION SELECT DISTINCT 'UCUM', unit FROM staged_values WHERE unit IS NOT NULL""")
         mapped = map_to_standard(self.store, codes)
         self.register("mapped", mapped)
 
@@ -550,6 +561,7 @@ class _Load:
         for domain in DOMAIN_TABLE:
             if domain != "Visit" and domain in present:
                 self._insert_domain(domain)
+        self._insert_values(load_id, extract)
         self._insert_registrations()
         self._insert_costs()
         self._insert_variants()
@@ -572,6 +584,52 @@ class _Load:
     def _provenance(self, sql: str) -> None:
         """Add (cdm_table, row_id, source_record, record_hash) rows to this load's provenance."""
         self.con.execute(f"INSERT INTO prov_rows {sql}")
+
+    def _insert_values(self, load_id: int, extract: str) -> None:
+        """Staged values -> ``measurement`` and their provenance, set-based: each takes its record's person
+        and date from the record's events still to load (none once the record is rejected, withheld or
+        unchanged), its concepts from the mapping, and an id after the events' measurements in
+        (source_record, code) order: the values before its record's plus its code's rank in the record
+        (the sort stays within each record and carries no text; codes and units are looked up once each)."""
+        if not self.con.execute("SELECT count(*) FROM (SELECT 1 FROM staged_values LIMIT 1)").fetchall()[0][0]:
+            return
+        start = max_id(self.store, "measurement", "measurement_id")
+        self.con.execute("""CREATE TABLE value_anchors AS
+            SELECT a.record, a.source_record, a.record_hash, a.person_id, a.start_date, a.start_datetime,
+                   n.value_count, CAST(COALESCE(sum(n.value_count) OVER (
+                       ORDER BY a.source_record ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS BIGINT)
+                       AS values_before
+            FROM (SELECT DISTINCT ON (record) * FROM events) a
+            JOIN (SELECT record, count(*) AS value_count FROM staged_values GROUP BY record) n USING (record)""")
+        columns = _domain_columns("Measurement", self.options.type_concept_id or TYPE_CONCEPTS.get(self.reader, EHR_TYPE))
+        select = ", ".join(f"{expr} AS {quote(col)}" for col, expr in columns.items())
+        self.con.execute("""CREATE TABLE value_codes AS
+            SELECT k.vocabulary, k.code, k.unit, dense_rank() OVER (ORDER BY k.code) AS code_order,
+                   COALESCE(m.source_concept_id, 0) AS source_concept_id, COALESCE(m.concept_id, 0) AS concept_id,
+                   COALESCE(u.concept_id, 0) AS unit_concept_id
+            FROM (SELECT DISTINCT vocabulary, code, unit FROM staged_values) k
+            LEFT JOIN mapped m ON m.vocabulary = k.vocabulary AND m.code = k.code
+            LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = 'UCUM' GROUP BY 1) u
+                   ON u.code = k.unit""")
+        rows = _table_from_query(self.con, f"""
+            SELECT row_id AS measurement_id, person_id, {select} FROM (
+                SELECT {start} + a.values_before + row_number() OVER (PARTITION BY a.values_before
+                                                                      ORDER BY k.code_order) AS row_id,
+                       a.person_id, a.start_date, a.start_datetime, v.code, v.value_number, v.unit,
+                       k.source_concept_id, k.concept_id, k.unit_concept_id, NULL::BIGINT AS value_as_concept_id,
+                       NULL::VARCHAR AS value_code, NULL::DOUBLE AS range_low, NULL::DOUBLE AS range_high,
+                       NULL::BIGINT AS visit_occurrence_id
+                FROM staged_values v JOIN value_anchors a USING (record)
+                JOIN value_codes k ON k.vocabulary = v.vocabulary AND k.code = v.code
+                                  AND k.unit IS NOT DISTINCT FROM v.unit)""")
+        self.rows["measurement"] += self.store.insert_arrow("measurement", rows)
+        del rows
+        # a record's values have consecutive ids: its provenance rows come from the record alone
+        self.store.insert_arrow("mercia_provenance", _table_from_query(self.con, f"""
+            SELECT 'measurement' AS cdm_table, unnest(range({start + 1} + values_before,
+                                                            {start + 1} + values_before + value_count)) AS row_id,
+                   ? AS org, ? AS extract, source_record, record_hash, {load_id} AS load_id
+            FROM value_anchors""", [self.org, extract]))
 
     def _insert_registrations(self) -> None:
         start = max_id(self.store, "mercia_registration", "registration_id")

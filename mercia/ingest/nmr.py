@@ -45,6 +45,7 @@ from mercia.ingest.staging import (
     EVENT_SCHEMA,
     PERSON_SCHEMA,
     REJECT_SCHEMA,
+    VALUE_SCHEMA,
     Columns,
     Staged,
     conform,
@@ -177,7 +178,8 @@ class NmrReader:
         self.mismatches: dict[str, int] = {}
         self.excluded: dict[str, int] = {}
 
-    # -- formats -> long (sample_id, line, biomarker, raw, unit, qc_flag) + sample QC (sample_id, line, name, value)
+    # -- formats -> vals (sample_id, line, biomarker, value, qc_flag), not-a-number rejects, values_read (cells
+    #    read) + sample QC (sample_id, line, name, value)
     def read(self, table: pa.Table, file: str, first_line: int = 2, first_chunk: bool = True) -> Staged:
         """Rows of a wide file (or a whole long file) -> staged records; ``first_line``: the file line
         of the table's first row; column-level rejects are reported with the ``first_chunk`` only."""
@@ -223,16 +225,16 @@ class NmrReader:
                               ["unknown biomarker: not in the Nightingale catalogue (nmr_info.csv); column not loaded"])
         if not values:
             raise NmrError(f"{file}: no column names a Nightingale biomarker")
-        self.con.register("wide_raw", table)
-        self.con.execute(f"""CREATE TABLE wide AS SELECT *, row_number() OVER () + {self.first_line - 1} AS __line
-                             FROM wide_raw""")
+        self.con.register("wide", table.append_column("__line", pa.array(
+            range(self.first_line, self.first_line + table.num_rows), pa.int64())))
         ident = quote_name(id_column)
 
         def sample(instance):
             return f"CAST({ident} AS VARCHAR)" if instance is None else f"CAST({ident} AS VARCHAR) || '_{instance}'"
 
-        def union(items, value_name):
-            """Columns -> rows (sample_id, line, name, value), one UNPIVOT per UK Biobank instance."""
+        def union(items, value_name, cast="CAST({} AS VARCHAR)"):
+            """Columns -> rows (sample_id, line, name, value, __col), one UNPIVOT per UK Biobank instance;
+            ``cast``: each cell's value (an empty cell, or one the cast makes NULL, gives no row)."""
             by_instance: dict[str | None, list[tuple[str, str]]] = {}
             for col, name, instance in items:
                 by_instance.setdefault(instance, []).append((col, name))
@@ -240,21 +242,33 @@ class NmrReader:
             for instance, pairs in by_instance.items():
                 mapping = " ".join(f"WHEN {_literal(col)} THEN {_literal(name)}" for col, name in pairs)
                 parts.append(f"""SELECT {sample(instance)} AS sample_id, __line AS line, CASE __col {mapping} END AS name,
-                                        {value_name} FROM (UNPIVOT (SELECT {ident}, __line,
-                                            {", ".join(f"CAST({quote_name(c)} AS VARCHAR) AS {quote_name(c)}" for c, _ in pairs)}
+                                        {value_name}, __col FROM (UNPIVOT (SELECT {ident}, __line,
+                                            {", ".join(f"{cast.format(quote_name(c))} AS {quote_name(c)}" for c, _ in pairs)}
                                             FROM wide)
                                         ON {", ".join(quote_name(c) for c, _ in pairs)} INTO NAME __col VALUE {value_name})""")
             return " UNION ALL ".join(parts)
 
-        self.con.execute(f"""CREATE TABLE long AS SELECT v.sample_id, v.line, v.name AS biomarker, v.raw,
-                                 NULL::VARCHAR AS unit, f.flag AS qc_flag
-                             FROM ({union(values, 'raw')}) v
-                             LEFT JOIN ({union(flags, 'flag') if flags else
-                                         "SELECT NULL AS sample_id, NULL AS name, NULL AS flag"}) f
-                               ON f.sample_id = v.sample_id AND f.name = v.name""")
-        self.con.execute(f"""CREATE TABLE sample_qc AS {union(samples, 'value') if samples else
-                             "SELECT NULL::VARCHAR AS sample_id, NULL::BIGINT AS line, NULL::VARCHAR AS name, "
-                             "NULL::VARCHAR AS value WHERE false"}""")
+        # typed as it is unpivoted: a cell that is not a number gives no value; only the columns holding
+        # such cells (fewer values than non-empty cells) are read again for their rejects
+        flag, flagged = ("f.flag", f"LEFT JOIN ({union(flags, 'flag')}) f ON f.sample_id = v.sample_id "
+                                   "AND f.name = v.name") if flags else ("NULL::VARCHAR", "")
+        self.con.execute(f"""CREATE TABLE vals AS SELECT v.sample_id, v.line, v.name AS biomarker, v.value,
+                                 {flag} AS qc_flag, v.__col
+                             FROM ({union(values, 'value', 'TRY_CAST({} AS DOUBLE)')}) v {flagged}""")
+        typed = dict(self.con.execute("SELECT __col, count(*) FROM vals GROUP BY 1").fetchall())
+        self.con.execute("ALTER TABLE vals DROP COLUMN __col")
+        cells = {column: table.num_rows - table.column(column).null_count for column, _, _ in values}
+        self.values_read = sum(cells.values())
+        for column, name, instance in values:
+            if cells[column] != typed.get(column, 0):
+                c = quote_name(column)
+                self._reject_query(f"""SELECT 'NMR/' || {sample(instance)} || '/' || {_literal(name)} AS record,
+                                              __line AS line, {_literal(name)} AS field,
+                                              'value ''' || {c} || ''' is not a number' AS reason
+                                       FROM wide WHERE {c} IS NOT NULL AND TRY_CAST({c} AS DOUBLE) IS NULL""")
+        self.con.execute(f"""CREATE TABLE sample_qc AS SELECT * EXCLUDE (__col) FROM ({union(samples, 'value')
+                             if samples else "SELECT NULL::VARCHAR AS sample_id, NULL::BIGINT AS line, "
+                             "NULL::VARCHAR AS name, NULL::VARCHAR AS value, NULL AS __col WHERE false"})""")
 
     def _long(self, table: pa.Table, file: str) -> None:
         columns = {_key(c): c for c in table.column_names}
@@ -282,10 +296,17 @@ class NmrReader:
                               FROM long_all l JOIN catalogue c USING (biomarker)
                               LEFT JOIN ucum_units u ON u.given = l.unit
                               WHERE COALESCE(u.ucum, l.unit, '') <> c.ucum""")
-        self.con.execute("""CREATE TABLE long AS SELECT l.sample_id, l.line, l.biomarker, l.raw, l.unit, l.qc_flag
+        self.con.execute("""CREATE TABLE long AS SELECT l.sample_id, l.line, l.biomarker, l.raw, l.qc_flag
                             FROM long_all l JOIN catalogue c USING (biomarker)
                             LEFT JOIN ucum_units u ON u.given = l.unit
                             WHERE COALESCE(u.ucum, l.unit, '') = c.ucum""")
+        self._reject_query("""SELECT 'NMR/' || sample_id || '/' || biomarker AS record, line, biomarker AS field,
+                                     'value ''' || raw || ''' is not a number' AS reason
+                              FROM long WHERE raw IS NOT NULL AND TRY_CAST(raw AS DOUBLE) IS NULL""")
+        self.con.execute("""CREATE TABLE vals AS SELECT sample_id, line, biomarker, TRY_CAST(raw AS DOUBLE) AS value,
+                                   qc_flag
+                            FROM long WHERE TRY_CAST(raw AS DOUBLE) IS NOT NULL""")
+        self.values_read = self.con.execute("SELECT count(*) FROM long").fetchall()[0][0]
         self.con.execute("""CREATE TABLE sample_qc AS SELECT NULL::VARCHAR AS sample_id, NULL::BIGINT AS line,
                             NULL::VARCHAR AS name, NULL::VARCHAR AS value WHERE false""")
 
@@ -370,11 +391,6 @@ class NmrReader:
 
     def _stage(self) -> Staged:
         con = self.con
-        self._reject_query("""SELECT 'NMR/' || sample_id || '/' || biomarker AS record, line, biomarker AS field,
-                                     'value ''' || raw || ''' is not a number' AS reason
-                              FROM long WHERE raw IS NOT NULL AND TRY_CAST(raw AS DOUBLE) IS NULL""")
-        con.execute("""CREATE TABLE vals AS SELECT sample_id, line, biomarker, TRY_CAST(raw AS DOUBLE) AS value, qc_flag
-                       FROM long WHERE TRY_CAST(raw AS DOUBLE) IS NOT NULL""")
         self._exclude_unusable()
         self._derive()
         if self.adjust:
@@ -402,9 +418,6 @@ class NmrReader:
                    NULL::DOUBLE AS value_number, NULL AS value_code, NULL AS unit, NULL AS qualifier, l.line
             FROM linked l
             UNION ALL
-            SELECT {base}, 'Measurement', 'Nightingale', v.biomarker, l.start, v.value, NULL, c.ucum, NULL, v.line
-            FROM vals v JOIN linked l USING (sample_id) JOIN catalogue c USING (biomarker)
-            UNION ALL
             SELECT {base}, 'Observation', 'Nightingale', 'QC flag', l.start, NULL, v.qc_flag, NULL, v.biomarker, v.line
             FROM vals v JOIN linked l USING (sample_id) WHERE v.qc_flag IS NOT NULL
             UNION ALL
@@ -417,10 +430,13 @@ class NmrReader:
             SELECT {base}, 'Observation', 'Nightingale', 'Technical variation removed', l.start, NULL, {_literal(ADJUSTED)},
                    NULL, NULL, l.line
             FROM linked l WHERE {self.adjust}""").to_arrow_table()
+        values = con.sql("""SELECT l.record, 'Nightingale' AS vocabulary, v.biomarker AS code, v.value AS value_number,
+                                   c.ucum AS unit, v.line
+                            FROM vals v JOIN linked l USING (sample_id) JOIN catalogue c USING (biomarker)""")
         persons = manifest_persons(con, "SELECT sample_id FROM linked")
-        read = con.execute("SELECT count(*) FROM long").fetchall()[0][0]
-        staged = Staged(self.extract, read=read)
+        staged = Staged(self.extract, read=self.values_read)
         staged.events = ArrowColumns(conform(events, EVENT_SCHEMA))
+        staged.values = values.to_arrow_table().cast(VALUE_SCHEMA)
         staged.persons = ArrowColumns(persons)
         staged.rejects = ArrowColumns(pa.concat_tables(self.rejects) if self.rejects else REJECT_SCHEMA.empty_table())
         return staged

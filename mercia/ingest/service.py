@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -89,6 +90,17 @@ def read_chunks(kind: str, path: Path | str, mapping: str | Path | None = None,
         yield read_source(kind, path, mapping, manifest, remove_technical_variation)
 
 
+def read_ahead(chunks: Iterator[Staged]) -> Iterator[Staged]:
+    """``chunks`` with the next one read in a thread while the caller loads this one: a reader's DuckDB
+    and Arrow work release the GIL, so reading and loading use both cores.  The reader must not touch
+    the store (only the caller does)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mercia-read-ahead") as pool:
+        pending = pool.submit(next, chunks, None)
+        while (chunk := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            yield chunk
+
+
 def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | Path | None = None,
            options: LoadOptions | None = None, on_step: Callable[[str], None] | None = None,
            manifest: Path | str | None = None, reid_store: Store | None = None,
@@ -110,10 +122,11 @@ def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | P
     persons: list[pa.Table] = []  # for the re-identification key map
 
     def prepared() -> Iterator[Staged]:
-        for number, staged in enumerate(read_chunks(kind, path, mapping, manifest, remove_technical_variation)):
+        for number, staged in enumerate(read_ahead(read_chunks(kind, path, mapping, manifest,
+                                                               remove_technical_variation))):
             if kind in MANIFEST_KINDS:
                 from mercia.vocab.metabolites import ensure_local_concepts
-                ensure_local_concepts(store, staged.events.table(), staged.concept_names)
+                ensure_local_concepts(store, staged.codes(), staged.concept_names)
             if on_step:
                 on_step(f"loading {staged.read} records for {org}" + (f" (chunk {number + 1})" if number else ""))
             if reid_store is not None:

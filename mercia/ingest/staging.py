@@ -53,6 +53,14 @@ VERSION_SCHEMA = pa.schema([
     ("version_id", pa.string()), ("seq", pa.int64()), ("line", pa.int64()),
 ])
 
+# Values measured together on one source record (an NMR panel: ~250 per sample): the record's other
+# events give them their person and date, so a value carries only what differs between them; the load
+# writes them to ``measurement`` set-based, without passing each through the generic event path.
+VALUE_SCHEMA = pa.schema([
+    ("record", pa.string()), ("vocabulary", pa.string()), ("code", pa.string()), ("value_number", pa.float64()),
+    ("unit", pa.string()), ("line", pa.int64()),
+])
+
 # Event kinds, named after the OMOP domain a record goes to when its code has no standard mapping.
 EVENT_KINDS = ("Visit", "Condition", "Drug", "Procedure", "Measurement", "Observation", "Specimen", "Device",
                "Note", "Cost")
@@ -169,12 +177,20 @@ class Staged:
     versions: Columns = field(default_factory=lambda: Columns(VERSION_SCHEMA))
     # genomic variant calls (VCF), already in their own table shape
     variants: pa.Table | None = None
+    # measured values of records that also stage an event (VALUE_SCHEMA; NMR panels)
+    values: pa.Table | None = None
     # names of local concepts the extract introduces: (vocabulary, code) -> name (metabolite identifiers)
     concept_names: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def reject(self, record: str | None, field_name: str | None, reason: str, line: int | None = None,
                record_hash: str | None = None) -> None:
         self.rejects.add(record=record, line=line, field=field_name, reason=reason, record_hash=record_hash)
+
+    def codes(self) -> pa.Table:
+        """(vocabulary, code) of every staged event and value."""
+        events = self.events.table().select(["vocabulary", "code"])
+        return pa.concat_tables([events, self.values.select(["vocabulary", "code"])]) if self.values is not None \
+            else events
 
     def merge(self, other: Staged) -> None:
         self.read += other.read

@@ -203,7 +203,8 @@ def ensure_metabolite_concepts(store: Store, vocabulary: str, names: dict[str, s
 
 
 def ensure_local_concepts(store: Store, events: pa.Table, names: dict[tuple[str, str], str] | None = None) -> None:
-    """The local concepts a staged metabolomics extract refers to (before its load maps codes)."""
+    """The local concepts a staged metabolomics extract refers to (before its load maps codes);
+    ``events``: its (vocabulary, code) pairs (``Staged.codes``)."""
     import pyarrow.compute as pc
 
     store.init_schema()

@@ -185,7 +185,8 @@ def test_ukb_field_columns(tmp_path):
     staged = read_nmr(tmp_path / "ukb.csv", tmp_path / "manifest.csv")
     events = staged.events.table()
     assert staged.rejects.table().num_rows == 0
-    assert sum(k == "Measurement" for k in events.column("kind").to_pylist()) == 3 * 249
+    assert staged.values.num_rows == 3 * 249
+    assert set(staged.values.column("record").to_pylist()) == {"NMR/1000_0", "NMR/1001_0", "NMR/1002_0"}
     assert set(events.column("person_ref").to_pylist()) == {"Patient/L0", "Patient/L1", "Patient/L2"}
 
 
@@ -311,11 +312,10 @@ def _values(staged, truth: Path):
     """A DuckDB connection with ``vals`` (sample_id, biomarker, value, hours, row_a, diabetes) of a staged panel."""
     import duckdb
     con = duckdb.connect()
-    con.register("events", staged.events.table())
+    con.register("staged_values", staged.values)
     con.execute(f"""CREATE TABLE vals AS SELECT replace(e.record, 'NMR/', '') AS sample_id, e.code AS biomarker,
                                                 e.value_number AS value, t.hours, t.row_a, t.diabetes
-                    FROM events e JOIN read_csv('{truth}') t ON t.sample_id = replace(e.record, 'NMR/', '')
-                    WHERE e.kind = 'Measurement'""")
+                    FROM staged_values e JOIN read_csv('{truth}') t ON t.sample_id = replace(e.record, 'NMR/', '')""")
     return con
 
 
@@ -428,7 +428,7 @@ def test_chunked_load_lands_exactly_what_a_whole_file_load_does(store, store_fac
         chunks = list(read_nmr_chunks(wide, manifest, chunk_samples=chunk_samples))
         assert len(chunks) == (3 if chunk_samples else 1)
         for chunk in chunks:
-            ensure_local_concepts(target, chunk.events.table())
+            ensure_local_concepts(target, chunk.codes())
         summaries.append(load_staged(target, chunks, "NMR01", "nmr", options))
     chunked, whole = summaries
     assert chunked.__dict__ | {"load_id": 0} == whole.__dict__ | {"load_id": 0}
@@ -444,7 +444,7 @@ def test_failure_in_a_later_chunk_leaves_nothing_and_resend_adds_nothing(store, 
     from mercia.vocab.metabolites import ensure_local_concepts
 
     wide, manifest = study / "nmr_wide.csv", study / "manifest.csv"
-    ensure_local_concepts(store, read_nmr(wide, manifest).events.table())
+    ensure_local_concepts(store, read_nmr(wide, manifest).codes())
     empty = snapshot(store)
 
     def failing():
