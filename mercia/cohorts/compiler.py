@@ -733,7 +733,9 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
     order, a row starts an era when no earlier row reaches its start, and ends one when the ends
     so far do not reach the next start; only those rows are kept, and an end row that does not
     start its era takes the start of the row before it (its era's start row).  Rows with the same
-    start always share an era (ends are never before starts), so ties need no order of their own."""
+    start always share an era (ends are never before starts), so ties need no order of their own.
+    Most eras are one row that both starts and ends them: those skip the second sort (the edges are
+    named once, materialised, and split into such rows and the rest)."""
     end = col("end_date", "CR") if pre_padded else add_days(col("end_date", "CR"), pad)
     padded = exp.select(
         col("person_id", "CR"), col("start_date", "CR"), exp.alias_(end, "end_date", copy=False), copy=False
@@ -767,26 +769,39 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
         .from_(bounds.subquery("B", copy=False), copy=False)
         .where(exp.or_(_eq(is_start.copy(), num(1)), _eq(is_end.copy(), num(1)), copy=False), copy=False)
     )
-    era_start = case_when(
-        _eq(col("is_start", "ED"), num(1)),
-        col("start_date", "ED"),
-        over(
-            exp.Lag(this=col("start_date", "ED")),
-            [col("person_id", "ED")],
-            [col("start_date", "ED"), (col("is_start", "ED"), True)],
-        ),
+    named = f"{PREFIX}{alias}_edges"
+    single = lambda: exp.and_(_eq(col("is_start", "ED"), num(1)), _eq(col("is_end", "ED"), num(1)), copy=False)  # noqa: E731
+    era_end = lambda: exp.alias_(add_days(col("reach", "ED"), -pad), "end_date", copy=False)  # noqa: E731
+    single_eras = (
+        exp.select(col("person_id", "ED"), col("start_date", "ED"), era_end(), copy=False)
+        .from_(table(named, "ED"), copy=False)
+        .where(single(), copy=False)
     )
-    eras = exp.select(
-        col("person_id", "ED"),
-        exp.alias_(era_start, "start_date", copy=False),
-        exp.alias_(add_days(col("reach", "ED"), -pad), "end_date", copy=False),
-        col("is_end", "ED"),
-        copy=False,
-    ).from_(edges.subquery("ED", copy=False), copy=False)
-    return (
-        exp.select(col("person_id", alias), col("start_date", alias), col("end_date", alias), copy=False)
-        .from_(eras.subquery(alias, copy=False), copy=False)
-        .where(_eq(col("is_end", alias), num(1)), copy=False)
+    era_start = over(
+        exp.Lag(this=col("start_date", "ED")),
+        [col("person_id", "ED")],
+        [col("start_date", "ED"), (col("is_start", "ED"), True)],
+    )
+    # rows here alternate: one that starts an era, then the one that ends it
+    longer = (
+        exp.select(
+            col("person_id", "ED"),
+            exp.alias_(era_start, "start_date", copy=False),
+            era_end(),
+            col("is_end", "ED"),
+            copy=False,
+        )
+        .from_(table(named, "ED"), copy=False)
+        .where(exp.Not(this=exp.Paren(this=single())), copy=False)
+    )
+    longer_eras = (
+        exp.select(col("person_id", "LE"), col("start_date", "LE"), col("end_date", "LE"), copy=False)
+        .from_(longer.subquery("LE", copy=False), copy=False)
+        .where(_eq(col("is_end", "LE"), num(1)), copy=False)
+    )
+    eras = union_all([single_eras, longer_eras]).with_(named, as_=edges, materialized=True, copy=False)
+    return exp.select(col("person_id", alias), col("start_date", alias), col("end_date", alias), copy=False).from_(
+        eras.subquery(alias, copy=False), copy=False
     )
 
 
