@@ -314,29 +314,22 @@ class _Compiler:
         )
 
     def cohort_ends(self, included: str) -> exp.Query:
-        """Every candidate exit per event; the earliest on or after the start wins."""
-        candidates: list[exp.Query] = []
+        """Every candidate exit per event; the earliest on or after the start wins.  The event's own
+        exit (observation period end, or a date offset capped at it) is a column of the event; drug
+        persistence and censoring give at most one candidate per event each (eras do not overlap;
+        censoring takes its earliest), so each is a left join, not a union to group again."""
         strategy = self.expr.end_strategy
         if not self.expr.censoring_criteria and (strategy is None or strategy.date_offset is not None):
             return self._single_exit(included)
-        ev = lambda: [col("event_id", "I"), col("person_id", "I")]
+        ev = lambda: [col("event_id", "I"), col("person_id", "I")]  # noqa: E731
+        own: exp.Expression = col("op_end_date", "I")
+        joined: list[exp.Query] = []
         if strategy is not None and strategy.date_offset is not None:
             offset = strategy.date_offset
             field_ = "start_date" if offset.date_field == "StartDate" else "end_date"
-            shifted = add_days(col(field_, "I"), offset.offset)
-            candidates.append(
-                exp.select(
-                    *ev(), exp.alias_(least_date(shifted, col("op_end_date", "I")), "end_date", copy=False), copy=False
-                ).from_(table(included, "I"), copy=False)
-            )
-        else:
-            candidates.append(
-                exp.select(*ev(), exp.alias_(col("op_end_date", "I"), "end_date", copy=False), copy=False).from_(
-                    table(included, "I"), copy=False
-                )
-            )
-            if strategy is not None and strategy.custom_era is not None:
-                candidates.append(self.custom_era_ends(included, strategy.custom_era))
+            own = least_date(add_days(col(field_, "I"), offset.offset), col("op_end_date", "I"))
+        elif strategy is not None and strategy.custom_era is not None:
+            joined.append(self.custom_era_ends(included, strategy.custom_era))
         if self.expr.censoring_criteria:
             censor = union_all(
                 [
@@ -346,7 +339,7 @@ class _Compiler:
                     for c in self.expr.censoring_criteria
                 ]
             )
-            candidates.append(
+            joined.append(
                 exp.select(*ev(), exp.alias_(exp.Min(this=col("start_date", "C")), "end_date", copy=False), copy=False)
                 .from_(table(included, "I"), copy=False)
                 .join(
@@ -361,26 +354,31 @@ class _Compiler:
                 )
                 .group_by(col("event_id", "I"), col("person_id", "I"), copy=False)
             )
-        first_end = (
-            exp.select(
-                col("person_id", "I"),
-                col("start_date", "I"),
-                exp.alias_(exp.Min(this=col("end_date", "CE")), "end_date", copy=False),
-                copy=False,
-            )
-            .from_(table(included, "I"), copy=False)
-            .join(
-                union_all(candidates).subquery("CE", copy=False),
-                on=exp.and_(
-                    _same_event("CE", "I"),
-                    exp.GTE(this=col("end_date", "CE"), expression=col("start_date", "I")),
-                    copy=False,
-                ),
-                copy=False,
-            )
-            .group_by(col("event_id", "I"), col("person_id", "I"), col("start_date", "I"), copy=False)
+        earliest = case_when(exp.GTE(this=own, expression=col("start_date", "I")), own.copy(), exp.null())
+        q = exp.select(col("person_id", "I"), col("start_date", "I"), copy=False).from_(
+            table(included, "I"), copy=False
         )
-        return first_end
+        for n, candidates in enumerate(joined):
+            alias = f"CE{n}"
+            end = col("end_date", alias)
+            q = q.join(
+                candidates.subquery(alias, copy=False),
+                on=exp.and_(
+                    _same_event(alias, "I"), exp.GTE(this=end, expression=col("start_date", "I")), copy=False
+                ),
+                join_type="left",
+                copy=False,
+            )
+            earlier = exp.or_(
+                exp.Is(this=earliest, expression=exp.null()), exp.LT(this=end.copy(), expression=earliest.copy()), copy=False
+            )
+            earliest = case_when(earlier, end.copy(), earliest.copy())
+        ends = q.select(exp.alias_(earliest, "end_date", copy=False), copy=False)
+        return (
+            exp.select(col("person_id", "FE"), col("start_date", "FE"), col("end_date", "FE"), copy=False)
+            .from_(ends.subquery("FE", copy=False), copy=False)
+            .where(exp.Not(this=exp.Is(this=col("end_date", "FE"), expression=exp.null())), copy=False)
+        )
 
     def _single_exit(self, included: str) -> exp.Query:
         """One exit candidate per event (observation period end, or a date offset capped at it):
