@@ -370,7 +370,9 @@ class _Compiler:
                 copy=False,
             )
             earlier = exp.or_(
-                exp.Is(this=earliest, expression=exp.null()), exp.LT(this=end.copy(), expression=earliest.copy()), copy=False
+                exp.Is(this=earliest, expression=exp.null()),
+                exp.LT(this=end.copy(), expression=earliest.copy()),
+                copy=False,
             )
             earliest = case_when(earlier, end.copy(), earliest.copy())
         ends = q.select(exp.alias_(earliest, "end_date", copy=False), copy=False)
@@ -779,7 +781,10 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
         .where(exp.or_(_eq(is_start.copy(), num(1)), _eq(is_end.copy(), num(1)), copy=False), copy=False)
     )
     named = f"{PREFIX}{alias}_edges"
-    single = lambda: exp.and_(_eq(col("is_start", "ED"), num(1)), _eq(col("is_end", "ED"), num(1)), copy=False)  # noqa: E731
+
+    def single() -> exp.Expression:
+        return exp.and_(_eq(col("is_start", "ED"), num(1)), _eq(col("is_end", "ED"), num(1)), copy=False)
+
     era_end = lambda: exp.alias_(add_days(col("reach", "ED"), -pad), "end_date", copy=False)  # noqa: E731
     single_eras = (
         exp.select(col("person_id", "ED"), col("start_date", "ED"), era_end(), copy=False)
