@@ -316,6 +316,8 @@ def batch(side: CirceSide) -> dict:
         "batch_ratio_to_circe": round(med["batch"] / med["circe"], 3),
         "one_by_one_ratio_to_circe": round(med["one_by_one"] / med["circe"], 3),
         "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+        "batch_cpu_ratio_to_circe": round(cpu["batch"] / cpu["circe"], 3),
+        "one_by_one_cpu_ratio_to_circe": round(cpu["one_by_one"] / cpu["circe"], 3),
         "passes": [{k: round(v[0], 3) for k, v in p.items()} for p in passes],
     }
     return {"summary": summary}

@@ -9,7 +9,8 @@ What a batch shares (the idea of OHDSI CDMConnector's ``generateCohortSet2``):
   an inner join to a codeset (on one of its concept columns) is filtered once to the rows whose
   concept is in any codeset of the batch (``mercia_batch_<table>``), and every cohort reads that
   instead.  Rows outside it cannot reach any of those joins, so each cohort's rows are unchanged.
-* one transaction, the result tables checked once, the results read in three queries.
+* one transaction, the result tables checked once and cleared once (one DELETE per table for
+  every cohort), the results read in one query.
 
 Then each cohort's own steps run as in ``run_cohort``.
 """
@@ -28,6 +29,8 @@ from mercia.cohorts.compiler import (
     PREFIX,
     CohortPlan,
     build_plan,
+    clear_statements,
+    collection_paused,
     concept_sets_query,
     drop_table,
     materialise,
@@ -95,10 +98,15 @@ class BatchPlan:
                 copy=False,
             )
             renamed[name] = f"{PREFIX}batch_{name}"
+            # in concept order, so each cohort's join to its own few concepts skips the row groups
+            # outside their range (zone maps)
             self.shared.append(
                 (
                     renamed[name],
-                    exp.select(exp.Star(), copy=False).from_(table(name), copy=False).where(keep, copy=False),
+                    exp.select(exp.Star(), copy=False)
+                    .from_(table(name), copy=False)
+                    .where(keep, copy=False)
+                    .order_by(*[col(c) for c in sorted(columns[name])], copy=False),
                 )
             )
         for plan in self.plans:
@@ -112,10 +120,12 @@ class BatchPlan:
         return [q for _, q in plan.steps] + [plan.cohort_rows, *plan.attrition.values()]
 
     def statements(self, dialect: str) -> tuple[list[str], list[list[str]], list[str]]:
-        """(shared set-up, each cohort's script, shared clean-up) on ``dialect``."""
+        """(shared set-up, each cohort's script, shared clean-up) on ``dialect``; the set-up also
+        clears every cohort's earlier rows, table by table, instead of each script."""
         setup = [s for name, q in self.shared for s in materialise(name, q, dialect)]
+        setup += clear_statements([p.cohort_id for p in self.plans], dialect)
         cleanup = [render(drop_table(name), dialect) for name, _ in reversed(self.shared)]
-        return setup, [plan_statements(p, dialect) for p in self.plans], cleanup
+        return setup, [plan_statements(p, dialect, clear=False) for p in self.plans], cleanup
 
 
 def _local_codesets(local_to_global: list[tuple[int, int]]) -> exp.Query:
@@ -189,8 +199,8 @@ def run_batch(store: Store, definitions: Sequence[tuple[int, m.CohortExpression]
     if len({cid for cid, _ in definitions}) != len(definitions):
         raise ValueError("a batch names a cohort id twice")
     ensure_result_tables(store)
-    batch = BatchPlan(definitions)
-    setup, scripts, cleanup = batch.statements(store.dialect)
+    with collection_paused():
+        setup, scripts, cleanup = BatchPlan(definitions).statements(store.dialect)
     seconds = []
     with store.transaction():
         for statement in setup:

@@ -15,6 +15,9 @@ of the compile time.
 from __future__ import annotations
 
 import functools
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlglot import exp
@@ -101,6 +104,15 @@ def _eq(a: exp.Expression, b: exp.Expression) -> exp.EQ:
     return exp.EQ(this=a, expression=b)
 
 
+def _ordinal(alias: str, desc: bool, wanted: bool) -> list[exp.Expression]:
+    """The per-person rank of ``alias``'s events (by start, then event id) as ``ordinal``, only when a
+    limit reads it (an unread window still costs a sort on engines that do not prune it)."""
+    if not wanted:
+        return []
+    rank = row_number([col("person_id", alias)], [(col("start_date", alias), desc), col("event_id", alias)])
+    return [exp.alias_(rank, "ordinal", copy=False)]
+
+
 def _same_event(a: str, b: str) -> exp.Expression:
     return exp.and_(
         _eq(col("person_id", a), col("person_id", b)), _eq(col("event_id", a), col("event_id", b)), copy=False
@@ -127,16 +139,13 @@ class _Compiler:
         desc = pc.primary_criteria_limit.type == "Last"
         op_start, op_end = (col("observation_period_start_date", "OP"), col("observation_period_end_date", "OP"))
         window = pc.observation_window
+        limited = pc.primary_criteria_limit.type != "All"
         ranked = (
             exp.select(
                 exp.Column(this=exp.Star(), table=exp.to_identifier("E")),
                 exp.alias_(op_start, "op_start_date", copy=False),
                 exp.alias_(op_end, "op_end_date", copy=False),
-                exp.alias_(
-                    row_number([col("person_id", "E")], [(col("start_date", "E"), desc), col("event_id", "E")]),
-                    "ordinal",
-                    copy=False,
-                ),
+                *_ordinal("E", desc, limited),
                 copy=False,
             )
             .from_(union.subquery("E", copy=False), copy=False)
@@ -167,23 +176,17 @@ class _Compiler:
             *[col(c, "P") for c in EVENT_COLUMNS[1:]],
             copy=False,
         ).from_(ranked.subquery("P", copy=False), copy=False)
-        if pc.primary_criteria_limit.type != "All":
+        if limited:
             q = q.where(_eq(col("ordinal", "P"), num(1)), copy=False)
         return q
 
     def qualified_events(self, primary: str) -> exp.Query:
         desc = self.expr.qualified_limit.type == "Last"
-        q = exp.select(
-            *[col(c, "pe") for c in EVENT_COLUMNS],
-            exp.alias_(
-                row_number([col("person_id", "pe")], [(col("start_date", "pe"), desc), col("event_id", "pe")]),
-                "ordinal",
-                copy=False,
-            ),
-            copy=False,
-        )
-        q = q.from_(table(primary, "pe"), copy=False)
         ac = self.expr.additional_criteria
+        # Circe applies the qualified limit whenever AdditionalCriteria is present, even empty
+        limited = ac is not None and self.expr.qualified_limit.type != "All"
+        q = exp.select(*[col(c, "pe") for c in EVENT_COLUMNS], *_ordinal("pe", desc, limited), copy=False)
+        q = q.from_(table(primary, "pe"), copy=False)
         if ac is not None and not ac.is_empty():
             q = q.join(
                 self.group(ac, lambda: table(primary), 0).subquery("AC", copy=False),
@@ -193,8 +196,7 @@ class _Compiler:
         out = exp.select(*[col(c, "QE") for c in EVENT_COLUMNS], copy=False).from_(
             q.subquery("QE", copy=False), copy=False
         )
-        # Circe applies the qualified limit whenever AdditionalCriteria is present, even empty
-        if ac is not None and self.expr.qualified_limit.type != "All":
+        if limited:
             out = out.where(_eq(col("ordinal", "QE"), num(1)), copy=False)
         return out
 
@@ -244,15 +246,8 @@ class _Compiler:
     def included_events(self, qualified: str, masks: str | None) -> exp.Query:
         desc = self.expr.expression_limit.type == "Last"
         cols = [c for c in EVENT_COLUMNS if c != "visit_occurrence_id"]
-        q = exp.select(
-            *[col(c, "Q") for c in cols],
-            exp.alias_(
-                row_number([col("person_id", "Q")], [(col("start_date", "Q"), desc), col("event_id", "Q")]),
-                "ordinal",
-                copy=False,
-            ),
-            copy=False,
-        )
+        limited = self.expr.expression_limit.type != "All"
+        q = exp.select(*[col(c, "Q") for c in cols], *_ordinal("Q", desc, limited), copy=False)
         q = q.from_(table(qualified, "Q"), copy=False)
         if masks is not None:
             full = 2 ** len(self.expr.inclusion_rules) - 1
@@ -260,7 +255,7 @@ class _Compiler:
                 _eq(col("inclusion_rule_mask", "MG"), num(full)), copy=False
             )
         out = exp.select(*[col(c, "R") for c in cols], copy=False).from_(q.subquery("R", copy=False), copy=False)
-        if self.expr.expression_limit.type != "All":
+        if limited:
             out = out.where(_eq(col("ordinal", "R"), num(1)), copy=False)
         return out
 
@@ -319,29 +314,22 @@ class _Compiler:
         )
 
     def cohort_ends(self, included: str) -> exp.Query:
-        """Every candidate exit per event; the earliest on or after the start wins."""
-        candidates: list[exp.Query] = []
+        """Every candidate exit per event; the earliest on or after the start wins.  The event's own
+        exit (observation period end, or a date offset capped at it) is a column of the event; drug
+        persistence and censoring give at most one candidate per event each (eras do not overlap;
+        censoring takes its earliest), so each is a left join, not a union to group again."""
         strategy = self.expr.end_strategy
         if not self.expr.censoring_criteria and (strategy is None or strategy.date_offset is not None):
             return self._single_exit(included)
-        ev = lambda: [col("event_id", "I"), col("person_id", "I")]
+        ev = lambda: [col("event_id", "I"), col("person_id", "I")]  # noqa: E731
+        own: exp.Expression = col("op_end_date", "I")
+        joined: list[exp.Query] = []
         if strategy is not None and strategy.date_offset is not None:
             offset = strategy.date_offset
             field_ = "start_date" if offset.date_field == "StartDate" else "end_date"
-            shifted = add_days(col(field_, "I"), offset.offset)
-            candidates.append(
-                exp.select(
-                    *ev(), exp.alias_(least_date(shifted, col("op_end_date", "I")), "end_date", copy=False), copy=False
-                ).from_(table(included, "I"), copy=False)
-            )
-        else:
-            candidates.append(
-                exp.select(*ev(), exp.alias_(col("op_end_date", "I"), "end_date", copy=False), copy=False).from_(
-                    table(included, "I"), copy=False
-                )
-            )
-            if strategy is not None and strategy.custom_era is not None:
-                candidates.append(self.custom_era_ends(included, strategy.custom_era))
+            own = least_date(add_days(col(field_, "I"), offset.offset), col("op_end_date", "I"))
+        elif strategy is not None and strategy.custom_era is not None:
+            joined.append(self.custom_era_ends(included, strategy.custom_era))
         if self.expr.censoring_criteria:
             censor = union_all(
                 [
@@ -351,7 +339,7 @@ class _Compiler:
                     for c in self.expr.censoring_criteria
                 ]
             )
-            candidates.append(
+            joined.append(
                 exp.select(*ev(), exp.alias_(exp.Min(this=col("start_date", "C")), "end_date", copy=False), copy=False)
                 .from_(table(included, "I"), copy=False)
                 .join(
@@ -366,26 +354,33 @@ class _Compiler:
                 )
                 .group_by(col("event_id", "I"), col("person_id", "I"), copy=False)
             )
-        first_end = (
-            exp.select(
-                col("person_id", "I"),
-                col("start_date", "I"),
-                exp.alias_(exp.Min(this=col("end_date", "CE")), "end_date", copy=False),
-                copy=False,
-            )
-            .from_(table(included, "I"), copy=False)
-            .join(
-                union_all(candidates).subquery("CE", copy=False),
-                on=exp.and_(
-                    _same_event("CE", "I"),
-                    exp.GTE(this=col("end_date", "CE"), expression=col("start_date", "I")),
-                    copy=False,
-                ),
-                copy=False,
-            )
-            .group_by(col("event_id", "I"), col("person_id", "I"), col("start_date", "I"), copy=False)
+        earliest = case_when(exp.GTE(this=own, expression=col("start_date", "I")), own.copy(), exp.null())
+        q = exp.select(col("person_id", "I"), col("start_date", "I"), copy=False).from_(
+            table(included, "I"), copy=False
         )
-        return first_end
+        for n, candidates in enumerate(joined):
+            alias = f"CE{n}"
+            end = col("end_date", alias)
+            q = q.join(
+                candidates.subquery(alias, copy=False),
+                on=exp.and_(
+                    _same_event(alias, "I"), exp.GTE(this=end, expression=col("start_date", "I")), copy=False
+                ),
+                join_type="left",
+                copy=False,
+            )
+            earlier = exp.or_(
+                exp.Is(this=earliest, expression=exp.null()),
+                exp.LT(this=end.copy(), expression=earliest.copy()),
+                copy=False,
+            )
+            earliest = case_when(earlier, end.copy(), earliest.copy())
+        ends = q.select(exp.alias_(earliest, "end_date", copy=False), copy=False)
+        return (
+            exp.select(col("person_id", "FE"), col("start_date", "FE"), col("end_date", "FE"), copy=False)
+            .from_(ends.subquery("FE", copy=False), copy=False)
+            .where(exp.Not(this=exp.Is(this=col("end_date", "FE"), expression=exp.null())), copy=False)
+        )
 
     def _single_exit(self, included: str) -> exp.Query:
         """One exit candidate per event (observation period end, or a date offset capped at it):
@@ -733,7 +728,9 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
     order, a row starts an era when no earlier row reaches its start, and ends one when the ends
     so far do not reach the next start; only those rows are kept, and an end row that does not
     start its era takes the start of the row before it (its era's start row).  Rows with the same
-    start always share an era (ends are never before starts), so ties need no order of their own."""
+    start always share an era (ends are never before starts), so ties need no order of their own.
+    Most eras are one row that both starts and ends them: those skip the second sort (the edges are
+    named once, materialised, and split into such rows and the rest)."""
     end = col("end_date", "CR") if pre_padded else add_days(col("end_date", "CR"), pad)
     padded = exp.select(
         col("person_id", "CR"), col("start_date", "CR"), exp.alias_(end, "end_date", copy=False), copy=False
@@ -745,7 +742,7 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
         exp.alias_(
             running(exp.Max(this=col("end_date", "ST")), person, order, exclude_current=True), "prev_end", copy=False
         ),
-        exp.alias_(running(exp.Max(this=col("end_date", "ST")), person, order), "reach", copy=False),
+        col("end_date", "ST"),
         exp.alias_(
             over(exp.Lead(this=col("start_date", "ST")), person, order),
             "next_start",
@@ -753,6 +750,22 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
         ),
         copy=False,
     ).from_(padded.subquery("ST", copy=False), copy=False)
+    # the ends so far, from those before: one running aggregate instead of two (each is a segment tree)
+    reach = case_when(
+        exp.or_(
+            exp.Is(this=col("prev_end", "PB"), expression=exp.null()),
+            exp.GT(this=col("end_date", "PB"), expression=col("prev_end", "PB")),
+            copy=False,
+        ),
+        col("end_date", "PB"),
+        col("prev_end", "PB"),
+    )
+    reached = exp.select(
+        *[col(c, "PB") for c in ("person_id", "start_date", "prev_end")],
+        exp.alias_(reach, "reach", copy=False),
+        col("next_start", "PB"),
+        copy=False,
+    ).from_(bounds.subquery("PB", copy=False), copy=False)
     is_start = case_when(exp.GTE(this=col("prev_end", "B"), expression=col("start_date", "B")), num(0), num(1))
     is_end = case_when(exp.GTE(this=col("reach", "B"), expression=col("next_start", "B")), num(0), num(1))
     edges = (
@@ -764,29 +777,45 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
             exp.alias_(is_end, "is_end", copy=False),
             copy=False,
         )
-        .from_(bounds.subquery("B", copy=False), copy=False)
+        .from_(reached.subquery("B", copy=False), copy=False)
         .where(exp.or_(_eq(is_start.copy(), num(1)), _eq(is_end.copy(), num(1)), copy=False), copy=False)
     )
-    era_start = case_when(
-        _eq(col("is_start", "ED"), num(1)),
-        col("start_date", "ED"),
-        over(
-            exp.Lag(this=col("start_date", "ED")),
-            [col("person_id", "ED")],
-            [col("start_date", "ED"), (col("is_start", "ED"), True)],
-        ),
+    named = f"{PREFIX}{alias}_edges"
+
+    def single() -> exp.Expression:
+        return exp.and_(_eq(col("is_start", "ED"), num(1)), _eq(col("is_end", "ED"), num(1)), copy=False)
+
+    era_end = lambda: exp.alias_(add_days(col("reach", "ED"), -pad), "end_date", copy=False)  # noqa: E731
+    single_eras = (
+        exp.select(col("person_id", "ED"), col("start_date", "ED"), era_end(), copy=False)
+        .from_(table(named, "ED"), copy=False)
+        .where(single(), copy=False)
     )
-    eras = exp.select(
-        col("person_id", "ED"),
-        exp.alias_(era_start, "start_date", copy=False),
-        exp.alias_(add_days(col("reach", "ED"), -pad), "end_date", copy=False),
-        col("is_end", "ED"),
-        copy=False,
-    ).from_(edges.subquery("ED", copy=False), copy=False)
-    return (
-        exp.select(col("person_id", alias), col("start_date", alias), col("end_date", alias), copy=False)
-        .from_(eras.subquery(alias, copy=False), copy=False)
-        .where(_eq(col("is_end", alias), num(1)), copy=False)
+    era_start = over(
+        exp.Lag(this=col("start_date", "ED")),
+        [col("person_id", "ED")],
+        [col("start_date", "ED"), (col("is_start", "ED"), True)],
+    )
+    # rows here alternate: one that starts an era, then the one that ends it
+    longer = (
+        exp.select(
+            col("person_id", "ED"),
+            exp.alias_(era_start, "start_date", copy=False),
+            era_end(),
+            col("is_end", "ED"),
+            copy=False,
+        )
+        .from_(table(named, "ED"), copy=False)
+        .where(exp.Not(this=exp.Paren(this=single())), copy=False)
+    )
+    longer_eras = (
+        exp.select(col("person_id", "LE"), col("start_date", "LE"), col("end_date", "LE"), copy=False)
+        .from_(longer.subquery("LE", copy=False), copy=False)
+        .where(_eq(col("is_end", "LE"), num(1)), copy=False)
+    )
+    eras = union_all([single_eras, longer_eras]).with_(named, as_=edges, materialized=True, copy=False)
+    return exp.select(col("person_id", alias), col("start_date", alias), col("end_date", alias), copy=False).from_(
+        eras.subquery(alias, copy=False), copy=False
     )
 
 
@@ -859,7 +888,9 @@ def concept_sets_query(sets: list[tuple[int, m.ConceptSetExpression]]) -> exp.Qu
         .where(_eq(col("codeset_id", "X"), col("codeset_id", "R")), copy=False)
         .where(_eq(col("concept_id", "X"), col("concept_id", "R")), copy=False)
     )
-    return (
+    # branches no item asks for are left out (each is a join the engine would run for nothing)
+    flagged = lambda position: any(row[position] for row in rows)  # noqa: E731
+    query = (
         exp.select(
             exp.alias_(exp.cast(col("codeset_id", "R"), BIGINT, copy=False), "codeset_id", copy=False),
             exp.alias_(exp.cast(col("concept_id", "R"), BIGINT, copy=False), "concept_id", copy=False),
@@ -868,9 +899,11 @@ def concept_sets_query(sets: list[tuple[int, m.ConceptSetExpression]]) -> exp.Qu
         .distinct(copy=False)
         .from_(table(resolved, "R"), copy=False)
         .where(_eq(col("is_excluded", "R"), num(0)), copy=False)
-        .where(exp.Not(this=exp.Exists(this=excluded)), copy=False)
-        .with_(base, as_=union_all([listed, descendants]), copy=False)
-        .with_(resolved, as_=union_all([unmapped, mapped]), copy=False)
+    )
+    if flagged(2):
+        query = query.where(exp.Not(this=exp.Exists(this=excluded)), copy=False)
+    return query.with_(base, as_=union_all([listed, *([descendants] if flagged(3) else [])]), copy=False).with_(
+        resolved, as_=union_all([unmapped, *([mapped] if flagged(4) else [])]), copy=False
     )
 
 
@@ -922,10 +955,26 @@ def drop_table(name: str) -> exp.Drop:
     return exp.Drop(tables=[table(name)], kind="TABLE", exists=True)
 
 
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """Python's cycle collector off while plans are built and rendered: they are tens of thousands
+    of small tree nodes made at once, and the collections they set off walk every object of the
+    process (about half of compiling a batch's definitions).  Off only if it was on; the garbage
+    of one compile is collected at the next collection after it."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def compile_cohort(expr: m.CohortExpression, cohort_id: int, dialect: str = "duckdb") -> list[str]:
     """The full SQL script of one cohort on ``dialect``: temporary steps, the ``cohort`` rows
     (replacing this id's earlier rows) and the attrition tables, then clean-up."""
-    return plan_statements(build_plan(expr, cohort_id), dialect)
+    with collection_paused():
+        return plan_statements(build_plan(expr, cohort_id), dialect)
 
 
 def inline_single_reads(plan: CohortPlan) -> CohortPlan:
@@ -949,9 +998,20 @@ def inline_single_reads(plan: CohortPlan) -> CohortPlan:
     return plan
 
 
-def plan_statements(plan: CohortPlan, dialect: str) -> list[str]:
+def clear_statements(cohort_ids: list[int], dialect: str) -> list[str]:
+    """Delete the earlier rows of these cohorts from ``cohort`` and every attrition table, one
+    statement per table (a batch clears all its cohorts at once)."""
+    ids = exp.In(this=col("cohort_definition_id"), expressions=[num(c) for c in cohort_ids])
+    return [
+        render(exp.Delete(this=table(name), where=exp.Where(this=ids.copy())), dialect)
+        for name in ("cohort", *RESULT_TABLES)
+    ]
+
+
+def plan_statements(plan: CohortPlan, dialect: str, clear: bool = True) -> list[str]:
     """The SQL script of a built (possibly rewritten) plan on ``dialect``; steps read once are
-    inlined first (``inline_single_reads``)."""
+    inlined first (``inline_single_reads``).  ``clear``: delete the cohort's earlier rows from each
+    table it writes (off when the caller has cleared them, see ``clear_statements``)."""
     inline_single_reads(plan)
     cohort_id = plan.cohort_id
     statements: list[str] = []
@@ -960,12 +1020,14 @@ def plan_statements(plan: CohortPlan, dialect: str) -> list[str]:
     id_filter = _eq(col("cohort_definition_id"), num(cohort_id))
     writes = {"cohort": plan.cohort_rows, **plan.attrition}
     for tbl, rows in writes.items():
-        statements.append(render(exp.Delete(this=table(tbl), where=exp.Where(this=id_filter.copy())), dialect))
+        if clear:
+            statements.append(render(exp.Delete(this=table(tbl), where=exp.Where(this=id_filter.copy())), dialect))
         statements.append(render(exp.Insert(this=table(tbl), expression=rows), dialect))
     if plan.rules:
-        statements.append(
-            render(exp.Delete(this=table("cohort_inclusion"), where=exp.Where(this=id_filter.copy())), dialect)
-        )
+        if clear:
+            statements.append(
+                render(exp.Delete(this=table("cohort_inclusion"), where=exp.Where(this=id_filter.copy())), dialect)
+            )
         values = exp.values(
             [
                 exp.Tuple(

@@ -84,39 +84,36 @@ def read_result(store: Store, cohort_id: int, expr: CohortExpression, seconds: f
 
 
 def read_results(store: Store, cohorts: list[tuple[int, CohortExpression, float]]) -> list[CohortResult]:
-    """Persons, entries and attrition of each (cohort id, definition, seconds), in four queries."""
+    """Persons, entries and attrition of each (cohort id, definition, seconds), in one query (each
+    round trip is a fixed cost of every cohort): per row, which of the four tables it comes from,
+    then that table's numbers in columns ``a``..``d``."""
     ids = [cid for cid, _, _ in cohorts]
     where = f"WHERE cohort_definition_id IN ({', '.join('?' * len(ids))})"
+    parts = [
+        "SELECT 0 AS part, cohort_definition_id AS cid, 0 AS mode_id, count(DISTINCT subject_id) AS a, "
+        f"count(*) AS b, 0 AS c, 0 AS d FROM cohort {where} GROUP BY cohort_definition_id",
+        "SELECT 1, cohort_definition_id, mode_id, base_count, final_count, 0, 0 FROM cohort_summary_stats " + where,
+        "SELECT 2, cohort_definition_id, mode_id, inclusion_rule_mask, person_count, 0, 0 "
+        f"FROM cohort_inclusion_result {where}",
+        "SELECT 3, cohort_definition_id, mode_id, rule_sequence, person_count, gain_count, person_total "
+        f"FROM cohort_inclusion_stats {where}",
+    ]
+    rows = store.query(" UNION ALL ".join(parts) + " ORDER BY part, cid, mode_id, a", ids * len(parts))
     results = {cid: CohortResult(cohort_id=cid, persons=0, entries=0, seconds=seconds) for cid, _, seconds in cohorts}
-    for cid, persons, entries in store.query(
-        f"SELECT cohort_definition_id, count(DISTINCT subject_id), count(*) FROM cohort {where} "
-        "GROUP BY cohort_definition_id",
-        ids,
-    ):
-        results[int(cid)].persons, results[int(cid)].entries = int(persons), int(entries)
-    for cid, mode, base, final in store.query(
-        f"SELECT cohort_definition_id, mode_id, base_count, final_count FROM cohort_summary_stats {where}", ids
-    ):
-        results[int(cid)].base_count[int(mode)] = int(base)
-        results[int(cid)].final_count[int(mode)] = int(final)
-    masks: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for cid, mode, mask, count in store.query(
-        f"SELECT cohort_definition_id, mode_id, inclusion_rule_mask, person_count FROM cohort_inclusion_result {where}",
-        ids,
-    ):
-        masks.setdefault((int(cid), int(mode)), []).append((int(mask), int(count)))
     names = {cid: {i: r.name or "" for i, r in enumerate(expr.inclusion_rules)} for cid, expr, _ in cohorts}
-    for cid, mode, seq, count, gain, total in store.query(
-        "SELECT cohort_definition_id, mode_id, rule_sequence, person_count, gain_count, person_total "
-        f"FROM cohort_inclusion_stats {where} ORDER BY cohort_definition_id, mode_id, rule_sequence",
-        ids,
-    ):
-        cid, mode, seq = int(cid), int(mode), int(seq)
-        prefix = (1 << (seq + 1)) - 1
-        remaining = sum(n for mask, n in masks.get((cid, mode), []) if mask & prefix == prefix)
-        results[cid].attrition.append(
-            AttritionRow(seq, names[cid].get(seq, ""), int(count), int(gain), int(total), mode, remaining)
-        )
+    masks: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for part, cid, mode, a, b, c, d in rows:
+        result, cid, mode, a, b = results[int(cid)], int(cid), int(mode), int(a), int(b)
+        if part == 0:
+            result.persons, result.entries = a, b
+        elif part == 1:
+            result.base_count[mode], result.final_count[mode] = a, b
+        elif part == 2:
+            masks.setdefault((cid, mode), []).append((a, b))
+        else:  # the stats rows come after every mask row (ORDER BY part)
+            prefix = (1 << (a + 1)) - 1
+            remaining = sum(n for mask, n in masks.get((cid, mode), []) if mask & prefix == prefix)
+            result.attrition.append(AttritionRow(a, names[cid].get(a, ""), b, int(c), int(d), mode, remaining))
     return [results[cid] for cid in ids]
 
 

@@ -83,3 +83,25 @@ def test_drug_persistence_reads_only_pre_filtered_drug_exposures(reference_dir):
     for plan in batch.plans:
         script = " ".join(q.sql() for q in BatchPlan._queries(plan))
         assert " drug_exposure " not in script.replace("mercia_batch_drug_exposure", "")
+
+
+def test_pre_filtered_tables_are_in_concept_order():
+    """Each cohort then reads its few concepts' rows through the engine's zone maps (row-group
+    min/max), not the whole pre-filtered table."""
+    shared = dict(BatchPlan([(1, _condition_cohort(192671)), (2, _condition_cohort(80809))]).shared)
+    assert shared["mercia_batch_condition_occurrence"].sql().endswith("ORDER BY condition_concept_id")
+
+
+def test_results_are_read_back_in_one_query(gibleed_engine, reference_dir, expected, monkeypatch):
+    from mercia.cohorts.runner import read_results
+
+    definitions = _definitions(reference_dir, [1263, 29])  # with and without inclusion rules
+    results = run_batch(gibleed_engine, definitions)
+    queries = []
+    original = gibleed_engine.query
+    monkeypatch.setattr(gibleed_engine, "query", lambda sql, params=None: queries.append(sql) or original(sql, params))
+    again = read_results(gibleed_engine, [(cid, expr, r.seconds) for (cid, expr), r in zip(definitions, results)])
+    assert len(queries) == 1
+    assert [r.summary() for r in again] == [r.summary() for r in results]
+    for (_, expr), result in zip(definitions, again, strict=True):
+        assert_reference(gibleed_engine, expected, expr, result)

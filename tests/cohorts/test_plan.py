@@ -45,6 +45,69 @@ def test_only_steps_read_more_than_once_are_materialised(dialect, inclusion_rule
         expected += ["mercia_best_events", "mercia_event_masks"]
     assert created == sorted(expected)
     # the exits, inlined, are a subquery of the cohort rows' insert
-    assert "AS mercia_cohort_rows" in next(s for s in script if s.startswith("INSERT INTO cohort "))
+    assert "AS mercia_cohort_rows" in next(s for s in script if "INSERT INTO cohort " in s)
     dropped = sorted({s.split()[-1] for s in script if s.startswith("DROP TABLE")})  # Spark also drops first
     assert dropped == sorted(expected)
+
+
+def _limited(primary: str, qualified: str, expression: str) -> CohortExpression:
+    expr = _definition(inclusion_rules=True).model_dump(by_alias=True, exclude_none=True)
+    expr["PrimaryCriteria"]["PrimaryCriteriaLimit"] = {"Type": primary}
+    expr["AdditionalCriteria"] = {"Type": "ALL", "CriteriaList": []}
+    expr["QualifiedLimit"] = {"Type": qualified}
+    expr["ExpressionLimit"] = {"Type": expression}
+    return CohortExpression.model_validate(expr)
+
+
+@pytest.mark.parametrize("dialect", ["duckdb", "postgres", "spark"])
+def test_events_are_ranked_only_for_a_limit(dialect):
+    """Each First/Last limit ranks its events once; with every limit 'All' nothing is ranked but the
+    event ids (an unread ROW_NUMBER is still a sort on PostgreSQL and Spark)."""
+    ranks = lambda expr: " ".join(compile_cohort(expr, 7, dialect)).count(") AS ordinal")  # noqa: E731
+    assert ranks(_limited("All", "All", "All")) == 0
+    assert ranks(_limited("First", "All", "All")) == 1
+    assert ranks(_limited("First", "Last", "First")) == 3
+
+
+def test_concept_sets_join_only_the_vocabulary_their_items_ask_for():
+    from mercia.cohorts.compiler import concept_sets_query
+    from mercia.cohorts.model import ConceptSetExpression
+
+    def sql(**flags) -> str:
+        item = {"concept": {"CONCEPT_ID": 192671}, **flags}
+        return concept_sets_query([(0, ConceptSetExpression.model_validate({"items": [item]}))]).sql()
+
+    plain = sql()
+    assert "concept_ancestor" not in plain and "concept_relationship" not in plain and "EXISTS" not in plain
+    assert "concept_ancestor" in sql(includeDescendants=True)
+    assert "concept_relationship" in sql(includeMapped=True)
+    assert "EXISTS" in sql(isExcluded=True)
+
+
+@pytest.mark.parametrize("dialect", ["duckdb", "postgres", "spark"])
+def test_era_collapse_sorts_once_and_only_longer_eras_again(dialect):
+    """One running MAX (the reach is the greater of the row's end and the ends before it); the second
+    window (LAG, for an era's start) reads only the edges that are not one-row eras."""
+    insert = next(s for s in compile_cohort(_definition(False), 7, dialect) if "INSERT INTO cohort " in s)
+    assert insert.count("MAX(") == 1 and insert.count("LEAD(") == 1 and insert.count("LAG(") == 1
+    assert "WITH mercia_cr_edges AS" in insert
+    assert "WHERE NOT (ED.is_start = 1 AND ED.is_end = 1)" in insert
+
+
+def test_compiling_pauses_the_cycle_collector_and_restores_it():
+    import gc
+
+    from mercia.cohorts.compiler import collection_paused
+
+    assert gc.isenabled()
+    with collection_paused():
+        assert not gc.isenabled()
+        compile_cohort(_definition(True), 7)
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        compile_cohort(_definition(True), 7)
+        assert not gc.isenabled()  # left off when it was off
+    finally:
+        gc.enable()
