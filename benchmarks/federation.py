@@ -118,7 +118,7 @@ def in_process(net, project_id: int, questions: int = 1) -> dict:
     from mercia.cdm import Store
     from mercia.federation.hub import Hub, HubSettings
     from mercia.federation.hubapp import PREFIX, create_hub_app
-    from mercia.federation.messages import FeasibilityQuery, NodeResult
+    from mercia.federation.messages import RESULT_MEDIA_TYPE, FeasibilityQuery, NodeResult
     from mercia.federation.node import NodeAgent, NodePolicy
     from mercia.federation.region import reference_cohort
 
@@ -145,18 +145,18 @@ def in_process(net, project_id: int, questions: int = 1) -> dict:
                 began = time.perf_counter()
                 result = agent.handle(task)
                 ran = time.perf_counter()
-                body = result.model_dump_json().encode()
-                headers = agent._headers("POST", path, body)
+                body = result.to_wire()
+                headers = agent._headers("POST", path, body, RESULT_MEDIA_TYPE)
                 signed = time.perf_counter()
                 nodes[agent.org] = {"cohort_and_tokens": round(ran - began, 3),
                                     "serialise_and_sign": round(signed - ran, 3),
-                                    "members": len(result.members.cell), "body_mb": round(len(body) / 1e6, 2)}
-                rows += len(result.members.cell)
+                                    "members": result.members.num_rows, "body_mb": round(len(body) / 1e6, 2)}
+                rows += result.members.num_rows
                 began, cpu = time.perf_counter(), time.process_time()
                 org = hub.authenticate_node(headers["X-Mercia-Node"], "POST", path, headers["X-Mercia-Time"], body,
                                             headers["X-Mercia-Signature"])
                 verified = time.perf_counter()
-                parsed = NodeResult.model_validate_json(body)
+                parsed = NodeResult.from_wire(body)
                 read = time.perf_counter()
                 hub.accept(org, parsed)
                 hub_parts["verify_signature"] += verified - began

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -25,7 +26,7 @@ from mercia.cohorts.model import CohortDefinitionError
 from mercia.federation.disclosure import FederatedPolicy, federated_policy
 from mercia.federation.messages import PROTOCOL_VERSION, QUERY, CohortQuery, NodeResult, Task, partitioned
 from mercia.federation.signing import SignatureError, load_public_key, verify
-from mercia.federation.tokens import new_salt, unpack_tokens
+from mercia.federation.tokens import new_salt
 from mercia.governance import Role, Throttled, User
 from mercia.governance.model import Forbidden, GovernanceError, NotFound
 from mercia.governance.service import Governance
@@ -52,6 +53,8 @@ DDL = [
 FINAL_TASK_STATUSES = ("answered", "refused", "paused", "error")
 CLOCK_SKEW = timedelta(seconds=120)
 LAST_SEEN_EVERY = 5.0   # seconds between writes of a node's last_seen (it is offline after node_offline_after)
+PROJECTS_KEPT = 1024    # questions whose project the hub remembers (for auditing their results)
+PROTOCOL_REFUSAL_EVERY = 600.0   # seconds between audit records of one node's refusals for its protocol version
 
 
 class FederationError(GovernanceError):
@@ -98,7 +101,8 @@ class Hub:
         self._tokens: dict[int, pa.Table] = {}   # task id -> salted tokens per cell, in memory only
         self._site_extra: dict[int, dict[str, Any]] = {}    # task id -> per-cell published counts, labels
         self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
-        self._projects: dict[int, int] = {}          # question id -> its project
+        self._projects: dict[int, int] = {}          # question id -> its project (the latest PROJECTS_KEPT)
+        self._protocol_refusals: dict[str | None, tuple[float, int]] = {}   # node -> (last audited, refused since)
         self._seen_written: dict[str, float] = {}    # node -> when this process last wrote its last_seen
         self.work_news = News()     # a round issued by this process: waiting nodes look for their work
         self.result_news = News()   # a result accepted by this process: waiting researchers look at the answer
@@ -416,33 +420,27 @@ class Hub:
         """Record a node's (already signature-checked) result; replays and late results are refused."""
         if result.org != org:
             raise Rejected(f"node {org} sent a result signed for {result.org}")
-        try:
-            rows = member_rows(org, result)
-            malformed = None
-        except ValueError as exc:
-            rows, malformed = None, str(exc)
-        taken = []
+        rows = member_rows(org, result)
         with self._lock:
-            if malformed is None:
-                now = _iso(_now())   # when the result is recorded, and the moment its deadline is checked at
-                with self.gov.db.transaction():
-                    # One statement checks and records: the node's own task, this nonce (the request is
-                    # already signed by the node, so only the node itself could probe it), still open,
-                    # before its deadline, in the question's current round.
-                    taken = self.store.query(
-                        "UPDATE mercia_fed_task SET status = ?, answered_at = ?, count = ?, unlinkable = ?, reason = ?, "
-                        "last_load = ?, data_version = ? WHERE id = ? AND org = ? AND nonce = ? "
-                        "AND status IN ('issued', 'sent') AND expires_at >= ? "
-                        "AND round = (SELECT q.round FROM mercia_fed_query q WHERE q.id = query_id) RETURNING query_id",
-                        [result.status, now, result.count, result.unlinkable, result.reason, result.last_load,
-                         result.data_version, result.task_id, org, result.nonce, now])
-                    if taken:
-                        query_id = taken[0][0]
-                        self.gov.audit.record(f"node:{org}", "federation.result", f"task:{result.task_id}",
-                                              self._project_of(query_id), query=query_id, status=result.status,
-                                              count=result.count, reason=result.reason)
+            now = _iso(_now())   # when the result is recorded, and the moment its deadline is checked at
+            with self.gov.db.transaction():
+                # One statement checks and records: the node's own task, this nonce (the request is
+                # already signed by the node, so only the node itself could probe it), still open,
+                # before its deadline, in the question's current round.
+                taken = self.store.query(
+                    "UPDATE mercia_fed_task SET status = ?, answered_at = ?, count = ?, unlinkable = ?, reason = ?, "
+                    "last_load = ?, data_version = ? WHERE id = ? AND org = ? AND nonce = ? "
+                    "AND status IN ('issued', 'sent') AND expires_at >= ? "
+                    "AND round = (SELECT q.round FROM mercia_fed_query q WHERE q.id = query_id) RETURNING query_id",
+                    [result.status, now, result.count, result.unlinkable, result.reason, result.last_load,
+                     result.data_version, result.task_id, org, result.nonce, now])
+                if taken:
+                    query_id = taken[0][0]
+                    self.gov.audit.record(f"node:{org}", "federation.result", f"task:{result.task_id}",
+                                          self._project_of(query_id), query=query_id, status=result.status,
+                                          count=result.count, reason=result.reason)
             if not taken:
-                self._refuse_result(org, result, malformed)
+                self._refuse_result(org, result)
             if result.status == "answered":
                 self._tokens[result.task_id] = rows
                 self._site_extra[result.task_id] = {"linked": result.linked, "cells": result.cells,
@@ -450,13 +448,32 @@ class Hub:
             self.result_news.announce()
 
     def _project_of(self, query_id: int) -> int:
-        """The project a question belongs to (kept: it never changes)."""
+        """The project a question belongs to (kept for the latest PROJECTS_KEPT questions: it never changes)."""
         if query_id not in self._projects:
+            if len(self._projects) >= PROJECTS_KEPT:
+                del self._projects[next(iter(self._projects))]   # the oldest question asked about
             self._projects[query_id] = self.store.query_one("SELECT project_id FROM mercia_fed_query WHERE id = ?",
                                                             [query_id])
         return self._projects[query_id]
 
-    def _refuse_result(self, org: str, result: NodeResult, malformed: str | None) -> None:
+    def refuse_protocol(self, org: str | None, spoken: str) -> str:
+        """Audit a request in another protocol version (not verified: its signature is of another form) and
+        say why it is refused.  An old node retries every few seconds, so each node's refusal is written at
+        most once per PROTOCOL_REFUSAL_EVERY seconds, with the number of refusals since the last record."""
+        reason = (f"this hub speaks federation protocol {PROTOCOL_VERSION} and node {org!r} speaks {spoken}: "
+                  "upgrade the node's Mercia")
+        with self._lock:
+            now = time.time()
+            written, since = self._protocol_refusals.get(org, (0.0, 0))
+            if now - written < PROTOCOL_REFUSAL_EVERY:
+                self._protocol_refusals[org] = (written, since + 1)
+            else:
+                self._protocol_refusals[org] = (now, 0)
+                self.gov.audit.record(f"node:{org}", "federation.reject", f"node:{org}", None, reason=reason,
+                                      protocol=spoken, refused_since_last_record=since)
+        return reason
+
+    def _refuse_result(self, org: str, result: NodeResult) -> None:
         """Why a result was not taken (in the audit log), raised as Rejected."""
         task = self.store.query_dicts("SELECT t.*, q.project_id, q.round AS current_round FROM mercia_fed_task t "
                                       "JOIN mercia_fed_query q ON q.id = t.query_id WHERE t.id = ? AND t.org = ?",
@@ -472,7 +489,7 @@ class Hub:
         elif task["status"] not in ("issued", "sent") or task["round"] != task["current_round"]:
             problem = f"task {result.task_id} is already {task['status']} (replay or superseded round)"
         else:
-            problem = f"members: {malformed}" if malformed else "the task changed while its result was recorded"
+            problem = "the task changed while its result was recorded"
         self.gov.audit.record(f"node:{org}", "federation.reject", f"task:{result.task_id}", task["project_id"],
                               reason=problem)
         raise Rejected(problem)
@@ -524,17 +541,23 @@ MEMBER_ROWS = pa.schema([("site", pa.string()), ("nhs_hi", pa.uint64()), ("nhs_l
 
 
 def member_rows(org: str, result: NodeResult) -> pa.Table:
-    """A result's members as rows (``MEMBER_ROWS``): each token as two 64-bit halves.  Raises ValueError
-    when a packed column is not what ``messages.Members`` says."""
-    members, rows = result.members, len(result.members.cell)
+    """A result's members as rows (``MEMBER_ROWS``): each token as two 64-bit halves (null: none)."""
+    members = result.members
     columns = {}
     for kind in ("nhs", "demographic"):
-        try:
-            columns[f"{kind}_hi"], columns[f"{kind}_lo"] = unpack_tokens(getattr(members, kind), rows)
-        except ValueError as exc:
-            raise ValueError(f"{kind}: {exc}") from exc
-    cell = pa.array(members.cell_names, pa.string()).take(pa.array(members.cell, pa.int32()))
-    return pa.table({"site": pa.repeat(pa.scalar(org, pa.string()), rows), **columns, "cell": cell}, schema=MEMBER_ROWS)
+        columns[f"{kind}_hi"], columns[f"{kind}_lo"] = token_halves(members.column(kind).combine_chunks())
+    return pa.table({"site": pa.repeat(pa.scalar(org, pa.string()), members.num_rows), **columns,
+                     "cell": members.column("cell").cast(pa.string())}, schema=MEMBER_ROWS)
+
+
+def token_halves(tokens: pa.FixedSizeBinaryArray) -> tuple[pa.Array, pa.Array]:
+    """16-byte tokens as two unsigned 64-bit halves (big-endian), null where the token is."""
+    width, data = tokens.type.byte_width, tokens.buffers()[1]
+    raw = (np.zeros(len(tokens) * width, np.uint8) if data is None else
+           np.frombuffer(data, np.uint8)[tokens.offset * width:(tokens.offset + len(tokens)) * width])
+    halves = raw.view(">u8").reshape(-1, 2).astype(np.uint64)
+    none = tokens.is_null().to_numpy(zero_copy_only=False)
+    return pa.array(halves[:, 0], pa.uint64(), mask=none), pa.array(halves[:, 1], pa.uint64(), mask=none)
 
 
 def network_counts(rows: pa.Table, partition: bool) -> tuple[int, int, dict[str, int]]:
