@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -536,91 +535,97 @@ def _settle(future: asyncio.Future) -> None:
         future.set_result(None)
 
 
-MEMBER_ROWS = pa.schema([("site", pa.string()), ("nhs_hi", pa.uint64()), ("nhs_lo", pa.uint64()),
-                         ("demographic_hi", pa.uint64()), ("demographic_lo", pa.uint64()), ("cell", pa.string())])
+MEMBER_ROWS = pa.schema([("site", pa.string()), ("nhs", pa.uint64()), ("demographic", pa.uint64()),
+                         ("cell", pa.string())])
 
 
 def member_rows(org: str, result: NodeResult) -> pa.Table:
-    """A result's members as rows (``MEMBER_ROWS``): each token as two 64-bit halves (null: none)."""
+    """A result's members as rows (``MEMBER_ROWS``): each 8-byte token as an unsigned 64-bit integer."""
     members = result.members
-    columns = {}
-    for kind in ("nhs", "demographic"):
-        columns[f"{kind}_hi"], columns[f"{kind}_lo"] = token_halves(members.column(kind).combine_chunks())
-    return pa.table({"site": pa.repeat(pa.scalar(org, pa.string()), members.num_rows), **columns,
+    return pa.table({"site": pa.repeat(pa.scalar(org, pa.string()), members.num_rows),
+                     "nhs": token_integers(members.column("nhs").combine_chunks()),
+                     "demographic": token_integers(members.column("demographic").combine_chunks()),
                      "cell": members.column("cell").cast(pa.string())}, schema=MEMBER_ROWS)
 
 
-def token_halves(tokens: pa.FixedSizeBinaryArray) -> tuple[pa.Array, pa.Array]:
-    """16-byte tokens as two unsigned 64-bit halves (big-endian), null where the token is."""
-    width, data = tokens.type.byte_width, tokens.buffers()[1]
-    raw = (np.zeros(len(tokens) * width, np.uint8) if data is None else
-           np.frombuffer(data, np.uint8)[tokens.offset * width:(tokens.offset + len(tokens)) * width])
-    halves = raw.view(">u8").reshape(-1, 2).astype(np.uint64)
-    none = tokens.is_null().to_numpy(zero_copy_only=False)
-    return pa.array(halves[:, 0], pa.uint64(), mask=none), pa.array(halves[:, 1], pa.uint64(), mask=none)
+def token_integers(tokens: pa.FixedSizeBinaryArray) -> pa.Array:
+    """8-byte tokens as unsigned 64-bit integers (the bytes as they are: only equality and a fixed order
+    matter), null where the token is."""
+    data = tokens.buffers()[1]
+    values = (np.zeros(len(tokens), np.uint64) if data is None else
+              np.frombuffer(data, np.uint64)[tokens.offset:tokens.offset + len(tokens)])
+    return pa.array(values, pa.uint64(), mask=tokens.is_null().to_numpy(zero_copy_only=False))
 
 
 def network_counts(rows: pa.Table, partition: bool) -> tuple[int, int, dict[str, int]]:
     """(distinct persons, persons seen at two or more sites, distinct persons per cell) over the sites'
-    salted member rows (``member_rows``), in one DuckDB query.
+    salted member rows (``member_rows``), with numpy sorts.
 
     A person is its NHS token; a person known at some site only by a demographic token is the person
     with an NHS token who has that demographic token too (the smallest such token, so two NHS numbers
     are never merged), else a person of its own.  With ``partition`` each person is counted in one cell
     (the smallest: the earliest month, or the first stratum in sort order when sites disagree), so the
-    cells add up to the total; otherwise (features) a person counts once in every cell they have.
-    Tokens are grouped as their two 64-bit halves (faster than one 128-bit integer); only demographic
-    tokens that some site holds without an NHS token are looked up, and "two or more sites" is
-    min(site) <> max(site) rather than a distinct count."""
-    with _COUNTING_LOCK:
-        con = _counting_connection().cursor()
-    try:
-        con.register("member_rows", rows)
-        persons = """
-            WITH alias AS (
-                SELECT m.demographic_hi, m.demographic_lo, min(m.nhs_hi) AS nhs_hi,
-                       arg_min(m.nhs_lo, (CAST(m.nhs_hi AS UHUGEINT) << 64) | m.nhs_lo) AS nhs_lo
-                FROM member_rows m SEMI JOIN (SELECT demographic_hi, demographic_lo FROM member_rows
-                                              WHERE nhs_hi IS NULL) u
-                     ON u.demographic_hi = m.demographic_hi AND u.demographic_lo = m.demographic_lo
-                WHERE m.nhs_hi IS NOT NULL GROUP BY m.demographic_hi, m.demographic_lo),
-            p AS (SELECT site, cell, FALSE AS by_demographic, nhs_hi AS hi, nhs_lo AS lo FROM member_rows
-                  WHERE nhs_hi IS NOT NULL
-                  UNION ALL
-                  SELECT m.site, m.cell, a.nhs_hi IS NULL, COALESCE(a.nhs_hi, m.demographic_hi),
-                         COALESCE(a.nhs_lo, m.demographic_lo)
-                  FROM member_rows m LEFT JOIN alias a
-                       ON a.demographic_hi = m.demographic_hi AND a.demographic_lo = m.demographic_lo
-                  WHERE m.nhs_hi IS NULL)"""
-        if partition:
-            cells = con.execute(persons + """,
-                per_person AS (SELECT min(site) <> max(site) AS shared, min(cell) AS cell FROM p
-                               GROUP BY by_demographic, hi, lo)
-                SELECT cell, count(*), count(*) FILTER (WHERE shared) FROM per_person GROUP BY cell""").fetchall()
-            distinct, shared = sum(c[1] for c in cells), sum(c[2] for c in cells)
-        else:   # one pass: per person (the total and overlap) and per person and cell
-            grouped = con.execute(persons + """,
-                per_person AS (SELECT grouping(cell) = 1 AS whole, cell, min(site) <> max(site) AS shared FROM p
-                               GROUP BY GROUPING SETS ((by_demographic, hi, lo), (by_demographic, hi, lo, cell)))
-                SELECT whole, cell, count(*), count(*) FILTER (WHERE shared) FROM per_person
-                GROUP BY whole, cell""").fetchall()
-            distinct, shared = next(((g[2], g[3]) for g in grouped if g[0]), (0, 0))
-            cells = [(g[1], g[2]) for g in grouped if not g[0]]
-    finally:
-        con.close()
-    return int(distinct or 0), int(shared or 0), {c[0]: int(c[1]) for c in cells}
+    cells add up to the total; otherwise (features) a person counts once in every cell they have."""
+    if rows.num_rows == 0:
+        return 0, 0, {}
+    site = _codes(rows.column("site"))[0]
+    cell, cell_names = _codes(rows.column("cell"))
+    nhs, demographic = (rows.column(name).combine_chunks() for name in ("nhs", "demographic"))
+    has_nhs = nhs.is_valid().to_numpy(zero_copy_only=False)
+    nhs_values, demographic_values = nhs.fill_null(0).to_numpy(), demographic.fill_null(0).to_numpy()
+    has_demographic = demographic.is_valid().to_numpy(zero_copy_only=False)
+    only = ~has_nhs
+    # the smallest NHS token carried with each demographic token that some row has without an NHS token
+    wanted = np.unique(demographic_values[only])
+    both = np.flatnonzero(has_nhs & has_demographic)
+    if len(wanted):
+        at = np.minimum(np.searchsorted(wanted, demographic_values[both]), len(wanted) - 1)
+        both = both[wanted[at] == demographic_values[both]]
+    else:
+        both = both[:0]
+    order = np.lexsort((nhs_values[both], demographic_values[both]))
+    alias_from, alias_to = demographic_values[both][order], nhs_values[both][order]
+    first = np.concatenate([[True], alias_from[1:] != alias_from[:-1]]) if len(order) else np.zeros(0, bool)
+    alias_from, alias_to = alias_from[first], alias_to[first]
+    at = np.minimum(np.searchsorted(alias_from, demographic_values[only]), max(len(alias_from) - 1, 0))
+    aliased = (alias_from[at] == demographic_values[only]) if len(alias_from) else np.zeros(only.sum(), bool)
+    person = nhs_values.copy()
+    person[only] = np.where(aliased, alias_to[at] if len(alias_from) else 0, demographic_values[only])
+    by_nhs = has_nhs.copy()
+    by_nhs[only] = aliased
+    per_cell = np.zeros(len(cell_names), np.int64)
+    distinct = shared = 0
+    for group in (by_nhs, ~by_nhs):   # persons by NHS token, then persons of their own by demographic token
+        d, s = _persons(person[group], site[group], cell[group], partition, per_cell)
+        distinct, shared = distinct + d, shared + s
+    return distinct, shared, {name: int(n) for name, n in zip(cell_names, per_cell) if n}
 
 
-_COUNTING: list[duckdb.DuckDBPyConnection] = []
-_COUNTING_LOCK = threading.Lock()
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """Each value's rank among the column's distinct values (so the smallest code is the smallest value)."""
+    encoded = column.combine_chunks().dictionary_encode()
+    names = encoded.dictionary.to_pylist()
+    rank = np.empty(len(names), np.int32)
+    rank[np.argsort(np.array(names, dtype=object))] = np.arange(len(names), dtype=np.int32)
+    return rank[encoded.indices.to_numpy()], sorted(names)
 
 
-def _counting_connection() -> duckdb.DuckDBPyConnection:
-    """One in-memory DuckDB per hub process for de-duplication (a new connection costs more than a
-    small question's whole count); each count takes a cursor of its own."""
-    if not _COUNTING:
-        _COUNTING.append(duckdb.connect())
-    return _COUNTING[0]
+def _persons(person: np.ndarray, site: np.ndarray, cell: np.ndarray, partition: bool,
+             per_cell: np.ndarray) -> tuple[int, int]:
+    """(persons, persons at two or more sites) among rows keyed by ``person``; adds each person's cells
+    (its smallest with ``partition``, else every one) to ``per_cell``."""
+    if len(person) == 0:
+        return 0, 0
+    order = np.lexsort((cell, person))
+    person, site, cell = person[order], site[order], cell[order]
+    starts = np.flatnonzero(np.concatenate([[True], person[1:] != person[:-1]]))
+    shared = np.minimum.reduceat(site, starts) != np.maximum.reduceat(site, starts)
+    if partition:   # rows are sorted by cell within a person: its first row holds its smallest cell
+        per_cell += np.bincount(cell[starts], minlength=len(per_cell))
+    else:   # every (person, cell) pair once
+        new_pair = np.concatenate([[True], (person[1:] != person[:-1]) | (cell[1:] != cell[:-1])])
+        per_cell += np.bincount(cell[new_pair], minlength=len(per_cell))
+    return len(starts), int(shared.sum())
 
 
 def months_between(start: str, end: str) -> list[str]:

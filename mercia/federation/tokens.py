@@ -32,6 +32,7 @@ from mercia.privacy.pseudonym import KeyError_, Pseudonymiser
 NETWORK_KEY_ENV = "MERCIA_NETWORK_KEY"
 NETWORK_KEY_FILE_ENV = "MERCIA_NETWORK_KEY_FILE"
 SALT_BYTES = 32
+AES_BLOCK = 16   # bytes of a per-person token (mercia_person_token holds them as 32 hex digits)
 
 
 def load_network_key(key_file: Path | str | None = None) -> bytes:
@@ -185,26 +186,26 @@ for _digit, _char in enumerate(b"0123456789abcdef"):
 
 
 def salt_tokens(tokens: pa.Array | pa.ChunkedArray, key: bytes) -> pa.Array:
-    """16-byte per-person tokens (32 hex digits; null: none) salted for one question as ``AES_k(t) XOR t``
-    (Matyas-Meyer-Oseas): one AES-128-ECB call over every token block, then one numpy XOR.  Equal tokens
-    give equal outputs under one key; without ``t``, nobody holding ``k`` (the hub) can go back from the
-    output to ``t``, so outputs of two questions cannot be linked.  Raises ValueError on a token that is
-    not 32 hex digits."""
+    """16-byte per-person tokens (32 hex digits; null: none) salted for one question: the first 8 bytes of
+    ``AES_k(t) XOR t`` (Matyas-Meyer-Oseas), one AES-128-ECB call over every token block and one numpy XOR.
+    Equal tokens give equal outputs under one key; without ``t`` nobody holding ``k`` (the hub) can go
+    back from an output to ``t``, so the outputs of two questions cannot be linked.  Raises ValueError on
+    a token that is not 32 hex digits."""
     tokens = tokens.combine_chunks() if isinstance(tokens, pa.ChunkedArray) else tokens
     present = tokens.drop_null().cast(pa.string())
     if len(present) == 0:
         return pa.nulls(len(tokens), pa.binary(TOKEN_BYTES))
     lengths = pc.utf8_length(present)
-    if (pc.min(lengths).as_py() != 2 * TOKEN_BYTES or pc.max(lengths).as_py() != 2 * TOKEN_BYTES):
-        raise ValueError(f"a per-person token is not {2 * TOKEN_BYTES} hex digits (mercia_person_token)")
+    if pc.min(lengths).as_py() != 2 * AES_BLOCK or pc.max(lengths).as_py() != 2 * AES_BLOCK:
+        raise ValueError(f"a per-person token is not {2 * AES_BLOCK} hex digits (mercia_person_token)")
     offsets = np.frombuffer(present.buffers()[1], np.int32)[present.offset:present.offset + len(present) + 1]
-    text = np.frombuffer(present.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
-    nibbles = _HEX_VALUES[text]
+    nibbles = _HEX_VALUES[np.frombuffer(present.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]]
     if (nibbles == 255).any():
         raise ValueError("a per-person token is not hexadecimal (mercia_person_token)")
     blocks = (nibbles[0::2] << 4) | nibbles[1::2]
     encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-    salted = np.frombuffer(encryptor.update(blocks.tobytes()) + encryptor.finalize(), np.uint8) ^ blocks
+    mixed = np.frombuffer(encryptor.update(blocks.tobytes()) + encryptor.finalize(), np.uint8) ^ blocks
+    salted = np.ascontiguousarray(mixed.reshape(-1, AES_BLOCK)[:, :TOKEN_BYTES])
     values = pa.FixedSizeBinaryArray.from_buffers(pa.binary(TOKEN_BYTES), len(present), [None, pa.py_buffer(salted)])
     if tokens.null_count == 0:
         return values

@@ -4,6 +4,7 @@ network tokens, tokens salted per question, and the members' Arrow encoding the 
 from __future__ import annotations
 
 import hashlib
+import sys
 
 import pyarrow as pa
 import pytest
@@ -125,11 +126,12 @@ def token(name: str) -> str:
 
 def salted(salt: str, stored: str) -> bytes:
     """The specification of a salted token, one block at a time: AES-128 under the question's key (SHA-256 of
-    a label and the salt, first 16 bytes) of the first 16 bytes of the stored token, XOR those 16 bytes."""
+    a label and the salt, first 16 bytes) of the first 16 bytes of the stored token, XOR those 16 bytes,
+    cut to its first 8 bytes."""
     block = bytes.fromhex(stored[:32])
     key = hashlib.sha256(b"mercia-federation/question-key\0" + salt.encode()).digest()[:16]
     encrypted = Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(block)
-    return bytes(x ^ y for x, y in zip(encrypted, block))
+    return bytes(x ^ y for x, y in zip(encrypted, block))[:8]
 
 
 def test_cohort_tokens_are_salted_per_question_on_every_engine(store):
@@ -159,7 +161,7 @@ def test_salting_keeps_equal_tokens_equal_and_refuses_what_is_not_a_token():
     key = question_key(new_salt())
     stored = [token("a")[:32], None, token("a")[:32].upper(), token("b")[:32], None]
     out = salt_tokens(pa.chunked_array([stored[:2], stored[2:]]), key).to_pylist()
-    assert out[0] == out[2] != out[3] and out[1] is None and out[4] is None and len(out[0]) == 16
+    assert out[0] == out[2] != out[3] and out[1] is None and out[4] is None and len(out[0]) == 8
     assert salt_tokens(pa.array([None, None], pa.string()), key).null_count == 2
     with pytest.raises(ValueError, match="not 32 hex digits"):
         salt_tokens(pa.array([token("a")]), key)                 # 64 digits: not cut to 16 bytes
@@ -208,10 +210,10 @@ def test_per_person_tokens_follow_links_changed_after_the_load(store):
 
 
 def test_members_travel_as_arrow_and_count_the_same():
-    tokens = [hashlib.sha256(str(i).encode()).digest()[:16] for i in range(6)]
+    tokens = [hashlib.sha256(str(i).encode()).digest()[:8] for i in range(6)]
 
     def sent(org: str, nhs: list, demographic: list, cells: list[str]) -> pa.Table:
-        members = pa.table([pa.array(nhs, pa.binary(16)), pa.array(demographic, pa.binary(16)),
+        members = pa.table([pa.array(nhs, pa.binary(8)), pa.array(demographic, pa.binary(8)),
                             pa.array(cells).dictionary_encode()], schema=MEMBERS)
         result = NodeResult(task_id=1, org=org, nonce="n", status="answered", count=len(cells), members=members)
         received = NodeResult.from_wire(result.to_wire())
@@ -221,28 +223,33 @@ def test_members_travel_as_arrow_and_count_the_same():
     # demographics (the demographic token A also holds for 0), and person 5 by nothing A has
     a = sent("A", [tokens[0], tokens[1]], [tokens[3], None], ["x", "y"])
     b = sent("B", [tokens[1], None, None], [None, tokens[3], tokens[5]], ["y", "y", "x"])
-    assert a.column("nhs_hi").null_count == 0 and b.column("nhs_hi").null_count == 2
-    assert a.column("nhs_hi")[0].as_py() == int.from_bytes(tokens[0][:8], "big")
-    assert a.column("nhs_lo")[0].as_py() == int.from_bytes(tokens[0][8:], "big")
-    distinct, shared, cells = network_counts(pa.concat_tables([a, b]), partition=True)
-    assert (distinct, shared, cells) == (3, 2, {"x": 2, "y": 1})
+    assert a.column("nhs").null_count == 0 and b.column("nhs").null_count == 2
+    assert a.column("nhs")[0].as_py() == int.from_bytes(tokens[0], sys.byteorder)
+    both = pa.concat_tables([a, b])
+    assert network_counts(both, partition=True) == (3, 2, {"x": 2, "y": 1})   # 0 counted in x, its smallest cell
+    assert network_counts(both, partition=False) == (3, 2, {"x": 2, "y": 2})  # 0 in x and y, 1 in y, 5 in x
+    assert network_counts(both.slice(0, 0), partition=True) == (0, 0, {})
 
 
 def test_what_is_not_a_node_result_is_refused():
     good = NodeResult(task_id=1, org="A", nonce="n", status="answered", members=pa.table(
-        [pa.array([b"1" * 16], pa.binary(16)), pa.array([None], pa.binary(16)),
+        [pa.array([b"1" * 8], pa.binary(8)), pa.array([None], pa.binary(8)),
          pa.array([""]).dictionary_encode()], schema=MEMBERS)).to_wire()
     with pytest.raises(ValueError, match="not an Arrow IPC stream"):
         NodeResult.from_wire(b'{"task_id": 1}')
     with pytest.raises(ValueError, match="not an Arrow IPC stream"):
         NodeResult.from_wire(good[:-40])                            # cut short
-    wrong = pa.table({"nhs": pa.array([b"1" * 8], pa.binary(8))}).replace_schema_metadata(
+    wrong = pa.table({"nhs": pa.array([b"1" * 16], pa.binary(16))}).replace_schema_metadata(
         {"mercia.node_result": b'{"task_id": 1, "org": "A", "nonce": "n", "status": "answered"}'})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, wrong.schema) as writer:
         writer.write_table(wrong)
     with pytest.raises(ValueError, match="members must be"):
-        NodeResult.from_wire(sink.getvalue().to_pybytes())        # 8-byte tokens, no cells
+        NodeResult.from_wire(sink.getvalue().to_pybytes())        # 16-byte tokens, no cells
+    with pytest.raises(ValueError, match="neither token"):
+        NodeResult(task_id=1, org="A", nonce="n", status="answered", members=pa.table(
+            [pa.array([None], pa.binary(8)), pa.array([None], pa.binary(8)), pa.array([""]).dictionary_encode()],
+            schema=MEMBERS))
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, MEMBERS) as writer:
         writer.write_table(MEMBERS.empty_table())
