@@ -210,8 +210,10 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> Node
     published = federated_policy(policy.disclosure or task.policy, policy.allow_raw)
     seed = fingerprint([query.model_dump(), org, version])
     linkable = pc.invert(pc.and_(pc.is_null(rows.column("nhs")), pc.is_null(rows.column("demographic"))))
-    per_cell = rows.group_by("cell").aggregate([("person_id", "count_distinct")])
-    unlinkable = rows.filter(pc.invert(linkable)).group_by("cell").aggregate([("person_id", "count_distinct")])
+    # small tables: one thread (Acero's thread pool costs more wall time than it saves on a busy machine)
+    per_cell = rows.group_by("cell", use_threads=False).aggregate([("person_id", "count_distinct")])
+    unlinkable = rows.filter(pc.invert(linkable)).group_by("cell", use_threads=False).aggregate(
+        [("person_id", "count_distinct")])
     linked = rows.filter(linkable)
     members = pa.table([linked.column("nhs"), linked.column("demographic"),
                         linked.column("cell").combine_chunks().dictionary_encode()], schema=MEMBERS)
