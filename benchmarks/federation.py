@@ -5,7 +5,7 @@
 
 1. Token union (own child process, so its peak RSS is its own): the hub's de-duplication
    (``hub.network_counts``: distinct persons and persons at two or more sites over salted tokens) on
-   ``--tokens`` 128-bit tokens at five sites, one in six repeating an earlier one (the issue asks 5.4 million).
+   ``--tokens`` 64-bit salted tokens at five sites, one in six repeating an earlier one (the issue asks 5.4 million).
 2. Per size in ``--persons``: ``region.build_scaled_network`` writes one store of everybody
    (``synth.write_omop``; the single-store baseline) and cuts five node stores from it (about 20% of
    persons at two or more organisations, each event at one of its person's organisations, network
