@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from mercia.cdm import Store
 from mercia.federation.hubapp import PREFIX
 from mercia.federation.messages import PROTOCOL_HEADER, PROTOCOL_VERSION, NodeResult
-from mercia.federation.node import NodeAgent, NodePolicy, open_node_store, pending, decide, set_paused
+from mercia.federation.node import NODE_DDL, NodeAgent, NodePolicy, open_node_store, pending, decide, set_paused
 from mercia.federation.region import reference_cohort, true_distinct_persons
 from mercia.federation.signing import generate_keypair, sign
 from mercia.governance.model import Role
@@ -171,6 +171,32 @@ def test_the_node_loop_keeps_its_store_open_only_while_questions_keep_coming(net
     assert opens_elsewhere(node.url)            # ...and let go when none came
     ask(client, token, project_id)
     assert agent.step() == 1 and opens_elsewhere(node.url)   # a step outside the loop never holds it
+
+
+def test_the_node_loop_makes_its_tables_once_per_process(network, hub_factory, monkeypatch):
+    """Reopening the store for the next question skips the ~100 statements that make the node's tables."""
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    node = network.nodes[0]
+    agent = agents(network, client, nodes=[node])[node.org]
+    ask(client, token, project_id)
+    assert agent.step(keep_open=True) == 1
+    store_class = type(agent._store)
+    agent.release()
+    statements = []
+    original = store_class.execute
+    monkeypatch.setattr(store_class, "execute", lambda self, sql, *rest: (statements.append(sql),
+                                                                          original(self, sql, *rest))[1])
+    ask(client, token, project_id)
+    assert agent.step(keep_open=True) == 1                  # the second question: store opened again
+    agent.release()
+    making = [s for s in statements if s in NODE_DDL or s.startswith("CREATE TABLE IF NOT EXISTS mercia_audit ")]
+    assert statements and making == []
+    fresh = agents(network, client, nodes=[node])[node.org]  # a new process (agent) makes them again
+    fresh.hold()
+    fresh.release()
+    making = [s for s in statements if s in NODE_DDL or s.startswith("CREATE TABLE IF NOT EXISTS mercia_audit ")]
+    assert len(making) == len(NODE_DDL) + 1
 
 
 def test_a_late_result_does_not_change_a_returned_answer_and_refresh_asks_again(network, hub_factory, monkeypatch):
