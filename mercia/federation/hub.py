@@ -102,7 +102,8 @@ class Hub:
         self._site_extra: dict[int, dict[str, Any]] = {}    # task id -> per-cell published counts, labels
         self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
         self._projects: dict[int, int] = {}          # question id -> its project (the latest PROJECTS_KEPT)
-        self._protocol_refusals: dict[str | None, tuple[float, int]] = {}   # node -> (last audited, refused since)
+        self._protocol_refusals: dict[str | None, tuple[float, int]] = {}   # enrolled node or None (any other
+        # name) -> (last audited, refused since)
         self._seen_written: dict[str, float] = {}    # node -> when this process last wrote its last_seen
         self.work_news = News()     # a round issued by this process: waiting nodes look for their work
         self.result_news = News()   # a result accepted by this process: waiting researchers look at the answer
@@ -473,18 +474,22 @@ class Hub:
 
     def refuse_protocol(self, org: str | None, spoken: str) -> str:
         """Audit a request in another protocol version (not verified: its signature is of another form) and
-        say why it is refused.  An old node retries every few seconds, so each node's refusal is written at
-        most once per PROTOCOL_REFUSAL_EVERY seconds, with the number of refusals since the last record."""
+        say why it is refused.  An old node retries every few seconds, so each enrolled node's refusal is
+        written at most once per PROTOCOL_REFUSAL_EVERY seconds, with the number of refusals since the last
+        record; names that are not enrolled share one such allowance (anyone can send any name)."""
         reason = (f"this hub speaks federation protocol {PROTOCOL_VERSION} and node {org!r} speaks {spoken}: "
                   "upgrade the node's Mercia")
         with self._lock:
-            now = time.time()
-            written, since = self._protocol_refusals.get(org, (0.0, 0))
+            enrolled = org is not None and self.store.query_one(
+                "SELECT count(*) FROM mercia_fed_node WHERE org = ?", [org]) > 0
+            key, now = org if enrolled else None, time.time()
+            written, since = self._protocol_refusals.get(key, (0.0, 0))
             if now - written < PROTOCOL_REFUSAL_EVERY:
-                self._protocol_refusals[org] = (written, since + 1)
+                self._protocol_refusals[key] = (written, since + 1)
             else:
-                self._protocol_refusals[org] = (now, 0)
-                self.gov.audit.record(f"node:{org}", "federation.reject", f"node:{org}", None, reason=reason,
+                self._protocol_refusals[key] = (now, 0)
+                self.gov.audit.record(f"node:{org}" if enrolled else "unknown node", "federation.reject",
+                                      f"node:{org}" if enrolled else "node", None, reason=reason,
                                       protocol=spoken, refused_since_last_record=since)
         return reason
 

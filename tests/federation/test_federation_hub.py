@@ -149,6 +149,9 @@ def test_a_node_of_another_protocol_version_is_refused_clearly_and_audited(netwo
     newer[PROTOCOL_HEADER] = str(PROTOCOL_VERSION + 1)
     assert client.get(path, headers=newer).status_code == 426
     assert len(hub.gov.audit.search(action="federation.reject")) == 1   # the same node within ten minutes
+    for name in ("ZZZ1", "ZZZ2"):                       # names not enrolled share one record
+        assert client.get(path, headers={**old_node(), "X-Mercia-Node": name}).status_code == 426
+    assert [e["actor"] for e in hub.gov.audit.search(action="federation.reject")] == ["unknown node", f"node:{org}"]
     assert client.get(path, headers=agent._headers("GET", path, b"")).status_code == 200
 
 
