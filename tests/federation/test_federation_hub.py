@@ -162,7 +162,8 @@ def opens_elsewhere(url: str) -> bool:
     return probe.returncode == 0
 
 
-def test_the_node_loop_keeps_its_store_open_only_while_questions_keep_coming(network, hub_factory):
+def test_the_node_loop_keeps_its_store_open_only_while_questions_keep_coming(network, hub_factory, monkeypatch):
+    """...and makes the store's tables at its first opening only (reopening skips ~100 statements)."""
     hub, app, project_id, token = hub_factory()
     client = TestClient(app)
     node = network.nodes[0]
@@ -170,36 +171,26 @@ def test_the_node_loop_keeps_its_store_open_only_while_questions_keep_coming(net
     ask(client, token, project_id)
     assert agent.step(keep_open=True) == 1
     assert not opens_elsewhere(node.url)        # held for the next question...
+    store_class = type(agent._store)
     assert agent.step(keep_open=True) == 0
     assert opens_elsewhere(node.url)            # ...and let go when none came
-    ask(client, token, project_id)
-    assert agent.step() == 1 and opens_elsewhere(node.url)   # a step outside the loop never holds it
-
-
-def test_the_node_loop_makes_its_tables_once_per_process(network, hub_factory, monkeypatch):
-    """Reopening the store for the next question skips the ~100 statements that make the node's tables."""
-    hub, app, project_id, token = hub_factory()
-    client = TestClient(app)
-    node = network.nodes[0]
-    agent = agents(network, client, nodes=[node])[node.org]
-    ask(client, token, project_id)
-    assert agent.step(keep_open=True) == 1
-    store_class = type(agent._store)
-    agent.release()
     statements = []
     original = store_class.execute
     monkeypatch.setattr(store_class, "execute", lambda self, sql, *rest: (statements.append(sql),
                                                                           original(self, sql, *rest))[1])
+
+    def making() -> list[str]:
+        return [s for s in statements if s in NODE_DDL or s.startswith("CREATE TABLE IF NOT EXISTS mercia_audit ")]
     ask(client, token, project_id)
-    assert agent.step(keep_open=True) == 1                  # the second question: store opened again
+    assert agent.step(keep_open=True) == 1 and making() == []   # opened again, its tables not made again
     agent.release()
-    making = [s for s in statements if s in NODE_DDL or s.startswith("CREATE TABLE IF NOT EXISTS mercia_audit ")]
-    assert statements and making == []
-    fresh = agents(network, client, nodes=[node])[node.org]  # a new process (agent) makes them again
+    ask(client, token, project_id)
+    assert agent.step() == 1 and opens_elsewhere(node.url)   # a step outside the loop never holds it
+    assert making() == []
+    fresh = agents(network, client, nodes=[node])[node.org]  # another process makes the tables again
     fresh.hold()
     fresh.release()
-    making = [s for s in statements if s in NODE_DDL or s.startswith("CREATE TABLE IF NOT EXISTS mercia_audit ")]
-    assert len(making) == len(NODE_DDL) + 1
+    assert len(making()) == len(NODE_DDL) + 1
 
 
 def test_a_late_result_does_not_change_a_returned_answer_and_refresh_asks_again(network, hub_factory, monkeypatch):
