@@ -15,7 +15,6 @@ Arguments are plain SQL expressions in that common subset (column references, li
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 
 import sqlglot
@@ -72,27 +71,3 @@ def as_double(store: Store, value: str) -> str:
     """``value`` cast to a double-precision float."""
     return _render(exp.cast(_parse(value).copy(), _DOUBLE), store)
 
-
-# HMAC-SHA-256 (RFC 2104: H((K ^ opad) || H((K ^ ipad) || m))) of a text value, truncated to 128 bits (16
-# bytes); the two padded keys are parameters (``hmac_key_parameters``), so the key never enters the SQL text.
-_HMAC_128 = {
-    "duckdb": "unhex(substr(sha256(unhex(?) || unhex(sha256(unhex(?) || encode({value})))), 1, 32))",
-    "postgres": "substr(sha256(decode(?, 'hex') || sha256(decode(?, 'hex') || convert_to({value}, 'UTF8'))), 1, 16)",
-}
-
-
-def hmac_sha256_128(store: Store, value: str) -> str:
-    """SQL for ``HMAC-SHA-256(key, value)`` truncated to 16 bytes (a BLOB/bytea), taking the two
-    parameters of ``hmac_key_parameters`` in order; DuckDB and PostgreSQL only."""
-    if store.dialect not in _HMAC_128:
-        raise ValueError(f"a {store.dialect} store cannot compute HMAC-SHA-256 in SQL; use DuckDB or PostgreSQL")
-    return _HMAC_128[store.dialect].format(value=value)
-
-
-def hmac_key_parameters(key: bytes) -> list[str]:
-    """The outer and inner padded keys (hex) for ``hmac_sha256_128``, per RFC 2104 (a key longer than
-    the 64-byte block is hashed first)."""
-    if len(key) > 64:
-        key = hashlib.sha256(key).digest()
-    padded = key.ljust(64, b"\0")
-    return [bytes(b ^ 0x5C for b in padded).hex(), bytes(b ^ 0x36 for b in padded).hex()]

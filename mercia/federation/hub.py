@@ -16,16 +16,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mercia.cdm import Store
 from mercia.cohorts.model import CohortDefinitionError
 from mercia.federation.disclosure import FederatedPolicy, federated_policy
 from mercia.federation.messages import PROTOCOL_VERSION, QUERY, CohortQuery, NodeResult, Task, partitioned
 from mercia.federation.signing import SignatureError, load_public_key, verify
-from mercia.federation.tokens import new_salt, unpack_tokens
+from mercia.federation.tokens import new_salt
 from mercia.governance import Role, Throttled, User
 from mercia.governance.model import Forbidden, GovernanceError, NotFound
 from mercia.governance.service import Governance
@@ -52,6 +53,8 @@ DDL = [
 FINAL_TASK_STATUSES = ("answered", "refused", "paused", "error")
 CLOCK_SKEW = timedelta(seconds=120)
 LAST_SEEN_EVERY = 5.0   # seconds between writes of a node's last_seen (it is offline after node_offline_after)
+PROJECTS_KEPT = 1024    # questions whose project the hub remembers (for auditing their results)
+PROTOCOL_REFUSAL_EVERY = 600.0   # seconds between audit records of one node's refusals for its protocol version
 
 
 class FederationError(GovernanceError):
@@ -98,7 +101,9 @@ class Hub:
         self._tokens: dict[int, pa.Table] = {}   # task id -> salted tokens per cell, in memory only
         self._site_extra: dict[int, dict[str, Any]] = {}    # task id -> per-cell published counts, labels
         self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
-        self._projects: dict[int, int] = {}          # question id -> its project
+        self._projects: dict[int, int] = {}          # question id -> its project (the latest PROJECTS_KEPT)
+        self._protocol_refusals: dict[str | None, tuple[float, int]] = {}   # enrolled node or None (any other
+        # name) -> (last audited, refused since)
         self._seen_written: dict[str, float] = {}    # node -> when this process last wrote its last_seen
         self.work_news = News()     # a round issued by this process: waiting nodes look for their work
         self.result_news = News()   # a result accepted by this process: waiting researchers look at the answer
@@ -274,6 +279,21 @@ class Hub:
                 result["nodes"] = self._site_rows(query_id, row["round"])
             return result
 
+    def settled(self, query_id: int) -> bool:
+        """Can the question be answered now — answered already, every node of its round done, or its
+        deadline passed?  One query, no governance reads: what a waiting researcher's long poll looks at
+        between the answers it asks for (``answer`` checks who is asking)."""
+        with self._lock:
+            found = self.store.query(
+                "SELECT q.status, q.deadline_at, count(t.id) FROM mercia_fed_query q LEFT JOIN mercia_fed_task t "
+                "ON t.query_id = q.id AND t.round = q.round AND t.status NOT IN "
+                f"({', '.join('?' for _ in FINAL_TASK_STATUSES)}) WHERE q.id = ? GROUP BY q.status, q.deadline_at",
+                [*FINAL_TASK_STATUSES, query_id])
+        if not found:
+            return True   # let ``answer`` say so
+        status, deadline, open_tasks = found[0]
+        return status != "running" or not open_tasks or _now() >= _parse(deadline)
+
     def refresh(self, user: User, query_id: int, deadline_seconds: float | None = None) -> dict[str, Any]:
         """Ask every node again (a new round, a new salt): a node that missed the deadline can now count.
         A refresh is the same question, so it does not use the project's budget."""
@@ -416,33 +436,27 @@ class Hub:
         """Record a node's (already signature-checked) result; replays and late results are refused."""
         if result.org != org:
             raise Rejected(f"node {org} sent a result signed for {result.org}")
-        try:
-            rows = member_rows(org, result)
-            malformed = None
-        except ValueError as exc:
-            rows, malformed = None, str(exc)
-        taken = []
+        rows = member_rows(org, result)
         with self._lock:
-            if malformed is None:
-                now = _iso(_now())   # when the result is recorded, and the moment its deadline is checked at
-                with self.gov.db.transaction():
-                    # One statement checks and records: the node's own task, this nonce (the request is
-                    # already signed by the node, so only the node itself could probe it), still open,
-                    # before its deadline, in the question's current round.
-                    taken = self.store.query(
-                        "UPDATE mercia_fed_task SET status = ?, answered_at = ?, count = ?, unlinkable = ?, reason = ?, "
-                        "last_load = ?, data_version = ? WHERE id = ? AND org = ? AND nonce = ? "
-                        "AND status IN ('issued', 'sent') AND expires_at >= ? "
-                        "AND round = (SELECT q.round FROM mercia_fed_query q WHERE q.id = query_id) RETURNING query_id",
-                        [result.status, now, result.count, result.unlinkable, result.reason, result.last_load,
-                         result.data_version, result.task_id, org, result.nonce, now])
-                    if taken:
-                        query_id = taken[0][0]
-                        self.gov.audit.record(f"node:{org}", "federation.result", f"task:{result.task_id}",
-                                              self._project_of(query_id), query=query_id, status=result.status,
-                                              count=result.count, reason=result.reason)
+            now = _iso(_now())   # when the result is recorded, and the moment its deadline is checked at
+            with self.gov.db.transaction():
+                # One statement checks and records: the node's own task, this nonce (the request is
+                # already signed by the node, so only the node itself could probe it), still open,
+                # before its deadline, in the question's current round.
+                taken = self.store.query(
+                    "UPDATE mercia_fed_task SET status = ?, answered_at = ?, count = ?, unlinkable = ?, reason = ?, "
+                    "last_load = ?, data_version = ? WHERE id = ? AND org = ? AND nonce = ? "
+                    "AND status IN ('issued', 'sent') AND expires_at >= ? "
+                    "AND round = (SELECT q.round FROM mercia_fed_query q WHERE q.id = query_id) RETURNING query_id",
+                    [result.status, now, result.count, result.unlinkable, result.reason, result.last_load,
+                     result.data_version, result.task_id, org, result.nonce, now])
+                if taken:
+                    query_id = taken[0][0]
+                    self.gov.audit.record(f"node:{org}", "federation.result", f"task:{result.task_id}",
+                                          self._project_of(query_id), query=query_id, status=result.status,
+                                          count=result.count, reason=result.reason)
             if not taken:
-                self._refuse_result(org, result, malformed)
+                self._refuse_result(org, result)
             if result.status == "answered":
                 self._tokens[result.task_id] = rows
                 self._site_extra[result.task_id] = {"linked": result.linked, "cells": result.cells,
@@ -450,13 +464,36 @@ class Hub:
             self.result_news.announce()
 
     def _project_of(self, query_id: int) -> int:
-        """The project a question belongs to (kept: it never changes)."""
+        """The project a question belongs to (kept for the latest PROJECTS_KEPT questions: it never changes)."""
         if query_id not in self._projects:
+            if len(self._projects) >= PROJECTS_KEPT:
+                del self._projects[next(iter(self._projects))]   # the oldest question asked about
             self._projects[query_id] = self.store.query_one("SELECT project_id FROM mercia_fed_query WHERE id = ?",
                                                             [query_id])
         return self._projects[query_id]
 
-    def _refuse_result(self, org: str, result: NodeResult, malformed: str | None) -> None:
+    def refuse_protocol(self, org: str | None, spoken: str) -> str:
+        """Audit a request in another protocol version (not verified: its signature is of another form) and
+        say why it is refused.  An old node retries every few seconds, so each enrolled node's refusal is
+        written at most once per PROTOCOL_REFUSAL_EVERY seconds, with the number of refusals since the last
+        record; names that are not enrolled share one such allowance (anyone can send any name)."""
+        reason = (f"this hub speaks federation protocol {PROTOCOL_VERSION} and node {org!r} speaks {spoken}: "
+                  "upgrade the node's Mercia")
+        with self._lock:
+            enrolled = org is not None and self.store.query_one(
+                "SELECT count(*) FROM mercia_fed_node WHERE org = ?", [org]) > 0
+            key, now = org if enrolled else None, time.time()
+            written, since = self._protocol_refusals.get(key, (0.0, 0))
+            if now - written < PROTOCOL_REFUSAL_EVERY:
+                self._protocol_refusals[key] = (written, since + 1)
+            else:
+                self._protocol_refusals[key] = (now, 0)
+                self.gov.audit.record(f"node:{org}" if enrolled else "unknown node", "federation.reject",
+                                      f"node:{org}" if enrolled else "node", None, reason=reason,
+                                      protocol=spoken, refused_since_last_record=since)
+        return reason
+
+    def _refuse_result(self, org: str, result: NodeResult) -> None:
         """Why a result was not taken (in the audit log), raised as Rejected."""
         task = self.store.query_dicts("SELECT t.*, q.project_id, q.round AS current_round FROM mercia_fed_task t "
                                       "JOIN mercia_fed_query q ON q.id = t.query_id WHERE t.id = ? AND t.org = ?",
@@ -472,7 +509,7 @@ class Hub:
         elif task["status"] not in ("issued", "sent") or task["round"] != task["current_round"]:
             problem = f"task {result.task_id} is already {task['status']} (replay or superseded round)"
         else:
-            problem = f"members: {malformed}" if malformed else "the task changed while its result was recorded"
+            problem = "the task changed while its result was recorded"
         self.gov.audit.record(f"node:{org}", "federation.reject", f"task:{result.task_id}", task["project_id"],
                               reason=problem)
         raise Rejected(problem)
@@ -519,85 +556,98 @@ def _settle(future: asyncio.Future) -> None:
         future.set_result(None)
 
 
-MEMBER_ROWS = pa.schema([("site", pa.string()), ("nhs_hi", pa.uint64()), ("nhs_lo", pa.uint64()),
-                         ("demographic_hi", pa.uint64()), ("demographic_lo", pa.uint64()), ("cell", pa.string())])
+MEMBER_ROWS = pa.schema([("site", pa.string()), ("nhs", pa.uint64()), ("demographic", pa.uint64()),
+                         ("cell", pa.string())])
 
 
 def member_rows(org: str, result: NodeResult) -> pa.Table:
-    """A result's members as rows (``MEMBER_ROWS``): each token as two 64-bit halves.  Raises ValueError
-    when a packed column is not what ``messages.Members`` says."""
-    members, rows = result.members, len(result.members.cell)
-    columns = {}
-    for kind in ("nhs", "demographic"):
-        try:
-            columns[f"{kind}_hi"], columns[f"{kind}_lo"] = unpack_tokens(getattr(members, kind), rows)
-        except ValueError as exc:
-            raise ValueError(f"{kind}: {exc}") from exc
-    cell = pa.array(members.cell_names, pa.string()).take(pa.array(members.cell, pa.int32()))
-    return pa.table({"site": pa.repeat(pa.scalar(org, pa.string()), rows), **columns, "cell": cell}, schema=MEMBER_ROWS)
+    """A result's members as rows (``MEMBER_ROWS``): each 8-byte token as an unsigned 64-bit integer."""
+    members = result.members
+    return pa.table({"site": pa.repeat(pa.scalar(org, pa.string()), members.num_rows),
+                     "nhs": token_integers(members.column("nhs").combine_chunks()),
+                     "demographic": token_integers(members.column("demographic").combine_chunks()),
+                     "cell": members.column("cell").cast(pa.string())}, schema=MEMBER_ROWS)
+
+
+def token_integers(tokens: pa.FixedSizeBinaryArray) -> pa.Array:
+    """8-byte tokens as unsigned 64-bit integers (the bytes as they are: only equality and a fixed order
+    matter), null where the token is."""
+    data = tokens.buffers()[1]
+    values = (np.zeros(len(tokens), np.uint64) if data is None else
+              np.frombuffer(data, np.uint64)[tokens.offset:tokens.offset + len(tokens)])
+    return pa.array(values, pa.uint64(), mask=tokens.is_null().to_numpy(zero_copy_only=False))
 
 
 def network_counts(rows: pa.Table, partition: bool) -> tuple[int, int, dict[str, int]]:
     """(distinct persons, persons seen at two or more sites, distinct persons per cell) over the sites'
-    salted member rows (``member_rows``), in one DuckDB query.
+    salted member rows (``member_rows``), with numpy sorts.
 
     A person is its NHS token; a person known at some site only by a demographic token is the person
     with an NHS token who has that demographic token too (the smallest such token, so two NHS numbers
     are never merged), else a person of its own.  With ``partition`` each person is counted in one cell
     (the smallest: the earliest month, or the first stratum in sort order when sites disagree), so the
-    cells add up to the total; otherwise (features) a person counts once in every cell they have.
-    Tokens are grouped as their two 64-bit halves (faster than one 128-bit integer); only demographic
-    tokens that some site holds without an NHS token are looked up, and "two or more sites" is
-    min(site) <> max(site) rather than a distinct count."""
-    with _COUNTING_LOCK:
-        con = _counting_connection().cursor()
-    try:
-        con.register("member_rows", rows)
-        persons = """
-            WITH alias AS (
-                SELECT m.demographic_hi, m.demographic_lo, min(m.nhs_hi) AS nhs_hi,
-                       arg_min(m.nhs_lo, (CAST(m.nhs_hi AS UHUGEINT) << 64) | m.nhs_lo) AS nhs_lo
-                FROM member_rows m SEMI JOIN (SELECT demographic_hi, demographic_lo FROM member_rows
-                                              WHERE nhs_hi IS NULL) u
-                     ON u.demographic_hi = m.demographic_hi AND u.demographic_lo = m.demographic_lo
-                WHERE m.nhs_hi IS NOT NULL GROUP BY m.demographic_hi, m.demographic_lo),
-            p AS (SELECT site, cell, FALSE AS by_demographic, nhs_hi AS hi, nhs_lo AS lo FROM member_rows
-                  WHERE nhs_hi IS NOT NULL
-                  UNION ALL
-                  SELECT m.site, m.cell, a.nhs_hi IS NULL, COALESCE(a.nhs_hi, m.demographic_hi),
-                         COALESCE(a.nhs_lo, m.demographic_lo)
-                  FROM member_rows m LEFT JOIN alias a
-                       ON a.demographic_hi = m.demographic_hi AND a.demographic_lo = m.demographic_lo
-                  WHERE m.nhs_hi IS NULL)"""
-        if partition:
-            cells = con.execute(persons + """,
-                per_person AS (SELECT min(site) <> max(site) AS shared, min(cell) AS cell FROM p
-                               GROUP BY by_demographic, hi, lo)
-                SELECT cell, count(*), count(*) FILTER (WHERE shared) FROM per_person GROUP BY cell""").fetchall()
-            distinct, shared = sum(c[1] for c in cells), sum(c[2] for c in cells)
-        else:   # one pass: per person (the total and overlap) and per person and cell
-            grouped = con.execute(persons + """,
-                per_person AS (SELECT grouping(cell) = 1 AS whole, cell, min(site) <> max(site) AS shared FROM p
-                               GROUP BY GROUPING SETS ((by_demographic, hi, lo), (by_demographic, hi, lo, cell)))
-                SELECT whole, cell, count(*), count(*) FILTER (WHERE shared) FROM per_person
-                GROUP BY whole, cell""").fetchall()
-            distinct, shared = next(((g[2], g[3]) for g in grouped if g[0]), (0, 0))
-            cells = [(g[1], g[2]) for g in grouped if not g[0]]
-    finally:
-        con.close()
-    return int(distinct or 0), int(shared or 0), {c[0]: int(c[1]) for c in cells}
+    cells add up to the total; otherwise (features) a person counts once in every cell they have."""
+    if rows.num_rows == 0:
+        return 0, 0, {}
+    site, sites = _codes(rows.column("site"))
+    if len(sites) > 1 << 16:
+        raise ValueError(f"{len(sites)} sites: at most 65,536 are counted together")
+    cell, cell_names = _codes(rows.column("cell"))
+    nhs, demographic = (rows.column(name).combine_chunks() for name in ("nhs", "demographic"))
+    has_nhs = nhs.is_valid().to_numpy(zero_copy_only=False)
+    nhs_values, demographic_values = nhs.fill_null(0).to_numpy(), demographic.fill_null(0).to_numpy()
+    has_demographic = demographic.is_valid().to_numpy(zero_copy_only=False)
+    only = ~has_nhs
+    # the smallest NHS token carried with each demographic token that some row has without an NHS token
+    wanted = pc.is_in(demographic, value_set=demographic.filter(pa.array(only))).to_numpy(zero_copy_only=False)
+    both = np.flatnonzero(has_nhs & has_demographic & wanted)
+    order = np.lexsort((nhs_values[both], demographic_values[both]))
+    alias_from, alias_to = demographic_values[both][order], nhs_values[both][order]
+    first = np.concatenate([[True], alias_from[1:] != alias_from[:-1]]) if len(order) else np.zeros(0, bool)
+    alias_from, alias_to = alias_from[first], alias_to[first]
+    at = np.minimum(np.searchsorted(alias_from, demographic_values[only]), max(len(alias_from) - 1, 0))
+    aliased = (alias_from[at] == demographic_values[only]) if len(alias_from) else np.zeros(only.sum(), bool)
+    person = nhs_values.copy()
+    person[only] = np.where(aliased, alias_to[at] if len(alias_from) else 0, demographic_values[only])
+    by_nhs = has_nhs.copy()
+    by_nhs[only] = aliased
+    per_cell = np.zeros(len(cell_names), np.int64)
+    distinct = shared = 0
+    for group in (by_nhs, ~by_nhs):   # persons by NHS token, then persons of their own by demographic token
+        d, s = _persons(person[group], site[group], cell[group], partition, per_cell)
+        distinct, shared = distinct + d, shared + s
+    return distinct, shared, {name: int(n) for name, n in zip(cell_names, per_cell) if n}
 
 
-_COUNTING: list[duckdb.DuckDBPyConnection] = []
-_COUNTING_LOCK = threading.Lock()
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """Each value's rank among the column's distinct values (so the smallest code is the smallest value)."""
+    encoded = column.combine_chunks().dictionary_encode()
+    names = encoded.dictionary.to_pylist()
+    rank = np.empty(len(names), np.int32)
+    rank[np.argsort(np.array(names, dtype=object))] = np.arange(len(names), dtype=np.int32)
+    return rank[encoded.indices.to_numpy()], sorted(names)
 
 
-def _counting_connection() -> duckdb.DuckDBPyConnection:
-    """One in-memory DuckDB per hub process for de-duplication (a new connection costs more than a
-    small question's whole count); each count takes a cursor of its own."""
-    if not _COUNTING:
-        _COUNTING.append(duckdb.connect())
-    return _COUNTING[0]
+def _persons(person: np.ndarray, site: np.ndarray, cell: np.ndarray, partition: bool,
+             per_cell: np.ndarray) -> tuple[int, int]:
+    """(persons, persons at two or more sites) among rows keyed by ``person``; adds each person's cells
+    (its smallest with ``partition``, else every one) to ``per_cell``."""
+    if len(person) == 0:
+        return 0, 0
+    # one key sorted when each person counts in one cell (its smallest, by reduceat); by person and cell
+    # when a person counts in every cell they have (each pair once).  Site and cell travel packed in one
+    # integer through the permutation: one random gather instead of two.
+    order = np.argsort(person) if partition else np.lexsort((cell, person))
+    packed = ((cell.astype(np.int64) << 16) | site)[order]     # sites: 65,536 at most
+    person, site, cell = person[order], (packed & 0xFFFF).astype(np.int32), packed >> 16
+    starts = np.flatnonzero(np.concatenate([[True], person[1:] != person[:-1]]))
+    shared = np.minimum.reduceat(site, starts) != np.maximum.reduceat(site, starts)
+    if partition:
+        per_cell += np.bincount(np.minimum.reduceat(cell, starts), minlength=len(per_cell))
+    else:
+        new_pair = np.concatenate([[True], (person[1:] != person[:-1]) | (cell[1:] != cell[:-1])])
+        per_cell += np.bincount(cell[new_pair], minlength=len(per_cell))
+    return len(starts), int(shared.sum())
 
 
 def months_between(start: str, end: str) -> list[str]:

@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
 from mercia.federation.hub import Hub
-from mercia.federation.messages import PROTOCOL_HEADER, PROTOCOL_VERSION, NodeResult, Query
+from mercia.federation.messages import PROTOCOL_HEADER, PROTOCOL_VERSION, RESULT_MEDIA_TYPE, NodeResult, Query
 from mercia.governance import User
 from mercia.governance import Throttled
 from mercia.governance.model import Conflict, Forbidden, GovernanceError, NotFound
@@ -55,9 +55,8 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
         h = request.headers
         spoken = h.get(PROTOCOL_HEADER)
         if spoken != str(PROTOCOL_VERSION) and (spoken or h.get("x-mercia-signature")):   # version 1 did not say
-            raise HTTPException(426, f"this hub speaks federation protocol {PROTOCOL_VERSION} and node "
-                                     f"{h.get('x-mercia-node')!r} speaks {spoken or 1}: upgrade the node's Mercia",
-                                headers={"Upgrade": f"mercia-federation/{PROTOCOL_VERSION}"})
+            reason = await run_in_threadpool(hub_of(request).refuse_protocol, h.get("x-mercia-node"), spoken or "1")
+            raise HTTPException(426, reason, headers={"Upgrade": f"mercia-federation/{PROTOCOL_VERSION}"})
         body = await request.body()
         return await run_in_threadpool(hub_of(request).authenticate_node, h.get("x-mercia-node"), request.method,
                                        request.url.path, h.get("x-mercia-time"), body, h.get("x-mercia-signature"))
@@ -80,13 +79,16 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
         While the question runs, waits up to ``wait`` seconds for it to finish (long poll)."""
         hub = hub_of(request)
         end = time.monotonic() + wait
-        while True:
-            news = hub.result_news.subscribe()
-            found = await run_in_threadpool(hub.answer, caller, query_id)
-            if found["status"] != "running" or time.monotonic() >= end:
-                hub.result_news.forget(news)
-                return found
+        news = hub.result_news.subscribe()
+        found = await run_in_threadpool(hub.answer, caller, query_id)   # who is asking is checked here
+        while found["status"] == "running" and time.monotonic() < end:
             await hub.result_news.wait(news, min(ANSWER_LOOK_AGAIN, end - time.monotonic()))
+            news = hub.result_news.subscribe()
+            # between answers, one query says whether the answer can be made yet (no governance reads)
+            if time.monotonic() >= end or await run_in_threadpool(hub.settled, query_id):
+                found = await run_in_threadpool(hub.answer, caller, query_id)
+        hub.result_news.forget(news)
+        return found
 
     @router.post("/queries/{query_id}/refresh", tags=["federation"])
     def refresh(query_id: int, request: Request, caller: User = Depends(user)) -> dict[str, Any]:
@@ -123,13 +125,17 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
                 return [t.model_dump() for t in tasks]
             await hub.work_news.wait(news, min(WORK_LOOK_AGAIN, end - time.monotonic()))
 
-    @router.post("/node/results", tags=["federation nodes"])
+    @router.post("/node/results", tags=["federation nodes"], openapi_extra={"requestBody": {
+        "required": True, "content": {RESULT_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}})
     async def result(request: Request, org: str = Depends(node)) -> dict[str, str]:
-        """A node's signed result for one of its tasks."""
+        """A node's signed result for one of its tasks: an Arrow IPC stream of its members, the other
+        fields as JSON in the stream's schema metadata (``NodeResult.to_wire``)."""
         try:
-            parsed = NodeResult.model_validate_json(await request.body())
+            parsed = NodeResult.from_wire(await request.body())
         except ValidationError as exc:
             raise HTTPException(422, f"not a node result: {exc.errors()[0]['msg']}") from exc
+        except ValueError as exc:
+            raise HTTPException(422, f"not a node result: {exc}") from exc
         await run_in_threadpool(hub_of(request).accept, org, parsed)
         return {"status": "accepted"}
 

@@ -33,10 +33,11 @@ from mercia.cohorts.runner import run_cohort
 from mercia.federation.disclosure import federated_policy
 from mercia.federation.hub import _iso, _now, request_message
 from mercia.federation.hubapp import PREFIX
-from mercia.federation.messages import (KINDS, PROTOCOL_HEADER, PROTOCOL_VERSION, CharacterisationQuery, CohortQuery,
-                                        FeasibilityQuery, Members, NodeResult, Task, TrialFeasibilityQuery)
+from mercia.federation.messages import (KINDS, MEMBERS, PROTOCOL_HEADER, PROTOCOL_VERSION, RESULT_MEDIA_TYPE,
+                                        CharacterisationQuery, CohortQuery, FeasibilityQuery, NodeResult, Task,
+                                        TrialFeasibilityQuery)
 from mercia.federation.signing import load_private_key, sign
-from mercia.federation.tokens import cohort_tokens, pack_tokens
+from mercia.federation.tokens import cohort_tokens
 from mercia.governance.audit import AuditLog
 from mercia.governance.db import GovernanceDB
 from mercia.privacy.differencing import fingerprint
@@ -92,9 +93,10 @@ class NodePolicy:
         return "auto" if kind in self.auto else "refuse"
 
 
-def open_node_store(url: str, schema: str | None = None, attempts: int = 200) -> Store:
+def open_node_store(url: str, schema: str | None = None, attempts: int = 200, prepare: bool = True) -> Store:
     """Open the node's store; a DuckDB file held by the other side (the node, for a second or two after
-    its last answer, or a CLI command) is retried for up to 10 s."""
+    its last answer, or a CLI command) is retried for up to 10 s.  With ``prepare`` the tables a node
+    needs are made (98 statements on DuckDB: the node loop does it once per process, ``NodeAgent.hold``)."""
     for attempt in range(attempts):
         try:
             store = Store(url, schema=schema)
@@ -103,6 +105,8 @@ def open_node_store(url: str, schema: str | None = None, attempts: int = 200) ->
             if "lock" not in str(exc).lower() or attempt == attempts - 1:
                 raise
             time.sleep(0.05)
+    if not prepare:
+        return store
     ensure_extension_tables(store)   # a store from before a Mercia upgrade gets the tables added since
     for statement in NODE_DDL:
         store.execute(statement)
@@ -111,9 +115,11 @@ def open_node_store(url: str, schema: str | None = None, attempts: int = 200) ->
     return store
 
 
-def node_audit(store: Store) -> AuditLog:
+def node_audit(store: Store, prepare: bool = True) -> AuditLog:
+    """The node's own audit log; with ``prepare`` its tables are made first."""
     db = GovernanceDB(store)
-    db.init()
+    if prepare:
+        db.init()
     return AuditLog(db)
 
 
@@ -194,10 +200,9 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> Node
     query = task.query
     with scratch_cohort(store) as cohort_id:
         run_cohort(store, query.expression(), cohort_id)
-        tokens = cohort_tokens(store, "cohort", cohort_id, task.salt).cast(
-            pa.schema([("person_id", pa.int64()), ("nhs", pa.binary()), ("demographic", pa.binary())]))
+        tokens = cohort_tokens(store, "cohort", cohort_id, task.salt)
         if isinstance(query, FeasibilityQuery) and not query.strata:   # one cell: no index table needed
-            rows = tokens.append_column("cell", pa.array([""] * tokens.num_rows, pa.string()))
+            rows = tokens.append_column("cell", pa.repeat(pa.scalar("", pa.string()), tokens.num_rows))
         elif tokens.num_rows:
             with temp_table(store, index_table_sql(store, cohort_id), "mercia_fed_idx") as idx:
                 cells = store.query_arrow(_cells_sql(store, query, idx))
@@ -210,10 +215,13 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> Node
     published = federated_policy(policy.disclosure or task.policy, policy.allow_raw)
     seed = fingerprint([query.model_dump(), org, version])
     linkable = pc.invert(pc.and_(pc.is_null(rows.column("nhs")), pc.is_null(rows.column("demographic"))))
-    per_cell = rows.group_by("cell").aggregate([("person_id", "count_distinct")])
-    unlinkable = rows.filter(pc.invert(linkable)).group_by("cell").aggregate([("person_id", "count_distinct")])
+    # small tables: one thread (Acero's thread pool costs more wall time than it saves on a busy machine)
+    per_cell = rows.group_by("cell", use_threads=False).aggregate([("person_id", "count_distinct")])
+    unlinkable = rows.filter(pc.invert(linkable)).group_by("cell", use_threads=False).aggregate(
+        [("person_id", "count_distinct")])
     linked = rows.filter(linkable)
-    cells = linked.column("cell").combine_chunks().dictionary_encode()
+    members = pa.table([linked.column("nhs"), linked.column("demographic"),
+                        linked.column("cell").combine_chunks().dictionary_encode()], schema=MEMBERS)
     no_token = tokens.filter(pc.and_(pc.is_null(tokens.column("nhs")), pc.is_null(tokens.column("demographic"))))
     return NodeResult(
         task_id=task.task_id, org=org, nonce=task.nonce, status="answered",
@@ -221,8 +229,7 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> Node
         cells={c: published.publish(n, f"{seed}:{c}") for c, n in
                zip(per_cell.column("cell").to_pylist(), per_cell.column("person_id_count_distinct").to_pylist())},
         labels=_labels(store, per_cell.column("cell").to_pylist()),
-        members=Members(nhs=pack_tokens(linked.column("nhs")), demographic=pack_tokens(linked.column("demographic")),
-                        cell=cells.indices.to_pylist(), cell_names=cells.dictionary.to_pylist()),
+        members=members,
         linked=tokens.num_rows - no_token.num_rows, unlinkable=no_token.num_rows,
         unlinkable_cells=dict(zip(unlinkable.column("cell").to_pylist(),
                                   unlinkable.column("person_id_count_distinct").to_pylist())),
@@ -244,10 +251,11 @@ class NodeAgent:
         self.connected = False
         self._store: Store | None = None    # kept open while questions keep coming (release())
         self._audit: AuditLog | None = None
+        self._prepared = False              # the store's tables made by this process (hold())
 
-    def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+    def _headers(self, method: str, path: str, body: bytes, media_type: str = "application/json") -> dict[str, str]:
         stamp = f"{time.time():.6f}"
-        return {"X-Mercia-Node": self.org, "X-Mercia-Time": stamp, "Content-Type": "application/json",
+        return {"X-Mercia-Node": self.org, "X-Mercia-Time": stamp, "Content-Type": media_type,
                 PROTOCOL_HEADER: str(PROTOCOL_VERSION),
                 "X-Mercia-Signature": sign(self.key, request_message(self.org, method, path, stamp, body))}
 
@@ -261,8 +269,8 @@ class NodeAgent:
 
     def post(self, result: NodeResult) -> httpx.Response:
         path = f"{PREFIX}/node/results"
-        body = result.model_dump_json().encode()
-        return self.client.post(path, content=body, headers=self._headers("POST", path, body))
+        body = result.to_wire()
+        return self.client.post(path, content=body, headers=self._headers("POST", path, body, RESULT_MEDIA_TYPE))
 
     def handle(self, task: Task) -> NodeResult | None:
         """Decide on one task against local control; None while it waits for the data manager.  Uses the
@@ -315,10 +323,13 @@ class NodeAgent:
 
     def hold(self) -> None:
         """Open the node's store and audit log and keep them while questions keep coming (``step``): opening
-        them costs more than a small question."""
+        them costs more than a small question.  Their tables are made at the first opening of this process
+        only (0.03-0.05 CPU-s a time at 250,000 persons): a store replaced under a running node needs the
+        node restarted."""
         if self._store is None:
-            self._store = open_node_store(self.db, self.schema)
-            self._audit = node_audit(self._store)
+            self._store = open_node_store(self.db, self.schema, prepare=not self._prepared)
+            self._audit = node_audit(self._store, prepare=not self._prepared)
+            self._prepared = True
 
     def release(self) -> None:
         """Close the store, so that the data manager's commands and loads can open a DuckDB file."""

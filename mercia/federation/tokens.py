@@ -6,14 +6,14 @@ demographic token (normalised surname, forename, full date of birth and sex, the
 linkage tokens use).  A person is counted by NHS token; a person without one is counted by its
 demographic token unless that token belongs to a person with an NHS number (two NHS numbers are
 never merged by demographics).  For each question the hub sends a
-fresh random salt and the node returns ``HMAC(salt, token)`` for its cohort: the hub can count the
-union and overlap of sites for that question only, and cannot link across questions or back to people.
+fresh random salt and the node returns ``AES_k(token) XOR token`` for its cohort, ``k`` derived from the
+salt (``salt_tokens``): the hub can count the union and overlap of sites for that question only, and
+cannot link across questions or back to people.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mercia.cdm import Store
-from mercia.cdm.dialect import hmac_key_parameters, hmac_sha256_128
 from mercia.cdm.extensions import ensure_extension_tables
 from mercia.federation.messages import TOKEN_BYTES
 from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
@@ -32,6 +32,7 @@ from mercia.privacy.pseudonym import KeyError_, Pseudonymiser
 NETWORK_KEY_ENV = "MERCIA_NETWORK_KEY"
 NETWORK_KEY_FILE_ENV = "MERCIA_NETWORK_KEY_FILE"
 SALT_BYTES = 32
+AES_BLOCK = 16   # bytes of a per-person token (mercia_person_token holds them as 32 hex digits)
 
 
 def load_network_key(key_file: Path | str | None = None) -> bytes:
@@ -152,46 +153,62 @@ def person_tokens_current(store: Store) -> bool:
     return store.query_one("SELECT fingerprint FROM mercia_person_token_source") == _source_fingerprint(store)
 
 
-# Per person of the cohort: HMAC(salt, token) of its NHS token and of its demographic token, computed in the
-# store (no token leaves it unsalted).  A person with neither is counted as "unlinkable" (not de-duplicated).
+# Per person of the cohort: its per-person tokens (hex), salted in Python by ``salt_tokens`` (AES in C, one
+# call per column).  A person with neither token is counted as "unlinkable" (not de-duplicated).
 COHORT_TOKENS_SQL = """
-    SELECT m.person_id, {salted_nhs} AS nhs, {salted_demographic} AS demographic
+    SELECT m.person_id, t.nhs, t.demographic
     FROM (SELECT DISTINCT subject_id AS person_id FROM {cohort_table} WHERE cohort_definition_id = ?) m
     LEFT JOIN mercia_person_token t ON t.person_id = m.person_id"""
 
 
 def cohort_tokens(store: Store, cohort_table: str, cohort_id: int, salt: str) -> pa.Table:
-    """(person_id, nhs, demographic) for the cohort's members, each token ``HMAC(salt, token)`` truncated
-    to 128 bits (16 bytes): unlinkable to any other question, and equal at every node for the same person.
-    Per-person tokens that no longer match the store's links are rebuilt first."""
+    """(person_id, nhs, demographic) for the cohort's members, each token salted for this question
+    (``salt_tokens``; 16 bytes, null: none): unlinkable to any other question, and equal at every node for
+    the same person.  Per-person tokens that no longer match the store's links are rebuilt first."""
     if not person_tokens_current(store):
         refresh_person_tokens(store)
-    sql = COHORT_TOKENS_SQL.format(cohort_table=cohort_table, salted_nhs=hmac_sha256_128(store, "t.nhs"),
-                                   salted_demographic=hmac_sha256_128(store, "t.demographic"))
-    keys = hmac_key_parameters(salt.encode())
-    return store.query_arrow(sql, [*keys, *keys, cohort_id])
+    found = store.query_arrow(COHORT_TOKENS_SQL.format(cohort_table=cohort_table), [cohort_id])
+    key = question_key(salt)
+    return pa.table({"person_id": found.column("person_id").cast(pa.int64()),
+                     "nhs": salt_tokens(found.column("nhs"), key),
+                     "demographic": salt_tokens(found.column("demographic"), key)})
 
 
-def pack_tokens(tokens: pa.Array | pa.ChunkedArray) -> str:
-    """16-byte salted tokens (null: none) as one base64 string, 16 bytes a row, zeros for none
-    (``messages.Members``)."""
-    if len(tokens) == 0:
-        return ""
-    fixed = pc.fill_null(tokens, pa.scalar(bytes(TOKEN_BYTES), pa.binary())).cast(pa.binary(TOKEN_BYTES))
-    fixed = fixed.combine_chunks() if isinstance(fixed, pa.ChunkedArray) else fixed
-    data = memoryview(fixed.buffers()[1])[fixed.offset * TOKEN_BYTES:(fixed.offset + len(fixed)) * TOKEN_BYTES]
-    return base64.b64encode(data).decode()
+def question_key(salt: str) -> bytes:
+    """The AES-128 key of one question, derived from the hub's salt for it (the hub can derive it too: the
+    secret is the tokens, not the key)."""
+    return hashlib.sha256(b"mercia-federation/question-key\0" + salt.encode()).digest()[:16]
 
 
-def unpack_tokens(packed: str, rows: int) -> tuple[pa.Array, pa.Array]:
-    """A packed column as two unsigned 64-bit halves per row (null where the row has no token), the form
-    in which the hub groups tokens.  Raises ValueError when the text is not base64 of ``rows`` tokens."""
-    try:
-        raw = base64.b64decode(packed, validate=True)
-    except binascii.Error as exc:
-        raise ValueError(f"not base64: {exc}") from exc
-    if len(raw) != rows * TOKEN_BYTES:
-        raise ValueError(f"{len(raw)} bytes for {rows} rows of {TOKEN_BYTES}")
-    halves = np.frombuffer(raw, dtype=">u8").reshape(-1, 2).astype(np.uint64)
-    none = (halves[:, 0] == 0) & (halves[:, 1] == 0)
-    return pa.array(halves[:, 0], pa.uint64(), mask=none), pa.array(halves[:, 1], pa.uint64(), mask=none)
+_HEX_VALUES = np.full(256, 255, np.uint8)
+for _digit, _char in enumerate(b"0123456789abcdef"):
+    _HEX_VALUES[_char] = _HEX_VALUES[ord(chr(_char).upper())] = _digit
+
+
+def salt_tokens(tokens: pa.Array | pa.ChunkedArray, key: bytes) -> pa.Array:
+    """16-byte per-person tokens (32 hex digits; null: none) salted for one question: the first 8 bytes of
+    ``AES_k(t) XOR t`` (Matyas-Meyer-Oseas), one AES-128-ECB call over every token block and one numpy XOR.
+    Equal tokens give equal outputs under one key; without ``t`` nobody holding ``k`` (the hub) can go
+    back from an output to ``t``, so the outputs of two questions cannot be linked.  Raises ValueError on
+    a token that is not 32 hex digits."""
+    tokens = tokens.combine_chunks() if isinstance(tokens, pa.ChunkedArray) else tokens
+    present = tokens.drop_null().cast(pa.string())
+    if len(present) == 0:
+        return pa.nulls(len(tokens), pa.binary(TOKEN_BYTES))
+    lengths = pc.utf8_length(present)
+    if pc.min(lengths).as_py() != 2 * AES_BLOCK or pc.max(lengths).as_py() != 2 * AES_BLOCK:
+        raise ValueError(f"a per-person token is not {2 * AES_BLOCK} hex digits (mercia_person_token)")
+    offsets = np.frombuffer(present.buffers()[1], np.int32)[present.offset:present.offset + len(present) + 1]
+    nibbles = _HEX_VALUES[np.frombuffer(present.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]]
+    if (nibbles == 255).any():
+        raise ValueError("a per-person token is not hexadecimal (mercia_person_token)")
+    blocks = (nibbles[0::2] << 4) | nibbles[1::2]
+    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    mixed = np.frombuffer(encryptor.update(blocks.tobytes()) + encryptor.finalize(), np.uint8) ^ blocks
+    salted = np.ascontiguousarray(mixed.reshape(-1, AES_BLOCK)[:, :TOKEN_BYTES])
+    values = pa.FixedSizeBinaryArray.from_buffers(pa.binary(TOKEN_BYTES), len(present), [None, pa.py_buffer(salted)])
+    if tokens.null_count == 0:
+        return values
+    # back into the rows of ``tokens``: the k-th present token goes to the k-th valid row
+    where = pc.subtract(pc.cumulative_sum(pc.cast(tokens.is_valid(), pa.int64())), 1)
+    return values.take(pc.if_else(tokens.is_valid(), where, pa.scalar(None, pa.int64())))

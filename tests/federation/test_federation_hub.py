@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from mercia.cdm import Store
 from mercia.federation.hubapp import PREFIX
 from mercia.federation.messages import PROTOCOL_HEADER, PROTOCOL_VERSION, NodeResult
-from mercia.federation.node import NodeAgent, NodePolicy, open_node_store, pending, decide, set_paused
+from mercia.federation.node import NODE_DDL, NodeAgent, NodePolicy, open_node_store, pending, decide, set_paused
 from mercia.federation.region import reference_cohort, true_distinct_persons
 from mercia.federation.signing import generate_keypair, sign
 from mercia.governance.model import Role
@@ -118,24 +118,40 @@ def test_unsigned_wrongly_signed_replayed_and_unknown_requests_are_refused(netwo
     assert answer(client, token, query_id)["status"] == "running"
 
 
-def test_a_node_of_another_protocol_version_is_refused_clearly(network, hub_factory):
-    """Version-1 nodes salted other tokens (never equal to this version's): their requests are refused with a
-    message saying so, before anything else is looked at."""
+@pytest.mark.parametrize("old", [1, 2])
+def test_a_node_of_another_protocol_version_is_refused_clearly_and_audited(network, hub_factory, old):
+    """Versions 1 and 2 salted tokens otherwise (never equal to this version's) and version 2 sent JSON results:
+    their requests are refused with a message saying so, before anything else is looked at, and the refusal
+    is in the audit log (once per node per ten minutes, with the number refused since)."""
     hub, app, project_id, token = hub_factory()
     client = TestClient(app)
     org = network.nodes[0].org
     agent = agents(network, client)[org]
     path = f"{PREFIX}/node/work"
-    stamp = f"{time.time():.6f}"
-    old_message = "\n".join([org, "GET", path, stamp, hashlib.sha256(b"").hexdigest()]).encode()   # version 1
-    old_node = {"X-Mercia-Node": org, "X-Mercia-Time": stamp, "X-Mercia-Signature": sign(agent.key, old_message)}
-    refused = client.get(path, headers=old_node)
-    assert refused.status_code == 426
-    assert refused.json()["detail"] == (f"this hub speaks federation protocol {PROTOCOL_VERSION} and node '{org}' "
-                                        "speaks 1: upgrade the node's Mercia")
+
+    def old_node() -> dict[str, str]:
+        stamp = f"{time.time():.6f}"
+        lines = [org, "GET", path, stamp, hashlib.sha256(b"").hexdigest()]
+        if old == 1:   # version 1 neither said its version nor signed it
+            return {"X-Mercia-Node": org, "X-Mercia-Time": stamp,
+                    "X-Mercia-Signature": sign(agent.key, "\n".join(lines).encode())}
+        return {"X-Mercia-Node": org, "X-Mercia-Time": stamp, PROTOCOL_HEADER: "2",
+                "X-Mercia-Signature": sign(agent.key, "\n".join(["mercia-federation/2", *lines]).encode())}
+
+    refused = [client.get(path, headers=old_node()) for _ in range(3)]
+    assert [r.status_code for r in refused] == [426] * 3
+    assert refused[0].json()["detail"] == (f"this hub speaks federation protocol {PROTOCOL_VERSION} and node '{org}' "
+                                           f"speaks {old}: upgrade the node's Mercia")
+    audited = hub.gov.audit.search(action="federation.reject")
+    assert [(e["actor"], e["target"]) for e in audited] == [(f"node:{org}", f"node:{org}")]
+    assert "upgrade the node's Mercia" in str(audited[0])
     newer = agent._headers("GET", path, b"")
     newer[PROTOCOL_HEADER] = str(PROTOCOL_VERSION + 1)
     assert client.get(path, headers=newer).status_code == 426
+    assert len(hub.gov.audit.search(action="federation.reject")) == 1   # the same node within ten minutes
+    for name in ("ZZZ1", "ZZZ2"):                       # names not enrolled share one record
+        assert client.get(path, headers={**old_node(), "X-Mercia-Node": name}).status_code == 426
+    assert [e["actor"] for e in hub.gov.audit.search(action="federation.reject")] == ["unknown node", f"node:{org}"]
     assert client.get(path, headers=agent._headers("GET", path, b"")).status_code == 200
 
 
@@ -146,7 +162,8 @@ def opens_elsewhere(url: str) -> bool:
     return probe.returncode == 0
 
 
-def test_the_node_loop_keeps_its_store_open_only_while_questions_keep_coming(network, hub_factory):
+def test_the_node_loop_keeps_its_store_open_only_while_questions_keep_coming(network, hub_factory, monkeypatch):
+    """...and makes the store's tables at its first opening only (reopening skips ~100 statements)."""
     hub, app, project_id, token = hub_factory()
     client = TestClient(app)
     node = network.nodes[0]
@@ -154,10 +171,26 @@ def test_the_node_loop_keeps_its_store_open_only_while_questions_keep_coming(net
     ask(client, token, project_id)
     assert agent.step(keep_open=True) == 1
     assert not opens_elsewhere(node.url)        # held for the next question...
+    store_class = type(agent._store)
     assert agent.step(keep_open=True) == 0
     assert opens_elsewhere(node.url)            # ...and let go when none came
+    statements = []
+    original = store_class.execute
+    monkeypatch.setattr(store_class, "execute", lambda self, sql, *rest: (statements.append(sql),
+                                                                          original(self, sql, *rest))[1])
+
+    def making() -> list[str]:
+        return [s for s in statements if s in NODE_DDL or s.startswith("CREATE TABLE IF NOT EXISTS mercia_audit ")]
+    ask(client, token, project_id)
+    assert agent.step(keep_open=True) == 1 and making() == []   # opened again, its tables not made again
+    agent.release()
     ask(client, token, project_id)
     assert agent.step() == 1 and opens_elsewhere(node.url)   # a step outside the loop never holds it
+    assert making() == []
+    fresh = agents(network, client, nodes=[node])[node.org]  # another process makes the tables again
+    fresh.hold()
+    fresh.release()
+    assert len(making()) == len(NODE_DDL) + 1
 
 
 def test_a_late_result_does_not_change_a_returned_answer_and_refresh_asks_again(network, hub_factory, monkeypatch):

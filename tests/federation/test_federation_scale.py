@@ -1,24 +1,24 @@
 """The pieces that make a federated count fast at network scale: the benchmark's network builder, column-wise
-network tokens, tokens salted inside the node's store, and the packed member rows the hub unpacks."""
+network tokens, tokens salted per question, and the members' Arrow encoding the hub reads."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
+import sys
 
 import pyarrow as pa
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mercia.cdm import Store
 from mercia.cdm.extensions import ensure_extension_tables
 from mercia.cohorts import CohortExpression, run_cohort
 from mercia.cohorts.registry import scratch_cohort
 from mercia.federation.hub import member_rows, network_counts
-from mercia.federation.messages import Members, NodeResult
+from mercia.federation.messages import MEMBERS, NodeResult
 from mercia.federation.region import SCALED_TABLES, build_scaled_network, reference_cohort
-from mercia.federation.tokens import (cohort_tokens, network_tokens, new_salt, pack_tokens, person_tokens_current,
-                                      refresh_person_tokens)
+from mercia.federation.tokens import (cohort_tokens, network_tokens, new_salt, person_tokens_current, question_key,
+                                      refresh_person_tokens, salt_tokens)
 from mercia.privacy.policy import normalise_name, valid_partial_date
 from mercia.privacy.pseudonym import Pseudonymiser
 from mercia.synth.population import nhs_numbers
@@ -119,7 +119,22 @@ def test_network_tokens_column_wise_match_the_per_record_rules():
     assert by_ref == expected and len(expected) == 9
 
 
-def test_cohort_tokens_are_the_salted_hmac_on_every_engine(store):
+def token(name: str) -> str:
+    """A stored network token (hex of an HMAC-SHA-256, as ingest writes them)."""
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def salted(salt: str, stored: str) -> bytes:
+    """The specification of a salted token, one block at a time: AES-128 under the question's key (SHA-256 of
+    a label and the salt, first 16 bytes) of the first 16 bytes of the stored token, XOR those 16 bytes,
+    cut to its first 8 bytes."""
+    block = bytes.fromhex(stored[:32])
+    key = hashlib.sha256(b"mercia-federation/question-key\0" + salt.encode()).digest()[:16]
+    encrypted = Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(block)
+    return bytes(x ^ y for x, y in zip(encrypted, block))[:8]
+
+
+def test_cohort_tokens_are_salted_per_question_on_every_engine(store):
     ensure_extension_tables(store)
     links = pa.table({"person_id": [1, 2, 3], "org": ["X"] * 3, "source_pseudonym": ["s1", "s2", "s3"],
                       "nhs_status": ["valid"] * 3, "record_hash": ["h"] * 3, "gender_concept_id": [0] * 3,
@@ -129,19 +144,29 @@ def test_cohort_tokens_are_the_salted_hmac_on_every_engine(store):
     store.execute("INSERT INTO mercia_person_link SELECT * FROM fed_test_link")
     store.insert_arrow("mercia_network_token", pa.table({
         "org": ["X"] * 3, "source_pseudonym": ["s1", "s1", "s2"], "token_kind": ["nhs", "demographic", "demographic"],
-        "token": ["nhs-one", "dem-one", "dem-two"], "load_id": [1] * 3}))
+        "token": [token("nhs-one"), token("dem-one"), token("dem-two")], "load_id": [1] * 3}))
     store.insert_arrow("cohort", pa.table({"cohort_definition_id": [9] * 3, "subject_id": [1, 2, 3],
                                            "cohort_start_date": pa.array([0] * 3, pa.int32()).cast(pa.date32()),
                                            "cohort_end_date": pa.array([0] * 3, pa.int32()).cast(pa.date32())}))
-    salt = new_salt()
+    salt, other = new_salt(), new_salt()
     rows = {r["person_id"]: r for r in cohort_tokens(store, "cohort", 9, salt).to_pylist()}
-
-    def salted(token: str) -> bytes:
-        return hmac.new(salt.encode(), token.encode(), hashlib.sha256).digest()[:16]
-
-    assert rows[1]["nhs"] == salted("nhs-one") and rows[1]["demographic"] == salted("dem-one")
-    assert rows[2]["nhs"] is None and rows[2]["demographic"] == salted("dem-two")
+    assert rows[1]["nhs"] == salted(salt, token("nhs-one")) and rows[1]["demographic"] == salted(salt, token("dem-one"))
+    assert rows[2]["nhs"] is None and rows[2]["demographic"] == salted(salt, token("dem-two"))
     assert rows[3]["nhs"] is None and rows[3]["demographic"] is None   # no token: unlinkable
+    again = {r["person_id"]: r for r in cohort_tokens(store, "cohort", 9, other).to_pylist()}
+    assert again[1]["nhs"] == salted(other, token("nhs-one")) != rows[1]["nhs"]   # another question, another token
+
+
+def test_salting_keeps_equal_tokens_equal_and_refuses_what_is_not_a_token():
+    key = question_key(new_salt())
+    stored = [token("a")[:32], None, token("a")[:32].upper(), token("b")[:32], None]
+    out = salt_tokens(pa.chunked_array([stored[:2], stored[2:]]), key).to_pylist()
+    assert out[0] == out[2] != out[3] and out[1] is None and out[4] is None and len(out[0]) == 8
+    assert salt_tokens(pa.array([None, None], pa.string()), key).null_count == 2
+    with pytest.raises(ValueError, match="not 32 hex digits"):
+        salt_tokens(pa.array([token("a")]), key)                 # 64 digits: not cut to 16 bytes
+    with pytest.raises(ValueError, match="not hexadecimal"):
+        salt_tokens(pa.array(["g" * 32]), key)
 
 
 def test_a_load_writes_each_persons_tokens_cut_to_16_bytes(scaled):
@@ -169,7 +194,7 @@ def test_per_person_tokens_follow_links_changed_after_the_load(store):
     store.execute("INSERT INTO mercia_person_link SELECT * FROM fed_test_link")
     store.insert_arrow("mercia_network_token", pa.table({
         "org": ["X"] * 3, "source_pseudonym": ["s1", "s2", "s3"], "token_kind": ["demographic", "nhs", "nhs"],
-        "token": ["d1", "n2", "n3"], "load_id": [1] * 3}))
+        "token": [token("d1"), token("n2"), token("n3")], "load_id": [1] * 3}))
     assert refresh_person_tokens(store) == 3
     store.execute("UPDATE mercia_person_link SET person_id = 1 WHERE source_pseudonym = 's2'")   # 2 merged into 1
     store.execute("DELETE FROM mercia_person_link WHERE person_id = 3")                          # 3 opted out
@@ -179,36 +204,55 @@ def test_per_person_tokens_follow_links_changed_after_the_load(store):
                                            "cohort_end_date": pa.array([0] * 2, pa.int32()).cast(pa.date32())}))
     salt = new_salt()
     rows = {r["person_id"]: r for r in cohort_tokens(store, "cohort", 9, salt).to_pylist()}
-    assert rows[1]["nhs"] == hmac.new(salt.encode(), b"n2", hashlib.sha256).digest()[:16]
-    assert rows[1]["demographic"] == hmac.new(salt.encode(), b"d1", hashlib.sha256).digest()[:16]
+    assert rows[1]["nhs"] == salted(salt, token("n2")) and rows[1]["demographic"] == salted(salt, token("d1"))
     assert rows[3]["nhs"] is None and person_tokens_current(store)
     assert store.query("SELECT person_id FROM mercia_person_token ORDER BY 1") == [(1,)]
 
 
-def test_packed_members_unpack_to_the_same_counts():
-    tokens = [hashlib.sha256(str(i).encode()).digest()[:16] for i in range(6)]
-    def result(org: str, nhs: list, demographic: list, cells: list[str]) -> NodeResult:
-        encoded = pa.array(cells).dictionary_encode()
-        return NodeResult(task_id=1, org=org, nonce="n", status="answered", members=Members(
-            nhs=pack_tokens(pa.array(nhs, pa.binary())), demographic=pack_tokens(pa.array(demographic, pa.binary())),
-            cell=encoded.indices.to_pylist(), cell_names=encoded.dictionary.to_pylist()))
+def test_members_travel_as_arrow_and_count_the_same():
+    tokens = [hashlib.sha256(str(i).encode()).digest()[:8] for i in range(6)]
+
+    def sent(org: str, nhs: list, demographic: list, cells: list[str]) -> pa.Table:
+        members = pa.table([pa.array(nhs, pa.binary(8)), pa.array(demographic, pa.binary(8)),
+                            pa.array(cells).dictionary_encode()], schema=MEMBERS)
+        result = NodeResult(task_id=1, org=org, nonce="n", status="answered", count=len(cells), members=members)
+        received = NodeResult.from_wire(result.to_wire())
+        assert received.members.equals(members) and received.count == len(cells)
+        return member_rows(org, received)
     # site A knows persons 0, 1 by NHS number; site B knows person 1 by NHS number and person 0 only by
     # demographics (the demographic token A also holds for 0), and person 5 by nothing A has
-    a = member_rows("A", result("A", [tokens[0], tokens[1]], [tokens[3], None], ["x", "y"]))
-    b = member_rows("B", result("B", [tokens[1], None, None], [None, tokens[3], tokens[5]], ["y", "y", "x"]))
-    assert a.column("nhs_hi").null_count == 0 and b.column("nhs_hi").null_count == 2
-    distinct, shared, cells = network_counts(pa.concat_tables([a, b]), partition=True)
-    assert (distinct, shared, cells) == (3, 2, {"x": 2, "y": 1})
+    a = sent("A", [tokens[0], tokens[1]], [tokens[3], None], ["x", "y"])
+    b = sent("B", [tokens[1], None, None], [None, tokens[3], tokens[5]], ["y", "y", "x"])
+    assert a.column("nhs").null_count == 0 and b.column("nhs").null_count == 2
+    assert a.column("nhs")[0].as_py() == int.from_bytes(tokens[0], sys.byteorder)
+    both = pa.concat_tables([a, b])
+    assert network_counts(both, partition=True) == (3, 2, {"x": 2, "y": 1})   # 0 counted in x, its smallest cell
+    assert network_counts(both, partition=False) == (3, 2, {"x": 2, "y": 2})  # 0 in x and y, 1 in y, 5 in x
+    assert network_counts(both.slice(0, 0), partition=True) == (0, 0, {})
 
 
-def test_malformed_packed_members_are_refused():
-    with pytest.raises(ValueError, match="16 bytes for each of the 2 rows"):
-        Members(nhs=base64.b64encode(bytes(16)).decode(), demographic="", cell=[0, 0], cell_names=[""])
-    with pytest.raises(ValueError, match="index outside cell_names"):
-        Members(nhs=pack_tokens(pa.array([b"1" * 16], pa.binary())), demographic=pack_tokens(pa.array([None], pa.binary())),
-                cell=[1], cell_names=[""])
-    bad = NodeResult(task_id=1, org="A", nonce="n", status="answered", members=Members.model_construct(
-        nhs="!" * 24, demographic=pack_tokens(pa.array([None], pa.binary())), cell=[0], cell_names=[""]))
-    with pytest.raises(ValueError, match="nhs: not base64"):
-        member_rows("A", bad)
+def test_what_is_not_a_node_result_is_refused():
+    good = NodeResult(task_id=1, org="A", nonce="n", status="answered", members=pa.table(
+        [pa.array([b"1" * 8], pa.binary(8)), pa.array([None], pa.binary(8)),
+         pa.array([""]).dictionary_encode()], schema=MEMBERS)).to_wire()
+    with pytest.raises(ValueError, match="not an Arrow IPC stream"):
+        NodeResult.from_wire(b'{"task_id": 1}')
+    with pytest.raises(ValueError, match="not an Arrow IPC stream"):
+        NodeResult.from_wire(good[:-40])                            # cut short
+    wrong = pa.table({"nhs": pa.array([b"1" * 16], pa.binary(16))}).replace_schema_metadata(
+        {"mercia.node_result": b'{"task_id": 1, "org": "A", "nonce": "n", "status": "answered"}'})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, wrong.schema) as writer:
+        writer.write_table(wrong)
+    with pytest.raises(ValueError, match="members must be"):
+        NodeResult.from_wire(sink.getvalue().to_pybytes())        # 16-byte tokens, no cells
+    with pytest.raises(ValueError, match="neither token"):
+        NodeResult(task_id=1, org="A", nonce="n", status="answered", members=pa.table(
+            [pa.array([None], pa.binary(8)), pa.array([None], pa.binary(8)), pa.array([""]).dictionary_encode()],
+            schema=MEMBERS))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, MEMBERS) as writer:
+        writer.write_table(MEMBERS.empty_table())
+    with pytest.raises(ValueError, match="no result fields"):
+        NodeResult.from_wire(sink.getvalue().to_pybytes())
     assert member_rows("A", NodeResult(task_id=1, org="A", nonce="n", status="refused")).num_rows == 0
