@@ -138,19 +138,16 @@ class Columns:
             column.extend(columns.get(name) or [None] * rows)
         self._rows += rows
 
-    def drop(self, positions: list[int]) -> None:
-        """Remove rows at ``positions`` of ``listed``."""
-        doomed = set(positions)
-        for name, column in self.listed.items():
-            self._columns[name] = [v for i, v in enumerate(column) if i not in doomed]
-        self._rows -= len(doomed)
-
     def __len__(self) -> int:
         return self._rows + sum(chunk.num_rows for chunk in self._chunks)
 
     def table(self) -> pa.Table:
         listed = pa.table(self.listed, schema=self.schema)
         return pa.concat_tables([listed, *self._chunks]) if self._chunks else listed
+
+
+# The staged row tables of ``Staged``, by attribute name.
+STAGED_TABLES = ("persons", "events", "sites", "rejects", "removals", "versions")
 
 
 @dataclass
@@ -175,9 +172,3 @@ class Staged:
     def reject(self, record: str | None, field_name: str | None, reason: str, line: int | None = None,
                record_hash: str | None = None) -> None:
         self.rejects.add(record=record, line=line, field=field_name, reason=reason, record_hash=record_hash)
-
-    def merge(self, other: Staged) -> None:
-        self.read += other.read
-        for name in ("persons", "events", "sites", "rejects", "removals", "versions"):
-            theirs = getattr(other, name)
-            getattr(self, name).extend(theirs.data, len(theirs))
