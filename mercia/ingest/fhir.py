@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,34 +161,87 @@ _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", in
 
 def shape_problem(value, shape, path: str) -> tuple[str, str] | None:
     """(element path, reason) for the first element of ``value`` that does not have ``shape``."""
-    if isinstance(shape, list):
+    problem = _checker(shape)(value)
+    return (f"{path}{problem[0]}".removeprefix("."), problem[1]) if problem else None
+
+
+# A shape is checked by a function compiled once per shape (the checks run on every element of every
+# resource): it returns None, or the failing element's path below the value checked and the reason.
+Check = Callable[[object], "tuple[str, str] | None"]
+_CHECKS: dict[str, Check] = {}
+
+
+def _got(value) -> str:
+    return _JSON_TYPES.get(type(value), "a value")
+
+
+def _checker(shape) -> Check:
+    key = repr(shape)
+    if key not in _CHECKS:
+        if isinstance(shape, list):
+            _CHECKS[key] = _array_check(_checker(shape[0]))
+        elif shape in _PRIMITIVES:
+            _CHECKS[key] = _primitive_check(shape)
+        else:
+            _CHECKS[key] = _datatype_check(shape)
+    return _CHECKS[key]
+
+
+def _array_check(item_check: Check) -> Check:
+    def check(value):
         if not isinstance(value, list):
-            return path, f"expected an array, got {_JSON_TYPES.get(type(value), 'a value')}"
+            return "", f"expected an array, got {_got(value)}"
         for i, item in enumerate(value):
-            problem = shape_problem(item, shape[0], f"{path}[{i}]")
+            problem = item_check(item)
             if problem:
-                return problem
+                return f"[{i}]{problem[0]}", problem[1]
         return None
-    got = _JSON_TYPES.get(type(value), "a value")
-    if shape in _PRIMITIVES:
-        expected_type, expected = _PRIMITIVES[shape]
+    return check
+
+
+def _primitive_check(shape: str) -> Check:
+    expected_type, expected = _PRIMITIVES[shape]
+
+    def check(value):
         if not isinstance(value, expected_type) or (shape == "num" and isinstance(value, bool)):
-            return path, f"expected {expected}, got {got}"
+            return "", f"expected {expected}, got {_got(value)}"
         if shape == "num" and not abs(value) <= _MAX_NUMBER:
-            return path, f"number out of range (at most {_MAX_NUMBER:g} in magnitude)"
+            return "", f"number out of range (at most {_MAX_NUMBER:g} in magnitude)"
         return None
-    if not isinstance(value, dict):
-        return path, f"expected a {shape} object, got {got}"
-    return _fields_problem(value, _DATATYPES[shape], path)
+    return check
 
 
-def _fields_problem(value: dict, fields: dict, path: str) -> tuple[str, str] | None:
-    for name, shape in fields.items():
-        if value.get(name) is not None:  # absent, or null (which FHIR forbids, but feeds send)
-            problem = shape_problem(value[name], shape, f"{path}.{name}" if path else name)
+def _datatype_check(name: str) -> Check:
+    fields_check: list[Check] = []  # compiled at first use: datatypes nest themselves (Extension, Item)
+
+    def check(value):
+        if not isinstance(value, dict):
+            return "", f"expected a {name} object, got {_got(value)}"
+        if not fields_check:
+            fields_check.append(_fields_check(_DATATYPES[name]))
+        return fields_check[0](value)
+    return check
+
+
+def _fields_check(fields: dict) -> Check:
+    """Each element of ``fields`` present (absent or null, which FHIR forbids but feeds send, is not checked);
+    a string where a string belongs is accepted without a call."""
+    plan = tuple((name, str if shape == "str" else None, _checker(shape)) for name, shape in fields.items())
+
+    def check(value):
+        get = value.get
+        for name, fast, element_check in plan:
+            element = get(name)
+            if element is None or type(element) is fast:
+                continue
+            problem = element_check(element)
             if problem:
-                return problem
-    return None
+                return f".{name}{problem[0]}", problem[1]
+        return None
+    return check
+
+
+_RESOURCE_CHECKS = {kind: _fields_check(elements) for kind, elements in _RESOURCES.items()}
 
 
 def best_coding(concept: dict | None) -> tuple[str | None, str | None]:
@@ -501,9 +554,9 @@ class FhirReader:
             s.reject(record, "resourceType", f"resource type {kind} is not mapped to OMOP by Mercia", line)
             return
         self._version(res, record, digest, line)
-        problem = _fields_problem(res, _RESOURCES[kind], "")
+        problem = _RESOURCE_CHECKS[kind](res)
         if problem:
-            s.reject(record, *problem, line, digest)
+            s.reject(record, problem[0][1:], problem[1], line, digest)
             return
         if _entered_in_error(res):
             s.removals.add(record=record, line=line, field="status", record_hash=digest,
