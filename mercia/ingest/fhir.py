@@ -356,7 +356,7 @@ class FhirReader:
     def read_path(self, path: Path, processes: int | None = None) -> Staged:
         """Every file under ``path``, read by up to ``processes`` processes (default ``reading_processes``);
         the staged rows are the same, in the same order, however many read them."""
-        files = self._files(Path(path))
+        files = self.files(Path(path))
         every_file = [*files, *self.deleted_files]
         for part in _read_in_processes(self.staged.extract, self.extract_date, list(enumerate(every_file)),
                                        len(files), processes or reading_processes(every_file)):
@@ -412,7 +412,9 @@ class FhirReader:
                 self.staged.versions.add(record=record, record_hash=digest, seq=index * FILE_SEQ + line_no,
                                          line=line_no)
 
-    def _files(self, path: Path) -> list[Path]:
+    def files(self, path: Path) -> list[Path]:
+        """The resource files under ``path`` (a manifest's outputs, else every FHIR file); ``deleted_files``
+        gets the deletions."""
         if path.is_file():
             return [path]
         manifest = path / "manifest.json"
@@ -1061,7 +1063,7 @@ def _number(value) -> float | None:
 def iter_resources(path: Path) -> Iterator[dict]:
     """Every resource under ``path`` (used by the naive benchmark and tests)."""
     reader = FhirReader(Path(path).name)
-    for file in reader._files(Path(path)):
+    for file in reader.files(Path(path)):
         opener = gzip.open if file.name.endswith(".gz") else open
         with opener(file, "rb") as handle:
             for line in handle:
