@@ -199,8 +199,10 @@ class _Load:
             return
         self.register("losers", losers)
         for name in ("staged_persons_raw", "staged_events", "staged_sites", "staged_removals", "staged_rejects"):
-            con.execute(f"""CREATE TABLE kept AS SELECT * FROM {name} s WHERE NOT EXISTS (
-                SELECT 1 FROM losers l WHERE l.record = s.record AND l.record_hash = s.record_hash)""")
+            loser = f"SELECT 1 FROM losers l WHERE l.record = s.record AND l.record_hash = s.record_hash"
+            if not con.execute(f"SELECT EXISTS (SELECT 1 FROM {name} s WHERE EXISTS ({loser}))").fetchall()[0][0]:
+                continue  # two key columns scanned rather than every column copied
+            con.execute(f"CREATE TABLE kept AS SELECT * FROM {name} s WHERE NOT EXISTS ({loser})")
             con.unregister(name)
             con.execute(f"ALTER TABLE kept RENAME TO {name}")
         bad, stale = pc.field("bad_instant"), pc.field("stale")
