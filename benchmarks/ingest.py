@@ -13,6 +13,7 @@ measured, with the load average (``os.getloadavg``) around each part: the 2 CPUs
    worker processes (``mercia.ingest.fhir_worker``, waited for, so counted in RUSAGE_CHILDREN).  ``mapped`` counts distinct source
    records that reached the CDM (the load summary's ``loaded``); ``rejected`` are kept in
    mercia_reject with their reason; both rates are reported, over mapped and over all resources.
+   The in-process run is repeated with the files read in one process (``MERCIA_INGEST_PROCESSES=1``).
    An incremental resend in which 10% of the resources changed (a newer meta) is timed on the loaded
    store, then the same 10% with an older meta arriving late (all superseded, nothing written).
 2. The same pipeline with a naive reader: every resource parsed into a fhir.resources R4B pydantic
@@ -85,6 +86,17 @@ def fhir_end_to_end(folder: Path, workdir: Path) -> tuple[dict, Path]:
               **_rates(asdict(summary), wall, cpu),
               "load_average_before": load_before, "load_average_after": os.getloadavg()}
     return result, db
+
+
+def fhir_one_process(folder: Path, workdir: Path) -> dict:
+    """The same end-to-end run with the files read in the load's own process (MERCIA_INGEST_PROCESSES=1)."""
+    from mercia.ingest.fhir import PROCESSES_ENV
+
+    os.environ[PROCESSES_ENV] = "1"
+    try:
+        return fhir_end_to_end(folder, workdir)[0]
+    finally:
+        del os.environ[PROCESSES_ENV]
 
 
 def fhir_cli_cold(folder: Path, workdir: Path) -> dict:
@@ -304,6 +316,7 @@ def main() -> None:
             small, _ = fhir_end_to_end(SHARED / "fhir/synthea_small/ndjson", work)  # also warms imports
             results["fhir_small"] = small
             results["fhir_medium"], db = fhir_end_to_end(medium, work)
+            results["fhir_medium_one_process"] = fhir_one_process(medium, work / "one")
             results["fhir_medium_incremental_10pct"] = fhir_incremental(medium, db, work, NEWER)
             results["fhir_medium_older_10pct_late"] = fhir_incremental(medium, db, work, OLDER)
             results["fhir_medium_cli_cold"] = fhir_cli_cold(medium, work)

@@ -25,8 +25,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mercia.ingest.staging import EVENT_SCHEMA, STAGED_TABLES, Columns, Staged, content_hash
-from mercia.proms.omop import PROM_VOCABULARY, item_source_value
-from mercia.proms.store import FHIR_INSTRUMENTS, FHIR_ITEMS
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEMS = ("https://fhir.nhs.uk/Id/ods-organization-code", "https://fhir.nhs.uk/Id/ods-site-code")
@@ -841,7 +839,7 @@ class FhirReader:
                     continue
                 vocab, code = best_coding({"coding": item.get("code") or []})
                 if str(item.get("linkId", "")).lower() in prom_items:  # scored and linked: mercia.ingest.proms
-                    vocab, code = PROM_VOCABULARY, prom_items[str(item["linkId"]).lower()]
+                    vocab, code = prom_items[str(item["linkId"]).lower()]
                 elif code is None:
                     vocab, code = "Questionnaire", f"{questionnaire}#{item.get('linkId')}"
                 if not start:
@@ -1030,14 +1028,18 @@ def _value(part: dict) -> dict:
     return {}
 
 
-def _prom_item_codes(questionnaire: str) -> dict[str, str]:
-    """linkId (lower case) -> PROM item code for an EQ-5D questionnaire (``proms.store.FHIR_ITEMS``);
-    empty for any other questionnaire."""
+def _prom_item_codes(questionnaire: str) -> dict[str, tuple[str, str]]:
+    """linkId (lower case) -> (vocabulary, PROM item code) for an EQ-5D questionnaire
+    (``proms.store.FHIR_ITEMS``); empty for any other questionnaire."""
+    # imported here: the PROMs modules bring DuckDB, which a reading worker process otherwise never needs
+    from mercia.proms.omop import PROM_VOCABULARY, item_source_value
+    from mercia.proms.store import FHIR_INSTRUMENTS, FHIR_ITEMS
+
     instrument = FHIR_INSTRUMENTS.get(questionnaire.split("|")[0].lower())
     if instrument is None:
         return {}
-    return {alias: item_source_value(instrument, column.upper()) for column, aliases in FHIR_ITEMS.items()
-            for alias in aliases}
+    return {alias: (PROM_VOCABULARY, item_source_value(instrument, column.upper()))
+            for column, aliases in FHIR_ITEMS.items() for alias in aliases}
 
 
 def _answer_value(answer: dict) -> dict | None:
