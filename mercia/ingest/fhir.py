@@ -313,7 +313,8 @@ def reading_processes(files: list[Path]) -> int:
     setting = os.environ.get(PROCESSES_ENV)
     if setting is None:
         size = sum(file.stat().st_size for file in files)
-        return max(1, min(len(os.sched_getaffinity(0)), size // MIN_BYTES_PER_PROCESS))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(cpus, size // MIN_BYTES_PER_PROCESS))
     if not setting.isdigit() or int(setting) < 1:
         raise ValueError(f"{PROCESSES_ENV} must be a whole number of processes (1 reads in the load's own "
                          f"process), got {setting!r}")
