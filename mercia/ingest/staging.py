@@ -111,6 +111,9 @@ class Columns:
 
     def _flush(self) -> None:
         if self._rows:
+            unknown = set().union(*self._rows) - set(self.schema.names)  # from_pylist would drop them silently
+            if unknown:
+                raise ValueError(f"staged fields not in the schema: {', '.join(sorted(unknown))}")
             self._chunks.append(pa.Table.from_pylist(self._rows, schema=self.schema))
             self._rows = []
 
