@@ -10,16 +10,21 @@ Patients read in the same load, or later against the pseudonymised NHS number.
 from __future__ import annotations
 
 import gzip
+import os
+import pickle
 import re
+import subprocess
+import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from mercia.ingest.staging import Staged, content_hash
-from mercia.proms.omop import PROM_VOCABULARY, item_source_value
-from mercia.proms.store import FHIR_INSTRUMENTS, FHIR_ITEMS
+from mercia.ingest.staging import EVENT_SCHEMA, STAGED_TABLES, Columns, Staged, content_hash
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ODS_SYSTEMS = ("https://fhir.nhs.uk/Id/ods-organization-code", "https://fhir.nhs.uk/Id/ods-site-code")
@@ -154,34 +159,87 @@ _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", in
 
 def shape_problem(value, shape, path: str) -> tuple[str, str] | None:
     """(element path, reason) for the first element of ``value`` that does not have ``shape``."""
-    if isinstance(shape, list):
+    problem = _checker(shape)(value)
+    return (f"{path}{problem[0]}".removeprefix("."), problem[1]) if problem else None
+
+
+# A shape is checked by a function compiled once per shape (the checks run on every element of every
+# resource): it returns None, or the failing element's path below the value checked and the reason.
+Check = Callable[[object], "tuple[str, str] | None"]
+_CHECKS: dict[str, Check] = {}
+
+
+def _got(value) -> str:
+    return _JSON_TYPES.get(type(value), "a value")
+
+
+def _checker(shape) -> Check:
+    key = repr(shape)
+    if key not in _CHECKS:
+        if isinstance(shape, list):
+            _CHECKS[key] = _array_check(_checker(shape[0]))
+        elif shape in _PRIMITIVES:
+            _CHECKS[key] = _primitive_check(shape)
+        else:
+            _CHECKS[key] = _datatype_check(shape)
+    return _CHECKS[key]
+
+
+def _array_check(item_check: Check) -> Check:
+    def check(value):
         if not isinstance(value, list):
-            return path, f"expected an array, got {_JSON_TYPES.get(type(value), 'a value')}"
+            return "", f"expected an array, got {_got(value)}"
         for i, item in enumerate(value):
-            problem = shape_problem(item, shape[0], f"{path}[{i}]")
+            problem = item_check(item)
             if problem:
-                return problem
+                return f"[{i}]{problem[0]}", problem[1]
         return None
-    got = _JSON_TYPES.get(type(value), "a value")
-    if shape in _PRIMITIVES:
-        expected_type, expected = _PRIMITIVES[shape]
+    return check
+
+
+def _primitive_check(shape: str) -> Check:
+    expected_type, expected = _PRIMITIVES[shape]
+
+    def check(value):
         if not isinstance(value, expected_type) or (shape == "num" and isinstance(value, bool)):
-            return path, f"expected {expected}, got {got}"
+            return "", f"expected {expected}, got {_got(value)}"
         if shape == "num" and not abs(value) <= _MAX_NUMBER:
-            return path, f"number out of range (at most {_MAX_NUMBER:g} in magnitude)"
+            return "", f"number out of range (at most {_MAX_NUMBER:g} in magnitude)"
         return None
-    if not isinstance(value, dict):
-        return path, f"expected a {shape} object, got {got}"
-    return _fields_problem(value, _DATATYPES[shape], path)
+    return check
 
 
-def _fields_problem(value: dict, fields: dict, path: str) -> tuple[str, str] | None:
-    for name, shape in fields.items():
-        if value.get(name) is not None:  # absent, or null (which FHIR forbids, but feeds send)
-            problem = shape_problem(value[name], shape, f"{path}.{name}" if path else name)
+def _datatype_check(name: str) -> Check:
+    fields_check: list[Check] = []  # compiled at first use: datatypes nest themselves (Extension, Item)
+
+    def check(value):
+        if not isinstance(value, dict):
+            return "", f"expected a {name} object, got {_got(value)}"
+        if not fields_check:
+            fields_check.append(_fields_check(_DATATYPES[name]))
+        return fields_check[0](value)
+    return check
+
+
+def _fields_check(fields: dict) -> Check:
+    """Each element of ``fields`` present (absent or null, which FHIR forbids but feeds send, is not checked);
+    a string where a string belongs is accepted without a call."""
+    plan = tuple((name, str if shape == "str" else None, _checker(shape)) for name, shape in fields.items())
+
+    def check(value):
+        get = value.get
+        for name, fast, element_check in plan:
+            element = get(name)
+            if element is None or type(element) is fast:
+                continue
+            problem = element_check(element)
             if problem:
-                return problem
-    return None
+                return f".{name}{problem[0]}", problem[1]
+        return None
+    return check
+
+
+_RESOURCE_CHECKS = {kind: _fields_check(elements) for kind, elements in _RESOURCES.items()}
 
 
 def best_coding(concept: dict | None) -> tuple[str | None, str | None]:
@@ -240,30 +298,83 @@ def _end(resource: dict, *names: str) -> str | None:
     return None
 
 
-class FhirReader:
-    """Streams resources into a ``Staged``; one instance per load so Bundles' fullUrls and
-    Medication resources can be resolved across files."""
+# Reading order of resource versions (Staged.versions.seq): file number ``i`` (resource files in the order
+# read, then deleted files) numbers its lines, or its resources when it is one resource or Bundle, from
+# ``i * FILE_SEQ``, so a file's numbers do not depend on the files read before it (or in which process).
+FILE_SEQ = 1 << 32
+# Processes reading a load's files: ``MERCIA_INGEST_PROCESSES`` (1 reads in the load's own process), else one
+# per CPU with at least MIN_BYTES_PER_PROCESS of files each (starting a worker costs ~0.3 CPU-s of imports).
+PROCESSES_ENV = "MERCIA_INGEST_PROCESSES"
+MIN_BYTES_PER_PROCESS = 4 * 2**20
 
-    def __init__(self, extract: str):
+
+def reading_processes(files: list[Path]) -> int:
+    """How many processes read ``files`` (see PROCESSES_ENV)."""
+    setting = os.environ.get(PROCESSES_ENV)
+    if setting is None:
+        size = sum(file.stat().st_size for file in files)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(cpus, size // MIN_BYTES_PER_PROCESS))
+    if not setting.isdigit() or int(setting) < 1:
+        raise ValueError(f"{PROCESSES_ENV} must be a whole number of processes (1 reads in the load's own "
+                         f"process), got {setting!r}")
+    return int(setting)
+
+
+@dataclass
+class FileRead:
+    """What one file staged, as Arrow tables, with the catalogue entries (Medication, Device, Patient
+    identifiers) it defined: a worker process sends it back whole, the reader merges files in order."""
+
+    index: int
+    read: int
+    tables: dict[str, pa.Table]
+    medications: dict[str, tuple[str | None, str | None]]
+    devices: dict[str, dict]
+    patient_identifiers: dict[str, str]
+
+
+class FhirReader:
+    """Streams resources into a ``Staged``.  ``read_path`` reads each file with a reader of its own (in
+    this process or a worker) and merges them in file order, then resolves what needed every file:
+    Medication and Device references and conditional Patient references."""
+
+    def __init__(self, extract: str, extract_date: str | None = None):
         self.staged = Staged(extract)
         self.medications: dict[str, tuple[str | None, str | None]] = {}
         self.devices: dict[str, dict] = {}  # Device id -> its type coding, UDI and production id
         self.patient_identifiers: dict[str, str] = {}
-        self.extract_date: str | None = None  # the bulk export's transactionTime: ends open registrations
+        self.extract_date = extract_date  # the bulk export's transactionTime: ends open registrations
         self.deleted_files: list[Path] = []  # a bulk export's deleted/ files, read after the resources
-        # reading order of resource versions (Staged.versions.seq): a file's lines are numbered from
-        # ``line_base``; a file that is one resource or Bundle takes the next number per resource
+        # reading order (FILE_SEQ): an NDJSON file's lines are numbered from ``line_base``; a file that is
+        # one resource or Bundle (or a resource handed to ``read_resource``) takes ``next_seq`` per resource
         self.line_base: int | None = None
         self.next_seq = 0
 
     # -- files -----------------------------------------------------------------------------
-    def read_path(self, path: Path) -> Staged:
-        for file in self._files(Path(path)):
-            self.read_file(file)
-        for file in self.deleted_files:
-            self.read_deleted(file)
+    def read_path(self, path: Path, processes: int | None = None) -> Staged:
+        """Every file under ``path``, read by up to ``processes`` processes (default ``reading_processes``);
+        the staged rows are the same, in the same order, however many read them."""
+        files = self.files(Path(path))
+        every_file = [*files, *self.deleted_files]
+        for part in _read_in_processes(self.staged.extract, self.extract_date, list(enumerate(every_file)),
+                                       len(files), processes or reading_processes(every_file)):
+            self._merge(part)
         self._resolve_deferred()
         return self.staged
+
+    def _merge(self, part: FileRead) -> None:
+        self.staged.read += part.read
+        for name, table in part.tables.items():
+            getattr(self.staged, name).add_table(table)
+        self.medications.update(part.medications)
+        self.devices.update(part.devices)
+        self.patient_identifiers.update(part.patient_identifiers)
+
+    def file_read(self, index: int) -> FileRead:
+        """This reader's staged rows as one file's ``FileRead``."""
+        return FileRead(index, self.staged.read, {name: getattr(self.staged, name).table() for name in STAGED_TABLES},
+                        self.medications, self.devices, self.patient_identifiers)
 
     def _json_line(self, line: bytes, line_no: int, file_name: str):
         """One NDJSON line parsed, or ``_INVALID`` after rejecting it as invalid JSON."""
@@ -274,7 +385,7 @@ class FhirReader:
             self.staged.reject(f"{file_name}:{line_no}", None, f"not valid JSON: {exc.msg}", line_no)
             return _INVALID
 
-    def read_deleted(self, file: Path) -> None:
+    def read_deleted(self, file: Path, index: int = 0) -> None:
         """A bulk export's ``deleted`` file: Bundles of DELETE requests (``Type/id``), one per line.
         Each names a record whose earlier rows the load removes."""
         data = gzip.decompress(file.read_bytes()) if file.name.endswith(".gz") else file.read_bytes()
@@ -297,10 +408,12 @@ class FhirReader:
                 record, digest = f"{kind}/{rid}", content_hash(f"DELETE {url}".encode())
                 self.staged.removals.add(record=record, line=line_no, field="request", record_hash=digest,
                                          reason="deleted at the source (bulk export deleted file)")
-                self.staged.versions.add(record=record, record_hash=digest, seq=self.next_seq + line_no, line=line_no)
-        self.next_seq += data.count(b"\n") + 2
+                self.staged.versions.add(record=record, record_hash=digest, seq=index * FILE_SEQ + line_no,
+                                         line=line_no)
 
-    def _files(self, path: Path) -> list[Path]:
+    def files(self, path: Path) -> list[Path]:
+        """The resource files under ``path`` (a manifest's outputs, else every FHIR file); ``deleted_files``
+        gets the deletions."""
         if path.is_file():
             return [path]
         manifest = path / "manifest.json"
@@ -325,7 +438,7 @@ class FhirReader:
         self.deleted_files = [p for p in files if p.parent.name == "deleted"]
         return [p for p in files if p.parent.name != "deleted"]
 
-    def read_file(self, file: Path) -> None:
+    def read_file(self, file: Path, index: int = 0) -> None:
         raw = file.read_bytes()
         try:
             data = zlib.decompress(raw, 31) if file.name.endswith(".gz") else raw  # one shot: faster than streaming
@@ -334,17 +447,17 @@ class FhirReader:
             self.staged.reject(file.name, None, f"not a valid gzip file: {exc}", None)
             return
         del raw
-        self.read_bytes(data, file.name)
+        self.read_bytes(data, file.name, index)
 
-    def read_bytes(self, data: bytes, name: str) -> None:
-        """One file's content: NDJSON when ``name`` says so, else one resource or Bundle."""
+    def read_bytes(self, data: bytes, name: str, index: int = 0) -> None:
+        """One file's content (file number ``index``): NDJSON when ``name`` says so, else one resource or Bundle."""
         file = Path(name)
         if ".ndjson" in file.name:
-            self.line_base = self.next_seq
+            self.line_base = index * FILE_SEQ
             self._read_ndjson(data, file.name)
-            self.next_seq += data.count(b"\n") + 2
             self.line_base = None
             return
+        self.next_seq = index * FILE_SEQ
         try:
             resource = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -442,9 +555,9 @@ class FhirReader:
             s.reject(record, "resourceType", f"resource type {kind} is not mapped to OMOP by Mercia", line)
             return
         self._version(res, record, digest, line)
-        problem = _fields_problem(res, _RESOURCES[kind], "")
+        problem = _RESOURCE_CHECKS[kind](res)
         if problem:
-            s.reject(record, *problem, line, digest)
+            s.reject(record, problem[0][1:], problem[1], line, digest)
             return
         if _entered_in_error(res):
             s.removals.add(record=record, line=line, field="status", record_hash=digest,
@@ -727,7 +840,7 @@ class FhirReader:
                     continue
                 vocab, code = best_coding({"coding": item.get("code") or []})
                 if str(item.get("linkId", "")).lower() in prom_items:  # scored and linked: mercia.ingest.proms
-                    vocab, code = PROM_VOCABULARY, prom_items[str(item["linkId"]).lower()]
+                    vocab, code = prom_items[str(item["linkId"]).lower()]
                 elif code is None:
                     vocab, code = "Questionnaire", f"{questionnaire}#{item.get('linkId')}"
                 if not start:
@@ -740,43 +853,24 @@ class FhirReader:
 
     # -- after all files -------------------------------------------------------------------
     def _resolve_deferred(self) -> None:
-        """Medication references and conditional Patient references that needed every file."""
-        events = self.staged.events.listed
-        dropped: list[int] = []
-        for i, vocab in enumerate(events["vocabulary"]):
-            if vocab == "?Medication":
-                med_id = events["code"][i]
-                resolved = self.medications.get(med_id)
-                if not resolved or resolved[1] is None:
-                    self.staged.reject(events["record"][i], "medicationReference",
-                                       "medication reference not resolved to a coded Medication", events["line"][i],
-                                       events["record_hash"][i])
-                    dropped.append(i)
-                    continue
-                events["vocabulary"][i], events["code"][i] = resolved
-                events["also_record"][i] = f"Medication/{med_id}"
-            elif vocab == "?Device":
-                device_id = events["code"][i]
-                device = self.devices.get(device_id)
-                if not device or device["code"] is None:
-                    self.staged.reject(events["record"][i], "device",
-                                       "device reference not resolved to a coded Device", events["line"][i],
-                                       events["record_hash"][i])
-                    dropped.append(i)
-                    continue
-                for name, value in device.items():
-                    events[name][i] = value
-                events["also_record"][i] = f"Device/{device_id}"
-        for i, ref in enumerate(events["person_ref"]):
-            if ref and ref.startswith("?") and ref[1:] in self.patient_identifiers:
-                events["person_ref"][i] = self.patient_identifiers[ref[1:]]
-        if dropped:
-            self.staged.events.drop(dropped)
-        used = {r for r in self.staged.events.listed["also_record"] if r}
-        billed = [i for i, (kind, record) in enumerate(zip(events["kind"], events["record"]))
-                  if kind == "Cost" and record in used]  # Claims adjudicated by a loaded ExplanationOfBenefit
-        if billed:
-            self.staged.events.drop(billed)
+        """Medication and Device references and conditional Patient references, which needed every file:
+        column work over the staged events, Python only for the (few) rows that refer to one."""
+        events = self.staged.events.table().combine_chunks()
+        deferred = pc.fill_null(pc.starts_with(events.column("vocabulary").chunk(0), "?"), False)
+        dropped = pa.array([False] * events.num_rows, pa.bool_())
+        if pc.any(deferred).as_py():
+            events, dropped = self._resolve_catalogue_references(events, deferred)
+        conditional = pc.fill_null(pc.starts_with(events.column("person_ref").combine_chunks(), "?"), False)
+        if pc.any(conditional).as_py():
+            refs = events.column("person_ref").filter(conditional).to_pylist()
+            events = _replaced(events, "person_ref", conditional,
+                               [self.patient_identifiers.get(ref[1:], ref) for ref in refs])
+        used = pc.unique(events.column("also_record").filter(pc.invert(dropped))).drop_null()
+        # Claims adjudicated by a loaded ExplanationOfBenefit (its also_record) are billed by that one
+        billed = pc.and_(pc.equal(events.column("kind"), "Cost"), pc.is_in(events.column("record"), value_set=used))
+        self.staged.events = Columns(EVENT_SCHEMA)
+        self.staged.events.add_table(events.filter(pc.invert(pc.or_(dropped, pc.fill_null(billed, False)))))
+        used = set(used.to_pylist())
         for med_id in self.medications:
             if f"Medication/{med_id}" not in used:
                 self.staged.reject(f"Medication/{med_id}", None,
@@ -785,6 +879,100 @@ class FhirReader:
             if f"Device/{device_id}" not in used:
                 self.staged.reject(f"Device/{device_id}", None, "Device not referenced by any loaded "
                                    "DeviceUseStatement or DeviceRequest (a Device carries no date of use)")
+
+    def _resolve_catalogue_references(self, events: pa.Table, deferred: pa.Array) -> tuple[pa.Table, pa.Array]:
+        """Events staged as ``?Medication``/``?Device`` take the referenced resource's coding (and a
+        Device's UDI and production id) and name it in ``also_record``; unresolved ones are rejected.
+        Returns the events and which rows were rejected."""
+        names = ("vocabulary", "code", "also_record", "unique_device_id", "production_id")
+        rows = events.filter(deferred).select([*names, "record", "line", "record_hash"]).to_pylist()
+        values: dict[str, list] = {name: [] for name in names}
+        rejected = []
+        for row in rows:
+            target = row["code"]
+            if row["vocabulary"] == "?Medication":
+                vocabulary, code = self.medications.get(target) or (None, None)
+                found = {"vocabulary": vocabulary, "code": code, "also_record": f"Medication/{target}"}
+                field_name, reason = "medicationReference", "medication reference not resolved to a coded Medication"
+            else:
+                device = self.devices.get(target) or {"code": None}
+                found = {**device, "also_record": f"Device/{target}"}
+                field_name, reason = "device", "device reference not resolved to a coded Device"
+            if found["code"] is None:
+                self.staged.reject(row["record"], field_name, reason, row["line"], row["record_hash"])
+                found = {}
+            rejected.append(not found)
+            for name in names:
+                values[name].append(found.get(name, row[name]))
+        for name in names:
+            events = _replaced(events, name, deferred, values[name])
+        dropped = pc.replace_with_mask(pa.array([False] * events.num_rows, pa.bool_()), deferred,
+                                       pa.array(rejected, pa.bool_()))
+        return events, dropped
+
+
+def _replaced(table: pa.Table, name: str, mask: pa.Array, values: list) -> pa.Table:
+    """``table`` with column ``name`` replaced by ``values`` (in order) where ``mask`` is true."""
+    column = table.column(name).combine_chunks()
+    return table.set_column(table.schema.get_field_index(name), name,
+                            pc.replace_with_mask(column, mask, pa.array(values, column.type)))
+
+
+def read_files(extract: str, extract_date: str | None, files: list[tuple[int, Path]],
+               resource_files: int) -> list[FileRead]:
+    """Each file (number, path) read on its own; numbers from ``resource_files`` on are deleted files."""
+    parts = []
+    for index, file in files:
+        reader = FhirReader(extract, extract_date)
+        if index < resource_files:
+            reader.read_file(file, index)
+        else:
+            reader.read_deleted(file, index)
+        parts.append(reader.file_read(index))
+    return parts
+
+
+def _read_in_processes(extract: str, extract_date: str | None, files: list[tuple[int, Path]], resource_files: int,
+                       processes: int) -> list[FileRead]:
+    """The files split into ``processes`` groups of about equal bytes (largest first, each to the lightest
+    group); this process reads the first group while worker processes (``mercia.ingest.fhir_worker``) read
+    the others.  Workers are new interpreters rather than forks (the parent holds DuckDB's threads, which a
+    forked child must not inherit) started as a module, so a caller's own script is never re-imported."""
+    groups: list[list[tuple[int, Path]]] = [[] for _ in range(max(1, min(processes, len(files))))]
+    sizes = [0] * len(groups)
+    for index, file in sorted(files, key=lambda f: -f[1].stat().st_size):
+        lightest = sizes.index(min(sizes))
+        groups[lightest].append((index, file))
+        sizes[lightest] += file.stat().st_size
+    workers = [_start_worker((extract, extract_date, sorted(group), resource_files)) for group in groups[1:]]
+    try:
+        parts = read_files(extract, extract_date, sorted(groups[0]), resource_files)
+        for worker in workers:
+            parts.extend(_worker_result(worker))
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    return sorted(parts, key=lambda part: part.index)
+
+
+def _start_worker(task: tuple) -> subprocess.Popen:
+    """A reading worker given ``task`` (``read_files``' arguments, as JSON) that answers on stdout."""
+    extract, extract_date, files, resource_files = task
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    argument = orjson.dumps([extract, extract_date, [[i, str(f)] for i, f in files], resource_files]).decode()
+    return subprocess.Popen([sys.executable, "-m", "mercia.ingest.fhir_worker", argument],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def _worker_result(worker: subprocess.Popen) -> list[FileRead]:
+    out, err = worker.communicate()
+    if worker.returncode != 0:
+        raise RuntimeError(f"a FHIR reading worker failed (exit {worker.returncode}): "
+                           f"{err.decode(errors='replace')[-2000:]}")
+    return pickle.loads(out)  # from the worker this process started, never from outside
 
 
 def _entered_in_error(res: dict) -> bool:
@@ -841,14 +1029,18 @@ def _value(part: dict) -> dict:
     return {}
 
 
-def _prom_item_codes(questionnaire: str) -> dict[str, str]:
-    """linkId (lower case) -> PROM item code for an EQ-5D questionnaire (``proms.store.FHIR_ITEMS``);
-    empty for any other questionnaire."""
+def _prom_item_codes(questionnaire: str) -> dict[str, tuple[str, str]]:
+    """linkId (lower case) -> (vocabulary, PROM item code) for an EQ-5D questionnaire
+    (``proms.store.FHIR_ITEMS``); empty for any other questionnaire."""
+    # imported here: the PROMs modules bring DuckDB, which a reading worker process otherwise never needs
+    from mercia.proms.omop import PROM_VOCABULARY, item_source_value
+    from mercia.proms.store import FHIR_INSTRUMENTS, FHIR_ITEMS
+
     instrument = FHIR_INSTRUMENTS.get(questionnaire.split("|")[0].lower())
     if instrument is None:
         return {}
-    return {alias: item_source_value(instrument, column.upper()) for column, aliases in FHIR_ITEMS.items()
-            for alias in aliases}
+    return {alias: (PROM_VOCABULARY, item_source_value(instrument, column.upper()))
+            for column, aliases in FHIR_ITEMS.items() for alias in aliases}
 
 
 def _answer_value(answer: dict) -> dict | None:
@@ -874,7 +1066,7 @@ def _number(value) -> float | None:
 def iter_resources(path: Path) -> Iterator[dict]:
     """Every resource under ``path`` (used by the naive benchmark and tests)."""
     reader = FhirReader(Path(path).name)
-    for file in reader._files(Path(path)):
+    for file in reader.files(Path(path)):
         opener = gzip.open if file.name.endswith(".gz") else open
         with opener(file, "rb") as handle:
             for line in handle:
@@ -882,5 +1074,6 @@ def iter_resources(path: Path) -> Iterator[dict]:
                     yield orjson.loads(line)
 
 
-def read_fhir(path: Path | str) -> Staged:
-    return FhirReader(Path(path).name).read_path(Path(path))
+def read_fhir(path: Path | str, processes: int | None = None) -> Staged:
+    """Every file under ``path`` staged; ``processes``: see ``FhirReader.read_path``."""
+    return FhirReader(Path(path).name).read_path(Path(path), processes)

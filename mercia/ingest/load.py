@@ -200,8 +200,10 @@ class _Load:
             return
         self.register("losers", losers)
         for name in ("staged_persons_raw", "staged_events", "staged_sites", "staged_removals", "staged_rejects"):
-            con.execute(f"""CREATE TABLE kept AS SELECT * FROM {name} s WHERE NOT EXISTS (
-                SELECT 1 FROM losers l WHERE l.record = s.record AND l.record_hash = s.record_hash)""")
+            loser = f"SELECT 1 FROM losers l WHERE l.record = s.record AND l.record_hash = s.record_hash"
+            if not con.execute(f"SELECT EXISTS (SELECT 1 FROM {name} s WHERE EXISTS ({loser}))").fetchall()[0][0]:
+                continue  # two key columns scanned rather than every column copied
+            con.execute(f"CREATE TABLE kept AS SELECT * FROM {name} s WHERE NOT EXISTS ({loser})")
             con.unregister(name)
             con.execute(f"ALTER TABLE kept RENAME TO {name}")
         bad, stale = pc.field("bad_instant"), pc.field("stale")
@@ -514,9 +516,9 @@ class _Load:
         self.rows["person_link"] += links.num_rows
         con.execute("""CREATE TABLE prov_rows AS SELECT 'person' AS cdm_table, CAST(person_id AS BIGINT) AS row_id,
                        source_record, record_hash FROM new_links""")
-        # sites
+        # sites, numbered in record order (not in the order a parallel scan happens to return them)
         next_site = max_id(store, "care_site", "care_site_id")
-        con.execute(f"""CREATE TABLE site_rows AS SELECT {next_site} + row_number() OVER () AS care_site_id, *
+        con.execute(f"""CREATE TABLE site_rows AS SELECT {next_site} + row_number() OVER (ORDER BY source_record) AS care_site_id, *
                         FROM sites WHERE kind IN ('Organization', 'Location')""")
         care_sites = _table_from_query(con, """SELECT care_site_id, name AS care_site_name,
             COALESCE(ods_code, left(source_record, 50)) AS care_site_source_value,
@@ -524,7 +526,7 @@ class _Load:
         self.rows["care_site"] += store.insert_arrow("care_site", care_sites)
         self._provenance("SELECT 'care_site', care_site_id, source_record, record_hash FROM site_rows")
         next_provider = max_id(store, "provider", "provider_id")
-        con.execute(f"""CREATE TABLE provider_rows AS SELECT {next_provider} + row_number() OVER () AS provider_id, *
+        con.execute(f"""CREATE TABLE provider_rows AS SELECT {next_provider} + row_number() OVER (ORDER BY source_record) AS provider_id, *
                         FROM sites WHERE kind = 'Practitioner'""")
         providers = _table_from_query(con, """SELECT provider_id, left(source_record, 50) AS provider_source_value
                                               FROM provider_rows""")

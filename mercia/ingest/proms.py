@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mercia.cdm import Store
 from mercia.ingest.staging import Staged
@@ -27,11 +28,9 @@ ITEM_CODES = {instrument: [item_source_value(instrument, item) for item in (*DIM
 
 def add_prom_scores(staged: Staged) -> int:
     """Stage the index of every EQ-5D return among ``staged``'s events; returns how many were scored."""
-    # PROM items come from row-staging readers (CSV, the FHIR QuestionnaireResponse mapper), never as
-    # Arrow chunks: a scan of the listed vocabularies spares other extracts a copy of all their events.
-    if PROM_VOCABULARY not in staged.events.listed["vocabulary"]:
-        return 0
     events = staged.events.table()
+    if not pc.any(pc.equal(events.column("vocabulary"), PROM_VOCABULARY)).as_py():
+        return 0
     con = duckdb.connect()
     con.register("events", events)
     codes = ", ".join(f"'{c}'" for codes in ITEM_CODES.values() for c in codes)

@@ -94,71 +94,52 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 class Columns:
-    """Column lists filled row by row by a reader, turned into one Arrow table at the end.
-
-    ``add`` touches only the fields given (readers give a third of them), padding a column with
-    nulls when it is next written; ``listed`` returns those columns aligned.  A vectorised reader
-    appends whole Arrow tables with ``add_table`` instead; ``table`` joins both.
-    """
+    """Rows staged by a reader, in order: one at a time (``add``, a dict of the fields given; readers give
+    a third of them) or as whole Arrow tables (``add_table``); ``table`` is all of them in schema shape.
+    Rows added one at a time become Arrow in one ``Table.from_pylist`` per run of them (three times
+    cheaper than appending to a list per column and converting those)."""
 
     def __init__(self, schema: pa.Schema):
         self.schema = schema
-        self._columns: dict[str, list] = {name: [] for name in schema.names}
-        self._rows = 0
+        self._rows: list[dict] = []
         self._chunks: list[pa.Table] = []
 
     def add(self, **values) -> None:
-        rows = self._rows
-        for name, value in values.items():
-            column = self._columns[name]
-            if len(column) < rows:
-                column.extend([None] * (rows - len(column)))
-            column.append(value)
-        self._rows = rows + 1
+        self._rows.append(values)
 
     def add_table(self, table: pa.Table) -> None:
         if table.num_rows:
+            self._flush()
             self._chunks.append(conform(table, self.schema))
-
-    @property
-    def listed(self) -> dict[str, list]:
-        """The rows added one at a time (not those added as tables), as aligned lists."""
-        for column in self._columns.values():
-            if len(column) < self._rows:
-                column.extend([None] * (self._rows - len(column)))
-        return self._columns
-
-    @property
-    def data(self) -> dict[str, list]:
-        """Every row as aligned lists (tables added so far are folded in)."""
-        listed = self.listed
-        for chunk in self._chunks:
-            for name, values in chunk.to_pydict().items():
-                listed[name].extend(values)
-            self._rows += chunk.num_rows
-        self._chunks = []
-        return listed
 
     def extend(self, columns: dict[str, list], rows: int) -> None:
         """Append ``rows`` rows given as column lists (missing columns are null)."""
-        data = self.data
-        for name, column in data.items():
-            column.extend(columns.get(name) or [None] * rows)
-        self._rows += rows
+        self.add_table(pa.table({name: columns.get(name) or [None] * rows for name in self.schema.names},
+                                schema=self.schema))
 
-    def drop(self, positions: list[int]) -> None:
-        """Remove rows at ``positions`` of ``listed``."""
-        doomed = set(positions)
-        for name, column in self.listed.items():
-            self._columns[name] = [v for i, v in enumerate(column) if i not in doomed]
-        self._rows -= len(doomed)
+    def _flush(self) -> None:
+        if self._rows:
+            unknown = set().union(*self._rows) - set(self.schema.names)  # from_pylist would drop them silently
+            if unknown:
+                raise ValueError(f"staged fields not in the schema: {', '.join(sorted(unknown))}")
+            self._chunks.append(pa.Table.from_pylist(self._rows, schema=self.schema))
+            self._rows = []
+
+    @property
+    def data(self) -> dict[str, list]:
+        """Every row as aligned lists."""
+        return self.table().to_pydict()
 
     def __len__(self) -> int:
-        return self._rows + sum(chunk.num_rows for chunk in self._chunks)
+        return len(self._rows) + sum(chunk.num_rows for chunk in self._chunks)
 
     def table(self) -> pa.Table:
-        listed = pa.table(self.listed, schema=self.schema)
-        return pa.concat_tables([listed, *self._chunks]) if self._chunks else listed
+        self._flush()
+        return pa.concat_tables(self._chunks) if self._chunks else self.schema.empty_table()
+
+
+# The staged row tables of ``Staged``, by attribute name.
+STAGED_TABLES = ("persons", "events", "sites", "rejects", "removals", "versions")
 
 
 @dataclass
@@ -191,9 +172,3 @@ class Staged:
         events = self.events.table().select(["vocabulary", "code"])
         return pa.concat_tables([events, self.values.select(["vocabulary", "code"])]) if self.values is not None \
             else events
-
-    def merge(self, other: Staged) -> None:
-        self.read += other.read
-        for name in ("persons", "events", "sites", "rejects", "removals", "versions"):
-            theirs = getattr(other, name)
-            getattr(self, name).extend(theirs.data, len(theirs))
