@@ -191,9 +191,3 @@ class Staged:
         events = self.events.table().select(["vocabulary", "code"])
         return pa.concat_tables([events, self.values.select(["vocabulary", "code"])]) if self.values is not None \
             else events
-
-    def merge(self, other: Staged) -> None:
-        self.read += other.read
-        for name in ("persons", "events", "sites", "rejects", "removals", "versions"):
-            theirs = getattr(other, name)
-            getattr(self, name).extend(theirs.data, len(theirs))
