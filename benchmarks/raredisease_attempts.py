@@ -65,6 +65,7 @@ def simulate(ranker: Ranker, sim: Simulation) -> tuple[list[Case], list[str]]:
     pool = direct.indices[phenotypic[direct.indices]]  # annotation terms, as often as they are annotated
     parents = ontology.parents
     children = parents.T.tocsr()
+    ids = ontology.ids
     cases, truth = [], []
     for column in rng.choice(eligible, sim.cases, replace=True):
         terms = direct.indices[direct.indptr[column]:direct.indptr[column + 1]]
@@ -94,7 +95,6 @@ def simulate(ranker: Ranker, sim: Simulation) -> tuple[list[Case], list[str]]:
             lacking = terms[(freq <= 0.5) & ~np.isin(terms, chosen)]
             own = min(len(lacking), n // 2 + n % 2)
             excluded = rng.choice(lacking, own, replace=False).tolist() + rng.choice(pool, n - own).tolist()
-        ids = ontology.ids
         cases.append(Case([str(ids[t]) for t in observed], [str(ids[t]) for t in excluded]))
         truth.append(str(ranker.kb.disease_ids[ranker.diseases[column]]))
     return cases, truth
@@ -118,11 +118,11 @@ def rare_match_share(ranker: Ranker, cases: list[Case], pairs: ensemble.Pairs, c
 def held_out_figures(x_real, labels, pairs, folds, cases, columns, settings, x_sim=None, sim_labels=None,
                      sim_case=None, not_cited_copies=1) -> dict:
     held_out = np.zeros(len(labels))
-    cited_case = np.array([c["pmid_cited_in_hpoa_2025_01_16"] for c in cases])
+    cited = np.array([c["pmid_cited_in_hpoa_2025_01_16"] for c in cases])
     for k in range(settings.folds):
         train = folds[pairs.case] != k
         x, y, group = x_real[train], labels[train], pairs.case[train]
-        hard = train & ~cited_case[pairs.case]  # training cases whose publication did not feed the annotations
+        hard = train & ~cited[pairs.case]  # training cases whose publication did not feed the annotations
         for copy in range(1, not_cited_copies):  # each copy is one more query group, i.e. weight per copy
             x = np.vstack([x, x_real[hard]])
             y = np.r_[y, labels[hard]]
@@ -135,7 +135,6 @@ def held_out_figures(x_real, labels, pairs, folds, cases, columns, settings, x_s
         held_out[~train] = trees.predict(x_real[~train])
     ranks = ensemble.reranked_positions(pairs, held_out, columns)
     in_kb = np.array([c["disease_in_hpoa_2025_01_16"] for c in cases])
-    cited = np.array([c["pmid_cited_in_hpoa_2025_01_16"] for c in cases])
     out = {}
     for name, mask in (("all_in_kb", in_kb), ("not_cited", in_kb & ~cited)):
         per_fold = [summarise(ranks[mask & (folds == k)]) for k in range(settings.folds)]

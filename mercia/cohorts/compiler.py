@@ -889,7 +889,7 @@ def concept_sets_query(sets: list[tuple[int, m.ConceptSetExpression]]) -> exp.Qu
         .where(_eq(col("concept_id", "X"), col("concept_id", "R")), copy=False)
     )
     # branches no item asks for are left out (each is a join the engine would run for nothing)
-    flagged = lambda position: any(row[position] for row in rows)  # noqa: E731
+    flagged = lambda flag: any(row[item_columns.index(flag)] for row in rows)  # noqa: E731
     query = (
         exp.select(
             exp.alias_(exp.cast(col("codeset_id", "R"), BIGINT, copy=False), "codeset_id", copy=False),
@@ -900,11 +900,11 @@ def concept_sets_query(sets: list[tuple[int, m.ConceptSetExpression]]) -> exp.Qu
         .from_(table(resolved, "R"), copy=False)
         .where(_eq(col("is_excluded", "R"), num(0)), copy=False)
     )
-    if flagged(2):
+    if flagged("is_excluded"):
         query = query.where(exp.Not(this=exp.Exists(this=excluded)), copy=False)
-    return query.with_(base, as_=union_all([listed, *([descendants] if flagged(3) else [])]), copy=False).with_(
-        resolved, as_=union_all([unmapped, *([mapped] if flagged(4) else [])]), copy=False
-    )
+    base_rows = union_all([listed, *([descendants] if flagged("descendants") else [])])
+    resolved_rows = union_all([unmapped, *([mapped] if flagged("mapped") else [])])
+    return query.with_(base, as_=base_rows, copy=False).with_(resolved, as_=resolved_rows, copy=False)
 
 
 def build_plan(expr: m.CohortExpression, cohort_id: int) -> CohortPlan:

@@ -28,6 +28,7 @@ and a sparse (cases x terms) @ (terms x diseases) product gives every score.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -77,12 +78,16 @@ class TermRows:
     excluded_terms: np.ndarray
     excluded: sp.csr_matrix
 
-    def __post_init__(self):
-        # each matrix's entries as sorted keys, to look up (term, disease) pairs by binary search: scipy's own
-        # lookup scans whole rows when the pairs are few against the matrix (a batch's rows hold ~10^6 entries)
-        for matrix in (self.observed, self.excluded):
-            matrix.sort_indices()  # a no-op for the rows as built; the keys must ascend
-        self.observed_keys, self.excluded_keys = _entry_keys(self.observed), _entry_keys(self.excluded)
+    # each matrix's entries as sorted keys, to look up (term, disease) pairs by binary search: scipy's own lookup
+    # scans whole rows when the pairs are few against the matrix (a batch's rows hold ~10^6 entries); made on
+    # first use, as only explanations (term_log_lrs) look pairs up
+    @cached_property
+    def observed_keys(self) -> np.ndarray:
+        return _sorted_entry_keys(self.observed)
+
+    @cached_property
+    def excluded_keys(self) -> np.ndarray:
+        return _sorted_entry_keys(self.excluded)
 
 
 @dataclass
@@ -466,6 +471,11 @@ def _entry_keys(matrix: sp.csr_matrix) -> np.ndarray:
     """row * columns + column of every stored entry, in storage order (ascending when indices are sorted)."""
     rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
     return rows * matrix.shape[1] + matrix.indices
+
+
+def _sorted_entry_keys(matrix: sp.csr_matrix) -> np.ndarray:
+    matrix.sort_indices()  # a no-op for the rows as built; the keys must ascend
+    return _entry_keys(matrix)
 
 
 def _values_at(matrix: sp.csr_matrix, keys: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
