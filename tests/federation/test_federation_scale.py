@@ -250,6 +250,12 @@ def test_what_is_not_a_node_result_is_refused():
         NodeResult(task_id=1, org="A", nonce="n", status="answered", members=pa.table(
             [pa.array([None], pa.binary(8)), pa.array([None], pa.binary(8)), pa.array([""]).dictionary_encode()],
             schema=MEMBERS))
+    for cell in (pa.DictionaryArray.from_arrays(pa.array([None], pa.int32()), pa.array([""])),   # null index
+                 pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([None], pa.string()))):
+        no_cell = pa.table([pa.array([b"1" * 8], pa.binary(8)), pa.array([None], pa.binary(8)), cell], schema=MEMBERS)
+        with pytest.raises(ValueError, match="no cell"):   # else the hub's count of the question fails, not the result
+            NodeResult.from_wire(NodeResult.model_construct(
+                task_id=1, org="A", nonce="n", status="answered", members=no_cell).to_wire())
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, MEMBERS) as writer:
         writer.write_table(MEMBERS.empty_table())
