@@ -572,9 +572,9 @@ def member_rows(org: str, result: NodeResult) -> pa.Table:
 def token_integers(tokens: pa.FixedSizeBinaryArray) -> pa.Array:
     """8-byte tokens as unsigned 64-bit integers (the bytes as they are: only equality and a fixed order
     matter), null where the token is."""
-    data = tokens.buffers()[1]
+    data = tokens.buffers()[1]   # may be longer than the rows need (a received stream says its buffers' sizes)
     values = (np.zeros(len(tokens), np.uint64) if data is None else
-              np.frombuffer(data, np.uint64)[tokens.offset:tokens.offset + len(tokens)])
+              np.frombuffer(data, np.uint64, count=len(tokens), offset=tokens.offset * 8))
     return pa.array(values, pa.uint64(), mask=tokens.is_null().to_numpy(zero_copy_only=False))
 
 

@@ -80,14 +80,16 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
         hub = hub_of(request)
         end = time.monotonic() + wait
         news = hub.result_news.subscribe()
-        found = await run_in_threadpool(hub.answer, caller, query_id)   # who is asking is checked here
-        while found["status"] == "running" and time.monotonic() < end:
-            await hub.result_news.wait(news, min(ANSWER_LOOK_AGAIN, end - time.monotonic()))
-            news = hub.result_news.subscribe()
-            # between answers, one query says whether the answer can be made yet (no governance reads)
-            if time.monotonic() >= end or await run_in_threadpool(hub.settled, query_id):
-                found = await run_in_threadpool(hub.answer, caller, query_id)
-        hub.result_news.forget(news)
+        try:   # forgotten also when the caller may not see the question (else kept until the next result)
+            found = await run_in_threadpool(hub.answer, caller, query_id)   # who is asking is checked here
+            while found["status"] == "running" and time.monotonic() < end:
+                await hub.result_news.wait(news, min(ANSWER_LOOK_AGAIN, end - time.monotonic()))
+                news = hub.result_news.subscribe()
+                # between answers, one query says whether the answer can be made yet (no governance reads)
+                if time.monotonic() >= end or await run_in_threadpool(hub.settled, query_id):
+                    found = await run_in_threadpool(hub.answer, caller, query_id)
+        finally:
+            hub.result_news.forget(news)
         return found
 
     @router.post("/queries/{query_id}/refresh", tags=["federation"])

@@ -149,6 +149,9 @@ class NodeResult(BaseModel):
             raise ValueError(f"members must be {MEMBERS}, not {members.schema}")
         if pc.any(pc.and_(pc.is_null(members.column("nhs")), pc.is_null(members.column("demographic")))).as_py():
             raise ValueError("a member row with neither token (such members are counted as unlinkable)")
+        cells = members.column("cell")
+        if cells.null_count or any(chunk.dictionary.null_count for chunk in cells.chunks):
+            raise ValueError("a member row with no cell")   # the hub's count could not place it
         return members
 
     def to_wire(self) -> bytes:

@@ -163,7 +163,7 @@ COHORT_TOKENS_SQL = """
 
 def cohort_tokens(store: Store, cohort_table: str, cohort_id: int, salt: str) -> pa.Table:
     """(person_id, nhs, demographic) for the cohort's members, each token salted for this question
-    (``salt_tokens``; 16 bytes, null: none): unlinkable to any other question, and equal at every node for
+    (``salt_tokens``; TOKEN_BYTES = 8 bytes, null: none): unlinkable to any other question, and equal at every node for
     the same person.  Per-person tokens that no longer match the store's links are rebuilt first."""
     if not person_tokens_current(store):
         refresh_person_tokens(store)

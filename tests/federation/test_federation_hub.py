@@ -241,6 +241,9 @@ def test_only_members_of_an_approved_permitted_project_may_ask(network, hub_fact
     assert client.post(f"{PREFIX}/nodes", headers={"Authorization": f"Bearer {token}"},
                        json={"org": "X1", "name": "x", "public_key": "x"}).status_code == 403
     assert gov.audit.verify().ok
+    query_id = ask(client, token, project_id).json()["query_id"]
+    looked = client.get(f"{PREFIX}/queries/{query_id}", headers={"Authorization": f"Bearer {outsider_token}"})
+    assert looked.status_code == 404 and not hub.result_news._waiting   # its long poll left nothing waiting
 
 
 def approved_project_without_permission(hub):

@@ -14,7 +14,7 @@ from mercia.cdm import Store
 from mercia.cdm.extensions import ensure_extension_tables
 from mercia.cohorts import CohortExpression, run_cohort
 from mercia.cohorts.registry import scratch_cohort
-from mercia.federation.hub import member_rows, network_counts
+from mercia.federation.hub import member_rows, network_counts, token_integers
 from mercia.federation.messages import MEMBERS, NodeResult
 from mercia.federation.region import SCALED_TABLES, build_scaled_network, reference_cohort
 from mercia.federation.tokens import (cohort_tokens, network_tokens, new_salt, person_tokens_current, question_key,
@@ -250,9 +250,19 @@ def test_what_is_not_a_node_result_is_refused():
         NodeResult(task_id=1, org="A", nonce="n", status="answered", members=pa.table(
             [pa.array([None], pa.binary(8)), pa.array([None], pa.binary(8)), pa.array([""]).dictionary_encode()],
             schema=MEMBERS))
+    for cell in (pa.DictionaryArray.from_arrays(pa.array([None], pa.int32()), pa.array([""])),   # null index
+                 pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([None], pa.string()))):
+        no_cell = pa.table([pa.array([b"1" * 8], pa.binary(8)), pa.array([None], pa.binary(8)), cell], schema=MEMBERS)
+        with pytest.raises(ValueError, match="no cell"):   # else the hub's count of the question fails, not the result
+            NodeResult.from_wire(NodeResult.model_construct(
+                task_id=1, org="A", nonce="n", status="answered", members=no_cell).to_wire())
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, MEMBERS) as writer:
         writer.write_table(MEMBERS.empty_table())
     with pytest.raises(ValueError, match="no result fields"):
         NodeResult.from_wire(sink.getvalue().to_pybytes())
     assert member_rows("A", NodeResult(task_id=1, org="A", nonce="n", status="refused")).num_rows == 0
+    odd = pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), 2, [None, pa.py_buffer(b"12345678abcdefghXYZ")])
+    assert token_integers(odd).to_pylist() == [
+        int.from_bytes(b"12345678", sys.byteorder), int.from_bytes(b"abcdefgh", sys.byteorder)]
+    assert token_integers(odd.slice(1)).to_pylist() == [int.from_bytes(b"abcdefgh", sys.byteorder)]
