@@ -1010,24 +1010,19 @@ def clear_statements(cohort_ids: list[int], dialect: str) -> list[str]:
 
 def plan_statements(plan: CohortPlan, dialect: str, clear: bool = True) -> list[str]:
     """The SQL script of a built (possibly rewritten) plan on ``dialect``; steps read once are
-    inlined first (``inline_single_reads``).  ``clear``: delete the cohort's earlier rows from each
-    table it writes (off when the caller has cleared them, see ``clear_statements``)."""
+    inlined first (``inline_single_reads``).  ``clear``: first delete the cohort's earlier rows from
+    every table a cohort writes, also those this plan leaves empty (off when the caller has cleared them)."""
     inline_single_reads(plan)
     cohort_id = plan.cohort_id
     statements: list[str] = []
     for name, query in plan.steps:
         statements += materialise(name, query, dialect)
-    id_filter = _eq(col("cohort_definition_id"), num(cohort_id))
+    if clear:
+        statements += clear_statements([cohort_id], dialect)
     writes = {"cohort": plan.cohort_rows, **plan.attrition}
     for tbl, rows in writes.items():
-        if clear:
-            statements.append(render(exp.Delete(this=table(tbl), where=exp.Where(this=id_filter.copy())), dialect))
         statements.append(render(exp.Insert(this=table(tbl), expression=rows), dialect))
     if plan.rules:
-        if clear:
-            statements.append(
-                render(exp.Delete(this=table("cohort_inclusion"), where=exp.Where(this=id_filter.copy())), dialect)
-            )
         values = exp.values(
             [
                 exp.Tuple(

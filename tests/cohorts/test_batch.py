@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from mercia.cohorts import CohortExpression
+from mercia.cohorts import CohortExpression, run_cohort
 from mercia.cohorts.batch import BATCH_CODESETS, BatchPlan, run_batch
 
 from .test_reference import COHORT_IDS, assert_reference
@@ -105,3 +105,16 @@ def test_results_are_read_back_in_one_query(gibleed_engine, reference_dir, expec
     assert [r.summary() for r in again] == [r.summary() for r in results]
     for (_, expr), result in zip(definitions, again, strict=True):
         assert_reference(gibleed_engine, expected, expr, result)
+
+
+def test_a_rerun_without_rules_leaves_no_rows_of_the_earlier_rules(gibleed_engine, reference_dir):
+    """One cohort id re-run alone with a definition that lost its inclusion rules: the earlier
+    rules' names and statistics go with it (each run clears every table a cohort writes)."""
+    (_, expr), = _definitions(reference_dir, [209])  # a reference cohort with inclusion rules
+    assert expr.inclusion_rules
+    rules_of = "SELECT count(*) FROM {} WHERE cohort_definition_id = 9901"
+    run_cohort(gibleed_engine, expr, 9901)
+    assert gibleed_engine.query_one(rules_of.format("cohort_inclusion")) == len(expr.inclusion_rules)
+    run_cohort(gibleed_engine, expr.model_copy(update={"inclusion_rules": []}), 9901)
+    for name in ("cohort_inclusion", "cohort_inclusion_result", "cohort_inclusion_stats"):
+        assert gibleed_engine.query_one(rules_of.format(name)) == 0, name
