@@ -387,8 +387,8 @@ def cached_arrays(kb: KnowledgeBase, name: str, settings: dict, build) -> dict[s
     """Arrays derived from the knowledge base by ``build()`` (e.g. the ranker's true-path matrix), cached beside
     it under a key of its files' content, ``name`` and ``settings``: a cold process loads them instead of
     rebuilding them (the true-path matrix took a fifth of a cold ``diagnose``)."""
-    key = hashlib.blake2b(json.dumps([_hash_files(kb.files), name, settings], sort_keys=True).encode(),
-                          digest_size=16).hexdigest()
+    key = hashlib.blake2b(json.dumps([_hash_files(kb.files), _derivation_code(), name, settings],
+                                     sort_keys=True).encode(), digest_size=16).hexdigest()
     path = cache_dir() / f"{name}-{key}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as arrays:
@@ -396,6 +396,16 @@ def cached_arrays(kb: KnowledgeBase, name: str, settings: dict, build) -> dict[s
     arrays = build()
     _save_npz(path, arrays)
     return arrays
+
+
+@lru_cache(maxsize=1)
+def _derivation_code() -> str:
+    """A hash of the modules that write the derivations cached here, so arrays built by older code are never
+    read back after the code that builds them changed."""
+    digest = hashlib.blake2b(digest_size=16)
+    for module in ("kb.py", "ranker.py", "features.py"):
+        digest.update((Path(__file__).parent / module).read_bytes())
+    return digest.hexdigest()
 
 
 def cached_matrix(kb: KnowledgeBase, name: str, settings: dict, build, shape: tuple[int, int]) -> sp.csr_matrix:

@@ -160,3 +160,21 @@ def test_derived_matrices_come_back_from_the_cache_exactly(kb, tmp_path, monkeyp
     first = kb_module.cached_matrix(kb, "test", {}, lambda: calls.append(1) or ranker.direct, ranker.direct.shape)
     again = kb_module.cached_matrix(kb, "test", {}, lambda: calls.append(1) or ranker.direct, ranker.direct.shape)
     assert calls == [1] and (first != again).nnz == 0 and (first != ranker.direct).nnz == 0
+
+
+def test_cached_arrays_are_keyed_by_the_code_that_derives_them(monkeypatch, tmp_path):
+    """Arrays cached by older code are not read back after the derivation changed."""
+    monkeypatch.setattr(kb_module, "cache_dir", lambda: tmp_path)
+    knowledge = kb_module.default_kb()
+    built = []
+
+    def build():
+        built.append(1)
+        return {"x": np.arange(3)}
+
+    kb_module.cached_arrays(knowledge, "probe", {}, build)
+    kb_module.cached_arrays(knowledge, "probe", {}, build)
+    assert len(built) == 1
+    monkeypatch.setattr(kb_module, "_derivation_code", lambda: "changed")
+    kb_module.cached_arrays(knowledge, "probe", {}, build)
+    assert len(built) == 2
