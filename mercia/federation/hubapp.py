@@ -26,6 +26,9 @@ from mercia.governance.model import Conflict, Forbidden, GovernanceError, NotFou
 
 PREFIX = "/api/v1/federation"
 MAX_WAIT = 25.0
+# Bytes a node request may carry.  A body is read before its signature can be checked, so without a bound
+# anyone could make the hub hold any amount; a node's result for 2 million persons is about 35 MB.
+MAX_NODE_BODY = 256 * 2**20
 # seconds: how often a long poll looks at the store without news from this process (results taken, work
 # issued by another process of a shared store; the deadline).  A node's look costs the hub a query, and
 # every enrolled node is waiting all the time.
@@ -46,6 +49,21 @@ class EnrolRequest(BaseModel):
     public_key: str = Field(min_length=1, max_length=2000)
 
 
+async def bounded_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused with 413 as soon as it is longer than ``limit`` bytes (declared or sent)."""
+    declared = request.headers.get("content-length", "")
+    too_large = HTTPException(413, f"a node request may carry at most {limit} bytes")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User]) -> APIRouter:
     """The federation routes (paths under ``/federation``), for the hub's own app and for a Mercia
     server acting as hub: ``hub_of`` finds the hub for a request, ``user`` is the caller dependency."""
@@ -57,7 +75,7 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
         if spoken != str(PROTOCOL_VERSION) and (spoken or h.get("x-mercia-signature")):   # version 1 did not say
             reason = await run_in_threadpool(hub_of(request).refuse_protocol, h.get("x-mercia-node"), spoken or "1")
             raise HTTPException(426, reason, headers={"Upgrade": f"mercia-federation/{PROTOCOL_VERSION}"})
-        body = await request.body()
+        request.state.body = body = await bounded_body(request, MAX_NODE_BODY)
         return await run_in_threadpool(hub_of(request).authenticate_node, h.get("x-mercia-node"), request.method,
                                        request.url.path, h.get("x-mercia-time"), body, h.get("x-mercia-signature"))
 
@@ -133,7 +151,7 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
         """A node's signed result for one of its tasks: an Arrow IPC stream of its members, the other
         fields as JSON in the stream's schema metadata (``NodeResult.to_wire``)."""
         try:
-            parsed = NodeResult.from_wire(await request.body())
+            parsed = NodeResult.from_wire(request.state.body)   # read, bounded and signature-checked by ``node``
         except ValidationError as exc:
             raise HTTPException(422, f"not a node result: {exc.errors()[0]['msg']}") from exc
         except ValueError as exc:

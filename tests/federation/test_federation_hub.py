@@ -118,6 +118,23 @@ def test_unsigned_wrongly_signed_replayed_and_unknown_requests_are_refused(netwo
     assert answer(client, token, query_id)["status"] == "running"
 
 
+def test_a_node_request_longer_than_the_bound_is_refused_before_it_is_read(network, hub_factory, monkeypatch):
+    """A body is read before its signature is checked: one over the bound gets 413, declared or streamed."""
+    from mercia.federation import hubapp
+    monkeypatch.setattr(hubapp, "MAX_NODE_BODY", 1000)
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    agent = agents(network, client)[network.nodes[0].org]
+    ask(client, token, project_id)
+    result = agent.handle(agent.fetch()[0])
+    refused = agent.post(result)                        # a real, signed result, longer than 1,000 bytes
+    assert refused.status_code == 413 and "at most 1000 bytes" in refused.json()["detail"]
+    streamed = client.post(f"{PREFIX}/node/results", content=iter([b"x" * 600, b"x" * 600]))
+    assert streamed.status_code == 413
+    monkeypatch.setattr(hubapp, "MAX_NODE_BODY", 2**20)
+    assert agent.post(result).status_code == 200        # the same result within the bound is taken
+
+
 @pytest.mark.parametrize("old", [1, 2])
 def test_a_node_of_another_protocol_version_is_refused_clearly_and_audited(network, hub_factory, old):
     """Versions 1 and 2 salted tokens otherwise (never equal to this version's) and version 2 sent JSON results:
