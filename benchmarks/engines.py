@@ -94,6 +94,26 @@ class Clock:
         return value, {"wall": round(time.perf_counter() - started, 3), "cpu": round(self.cpu() - cpu, 3)}
 
 
+def reset_peak_rss(pids: list[int]) -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets a process's VmHWM)."""
+    for pid in pids:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident memory since its last ``reset_peak_rss`` (0 when gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
 def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -102,6 +122,23 @@ def make_region(out: Path, persons: int, seed: int) -> dict:
     """The region as partitioned Parquet, plus GiBleed's concepts and hierarchy as an extra part."""
     clock = Clock([])
     counts, seconds = clock.time(lambda: write_omop_parquet(out, persons, seed))
+    add_vocabulary(out)
+    return {"seconds": seconds, "generated_rows": counts}
+
+
+def reuse_region(out: Path, persons: int) -> dict:
+    """A region written before (``mercia synth omop --out``) with ``persons`` people; GiBleed's parts added once."""
+    con = duckdb.connect()
+    found = con.execute(f"SELECT count(*) FROM read_parquet('{out / 'person' / '*.parquet'}')").fetchone()[0]
+    con.close()
+    if found != persons:
+        raise SystemExit(f"{out} holds {found:,} persons, not --persons {persons:,}")
+    if not (out / "concept" / "part-99999.parquet").exists():
+        add_vocabulary(out)
+    return {"reused": str(out)}
+
+
+def add_vocabulary(out: Path) -> None:
     gibleed = DATA / "eunomia_gibleed"
     con = duckdb.connect()
     con.execute(f"""COPY (SELECT * FROM read_csv('{gibleed / 'concept.csv.gz'}', header=true, all_varchar=true)
@@ -110,12 +147,13 @@ def make_region(out: Path, persons: int, seed: int) -> dict:
     con.execute(f"""COPY (SELECT * FROM read_csv('{gibleed / 'concept_ancestor.csv.gz'}', header=true, all_varchar=true))
                     TO '{out / 'concept_ancestor' / 'part-99999.parquet'}' (FORMAT parquet)""")
     con.close()
-    return {"seconds": seconds, "generated_rows": counts}
 
 
 def open_engine(engine: str, work: Path, args) -> Store:
     if engine == "duckdb":
-        return Store(str(work / "engine.duckdb"))
+        store = Store(str(work / "engine.duckdb"))
+        store.execute(f"SET memory_limit = '{args.duckdb_memory}'")
+        return store
     if engine == "postgres":
         return Store(args.postgres, schema=f"bench_{uuid.uuid4().hex[:10]}")
     return Store(f"spark://{args.spark_master}?warehouse={work / 'spark-warehouse'}&partitions={args.partitions}"
@@ -148,8 +186,12 @@ def main() -> None:
     parser.add_argument("--postgres", default=os.environ.get("MERCIA_TEST_POSTGRES_URL"))
     parser.add_argument("--spark-master", default="local[2]")
     parser.add_argument("--spark-memory", default="2g")
+    parser.add_argument("--duckdb-memory", default="3GB", help="DuckDB's memory_limit (its buffer manager)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--cohorts", default=",".join(map(str, COHORTS)))
+    parser.add_argument("--region", type=Path, help="reuse this region (`mercia synth omop --out DIR --format "
+                                                   "parquet` with the same --persons and --seed) instead of "
+                                                   "generating one in a temporary directory")
     args = parser.parse_args()
     engines = args.engines.split(",")
     if "postgres" in engines and not args.postgres:
@@ -160,21 +202,27 @@ def main() -> None:
                     "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                 "python": platform.python_version()},
                     "persons": args.persons, "seed": args.seed, "engines": engines,
+                    "duckdb": {"memory_limit": args.duckdb_memory} if "duckdb" in engines else None,
                     "spark": {"master": args.spark_master, "driver_memory": args.spark_memory,
                               "shuffle_partitions": args.partitions} if "spark" in engines else None,
                     "counted": "seconds = {wall, cpu}; cpu = this process + its children (Spark's JVM) + the "
                                "PostgreSQL backend of the store's connection. load: load_omop_directory of the "
                                "Parquet region; cohort: run_cohort (compile, execute, attrition), rows compared by "
                                "SHA-256; characterisation: characterise(cohort 521) published output compared with "
-                               "DuckDB's. Load averages are 1-minute, before/after each phase.",
+                               "DuckDB's. Load averages are 1-minute, before/after each phase. peak_rss_mb_cohorts: VmHWM "
+                               "of this process (DuckDB runs in it) and of the Spark JVM over the cohort phase only "
+                               "(reset before it).",
                     "load": {}, "cohorts": [], "load_average": {"start": load_average()}}
     with tempfile.TemporaryDirectory(prefix="mercia-engines-") as tmp:
         work = Path(tmp)
-        parquet = work / "parquet"
-        result["region"] = make_region(parquet, args.persons, args.seed)
+        if args.region:
+            parquet = args.region.resolve()
+            result["region"] = reuse_region(parquet, args.persons)
+        else:
+            parquet = work / "parquet"
+            result["region"] = make_region(parquet, args.persons, args.seed)
         result["load_average"]["after_region"] = load_average()
-        print(f"region: {result['region']['seconds']}, {sum(result['region']['generated_rows'].values()):,} rows",
-              flush=True)
+        print(f"region: {result['region']}"[:200], flush=True)
         stores, clocks = {}, {}
         try:
             for engine in engines:
@@ -185,6 +233,9 @@ def main() -> None:
                 result["load"][engine] = {"seconds": seconds, "rows": sum(report.rows.values()),
                                           "load_average_after": load_average()}
                 print(f"load {engine}: {seconds} ({sum(report.rows.values()):,} rows)", flush=True)
+            processes = {"this_process (DuckDB, drivers)": os.getpid(),
+                         **{f"child {pid} (Spark JVM)": pid for pid in _descendants(os.getpid())}}
+            reset_peak_rss(list(processes.values()))
             for cohort_id in cohort_ids:
                 expr = CohortExpression.from_json((DATA / "ohdsi_reference" / "cohorts" / f"{cohort_id}.json").read_bytes())
                 entry: dict = {"cohort_id": cohort_id, "seconds": {}, "persons": {}, "entries": {}, "rows_sha256": {}}
@@ -198,6 +249,7 @@ def main() -> None:
                 result["cohorts"].append(entry)
                 print(cohort_id, entry["seconds"], entry["persons"], "identical" if entry["identical_rows"] else "DIFFER",
                       flush=True)
+            result["peak_rss_mb_cohorts"] = {name: peak_rss_mb(pid) for name, pid in processes.items()}
             if CHARACTERISED in cohort_ids:
                 outputs, timing = {}, {}
                 for engine, store in stores.items():
@@ -211,7 +263,7 @@ def main() -> None:
                 drop(store)
     result["all_identical"] = (all(c["identical_rows"] for c in result["cohorts"])
                                and all(result.get("characterisation", {}).get("equal_to_first_engine", {}).values()))
-    result["peak_rss_mb"] = {"this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    result["peak_rss_mb"] = {"this_process_whole_run": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                              "waited_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
     result["totals"] = {engine: {"cohort_wall": round(sum(c["seconds"][engine]["wall"] for c in result["cohorts"]), 2),
                                  "cohort_cpu": round(sum(c["seconds"][engine]["cpu"] for c in result["cohorts"]), 2)}

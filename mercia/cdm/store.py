@@ -341,9 +341,9 @@ class Store(ABC):
         """Outside a transaction, move recent writes into the engine's compressed, zone-mapped
         storage (DuckDB ``CHECKPOINT``); nothing elsewhere.  Failure is harmless."""
 
-    def create_temp_table(self, name: str, select_sql: str) -> None:
+    def create_temp_table(self, name: str, select_sql: str, params: Sequence[Any] | None = None) -> None:
         """A table of this session holding ``select_sql``'s rows, computed now; gone with the session."""
-        self.execute(f"CREATE TEMPORARY TABLE {quote(name)} AS {select_sql}")
+        self.execute(f"CREATE TEMPORARY TABLE {quote(name)} AS {select_sql}", params)
 
     def drop_temp_table(self, name: str) -> None:
         self.execute(f"DROP TABLE IF EXISTS {quote(name)}")

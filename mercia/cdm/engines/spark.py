@@ -36,6 +36,8 @@ _SESSION_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.timestampType": "TIMESTAMP_NTZ",  # CDM datetimes carry no time zone
 }
+# Spark SQL has no CREATE TEMPORARY TABLE ... AS; this store runs it as ``create_temp_table``.
+_CREATE_TEMP_TABLE = re.compile(r"CREATE\s+TEMPORARY\s+TABLE\s+\"?(\w+)\"?\s+AS\s+(.*)", re.DOTALL | re.IGNORECASE)
 _STATEMENT_END = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|;", re.DOTALL)
 _local_lock = threading.Lock()
 
@@ -176,7 +178,10 @@ class SparkStore(Store):
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         statements = [sql] if params is not None else split_statements(sql)
         for statement in statements:
-            if statement[:6].upper() == "DELETE":
+            temp_table = _CREATE_TEMP_TABLE.fullmatch(statement) if params is None else None
+            if temp_table:
+                self.create_temp_table(*temp_table.groups())
+            elif statement[:6].upper() == "DELETE":
                 self._delete(statement, params)
             else:
                 self._collect(statement, params)
@@ -198,10 +203,11 @@ class SparkStore(Store):
         except self._errors as exc:
             raise self._error(exc, sql) from exc
 
-    def create_temp_table(self, name: str, select_sql: str) -> None:
+    def create_temp_table(self, name: str, select_sql: str, params: Sequence[Any] | None = None) -> None:
         """Spark has no temporary tables: a temporary view over the rows computed now (a local
-        checkpoint; a cached view would be recomputed once its source tables change)."""
-        rows = self._sql(select_sql)
+        checkpoint, in the session's memory or local disk, no files in the warehouse and no catalog
+        entry; a cached view would be recomputed once its source tables change)."""
+        rows = self._sql(select_sql, params)
         try:
             rows.localCheckpoint(eager=True).createOrReplaceTempView(name)
         except self._errors as exc:
@@ -211,7 +217,9 @@ class SparkStore(Store):
         self.execute(f"DROP VIEW IF EXISTS {quote(name)}")
 
     def _delete(self, sql: str, params: Sequence[Any] | None) -> None:
-        """``DELETE FROM t WHERE c`` on Parquet: keep the rows where c is not true, via a staging table."""
+        """``DELETE FROM t WHERE c`` on Parquet: nothing when no row matches (one small query), else the
+        rows where c is not true, checkpointed, overwrite the table (Spark reads no file of the table it
+        overwrites then)."""
         try:
             tree = sqlglot.parse_one(sql, read="spark")
         except sqlglot.errors.ParseError as exc:
@@ -221,14 +229,17 @@ class SparkStore(Store):
         if where is None:
             self.truncate(table)
             return
-        keep = exp.not_(exp.func("coalesce", where.this.copy(), exp.false()))
-        stage = f"_mercia_keep_{uuid.uuid4().hex[:12]}"
-        select = exp.select("*").from_(exp.to_table(table)).where(keep).sql(dialect="spark")
-        self._sql(f"CREATE TABLE {quote(stage)} USING parquet AS {select}", params)
+        matched = exp.select("1").from_(exp.to_table(table)).where(where.this.copy()).limit(1)
+        if not self._collect(matched.sql(dialect="spark"), params):
+            return
+        keep = exp.select("*").from_(exp.to_table(table)).where(
+            exp.not_(exp.func("coalesce", where.this.copy(), exp.false()))).sql(dialect="spark")
+        view = f"_mercia_keep_{uuid.uuid4().hex[:12]}"
+        self.create_temp_table(view, keep, params)
         try:
-            self._collect(f"INSERT OVERWRITE TABLE {quote(table)} SELECT * FROM {quote(stage)}", None)
+            self._collect(f"INSERT OVERWRITE TABLE {quote(table)} SELECT * FROM {quote(view)}", None)
         finally:
-            self._collect(f"DROP TABLE IF EXISTS {quote(stage)}", None)
+            self.drop_temp_table(view)
 
     # -- transactions: staging tables swapped in at commit ---------------------------------
     def _begin(self) -> None:
