@@ -212,7 +212,14 @@ def main() -> None:
                                "DuckDB's. Load averages are 1-minute, before/after each phase. peak_rss_mb_cohorts: VmHWM "
                                "of this process (DuckDB runs in it) and of the Spark JVM over the cohort phase only "
                                "(reset before it).",
-                    "load": {}, "cohorts": [], "load_average": {"start": load_average()}}
+                    "load": {}, "cohorts": [], "load_average": {"start": load_average()}, "complete": False}
+    out = ROOT / "benchmarks" / "results" / f"engines-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        """Written after every step, so a run cut short still leaves what it measured ("complete": false)."""
+        out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+
     with tempfile.TemporaryDirectory(prefix="mercia-engines-") as tmp:
         work = Path(tmp)
         if args.region:
@@ -233,6 +240,7 @@ def main() -> None:
                 result["load"][engine] = {"seconds": seconds, "rows": sum(report.rows.values()),
                                           "load_average_after": load_average()}
                 print(f"load {engine}: {seconds} ({sum(report.rows.values()):,} rows)", flush=True)
+                save()
             processes = {"this_process (DuckDB, drivers)": os.getpid(),
                          **{f"child {pid} (Spark JVM)": pid for pid in _descendants(os.getpid())}}
             reset_peak_rss(list(processes.values()))
@@ -247,9 +255,10 @@ def main() -> None:
                 entry["identical_rows"] = len(set(entry["rows_sha256"].values())) == 1
                 entry["load_average_after"] = load_average()
                 result["cohorts"].append(entry)
+                result["peak_rss_mb_cohorts"] = {name: peak_rss_mb(pid) for name, pid in processes.items()}
+                save()
                 print(cohort_id, entry["seconds"], entry["persons"], "identical" if entry["identical_rows"] else "DIFFER",
                       flush=True)
-            result["peak_rss_mb_cohorts"] = {name: peak_rss_mb(pid) for name, pid in processes.items()}
             if CHARACTERISED in cohort_ids:
                 outputs, timing = {}, {}
                 for engine, store in stores.items():
@@ -268,9 +277,8 @@ def main() -> None:
     result["totals"] = {engine: {"cohort_wall": round(sum(c["seconds"][engine]["wall"] for c in result["cohorts"]), 2),
                                  "cohort_cpu": round(sum(c["seconds"][engine]["cpu"] for c in result["cohorts"]), 2)}
                         for engine in engines}
-    out = ROOT / "benchmarks" / "results" / f"engines-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    result["complete"] = True
+    save()
     print(f"wrote {out}")
 
 
