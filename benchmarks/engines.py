@@ -15,7 +15,12 @@ Spark JVM) and, for PostgreSQL, the server backend of the store's connection (re
 work outside that backend.  Writes a fresh ``benchmarks/results/engines-<UTC time>.json`` per run.
 
     PYTHONPATH=. .venv/bin/python benchmarks/engines.py --persons 100000 \\
-        [--postgres postgresql://...] [--spark-master local[2]] [--engines duckdb,postgres,spark]
+        [--postgres postgresql://...] [--spark-master local[2]] [--engines duckdb,postgres,spark] \\
+        [--region DIR]   # a region written before by `mercia synth omop --out DIR --format parquet`
+
+Engines may also run side by side, one process each (``--engines spark`` …), then
+``--compare A.json B.json C.json`` checks that their rows are identical.  The JSON is rewritten after
+every step ("complete": false until the end).
 """
 
 from __future__ import annotations
@@ -178,6 +183,30 @@ def published(store: Store) -> dict:
     return data
 
 
+def compare(paths: list[Path]) -> None:
+    """Runs of one region on separate engines (``--engines`` one each, run side by side): whether each
+    cohort's rows (and the characterisation, where recorded) are identical across them; written as
+    ``engines-compare-<UTC>.json`` beside the runs."""
+    runs = [orjson.loads(p.read_bytes()) for p in paths]
+    if len({(r["persons"], r["seed"]) for r in runs}) != 1:
+        raise SystemExit("the runs are of different regions (--persons/--seed)")
+    digests = {e: {c["cohort_id"]: c["rows_sha256"][e] for c in r["cohorts"]} for r in runs for e in r["engines"]}
+    shared = sorted(set.intersection(*[set(d) for d in digests.values()]))
+    cohorts = {str(cid): len({d[cid] for d in digests.values()}) == 1 for cid in shared}
+    characterised = {e: r["characterisation"]["sha256"][e] for r in runs for e in r["engines"]
+                     if "sha256" in r.get("characterisation", {})}
+    result = {"benchmark": "engines-compare", "runs": [p.name for p in paths], "persons": runs[0]["persons"],
+              "counted": "rows_sha256 of every cohort present in all runs compared across engines; the "
+                         "characterisation's published output by SHA-256 where the runs recorded it",
+              "cohorts_identical": cohorts, "all_cohorts_identical": all(cohorts.values()),
+              "cohorts_compared": len(shared),
+              "characterisation_identical": (len(set(characterised.values())) == 1) if len(characterised) > 1
+              else None}
+    out = ROOT / "benchmarks" / "results" / f"engines-compare-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(f"{len(shared)} cohorts, identical: {result['all_cohorts_identical']}; wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--persons", type=int, default=100_000)
@@ -192,7 +221,12 @@ def main() -> None:
     parser.add_argument("--region", type=Path, help="reuse this region (`mercia synth omop --out DIR --format "
                                                    "parquet` with the same --persons and --seed) instead of "
                                                    "generating one in a temporary directory")
+    parser.add_argument("--compare", type=Path, nargs="+", metavar="JSON",
+                        help="compare the rows of earlier runs on separate engines instead of running")
     args = parser.parse_args()
+    if args.compare:
+        compare(args.compare)
+        return
     engines = args.engines.split(",")
     if "postgres" in engines and not args.postgres:
         parser.error("PostgreSQL needs --postgres URL or MERCIA_TEST_POSTGRES_URL")
@@ -265,7 +299,9 @@ def main() -> None:
                     outputs[engine], timing[engine] = clocks[engine].time(lambda s=store: published(s))
                 result["characterisation"] = {
                     "cohort_id": CHARACTERISED, "seconds": timing, "load_average_after": load_average(),
-                    "equal_to_first_engine": {e: outputs[e] == outputs[engines[0]] for e in engines[1:]}}
+                    "equal_to_first_engine": {e: outputs[e] == outputs[engines[0]] for e in engines[1:]},
+                    "sha256": {e: hashlib.sha256(orjson.dumps(o, option=orjson.OPT_SORT_KEYS)).hexdigest()
+                               for e, o in outputs.items()}}
                 print("characterise", timing, result["characterisation"]["equal_to_first_engine"], flush=True)
         finally:
             for store in stores.values():
