@@ -15,7 +15,12 @@ Spark JVM) and, for PostgreSQL, the server backend of the store's connection (re
 work outside that backend.  Writes a fresh ``benchmarks/results/engines-<UTC time>.json`` per run.
 
     PYTHONPATH=. .venv/bin/python benchmarks/engines.py --persons 100000 \\
-        [--postgres postgresql://...] [--spark-master local[2]] [--engines duckdb,postgres,spark]
+        [--postgres postgresql://...] [--spark-master local[2]] [--engines duckdb,postgres,spark] \\
+        [--region DIR]   # a region written before by `mercia synth omop --out DIR --format parquet`
+
+Engines may also run side by side, one process each (``--engines spark`` …), then
+``--compare A.json B.json C.json`` checks that their rows are identical.  The JSON is rewritten after
+every step ("complete": false until the end).
 """
 
 from __future__ import annotations
@@ -94,6 +99,26 @@ class Clock:
         return value, {"wall": round(time.perf_counter() - started, 3), "cpu": round(self.cpu() - cpu, 3)}
 
 
+def reset_peak_rss(pids: list[int]) -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets a process's VmHWM)."""
+    for pid in pids:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident memory since its last ``reset_peak_rss`` (0 when gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
 def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -102,6 +127,23 @@ def make_region(out: Path, persons: int, seed: int) -> dict:
     """The region as partitioned Parquet, plus GiBleed's concepts and hierarchy as an extra part."""
     clock = Clock([])
     counts, seconds = clock.time(lambda: write_omop_parquet(out, persons, seed))
+    add_vocabulary(out)
+    return {"seconds": seconds, "generated_rows": counts}
+
+
+def reuse_region(out: Path, persons: int) -> dict:
+    """A region written before (``mercia synth omop --out``) with ``persons`` people; GiBleed's parts added once."""
+    con = duckdb.connect()
+    found = con.execute(f"SELECT count(*) FROM read_parquet('{out / 'person' / '*.parquet'}')").fetchone()[0]
+    con.close()
+    if found != persons:
+        raise SystemExit(f"{out} holds {found:,} persons, not --persons {persons:,}")
+    if not (out / "concept" / "part-99999.parquet").exists():
+        add_vocabulary(out)
+    return {"reused": str(out)}
+
+
+def add_vocabulary(out: Path) -> None:
     gibleed = DATA / "eunomia_gibleed"
     con = duckdb.connect()
     con.execute(f"""COPY (SELECT * FROM read_csv('{gibleed / 'concept.csv.gz'}', header=true, all_varchar=true)
@@ -110,12 +152,13 @@ def make_region(out: Path, persons: int, seed: int) -> dict:
     con.execute(f"""COPY (SELECT * FROM read_csv('{gibleed / 'concept_ancestor.csv.gz'}', header=true, all_varchar=true))
                     TO '{out / 'concept_ancestor' / 'part-99999.parquet'}' (FORMAT parquet)""")
     con.close()
-    return {"seconds": seconds, "generated_rows": counts}
 
 
 def open_engine(engine: str, work: Path, args) -> Store:
     if engine == "duckdb":
-        return Store(str(work / "engine.duckdb"))
+        store = Store(str(work / "engine.duckdb"))
+        store.execute(f"SET memory_limit = '{args.duckdb_memory}'")
+        return store
     if engine == "postgres":
         return Store(args.postgres, schema=f"bench_{uuid.uuid4().hex[:10]}")
     return Store(f"spark://{args.spark_master}?warehouse={work / 'spark-warehouse'}&partitions={args.partitions}"
@@ -140,6 +183,30 @@ def published(store: Store) -> dict:
     return data
 
 
+def compare(paths: list[Path]) -> None:
+    """Runs of one region on separate engines (``--engines`` one each, run side by side): whether each
+    cohort's rows (and the characterisation, where recorded) are identical across them; written as
+    ``engines-compare-<UTC>.json`` beside the runs."""
+    runs = [orjson.loads(p.read_bytes()) for p in paths]
+    if len({(r["persons"], r["seed"]) for r in runs}) != 1:
+        raise SystemExit("the runs are of different regions (--persons/--seed)")
+    digests = {e: {c["cohort_id"]: c["rows_sha256"][e] for c in r["cohorts"]} for r in runs for e in r["engines"]}
+    shared = sorted(set.intersection(*[set(d) for d in digests.values()]))
+    cohorts = {str(cid): len({d[cid] for d in digests.values()}) == 1 for cid in shared}
+    characterised = {e: r["characterisation"]["sha256"][e] for r in runs for e in r["engines"]
+                     if "sha256" in r.get("characterisation", {})}
+    result = {"benchmark": "engines-compare", "runs": [p.name for p in paths], "persons": runs[0]["persons"],
+              "counted": "rows_sha256 of every cohort present in all runs compared across engines; the "
+                         "characterisation's published output by SHA-256 where the runs recorded it",
+              "cohorts_identical": cohorts, "all_cohorts_identical": all(cohorts.values()),
+              "cohorts_compared": len(shared),
+              "characterisation_identical": (len(set(characterised.values())) == 1) if len(characterised) > 1
+              else None}
+    out = ROOT / "benchmarks" / "results" / f"engines-compare-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(f"{len(shared)} cohorts, identical: {result['all_cohorts_identical']}; wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--persons", type=int, default=100_000)
@@ -148,9 +215,18 @@ def main() -> None:
     parser.add_argument("--postgres", default=os.environ.get("MERCIA_TEST_POSTGRES_URL"))
     parser.add_argument("--spark-master", default="local[2]")
     parser.add_argument("--spark-memory", default="2g")
+    parser.add_argument("--duckdb-memory", default="3GB", help="DuckDB's memory_limit (its buffer manager)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--cohorts", default=",".join(map(str, COHORTS)))
+    parser.add_argument("--region", type=Path, help="reuse this region (`mercia synth omop --out DIR --format "
+                                                   "parquet` with the same --persons and --seed) instead of "
+                                                   "generating one in a temporary directory")
+    parser.add_argument("--compare", type=Path, nargs="+", metavar="JSON",
+                        help="compare the rows of earlier runs on separate engines instead of running")
     args = parser.parse_args()
+    if args.compare:
+        compare(args.compare)
+        return
     engines = args.engines.split(",")
     if "postgres" in engines and not args.postgres:
         parser.error("PostgreSQL needs --postgres URL or MERCIA_TEST_POSTGRES_URL")
@@ -160,21 +236,34 @@ def main() -> None:
                     "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                 "python": platform.python_version()},
                     "persons": args.persons, "seed": args.seed, "engines": engines,
+                    "duckdb": {"memory_limit": args.duckdb_memory} if "duckdb" in engines else None,
                     "spark": {"master": args.spark_master, "driver_memory": args.spark_memory,
                               "shuffle_partitions": args.partitions} if "spark" in engines else None,
                     "counted": "seconds = {wall, cpu}; cpu = this process + its children (Spark's JVM) + the "
                                "PostgreSQL backend of the store's connection. load: load_omop_directory of the "
                                "Parquet region; cohort: run_cohort (compile, execute, attrition), rows compared by "
                                "SHA-256; characterisation: characterise(cohort 521) published output compared with "
-                               "DuckDB's. Load averages are 1-minute, before/after each phase.",
-                    "load": {}, "cohorts": [], "load_average": {"start": load_average()}}
+                               "DuckDB's. Load averages are 1-minute, before/after each phase. peak_rss_mb_cohorts: VmHWM "
+                               "of this process (DuckDB runs in it) and of the Spark JVM over the cohort phase only "
+                               "(reset before it).",
+                    "load": {}, "cohorts": [], "load_average": {"start": load_average()}, "complete": False}
+    out = ROOT / "benchmarks" / "results" / f"engines-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        """Written after every step, so a run cut short still leaves what it measured ("complete": false)."""
+        out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+
     with tempfile.TemporaryDirectory(prefix="mercia-engines-") as tmp:
         work = Path(tmp)
-        parquet = work / "parquet"
-        result["region"] = make_region(parquet, args.persons, args.seed)
+        if args.region:
+            parquet = args.region.resolve()
+            result["region"] = reuse_region(parquet, args.persons)
+        else:
+            parquet = work / "parquet"
+            result["region"] = make_region(parquet, args.persons, args.seed)
         result["load_average"]["after_region"] = load_average()
-        print(f"region: {result['region']['seconds']}, {sum(result['region']['generated_rows'].values()):,} rows",
-              flush=True)
+        print(f"region: {result['region']}"[:200], flush=True)
         stores, clocks = {}, {}
         try:
             for engine in engines:
@@ -185,6 +274,10 @@ def main() -> None:
                 result["load"][engine] = {"seconds": seconds, "rows": sum(report.rows.values()),
                                           "load_average_after": load_average()}
                 print(f"load {engine}: {seconds} ({sum(report.rows.values()):,} rows)", flush=True)
+                save()
+            processes = {"this_process (DuckDB, drivers)": os.getpid(),
+                         **{f"child {pid} (Spark JVM)": pid for pid in _descendants(os.getpid())}}
+            reset_peak_rss(list(processes.values()))
             for cohort_id in cohort_ids:
                 expr = CohortExpression.from_json((DATA / "ohdsi_reference" / "cohorts" / f"{cohort_id}.json").read_bytes())
                 entry: dict = {"cohort_id": cohort_id, "seconds": {}, "persons": {}, "entries": {}, "rows_sha256": {}}
@@ -196,6 +289,8 @@ def main() -> None:
                 entry["identical_rows"] = len(set(entry["rows_sha256"].values())) == 1
                 entry["load_average_after"] = load_average()
                 result["cohorts"].append(entry)
+                result["peak_rss_mb_cohorts"] = {name: peak_rss_mb(pid) for name, pid in processes.items()}
+                save()
                 print(cohort_id, entry["seconds"], entry["persons"], "identical" if entry["identical_rows"] else "DIFFER",
                       flush=True)
             if CHARACTERISED in cohort_ids:
@@ -204,21 +299,22 @@ def main() -> None:
                     outputs[engine], timing[engine] = clocks[engine].time(lambda s=store: published(s))
                 result["characterisation"] = {
                     "cohort_id": CHARACTERISED, "seconds": timing, "load_average_after": load_average(),
-                    "equal_to_first_engine": {e: outputs[e] == outputs[engines[0]] for e in engines[1:]}}
+                    "equal_to_first_engine": {e: outputs[e] == outputs[engines[0]] for e in engines[1:]},
+                    "sha256": {e: hashlib.sha256(orjson.dumps(o, option=orjson.OPT_SORT_KEYS)).hexdigest()
+                               for e, o in outputs.items()}}
                 print("characterise", timing, result["characterisation"]["equal_to_first_engine"], flush=True)
         finally:
             for store in stores.values():
                 drop(store)
     result["all_identical"] = (all(c["identical_rows"] for c in result["cohorts"])
                                and all(result.get("characterisation", {}).get("equal_to_first_engine", {}).values()))
-    result["peak_rss_mb"] = {"this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    result["peak_rss_mb"] = {"this_process_whole_run": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                              "waited_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
     result["totals"] = {engine: {"cohort_wall": round(sum(c["seconds"][engine]["wall"] for c in result["cohorts"]), 2),
                                  "cohort_cpu": round(sum(c["seconds"][engine]["cpu"] for c in result["cohorts"]), 2)}
                         for engine in engines}
-    out = ROOT / "benchmarks" / "results" / f"engines-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    result["complete"] = True
+    save()
     print(f"wrote {out}")
 
 

@@ -4,7 +4,8 @@ Spark write a partitioned table).
 
 Every file is parsed by DuckDB (``read_csv`` / ``read_parquet``) into the CDM's own column types and
 streamed as Arrow record batches into the store's native bulk path (DuckDB Arrow scan, PostgreSQL
-``COPY``).  Nothing is inserted row by row.
+``COPY``), except Parquet on an engine that reads it itself (Spark: ``Store.load_parquet``, the same
+rules in the engine's casts).  Nothing is inserted row by row.
 
 Rules (documented in docs/cdm.md):
 
@@ -193,14 +194,35 @@ def _conversion(raw: str, column: Column, source_type: str) -> str:
 
 
 @dataclass
+class _Part:
+    """One file of a plan."""
+
+    path: Path
+    sql: str  # reads the file in CDM types, with the check columns
+    schema: tuple[tuple[str, str], ...]  # the file's columns and their types as DuckDB reads them
+
+
+@dataclass
 class _Plan:
     """How one file (or a folder of Parquet parts) maps onto its CDM table."""
 
     table: Table
     path: Path
-    parts: list[tuple[Path, str]]  # each file with the SQL reading it in CDM types
-    columns: list[str]  # CDM columns present in the file, in CDM order
+    parts: list[_Part]
+    sources: dict[str, str]  # each CDM column present in the file -> its name there, in CDM order
     report: FileLoad
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.sources)
+
+    @property
+    def schema_groups(self) -> list[list[Path]]:
+        """The parts grouped by identical column types (in part order), for engines reading them together."""
+        groups: dict[tuple, list[Path]] = {}
+        for part in self.parts:
+            groups.setdefault(part.schema, []).append(part.path)
+        return list(groups.values())
 
 
 def _plan(con: duckdb.DuckDBPyConnection, table: Table, path: Path) -> _Plan:
@@ -215,7 +237,7 @@ def _plan(con: duckdb.DuckDBPyConnection, table: Table, path: Path) -> _Plan:
             raise LoadError(other.path, f"columns differ from those of {first.path.name} in the same table folder")
     report = FileLoad(table.name, path, missing_columns=first.report.missing_columns,
                       unknown_columns=first.report.unknown_columns)
-    return _Plan(table, path, [part for plan in plans for part in plan.parts], first.columns, report)
+    return _Plan(table, path, [part for plan in plans for part in plan.parts], first.sources, report)
 
 
 def _plan_file(con: duckdb.DuckDBPyConnection, table: Table, path: Path) -> _Plan:
@@ -253,7 +275,8 @@ def _plan_file(con: duckdb.DuckDBPyConnection, table: Table, path: Path) -> _Pla
     outer.append(f"CASE {' '.join(bad_column)} END AS _mercia_bad_column")
     outer.append(f"CASE {' '.join(bad_value)} END AS _mercia_bad_value")
     sql = f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM {scan})"
-    return _Plan(table, path, [(path, sql)], [c.name for c in present], report)
+    sources = {c.name: by_lower[c.name][0] for c in present}
+    return _Plan(table, path, [_Part(path, sql, tuple(described))], sources, report)
 
 
 def _duck_error(path: Path, exc: duckdb.Error) -> LoadError:
@@ -267,8 +290,8 @@ def _duck_error(path: Path, exc: duckdb.Error) -> LoadError:
 
 def _batches(con: duckdb.DuckDBPyConnection, plan: _Plan) -> Iterator[pa.RecordBatch]:
     """The plan's rows in CDM types, checked; raises LoadError at the first bad value."""
-    for path, sql in plan.parts:
-        yield from _file_batches(con, plan, path, sql)
+    for part in plan.parts:
+        yield from _file_batches(con, plan, part.path, part.sql)
 
 
 def _file_batches(con: duckdb.DuckDBPyConnection, plan: _Plan, path: Path, sql: str) -> Iterator[pa.RecordBatch]:
@@ -282,12 +305,8 @@ def _file_batches(con: duckdb.DuckDBPyConnection, plan: _Plan, path: Path, sql: 
             bad = batch.column("_mercia_bad_column")
             if bad.null_count < batch.num_rows:
                 index = pc.index(pc.is_valid(bad), True).as_py()
-                column = bad[index].as_py()
-                value = batch.column("_mercia_bad_value")[index].as_py()
-                spec = plan.table.column(column)
-                reason = (f"empty value in required column (type {spec.sql_type})" if value is None
-                          else f"cannot read {value!r} as {spec.sql_type}")
-                raise LoadError(path, reason, line=first_line + seen + index, column=column, row_word=row_word)
+                raise _bad_value(plan, path, first_line + seen + index, bad[index].as_py(),
+                                 batch.column("_mercia_bad_value")[index].as_py(), row_word)
             seen += batch.num_rows
             batch = batch.drop_columns(["_mercia_bad_column", "_mercia_bad_value"])
             for name in required_concepts:
@@ -299,6 +318,14 @@ def _file_batches(con: duckdb.DuckDBPyConnection, plan: _Plan, path: Path, sql: 
             yield batch
     except duckdb.Error as exc:
         raise _duck_error(path, exc) from None
+
+
+def _bad_value(plan: _Plan, path: Path, line: int, column: str, value: str | None, row_word: str) -> LoadError:
+    """The error for a value that cannot go into its CDM column (None: empty in a required column)."""
+    spec = plan.table.column(column)
+    reason = (f"empty value in required column (type {spec.sql_type})" if value is None
+              else f"cannot read {value!r} as {spec.sql_type}")
+    return LoadError(path, reason, line=line, column=column, row_word=row_word)
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -320,13 +347,28 @@ def load_omop_files(store: Store, files: dict[str, Path], report: LoadReport | N
                     store.execute(f"DROP TABLE IF EXISTS {quote(cache)}")
             for plan in plans:
                 store.truncate(plan.table.name)
-                for batch in _batches(con, plan):
-                    plan.report.rows += store.insert_arrow(plan.table.name, pa.Table.from_batches([batch]))
+                _load_plan(store, con, plan)
                 report.files.append(plan.report)
     finally:
         con.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _load_plan(store: Store, con: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
+    """Append one plan's rows: Parquet read by the engine itself where it can (Spark), else Arrow
+    batches parsed and checked here."""
+    if all(part.path.name.lower().endswith(".parquet") for part in plan.parts):
+        loaded = store.load_parquet(plan.table, plan.schema_groups, plan.sources)
+        if loaded is not None:
+            if loaded.bad is not None:
+                path = next(p.path for p in plan.parts if p.path.name == loaded.bad.file_name)
+                raise _bad_value(plan, path, loaded.bad.row, loaded.bad.column, loaded.bad.value, "row")
+            plan.report.rows += loaded.rows
+            plan.report.zeroed_concept_ids = {c: n for c, n in loaded.zeroed_concept_ids.items() if n}
+            return
+    for batch in _batches(con, plan):
+        plan.report.rows += store.insert_arrow(plan.table.name, pa.Table.from_batches([batch]))
 
 
 def load_omop_directory(store: Store, directory: Path | str, tables: Sequence[str] | None = None,

@@ -14,6 +14,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -50,6 +51,27 @@ class _Shared:
         if self.allocator is not None:
             self.allocator.close()
             self.allocator = None
+
+
+@dataclass
+class BadValue:
+    """The first value of a load that cannot go into its CDM column: part file name, row (1-based),
+    column, and the value as text (None: empty in a required column)."""
+
+    file_name: str
+    row: int
+    column: str
+    value: str | None
+
+
+@dataclass
+class ParquetLoad:
+    """What an engine that reads Parquet itself appended: rows, NULLs in required ``*_concept_id``
+    columns written as 0 (per column), and the first bad value, if any (the caller then rolls back)."""
+
+    rows: int
+    zeroed_concept_ids: dict[str, int]
+    bad: BadValue | None = None
 
 
 class StoreUnavailable(StoreError):
@@ -319,9 +341,9 @@ class Store(ABC):
         """Outside a transaction, move recent writes into the engine's compressed, zone-mapped
         storage (DuckDB ``CHECKPOINT``); nothing elsewhere.  Failure is harmless."""
 
-    def create_temp_table(self, name: str, select_sql: str) -> None:
+    def create_temp_table(self, name: str, select_sql: str, params: Sequence[Any] | None = None) -> None:
         """A table of this session holding ``select_sql``'s rows, computed now; gone with the session."""
-        self.execute(f"CREATE TEMPORARY TABLE {quote(name)} AS {select_sql}")
+        self.execute(f"CREATE TEMPORARY TABLE {quote(name)} AS {select_sql}", params)
 
     def drop_temp_table(self, name: str) -> None:
         self.execute(f"DROP TABLE IF EXISTS {quote(name)}")
@@ -397,6 +419,13 @@ class Store(ABC):
     @abstractmethod
     def _insert(self, table: str, data: pa.Table, columns: str) -> None:
         """Append ``data`` (at least one row) to ``table``; ``columns`` lists its quoted names."""
+
+    def load_parquet(self, table: Table, groups: Sequence[Sequence[Path]], sources: dict[str, str]) -> ParquetLoad | None:
+        """Append Parquet files to a CDM table with the engine reading them itself (no rows through
+        Python), converting each column to its CDM type by the loader's rules (``mercia.cdm.loader``).
+        ``groups`` are files sharing one schema; ``sources`` maps each CDM column present to its name
+        in the files.  None where the engine has no such path: the loader then streams Arrow batches."""
+        return None
 
     def export_table(self, table: Table, target: Path, copy_options: str) -> None:
         """Write a CDM table to ``target`` with DuckDB's ``COPY ... (copy_options)`` (the one

@@ -1,7 +1,7 @@
 """Compile a Circe cohort expression into one relational plan of sqlglot expression trees.
 
-The plan is a short list of named steps (materialised as temporary tables on DuckDB/PostgreSQL and
-cached temporary views on Spark), then the writes of the cohort rows and the attrition.  The steps
+The plan is a short list of named steps (materialised as temporary tables; on Spark, the
+store's checkpointed temporary views), then the writes of the cohort rows and the attrition.  The steps
 mirror OHDSI circe-be's generated SQL, so that the rows are the same:
 
 codesets -> primary_events -> qualified_events -> inclusion_events -> event_masks -> included_events
@@ -930,16 +930,12 @@ def _dialect(name: str) -> Dialect:
 def materialise(name: str, query: exp.Query, dialect: str) -> list[str]:
     """Statements that turn a step into a temporary relation on ``dialect``."""
     if dialect == "spark":
-        # Spark has no temporary tables, and temporary views re-inline their whole lineage into
-        # every later step; a real (session-owned, dropped afterwards) table cuts it.  No
-        # transaction either: a failed earlier run may have left it behind.
-        create = exp.Create(
-            this=table(name),
-            kind="TABLE",
-            expression=query,
-            properties=exp.Properties(expressions=[exp.FileFormatProperty(this=exp.var("PARQUET"))]),
-        )
-        return [render(drop_table(name), dialect), render(create, dialect)]
+        # Spark SQL has no temporary tables (sqlglot renders one as a view, which re-inlines its whole
+        # lineage into every later step); the Spark store runs this statement as its own temporary
+        # table (``Store.create_temp_table``: the rows computed now, held by the session, no files).
+        # No transaction either: a failed earlier run may have left it behind.
+        create = f"CREATE TEMPORARY TABLE {render(table(name), dialect)} AS {render(query, dialect)}"
+        return [render(drop_table(name), dialect), create]
     # DuckDB/PostgreSQL: the script runs in one transaction and drops its steps at the end, so a
     # failed run leaves nothing behind to drop first
     create = exp.Create(

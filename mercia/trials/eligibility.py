@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import date
 
 from mercia.cdm import Store
+from mercia.cdm.dialect import as_text
 from mercia.cohorts import CohortResult, run_cohort
 from mercia.trials.register import Trial
 
@@ -35,7 +36,7 @@ def run_eligibility(store: Store, trial: Trial, today: str | None = None) -> Coh
         result = run_cohort(store, trial.eligibility, trial.cohort_id)
         store.execute(f"""
             INSERT INTO mercia_trial_candidate (trial_id, person_id, site, eligible_from, first_seen)
-            SELECT ?, c.subject_id, ps.site, CAST(MIN(c.cohort_start_date) AS VARCHAR), ?
+            SELECT ?, c.subject_id, ps.site, {as_text(store, "MIN(c.cohort_start_date)")}, ?
             FROM cohort c JOIN ({PERSON_SITE}) ps ON ps.person_id = c.subject_id
             WHERE c.cohort_definition_id = ? AND ps.site IN ({site_list(trial)})
               AND NOT EXISTS (SELECT 1 FROM mercia_trial_candidate t

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from mercia.cdm import CDM_TABLES
 from mercia.cdm.loader import LoadError, load_omop_directory
+from tests.conftest import drop_store, open_store
 
 PERSON_HEADER = ("person_id,gender_concept_id,year_of_birth,month_of_birth,day_of_birth,birth_datetime,"
                  "race_concept_id,ethnicity_concept_id")
@@ -301,3 +303,49 @@ def test_only_the_tables_asked_for(loaded, tmp_path):
     assert loaded.table_counts(["person", "death"]) == {"person": 2, "death": 3}
     with pytest.raises(LoadError, match="no file for table"):
         load_omop_directory(loaded, d, tables=["measurement"])
+
+
+# -- Parquet on every engine (Spark reads it itself) ------------------------------------------
+
+def test_parquet_parts_convert_alike_on_every_engine(contract_engine, tmp_path):
+    """Parts of one table with different column types (text and numbers), a text date as Athena writes
+    it, a NULL required concept id (written as 0 and reported) and an absent optional column: the same
+    rows on every engine, and a bad value in a later part named by part and row, the tables unchanged."""
+    store = open_store(contract_engine, tmp_path)
+    try:
+        folder = tmp_path / "good" / "observation_period"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({"observation_period_id": pa.array([1, 2], pa.int32()), "person_id": ["10", " 11 "],
+                                 "observation_period_start_date": ["2020-01-05", "19991231"],
+                                 "observation_period_end_date": ["2021-01-01", "2000-06-30"],
+                                 "period_type_concept_id": pa.array([None, 44814724], pa.int64())}),
+                       folder / "part-00000.parquet")
+        pq.write_table(pa.table({"observation_period_id": pa.array([3], pa.int64()), "person_id": pa.array([12]),
+                                 "observation_period_start_date": pa.array([dt.date(2010, 2, 3)]),
+                                 "observation_period_end_date": pa.array([dt.date(2011, 4, 5)]),
+                                 "period_type_concept_id": pa.array([None], pa.int64())}),
+                       folder / "part-00001.parquet")
+        report = load_omop_directory(store, tmp_path / "good")
+        assert report.rows == {"observation_period": 3}
+        assert report.files[0].zeroed_concept_ids == {"period_type_concept_id": 2}
+        assert sorted(store.query("SELECT * FROM observation_period")) == [
+            (1, 10, dt.date(2020, 1, 5), dt.date(2021, 1, 1), 0), (2, 11, dt.date(1999, 12, 31), dt.date(2000, 6, 30),
+                                                                  44814724),
+            (3, 12, dt.date(2010, 2, 3), dt.date(2011, 4, 5), 0)]
+
+        bad = tmp_path / "bad" / "observation_period"
+        shutil.copytree(folder, bad)
+        pq.write_table(pa.table({"observation_period_id": pa.array([4, 5, 6], pa.int64()),
+                                 "person_id": pa.array([13, 14, 15]),
+                                 "observation_period_start_date": ["2012-01-01", "2012-02-30", "x"],
+                                 "observation_period_end_date": ["2013-01-01", "2013-01-01", "2013-01-01"],
+                                 "period_type_concept_id": pa.array([0, 0, 0], pa.int64())}), bad / "part-00002.parquet")
+        with pytest.raises(LoadError) as caught:
+            load_omop_directory(store, tmp_path / "bad")
+        error = caught.value
+        assert (error.path, error.line, error.column) == (bad / "part-00002.parquet", 2,
+                                                          "observation_period_start_date")
+        assert "cannot read '2012-02-30' as DATE" in str(error)
+        assert store.table_counts(["observation_period"]) == {"observation_period": 3}
+    finally:
+        drop_store(store)

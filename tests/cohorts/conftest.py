@@ -79,15 +79,16 @@ SPEC_ENGINES = ["duckdb", "postgres", pytest.param("spark", marks=[pytest.mark.s
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    """The SparkSession of one Spark store (local[1], 1 shuffle partition) for the whole run; the
-    spec tests register their tables on it as temporary views."""
+    """One Spark store (local[1], 1 shuffle partition) for the whole run; the spec tests register
+    their tables on its session as temporary views."""
     store = root_conftest.open_store("spark", tmp_path_factory.mktemp("spark-spec"))
-    yield store.spark
+    yield store
     drop_store(store)
 
 
-def spark_register(spark, name: str, data: pa.Table | None) -> None:
+def spark_register(store: Store, name: str, data: pa.Table | None) -> None:
     """Expose a CDM table to Spark SQL as a temporary view with the CDM column types."""
+    spark = store.spark
     table = CDM_TABLES[name]
     schema = ", ".join(f"{c.name} {spark_type(c.spec_type)}" for c in table.columns)
     if data is None or data.num_rows == 0:
@@ -102,17 +103,17 @@ def spark_register(spark, name: str, data: pa.Table | None) -> None:
     df.createOrReplaceTempView(name)
 
 
-def spark_cohort_rows(spark, expr: CohortExpression, cohort_id: int = 1) -> list[tuple]:
-    """Run the Spark rendering of a cohort plan and return its (subject, start, end) rows, sorted."""
+def spark_cohort_rows(store: Store, expr: CohortExpression, cohort_id: int = 1) -> list[tuple]:
+    """Run the Spark rendering of a cohort plan on the store and return its (subject, start, end) rows, sorted."""
     plan = inline_single_reads(build_plan(expr, cohort_id))
     try:
         for name, query in plan.steps:
             for statement in materialise(name, query, "spark"):
-                spark.sql(statement)
-        rows = spark.sql(render(plan.cohort_rows, "spark")).collect()
+                store.execute(statement)
+        rows = store.query(render(plan.cohort_rows, "spark"))
     finally:
         for name, _ in plan.steps:
-            spark.sql(f"DROP TABLE IF EXISTS {name}")
+            store.execute(f"DROP TABLE IF EXISTS {name}")
     return sorted((int(r[1]), r[2], r[3]) for r in rows)
 
 
@@ -154,10 +155,10 @@ def run_spec(spec_engine, tmp_path, request):
     def run(tables: dict[str, list[dict]], expr: CohortExpression, cohort_id: int = 1):
         arrow = {name: cdm_arrow(name, rows) for name, rows in tables.items() if rows}
         if spec_engine == "spark":
-            session = request.getfixturevalue("spark")
+            spark_store = request.getfixturevalue("spark")
             for name in SPEC_TABLES:
-                spark_register(session, name, arrow.get(name))
-            return spark_cohort_rows(session, expr, cohort_id), None
+                spark_register(spark_store, name, arrow.get(name))
+            return spark_cohort_rows(spark_store, expr, cohort_id), None
         if spec_engine == "duckdb":
             store = Store(str(tmp_path / f"{uuid.uuid4().hex[:8]}.duckdb"))
         else:

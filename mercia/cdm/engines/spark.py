@@ -25,7 +25,7 @@ import sqlglot
 from sqlglot import exp
 
 from mercia.cdm.schema import Column, Table
-from mercia.cdm.store import Store, StoreError, quote
+from mercia.cdm.store import BadValue, ParquetLoad, Store, StoreError, quote
 
 _SPARK_TYPES = {"BIGINT": "BIGINT", "DATE": "DATE", "TIMESTAMP": "TIMESTAMP_NTZ",
                 "DOUBLE PRECISION": "DOUBLE", "VARCHAR": "STRING"}
@@ -36,6 +36,8 @@ _SESSION_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.timestampType": "TIMESTAMP_NTZ",  # CDM datetimes carry no time zone
 }
+# Spark SQL has no CREATE TEMPORARY TABLE ... AS; this store runs it as ``create_temp_table``.
+_CREATE_TEMP_TABLE = re.compile(r"CREATE\s+TEMPORARY\s+TABLE\s+\"?(\w+)\"?\s+AS\s+(.*)", re.DOTALL | re.IGNORECASE)
 _STATEMENT_END = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|;", re.DOTALL)
 _local_lock = threading.Lock()
 
@@ -176,7 +178,10 @@ class SparkStore(Store):
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         statements = [sql] if params is not None else split_statements(sql)
         for statement in statements:
-            if statement[:6].upper() == "DELETE":
+            temp_table = _CREATE_TEMP_TABLE.fullmatch(statement) if params is None else None
+            if temp_table:
+                self.create_temp_table(*temp_table.groups())
+            elif statement[:6].upper() == "DELETE":
                 self._delete(statement, params)
             else:
                 self._collect(statement, params)
@@ -198,10 +203,11 @@ class SparkStore(Store):
         except self._errors as exc:
             raise self._error(exc, sql) from exc
 
-    def create_temp_table(self, name: str, select_sql: str) -> None:
+    def create_temp_table(self, name: str, select_sql: str, params: Sequence[Any] | None = None) -> None:
         """Spark has no temporary tables: a temporary view over the rows computed now (a local
-        checkpoint; a cached view would be recomputed once its source tables change)."""
-        rows = self._sql(select_sql)
+        checkpoint, in the session's memory or local disk, no files in the warehouse and no catalog
+        entry; a cached view would be recomputed once its source tables change)."""
+        rows = self._sql(select_sql, params)
         try:
             rows.localCheckpoint(eager=True).createOrReplaceTempView(name)
         except self._errors as exc:
@@ -211,7 +217,9 @@ class SparkStore(Store):
         self.execute(f"DROP VIEW IF EXISTS {quote(name)}")
 
     def _delete(self, sql: str, params: Sequence[Any] | None) -> None:
-        """``DELETE FROM t WHERE c`` on Parquet: keep the rows where c is not true, via a staging table."""
+        """``DELETE FROM t WHERE c`` on Parquet: nothing when no row matches (one small query), else the
+        rows where c is not true, checkpointed, overwrite the table (Spark reads no file of the table it
+        overwrites then)."""
         try:
             tree = sqlglot.parse_one(sql, read="spark")
         except sqlglot.errors.ParseError as exc:
@@ -221,14 +229,17 @@ class SparkStore(Store):
         if where is None:
             self.truncate(table)
             return
-        keep = exp.not_(exp.func("coalesce", where.this.copy(), exp.false()))
-        stage = f"_mercia_keep_{uuid.uuid4().hex[:12]}"
-        select = exp.select("*").from_(exp.to_table(table)).where(keep).sql(dialect="spark")
-        self._sql(f"CREATE TABLE {quote(stage)} USING parquet AS {select}", params)
+        matched = exp.select("1").from_(exp.to_table(table)).where(where.this.copy()).limit(1)
+        if not self._collect(matched.sql(dialect="spark"), params):
+            return
+        keep = exp.select("*").from_(exp.to_table(table)).where(
+            exp.not_(exp.func("coalesce", where.this.copy(), exp.false()))).sql(dialect="spark")
+        view = f"_mercia_keep_{uuid.uuid4().hex[:12]}"
+        self.create_temp_table(view, keep, params)
         try:
-            self._collect(f"INSERT OVERWRITE TABLE {quote(table)} SELECT * FROM {quote(stage)}", None)
+            self._collect(f"INSERT OVERWRITE TABLE {quote(table)} SELECT * FROM {quote(view)}", None)
         finally:
-            self._collect(f"DROP TABLE IF EXISTS {quote(stage)}", None)
+            self.drop_temp_table(view)
 
     # -- transactions: staging tables swapped in at commit ---------------------------------
     def _begin(self) -> None:
@@ -290,3 +301,90 @@ class SparkStore(Store):
             self._collect(sql, None)
         finally:
             self._spark.catalog.dropTempView(view)
+
+    def load_parquet(self, table: Table, groups: Sequence[Sequence[Path]], sources: dict[str, str]) -> ParquetLoad:
+        """Spark reads the files itself (``spark.read.parquet``, one read per schema group) and casts in
+        the job that writes the warehouse table, so no row passes through Python.  The loader's rules, in
+        Spark's casts: a value that does not convert, or an empty required column other than a
+        ``*_concept_id`` (written as 0), is a bad value; the checks are counted in the same job
+        (``observe``), and only when one fails is the first bad row looked up by file and row index.
+        Text converts by Spark's casts (dates also as ``yyyyMMdd``); a fraction cast to BIGINT truncates
+        (DuckDB rounds)."""
+        from pyspark.sql import Observation
+        from pyspark.sql import functions as F
+
+        target = self._stage(table.name, keep_rows=True) if self.in_transaction else table.name
+        files = [[str(path) for path in group] for group in groups]
+        try:
+            frames = [self._spark.read.parquet(*group) for group in files]
+            rows = _union([_checked(frame, table, sources) for frame in frames])
+            concept_nulls = [c.name for c in table.columns if c.required and c.is_concept_id and c.name in sources]
+            observation = Observation(f"load_{uuid.uuid4().hex[:12]}")
+            observed = rows.observe(observation, F.count(F.lit(1)).alias("rows"),
+                                    F.count(F.col("_mercia_bad_column")).alias("bad"),
+                                    *[F.count_if(F.col(f"_mercia_raw_{c}").isNull()).alias(c) for c in concept_nulls])
+            observed.select(*[F.col(name) for name, _ in self.columns(target)]).write.insertInto(target)
+            counts = observation.get
+            bad = None
+            if counts["bad"]:
+                located = _union([_checked(frame.select("*", F.col("_metadata.file_name").alias("_mercia_file"),
+                                                        F.col("_metadata.row_index").alias("_mercia_row")),
+                                           table, sources) for frame in frames])
+                row = (located.where(F.col("_mercia_bad_column").isNotNull())
+                       .orderBy("_mercia_file", "_mercia_row").limit(1).collect()[0])
+                bad = BadValue(row["_mercia_file"], row["_mercia_row"] + 1, row["_mercia_bad_column"],
+                               row["_mercia_bad_value"])
+        except self._errors as exc:
+            raise self._error(exc, f"-- read Parquet {files[0][:1]} into {table.name}") from exc
+        return ParquetLoad(int(counts["rows"]), {c: int(counts[c]) for c in concept_nulls}, bad)
+
+
+def _union(frames: list):
+    union = frames[0]
+    for frame in frames[1:]:
+        union = union.unionByName(frame)
+    return union
+
+
+def _checked(frame, table: Table, sources: dict[str, str]):
+    """``frame``'s rows in the CDM table's columns and types, with ``_mercia_bad_column`` and
+    ``_mercia_bad_value`` naming each row's first value that failed (the loader's rules) and
+    ``_mercia_raw_<column>`` for each required concept column (NULLs written as 0)."""
+    from pyspark.sql import functions as F
+
+    source_types = {field.name.lower(): field.dataType.simpleString() for field in frame.schema}
+    converted, raws, checks = [], [], []  # checks: (failed, column, value as text)
+    for column in table.columns:
+        spark_type = _SPARK_TYPES[column.sql_type].lower()
+        if column.name not in sources:
+            converted.append(F.lit(None).cast(spark_type).alias(column.name))
+            continue
+        raw = F.col(sources[column.name])
+        value = _converted(raw, source_types[sources[column.name].lower()], spark_type)
+        checks.append((raw.isNotNull() & value.isNull(), column.name, raw.cast("string")))
+        if column.required and column.is_concept_id:
+            raws.append(raw.alias(f"_mercia_raw_{column.name}"))
+            value = F.coalesce(value, F.lit(0).cast(spark_type))
+        elif column.required:
+            checks.append((raw.isNull(), column.name, F.lit(None).cast("string")))
+        converted.append(value.alias(column.name))
+    bad_column, bad_value = F.lit(None).cast("string"), F.lit(None).cast("string")
+    for failed, name, text in reversed(checks):  # CASE WHEN: the first failing check wins
+        bad_column = F.when(failed, F.lit(name)).otherwise(bad_column)
+        bad_value = F.when(failed, text).otherwise(bad_value)
+    located = [F.col(name) for name in ("_mercia_file", "_mercia_row") if name in frame.columns]
+    return frame.select(*converted, *raws, *located, bad_column.alias("_mercia_bad_column"),
+                        bad_value.alias("_mercia_bad_value"))
+
+
+def _converted(raw, source_type: str, spark_type: str):
+    """``raw`` in the column's Spark type, NULL where it does not convert (the loader's ``_conversion``)."""
+    from pyspark.sql import functions as F
+
+    if source_type == spark_type:
+        return raw
+    if source_type != "string" or spark_type == "string":
+        return raw.try_cast(spark_type)
+    if spark_type == "date":
+        return F.coalesce(raw.try_cast("date"), F.try_to_date(raw, "yyyyMMdd"))
+    return F.trim(raw).try_cast(spark_type)
