@@ -944,8 +944,10 @@ def _read_in_processes(extract: str, extract_date: str | None, files: list[tuple
         lightest = sizes.index(min(sizes))
         groups[lightest].append((index, file))
         sizes[lightest] += file.stat().st_size
-    workers = [_start_worker((extract, extract_date, sorted(group), resource_files)) for group in groups[1:]]
-    try:
+    workers: list[subprocess.Popen] = []
+    try:  # started inside: a worker that cannot start still ends those started before it
+        for group in groups[1:]:
+            workers.append(_start_worker((extract, extract_date, sorted(group), resource_files)))
         parts = read_files(extract, extract_date, sorted(groups[0]), resource_files)
         for worker in workers:
             parts.extend(_worker_result(worker))
