@@ -10,6 +10,8 @@ import orjson
 from mercia.ingest.fhir import read_files
 
 if __name__ == "__main__":
+    answer = sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything printed while reading goes to stderr, never into the pickled answer
     extract, extract_date, files, resource_files = orjson.loads(sys.stdin.buffer.read())
     parts = read_files(extract, extract_date, [(index, Path(file)) for index, file in files], resource_files)
-    sys.stdout.buffer.write(pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL))
+    answer.write(pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL))
