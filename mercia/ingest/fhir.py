@@ -969,7 +969,9 @@ def _start_worker(task: tuple) -> subprocess.Popen:
     with tempfile.TemporaryFile() as task_file:
         task_file.write(orjson.dumps([extract, extract_date, [[i, str(f)] for i, f in files], resource_files]))
         task_file.seek(0)
-        return subprocess.Popen([sys.executable, "-m", "mercia.ingest.fhir_worker"], stdin=task_file,
+        # -P: the working directory is not put first on sys.path, where a ``mercia`` folder in it (another
+        # checkout) would be imported instead of this package
+        return subprocess.Popen([sys.executable, "-P", "-m", "mercia.ingest.fhir_worker"], stdin=task_file,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
