@@ -112,6 +112,11 @@ class Columns:
             self._flush()
             self._chunks.append(conform(table, self.schema))
 
+    def extend(self, columns: dict[str, list], rows: int) -> None:
+        """Append ``rows`` rows given as column lists (missing columns are null)."""
+        self.add_table(pa.table({name: columns.get(name) or [None] * rows for name in self.schema.names},
+                                schema=self.schema))
+
     def _flush(self) -> None:
         if self._rows:
             unknown = set().union(*self._rows) - set(self.schema.names)  # from_pylist would drop them silently
