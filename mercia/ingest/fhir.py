@@ -15,6 +15,7 @@ import pickle
 import re
 import subprocess
 import sys
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -944,8 +945,10 @@ def _read_in_processes(extract: str, extract_date: str | None, files: list[tuple
         lightest = sizes.index(min(sizes))
         groups[lightest].append((index, file))
         sizes[lightest] += file.stat().st_size
-    workers = [_start_worker((extract, extract_date, sorted(group), resource_files)) for group in groups[1:]]
-    try:
+    workers: list[subprocess.Popen] = []
+    try:  # started inside: a worker that cannot start still ends those started before it
+        for group in groups[1:]:
+            workers.append(_start_worker((extract, extract_date, sorted(group), resource_files)))
         parts = read_files(extract, extract_date, sorted(groups[0]), resource_files)
         for worker in workers:
             parts.extend(_worker_result(worker))
@@ -958,13 +961,18 @@ def _read_in_processes(extract: str, extract_date: str | None, files: list[tuple
 
 
 def _start_worker(task: tuple) -> subprocess.Popen:
-    """A reading worker given ``task`` (``read_files``' arguments, as JSON) that answers on stdout."""
+    """A reading worker given ``task`` (``read_files``' arguments, as JSON on stdin: a temporary file, as
+    an argument is limited to 128 KiB, a few hundred long paths) that answers on stdout."""
     extract, extract_date, files, resource_files = task
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    argument = orjson.dumps([extract, extract_date, [[i, str(f)] for i, f in files], resource_files]).decode()
-    return subprocess.Popen([sys.executable, "-m", "mercia.ingest.fhir_worker", argument],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    with tempfile.TemporaryFile() as task_file:
+        task_file.write(orjson.dumps([extract, extract_date, [[i, str(f)] for i, f in files], resource_files]))
+        task_file.seek(0)
+        # -P: the working directory is not put first on sys.path, where a ``mercia`` folder in it (another
+        # checkout) would be imported instead of this package
+        return subprocess.Popen([sys.executable, "-P", "-m", "mercia.ingest.fhir_worker"], stdin=task_file,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
 def _worker_result(worker: subprocess.Popen) -> list[FileRead]:

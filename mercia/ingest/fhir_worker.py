@@ -1,5 +1,5 @@
-"""A FHIR reading worker: ``python -m mercia.ingest.fhir_worker TASK`` reads the files a parent load gives
-it (``fhir.read_files``' arguments as a JSON array) and answers with their ``FileRead``s, pickled on stdout."""
+"""A FHIR reading worker: ``python -m mercia.ingest.fhir_worker < TASK`` reads the files a parent load gives
+it (``fhir.read_files``' arguments as a JSON array on stdin) and answers with their ``FileRead``s, pickled on stdout."""
 
 import pickle
 import sys
@@ -10,6 +10,8 @@ import orjson
 from mercia.ingest.fhir import read_files
 
 if __name__ == "__main__":
-    extract, extract_date, files, resource_files = orjson.loads(sys.argv[1])
+    answer = sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything printed while reading goes to stderr, never into the pickled answer
+    extract, extract_date, files, resource_files = orjson.loads(sys.stdin.buffer.read())
     parts = read_files(extract, extract_date, [(index, Path(file)) for index, file in files], resource_files)
-    sys.stdout.buffer.write(pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL))
+    answer.write(pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL))

@@ -87,3 +87,15 @@ def test_a_failing_worker_fails_the_read(shared_data, tmp_path, monkeypatch):
         (task[0], task[1], [(i, f.with_name("gone.ndjson")) for i, f in task[2]], task[3])))
     with pytest.raises(RuntimeError, match="(?s)a FHIR reading worker failed .*gone.ndjson"):
         read_fhir(folder, processes=2)
+
+
+def test_a_worker_task_longer_than_an_argument_may_be(tmp_path):
+    """A worker's task (its files' paths) goes on stdin: more than the 128 KiB one argument may hold."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for i in range(1200):
+        (folder / f"{'p' * 200}-{i:04d}.ndjson").write_bytes(orjson.dumps(
+            {"resourceType": "Patient", "id": f"p{i}", "gender": "female", "birthDate": "1970-01-01"}))
+    one, two = read_fhir(folder, processes=1), read_fhir(folder, processes=2)
+    assert one.read == two.read == 1200
+    assert one.persons.table().equals(two.persons.table())
