@@ -146,7 +146,10 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
             await hub.work_news.wait(news, min(WORK_LOOK_AGAIN, end - time.monotonic()))
 
     @router.post("/node/results", tags=["federation nodes"], openapi_extra={"requestBody": {
-        "required": True, "content": {RESULT_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}})
+        "required": True, "content": {RESULT_MEDIA_TYPE: {"schema": {
+            "type": "string", "format": "binary",
+            "description": "an Arrow IPC stream: one row per member (salted tokens, cell), the result's other "
+                           "fields as JSON in the schema metadata; signed by the node over its SHA-256"}}}}})
     async def result(request: Request, org: str = Depends(node)) -> dict[str, str]:
         """A node's signed result for one of its tasks: an Arrow IPC stream of its members, the other
         fields as JSON in the stream's schema metadata (``NodeResult.to_wire``)."""
