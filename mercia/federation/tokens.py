@@ -180,11 +180,6 @@ def question_key(salt: str) -> bytes:
     return hashlib.sha256(b"mercia-federation/question-key\0" + salt.encode()).digest()[:16]
 
 
-_HEX_VALUES = np.full(256, 255, np.uint8)
-for _digit, _char in enumerate(b"0123456789abcdef"):
-    _HEX_VALUES[_char] = _HEX_VALUES[ord(chr(_char).upper())] = _digit
-
-
 def salt_tokens(tokens: pa.Array | pa.ChunkedArray, key: bytes) -> pa.Array:
     """16-byte per-person tokens (32 hex digits; null: none) salted for one question: the first 8 bytes of
     ``AES_k(t) XOR t`` (Matyas-Meyer-Oseas), one AES-128-ECB call over every token block and one numpy XOR.
@@ -199,10 +194,13 @@ def salt_tokens(tokens: pa.Array | pa.ChunkedArray, key: bytes) -> pa.Array:
     if pc.min(lengths).as_py() != 2 * AES_BLOCK or pc.max(lengths).as_py() != 2 * AES_BLOCK:
         raise ValueError(f"a per-person token is not {2 * AES_BLOCK} hex digits (mercia_person_token)")
     offsets = np.frombuffer(present.buffers()[1], np.int32)[present.offset:present.offset + len(present) + 1]
-    nibbles = _HEX_VALUES[np.frombuffer(present.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]]
-    if (nibbles == 255).any():
+    digits = present.buffers()[2][int(offsets[0]):int(offsets[-1])].to_pybytes()
+    try:   # fromhex also skips spaces between bytes, which leaves fewer bytes than tokens: checked below
+        blocks = np.frombuffer(bytes.fromhex(digits.decode("ascii")), np.uint8)
+    except (UnicodeDecodeError, ValueError):
+        blocks = None
+    if blocks is None or len(blocks) != AES_BLOCK * len(present):
         raise ValueError("a per-person token is not hexadecimal (mercia_person_token)")
-    blocks = (nibbles[0::2] << 4) | nibbles[1::2]
     encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
     mixed = np.frombuffer(encryptor.update(blocks.tobytes()) + encryptor.finalize(), np.uint8) ^ blocks
     salted = np.ascontiguousarray(mixed.reshape(-1, AES_BLOCK)[:, :TOKEN_BYTES])

@@ -167,6 +167,8 @@ def test_salting_keeps_equal_tokens_equal_and_refuses_what_is_not_a_token():
         salt_tokens(pa.array([token("a")]), key)                 # 64 digits: not cut to 16 bytes
     with pytest.raises(ValueError, match="not hexadecimal"):
         salt_tokens(pa.array(["g" * 32]), key)
+    with pytest.raises(ValueError, match="not hexadecimal"):
+        salt_tokens(pa.array(["ab " + "c" * 29]), key)           # a space, which bytes.fromhex would skip
 
 
 def test_a_load_writes_each_persons_tokens_cut_to_16_bytes(scaled):
