@@ -858,7 +858,7 @@ class FhirReader:
         column work over the staged events, Python only for the (few) rows that refer to one."""
         events = self.staged.events.table().combine_chunks()
         deferred = pc.fill_null(pc.starts_with(events.column("vocabulary").chunk(0), "?"), False)
-        dropped = pa.array([False] * events.num_rows, pa.bool_())
+        dropped = pa.repeat(False, events.num_rows)
         if pc.any(deferred).as_py():
             events, dropped = self._resolve_catalogue_references(events, deferred)
         conditional = pc.fill_null(pc.starts_with(events.column("person_ref").combine_chunks(), "?"), False)
@@ -907,7 +907,7 @@ class FhirReader:
                 values[name].append(found.get(name, row[name]))
         for name in names:
             events = _replaced(events, name, deferred, values[name])
-        dropped = pc.replace_with_mask(pa.array([False] * events.num_rows, pa.bool_()), deferred,
+        dropped = pc.replace_with_mask(pa.repeat(False, events.num_rows), deferred,
                                        pa.array(rejected, pa.bool_()))
         return events, dropped
 
