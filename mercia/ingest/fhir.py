@@ -997,10 +997,11 @@ def _entered_in_error(res: dict) -> bool:
 def _encounter(res: dict) -> dict | None:
     """The encounter Reference: ``encounter``, ``context`` (a Reference in R4 medication resources), the
     first of DocumentReference's ``context.encounter``, or the first a Claim's items bill."""
+    kind = res.get("resourceType")
     ref = res.get("encounter") or res.get("context")
-    if isinstance(ref, dict) and isinstance(ref.get("encounter"), list):  # DocumentReference.context
-        return next(iter(ref["encounter"]), None)
-    if ref is None and res.get("resourceType") in ("Claim", "ExplanationOfBenefit"):
+    if kind == "DocumentReference":   # context is a DocumentContext (shape-checked), elsewhere a Reference
+        return next(iter(ref.get("encounter") or []), None) if isinstance(ref, dict) else None
+    if ref is None and kind in ("Claim", "ExplanationOfBenefit"):
         return next((e for item in res.get("item") or [] for e in item.get("encounter") or []), None)
     return ref
 

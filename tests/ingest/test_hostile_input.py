@@ -222,3 +222,15 @@ def test_a_line_that_is_not_text_is_rejected_with_its_line_number(tmp_path, bad)
     assert [(r["line"], r["reason"].split(":")[0]) for r in staged.rejects.table().to_pylist()] == [
         (3, "not valid JSON")]
     assert staged.events.data["record"] == ["Observation/o1"]
+
+
+def test_an_encounter_reference_holding_an_encounter_list_is_only_a_reference(tmp_path):
+    """Only a DocumentReference's context holds a list of encounters; in a Condition an ``encounter`` key
+    inside the Reference (unknown there, so not shape-checked) is ignored, not followed (the fuzzer found
+    ``[True]`` there crashing the reader)."""
+    odd = {**_condition("c1", "2015-03-01"),
+           "encounter": {"reference": "Encounter/e1", "encounter": [True]}}
+    _ndjson(tmp_path / "c.ndjson", _patient("p1"), odd)
+    staged = read_fhir(tmp_path / "c.ndjson")
+    assert staged.events.data["record"] == ["Condition/c1"]
+    assert staged.events.data["visit_ref"] == ["Encounter/e1"]
