@@ -15,8 +15,10 @@ import pickle
 import re
 import subprocess
 import sys
-import tempfile
+import threading
+import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,6 +305,14 @@ def _end(resource: dict, *names: str) -> str | None:
 # read, then deleted files) numbers its lines, or its resources when it is one resource or Bundle, from
 # ``i * FILE_SEQ``, so a file's numbers do not depend on the files read before it (or in which process).
 FILE_SEQ = 1 << 32
+# An NDJSON resource file may be read in pieces by several processes: piece [lo, hi) of PIECE_UNITS is the
+# lines starting in that fraction of its (decompressed) bytes, numbered as in the whole file.
+PIECE_UNITS = 1 << 20
+WHOLE = (0, PIECE_UNITS)
+# A reading worker that has not answered a unit after WORKER_BASE_SECONDS plus WORKER_SECONDS_PER_MB per MB of
+# its file on disk is stopped and the read fails (a hung worker must not hold the load forever).
+WORKER_BASE_SECONDS = 60.0
+WORKER_SECONDS_PER_MB = 30.0
 # Processes reading a load's files: ``MERCIA_INGEST_PROCESSES`` (1 reads in the load's own process), else one
 # per CPU with at least MIN_BYTES_PER_PROCESS of files each (starting a worker costs ~0.3 CPU-s of imports).
 PROCESSES_ENV = "MERCIA_INGEST_PROCESSES"
@@ -328,6 +338,7 @@ class FileRead:
     identifiers) it defined: a worker process sends it back whole, the reader merges files in order."""
 
     index: int
+    piece: tuple[int, int]
     read: int
     tables: dict[str, pa.Table]
     medications: dict[str, tuple[str | None, str | None]]
@@ -372,9 +383,10 @@ class FhirReader:
         self.devices.update(part.devices)
         self.patient_identifiers.update(part.patient_identifiers)
 
-    def file_read(self, index: int) -> FileRead:
-        """This reader's staged rows as one file's ``FileRead``."""
-        return FileRead(index, self.staged.read, {name: getattr(self.staged, name).table() for name in STAGED_TABLES},
+    def file_read(self, index: int, piece: tuple[int, int] = WHOLE) -> FileRead:
+        """This reader's staged rows as one file's (or piece's) ``FileRead``."""
+        return FileRead(index, piece, self.staged.read,
+                        {name: getattr(self.staged, name).table() for name in STAGED_TABLES},
                         self.medications, self.devices, self.patient_identifiers)
 
     def _json_line(self, line: bytes, line_no: int, file_name: str):
@@ -439,23 +451,27 @@ class FhirReader:
         self.deleted_files = [p for p in files if p.parent.name == "deleted"]
         return [p for p in files if p.parent.name != "deleted"]
 
-    def read_file(self, file: Path, index: int = 0) -> None:
+    def read_file(self, file: Path, index: int = 0, piece: tuple[int, int] = WHOLE) -> None:
+        """File number ``index``, or only its ``piece`` (see PIECE_UNITS) when it is NDJSON."""
         raw = file.read_bytes()
         try:
             data = zlib.decompress(raw, 31) if file.name.endswith(".gz") else raw  # one shot: faster than streaming
         except zlib.error as exc:
-            self.staged.read += 1
-            self.staged.reject(file.name, None, f"not a valid gzip file: {exc}", None)
+            if piece[0] == 0:  # said once, by the file's first piece
+                self.staged.read += 1
+                self.staged.reject(file.name, None, f"not a valid gzip file: {exc}", None)
             return
         del raw
-        self.read_bytes(data, file.name, index)
+        self.read_bytes(data, file.name, index, piece)
 
-    def read_bytes(self, data: bytes, name: str, index: int = 0) -> None:
-        """One file's content (file number ``index``): NDJSON when ``name`` says so, else one resource or Bundle."""
+    def read_bytes(self, data: bytes, name: str, index: int = 0, piece: tuple[int, int] = WHOLE) -> None:
+        """One file's content (file number ``index``): NDJSON when ``name`` says so (only the lines of
+        ``piece``), else one resource or Bundle."""
         file = Path(name)
         if ".ndjson" in file.name:
             self.line_base = index * FILE_SEQ
-            self._read_ndjson(data, file.name)
+            start, end = _line_start(data, piece[0]), _line_start(data, piece[1])
+            self._read_ndjson(data[start:end], file.name, data.count(b"\n", 0, start) + 1)
             self.line_base = None
             return
         self.next_seq = index * FILE_SEQ
@@ -471,8 +487,8 @@ class FhirReader:
             return
         self.read_resource(resource, data if resource.get("resourceType") != "Bundle" else None)
 
-    def _read_ndjson(self, data: bytes, file_name: str) -> None:
-        for line_no, line in enumerate(data.split(b"\n"), start=1):
+    def _read_ndjson(self, data: bytes, file_name: str, first_line: int = 1) -> None:
+        for line_no, line in enumerate(data.split(b"\n"), start=first_line):
             line = line.strip()
             if line:
                 self._read_line(line, line_no, file_name)
@@ -919,68 +935,137 @@ def _replaced(table: pa.Table, name: str, mask: pa.Array, values: list) -> pa.Ta
                             pc.replace_with_mask(column, mask, pa.array(values, column.type)))
 
 
-def read_files(extract: str, extract_date: str | None, files: list[tuple[int, Path]],
-               resource_files: int) -> list[FileRead]:
-    """Each file (number, path) read on its own; numbers from ``resource_files`` on are deleted files."""
+def _line_start(data: bytes, fraction: int) -> int:
+    """Where the first line starting at or after ``fraction`` (of PIECE_UNITS) of ``data`` begins."""
+    position = len(data) * fraction // PIECE_UNITS
+    if position == 0:
+        return 0
+    newline = data.find(b"\n", position - 1)
+    return len(data) if newline < 0 else newline + 1
+
+
+# A unit of reading work: (file number, path, piece).
+Unit = tuple[int, Path, tuple[int, int]]
+
+
+def read_files(extract: str, extract_date: str | None, units: list[Unit], resource_files: int) -> list[FileRead]:
+    """Each file (or piece of one) read on its own; numbers from ``resource_files`` on are deleted files."""
     parts = []
-    for index, file in files:
+    for index, file, piece in units:
         reader = FhirReader(extract, extract_date)
         if index < resource_files:
-            reader.read_file(file, index)
+            reader.read_file(file, index, piece)
         else:
             reader.read_deleted(file, index)
-        parts.append(reader.file_read(index))
+        parts.append(reader.file_read(index, piece))
     return parts
+
+
+def _units(files: list[tuple[int, Path]], resource_files: int, processes: int) -> list[Unit]:
+    """The files as units of work, largest first; with several processes an NDJSON resource file of more than
+    1 / (2 x processes) of the bytes is cut into pieces of about that size, so no unit holds the others up."""
+    sizes = {index: max(1, file.stat().st_size) for index, file in files}
+    most = sum(sizes.values()) / (2 * processes)
+    units = []
+    for index, file in files:
+        pieces = -int(-sizes[index] // most) if processes > 1 and index < resource_files and ".ndjson" in file.name \
+            else 1
+        cuts = [PIECE_UNITS * k // pieces for k in range(pieces + 1)]
+        units.extend((sizes[index] / pieces, (index, file, piece)) for piece in zip(cuts, cuts[1:]))
+    return [unit for _, unit in sorted(units, key=lambda sized: -sized[0])]
+
+
+class _Worker:
+    """A reading worker process (``mercia.ingest.fhir_worker``) and the thread that hands it units one at a
+    time from the load's queue: whichever process is free takes the next, so the processes end together."""
+
+    def __init__(self, header: tuple, take: Callable[[], Unit | None]):
+        self.process = _start_worker(header)
+        self.parts: list[FileRead] = []
+        self.sent: tuple[Unit, float] | None = None  # the unit being read and when it was sent
+        self.broken: str | None = None
+        self.thread = threading.Thread(target=self._feed, args=(take,), daemon=True)
+        self.thread.start()
+
+    def _feed(self, take: Callable[[], Unit | None]) -> None:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        try:
+            while (unit := take()) is not None:
+                self.sent = (unit, time.monotonic())
+                stdin.write(orjson.dumps([unit[0], str(unit[1]), unit[2]]) + b"\n")
+                stdin.flush()
+                size = stdout.read(8)
+                if len(size) < 8:
+                    raise EOFError("the worker ended without answering")
+                self.parts.append(pickle.loads(stdout.read(int.from_bytes(size, "little"))))  # our own child's
+                self.sent = None
+            stdin.close()
+        except (OSError, EOFError) as exc:
+            self.broken = str(exc)
+
+    def result(self) -> list[FileRead]:
+        """Its ``FileRead``s once the queue is empty; a unit unanswered after WORKER_BASE_SECONDS plus
+        WORKER_SECONDS_PER_MB per MB of its file stops the worker and fails the read."""
+        while self.thread.is_alive():
+            self.thread.join(0.05)
+            sent = self.sent
+            if sent is not None:
+                (_, file, _), since = sent
+                timeout = WORKER_BASE_SECONDS + WORKER_SECONDS_PER_MB * file.stat().st_size / 2**20
+                if time.monotonic() - since > timeout:
+                    self.process.kill()
+                    raise RuntimeError(f"a FHIR reading worker gave no answer within {timeout:.0f} s "
+                                       f"(reading {file.name}); stopped")
+        if self.broken:
+            self.process.kill()
+        err = self.process.stderr.read()
+        self.process.wait()
+        if self.process.returncode != 0 or self.broken:
+            raise RuntimeError(f"a FHIR reading worker failed (exit {self.process.returncode}): "
+                               f"{err.decode(errors='replace')[-2000:] or self.broken}")
+        return self.parts
 
 
 def _read_in_processes(extract: str, extract_date: str | None, files: list[tuple[int, Path]], resource_files: int,
                        processes: int) -> list[FileRead]:
-    """The files split into ``processes`` groups of about equal bytes (largest first, each to the lightest
-    group); this process reads the first group while worker processes (``mercia.ingest.fhir_worker``) read
-    the others.  Workers are new interpreters rather than forks (the parent holds DuckDB's threads, which a
-    forked child must not inherit) started as a module, so a caller's own script is never re-imported."""
-    groups: list[list[tuple[int, Path]]] = [[] for _ in range(max(1, min(processes, len(files))))]
-    sizes = [0] * len(groups)
-    for index, file in sorted(files, key=lambda f: -f[1].stat().st_size):
-        lightest = sizes.index(min(sizes))
-        groups[lightest].append((index, file))
-        sizes[lightest] += file.stat().st_size
-    workers: list[subprocess.Popen] = []
+    """The files as units of work (``_units``) read by this process and ``processes - 1`` worker processes,
+    each taking the next unit when free.  Workers are new interpreters rather than forks (the parent holds
+    DuckDB's threads, which a forked child must not inherit) started as a module, so a caller's own script
+    is never re-imported."""
+    queue, lock = deque(_units(files, resource_files, max(1, processes))), threading.Lock()
+
+    def take() -> Unit | None:
+        with lock:
+            return queue.popleft() if queue else None
+
+    workers: list[_Worker] = []
     try:  # started inside: a worker that cannot start still ends those started before it
-        for group in groups[1:]:
-            workers.append(_start_worker((extract, extract_date, sorted(group), resource_files)))
-        parts = read_files(extract, extract_date, sorted(groups[0]), resource_files)
+        for _ in range(min(processes, len(queue)) - 1):
+            workers.append(_Worker((extract, extract_date, resource_files), take))
+        parts = []
+        while (unit := take()) is not None:
+            parts.extend(read_files(extract, extract_date, [unit], resource_files))
         for worker in workers:
-            parts.extend(_worker_result(worker))
+            parts.extend(worker.result())
     finally:
         for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-    return sorted(parts, key=lambda part: part.index)
+            if worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait()
+    return sorted(parts, key=lambda part: (part.index, part.piece))
 
 
-def _start_worker(task: tuple) -> subprocess.Popen:
-    """A reading worker given ``task`` (``read_files``' arguments, as JSON on stdin: a temporary file, as
-    an argument is limited to 128 KiB, a few hundred long paths) that answers on stdout."""
-    extract, extract_date, files, resource_files = task
+def _start_worker(header: tuple) -> subprocess.Popen:
+    """A reading worker told ``header`` (extract, extract date, number of resource files) on its first stdin
+    line; it then reads one unit per line and answers each on stdout."""
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    with tempfile.TemporaryFile() as task_file:
-        task_file.write(orjson.dumps([extract, extract_date, [[i, str(f)] for i, f in files], resource_files]))
-        task_file.seek(0)
-        # -P: the working directory is not put first on sys.path, where a ``mercia`` folder in it (another
-        # checkout) would be imported instead of this package
-        return subprocess.Popen([sys.executable, "-P", "-m", "mercia.ingest.fhir_worker"], stdin=task_file,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-
-
-def _worker_result(worker: subprocess.Popen) -> list[FileRead]:
-    out, err = worker.communicate()
-    if worker.returncode != 0:
-        raise RuntimeError(f"a FHIR reading worker failed (exit {worker.returncode}): "
-                           f"{err.decode(errors='replace')[-2000:]}")
-    return pickle.loads(out)  # from the worker this process started, never from outside
+    # -P: the working directory is not put first on sys.path, where a ``mercia`` folder in it (another
+    # checkout) would be imported instead of this package
+    worker = subprocess.Popen([sys.executable, "-P", "-m", "mercia.ingest.fhir_worker"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    worker.stdin.write(orjson.dumps(list(header)) + b"\n")
+    return worker
 
 
 def _entered_in_error(res: dict) -> bool:

@@ -1,17 +1,33 @@
-"""A FHIR reading worker: ``python -m mercia.ingest.fhir_worker < TASK`` reads the files a parent load gives
-it (``fhir.read_files``' arguments as a JSON array on stdin) and answers with their ``FileRead``s, pickled on stdout."""
+"""A FHIR reading worker: ``python -m mercia.ingest.fhir_worker`` reads, on stdin, a JSON header line
+(extract, extract date, number of resource files) and then one unit per line (file number, path, piece; see
+``fhir.read_files``); it answers each with its ``FileRead``, pickled on stdout after its length (8 bytes)."""
 
 import pickle
 import sys
 from pathlib import Path
 
-import orjson
 
-from mercia.ingest.fhir import read_files
+class _WithoutPandas:
+    """Refuses to import pandas: pyarrow imports it on its first conversion only to ask whether a value is a
+    DataFrame (~0.24 CPU-s per worker), and works without it; nothing a worker does needs it."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas":
+            raise ImportError("a FHIR reading worker does not use pandas")
+
 
 if __name__ == "__main__":
+    sys.meta_path.insert(0, _WithoutPandas())
+    import orjson
+
+    from mercia.ingest.fhir import read_files
+
     answer = sys.stdout.buffer
-    sys.stdout = sys.stderr  # anything printed while reading goes to stderr, never into the pickled answer
-    extract, extract_date, files, resource_files = orjson.loads(sys.stdin.buffer.read())
-    parts = read_files(extract, extract_date, [(index, Path(file)) for index, file in files], resource_files)
-    answer.write(pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout = sys.stderr  # anything printed while reading goes to stderr, never into the pickled answers
+    extract, extract_date, resource_files = orjson.loads(sys.stdin.buffer.readline())
+    for line in sys.stdin.buffer:
+        index, file, piece = orjson.loads(line)
+        [part] = read_files(extract, extract_date, [(index, Path(file), tuple(piece))], resource_files)
+        data = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
+        answer.write(len(data).to_bytes(8, "little") + data)
+        answer.flush()

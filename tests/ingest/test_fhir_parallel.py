@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import subprocess
+import sys
+import time
 
 import orjson
+import pyarrow as pa
 import pytest
 
 from mercia.ingest import fhir
@@ -38,11 +42,14 @@ def _export(shared_data, tmp_path):
 def test_worker_processes_stage_and_load_the_same_rows_as_one_process(store, store_factory, engine, shared_data,
                                                                       tmp_path, load, monkeypatch):
     folder = _export(shared_data, tmp_path)
-    started = []
-    start_worker = fhir._start_worker
-    monkeypatch.setattr(fhir, "_start_worker", lambda task: started.append(task) or start_worker(task))
+    started, units = [], []
+    start_worker, make_units = fhir._start_worker, fhir._units
+    monkeypatch.setattr(fhir, "_start_worker", lambda header: started.append(header) or start_worker(header))
+    monkeypatch.setattr(fhir, "_units", lambda *args: units.append(make_units(*args)) or units[-1])
     one, two = read_fhir(folder, processes=1), read_fhir(folder, processes=2)
-    assert len(started) == 1 and 0 < len(started[0][2]) < 19  # the worker read some of the 19 files
+    assert len(started) == 1
+    assert all(piece == fhir.WHOLE for _, _, piece in units[0])
+    assert len({piece for _, _, piece in units[1]}) > 1  # the largest files were read in pieces
     assert one.read == two.read
     for name in ("persons", "events", "sites", "rejects", "removals", "versions"):
         assert getattr(one, name).table().equals(getattr(two, name).table()), name
@@ -82,11 +89,55 @@ def test_processes_setting(monkeypatch, tmp_path):
 def test_a_failing_worker_fails_the_read(shared_data, tmp_path, monkeypatch):
     folder = tmp_path / "export"
     shutil.copytree(shared_data / "fhir/synthea_small/ndjson", folder)
-    start_worker = fhir._start_worker  # the worker is told to read a file that is not there
-    monkeypatch.setattr(fhir, "_start_worker", lambda task: start_worker(
-        (task[0], task[1], [(i, f.with_name("gone.ndjson")) for i, f in task[2]], task[3])))
-    with pytest.raises(RuntimeError, match="(?s)a FHIR reading worker failed .*gone.ndjson"):
+    start_worker = fhir._start_worker  # the worker is told of an extract date it cannot use as one
+    monkeypatch.setattr(fhir, "_start_worker", lambda header: start_worker((header[0], header[1])))
+    with pytest.raises(RuntimeError, match="(?s)a FHIR reading worker failed .*ValueError"):
         read_fhir(folder, processes=2)
+
+
+def test_a_hung_worker_is_stopped(shared_data, tmp_path, monkeypatch):
+    """A worker that takes a unit and never answers is killed after a time in proportion to the unit's file."""
+    folder = tmp_path / "export"
+    shutil.copytree(shared_data / "fhir/synthea_small/ndjson", folder)
+    hung = []
+
+    def start_hung_worker(header):
+        hung.append(subprocess.Popen([sys.executable, "-c", "import sys, time; sys.stdin.readline(); "
+                                      "sys.stdin.readline(); time.sleep(600)"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        return hung[-1]
+    monkeypatch.setattr(fhir, "_start_worker", start_hung_worker)
+    monkeypatch.setattr(fhir, "WORKER_BASE_SECONDS", 0.5)
+    monkeypatch.setattr(fhir, "WORKER_SECONDS_PER_MB", 1.0)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"a FHIR reading worker gave no answer within \d+ s \(reading "
+                                           r"\w+\.ndjson\.gz\); stopped"):
+        read_fhir(folder, processes=2)
+    assert time.monotonic() - started < 60
+    assert hung[0].wait(5) is not None  # killed, not left behind
+
+
+def test_pieces_of_a_file_read_as_the_whole_file(tmp_path):
+    """Line-aligned pieces (cut anywhere, even inside a line) stage what the whole file stages, line numbers
+    and reading order included; a broken gzip file is rejected once, not once per piece."""
+    lines = [orjson.dumps({"resourceType": "Patient", "id": f"p{i}", "gender": "female",
+                           "birthDate": "1970-01-01" if i % 3 else "19x0"}) for i in range(50)]
+    file = tmp_path / "Patient.ndjson"
+    file.write_bytes(b"\n".join([*lines[:20], b"{not json", b"", *lines[20:]]))  # no newline at the end
+    whole = fhir.read_files("x", None, [(3, file, fhir.WHOLE)], 4)
+    rejects = whole[0].tables["rejects"].to_pylist()
+    assert [r["line"] for r in rejects if r["reason"].startswith("not valid JSON")] == [21]
+    assert whole[0].tables["versions"].column("seq").to_pylist()[-1] == 3 * fhir.FILE_SEQ + 52
+    for cuts in ([0, 1, fhir.PIECE_UNITS], [0, 7, 70_001, 500_000, 500_001, fhir.PIECE_UNITS],
+                 [0, *range(1, fhir.PIECE_UNITS, fhir.PIECE_UNITS // 97), fhir.PIECE_UNITS]):
+        parts = fhir.read_files("x", None, [(3, file, piece) for piece in zip(cuts, cuts[1:])], 4)
+        assert sum(part.read for part in parts) == whole[0].read == 51
+        for name in whole[0].tables:
+            assert pa.concat_tables([part.tables[name] for part in parts]).equals(whole[0].tables[name]), name
+    broken = tmp_path / "Condition.ndjson.gz"
+    broken.write_bytes(b"not gzip")
+    parts = fhir.read_files("x", None, [(0, broken, (0, 9)), (0, broken, (9, fhir.PIECE_UNITS))], 1)
+    assert [part.read for part in parts] == [1, 0]
 
 
 def test_a_worker_task_longer_than_an_argument_may_be(tmp_path):
