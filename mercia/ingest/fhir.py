@@ -872,8 +872,8 @@ class FhirReader:
     def _resolve_deferred(self) -> None:
         """Medication and Device references and conditional Patient references, which needed every file:
         column work over the staged events, Python only for the (few) rows that refer to one."""
-        events = self.staged.events.table().combine_chunks()
-        deferred = pc.fill_null(pc.starts_with(events.column("vocabulary").chunk(0), "?"), False)
+        events = self.staged.events.table()  # left in its chunks: only the columns that change are copied
+        deferred = pc.fill_null(pc.starts_with(events.column("vocabulary"), "?"), False).combine_chunks()
         dropped = pa.repeat(False, events.num_rows)
         if pc.any(deferred).as_py():
             events, dropped = self._resolve_catalogue_references(events, deferred)

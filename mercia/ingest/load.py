@@ -694,12 +694,17 @@ class _Load:
                                   rowid AS position
                            FROM routed WHERE domain = '{domain}') n
                        JOIN routed r ON r.rowid = n.position"""
-        self.con.execute(f"CREATE OR REPLACE TABLE domain_rows AS {numbered}" if domain == "Visit" else
-                         f"""CREATE OR REPLACE TABLE domain_rows AS SELECT d.*, v.row_id AS visit_occurrence_id
-                             FROM ({numbered}) d LEFT JOIN visit_ids v ON v.source_record = d.visit_record""")
+        if domain != "Visit":
+            numbered = f"""SELECT d.*, v.row_id AS visit_occurrence_id FROM ({numbered}) d
+                           LEFT JOIN visit_ids v ON v.source_record = d.visit_record"""
         columns = _domain_columns(domain, self.options.type_concept_id or TYPE_CONCEPTS.get(self.reader, EHR_TYPE))
-        select = ", ".join(f"{expr} AS {quote(col)}" for col, expr in columns.items())
-        rows = _table_from_query(self.con, f"SELECT row_id AS {quote(pk)}, person_id, {select} FROM domain_rows")
+        # only the CDM columns and what provenance, visit ids and variants need are kept (not every routed column)
+        self.con.execute(f"""CREATE OR REPLACE TABLE domain_rows AS
+            SELECT row_id, person_id, record, qualifier, source_record, also_source_record, record_hash,
+                   {", ".join(f"{expr} AS {quote(col)}" for col, expr in columns.items())}
+            FROM ({numbered})""")
+        rows = _table_from_query(self.con, f"SELECT row_id AS {quote(pk)}, person_id, "
+                                           f"{', '.join(quote(col) for col in columns)} FROM domain_rows")
         if domain == "Measurement" and self.staged.variants is not None and self.staged.variants.num_rows:
             self.con.execute("CREATE TABLE measurement_rows AS SELECT row_id, person_id, record, qualifier, source_record, "
                              "record_hash FROM domain_rows")
