@@ -86,7 +86,8 @@ def fhir_end_to_end(folder: Path, workdir: Path) -> tuple[dict, Path]:
     result = {"folder": str(folder.relative_to(SHARED)), "reading_processes": _reading_processes(folder),
               **_rates(asdict(summary), wall, cpu),
               # the load's own process (its share of the reading, then the load) is the critical path
-              "cpu_seconds_load_process": round(own, 2), "cpu_seconds_reading_workers": round(cpu - own, 2),
+              "cpu_seconds_load_process": round(own, 2),
+              "cpu_seconds_reading_workers": max(0.0, round(cpu - own, 2)),
               "load_average_before": load_before, "load_average_after": os.getloadavg()}
     return result, db
 

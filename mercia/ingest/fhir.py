@@ -314,7 +314,7 @@ WHOLE = (0, PIECE_UNITS)
 WORKER_BASE_SECONDS = 60.0
 WORKER_SECONDS_PER_MB = 30.0
 # Processes reading a load's files: ``MERCIA_INGEST_PROCESSES`` (1 reads in the load's own process), else one
-# per CPU with at least MIN_BYTES_PER_PROCESS of files each (starting a worker costs ~0.3 CPU-s of imports).
+# per CPU with at least MIN_BYTES_PER_PROCESS of files each (starting a worker costs ~0.2 CPU-s of imports).
 PROCESSES_ENV = "MERCIA_INGEST_PROCESSES"
 MIN_BYTES_PER_PROCESS = 4 * 2**20
 
@@ -334,8 +334,8 @@ def reading_processes(files: list[Path]) -> int:
 
 @dataclass
 class FileRead:
-    """What one file staged, as Arrow tables, with the catalogue entries (Medication, Device, Patient
-    identifiers) it defined: a worker process sends it back whole, the reader merges files in order."""
+    """What one file (or piece of one) staged, as Arrow tables, with the catalogue entries (Medication,
+    Device, Patient identifiers) it defined: a worker sends it back whole, the reader merges them in order."""
 
     index: int
     piece: tuple[int, int]
