@@ -488,9 +488,11 @@ class Hub:
                 self._protocol_refusals[key] = (written, since + 1)
             else:
                 self._protocol_refusals[key] = (now, 0)
-                self.gov.audit.record(f"node:{org}" if enrolled else "unknown node", "federation.reject",
-                                      f"node:{org}" if enrolled else "node", None, reason=reason,
-                                      protocol=spoken, refused_since_last_record=since)
+                # the request cannot be verified, so the name is only what the request claims
+                self.gov.audit.record(f"node:{org} (claimed, unverified)" if enrolled else "unknown node",
+                                      "federation.reject", f"node:{org}" if enrolled else "node", None, reason=reason,
+                                      claimed_node=org, verified=False, protocol=spoken,
+                                      refused_since_last_record=since)
         return reason
 
     def _refuse_result(self, org: str, result: NodeResult) -> None:

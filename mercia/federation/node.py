@@ -49,6 +49,10 @@ NODE_DDL = [
     # which issue of the task was decided on: a digest of the round's salt, never the salt itself
     "ALTER TABLE mercia_fed_inbox ADD COLUMN IF NOT EXISTS issue VARCHAR",
     "CREATE TABLE IF NOT EXISTS mercia_fed_state (paused BOOLEAN NOT NULL)",
+    # sha256 of each answered question's salt, and the question: a salt met again for another question is
+    # refused, so that a hub cannot link two questions' salted tokens
+    """CREATE TABLE IF NOT EXISTS mercia_fed_salt (salt_digest VARCHAR PRIMARY KEY, query_id BIGINT NOT NULL,
+        question VARCHAR NOT NULL, answered_at VARCHAR NOT NULL)""",
 ]
 
 
@@ -247,7 +251,20 @@ def persons_per_cell(rows: pa.Table) -> dict[str, int]:
 
 def _audit_run(audit: AuditLog, task: Task, result: NodeResult) -> None:
     audit.record("node", "node.run", f"task:{task.task_id}", query=task.query_id, kind=task.query.kind,
-                 status=result.status, count=result.count, fingerprint=fingerprint(task.query.model_dump()))
+                 status=result.status, count=result.count, reason=result.reason,
+                 fingerprint=fingerprint(task.query.model_dump()))
+
+
+def _salt_digest(task: Task) -> str:
+    return hashlib.sha256(task.salt.encode()).hexdigest()
+
+
+def _salt_used_before(store: Store, task: Task) -> int | None:
+    """The question an answered task already used this task's salt for, when it was another question
+    (another id or another body; the same question sent again, e.g. after a hub restart, may reuse it)."""
+    return store.query_one("SELECT query_id FROM mercia_fed_salt WHERE salt_digest = ? AND NOT (query_id = ? "
+                           "AND question = ?)", [_salt_digest(task), task.query_id,
+                                                 fingerprint(task.query.model_dump())])
 
 
 class NodeAgent:
@@ -325,10 +342,17 @@ class NodeAgent:
         elif decision == "refuse":
             result = NodeResult(**common, status="refused",
                                 reason=f"{task.query.kind} questions are refused by this organisation")
+        elif (reused := _salt_used_before(store, task)) is not None:
+            result = NodeResult(**common, status="refused",
+                                reason=f"the hub sent the salt of question {reused} again for another question: "
+                                       "refused, so that the two answers' tokens cannot be linked")
         else:
             try:
-                with audit.db.transaction():   # the question and its audit entry: one commit
+                with audit.db.transaction():   # the question, its salt's digest and its audit entry: one commit
                     result = answer_query(store, task, self.policy, self.org)
+                    store.execute("INSERT INTO mercia_fed_salt VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                                  [_salt_digest(task), task.query_id, fingerprint(task.query.model_dump()),
+                                   _iso(_now())])
                     _audit_run(audit, task, result)
                 return result
             except Exception as exc:  # a failing question must not stop the node; the hub is told
