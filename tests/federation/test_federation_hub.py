@@ -448,3 +448,27 @@ def test_a_node_refuses_a_salt_it_answered_another_question_with(network, hub_fa
         runs = node_audit(store).search(action="node.run", limit=4)
     assert [r["detail"]["status"] for r in runs] == ["answered", "refused", "refused", "answered"]
     assert "cannot be linked" in runs[1]["detail"]["reason"]
+
+
+def test_a_nodes_key_is_read_once_and_a_new_enrolment_applies_at_once(network, hub_factory, tmp_path, monkeypatch):
+    """Every node request is checked against the enrolled key, kept between requests instead of read each
+    time; re-enrolling the node with another key refuses the old one from the next request."""
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    node = network.nodes[0]
+    agent = agents(network, client, nodes=[node])[node.org]
+    path = f"{PREFIX}/node/work"
+    reads = []
+    store_class = type(hub.store)
+    original = store_class.query_one
+    monkeypatch.setattr(store_class, "query_one", lambda self, sql, *rest: (
+        reads.append(sql) if "public_key" in sql else None, original(self, sql, *rest))[1])
+    for _ in range(3):
+        assert client.get(path, params={"wait": 0}, headers=agent._headers("GET", path, b"")).status_code == 200
+    assert len(reads) == 1
+    rekeyed, public = generate_keypair(tmp_path / "rekeyed.node")
+    hub.enrol(node.org, "Re-keyed organisation", public.read_text(), actor="test")
+    refused = client.get(path, params={"wait": 0}, headers=agent._headers("GET", path, b""))
+    assert refused.status_code == 403 and "enrolled key" in refused.json()["detail"]
+    successor = NodeAgent(node.url, node.org, "http://testserver", rekeyed, wait=0, client=client)
+    assert client.get(path, params={"wait": 0}, headers=successor._headers("GET", path, b"")).status_code == 200
