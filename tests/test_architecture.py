@@ -31,7 +31,7 @@ FOUNDATION = {  # foundation package -> what it may import
 OUTER = {"services", "api", "web", "cli", "demo"}
 # Capability -> capability arrows in library code, each with the public API it goes through and why.
 ALLOWED = {
-    ("federation", "cohorts"): "a node validates, compiles and runs the hub's Circe cohort (cohorts.model, runner)",
+    ("federation", "cohorts"): "a node validates, compiles and runs the hub's Circe cohort (cohorts.model, compiler)",
     ("federation", "governance"): "the hub authorises researchers by approved project and audits every question",
     ("trials", "cohorts"): "trial eligibility is a cohort definition run by the cohort engine",
     ("trials", "governance"): "trial access goes through projects, roles and the audit log",

@@ -81,19 +81,20 @@ def cohort_check(store: Store, cohort_id: int, role: str = "cohort") -> int:
     return int(n)
 
 
-def first_entry_sql(cohort_id: int) -> str:
-    """One row per person: the first cohort entry (index date) and its end."""
+def first_entry_sql(cohort_id: int, table: str = "cohort") -> str:
+    """One row per person: the first cohort entry (index date) and its end, from ``table`` (``cohort``'s columns)."""
     return f"""
         SELECT subject_id AS person_id, cohort_start_date AS index_date, cohort_end_date AS end_date
         FROM (SELECT subject_id, cohort_start_date, cohort_end_date,
                      ROW_NUMBER() OVER (PARTITION BY subject_id
                                         ORDER BY cohort_start_date, cohort_end_date) AS rn
-              FROM cohort WHERE cohort_definition_id = {cohort_id}) c
+              FROM {table} WHERE cohort_definition_id = {cohort_id}) c
         WHERE rn = 1"""
 
 
-def index_table_sql(store: Store, cohort_id: int) -> str:
-    """The cohort at index with everything the reports stratify by, one row per person."""
+def index_table_sql(store: Store, cohort_id: int, table: str = "cohort") -> str:
+    """The cohort at index with everything the reports stratify by, one row per person (its entries in
+    ``table``: ``cohort``, or a temporary table of the same columns)."""
     imd = ""
     if store.table_exists(LINK_TABLE):  # the most recent load's decile for each person
         imd = f"""
@@ -105,7 +106,7 @@ def index_table_sql(store: Store, cohort_id: int) -> str:
                 WHERE l.imd_decile BETWEEN 1 AND 10) ranked
             WHERE rn = 1),"""
     return f"""
-        WITH entry AS ({first_entry_sql(cohort_id)}),{imd}
+        WITH entry AS ({first_entry_sql(cohort_id, table)}),{imd}
         period AS (
             SELECT e.person_id, MIN(op.observation_period_start_date) AS op_start,
                    MAX(op.observation_period_end_date) AS op_end

@@ -973,6 +973,35 @@ def compile_cohort(expr: m.CohortExpression, cohort_id: int, dialect: str = "duc
         return plan_statements(build_plan(expr, cohort_id), dialect)
 
 
+def compile_cohort_rows(expr: m.CohortExpression, into: str, dialect: str = "duckdb") -> list[str]:
+    """Statements that put the cohort's rows (``cohort``'s columns, cohort id 0) into the temporary
+    table ``into`` and nothing else: no attrition, no write to a persisted table, so a caller that
+    needs the rows once (a federated node's question) pays no registry, clearing or commit of them.
+    The rows are those ``compile_cohort`` writes to ``cohort``; steps only attrition read are left out."""
+    with collection_paused():
+        plan = build_plan(expr, 0)
+        plan.attrition = {}
+        _drop_unread_steps(plan)
+        inline_single_reads(plan)
+        statements = [s for name, query in plan.steps for s in materialise(name, query, dialect)]
+        statements += materialise(into, plan.cohort_rows, dialect)
+        return statements + [render(drop_table(name), dialect) for name, _ in reversed(plan.steps)]
+
+
+def _drop_unread_steps(plan: CohortPlan) -> None:
+    """Leave out the steps that no output and no kept later step reads (once attrition is left out)."""
+    def tables(query: exp.Query) -> set[str]:
+        return {node.name for node in query.find_all(exp.Table)}
+
+    needed = set().union(*(tables(q) for q in [plan.cohort_rows, *plan.attrition.values()]))
+    kept: list[tuple[str, exp.Query]] = []
+    for name, query in reversed(plan.steps):
+        if name in needed:
+            kept.append((name, query))
+            needed |= tables(query)
+    plan.steps = kept[::-1]
+
+
 def inline_single_reads(plan: CohortPlan) -> CohortPlan:
     """Write each step that is read only once into its reader as a subquery instead of materialising
     it: one statement and one temporary table fewer, and the engine plans the two together.  Steps

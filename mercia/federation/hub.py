@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mercia.cdm import Store
 from mercia.cohorts.model import CohortDefinitionError
@@ -53,6 +54,9 @@ DDL = [
 FINAL_TASK_STATUSES = ("answered", "refused", "paused", "error")
 CLOCK_SKEW = timedelta(seconds=120)
 LAST_SEEN_EVERY = 5.0   # seconds between writes of a node's last_seen (it is offline after node_offline_after)
+# seconds a node's enrolled key is used without reading it again: an enrolment through this hub takes effect at
+# once, one made by another process sharing a PostgreSQL hub store within this time
+NODE_KEY_KEPT = 5.0
 PROJECTS_KEPT = 1024    # questions whose project the hub remembers (for auditing their results)
 PROTOCOL_REFUSAL_EVERY = 600.0   # seconds between audit records of one node's refusals for its protocol version
 
@@ -105,6 +109,7 @@ class Hub:
         self._protocol_refusals: dict[str | None, tuple[float, int]] = {}   # enrolled node or None (any other
         # name) -> (last audited, refused since)
         self._seen_written: dict[str, float] = {}    # node -> when this process last wrote its last_seen
+        self._node_keys: dict[str, tuple[float, Ed25519PublicKey]] = {}   # enrolled node -> (read at, its key)
         self.work_news = News()     # a round issued by this process: waiting nodes look for their work
         self.result_news = News()   # a result accepted by this process: waiting researchers look at the answer
         with self._lock, self.gov.db.transaction():
@@ -144,6 +149,7 @@ class Hub:
             self.store.execute("INSERT INTO mercia_fed_node VALUES (?, ?, ?, ?, ?, NULL, TRUE)",
                                [org, name, public_key_pem, _iso(_now()), actor])
             self.gov.audit.record(actor, "federation.enrol", f"node:{org}", name=name)
+            self._node_keys.pop(org, None)   # under the lock: no request keeps the old key
 
     def enrol_by(self, actor: User, org: str, name: str, public_key_pem: str) -> None:
         self._require_admin(actor)
@@ -391,8 +397,7 @@ class Hub:
         """Verify a node's signed request: enrolled node, its key, a fresh timestamp, never seen before."""
         if not org:
             raise Rejected("the request does not name its node (X-Mercia-Node)")
-        with self._lock:
-            key = self.store.query_one("SELECT public_key FROM mercia_fed_node WHERE org = ? AND active", [org])
+        key = self._node_key(org)
         if key is None:
             raise Rejected(f"unknown node {org!r}: enrol it first")
         try:
@@ -402,7 +407,7 @@ class Hub:
         if abs(time.time() - moment) > CLOCK_SKEW.total_seconds():
             raise Rejected("the request's timestamp is too old or in the future (replay or clock skew)")
         try:
-            verify(load_public_key(key), request_message(org, method, path, stamp, body), signature)
+            verify(key, request_message(org, method, path, stamp, body), signature)
         except SignatureError as exc:
             raise Rejected(str(exc)) from exc
         with self._lock:
@@ -416,6 +421,22 @@ class Hub:
                 self.store.execute("UPDATE mercia_fed_node SET last_seen = ? WHERE org = ?", [_iso(_now()), org])
                 self._seen_written[org] = now
         return org
+
+    def _node_key(self, org: str) -> Ed25519PublicKey | None:
+        """The node's enrolled key (None: not enrolled), read from the store at most every NODE_KEY_KEPT
+        seconds per enrolled node: every request of every node is checked against it.  Names that are not
+        enrolled are not kept (anyone can claim any name)."""
+        with self._lock:
+            read_at, key = self._node_keys.get(org, (-NODE_KEY_KEPT, None))
+            if time.monotonic() - read_at < NODE_KEY_KEPT:
+                return key
+            pem = self.store.query_one("SELECT public_key FROM mercia_fed_node WHERE org = ? AND active", [org])
+            if pem is None:
+                self._node_keys.pop(org, None)
+                return None
+            key = load_public_key(pem)
+            self._node_keys[org] = (time.monotonic(), key)
+            return key
 
     def work_for(self, org: str) -> list[Task]:
         """Tasks issued to ``org`` and not yet answered or expired (sent again until answered)."""
@@ -488,9 +509,11 @@ class Hub:
                 self._protocol_refusals[key] = (written, since + 1)
             else:
                 self._protocol_refusals[key] = (now, 0)
-                self.gov.audit.record(f"node:{org}" if enrolled else "unknown node", "federation.reject",
-                                      f"node:{org}" if enrolled else "node", None, reason=reason,
-                                      protocol=spoken, refused_since_last_record=since)
+                # the request cannot be verified, so the name is only what the request claims
+                self.gov.audit.record(f"node:{org} (claimed, unverified)" if enrolled else "unknown node",
+                                      "federation.reject", f"node:{org}" if enrolled else "node", None, reason=reason,
+                                      claimed_node=org, verified=False, protocol=spoken,
+                                      refused_since_last_record=since)
         return reason
 
     def _refuse_result(self, org: str, result: NodeResult) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
@@ -164,7 +165,11 @@ class NodeResult(BaseModel):
 
     @classmethod
     def from_wire(cls, body: bytes) -> NodeResult:
-        """Read ``to_wire``'s bytes; raises ValueError when they are not a node result."""
+        """Read ``to_wire``'s bytes; raises ValueError when they are not a node result.  A compressed stream
+        is refused before anything is decompressed: its buffers could unpack to any size (``to_wire``
+        never compresses, so the stream's buffers are never larger than the body the hub bounds)."""
+        if compressed_ipc(body):
+            raise ValueError("a compressed Arrow IPC stream (node results are sent uncompressed)")
         try:
             reader = pa.ipc.open_stream(body)
             members = reader.read_all()
@@ -181,3 +186,46 @@ class NodeResult(BaseModel):
         """Every salted token in the result, in hex (what must never reach a hub table or a user)."""
         return [token.hex() for name in ("nhs", "demographic")
                 for token in self.members.column(name).drop_null().to_pylist()]
+
+
+def compressed_ipc(body: bytes) -> bool:
+    """Does any record or dictionary batch of this Arrow IPC stream say its body is compressed?  Read
+    from each message's flatbuffer header (``Message.header`` → ``RecordBatch.compression``, field 3;
+    a dictionary batch's record batch is its field 1) without reading the bodies.  Raises ValueError
+    when the stream's messages cannot be read."""
+    try:
+        reader = pa.ipc.MessageReader.open_stream(body)
+        while True:
+            try:
+                message = reader.read_next_message()
+            except StopIteration:
+                return False
+            if message.type not in ("record batch", "dictionary batch"):
+                continue
+            meta = message.metadata.to_pybytes()
+            header = _table_field(meta, _root(meta), 2)
+            batch = header if message.type == "record batch" else _table_field(meta, header, 1)
+            if batch is not None and _field_offset(meta, batch, 3):
+                return True
+    except (pa.ArrowException, OSError, IndexError, struct.error) as exc:
+        raise ValueError(f"not an Arrow IPC stream of members: {exc}") from exc
+
+
+def _root(buf: bytes) -> int:
+    return struct.unpack_from("<I", buf, 0)[0]
+
+
+def _field_offset(buf: bytes, table: int, field: int) -> int:
+    """A flatbuffer table's field position relative to the table (0: absent)."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    vtable_size = struct.unpack_from("<H", buf, vtable)[0]
+    slot = 4 + 2 * field
+    return struct.unpack_from("<H", buf, vtable + slot)[0] if slot < vtable_size else 0
+
+
+def _table_field(buf: bytes, table: int | None, field: int) -> int | None:
+    """The table a flatbuffer table's field points to (None: absent)."""
+    if table is None:
+        return None
+    at = _field_offset(buf, table, field)
+    return None if not at else table + at + struct.unpack_from("<I", buf, table + at)[0]

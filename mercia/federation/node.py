@@ -28,8 +28,7 @@ from mercia.analytics.base import age_band_sql, concept_names, index_table_sql, 
 from mercia.cdm import Store, StoreError
 from mercia.cdm.dialect import as_text
 from mercia.cdm.extensions import ensure_extension_tables
-from mercia.cohorts.registry import scratch_cohort
-from mercia.cohorts.runner import run_cohort
+from mercia.cohorts.compiler import compile_cohort_rows
 from mercia.federation.disclosure import federated_policy
 from mercia.federation.hub import _iso, _now, request_message
 from mercia.federation.hubapp import PREFIX
@@ -50,6 +49,10 @@ NODE_DDL = [
     # which issue of the task was decided on: a digest of the round's salt, never the salt itself
     "ALTER TABLE mercia_fed_inbox ADD COLUMN IF NOT EXISTS issue VARCHAR",
     "CREATE TABLE IF NOT EXISTS mercia_fed_state (paused BOOLEAN NOT NULL)",
+    # sha256 of each answered question's salt, and the question: a salt met again for another question is
+    # refused, so that a hub cannot link two questions' salted tokens
+    """CREATE TABLE IF NOT EXISTS mercia_fed_salt (salt_digest VARCHAR PRIMARY KEY, query_id BIGINT NOT NULL,
+        question VARCHAR NOT NULL, answered_at VARCHAR NOT NULL)""",
 ]
 
 
@@ -195,30 +198,35 @@ def _labels(store: Store, cells: list[str]) -> dict[str, str]:
     return {c: names.get(int(c.split(":", 1)[1]), c) for c in concepts}
 
 
+COHORT_ROWS = "mercia_fed_cohort"   # the question's cohort rows: a temporary table of the question's transaction
+
+
 def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> NodeResult:
-    """Run the cohort on the local store; return the published counts and the salted tokens per cell."""
+    """Run the cohort on the local store; return the published counts and the salted tokens per cell.
+    Runs in one transaction (the caller's, when it has one) and writes nothing persisted: the cohort's
+    rows go to a temporary table (``compile_cohort_rows``: the rows ``run_cohort`` would write, without
+    attrition) dropped at the end, or with the transaction when a step fails."""
     query = task.query
-    with scratch_cohort(store) as cohort_id:
-        run_cohort(store, query.expression(), cohort_id)
-        tokens = cohort_tokens(store, "cohort", cohort_id, task.salt)
+    with store.transaction():
+        for statement in compile_cohort_rows(query.expression(), COHORT_ROWS, store.dialect):
+            store.execute(statement)
+        tokens = cohort_tokens(store, COHORT_ROWS, 0, task.salt)
         if isinstance(query, FeasibilityQuery) and not query.strata:   # one cell: no index table needed
             rows = tokens.append_column("cell", pa.repeat(pa.scalar("", pa.string()), tokens.num_rows))
         elif tokens.num_rows:
-            with temp_table(store, index_table_sql(store, cohort_id), "mercia_fed_idx") as idx:
+            with temp_table(store, index_table_sql(store, 0, COHORT_ROWS), "mercia_fed_idx") as idx:
                 cells = store.query_arrow(_cells_sql(store, query, idx))
             rows = cells.select(["person_id", "cell"]).cast(
                 pa.schema([("person_id", pa.int64()), ("cell", pa.string())])).join(tokens, "person_id")
         else:
             rows = tokens.append_column("cell", pa.array([], pa.string()))
-    last_load, version = store.query(f"SELECT {as_text(store, 'max(loaded_at)')}, count(*) || ':' || "
-                                     "COALESCE(max(load_id), 0) FROM mercia_load")[0]
+        store.drop_temp_table(COHORT_ROWS)
+        last_load, version = store.query(f"SELECT {as_text(store, 'max(loaded_at)')}, count(*) || ':' || "
+                                         "COALESCE(max(load_id), 0) FROM mercia_load")[0]
     published = federated_policy(policy.disclosure or task.policy, policy.allow_raw)
     seed = fingerprint([query.model_dump(), org, version])
     linkable = pc.invert(pc.and_(pc.is_null(rows.column("nhs")), pc.is_null(rows.column("demographic"))))
-    # small tables: one thread (Acero's thread pool costs more wall time than it saves on a busy machine)
-    per_cell = rows.group_by("cell", use_threads=False).aggregate([("person_id", "count_distinct")])
-    unlinkable = rows.filter(pc.invert(linkable)).group_by("cell", use_threads=False).aggregate(
-        [("person_id", "count_distinct")])
+    per_cell = persons_per_cell(rows)
     linked = rows.filter(linkable)
     members = pa.table([linked.column("nhs"), linked.column("demographic"),
                         linked.column("cell").combine_chunks().dictionary_encode()], schema=MEMBERS)
@@ -226,14 +234,37 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> Node
     return NodeResult(
         task_id=task.task_id, org=org, nonce=task.nonce, status="answered",
         count=published.publish(tokens.num_rows, seed),
-        cells={c: published.publish(n, f"{seed}:{c}") for c, n in
-               zip(per_cell.column("cell").to_pylist(), per_cell.column("person_id_count_distinct").to_pylist())},
-        labels=_labels(store, per_cell.column("cell").to_pylist()),
+        cells={c: published.publish(n, f"{seed}:{c}") for c, n in per_cell.items()},
+        labels=_labels(store, list(per_cell)),
         members=members,
         linked=tokens.num_rows - no_token.num_rows, unlinkable=no_token.num_rows,
-        unlinkable_cells=dict(zip(unlinkable.column("cell").to_pylist(),
-                                  unlinkable.column("person_id_count_distinct").to_pylist())),
+        unlinkable_cells=persons_per_cell(rows.filter(pc.invert(linkable))),
         last_load=last_load, data_version=version)
+
+
+def persons_per_cell(rows: pa.Table) -> dict[str, int]:
+    """Persons per cell of (person, cell) rows, each pair once (as ``_cells_sql`` and the token join give
+    them): one hash count of the cell column."""
+    counted = pc.value_counts(rows.column("cell"))
+    return dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
+
+
+def _audit_run(audit: AuditLog, task: Task, result: NodeResult) -> None:
+    audit.record("node", "node.run", f"task:{task.task_id}", query=task.query_id, kind=task.query.kind,
+                 status=result.status, count=result.count, reason=result.reason,
+                 fingerprint=fingerprint(task.query.model_dump()))
+
+
+def _salt_digest(task: Task) -> str:
+    return hashlib.sha256(task.salt.encode()).hexdigest()
+
+
+def _salt_used_before(store: Store, task: Task) -> int | None:
+    """The question an answered task already used this task's salt for, when it was another question
+    (another id or another body; the same question sent again, e.g. after a hub restart, may reuse it)."""
+    return store.query_one("SELECT query_id FROM mercia_fed_salt WHERE salt_digest = ? AND NOT (query_id = ? "
+                           "AND question = ?)", [_salt_digest(task), task.query_id,
+                                                 fingerprint(task.query.model_dump())])
 
 
 class NodeAgent:
@@ -311,14 +342,23 @@ class NodeAgent:
         elif decision == "refuse":
             result = NodeResult(**common, status="refused",
                                 reason=f"{task.query.kind} questions are refused by this organisation")
+        elif (reused := _salt_used_before(store, task)) is not None:
+            result = NodeResult(**common, status="refused",
+                                reason=f"the hub sent the salt of question {reused} again for another question: "
+                                       "refused, so that the two answers' tokens cannot be linked")
         else:
             try:
-                result = answer_query(store, task, self.policy, self.org)
+                with audit.db.transaction():   # the question, its salt's digest and its audit entry: one commit
+                    result = answer_query(store, task, self.policy, self.org)
+                    store.execute("INSERT INTO mercia_fed_salt VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                                  [_salt_digest(task), task.query_id, fingerprint(task.query.model_dump()),
+                                   _iso(_now())])
+                    _audit_run(audit, task, result)
+                return result
             except Exception as exc:  # a failing question must not stop the node; the hub is told
                 log.exception("task %s failed", task.task_id)
                 result = NodeResult(**common, status="error", reason=f"{type(exc).__name__}: {exc}"[:500])
-        audit.record("node", "node.run", f"task:{task.task_id}", query=task.query_id, kind=task.query.kind,
-                     status=result.status, count=result.count, fingerprint=fingerprint(task.query.model_dump()))
+        _audit_run(audit, task, result)
         return result
 
     def hold(self) -> None:

@@ -9,15 +9,19 @@ import sys
 import time
 from datetime import timedelta
 
+import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
 from mercia.cdm import Store
 from mercia.federation.hubapp import PREFIX
-from mercia.federation.messages import PROTOCOL_HEADER, PROTOCOL_VERSION, NodeResult
-from mercia.federation.node import NODE_DDL, NodeAgent, NodePolicy, open_node_store, pending, decide, set_paused
+from mercia.federation.messages import (MEMBERS, PROTOCOL_HEADER, PROTOCOL_VERSION, RESULT_MEDIA_TYPE, FeasibilityQuery,
+                                        NodeResult)
+from mercia.federation.node import (NODE_DDL, NodeAgent, NodePolicy, decide, node_audit, open_node_store, pending,
+                                    set_paused)
 from mercia.federation.region import reference_cohort, true_distinct_persons
 from mercia.federation.signing import generate_keypair, sign
+from mercia.federation.tokens import new_salt
 from mercia.governance.model import Role
 
 from .conftest import public_key
@@ -160,15 +164,16 @@ def test_a_node_of_another_protocol_version_is_refused_clearly_and_audited(netwo
     assert refused[0].json()["detail"] == (f"this hub speaks federation protocol {PROTOCOL_VERSION} and node '{org}' "
                                            f"speaks {old}: upgrade the node's Mercia")
     audited = hub.gov.audit.search(action="federation.reject")
-    assert [(e["actor"], e["target"]) for e in audited] == [(f"node:{org}", f"node:{org}")]
-    assert "upgrade the node's Mercia" in str(audited[0])
+    assert [(e["actor"], e["target"]) for e in audited] == [(f"node:{org} (claimed, unverified)", f"node:{org}")]
+    assert "upgrade the node's Mercia" in str(audited[0]) and audited[0]["detail"]["verified"] is False
     newer = agent._headers("GET", path, b"")
     newer[PROTOCOL_HEADER] = str(PROTOCOL_VERSION + 1)
     assert client.get(path, headers=newer).status_code == 426
     assert len(hub.gov.audit.search(action="federation.reject")) == 1   # the same node within ten minutes
     for name in ("ZZZ1", "ZZZ2"):                       # names not enrolled share one record
         assert client.get(path, headers={**old_node(), "X-Mercia-Node": name}).status_code == 426
-    assert [e["actor"] for e in hub.gov.audit.search(action="federation.reject")] == ["unknown node", f"node:{org}"]
+    assert [e["actor"] for e in hub.gov.audit.search(action="federation.reject")] == [
+        "unknown node", f"node:{org} (claimed, unverified)"]
     assert client.get(path, headers=agent._headers("GET", path, b"")).status_code == 200
 
 
@@ -400,3 +405,70 @@ def test_a_result_for_another_nodes_task_is_refused(network, hub_factory):
     response = nodes[first].post(spoof)
     assert response.status_code == 403 and "signed for" in response.json()["detail"]
     assert public_key(network, first) != public_key(network, second)
+
+
+def test_a_compressed_result_is_refused_before_it_is_unpacked(network, hub_factory):
+    """Compressed buffers could unpack to any size past the body's bound: a signed compressed stream gets 422
+    and the task stays open for the node's real result."""
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    agent = agents(network, client)[network.nodes[0].org]
+    ask(client, token, project_id)
+    result = agent.handle(agent.fetch()[0])
+    sink = pa.BufferOutputStream()
+    schema = MEMBERS.with_metadata({b"mercia.node_result": result.model_dump_json().encode()})
+    with pa.ipc.new_stream(sink, schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(result.members.replace_schema_metadata(schema.metadata))
+    body, path = sink.getvalue().to_pybytes(), f"{PREFIX}/node/results"
+    refused = client.post(path, content=body, headers=agent._headers("POST", path, body, RESULT_MEDIA_TYPE))
+    assert refused.status_code == 422 and "compressed Arrow IPC" in refused.json()["detail"]
+    assert agent.post(result).status_code == 200
+
+
+def test_a_node_refuses_a_salt_it_answered_another_question_with(network, hub_factory):
+    """A hub sending two questions one salt could link their members' salted tokens: the node answers the
+    first and refuses the second (it keeps sha256 of each answered question's salt); the same question sent
+    again with its salt (re-issued after a hub restart) is answered, and so is the other with a fresh salt."""
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    node = network.nodes[0]
+    agent = agents(network, client, nodes=[node])[node.org]
+    ask(client, token, project_id)
+    task = agent.fetch()[0]
+    assert agent.handle(task).status == "answered"
+    assert agent.handle(task.model_copy(update={"nonce": "re-issued"})).status == "answered"
+    other = task.model_copy(update={"task_id": task.task_id + 100, "query_id": task.query_id + 100})
+    stratified = task.model_copy(update={"query": FeasibilityQuery(cohort=reference_cohort(), strata=["sex"])})
+    for reused in (other, stratified):
+        refused = agent.handle(reused)
+        assert refused.status == "refused" and refused.members.num_rows == 0 and refused.count is None
+        assert f"salt of question {task.query_id} again" in refused.reason
+    assert agent.handle(other.model_copy(update={"salt": new_salt()})).status == "answered"
+    with open_node_store(node.url, node.schema) as store:
+        runs = node_audit(store).search(action="node.run", limit=4)
+    assert [r["detail"]["status"] for r in runs] == ["answered", "refused", "refused", "answered"]
+    assert "cannot be linked" in runs[1]["detail"]["reason"]
+
+
+def test_a_nodes_key_is_read_once_and_a_new_enrolment_applies_at_once(network, hub_factory, tmp_path, monkeypatch):
+    """Every node request is checked against the enrolled key, kept between requests instead of read each
+    time; re-enrolling the node with another key refuses the old one from the next request."""
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    node = network.nodes[0]
+    agent = agents(network, client, nodes=[node])[node.org]
+    path = f"{PREFIX}/node/work"
+    reads = []
+    store_class = type(hub.store)
+    original = store_class.query_one
+    monkeypatch.setattr(store_class, "query_one", lambda self, sql, *rest: (
+        reads.append(sql) if "public_key" in sql else None, original(self, sql, *rest))[1])
+    for _ in range(3):
+        assert client.get(path, params={"wait": 0}, headers=agent._headers("GET", path, b"")).status_code == 200
+    assert len(reads) == 1
+    rekeyed, public = generate_keypair(tmp_path / "rekeyed.node")
+    hub.enrol(node.org, "Re-keyed organisation", public.read_text(), actor="test")
+    refused = client.get(path, params={"wait": 0}, headers=agent._headers("GET", path, b""))
+    assert refused.status_code == 403 and "enrolled key" in refused.json()["detail"]
+    successor = NodeAgent(node.url, node.org, "http://testserver", rekeyed, wait=0, client=client)
+    assert client.get(path, params={"wait": 0}, headers=successor._headers("GET", path, b"")).status_code == 200

@@ -15,7 +15,7 @@ from mercia.cdm.extensions import ensure_extension_tables
 from mercia.cohorts import CohortExpression, run_cohort
 from mercia.cohorts.registry import scratch_cohort
 from mercia.federation.hub import member_rows, network_counts, token_integers
-from mercia.federation.messages import MEMBERS, NodeResult
+from mercia.federation.messages import MEMBERS, NodeResult, compressed_ipc
 from mercia.federation.region import SCALED_TABLES, build_scaled_network, reference_cohort
 from mercia.federation.tokens import (cohort_tokens, network_tokens, new_salt, person_tokens_current, question_key,
                                       refresh_person_tokens, salt_tokens)
@@ -258,6 +258,15 @@ def test_what_is_not_a_node_result_is_refused():
         with pytest.raises(ValueError, match="no cell"):   # else the hub's count of the question fails, not the result
             NodeResult.from_wire(NodeResult.model_construct(
                 task_id=1, org="A", nonce="n", status="answered", members=no_cell).to_wire())
+    fields = {b"mercia.node_result": b'{"task_id": 1, "org": "A", "nonce": "n", "status": "answered"}'}
+    for codec in ("zstd", "lz4"):   # a few bytes could unpack to any size: refused before anything is unpacked
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, MEMBERS.with_metadata(fields),
+                               options=pa.ipc.IpcWriteOptions(compression=codec)) as writer:
+            writer.write_table(NodeResult.from_wire(good).members)
+        assert compressed_ipc(sink.getvalue().to_pybytes()) and not compressed_ipc(good)
+        with pytest.raises(ValueError, match="compressed Arrow IPC"):
+            NodeResult.from_wire(sink.getvalue().to_pybytes())
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, MEMBERS) as writer:
         writer.write_table(MEMBERS.empty_table())
