@@ -335,8 +335,11 @@ def ranker_combine() -> None:
     pairs = bench.pairs
     pair_fold = bench.folds[pairs.case]
     columns = bench.columns.tolist()
-    configs, outer = [], {}
+    configs, outer, not_run = [], {}, []
     for index, name in enumerate(CONFIGS):
+        if not (PARTS / f"config-{index}.json").exists():
+            not_run.append(name)
+            continue
         entry = json.loads((PARTS / f"config-{index}.json").read_text())
         outer[name] = np.load(PARTS / f"outer-{index}.npy")
         entry["outer_figures"] = bench.fold_figures(ensemble.reranked_positions(pairs, outer[name], columns))
@@ -353,7 +356,7 @@ def ranker_combine() -> None:
                      "how": "benchmarks/raredisease_generalisation.py ranker-config I (one process per config, "
                             "nice 10), then ranker-combine", "chosen_per_outer_fold": chosen,
                      "nested": bench.fold_figures(ensemble.reranked_positions(pairs, nested, columns)),
-                     "configs": configs})
+                     "configs": configs, "configs_not_run": not_run})
 
 
 # -- a larger pool ---------------------------------------------------------------------------------------------
