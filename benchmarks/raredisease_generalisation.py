@@ -1,11 +1,13 @@
 """Issue 21, fourth round: why the re-ranker does not generalise to unseen gene cohorts, measured on held-out folds.
 
     .venv/bin/python benchmarks/raredisease_generalisation.py recall     # candidate recall of the first stages
-    .venv/bin/python benchmarks/raredisease_generalisation.py features   # extra features, held out by cohort
+    .venv/bin/python benchmarks/raredisease_generalisation.py pool       # re-rank the LR ranker's 50/75/100 best
+    .venv/bin/python benchmarks/raredisease_generalisation.py features   # extra features (ATTEMPTS=0,2: some)
     .venv/bin/python benchmarks/raredisease_generalisation.py ranker-config I  # one ranker setting (0..8)
     .venv/bin/python benchmarks/raredisease_generalisation.py ranker-combine   # settings chosen in nested folds
 
-Each writes ``results/raredisease-generalisation-<part>-<UTC>.json``. Folds are those of
+Each writes ``results/raredisease-generalisation-<part>-<UTC>.json`` (``ranker-config`` writes its scores to a
+temporary folder for ``ranker-combine``, so the settings can run as parallel processes). Folds are those of
 ``benchmarks/raredisease.py`` (5, dealt by gene cohort, seed 20250116); figures are mean ± sd over the 5 held-out
 folds (all_in_kb n=2288, not_cited n=644).
 
@@ -15,9 +17,10 @@ folds (all_in_kb n=2288, not_cited n=644).
   The re-ranker can only put first a disease it is given.
 * ``features``: the shipped 19 features plus, one group at a time: ``lr_z``, each disease's LR standardised by
   the mean and sd of its LR over random term sets of the case's size (Phenomizer's p-value idea: a disease with
-  many annotations scores high on any set); the case's context (summed and mean IC of its terms).
-* ``ranker``: LambdaRank settings (leaves, min_data_in_leaf, feature_fraction, label gain, truncation, monotone
-  LR) chosen per outer fold by grouped 4-fold cross-validation inside its training folds (objective: the mean of
+  many annotations scores high on any set); the case's context (summed and mean IC of its terms); organ systems
+  (the share of the case's terms in systems the disease has, the disease's frequent systems the case omits).
+* ``ranker-config`` / ``ranker-combine``: LambdaRank settings (leaves, min_data_in_leaf, feature_fraction,
+  truncation, monotone LR, cases weighted by their cohort's size) chosen per outer fold by grouped 4-fold cross-validation inside its training folds (objective: the mean of
   not-cited and all-in-KB MRR, the protocol the LR ranker was tuned with), reported on the outer fold; and a
   bag of 5 rankers over seeds.
 """
