@@ -333,33 +333,40 @@ def ranker_config(index: str) -> None:
     print(name, inner, flush=True)
 
 
-def ranker_combine() -> None:
+def ranker_combine(*earlier: str) -> None:
+    """The nested choice over the settings run (and those of ``earlier`` result files not run again): per outer
+    fold the setting with the best inner objective, scored by its figures on that fold."""
     bench = Bench()
-    pairs = bench.pairs
-    pair_fold = bench.folds[pairs.case]
     columns = bench.columns.tolist()
-    configs, outer, not_run = [], {}, []
+    configs, not_run = {}, []
+    for path in earlier:
+        configs |= {c["config"]: c for c in json.loads(Path(path).read_text())["configs"]}
     for index, name in enumerate(CONFIGS):
-        if not (PARTS / f"config-{index}.json").exists():
+        if (PARTS / f"config-{index}.json").exists():
+            entry = json.loads((PARTS / f"config-{index}.json").read_text())
+            outer = np.load(PARTS / f"outer-{index}.npy")
+            entry["outer_figures"] = bench.fold_figures(ensemble.reranked_positions(bench.pairs, outer, columns))
+            configs[name] = entry
+        elif name not in configs:
             not_run.append(name)
-            continue
-        entry = json.loads((PARTS / f"config-{index}.json").read_text())
-        outer[name] = np.load(PARTS / f"outer-{index}.npy")
-        entry["outer_figures"] = bench.fold_figures(ensemble.reranked_positions(pairs, outer[name], columns))
-        configs.append(entry)
-    tuned = [c for c in configs if c["inner_objective_per_outer_fold"]]
-    chosen = [max(tuned, key=lambda c: c["inner_objective_per_outer_fold"][k])["config"] for k in range(5)]
-    nested = np.zeros(len(bench.labels))
-    for k, name in enumerate(chosen):
-        nested[pair_fold == k] = outer[name][pair_fold == k]
+    tuned = [c for c in configs.values() if c["inner_objective_per_outer_fold"]]
+    chosen = [max(tuned, key=lambda c: c["inner_objective_per_outer_fold"][k]) for k in range(5)]
+    nested = {}
+    for key in chosen[0]["outer_figures"]:
+        if key.endswith("_per_fold"):
+            values = np.array([c["outer_figures"][key][k] for k, c in enumerate(chosen)])
+            metric = key.removesuffix("_per_fold")
+            nested |= {metric: round(float(values.mean()), 4), f"{metric}_sd": round(float(values.std(ddof=1)), 4),
+                       key: values.tolist()}
     write("ranker", {"what": "LambdaRank settings chosen per outer gene-cohort fold by grouped 4-fold CV inside its "
-                             "training folds (objective: mean of not-cited and all-in-KB MRR); 'nested' is the honest "
-                             "figure; each config's 'outer_figures' is for reference only (choosing by it would be "
-                             "tuning on the test folds). The bag (5 seeds, bagging 0.8) is not tuned.",
+                             "training folds (objective: mean of not-cited and all-in-KB MRR); 'nested' (each outer "
+                             "fold scored by the setting its inner folds chose) is the honest figure; each config's "
+                             "'outer_figures' is for reference only (choosing by it would be tuning on the test "
+                             "folds). The bag (5 seeds, bagging 0.8) is not tuned.",
                      "how": "benchmarks/raredisease_generalisation.py ranker-config I (one process per config, "
-                            "nice 10), then ranker-combine", "chosen_per_outer_fold": chosen,
-                     "nested": bench.fold_figures(ensemble.reranked_positions(pairs, nested, columns)),
-                     "configs": configs, "configs_not_run": not_run})
+                            "nice 10), then ranker-combine [earlier results]", "earlier_results": list(earlier),
+                     "chosen_per_outer_fold": [c["config"] for c in chosen], "nested": nested,
+                     "configs": list(configs.values()), "configs_not_run": not_run})
 
 
 # -- a larger pool ---------------------------------------------------------------------------------------------
