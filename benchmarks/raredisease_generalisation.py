@@ -1,5 +1,6 @@
 """Issue 21, fourth round: why the re-ranker does not generalise to unseen gene cohorts, measured on held-out folds.
 
+    .venv/bin/python benchmarks/raredisease_generalisation.py misses     # not-cited ranks per gene cohort
     .venv/bin/python benchmarks/raredisease_generalisation.py recall     # candidate recall of the first stages
     .venv/bin/python benchmarks/raredisease_generalisation.py pool       # re-rank the LR ranker's 50/75/100 best
     .venv/bin/python benchmarks/raredisease_generalisation.py features   # extra features (ATTEMPTS=0,2: some)
@@ -369,6 +370,35 @@ def ranker_combine(*earlier: str) -> None:
                      "configs": list(configs.values()), "configs_not_run": not_run})
 
 
+# -- where the misses are ----------------------------------------------------------------------------------------
+def misses() -> None:
+    """Held-out ranks of the shipped setting per gene cohort (not-cited cases), and how many misses have a disease
+    of the true disease's gene first."""
+    started, cpu = time.time(), cpu_now()
+    bench = Bench()
+    pairs = bench.pairs
+    scores = bench.held_out(pairs.features, bench.settings)
+    ranks = ensemble.reranked_positions(pairs, scores, bench.columns.tolist())
+    not_cited = np.flatnonzero(bench.masks["not_cited"])
+    starts = np.searchsorted(pairs.case, np.arange(len(bench.real) + 1))
+    missed = [i for i in not_cited if ranks[i] != 1]
+    first = [pairs.disease[starts[i]:starts[i + 1]][np.argmax(scores[starts[i]:starts[i + 1]])] for i in missed]
+    same_gene = sum(bench.features.gene_siblings[d, bench.columns[i]] > 0 for i, d in zip(missed, first))
+    cohorts = np.array([bench.real[i]["cohort"] for i in not_cited])
+    table = []
+    for name in np.unique(cohorts):
+        mine = ranks[not_cited[cohorts == name]]
+        table.append({"cohort": str(name), "cases": len(mine), "fold": int(bench.folds[not_cited[cohorts == name][0]]),
+                      "top1": round(float(np.mean(mine == 1)), 3),
+                      "top10": round(float(np.mean((mine > 0) & (mine <= 10))), 3)})
+    table.sort(key=lambda row: -row["cases"])
+    write("misses", {"what": "Not-cited cases (644, in KB) ranked by the shipped setting on held-out gene-cohort folds: "
+                             "per cohort top-1/top-10; misses whose first disease shares a gene with the true one.",
+                     "how": "benchmarks/raredisease_generalisation.py misses", "not_cited_misses": len(missed),
+                     "misses_with_a_same_gene_disease_first": int(same_gene), "cohorts": table,
+                     **timing(started, cpu)})
+
+
 # -- a larger pool ---------------------------------------------------------------------------------------------
 def pool() -> None:
     """The shipped settings re-ranking the LR ranker's 50, 75 or 100 best diseases."""
@@ -388,4 +418,4 @@ def pool() -> None:
 
 if __name__ == "__main__":
     {"recall": recall, "pool": pool, "features": features, "ranker-config": ranker_config,
-     "ranker-combine": ranker_combine}[sys.argv[1]](*sys.argv[2:])
+     "ranker-combine": ranker_combine, "misses": misses}[sys.argv[1]](*sys.argv[2:])
