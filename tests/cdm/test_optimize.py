@@ -54,3 +54,19 @@ def test_optimize_command(store):
     refused = invoke("db", "optimize", "--db", url, "--table", "concept")
     assert refused.exit_code == 1
     assert "concept: not a clinical table kept in concept order" in refused.output
+
+
+def test_optimize_keeps_an_enforced_primary_key(tmp_path):
+    """Deleting and re-inserting every key in one transaction is allowed (and the key still holds)."""
+    from mercia.cdm import Store, StoreError
+
+    store = Store(str(tmp_path / "pk.duckdb"))
+    store.init_schema(enforce_primary_keys=True)
+    _write_conditions(store)
+    assert optimize(store, ["condition_occurrence"]) == ["condition_occurrence"]
+    assert _rows(store) == sorted((i, p, c) for i, p, c in CONDITIONS)
+    with pytest.raises(StoreError):
+        store.execute(
+            "INSERT INTO condition_occurrence (condition_occurrence_id, person_id, condition_concept_id, "
+            "condition_start_date, condition_type_concept_id) VALUES (1, 1, 1, DATE '2020-01-01', 1)"
+        )
