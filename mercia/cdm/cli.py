@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="The OMOP CDM store: init, load-omop, export, stats, backup, restore.", no_args_is_help=True)
+app = typer.Typer(help="The OMOP CDM store: init, load-omop, optimize, export, stats, backup, restore.", no_args_is_help=True)
 
 # The one ``--db`` option of every command group (mounted sub-apps import it from here).
 DB_HELP = "store URL: a DuckDB path, postgresql://…, spark://… or sc://…"
@@ -72,6 +72,23 @@ def load_omop(
         console.print(view)
         for warning in report.warnings:
             console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def optimize(
+    db: DbOption = None,
+    table: Annotated[list[str] | None, typer.Option("--table", help="only this clinical table (repeatable)")] = None,
+) -> None:
+    """Store the clinical tables in concept order (DuckDB), so cohort criteria read only their concepts'
+    rows; run again after appending rows.  Nothing to do on PostgreSQL or Spark."""
+    from mercia.cdm.optimize import optimize as cluster_tables
+
+    with open_store(db) as store:
+        try:
+            done = cluster_tables(store, table)
+        except ValueError as exc:
+            fail(str(exc))
+        typer.echo(f"in concept order: {', '.join(done)}" if done else f"nothing to reorder in {store!r}")
 
 
 @app.command()

@@ -341,6 +341,12 @@ class Store(ABC):
         """Outside a transaction, move recent writes into the engine's compressed, zone-mapped
         storage (DuckDB ``CHECKPOINT``); nothing elsewhere.  Failure is harmless."""
 
+    def cluster(self, table: str, order: Sequence[str]) -> bool:
+        """Rewrite ``table`` with its rows in ``order`` where the engine skips storage blocks by their
+        min/max (DuckDB's zone maps), so a filter or join on the leading column reads only its slice.
+        False elsewhere (nothing done): PostgreSQL and Spark read the same rows either way."""
+        return False
+
     def create_temp_table(self, name: str, select_sql: str, params: Sequence[Any] | None = None) -> None:
         """A table of this session holding ``select_sql``'s rows, computed now; gone with the session."""
         self.execute(f"CREATE TEMPORARY TABLE {quote(name)} AS {select_sql}", params)

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import functools
 import gc
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -966,11 +969,36 @@ def collection_paused() -> Iterator[None]:
             gc.enable()
 
 
+# Scripts already compiled, by (definition's SHA-256, cohort id, dialect), least recently used first:
+# compiling is a fixed cost of every run (milliseconds), comparable to a small cohort's own SQL.
+_COMPILED: OrderedDict[tuple[bytes, int, str], tuple[str, ...]] = OrderedDict()
+_COMPILED_MAX = 256
+_COMPILED_LOCK = threading.Lock()
+
+
 def compile_cohort(expr: m.CohortExpression, cohort_id: int, dialect: str = "duckdb") -> list[str]:
     """The full SQL script of one cohort on ``dialect``: temporary steps, the ``cohort`` rows
-    (replacing this id's earlier rows) and the attrition tables, then clean-up."""
+    (replacing this id's earlier rows) and the attrition tables, then clean-up.  A definition
+    compiled before (same JSON, id and dialect) is taken from a cache of the last 256."""
+    key = (hashlib.sha256(expr.model_dump_json().encode()).digest(), cohort_id, dialect)
+    with _COMPILED_LOCK:
+        script = _COMPILED.get(key)
+        if script is not None:
+            _COMPILED.move_to_end(key)
+            return list(script)
     with collection_paused():
-        return plan_statements(build_plan(expr, cohort_id), dialect)
+        script = tuple(plan_statements(build_plan(expr, cohort_id), dialect))
+    with _COMPILED_LOCK:
+        _COMPILED[key] = script
+        if len(_COMPILED) > _COMPILED_MAX:
+            _COMPILED.popitem(last=False)
+    return list(script)
+
+
+def clear_compiled() -> None:
+    """Forget every compiled script (benchmarks time compiling from scratch)."""
+    with _COMPILED_LOCK:
+        _COMPILED.clear()
 
 
 def compile_cohort_rows(expr: m.CohortExpression, into: str, dialect: str = "duckdb") -> list[str]:

@@ -225,3 +225,15 @@ def gibleed_engine(request):
 @pytest.fixture(scope="session")
 def reference_dir(shared_data) -> Path:
     return shared_data / "ohdsi_reference"
+
+
+@pytest.fixture(scope="session")
+def cohort_gibleed_optimized(gibleed_dir, tmp_path_factory):
+    """GiBleed in DuckDB with its clinical tables rewritten in concept order (``mercia db optimize``)."""
+    from mercia.cdm.optimize import optimize
+
+    store = root_conftest.load_gibleed_duckdb(tmp_path_factory.mktemp("cohort-optimized") / "gibleed.duckdb",
+                                              gibleed_dir)
+    assert "condition_occurrence" in optimize(store)
+    yield store
+    store.close()

@@ -111,3 +111,20 @@ def test_compiling_pauses_the_cycle_collector_and_restores_it():
         assert not gc.isenabled()  # left off when it was off
     finally:
         gc.enable()
+
+
+def test_a_compiled_script_is_reused_for_the_same_definition_id_and_dialect(monkeypatch):
+    from mercia.cohorts import compiler
+
+    compiler.clear_compiled()
+    built = []
+    real_build = compiler.build_plan
+    monkeypatch.setattr(compiler, "build_plan", lambda expr, cid: built.append(cid) or real_build(expr, cid))
+    first = compile_cohort(_definition(True), 7, "duckdb")
+    first.append("a caller's own statement")  # the cache hands out copies
+    again = compile_cohort(_definition(True), 7, "duckdb")
+    assert built == [7] and again == first[:-1]
+    compile_cohort(_definition(True), 8, "duckdb")  # another id
+    compile_cohort(_definition(True), 7, "postgres")  # another dialect
+    changed = compile_cohort(_definition(False), 7, "duckdb")  # another definition
+    assert built == [7, 8, 7, 7] and changed != again

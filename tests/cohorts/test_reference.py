@@ -79,3 +79,11 @@ def assert_reference(store, expected, expr, result) -> None:
         assert ours_summary == theirs_summary
     else:  # Circe writes no stats without inclusion rules; ours are then plain counts
         assert not expr.inclusion_rules
+
+
+@pytest.mark.parametrize("cohort_id", COHORT_IDS or [0])
+def test_reference_cohort_on_tables_in_concept_order(cohort_gibleed_optimized, reference_dir, expected, cohort_id):
+    """The rows do not depend on the order the clinical tables are stored in (``mercia db optimize``)."""
+    expr = CohortExpression.from_json((reference_dir / "cohorts" / f"{cohort_id}.json").read_bytes())
+    result = run_cohort(cohort_gibleed_optimized, expr, cohort_id)
+    assert_reference(cohort_gibleed_optimized, expected, expr, result)

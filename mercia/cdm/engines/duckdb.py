@@ -124,6 +124,18 @@ class DuckDBStore(Store):
         if not self.in_transaction:
             self.try_execute("CHECKPOINT")
 
+    def cluster(self, table: str, order: Sequence[str]) -> bool:
+        """Sorted into a temporary table and written back in one transaction (DuckDB keeps insertion
+        order; row groups emptied by the DELETE are dropped at the next checkpoint)."""
+        staged = quote(f"mercia_cluster_{table}")
+        keys = ", ".join(quote(c) for c in order)
+        with self.transaction():
+            self.execute(f"CREATE TEMPORARY TABLE {staged} AS SELECT * FROM {quote(table)} ORDER BY {keys}")
+            self.execute(f"DELETE FROM {quote(table)}")
+            self.execute(f"INSERT INTO {quote(table)} SELECT * FROM {staged}")
+            self.execute(f"DROP TABLE {staged}")
+        return True
+
     def prefix_match(self, column: str, prefix: str) -> tuple[str, list[str]]:
         """Also as a range: on sorted data it lets DuckDB skip row groups (it compares bytes, so
         every continuation of the prefix sorts below the prefix + the last code point)."""
