@@ -125,15 +125,16 @@ class DuckDBStore(Store):
             self.try_execute("CHECKPOINT")
 
     def cluster(self, table: str, order: Sequence[str]) -> bool:
-        """Sorted into a temporary table and written back in one transaction (DuckDB keeps insertion
-        order; row groups emptied by the DELETE are dropped at the next checkpoint)."""
-        staged = quote(f"mercia_cluster_{table}")
+        """Copied to a temporary table and written back sorted, in one transaction (the ORDER BY on the
+        INSERT itself keeps the order even with ``preserve_insertion_order`` off, as in ``bulk_writes``;
+        row groups emptied by the DELETE are dropped at the next checkpoint)."""
+        staged = f"mercia_cluster_{table}"
         keys = ", ".join(quote(c) for c in order)
         with self.transaction():
-            self.execute(f"CREATE TEMPORARY TABLE {staged} AS SELECT * FROM {quote(table)} ORDER BY {keys}")
+            self.create_temp_table(staged, f"SELECT * FROM {quote(table)}")
             self.execute(f"DELETE FROM {quote(table)}")
-            self.execute(f"INSERT INTO {quote(table)} SELECT * FROM {staged}")
-            self.execute(f"DROP TABLE {staged}")
+            self.execute(f"INSERT INTO {quote(table)} SELECT * FROM {quote(staged)} ORDER BY {keys}")
+            self.drop_temp_table(staged)
         return True
 
     def prefix_match(self, column: str, prefix: str) -> tuple[str, list[str]]:
