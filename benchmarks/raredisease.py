@@ -64,13 +64,21 @@ def load_cases() -> list[dict]:
     return [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
 
 
+def disease_columns(ranker: Ranker, cases: list[dict]) -> list[int]:
+    """Each case's disease (its first listed) as a column of the ranker's scores; -1 when the ranker has
+    no such disease."""
+    columns = []
+    for case in cases:
+        disease = ranker.kb.disease_index.get(case["diseases"][0])
+        columns.append(-1 if disease is None else int(ranker.disease_position[disease]))
+    return columns
+
+
 def disease_ranks(ranker: Ranker, cases: list[dict]) -> np.ndarray:
     """Rank of the case's disease among all candidate diseases (0 when absent from the knowledge base)."""
     scores, _ = ranker.score_matrix([Case(c["observed"], c["excluded"]) for c in cases], strict=False)
     ranks = np.zeros(len(cases), dtype=int)
-    for i, case in enumerate(cases):
-        disease = ranker.kb.disease_index.get(case["diseases"][0])
-        column = -1 if disease is None else ranker.disease_position[disease]
+    for i, column in enumerate(disease_columns(ranker, cases)):
         if column >= 0:
             ranks[i] = rank_of(scores[i], column)
     return ranks
@@ -143,10 +151,7 @@ def grouped_fold_figures(ranker: Ranker, cases: list[dict], settings: ensemble.E
     """Out-of-fold ranks of the ensemble and of the LR ranker, per slice, summarised over the folds."""
     _, info = ensemble.train(ranker, cases, settings, final=False)
     pairs, held_out, folds, labels = info["pairs"], info["held_out_scores"], info["folds"], info["labels"]
-    columns = []
-    for case in cases:
-        disease = ranker.kb.disease_index.get(case["diseases"][0])
-        columns.append(-1 if disease is None else int(ranker.disease_position[disease]))
+    columns = disease_columns(ranker, cases)
     by_model = {"ensemble": ensemble.reranked_positions(pairs, held_out, columns),
                 "likelihood_ratio": ensemble.reranked_positions(pairs, pairs.features[:, FEATURES.index("lr")], columns)}
     in_kb = np.array([c["disease_in_hpoa_2025_01_16"] for c in cases])

@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from raredisease import RESULTS, load_cases, summarise  # noqa: E402
+from raredisease import RESULTS, disease_columns, load_cases, summarise  # noqa: E402
 
 from mercia.raredisease import ensemble  # noqa: E402
 from mercia.raredisease.features import FEATURES, PairFeatures  # noqa: E402
@@ -155,10 +155,7 @@ def main() -> None:
     pairs = ensemble.candidate_pairs(features, cases, settings)
     labels = ensemble.labels_for(pairs, ranker, [c["diseases"] for c in real])
     folds = ensemble.grouped_folds([c["cohort"] for c in real], settings.folds, settings.seed)
-    columns = []
-    for c in real:
-        disease = ranker.kb.disease_index.get(c["diseases"][0])
-        columns.append(-1 if disease is None else int(ranker.disease_position[disease]))
+    columns = disease_columns(ranker, real)
     rare_real = rare_match_share(ranker, cases, pairs, settings.chunk)[:, None]
 
     simulations = {}

@@ -39,7 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from raredisease import RESULTS, load_cases, summarise  # noqa: E402
+from raredisease import RESULTS, disease_columns, load_cases, summarise  # noqa: E402
 
 from mercia.raredisease import ensemble  # noqa: E402
 from mercia.raredisease.features import FEATURES, PairFeatures  # noqa: E402
@@ -58,8 +58,7 @@ class Bench:
         self.pairs = ensemble.candidate_pairs(self.features, self.cases, self.settings)
         self.labels = ensemble.labels_for(self.pairs, self.ranker, [c["diseases"] for c in self.real])
         self.folds = ensemble.grouped_folds([c["cohort"] for c in self.real], 5, self.settings.seed)
-        self.columns = np.array([-1 if (d := self.ranker.kb.disease_index.get(c["diseases"][0])) is None
-                                 else int(self.ranker.disease_position[d]) for c in self.real])
+        self.columns = np.array(disease_columns(self.ranker, self.real))
         in_kb = np.array([c["disease_in_hpoa_2025_01_16"] for c in self.real])
         cited = np.array([c["pmid_cited_in_hpoa_2025_01_16"] for c in self.real])
         self.masks = {"all_in_kb": in_kb, "not_cited": in_kb & ~cited}
