@@ -39,7 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from raredisease import RESULTS, disease_columns, load_cases, summarise  # noqa: E402
+from raredisease import disease_columns, load_cases, summarise, write_result  # noqa: E402
 
 from mercia.raredisease import ensemble  # noqa: E402
 from mercia.raredisease.features import FEATURES, PairFeatures  # noqa: E402
@@ -65,11 +65,10 @@ class Bench:
         _, inverse, counts = np.unique([c["cohort"] for c in self.real], return_inverse=True, return_counts=True)
         self.cohort_size = counts[inverse]
 
-    def fold_figures(self, ranks: np.ndarray, folds=None, which=range(5)) -> dict:
-        folds = self.folds if folds is None else folds
+    def fold_figures(self, ranks: np.ndarray, which=range(5)) -> dict:
         out = {}
         for name, mask in self.masks.items():
-            per_fold = [summarise(ranks[mask & (folds == k)]) for k in which]
+            per_fold = [summarise(ranks[mask & (self.folds == k)]) for k in which]
             for metric in ("top1", "top10", "mrr"):
                 values = np.array([f[metric] for f in per_fold])
                 out[f"{name}_{metric}"] = round(float(values.mean()), 4)
@@ -77,28 +76,21 @@ class Bench:
                 out[f"{name}_{metric}_per_fold"] = values.round(4).tolist()
         return out
 
-    def held_out(self, x: np.ndarray, settings, train_fn=None) -> np.ndarray:
-        train_fn = train_fn or ensemble.train_trees
+    def held_out(self, x: np.ndarray, settings) -> np.ndarray:
         scores = np.zeros(len(self.labels))
         for k in range(5):
             train = self.folds[self.pairs.case] != k
-            trees = train_fn(x[train], self.labels[train], self.pairs.case[train], settings)
+            trees = ensemble.train_trees(x[train], self.labels[train], self.pairs.case[train], settings)
             scores[~train] = trees.predict(x[~train])
         return scores
 
 
 def write(part: str, document: dict) -> None:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = RESULTS / f"raredisease-generalisation-{part}-{stamp}.json"
-    path.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
-    print(path)
+    print(write_result(f"raredisease-generalisation-{part}", document))
 
 
 def timing(started: float, cpu: float) -> dict:
-    usage = [os.times()]
-    return {"wall_seconds": round(time.time() - started, 1),
-            "cpu_seconds": round(usage[0].user + usage[0].system + usage[0].children_user
-                                 + usage[0].children_system - cpu, 1),
+    return {"wall_seconds": round(time.time() - started, 1), "cpu_seconds": round(cpu_now() - cpu, 1),
             "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
