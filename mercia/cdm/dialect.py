@@ -15,6 +15,7 @@ Arguments are plain SQL expressions in that common subset (column references, li
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import sqlglot
@@ -71,3 +72,17 @@ def as_double(store: Store, value: str) -> str:
     """``value`` cast to a double-precision float."""
     return _render(exp.cast(_parse(value).copy(), _DOUBLE), store)
 
+
+
+def ordered_rows_md5(store: Store, columns: Sequence[str]) -> str:
+    """An aggregate: the MD5 (hex) of ``columns``' values as text, comma-separated, one line per row in
+    ascending order (NULL when no row), computed by the engine, so equal row sets give equal digests
+    on every engine without the rows leaving it.  Dates read as ``YYYY-MM-DD`` everywhere."""
+    values = [exp.cast(_parse(column).copy(), _TEXT) for column in columns]
+    line = values[0]
+    for value in values[1:]:
+        line = exp.DPipe(this=exp.DPipe(this=line, expression=exp.Literal.string(",")), expression=value)
+    ordered = exp.Order(expressions=[exp.Ordered(this=_parse(column).copy()) for column in columns])
+    lines = exp.GroupConcat(this=exp.Order(this=line, expressions=ordered.expressions),
+                            separator=exp.Literal.string("\n"))
+    return _render(exp.MD5(this=lines), store)
