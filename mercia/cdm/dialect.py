@@ -9,6 +9,10 @@ DuckDB) cannot see that ``a - b`` subtracts dates, turns ``PERCENTILE_DISC`` int
 ``PERCENTILE_APPROX`` and DuckDB's ``MAKE_DATE`` into a ``DATE_FROM_PARTS`` PostgreSQL lacks, so only
 these fragments are rendered, explicitly.
 
+The temporary relation a cohort step or an analysis holds for the rest of a session is made here too
+(``temporary_table``): the statement is text like every other, but carries its parts, so the Spark store,
+which has no temporary tables, builds its own relation from them without reading the text back.
+
 Arguments are plain SQL expressions in that common subset (column references, literals, ``LEAST``,
 ``GREATEST`` or ``COALESCE`` of them): they are parsed and re-rendered too, so keep functions out.
 """
@@ -28,6 +32,24 @@ _DATE = exp.DataType.build("DATE")
 _INT = exp.DataType.build("INT")
 _TEXT = exp.DataType.build("TEXT")
 _DOUBLE = exp.DataType.build("DOUBLE")
+
+
+class TemporaryTable(str):
+    """``CREATE TEMPORARY TABLE name AS query`` in the engine's SQL (Spark: ``CACHE TABLE name AS query``,
+    an eagerly cached temporary view, Spark SQL's nearest), with ``name`` and ``query`` kept beside the
+    text: a store runs the text, or, where it has a better way (Spark: a checkpointed temporary view,
+    ``Store.create_temp_table``), builds the relation from the parts."""
+
+    name: str
+    query: str
+
+    def __new__(cls, name: str, query: str, dialect: str) -> TemporaryTable:
+        relation = exp.to_identifier(name).sql(dialect=dialect)
+        text = f"CACHE TABLE {relation} AS {query}" if dialect == "spark" else \
+            f"CREATE TEMPORARY TABLE {relation} AS {query}"
+        statement = super().__new__(cls, text)
+        statement.name, statement.query = name, query
+        return statement
 
 
 @lru_cache(maxsize=512)
