@@ -23,7 +23,7 @@ def _limits() -> dict[str, str]:
 
     settings = load_settings()
     total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    limits = {"memory_limit": settings.duckdb_memory_limit or f"{total_mb // 2}MB"}
+    limits = {"memory_limit": settings.duckdb_memory_limit or f"{total_mb // 2}MiB"}
     if settings.duckdb_temp_directory is not None:
         limits["temp_directory"] = str(settings.duckdb_temp_directory)
     return limits
