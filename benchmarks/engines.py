@@ -13,7 +13,7 @@ cohort 521, asthma) whose published output is compared with DuckDB's.
 Counted per step and engine: wall seconds, and CPU seconds of this process, its child processes (the
 Spark JVM) and, for PostgreSQL, the server backend of the store's connection (read from /proc); the
 1-minute load average before and after each phase (the machine is shared).  Not counted: PostgreSQL
-work outside that backend.  Writes a fresh ``benchmarks/results/engines-<UTC time>.json`` per run.
+work outside that backend.  Writes a fresh ``benchmarks/results/engines-<engines>-<UTC time>.json`` per run.
 
     PYTHONPATH=. .venv/bin/python benchmarks/engines.py --persons 100000 \\
         [--postgres postgresql://...] [--spark-master local[2]] [--engines duckdb,postgres,spark] \\
@@ -259,7 +259,8 @@ def main() -> None:
                                "of this process (DuckDB runs in it) and of the Spark JVM over the cohort phase only "
                                "(reset before it).",
                     "load": {}, "cohorts": [], "load_average": {"start": load_average()}, "complete": False}
-    out = ROOT / "benchmarks" / "results" / f"engines-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    # the engines in the name: runs started side by side in the same second must not share a file
+    out = ROOT / "benchmarks" / "results" / f"engines-{'+'.join(engines)}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
