@@ -256,8 +256,10 @@ def main() -> None:
                                "Parquet region (none when a kept store was reused); cohort: run_cohort (compile, "
                                "execute, attrition), rows compared by an MD5 the engine computes over them in order; characterisation: characterise(cohort 521) published output compared with "
                                "DuckDB's. Load averages are 1-minute, before/after each phase. peak_rss_mb_cohorts: VmHWM "
-                               "of this process (DuckDB runs in it) and of the Spark JVM over the cohort phase only "
-                               "(reset before it).",
+                               "of this process (DuckDB runs in it) and of the Spark JVM, the highest over every "
+                               "run_cohort (reset before each, read after it: the digest of the rows, the "
+                               "benchmark's own work, is not in it); peak_rss_mb_digests: the same over the "
+                               "digests.",
                     "load": {}, "cohorts": [], "load_average": {"start": load_average()}, "complete": False}
     # the engines in the name: runs started side by side in the same second must not share a file
     out = ROOT / "benchmarks" / "results" / f"engines-{'+'.join(engines)}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
@@ -295,19 +297,29 @@ def main() -> None:
                 save()
             processes = {"this_process (DuckDB, drivers)": os.getpid(),
                          **{f"child {pid} (Spark JVM)": pid for pid in _descendants(os.getpid())}}
-            reset_peak_rss(list(processes.values()))
+            peaks: dict[str, dict[str, float]] = {"cohorts": {}, "digests": {}}
+
+            def measured(kind: str, fn):
+                """``fn()`` with the peak RSS of the processes over it kept, per kind, as the highest seen."""
+                reset_peak_rss(list(processes.values()))
+                value = fn()
+                for name, pid in processes.items():
+                    peaks[kind][name] = max(peaks[kind].get(name, 0.0), peak_rss_mb(pid))
+                return value
+
             for cohort_id in cohort_ids:
                 expr = CohortExpression.from_json((DATA / "ohdsi_reference" / "cohorts" / f"{cohort_id}.json").read_bytes())
                 entry: dict = {"cohort_id": cohort_id, "seconds": {}, "persons": {}, "entries": {}, "rows_md5": {}}
                 for engine, store in stores.items():
-                    outcome, seconds = clocks[engine].time(lambda s=store, e=expr, c=cohort_id: run_cohort(s, e, c))
+                    outcome, seconds = measured("cohorts", lambda s=store, e=expr, c=cohort_id: clocks[engine].time(
+                        lambda: run_cohort(s, e, c)))
                     entry["seconds"][engine] = seconds
                     entry["persons"][engine], entry["entries"][engine] = outcome.persons, outcome.entries
-                    entry["rows_md5"][engine] = rows_digest(store, cohort_id)
+                    entry["rows_md5"][engine] = measured("digests", lambda s=store, c=cohort_id: rows_digest(s, c))
                 entry["identical_rows"] = len(set(entry["rows_md5"].values())) == 1
                 entry["load_average_after"] = load_average()
                 result["cohorts"].append(entry)
-                result["peak_rss_mb_cohorts"] = {name: peak_rss_mb(pid) for name, pid in processes.items()}
+                result["peak_rss_mb_cohorts"], result["peak_rss_mb_digests"] = peaks["cohorts"], peaks["digests"]
                 save()
                 print(cohort_id, entry["seconds"], entry["persons"], "identical" if entry["identical_rows"] else "DIFFER",
                       flush=True)
