@@ -6,17 +6,19 @@ The synthetic region is written as partitioned Parquet by ``mercia.synth.write_o
 concept_ancestor) added as one more part of those tables so that the OHDSI concept sets resolve.
 Each engine loads that directory through ``load_omop_directory`` (``mercia db load-omop``).  Then 20
 OHDSI PhenotypeLibrary cohorts that find people in the region run with ``run_cohort`` on every engine
-(rows (subject, start, end) compared by SHA-256), and one characterisation (``characterise`` of
+(rows (subject, start, end) compared by an MD5 the engine computes over them in order, so no row
+reaches Python and the benchmark adds nothing to the memory measured), and one characterisation (``characterise`` of
 cohort 521, asthma) whose published output is compared with DuckDB's.
 
 Counted per step and engine: wall seconds, and CPU seconds of this process, its child processes (the
 Spark JVM) and, for PostgreSQL, the server backend of the store's connection (read from /proc); the
 1-minute load average before and after each phase (the machine is shared).  Not counted: PostgreSQL
-work outside that backend.  Writes a fresh ``benchmarks/results/engines-<UTC time>.json`` per run.
+work outside that backend.  Writes a fresh ``benchmarks/results/engines-<engines>-<UTC time>.json`` per run.
 
     PYTHONPATH=. .venv/bin/python benchmarks/engines.py --persons 100000 \\
         [--postgres postgresql://...] [--spark-master local[2]] [--engines duckdb,postgres,spark] \\
         [--region DIR]   # a region written before by `mercia synth omop --out DIR --format parquet`
+        [--stores DIR]   # keep the loaded stores there, and reuse them when already loaded
 
 Engines may also run side by side, one process each (``--engines spark`` …), then
 ``--compare A.json B.json C.json`` checks that their rows are identical.  The JSON is rewritten after
@@ -41,6 +43,7 @@ import orjson
 
 from mercia.analytics.characterise import characterise
 from mercia.cdm import Store
+from mercia.cdm.dialect import ordered_rows_md5
 from mercia.cdm.loader import load_omop_directory
 from mercia.cohorts import CohortExpression, run_cohort
 from mercia.synth import write_omop_parquet
@@ -52,7 +55,7 @@ DATA = Path(os.environ.get("MERCIA_SHARED_DATA", ROOT / ".." / "shared" / "data"
 # asthma or COPD (1262) and 15 more of assorted sizes and shapes.
 COHORTS = [521, 522, 553, 456, 1262, 23, 35, 38, 366, 368, 507, 533, 671, 861, 920, 994, 1073, 1158, 1184, 1263]
 CHARACTERISED = 521
-ROWS_SQL = "SELECT subject_id, cohort_start_date, cohort_end_date FROM cohort WHERE cohort_definition_id = ?"
+COHORT_COLUMNS = ("subject_id", "cohort_start_date", "cohort_end_date")
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -155,14 +158,18 @@ def add_vocabulary(out: Path) -> None:
 
 
 def open_engine(engine: str, work: Path, args) -> Store:
+    """The engine's store: in ``work`` (a temporary directory), or kept under ``--stores`` by region size."""
     if engine == "duckdb":
-        store = Store(str(work / "engine.duckdb"))
-        store.execute(f"SET memory_limit = '{args.duckdb_memory}'")
-        return store
+        return Store(str(work / f"engine-{args.persons}.duckdb"))  # memory cap: MERCIA_DUCKDB_MEMORY_LIMIT
     if engine == "postgres":
-        return Store(args.postgres, schema=f"bench_{uuid.uuid4().hex[:10]}")
-    return Store(f"spark://{args.spark_master}?warehouse={work / 'spark-warehouse'}&partitions={args.partitions}"
-                 f"&memory={args.spark_memory}", schema="bench")
+        return Store(args.postgres, schema=f"bench_{args.persons}" if args.stores else f"bench_{uuid.uuid4().hex[:10]}")
+    return Store(f"spark://{args.spark_master}?warehouse={work / f'spark-warehouse-{args.persons}'}"
+                 f"&partitions={args.partitions}&memory={args.spark_memory}", schema="bench")
+
+
+def loaded_persons(store: Store) -> int:
+    """Persons already in a kept store (0: not loaded)."""
+    return store.query_one('SELECT count(*) FROM "person"') if store.table_exists("person") else 0
 
 
 def drop(store: Store) -> None:
@@ -171,9 +178,10 @@ def drop(store: Store) -> None:
     store.close()
 
 
-def rows_digest(rows) -> str:
-    text = "".join(f"{s},{a:%Y-%m-%d},{b:%Y-%m-%d}\n" for s, a, b in sorted(rows))
-    return hashlib.sha256(text.encode()).hexdigest()
+def rows_digest(store: Store, cohort_id: int) -> str:
+    """The cohort's rows, in order, digested by the engine itself."""
+    return store.query_one(f"SELECT {ordered_rows_md5(store, COHORT_COLUMNS)} FROM cohort "
+                           "WHERE cohort_definition_id = ?", [cohort_id])
 
 
 def published(store: Store) -> dict:
@@ -190,13 +198,13 @@ def compare(paths: list[Path]) -> None:
     runs = [orjson.loads(p.read_bytes()) for p in paths]
     if len({(r["persons"], r["seed"]) for r in runs}) != 1:
         raise SystemExit("the runs are of different regions (--persons/--seed)")
-    digests = {e: {c["cohort_id"]: c["rows_sha256"][e] for c in r["cohorts"]} for r in runs for e in r["engines"]}
+    digests = {e: {c["cohort_id"]: c["rows_md5"][e] for c in r["cohorts"]} for r in runs for e in r["engines"]}
     shared = sorted(set.intersection(*[set(d) for d in digests.values()]))
     cohorts = {str(cid): len({d[cid] for d in digests.values()}) == 1 for cid in shared}
     characterised = {e: r["characterisation"]["sha256"][e] for r in runs for e in r["engines"]
                      if "sha256" in r.get("characterisation", {})}
     result = {"benchmark": "engines-compare", "runs": [p.name for p in paths], "persons": runs[0]["persons"],
-              "counted": "rows_sha256 of every cohort present in all runs compared across engines; the "
+              "counted": "rows_md5 of every cohort present in all runs compared across engines; the "
                          "characterisation's published output by SHA-256 where the runs recorded it",
               "cohorts_identical": cohorts, "all_cohorts_identical": all(cohorts.values()),
               "cohorts_compared": len(shared),
@@ -215,12 +223,15 @@ def main() -> None:
     parser.add_argument("--postgres", default=os.environ.get("MERCIA_TEST_POSTGRES_URL"))
     parser.add_argument("--spark-master", default="local[2]")
     parser.add_argument("--spark-memory", default="2g")
-    parser.add_argument("--duckdb-memory", default="3GB", help="DuckDB's memory_limit (its buffer manager)")
+    parser.add_argument("--duckdb-memory", default="3GB", help="the DuckDB store's memory limit "
+                                                                 "(setting duckdb_memory_limit)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--cohorts", default=",".join(map(str, COHORTS)))
     parser.add_argument("--region", type=Path, help="reuse this region (`mercia synth omop --out DIR --format "
                                                    "parquet` with the same --persons and --seed) instead of "
                                                    "generating one in a temporary directory")
+    parser.add_argument("--stores", type=Path, help="keep the loaded stores in this directory (PostgreSQL: "
+                                                   "schema bench_<persons>) and reuse those already loaded")
     parser.add_argument("--compare", type=Path, nargs="+", metavar="JSON",
                         help="compare the rows of earlier runs on separate engines instead of running")
     args = parser.parse_args()
@@ -231,6 +242,7 @@ def main() -> None:
     if "postgres" in engines and not args.postgres:
         parser.error("PostgreSQL needs --postgres URL or MERCIA_TEST_POSTGRES_URL")
     cohort_ids = [int(c) for c in args.cohorts.split(",")]
+    os.environ["MERCIA_DUCKDB_MEMORY_LIMIT"] = args.duckdb_memory
 
     result: dict = {"benchmark": "engines", "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
@@ -241,13 +253,16 @@ def main() -> None:
                               "shuffle_partitions": args.partitions} if "spark" in engines else None,
                     "counted": "seconds = {wall, cpu}; cpu = this process + its children (Spark's JVM) + the "
                                "PostgreSQL backend of the store's connection. load: load_omop_directory of the "
-                               "Parquet region; cohort: run_cohort (compile, execute, attrition), rows compared by "
-                               "SHA-256; characterisation: characterise(cohort 521) published output compared with "
+                               "Parquet region (none when a kept store was reused); cohort: run_cohort (compile, "
+                               "execute, attrition), rows compared by an MD5 the engine computes over them in order; characterisation: characterise(cohort 521) published output compared with "
                                "DuckDB's. Load averages are 1-minute, before/after each phase. peak_rss_mb_cohorts: VmHWM "
-                               "of this process (DuckDB runs in it) and of the Spark JVM over the cohort phase only "
-                               "(reset before it).",
+                               "of this process (DuckDB runs in it) and of the Spark JVM, the highest over every "
+                               "run_cohort (reset before each, read after it: the digest of the rows, the "
+                               "benchmark's own work, is not in it); peak_rss_mb_digests: the same over the "
+                               "digests.",
                     "load": {}, "cohorts": [], "load_average": {"start": load_average()}, "complete": False}
-    out = ROOT / "benchmarks" / "results" / f"engines-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    # the engines in the name: runs started side by side in the same second must not share a file
+    out = ROOT / "benchmarks" / "results" / f"engines-{'+'.join(engines)}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
@@ -255,12 +270,13 @@ def main() -> None:
         out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
 
     with tempfile.TemporaryDirectory(prefix="mercia-engines-") as tmp:
-        work = Path(tmp)
+        work = args.stores.resolve() if args.stores else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         if args.region:
             parquet = args.region.resolve()
             result["region"] = reuse_region(parquet, args.persons)
         else:
-            parquet = work / "parquet"
+            parquet = Path(tmp) / "parquet"
             result["region"] = make_region(parquet, args.persons, args.seed)
         result["load_average"]["after_region"] = load_average()
         print(f"region: {result['region']}"[:200], flush=True)
@@ -270,6 +286,10 @@ def main() -> None:
                 store = open_engine(engine, work, args)
                 stores[engine] = store
                 clocks[engine] = Clock([store.query_one("SELECT pg_backend_pid()")] if engine == "postgres" else [])
+                if args.stores and loaded_persons(store) == args.persons:
+                    result["load"][engine] = {"reused": str(work), "rows": sum(store.table_counts().values())}
+                    print(f"load {engine}: reused {work}", flush=True)
+                    continue
                 report, seconds = clocks[engine].time(lambda s=store: load_omop_directory(s, parquet))
                 result["load"][engine] = {"seconds": seconds, "rows": sum(report.rows.values()),
                                           "load_average_after": load_average()}
@@ -277,19 +297,29 @@ def main() -> None:
                 save()
             processes = {"this_process (DuckDB, drivers)": os.getpid(),
                          **{f"child {pid} (Spark JVM)": pid for pid in _descendants(os.getpid())}}
-            reset_peak_rss(list(processes.values()))
+            peaks: dict[str, dict[str, float]] = {"cohorts": {}, "digests": {}}
+
+            def measured(kind: str, fn):
+                """``fn()`` with the peak RSS of the processes over it kept, per kind, as the highest seen."""
+                reset_peak_rss(list(processes.values()))
+                value = fn()
+                for name, pid in processes.items():
+                    peaks[kind][name] = max(peaks[kind].get(name, 0.0), peak_rss_mb(pid))
+                return value
+
             for cohort_id in cohort_ids:
                 expr = CohortExpression.from_json((DATA / "ohdsi_reference" / "cohorts" / f"{cohort_id}.json").read_bytes())
-                entry: dict = {"cohort_id": cohort_id, "seconds": {}, "persons": {}, "entries": {}, "rows_sha256": {}}
+                entry: dict = {"cohort_id": cohort_id, "seconds": {}, "persons": {}, "entries": {}, "rows_md5": {}}
                 for engine, store in stores.items():
-                    outcome, seconds = clocks[engine].time(lambda s=store, e=expr, c=cohort_id: run_cohort(s, e, c))
+                    outcome, seconds = measured("cohorts", lambda s=store, e=expr, c=cohort_id: clocks[engine].time(
+                        lambda: run_cohort(s, e, c)))
                     entry["seconds"][engine] = seconds
                     entry["persons"][engine], entry["entries"][engine] = outcome.persons, outcome.entries
-                    entry["rows_sha256"][engine] = rows_digest(store.query(ROWS_SQL, [cohort_id]))
-                entry["identical_rows"] = len(set(entry["rows_sha256"].values())) == 1
+                    entry["rows_md5"][engine] = measured("digests", lambda s=store, c=cohort_id: rows_digest(s, c))
+                entry["identical_rows"] = len(set(entry["rows_md5"].values())) == 1
                 entry["load_average_after"] = load_average()
                 result["cohorts"].append(entry)
-                result["peak_rss_mb_cohorts"] = {name: peak_rss_mb(pid) for name, pid in processes.items()}
+                result["peak_rss_mb_cohorts"], result["peak_rss_mb_digests"] = peaks["cohorts"], peaks["digests"]
                 save()
                 print(cohort_id, entry["seconds"], entry["persons"], "identical" if entry["identical_rows"] else "DIFFER",
                       flush=True)
@@ -305,7 +335,7 @@ def main() -> None:
                 print("characterise", timing, result["characterisation"]["equal_to_first_engine"], flush=True)
         finally:
             for store in stores.values():
-                drop(store)
+                store.close() if args.stores else drop(store)
     result["all_identical"] = (all(c["identical_rows"] for c in result["cohorts"])
                                and all(result.get("characterisation", {}).get("equal_to_first_engine", {}).values()))
     result["peak_rss_mb"] = {"this_process_whole_run": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

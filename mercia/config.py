@@ -27,6 +27,11 @@ class Settings(BaseModel):
         None, description="file holding the HMAC key for NHS-number pseudonyms (outside the repo)")
     disclosure_policy: str = Field("opensafely", description="statistical disclosure control policy")
     enforce_primary_keys: bool = Field(False, description="create CDM primary keys as constraints")
+    duckdb_memory_limit: str | None = Field(
+        None, description="DuckDB store: cap of its buffer manager, in DuckDB's units ('3GB'); default half of "
+                          "this machine's memory, so the API, PostgreSQL or a second process fit beside it")
+    duckdb_temp_directory: Path | None = Field(
+        None, description="DuckDB store: where work beyond the memory limit spills (default <store file>.tmp)")
     max_request_bytes: int = Field(1_048_576, ge=1024, description="largest request body the server reads (413 beyond)")
     max_upload_bytes: int = Field(2_147_483_648, ge=1024, description="largest extract upload (multipart) it reads")
     audit_key_file: Path | None = Field(

@@ -9,12 +9,17 @@ DuckDB) cannot see that ``a - b`` subtracts dates, turns ``PERCENTILE_DISC`` int
 ``PERCENTILE_APPROX`` and DuckDB's ``MAKE_DATE`` into a ``DATE_FROM_PARTS`` PostgreSQL lacks, so only
 these fragments are rendered, explicitly.
 
+The temporary relation a cohort step or an analysis holds for the rest of a session is made here too
+(``temporary_table``): the statement is text like every other, but carries its parts, so the Spark store,
+which has no temporary tables, builds its own relation from them without reading the text back.
+
 Arguments are plain SQL expressions in that common subset (column references, literals, ``LEAST``,
 ``GREATEST`` or ``COALESCE`` of them): they are parsed and re-rendered too, so keep functions out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import sqlglot
@@ -27,6 +32,24 @@ _DATE = exp.DataType.build("DATE")
 _INT = exp.DataType.build("INT")
 _TEXT = exp.DataType.build("TEXT")
 _DOUBLE = exp.DataType.build("DOUBLE")
+
+
+class TemporaryTable(str):
+    """``CREATE TEMPORARY TABLE name AS query`` in the engine's SQL (Spark: ``CACHE TABLE name AS query``,
+    an eagerly cached temporary view, Spark SQL's nearest), with ``name`` and ``query`` kept beside the
+    text: a store runs the text, or, where it has a better way (Spark: a checkpointed temporary view,
+    ``Store.create_temp_table``), builds the relation from the parts."""
+
+    name: str
+    query: str
+
+    def __new__(cls, name: str, query: str, dialect: str) -> TemporaryTable:
+        relation = exp.to_identifier(name).sql(dialect=dialect)
+        text = f"CACHE TABLE {relation} AS {query}" if dialect == "spark" else \
+            f"CREATE TEMPORARY TABLE {relation} AS {query}"
+        statement = super().__new__(cls, text)
+        statement.name, statement.query = name, query
+        return statement
 
 
 @lru_cache(maxsize=512)
@@ -71,3 +94,17 @@ def as_double(store: Store, value: str) -> str:
     """``value`` cast to a double-precision float."""
     return _render(exp.cast(_parse(value).copy(), _DOUBLE), store)
 
+
+
+def ordered_rows_md5(store: Store, columns: Sequence[str]) -> str:
+    """An aggregate: the MD5 (hex) of ``columns``' values as text, comma-separated, one line per row in
+    ascending order (NULL when no row), computed by the engine, so equal row sets give equal digests
+    on every engine without the rows leaving it.  Dates read as ``YYYY-MM-DD`` everywhere."""
+    values = [exp.cast(_parse(column).copy(), _TEXT) for column in columns]
+    line = values[0]
+    for value in values[1:]:
+        line = exp.DPipe(this=exp.DPipe(this=line, expression=exp.Literal.string(",")), expression=value)
+    ordered = exp.Order(expressions=[exp.Ordered(this=_parse(column).copy()) for column in columns])
+    lines = exp.GroupConcat(this=exp.Order(this=line, expressions=ordered.expressions),
+                            separator=exp.Literal.string("\n"))
+    return _render(exp.MD5(this=lines), store)

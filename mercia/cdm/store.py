@@ -349,7 +349,9 @@ class Store(ABC):
 
     def create_temp_table(self, name: str, select_sql: str, params: Sequence[Any] | None = None) -> None:
         """A table of this session holding ``select_sql``'s rows, computed now; gone with the session."""
-        self.execute(f"CREATE TEMPORARY TABLE {quote(name)} AS {select_sql}", params)
+        from mercia.cdm.dialect import TemporaryTable
+
+        self.execute(TemporaryTable(name, select_sql, self.dialect), params)
 
     def drop_temp_table(self, name: str) -> None:
         self.execute(f"DROP TABLE IF EXISTS {quote(name)}")

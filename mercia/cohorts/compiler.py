@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 
+from mercia.cdm.dialect import TemporaryTable
 from mercia.cohorts import model as m
 from mercia.cohorts.criteria import CODESETS, CriteriaCompiler, demographic_conditions, in_codeset
 from mercia.cohorts.model import CohortDefinitionError
@@ -931,23 +932,15 @@ def _dialect(name: str) -> Dialect:
 
 
 def materialise(name: str, query: exp.Query, dialect: str) -> list[str]:
-    """Statements that turn a step into a temporary relation on ``dialect``."""
+    """Statements that turn a step into a temporary relation on ``dialect`` (``TemporaryTable``: on
+    Spark, which has no temporary tables, the store checkpoints the rows under a temporary view)."""
+    create = TemporaryTable(name, render(query, dialect), dialect)
     if dialect == "spark":
-        # Spark SQL has no temporary tables (sqlglot renders one as a view, which re-inlines its whole
-        # lineage into every later step); the Spark store runs this statement as its own temporary
-        # table (``Store.create_temp_table``: the rows computed now, held by the session, no files).
-        # No transaction either: a failed earlier run may have left it behind.
-        create = f"CREATE TEMPORARY TABLE {render(table(name), dialect)} AS {render(query, dialect)}"
+        # no transaction on Spark: a failed earlier run may have left the step behind
         return [render(drop_table(name), dialect), create]
     # DuckDB/PostgreSQL: the script runs in one transaction and drops its steps at the end, so a
     # failed run leaves nothing behind to drop first
-    create = exp.Create(
-        this=table(name),
-        kind="TABLE",
-        expression=query,
-        properties=exp.Properties(expressions=[exp.TemporaryProperty()]),
-    )
-    return [render(create, dialect)]
+    return [create]
 
 
 def drop_table(name: str) -> exp.Drop:

@@ -6,7 +6,9 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 
+import pyarrow as pa
 import pytest
 
 from mercia.cdm import Store, StoreError
@@ -50,6 +52,7 @@ def test_scripts_split_on_semicolons_outside_literals_and_comments():
 
 WRITE_THEN_COUNT = """
 import sys
+import uuid
 import pyarrow as pa
 from mercia.cdm import Store
 store = Store(sys.argv[1])
@@ -72,3 +75,36 @@ def test_local_spark_tables_outlive_the_process(tmp_path):
     outputs = [subprocess.run([sys.executable, "-c", WRITE_THEN_COUNT, url, step], capture_output=True, text=True,
                               timeout=600, env=env, check=True).stdout for step in ("write", "read")]
     assert ["PERSONS 2" in out for out in outputs] == [True, True], outputs
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+@pytest.mark.parametrize(("crash_at", "rows_after"), [
+    ("CREATE TABLE \"_mercia_swap_", [(1,)]),       # writing the journal: before the commit point
+    ("RENAME TO \"second\"", [(2,), (3,)]),          # the first table swapped, the second not yet
+    ("DROP TABLE IF EXISTS", [(2,), (3,)]),          # both swapped, the old tables not yet dropped
+])
+def test_a_commit_cut_short_changes_every_table_or_none(monkeypatch, crash_at, rows_after):
+    """A crash inside the commit of a two-table load: before the swap journal is written, both tables
+    keep their old rows; after, the next store opened on the database finishes the swap, so both
+    have the new rows; and nothing of the commit is left behind."""
+    url, schema = spark_url(), f"t_{uuid.uuid4().hex[:12]}"
+    store = Store(url, schema=schema)
+    for table in ("first", "second"):
+        store.execute(f'CREATE TABLE "{table}" (x BIGINT) USING parquet')
+        store.insert_arrow(table, pa.table({"x": [1]}))
+    collect = store._collect
+
+    def crashing(sql, params):
+        if crash_at in sql:
+            raise StoreError(f"simulated crash at {crash_at}")
+        return collect(sql, params)
+
+    monkeypatch.setattr(store, "_collect", crashing)
+    with pytest.raises(StoreError, match="simulated crash"), store.transaction():
+        for table in ("first", "second"):
+            store.truncate(table)
+            store.insert_arrow(table, pa.table({"x": [2, 3]}))
+    reopened = Store(url, schema=schema)
+    assert [reopened.query(f'SELECT x FROM "{t}" ORDER BY x') for t in ("first", "second")] == [rows_after] * 2
+    assert [r[1] for r in reopened.query("SHOW TABLES") if r[1].startswith("_mercia")] == []

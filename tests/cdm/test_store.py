@@ -1,4 +1,9 @@
-from mercia.cdm import CDM_TABLES
+import os
+
+import pytest
+
+from mercia.cdm import CDM_TABLES, Store
+from mercia.config import load_settings
 
 
 def test_init_schema_creates_every_cdm_table(store):
@@ -13,3 +18,38 @@ def test_init_schema_is_idempotent(store):
 
 def test_gibleed_person_count(gibleed_store):
     assert gibleed_store.table_counts(["person"]) == {"person": 2694}
+
+
+def _bytes(displayed: str) -> float:
+    """DuckDB's displayed size ('667.5 MiB', '11.7 GiB') in bytes."""
+    number, unit = displayed.split()
+    return float(number) * {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[unit]
+
+
+@pytest.fixture
+def limits_env(monkeypatch):
+    load_settings.cache_clear()
+    yield monkeypatch
+    load_settings.cache_clear()
+
+
+def test_duckdb_memory_limit_and_spill_directory_are_store_settings(tmp_path, limits_env):
+    """``duckdb_memory_limit`` caps the store (also after a bulk load lifts or lowers it for a while),
+    ``duckdb_temp_directory`` is where it spills; without them the cap is half of this machine."""
+    limits_env.delenv("MERCIA_DUCKDB_MEMORY_LIMIT", raising=False)
+    limits_env.delenv("MERCIA_DUCKDB_TEMP_DIRECTORY", raising=False)
+    with Store(str(tmp_path / "default.duckdb")) as store:
+        machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        assert _bytes(store.query_one("SELECT current_setting('memory_limit')")) == pytest.approx(machine / 2, rel=0.01)
+    limits_env.setenv("MERCIA_DUCKDB_MEMORY_LIMIT", "700MB")
+    limits_env.setenv("MERCIA_DUCKDB_TEMP_DIRECTORY", str(tmp_path / "spill"))
+    load_settings.cache_clear()
+    with Store(str(tmp_path / "capped.duckdb")) as store:
+        def limit() -> float:
+            return _bytes(store.query_one("SELECT current_setting('memory_limit')"))
+
+        assert limit() == pytest.approx(700e6, rel=0.01)
+        with store.bulk_writes("200MB"):
+            assert limit() == pytest.approx(200e6, rel=0.01)
+        assert limit() == pytest.approx(700e6, rel=0.01)
+        assert store.query_one("SELECT current_setting('temp_directory')") == str(tmp_path / "spill")

@@ -8,6 +8,7 @@ swaps them in at commit.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import threading
 import time
 
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from mercia.cdm import Store, StoreError
-from mercia.cdm.dialect import add_days, as_double, as_text, days_between
+from mercia.cdm.dialect import TemporaryTable, add_days, as_double, as_text, days_between, ordered_rows_md5
 from mercia.cdm.schema import Column, Table
 from mercia.cdm.store import connect
 from tests.conftest import drop_store, open_store
@@ -299,6 +300,18 @@ def test_temporary_tables_and_text_casts(cstore):
     cstore.drop_temp_table("contract_tmp")   # dropping twice is harmless
     with pytest.raises(StoreError):
         cstore.query("SELECT count(*) FROM contract_tmp")
+
+
+def test_rows_digested_by_the_engine_are_equal_on_every_engine(cstore):
+    """``ordered_rows_md5``: the MD5 of the rows as ordered lines of text, computed by the engine over a
+    ``TemporaryTable`` made through ``execute`` (Spark: from its parts), equals Python's over the same lines."""
+    cstore.insert_arrow(SAMPLE.name, sample_rows(12))
+    cstore.execute(TemporaryTable("contract_digest", f"SELECT id, day FROM {SAMPLE.name} WHERE id > 2", cstore.dialect))
+    digest = cstore.query_one(f"SELECT {ordered_rows_md5(cstore, ['day', 'id'])} FROM contract_digest")
+    lines = sorted((dt.date(2020, 1, 1) + dt.timedelta(days=i), i) for i in range(3, 13))
+    assert digest == hashlib.md5("\n".join(f"{day:%Y-%m-%d},{i}" for day, i in lines).encode()).hexdigest()
+    assert cstore.query_one(f"SELECT {ordered_rows_md5(cstore, ['id'])} FROM contract_digest WHERE id < 0") is None
+    cstore.drop_temp_table("contract_digest")
 
 
 def test_date_arithmetic_and_casts_mean_the_same_on_every_engine(cstore):

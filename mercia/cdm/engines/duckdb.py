@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,20 @@ from mercia.cdm.schema import Table
 from mercia.cdm.store import Store, StoreError, quote, sql_string
 
 
+def _limits() -> dict[str, str]:
+    """The store's memory cap and spill directory (settings ``duckdb_memory_limit``,
+    ``duckdb_temp_directory``).  DuckDB's own default cap is 80% of the machine, which leaves too
+    little beside it for the rest of a shared server; half is the default here."""
+    from mercia.config import load_settings
+
+    settings = load_settings()
+    total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    limits = {"memory_limit": settings.duckdb_memory_limit or f"{total_mb // 2}MiB"}
+    if settings.duckdb_temp_directory is not None:
+        limits["temp_directory"] = str(settings.duckdb_temp_directory)
+    return limits
+
+
 class DuckDBStore(Store):
     dialect = "duckdb"
 
@@ -23,7 +38,7 @@ class DuckDBStore(Store):
         if path != ":memory:" and not read_only:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._duck = duckdb.connect(path, read_only=read_only)
+            self._duck = duckdb.connect(path, read_only=read_only, config=_limits())
         except duckdb.Error as exc:
             raise StoreError(f"cannot open DuckDB database {path}: {exc}", engine=self.dialect) from exc
         self._root = self._duck  # sessions are cursors of this connection, whoever opens them
@@ -74,15 +89,15 @@ class DuckDBStore(Store):
     @contextmanager
     def bulk_writes(self, memory_limit: str | None = None) -> Iterator[Store]:
         """A bounded cache keeps a big load within a few GB; appending without keeping insertion
-        order (ids carry the order) costs ~15% less CPU.  Both go back to DuckDB's defaults after
-        (RESET: restoring the displayed value would round the limit down a little each time)."""
+        order (ids carry the order) costs ~15% less CPU.  Both go back to the store's settings after
+        (the configured limit, not the displayed value, which is rounded down a little each time)."""
         if memory_limit:
             self.execute(f"SET memory_limit = {sql_string(memory_limit)}")
         self.execute("SET preserve_insertion_order = false")
         try:
             yield self
         finally:
-            self.execute("RESET memory_limit")
+            self.execute(f"SET memory_limit = {sql_string(_limits()['memory_limit'])}")
             self.execute("RESET preserve_insertion_order")
 
     # -- SQL -------------------------------------------------------------------------------

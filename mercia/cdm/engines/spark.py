@@ -1,10 +1,12 @@
 """The Spark store: an embedded local session (``spark://local[N]?warehouse=DIR``) or a cluster reached
 through Spark Connect (``sc://HOST:PORT``).  Tables are Parquet in the warehouse; SQL is Spark SQL with ANSI double-quoted identifiers, so ``quote()`` works unchanged.
 
-Spark has no rollback.  Instead every write of ``insert_arrow`` and
-``truncate`` inside ``transaction()`` goes to a staging table per target; the commit swaps each
-staging table in (drop + rename, metadata only); an error drops the staging tables, so a failed load
-leaves the previous tables intact.  Other SQL writes (``INSERT ... SELECT``) apply at once, and
+Spark has no rollback.  Instead every write of ``insert_arrow``, ``load_parquet`` and
+``truncate`` inside ``transaction()`` goes to a staging table per target; an error drops the staging
+tables, so a failed load leaves the previous tables intact.  The commit first writes a swap journal
+(which tables replace which: the commit point), then renames each old table aside and its staging
+table in, then drops the old ones and the journal (metadata only); a swap cut short between tables is
+finished by the next store opened on the database, so the tables change all together or not at all.  Other SQL writes (``INSERT ... SELECT``) apply at once, and
 reads inside the transaction see the tables as they were before it.  ``DELETE`` on a Parquet table (which Spark refuses) is rewritten
 to keep the other rows through a staging table.
 """
@@ -24,6 +26,7 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
+from mercia.cdm.dialect import TemporaryTable
 from mercia.cdm.schema import Column, Table
 from mercia.cdm.store import BadValue, ParquetLoad, Store, StoreError, quote
 
@@ -36,10 +39,9 @@ _SESSION_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.timestampType": "TIMESTAMP_NTZ",  # CDM datetimes carry no time zone
 }
-# Spark SQL has no CREATE TEMPORARY TABLE ... AS; this store runs it as ``create_temp_table``.
-_CREATE_TEMP_TABLE = re.compile(r"CREATE\s+TEMPORARY\s+TABLE\s+\"?(\w+)\"?\s+AS\s+(.*)", re.DOTALL | re.IGNORECASE)
 _STATEMENT_END = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|;", re.DOTALL)
 _local_lock = threading.Lock()
+_SWAP_JOURNAL = "_mercia_swap_"  # tables recording a commit's swap until it is complete
 
 
 def split_statements(script: str) -> list[str]:
@@ -152,6 +154,7 @@ class SparkStore(Store):
         if schema:
             self.execute(f"CREATE DATABASE IF NOT EXISTS {quote(schema)}")
             self.execute(f"USE {quote(schema)}")
+        self._finish_interrupted_swaps()
 
     def close(self) -> None:
         """Ends a Spark Connect session; a local session lives as long as the process."""
@@ -176,12 +179,12 @@ class SparkStore(Store):
             raise self._error(exc, sql) from exc
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        if isinstance(sql, TemporaryTable):  # built from its parts, not from the text
+            self.create_temp_table(sql.name, sql.query, params)
+            return
         statements = [sql] if params is not None else split_statements(sql)
         for statement in statements:
-            temp_table = _CREATE_TEMP_TABLE.fullmatch(statement) if params is None else None
-            if temp_table:
-                self.create_temp_table(*temp_table.groups())
-            elif statement[:6].upper() == "DELETE":
+            if statement[:6].upper() == "DELETE":
                 self._delete(statement, params)
             else:
                 self._collect(statement, params)
@@ -255,9 +258,42 @@ class SparkStore(Store):
 
     def _commit(self) -> None:
         staged, self._staged = self._staged, {}
-        for table, stage in staged.items():
-            self._collect(f"DROP TABLE {quote(table)}", None)
-            self._collect(f"ALTER TABLE {quote(stage)} RENAME TO {quote(table)}", None)
+        if not staged:
+            return
+        journal = f"{_SWAP_JOURNAL}{uuid.uuid4().hex[:12]}"
+        pairs = ", ".join(f"('{table}', '{stage}')" for table, stage in staged.items())
+        try:
+            self._collect(f"CREATE TABLE {quote(journal)} USING parquet AS SELECT * FROM VALUES {pairs} AS "
+                          "swap(target, stage)", None)
+        except StoreError:
+            self._staged = staged
+            self._rollback()  # before the commit point: nothing changes
+            raise
+        try:
+            self._finish_swap(journal)
+        except StoreError as exc:
+            raise StoreError(f"the commit of {', '.join(staged)} was cut short ({exc}); it is recorded in "
+                             f"{journal} and finished when the store is next opened", exc.sql, self.dialect) from exc
+
+    def _finish_swap(self, journal: str) -> None:
+        """Carry out the swap ``journal`` records: each old table renamed aside, its staging table
+        renamed in, then the old tables and the journal dropped.  Every step is skipped once done,
+        so a swap cut short anywhere is finished by running this again."""
+        pairs = self.query(f"SELECT target, stage FROM {quote(journal)}")
+        for target, stage in pairs:
+            if self.table_exists(stage):
+                if self.table_exists(target):
+                    self._collect(f"ALTER TABLE {quote(target)} RENAME TO {quote(stage + '_old')}", None)
+                self._collect(f"ALTER TABLE {quote(stage)} RENAME TO {quote(target)}", None)
+        for _, stage in pairs:
+            self._collect(f"DROP TABLE IF EXISTS {quote(stage + '_old')}", None)
+        self._collect(f"DROP TABLE {quote(journal)}", None)
+
+    def _finish_interrupted_swaps(self) -> None:
+        """On open: finish the commits a crash cut short (their journals are still there)."""
+        for row in self._collect(f"SHOW TABLES LIKE '{_SWAP_JOURNAL}*'", None):
+            if not row["isTemporary"]:
+                self._finish_swap(row["tableName"])
 
     def _rollback(self) -> None:
         staged, self._staged = self._staged, {}
