@@ -200,7 +200,7 @@ def compressed_ipc(body: bytes) -> bool:
                 message = reader.read_next_message()
             except StopIteration:
                 return False
-            if message.type not in ("record batch", "dictionary batch"):
+            if message.type not in ("record batch", "dictionary"):   # pyarrow's names of the two batch kinds
                 continue
             meta = message.metadata.to_pybytes()
             header = _table_field(meta, _root(meta), 2)

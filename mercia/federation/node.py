@@ -321,7 +321,7 @@ class NodeAgent:
             # A decision holds for exactly the task decided on: a task id met again in another issue
             # (a hub rebuilt, a second hub) waits for a decision of its own.
             body = orjson.dumps(task.query.model_dump()).decode()
-            issue = hashlib.sha256(task.salt.encode()).hexdigest()[:32]
+            issue = _salt_digest(task)[:32]
             status = store.query_one("SELECT status FROM mercia_fed_inbox WHERE task_id = ? AND query_id = ? "
                                      "AND body = ? AND issue = ?", [task.task_id, task.query_id, body, issue])
             if status is None:

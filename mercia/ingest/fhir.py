@@ -984,8 +984,14 @@ class _Worker:
         self.parts: list[FileRead] = []
         self.sent: tuple[Unit, float] | None = None  # the unit being read and when it was sent
         self.broken: str | None = None
+        self.err = b""   # its stderr, read while it works (a full pipe would stop it)
+        self.err_thread = threading.Thread(target=self._read_err, daemon=True)
+        self.err_thread.start()
         self.thread = threading.Thread(target=self._feed, args=(take,), daemon=True)
         self.thread.start()
+
+    def _read_err(self) -> None:
+        self.err = self.process.stderr.read()
 
     def _feed(self, take: Callable[[], Unit | None]) -> None:
         stdin, stdout = self.process.stdin, self.process.stdout
@@ -1018,11 +1024,11 @@ class _Worker:
                                        f"(reading {file.name}); stopped")
         if self.broken:
             self.process.kill()
-        err = self.process.stderr.read()
         self.process.wait()
+        self.err_thread.join()
         if self.process.returncode != 0 or self.broken:
             raise RuntimeError(f"a FHIR reading worker failed (exit {self.process.returncode}): "
-                               f"{err.decode(errors='replace')[-2000:] or self.broken}")
+                               f"{self.err.decode(errors='replace')[-2000:] or self.broken}")
         return self.parts
 
 

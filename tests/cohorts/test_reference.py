@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 
+import orjson
 import pytest
 
 from mercia.cohorts import CohortExpression, run_cohort
@@ -33,8 +34,17 @@ def test_reference_cohort(gibleed_engine, reference_dir, expected, cohort_id):
     assert_reference(gibleed_engine, expected, expr, result)
 
 
-# every eighth definition (four of them with inclusion rules, whose attrition-only steps are left out)
-@pytest.mark.parametrize("cohort_id", COHORT_IDS[::8] or [0])
+def _shape(cohort_id: int) -> tuple:
+    """What of a definition changes the rows' path: inclusion rules, end strategy, censoring, collapse."""
+    d = orjson.loads((SHARED_REFERENCE / "cohorts" / f"{cohort_id}.json").read_bytes())
+    return (bool(d.get("InclusionRules")), tuple(d.get("EndStrategy") or ()), bool(d.get("CensoringCriteria")),
+            bool((d.get("CollapseSettings") or {}).get("EraPad")), bool(d.get("CensorWindow")))
+
+
+# every eighth definition (four of them with inclusion rules, whose attrition-only steps are left out) and
+# the first of each shape (censoring criteria, a custom era or a collapse with inclusion rules)
+@pytest.mark.parametrize("cohort_id", sorted({*COHORT_IDS[::8], *{_shape(i): i for i in reversed(COHORT_IDS)}.values()})
+                         or [0])
 def test_cohort_rows_alone(gibleed_engine, reference_dir, expected, cohort_id):
     """``compile_cohort_rows`` (a federated node's path: no attrition, rows in a temporary table) gives
     OHDSI's rows, as ``run_cohort`` does."""

@@ -267,6 +267,13 @@ def test_what_is_not_a_node_result_is_refused():
         assert compressed_ipc(sink.getvalue().to_pybytes()) and not compressed_ipc(good)
         with pytest.raises(ValueError, match="compressed Arrow IPC"):
             NodeResult.from_wire(sink.getvalue().to_pybytes())
+        # only the dictionary batch compressed (pyarrow reads such a stream, unpacking the dictionary)
+        packed, plain = (list(pa.ipc.MessageReader.open_stream(body)) for body in (sink.getvalue(), good))
+        assert [m.type for m in packed] == [m.type for m in plain] == ["schema", "dictionary", "record batch"]
+        mixed = b"".join(m.serialize().to_pybytes() for m in (plain[0], packed[1], plain[2])) + b"\xff" * 4 + b"\0" * 4
+        assert pa.ipc.open_stream(mixed).read_all().num_rows == NodeResult.from_wire(good).members.num_rows
+        with pytest.raises(ValueError, match="compressed Arrow IPC"):
+            NodeResult.from_wire(mixed)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, MEMBERS) as writer:
         writer.write_table(MEMBERS.empty_table())

@@ -117,6 +117,23 @@ def test_a_hung_worker_is_stopped(shared_data, tmp_path, monkeypatch):
     assert hung[0].wait(5) is not None  # killed, not left behind
 
 
+def test_a_worker_writing_much_to_stderr_is_not_held_up(shared_data, tmp_path, monkeypatch):
+    """A worker's stderr is read while it works: one writing more than a pipe holds (warnings) answers as usual."""
+    folder = tmp_path / "export"
+    shutil.copytree(shared_data / "fhir/synthea_small/ndjson", folder)
+
+    def start_noisy_worker(header):
+        worker = subprocess.Popen(
+            [sys.executable, "-c", "import runpy, sys; sys.stderr.write('w' * 300_000); sys.stderr.flush(); "
+             "runpy.run_module('mercia.ingest.fhir_worker', run_name='__main__')"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        worker.stdin.write(orjson.dumps(list(header)) + b"\n")
+        return worker
+    monkeypatch.setattr(fhir, "_start_worker", start_noisy_worker)
+    monkeypatch.setattr(fhir, "WORKER_BASE_SECONDS", 20.0)
+    assert read_fhir(folder, processes=2).read == read_fhir(folder, processes=1).read
+
+
 def test_pieces_of_a_file_read_as_the_whole_file(tmp_path):
     """Line-aligned pieces (cut anywhere, even inside a line) stage what the whole file stages, line numbers
     and reading order included; a broken gzip file is rejected once, not once per piece."""
