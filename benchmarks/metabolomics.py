@@ -57,7 +57,7 @@ def current_rss_mb() -> float:
 def _nmr_load(workdir: Path, key: bytes, out) -> None:
     """Child process: one NMR ingest, reporting its phases' wall and CPU seconds and its own peak RSS."""
     from mercia.cdm import Store
-    from mercia.ingest.load import LoadOptions
+    from mercia.ingest.load import LOAD_MEMORY_LIMIT, LoadOptions
     from mercia.ingest.service import ingest
     from mercia.privacy.pseudonym import Pseudonymiser
 
@@ -74,8 +74,11 @@ def _nmr_load(workdir: Path, key: bytes, out) -> None:
     rows = store.query_one("SELECT count(*) FROM measurement")
     store.close()
     at = {name: (wall, cpu, rss) for name, wall, cpu, rss in marks}
+    chunks = [(round(cpu - at["start"][1], 1), rss) for name, _, cpu, rss in marks if name == "loading"]
     out.put({"measurement_rows": rows, "rejected": summary.rejected,
-             "chunks": sum(name == "loading" for name, *_ in marks),
+             "chunks": len(chunks), "store_memory_limit": LOAD_MEMORY_LIMIT,
+             # (CPU seconds so far, RSS MB) as each chunk starts loading, at most ~40 of them
+             "cpu_s_and_rss_mb_at_chunk_start": chunks[::max(1, len(chunks) // 40)] + chunks[-1:],
              "total_seconds": round(at["done"][0] - at["start"][0], 1),
              "total_cpu_seconds": round(at["done"][1] - at["start"][1], 1),
              "rss_at_end_mb": at["done"][2], "peak_rss_mb": peak_rss_mb()})
@@ -91,6 +94,7 @@ def nmr(samples: int, workdir: Path) -> dict:
     start = time.perf_counter()
     write_nmr_study(workdir / "nmr", samples, seed=1)
     written = time.perf_counter() - start
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = os.getloadavg()[0]
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
@@ -98,6 +102,9 @@ def nmr(samples: int, workdir: Path) -> dict:
     child.start()
     measured = out.get()
     child.join()
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    measured["load_process_cpu_seconds"] = round(cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime
+                                                 - cpu_before.ru_stime, 1)
     rows = measured["measurement_rows"]
     return {"samples": samples, "biomarkers": 249, "chunk_samples": CHUNK_SAMPLES,
             "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
