@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -42,10 +43,18 @@ VARIANT_SCHEMA = pa.schema([
 ])
 VCF_SUFFIXES = (".vcf", ".vcf.gz", ".vcf.bgz")
 _MISSING_INT = np.iinfo(np.int32).min
+# Carrier calls per staged chunk of a streamed VCF: each chunk's load stays well under 1 GB
+# (976,363 carrier rows loaded as one chunk peaked at 3.65 GB).
+CALLS_PER_CHUNK = 200_000
 
 
 class VcfFileError(ValueError):
-    """A VCF htslib cannot open or read through."""
+    """A VCF htslib cannot open or read through; ``rejected``: its reject, staged alone, when the file
+    broke after part of it had been handed to the load (which then rolls back)."""
+
+    def __init__(self, message: str, rejected: Staged | None = None):
+        super().__init__(message)
+        self.rejected = rejected
 
 
 def _annotation_fields(vcf) -> dict[str, list[str]]:
@@ -143,6 +152,7 @@ class _Carriers:
         self.sites: dict[str, list] = {name: [] for name in _SITE_COLUMNS}
         self.calls: dict[str, list[np.ndarray]] = {"sample": [], "text": [], "depth": [], "quality": []}
         self.texts: dict[tuple[tuple[int, ...], bool], int] = {}  # (allele states, phased) -> row of texts
+        self.count = 0  # carrier calls so far
 
     def add(self, site: dict, carriers: np.ndarray, states: np.ndarray, phased: np.ndarray, depth: np.ndarray,
             quality: np.ndarray) -> None:
@@ -150,6 +160,7 @@ class _Carriers:
         for name, value in site.items():
             self.sites[name].append(value)
         self.sites["calls"].append(carriers.size)
+        self.count += carriers.size
         ploidy = states.shape[1]
         code = (states * (4 ** np.arange(ploidy))).sum(axis=1) + phased * 4 ** ploidy
         unique, inverse = np.unique(code, return_inverse=True)
@@ -200,31 +211,84 @@ class _Carriers:
             con.close()
 
 
-class VcfReader:
-    def __init__(self, extract: str):
-        self.staged = Staged(extract)
-        self.variants: list[pa.Table] = []
+class _ReadError(Exception):
+    """htslib stopped inside a file: ``line`` is the last line read."""
 
-    def read(self, path: Path, sample_person: dict[str, str] | None = None, when: str | None = None) -> Staged:
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line = line
+
+
+class VcfReader:
+    """Files -> staged chunks of about ``calls_per_chunk`` carrier calls each (None: everything as one),
+    whole sites per chunk, so a large VCF is never held whole."""
+
+    def __init__(self, extract: str, calls_per_chunk: int | None = None):
+        self.extract, self.calls_per_chunk = extract, calls_per_chunk
+
+    def chunks(self, path: Path, sample_person: dict[str, str] | None = None, when: str | None = None
+               ) -> Iterator[Staged]:
+        """A file htslib cannot open, or cannot read to the end before any of it was handed on, is a
+        reject (its calls are dropped); one that breaks after part of it was handed on raises
+        ``VcfFileError`` (the caller's transaction rolls back) carrying that reject."""
         path = Path(path)
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.name.endswith(VCF_SUFFIXES))
+        chunk, held, held_rows = Staged(self.extract), [], 0
         for file in files:
-            self._file(file, sample_person or {}, when)
-        self.staged.variants = pa.concat_tables(self.variants) if self.variants else VARIANT_SCHEMA.empty_table()
-        return self.staged
+            kept, kept_read, handed_on = [], 0, False
+            try:
+                for calls, read in self._file(file, sample_person or {}, when):
+                    kept.append(calls)
+                    kept_read += read
+                    if self.calls_per_chunk and held_rows + sum(c.num_rows for c in kept) >= self.calls_per_chunk:
+                        chunk.read += kept_read
+                        yield self._filled(chunk, held + kept)
+                        chunk, held, held_rows, kept, kept_read, handed_on = Staged(self.extract), [], 0, [], 0, True
+            except _ReadError as exc:
+                reason = (f"cannot read past line {exc.line} (truncated or corrupt): {str(exc).splitlines()[0][:200]}; "
+                          "file not loaded")
+                if handed_on:
+                    rejected = Staged(self.extract, read=1)
+                    rejected.reject(f"VCF/{file.name}", "file", reason, None)
+                    raise VcfFileError(f"{file.name}: {reason}", rejected) from exc
+                chunk.read += 1
+                chunk.reject(f"VCF/{file.name}", "file", reason, None)
+                continue
+            except VcfFileError as exc:  # cannot be opened: nothing read
+                chunk.read += 1
+                chunk.reject(f"VCF/{file.name}", "file", str(exc), None)
+                continue
+            chunk.read += kept_read
+            held += kept
+            held_rows += sum(c.num_rows for c in kept)
+        yield self._filled(chunk, held)
 
-    def _file(self, file: Path, sample_person: dict[str, str], when: str | None) -> None:
+    @staticmethod
+    def _filled(chunk: Staged, calls: list[pa.Table]) -> Staged:
+        """``chunk`` with the carrier calls as its measurement events and variant rows."""
+        for table in calls:
+            n = table.num_rows
+            chunk.events.add_table(table.select(["record", "record_hash", "person_ref", "code", "start", "line"])
+                                   .append_column("value_code", table.column("genotype"))
+                                   .append_column("kind", pa.repeat("Measurement", n))
+                                   .append_column("vocabulary", pa.repeat("HGNC", n))
+                                   .append_column("value_vocabulary", pa.repeat("VCF GT", n))
+                                   .append_column("qualifier", pa.repeat("call", n)))
+        chunk.variants = pa.concat_tables([t.append_column("key", pa.repeat("call", t.num_rows))
+                                           .select(VARIANT_SCHEMA.names).cast(VARIANT_SCHEMA) for t in calls]) \
+            if calls else VARIANT_SCHEMA.empty_table()
+        return chunk
+
+    def _file(self, file: Path, sample_person: dict[str, str], when: str | None) -> Iterator[tuple[pa.Table, int]]:
+        """(carrier calls, calls read) per block of sites of about ``calls_per_chunk`` carriers (one block
+        when None); ``VcfFileError`` when htslib cannot open the file, ``_ReadError`` when it stops inside."""
         from cyvcf2 import VCF
 
-        file_record = f"VCF/{file.name}"
         try:
             vcf = VCF(str(file), lazy=True)
         except Exception as exc:  # noqa: BLE001 (cyvcf2 raises bare Exception for unreadable files)
-            self.staged.read += 1
             # cyvcf2 names the full path: keep only the file's own name (an upload's folder is the server's)
-            problem = str(exc).replace(str(file), file.name)[:200]
-            self.staged.reject(file_record, "file", f"not a readable VCF: {problem}", None)
-            return
+            raise VcfFileError(f"not a readable VCF: {str(exc).replace(str(file), file.name)[:200]}") from exc
         header = {m.group(1): m.group(2) for m in re.finditer(r"^##(\w+)=(.*)$", vcf.raw_header, re.MULTILINE)}
         assembly = header.get("reference") or None
         date = when or header.get("fileDate")
@@ -243,26 +307,16 @@ class VcfReader:
                 except StopIteration:
                     break
                 except Exception as exc:  # noqa: BLE001 (htslib read errors surface as bare Exception)
-                    self.staged.read += 1
-                    self.staged.reject(file_record, "file", f"cannot read past line {number} (truncated or corrupt): "
-                                       f"{str(exc).splitlines()[0][:200]}; file not loaded", None)
-                    return
+                    raise _ReadError(number, str(exc)) from exc
                 number += 1
                 read += len(samples) * len(site.ALT)
                 self._site(site, number, bool(samples), annotations, carriers)
+                if self.calls_per_chunk and carriers.count >= self.calls_per_chunk:
+                    yield carriers.table(file.name, samples, refs, dates, assembly), read
+                    carriers, read = _Carriers(), 0
         finally:
             vcf.close()
-        self.staged.read += read
-        calls = carriers.table(file.name, samples, refs, dates, assembly)
-        n = calls.num_rows
-        self.staged.events.add_table(calls.select(["record", "record_hash", "person_ref", "code", "start", "line"])
-                                     .append_column("value_code", calls.column("genotype"))
-                                     .append_column("kind", pa.repeat("Measurement", n))
-                                     .append_column("vocabulary", pa.repeat("HGNC", n))
-                                     .append_column("value_vocabulary", pa.repeat("VCF GT", n))
-                                     .append_column("qualifier", pa.repeat("call", n)))
-        self.variants.append(calls.append_column("key", pa.repeat("call", n)).select(VARIANT_SCHEMA.names)
-                             .cast(VARIANT_SCHEMA))
+        yield carriers.table(file.name, samples, refs, dates, assembly), read
 
     @staticmethod
     def _site(site, number: int, has_samples: bool, annotations: dict[str, list[str]], carriers: _Carriers) -> None:
@@ -291,4 +345,11 @@ class VcfReader:
 
 
 def read_vcf(path: Path | str, sample_person: dict[str, str] | None = None) -> Staged:
-    return VcfReader(Path(path).name).read(Path(path), sample_person)
+    """The whole file (or folder of files) as one staged extract (``read_vcf_chunks`` for large files)."""
+    return next(VcfReader(Path(path).name).chunks(Path(path), sample_person))
+
+
+def read_vcf_chunks(path: Path | str, calls_per_chunk: int | None = None) -> Iterator[Staged]:
+    """The file(s) streamed as staged chunks of about ``calls_per_chunk`` carrier calls (default
+    ``CALLS_PER_CHUNK``) for one load (``load_staged`` takes them in one transaction)."""
+    return VcfReader(Path(path).name, calls_per_chunk or CALLS_PER_CHUNK).chunks(Path(path))
