@@ -46,6 +46,7 @@ _MISSING_INT = np.iinfo(np.int32).min
 # Carrier calls per staged chunk of a streamed VCF: each chunk's load stays well under 1 GB
 # (976,363 carrier rows loaded as one chunk peaked at 3.65 GB).
 CALLS_PER_CHUNK = 200_000
+BLOCK_SITES = 1_000  # sites whose genotypes one numpy pass reads (``_add_block``)
 
 
 class VcfFileError(ValueError):
@@ -104,15 +105,6 @@ def _format_field(site, tag: str) -> np.ndarray | None:
         return None
 
 
-def _carrier_values(values: np.ndarray | None, carriers: np.ndarray) -> np.ndarray:
-    """The carriers' FORMAT numbers as float64, NaN when absent (htslib: int32 minimum or NaN)."""
-    if values is None:
-        return np.full(carriers.size, np.nan)
-    picked = values[carriers, 0]
-    return np.where(picked == _MISSING_INT, np.nan, picked.astype(np.float64)) if picked.dtype.kind == "i" \
-        else picked.astype(np.float64)
-
-
 def _call_text(states: tuple[int, ...], phased: bool) -> tuple[str, str]:
     """(genotype, zygosity) of one call whose alleles are ``states`` (0 reference, 1 this ALT, 2 another
     ALT or missing, 3 absent: a haploid call in a diploid site)."""
@@ -154,12 +146,14 @@ class _Carriers:
         self.texts: dict[tuple[tuple[int, ...], bool], int] = {}  # (allele states, phased) -> row of texts
         self.count = 0  # carrier calls so far
 
-    def add(self, site: dict, carriers: np.ndarray, states: np.ndarray, phased: np.ndarray, depth: np.ndarray,
-            quality: np.ndarray) -> None:
-        """``states``: the carriers' alleles for this ALT (see ``_call_text``), one row per carrier."""
-        for name, value in site.items():
-            self.sites[name].append(value)
-        self.sites["calls"].append(carriers.size)
+    def add(self, sites: list[dict], counts: list[int], carriers: np.ndarray, states: np.ndarray, phased: np.ndarray,
+            depth: np.ndarray, quality: np.ndarray) -> None:
+        """``sites``: (site, ALT) rows with ``counts`` carriers each; the other arrays: one row per carrier
+        in that order, ``states`` its alleles for the row's ALT (see ``_call_text``)."""
+        for site in sites:
+            for name, value in site.items():
+                self.sites[name].append(value)
+        self.sites["calls"].extend(counts)
         self.count += carriers.size
         ploidy = states.shape[1]
         code = (states * (4 ** np.arange(ploidy))).sum(axis=1) + phased * 4 ** ploidy
@@ -298,7 +292,7 @@ class VcfReader:
         samples = list(vcf.samples)
         refs = [sample_person.get(s, f"Subject/{s}") for s in samples]
         dates = [date or _phenopacket_date(file.parent.parent / "phenopackets" / f"{s}.json") for s in samples]
-        carriers, read = _Carriers(), 0
+        carriers, read, block = _Carriers(), 0, []
         number, sites = _header_lines(file), iter(vcf)
         try:
             while True:
@@ -310,38 +304,69 @@ class VcfReader:
                     raise _ReadError(number, str(exc)) from exc
                 number += 1
                 read += len(samples) * len(site.ALT)
-                self._site(site, number, bool(samples), annotations, carriers)
-                if self.calls_per_chunk and carriers.count >= self.calls_per_chunk:
-                    yield carriers.table(file.name, samples, refs, dates, assembly), read
-                    carriers, read = _Carriers(), 0
+                if samples:
+                    tag = next((t for t in annotations if site.INFO.get(t)), None)
+                    block.append((site.CHROM, site.POS, site.REF, site.ALT, number, site.genotype.array(),
+                                  _format_field(site, "DP"), _format_field(site, "GQ"), site.INFO.get("GENE"),
+                                  tag, site.INFO.get(tag) if tag else None))
+                if len(block) == BLOCK_SITES:
+                    _add_block(block, len(samples), annotations, carriers)
+                    block = []
+                    if self.calls_per_chunk and carriers.count >= self.calls_per_chunk:
+                        yield carriers.table(file.name, samples, refs, dates, assembly), read
+                        carriers, read = _Carriers(), 0
         finally:
             vcf.close()
+        _add_block(block, len(samples), annotations, carriers)
         yield carriers.table(file.name, samples, refs, dates, assembly), read
 
-    @staticmethod
-    def _site(site, number: int, has_samples: bool, annotations: dict[str, list[str]], carriers: _Carriers) -> None:
-        """The site's carriers of each ALT allele (split as the module describes), whole numpy columns at once."""
-        genotypes = site.genotype.array() if has_samples else np.empty((0, 3), np.int16)
-        ploidy = genotypes.shape[1] - 1
-        alleles = genotypes[:, :ploidy]
-        phased = genotypes[:, ploidy].astype(bool) if ploidy else np.zeros(0, bool)
-        depth, quality = _format_field(site, "DP"), _format_field(site, "GQ")
-        info_gene = site.INFO.get("GENE")
-        tag = next((t for t in annotations if site.INFO.get(t)), None)
-        annotation_value, names = (site.INFO.get(tag), annotations[tag]) if tag else (None, [])
-        for index, raw_alt in enumerate(site.ALT, start=1):
-            holders = np.flatnonzero((alleles == index).any(axis=1))
-            if holders.size == 0:
-                continue
-            pos, ref, alt = _trim(site.POS, site.REF, raw_alt)
-            note = _annotation_for(annotation_value, tag, names, raw_alt, site.REF)
-            held = alleles[holders]
-            states = np.where(held == index, 1, np.where(held == 0, 0, np.where(held == -2, 3, 2)))
-            carriers.add({"chrom": site.CHROM, "pos": pos, "ref": ref, "alt": alt,
-                          "gene": note.get("gene") or info_gene, "hgvs": note.get("hgvs"),
-                          "hgvs_p": note.get("hgvs_p"), "consequence": note.get("consequence"), "line": number},
-                         holders, states, phased[holders], _carrier_values(depth, holders),
-                         _carrier_values(quality, holders))
+
+def _as_numbers(values: np.ndarray | None, samples: int) -> np.ndarray:
+    """A site's FORMAT numbers (first value per sample) as float64, NaN when absent (htslib: int32
+    minimum or NaN)."""
+    if values is None:
+        return np.full(samples, np.nan)
+    first = values[:, 0]
+    return np.where(first == _MISSING_INT, np.nan, first.astype(np.float64)) if first.dtype.kind == "i" \
+        else first.astype(np.float64)
+
+
+def _add_block(block: list[tuple], samples: int, annotations: dict[str, list[str]], carriers: _Carriers) -> None:
+    """A block of sites' carriers of each ALT allele (split as the module describes) found in one numpy
+    pass over the block's stacked genotypes; calls in file order (site, ALT, sample).  Sites of lower
+    ploidy are padded with absent alleles (state 3: not spelled, so a haploid call stays hemizygous)."""
+    if not block:
+        return
+    ploidy = max(site[5].shape[1] - 1 for site in block)
+    alleles = np.full((len(block), samples, ploidy), -2, np.int16)
+    phased = np.zeros((len(block), samples), bool)
+    for i, site in enumerate(block):
+        genotypes = site[5]
+        alleles[i, :, :genotypes.shape[1] - 1] = genotypes[:, :-1]
+        phased[i] = genotypes[:, -1].astype(bool)
+    alt_counts = np.array([len(site[3]) for site in block])
+    found = [np.nonzero((alleles == index).any(axis=2) & (alt_counts >= index)[:, None]) + (index,)
+             for index in range(1, int(alt_counts.max()) + 1)]
+    site_of = np.concatenate([f[0] for f in found])
+    sample_of = np.concatenate([f[1] for f in found])
+    alt_of = np.concatenate([np.full(f[0].size, f[2]) for f in found])
+    order = np.lexsort((sample_of, alt_of, site_of))
+    site_of, sample_of, alt_of = site_of[order], sample_of[order], alt_of[order]
+    pairs, counts = np.unique(site_of * (alt_counts.max() + 1) + alt_of, return_counts=True)
+    rows = []
+    for pair in pairs.tolist():
+        chrom, position, ref, alts, line, _, _, _, info_gene, tag, value = block[pair // (alt_counts.max() + 1)]
+        raw_alt = alts[pair % (alt_counts.max() + 1) - 1]
+        pos, trimmed_ref, alt = _trim(position, ref, raw_alt)
+        note = _annotation_for(value, tag, annotations.get(tag, []), raw_alt, ref)
+        rows.append({"chrom": chrom, "pos": pos, "ref": trimmed_ref, "alt": alt, "gene": note.get("gene") or info_gene,
+                     "hgvs": note.get("hgvs"), "hgvs_p": note.get("hgvs_p"), "consequence": note.get("consequence"),
+                     "line": line})
+    held = alleles[site_of, sample_of]
+    states = np.where(held == alt_of[:, None], 1, np.where(held == 0, 0, np.where(held == -2, 3, 2)))
+    depth = np.stack([_as_numbers(site[6], samples) for site in block])[site_of, sample_of]
+    quality = np.stack([_as_numbers(site[7], samples) for site in block])[site_of, sample_of]
+    carriers.add(rows, counts.tolist(), sample_of, states, phased[site_of, sample_of], depth, quality)
 
 
 def read_vcf(path: Path | str, sample_person: dict[str, str] | None = None) -> Staged:

@@ -123,7 +123,7 @@ def _calls(store):
 
 
 def test_streamed_chunks_land_what_one_chunk_does(store, store_factory, engine, load, tmp_path, monkeypatch):
-    """A VCF streamed in chunks of 700 carrier calls (8 chunks) lands the same calls as one chunk, and a
+    """A VCF streamed in chunks of 700 carrier calls (blocks of 100 sites: 8 chunks) lands the same calls as one chunk, and a
     resend of it is unchanged throughout."""
     import mercia.ingest.vcf as vcf
 
@@ -135,6 +135,7 @@ def test_streamed_chunks_land_what_one_chunk_does(store, store_factory, engine, 
     assert load(whole, "vcf", path, "R9G").loaded == 5000
     load(store, "phenopackets", tmp_path / "pp", "R9G")
     monkeypatch.setattr(vcf, "CALLS_PER_CHUNK", 700)
+    monkeypatch.setattr(vcf, "BLOCK_SITES", 100)  # a chunk ends after a block of sites
     assert len(list(vcf.read_vcf_chunks(path))) == 8
     summary = load(store, "vcf", path, "R9G")
     assert (summary.read, summary.loaded, summary.rejected) == (15000, 5000, 0)
