@@ -13,11 +13,15 @@ OHDSI Genomic CDM convention described in mercia.ingest.genomics) and a ``varian
 - Kept per call: GT, zygosity (heterozygous / homozygous / hemizygous), FORMAT DP and GQ, and the
   annotation of this ALT allele from VEP ``CSQ`` or SnpEff ``ANN`` (gene, consequence, HGVS c. and p.);
   ``INFO/GENE`` is the gene when neither is present.
-- Vectorised: per site, numpy finds each ALT allele's carriers and their allele states in cyvcf2's
-  genotype/DP/GQ arrays for all samples; one DuckDB statement per file spells the rows (no Python work
-  per call).  The content hash of a call is the MD5 of its fields (``_Carriers.table``).
+- Vectorised: per block of ``BLOCK_SITES`` sites, numpy finds each ALT allele's carriers and their allele
+  states in cyvcf2's stacked genotype/DP/GQ arrays for all samples; one DuckDB statement per chunk spells
+  the rows (no Python work per call).
+- Streamed: ``read_vcf_chunks`` hands the load chunks of about ``CALLS_PER_CHUNK`` carrier calls (whole
+  sites), so a large file is never held whole.
+- The content hash of a call is the MD5 of its fields (``_Carriers.table``).
 - A file htslib cannot read to the end (a truncated ``.vcf.gz``, a corrupt record) is rejected as a whole:
-  record ``VCF/<file>``, field ``file``, the htslib message; none of its calls are staged.
+  record ``VCF/<file>``, field ``file``, the htslib message; none of its calls are staged (``VcfReader.chunks``
+  says how when part of it was already handed on).
 """
 
 from __future__ import annotations
