@@ -55,7 +55,7 @@ DOMAIN_TABLE = {"Condition": "condition_occurrence", "Drug": "drug_exposure", "P
                 "Specimen": "specimen", "Visit": "visit_occurrence", "Note": "note"}
 # The store's cache during a load (DuckDB): rows a long load inserts before its commit are written to the
 # database file and evicted rather than held, so a 249-million-row NMR load stays within a few GB (200,000
-# samples traced per chunk: RSS flat at 0.90-0.95 GB under 500 MB; under 1 GB it kept growing).
+# samples traced per chunk: RSS 0.84-0.97 GB over chunks 12-36 under 500 MB; 1,000,000 samples peaked at 2.1 GB).
 LOAD_MEMORY_LIMIT = "512MB"
 NOTE_TEXT = ""  # note text is never loaded (docs/ingest.md: free text can identify people); the column is NOT NULL
 
