@@ -54,8 +54,9 @@ DOMAIN_TABLE = {"Condition": "condition_occurrence", "Drug": "drug_exposure", "P
                 "Measurement": "measurement", "Observation": "observation", "Device": "device_exposure",
                 "Specimen": "specimen", "Visit": "visit_occurrence", "Note": "note"}
 # The store's cache during a load (DuckDB): rows a long load inserts before its commit are written to the
-# database file and evicted rather than held, so a 249-million-row NMR load stays within a few GB.
-LOAD_MEMORY_LIMIT = "1GB"
+# database file and evicted rather than held, so a 249-million-row NMR load stays within a few GB (200,000
+# samples traced per chunk: RSS 0.84-0.97 GB over chunks 12-36 under 500 MB; 1,000,000 samples peaked at 2.1 GB).
+LOAD_MEMORY_LIMIT = "512MB"
 NOTE_TEXT = ""  # note text is never loaded (docs/ingest.md: free text can identify people); the column is NOT NULL
 
 
@@ -316,8 +317,17 @@ class _Load:
         """person_id for every staged person: same organisation's earlier link, else NHS pseudonym
         (deterministic linkage across organisations), else a new person."""
         self.register("batch_persons", persons)
+        self._register_ref_keys()
+        # only the links this chunk can meet (its persons' and its events' pseudonyms): every link would
+        # make each chunk of a large load read every person loaded before it
+        self._store_temp("mercia_tmp_pseudonyms", _table_from_query(self.con, """
+            SELECT source_pseudonym AS pseudonym FROM batch_persons UNION SELECT nhs_pseudonym FROM batch_persons
+            UNION SELECT source_pseudonym FROM ref_keys UNION SELECT nhs_pseudonym FROM ref_keys"""),
+            "pseudonym VARCHAR")
         links = self.store.query_arrow(
-            "SELECT person_id, org, source_pseudonym, nhs_pseudonym, record_hash FROM mercia_person_link")
+            "SELECT person_id, org, source_pseudonym, nhs_pseudonym, record_hash FROM mercia_person_link "
+            "WHERE source_pseudonym IN (SELECT pseudonym FROM mercia_tmp_pseudonyms) "
+            "OR nhs_pseudonym IN (SELECT pseudonym FROM mercia_tmp_pseudonyms)")
         if links.num_rows == 0:
             links = pa.table({"person_id": pa.array([], pa.int64()), "org": pa.array([], pa.string()),
                               "source_pseudonym": pa.array([], pa.string()), "nhs_pseudonym": pa.array([], pa.string()),
@@ -344,7 +354,8 @@ class _Load:
                     WHERE same_org_id IS NULL AND nhs_id IS NULL)) r
             WHERE same_org_id IS NULL AND nhs_id IS NULL AND COALESCE(nhs_pseudonym, source_pseudonym) = r.g""")
 
-    def prepare_events(self) -> None:
+    def _register_ref_keys(self) -> None:
+        """``ref_keys``: each person reference of the staged events -> its source or NHS pseudonym and opt-out."""
         e = _table_from_query(self.con, "SELECT DISTINCT person_ref FROM staged_events")
         refs = sorted({r for r in e.column("person_ref").to_pylist() if r and not r.startswith("?")})
         conditional = sorted({r for r in e.column("person_ref").to_pylist() if r and r.startswith("?")})
@@ -361,6 +372,8 @@ class _Load:
                 n in self.opted_out_nhs or p in self.stored_opt_outs for n, p in zip(cond_nhs, cond_pseudonyms)],
         }, schema=pa.schema([("person_ref", pa.string()), ("source_pseudonym", pa.string()),
                              ("nhs_pseudonym", pa.string()), ("opted_out", pa.bool_())])))
+
+    def prepare_events(self) -> None:
         self.con.execute("""
             CREATE TABLE events AS
             SELECT e.*, k.source_record, v.source_record AS visit_record, a.source_record AS also_source_record,

@@ -12,6 +12,7 @@ import pyarrow as pa
 from mercia.cdm import Store
 from mercia.ingest.load import LoadOptions, LoadSummary, load_staged
 from mercia.ingest.staging import Staged
+from mercia.ingest.vcf import VcfFileError
 from mercia.privacy.geography import GeographyLookup
 from mercia.privacy.optout import read_opt_out_file
 from mercia.privacy.policy import dob_policy
@@ -81,11 +82,14 @@ def read_source(kind: str, path: Path | str, mapping: str | Path | None = None,
 def read_chunks(kind: str, path: Path | str, mapping: str | Path | None = None,
                 manifest: Path | str | None = None, remove_technical_variation: bool = False) -> Iterator[Staged]:
     """The source as staged chunks for one load: a large NMR panel streams in chunks of samples
-    (``mercia.ingest.nmr.read_nmr_chunks``) so that memory does not grow with the file; every other
-    kind is one chunk, ``read_source``."""
+    (``mercia.ingest.nmr.read_nmr_chunks``) and a VCF in chunks of sites (``read_vcf_chunks``) so that
+    memory does not grow with the file; every other kind is one chunk, ``read_source``."""
     if kind == "nmr" and manifest is not None and Path(path).exists():
         from mercia.ingest.nmr import read_nmr_chunks
         yield from read_nmr_chunks(path, manifest, remove_technical_variation=remove_technical_variation)
+    elif kind == "vcf":
+        from mercia.ingest.vcf import read_vcf_chunks
+        yield from read_vcf_chunks(path)
     else:
         yield read_source(kind, path, mapping, manifest, remove_technical_variation)
 
@@ -133,7 +137,13 @@ def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | P
                 persons.append(staged.persons.table())
             yield staged
 
-    summary = load_staged(store, prepared(), org, kind, options)
+    try:
+        summary = load_staged(store, prepared(), org, kind, options)
+    except VcfFileError as exc:
+        if exc.rejected is None:
+            raise
+        # a VCF that broke after part of it was loaded: the load rolled back; its reject is loaded alone
+        summary = load_staged(store, exc.rejected, org, kind, options)
     if reid_store is not None:
         from mercia.trials.prescreen import record_extract_identities
         record_extract_identities(reid_store, org, pa.concat_tables(persons), options.pseudonymiser,

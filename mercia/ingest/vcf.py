@@ -13,11 +13,15 @@ OHDSI Genomic CDM convention described in mercia.ingest.genomics) and a ``varian
 - Kept per call: GT, zygosity (heterozygous / homozygous / hemizygous), FORMAT DP and GQ, and the
   annotation of this ALT allele from VEP ``CSQ`` or SnpEff ``ANN`` (gene, consequence, HGVS c. and p.);
   ``INFO/GENE`` is the gene when neither is present.
-- Vectorised: per site, numpy finds each ALT allele's carriers and their allele states in cyvcf2's
-  genotype/DP/GQ arrays for all samples; one DuckDB statement per file spells the rows (no Python work
-  per call).  The content hash of a call is the MD5 of its fields (``_Carriers.table``).
+- Vectorised: per block of ``BLOCK_SITES`` sites, numpy finds each ALT allele's carriers and their allele
+  states in cyvcf2's stacked genotype/DP/GQ arrays for all samples; one DuckDB statement per chunk spells
+  the rows (no Python work per call).
+- Streamed: ``read_vcf_chunks`` hands the load chunks of about ``CALLS_PER_CHUNK`` carrier calls (whole
+  sites), so a large file is never held whole.
+- The content hash of a call is the MD5 of its fields (``_Carriers.table``).
 - A file htslib cannot read to the end (a truncated ``.vcf.gz``, a corrupt record) is rejected as a whole:
-  record ``VCF/<file>``, field ``file``, the htslib message; none of its calls are staged.
+  record ``VCF/<file>``, field ``file``, the htslib message; none of its calls are staged (``VcfReader.chunks``
+  says how when part of it was already handed on).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -42,10 +47,19 @@ VARIANT_SCHEMA = pa.schema([
 ])
 VCF_SUFFIXES = (".vcf", ".vcf.gz", ".vcf.bgz")
 _MISSING_INT = np.iinfo(np.int32).min
+# Carrier calls per staged chunk of a streamed VCF: each chunk's load stays well under 1 GB
+# (976,363 carrier rows loaded as one chunk peaked at 3.65 GB).
+CALLS_PER_CHUNK = 200_000
+BLOCK_SITES = 1_000  # sites whose genotypes one numpy pass reads (``_add_block``)
 
 
 class VcfFileError(ValueError):
-    """A VCF htslib cannot open or read through."""
+    """A VCF htslib cannot open or read through; ``rejected``: its reject, staged alone, when the file
+    broke after part of it had been handed to the load (which then rolls back)."""
+
+    def __init__(self, message: str, rejected: Staged | None = None):
+        super().__init__(message)
+        self.rejected = rejected
 
 
 def _annotation_fields(vcf) -> dict[str, list[str]]:
@@ -95,15 +109,6 @@ def _format_field(site, tag: str) -> np.ndarray | None:
         return None
 
 
-def _carrier_values(values: np.ndarray | None, carriers: np.ndarray) -> np.ndarray:
-    """The carriers' FORMAT numbers as float64, NaN when absent (htslib: int32 minimum or NaN)."""
-    if values is None:
-        return np.full(carriers.size, np.nan)
-    picked = values[carriers, 0]
-    return np.where(picked == _MISSING_INT, np.nan, picked.astype(np.float64)) if picked.dtype.kind == "i" \
-        else picked.astype(np.float64)
-
-
 def _call_text(states: tuple[int, ...], phased: bool) -> tuple[str, str]:
     """(genotype, zygosity) of one call whose alleles are ``states`` (0 reference, 1 this ALT, 2 another
     ALT or missing, 3 absent: a haploid call in a diploid site)."""
@@ -143,13 +148,17 @@ class _Carriers:
         self.sites: dict[str, list] = {name: [] for name in _SITE_COLUMNS}
         self.calls: dict[str, list[np.ndarray]] = {"sample": [], "text": [], "depth": [], "quality": []}
         self.texts: dict[tuple[tuple[int, ...], bool], int] = {}  # (allele states, phased) -> row of texts
+        self.count = 0  # carrier calls so far
 
-    def add(self, site: dict, carriers: np.ndarray, states: np.ndarray, phased: np.ndarray, depth: np.ndarray,
-            quality: np.ndarray) -> None:
-        """``states``: the carriers' alleles for this ALT (see ``_call_text``), one row per carrier."""
-        for name, value in site.items():
-            self.sites[name].append(value)
-        self.sites["calls"].append(carriers.size)
+    def add(self, sites: list[dict], counts: list[int], carriers: np.ndarray, states: np.ndarray, phased: np.ndarray,
+            depth: np.ndarray, quality: np.ndarray) -> None:
+        """``sites``: (site, ALT) rows with ``counts`` carriers each; the other arrays: one row per carrier
+        in that order, ``states`` its alleles for the row's ALT (see ``_call_text``)."""
+        for site in sites:
+            for name, value in site.items():
+                self.sites[name].append(value)
+        self.sites["calls"].extend(counts)
+        self.count += carriers.size
         ploidy = states.shape[1]
         code = (states * (4 ** np.arange(ploidy))).sum(axis=1) + phased * 4 ** ploidy
         unique, inverse = np.unique(code, return_inverse=True)
@@ -200,31 +209,84 @@ class _Carriers:
             con.close()
 
 
-class VcfReader:
-    def __init__(self, extract: str):
-        self.staged = Staged(extract)
-        self.variants: list[pa.Table] = []
+class _ReadError(Exception):
+    """htslib stopped inside a file: ``line`` is the last line read."""
 
-    def read(self, path: Path, sample_person: dict[str, str] | None = None, when: str | None = None) -> Staged:
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line = line
+
+
+class VcfReader:
+    """Files -> staged chunks of about ``calls_per_chunk`` carrier calls each (None: everything as one),
+    whole sites per chunk, so a large VCF is never held whole."""
+
+    def __init__(self, extract: str, calls_per_chunk: int | None = None):
+        self.extract, self.calls_per_chunk = extract, calls_per_chunk
+
+    def chunks(self, path: Path, sample_person: dict[str, str] | None = None, when: str | None = None
+               ) -> Iterator[Staged]:
+        """A file htslib cannot open, or cannot read to the end before any of it was handed on, is a
+        reject (its calls are dropped); one that breaks after part of it was handed on raises
+        ``VcfFileError`` (the caller's transaction rolls back) carrying that reject."""
         path = Path(path)
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.name.endswith(VCF_SUFFIXES))
+        chunk, held, held_rows = Staged(self.extract), [], 0
         for file in files:
-            self._file(file, sample_person or {}, when)
-        self.staged.variants = pa.concat_tables(self.variants) if self.variants else VARIANT_SCHEMA.empty_table()
-        return self.staged
+            kept, kept_read, handed_on = [], 0, False
+            try:
+                for calls, read in self._file(file, sample_person or {}, when):
+                    kept.append(calls)
+                    kept_read += read
+                    if self.calls_per_chunk and held_rows + sum(c.num_rows for c in kept) >= self.calls_per_chunk:
+                        chunk.read += kept_read
+                        yield self._filled(chunk, held + kept)
+                        chunk, held, held_rows, kept, kept_read, handed_on = Staged(self.extract), [], 0, [], 0, True
+            except _ReadError as exc:
+                reason = (f"cannot read past line {exc.line} (truncated or corrupt): {str(exc).splitlines()[0][:200]}; "
+                          "file not loaded")
+                if handed_on:
+                    rejected = Staged(self.extract, read=1)
+                    rejected.reject(f"VCF/{file.name}", "file", reason, None)
+                    raise VcfFileError(f"{file.name}: {reason}", rejected) from exc
+                chunk.read += 1
+                chunk.reject(f"VCF/{file.name}", "file", reason, None)
+                continue
+            except VcfFileError as exc:  # cannot be opened: nothing read
+                chunk.read += 1
+                chunk.reject(f"VCF/{file.name}", "file", str(exc), None)
+                continue
+            chunk.read += kept_read
+            held += kept
+            held_rows += sum(c.num_rows for c in kept)
+        yield self._filled(chunk, held)
 
-    def _file(self, file: Path, sample_person: dict[str, str], when: str | None) -> None:
+    @staticmethod
+    def _filled(chunk: Staged, calls: list[pa.Table]) -> Staged:
+        """``chunk`` with the carrier calls as its measurement events and variant rows."""
+        for table in calls:
+            n = table.num_rows
+            chunk.events.add_table(table.select(["record", "record_hash", "person_ref", "code", "start", "line"])
+                                   .append_column("value_code", table.column("genotype"))
+                                   .append_column("kind", pa.repeat("Measurement", n))
+                                   .append_column("vocabulary", pa.repeat("HGNC", n))
+                                   .append_column("value_vocabulary", pa.repeat("VCF GT", n))
+                                   .append_column("qualifier", pa.repeat("call", n)))
+        chunk.variants = pa.concat_tables([t.append_column("key", pa.repeat("call", t.num_rows))
+                                           .select(VARIANT_SCHEMA.names).cast(VARIANT_SCHEMA) for t in calls]) \
+            if calls else VARIANT_SCHEMA.empty_table()
+        return chunk
+
+    def _file(self, file: Path, sample_person: dict[str, str], when: str | None) -> Iterator[tuple[pa.Table, int]]:
+        """(carrier calls, calls read) per block of sites of about ``calls_per_chunk`` carriers (one block
+        when None); ``VcfFileError`` when htslib cannot open the file, ``_ReadError`` when it stops inside."""
         from cyvcf2 import VCF
 
-        file_record = f"VCF/{file.name}"
         try:
             vcf = VCF(str(file), lazy=True)
         except Exception as exc:  # noqa: BLE001 (cyvcf2 raises bare Exception for unreadable files)
-            self.staged.read += 1
             # cyvcf2 names the full path: keep only the file's own name (an upload's folder is the server's)
-            problem = str(exc).replace(str(file), file.name)[:200]
-            self.staged.reject(file_record, "file", f"not a readable VCF: {problem}", None)
-            return
+            raise VcfFileError(f"not a readable VCF: {str(exc).replace(str(file), file.name)[:200]}") from exc
         header = {m.group(1): m.group(2) for m in re.finditer(r"^##(\w+)=(.*)$", vcf.raw_header, re.MULTILINE)}
         assembly = header.get("reference") or None
         date = when or header.get("fileDate")
@@ -234,7 +296,7 @@ class VcfReader:
         samples = list(vcf.samples)
         refs = [sample_person.get(s, f"Subject/{s}") for s in samples]
         dates = [date or _phenopacket_date(file.parent.parent / "phenopackets" / f"{s}.json") for s in samples]
-        carriers, read = _Carriers(), 0
+        carriers, read, block = _Carriers(), 0, []
         number, sites = _header_lines(file), iter(vcf)
         try:
             while True:
@@ -243,52 +305,80 @@ class VcfReader:
                 except StopIteration:
                     break
                 except Exception as exc:  # noqa: BLE001 (htslib read errors surface as bare Exception)
-                    self.staged.read += 1
-                    self.staged.reject(file_record, "file", f"cannot read past line {number} (truncated or corrupt): "
-                                       f"{str(exc).splitlines()[0][:200]}; file not loaded", None)
-                    return
+                    raise _ReadError(number, str(exc)) from exc
                 number += 1
                 read += len(samples) * len(site.ALT)
-                self._site(site, number, bool(samples), annotations, carriers)
+                if samples:
+                    tag = next((t for t in annotations if site.INFO.get(t)), None)
+                    block.append((site.CHROM, site.POS, site.REF, site.ALT, number, site.genotype.array(),
+                                  _format_field(site, "DP"), _format_field(site, "GQ"), site.INFO.get("GENE"),
+                                  tag, site.INFO.get(tag) if tag else None))
+                if len(block) == BLOCK_SITES:
+                    _add_block(block, len(samples), annotations, carriers)
+                    block = []
+                    if self.calls_per_chunk and carriers.count >= self.calls_per_chunk:
+                        yield carriers.table(file.name, samples, refs, dates, assembly), read
+                        carriers, read = _Carriers(), 0
         finally:
             vcf.close()
-        self.staged.read += read
-        calls = carriers.table(file.name, samples, refs, dates, assembly)
-        n = calls.num_rows
-        self.staged.events.add_table(calls.select(["record", "record_hash", "person_ref", "code", "start", "line"])
-                                     .append_column("value_code", calls.column("genotype"))
-                                     .append_column("kind", pa.repeat("Measurement", n))
-                                     .append_column("vocabulary", pa.repeat("HGNC", n))
-                                     .append_column("value_vocabulary", pa.repeat("VCF GT", n))
-                                     .append_column("qualifier", pa.repeat("call", n)))
-        self.variants.append(calls.append_column("key", pa.repeat("call", n)).select(VARIANT_SCHEMA.names)
-                             .cast(VARIANT_SCHEMA))
+        _add_block(block, len(samples), annotations, carriers)
+        yield carriers.table(file.name, samples, refs, dates, assembly), read
 
-    @staticmethod
-    def _site(site, number: int, has_samples: bool, annotations: dict[str, list[str]], carriers: _Carriers) -> None:
-        """The site's carriers of each ALT allele (split as the module describes), whole numpy columns at once."""
-        genotypes = site.genotype.array() if has_samples else np.empty((0, 3), np.int16)
-        ploidy = genotypes.shape[1] - 1
-        alleles = genotypes[:, :ploidy]
-        phased = genotypes[:, ploidy].astype(bool) if ploidy else np.zeros(0, bool)
-        depth, quality = _format_field(site, "DP"), _format_field(site, "GQ")
-        info_gene = site.INFO.get("GENE")
-        tag = next((t for t in annotations if site.INFO.get(t)), None)
-        annotation_value, names = (site.INFO.get(tag), annotations[tag]) if tag else (None, [])
-        for index, raw_alt in enumerate(site.ALT, start=1):
-            holders = np.flatnonzero((alleles == index).any(axis=1))
-            if holders.size == 0:
-                continue
-            pos, ref, alt = _trim(site.POS, site.REF, raw_alt)
-            note = _annotation_for(annotation_value, tag, names, raw_alt, site.REF)
-            held = alleles[holders]
-            states = np.where(held == index, 1, np.where(held == 0, 0, np.where(held == -2, 3, 2)))
-            carriers.add({"chrom": site.CHROM, "pos": pos, "ref": ref, "alt": alt,
-                          "gene": note.get("gene") or info_gene, "hgvs": note.get("hgvs"),
-                          "hgvs_p": note.get("hgvs_p"), "consequence": note.get("consequence"), "line": number},
-                         holders, states, phased[holders], _carrier_values(depth, holders),
-                         _carrier_values(quality, holders))
+
+def _as_numbers(values: np.ndarray | None, samples: int) -> np.ndarray:
+    """A site's FORMAT numbers (first value per sample) as float64, NaN when absent (htslib: int32
+    minimum or NaN)."""
+    if values is None:
+        return np.full(samples, np.nan)
+    first = values[:, 0]
+    return np.where(first == _MISSING_INT, np.nan, first.astype(np.float64)) if first.dtype.kind == "i" \
+        else first.astype(np.float64)
+
+
+def _add_block(block: list[tuple], samples: int, annotations: dict[str, list[str]], carriers: _Carriers) -> None:
+    """A block of sites' carriers of each ALT allele (split as the module describes) found in one numpy
+    pass over the block's stacked genotypes; calls in file order (site, ALT, sample).  Sites of lower
+    ploidy are padded with absent alleles (state 3: not spelled, so a haploid call stays hemizygous)."""
+    if not block:
+        return
+    ploidy = max(site[5].shape[1] - 1 for site in block)
+    alleles = np.full((len(block), samples, ploidy), -2, np.int16)
+    phased = np.zeros((len(block), samples), bool)
+    for i, site in enumerate(block):
+        genotypes = site[5]
+        alleles[i, :, :genotypes.shape[1] - 1] = genotypes[:, :-1]
+        phased[i] = genotypes[:, -1].astype(bool)
+    alt_counts = np.array([len(site[3]) for site in block])
+    found = [np.nonzero((alleles == index).any(axis=2) & (alt_counts >= index)[:, None]) + (index,)
+             for index in range(1, int(alt_counts.max()) + 1)]
+    site_of = np.concatenate([f[0] for f in found])
+    sample_of = np.concatenate([f[1] for f in found])
+    alt_of = np.concatenate([np.full(f[0].size, f[2]) for f in found])
+    order = np.lexsort((sample_of, alt_of, site_of))
+    site_of, sample_of, alt_of = site_of[order], sample_of[order], alt_of[order]
+    pairs, counts = np.unique(site_of * (alt_counts.max() + 1) + alt_of, return_counts=True)
+    rows = []
+    for pair in pairs.tolist():
+        chrom, position, ref, alts, line, _, _, _, info_gene, tag, value = block[pair // (alt_counts.max() + 1)]
+        raw_alt = alts[pair % (alt_counts.max() + 1) - 1]
+        pos, trimmed_ref, alt = _trim(position, ref, raw_alt)
+        note = _annotation_for(value, tag, annotations.get(tag, []), raw_alt, ref)
+        rows.append({"chrom": chrom, "pos": pos, "ref": trimmed_ref, "alt": alt, "gene": note.get("gene") or info_gene,
+                     "hgvs": note.get("hgvs"), "hgvs_p": note.get("hgvs_p"), "consequence": note.get("consequence"),
+                     "line": line})
+    held = alleles[site_of, sample_of]
+    states = np.where(held == alt_of[:, None], 1, np.where(held == 0, 0, np.where(held == -2, 3, 2)))
+    depth = np.stack([_as_numbers(site[6], samples) for site in block])[site_of, sample_of]
+    quality = np.stack([_as_numbers(site[7], samples) for site in block])[site_of, sample_of]
+    carriers.add(rows, counts.tolist(), sample_of, states, phased[site_of, sample_of], depth, quality)
 
 
 def read_vcf(path: Path | str, sample_person: dict[str, str] | None = None) -> Staged:
-    return VcfReader(Path(path).name).read(Path(path), sample_person)
+    """The whole file (or folder of files) as one staged extract (``read_vcf_chunks`` for large files)."""
+    return next(VcfReader(Path(path).name).chunks(Path(path), sample_person))
+
+
+def read_vcf_chunks(path: Path | str, calls_per_chunk: int | None = None) -> Iterator[Staged]:
+    """The file(s) streamed as staged chunks of about ``calls_per_chunk`` carrier calls (default
+    ``CALLS_PER_CHUNK``) for one load (``load_staged`` takes them in one transaction)."""
+    return VcfReader(Path(path).name, calls_per_chunk or CALLS_PER_CHUNK).chunks(Path(path))

@@ -11,6 +11,7 @@ so a reader re-deriving them must agree to floating-point precision.
 from __future__ import annotations
 
 import csv
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ EFFECTS = {"diabetes": {"Glucose": 1.6, "GlycA": 1.15}, "ckd": {"Creatinine": 1.
                       **{f"{c}_{x}": 0.65 for c in ("IDL", "L_LDL", "M_LDL", "S_LDL")
                          for x in ("P", "CE", "FC", "PL", "TG")}}}
 PREVALENCE = {"diabetes": 0.08, "ckd": 0.06, "statin": 0.2}
+STUDY_BLOCK = 100_000  # samples made and written at a time by write_nmr_study
 # OMOP concepts of the UCUM units of the panel (Athena, vocabulary UCUM).
 UCUM_CONCEPTS = {"mmol/L": 8753, "g/L": 8636, "%": 8554, "{ratio}": 8523, "nm": 8577, "1": 8510}
 
@@ -93,25 +95,37 @@ def nmr_panel(n: int, seed: int = 0, ukb_only: bool = True, conditions: dict[str
                                                                       for k in PREVALENCE}}))
 
 
-def write_nmr_study(directory: Path | str, n: int, seed: int = 0, collection_date: str = "2024-03-01") -> NmrStudy:
-    """Write ``nmr_wide.csv``, ``manifest.csv`` (local ids, birth dates, sex) and ``truth.csv``."""
+def write_nmr_study(directory: Path | str, n: int, seed: int = 0, collection_date: str = "2024-03-01") -> pa.Table:
+    """Write ``nmr_wide.csv``, ``manifest.csv`` (local ids, birth dates, sex) and ``truth.csv``; returns the
+    truth.  The panel is made and written ``STUDY_BLOCK`` samples at a time (a million-sample benchmark
+    file is ~5 GB as text), each block's CSV appended to the file."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    study = nmr_panel(n, seed)
     con = duckdb.connect()
-    con.register("panel", study.panel)
-    con.execute(f"COPY panel TO '{directory / 'nmr_wide.csv'}' (HEADER, DELIMITER ',')")
-    con.register("truth", study.truth)
+    truths = []
+    with (directory / "nmr_wide.csv").open("wb") as out:
+        for first in range(0, max(n, 1), STUDY_BLOCK):
+            study = nmr_panel(min(STUDY_BLOCK, n - first), seed, first=first)
+            part = directory / "nmr_block.csv"
+            con.register("panel", study.panel)
+            con.execute(f"COPY panel TO '{part}' (HEADER {first == 0}, DELIMITER ',')")
+            con.unregister("panel")
+            with part.open("rb") as block:
+                shutil.copyfileobj(block, out, 1 << 24)
+            part.unlink()
+            truths.append(study.truth)
+    truth = pa.concat_tables(truths)
+    con.register("truth", truth)
     con.execute(f"COPY truth TO '{directory / 'truth.csv'}' (HEADER, DELIMITER ',')")
     rng = np.random.default_rng(seed + 1)
     years = rng.integers(1940, 1990, n)
     with (directory / "manifest.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["sample_id", "local_id", "collection_date", "birth_date", "sex"])
-        for i, sample in enumerate(study.panel.column("sample_id").to_pylist()):
+        for i, sample in enumerate(truth.column("sample_id").to_pylist()):
             writer.writerow([sample, f"P{seed:02d}{i:07d}", collection_date, f"{years[i]}-06-15",
                              "female" if i % 2 else "male"])
-    return study
+    return truth
 
 
 # The region's metabolomics study: a share of the adults registered with a practice gives one plasma
