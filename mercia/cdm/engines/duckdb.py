@@ -91,10 +91,10 @@ class DuckDBStore(Store):
         """A bounded cache keeps a big load within a few GB; appending without keeping insertion
         order (ids carry the order) costs ~15% less CPU.  Both go back to the store's settings after
         (the configured limit, not the displayed value, which is rounded down a little each time)."""
-        if memory_limit:
-            self.execute(f"SET memory_limit = {sql_string(memory_limit)}")
-        self.execute("SET preserve_insertion_order = false")
         try:
+            if memory_limit:
+                self.execute(f"SET memory_limit = {sql_string(memory_limit)}")
+            self.execute("SET preserve_insertion_order = false")
             yield self
         finally:
             self.execute(f"SET memory_limit = {sql_string(_limits()['memory_limit'])}")
