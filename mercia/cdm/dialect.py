@@ -10,7 +10,7 @@ DuckDB) cannot see that ``a - b`` subtracts dates, turns ``PERCENTILE_DISC`` int
 these fragments are rendered, explicitly.
 
 The temporary relation a cohort step or an analysis holds for the rest of a session is made here too
-(``temporary_table``): the statement is text like every other, but carries its parts, so the Spark store,
+(``TemporaryTable``): the statement is text like every other, but carries its parts, so the Spark store,
 which has no temporary tables, builds its own relation from them without reading the text back.
 
 Arguments are plain SQL expressions in that common subset (column references, literals, ``LEAST``,
@@ -99,7 +99,16 @@ def as_double(store: Store, value: str) -> str:
 def ordered_rows_md5(store: Store, columns: Sequence[str]) -> str:
     """An aggregate: the MD5 (hex) of ``columns``' values as text, comma-separated, one line per row in
     ascending order (NULL when no row), computed by the engine, so equal row sets give equal digests
-    on every engine without the rows leaving it.  Dates read as ``YYYY-MM-DD`` everywhere."""
+    on every engine without the rows leaving it.  Dates read as ``YYYY-MM-DD`` everywhere.
+
+    Made for integer ids, dates and plain codes; not safe for:
+
+    - a NULL in any column: that row's line is NULL and left out of the digest (silently, on every engine);
+    - floats: their text differs by engine (1.0 reads ``1`` on PostgreSQL, ``1.0`` elsewhere; 1e20
+      ``1e+20`` or ``1.0E20``);
+    - text holding ``,`` or a newline: lines then run into one another, so different rows can give
+      the same digest (equal across engines all the same; tabs are harmless);
+    - ordering by text on PostgreSQL with a locale collation (not ``C``): it orders rows differently."""
     values = [exp.cast(_parse(column).copy(), _TEXT) for column in columns]
     line = values[0]
     for value in values[1:]:

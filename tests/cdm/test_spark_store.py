@@ -52,7 +52,6 @@ def test_scripts_split_on_semicolons_outside_literals_and_comments():
 
 WRITE_THEN_COUNT = """
 import sys
-import uuid
 import pyarrow as pa
 from mercia.cdm import Store
 store = Store(sys.argv[1])

@@ -53,3 +53,18 @@ def test_duckdb_memory_limit_and_spill_directory_are_store_settings(tmp_path, li
             assert limit() == pytest.approx(200e6, rel=0.01)
         assert limit() == pytest.approx(700e6, rel=0.01)
         assert store.query_one("SELECT current_setting('temp_directory')") == str(tmp_path / "spill")
+
+
+def test_duckdb_default_memory_limit_is_half_a_container_cap(tmp_path, limits_env):
+    """In a container, half of its cgroup memory cap, not of the host's memory (which sysconf reports)."""
+    from mercia.cdm.engines import duckdb as duckdb_engine
+
+    limits_env.delenv("MERCIA_DUCKDB_MEMORY_LIMIT", raising=False)
+    cap = tmp_path / "memory.max"
+    cap.write_text(f"{2 * 600 * 2**20}\n")
+    limits_env.setattr(duckdb_engine, "_CGROUP_LIMITS", (str(tmp_path / "absent"), str(cap)))
+    with Store(str(tmp_path / "contained.duckdb")) as store:
+        assert _bytes(store.query_one("SELECT current_setting('memory_limit')")) == pytest.approx(600 * 2**20, rel=0.01)
+    cap.write_text("max\n")
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert duckdb_engine._memory_bytes() == machine

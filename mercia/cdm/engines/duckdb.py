@@ -15,14 +15,32 @@ from mercia.cdm.schema import Table
 from mercia.cdm.store import Store, StoreError, quote, sql_string
 
 
+# A container's memory cap (cgroup v2, v1): "max" or a huge number when there is none.
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def _memory_bytes() -> int:
+    """This machine's memory, or its container's cap where lower (sysconf sees the host's memory)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in _CGROUP_LIMITS:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
 def _limits() -> dict[str, str]:
     """The store's memory cap and spill directory (settings ``duckdb_memory_limit``,
     ``duckdb_temp_directory``).  DuckDB's own default cap is 80% of the machine, which leaves too
-    little beside it for the rest of a shared server; half is the default here."""
+    little beside it for the rest of a shared server; half is the default here (of the container's
+    cap, in a container)."""
     from mercia.config import load_settings
 
     settings = load_settings()
-    total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    total_mb = _memory_bytes() // 2**20
     limits = {"memory_limit": settings.duckdb_memory_limit or f"{total_mb // 2}MiB"}
     if settings.duckdb_temp_directory is not None:
         limits["temp_directory"] = str(settings.duckdb_temp_directory)
@@ -91,10 +109,10 @@ class DuckDBStore(Store):
         """A bounded cache keeps a big load within a few GB; appending without keeping insertion
         order (ids carry the order) costs ~15% less CPU.  Both go back to the store's settings after
         (the configured limit, not the displayed value, which is rounded down a little each time)."""
-        if memory_limit:
-            self.execute(f"SET memory_limit = {sql_string(memory_limit)}")
-        self.execute("SET preserve_insertion_order = false")
         try:
+            if memory_limit:
+                self.execute(f"SET memory_limit = {sql_string(memory_limit)}")
+            self.execute("SET preserve_insertion_order = false")
             yield self
         finally:
             self.execute(f"SET memory_limit = {sql_string(_limits()['memory_limit'])}")

@@ -42,6 +42,9 @@ _SESSION_CONF = {
 _STATEMENT_END = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|;", re.DOTALL)
 _local_lock = threading.Lock()
 _SWAP_JOURNAL = "_mercia_swap_"  # tables recording a commit's swap until it is complete
+# Held from a commit's journal to its end and while an opening store finishes cut-short swaps: every
+# session opens as a new store, and one opened mid-commit must not take a live swap for a crashed one.
+_swap_lock = threading.Lock()
 
 
 def split_statements(script: str) -> list[str]:
@@ -262,18 +265,20 @@ class SparkStore(Store):
             return
         journal = f"{_SWAP_JOURNAL}{uuid.uuid4().hex[:12]}"
         pairs = ", ".join(f"('{table}', '{stage}')" for table, stage in staged.items())
-        try:
-            self._collect(f"CREATE TABLE {quote(journal)} USING parquet AS SELECT * FROM VALUES {pairs} AS "
-                          "swap(target, stage)", None)
-        except StoreError:
-            self._staged = staged
-            self._rollback()  # before the commit point: nothing changes
-            raise
-        try:
-            self._finish_swap(journal)
-        except StoreError as exc:
-            raise StoreError(f"the commit of {', '.join(staged)} was cut short ({exc}); it is recorded in "
-                             f"{journal} and finished when the store is next opened", exc.sql, self.dialect) from exc
+        with _swap_lock:
+            try:
+                self._collect(f"CREATE TABLE {quote(journal)} USING parquet AS SELECT * FROM VALUES {pairs} AS "
+                              "swap(target, stage)", None)
+            except StoreError:
+                self._staged = staged
+                self._rollback()  # before the commit point: nothing changes
+                raise
+            try:
+                self._finish_swap(journal)
+            except StoreError as exc:
+                raise StoreError(f"the commit of {', '.join(staged)} was cut short ({exc}); it is recorded in "
+                                 f"{journal} and finished when the store is next opened", exc.sql,
+                                 self.dialect) from exc
 
     def _finish_swap(self, journal: str) -> None:
         """Carry out the swap ``journal`` records: each old table renamed aside, its staging table
@@ -290,10 +295,13 @@ class SparkStore(Store):
         self._collect(f"DROP TABLE {quote(journal)}", None)
 
     def _finish_interrupted_swaps(self) -> None:
-        """On open: finish the commits a crash cut short (their journals are still there)."""
-        for row in self._collect(f"SHOW TABLES LIKE '{_SWAP_JOURNAL}*'", None):
-            if not row["isTemporary"]:
-                self._finish_swap(row["tableName"])
+        """On open: finish the commits a crash cut short (their journals are still there).  Not one
+        this process is carrying out now (``_swap_lock``); another process's commit on a shared
+        (Spark Connect) catalog is not told apart."""
+        with _swap_lock:
+            for row in self._collect(f"SHOW TABLES LIKE '{_SWAP_JOURNAL}*'", None):
+                if not row["isTemporary"]:
+                    self._finish_swap(row["tableName"])
 
     def _rollback(self) -> None:
         staged, self._staged = self._staged, {}
