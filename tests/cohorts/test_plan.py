@@ -129,3 +129,14 @@ def test_a_compiled_script_is_reused_for_the_same_definition_id_and_dialect(monk
     compile_cohort(_definition(True), 7, "postgres")  # another dialect
     changed = compile_cohort(_definition(False), 7, "duckdb")  # another definition
     assert built == [7, 8, 7, 7] and changed != again
+
+
+def test_tables_are_kept_in_the_order_of_the_concept_criteria_filter_on():
+    """``mercia db optimize`` orders each clinical table by the concept column a criterion on that
+    table filters (cdm cannot import the cohort criteria, so the two lists must agree by this test)."""
+    from mercia.cdm.optimize import CONCEPT_ORDER
+    from mercia.cohorts.criteria import DOMAINS
+
+    filtered = {domain.table: domain.concept for domain in DOMAINS.values()}
+    assert {table: order[0] for table, order in CONCEPT_ORDER.items()} == {
+        table: filtered[table] for table in CONCEPT_ORDER}
