@@ -342,19 +342,21 @@ class NodeAgent:
         elif decision == "refuse":
             result = NodeResult(**common, status="refused",
                                 reason=f"{task.query.kind} questions are refused by this organisation")
-        elif (reused := _salt_used_before(store, task)) is not None:
-            result = NodeResult(**common, status="refused",
-                                reason=f"the hub sent the salt of question {reused} again for another question: "
-                                       "refused, so that the two answers' tokens cannot be linked")
         else:
             try:
-                with audit.db.transaction():   # the question, its salt's digest and its audit entry: one commit
-                    result = answer_query(store, task, self.policy, self.org)
+                # The salt's digest, the answer and its audit entry: one commit.  The digest is written first
+                # and then looked up, so a salt another agent of this node answered with meanwhile is seen.
+                with audit.db.transaction():
                     store.execute("INSERT INTO mercia_fed_salt VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                                   [_salt_digest(task), task.query_id, fingerprint(task.query.model_dump()),
                                    _iso(_now())])
-                    _audit_run(audit, task, result)
-                return result
+                    if (reused := _salt_used_before(store, task)) is None:
+                        result = answer_query(store, task, self.policy, self.org)
+                        _audit_run(audit, task, result)
+                        return result
+                result = NodeResult(**common, status="refused",
+                                    reason=f"the hub sent the salt of question {reused} again for another "
+                                           "question: refused, so that the two answers' tokens cannot be linked")
             except Exception as exc:  # a failing question must not stop the node; the hub is told
                 log.exception("task %s failed", task.task_id)
                 result = NodeResult(**common, status="error", reason=f"{type(exc).__name__}: {exc}"[:500])
