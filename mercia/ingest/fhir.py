@@ -982,7 +982,7 @@ class _Worker:
     def __init__(self, header: tuple, take: Callable[[], Unit | None]):
         self.process = _start_worker(header)
         self.parts: list[FileRead] = []
-        self.sent: tuple[Unit, float] | None = None  # the unit being read and when it was sent
+        self.sent: tuple[Unit, float, float] | None = None  # the unit being read, its timeout and deadline
         self.broken: str | None = None
         self.err = b""   # its stderr, read while it works (a full pipe would stop it)
         self.err_thread = threading.Thread(target=self._read_err, daemon=True)
@@ -997,7 +997,8 @@ class _Worker:
         stdin, stdout = self.process.stdin, self.process.stdout
         try:
             while (unit := take()) is not None:
-                self.sent = (unit, time.monotonic())
+                timeout = WORKER_BASE_SECONDS + WORKER_SECONDS_PER_MB * unit[1].stat().st_size / 2**20
+                self.sent = (unit, timeout, time.monotonic() + timeout)
                 stdin.write(orjson.dumps([unit[0], str(unit[1]), unit[2]]) + b"\n")
                 stdin.flush()
                 size = stdout.read(8)
@@ -1016,9 +1017,8 @@ class _Worker:
             self.thread.join(0.05)
             sent = self.sent
             if sent is not None:
-                (_, file, _), since = sent
-                timeout = WORKER_BASE_SECONDS + WORKER_SECONDS_PER_MB * file.stat().st_size / 2**20
-                if time.monotonic() - since > timeout:
+                (_, file, _), timeout, deadline = sent
+                if time.monotonic() > deadline:
                     self.process.kill()
                     raise RuntimeError(f"a FHIR reading worker gave no answer within {timeout:.0f} s "
                                        f"(reading {file.name}); stopped")
