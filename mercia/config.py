@@ -30,6 +30,9 @@ class Settings(BaseModel):
     duckdb_memory_limit: str | None = Field(
         None, description="DuckDB store: cap of its buffer manager, in DuckDB's units ('3GB'); default half of "
                           "this machine's memory, so the API, PostgreSQL or a second process fit beside it")
+    duckdb_threads: int | None = Field(
+        None, ge=1, description="DuckDB store: worker threads of its queries (default: one per core); fewer when "
+                                "several stores share one machine's cores, as the federation demo's nodes do")
     duckdb_temp_directory: Path | None = Field(
         None, description="DuckDB store: where work beyond the memory limit spills (default <store file>.tmp)")
     max_request_bytes: int = Field(1_048_576, ge=1024, description="largest request body the server reads (413 beyond)")

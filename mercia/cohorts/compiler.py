@@ -19,7 +19,7 @@ import gc
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -962,30 +962,36 @@ def collection_paused() -> Iterator[None]:
             gc.enable()
 
 
-# Scripts already compiled, by (definition's SHA-256, cohort id, dialect), least recently used first:
-# compiling is a fixed cost of every run (milliseconds), comparable to a small cohort's own SQL.
-_COMPILED: OrderedDict[tuple[bytes, int, str], tuple[str, ...]] = OrderedDict()
+# Scripts already compiled, by (definition's SHA-256, what the script writes, dialect), least recently
+# used first: compiling is a fixed cost of every run (milliseconds), comparable to a small cohort's own SQL.
+_COMPILED: OrderedDict[tuple[bytes, int | str, str], tuple[str, ...]] = OrderedDict()
 _COMPILED_MAX = 256
 _COMPILED_LOCK = threading.Lock()
 
 
-def compile_cohort(expr: m.CohortExpression, cohort_id: int, dialect: str = "duckdb") -> list[str]:
-    """The full SQL script of one cohort on ``dialect``: temporary steps, the ``cohort`` rows
-    (replacing this id's earlier rows) and the attrition tables, then clean-up.  A definition
-    compiled before (same JSON, id and dialect) is taken from a cache of the last 256."""
-    key = (hashlib.sha256(expr.model_dump_json().encode()).digest(), cohort_id, dialect)
+def _cached_script(expr: m.CohortExpression, target: int | str, dialect: str,
+                   build: Callable[[], list[str]]) -> list[str]:
+    """``build()``'s script, or the one kept for the same definition JSON, target and dialect."""
+    key = (hashlib.sha256(expr.model_dump_json().encode()).digest(), target, dialect)
     with _COMPILED_LOCK:
         script = _COMPILED.get(key)
         if script is not None:
             _COMPILED.move_to_end(key)
             return list(script)
     with collection_paused():
-        script = tuple(plan_statements(build_plan(expr, cohort_id), dialect))
+        script = tuple(build())
     with _COMPILED_LOCK:
         _COMPILED[key] = script
         if len(_COMPILED) > _COMPILED_MAX:
             _COMPILED.popitem(last=False)
     return list(script)
+
+
+def compile_cohort(expr: m.CohortExpression, cohort_id: int, dialect: str = "duckdb") -> list[str]:
+    """The full SQL script of one cohort on ``dialect``: temporary steps, the ``cohort`` rows
+    (replacing this id's earlier rows) and the attrition tables, then clean-up.  A definition
+    compiled before (same JSON, id and dialect) is taken from a cache of the last 256."""
+    return _cached_script(expr, cohort_id, dialect, lambda: plan_statements(build_plan(expr, cohort_id), dialect))
 
 
 def clear_compiled() -> None:
@@ -998,8 +1004,9 @@ def compile_cohort_rows(expr: m.CohortExpression, into: str, dialect: str = "duc
     """Statements that put the cohort's rows (``cohort``'s columns, cohort id 0) into the temporary
     table ``into`` and nothing else: no attrition, no write to a persisted table, so a caller that
     needs the rows once (a federated node's question) pays no registry, clearing or commit of them.
-    The rows are those ``compile_cohort`` writes to ``cohort``; steps only attrition read are left out."""
-    with collection_paused():
+    The rows are those ``compile_cohort`` writes to ``cohort``; steps only attrition read are left out.
+    Cached like ``compile_cohort`` (a node is asked the same definitions again and again)."""
+    def build() -> list[str]:
         plan = build_plan(expr, 0)
         plan.attrition = {}
         _drop_unread_steps(plan)
@@ -1007,6 +1014,8 @@ def compile_cohort_rows(expr: m.CohortExpression, into: str, dialect: str = "duc
         statements = [s for name, query in plan.steps for s in materialise(name, query, dialect)]
         statements += materialise(into, plan.cohort_rows, dialect)
         return statements + [render(drop_table(name), dialect) for name, _ in reversed(plan.steps)]
+
+    return _cached_script(expr, into, dialect, build)
 
 
 def _drop_unread_steps(plan: CohortPlan) -> None:

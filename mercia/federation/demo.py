@@ -80,7 +80,15 @@ class Network:
         if policy:
             args += ["--policy", str(policy)]
         log = open(self.directory / "logs" / f"node-{node.org}.log", "ab")
-        self.processes[node.org] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.processes[node.org] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                                    env=self.node_environment())
+
+    def node_environment(self) -> dict[str, str]:
+        """The nodes of a demo share this machine's cores (a real node has its organisation's machine):
+        each node's store gets an equal share of DuckDB threads, unless ``MERCIA_DUCKDB_THREADS`` is set.
+        Ten threads on two cores would spend CPU on switching and waiting instead of on the cohort."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return {"MERCIA_DUCKDB_THREADS": str(max(1, cores // len(self.nodes))), **os.environ}
 
     def stop_process(self, name: str) -> None:
         process = self.processes.pop(name, None)

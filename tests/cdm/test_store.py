@@ -55,6 +55,20 @@ def test_duckdb_memory_limit_and_spill_directory_are_store_settings(tmp_path, li
         assert store.query_one("SELECT current_setting('temp_directory')") == str(tmp_path / "spill")
 
 
+def test_duckdb_threads_is_a_store_setting(tmp_path, limits_env):
+    """``duckdb_threads`` sets the store's worker threads (default DuckDB's: one per core), and a bulk
+    load does not change it."""
+    limits_env.delenv("MERCIA_DUCKDB_THREADS", raising=False)
+    with Store(str(tmp_path / "default.duckdb")) as store:
+        assert store.query_one("SELECT current_setting('threads')") == os.cpu_count()
+    limits_env.setenv("MERCIA_DUCKDB_THREADS", "1")
+    load_settings.cache_clear()
+    with Store(str(tmp_path / "one.duckdb")) as store:
+        with store.bulk_writes("200MB"):
+            assert store.query_one("SELECT current_setting('threads')") == 1
+        assert store.query_one("SELECT current_setting('threads')") == 1
+
+
 def test_duckdb_default_memory_limit_is_half_a_container_cap(tmp_path, limits_env):
     """In a container, half of its cgroup memory cap, not of the host's memory (which sysconf reports)."""
     from mercia.cdm.engines import duckdb as duckdb_engine

@@ -129,6 +129,10 @@ def test_a_compiled_script_is_reused_for_the_same_definition_id_and_dialect(monk
     compile_cohort(_definition(True), 7, "postgres")  # another dialect
     changed = compile_cohort(_definition(False), 7, "duckdb")  # another definition
     assert built == [7, 8, 7, 7] and changed != again
+    rows = compiler.compile_cohort_rows(_definition(True), "rows_here", "duckdb")   # a node's rows-only script
+    assert compiler.compile_cohort_rows(_definition(True), "rows_here", "duckdb") == rows and built == [7, 8, 7, 7, 0]
+    elsewhere = compiler.compile_cohort_rows(_definition(True), "rows_there", "duckdb")   # into another table
+    assert built == [7, 8, 7, 7, 0, 0] and elsewhere != rows
 
 
 def test_tables_are_kept_in_the_order_of_the_concept_criteria_filter_on():

@@ -53,9 +53,13 @@ def test_hub_and_node_processes(network, tmp_path):
 
         hub_pid = network.processes["hub"].pid
         assert socket_inodes(hub_pid) & listening_inodes()                       # the check can see a listener
+        share = max(1, len(os.sched_getaffinity(0)) // len(network.nodes))   # the nodes share this machine's cores
         for node in network.nodes:
             pid = network.processes[node.org].pid
             assert not socket_inodes(pid) & listening_inodes(), f"node {node.org} listens on a port"
+            environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if "MERCIA_DUCKDB_THREADS" not in os.environ:
+                assert f"MERCIA_DUCKDB_THREADS={share}".encode() in environment
 
         killed = network.nodes[0].org
         network.stop_process(killed)

@@ -33,8 +33,8 @@ def _memory_bytes() -> int:
 
 
 def _limits() -> dict[str, str]:
-    """The store's memory cap and spill directory (settings ``duckdb_memory_limit``,
-    ``duckdb_temp_directory``).  DuckDB's own default cap is 80% of the machine, which leaves too
+    """The store's memory cap, spill directory and threads (settings ``duckdb_memory_limit``,
+    ``duckdb_temp_directory``, ``duckdb_threads``).  DuckDB's own default cap is 80% of the machine, which leaves too
     little beside it for the rest of a shared server; half is the default here (of the container's
     cap, in a container)."""
     from mercia.config import load_settings
@@ -44,6 +44,8 @@ def _limits() -> dict[str, str]:
     limits = {"memory_limit": settings.duckdb_memory_limit or f"{total_mb // 2}MiB"}
     if settings.duckdb_temp_directory is not None:
         limits["temp_directory"] = str(settings.duckdb_temp_directory)
+    if settings.duckdb_threads is not None:
+        limits["threads"] = str(settings.duckdb_threads)
     return limits
 
 
