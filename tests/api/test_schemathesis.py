@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from mercia.cdm import Store
+from tests import fuzzing  # noqa: F401 - the federation routes' Arrow result's media type
 
 EXAMPLES_PER_OPERATION = 8
 

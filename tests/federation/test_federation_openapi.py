@@ -7,20 +7,17 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from mercia.cdm import Store
 from mercia.federation.demo import approved_project
 from mercia.federation.hub import Hub
 from mercia.federation.hubapp import PREFIX, create_hub_app
-from mercia.federation.messages import RESULT_MEDIA_TYPE
 from mercia.federation.signing import generate_keypair
 from mercia.governance.model import Role
+from tests import fuzzing  # noqa: F401 - the Arrow result's media type
 
 EXAMPLES_PER_OPERATION = 8
-# a node's result is an Arrow IPC stream: schemathesis sends bytes (unsigned: refused before they are read)
-schemathesis.openapi.media_type(RESULT_MEDIA_TYPE, st.binary(max_size=512))
 
 
 @pytest.mark.slow
