@@ -105,6 +105,7 @@ class Hub:
         self._tokens: dict[int, pa.Table] = {}   # task id -> salted tokens per cell, in memory only
         self._site_extra: dict[int, dict[str, Any]] = {}    # task id -> per-cell published counts, labels
         self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
+        self._seen_pruned_at = 0.0                  # when signatures too old to replay were last let go
         self._projects: dict[int, int] = {}          # question id -> its project (the latest PROJECTS_KEPT)
         self._protocol_refusals: dict[str | None, tuple[float, int]] = {}   # enrolled node or None (any other
         # name) -> (last audited, refused since)
@@ -413,7 +414,9 @@ class Hub:
         with self._lock:
             now = time.time()
             cutoff = now - 2 * CLOCK_SKEW.total_seconds()
-            self._seen_requests = {s: t for s, t in self._seen_requests.items() if t >= cutoff}
+            if now >= self._seen_pruned_at + CLOCK_SKEW.total_seconds():   # not at every request: O(requests kept)
+                self._seen_requests = {s: t for s, t in self._seen_requests.items() if t >= cutoff}
+                self._seen_pruned_at = now
             if signature in self._seen_requests:
                 raise Rejected("this request was already received (replay)")
             self._seen_requests[signature] = moment
