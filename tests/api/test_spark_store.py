@@ -122,6 +122,15 @@ def test_characterisation_on_spark_equals_duckdbs(worlds):
     assert published["spark"] == published["duckdb"]
 
 
+def test_sources_are_read_from_spark(worlds):
+    world = worlds["spark"]
+    sources = world.client.get("/api/v1/sources", headers=world.login("res")).json()
+    assert sources[0]["name"] == "OMOP CDM store" and sources[0]["records_loaded"] > 0
+    detail = world.client.get("/api/v1/sources/OMOP%20CDM%20store", headers=world.login("dm"))
+    assert detail.status_code == 200, detail.text
+    assert detail.json()["row_counts"]["person"] == 40 and detail.json()["load_history"] == []
+
+
 def test_refusals_still_refuse_on_spark(worlds):
     world = worlds["spark"]
     h, other = world.login("res"), world.login("res2")
