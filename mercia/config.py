@@ -20,6 +20,10 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     db: str = Field("mercia.duckdb", description="DuckDB path or postgresql:// URL of the CDM store")
+    state_db: str | None = Field(
+        None, description="mercia serve: DuckDB path or postgresql:// URL of a separate store for the server's "
+                          "own tables (users, projects, jobs, the audit log); needed when db is Spark; "
+                          "default: db itself")
     data_dir: Path = Field(Path.home() / ".cache" / "mercia", description="caches built at first use")
     allow_synthetic_nhs_numbers: bool = Field(
         False, description="accept the never-issued 999 range of NHS numbers (synthetic data only)")

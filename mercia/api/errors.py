@@ -14,9 +14,11 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from mercia.cdm import StoreError, StoreUnavailable
-from mercia.services.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError, Throttled, TooLarge
+from mercia.services.errors import (Conflict, Forbidden, Invalid, NotFound, NotOffered, ServiceError, Throttled,
+                                    TooLarge)
 
-STATUS = [(NotFound, 404), (Forbidden, 403), (Conflict, 409), (Throttled, 429), (TooLarge, 413), (Invalid, 400),
+STATUS = [(NotFound, 404), (Forbidden, 403), (Conflict, 409), (Throttled, 429), (TooLarge, 413), (NotOffered, 501),
+          (Invalid, 400),
           (ServiceError, 400)]
 STORE_REFUSED = "the data store could not do this with the values given (check dates, numbers and codes)"
 STORE_UNAVAILABLE = "the data store cannot be reached at the moment; nothing was changed, try again shortly"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -61,6 +61,16 @@ def bound_session(root: Store) -> Iterator[Session]:
     finally:
         _bound.reset(token)
         session.close()
+
+
+@contextmanager
+def bound_sessions(*roots: Store) -> Iterator[None]:
+    """Run the block with a session of its own on each of ``roots`` (a server's state and research
+    stores)."""
+    with ExitStack() as stack:
+        for root in roots:
+            stack.enter_context(bound_session(root))
+        yield
 
 
 def session_for(root: Store) -> Session | None:

@@ -16,7 +16,8 @@ import orjson
 from mercia.cdm.dialect import as_text
 from mercia.cohorts import CohortDefinitionError, CohortExpression, CohortResult, run_cohort
 from mercia.cohorts.batch import run_batch
-from mercia.cohorts.registry import adopt_cohorts, new_cohort_id
+from mercia.cohorts.registry import adopt_cohorts, claim_cohort_id, new_cohort_id
+from mercia.cohorts.runner import ensure_result_tables
 from mercia.governance import Project, User
 from mercia.governance.db import now
 from mercia.privacy.disclosure import ColumnSpec, Kind, StatTable, get_policy
@@ -31,7 +32,11 @@ def made_by(project_id: int) -> str:
 
 
 def adopt_project_cohorts(state: MerciaState) -> None:
-    """Register project cohorts saved before the cohort registry existed (their ids stay)."""
+    """Register project cohorts saved before the cohort registry existed (their ids stay).  Only a
+    server keeping governance in its research store can have such cohorts (separate state stores
+    came later)."""
+    if state.separate_state:
+        return
     adopt_cohorts(state.store, f"SELECT id, name, 'project ' || {as_text(state.store, 'project_id')} AS made_by "
                                       "FROM mercia_cohort")
 
@@ -136,13 +141,29 @@ def create_cohort(state: MerciaState, user: User, project_id: int, name: str, de
     expression = parse_definition(definition, project)
     db = state.gov.db
     with db.transaction():
-        cohort_id = new_cohort_id(state.store, name.strip(), made_by(project_id), expression.to_json(indent=False))
+        cohort_id = _register_cohort(state, name.strip(), project_id, expression.to_json(indent=False))
         db.insert("mercia_cohort", {"id": cohort_id, "project_id": project_id, "name": name.strip(),
                                     "description": description.strip(),
                                     "expression": expression.to_json(indent=False), "created_by": user.id,
                                     "created_at": now()})
         state.gov.audit.record(user.username, "cohort.create", f"cohort:{cohort_id}", project_id, name=name)
     return _cohort_row(state, cohort_id)
+
+
+def _register_cohort(state: MerciaState, name: str, project_id: int, syntax: str) -> int:
+    """A new cohort id, registered in the research store's ``cohort_definition``
+    (``mercia.cohorts.registry``).  The research store allocates it where it can, as for every other
+    writer of ``cohort``; a Spark store cannot (no ``UPDATE … RETURNING``), so the state store
+    allocates it there, above every id registered or written in the research store, and the
+    registry claims it."""
+    if state.root_store.no_row_transactions is None:
+        return new_cohort_id(state.store, name, made_by(project_id), syntax)
+    with state.lock:
+        ensure_result_tables(state.store)
+        in_use = state.store.query_one("SELECT GREATEST((SELECT COALESCE(MAX(cohort_definition_id), 0) FROM cohort), "
+                                       "(SELECT COALESCE(MAX(cohort_definition_id), 0) FROM cohort_definition))")
+        cohort_id = state.gov.db.next_id("mercia_cohort", start=int(in_use) + 1)
+        return claim_cohort_id(state.store, cohort_id, name, made_by(project_id), syntax)
 
 
 def start_run(state: MerciaState, user: User, cohort_id: int) -> int:
@@ -198,15 +219,16 @@ def _record_run(state: MerciaState, project: Project, run: CohortResult) -> dict
 
 
 def clip_to_scope(state: MerciaState, cohort_id: int, project: Project) -> dict[str, Any]:
-    """Drop cohort rows whose start lies outside the project's approved date range."""
-    db = state.gov.db
+    """Drop cohort rows whose start lies outside the project's approved date range (in the research
+    store, where the rows are)."""
+    store = state.store
     removed = 0
     if project.scope_start or project.scope_end:
         where = "cohort_definition_id = ? AND (cohort_start_date < CAST(? AS DATE) OR cohort_start_date > CAST(? AS DATE))"
         params = [cohort_id, project.scope_start or "0001-01-01", project.scope_end or "9999-12-31"]
-        removed = int(db.scalar(f"SELECT COUNT(*) FROM cohort WHERE {where}", params))
-        db.execute(f"DELETE FROM cohort WHERE {where}", params)
-    persons, entries = (db.row("SELECT COUNT(DISTINCT subject_id) AS p, COUNT(*) AS e FROM cohort "
-                               "WHERE cohort_definition_id = ?", [cohort_id]) or {"p": 0, "e": 0}).values()
+        removed = int(store.query_one(f"SELECT COUNT(*) FROM cohort WHERE {where}", params))
+        store.execute(f"DELETE FROM cohort WHERE {where}", params)
+    persons, entries = store.query("SELECT COUNT(DISTINCT subject_id), COUNT(*) FROM cohort "
+                                   "WHERE cohort_definition_id = ?", [cohort_id])[0]
     return {"persons": int(persons), "entries": int(entries), "clipped_entries": removed,
             "date_range": [project.scope_start, project.scope_end]}

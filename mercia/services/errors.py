@@ -21,4 +21,9 @@ class TooLarge(GovernanceError):
     """The request is bigger than the server accepts."""
 
 
-__all__ = ["Conflict", "Forbidden", "Invalid", "NotFound", "ServiceError", "Throttled", "TooLarge"]
+class NotOffered(GovernanceError):
+    """This server cannot do it as it is set up (say, ingestion on a Spark research store); the
+    message says why and what would."""
+
+
+__all__ = ["Conflict", "Forbidden", "Invalid", "NotFound", "NotOffered", "ServiceError", "Throttled", "TooLarge"]

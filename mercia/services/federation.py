@@ -16,5 +16,5 @@ def hub_of(state: MerciaState) -> Hub:
     with _CREATE:
         hub = getattr(state, "federation_hub", None)
         if hub is None:
-            hub = state.federation_hub = Hub(state.root_store, HubSettings(), gov=state.gov)
+            hub = state.federation_hub = Hub(state.state_store, HubSettings(), gov=state.gov)
     return hub

@@ -7,14 +7,14 @@ at its next progress step (work in a store transaction, such as a load, is rolle
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
 
-from mercia.cdm import StoreError
-from mercia.cdm.sessions import bound_session
+from mercia.cdm import Store, StoreError
+from mercia.cdm.sessions import bound_sessions
 from mercia.governance import GovernanceError
 from mercia.governance.db import GovernanceDB, now
 from mercia.ingest.load import LoadError
@@ -39,8 +39,10 @@ def failure_words(exc: Exception) -> str:
 
 
 class JobRunner:
-    def __init__(self, db: GovernanceDB, workers: int = 2):
+    def __init__(self, db: GovernanceDB, workers: int = 2, roots: Sequence[Store] = ()):
+        """``roots``: the stores each job binds a session on (default: governance's alone)."""
         self.db = db
+        self.roots = tuple(roots) or (db.root,)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mercia-job")
         self._futures: dict[int, Future] = {}
         self._cancelled: set[int] = set()
@@ -63,7 +65,7 @@ class JobRunner:
 
     def _run(self, job_id: int, work: JobFunction, on_done) -> None:
         """Run one job in a store session of its own, so it never holds up requests or other jobs."""
-        with bound_session(self.db.root):
+        with bound_sessions(*self.roots):
             self._run_bound(job_id, work, on_done)
         self._cancelled.discard(job_id)
 

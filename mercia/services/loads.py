@@ -20,6 +20,7 @@ def start_load(state: MerciaState, user: User, org: str, kind: str, filename: st
         raise Forbidden(f"only {org}'s data managers can load its data")
     if kind not in UPLOAD_KINDS:
         raise Invalid(f"kind must be one of {', '.join(UPLOAD_KINDS)}")
+    state.require_row_transactions("Loading extracts (loads, provenance and rejects beside the CDM)")
     name = Path(filename or "extract").name
     if not name or name.startswith("."):
         raise Invalid("the upload needs a file name")

@@ -26,6 +26,7 @@ QUICK_COUNT_ROLES = (Role.RESEARCHER, Role.CLINICIAN, Role.TRIAL_COORDINATOR)
 WINDOW_DAYS = 30
 DIFFERENCING_LIMIT = 10   # repeated or one-criterion-apart counts per user per window
 DAILY_LIMIT = 100         # counts of any kind per user per 24 hours
+QUICK_COUNT_ROWS = "mercia_quick_count_rows"   # the temporary table a count's rows go to
 
 
 def quick_count(state: MerciaState, user: User, cohort: dict[str, Any]) -> dict[str, Any]:
@@ -79,13 +80,18 @@ def quick_count(state: MerciaState, user: User, cohort: dict[str, Any]) -> dict[
 
 
 def _count_persons(state: MerciaState, expression) -> int:
-    """Run the cohort under a scratch id (negative: never a saved cohort's) and count its people;
-    its rows are removed afterwards."""
-    from mercia.cohorts import run_cohort
-    from mercia.cohorts.registry import scratch_cohort
+    """Count the people of the cohort's rows, put in a temporary table (``compile_cohort_rows``: the
+    rows ``run_cohort`` would write, without attrition); nothing is written to the research store,
+    so the count runs on every engine, Spark included."""
+    from mercia.cohorts.compiler import compile_cohort_rows
 
-    with state.lock, scratch_cohort(state.store) as scratch:
-        return run_cohort(state.store, expression, scratch).persons
+    store = state.store
+    with state.lock, store.transaction():
+        for statement in compile_cohort_rows(expression, QUICK_COUNT_ROWS, store.dialect):
+            store.execute(statement)
+        persons = store.query_one(f"SELECT COUNT(DISTINCT subject_id) FROM {QUICK_COUNT_ROWS}")
+        store.drop_temp_table(QUICK_COUNT_ROWS)
+    return int(persons)
 
 
 def _iso(moment: datetime) -> str:

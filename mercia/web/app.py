@@ -12,7 +12,7 @@ from mercia.api.app import create_api
 from mercia.api.limits import BodyLimit
 from mercia.api.ratelimit import PublicRateLimit
 from mercia.cdm import Store
-from mercia.cdm.sessions import bound_session
+from mercia.cdm.sessions import bound_sessions
 from mercia.services.state import MerciaState, ServerOptions
 
 STATIC = Path(__file__).parent / "static"
@@ -22,8 +22,10 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
-def create_app(store: Store, options: ServerOptions | None = None) -> FastAPI:
-    state = MerciaState(store, options)
+def create_app(store: Store, options: ServerOptions | None = None, state_store: Store | None = None) -> FastAPI:
+    """The server over the research ``store``; governance, jobs and audit in ``state_store`` (the
+    research store itself unless given; see ``MerciaState``)."""
+    state = MerciaState(store, options, state_store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -69,21 +71,21 @@ def create_app(store: Store, options: ServerOptions | None = None) -> FastAPI:
         from mercia.web import oidc
 
         oidc.install(app, state.options.oidc, state.options.secure_cookies)
-    app.add_middleware(StoreSessions, store=store)  # outermost: every layer below runs in the session
+    app.add_middleware(StoreSessions, roots=state.roots)  # outermost: every layer below runs in the session
     return app
 
 
 class StoreSessions:
-    """Each HTTP request runs in a store session of its own (``mercia.cdm.sessions``): its own
-    connection, opened when the request first touches the store and closed when it is answered,
+    """Each HTTP request runs in a session of its own on each store (``mercia.cdm.sessions``): its own
+    connection, opened when the request first touches that store and closed when it is answered,
     so a long request or job never holds up another."""
 
-    def __init__(self, app, store: Store):
+    def __init__(self, app, roots: tuple[Store, ...]):
         self.app = app
-        self.store = store
+        self.roots = roots
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        with bound_session(self.store):
+        with bound_sessions(*self.roots):
             await self.app(scope, receive, send)

@@ -25,6 +25,7 @@ def _register(request: Request):
     from mercia.trials.register import TrialRegister
 
     state = state_of(request)
+    state.require_one_store("Trials")
     return state, TrialRegister(state.store, state.gov)
 
 

@@ -91,10 +91,11 @@ def approve(gov, people, project_id):
     gov.decide(people["govo"], project_id, "approve")
 
 
-def build_world(store) -> World:
+def build_world(store, state_store=None) -> World:
+    """The world over the research ``store``; governance in ``state_store`` when given (a Spark CDM)."""
     store.init_schema()
     fill_small_cdm(store)
-    app = create_app(store, ServerOptions(secure_cookies=True, job_workers=1))
+    app = create_app(store, ServerOptions(secure_cookies=True, job_workers=1), state_store)
     gov = app.state.mercia.gov
     spec = {"res": [(Role.RESEARCHER, "")], "res2": [(Role.RESEARCHER, "")], "clin": [(Role.CLINICIAN, "")],
             "lead": [(Role.PILLAR_LEAD, "cancer")], "govo": [(Role.GOVERNANCE_OFFICER, "")],

@@ -107,3 +107,18 @@ def test_a_commit_cut_short_changes_every_table_or_none(monkeypatch, crash_at, r
     reopened = Store(url, schema=schema)
     assert [reopened.query(f'SELECT x FROM "{t}" ORDER BY x') for t in ("first", "second")] == [rows_after] * 2
     assert [r[1] for r in reopened.query("SHOW TABLES") if r[1].startswith("_mercia")] == []
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_table_rewritten_in_one_session_is_read_afresh_by_another():
+    """Two sessions of one store (two requests or jobs of a server): one reads a table, the other
+    rewrites it (a DELETE on Parquet overwrites its files); the first then reads the new rows, not the
+    deleted files it listed before."""
+    store = Store(spark_url(), schema=f"t_{uuid.uuid4().hex[:12]}")
+    store.execute('CREATE TABLE "t" (x BIGINT) USING parquet')
+    store.insert_arrow("t", pa.table({"x": [1, 2, 3]}))
+    with store.session() as reader, store.session() as writer:
+        assert reader.query_one('SELECT SUM(x) FROM "t"') == 6
+        writer.execute('DELETE FROM "t" WHERE x = ?', [2])
+        assert reader.query('SELECT x FROM "t" ORDER BY x') == [(1,), (3,)]

@@ -1,5 +1,6 @@
-"""The server, federation nodes and ingestion refuse a Spark store at start-up, naming what Spark's
-Parquet tables cannot do, before they write anything there."""
+"""The server without a separate state store, federation nodes and ingestion refuse a Spark store at
+start-up, naming what Spark's Parquet tables cannot do, before they write anything there (the server
+with one: tests/api/test_spark_store.py)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ def spark_store(tmp_path):
     drop_store(store)
 
 
-def test_the_server_refuses_a_spark_store_before_writing_to_it(spark_store):
+def test_the_server_without_a_state_store_refuses_a_spark_store_before_writing_to_it(spark_store):
     with pytest.raises(StoreError, match=WHAT_SPARK_LACKS) as refused:
         create_app(spark_store)
-    assert "The Mercia server" in str(refused.value) and "mercia cohort run" in str(refused.value)
+    assert "The Mercia server" in str(refused.value) and "--state-db" in str(refused.value)
     assert spark_store.query(f'SHOW TABLES IN "{spark_store.schema}"') == []
 
 
@@ -40,3 +41,4 @@ def test_mercia_serve_on_spark_exits_with_the_reason():
     result = CliRunner().invoke(app, ["serve", "--db", spark_url(), "--port", "1"])
     assert result.exit_code == 1
     assert "row-level transactions" in result.output and "PRIMARY KEY" in result.output
+    assert "--state-db" in result.output

@@ -72,6 +72,7 @@ def _services(request: Request):
     from mercia.trials.register import TrialRegister
 
     state = state_of(request)
+    state.require_one_store("Trials")
     register = TrialRegister(state.store, state.gov)
     return state, register, Recruitment(register)
 

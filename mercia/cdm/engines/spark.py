@@ -94,6 +94,10 @@ def _local_session(master: str, options: dict[str, str]):
                    .config("spark.hadoop.javax.jdo.option.ConnectionURL",
                            f"jdbc:derby:;databaseName={warehouse / 'metastore_db'};create=true")
                    .enableHiveSupport()
+                   # Each session caches a table's file listing; a table another session rewrote (a DELETE
+                   # is an overwrite here) then names deleted files.  Sessions of one server must see each
+                   # other's writes, so every statement lists the files afresh (milliseconds a table).
+                   .config("spark.sql.filesourceTableRelationCacheSize", "0")
                    .config("spark.sql.shuffle.partitions", options.get("partitions", "4"))
                    .config("spark.driver.memory", options.get("memory", "2g")))
         session = builder.getOrCreate()
