@@ -12,7 +12,8 @@ What a batch shares (the idea of OHDSI CDMConnector's ``generateCohortSet2``):
 * one transaction, the result tables checked once and cleared once (one DELETE per table for
   every cohort), the results read in one query.
 
-Then each cohort's own steps run as in ``run_cohort``.
+Then each cohort's own steps run as in ``run_cohort``, named apart per cohort and kept until every
+cohort's rows and attrition are written with one INSERT per result table.
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def _codeset_membership_columns(where: exp.Where | None, alias: str) -> set[str]
 def run_batch(store: Store, definitions: Sequence[tuple[int, m.CohortExpression]]) -> list[CohortResult]:
     """Generate every (cohort id, definition) into ``store`` in one transaction; each cohort's
     rows and attrition are those ``run_cohort`` gives.  ``seconds`` is each cohort's own steps
-    (the shared set-up is not spread over them)."""
+    (the shared set-up and the writes of all cohorts are not spread over them)."""
     if len({cid for cid, _ in definitions}) != len(definitions):
         raise ValueError("a batch names a cohort id twice")
     ensure_result_tables(store)
