@@ -139,7 +139,10 @@ def test_every_cohort_is_written_with_one_insert_per_table(reference_dir):
 def test_a_batch_gives_the_rows_and_attrition_of_one_at_a_time(gibleed_engine, reference_dir):
     ids = [1263, 29, 1187, 209]  # rules, no rules, drug persistence, rules again
     definitions = _definitions(reference_dir, ids)
-    rows = "SELECT subject_id, cohort_start_date, cohort_end_date FROM cohort WHERE cohort_definition_id = ? ORDER BY 1, 2, 3"
+    rows = (
+        "SELECT subject_id, cohort_start_date, cohort_end_date FROM cohort "
+        "WHERE cohort_definition_id = ? ORDER BY 1, 2, 3"
+    )
     alone = {}
     for cid, expr in definitions:
         result = run_cohort(gibleed_engine, expr, cid)
