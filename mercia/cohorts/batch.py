@@ -12,7 +12,8 @@ What a batch shares (the idea of OHDSI CDMConnector's ``generateCohortSet2``):
 * one transaction, the result tables checked once and cleared once (one DELETE per table for
   every cohort), the results read in one query.
 
-Then each cohort's own steps run as in ``run_cohort``.
+Then each cohort's own steps run as in ``run_cohort``, named apart per cohort and kept until every
+cohort's rows and attrition are written with one INSERT per result table.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from mercia.cohorts.compiler import (
     concept_sets_query,
     drop_table,
     materialise,
-    plan_statements,
+    inline_single_reads,
     render,
+    write_statements,
 )
 from mercia.cohorts.criteria import CODESETS, DOMAINS
 from mercia.cohorts.runner import CohortResult, ensure_result_tables, read_results
-from mercia.cohorts.sqlexpr import col, num, table
+from mercia.cohorts.sqlexpr import col, num, table, tables_in
 
 BATCH_CODESETS = f"{PREFIX}batch_codesets"
 _DOMAIN_TABLES = {d.table for d in DOMAINS.values()} | {"person", "visit_occurrence", "observation_period"}
@@ -58,10 +60,10 @@ class BatchPlan:
 
     def __init__(self, definitions: Sequence[tuple[int, m.CohortExpression]]):
         self.shared: list[tuple[str, exp.Query]] = []
-        self.plans: list[CohortPlan] = [build_plan(expr, cid) for cid, expr in definitions]
+        self.plans: list[CohortPlan] = []
         global_ids: dict[bytes, int] = {}
         codesets: list[tuple[int, m.ConceptSetExpression]] = []
-        for (_, expr), plan in zip(definitions, self.plans, strict=True):
+        for cid, expr in definitions:
             local_to_global = []
             for cs in expr.concept_sets:
                 key = _concept_set_key(cs)
@@ -69,9 +71,7 @@ class BatchPlan:
                     global_ids[key] = len(global_ids)
                     codesets.append((global_ids[key], cs.expression))
                 local_to_global.append((cs.id, global_ids[key]))
-            plan.steps = [
-                (name, _local_codesets(local_to_global) if name == CODESETS else query) for name, query in plan.steps
-            ]
+            self.plans.append(build_plan(expr, cid, _local_codesets(local_to_global)))
         if codesets:
             self.shared.append((BATCH_CODESETS, concept_sets_query(codesets)))
             self._filter_domain_tables()
@@ -79,17 +79,17 @@ class BatchPlan:
     def _filter_domain_tables(self) -> None:
         columns: dict[str, set[str]] = {}
         unfiltered: set[str] = set()
-        for plan in self.plans:
-            for query in self._queries(plan):
-                for node in query.find_all(exp.Table):
-                    name = node.name
-                    if name not in _DOMAIN_TABLES or name in unfiltered:
-                        continue
-                    joined = _codeset_join_columns(node)
-                    if joined:
-                        columns.setdefault(name, set()).update(joined)
-                    else:
-                        unfiltered.add(name)
+        reads = [tables_in(*self._queries(plan)) for plan in self.plans]
+        for nodes in reads:
+            for node in nodes:
+                name = node.name
+                if name not in _DOMAIN_TABLES or name in unfiltered:
+                    continue
+                joined = _codeset_join_columns(node)
+                if joined:
+                    columns.setdefault(name, set()).update(joined)
+                else:
+                    unfiltered.add(name)
         renamed = {}
         for name in sorted(set(columns) - unfiltered):
             concepts = exp.select(col("concept_id"), copy=False).from_(table(BATCH_CODESETS), copy=False)
@@ -109,23 +109,40 @@ class BatchPlan:
                     .order_by(*[col(c) for c in sorted(columns[name])], copy=False),
                 )
             )
-        for plan in self.plans:
-            for query in self._queries(plan):
-                for node in list(query.find_all(exp.Table)):
-                    if node.name in renamed:
-                        node.set("this", exp.to_identifier(renamed[node.name]))
+        for nodes in reads:
+            for node in nodes:
+                if node.name in renamed:
+                    node.set("this", exp.to_identifier(renamed[node.name]))
 
     @staticmethod
     def _queries(plan: CohortPlan) -> list[exp.Expression]:
         return [q for _, q in plan.steps] + [plan.cohort_rows, *plan.attrition.values()]
 
-    def statements(self, dialect: str) -> tuple[list[str], list[list[str]], list[str]]:
-        """(shared set-up, each cohort's script, shared clean-up) on ``dialect``; the set-up also
-        clears every cohort's earlier rows, table by table, instead of each script."""
+    def statements(self, dialect: str) -> tuple[list[str], list[list[str]], list[str], list[str]]:
+        """(shared set-up, each cohort's steps, the writes of every cohort, clean-up) on ``dialect``.
+        The set-up also clears every cohort's earlier rows, table by table; each cohort's steps are
+        named apart (``<step>_<n>``, the n-th cohort of the batch) and kept until the writes, which
+        put every cohort's rows and attrition in with one INSERT per table."""
         setup = [s for name, q in self.shared for s in materialise(name, q, dialect)]
         setup += clear_statements([p.cohort_id for p in self.plans], dialect)
-        cleanup = [render(drop_table(name), dialect) for name, _ in reversed(self.shared)]
-        return setup, [plan_statements(p, dialect, clear=False) for p in self.plans], cleanup
+        scripts, steps = [], []
+        for n, plan in enumerate(self.plans):
+            inline_single_reads(plan)
+            _name_steps_apart(plan, n)
+            scripts.append([s for name, q in plan.steps for s in materialise(name, q, dialect)])
+            steps += [name for name, _ in plan.steps]
+        cleanup = [render(drop_table(name), dialect) for name in reversed(steps)]
+        cleanup += [render(drop_table(name), dialect) for name, _ in reversed(self.shared)]
+        return setup, scripts, write_statements(self.plans, dialect), cleanup
+
+
+def _name_steps_apart(plan: CohortPlan, n: int) -> None:
+    """Rename the plan's steps to ``<step>_<n>`` (and every read of them)."""
+    renamed = {name: f"{name}_{n}" for name, _ in plan.steps}
+    for node in tables_in(*BatchPlan._queries(plan)):
+        if node.name in renamed:
+            node.set("this", exp.to_identifier(renamed[node.name]))
+    plan.steps = [(renamed[name], query) for name, query in plan.steps]
 
 
 def _local_codesets(local_to_global: list[tuple[int, int]]) -> exp.Query:
@@ -195,12 +212,12 @@ def _codeset_membership_columns(where: exp.Where | None, alias: str) -> set[str]
 def run_batch(store: Store, definitions: Sequence[tuple[int, m.CohortExpression]]) -> list[CohortResult]:
     """Generate every (cohort id, definition) into ``store`` in one transaction; each cohort's
     rows and attrition are those ``run_cohort`` gives.  ``seconds`` is each cohort's own steps
-    (the shared set-up is not spread over them)."""
+    (the shared set-up and the writes of all cohorts are not spread over them)."""
     if len({cid for cid, _ in definitions}) != len(definitions):
         raise ValueError("a batch names a cohort id twice")
     ensure_result_tables(store)
     with collection_paused():
-        setup, scripts, cleanup = BatchPlan(definitions).statements(store.dialect)
+        setup, scripts, writes, cleanup = BatchPlan(definitions).statements(store.dialect)
     seconds = []
     with store.transaction():
         for statement in setup:
@@ -210,6 +227,6 @@ def run_batch(store: Store, definitions: Sequence[tuple[int, m.CohortExpression]
             for statement in script:
                 store.execute(statement)
             seconds.append(time.perf_counter() - began)
-        for statement in cleanup:
+        for statement in writes + cleanup:
             store.execute(statement)
     return read_results(store, [(cid, expr, s) for (cid, expr), s in zip(definitions, seconds, strict=True)])

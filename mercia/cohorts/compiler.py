@@ -44,6 +44,7 @@ from mercia.cohorts.sqlexpr import (
     row_number,
     running,
     table,
+    tables_in,
     union_all,
 )
 
@@ -658,10 +659,10 @@ class _Compiler:
         )
 
     # -- the plan -----------------------------------------------------------------------------
-    def build(self) -> CohortPlan:
+    def build(self, codesets: exp.Query | None = None) -> CohortPlan:
         plan = self.plan
         t = plan.temp
-        plan.steps.append((t("codesets"), self.codesets()))
+        plan.steps.append((t("codesets"), self.codesets() if codesets is None else codesets))
         plan.steps.append((t("primary_events"), self.primary_events()))
         plan.steps.append((t("qualified_events"), self.qualified_events(t("primary_events"))))
         if self.expr.inclusion_rules:
@@ -844,7 +845,11 @@ def concept_sets_query(sets: list[tuple[int, m.ConceptSetExpression]]) -> exp.Qu
     if not rows:
         return empty_select({"codeset_id": BIGINT, "concept_id": BIGINT})
     item_columns = ["codeset_id", "concept_id", "is_excluded", "descendants", "mapped"]
-    items = lambda: exp.values(rows, alias="IT", columns=item_columns)  # noqa: E731
+    # tuples of literals built directly (``exp.values`` converts every value: a third of a small
+    # cohort's compiling)
+    items = lambda: exp.values(  # noqa: E731
+        [exp.Tuple(expressions=[num(v) for v in row]) for row in rows], alias="IT", columns=item_columns
+    )
     carried = lambda: [col(c, "IT") for c in ("codeset_id", "is_excluded", "mapped")]  # noqa: E731
     listed = (
         exp.select(*carried(), col("concept_id", "c"), copy=False)
@@ -911,9 +916,10 @@ def concept_sets_query(sets: list[tuple[int, m.ConceptSetExpression]]) -> exp.Qu
     return query.with_(base, as_=base_rows, copy=False).with_(resolved, as_=resolved_rows, copy=False)
 
 
-def build_plan(expr: m.CohortExpression, cohort_id: int) -> CohortPlan:
-    """The dialect-neutral plan of one cohort definition."""
-    return _Compiler(expr, cohort_id).build()
+def build_plan(expr: m.CohortExpression, cohort_id: int, codesets: exp.Query | None = None) -> CohortPlan:
+    """The dialect-neutral plan of one cohort definition; ``codesets``, when given, is the query of
+    its ``mercia_codesets`` rows instead of resolving its concept sets (a batch resolves them once)."""
+    return _Compiler(expr, cohort_id).build(codesets)
 
 
 def render(node: exp.Expression, dialect: str) -> str:
@@ -1021,7 +1027,7 @@ def compile_cohort_rows(expr: m.CohortExpression, into: str, dialect: str = "duc
 def _drop_unread_steps(plan: CohortPlan) -> None:
     """Leave out the steps that no output and no kept later step reads (once attrition is left out)."""
     def tables(query: exp.Query) -> set[str]:
-        return {node.name for node in query.find_all(exp.Table)}
+        return {node.name for node in tables_in(query)}
 
     needed = set().union(*(tables(q) for q in [plan.cohort_rows, *plan.attrition.values()]))
     kept: list[tuple[str, exp.Query]] = []
@@ -1039,9 +1045,8 @@ def inline_single_reads(plan: CohortPlan) -> CohortPlan:
     rows whose exact size lets the engine push their concepts into the domain scan (inlined, the
     smallest cohorts took up to a third more CPU on DuckDB)."""
     reads: dict[str, list[exp.Table]] = {}
-    for query in [q for _, q in plan.steps] + [plan.cohort_rows, *plan.attrition.values()]:
-        for node in query.find_all(exp.Table):
-            reads.setdefault(node.name, []).append(node)
+    for node in tables_in(*[q for _, q in plan.steps], plan.cohort_rows, *plan.attrition.values()):
+        reads.setdefault(node.name, []).append(node)
     kept: list[tuple[str, exp.Query]] = []
     for name, query in plan.steps:
         readers = reads.get(name, [])
@@ -1068,30 +1073,40 @@ def plan_statements(plan: CohortPlan, dialect: str, clear: bool = True) -> list[
     inlined first (``inline_single_reads``).  ``clear``: first delete the cohort's earlier rows from
     every table a cohort writes, also those this plan leaves empty (off when the caller has cleared them)."""
     inline_single_reads(plan)
-    cohort_id = plan.cohort_id
     statements: list[str] = []
     for name, query in plan.steps:
         statements += materialise(name, query, dialect)
     if clear:
-        statements += clear_statements([cohort_id], dialect)
-    writes = {"cohort": plan.cohort_rows, **plan.attrition}
-    for tbl, rows in writes.items():
-        statements.append(render(exp.Insert(this=table(tbl), expression=rows), dialect))
-    if plan.rules:
-        values = exp.values(
-            [
-                exp.Tuple(
-                    expressions=[
-                        num(cohort_id),
-                        num(i),
-                        exp.Literal.string(r.name or ""),
-                        exp.Literal.string(r.description or ""),
-                    ]
-                )
-                for i, r in enumerate(plan.rules)
-            ]
-        )
-        statements.append(render(exp.Insert(this=table("cohort_inclusion"), expression=values), dialect))
+        statements += clear_statements([plan.cohort_id], dialect)
+    statements += write_statements([plan], dialect)
     for name, _ in reversed(plan.steps):
         statements.append(render(drop_table(name), dialect))
+    return statements
+
+
+def write_statements(plans: list[CohortPlan], dialect: str) -> list[str]:
+    """One INSERT per table a cohort writes (``cohort``, the attrition tables, ``cohort_inclusion``)
+    for all ``plans`` together: their rows as one ``UNION ALL`` (a batch writes every cohort with a
+    handful of statements instead of a handful per cohort)."""
+    writes: dict[str, list[exp.Query]] = {"cohort": [p.cohort_rows for p in plans]}
+    for plan in plans:
+        for tbl, rows in plan.attrition.items():
+            writes.setdefault(tbl, []).append(rows)
+    rules = [
+        exp.Tuple(
+            expressions=[
+                num(plan.cohort_id),
+                num(i),
+                exp.Literal.string(r.name or ""),
+                exp.Literal.string(r.description or ""),
+            ]
+        )
+        for plan in plans
+        for i, r in enumerate(plan.rules)
+    ]
+    statements = [
+        render(exp.Insert(this=table(tbl), expression=union_all(selects)), dialect) for tbl, selects in writes.items()
+    ]
+    if rules:
+        statements.append(render(exp.Insert(this=table("cohort_inclusion"), expression=exp.values(rules)), dialect))
     return statements

@@ -118,3 +118,36 @@ def test_a_rerun_without_rules_leaves_no_rows_of_the_earlier_rules(gibleed_engin
     run_cohort(gibleed_engine, expr.model_copy(update={"inclusion_rules": []}), 9901)
     for name in ("cohort_inclusion", "cohort_inclusion_result", "cohort_inclusion_stats"):
         assert gibleed_engine.query_one(rules_of.format(name)) == 0, name
+
+
+def test_every_cohort_is_written_with_one_insert_per_table(reference_dir):
+    """The writes of a batch are one INSERT per result table for all its cohorts (a UNION ALL of
+    their rows), and each cohort's steps are named apart so they can all wait for those writes."""
+    definitions = _definitions(reference_dir, [1263, 29, 56])  # with and without inclusion rules
+    setup, scripts, writes, cleanup = BatchPlan(definitions).statements("duckdb")
+    inserted = [w.split()[2] for w in writes]
+    assert sorted(inserted) == sorted(set(inserted))
+    assert {"cohort", "cohort_inclusion_result", "cohort_summary_stats", "cohort_inclusion"} <= set(inserted)
+    cohort_write = next(w for w in writes if w.startswith("INSERT INTO cohort "))
+    assert all(f"CAST({cid} AS BIGINT)" in cohort_write for cid, _ in definitions)
+    for n, script in enumerate(scripts):
+        created = [s.split()[3] for s in script if s.startswith("CREATE TEMPORARY TABLE")]
+        assert created and all(name.endswith(f"_{n}") for name in created)
+        assert all(f"DROP TABLE IF EXISTS {name}" in cleanup for name in created)
+
+
+def test_a_batch_gives_the_rows_and_attrition_of_one_at_a_time(gibleed_engine, reference_dir):
+    ids = [1263, 29, 1187, 209]  # rules, no rules, drug persistence, rules again
+    definitions = _definitions(reference_dir, ids)
+    rows = (
+        "SELECT subject_id, cohort_start_date, cohort_end_date FROM cohort "
+        "WHERE cohort_definition_id = ? ORDER BY 1, 2, 3"
+    )
+    alone = {}
+    for cid, expr in definitions:
+        result = run_cohort(gibleed_engine, expr, cid)
+        alone[cid] = (gibleed_engine.query(rows, [cid]), result.summary() | {"seconds": 0})
+    for result in run_batch(gibleed_engine, definitions):
+        assert (gibleed_engine.query(rows, [result.cohort_id]), result.summary() | {"seconds": 0}) == alone[
+            result.cohort_id
+        ]

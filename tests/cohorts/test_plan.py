@@ -144,3 +144,19 @@ def test_tables_are_kept_in_the_order_of_the_concept_criteria_filter_on():
     filtered = {domain.table: domain.concept for domain in DOMAINS.values()}
     assert {table: order[0] for table, order in CONCEPT_ORDER.items()} == {
         table: filtered[table] for table in CONCEPT_ORDER}
+
+
+def test_table_reads_are_found_as_sqlglot_finds_them(reference_dir):
+    """``tables_in`` (one plain walk) finds the very nodes ``find_all`` does, nested CTEs, subqueries
+    and IN lists included, in every query of reference plans of every shape."""
+    from sqlglot import exp
+
+    from mercia.cohorts import build_plan
+    from mercia.cohorts.sqlexpr import tables_in
+
+    for cid in (1073, 1187, 29, 368, 1263):
+        plan = build_plan(CohortExpression.from_json((reference_dir / "cohorts" / f"{cid}.json").read_bytes()), cid)
+        for query in [q for _, q in plan.steps] + [plan.cohort_rows, *plan.attrition.values()]:
+            found = tables_in(query)
+            assert found and {id(t) for t in found} == {id(t) for t in query.find_all(exp.Table)}
+            assert len(found) == len({id(t) for t in found})
