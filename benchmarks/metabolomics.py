@@ -7,7 +7,8 @@
    ``ingest(store, "nmr", ...)`` in a fresh process: read + QC exclusion + derivation check + pseudonymise + map +
    load, streamed in chunks of ``CHUNK_SAMPLES`` samples inside one transaction (the next chunk is read in a
    thread while this one loads, so only their sum is timed; CPU seconds count both threads; skipped with
-   ``--nmr-samples 0``).  Counted: measurement rows
+   ``--nmr-samples 0``; ``--nmr-study DIR`` keeps the written study there and reuses it on a later run of the
+   same size, as the 1,000,000-sample file takes ~15 minutes to write).  Counted: measurement rows
    written; wall and CPU seconds of the whole ingest (the machine is shared, so wall time varies with other
    work: the 1-minute load average before and after is recorded); the load process's peak resident memory
    (generation excluded), its CPU seconds and RSS as each chunk starts (also printed to stderr as it goes),
@@ -59,7 +60,7 @@ def current_rss_mb() -> float:
         return round(int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
-def _nmr_load(workdir: Path, key: bytes, out) -> None:
+def _nmr_load(workdir: Path, study: Path, key: bytes, out) -> None:
     """Child process: one NMR ingest, reporting its phases' wall and CPU seconds and its own peak RSS."""
     from mercia.cdm import Store
     from mercia.ingest.load import LOAD_MEMORY_LIMIT, LoadOptions
@@ -76,8 +77,8 @@ def _nmr_load(workdir: Path, key: bytes, out) -> None:
 
     store = Store(str(workdir / "nmr.duckdb"))
     step("start")
-    summary = ingest(store, "nmr", workdir / "nmr" / "nmr_wide.csv", "NMR01", options=LoadOptions(Pseudonymiser(key)),
-                     manifest=workdir / "nmr" / "manifest.csv", on_step=step)
+    summary = ingest(store, "nmr", study / "nmr_wide.csv", "NMR01", options=LoadOptions(Pseudonymiser(key)),
+                     manifest=study / "manifest.csv", on_step=step)
     step("done")
     rows = store.query_one("SELECT count(*) FROM measurement")
     store.close()
@@ -92,21 +93,33 @@ def _nmr_load(workdir: Path, key: bytes, out) -> None:
              "rss_at_end_mb": at["done"][2], "peak_rss_mb": peak_rss_mb()})
 
 
-def nmr(samples: int, workdir: Path) -> dict:
-    """Write the study, then load it in a fresh process so that its peak RSS is the load's alone."""
+def _study_samples(study: Path) -> int | None:
+    """Samples of a study written before (its manifest's rows), None when there is none."""
+    if not (study / "manifest.csv").exists() or not (study / "nmr_wide.csv").exists():
+        return None
+    with (study / "manifest.csv").open("rb") as handle:
+        return sum(1 for _ in handle) - 1
+
+
+def nmr(samples: int, workdir: Path, study: Path | None) -> dict:
+    """Write the study (or reuse ``study`` when it holds one of this size, written with the same seed), then
+    load it in a fresh process so that its peak RSS is the load's alone."""
     import multiprocessing
 
     from mercia.ingest.nmr import CHUNK_SAMPLES
     from mercia.synth.metabolomics import write_nmr_study
 
+    study = study or workdir / "nmr"
+    reused = _study_samples(study) == samples
     start = time.perf_counter()
-    write_nmr_study(workdir / "nmr", samples, seed=1)
+    if not reused:
+        write_nmr_study(study, samples, seed=1)
     written = time.perf_counter() - start
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = os.getloadavg()[0]
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    child = context.Process(target=_nmr_load, args=(workdir, KEY, out))
+    child = context.Process(target=_nmr_load, args=(workdir, study, KEY, out))
     child.start()
     measured = out.get()
     child.join()
@@ -116,8 +129,8 @@ def nmr(samples: int, workdir: Path) -> dict:
     rows = measured["measurement_rows"]
     return {"samples": samples, "biomarkers": 249, "chunk_samples": CHUNK_SAMPLES,
             "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "file_mb": round((workdir / "nmr" / "nmr_wide.csv").stat().st_size / 1e6, 1),
-            "generate_seconds": round(written, 1), **measured,
+            "file_mb": round((study / "nmr_wide.csv").stat().st_size / 1e6, 1),
+            "study_reused": reused, "generate_seconds": round(written, 1), **measured,
             "rows_per_second": round(rows / measured["total_seconds"]),
             "rows_per_cpu_second": round(rows / measured["total_cpu_seconds"])}
 
@@ -254,6 +267,9 @@ def vcf_reading_floor(path: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nmr-samples", type=int, default=10_000)
+    parser.add_argument("--nmr-study", default=None,
+                        help="folder for the NMR study: reused when it holds one of --nmr-samples samples (written "
+                             "by an earlier run; same seed), else written there and kept")
     parser.add_argument("--vcf-samples", type=int, default=20)
     parser.add_argument("--vcf-sites", type=int, default=20_000)
     parser.add_argument("--vcf-shape", choices=("cohort", "trio"), default="cohort",
@@ -263,7 +279,7 @@ def main() -> None:
               "run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
         if args.nmr_samples:
-            result["nmr"] = nmr(args.nmr_samples, Path(tmp))
+            result["nmr"] = nmr(args.nmr_samples, Path(tmp), args.nmr_study and Path(args.nmr_study))
             print(json.dumps(result["nmr"]))
         if args.vcf_samples:
             result["vcf"] = vcf(args.vcf_samples, args.vcf_sites, Path(tmp), args.vcf_shape)

@@ -57,6 +57,8 @@ DOMAIN_TABLE = {"Condition": "condition_occurrence", "Drug": "drug_exposure", "P
 # database file and evicted rather than held, so a 249-million-row NMR load stays within a few GB (200,000
 # samples traced per chunk: RSS 0.84-0.97 GB over chunks 12-36 under 500 MB; 1,000,000 samples peaked at 2.1 GB).
 LOAD_MEMORY_LIMIT = "512MB"
+# The store's temporary table of the records (source_record, record_hash) the running load has written so far.
+LOADED_RECORDS = "mercia_tmp_loaded_records"
 NOTE_TEXT = ""  # note text is never loaded (docs/ingest.md: free text can identify people); the column is NOT NULL
 
 
@@ -106,8 +108,10 @@ def _table_from_query(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> 
 class _Load:
     """One load: holds the scratch DuckDB and the running counts."""
 
-    def __init__(self, store: Store, staged: Staged, org: str, reader: str, options: LoadOptions):
+    def __init__(self, store: Store, staged: Staged, org: str, reader: str, options: LoadOptions, load_id: int,
+                 last_ids: dict[str, int]):
         self.store, self.staged, self.org, self.reader, self.options = store, staged, org, reader, options
+        self.load_id, self.last_ids = load_id, last_ids
         self.con = duckdb.connect()
         self.rejects: list[dict] = []
         self.rows: Counter[str] = Counter()
@@ -122,6 +126,18 @@ class _Load:
 
     def register(self, name: str, table: pa.Table) -> None:
         self.con.register(name, table)
+
+    def _first_id(self, table: str, pk: str) -> int:
+        """The id after which this chunk numbers its ``table`` rows: the table's largest id for the load's
+        first chunk, then carried from chunk to chunk (``_used_ids``), because a max() over a table the
+        load keeps growing reads all of it again every chunk."""
+        if table not in self.last_ids:
+            self.last_ids[table] = max_id(self.store, table, pk)
+        return self.last_ids[table]
+
+    def _used_ids(self, table: str, count: int) -> None:
+        """``count`` ids after ``_first_id`` are now taken."""
+        self.last_ids[table] += count
 
     def _store_temp(self, name: str, table: pa.Table, columns: str) -> None:
         """``table`` as a temporary table of the store (keys to join there rather than fetch here)."""
@@ -427,13 +443,16 @@ class _Load:
             CREATE TABLE batch_records AS
             SELECT DISTINCT source_record, record_hash FROM events
             UNION SELECT DISTINCT source_record, record_hash FROM sites""")
-        # only this batch's records: the organisation's whole provenance (a row per CDM row) would make
-        # every chunk of a large load read everything loaded before it
+        # only this batch's records, looked up in the provenance of earlier loads (their rows come first, so
+        # DuckDB's row-group statistics skip this load's: reading the provenance a large load keeps adding
+        # made each of its chunks dearer than the last) and in the records this load wrote so far
         self._store_temp("mercia_tmp_batch", _table_from_query(
             self.con, "SELECT DISTINCT source_record FROM batch_records"), "source_record VARCHAR")
         existing = self.store.query_arrow(
-            "SELECT DISTINCT source_record, record_hash FROM mercia_provenance WHERE org = ? "
-            "AND source_record IN (SELECT source_record FROM mercia_tmp_batch)", [self.org])
+            "SELECT DISTINCT source_record, record_hash FROM mercia_provenance WHERE org = ? AND load_id < ? "
+            "AND source_record IN (SELECT source_record FROM mercia_tmp_batch) "
+            f"UNION SELECT source_record, record_hash FROM {LOADED_RECORDS} "
+            "WHERE source_record IN (SELECT source_record FROM mercia_tmp_batch)", [self.org, self.load_id])
         if existing.num_rows == 0:
             existing = pa.table({"source_record": pa.array([], pa.string()), "record_hash": pa.array([], pa.string())})
         self.register("existing", existing)
@@ -492,6 +511,7 @@ class _Load:
                           f"(SELECT row_id FROM ({doomed}) d WHERE cdm_table = ?)", [self.org, table])
         store.execute(f"DELETE FROM mercia_provenance WHERE org = ? AND "
                       f"(cdm_table, row_id) IN (SELECT cdm_table, row_id FROM ({doomed}) d)", [self.org, self.org])
+        store.execute(f"DELETE FROM {LOADED_RECORDS} WHERE source_record IN (SELECT source_record FROM mercia_tmp_records)")
 
     def prepare_sites(self) -> None:
         self.con.execute("""
@@ -530,20 +550,22 @@ class _Load:
         con.execute("""CREATE TABLE prov_rows AS SELECT 'person' AS cdm_table, CAST(person_id AS BIGINT) AS row_id,
                        source_record, record_hash FROM new_links""")
         # sites, numbered in record order (not in the order a parallel scan happens to return them)
-        next_site = max_id(store, "care_site", "care_site_id")
+        next_site = self._first_id("care_site", "care_site_id")
         con.execute(f"""CREATE TABLE site_rows AS SELECT {next_site} + row_number() OVER (ORDER BY source_record) AS care_site_id, *
                         FROM sites WHERE kind IN ('Organization', 'Location')""")
         care_sites = _table_from_query(con, """SELECT care_site_id, name AS care_site_name,
             COALESCE(ods_code, left(source_record, 50)) AS care_site_source_value,
             kind AS place_of_service_source_value FROM site_rows""")
         self.rows["care_site"] += store.insert_arrow("care_site", care_sites)
+        self._used_ids("care_site", care_sites.num_rows)
         self._provenance("SELECT 'care_site', care_site_id, source_record, record_hash FROM site_rows")
-        next_provider = max_id(store, "provider", "provider_id")
+        next_provider = self._first_id("provider", "provider_id")
         con.execute(f"""CREATE TABLE provider_rows AS SELECT {next_provider} + row_number() OVER (ORDER BY source_record) AS provider_id, *
                         FROM sites WHERE kind = 'Practitioner'""")
         providers = _table_from_query(con, """SELECT provider_id, left(source_record, 50) AS provider_source_value
                                               FROM provider_rows""")
         self.rows["provider"] += store.insert_arrow("provider", providers)
+        self._used_ids("provider", providers.num_rows)
         self._provenance("SELECT 'provider', provider_id, source_record, record_hash FROM provider_rows")
         self.register("old_sites", self._earlier_rows("care_site", "site_record"))
         # events, routed by the standard concept's domain (else by the reader's default)
@@ -584,6 +606,8 @@ class _Load:
             SELECT cdm_table, row_id, ? AS org, ? AS extract, source_record, record_hash, {load_id} AS load_id
             FROM prov_rows""", [self.org, extract])
         store.insert_arrow("mercia_provenance", prov)
+        store.insert_arrow(LOADED_RECORDS, _table_from_query(
+            con, "SELECT DISTINCT source_record, record_hash FROM prov_rows"))
 
     def _earlier_rows(self, cdm_table: str, reference: str) -> pa.Table:
         """(source_record, row_id) of the ``cdm_table`` rows this organisation loaded before, for the
@@ -608,7 +632,7 @@ class _Load:
         (the sort stays within each record and carries no text; codes and units are looked up once each)."""
         if not self.con.execute("SELECT count(*) FROM (SELECT 1 FROM staged_values LIMIT 1)").fetchall()[0][0]:
             return
-        start = max_id(self.store, "measurement", "measurement_id")
+        start = self._first_id("measurement", "measurement_id")
         self.con.execute("""CREATE TABLE value_anchors AS
             SELECT a.record, a.source_record, a.record_hash, a.person_id, a.start_date, a.start_datetime,
                    n.value_count, CAST(COALESCE(sum(n.value_count) OVER (
@@ -616,7 +640,11 @@ class _Load:
                        AS values_before
             FROM (SELECT DISTINCT ON (record) * FROM events) a
             JOIN (SELECT record, count(*) AS value_count FROM staged_values GROUP BY record) n USING (record)""")
-        columns = _domain_columns("Measurement", self.options.type_concept_id or TYPE_CONCEPTS.get(self.reader, EHR_TYPE))
+        # a staged value is a number the reader already typed: its text here would be DuckDB's rendering of
+        # value_as_number, not the source's, and writing it was a sixth of a large NMR load's CPU
+        columns = {**_domain_columns("Measurement", self.options.type_concept_id or TYPE_CONCEPTS.get(self.reader,
+                                                                                                   EHR_TYPE)),
+                   "value_source_value": "NULL::VARCHAR"}
         select = ", ".join(f"{expr} AS {quote(col)}" for col, expr in columns.items())
         self.con.execute("""CREATE TABLE value_codes AS
             SELECT k.vocabulary, k.code, k.unit, dense_rank() OVER (ORDER BY k.code) AS code_order,
@@ -638,6 +666,7 @@ class _Load:
                 JOIN value_codes k ON k.vocabulary = v.vocabulary AND k.code = v.code
                                   AND k.unit IS NOT DISTINCT FROM v.unit)""")
         self.rows["measurement"] += self.store.insert_arrow("measurement", rows)
+        self._used_ids("measurement", rows.num_rows)
         del rows
         # a record's values have consecutive ids: its provenance rows come from the record alone
         self.store.insert_arrow("mercia_provenance", _table_from_query(self.con, f"""
@@ -647,7 +676,7 @@ class _Load:
             FROM value_anchors""", [self.org, extract]))
 
     def _insert_registrations(self) -> None:
-        start = max_id(self.store, "mercia_registration", "registration_id")
+        start = self._first_id("mercia_registration", "registration_id")
         self.con.execute(f"""CREATE TABLE registration_rows AS
             SELECT {start} + row_number() OVER (ORDER BY source_record) AS registration_id, person_id,
                    ? AS org, start_date, end_date, source_record, record_hash
@@ -655,6 +684,7 @@ class _Load:
         rows = _table_from_query(self.con, """SELECT registration_id, person_id, org, start_date, end_date
                                               FROM registration_rows""")
         self.rows["registration"] += self.store.insert_arrow("mercia_registration", rows)
+        self._used_ids("mercia_registration", rows.num_rows)
         self._provenance("SELECT 'mercia_registration', registration_id, source_record, record_hash "
                          "FROM registration_rows")
 
@@ -665,13 +695,14 @@ class _Load:
         self.reject(_table_from_query(self.con, "SELECT DISTINCT source_record, line FROM billed WHERE "
                                                 "visit_occurrence_id IS NULL"),
                     "item.encounter", "the billed Encounter is not loaded: a cost row belongs to a visit")
-        start = max_id(self.store, "cost", "cost_id")
+        start = self._first_id("cost", "cost_id")
         self.con.execute(f"""CREATE TABLE cost_rows AS SELECT {start} + row_number() OVER (ORDER BY source_record)
                              AS cost_id, * FROM billed WHERE visit_occurrence_id IS NOT NULL""")
         rows = _table_from_query(self.con, f"""SELECT cost_id, visit_occurrence_id AS cost_event_id,
             'Visit' AS cost_domain_id, {CLAIM_TYPE} AS cost_type_concept_id, value_as_concept_id AS currency_concept_id,
             value_number AS total_charge, paid_by_payer, paid_by_patient FROM cost_rows""")
         self.rows["cost"] += self.store.insert_arrow("cost", rows)
+        self._used_ids("cost", rows.num_rows)
         self._provenance("SELECT 'cost', cost_id, source_record, record_hash FROM cost_rows UNION ALL "
                          "SELECT 'cost', cost_id, also_source_record, record_hash FROM cost_rows "
                          "WHERE also_source_record IS NOT NULL")
@@ -681,7 +712,7 @@ class _Load:
         if variants is None or variants.num_rows == 0:
             return
         self.register("staged_variants", variants)
-        start = max_id(self.store, "variant_occurrence", "variant_occurrence_id")
+        start = self._first_id("variant_occurrence", "variant_occurrence_id")
         self.con.execute(f"""CREATE TABLE variant_rows AS
             SELECT {start} + row_number() OVER (ORDER BY m.row_id) AS variant_occurrence_id, m.person_id,
                    m.row_id AS measurement_id, v.assembly AS reference_sequence, v.chrom AS chromosome,
@@ -691,6 +722,7 @@ class _Load:
             FROM staged_variants v JOIN measurement_rows m ON m.record = v.record AND m.qualifier = v.key""")
         rows = _table_from_query(self.con, "SELECT * EXCLUDE (source_record, record_hash) FROM variant_rows")
         self.rows["variant_occurrence"] += self.store.insert_arrow("variant_occurrence", rows)
+        self._used_ids("variant_occurrence", rows.num_rows)
         self._provenance("SELECT 'variant_occurrence', variant_occurrence_id, source_record, record_hash "
                          "FROM variant_rows")
 
@@ -699,7 +731,7 @@ class _Load:
         provenance, and ``domain_rows`` left for the caller (visit ids; measurements for variants)."""
         table = DOMAIN_TABLE[domain]
         pk = f"{table}_id"
-        start = max_id(self.store, table, pk)
+        start = self._first_id(table, pk)
         # ids numbered over the sort keys and the row's position only: sorting whole routed rows (every
         # column carried through the sort) was most of a large load's time (docs/metabolomics.md)
         numbered = f"""SELECT n.row_id, r.* FROM (
@@ -722,6 +754,7 @@ class _Load:
             self.con.execute("CREATE TABLE measurement_rows AS SELECT row_id, person_id, record, qualifier, source_record, "
                              "record_hash FROM domain_rows")
         self.rows[table] += self.store.insert_arrow(table, rows)
+        self._used_ids(table, rows.num_rows)
         del rows
         self._provenance(f"""SELECT '{table}', row_id, source_record, record_hash FROM domain_rows
             UNION ALL SELECT '{table}', row_id, also_source_record, record_hash FROM domain_rows
@@ -829,12 +862,16 @@ def load_staged(store: Store, staged: Staged | Iterable[Staged], org: str, reade
     ensure_extension_tables(store)
     chunks = [staged] if isinstance(staged, Staged) else staged
     parts: list[LoadSummary] = []
+    last_ids: dict[str, int] = {}  # per table, the last id this load used (``_Load._first_id``)
     with store.bulk_writes(LOAD_MEMORY_LIMIT), store.transaction():
         load_id = int(store.query_one("SELECT COALESCE(max(load_id), 0) FROM mercia_load") or 0) + 1
+        store.execute(f"DROP TABLE IF EXISTS {LOADED_RECORDS}")
+        store.execute(f"CREATE TEMP TABLE {LOADED_RECORDS} (source_record VARCHAR, record_hash VARCHAR)")
         for chunk in chunks:
             if not parts:
                 store.execute("DELETE FROM mercia_reject WHERE org = ? AND extract = ?", [org, chunk.extract])
-            parts.append(_load_chunk(store, chunk, org, reader, options, load_id))
+            parts.append(_load_chunk(store, chunk, org, reader, options, load_id, last_ids))
+        store.execute(f"DROP TABLE {LOADED_RECORDS}")
         if not parts:
             raise LoadError("the reader produced nothing to load")
         summary = _combined(parts)
@@ -863,9 +900,9 @@ def _combined(parts: list[LoadSummary]) -> LoadSummary:
 
 
 def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: LoadOptions,
-                load_id: int) -> LoadSummary:
+                load_id: int, last_ids: dict[str, int]) -> LoadSummary:
     """One chunk's whole path (inside the load's transaction): its counts, rejects written."""
-    job = _Load(store, staged, org, reader, options)
+    job = _Load(store, staged, org, reader, options, load_id, last_ids)
     job.pseudonymise_records()
     job.choose_versions()
     persons = job.prepare_persons()

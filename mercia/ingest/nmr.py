@@ -241,12 +241,15 @@ class NmrReader:
                 by_instance.setdefault(instance, []).append((col, name))
             parts = []
             for instance, pairs in by_instance.items():
-                mapping = " ".join(f"WHEN {_literal(col)} THEN {_literal(name)}" for col, name in pairs)
-                parts.append(f"""SELECT {sample(instance)} AS sample_id, __line AS line, CASE __col {mapping} END AS name,
-                                        {value_name}, __col FROM (UNPIVOT (SELECT {ident}, __line,
+                # each cell's name by a hash join on its column (a CASE over ~250 columns compared each cell
+                # with every column name before its own)
+                names = ", ".join(f"({_literal(col)}, {_literal(name)})" for col, name in pairs)
+                parts.append(f"""SELECT {sample(instance)} AS sample_id, __line AS line, n.name, {value_name}, __col
+                                 FROM (UNPIVOT (SELECT {ident}, __line,
                                             {", ".join(f"{cast.format(quote_name(c))} AS {quote_name(c)}" for c, _ in pairs)}
                                             FROM wide)
-                                        ON {", ".join(quote_name(c) for c, _ in pairs)} INTO NAME __col VALUE {value_name})""")
+                                       ON {", ".join(quote_name(c) for c, _ in pairs)} INTO NAME __col VALUE {value_name})
+                                 JOIN (VALUES {names}) n(col, name) ON n.col = __col""")
             return " UNION ALL ".join(parts)
 
         # typed as it is unpivoted: a cell that is not a number gives no value; only the columns holding

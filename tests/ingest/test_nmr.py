@@ -461,3 +461,33 @@ def test_failure_in_a_later_chunk_leaves_nothing_and_resend_adds_nothing(store, 
     again = load_staged(store, read_nmr_chunks(wide, manifest, chunk_samples=15), "NMR01", "nmr", options)
     assert first.loaded == 80 and again.unchanged == 80 and again.rows.get("measurement", 0) == 0
     assert snapshot(store) == loaded
+
+
+def test_a_sample_again_in_a_later_chunk_is_unchanged_or_a_corrected_resend(store, options, study):
+    """A chunk finds the records earlier chunks of its own load wrote (the load's record list, not a
+    read of its provenance): the same sample again changes nothing, a changed one replaces them."""
+    from mercia.ingest.load import load_staged
+    from mercia.ingest.nmr import read_nmr_chunks
+    from mercia.vocab.metabolites import ensure_local_concepts
+
+    def repeat_two_samples(rows):
+        glucose = rows[0].index("Glucose")
+        corrected = list(rows[2])
+        corrected[glucose] = str(float(corrected[glucose]) + 1.0)
+        rows.extend([list(rows[1]), corrected])
+    _rewrite(study / "nmr_wide.csv", repeat_two_samples)
+    wide, manifest = study / "nmr_wide.csv", study / "manifest.csv"
+    chunks = list(read_nmr_chunks(wide, manifest, chunk_samples=14))
+    assert len(chunks) == 3  # samples 1 and 2 in the first chunk, again in the last
+    for chunk in chunks:
+        ensure_local_concepts(store, chunk.codes())
+    summary = load_staged(store, chunks, "NMR01", "nmr", options)
+    assert (summary.unchanged, summary.changed) == (1, 1)
+    assert store.query_one("SELECT count(*) FROM measurement") == 40 * 249
+    assert store.query_one("SELECT count(*) FROM specimen") == 40
+    with wide.open() as handle:
+        rows = list(csv.reader(handle))
+    glucose = rows[0].index("Glucose")
+    values = [v for (v,) in store.query("SELECT value_as_number FROM measurement "
+                                        "WHERE measurement_source_value = 'Glucose'")]
+    assert len(values) == 40 and float(rows[-1][glucose]) in values and float(rows[2][glucose]) not in values
