@@ -96,6 +96,13 @@ def as_double(store: Store, value: str) -> str:
 
 
 
+def in_list_parameter(store: Store, value: str) -> str:
+    """A condition: ``value`` is one of the items of a list bound to the one ``?`` it holds (``= ANY(?)`` on
+    DuckDB and PostgreSQL; Spark binds a list as an array and has no ``ANY`` over it: ``array_contains``)."""
+    rendered = _render(_parse(value).copy(), store)
+    return f"array_contains(?, {rendered})" if store.dialect == "spark" else f"{rendered} = ANY(?)"
+
+
 def ordered_rows_md5(store: Store, columns: Sequence[str]) -> str:
     """An aggregate: the MD5 (hex) of ``columns``' values as text, comma-separated, one line per row in
     ascending order (NULL when no row), computed by the engine, so equal row sets give equal digests

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from mercia.cdm.dialect import in_list_parameter
 from mercia.cohorts import resolve_concept_set
 from mercia.cohorts.model import ConceptSetExpression
 from mercia.governance import Project, User
@@ -32,7 +33,8 @@ def _concept_rows(state: MerciaState, ids: list[int]) -> dict[int, dict[str, Any
     if not ids:
         return {}
     with state.lock:
-        rows = state.store.query(f"SELECT {', '.join(_CONCEPT_COLUMNS)} FROM concept WHERE concept_id = ANY(?)",
+        rows = state.store.query(f"SELECT {', '.join(_CONCEPT_COLUMNS)} FROM concept WHERE "
+                                 f"{in_list_parameter(state.store, 'concept_id')}",
                                  [sorted(set(ids))])
     return {int(r[0]): dict(zip(_CONCEPT_COLUMNS, r)) for r in rows}
 

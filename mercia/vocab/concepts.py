@@ -29,6 +29,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from mercia.cdm.dialect import in_list_parameter
 from mercia.cdm.store import LIKE_ESCAPE, Store, StoreError, like_escape
 
 SEARCH_TABLE = "mercia_concept_search"
@@ -196,7 +197,7 @@ def _inside_words(store: Store, ranked, words: list[str], all_words: str, word_p
     narrow = f"word_id IN (SELECT word_id FROM {WORDS_TABLE} WHERE word LIKE ? {LIKE_ESCAPE})"
     params: list[Any] = ["%" + like_escape(rarest) + "%"]
     if found:
-        narrow += " AND NOT (concept_id = ANY(?))"
+        narrow += f" AND NOT ({in_list_parameter(store, 'concept_id')})"
         params.append(found)
     if len(words) > 1:
         return ranked(SEARCH_TABLE, narrow, params, f"({all_words})", word_params, n)
@@ -214,7 +215,8 @@ def _describe(store: Store, hits: list[tuple[int, int]]) -> list[dict[str, Any]]
     if not hits:
         return []
     rows = store.query("SELECT concept_id, concept_name, vocabulary_id, concept_code, concept_class_id, domain_id, "
-                       "standard_concept FROM concept WHERE concept_id = ANY(?)", [[h[0] for h in hits]])
+                       f"standard_concept FROM concept WHERE {in_list_parameter(store, 'concept_id')}",
+                       [[h[0] for h in hits]])
     by_id = {r[0]: r for r in rows}
     keys = ["concept_id", "concept_name", "vocabulary_id", "concept_code", "concept_class_id", "domain_id",
             "standard_concept"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from mercia.cdm.dialect import in_list_parameter
 from mercia.cdm.persons import EVENT_DATES
 from mercia.cdm.store import Store
 
@@ -21,7 +22,7 @@ def record_counts(store: Store, concept_ids: Iterable[int],
     if not ids or not chosen:
         return {}
     events = " UNION ALL ".join(f"SELECT {EVENT_CONCEPTS[t]} AS concept_id, person_id FROM {t} "
-                                f"WHERE {EVENT_CONCEPTS[t]} = ANY(?)" for t in chosen)
+                                f"WHERE {in_list_parameter(store, EVENT_CONCEPTS[t])}" for t in chosen)
     rows = store.query(f"SELECT concept_id, COUNT(*), COUNT(DISTINCT person_id) FROM ({events}) e GROUP BY concept_id",
                        [ids] * len(chosen))
     return {int(c): (int(r), int(p)) for c, r, p in rows}

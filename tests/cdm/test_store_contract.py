@@ -16,7 +16,8 @@ import pyarrow as pa
 import pytest
 
 from mercia.cdm import Store, StoreError
-from mercia.cdm.dialect import TemporaryTable, add_days, as_double, as_text, days_between, ordered_rows_md5
+from mercia.cdm.dialect import (TemporaryTable, add_days, as_double, as_text, days_between, in_list_parameter,
+                                ordered_rows_md5)
 from mercia.cdm.schema import Column, Table
 from mercia.cdm.store import connect
 from tests.conftest import drop_store, open_store
@@ -312,6 +313,15 @@ def test_rows_digested_by_the_engine_are_equal_on_every_engine(cstore):
     assert digest == hashlib.md5("\n".join(f"{day:%Y-%m-%d},{i}" for day, i in lines).encode()).hexdigest()
     assert cstore.query_one(f"SELECT {ordered_rows_md5(cstore, ['id'])} FROM contract_digest WHERE id < 0") is None
     cstore.drop_temp_table("contract_digest")
+
+
+def test_a_list_parameter_matches_any_of_its_items_on_every_engine(cstore):
+    """``in_list_parameter``: one ``?`` bound to a Python list (Spark has no ``= ANY`` over an array)."""
+    cstore.insert_arrow(SAMPLE.name, sample_rows(6))
+    chosen = f"SELECT id FROM {SAMPLE.name} WHERE {in_list_parameter(cstore, 'id')} ORDER BY id"
+    assert cstore.query(chosen, [[5, 2, 99]]) == [(2,), (5,)]
+    others = f"SELECT id FROM {SAMPLE.name} WHERE NOT ({in_list_parameter(cstore, 'id')}) ORDER BY id"
+    assert cstore.query(others, [[1, 2, 3, 4, 5]]) == [(6,)]
 
 
 def test_date_arithmetic_and_casts_mean_the_same_on_every_engine(cstore):
