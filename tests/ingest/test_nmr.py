@@ -511,9 +511,9 @@ def test_a_second_load_at_once_waits_for_the_first_on_postgres(store, options, t
         pytest.skip("two sessions writing one store at once: PostgreSQL")
     loads = []
     for n in (1, 2):
-        write_nmr_study(tmp_path / f"nmr{n}", 6, seed=n)
-        loads.append(list(read_nmr_chunks(tmp_path / f"nmr{n}" / "nmr_wide.csv", tmp_path / f"nmr{n}" / "manifest.csv",
-                                          chunk_samples=3)))
+        folder = tmp_path / f"nmr{n}"
+        write_nmr_study(folder, 6, seed=n)
+        loads.append(list(read_nmr_chunks(folder / "nmr_wide.csv", folder / "manifest.csv", chunk_samples=3)))
         for chunk in loads[-1]:
             ensure_local_concepts(store, chunk.codes())
     ensure_extension_tables(store)
@@ -532,4 +532,5 @@ def test_a_second_load_at_once_waits_for_the_first_on_postgres(store, options, t
         other.close()
     assert second and second[0].load_id == first.load_id + 1
     assert store.query("SELECT measurement_id FROM measurement GROUP BY 1 HAVING count(*) > 1") == []
-    assert store.query_one("SELECT count(*) FROM measurement") == first.rows["measurement"] + second[0].rows["measurement"]
+    written = first.rows["measurement"] + second[0].rows["measurement"]
+    assert store.query_one("SELECT count(*) FROM measurement") == written
