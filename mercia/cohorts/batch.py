@@ -215,6 +215,8 @@ def run_batch(store: Store, definitions: Sequence[tuple[int, m.CohortExpression]
     (the shared set-up and the writes of all cohorts are not spread over them)."""
     if len({cid for cid, _ in definitions}) != len(definitions):
         raise ValueError("a batch names a cohort id twice")
+    if not definitions:
+        return []
     ensure_result_tables(store)
     with collection_paused():
         setup, scripts, writes, cleanup = BatchPlan(definitions).statements(store.dialect)

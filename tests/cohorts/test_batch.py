@@ -151,3 +151,7 @@ def test_a_batch_gives_the_rows_and_attrition_of_one_at_a_time(gibleed_engine, r
         assert (gibleed_engine.query(rows, [result.cohort_id]), result.summary() | {"seconds": 0}) == alone[
             result.cohort_id
         ]
+
+
+def test_an_empty_batch_writes_nothing(store):
+    assert run_batch(store, []) == []
