@@ -1068,16 +1068,15 @@ def clear_statements(cohort_ids: list[int], dialect: str) -> list[str]:
     ]
 
 
-def plan_statements(plan: CohortPlan, dialect: str, clear: bool = True) -> list[str]:
+def plan_statements(plan: CohortPlan, dialect: str) -> list[str]:
     """The SQL script of a built (possibly rewritten) plan on ``dialect``; steps read once are
-    inlined first (``inline_single_reads``).  ``clear``: first delete the cohort's earlier rows from
-    every table a cohort writes, also those this plan leaves empty (off when the caller has cleared them)."""
+    inlined first (``inline_single_reads``).  The cohort's earlier rows are deleted first from every
+    table a cohort writes, also those this plan leaves empty."""
     inline_single_reads(plan)
     statements: list[str] = []
     for name, query in plan.steps:
         statements += materialise(name, query, dialect)
-    if clear:
-        statements += clear_statements([plan.cohort_id], dialect)
+    statements += clear_statements([plan.cohort_id], dialect)
     statements += write_statements([plan], dialect)
     for name, _ in reversed(plan.steps):
         statements.append(render(drop_table(name), dialect))
