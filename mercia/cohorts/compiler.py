@@ -104,6 +104,10 @@ class CohortPlan:
     def temp(self, name: str) -> str:
         return f"{PREFIX}{name}"
 
+    def queries(self) -> list[exp.Query]:
+        """Every query of the plan: its steps', then the rows' and the attrition's."""
+        return [q for _, q in self.steps] + [self.cohort_rows, *self.attrition.values()]
+
 
 def _eq(a: exp.Expression, b: exp.Expression) -> exp.EQ:
     return exp.EQ(this=a, expression=b)
@@ -1045,7 +1049,7 @@ def inline_single_reads(plan: CohortPlan) -> CohortPlan:
     rows whose exact size lets the engine push their concepts into the domain scan (inlined, the
     smallest cohorts took up to a third more CPU on DuckDB)."""
     reads: dict[str, list[exp.Table]] = {}
-    for node in tables_in(*[q for _, q in plan.steps], plan.cohort_rows, *plan.attrition.values()):
+    for node in tables_in(*plan.queries()):
         reads.setdefault(node.name, []).append(node)
     kept: list[tuple[str, exp.Query]] = []
     for name, query in plan.steps:

@@ -81,7 +81,7 @@ def test_drug_persistence_reads_only_pre_filtered_drug_exposures(reference_dir):
     batch = BatchPlan(_definitions(reference_dir, [1187, 1073]))
     assert "mercia_batch_drug_exposure" in dict(batch.shared)
     for plan in batch.plans:
-        script = " ".join(q.sql() for q in BatchPlan._queries(plan))
+        script = " ".join(q.sql() for q in plan.queries())
         assert " drug_exposure " not in script.replace("mercia_batch_drug_exposure", "")
 
 
