@@ -79,7 +79,7 @@ class BatchPlan:
     def _filter_domain_tables(self) -> None:
         columns: dict[str, set[str]] = {}
         unfiltered: set[str] = set()
-        reads = [tables_in(*self._queries(plan)) for plan in self.plans]
+        reads = [tables_in(*plan.queries()) for plan in self.plans]
         for nodes in reads:
             for node in nodes:
                 name = node.name
@@ -114,10 +114,6 @@ class BatchPlan:
                 if node.name in renamed:
                     node.set("this", exp.to_identifier(renamed[node.name]))
 
-    @staticmethod
-    def _queries(plan: CohortPlan) -> list[exp.Expression]:
-        return [q for _, q in plan.steps] + [plan.cohort_rows, *plan.attrition.values()]
-
     def statements(self, dialect: str) -> tuple[list[str], list[list[str]], list[str], list[str]]:
         """(shared set-up, each cohort's steps, the writes of every cohort, clean-up) on ``dialect``.
         The set-up also clears every cohort's earlier rows, table by table; each cohort's steps are
@@ -139,7 +135,7 @@ class BatchPlan:
 def _name_steps_apart(plan: CohortPlan, n: int) -> None:
     """Rename the plan's steps to ``<step>_<n>`` (and every read of them)."""
     renamed = {name: f"{name}_{n}" for name, _ in plan.steps}
-    for node in tables_in(*BatchPlan._queries(plan)):
+    for node in tables_in(*plan.queries()):
         if node.name in renamed:
             node.set("this", exp.to_identifier(renamed[node.name]))
     plan.steps = [(renamed[name], query) for name, query in plan.steps]
@@ -215,6 +211,8 @@ def run_batch(store: Store, definitions: Sequence[tuple[int, m.CohortExpression]
     (the shared set-up and the writes of all cohorts are not spread over them)."""
     if len({cid for cid, _ in definitions}) != len(definitions):
         raise ValueError("a batch names a cohort id twice")
+    if not definitions:
+        return []
     ensure_result_tables(store)
     with collection_paused():
         setup, scripts, writes, cleanup = BatchPlan(definitions).statements(store.dialect)

@@ -104,6 +104,10 @@ class CohortPlan:
     def temp(self, name: str) -> str:
         return f"{PREFIX}{name}"
 
+    def queries(self) -> list[exp.Query]:
+        """Every query of the plan: its steps', then the rows' and the attrition's."""
+        return [q for _, q in self.steps] + [self.cohort_rows, *self.attrition.values()]
+
 
 def _eq(a: exp.Expression, b: exp.Expression) -> exp.EQ:
     return exp.EQ(this=a, expression=b)
@@ -1045,7 +1049,7 @@ def inline_single_reads(plan: CohortPlan) -> CohortPlan:
     rows whose exact size lets the engine push their concepts into the domain scan (inlined, the
     smallest cohorts took up to a third more CPU on DuckDB)."""
     reads: dict[str, list[exp.Table]] = {}
-    for node in tables_in(*[q for _, q in plan.steps], plan.cohort_rows, *plan.attrition.values()):
+    for node in tables_in(*plan.queries()):
         reads.setdefault(node.name, []).append(node)
     kept: list[tuple[str, exp.Query]] = []
     for name, query in plan.steps:
@@ -1068,16 +1072,15 @@ def clear_statements(cohort_ids: list[int], dialect: str) -> list[str]:
     ]
 
 
-def plan_statements(plan: CohortPlan, dialect: str, clear: bool = True) -> list[str]:
+def plan_statements(plan: CohortPlan, dialect: str) -> list[str]:
     """The SQL script of a built (possibly rewritten) plan on ``dialect``; steps read once are
-    inlined first (``inline_single_reads``).  ``clear``: first delete the cohort's earlier rows from
-    every table a cohort writes, also those this plan leaves empty (off when the caller has cleared them)."""
+    inlined first (``inline_single_reads``).  The cohort's earlier rows are deleted first from every
+    table a cohort writes, also those this plan leaves empty."""
     inline_single_reads(plan)
     statements: list[str] = []
     for name, query in plan.steps:
         statements += materialise(name, query, dialect)
-    if clear:
-        statements += clear_statements([plan.cohort_id], dialect)
+    statements += clear_statements([plan.cohort_id], dialect)
     statements += write_statements([plan], dialect)
     for name, _ in reversed(plan.steps):
         statements.append(render(drop_table(name), dialect))

@@ -81,7 +81,7 @@ def test_drug_persistence_reads_only_pre_filtered_drug_exposures(reference_dir):
     batch = BatchPlan(_definitions(reference_dir, [1187, 1073]))
     assert "mercia_batch_drug_exposure" in dict(batch.shared)
     for plan in batch.plans:
-        script = " ".join(q.sql() for q in BatchPlan._queries(plan))
+        script = " ".join(q.sql() for q in plan.queries())
         assert " drug_exposure " not in script.replace("mercia_batch_drug_exposure", "")
 
 
@@ -151,3 +151,7 @@ def test_a_batch_gives_the_rows_and_attrition_of_one_at_a_time(gibleed_engine, r
         assert (gibleed_engine.query(rows, [result.cohort_id]), result.summary() | {"seconds": 0}) == alone[
             result.cohort_id
         ]
+
+
+def test_an_empty_batch_writes_nothing(store):
+    assert run_batch(store, []) == []

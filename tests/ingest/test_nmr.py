@@ -491,3 +491,46 @@ def test_a_sample_again_in_a_later_chunk_is_unchanged_or_a_corrected_resend(stor
     values = [v for (v,) in store.query("SELECT value_as_number FROM measurement "
                                         "WHERE measurement_source_value = 'Glucose'")]
     assert len(values) == 40 and float(rows[-1][glucose]) in values and float(rows[2][glucose]) not in values
+
+
+@pytest.mark.slow
+def test_a_second_load_at_once_waits_for_the_first_on_postgres(store, options, tmp_path):
+    """A chunk looks records up among earlier loads by ``load_id <`` its own and numbers rows from the
+    tables' largest ids read once per load: both need loads on one store to take turns.  A second
+    session's load waits for the first's transaction, then takes the next load id and ids after its rows."""
+    import threading
+
+    from mercia.cdm import Store
+    from mercia.cdm.extensions import ensure_extension_tables
+    from mercia.ingest.load import load_staged
+    from mercia.ingest.nmr import read_nmr_chunks
+    from mercia.vocab.metabolites import ensure_local_concepts
+    from tests.conftest import postgres_url
+
+    if store.dialect != "postgres":
+        pytest.skip("two sessions writing one store at once: PostgreSQL")
+    loads = []
+    for n in (1, 2):
+        folder = tmp_path / f"nmr{n}"
+        write_nmr_study(folder, 6, seed=n)
+        loads.append(list(read_nmr_chunks(folder / "nmr_wide.csv", folder / "manifest.csv", chunk_samples=3)))
+        for chunk in loads[-1]:
+            ensure_local_concepts(store, chunk.codes())
+    ensure_extension_tables(store)
+    other = Store(postgres_url(), schema=store.schema)
+    second = []
+    try:
+        with store.transaction():
+            first = load_staged(store, loads[0], "NMR01", "nmr", options)
+            waiting = threading.Thread(target=lambda: second.append(load_staged(other, loads[1], "NMR02", "nmr",
+                                                                                options)))
+            waiting.start()
+            waiting.join(2)
+            assert waiting.is_alive()  # the second load waits for this transaction
+        waiting.join(120)
+    finally:
+        other.close()
+    assert second and second[0].load_id == first.load_id + 1
+    assert store.query("SELECT measurement_id FROM measurement GROUP BY 1 HAVING count(*) > 1") == []
+    written = first.rows["measurement"] + second[0].rows["measurement"]
+    assert store.query_one("SELECT count(*) FROM measurement") == written
