@@ -232,7 +232,8 @@ def clip_to_scope(state: MerciaState, cohort_id: int, project: Project) -> dict[
         where = "cohort_definition_id = ? AND (cohort_start_date < CAST(? AS DATE) OR cohort_start_date > CAST(? AS DATE))"
         params = [cohort_id, project.scope_start or "0001-01-01", project.scope_end or "9999-12-31"]
         removed = int(store.query_one(f"SELECT COUNT(*) FROM cohort WHERE {where}", params))
-        store.execute(f"DELETE FROM cohort WHERE {where}", params)
+        if removed:   # a DELETE asks again (on Spark a probe of the table, and a rewrite when any match)
+            store.execute(f"DELETE FROM cohort WHERE {where}", params)
     persons, entries = store.query("SELECT COUNT(DISTINCT subject_id), COUNT(*) FROM cohort "
                                    "WHERE cohort_definition_id = ?", [cohort_id])[0]
     return {"persons": int(persons), "entries": int(entries), "clipped_entries": removed,
