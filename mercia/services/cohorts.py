@@ -16,12 +16,12 @@ import orjson
 from mercia.cdm.dialect import as_text
 from mercia.cohorts import CohortDefinitionError, CohortExpression, CohortResult, run_cohort
 from mercia.cohorts.batch import run_batch
-from mercia.cohorts.registry import adopt_cohorts, claim_cohort_id, new_cohort_id
+from mercia.cohorts.registry import CohortIdTaken, adopt_cohorts, claim_cohort_id, new_cohort_id
 from mercia.cohorts.runner import ensure_result_tables
 from mercia.governance import Project, User
 from mercia.governance.db import now
 from mercia.privacy.disclosure import ColumnSpec, Kind, StatTable, get_policy
-from mercia.services.errors import Invalid, NotFound
+from mercia.services.errors import Conflict, Invalid, NotFound
 from mercia.services.scope import cohort_domains, require_domains
 from mercia.services.state import MerciaState
 
@@ -155,7 +155,8 @@ def _register_cohort(state: MerciaState, name: str, project_id: int, syntax: str
     (``mercia.cohorts.registry``).  The research store allocates it where it can, as for every other
     writer of ``cohort``; a Spark store cannot (no ``UPDATE … RETURNING``), so the state store
     allocates it there, above every id registered or written in the research store, and the
-    registry claims it."""
+    registry claims it; a writer that claimed the same id in between (``mercia cohort run``) is a
+    ``Conflict`` (409): nothing is saved, and trying again takes the next id."""
     if state.root_store.no_row_transactions is None:
         return new_cohort_id(state.store, name, made_by(project_id), syntax)
     with state.lock:
@@ -163,7 +164,11 @@ def _register_cohort(state: MerciaState, name: str, project_id: int, syntax: str
         in_use = state.store.query_one("SELECT GREATEST((SELECT COALESCE(MAX(cohort_definition_id), 0) FROM cohort), "
                                        "(SELECT COALESCE(MAX(cohort_definition_id), 0) FROM cohort_definition))")
         cohort_id = state.gov.db.next_id("mercia_cohort", start=int(in_use) + 1)
-        return claim_cohort_id(state.store, cohort_id, name, made_by(project_id), syntax)
+        try:
+            return claim_cohort_id(state.store, cohort_id, name, made_by(project_id), syntax)
+        except CohortIdTaken:
+            raise Conflict(f"another writer registered cohort id {cohort_id} in the research store while this "
+                           "cohort was being saved; nothing was saved, try again") from None
 
 
 def start_run(state: MerciaState, user: User, cohort_id: int) -> int:
@@ -227,7 +232,8 @@ def clip_to_scope(state: MerciaState, cohort_id: int, project: Project) -> dict[
         where = "cohort_definition_id = ? AND (cohort_start_date < CAST(? AS DATE) OR cohort_start_date > CAST(? AS DATE))"
         params = [cohort_id, project.scope_start or "0001-01-01", project.scope_end or "9999-12-31"]
         removed = int(store.query_one(f"SELECT COUNT(*) FROM cohort WHERE {where}", params))
-        store.execute(f"DELETE FROM cohort WHERE {where}", params)
+        if removed:   # a DELETE asks again (on Spark a probe of the table, and a rewrite when any match)
+            store.execute(f"DELETE FROM cohort WHERE {where}", params)
     persons, entries = store.query("SELECT COUNT(DISTINCT subject_id), COUNT(*) FROM cohort "
                                    "WHERE cohort_definition_id = ?", [cohort_id])[0]
     return {"persons": int(persons), "entries": int(entries), "clipped_entries": removed,
