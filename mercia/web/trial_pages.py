@@ -234,6 +234,7 @@ def _crf(request: Request):
     from mercia.trials.crf.service import CrfService
 
     state = state_of(request)
+    state.require_one_store("Electronic case report forms")   # they write OMOP rows beside the study's tables
     return state, CrfService(state.gov)
 
 

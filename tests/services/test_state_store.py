@@ -65,3 +65,12 @@ def test_a_cohort_id_claimed_by_another_writer_meanwhile_is_a_409_saving_nothing
     r = split.client.post("/api/v1/cohorts", headers=split.login("res"), json={
         "project_id": split.approved, "name": "GI bleed", "expression": circe()})
     assert r.status_code == 201, r.text
+
+
+def test_trials_and_case_report_forms_are_refused_with_the_reason(split):
+    """Trials and eCRFs keep their tables beside governance and write OMOP rows (a CRF field mapped to a
+    concept): on a server with a separate state store they say so (501) instead of writing to the wrong one."""
+    h = split.login("res")
+    for path in ("/api/v1/trials", "/api/v1/crf/studies/any/audit"):
+        r = split.client.get(path, headers=h)
+        assert r.status_code == 501 and "separate state store" in r.json()["detail"], (path, r.text)

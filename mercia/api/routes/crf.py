@@ -55,6 +55,7 @@ class QueryStep(Body):
 
 def _crf(request: Request) -> CrfService:
     state = state_of(request)
+    state.require_one_store("Electronic case report forms")   # they write OMOP rows beside the study's tables
     service = getattr(state, "crf_service", None)
     if service is None:
         service = state.crf_service = CrfService(state.gov)
