@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mercia.cdm import Store, quote
-from mercia.cohorts.compiler import RESULT_TABLES, compile_cohort, concept_sets_query, render
+from mercia.cohorts.compiler import RESULT_TABLES, compile_cohort, compile_cohort_rows, concept_sets_query, render
 from mercia.cohorts.model import CohortExpression, ConceptSetExpression
 
 
@@ -77,6 +79,18 @@ def run_cohort(store: Store, expr: CohortExpression, cohort_id: int) -> CohortRe
             store.execute(statement)
     seconds = time.perf_counter() - began
     return read_result(store, cohort_id, expr, seconds)
+
+
+@contextmanager
+def cohort_rows(store: Store, expr: CohortExpression, name: str) -> Iterator[str]:
+    """The cohort's rows (``cohort``'s columns, cohort id 0) in the temporary table ``name`` for the block,
+    which runs in the caller's transaction; nothing persisted is written (``compile_cohort_rows``).  The
+    table is dropped after the block; when the block fails it goes with the rolled-back transaction (a
+    statement in an aborted PostgreSQL transaction would hide the first error)."""
+    for statement in compile_cohort_rows(expr, name, store.dialect):
+        store.execute(statement)
+    yield name
+    store.drop_temp_table(name)
 
 
 def read_result(store: Store, cohort_id: int, expr: CohortExpression, seconds: float = 0.0) -> CohortResult:

@@ -28,7 +28,7 @@ from mercia.analytics.base import age_band_sql, concept_names, index_table_sql, 
 from mercia.cdm import Store, StoreError
 from mercia.cdm.dialect import as_text
 from mercia.cdm.extensions import ensure_extension_tables
-from mercia.cohorts.compiler import compile_cohort_rows
+from mercia.cohorts.runner import cohort_rows
 from mercia.federation.disclosure import federated_policy
 from mercia.federation.hub import _iso, _now, request_message
 from mercia.federation.hubapp import PREFIX
@@ -204,23 +204,21 @@ COHORT_ROWS = "mercia_fed_cohort"   # the question's cohort rows: a temporary ta
 def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> NodeResult:
     """Run the cohort on the local store; return the published counts and the salted tokens per cell.
     Runs in one transaction (the caller's, when it has one) and writes nothing persisted: the cohort's
-    rows go to a temporary table (``compile_cohort_rows``: the rows ``run_cohort`` would write, without
+    rows go to a temporary table (``cohort_rows``: the rows ``run_cohort`` would write, without
     attrition) dropped at the end, or with the transaction when a step fails."""
     query = task.query
     with store.transaction():
-        for statement in compile_cohort_rows(query.expression(), COHORT_ROWS, store.dialect):
-            store.execute(statement)
-        tokens = cohort_tokens(store, COHORT_ROWS, 0, task.salt)
-        if isinstance(query, FeasibilityQuery) and not query.strata:   # one cell: no index table needed
-            rows = tokens.append_column("cell", pa.repeat(pa.scalar("", pa.string()), tokens.num_rows))
-        elif tokens.num_rows:
-            with temp_table(store, index_table_sql(store, 0, COHORT_ROWS), "mercia_fed_idx") as idx:
-                cells = store.query_arrow(_cells_sql(store, query, idx))
-            rows = cells.select(["person_id", "cell"]).cast(
-                pa.schema([("person_id", pa.int64()), ("cell", pa.string())])).join(tokens, "person_id")
-        else:
-            rows = tokens.append_column("cell", pa.array([], pa.string()))
-        store.drop_temp_table(COHORT_ROWS)
+        with cohort_rows(store, query.expression(), COHORT_ROWS) as cohort:
+            tokens = cohort_tokens(store, cohort, 0, task.salt)
+            if isinstance(query, FeasibilityQuery) and not query.strata:   # one cell: no index table needed
+                rows = tokens.append_column("cell", pa.repeat(pa.scalar("", pa.string()), tokens.num_rows))
+            elif tokens.num_rows:
+                with temp_table(store, index_table_sql(store, 0, cohort), "mercia_fed_idx") as idx:
+                    cells = store.query_arrow(_cells_sql(store, query, idx))
+                rows = cells.select(["person_id", "cell"]).cast(
+                    pa.schema([("person_id", pa.int64()), ("cell", pa.string())])).join(tokens, "person_id")
+            else:
+                rows = tokens.append_column("cell", pa.array([], pa.string()))
         last_load, version = store.query(f"SELECT {as_text(store, 'max(loaded_at)')}, count(*) || ':' || "
                                          "COALESCE(max(load_id), 0) FROM mercia_load")[0]
     published = federated_policy(policy.disclosure or task.policy, policy.allow_raw)

@@ -83,15 +83,11 @@ def _count_persons(state: MerciaState, expression) -> int:
     """Count the people of the cohort's rows, put in a temporary table (``compile_cohort_rows``: the
     rows ``run_cohort`` would write, without attrition); nothing is written to the research store,
     so the count runs on every engine, Spark included."""
-    from mercia.cohorts.compiler import compile_cohort_rows
+    from mercia.cohorts.runner import cohort_rows
 
     store = state.store
-    with state.lock, store.transaction():
-        for statement in compile_cohort_rows(expression, QUICK_COUNT_ROWS, store.dialect):
-            store.execute(statement)
-        persons = store.query_one(f"SELECT COUNT(DISTINCT subject_id) FROM {QUICK_COUNT_ROWS}")
-        store.drop_temp_table(QUICK_COUNT_ROWS)
-    return int(persons)
+    with state.lock, store.transaction(), cohort_rows(store, expression, QUICK_COUNT_ROWS) as rows:
+        return int(store.query_one(f"SELECT COUNT(DISTINCT subject_id) FROM {rows}"))
 
 
 def _iso(moment: datetime) -> str:
