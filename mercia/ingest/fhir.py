@@ -330,6 +330,9 @@ WHOLE = (0, PIECE_UNITS)
 # its file on disk is stopped and the read fails (a hung worker must not hold the load forever).
 WORKER_BASE_SECONDS = 60.0
 WORKER_SECONDS_PER_MB = 30.0
+# What starts each answer of a reading worker on its stdout, before the answer's length (8 bytes): anything
+# else there (a stray write to the worker's stdout) fails the read at once instead of being taken for a length.
+WORKER_ANSWER = b"MERCIA\x00A"
 # Processes reading a load's files: ``MERCIA_INGEST_PROCESSES`` (1 reads in the load's own process), else one
 # per CPU with at least MIN_BYTES_PER_PROCESS of files each (starting a worker costs ~0.2 CPU-s of imports).
 PROCESSES_ENV = "MERCIA_INGEST_PROCESSES"
@@ -1018,14 +1021,20 @@ class _Worker:
                 self.sent = (unit, timeout, time.monotonic() + timeout)
                 stdin.write(orjson.dumps([unit[0], str(unit[1]), unit[2]]) + b"\n")
                 stdin.flush()
-                size = stdout.read(8)
-                if len(size) < 8:
+                header = stdout.read(len(WORKER_ANSWER) + 8)
+                if len(header) < len(WORKER_ANSWER) + 8:
                     raise EOFError("the worker ended without answering")
-                self.parts.append(pickle.loads(stdout.read(int.from_bytes(size, "little"))))  # our own child's
+                if not header.startswith(WORKER_ANSWER):
+                    raise EOFError(f"the worker wrote something other than an answer on its stdout: {header!r}")
+                size = int.from_bytes(header[len(WORKER_ANSWER):], "little")
+                answer = stdout.read(size)
+                if len(answer) < size:
+                    raise EOFError("the worker ended in the middle of an answer")
+                self.parts.append(pickle.loads(answer))  # our own child's
                 self.sent = None
             stdin.close()
-        except (OSError, EOFError) as exc:
-            self.broken = str(exc)
+        except Exception as exc:  # reported: ``result`` stops the worker and raises it with the worker's stderr
+            self.broken = f"{type(exc).__name__}: {exc}"
 
     def result(self) -> list[FileRead]:
         """Its ``FileRead``s once the queue is empty; a unit unanswered after WORKER_BASE_SECONDS plus
@@ -1045,7 +1054,7 @@ class _Worker:
         self.err_thread.join()
         if self.process.returncode != 0 or self.broken:
             raise RuntimeError(f"a FHIR reading worker failed (exit {self.process.returncode}): "
-                               f"{self.err.decode(errors='replace')[-2000:] or self.broken}")
+                               + "; ".join(filter(None, [self.broken, self.err.decode(errors="replace")[-2000:]])))
         return self.parts
 
 

@@ -117,6 +117,27 @@ def test_a_hung_worker_is_stopped(shared_data, tmp_path, monkeypatch):
     assert hung[0].wait(5) is not None  # killed, not left behind
 
 
+def test_a_worker_writing_something_else_on_stdout_fails_the_read_at_once(shared_data, tmp_path, monkeypatch):
+    """Output on a worker's stdout that is not an answer (a stray print) is never taken for an answer's length:
+    the read fails at once naming it, rather than waiting out the timeout or going on without the unit."""
+    folder = tmp_path / "export"
+    shutil.copytree(shared_data / "fhir/synthea_small/ndjson", folder)
+    workers = []
+
+    def start_stray_worker(header):
+        workers.append(subprocess.Popen([sys.executable, "-c", "import sys, time; sys.stdin.readline(); "
+                                         "print('Warning: a stray line'); sys.stdout.flush(); time.sleep(600)"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        return workers[-1]
+    monkeypatch.setattr(fhir, "_start_worker", start_stray_worker)
+    monkeypatch.setattr(fhir, "WORKER_BASE_SECONDS", 300.0)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="something other than an answer on its stdout: b'Warning: a stray"):
+        read_fhir(folder, processes=2)
+    assert time.monotonic() - started < 60
+    assert workers[0].wait(5) is not None  # stopped, not left behind
+
+
 def test_a_worker_writing_much_to_stderr_is_not_held_up(shared_data, tmp_path, monkeypatch):
     """A worker's stderr is read while it works: one writing more than a pipe holds (warnings) answers as usual."""
     folder = tmp_path / "export"
