@@ -213,23 +213,28 @@ def _primitive_check(shape: str) -> Check:
 
 
 def _datatype_check(name: str) -> Check:
-    fields_check: list[Check] = []  # compiled at first use: datatypes nest themselves (Extension, Item)
+    fields_check: Check | None = None  # compiled at first use: datatypes nest themselves (Extension, Item)
 
     def check(value):
-        if not isinstance(value, dict):
+        nonlocal fields_check
+        if type(value) is not dict:
             return "", f"expected a {name} object, got {_got(value)}"
-        if not fields_check:
-            fields_check.append(_fields_check(_DATATYPES[name]))
-        return fields_check[0](value)
+        if fields_check is None:
+            fields_check = _fields_check(_DATATYPES[name])
+        return fields_check(value)
     return check
 
 
 def _fields_check(fields: dict) -> Check:
     """Each element of ``fields`` present (absent or null, which FHIR forbids but feeds send, is not checked);
-    a string where a string belongs is accepted without a call."""
+    a string where a string belongs is accepted without a call.  An object with fewer members than
+    ``fields`` is walked by its members (most resources use a few of the elements checked); a problem
+    found that way is looked for again in ``fields`` order, so the one reported is always the first."""
     plan = tuple((name, str if shape == "str" else None, _checker(shape)) for name, shape in fields.items())
+    by_name = {name: (fast, element_check) for name, fast, element_check in plan}
+    size = len(plan)
 
-    def check(value):
+    def in_order(value):
         get = value.get
         for name, fast, element_check in plan:
             element = get(name)
@@ -238,6 +243,18 @@ def _fields_check(fields: dict) -> Check:
             problem = element_check(element)
             if problem:
                 return f".{name}{problem[0]}", problem[1]
+        return None
+
+    def check(value):
+        if len(value) >= size:
+            return in_order(value)
+        planned = by_name.get
+        for name, element in value.items():
+            entry = planned(name)
+            if entry is None or element is None or type(element) is entry[0]:
+                continue
+            if entry[1](element):
+                return in_order(value)
         return None
     return check
 
@@ -313,6 +330,9 @@ WHOLE = (0, PIECE_UNITS)
 # its file on disk is stopped and the read fails (a hung worker must not hold the load forever).
 WORKER_BASE_SECONDS = 60.0
 WORKER_SECONDS_PER_MB = 30.0
+# What starts each answer of a reading worker on its stdout, before the answer's length (8 bytes): anything
+# else there (a stray write to the worker's stdout) fails the read at once instead of being taken for a length.
+WORKER_ANSWER = b"MERCIA\x00A"
 # Processes reading a load's files: ``MERCIA_INGEST_PROCESSES`` (1 reads in the load's own process), else one
 # per CPU with at least MIN_BYTES_PER_PROCESS of files each (starting a worker costs ~0.2 CPU-s of imports).
 PROCESSES_ENV = "MERCIA_INGEST_PROCESSES"
@@ -1001,14 +1021,20 @@ class _Worker:
                 self.sent = (unit, timeout, time.monotonic() + timeout)
                 stdin.write(orjson.dumps([unit[0], str(unit[1]), unit[2]]) + b"\n")
                 stdin.flush()
-                size = stdout.read(8)
-                if len(size) < 8:
+                header = stdout.read(len(WORKER_ANSWER) + 8)
+                if len(header) < len(WORKER_ANSWER) + 8:
                     raise EOFError("the worker ended without answering")
-                self.parts.append(pickle.loads(stdout.read(int.from_bytes(size, "little"))))  # our own child's
+                if not header.startswith(WORKER_ANSWER):
+                    raise EOFError(f"the worker wrote something other than an answer on its stdout: {header!r}")
+                size = int.from_bytes(header[len(WORKER_ANSWER):], "little")
+                answer = stdout.read(size)
+                if len(answer) < size:
+                    raise EOFError("the worker ended in the middle of an answer")
+                self.parts.append(pickle.loads(answer))  # our own child's
                 self.sent = None
             stdin.close()
-        except (OSError, EOFError) as exc:
-            self.broken = str(exc)
+        except Exception as exc:  # reported: ``result`` stops the worker and raises it with the worker's stderr
+            self.broken = f"{type(exc).__name__}: {exc}"
 
     def result(self) -> list[FileRead]:
         """Its ``FileRead``s once the queue is empty; a unit unanswered after WORKER_BASE_SECONDS plus
@@ -1028,7 +1054,7 @@ class _Worker:
         self.err_thread.join()
         if self.process.returncode != 0 or self.broken:
             raise RuntimeError(f"a FHIR reading worker failed (exit {self.process.returncode}): "
-                               f"{self.err.decode(errors='replace')[-2000:] or self.broken}")
+                               + "; ".join(filter(None, [self.broken, self.err.decode(errors="replace")[-2000:]])))
         return self.parts
 
 

@@ -1,6 +1,7 @@
 """A FHIR reading worker: ``python -m mercia.ingest.fhir_worker`` reads, on stdin, a JSON header line
 (extract, extract date, number of resource files) and then one unit per line (file number, path, piece; see
-``fhir.read_files``); it answers each with its ``FileRead``, pickled on stdout after its length (8 bytes)."""
+``fhir.read_files``); it answers each with its ``FileRead``, pickled on stdout after ``fhir.WORKER_ANSWER``
+and its length (8 bytes)."""
 
 import pickle
 import sys
@@ -20,7 +21,7 @@ if __name__ == "__main__":
     sys.meta_path.insert(0, _WithoutPandas())
     import orjson
 
-    from mercia.ingest.fhir import read_files
+    from mercia.ingest.fhir import WORKER_ANSWER, read_files
 
     answer = sys.stdout.buffer
     sys.stdout = sys.stderr  # anything printed while reading goes to stderr, never into the pickled answers
@@ -29,5 +30,5 @@ if __name__ == "__main__":
         index, file, piece = orjson.loads(line)
         [part] = read_files(extract, extract_date, [(index, Path(file), tuple(piece))], resource_files)
         data = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
-        answer.write(len(data).to_bytes(8, "little") + data)
+        answer.write(WORKER_ANSWER + len(data).to_bytes(8, "little") + data)
         answer.flush()

@@ -200,14 +200,17 @@ class _Load:
                        false AS stored FROM versions WHERE last_updated IS NULL OR instant IS NOT NULL
                 UNION ALL
                 SELECT source_record, NULL, last_updated, version_id, -1, false, true FROM stored_versions),
+            several AS (SELECT source_record FROM candidates GROUP BY 1 HAVING count(*) > 1),
             effective AS (
                 SELECT *, COALESCE(instant, max(instant) OVER (PARTITION BY source_record ORDER BY seq
                                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) AS effective
-                FROM candidates)
+                FROM candidates SEMI JOIN several USING (source_record))
             SELECT *, row_number() OVER (PARTITION BY source_record ORDER BY effective DESC NULLS LAST,
                 undated DESC, TRY_CAST(version_id AS BIGINT) DESC NULLS LAST, version_id DESC NULLS LAST,
                 seq DESC) AS rank
-            FROM effective""")
+            FROM effective
+            UNION ALL  -- a record's only candidate is its newest, at its own instant (no sort needed)
+            SELECT *, instant, 1 FROM candidates ANTI JOIN several USING (source_record)""")
         losers = _table_from_query(con, """
             SELECT DISTINCT v.record, v.record_hash, v.source_record, v.line, COALESCE(w.stored, false) AS stale,
                    v.last_updated IS NOT NULL AND v.instant IS NULL AS bad_instant

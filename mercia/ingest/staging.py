@@ -96,8 +96,9 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 class Columns:
     """Rows staged by a reader, in order: one at a time (``add``, a dict of the fields given; readers give
     a third of them) or as whole Arrow tables (``add_table``); ``table`` is all of them in schema shape.
-    Rows added one at a time become Arrow in one ``Table.from_pylist`` per run of them (three times
-    cheaper than appending to a list per column and converting those)."""
+    Rows added one at a time become Arrow in one conversion of the dicts to a struct array per run of
+    them (Arrow's C++ converter reads the dicts: 2.6x cheaper than ``Table.from_pylist``, which builds a
+    Python list per column first, and three times cheaper than appending to a list per column)."""
 
     def __init__(self, schema: pa.Schema):
         self.schema = schema
@@ -119,10 +120,10 @@ class Columns:
 
     def _flush(self) -> None:
         if self._rows:
-            unknown = set().union(*self._rows) - set(self.schema.names)  # from_pylist would drop them silently
+            unknown = set().union(*self._rows) - set(self.schema.names)  # the conversion would drop them silently
             if unknown:
                 raise ValueError(f"staged fields not in the schema: {', '.join(sorted(unknown))}")
-            self._chunks.append(pa.Table.from_pylist(self._rows, schema=self.schema))
+            self._chunks.append(pa.Table.from_struct_array(pa.array(self._rows, pa.struct(self.schema))))
             self._rows = []
 
     @property

@@ -95,18 +95,24 @@ def test_a_failing_worker_fails_the_read(shared_data, tmp_path, monkeypatch):
         read_fhir(folder, processes=2)
 
 
-def test_a_hung_worker_is_stopped(shared_data, tmp_path, monkeypatch):
-    """A worker that takes a unit and never answers is killed after a time in proportion to the unit's file."""
+def _fake_workers(shared_data, tmp_path, monkeypatch, script: str):
+    """A copy of synthea_small, and reading workers replaced by ``script`` (the list fills as they start)."""
     folder = tmp_path / "export"
     shutil.copytree(shared_data / "fhir/synthea_small/ndjson", folder)
-    hung = []
+    workers = []
 
-    def start_hung_worker(header):
-        hung.append(subprocess.Popen([sys.executable, "-c", "import sys, time; sys.stdin.readline(); "
-                                      "sys.stdin.readline(); time.sleep(600)"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-        return hung[-1]
-    monkeypatch.setattr(fhir, "_start_worker", start_hung_worker)
+    def start_fake_worker(header):
+        workers.append(subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        return workers[-1]
+    monkeypatch.setattr(fhir, "_start_worker", start_fake_worker)
+    return folder, workers
+
+
+def test_a_hung_worker_is_stopped(shared_data, tmp_path, monkeypatch):
+    """A worker that takes a unit and never answers is killed after a time in proportion to the unit's file."""
+    folder, hung = _fake_workers(shared_data, tmp_path, monkeypatch,
+                                 "import sys, time; sys.stdin.readline(); sys.stdin.readline(); time.sleep(600)")
     monkeypatch.setattr(fhir, "WORKER_BASE_SECONDS", 0.5)
     monkeypatch.setattr(fhir, "WORKER_SECONDS_PER_MB", 1.0)
     started = time.monotonic()
@@ -115,6 +121,19 @@ def test_a_hung_worker_is_stopped(shared_data, tmp_path, monkeypatch):
         read_fhir(folder, processes=2)
     assert time.monotonic() - started < 60
     assert hung[0].wait(5) is not None  # killed, not left behind
+
+
+def test_a_worker_writing_something_else_on_stdout_fails_the_read_at_once(shared_data, tmp_path, monkeypatch):
+    """Output on a worker's stdout that is not an answer (a stray print) is never taken for an answer's length:
+    the read fails at once naming it, rather than waiting out the timeout or going on without the unit."""
+    folder, workers = _fake_workers(shared_data, tmp_path, monkeypatch, "import sys, time; sys.stdin.readline(); "
+                                    "print('Warning: a stray line'); sys.stdout.flush(); time.sleep(600)")
+    monkeypatch.setattr(fhir, "WORKER_BASE_SECONDS", 300.0)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="something other than an answer on its stdout: b'Warning: a stray"):
+        read_fhir(folder, processes=2)
+    assert time.monotonic() - started < 60
+    assert workers[0].wait(5) is not None  # stopped, not left behind
 
 
 def test_a_worker_writing_much_to_stderr_is_not_held_up(shared_data, tmp_path, monkeypatch):

@@ -64,6 +64,20 @@ def test_wrongly_shaped_fhir_lines_are_rejects_naming_record_and_field(tmp_path)
     assert staged.read == 10
 
 
+def test_of_two_wrongly_typed_elements_the_first_in_the_shape_is_named(tmp_path):
+    """A resource with few members is checked by walking its members; the element named is still the first
+    wrong one in the shape's order (subject comes before code), whatever order the JSON gives them in."""
+    _ndjson(tmp_path / "x.ndjson",
+            {"resourceType": "Observation", "id": "o1", "code": "8302-2", "subject": "Patient/p1"},
+            {"resourceType": "Observation", "id": "o2", "subject": "Patient/p1", "code": "8302-2"},
+            {"resourceType": "Observation", "id": "o3", "code": {"coding": [{"code": 8302}]},
+             "valueQuantity": {"value": "1.5"}})
+    rejects = _rejects(read_fhir(tmp_path / "x.ndjson"))
+    assert rejects["Observation/o1"] == ("subject", "expected a Reference object, got string")
+    assert rejects["Observation/o2"] == ("subject", "expected a Reference object, got string")
+    assert rejects["Observation/o3"] == ("code.coding[0].code", "expected a string, got number")
+
+
 def test_broken_bundle_entries_are_rejected_one_by_one(tmp_path):
     bundle = {"resourceType": "Bundle", "id": "b1", "entry": [
         1, {"resource": []}, {"fullUrl": ["x"], "resource": _patient("p9")}, {"resource": _patient("p1")}]}
