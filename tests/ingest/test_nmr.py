@@ -494,6 +494,7 @@ def test_a_sample_again_in_a_later_chunk_is_unchanged_or_a_corrected_resend(stor
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)   # one DuckDB file has one writing process
 def test_a_second_load_at_once_waits_for_the_first_on_postgres(store, options, tmp_path):
     """A chunk looks records up among earlier loads by ``load_id <`` its own and numbers rows from the
     tables' largest ids read once per load: both need loads on one store to take turns.  A second
@@ -507,8 +508,6 @@ def test_a_second_load_at_once_waits_for_the_first_on_postgres(store, options, t
     from mercia.vocab.metabolites import ensure_local_concepts
     from tests.conftest import postgres_url
 
-    if store.dialect != "postgres":
-        pytest.skip("two sessions writing one store at once: PostgreSQL")
     loads = []
     for n in (1, 2):
         folder = tmp_path / f"nmr{n}"
