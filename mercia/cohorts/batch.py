@@ -33,10 +33,9 @@ from mercia.cohorts.compiler import (
     clear_statements,
     collection_paused,
     concept_sets_query,
-    drop_table,
-    materialise,
+    drop_relations,
     inline_single_reads,
-    render,
+    materialise_steps,
     write_statements,
 )
 from mercia.cohorts.criteria import CODESETS, DOMAINS
@@ -119,17 +118,14 @@ class BatchPlan:
         The set-up also clears every cohort's earlier rows, table by table; each cohort's steps are
         named apart (``<step>_<n>``, the n-th cohort of the batch) and kept until the writes, which
         put every cohort's rows and attrition in with one INSERT per table."""
-        setup = [s for name, q in self.shared for s in materialise(name, q, dialect)]
-        setup += clear_statements([p.cohort_id for p in self.plans], dialect)
-        scripts, steps = [], []
+        setup = materialise_steps(self.shared, dialect) + clear_statements([p.cohort_id for p in self.plans], dialect)
+        scripts = []
         for n, plan in enumerate(self.plans):
             inline_single_reads(plan)
             _name_steps_apart(plan, n)
-            scripts.append([s for name, q in plan.steps for s in materialise(name, q, dialect)])
-            steps += [name for name, _ in plan.steps]
-        cleanup = [render(drop_table(name), dialect) for name in reversed(steps)]
-        cleanup += [render(drop_table(name), dialect) for name, _ in reversed(self.shared)]
-        return setup, scripts, write_statements(self.plans, dialect), cleanup
+            scripts.append(materialise_steps(plan.steps, dialect))
+        made = [name for name, _ in self.shared] + [name for plan in self.plans for name, _ in plan.steps]
+        return setup, scripts, write_statements(self.plans, dialect), drop_relations(made, dialect)
 
 
 def _name_steps_apart(plan: CohortPlan, n: int) -> None:

@@ -953,6 +953,16 @@ def materialise(name: str, query: exp.Query, dialect: str) -> list[str]:
     return [create]
 
 
+def materialise_steps(steps: list[tuple[str, exp.Query]], dialect: str) -> list[str]:
+    """Each named step made a temporary relation, in order (``materialise``)."""
+    return [s for name, query in steps for s in materialise(name, query, dialect)]
+
+
+def drop_relations(names: list[str], dialect: str) -> list[str]:
+    """Drop the named temporary relations, the last made first."""
+    return [render(drop_table(name), dialect) for name in reversed(names)]
+
+
 def drop_table(name: str) -> exp.Drop:
     return exp.Drop(tables=[table(name)], kind="TABLE", exists=True)
 
@@ -1021,9 +1031,8 @@ def compile_cohort_rows(expr: m.CohortExpression, into: str, dialect: str = "duc
         plan.attrition = {}
         _drop_unread_steps(plan)
         inline_single_reads(plan)
-        statements = [s for name, query in plan.steps for s in materialise(name, query, dialect)]
-        statements += materialise(into, plan.cohort_rows, dialect)
-        return statements + [render(drop_table(name), dialect) for name, _ in reversed(plan.steps)]
+        return (materialise_steps(plan.steps, dialect) + materialise(into, plan.cohort_rows, dialect)
+                + drop_relations([name for name, _ in plan.steps], dialect))
 
     return _cached_script(expr, into, dialect, build)
 
@@ -1077,14 +1086,8 @@ def plan_statements(plan: CohortPlan, dialect: str) -> list[str]:
     inlined first (``inline_single_reads``).  The cohort's earlier rows are deleted first from every
     table a cohort writes, also those this plan leaves empty."""
     inline_single_reads(plan)
-    statements: list[str] = []
-    for name, query in plan.steps:
-        statements += materialise(name, query, dialect)
-    statements += clear_statements([plan.cohort_id], dialect)
-    statements += write_statements([plan], dialect)
-    for name, _ in reversed(plan.steps):
-        statements.append(render(drop_table(name), dialect))
-    return statements
+    return (materialise_steps(plan.steps, dialect) + clear_statements([plan.cohort_id], dialect)
+            + write_statements([plan], dialect) + drop_relations([name for name, _ in plan.steps], dialect))
 
 
 def write_statements(plans: list[CohortPlan], dialect: str) -> list[str]:
