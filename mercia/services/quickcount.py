@@ -80,7 +80,7 @@ def quick_count(state: MerciaState, user: User, cohort: dict[str, Any]) -> dict[
 
 
 def _count_persons(state: MerciaState, expression) -> int:
-    """Count the people of the cohort's rows, put in a temporary table (``compile_cohort_rows``: the
+    """Count the people of the cohort's rows, put in a temporary table (``cohorts.runner.cohort_rows``: the
     rows ``run_cohort`` would write, without attrition); nothing is written to the research store,
     so the count runs on every engine, Spark included."""
     from mercia.cohorts.runner import cohort_rows

@@ -60,7 +60,7 @@ class MerciaState:
     @property
     def roots(self) -> tuple[Store, ...]:
         """Every root store, each once: a request or job binds a session on each."""
-        return (self.state_store,) if self.state_store is self.root_store else (self.state_store, self.root_store)
+        return (self.state_store, self.root_store) if self.separate_state else (self.state_store,)
 
     @property
     def separate_state(self) -> bool:
