@@ -63,8 +63,10 @@ def test_hub_and_node_processes(network, tmp_path):
 
         killed = network.nodes[0].org
         network.stop_process(killed)
+        # the deadline is all this question waits for (the stopped node never answers); the four others,
+        # warm after the first question, answer a small region within a second or two even on a loaded machine
         partial = ask(network, network.token, network.project_id, reference_cohort(), timeout=180,
-                      deadline_seconds=30)
+                      deadline_seconds=12)
         assert partial["status"] == "partial" and partial["missing"] == [killed]
         assert {n["org"]: n["status"] for n in partial["nodes"]}[killed] == "timed_out"
 
