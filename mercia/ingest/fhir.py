@@ -180,9 +180,9 @@ def _got(value) -> str:
     return _JSON_TYPES.get(type(value), "a value")
 
 
-def _checker(shape) -> Check:
+def _checker(shape, name: str | None = None) -> Check:
     """The check of ``shape``: "str", "num", "bool", a datatype's name, [shape], or a dict of a resource's
-    elements (for a value already known to be an object)."""
+    elements (for a value already known to be an object; ``name`` names it in tracebacks and profiles)."""
     key = repr(shape)
     if key not in _CHECKS:
         writer = _CheckWriter()
@@ -192,7 +192,7 @@ def _checker(shape) -> Check:
             writer.element(shape, "value", "", (), optional=False)
         source = "def check(value):\n" + "\n".join(writer.lines) + "\n    return None\n"
         namespace = {"_got": _got, "_CHECKS": _CHECKS}
-        exec(compile(source, f"<shape check {key}>", "exec"), namespace)  # our own source, from the shapes above
+        exec(compile(source, f"<shape check {name or key}>", "exec"), namespace)  # our own source, from the shapes above
         _CHECKS[key] = namespace["check"]
         for name in writer.called:  # after registering this one: a datatype may call itself
             _checker(name)
@@ -253,7 +253,15 @@ class _CheckWriter:
             self.fields(_DATATYPES[shape], var, path, (*expanding, shape), depth)
 
 
-_RESOURCE_CHECKS = {kind: _checker(elements) for kind, elements in _RESOURCES.items()}
+_RESOURCE_CHECKS: dict[str, Check] = {}
+
+
+def resource_check(kind: str) -> Check:
+    """The shape check of a resource type (an object), written out at its first use: a reading worker
+    writes only those of the types it reads."""
+    if kind not in _RESOURCE_CHECKS:
+        _RESOURCE_CHECKS[kind] = _checker(_RESOURCES[kind], kind)
+    return _RESOURCE_CHECKS[kind]
 
 
 def best_coding(concept: dict | None) -> tuple[str | None, str | None]:
@@ -586,7 +594,7 @@ class FhirReader:
             s.reject(record, "resourceType", f"resource type {kind} is not mapped to OMOP by Mercia", line)
             return
         self._version(res, record, digest, line)
-        problem = _RESOURCE_CHECKS[kind](res)
+        problem = resource_check(kind)(res)
         if problem:
             s.reject(record, problem[0][1:], problem[1], line, digest)
             return

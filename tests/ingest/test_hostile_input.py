@@ -304,4 +304,4 @@ def test_the_written_out_shape_checks_name_the_first_problem_in_the_shape(kind, 
     plain recursive reading of the shapes on values with wrong elements anywhere, members in any order."""
     value = data.draw(_near(fhir._RESOURCES[kind]))
     value = dict(data.draw(st.permutations(list(value.items()))))
-    assert fhir._RESOURCE_CHECKS[kind](value) == _first_problem(value, fhir._RESOURCES[kind])
+    assert fhir.resource_check(kind)(value) == _first_problem(value, fhir._RESOURCES[kind])
