@@ -715,9 +715,8 @@ class FhirReader:
         start = _date(res, "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued")
         categories = {c.get("code") for cat in res.get("category") or [] for c in cat.get("coding") or []}
         kind = "Measurement" if categories & {"laboratory", "vital-signs"} or not categories else "Observation"
-        parts = [res] + [{**c, "_component": True} for c in res.get("component") or []]
         emitted = False
-        for part in parts:
+        for part in (res, *(res.get("component") or ())):
             if part is res and res.get("component") and not _has_value(res):
                 continue  # a panel (e.g. blood pressure): the components carry the values
             self._event(base, kind, part.get("code"), start, "code", **_value(part))
