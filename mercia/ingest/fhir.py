@@ -167,8 +167,9 @@ def shape_problem(value, shape, path: str) -> tuple[str, str] | None:
 
 
 # A shape is checked by a Python function written out from it once (the checks run on every element of every
-# resource, and loops and type tests written out do them without a function call per element: 2-3x cheaper
-# than one closure per datatype).  It returns None, or the failing element's path below the value checked
+# resource, and loops and type tests written out do them without a function call per element: over synthea's
+# five largest types 0.77 -> 0.55 CPU s against one closure per datatype, ExplanationOfBenefit's nested
+# adjudications 1.8x).  It returns None, or the failing element's path below the value checked
 # and the reason.  Elements are checked in the shape's order (absent or null ones, which FHIR forbids but
 # feeds send, are not), array items in theirs: the problem named is the first in the shape whatever order
 # the JSON gives the members in.  A datatype nested in itself (Extension, Item) calls its own function.
@@ -192,10 +193,11 @@ def _checker(shape, name: str | None = None) -> Check:
             writer.element(shape, "value", "", (), optional=False)
         source = "def check(value):\n" + "\n".join(writer.lines) + "\n    return None\n"
         namespace = {"_got": _got, "_CHECKS": _CHECKS}
-        exec(compile(source, f"<shape check {name or key}>", "exec"), namespace)  # our own source, from the shapes above
+        # our own source, written from the shapes above (no input reaches it)
+        exec(compile(source, f"<shape check {name or key}>", "exec"), namespace)
         _CHECKS[key] = namespace["check"]
-        for name in writer.called:  # after registering this one: a datatype may call itself
-            _checker(name)
+        for datatype in writer.called:  # after registering this one: a datatype may call itself
+            _checker(datatype)
     return _CHECKS[key]
 
 
@@ -222,6 +224,8 @@ class _CheckWriter:
             self.element(shape, element, f"{path}.{name}", expanding, optional=True, depth=depth)
 
     def element(self, shape, var: str, path: str, expanding: tuple, optional: bool, depth: int = 1) -> None:
+        """``var`` has ``shape`` (or is None, when ``optional``); ``expanding``: the datatypes written out
+        around it, which call their function instead of being written out again."""
         if optional:
             self.lines.append(f"{'    ' * depth}if {var} is not None:")
             depth += 1
@@ -253,7 +257,7 @@ class _CheckWriter:
             self.fields(_DATATYPES[shape], var, path, (*expanding, shape), depth)
 
 
-_RESOURCE_CHECKS: dict[str, Check] = {}
+_RESOURCE_CHECKS: dict[str, Check] = {}  # by resource type: a resource's shape is not repr'd for each resource
 
 
 def resource_check(kind: str) -> Check:
