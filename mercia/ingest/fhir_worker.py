@@ -8,17 +8,18 @@ import sys
 from pathlib import Path
 
 
-class _WithoutPandas:
-    """Refuses to import pandas: pyarrow imports it on its first conversion only to ask whether a value is a
-    DataFrame (~0.24 CPU-s per worker), and works without it; nothing a worker does needs it."""
+class _WithoutPandasOrNumpy:
+    """Refuses to import pandas and numpy: pyarrow imports pandas on its first conversion only to ask whether a
+    value is a DataFrame (~0.24 CPU-s per worker) and numpy when it is imported (~0.05 CPU-s), and works without
+    either (numpy is optional since pyarrow 16); nothing a worker does needs them."""
 
     def find_spec(self, name, path=None, target=None):
-        if name == "pandas":
-            raise ImportError("a FHIR reading worker does not use pandas")
+        if name.partition(".")[0] in ("pandas", "numpy"):
+            raise ImportError(f"a FHIR reading worker does not use pandas or numpy (asked for {name})")
 
 
 if __name__ == "__main__":
-    sys.meta_path.insert(0, _WithoutPandas())
+    sys.meta_path.insert(0, _WithoutPandasOrNumpy())
     import orjson
 
     from mercia.ingest.fhir import WORKER_ANSWER, read_files

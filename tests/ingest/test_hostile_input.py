@@ -7,9 +7,12 @@ import datetime as dt
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from mercia.cli import app
+from mercia.ingest import fhir
 from mercia.ingest.fhir import NHS_NUMBER_SYSTEM, FhirError, read_fhir
 from mercia.ingest.hl7v2 import read_hl7v2
 
@@ -248,3 +251,57 @@ def test_an_encounter_reference_holding_an_encounter_list_is_only_a_reference(tm
     staged = read_fhir(tmp_path / "c.ndjson")
     assert staged.events.data["record"] == ["Condition/c1"]
     assert staged.events.data["visit_ref"] == ["Encounter/e1"]
+
+
+# -- shape checks against a plain reading of the shapes -------------------------------------------------------
+_WRONG = st.sampled_from(["x", 7, 2.5, 1e30, True, None, [], {}, [None], {"coding": 1}])
+
+
+def _near(shape, depth: int = 0):
+    """Values of ``shape`` with, now and then, a wrongly typed element anywhere in them."""
+    if isinstance(shape, list):
+        right = st.lists(_near(shape[0], depth + 1), max_size=3)
+    elif shape == "str":
+        right = st.text(max_size=3)
+    elif shape == "num":
+        right = st.one_of(st.integers(-10**16, 10**16), st.floats(allow_nan=True),
+                          st.sampled_from([10**15, -1e15, 1e15 + 1]))  # at and just over the limit
+    elif shape == "bool":
+        right = st.booleans()
+    else:
+        fields = fhir._DATATYPES[shape] if isinstance(shape, str) else shape
+        right = st.fixed_dictionaries({}, optional={
+            name: _near(element, depth + 1) if depth < 4 else _WRONG for name, element in fields.items()})
+    return st.one_of(right, _WRONG) if depth else right
+
+
+def _first_problem(value, shape, path: str = ""):
+    """The shapes read plainly: absent or null members skipped, members in the shape's order, items in order."""
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return path, f"expected an array, got {fhir._got(value)}"
+        return next(filter(None, (_first_problem(item, shape[0], f"{path}[{i}]") for i, item in enumerate(value))),
+                    None)
+    if shape in ("str", "num", "bool"):
+        ok = {"str": isinstance(value, str), "bool": isinstance(value, bool),
+              "num": isinstance(value, int | float) and not isinstance(value, bool)}[shape]
+        if not ok:
+            return path, f"expected {fhir._PRIMITIVES[shape][1]}, got {fhir._got(value)}"
+        return (path, "number out of range (at most 1e+15 in magnitude)") if shape == "num" and not abs(value) <= 1e15 \
+            else None
+    if isinstance(shape, str) and not isinstance(value, dict):
+        return path, f"expected a {shape} object, got {fhir._got(value)}"
+    fields = fhir._DATATYPES[shape] if isinstance(shape, str) else shape
+    return next(filter(None, (_first_problem(value[name], element, f"{path}.{name}") for name, element in fields.items()
+                              if value.get(name) is not None)), None)
+
+
+@pytest.mark.parametrize("kind", ["Observation", "ExplanationOfBenefit", "QuestionnaireResponse", "Patient"])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_written_out_shape_checks_name_the_first_problem_in_the_shape(kind, data):
+    """The generated checks (loops written out per shape, recursive datatypes calling themselves) agree with a
+    plain recursive reading of the shapes on values with wrong elements anywhere, members in any order."""
+    value = data.draw(_near(fhir._RESOURCES[kind]))
+    value = dict(data.draw(st.permutations(list(value.items()))))
+    assert fhir.resource_check(kind)(value) == _first_problem(value, fhir._RESOURCES[kind])
