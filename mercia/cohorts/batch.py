@@ -214,13 +214,10 @@ def run_batch(store: Store, definitions: Sequence[tuple[int, m.CohortExpression]
         setup, scripts, writes, cleanup = BatchPlan(definitions).statements(store.dialect)
     seconds = []
     with store.transaction():
-        for statement in setup:
-            store.execute(statement)
+        store.execute_script(setup)
         for script in scripts:
             began = time.perf_counter()
-            for statement in script:
-                store.execute(statement)
+            store.execute_script(script)
             seconds.append(time.perf_counter() - began)
-        for statement in writes + cleanup:
-            store.execute(statement)
+        store.execute_script(writes + cleanup)
     return read_results(store, [(cid, expr, s) for (cid, expr), s in zip(definitions, seconds, strict=True)])

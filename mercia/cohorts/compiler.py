@@ -202,12 +202,13 @@ class _Compiler:
                 on=_same_event("AC", "pe"),
                 copy=False,
             )
-        out = exp.select(*[col(c, "QE") for c in EVENT_COLUMNS], copy=False).from_(
-            q.subquery("QE", copy=False), copy=False
+        if not limited:  # no rank to filter on: no select around it
+            return q
+        return (
+            exp.select(*[col(c, "QE") for c in EVENT_COLUMNS], copy=False)
+            .from_(q.subquery("QE", copy=False), copy=False)
+            .where(_eq(col("ordinal", "QE"), num(1)), copy=False)
         )
-        if limited:
-            out = out.where(_eq(col("ordinal", "QE"), num(1)), copy=False)
-        return out
 
     def inclusion_events(self, qualified: str) -> exp.Query:
         selects = []
@@ -263,10 +264,13 @@ class _Compiler:
             q = q.join(table(masks, "MG"), on=_same_event("MG", "Q"), copy=False).where(
                 _eq(col("inclusion_rule_mask", "MG"), num(full)), copy=False
             )
-        out = exp.select(*[col(c, "R") for c in cols], copy=False).from_(q.subquery("R", copy=False), copy=False)
-        if limited:
-            out = out.where(_eq(col("ordinal", "R"), num(1)), copy=False)
-        return out
+        if not limited:
+            return q
+        return (
+            exp.select(*[col(c, "R") for c in cols], copy=False)
+            .from_(q.subquery("R", copy=False), copy=False)
+            .where(_eq(col("ordinal", "R"), num(1)), copy=False)
+        )
 
     # -- exits ---------------------------------------------------------------------------------
     def custom_era_ends(self, included: str, strategy: m.CustomEraStrategy) -> exp.Query:
@@ -300,7 +304,7 @@ class _Compiler:
             .join(persons.subquery("p", copy=False), on=_eq(col("person_id", "de"), col("person_id", "p")), copy=False)
             .where(in_drug_codeset, copy=False)
         )
-        eras = _collapse(exposures, pad=strategy.gap_days, alias="era")
+        eras = _collapse(exposures, pad=strategy.gap_days, name="era")
         return (
             exp.select(
                 col("event_id", "et"),
@@ -410,12 +414,22 @@ class _Compiler:
             .where(exp.GTE(this=end.copy(), expression=col("start_date", "I")), copy=False)
         )
 
+    def one_event_per_person(self) -> bool:
+        """A first/last limit at any stage leaves at most one event per person, so one cohort row,
+        which is its own era: the collapse (a sort of every row) has nothing to merge."""
+        e = self.expr
+        return (
+            e.primary_criteria.primary_criteria_limit.type != "All"
+            or (e.additional_criteria is not None and e.qualified_limit.type != "All")
+            or e.expression_limit.type != "All"
+        )
+
     def final_rows(self, cohort_rows: str) -> exp.Query:
-        collapsed = _collapse(
-            exp.select(col("person_id"), col("start_date"), col("end_date"), copy=False).from_(table(cohort_rows), copy=False),
-            pad=self.expr.collapse_settings.era_pad,
-            alias="cr",
-            pre_padded=False,
+        collapsed: exp.Expression = (
+            table(cohort_rows, "CO")
+            if self.one_event_per_person()
+            else _collapse(table(cohort_rows), pad=self.expr.collapse_settings.era_pad, name="cr", pre_padded=False)
+            .subquery("CO", copy=False)
         )
         start, end = col("start_date", "CO"), col("end_date", "CO")
         window = self.expr.censor_window
@@ -437,7 +451,7 @@ class _Compiler:
             exp.alias_(exp.cast(start, DATE, copy=False), "cohort_start_date", copy=False),
             exp.alias_(exp.cast(end, DATE, copy=False), "cohort_end_date", copy=False),
             copy=False,
-        ).from_(collapsed.subquery("CO", copy=False), copy=False)
+        ).from_(collapsed, copy=False)
         if window.start_date or window.end_date:
             q = q.where(exp.LTE(this=start.copy(), expression=end.copy()), copy=False)
         return q
@@ -729,9 +743,10 @@ def _window(w: m.Window, check_op: bool, event_end_default: bool) -> list[exp.Ex
     return conds
 
 
-def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) -> exp.Query:
+def _collapse(rows: exp.Query | exp.Table, pad: int, name: str, pre_padded: bool = True) -> exp.Query:
     """Circe's era constructor: rows whose (padded) ends reach the next start merge, then the pad
-    is taken off the merged end.  ``pre_padded`` rows already carry the pad in end_date.
+    is taken off the merged end.  ``pre_padded`` rows already carry the pad in end_date; ``name`` names
+    the materialised edges.
 
     Gaps and islands in one sort instead of Circe's two window passes and a GROUP BY: in start
     order, a row starts an era when no earlier row reaches its start, and ends one when the ends
@@ -743,7 +758,7 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
     end = col("end_date", "CR") if pre_padded else add_days(col("end_date", "CR"), pad)
     padded = exp.select(
         col("person_id", "CR"), col("start_date", "CR"), exp.alias_(end, "end_date", copy=False), copy=False
-    ).from_(rows.subquery("CR", copy=False), copy=False)
+    ).from_(_aliased(rows, "CR"), copy=False)
     person, order = [col("person_id", "ST")], [col("start_date", "ST"), col("end_date", "ST")]
     bounds = exp.select(
         col("person_id", "ST"),
@@ -789,7 +804,7 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
         .from_(reached.subquery("B", copy=False), copy=False)
         .where(exp.or_(_eq(is_start.copy(), num(1)), _eq(is_end.copy(), num(1)), copy=False), copy=False)
     )
-    named = f"{PREFIX}{alias}_edges"
+    named = f"{PREFIX}{name}_edges"
 
     def single() -> exp.Expression:
         return exp.and_(_eq(col("is_start", "ED"), num(1)), _eq(col("is_end", "ED"), num(1)), copy=False)
@@ -822,10 +837,7 @@ def _collapse(rows: exp.Query, pad: int, alias: str, pre_padded: bool = True) ->
         .from_(longer.subquery("LE", copy=False), copy=False)
         .where(_eq(col("is_end", "LE"), num(1)), copy=False)
     )
-    eras = union_all([single_eras, longer_eras]).with_(named, as_=edges, materialized=True, copy=False)
-    return exp.select(col("person_id", alias), col("start_date", alias), col("end_date", alias), copy=False).from_(
-        eras.subquery(alias, copy=False), copy=False
-    )
+    return union_all([single_eras, longer_eras]).with_(named, as_=edges, materialized=True, copy=False)
 
 
 def concept_sets_query(sets: list[tuple[int, m.ConceptSetExpression]]) -> exp.Query:
@@ -849,12 +861,27 @@ def concept_sets_query(sets: list[tuple[int, m.ConceptSetExpression]]) -> exp.Qu
     if not rows:
         return empty_select({"codeset_id": BIGINT, "concept_id": BIGINT})
     item_columns = ["codeset_id", "concept_id", "is_excluded", "descendants", "mapped"]
+    items_name, base, resolved = f"{PREFIX}cs_items", f"{PREFIX}cs_base", f"{PREFIX}cs_resolved"
+    # binding the literals is most of resolving a large set: the items are named once, and a flag
+    # that every item shares is a literal in the query instead of a column of every item
+    shared = {c: rows[0][i] for i, c in enumerate(item_columns) if i > 1 and len({r[i] for r in rows}) == 1}
+    listed_columns = [i for i, c in enumerate(item_columns) if c not in shared]
     # tuples of literals built directly (``exp.values`` converts every value: a third of a small
     # cohort's compiling)
-    items = lambda: exp.values(  # noqa: E731
-        [exp.Tuple(expressions=[num(v) for v in row]) for row in rows], alias="IT", columns=item_columns
+    items_rows = exp.select(exp.Star(), copy=False).from_(
+        exp.values(
+            [exp.Tuple(expressions=[num(row[i]) for i in listed_columns]) for row in rows],
+            alias="V",
+            columns=[item_columns[i] for i in listed_columns],
+        ),
+        copy=False,
     )
-    carried = lambda: [col(c, "IT") for c in ("codeset_id", "is_excluded", "mapped")]  # noqa: E731
+    items = lambda: table(items_name, "IT")  # noqa: E731
+
+    def item(name: str) -> exp.Expression:
+        return exp.alias_(num(shared[name]), name, copy=False) if name in shared else col(name, "IT")
+
+    carried = lambda: [item(c) for c in ("codeset_id", "is_excluded", "mapped")]  # noqa: E731
     listed = (
         exp.select(*carried(), col("concept_id", "c"), copy=False)
         .from_(items(), copy=False)
@@ -867,10 +894,10 @@ def concept_sets_query(sets: list[tuple[int, m.ConceptSetExpression]]) -> exp.Qu
             table("concept_ancestor", "ca"), on=_eq(col("ancestor_concept_id", "ca"), col("concept_id", "IT")), copy=False
         )
         .join(table("concept", "c"), on=_eq(col("concept_id", "c"), col("descendant_concept_id", "ca")), copy=False)
-        .where(_eq(col("descendants", "IT"), num(1)), copy=False)
         .where(exp.Is(this=col("invalid_reason", "c"), expression=exp.null()), copy=False)
     )
-    base, resolved = f"{PREFIX}cs_base", f"{PREFIX}cs_resolved"
+    if "descendants" not in shared:
+        descendants = descendants.where(_eq(col("descendants", "IT"), num(1)), copy=False)
     mapped = (
         exp.select(
             col("codeset_id", "B"),
@@ -917,7 +944,11 @@ def concept_sets_query(sets: list[tuple[int, m.ConceptSetExpression]]) -> exp.Qu
         query = query.where(exp.Not(this=exp.Exists(this=excluded)), copy=False)
     base_rows = union_all([listed, *([descendants] if flagged("descendants") else [])])
     resolved_rows = union_all([unmapped, *([mapped] if flagged("mapped") else [])])
-    return query.with_(base, as_=base_rows, copy=False).with_(resolved, as_=resolved_rows, copy=False)
+    return (
+        query.with_(items_name, as_=items_rows, copy=False)
+        .with_(base, as_=base_rows, copy=False)
+        .with_(resolved, as_=resolved_rows, copy=False)
+    )
 
 
 def build_plan(expr: m.CohortExpression, cohort_id: int, codesets: exp.Query | None = None) -> CohortPlan:

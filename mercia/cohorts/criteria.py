@@ -10,6 +10,7 @@ year_of_birth`` compared with whole numbers; value ranges are compared to 4 deci
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -211,6 +212,12 @@ _PAYER_CONCEPTS = {
 }
 
 
+def _field(c: m.Criteria, name: str, default: Any = None) -> Any:
+    """A criterion's field, or ``default`` where its domain has none (``getattr`` with a default on a
+    pydantic model raises and catches an AttributeError per missing name: a tenth of building a plan)."""
+    return c.__dict__.get(name, default)
+
+
 def numeric_range(expr: exp.Expression, rng: m.NumericRange, whole: bool) -> exp.Expression:
     """Circe's numeric comparison: whole numbers truncate the bound, decimals round it to 4 places."""
 
@@ -306,7 +313,7 @@ class CriteriaCompiler:
         start: exp.Expression = col(dom.start, t)
         end: exp.Expression = dom.end(t)
         where: list[exp.Expression] = []
-        user_period = getattr(c, "user_defined_period", None)
+        user_period = _field(c, "user_defined_period")
         if user_period is not None:
             # a fixed period replaces the row's dates; the row must cover the chosen date(s)
             for iso in (user_period.start_date, user_period.end_date):
@@ -332,16 +339,16 @@ class CriteriaCompiler:
         ).from_(table(dom.table, t), copy=False)
         # exp.Star would be unqualified; qualify it so the computed columns can sit beside it
         inner.expressions[0] = exp.Column(this=exp.Star(), table=exp.to_identifier(t))
-        codeset = getattr(c, "codeset_id", None)
+        codeset = _field(c, "codeset_id")
         if codeset is not None:
             if dom.concept is None:
                 raise CohortDefinitionError(f"{type(c).__name__} has no concept to match CodesetId against")
             inner = _codeset_join(inner, "cs", col(dom.concept, t), codeset)
         for attr, column in _SOURCE_CONCEPTS.items():
-            source = getattr(c, attr, None)
+            source = _field(c, attr)
             if source is not None:
                 inner = _codeset_join(inner, "cns", col(column, t), source)
-        if getattr(c, "first", None):
+        if _field(c, "first"):
             inner = inner.select(
                 exp.alias_(
                     row_number([col("person_id", t)], [col(dom.start, t), col(dom.event_id, t)]), "ordinal", copy=False
@@ -378,18 +385,18 @@ class CriteriaCompiler:
         name = type(c).__name__
         # dates of the event
         for attr in ("occurrence_start_date", "visit_detail_start_date", "era_start_date", "period_start_date"):
-            if getattr(c, attr, None) is not None:
-                f.append(date_range(start.copy(), getattr(c, attr)))
+            if _field(c, attr) is not None:
+                f.append(date_range(start.copy(), _field(c, attr)))
         for attr in ("occurrence_end_date", "visit_detail_end_date", "era_end_date", "period_end_date"):
-            if getattr(c, attr, None) is not None:
-                f.append(date_range(end.copy(), getattr(c, attr)))
+            if _field(c, attr) is not None:
+                f.append(date_range(end.copy(), _field(c, attr)))
         # concept lists and concept-set selections on the domain table
         for attr, column in _CONCEPT_FILTERS.items():
-            concepts = getattr(c, attr, None)
+            concepts = _field(c, attr)
             if concepts:
-                exclude = bool(getattr(c, f"{attr}_exclude", False))
+                exclude = bool(_field(c, f"{attr}_exclude", False))
                 f.append(in_list(col(column, "C"), [x.concept_id for x in concepts], negate=exclude))
-            selection = getattr(c, f"{attr}_cs", None)
+            selection = _field(c, f"{attr}_cs")
             if selection is not None:
                 f.append(in_codeset(col(column, "C"), selection.codeset_id, selection.is_exclusion))
         if isinstance(c, m.VisitOccurrence):
@@ -409,23 +416,23 @@ class CriteriaCompiler:
                     )
                 )
         for attr, (column, whole) in _NUMERIC_FILTERS.items():
-            rng = getattr(c, attr, None)
+            rng = _field(c, attr)
             if rng is not None:
                 if attr == "quantity" and isinstance(c, _WHOLE_NUMBER_QUANTITY):
                     whole = True
                 f.append(numeric_range(col(column, "C"), rng, whole))
         for attr, column in _TEXT_FILTERS.items():
-            flt = getattr(c, attr, None)
+            flt = _field(c, attr)
             if flt is not None:
                 f.append(text_filter(col(column, "C"), flt))
         for attr, column in _PAYER_CONCEPTS.items():
-            codeset = getattr(c, attr, None)
+            codeset = _field(c, attr)
             if codeset is not None:
                 f.append(in_codeset(col(column, "C"), codeset))
         if isinstance(c, m.Measurement):
             value = col("value_as_number", "C")
             for attr, bound in (("range_low_ratio", "range_low"), ("range_high_ratio", "range_high")):
-                rng = getattr(c, attr)
+                rng = _field(c, attr)
                 if rng is not None:
                     ratio = exp.paren(
                         exp.Div(this=value.copy(), expression=exp.func("NULLIF", col(bound, "C"), num(0)))
@@ -444,16 +451,16 @@ class CriteriaCompiler:
                 )
         # lengths
         for attr in ("visit_length", "visit_detail_length", "era_length", "period_length"):
-            rng = getattr(c, attr, None)
+            rng = _field(c, attr)
             if rng is not None:
                 f.append(numeric_range(day_difference(start.copy(), end.copy()), rng, whole=True))
         if isinstance(c, m.ConditionEra | m.DrugEra) and c.occurrence_count is not None:
             column = "condition_occurrence_count" if isinstance(c, m.ConditionEra) else "drug_exposure_count"
             f.append(numeric_range(col(column, "C"), c.occurrence_count, whole=True))
         # person attributes
-        age = getattr(c, "age", None)
-        age_start, age_end = getattr(c, "age_at_start", None), getattr(c, "age_at_end", None)
-        gender, gender_cs = getattr(c, "gender", None), getattr(c, "gender_cs", None)
+        age = _field(c, "age")
+        age_start, age_end = _field(c, "age_at_start"), _field(c, "age_at_end")
+        gender, gender_cs = _field(c, "gender"), _field(c, "gender_cs")
         if age is not None or age_start is not None or age_end is not None or gender or gender_cs is not None:
             q = q.join(
                 table("person", "P"),
@@ -470,8 +477,8 @@ class CriteriaCompiler:
                 f.append(in_list(col("gender_concept_id", "P"), [x.concept_id for x in gender]))
             if gender_cs is not None:
                 f.append(in_codeset(col("gender_concept_id", "P"), gender_cs.codeset_id, gender_cs.is_exclusion))
-        visit_type = getattr(c, "visit_type", None)
-        visit_type_cs = getattr(c, "visit_type_cs", None)
+        visit_type = _field(c, "visit_type")
+        visit_type_cs = _field(c, "visit_type_cs")
         if not isinstance(c, m.VisitOccurrence) and (visit_type or visit_type_cs is not None):
             q = q.join(
                 table("visit_occurrence", "V"),
@@ -486,8 +493,8 @@ class CriteriaCompiler:
                 f.append(in_list(col("visit_concept_id", "V"), [x.concept_id for x in visit_type]))
             if visit_type_cs is not None:
                 f.append(in_codeset(col("visit_concept_id", "V"), visit_type_cs.codeset_id, visit_type_cs.is_exclusion))
-        specialty = getattr(c, "provider_specialty", None)
-        specialty_cs = getattr(c, "provider_specialty_cs", None)
+        specialty = _field(c, "provider_specialty")
+        specialty_cs = _field(c, "provider_specialty_cs")
         if specialty or specialty_cs is not None:
             q = q.join(
                 table("provider", "PR"),
@@ -501,7 +508,7 @@ class CriteriaCompiler:
                 f.append(
                     in_codeset(col("specialty_concept_id", "PR"), specialty_cs.codeset_id, specialty_cs.is_exclusion)
                 )
-        place, place_cs = getattr(c, "place_of_service", None), getattr(c, "place_of_service_cs", None)
+        place, place_cs = _field(c, "place_of_service"), _field(c, "place_of_service_cs")
         if place or place_cs is not None:
             q = q.join(
                 table("care_site", "CST"),
@@ -515,7 +522,7 @@ class CriteriaCompiler:
                     in_codeset(col("place_of_service_concept_id", "CST"), place_cs.codeset_id, place_cs.is_exclusion)
                 )
         for unsupported in ("place_of_service_location", "place_of_service_distance"):
-            if getattr(c, unsupported, None) is not None:
+            if _field(c, unsupported) is not None:
                 raise CohortDefinitionError(
                     f"{name}.{unsupported}: needs the location_history table, which CDM v5.4 does not define"
                 )

@@ -55,14 +55,18 @@ def ensure_result_tables(store: Store) -> None:
     """Create ``cohort``, its registry ``cohort_definition`` and the attrition tables (see
     docs/cohorts.md) when missing."""
     with store.transaction():
-        from mercia.cdm.schema import CDM_TABLES
+        store.execute_script(result_tables_ddl(store))
 
-        for table in ("cohort", "cohort_definition"):
-            for statement in store.create_table_sql(CDM_TABLES[table]):
-                store.execute(statement)
-        for name, columns in RESULT_TABLES.items():
-            cols = ", ".join(f"{quote(c)} {t}" for c, t in columns)
-            store.execute(f"CREATE TABLE IF NOT EXISTS {quote(name)} ({cols})")
+
+def result_tables_ddl(store: Store) -> list[str]:
+    """``ensure_result_tables``' statements, for a caller that runs them in its own script."""
+    from mercia.cdm.schema import CDM_TABLES
+
+    statements = [s for table in ("cohort", "cohort_definition") for s in store.create_table_sql(CDM_TABLES[table])]
+    for name, columns in RESULT_TABLES.items():
+        cols = ", ".join(f"{quote(c)} {t}" for c, t in columns)
+        statements.append(f"CREATE TABLE IF NOT EXISTS {quote(name)} ({cols})")
+    return statements
 
 
 def load_expression(path: str | Path) -> CohortExpression:
@@ -74,9 +78,7 @@ def run_cohort(store: Store, expr: CohortExpression, cohort_id: int) -> CohortRe
     statements = compile_cohort(expr, cohort_id, store.dialect)
     began = time.perf_counter()
     with store.transaction():
-        ensure_result_tables(store)
-        for statement in statements:
-            store.execute(statement)
+        store.execute_script(result_tables_ddl(store) + statements)
     seconds = time.perf_counter() - began
     return read_result(store, cohort_id, expr, seconds)
 
@@ -87,8 +89,7 @@ def cohort_rows(store: Store, expr: CohortExpression, name: str) -> Iterator[str
     which runs in the caller's transaction; nothing persisted is written (``compile_cohort_rows``).  The
     table is dropped after the block; when the block fails it goes with the rolled-back transaction (a
     statement in an aborted PostgreSQL transaction would hide the first error)."""
-    for statement in compile_cohort_rows(expr, name, store.dialect):
-        store.execute(statement)
+    store.execute_script(compile_cohort_rows(expr, name, store.dialect))
     yield name
     store.drop_temp_table(name)
 

@@ -303,6 +303,25 @@ def test_temporary_tables_and_text_casts(cstore):
         cstore.query("SELECT count(*) FROM contract_tmp")
 
 
+def test_a_script_runs_in_order_and_a_failing_statement_fails_it_whole(cstore):
+    """``execute_script`` (one call where the engine takes a script): later statements see earlier ones,
+    temporary tables included, and an error anywhere rolls the transaction back."""
+    cstore.insert_arrow(SAMPLE.name, sample_rows(4))
+    with cstore.transaction():
+        cstore.execute_script([
+            TemporaryTable("contract_script", f"SELECT id FROM {SAMPLE.name} WHERE id > 1", cstore.dialect),
+            f"DELETE FROM {SAMPLE.name} WHERE id IN (SELECT id FROM contract_script)",
+        ])
+        cstore.drop_temp_table("contract_script")
+    assert count(cstore) == 1
+    cstore.execute_script([])  # nothing to run
+    with pytest.raises(StoreError) as caught, cstore.transaction():
+        cstore.execute_script([f"DELETE FROM {SAMPLE.name}", "SELECT no_such_column FROM contract_sample"])
+    assert "no_such_column" in str(caught.value) and caught.value.sql
+    if cstore.no_row_transactions is None:  # Spark rolls back only its staged bulk writes
+        assert count(cstore) == 1
+
+
 def test_rows_digested_by_the_engine_are_equal_on_every_engine(cstore):
     """``ordered_rows_md5``: the MD5 of the rows as ordered lines of text, computed by the engine over a
     ``TemporaryTable`` made through ``execute`` (Spark: from its parts), equals Python's over the same lines."""

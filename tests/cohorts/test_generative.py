@@ -19,8 +19,9 @@ from tests.conftest import engine_missing
 
 from .conftest import cdm_arrow
 
-# nested correlated criteria, drug persistence, era collapse, censoring, demographics, visits, plain
-DEFINITIONS = [1073, 1187, 368, 1158, 366, 29, 370, 651, 56, 134, 1401, 533, 1197, 861, 38]
+# nested correlated criteria, drug persistence, era collapse, censoring, demographics, visits, plain, one
+# event per person (no collapse) with an era pad
+DEFINITIONS = [1073, 1187, 368, 1158, 366, 29, 370, 651, 56, 134, 1401, 533, 1197, 861, 38, 994]
 VOCABULARY = ["concept", "concept_ancestor", "concept_relationship"]
 # table -> (id column, concept column, start column, end column or None)
 EVENTS = {

@@ -51,6 +51,7 @@ def _limits() -> dict[str, str]:
 
 class DuckDBStore(Store):
     dialect = "duckdb"
+    scripts = True
 
     def __init__(self, url: str, schema: str | None = None, read_only: bool = False):
         super().__init__(url, schema, read_only)

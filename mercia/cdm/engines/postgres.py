@@ -45,6 +45,7 @@ class PostgresStore(Store):
     dialect = "postgres"
     wants_indexes = True
     savepoints = True
+    scripts = True
     pool_size = 8  # connections shared by the sessions of one store (one per concurrent request/job)
     pool_timeout = 10.0  # seconds a session waits for a connection before the store counts as unavailable
 
