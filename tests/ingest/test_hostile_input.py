@@ -305,3 +305,24 @@ def test_the_written_out_shape_checks_name_the_first_problem_in_the_shape(kind, 
     value = data.draw(_near(fhir._RESOURCES[kind]))
     value = dict(data.draw(st.permutations(list(value.items()))))
     assert fhir.resource_check(kind)(value) == _first_problem(value, fhir._RESOURCES[kind])
+
+
+def test_a_shape_check_is_never_found_before_the_checks_it_calls(monkeypatch):
+    """Two loads (or a load and its read-ahead) may write the checks at once: a check that another thread
+    takes while this one is still writing the datatypes it calls must not fail on their absence."""
+    monkeypatch.setattr(fhir, "_CHECKS", {})
+    monkeypatch.setattr(fhir, "_RESOURCE_CHECKS", {})
+    value = {"extension": [{"url": "a", "extension": [{"url": "b", "extension": [{"url": 5}]}]}]}
+    expected = (".extension[0].extension[0].extension[0].url", "expected a string, got number")
+    writers, seen = [], []
+
+    class Interrupted(fhir._CheckWriter):
+        def __init__(self):
+            super().__init__()
+            writers.append(self)
+            if len(writers) == 2:  # Patient's check written, Extension's next: another thread checks now
+                seen.append(fhir.resource_check("Patient")(value))
+
+    monkeypatch.setattr(fhir, "_CheckWriter", Interrupted)
+    assert fhir.resource_check("Patient")(value) == expected
+    assert seen == [expected]
