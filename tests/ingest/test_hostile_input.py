@@ -326,3 +326,26 @@ def test_a_shape_check_is_never_found_before_the_checks_it_calls(monkeypatch):
     monkeypatch.setattr(fhir, "_CheckWriter", Interrupted)
     assert fhir.resource_check("Patient")(value) == expected
     assert seen == [expected]
+
+
+def test_datatypes_nested_as_deep_as_json_allows_are_rejects_not_recursion_errors(tmp_path):
+    """Extension and Item nest themselves: a check nested as deep as orjson parses (1,024 levels) names the
+    innermost wrong element; deeper is not JSON.  (The checker before the written-out ones overflowed the
+    stack at 340 Extensions or 200 Items.)"""
+    def extensions(n):
+        return '{"url":"u","extension":[' * n + '{"url":5}' + "]}" * n
+
+    def items(n):
+        return '{"linkId":"x","answer":[{"item":[' * n + '{"linkId":5}' + "]}]}" * n
+
+    lines = [f'{{"resourceType":"Patient","id":"p1","extension":[{extensions(500)}]}}',
+             f'{{"resourceType":"QuestionnaireResponse","id":"q1","subject":{{"reference":"Patient/p1"}},'
+             f'"authored":"2020-01-01","item":[{items(250)}]}}',
+             f'{{"resourceType":"Patient","id":"p2","extension":[{extensions(600)}]}}']
+    _ndjson(tmp_path / "deep.ndjson", *(line.encode() for line in lines))
+    rejects = read_fhir(tmp_path / "deep.ndjson").rejects.table().to_pylist()
+    assert [(r["record"], r["field"], r["reason"].split(":")[0]) for r in rejects] == [
+        ("Patient/p1", "extension[0]" + ".extension[0]" * 500 + ".url", "expected a string, got number"),
+        ("QuestionnaireResponse/q1", "item[0]" + ".answer[0].item[0]" * 250 + ".linkId",
+         "expected a string, got number"),
+        ("deep.ndjson:3", None, "not valid JSON")]
