@@ -155,7 +155,7 @@ _SUPPORTED = set(_RESOURCES)
 _PATIENT_SHARE = {"line_coinsrnc_amt", "line_bene_ptb_ddctbl_amt", "copay", "deductible"}
 _NOT_AN_OBJECT = "a FHIR resource is a JSON object, got {}"
 _MAX_NUMBER = 1e15  # larger magnitudes are not clinical values and overflow integer columns
-_PRIMITIVES = {"str": (str, "a string"), "num": (int | float, "a number"), "bool": (bool, "true or false")}
+_PRIMITIVES = {"str": "a string", "num": "a number", "bool": "true or false"}  # what each is, in a reject
 _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
                type(None): "null"}
 
@@ -247,7 +247,7 @@ class _CheckWriter:
             self.lines.append(f"{indent}for {index}, {item} in enumerate({var}):")
             self.element(shape[0], item, f"{path}[{{{index}}}]", expanding, optional=False, depth=depth + 1)
         elif shape in _PRIMITIVES:
-            expected = _PRIMITIVES[shape][1]
+            expected = _PRIMITIVES[shape]
             wrong = {"str": f"not isinstance({var}, str)", "bool": f"not isinstance({var}, bool)",
                      "num": f"not isinstance({var}, int | float) or isinstance({var}, bool)"}[shape]
             self.lines.append(f"{indent}if {wrong}:")

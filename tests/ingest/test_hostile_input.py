@@ -287,7 +287,7 @@ def _first_problem(value, shape, path: str = ""):
         ok = {"str": isinstance(value, str), "bool": isinstance(value, bool),
               "num": isinstance(value, int | float) and not isinstance(value, bool)}[shape]
         if not ok:
-            return path, f"expected {fhir._PRIMITIVES[shape][1]}, got {fhir._got(value)}"
+            return path, f"expected {fhir._PRIMITIVES[shape]}, got {fhir._got(value)}"
         return (path, "number out of range (at most 1e+15 in magnitude)") if shape == "num" and not abs(value) <= 1e15 \
             else None
     if isinstance(shape, str) and not isinstance(value, dict):
