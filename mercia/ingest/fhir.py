@@ -155,7 +155,7 @@ _SUPPORTED = set(_RESOURCES)
 _PATIENT_SHARE = {"line_coinsrnc_amt", "line_bene_ptb_ddctbl_amt", "copay", "deductible"}
 _NOT_AN_OBJECT = "a FHIR resource is a JSON object, got {}"
 _MAX_NUMBER = 1e15  # larger magnitudes are not clinical values and overflow integer columns
-_PRIMITIVES = {"str": (str, "a string"), "num": (int | float, "a number"), "bool": (bool, "true or false")}
+_PRIMITIVES = {"str": "a string", "num": "a number", "bool": "true or false"}  # what each is, in a reject
 _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
                type(None): "null"}
 
@@ -186,19 +186,29 @@ def _checker(shape, name: str | None = None) -> Check:
     elements (for a value already known to be an object; ``name`` names it in tracebacks and profiles)."""
     key = repr(shape)
     if key not in _CHECKS:
-        writer = _CheckWriter()
-        if isinstance(shape, dict):
-            writer.fields(shape, "value", "", ())
-        else:
-            writer.element(shape, "value", "", (), optional=False)
-        source = "def check(value):\n" + "\n".join(writer.lines) + "\n    return None\n"
-        namespace = {"_got": _got, "_CHECKS": _CHECKS}
-        # our own source, written from the shapes above (no input reaches it)
-        exec(compile(source, f"<shape check {name or key}>", "exec"), namespace)
-        _CHECKS[key] = namespace["check"]
-        for datatype in writer.called:  # after registering this one: a datatype may call itself
-            _checker(datatype)
+        written: dict[str, Check] = {}
+        _write_check(shape, name, written)
+        # all at once: another thread (a read-ahead, a second load) never finds a check before those it calls
+        _CHECKS.update(written)
     return _CHECKS[key]
+
+
+def _write_check(shape, name: str | None, written: dict[str, Check]) -> None:
+    """The check of ``shape`` into ``written``, then those of the datatypes it calls that are not written yet."""
+    key = repr(shape)
+    writer = _CheckWriter()
+    if isinstance(shape, dict):
+        writer.fields(shape, "value", "", ())
+    else:
+        writer.element(shape, "value", "", (), optional=False)
+    source = "def check(value):\n" + "\n".join(writer.lines) + "\n    return None\n"
+    namespace = {"_got": _got, "_CHECKS": _CHECKS}
+    # our own source, written from the shapes above (no input reaches it)
+    exec(compile(source, f"<shape check {name or key}>", "exec"), namespace)
+    written[key] = namespace["check"]
+    for datatype in writer.called:  # after this one: a datatype may call itself
+        if repr(datatype) not in _CHECKS and repr(datatype) not in written:
+            _write_check(datatype, None, written)
 
 
 class _CheckWriter:
@@ -237,7 +247,7 @@ class _CheckWriter:
             self.lines.append(f"{indent}for {index}, {item} in enumerate({var}):")
             self.element(shape[0], item, f"{path}[{{{index}}}]", expanding, optional=False, depth=depth + 1)
         elif shape in _PRIMITIVES:
-            expected = _PRIMITIVES[shape][1]
+            expected = _PRIMITIVES[shape]
             wrong = {"str": f"not isinstance({var}, str)", "bool": f"not isinstance({var}, bool)",
                      "num": f"not isinstance({var}, int | float) or isinstance({var}, bool)"}[shape]
             self.lines.append(f"{indent}if {wrong}:")

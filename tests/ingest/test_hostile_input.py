@@ -258,7 +258,8 @@ _WRONG = st.sampled_from(["x", 7, 2.5, 1e30, True, None, [], {}, [None], {"codin
 
 
 def _near(shape, depth: int = 0):
-    """Values of ``shape`` with, now and then, a wrongly typed element anywhere in them."""
+    """Values of ``shape`` with, now and then (one element in six), a wrongly typed element anywhere in them:
+    rarely enough that the first problem is often deep inside, below the recursive datatypes' calls."""
     if isinstance(shape, list):
         right = st.lists(_near(shape[0], depth + 1), max_size=3)
     elif shape == "str":
@@ -272,7 +273,7 @@ def _near(shape, depth: int = 0):
         fields = fhir._DATATYPES[shape] if isinstance(shape, str) else shape
         right = st.fixed_dictionaries({}, optional={
             name: _near(element, depth + 1) if depth < 4 else _WRONG for name, element in fields.items()})
-    return st.one_of(right, _WRONG) if depth else right
+    return st.integers(0, 5).flatmap(lambda k: right if k else _WRONG) if depth else right
 
 
 def _first_problem(value, shape, path: str = ""):
@@ -286,7 +287,7 @@ def _first_problem(value, shape, path: str = ""):
         ok = {"str": isinstance(value, str), "bool": isinstance(value, bool),
               "num": isinstance(value, int | float) and not isinstance(value, bool)}[shape]
         if not ok:
-            return path, f"expected {fhir._PRIMITIVES[shape][1]}, got {fhir._got(value)}"
+            return path, f"expected {fhir._PRIMITIVES[shape]}, got {fhir._got(value)}"
         return (path, "number out of range (at most 1e+15 in magnitude)") if shape == "num" and not abs(value) <= 1e15 \
             else None
     if isinstance(shape, str) and not isinstance(value, dict):
@@ -296,12 +297,59 @@ def _first_problem(value, shape, path: str = ""):
                               if value.get(name) is not None)), None)
 
 
-@pytest.mark.parametrize("kind", ["Observation", "ExplanationOfBenefit", "QuestionnaireResponse", "Patient"])
+@pytest.mark.parametrize("kind", ["Observation", "ExplanationOfBenefit", "QuestionnaireResponse", "Patient",
+                                  "Extension", "Item", "Answer"])
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_the_written_out_shape_checks_name_the_first_problem_in_the_shape(kind, data):
     """The generated checks (loops written out per shape, recursive datatypes calling themselves) agree with a
     plain recursive reading of the shapes on values with wrong elements anywhere, members in any order."""
-    value = data.draw(_near(fhir._RESOURCES[kind]))
+    shape = fhir._RESOURCES.get(kind, kind)  # a resource type's elements, or a datatype checked on its own
+    value = data.draw(_near(shape))
     value = dict(data.draw(st.permutations(list(value.items()))))
-    assert fhir.resource_check(kind)(value) == _first_problem(value, fhir._RESOURCES[kind])
+    check = fhir.resource_check(kind) if kind in fhir._RESOURCES else fhir._checker(kind)
+    assert check(value) == _first_problem(value, shape)
+
+
+def test_a_shape_check_is_never_found_before_the_checks_it_calls(monkeypatch):
+    """Two loads (or a load and its read-ahead) may write the checks at once: a check that another thread
+    takes while this one is still writing the datatypes it calls must not fail on their absence."""
+    monkeypatch.setattr(fhir, "_CHECKS", {})
+    monkeypatch.setattr(fhir, "_RESOURCE_CHECKS", {})
+    value = {"extension": [{"url": "a", "extension": [{"url": "b", "extension": [{"url": 5}]}]}]}
+    expected = (".extension[0].extension[0].extension[0].url", "expected a string, got number")
+    writers, seen = [], []
+
+    class Interrupted(fhir._CheckWriter):
+        def __init__(self):
+            super().__init__()
+            writers.append(self)
+            if len(writers) == 2:  # Patient's check written, Extension's next: another thread checks now
+                seen.append(fhir.resource_check("Patient")(value))
+
+    monkeypatch.setattr(fhir, "_CheckWriter", Interrupted)
+    assert fhir.resource_check("Patient")(value) == expected
+    assert seen == [expected]
+
+
+def test_datatypes_nested_as_deep_as_json_allows_are_rejects_not_recursion_errors(tmp_path):
+    """Extension and Item nest themselves: a check nested as deep as orjson parses (1,024 levels) names the
+    innermost wrong element; deeper is not JSON.  (The checker before the written-out ones overflowed the
+    stack at 340 Extensions or 200 Items.)"""
+    def extensions(n):
+        return '{"url":"u","extension":[' * n + '{"url":5}' + "]}" * n
+
+    def items(n):
+        return '{"linkId":"x","answer":[{"item":[' * n + '{"linkId":5}' + "]}]}" * n
+
+    lines = [f'{{"resourceType":"Patient","id":"p1","extension":[{extensions(500)}]}}',
+             f'{{"resourceType":"QuestionnaireResponse","id":"q1","subject":{{"reference":"Patient/p1"}},'
+             f'"authored":"2020-01-01","item":[{items(250)}]}}',
+             f'{{"resourceType":"Patient","id":"p2","extension":[{extensions(600)}]}}']
+    _ndjson(tmp_path / "deep.ndjson", *(line.encode() for line in lines))
+    rejects = read_fhir(tmp_path / "deep.ndjson").rejects.table().to_pylist()
+    assert [(r["record"], r["field"], r["reason"].split(":")[0]) for r in rejects] == [
+        ("Patient/p1", "extension[0]" + ".extension[0]" * 500 + ".url", "expected a string, got number"),
+        ("QuestionnaireResponse/q1", "item[0]" + ".answer[0].item[0]" * 250 + ".linkId",
+         "expected a string, got number"),
+        ("deep.ndjson:3", None, "not valid JSON")]
