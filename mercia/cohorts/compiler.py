@@ -189,11 +189,14 @@ class _Compiler:
             q = q.where(_eq(col("ordinal", "P"), num(1)), copy=False)
         return q
 
+    def _qualified_limited(self) -> bool:
+        """Circe applies the qualified limit whenever AdditionalCriteria is present, even empty."""
+        return self.expr.additional_criteria is not None and self.expr.qualified_limit.type != "All"
+
     def qualified_events(self, primary: str) -> exp.Query:
         desc = self.expr.qualified_limit.type == "Last"
         ac = self.expr.additional_criteria
-        # Circe applies the qualified limit whenever AdditionalCriteria is present, even empty
-        limited = ac is not None and self.expr.qualified_limit.type != "All"
+        limited = self._qualified_limited()
         q = exp.select(*[col(c, "pe") for c in EVENT_COLUMNS], *_ordinal("pe", desc, limited), copy=False)
         q = q.from_(table(primary, "pe"), copy=False)
         if ac is not None and not ac.is_empty():
@@ -420,7 +423,7 @@ class _Compiler:
         e = self.expr
         return (
             e.primary_criteria.primary_criteria_limit.type != "All"
-            or (e.additional_criteria is not None and e.qualified_limit.type != "All")
+            or self._qualified_limited()
             or e.expression_limit.type != "All"
         )
 

@@ -10,8 +10,8 @@ year_of_birth`` compared with whole numbers; value ranges are compared to 4 deci
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 from sqlglot import exp
 
@@ -212,10 +212,10 @@ _PAYER_CONCEPTS = {
 }
 
 
-def _field(c: m.Criteria, name: str, default: Any = None) -> Any:
-    """A criterion's field, or ``default`` where its domain has none (``getattr`` with a default on a
+def _field(c: m.Criteria, name: str) -> Any:
+    """A criterion's field, or None where its domain has none (``getattr`` with a default on a
     pydantic model raises and catches an AttributeError per missing name: a tenth of building a plan)."""
-    return c.__dict__.get(name, default)
+    return c.__dict__.get(name)
 
 
 def numeric_range(expr: exp.Expression, rng: m.NumericRange, whole: bool) -> exp.Expression:
@@ -394,7 +394,7 @@ class CriteriaCompiler:
         for attr, column in _CONCEPT_FILTERS.items():
             concepts = _field(c, attr)
             if concepts:
-                exclude = bool(_field(c, f"{attr}_exclude", False))
+                exclude = bool(_field(c, f"{attr}_exclude"))
                 f.append(in_list(col(column, "C"), [x.concept_id for x in concepts], negate=exclude))
             selection = _field(c, f"{attr}_cs")
             if selection is not None:

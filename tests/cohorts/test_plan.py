@@ -106,6 +106,14 @@ def test_one_event_per_person_is_not_collapsed(limits):
     assert "mercia_cr_edges" in every_event
 
 
+def test_a_qualified_limit_without_additional_criteria_still_collapses():
+    """Circe applies the qualified limit only where AdditionalCriteria is given: without it, a 'First'
+    qualified limit leaves every event, so the rows are still collapsed into eras."""
+    expr = _limited("All", "First", "All").model_copy(update={"additional_criteria": None})
+    insert = next(s for s in compile_cohort(expr, 7) if "INSERT INTO cohort " in s)
+    assert "mercia_cr_edges" in insert
+
+
 def test_compiling_pauses_the_cycle_collector_and_restores_it():
     import gc
 
