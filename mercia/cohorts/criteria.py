@@ -254,10 +254,12 @@ def _compare(left: exp.Expression, op: str, right: exp.Expression) -> exp.Expres
 
 
 def text_filter(expr: exp.Expression, flt: m.TextFilter) -> exp.Expression:
-    value = flt.text or ""
+    """Circe's LIKE: ``%`` and ``_`` in the text stay wildcards (as in OHDSI's SQL) but a backslash is a
+    character, which PostgreSQL and Spark read as their default escape unless another is named."""
+    value = (flt.text or "").replace("!", "!!")
     prefix = "%" if flt.op.endswith(("endsWith", "contains")) else ""
     suffix = "%" if flt.op.endswith(("startsWith", "contains")) else ""
-    like = exp.Like(this=expr, expression=text(f"{prefix}{value}{suffix}"))
+    like = exp.Escape(this=exp.Like(this=expr, expression=text(f"{prefix}{value}{suffix}")), expression=text("!"))
     return exp.not_(like, copy=False) if flt.op.startswith("!") else like
 
 

@@ -582,3 +582,17 @@ def test_visit_type_and_stop_reason_filters(run_spec):
     stopped = cb.drug(X, stop_reason=m.TextFilter(text="adverse", op="startsWith"))
     got, _ = run_spec(tables, cohort(stopped), cohort_id=2)
     assert [r[0] for r in got] == [1]
+
+
+def test_a_text_filter_reads_a_backslash_and_an_exclamation_mark_as_themselves(run_spec):
+    """PostgreSQL and Spark take a backslash in LIKE as an escape by default; DuckDB (and OHDSI's SQL Server)
+    as a character.  ``%`` stays a wildcard, as in Circe."""
+    tables = world([1, 2, 3], drug_exposure=[drug(1, "2011-01-01", stop_reason="dose\\2 stopped!"),
+                                             drug(2, "2011-01-01", stop_reason="dose2 stopped!"),
+                                             drug(3, "2011-01-01", stop_reason="dose\\2 stopped")])
+    for cohort_id, (wanted, op) in enumerate([("dose\\2", "startsWith"), ("ped!", "endsWith"),
+                                              ("e\\2%!", "contains"), ("dose\\2", "!startsWith")], start=1):
+        stopped = cb.drug(X, stop_reason=m.TextFilter(text=wanted, op=op))
+        got, _ = run_spec(tables, cohort(stopped), cohort_id=cohort_id)
+        expected = {1: [1, 3], 2: [1, 2], 3: [1], 4: [2]}[cohort_id]
+        assert [r[0] for r in got] == expected, (wanted, op)
