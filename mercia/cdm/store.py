@@ -123,7 +123,7 @@ class Store(ABC):
     dialect: ClassVar[str]  # sqlglot's name for the engine's SQL
     wants_indexes: ClassVar[bool] = False  # B-tree indexes pay off (row stores), not on column stores
     savepoints: ClassVar[bool] = False  # a refused statement can be undone alone inside a transaction
-    scripts: ClassVar[bool] = False  # ``execute`` runs several statements in one call (``execute_script``)
+    scripts: ClassVar[bool] = False  # ``execute_script`` sends the statements as one call, unsplit
     # Why the engine cannot keep Mercia's own tables (None: it can).  Those tables (governance, ingestion,
     # federation) need row updates, keys and rollback; the CDM, cohort and analysis tables do not.
     no_row_transactions: ClassVar[str | None] = None
@@ -235,7 +235,9 @@ class Store(ABC):
 
     def execute_script(self, statements: Sequence[str]) -> None:
         """Run ``statements`` in order for their effect.  Engines that take a script run them as one
-        (``scripts``): a call per statement is a fixed cost, as large as a small query's own work."""
+        (``scripts``): a call per statement is a fixed cost, as large as a small query's own work.  The
+        price: a failure's ``StoreError.sql`` is then the whole script (the drivers do not say which
+        statement failed), and the transaction is rolled back either way."""
         if self.scripts:
             if statements:
                 self.execute(";\n".join(statements))
