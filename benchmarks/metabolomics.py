@@ -8,7 +8,7 @@
    load, streamed in chunks of ``CHUNK_SAMPLES`` samples inside one transaction (the next chunk is read in a
    thread while this one loads, so only their sum is timed; CPU seconds count both threads; skipped with
    ``--nmr-samples 0``; ``--nmr-study DIR`` keeps the written study there and reuses it on a later run of the
-   same size, as the 1,000,000-sample file takes ~15 minutes to write).  Counted: measurement rows
+   same size, as the 1,000,000-sample file takes ~15 minutes to write; ``--generate-only`` writes it and stops).  Counted: measurement rows
    written; wall and CPU seconds of the whole ingest (the machine is shared, so wall time varies with other
    work: the 1-minute load average before and after is recorded); the load process's peak resident memory
    (generation excluded), its CPU seconds and RSS as each chunk starts (also printed to stderr as it goes),
@@ -101,19 +101,26 @@ def _study_samples(study: Path) -> int | None:
         return sum(1 for _ in handle) - 1
 
 
+def write_study(samples: int, study: Path) -> bool:
+    """Write the study into ``study`` unless it holds one of this size already (same seed); True if written."""
+    from mercia.synth.metabolomics import write_nmr_study
+
+    if _study_samples(study) == samples:
+        return False
+    write_nmr_study(study, samples, seed=1)
+    return True
+
+
 def nmr(samples: int, workdir: Path, study: Path | None) -> dict:
     """Write the study (or reuse ``study`` when it holds one of this size, written with the same seed), then
     load it in a fresh process so that its peak RSS is the load's alone."""
     import multiprocessing
 
     from mercia.ingest.nmr import CHUNK_SAMPLES
-    from mercia.synth.metabolomics import write_nmr_study
 
     study = study or workdir / "nmr"
-    reused = _study_samples(study) == samples
     start = time.perf_counter()
-    if not reused:
-        write_nmr_study(study, samples, seed=1)
+    reused = not write_study(samples, study)
     written = time.perf_counter() - start
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = os.getloadavg()[0]
@@ -270,11 +277,18 @@ def main() -> None:
     parser.add_argument("--nmr-study", default=None,
                         help="folder for the NMR study: reused when it holds one of --nmr-samples samples (written "
                              "by an earlier run; same seed), else written there and kept")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="only write the NMR study into --nmr-study (so that a later run can time the load alone)")
     parser.add_argument("--vcf-samples", type=int, default=20)
     parser.add_argument("--vcf-sites", type=int, default=20_000)
     parser.add_argument("--vcf-shape", choices=("cohort", "trio"), default="cohort",
                         help="cohort: many samples, few carriers; trio: 3 samples, VEP CSQ, a carrier at every site")
     args = parser.parse_args()
+    if args.generate_only:
+        if not args.nmr_study:
+            parser.error("--generate-only needs --nmr-study")
+        write_study(args.nmr_samples, Path(args.nmr_study))
+        return
     result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
