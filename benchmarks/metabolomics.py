@@ -92,15 +92,18 @@ class DemandSampler:
                 try:
                     with open(f"/proc/self/task/{tid}/stat") as handle:
                         runnable += tid != me and handle.read().rsplit(")", 1)[1].split()[0] == "R"
-                except FileNotFoundError:  # the thread ended meanwhile
+                except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile (both seen)
                     pass
             now = time.process_time()
             self.cpu_by_runnable[min(runnable, 3)] = self.cpu_by_runnable.get(min(runnable, 3), 0.0) + now - last
             last = now
 
     def report(self) -> dict:
+        """``sampled_cpu_seconds`` is the CPU the samples cover: the load's whole CPU unless the sampler stopped
+        early (then the projection covers only that part)."""
         projected = sum(cpu / max(1, min(n, 2)) for n, cpu in self.cpu_by_runnable.items())
         return {"cpu_s_by_runnable_threads": {str(n): round(c, 1) for n, c in sorted(self.cpu_by_runnable.items())},
+                "sampled_cpu_seconds": round(sum(self.cpu_by_runnable.values()), 1),
                 "projected_quiet_2core_wall_seconds": round(projected, 1)}
 
 
@@ -188,7 +191,7 @@ def nmr(samples: int, workdir: Path, study: Path | None) -> dict:
             "rows_per_cpu_second": round(rows / measured["total_cpu_seconds"]),
             # CPU seconds / wall seconds: cores the load kept busy here, and on a quiet machine (projected)
             "parallelism": round(measured["total_cpu_seconds"] / measured["total_seconds"], 2),
-            "projected_quiet_parallelism": round(measured["total_cpu_seconds"]
+            "projected_quiet_parallelism": round(measured["sampled_cpu_seconds"]
                                                  / measured["projected_quiet_2core_wall_seconds"], 2)}
 
 
