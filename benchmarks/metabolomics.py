@@ -8,11 +8,13 @@
    load, streamed in chunks of ``CHUNK_SAMPLES`` samples inside one transaction (the next chunk is read in a
    thread while this one loads, so only their sum is timed; CPU seconds count both threads; skipped with
    ``--nmr-samples 0``; ``--nmr-study DIR`` keeps the written study there and reuses it on a later run of the
-   same size, as the 1,000,000-sample file takes ~15 minutes to write).  Counted: measurement rows
+   same size, as the 1,000,000-sample file takes ~15 minutes to write; ``--generate-only`` writes it and stops).  Counted: measurement rows
    written; wall and CPU seconds of the whole ingest (the machine is shared, so wall time varies with other
    work: the 1-minute load average before and after is recorded); the load process's peak resident memory
    (generation excluded), its CPU seconds and RSS as each chunk starts (also printed to stderr as it goes),
-   and its whole CPU (``load_process_cpu_seconds``: start-up and imports included).
+   and its whole CPU (``load_process_cpu_seconds``: start-up and imports included); its demand for cores
+   (``DemandSampler``: CPU seconds used while 1, 2 or 3+ of its threads were runnable) and from it the
+   projected wall time on a quiet 2-core machine, a projection, not a measurement.
 2. VCF: a synthetic bgzipped VCF of one of two shapes (``--vcf-shape``, see ``write_vcf``): ``cohort``, S
    samples x V sites, every tenth site bi-allelic ALT pair so the split runs, genotypes drawn at 5% alternate
    allele frequency; ``trio``, the rare-disease shape, a carrier at every site and a VEP CSQ annotation of
@@ -60,8 +62,54 @@ def current_rss_mb() -> float:
         return round(int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
+class DemandSampler:
+    """Every 20 ms, how many of this process's threads are runnable (``/proc`` state R: running or waiting
+    for a core) and the process CPU used since the last look.  A thread that wants a core is runnable whatever
+    else the machine runs, so this is the load's own demand for cores: CPU used while n threads wanted to run
+    would take 1/min(n, 2) s on two free cores, and the sum of that over the load is its projected wall time
+    on a quiet 2-core machine (a projection: the other processes still change how the phases interleave)."""
+
+    def __init__(self, interval: float = 0.02):
+        import threading
+        self.interval, self.stopped = interval, threading.Event()
+        self.cpu_by_runnable: dict[int, float] = {}
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def _watch(self) -> None:
+        import threading
+        me, last = str(threading.get_native_id()), time.process_time()
+        while not self.stopped.wait(self.interval):
+            runnable = 0
+            for tid in os.listdir("/proc/self/task"):
+                try:
+                    with open(f"/proc/self/task/{tid}/stat") as handle:
+                        runnable += tid != me and handle.read().rsplit(")", 1)[1].split()[0] == "R"
+                except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile (both seen)
+                    pass
+            now = time.process_time()
+            self.cpu_by_runnable[min(runnable, 3)] = self.cpu_by_runnable.get(min(runnable, 3), 0.0) + now - last
+            last = now
+
+    def report(self) -> dict:
+        """``sampled_cpu_seconds`` is the CPU the samples cover: the load's whole CPU unless the sampler stopped
+        early (then the projection covers only that part)."""
+        projected = sum(cpu / max(1, min(n, 2)) for n, cpu in self.cpu_by_runnable.items())
+        return {"cpu_s_by_runnable_threads": {str(n): round(c, 1) for n, c in sorted(self.cpu_by_runnable.items())},
+                "sampled_cpu_seconds": round(sum(self.cpu_by_runnable.values()), 1),
+                "projected_quiet_2core_wall_seconds": round(projected, 1)}
+
+
 def _nmr_load(workdir: Path, study: Path, key: bytes, out) -> None:
-    """Child process: one NMR ingest, reporting its phases' wall and CPU seconds and its own peak RSS."""
+    """Child process: one NMR ingest, reporting its phases' wall and CPU seconds, its demand for cores
+    (``DemandSampler``) and its own peak RSS."""
     from mercia.cdm import Store
     from mercia.ingest.load import LOAD_MEMORY_LIMIT, LoadOptions
     from mercia.ingest.service import ingest
@@ -76,10 +124,11 @@ def _nmr_load(workdir: Path, study: Path, key: bytes, out) -> None:
                   f"{marks[-1][3]} MB", file=sys.stderr, flush=True)
 
     store = Store(str(workdir / "nmr.duckdb"))
-    step("start")
-    summary = ingest(store, "nmr", study / "nmr_wide.csv", "NMR01", options=LoadOptions(Pseudonymiser(key)),
-                     manifest=study / "manifest.csv", on_step=step)
-    step("done")
+    with DemandSampler() as demand:
+        step("start")
+        summary = ingest(store, "nmr", study / "nmr_wide.csv", "NMR01", options=LoadOptions(Pseudonymiser(key)),
+                         manifest=study / "manifest.csv", on_step=step)
+        step("done")
     rows = store.query_one("SELECT count(*) FROM measurement")
     store.close()
     at = {name: (wall, cpu, rss) for name, wall, cpu, rss in marks}
@@ -90,7 +139,7 @@ def _nmr_load(workdir: Path, study: Path, key: bytes, out) -> None:
              "cpu_s_and_rss_mb_at_chunk_start": chunks[::max(1, len(chunks) // 40)] + chunks[-1:],
              "total_seconds": round(at["done"][0] - at["start"][0], 1),
              "total_cpu_seconds": round(at["done"][1] - at["start"][1], 1),
-             "rss_at_end_mb": at["done"][2], "peak_rss_mb": peak_rss_mb()})
+             "rss_at_end_mb": at["done"][2], "peak_rss_mb": peak_rss_mb(), **demand.report()})
 
 
 def _study_samples(study: Path) -> int | None:
@@ -101,19 +150,26 @@ def _study_samples(study: Path) -> int | None:
         return sum(1 for _ in handle) - 1
 
 
+def write_study(samples: int, study: Path) -> bool:
+    """Write the study into ``study`` unless it holds one of this size already (same seed); True if written."""
+    from mercia.synth.metabolomics import write_nmr_study
+
+    if _study_samples(study) == samples:
+        return False
+    write_nmr_study(study, samples, seed=1)
+    return True
+
+
 def nmr(samples: int, workdir: Path, study: Path | None) -> dict:
     """Write the study (or reuse ``study`` when it holds one of this size, written with the same seed), then
     load it in a fresh process so that its peak RSS is the load's alone."""
     import multiprocessing
 
     from mercia.ingest.nmr import CHUNK_SAMPLES
-    from mercia.synth.metabolomics import write_nmr_study
 
     study = study or workdir / "nmr"
-    reused = _study_samples(study) == samples
     start = time.perf_counter()
-    if not reused:
-        write_nmr_study(study, samples, seed=1)
+    reused = not write_study(samples, study)
     written = time.perf_counter() - start
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = os.getloadavg()[0]
@@ -132,7 +188,11 @@ def nmr(samples: int, workdir: Path, study: Path | None) -> dict:
             "file_mb": round((study / "nmr_wide.csv").stat().st_size / 1e6, 1),
             "study_reused": reused, "generate_seconds": round(written, 1), **measured,
             "rows_per_second": round(rows / measured["total_seconds"]),
-            "rows_per_cpu_second": round(rows / measured["total_cpu_seconds"])}
+            "rows_per_cpu_second": round(rows / measured["total_cpu_seconds"]),
+            # CPU seconds / wall seconds: cores the load kept busy here, and on a quiet machine (projected)
+            "parallelism": round(measured["total_cpu_seconds"] / measured["total_seconds"], 2),
+            "projected_quiet_parallelism": round(measured["sampled_cpu_seconds"]
+                                                 / measured["projected_quiet_2core_wall_seconds"], 2)}
 
 
 CONSEQUENCES = ("missense_variant", "synonymous_variant", "intron_variant", "stop_gained", "frameshift_variant",
@@ -270,11 +330,18 @@ def main() -> None:
     parser.add_argument("--nmr-study", default=None,
                         help="folder for the NMR study: reused when it holds one of --nmr-samples samples (written "
                              "by an earlier run; same seed), else written there and kept")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="only write the NMR study into --nmr-study (so that a later run can time the load alone)")
     parser.add_argument("--vcf-samples", type=int, default=20)
     parser.add_argument("--vcf-sites", type=int, default=20_000)
     parser.add_argument("--vcf-shape", choices=("cohort", "trio"), default="cohort",
                         help="cohort: many samples, few carriers; trio: 3 samples, VEP CSQ, a carrier at every site")
     args = parser.parse_args()
+    if args.generate_only:
+        if not args.nmr_study:
+            parser.error("--generate-only needs --nmr-study")
+        write_study(args.nmr_samples, Path(args.nmr_study))
+        return
     result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:

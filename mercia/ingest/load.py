@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -671,12 +672,20 @@ class _Load:
         self.rows["measurement"] += self.store.insert_arrow("measurement", rows)
         self._used_ids("measurement", rows.num_rows)
         del rows
-        # a record's values have consecutive ids: its provenance rows come from the record alone
-        self.store.insert_arrow("mercia_provenance", _table_from_query(self.con, f"""
-            SELECT 'measurement' AS cdm_table, unnest(range({start + 1} + values_before,
-                                                            {start + 1} + values_before + value_count)) AS row_id,
-                   ? AS org, ? AS extract, source_record, record_hash, {load_id} AS load_id
-            FROM value_anchors""", [self.org, extract]))
+        # a record's values have consecutive ids, records in values_before order: the provenance rows are the
+        # ids in turn, each with its record's keys as Arrow dictionaries over the chunk's records (unnesting
+        # each record's id range in SQL was one thread's work and materialised every key once per value)
+        anchors = _table_from_query(self.con, "SELECT source_record, record_hash, value_count FROM value_anchors "
+                                              "ORDER BY values_before")
+        owner = pa.array(np.repeat(np.arange(anchors.num_rows, dtype=np.int32),
+                                   anchors.column("value_count").to_numpy()))
+        count = len(owner)
+        self.store.insert_arrow("mercia_provenance", pa.table({
+            "cdm_table": _constant("measurement", count), "row_id": pa.array(np.arange(start + 1, start + 1 + count)),
+            "org": _constant(self.org, count), "extract": _constant(extract, count),
+            "source_record": pa.DictionaryArray.from_arrays(owner, anchors.column("source_record").combine_chunks()),
+            "record_hash": pa.DictionaryArray.from_arrays(owner, anchors.column("record_hash").combine_chunks()),
+            "load_id": pa.array(np.full(count, load_id, dtype=np.int64))}))
 
     def _insert_registrations(self) -> None:
         start = self._first_id("mercia_registration", "registration_id")
@@ -762,6 +771,11 @@ class _Load:
         self._provenance(f"""SELECT '{table}', row_id, source_record, record_hash FROM domain_rows
             UNION ALL SELECT '{table}', row_id, also_source_record, record_hash FROM domain_rows
             WHERE also_source_record IS NOT NULL""")
+
+
+def _constant(value: str, count: int) -> pa.DictionaryArray:
+    """``count`` times ``value`` as an Arrow dictionary (one string, not ``count`` copies)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(count, dtype=np.int32)), pa.array([value], pa.string()))
 
 
 def _domain_columns(domain: str, type_concept: int) -> dict[str, str]:

@@ -63,6 +63,7 @@ DEFAULT_TOLERANCE = 1e-6
 # chunk's read and load stay under 1 GB, large enough that per-chunk fixed costs stay small (20,000
 # samples: 28-29 CPU-s in chunks of 2,500, 22.5 in chunks of 5,000, 21.9 in chunks of 10,000).
 CHUNK_SAMPLES = 5_000
+SCAN_ROWS = 1_024  # rows per Arrow batch DuckDB scans (one thread takes one batch at a time)
 # Nightingale value QC flags that still leave a usable measurement: a value below the limit of
 # quantification is a real (low) reading, which ukbnmr (Ritchie et al. 2023) also keeps.  Every other
 # flag (degraded sample, citrate plasma, ethanol, isopropyl alcohol, polysaccharides, unknown
@@ -168,7 +169,7 @@ class NmrReader:
         self.extract, self.tolerance, self.adjust = extract, tolerance, remove_technical_variation
         self.catalogue = nightingale_catalogue()
         self.con = duckdb.connect()
-        self.con.register("manifest", manifest)
+        self.con.register("file_manifest", _scannable(manifest))
         self.con.register("catalogue", pa.table({
             "biomarker": [b.name for b in self.catalogue.values()], "kind": [b.kind for b in self.catalogue.values()],
             "ucum": [b.ucum for b in self.catalogue.values()]}))
@@ -226,8 +227,8 @@ class NmrReader:
                               ["unknown biomarker: not in the Nightingale catalogue (nmr_info.csv); column not loaded"])
         if not values:
             raise NmrError(f"{file}: no column names a Nightingale biomarker")
-        self.con.register("wide", table.append_column("__line", pa.array(
-            range(self.first_line, self.first_line + table.num_rows), pa.int64())))
+        self.con.register("wide", _scannable(table.append_column("__line", pa.array(
+            range(self.first_line, self.first_line + table.num_rows), pa.int64()))))
         ident = quote_name(id_column)
 
         def sample(instance):
@@ -405,6 +406,10 @@ class NmrReader:
         con.execute("""CREATE TABLE samples AS SELECT sample_id, min(line) AS line,
                            sum(CAST(hash(biomarker, value, qc_flag) AS HUGEINT)) AS content
                        FROM (SELECT * FROM vals UNION ALL SELECT * FROM excluded) GROUP BY sample_id""")
+        # the manifest rows of this chunk's samples: the window and joins below over the whole manifest made
+        # each chunk of a million-sample load dearer by a manifest of a million rows
+        con.execute("CREATE TABLE manifest AS SELECT * FROM file_manifest "
+                    "WHERE sample_id IN (SELECT sample_id FROM samples)")
         self._reject_query("""SELECT 'NMR/' || s.sample_id AS record, s.line, 'sample_id' AS field,
                                      'sample not in the manifest: no person to attach it to' AS reason
                               FROM samples s WHERE s.sample_id NOT IN (SELECT sample_id FROM manifest
@@ -446,6 +451,12 @@ class NmrReader:
         staged.persons = ArrowColumns(persons)
         staged.rejects = ArrowColumns(pa.concat_tables(self.rejects) if self.rejects else REJECT_SCHEMA.empty_table())
         return staged
+
+
+def _scannable(table: pa.Table) -> pa.Table:
+    """``table`` in batches of ``SCAN_ROWS`` rows: DuckDB scans an Arrow table batch by batch, one thread
+    a batch, so a table of one batch is read (and unpivoted, joined...) on one core."""
+    return pa.Table.from_batches(table.to_batches(SCAN_ROWS), table.schema)
 
 
 def person_ref_sql(m: str) -> str:

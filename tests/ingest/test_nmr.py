@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mercia.ingest.nmr import NmrError, read_nmr
+from mercia.ingest.nmr import NmrError, read_manifest, read_nmr
 from mercia.ingest.service import ingest
 from mercia.synth.metabolomics import write_nmr_study
 from mercia.vocab.metabolites import NIGHTINGALE_OFFSET, formula_names, nightingale_catalogue
@@ -461,6 +461,31 @@ def test_failure_in_a_later_chunk_leaves_nothing_and_resend_adds_nothing(store, 
     again = load_staged(store, read_nmr_chunks(wide, manifest, chunk_samples=15), "NMR01", "nmr", options)
     assert first.loaded == 80 and again.unchanged == 80 and again.rows.get("measurement", 0) == 0
     assert snapshot(store) == loaded
+
+
+def test_a_file_broken_where_the_read_ahead_reads_fails_the_whole_load_naming_the_row(heavy_store, options, snapshot,
+                                                                                       tmp_path, monkeypatch):
+    """``ingest`` reads chunk k+1 in a thread while chunk k loads: a file broken past its first CSV block
+    fails in that thread after earlier chunks were written, and the load still fails as a whole, naming
+    the broken row (its sample id), with nothing of it left in the store."""
+    import functools
+
+    from mercia.ingest import nmr
+
+    write_nmr_study(tmp_path / "nmr", 300, seed=3)  # ~1.4 MB: the streaming CSV reader's second block
+    wide, manifest = tmp_path / "nmr" / "nmr_wide.csv", tmp_path / "nmr" / "manifest.csv"
+    _rewrite(wide, lambda rows: rows.__setitem__(280, [rows[280][0], "1.0", "2.0"]))
+    broken_sample = read_manifest(manifest).column("sample_id")[279].as_py()
+    monkeypatch.setattr(nmr, "read_nmr_chunks", functools.partial(nmr.read_nmr_chunks, chunk_samples=60))
+    store = heavy_store
+    add_ucum(store)
+    empty = snapshot(store)
+    steps = []
+    with pytest.raises(NmrError, match=f"nmr_wide.csv: not a readable .*got 3: {broken_sample},1.0,2.0"):
+        ingest(store, "nmr", wide, "NMR01", options=options, manifest=manifest, on_step=steps.append)
+    assert sum(step.startswith("loading") for step in steps) >= 2  # earlier chunks were loaded meanwhile
+    assert snapshot(store) == empty
+    assert store.query_one("SELECT count(*) FROM mercia_load") == 0
 
 
 def test_a_sample_again_in_a_later_chunk_is_unchanged_or_a_corrected_resend(store, options, study):
