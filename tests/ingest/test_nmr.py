@@ -438,6 +438,53 @@ def test_chunked_load_lands_exactly_what_a_whole_file_load_does(store, store_fac
     assert store.query_one("SELECT count(*) FROM mercia_load") == 1
 
 
+def test_value_provenance_is_one_row_per_measurement_row_naming_its_record(store, options, awkward_study,
+                                                                          monkeypatch):
+    """Each chunk numbers its values' provenance in Arrow apart from the rows themselves: every measurement
+    row has exactly one provenance row, no provenance row lacks its row, and each names the record its
+    value came from (records of unequal sizes, three chunks, so a shifted id or record would show)."""
+    import functools
+    import math
+
+    from mercia.ingest import nmr
+
+    monkeypatch.setattr(nmr, "read_nmr_chunks", functools.partial(nmr.read_nmr_chunks, chunk_samples=14))
+    ingest(store, "nmr", awkward_study / "nmr_wide.csv", "NMR01", options=options,
+           manifest=awkward_study / "manifest.csv")
+    ids = [row_id for (row_id,) in store.query("SELECT measurement_id FROM measurement ORDER BY 1")]
+    provenance = store.query("""SELECT row_id, source_record, record_hash, org, extract, load_id FROM mercia_provenance
+                                WHERE cdm_table = 'measurement' ORDER BY row_id""")
+    assert len(ids) == 40 * 249 - 1 and [row[0] for row in provenance] == ids
+    assert {row[3:] for row in provenance} == {("NMR01", "nmr_wide.csv", 1)}
+    specimen_hash = dict(store.query("SELECT source_record, record_hash FROM mercia_provenance "
+                                     "WHERE cdm_table = 'specimen'"))
+    records: dict[str, list] = {}
+    for row_id, record, record_hash, *_ in provenance:
+        assert record_hash == specimen_hash[record]  # the record's own hash on each of its rows
+        records.setdefault(record, []).append(row_id)
+    assert all(rows == list(range(rows[0], rows[0] + len(rows))) for rows in records.values())
+    # the record each row names is the one it was loaded from: its sample's person, and its sample's values
+    assert store.query_one("""SELECT count(*) FROM measurement m
+                              JOIN mercia_provenance p ON p.cdm_table = 'measurement' AND p.row_id = m.measurement_id
+                              JOIN mercia_provenance ps ON ps.cdm_table = 'specimen'
+                                                       AND ps.source_record = p.source_record
+                              JOIN specimen s ON s.specimen_id = ps.row_id
+                              WHERE s.person_id <> m.person_id""") == 0
+    values: dict[str, dict[str, float]] = {}
+    for record, code, value in store.query("""SELECT p.source_record, m.measurement_source_value, m.value_as_number
+                                              FROM measurement m JOIN mercia_provenance p
+                                                ON p.cdm_table = 'measurement' AND p.row_id = m.measurement_id"""):
+        values.setdefault(record, {})[code] = float(value)
+    with (awkward_study / "nmr_wide.csv").open() as handle:
+        samples = list(csv.DictReader(handle))
+
+    def holds(sample, record_values):
+        return all(math.isclose(float(sample[code]), value, rel_tol=1e-12) for code, value in record_values.items())
+
+    assert len(values) == 40
+    assert all(sum(holds(sample, found) for sample in samples) == 1 for found in values.values())
+
+
 def test_failure_in_a_later_chunk_leaves_nothing_and_resend_adds_nothing(store, options, snapshot, study):
     from mercia.ingest.load import load_staged
     from mercia.ingest.nmr import read_nmr_chunks
