@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import pyarrow as pa
@@ -80,7 +81,8 @@ def read_source(kind: str, path: Path | str, mapping: str | Path | None = None,
 
 
 def read_chunks(kind: str, path: Path | str, mapping: str | Path | None = None,
-                manifest: Path | str | None = None, remove_technical_variation: bool = False) -> Iterator[Staged]:
+                manifest: Path | str | None = None,
+                remove_technical_variation: bool = False) -> Generator[Staged, None, None]:
     """The source as staged chunks for one load: a large NMR panel streams in chunks of samples
     (``mercia.ingest.nmr.read_nmr_chunks``) and a VCF in chunks of sites (``read_vcf_chunks``) so that
     memory does not grow with the file; every other kind is one chunk, ``read_source``."""
@@ -94,11 +96,12 @@ def read_chunks(kind: str, path: Path | str, mapping: str | Path | None = None,
         yield read_source(kind, path, mapping, manifest, remove_technical_variation)
 
 
-def read_ahead(chunks: Iterator[Staged]) -> Iterator[Staged]:
+def read_ahead(chunks: Generator[Staged, None, None]) -> Iterator[Staged]:
     """``chunks`` with the next one read in a thread while the caller loads this one: a reader's DuckDB
     and Arrow work release the GIL, so reading and loading use both cores.  The reader must not touch
-    the store (only the caller does)."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mercia-read-ahead") as pool:
+    the store (only the caller does).  Closed early (the load failed first), it waits for the read in
+    flight, then closes ``chunks`` and so the file: no thread or handle outlives the load."""
+    with closing(chunks), ThreadPoolExecutor(max_workers=1, thread_name_prefix="mercia-read-ahead") as pool:
         pending = pool.submit(next, chunks, None)
         while (chunk := pending.result()) is not None:
             pending = pool.submit(next, chunks, None)
@@ -125,20 +128,22 @@ def ingest(store: Store, kind: str, path: Path | str, org: str, mapping: str | P
         on_step(f"reading {kind} {Path(path).name}")
     persons: list[pa.Table] = []  # for the re-identification key map
 
-    def prepared() -> Iterator[Staged]:
-        for number, staged in enumerate(read_ahead(read_chunks(kind, path, mapping, manifest,
-                                                               remove_technical_variation))):
-            if kind in MANIFEST_KINDS:
-                from mercia.vocab.metabolites import ensure_local_concepts
-                ensure_local_concepts(store, staged.codes(), staged.concept_names)
-            if on_step:
-                on_step(f"loading {staged.read} records for {org}" + (f" (chunk {number + 1})" if number else ""))
-            if reid_store is not None:
-                persons.append(staged.persons.table())
-            yield staged
+    def prepared() -> Generator[Staged, None, None]:
+        with closing(read_ahead(read_chunks(kind, path, mapping, manifest, remove_technical_variation))) as chunks:
+            for number, staged in enumerate(chunks):
+                if kind in MANIFEST_KINDS:
+                    from mercia.vocab.metabolites import ensure_local_concepts
+                    ensure_local_concepts(store, staged.codes(), staged.concept_names)
+                if on_step:
+                    on_step(f"loading {staged.read} records for {org}"
+                            + (f" (chunk {number + 1})" if number else ""))
+                if reid_store is not None:
+                    persons.append(staged.persons.table())
+                yield staged
 
     try:
-        summary = load_staged(store, prepared(), org, kind, options)
+        with closing(prepared()) as chunks:  # a load that fails first ends the read-ahead before its error goes on
+            summary = load_staged(store, chunks, org, kind, options)
     except VcfFileError as exc:
         if exc.rejected is None:
             raise

@@ -535,6 +535,36 @@ def test_a_file_broken_where_the_read_ahead_reads_fails_the_whole_load_naming_th
     assert store.query_one("SELECT count(*) FROM mercia_load") == 0
 
 
+def test_a_load_failing_while_the_next_chunk_is_read_leaves_no_thread_or_open_file(heavy_store, options, study,
+                                                                                     monkeypatch):
+    """The load fails on its first chunk while the read-ahead thread reads the second: by the time the error
+    reaches the caller (which still holds it, and so the failed frames), that read has ended, the thread is
+    gone and the file is closed."""
+    import functools
+    import os
+    import threading
+
+    from mercia.ingest import load, nmr
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(nmr, "read_nmr_chunks", functools.partial(nmr.read_nmr_chunks, chunk_samples=10))
+    monkeypatch.setattr(load, "_load_chunk", failing)
+    wide = study / "nmr_wide.csv"
+    with pytest.raises(RuntimeError, match="went away") as failed:
+        ingest(heavy_store, "nmr", wide, "NMR01", options=options, manifest=study / "manifest.csv")
+    assert failed.value is not None  # held: its traceback keeps the failed load's frames alive
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("mercia-read-ahead")]
+    open_files = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            open_files.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
+    assert str(wide.resolve()) not in open_files
+
+
 def test_a_sample_again_in_a_later_chunk_is_unchanged_or_a_corrected_resend(store, options, study):
     """A chunk finds the records earlier chunks of its own load wrote (the load's record list, not a
     read of its provenance): the same sample again changes nothing, a changed one replaces them."""
