@@ -144,6 +144,8 @@ def test_sessions_read_what_other_sessions_appended_swapped_in_or_recreated(monk
         assert reader.query_one('SELECT SUM(x) FROM "u"') == 6 and refreshed == []
         assert reader.query_one('SELECT SUM(x) FROM "t"') == 16
         assert refreshed == [f"`{store.schema}`.`t`"]
+        writer.execute('WITH more AS (SELECT 20 AS x) INSERT INTO "u" SELECT x FROM more')   # a cohort's rows
+        assert reader.query_one('SELECT SUM(x) FROM "u"') == 26
         with writer.transaction():
             writer.truncate("t")
             writer.insert_arrow("t", pa.table({"x": [100]}))
@@ -152,7 +154,7 @@ def test_sessions_read_what_other_sessions_appended_swapped_in_or_recreated(monk
         writer.execute('CREATE TABLE "t" (x BIGINT, y STRING) USING parquet')
         writer.insert_arrow("t", pa.table({"x": [7], "y": ["a"]}))
         assert reader.query('SELECT x, y FROM "t"') == [(7, "a")]
-        assert reader.query_one('SELECT SUM(x) FROM "u"') == 6 and len(refreshed) == 3
+        assert reader.query_one('SELECT SUM(x) FROM "u"') == 26 and len(refreshed) == 4
 
 
 @pytest.mark.spark

@@ -59,6 +59,7 @@ _NAME = r'(?:"[^"]+"|`[^`]+`|\w+)(?:\.(?:"[^"]+"|`[^`]+`|\w+))?'
 # files replaced, or the name dropped (it may come back as another table).  A new table needs nothing.
 _WRITES = re.compile(r"\s*(INSERT\s+(?:INTO|OVERWRITE)(?:\s+TABLE)?|TRUNCATE\s+TABLE|DROP\s+TABLE(?:\s+IF\s+EXISTS)?"
                      r"|ALTER\s+TABLE|CREATE\s+OR\s+REPLACE\s+TABLE)\s+(" + _NAME + ")", re.IGNORECASE)
+_INSERT_AFTER_WITH = re.compile(r"\bINSERT\s+(?:INTO|OVERWRITE)(?:\s+TABLE)?\s+(" + _NAME + ")", re.IGNORECASE)
 _RENAMED_TO = re.compile(r"\bRENAME\s+TO\s+(" + _NAME + ")", re.IGNORECASE)
 _INTERNAL = "_mercia_"  # staging tables, swap journals, locks: never read by another session
 _LOCK_WAIT_SECONDS = 120
@@ -316,6 +317,9 @@ class SparkStore(Store):
         """After a statement: tell the other sessions which table it changed (see ``_refresh_stale``)."""
         match = _WRITES.match(sql)
         if match is None:
+            inserted = _INSERT_AFTER_WITH.search(sql) if sql.lstrip()[:4].upper() == "WITH" else None
+            if inserted is not None:
+                self._catalog.wrote([self._qualified(_unquoted(inserted.group(1)))], self._id)
             return
         names = [match.group(2)]
         if match.group(1).upper().startswith("ALTER"):
@@ -330,9 +334,12 @@ class SparkStore(Store):
                     self._temp_views.discard(name)
                 continue
             if not name.rpartition(".")[2].startswith(_INTERNAL):
-                tables.append(name if "." in name else f"{(self.schema or 'default').lower()}.{name}")
+                tables.append(self._qualified(name))
         if tables:
             self._catalog.wrote(tables, self._id)
+
+    def _qualified(self, name: str) -> str:
+        return name if "." in name else f"{(self.schema or 'default').lower()}.{name}"
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         if isinstance(sql, TemporaryTable):  # built from its parts, not from the text
