@@ -174,8 +174,8 @@ class Store(ABC):
     @contextmanager
     def session(self) -> Iterator[Store]:
         """A store of its own on the same database, for one request or job: its own connection
-        (DuckDB cursor, pooled PostgreSQL connection), its own transactions, no shared lock.
-        Safe to use from another thread than the parent store's."""
+        (DuckDB cursor, pooled PostgreSQL connection, reused Spark session), its own transactions, no
+        shared lock.  Safe to use from another thread than the parent store's."""
         child = self._open_session()
         try:
             yield child

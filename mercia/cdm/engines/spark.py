@@ -51,8 +51,8 @@ _SESSION_CONF = {
 _STATEMENT_END = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|;", re.DOTALL)
 _local_lock = threading.Lock()
 _SWAP_JOURNAL = "_mercia_swap_"  # tables recording a commit's swap until it is complete
-# Held from a commit's journal to its end and while an opening store finishes cut-short swaps: every
-# session opens as a new store, and one opened mid-commit must not take a live swap for a crashed one.
+# Held from a commit's journal to its end and while an opening store (or session, after a commit failed
+# midway) finishes cut-short swaps: it must not take a live swap for a crashed one.
 _swap_lock = threading.Lock()
 _NAME = r'(?:"[^"]+"|`[^`]+`|\w+)(?:\.(?:"[^"]+"|`[^`]+`|\w+))?'
 # Statements after which other sessions' cached listings of the named table are stale: rows added or
@@ -63,6 +63,7 @@ _INSERT_AFTER_WITH = re.compile(r"\bINSERT\s+(?:INTO|OVERWRITE)(?:\s+TABLE)?\s+(
 _RENAMED_TO = re.compile(r"\bRENAME\s+TO\s+(" + _NAME + ")", re.IGNORECASE)
 _INTERNAL = "_mercia_"  # staging tables, swap journals, locks: never read by another session
 _LOCK_WAIT_SECONDS = 120
+_IDLE_SESSIONS = 8  # kept per database for reuse; more at once are made for the moment and let go
 
 
 class _Catalog:
@@ -241,13 +242,15 @@ class SparkStore(Store):
         return spark
 
     def close(self) -> None:
-        """A session goes back to the idle ones (its temporary views dropped); a root store on Spark
-        Connect ends its session and the idle ones; a local session lives as long as the process."""
+        """A session goes back to the idle ones (its temporary views dropped).  A root store lets its
+        database's idle sessions go; on Spark Connect it ends them and its own session (a local Spark
+        session lives as long as the process)."""
         if self._pooled:
             self._put_back()
-        elif self._root is None:
-            with self._catalog.lock:
-                idle = self._catalog.idle.pop((self.url, self.schema), [])
+            return
+        with self._catalog.lock:
+            idle = self._catalog.idle.pop((self.url, self.schema), [])
+        if self._root is None:
             for spark in [self._spark, *(session._spark for session in idle)]:
                 spark.stop()
             if self._set_connect_mode:
@@ -278,7 +281,12 @@ class SparkStore(Store):
         for view in list(self._temp_views):
             self.drop_temp_table(view)
         with self._catalog.lock:
-            self._catalog.idle.setdefault((self.url, self.schema), []).append(self)
+            idle = self._catalog.idle.setdefault((self.url, self.schema), [])
+            kept = len(idle) < _IDLE_SESSIONS
+            if kept:
+                idle.append(self)
+        if not kept and self._root is None:
+            self._spark.stop()
 
     @property
     def spark(self):
