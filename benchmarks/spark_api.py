@@ -8,7 +8,7 @@ and closing a session of the research store (what every request and job does fir
 regional source (row counts read from Spark), ``GET`` of a cohort's attrition (read from Spark), a
 quick count (a cohort computed in a temporary view), and a cohort run (the job's wall time from
 ``POST …/run`` to its end: compile, write rows and attrition, read the result back); each
-``--repeats`` times, one after another.  Counted per operation: wall seconds (median, min, max) and
+``--repeats`` times, one after another (a session alone, and with ``SELECT 1`` in it, are timed apart).  Counted per operation: wall seconds (median, min, max) and
 CPU seconds of this process and its children (Spark's JVM, read from /proc) per operation, and the
 1-minute load average before and after (the machine is shared).  Not timed: starting Spark, building
 the world.  Writes a fresh ``benchmarks/results/spark-api-<UTC time>.json``.
@@ -84,6 +84,10 @@ def main() -> None:
         assert r.status_code == 200, r.text
 
     def open_and_close_session() -> None:
+        with app_state.root_store.session():
+            pass
+
+    def first_statement_in_a_session() -> None:
         with app_state.root_store.session() as session:
             session.query_one("SELECT 1")
 
@@ -95,6 +99,7 @@ def main() -> None:
     data_manager = world.login("dm")
     operations = {
         "session_open_close": open_and_close_session,
+        "session_select_1": first_statement_in_a_session,
         "get_source_detail": lambda: get("/api/v1/sources/OMOP%20CDM%20store", data_manager),
         "get_cohort_attrition": lambda: get(f"/api/v1/cohorts/{cohort_id}/attrition", headers),
         "quick_count": quick_count,
