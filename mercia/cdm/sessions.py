@@ -2,10 +2,11 @@
 
 The server holds one root ``Store``; ``bound_session(root)`` marks the code that runs inside it (an
 HTTP request, a job) as owning a session of its own: ``current(root)`` then returns that session's
-connection (a DuckDB cursor, a pooled PostgreSQL connection), opened on first use and closed when the
-block ends.  Outside any bound session ``current(root)`` is the root itself.  The binding lives in a
-context variable, so it follows a request into the worker thread that runs its handler, and work
-submitted to another thread pool (the job runner) starts unbound and binds its own.
+connection (a DuckDB cursor, a pooled PostgreSQL connection, a reused Spark session), opened on first
+use and closed when the block ends.  Outside any bound session ``current(root)`` is the root itself.
+The binding lives in a context variable, so it follows a request into the worker thread that runs
+its handler, and work submitted to another thread pool (the job runner) starts unbound and binds its
+own.
 """
 
 from __future__ import annotations

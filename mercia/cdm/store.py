@@ -46,6 +46,11 @@ class _Shared:
         self.id_table_ready = False
         self.writes = threading.RLock()
         self.allocator: Store | None = None  # DuckDB: a connection of its own for allocation
+        self.named: dict[str, threading.Lock] = {}  # ``Store.exclusive``'s locks
+
+    def named_lock(self, name: str) -> threading.Lock:
+        with self.ids:
+            return self.named.setdefault(name, threading.Lock())
 
     def close(self) -> None:
         if self.allocator is not None:
@@ -170,8 +175,8 @@ class Store(ABC):
     @contextmanager
     def session(self) -> Iterator[Store]:
         """A store of its own on the same database, for one request or job: its own connection
-        (DuckDB cursor, pooled PostgreSQL connection), its own transactions, no shared lock.
-        Safe to use from another thread than the parent store's."""
+        (DuckDB cursor, pooled PostgreSQL connection, reused Spark session), its own transactions, no
+        shared lock.  Safe to use from another thread than the parent store's."""
         child = self._open_session()
         try:
             yield child
@@ -189,6 +194,15 @@ class Store(ABC):
     def _adopt(self, parent: Store) -> None:
         """Make this new session share ``parent``'s locks and allocator."""
         self._shared = parent._shared
+
+    @contextmanager
+    def exclusive(self, name: str, reads: Sequence[str] = ()) -> Iterator[None]:
+        """Run the block while no other block ``exclusive(name)`` on this database runs: a
+        check-then-write (claiming a cohort id) where no UNIQUE constraint refuses the second writer;
+        the block sees the latest rows of the tables it ``reads``.  Here across the sessions of this
+        store in this process; Spark also across its clients."""
+        with self._shared.named_lock(name):
+            yield
 
     @property
     def serialised_writes(self) -> threading.RLock | None:

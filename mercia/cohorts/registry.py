@@ -40,11 +40,13 @@ def claim_cohort_id(store: Store, cohort_id: int, name: str, made_by: str, synta
     if cohort_id < 1:
         raise CohortIdTaken(f"cohort id {cohort_id}: saved cohorts have positive ids")
     ensure_result_tables(store)
-    held = store.query("SELECT cohort_definition_name, cohort_definition_description FROM cohort_definition "
-                       "WHERE cohort_definition_id = ?", [cohort_id])
-    if not held:
-        _register(store, cohort_id, name, made_by, syntax)
-    elif held[0][1] != made_by:
+    # no UNIQUE constraint on every engine: the check and the write run alone
+    with store.exclusive(f"cohort_claim_{cohort_id}", reads=["cohort_definition"]):
+        held = store.query("SELECT cohort_definition_name, cohort_definition_description FROM cohort_definition "
+                           "WHERE cohort_definition_id = ?", [cohort_id])
+        if not held:
+            _register(store, cohort_id, name, made_by, syntax)
+    if held and held[0][1] != made_by:
         raise CohortIdTaken(f"cohort id {cohort_id} is already {held[0][0]!r} (made by {held[0][1]}); "
                             "choose another id")
     return cohort_id

@@ -1,11 +1,14 @@
 """Spark Connect: the store reaches a Spark server over ``sc://HOST:PORT`` the way a user reaches a
-cluster.  The test starts the Connect server that ships with pyspark on a free local port, runs a
-cohort through the store and checks DuckDB's rows."""
+cluster.  The tests start the Connect server that ships with pyspark on a free local port, run a
+cohort through the store and check DuckDB's rows, read across sessions, and claim one cohort id from
+two client processes at once."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +18,7 @@ import pytest
 from mercia.cdm import Store
 from mercia.cohorts import run_cohort
 from mercia.cohorts.builder import cohort, concept_set, condition
+from mercia.cohorts.runner import ensure_result_tables
 from tests.cohorts.conftest import cdm_arrow
 from tests.conftest import drop_store, spark_url
 
@@ -98,3 +102,56 @@ def test_cohort_through_spark_connect_equals_duckdb(connect_url, tmp_path):
             drop_store(store)
     assert results["connect"] == results["duckdb"]
     assert results["duckdb"][0] == 2
+
+
+def test_connect_sessions_see_each_others_writes(connect_url):
+    """Sessions of a Connect store are Connect sessions reused across requests; one reads a table
+    another appends to, and sees the new rows."""
+    store = Store(connect_url, schema=f"t_{uuid.uuid4().hex[:12]}")
+    try:
+        store.execute('CREATE TABLE "t" (x BIGINT) USING parquet')
+        with store.session() as reader, store.session() as writer:
+            assert reader.query_one('SELECT count(*) FROM "t"') == 0
+            writer.execute('INSERT INTO "t" VALUES (1), (2)')
+            assert reader.query_one('SELECT SUM(x) FROM "t"') == 3
+            first = reader.spark
+        with store.session() as again:
+            assert again.spark in (first, writer.spark)
+    finally:
+        drop_store(store)
+
+
+CLAIM = """
+import sys, time
+from mercia.cdm import Store
+from mercia.cohorts.registry import CohortIdTaken, claim_cohort_id
+url, schema, maker, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+store = Store(url, schema=schema)
+time.sleep(max(0.0, start - time.time()))
+try:
+    claim_cohort_id(store, 12, maker + "'s cohort", maker)
+    print("CLAIMED")
+except CohortIdTaken as refused:
+    print("REFUSED", refused)
+store.close()
+"""
+
+
+def test_two_clients_claiming_one_id_at_once_register_one(connect_url):
+    """Two client processes of one Spark Connect server (say two ``mercia cohort run``s, or one and a
+    server) claim the same cohort id at the same moment for different makers: one registers it, the
+    other is refused, and the registry holds one row (the lock table is the catalog's)."""
+    store = Store(connect_url, schema=f"t_{uuid.uuid4().hex[:12]}")
+    try:
+        ensure_result_tables(store)
+        start = time.time() + 45   # both clients connected and waiting by then
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        clients = [subprocess.Popen([sys.executable, "-c", CLAIM, connect_url, store.schema, maker, str(start)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                   for maker in ("mercia cohort run", "variant cohort")]
+        outputs = [client.communicate(timeout=900) for client in clients]
+        assert sorted(out.split()[0] for out, _ in outputs if out) == ["CLAIMED", "REFUSED"], outputs
+        assert store.query_one("SELECT count(*) FROM cohort_definition WHERE cohort_definition_id = 12") == 1
+        assert not store.table_exists("_mercia_lock_cohort_claim_12")
+    finally:
+        drop_store(store)

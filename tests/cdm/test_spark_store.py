@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import uuid
 
 import pyarrow as pa
@@ -122,3 +123,74 @@ def test_a_table_rewritten_in_one_session_is_read_afresh_by_another():
         assert reader.query_one('SELECT SUM(x) FROM "t"') == 6
         writer.execute('DELETE FROM "t" WHERE x = ?', [2])
         assert reader.query('SELECT x FROM "t" ORDER BY x') == [(1,), (3,)]
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_sessions_read_what_other_sessions_appended_swapped_in_or_recreated(monkeypatch):
+    """Sessions keep each table's file listing; a session refreshes exactly the tables another
+    session wrote since, when a statement names them: appended rows are not missed, a table swapped
+    in by a load or dropped and made again is read afresh, and a table nobody wrote is not refreshed."""
+    store = Store(spark_url(), schema=f"t_{uuid.uuid4().hex[:12]}")
+    for table in ("t", "u"):
+        store.execute(f'CREATE TABLE "{table}" (x BIGINT) USING parquet')
+        store.insert_arrow(table, pa.table({"x": [1, 2, 3]}))
+    with store.session() as reader, store.session() as writer:
+        refreshed = []
+        refresh = reader.spark.catalog.refreshTable
+        monkeypatch.setattr(reader.spark.catalog, "refreshTable", lambda name: refreshed.append(name) or refresh(name))
+        assert [reader.query_one(f'SELECT SUM(x) FROM "{t}"') for t in ("t", "u")] == [6, 6]
+        writer.insert_arrow("t", pa.table({"x": [10]}))
+        assert reader.query_one('SELECT SUM(x) FROM "u"') == 6 and refreshed == []
+        assert reader.query_one('SELECT SUM(x) FROM "t"') == 16
+        assert refreshed == [f"`{store.schema}`.`t`"]
+        writer.execute('WITH more AS (SELECT 20 AS x) INSERT INTO "u" SELECT x FROM more')   # a cohort's rows
+        assert reader.query_one('SELECT SUM(x) FROM "u"') == 26
+        with writer.transaction():
+            writer.truncate("t")
+            writer.insert_arrow("t", pa.table({"x": [100]}))
+        assert reader.query_one('SELECT SUM(x) FROM "t"') == 100
+        writer.execute('DROP TABLE "t"')
+        writer.execute('CREATE TABLE "t" (x BIGINT, y STRING) USING parquet')
+        writer.insert_arrow("t", pa.table({"x": [7], "y": ["a"]}))
+        assert reader.query('SELECT x, y FROM "t"') == [(7, "a")]
+        assert reader.query_one('SELECT SUM(x) FROM "u"') == 26 and len(refreshed) == 4
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_closed_session_is_reused_without_its_temporary_views():
+    """A request's session is set up once (a Spark session, its settings, its database) and reused
+    by the next request, which finds none of the first one's temporary views."""
+    store = Store(spark_url(), schema=f"t_{uuid.uuid4().hex[:12]}")
+    with store.session() as first:
+        spark = first.spark
+        first.create_temp_table("leftover", "SELECT 1 AS x")
+    with store.session() as second:
+        assert second.spark is spark
+        assert not second.spark.catalog.tableExists("leftover")
+        assert second.query_one("SELECT current_database()") == store.schema
+        with store.session() as third:   # in use: another session
+            assert third.spark is not spark
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_exclusive_waits_while_another_client_holds_the_lock_table():
+    """Across the clients of one Spark catalog the lock is a table only one of them can create: while
+    it exists (another client's claim), ``exclusive`` waits; once dropped, it runs and cleans up."""
+    store = Store(spark_url(), schema=f"t_{uuid.uuid4().hex[:12]}")
+    store.execute('CREATE TABLE "_mercia_lock_claim_9" (held BOOLEAN) USING parquet')   # another client's
+    entered = threading.Event()
+
+    def claim():
+        with store.session() as session, session.exclusive("claim_9"):
+            entered.set()
+
+    thread = threading.Thread(target=claim)
+    thread.start()
+    assert not entered.wait(3)
+    store.execute('DROP TABLE "_mercia_lock_claim_9"')
+    assert entered.wait(120)
+    thread.join(120)
+    assert not store.table_exists("_mercia_lock_claim_9")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import date
 
 import pytest
 
+from mercia.cohorts import registry
 from mercia.cohorts.registry import CLI, CohortIdTaken, adopt_cohorts, claim_cohort_id, new_cohort_id, scratch_cohort
 from mercia.cohorts.runner import ensure_result_tables
+from tests.conftest import drop_store, open_store
 
 
 def registered(store) -> list[tuple]:
@@ -67,3 +71,38 @@ def test_adopting_earlier_cohorts_keeps_their_ids_and_runs_once(store):
     adopt_cohorts(store, earlier)
     assert registered(store) == [(2, "2.json", CLI), (5, "Asthma", "project 1")]
     assert new_cohort_id(store, "next", "project 1") == 6
+
+
+def test_two_claims_of_one_id_at_once_register_one_maker(contract_engine, tmp_path, monkeypatch):
+    """Two claimers (each with its own session, as two requests or jobs) claim the same id at the same
+    moment for different makers, with the write held back so that both would have checked before
+    either wrote: one registers, the other is refused, and the id has one registry row."""
+    store = open_store(contract_engine, tmp_path)
+    ensure_result_tables(store)
+    write = registry._register
+    monkeypatch.setattr(registry, "_register", lambda *args: time.sleep(1.0) or write(*args))
+    start, outcomes = threading.Barrier(2), {}
+
+    def claimer(maker: str) -> None:
+        with store.session() as session:
+            start.wait()
+            try:
+                outcomes[maker] = claim_cohort_id(session, 12, f"{maker}'s cohort", maker)
+            except Exception as failed:   # asserted below: only CohortIdTaken is right
+                outcomes[maker] = failed
+
+    threads = [threading.Thread(target=claimer, args=(maker,)) for maker in (CLI, "project 4")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    try:
+        rows = registered(store)
+        assert len(rows) == 1 and rows[0][0] == 12, rows
+        winner = rows[0][2]
+        assert outcomes[winner] == 12 and len(outcomes) == 2, outcomes
+        loser = next(maker for maker in outcomes if maker != winner)
+        assert isinstance(outcomes[loser], CohortIdTaken), outcomes[loser]
+        assert f"made by {winner}" in str(outcomes[loser])
+    finally:
+        drop_store(store)

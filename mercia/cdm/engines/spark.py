@@ -9,15 +9,24 @@ table in, then drops the old ones and the journal (metadata only); a swap cut sh
 finished by the next store opened on the database, so the tables change all together or not at all.  Other SQL writes (``INSERT ... SELECT``) apply at once, and
 reads inside the transaction see the tables as they were before it.  ``DELETE`` on a Parquet table (which Spark refuses) is rewritten
 to keep the other rows through a staging table.
+
+Sessions (one per HTTP request or job) are Spark sessions set up once and reused: a closed session
+goes back to an idle list of its catalog.  Each Spark session caches the file listing of every table
+it read; a table another session rewrote or appended to then names deleted files or misses new ones.
+So every session notes the tables its statements write, and a session about to run a statement that
+names a table another session wrote since refreshes exactly that table first (``_Catalog``).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -42,9 +51,66 @@ _SESSION_CONF = {
 _STATEMENT_END = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|;", re.DOTALL)
 _local_lock = threading.Lock()
 _SWAP_JOURNAL = "_mercia_swap_"  # tables recording a commit's swap until it is complete
-# Held from a commit's journal to its end and while an opening store finishes cut-short swaps: every
-# session opens as a new store, and one opened mid-commit must not take a live swap for a crashed one.
+# Held from a commit's journal to its end and while an opening store (or session, after a commit failed
+# midway) finishes cut-short swaps: it must not take a live swap for a crashed one.
 _swap_lock = threading.Lock()
+_NAME = r'(?:"[^"]+"|`[^`]+`|\w+)(?:\.(?:"[^"]+"|`[^`]+`|\w+))?'
+# Statements after which other sessions' cached listings of the named table are stale: rows added or
+# files replaced, or the name dropped (it may come back as another table).  A new table needs nothing.
+_WRITES = re.compile(r"\s*(INSERT\s+(?:INTO|OVERWRITE)(?:\s+TABLE)?|TRUNCATE\s+TABLE|DROP\s+TABLE(?:\s+IF\s+EXISTS)?"
+                     r"|ALTER\s+TABLE|CREATE\s+OR\s+REPLACE\s+TABLE)\s+(" + _NAME + ")", re.IGNORECASE)
+_INSERT_AFTER_WITH = re.compile(r"\bINSERT\s+(?:INTO|OVERWRITE)(?:\s+TABLE)?\s+(" + _NAME + ")", re.IGNORECASE)
+_RENAMED_TO = re.compile(r"\bRENAME\s+TO\s+(" + _NAME + ")", re.IGNORECASE)
+_INTERNAL = "_mercia_"  # staging tables, swap journals, locks: never read by another session
+_LOCK_WAIT_SECONDS = 120
+_IDLE_SESSIONS = 8  # kept per database for reuse; more at once are made for the moment and let go
+
+
+class _Catalog:
+    """What the stores and sessions of this process on one Spark catalog (the local warehouse, or one
+    Spark Connect server) share: the tables each session wrote, so that the others refresh exactly
+    those (a session caches every table's file listing), idle sessions to reuse, swaps cut short in
+    this process, and the in-process half of ``exclusive``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.clock = 0  # moves on every noted write
+        self.written: dict[str, tuple[int, int]] = {}  # "database.table" -> (clock of its last write, writer)
+        self.idle: dict[tuple[str, str | None], list[SparkStore]] = {}  # (url, schema) -> sessions
+        self.cut_short: list[str] = []  # swap journals of commits that failed midway in this process
+        self.names: dict[str, threading.Lock] = {}
+
+    def wrote(self, tables: list[str], writer: int) -> None:
+        with self.lock:
+            self.clock += 1
+            for table in tables:
+                self.written[table] = (self.clock, writer)
+
+    def written_since(self, clock: int, reader: int) -> tuple[int, list[str]]:
+        """The clock now and the tables others wrote after ``clock``."""
+        with self.lock:
+            return self.clock, [t for t, (when, writer) in self.written.items() if when > clock and writer != reader]
+
+    def named_lock(self, name: str) -> threading.Lock:
+        with self.lock:
+            return self.names.setdefault(name, threading.Lock())
+
+
+_catalogs: dict[str, _Catalog] = {}
+_catalogs_lock = threading.Lock()
+_session_ids = itertools.count(1)
+
+
+def _catalog(url: str) -> _Catalog:
+    """The process's ``_Catalog`` for ``url``: one for the local session (one warehouse per process),
+    one per Spark Connect server."""
+    key = url if url.startswith("sc://") else "local"
+    with _catalogs_lock:
+        return _catalogs.setdefault(key, _Catalog())
+
+
+def _unquoted(name: str) -> str:
+    return ".".join(part.strip('"`') for part in re.findall(r'"[^"]+"|`[^`]+`|\w+', name)).lower()
 
 
 def split_statements(script: str) -> list[str]:
@@ -94,12 +160,6 @@ def _local_session(master: str, options: dict[str, str]):
                    .config("spark.hadoop.javax.jdo.option.ConnectionURL",
                            f"jdbc:derby:;databaseName={warehouse / 'metastore_db'};create=true")
                    .enableHiveSupport()
-                   # Each session caches a table's file listing; a table another session rewrote (a DELETE
-                   # is an overwrite here) then names deleted files.  Sessions of one server must see each
-                   # other's writes, so every statement lists the files afresh: ~40 ms of planning per table
-                   # read (measured, 2 cores; a cohort reading ~10 tables pays ~0.5 s).  Refreshing only the
-                   # tables another session rewrote would keep the cache (not done).
-                   .config("spark.sql.filesourceTableRelationCacheSize", "0")
                    .config("spark.sql.shuffle.partitions", options.get("partitions", "4"))
                    .config("spark.driver.memory", options.get("memory", "2g")))
         session = builder.getOrCreate()
@@ -136,18 +196,14 @@ class SparkStore(Store):
             raise StoreError("the Spark engine needs pyspark: pip install 'mercia[spark]' (and a Java runtime)",
                              engine=self.dialect) from exc
         self._errors = _driver_errors()
+        self._catalog = _catalog(url)
+        self._start_session_state()
         if url.startswith("sc://"):
-            from pyspark.sql import SparkSession
-
             self.table_format = "parquet"
             self._root = None
             # pyspark marks the whole process as a Connect client (an environment variable) on the first
             # remote session; close() undoes that so local sessions in the same process keep working.
             self._set_connect_mode = _CONNECT_MODE not in os.environ
-            try:
-                self._spark = SparkSession.builder.remote(url).create()
-            except self._errors as exc:
-                raise StoreError(f"cannot reach Spark Connect at {url}: {exc}", engine=self.dialect) from exc
         else:
             master, options = parse_url(url)
             self.table_format = options.get("format", "parquet")
@@ -156,24 +212,81 @@ class SparkStore(Store):
                                  f"Delta Lake (delta-spark) does not support the pyspark {pyspark.__version__} this "
                                  "engine runs on yet (docs/cdm.md, Engines)", engine=self.dialect)
             self._root = _local_session(master, options)
-            self._spark = self._root.newSession()  # own current database, temp views and settings
-        self._staged: dict[str, str] = {}  # table -> staging table, inside a transaction
-        for key, value in _SESSION_CONF.items():
-            self._spark.conf.set(key, value)
+        self._spark = self._new_spark_session()
         if schema:
             self.execute(f"CREATE DATABASE IF NOT EXISTS {quote(schema)}")
             self.execute(f"USE {quote(schema)}")
         self._finish_interrupted_swaps()
 
-    def close(self) -> None:
-        """Ends a Spark Connect session; a local session lives as long as the process."""
+    def _start_session_state(self) -> None:
+        self._id = next(_session_ids)  # tells this session's writes from others'
+        self._synced = self._catalog.clock  # when it last looked at others' writes (new: nothing cached)
+        self._stale: set[str] = set()  # tables others wrote since then, not yet refreshed here
+        self._temp_views: set[str] = set()
+        self._staged: dict[str, str] = {}  # table -> staging table, inside a transaction
+        self._pooled = False  # a session: close() puts it back among the idle ones
+
+    def _new_spark_session(self):
+        """A Spark session of its own (current database, temporary views, settings, table cache)."""
         if self._root is None:
-            self._spark.stop()
+            from pyspark.sql import SparkSession
+
+            try:
+                spark = SparkSession.builder.remote(self.url).create()
+            except self._errors as exc:
+                raise StoreError(f"cannot reach Spark Connect at {self.url}: {exc}", engine=self.dialect) from exc
+        else:
+            spark = self._root.newSession()
+        for key, value in _SESSION_CONF.items():
+            spark.conf.set(key, value)
+        return spark
+
+    def close(self) -> None:
+        """A session goes back to the idle ones (its temporary views dropped).  A root store lets its
+        database's idle sessions go; on Spark Connect it ends them and its own session (a local Spark
+        session lives as long as the process)."""
+        if self._pooled:
+            self._put_back()
+            return
+        with self._catalog.lock:
+            idle = self._catalog.idle.pop((self.url, self.schema), [])
+        if self._root is None:
+            for spark in [self._spark, *(session._spark for session in idle)]:
+                spark.stop()
             if self._set_connect_mode:
                 os.environ.pop(_CONNECT_MODE, None)
 
     def _open_session(self) -> SparkStore:
-        return SparkStore(self.url, self.schema, self.read_only)
+        """An idle session of this database, or a new one: a new Spark session, its settings and the
+        database (which this store created), nothing else."""
+        self._finish_swaps_cut_short()
+        with self._catalog.lock:
+            idle = self._catalog.idle.get((self.url, self.schema))
+            session = idle.pop() if idle else None
+        if session is None:
+            session = SparkStore.__new__(SparkStore)
+            Store.__init__(session, self.url, self.schema, self.read_only)
+            session.__dict__.update({key: value for key, value in self.__dict__.items() if key in (
+                "_errors", "_catalog", "table_format", "_root", "_set_connect_mode")})
+            session._start_session_state()
+            session._spark = session._new_spark_session()
+            if self.schema:
+                session.execute(f"USE {quote(self.schema)}")
+        session._pooled = True
+        return session
+
+    def _put_back(self) -> None:
+        if self.in_transaction or self._staged:
+            return  # left mid-transaction (cannot happen through ``transaction()``): not reused
+        for view in list(self._temp_views):
+            self.drop_temp_table(view)
+        with self._catalog.lock:
+            idle = self._catalog.idle.setdefault((self.url, self.schema), [])
+            kept = len(idle) < _IDLE_SESSIONS
+            if kept:
+                idle.append(self)
+        if not kept and self._root is None:
+            self._spark.stop()
 
     @property
     def spark(self):
@@ -182,10 +295,59 @@ class SparkStore(Store):
 
     # -- SQL -------------------------------------------------------------------------------
     def _sql(self, sql: str, params: Sequence[Any] | None = None):
+        self._refresh_stale(sql)
         try:
             return self._spark.sql(sql, args=list(params)) if params is not None else self._spark.sql(sql)
         except self._errors as exc:
             raise self._error(exc, sql) from exc
+
+    def _refresh_stale(self, sql: str) -> None:
+        """Before a statement: refresh this session's cached listing of each table it names that
+        another session wrote since (``REFRESH TABLE``); nothing when no session wrote anything."""
+        if self._catalog.clock != self._synced:
+            self._synced, written = self._catalog.written_since(self._synced, self._id)
+            self._stale.update(written)
+        if not self._stale:
+            return
+        text = sql.lower()
+        for table in [t for t in self._stale if t.rpartition(".")[2] in text]:
+            name = table.rpartition(".")[2]
+            if name in self._temp_views or not re.search(rf"\b{re.escape(name)}\b", text):
+                continue
+            self._stale.discard(table)
+            try:
+                self._spark.catalog.refreshTable(".".join(f"`{part}`" for part in table.split(".")))
+            except self._errors as exc:
+                if _condition(exc) != "TABLE_OR_VIEW_NOT_FOUND":  # dropped: nothing cached is used
+                    raise self._error(exc, f"REFRESH TABLE {table}") from exc
+
+    def _note_writes(self, sql: str) -> None:
+        """After a statement: tell the other sessions which table it changed (see ``_refresh_stale``)."""
+        match = _WRITES.match(sql)
+        if match is None:
+            inserted = _INSERT_AFTER_WITH.search(sql) if sql.lstrip()[:4].upper() == "WITH" else None
+            if inserted is not None:
+                self._catalog.wrote([self._qualified(_unquoted(inserted.group(1)))], self._id)
+            return
+        names = [match.group(2)]
+        if match.group(1).upper().startswith("ALTER"):
+            renamed = _RENAMED_TO.search(sql)
+            if renamed is None:
+                return
+            names.append(renamed.group(1))
+        tables = []
+        for name in map(_unquoted, names):
+            if name in self._temp_views:
+                if match.group(1).upper().startswith("DROP"):
+                    self._temp_views.discard(name)
+                continue
+            if not name.rpartition(".")[2].startswith(_INTERNAL):
+                tables.append(self._qualified(name))
+        if tables:
+            self._catalog.wrote(tables, self._id)
+
+    def _qualified(self, name: str) -> str:
+        return name if "." in name else f"{(self.schema or 'default').lower()}.{name}"
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         if isinstance(sql, TemporaryTable):  # built from its parts, not from the text
@@ -201,9 +363,11 @@ class SparkStore(Store):
     def _collect(self, sql: str, params: Sequence[Any] | None) -> list:
         df = self._sql(sql, params)
         try:
-            return df.collect()
+            rows = df.collect()
         except self._errors as exc:
             raise self._error(exc, sql) from exc
+        self._note_writes(sql)
+        return rows
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
         return [tuple(r) for r in self._collect(sql, params)]
@@ -224,9 +388,11 @@ class SparkStore(Store):
             rows.localCheckpoint(eager=True).createOrReplaceTempView(name)
         except self._errors as exc:
             raise self._error(exc, select_sql) from exc
+        self._temp_views.add(name.lower())
 
     def drop_temp_table(self, name: str) -> None:
         self.execute(f"DROP VIEW IF EXISTS {quote(name)}")
+        self._temp_views.discard(name.lower())
 
     def _delete(self, sql: str, params: Sequence[Any] | None) -> None:
         """``DELETE FROM t WHERE c`` on Parquet: nothing when no row matches (one small query), else the
@@ -282,8 +448,9 @@ class SparkStore(Store):
             try:
                 self._finish_swap(journal)
             except StoreError as exc:
+                self._catalog.cut_short.append(journal)
                 raise StoreError(f"the commit of {', '.join(staged)} was cut short ({exc}); it is recorded in "
-                                 f"{journal} and finished when the store is next opened", exc.sql,
+                                 f"{journal} and finished when a session or the store is next opened", exc.sql,
                                  self.dialect) from exc
 
     def _finish_swap(self, journal: str) -> None:
@@ -309,10 +476,52 @@ class SparkStore(Store):
                 if not row["isTemporary"]:
                     self._finish_swap(row["tableName"])
 
+    def _finish_swaps_cut_short(self) -> None:
+        """Finish the commits that failed midway in this process (normally none: nothing to ask Spark)."""
+        if not self._catalog.cut_short:
+            return
+        with _swap_lock:
+            while self._catalog.cut_short:
+                journal = self._catalog.cut_short[0]
+                if self.table_exists(journal):
+                    self._finish_swap(journal)
+                self._catalog.cut_short.pop(0)
+
     def _rollback(self) -> None:
         staged, self._staged = self._staged, {}
         for stage in staged.values():
             self._collect(f"DROP TABLE IF EXISTS {quote(stage)}", None)
+
+    @contextmanager
+    def exclusive(self, name: str, reads: Sequence[str] = ()) -> Iterator[None]:
+        """Across this process's sessions a lock; across the clients of one catalog (a Spark Connect
+        server) a lock table ``_mercia_lock_<name>``, which the catalog creates for one of them only,
+        and ``reads`` refreshed (another client may have written them).  A client that died holding
+        the lock leaves the table: after two minutes the error names it."""
+        lock_table = quote(f"{_INTERNAL}lock_{name}")
+        with self._catalog.named_lock(name):
+            waited_until = time.monotonic() + _LOCK_WAIT_SECONDS
+            while True:
+                try:
+                    self._spark.sql(f"CREATE TABLE {lock_table} (held BOOLEAN) USING parquet").collect()
+                    break
+                except self._errors as exc:
+                    if _condition(exc) not in ("TABLE_OR_VIEW_ALREADY_EXISTS", "LOCATION_ALREADY_EXISTS"):
+                        raise self._error(exc, f"CREATE TABLE {lock_table}") from exc
+                if time.monotonic() > waited_until:
+                    raise StoreError(f"{name} has been held by another client of this Spark catalog for "
+                                     f"{_LOCK_WAIT_SECONDS} s (lock table {lock_table}); if no other Mercia "
+                                     f"process is running, DROP TABLE {lock_table}", engine=self.dialect)
+                time.sleep(0.2)
+            try:
+                for table in reads:
+                    try:
+                        self._spark.catalog.refreshTable(table)
+                    except self._errors as exc:
+                        raise self._error(exc, f"REFRESH TABLE {table}") from exc
+                yield
+            finally:
+                self._collect(f"DROP TABLE {lock_table}", None)
 
     # -- schema ----------------------------------------------------------------------------
     def table_exists(self, name: str) -> bool:
@@ -374,6 +583,7 @@ class SparkStore(Store):
                                     F.count(F.col("_mercia_bad_column")).alias("bad"),
                                     *[F.count_if(F.col(f"_mercia_raw_{c}").isNull()).alias(c) for c in concept_nulls])
             observed.select(*[F.col(name) for name, _ in self.columns(target)]).write.insertInto(target)
+            self._note_writes(f"INSERT INTO {quote(target)}")
             counts = observation.get
             bad = None
             if counts["bad"]:
@@ -387,6 +597,12 @@ class SparkStore(Store):
         except self._errors as exc:
             raise self._error(exc, f"-- read Parquet {files[0][:1]} into {table.name}") from exc
         return ParquetLoad(int(counts["rows"]), {c: int(counts[c]) for c in concept_nulls}, bad)
+
+
+def _condition(exc: BaseException) -> str | None:
+    """Spark's error condition (``TABLE_OR_VIEW_NOT_FOUND`` …), None for other driver errors."""
+    condition = getattr(exc, "getCondition", None)
+    return condition() if callable(condition) else None
 
 
 def _union(frames: list):
