@@ -61,6 +61,7 @@ def connect_url(tmp_path_factory):
          "--conf", "spark.connect.grpc.binding.address=127.0.0.1", "--conf", "spark.ui.enabled=false",
          "--conf", "spark.sql.shuffle.partitions=1", "--conf", "spark.driver.memory=1g",
          "--conf", f"spark.sql.warehouse.dir={warehouse}",
+         "--conf", "spark.sql.filesourceTableRelationCacheSize=0",   # sessions see each other's writes (docs/cdm.md)
          "--conf", f"spark.driver.extraJavaOptions=-Dderby.system.home={warehouse}", "spark-internal"],
         stdout=log, stderr=subprocess.STDOUT, env={"SPARK_HOME": str(home), "PATH": "/usr/bin:/bin"},
         start_new_session=True)

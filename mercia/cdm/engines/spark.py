@@ -11,15 +11,11 @@ reads inside the transaction see the tables as they were before it.  ``DELETE`` 
 to keep the other rows through a staging table.
 
 Sessions (one per HTTP request or job) are Spark sessions set up once and reused: a closed session
-goes back to an idle list of its catalog.  Each Spark session caches the file listing of every table
-it read; a table another session rewrote or appended to then names deleted files or misses new ones.
-So every session notes the tables its statements write, and a session about to run a statement that
-names a table another session wrote since refreshes exactly that table first (``_Catalog``).
+goes back to an idle list of its catalog (``_Catalog``).
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import threading
@@ -54,42 +50,21 @@ _SWAP_JOURNAL = "_mercia_swap_"  # tables recording a commit's swap until it is 
 # Held from a commit's journal to its end and while an opening store (or session, after a commit failed
 # midway) finishes cut-short swaps: it must not take a live swap for a crashed one.
 _swap_lock = threading.Lock()
-_NAME = r'(?:"[^"]+"|`[^`]+`|\w+)(?:\.(?:"[^"]+"|`[^`]+`|\w+))?'
-# Statements after which other sessions' cached listings of the named table are stale: rows added or
-# files replaced, or the name dropped (it may come back as another table).  A new table needs nothing.
-_WRITES = re.compile(r"\s*(INSERT\s+(?:INTO|OVERWRITE)(?:\s+TABLE)?|TRUNCATE\s+TABLE|DROP\s+TABLE(?:\s+IF\s+EXISTS)?"
-                     r"|ALTER\s+TABLE|CREATE\s+OR\s+REPLACE\s+TABLE)\s+(" + _NAME + ")", re.IGNORECASE)
-_INSERT_AFTER_WITH = re.compile(r"\bINSERT\s+(?:INTO|OVERWRITE)(?:\s+TABLE)?\s+(" + _NAME + ")", re.IGNORECASE)
-_RENAMED_TO = re.compile(r"\bRENAME\s+TO\s+(" + _NAME + ")", re.IGNORECASE)
-_INTERNAL = "_mercia_"  # staging tables, swap journals, locks: never read by another session
+_INTERNAL = "_mercia_"  # prefix of the store's own tables (staging tables, swap journals, locks)
 _LOCK_WAIT_SECONDS = 120
 _IDLE_SESSIONS = 8  # kept per database for reuse; more at once are made for the moment and let go
 
 
 class _Catalog:
     """What the stores and sessions of this process on one Spark catalog (the local warehouse, or one
-    Spark Connect server) share: the tables each session wrote, so that the others refresh exactly
-    those (a session caches every table's file listing), idle sessions to reuse, swaps cut short in
-    this process, and the in-process half of ``exclusive``."""
+    Spark Connect server) share: idle sessions to reuse, swaps cut short in this process, and the
+    in-process half of ``exclusive``."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.clock = 0  # moves on every noted write
-        self.written: dict[str, tuple[int, int]] = {}  # "database.table" -> (clock of its last write, writer)
         self.idle: dict[tuple[str, str | None], list[SparkStore]] = {}  # (url, schema) -> sessions
         self.cut_short: list[str] = []  # swap journals of commits that failed midway in this process
         self.names: dict[str, threading.Lock] = {}
-
-    def wrote(self, tables: list[str], writer: int) -> None:
-        with self.lock:
-            self.clock += 1
-            for table in tables:
-                self.written[table] = (self.clock, writer)
-
-    def written_since(self, clock: int, reader: int) -> tuple[int, list[str]]:
-        """The clock now and the tables others wrote after ``clock``."""
-        with self.lock:
-            return self.clock, [t for t, (when, writer) in self.written.items() if when > clock and writer != reader]
 
     def named_lock(self, name: str) -> threading.Lock:
         with self.lock:
@@ -98,7 +73,6 @@ class _Catalog:
 
 _catalogs: dict[str, _Catalog] = {}
 _catalogs_lock = threading.Lock()
-_session_ids = itertools.count(1)
 
 
 def _catalog(url: str) -> _Catalog:
@@ -107,10 +81,6 @@ def _catalog(url: str) -> _Catalog:
     key = url if url.startswith("sc://") else "local"
     with _catalogs_lock:
         return _catalogs.setdefault(key, _Catalog())
-
-
-def _unquoted(name: str) -> str:
-    return ".".join(part.strip('"`') for part in re.findall(r'"[^"]+"|`[^`]+`|\w+', name)).lower()
 
 
 def split_statements(script: str) -> list[str]:
@@ -160,6 +130,12 @@ def _local_session(master: str, options: dict[str, str]):
                    .config("spark.hadoop.javax.jdo.option.ConnectionURL",
                            f"jdbc:derby:;databaseName={warehouse / 'metastore_db'};create=true")
                    .enableHiveSupport()
+                   # Each session caches a table's file listing; a table another session rewrote (a DELETE
+                   # is an overwrite here) then names deleted files.  Sessions of one server must see each
+                   # other's writes, so every statement lists the files afresh: ~40 ms of planning per table
+                   # read (measured, 2 cores; a cohort reading ~10 tables pays ~0.5 s).  Refreshing only the
+                   # tables another session rewrote would keep the cache (not done).
+                   .config("spark.sql.filesourceTableRelationCacheSize", "0")
                    .config("spark.sql.shuffle.partitions", options.get("partitions", "4"))
                    .config("spark.driver.memory", options.get("memory", "2g")))
         session = builder.getOrCreate()
@@ -219,15 +195,12 @@ class SparkStore(Store):
         self._finish_interrupted_swaps()
 
     def _start_session_state(self) -> None:
-        self._id = next(_session_ids)  # tells this session's writes from others'
-        self._synced = self._catalog.clock  # when it last looked at others' writes (new: nothing cached)
-        self._stale: set[str] = set()  # tables others wrote since then, not yet refreshed here
         self._temp_views: set[str] = set()
         self._staged: dict[str, str] = {}  # table -> staging table, inside a transaction
         self._pooled = False  # a session: close() puts it back among the idle ones
 
     def _new_spark_session(self):
-        """A Spark session of its own (current database, temporary views, settings, table cache)."""
+        """A Spark session of its own (current database, temporary views, settings)."""
         if self._root is None:
             from pyspark.sql import SparkSession
 
@@ -295,59 +268,10 @@ class SparkStore(Store):
 
     # -- SQL -------------------------------------------------------------------------------
     def _sql(self, sql: str, params: Sequence[Any] | None = None):
-        self._refresh_stale(sql)
         try:
             return self._spark.sql(sql, args=list(params)) if params is not None else self._spark.sql(sql)
         except self._errors as exc:
             raise self._error(exc, sql) from exc
-
-    def _refresh_stale(self, sql: str) -> None:
-        """Before a statement: refresh this session's cached listing of each table it names that
-        another session wrote since (``REFRESH TABLE``); nothing when no session wrote anything."""
-        if self._catalog.clock != self._synced:
-            self._synced, written = self._catalog.written_since(self._synced, self._id)
-            self._stale.update(written)
-        if not self._stale:
-            return
-        text = sql.lower()
-        for table in [t for t in self._stale if t.rpartition(".")[2] in text]:
-            name = table.rpartition(".")[2]
-            if name in self._temp_views or not re.search(rf"\b{re.escape(name)}\b", text):
-                continue
-            self._stale.discard(table)
-            try:
-                self._spark.catalog.refreshTable(".".join(f"`{part}`" for part in table.split(".")))
-            except self._errors as exc:
-                if _condition(exc) != "TABLE_OR_VIEW_NOT_FOUND":  # dropped: nothing cached is used
-                    raise self._error(exc, f"REFRESH TABLE {table}") from exc
-
-    def _note_writes(self, sql: str) -> None:
-        """After a statement: tell the other sessions which table it changed (see ``_refresh_stale``)."""
-        match = _WRITES.match(sql)
-        if match is None:
-            inserted = _INSERT_AFTER_WITH.search(sql) if sql.lstrip()[:4].upper() == "WITH" else None
-            if inserted is not None:
-                self._catalog.wrote([self._qualified(_unquoted(inserted.group(1)))], self._id)
-            return
-        names = [match.group(2)]
-        if match.group(1).upper().startswith("ALTER"):
-            renamed = _RENAMED_TO.search(sql)
-            if renamed is None:
-                return
-            names.append(renamed.group(1))
-        tables = []
-        for name in map(_unquoted, names):
-            if name in self._temp_views:
-                if match.group(1).upper().startswith("DROP"):
-                    self._temp_views.discard(name)
-                continue
-            if not name.rpartition(".")[2].startswith(_INTERNAL):
-                tables.append(self._qualified(name))
-        if tables:
-            self._catalog.wrote(tables, self._id)
-
-    def _qualified(self, name: str) -> str:
-        return name if "." in name else f"{(self.schema or 'default').lower()}.{name}"
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         if isinstance(sql, TemporaryTable):  # built from its parts, not from the text
@@ -363,11 +287,9 @@ class SparkStore(Store):
     def _collect(self, sql: str, params: Sequence[Any] | None) -> list:
         df = self._sql(sql, params)
         try:
-            rows = df.collect()
+            return df.collect()
         except self._errors as exc:
             raise self._error(exc, sql) from exc
-        self._note_writes(sql)
-        return rows
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
         return [tuple(r) for r in self._collect(sql, params)]
@@ -583,7 +505,6 @@ class SparkStore(Store):
                                     F.count(F.col("_mercia_bad_column")).alias("bad"),
                                     *[F.count_if(F.col(f"_mercia_raw_{c}").isNull()).alias(c) for c in concept_nulls])
             observed.select(*[F.col(name) for name, _ in self.columns(target)]).write.insertInto(target)
-            self._note_writes(f"INSERT INTO {quote(target)}")
             counts = observation.get
             bad = None
             if counts["bad"]:
