@@ -8,6 +8,7 @@ from datetime import date
 
 import pytest
 
+from mercia.cdm import Store
 from mercia.cohorts import registry
 from mercia.cohorts.registry import CLI, CohortIdTaken, adopt_cohorts, claim_cohort_id, new_cohort_id, scratch_cohort
 from mercia.cohorts.runner import ensure_result_tables
@@ -106,3 +107,35 @@ def test_two_claims_of_one_id_at_once_register_one_maker(contract_engine, tmp_pa
         assert f"made by {winner}" in str(outcomes[loser])
     finally:
         drop_store(store)
+
+
+def test_two_processes_claiming_one_id_on_postgresql_register_one(tmp_path, monkeypatch):
+    """Two root stores on one PostgreSQL schema (as the server and a CLI run: no lock of one process
+    is shared) claim the same id at once: one registers, the other is refused."""
+    first = open_store("postgres", tmp_path)
+    second = Store(first.url, schema=first.schema)
+    ensure_result_tables(first)
+    write = registry._register
+    monkeypatch.setattr(registry, "_register", lambda *args: time.sleep(1.0) or write(*args))
+    start, outcomes = threading.Barrier(2), {}
+
+    def claimer(store, maker: str) -> None:
+        start.wait()
+        try:
+            outcomes[maker] = claim_cohort_id(store, 12, f"{maker}'s cohort", maker)
+        except Exception as failed:   # asserted below: only CohortIdTaken is right
+            outcomes[maker] = failed
+
+    threads = [threading.Thread(target=claimer, args=pair) for pair in ((first, CLI), (second, "project 4"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    try:
+        rows = registered(first)
+        assert len(rows) == 1 and rows[0][0] == 12, rows
+        loser = next(maker for maker in outcomes if maker != rows[0][2])
+        assert isinstance(outcomes[loser], CohortIdTaken), outcomes[loser]
+    finally:
+        second.close()
+        drop_store(first)

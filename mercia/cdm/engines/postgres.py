@@ -6,7 +6,8 @@ import io
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,15 @@ class PostgresStore(Store):
 
     def snapshot_reads(self) -> None:
         self.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
+    @contextmanager
+    def exclusive(self, name: str, reads: Sequence[str] = ()) -> Iterator[None]:
+        """Also across processes (the server and a CLI run, two servers): a transaction-scoped advisory
+        lock, held until the block's transaction — the caller's, when it has one — commits, so the next
+        claimer reads the row the first one wrote."""
+        with super().exclusive(name, reads), self.transaction():
+            self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", [f"mercia/{self.schema or ''}/{name}"])
+            yield
 
     def forbid_changes(self, table: str) -> bool:
         """A statement trigger raising on UPDATE, DELETE and TRUNCATE (a superuser can still drop
