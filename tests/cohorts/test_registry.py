@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import date
 
 import pytest
@@ -74,37 +75,46 @@ def test_adopting_earlier_cohorts_keeps_their_ids_and_runs_once(store):
     assert new_cohort_id(store, "next", "project 1") == 6
 
 
-def test_two_claims_of_one_id_at_once_register_one_maker(contract_engine, tmp_path, monkeypatch):
-    """Two claimers (each with its own session, as two requests or jobs) claim the same id at the same
-    moment for different makers, with the write held back so that both would have checked before
-    either wrote: one registers, the other is refused, and the id has one registry row."""
-    store = open_store(contract_engine, tmp_path)
-    ensure_result_tables(store)
+def claim_at_once(claimers: list[tuple[Callable, str]], monkeypatch) -> dict[str, object]:
+    """Each (opener of a store, maker) claims id 12 at the same moment, with the write held back so that
+    both would have checked before either wrote; each maker's id or the exception it raised."""
     write = registry._register
     monkeypatch.setattr(registry, "_register", lambda *args: time.sleep(1.0) or write(*args))
-    start, outcomes = threading.Barrier(2), {}
+    start, outcomes = threading.Barrier(len(claimers)), {}
 
-    def claimer(maker: str) -> None:
-        with store.session() as session:
+    def claimer(opened: Callable, maker: str) -> None:
+        with opened() as store:
             start.wait()
             try:
-                outcomes[maker] = claim_cohort_id(session, 12, f"{maker}'s cohort", maker)
-            except Exception as failed:   # asserted below: only CohortIdTaken is right
+                outcomes[maker] = claim_cohort_id(store, 12, f"{maker}'s cohort", maker)
+            except Exception as failed:   # asserted by the callers: only CohortIdTaken is right
                 outcomes[maker] = failed
 
-    threads = [threading.Thread(target=claimer, args=(maker,)) for maker in (CLI, "project 4")]
+    threads = [threading.Thread(target=claimer, args=pair) for pair in claimers]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(300)
+    return outcomes
+
+
+def assert_one_registered(store, outcomes: dict[str, object]) -> None:
+    rows = registered(store)
+    assert len(rows) == 1 and rows[0][0] == 12, rows
+    winner = rows[0][2]
+    assert outcomes[winner] == 12 and len(outcomes) == 2, outcomes
+    loser = next(maker for maker in outcomes if maker != winner)
+    assert isinstance(outcomes[loser], CohortIdTaken), outcomes[loser]
+    assert f"made by {winner}" in str(outcomes[loser])
+
+
+def test_two_claims_of_one_id_at_once_register_one_maker(contract_engine, tmp_path, monkeypatch):
+    """Two claimers, each with its own session (as two requests or jobs): one registers, the other is
+    refused, and the id has one registry row."""
+    store = open_store(contract_engine, tmp_path)
+    ensure_result_tables(store)
     try:
-        rows = registered(store)
-        assert len(rows) == 1 and rows[0][0] == 12, rows
-        winner = rows[0][2]
-        assert outcomes[winner] == 12 and len(outcomes) == 2, outcomes
-        loser = next(maker for maker in outcomes if maker != winner)
-        assert isinstance(outcomes[loser], CohortIdTaken), outcomes[loser]
-        assert f"made by {winner}" in str(outcomes[loser])
+        assert_one_registered(store, claim_at_once([(store.session, CLI), (store.session, "project 4")], monkeypatch))
     finally:
         drop_store(store)
 
@@ -113,29 +123,9 @@ def test_two_processes_claiming_one_id_on_postgresql_register_one(tmp_path, monk
     """Two root stores on one PostgreSQL schema (as the server and a CLI run: no lock of one process
     is shared) claim the same id at once: one registers, the other is refused."""
     first = open_store("postgres", tmp_path)
-    second = Store(first.url, schema=first.schema)
     ensure_result_tables(first)
-    write = registry._register
-    monkeypatch.setattr(registry, "_register", lambda *args: time.sleep(1.0) or write(*args))
-    start, outcomes = threading.Barrier(2), {}
-
-    def claimer(store, maker: str) -> None:
-        start.wait()
-        try:
-            outcomes[maker] = claim_cohort_id(store, 12, f"{maker}'s cohort", maker)
-        except Exception as failed:   # asserted below: only CohortIdTaken is right
-            outcomes[maker] = failed
-
-    threads = [threading.Thread(target=claimer, args=pair) for pair in ((first, CLI), (second, "project 4"))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
     try:
-        rows = registered(first)
-        assert len(rows) == 1 and rows[0][0] == 12, rows
-        loser = next(maker for maker in outcomes if maker != rows[0][2])
-        assert isinstance(outcomes[loser], CohortIdTaken), outcomes[loser]
+        assert_one_registered(first, claim_at_once(
+            [(first.session, CLI), (lambda: Store(first.url, schema=first.schema), "project 4")], monkeypatch))
     finally:
-        second.close()
         drop_store(first)
