@@ -36,6 +36,18 @@ class StoreError(Exception):
         self.sql, self.engine = sql, engine
 
 
+class NamedLocks:
+    """One lock per name, made at its first use (``Store.exclusive``: one per cohort id claimed)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def __call__(self, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+
 class _Shared:
     """What a store and all its sessions share: the lock that makes id allocation atomic in
     this process, and the lock that serialises governance writes where the engine aborts
@@ -46,11 +58,7 @@ class _Shared:
         self.id_table_ready = False
         self.writes = threading.RLock()
         self.allocator: Store | None = None  # DuckDB: a connection of its own for allocation
-        self.named: dict[str, threading.Lock] = {}  # ``Store.exclusive``'s locks
-
-    def named_lock(self, name: str) -> threading.Lock:
-        with self.ids:
-            return self.named.setdefault(name, threading.Lock())
+        self.named = NamedLocks()  # ``Store.exclusive``'s
 
     def close(self) -> None:
         if self.allocator is not None:
@@ -201,7 +209,7 @@ class Store(ABC):
         check-then-write (claiming a cohort id) where no UNIQUE constraint refuses the second writer;
         the block sees the latest rows of the tables it ``reads``.  Here across the sessions of this
         store in this process; Spark also across its clients."""
-        with self._shared.named_lock(name):
+        with self._shared.named(name):
             yield
 
     @property

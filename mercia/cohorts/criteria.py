@@ -387,11 +387,11 @@ class CriteriaCompiler:
         name = type(c).__name__
         # dates of the event
         for attr in ("occurrence_start_date", "visit_detail_start_date", "era_start_date", "period_start_date"):
-            if _field(c, attr) is not None:
-                f.append(date_range(start.copy(), _field(c, attr)))
+            if (rng := _field(c, attr)) is not None:
+                f.append(date_range(start.copy(), rng))
         for attr in ("occurrence_end_date", "visit_detail_end_date", "era_end_date", "period_end_date"):
-            if _field(c, attr) is not None:
-                f.append(date_range(end.copy(), _field(c, attr)))
+            if (rng := _field(c, attr)) is not None:
+                f.append(date_range(end.copy(), rng))
         # concept lists and concept-set selections on the domain table
         for attr, column in _CONCEPT_FILTERS.items():
             concepts = _field(c, attr)

@@ -33,7 +33,7 @@ from sqlglot import exp
 
 from mercia.cdm.dialect import TemporaryTable
 from mercia.cdm.schema import Column, Table
-from mercia.cdm.store import BadValue, ParquetLoad, Store, StoreError, quote
+from mercia.cdm.store import BadValue, NamedLocks, ParquetLoad, Store, StoreError, quote
 
 _SPARK_TYPES = {"BIGINT": "BIGINT", "DATE": "DATE", "TIMESTAMP": "TIMESTAMP_NTZ",
                 "DOUBLE PRECISION": "DOUBLE", "VARCHAR": "STRING"}
@@ -64,11 +64,7 @@ class _Catalog:
         self.lock = threading.Lock()
         self.idle: dict[tuple[str, str | None], list[SparkStore]] = {}  # (url, schema) -> sessions
         self.cut_short: list[str] = []  # swap journals of commits that failed midway in this process
-        self.names: dict[str, threading.Lock] = {}
-
-    def named_lock(self, name: str) -> threading.Lock:
-        with self.lock:
-            return self.names.setdefault(name, threading.Lock())
+        self.named = NamedLocks()  # ``exclusive``'s, across this process's stores on the catalog
 
 
 _catalogs: dict[str, _Catalog] = {}
@@ -421,7 +417,7 @@ class SparkStore(Store):
         and ``reads`` refreshed (another client may have written them).  A client that died holding
         the lock leaves the table: after two minutes the error names it."""
         lock_table = quote(f"{_INTERNAL}lock_{name}")
-        with self._catalog.named_lock(name):
+        with self._catalog.named(name):
             waited_until = time.monotonic() + _LOCK_WAIT_SECONDS
             while True:
                 try:
