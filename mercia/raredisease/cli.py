@@ -4,18 +4,11 @@ Phenopacket import/export and the knowledge base. Every result names the HPO rel
 from __future__ import annotations
 
 import gc
-import os
 import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
-
-# Ranking allocates and frees tens of MB of numpy arrays per chunk of cases. With numpy's default
-# madvise(MADV_HUGEPAGE) the kernel zeroes, and on a busy machine first compacts memory for, 2 MB pages: the
-# batch command spent 0.95-1.25 s of system time on it against 0.27-0.36 s without (docs/raredisease.md). Read
-# when numpy is first imported, so it holds for the commands' own process; a caller's setting wins.
-os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 from mercia.cdm.cli import DbOption, fail, open_store
 
