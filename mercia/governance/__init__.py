@@ -1,14 +1,19 @@
-"""Research governance: pillars, projects and approvals, people and roles, audit, airlock."""
+"""Research governance: pillars, projects and approvals, people and roles, audit, airlock.
 
-from mercia.governance.airlock import Airlock
-from mercia.governance.audit import AuditLog, Verification
-from mercia.governance.identity import Identity, Throttled, User
-from mercia.governance.model import (
-    DOMAINS, PILLARS, Conflict, Forbidden, GovernanceError, NotFound, ProjectStatus, Role,
-)
-from mercia.governance.projects import Project, Projects
-from mercia.governance.service import Governance
+The names are imported on first use: a command that only writes its audit row (``governance.audit``) then does not
+bring in the airlock's disclosure control, password checks and readability scoring (a third of a second)."""
 
-__all__ = ["DOMAINS", "PILLARS", "Airlock", "AuditLog", "Conflict", "Forbidden", "Governance", "GovernanceError",
-           "Identity", "NotFound", "Project", "Projects", "ProjectStatus", "Role", "Throttled", "User",
-           "Verification"]
+from mercia import lazy_exports
+
+_MODULES = {
+    "mercia.governance.airlock": ["Airlock"],
+    "mercia.governance.audit": ["AuditLog", "Verification"],
+    "mercia.governance.identity": ["Identity", "Throttled", "User"],
+    "mercia.governance.model": ["DOMAINS", "PILLARS", "Conflict", "Forbidden", "GovernanceError", "NotFound",
+                                "ProjectStatus", "Role"],
+    "mercia.governance.projects": ["Project", "Projects"],
+    "mercia.governance.service": ["Governance"],
+}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -236,7 +236,8 @@ class AuditLog:
 def record_cli_write(store: Store, action: str, target: str = "", project_id: int | None = None,
                      **detail: Any) -> int:
     """Audit a write made from the command line (a load, a purge...) in the store it changed;
-    the actor is ``cli:<operating-system user>``."""
-    from mercia.governance.service import Governance
-
-    return Governance(store).audit.record(f"cli:{getpass.getuser()}", action, target, project_id, **detail)
+    the actor is ``cli:<operating-system user>``.  Only the audit log is opened: the rest of governance
+    (``Governance``) would add a third of a second of imports to every command."""
+    db = GovernanceDB(store)
+    db.init()
+    return AuditLog(db).record(f"cli:{getpass.getuser()}", action, target, project_id, **detail)
