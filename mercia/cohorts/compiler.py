@@ -277,9 +277,9 @@ class _Compiler:
 
     # -- exits ---------------------------------------------------------------------------------
     def custom_era_ends(self, included: str, strategy: m.CustomEraStrategy) -> exp.Query:
-        """Drug persistence: eras of the codeset's exposures (standard OR source concept, duplicates
-        kept), ``gap + offset`` days added to each end, merged; the era holding the index date ends
-        the cohort at ``max(end) - gap`` (Circe's customEraStrategy)."""
+        """Drug persistence: eras of the codeset's exposures (standard or source concept), ``gap + offset``
+        days added to each end, merged; the era holding the index date ends the cohort at ``max(end) - gap``
+        (Circe's customEraStrategy)."""
         persons = exp.select(col("person_id"), copy=False).distinct(copy=False).from_(table(included), copy=False)
         if strategy.days_supply_override is not None:
             drug_end = add_days(col("drug_exposure_start_date", "de"), strategy.days_supply_override)
@@ -290,24 +290,23 @@ class _Compiler:
                 add_days(col("drug_exposure_start_date", "de"), col("days_supply", "de")),
                 add_days(col("drug_exposure_start_date", "de"), 1),
             )
-        # an exposure whose standard and source concepts both match is one row, not Circe's two:
-        # a duplicate row cannot change an era
-        in_drug_codeset = exp.or_(
-            *[in_codeset(col(c, "de"), strategy.drug_codeset_id) for c in ("drug_concept_id", "drug_source_concept_id")],
-            copy=False,
-        )
-        exposures = (
+        # one scan per concept column, as Circe does: each filter then reaches the scan (zone maps skip the row
+        # groups of other concepts), where one scan with "standard OR source" tested every row against both sets
+        # (cohort 1044 on GiBleed x 400: 0.33 -> 0.15-0.22 CPU-s).  An exposure whose two concepts both match is
+        # two rows, as in Circe; a duplicate row cannot change an era.
+        exposures = [
             exp.select(
                 col("person_id", "de"),
                 exp.alias_(col("drug_exposure_start_date", "de"), "start_date", copy=False),
-                exp.alias_(add_days(drug_end, strategy.gap_days + strategy.offset), "end_date", copy=False),
+                exp.alias_(add_days(drug_end.copy(), strategy.gap_days + strategy.offset), "end_date", copy=False),
                 copy=False,
             )
             .from_(table("drug_exposure", "de"), copy=False)
-            .join(persons.subquery("p", copy=False), on=_eq(col("person_id", "de"), col("person_id", "p")), copy=False)
-            .where(in_drug_codeset, copy=False)
-        )
-        eras = _collapse(exposures, pad=strategy.gap_days, name="era")
+            .join(persons.subquery("p"), on=_eq(col("person_id", "de"), col("person_id", "p")), copy=False)
+            .where(in_codeset(col(concept, "de"), strategy.drug_codeset_id), copy=False)
+            for concept in ("drug_concept_id", "drug_source_concept_id")
+        ]
+        eras = _collapse(exp.union(*exposures, distinct=False, copy=False), pad=strategy.gap_days, name="era")
         return (
             exp.select(
                 col("event_id", "et"),

@@ -206,6 +206,21 @@ def test_custom_era_uses_source_concepts_and_caps_at_observation_end(run_spec):
     assert got == rows((1, "2011-01-01", "2011-02-10"), (2, "2011-01-01", "2011-01-05"))
 
 
+def test_custom_era_counts_an_exposure_matching_both_concepts_once(run_spec):
+    # each concept column is scanned on its own, so such an exposure is two rows before the eras are built
+    tables = world(
+        [1],
+        drug_exposure=[
+            drug(1, "2011-01-01", "2011-01-10", drug_source_concept_id=DRUG_X1),
+            drug(1, "2011-01-20", "2011-01-25", drug_source_concept_id=DRUG_X1),  # 10 days later: the same era
+            drug(1, "2011-03-30", "2011-04-02", drug_source_concept_id=DRUG_X1),  # 64 days later: a new era
+        ],
+    )
+    got, _ = run_spec(tables, cohort(cb.drug(X), entry_limit="All", expression_limit="All",
+                                     end=cb.drug_persistence(X, gap_days=30)))
+    assert got == rows((1, "2011-01-01", "2011-01-25"), (1, "2011-03-30", "2011-04-02"))
+
+
 def test_custom_era_offset_and_days_supply_override(run_spec):
     tables = world([1], drug_exposure=[drug(1, "2011-01-01", "2011-12-31")])
     got, _ = run_spec(tables, cohort(cb.drug(X), end=cb.drug_persistence(X, offset=5, days_supply=7)))
