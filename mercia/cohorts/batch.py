@@ -186,13 +186,16 @@ def _codeset_join_columns(node: exp.Table) -> set[str]:
 
 
 def _codeset_membership_columns(where: exp.Where | None, alias: str) -> set[str]:
-    """Columns of ``alias`` in a WHERE that is ``col IN (codesets)`` or an OR of such: every row kept
-    has one of them in a codeset."""
-    if where is None:
-        return set()
-    memberships = list(where.this.flatten()) if isinstance(where.this, exp.Or) else [where.this]
+    """Columns of ``alias`` that a WHERE requires (one of them) to be in a codeset: ``col IN (codesets)``, an
+    OR of such, or an AND with such a part (drug persistence's source-concept read); else empty."""
+    return _memberships(where.this, alias) if where is not None else set()
+
+
+def _memberships(condition: exp.Expression, alias: str) -> set[str]:
+    if isinstance(condition, exp.And):  # a row kept meets every part: one part's memberships are enough
+        return set().union(*(_memberships(part, alias) for part in condition.flatten()))
     found = set()
-    for node in memberships:
+    for node in condition.flatten() if isinstance(condition, exp.Or) else [condition]:
         query = node.args.get("query") if isinstance(node, exp.In) else None
         reads = {t.name for t in query.find_all(exp.Table)} if query is not None else set()
         if reads != {CODESETS} or not isinstance(node.this, exp.Column) or node.this.table != alias:
