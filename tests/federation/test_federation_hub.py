@@ -541,3 +541,18 @@ def test_a_researcher_is_refused_at_the_next_look_after_their_access_ends(networ
     token_id = hub.gov.tokens(researcher)[0]["id"]
     hub.gov.revoke_token(researcher, token_id)
     assert client.get(f"{PREFIX}/queries/{query_id}", params={"wait": 0.1}, headers=bearer).status_code == 401
+
+
+def test_a_node_sends_its_members_in_the_order_of_their_salted_tokens(network, hub_factory):
+    """Not in its own person order, which is the same for every question: rows in it would let the hub line
+    up two answers' members."""
+    from mercia.federation.hub import token_integers
+
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    agent = agents(network, client)[network.nodes[0].org]
+    ask(client, token, project_id)
+    members = agent.handle(agent.fetch()[0]).members
+    nhs = token_integers(members.column("nhs").combine_chunks()).fill_null(0).to_pylist()
+    demographic = token_integers(members.column("demographic").combine_chunks()).fill_null(0).to_pylist()
+    assert members.num_rows > 5 and list(zip(nhs, demographic)) == sorted(zip(nhs, demographic))
