@@ -355,13 +355,14 @@ class NodeAgent:
                                 reason=f"{task.query.kind} questions are refused by this organisation")
         else:
             try:
-                # The salt's digest, the answer and its audit entry: one commit.  The digest is written first
-                # and then looked up, so a salt another agent of this node answered with meanwhile is seen.
+                # The salt's digest, the answer and its audit entry: one commit.  The digest is written first;
+                # when it was there already (another agent of this node may have answered with it meanwhile),
+                # the question it was answered for is looked up.
                 with audit.db.transaction():
-                    store.execute("INSERT INTO mercia_fed_salt VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                                  [_salt_digest(task), task.query_id, fingerprint(task.query.model_dump()),
-                                   _iso(_now())])
-                    if (reused := _salt_used_before(store, task)) is None:
+                    first_use = store.query("INSERT INTO mercia_fed_salt VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING "
+                                            "RETURNING query_id", [_salt_digest(task), task.query_id,
+                                                                   fingerprint(task.query.model_dump()), _iso(_now())])
+                    if first_use or (reused := _salt_used_before(store, task)) is None:
                         result = answer_query(store, task, self.policy, self.org, self._person_tokens)
                         _audit_run(audit, task, result)
                         return result
