@@ -57,7 +57,10 @@ LAST_SEEN_EVERY = 5.0   # seconds between writes of a node's last_seen (it is of
 # seconds a node's enrolled key is used without reading it again: an enrolment through this hub takes effect at
 # once, one made by another process sharing a PostgreSQL hub store within this time
 NODE_KEY_KEPT = 5.0
-PROJECTS_KEPT = 1024    # questions whose project the hub remembers (for auditing their results)
+QUESTIONS_KEPT = 1024   # questions whose project, policy and message the hub remembers (they never change)
+# seconds: how long a node's look at the store for its work stands in for the next look, when this process has
+# issued it nothing since (work issued by another process of a shared store is seen within this time)
+WORK_LOOK_AGAIN = 2.0
 PROTOCOL_REFUSAL_EVERY = 600.0   # seconds between audit records of one node's refusals for its protocol version
 
 
@@ -95,6 +98,23 @@ def _parse(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
+@dataclass(frozen=True)
+class _Question:
+    """What never changes about a question: its project, disclosure policy and message."""
+    project_id: int
+    policy: str
+    query: CohortQuery
+
+
+@dataclass
+class _Round:
+    """A round this process issued and has not answered yet: its deadline and the tasks still open (id ->
+    node).  Long polls look here between the looks at the store that it spares them."""
+    number: int
+    deadline: datetime
+    open: dict[int, str]
+
+
 class Hub:
     """The hub's rules over one Store (DuckDB or PostgreSQL); thread-safe (governance's lock)."""
 
@@ -106,7 +126,10 @@ class Hub:
         self._site_extra: dict[int, dict[str, Any]] = {}    # task id -> per-cell published counts, labels
         self._seen_requests: dict[str, float] = {}  # node request signatures -> when (replay guard)
         self._seen_pruned_at = 0.0                  # when signatures too old to replay were last let go
-        self._projects: dict[int, int] = {}          # question id -> its project (the latest PROJECTS_KEPT)
+        self._memory = threading.Lock()              # guards the three below (requests may run on sessions)
+        self._questions: dict[int, _Question] = {}    # question id -> what never changes (the latest QUESTIONS_KEPT)
+        self._rounds: dict[int, _Round] = {}          # question id -> its open round, if this process issued it
+        self._work_looked: dict[str, float] = {}     # node -> when the store was last looked at for its work
         self._protocol_refusals: dict[str | None, tuple[float, int]] = {}   # enrolled node or None (any other
         # name) -> (last audited, refused since)
         self._seen_written: dict[str, float] = {}    # node -> when this process last wrote its last_seen
@@ -209,6 +232,7 @@ class Hub:
                      orjson.dumps(sorted(query.criteria())).decode(),
                      chosen.name, differencing, _iso(now), _iso(deadline)])
                 orgs = self._issue(qid, 1, deadline)
+                self.gov.db.after_commit(lambda: self._remember(qid, _Question(project_id, chosen.name, query)))
                 self.gov.audit.record(user.username, "federation.ask", f"query:{qid}", project_id, kind=query.kind,
                                       fingerprint=fingerprint(body), nodes=orgs, policy=chosen.name,
                                       differencing=differencing)
@@ -239,8 +263,25 @@ class Hub:
                                "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, 'issued')"] * len(orgs)),
                                [value for i, org in enumerate(orgs)
                                 for value in (first + i, qid, round_, org, secrets.token_hex(16), salt, _iso(deadline))])
-        self.work_news.announce()
+        issued = _Round(round_, deadline, {first + i: org for i, org in enumerate(orgs)})
+        self.gov.db.after_commit(lambda: self._open_round(qid, issued))   # a round rolled back was never issued
         return orgs
+
+    def _remember(self, qid: int, question: _Question) -> None:
+        with self._memory:
+            if len(self._questions) >= QUESTIONS_KEPT:
+                del self._questions[next(iter(self._questions))]   # the oldest question asked about
+            self._questions[qid] = question
+
+    def _open_round(self, qid: int, issued: _Round) -> None:
+        """Remember a round this process issued (committed), then wake the nodes waiting for work."""
+        with self._memory:
+            self._rounds.pop(qid, None)
+            if len(self._rounds) >= QUESTIONS_KEPT:   # questions nobody asks the answer of: forget the oldest,
+                del self._rounds[next(iter(self._rounds))]
+                self._work_looked.clear()             # and with it what spared nodes a look at the store
+            self._rounds[qid] = issued
+        self.work_news.announce()
 
     def _reissue_forgotten(self) -> None:
         """After a restart the salted tokens of unfinished questions are gone: ask those nodes again."""
@@ -272,19 +313,39 @@ class Hub:
                     allowed[project_id] = False
         return [r for r in rows if allowed[r["project_id"]]]
 
-    def answer(self, user: User, query_id: int) -> dict[str, Any]:
-        """The question's state; once every node has answered (or the deadline passed), the one answer."""
+    def answer(self, user: User, query_id: int, running: bool = True) -> dict[str, Any] | None:
+        """The question's state; once every node has answered (or the deadline passed), the one answer.
+        Without ``running``, None while the question still runs (a long poll that waits on): then, when this
+        process issued the round and some of its nodes have not answered, nothing past who is asking is read."""
         with self._lock:
             row = self._query_row(user, query_id)
+            sites = None
             if row["status"] == "running":
-                row = self._finish_if_due(row)
+                if not running and self._still_open(query_id, row["round"]):
+                    return None
+                row, sites = self._finish_if_due(row)
+                if not running and row["status"] == "running":
+                    return None
             result = {"query_id": query_id, "project_id": row["project_id"], "status": row["status"],
                       "round": row["round"], "deadline_at": row["deadline_at"], "policy": row["policy"]}
             if row["answer"]:
                 result.update(orjson.loads(row["answer"]))
             else:
-                result["nodes"] = self._site_rows(query_id, row["round"])
+                result["nodes"] = sites
             return result
+
+    def _still_open(self, query_id: int, round_: int) -> bool:
+        """Does this process know the question's round to have a node still to answer, before its deadline?"""
+        with self._memory:
+            known = self._rounds.get(query_id)
+            return known is not None and known.number == round_ and bool(known.open) and _now() < known.deadline
+
+    def settled_as_known(self, query_id: int) -> bool | None:
+        """``settled`` from memory, for a round this process issued (None: not known here).  What a waiting
+        researcher's long poll looks at when this process accepted a result: no statement, no thread."""
+        with self._memory:
+            known = self._rounds.get(query_id)
+            return None if known is None else not known.open or _now() >= known.deadline
 
     def settled(self, query_id: int) -> bool:
         """Can the question be answered now — answered already, every node of its round done, or its
@@ -325,18 +386,21 @@ class Hub:
             "WHERE t.query_id = ? AND t.round = ? ORDER BY t.org", [query_id, round_])
         return rows
 
-    def _finish_if_due(self, row: dict[str, Any]) -> dict[str, Any]:
-        """The question's row, answered and stored if every node has answered or the deadline passed."""
+    def _finish_if_due(self, row: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The question's row, answered and stored if every node has answered or the deadline passed, and
+        its round's tasks."""
         sites = self._site_rows(row["id"], row["round"])
         everyone = all(s["status"] in FINAL_TASK_STATUSES for s in sites)
         if not everyone and _now() < _parse(row["deadline_at"]):
-            return row
+            return row, sites
         answer = self._combine(row, sites)
         finished = {**row, "status": "complete" if answer["complete"] else "partial",
                     "answer": orjson.dumps(answer).decode()}
         with self.gov.db.transaction():
-            self.store.execute("UPDATE mercia_fed_task SET status = 'timed_out' WHERE query_id = ? AND round = ? "
-                               "AND status NOT IN ('answered', 'refused', 'paused', 'error')", [row["id"], row["round"]])
+            if not everyone:
+                self.store.execute("UPDATE mercia_fed_task SET status = 'timed_out' WHERE query_id = ? AND round = ? "
+                                   f"AND status NOT IN ({', '.join('?' for _ in FINAL_TASK_STATUSES)})",
+                                   [row["id"], row["round"], *FINAL_TASK_STATUSES])
             self.store.execute("UPDATE mercia_fed_query SET status = ?, answer = ? WHERE id = ?",
                                [finished["status"], finished["answer"], row["id"]])
             self.gov.audit.record("hub", "federation.answer", f"query:{row['id']}", row["project_id"],
@@ -346,7 +410,9 @@ class Hub:
         for site in sites:
             self._tokens.pop(site["task_id"], None)
             self._site_extra.pop(site["task_id"], None)
-        return finished
+        with self._memory:
+            self._rounds.pop(row["id"], None)
+        return finished, sites
 
     def _combine(self, row: dict[str, Any], sites: list[dict[str, Any]]) -> dict[str, Any]:
         """De-duplicate the salted tokens (overall and per cell), then pass every published figure through
@@ -441,20 +507,30 @@ class Hub:
             self._node_keys[org] = (time.monotonic(), key)
             return key
 
+    def no_work_as_known(self, org: str) -> bool:
+        """Can a node's look for work (a long poll's first, or one woken by a round this process issued) be
+        spared the store?  Yes when the store was looked at for ``org`` less than WORK_LOOK_AGAIN seconds
+        ago and no open round this process issued has a task open for it: no statement, no thread."""
+        with self._memory:
+            moment = _now()
+            return (time.monotonic() - self._work_looked.get(org, -WORK_LOOK_AGAIN) < WORK_LOOK_AGAIN
+                    and not any(org in r.open.values() and moment < r.deadline for r in self._rounds.values()))
+
     def work_for(self, org: str) -> list[Task]:
-        """Tasks issued to ``org`` and not yet answered or expired (sent again until answered)."""
+        """Tasks issued to ``org`` in their question's current round and not yet answered or expired (sent
+        again until answered), marked sent."""
+        with self._memory:
+            self._work_looked[org] = time.monotonic()
         with self._lock:
-            rows = self.store.query_dicts(
-                "SELECT t.id, t.query_id, t.nonce, t.salt, t.expires_at, q.body, q.policy FROM mercia_fed_task t "
-                "JOIN mercia_fed_query q ON q.id = t.query_id AND q.round = t.round "
-                "WHERE t.org = ? AND t.status IN ('issued', 'sent') AND t.expires_at > ? ORDER BY t.id",
-                [org, _iso(_now())])
-            for r in rows:
-                self.store.execute("UPDATE mercia_fed_task SET status = 'sent', sent_at = ? WHERE id = ?",
-                                   [_iso(_now()), r["id"]])
-        return [Task(task_id=r["id"], query_id=r["query_id"], org=org, nonce=r["nonce"], salt=r["salt"],
-                     expires_at=r["expires_at"], policy=r["policy"], query=QUERY.validate_json(r["body"]))
-                for r in rows]
+            now = _iso(_now())
+            rows = sorted(self.store.query(
+                "UPDATE mercia_fed_task SET status = 'sent', sent_at = ? WHERE org = ? AND status IN ('issued', 'sent') "
+                "AND expires_at > ? AND round = (SELECT q.round FROM mercia_fed_query q WHERE q.id = query_id) "
+                "RETURNING id, query_id, nonce, salt, expires_at", [now, org, now]))
+            questions = {qid: self._question(qid) for qid in {r[1] for r in rows}}
+        return [Task(task_id=task_id, query_id=qid, org=org, nonce=nonce, salt=salt, expires_at=expires,
+                     policy=questions[qid].policy, query=questions[qid].query)
+                for task_id, qid, nonce, salt, expires in rows]
 
     def accept(self, org: str, result: NodeResult) -> None:
         """Record a node's (already signature-checked) result; replays and late results are refused."""
@@ -475,26 +551,30 @@ class Hub:
                     [result.status, now, result.count, result.unlinkable, result.reason, result.last_load,
                      result.data_version, result.task_id, org, result.nonce, now])
                 if taken:
-                    query_id = taken[0][0]
                     self.gov.audit.record(f"node:{org}", "federation.result", f"task:{result.task_id}",
-                                          self._project_of(query_id), query=query_id, status=result.status,
-                                          count=result.count, reason=result.reason)
+                                          self._question(taken[0][0]).project_id, query=taken[0][0],
+                                          status=result.status, count=result.count, reason=result.reason)
             if not taken:
                 self._refuse_result(org, result)
             if result.status == "answered":
                 self._tokens[result.task_id] = rows
                 self._site_extra[result.task_id] = {"linked": result.linked, "cells": result.cells,
                                                     "labels": result.labels, "unlinkable": result.unlinkable_cells}
+            with self._memory:   # after the tokens: a round with no task open can be combined
+                if (issued := self._rounds.get(taken[0][0])) is not None:
+                    issued.open.pop(result.task_id, None)
             self.result_news.announce()
 
-    def _project_of(self, query_id: int) -> int:
-        """The project a question belongs to (kept for the latest PROJECTS_KEPT questions: it never changes)."""
-        if query_id not in self._projects:
-            if len(self._projects) >= PROJECTS_KEPT:
-                del self._projects[next(iter(self._projects))]   # the oldest question asked about
-            self._projects[query_id] = self.store.query_one("SELECT project_id FROM mercia_fed_query WHERE id = ?",
-                                                            [query_id])
-        return self._projects[query_id]
+    def _question(self, query_id: int) -> _Question:
+        """What never changes about a question: remembered from its submission, else read once."""
+        with self._memory:
+            known = self._questions.get(query_id)
+        if known is None:
+            project_id, policy, body = self.store.query(
+                "SELECT project_id, policy, body FROM mercia_fed_query WHERE id = ?", [query_id])[0]
+            known = _Question(project_id, policy, QUERY.validate_json(body))
+            self._remember(query_id, known)
+        return known
 
     def refuse_protocol(self, org: str | None, spoken: str) -> str:
         """Audit a request in another protocol version (not verified: its signature is of another form) and
@@ -558,12 +638,14 @@ class News:
             self._waiting.append((loop, future))
         return future
 
-    async def wait(self, future: asyncio.Future, seconds: float) -> None:
-        """Until ``future`` is done or ``seconds`` pass."""
+    async def wait(self, future: asyncio.Future, seconds: float) -> bool:
+        """Until ``future`` is done (True: there was news) or ``seconds`` pass (False)."""
         try:
             await asyncio.wait_for(future, max(seconds, 0.0))
         except TimeoutError:
             self.forget(future)
+            return False
+        return True
 
     def forget(self, future: asyncio.Future) -> None:
         """No longer waiting for ``future`` (a long poll that ends)."""

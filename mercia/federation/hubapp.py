@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
-from mercia.federation.hub import Hub
+from mercia.federation.hub import WORK_LOOK_AGAIN, Hub
 from mercia.federation.messages import PROTOCOL_HEADER, PROTOCOL_VERSION, RESULT_MEDIA_TYPE, NodeResult, Query
 from mercia.governance import User
 from mercia.governance import Throttled
@@ -30,9 +30,9 @@ MAX_WAIT = 25.0
 # anyone could make the hub hold any amount; a node's result for 2 million persons is about 35 MB.
 MAX_NODE_BODY = 256 * 2**20
 # seconds: how often a long poll looks at the store without news from this process (results taken, work
-# issued by another process of a shared store; the deadline).  A node's look costs the hub a query, and
-# every enrolled node is waiting all the time.
-ANSWER_LOOK_AGAIN, WORK_LOOK_AGAIN = 0.5, 2.0
+# issued by another process of a shared store — WORK_LOOK_AGAIN for a node's —; the deadline).  A look costs
+# the hub a query, and every enrolled node is waiting all the time.
+ANSWER_LOOK_AGAIN = 0.5
 bearer = HTTPBearer(auto_error=False, description="personal API token")
 
 
@@ -99,13 +99,17 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
         end = time.monotonic() + wait
         news = hub.result_news.subscribe()
         try:   # forgotten also when the caller may not see the question (else kept until the next result)
-            found = await run_in_threadpool(hub.answer, caller, query_id)   # who is asking is checked here
-            while found["status"] == "running" and time.monotonic() < end:
-                await hub.result_news.wait(news, min(ANSWER_LOOK_AGAIN, end - time.monotonic()))
+            # every ``answer`` checks who is asking; before ``end`` it gives None while the question runs
+            found = await run_in_threadpool(hub.answer, caller, query_id, wait == 0)
+            while found is None:
+                woken = await hub.result_news.wait(news, min(ANSWER_LOOK_AGAIN, end - time.monotonic()))
                 news = hub.result_news.subscribe()
-                # between answers, one query says whether the answer can be made yet (no governance reads)
-                if time.monotonic() >= end or await run_in_threadpool(hub.settled, query_id):
-                    found = await run_in_threadpool(hub.answer, caller, query_id)
+                last = time.monotonic() >= end
+                # between answers, memory (news of a result here) or one query says whether it can be made
+                known = hub.settled_as_known(query_id) if woken else None
+                if last or (known if known is not None else await run_in_threadpool(hub.settled, query_id)):
+                    # after the store said so, ``answer`` goes by the store too (results taken elsewhere)
+                    found = await run_in_threadpool(hub.answer, caller, query_id, last or known is None)
         finally:
             hub.result_news.forget(news)
         return found
@@ -137,13 +141,15 @@ def federation_router(hub_of: Callable[[Request], Hub], user: Callable[..., User
         """Tasks for the calling node; waits up to ``wait`` seconds for one (long poll)."""
         hub = hub_of(request)
         end = time.monotonic() + min(max(wait, 0.0), MAX_WAIT)
+        news_or_first = True   # the first look, and looks woken by news, may be spared the store
         while True:
             news = hub.work_news.subscribe()
-            tasks = await run_in_threadpool(hub.work_for, org)
+            spared = news_or_first and hub.no_work_as_known(org)
+            tasks = [] if spared else await run_in_threadpool(hub.work_for, org)
             if tasks or time.monotonic() >= end:
                 hub.work_news.forget(news)
                 return [t.model_dump() for t in tasks]
-            await hub.work_news.wait(news, min(WORK_LOOK_AGAIN, end - time.monotonic()))
+            news_or_first = await hub.work_news.wait(news, min(WORK_LOOK_AGAIN, end - time.monotonic()))
 
     @router.post("/node/results", tags=["federation nodes"], openapi_extra={"requestBody": {
         "required": True, "content": {RESULT_MEDIA_TYPE: {"schema": {

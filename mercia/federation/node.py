@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,13 +31,13 @@ from mercia.cdm.dialect import as_text
 from mercia.cdm.extensions import ensure_extension_tables
 from mercia.cohorts.runner import cohort_rows
 from mercia.federation.disclosure import federated_policy
-from mercia.federation.hub import _iso, _now, request_message
+from mercia.federation.hub import _iso, _now, request_message, token_integers
 from mercia.federation.hubapp import PREFIX
 from mercia.federation.messages import (KINDS, MEMBERS, PROTOCOL_HEADER, PROTOCOL_VERSION, RESULT_MEDIA_TYPE,
                                         CharacterisationQuery, CohortQuery, FeasibilityQuery, NodeResult, Task,
                                         TrialFeasibilityQuery)
 from mercia.federation.signing import load_private_key, sign
-from mercia.federation.tokens import cohort_tokens
+from mercia.federation.tokens import PersonTokens, cohort_tokens
 from mercia.governance.audit import AuditLog
 from mercia.governance.db import GovernanceDB
 from mercia.privacy.differencing import fingerprint
@@ -201,15 +202,17 @@ def _labels(store: Store, cells: list[str]) -> dict[str, str]:
 COHORT_ROWS = "mercia_fed_cohort"   # the question's cohort rows: a temporary table of the question's transaction
 
 
-def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> NodeResult:
+def answer_query(store: Store, task: Task, policy: NodePolicy, org: str,
+                 person_tokens: PersonTokens | None = None) -> NodeResult:
     """Run the cohort on the local store; return the published counts and the salted tokens per cell.
     Runs in one transaction (the caller's, when it has one) and writes nothing persisted: the cohort's
     rows go to a temporary table (``cohort_rows``: the rows ``run_cohort`` would write, without
-    attrition) dropped at the end, or with the transaction when a step fails."""
+    attrition) dropped at the end, or with the transaction when a step fails.  ``person_tokens``: the
+    per-person tokens the node keeps between questions."""
     query = task.query
     with store.transaction():
         with cohort_rows(store, query.expression(), COHORT_ROWS) as cohort:
-            tokens = cohort_tokens(store, cohort, 0, task.salt)
+            tokens = cohort_tokens(store, cohort, 0, task.salt, person_tokens)
             if isinstance(query, FeasibilityQuery) and not query.strata:   # one cell: no index table needed
                 rows = tokens.append_column("cell", pa.repeat(pa.scalar("", pa.string()), tokens.num_rows))
             elif tokens.num_rows:
@@ -225,7 +228,7 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> Node
     seed = fingerprint([query.model_dump(), org, version])
     linkable = pc.invert(pc.and_(pc.is_null(rows.column("nhs")), pc.is_null(rows.column("demographic"))))
     per_cell = persons_per_cell(rows)
-    linked = rows.filter(linkable)
+    linked = in_token_order(rows.filter(linkable))
     members = pa.table([linked.column("nhs"), linked.column("demographic"),
                         linked.column("cell").combine_chunks().dictionary_encode()], schema=MEMBERS)
     no_token = tokens.filter(pc.and_(pc.is_null(tokens.column("nhs")), pc.is_null(tokens.column("demographic"))))
@@ -238,6 +241,15 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str) -> Node
         linked=tokens.num_rows - no_token.num_rows, unlinkable=no_token.num_rows,
         unlinkable_cells=persons_per_cell(rows.filter(pc.invert(linkable))),
         last_load=last_load, data_version=version)
+
+
+def in_token_order(rows: pa.Table) -> pa.Table:
+    """Rows sorted by their salted tokens (NHS, then demographic): an order the hub could work out itself.
+    The node's own order (by person id) is the same from one question to the next, so rows in it would let
+    the hub line up two answers' members, which the salting keeps apart."""
+    nhs, demographic = (token_integers(rows.column(kind).combine_chunks()).fill_null(0).to_numpy()
+                        for kind in ("nhs", "demographic"))
+    return rows.take(pa.array(np.lexsort((demographic, nhs))))
 
 
 def persons_per_cell(rows: pa.Table) -> dict[str, int]:
@@ -281,6 +293,7 @@ class NodeAgent:
         self._store: Store | None = None    # kept open while questions keep coming (release())
         self._audit: AuditLog | None = None
         self._prepared = False              # the store's tables made by this process (hold())
+        self._person_tokens = PersonTokens()  # kept between questions, read again when the store's change
 
     def _headers(self, method: str, path: str, body: bytes, media_type: str = "application/json") -> dict[str, str]:
         stamp = f"{time.time():.6f}"
@@ -342,14 +355,15 @@ class NodeAgent:
                                 reason=f"{task.query.kind} questions are refused by this organisation")
         else:
             try:
-                # The salt's digest, the answer and its audit entry: one commit.  The digest is written first
-                # and then looked up, so a salt another agent of this node answered with meanwhile is seen.
+                # The salt's digest, the answer and its audit entry: one commit.  The digest is written first;
+                # when it was there already (another agent of this node may have answered with it meanwhile),
+                # the question it was answered for is looked up.
                 with audit.db.transaction():
-                    store.execute("INSERT INTO mercia_fed_salt VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                                  [_salt_digest(task), task.query_id, fingerprint(task.query.model_dump()),
-                                   _iso(_now())])
-                    if (reused := _salt_used_before(store, task)) is None:
-                        result = answer_query(store, task, self.policy, self.org)
+                    first_use = store.query("INSERT INTO mercia_fed_salt VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING "
+                                            "RETURNING query_id", [_salt_digest(task), task.query_id,
+                                                                   fingerprint(task.query.model_dump()), _iso(_now())])
+                    if first_use or (reused := _salt_used_before(store, task)) is None:
+                        result = answer_query(store, task, self.policy, self.org, self._person_tokens)
                         _audit_run(audit, task, result)
                         return result
                 result = NodeResult(**common, status="refused",

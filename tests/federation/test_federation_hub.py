@@ -472,3 +472,89 @@ def test_a_nodes_key_is_read_once_and_a_new_enrolment_applies_at_once(network, h
     assert refused.status_code == 403 and "enrolled key" in refused.json()["detail"]
     successor = NodeAgent(node.url, node.org, "http://testserver", rekeyed, wait=0, client=client)
     assert client.get(path, params={"wait": 0}, headers=successor._headers("GET", path, b"")).status_code == 200
+
+
+def hub_statements(hub, monkeypatch) -> list[str]:
+    """Every statement the hub's store runs from now on (DuckDB: execute and query)."""
+    seen: list[str] = []
+    store_class = type(hub.store)
+    for name in ("execute", "query", "query_arrow"):
+        original = getattr(store_class, name)
+        monkeypatch.setattr(store_class, name, lambda self, sql, *rest, original=original: (
+            seen.append(sql), original(self, sql, *rest))[1])
+    return seen
+
+
+def test_waiting_nodes_and_researchers_are_spared_the_store_between_rounds_this_hub_issued(
+        network, hub_factory, monkeypatch):
+    """A node's look for work right after its answer, and a researcher's wait woken by each result, look at
+    what this hub issued (in memory) instead of the store; a new round still reaches a waiting node at once."""
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    nodes = agents(network, client)
+    query_id = ask(client, token, project_id).json()["query_id"]
+    statements = hub_statements(hub, monkeypatch)
+    for agent in nodes.values():
+        assert agent.step() == 1
+        before = len(statements)
+        assert agent.fetch() == []                              # nothing more for it: no statement
+        assert statements[before:] == []
+    result = client.get(f"{PREFIX}/queries/{query_id}", params={"wait": 5},
+                        headers={"Authorization": f"Bearer {token}"}).json()
+    assert result["status"] == "complete"
+    assert not [s for s in statements if "count(t.id)" in s]    # no look at the store for the round's state
+    second = ask(client, token, project_id).json()["query_id"]  # a new round: every node looks again
+    assert all(agent.step() == 1 for agent in nodes.values())
+    assert answer(client, token, second)["status"] == "complete"
+
+
+def test_work_another_hub_process_issued_reaches_a_node_within_the_look_again_time(network, hub_factory, monkeypatch):
+    """Hubs sharing one store (PostgreSQL) issue rounds the others do not hear of: a node's look spared by
+    memory waits at most WORK_LOOK_AGAIN seconds for the store to be looked at again."""
+    import mercia.federation.hub as hub_module
+    from mercia.federation.hub import Hub, HubSettings
+
+    monkeypatch.setattr(hub_module, "WORK_LOOK_AGAIN", 1.0)   # room for the submit below on a busy machine
+    hub, app, project_id, token = hub_factory()
+    other = Hub(hub.store, HubSettings(allow_raw=True, policy="none"), gov=hub.gov)   # another process, same store
+    client = TestClient(app)
+    agent = agents(network, client)[network.nodes[0].org]
+    assert agent.fetch() == []                                   # looked at the store: nothing yet
+    other.submit(hub.gov.token_user(token), project_id, FeasibilityQuery(cohort=reference_cohort()))
+    assert agent.fetch() == []                                   # this hub issued nothing since its look
+    time.sleep(1.05)
+    assert [t.query_id for t in agent.fetch()] == [1]           # the store is looked at again
+
+
+def test_a_researcher_is_refused_at_the_next_look_after_their_access_ends(network, hub_factory):
+    """Who is asking is checked at every request, also while this hub knows the round is still open."""
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    bearer = {"Authorization": f"Bearer {token}"}
+    query_id = ask(client, token, project_id).json()["query_id"]
+    look = client.get(f"{PREFIX}/queries/{query_id}", params={"wait": 0.1}, headers=bearer)
+    assert look.status_code == 200 and look.json()["status"] == "running"
+    researcher = hub.gov.token_user(token)
+    hub.gov.withdraw(researcher, project_id, "the study will not go ahead")
+    started = time.monotonic()   # refused at the wait's first look, not when a long wait ends
+    refused = client.get(f"{PREFIX}/queries/{query_id}", params={"wait": 20}, headers=bearer)
+    assert refused.status_code == 403 and "withdrawn" in refused.json()["detail"]
+    assert time.monotonic() - started < 5
+    token_id = hub.gov.tokens(researcher)[0]["id"]
+    hub.gov.revoke_token(researcher, token_id)
+    assert client.get(f"{PREFIX}/queries/{query_id}", params={"wait": 0.1}, headers=bearer).status_code == 401
+
+
+def test_a_node_sends_its_members_in_the_order_of_their_salted_tokens(network, hub_factory):
+    """Not in its own person order, which is the same for every question: rows in it would let the hub line
+    up two answers' members."""
+    from mercia.federation.hub import token_integers
+
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    agent = agents(network, client)[network.nodes[0].org]
+    ask(client, token, project_id)
+    members = agent.handle(agent.fetch()[0]).members
+    nhs = token_integers(members.column("nhs").combine_chunks()).fill_null(0).to_pylist()
+    demographic = token_integers(members.column("demographic").combine_chunks()).fill_null(0).to_pylist()
+    assert members.num_rows > 5 and list(zip(nhs, demographic)) == sorted(zip(nhs, demographic))

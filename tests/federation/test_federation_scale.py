@@ -17,8 +17,8 @@ from mercia.cohorts.registry import scratch_cohort
 from mercia.federation.hub import member_rows, network_counts, token_integers
 from mercia.federation.messages import MEMBERS, NodeResult, compressed_ipc
 from mercia.federation.region import SCALED_TABLES, build_scaled_network, reference_cohort
-from mercia.federation.tokens import (cohort_tokens, network_tokens, new_salt, person_tokens_current, question_key,
-                                      refresh_person_tokens, salt_tokens)
+from mercia.federation.tokens import (PersonTokens, cohort_tokens, network_tokens, new_salt, person_tokens_current,
+                                      question_key, refresh_person_tokens, salt_tokens, token_blocks)
 from mercia.privacy.policy import normalise_name, valid_partial_date
 from mercia.privacy.pseudonym import Pseudonymiser
 from mercia.synth.population import nhs_numbers
@@ -128,8 +128,11 @@ def salted(salt: str, stored: str) -> bytes:
     """The specification of a salted token, one block at a time: AES-128 under the question's key (SHA-256 of
     a label and the salt, first 16 bytes) of the first 16 bytes of the stored token, XOR those 16 bytes,
     cut to its first 8 bytes."""
+    return salted_with_key(hashlib.sha256(b"mercia-federation/question-key\0" + salt.encode()).digest()[:16], stored)
+
+
+def salted_with_key(key: bytes, stored: str) -> bytes:
     block = bytes.fromhex(stored[:32])
-    key = hashlib.sha256(b"mercia-federation/question-key\0" + salt.encode()).digest()[:16]
     encrypted = Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(block)
     return bytes(x ^ y for x, y in zip(encrypted, block))[:8]
 
@@ -160,15 +163,16 @@ def test_cohort_tokens_are_salted_per_question_on_every_engine(store):
 def test_salting_keeps_equal_tokens_equal_and_refuses_what_is_not_a_token():
     key = question_key(new_salt())
     stored = [token("a")[:32], None, token("a")[:32].upper(), token("b")[:32], None]
-    out = salt_tokens(pa.chunked_array([stored[:2], stored[2:]]), key).to_pylist()
+    out = salt_tokens(*token_blocks(pa.chunked_array([stored[:2], stored[2:]])), key).to_pylist()
     assert out[0] == out[2] != out[3] and out[1] is None and out[4] is None and len(out[0]) == 8
-    assert salt_tokens(pa.array([None, None], pa.string()), key).null_count == 2
+    assert out[3] == salted_with_key(key, token("b"))
+    assert salt_tokens(*token_blocks(pa.array([None, None], pa.string())), key).null_count == 2
     with pytest.raises(ValueError, match="not 32 hex digits"):
-        salt_tokens(pa.array([token("a")]), key)                 # 64 digits: not cut to 16 bytes
+        token_blocks(pa.array([token("a")]))                     # 64 digits: not cut to 16 bytes
     with pytest.raises(ValueError, match="not hexadecimal"):
-        salt_tokens(pa.array(["g" * 32]), key)
+        token_blocks(pa.array(["g" * 32]))
     with pytest.raises(ValueError, match="not hexadecimal"):
-        salt_tokens(pa.array(["ab " + "c" * 29]), key)           # a space, which bytes.fromhex would skip
+        token_blocks(pa.array(["ab " + "c" * 29]))               # a space, which bytes.fromhex would skip
 
 
 def test_a_load_writes_each_persons_tokens_cut_to_16_bytes(scaled):
@@ -185,9 +189,15 @@ def test_a_load_writes_each_persons_tokens_cut_to_16_bytes(scaled):
         assert held == expected and len(held) == scaled.persons_per_node[node.org]
 
 
+def cohort_of(store, cohort_id: int, persons: list[int]) -> None:
+    store.insert_arrow("cohort", pa.table({"cohort_definition_id": [cohort_id] * len(persons), "subject_id": persons,
+                                           "cohort_start_date": pa.array([0] * len(persons), pa.int32()).cast(pa.date32()),
+                                           "cohort_end_date": pa.array([0] * len(persons), pa.int32()).cast(pa.date32())}))
+
+
 def test_per_person_tokens_follow_links_changed_after_the_load(store):
     """Linkage merging two persons, or an opt-out deleting one, changes the links without a load: the next
-    question sees it and rebuilds the per-person tokens."""
+    question sees it and rebuilds the per-person tokens, also those a node keeps in memory; so does a load."""
     ensure_extension_tables(store)
     store.execute("CREATE TABLE fed_test_link AS SELECT * FROM mercia_person_link WHERE 1 = 0")
     store.insert_arrow("fed_test_link", pa.table({
@@ -198,17 +208,25 @@ def test_per_person_tokens_follow_links_changed_after_the_load(store):
         "org": ["X"] * 3, "source_pseudonym": ["s1", "s2", "s3"], "token_kind": ["demographic", "nhs", "nhs"],
         "token": [token("d1"), token("n2"), token("n3")], "load_id": [1] * 3}))
     assert refresh_person_tokens(store) == 3
+    cohort_of(store, 8, [1, 2, 3])
+    cohort_of(store, 9, [1, 3])
+    held, salt = PersonTokens(), new_salt()
+    before = {r["person_id"]: r for r in cohort_tokens(store, "cohort", 8, salt, held).to_pylist()}
+    assert before[1]["nhs"] is None and before[3]["nhs"] == salted(salt, token("n3"))
     store.execute("UPDATE mercia_person_link SET person_id = 1 WHERE source_pseudonym = 's2'")   # 2 merged into 1
     store.execute("DELETE FROM mercia_person_link WHERE person_id = 3")                          # 3 opted out
     assert not person_tokens_current(store)
-    store.insert_arrow("cohort", pa.table({"cohort_definition_id": [9] * 2, "subject_id": [1, 3],
-                                           "cohort_start_date": pa.array([0] * 2, pa.int32()).cast(pa.date32()),
-                                           "cohort_end_date": pa.array([0] * 2, pa.int32()).cast(pa.date32())}))
-    salt = new_salt()
-    rows = {r["person_id"]: r for r in cohort_tokens(store, "cohort", 9, salt).to_pylist()}
-    assert rows[1]["nhs"] == salted(salt, token("n2")) and rows[1]["demographic"] == salted(salt, token("d1"))
-    assert rows[3]["nhs"] is None and person_tokens_current(store)
+    for kept in (held, None):   # the tokens a node keeps, and tokens read afresh
+        rows = {r["person_id"]: r for r in cohort_tokens(store, "cohort", 9, salt, kept).to_pylist()}
+        assert rows[1]["nhs"] == salted(salt, token("n2")) and rows[1]["demographic"] == salted(salt, token("d1"))
+        assert rows[3]["nhs"] is None and rows[3]["demographic"] is None and person_tokens_current(store)
     assert store.query("SELECT person_id FROM mercia_person_token ORDER BY 1") == [(1,)]
+    store.execute("DELETE FROM mercia_network_token WHERE source_pseudonym = 's2'")   # a load corrects a record's
+    store.insert_arrow("mercia_network_token", pa.table({                                # NHS number, as ingest does
+        "org": ["X"], "source_pseudonym": ["s2"], "token_kind": ["nhs"], "token": [token("n1")], "load_id": [2]}))
+    refresh_person_tokens(store)
+    after = {r["person_id"]: r for r in cohort_tokens(store, "cohort", 9, salt, held).to_pylist()}
+    assert after[1]["nhs"] == salted(salt, token("n1"))
 
 
 def test_members_travel_as_arrow_and_count_the_same():
