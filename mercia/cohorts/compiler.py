@@ -517,7 +517,10 @@ class _Compiler:
     def correlated(self, cc: m.CorrelatedCriteria, events, index: int, unique_events: bool = True) -> exp.Query:
         """Circe's windowed (correlated) criterion: count matching events around each index event.
         When only existence matters (at least 1; or none, over unique events) it is a semi-join
-        (anti-join) instead of a join and a count."""
+        (anti-join) instead of a join and a count.  The semi-join is written as one (PostgreSQL, which
+        has no SEMI JOIN, gets sqlglot's EXISTS): DuckDB turns an EXISTS with range conditions into a
+        DISTINCT of the outer rows' correlated columns first (cohort 366 on GiBleed x 400: 5.1 M rows
+        hashed; 1.76 -> 1.05 CPU-s as a SEMI JOIN, rows equal)."""
         check_op = not cc.ignore_observation_period
         conds: list[exp.Expression] = [_eq(col("person_id", "A"), col("person_id", "P"))]
         if check_op:
@@ -547,12 +550,12 @@ class _Compiler:
         absent = unique_events and occ.count == 0 and occ.type in (0, 1)
         if exists or absent:
             conds.append(exp.Not(this=exp.Is(this=counted_column, expression=exp.null())))
-            match = exp.Exists(
-                this=exp.select(num(1), copy=False)
-                .from_(self.criteria.query(cc.criteria).subquery("A", copy=False), copy=False)
-                .where(exp.and_(*conds, copy=False), copy=False)
-            )
-            q = q.where(match if exists else exp.Not(this=match), copy=False)
+            matching = self.criteria.query(cc.criteria).subquery("A", copy=False)
+            if exists:
+                q = q.join(matching, on=exp.and_(*conds, copy=False), join_type="semi", copy=False)
+            else:
+                q = q.where(exp.Not(this=exp.Exists(this=exp.select(num(1), copy=False).from_(matching, copy=False)
+                                                    .where(exp.and_(*conds, copy=False), copy=False))), copy=False)
             return q if unique_events else q.distinct(copy=False)
         count = exp.Count(this=counted)
         op = {0: exp.EQ, 1: exp.LTE, 2: exp.GTE}[occ.type]
