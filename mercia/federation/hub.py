@@ -98,6 +98,17 @@ def _parse(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
+def _keep_newest(kept: dict, key: Any, value: Any) -> bool:
+    """``kept[key] = value`` as its newest entry, the oldest forgotten first when QUESTIONS_KEPT are held;
+    says whether one was."""
+    kept.pop(key, None)
+    full = len(kept) >= QUESTIONS_KEPT
+    if full:
+        del kept[next(iter(kept))]
+    kept[key] = value
+    return full
+
+
 @dataclass(frozen=True)
 class _Question:
     """What never changes about a question: its project, disclosure policy and message."""
@@ -269,18 +280,14 @@ class Hub:
 
     def _remember(self, qid: int, question: _Question) -> None:
         with self._memory:
-            if len(self._questions) >= QUESTIONS_KEPT:
-                del self._questions[next(iter(self._questions))]   # the oldest question asked about
-            self._questions[qid] = question
+            _keep_newest(self._questions, qid, question)
 
     def _open_round(self, qid: int, issued: _Round) -> None:
         """Remember a round this process issued (committed), then wake the nodes waiting for work."""
         with self._memory:
-            self._rounds.pop(qid, None)
-            if len(self._rounds) >= QUESTIONS_KEPT:   # questions nobody asks the answer of: forget the oldest,
-                del self._rounds[next(iter(self._rounds))]
-                self._work_looked.clear()             # and with it what spared nodes a look at the store
-            self._rounds[qid] = issued
+            # a round forgotten (its question's answer never asked for) takes what spared nodes a look with it
+            if _keep_newest(self._rounds, qid, issued):
+                self._work_looked.clear()
         self.work_news.announce()
 
     def _reissue_forgotten(self) -> None:

@@ -149,9 +149,11 @@ def refresh_person_tokens(store: Store) -> int:
     return int(store.query_one("SELECT count(*) FROM mercia_person_token"))
 
 
-def person_tokens_current(store: Store) -> bool:
-    """Were the per-person tokens built from the links and tokens the store holds now?"""
-    return store.query_one("SELECT fingerprint FROM mercia_person_token_source") == _source_fingerprint(store)
+def person_tokens_current(store: Store, fingerprint: str | None = None) -> bool:
+    """Were the per-person tokens built from the links and tokens the store holds now (their ``fingerprint``,
+    when the caller has it)?"""
+    return (store.query_one("SELECT fingerprint FROM mercia_person_token_source")
+            == (fingerprint or _source_fingerprint(store)))
 
 
 class PersonTokens:
@@ -170,7 +172,7 @@ class PersonTokens:
         tokens changed since they were built (a load, linkage merging persons, an opt-out), and read again
         whenever they are not the ones held."""
         fingerprint = _source_fingerprint(store)
-        if store.query_one("SELECT fingerprint FROM mercia_person_token_source") != fingerprint:
+        if not person_tokens_current(store, fingerprint):
             refresh_person_tokens(store)
         version = (store.location, store.schema, fingerprint)
         if version != self._version:
