@@ -176,18 +176,32 @@ class _Compiler:
                 exp.LTE(this=add_days(col("start_date", "E"), window.post_days), expression=op_end.copy()), copy=False
             )
         )
+        event_id = (
+            row_number([col("person_id", "P")], [col("start_date", "P"), col("event_id", "P")])
+            if self._events_told_apart()
+            else col("event_id", "P")
+        )
         q = exp.select(
-            exp.alias_(
-                row_number([col("person_id", "P")], [col("start_date", "P"), col("event_id", "P")]),
-                "event_id",
-                copy=False,
-            ),
+            exp.alias_(event_id, "event_id", copy=False),
             *[col(c, "P") for c in EVENT_COLUMNS[1:]],
             copy=False,
         ).from_(ranked.subquery("P", copy=False), copy=False)
         if limited:
             q = q.where(_eq(col("ordinal", "P"), num(1)), copy=False)
         return q
+
+    def _events_told_apart(self) -> bool:
+        """Whether a later step keys events by their per-person number (Circe's event_id): limits, additional
+        criteria, inclusion rules, censoring and drug-era exits do; otherwise the numbering (a sort of every
+        event) is skipped and the criterion's own row id stands in."""
+        e = self.expr
+        return (
+            self.one_event_per_person()
+            or (e.additional_criteria is not None and not e.additional_criteria.is_empty())
+            or bool(e.inclusion_rules)
+            or bool(e.censoring_criteria)
+            or (e.end_strategy is not None and e.end_strategy.date_offset is None)
+        )
 
     def _qualified_limited(self) -> bool:
         """Circe applies the qualified limit whenever AdditionalCriteria is present, even empty."""
