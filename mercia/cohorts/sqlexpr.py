@@ -1,7 +1,7 @@
 """Small builders for sqlglot expression trees, so the compiler reads like the relational plan.
 
 Date arithmetic comes from ``mercia.cdm.dialect`` (one home for what differs by engine), as nodes each
-dialect renders natively (``+ INTERVAL`` on DuckDB/PostgreSQL, ``DATE_ADD`` on Spark).
+dialect renders natively.
 """
 
 from __future__ import annotations
