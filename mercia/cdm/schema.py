@@ -4,11 +4,13 @@ Tables and columns follow the OHDSI CDM v5.4 DDL (github.com/OHDSI/CommonDataMod
 The specification is kept as a compact text table below so that the whole model can be read on one
 screen; ``CDM_TABLES`` is parsed from it at import time.
 
-Two deliberate choices, documented in docs/cdm.md:
+Three deliberate choices, documented in docs/cdm.md:
 - every integer column is rendered as BIGINT (a superset of the spec's INTEGER) so that a region of
   5.4 million people, or sums over it, never overflow;
 - VARCHAR lengths are kept as metadata (checked by data quality) but rendered unbounded, so that a
-  long source value is a data-quality finding rather than a failed load.
+  long source value is a data-quality finding rather than a failed load;
+- ``person.year_of_birth`` may be NULL (the spec requires it): a published rare-disease case report
+  often gives no age, and the case is kept with the age unknown rather than dropped.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ _SPEC = """
 == person clinical pk=person_id
 person_id int!
 gender_concept_id int!
-year_of_birth int!
+year_of_birth int
 month_of_birth int
 day_of_birth int
 birth_datetime ts

@@ -437,6 +437,16 @@ class Store(ABC):
             for table in CDM_TABLES.values():
                 for statement in self.create_table_sql(table, enforce_primary_keys):
                     self.execute(statement)
+            self._allow_spec_nulls()
+
+    def _allow_spec_nulls(self) -> None:
+        """Drop NOT NULL where a store made before the spec allowed NULL still has it (person.year_of_birth,
+        docs/cdm.md), so an existing store takes the same rows as a new one."""
+        nullable = {(t.name, c.name) for t in CDM_TABLES.values() for c in t.columns if not c.required}
+        for table, column in self.query("SELECT table_name, column_name FROM information_schema.columns "
+                                        f"WHERE is_nullable = 'NO' AND {self._current_schema_filter()}"):
+            if (table, column) in nullable:
+                self.execute(f"ALTER TABLE {quote(table)} ALTER COLUMN {quote(column)} DROP NOT NULL")
 
     def table_counts(self, tables: Sequence[str] | None = None) -> dict[str, int]:
         """Row counts of the CDM tables that exist, in one round trip."""

@@ -14,13 +14,13 @@ HPO phenotypes go to ``observation`` (HPO concept; value Present/Absent as SNOME
 values 52101004 / 2667000, so excluded phenotypes keep their meaning); diseases to
 ``condition_occurrence`` (OMIM).  Phenopackets carry no event dates: the phenopacket's
 ``metaData.created`` is used, and a missing date of birth is estimated as a year from
-``created - timeAtLastEncounter``.
+``created - timeAtLastEncounter``.  A subject with neither is kept with the age unknown (year of birth
+NULL, flagged in ``mercia_reject``): case reports often give no age, and the phenotypes, diagnosis and
+variants are what a rare-disease clinic needs (docs/ingest.md).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 from pathlib import Path
 
 import orjson
@@ -30,20 +30,6 @@ from mercia.ingest.staging import Staged, content_hash
 from mercia.ingest.vcf import VARIANT_SCHEMA
 
 PRESENT, ABSENT = "52101004", "2667000"  # SNOMED CT qualifier values
-_AGE = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?")
-
-
-def _estimated_birth(created: dt.datetime | None, age: str | None) -> str | None:
-    """Year of birth from the record date and age at last encounter (ISO 8601 ``PnY...``)."""
-    if not created or not age:
-        return None
-    parts = _AGE.match(age)
-    if not parts or not any(parts.groups()):
-        return None
-    years, months, weeks, days = (int(g or 0) for g in parts.groups())
-    months_back = years * 12 + months + (weeks * 7 + days) // 30
-    total = created.year * 12 + created.month - 1 - months_back
-    return str(total // 12)
 
 
 def _without_nulls(node):
@@ -58,7 +44,7 @@ def _without_nulls(node):
 
 class GenomicsReader:
     def __init__(self, extract: str):
-        self.staged = Staged(extract)
+        self.staged = Staged(extract, birth_date_field="subject.dateOfBirth", birth_date_optional=True)
         self.variants: dict[str, list] = {name: [] for name in VARIANT_SCHEMA.names}
 
     def read_phenopackets(self, path: Path) -> Staged:
@@ -79,22 +65,30 @@ class GenomicsReader:
             case = read_phenopacket(data)
         except (orjson.JSONDecodeError, PhenopacketError) as exc:
             reason = f"not a valid phenopacket: {str(exc).split(':', 1)[-1].strip()[:200]}"
+            field_name = getattr(exc, "field", None)
         except (AttributeError, TypeError, KeyError, ValueError):
             # the protobuf check lets some wrongly typed elements through to the rare-disease reader
-            reason = "not a valid phenopacket: an element has the wrong JSON type"
+            reason, field_name = "not a valid phenopacket: an element has the wrong JSON type", None
         else:
             self._case(data, case, content_hash(raw), number)
             return
-        self.staged.reject(f"Subject/{name}", None, reason, number)
-        self.staged.reject(f"Phenopacket/{name}", None, reason, number)
+        self.staged.reject(f"Subject/{name}", field_name, reason, number)
+        self.staged.reject(f"Phenopacket/{name}", field_name, reason, number)
 
     def _case(self, data: dict, case, digest: str, number: int) -> None:
+        from mercia.raredisease.phenopackets import age_in_months
+
         s = self.staged
         person_ref = f"Subject/{case.id}"  # subject ids repeat across case reports; one packet per person
         nhs = next((a.split(":", 1)[1] for a in data.get("subject", {}).get("alternateIds", [])
                     if a.lower().startswith("nhs:")), None)
-        birth = case.date_of_birth.isoformat() if case.date_of_birth else \
-            _estimated_birth(case.created, case.age_at_last_encounter)
+        if not case.date_of_birth and case.age_at_last_encounter and age_in_months(case.age_at_last_encounter) is None:
+            for rejected in (person_ref, f"Phenopacket/{case.id}"):  # an invalid age is not an unknown one
+                s.reject(rejected, "subject.timeAtLastEncounter",
+                         "age at last encounter not an ISO 8601 duration (PnYnMnWnD)", number)
+            return
+        year = case.birth_year(case.created.date() if case.created else None)  # None: age unknown
+        birth = case.date_of_birth.isoformat() if case.date_of_birth else (str(year) if year is not None else None)
         s.persons.add(record=person_ref, record_hash=digest, person_ref=person_ref, nhs_number=nhs,
                       birth_date=birth, sex={"MALE": "male", "FEMALE": "female"}.get(case.sex), line=number)
         when = case.created.date().isoformat() if case.created else None

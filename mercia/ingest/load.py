@@ -287,6 +287,9 @@ class _Load:
             "nhs_pseudonym": nhs_pseudonyms, "nhs_status": pa.array(status, pa.string()),
             "nhs_problem": problems, "opted_out": pa.array(opted_out, pa.bool_()),
             "birth_date": pa.array(dob, pa.string()), "sex": p.column("sex"),
+            # the source gave a date of birth (valid or not): only a person given none can be kept age-unknown
+            "birth_date_given": pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(
+                p.column("birth_date"))), 0), False),
             "race_source_value": pc.binary_join_element_wise(
                 pc.fill_null(p.column("ethnicity_vocabulary"), ""), pc.fill_null(p.column("ethnicity_code"), ""), ":"),
             "death_date": p.column("death_date"),
@@ -310,20 +313,28 @@ class _Load:
             self.reject(flagged.filter(pc.equal(flagged.column("nhs_problem"), reason)), "nhs_number",
                         f"{reason}; loaded without NHS number, not used for linkage", action="flagged")
         persons = self._reject_implausible_person_dates(persons)
-        bad_dob = persons.filter(pc.and_(pc.invert(persons.column("opted_out")),
-                                         pc.is_null(persons.column("birth_date"))))
-        self.reject(bad_dob, "birthDate", "date of birth missing or not a valid date")
-        keep = pc.and_(pc.invert(persons.column("opted_out")), pc.invert(pc.is_null(persons.column("birth_date"))))
+        live = pc.invert(persons.column("opted_out"))
+        undated = pc.and_(live, pc.is_null(persons.column("birth_date")))
+        age_unknown = pc.and_(pc.and_(undated, pc.invert(persons.column("birth_date_given"))),
+                              pa.scalar(self.staged.birth_date_optional))
+        field_name = self.staged.birth_date_field
+        self.reject(persons.filter(pc.and_(undated, pc.invert(age_unknown))), field_name,
+                    "date of birth missing or not a valid date")
+        self.reject(persons.filter(age_unknown), field_name,
+                    "no date of birth or age given; case kept with the age unknown (year of birth NULL)",
+                    action="flagged")
+        keep = pc.and_(live, pc.or_(pc.invert(undated), age_unknown))
         self.opted_out_refs = set(withheld.column("person_ref").to_pylist())
         self.opted_out_nhs = {n for n, o in zip(nhs_list, opted_out) if o} | set(opt.opt_out)
-        return persons.filter(keep)
+        return persons.filter(keep).drop_columns(["birth_date_given"])
 
     def _reject_implausible_person_dates(self, persons: pa.Table) -> pa.Table:
         """Births and deaths outside the plausible window (see ``staging.EARLIEST_DATE``) are rejected;
         ISO dates, partial or not, compare correctly as text."""
         self.register("persons_dated", persons)
         earliest, latest = EARLIEST_DATE.isoformat(), latest_date().isoformat()
-        checks = [("birthDate", "date of birth", "birth_date IS NOT NULL AND (birth_date < ? OR birth_date > ?)"),
+        checks = [(self.staged.birth_date_field, "date of birth",
+                   "birth_date IS NOT NULL AND (birth_date < ? OR birth_date > ?)"),
                   ("deceasedDateTime", "date of death", "death_date IS NOT NULL AND (TRY_CAST(left(death_date, 10) "
                    "AS DATE) IS NULL OR left(death_date, 10) < ? OR left(death_date, 10) > ?)")]
         for field_name, what, where in checks:

@@ -163,6 +163,11 @@ class Staged:
     values: pa.Table | None = None
     # names of local concepts the extract introduces: (vocabulary, code) -> name (metabolite identifiers)
     concept_names: dict[tuple[str, str], str] = field(default_factory=dict)
+    # the source's name for the date of birth, named in its rejects and flags
+    birth_date_field: str = "birthDate"
+    # a person without any date of birth is kept with the age unknown (flagged) rather than rejected: only
+    # for case reports (phenopackets), which often give no age; an invalid date is rejected either way
+    birth_date_optional: bool = False
 
     def reject(self, record: str | None, field_name: str | None, reason: str, line: int | None = None,
                record_hash: str | None = None) -> None:

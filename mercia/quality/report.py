@@ -159,6 +159,9 @@ def _checks(store: Store, scope: _Scope) -> list[Check]:
         "t.gender_concept_id NOT IN (8507, 8532, 0)")
     add("year_of_birth_plausible", "plausibility", "person", "year of birth between 1880 and this year",
         f"t.year_of_birth < 1880 OR t.year_of_birth > {dt.date.today().year}")
+    # shown, never failed: a case report without an age is kept with the age unknown (docs/ingest.md)
+    add("year_of_birth_unknown", "completeness", "person", "year of birth unknown (age unknown)",
+        "t.year_of_birth IS NULL", threshold=100.0)
     add("birth_after_death", "plausibility", "death", "death before the year of birth",
         "extract(year FROM t.death_date) < p.year_of_birth", join="JOIN person p ON p.person_id = t.person_id")
     for table, (pk, concept, source, date) in DOMAINS.items():

@@ -52,24 +52,16 @@ class CaseNotFoundError(LookupError):
     """No person with that id in the store."""
 
 
-def _years(iso_age: str | None) -> int:
-    if not iso_age or not iso_age.startswith("P") or "Y" not in iso_age:
-        return 0
-    return int(iso_age[1:].split("Y")[0])
-
-
 def save_case(store: Store, case: RareDiseaseCase, person_id: int | None = None) -> int:
     """Write one case (a new person unless ``person_id`` is given); returns the person id."""
     recorded = (case.created or dt.datetime.now(dt.UTC)).date()
     with store.transaction():
         if person_id is None:
             person_id = store.allocate_ids("person", "person_id")
-            birth_year = case.date_of_birth.year if case.date_of_birth else recorded.year - _years(
-                case.age_at_last_encounter)
             store.insert_arrow("person", pa.table({
                 "person_id": pa.array([person_id], pa.int64()),
                 "gender_concept_id": pa.array([GENDER.get(case.sex, 0)], pa.int64()),
-                "year_of_birth": pa.array([birth_year], pa.int64()),
+                "year_of_birth": pa.array([case.birth_year(recorded)], pa.int64()),  # NULL: age unknown
                 "month_of_birth": pa.array([case.date_of_birth.month if case.date_of_birth else None], pa.int64()),
                 "day_of_birth": pa.array([case.date_of_birth.day if case.date_of_birth else None], pa.int64()),
                 "race_concept_id": pa.array([0], pa.int64()),

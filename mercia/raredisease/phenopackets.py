@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,27 @@ from google.protobuf import json_format
 SEXES = {"MALE", "FEMALE", "OTHER_SEX", "UNKNOWN_SEX"}
 SCHEMA_VERSION = "2.0"
 GENO_LABELS = {"GENO:0000135": "heterozygous", "GENO:0000136": "homozygous", "GENO:0000134": "hemizygous"}
+_ISO_AGE = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?")
+# where protobuf's ParseError names the offending element: "... at Phenopacket.subject.dateOfBirth."
+_PARSE_ERROR_PATH = re.compile(r" at Phenopacket\.(\S+?)\.*$")
 
 
 class PhenopacketError(ValueError):
-    """A Phenopacket that is not valid v2 or lacks a field Mercia needs; says which document and field."""
+    """A Phenopacket that is not valid v2 or lacks a field Mercia needs; says which document and field
+    (``field``: the JSON path, e.g. ``subject.dateOfBirth``, when one element is at fault)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def age_in_months(iso_age: str | None) -> int | None:
+    """Whole months of an ISO 8601 age (``P3Y6M``, ``P10W``); None when there is none or it is not one."""
+    parts = _ISO_AGE.match(iso_age or "")
+    if not parts or not any(parts.groups()):
+        return None
+    years, months, weeks, days = (int(g or 0) for g in parts.groups())
+    return years * 12 + months + (weeks * 7 + days) // 30
 
 
 @dataclass
@@ -90,6 +108,16 @@ class RareDiseaseCase:
     variants: list[Variant] = field(default_factory=list)
     created: dt.datetime | None = None
 
+    def birth_year(self, recorded: dt.date | None) -> int | None:
+        """The year of birth: the date of birth's, else ``recorded`` (the record's date) less the age at last
+        encounter; None when the case gives neither (a case report without an age: kept with the age unknown)."""
+        if self.date_of_birth:
+            return self.date_of_birth.year
+        months = age_in_months(self.age_at_last_encounter)
+        if recorded is None or months is None:
+            return None
+        return (recorded.year * 12 + recorded.month - 1 - months) // 12
+
     @property
     def observed(self) -> list[str]:
         return [p.term for p in self.phenotypes if not p.excluded]
@@ -126,16 +154,20 @@ def validate(data: dict) -> None:
     try:
         json_format.ParseDict(data, pps.Phenopacket())
     except json_format.ParseError as exc:
-        raise PhenopacketError(f"phenopacket {doc}: not a valid Phenopacket v2: {exc}") from None
+        path = _PARSE_ERROR_PATH.search(str(exc))
+        raise PhenopacketError(f"phenopacket {doc}: not a valid Phenopacket v2: {exc}",
+                               path.group(1) if path else None) from None
     for required in ("id", "metaData"):
         if not data.get(required):
-            raise PhenopacketError(f"phenopacket {doc}: field {required} is required")
+            raise PhenopacketError(f"phenopacket {doc}: field {required} is required", required)
     for i, feature in enumerate(data.get("phenotypicFeatures", [])):
         if not feature.get("type", {}).get("id"):
-            raise PhenopacketError(f"phenopacket {doc}: field phenotypicFeatures[{i}].type.id is required")
+            raise PhenopacketError(f"phenopacket {doc}: field phenotypicFeatures[{i}].type.id is required",
+                                   f"phenotypicFeatures[{i}].type.id")
     for i, disease in enumerate(data.get("diseases", [])):
         if not disease.get("term", {}).get("id"):
-            raise PhenopacketError(f"phenopacket {doc}: field diseases[{i}].term.id is required")
+            raise PhenopacketError(f"phenopacket {doc}: field diseases[{i}].term.id is required",
+                                   f"diseases[{i}].term.id")
 
 
 def _onset(element: dict | None) -> Onset | None:
@@ -178,7 +210,7 @@ def read_phenopacket(source: Any) -> RareDiseaseCase:
     validate(data)
     subject = data.get("subject", {})
     if not subject.get("id"):
-        raise PhenopacketError(f"phenopacket {data['id']}: field subject.id is required by Mercia")
+        raise PhenopacketError(f"phenopacket {data['id']}: field subject.id is required by Mercia", "subject.id")
     birth = subject.get("dateOfBirth")
     created = data["metaData"].get("created")
     case = RareDiseaseCase(

@@ -49,7 +49,7 @@ class Cdm:
         self._ids[table] = self._ids.get(table, 0) + 1
         return self._ids[table]
 
-    def person(self, pid: int, sex: int = 8532, born: int = 1960, month: int | None = None,
+    def person(self, pid: int, sex: int = 8532, born: int | None = 1960, month: int | None = None,
                start: date = date(2000, 1, 1), end: date = date(2020, 12, 31), **extra: Any) -> int:
         self.insert("person", [{"person_id": pid, "gender_concept_id": sex, "year_of_birth": born,
                                        "month_of_birth": month, "race_concept_id": 8527,

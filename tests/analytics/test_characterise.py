@@ -135,3 +135,27 @@ def test_bad_requests_name_what_is_wrong(built):
         Window.parse("5:0")
     with pytest.raises(AnalyticsError, match="unknown domain"):
         characterise(built, 1, domains=["genome"])
+
+
+def test_persons_of_unknown_age_are_an_unknown_age_band_and_disclosed_as_one(built, cdm):
+    """Case reports without an age (year_of_birth NULL) count in the cohort, in an 'Unknown' age band,
+    outside the age distribution; the band is a category like any other for disclosure control."""
+    for pid in (22, 23, 24):
+        cdm.person(pid, sex=8532, born=None, start=date(2015, 1, 1))
+        cdm.cohort(1, pid, INDEX, date(2020, 6, 30))
+    cdm.flush()
+    result = characterise(built, 1, domains=[], raw=True)
+    assert {r["item"]: r["count"] for r in result.table("summary").rows}["Persons"] == 24
+    age = by(result.table("continuous"), "variable")["Age at index (years)"]
+    assert age["count_persons"] == 21 and age["mean"] == pytest.approx((10 * 50 + 10 * 39 + 30) / 21)
+    demo = {(r["variable"], r["category"]): r["count_persons"] for r in result.table("demographics").rows}
+    assert demo[("Age band", "Unknown")] == 3 and demo[("Age band", "50-59")] == 10
+    bands = [r["category"] for r in result.table("demographics").rows if r["variable"] == "Age band"]
+    assert bands[-1] == "Unknown"  # after the numbered bands
+    age_sex = {(r["age_band"], r["sex"]): r["count_persons"] for r in result.table("age_sex").rows}
+    assert age_sex[("Unknown", "Female")] == 3
+    controlled = characterise(built, 1, domains=[])
+    demo = {(r["variable"], r["category"]): r["count_persons"] for r in controlled.table("demographics").rows}
+    assert demo[("Age band", "Unknown")] is None  # 3 people: suppressed like any small band
+    assert {(r["age_band"], r["sex"]): r["count_persons"]
+            for r in controlled.table("age_sex").rows}[("Unknown", "Female")] is None

@@ -209,14 +209,21 @@ def test_truncated_gzip(loaded, tmp_path, gibleed_dir):
 
 def test_missing_required_column(loaded, tmp_path):
     d = with_valid_death_file(tmp_path / "bad")
-    write(d / "person.csv", "person_id,gender_concept_id,race_concept_id,ethnicity_concept_id\n3,8507,0,0\n")
-    bad_load(loaded, d, "person.csv", "line 1", "missing required column(s) year_of_birth")
+    write(d / "person.csv", "person_id,year_of_birth,race_concept_id,ethnicity_concept_id\n3,1970,0,0\n")
+    bad_load(loaded, d, "person.csv", "line 1", "missing required column(s) gender_concept_id")
 
 
 def test_empty_required_value(loaded, tmp_path):
     d = with_valid_death_file(tmp_path / "bad")
     person_csv(d, ["3,8507,1970,,,,0,0", ",8532,1980,,,,0,0"])
     bad_load(loaded, d, "person.csv", "line 3", "column person_id", "empty value in required column")
+
+
+def test_empty_year_of_birth_loads_as_unknown(store, tmp_path):
+    """Mercia's own exports hold case reports without an age (docs/cdm.md): they load back."""
+    person_csv(tmp_path / "in", ["3,8507,1970,,,,0,0", "4,8532,,,,,0,0"])
+    load_omop_directory(store, tmp_path / "in")
+    assert store.query("SELECT person_id, year_of_birth FROM person ORDER BY 1") == [(3, 1970), (4, None)]
 
 
 def test_unknown_table_name(loaded, tmp_path):

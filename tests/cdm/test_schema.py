@@ -62,3 +62,18 @@ def test_primary_keys_can_be_enforced(empty_store):
         assert "duplicate" in str(exc).lower() or "constraint" in str(exc).lower()
     else:
         raise AssertionError("duplicate primary key accepted")
+
+
+def test_year_of_birth_may_be_null_also_in_a_store_made_when_it_was_required(empty_store):
+    """Mercia keeps case reports without an age (docs/cdm.md): a store created NOT NULL before that
+    is relaxed by init_schema, on every engine, and keeps its rows."""
+    person = CDM_TABLES["person"]
+    old = [f'"{c.name}" {c.sql_type}{" NOT NULL" if c.required or c.name == "year_of_birth" else ""}'
+           for c in person.columns]
+    empty_store.execute(f"CREATE TABLE person ({', '.join(old)}, PRIMARY KEY (person_id))")
+    add = "INSERT INTO person (person_id, gender_concept_id, year_of_birth, race_concept_id, ethnicity_concept_id)"
+    empty_store.execute(f"{add} VALUES (1, 0, 1990, 0, 0)")
+    empty_store.init_schema()
+    empty_store.init_schema()  # idempotent
+    empty_store.execute(f"{add} VALUES (2, 0, NULL, 0, 0)")
+    assert empty_store.query("SELECT person_id, year_of_birth FROM person ORDER BY 1") == [(1, 1990), (2, None)]

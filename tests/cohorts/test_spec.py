@@ -74,7 +74,7 @@ VOCABULARY = {
 }
 
 
-def person(pid: int, born: int = 1970, gender: int = MALE) -> dict:
+def person(pid: int, born: int | None = 1970, gender: int = MALE) -> dict:
     return {"person_id": pid, "gender_concept_id": gender, "year_of_birth": born}
 
 
@@ -333,6 +333,22 @@ def test_age_and_gender_filter_before_the_primary_limit(run_spec):
     tables["person"] = [person(1, born=1995, gender=FEMALE), person(2, born=1980, gender=MALE)]
     got, _ = run_spec(tables, cohort(cb.condition(A, age=cb.gte(18), gender=cb.concepts(FEMALE))))
     assert got == rows((1, "2014-01-01", "2015-12-31"))  # 2012 - 1995 = 17 fails
+
+
+@pytest.mark.parametrize(
+    ("age", "expected"),
+    [(None, [1, 2]), (cb.gte(18), [2]), (cb.lt(18), []), (cb.not_between(40, 50), [2])],
+)
+def test_an_unknown_age_satisfies_no_age_criterion(run_spec, age, expected):
+    """A person kept with the age unknown (year_of_birth NULL, docs/cdm.md) enters a cohort without an
+    age criterion but meets none, not even 'not between' (Circe's SQL: the year difference is NULL)."""
+    tables = world([1, 2], condition_occurrence=[cond(1, "2012-01-01"), cond(2, "2012-01-01")])
+    tables["person"] = [person(1, born=None), person(2, born=1980)]  # person 2 is 32 in 2012
+    got, _ = run_spec(tables, cohort(cb.condition(A) if age is None else cb.condition(A, age=age)))
+    assert got == rows(*((p, "2012-01-01", "2015-12-31") for p in expected))
+    rule = [cb.rule("of known age", cb.demographic(age=age))] if age is not None else []
+    got, _ = run_spec(tables, cohort(cb.condition(A), rules=rule))
+    assert got == rows(*((p, "2012-01-01", "2015-12-31") for p in expected))
 
 
 def test_measurement_value_and_unit(run_spec):

@@ -353,3 +353,17 @@ def test_datatypes_nested_as_deep_as_json_allows_are_rejects_not_recursion_error
         ("QuestionnaireResponse/q1", "item[0]" + ".answer[0].item[0]" * 250 + ".linkId",
          "expected a string, got number"),
         ("deep.ndjson:3", None, "not valid JSON")]
+
+
+def test_a_fhir_patient_without_a_birth_date_is_still_rejected_with_its_events(store, load, tmp_path):
+    """Only case reports (phenopackets) may keep a person with the age unknown; a FHIR Patient without
+    birthDate is rejected as before, and so are the events that point at it."""
+    no_birth = _patient("nobirth")
+    del no_birth["birthDate"]
+    _ndjson(tmp_path / "x.ndjson", _patient("p1"), no_birth, _condition("c1", "2010-01-01", "Patient/nobirth"))
+    summary = load(store, "fhir", tmp_path / "x.ndjson", "RX1")
+    assert (summary.loaded, summary.rejected, summary.flagged) == (1, 2, 0)
+    assert store.query("SELECT field, reason FROM mercia_reject ORDER BY field") == [
+        ("birthDate", "date of birth missing or not a valid date"),
+        ("subject", "subject not found among this organisation's patients")]
+    assert store.query("SELECT year_of_birth FROM person") == [(1970,)]

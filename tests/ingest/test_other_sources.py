@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from mercia.ingest.fhir import read_fhir
 from mercia.ingest.hl7v2 import read_hl7v2, split_messages
+from mercia.quality.report import build_report
 
 
 def reconciles(summary) -> None:
@@ -32,24 +33,79 @@ def test_hl7v2_lab_results_load(store, shared_data, load):
     assert (1962, 3) in store.query("SELECT year_of_birth, month_of_birth FROM person")
 
 
-def test_phenopackets_load_with_excluded_phenotypes_and_variants(store, shared_data, load):
+def _case_contents(packet: dict) -> tuple[int, int, int, int]:
+    """(observed, excluded, diseases, variants) of one phenopacket, as the load should store them."""
+    features = packet.get("phenotypicFeatures", [])
+    variants = [g for i in packet.get("interpretations", [])
+                for g in i.get("diagnosis", {}).get("genomicInterpretations", [])]
+    return (sum(1 for f in features if not f.get("excluded")), sum(1 for f in features if f.get("excluded")),
+            sum(1 for d in packet.get("diseases", []) if not d.get("excluded")), len(variants))
+
+
+def test_phenopackets_load_every_case_and_keep_those_without_an_age(store, shared_data, load):
     folder = shared_data / "phenopackets/examples"
     summary = load(store, "phenopackets", folder, "R9G", type_concept_id=32879)
     reconciles(summary)
     packets = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    dated = [p for p in packets if p["subject"].get("dateOfBirth") or p["subject"].get("timeAtLastEncounter")]
-    expected_excluded = sum(1 for p in dated for f in p.get("phenotypicFeatures", []) if f.get("excluded"))
-    expected_observed = sum(1 for p in dated for f in p.get("phenotypicFeatures", []) if not f.get("excluded"))
+    undated = [p for p in packets if not (p["subject"].get("dateOfBirth") or p["subject"].get("timeAtLastEncounter"))]
+    assert (len(packets), len(undated)) == (40, 5)  # the published examples: 5 case reports give no age
+    assert summary.rejected == 0 and summary.loaded == 2 * len(packets)
+    assert store.query_one("SELECT count(*) FROM person") == len(packets)
+    expected_excluded = sum(1 for p in packets for f in p.get("phenotypicFeatures", []) if f.get("excluded"))
+    expected_observed = sum(1 for p in packets for f in p.get("phenotypicFeatures", []) if not f.get("excluded"))
     counts = dict(store.query("SELECT qualifier_source_value, count(*) FROM observation GROUP BY 1"))
     assert counts == {"excluded": expected_excluded, "observed": expected_observed}
-    assert store.query_one("SELECT count(*) FROM person") == len(dated)
-    # a subject with neither date of birth nor age cannot have a year of birth: rejected, by name
-    no_age = len(packets) - len(dated)
-    assert store.query_one("""SELECT count(*) FROM mercia_reject
-                              WHERE reason = 'date of birth missing or not a valid date'""") == no_age
+    # the cases without an age: year of birth unknown, and every phenotype, diagnosis and variant kept
+    age_unknown = store.query("""
+        SELECT (SELECT count(*) FROM observation o WHERE o.person_id = p.person_id
+                AND o.qualifier_source_value = 'observed'),
+               (SELECT count(*) FROM observation o WHERE o.person_id = p.person_id
+                AND o.qualifier_source_value = 'excluded'),
+               (SELECT count(*) FROM condition_occurrence c WHERE c.person_id = p.person_id),
+               (SELECT count(*) FROM variant_occurrence v WHERE v.person_id = p.person_id)
+        FROM person p WHERE p.year_of_birth IS NULL""")
+    assert sorted(age_unknown) == sorted(_case_contents(p) for p in undated)
+    assert store.query_one("""SELECT count(*) FROM person WHERE year_of_birth IS NULL AND (month_of_birth IS NOT NULL
+                              OR day_of_birth IS NOT NULL OR birth_datetime IS NOT NULL)""") == 0
+    # ... and each flagged (counted in the summary), not rejected
+    assert summary.flagged == len(undated)
+    assert store.query("SELECT action, field, reason, count(*) FROM mercia_reject GROUP BY 1, 2, 3") == [
+        ("flagged", "subject.dateOfBirth",
+         "no date of birth or age given; case kept with the age unknown (year of birth NULL)", len(undated))]
+    checks = {c.name: c for c in build_report(store, org="R9G").checks}
+    unknown = checks["year_of_birth_unknown"]
+    assert (unknown.violations, unknown.rows, unknown.category, unknown.passed) == (
+        len(undated), len(packets), "completeness", True)
     variants = store.query("""SELECT v.target_gene_symbol, m.measurement_source_value FROM variant_occurrence v
                               JOIN measurement m USING (measurement_id)""")
     assert variants and all(src == gene for gene, src in variants)
+
+
+def test_phenopacket_with_an_invalid_birth_date_or_age_is_still_rejected(store, load, tmp_path):
+    def packet(pid: str, **subject) -> dict:
+        return {"id": pid, "subject": {"id": pid, "sex": "FEMALE", **subject},
+                "phenotypicFeatures": [{"type": {"id": "HP:0001250", "label": "Seizure"}}],
+                "metaData": {"created": "2024-01-01T00:00:00Z", "createdBy": "test",
+                             "phenopacketSchemaVersion": "2.0"}}
+
+    (tmp_path / "pp").mkdir()
+    for name, subject in {"unparseable": {"dateOfBirth": "2010-13-40T00:00:00Z"},
+                          "future": {"dateOfBirth": "2999-01-01T00:00:00Z"},
+                          "medieval": {"dateOfBirth": "1066-10-14T00:00:00Z"},
+                          "bad-age": {"timeAtLastEncounter": {"age": {"iso8601duration": "six years"}}},
+                          "no-age": {}}.items():
+        (tmp_path / "pp" / f"{name}.json").write_text(json.dumps(packet(name, **subject)))
+    summary = load(store, "phenopackets", tmp_path / "pp", "R9G")
+    reconciles(summary)
+    rejects = store.query("SELECT field, reason FROM mercia_reject WHERE action = 'rejected'")
+    fields = sorted(field for field, _ in rejects)
+    # the subject record of each invalid packet (and the clinical record where the packet failed to parse)
+    assert fields.count("subject.dateOfBirth") == 4 and fields.count("subject.timeAtLastEncounter") == 2
+    assert any("dateOfBirth" in reason for _, reason in rejects)
+    assert sum("plausible window" in reason for _, reason in rejects) == 2  # 2999 and 1066
+    # only the case without any age is kept, age unknown
+    assert store.query("SELECT year_of_birth FROM person") == [(None,)]
+    assert summary.flagged == 1
 
 
 def test_vcf_calls_attach_to_the_phenopacket_person(store, load, tmp_path):

@@ -119,3 +119,26 @@ def test_pairwise_quality_counts_pairs_from_cluster_sizes():
     q = pairwise_quality([1, 1, 1, 2], [7, 7, 8, 8])
     assert (q.predicted_pairs, q.true_pairs, q.correct_pairs) == (3, 2, 1)
     assert q.precision == pytest.approx(1 / 3) and q.recall == 0.5
+
+
+def test_records_without_a_birth_date_never_link_by_probability(store, options):
+    """Persons kept with the age unknown (case reports) have no date-of-birth tokens: every blocking rule
+    needs one, so two such records with the same names, sex and district stay two persons, while the
+    records around them still link."""
+    options.allow_synthetic_nhs_numbers = True
+    people = pa.concat_tables(simulated_demographics(300, copies=2, error_rate=0.0, seed=11))
+    undated = pc.less(people.column("true_person"), 40)
+    people = people.set_column(people.schema.get_field_index("birth_date"), "birth_date",
+                               pc.if_else(undated, pa.scalar(None, pa.string()), people.column("birth_date")))
+    people = people.set_column(people.schema.get_field_index("nhs_number"), "nhs_number",
+                               pc.if_else(undated, pa.scalar(None, pa.string()), people.column("nhs_number")))
+    for copy, org in enumerate(ORGS):
+        chunk = staged(f"case-reports-{org}", people.filter(pc.equal(people.column("copy"), copy)))
+        chunk.birth_date_optional = True
+        load_staged(store, chunk, org, "phenopackets", options)
+    assert store.query_one("SELECT count(*) FROM mercia_person_link WHERE tok_dob IS NULL AND tok_dob_y IS NULL") \
+        == 80
+    result = link_store(store)
+    assert result.probabilistic_links > 0  # the records with a birth date but no valid NHS number
+    assert store.query_one("SELECT count(DISTINCT person_id) FROM person WHERE year_of_birth IS NULL") == 80
+    assert store.query_one("SELECT count(*) FROM person WHERE year_of_birth IS NULL") == 80

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pytest
 
@@ -22,6 +24,7 @@ from mercia.raredisease.phenopackets import (
     read_phenopacket,
     write_phenopacket,
 )
+from mercia.raredisease.ranker import Case
 from mercia.vocab.hpo import hpo_concept_id
 
 
@@ -120,3 +123,26 @@ def test_reads_phenotypes_loaded_by_mercia_ingest(store):
         {"person_id": 7, "hp_id": "HP:0001250", "excluded": False},
         {"person_id": 7, "hp_id": "HP:0000252", "excluded": True},
     ]
+
+
+def test_a_case_without_an_age_is_stored_age_unknown_and_still_ranked(store, examples, ranker):
+    """A case report giving neither date of birth nor age keeps year_of_birth NULL (not the record's
+    year) and reads back from the store as the same case, which the ranker scores as before."""
+    path = next(p for p in examples if p.name == "PMID_29196670_Patient_5.json")
+    case = read_phenopacket(path)
+    assert case.date_of_birth is None and case.age_at_last_encounter is None
+    person = save_case(store, case)
+    assert store.query(f"SELECT year_of_birth, month_of_birth, day_of_birth FROM person "
+                       f"WHERE person_id = {person}") == [(None, None, None)]
+    back = load_case(store, person)
+    assert back.date_of_birth is None and _comparable(back) == _comparable(case)
+    stored, original = (ranker.rank(Case(c.observed, c.excluded, c.genes), top=5, explain=False) for c in (back, case))
+    assert stored and [(c.disease_id, c.score) for c in stored] == [(c.disease_id, c.score) for c in original]
+
+
+def test_an_age_gives_the_year_of_birth_it_implies(store):
+    case = RareDiseaseCase("c-age", "s", age_at_last_encounter="P3Y6M", phenotypes=[Phenotype("HP:0001250")],
+                           created=dt.datetime(2024, 1, 15, tzinfo=dt.UTC))
+    person = save_case(store, case)
+    # recorded January 2024, aged 3 years 6 months: born mid-2020 (the old code said 2021)
+    assert store.query_one(f"SELECT year_of_birth FROM person WHERE person_id = {person}") == 2020

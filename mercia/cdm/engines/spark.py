@@ -459,6 +459,9 @@ class SparkStore(Store):
         cols = ", ".join(f"{quote(c.name)} {self.column_type(c)}" for c in table.columns)
         return [f"CREATE TABLE IF NOT EXISTS {quote(table.name)} ({cols}) USING {self.table_format}"]
 
+    def _allow_spec_nulls(self) -> None:
+        """Nothing to relax: Spark's tables have no NOT NULL (``create_table_sql``)."""
+
     def truncate(self, table: str) -> None:
         if self.in_transaction:
             self._stage(table, keep_rows=False)
