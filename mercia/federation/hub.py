@@ -224,11 +224,8 @@ class Hub:
             raise FederationError(str(exc)) from exc
         with self._lock:
             try:
-                self.gov.require_data_access(user, project_id)
-                if not self.store.query_one("SELECT count(*) FROM mercia_fed_permission WHERE project_id = ?",
-                                            [project_id]):
-                    raise Forbidden(f"project {project_id} does not have the federated-query permission")
-                differencing = self._check_budget(project_id, query)
+                self.gov.check_data_access(user, project_id)
+                differencing = self._check_permission_and_budget(project_id, query)
             except GovernanceError as exc:
                 self.gov.audit.record(user.username, "federation.refuse", f"project:{project_id}", None,
                                       reason=str(exc))
@@ -249,14 +246,20 @@ class Hub:
                                       differencing=differencing)
         return {"query_id": qid, "nodes": orgs, "deadline_at": _iso(deadline)}
 
-    def _check_budget(self, project_id: int, query: CohortQuery) -> bool:
-        """Is this a repeat (the same cohort, whatever the question kind or strata), or the same cohort plus
-        or minus one criterion, of an earlier question of the project in the window?  Such questions are counted; past the limit they are refused."""
+    def _check_permission_and_budget(self, project_id: int, query: CohortQuery) -> bool:
+        """Has the project the federated-query permission, and is this a repeat (the same cohort, whatever
+        the question kind or strata), or the same cohort plus or minus one criterion, of an earlier question
+        of the project in the window?  Such questions are counted; past the limit they are refused.  One
+        statement: the permission's row with the project's questions in the window, none without it."""
         moment, window = _now(), timedelta(days=self.settings.budget_window_days)
-        earlier = self.store.query("SELECT criteria, differencing, created_at FROM mercia_fed_query "
-                                   "WHERE project_id = ? AND created_at >= ?", [project_id, _iso(moment - window)])
-        verdict = budget(query.criteria(), [Asked(frozenset(orjson.loads(c)), bool(d), datetime.fromisoformat(at))
-                                            for c, d, at in earlier], self.settings.differencing_limit, window)
+        found = self.store.query("SELECT q.criteria, q.differencing, q.created_at FROM mercia_fed_permission p "
+                                 "LEFT JOIN mercia_fed_query q ON q.project_id = p.project_id AND q.created_at >= ? "
+                                 "WHERE p.project_id = ?", [_iso(moment - window), project_id])
+        if not found:
+            raise Forbidden(f"project {project_id} does not have the federated-query permission")
+        earlier = [Asked(frozenset(orjson.loads(c)), bool(d), datetime.fromisoformat(at))
+                   for c, d, at in found if c is not None]
+        verdict = budget(query.criteria(), earlier, self.settings.differencing_limit, window)
         if verdict.exceeded:
             raise BudgetExceeded(
                 f"project {project_id} has asked {verdict.used} repeated or near-complementary questions (the same "
@@ -302,7 +305,7 @@ class Hub:
         row = self.store.query_dicts("SELECT * FROM mercia_fed_query WHERE id = ?", [query_id])
         if not row:
             raise NotFound(f"no federated query {query_id}")
-        self.gov.require_data_access(user, row[0]["project_id"])
+        self.gov.check_data_access(user, row[0]["project_id"])
         return row[0]
 
     def questions_for(self, user: User) -> list[dict[str, Any]]:
@@ -314,7 +317,7 @@ class Hub:
             allowed = {}
             for project_id in {r["project_id"] for r in rows}:
                 try:
-                    self.gov.require_data_access(user, project_id)
+                    self.gov.check_data_access(user, project_id)
                     allowed[project_id] = True
                 except GovernanceError:
                     allowed[project_id] = False

@@ -545,6 +545,47 @@ def test_a_researcher_is_refused_at_the_next_look_after_their_access_ends(networ
     assert client.get(f"{PREFIX}/queries/{query_id}", params={"wait": 0.1}, headers=bearer).status_code == 401
 
 
+def test_every_way_access_ends_is_refused_when_asking_and_when_looking(network, hub_factory):
+    """The hub reads who is asking in one statement and the project's verdict in another: each refusal
+    (token expired, account off, research role gone, another pillar's lead, project expired) reaches both
+    the question and the answer, with its status and reason, and lifting it lets the researcher back in."""
+    from datetime import date
+
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    gov = hub.gov
+    researcher = gov.token_user(token)
+    admin = gov.create_user("hub-admin", "Admin", "a-long-password-1", [(Role.ADMIN, "")])
+    query_id = ask(client, token, project_id).json()["query_id"]
+
+    def refused(secret):
+        asked = ask(client, secret, project_id)
+        looked = client.get(f"{PREFIX}/queries/{query_id}", headers={"Authorization": f"Bearer {secret}"})
+        assert asked.status_code == looked.status_code and asked.json() == looked.json()
+        return asked.status_code, asked.json()["detail"]
+
+    expiring_id, expiring = gov.create_token(researcher, "expiring")
+    gov.db.execute("UPDATE mercia_token SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE id = ?", [expiring_id])
+    assert refused(expiring)[0] == 401
+    gov.db.execute("UPDATE mercia_user SET active = FALSE WHERE id = ?", [researcher.id])   # the token stays live
+    assert refused(token)[0] == 401
+    gov.db.execute("UPDATE mercia_user SET active = TRUE WHERE id = ?", [researcher.id])
+    gov.revoke_role(admin, researcher.id, Role.RESEARCHER)
+    assert refused(token) == (403, "working with project data needs the researcher, trial coordinator or clinician "
+                                   "role")
+    gov.grant_role(admin, researcher.id, Role.RESEARCHER)
+    cancer_lead = gov.create_user("cancer-lead", "Cancer lead", "a-long-password-1", [(Role.PILLAR_LEAD, "cancer")])
+    assert refused(gov.create_token(cancer_lead, "t")[1]) == (404, f"no project {project_id}")   # another pillar
+    gov.db.execute("UPDATE mercia_project SET expires_on = ? WHERE id = ?",
+                   [(date.today() - timedelta(days=1)).isoformat(), project_id])
+    status, reason = refused(token)
+    assert status == 403 and f"project {project_id} is expired" in reason
+    gov.db.execute("UPDATE mercia_project SET expires_on = ? WHERE id = ?",
+                   [(date.today() + timedelta(days=1)).isoformat(), project_id])
+    assert client.get(f"{PREFIX}/queries/{query_id}", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert len(gov.audit.search(action="federation.refuse")) == 3   # the questions refused past the token check
+
+
 def test_a_node_sends_its_members_in_the_order_of_their_salted_tokens(network, hub_factory):
     """Not in its own person order, which is the same for every question: rows in it would let the hub line
     up two answers' members."""
