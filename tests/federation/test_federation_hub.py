@@ -244,6 +244,34 @@ def test_a_late_result_does_not_change_a_returned_answer_and_refresh_asks_again(
     assert complete["status"] == "complete" and complete["deduplicated_total"] >= partial["deduplicated_total"]
 
 
+def test_a_refresh_while_nodes_work_supersedes_the_open_round(network, hub_factory, tmp_path):
+    """A task of a round a refresh replaced is neither handed out again nor accepted; a hub store from before
+    superseded tasks were marked gets them marked when the hub starts."""
+    from mercia.federation.hub import Hub, HubSettings
+
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    agent = agents(network, client)[network.nodes[0].org]
+    query_id = ask(client, token, project_id).json()["query_id"]
+    first = agent.fetch()
+    assert [t.query_id for t in first] == [query_id]
+    stale = agent.handle(first[0])
+    assert client.post(f"{PREFIX}/queries/{query_id}/refresh",
+                       headers={"Authorization": f"Bearer {token}"}).json()["round"] == 2
+    second = agent.fetch()
+    assert [t.task_id for t in second] != [first[0].task_id] and len(second) == 1   # only the new round's
+    refused = agent.post(stale)
+    assert refused.status_code == 403 and "superseded" in refused.json()["detail"]
+    statuses = dict(hub.store.query("SELECT round, status FROM mercia_fed_task WHERE query_id = ? AND org = ?",
+                                    [query_id, agent.org]))
+    assert statuses == {1: "superseded", 2: "sent"}
+    # as a store written before: the old round's task still open; a hub started on it marks it
+    hub.store.execute("UPDATE mercia_fed_task SET status = 'sent' WHERE query_id = ? AND round = 1", [query_id])
+    Hub(hub.store, HubSettings(allow_raw=True, policy="none"), gov=hub.gov)
+    assert hub.store.query_one("SELECT status FROM mercia_fed_task WHERE query_id = ? AND round = 1 AND org = ?",
+                               [query_id, agent.org]) == "superseded"
+
+
 def test_only_members_of_an_approved_permitted_project_may_ask(network, hub_factory):
     hub, app, project_id, token = hub_factory()
     client = TestClient(app)
