@@ -722,15 +722,27 @@ def network_counts(rows: pa.Table, partition: bool) -> tuple[int, int, dict[str,
     cells add up to the total; otherwise (features) a person counts once in every cell they have."""
     if rows.num_rows == 0:
         return 0, 0, {}
-    site, sites = _codes(rows.column("site"))
-    if len(sites) > 1 << 16:
-        raise ValueError(f"{len(sites)} sites: at most 65,536 are counted together")
+    site, _ = _codes(rows.column("site"))
     cell, cell_names = _codes(rows.column("cell"))
-    nhs, demographic = (rows.column(name).combine_chunks() for name in ("nhs", "demographic"))
+    person, by_nhs = _person_keys(*(rows.column(name).combine_chunks() for name in ("nhs", "demographic")))
+    per_cell = np.zeros(len(cell_names), np.int64)
+    distinct = shared = 0
+    # persons by NHS token, then persons of their own by demographic token
+    for part in [slice(None)] if by_nhs.all() else [by_nhs, ~by_nhs]:
+        d, s = _persons(person[part], site[part], cell[part], partition, per_cell)
+        distinct, shared = distinct + d, shared + s
+    return distinct, shared, {name: int(n) for name, n in zip(cell_names, per_cell) if n}
+
+
+def _person_keys(nhs: pa.Array, demographic: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's person (``network_counts``) as a 64-bit key, and whether that key is an NHS token."""
     has_nhs = nhs.is_valid().to_numpy(zero_copy_only=False)
-    nhs_values, demographic_values = nhs.fill_null(0).to_numpy(), demographic.fill_null(0).to_numpy()
-    has_demographic = demographic.is_valid().to_numpy(zero_copy_only=False)
+    nhs_values = nhs.fill_null(0).to_numpy()
     only = ~has_nhs
+    if not only.any():   # every row has an NHS token: nothing to resolve
+        return nhs_values, has_nhs
+    demographic_values = demographic.fill_null(0).to_numpy()
+    has_demographic = demographic.is_valid().to_numpy(zero_copy_only=False)
     # the smallest NHS token carried with each demographic token that some row has without an NHS token
     wanted = pc.is_in(demographic, value_set=demographic.filter(pa.array(only))).to_numpy(zero_copy_only=False)
     both = np.flatnonzero(has_nhs & has_demographic & wanted)
@@ -744,12 +756,7 @@ def network_counts(rows: pa.Table, partition: bool) -> tuple[int, int, dict[str,
     person[only] = np.where(aliased, alias_to[at] if len(alias_from) else 0, demographic_values[only])
     by_nhs = has_nhs.copy()
     by_nhs[only] = aliased
-    per_cell = np.zeros(len(cell_names), np.int64)
-    distinct = shared = 0
-    for group in (by_nhs, ~by_nhs):   # persons by NHS token, then persons of their own by demographic token
-        d, s = _persons(person[group], site[group], cell[group], partition, per_cell)
-        distinct, shared = distinct + d, shared + s
-    return distinct, shared, {name: int(n) for name, n in zip(cell_names, per_cell) if n}
+    return person, by_nhs
 
 
 def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
@@ -767,23 +774,33 @@ def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
 def _persons(person: np.ndarray, site: np.ndarray, cell: np.ndarray, partition: bool,
              per_cell: np.ndarray) -> tuple[int, int]:
     """(persons, persons at two or more sites) among rows keyed by ``person``; adds each person's cells
-    (its smallest with ``partition``, else every one) to ``per_cell``."""
+    (its smallest with ``partition``, else every one) to ``per_cell``.  Linear passes over the sorted
+    rows: ``reduceat`` per person cost as much as the sort."""
     if len(person) == 0:
         return 0, 0
-    # one key sorted when each person counts in one cell (its smallest, by reduceat); by person and cell
-    # when a person counts in every cell they have (each pair once).  Site and cell travel packed in one
-    # integer through the permutation: one random gather instead of two.
-    order = np.argsort(person) if partition else np.lexsort((cell, person))
-    packed = ((cell.astype(np.int64) << 16) | site)[order]     # sites: 65,536 at most
-    person, site, cell = person[order], (packed & 0xFFFF).astype(np.int32), packed >> 16
-    starts = np.flatnonzero(np.concatenate([[True], person[1:] != person[:-1]]))
-    shared = np.minimum.reduceat(site, starts) != np.maximum.reduceat(site, starts)
-    if partition:
-        per_cell += np.bincount(np.minimum.reduceat(cell, starts), minlength=len(per_cell))
-    else:
-        new_pair = np.concatenate([[True], (person[1:] != person[:-1]) | (cell[1:] != cell[:-1])])
+    one_cell = len(per_cell) == 1
+    # by person, and by cell within a person when a person counts in every cell they have.  Stable: each
+    # site's rows come in token order (``node.in_token_order``), and merging sorted runs beats a quicksort
+    order = np.argsort(person, kind="stable") if partition or one_cell else np.lexsort((cell, person))
+    person, site = person[order], site[order]
+    new_person = np.empty(len(person), bool)
+    new_person[0] = True
+    np.not_equal(person[1:], person[:-1], out=new_person[1:])
+    persons = int(np.count_nonzero(new_person))
+    # a person is at two or more sites when two of their rows next to each other are at different sites
+    moved = person[1:][~new_person[1:] & (site[1:] != site[:-1])]
+    shared = int(np.count_nonzero(moved[1:] != moved[:-1])) + int(len(moved) > 0)
+    if one_cell:
+        per_cell[0] += persons
+        return persons, shared
+    cell = cell[order]
+    if partition:   # the person's smallest cell
+        per_cell += np.bincount(np.minimum.reduceat(cell, np.flatnonzero(new_person)), minlength=len(per_cell))
+    else:           # each (person, cell) pair once
+        new_pair = new_person.copy()
+        new_pair[1:] |= cell[1:] != cell[:-1]
         per_cell += np.bincount(cell[new_pair], minlength=len(per_cell))
-    return len(starts), int(shared.sum())
+    return persons, shared
 
 
 def months_between(start: str, end: str) -> list[str]:
