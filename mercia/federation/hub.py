@@ -779,9 +779,10 @@ def _persons(person: np.ndarray, site: np.ndarray, cell: np.ndarray, partition: 
     if len(person) == 0:
         return 0, 0
     one_cell = len(per_cell) == 1
-    # by person, and by cell within a person when a person counts in every cell they have.  Stable: each
-    # site's rows come in token order (``node.in_token_order``), and merging sorted runs beats a quicksort
-    order = np.argsort(person, kind="stable") if partition or one_cell else np.lexsort((cell, person))
+    # by person, and by cell within a person when a person counts in every cell they have.  numpy's default
+    # sort: a stable one merges the sites' runs in token order (``node.in_token_order``) a little quicker
+    # (0.13 vs 0.22 s at 5.4 million) but is 3x slower on rows in no order (1.10 vs 0.36 s)
+    order = np.argsort(person) if partition or one_cell else np.lexsort((cell, person))
     person, site = person[order], site[order]
     new_person = np.empty(len(person), bool)
     new_person[0] = True
