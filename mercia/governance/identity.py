@@ -180,11 +180,8 @@ class Identity:
         return self._user(row) if row else None
 
     def _user(self, row: dict[str, Any]) -> User:
-        roles: dict[Role, set[str]] = {}
-        for r in self.db.rows("SELECT role, scope FROM mercia_user_role WHERE user_id = ?", [row["id"]]):
-            roles.setdefault(Role(r["role"]), set()).add(r["scope"])
-        return User(row["id"], row["username"], row["display_name"], row["organisation"],
-                    {r: frozenset(s) for r, s in roles.items()})
+        return _with_roles(row, self.db.rows("SELECT role, scope FROM mercia_user_role WHERE user_id = ?",
+                                             [row["id"]]))
 
     def users(self) -> list[dict[str, Any]]:
         rows = self.db.rows("SELECT id, username, display_name, email, organisation, active, created_at "
@@ -440,7 +437,20 @@ class Identity:
             self.audit.record(user.username, "token.revoke", f"token:{token_id}")
 
     def token_user(self, secret: str) -> User | None:
-        row = self.db.row("SELECT t.user_id FROM mercia_token t JOIN mercia_user u ON u.id = t.user_id "
-                          "WHERE t.token_hash = ? AND NOT t.revoked AND t.expires_at > ? AND u.active",
-                          [digest(secret), now()])
-        return self.user(row["user_id"]) if row else None
+        """The active user of a live (unexpired, unrevoked) token, with their roles.  One statement (a row
+        per role), as every request a script or the federation hub gets runs it."""
+        rows = self.db.rows("SELECT u.id, u.username, u.display_name, u.organisation, r.role, r.scope "
+                            "FROM mercia_token t JOIN mercia_user u ON u.id = t.user_id "
+                            "LEFT JOIN mercia_user_role r ON r.user_id = u.id "
+                            "WHERE t.token_hash = ? AND NOT t.revoked AND t.expires_at > ? AND u.active",
+                            [digest(secret), now()])
+        return _with_roles(rows[0], [r for r in rows if r["role"] is not None]) if rows else None
+
+
+def _with_roles(row: dict[str, Any], role_rows: list[dict[str, Any]]) -> User:
+    """The user of an account row, holding the roles (role, scope) of ``role_rows``."""
+    roles: dict[Role, set[str]] = {}
+    for r in role_rows:
+        roles.setdefault(Role(r["role"]), set()).add(r["scope"])
+    return User(row["id"], row["username"], row["display_name"], row["organisation"],
+                {r: frozenset(s) for r, s in roles.items()})

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from mercia.cdm import Store
 from mercia.federation.demo import approved_project, prepare_network
 from mercia.federation.hub import Hub, HubSettings
 from mercia.federation.hubapp import create_hub_app
+from tests.conftest import drop_store, open_store
 
 
 @pytest.fixture(scope="session")
@@ -27,11 +27,14 @@ def public_key(net, org: str) -> str:
 
 @pytest.fixture
 def hub_factory(network, tmp_path):
-    """make(**settings) -> (hub, app, project_id, token): a fresh hub with every node enrolled."""
+    """make(engine="duckdb", **settings) -> (hub, app, project_id, token): a fresh hub store on ``engine``
+    with every node enrolled."""
     made = []
 
-    def make(**settings):
-        store = Store(str(tmp_path / f"hub{len(made)}.duckdb"))
+    def make(engine: str = "duckdb", **settings):
+        directory = tmp_path / f"hub{len(made)}"
+        directory.mkdir()
+        store = open_store(engine, directory)
         hub = Hub(store, HubSettings(**{"allow_raw": True, "policy": "none", **settings}))
         for node in network.nodes:
             hub.enrol(node.org, f"Organisation {node.org}", public_key(network, node.org), actor="test")
@@ -41,4 +44,4 @@ def hub_factory(network, tmp_path):
 
     yield make
     for store in made:
-        store.close()
+        drop_store(store)

@@ -244,6 +244,34 @@ def test_a_late_result_does_not_change_a_returned_answer_and_refresh_asks_again(
     assert complete["status"] == "complete" and complete["deduplicated_total"] >= partial["deduplicated_total"]
 
 
+def test_a_refresh_while_nodes_work_supersedes_the_open_round(network, hub_factory, tmp_path):
+    """A task of a round a refresh replaced is neither handed out again nor accepted; a hub store from before
+    superseded tasks were marked gets them marked when the hub starts."""
+    from mercia.federation.hub import Hub, HubSettings
+
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    agent = agents(network, client)[network.nodes[0].org]
+    query_id = ask(client, token, project_id).json()["query_id"]
+    first = agent.fetch()
+    assert [t.query_id for t in first] == [query_id]
+    stale = agent.handle(first[0])
+    assert client.post(f"{PREFIX}/queries/{query_id}/refresh",
+                       headers={"Authorization": f"Bearer {token}"}).json()["round"] == 2
+    second = agent.fetch()
+    assert [t.task_id for t in second] != [first[0].task_id] and len(second) == 1   # only the new round's
+    refused = agent.post(stale)
+    assert refused.status_code == 403 and "superseded" in refused.json()["detail"]
+    statuses = dict(hub.store.query("SELECT round, status FROM mercia_fed_task WHERE query_id = ? AND org = ?",
+                                    [query_id, agent.org]))
+    assert statuses == {1: "superseded", 2: "sent"}
+    # as a store written before: the old round's task still open; a hub started on it marks it
+    hub.store.execute("UPDATE mercia_fed_task SET status = 'sent' WHERE query_id = ? AND round = 1", [query_id])
+    Hub(hub.store, HubSettings(allow_raw=True, policy="none"), gov=hub.gov)
+    assert hub.store.query_one("SELECT status FROM mercia_fed_task WHERE query_id = ? AND round = 1 AND org = ?",
+                               [query_id, agent.org]) == "superseded"
+
+
 def test_only_members_of_an_approved_permitted_project_may_ask(network, hub_factory):
     hub, app, project_id, token = hub_factory()
     client = TestClient(app)
@@ -543,6 +571,47 @@ def test_a_researcher_is_refused_at_the_next_look_after_their_access_ends(networ
     token_id = hub.gov.tokens(researcher)[0]["id"]
     hub.gov.revoke_token(researcher, token_id)
     assert client.get(f"{PREFIX}/queries/{query_id}", params={"wait": 0.1}, headers=bearer).status_code == 401
+
+
+def test_every_way_access_ends_is_refused_when_asking_and_when_looking(network, hub_factory):
+    """The hub reads who is asking in one statement and the project's verdict in another: each refusal
+    (token expired, account off, research role gone, another pillar's lead, project expired) reaches both
+    the question and the answer, with its status and reason, and lifting it lets the researcher back in."""
+    from datetime import date
+
+    hub, app, project_id, token = hub_factory()
+    client = TestClient(app)
+    gov = hub.gov
+    researcher = gov.token_user(token)
+    admin = gov.create_user("hub-admin", "Admin", "a-long-password-1", [(Role.ADMIN, "")])
+    query_id = ask(client, token, project_id).json()["query_id"]
+
+    def refused(secret):
+        asked = ask(client, secret, project_id)
+        looked = client.get(f"{PREFIX}/queries/{query_id}", headers={"Authorization": f"Bearer {secret}"})
+        assert asked.status_code == looked.status_code and asked.json() == looked.json()
+        return asked.status_code, asked.json()["detail"]
+
+    expiring_id, expiring = gov.create_token(researcher, "expiring")
+    gov.db.execute("UPDATE mercia_token SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE id = ?", [expiring_id])
+    assert refused(expiring)[0] == 401
+    gov.db.execute("UPDATE mercia_user SET active = FALSE WHERE id = ?", [researcher.id])   # the token stays live
+    assert refused(token)[0] == 401
+    gov.db.execute("UPDATE mercia_user SET active = TRUE WHERE id = ?", [researcher.id])
+    gov.revoke_role(admin, researcher.id, Role.RESEARCHER)
+    assert refused(token) == (403, "working with project data needs the researcher, trial coordinator or clinician "
+                                   "role")
+    gov.grant_role(admin, researcher.id, Role.RESEARCHER)
+    cancer_lead = gov.create_user("cancer-lead", "Cancer lead", "a-long-password-1", [(Role.PILLAR_LEAD, "cancer")])
+    assert refused(gov.create_token(cancer_lead, "t")[1]) == (404, f"no project {project_id}")   # another pillar
+    gov.db.execute("UPDATE mercia_project SET expires_on = ? WHERE id = ?",
+                   [(date.today() - timedelta(days=1)).isoformat(), project_id])
+    status, reason = refused(token)
+    assert status == 403 and f"project {project_id} is expired" in reason
+    gov.db.execute("UPDATE mercia_project SET expires_on = ? WHERE id = ?",
+                   [(date.today() + timedelta(days=1)).isoformat(), project_id])
+    assert client.get(f"{PREFIX}/queries/{query_id}", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert len(gov.audit.search(action="federation.refuse")) == 3   # the questions refused past the token check
 
 
 def test_a_node_sends_its_members_in_the_order_of_their_salted_tokens(network, hub_factory):

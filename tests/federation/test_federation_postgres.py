@@ -68,3 +68,26 @@ def test_a_postgresql_node_store_answers_like_its_duckdb_twin(network, hub_facto
     finally:
         with node.open() as pg:
             pg.execute(f'DROP SCHEMA IF EXISTS "{node.schema}" CASCADE')
+
+
+def test_a_hub_whose_store_is_postgresql_runs_rounds_like_duckdb(network, hub_factory):
+    """The hub's statements on PostgreSQL: a question answered by every node equals the truth; a refresh
+    while a node works supersedes its open task (neither handed out again nor accepted)."""
+    hub, app, project_id, token = hub_factory("postgres")
+    assert hub.store.dialect == "postgres"
+    client = TestClient(app)
+    nodes = agents(network, client)
+    query_id = ask(client, token, project_id).json()["query_id"]
+    for agent in nodes.values():
+        assert agent.step() == 1
+    result = answer(client, token, query_id)
+    truth = true_distinct_persons(network.directory / "region", network.nodes, reference_cohort())
+    assert result["status"] == "complete" and result["deduplicated_total"] == truth["distinct"]
+    agent = nodes[network.nodes[0].org]
+    query_id = ask(client, token, project_id).json()["query_id"]
+    stale = agent.handle(agent.fetch()[0])
+    assert client.post(f"{PREFIX}/queries/{query_id}/refresh",
+                       headers={"Authorization": f"Bearer {token}"}).json()["round"] == 2
+    assert [t.query_id for t in agent.fetch()] == [query_id]
+    refused = agent.post(stale)
+    assert refused.status_code == 403 and "superseded" in refused.json()["detail"]

@@ -118,6 +118,52 @@ def test_expiry_closes_access(gov, people):
     assert gov.db.scalar("SELECT status FROM mercia_project WHERE id = ?", [p.id]) == "expired"
 
 
+def _verdict(check, user, project_id):
+    try:
+        check(user, project_id)
+    except GovernanceError as exc:
+        return type(exc).__name__, str(exc)
+    return "allowed"
+
+
+def test_the_one_statement_access_check_refuses_exactly_as_require_data_access(gov, people):
+    """``check_data_access`` reads only the project's pillar and status and the caller's membership; every
+    refusal (and every yes) must be the one ``require_data_access`` gives from the whole project."""
+    member_admin = gov.create_user("resadmin", "Researcher Admin", PW, [(Role.RESEARCHER, ""), (Role.ADMIN, "")])
+    former = gov.create_user("former", "Former Researcher", PW, [(Role.RESEARCHER, "")])
+    states = {}
+    for state in ("draft", "submitted", "approved", "expired", "withdrawn"):
+        p = _project(gov, people["res"], title=f"Project {state}")
+        for user in (member_admin, former):
+            gov.add_member(people["res"], p.id, user.id)
+        if state != "draft":
+            gov.submit(people["res"], p.id)
+        if state in ("approved", "expired", "withdrawn"):
+            gov.decide(people["lead"], p.id, "approve")
+            gov.decide(people["gov"], p.id, "approve")
+        if state == "expired":   # by its date, before expire_due has run
+            gov.db.execute("UPDATE mercia_project SET expires_on = ? WHERE id = ?",
+                           [(date.today() - timedelta(days=1)).isoformat(), p.id])
+        if state == "withdrawn":
+            gov.withdraw(people["res"], p.id, "the study will not go ahead")
+        states[state] = p.id
+    gov.revoke_role(people["admin"], former.id, Role.RESEARCHER)
+    former = gov.user(former.id)   # a member who no longer holds a research role
+    users = [*people.values(), member_admin, former]
+    refusals = []
+    for project_id in [*states.values(), 999_999]:
+        for user in users:
+            expected = _verdict(gov.require_data_access, user, project_id)
+            assert _verdict(gov.check_data_access, user, project_id) == expected, (user.username, project_id)
+            refusals += [] if expected == "allowed" else [expected[1]]
+    assert _verdict(gov.check_data_access, people["res"], states["approved"]) == "allowed"
+    assert _verdict(gov.check_data_access, people["lead_chronic"], states["approved"]) == (
+        "NotFound", f"no project {states['approved']}")   # another pillar's lead does not see it
+    for reason in ("you are not a member", "administrators manage", "needs the researcher", " is draft",
+                   " is submitted", " is expired", " is withdrawn", "no project 999999"):
+        assert any(reason in refusal for refusal in refusals), reason
+
+
 def test_authentication_and_throttling(gov, people):
     assert gov.authenticate("RES", PW, "10.0.0.1").username == "res"
     for _ in range(5):
