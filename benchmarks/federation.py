@@ -15,7 +15,7 @@
    - in-process parts: the hub (submit; per node result: signature check, parsing, acceptance;
      combining into the de-duplicated answer) and each node (cohort + tokens, then serialising and
      signing its result), timed one by one, for ``--repeats`` questions (the hub's median reported);
-   - end to end: the hub as a uvicorn process on 127.0.0.1 and one ``mercia federation node run``
+   - end to end: the hub as a uvicorn process on 127.0.0.1 and one ``mercia node run``
      process per organisation long-polling it, wall clock from submit to the de-duplicated answer
      (after one warm-up question, as nodes are long-running), ``--repeats`` times.
    The de-duplicated total (policy ``none``) is checked against the single store's count: each event

@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "raredisease": ("mercia.raredisease.cli", "app"),
     "audit": ("mercia.governance.cli", "app"),
     "federation": ("mercia.federation.cli", "app"),
+    "hub": ("mercia.federation.cli", "hub_app"),
+    "node": ("mercia.federation.cli", "node_app"),
     "trials": ("mercia.trials.cli", "app"),
     "proms": ("mercia.proms.cli", "app"),
 }

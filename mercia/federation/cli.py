@@ -1,4 +1,5 @@
-"""``mercia federation``: the hub, the node and the demo of a federated network."""
+"""The federated network's commands: ``mercia hub`` (the hub), ``mercia node`` (a node inside an organisation) and
+``mercia federation demo`` (a whole network on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,12 @@ if TYPE_CHECKING:
     from mercia.cdm import Store
     from mercia.ingest.load import LoadOptions, LoadSummary
 
-app = typer.Typer(help="Federated network: a hub, a node inside each organisation, one de-duplicated answer.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Federated network: a demo of a hub and a node per organisation (see `mercia hub`, "
+                       "`mercia node`).", no_args_is_help=True)
 hub_app = typer.Typer(help="The hub: takes questions from approved projects and combines nodes' answers.",
                       no_args_is_help=True)
 node_app = typer.Typer(help="A node: answers the hub's questions from its organisation's own store.",
                        no_args_is_help=True)
-app.add_typer(hub_app, name="hub")
-app.add_typer(node_app, name="node")
 
 SCHEMA = typer.Option(None, "--schema", help="schema of the store (PostgreSQL)")
 

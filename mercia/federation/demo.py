@@ -75,7 +75,7 @@ class Network:
         wait_for_hub(self.hub_url, self.processes["hub"])
 
     def start_node(self, node: NodeStore, policy: Path | None = None, wait: float = 2.0) -> None:
-        args = [*MERCIA, "federation", "node", "run", "--db", node.url, "--org", node.org,
+        args = [*MERCIA, "node", "run", "--db", node.url, "--org", node.org,
                 "--hub", self.hub_url, "--key", str(self.keys[node.org]), "--wait", str(wait)]
         if policy:
             args += ["--policy", str(policy)]
@@ -156,7 +156,7 @@ def prepare_hub(directory: Path, nodes: list[NodeStore], policy: str = "opensafe
             hub.enrol(node.org, f"Synthetic organisation {node.org}", public.read_text(), actor="demo")
         project_id, token, _ = approved_project(hub)
     port = free_port()
-    hub_args = [*MERCIA, "federation", "hub", "serve", "--db", hub_db, "--port", str(port),
+    hub_args = [*MERCIA, "hub", "serve", "--db", hub_db, "--port", str(port),
                 "--policy", policy, "--deadline", str(deadline), "--differencing-limit", str(differencing_limit)]
     if allow_raw:
         hub_args.append("--allow-raw-counts")

@@ -2,7 +2,7 @@
 
 It opens only outbound connections (long-polls the hub) and listens on no port.  Its policy file
 says which question kinds run automatically, which wait for the local data manager
-(``mercia federation node pending|approve|deny``) and which are refused; a paused node answers
+(``mercia node pending|approve|deny``) and which are refused; a paused node answers
 "paused".  It applies the disclosure policy to its own count, signs every request with its
 Ed25519 key, keeps what it ran in its own hash-chained audit log, and reconnects by itself
 whenever the hub or the network comes back.

@@ -1,5 +1,5 @@
 """The federation hub's routes in the main API (``/api/v1/federation``): the same routes as the
-stand-alone hub (``mercia federation hub serve``), with the server's own sign-in."""
+stand-alone hub (``mercia hub serve``), with the server's own sign-in."""
 
 from __future__ import annotations
 
