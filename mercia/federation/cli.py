@@ -168,12 +168,14 @@ def _decide(db: str, schema: str | None, task: int, approve: bool, actor: str) -
 @node_app.command("approve")
 def node_approve(task: int, db: RequiredDbOption, schema: str | None = SCHEMA,
                  actor: str = typer.Option("data-manager", help="who decides (audited)")) -> None:
+    """Let a waiting question run on this organisation's data (it is answered at the node's next look)."""
     _decide(db, schema, task, True, actor)
 
 
 @node_app.command("deny")
 def node_deny(task: int, db: RequiredDbOption, schema: str | None = SCHEMA,
               actor: str = typer.Option("data-manager", help="who decides (audited)")) -> None:
+    """Refuse a waiting question: the node answers the hub "refused" at its next look."""
     _decide(db, schema, task, False, actor)
 
 
