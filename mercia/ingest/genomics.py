@@ -27,9 +27,16 @@ import orjson
 import pyarrow as pa
 
 from mercia.ingest.staging import Staged, content_hash
-from mercia.ingest.vcf import VARIANT_SCHEMA
 
 PRESENT, ABSENT = "52101004", "2667000"  # SNOMED CT qualifier values
+# A phenopacket variant, joined by the load to its record's measurement (``key``: the event's qualifier); the
+# columns only VCF calls fill (mercia.ingest.vcf) stay empty.
+VARIANT_SCHEMA = pa.schema([
+    ("record", pa.string()), ("key", pa.string()), ("person_ref", pa.string()), ("assembly", pa.string()),
+    ("chrom", pa.string()), ("pos", pa.int64()), ("ref", pa.string()), ("alt", pa.string()), ("gene", pa.string()),
+    ("genotype", pa.string()), ("hgvs", pa.string()), ("hgvs_p", pa.string()), ("consequence", pa.string()),
+    ("zygosity", pa.string()), ("read_depth", pa.int64()), ("genotype_quality", pa.float64()),
+])
 
 
 def _without_nulls(node):

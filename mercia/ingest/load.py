@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 
 from mercia.cdm import Store, quote
 from mercia.ingest.proms import link_prom_items
-from mercia.ingest.staging import EARLIEST_DATE, END_DATE_AHEAD, VALUE_SCHEMA, VERSIONED_REJECT_SCHEMA, Staged, \
-    conform, date_window, latest_date
+from mercia.ingest.staging import CALL_CODE_VOCABULARY, CALL_SCHEMA, CALL_VALUE_VOCABULARY, EARLIEST_DATE, \
+    END_DATE_AHEAD, VALUE_SCHEMA, VERSIONED_REJECT_SCHEMA, Staged, conform, date_window, latest_date
 from mercia.cdm.extensions import TOKEN_FIELDS, ensure_extension_tables
 from mercia.cdm.persons import EHR_TYPE, EVENT_DATES, max_id, rebuild_person_rows
 from mercia.privacy.geography import GeographyLookup
@@ -156,8 +156,10 @@ class _Load:
         for name, columns in (("staged_rejects", s.rejects), ("staged_removals", s.removals)):
             self.register(name, conform(columns.table(), VERSIONED_REJECT_SCHEMA))
         self.register("staged_values", VALUE_SCHEMA.empty_table() if s.values is None else s.values)
+        self.register("staged_calls", CALL_SCHEMA.empty_table() if s.calls is None else s.calls)
         self.con.execute("""CREATE TABLE read_records AS SELECT DISTINCT record FROM (
             SELECT record FROM staged_persons_raw UNION ALL SELECT record FROM staged_events
+            UNION ALL SELECT record FROM staged_calls
             UNION ALL SELECT also_record FROM staged_events UNION ALL SELECT record FROM staged_sites
             UNION ALL SELECT record FROM staged_rejects UNION ALL SELECT record FROM staged_removals)
             WHERE record IS NOT NULL""")
@@ -387,7 +389,8 @@ class _Load:
 
     def _register_ref_keys(self) -> None:
         """``ref_keys``: each person reference of the staged events -> its source or NHS pseudonym and opt-out."""
-        e = _table_from_query(self.con, "SELECT DISTINCT person_ref FROM staged_events")
+        e = _table_from_query(self.con, "SELECT DISTINCT person_ref FROM staged_events "
+                                        "UNION SELECT DISTINCT person_ref FROM staged_calls")
         refs = sorted({r for r in e.column("person_ref").to_pylist() if r and not r.startswith("?")})
         conditional = sorted({r for r in e.column("person_ref").to_pylist() if r and r.startswith("?")})
         ps = self.options.pseudonymiser
@@ -405,21 +408,14 @@ class _Load:
                              ("nhs_pseudonym", pa.string()), ("opted_out", pa.bool_())])))
 
     def prepare_events(self) -> None:
+        """Events and calls with their keys, person and dates; those withheld or failing the checks of
+        person and date are taken out (rejected)."""
+        # each person reference resolved once (a VCF chunk has 200,000 calls of a few samples)
         self.con.execute("""
-            CREATE TABLE events AS
-            SELECT e.*, k.source_record, v.source_record AS visit_record, a.source_record AS also_source_record,
-                   st.source_record AS site_record, r.opted_out,
-                   COALESCE(bp.person_id, lo.person_id, bn.person_id, ln.person_id) AS person_id,
-                   TRY_CAST(left(e.start, 10) AS DATE) AS start_date,
-                   TRY_CAST(replace(left(e.start, 19), 'T', ' ') AS TIMESTAMP) AS start_datetime,
-                   TRY_CAST(left(e."end", 10) AS DATE) AS end_date,
-                   TRY_CAST(replace(left(e."end", 19), 'T', ' ') AS TIMESTAMP) AS end_datetime
-            FROM staged_events e
-            JOIN record_keys k ON k.record = e.record
-            LEFT JOIN record_keys v ON v.record = e.visit_ref
-            LEFT JOIN record_keys a ON a.record = e.also_record
-            LEFT JOIN record_keys st ON st.record = e.site_ref
-            LEFT JOIN ref_keys r ON r.person_ref = e.person_ref
+            CREATE TABLE ref_persons AS
+            SELECT r.person_ref, r.opted_out, COALESCE(bp.person_id, lo.person_id, bn.person_id, ln.person_id)
+                   AS person_id
+            FROM ref_keys r
             LEFT JOIN resolved bp ON bp.source_pseudonym = r.source_pseudonym
             LEFT JOIN (SELECT * FROM links WHERE org = ?) lo ON lo.source_pseudonym = r.source_pseudonym
             LEFT JOIN (SELECT nhs_pseudonym, min(person_id) AS person_id FROM resolved
@@ -427,9 +423,30 @@ class _Load:
             LEFT JOIN (SELECT nhs_pseudonym, min(person_id) AS person_id FROM links
                        WHERE nhs_pseudonym IS NOT NULL GROUP BY 1) ln ON ln.nhs_pseudonym = r.nhs_pseudonym
         """, [self.org])
-        self.withheld_records |= {r for (r,) in self.con.execute(
-            "SELECT DISTINCT source_record FROM events WHERE opted_out").fetchall()}
-        self.con.execute("DELETE FROM events WHERE opted_out")
+        dates = """TRY_CAST(left(e.start, 10) AS DATE) AS start_date,
+                   TRY_CAST(replace(left(e.start, 19), 'T', ' ') AS TIMESTAMP) AS start_datetime,
+                   TRY_CAST(left(e."end", 10) AS DATE) AS end_date,
+                   TRY_CAST(replace(left(e."end", 19), 'T', ' ') AS TIMESTAMP) AS end_datetime"""
+        self.con.execute(f"""
+            CREATE TABLE events AS
+            SELECT e.*, k.source_record, v.source_record AS visit_record, a.source_record AS also_source_record,
+                   st.source_record AS site_record, r.opted_out, r.person_id, {dates}
+            FROM staged_events e
+            JOIN record_keys k ON k.record = e.record
+            LEFT JOIN record_keys v ON v.record = e.visit_ref
+            LEFT JOIN record_keys a ON a.record = e.also_record
+            LEFT JOIN record_keys st ON st.record = e.site_ref
+            LEFT JOIN ref_persons r ON r.person_ref = e.person_ref""")
+        self.con.execute(f"""
+            CREATE TABLE calls AS
+            SELECT e.*, k.source_record, r.opted_out, r.person_id, {dates}
+            FROM (SELECT *, NULL::VARCHAR AS "end" FROM staged_calls) e
+            JOIN record_keys k ON k.record = e.record
+            LEFT JOIN ref_persons r ON r.person_ref = e.person_ref""")
+        for table in ("events", "calls"):
+            self.withheld_records |= {r for (r,) in self.con.execute(
+                f"SELECT DISTINCT source_record FROM {table} WHERE opted_out").fetchall()}
+            self.con.execute(f"DELETE FROM {table} WHERE opted_out")
         # a staged value shares its record's person and date (and has no end): its line is named too when
         # the record is rejected for them
         self.con.execute("""CREATE VIEW value_events AS
@@ -451,13 +468,17 @@ class _Load:
                                                       UNION SELECT source_record, line FROM value_events WHERE {where}""")
             self.reject(bad, field_name, reason)
             self.con.execute(f"DELETE FROM events WHERE record IN (SELECT record FROM events WHERE {where})")
+            self.reject(_table_from_query(self.con, f"SELECT DISTINCT source_record, line FROM calls WHERE {where}"),
+                        field_name, reason)
+            self.con.execute(f"DELETE FROM calls WHERE {where}")  # a call is its own record
 
     def skip_unchanged(self) -> int:
         """Drop records already loaded with the same content; delete earlier versions of changed ones."""
         self.con.execute("""
             CREATE TABLE batch_records AS
             SELECT DISTINCT source_record, record_hash FROM events
-            UNION SELECT DISTINCT source_record, record_hash FROM sites""")
+            UNION SELECT DISTINCT source_record, record_hash FROM sites
+            UNION SELECT DISTINCT source_record, record_hash FROM calls""")
         # only this batch's records, looked up in the provenance of earlier loads (their rows come first, so
         # DuckDB's row-group statistics skip this load's: reading the provenance a large load keeps adding
         # made each of its chunks dearer than the last) and in the records this load wrote so far
@@ -478,8 +499,9 @@ class _Load:
             WHERE x.record_hash <> b.record_hash""")
         self.con.execute("""DELETE FROM events WHERE (source_record, record_hash) IN
                             (SELECT (source_record, record_hash) FROM existing)""")
-        self.con.execute("""DELETE FROM sites WHERE (source_record, record_hash) IN
-                            (SELECT (source_record, record_hash) FROM existing)""")
+        for table in ("sites", "calls"):
+            self.con.execute(f"""DELETE FROM {table} WHERE (source_record, record_hash) IN
+                                 (SELECT (source_record, record_hash) FROM existing)""")
         self.changed_records = set(changed.column("source_record").to_pylist())
         if changed.num_rows:
             self._delete_records(changed)
@@ -504,7 +526,7 @@ class _Load:
         if not removed.num_rows:
             return
         self.register("removed", removed)
-        for table in ("events", "sites"):
+        for table in ("events", "sites", "calls"):
             self.con.execute(f"DELETE FROM {table} WHERE source_record IN (SELECT source_record FROM removed)")
         self._delete_records(removed.select(["source_record"]))
         for rec, line, field_name, reason in zip(*(removed.column(c).to_pylist()
@@ -543,7 +565,9 @@ class _Load:
               AND value_vocabulary IS NOT NULL
             UNION SELECT DISTINCT 'UCUM', unit FROM events WHERE unit IS NOT NULL
             UNION SELECT DISTINCT vocabulary, code FROM staged_values
-            UNION SELECT DISTINCT 'UCUM', unit FROM staged_values WHERE unit IS NOT NULL""")
+            UNION SELECT DISTINCT 'UCUM', unit FROM staged_values WHERE unit IS NOT NULL
+            UNION SELECT DISTINCT ?, code FROM calls UNION SELECT DISTINCT ?, genotype FROM calls""",
+                                  [CALL_CODE_VOCABULARY, CALL_VALUE_VOCABULARY])
         mapped = map_to_standard(self.store, codes)
         self.register("mapped", mapped)
 
@@ -617,6 +641,7 @@ class _Load:
         self._insert_registrations()
         self._insert_costs()
         self._insert_variants()
+        self._insert_calls(load_id, extract)
         prov = _table_from_query(con, f"""
             SELECT cdm_table, row_id, ? AS org, ? AS extract, source_record, record_hash, {load_id} AS load_id
             FROM prov_rows""", [self.org, extract])
@@ -748,6 +773,58 @@ class _Load:
         self._used_ids("variant_occurrence", rows.num_rows)
         self._provenance("SELECT 'variant_occurrence', variant_occurrence_id, source_record, record_hash "
                          "FROM variant_rows")
+
+    def _insert_calls(self, load_id: int, extract: str) -> None:
+        """VCF carrier calls -> ``measurement`` (the gene; the genotype as value), ``variant_occurrence`` and
+        the provenance of both, each one set-based statement over one numbered table: the rows and ids the
+        generic event path gave them (measurements in (source_record, code) order, variants in the same
+        order), without an event, a routing and a join back by record key per call (~12 us a call)."""
+        if self.staged.calls is None:
+            return
+        con = self.con
+        measurement_start = self._first_id("measurement", "measurement_id")
+        variant_start = self._first_id("variant_occurrence", "variant_occurrence_id")
+        con.execute("""CREATE TABLE call_rows AS
+            SELECT row_number() OVER (ORDER BY c.source_record, c.code) AS n, c.*,
+                   COALESCE(m.source_concept_id, 0) AS source_concept_id, COALESCE(m.concept_id, 0) AS concept_id,
+                   g.concept_id AS value_as_concept_id, c.genotype AS value_code, NULL::DOUBLE AS value_number,
+                   NULL::VARCHAR AS unit, 0 AS unit_concept_id, NULL::DOUBLE AS range_low,
+                   NULL::DOUBLE AS range_high, NULL::BIGINT AS visit_occurrence_id
+            FROM calls c
+            LEFT JOIN mapped m ON m.vocabulary = ? AND m.code = c.code
+            LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = ? GROUP BY 1) g
+                   ON g.code = c.genotype""", [CALL_CODE_VOCABULARY, CALL_VALUE_VOCABULARY])
+        columns = _domain_columns("Measurement", self.options.type_concept_id or TYPE_CONCEPTS.get(self.reader,
+                                                                                                   EHR_TYPE))
+        rows = _table_from_query(con, f"SELECT {measurement_start} + n AS measurement_id, person_id, "
+                                      f"{', '.join(f'{expr} AS {quote(col)}' for col, expr in columns.items())} "
+                                      "FROM call_rows ORDER BY n")
+        count = self.store.insert_arrow("measurement", rows)
+        del rows
+        rows = _table_from_query(con, f"""
+            SELECT {variant_start} + n AS variant_occurrence_id, person_id, {measurement_start} + n AS measurement_id,
+                   assembly AS reference_sequence, chrom AS chromosome, pos AS position, ref AS reference_allele,
+                   alt AS alternate_allele, gene AS target_gene_symbol, hgvs, genotype, hgvs_p, consequence, zygosity,
+                   read_depth, genotype_quality
+            FROM call_rows ORDER BY n""")
+        self.store.insert_arrow("variant_occurrence", rows)
+        del rows
+        for table in ("measurement", "variant_occurrence"):
+            self.rows[table] += count
+            self._used_ids(table, count)
+        # two provenance rows per call (its measurement, its variant), the keys as Arrow dictionaries over the calls
+        keys = _table_from_query(con, "SELECT source_record, record_hash FROM call_rows ORDER BY n")
+        owner = pa.array(np.tile(np.arange(count, dtype=np.int32), 2))
+        self.store.insert_arrow("mercia_provenance", pa.table({
+            "cdm_table": pa.DictionaryArray.from_arrays(pa.array(np.repeat(np.arange(2, dtype=np.int32), count)),
+                                                        pa.array(["measurement", "variant_occurrence"])),
+            "row_id": pa.array(np.concatenate([np.arange(measurement_start + 1, measurement_start + 1 + count),
+                                               np.arange(variant_start + 1, variant_start + 1 + count)])),
+            "org": _constant(self.org, 2 * count), "extract": _constant(extract, 2 * count),
+            "source_record": pa.DictionaryArray.from_arrays(owner, keys.column("source_record").combine_chunks()),
+            "record_hash": pa.DictionaryArray.from_arrays(owner, keys.column("record_hash").combine_chunks()),
+            "load_id": pa.array(np.full(2 * count, load_id, dtype=np.int64))}))
+        self.store.insert_arrow(LOADED_RECORDS, keys)
 
     def _insert_domain(self, domain: str) -> None:
         """The routed events of one domain -> its CDM table (ids after the table's largest), their
@@ -962,7 +1039,8 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
         pa.schema([("person_id", pa.int64())])) for t in job.touched_persons])
         if job.touched_persons else pa.table({"person_id": pa.array([], pa.int64())}))
     affected = _table_from_query(job.con, """SELECT DISTINCT person_id FROM resolved UNION
-                                  SELECT DISTINCT person_id FROM events UNION SELECT person_id FROM touched_persons""")
+                                  SELECT DISTINCT person_id FROM events UNION SELECT DISTINCT person_id FROM calls
+                                  UNION SELECT person_id FROM touched_persons""")
     rebuild_person_rows(store, affected)
     rejected_records = len({r["source_record"] for r in job.rejects if r["action"] == "rejected"}
                            - job.withheld_records - job.removed_records - job.superseded_records)

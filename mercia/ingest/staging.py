@@ -61,6 +61,18 @@ VALUE_SCHEMA = pa.schema([
     ("unit", pa.string()), ("line", pa.int64()),
 ])
 
+# Carrier calls of a VCF, one source record each, in the shape the load writes them set-based (no event per
+# call): a ``measurement`` of the gene (``CALL_CODE_VOCABULARY``: ``code`` is the HGNC symbol, else chrom:pos)
+# with the genotype as its value (``CALL_VALUE_VOCABULARY``), and the ``variant_occurrence`` row beside it.
+CALL_SCHEMA = pa.schema([
+    ("record", pa.string()), ("record_hash", pa.string()), ("person_ref", pa.string()), ("start", pa.string()),
+    ("line", pa.int64()), ("code", pa.string()), ("assembly", pa.string()), ("chrom", pa.string()),
+    ("pos", pa.int64()), ("ref", pa.string()), ("alt", pa.string()), ("gene", pa.string()), ("genotype", pa.string()),
+    ("hgvs", pa.string()), ("hgvs_p", pa.string()), ("consequence", pa.string()), ("zygosity", pa.string()),
+    ("read_depth", pa.int64()), ("genotype_quality", pa.float64()),
+])
+CALL_CODE_VOCABULARY, CALL_VALUE_VOCABULARY = "HGNC", "VCF GT"
+
 # Event kinds, named after the OMOP domain a record goes to when its code has no standard mapping.
 EVENT_KINDS = ("Visit", "Condition", "Drug", "Procedure", "Measurement", "Observation", "Specimen", "Device",
                "Note", "Cost")
@@ -157,8 +169,10 @@ class Staged:
     removals: Columns = field(default_factory=lambda: Columns(VERSIONED_REJECT_SCHEMA))
     # resource versions with their source metadata (FHIR); readers without versions leave it empty
     versions: Columns = field(default_factory=lambda: Columns(VERSION_SCHEMA))
-    # genomic variant calls (VCF), already in their own table shape
+    # genomic variants of records that also stage an event (phenopackets), already in their own table shape
     variants: pa.Table | None = None
+    # VCF carrier calls (CALL_SCHEMA), each its own source record
+    calls: pa.Table | None = None
     # measured values of records that also stage an event (VALUE_SCHEMA; NMR panels)
     values: pa.Table | None = None
     # names of local concepts the extract introduces: (vocabulary, code) -> name (metabolite identifiers)

@@ -37,14 +37,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from mercia.ingest.staging import Staged
+from mercia.ingest.staging import CALL_SCHEMA, Staged
 
-VARIANT_SCHEMA = pa.schema([
-    ("record", pa.string()), ("key", pa.string()), ("person_ref", pa.string()), ("assembly", pa.string()),
-    ("chrom", pa.string()), ("pos", pa.int64()), ("ref", pa.string()), ("alt", pa.string()), ("gene", pa.string()),
-    ("genotype", pa.string()), ("hgvs", pa.string()), ("hgvs_p", pa.string()), ("consequence", pa.string()),
-    ("zygosity", pa.string()), ("read_depth", pa.int64()), ("genotype_quality", pa.float64()),
-])
 VCF_SUFFIXES = (".vcf", ".vcf.gz", ".vcf.bgz")
 _MISSING_INT = np.iinfo(np.int32).min
 # Carrier calls per staged chunk of a streamed VCF: each chunk's load stays well under 1 GB
@@ -263,18 +257,9 @@ class VcfReader:
 
     @staticmethod
     def _filled(chunk: Staged, calls: list[pa.Table]) -> Staged:
-        """``chunk`` with the carrier calls as its measurement events and variant rows."""
-        for table in calls:
-            n = table.num_rows
-            chunk.events.add_table(table.select(["record", "record_hash", "person_ref", "code", "start", "line"])
-                                   .append_column("value_code", table.column("genotype"))
-                                   .append_column("kind", pa.repeat("Measurement", n))
-                                   .append_column("vocabulary", pa.repeat("HGNC", n))
-                                   .append_column("value_vocabulary", pa.repeat("VCF GT", n))
-                                   .append_column("qualifier", pa.repeat("call", n)))
-        chunk.variants = pa.concat_tables([t.append_column("key", pa.repeat("call", t.num_rows))
-                                           .select(VARIANT_SCHEMA.names).cast(VARIANT_SCHEMA) for t in calls]) \
-            if calls else VARIANT_SCHEMA.empty_table()
+        """``chunk`` with the carrier calls staged for the load's bulk path (``Staged.calls``)."""
+        chunk.calls = pa.concat_tables([t.select(CALL_SCHEMA.names).cast(CALL_SCHEMA) for t in calls]) if calls \
+            else CALL_SCHEMA.empty_table()
         return chunk
 
     def _file(self, file: Path, sample_person: dict[str, str], when: str | None) -> Iterator[tuple[pa.Table, int]]:

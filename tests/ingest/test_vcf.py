@@ -60,7 +60,7 @@ def vcf_gz(tmp_path):
 
 def test_bgzip_multisample_multiallelic_split_with_annotations(vcf_gz):
     staged = read_vcf(vcf_gz)
-    variants = {(r["person_ref"], r["pos"], r["ref"], r["alt"]): r for r in staged.variants.to_pylist()}
+    variants = {(r["person_ref"], r["pos"], r["ref"], r["alt"]): r for r in staged.calls.to_pylist()}
     assert set(variants) == {("Subject/P1", 7675088, "CAG", "C"), ("Subject/P1", 7675088, "CA", "C"),
                              ("Subject/P2", 7675088, "CAG", "C"), ("Subject/P3", 31478000, "G", "A")}
     first = variants[("Subject/P1", 7675088, "CAG", "C")]
@@ -73,7 +73,7 @@ def test_bgzip_multisample_multiallelic_split_with_annotations(vcf_gz):
     dmd = variants[("Subject/P3", 31478000, "G", "A")]
     assert (dmd["genotype"], dmd["zygosity"], dmd["gene"], dmd["hgvs_p"], dmd["read_depth"]) == \
         ("1", "hemizygous", "DMD", "p.Gln34*", 12)
-    assert staged.variants.column("assembly").to_pylist() == ["GRCh38"] * 4
+    assert staged.calls.column("assembly").to_pylist() == ["GRCh38"] * 4
 
 
 def test_vcf_gz_loads_into_variant_occurrence(store, load, vcf_gz, tmp_path):
@@ -99,7 +99,7 @@ def test_truncated_vcf_gz_is_rejected_whole_and_nothing_loaded(store, load, vcf_
     staged = read_vcf(truncated)
     (reject,) = staged.rejects.table().to_pylist()
     assert reject["record"] == "VCF/truncated.vcf.gz" and reject["field"] == "file"
-    assert "truncated or corrupt" in reject["reason"] and staged.variants.num_rows == 0
+    assert "truncated or corrupt" in reject["reason"] and staged.calls.num_rows == 0
     _phenopackets(tmp_path / "pp", ["P1", "P2", "P3"])
     load(store, "phenopackets", tmp_path / "pp", "R9G")
     summary = load(store, "vcf", truncated, "R9G")
@@ -181,7 +181,7 @@ def test_garbage_is_rejected_not_raised(tmp_path, data, compress):
     path.write_bytes(gzip.compress(data) if compress else data)
     staged = read_vcf(path)
     rejects = staged.rejects.table().to_pylist()
-    assert staged.variants.num_rows == 0 or not rejects
+    assert staged.calls.num_rows == 0 or not rejects
     assert all(r["field"] == "file" for r in rejects)
 
 
@@ -217,15 +217,15 @@ def test_vectorised_split_matches_the_calls_written(tmp_path):
     (tmp_path / "rand.vcf").write_text(header + "".join(lines))
     staged = read_vcf(tmp_path / "rand.vcf")
     rows = [(r["record"], r["pos"], r["alt"], r["genotype"], r["zygosity"], r["read_depth"], r["genotype_quality"])
-            for r in staged.variants.to_pylist()]
+            for r in staged.calls.to_pylist()]
     assert rows == expected
-    events = staged.events.table()
-    assert events.column("record").to_pylist() == [r[0] for r in expected]
-    assert events.column("value_code").to_pylist() == [r[3] for r in expected]
+    calls = staged.calls
+    assert calls.column("record").to_pylist() == [r[0] for r in expected]
+    assert calls.column("genotype").to_pylist() == [r[3] for r in expected]
     # the file's own line numbers (htslib's header adds a ##FILTER=<ID=PASS> line the file does not have)
-    assert events.column("line").to_pylist() == [header.count("\n") + r[1] - 2000 + 1 for r in expected]
+    assert calls.column("line").to_pylist() == [header.count("\n") + r[1] - 2000 + 1 for r in expected]
     assert staged.read == sum(len(line.split("\t")[4].split(",")) for line in lines) * len(names)
-    hashes = events.column("record_hash").to_pylist()
+    hashes = calls.column("record_hash").to_pylist()
     content = [row[1:] for row in expected]  # the call without its sample: equal calls, equal hashes
     assert len(set(zip(content, hashes))) == len(set(content)) == len(set(hashes))
-    assert read_vcf(tmp_path / "rand.vcf").events.table().column("record_hash").to_pylist() == hashes
+    assert read_vcf(tmp_path / "rand.vcf").calls.column("record_hash").to_pylist() == hashes
