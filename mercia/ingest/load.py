@@ -784,13 +784,15 @@ class _Load:
         con = self.con
         measurement_start = self._first_id("measurement", "measurement_id")
         variant_start = self._first_id("variant_occurrence", "variant_occurrence_id")
+        # numbered over the sort keys and the row's position only, as ``_insert_domain`` does
         con.execute("""CREATE TABLE call_rows AS
-            SELECT row_number() OVER (ORDER BY c.source_record, c.code) AS n, c.*,
+            SELECT o.n, c.*,
                    COALESCE(m.source_concept_id, 0) AS source_concept_id, COALESCE(m.concept_id, 0) AS concept_id,
                    g.concept_id AS value_as_concept_id, c.genotype AS value_code, NULL::DOUBLE AS value_number,
                    NULL::VARCHAR AS unit, 0 AS unit_concept_id, NULL::DOUBLE AS range_low,
                    NULL::DOUBLE AS range_high, NULL::BIGINT AS visit_occurrence_id
-            FROM calls c
+            FROM (SELECT rowid AS position, row_number() OVER (ORDER BY source_record, code) AS n FROM calls) o
+            JOIN calls c ON c.rowid = o.position
             LEFT JOIN mapped m ON m.vocabulary = ? AND m.code = c.code
             LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = ? GROUP BY 1) g
                    ON g.code = c.genotype""", [CALL_CODE_VOCABULARY, CALL_VALUE_VOCABULARY])

@@ -14,8 +14,9 @@ OHDSI Genomic CDM convention described in mercia.ingest.genomics) and a ``varian
   annotation of this ALT allele from VEP ``CSQ`` or SnpEff ``ANN`` (gene, consequence, HGVS c. and p.);
   ``INFO/GENE`` is the gene when neither is present.
 - Vectorised: per block of ``BLOCK_SITES`` sites, numpy finds each ALT allele's carriers and their allele
-  states in cyvcf2's stacked genotype/DP/GQ arrays for all samples; one DuckDB statement per chunk spells
-  the rows (no Python work per call).
+  states in cyvcf2's stacked genotype/DP/GQ arrays for all samples (per site, Python only takes cyvcf2's
+  fields); per chunk, DuckDB splits the CSQ/ANN annotations (``_annotation_sql``) and spells the rows (no
+  Python work per call or annotation).  The rows are ``Staged.calls``, which the load writes set-based.
 - Streamed: ``read_vcf_chunks`` hands the load chunks of about ``CALLS_PER_CHUNK`` carrier calls (whole
   sites), so a large file is never held whole.
 - The content hash of a call is the MD5 of its fields (``_Carriers.table``).
@@ -70,24 +71,6 @@ def _annotation_fields(vcf) -> dict[str, list[str]]:
     return out
 
 
-def _annotation_for(value: str | None, tag: str | None, names: list[str], alt: str, ref: str) -> dict:
-    """The first annotation of ``alt`` (VEP writes deletions' allele as '-' or without the shared base)."""
-    if not value or not tag:
-        return {}
-    vep_allele = alt[1:] if len(ref) and alt[:1] == ref[:1] and len(alt) != len(ref) else alt
-    for entry in value.split(","):
-        parts = entry.split("|")
-        fields = dict(zip(names, parts))
-        allele = fields.get("Allele", parts[0] if parts else "")
-        if allele in (alt, vep_allele, vep_allele or "-") or (allele == "-" and not vep_allele):
-            if tag == "CSQ":
-                return {"gene": fields.get("SYMBOL") or None, "consequence": fields.get("Consequence") or None,
-                        "hgvs": fields.get("HGVSc") or None, "hgvs_p": fields.get("HGVSp") or None}
-            return {"gene": fields.get("Gene_Name") or None, "consequence": fields.get("Annotation") or None,
-                    "hgvs": fields.get("HGVS.c") or None, "hgvs_p": fields.get("HGVS.p") or None}
-    return {}
-
-
 def _trim(pos: int, ref: str, alt: str) -> tuple[int, str, str]:
     while len(ref) > 1 and len(alt) > 1 and ref[-1] == alt[-1]:
         ref, alt = ref[:-1], alt[:-1]
@@ -130,28 +113,60 @@ def _phenopacket_date(path: Path) -> str | None:
     return created[:10] if created else None
 
 
-# Per (site, ALT allele): its columns, and how many carrier calls it has ("calls").
-_SITE_COLUMNS = ("chrom", "pos", "ref", "alt", "gene", "hgvs", "hgvs_p", "consequence", "line", "calls")
+# Per (site, ALT allele), as columns: where the file has it (site, line), the split and trimmed allele
+# (chrom, pos, ref, alt), what its annotation is matched on (the untrimmed ``raw_ref``, ``raw_alt``), the
+# site's INFO/GENE, annotation tag and text, and how many carrier calls it has.
+_PAIR_COLUMNS = ("chrom", "pos", "ref", "alt", "raw_ref", "raw_alt", "info_gene", "tag", "note", "line", "calls")
+_STRING_COLUMNS = ("chrom", "ref", "alt", "raw_ref", "raw_alt", "info_gene", "tag", "note")
+# What each annotation field is called in VEP's CSQ and in SnpEff's ANN.
+_ANNOTATION_NAMES = {"CSQ": {"gene": "SYMBOL", "consequence": "Consequence", "hgvs": "HGVSc", "hgvs_p": "HGVSp"},
+                     "ANN": {"gene": "Gene_Name", "consequence": "Annotation", "hgvs": "HGVS.c", "hgvs_p": "HGVS.p"}}
+
+
+def _annotation_sql(annotations: dict[str, list[str]]) -> str:
+    """The ``notes`` query: per (site, ALT) row of ``pairs`` with an annotation, the first entry of its
+    ALT allele (VEP writes a deletion's allele as '-' or without the shared base) split into gene,
+    consequence and HGVS c./p. (empty fields NULL), for a whole chunk at once."""
+    def field(name: str) -> str:
+        cases = " ".join(f"WHEN '{tag}' THEN {names.index(_ANNOTATION_NAMES[tag][name]) + 1}"
+                         for tag, names in annotations.items() if _ANNOTATION_NAMES[tag][name] in names)
+        return f"NULLIF(parts[CASE tag {cases} END], '')" if cases else "NULL::VARCHAR"
+
+    allele = " ".join(f"WHEN '{tag}' THEN {names.index('Allele') + 1 if 'Allele' in names else 1}"
+                      for tag, names in annotations.items())
+    return f"""
+        WITH entries AS (
+            SELECT pair, tag, raw_alt, entry_number,
+                   CASE WHEN length(raw_ref) > 0 AND left(raw_alt, 1) = left(raw_ref, 1)
+                             AND length(raw_alt) <> length(raw_ref) THEN raw_alt[2:] ELSE raw_alt END AS vep_allele,
+                   string_split(entry, '|') AS parts
+            FROM (SELECT pair, tag, raw_ref, raw_alt, unnest(string_split(note, ',')) AS entry,
+                         generate_subscripts(string_split(note, ','), 1) AS entry_number
+                  FROM pairs WHERE note <> '' AND tag IS NOT NULL)),
+        alleles AS (SELECT *, parts[CASE tag {allele} END] AS allele FROM entries)
+        SELECT pair, {field("gene")} AS gene, {field("consequence")} AS consequence, {field("hgvs")} AS hgvs,
+               {field("hgvs_p")} AS hgvs_p
+        FROM alleles
+        WHERE allele IN (raw_alt, vep_allele, CASE WHEN vep_allele = '' THEN '-' ELSE vep_allele END)
+        QUALIFY row_number() OVER (PARTITION BY pair ORDER BY entry_number) = 1"""
 
 
 class _Carriers:
     """A file's carrier calls as numpy pieces, one per (site, ALT allele); ``table`` joins them with the
-    sites, samples and genotype texts in one DuckDB statement (no Python work per call)."""
+    sites' annotations, samples and genotype texts in DuckDB (no Python work per call or annotation)."""
 
     def __init__(self):
-        self.sites: dict[str, list] = {name: [] for name in _SITE_COLUMNS}
+        self.pairs: dict[str, list] = {name: [] for name in _PAIR_COLUMNS}
         self.calls: dict[str, list[np.ndarray]] = {"sample": [], "text": [], "depth": [], "quality": []}
         self.texts: dict[tuple[tuple[int, ...], bool], int] = {}  # (allele states, phased) -> row of texts
         self.count = 0  # carrier calls so far
 
-    def add(self, sites: list[dict], counts: list[int], carriers: np.ndarray, states: np.ndarray, phased: np.ndarray,
+    def add(self, pairs: dict[str, np.ndarray], carriers: np.ndarray, states: np.ndarray, phased: np.ndarray,
             depth: np.ndarray, quality: np.ndarray) -> None:
-        """``sites``: (site, ALT) rows with ``counts`` carriers each; the other arrays: one row per carrier
-        in that order, ``states`` its alleles for the row's ALT (see ``_call_text``)."""
-        for site in sites:
-            for name, value in site.items():
-                self.sites[name].append(value)
-        self.sites["calls"].extend(counts)
+        """``pairs``: (site, ALT) columns (``_PAIR_COLUMNS``; "calls" carriers each); the other arrays:
+        one row per carrier in that order, ``states`` its alleles for the row's ALT (see ``_call_text``)."""
+        for name, values in pairs.items():
+            self.pairs[name].append(values)
         self.count += carriers.size
         ploidy = states.shape[1]
         code = (states * (4 ** np.arange(ploidy))).sum(axis=1) + phased * 4 ** ploidy
@@ -163,29 +178,37 @@ class _Carriers:
             self.calls[name].append(values)
 
     def table(self, file: str, samples: list[str], refs: list[str], dates: list[str | None],
-               assembly: str | None) -> pa.Table:
+              assembly: str | None, annotations: dict[str, list[str]]) -> pa.Table:
         """One row per carrier call, in file order, with the event and variant columns."""
-        site_count = len(self.sites["calls"])
-        call_site = np.repeat(np.arange(site_count), np.asarray(self.sites["calls"], np.int64))
+        pairs = {name: np.concatenate(values) if values else np.array([], object if name in _STRING_COLUMNS
+                                                                      else np.int64)
+                 for name, values in self.pairs.items()}
+        call_pair = np.repeat(np.arange(pairs["calls"].size), pairs["calls"].astype(np.int64))
         pieces = {name: np.concatenate(values) if values else np.array([], np.float64 if name in ("depth", "quality")
                                                                          else np.int64)
                   for name, values in self.calls.items()}
-        calls = pa.table({"position": np.arange(call_site.size), "site": call_site, "sample": pieces["sample"],
+        calls = pa.table({"position": np.arange(call_pair.size), "pair": call_pair, "sample": pieces["sample"],
                           "text": pieces["text"], "depth": pa.array(pieces["depth"], from_pandas=True),
                           "quality": pa.array(pieces["quality"], from_pandas=True)})
         texts = [_call_text(states, phased) for states, phased in self.texts]
         con = duckdb.connect()
         try:
             con.register("calls", calls)
-            con.register("sites", pa.table({"site": np.arange(site_count), **{
-                name: pa.array(values, pa.int64() if name in ("pos", "line") else pa.string())
-                for name, values in self.sites.items() if name != "calls"}}))
+            con.register("pairs", pa.table({"pair": np.arange(pairs["calls"].size), **{
+                name: pa.array(values, pa.string() if name in _STRING_COLUMNS else pa.int64())
+                for name, values in pairs.items() if name != "calls"}}))
             con.register("samples", pa.table({"sample": np.arange(len(samples)), "name": pa.array(samples, pa.string()),
                                               "person_ref": pa.array(refs, pa.string()),
                                               "start": pa.array(dates, pa.string())}))
             con.register("texts", pa.table({"text": np.arange(len(texts), dtype=np.int64),
                                             "genotype": pa.array([g for g, _ in texts], pa.string()),
                                             "zygosity": pa.array([z for _, z in texts], pa.string())}))
+            notes = _annotation_sql(annotations) if annotations else \
+                "SELECT NULL::BIGINT AS pair, NULL AS gene, NULL AS consequence, NULL AS hgvs, NULL AS hgvs_p"
+            con.execute(f"""CREATE TABLE sites AS
+                SELECT p.pair, p.chrom, p.pos, p.ref, p.alt, p.line, COALESCE(n.gene, p.info_gene) AS gene,
+                       n.consequence, n.hgvs, n.hgvs_p
+                FROM pairs p LEFT JOIN ({notes}) n USING (pair)""")
             return con.sql("""
                 SELECT 'VCF/' || $file || '/' || p.name || '/' || s.chrom || ':' || s.pos || ':' || s.ref || ':'
                            || s.alt AS record,
@@ -197,7 +220,7 @@ class _Carriers:
                        COALESCE(s.gene, s.chrom || ':' || s.pos) AS code, t.genotype, s.hgvs, s.hgvs_p, s.consequence,
                        t.zygosity, CAST(c.depth AS BIGINT) AS read_depth, c.quality AS genotype_quality
                 FROM calls c
-                JOIN sites s USING (site) JOIN samples p USING (sample) JOIN texts t USING (text)
+                JOIN sites s USING (pair) JOIN samples p USING (sample) JOIN texts t USING (text)
                 ORDER BY c.position""", params={"file": file, "assembly": assembly}).to_arrow_table()
         finally:
             con.close()
@@ -294,46 +317,55 @@ class VcfReader:
                 number += 1
                 read += len(samples) * len(site.ALT)
                 if samples:
-                    tag = next((t for t in annotations if site.INFO.get(t)), None)
+                    info = site.INFO
+                    tag, note = next(((t, v) for t in annotations if (v := info.get(t))), (None, None))
                     block.append((site.CHROM, site.POS, site.REF, site.ALT, number, site.genotype.array(),
-                                  _format_field(site, "DP"), _format_field(site, "GQ"), site.INFO.get("GENE"),
-                                  tag, site.INFO.get(tag) if tag else None))
+                                  _format_field(site, "DP"), _format_field(site, "GQ"), info.get("GENE"), tag, note))
                 if len(block) == BLOCK_SITES:
-                    _add_block(block, len(samples), annotations, carriers)
+                    _add_block(block, len(samples), carriers)
                     block = []
                     if self.calls_per_chunk and carriers.count >= self.calls_per_chunk:
-                        yield carriers.table(file.name, samples, refs, dates, assembly), read
+                        yield carriers.table(file.name, samples, refs, dates, assembly, annotations), read
                         carriers, read = _Carriers(), 0
         finally:
             vcf.close()
-        _add_block(block, len(samples), annotations, carriers)
-        yield carriers.table(file.name, samples, refs, dates, assembly), read
+        _add_block(block, len(samples), carriers)
+        yield carriers.table(file.name, samples, refs, dates, assembly, annotations), read
 
 
-def _as_numbers(values: np.ndarray | None, samples: int) -> np.ndarray:
-    """A site's FORMAT numbers (first value per sample) as float64, NaN when absent (htslib: int32
-    minimum or NaN)."""
-    if values is None:
-        return np.full(samples, np.nan)
-    first = values[:, 0]
-    return np.where(first == _MISSING_INT, np.nan, first.astype(np.float64)) if first.dtype.kind == "i" \
-        else first.astype(np.float64)
+def _first_numbers(values: list[np.ndarray | None], samples: int) -> np.ndarray:
+    """A block's FORMAT numbers (first value per sample) as float64 (sites x samples), NaN when absent
+    (htslib: int32 minimum for integers, NaN for floats; None: the tag is not declared)."""
+    out = np.full((len(values), samples), np.nan)
+    integer = np.zeros(len(values), bool)
+    for i, site_values in enumerate(values):
+        if site_values is not None:
+            out[i] = site_values[:, 0]
+            integer[i] = site_values.dtype.kind == "i"
+    out[integer[:, None] & (out == _MISSING_INT)] = np.nan
+    return out
 
 
-def _add_block(block: list[tuple], samples: int, annotations: dict[str, list[str]], carriers: _Carriers) -> None:
+def _add_block(block: list[tuple], samples: int, carriers: _Carriers) -> None:
     """A block of sites' carriers of each ALT allele (split as the module describes) found in one numpy
     pass over the block's stacked genotypes; calls in file order (site, ALT, sample).  Sites of lower
     ploidy are padded with absent alleles (state 3: not spelled, so a haploid call stays hemizygous)."""
     if not block:
         return
-    ploidy = max(site[5].shape[1] - 1 for site in block)
-    alleles = np.full((len(block), samples, ploidy), -2, np.int16)
-    phased = np.zeros((len(block), samples), bool)
-    for i, site in enumerate(block):
-        genotypes = site[5]
-        alleles[i, :, :genotypes.shape[1] - 1] = genotypes[:, :-1]
-        phased[i] = genotypes[:, -1].astype(bool)
-    alt_counts = np.array([len(site[3]) for site in block])
+    chroms, positions, refs, alts, lines, genotypes, depths, qualities, genes, tags, notes = zip(*block)
+    widths = {site_genotypes.shape[1] for site_genotypes in genotypes}
+    if len(widths) == 1:  # one ploidy throughout (the usual case): one stack
+        stacked = np.stack(genotypes)
+        alleles, phased = stacked[:, :, :-1].astype(np.int16), stacked[:, :, -1].astype(bool)
+    else:
+        alleles = np.full((len(block), samples, max(widths) - 1), -2, np.int16)
+        phased = np.zeros((len(block), samples), bool)
+        for i, site_genotypes in enumerate(genotypes):
+            alleles[i, :, :site_genotypes.shape[1] - 1] = site_genotypes[:, :-1]
+            phased[i] = site_genotypes[:, -1].astype(bool)
+    alt_counts = np.fromiter(map(len, alts), np.int64, len(block))
+    if not alt_counts.max():  # no ALT allele in the whole block (ALT '.'): no carriers
+        return
     found = [np.nonzero((alleles == index).any(axis=2) & (alt_counts >= index)[:, None]) + (index,)
              for index in range(1, int(alt_counts.max()) + 1)]
     site_of = np.concatenate([f[0] for f in found])
@@ -341,21 +373,28 @@ def _add_block(block: list[tuple], samples: int, annotations: dict[str, list[str
     alt_of = np.concatenate([np.full(f[0].size, f[2]) for f in found])
     order = np.lexsort((sample_of, alt_of, site_of))
     site_of, sample_of, alt_of = site_of[order], sample_of[order], alt_of[order]
-    pairs, counts = np.unique(site_of * (alt_counts.max() + 1) + alt_of, return_counts=True)
-    rows = []
-    for pair in pairs.tolist():
-        chrom, position, ref, alts, line, _, _, _, info_gene, tag, value = block[pair // (alt_counts.max() + 1)]
-        raw_alt = alts[pair % (alt_counts.max() + 1) - 1]
-        pos, trimmed_ref, alt = _trim(position, ref, raw_alt)
-        note = _annotation_for(value, tag, annotations.get(tag, []), raw_alt, ref)
-        rows.append({"chrom": chrom, "pos": pos, "ref": trimmed_ref, "alt": alt, "gene": note.get("gene") or info_gene,
-                     "hgvs": note.get("hgvs"), "hgvs_p": note.get("hgvs_p"), "consequence": note.get("consequence"),
-                     "line": line})
-    held = alleles[site_of, sample_of]
-    states = np.where(held == alt_of[:, None], 1, np.where(held == 0, 0, np.where(held == -2, 3, 2)))
-    depth = np.stack([_as_numbers(site[6], samples) for site in block])[site_of, sample_of]
-    quality = np.stack([_as_numbers(site[7], samples) for site in block])[site_of, sample_of]
-    carriers.add(rows, counts.tolist(), sample_of, states, phased[site_of, sample_of], depth, quality)
+    width = int(alt_counts.max()) + 1
+    pairs, counts = np.unique(site_of * width + alt_of, return_counts=True)
+    pair_site, pair_alt = pairs // width, pairs % width
+    flat_alts = np.array([alt for site_alts in alts for alt in site_alts], object)
+    raw_alt = flat_alts[np.cumsum(alt_counts)[pair_site] - alt_counts[pair_site] + pair_alt - 1]
+    raw_ref = np.array(refs, object)[pair_site]
+    pos, ref, alt = np.array(positions, np.int64)[pair_site], raw_ref.copy(), raw_alt.copy()
+    for i in np.nonzero((np.fromiter(map(len, raw_ref), np.int64, raw_ref.size) > 1)
+                        & (np.fromiter(map(len, raw_alt), np.int64, raw_alt.size) > 1))[0]:
+        pos[i], ref[i], alt[i] = _trim(int(pos[i]), raw_ref[i], raw_alt[i])  # only where both have 2+ bases
+    carriers.add({"chrom": np.array(chroms, object)[pair_site], "pos": pos, "ref": ref, "alt": alt, "raw_ref": raw_ref,
+                  "raw_alt": raw_alt, "info_gene": np.array(genes, object)[pair_site],
+                  "tag": np.array(tags, object)[pair_site], "note": np.array(notes, object)[pair_site],
+                  "line": np.array(lines, np.int64)[pair_site], "calls": counts},
+                 sample_of, _states(alleles[site_of, sample_of], alt_of), phased[site_of, sample_of],
+                 _first_numbers(depths, samples)[site_of, sample_of],
+                 _first_numbers(qualities, samples)[site_of, sample_of])
+
+
+def _states(held: np.ndarray, alt: np.ndarray) -> np.ndarray:
+    """Each carrier's alleles for its ALT: 1 this ALT, 0 reference, 3 absent (padding), 2 anything else."""
+    return np.where(held == alt[:, None], 1, np.where(held == 0, 0, np.where(held == -2, 3, 2)))
 
 
 def read_vcf(path: Path | str, sample_person: dict[str, str] | None = None) -> Staged:
