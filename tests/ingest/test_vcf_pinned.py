@@ -107,7 +107,9 @@ def _scenarios(store, load, tmp_path: Path, monkeypatch) -> dict:
     return out
 
 
-def test_vcf_loads_write_the_pinned_rows(store, load, tmp_path, monkeypatch):
+def test_vcf_loads_write_the_pinned_rows(heavy_store, load, tmp_path, monkeypatch):
+    """PostgreSQL in the slow tier (eight loads and seven snapshots: ~1 minute there)."""
+    store = heavy_store
     got = _scenarios(store, load, tmp_path, monkeypatch)
     if os.environ.get("MERCIA_PIN_VCF") == "1":
         pins = json.loads(PINS.read_text()) if PINS.exists() else {}
