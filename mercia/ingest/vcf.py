@@ -179,7 +179,7 @@ class _Carriers:
 
     def table(self, file: str, samples: list[str], refs: list[str], dates: list[str | None],
               assembly: str | None, annotations: dict[str, list[str]]) -> pa.Table:
-        """One row per carrier call, in file order, with the event and variant columns."""
+        """One row per carrier call, in file order, with the ``CALL_SCHEMA`` columns."""
         pairs = {name: np.concatenate(values) if values else np.array([], object if name in _STRING_COLUMNS
                                                                       else np.int64)
                  for name, values in self.pairs.items()}
