@@ -6,7 +6,7 @@ The synthetic region is written as partitioned Parquet by ``mercia.synth.write_o
 concept_ancestor) added as one more part of those tables so that the OHDSI concept sets resolve.
 Each engine loads that directory through ``load_omop_directory`` (``mercia db load-omop``).  Then 20
 OHDSI PhenotypeLibrary cohorts that find people in the region run with ``run_cohort`` on every engine
-(rows (subject, start, end) compared by an MD5 the engine computes over them in order, so no row
+(rows (subject, start, end) compared by a checksum the engine computes over them, so no row
 reaches Python and the benchmark adds nothing to the memory measured), and one characterisation (``characterise`` of
 cohort 521, asthma) whose published output is compared with DuckDB's.
 
@@ -43,7 +43,7 @@ import orjson
 
 from mercia.analytics.characterise import characterise
 from mercia.cdm import Store
-from mercia.cdm.dialect import ordered_rows_md5
+from mercia.cdm.dialect import rows_checksum
 from mercia.cdm.loader import load_omop_directory
 from mercia.cohorts import CohortExpression, run_cohort
 from mercia.synth import write_omop_parquet
@@ -179,8 +179,8 @@ def drop(store: Store) -> None:
 
 
 def rows_digest(store: Store, cohort_id: int) -> str:
-    """The cohort's rows, in order, digested by the engine itself."""
-    return store.query_one(f"SELECT {ordered_rows_md5(store, COHORT_COLUMNS)} FROM cohort "
+    """The cohort's rows checksummed by the engine itself (``rows_checksum``: order-free, flat memory)."""
+    return store.query_one(f"SELECT {rows_checksum(store, COHORT_COLUMNS)} FROM cohort "
                            "WHERE cohort_definition_id = ?", [cohort_id])
 
 
@@ -198,13 +198,13 @@ def compare(paths: list[Path]) -> None:
     runs = [orjson.loads(p.read_bytes()) for p in paths]
     if len({(r["persons"], r["seed"]) for r in runs}) != 1:
         raise SystemExit("the runs are of different regions (--persons/--seed)")
-    digests = {e: {c["cohort_id"]: c["rows_md5"][e] for c in r["cohorts"]} for r in runs for e in r["engines"]}
+    digests = {e: {c["cohort_id"]: c["rows_checksum"][e] for c in r["cohorts"]} for r in runs for e in r["engines"]}
     shared = sorted(set.intersection(*[set(d) for d in digests.values()]))
     cohorts = {str(cid): len({d[cid] for d in digests.values()}) == 1 for cid in shared}
     characterised = {e: r["characterisation"]["sha256"][e] for r in runs for e in r["engines"]
                      if "sha256" in r.get("characterisation", {})}
     result = {"benchmark": "engines-compare", "runs": [p.name for p in paths], "persons": runs[0]["persons"],
-              "counted": "rows_md5 of every cohort present in all runs compared across engines; the "
+              "counted": "rows_checksum of every cohort present in all runs compared across engines; the "
                          "characterisation's published output by SHA-256 where the runs recorded it",
               "cohorts_identical": cohorts, "all_cohorts_identical": all(cohorts.values()),
               "cohorts_compared": len(shared),
@@ -254,7 +254,7 @@ def main() -> None:
                     "counted": "seconds = {wall, cpu}; cpu = this process + its children (Spark's JVM) + the "
                                "PostgreSQL backend of the store's connection. load: load_omop_directory of the "
                                "Parquet region (none when a kept store was reused); cohort: run_cohort (compile, "
-                               "execute, attrition), rows compared by an MD5 the engine computes over them in order; characterisation: characterise(cohort 521) published output compared with "
+                               "execute, attrition), rows compared by a checksum the engine computes over them (sum of 60-bit MD5 prefixes of the rows); characterisation: characterise(cohort 521) published output compared with "
                                "DuckDB's. Load averages are 1-minute, before/after each phase. peak_rss_mb_cohorts: VmHWM "
                                "of this process (DuckDB runs in it) and of the Spark JVM, the highest over every "
                                "run_cohort (reset before each, read after it: the digest of the rows, the "
@@ -309,14 +309,14 @@ def main() -> None:
 
             for cohort_id in cohort_ids:
                 expr = CohortExpression.from_json((DATA / "ohdsi_reference" / "cohorts" / f"{cohort_id}.json").read_bytes())
-                entry: dict = {"cohort_id": cohort_id, "seconds": {}, "persons": {}, "entries": {}, "rows_md5": {}}
+                entry: dict = {"cohort_id": cohort_id, "seconds": {}, "persons": {}, "entries": {}, "rows_checksum": {}}
                 for engine, store in stores.items():
                     outcome, seconds = measured("cohorts", lambda s=store, e=expr, c=cohort_id: clocks[engine].time(
                         lambda: run_cohort(s, e, c)))
                     entry["seconds"][engine] = seconds
                     entry["persons"][engine], entry["entries"][engine] = outcome.persons, outcome.entries
-                    entry["rows_md5"][engine] = measured("digests", lambda s=store, c=cohort_id: rows_digest(s, c))
-                entry["identical_rows"] = len(set(entry["rows_md5"].values())) == 1
+                    entry["rows_checksum"][engine] = measured("digests", lambda s=store, c=cohort_id: rows_digest(s, c))
+                entry["identical_rows"] = len(set(entry["rows_checksum"].values())) == 1
                 entry["load_average_after"] = load_average()
                 result["cohorts"].append(entry)
                 result["peak_rss_mb_cohorts"], result["peak_rss_mb_digests"] = peaks["cohorts"], peaks["digests"]
