@@ -148,7 +148,7 @@ class _Compiler:
         desc = pc.primary_criteria_limit.type == "Last"
         op_start, op_end = (col("observation_period_start_date", "OP"), col("observation_period_end_date", "OP"))
         window = pc.observation_window
-        limited = pc.primary_criteria_limit.type != "All"
+        limited = self._primary_limited()
         ranked = (
             exp.select(
                 exp.Column(this=exp.Star(), table=exp.to_identifier("E")),
@@ -176,11 +176,13 @@ class _Compiler:
                 exp.LTE(this=add_days(col("start_date", "E"), window.post_days), expression=op_end.copy()), copy=False
             )
         )
-        event_id = (
-            row_number([col("person_id", "P")], [col("start_date", "P"), col("event_id", "P")])
-            if self._events_told_apart()
-            else col("event_id", "P")
-        )
+        # a limit leaves one event per person, numbered 1 (its ordinal, as Circe numbers it): no second sort
+        if limited:
+            event_id: exp.Expression = col("ordinal", "P")
+        elif self._events_told_apart():
+            event_id = row_number([col("person_id", "P")], [col("start_date", "P"), col("event_id", "P")])
+        else:
+            event_id = col("event_id", "P")
         q = exp.select(
             exp.alias_(event_id, "event_id", copy=False),
             *[col(c, "P") for c in EVENT_COLUMNS[1:]],
@@ -207,10 +209,14 @@ class _Compiler:
         """Circe applies the qualified limit whenever AdditionalCriteria is present, even empty."""
         return self.expr.additional_criteria is not None and self.expr.qualified_limit.type != "All"
 
+    def _primary_limited(self) -> bool:
+        return self.expr.primary_criteria.primary_criteria_limit.type != "All"
+
     def qualified_events(self, primary: str) -> exp.Query:
         desc = self.expr.qualified_limit.type == "Last"
         ac = self.expr.additional_criteria
-        limited = self._qualified_limited()
+        # after a primary limit each person has one event: first or last of one is that one (no rank, no sort)
+        limited = self._qualified_limited() and not self._primary_limited()
         q = exp.select(*[col(c, "pe") for c in EVENT_COLUMNS], *_ordinal("pe", desc, limited), copy=False)
         q = q.from_(table(primary, "pe"), copy=False)
         if ac is not None and not ac.is_empty():
@@ -273,7 +279,8 @@ class _Compiler:
     def included_events(self, qualified: str, masks: str | None) -> exp.Query:
         desc = self.expr.expression_limit.type == "Last"
         cols = [c for c in EVENT_COLUMNS if c != "visit_occurrence_id"]
-        limited = self.expr.expression_limit.type != "All"
+        # an earlier limit already left one event per person: this one would keep it
+        limited = self.expr.expression_limit.type != "All" and not (self._primary_limited() or self._qualified_limited())
         q = exp.select(*[col(c, "Q") for c in cols], *_ordinal("Q", desc, limited), copy=False)
         q = q.from_(table(qualified, "Q"), copy=False)
         if masks is not None:
@@ -442,7 +449,7 @@ class _Compiler:
         which is its own era: the collapse (a sort of every row) has nothing to merge."""
         e = self.expr
         return (
-            e.primary_criteria.primary_criteria_limit.type != "All"
+            self._primary_limited()
             or self._qualified_limited()
             or e.expression_limit.type != "All"
         )
@@ -625,56 +632,87 @@ class _Compiler:
     # -- attrition ------------------------------------------------------------------------------
     def attrition(self, masks, best) -> dict[str, exp.Query]:
         """Circe's inclusion statistics; ``masks``/``best`` return fresh relations of events
-        (mode 0) and best events per person (mode 1), each with its ``inclusion_rule_mask``."""
+        (mode 0) and best events per person (mode 1), each with its ``inclusion_rule_mask``.
+
+        Only ``cohort_inclusion_result`` (events per mask) reads the events; the summary and each rule's
+        counts are sums over those few mask rows, written after them (``write_statements`` keeps this
+        order), instead of a scan of the events per rule and per mode."""
         cid = exp.alias_(exp.cast(num(self.plan.cohort_id), BIGINT, copy=False), "cohort_definition_id", copy=False)
         n = len(self.expr.inclusion_rules)
         full = 2**n - 1
-        result, stats, summary = [], [], []
+        result = []
         for mode, source in ((0, masks), (1, best)):
-            mode_col = exp.alias_(exp.cast(num(mode), BIGINT, copy=False), "mode_id", copy=False)
             mask = col("inclusion_rule_mask", "MG")
             result.append(
                 exp.select(
                     cid.copy(),
-                    mode_col.copy(),
+                    exp.alias_(exp.cast(num(mode), BIGINT, copy=False), "mode_id", copy=False),
                     mask.copy(),
                     exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "person_count", copy=False),
                     copy=False,
                 )
                 .from_(_aliased(source(), "MG"), copy=False)
-                .group_by(mask.copy(), copy=False)
+                .group_by(mask, copy=False)
             )
-            total = exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "person_total", copy=False)
-            for i in range(n):
-                bit = 2**i
-                passed = _count_if(
-                    exp.GT(this=exp.BitwiseAnd(this=mask.copy(), expression=num(bit)), expression=num(0))
-                )
-                gained = _count_if(_eq(mask.copy(), num(full - bit)))
-                stats.append(
-                    exp.select(
-                        cid.copy(),
-                        mode_col.copy(),
-                        exp.alias_(num(i), "rule_sequence", copy=False),
-                        exp.alias_(passed, "person_count", copy=False),
-                        exp.alias_(gained, "gain_count", copy=False),
-                        total.copy(),
+        mask, count = col("inclusion_rule_mask", "R"), col("person_count", "R")
+        summary = self._per_mode_of_results(
+            [(mode,) for mode in (0, 1)],
+            ["mode_id"],
+            [
+                exp.alias_(_sum_counts(None, count), "base_count", copy=False),
+                exp.alias_(_sum_counts(_eq(mask.copy(), num(full)), count), "final_count", copy=False),
+            ],
+        )
+        out = {"cohort_inclusion_result": union_all(result), "cohort_summary_stats": summary}
+        if n:
+            bit = col("bit", "M")
+            out["cohort_inclusion_stats"] = self._per_mode_of_results(
+                [(mode, i, 2**i) for mode in (0, 1) for i in range(n)],
+                ["mode_id", "rule_sequence", "bit"],
+                [
+                    exp.alias_(col("rule_sequence", "M"), "rule_sequence", copy=False),
+                    exp.alias_(
+                        _sum_counts(
+                            exp.GT(this=exp.BitwiseAnd(this=mask.copy(), expression=bit), expression=num(0)), count
+                        ),
+                        "person_count",
                         copy=False,
-                    ).from_(_aliased(source(), "MG"), copy=False)
-                )
-            summary.append(
-                exp.select(
-                    cid.copy(),
-                    mode_col.copy(),
-                    exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "base_count", copy=False),
-                    exp.alias_(_count_if(_eq(mask.copy(), num(full))), "final_count", copy=False),
-                    copy=False,
-                ).from_(_aliased(source(), "MG"), copy=False)
+                    ),
+                    exp.alias_(
+                        _sum_counts(_eq(mask.copy(), exp.Sub(this=num(full), expression=bit.copy())), count),
+                        "gain_count",
+                        copy=False,
+                    ),
+                    exp.alias_(_sum_counts(None, count), "person_total", copy=False),
+                ],
             )
-        out = {"cohort_inclusion_result": union_all(result), "cohort_summary_stats": union_all(summary)}
-        if stats:
-            out["cohort_inclusion_stats"] = union_all(stats)
         return out
+
+    def _per_mode_of_results(self, keys: list[tuple[int, ...]], names: list[str], sums: list[exp.Expression]):
+        """Per row of ``keys`` (named ``names``, the first ``mode_id``): this cohort's id, the mode, then ``sums``
+        over its ``cohort_inclusion_result`` rows of that mode (``R``; none gives zeros, as a count of no events)."""
+        cid = exp.cast(num(self.plan.cohort_id), BIGINT, copy=False)
+        keys_table = exp.values([exp.Tuple(expressions=[num(v) for v in row]) for row in keys], alias="M", columns=names)
+        return (
+            exp.select(
+                exp.alias_(cid, "cohort_definition_id", copy=False),
+                exp.alias_(exp.cast(col("mode_id", "M"), BIGINT, copy=False), "mode_id", copy=False),
+                *sums,
+                copy=False,
+            )
+            .from_(keys_table, copy=False)
+            .join(
+                table("cohort_inclusion_result", "R"),
+                on=exp.and_(
+                    _eq(col("cohort_definition_id", "R"), cid.copy()),
+                    _eq(col("mode_id", "R"), col("mode_id", "M")),
+                    copy=False,
+                ),
+                join_type="left",
+                copy=False,
+            )
+            .group_by(*[col(name, "M") for name in names], copy=False)
+        )
 
     def best_events(self, masks: str) -> exp.Query:
         """Circe's 'best event' per person: most rules passed, then the earliest first rule, then
@@ -736,10 +774,10 @@ _COUNT_COLUMNS = {
 }
 
 
-def _count_if(condition: exp.Expression) -> exp.Expression:
-    return exp.cast(
-        exp.func("COALESCE", exp.Sum(this=case_when(condition, num(1), num(0))), num(0)), BIGINT, copy=False
-    )
+def _sum_counts(condition: exp.Expression | None, count: exp.Expression) -> exp.Expression:
+    """The sum of ``count`` over the rows where ``condition`` holds (all rows if None), 0 for none, as BIGINT."""
+    summed = count.copy() if condition is None else case_when(condition, count.copy(), num(0))
+    return exp.cast(exp.Coalesce(this=exp.Sum(this=summed), expressions=[num(0)]), BIGINT, copy=False)
 
 
 def _aliased(relation: exp.Expression, alias: str) -> exp.Expression:
