@@ -35,10 +35,12 @@ from mercia.cohorts.sqlexpr import (
     DATE,
     add_days,
     case_when,
+    coalesce,
     col,
     date_literal,
     empty_select,
     least_date,
+    named,
     num,
     over,
     row_number,
@@ -259,7 +261,7 @@ class _Compiler:
                 col("person_id", "Q"),
                 col("start_date", "Q"),
                 exp.alias_(
-                    exp.cast(exp.func("COALESCE", exp.Sum(this=col("rule_bit", "I")), num(0)), BIGINT, copy=False),
+                    exp.cast(coalesce(exp.Sum(this=col("rule_bit", "I")), num(0)), BIGINT, copy=False),
                     "inclusion_rule_mask",
                     copy=False,
                 ),
@@ -267,7 +269,7 @@ class _Compiler:
                     exp.Count(this=exp.Distinct(expressions=[col("inclusion_rule_id", "I")])), "rule_count", copy=False
                 ),
                 exp.alias_(
-                    exp.func("COALESCE", exp.Min(this=col("inclusion_rule_id", "I")), num(0)), "min_rule_id", copy=False
+                    coalesce(exp.Min(this=col("inclusion_rule_id", "I")), num(0)), "min_rule_id", copy=False
                 ),
                 copy=False,
             )
@@ -305,8 +307,7 @@ class _Compiler:
         if strategy.days_supply_override is not None:
             drug_end = add_days(col("drug_exposure_start_date", "de"), strategy.days_supply_override)
         else:
-            drug_end = exp.func(
-                "COALESCE",
+            drug_end = coalesce(
                 col("drug_exposure_end_date", "de"),
                 add_days(col("drug_exposure_start_date", "de"), col("days_supply", "de")),
                 add_days(col("drug_exposure_start_date", "de"), 1),
@@ -621,8 +622,8 @@ class _Compiler:
             exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("PE")), copy=False)
             .from_(table(rows, "PE"), copy=False)
             .join(group.subquery("AC", copy=False), on=_same_event("AC", "PE"), copy=False)
-            .with_(rows, as_=query, materialized=True, copy=False)
-            .with_(indexed, as_=with_op, materialized=True, copy=False)
+            .with_(named(rows), as_=query, materialized=True, copy=False)
+            .with_(named(indexed), as_=with_op, materialized=True, copy=False)
         )
         # wrapped, so the WITH may sit inside a UNION ALL
         return exp.select(exp.Star(), copy=False).from_(
@@ -781,8 +782,9 @@ def _sum_counts(condition: exp.Expression | None, count: exp.Expression) -> exp.
 
 
 def _aliased(relation: exp.Expression, alias: str) -> exp.Expression:
-    if isinstance(relation, exp.Table):
-        return relation.as_(alias)
+    if isinstance(relation, exp.Table):  # a fresh node: named in place (``as_`` copies it)
+        relation.set("alias", named(alias))
+        return relation
     if isinstance(relation, exp.Subquery):
         relation.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
         return relation
@@ -868,7 +870,8 @@ def _collapse(rows: exp.Query | exp.Table, pad: int, name: str, pre_padded: bool
         .from_(reached.subquery("B", copy=False), copy=False)
         .where(exp.or_(_eq(is_start.copy(), num(1)), _eq(is_end.copy(), num(1)), copy=False), copy=False)
     )
-    named = f"{PREFIX}{name}_edges"
+    edges_name = f"{PREFIX}{name}_edges"
+    cte_name = named(edges_name)
 
     def single() -> exp.Expression:
         return exp.and_(_eq(col("is_start", "ED"), num(1)), _eq(col("is_end", "ED"), num(1)), copy=False)
@@ -876,7 +879,7 @@ def _collapse(rows: exp.Query | exp.Table, pad: int, name: str, pre_padded: bool
     era_end = lambda: exp.alias_(add_days(col("reach", "ED"), -pad), "end_date", copy=False)  # noqa: E731
     single_eras = (
         exp.select(col("person_id", "ED"), col("start_date", "ED"), era_end(), copy=False)
-        .from_(table(named, "ED"), copy=False)
+        .from_(table(edges_name, "ED"), copy=False)
         .where(single(), copy=False)
     )
     era_start = over(
@@ -893,7 +896,7 @@ def _collapse(rows: exp.Query | exp.Table, pad: int, name: str, pre_padded: bool
             col("is_end", "ED"),
             copy=False,
         )
-        .from_(table(named, "ED"), copy=False)
+        .from_(table(edges_name, "ED"), copy=False)
         .where(exp.Not(this=exp.Paren(this=single())), copy=False)
     )
     longer_eras = (
@@ -901,7 +904,7 @@ def _collapse(rows: exp.Query | exp.Table, pad: int, name: str, pre_padded: bool
         .from_(longer.subquery("LE", copy=False), copy=False)
         .where(_eq(col("is_end", "LE"), num(1)), copy=False)
     )
-    return union_all([single_eras, longer_eras]).with_(named, as_=edges, materialized=True, copy=False)
+    return union_all([single_eras, longer_eras]).with_(cte_name, as_=edges, materialized=True, copy=False)
 
 
 def concept_sets_query(sets: list[tuple[int, m.ConceptSetExpression]]) -> exp.Query:
@@ -1009,9 +1012,9 @@ def concept_sets_query(sets: list[tuple[int, m.ConceptSetExpression]]) -> exp.Qu
     base_rows = union_all([listed, *([descendants] if flagged("descendants") else [])])
     resolved_rows = union_all([unmapped, *([mapped] if flagged("mapped") else [])])
     return (
-        query.with_(items_name, as_=items_rows, copy=False)
-        .with_(base, as_=base_rows, copy=False)
-        .with_(resolved, as_=resolved_rows, copy=False)
+        query.with_(named(items_name), as_=items_rows, copy=False)
+        .with_(named(base), as_=base_rows, copy=False)
+        .with_(named(resolved), as_=resolved_rows, copy=False)
     )
 
 
