@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
+from sqlglot.generator import Generator
 
 from mercia.cdm.dialect import TemporaryTable
 from mercia.cohorts import model as m
@@ -1030,13 +1031,49 @@ def render(node: exp.Expression, dialect: str) -> str:
     if dialect == "spark":  # Spark has no MATERIALIZED hint (it plans CTEs itself)
         for cte in node.find_all(exp.CTE):
             cte.set("materialized", None)
-    return _dialect(dialect).generate(node, copy=False)
+    return _generator_class(dialect)(dialect=_dialect(dialect)).generate(node, copy=False)
 
 
 @functools.cache
 def _dialect(name: str) -> Dialect:
     """One instance per dialect (``Expression.sql`` builds a new one per call: a tenth of compiling)."""
     return Dialect.get_or_raise(name)
+
+
+@functools.cache
+def _generator_class(name: str) -> type[Generator]:
+    """The dialect's generator, remembering the text of each plain column reference and identifier
+    (``_Remembered``); one generator per render, so that threads share only the texts."""
+    base = _dialect(name).generator_class
+    return type(f"Remembered{base.__name__}", (_Remembered, base), {"_texts": {}})
+
+
+class _Remembered:
+    """A mixin for a dialect's generator: a plain column reference (``table.name``) or identifier is
+    rendered by the dialect's own generator the first time, then its text is reused.  They are most of
+    a plan's nodes, and rendering each afresh was a quarter of rendering a plan."""
+
+    _texts: dict[tuple, str]
+
+    def column_sql(self, expression: exp.Column) -> str:
+        args = expression.args
+        if args.keys() - {"this", "table"} or expression.comments:
+            return super().column_sql(expression)
+        this, qualifier = args["this"], args.get("table")
+        if type(this) is not exp.Identifier or this.comments or (qualifier is not None and qualifier.comments):
+            return super().column_sql(expression)
+        key = (this.this, this.quoted, None if qualifier is None else (qualifier.this, qualifier.quoted))
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = super().column_sql(expression)
+        return text
+
+    def identifier_sql(self, expression: exp.Identifier) -> str:
+        key = (expression.this, expression.quoted)
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = super().identifier_sql(expression)
+        return text
 
 
 def materialise(name: str, query: exp.Query, dialect: str) -> list[str]:
