@@ -40,6 +40,7 @@ from mercia.cohorts.sqlexpr import (
     col,
     date_literal,
     empty_select,
+    join_of,
     least_date,
     named,
     num,
@@ -275,7 +276,7 @@ class _Compiler:
                 copy=False,
             )
             .from_(table(qualified, "Q"), copy=False)
-            .join(table(inclusion, "I"), on=_same_event("I", "Q"), join_type="left", copy=False)
+            .join(join_of(table(inclusion, "I"), "left"), on=_same_event("I", "Q"), copy=False)
             .group_by(col("event_id", "Q"), col("person_id", "Q"), col("start_date", "Q"), copy=False)
         )
 
@@ -283,7 +284,8 @@ class _Compiler:
         desc = self.expr.expression_limit.type == "Last"
         cols = [c for c in EVENT_COLUMNS if c != "visit_occurrence_id"]
         # an earlier limit already left one event per person: this one would keep it
-        limited = self.expr.expression_limit.type != "All" and not (self._primary_limited() or self._qualified_limited())
+        earlier = self._primary_limited() or self._qualified_limited()
+        limited = self.expr.expression_limit.type != "All" and not earlier
         q = exp.select(*[col(c, "Q") for c in cols], *_ordinal("Q", desc, limited), copy=False)
         q = q.from_(table(qualified, "Q"), copy=False)
         if masks is not None:
@@ -407,11 +409,10 @@ class _Compiler:
             alias = f"CE{n}"
             end = col("end_date", alias)
             q = q.join(
-                candidates.subquery(alias, copy=False),
+                join_of(candidates.subquery(alias, copy=False), "left"),
                 on=exp.and_(
                     _same_event(alias, "I"), exp.GTE(this=end, expression=col("start_date", "I")), copy=False
                 ),
-                join_type="left",
                 copy=False,
             )
             earlier = exp.or_(
@@ -532,9 +533,8 @@ class _Compiler:
         q = exp.select(
             exp.alias_(num(index), "index_id", copy=False), col("person_id", "E"), col("event_id", "E"), copy=False
         ).from_(_aliased(events(), "E"), copy=False)
-        q = q.join(
-            union_all(parts).subquery("CQ", copy=False), on=_same_event("CQ", "E"), join_type=join_type, copy=False
-        )
+        matched = join_of(union_all(parts).subquery("CQ", copy=False), join_type)
+        q = q.join(matched, on=_same_event("CQ", "E"), copy=False)
         return q.group_by(col("person_id", "E"), col("event_id", "E"), copy=False).having(having, copy=False)
 
     def correlated(self, cc: m.CorrelatedCriteria, events, index: int, unique_events: bool = True) -> exp.Query:
@@ -575,7 +575,7 @@ class _Compiler:
             conds.append(exp.Not(this=exp.Is(this=counted_column, expression=exp.null())))
             matching = self.criteria.query(cc.criteria).subquery("A", copy=False)
             if exists:
-                q = q.join(matching, on=exp.and_(*conds, copy=False), join_type="semi", copy=False)
+                q = q.join(join_of(matching, "semi"), on=exp.and_(*conds, copy=False), copy=False)
             else:
                 q = q.where(exp.Not(this=exp.Exists(this=exp.select(num(1), copy=False).from_(matching, copy=False)
                                                     .where(exp.and_(*conds, copy=False), copy=False))), copy=False)
@@ -584,9 +584,8 @@ class _Compiler:
         op = {0: exp.EQ, 1: exp.LTE, 2: exp.GTE}[occ.type]
         join_type = "left" if occ.type == 1 or occ.count == 0 else "inner"
         q = q.join(
-            self.criteria.query(cc.criteria).subquery("A", copy=False),
+            join_of(self.criteria.query(cc.criteria).subquery("A", copy=False), join_type),
             on=exp.and_(*conds, copy=False),
-            join_type=join_type,
             copy=False,
         )
         return q.group_by(col("person_id", "P"), col("event_id", "P"), copy=False).having(
@@ -694,7 +693,8 @@ class _Compiler:
         """Per row of ``keys`` (named ``names``, the first ``mode_id``): this cohort's id, the mode, then ``sums``
         over its ``cohort_inclusion_result`` rows of that mode (``R``; none gives zeros, as a count of no events)."""
         cid = exp.cast(num(self.plan.cohort_id), BIGINT, copy=False)
-        keys_table = exp.values([exp.Tuple(expressions=[num(v) for v in row]) for row in keys], alias="M", columns=names)
+        rows = [exp.Tuple(expressions=[num(v) for v in row]) for row in keys]
+        keys_table = exp.values(rows, alias="M", columns=names)
         return (
             exp.select(
                 exp.alias_(cid, "cohort_definition_id", copy=False),
@@ -704,13 +704,12 @@ class _Compiler:
             )
             .from_(keys_table, copy=False)
             .join(
-                table("cohort_inclusion_result", "R"),
+                join_of(table("cohort_inclusion_result", "R"), "left"),
                 on=exp.and_(
                     _eq(col("cohort_definition_id", "R"), cid.copy()),
                     _eq(col("mode_id", "R"), col("mode_id", "M")),
                     copy=False,
                 ),
-                join_type="left",
                 copy=False,
             )
             .group_by(*[col(name, "M") for name in names], copy=False)

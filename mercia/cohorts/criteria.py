@@ -25,6 +25,7 @@ from mercia.cohorts.sqlexpr import (
     col,
     date_literal,
     in_list,
+    join_of,
     null_as,
     num,
     row_number,
@@ -499,9 +500,8 @@ class CriteriaCompiler:
         specialty_cs = _field(c, "provider_specialty_cs")
         if specialty or specialty_cs is not None:
             q = q.join(
-                table("provider", "PR"),
+                join_of(table("provider", "PR"), "left"),
                 on=exp.EQ(this=col("provider_id", "C"), expression=col("provider_id", "PR")),
-                join_type="left",
                 copy=False,
             )
             if specialty:
