@@ -41,6 +41,7 @@ from mercia.cdm.loader import load_omop_directory
 from mercia.cdm.schema import CDM_TABLES
 from mercia.cohorts import CohortExpression, build_plan, compile_cohort, run_cohort
 from mercia.cohorts.compiler import clear_compiled
+from mercia.cohorts.runner import ensure_result_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MERCIA_SHARED_DATA", ROOT / ".." / "shared" / "data"))
@@ -189,7 +190,9 @@ class CirceSide:
         }
 
     def clean(self) -> None:
-        """Empty cohort and attrition tables, no temporary tables left (outside every clock)."""
+        """Empty cohort and attrition tables, no temporary tables left (outside every clock).  Both
+        engines' result tables exist when their clock starts (Circe's script does not create them; Mercia's
+        ``CREATE TABLE IF NOT EXISTS`` then finds them, as on every run after a store's first)."""
         self.oracle.drop_temp_tables(self.con)
         self.con.execute(self.timer.RESET)
         self.con.execute(self.oracle.RESULTS_DDL)
@@ -197,6 +200,7 @@ class CirceSide:
 
         for t in RESULT_TABLES:
             self.con.execute(f'DROP TABLE IF EXISTS main."{t}"')
+        ensure_result_tables(self.store)
 
     def counts(self, cid: int) -> tuple[int, int]:
         return tuple(

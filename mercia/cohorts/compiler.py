@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
+from sqlglot.generator import Generator
 
 from mercia.cdm.dialect import TemporaryTable
 from mercia.cohorts import model as m
@@ -35,10 +36,13 @@ from mercia.cohorts.sqlexpr import (
     DATE,
     add_days,
     case_when,
+    coalesce,
     col,
     date_literal,
     empty_select,
+    join_of,
     least_date,
+    named,
     num,
     over,
     row_number,
@@ -148,7 +152,7 @@ class _Compiler:
         desc = pc.primary_criteria_limit.type == "Last"
         op_start, op_end = (col("observation_period_start_date", "OP"), col("observation_period_end_date", "OP"))
         window = pc.observation_window
-        limited = pc.primary_criteria_limit.type != "All"
+        limited = self._primary_limited()
         ranked = (
             exp.select(
                 exp.Column(this=exp.Star(), table=exp.to_identifier("E")),
@@ -176,11 +180,13 @@ class _Compiler:
                 exp.LTE(this=add_days(col("start_date", "E"), window.post_days), expression=op_end.copy()), copy=False
             )
         )
-        event_id = (
-            row_number([col("person_id", "P")], [col("start_date", "P"), col("event_id", "P")])
-            if self._events_told_apart()
-            else col("event_id", "P")
-        )
+        # a limit leaves one event per person, numbered 1 (its ordinal, as Circe numbers it): no second sort
+        if limited:
+            event_id: exp.Expression = col("ordinal", "P")
+        elif self._events_told_apart():
+            event_id = row_number([col("person_id", "P")], [col("start_date", "P"), col("event_id", "P")])
+        else:
+            event_id = col("event_id", "P")
         q = exp.select(
             exp.alias_(event_id, "event_id", copy=False),
             *[col(c, "P") for c in EVENT_COLUMNS[1:]],
@@ -207,10 +213,14 @@ class _Compiler:
         """Circe applies the qualified limit whenever AdditionalCriteria is present, even empty."""
         return self.expr.additional_criteria is not None and self.expr.qualified_limit.type != "All"
 
+    def _primary_limited(self) -> bool:
+        return self.expr.primary_criteria.primary_criteria_limit.type != "All"
+
     def qualified_events(self, primary: str) -> exp.Query:
         desc = self.expr.qualified_limit.type == "Last"
         ac = self.expr.additional_criteria
-        limited = self._qualified_limited()
+        # after a primary limit each person has one event: first or last of one is that one (no rank, no sort)
+        limited = self._qualified_limited() and not self._primary_limited()
         q = exp.select(*[col(c, "pe") for c in EVENT_COLUMNS], *_ordinal("pe", desc, limited), copy=False)
         q = q.from_(table(primary, "pe"), copy=False)
         if ac is not None and not ac.is_empty():
@@ -253,7 +263,7 @@ class _Compiler:
                 col("person_id", "Q"),
                 col("start_date", "Q"),
                 exp.alias_(
-                    exp.cast(exp.func("COALESCE", exp.Sum(this=col("rule_bit", "I")), num(0)), BIGINT, copy=False),
+                    exp.cast(coalesce(exp.Sum(this=col("rule_bit", "I")), num(0)), BIGINT, copy=False),
                     "inclusion_rule_mask",
                     copy=False,
                 ),
@@ -261,19 +271,21 @@ class _Compiler:
                     exp.Count(this=exp.Distinct(expressions=[col("inclusion_rule_id", "I")])), "rule_count", copy=False
                 ),
                 exp.alias_(
-                    exp.func("COALESCE", exp.Min(this=col("inclusion_rule_id", "I")), num(0)), "min_rule_id", copy=False
+                    coalesce(exp.Min(this=col("inclusion_rule_id", "I")), num(0)), "min_rule_id", copy=False
                 ),
                 copy=False,
             )
             .from_(table(qualified, "Q"), copy=False)
-            .join(table(inclusion, "I"), on=_same_event("I", "Q"), join_type="left", copy=False)
+            .join(join_of(table(inclusion, "I"), "left"), on=_same_event("I", "Q"), copy=False)
             .group_by(col("event_id", "Q"), col("person_id", "Q"), col("start_date", "Q"), copy=False)
         )
 
     def included_events(self, qualified: str, masks: str | None) -> exp.Query:
         desc = self.expr.expression_limit.type == "Last"
         cols = [c for c in EVENT_COLUMNS if c != "visit_occurrence_id"]
-        limited = self.expr.expression_limit.type != "All"
+        # an earlier limit already left one event per person: this one would keep it
+        earlier = self._primary_limited() or self._qualified_limited()
+        limited = self.expr.expression_limit.type != "All" and not earlier
         q = exp.select(*[col(c, "Q") for c in cols], *_ordinal("Q", desc, limited), copy=False)
         q = q.from_(table(qualified, "Q"), copy=False)
         if masks is not None:
@@ -298,8 +310,7 @@ class _Compiler:
         if strategy.days_supply_override is not None:
             drug_end = add_days(col("drug_exposure_start_date", "de"), strategy.days_supply_override)
         else:
-            drug_end = exp.func(
-                "COALESCE",
+            drug_end = coalesce(
                 col("drug_exposure_end_date", "de"),
                 add_days(col("drug_exposure_start_date", "de"), col("days_supply", "de")),
                 add_days(col("drug_exposure_start_date", "de"), 1),
@@ -398,11 +409,10 @@ class _Compiler:
             alias = f"CE{n}"
             end = col("end_date", alias)
             q = q.join(
-                candidates.subquery(alias, copy=False),
+                join_of(candidates.subquery(alias, copy=False), "left"),
                 on=exp.and_(
                     _same_event(alias, "I"), exp.GTE(this=end, expression=col("start_date", "I")), copy=False
                 ),
-                join_type="left",
                 copy=False,
             )
             earlier = exp.or_(
@@ -442,7 +452,7 @@ class _Compiler:
         which is its own era: the collapse (a sort of every row) has nothing to merge."""
         e = self.expr
         return (
-            e.primary_criteria.primary_criteria_limit.type != "All"
+            self._primary_limited()
             or self._qualified_limited()
             or e.expression_limit.type != "All"
         )
@@ -523,9 +533,8 @@ class _Compiler:
         q = exp.select(
             exp.alias_(num(index), "index_id", copy=False), col("person_id", "E"), col("event_id", "E"), copy=False
         ).from_(_aliased(events(), "E"), copy=False)
-        q = q.join(
-            union_all(parts).subquery("CQ", copy=False), on=_same_event("CQ", "E"), join_type=join_type, copy=False
-        )
+        matched = join_of(union_all(parts).subquery("CQ", copy=False), join_type)
+        q = q.join(matched, on=_same_event("CQ", "E"), copy=False)
         return q.group_by(col("person_id", "E"), col("event_id", "E"), copy=False).having(having, copy=False)
 
     def correlated(self, cc: m.CorrelatedCriteria, events, index: int, unique_events: bool = True) -> exp.Query:
@@ -566,7 +575,7 @@ class _Compiler:
             conds.append(exp.Not(this=exp.Is(this=counted_column, expression=exp.null())))
             matching = self.criteria.query(cc.criteria).subquery("A", copy=False)
             if exists:
-                q = q.join(matching, on=exp.and_(*conds, copy=False), join_type="semi", copy=False)
+                q = q.join(join_of(matching, "semi"), on=exp.and_(*conds, copy=False), copy=False)
             else:
                 q = q.where(exp.Not(this=exp.Exists(this=exp.select(num(1), copy=False).from_(matching, copy=False)
                                                     .where(exp.and_(*conds, copy=False), copy=False))), copy=False)
@@ -575,9 +584,8 @@ class _Compiler:
         op = {0: exp.EQ, 1: exp.LTE, 2: exp.GTE}[occ.type]
         join_type = "left" if occ.type == 1 or occ.count == 0 else "inner"
         q = q.join(
-            self.criteria.query(cc.criteria).subquery("A", copy=False),
+            join_of(self.criteria.query(cc.criteria).subquery("A", copy=False), join_type),
             on=exp.and_(*conds, copy=False),
-            join_type=join_type,
             copy=False,
         )
         return q.group_by(col("person_id", "P"), col("event_id", "P"), copy=False).having(
@@ -614,8 +622,8 @@ class _Compiler:
             exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier("PE")), copy=False)
             .from_(table(rows, "PE"), copy=False)
             .join(group.subquery("AC", copy=False), on=_same_event("AC", "PE"), copy=False)
-            .with_(rows, as_=query, materialized=True, copy=False)
-            .with_(indexed, as_=with_op, materialized=True, copy=False)
+            .with_(named(rows), as_=query, materialized=True, copy=False)
+            .with_(named(indexed), as_=with_op, materialized=True, copy=False)
         )
         # wrapped, so the WITH may sit inside a UNION ALL
         return exp.select(exp.Star(), copy=False).from_(
@@ -625,56 +633,87 @@ class _Compiler:
     # -- attrition ------------------------------------------------------------------------------
     def attrition(self, masks, best) -> dict[str, exp.Query]:
         """Circe's inclusion statistics; ``masks``/``best`` return fresh relations of events
-        (mode 0) and best events per person (mode 1), each with its ``inclusion_rule_mask``."""
+        (mode 0) and best events per person (mode 1), each with its ``inclusion_rule_mask``.
+
+        Only ``cohort_inclusion_result`` (events per mask) reads the events; the summary and each rule's
+        counts are sums over those few mask rows, written after them (``write_statements`` keeps this
+        order), instead of a scan of the events per rule and per mode."""
         cid = exp.alias_(exp.cast(num(self.plan.cohort_id), BIGINT, copy=False), "cohort_definition_id", copy=False)
         n = len(self.expr.inclusion_rules)
         full = 2**n - 1
-        result, stats, summary = [], [], []
+        result = []
         for mode, source in ((0, masks), (1, best)):
-            mode_col = exp.alias_(exp.cast(num(mode), BIGINT, copy=False), "mode_id", copy=False)
             mask = col("inclusion_rule_mask", "MG")
             result.append(
                 exp.select(
                     cid.copy(),
-                    mode_col.copy(),
+                    exp.alias_(exp.cast(num(mode), BIGINT, copy=False), "mode_id", copy=False),
                     mask.copy(),
                     exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "person_count", copy=False),
                     copy=False,
                 )
                 .from_(_aliased(source(), "MG"), copy=False)
-                .group_by(mask.copy(), copy=False)
+                .group_by(mask, copy=False)
             )
-            total = exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "person_total", copy=False)
-            for i in range(n):
-                bit = 2**i
-                passed = _count_if(
-                    exp.GT(this=exp.BitwiseAnd(this=mask.copy(), expression=num(bit)), expression=num(0))
-                )
-                gained = _count_if(_eq(mask.copy(), num(full - bit)))
-                stats.append(
-                    exp.select(
-                        cid.copy(),
-                        mode_col.copy(),
-                        exp.alias_(num(i), "rule_sequence", copy=False),
-                        exp.alias_(passed, "person_count", copy=False),
-                        exp.alias_(gained, "gain_count", copy=False),
-                        total.copy(),
+        mask, count = col("inclusion_rule_mask", "R"), col("person_count", "R")
+        summary = self._per_mode_of_results(
+            [(mode,) for mode in (0, 1)],
+            ["mode_id"],
+            [
+                exp.alias_(_sum_counts(None, count), "base_count", copy=False),
+                exp.alias_(_sum_counts(_eq(mask.copy(), num(full)), count), "final_count", copy=False),
+            ],
+        )
+        out = {"cohort_inclusion_result": union_all(result), "cohort_summary_stats": summary}
+        if n:
+            bit = col("bit", "M")
+            out["cohort_inclusion_stats"] = self._per_mode_of_results(
+                [(mode, i, 2**i) for mode in (0, 1) for i in range(n)],
+                ["mode_id", "rule_sequence", "bit"],
+                [
+                    exp.alias_(col("rule_sequence", "M"), "rule_sequence", copy=False),
+                    exp.alias_(
+                        _sum_counts(
+                            exp.GT(this=exp.BitwiseAnd(this=mask.copy(), expression=bit), expression=num(0)), count
+                        ),
+                        "person_count",
                         copy=False,
-                    ).from_(_aliased(source(), "MG"), copy=False)
-                )
-            summary.append(
-                exp.select(
-                    cid.copy(),
-                    mode_col.copy(),
-                    exp.alias_(exp.cast(exp.Count(this=exp.Star()), BIGINT, copy=False), "base_count", copy=False),
-                    exp.alias_(_count_if(_eq(mask.copy(), num(full))), "final_count", copy=False),
-                    copy=False,
-                ).from_(_aliased(source(), "MG"), copy=False)
+                    ),
+                    exp.alias_(
+                        _sum_counts(_eq(mask.copy(), exp.Sub(this=num(full), expression=bit.copy())), count),
+                        "gain_count",
+                        copy=False,
+                    ),
+                    exp.alias_(_sum_counts(None, count), "person_total", copy=False),
+                ],
             )
-        out = {"cohort_inclusion_result": union_all(result), "cohort_summary_stats": union_all(summary)}
-        if stats:
-            out["cohort_inclusion_stats"] = union_all(stats)
         return out
+
+    def _per_mode_of_results(self, keys: list[tuple[int, ...]], names: list[str], sums: list[exp.Expression]):
+        """Per row of ``keys`` (named ``names``, the first ``mode_id``): this cohort's id, the mode, then ``sums``
+        over its ``cohort_inclusion_result`` rows of that mode (``R``; none gives zeros, as a count of no events)."""
+        cid = exp.cast(num(self.plan.cohort_id), BIGINT, copy=False)
+        rows = [exp.Tuple(expressions=[num(v) for v in row]) for row in keys]
+        keys_table = exp.values(rows, alias="M", columns=names)
+        return (
+            exp.select(
+                exp.alias_(cid, "cohort_definition_id", copy=False),
+                exp.alias_(exp.cast(col("mode_id", "M"), BIGINT, copy=False), "mode_id", copy=False),
+                *sums,
+                copy=False,
+            )
+            .from_(keys_table, copy=False)
+            .join(
+                join_of(table("cohort_inclusion_result", "R"), "left"),
+                on=exp.and_(
+                    _eq(col("cohort_definition_id", "R"), cid.copy()),
+                    _eq(col("mode_id", "R"), col("mode_id", "M")),
+                    copy=False,
+                ),
+                copy=False,
+            )
+            .group_by(*[col(name, "M") for name in names], copy=False)
+        )
 
     def best_events(self, masks: str) -> exp.Query:
         """Circe's 'best event' per person: most rules passed, then the earliest first rule, then
@@ -736,15 +775,16 @@ _COUNT_COLUMNS = {
 }
 
 
-def _count_if(condition: exp.Expression) -> exp.Expression:
-    return exp.cast(
-        exp.func("COALESCE", exp.Sum(this=case_when(condition, num(1), num(0))), num(0)), BIGINT, copy=False
-    )
+def _sum_counts(condition: exp.Expression | None, count: exp.Expression) -> exp.Expression:
+    """The sum of ``count`` over the rows where ``condition`` holds (all rows if None), 0 for none, as BIGINT."""
+    summed = count.copy() if condition is None else case_when(condition, count.copy(), num(0))
+    return exp.cast(exp.Coalesce(this=exp.Sum(this=summed), expressions=[num(0)]), BIGINT, copy=False)
 
 
 def _aliased(relation: exp.Expression, alias: str) -> exp.Expression:
-    if isinstance(relation, exp.Table):
-        return relation.as_(alias)
+    if isinstance(relation, exp.Table):  # a fresh node: named in place (``as_`` copies it)
+        relation.set("alias", named(alias))
+        return relation
     if isinstance(relation, exp.Subquery):
         relation.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
         return relation
@@ -830,7 +870,8 @@ def _collapse(rows: exp.Query | exp.Table, pad: int, name: str, pre_padded: bool
         .from_(reached.subquery("B", copy=False), copy=False)
         .where(exp.or_(_eq(is_start.copy(), num(1)), _eq(is_end.copy(), num(1)), copy=False), copy=False)
     )
-    named = f"{PREFIX}{name}_edges"
+    edges_name = f"{PREFIX}{name}_edges"
+    cte_name = named(edges_name)
 
     def single() -> exp.Expression:
         return exp.and_(_eq(col("is_start", "ED"), num(1)), _eq(col("is_end", "ED"), num(1)), copy=False)
@@ -838,7 +879,7 @@ def _collapse(rows: exp.Query | exp.Table, pad: int, name: str, pre_padded: bool
     era_end = lambda: exp.alias_(add_days(col("reach", "ED"), -pad), "end_date", copy=False)  # noqa: E731
     single_eras = (
         exp.select(col("person_id", "ED"), col("start_date", "ED"), era_end(), copy=False)
-        .from_(table(named, "ED"), copy=False)
+        .from_(table(edges_name, "ED"), copy=False)
         .where(single(), copy=False)
     )
     era_start = over(
@@ -855,7 +896,7 @@ def _collapse(rows: exp.Query | exp.Table, pad: int, name: str, pre_padded: bool
             col("is_end", "ED"),
             copy=False,
         )
-        .from_(table(named, "ED"), copy=False)
+        .from_(table(edges_name, "ED"), copy=False)
         .where(exp.Not(this=exp.Paren(this=single())), copy=False)
     )
     longer_eras = (
@@ -863,7 +904,7 @@ def _collapse(rows: exp.Query | exp.Table, pad: int, name: str, pre_padded: bool
         .from_(longer.subquery("LE", copy=False), copy=False)
         .where(_eq(col("is_end", "LE"), num(1)), copy=False)
     )
-    return union_all([single_eras, longer_eras]).with_(named, as_=edges, materialized=True, copy=False)
+    return union_all([single_eras, longer_eras]).with_(cte_name, as_=edges, materialized=True, copy=False)
 
 
 def concept_sets_query(sets: list[tuple[int, m.ConceptSetExpression]]) -> exp.Query:
@@ -971,9 +1012,9 @@ def concept_sets_query(sets: list[tuple[int, m.ConceptSetExpression]]) -> exp.Qu
     base_rows = union_all([listed, *([descendants] if flagged("descendants") else [])])
     resolved_rows = union_all([unmapped, *([mapped] if flagged("mapped") else [])])
     return (
-        query.with_(items_name, as_=items_rows, copy=False)
-        .with_(base, as_=base_rows, copy=False)
-        .with_(resolved, as_=resolved_rows, copy=False)
+        query.with_(named(items_name), as_=items_rows, copy=False)
+        .with_(named(base), as_=base_rows, copy=False)
+        .with_(named(resolved), as_=resolved_rows, copy=False)
     )
 
 
@@ -989,13 +1030,49 @@ def render(node: exp.Expression, dialect: str) -> str:
     if dialect == "spark":  # Spark has no MATERIALIZED hint (it plans CTEs itself)
         for cte in node.find_all(exp.CTE):
             cte.set("materialized", None)
-    return _dialect(dialect).generate(node, copy=False)
+    return _generator_class(dialect)(dialect=_dialect(dialect)).generate(node, copy=False)
 
 
 @functools.cache
 def _dialect(name: str) -> Dialect:
     """One instance per dialect (``Expression.sql`` builds a new one per call: a tenth of compiling)."""
     return Dialect.get_or_raise(name)
+
+
+@functools.cache
+def _generator_class(name: str) -> type[Generator]:
+    """The dialect's generator, remembering the text of each plain column reference and identifier
+    (``_Remembered``); one generator per render, so that threads share only the texts."""
+    base = _dialect(name).generator_class
+    return type(f"Remembered{base.__name__}", (_Remembered, base), {"_texts": {}})
+
+
+class _Remembered:
+    """A mixin for a dialect's generator: a plain column reference (``table.name``) or identifier is
+    rendered by the dialect's own generator the first time, then its text is reused.  They are most of
+    a plan's nodes, and rendering each afresh was a quarter of rendering a plan."""
+
+    _texts: dict[tuple, str]
+
+    def column_sql(self, expression: exp.Column) -> str:
+        args = expression.args
+        if args.keys() - {"this", "table"} or expression.comments:
+            return super().column_sql(expression)
+        this, qualifier = args["this"], args.get("table")
+        if type(this) is not exp.Identifier or this.comments or (qualifier is not None and qualifier.comments):
+            return super().column_sql(expression)
+        key = (this.this, this.quoted, None if qualifier is None else (qualifier.this, qualifier.quoted))
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = super().column_sql(expression)
+        return text
+
+    def identifier_sql(self, expression: exp.Identifier) -> str:
+        key = (expression.this, expression.quoted)
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = super().identifier_sql(expression)
+        return text
 
 
 def materialise(name: str, query: exp.Query, dialect: str) -> list[str]:

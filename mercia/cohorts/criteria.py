@@ -21,9 +21,11 @@ from mercia.cohorts.model import CohortDefinitionError
 from mercia.cohorts.sqlexpr import (
     BIGINT,
     add_days,
+    coalesce,
     col,
     date_literal,
     in_list,
+    join_of,
     null_as,
     num,
     row_number,
@@ -55,12 +57,11 @@ def _own(column: str) -> Callable[[str], exp.Expression]:
 
 
 def _coalesce_plus_one(end: str, start: str) -> Callable[[str], exp.Expression]:
-    return lambda t: exp.func("COALESCE", col(end, t), add_days(col(start, t), 1))
+    return lambda t: coalesce(col(end, t), add_days(col(start, t), 1))
 
 
 def _drug_end(t: str) -> exp.Expression:
-    return exp.func(
-        "COALESCE",
+    return coalesce(
         col("drug_exposure_end_date", t),
         add_days(col("drug_exposure_start_date", t), col("days_supply", t)),
         add_days(col("drug_exposure_start_date", t), 1),
@@ -437,7 +438,7 @@ class CriteriaCompiler:
                 rng = _field(c, attr)
                 if rng is not None:
                     ratio = exp.paren(
-                        exp.Div(this=value.copy(), expression=exp.func("NULLIF", col(bound, "C"), num(0)))
+                        exp.Div(this=value.copy(), expression=exp.Nullif(this=col(bound, "C"), expression=num(0)))
                     )
                     f.append(numeric_range(ratio, rng, whole=False))
             if c.abnormal:
@@ -499,9 +500,8 @@ class CriteriaCompiler:
         specialty_cs = _field(c, "provider_specialty_cs")
         if specialty or specialty_cs is not None:
             q = q.join(
-                table("provider", "PR"),
+                join_of(table("provider", "PR"), "left"),
                 on=exp.EQ(this=col("provider_id", "C"), expression=col("provider_id", "PR")),
-                join_type="left",
                 copy=False,
             )
             if specialty:

@@ -101,18 +101,22 @@ def read_result(store: Store, cohort_id: int, expr: CohortExpression, seconds: f
 def read_results(store: Store, cohorts: list[tuple[int, CohortExpression, float]]) -> list[CohortResult]:
     """Persons, entries and attrition of each (cohort id, definition, seconds), in one query (each
     round trip is a fixed cost of every cohort): per row, which of the four tables it comes from,
-    then that table's numbers in columns ``a``..``d``."""
+    then that table's numbers in columns ``a``..``d``.  The rules' tables only when a definition has
+    rules (without, they hold nothing the result reports)."""
     ids = [cid for cid, _, _ in cohorts]
     where = f"WHERE cohort_definition_id IN ({', '.join('?' * len(ids))})"
     parts = [
         "SELECT 0 AS part, cohort_definition_id AS cid, 0 AS mode_id, count(DISTINCT subject_id) AS a, "
         f"count(*) AS b, 0 AS c, 0 AS d FROM cohort {where} GROUP BY cohort_definition_id",
         "SELECT 1, cohort_definition_id, mode_id, base_count, final_count, 0, 0 FROM cohort_summary_stats " + where,
-        "SELECT 2, cohort_definition_id, mode_id, inclusion_rule_mask, person_count, 0, 0 "
-        f"FROM cohort_inclusion_result {where}",
-        "SELECT 3, cohort_definition_id, mode_id, rule_sequence, person_count, gain_count, person_total "
-        f"FROM cohort_inclusion_stats {where}",
     ]
+    if any(expr.inclusion_rules for _, expr, _ in cohorts):
+        parts += [
+            "SELECT 2, cohort_definition_id, mode_id, inclusion_rule_mask, person_count, 0, 0 "
+            f"FROM cohort_inclusion_result {where}",
+            "SELECT 3, cohort_definition_id, mode_id, rule_sequence, person_count, gain_count, person_total "
+            f"FROM cohort_inclusion_stats {where}",
+        ]
     rows = store.query(" UNION ALL ".join(parts) + " ORDER BY part, cid, mode_id, a", ids * len(parts))
     results = {cid: CohortResult(cohort_id=cid, persons=0, entries=0, seconds=seconds) for cid, _, seconds in cohorts}
     names = {cid: {i: r.name or "" for i, r in enumerate(expr.inclusion_rules)} for cid, expr, _ in cohorts}
