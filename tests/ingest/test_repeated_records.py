@@ -44,6 +44,8 @@ def test_vcf_allele_listed_twice_loads_its_last_copy_and_a_resend_is_unchanged(s
     assert (first.records, first.loaded, first.rejected, first.superseded) == (1, 1, 0, 0)
     assert _genotypes(store) == [("1/1", 30, "1/1")]
     assert _repeat_rejects(store, first.load_id) == [(13, "record key", REPEATED, "superseded")]
+    assert store.query("SELECT source_record FROM mercia_reject WHERE reason = ?", [REPEATED]) == store.query(
+        "SELECT source_record FROM mercia_provenance WHERE cdm_table = 'measurement'")  # names the record
     before = snapshot(store)
     again = load(store, "vcf", twice, "R9G")
     assert (again.loaded, again.unchanged, again.changed) == (1, 1, 0)
@@ -67,10 +69,11 @@ def test_csv_row_id_repeated_loads_its_last_copy_and_a_resend_is_unchanged(store
     before = snapshot(store)
     again = load(store, "csv", extract, "R9A", mapping="acute_trust")
     assert again.changed == 0 and again.unchanged == first.loaded and snapshot(store) == before
+    # the shipped extract: E1 position 1 is I21.9 once (position 2, E11.9, is a record of its own)
     corrected = load(store, "csv", write_acute(tmp_path / "fixed" / "R9A"), "R9A", mapping="acute_trust")
     assert corrected.changed == 1
     assert store.query("SELECT condition_source_value FROM condition_occurrence ORDER BY 1") == [
-        ("I21.9",), ("M17.1",)]
+        ("E11.9",), ("I21.9",), ("M17.1",)]
 
 
 def test_fhir_resource_id_repeated_without_meta_keeps_the_last_and_a_resend_is_unchanged(store, load, snapshot,
