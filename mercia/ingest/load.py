@@ -14,7 +14,8 @@ version wins: the later ``meta.lastUpdated`` (as an instant, in UTC), on equal i
 ``meta.versionId`` (as numbers when both are), then reading order.  A version without lastUpdated
 counts as at least as new as every version read before it (feeds without meta: the last one loaded
 wins).  Losing versions are kept as ``superseded`` rejects; ``mercia_record_version`` remembers the
-newest version loaded, so an older one sent later changes nothing.
+newest version loaded, so an older one sent later changes nothing.  A reader without versions that
+repeats a record key with other content in one load has its last copy kept (``keep_last_copies``).
 """
 
 from __future__ import annotations
