@@ -90,17 +90,20 @@ class CsvReader:
                 expr = f"COALESCE(strftime(try_strptime({expr}, {_sql_string(fmt)}), '%Y-%m-%d'), {expr})"
         return expr
 
-    def _from(self, directory: Path, entry: dict) -> tuple[str, str, str]:
-        """(main view, FROM clause, SQL hashing the whole source row incl. joined columns)."""
+    def _from(self, directory: Path, entry: dict) -> tuple[str, str, str, str]:
+        """(main view, FROM clause, SQL hashing the whole source row incl. joined columns, ORDER BY list
+        keeping file order: the load keeps the last row of a record key repeated in one file)."""
         main = self._view(directory, entry["source"])
         clause = f'"{main}"'
         content = f'CAST("{main}" AS VARCHAR)'
+        order = f'"{main}".rowid'
         join = entry.get("join")
         if join:
             other = self._view(directory, join["source"])
             clause += f' LEFT JOIN "{other}" ON "{other}"."{join["key"]}" = "{main}"."{join["key"]}"'
             content += f' || COALESCE(CAST("{other}" AS VARCHAR), \'\')'
-        return main, clause, f"md5({content})"
+            order += f', "{other}".rowid'
+        return main, clause, f"md5({content})", order
 
     def _select(self, entry: dict, main: str, fields: list[str], context: str) -> str:
         parts = []
@@ -136,7 +139,7 @@ class CsvReader:
 
     def _stage(self, directory: Path, entry: dict, context: str, schema: pa.Schema, target: Columns,
                kind: str | None) -> None:
-        main, clause, row_hash = self._from(directory, entry)
+        main, clause, row_hash, order = self._from(directory, entry)
         fields = [f for f in schema.names if f not in ("record_hash", "line", "kind", "record")]
         select = self._select(entry, main, fields, f"{entry['source']} {context}")
         record = self._expr(entry.get("record"), main, "record")
@@ -144,7 +147,7 @@ class CsvReader:
         prefix = _sql_string(f"{entry['source']}/")
         sql = f"""SELECT {prefix} || COALESCE({record}, '?') AS record,
                          {row_hash} AS record_hash, {select}
-                  FROM {clause} {skip}"""
+                  FROM {clause} {skip} ORDER BY {order}"""
         try:
             rows = self.con.sql(sql).to_arrow_table()
         except duckdb.BinderException as exc:

@@ -14,7 +14,8 @@ version wins: the later ``meta.lastUpdated`` (as an instant, in UTC), on equal i
 ``meta.versionId`` (as numbers when both are), then reading order.  A version without lastUpdated
 counts as at least as new as every version read before it (feeds without meta: the last one loaded
 wins).  Losing versions are kept as ``superseded`` rejects; ``mercia_record_version`` remembers the
-newest version loaded, so an older one sent later changes nothing.
+newest version loaded, so an older one sent later changes nothing.  A reader without versions that
+repeats a record key with other content in one load has its last copy kept (``keep_last_copies``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ DOMAIN_TABLE = {"Condition": "condition_occurrence", "Drug": "drug_exposure", "P
 LOAD_MEMORY_LIMIT = "512MB"
 # The store's temporary table of the records (source_record, record_hash) the running load has written so far.
 LOADED_RECORDS = "mercia_tmp_loaded_records"
+# The reason kept with each copy of a record that a later copy with other content replaced in one extract.
+REPEATED_RECORD = "the record repeats in this extract with different content: only its last copy was loaded"
 NOTE_TEXT = ""  # note text is never loaded (docs/ingest.md: free text can identify people); the column is NOT NULL
 
 
@@ -222,13 +225,8 @@ class _Load:
         if not losers.num_rows:
             return
         self.register("losers", losers)
-        for name in ("staged_persons_raw", "staged_events", "staged_sites", "staged_removals", "staged_rejects"):
-            loser = f"SELECT 1 FROM losers l WHERE l.record = s.record AND l.record_hash = s.record_hash"
-            if not con.execute(f"SELECT EXISTS (SELECT 1 FROM {name} s WHERE EXISTS ({loser}))").fetchall()[0][0]:
-                continue  # two key columns scanned rather than every column copied
-            con.execute(f"CREATE TABLE kept AS SELECT * FROM {name} s WHERE NOT EXISTS ({loser})")
-            con.unregister(name)
-            con.execute(f"ALTER TABLE kept RENAME TO {name}")
+        self._drop_staged(("staged_persons_raw", "staged_events", "staged_sites", "staged_removals", "staged_rejects"),
+                          "losers")
         bad, stale = pc.field("bad_instant"), pc.field("stale")
         for which, reason, action in [
                 (bad, "meta.lastUpdated is not an instant (YYYY-MM-DDThh:mm:ss+zz:zz)", "rejected"),
@@ -236,6 +234,44 @@ class _Load:
                 (~stale & ~bad, "a newer version of the record in the same load replaced it", "superseded")]:
             self.reject(losers.filter(which), "meta.lastUpdated", reason, action=action)
         self.superseded_records = set(losers.filter(stale & ~bad).column("source_record").to_pylist())
+
+    def _drop_staged(self, tables: tuple[str, ...], losers: str) -> None:
+        """Take the rows of the (record, record_hash) pairs in table ``losers`` out of the staged ``tables``."""
+        con = self.con
+        for name in tables:
+            loser = f"SELECT 1 FROM {losers} l WHERE l.record = s.record AND l.record_hash = s.record_hash"
+            if not con.execute(f"SELECT EXISTS (SELECT 1 FROM {name} s WHERE EXISTS ({loser}))").fetchall()[0][0]:
+                continue  # two key columns scanned rather than every column copied
+            con.execute(f"CREATE TABLE kept AS SELECT * FROM {name} s WHERE NOT EXISTS ({loser})")
+            con.unregister(name)  # the reader's table, registered
+            con.execute(f"DROP TABLE IF EXISTS {name}")  # or one an earlier step rebuilt
+            con.execute(f"ALTER TABLE kept RENAME TO {name}")
+
+    def keep_last_copies(self) -> None:
+        """A record without versions read with different contents in one extract (an ALT listed twice
+        at a site, a CSV row id repeated) keeps the copy read last (readers stage rows in reading order;
+        a line number restarts with each file); the other copies become ``superseded`` rejects.
+        Loading every copy stored the record twice, and a resend, matching neither copy alone, deleted
+        both and inserted none."""
+        staged = [self.staged.events.table(), self.staged.calls if self.staged.calls is not None
+                  else CALL_SCHEMA.empty_table()]
+        offsets = np.cumsum([0] + [t.num_rows for t in staged])
+        self.register("copies", pa.concat_tables([
+            t.select(["record", "record_hash", "line"]).append_column(
+                "pos", pa.array(np.arange(start, start + t.num_rows, dtype=np.int64)))
+            for t, start in zip(staged, offsets)]))
+        repeated = _table_from_query(self.con, """
+            SELECT DISTINCT c.record, c.record_hash, c.line, k.source_record FROM copies c
+            JOIN (SELECT record FROM copies ANTI JOIN versions USING (record)
+                  GROUP BY record HAVING count(DISTINCT record_hash) > 1) r USING (record)
+            JOIN record_keys k USING (record)
+            QUALIFY c.record_hash <> first_value(c.record_hash) OVER (
+                PARTITION BY c.record ORDER BY c.pos DESC)""")
+        if not repeated.num_rows:
+            return
+        self.register("repeated", repeated)
+        self._drop_staged(("staged_events", "staged_calls"), "repeated")
+        self.reject(repeated, "record key", REPEATED_RECORD, action="superseded")
 
     def record_versions(self, load_id: int) -> None:
         """Remember the newest version of each record this load wrote or removed (mercia_record_version)."""
@@ -1012,6 +1048,7 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
     job = _Load(store, staged, org, reader, options, load_id, last_ids)
     job.pseudonymise_records()
     job.choose_versions()
+    job.keep_last_copies()
     persons = job.prepare_persons()
     job.resolve_persons(persons)
     job.prepare_events()

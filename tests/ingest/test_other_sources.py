@@ -15,14 +15,21 @@ def reconciles(summary) -> None:
     assert summary.records == summary.loaded + summary.rejected + summary.withheld + summary.removed
 
 
-def test_hl7v2_lab_results_load(store, shared_data, load):
+def test_hl7v2_lab_results_load(store, shared_data, load, snapshot):
     folder = shared_data / "hl7v2/oru_lab"
     boms = [p for p in folder.glob("*.hl7") if p.read_bytes().startswith(b"\xef\xbb\xbf")]
     assert len(boms) == 3
     assert all(m.startswith("MSH|") for p in boms for m in split_messages(p.read_bytes()))
     summary = load(store, "hl7v2", folder, "R9P")
     reconciles(summary)
-    assert summary.rows["measurement"] == 55
+    # the four OUL examples share control id 1932 and repeat OBX 27 (heart rate): six copies of one record
+    # key, five contents, all at message 1 of their file; the last is loaded, the other five are not (four
+    # rejects: two of them are the same content at the same line); a resend lost all six before
+    assert summary.rows["measurement"] == 50
+    assert store.query("SELECT field, action, count(*) FROM mercia_reject WHERE reason LIKE 'the record repeats%' "
+                       "GROUP BY 1, 2") == [("record key", "superseded", 4)]
+    before = snapshot(store)
+    assert load(store, "hl7v2", folder, "R9P").changed == 0 and snapshot(store) == before
     # structured numeric "^182" with range 70_105 from the HL7 normative glucose example
     assert (182.0, 70.0, 105.0, "mg/dl") in store.query(
         "SELECT value_as_number, range_low, range_high, unit_source_value FROM measurement")

@@ -1,0 +1,99 @@
+"""A record key repeated with different content in one extract: the copy read last is loaded, every
+other copy is a ``superseded`` reject, and a resend of the same extract changes nothing (it used to
+delete the stored rows and insert none)."""
+
+from __future__ import annotations
+
+import orjson
+
+from tests.ingest.test_other_sources import ACUTE, write_acute
+from tests.ingest.test_vcf import HEADER, _phenopackets, bgzip
+
+REPEATED = "the record repeats in this extract with different content: only its last copy was loaded"
+
+
+def _vcf(folder, *lines):
+    """A bgzipped VCF of ``lines`` (P1, P2, P3 genotypes) at one folder, returned as its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plain.vcf").write_text(HEADER + "".join(lines))
+    bgzip(folder / "plain.vcf", folder / "trio.vcf.gz")
+    (folder / "plain.vcf").unlink()
+    return folder / "trio.vcf.gz"
+
+
+def _site(genotype: str, depth: int) -> str:
+    return f"chr17\t1000\t.\tA\tT\t50\tPASS\t.\tGT:DP:GQ\t{genotype}:{depth}:50\t0/0:1:1\t0/0:1:1\n"
+
+
+def _genotypes(store) -> list[tuple]:
+    return store.query("""SELECT v.genotype, v.read_depth, m.value_source_value FROM variant_occurrence v
+                          JOIN measurement m USING (measurement_id) ORDER BY 1, 2""")
+
+
+def _repeat_rejects(store, load_id: int) -> list[tuple]:
+    return store.query("SELECT line, field, reason, action FROM mercia_reject WHERE load_id = ? AND reason = ?",
+                       [load_id, REPEATED])
+
+
+def test_vcf_allele_listed_twice_loads_its_last_copy_and_a_resend_is_unchanged(store, load, snapshot, tmp_path):
+    _phenopackets(tmp_path / "pp", ["P1", "P2", "P3"])
+    load(store, "phenopackets", tmp_path / "pp", "R9G")
+    # the same ALT at one site on lines 13 and 14 (header is 12 lines): one record key, two contents
+    twice = _vcf(tmp_path / "twice", _site("0/1", 20), _site("1/1", 30))
+    first = load(store, "vcf", twice, "R9G")
+    assert (first.records, first.loaded, first.rejected, first.superseded) == (1, 1, 0, 0)
+    assert _genotypes(store) == [("1/1", 30, "1/1")]
+    assert _repeat_rejects(store, first.load_id) == [(13, "record key", REPEATED, "superseded")]
+    assert store.query("SELECT source_record FROM mercia_reject WHERE reason = ?", [REPEATED]) == store.query(
+        "SELECT source_record FROM mercia_provenance WHERE cdm_table = 'measurement'")  # names the record
+    before = snapshot(store)
+    again = load(store, "vcf", twice, "R9G")
+    assert (again.loaded, again.unchanged, again.changed) == (1, 1, 0)
+    assert snapshot(store) == before
+    # a corrected resend (the allele once) replaces the stored copy exactly once
+    corrected = load(store, "vcf", _vcf(tmp_path / "corrected", _site("0/1", 20)), "R9G")
+    assert (corrected.changed, corrected.unchanged) == (1, 0)
+    assert _genotypes(store) == [("0/1", 20, "0/1")]
+    assert store.query_one("SELECT count(*) FROM mercia_provenance WHERE cdm_table = 'measurement'") == 1
+
+
+def test_csv_row_id_repeated_loads_its_last_copy_and_a_resend_is_unchanged(store, load, snapshot, tmp_path):
+    files = {**ACUTE, "diagnoses.csv": "encounter_id,position,icd10_code\nE1,1,I21.9\nE1,1,E11.9\nE2,1,M17.1\n"}
+    extract = tmp_path / "R9A"
+    for name, text in files.items():
+        (extract.mkdir(exist_ok=True), (extract / name).write_text(text))
+    first = load(store, "csv", extract, "R9A", mapping="acute_trust")
+    assert store.query("SELECT condition_source_value FROM condition_occurrence ORDER BY 1") == [
+        ("E11.9",), ("M17.1",)]
+    assert _repeat_rejects(store, first.load_id) == [(None, "record key", REPEATED, "superseded")]
+    before = snapshot(store)
+    again = load(store, "csv", extract, "R9A", mapping="acute_trust")
+    assert again.changed == 0 and again.unchanged == first.loaded and snapshot(store) == before
+    # the shipped extract: E1 position 1 is I21.9 once (position 2, E11.9, is a record of its own)
+    corrected = load(store, "csv", write_acute(tmp_path / "fixed" / "R9A"), "R9A", mapping="acute_trust")
+    assert corrected.changed == 1
+    assert store.query("SELECT condition_source_value FROM condition_occurrence ORDER BY 1") == [
+        ("E11.9",), ("I21.9",), ("M17.1",)]
+
+
+def test_fhir_resource_id_repeated_without_meta_keeps_the_last_and_a_resend_is_unchanged(store, load, snapshot,
+                                                                                         tmp_path):
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-05-01"}
+
+    def height(value):
+        return {"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1"},
+                "status": "final", "effectiveDateTime": "2016-01-01",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
+                "valueQuantity": {"value": value, "code": "cm"}}
+
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d1" / "all.ndjson").write_bytes(b"\n".join(orjson.dumps(r) for r in (patient, height(150),
+                                                                                       height(155))))
+    first = load(store, "fhir", tmp_path / "d1", "RX1")
+    assert (first.loaded, first.superseded) == (2, 0)
+    assert store.query("SELECT value_as_number FROM measurement") == [(155.0,)]
+    assert store.query("SELECT line, action FROM mercia_reject WHERE reason LIKE 'a newer version%'") == [
+        (2, "superseded")]
+    before = snapshot(store)
+    again = load(store, "fhir", tmp_path / "d1", "RX1")
+    assert (again.unchanged, again.changed) == (2, 0) and snapshot(store) == before
