@@ -20,6 +20,11 @@ work outside that backend.  Writes a fresh ``benchmarks/results/engines-<engines
         [--region DIR]   # a region written before by `mercia synth omop --out DIR --format parquet`
         [--stores DIR]   # keep the loaded stores there, and reuse them when already loaded
 
+``--gibleed N`` runs the same comparison on OHDSI's GiBleed scaled N times instead, over every reference
+definition that finds persons there (issue 19's per-engine totals):
+
+    PYTHONPATH=. .venv/bin/python benchmarks/engines.py --gibleed 20 --engines duckdb,postgres,spark
+
 Engines may also run side by side, one process each (``--engines spark`` …), then
 ``--compare A.json B.json C.json`` checks that their rows are identical.  The JSON is rewritten after
 every step ("complete": false until the end).
@@ -28,11 +33,14 @@ every step ("complete": false until the end).
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import hashlib
 import os
 import platform
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -44,7 +52,7 @@ import orjson
 from mercia.analytics.characterise import characterise
 from mercia.cdm import Store
 from mercia.cdm.dialect import rows_checksum
-from mercia.cdm.loader import load_omop_directory
+from mercia.cdm.loader import export_omop, load_omop_directory
 from mercia.cohorts import CohortExpression, run_cohort
 from mercia.synth import write_omop_parquet
 
@@ -146,6 +154,37 @@ def reuse_region(out: Path, persons: int) -> dict:
     return {"reused": str(out)}
 
 
+def make_gibleed(out: Path, replicas: int, work: Path) -> dict:
+    """OHDSI's GiBleed loaded by Mercia, scaled ``replicas`` times by the shared tool
+    (``../shared/tools/circe/scale_gibleed.py``: every copy an exact twin with its own ids, so each
+    reference cohort has ``replicas`` times OHDSI's persons), exported as Parquet for every engine's loader."""
+    if (out / "person.parquet").exists():
+        return {"reused": str(out), "persons": gibleed_persons(out)}
+    source, scaled = work / "gibleed.duckdb", work / f"gibleed-x{replicas}.duckdb"
+    for path in (source, scaled):
+        path.unlink(missing_ok=True)
+    clock = Clock([])
+    with Store(str(source)) as store:
+        _, seconds_load = clock.time(lambda: load_omop_directory(store, DATA / "eunomia_gibleed"))
+    _, seconds_scale = clock.time(lambda: subprocess.run(
+        [sys.executable, str(ROOT.parent / "shared" / "tools" / "circe" / "scale_gibleed.py"), str(source),
+         str(scaled), str(replicas)], check=True, capture_output=True))
+    with Store(str(scaled)) as store:
+        _, seconds_export = clock.time(lambda: export_omop(store, out, "parquet"))
+    return {"replicas": replicas, "persons": gibleed_persons(out), "seconds_load": seconds_load,
+            "seconds_scale": seconds_scale, "seconds_export": seconds_export}
+
+
+def gibleed_persons(out: Path) -> int:
+    return duckdb.connect().execute(f"SELECT count(*) FROM '{out / 'person.parquet'}'").fetchone()[0]
+
+
+def reference_persons() -> dict[int, int]:
+    """Each reference definition that finds persons on GiBleed -> OHDSI's count of them."""
+    rows = csv.DictReader((DATA / "ohdsi_reference" / "expected_counts.csv").open())
+    return {int(r["cohort_id"]): int(r["persons"]) for r in rows if int(r["persons"] or 0) > 0}
+
+
 def add_vocabulary(out: Path) -> None:
     gibleed = DATA / "eunomia_gibleed"
     con = duckdb.connect()
@@ -226,7 +265,11 @@ def main() -> None:
     parser.add_argument("--duckdb-memory", default="3GB", help="the DuckDB store's memory limit "
                                                                  "(setting duckdb_memory_limit)")
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--cohorts", default=",".join(map(str, COHORTS)))
+    parser.add_argument("--cohorts", help=f"cohort ids, comma-separated (default: {','.join(map(str, COHORTS))}; "
+                                          "with --gibleed, every reference definition that finds persons on GiBleed)")
+    parser.add_argument("--gibleed", type=int, metavar="N", help="instead of a synthetic region: OHDSI's GiBleed "
+                        "scaled N times (its reference cohorts then have N times OHDSI's rows); the region "
+                        "directory (--region, else temporary) receives its Parquet export")
     parser.add_argument("--region", type=Path, help="reuse this region (`mercia synth omop --out DIR --format "
                                                    "parquet` with the same --persons and --seed) instead of "
                                                    "generating one in a temporary directory")
@@ -241,7 +284,8 @@ def main() -> None:
     engines = args.engines.split(",")
     if "postgres" in engines and not args.postgres:
         parser.error("PostgreSQL needs --postgres URL or MERCIA_TEST_POSTGRES_URL")
-    cohort_ids = [int(c) for c in args.cohorts.split(",")]
+    cohort_ids = ([int(c) for c in args.cohorts.split(",")] if args.cohorts
+                  else list(reference_persons()) if args.gibleed else COHORTS)
     os.environ["MERCIA_DUCKDB_MEMORY_LIMIT"] = args.duckdb_memory
 
     result: dict = {"benchmark": "engines", "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -272,7 +316,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mercia-engines-") as tmp:
         work = args.stores.resolve() if args.stores else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        if args.region:
+        if args.gibleed:
+            parquet = (args.region or Path(tmp) / "gibleed").resolve()
+            result["region"] = make_gibleed(parquet, args.gibleed, Path(tmp))
+            args.persons = result["persons"] = result["region"]["persons"]  # names kept stores
+        elif args.region:
             parquet = args.region.resolve()
             result["region"] = reuse_region(parquet, args.persons)
         else:
@@ -307,6 +355,7 @@ def main() -> None:
                     peaks[kind][name] = max(peaks[kind].get(name, 0.0), peak_rss_mb(pid))
                 return value
 
+            ohdsi = reference_persons()
             for cohort_id in cohort_ids:
                 expr = CohortExpression.from_json((DATA / "ohdsi_reference" / "cohorts" / f"{cohort_id}.json").read_bytes())
                 entry: dict = {"cohort_id": cohort_id, "seconds": {}, "persons": {}, "entries": {}, "rows_checksum": {}}
@@ -317,6 +366,9 @@ def main() -> None:
                     entry["persons"][engine], entry["entries"][engine] = outcome.persons, outcome.entries
                     entry["rows_checksum"][engine] = measured("digests", lambda s=store, c=cohort_id: rows_digest(s, c))
                 entry["identical_rows"] = len(set(entry["rows_checksum"].values())) == 1
+                if args.gibleed and cohort_id in ohdsi:  # every copy a twin: N times OHDSI's persons
+                    entry["ohdsi_persons"] = args.gibleed * ohdsi[cohort_id]
+                    entry["identical_rows"] &= set(entry["persons"].values()) == {entry["ohdsi_persons"]}
                 entry["load_average_after"] = load_average()
                 result["cohorts"].append(entry)
                 result["peak_rss_mb_cohorts"], result["peak_rss_mb_digests"] = peaks["cohorts"], peaks["digests"]
