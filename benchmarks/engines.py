@@ -167,7 +167,7 @@ def make_gibleed(out: Path, replicas: int, work: Path) -> dict:
     with Store(str(source)) as store:
         _, seconds_load = clock.time(lambda: load_omop_directory(store, DATA / "eunomia_gibleed"))
     _, seconds_scale = clock.time(lambda: subprocess.run(
-        [sys.executable, str(ROOT.parent / "shared" / "tools" / "circe" / "scale_gibleed.py"), str(source),
+        [sys.executable, str(DATA.parent / "tools" / "circe" / "scale_gibleed.py"), str(source),
          str(scaled), str(replicas)], check=True, capture_output=True))
     with Store(str(scaled)) as store:
         _, seconds_export = clock.time(lambda: export_omop(store, out, "parquet"))
