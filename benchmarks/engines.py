@@ -176,7 +176,8 @@ def make_gibleed(out: Path, replicas: int, work: Path) -> dict:
 
 
 def gibleed_persons(out: Path) -> int:
-    return duckdb.connect().execute(f"SELECT count(*) FROM '{out / 'person.parquet'}'").fetchone()[0]
+    with duckdb.connect() as con:
+        return con.execute(f"SELECT count(*) FROM '{out / 'person.parquet'}'").fetchone()[0]
 
 
 def reference_persons() -> dict[int, int]:
