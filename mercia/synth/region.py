@@ -627,7 +627,7 @@ def _rare_disease(writer: Writer, chunk: Chunk, seen: np.ndarray, xw: pa.Table, 
                                "phenopacketSchemaVersion": "2.0"}}
         if rare.solved[case]:
             gene = panel.gene[disease]
-            vcf_rel = f"rare_disease/{orgs.rare_disease}/vcf/{pid}.vcf"
+            vcf_rel = f"rare_disease/{orgs.rare_disease}/vcf/{pid}.vcf.gz"
             packet["interpretations"] = [{
                 "id": f"{pid}-interpretation", "progressStatus": "SOLVED",
                 "diagnosis": {"disease": {"id": panel.disease_ids[disease], "label": panel.disease_names[disease]},
@@ -642,18 +642,19 @@ def _rare_disease(writer: Writer, chunk: Chunk, seen: np.ndarray, xw: pa.Table, 
                                                        else "GENO:0000137",
                                                        "label": "heterozygous" if rare.genotype[case] == "0/1"
                                                        else "homozygous"}}}}]}}]
-            packet["files"] = [{"uri": f"file://vcf/{pid}.vcf", "individualToFileIdentifiers": {pid: pid},
+            packet["files"] = [{"uri": f"file://vcf/{pid}.vcf.gz", "individualToFileIdentifiers": {pid: pid},
                                 "fileAttributes": {"genomeAssembly": "GRCh38", "fileFormat": "VCF"}}]
-            vcf = ("##fileformat=VCFv4.2\n"
-                   f"##fileDate={(EPOCH + dt.timedelta(days=seen_day)).strftime('%Y%m%d')}\n##reference=GRCh38\n"
-                   '##INFO=<ID=GENE,Number=1,Type=String,Description="HGNC gene symbol">\n'
-                   '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
-                   f"#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t{pid}\n"
-                   f"chr{rare.chrom[case]}\t{int(rare.pos[case])}\t.\t{rare.ref[case]}\t{rare.alt[case]}\t50\tPASS\t"
-                   f"GENE={gene}\tGT\t{rare.genotype[case]}\n")
+            header = ("##fileformat=VCFv4.2\n"
+                      f"##fileDate={(EPOCH + dt.timedelta(days=seen_day)).strftime('%Y%m%d')}\n##reference=GRCh38\n"
+                      f"##contig=<ID=chr{rare.chrom[case]}>\n"
+                      '##INFO=<ID=GENE,Number=1,Type=String,Description="HGNC gene symbol">\n'
+                      '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+                      f"#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t{pid}\n")
+            site = (f"chr{rare.chrom[case]}\t{int(rare.pos[case])}\t.\t{rare.ref[case]}\t{rare.alt[case]}\t50\tPASS\t"
+                    f"GENE={gene}\tGT\t{rare.genotype[case]}")
             path = writer.out / vcf_rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(vcf, encoding="utf-8")
+            _write_bgzipped_vcf(path, header, [site])
             writer.counts[vcf_rel] = 1
             variants.append({"person_id": int(p.person_id[person]), "phenopacket_id": pid, "gene": gene,
                              "chrom": f"chr{rare.chrom[case]}", "pos": int(rare.pos[case]), "ref": rare.ref[case],
@@ -668,6 +669,19 @@ def _rare_disease(writer: Writer, chunk: Chunk, seen: np.ndarray, xw: pa.Table, 
                         ("chrom", pa.string()), ("pos", pa.int64()), ("ref", pa.string()), ("alt", pa.string()),
                         ("genotype", pa.string()), ("disease_id", pa.string())])
     return pa.Table.from_pylist(variants, schema=schema)
+
+
+def _write_bgzipped_vcf(path: Path, header: str, sites: list[str]) -> None:
+    """A VCF compressed with BGZF blocks (as sequencing pipelines deliver them, indexable by tabix),
+    written by htslib through cyvcf2 so the file is what the VCF reader meets in practice."""
+    from cyvcf2 import Writer as VcfWriter
+
+    vcf = VcfWriter.from_string(str(path), header, mode="wz")
+    try:
+        for site in sites:
+            vcf.write_record(vcf.variant_from_string(site))
+    finally:
+        vcf.close()
 
 
 CSV_HEADERS = {

@@ -4,6 +4,7 @@ are exactly the ones logged, the crosswalk tells the truth, and the same seed gi
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def test_layout_matches_the_contract(region):
                 assert (out / "acute" / o["org_code"] / f"{name}.csv").exists()
     assert (out / "pathology" / "R9P" / "results.hl7").exists()
     assert list((out / "rare_disease" / "R9G" / "phenopackets").glob("*.json"))
-    assert list((out / "rare_disease" / "R9G" / "vcf").glob("*.vcf"))
+    assert list((out / "rare_disease" / "R9G" / "vcf").glob("*.vcf.gz"))
     assert (out / "proms" / "proms.csv").exists()
     samples = manifest["files"]["metabolomics/R9M/nmr_wide.csv"]
     assert samples == manifest["files"]["metabolomics/R9M/manifest.csv"] > 0
@@ -161,8 +162,10 @@ def test_phenopackets_parse_with_the_ga4gh_package_and_point_at_their_vcf(region
         assert packet.diseases[0].term.id.startswith("OMIM:")
         if packet.interpretations:
             solved += 1
-            vcf = out / "rare_disease" / "R9G" / "vcf" / f"{packet.id}.vcf"
-            lines = vcf.read_text().splitlines()
+            vcf = out / "rare_disease" / "R9G" / "vcf" / f"{packet.id}.vcf.gz"
+            assert packet.files[0].uri == f"file://vcf/{vcf.name}"
+            assert vcf.read_bytes()[12:16] == b"BC\x02\x00"  # a BGZF block (SAM/BAM spec 4.1), not plain gzip
+            lines = gzip.decompress(vcf.read_bytes()).decode().splitlines()
             assert lines[0] == "##fileformat=VCFv4.2"
             record = lines[-1].split("\t")
             desc = packet.interpretations[0].diagnosis.genomic_interpretations[0].variant_interpretation\
