@@ -25,6 +25,12 @@ definition that finds persons there (issue 19's per-engine totals):
 
     PYTHONPATH=. .venv/bin/python benchmarks/engines.py --gibleed 20 --engines duckdb,postgres,spark
 
+With ``--circe`` (GiBleed only) OHDSI's own SQL for each cohort (the PhenotypeLibrary's SQL Server rendering in
+``../shared/data/ohdsi_reference/circe_sql``, rendered by the shared ``../shared/tools/circe/ohdsi_oracle.py`` and
+translated by sqlglot from T-SQL to the engine's dialect before any clock starts) runs too, on DuckDB and
+PostgreSQL, alternating with Mercia cohort by cohort, into its own ``cohort_circe`` table; its rows' checksum
+must equal Mercia's.  Spark is not offered: Circe's scripts need temporary tables, which Spark SQL lacks.
+
 Engines may also run side by side, one process each (``--engines spark`` …), then
 ``--compare A.json B.json C.json`` checks that their rows are identical.  The JSON is rewritten after
 every step ("complete": false until the end).
@@ -224,6 +230,67 @@ def rows_digest(store: Store, cohort_id: int) -> str:
                            "WHERE cohort_definition_id = ?", [cohort_id])
 
 
+CIRCE_TABLE = "cohort_circe"
+
+
+def circe_results_schema(store: Store) -> str:
+    """Where Circe's scripts write their statistics: a schema of their own beside the store's."""
+    return f"{store.schema}_circe" if store.dialect == "postgres" else "circe_results"
+
+
+def prepare_circe(store: Store) -> None:
+    """Circe's target and statistics tables (its scripts expect them to exist), empty."""
+    sys.path.insert(0, str(DATA.parent / "tools" / "circe"))
+    import ohdsi_oracle  # the shared tool, outside the package
+
+    results = circe_results_schema(store)
+    store.execute(f'DROP SCHEMA IF EXISTS "{results}" CASCADE')
+    store.execute(f'DROP TABLE IF EXISTS "{CIRCE_TABLE}"')
+    ddl = (ohdsi_oracle.RESULTS_DDL.replace("CREATE SCHEMA IF NOT EXISTS results;", f'CREATE SCHEMA "{results}";')
+           .replace("main.cohort ", f'"{CIRCE_TABLE}" ').replace("results.", f'"{results}".'))
+    for statement in filter(str.strip, ddl.split(";")):
+        store.execute(statement)
+
+
+def circe_statements(store: Store, cohort_id: int) -> list[str]:
+    """OHDSI's script for one cohort in the store's dialect (rendered and translated, not yet run).  The
+    shared tool's DuckDB translation is used as it is; for PostgreSQL the same steps with sqlglot writing
+    PostgreSQL, and DATEFROMPARTS, which sqlglot leaves as DATE_FROM_PARTS, becomes PostgreSQL's MAKE_DATE."""
+    import re
+
+    import ohdsi_oracle
+    import sqlglot
+
+    schema = store.schema or "main"
+    params = dict(cdm_database_schema=schema, vocabulary_database_schema=schema, target_database_schema=schema,
+                  target_cohort_table=CIRCE_TABLE, results_database_schema=circe_results_schema(store),
+                  target_cohort_id=str(cohort_id))
+    raw = (DATA / "ohdsi_reference" / "circe_sql" / f"{cohort_id}.sql").read_text(encoding="utf-8-sig")
+    statements = ohdsi_oracle.split(ohdsi_oracle.render(raw, params))
+    if store.dialect == "duckdb":
+        return [q for st in statements for q in ohdsi_oracle.translate(st)]
+    out = []
+    for st in statements:
+        if re.match(r"(?is)^(UPDATE\s+STATISTICS|ANALYZE)\b", st) or re.match(r"(?is)^TRUNCATE\s+TABLE\s+#", st):
+            continue  # statistics hints; a temporary table's truncate is always followed by its drop
+        st = re.sub(r"(?i)\bcount_big\s*\(", "COUNT(", st)
+        out += [re.sub(r"(?i)\bdate_from_parts\s*\(", "MAKE_DATE(", q)
+                for q in sqlglot.transpile(st, read="tsql", write="postgres") if q.strip()]
+    return out
+
+
+def run_circe(store: Store, statements: list[str]) -> None:
+    """One cohort's script in one transaction, as ``run_cohort`` writes its own."""
+    with store.transaction():
+        for statement in statements:
+            store.execute(statement)
+
+
+def circe_digest(store: Store, cohort_id: int) -> tuple[int, str]:
+    return tuple(store.query(f"SELECT count(DISTINCT subject_id), {rows_checksum(store, COHORT_COLUMNS)} "
+                             f'FROM "{CIRCE_TABLE}" WHERE cohort_definition_id = ?', [cohort_id])[0])
+
+
 def published(store: Store) -> dict:
     """The characterisation as it leaves the store, without its time stamp."""
     data = characterise(store, CHARACTERISED).to_json_dict()
@@ -271,6 +338,8 @@ def main() -> None:
     parser.add_argument("--gibleed", type=int, metavar="N", help="instead of a synthetic region: OHDSI's GiBleed "
                         "scaled N times (its reference cohorts then have N times OHDSI's rows); the region "
                         "directory (--region, else temporary) receives its Parquet export")
+    parser.add_argument("--circe", action="store_true", help="with --gibleed: also OHDSI's own SQL for each cohort "
+                        "on DuckDB and PostgreSQL, alternating with Mercia (see above)")
     parser.add_argument("--region", type=Path, help="reuse this region (`mercia synth omop --out DIR --format "
                                                    "parquet` with the same --persons and --seed) instead of "
                                                    "generating one in a temporary directory")
@@ -283,6 +352,8 @@ def main() -> None:
         compare(args.compare)
         return
     engines = args.engines.split(",")
+    if args.circe and (not args.gibleed or "spark" in engines):
+        parser.error("--circe needs --gibleed and runs on duckdb and postgres only")
     if "postgres" in engines and not args.postgres:
         parser.error("PostgreSQL needs --postgres URL or MERCIA_TEST_POSTGRES_URL")
     cohort_ids = ([int(c) for c in args.cohorts.split(",")] if args.cohorts
@@ -357,16 +428,35 @@ def main() -> None:
                 return value
 
             ohdsi = reference_persons()
-            for cohort_id in cohort_ids:
+            circe_scripts = {}
+            if args.circe:
+                for engine, store in stores.items():
+                    prepare_circe(store)
+                    circe_scripts[engine] = {c: circe_statements(store, c) for c in cohort_ids}
+            for index, cohort_id in enumerate(cohort_ids):
                 expr = CohortExpression.from_json((DATA / "ohdsi_reference" / "cohorts" / f"{cohort_id}.json").read_bytes())
                 entry: dict = {"cohort_id": cohort_id, "seconds": {}, "persons": {}, "entries": {}, "rows_checksum": {}}
+                if args.circe:
+                    entry.update(circe_seconds={}, circe_persons={}, circe_rows_equal={})
                 for engine, store in stores.items():
+                    if args.circe and index % 2 == 0:  # alternate which of the two runs first
+                        entry["circe_seconds"][engine] = clocks[engine].time(
+                            lambda s=store: run_circe(s, circe_scripts[engine][cohort_id]))[1]
                     outcome, seconds = measured("cohorts", lambda s=store, e=expr, c=cohort_id: clocks[engine].time(
                         lambda: run_cohort(s, e, c)))
                     entry["seconds"][engine] = seconds
                     entry["persons"][engine], entry["entries"][engine] = outcome.persons, outcome.entries
                     entry["rows_checksum"][engine] = measured("digests", lambda s=store, c=cohort_id: rows_digest(s, c))
-                entry["identical_rows"] = len(set(entry["rows_checksum"].values())) == 1
+                    if args.circe:
+                        if index % 2:
+                            entry["circe_seconds"][engine] = clocks[engine].time(
+                                lambda s=store: run_circe(s, circe_scripts[engine][cohort_id]))[1]
+                        persons, checksum = circe_digest(store, cohort_id)
+                        entry["circe_persons"][engine] = persons
+                        entry["circe_rows_equal"][engine] = (checksum == entry["rows_checksum"][engine]
+                                                             and persons == outcome.persons)
+                entry["identical_rows"] = (len(set(entry["rows_checksum"].values())) == 1
+                                           and all(entry.get("circe_rows_equal", {}).values()))
                 if args.gibleed and cohort_id in ohdsi:  # every copy a twin: N times OHDSI's persons
                     entry["ohdsi_persons"] = args.gibleed * ohdsi[cohort_id]
                     entry["identical_rows"] &= set(entry["persons"].values()) == {entry["ohdsi_persons"]}
@@ -396,6 +486,17 @@ def main() -> None:
     result["totals"] = {engine: {"cohort_wall": round(sum(c["seconds"][engine]["wall"] for c in result["cohorts"]), 2),
                                  "cohort_cpu": round(sum(c["seconds"][engine]["cpu"] for c in result["cohorts"]), 2)}
                         for engine in engines}
+    if args.circe:
+        for engine, totals in result["totals"].items():
+            for kind in ("wall", "cpu"):
+                circe = sum(c["circe_seconds"][engine][kind] for c in result["cohorts"])
+                ratios = sorted(c["seconds"][engine][kind] / max(c["circe_seconds"][engine][kind], 1e-9)
+                                for c in result["cohorts"])
+                totals[f"circe_cohort_{kind}"] = round(circe, 2)
+                totals[f"mercia_over_circe_{kind}"] = round(totals[f"cohort_{kind}"] / circe, 3)
+                totals[f"per_cohort_ratio_{kind}"] = {"median": round(ratios[len(ratios) // 2], 3),
+                                                      "max": round(ratios[-1], 3),
+                                                      "slower_than_circe": sum(r > 1 for r in ratios)}
     result["complete"] = True
     save()
     print(f"wrote {out}")
