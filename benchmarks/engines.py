@@ -255,7 +255,8 @@ def prepare_circe(store: Store) -> None:
 def circe_statements(store: Store, cohort_id: int) -> list[str]:
     """OHDSI's script for one cohort in the store's dialect (rendered and translated, not yet run).  The
     shared tool's DuckDB translation is used as it is; for PostgreSQL the same steps with sqlglot writing
-    PostgreSQL, and DATEFROMPARTS, which sqlglot leaves as DATE_FROM_PARTS, becomes PostgreSQL's MAKE_DATE."""
+    PostgreSQL, except two it leaves untranslated, done as OHDSI's SqlRender does: ``UPDATE STATISTICS #t``
+    becomes ``ANALYZE t`` and DATEFROMPARTS PostgreSQL's MAKE_DATE."""
     import re
 
     import ohdsi_oracle
@@ -271,8 +272,11 @@ def circe_statements(store: Store, cohort_id: int) -> list[str]:
         return [q for st in statements for q in ohdsi_oracle.translate(st)]
     out = []
     for st in statements:
-        if re.match(r"(?is)^(UPDATE\s+STATISTICS|ANALYZE)\b", st) or re.match(r"(?is)^TRUNCATE\s+TABLE\s+#", st):
-            continue  # statistics hints; a temporary table's truncate is always followed by its drop
+        if re.match(r"(?is)^TRUNCATE\s+TABLE\s+#", st):
+            continue  # always followed by the temporary table's drop
+        if statistics := re.match(r"(?is)^UPDATE\s+STATISTICS\s+#(\w+)$", st):
+            out.append(f"ANALYZE {statistics.group(1)}")  # as SqlRender translates it for PostgreSQL
+            continue
         st = re.sub(r"(?i)\bcount_big\s*\(", "COUNT(", st)
         out += [re.sub(r"(?i)\bdate_from_parts\s*\(", "MAKE_DATE(", q)
                 for q in sqlglot.transpile(st, read="tsql", write="postgres") if q.strip()]

@@ -240,19 +240,15 @@ class _Compiler:
     def inclusion_events(self, qualified: str) -> exp.Query:
         selects = []
         for i, rule in enumerate(self.expr.inclusion_rules):
-            q = exp.select(
+            # The group's rows are qualified events already, one per (person, event): no join back to them
+            # (PostgreSQL, guessing one row out of the group's HAVING, looped over every event for each).
+            selects.append(exp.select(
                 exp.alias_(num(i), "inclusion_rule_id", copy=False),
                 exp.alias_(exp.cast(num(2**i), BIGINT, copy=False), "rule_bit", copy=False),
-                col("person_id", "pe"),
-                col("event_id", "pe"),
+                col("person_id", "AC"),
+                col("event_id", "AC"),
                 copy=False,
-            ).from_(table(qualified, "pe"), copy=False)
-            q = q.join(
-                self.group(rule.expression, lambda: table(qualified), 0).subquery("AC", copy=False),
-                on=_same_event("AC", "pe"),
-                copy=False,
-            )
-            selects.append(q)
+            ).from_(self.group(rule.expression, lambda: table(qualified), 0).subquery("AC", copy=False), copy=False))
         return union_all(selects)
 
     def event_masks(self, qualified: str, inclusion: str) -> exp.Query:
@@ -518,6 +514,10 @@ class _Compiler:
             parts.append(q)
         for sub in g.groups:
             parts.append(self.group(sub, events, len(parts), unique_events))
+        if unique_events and len(parts) == 1 and (g.type in ("ALL", "ANY") or (g.type == "AT_LEAST" and g.count == 1)):
+            # one part, each event at most once in it: the events it keeps are the group's, no count needed
+            return exp.select(exp.alias_(num(index), "index_id", copy=False), col("person_id", "CQ"),
+                              col("event_id", "CQ"), copy=False).from_(parts[0].subquery("CQ", copy=False), copy=False)
         count = exp.Count(this=col("index_id", "CQ"))
         join_type = "inner"
         if g.type == "ALL":
