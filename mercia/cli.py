@@ -7,8 +7,6 @@ compiler, the synthesiser or the web app; ``mercia --help`` still lists every gr
 
 from __future__ import annotations
 
-import atexit
-import gc
 import importlib
 from functools import cache
 
@@ -79,16 +77,5 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def main() -> None:
-    """The ``mercia`` program (console script, ``python -m mercia.cli``): ``app`` in a process of its own.
-
-    At exit the interpreter's last collections walk every object left, most of them made by the imports
-    (pandas, pyarrow, pydantic): 0.1-0.2 s of a command's wall time.  Freezing them first skips that walk; the
-    refcounted objects are still freed and every store and file Mercia opens is closed by its ``with`` block,
-    not by the collector."""
-    atexit.register(gc.freeze)
-    app()
-
-
 if __name__ == "__main__":  # `python -m mercia.cli ...`, as the tests and docs run it
-    main()
+    app()
