@@ -79,8 +79,8 @@ def test_a_fhir_load_from_the_command_line_imports_only_what_it_uses(shared_data
               "print(gc.get_freeze_count() > 0,\n"
               "      *sorted(m for m in sys.modules if m.startswith(('mercia', 'sqlglot'))))")
     done = subprocess.run([sys.executable, "-c", script, "ingest", "fhir",
-                           str(shared_data / "fhir/ukcore_examples/json"), "--org", "RR8", "--db", str(tmp_path / "cold.duckdb"), "--json"],
-                          capture_output=True, text=True, check=True)
+                           str(shared_data / "fhir/ukcore_examples/json"), "--org", "RR8",
+                           "--db", str(tmp_path / "cold.duckdb"), "--json"], capture_output=True, text=True, check=True)
     assert orjson.loads(done.stdout[:done.stdout.rindex("]") + 1])[0]["loaded"] > 0
     frozen, *loaded = done.stdout.splitlines()[-1].split()
     assert frozen == "True"
