@@ -3,6 +3,8 @@ export fetched from a server, or a whole region."""
 
 from __future__ import annotations
 
+import atexit
+import gc
 from pathlib import Path
 
 import typer
@@ -61,6 +63,10 @@ def _load(kind: str, path: Path, org: str, db: str | None, mapping: str | None, 
             raise typer.Exit(2) from None
         record_cli_write(store, f"ingest.{kind}", f"org:{org}", extract=path.name, loaded=summary.loaded,
                          rejected=summary.rejected)
+    # The stores are closed: nothing the load made needs the collector any more.  At exit the interpreter's
+    # last collections would walk every object left, most of them the imports' (pandas, pyarrow, pydantic):
+    # 0.1-0.2 s of a command-line load's wall time.  Frozen, they are skipped (refcounted ones are still freed).
+    atexit.register(gc.freeze)
     return summary
 
 

@@ -29,7 +29,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from mercia.cdm.dialect import in_list_parameter
 from mercia.cdm.store import LIKE_ESCAPE, Store, StoreError, like_escape
 
 SEARCH_TABLE = "mercia_concept_search"
@@ -197,6 +196,7 @@ def _inside_words(store: Store, ranked, words: list[str], all_words: str, word_p
     narrow = f"word_id IN (SELECT word_id FROM {WORDS_TABLE} WHERE word LIKE ? {LIKE_ESCAPE})"
     params: list[Any] = ["%" + like_escape(rarest) + "%"]
     if found:
+        from mercia.cdm.dialect import in_list_parameter  # see _describe
         narrow += f" AND NOT ({in_list_parameter(store, 'concept_id')})"
         params.append(found)
     if len(words) > 1:
@@ -214,6 +214,10 @@ def _describe(store: Store, hits: list[tuple[int, int]]) -> list[dict[str, Any]]
     """The concept rows for ranked hits, in rank order."""
     if not hits:
         return []
+    # imported here: the dialect module brings sqlglot (0.05 CPU-s), which only search needs, not maps_to,
+    # which every load calls
+    from mercia.cdm.dialect import in_list_parameter
+
     rows = store.query("SELECT concept_id, concept_name, vocabulary_id, concept_code, concept_class_id, domain_id, "
                        f"standard_concept FROM concept WHERE {in_list_parameter(store, 'concept_id')}",
                        [[h[0] for h in hits]])

@@ -1,6 +1,8 @@
 """Every CDM v5.4 table and column exists with the right type and nullability on every engine,
 compared against the one specification in mercia/cdm/schema.py."""
 
+import pytest
+
 from mercia.cdm import CDM_TABLES
 from mercia.cdm.schema import VOCABULARY_TABLES
 
@@ -77,3 +79,20 @@ def test_year_of_birth_may_be_null_also_in_a_store_made_when_it_was_required(emp
     empty_store.init_schema()  # idempotent
     empty_store.execute(f"{add} VALUES (2, 0, NULL, 0, 0)")
     assert empty_store.query("SELECT person_id, year_of_birth FROM person ORDER BY 1") == [(1, 1990), (2, None)]
+
+
+def test_a_new_stores_tables_come_all_or_none(empty_store, monkeypatch):
+    """The CDM and extension tables are made in one transaction (one commit to disk, not one per statement):
+    a statement that fails leaves none of them, and the next run makes them all."""
+    from mercia.cdm import extensions
+    from mercia.cdm.store import StoreError
+
+    ddl = extensions.DDL
+    monkeypatch.setattr(extensions, "DDL", [*ddl, "CREATE TABLE mercia_broken (x NOT_A_TYPE)"])
+    with pytest.raises(StoreError):
+        extensions.ensure_extension_tables(empty_store)
+    assert not [t for t in ("person", "mercia_load", "mercia_provenance") if empty_store.table_exists(t)]
+    monkeypatch.setattr(extensions, "DDL", ddl)
+    extensions.ensure_extension_tables(empty_store)
+    extensions.ensure_extension_tables(empty_store)  # idempotent
+    assert all(empty_store.table_exists(t) for t in ("person", "mercia_load", "mercia_provenance", "mercia_id_block"))

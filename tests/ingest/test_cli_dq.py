@@ -62,3 +62,28 @@ def test_dq_checks_find_planted_problems(store):
     assert checks["measurement_outside_observation"].violations == 2
     assert checks["measurement_after_death"].violations == 2
     assert not checks["implausible_lab_value"].passed
+
+
+def test_a_fhir_load_from_the_command_line_imports_only_what_it_uses(shared_data, tmp_path):
+    """``mercia ingest fhir`` (a cold start: what a user waits for) never imports the SQL dialect layer
+    (sqlglot: vocabulary search and the cohort compiler need it, a load does not) nor the other commands'
+    capabilities; once its stores are closed it freezes what is left, so the interpreter's last collections at
+    exit skip it."""
+    import subprocess
+    import sys
+
+    script = ("import atexit, gc, sys\n"
+              "from mercia.cli import app\n"
+              "try:\n    app()\nexcept SystemExit as end:\n    assert not end.code, end.code\n"
+              "atexit._run_exitfuncs()\n"
+              "print(gc.get_freeze_count() > 0,\n"
+              "      *sorted(m for m in sys.modules if m.startswith(('mercia', 'sqlglot'))))")
+    done = subprocess.run([sys.executable, "-c", script, "ingest", "fhir",
+                           str(shared_data / "fhir/ukcore_examples/json"), "--org", "RR8",
+                           "--db", str(tmp_path / "cold.duckdb"), "--json"], capture_output=True, text=True, check=True)
+    assert orjson.loads(done.stdout[:done.stdout.rindex("]") + 1])[0]["loaded"] > 0
+    frozen, *loaded = done.stdout.splitlines()[-1].split()
+    assert frozen == "True"
+    assert {"mercia.ingest.load", "mercia.vocab.concepts"} <= set(loaded)  # the load looked its codes up
+    assert not [m for m in loaded if m.split(".")[0] == "sqlglot" or m.startswith(
+        ("mercia.cohorts", "mercia.synth", "mercia.web", "mercia.trials", "mercia.federation"))]
