@@ -63,6 +63,8 @@ LOAD_MEMORY_LIMIT = "512MB"
 LOADED_RECORDS = "mercia_tmp_loaded_records"
 # The reason kept with each copy of a record that a later copy with other content replaced in one extract.
 REPEATED_RECORD = "the record repeats in this extract with different content: only its last copy was loaded"
+# The reason kept with each copy of a record that repeats another copy's content in one extract.
+SAME_RECORD = "the record repeats in this extract with the same content: stored once"
 NOTE_TEXT = ""  # note text is never loaded (docs/ingest.md: free text can identify people); the column is NOT NULL
 
 
@@ -250,9 +252,10 @@ class _Load:
     def keep_last_copies(self) -> None:
         """A record without versions read with different contents in one extract (an ALT listed twice
         at a site, a CSV row id repeated) keeps the copy read last (readers stage rows in reading order;
-        a line number restarts with each file); the other copies become ``superseded`` rejects.
+        a line number restarts with each file); the other copies become ``superseded`` rejects, and
+        their staged values go with them (a value has no content hash: it belongs to its copy's line).
         Loading every copy stored the record twice, and a resend, matching neither copy alone, deleted
-        both and inserted none."""
+        both and inserted none.  Then copies alike in content are stored once (``_store_copies_once``)."""
         staged = [self.staged.events.table(), self.staged.calls if self.staged.calls is not None
                   else CALL_SCHEMA.empty_table()]
         offsets = np.cumsum([0] + [t.num_rows for t in staged])
@@ -267,11 +270,51 @@ class _Load:
             JOIN record_keys k USING (record)
             QUALIFY c.record_hash <> first_value(c.record_hash) OVER (
                 PARTITION BY c.record ORDER BY c.pos DESC)""")
-        if not repeated.num_rows:
+        if repeated.num_rows:
+            self.register("repeated", repeated)
+            self._drop_staged(("staged_events", "staged_calls"), "repeated")
+            self.con.execute("""CREATE TABLE kept AS SELECT * FROM staged_values v WHERE NOT EXISTS (
+                SELECT 1 FROM repeated r WHERE r.record = v.record AND r.line = v.line)""")
+            self.con.unregister("staged_values")
+            self.con.execute("DROP TABLE IF EXISTS staged_values")
+            self.con.execute("ALTER TABLE kept RENAME TO staged_values")
+            self.reject(repeated, "record key", REPEATED_RECORD, action="superseded")
+        self._store_copies_once()
+
+    def _store_copies_once(self) -> None:
+        """A record read k times with the same content keeps one copy's rows: of each set of alike rows
+        (every column but the line) the record staged, n/k stay, the rest go, and each other copy's line
+        becomes a ``superseded`` reject.  k is the number of versions read for FHIR (a resource repeated
+        in a Bulk export); other readers give no count of copies, so there k is the most times any one row
+        repeats (a record staging the same row twice is stored once).  Copies used to be written twice."""
+        con = self.con
+        tables = ("staged_events", "staged_calls", "staged_values")
+        alike = {name: ", ".join(quote(c) for c in con.table(name).columns if c != "line") for name in tables}
+        if self.has_versions:
+            counted = """SELECT record, count(*) AS k FROM staged_versions v WHERE EXISTS (SELECT 1 FROM staged_events e
+                         WHERE e.record = v.record AND e.record_hash = v.record_hash) GROUP BY record"""
+        else:
+            counted = " UNION ALL ".join(f"SELECT record, count(*) AS k FROM {name} GROUP BY {alike[name]}"
+                                         for name in tables[:2])
+        con.execute(f"CREATE TABLE copied AS SELECT record, max(k) AS k FROM ({counted}) GROUP BY record HAVING max(k) > 1")
+        if not con.execute("SELECT count(*) FROM copied").fetchall()[0][0]:
             return
-        self.register("repeated", repeated)
-        self._drop_staged(("staged_events", "staged_calls"), "repeated")
-        self.reject(repeated, "record key", REPEATED_RECORD, action="superseded")
+        dropped = []
+        for name in tables:
+            con.execute(f"""CREATE TABLE copy_ranked AS SELECT s.*, c.k, count(*) OVER alike AS n,
+                                row_number() OVER (alike ORDER BY s.line DESC NULLS LAST) AS copy
+                            FROM {name} s JOIN copied c USING (record) WINDOW alike AS (PARTITION BY {alike[name]})""")
+            dropped.append(f"SELECT record, line FROM {name}_dropped")
+            con.execute(f"CREATE TABLE {name}_dropped AS SELECT record, line FROM copy_ranked WHERE copy > greatest(1, n // k)")
+            con.execute(f"""CREATE TABLE kept AS SELECT * FROM {name} ANTI JOIN copied USING (record)
+                            UNION ALL BY NAME SELECT * EXCLUDE (k, n, copy) FROM copy_ranked WHERE copy <= greatest(1, n // k)""")
+            con.execute("DROP TABLE copy_ranked")
+            con.unregister(name)
+            con.execute(f"DROP TABLE IF EXISTS {name}")
+            con.execute(f"ALTER TABLE kept RENAME TO {name}")
+        self.reject(_table_from_query(con, f"""SELECT DISTINCT d.line, k.source_record FROM ({" UNION ALL ".join(dropped)}) d
+                                              JOIN record_keys k USING (record) ORDER BY 2, 1"""),
+                    "record key", SAME_RECORD, action="superseded")
 
     def record_versions(self, load_id: int) -> None:
         """Remember the newest version of each record this load wrote or removed (mercia_record_version)."""

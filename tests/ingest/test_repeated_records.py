@@ -65,7 +65,7 @@ def test_csv_row_id_repeated_loads_its_last_copy_and_a_resend_is_unchanged(store
     first = load(store, "csv", extract, "R9A", mapping="acute_trust")
     assert store.query("SELECT condition_source_value FROM condition_occurrence ORDER BY 1") == [
         ("E11.9",), ("M17.1",)]
-    assert _repeat_rejects(store, first.load_id) == [(None, "record key", REPEATED, "superseded")]
+    assert _repeat_rejects(store, first.load_id) == [(2, "record key", REPEATED, "superseded")]  # its line
     before = snapshot(store)
     again = load(store, "csv", extract, "R9A", mapping="acute_trust")
     assert again.changed == 0 and again.unchanged == first.loaded and snapshot(store) == before
@@ -97,3 +97,68 @@ def test_fhir_resource_id_repeated_without_meta_keeps_the_last_and_a_resend_is_u
     before = snapshot(store)
     again = load(store, "fhir", tmp_path / "d1", "RX1")
     assert (again.unchanged, again.changed) == (2, 0) and snapshot(store) == before
+
+
+SAME = "the record repeats in this extract with the same content: stored once"
+
+
+def _same_rejects(store, load_id: int) -> list[tuple]:
+    return store.query("SELECT line, field, action FROM mercia_reject WHERE load_id = ? AND reason = ? ORDER BY 1",
+                       [load_id, SAME])
+
+
+def test_fhir_resource_repeated_identically_is_stored_once_and_a_resend_is_unchanged(store, load, snapshot,
+                                                                                   tmp_path):
+    """A Bulk export repeating a resource (lines 2 and 4) stores it once; an Observation with two alike
+    components in one resource keeps both (the copies are the resource's, not its rows')."""
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-05-01"}
+    height = {"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1"}, "status": "final",
+              "effectiveDateTime": "2016-01-01", "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
+              "valueQuantity": {"value": 150, "code": "cm"}}
+    pressure = {"resourceType": "Observation", "id": "o2", "subject": {"reference": "Patient/p1"},
+                "status": "final", "effectiveDateTime": "2016-01-01",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+                "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                               "valueQuantity": {"value": 120, "code": "mm[Hg]"}}] * 2}
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d1" / "all.ndjson").write_bytes(b"\n".join(orjson.dumps(r) for r in (patient, height, pressure,
+                                                                                       height)))
+    first = load(store, "fhir", tmp_path / "d1", "RX1")
+    assert (first.read, first.records, first.loaded, first.rejected, first.superseded) == (4, 3, 3, 0, 0)
+    assert store.query("SELECT measurement_source_value, value_as_number FROM measurement ORDER BY 1") == [
+        ("8302-2", 150.0), ("8480-6", 120.0), ("8480-6", 120.0)]
+    assert _same_rejects(store, first.load_id) == [(2, "record key", "superseded")]
+    before = snapshot(store)
+    again = load(store, "fhir", tmp_path / "d1", "RX1")
+    assert (again.unchanged, again.changed) == (3, 0) and snapshot(store) == before
+
+
+def test_csv_row_repeated_identically_is_stored_once_and_a_resend_is_unchanged(store, load, snapshot, tmp_path):
+    files = {**ACUTE, "diagnoses.csv": "encounter_id,position,icd10_code\nE1,1,I21.9\nE2,1,M17.1\nE1,1,I21.9\n"}
+    extract = tmp_path / "R9A"
+    for name, text in files.items():
+        (extract.mkdir(exist_ok=True), (extract / name).write_text(text))
+    first = load(store, "csv", extract, "R9A", mapping="acute_trust")
+    shipped = load(store, "csv", write_acute(tmp_path / "shipped" / "R9A"), "R9B", mapping="acute_trust")
+    # the shipped extract has the same records (E1/2 E11.9 instead of the copy of E1/1): counts alike but read
+    assert (first.read, first.records, first.loaded, first.rejected) == (
+        shipped.read, shipped.records - 1, shipped.loaded - 1, shipped.rejected)
+    assert store.query("SELECT condition_source_value FROM condition_occurrence ORDER BY 1") == [
+        ("E11.9",), ("I21.9",), ("I21.9",), ("M17.1",), ("M17.1",)]  # R9A: I21.9 once, M17.1; R9B: all three
+    assert _same_rejects(store, first.load_id) == [(2, "record key", "superseded")]  # line 2: the first copy
+    before = snapshot(store)
+    again = load(store, "csv", extract, "R9A", mapping="acute_trust")
+    assert again.changed == 0 and again.unchanged == first.loaded and snapshot(store) == before
+
+
+def test_vcf_line_repeated_identically_is_stored_once(store, load, snapshot, tmp_path):
+    _phenopackets(tmp_path / "pp", ["P1", "P2", "P3"])
+    load(store, "phenopackets", tmp_path / "pp", "R9G")
+    twice = _vcf(tmp_path / "twice", _site("0/1", 20), _site("0/1", 20))
+    first = load(store, "vcf", twice, "R9G")
+    assert (first.read, first.records, first.loaded, first.rejected) == (6, 1, 1, 0)
+    assert _genotypes(store) == [("0/1", 20, "0/1")]
+    assert _same_rejects(store, first.load_id) == [(13, "record key", "superseded")]
+    before = snapshot(store)
+    again = load(store, "vcf", twice, "R9G")
+    assert (again.unchanged, again.changed) == (1, 0) and snapshot(store) == before
