@@ -635,3 +635,41 @@ def test_a_second_load_at_once_waits_for_the_first_on_postgres(store, options, t
     assert store.query("SELECT measurement_id FROM measurement GROUP BY 1 HAVING count(*) > 1") == []
     written = first.rows["measurement"] + second[0].rows["measurement"]
     assert store.query_one("SELECT count(*) FROM measurement") == written
+
+
+def _glucose(store) -> list[float]:
+    return sorted(v for (v,) in store.query("""SELECT m.value_as_number FROM measurement m JOIN concept c
+        ON c.concept_id = m.measurement_source_concept_id AND c.concept_code = 'Glucose'"""))
+
+
+def _repeat_twice(study) -> tuple[list[float], float]:
+    """Sample 1's row again at line 42 with another glucose, sample 2's again alike at line 43: the glucose
+    values a load should keep, and sample 1's new one."""
+    glucoses = []
+
+    def repeat(rows):
+        column = rows[0].index("Glucose")
+        glucoses.extend(float(row[column]) for row in rows[1:])
+        changed = list(rows[1])
+        changed[column] = str(float(changed[column]) + 1.5)
+        rows.extend([changed, list(rows[2])])
+        glucoses[0] = float(changed[column])
+    _rewrite(study / "nmr_wide.csv", repeat)
+    return sorted(glucoses), glucoses[0]
+
+
+def test_sample_repeated_in_a_wide_file_keeps_its_last_row_like_any_record(store, load_sampled, study, snapshot):
+    """A sample's row repeated with other values keeps the last row, values and all (both rows' values were
+    loaded into one record before); repeated alike it is stored once."""
+    from mercia.ingest.load import REPEATED_RECORD, SAME_RECORD
+
+    glucoses, _ = _repeat_twice(study)
+    summary = load_sampled(store, "nmr", study / "nmr_wide.csv", "NMR01", study / "manifest.csv")
+    assert (summary.records, summary.loaded, summary.rejected) == (80, 80, 0)  # 40 samples + 40 persons
+    assert summary.rows["measurement"] == 40 * 249 and store.query_one("SELECT count(*) FROM specimen") == 40
+    assert _glucose(store) == glucoses
+    assert store.query("SELECT line, reason, action FROM mercia_reject ORDER BY 1") == [
+        (2, REPEATED_RECORD, "superseded"), (3, SAME_RECORD, "superseded")]
+    before = snapshot(store)
+    again = load_sampled(store, "nmr", study / "nmr_wide.csv", "NMR01", study / "manifest.csv")
+    assert (again.unchanged, again.changed) == (80, 0) and snapshot(store) == before
