@@ -565,9 +565,11 @@ def test_a_load_failing_while_the_next_chunk_is_read_leaves_no_thread_or_open_fi
     assert str(wide.resolve()) not in open_files
 
 
-def test_a_sample_again_in_a_later_chunk_is_unchanged_or_a_corrected_resend(store, options, study):
-    """A chunk finds the records earlier chunks of its own load wrote (the load's record list, not a
-    read of its provenance): the same sample again changes nothing, a changed one replaces them."""
+def test_a_sample_again_in_a_later_chunk_is_stored_once_or_replaces_the_earlier_copy(store, options, study):
+    """A chunk finds the records earlier chunks of its own load read (the load's record list, not a
+    read of its provenance): the same sample again is stored once, a changed one replaces the earlier
+    copy; each is one record, loaded, neither unchanged nor changed (nothing was stored before the load;
+    they counted as one of each before)."""
     from mercia.ingest.load import load_staged
     from mercia.ingest.nmr import read_nmr_chunks
     from mercia.vocab.metabolites import ensure_local_concepts
@@ -584,8 +586,8 @@ def test_a_sample_again_in_a_later_chunk_is_unchanged_or_a_corrected_resend(stor
     for chunk in chunks:
         ensure_local_concepts(store, chunk.codes())
     summary = load_staged(store, chunks, "NMR01", "nmr", options)
-    assert (summary.unchanged, summary.changed) == (1, 1)
-    assert store.query_one("SELECT count(*) FROM measurement") == 40 * 249
+    assert (summary.records, summary.loaded, summary.unchanged, summary.changed) == (80, 80, 0, 0)
+    assert store.query_one("SELECT count(*) FROM measurement") == summary.rows["measurement"] == 40 * 249
     assert store.query_one("SELECT count(*) FROM specimen") == 40
     with wide.open() as handle:
         rows = list(csv.reader(handle))
@@ -673,3 +675,34 @@ def test_sample_repeated_in_a_wide_file_keeps_its_last_row_like_any_record(store
     before = snapshot(store)
     again = load_sampled(store, "nmr", study / "nmr_wide.csv", "NMR01", study / "manifest.csv")
     assert (again.unchanged, again.changed) == (80, 0) and snapshot(store) == before
+
+
+def test_sample_repeated_across_chunks_lands_as_in_one_chunk(store, store_factory, engine, options, study):
+    """Sample 1 at lines 2 and 42 (other glucose), sample 2 at 3 and 43 (alike), in chunks of 14 rows: the
+    first and third chunk hold the copies. Counts, rows and rejects are those of the whole file read as one
+    chunk (the earlier chunk's copy was loaded and counted again, and its rows replaced, before). A resend
+    in chunks counts every record unchanged and leaves the same content; sample 1's rows are written
+    again (new ids): its first chunk, not knowing of the later copy, replaced them with the earlier one."""
+    from mercia.ingest.load import load_staged
+    from mercia.ingest.nmr import read_nmr_chunks
+    from mercia.vocab.metabolites import ensure_local_concepts
+
+    glucoses, _ = _repeat_twice(study)
+    wide, manifest = study / "nmr_wide.csv", study / "manifest.csv"
+    whole_store = store_factory(engine)
+    summaries = []
+    for target, chunk_samples in ((store, 14), (whole_store, None)):
+        chunks = list(read_nmr_chunks(wide, manifest, chunk_samples=chunk_samples))
+        assert len(chunks) == (3 if chunk_samples else 1)
+        for chunk in chunks:
+            ensure_local_concepts(target, chunk.codes())
+        summaries.append(load_staged(target, chunks, "NMR01", "nmr", options))
+    chunked, whole = summaries
+    assert (whole.records, whole.loaded, whole.rejected, whole.changed, whole.unchanged) == (80, 80, 0, 0, 0)
+    assert chunked.__dict__ | {"load_id": 0} == whole.__dict__ | {"load_id": 0}
+    assert chunked.rows["measurement"] == 40 * 249 and _glucose(store) == glucoses
+    assert _loaded_content(store) == _loaded_content(whole_store)
+    before = _loaded_content(store)
+    again = load_staged(store, read_nmr_chunks(wide, manifest, chunk_samples=14), "NMR01", "nmr", options)
+    assert (again.records, again.loaded, again.unchanged, again.changed) == (80, 80, 80, 0)
+    assert _loaded_content(store) == before and _glucose(store) == glucoses

@@ -162,3 +162,31 @@ def test_vcf_line_repeated_identically_is_stored_once(store, load, snapshot, tmp
     before = snapshot(store)
     again = load(store, "vcf", twice, "R9G")
     assert (again.unchanged, again.changed) == (1, 0) and snapshot(store) == before
+
+
+def test_vcf_copies_in_different_chunks_land_as_in_one_chunk(store, store_factory, engine, load, options, tmp_path,
+                                                           monkeypatch):
+    """Chunks of one site each: an allele at lines 13 and 15 (other genotype) and one at 16 and 17 (alike)
+    fall in different chunks. The counts, calls and rejects are those of one chunk; before, the earlier
+    chunk's copy was counted as loaded and the later one as loaded again (changed, or unchanged)."""
+    from mercia.ingest import vcf
+    from mercia.ingest.load import load_staged
+
+    monkeypatch.setattr(vcf, "BLOCK_SITES", 1)
+    other = "chr17\t2000\t.\tG\tC\t50\tPASS\t.\tGT:DP:GQ\t0/1:9:50\t0/0:1:1\t0/0:1:1\n"
+    alike = "chr17\t3000\t.\tC\tA\t50\tPASS\t.\tGT:DP:GQ\t1/1:7:50\t0/0:1:1\t0/0:1:1\n"
+    path = _vcf(tmp_path / "split", _site("0/1", 20), other, _site("1/1", 30), alike, alike)
+    summaries, stores = [], (store, store_factory(engine))
+    for target, per_chunk in zip(stores, (1, None)):
+        _phenopackets(tmp_path / f"pp{per_chunk}", ["P1", "P2", "P3"])
+        load(target, "phenopackets", tmp_path / f"pp{per_chunk}", "R9G")
+        chunks = list(vcf.read_vcf_chunks(path, per_chunk))
+        assert len(chunks) == (6 if per_chunk else 1)  # chunked: the last holds the file's end (no calls)
+        summaries.append(load_staged(target, chunks, "R9G", "vcf", options))
+    chunked, whole = summaries
+    assert (whole.records, whole.loaded, whole.unchanged, whole.changed, whole.rejected) == (3, 3, 0, 0, 0)
+    assert chunked.__dict__ | {"load_id": 0} == whole.__dict__ | {"load_id": 0}
+    for target in stores:
+        assert _genotypes(target) == [("0/1", 9, "0/1"), ("1/1", 7, "1/1"), ("1/1", 30, "1/1")]
+        assert target.query("SELECT line, reason, action FROM mercia_reject ORDER BY 1") == [
+            (13, REPEATED, "superseded"), (16, SAME, "superseded")]
