@@ -15,7 +15,9 @@ version wins: the later ``meta.lastUpdated`` (as an instant, in UTC), on equal i
 counts as at least as new as every version read before it (feeds without meta: the last one loaded
 wins).  Losing versions are kept as ``superseded`` rejects; ``mercia_record_version`` remembers the
 newest version loaded, so an older one sent later changes nothing.  A reader without versions that
-repeats a record key with other content in one load has its last copy kept (``keep_last_copies``).
+repeats a record key with other content in one load has its last copy kept (``keep_last_copies``);
+copies alike in content are stored once (``_store_copies_once``); and copies in different chunks of
+one load are settled and counted as if they were in one (``_settle_earlier_chunks``).
 """
 
 from __future__ import annotations
@@ -1128,8 +1130,9 @@ def load_staged(store: Store, staged: Staged | Iterable[Staged], org: str, reade
 
     ``staged`` may be a sequence of chunks of the same extract (a reader streaming a large file):
     each chunk runs the whole path in its own scratch DuckDB, so memory is bounded by the chunk,
-    but all chunks share one transaction, one load id and one summary.  A chunk must hold every
-    row of its source records (a record split across chunks would look like a corrected resend)."""
+    but all chunks share one transaction, one load id and one summary.  A record's copies may fall
+    in different chunks (the later settles the earlier, ``_Load._settle_earlier_chunks``), but a
+    chunk must hold every row of a copy (the rest of it in a later chunk would look like a copy)."""
     if not org or not org.replace("-", "").isalnum():
         raise LoadError(f"organisation must be an ODS code (letters and digits), got {org!r}")
     ensure_extension_tables(store)
