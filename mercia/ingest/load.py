@@ -298,8 +298,11 @@ class _Load:
         tables = ("staged_events", "staged_calls", "staged_values")
         alike = {name: ", ".join(quote(c) for c in con.table(name).columns if c != "line") for name in tables}
         if self.has_versions:
-            counted = """SELECT record, count(*) AS k FROM staged_versions v WHERE EXISTS (SELECT 1 FROM staged_events e
-                         WHERE e.record = v.record AND e.record_hash = v.record_hash) GROUP BY record"""
+            # records with several versions are those ``choose_versions`` ranked a second one for
+            counted = """SELECT record, count(*) AS k FROM versions v
+                         WHERE source_record IN (SELECT source_record FROM ranked WHERE rank = 2)
+                           AND EXISTS (SELECT 1 FROM staged_events e WHERE e.record = v.record
+                                       AND e.record_hash = v.record_hash) GROUP BY record"""
         else:
             counted = " UNION ALL ".join(f"SELECT record, count(*) AS k FROM {name} GROUP BY {alike[name]}"
                                          for name in tables[:2])
@@ -655,10 +658,12 @@ class _Load:
             f"SELECT reason, count(*) {earlier_rejects} GROUP BY 1", [self.load_id, self.org])})
         self.store.execute(f"DELETE {earlier_rejects}", [self.load_id, self.org])
 
-    def record_fates(self, sets: dict[str, set[str]]) -> pa.Table:
-        """This chunk's fate of each record it read (``sets``: the records of each counted fate but
+    def record_fates(self) -> pa.Table:
+        """This chunk's fate of each record it read (``fate_sets``: the records of each counted fate but
         'loaded' and 'unchanged'), with its content hash, line and the version stored before, for the
-        chunks after it (``SEEN_RECORDS``); a copy this chunk dropped as alike keeps the earlier chunk's."""
+        chunks after it (``SEEN_RECORDS``); a copy this chunk dropped as alike keeps the earlier chunk's.
+        Asked only when another chunk follows (a tenth of a single-chunk FHIR load's CPU otherwise)."""
+        sets = self.fate_sets
         counted = [fate for fate in FATES if fate in sets]
         self.register("fate_sets", pa.table({
             "source_record": pa.array([r for fate in counted for r in sets[fate]], pa.string()),
@@ -1144,14 +1149,17 @@ def load_staged(store: Store, staged: Staged | Iterable[Staged], org: str, reade
         store.execute(f"DROP TABLE IF EXISTS {SEEN_RECORDS}")
         store.execute(f"CREATE TEMP TABLE {SEEN_RECORDS} (source_record VARCHAR, record_hash VARCHAR, line BIGINT, "
                       "fate VARCHAR, stored_hash VARCHAR)")
-        fates = None  # the last chunk's records, written for the next chunk only (a single chunk needs none)
+        previous = None  # the last chunk's load: its records are written for the next chunk only, if one comes
         for chunk in chunks:
             if not parts:
                 store.execute("DELETE FROM mercia_reject WHERE org = ? AND extract = ?", [org, chunk.extract])
-            if fates is not None:
-                _record_seen(store, fates)
-            part, fates = _load_chunk(store, chunk, org, reader, options, load_id, last_ids, bool(parts))
+            if previous is not None:
+                _record_seen(store, previous.record_fates())
+                previous.con.close()
+            part, previous = _load_chunk(store, chunk, org, reader, options, load_id, last_ids, bool(parts))
             parts.append(part)
+        if previous is not None:
+            previous.con.close()
         store.execute(f"DROP TABLE {SEEN_RECORDS}")
         if not parts:
             raise LoadError("the reader produced nothing to load")
@@ -1190,9 +1198,9 @@ def _record_seen(store: Store, fates: pa.Table) -> None:
 
 
 def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: LoadOptions,
-                load_id: int, last_ids: dict[str, int], after_chunks: bool) -> tuple[LoadSummary, pa.Table]:
-    """One chunk's whole path (inside the load's transaction): its counts and its records' fates
-    (``_Load.record_fates``), rejects written; ``after_chunks``: earlier chunks of the load ran."""
+                load_id: int, last_ids: dict[str, int], after_chunks: bool) -> tuple[LoadSummary, _Load]:
+    """One chunk's whole path (inside the load's transaction): its counts, rejects written, and the
+    job, its scratch DuckDB still open for ``record_fates``; ``after_chunks``: earlier chunks of the load ran."""
     job = _Load(store, staged, org, reader, options, load_id, last_ids, after_chunks)
     job.pseudonymise_records()
     job.choose_versions()
@@ -1233,7 +1241,7 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
             "rejected": {r["source_record"] for r in job.rejects if r["action"] == "rejected"}
             - job.withheld_records - job.removed_records - job.superseded_records,
             "changed": job.changed_records - job.removed_records}
-    fates = job.record_fates(sets)
+    job.fate_sets = sets
     # each record counted once per load, with its last copy's fate (what an earlier chunk counted is taken back)
     counts = Counter({name: len(members) for name, members in sets.items()})
     counts.update({"records": job.records_read, "unchanged": unchanged})
@@ -1244,5 +1252,4 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
     summary = LoadSummary(load_id, org, staged.extract, staged.read, counts["records"], loaded, counts["unchanged"],
                           counts["rejected"], counts["withheld"], sum(1 for r in job.rejects if r["action"] == "flagged"),
                           dict(job.rows), dict(reasons), counts["removed"], counts["changed"], counts["superseded"])
-    job.con.close()
-    return summary, fates
+    return summary, job

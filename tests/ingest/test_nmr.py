@@ -415,22 +415,26 @@ def awkward_study(study):
     return study
 
 
-def test_chunked_load_lands_exactly_what_a_whole_file_load_does(store, store_factory, engine, options,
-                                                                 awkward_study):
+def _chunked_and_whole(store, whole_store, options, study) -> tuple:
+    """The study's file loaded in chunks of 14 rows into ``store`` and as one chunk into ``whole_store``."""
     from mercia.ingest.load import load_staged
     from mercia.ingest.nmr import read_nmr_chunks
     from mercia.vocab.metabolites import ensure_local_concepts
 
-    wide, manifest = awkward_study / "nmr_wide.csv", awkward_study / "manifest.csv"
-    whole_store = store_factory(engine)
     summaries = []
     for target, chunk_samples in ((store, 14), (whole_store, None)):
-        chunks = list(read_nmr_chunks(wide, manifest, chunk_samples=chunk_samples))
+        chunks = list(read_nmr_chunks(study / "nmr_wide.csv", study / "manifest.csv", chunk_samples=chunk_samples))
         assert len(chunks) == (3 if chunk_samples else 1)
         for chunk in chunks:
             ensure_local_concepts(target, chunk.codes())
         summaries.append(load_staged(target, chunks, "NMR01", "nmr", options))
-    chunked, whole = summaries
+    return tuple(summaries)
+
+
+def test_chunked_load_lands_exactly_what_a_whole_file_load_does(store, store_factory, engine, options,
+                                                                 awkward_study):
+    whole_store = store_factory(engine)
+    chunked, whole = _chunked_and_whole(store, whole_store, options, awkward_study)
     assert chunked.__dict__ | {"load_id": 0} == whole.__dict__ | {"load_id": 0}
     assert chunked.loaded == 40 + 39 and chunked.rejected == 2 and chunked.rows["measurement"] == 40 * 249 - 1
     assert _loaded_content(store) == _loaded_content(whole_store)
@@ -685,24 +689,16 @@ def test_sample_repeated_across_chunks_lands_as_in_one_chunk(store, store_factor
     again (new ids): its first chunk, not knowing of the later copy, replaced them with the earlier one."""
     from mercia.ingest.load import load_staged
     from mercia.ingest.nmr import read_nmr_chunks
-    from mercia.vocab.metabolites import ensure_local_concepts
 
     glucoses, _ = _repeat_twice(study)
-    wide, manifest = study / "nmr_wide.csv", study / "manifest.csv"
     whole_store = store_factory(engine)
-    summaries = []
-    for target, chunk_samples in ((store, 14), (whole_store, None)):
-        chunks = list(read_nmr_chunks(wide, manifest, chunk_samples=chunk_samples))
-        assert len(chunks) == (3 if chunk_samples else 1)
-        for chunk in chunks:
-            ensure_local_concepts(target, chunk.codes())
-        summaries.append(load_staged(target, chunks, "NMR01", "nmr", options))
-    chunked, whole = summaries
+    chunked, whole = _chunked_and_whole(store, whole_store, options, study)
     assert (whole.records, whole.loaded, whole.rejected, whole.changed, whole.unchanged) == (80, 80, 0, 0, 0)
     assert chunked.__dict__ | {"load_id": 0} == whole.__dict__ | {"load_id": 0}
     assert chunked.rows["measurement"] == 40 * 249 and _glucose(store) == glucoses
     assert _loaded_content(store) == _loaded_content(whole_store)
     before = _loaded_content(store)
-    again = load_staged(store, read_nmr_chunks(wide, manifest, chunk_samples=14), "NMR01", "nmr", options)
+    again = load_staged(store, read_nmr_chunks(study / "nmr_wide.csv", study / "manifest.csv", chunk_samples=14),
+                        "NMR01", "nmr", options)
     assert (again.records, again.loaded, again.unchanged, again.changed) == (80, 80, 80, 0)
     assert _loaded_content(store) == before and _glucose(store) == glucoses

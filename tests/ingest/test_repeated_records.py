@@ -25,6 +25,14 @@ def _site(genotype: str, depth: int) -> str:
     return f"chr17\t1000\t.\tA\tT\t50\tPASS\t.\tGT:DP:GQ\t{genotype}:{depth}:50\t0/0:1:1\t0/0:1:1\n"
 
 
+def _trio_vcf(store, load, folder, *lines):
+    """The trio's phenopackets loaded, and a VCF of ``lines`` for them at ``folder``."""
+    folder.mkdir(exist_ok=True)
+    _phenopackets(folder / "pp", ["P1", "P2", "P3"])
+    load(store, "phenopackets", folder / "pp", "R9G")
+    return _vcf(folder / "vcf", *lines)
+
+
 def _genotypes(store) -> list[tuple]:
     return store.query("""SELECT v.genotype, v.read_depth, m.value_source_value FROM variant_occurrence v
                           JOIN measurement m USING (measurement_id) ORDER BY 1, 2""")
@@ -36,10 +44,8 @@ def _repeat_rejects(store, load_id: int) -> list[tuple]:
 
 
 def test_vcf_allele_listed_twice_loads_its_last_copy_and_a_resend_is_unchanged(store, load, snapshot, tmp_path):
-    _phenopackets(tmp_path / "pp", ["P1", "P2", "P3"])
-    load(store, "phenopackets", tmp_path / "pp", "R9G")
     # the same ALT at one site on lines 13 and 14 (header is 12 lines): one record key, two contents
-    twice = _vcf(tmp_path / "twice", _site("0/1", 20), _site("1/1", 30))
+    twice = _trio_vcf(store, load, tmp_path, _site("0/1", 20), _site("1/1", 30))
     first = load(store, "vcf", twice, "R9G")
     assert (first.records, first.loaded, first.rejected, first.superseded) == (1, 1, 0, 0)
     assert _genotypes(store) == [("1/1", 30, "1/1")]
@@ -57,11 +63,16 @@ def test_vcf_allele_listed_twice_loads_its_last_copy_and_a_resend_is_unchanged(s
     assert store.query_one("SELECT count(*) FROM mercia_provenance WHERE cdm_table = 'measurement'") == 1
 
 
+def _acute_with(extract, diagnoses: str):
+    """The acute trust extract at ``extract`` with ``diagnoses`` as its diagnoses rows."""
+    extract.mkdir()
+    for name, text in {**ACUTE, "diagnoses.csv": "encounter_id,position,icd10_code\n" + diagnoses}.items():
+        (extract / name).write_text(text)
+    return extract
+
+
 def test_csv_row_id_repeated_loads_its_last_copy_and_a_resend_is_unchanged(store, load, snapshot, tmp_path):
-    files = {**ACUTE, "diagnoses.csv": "encounter_id,position,icd10_code\nE1,1,I21.9\nE1,1,E11.9\nE2,1,M17.1\n"}
-    extract = tmp_path / "R9A"
-    for name, text in files.items():
-        (extract.mkdir(exist_ok=True), (extract / name).write_text(text))
+    extract = _acute_with(tmp_path / "R9A", "E1,1,I21.9\nE1,1,E11.9\nE2,1,M17.1\n")
     first = load(store, "csv", extract, "R9A", mapping="acute_trust")
     assert store.query("SELECT condition_source_value FROM condition_occurrence ORDER BY 1") == [
         ("E11.9",), ("M17.1",)]
@@ -134,10 +145,7 @@ def test_fhir_resource_repeated_identically_is_stored_once_and_a_resend_is_uncha
 
 
 def test_csv_row_repeated_identically_is_stored_once_and_a_resend_is_unchanged(store, load, snapshot, tmp_path):
-    files = {**ACUTE, "diagnoses.csv": "encounter_id,position,icd10_code\nE1,1,I21.9\nE2,1,M17.1\nE1,1,I21.9\n"}
-    extract = tmp_path / "R9A"
-    for name, text in files.items():
-        (extract.mkdir(exist_ok=True), (extract / name).write_text(text))
+    extract = _acute_with(tmp_path / "R9A", "E1,1,I21.9\nE2,1,M17.1\nE1,1,I21.9\n")
     first = load(store, "csv", extract, "R9A", mapping="acute_trust")
     shipped = load(store, "csv", write_acute(tmp_path / "shipped" / "R9A"), "R9B", mapping="acute_trust")
     # the shipped extract has the same records (E1/2 E11.9 instead of the copy of E1/1): counts alike but read
@@ -152,9 +160,7 @@ def test_csv_row_repeated_identically_is_stored_once_and_a_resend_is_unchanged(s
 
 
 def test_vcf_line_repeated_identically_is_stored_once(store, load, snapshot, tmp_path):
-    _phenopackets(tmp_path / "pp", ["P1", "P2", "P3"])
-    load(store, "phenopackets", tmp_path / "pp", "R9G")
-    twice = _vcf(tmp_path / "twice", _site("0/1", 20), _site("0/1", 20))
+    twice = _trio_vcf(store, load, tmp_path, _site("0/1", 20), _site("0/1", 20))
     first = load(store, "vcf", twice, "R9G")
     assert (first.read, first.records, first.loaded, first.rejected) == (6, 1, 1, 0)
     assert _genotypes(store) == [("0/1", 20, "0/1")]
@@ -175,11 +181,10 @@ def test_vcf_copies_in_different_chunks_land_as_in_one_chunk(store, store_factor
     monkeypatch.setattr(vcf, "BLOCK_SITES", 1)
     other = "chr17\t2000\t.\tG\tC\t50\tPASS\t.\tGT:DP:GQ\t0/1:9:50\t0/0:1:1\t0/0:1:1\n"
     alike = "chr17\t3000\t.\tC\tA\t50\tPASS\t.\tGT:DP:GQ\t1/1:7:50\t0/0:1:1\t0/0:1:1\n"
-    path = _vcf(tmp_path / "split", _site("0/1", 20), other, _site("1/1", 30), alike, alike)
     summaries, stores = [], (store, store_factory(engine))
     for target, per_chunk in zip(stores, (1, None)):
-        _phenopackets(tmp_path / f"pp{per_chunk}", ["P1", "P2", "P3"])
-        load(target, "phenopackets", tmp_path / f"pp{per_chunk}", "R9G")
+        path = _trio_vcf(target, load, tmp_path / f"split{per_chunk}", _site("0/1", 20), other, _site("1/1", 30),
+                         alike, alike)
         chunks = list(vcf.read_vcf_chunks(path, per_chunk))
         assert len(chunks) == (6 if per_chunk else 1)  # chunked: the last holds the file's end (no calls)
         summaries.append(load_staged(target, chunks, "R9G", "vcf", options))
