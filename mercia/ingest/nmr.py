@@ -469,11 +469,12 @@ def _read_rows(table: pa.Table, file: str, first_line: int, first_chunk: bool, m
     every row's values."""
     lines = pa.array(range(first_line, first_line + table.num_rows), pa.int64())
     layers = pa.array(np.ones(table.num_rows, dtype=np.int64))
-    if not is_long_format(table.column_names):
+    ids = None if is_long_format(table.column_names) else table.column(_id_column(table.column_names, file))
+    if ids is not None and pc.count_distinct(ids).as_py() < pc.count(ids).as_py():
         con = duckdb.connect()
-        con.register("ids", pa.table({"id": table.column(_id_column(table.column_names, file)), "line": lines}))
-        layers = con.sql("SELECT row_number() OVER (PARTITION BY id ORDER BY line DESC) AS layer FROM ids "
-                         "ORDER BY line").to_arrow_table().column("layer")
+        con.register("ids", pa.table({"id": ids, "line": lines}))
+        layers = con.sql("""SELECT CASE WHEN id IS NULL THEN 1 ELSE row_number() OVER (PARTITION BY id ORDER BY line DESC)
+                                   END AS layer FROM ids ORDER BY line""").to_arrow_table().column("layer")
         con.close()
     parts = []
     for layer in range(pc.max(layers).as_py() or 1, 0, -1):
