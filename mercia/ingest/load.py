@@ -303,9 +303,10 @@ class _Load:
                          WHERE source_record IN (SELECT source_record FROM ranked WHERE rank = 2)
                            AND EXISTS (SELECT 1 FROM staged_events e WHERE e.record = v.record
                                        AND e.record_hash = v.record_hash) GROUP BY record"""
-        else:
-            counted = " UNION ALL ".join(f"SELECT record, count(*) AS k FROM {name} GROUP BY {alike[name]}"
-                                         for name in tables[:2])
+        else:  # alike rows counted among the records that stage several rows only (a call is one row a copy)
+            counted = " UNION ALL ".join(f"""SELECT record, count(*) AS k FROM {name} WHERE record IN (
+                                                 SELECT record FROM {name} GROUP BY record HAVING count(*) > 1)
+                                             GROUP BY {alike[name]}""" for name in tables[:2])
         con.execute(f"CREATE TABLE copied AS SELECT record, max(k) AS k FROM ({counted}) GROUP BY record HAVING max(k) > 1")
         if not con.execute("SELECT count(*) FROM copied").fetchall()[0][0]:
             return
@@ -566,16 +567,17 @@ class _Load:
         A record an earlier chunk of this load read is settled as if both copies were in one chunk
         (``_settle_earlier_chunks``)."""
         self.con.execute("""
-            CREATE TABLE batch_records AS
-            SELECT DISTINCT source_record, record_hash FROM events
-            UNION SELECT DISTINCT source_record, record_hash FROM sites
-            UNION SELECT DISTINCT source_record, record_hash FROM calls""")
-        self._settle_earlier_chunks()
-        # only this batch's records, looked up in the provenance of earlier loads (their rows come first, so
-        # DuckDB's row-group statistics skip this load's: reading the provenance a large load keeps adding
-        # made each of its chunks dearer than the last)
+            CREATE TABLE batch_records AS SELECT source_record, record_hash, max(line) AS line FROM (
+                SELECT source_record, record_hash, line FROM events UNION ALL
+                SELECT source_record, record_hash, line FROM sites UNION ALL
+                SELECT source_record, record_hash, line FROM calls) GROUP BY 1, 2""")
+        # only the records this chunk read, looked up in the provenance of earlier loads (their rows come first,
+        # so DuckDB's row-group statistics skip this load's: reading the provenance a large load keeps adding
+        # made each of its chunks dearer than the last) and among the records earlier chunks read
         self._store_temp("mercia_tmp_batch", _table_from_query(
-            self.con, "SELECT DISTINCT source_record FROM batch_records"), "source_record VARCHAR")
+            self.con, "SELECT source_record FROM record_keys SEMI JOIN read_records USING (record)"),
+            "source_record VARCHAR")
+        self._settle_earlier_chunks()
         existing = self.store.query_arrow(
             "SELECT DISTINCT source_record, record_hash FROM mercia_provenance WHERE org = ? AND load_id < ? "
             "AND source_record IN (SELECT source_record FROM mercia_tmp_batch)", [self.org, self.load_id])
@@ -622,11 +624,8 @@ class _Load:
         con = self.con
         seen = pa.table({})
         if self.after_chunks:
-            self._store_temp("mercia_tmp_read", _table_from_query(
-                con, "SELECT source_record FROM record_keys SEMI JOIN read_records USING (record)"),
-                "source_record VARCHAR")
             seen = self.store.query_arrow(f"SELECT * FROM {SEEN_RECORDS} WHERE source_record IN "
-                                          "(SELECT source_record FROM mercia_tmp_read)")
+                                          "(SELECT source_record FROM mercia_tmp_batch)")
         self.register("seen", conform(seen, pa.schema([
             ("source_record", pa.string()), ("record_hash", pa.string()), ("line", pa.int64()),
             ("fate", pa.string()), ("stored_hash", pa.string())])))
@@ -671,14 +670,13 @@ class _Load:
                              pa.string()),
             "rank": pa.array(np.repeat(np.arange(len(counted)), [len(sets[fate]) for fate in counted]), pa.int64())}))
         return _table_from_query(self.con, f"""
-            SELECT k.source_record, b.record_hash, l.line, COALESCE(f.fate, 'loaded') AS fate, x.stored_hash
-            FROM (SELECT DISTINCT source_record FROM record_keys SEMI JOIN read_records USING (record)) k
-            LEFT JOIN (SELECT source_record, min(record_hash) AS record_hash FROM batch_records GROUP BY 1) b
-                   USING (source_record)
+            SELECT k.source_record, b.record_hash, COALESCE(b.line, l.line) AS line, COALESCE(f.fate, 'loaded') AS fate,
+                   x.stored_hash
+            FROM (SELECT source_record FROM record_keys SEMI JOIN read_records USING (record)) k
+            LEFT JOIN (SELECT source_record, min(record_hash) AS record_hash, max(line) AS line FROM batch_records
+                       GROUP BY 1) b USING (source_record)
             LEFT JOIN (SELECT k.source_record, max(c.line) AS line FROM (
-                           SELECT record, line FROM staged_events UNION ALL SELECT record, line FROM staged_calls
-                           UNION ALL SELECT record, line FROM staged_rejects
-                           UNION ALL SELECT record, line FROM staged_persons_raw) c
+                           SELECT record, line FROM staged_rejects UNION ALL SELECT record, line FROM staged_persons_raw) c
                        JOIN record_keys k USING (record) GROUP BY 1) l USING (source_record)
             LEFT JOIN (SELECT source_record, arg_min(fate, rank) AS fate FROM (
                            SELECT * FROM fate_sets UNION ALL
