@@ -62,6 +62,11 @@ class CsvReader:
                 rejects_table='{rejects}', rejects_scan='scan_{name}')""", [str(path)])
         except duckdb.Error as exc:  # not CSV at all (binary, no consistent dialect): the whole extract stops
             raise MappingError(f"{source} is not readable as CSV: {str(exc).splitlines()[0][:200]}") from None
+        # each row's line in the file (the header is line 1; malformed lines skipped): rows are told apart
+        # by their line, as a repeated record's copies are (a quoted line break is not counted)
+        self.con.execute(f"""CREATE TABLE "{name}__lines" AS SELECT row_number() OVER (ORDER BY l) - 1 AS row, l AS line
+            FROM range(2, 2 + (SELECT count(*) FROM "{name}") + (SELECT count(DISTINCT line) FROM {rejects})) t(l)
+            WHERE l NOT IN (SELECT line FROM {rejects})""")
         bad = self.con.execute(f"SELECT line, error_message FROM {rejects} ORDER BY line").fetchall()
         for line, message in bad:
             self.staged.read += 1
@@ -94,7 +99,7 @@ class CsvReader:
         """(main view, FROM clause, SQL hashing the whole source row incl. joined columns, ORDER BY list
         keeping file order: the load keeps the last row of a record key repeated in one file)."""
         main = self._view(directory, entry["source"])
-        clause = f'"{main}"'
+        clause = f'"{main}" JOIN "{main}__lines" ON "{main}__lines".row = "{main}".rowid'
         content = f'CAST("{main}" AS VARCHAR)'
         order = f'"{main}".rowid'
         join = entry.get("join")
@@ -146,7 +151,7 @@ class CsvReader:
         skip = f"WHERE {self._expr(entry['skip_if_empty'], main, 'x')} IS NOT NULL" if entry.get("skip_if_empty") else ""
         prefix = _sql_string(f"{entry['source']}/")
         sql = f"""SELECT {prefix} || COALESCE({record}, '?') AS record,
-                         {row_hash} AS record_hash, {select}
+                         {row_hash} AS record_hash, {select}, "{main}__lines".line
                   FROM {clause} {skip} ORDER BY {order}"""
         try:
             rows = self.con.sql(sql).to_arrow_table()

@@ -20,6 +20,10 @@ from mercia.ingest.staging import Staged, content_hash
 CODING_SYSTEMS = {"LN": "LOINC", "SCT": "SNOMED", "SNM": "SNOMED", "UCUM": "UCUM", "I10": "ICD10"}
 NUMERIC_TYPES = {"NM", "SN"}
 CODED_TYPES = {"CE", "CWE", "CNE"}
+# Segments that open a group of results: OBX-1 (set id) numbers the results within their group, so it
+# repeats across groups of one message (the OUL^R22 examples number a patient-level and a specimen-level
+# result 27); a result's record key names its group's ordinal in the message (0: before any of these).
+GROUP_STARTS = {"OBR", "SPM"}
 _MSH_START = re.compile(r"(?:^|\r)(?=MSH\|)")
 _RANGE = re.compile(r"^\s*([-+]?\d*\.?\d+)\s*(?:-|_|to)\s*([-+]?\d*\.?\d+)\s*$")
 
@@ -141,17 +145,20 @@ class Hl7Reader:
                       birth_date=dob[:10] if dob else None, sex=_field(pid, 8), postcode=_field(pid, 11, 5),
                       line=number)
         current_obr_time = None  # a result's date: OBX-14, else its OBR-7 collection time, else MSH-7
+        group, in_group = 0, 0  # the result's group in the message (GROUP_STARTS) and its place in it
         for seg in msg:
             kind = str(seg[0])
+            if kind in GROUP_STARTS:
+                group, in_group = group + 1, 0
             if kind == "OBR":
                 current_obr_time = hl7_timestamp(_field(seg, 7))
             elif kind == "OBX":
-                self._obx(seg, control, person_ref, current_obr_time or message_time, number)
+                in_group += 1
+                record = f"OBX/{control}/{group}/{_field(seg, 1) or in_group}/{_field(seg, 3) or ''}"
+                self._obx(seg, record, person_ref, current_obr_time or message_time, number)
 
-    def _obx(self, seg, control: str, person_ref: str, fallback_time: str | None, number: int) -> None:
+    def _obx(self, seg, record: str, person_ref: str, fallback_time: str | None, number: int) -> None:
         s = self.staged
-        set_id = _field(seg, 1) or str(len(s.events) + 1)
-        record = f"OBX/{control}/{set_id}/{_field(seg, 3) or ''}"
         value_type = (_field(seg, 2) or "").upper()
         code, system = _field(seg, 3, 1), _field(seg, 3, 3)
         if not code:

@@ -15,7 +15,9 @@ version wins: the later ``meta.lastUpdated`` (as an instant, in UTC), on equal i
 counts as at least as new as every version read before it (feeds without meta: the last one loaded
 wins).  Losing versions are kept as ``superseded`` rejects; ``mercia_record_version`` remembers the
 newest version loaded, so an older one sent later changes nothing.  A reader without versions that
-repeats a record key with other content in one load has its last copy kept (``keep_last_copies``).
+repeats a record key with other content in one load has its last copy kept (``keep_last_copies``);
+copies alike in content are stored once (``_store_copies_once``); and copies in different chunks of
+one load are settled and counted as if they were in one (``_settle_earlier_chunks``).
 """
 
 from __future__ import annotations
@@ -59,10 +61,17 @@ DOMAIN_TABLE = {"Condition": "condition_occurrence", "Drug": "drug_exposure", "P
 # database file and evicted rather than held, so a 249-million-row NMR load stays within a few GB (200,000
 # samples traced per chunk: RSS 0.84-0.97 GB over chunks 12-36 under 500 MB; 1,000,000 samples peaked at 2.1 GB).
 LOAD_MEMORY_LIMIT = "512MB"
-# The store's temporary table of the records (source_record, record_hash) the running load has written so far.
-LOADED_RECORDS = "mercia_tmp_loaded_records"
+# The store's temporary table of the records the running load's earlier chunks read: each copy's content hash
+# and line, what became of it (``FATES``) and, for one that replaced an earlier load's version, that version's hash.
+SEEN_RECORDS = "mercia_tmp_seen_records"
+# A record's fate in a chunk, as counted in its summary: each but 'loaded' has a count of its own.
+FATES = ("withheld", "removed", "superseded", "rejected", "changed", "unchanged", "loaded")
+# The summary's name of the rows written to a table, where it is not the table's
+ROWS_KEY = {"mercia_registration": "registration"}
 # The reason kept with each copy of a record that a later copy with other content replaced in one extract.
 REPEATED_RECORD = "the record repeats in this extract with different content: only its last copy was loaded"
+# The reason kept with each copy of a record that repeats another copy's content in one extract.
+SAME_RECORD = "the record repeats in this extract with the same content: stored once"
 NOTE_TEXT = ""  # note text is never loaded (docs/ingest.md: free text can identify people); the column is NOT NULL
 
 
@@ -113,9 +122,9 @@ class _Load:
     """One load: holds the scratch DuckDB and the running counts."""
 
     def __init__(self, store: Store, staged: Staged, org: str, reader: str, options: LoadOptions, load_id: int,
-                 last_ids: dict[str, int]):
+                 last_ids: dict[str, int], after_chunks: bool = False):
         self.store, self.staged, self.org, self.reader, self.options = store, staged, org, reader, options
-        self.load_id, self.last_ids = load_id, last_ids
+        self.load_id, self.last_ids, self.after_chunks = load_id, last_ids, after_chunks
         self.con = duckdb.connect()
         self.rejects: list[dict] = []
         self.rows: Counter[str] = Counter()
@@ -250,9 +259,10 @@ class _Load:
     def keep_last_copies(self) -> None:
         """A record without versions read with different contents in one extract (an ALT listed twice
         at a site, a CSV row id repeated) keeps the copy read last (readers stage rows in reading order;
-        a line number restarts with each file); the other copies become ``superseded`` rejects.
+        a line number restarts with each file); the other copies become ``superseded`` rejects, and
+        their staged values go with them (a value has no content hash: it belongs to its copy's line).
         Loading every copy stored the record twice, and a resend, matching neither copy alone, deleted
-        both and inserted none."""
+        both and inserted none.  Then copies alike in content are stored once (``_store_copies_once``)."""
         staged = [self.staged.events.table(), self.staged.calls if self.staged.calls is not None
                   else CALL_SCHEMA.empty_table()]
         offsets = np.cumsum([0] + [t.num_rows for t in staged])
@@ -267,11 +277,55 @@ class _Load:
             JOIN record_keys k USING (record)
             QUALIFY c.record_hash <> first_value(c.record_hash) OVER (
                 PARTITION BY c.record ORDER BY c.pos DESC)""")
-        if not repeated.num_rows:
+        if repeated.num_rows:
+            self.register("repeated", repeated)
+            self._drop_staged(("staged_events", "staged_calls"), "repeated")
+            self.con.execute("""CREATE TABLE kept AS SELECT * FROM staged_values v WHERE NOT EXISTS (
+                SELECT 1 FROM repeated r WHERE r.record = v.record AND r.line = v.line)""")
+            self.con.unregister("staged_values")
+            self.con.execute("DROP TABLE IF EXISTS staged_values")
+            self.con.execute("ALTER TABLE kept RENAME TO staged_values")
+            self.reject(repeated, "record key", REPEATED_RECORD, action="superseded")
+        self._store_copies_once()
+
+    def _store_copies_once(self) -> None:
+        """A record read k times with the same content keeps one copy's rows: of each set of alike rows
+        (every column but the line) the record staged, n/k stay, the rest go, and each other copy's line
+        becomes a ``superseded`` reject.  k is the number of versions read for FHIR (a resource repeated
+        in a Bulk export); other readers give no count of copies, so there k is the most times any one row
+        repeats (a record staging the same row twice is stored once).  Copies used to be written twice."""
+        con = self.con
+        tables = ("staged_events", "staged_calls", "staged_values")
+        alike = {name: ", ".join(quote(c) for c in con.table(name).columns if c != "line") for name in tables}
+        if self.has_versions:
+            # records with several versions are those ``choose_versions`` ranked a second one for
+            counted = """SELECT record, count(*) AS k FROM versions v
+                         WHERE source_record IN (SELECT source_record FROM ranked WHERE rank = 2)
+                           AND EXISTS (SELECT 1 FROM staged_events e WHERE e.record = v.record
+                                       AND e.record_hash = v.record_hash) GROUP BY record"""
+        else:  # alike rows counted among the records that stage several rows only (a call is one row a copy)
+            counted = " UNION ALL ".join(f"""SELECT record, count(*) AS k FROM {name} WHERE record IN (
+                                                 SELECT record FROM {name} GROUP BY record HAVING count(*) > 1)
+                                             GROUP BY {alike[name]}""" for name in tables[:2])
+        con.execute(f"CREATE TABLE copied AS SELECT record, max(k) AS k FROM ({counted}) GROUP BY record HAVING max(k) > 1")
+        if not con.execute("SELECT count(*) FROM copied").fetchall()[0][0]:
             return
-        self.register("repeated", repeated)
-        self._drop_staged(("staged_events", "staged_calls"), "repeated")
-        self.reject(repeated, "record key", REPEATED_RECORD, action="superseded")
+        dropped = []
+        for name in tables:
+            con.execute(f"""CREATE TABLE copy_ranked AS SELECT s.*, c.k, count(*) OVER alike AS n,
+                                row_number() OVER (alike ORDER BY s.line DESC NULLS LAST) AS copy
+                            FROM {name} s JOIN copied c USING (record) WINDOW alike AS (PARTITION BY {alike[name]})""")
+            dropped.append(f"SELECT record, line FROM {name}_dropped")
+            con.execute(f"CREATE TABLE {name}_dropped AS SELECT record, line FROM copy_ranked WHERE copy > greatest(1, n // k)")
+            con.execute(f"""CREATE TABLE kept AS SELECT * FROM {name} ANTI JOIN copied USING (record)
+                            UNION ALL BY NAME SELECT * EXCLUDE (k, n, copy) FROM copy_ranked WHERE copy <= greatest(1, n // k)""")
+            con.execute("DROP TABLE copy_ranked")
+            con.unregister(name)
+            con.execute(f"DROP TABLE IF EXISTS {name}")
+            con.execute(f"ALTER TABLE kept RENAME TO {name}")
+        self.reject(_table_from_query(con, f"""SELECT DISTINCT d.line, k.source_record FROM ({" UNION ALL ".join(dropped)}) d
+                                              JOIN record_keys k USING (record) ORDER BY 2, 1"""),
+                    "record key", SAME_RECORD, action="superseded")
 
     def record_versions(self, load_id: int) -> None:
         """Remember the newest version of each record this load wrote or removed (mercia_record_version)."""
@@ -509,30 +563,37 @@ class _Load:
             self.con.execute(f"DELETE FROM calls WHERE {where}")  # a call is its own record
 
     def skip_unchanged(self) -> int:
-        """Drop records already loaded with the same content; delete earlier versions of changed ones."""
+        """Drop records already loaded with the same content; delete earlier versions of changed ones.
+        A record an earlier chunk of this load read is settled as if both copies were in one chunk
+        (``_settle_earlier_chunks``)."""
         self.con.execute("""
-            CREATE TABLE batch_records AS
-            SELECT DISTINCT source_record, record_hash FROM events
-            UNION SELECT DISTINCT source_record, record_hash FROM sites
-            UNION SELECT DISTINCT source_record, record_hash FROM calls""")
-        # only this batch's records, looked up in the provenance of earlier loads (their rows come first, so
-        # DuckDB's row-group statistics skip this load's: reading the provenance a large load keeps adding
-        # made each of its chunks dearer than the last) and in the records this load wrote so far
+            CREATE TABLE batch_records AS SELECT source_record, record_hash, max(line) AS line FROM (
+                SELECT source_record, record_hash, line FROM events UNION ALL
+                SELECT source_record, record_hash, line FROM sites UNION ALL
+                SELECT source_record, record_hash, line FROM calls) GROUP BY 1, 2""")
+        # only the records this chunk read, looked up in the provenance of earlier loads (their rows come first,
+        # so DuckDB's row-group statistics skip this load's: reading the provenance a large load keeps adding
+        # made each of its chunks dearer than the last) and among the records earlier chunks read
         self._store_temp("mercia_tmp_batch", _table_from_query(
-            self.con, "SELECT DISTINCT source_record FROM batch_records"), "source_record VARCHAR")
+            self.con, "SELECT source_record FROM record_keys SEMI JOIN read_records USING (record)"),
+            "source_record VARCHAR")
+        self._settle_earlier_chunks()
         existing = self.store.query_arrow(
             "SELECT DISTINCT source_record, record_hash FROM mercia_provenance WHERE org = ? AND load_id < ? "
-            "AND source_record IN (SELECT source_record FROM mercia_tmp_batch) "
-            f"UNION SELECT source_record, record_hash FROM {LOADED_RECORDS} "
-            "WHERE source_record IN (SELECT source_record FROM mercia_tmp_batch)", [self.org, self.load_id])
+            "AND source_record IN (SELECT source_record FROM mercia_tmp_batch)", [self.org, self.load_id])
         if existing.num_rows == 0:
             existing = pa.table({"source_record": pa.array([], pa.string()), "record_hash": pa.array([], pa.string())})
         self.register("existing", existing)
-        unchanged = self.con.execute("""
-            SELECT count(*) FROM batch_records b JOIN existing x USING (source_record, record_hash)""").fetchall()[0][0]
+        # an earlier chunk replaced the stored version (its rows are gone): this copy is compared with that version
+        self.con.execute("""CREATE TABLE stored_hashes AS SELECT source_record, record_hash AS stored_hash FROM existing
+            UNION ALL SELECT source_record, stored_hash FROM seen_replaced WHERE fate = 'changed'""")
+        self.con.execute("""CREATE TABLE unchanged_records AS
+            SELECT DISTINCT b.source_record FROM batch_records b JOIN stored_hashes x ON x.source_record = b.source_record
+            AND x.stored_hash = b.record_hash""")
+        unchanged = self.con.execute("SELECT count(*) FROM unchanged_records").fetchall()[0][0]
         changed = _table_from_query(self.con, """
-            SELECT DISTINCT b.source_record FROM batch_records b JOIN existing x USING (source_record)
-            WHERE x.record_hash <> b.record_hash""")
+            SELECT DISTINCT b.source_record FROM batch_records b JOIN stored_hashes x USING (source_record)
+            WHERE x.stored_hash <> b.record_hash""")
         self.con.execute("""DELETE FROM events WHERE (source_record, record_hash) IN
                             (SELECT (source_record, record_hash) FROM existing)""")
         for table in ("sites", "calls"):
@@ -543,6 +604,7 @@ class _Load:
             self._delete_records(changed)
         # persons: unchanged links are kept; changed ones replaced under the same person_id
         unchanged += self.con.execute("SELECT count(*) FROM resolved WHERE old_hash = record_hash").fetchall()[0][0]
+        self.con.execute("INSERT INTO unchanged_records SELECT source_record FROM resolved WHERE old_hash = record_hash")
         self.con.execute("DELETE FROM resolved WHERE old_hash = record_hash")
         replaced = _table_from_query(self.con, "SELECT source_pseudonym, source_record FROM resolved "
                                                "WHERE old_hash IS NOT NULL")
@@ -552,6 +614,77 @@ class _Load:
             self.store.execute("DELETE FROM mercia_person_link WHERE org = ? AND source_pseudonym IN "
                                "(SELECT source_pseudonym FROM mercia_tmp_keys)", [self.org])
         return unchanged
+
+    def _settle_earlier_chunks(self) -> None:
+        """Records an earlier chunk of this load read (``SEEN_RECORDS``) as if that copy were in this chunk:
+        a copy alike in content to one loaded there is dropped here (``SAME_RECORD``); otherwise this copy
+        is the later one and wins: the earlier copy's rows and rejects go, and it is named ``superseded``
+        (``REPEATED_RECORD``).  ``uncounted`` takes back what the earlier chunk counted for records read
+        here again, so the load's summary counts each record once, with its last copy's fate."""
+        con = self.con
+        seen = pa.table({})
+        if self.after_chunks:
+            seen = self.store.query_arrow(f"SELECT * FROM {SEEN_RECORDS} WHERE source_record IN "
+                                          "(SELECT source_record FROM mercia_tmp_batch)")
+        self.register("seen", conform(seen, pa.schema([
+            ("source_record", pa.string()), ("record_hash", pa.string()), ("line", pa.int64()),
+            ("fate", pa.string()), ("stored_hash", pa.string())])))
+        con.execute("""CREATE TABLE seen_alike AS SELECT s.source_record, s.line FROM seen s
+            SEMI JOIN batch_records b USING (source_record, record_hash) WHERE s.fate IN ('loaded', 'changed', 'unchanged')""")
+        con.execute("""CREATE TABLE seen_replaced AS SELECT * FROM seen SEMI JOIN batch_records USING (source_record)
+                       ANTI JOIN seen_alike USING (source_record)""")
+        fates = dict(con.execute("SELECT fate, count(*) FROM seen ANTI JOIN seen_alike USING (source_record) "
+                                 "GROUP BY 1").fetchall())
+        self.uncounted = Counter({fate: -n for fate, n in fates.items() if fate != "loaded"})
+        self.uncounted_reasons: Counter[str] = Counter()  # of the earlier chunks' rejects taken back
+        self.uncounted["records"] = -con.execute("SELECT count(*) FROM seen").fetchall()[0][0]
+        if not con.execute("SELECT count(*) FROM (SELECT 1 FROM seen LIMIT 1)").fetchall()[0][0]:
+            return
+        for table in ("events", "sites", "calls", "batch_records"):
+            con.execute(f"DELETE FROM {table} WHERE source_record IN (SELECT source_record FROM seen_alike)")
+        self.reject(_table_from_query(con, "SELECT source_record, line FROM seen_alike"), "record key", SAME_RECORD,
+                    action="superseded")
+        self.reject(_table_from_query(con, "SELECT source_record, line FROM seen_replaced"), "record key",
+                    REPEATED_RECORD, action="superseded")
+        written = _table_from_query(con, "SELECT source_record FROM seen_replaced WHERE fate IN ('loaded', 'changed')")
+        if written.num_rows:
+            self._delete_records(written)
+        self._store_temp("mercia_tmp_records", _table_from_query(
+            con, "SELECT source_record FROM seen_replaced WHERE fate = 'rejected'"), "source_record VARCHAR")
+        earlier_rejects = "FROM mercia_reject WHERE load_id = ? AND org = ? AND action = 'rejected' AND " \
+                          "source_record IN (SELECT source_record FROM mercia_tmp_records)"
+        self.uncounted_reasons.update({reason: -n for reason, n in self.store.query(
+            f"SELECT reason, count(*) {earlier_rejects} GROUP BY 1", [self.load_id, self.org])})
+        self.store.execute(f"DELETE {earlier_rejects}", [self.load_id, self.org])
+
+    def record_fates(self) -> pa.Table:
+        """This chunk's fate of each record it read (``fate_sets``: the records of each counted fate but
+        'loaded' and 'unchanged'), with its content hash, line and the version stored before, for the
+        chunks after it (``SEEN_RECORDS``); a copy this chunk dropped as alike keeps the earlier chunk's.
+        Asked only when another chunk follows (a tenth of a single-chunk FHIR load's CPU otherwise)."""
+        sets = self.fate_sets
+        counted = [fate for fate in FATES if fate in sets]
+        self.register("fate_sets", pa.table({
+            "source_record": pa.array([r for fate in counted for r in sets[fate]], pa.string()),
+            "fate": pa.array(np.repeat(np.array(counted, dtype=object), [len(sets[fate]) for fate in counted]),
+                             pa.string()),
+            "rank": pa.array(np.repeat(np.arange(len(counted)), [len(sets[fate]) for fate in counted]), pa.int64())}))
+        return _table_from_query(self.con, f"""
+            SELECT k.source_record, b.record_hash, COALESCE(b.line, l.line) AS line, COALESCE(f.fate, 'loaded') AS fate,
+                   x.stored_hash
+            FROM (SELECT source_record FROM record_keys SEMI JOIN read_records USING (record)) k
+            LEFT JOIN (SELECT source_record, min(record_hash) AS record_hash, max(line) AS line FROM batch_records
+                       GROUP BY 1) b USING (source_record)
+            LEFT JOIN (SELECT k.source_record, max(c.line) AS line FROM (
+                           SELECT record, line FROM staged_rejects UNION ALL SELECT record, line FROM staged_persons_raw) c
+                       JOIN record_keys k USING (record) GROUP BY 1) l USING (source_record)
+            LEFT JOIN (SELECT source_record, arg_min(fate, rank) AS fate FROM (
+                           SELECT * FROM fate_sets UNION ALL
+                           SELECT source_record, 'unchanged', {len(counted)} FROM unchanged_records) GROUP BY 1) f
+                   USING (source_record)
+            LEFT JOIN (SELECT source_record, min(stored_hash) AS stored_hash FROM stored_hashes GROUP BY 1) x
+                   USING (source_record)
+            ANTI JOIN seen_alike USING (source_record)""")
 
     def remove_withdrawn(self) -> None:
         """Records the source withdrew: their earlier rows go (and any version staged in this load)."""
@@ -582,9 +715,14 @@ class _Load:
                     f"(SELECT row_id FROM ({doomed}) d WHERE cdm_table = ?)", [self.org, table]))
             store.execute(f"DELETE FROM {quote(table)} WHERE {quote(pk)} IN "
                           f"(SELECT row_id FROM ({doomed}) d WHERE cdm_table = ?)", [self.org, table])
+        # rows an earlier chunk of this load wrote are not counted as written
+        for table, count in store.query("SELECT cdm_table, count(*) FROM mercia_provenance WHERE org = ? AND "
+                                        "load_id = ? AND cdm_table <> 'person' AND source_record IN "
+                                        "(SELECT source_record FROM mercia_tmp_records) GROUP BY 1",
+                                        [self.org, self.load_id]):
+            self.rows[ROWS_KEY.get(table, table)] -= count
         store.execute(f"DELETE FROM mercia_provenance WHERE org = ? AND "
                       f"(cdm_table, row_id) IN (SELECT cdm_table, row_id FROM ({doomed}) d)", [self.org, self.org])
-        store.execute(f"DELETE FROM {LOADED_RECORDS} WHERE source_record IN (SELECT source_record FROM mercia_tmp_records)")
 
     def prepare_sites(self) -> None:
         self.con.execute("""
@@ -682,8 +820,6 @@ class _Load:
             SELECT cdm_table, row_id, ? AS org, ? AS extract, source_record, record_hash, {load_id} AS load_id
             FROM prov_rows""", [self.org, extract])
         store.insert_arrow("mercia_provenance", prov)
-        store.insert_arrow(LOADED_RECORDS, _table_from_query(
-            con, "SELECT DISTINCT source_record, record_hash FROM prov_rows"))
 
     def _earlier_rows(self, cdm_table: str, reference: str) -> pa.Table:
         """(source_record, row_id) of the ``cdm_table`` rows this organisation loaded before, for the
@@ -862,7 +998,6 @@ class _Load:
             "source_record": pa.DictionaryArray.from_arrays(owner, keys.column("source_record").combine_chunks()),
             "record_hash": pa.DictionaryArray.from_arrays(owner, keys.column("record_hash").combine_chunks()),
             "load_id": pa.array(np.full(2 * count, load_id, dtype=np.int64))}))
-        self.store.insert_arrow(LOADED_RECORDS, keys)
 
     def _insert_domain(self, domain: str) -> None:
         """The routed events of one domain -> its CDM table (ids after the table's largest), their
@@ -998,8 +1133,9 @@ def load_staged(store: Store, staged: Staged | Iterable[Staged], org: str, reade
 
     ``staged`` may be a sequence of chunks of the same extract (a reader streaming a large file):
     each chunk runs the whole path in its own scratch DuckDB, so memory is bounded by the chunk,
-    but all chunks share one transaction, one load id and one summary.  A chunk must hold every
-    row of its source records (a record split across chunks would look like a corrected resend)."""
+    but all chunks share one transaction, one load id and one summary.  A record's copies may fall
+    in different chunks (the later settles the earlier, ``_Load._settle_earlier_chunks``), but a
+    chunk must hold every row of a copy (the rest of it in a later chunk would look like a copy)."""
     if not org or not org.replace("-", "").isalnum():
         raise LoadError(f"organisation must be an ODS code (letters and digits), got {org!r}")
     ensure_extension_tables(store)
@@ -1008,13 +1144,21 @@ def load_staged(store: Store, staged: Staged | Iterable[Staged], org: str, reade
     last_ids: dict[str, int] = {}  # per table, the last id this load used (``_Load._first_id``)
     with store.bulk_writes(LOAD_MEMORY_LIMIT), store.transaction():
         load_id = int(store.query_one("SELECT COALESCE(max(load_id), 0) FROM mercia_load") or 0) + 1
-        store.execute(f"DROP TABLE IF EXISTS {LOADED_RECORDS}")
-        store.execute(f"CREATE TEMP TABLE {LOADED_RECORDS} (source_record VARCHAR, record_hash VARCHAR)")
+        store.execute(f"DROP TABLE IF EXISTS {SEEN_RECORDS}")
+        store.execute(f"CREATE TEMP TABLE {SEEN_RECORDS} (source_record VARCHAR, record_hash VARCHAR, line BIGINT, "
+                      "fate VARCHAR, stored_hash VARCHAR)")
+        previous = None  # the last chunk's load: its records are written for the next chunk only, if one comes
         for chunk in chunks:
             if not parts:
                 store.execute("DELETE FROM mercia_reject WHERE org = ? AND extract = ?", [org, chunk.extract])
-            parts.append(_load_chunk(store, chunk, org, reader, options, load_id, last_ids))
-        store.execute(f"DROP TABLE {LOADED_RECORDS}")
+            if previous is not None:
+                _record_seen(store, previous.record_fates())
+                previous.con.close()
+            part, previous = _load_chunk(store, chunk, org, reader, options, load_id, last_ids, bool(parts))
+            parts.append(part)
+        if previous is not None:
+            previous.con.close()
+        store.execute(f"DROP TABLE {SEEN_RECORDS}")
         if not parts:
             raise LoadError("the reader produced nothing to load")
         summary = _combined(parts)
@@ -1039,13 +1183,23 @@ def _combined(parts: list[LoadSummary]) -> LoadSummary:
               for name in ("read", "records", "loaded", "unchanged", "rejected", "withheld", "flagged", "removed",
                            "changed", "superseded")}
     return LoadSummary(parts[0].load_id, parts[0].org, parts[0].extract, rows=dict(rows),
-                       reject_reasons=dict(reasons), **counts)
+                       reject_reasons=dict(+reasons), **counts)  # a reason taken back by a later chunk goes
+
+
+def _record_seen(store: Store, fates: pa.Table) -> None:
+    """A chunk's records (``_Load.record_fates``) replace what earlier chunks left of them in ``SEEN_RECORDS``."""
+    store.execute("DROP TABLE IF EXISTS mercia_tmp_records")
+    store.execute("CREATE TEMP TABLE mercia_tmp_records (source_record VARCHAR)")
+    store.insert_arrow("mercia_tmp_records", fates.select(["source_record"]))
+    store.execute(f"DELETE FROM {SEEN_RECORDS} WHERE source_record IN (SELECT source_record FROM mercia_tmp_records)")
+    store.insert_arrow(SEEN_RECORDS, fates)
 
 
 def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: LoadOptions,
-                load_id: int, last_ids: dict[str, int]) -> LoadSummary:
-    """One chunk's whole path (inside the load's transaction): its counts, rejects written."""
-    job = _Load(store, staged, org, reader, options, load_id, last_ids)
+                load_id: int, last_ids: dict[str, int], after_chunks: bool) -> tuple[LoadSummary, _Load]:
+    """One chunk's whole path (inside the load's transaction): its counts, rejects written, and the
+    job, its scratch DuckDB still open for ``record_fates``; ``after_chunks``: earlier chunks of the load ran."""
+    job = _Load(store, staged, org, reader, options, load_id, last_ids, after_chunks)
     job.pseudonymise_records()
     job.choose_versions()
     job.keep_last_copies()
@@ -1081,14 +1235,19 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
                                   SELECT DISTINCT person_id FROM events UNION SELECT DISTINCT person_id FROM calls
                                   UNION SELECT person_id FROM touched_persons""")
     rebuild_person_rows(store, affected)
-    rejected_records = len({r["source_record"] for r in job.rejects if r["action"] == "rejected"}
-                           - job.withheld_records - job.removed_records - job.superseded_records)
-    loaded = (job.records_read - rejected_records - withheld_records - len(job.removed_records)
-              - len(job.superseded_records))
+    sets = {"withheld": job.withheld_records, "removed": job.removed_records, "superseded": job.superseded_records,
+            "rejected": {r["source_record"] for r in job.rejects if r["action"] == "rejected"}
+            - job.withheld_records - job.removed_records - job.superseded_records,
+            "changed": job.changed_records - job.removed_records}
+    job.fate_sets = sets
+    # each record counted once per load, with its last copy's fate (what an earlier chunk counted is taken back)
+    counts = Counter({name: len(members) for name, members in sets.items()})
+    counts.update({"records": job.records_read, "unchanged": unchanged})
+    counts.update(job.uncounted)
+    loaded = counts["records"] - sum(counts[name] for name in ("rejected", "withheld", "removed", "superseded"))
     reasons = Counter(r["reason"] for r in job.rejects if r["action"] == "rejected")
-    summary = LoadSummary(load_id, org, staged.extract, staged.read, job.records_read, loaded, unchanged,
-                          rejected_records, withheld_records, sum(1 for r in job.rejects if r["action"] == "flagged"),
-                          dict(job.rows), dict(reasons), len(job.removed_records),
-                          len(job.changed_records - job.removed_records), len(job.superseded_records))
-    job.con.close()
-    return summary
+    reasons.update(job.uncounted_reasons)
+    summary = LoadSummary(load_id, org, staged.extract, staged.read, counts["records"], loaded, counts["unchanged"],
+                          counts["rejected"], counts["withheld"], sum(1 for r in job.rejects if r["action"] == "flagged"),
+                          dict(job.rows), dict(reasons), counts["removed"], counts["changed"], counts["superseded"])
+    return summary, job

@@ -37,6 +37,7 @@ from pathlib import Path
 from collections.abc import Iterator
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -182,10 +183,10 @@ class NmrReader:
 
     # -- formats -> vals (sample_id, line, biomarker, value, qc_flag), not-a-number rejects, values_read (cells
     #    read) + sample QC (sample_id, line, name, value)
-    def read(self, table: pa.Table, file: str, first_line: int = 2, first_chunk: bool = True) -> Staged:
-        """Rows of a wide file (or a whole long file) -> staged records; ``first_line``: the file line
-        of the table's first row; column-level rejects are reported with the ``first_chunk`` only."""
-        self.first_line, self.first_chunk = first_line, first_chunk
+    def read(self, table: pa.Table, file: str, lines: pa.Array, first_chunk: bool = True) -> Staged:
+        """Rows of a wide file (or a whole long file) -> staged records; ``lines``: the file line of each
+        row; column-level rejects are reported with the ``first_chunk`` only."""
+        self.lines, self.first_chunk = lines, first_chunk
         if is_long_format(table.column_names):
             self._long(table, file)
         else:
@@ -197,10 +198,7 @@ class NmrReader:
         by_field = {str(b.ukb_field): b.name for b in self.catalogue.values() if b.ukb_field}
         by_qc_field = {str(b.qc_field): b.name for b in self.catalogue.values() if b.qc_field}
         sample_fields = _sample_qc_fields()
-        id_column = next((c for c in table.column_names if c.strip().lower() in ID_COLUMNS), None)
-        if id_column is None:
-            raise NmrError(f"{file}: no sample id column (one of {', '.join(ID_COLUMNS)}) and not the long format "
-                           "(sample_id, biomarker, value, unit)")
+        id_column = _id_column(table.column_names, file)
         values, flags, samples, unknown = [], [], [], []
         for column in table.column_names:
             if column == id_column:
@@ -227,8 +225,7 @@ class NmrReader:
                               ["unknown biomarker: not in the Nightingale catalogue (nmr_info.csv); column not loaded"])
         if not values:
             raise NmrError(f"{file}: no column names a Nightingale biomarker")
-        self.con.register("wide", _scannable(table.append_column("__line", pa.array(
-            range(self.first_line, self.first_line + table.num_rows), pa.int64()))))
+        self.con.register("wide", _scannable(table.append_column("__line", self.lines)))
         ident = quote_name(id_column)
 
         def sample(instance):
@@ -453,6 +450,47 @@ class NmrReader:
         return staged
 
 
+def _id_column(names: list[str], file: str) -> str:
+    """The sample id column of a wide file."""
+    id_column = next((c for c in names if c.strip().lower() in ID_COLUMNS), None)
+    if id_column is None:
+        raise NmrError(f"{file}: no sample id column (one of {', '.join(ID_COLUMNS)}) and not the long format "
+                       "(sample_id, biomarker, value, unit)")
+    return id_column
+
+
+def _read_rows(table: pa.Table, file: str, first_line: int, first_chunk: bool, manifest: pa.Table, tolerance: float,
+               remove_technical_variation: bool) -> Staged:
+    """Rows of the file from ``first_line`` on -> one staged chunk.  A sample whose row repeats (in this
+    chunk) is read once per copy, so that each copy is a record version of its own and the load keeps
+    the last as for any repeated record (``load._Load.keep_last_copies``): the rows are read in layers,
+    each holding at most one row of a sample, the layer of every sample's last row read last (and the
+    one the technical-variation model is fitted on).  Read as one, a sample's rows made one record with
+    every row's values."""
+    lines = pa.array(range(first_line, first_line + table.num_rows), pa.int64())
+    layers = pa.array(np.ones(table.num_rows, dtype=np.int64))
+    ids = None if is_long_format(table.column_names) else table.column(_id_column(table.column_names, file))
+    if ids is not None and pc.count_distinct(ids).as_py() < pc.count(ids).as_py():
+        con = duckdb.connect()
+        con.register("ids", pa.table({"id": ids, "line": lines}))
+        layers = con.sql("""SELECT CASE WHEN id IS NULL THEN 1 ELSE row_number() OVER (PARTITION BY id ORDER BY line DESC)
+                                   END AS layer FROM ids ORDER BY line""").to_arrow_table().column("layer")
+        con.close()
+    parts = []
+    for layer in range(pc.max(layers).as_py() or 1, 0, -1):
+        rows = pc.equal(layers, layer)
+        reader = NmrReader(file, manifest, tolerance, remove_technical_variation)
+        parts.append(reader.read(table.filter(rows), file, lines.filter(rows), first_chunk and layer == 1))
+        reader.con.close()  # the chunk's scratch tables go now, not when the collector finds them
+    if len(parts) == 1:
+        return parts[0]
+    staged = Staged(parts[0].extract, read=sum(part.read for part in parts))
+    for name in ("events", "persons", "rejects"):
+        setattr(staged, name, ArrowColumns(pa.concat_tables([getattr(part, name).table() for part in parts])))
+    staged.values = pa.concat_tables([part.values for part in parts])
+    return staged
+
+
 def _scannable(table: pa.Table) -> pa.Table:
     """``table`` in batches of ``SCAN_ROWS`` rows: DuckDB scans an Arrow table batch by batch, one thread
     a batch, so a table of one batch is read (and unpivoted, joined...) on one core."""
@@ -508,9 +546,8 @@ def read_nmr_chunks(path: Path | str, manifest: Path | str | pa.Table, tolerance
     whole = chunk_samples is None or remove_technical_variation or is_long_format(_header(path))
     first_line, staged_persons = 2, pa.array([], pa.string())
     for batch in _string_batches(path, None if whole else chunk_samples):
-        reader = NmrReader(path.name, table, tolerance, remove_technical_variation)
-        staged = reader.read(pa.Table.from_batches([batch]), path.name, first_line, first_chunk=first_line == 2)
-        reader.con.close()  # the chunk's scratch tables go now, not when the collector finds them
+        staged = _read_rows(pa.Table.from_batches([batch]), path.name, first_line, first_line == 2, table, tolerance,
+                            remove_technical_variation)
         persons = staged.persons.table()
         new = persons.filter(pc.invert(pc.is_in(persons.column("record"), value_set=staged_persons)))
         staged.persons = ArrowColumns(new)

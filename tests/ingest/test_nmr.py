@@ -415,22 +415,26 @@ def awkward_study(study):
     return study
 
 
-def test_chunked_load_lands_exactly_what_a_whole_file_load_does(store, store_factory, engine, options,
-                                                                 awkward_study):
+def _chunked_and_whole(store, whole_store, options, study) -> tuple:
+    """The study's file loaded in chunks of 14 rows into ``store`` and as one chunk into ``whole_store``."""
     from mercia.ingest.load import load_staged
     from mercia.ingest.nmr import read_nmr_chunks
     from mercia.vocab.metabolites import ensure_local_concepts
 
-    wide, manifest = awkward_study / "nmr_wide.csv", awkward_study / "manifest.csv"
-    whole_store = store_factory(engine)
     summaries = []
     for target, chunk_samples in ((store, 14), (whole_store, None)):
-        chunks = list(read_nmr_chunks(wide, manifest, chunk_samples=chunk_samples))
+        chunks = list(read_nmr_chunks(study / "nmr_wide.csv", study / "manifest.csv", chunk_samples=chunk_samples))
         assert len(chunks) == (3 if chunk_samples else 1)
         for chunk in chunks:
             ensure_local_concepts(target, chunk.codes())
         summaries.append(load_staged(target, chunks, "NMR01", "nmr", options))
-    chunked, whole = summaries
+    return tuple(summaries)
+
+
+def test_chunked_load_lands_exactly_what_a_whole_file_load_does(store, store_factory, engine, options,
+                                                                 awkward_study):
+    whole_store = store_factory(engine)
+    chunked, whole = _chunked_and_whole(store, whole_store, options, awkward_study)
     assert chunked.__dict__ | {"load_id": 0} == whole.__dict__ | {"load_id": 0}
     assert chunked.loaded == 40 + 39 and chunked.rejected == 2 and chunked.rows["measurement"] == 40 * 249 - 1
     assert _loaded_content(store) == _loaded_content(whole_store)
@@ -565,9 +569,11 @@ def test_a_load_failing_while_the_next_chunk_is_read_leaves_no_thread_or_open_fi
     assert str(wide.resolve()) not in open_files
 
 
-def test_a_sample_again_in_a_later_chunk_is_unchanged_or_a_corrected_resend(store, options, study):
-    """A chunk finds the records earlier chunks of its own load wrote (the load's record list, not a
-    read of its provenance): the same sample again changes nothing, a changed one replaces them."""
+def test_a_sample_again_in_a_later_chunk_is_stored_once_or_replaces_the_earlier_copy(store, options, study):
+    """A chunk finds the records earlier chunks of its own load read (the load's record list, not a
+    read of its provenance): the same sample again is stored once, a changed one replaces the earlier
+    copy; each is one record, loaded, neither unchanged nor changed (nothing was stored before the load;
+    they counted as one of each before)."""
     from mercia.ingest.load import load_staged
     from mercia.ingest.nmr import read_nmr_chunks
     from mercia.vocab.metabolites import ensure_local_concepts
@@ -584,8 +590,8 @@ def test_a_sample_again_in_a_later_chunk_is_unchanged_or_a_corrected_resend(stor
     for chunk in chunks:
         ensure_local_concepts(store, chunk.codes())
     summary = load_staged(store, chunks, "NMR01", "nmr", options)
-    assert (summary.unchanged, summary.changed) == (1, 1)
-    assert store.query_one("SELECT count(*) FROM measurement") == 40 * 249
+    assert (summary.records, summary.loaded, summary.unchanged, summary.changed) == (80, 80, 0, 0)
+    assert store.query_one("SELECT count(*) FROM measurement") == summary.rows["measurement"] == 40 * 249
     assert store.query_one("SELECT count(*) FROM specimen") == 40
     with wide.open() as handle:
         rows = list(csv.reader(handle))
@@ -635,3 +641,64 @@ def test_a_second_load_at_once_waits_for_the_first_on_postgres(store, options, t
     assert store.query("SELECT measurement_id FROM measurement GROUP BY 1 HAVING count(*) > 1") == []
     written = first.rows["measurement"] + second[0].rows["measurement"]
     assert store.query_one("SELECT count(*) FROM measurement") == written
+
+
+def _glucose(store) -> list[float]:
+    return sorted(v for (v,) in store.query("""SELECT m.value_as_number FROM measurement m JOIN concept c
+        ON c.concept_id = m.measurement_source_concept_id AND c.concept_code = 'Glucose'"""))
+
+
+def _repeat_twice(study) -> tuple[list[float], float]:
+    """Sample 1's row again at line 42 with another glucose, sample 2's again alike at line 43: the glucose
+    values a load should keep, and sample 1's new one."""
+    glucoses = []
+
+    def repeat(rows):
+        column = rows[0].index("Glucose")
+        glucoses.extend(float(row[column]) for row in rows[1:])
+        changed = list(rows[1])
+        changed[column] = str(float(changed[column]) + 1.5)
+        rows.extend([changed, list(rows[2])])
+        glucoses[0] = float(changed[column])
+    _rewrite(study / "nmr_wide.csv", repeat)
+    return sorted(glucoses), glucoses[0]
+
+
+def test_sample_repeated_in_a_wide_file_keeps_its_last_row_like_any_record(store, load_sampled, study, snapshot):
+    """A sample's row repeated with other values keeps the last row, values and all (both rows' values were
+    loaded into one record before); repeated alike it is stored once."""
+    from mercia.ingest.load import REPEATED_RECORD, SAME_RECORD
+
+    glucoses, _ = _repeat_twice(study)
+    summary = load_sampled(store, "nmr", study / "nmr_wide.csv", "NMR01", study / "manifest.csv")
+    assert (summary.records, summary.loaded, summary.rejected) == (80, 80, 0)  # 40 samples + 40 persons
+    assert summary.rows["measurement"] == 40 * 249 and store.query_one("SELECT count(*) FROM specimen") == 40
+    assert _glucose(store) == glucoses
+    assert store.query("SELECT line, reason, action FROM mercia_reject ORDER BY 1") == [
+        (2, REPEATED_RECORD, "superseded"), (3, SAME_RECORD, "superseded")]
+    before = snapshot(store)
+    again = load_sampled(store, "nmr", study / "nmr_wide.csv", "NMR01", study / "manifest.csv")
+    assert (again.unchanged, again.changed) == (80, 0) and snapshot(store) == before
+
+
+def test_sample_repeated_across_chunks_lands_as_in_one_chunk(store, store_factory, engine, options, study):
+    """Sample 1 at lines 2 and 42 (other glucose), sample 2 at 3 and 43 (alike), in chunks of 14 rows: the
+    first and third chunk hold the copies. Counts, rows and rejects are those of the whole file read as one
+    chunk (the earlier chunk's copy was loaded and counted again, and its rows replaced, before). A resend
+    in chunks counts every record unchanged and leaves the same content; sample 1's rows are written
+    again (new ids): its first chunk, not knowing of the later copy, replaced them with the earlier one."""
+    from mercia.ingest.load import load_staged
+    from mercia.ingest.nmr import read_nmr_chunks
+
+    glucoses, _ = _repeat_twice(study)
+    whole_store = store_factory(engine)
+    chunked, whole = _chunked_and_whole(store, whole_store, options, study)
+    assert (whole.records, whole.loaded, whole.rejected, whole.changed, whole.unchanged) == (80, 80, 0, 0, 0)
+    assert chunked.__dict__ | {"load_id": 0} == whole.__dict__ | {"load_id": 0}
+    assert chunked.rows["measurement"] == 40 * 249 and _glucose(store) == glucoses
+    assert _loaded_content(store) == _loaded_content(whole_store)
+    before = _loaded_content(store)
+    again = load_staged(store, read_nmr_chunks(study / "nmr_wide.csv", study / "manifest.csv", chunk_samples=14),
+                        "NMR01", "nmr", options)
+    assert (again.records, again.loaded, again.unchanged, again.changed) == (80, 80, 80, 0)
+    assert _loaded_content(store) == before and _glucose(store) == glucoses

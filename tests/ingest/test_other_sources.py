@@ -22,12 +22,22 @@ def test_hl7v2_lab_results_load(store, shared_data, load, snapshot):
     assert all(m.startswith("MSH|") for p in boms for m in split_messages(p.read_bytes()))
     summary = load(store, "hl7v2", folder, "R9P")
     reconciles(summary)
-    # the four OUL examples share control id 1932 and repeat OBX 27 (heart rate): six copies of one record
-    # key, five contents, all at message 1 of their file; the last is loaded, the other five are not (four
-    # rejects: two of them are the same content at the same line); a resend lost all six before
-    assert summary.rows["measurement"] == 50
-    assert store.query("SELECT field, action, count(*) FROM mercia_reject WHERE reason LIKE 'the record repeats%' "
-                       "GROUP BY 1, 2") == [("record key", "superseded", 4)]
+    # 55 results with a value. The four OUL examples share control id 1932 (the same message sent again, by
+    # MSH-10) and number two results 27 in one message: a heart rate before the specimen (group 0, NM,
+    # 1999-07-02) and one after it (group 1, coded, 1999-08-02), distinct results, both kept. Group 0 comes
+    # with 3 values in OUL-R22-01/R22-02/R23-01 (loaded: R23's 80), group 1 with 3 (R23's "60"): 4 copies
+    # superseded, in 3 reject rows (R22-01 and R22-02 agree in group 1, both at message 1). The HL7 glucose
+    # example and ORU-R01-RMGEAD send the same result under one control id, alike: stored once (1 row).
+    assert summary.rows["measurement"] == 55 - 4 - 1
+    assert store.query("SELECT field, action, reason, count(*) FROM mercia_reject WHERE reason LIKE "
+                       "'the record repeats%' GROUP BY 1, 2, 3 ORDER BY 3") == [
+        ("record key", "superseded", "the record repeats in this extract with different content: only its last "
+                                     "copy was loaded", 3),
+        ("record key", "superseded", "the record repeats in this extract with the same content: stored once", 1)]
+    assert store.query("""SELECT CAST(measurement_date AS VARCHAR), value_as_number, value_source_value FROM measurement
+                          WHERE measurement_source_value = '8867-4' ORDER BY 1, 3""") == [
+        ("1999-07-02", 80.0, "80.0"), ("1999-08-02", None, "60"), ("1999-08-02", None, "80"),
+        ("2000-08-02", None, "60"), ("2002-02-15", 27.0, "27.0")]  # R24's result 7, R22-02's 17, ORU-R01-01's 2
     before = snapshot(store)
     assert load(store, "hl7v2", folder, "R9P").changed == 0 and snapshot(store) == before
     # structured numeric "^182" with range 70_105 from the HL7 normative glucose example
