@@ -16,6 +16,7 @@ from pathlib import Path
 from tests.ingest.test_vcf import BODY, HEADER, bgzip
 
 PINS = Path(__file__).parent / "vcf_pinned.json"
+PINNED_ON = dt.date(2026, 12, 5)
 
 
 def _canonical(value) -> str:
@@ -83,8 +84,13 @@ def _family(folder: Path, body: str = BODY, header: str = HEADER) -> Path:
 
 
 def _scenarios(store, load, tmp_path: Path, monkeypatch) -> dict:
+    import mercia.ingest.load as loading
+    import mercia.ingest.staging as staging
     import mercia.ingest.vcf as vcf
 
+    # the plausible-date window ends tomorrow, and reject reasons name it: the pins hold the day they were made
+    for module in (staging, loading):
+        monkeypatch.setattr(module, "latest_date", lambda: PINNED_ON + dt.timedelta(days=1))
     out = {}
     load(store, "phenopackets", _packets(tmp_path / "pp", ["P1", "P2", "P3"]), "R9G")
     family = _family(tmp_path / "a")
