@@ -198,15 +198,15 @@ class _Compiler:
 
     def _events_told_apart(self) -> bool:
         """Whether a later step keys events by their per-person number (Circe's event_id): limits, additional
-        criteria, inclusion rules, censoring and drug-era exits do; otherwise the numbering (a sort of every
-        event) is skipped and the criterion's own row id stands in."""
+        criteria, inclusion rules and censoring do; otherwise the numbering (a sort of every event) is skipped
+        and the criterion's own row id stands in.  A drug-era exit needs no number: an event's era is the one
+        holding its start date, joined on the person and that date."""
         e = self.expr
         return (
             self.one_event_per_person()
             or (e.additional_criteria is not None and not e.additional_criteria.is_empty())
             or bool(e.inclusion_rules)
             or bool(e.censoring_criteria)
-            or (e.end_strategy is not None and e.end_strategy.date_offset is None)
         )
 
     def _qualified_limited(self) -> bool:
@@ -301,7 +301,8 @@ class _Compiler:
     def custom_era_ends(self, included: str, strategy: m.CustomEraStrategy) -> exp.Query:
         """Drug persistence: eras of the codeset's exposures (standard or source concept), ``gap + offset``
         days added to each end, merged; the era holding the index date ends the cohort at ``max(end) - gap``
-        (Circe's customEraStrategy)."""
+        (Circe's customEraStrategy).  The eras of the persons of ``included``, ``(person_id, start_date,
+        end_date)``: the caller joins each event to the one holding its start (eras do not overlap)."""
         persons = exp.select(col("person_id"), copy=False).distinct(copy=False).from_(table(included), copy=False)
         if strategy.days_supply_override is not None:
             drug_end = add_days(col("drug_exposure_start_date", "de"), strategy.days_supply_override)
@@ -334,27 +335,7 @@ class _Compiler:
                          exp.NullSafeNEQ(this=source, expression=standard), copy=False),
             )
         ]
-        eras = _collapse(exp.union(*exposures, distinct=False, copy=False), pad=strategy.gap_days, name="era")
-        return (
-            exp.select(
-                col("event_id", "et"),
-                col("person_id", "et"),
-                exp.alias_(col("end_date", "ERAS"), "end_date", copy=False),
-                copy=False,
-            )
-            .from_(table(included, "et"), copy=False)
-            .join(
-                eras.subquery("ERAS", copy=False),
-                on=exp.and_(
-                    _eq(col("person_id", "ERAS"), col("person_id", "et")),
-                    exp.Between(
-                        this=col("start_date", "et"), low=col("start_date", "ERAS"), high=col("end_date", "ERAS")
-                    ),
-                    copy=False,
-                ),
-                copy=False,
-            )
-        )
+        return _collapse(exp.union(*exposures, distinct=False, copy=False), pad=strategy.gap_days, name="era")
 
     def cohort_ends(self, included: str) -> exp.Query:
         """Every candidate exit per event; the earliest on or after the start wins.  The event's own
@@ -366,13 +347,19 @@ class _Compiler:
             return self._single_exit(included)
         ev = lambda: [col("event_id", "I"), col("person_id", "I")]  # noqa: E731
         own: exp.Expression = col("op_end_date", "I")
-        joined: list[exp.Query] = []
+        # (candidate ends, how an event finds its own among them, given their alias)
+        joined: list[tuple[exp.Query, Callable[[str], exp.Expression]]] = []
         if strategy is not None and strategy.date_offset is not None:
             offset = strategy.date_offset
             field_ = "start_date" if offset.date_field == "StartDate" else "end_date"
             own = least_date(add_days(col(field_, "I"), offset.offset), col("op_end_date", "I"))
         elif strategy is not None and strategy.custom_era is not None:
-            joined.append(self.custom_era_ends(included, strategy.custom_era))
+            era_holds_start = lambda a: exp.and_(  # noqa: E731
+                _eq(col("person_id", a), col("person_id", "I")),
+                exp.Between(this=col("start_date", "I"), low=col("start_date", a), high=col("end_date", a)),
+                copy=False,
+            )
+            joined.append((self.custom_era_ends(included, strategy.custom_era), era_holds_start))
         if self.expr.censoring_criteria:
             censor = union_all(
                 [
@@ -382,7 +369,7 @@ class _Compiler:
                     for c in self.expr.censoring_criteria
                 ]
             )
-            joined.append(
+            joined.append((
                 exp.select(*ev(), exp.alias_(exp.Min(this=col("start_date", "C")), "end_date", copy=False), copy=False)
                 .from_(table(included, "I"), copy=False)
                 .join(
@@ -395,19 +382,20 @@ class _Compiler:
                     ),
                     copy=False,
                 )
-                .group_by(col("event_id", "I"), col("person_id", "I"), copy=False)
-            )
+                .group_by(col("event_id", "I"), col("person_id", "I"), copy=False),
+                lambda a: _same_event(a, "I"),
+            ))
         earliest = case_when(exp.GTE(this=own, expression=col("start_date", "I")), own.copy(), exp.null())
         q = exp.select(col("person_id", "I"), col("start_date", "I"), copy=False).from_(
             table(included, "I"), copy=False
         )
-        for n, candidates in enumerate(joined):
+        for n, (candidates, own_candidate) in enumerate(joined):
             alias = f"CE{n}"
             end = col("end_date", alias)
             q = q.join(
                 join_of(candidates.subquery(alias, copy=False), "left"),
                 on=exp.and_(
-                    _same_event(alias, "I"), exp.GTE(this=end, expression=col("start_date", "I")), copy=False
+                    own_candidate(alias), exp.GTE(this=end, expression=col("start_date", "I")), copy=False
                 ),
                 copy=False,
             )

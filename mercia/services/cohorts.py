@@ -189,7 +189,7 @@ def start_run(state: MerciaState, user: User, cohort_id: int) -> int:
 
 def start_batch_run(state: MerciaState, user: User, project_id: int, cohort_ids: list[int] | None = None) -> int:
     """Queue one job generating several of a project's cohorts (all of them, or ``cohort_ids``)
-    together: equal concept sets expanded once and domain tables read once (``cohorts.batch``),
+    together: equal concept sets expanded once, one transaction (``cohorts.batch``),
     each cohort's rows and attrition the same as a run of its own.  Returns the job id."""
     project = state.gov.require_data_access(user, project_id)
     rows = {r["id"]: r for r in state.gov.db.rows("SELECT id, expression FROM mercia_cohort WHERE project_id = ? "

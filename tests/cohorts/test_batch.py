@@ -1,6 +1,6 @@
 """Batch generation: the whole reference library in one batch gives each cohort OHDSI's rows and
-attrition (the same as one at a time), on DuckDB and PostgreSQL; concept sets are shared and domain
-tables pre-filtered only where every read of them goes through a codeset."""
+attrition (the same as one at a time), on DuckDB and PostgreSQL; concept sets are shared, domain
+tables are read in place."""
 
 from __future__ import annotations
 
@@ -54,42 +54,23 @@ def test_equal_concept_sets_are_expanded_once():
     codeset_sql = shared[BATCH_CODESETS].sql()
     # each distinct set is resolved once (its item is listed once, read by the listed concepts and the descendants)
     assert codeset_sql.count("192671") == 1 and codeset_sql.count("80809") == 1
-    assert "mercia_batch_condition_occurrence" in shared
+
+
+def test_a_batch_shares_its_codesets_and_reads_the_domain_tables_in_place(reference_dir):
+    """No copy of a domain table is written for the batch (on a file in concept order each cohort's
+    join reads only its concepts' row groups); drug persistence (1187) reads drug_exposure itself."""
+    batch = BatchPlan(_definitions(reference_dir, [1187, 1073, 29]))
+    assert [name for name, _ in batch.shared] == [BATCH_CODESETS]
     for plan in batch.plans:
-        primary = dict(plan.steps)["mercia_primary_events"].sql()
-        assert "FROM mercia_batch_condition_occurrence" in primary
-        assert "FROM condition_occurrence" not in primary
-
-
-def test_a_table_read_without_a_codeset_is_not_filtered():
-    batch = BatchPlan([(1, _condition_cohort(192671)), (2, _condition_cohort(80809, codeset=False))])
-    assert "mercia_batch_condition_occurrence" not in dict(batch.shared)
-    assert all(
-        "mercia_batch_condition_occurrence" not in dict(p.steps)["mercia_primary_events"].sql() for p in batch.plans
-    )
+        script = " ".join(q.sql() for q in plan.queries())
+        assert "mercia_batch_" not in script.replace(BATCH_CODESETS, "")
+    assert "FROM drug_exposure" in " ".join(q.sql() for q in batch.plans[0].queries())
 
 
 def test_a_cohort_id_twice_is_refused(gibleed_engine):
     expr = _condition_cohort(192671)
     with pytest.raises(ValueError, match="cohort id twice"):
         run_batch(gibleed_engine, [(5, expr), (5, expr)])
-
-
-def test_drug_persistence_reads_only_pre_filtered_drug_exposures(reference_dir):
-    """Drug persistence (1187) reads drug_exposure through codeset memberships, not a join: the batch
-    still filters drug_exposure once, and every read of it is the filtered table."""
-    batch = BatchPlan(_definitions(reference_dir, [1187, 1073]))
-    assert "mercia_batch_drug_exposure" in dict(batch.shared)
-    for plan in batch.plans:
-        script = " ".join(q.sql() for q in plan.queries())
-        assert " drug_exposure " not in script.replace("mercia_batch_drug_exposure", "")
-
-
-def test_pre_filtered_tables_are_in_concept_order():
-    """Each cohort then reads its few concepts' rows through the engine's zone maps (row-group
-    min/max), not the whole pre-filtered table."""
-    shared = dict(BatchPlan([(1, _condition_cohort(192671)), (2, _condition_cohort(80809))]).shared)
-    assert shared["mercia_batch_condition_occurrence"].sql().endswith("ORDER BY condition_concept_id")
 
 
 def test_results_are_read_back_in_one_query(gibleed_engine, reference_dir, expected, monkeypatch):

@@ -1,4 +1,4 @@
-"""Generative check of the plan rewrites (semi-joins, named nested criteria, batch pre-filtering):
+"""Generative check of the plan rewrites (semi-joins, named nested criteria, batches):
 random small CDM databases (seeded persons, observation periods and events drawn from GiBleed's own
 concepts) x reference definitions; Mercia one at a time, Mercia as a batch and OHDSI's own Circe SQL
 (the PhenotypeLibrary rendering, translated by the shared oracle) must give the same rows."""
