@@ -657,12 +657,21 @@ class _Load:
             f"SELECT reason, count(*) {earlier_rejects} GROUP BY 1", [self.load_id, self.org])})
         self.store.execute(f"DELETE {earlier_rejects}", [self.load_id, self.org])
 
+    def fate_sets(self) -> dict[str, set[str]]:
+        """The records of each counted fate but 'loaded' and 'unchanged' (a record in one set only), once
+        the chunk's rejects are all in ``rejects``."""
+        settled = self.withheld_records | self.removed_records | self.superseded_records
+        return {"withheld": self.withheld_records, "removed": self.removed_records,
+                "superseded": self.superseded_records,
+                "rejected": {r["source_record"] for r in self.rejects if r["action"] == "rejected"} - settled,
+                "changed": self.changed_records - self.removed_records}
+
     def record_fates(self) -> pa.Table:
-        """This chunk's fate of each record it read (``fate_sets``: the records of each counted fate but
-        'loaded' and 'unchanged'), with its content hash, line and the version stored before, for the
-        chunks after it (``SEEN_RECORDS``); a copy this chunk dropped as alike keeps the earlier chunk's.
-        Asked only when another chunk follows (a tenth of a single-chunk FHIR load's CPU otherwise)."""
-        sets = self.fate_sets
+        """This chunk's fate of each record it read (``fate_sets``), with its content hash, line and the
+        version stored before, for the chunks after it (``SEEN_RECORDS``); a copy this chunk dropped as
+        alike keeps the earlier chunk's.  Asked only when another chunk follows (a tenth of a single-chunk
+        FHIR load's CPU otherwise)."""
+        sets = self.fate_sets()
         counted = [fate for fate in FATES if fate in sets]
         self.register("fate_sets", pa.table({
             "source_record": pa.array([r for fate in counted for r in sets[fate]], pa.string()),
@@ -1235,11 +1244,7 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
                                   SELECT DISTINCT person_id FROM events UNION SELECT DISTINCT person_id FROM calls
                                   UNION SELECT person_id FROM touched_persons""")
     rebuild_person_rows(store, affected)
-    sets = {"withheld": job.withheld_records, "removed": job.removed_records, "superseded": job.superseded_records,
-            "rejected": {r["source_record"] for r in job.rejects if r["action"] == "rejected"}
-            - job.withheld_records - job.removed_records - job.superseded_records,
-            "changed": job.changed_records - job.removed_records}
-    job.fate_sets = sets
+    sets = job.fate_sets()
     # each record counted once per load, with its last copy's fate (what an earlier chunk counted is taken back)
     counts = Counter({name: len(members) for name, members in sets.items()})
     counts.update({"records": job.records_read, "unchanged": unchanged})
