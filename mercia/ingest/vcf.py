@@ -126,29 +126,34 @@ _ANNOTATION_NAMES = {"CSQ": {"gene": "SYMBOL", "consequence": "Consequence", "hg
 def _annotation_sql(annotations: dict[str, list[str]]) -> str:
     """The ``notes`` query: per (site, ALT) row of ``pairs`` with an annotation, the first entry of its
     ALT allele (VEP writes a deletion's allele as '-' or without the shared base) split into gene,
-    consequence and HGVS c./p. (empty fields NULL), for a whole chunk at once."""
-    def field(name: str) -> str:
-        cases = " ".join(f"WHEN '{tag}' THEN {names.index(_ANNOTATION_NAMES[tag][name]) + 1}"
-                         for tag, names in annotations.items() if _ANNOTATION_NAMES[tag][name] in names)
-        return f"NULLIF(parts[CASE tag {cases} END], '')" if cases else "NULL::VARCHAR"
+    consequence and HGVS c./p. (empty fields NULL), for a whole chunk at once.  The first entry is
+    usually this allele's, so it is tried first and the others split only when it is not; each entry
+    is split once into a list (``split_part`` would split it again per field taken)."""
+    def at(name: str) -> str:  # the field's position in the entries of the pair's tag
+        cases = " ".join(f"WHEN '{tag}' THEN {names.index(field) + 1}" for tag, names in annotations.items()
+                         if (field := "Allele" if name == "allele" else _ANNOTATION_NAMES[tag][name]) in names)
+        return f"CASE tag {cases} END" if cases else "NULL::INTEGER"
 
-    allele = " ".join(f"WHEN '{tag}' THEN {names.index('Allele') + 1 if 'Allele' in names else 1}"
-                      for tag, names in annotations.items())
+    def field(name: str) -> str:
+        return f"NULLIF(parts[{at(name)}], '')"
+
+    allele = f"COALESCE({at('allele')}, 1)"  # without an Allele field, the first
+    alleles = "(raw_alt, vep_allele, CASE WHEN vep_allele = '' THEN '-' ELSE vep_allele END)"
     return f"""
-        WITH entries AS (
-            SELECT pair, tag, raw_alt, entry_number,
+        WITH noted AS (
+            SELECT pair, tag, raw_alt, note,
+                   string_split(CASE WHEN contains(note, ',') THEN left(note, strpos(note, ',') - 1) ELSE note END, '|')
+                       AS first_parts,
                    CASE WHEN length(raw_ref) > 0 AND left(raw_alt, 1) = left(raw_ref, 1)
-                             AND length(raw_alt) <> length(raw_ref) THEN raw_alt[2:] ELSE raw_alt END AS vep_allele,
-                   string_split(entry, '|') AS parts
-            FROM (SELECT pair, tag, raw_ref, raw_alt, unnest(string_split(note, ',')) AS entry,
-                         generate_subscripts(string_split(note, ','), 1) AS entry_number
-                  FROM pairs WHERE note <> '' AND tag IS NOT NULL)),
-        alleles AS (SELECT *, parts[CASE tag {allele} END] AS allele FROM entries)
+                             AND length(raw_alt) <> length(raw_ref) THEN raw_alt[2:] ELSE raw_alt END AS vep_allele
+            FROM pairs WHERE note <> '' AND tag IS NOT NULL)
         SELECT pair, {field("gene")} AS gene, {field("consequence")} AS consequence, {field("hgvs")} AS hgvs,
                {field("hgvs_p")} AS hgvs_p
-        FROM alleles
-        WHERE allele IN (raw_alt, vep_allele, CASE WHEN vep_allele = '' THEN '-' ELSE vep_allele END)
-        QUALIFY row_number() OVER (PARTITION BY pair ORDER BY entry_number) = 1"""
+        FROM (SELECT pair, tag, CASE WHEN first_parts[{allele}] IN {alleles} THEN first_parts
+                                     ELSE string_split(list_filter(string_split(note, ','),
+                                                                   lambda e: string_split(e, '|')[{allele}] IN {alleles})[1], '|')
+                                END AS parts
+              FROM noted)"""
 
 
 class _Carriers:
@@ -315,11 +320,16 @@ class VcfReader:
                 except Exception as exc:  # noqa: BLE001 (htslib read errors surface as bare Exception)
                     raise _ReadError(number, str(exc)) from exc
                 number += 1
-                read += len(samples) * len(site.ALT)
+                alts = site.ALT  # (cyvcf2 builds the list on each access)
+                read += len(samples) * len(alts)
                 if samples:
-                    info = site.INFO
-                    tag, note = next(((t, v) for t in annotations if (v := info.get(t))), (None, None))
-                    block.append((site.CHROM, site.POS, site.REF, site.ALT, number, site.genotype.array(),
+                    info, tag, note = site.INFO, None, None
+                    for tag in annotations:
+                        if note := info.get(tag):
+                            break
+                    else:
+                        tag = None
+                    block.append((site.CHROM, site.POS, site.REF, alts, number, site.genotype.array(),
                                   _format_field(site, "DP"), _format_field(site, "GQ"), info.get("GENE"), tag, note))
                 if len(block) == BLOCK_SITES:
                     _add_block(block, len(samples), carriers)
