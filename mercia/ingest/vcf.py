@@ -328,7 +328,7 @@ class VcfReader:
                         if note := info.get(tag):
                             break
                     else:
-                        tag = None
+                        tag = note = None
                     block.append((site.CHROM, site.POS, site.REF, alts, number, site.genotype.array(),
                                   _format_field(site, "DP"), _format_field(site, "GQ"), info.get("GENE"), tag, note))
                 if len(block) == BLOCK_SITES:
