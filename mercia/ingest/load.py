@@ -517,15 +517,17 @@ class _Load:
                    TRY_CAST(replace(left(e.start, 19), 'T', ' ') AS TIMESTAMP) AS start_datetime,
                    TRY_CAST(left(e."end", 10) AS DATE) AS end_date,
                    TRY_CAST(replace(left(e."end", 19), 'T', ' ') AS TIMESTAMP) AS end_datetime"""
+        # each reference joins only the keys it can meet (a hash table of the visits, not of every record)
+        referred = "(SELECT * FROM record_keys SEMI JOIN (SELECT {0} AS record FROM staged_events) USING (record))"
         self.con.execute(f"""
             CREATE TABLE events AS
             SELECT e.*, k.source_record, v.source_record AS visit_record, a.source_record AS also_source_record,
                    st.source_record AS site_record, r.opted_out, r.person_id, {dates}
             FROM staged_events e
             JOIN record_keys k ON k.record = e.record
-            LEFT JOIN record_keys v ON v.record = e.visit_ref
-            LEFT JOIN record_keys a ON a.record = e.also_record
-            LEFT JOIN record_keys st ON st.record = e.site_ref
+            LEFT JOIN {referred.format("visit_ref")} v ON v.record = e.visit_ref
+            LEFT JOIN {referred.format("also_record")} a ON a.record = e.also_record
+            LEFT JOIN {referred.format("site_ref")} st ON st.record = e.site_ref
             LEFT JOIN ref_persons r ON r.person_ref = e.person_ref""")
         self.con.execute(f"""
             CREATE TABLE calls AS
@@ -919,8 +921,12 @@ class _Load:
 
     def _insert_costs(self) -> None:
         """Bills as cost rows of the visit they bill; a bill whose Encounter is not loaded is rejected."""
-        self.con.execute("""CREATE TABLE billed AS SELECT r.*, v.row_id AS visit_occurrence_id FROM routed r
-                            LEFT JOIN visit_ids v ON v.source_record = r.visit_record WHERE r.domain = 'Cost'""")
+        # only what the cost rows, their provenance and the rejects use: a bill's other routed columns
+        # were carried through the numbering sort for nothing
+        self.con.execute("""CREATE TABLE billed AS
+            SELECT r.source_record, r.also_source_record, r.record_hash, r.line, r.value_as_concept_id, r.value_number,
+                   r.paid_by_payer, r.paid_by_patient, v.row_id AS visit_occurrence_id
+            FROM routed r LEFT JOIN visit_ids v ON v.source_record = r.visit_record WHERE r.domain = 'Cost'""")
         self.reject(_table_from_query(self.con, "SELECT DISTINCT source_record, line FROM billed WHERE "
                                                 "visit_occurrence_id IS NULL"),
                     "item.encounter", "the billed Encounter is not loaded: a cost row belongs to a visit")
