@@ -16,7 +16,6 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import yaml
 
 from mercia.ingest.staging import EVENT_SCHEMA, PERSON_SCHEMA, Columns, Staged
 
@@ -173,6 +172,8 @@ def load_mapping(name_or_path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise MappingError(f"no mapping file {name_or_path} (shipped: "
                            f"{', '.join(p.stem for p in sorted(MAPPINGS_DIR.glob('*.yaml')))})")
+    import yaml  # here: every `mercia ingest` imports this module (MappingError), only a CSV load reads YAML
+
     return yaml.safe_load(path.read_text())
 
 

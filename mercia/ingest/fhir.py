@@ -506,8 +506,7 @@ class FhirReader:
         file = Path(name)
         if ".ndjson" in file.name:
             self.line_base = index * FILE_SEQ
-            start, end = _line_start(data, piece[0]), _line_start(data, piece[1])
-            self._read_ndjson(data[start:end], file.name, data.count(b"\n", 0, start) + 1)
+            self._read_ndjson(data, file.name, _line_start(data, piece[0]), _line_start(data, piece[1]))
             self.line_base = None
             return
         self.next_seq = index * FILE_SEQ
@@ -523,11 +522,18 @@ class FhirReader:
             return
         self.read_resource(resource, data if resource.get("resourceType") != "Bundle" else None)
 
-    def _read_ndjson(self, data: bytes, file_name: str, first_line: int = 1) -> None:
-        for line_no, line in enumerate(data.split(b"\n"), start=first_line):
-            line = line.strip()
+    def _read_ndjson(self, data: bytes, file_name: str, start: int, end: int) -> None:
+        """The lines of ``data[start:end]`` (numbered as in the whole file), taken one at a time: a list of
+        every line (and a copy of a piece) held a second copy of the file in fresh memory, page faults
+        and all."""
+        line_no = data.count(b"\n", 0, start) + 1
+        while start < end:
+            stop = data.find(b"\n", start, end)
+            stop = end if stop < 0 else stop
+            line = data[start:stop].strip()
             if line:
                 self._read_line(line, line_no, file_name)
+            start, line_no = stop + 1, line_no + 1
 
     def _read_line(self, line: bytes, line_no: int, file_name: str) -> None:
         # Bulk exports put resourceType first: a resource type Mercia does not map (Claim, ExplanationOfBenefit

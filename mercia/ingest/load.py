@@ -517,16 +517,30 @@ class _Load:
                    TRY_CAST(replace(left(e.start, 19), 'T', ' ') AS TIMESTAMP) AS start_datetime,
                    TRY_CAST(left(e."end", 10) AS DATE) AS end_date,
                    TRY_CAST(replace(left(e."end", 19), 'T', ' ') AS TIMESTAMP) AS end_datetime"""
+        # each reference joins only the keys it can meet (a hash table of the visits, not of every record)
+        referred = "(SELECT * FROM record_keys SEMI JOIN (SELECT {0} AS record FROM staged_events) USING (record))"
+        # routed by the standard concept's domain (else by the reader's default) as they are made: a second
+        # table of every event with its concepts was a copy of all of them
         self.con.execute(f"""
             CREATE TABLE events AS
             SELECT e.*, k.source_record, v.source_record AS visit_record, a.source_record AS also_source_record,
-                   st.source_record AS site_record, r.opted_out, r.person_id, {dates}
+                   st.source_record AS site_record, r.opted_out, r.person_id, {dates},
+                   COALESCE(m.source_concept_id, 0) AS source_concept_id, COALESCE(m.concept_id, 0) AS concept_id,
+                   CASE WHEN e.kind IN ('Visit', 'Specimen', 'Note', 'Cost') THEN e.kind
+                        WHEN m.domain_id IN ({", ".join(f"'{d}'" for d in DOMAIN_TABLE)}) THEN m.domain_id
+                        ELSE e.kind END AS domain,
+                   COALESCE(u.concept_id, 0) AS unit_concept_id, vc.concept_id AS value_as_concept_id
             FROM staged_events e
             JOIN record_keys k ON k.record = e.record
-            LEFT JOIN record_keys v ON v.record = e.visit_ref
-            LEFT JOIN record_keys a ON a.record = e.also_record
-            LEFT JOIN record_keys st ON st.record = e.site_ref
-            LEFT JOIN ref_persons r ON r.person_ref = e.person_ref""")
+            LEFT JOIN {referred.format("visit_ref")} v ON v.record = e.visit_ref
+            LEFT JOIN {referred.format("also_record")} a ON a.record = e.also_record
+            LEFT JOIN {referred.format("site_ref")} st ON st.record = e.site_ref
+            LEFT JOIN ref_persons r ON r.person_ref = e.person_ref
+            LEFT JOIN mapped m ON m.vocabulary = e.vocabulary AND m.code = e.code
+            LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = 'UCUM' GROUP BY 1) u
+                   ON u.code = e.unit
+            LEFT JOIN (SELECT vocabulary, code, min(concept_id) AS concept_id FROM mapped GROUP BY 1, 2) vc
+                   ON vc.vocabulary = e.value_vocabulary AND vc.code = e.value_code""")
         self.con.execute(f"""
             CREATE TABLE calls AS
             SELECT e.*, k.source_record, r.opted_out, r.person_id, {dates}
@@ -741,15 +755,17 @@ class _Load:
             JOIN record_keys k ON k.record = s.record""")
 
     def map_codes(self) -> None:
-        """Source codes -> (source concept, standard concept, domain) through 'Maps to'."""
+        """Source codes -> (source concept, standard concept, domain) through 'Maps to', for every staged
+        code (those of records rejected later too: a lookup only), so that ``prepare_events`` routes each
+        event as it makes it."""
         codes = _table_from_query(self.con, """
-            SELECT DISTINCT vocabulary, code FROM events WHERE code IS NOT NULL AND vocabulary IS NOT NULL
-            UNION SELECT DISTINCT value_vocabulary, value_code FROM events WHERE value_code IS NOT NULL
+            SELECT DISTINCT vocabulary, code FROM staged_events WHERE code IS NOT NULL AND vocabulary IS NOT NULL
+            UNION SELECT DISTINCT value_vocabulary, value_code FROM staged_events WHERE value_code IS NOT NULL
               AND value_vocabulary IS NOT NULL
-            UNION SELECT DISTINCT 'UCUM', unit FROM events WHERE unit IS NOT NULL
+            UNION SELECT DISTINCT 'UCUM', unit FROM staged_events WHERE unit IS NOT NULL
             UNION SELECT DISTINCT vocabulary, code FROM staged_values
             UNION SELECT DISTINCT 'UCUM', unit FROM staged_values WHERE unit IS NOT NULL
-            UNION SELECT DISTINCT ?, code FROM calls UNION SELECT DISTINCT ?, genotype FROM calls""",
+            UNION SELECT DISTINCT ?, code FROM staged_calls UNION SELECT DISTINCT ?, genotype FROM staged_calls""",
                                   [CALL_CODE_VOCABULARY, CALL_VALUE_VOCABULARY])
         mapped = map_to_standard(self.store, codes)
         self.register("mapped", mapped)
@@ -790,24 +806,7 @@ class _Load:
         self._used_ids("provider", providers.num_rows)
         self._provenance("SELECT 'provider', provider_id, source_record, record_hash FROM provider_rows")
         self.register("old_sites", self._earlier_rows("care_site", "site_record"))
-        # events, routed by the standard concept's domain (else by the reader's default)
-        con.execute(f"""
-            CREATE TABLE routed AS
-            SELECT e.*, COALESCE(m.source_concept_id, 0) AS source_concept_id, COALESCE(m.concept_id, 0) AS concept_id,
-                   CASE WHEN e.kind IN ('Visit', 'Specimen', 'Note', 'Cost') THEN e.kind
-                        WHEN m.domain_id IN ({", ".join(f"'{d}'" for d in DOMAIN_TABLE)}) THEN m.domain_id
-                        ELSE e.kind END AS domain,
-                   COALESCE(u.concept_id, 0) AS unit_concept_id, vc.concept_id AS value_as_concept_id,
-                   COALESCE(q.care_site_id, os.row_id) AS care_site_id
-            FROM events e
-            LEFT JOIN mapped m ON m.vocabulary = e.vocabulary AND m.code = e.code
-            LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = 'UCUM' GROUP BY 1) u
-                   ON u.code = e.unit
-            LEFT JOIN (SELECT vocabulary, code, min(concept_id) AS concept_id FROM mapped GROUP BY 1, 2) vc
-                   ON vc.vocabulary = e.value_vocabulary AND vc.code = e.value_code
-            LEFT JOIN site_rows q ON q.source_record = e.site_record
-            LEFT JOIN old_sites os ON os.source_record = e.site_record""")
-        present = {d for (d,) in con.execute("SELECT DISTINCT domain FROM routed").fetchall()}
+        present = {d for (d,) in con.execute("SELECT DISTINCT domain FROM events").fetchall()}
         if self.staged.variants is not None and self.staged.variants.num_rows:
             present.add("Measurement")  # its rows (even none) are what the variant rows point at
         self.rows.update({DOMAIN_TABLE[d]: 0 for d in DOMAIN_TABLE if d not in present})  # reported as 0 rows
@@ -909,7 +908,7 @@ class _Load:
         self.con.execute(f"""CREATE TABLE registration_rows AS
             SELECT {start} + row_number() OVER (ORDER BY source_record) AS registration_id, person_id,
                    ? AS org, start_date, end_date, source_record, record_hash
-            FROM routed WHERE domain = 'Registration'""", [self.org])
+            FROM events WHERE domain = 'Registration'""", [self.org])
         rows = _table_from_query(self.con, """SELECT registration_id, person_id, org, start_date, end_date
                                               FROM registration_rows""")
         self.rows["registration"] += self.store.insert_arrow("mercia_registration", rows)
@@ -919,8 +918,12 @@ class _Load:
 
     def _insert_costs(self) -> None:
         """Bills as cost rows of the visit they bill; a bill whose Encounter is not loaded is rejected."""
-        self.con.execute("""CREATE TABLE billed AS SELECT r.*, v.row_id AS visit_occurrence_id FROM routed r
-                            LEFT JOIN visit_ids v ON v.source_record = r.visit_record WHERE r.domain = 'Cost'""")
+        # only what the cost rows, their provenance and the rejects use: a bill's other columns were
+        # carried through the numbering sort for nothing
+        self.con.execute("""CREATE TABLE billed AS
+            SELECT r.source_record, r.also_source_record, r.record_hash, r.line, r.value_as_concept_id, r.value_number,
+                   r.paid_by_payer, r.paid_by_patient, v.row_id AS visit_occurrence_id
+            FROM events r LEFT JOIN visit_ids v ON v.source_record = r.visit_record WHERE r.domain = 'Cost'""")
         self.reject(_table_from_query(self.con, "SELECT DISTINCT source_record, line FROM billed WHERE "
                                                 "visit_occurrence_id IS NULL"),
                     "item.encounter", "the billed Encounter is not loaded: a cost row belongs to a visit")
@@ -1009,23 +1012,27 @@ class _Load:
             "load_id": pa.array(np.full(2 * count, load_id, dtype=np.int64))}))
 
     def _insert_domain(self, domain: str) -> None:
-        """The routed events of one domain -> its CDM table (ids after the table's largest), their
+        """The events of one domain -> its CDM table (ids after the table's largest), their
         provenance, and ``domain_rows`` left for the caller (visit ids; measurements for variants)."""
         table = DOMAIN_TABLE[domain]
         pk = f"{table}_id"
         start = self._first_id(table, pk)
-        # ids numbered over the sort keys and the row's position only: sorting whole routed rows (every
+        # ids numbered over the sort keys and the row's position only: sorting whole event rows (every
         # column carried through the sort) was most of a large load's time (docs/metabolomics.md)
         numbered = f"""SELECT n.row_id, r.* FROM (
                            SELECT {start} + row_number() OVER (ORDER BY source_record, code) AS row_id,
                                   rowid AS position
-                           FROM routed WHERE domain = '{domain}') n
-                       JOIN routed r ON r.rowid = n.position"""
-        if domain != "Visit":
+                           FROM events WHERE domain = '{domain}') n
+                       JOIN events r ON r.rowid = n.position"""
+        if domain == "Visit":  # at the care site loaded now, else at the one loaded before
+            numbered = f"""SELECT d.*, COALESCE(q.care_site_id, os.row_id) AS care_site_id FROM ({numbered}) d
+                           LEFT JOIN site_rows q ON q.source_record = d.site_record
+                           LEFT JOIN old_sites os ON os.source_record = d.site_record"""
+        else:
             numbered = f"""SELECT d.*, v.row_id AS visit_occurrence_id FROM ({numbered}) d
                            LEFT JOIN visit_ids v ON v.source_record = d.visit_record"""
         columns = _domain_columns(domain, self.options.type_concept_id or TYPE_CONCEPTS.get(self.reader, EHR_TYPE))
-        # only the CDM columns and what provenance, visit ids and variants need are kept (not every routed column)
+        # only the CDM columns and what provenance, visit ids and variants need are kept (not every event column)
         self.con.execute(f"""CREATE OR REPLACE TABLE domain_rows AS
             SELECT row_id, person_id, record, qualifier, source_record, also_source_record, record_hash,
                    {", ".join(f"{expr} AS {quote(col)}" for col, expr in columns.items())}
@@ -1049,7 +1056,7 @@ def _constant(value: str, count: int) -> pa.DictionaryArray:
 
 
 def _domain_columns(domain: str, type_concept: int) -> dict[str, str]:
-    """CDM column -> SQL over the routed events, per target table."""
+    """CDM column -> SQL over the events (routed to their domain), per target table."""
     src = "left(code, 50)"  # the code verbatim (OMOP convention); its vocabulary is in *_source_concept_id
     if domain == "Visit":
         visit = "CASE code " + " ".join(f"WHEN '{k}' THEN {v}" for k, v in VISIT_CLASS.items()) + " ELSE 0 END"
@@ -1214,11 +1221,11 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
     job.keep_last_copies()
     persons = job.prepare_persons()
     job.resolve_persons(persons)
+    job.map_codes()
     job.prepare_events()
     job.prepare_sites()
     unchanged = job.skip_unchanged()
     job.remove_withdrawn()
-    job.map_codes()
     job.insert(load_id, staged.extract)
     job.record_versions(load_id)
     for rec, line, field_name, reason in job.con.execute("""
