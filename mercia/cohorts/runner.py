@@ -70,14 +70,13 @@ def result_tables_ddl(store: Store) -> list[str]:
 
 
 def missing_result_tables_ddl(store: Store) -> list[str]:
-    """``result_tables_ddl`` when a result table is missing, else nothing.  One probe naming all six
-    (~0.3 ms on DuckDB) instead of six no-op ``CREATE TABLE IF NOT EXISTS`` (~1.7 ms), where a small
-    cohort's whole run is ~30 ms.  Inside a transaction that a refused statement would spoil
-    (no ``savepoints``), the DDL is sent as it is."""
+    """``result_tables_ddl`` when a result table is missing, else nothing: one check of all six
+    (``tables_exist``, ~0.3 ms on DuckDB) instead of six no-op ``CREATE TABLE IF NOT EXISTS``
+    (~1.7 ms), where a small cohort's whole run is ~30 ms.  Inside a transaction that the check
+    could spoil (no ``savepoints``), the DDL is sent as it is."""
     if store.in_transaction and not store.savepoints:
         return result_tables_ddl(store)
-    probe = f"SELECT 1 FROM {', '.join(quote(t) for t in ('cohort', 'cohort_definition', *RESULT_TABLES))} WHERE 1 = 0"
-    return [] if store.try_execute(probe) else result_tables_ddl(store)
+    return [] if store.tables_exist(["cohort", "cohort_definition", *RESULT_TABLES]) else result_tables_ddl(store)
 
 
 def load_expression(path: str | Path) -> CohortExpression:

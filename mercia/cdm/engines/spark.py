@@ -320,20 +320,21 @@ class SparkStore(Store):
             tree = sqlglot.parse_one(sql, read="spark")
         except sqlglot.errors.ParseError as exc:
             raise self._error(exc, sql) from exc
-        table = tree.this.name
+        table = tree.this  # with its schema, if named: DELETE FROM other.t is not this schema's t
         where = tree.args.get("where")
-        if where is None:
-            self.truncate(table)
+        if where is None and not table.db:
+            self.truncate(table.name)
             return
-        matched = exp.select("1").from_(exp.to_table(table)).where(where.this.copy()).limit(1)
+        condition = where.this if where is not None else exp.true()
+        matched = exp.select("1").from_(table.copy()).where(condition.copy()).limit(1)
         if not self._collect(matched.sql(dialect="spark"), params):
             return
-        keep = exp.select("*").from_(exp.to_table(table)).where(
-            exp.not_(exp.func("coalesce", where.this.copy(), exp.false()))).sql(dialect="spark")
+        keep = exp.select("*").from_(table.copy()).where(
+            exp.not_(exp.func("coalesce", condition.copy(), exp.false()))).sql(dialect="spark")
         view = f"_mercia_keep_{uuid.uuid4().hex[:12]}"
         self.create_temp_table(view, keep, params)
         try:
-            self._collect(f"INSERT OVERWRITE TABLE {quote(table)} SELECT * FROM {quote(view)}", None)
+            self._collect(f"INSERT OVERWRITE TABLE {table.sql(dialect='spark')} SELECT * FROM {quote(view)}", None)
         finally:
             self.drop_temp_table(view)
 
@@ -447,6 +448,10 @@ class SparkStore(Store):
             return bool(self._spark.catalog.tableExists(name))
         except self._errors as exc:
             raise self._error(exc, f"-- catalog.tableExists({name!r})") from exc
+
+    def tables_exist(self, names: Sequence[str]) -> bool:
+        """From the catalog: a refused statement would be logged by Spark as an error."""
+        return all(self.table_exists(name) for name in names)
 
     def columns(self, table: str) -> list[tuple[str, str]]:
         return [(f.name, f.dataType.simpleString()) for f in self._sql(f"SELECT * FROM {quote(table)}").schema]
