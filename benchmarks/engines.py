@@ -27,9 +27,10 @@ definition that finds persons there (issue 19's per-engine totals):
 
 With ``--circe`` (GiBleed only) OHDSI's own SQL for each cohort (the PhenotypeLibrary's SQL Server rendering in
 ``../shared/data/ohdsi_reference/circe_sql``, rendered by the shared ``../shared/tools/circe/ohdsi_oracle.py`` and
-translated by sqlglot from T-SQL to the engine's dialect before any clock starts) runs too, on DuckDB and
-PostgreSQL, alternating with Mercia cohort by cohort, into its own ``cohort_circe`` table; its rows' checksum
-must equal Mercia's.  Spark is not offered: Circe's scripts need temporary tables, which Spark SQL lacks.
+translated by sqlglot from T-SQL to the engine's dialect before any clock starts) runs too, alternating with
+Mercia cohort by cohort, into its own ``cohort_circe`` table; its rows' checksum must equal Mercia's.  Spark SQL
+has no temporary tables: there, as OHDSI's SqlRender does with a ``tempEmulationSchema``, each of the script's
+temporary tables is a Parquet table in a scratch schema (here the statistics' schema, names prefixed ``tmp_``).
 
 Engines may also run side by side, one process each (``--engines spark`` …), then
 ``--compare A.json B.json C.json`` checks that their rows are identical.  The JSON is rewritten after
@@ -234,8 +235,9 @@ CIRCE_TABLE = "cohort_circe"
 
 
 def circe_results_schema(store: Store) -> str:
-    """Where Circe's scripts write their statistics: a schema of their own beside the store's."""
-    return f"{store.schema}_circe" if store.dialect == "postgres" else "circe_results"
+    """Where Circe's scripts write their statistics (and, on Spark, their temporary tables): a schema of
+    their own beside the store's."""
+    return "circe_results" if store.dialect == "duckdb" else f"{store.schema}_circe"
 
 
 def prepare_circe(store: Store) -> None:
@@ -249,18 +251,20 @@ def prepare_circe(store: Store) -> None:
     ddl = (ohdsi_oracle.RESULTS_DDL.replace("CREATE SCHEMA IF NOT EXISTS results;", f'CREATE SCHEMA "{results}";')
            .replace("main.cohort ", f'"{CIRCE_TABLE}" ').replace("results.", f'"{results}".'))
     for statement in filter(str.strip, ddl.split(";")):
-        store.execute(statement)
+        store.execute(statement + (" USING parquet" if store.dialect == "spark" and "TABLE" in statement else ""))
 
 
 def circe_statements(store: Store, cohort_id: int) -> list[str]:
     """OHDSI's script for one cohort in the store's dialect (rendered and translated, not yet run).  The
-    shared tool's DuckDB translation is used as it is; for PostgreSQL the same steps with sqlglot writing
-    PostgreSQL, except two it leaves untranslated, done as OHDSI's SqlRender does: ``UPDATE STATISTICS #t``
-    becomes ``ANALYZE t`` and DATEFROMPARTS PostgreSQL's MAKE_DATE."""
+    shared tool's DuckDB translation is used as it is; for PostgreSQL and Spark the same steps with sqlglot
+    writing that dialect, except what it leaves untranslated, done as OHDSI's SqlRender does:
+    DATEFROMPARTS becomes MAKE_DATE, ``UPDATE STATISTICS #t`` PostgreSQL's ``ANALYZE t`` (nothing on
+    Spark), and on Spark each temporary table ``#t`` a Parquet table ``tmp_t`` of the scratch schema."""
     import re
 
     import ohdsi_oracle
     import sqlglot
+    from sqlglot import exp
 
     schema = store.schema or "main"
     params = dict(cdm_database_schema=schema, vocabulary_database_schema=schema, target_database_schema=schema,
@@ -275,11 +279,17 @@ def circe_statements(store: Store, cohort_id: int) -> list[str]:
         if re.match(r"(?is)^TRUNCATE\s+TABLE\s+#", st):
             continue  # always followed by the temporary table's drop
         if statistics := re.match(r"(?is)^UPDATE\s+STATISTICS\s+#(\w+)$", st):
-            out.append(f"ANALYZE {statistics.group(1)}")  # as SqlRender translates it for PostgreSQL
+            if store.dialect == "postgres":
+                out.append(f"ANALYZE {statistics.group(1)}")  # as SqlRender translates it for PostgreSQL
             continue
+        if store.dialect == "spark":
+            st = re.sub(r"#(\w+)", rf"{params['results_database_schema']}.tmp_\1", st)
         st = re.sub(r"(?i)\bcount_big\s*\(", "COUNT(", st)
-        out += [re.sub(r"(?i)\bdate_from_parts\s*\(", "MAKE_DATE(", q)
-                for q in sqlglot.transpile(st, read="tsql", write="postgres") if q.strip()]
+        tree = sqlglot.parse_one(st, read="tsql")
+        if store.dialect == "spark":  # its DATE_ADD takes an INT; the store's integers are BIGINT (docs/cdm.md)
+            for add in tree.find_all(exp.DateAdd):
+                add.set("expression", exp.cast(add.expression, "INT"))
+        out.append(re.sub(r"(?i)\bdate_from_parts\s*\(", "MAKE_DATE(", tree.sql(dialect=store.dialect)))
     return out
 
 
@@ -343,7 +353,7 @@ def main() -> None:
                         "scaled N times (its reference cohorts then have N times OHDSI's rows); the region "
                         "directory (--region, else temporary) receives its Parquet export")
     parser.add_argument("--circe", action="store_true", help="with --gibleed: also OHDSI's own SQL for each cohort "
-                        "on DuckDB and PostgreSQL, alternating with Mercia (see above)")
+                        "on each engine, alternating with Mercia (see above)")
     parser.add_argument("--region", type=Path, help="reuse this region (`mercia synth omop --out DIR --format "
                                                    "parquet` with the same --persons and --seed) instead of "
                                                    "generating one in a temporary directory")
@@ -356,8 +366,8 @@ def main() -> None:
         compare(args.compare)
         return
     engines = args.engines.split(",")
-    if args.circe and (not args.gibleed or "spark" in engines):
-        parser.error("--circe needs --gibleed and runs on duckdb and postgres only")
+    if args.circe and not args.gibleed:
+        parser.error("--circe needs --gibleed")
     if "postgres" in engines and not args.postgres:
         parser.error("PostgreSQL needs --postgres URL or MERCIA_TEST_POSTGRES_URL")
     cohort_ids = ([int(c) for c in args.cohorts.split(",")] if args.cohorts

@@ -404,6 +404,12 @@ class Store(ABC):
         sql = f"SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND {self._current_schema_filter()}"
         return bool(self.query_one(sql, [name]))
 
+    def tables_exist(self, names: Sequence[str]) -> bool:
+        """Whether every table of ``names`` exists: one statement naming them all, which the engine
+        refuses if one is missing (~0.3 ms on DuckDB, against ~2 ms per catalog query).  A refusal
+        inside a transaction without ``savepoints`` spoils it (``try_execute``): ask outside one."""
+        return self.try_execute(f"SELECT 1 FROM {', '.join(quote(n) for n in names)} WHERE 1 = 0")
+
     def columns(self, table: str) -> list[tuple[str, str]]:
         """(name, data type) of a table's columns as the engine reports them, in order."""
         sql = ("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "

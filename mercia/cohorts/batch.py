@@ -35,8 +35,8 @@ from mercia.cohorts.compiler import (
     collection_paused,
     concept_sets_query,
     drop_relations,
-    inline_single_reads,
     materialise_steps,
+    shape_steps,
     write_statements,
 )
 from mercia.cohorts.runner import CohortResult, ensure_result_tables, read_results
@@ -81,7 +81,7 @@ class BatchPlan:
         setup = materialise_steps(self.shared, dialect) + clear_statements([p.cohort_id for p in self.plans], dialect)
         scripts = []
         for n, plan in enumerate(self.plans):
-            inline_single_reads(plan)
+            shape_steps(plan, dialect)
             _name_steps_apart(plan, n)
             scripts.append(materialise_steps(plan.steps, dialect))
         made = [name for name, _ in self.shared] + [name for plan in self.plans for name, _ in plan.steps]

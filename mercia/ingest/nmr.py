@@ -302,6 +302,7 @@ class NmrReader:
                             FROM long_all l JOIN catalogue c USING (biomarker)
                             LEFT JOIN ucum_units u ON u.given = l.unit
                             WHERE COALESCE(u.ucum, l.unit, '') = c.ucum""")
+        self._one_line_per_biomarker()
         self._reject_query("""SELECT 'NMR/' || sample_id || '/' || biomarker AS record, line, biomarker AS field,
                                      'value ''' || raw || ''' is not a number' AS reason
                               FROM long WHERE raw IS NOT NULL AND TRY_CAST(raw AS DOUBLE) IS NULL""")
@@ -311,6 +312,28 @@ class NmrReader:
         self.values_read = self.con.execute("SELECT count(*) FROM long").fetchall()[0][0]
         self.con.execute("""CREATE TABLE sample_qc AS SELECT NULL::VARCHAR AS sample_id, NULL::BIGINT AS line,
                             NULL::VARCHAR AS name, NULL::VARCHAR AS value WHERE false""")
+
+    def _one_line_per_biomarker(self) -> None:
+        """A sample holds one value per biomarker.  Lines repeating one alike (value and QC flag) are
+        loaded once, the repeats rejected naming the first; lines that disagree are all rejected, since
+        nothing says which is right (a sample re-measured is a new sample id or a new file)."""
+        self.con.execute("""CREATE TABLE repeats AS SELECT sample_id, biomarker, min(line) AS first,
+                                   count(DISTINCT [raw, qc_flag]) AS versions,
+                                   string_agg(CAST(line AS VARCHAR), ', ' ORDER BY line) AS lines
+                            FROM long GROUP BY sample_id, biomarker HAVING count(*) > 1""")
+        self.con.execute("""CREATE TABLE repeated_lines AS
+                            SELECT l.sample_id, l.biomarker, l.line, r.first, r.versions, r.lines
+                            FROM long l JOIN repeats r USING (sample_id, biomarker)
+                            WHERE r.versions > 1 OR l.line > r.first""")
+        self._reject_query("""SELECT 'NMR/' || sample_id || '/' || biomarker AS record, line,
+                                     CASE WHEN versions > 1 THEN 'value' ELSE 'biomarker' END AS field,
+                                     CASE WHEN versions > 1
+                                          THEN biomarker || ' has ' || versions || ' different values in sample '
+                                               || sample_id || ' (lines ' || lines || '): none loaded'
+                                          ELSE 'repeats line ' || first || ' (' || biomarker || ' of sample '
+                                               || sample_id || ', the same value): loaded once' END AS reason
+                              FROM repeated_lines ORDER BY line""")
+        self.con.execute("DELETE FROM long WHERE line IN (SELECT line FROM repeated_lines)")
 
     # -- common path ---------------------------------------------------------------------------
     def _reject_query(self, sql: str) -> None:

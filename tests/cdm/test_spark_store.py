@@ -127,6 +127,28 @@ def test_a_table_rewritten_in_one_session_is_read_afresh_by_another():
 
 @pytest.mark.spark
 @pytest.mark.slow
+def test_deletes_rewrite_the_table_they_name_schema_included():
+    """Parquet has no DELETE, so the store rewrites the table: the one the statement names, schema
+    included (OHDSI's scripts delete from their results schema's tables, named like the store's).  A
+    script's consecutive DELETEs find their matching rows in one job; each that matches is applied."""
+    store = Store(spark_url(), schema=f"t_{uuid.uuid4().hex[:12]}")
+    other = f"o_{uuid.uuid4().hex[:12]}"
+    store.execute(f'CREATE SCHEMA "{other}"')
+    for table in ("t", f"{other}.t"):
+        store.execute(f"CREATE TABLE {table} (x BIGINT) USING parquet")
+        store.execute(f"INSERT INTO {table} VALUES (1), (2), (3), (4)")
+    store.execute(f"DELETE FROM {other}.t WHERE x = ?", [4])
+    store.execute_script([f"DELETE FROM {other}.t WHERE x = 2", 'DELETE FROM "t" WHERE x = 9',
+                          f"DELETE FROM {other}.t WHERE x > 2", 'DELETE FROM "t" WHERE x = 4'])
+    assert store.query(f"SELECT x FROM {other}.t") == [(1,)]
+    store.execute(f"DELETE FROM {other}.t")
+    assert store.query('SELECT x FROM "t" ORDER BY x') == [(1,), (2,), (3,)]
+    assert store.query(f"SELECT x FROM {other}.t") == []
+    store.execute(f'DROP SCHEMA "{other}" CASCADE')
+
+
+@pytest.mark.spark
+@pytest.mark.slow
 def test_sessions_read_what_other_sessions_appended_swapped_in_or_recreated():
     """Sessions (reused across requests) see each other's writes, because no session keeps a table's
     file listing (``spark.sql.filesourceTableRelationCacheSize=0``): appended rows are not missed, a

@@ -65,6 +65,14 @@ def test_connect_and_store_constructor_agree(tmp_path):
         assert type(a) is type(b)
 
 
+def test_tables_exist_only_when_every_named_table_does(cstore):
+    assert cstore.tables_exist([SAMPLE.name])
+    assert not cstore.tables_exist([SAMPLE.name, "no_such_table"])
+    with cstore.transaction():   # outside the transaction: DuckDB's refusal would spoil it
+        cstore.insert_arrow(SAMPLE.name, sample_rows(1))
+    assert count(cstore) == 1
+
+
 def test_bulk_arrow_load_and_types_round_trip(cstore):
     data = sample_rows(5000)
     assert cstore.insert_arrow(SAMPLE.name, data) == 5000

@@ -15,7 +15,7 @@ import tests.conftest as root_conftest
 from mercia.cdm import Store
 from mercia.cdm.schema import CDM_TABLES
 from mercia.cohorts import CohortExpression, build_plan, run_cohort
-from mercia.cohorts.compiler import inline_single_reads, materialise, render
+from mercia.cohorts.compiler import materialise, render, shape_steps
 
 SHARED_REFERENCE = root_conftest.SHARED_DATA / "ohdsi_reference"
 drop_store = root_conftest.drop_store
@@ -105,7 +105,7 @@ def spark_register(store: Store, name: str, data: pa.Table | None) -> None:
 
 def spark_cohort_rows(store: Store, expr: CohortExpression, cohort_id: int = 1) -> list[tuple]:
     """Run the Spark rendering of a cohort plan on the store and return its (subject, start, end) rows, sorted."""
-    plan = inline_single_reads(build_plan(expr, cohort_id))
+    plan = shape_steps(build_plan(expr, cohort_id), "spark")
     try:
         for name, query in plan.steps:
             for statement in materialise(name, query, "spark"):

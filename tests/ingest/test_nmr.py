@@ -168,6 +168,35 @@ def test_long_format_wrong_unit_rejected(store, load_sampled, tmp_path):
                               AND qualifier_source_value = 'Acetone'""") == 2
 
 
+def test_long_format_repeated_biomarker_of_a_sample_loads_once_or_not_at_all(store, load_sampled, tmp_path):
+    """One value per biomarker and sample: a line repeated alike is loaded once; lines that disagree are all
+    rejected (nothing says which is right), and the sample's other values load."""
+    write_nmr_study(tmp_path, 2, seed=4)
+    with (tmp_path / "nmr_wide.csv").open() as handle:
+        first, second = list(csv.DictReader(handle))
+    catalogue = nightingale_catalogue()
+    rows = [[row["sample_id"], name, row[name], catalogue[name].unit]
+            for row in (first, second) for name in catalogue if name in row]
+    glucose = [r for r in rows if r[1] == "Glucose"]
+    rows += [glucose[0], [*glucose[1][:2], str(float(glucose[1][2]) + 1), glucose[1][3]]]
+    with (tmp_path / "long.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([["sample_id", "biomarker", "value", "unit"], *rows])
+    summary = load_sampled(store, "nmr", tmp_path / "long.csv", "NMR02", tmp_path / "manifest.csv")
+    assert summary.rows["measurement"] == 2 * 249 - 1
+    repeat_line, copy_line = rows.index(glucose[0]) + 2, len(rows)       # file lines: header is line 1
+    conflict_lines = sorted([rows.index(glucose[1]) + 2, len(rows) + 1])
+    assert store.query("SELECT line, field, reason FROM mercia_reject ORDER BY line") == [
+        (conflict_lines[0], "value", f"Glucose has 2 different values in sample {second['sample_id']} "
+                                     f"(lines {conflict_lines[0]}, {conflict_lines[1]}): none loaded"),
+        (copy_line, "biomarker", f"repeats line {repeat_line} (Glucose of sample {first['sample_id']}, the same "
+                                 "value): loaded once"),
+        (conflict_lines[1], "value", f"Glucose has 2 different values in sample {second['sample_id']} "
+                                     f"(lines {conflict_lines[0]}, {conflict_lines[1]}): none loaded")]
+    glucoses = store.query("""SELECT value_as_number FROM measurement m JOIN concept c
+                              ON c.concept_id = m.measurement_source_concept_id WHERE c.concept_code = 'Glucose'""")
+    assert glucoses == [(float(first["Glucose"]),)]
+
+
 def test_ukb_field_columns(tmp_path):
     write_nmr_study(tmp_path, 3, seed=5)
     catalogue = nightingale_catalogue()

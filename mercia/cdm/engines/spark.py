@@ -273,12 +273,31 @@ class SparkStore(Store):
         if isinstance(sql, TemporaryTable):  # built from its parts, not from the text
             self.create_temp_table(sql.name, sql.query, params)
             return
-        statements = [sql] if params is not None else split_statements(sql)
+        self._run([sql] if params is not None else split_statements(sql), params)
+
+    def execute_script(self, statements: Sequence[str]) -> None:
+        """One job per statement (Spark takes no scripts), but consecutive DELETEs share the job that
+        finds which of them match a row (``_delete``): a cohort's run clears five tables."""
+        batch: list[str] = []
+        for statement in statements:
+            if isinstance(statement, TemporaryTable):
+                self._run(batch, None)
+                batch = []
+                self.execute(statement)
+            else:
+                batch += split_statements(statement)
+        self._run(batch, None)
+
+    def _run(self, statements: list[str], params: Sequence[Any] | None) -> None:
+        deletes: list[str] = []
         for statement in statements:
             if statement[:6].upper() == "DELETE":
-                self._delete(statement, params)
-            else:
-                self._collect(statement, params)
+                deletes.append(statement)
+                continue
+            self._delete(deletes, params)
+            deletes = []
+            self._collect(statement, params)
+        self._delete(deletes, params)
 
     def _collect(self, sql: str, params: Sequence[Any] | None) -> list:
         df = self._sql(sql, params)
@@ -312,30 +331,37 @@ class SparkStore(Store):
         self.execute(f"DROP VIEW IF EXISTS {quote(name)}")
         self._temp_views.discard(name.lower())
 
-    def _delete(self, sql: str, params: Sequence[Any] | None) -> None:
-        """``DELETE FROM t WHERE c`` on Parquet: nothing when no row matches (one small query), else the
-        rows where c is not true, checkpointed, overwrite the table (Spark reads no file of the table it
-        overwrites then)."""
-        try:
-            tree = sqlglot.parse_one(sql, read="spark")
-        except sqlglot.errors.ParseError as exc:
-            raise self._error(exc, sql) from exc
-        table = tree.this.name
-        where = tree.args.get("where")
-        if where is None:
-            self.truncate(table)
+    def _delete(self, statements: list[str], params: Sequence[Any] | None) -> None:
+        """``DELETE FROM t WHERE c`` on Parquet: one small job asks which of the statements match a row;
+        for each that does, the rows where c is not true, checkpointed, overwrite the table (Spark reads
+        no file of the table it overwrites then).  Deletes commute, so their order does not matter."""
+        targets: list[tuple[exp.Table, exp.Expression]] = []
+        for sql in statements:
+            try:
+                tree = sqlglot.parse_one(sql, read="spark")
+            except sqlglot.errors.ParseError as exc:
+                raise self._error(exc, sql) from exc
+            table = tree.this  # with its schema, if named: DELETE FROM other.t is not this schema's t
+            where = tree.args.get("where")
+            if where is None and not table.db:
+                self.truncate(table.name)
+            else:
+                targets.append((table, where.this if where is not None else exp.true()))
+        if not targets:
             return
-        matched = exp.select("1").from_(exp.to_table(table)).where(where.this.copy()).limit(1)
-        if not self._collect(matched.sql(dialect="spark"), params):
-            return
-        keep = exp.select("*").from_(exp.to_table(table)).where(
-            exp.not_(exp.func("coalesce", where.this.copy(), exp.false()))).sql(dialect="spark")
-        view = f"_mercia_keep_{uuid.uuid4().hex[:12]}"
-        self.create_temp_table(view, keep, params)
-        try:
-            self._collect(f"INSERT OVERWRITE TABLE {quote(table)} SELECT * FROM {quote(view)}", None)
-        finally:
-            self.drop_temp_table(view)
+        probe = " UNION ALL ".join(
+            f"SELECT {i} AS k FROM ({exp.select('1').from_(table.copy()).where(condition.copy()).limit(1).sql(dialect='spark')}) AS m{i}"
+            for i, (table, condition) in enumerate(targets))
+        for i in sorted(row[0] for row in self._collect(probe, params)):
+            table, condition = targets[i]
+            keep = exp.select("*").from_(table.copy()).where(
+                exp.not_(exp.func("coalesce", condition.copy(), exp.false()))).sql(dialect="spark")
+            view = f"_mercia_keep_{uuid.uuid4().hex[:12]}"
+            self.create_temp_table(view, keep, params)
+            try:
+                self._collect(f"INSERT OVERWRITE TABLE {table.sql(dialect='spark')} SELECT * FROM {quote(view)}", None)
+            finally:
+                self.drop_temp_table(view)
 
     # -- transactions: staging tables swapped in at commit ---------------------------------
     def _begin(self) -> None:
@@ -447,6 +473,10 @@ class SparkStore(Store):
             return bool(self._spark.catalog.tableExists(name))
         except self._errors as exc:
             raise self._error(exc, f"-- catalog.tableExists({name!r})") from exc
+
+    def tables_exist(self, names: Sequence[str]) -> bool:
+        """From the catalog: a refused statement would be logged by Spark as an error."""
+        return all(self.table_exists(name) for name in names)
 
     def columns(self, table: str) -> list[tuple[str, str]]:
         return [(f.name, f.dataType.simpleString()) for f in self._sql(f"SELECT * FROM {quote(table)}").schema]
