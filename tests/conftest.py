@@ -79,6 +79,31 @@ def drop_store(store: Store) -> None:
     store.close()
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs ``-n 2 --dist loadscope``: each module's tests stay on one worker, so a
+    module-scoped fixture (a synthetic region, a GiBleed copy, a Spark Connect server, Chromium) is
+    built once rather than on both workers, and every Spark test joins one scope, so one JVM (and its
+    warm-up) serves them all.  The controller sees only test ids: a Spark test is one whose id says
+    ``spark`` (its module or its engine parameter), which ``pytest_collection_modifyitems`` enforces."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesWithSparkTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "spark" if "spark" in nodeid.lower() else super()._split_scope(nodeid)
+
+    return ModulesWithSparkTogether(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unnamed = [item.nodeid for item in items
+               if item.get_closest_marker("spark") and "spark" not in item.nodeid.lower()]
+    if unnamed:
+        raise pytest.UsageError(f"Spark tests must say 'spark' in their id (module or parameter), for the "
+                                f"scheduler in tests/conftest.py: {unnamed}")
+
+
 @pytest.fixture(params=ENGINES)
 def engine(request) -> str:
     return request.param

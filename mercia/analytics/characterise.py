@@ -190,7 +190,7 @@ def _age_sex(store: Store, idx: str, persons: int) -> StatTable:
 
 def _comorbidity(store: Store, idx: str, persons: int,
                  lookback: int | None) -> tuple[StatTable, StatTable, list[dict[str, Any]]]:
-    with temp_table(store, cm.prefix_values_sql(), "mercia_cmp") as prefixes, \
+    with temp_table(store, cm.prefix_values_sql(store), "mercia_cmp") as prefixes, \
             temp_table(store, cm.flags_sql(store, idx, prefixes, lookback), "mercia_cm") as flags:
         prevalence = store.query(f"SELECT comorbidity_index, category, COUNT(DISTINCT person_id) FROM {flags} "
                                  f"GROUP BY comorbidity_index, category")

@@ -103,6 +103,14 @@ def in_list_parameter(store: Store, value: str) -> str:
     return f"array_contains(?, {rendered})" if store.dialect == "spark" else f"{rendered} = ANY(?)"
 
 
+def split_words(store: Store, text: str) -> str:
+    """A select item making one row per space-separated word of ``text`` (a set-returning function:
+    ``UNNEST`` of the split on DuckDB and PostgreSQL, ``EXPLODE`` on Spark)."""
+    rendered = _render(_parse(text).copy(), store)
+    return {"duckdb": "UNNEST(STRING_SPLIT({}, ' '))", "postgres": "UNNEST(STRING_TO_ARRAY({}, ' '))",
+            "spark": "EXPLODE(SPLIT({}, ' '))"}[store.dialect].format(rendered)
+
+
 def rows_checksum(store: Store, columns: Sequence[str]) -> str:
     """An aggregate: the sum, over the rows, of the first 60 bits of the MD5 of ``columns``' values as
     comma-separated text, as a decimal string (NULL when no row), computed by the engine, so equal

@@ -123,12 +123,14 @@ def test_connect_sessions_see_each_others_writes(connect_url):
 
 
 CLAIM = """
-import sys, time
+import sys
 from mercia.cdm import Store
-from mercia.cohorts.registry import CohortIdTaken, claim_cohort_id
-url, schema, maker, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+from mercia.cohorts.registry import CohortIdTaken, claim_cohort_id, ensure_result_tables
+url, schema, maker = sys.argv[1], sys.argv[2], sys.argv[3]
 store = Store(url, schema=schema)
-time.sleep(max(0.0, start - time.time()))
+ensure_result_tables(store)  # connected and through the catalog once before the race
+print("READY", flush=True)
+sys.stdin.readline()  # the test releases both clients together
 try:
     claim_cohort_id(store, 12, maker + "'s cohort", maker)
     print("CLAIMED")
@@ -145,11 +147,18 @@ def test_two_clients_claiming_one_id_at_once_register_one(connect_url):
     store = Store(connect_url, schema=f"t_{uuid.uuid4().hex[:12]}")
     try:
         ensure_result_tables(store)
-        start = time.time() + 45   # both clients connected and waiting by then
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        clients = [subprocess.Popen([sys.executable, "-c", CLAIM, connect_url, store.schema, maker, str(start)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        clients = [subprocess.Popen([sys.executable, "-c", CLAIM, connect_url, store.schema, maker],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env=env)
                    for maker in ("mercia cohort run", "variant cohort")]
+        # both connected and waiting, then released at once (a barrier, not a guessed start time)
+        assert [client.stdout.readline().strip() for client in clients] == ["READY", "READY"], \
+            [client.communicate(timeout=60) for client in clients]
+        for client in clients:
+            client.stdin.write("go\n")
+        for client in clients:
+            client.stdin.flush()
         outputs = [client.communicate(timeout=900) for client in clients]
         assert sorted(out.split()[0] for out, _ in outputs if out) == ["CLAIMED", "REFUSED"], outputs
         assert store.query_one("SELECT count(*) FROM cohort_definition WHERE cohort_definition_id = 12") == 1
