@@ -251,10 +251,15 @@ class _Load:
             loser = f"SELECT 1 FROM {losers} l WHERE l.record = s.record AND l.record_hash = s.record_hash"
             if not con.execute(f"SELECT EXISTS (SELECT 1 FROM {name} s WHERE EXISTS ({loser}))").fetchall()[0][0]:
                 continue  # two key columns scanned rather than every column copied
-            con.execute(f"CREATE TABLE kept AS SELECT * FROM {name} s WHERE NOT EXISTS ({loser})")
-            con.unregister(name)  # the reader's table, registered
-            con.execute(f"DROP TABLE IF EXISTS {name}")  # or one an earlier step rebuilt
-            con.execute(f"ALTER TABLE kept RENAME TO {name}")
+            self._replace_staged(name, f"SELECT * FROM {name} s WHERE NOT EXISTS ({loser})")
+
+    def _replace_staged(self, name: str, rows_sql: str) -> None:
+        """The staged table ``name`` (the reader's, registered, or one an earlier step rebuilt) replaced
+        by the rows of ``rows_sql``, which may read it."""
+        self.con.execute(f"CREATE TABLE kept AS {rows_sql}")
+        self.con.unregister(name)
+        self.con.execute(f"DROP TABLE IF EXISTS {name}")
+        self.con.execute(f"ALTER TABLE kept RENAME TO {name}")
 
     def keep_last_copies(self) -> None:
         """A record without versions read with different contents in one extract (an ALT listed twice
@@ -280,11 +285,8 @@ class _Load:
         if repeated.num_rows:
             self.register("repeated", repeated)
             self._drop_staged(("staged_events", "staged_calls"), "repeated")
-            self.con.execute("""CREATE TABLE kept AS SELECT * FROM staged_values v WHERE NOT EXISTS (
+            self._replace_staged("staged_values", """SELECT * FROM staged_values v WHERE NOT EXISTS (
                 SELECT 1 FROM repeated r WHERE r.record = v.record AND r.line = v.line)""")
-            self.con.unregister("staged_values")
-            self.con.execute("DROP TABLE IF EXISTS staged_values")
-            self.con.execute("ALTER TABLE kept RENAME TO staged_values")
             self.reject(repeated, "record key", REPEATED_RECORD, action="superseded")
         self._store_copies_once()
 
@@ -317,12 +319,9 @@ class _Load:
                             FROM {name} s JOIN copied c USING (record) WINDOW alike AS (PARTITION BY {alike[name]})""")
             dropped.append(f"SELECT record, line FROM {name}_dropped")
             con.execute(f"CREATE TABLE {name}_dropped AS SELECT record, line FROM copy_ranked WHERE copy > greatest(1, n // k)")
-            con.execute(f"""CREATE TABLE kept AS SELECT * FROM {name} ANTI JOIN copied USING (record)
-                            UNION ALL BY NAME SELECT * EXCLUDE (k, n, copy) FROM copy_ranked WHERE copy <= greatest(1, n // k)""")
+            self._replace_staged(name, f"""SELECT * FROM {name} ANTI JOIN copied USING (record) UNION ALL BY NAME
+                                           SELECT * EXCLUDE (k, n, copy) FROM copy_ranked WHERE copy <= greatest(1, n // k)""")
             con.execute("DROP TABLE copy_ranked")
-            con.unregister(name)
-            con.execute(f"DROP TABLE IF EXISTS {name}")
-            con.execute(f"ALTER TABLE kept RENAME TO {name}")
         self.reject(_table_from_query(con, f"""SELECT DISTINCT d.line, k.source_record FROM ({" UNION ALL ".join(dropped)}) d
                                               JOIN record_keys k USING (record) ORDER BY 2, 1"""),
                     "record key", SAME_RECORD, action="superseded")
@@ -708,6 +707,14 @@ class _Load:
             LEFT JOIN (SELECT source_record, min(stored_hash) AS stored_hash FROM stored_hashes GROUP BY 1) x
                    USING (source_record)
             ANTI JOIN seen_alike USING (source_record)""")
+
+    def pass_on_fates(self) -> None:
+        """This chunk's records (``record_fates``) replace what earlier chunks left of them in ``SEEN_RECORDS``."""
+        fates = self.record_fates()
+        self._store_temp("mercia_tmp_records", fates.select(["source_record"]), "source_record VARCHAR")
+        self.store.execute(f"DELETE FROM {SEEN_RECORDS} WHERE source_record IN "
+                           "(SELECT source_record FROM mercia_tmp_records)")
+        self.store.insert_arrow(SEEN_RECORDS, fates)
 
     def remove_withdrawn(self) -> None:
         """Records the source withdrew: their earlier rows go (and any version staged in this load)."""
@@ -1168,7 +1175,7 @@ def load_staged(store: Store, staged: Staged | Iterable[Staged], org: str, reade
             if not parts:
                 store.execute("DELETE FROM mercia_reject WHERE org = ? AND extract = ?", [org, chunk.extract])
             if previous is not None:
-                _record_seen(store, previous.record_fates())
+                previous.pass_on_fates()
                 previous.con.close()
             part, previous = _load_chunk(store, chunk, org, reader, options, load_id, last_ids, bool(parts))
             parts.append(part)
@@ -1202,19 +1209,10 @@ def _combined(parts: list[LoadSummary]) -> LoadSummary:
                        reject_reasons=dict(+reasons), **counts)  # a reason taken back by a later chunk goes
 
 
-def _record_seen(store: Store, fates: pa.Table) -> None:
-    """A chunk's records (``_Load.record_fates``) replace what earlier chunks left of them in ``SEEN_RECORDS``."""
-    store.execute("DROP TABLE IF EXISTS mercia_tmp_records")
-    store.execute("CREATE TEMP TABLE mercia_tmp_records (source_record VARCHAR)")
-    store.insert_arrow("mercia_tmp_records", fates.select(["source_record"]))
-    store.execute(f"DELETE FROM {SEEN_RECORDS} WHERE source_record IN (SELECT source_record FROM mercia_tmp_records)")
-    store.insert_arrow(SEEN_RECORDS, fates)
-
-
 def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: LoadOptions,
                 load_id: int, last_ids: dict[str, int], after_chunks: bool) -> tuple[LoadSummary, _Load]:
     """One chunk's whole path (inside the load's transaction): its counts, rejects written, and the
-    job, its scratch DuckDB still open for ``record_fates``; ``after_chunks``: earlier chunks of the load ran."""
+    job, its scratch DuckDB still open for ``pass_on_fates``; ``after_chunks``: earlier chunks of the load ran."""
     job = _Load(store, staged, org, reader, options, load_id, last_ids, after_chunks)
     job.pseudonymise_records()
     job.choose_versions()
