@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from isal import igzip
 
 from mercia.ingest.staging import EVENT_SCHEMA, STAGED_TABLES, Columns, Staged, content_hash
 
@@ -437,7 +437,9 @@ class FhirReader:
     def read_deleted(self, file: Path, index: int = 0) -> None:
         """A bulk export's ``deleted`` file: Bundles of DELETE requests (``Type/id``), one per line.
         Each names a record whose earlier rows the load removes."""
-        data = gzip.decompress(file.read_bytes()) if file.name.endswith(".gz") else file.read_bytes()
+        data = self._file_bytes(file)
+        if data is None:
+            return
         for line_no, line in enumerate(data.split(b"\n"), start=1):
             if not line.strip():
                 continue
@@ -489,16 +491,27 @@ class FhirReader:
 
     def read_file(self, file: Path, index: int = 0, piece: tuple[int, int] = WHOLE) -> None:
         """File number ``index``, or only its ``piece`` (see PIECE_UNITS) when it is NDJSON."""
+        data = self._file_bytes(file, said=piece[0] == 0)  # a broken file is said once, by its first piece
+        if data is not None:
+            self.read_bytes(data, file.name, index, piece)
+
+    def _file_bytes(self, file: Path, said: bool = True) -> bytes | None:
+        """The file's content, un-gzipped when its name ends in .gz, or None once it is rejected (``said``)
+        as not valid gzip.  Every gzip member is read: bgzip and appended exports are several members
+        one after another, and a one-member decompress silently stopped after the first.  ISA-L's
+        ``igzip`` reads Synthea's NDJSON in ~0.6 of zlib's CPU time, in one shot (faster than streaming)."""
         raw = file.read_bytes()
+        if not file.name.endswith(".gz"):
+            return raw
         try:
-            data = zlib.decompress(raw, 31) if file.name.endswith(".gz") else raw  # one shot: faster than streaming
-        except zlib.error as exc:
-            if piece[0] == 0:  # said once, by the file's first piece
+            if raw[:2] != b"\x1f\x8b":
+                raise ValueError("it does not start with the gzip magic bytes")
+            return igzip.decompress(raw)
+        except (ValueError, EOFError, OSError) as exc:
+            if said:
                 self.staged.read += 1
                 self.staged.reject(file.name, None, f"not a valid gzip file: {exc}", None)
-            return
-        del raw
-        self.read_bytes(data, file.name, index, piece)
+            return None
 
     def read_bytes(self, data: bytes, name: str, index: int = 0, piece: tuple[int, int] = WHOLE) -> None:
         """One file's content (file number ``index``): NDJSON when ``name`` says so (only the lines of

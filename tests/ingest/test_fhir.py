@@ -172,3 +172,28 @@ def test_bulk_export_manifest_and_log_are_honoured(tmp_path):
     staged = read_fhir(export)
     assert staged.read == 2 and staged.events.data["record"] == ["Condition/c1"]
     assert read_fhir(export / "Stale.ndjson").events.data["record"] == ["Condition/old"]
+
+
+def test_every_member_of_a_gzip_file_is_read(tmp_path):
+    """bgzip and appended exports are several gzip members one after another: all of them are read (a
+    one-member decompress stopped silently after the first), and a truncated or non-gzip file is one reject."""
+    lines = [orjson.dumps({"resourceType": "Patient", "id": f"p{i}", "gender": "female", "birthDate": "1970-01-01"})
+             for i in range(30)]
+    plain = tmp_path / "plain" / "Patient.ndjson"
+    plain.parent.mkdir()
+    plain.write_bytes(b"\n".join(lines) + b"\n")
+    members = tmp_path / "members" / "Patient.ndjson.gz"
+    members.parent.mkdir()
+    members.write_bytes(b"".join(gzip.compress(b"\n".join(lines[i:i + 10]) + b"\n") for i in range(0, 30, 10)))
+    whole, in_members = read_fhir(plain.parent, processes=1), read_fhir(members.parent, processes=1)
+    assert in_members.read == whole.read == 30
+    assert in_members.persons.table().equals(whole.persons.table())
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "Patient.ndjson.gz").write_bytes(members.read_bytes()[:-5])
+    (broken / "Condition.ndjson.gz").write_bytes(b"{not gzip}")
+    rejects = {r["record"]: r["reason"] for r in read_fhir(broken, processes=1).rejects.table().to_pylist()}
+    assert rejects == {"Patient.ndjson.gz": "not a valid gzip file: Compressed file ended before the end-of-stream "
+                                            "marker was reached",
+                       "Condition.ndjson.gz": "not a valid gzip file: it does not start with the gzip magic bytes"}
