@@ -79,6 +79,10 @@ def _repetitions(segment, index: int) -> list:
 class Hl7Reader:
     def __init__(self, extract: str):
         self.staged = Staged(extract)
+        # each result is a version of its record, in reading order: the load keeps a record's last copy
+        # whether that copy loads or is rejected (``load._Load.choose_versions``), so an earlier copy's rows
+        # never stand for a record whose last copy was rejected
+        self.seq = 0
 
     def read_path(self, path: Path) -> Staged:
         path = Path(path)
@@ -159,13 +163,20 @@ class Hl7Reader:
 
     def _obx(self, seg, record: str, person_ref: str, fallback_time: str | None, number: int) -> None:
         s = self.staged
+        digest = content_hash(str(seg).encode() + (fallback_time or "").encode())
+        s.versions.add(record=record, record_hash=digest, seq=self.seq, line=number)
+        self.seq += 1
+
+        def reject(field_name: str, reason: str) -> None:
+            s.reject(record, field_name, reason, number, digest)
+
         value_type = (_field(seg, 2) or "").upper()
         code, system = _field(seg, 3, 1), _field(seg, 3, 3)
         if not code:
-            s.reject(record, "OBX-3", "result has no observation identifier", number)
+            reject("OBX-3", "result has no observation identifier")
             return
         raw_value = _field(seg, 5)
-        event = dict(record=record, record_hash=content_hash(str(seg).encode() + (fallback_time or "").encode()),
+        event = dict(record=record, record_hash=digest,
                      person_ref=person_ref, kind="Measurement", vocabulary=CODING_SYSTEMS.get(system or "", system),
                      code=code, start=hl7_timestamp(_field(seg, 14)) or fallback_time, line=number,
                      unit=_field(seg, 6, 1))
@@ -176,20 +187,20 @@ class Hl7Reader:
             try:
                 event["value_number"] = float(number_text) if number_text else None
             except ValueError:
-                s.reject(record, "OBX-5", f"numeric result is not a number ({value_type})", number)
+                reject("OBX-5", f"numeric result is not a number ({value_type})")
                 return
             if event["value_number"] is None:
-                s.reject(record, "OBX-5", "result has no value", number)
+                reject("OBX-5", "result has no value")
                 return
         elif value_type in CODED_TYPES:
             value_code, value_system = _field(seg, 5, 1), _field(seg, 5, 3)
             if not value_code:
-                s.reject(record, "OBX-5", "result has no value", number)
+                reject("OBX-5", "result has no value")
                 return
             event["value_code"] = value_code
             event["value_vocabulary"] = CODING_SYSTEMS.get(value_system or "", value_system)
         else:
-            s.reject(record, "OBX-2", f"value type {value_type or '(none)'} is text or a document, not loaded", number)
+            reject("OBX-2", f"value type {value_type or '(none)'} is text or a document, not loaded")
             return
         bounds = _RANGE.match(_field(seg, 7) or "")
         if bounds:

@@ -237,11 +237,14 @@ class _Load:
         self._drop_staged(("staged_persons_raw", "staged_events", "staged_sites", "staged_removals", "staged_rejects"),
                           "losers")
         bad, stale = pc.field("bad_instant"), pc.field("stale")
-        for which, reason, action in [
-                (bad, "meta.lastUpdated is not an instant (YYYY-MM-DDThh:mm:ss+zz:zz)", "rejected"),
-                (stale & ~bad, "older than the version loaded before: not loaded", "superseded"),
-                (~stale & ~bad, "a newer version of the record in the same load replaced it", "superseded")]:
-            self.reject(losers.filter(which), "meta.lastUpdated", reason, action=action)
+        # FHIR orders a record's versions by their meta; a reader without meta (HL7 v2) by reading order only
+        by_meta = self.reader == "fhir"
+        for which, field_name, reason, action in [
+                (bad, "meta.lastUpdated", "meta.lastUpdated is not an instant (YYYY-MM-DDThh:mm:ss+zz:zz)", "rejected"),
+                (stale & ~bad, "meta.lastUpdated", "older than the version loaded before: not loaded", "superseded"),
+                (~stale & ~bad, *(("meta.lastUpdated", "a newer version of the record in the same load replaced it")
+                                  if by_meta else ("record key", REPEATED_RECORD)), "superseded")]:
+            self.reject(losers.filter(which), field_name, reason, action=action)
         self.superseded_records = set(losers.filter(stale & ~bad).column("source_record").to_pylist())
 
     def _drop_staged(self, tables: tuple[str, ...], losers: str) -> None:
