@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import duckdb
@@ -116,6 +117,50 @@ class LoadSummary:
 
 def _table_from_query(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> pa.Table:
     return con.sql(sql, params=params).to_arrow_table()
+
+
+class _StoreWrites:
+    """The store as ``_Load.insert`` uses it: appends (``insert_arrow``) run in a thread of their own, in
+    order, while the load's thread computes the next table's rows in the scratch DuckDB (both release
+    the GIL, so the two cores share work that ran one step at a time); any other use of the store first
+    waits for the appends queued before it, so the store sees the same statements in the same order."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mercia-store-writes")
+        self._pending: list[Future] = []
+        self._failed = False  # an append failed: those queued after it do not reach the store
+
+    def insert_arrow(self, table: str, data: pa.Table) -> int:
+        self._pending.append(self._pool.submit(self._append, table, data))
+        return data.num_rows
+
+    def _append(self, table: str, data: pa.Table) -> None:
+        if self._failed:
+            return
+        try:
+            self.store.insert_arrow(table, data)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def settle(self) -> None:
+        """Wait for every queued append; the first that failed raises (after the others ended)."""
+        pending, self._pending = self._pending, []
+        errors = [future.exception() for future in pending]
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def close(self) -> None:
+        try:
+            self.settle()
+        finally:
+            self._pool.shutdown()
+
+    def __getattr__(self, name: str):
+        self.settle()
+        return getattr(self.store, name)
 
 
 class _Load:
@@ -781,7 +826,27 @@ class _Load:
         self.register("mapped", mapped)
 
     def insert(self, load_id: int, extract: str) -> None:
+        """New and changed persons, sites and events -> the store, with their provenance; the appends
+        overlap the scratch work of the next table (``_StoreWrites``)."""
+        writes = _StoreWrites(self.store)
+        self.store = writes
+        try:
+            self._insert_rows(load_id, extract)
+        except BaseException:
+            self.store = writes.store
+            try:
+                writes.close()
+            except Exception:  # the error already raised is the one to report
+                pass
+            raise
+        self.store = writes.store
+        writes.close()
+
+    def _insert_rows(self, load_id: int, extract: str) -> None:
         store, con = self.store, self.con
+        # the sites and visits loaded before, looked up before this chunk's own provenance reaches the store
+        old_sites = self._earlier_rows("care_site", "site_record")
+        earlier_visits = self._earlier_rows("visit_occurrence", "visit_record")
         # new and changed persons -> links
         con.execute(f"""
             CREATE TABLE new_links AS SELECT person_id, ? AS org, source_pseudonym, nhs_pseudonym, nhs_status,
@@ -795,8 +860,8 @@ class _Load:
         links = _table_from_query(con, "SELECT * EXCLUDE (source_record) FROM new_links")
         store.insert_arrow("mercia_person_link", links)
         self.rows["person_link"] += links.num_rows
-        con.execute("""CREATE TABLE prov_rows AS SELECT 'person' AS cdm_table, CAST(person_id AS BIGINT) AS row_id,
-                       source_record, record_hash FROM new_links""")
+        con.execute("CREATE TABLE prov_rows (cdm_table VARCHAR, row_id BIGINT, source_record VARCHAR, record_hash VARCHAR)")
+        self._provenance("SELECT 'person', CAST(person_id AS BIGINT), source_record, record_hash FROM new_links")
         # sites, numbered in record order (not in the order a parallel scan happens to return them)
         next_site = self._first_id("care_site", "care_site_id")
         con.execute(f"""CREATE TABLE site_rows AS SELECT {next_site} + row_number() OVER (ORDER BY source_record) AS care_site_id, *
@@ -815,7 +880,7 @@ class _Load:
         self.rows["provider"] += store.insert_arrow("provider", providers)
         self._used_ids("provider", providers.num_rows)
         self._provenance("SELECT 'provider', provider_id, source_record, record_hash FROM provider_rows")
-        self.register("old_sites", self._earlier_rows("care_site", "site_record"))
+        self.register("old_sites", old_sites)
         present = {d for (d,) in con.execute("SELECT DISTINCT domain FROM events").fetchall()}
         if self.staged.variants is not None and self.staged.variants.num_rows:
             present.add("Measurement")  # its rows (even none) are what the variant rows point at
@@ -824,8 +889,10 @@ class _Load:
             self._insert_domain("Visit")
         visit_ids = _table_from_query(con, "SELECT source_record, row_id FROM domain_rows") if "Visit" in present \
             else pa.table({"source_record": pa.array([], pa.string()), "row_id": pa.array([], pa.int64())})
-        self.register("visit_ids", pa.concat_tables([visit_ids, self._earlier_rows("visit_occurrence", "visit_record")
-                                                     .cast(visit_ids.schema)]))
+        self.register("visit_ids", pa.concat_tables([visit_ids, earlier_visits.cast(visit_ids.schema)]))
+        for domain in DOMAIN_TABLE:  # the store asked for each table's last id now, not between the appends
+            if domain != "Visit" and domain in present:
+                self._first_id(DOMAIN_TABLE[domain], f"{DOMAIN_TABLE[domain]}_id")
         for domain in DOMAIN_TABLE:
             if domain != "Visit" and domain in present:
                 self._insert_domain(domain)
@@ -834,10 +901,6 @@ class _Load:
         self._insert_costs()
         self._insert_variants()
         self._insert_calls(load_id, extract)
-        prov = _table_from_query(con, f"""
-            SELECT cdm_table, row_id, ? AS org, ? AS extract, source_record, record_hash, {load_id} AS load_id
-            FROM prov_rows""", [self.org, extract])
-        store.insert_arrow("mercia_provenance", prov)
 
     def _earlier_rows(self, cdm_table: str, reference: str) -> pa.Table:
         """(source_record, row_id) of the ``cdm_table`` rows this organisation loaded before, for the
@@ -851,8 +914,17 @@ class _Load:
         return pa.table({"source_record": pa.array([], pa.string()), "row_id": pa.array([], pa.int64())})
 
     def _provenance(self, sql: str) -> None:
-        """Add (cdm_table, row_id, source_record, record_hash) rows to this load's provenance."""
-        self.con.execute(f"INSERT INTO prov_rows {sql}")
+        """Add the (cdm_table, row_id, source_record, record_hash) rows of ``sql`` to this load's provenance:
+        appended to the store's now (overlapping what follows) and kept in ``prov_rows`` for the steps after."""
+        rows = _table_from_query(self.con, sql).rename_columns(["cdm_table", "row_id", "source_record", "record_hash"])
+        self.register("prov_part", rows)
+        self.con.execute("INSERT INTO prov_rows SELECT * FROM prov_part")
+        self.con.unregister("prov_part")
+        count = rows.num_rows
+        if count:
+            self.store.insert_arrow("mercia_provenance", rows.add_column(2, "org", _constant(self.org, count))
+                                    .add_column(3, "extract", _constant(self.staged.extract, count))
+                                    .append_column("load_id", pa.array(np.full(count, self.load_id, dtype=np.int64))))
 
     def _insert_values(self, load_id: int, extract: str) -> None:
         """Staged values -> ``measurement`` and their provenance, set-based: each takes its record's person
