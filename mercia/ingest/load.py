@@ -814,7 +814,8 @@ class _Load:
             UNION SELECT DISTINCT 'UCUM', unit FROM staged_events WHERE unit IS NOT NULL
             UNION SELECT DISTINCT vocabulary, code FROM staged_values
             UNION SELECT DISTINCT 'UCUM', unit FROM staged_values WHERE unit IS NOT NULL
-            UNION SELECT DISTINCT ?, code FROM staged_calls UNION SELECT DISTINCT ?, genotype FROM staged_calls""",
+            UNION SELECT DISTINCT ?, code FROM staged_calls WHERE alt IS NOT NULL
+            UNION SELECT DISTINCT ?, genotype FROM staged_calls WHERE alt IS NOT NULL""",
                                   [CALL_CODE_VOCABULARY, CALL_VALUE_VOCABULARY])
         mapped = map_to_standard(self.store, codes)
         self.register("mapped", mapped)
@@ -1024,7 +1025,8 @@ class _Load:
                    g.concept_id AS value_as_concept_id, c.genotype AS value_code, NULL::DOUBLE AS value_number,
                    NULL::VARCHAR AS unit, 0 AS unit_concept_id, NULL::DOUBLE AS range_low,
                    NULL::DOUBLE AS range_high, NULL::BIGINT AS visit_occurrence_id
-            FROM (SELECT rowid AS position, row_number() OVER (ORDER BY source_record, rowid) AS n FROM calls) o
+            FROM (SELECT rowid AS position, row_number() OVER (ORDER BY source_record, rowid) AS n FROM calls
+                  WHERE alt IS NOT NULL) o  -- (a sample's row without an allele only makes it read: mercia.ingest.vcf)
             JOIN calls c ON c.rowid = o.position
             LEFT JOIN mapped m ON m.vocabulary = ? AND m.code = c.code
             LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = ? GROUP BY 1) g
@@ -1291,7 +1293,8 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
         pa.schema([("person_id", pa.int64())])) for t in job.touched_persons])
         if job.touched_persons else pa.table({"person_id": pa.array([], pa.int64())}))
     affected = _table_from_query(job.con, """SELECT DISTINCT person_id FROM resolved UNION
-                                  SELECT DISTINCT person_id FROM events UNION SELECT DISTINCT person_id FROM calls
+                                  SELECT DISTINCT person_id FROM events
+                                  UNION SELECT DISTINCT person_id FROM calls WHERE alt IS NOT NULL
                                   UNION SELECT person_id FROM touched_persons""")
     rebuild_person_rows(store, affected)
     sets = job.fate_sets()

@@ -11,7 +11,10 @@ content hash and fate were most of the cost of loading it (docs/metabolomics.md)
   ALT allele or missing (the convention of ``vt decompose``).  After the split, bases shared by REF and
   ALT are trimmed (suffix first, then prefix, keeping one base; POS moves with the prefix).  Left-
   alignment needs the reference genome and is not done.
-- Calls without this ALT allele (hom-ref, missing, other allele only) are read but are not records.
+- Calls without this ALT allele (hom-ref, missing, other allele only) are read but write no rows.
+- Each sample is staged once per file as a row without an allele (``_sample_rows``, line: the ``#CHROM``
+  header line naming it), so a sample with no carrier call is still its record: a resend in which it
+  lost every call replaces its rows with none, and a sample without a person is rejected even so.
 - Kept per call: GT, zygosity (heterozygous / homozygous / hemizygous), FORMAT DP and GQ, and the
   annotation of this ALT allele from VEP ``CSQ`` or SnpEff ``ANN`` (gene, consequence, HGVS c. and p.);
   ``INFO/GENE`` is the gene when neither is present.
@@ -262,6 +265,16 @@ class _Carriers:
             con.close()
 
 
+def _sample_rows(file: str, samples: list[str], hashes: list[str], refs: list[str], dates: list[str | None],
+                 line: int) -> pa.Table:
+    """One row per sample without an allele (``alt`` NULL: nothing to write), staged with the file's first
+    calls, so that every sample of the file is read as its record."""
+    given = {"record": [f"VCF/{file}/{sample}" for sample in samples], "record_hash": hashes, "person_ref": refs,
+             "start": dates, "line": [line] * len(samples)}
+    return pa.table({column.name: pa.array(given[column.name], column.type) if column.name in given
+                     else pa.nulls(len(samples), column.type) for column in CALL_SCHEMA}, schema=CALL_SCHEMA)
+
+
 class _ReadError(Exception):
     """htslib stopped inside a file: ``line`` is the last line read."""
 
@@ -317,8 +330,7 @@ class VcfReader:
     @staticmethod
     def _filled(chunk: Staged, calls: list[pa.Table]) -> Staged:
         """``chunk`` with the carrier calls staged for the load's bulk path (``Staged.calls``)."""
-        chunk.calls = pa.concat_tables([t.select(CALL_SCHEMA.names).cast(CALL_SCHEMA) for t in calls]) if calls \
-            else CALL_SCHEMA.empty_table()
+        chunk.calls = _staged_calls(calls)
         return chunk
 
     def _file(self, file: Path, sample_person: dict[str, str], when: str | None) -> Iterator[tuple[pa.Table, int]]:
@@ -345,6 +357,7 @@ class VcfReader:
         try:
             number, compressed = _header_lines(file)
             hashes = _sample_hashes(file, number, compressed, samples) if samples else []
+            staged = [_sample_rows(file.name, samples, hashes, refs, dates, number)]  # with the first calls
             sites = iter(vcf)
             while True:
                 try:
@@ -358,8 +371,9 @@ class VcfReader:
                     _add_block(block, len(samples), carriers)
                     block = []
                     if self.calls_per_chunk and carriers.count >= self.calls_per_chunk:
-                        yield carriers.table(file.name, samples, hashes, refs, dates, assembly, annotations), read
-                        carriers, read = _Carriers(), 0
+                        staged.append(carriers.table(file.name, samples, hashes, refs, dates, assembly, annotations))
+                        yield _staged_calls(staged), read
+                        carriers, read, staged = _Carriers(), 0, []
                 at = (site.CHROM, site.POS)
                 alts = site.ALT  # (cyvcf2 builds the list on each access)
                 read += len(samples) * len(alts)
@@ -375,7 +389,14 @@ class VcfReader:
         finally:
             vcf.close()
         _add_block(block, len(samples), carriers)
-        yield carriers.table(file.name, samples, hashes, refs, dates, assembly, annotations), read
+        staged.append(carriers.table(file.name, samples, hashes, refs, dates, assembly, annotations))
+        yield _staged_calls(staged), read
+
+
+def _staged_calls(tables: list[pa.Table]) -> pa.Table:
+    """Tables of calls (and sample rows) as one ``CALL_SCHEMA`` table."""
+    return pa.concat_tables([t.select(CALL_SCHEMA.names).cast(CALL_SCHEMA) for t in tables]) if tables \
+        else CALL_SCHEMA.empty_table()
 
 
 def _first_numbers(values: list[np.ndarray | None], samples: int) -> np.ndarray:

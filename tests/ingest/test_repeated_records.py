@@ -51,18 +51,18 @@ def test_vcf_allele_listed_twice_loads_its_last_copy_and_a_resend_is_unchanged(s
     # the same ALT at one site on lines 13 and 14 (header is 12 lines): P1's call of it twice, two contents
     twice = _trio_vcf(store, load, tmp_path, _site("0/1", 20), _site("1/1", 30))
     first = load(store, "vcf", twice, "R9G")
-    assert (first.records, first.loaded, first.rejected, first.superseded) == (1, 1, 0, 0)  # the record: P1
+    assert (first.records, first.loaded, first.rejected, first.superseded) == (3, 3, 0, 0)  # a record a sample
     assert _genotypes(store) == [("1/1", 30, "1/1")]
     assert _repeat_rejects(store, first.load_id, REPEATED_CALL) == [(13, "ALT", REPEATED_CALL, "superseded")]
     assert store.query("SELECT source_record FROM mercia_reject WHERE reason = ?", [REPEATED_CALL]) == store.query(
         "SELECT source_record FROM mercia_provenance WHERE cdm_table = 'measurement'")  # names the sample's record
     before = snapshot(store)
     again = load(store, "vcf", twice, "R9G")
-    assert (again.loaded, again.unchanged, again.changed) == (1, 1, 0)
+    assert (again.loaded, again.unchanged, again.changed) == (3, 1, 0)  # P2, P3 wrote no row, so no stored hash says unchanged
     assert snapshot(store) == before
     # a corrected resend (the allele once) replaces the stored copy exactly once
     corrected = load(store, "vcf", _vcf(tmp_path / "corrected", _site("0/1", 20)), "R9G")
-    assert (corrected.changed, corrected.unchanged) == (1, 0)
+    assert (corrected.changed, corrected.unchanged) == (1, 0)  # P1; P2, P3 loaded (nothing to write)
     assert _genotypes(store) == [("0/1", 20, "0/1")]
     assert store.query_one("SELECT count(*) FROM mercia_provenance WHERE cdm_table = 'measurement'") == 1
 
@@ -166,13 +166,13 @@ def test_csv_row_repeated_identically_is_stored_once_and_a_resend_is_unchanged(s
 def test_vcf_line_repeated_identically_is_stored_once(store, load, snapshot, tmp_path):
     twice = _trio_vcf(store, load, tmp_path, _site("0/1", 20), _site("0/1", 20))
     first = load(store, "vcf", twice, "R9G")
-    assert (first.read, first.records, first.loaded, first.rejected) == (6, 1, 1, 0)
+    assert (first.read, first.records, first.loaded, first.rejected) == (6, 3, 3, 0)
     assert _genotypes(store) == [("0/1", 20, "0/1")]
     assert store.query("SELECT line, field, action FROM mercia_reject WHERE load_id = ? AND reason = ?",
                        [first.load_id, SAME_CALL]) == [(13, "ALT", "superseded")]
     before = snapshot(store)
     again = load(store, "vcf", twice, "R9G")
-    assert (again.unchanged, again.changed) == (1, 0) and snapshot(store) == before
+    assert (again.unchanged, again.changed) == (1, 0) and snapshot(store) == before  # P1 (P2, P3: no row)
 
 
 def test_vcf_copies_in_different_chunks_land_as_in_one_chunk(store, store_factory, engine, load, options, tmp_path,
@@ -195,7 +195,7 @@ def test_vcf_copies_in_different_chunks_land_as_in_one_chunk(store, store_factor
         assert len(chunks) == (4 if per_chunk else 1)  # chunked: the last holds the file's end (no calls)
         summaries.append(load_staged(target, chunks, "R9G", "vcf", options))
     chunked, whole = summaries
-    assert (whole.records, whole.loaded, whole.unchanged, whole.changed, whole.rejected) == (1, 1, 0, 0, 0)
+    assert (whole.records, whole.loaded, whole.unchanged, whole.changed, whole.rejected) == (3, 3, 0, 0, 0)
     assert chunked.__dict__ | {"load_id": 0} == whole.__dict__ | {"load_id": 0}
     for target in stores:
         assert _genotypes(target) == [("0/1", 9, "0/1"), ("1/1", 7, "1/1"), ("1/1", 30, "1/1")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -59,9 +60,17 @@ def vcf_gz(tmp_path):
     return tmp_path / "family.vcf.gz"
 
 
+def _carriers(staged):
+    """The staged calls with an allele (each sample is also staged once without one, to be read as its record)."""
+    return staged.calls.filter(pc.is_valid(staged.calls.column("alt")))
+
+
 def test_bgzip_multisample_multiallelic_split_with_annotations(vcf_gz):
     staged = read_vcf(vcf_gz)
-    variants = {(r["person_ref"], r["pos"], r["ref"], r["alt"]): r for r in staged.calls.to_pylist()}
+    samples = staged.calls.filter(pc.is_null(staged.calls.column("alt")))
+    assert samples.select(["record", "line"]).to_pylist() == [  # the #CHROM line (the header's 12th) names them
+        {"record": f"VCF/family.vcf.gz/{p}", "line": 12} for p in ("P1", "P2", "P3")]
+    variants = {(r["person_ref"], r["pos"], r["ref"], r["alt"]): r for r in _carriers(staged).to_pylist()}
     assert set(variants) == {("Subject/P1", 7675088, "CAG", "C"), ("Subject/P1", 7675088, "CA", "C"),
                              ("Subject/P2", 7675088, "CAG", "C"), ("Subject/P3", 31478000, "G", "A")}
     first = variants[("Subject/P1", 7675088, "CAG", "C")]
@@ -74,7 +83,7 @@ def test_bgzip_multisample_multiallelic_split_with_annotations(vcf_gz):
     dmd = variants[("Subject/P3", 31478000, "G", "A")]
     assert (dmd["genotype"], dmd["zygosity"], dmd["gene"], dmd["hgvs_p"], dmd["read_depth"]) == \
         ("1", "hemizygous", "DMD", "p.Gln34*", 12)
-    assert staged.calls.column("assembly").to_pylist() == ["GRCh38"] * 4
+    assert _carriers(staged).column("assembly").to_pylist() == ["GRCh38"] * 4
 
 
 def test_vcf_gz_loads_into_variant_occurrence(store, load, vcf_gz, tmp_path):
@@ -133,14 +142,15 @@ def test_streamed_chunks_land_what_one_chunk_does(store, store_factory, engine, 
     whole = store_factory(engine)
     load(whole, "phenopackets", tmp_path / "pp", "R9G")
     monkeypatch.setattr(vcf, "CALLS_PER_CHUNK", 10**9)
-    assert load(whole, "vcf", path, "R9G").loaded == 1  # P1, the one carrier
+    assert load(whole, "vcf", path, "R9G").loaded == 3  # P1, the one carrier, and P2, P3 with none
     load(store, "phenopackets", tmp_path / "pp", "R9G")
     monkeypatch.setattr(vcf, "CALLS_PER_CHUNK", 700)
     monkeypatch.setattr(vcf, "BLOCK_SITES", 100)  # a chunk ends after a block of sites
     assert len(list(vcf.read_vcf_chunks(path))) == 8
     summary = load(store, "vcf", path, "R9G")
-    assert (summary.read, summary.loaded, summary.rejected) == (15000, 1, 0)
+    assert (summary.read, summary.loaded, summary.rejected) == (15000, 3, 0)
     assert _calls(store) == _calls(whole) and len(_calls(store)) == 5000
+    # P1 unchanged; P2 and P3, without a carrier call, wrote no row, so no stored hash says they are unchanged
     assert load(store, "vcf", path, "R9G").unchanged == 1
     assert store.query_one("SELECT count(*) FROM variant_occurrence") == 5000
 
@@ -220,10 +230,10 @@ def test_vectorised_split_matches_the_calls_written(tmp_path):
     header = HEADER.replace("\tP1\tP2\tP3\n", "\t" + "\t".join(names) + "\n")
     (tmp_path / "rand.vcf").write_text(header + "".join(lines))
     staged = read_vcf(tmp_path / "rand.vcf")
+    calls = _carriers(staged)
     rows = [(r["record"], r["pos"], r["alt"], r["genotype"], r["zygosity"], r["read_depth"], r["genotype_quality"])
-            for r in staged.calls.to_pylist()]
+            for r in calls.to_pylist()]
     assert rows == expected
-    calls = staged.calls
     assert calls.column("record").to_pylist() == [r[0] for r in expected]
     assert calls.column("genotype").to_pylist() == [r[3] for r in expected]
     # the file's own line numbers (htslib's header adds a ##FILTER=<ID=PASS> line the file does not have)
@@ -232,7 +242,7 @@ def test_vectorised_split_matches_the_calls_written(tmp_path):
     hashes = calls.column("record_hash").to_pylist()
     # a hash per sample (its record): the same for all its calls, different between samples, the same when read again
     assert len(set(zip(calls.column("record").to_pylist(), hashes))) == len(set(hashes)) == len(names)
-    assert read_vcf(tmp_path / "rand.vcf").calls.column("record_hash").to_pylist() == hashes
+    assert _carriers(read_vcf(tmp_path / "rand.vcf")).column("record_hash").to_pylist() == hashes
 
 
 def _trio_sites(path, sites, p2_depth_at=None):
@@ -248,7 +258,7 @@ def _trio_sites(path, sites, p2_depth_at=None):
 
 def test_a_sample_is_one_record_across_streamed_chunks(store, load, snapshot, tmp_path, monkeypatch):
     """One record per (sample, file) though its calls span chunks: P3, without a person, is one reject
-    naming its first call's line; a resend is unchanged as a whole; a resend with one call of P2 changed
+    naming the #CHROM line; a resend is unchanged as a whole; a resend with one call of P2 changed
     replaces P2's rows only.  Each variant row keeps its line, and its provenance the file's sample."""
     import mercia.ingest.vcf as vcf
 
@@ -262,7 +272,7 @@ def test_a_sample_is_one_record_across_streamed_chunks(store, load, snapshot, tm
     first = load(store, "vcf", path, "R9G")
     assert (first.records, first.loaded, first.rejected, first.changed) == (3, 2, 1, 0)
     assert store.query("SELECT line, field, action FROM mercia_reject WHERE load_id = ?", [first.load_id]) == [
-        (13, "subject", "rejected")]  # the header is 12 lines
+        (12, "subject", "rejected")]  # the #CHROM line
     assert store.query_one("SELECT count(*) FROM variant_occurrence") == 2000
     assert store.query_one("SELECT count(*) FROM variant_occurrence WHERE source_line <> position - 1000 + 13") == 0
     assert store.query("""SELECT p.cdm_table, count(DISTINCT p.source_record), count(*) FROM mercia_provenance p
@@ -304,3 +314,25 @@ def test_a_corrupt_call_rejects_its_file_naming_the_line(store, load, tmp_path):
                                              "WHERE load_id = ?", [summary.load_id])
     assert record.startswith("VCF/") and field == "file" and "cannot read past line" in reason
     assert store.query_one("SELECT count(*) FROM variant_occurrence") == 0
+
+
+def test_a_sample_that_lost_every_call_loses_its_rows(store, load, tmp_path):
+    """Each sample is read as its record even without a carrier call, so a resend in which P2 carries
+    nothing any more replaces P2's rows with none (P1's stay)."""
+    _phenopackets(tmp_path / "pp", ["P1", "P2", "P3"])
+    load(store, "phenopackets", tmp_path / "pp", "R9G")
+
+    def send(folder, p2):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "plain.vcf").write_text(HEADER + "".join(
+            f"chr17\t{1000 + i}\t.\tA\tT\t50\tPASS\t.\tGT:DP:GQ\t0/1:20:50\t{p2}:20:50\t0/0:1:1\n" for i in range(2)))
+        bgzip(tmp_path / folder / "plain.vcf", tmp_path / folder / "trio.vcf.gz")
+        return load(store, "vcf", tmp_path / folder / "trio.vcf.gz", "R9G")
+
+    first = send("a", "0/1")
+    assert (first.records, first.loaded) == (3, 3) and store.query_one("SELECT count(*) FROM variant_occurrence") == 4
+    again = send("b", "0/0")
+    assert (again.records, again.changed, again.unchanged) == (3, 1, 1)  # P2 changed, P1 unchanged, P3 no row
+    assert store.query("SELECT DISTINCT person_id FROM variant_occurrence") == store.query(
+        "SELECT person_id FROM variant_occurrence WHERE genotype = '0/1' AND read_depth = 20 LIMIT 1")
+    assert store.query_one("SELECT count(*) FROM variant_occurrence") == 2
