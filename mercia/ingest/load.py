@@ -597,7 +597,7 @@ class _Load:
                                                       UNION SELECT source_record, line FROM value_events WHERE {where}""")
             self.reject(bad, field_name, reason)
             self.con.execute(f"DELETE FROM events WHERE record IN (SELECT record FROM events WHERE {where})")
-            # a VCF sample is one record: rejected once, naming its first call's line in the chunk
+            # a VCF sample is one record: rejected once, naming its smallest line (its file's #CHROM line)
             self.reject(_table_from_query(self.con, f"SELECT source_record, min(line) AS line FROM calls "
                                                     f"WHERE {where} GROUP BY 1 ORDER BY 1"), field_name, reason)
             self.con.execute(f"DELETE FROM calls WHERE {where}")
@@ -1026,7 +1026,7 @@ class _Load:
                    NULL::VARCHAR AS unit, 0 AS unit_concept_id, NULL::DOUBLE AS range_low,
                    NULL::DOUBLE AS range_high, NULL::BIGINT AS visit_occurrence_id
             FROM (SELECT rowid AS position, row_number() OVER (ORDER BY source_record, rowid) AS n FROM calls
-                  WHERE alt IS NOT NULL) o  -- (a sample's row without an allele only makes it read: mercia.ingest.vcf)
+                  WHERE alt IS NOT NULL) o  -- (a sample's row without an allele writes nothing: mercia.ingest.vcf)
             JOIN calls c ON c.rowid = o.position
             LEFT JOIN mapped m ON m.vocabulary = ? AND m.code = c.code
             LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = ? GROUP BY 1) g
@@ -1052,7 +1052,7 @@ class _Load:
         # two provenance rows per call (its measurement, its variant); a record's calls are numbered together,
         # so its keys are one dictionary entry repeated over its calls
         keys = _table_from_query(con, "SELECT source_record, record_hash, count(*) AS calls FROM call_rows "
-                                      "GROUP BY 1, 2 ORDER BY 1")
+                                      "GROUP BY 1, 2 ORDER BY min(n)")
         owner = pa.array(np.tile(np.repeat(np.arange(keys.num_rows, dtype=np.int32),
                                            keys.column("calls").to_numpy()), 2))
         self.store.insert_arrow("mercia_provenance", pa.table({

@@ -58,7 +58,7 @@ def test_vcf_allele_listed_twice_loads_its_last_copy_and_a_resend_is_unchanged(s
         "SELECT source_record FROM mercia_provenance WHERE cdm_table = 'measurement'")  # names the sample's record
     before = snapshot(store)
     again = load(store, "vcf", twice, "R9G")
-    assert (again.loaded, again.unchanged, again.changed) == (3, 1, 0)  # P2, P3 wrote no row, so no stored hash says unchanged
+    assert (again.loaded, again.unchanged, again.changed) == (3, 1, 0)  # P2, P3: no row, so no stored hash
     assert snapshot(store) == before
     # a corrected resend (the allele once) replaces the stored copy exactly once
     corrected = load(store, "vcf", _vcf(tmp_path / "corrected", _site("0/1", 20)), "R9G")
