@@ -54,9 +54,11 @@ DDL.append("""CREATE TABLE IF NOT EXISTS variant_occurrence (
         variant_occurrence_id BIGINT NOT NULL, person_id BIGINT NOT NULL, measurement_id BIGINT NOT NULL,
         reference_sequence VARCHAR, chromosome VARCHAR, position BIGINT, reference_allele VARCHAR,
         alternate_allele VARCHAR, target_gene_symbol VARCHAR, hgvs VARCHAR, genotype VARCHAR)""")
-# VCF call details (mercia.ingest.vcf): HGVS p., consequence, zygosity, FORMAT DP and GQ.
+# VCF call details (mercia.ingest.vcf): HGVS p., consequence, zygosity, FORMAT DP and GQ, and the call's line in
+# its file (the provenance names the file and sample, one record per sample).
 DDL.extend(f"ALTER TABLE variant_occurrence ADD COLUMN IF NOT EXISTS {column}" for column in (
-    "hgvs_p VARCHAR", "consequence VARCHAR", "zygosity VARCHAR", "read_depth BIGINT", "genotype_quality DOUBLE PRECISION"))
+    "hgvs_p VARCHAR", "consequence VARCHAR", "zygosity VARCHAR", "read_depth BIGINT",
+    "genotype_quality DOUBLE PRECISION", "source_line BIGINT"))
 # Registrations (GP EpisodeOfCare): the observation periods are derived from these.
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_registration (
         registration_id BIGINT NOT NULL, person_id BIGINT NOT NULL, org VARCHAR NOT NULL,

@@ -73,6 +73,10 @@ ROWS_KEY = {"mercia_registration": "registration"}
 REPEATED_RECORD = "the record repeats in this extract with different content: only its last copy was loaded"
 # The reason kept with each copy of a record that repeats another copy's content in one extract.
 SAME_RECORD = "the record repeats in this extract with the same content: stored once"
+# A VCF sample's call of one allele listed twice in a file (mercia.ingest.vcf): the sample is the record.
+REPEATED_CALL = ("the sample's call of this allele repeats in the file with different content: only its last copy "
+                 "was loaded")
+SAME_CALL = "the sample's call of this allele repeats in the file with the same content: stored once"
 NOTE_TEXT = ""  # note text is never loaded (docs/ingest.md: free text can identify people); the column is NOT NULL
 
 
@@ -337,6 +341,28 @@ class _Load:
                 SELECT 1 FROM repeated r WHERE r.record = v.record AND r.line = v.line)""")
             self.reject(repeated, "record key", REPEATED_RECORD, action="superseded")
         self._store_copies_once()
+        self._keep_last_calls()
+
+    def _keep_last_calls(self) -> None:
+        """A VCF sample's allele listed twice in a chunk (an ALT repeated at a site, a line repeated) keeps
+        its call on the later line; each other copy is a ``superseded`` reject naming its line (the record
+        is the sample, which loads).  Found by one grouping of the call keys; the window that picks the
+        copies runs only when a key repeats."""
+        key = "record, chrom, pos, ref, alt"
+        if not self.con.execute(f"SELECT count(*) FROM (SELECT 1 FROM staged_calls GROUP BY {key} "
+                                "HAVING count(*) > 1 LIMIT 1)").fetchall()[0][0]:
+            return
+        content = ", ".join(quote(c) for c in CALL_SCHEMA.names if c != "line")
+        self.con.execute(f"""CREATE TABLE call_copies AS SELECT *, row_number() OVER (
+                                 PARTITION BY {key} ORDER BY line DESC, {content}) AS copy,
+                             first_value(({content})) OVER (PARTITION BY {key} ORDER BY line DESC, {content})
+                                 IS NOT DISTINCT FROM ({content}) AS alike
+                             FROM staged_calls""")
+        for alike, reason in ((True, SAME_CALL), (False, REPEATED_CALL)):
+            self.reject(_table_from_query(self.con, f"""SELECT k.source_record, c.line FROM call_copies c
+                JOIN record_keys k USING (record) WHERE c.copy > 1 AND c.alike = {alike} ORDER BY 2"""),
+                        "ALT", reason, action="superseded")
+        self._replace_staged("staged_calls", "SELECT * EXCLUDE (copy, alike) FROM call_copies WHERE copy = 1")
 
     def _store_copies_once(self) -> None:
         """A record read k times with the same content keeps one copy's rows: of each set of alike rows
@@ -345,7 +371,7 @@ class _Load:
         in a Bulk export); other readers give no count of copies, so there k is the most times any one row
         repeats (a record staging the same row twice is stored once).  Copies used to be written twice."""
         con = self.con
-        tables = ("staged_events", "staged_calls", "staged_values")
+        tables = ("staged_events", "staged_values")  # (calls: ``_keep_last_calls``)
         alike = {name: ", ".join(quote(c) for c in con.table(name).columns if c != "line") for name in tables}
         if self.has_versions:
             # records with several versions are those ``choose_versions`` ranked a second one for
@@ -354,9 +380,9 @@ class _Load:
                            AND EXISTS (SELECT 1 FROM staged_events e WHERE e.record = v.record
                                        AND e.record_hash = v.record_hash) GROUP BY record"""
         else:  # alike rows counted among the records that stage several rows only (a call is one row a copy)
-            counted = " UNION ALL ".join(f"""SELECT record, count(*) AS k FROM {name} WHERE record IN (
-                                                 SELECT record FROM {name} GROUP BY record HAVING count(*) > 1)
-                                             GROUP BY {alike[name]}""" for name in tables[:2])
+            counted = f"""SELECT record, count(*) AS k FROM staged_events WHERE record IN (
+                              SELECT record FROM staged_events GROUP BY record HAVING count(*) > 1)
+                          GROUP BY {alike["staged_events"]}"""
         con.execute(f"CREATE TABLE copied AS SELECT record, max(k) AS k FROM ({counted}) GROUP BY record HAVING max(k) > 1")
         if not con.execute("SELECT count(*) FROM copied").fetchall()[0][0]:
             return
@@ -619,9 +645,10 @@ class _Load:
                                                       UNION SELECT source_record, line FROM value_events WHERE {where}""")
             self.reject(bad, field_name, reason)
             self.con.execute(f"DELETE FROM events WHERE record IN (SELECT record FROM events WHERE {where})")
-            self.reject(_table_from_query(self.con, f"SELECT DISTINCT source_record, line FROM calls WHERE {where}"),
-                        field_name, reason)
-            self.con.execute(f"DELETE FROM calls WHERE {where}")  # a call is its own record
+            # a VCF sample is one record: rejected once, naming its smallest line (its file's #CHROM line)
+            self.reject(_table_from_query(self.con, f"SELECT source_record, min(line) AS line FROM calls "
+                                                    f"WHERE {where} GROUP BY 1 ORDER BY 1"), field_name, reason)
+            self.con.execute(f"DELETE FROM calls WHERE {where}")
 
     def skip_unchanged(self) -> int:
         """Drop records already loaded with the same content; delete earlier versions of changed ones.
@@ -654,13 +681,14 @@ class _Load:
         unchanged = self.con.execute("SELECT count(*) FROM unchanged_records").fetchall()[0][0]
         changed = _table_from_query(self.con, """
             SELECT DISTINCT b.source_record FROM batch_records b JOIN stored_hashes x USING (source_record)
-            WHERE x.stored_hash <> b.record_hash""")
+            WHERE x.stored_hash <> b.record_hash AND b.source_record NOT IN (SELECT source_record FROM continued)""")
         self.con.execute("""DELETE FROM events WHERE (source_record, record_hash) IN
                             (SELECT (source_record, record_hash) FROM existing)""")
         for table in ("sites", "calls"):
             self.con.execute(f"""DELETE FROM {table} WHERE (source_record, record_hash) IN
                                  (SELECT (source_record, record_hash) FROM existing)""")
-        self.changed_records = set(changed.column("source_record").to_pylist())
+        self.changed_records = set(changed.column("source_record").to_pylist()) | {
+            r for (r,) in self.con.execute("SELECT source_record FROM continued WHERE fate = 'changed'").fetchall()}
         if changed.num_rows:
             self._delete_records(changed)
         # persons: unchanged links are kept; changed ones replaced under the same person_id
@@ -681,7 +709,10 @@ class _Load:
         a copy alike in content to one loaded there is dropped here (``SAME_RECORD``); otherwise this copy
         is the later one and wins: the earlier copy's rows and rejects go, and it is named ``superseded``
         (``REPEATED_RECORD``).  ``uncounted`` takes back what the earlier chunk counted for records read
-        here again, so the load's summary counts each record once, with its last copy's fate."""
+        here again, so the load's summary counts each record once, with its last copy's fate.  A VCF
+        sample's record spans the chunks of its file with one content hash: met again with that hash it
+        is ``continued``, its calls load (or not) with the fate the earlier chunk gave it, its stored rows
+        are not deleted twice and its reject is not written twice."""
         con = self.con
         seen = pa.table({})
         if self.after_chunks:
@@ -690,10 +721,20 @@ class _Load:
         self.register("seen", conform(seen, pa.schema([
             ("source_record", pa.string()), ("record_hash", pa.string()), ("line", pa.int64()),
             ("fate", pa.string()), ("stored_hash", pa.string())])))
+        # (a sample rejected or withheld in an earlier chunk passed on no hash: its calls never reached the fates)
+        con.execute("""CREATE TABLE continued AS SELECT s.* FROM seen s JOIN (
+            SELECT DISTINCT k.source_record, c.record_hash
+            FROM (SELECT DISTINCT record, record_hash FROM staged_calls) c JOIN record_keys k USING (record)
+            ) c USING (source_record)
+            WHERE s.record_hash = c.record_hash OR (s.record_hash IS NULL AND s.fate IN ('rejected', 'withheld'))""")
         con.execute("""CREATE TABLE seen_alike AS SELECT s.source_record, s.line FROM seen s
-            SEMI JOIN batch_records b USING (source_record, record_hash) WHERE s.fate IN ('loaded', 'changed', 'unchanged')""")
+            SEMI JOIN batch_records b USING (source_record, record_hash) ANTI JOIN continued USING (source_record)
+            WHERE s.fate IN ('loaded', 'changed', 'unchanged')""")
         con.execute("""CREATE TABLE seen_replaced AS SELECT * FROM seen SEMI JOIN batch_records USING (source_record)
-                       ANTI JOIN seen_alike USING (source_record)""")
+                       ANTI JOIN seen_alike USING (source_record) ANTI JOIN continued USING (source_record)""")
+        self.rejected_before = {r for (r,) in con.execute(
+            "SELECT source_record FROM continued WHERE fate = 'rejected'").fetchall()}
+        self.rejects = [r for r in self.rejects if r["source_record"] not in self.rejected_before]
         fates = dict(con.execute("SELECT fate, count(*) FROM seen ANTI JOIN seen_alike USING (source_record) "
                                  "GROUP BY 1").fetchall())
         self.uncounted = Counter({fate: -n for fate, n in fates.items() if fate != "loaded"})
@@ -724,7 +765,8 @@ class _Load:
         settled = self.withheld_records | self.removed_records | self.superseded_records
         return {"withheld": self.withheld_records, "removed": self.removed_records,
                 "superseded": self.superseded_records,
-                "rejected": {r["source_record"] for r in self.rejects if r["action"] == "rejected"} - settled,
+                "rejected": ({r["source_record"] for r in self.rejects if r["action"] == "rejected"}
+                             | self.rejected_before) - settled,
                 "changed": self.changed_records - self.removed_records}
 
     def record_fates(self) -> pa.Table:
@@ -820,7 +862,8 @@ class _Load:
             UNION SELECT DISTINCT 'UCUM', unit FROM staged_events WHERE unit IS NOT NULL
             UNION SELECT DISTINCT vocabulary, code FROM staged_values
             UNION SELECT DISTINCT 'UCUM', unit FROM staged_values WHERE unit IS NOT NULL
-            UNION SELECT DISTINCT ?, code FROM staged_calls UNION SELECT DISTINCT ?, genotype FROM staged_calls""",
+            UNION SELECT DISTINCT ?, code FROM staged_calls WHERE alt IS NOT NULL
+            UNION SELECT DISTINCT ?, genotype FROM staged_calls WHERE alt IS NOT NULL""",
                                   [CALL_CODE_VOCABULARY, CALL_VALUE_VOCABULARY])
         mapped = map_to_standard(self.store, codes)
         self.register("mapped", mapped)
@@ -1041,10 +1084,10 @@ class _Load:
                          "FROM variant_rows")
 
     def _insert_calls(self, load_id: int, extract: str) -> None:
-        """VCF carrier calls -> ``measurement`` (the gene; the genotype as value), ``variant_occurrence`` and
-        the provenance of both, each one set-based statement over one numbered table: the rows and ids the
-        generic event path gave them (measurements in (source_record, code) order, variants in the same
-        order), without an event, a routing and a join back by record key per call (~12 us a call)."""
+        """VCF carrier calls -> ``measurement`` (the gene; the genotype as value), ``variant_occurrence`` (with
+        the call's ``source_line``) and the provenance of both, each one set-based statement over one
+        numbered table (measurements in (sample record, file order), variants in the same order).  A sample
+        is one record, so the provenance keys are its record's, one Arrow dictionary entry per sample."""
         if self.staged.calls is None:
             return
         con = self.con
@@ -1057,7 +1100,8 @@ class _Load:
                    g.concept_id AS value_as_concept_id, c.genotype AS value_code, NULL::DOUBLE AS value_number,
                    NULL::VARCHAR AS unit, 0 AS unit_concept_id, NULL::DOUBLE AS range_low,
                    NULL::DOUBLE AS range_high, NULL::BIGINT AS visit_occurrence_id
-            FROM (SELECT rowid AS position, row_number() OVER (ORDER BY source_record, code) AS n FROM calls) o
+            FROM (SELECT rowid AS position, row_number() OVER (ORDER BY source_record, rowid) AS n FROM calls
+                  WHERE alt IS NOT NULL) o  -- (a sample's row without an allele writes nothing: mercia.ingest.vcf)
             JOIN calls c ON c.rowid = o.position
             LEFT JOIN mapped m ON m.vocabulary = ? AND m.code = c.code
             LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = ? GROUP BY 1) g
@@ -1073,16 +1117,19 @@ class _Load:
             SELECT {variant_start} + n AS variant_occurrence_id, person_id, {measurement_start} + n AS measurement_id,
                    assembly AS reference_sequence, chrom AS chromosome, pos AS position, ref AS reference_allele,
                    alt AS alternate_allele, gene AS target_gene_symbol, hgvs, genotype, hgvs_p, consequence, zygosity,
-                   read_depth, genotype_quality
+                   read_depth, genotype_quality, line AS source_line
             FROM call_rows ORDER BY n""")
         self.store.insert_arrow("variant_occurrence", rows)
         del rows
         for table in ("measurement", "variant_occurrence"):
             self.rows[table] += count
             self._used_ids(table, count)
-        # two provenance rows per call (its measurement, its variant), the keys as Arrow dictionaries over the calls
-        keys = _table_from_query(con, "SELECT source_record, record_hash FROM call_rows ORDER BY n")
-        owner = pa.array(np.tile(np.arange(count, dtype=np.int32), 2))
+        # two provenance rows per call (its measurement, its variant); a record's calls are numbered together,
+        # so its keys are one dictionary entry repeated over its calls
+        keys = _table_from_query(con, "SELECT source_record, record_hash, count(*) AS calls FROM call_rows "
+                                      "GROUP BY 1, 2 ORDER BY min(n)")
+        owner = pa.array(np.tile(np.repeat(np.arange(keys.num_rows, dtype=np.int32),
+                                           keys.column("calls").to_numpy()), 2))
         self.store.insert_arrow("mercia_provenance", pa.table({
             "cdm_table": pa.DictionaryArray.from_arrays(pa.array(np.repeat(np.arange(2, dtype=np.int32), count)),
                                                         pa.array(["measurement", "variant_occurrence"])),
@@ -1321,7 +1368,8 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
         pa.schema([("person_id", pa.int64())])) for t in job.touched_persons])
         if job.touched_persons else pa.table({"person_id": pa.array([], pa.int64())}))
     affected = _table_from_query(job.con, """SELECT DISTINCT person_id FROM resolved UNION
-                                  SELECT DISTINCT person_id FROM events UNION SELECT DISTINCT person_id FROM calls
+                                  SELECT DISTINCT person_id FROM events
+                                  UNION SELECT DISTINCT person_id FROM calls WHERE alt IS NOT NULL
                                   UNION SELECT person_id FROM touched_persons""")
     rebuild_person_rows(store, affected)
     sets = job.fate_sets()

@@ -61,9 +61,10 @@ VALUE_SCHEMA = pa.schema([
     ("unit", pa.string()), ("line", pa.int64()),
 ])
 
-# Carrier calls of a VCF, one source record each, in the shape the load writes them set-based (no event per
-# call): a ``measurement`` of the gene (``CALL_CODE_VOCABULARY``: ``code`` is the HGNC symbol, else chrom:pos)
-# with the genotype as its value (``CALL_VALUE_VOCABULARY``), and the ``variant_occurrence`` row beside it.
+# Carrier calls of a VCF (a sample's calls in a file share one source record, ``record``), in the shape the
+# load writes them set-based (no event per call): a ``measurement`` of the gene (``CALL_CODE_VOCABULARY``:
+# ``code`` is the HGNC symbol, else chrom:pos) with the genotype as its value (``CALL_VALUE_VOCABULARY``),
+# and the ``variant_occurrence`` row beside it.
 CALL_SCHEMA = pa.schema([
     ("record", pa.string()), ("record_hash", pa.string()), ("person_ref", pa.string()), ("start", pa.string()),
     ("line", pa.int64()), ("code", pa.string()), ("assembly", pa.string()), ("chrom", pa.string()),
@@ -171,7 +172,7 @@ class Staged:
     versions: Columns = field(default_factory=lambda: Columns(VERSION_SCHEMA))
     # genomic variants of records that also stage an event (phenopackets), already in their own table shape
     variants: pa.Table | None = None
-    # VCF carrier calls (CALL_SCHEMA), each its own source record
+    # VCF carrier calls (CALL_SCHEMA), a sample's calls in a file one source record
     calls: pa.Table | None = None
     # measured values of records that also stage an event (VALUE_SCHEMA; NMR panels)
     values: pa.Table | None = None

@@ -1,15 +1,20 @@
 """VCF (``.vcf``, bgzipped ``.vcf.gz``, one or many samples) -> staged variant calls, read with cyvcf2 (htslib).
 
-Each (sample, site, alternate allele) carrying that allele is one source record
-``VCF/<file>/<sample>/<chrom>:<pos>:<ref>:<alt>``: a ``measurement`` (HGNC gene, genotype as value, the
-OHDSI Genomic CDM convention described in mercia.ingest.genomics) and a ``variant_occurrence`` row.
+Each sample of a file is one source record ``VCF/<file>/<sample>`` (as an NMR panel is one record per
+sample): each of its calls carrying an ALT allele becomes a ``measurement`` (HGNC gene, genotype as value,
+the OHDSI Genomic CDM convention described in mercia.ingest.genomics) and a ``variant_occurrence`` row with
+the call's line (``source_line``).  Until 6 December every call was its own record, and its key, HMAC,
+content hash and fate were most of the cost of loading it (docs/metabolomics.md).
 
 - Multi-allelic sites are split into one record per ALT allele (as ``bcftools norm -m-``); the
   sample's genotype is rewritten for that allele: ``1`` = this allele, ``0`` = reference, ``.`` = another
   ALT allele or missing (the convention of ``vt decompose``).  After the split, bases shared by REF and
   ALT are trimmed (suffix first, then prefix, keeping one base; POS moves with the prefix).  Left-
   alignment needs the reference genome and is not done.
-- Calls without this ALT allele (hom-ref, missing, other allele only) are read but are not records.
+- Calls without this ALT allele (hom-ref, missing, other allele only) are read but write no rows.
+- Each sample is staged once per file as a row without an allele (``_sample_rows``, line: the ``#CHROM``
+  header line naming it), so a sample with no carrier call is still its record: a resend in which it
+  lost every call replaces its rows with none, and a sample without a person is rejected even so.
 - Kept per call: GT, zygosity (heterozygous / homozygous / hemizygous), FORMAT DP and GQ, and the
   annotation of this ALT allele from VEP ``CSQ`` or SnpEff ``ANN`` (gene, consequence, HGVS c. and p.);
   ``INFO/GENE`` is the gene when neither is present.
@@ -19,7 +24,10 @@ OHDSI Genomic CDM convention described in mercia.ingest.genomics) and a ``varian
   Python work per call or annotation).  The rows are ``Staged.calls``, which the load writes set-based.
 - Streamed: ``read_vcf_chunks`` hands the load chunks of about ``CALLS_PER_CHUNK`` carrier calls (whole
   sites), so a large file is never held whole.
-- The content hash of a call is the MD5 of its fields (``_Carriers.table``).
+- A sample's content hash covers its column of every line, order-free (``_sample_hashes``: one DuckDB
+  pass over the file's text before the calls are read, so every chunk already carries it).
+- Sites are never split between chunks at one position (``CHROM``, ``POS``), so in a sorted file an
+  allele listed twice for a sample is found in one chunk (the load keeps its last copy).
 - A file htslib cannot read to the end (a truncated ``.vcf.gz``, a corrupt record) is rejected as a whole:
   record ``VCF/<file>``, field ``file``, the htslib message; none of its calls are staged (``VcfReader.chunks``
   says how when part of it was already handed on).
@@ -28,6 +36,7 @@ OHDSI Genomic CDM convention described in mercia.ingest.genomics) and a ``varian
 from __future__ import annotations
 
 import gzip
+import hashlib
 import itertools
 import re
 from collections.abc import Iterator
@@ -95,13 +104,42 @@ def _call_text(states: tuple[int, ...], phased: bool) -> tuple[str, str]:
     return ("|" if phased else "/").join(called), zygosity
 
 
-def _header_lines(file: Path) -> int:
+def _header_lines(file: Path) -> tuple[int, bool]:
     """How many header lines the file itself has (htslib's ``raw_header`` adds lines it implies, such as
-    ``##FILTER=<ID=PASS>``, so counting those would put every reject one line late)."""
+    ``##FILTER=<ID=PASS>``, so counting those would put every reject one line late), and whether it is
+    gzipped."""
     with open(file, "rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"
     with (gzip.open(file, "rb") if compressed else open(file, "rb")) as handle:
-        return sum(1 for _ in itertools.takewhile(lambda line: line.startswith(b"#"), handle))
+        return sum(1 for _ in itertools.takewhile(lambda line: line.startswith(b"#"), handle)), compressed
+
+
+def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: list[str]) -> list[str]:
+    """Each sample's content hash: the sum (order-free, as NMR's) of a 64-bit hash of every line's CHROM,
+    POS, REF, ALT, INFO and FORMAT with the sample's column, and the line count, in one DuckDB pass over
+    the text (~0.15 CPU-s per 10 MB of the trio file; an MD5 per call instead cost 11x as much on the
+    500-sample file).  It covers hom-ref calls too: a resend differing only there is a changed record.
+    DuckDB's ``hash`` is not promised stable across its versions: an upgrade that changed it would make a
+    resend ``changed`` once.  A file DuckDB cannot read to the end (a truncated ``.vcf.gz``) raises
+    ``VcfFileError`` before any of its calls is read."""
+    columns = {f"c{i}": "VARCHAR" for i in range(9)} | {f"s{i}": "VARCHAR" for i in range(len(samples))}
+    sums = ", ".join(f"CAST(sum(hash(line_hash, s{i})) AS VARCHAR)" for i in range(len(samples)))
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads = 1")  # a streaming sum: one core, the other is the reader's
+        count, *totals = con.execute(f"""
+            SELECT count(*), {sums} FROM (
+                SELECT hash(c0, c1, c3, c4, c7, c8) AS line_hash, * FROM read_csv(
+                    $file, compression = $compression, delim = chr(9), header = false, skip = $skip, quote = '',
+                    escape = '', auto_detect = false, columns = $columns, max_line_size = 268435456))""",
+            {"file": str(file), "compression": "gzip" if compressed else "none", "skip": header_lines,
+             "columns": columns}).fetchone()
+    except duckdb.Error as exc:
+        message = str(exc).replace(str(file), file.name).splitlines()[0][:200]
+        raise VcfFileError(f"cannot be read to the end (truncated or corrupt): {message}; file not loaded") from exc
+    finally:
+        con.close()
+    return [hashlib.md5(f"{count}\t{total}".encode()).hexdigest() for total in totals]
 
 
 def _phenopacket_date(path: Path) -> str | None:
@@ -182,7 +220,7 @@ class _Carriers:
                              ("quality", quality)):
             self.calls[name].append(values)
 
-    def table(self, file: str, samples: list[str], refs: list[str], dates: list[str | None],
+    def table(self, file: str, samples: list[str], hashes: list[str], refs: list[str], dates: list[str | None],
               assembly: str | None, annotations: dict[str, list[str]]) -> pa.Table:
         """One row per carrier call, in file order, with the ``CALL_SCHEMA`` columns."""
         pairs = {name: np.concatenate(values) if values else np.array([], object if name in _STRING_COLUMNS
@@ -203,6 +241,7 @@ class _Carriers:
                 name: pa.array(values, pa.string() if name in _STRING_COLUMNS else pa.int64())
                 for name, values in pairs.items() if name != "calls"}}))
             con.register("samples", pa.table({"sample": np.arange(len(samples)), "name": pa.array(samples, pa.string()),
+                                              "record_hash": pa.array(hashes, pa.string()),
                                               "person_ref": pa.array(refs, pa.string()),
                                               "start": pa.array(dates, pa.string())}))
             con.register("texts", pa.table({"text": np.arange(len(texts), dtype=np.int64),
@@ -215,13 +254,8 @@ class _Carriers:
                        n.consequence, n.hgvs, n.hgvs_p
                 FROM pairs p LEFT JOIN ({notes}) n USING (pair)""")
             return con.sql("""
-                SELECT 'VCF/' || $file || '/' || p.name || '/' || s.chrom || ':' || s.pos || ':' || s.ref || ':'
-                           || s.alt AS record,
-                       md5(concat_ws(chr(9), s.chrom, s.pos, s.ref, s.alt, t.genotype,
-                           COALESCE(CAST(CAST(c.depth AS BIGINT) AS VARCHAR), ''),
-                           COALESCE(CAST(c.quality AS VARCHAR), ''), COALESCE(s.gene, ''), COALESCE(s.consequence, ''),
-                           COALESCE(s.hgvs, ''), COALESCE(s.hgvs_p, ''))) AS record_hash,
-                       p.person_ref, p.start, s.line, $assembly AS assembly, s.chrom, s.pos, s.ref, s.alt, s.gene,
+                SELECT 'VCF/' || $file || '/' || p.name AS record, p.record_hash, p.person_ref, p.start, s.line,
+                       $assembly AS assembly, s.chrom, s.pos, s.ref, s.alt, s.gene,
                        COALESCE(s.gene, s.chrom || ':' || s.pos) AS code, t.genotype, s.hgvs, s.hgvs_p, s.consequence,
                        t.zygosity, CAST(c.depth AS BIGINT) AS read_depth, c.quality AS genotype_quality
                 FROM calls c
@@ -229,6 +263,16 @@ class _Carriers:
                 ORDER BY c.position""", params={"file": file, "assembly": assembly}).to_arrow_table()
         finally:
             con.close()
+
+
+def _sample_rows(file: str, samples: list[str], hashes: list[str], refs: list[str], dates: list[str | None],
+                 line: int) -> pa.Table:
+    """One row per sample without an allele (``alt`` NULL: nothing to write), staged with the file's first
+    calls, so that every sample of the file is read as its record."""
+    given = {"record": [f"VCF/{file}/{sample}" for sample in samples], "record_hash": hashes, "person_ref": refs,
+             "start": dates, "line": [line] * len(samples)}
+    return pa.table({column.name: pa.array(given[column.name], column.type) if column.name in given
+                     else pa.nulls(len(samples), column.type) for column in CALL_SCHEMA}, schema=CALL_SCHEMA)
 
 
 class _ReadError(Exception):
@@ -274,7 +318,7 @@ class VcfReader:
                 chunk.read += 1
                 chunk.reject(f"VCF/{file.name}", "file", reason, None)
                 continue
-            except VcfFileError as exc:  # cannot be opened: nothing read
+            except VcfFileError as exc:  # cannot be opened or read through: nothing read
                 chunk.read += 1
                 chunk.reject(f"VCF/{file.name}", "file", str(exc), None)
                 continue
@@ -286,13 +330,13 @@ class VcfReader:
     @staticmethod
     def _filled(chunk: Staged, calls: list[pa.Table]) -> Staged:
         """``chunk`` with the carrier calls staged for the load's bulk path (``Staged.calls``)."""
-        chunk.calls = pa.concat_tables([t.select(CALL_SCHEMA.names).cast(CALL_SCHEMA) for t in calls]) if calls \
-            else CALL_SCHEMA.empty_table()
+        chunk.calls = _staged_calls(calls)
         return chunk
 
     def _file(self, file: Path, sample_person: dict[str, str], when: str | None) -> Iterator[tuple[pa.Table, int]]:
         """(carrier calls, calls read) per block of sites of about ``calls_per_chunk`` carriers (one block
-        when None); ``VcfFileError`` when htslib cannot open the file, ``_ReadError`` when it stops inside."""
+        when None); ``VcfFileError`` when htslib cannot open the file or DuckDB cannot read it to the end
+        (``_sample_hashes``), ``_ReadError`` when htslib stops inside."""
         from cyvcf2 import VCF
 
         try:
@@ -309,9 +353,12 @@ class VcfReader:
         samples = list(vcf.samples)
         refs = [sample_person.get(s, f"Subject/{s}") for s in samples]
         dates = [date or _phenopacket_date(file.parent.parent / "phenopackets" / f"{s}.json") for s in samples]
-        carriers, read, block = _Carriers(), 0, []
-        number, sites = _header_lines(file), iter(vcf)
+        carriers, read, block, at = _Carriers(), 0, [], None
         try:
+            number, compressed = _header_lines(file)
+            hashes = _sample_hashes(file, number, compressed, samples) if samples else []
+            staged = [_sample_rows(file.name, samples, hashes, refs, dates, number)]  # with the first calls
+            sites = iter(vcf)
             while True:
                 try:
                     site = next(sites)
@@ -320,6 +367,14 @@ class VcfReader:
                 except Exception as exc:  # noqa: BLE001 (htslib read errors surface as bare Exception)
                     raise _ReadError(number, str(exc)) from exc
                 number += 1
+                if len(block) >= BLOCK_SITES and (site.CHROM, site.POS) != at:  # a position's sites in one block
+                    _add_block(block, len(samples), carriers)
+                    block = []
+                    if self.calls_per_chunk and carriers.count >= self.calls_per_chunk:
+                        staged.append(carriers.table(file.name, samples, hashes, refs, dates, assembly, annotations))
+                        yield _staged_calls(staged), read
+                        carriers, read, staged = _Carriers(), 0, []
+                at = (site.CHROM, site.POS)
                 alts = site.ALT  # (cyvcf2 builds the list on each access)
                 read += len(samples) * len(alts)
                 if samples:
@@ -329,18 +384,19 @@ class VcfReader:
                             break
                     else:
                         tag = note = None
-                    block.append((site.CHROM, site.POS, site.REF, alts, number, site.genotype.array(),
+                    block.append((at[0], at[1], site.REF, alts, number, site.genotype.array(),
                                   _format_field(site, "DP"), _format_field(site, "GQ"), info.get("GENE"), tag, note))
-                if len(block) == BLOCK_SITES:
-                    _add_block(block, len(samples), carriers)
-                    block = []
-                    if self.calls_per_chunk and carriers.count >= self.calls_per_chunk:
-                        yield carriers.table(file.name, samples, refs, dates, assembly, annotations), read
-                        carriers, read = _Carriers(), 0
         finally:
             vcf.close()
         _add_block(block, len(samples), carriers)
-        yield carriers.table(file.name, samples, refs, dates, assembly, annotations), read
+        staged.append(carriers.table(file.name, samples, hashes, refs, dates, assembly, annotations))
+        yield _staged_calls(staged), read
+
+
+def _staged_calls(tables: list[pa.Table]) -> pa.Table:
+    """Tables of calls (and sample rows) as one ``CALL_SCHEMA`` table."""
+    return pa.concat_tables([t.select(CALL_SCHEMA.names).cast(CALL_SCHEMA) for t in tables]) if tables \
+        else CALL_SCHEMA.empty_table()
 
 
 def _first_numbers(values: list[np.ndarray | None], samples: int) -> np.ndarray:
