@@ -52,6 +52,20 @@ def test_only_steps_read_more_than_once_are_materialised(dialect, inclusion_rule
     assert dropped == sorted(expected)
 
 
+@pytest.mark.parametrize("dialect", ["duckdb", "postgres", "spark"])
+def test_spark_broadcasts_the_codesets_to_each_domain_join(dialect):
+    """Each join of a domain table to the codesets (the primary criterion's and the rule's drug) names
+    them for broadcast on Spark, whose estimate of the checkpointed codesets is far too large; the
+    other engines' SQL has no hint (their rows: the reference suite; Spark's: test_spark)."""
+    import re
+
+    text = " ".join(compile_cohort(_definition(inclusion_rules=True), 7, dialect))
+    joined = re.findall(r"JOIN mercia_codesets AS (\w+)", text)
+    hinted = re.findall(r"SELECT /\*\+ BROADCAST\((\w+)\) \*/", text)
+    assert len(joined) == 2
+    assert hinted == (joined if dialect == "spark" else [])
+
+
 def _limited(primary: str, qualified: str, expression: str) -> CohortExpression:
     expr = _definition(inclusion_rules=True).model_dump(by_alias=True, exclude_none=True)
     expr["PrimaryCriteria"]["PrimaryCriteriaLimit"] = {"Type": primary}

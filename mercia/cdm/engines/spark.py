@@ -332,9 +332,11 @@ class SparkStore(Store):
         self._temp_views.discard(name.lower())
 
     def _delete(self, statements: list[str], params: Sequence[Any] | None) -> None:
-        """``DELETE FROM t WHERE c`` on Parquet: one small job asks which of the statements match a row;
-        for each that does, the rows where c is not true, checkpointed, overwrite the table (Spark reads
-        no file of the table it overwrites then).  Deletes commute, so their order does not matter."""
+        """``DELETE FROM t WHERE c`` on Parquet: one query asks which of the statements match a row (the
+        distinct statement numbers of the matching rows: two jobs, where a ``LIMIT 1`` per table took
+        one per table and one more); for each that does, the rows where c is not true, checkpointed,
+        overwrite the table (Spark reads no file of the table it overwrites then).  Deletes commute, so
+        their order does not matter."""
         targets: list[tuple[exp.Table, exp.Expression]] = []
         for sql in statements:
             try:
@@ -349,9 +351,10 @@ class SparkStore(Store):
                 targets.append((table, where.this if where is not None else exp.true()))
         if not targets:
             return
-        probe = " UNION ALL ".join(
-            f"SELECT {i} AS k FROM ({exp.select('1').from_(table.copy()).where(condition.copy()).limit(1).sql(dialect='spark')}) AS m{i}"
+        matching = " UNION ALL ".join(
+            exp.select(exp.alias_(str(i), "k")).from_(table.copy()).where(condition.copy()).sql(dialect="spark")
             for i, (table, condition) in enumerate(targets))
+        probe = f"SELECT DISTINCT k FROM ({matching}) AS matching"
         for i in sorted(row[0] for row in self._collect(probe, params)):
             table, condition = targets[i]
             keep = exp.select("*").from_(table.copy()).where(
