@@ -241,13 +241,27 @@ def gibleed_any_store(request, gibleed_dir, tmp_path_factory):
     drop_store(s)
 
 
-@pytest.fixture(scope="session", params=ENGINES)
-def starter_store(request, tmp_path_factory):
-    """A store with only the starter vocabulary (ICD-10 2019 + HPO), once per session per engine."""
+@pytest.fixture(scope="session")
+def starter_stores(tmp_path_factory):
+    """``starter_stores(engine)``: a store with only the starter vocabulary (ICD-10 2019 + HPO),
+    installed once per session on each engine asked for; read-only use."""
     from mercia.vocab import ensure_starter_vocabulary
 
-    s = open_store(request.param, tmp_path_factory.mktemp(f"starter-{request.param}"))
-    s.init_schema()
-    ensure_starter_vocabulary(s)
-    yield s
-    drop_store(s)
+    made: dict[str, Store] = {}
+
+    def get(engine: str) -> Store:
+        if engine not in made:
+            made[engine] = open_store(engine, tmp_path_factory.mktemp(f"starter-{engine}"))
+            made[engine].init_schema()
+            ensure_starter_vocabulary(made[engine])
+        return made[engine]
+
+    yield get
+    for s in made.values():
+        drop_store(s)
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def starter_store(request, starter_stores):
+    """The starter vocabulary store (``starter_stores``) on each engine."""
+    return starter_stores(request.param)
