@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -9,8 +11,9 @@ import pyarrow as pa
 from fastapi.testclient import TestClient
 
 from mercia.governance import Governance, Role
-from mercia.services.state import ServerOptions
+from mercia.services.state import MerciaState, ServerOptions
 from mercia.web.app import create_app
+from tests.conftest import drop_store
 
 PASSWORD = "correct horse battery"
 GI_BLEED, ASPIRIN = 192671, 1112807
@@ -79,6 +82,11 @@ class World:
     draft: int
     expired: int
 
+    @property
+    def store(self):
+        """The research store the server runs on."""
+        return self.client.app.state.mercia.root_store
+
     def login(self, username: str) -> dict[str, str]:
         """Headers with a personal API token for ``username``."""
         _, secret = self.gov.create_token(self.people[username], "test")
@@ -91,12 +99,22 @@ def approve(gov, people, project_id):
     gov.decide(people["govo"], project_id, "approve")
 
 
-def build_world(store, state_store=None) -> World:
-    """The world over the research ``store``; governance in ``state_store`` when given (a Spark CDM)."""
+@dataclass(frozen=True)
+class Filled:
+    """What ``fill_world`` made: the people and the projects, by id."""
+    people: dict
+    approved: int
+    other: int
+    draft: int
+    expired: int
+
+
+def fill_world(store, state_store=None) -> Filled:
+    """The small CDM in the research ``store``; people and projects in every state in the state store
+    (``state_store``, a Spark CDM's, or the research store itself)."""
     store.init_schema()
     fill_small_cdm(store)
-    app = create_app(store, ServerOptions(secure_cookies=True, job_workers=1), state_store)
-    gov = app.state.mercia.gov
+    gov = MerciaState(store, ServerOptions(job_workers=1), state_store).gov
     spec = {"res": [(Role.RESEARCHER, "")], "res2": [(Role.RESEARCHER, "")], "clin": [(Role.CLINICIAN, "")],
             "lead": [(Role.PILLAR_LEAD, "cancer")], "govo": [(Role.GOVERNANCE_OFFICER, "")],
             "checker": [(Role.OUTPUT_CHECKER, "")], "checker2": [(Role.OUTPUT_CHECKER, ""), (Role.RESEARCHER, "")],
@@ -115,5 +133,26 @@ def build_world(store, state_store=None) -> World:
     approve(gov, people, expired)
     gov.db.execute("UPDATE mercia_project SET expires_on = ? WHERE id = ?",
                    [(date.today() - timedelta(days=1)).isoformat(), expired])
+    return Filled(people, approved, other, draft, expired)
+
+
+def open_world(store, filled: Filled, state_store=None) -> World:
+    """The server over a store that ``fill_world`` filled (or over a copy of one)."""
+    app = create_app(store, ServerOptions(secure_cookies=True, job_workers=1), state_store)
     client = TestClient(app, base_url="https://testserver")
-    return World(client, gov, people, approved, other, draft, expired)
+    return World(client, app.state.mercia.gov, copy.deepcopy(filled.people), filled.approved, filled.other,
+                 filled.draft, filled.expired)
+
+
+def serve(store, filled: Filled) -> Iterator[World]:
+    """For a fixture: the server running over a copy that ``fill_world`` (or a module's build on it)
+    filled, the copy dropped after the test."""
+    world = open_world(store, filled)
+    with world.client:
+        yield world
+    drop_store(store)
+
+
+def build_world(store, state_store=None) -> World:
+    """The world over the research ``store``; governance in ``state_store`` when given (a Spark CDM)."""
+    return open_world(store, fill_world(store, state_store), state_store)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tests.api.api_world import build_world
+from tests.api.api_world import fill_world, serve
 from argon2 import PasswordHasher
 
 
@@ -14,7 +14,6 @@ def cheap_password_hashing(monkeypatch):
 
 
 @pytest.fixture
-def world(store):
-    w = build_world(store)
-    with w.client:
-        yield w
+def world(engine, prepared, tmp_path):
+    """The world, built once per module and engine; each test runs its server on its own copy."""
+    yield from serve(*prepared(engine, fill_world, tmp_path))

@@ -14,7 +14,7 @@ import pytest
 
 from mercia.api.ratelimit import PublicRateLimit
 from mercia.services.register import PROJECT_FIELDS, RELEASE_FIELDS, SUMMARY_FIELDS
-from tests.api.api_world import FUTURE, approve
+from tests.api.api_world import FUTURE, Filled, approve, fill_world, open_world, serve
 from tests.api.test_api import make_cohort, run
 
 LEAD_NAME, OTHER_LEAD = "Rhea Quillfeather", "Oona Otherteam"  # the leads of the world's two teams
@@ -37,9 +37,18 @@ JSON_FEED_SCHEMA = {
                            "tags": {"type": "array", "items": {"type": "string"}}}}}}}
 
 
-@pytest.fixture
-def register(world):
-    """Every project state, distinct names for everyone, a cohort run and one released output."""
+def fill_register(store) -> tuple[Filled, dict]:
+    """The world with every project state, distinct names for everyone, a cohort run and one export
+    awaiting its check; built once per engine, each test gets a copy."""
+    filled = fill_world(store)
+    world = open_world(store, filled)
+    with world.client:
+        made = register_everything(world)
+    return filled, made
+
+
+def register_everything(world) -> dict:
+    """Names, project states, a cohort run and its export, made through the server as a user would."""
     gov, people = world.gov, world.people
     for username, user in people.items():
         gov.db.execute("UPDATE mercia_user SET display_name = ? WHERE id = ?",
@@ -68,6 +77,22 @@ def register(world):
     assert r.status_code == 201, r.text
     export = r.json()["id"]
     return {"rejected": rejected, "withdrawn": withdrawn, "waiting": waiting, "export": export, "cohort": cohort}
+
+
+@pytest.fixture
+def copied(engine, prepared, tmp_path):
+    return prepared(engine, fill_register, tmp_path)
+
+
+@pytest.fixture
+def world(copied):
+    store, (filled, _) = copied
+    yield from serve(store, filled)
+
+
+@pytest.fixture
+def register(copied) -> dict:
+    return copied[1][1]
 
 
 def release(world, export_id: int) -> None:

@@ -28,7 +28,7 @@ def _with_rare_condition(store) -> dict:
     return rare
 
 
-def test_a_researcher_gets_the_policys_count_without_a_project(world, store):
+def test_a_researcher_gets_the_policys_count_without_a_project(world):
     policy = get_policy()
     r = world.client.post(URL, headers=world.login("res"), json={"expression": circe(rule_drug=None)})
     assert r.status_code == 200, r.text
@@ -37,18 +37,18 @@ def test_a_researcher_gets_the_policys_count_without_a_project(world, store):
     assert body["policy"] == policy.name and body["budget"] == {"used": 0, "limit": 10, "window_days": 30}
     r = world.client.post(URL, headers=world.login("clin"), json={"expression": circe()})   # 10 with aspirin before
     assert r.json()["persons"] == policy.publish_count(10)
-    assert store.query_one("SELECT count(*) FROM cohort WHERE cohort_definition_id < 0") == 0   # scratch gone
+    assert world.store.query_one("SELECT count(*) FROM cohort WHERE cohort_definition_id < 0") == 0   # scratch gone
     audited = world.gov.audit.search(action="feasibility.quick_count")
     assert [a["actor"] for a in audited] == ["clin", "res"] and audited[0]["detail"]["shown"] == policy.publish_count(10)
 
 
-def test_a_small_count_is_hidden(world, store):
-    r = world.client.post(URL, headers=world.login("res"), json={"expression": _with_rare_condition(store)})
+def test_a_small_count_is_hidden(world):
+    r = world.client.post(URL, headers=world.login("res"), json={"expression": _with_rare_condition(world.store)})
     assert r.status_code == 200 and r.json()["persons"] is None and r.json()["hidden"] is True
     assert "3" not in str(world.gov.audit.search(action="feasibility.quick_count")[0]["detail"]["shown"])
 
 
-def test_repeats_and_one_criterion_changes_spend_a_budget_then_429(world, store, monkeypatch):
+def test_repeats_and_one_criterion_changes_spend_a_budget_then_429(world, monkeypatch):
     monkeypatch.setattr("mercia.services.quickcount.DIFFERENCING_LIMIT", 2)
     headers = world.login("res")
     base, minus_rule = circe(), circe(rule_drug=None)
@@ -59,7 +59,7 @@ def test_repeats_and_one_criterion_changes_spend_a_budget_then_429(world, store,
     assert refused.status_code == 429 and "the limit is 2" in refused.json()["detail"]
     assert 29 * 86400 < int(refused.headers["Retry-After"]) <= 30 * 86400
     assert world.gov.audit.search(action="feasibility.quick_count.refused")[0]["actor"] == "res"
-    unrelated = _with_rare_condition(store)   # primary criteria and concept set both differ
+    unrelated = _with_rare_condition(world.store)   # primary criteria and concept set both differ
     unrelated["InclusionRules"] = []
     assert world.client.post(URL, headers=headers, json={"expression": unrelated}).status_code == 200
     assert world.client.post(URL, headers=world.login("res2"), json={"expression": minus_rule}).status_code == 200

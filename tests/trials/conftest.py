@@ -3,6 +3,7 @@ years, a pseudonymised person link, governance people in every trial role, and a
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -16,6 +17,7 @@ from mercia.privacy.pseudonym import Pseudonymiser
 from mercia.trials.randomise import KeyedStream
 from mercia.trials.recruitment import Recruitment
 from mercia.trials.register import TrialRegister, TrialRole
+from tests.conftest import drop_store
 
 T2DM = 201826
 SITE_A, SITE_B = "A81001", "A81002"
@@ -91,7 +93,9 @@ def cheap_password_hashing(monkeypatch):
     monkeypatch.setattr("mercia.governance.passwords.hasher", PasswordHasher(time_cost=1, memory_cost=1024))
 
 
-def make_world(store, method: str = "minimisation", blinded: bool = True) -> TrialWorld:
+def fill_world(store, method: str = "minimisation", blinded: bool = True) -> tuple[dict, int]:
+    """The region, the governance people and the approved project, and the trial with its roles granted:
+    returns the people and the project id."""
     fill_region(store)
     gov = Governance(store)
     spec = {"manager": ([(Role.TRIAL_COORDINATOR, "")], None), "lead": ([(Role.PILLAR_LEAD, "chronic")], None),
@@ -115,15 +119,27 @@ def make_world(store, method: str = "minimisation", blinded: bool = True) -> Tri
                     eligibility=eligibility(), manual_criteria=["HbA1c over 58 mmol/mol", "no insulin"],
                     settings={"method": method, "arms": [{"code": "drug"}, {"code": "placebo"}], "factors": factors},
                     blinded=blinded)
-    t = "ISRCTN12345678"
     for name, role, site in (("nurse_a", TrialRole.RESEARCH_NURSE, SITE_A), ("pi_a", TrialRole.SITE_INVESTIGATOR, SITE_A),
                              ("gp_a", TrialRole.CARE_TEAM, SITE_A), ("gp_b", TrialRole.CARE_TEAM, SITE_B),
                              ("stats", TrialRole.STATISTICIAN, ""), ("pharm", TrialRole.UNBLINDED_PHARMACIST, SITE_A)):
-        register.grant(people["manager"], t, people[name].id, role, site)
+        register.grant(people["manager"], "ISRCTN12345678", people[name].id, role, site)
+    return people, project
+
+
+def open_world(store, people: dict, project: int) -> TrialWorld:
+    """The services over a store that ``fill_world`` filled (or a copy of one)."""
+    register = TrialRegister(store, Governance(store))
     recruitment = Recruitment(register, KeyedStream(b"test-randomisation-key-0123456789abcdef"))
-    return TrialWorld(store, gov, register, recruitment, people, project, t)
+    return TrialWorld(store, register.gov, register, recruitment, copy.deepcopy(people), project, "ISRCTN12345678")
+
+
+def make_world(store, method: str = "minimisation", blinded: bool = True) -> TrialWorld:
+    return open_world(store, *fill_world(store, method, blinded))
 
 
 @pytest.fixture
-def world(store) -> TrialWorld:
-    return make_world(store)
+def world(engine, prepared, tmp_path) -> TrialWorld:
+    """The default world, built once per module and engine; each test writes to its own copy."""
+    store, (people, project) = prepared(engine, fill_world, tmp_path)
+    yield open_world(store, people, project)
+    drop_store(store)

@@ -10,6 +10,7 @@ from mercia import vocab
 from mercia.cdm import StoreError
 from mercia.vocab.hpo import hpo_concept_id
 from mercia.vocab.icd10 import icd10_concept_id
+from tests.conftest import copy_store
 
 
 def test_search_finds_type_2_diabetes(starter_store):
@@ -81,15 +82,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def starter_db(tmp_path_factory) -> str:
-    """A DuckDB file with the starter vocabulary, for the commands (which open their own store)."""
-    from mercia.cdm import Store
-
-    db = str(tmp_path_factory.mktemp("cli") / "vocab.duckdb")
-    with Store(db) as s:
-        s.init_schema()
-        vocab.ensure_starter_vocabulary(s)
-    return db
+def starter_db(starter_stores, tmp_path_factory) -> str:
+    """A copy of the DuckDB starter vocabulary store, for the commands (which open their own store)."""
+    with copy_store(starter_stores("duckdb"), tmp_path_factory.mktemp("cli")) as s:
+        return s.location
 
 
 def test_cli_search_json_shows_versions(starter_db):
