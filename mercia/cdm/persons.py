@@ -26,9 +26,7 @@ def max_id(store: Store, table: str, column: str) -> int:
 def rebuild_person_rows(store: Store, person_ids: pa.Table) -> None:
     """person, death and observation_period rows of the given persons, rebuilt from their links
     and events (one link per person chosen: a valid NHS number first, then the earliest load)."""
-    store.execute("DROP TABLE IF EXISTS mercia_tmp_persons")
-    store.execute("CREATE TEMP TABLE mercia_tmp_persons (person_id BIGINT)")
-    store.insert_arrow("mercia_tmp_persons", person_ids)
+    store.temp_table_from_arrow("mercia_tmp_persons", "person_id BIGINT", person_ids)
     for table in ("person", "death", "observation_period"):
         store.execute(f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM mercia_tmp_persons)")
     # one location per LSOA (the postcode itself is never kept): location_source_value = LSOA code

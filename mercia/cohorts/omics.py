@@ -93,9 +93,7 @@ def write_variant_cohort(store: Store, cohort_id: int, gene: str, consequence: s
         claim_cohort_id(store, cohort_id, f"{gene} {consequence or 'any'} carriers", "variant cohort")
         store.execute("DELETE FROM cohort WHERE cohort_definition_id = ?", [cohort_id])
         if carriers.num_rows:
-            store.execute("DROP TABLE IF EXISTS mercia_tmp_carriers")
-            store.execute("CREATE TEMP TABLE mercia_tmp_carriers (person_id BIGINT, call_date DATE)")
-            store.insert_arrow("mercia_tmp_carriers", carriers)
+            store.temp_table_from_arrow("mercia_tmp_carriers", "person_id BIGINT, call_date DATE", carriers)
             store.execute("""INSERT INTO cohort (cohort_definition_id, subject_id, cohort_start_date, cohort_end_date)
                              SELECT ?, c.person_id, c.call_date, COALESCE(MAX(op.observation_period_end_date),
                                                                        c.call_date)

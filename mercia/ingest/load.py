@@ -203,9 +203,7 @@ class _Load:
 
     def _store_temp(self, name: str, table: pa.Table, columns: str) -> None:
         """``table`` as a temporary table of the store (keys to join there rather than fetch here)."""
-        self.store.execute(f"DROP TABLE IF EXISTS {name}")
-        self.store.execute(f"CREATE TEMP TABLE {name} ({columns})")
-        self.store.insert_arrow(name, table)
+        self.store.temp_table_from_arrow(name, columns, table)
 
     # -- steps -----------------------------------------------------------------------------
     def pseudonymise_records(self) -> None:

@@ -137,9 +137,7 @@ def _link(store: Store, con: duckdb.DuckDBPyConnection, threshold: float, page_r
     persons_before = con.execute("SELECT count(DISTINCT person_id) FROM records").fetchall()[0][0]
     if remap.num_rows:
         with store.transaction():
-            store.execute("DROP TABLE IF EXISTS mercia_tmp_remap")
-            store.execute("CREATE TEMP TABLE mercia_tmp_remap (old BIGINT, new BIGINT)")
-            store.insert_arrow("mercia_tmp_remap", remap)
+            store.temp_table_from_arrow("mercia_tmp_remap", "old BIGINT, new BIGINT", remap)
             for table in list(person_tables(store)) + ["mercia_person_link"]:
                 store.execute(f"""UPDATE {table} SET person_id = m.new FROM mercia_tmp_remap m
                                   WHERE {table}.person_id = m.old""")

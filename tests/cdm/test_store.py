@@ -82,3 +82,15 @@ def test_duckdb_default_memory_limit_is_half_a_container_cap(tmp_path, limits_en
     cap.write_text("max\n")
     machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert duckdb_engine._memory_bytes() == machine
+
+
+def test_a_temporary_table_from_arrow_replaces_the_last_and_has_statistics(store):
+    """PostgreSQL's autovacuum never analyses temporary tables: without statistics its planner guessed a
+    size that put rebuild_person_rows' observation periods over the JIT thresholds (4.6 s of compiling)."""
+    import pyarrow as pa
+
+    store.temp_table_from_arrow("mercia_tmp_ids", "id BIGINT", pa.table({"id": pa.array([1, 2], pa.int64())}))
+    store.temp_table_from_arrow("mercia_tmp_ids", "id BIGINT", pa.table({"id": pa.array(range(5), pa.int64())}))
+    assert store.query("SELECT count(*), sum(id) FROM mercia_tmp_ids") == [(5, 10)]
+    if store.dialect == "postgres":
+        assert store.query_one("SELECT reltuples FROM pg_class WHERE oid = 'mercia_tmp_ids'::regclass") == 5
