@@ -873,15 +873,9 @@ class _Load:
         self.store = writes
         try:
             self._insert_rows(load_id, extract)
-        except BaseException:
+        finally:  # an append's failure raised here carries the body's error, if any, as its context
             self.store = writes.store
-            try:
-                writes.close()
-            except Exception:  # the error already raised is the one to report
-                pass
-            raise
-        self.store = writes.store
-        writes.close()
+            writes.close()
 
     def _insert_rows(self, load_id: int, extract: str) -> None:
         store, con = self.store, self.con
