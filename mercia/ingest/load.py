@@ -925,12 +925,11 @@ class _Load:
         visit_ids = _table_from_query(con, "SELECT source_record, row_id FROM domain_rows") if "Visit" in present \
             else pa.table({"source_record": pa.array([], pa.string()), "row_id": pa.array([], pa.int64())})
         self.register("visit_ids", pa.concat_tables([visit_ids, earlier_visits.cast(visit_ids.schema)]))
-        for domain in DOMAIN_TABLE:  # the store asked for each table's last id now, not between the appends
-            if domain != "Visit" and domain in present:
-                self._first_id(DOMAIN_TABLE[domain], f"{DOMAIN_TABLE[domain]}_id")
-        for domain in DOMAIN_TABLE:
-            if domain != "Visit" and domain in present:
-                self._insert_domain(domain)
+        after_visits = [domain for domain in DOMAIN_TABLE if domain != "Visit" and domain in present]
+        for domain in after_visits:  # the store asked for each table's last id now, not between the appends
+            self._first_id(DOMAIN_TABLE[domain], f"{DOMAIN_TABLE[domain]}_id")
+        for domain in after_visits:
+            self._insert_domain(domain)
         self._insert_values(load_id, extract)
         self._insert_registrations()
         self._insert_costs()
