@@ -48,13 +48,7 @@ def to_pyformat(sql: str) -> str:
 # than it saved (cohort 29's primary events at GiBleed x 20: 1.3 s compiling for 0.3 s of work), and the
 # statistics of its temporary tables need the row count and a coarse picture of the columns, which ANALYZE
 # reads from a 3,000-row sample (target 10) at a fifth of the default's 30,000 (~3 ms against 18 for 20,000 rows).
-SCRIPT_SETTINGS = ("SET LOCAL jit = off", "SET LOCAL default_statistics_target = 10")
-
-
-def script_statements(statements: Sequence[str]) -> list[str]:
-    """``statements`` as ``execute_script`` sends them: its settings first, each temporary table analysed
-    after it is made."""
-    return [*SCRIPT_SETTINGS, *(s for statement in statements for s in _with_statistics(statement))]
+_SCRIPT_SETTINGS = ("SET LOCAL jit = off", "SET LOCAL default_statistics_target = 10")
 
 
 def _with_statistics(statement: str) -> list[str]:
@@ -153,11 +147,11 @@ class PostgresStore(Store):
         self._run(sql, params)
 
     def execute_script(self, statements: Sequence[str]) -> None:
-        """With ``SCRIPT_SETTINGS``, and each temporary table analysed after it is made: autovacuum never sees
+        """After ``_SCRIPT_SETTINGS``, and each temporary table analysed after it is made: autovacuum never sees
         temporary tables, so without statistics the planner guesses their sizes, and a join on a guess of one
         row becomes a nested loop over thousands (cohort 134's rule: 25.6 million comparisons)."""
         if statements:
-            super().execute_script(script_statements(statements))
+            super().execute_script([*_SCRIPT_SETTINGS, *(s for st in statements for s in _with_statistics(st))])
 
     def create_temp_table(self, name: str, select_sql: str, params: Sequence[Any] | None = None) -> None:
         super().create_temp_table(name, select_sql, params)
