@@ -109,9 +109,7 @@ def record_network_tokens(store: Store, org: str, persons: pa.Table, load_id: in
                      "load_id": pa.array([load_id] * tokens.num_rows, pa.int64())})
     ensure_extension_tables(store)
     with store.transaction():
-        store.execute("CREATE TEMP TABLE IF NOT EXISTS fed_refresh (source_pseudonym VARCHAR)")
-        store.execute("DELETE FROM fed_refresh")
-        store.insert_arrow("fed_refresh", rows.select(["source_pseudonym"]))
+        store.temp_table_from_arrow("fed_refresh", "source_pseudonym VARCHAR", rows.select(["source_pseudonym"]))
         store.execute("DELETE FROM mercia_network_token WHERE org = ? AND source_pseudonym IN "
                       "(SELECT source_pseudonym FROM fed_refresh)", [org])
         store.insert_arrow("mercia_network_token", rows)

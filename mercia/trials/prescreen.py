@@ -106,10 +106,8 @@ class ReidentificationService:
         table = pa.table({"nhs_pseudonym": pseudonymiser.nhs_pseudonyms(nhs), "nhs_number": nhs,
                           "local_mrn": pa.array(local_mrns, pa.string())})
         with self.store.transaction():
-            self.store.execute("CREATE TEMP TABLE IF NOT EXISTS mercia_reid_incoming (nhs_pseudonym TEXT, "
-                               "nhs_number TEXT, local_mrn TEXT)")
-            self.store.execute("DELETE FROM mercia_reid_incoming")
-            self.store.insert_arrow("mercia_reid_incoming", table)
+            self.store.temp_table_from_arrow("mercia_reid_incoming", "nhs_pseudonym TEXT, nhs_number TEXT, local_mrn TEXT",
+                                             table)
             self.store.execute("DELETE FROM mercia_reid_identity WHERE nhs_pseudonym IN "
                                "(SELECT nhs_pseudonym FROM mercia_reid_incoming)")
             self.store.execute("""INSERT INTO mercia_reid_identity (nhs_pseudonym, nhs_number, local_mrn)
@@ -134,9 +132,8 @@ class ReidentificationService:
         pseudonyms = sorted({r["nhs_pseudonym"] for r in rows if r["nhs_pseudonym"]})
         found: dict[str, dict[str, Any]] = {}
         if pseudonyms:
-            self.store.execute("CREATE TEMP TABLE IF NOT EXISTS mercia_reid_request (nhs_pseudonym TEXT)")
-            self.store.execute("DELETE FROM mercia_reid_request")
-            self.store.insert_arrow("mercia_reid_request", pa.table({"nhs_pseudonym": pa.array(pseudonyms, pa.string())}))
+            self.store.temp_table_from_arrow("mercia_reid_request", "nhs_pseudonym TEXT",
+                                             pa.table({"nhs_pseudonym": pa.array(pseudonyms, pa.string())}))
             found = {r["nhs_pseudonym"]: r for r in self.store.query_dicts(
                 "SELECT i.nhs_pseudonym, i.nhs_number, i.local_mrn FROM mercia_reid_identity i "
                 "JOIN mercia_reid_request q ON q.nhs_pseudonym = i.nhs_pseudonym")}
