@@ -15,6 +15,7 @@
 - ``mercia_network_token``: per local person record, its network linkage token (mercia.federation);
   ``mercia_person_token``: the same per person, for questions.
 - ``mercia_record_version``: the newest source version (lastUpdated, versionId) of each loaded record.
+- ``mercia_record_hash``: the content hash of each loaded record that may write no CDM row (a VCF sample).
 - ``mercia_organisation``: the organisations (ODS codes) that send extracts, with their names.
 - ``mercia_id_block``: the id counters behind ``Store.allocate_ids``.
 """
@@ -84,6 +85,11 @@ DDL.append("""CREATE TABLE IF NOT EXISTS mercia_person_token (
 # What mercia_person_token was built from (a fingerprint of the links and tokens), so a change by any
 # other path (linkage merging persons, an opt-out deletion) is seen and the table rebuilt.
 DDL.append("CREATE TABLE IF NOT EXISTS mercia_person_token_source (fingerprint VARCHAR NOT NULL)")
+# The content hash of each VCF sample record loaded (mercia.ingest.vcf: a sample of a file is one record), rows
+# or none: a sample without a carrier call writes no CDM row and so no provenance, and a resend of it counted
+# it loaded again rather than unchanged.
+DDL.append("""CREATE TABLE IF NOT EXISTS mercia_record_hash (
+        org VARCHAR NOT NULL, source_record VARCHAR NOT NULL, record_hash VARCHAR NOT NULL, load_id BIGINT NOT NULL)""")
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_organisation (
         ods_code VARCHAR NOT NULL PRIMARY KEY, name VARCHAR NOT NULL, kind VARCHAR, registered_at TIMESTAMP NOT NULL)""")
 INDEXES = [
@@ -91,6 +97,7 @@ INDEXES = [
     "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_row ON mercia_provenance (cdm_table, row_id)",
     "CREATE INDEX IF NOT EXISTS idx_mercia_person_link_nhs ON mercia_person_link (nhs_pseudonym)",
     "CREATE INDEX IF NOT EXISTS idx_mercia_record_version ON mercia_record_version (org, source_record)",
+    "CREATE INDEX IF NOT EXISTS idx_mercia_record_hash ON mercia_record_hash (org, source_record)",
 ]
 
 

@@ -665,8 +665,10 @@ class _Load:
             "source_record VARCHAR")
         self._settle_earlier_chunks()
         existing = self.store.query_arrow(
-            "SELECT DISTINCT source_record, record_hash FROM mercia_provenance WHERE org = ? AND load_id < ? "
-            "AND source_record IN (SELECT source_record FROM mercia_tmp_batch)", [self.org, self.load_id])
+            "SELECT DISTINCT source_record, record_hash FROM (SELECT source_record, record_hash FROM mercia_provenance "
+            "WHERE org = ? AND load_id < ? UNION ALL SELECT source_record, record_hash FROM mercia_record_hash "
+            "WHERE org = ? AND load_id < ?) s WHERE source_record IN (SELECT source_record FROM mercia_tmp_batch)",
+            [self.org, self.load_id] * 2)
         if existing.num_rows == 0:
             existing = pa.table({"source_record": pa.array([], pa.string()), "record_hash": pa.array([], pa.string())})
         self.register("existing", existing)
@@ -841,6 +843,8 @@ class _Load:
             self.rows[ROWS_KEY.get(table, table)] -= count
         store.execute(f"DELETE FROM mercia_provenance WHERE org = ? AND "
                       f"(cdm_table, row_id) IN (SELECT cdm_table, row_id FROM ({doomed}) d)", [self.org, self.org])
+        store.execute("DELETE FROM mercia_record_hash WHERE org = ? AND source_record IN "
+                      "(SELECT source_record FROM mercia_tmp_records)", [self.org])
 
     def prepare_sites(self) -> None:
         self.con.execute("""
@@ -1082,6 +1086,11 @@ class _Load:
         if self.staged.calls is None:
             return
         con = self.con
+        # each sample record's hash, rows or none (its row without an allele: once per file), so that a resend
+        # of a sample without a carrier call is unchanged
+        self.store.insert_arrow("mercia_record_hash", _table_from_query(
+            con, f"SELECT ? AS org, source_record, record_hash, {load_id} AS load_id FROM calls WHERE alt IS NULL",
+            [self.org]))
         measurement_start = self._first_id("measurement", "measurement_id")
         variant_start = self._first_id("variant_occurrence", "variant_occurrence_id")
         # numbered over the sort keys and the row's position only, as ``_insert_domain`` does

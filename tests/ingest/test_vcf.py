@@ -150,8 +150,8 @@ def test_streamed_chunks_land_what_one_chunk_does(store, store_factory, engine, 
     summary = load(store, "vcf", path, "R9G")
     assert (summary.read, summary.loaded, summary.rejected) == (15000, 3, 0)
     assert _calls(store) == _calls(whole) and len(_calls(store)) == 5000
-    # P1 unchanged; P2 and P3, without a carrier call, wrote no row, so no stored hash says they are unchanged
-    assert load(store, "vcf", path, "R9G").unchanged == 1
+    # P2 and P3, without a carrier call, wrote no row, but their hashes were kept: all three unchanged
+    assert load(store, "vcf", path, "R9G").unchanged == 3
     assert store.query_one("SELECT count(*) FROM variant_occurrence") == 5000
 
 
@@ -318,7 +318,8 @@ def test_a_corrupt_call_rejects_its_file_naming_the_line(store, load, tmp_path):
 
 def test_a_sample_that_lost_every_call_loses_its_rows(store, load, tmp_path):
     """Each sample is read as its record even without a carrier call, so a resend in which P2 carries
-    nothing any more replaces P2's rows with none (P1's stay)."""
+    nothing any more replaces P2's rows with none (P1's stay); sent again, every sample is unchanged, those
+    without a row too (their hashes are kept in ``mercia_record_hash``)."""
     _phenopackets(tmp_path / "pp", ["P1", "P2", "P3"])
     load(store, "phenopackets", tmp_path / "pp", "R9G")
 
@@ -332,7 +333,11 @@ def test_a_sample_that_lost_every_call_loses_its_rows(store, load, tmp_path):
     first = send("a", "0/1")
     assert (first.records, first.loaded) == (3, 3) and store.query_one("SELECT count(*) FROM variant_occurrence") == 4
     again = send("b", "0/0")
-    assert (again.records, again.changed, again.unchanged) == (3, 1, 1)  # P2 changed, P1 unchanged, P3 no row
+    assert (again.records, again.changed, again.unchanged) == (3, 1, 2)  # P2 changed; P1 and P3 (no row) unchanged
     assert store.query("SELECT DISTINCT person_id FROM variant_occurrence") == store.query(
         "SELECT person_id FROM variant_occurrence WHERE genotype = '0/1' AND read_depth = 20 LIMIT 1")
     assert store.query_one("SELECT count(*) FROM variant_occurrence") == 2
+    resent = send("c", "0/0")
+    assert (resent.records, resent.loaded, resent.unchanged, resent.changed) == (3, 3, 3, 0)
+    assert store.query_one("SELECT count(*) FROM variant_occurrence") == 2
+    assert store.query_one("SELECT count(*) FROM mercia_record_hash") == 3  # one per sample record, replaced when changed
