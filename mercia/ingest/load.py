@@ -362,6 +362,43 @@ class _Load:
                         "ALT", reason, action="superseded")
         self._replace_staged("staged_calls", "SELECT * EXCLUDE (copy, alike) FROM call_copies WHERE copy = 1")
 
+    def supersede_earlier_chunk_calls(self) -> None:
+        """A VCF sample's allele listed twice in an unsorted file, the copies in different chunks: the copy
+        an earlier chunk of this load wrote goes (its measurement, variant and their provenance) and its
+        line is a ``superseded`` reject, as ``_keep_last_calls`` does within a chunk.  Looked up only when
+        the reader says this chunk reaches back into positions an earlier one held (``calls_revisit``), so
+        a sorted file costs nothing."""
+        if not (self.after_chunks and self.staged.calls_revisit):
+            return
+        store, content = self.store, ("genotype", "zygosity", "read_depth", "genotype_quality", "hgvs", "hgvs_p",
+                                      "consequence")
+        self._store_temp("mercia_tmp_calls", _table_from_query(self.con, f"""SELECT DISTINCT source_record, chrom,
+            pos, ref, alt, gene, assembly, {", ".join(content)} FROM calls WHERE alt IS NOT NULL"""),
+            "source_record VARCHAR, chrom VARCHAR, pos BIGINT, ref VARCHAR, alt VARCHAR, gene VARCHAR, "
+            "assembly VARCHAR, genotype VARCHAR, zygosity VARCHAR, read_depth BIGINT, "
+            "genotype_quality DOUBLE PRECISION, hgvs VARCHAR, hgvs_p VARCHAR, consequence VARCHAR")
+        alike = " AND ".join([f"v.{c} IS NOT DISTINCT FROM t.{c}" for c in content]
+                             + ["v.target_gene_symbol IS NOT DISTINCT FROM t.gene",
+                                "v.reference_sequence IS NOT DISTINCT FROM t.assembly"])
+        earlier = store.query_arrow(f"""
+            SELECT p.source_record, v.source_line AS line, v.variant_occurrence_id, v.measurement_id, {alike} AS alike
+            FROM mercia_provenance p JOIN variant_occurrence v ON v.variant_occurrence_id = p.row_id
+            JOIN mercia_tmp_calls t ON t.source_record = p.source_record AND t.chrom = v.chromosome
+                 AND t.pos = v.position AND t.ref = v.reference_allele AND t.alt = v.alternate_allele
+            WHERE p.org = ? AND p.load_id = ? AND p.cdm_table = 'variant_occurrence'""", [self.org, self.load_id])
+        if not earlier.num_rows:
+            return
+        self._store_temp("mercia_tmp_rows", earlier.select(["variant_occurrence_id", "measurement_id"]),
+                         "variant_occurrence_id BIGINT, measurement_id BIGINT")
+        for table in ("variant_occurrence", "measurement"):
+            store.execute(f"DELETE FROM {table} WHERE {table}_id IN (SELECT {table}_id FROM mercia_tmp_rows)")
+            store.execute(f"DELETE FROM mercia_provenance WHERE org = ? AND load_id = ? AND cdm_table = '{table}' "
+                          f"AND row_id IN (SELECT {table}_id FROM mercia_tmp_rows)", [self.org, self.load_id])
+            self.rows[table] -= earlier.num_rows
+        for alike, reason in ((True, SAME_CALL), (False, REPEATED_CALL)):
+            self.reject(earlier.filter(pc.equal(earlier.column("alike"), alike)).sort_by("line"), "ALT", reason,
+                        action="superseded")
+
     def _store_copies_once(self) -> None:
         """A record read k times with the same content keeps one copy's rows: of each set of alike rows
         (every column but the line) the record staged, n/k stay, the rest go, and each other copy's line
@@ -1346,6 +1383,7 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
     job.prepare_sites()
     unchanged = job.skip_unchanged()
     job.remove_withdrawn()
+    job.supersede_earlier_chunk_calls()
     job.insert(load_id, staged.extract)
     job.record_versions(load_id)
     for rec, line, field_name, reason in job.con.execute("""

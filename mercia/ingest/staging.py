@@ -174,6 +174,9 @@ class Staged:
     variants: pa.Table | None = None
     # VCF carrier calls (CALL_SCHEMA), a sample's calls in a file one source record
     calls: pa.Table | None = None
+    # the calls reach back into positions an earlier chunk of their file held (an unsorted VCF): a call
+    # may repeat one an earlier chunk wrote, which the load then looks up
+    calls_revisit: bool = False
     # measured values of records that also stage an event (VALUE_SCHEMA; NMR panels)
     values: pa.Table | None = None
     # names of local concepts the extract introduces: (vocabulary, code) -> name (metabolite identifiers)

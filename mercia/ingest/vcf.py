@@ -35,7 +35,6 @@ content hash and fate were most of the cost of loading it (docs/metabolomics.md)
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import itertools
 import re
@@ -46,6 +45,7 @@ import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
+from isal import igzip
 
 from mercia.ingest.staging import CALL_SCHEMA, Staged
 
@@ -107,10 +107,10 @@ def _call_text(states: tuple[int, ...], phased: bool) -> tuple[str, str]:
 def _header_lines(file: Path) -> tuple[int, bool]:
     """How many header lines the file itself has (htslib's ``raw_header`` adds lines it implies, such as
     ``##FILTER=<ID=PASS>``, so counting those would put every reject one line late), and whether it is
-    gzipped."""
+    gzipped (un-gzipped with ISA-L, every member, as the FHIR reader does: a header spans BGZF blocks)."""
     with open(file, "rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"
-    with (gzip.open(file, "rb") if compressed else open(file, "rb")) as handle:
+    with (igzip.open(file, "rb") if compressed else open(file, "rb")) as handle:  # (htslib read it whole first)
         return sum(1 for _ in itertools.takewhile(lambda line: line.startswith(b"#"), handle)), compressed
 
 
@@ -301,9 +301,10 @@ class VcfReader:
         for file in files:
             kept, kept_read, handed_on = [], 0, False
             try:
-                for calls, read in self._file(file, sample_person or {}, when):
+                for calls, read, revisits in self._file(file, sample_person or {}, when):
                     kept.append(calls)
                     kept_read += read
+                    chunk.calls_revisit |= revisits
                     if self.calls_per_chunk and held_rows + sum(c.num_rows for c in kept) >= self.calls_per_chunk:
                         chunk.read += kept_read
                         yield self._filled(chunk, held + kept)
@@ -333,9 +334,11 @@ class VcfReader:
         chunk.calls = _staged_calls(calls)
         return chunk
 
-    def _file(self, file: Path, sample_person: dict[str, str], when: str | None) -> Iterator[tuple[pa.Table, int]]:
-        """(carrier calls, calls read) per block of sites of about ``calls_per_chunk`` carriers (one block
-        when None); ``VcfFileError`` when htslib cannot open the file or DuckDB cannot read it to the end
+    def _file(self, file: Path, sample_person: dict[str, str], when: str | None
+              ) -> Iterator[tuple[pa.Table, int, bool]]:
+        """(carrier calls, calls read, whether they reach back into positions an earlier piece held:
+        ``_Spans``) per block of sites of about ``calls_per_chunk`` carriers (one block when None);
+        ``VcfFileError`` when htslib cannot open the file or DuckDB cannot read it to the end
         (``_sample_hashes``), ``_ReadError`` when htslib stops inside."""
         from cyvcf2 import VCF
 
@@ -353,7 +356,7 @@ class VcfReader:
         samples = list(vcf.samples)
         refs = [sample_person.get(s, f"Subject/{s}") for s in samples]
         dates = [date or _phenopacket_date(file.parent.parent / "phenopackets" / f"{s}.json") for s in samples]
-        carriers, read, block, at = _Carriers(), 0, [], None
+        carriers, read, block, at, spans = _Carriers(), 0, [], None, _Spans()
         try:
             number, compressed = _header_lines(file)
             hashes = _sample_hashes(file, number, compressed, samples) if samples else []
@@ -372,7 +375,7 @@ class VcfReader:
                     block = []
                     if self.calls_per_chunk and carriers.count >= self.calls_per_chunk:
                         staged.append(carriers.table(file.name, samples, hashes, refs, dates, assembly, annotations))
-                        yield _staged_calls(staged), read
+                        yield _staged_calls(staged), read, spans.revisited(staged[-1])
                         carriers, read, staged = _Carriers(), 0, []
                 at = (site.CHROM, site.POS)
                 alts = site.ALT  # (cyvcf2 builds the list on each access)
@@ -390,7 +393,28 @@ class VcfReader:
             vcf.close()
         _add_block(block, len(samples), carriers)
         staged.append(carriers.table(file.name, samples, hashes, refs, dates, assembly, annotations))
-        yield _staged_calls(staged), read
+        yield _staged_calls(staged), read, spans.revisited(staged[-1])
+
+
+class _Spans:
+    """Per chromosome, the span of (trimmed) positions of the calls a file handed on so far.  A sorted file's
+    pieces follow one another, so an allele listed twice meets its copy in one chunk; a piece that reaches
+    back into an earlier span (an unsorted file, or trimming moving a position over a chunk's edge) may
+    repeat a call an earlier chunk wrote, which the load then looks up (``Staged.calls_revisit``)."""
+
+    def __init__(self):
+        self.held: dict[str, tuple[int, int]] = {}
+
+    def revisited(self, calls: pa.Table) -> bool:
+        spans = calls.group_by("chrom").aggregate([("pos", "min"), ("pos", "max")])
+        revisits = False
+        for chrom, low, high in zip(*(spans.column(c).to_pylist() for c in ("chrom", "pos_min", "pos_max"))):
+            if chrom in self.held:
+                held_low, held_high = self.held[chrom]
+                revisits |= low <= held_high and high >= held_low
+                low, high = min(low, held_low), max(high, held_high)
+            self.held[chrom] = (low, high)
+        return revisits
 
 
 def _staged_calls(tables: list[pa.Table]) -> pa.Table:

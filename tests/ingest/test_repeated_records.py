@@ -180,8 +180,8 @@ def test_vcf_copies_in_different_chunks_land_as_in_one_chunk(store, store_factor
                                                            monkeypatch):
     """Chunks of one call each: an allele of P1 at lines 13 and 14 (other genotype), one at 16 and 17
     (alike), P1's record spanning the chunks.  The reader keeps a position's sites in one chunk, so the
-    copies meet there, and the counts, calls and rejects are those of one chunk.  (In an unsorted file,
-    copies at lines far apart can fall in different chunks, and both load: docs/metabolomics.md.)"""
+    copies meet there, and the counts, calls and rejects are those of one chunk (an unsorted file:
+    ``test_vcf_unsorted_copies_in_different_chunks_keep_the_last``)."""
     from mercia.ingest import vcf
     from mercia.ingest.load import load_staged
 
@@ -202,3 +202,33 @@ def test_vcf_copies_in_different_chunks_land_as_in_one_chunk(store, store_factor
         assert _genotypes(target) == [("0/1", 9, "0/1"), ("1/1", 7, "1/1"), ("1/1", 30, "1/1")]
         assert target.query("SELECT line, reason, action FROM mercia_reject ORDER BY 1") == [
             (13, REPEATED_CALL, "superseded"), (16, SAME_CALL, "superseded")]
+
+
+def test_vcf_unsorted_copies_in_different_chunks_keep_the_last(store, store_factory, engine, load, options, tmp_path,
+                                                              monkeypatch):
+    """An unsorted file read in chunks of one call: P1's allele at 1000 on lines 13 and 15 (other genotype)
+    and at 3000 on lines 16 and 18 (alike), another site between each pair, so each copy is in its own
+    chunk.  The earlier chunk's copy is taken back (its rows go, its line is a ``superseded`` reject), as
+    when both copies are in one chunk."""
+    from mercia.ingest import vcf
+    from mercia.ingest.load import load_staged
+
+    monkeypatch.setattr(vcf, "BLOCK_SITES", 1)
+    alike = "chr17\t3000\t.\tC\tA\t50\tPASS\t.\tGT:DP:GQ\t1/1:7:50\t0/0:1:1\t0/0:1:1\n"
+    lines = (_site("0/1", 20), "chr17\t2000\t.\tG\tC\t50\tPASS\t.\tGT:DP:GQ\t0/1:9:50\t0/0:1:1\t0/0:1:1\n",
+             _site("1/1", 30), alike, "chr17\t4000\t.\tG\tT\t50\tPASS\t.\tGT:DP:GQ\t0/1:5:50\t0/0:1:1\t0/0:1:1\n",
+             alike)
+    summaries, stores = [], (store, store_factory(engine))
+    for target, per_chunk in zip(stores, (1, None)):
+        path = _trio_vcf(target, load, tmp_path / f"split{per_chunk}", *lines)
+        chunks = list(vcf.read_vcf_chunks(path, per_chunk))
+        assert len(chunks) == (7 if per_chunk else 1)
+        summaries.append(load_staged(target, chunks, "R9G", "vcf", options))
+    chunked, whole = summaries
+    assert chunked.__dict__ | {"load_id": 0} == whole.__dict__ | {"load_id": 0}
+    for target in stores:
+        assert _genotypes(target) == [("0/1", 5, "0/1"), ("0/1", 9, "0/1"), ("1/1", 7, "1/1"), ("1/1", 30, "1/1")]
+        assert target.query("SELECT line, reason, action FROM mercia_reject ORDER BY 1") == [
+            (13, REPEATED_CALL, "superseded"), (16, SAME_CALL, "superseded")]
+        assert target.query_one("SELECT count(*) FROM mercia_provenance WHERE cdm_table = 'measurement'") == 4
+        assert target.query("SELECT source_line FROM variant_occurrence ORDER BY 1") == [(14,), (15,), (17,), (18,)]

@@ -341,3 +341,28 @@ def test_a_sample_that_lost_every_call_loses_its_rows(store, load, tmp_path):
     assert (resent.records, resent.loaded, resent.unchanged, resent.changed) == (3, 3, 3, 0)
     assert store.query_one("SELECT count(*) FROM variant_occurrence") == 2
     assert store.query_one("SELECT count(*) FROM mercia_record_hash") == 3  # one per sample record, replaced when changed
+
+
+def test_a_header_over_several_bgzf_blocks_keeps_the_file_s_line_numbers(store, load, tmp_path):
+    """A header of ~200 kB spans four BGZF blocks (gzip members, un-gzipped with ISA-L): the calls keep the
+    file's own line numbers; the file cut in its body, or in its header, is rejected whole and stores nothing."""
+    padding = "".join(f"##note{i}=a header line padded to about seventy bytes {'x' * 20}\n" for i in range(3000))
+    plain = tmp_path / "long.vcf"
+    plain.write_text(HEADER.replace("##reference=GRCh38\n", padding + "##reference=GRCh38\n") + "".join(
+        f"chr17\t{1000 + i}\t.\tA\tT\t50\tPASS\t.\tGT:DP:GQ\t0/1:20:50\t0/0:1:1\t0/0:1:1\n" for i in range(2000)))
+    bgzip(plain, tmp_path / "long.vcf.gz")
+    data = (tmp_path / "long.vcf.gz").read_bytes()
+    assert data.count(b"\x1f\x8b\x08\x04") > 4  # BGZF blocks: the header's and the body's
+    calls = _carriers(read_vcf(tmp_path / "long.vcf.gz"))
+    assert calls.column("line").to_pylist() == list(range(3013, 5013))  # 3,012 header lines, then the sites
+    _phenopackets(tmp_path / "pp", ["P1", "P2", "P3"])
+    load(store, "phenopackets", tmp_path / "pp", "R9G")
+    for name, cut, reason in (("body", len(data) * 3 // 4, "cannot be read to the end (truncated or corrupt)"),
+                              ("header", 2000, "not a readable VCF")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "long.vcf.gz").write_bytes(data[:cut])
+        summary = load(store, "vcf", tmp_path / name / "long.vcf.gz", "R9G")
+        assert (summary.read, summary.loaded, summary.rejected) == (1, 0, 1)
+        assert store.query_one("SELECT count(*) FROM variant_occurrence") == 0
+        assert store.query_one("SELECT reason FROM mercia_reject WHERE load_id = ? AND field = 'file'",
+                               [summary.load_id]).startswith(reason)
