@@ -15,7 +15,7 @@
 - ``mercia_network_token``: per local person record, its network linkage token (mercia.federation);
   ``mercia_person_token``: the same per person, for questions.
 - ``mercia_record_version``: the newest source version (lastUpdated, versionId) of each loaded record.
-- ``mercia_record_hash``: the content hash of each loaded record that may write no CDM row (a VCF sample).
+- ``mercia_record_hash``: the content hash of each loaded record that wrote no CDM row (a VCF sample).
 - ``mercia_organisation``: the organisations (ODS codes) that send extracts, with their names.
 - ``mercia_id_block``: the id counters behind ``Store.allocate_ids``.
 """
@@ -85,9 +85,10 @@ DDL.append("""CREATE TABLE IF NOT EXISTS mercia_person_token (
 # What mercia_person_token was built from (a fingerprint of the links and tokens), so a change by any
 # other path (linkage merging persons, an opt-out deletion) is seen and the table rebuilt.
 DDL.append("CREATE TABLE IF NOT EXISTS mercia_person_token_source (fingerprint VARCHAR NOT NULL)")
-# The content hash of each VCF sample record loaded (mercia.ingest.vcf: a sample of a file is one record), rows
-# or none: a sample without a carrier call writes no CDM row and so no provenance, and a resend of it counted
-# it loaded again rather than unchanged.
+# The content hash of each VCF sample record loaded without any row (mercia.ingest.vcf: a sample of a file is
+# one record; without a carrier call it writes no CDM row and so no provenance, and a resend of it counted it
+# loaded again rather than unchanged).  A record with rows keeps its hash in their provenance only, so that
+# deleting its rows (an opt-out) leaves no hash saying a resend is unchanged.
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_record_hash (
         org VARCHAR NOT NULL, source_record VARCHAR NOT NULL, record_hash VARCHAR NOT NULL, load_id BIGINT NOT NULL)""")
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_organisation (

@@ -1123,11 +1123,7 @@ class _Load:
         if self.staged.calls is None:
             return
         con = self.con
-        # each sample record's hash, rows or none (its row without an allele: once per file), so that a resend
-        # of a sample without a carrier call is unchanged
-        self.store.insert_arrow("mercia_record_hash", _table_from_query(
-            con, f"SELECT ? AS org, source_record, record_hash, {load_id} AS load_id FROM calls WHERE alt IS NULL",
-            [self.org]))
+        self._keep_hashes_of_samples_without_rows(load_id)
         measurement_start = self._first_id("measurement", "measurement_id")
         variant_start = self._first_id("variant_occurrence", "variant_occurrence_id")
         # numbered over the sort keys and the row's position only, as ``_insert_domain`` does
@@ -1176,6 +1172,21 @@ class _Load:
             "source_record": pa.DictionaryArray.from_arrays(owner, keys.column("source_record").combine_chunks()),
             "record_hash": pa.DictionaryArray.from_arrays(owner, keys.column("record_hash").combine_chunks()),
             "load_id": pa.array(np.full(2 * count, load_id, dtype=np.int64))}))
+
+    def _keep_hashes_of_samples_without_rows(self, load_id: int) -> None:
+        """A VCF sample record without a carrier call writes no row, so no provenance holds its hash:
+        ``mercia_record_hash`` does, so that a resend of it is unchanged.  Its row is written with the
+        sample's row without an allele (once per file, first chunk) unless the chunk holds a call of it,
+        and taken back when a later chunk does."""
+        self.store.insert_arrow("mercia_record_hash", _table_from_query(self.con, f"""
+            SELECT ? AS org, source_record, record_hash, {load_id} AS load_id FROM calls s WHERE alt IS NULL
+            AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.source_record = s.source_record AND c.alt IS NOT NULL)""",
+                                                                   [self.org]))
+        if self.after_chunks:
+            self._store_temp("mercia_tmp_records", _table_from_query(
+                self.con, "SELECT DISTINCT source_record FROM calls WHERE alt IS NOT NULL"), "source_record VARCHAR")
+            self.store.execute("DELETE FROM mercia_record_hash WHERE org = ? AND load_id = ? AND source_record IN "
+                               "(SELECT source_record FROM mercia_tmp_records)", [self.org, load_id])
 
     def _insert_domain(self, domain: str) -> None:
         """The events of one domain -> its CDM table (ids after the table's largest), their

@@ -340,7 +340,7 @@ def test_a_sample_that_lost_every_call_loses_its_rows(store, load, tmp_path):
     resent = send("c", "0/0")
     assert (resent.records, resent.loaded, resent.unchanged, resent.changed) == (3, 3, 3, 0)
     assert store.query_one("SELECT count(*) FROM variant_occurrence") == 2
-    assert store.query_one("SELECT count(*) FROM mercia_record_hash") == 3  # one per sample record, replaced when changed
+    assert store.query_one("SELECT count(*) FROM mercia_record_hash") == 2  # P2, P3: a record without a row
 
 
 def test_a_header_over_several_bgzf_blocks_keeps_the_file_s_line_numbers(store, load, tmp_path):
@@ -366,3 +366,26 @@ def test_a_header_over_several_bgzf_blocks_keeps_the_file_s_line_numbers(store, 
         assert store.query_one("SELECT count(*) FROM variant_occurrence") == 0
         assert store.query_one("SELECT reason FROM mercia_reject WHERE load_id = ? AND field = 'file'",
                                [summary.load_id]).startswith(reason)
+
+
+def test_a_sample_s_hash_is_kept_apart_only_while_it_has_no_row(store, load, tmp_path, monkeypatch):
+    """Chunks of one call: P2's only call comes in the last chunk, so the hash its first chunk kept in
+    ``mercia_record_hash`` is taken back (its rows' provenance holds it); P3, without a call, keeps it
+    there, and a resend is unchanged for all three."""
+    import mercia.ingest.vcf as vcf
+
+    monkeypatch.setattr(vcf, "CALLS_PER_CHUNK", 1)
+    monkeypatch.setattr(vcf, "BLOCK_SITES", 1)
+    _phenopackets(tmp_path / "pp", ["P1", "P2", "P3"])
+    load(store, "phenopackets", tmp_path / "pp", "R9G")
+    (tmp_path / "plain.vcf").write_text(HEADER + "".join(
+        f"chr17\t{1000 + i}\t.\tA\tT\t50\tPASS\t.\tGT:DP:GQ\t0/1:20:50\t{'0/1' if i == 3 else '0/0'}:20:50\t0/0:1:1\n"
+        for i in range(4)))
+    assert len(list(vcf.read_vcf_chunks(tmp_path / "plain.vcf"))) == 5
+    first = load(store, "vcf", tmp_path / "plain.vcf", "R9G")
+    assert (first.loaded, store.query_one("SELECT count(*) FROM variant_occurrence")) == (3, 5)
+    kept = store.query("SELECT source_record FROM mercia_record_hash")
+    assert len(kept) == 1 and kept[0][0] not in {r for (r,) in store.query(
+        "SELECT source_record FROM mercia_provenance WHERE cdm_table = 'variant_occurrence'")}
+    again = load(store, "vcf", tmp_path / "plain.vcf", "R9G")
+    assert (again.unchanged, again.changed, store.query_one("SELECT count(*) FROM variant_occurrence")) == (3, 0, 5)
