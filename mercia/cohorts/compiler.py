@@ -1257,7 +1257,7 @@ def _columns_read(query: exp.Expression) -> _Reads:
             reads.tables.add(node.name)
             aliases.setdefault(node.alias_or_name, set()).add(node.name)
         elif isinstance(node, exp.Select) and any(isinstance(p, exp.Star) for p in node.expressions):
-            direct = [node.args.get("from"), *node.args.get("joins", [])]
+            direct = [node.args.get("from_"), *node.args.get("joins", [])]
             reads.whole |= {t.name for d in direct if d is not None and isinstance(t := d.this, exp.Table)}
     for alias in starred:
         reads.whole |= aliases.get(alias, set())
