@@ -1248,17 +1248,18 @@ def _columns_read(query: exp.Expression) -> _Reads:
     aliases: dict[str, set[str]] = {}
     starred: list[str] = []
     for node in nodes_in(query):
-        if isinstance(node, exp.Column):
-            if isinstance(node.this, exp.Star):
+        kind = type(node)  # exact types: this walk runs over every node of every plan compiled
+        if kind is exp.Column:
+            if type(node.this) is exp.Star:
                 starred.append(node.table)
             else:
                 reads.names.add(node.name)
-        elif isinstance(node, exp.Table):
+        elif kind is exp.Table:
             reads.tables.add(node.name)
             aliases.setdefault(node.alias_or_name, set()).add(node.name)
-        elif isinstance(node, exp.Select) and any(isinstance(p, exp.Star) for p in node.expressions):
+        elif kind is exp.Select and any(type(p) is exp.Star for p in node.expressions):
             direct = [node.args.get("from_"), *node.args.get("joins", [])]
-            reads.whole |= {t.name for d in direct if d is not None and isinstance(t := d.this, exp.Table)}
+            reads.whole |= {t.name for d in direct if d is not None and type(t := d.this) is exp.Table}
     for alias in starred:
         reads.whole |= aliases.get(alias, set())
     return reads
