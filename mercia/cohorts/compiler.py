@@ -43,6 +43,7 @@ from mercia.cohorts.sqlexpr import (
     join_of,
     least_date,
     named,
+    nodes_in,
     num,
     over,
     row_number,
@@ -276,12 +277,16 @@ class _Compiler:
             .group_by(col("event_id", "Q"), col("person_id", "Q"), col("start_date", "Q"), copy=False)
         )
 
+    def _expression_limited(self) -> bool:
+        """Whether the expression limit ranks the included events: not after an earlier limit, which already
+        left one event per person (this one would keep it)."""
+        earlier = self._primary_limited() or self._qualified_limited()
+        return self.expr.expression_limit.type != "All" and not earlier
+
     def included_events(self, qualified: str, masks: str | None) -> exp.Query:
         desc = self.expr.expression_limit.type == "Last"
         cols = [c for c in EVENT_COLUMNS if c != "visit_occurrence_id"]
-        # an earlier limit already left one event per person: this one would keep it
-        earlier = self._primary_limited() or self._qualified_limited()
-        limited = self.expr.expression_limit.type != "All" and not earlier
+        limited = self._expression_limited()
         q = exp.select(*[col(c, "Q") for c in cols], *_ordinal("Q", desc, limited), copy=False)
         q = q.from_(table(qualified, "Q"), copy=False)
         if masks is not None:
@@ -742,15 +747,20 @@ class _Compiler:
             plan.steps.append((t("included_events"), self.included_events(t("qualified_events"), t("event_masks"))))
             plan.steps.append((t("best_events"), self.best_events(t("event_masks"))))
             plan.attrition = self.attrition(lambda: table(t("event_masks")), lambda: table(t("best_events")))
+            included = t("included_events")
         else:
-            # no rules: every qualified event passes (mask 0) and a person's best event is any one
-            plan.steps.append((t("included_events"), self.included_events(t("qualified_events"), None)))
+            # no rules: every qualified event passes (mask 0) and a person's best event is any one; without an
+            # expression limit the included events are the qualified ones, read as they are (not copied)
+            included = t("qualified_events")
+            if self._expression_limited():
+                included = t("included_events")
+                plan.steps.append((included, self.included_events(t("qualified_events"), None)))
             events = lambda: exp.select(  # noqa: E731
                 col("person_id"), exp.alias_(num(0), "inclusion_rule_mask", copy=False), copy=False
             ).from_(table(t("qualified_events")), copy=False)
             persons = lambda: events().distinct(copy=False)  # noqa: E731
             plan.attrition = self.attrition(events, persons)
-        plan.steps.append((t("cohort_rows"), self.cohort_ends(t("included_events"))))
+        plan.steps.append((t("cohort_rows"), self.cohort_ends(included)))
         plan.cohort_rows = self.final_rows(t("cohort_rows"))
         return plan
 
@@ -1198,7 +1208,61 @@ def shape_steps(plan: CohortPlan, dialect: str) -> CohortPlan:
     if dialect == "spark":
         lift_materialised_ctes(plan)
         broadcast_codesets(plan)
+    return prune_unread_columns(plan)
+
+
+def prune_unread_columns(plan: CohortPlan) -> CohortPlan:
+    """Leave out of each materialised step the columns that no query reading it names: writing a step is a
+    cost per column (GiBleed x 400, cohort 1073's 12 M qualified events with 4 of their 7 columns: 1.40-1.57 ->
+    1.06-1.11 CPU-s for that statement).  Later steps first, so that what they leave out is not asked of
+    earlier ones.  By name, so a column is kept whenever any reader names it; a step stays whole when a reader
+    takes all of it (``*``), and a DISTINCT step is not touched (its columns decide which rows it keeps)."""
+    reads = [_columns_read(query) for query in plan.queries()]
+    for index in reversed(range(len(plan.steps))):
+        name, query = plan.steps[index]
+        if not isinstance(query, exp.Select) or query.args.get("distinct"):
+            continue
+        readers = [r for i, r in enumerate(reads) if i != index and name in r.tables]
+        if not readers or any(name in r.whole for r in readers):
+            continue
+        named = set().union(*(r.names for r in readers))
+        kept = [p for p in query.expressions if p.alias_or_name in named]
+        if kept and len(kept) < len(query.expressions) and not any(isinstance(p, exp.Star) for p in kept):
+            query.set("expressions", kept)
+            reads[index] = _columns_read(query)
     return plan
+
+
+@dataclass
+class _Reads:
+    """What one query of a plan reads (``_columns_read``): the tables and steps it names, the column names it
+    names, and the tables it takes whole (``alias.*`` on them, or a bare ``*`` in a select that reads them)."""
+
+    tables: set[str]
+    names: set[str]
+    whole: set[str]
+
+
+def _columns_read(query: exp.Expression) -> _Reads:
+    reads = _Reads(set(), set(), set())
+    aliases: dict[str, set[str]] = {}
+    starred: list[str] = []
+    for node in nodes_in(query):
+        kind = type(node)  # exact types: this walk runs over every node of every plan compiled
+        if kind is exp.Column:
+            if type(node.this) is exp.Star:
+                starred.append(node.table)
+            else:
+                reads.names.add(node.name)
+        elif kind is exp.Table:
+            reads.tables.add(node.name)
+            aliases.setdefault(node.alias_or_name, set()).add(node.name)
+        elif kind is exp.Select and any(type(p) is exp.Star for p in node.expressions):
+            direct = [node.args.get("from_"), *node.args.get("joins", [])]
+            reads.whole |= {t.name for d in direct if d is not None and type(t := d.this) is exp.Table}
+    for alias in starred:
+        reads.whole |= aliases.get(alias, set())
+    return reads
 
 
 def broadcast_codesets(plan: CohortPlan) -> CohortPlan:

@@ -7,6 +7,7 @@ dialect renders natively.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 from sqlglot import exp
 
@@ -150,22 +151,25 @@ def union_all(selects: list[exp.Query]) -> exp.Query:
 
 
 def tables_in(*queries: exp.Expression) -> list[exp.Table]:
-    """Every table reference in ``queries``, in no set order: one plain walk of the trees' children
-    (sqlglot's ``find_all`` is a generic breadth-first walk, a third of compiling a batch)."""
-    found: list[exp.Table] = []
+    """Every table reference in ``queries``, in no set order (``nodes_in``)."""
+    return [node for node in nodes_in(*queries) if isinstance(node, exp.Table)]
+
+
+def nodes_in(*queries: exp.Expression) -> Iterator[exp.Expression]:
+    """Every node of ``queries`` in no set order, down to columns, literals and identifiers (yielded, not
+    entered): one plain walk of the trees' children (sqlglot's ``find_all`` is a generic breadth-first walk,
+    a third of compiling a batch)."""
     stack: list[exp.Expression] = list(queries)
     while stack:
         node = stack.pop()
+        yield node
         if isinstance(node, _LEAVES):  # no table below (most of a plan's nodes)
             continue
-        if isinstance(node, exp.Table):
-            found.append(node)
         for value in node.args.values():
             if isinstance(value, exp.Expression):
                 stack.append(value)
             elif isinstance(value, list):
                 stack.extend(v for v in value if isinstance(v, exp.Expression))
-    return found
 
 
 _LEAVES = (exp.Column, exp.Literal, exp.Identifier, exp.DataType, exp.Star)

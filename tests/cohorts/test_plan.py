@@ -7,6 +7,7 @@ import pytest
 
 from mercia.cdm.dialect import TemporaryTable
 from mercia.cohorts import CohortExpression, compile_cohort
+from mercia.cohorts.compiler import EVENT_COLUMNS
 
 
 def _definition(inclusion_rules: bool) -> CohortExpression:
@@ -219,3 +220,54 @@ def test_attrition_counts_are_summed_from_the_mask_rows(dialect):
         "cohort_inclusion_result", "cohort_summary_stats", "cohort_inclusion_stats", "cohort_inclusion"]
     for derived in inserts[1:3]:
         assert "LEFT JOIN cohort_inclusion_result AS R" in derived and "mercia_" not in derived
+
+
+@pytest.mark.parametrize("dialect", ["duckdb", "postgres", "spark"])
+@pytest.mark.parametrize("inclusion_rules", [False, True])
+def test_a_step_keeps_only_the_columns_a_later_query_names(dialect, inclusion_rules):
+    """Writing a step costs per column: without rules nothing after the qualified events asks for their
+    event id, visit or observation start; with a rule, its criteria name all of them."""
+    script = compile_cohort(_definition(inclusion_rules), 7, dialect)
+    qualified = next(s for s in script if getattr(s, "name", None) == "mercia_qualified_events")
+    columns = qualified.query.split(" FROM ", 1)[0].removeprefix("SELECT ").split(", ")
+    if inclusion_rules:
+        assert columns == [f"pe.{c}" for c in EVENT_COLUMNS]
+    else:
+        assert columns == ["pe.person_id", "pe.start_date", "pe.end_date", "pe.op_end_date"]
+
+
+def test_pruning_leaves_a_step_read_whole_or_distinct_as_it_is():
+    from sqlglot import parse_one
+
+    from mercia.cohorts.compiler import CohortPlan, prune_unread_columns
+
+    def plan(*steps: tuple[str, str], rows: str) -> CohortPlan:
+        return CohortPlan(1, [(n, parse_one(q)) for n, q in steps], cohort_rows=parse_one(rows))
+
+    def columns(p: CohortPlan, step: int) -> list[str]:
+        return [c.alias_or_name for c in p.steps[step][1].expressions]
+
+    pruned = prune_unread_columns(plan(("s", "SELECT a, b, c AS d FROM t"), rows="SELECT X.a FROM s AS X"))
+    assert columns(pruned, 0) == ["a"]
+    # later steps first: what a pruned reader no longer names is left out of the step it reads
+    chained = prune_unread_columns(
+        plan(("s", "SELECT a, b FROM t"), ("u", "SELECT S.a, S.b FROM s AS S"), rows="SELECT U.b FROM u AS U")
+    )
+    assert columns(chained, 0) == ["b"] and columns(chained, 1) == ["b"]
+    for rows in ("SELECT X.* FROM s AS X", "SELECT * FROM s", "SELECT X.a FROM (SELECT * FROM s) AS X"):
+        assert columns(prune_unread_columns(plan(("s", "SELECT a, b FROM t"), rows=rows)), 0) == ["a", "b"]
+    distinct = prune_unread_columns(plan(("s", "SELECT DISTINCT a, b FROM t"), rows="SELECT X.a FROM s AS X"))
+    assert columns(distinct, 0) == ["a", "b"]
+
+
+@pytest.mark.parametrize("expression_limit", ["All", "First"])
+def test_included_events_without_rules_or_limit_are_the_qualified_ones(expression_limit):
+    """Drug persistence reads the included events twice (their persons, then each event's era): without
+    rules or an expression limit they are the qualified events, read as they are instead of copied."""
+    expr = _definition(inclusion_rules=False).model_dump(by_alias=True, exclude_none=True)
+    expr["PrimaryCriteria"]["PrimaryCriteriaLimit"] = {"Type": "All"}
+    expr["ExpressionLimit"] = {"Type": expression_limit}
+    expr["EndStrategy"] = {"CustomEra": {"DrugCodesetId": 1, "GapDays": 30, "Offset": 0}}
+    script = compile_cohort(CohortExpression.model_validate(expr), 7)
+    made = [s.name for s in script if isinstance(s, TemporaryTable)]
+    assert ("mercia_included_events" in made) == (expression_limit != "All")
