@@ -1025,7 +1025,8 @@ def build_plan(expr: m.CohortExpression, cohort_id: int, codesets: exp.Query | N
 def render(node: exp.Expression, dialect: str) -> str:
     if dialect not in DIALECTS:
         raise ValueError(f"unknown dialect {dialect!r}; choose one of {', '.join(DIALECTS)}")
-    return _generator_class(dialect)(dialect=_dialect(dialect)).generate(node, copy=False)
+    # no comment pass: a plan's nodes carry none, and asking each node for its comments was ~5% of rendering
+    return _generator_class(dialect)(dialect=_dialect(dialect), comments=False).generate(node, copy=False)
 
 
 @functools.cache
@@ -1043,7 +1044,7 @@ def _generator_class(name: str) -> type[Generator]:
 
 
 class _Remembered:
-    """A mixin for a dialect's generator: a plain column reference (``table.name``) or identifier is
+    """A mixin for a dialect's generator: a plain column reference (``table.name``), identifier or data type is
     rendered by the dialect's own generator the first time, then its text is reused.  They are most of
     a plan's nodes, and rendering each afresh was a quarter of rendering a plan."""
 
@@ -1067,6 +1068,17 @@ class _Remembered:
         text = self._texts.get(key)
         if text is None:
             text = self._texts[key] = super().identifier_sql(expression)
+        return text
+
+    def datatype_sql(self, expression: exp.DataType) -> str:
+        """A plain type (``BIGINT``, ``DATE``: every cast of a plan) by its kind alone; DuckDB's generator
+        builds several types to compare it with each time."""
+        args = expression.args
+        if any(value for name, value in args.items() if name != "this") or expression.comments:
+            return super().datatype_sql(expression)
+        text = self._texts.get(args["this"])
+        if text is None:
+            text = self._texts[args["this"]] = super().datatype_sql(expression)
         return text
 
 
