@@ -114,12 +114,16 @@ def read_results(store: Store, cohorts: list[tuple[int, CohortExpression, float]
     round trip is a fixed cost of every cohort): per row, which of the four tables it comes from,
     then that table's numbers in columns ``a``..``d``.  The rules' tables only when a definition has
     rules (without, they hold nothing the result reports).  The few rows are sorted here: on Spark an
-    ORDER BY is two more jobs (~0.1 CPU-s of each cohort's read-back at GiBleed x20)."""
+    ORDER BY is two more jobs (~0.1 CPU-s of each cohort's read-back at GiBleed x20).  Persons are the
+    groups of (cohort, person) and entries the sum of their rows: less CPU on DuckDB than
+    ``count(DISTINCT subject_id)`` beside ``count(*)`` (GiBleed x 400: 1.40 -> 1.22 ms for cohort 538's
+    1,200 rows, 218-230 -> 181-193 ms for 1073's 11.4 million)."""
     ids = [cid for cid, _, _ in cohorts]
     where = f"WHERE cohort_definition_id IN ({', '.join('?' * len(ids))})"
     parts = [
-        "SELECT 0 AS part, cohort_definition_id AS cid, 0 AS mode_id, count(DISTINCT subject_id) AS a, "
-        f"count(*) AS b, 0 AS c, 0 AS d FROM cohort {where} GROUP BY cohort_definition_id",
+        "SELECT 0 AS part, cid, 0 AS mode_id, count(*) AS a, sum(n) AS b, 0 AS c, 0 AS d FROM (SELECT "
+        f"cohort_definition_id AS cid, count(*) AS n FROM cohort {where} GROUP BY cohort_definition_id, subject_id) "
+        "AS per_person GROUP BY cid",
         "SELECT 1, cohort_definition_id, mode_id, base_count, final_count, 0, 0 FROM cohort_summary_stats " + where,
     ]
     if any(expr.inclusion_rules for _, expr, _ in cohorts):
