@@ -95,6 +95,9 @@ RESULT_TABLES: dict[str, list[tuple[str, str]]] = {
     ],
 }
 
+# The tables a cohort's run replaces its rows in (``clear_statements``).
+CLEARED_TABLES = ("cohort", *RESULT_TABLES)
+
 
 @dataclass
 class CohortPlan:
@@ -1319,13 +1322,10 @@ def lift_materialised_ctes(plan: CohortPlan) -> CohortPlan:
 
 
 def clear_statements(cohort_ids: list[int], dialect: str) -> list[str]:
-    """Delete the earlier rows of these cohorts from ``cohort`` and every attrition table, one
+    """Delete the earlier rows of these cohorts from each of ``CLEARED_TABLES``, in that order, one
     statement per table (a batch clears all its cohorts at once)."""
     ids = exp.In(this=col("cohort_definition_id"), expressions=[num(c) for c in cohort_ids])
-    return [
-        render(exp.Delete(this=table(name), where=exp.Where(this=ids.copy())), dialect)
-        for name in ("cohort", *RESULT_TABLES)
-    ]
+    return [render(exp.Delete(this=table(name), where=exp.Where(this=ids.copy())), dialect) for name in CLEARED_TABLES]
 
 
 def plan_statements(plan: CohortPlan, dialect: str) -> list[str]:

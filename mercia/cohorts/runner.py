@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mercia.cdm import Store, quote
-from mercia.cohorts.compiler import RESULT_TABLES, compile_cohort, compile_cohort_rows, concept_sets_query, render
+from mercia.cohorts.compiler import (
+    CLEARED_TABLES,
+    RESULT_TABLES,
+    clear_statements,
+    compile_cohort,
+    compile_cohort_rows,
+    concept_sets_query,
+    render,
+)
 from mercia.cohorts.model import CohortExpression, ConceptSetExpression
 
 
@@ -79,6 +87,19 @@ def missing_result_tables_ddl(store: Store) -> list[str]:
     return [] if store.tables_exist(["cohort", "cohort_definition", *RESULT_TABLES]) else result_tables_ddl(store)
 
 
+def without_needless_clears(store: Store, statements: list[str], cohort_ids: list[int]) -> list[str]:
+    """``statements`` less the clearing DELETEs (``clear_statements``) of the result tables that hold no row of
+    these cohorts: one query asks all five (DuckDB, cohort 538 at GiBleed x 400: ~0.6 ms, where the five
+    DELETEs were ~1.1-1.4 ms of a ~30 ms cohort; a first run, or a run after the tables were emptied, clears
+    nothing).  Inside the run's transaction, so it sees what the DELETEs would have."""
+    ids = ", ".join(str(int(c)) for c in cohort_ids)
+    holding = " UNION ALL ".join(
+        f"SELECT {i} AS k FROM {quote(t)} WHERE cohort_definition_id IN ({ids})" for i, t in enumerate(CLEARED_TABLES))
+    held = {int(row[0]) for row in store.query(f"SELECT DISTINCT k FROM ({holding}) AS holding")}
+    needless = {clear for i, clear in enumerate(clear_statements(cohort_ids, store.dialect)) if i not in held}
+    return [s for s in statements if s not in needless]
+
+
 def load_expression(path: str | Path) -> CohortExpression:
     return CohortExpression.from_json(Path(path).read_bytes())
 
@@ -89,6 +110,8 @@ def run_cohort(store: Store, expr: CohortExpression, cohort_id: int) -> CohortRe
     began = time.perf_counter()
     ddl = missing_result_tables_ddl(store)
     with store.transaction():
+        if not ddl:  # a table made now holds nothing to clear, nor may a table that was missing be asked
+            statements = without_needless_clears(store, statements, [cohort_id])
         store.execute_script(ddl + statements)
     seconds = time.perf_counter() - began
     return read_result(store, cohort_id, expr, seconds)
