@@ -1358,11 +1358,24 @@ def lift_materialised_ctes(plan: CohortPlan) -> CohortPlan:
     return plan
 
 
+class ClearStatement(str):
+    """A ``DELETE`` of ``clear_statements``, with the ``table`` it clears beside the text (a run leaves out
+    those of tables that hold nothing to clear, ``runner.without_needless_clears``)."""
+
+    table: str
+
+    def __new__(cls, text: str, table: str) -> ClearStatement:
+        statement = super().__new__(cls, text)
+        statement.table = table
+        return statement
+
+
 def clear_statements(cohort_ids: list[int], dialect: str) -> list[str]:
     """Delete the earlier rows of these cohorts from each of ``CLEARED_TABLES``, in that order, one
     statement per table (a batch clears all its cohorts at once)."""
     ids = exp.In(this=col("cohort_definition_id"), expressions=[num(c) for c in cohort_ids])
-    return [render(exp.Delete(this=table(name), where=exp.Where(this=ids.copy())), dialect) for name in CLEARED_TABLES]
+    return [ClearStatement(render(exp.Delete(this=table(name), where=exp.Where(this=ids.copy())), dialect), name)
+            for name in CLEARED_TABLES]
 
 
 def plan_statements(plan: CohortPlan, dialect: str) -> list[str]:

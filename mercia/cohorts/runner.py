@@ -12,7 +12,7 @@ from mercia.cdm import Store, quote
 from mercia.cohorts.compiler import (
     CLEARED_TABLES,
     RESULT_TABLES,
-    clear_statements,
+    ClearStatement,
     compile_cohort,
     compile_cohort_rows,
     concept_sets_query,
@@ -88,16 +88,15 @@ def missing_result_tables_ddl(store: Store) -> list[str]:
 
 
 def without_needless_clears(store: Store, statements: list[str], cohort_ids: list[int]) -> list[str]:
-    """``statements`` less the clearing DELETEs (``clear_statements``) of the result tables that hold no row of
+    """``statements`` less their clearing DELETEs (``ClearStatement``) of the result tables that hold no row of
     these cohorts: one query asks all five (DuckDB, cohort 538 at GiBleed x 400: ~0.6 ms, where the five
     DELETEs were ~1.1-1.4 ms of a ~30 ms cohort; a first run, or a run after the tables were emptied, clears
     nothing).  Inside the run's transaction, so it sees what the DELETEs would have."""
     ids = ", ".join(str(int(c)) for c in cohort_ids)
     holding = " UNION ALL ".join(
         f"SELECT {i} AS k FROM {quote(t)} WHERE cohort_definition_id IN ({ids})" for i, t in enumerate(CLEARED_TABLES))
-    held = {int(row[0]) for row in store.query(f"SELECT DISTINCT k FROM ({holding}) AS holding")}
-    needless = {clear for i, clear in enumerate(clear_statements(cohort_ids, store.dialect)) if i not in held}
-    return [s for s in statements if s not in needless]
+    held = {CLEARED_TABLES[int(row[0])] for row in store.query(f"SELECT DISTINCT k FROM ({holding}) AS holding")}
+    return [s for s in statements if not isinstance(s, ClearStatement) or s.table in held]
 
 
 def load_expression(path: str | Path) -> CohortExpression:
