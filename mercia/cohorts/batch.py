@@ -39,7 +39,7 @@ from mercia.cohorts.compiler import (
     shape_steps,
     write_statements,
 )
-from mercia.cohorts.runner import CohortResult, ensure_result_tables, read_results
+from mercia.cohorts.runner import CohortResult, ensure_result_tables, read_results, without_needless_clears
 from mercia.cohorts.sqlexpr import col, num, table, tables_in
 
 BATCH_CODESETS = f"{PREFIX}batch_codesets"
@@ -130,7 +130,7 @@ def run_batch(store: Store, definitions: Sequence[tuple[int, m.CohortExpression]
         setup, scripts, writes, cleanup = BatchPlan(definitions).statements(store.dialect)
     seconds = []
     with store.transaction():
-        store.execute_script(setup)
+        store.execute_script(without_needless_clears(store, setup, [cid for cid, _ in definitions]))
         for script in scripts:
             began = time.perf_counter()
             store.execute_script(script)

@@ -95,6 +95,9 @@ RESULT_TABLES: dict[str, list[tuple[str, str]]] = {
     ],
 }
 
+# The tables a cohort's run replaces its rows in (``clear_statements``).
+CLEARED_TABLES = ("cohort", *RESULT_TABLES)
+
 
 @dataclass
 class CohortPlan:
@@ -649,13 +652,18 @@ class _Compiler:
                 .group_by(mask, copy=False)
             )
         mask, count = col("inclusion_rule_mask", "R"), col("person_count", "R")
+        if n:
+            base, final = _sum_counts(None, count), _sum_counts(_eq(mask.copy(), num(full)), count)
+        else:
+            # without rules a mode has one mask row at most (0: every event passes), whose count is the base and
+            # the final count: no sums, no GROUP BY (on DuckDB a third of the statement's ~1.5 ms, a fixed cost of
+            # every small cohort)
+            base, final = (exp.cast(coalesce(count.copy(), num(0)), BIGINT, copy=False) for _ in range(2))
         summary = self._per_mode_of_results(
             [(mode,) for mode in (0, 1)],
             ["mode_id"],
-            [
-                exp.alias_(_sum_counts(None, count), "base_count", copy=False),
-                exp.alias_(_sum_counts(_eq(mask.copy(), num(full)), count), "final_count", copy=False),
-            ],
+            [exp.alias_(base, "base_count", copy=False), exp.alias_(final, "final_count", copy=False)],
+            grouped=bool(n),
         )
         out = {"cohort_inclusion_result": union_all(result), "cohort_summary_stats": summary}
         if n:
@@ -682,13 +690,15 @@ class _Compiler:
             )
         return out
 
-    def _per_mode_of_results(self, keys: list[tuple[int, ...]], names: list[str], sums: list[exp.Expression]):
+    def _per_mode_of_results(self, keys: list[tuple[int, ...]], names: list[str], sums: list[exp.Expression],
+                             grouped: bool = True):
         """Per row of ``keys`` (named ``names``, the first ``mode_id``): this cohort's id, the mode, then ``sums``
-        over its ``cohort_inclusion_result`` rows of that mode (``R``; none gives zeros, as a count of no events)."""
+        over its ``cohort_inclusion_result`` rows of that mode (``R``; none gives zeros, as a count of no events).
+        Not ``grouped``: each key meets one row of ``R`` at most, and ``sums`` read that row's columns."""
         cid = exp.cast(num(self.plan.cohort_id), BIGINT, copy=False)
         rows = [exp.Tuple(expressions=[num(v) for v in row]) for row in keys]
         keys_table = exp.values(rows, alias="M", columns=names)
-        return (
+        query = (
             exp.select(
                 exp.alias_(cid, "cohort_definition_id", copy=False),
                 exp.alias_(exp.cast(col("mode_id", "M"), BIGINT, copy=False), "mode_id", copy=False),
@@ -705,8 +715,8 @@ class _Compiler:
                 ),
                 copy=False,
             )
-            .group_by(*[col(name, "M") for name in names], copy=False)
         )
+        return query.group_by(*[col(name, "M") for name in names], copy=False) if grouped else query
 
     def best_events(self, masks: str) -> exp.Query:
         """Circe's 'best event' per person: most rules passed, then the earliest first rule, then
@@ -1025,7 +1035,8 @@ def build_plan(expr: m.CohortExpression, cohort_id: int, codesets: exp.Query | N
 def render(node: exp.Expression, dialect: str) -> str:
     if dialect not in DIALECTS:
         raise ValueError(f"unknown dialect {dialect!r}; choose one of {', '.join(DIALECTS)}")
-    return _generator_class(dialect)(dialect=_dialect(dialect)).generate(node, copy=False)
+    # no comment pass: a plan's nodes carry none, and asking each node for its comments was ~5% of rendering
+    return _generator_class(dialect)(dialect=_dialect(dialect), comments=False).generate(node, copy=False)
 
 
 @functools.cache
@@ -1043,8 +1054,8 @@ def _generator_class(name: str) -> type[Generator]:
 
 
 class _Remembered:
-    """A mixin for a dialect's generator: a plain column reference (``table.name``) or identifier is
-    rendered by the dialect's own generator the first time, then its text is reused.  They are most of
+    """A mixin for a dialect's generator: a plain column reference (``table.name``), table reference, identifier
+    or data type is rendered by the dialect's own generator the first time, then its text is reused.  They are most of
     a plan's nodes, and rendering each afresh was a quarter of rendering a plan."""
 
     _texts: dict[tuple, str]
@@ -1067,6 +1078,31 @@ class _Remembered:
         text = self._texts.get(key)
         if text is None:
             text = self._texts[key] = super().identifier_sql(expression)
+        return text
+
+    def table_sql(self, expression: exp.Table, sep: str = " AS ") -> str:
+        """A table named plainly, with or without a plain alias (``t AS a``)."""
+        args = expression.args
+        this, alias = args["this"], args.get("alias")
+        if (any(v for k, v in args.items() if k not in ("this", "alias")) or sep != " AS " or expression.comments
+                or type(this) is not exp.Identifier or (alias is not None and (
+                    any(v for k, v in alias.args.items() if k != "this") or type(alias.this) is not exp.Identifier))):
+            return super().table_sql(expression, sep)
+        key = ("table", this.this, this.quoted, None if alias is None else (alias.this.this, alias.this.quoted))
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = super().table_sql(expression, sep)
+        return text
+
+    def datatype_sql(self, expression: exp.DataType) -> str:
+        """A plain type (``BIGINT``, ``DATE``: every cast of a plan) by its kind alone; DuckDB's generator
+        builds several types to compare it with each time."""
+        args = expression.args
+        if any(value for name, value in args.items() if name != "this") or expression.comments:
+            return super().datatype_sql(expression)
+        text = self._texts.get(args["this"])
+        if text is None:
+            text = self._texts[args["this"]] = super().datatype_sql(expression)
         return text
 
 
@@ -1180,44 +1216,57 @@ def _drop_unread_steps(plan: CohortPlan) -> None:
     plan.steps = kept[::-1]
 
 
-def inline_single_reads(plan: CohortPlan) -> CohortPlan:
+def inline_single_reads(plan: CohortPlan) -> list[_Reads]:
     """Write each step that is read only once into its reader as a subquery instead of materialising
     it: one statement and one temporary table fewer, and the engine plans the two together.  Steps
     read twice or more (qualified events, masks) stay materialised, and so do the codesets: a few
     rows whose exact size lets the engine push their concepts into the domain scan (inlined, the
-    smallest cohorts took up to a third more CPU on DuckDB)."""
-    reads: dict[str, list[exp.Table]] = {}
-    for node in tables_in(*plan.queries()):
-        reads.setdefault(node.name, []).append(node)
+    smallest cohorts took up to a third more CPU on DuckDB).
+
+    Returns what each query of the plan now reads (``prune_unread_columns`` needs it): every query is
+    walked once, before, and an inlined step's reads are added to its reader's."""
+    reads = [_columns_read(query) for query in plan.queries()]
+    readers: dict[str, list[tuple[int, exp.Table]]] = {}
+    for index, read in enumerate(reads):
+        for node in read.nodes:
+            readers.setdefault(node.name, []).append((index, node))
     kept: list[tuple[str, exp.Query]] = []
-    for name, query in plan.steps:
-        readers = reads.get(name, [])
-        if len(readers) == 1 and name != CODESETS:
-            readers[0].replace(query.subquery(readers[0].alias or name, copy=False))
+    kept_reads: list[_Reads] = []
+    for index, (name, query) in enumerate(plan.steps):
+        found = readers.get(name, [])
+        if len(found) == 1 and name != CODESETS:
+            reader, node = found[0]
+            node.replace(query.subquery(node.alias or name, copy=False))
+            reads[reader].absorb(name, reads[index])
         else:
             kept.append((name, query))
+            kept_reads.append(reads[index])
+    outputs = reads[len(plan.steps):]  # the rows' and the attrition's, after the steps in plan.queries()
     plan.steps = kept
-    return plan
+    return kept_reads + outputs
 
 
 def shape_steps(plan: CohortPlan, dialect: str) -> CohortPlan:
     """The plan's steps as ``dialect`` runs them: steps read once inlined (``inline_single_reads``);
     on Spark, which has no ``MATERIALIZED`` and computes a CTE again for each reference to it, also
     every CTE the plan materialises made a step of its own (``lift_materialised_ctes``)."""
-    inline_single_reads(plan)
+    reads: list[_Reads] | None = inline_single_reads(plan)
     if dialect == "spark":
         lift_materialised_ctes(plan)
         broadcast_codesets(plan)
-    return prune_unread_columns(plan)
+        reads = None  # the lifted CTEs are queries of their own now: read afresh
+    return prune_unread_columns(plan, reads)
 
 
-def prune_unread_columns(plan: CohortPlan) -> CohortPlan:
+def prune_unread_columns(plan: CohortPlan, reads: list[_Reads] | None = None) -> CohortPlan:
     """Leave out of each materialised step the columns that no query reading it names: writing a step is a
     cost per column (GiBleed x 400, cohort 1073's 12 M qualified events with 4 of their 7 columns: 1.40-1.57 ->
     1.06-1.11 CPU-s for that statement).  Later steps first, so that what they leave out is not asked of
     earlier ones.  By name, so a column is kept whenever any reader names it; a step stays whole when a reader
-    takes all of it (``*``), and a DISTINCT step is not touched (its columns decide which rows it keeps)."""
-    reads = [_columns_read(query) for query in plan.queries()]
+    takes all of it (``*``), and a DISTINCT step is not touched (its columns decide which rows it keeps).
+    ``reads``: what each of ``plan.queries()`` reads, when the caller knows it (``inline_single_reads``)."""
+    if reads is None:
+        reads = [_columns_read(query) for query in plan.queries()]
     for index in reversed(range(len(plan.steps))):
         name, query = plan.steps[index]
         if not isinstance(query, exp.Select) or query.args.get("distinct"):
@@ -1236,15 +1285,24 @@ def prune_unread_columns(plan: CohortPlan) -> CohortPlan:
 @dataclass
 class _Reads:
     """What one query of a plan reads (``_columns_read``): the tables and steps it names, the column names it
-    names, and the tables it takes whole (``alias.*`` on them, or a bare ``*`` in a select that reads them)."""
+    names, and the tables it takes whole (``alias.*`` on them, or a bare ``*`` in a select that reads them);
+    ``nodes``, its table references as the walk found them."""
 
     tables: set[str]
     names: set[str]
     whole: set[str]
+    nodes: list[exp.Table]
+
+    def absorb(self, step: str, inlined: _Reads) -> None:
+        """Now that ``step``, read once here, is written in as a subquery: what it reads is read here."""
+        self.tables.discard(step)
+        self.tables |= inlined.tables
+        self.names |= inlined.names
+        self.whole |= inlined.whole
 
 
 def _columns_read(query: exp.Expression) -> _Reads:
-    reads = _Reads(set(), set(), set())
+    reads = _Reads(set(), set(), set(), [])
     aliases: dict[str, set[str]] = {}
     starred: list[str] = []
     for node in nodes_in(query):
@@ -1256,6 +1314,7 @@ def _columns_read(query: exp.Expression) -> _Reads:
                 reads.names.add(node.name)
         elif kind is exp.Table:
             reads.tables.add(node.name)
+            reads.nodes.append(node)
             aliases.setdefault(node.alias_or_name, set()).add(node.name)
         elif kind is exp.Select and any(type(p) is exp.Star for p in node.expressions):
             direct = [node.args.get("from_"), *node.args.get("joins", [])]
@@ -1299,14 +1358,24 @@ def lift_materialised_ctes(plan: CohortPlan) -> CohortPlan:
     return plan
 
 
+class ClearStatement(str):
+    """A ``DELETE`` of ``clear_statements``, with the ``table`` it clears beside the text (a run leaves out
+    those of tables that hold nothing to clear, ``runner.without_needless_clears``)."""
+
+    table: str
+
+    def __new__(cls, text: str, table: str) -> ClearStatement:
+        statement = super().__new__(cls, text)
+        statement.table = table
+        return statement
+
+
 def clear_statements(cohort_ids: list[int], dialect: str) -> list[str]:
-    """Delete the earlier rows of these cohorts from ``cohort`` and every attrition table, one
+    """Delete the earlier rows of these cohorts from each of ``CLEARED_TABLES``, in that order, one
     statement per table (a batch clears all its cohorts at once)."""
     ids = exp.In(this=col("cohort_definition_id"), expressions=[num(c) for c in cohort_ids])
-    return [
-        render(exp.Delete(this=table(name), where=exp.Where(this=ids.copy())), dialect)
-        for name in ("cohort", *RESULT_TABLES)
-    ]
+    return [ClearStatement(render(exp.Delete(this=table(name), where=exp.Where(this=ids.copy())), dialect), name)
+            for name in CLEARED_TABLES]
 
 
 def plan_statements(plan: CohortPlan, dialect: str) -> list[str]:

@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mercia.cdm import Store, quote
-from mercia.cohorts.compiler import RESULT_TABLES, compile_cohort, compile_cohort_rows, concept_sets_query, render
+from mercia.cohorts.compiler import (
+    CLEARED_TABLES,
+    RESULT_TABLES,
+    ClearStatement,
+    compile_cohort,
+    compile_cohort_rows,
+    concept_sets_query,
+    render,
+)
 from mercia.cohorts.model import CohortExpression, ConceptSetExpression
 
 
@@ -79,6 +87,18 @@ def missing_result_tables_ddl(store: Store) -> list[str]:
     return [] if store.tables_exist(["cohort", "cohort_definition", *RESULT_TABLES]) else result_tables_ddl(store)
 
 
+def without_needless_clears(store: Store, statements: list[str], cohort_ids: list[int]) -> list[str]:
+    """``statements`` less their clearing DELETEs (``ClearStatement``) of the result tables that hold no row of
+    these cohorts: one query asks all five (DuckDB, cohort 538 at GiBleed x 400: ~0.6 ms, where the five
+    DELETEs were ~1.1-1.4 ms of a ~30 ms cohort; a first run, or a run after the tables were emptied, clears
+    nothing).  Inside the run's transaction, so it sees what the DELETEs would have."""
+    ids = ", ".join(str(int(c)) for c in cohort_ids)
+    holding = " UNION ALL ".join(
+        f"SELECT {i} AS k FROM {quote(t)} WHERE cohort_definition_id IN ({ids})" for i, t in enumerate(CLEARED_TABLES))
+    held = {CLEARED_TABLES[int(row[0])] for row in store.query(f"SELECT DISTINCT k FROM ({holding}) AS holding")}
+    return [s for s in statements if not isinstance(s, ClearStatement) or s.table in held]
+
+
 def load_expression(path: str | Path) -> CohortExpression:
     return CohortExpression.from_json(Path(path).read_bytes())
 
@@ -89,6 +109,8 @@ def run_cohort(store: Store, expr: CohortExpression, cohort_id: int) -> CohortRe
     began = time.perf_counter()
     ddl = missing_result_tables_ddl(store)
     with store.transaction():
+        if not ddl:  # a table made now holds nothing to clear, nor may a table that was missing be asked
+            statements = without_needless_clears(store, statements, [cohort_id])
         store.execute_script(ddl + statements)
     seconds = time.perf_counter() - began
     return read_result(store, cohort_id, expr, seconds)
@@ -114,12 +136,16 @@ def read_results(store: Store, cohorts: list[tuple[int, CohortExpression, float]
     round trip is a fixed cost of every cohort): per row, which of the four tables it comes from,
     then that table's numbers in columns ``a``..``d``.  The rules' tables only when a definition has
     rules (without, they hold nothing the result reports).  The few rows are sorted here: on Spark an
-    ORDER BY is two more jobs (~0.1 CPU-s of each cohort's read-back at GiBleed x20)."""
+    ORDER BY is two more jobs (~0.1 CPU-s of each cohort's read-back at GiBleed x20).  Persons are the
+    groups of (cohort, person) and entries the sum of their rows: less CPU on DuckDB than
+    ``count(DISTINCT subject_id)`` beside ``count(*)`` (GiBleed x 400: 1.40 -> 1.22 ms for cohort 538's
+    1,200 rows, 218-230 -> 181-193 ms for 1073's 11.4 million)."""
     ids = [cid for cid, _, _ in cohorts]
     where = f"WHERE cohort_definition_id IN ({', '.join('?' * len(ids))})"
     parts = [
-        "SELECT 0 AS part, cohort_definition_id AS cid, 0 AS mode_id, count(DISTINCT subject_id) AS a, "
-        f"count(*) AS b, 0 AS c, 0 AS d FROM cohort {where} GROUP BY cohort_definition_id",
+        "SELECT 0 AS part, cid, 0 AS mode_id, count(*) AS a, sum(n) AS b, 0 AS c, 0 AS d FROM (SELECT "
+        f"cohort_definition_id AS cid, count(*) AS n FROM cohort {where} GROUP BY cohort_definition_id, subject_id) "
+        "AS per_person GROUP BY cid",
         "SELECT 1, cohort_definition_id, mode_id, base_count, final_count, 0, 0 FROM cohort_summary_stats " + where,
     ]
     if any(expr.inclusion_rules for _, expr, _ in cohorts):

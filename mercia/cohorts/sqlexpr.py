@@ -18,8 +18,14 @@ BIGINT = exp.DataType.build("BIGINT")
 
 
 def ident(name: str) -> exp.Identifier:
-    """An identifier, quoted only where it must be (``exp.to_identifier``'s rule)."""
-    return exp.Identifier(this=name, quoted=exp.SAFE_IDENTIFIER_RE.match(name) is None)
+    """An identifier, quoted only where it must be (``exp.to_identifier``'s rule, decided once per name)."""
+    quoted = _QUOTED.get(name)
+    if quoted is None:
+        quoted = _QUOTED[name] = exp.SAFE_IDENTIFIER_RE.match(name) is None
+    return exp.Identifier(this=name, quoted=quoted)
+
+
+_QUOTED: dict[str, bool] = {}
 
 
 def col(name: str, table: str | None = None) -> exp.Column:
@@ -41,7 +47,9 @@ def named(name: str) -> exp.TableAlias:
 
 
 def num(value: float) -> exp.Expression:
-    return exp.Literal.number(value)
+    """A number literal; one not below zero built directly (``Literal.number`` reads its value back to
+    find a sign: a few percent of compiling)."""
+    return exp.Literal(this=str(value), is_string=False) if value >= 0 else exp.Literal.number(value)
 
 
 def text(value: str) -> exp.Literal:

@@ -97,3 +97,20 @@ def test_reference_cohort_on_tables_in_concept_order(cohort_gibleed_optimized, r
     expr = CohortExpression.from_json((reference_dir / "cohorts" / f"{cohort_id}.json").read_bytes())
     result = run_cohort(cohort_gibleed_optimized, expr, cohort_id)
     assert_reference(cohort_gibleed_optimized, expected, expr, result)
+
+
+@pytest.mark.parametrize("cohort_id", [538, 366, 23, 35])  # one event per person, several, several, none
+def test_summary_without_rules_is_the_summary_of_a_rule_every_event_passes(gibleed_engine, reference_dir, cohort_id):
+    """Without rules the summary takes each mode's one mask row as it is (no sums, no GROUP BY); with a rule that
+    every event passes (an empty group) it is summed over the mask rows: both give the same base and final counts,
+    also for a cohort with no events (zeros)."""
+    from mercia.cohorts.model import InclusionRule
+
+    expr = CohortExpression.from_json((reference_dir / "cohorts" / f"{cohort_id}.json").read_bytes())
+    assert not expr.inclusion_rules
+    plain = run_cohort(gibleed_engine, expr, 900_000 + cohort_id)
+    ruled = run_cohort(gibleed_engine, expr.model_copy(update={"inclusion_rules": [InclusionRule(name="every event")]}),
+                       900_001 + cohort_id)
+    assert plain.base_count == plain.final_count == ruled.base_count == ruled.final_count
+    assert (plain.persons, plain.entries) == (ruled.persons, ruled.entries)
+    assert (plain.base_count[1] > 0) == (cohort_id != 35) and plain.base_count[0] >= plain.base_count[1]

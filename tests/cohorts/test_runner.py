@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import date
 
 from mercia.cohorts import builder as cb
-from mercia.cohorts.compiler import RESULT_TABLES
-from mercia.cohorts.runner import missing_result_tables_ddl, run_cohort
+from mercia.cohorts.compiler import RESULT_TABLES, compile_cohort
+from mercia.cohorts.runner import missing_result_tables_ddl, run_cohort, without_needless_clears
 
 DEFINITION = cb.cohort([cb.condition()], rules=[cb.rule("any condition", cb.at_least(1, cb.condition()))])
 
@@ -30,3 +30,25 @@ def test_a_run_remakes_a_result_table_dropped_since_the_last_run(store):
     assert (first.persons, first.entries) == (again.persons, again.entries) == (1, 1)
     assert [(a.rule_sequence, a.person_count) for a in again.attrition] == [(0, 1), (0, 1)]
     assert all(store.table_exists(name) for name in RESULT_TABLES)
+
+
+def test_a_run_clears_only_the_tables_that_hold_its_rows(store):
+    """The DELETEs of a table holding no row of the cohort are left out of its script; the rows an earlier
+    definition under the same id left in every table are still cleared."""
+    _one_person_with_a_condition(store)
+    without_rules = cb.cohort([cb.condition()])
+
+    def cleared(cohort_id: int) -> list[str]:
+        script = compile_cohort(without_rules, cohort_id, store.dialect)
+        with store.transaction():
+            kept = without_needless_clears(store, script, [cohort_id])
+        assert [s for s in kept if not s.startswith("DELETE")] == [s for s in script if not s.startswith("DELETE")]
+        return [s.split()[2] for s in kept if s.startswith("DELETE")]
+
+    run_cohort(store, DEFINITION, 5)   # with a rule: rows in all five tables
+    assert cleared(5) == ["cohort", *RESULT_TABLES] and cleared(6) == []
+    result = run_cohort(store, without_rules, 5)
+    assert (result.persons, result.entries, result.attrition) == (1, 1, [])
+    assert [store.query_one(f"SELECT count(*) FROM {t} WHERE cohort_definition_id = 5") for t in ["cohort", *RESULT_TABLES]] \
+        == [1, 0, 2, 0, 2]
+    assert cleared(5) == ["cohort", "cohort_inclusion_result", "cohort_summary_stats"]
