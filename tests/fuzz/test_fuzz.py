@@ -7,7 +7,7 @@
   subprocess (slow).  In ``make test`` that is a check that each target fuzzes from its seeds without
   a finding, not the search itself: the search is the long run, on demand and after a reader changes,
   ``python -m tests.fuzz.run TARGET --seconds 3600`` (or ``MERCIA_FUZZ_SECONDS=600 pytest -m slow
-  tests/fuzz``).  Any crash it finds becomes a seed in ``corpus/``, which every run replays.
+  tests/fuzz``).  A finding is fixed and kept as a seed in ``corpus/``, which every run replays.
 """
 
 from __future__ import annotations
