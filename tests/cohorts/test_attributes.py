@@ -272,10 +272,9 @@ def test_attributes_without_a_v54_column_are_refused(criterion, message):
 @pytest.mark.slow
 def test_every_attribute_runs_on_spark(spark):
     """All domains at once (one Spark cohort): entry, additional criteria and censoring."""
-    from .conftest import SPEC_TABLES, spark_cohort_rows, spark_register
+    from .conftest import spark_cohort_rows, spark_register_spec_tables
 
-    for name in SPEC_TABLES:
-        spark_register(spark, name, None)
+    spark_register_spec_tables(spark, {})
     expr = cb.cohort(
         entry=EVERYTHING,
         concept_sets=[CS],
