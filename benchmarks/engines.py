@@ -13,7 +13,7 @@ cohort 521, asthma) whose published output is compared with DuckDB's.
 Counted per step and engine: wall seconds, and CPU seconds of this process, its child processes (the
 Spark JVM) and, for PostgreSQL, the server backend of the store's connection (its scheduler account in /proc); the
 1-minute load average before and after each phase (the machine is shared).  That connection runs without
-parallel query workers (processes of their own, outside the count); not counted: other PostgreSQL processes
+parallel query or index-build workers (processes of their own, outside the count); not counted: other PostgreSQL processes
 (autovacuum, the writers).  Writes a fresh ``benchmarks/results/engines-<engines>-<UTC time>.json`` per run.
 
     PYTHONPATH=. .venv/bin/python benchmarks/engines.py --persons 100000 \\
@@ -225,9 +225,10 @@ def open_engine(engine: str, work: Path, args) -> Store:
         return Store(str(work / f"engine-{args.persons}.duckdb"))  # memory cap: MERCIA_DUCKDB_MEMORY_LIMIT
     if engine == "postgres":
         store = Store(args.postgres, schema=f"bench_{args.persons}" if args.stores else f"bench_{uuid.uuid4().hex[:10]}")
-        # A parallel plan's workers are processes of their own, whose CPU the clock (this connection's backend)
-        # would miss: every statement runs in the counted backend, Mercia's and Circe's alike.
+        # A parallel plan's (or index build's) workers are processes of their own, whose CPU the clock (this
+        # connection's backend) would miss: every statement runs in the counted backend, Mercia's and Circe's alike.
         store.execute("SET max_parallel_workers_per_gather = 0")
+        store.execute("SET max_parallel_maintenance_workers = 0")
         return store
     return Store(f"spark://{args.spark_master}?warehouse={work / f'spark-warehouse-{args.persons}'}"
                  f"&partitions={args.partitions}&memory={args.spark_memory}", schema="bench")
@@ -414,7 +415,7 @@ def main() -> None:
                     "spark": {"master": args.spark_master, "driver_memory": args.spark_memory,
                               "shuffle_partitions": args.partitions} if "spark" in engines else None,
                     "counted": "seconds = {wall, cpu}; cpu = this process + its children (Spark's JVM) + the "
-                               "PostgreSQL backend of the store's connection (max_parallel_workers_per_gather = 0 there, so no work "
+                               "PostgreSQL backend of the store's connection (no parallel query or index-build workers there, so no work "
                                "leaves it). load: load_omop_directory of the "
                                "Parquet region (none when a kept store was reused); cohort: run_cohort (compile, "
                                "execute, attrition), rows compared by a checksum the engine computes over them (sum of 60-bit MD5 prefixes of the rows); characterisation: characterise(cohort 521) published output compared with "
