@@ -11,10 +11,10 @@ reaches Python and the benchmark adds nothing to the memory measured), and one c
 cohort 521, asthma) whose published output is compared with DuckDB's.
 
 Counted per step and engine: wall seconds, and CPU seconds of this process, its child processes (the
-Spark JVM) and, for PostgreSQL, the server backend of the store's connection (its scheduler account in /proc); the
-1-minute load average before and after each phase (the machine is shared).  That connection runs without
-parallel query or index-build workers (processes of their own, outside the count); not counted: other PostgreSQL processes
-(autovacuum, the writers).  Writes a fresh ``benchmarks/results/engines-<engines>-<UTC time>.json`` per run.
+Spark JVM) and, for PostgreSQL, the server backend of the store's connection (its scheduler account in
+/proc); the 1-minute load average before and after each phase (the machine is shared).  That connection
+runs without parallel query or index-build workers (processes of their own, outside the count); not
+counted: other PostgreSQL processes (autovacuum, the writers).  Writes a fresh ``benchmarks/results/engines-<engines>-<UTC time>.json`` per run.
 
     PYTHONPATH=. .venv/bin/python benchmarks/engines.py --persons 100000 \\
         [--postgres postgresql://...] [--spark-master local[2]] [--engines duckdb,postgres,spark] \\
@@ -29,9 +29,8 @@ definition that finds persons there (issue 19's per-engine totals):
 With ``--circe`` (GiBleed only) OHDSI's own SQL for each cohort (the PhenotypeLibrary's SQL Server rendering in
 ``../shared/data/ohdsi_reference/circe_sql``, rendered by the shared ``../shared/tools/circe/ohdsi_oracle.py`` and
 translated by sqlglot from T-SQL to the engine's dialect before any clock starts) runs too, alternating with
-Mercia cohort by cohort, into its own ``cohort_circe`` table (indexed as the store's ``cohort``); its rows' checksum
-must equal Mercia's.  Spark SQL
-has no temporary tables: there, as OHDSI's SqlRender does with a ``tempEmulationSchema``, each of the script's
+Mercia cohort by cohort, into its own ``cohort_circe`` table (indexed as the store's ``cohort``); its rows'
+checksum must equal Mercia's.  Spark SQL has no temporary tables: there, as OHDSI's SqlRender does with a ``tempEmulationSchema``, each of the script's
 temporary tables is a Parquet table in a scratch schema (here the statistics' schema, names prefixed ``tmp_``).
 
 Engines may also run side by side, one process each (``--engines spark`` …), then
@@ -415,8 +414,8 @@ def main() -> None:
                     "spark": {"master": args.spark_master, "driver_memory": args.spark_memory,
                               "shuffle_partitions": args.partitions} if "spark" in engines else None,
                     "counted": "seconds = {wall, cpu}; cpu = this process + its children (Spark's JVM) + the "
-                               "PostgreSQL backend of the store's connection (no parallel query or index-build workers there, so no work "
-                               "leaves it). load: load_omop_directory of the "
+                               "PostgreSQL backend of the store's connection (no parallel query or index-build "
+                               "workers there, so no work leaves it). load: load_omop_directory of the "
                                "Parquet region (none when a kept store was reused); cohort: run_cohort (compile, "
                                "execute, attrition), rows compared by a checksum the engine computes over them (sum of 60-bit MD5 prefixes of the rows); characterisation: characterise(cohort 521) published output compared with "
                                "DuckDB's. Load averages are 1-minute, before/after each phase. peak_rss_mb_cohorts: VmHWM "
