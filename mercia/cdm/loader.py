@@ -347,7 +347,8 @@ def load_omop_files(store: Store, files: dict[str, Path], report: LoadReport | N
                     store.execute(f"DROP TABLE IF EXISTS {quote(cache)}")
             for plan in plans:
                 store.truncate(plan.table.name)
-                _load_plan(store, con, plan)
+                with store.indexes_deferred(plan.table.name):
+                    _load_plan(store, con, plan)
                 report.files.append(plan.report)
     finally:
         con.close()

@@ -478,6 +478,12 @@ class Store(ABC):
         """Remove every row of ``table`` (inside the current transaction, if any)."""
         self.execute(f"DELETE FROM {quote(table)}")
 
+    @contextmanager
+    def indexes_deferred(self, table: str) -> Iterator[None]:
+        """For a block that fills an emptied ``table``: its indexes built once after it, where an engine
+        keeps any (``wants_indexes``)."""
+        yield
+
     # -- bulk ------------------------------------------------------------------------------
     def insert_arrow(self, table: str, data: pa.Table | pa.RecordBatchReader) -> int:
         """Append an Arrow table by column name through the engine's bulk path; returns rows."""

@@ -87,6 +87,25 @@ def test_loading_the_same_directory_twice_replaces(store, tmp_path):
     assert store.table_counts(["person"]) == {"person": 2}
 
 
+def index_definitions(store) -> list[str]:
+    if store.dialect != "postgres":
+        return []
+    return [r[0] for r in store.query("SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+                                      "ORDER BY indexname")]
+
+
+def test_a_load_builds_the_indexes_it_set_aside(store, tmp_path):
+    """PostgreSQL: the filled tables' indexes are dropped for the load and made again after it."""
+    before = index_definitions(store)
+    d = tmp_path / "cdm"
+    person_csv(d, ["1,8507,1970,,,,0,0", "2,8532,1980,,,,0,0"])
+    load_omop_directory(store, d)
+    assert index_definitions(store) == before
+    if store.dialect == "postgres":
+        assert any("idx_person_person_id" in definition for definition in before)
+        assert store.query("SELECT person_id FROM person WHERE person_id = 2") == [(2,)]
+
+
 def test_only_tables_with_files_are_replaced(store, tmp_path):
     person_csv(tmp_path / "a", ["1,8507,1970,,,,0,0"])
     load_omop_directory(store, tmp_path / "a")
@@ -168,9 +187,10 @@ def loaded(store, tmp_path):
 
 
 def bad_load(store, directory: Path, *fragments: str) -> LoadError:
-    before = store.table_counts()
+    before, indexes = store.table_counts(), index_definitions(store)
     with pytest.raises(LoadError) as caught:
         load_omop_directory(store, directory)
+    assert index_definitions(store) == indexes  # the failed load's dropped indexes come back with its rollback
     message = str(caught.value)
     for fragment in fragments:
         assert fragment in message, message

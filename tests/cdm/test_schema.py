@@ -53,6 +53,11 @@ def test_postgres_has_the_indexes_duckdb_does_without(store):
     indexed = {r[0] for r in store.query("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
     assert {"idx_person_person_id", "idx_concept_ancestor_ancestor_concept_id",
             "idx_concept_relationship_concept_id_1", "idx_condition_occurrence_person_id"} <= indexed
+    # each domain table's own concept, which a cohort's criteria select
+    assert {"idx_condition_occurrence_condition_concept_id", "idx_drug_exposure_drug_concept_id",
+            "idx_measurement_measurement_concept_id", "idx_visit_occurrence_visit_concept_id",
+            "idx_drug_era_drug_concept_id"} <= indexed
+    assert not {name for name in indexed if name.endswith(("_source_concept_id", "_type_concept_id"))}
 
 
 def test_primary_keys_can_be_enforced(empty_store):
