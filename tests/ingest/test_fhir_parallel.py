@@ -105,23 +105,6 @@ def test_workers_started_early_are_taken_by_the_read_and_the_rest_dismissed(shar
     assert staged.events.table().equals(read_fhir(folder, processes=1).events.table())
 
 
-def test_a_command_that_fails_before_reading_leaves_no_early_worker(shared_data, tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from mercia.cli import app
-
-    launched = []
-    monkeypatch.setattr(fhir_worker, "launch", lambda: launched.append(launch()) or launched[-1])
-    monkeypatch.setenv(PROCESSES_ENV, "2")
-    monkeypatch.delenv("MERCIA_PSEUDONYM_KEY", raising=False)
-    monkeypatch.delenv("MERCIA_PSEUDONYM_KEY_FILE", raising=False)
-    result = CliRunner().invoke(app, ["ingest", "fhir", str(shared_data / "fhir/synthea_small/ndjson"),
-                                      "--org", "RX1", "--db", str(tmp_path / "cdm.duckdb")])
-    assert "no pseudonymisation key" in str(result.exception)
-    assert len(launched) == 1 and launched[0].wait(5) == 0
-    assert fhir_worker.take_early() is None
-
-
 def test_no_early_worker_for_a_small_extract(tmp_path, monkeypatch):
     monkeypatch.delenv(PROCESSES_ENV, raising=False)
     monkeypatch.setattr(fhir_worker, "launch", lambda: pytest.fail("a worker was started for 10 bytes"))
