@@ -94,7 +94,7 @@ def fhir_end_to_end(folder: Path, workdir: Path) -> tuple[dict, Path]:
 
 def fhir_one_process(folder: Path, workdir: Path) -> dict:
     """The same end-to-end run with the files read in the load's own process (MERCIA_INGEST_PROCESSES=1)."""
-    from mercia.ingest.fhir_worker import PROCESSES_ENV
+    from mercia.ingest.fhir import PROCESSES_ENV
 
     os.environ[PROCESSES_ENV] = "1"
     try:

@@ -10,7 +10,6 @@ from pathlib import Path
 import typer
 
 from mercia.cdm.cli import DbOption
-from mercia.ingest.fhir_worker import dismiss_early, start_early
 
 app = typer.Typer(help="Load NHS extracts into the pseudonymised, linked CDM.", no_args_is_help=True)
 
@@ -107,12 +106,7 @@ def _command(kind: str, needs_mapping: bool = False):
                                      "collection_date)")
         if remove_technical_variation and kind != "nmr":
             raise typer.BadParameter("--remove-technical-variation applies to nmr panels only")
-        if kind == "fhir":  # its reading workers import while this process does
-            start_early(path)
-        try:
-            _run(kind, path, org, db, mapping, opt_out, as_json, manifest, reid_db, remove_technical_variation)
-        finally:  # a load that failed before reading leaves none waiting
-            dismiss_early()
+        _run(kind, path, org, db, mapping, opt_out, as_json, manifest, reid_db, remove_technical_variation)
     command.__doc__ = f"Load a {kind} extract for one organisation (one transaction; resends are idempotent)."
     return command
 

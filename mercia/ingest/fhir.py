@@ -10,9 +10,11 @@ Patients read in the same load, or later against the pseudonymised NHS number.
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -25,7 +27,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from isal import igzip
 
-from mercia.ingest.fhir_worker import dismiss_early, launch, processes_for, take_early
 from mercia.ingest.staging import EVENT_SCHEMA, STAGED_TABLES, Columns, Staged, content_hash
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
@@ -348,11 +349,23 @@ WORKER_SECONDS_PER_MB = 30.0
 # What starts each answer of a reading worker on its stdout, before the answer's length (8 bytes): anything
 # else there (a stray write to the worker's stdout) fails the read at once instead of being taken for a length.
 WORKER_ANSWER = b"MERCIA\x00A"
+# Processes reading a load's files: ``MERCIA_INGEST_PROCESSES`` (1 reads in the load's own process), else one
+# per CPU with at least MIN_BYTES_PER_PROCESS of files each (starting a worker costs ~0.2 CPU-s of imports).
+PROCESSES_ENV = "MERCIA_INGEST_PROCESSES"
+MIN_BYTES_PER_PROCESS = 4 * 2**20
 
 
 def reading_processes(files: list[Path]) -> int:
-    """How many processes read ``files`` (see ``fhir_worker.PROCESSES_ENV``)."""
-    return processes_for(sum(file.stat().st_size for file in files))
+    """How many processes read ``files`` (see PROCESSES_ENV)."""
+    setting = os.environ.get(PROCESSES_ENV)
+    if setting is None:
+        size = sum(file.stat().st_size for file in files)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(cpus, size // MIN_BYTES_PER_PROCESS))
+    if not setting.isdigit() or int(setting) < 1:
+        raise ValueError(f"{PROCESSES_ENV} must be a whole number of processes (1 reads in the load's own "
+                         f"process), got {setting!r}")
+    return int(setting)
 
 
 @dataclass
@@ -1082,7 +1095,9 @@ class _Worker:
 def _read_in_processes(extract: str, extract_date: str | None, files: list[tuple[int, Path]], resource_files: int,
                        processes: int) -> list[FileRead]:
     """The files as units of work (``_units``) read by this process and ``processes - 1`` worker processes,
-    each taking the next unit when free (``fhir_worker.launch``, or those a command-line load started early)."""
+    each taking the next unit when free.  Workers are new interpreters rather than forks (the parent holds
+    DuckDB's threads, which a forked child must not inherit) started as a module, so a caller's own script
+    is never re-imported."""
     queue, lock = deque(_units(files, resource_files, max(1, processes))), threading.Lock()
 
     def take() -> Unit | None:
@@ -1103,18 +1118,19 @@ def _read_in_processes(extract: str, extract_date: str | None, files: list[tuple
             if worker.process.poll() is None:
                 worker.process.kill()
                 worker.process.wait()
-        dismiss_early()
     return sorted(parts, key=lambda part: (part.index, part.piece))
 
 
 def _start_worker(header: tuple) -> subprocess.Popen:
-    """A reading worker (one started early if there is one) told ``header`` (extract, extract date, number of
-    resource files) on its first stdin line; it then reads one unit per line and answers each on stdout."""
-    worker = take_early() or launch()
-    try:
-        worker.stdin.write(orjson.dumps(list(header)) + b"\n")
-    except BrokenPipeError:  # an early worker that has already failed: reported with its stderr by ``result``
-        pass
+    """A reading worker told ``header`` (extract, extract date, number of resource files) on its first stdin
+    line; it then reads one unit per line and answers each on stdout."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    # -P: the working directory is not put first on sys.path, where a ``mercia`` folder in it (another
+    # checkout) would be imported instead of this package
+    worker = subprocess.Popen([sys.executable, "-P", "-m", "mercia.ingest.fhir_worker"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    worker.stdin.write(orjson.dumps(list(header)) + b"\n")
     return worker
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import subprocess
 import sys
@@ -13,9 +12,8 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from mercia.ingest import fhir, fhir_worker
-from mercia.ingest.fhir import read_fhir, reading_processes
-from mercia.ingest.fhir_worker import MIN_BYTES_PER_PROCESS, PROCESSES_ENV, launch
+from mercia.ingest import fhir
+from mercia.ingest.fhir import PROCESSES_ENV, read_fhir, reading_processes
 from tests.ingest.conftest import take_snapshot
 
 
@@ -76,42 +74,16 @@ def test_worker_processes_stage_and_load_the_same_rows_as_one_process(store, sto
 def test_processes_setting(monkeypatch, tmp_path):
     small, big = tmp_path / "small.ndjson", tmp_path / "big.ndjson"
     small.write_bytes(b"x" * 10)
-    big.write_bytes(b"x" * (2 * MIN_BYTES_PER_PROCESS))
+    big.write_bytes(b"x" * (2 * fhir.MIN_BYTES_PER_PROCESS))
     monkeypatch.delenv(PROCESSES_ENV, raising=False)
     assert reading_processes([small, small]) == 1  # too little to read for a worker to pay
-    assert reading_processes([big, big]) == min(4, len(os.sched_getaffinity(0)))
+    assert reading_processes([big, big]) == min(4, len(fhir.os.sched_getaffinity(0)))
     monkeypatch.setenv(PROCESSES_ENV, "3")
     assert reading_processes([small]) == 3
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv(PROCESSES_ENV, bad)
         with pytest.raises(ValueError, match=f"{PROCESSES_ENV} must be a whole number of processes"):
             reading_processes([small])
-
-
-def test_workers_started_early_are_taken_by_the_read_and_the_rest_dismissed(shared_data, tmp_path, monkeypatch):
-    """A command-line load starts its workers before its own imports: the read takes them rather than
-    starting its own, and reads the same rows; workers it did not need end quietly, none left behind."""
-    folder = _export(shared_data, tmp_path)
-    launched = []
-    monkeypatch.setattr(fhir_worker, "launch", lambda: launched.append(launch()) or launched[-1])
-    monkeypatch.setattr(fhir, "launch", fhir_worker.launch)
-    monkeypatch.setenv(PROCESSES_ENV, "3")
-    fhir_worker.start_early(folder)
-    assert len(launched) == 2
-    staged = read_fhir(folder, processes=2)
-    assert len(launched) == 2  # one taken, none started by the read
-    assert [worker.wait(5) for worker in launched] == [0, 0]  # the one not needed ended before its header
-    assert fhir_worker.take_early() is None
-    assert staged.events.table().equals(read_fhir(folder, processes=1).events.table())
-
-
-def test_no_early_worker_for_a_small_extract(tmp_path, monkeypatch):
-    monkeypatch.delenv(PROCESSES_ENV, raising=False)
-    monkeypatch.setattr(fhir_worker, "launch", lambda: pytest.fail("a worker was started for 10 bytes"))
-    (tmp_path / "Patient.ndjson").write_bytes(b"x" * 10)
-    fhir_worker.start_early(tmp_path)
-    fhir_worker.start_early(tmp_path / "Patient.ndjson")
-    assert fhir_worker.take_early() is None
 
 
 def test_a_failing_worker_fails_the_read(shared_data, tmp_path, monkeypatch):
