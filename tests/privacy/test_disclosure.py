@@ -260,3 +260,19 @@ def test_no_partition_ever_reveals_a_small_count_directly_or_through_its_total(c
             assert r["percent"] is None
         elif out.population:
             assert math.isclose(r["percent"], 100 * r["count_persons"] / out.population)
+
+
+def test_poisson_interval_is_garwoods_chi_squared_interval():
+    """The exact interval from the incomplete gamma function equals the textbook chi-squared form (Garwood
+    1936) for whole and fractional counts and other confidence levels; a count of 0 has lower limit 0."""
+    from scipy.stats import chi2
+
+    from mercia.privacy.disclosure import poisson_interval
+
+    for events in [*range(0, 300), 0.5, 2.5, 17.25, 1e4, 1e6]:
+        for alpha in (0.05, 0.01, 0.1):
+            lower, upper = poisson_interval(events, alpha)
+            expected_lower = 0.0 if events == 0 else chi2.ppf(alpha / 2, 2 * events) / 2
+            assert lower == pytest.approx(expected_lower, rel=1e-12, abs=1e-300)
+            assert upper == pytest.approx(chi2.ppf(1 - alpha / 2, 2 * events + 2) / 2, rel=1e-12)
+    assert poisson_interval(10) == pytest.approx((4.795389, 18.390356), abs=1e-6)  # published 95% limits for 10
