@@ -14,7 +14,8 @@ Counted per step and engine: wall seconds, and CPU seconds of this process, its 
 Spark JVM) and, for PostgreSQL, the server backend of the store's connection (its scheduler account in
 /proc); the 1-minute load average before and after each phase (the machine is shared).  That connection
 runs without parallel query or index-build workers (processes of their own, outside the count); not
-counted: other PostgreSQL processes (autovacuum, the writers).  Writes a fresh ``benchmarks/results/engines-<engines>-<UTC time>.json`` per run.
+counted: other PostgreSQL processes (autovacuum, the writers).  Writes a fresh
+``benchmarks/results/engines-<engines>-<UTC time>.json`` per run.
 
     PYTHONPATH=. .venv/bin/python benchmarks/engines.py --persons 100000 \\
         [--postgres postgresql://...] [--spark-master local[2]] [--engines duckdb,postgres,spark] \\
@@ -30,8 +31,8 @@ With ``--circe`` (GiBleed only) OHDSI's own SQL for each cohort (the PhenotypeLi
 ``../shared/data/ohdsi_reference/circe_sql``, rendered by the shared ``../shared/tools/circe/ohdsi_oracle.py`` and
 translated by sqlglot from T-SQL to the engine's dialect before any clock starts) runs too, alternating with
 Mercia cohort by cohort, into its own ``cohort_circe`` table (indexed as the store's ``cohort``); its rows'
-checksum must equal Mercia's.  Spark SQL has no temporary tables: there, as OHDSI's SqlRender does with a ``tempEmulationSchema``, each of the script's
-temporary tables is a Parquet table in a scratch schema (here the statistics' schema, names prefixed ``tmp_``).
+checksum must equal Mercia's.  Spark SQL has no temporary tables: there, as OHDSI's SqlRender does with a
+``tempEmulationSchema``, each of the script's temporary tables is a Parquet table in a scratch schema (here the statistics' schema, names prefixed ``tmp_``).
 
 Engines may also run side by side, one process each (``--engines spark`` …), then
 ``--compare A.json B.json C.json`` checks that their rows are identical.  The JSON is rewritten after

@@ -19,13 +19,12 @@ BIGINT = exp.DataType.build("BIGINT")
 
 def ident(name: str) -> exp.Identifier:
     """An identifier, quoted only where it must be (``exp.to_identifier``'s rule, decided once per name)."""
-    quoted = _QUOTED.get(name)
-    if quoted is None:
-        quoted = _QUOTED[name] = exp.SAFE_IDENTIFIER_RE.match(name) is None
-    return exp.Identifier(this=name, quoted=quoted)
+    return exp.Identifier(this=name, quoted=_needs_quotes(name))
 
 
-_QUOTED: dict[str, bool] = {}
+@functools.cache
+def _needs_quotes(name: str) -> bool:
+    return exp.SAFE_IDENTIFIER_RE.match(name) is None
 
 
 def col(name: str, table: str | None = None) -> exp.Column:

@@ -115,10 +115,14 @@ def spark_register_spec_tables(store: Store, tables: dict[str, pa.Table]) -> Non
     for name in SPEC_TABLES:
         data = tables.get(name)
         wanted = data if data is not None and data.num_rows else None
-        if name in held and (held[name] is None if wanted is None else held[name] is not None and held[name].equals(wanted)):
+        if name in held and _same_rows(held[name], wanted):
             continue
         spark_register(store, name, wanted)
         held[name] = wanted
+
+
+def _same_rows(held: pa.Table | None, wanted: pa.Table | None) -> bool:
+    return held is wanted is None or (held is not None and wanted is not None and held.equals(wanted))
 
 
 def spark_cohort_rows(store: Store, expr: CohortExpression, cohort_id: int = 1) -> list[tuple]:
