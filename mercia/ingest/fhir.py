@@ -1130,8 +1130,24 @@ def _start_worker(header: tuple) -> subprocess.Popen:
     # checkout) would be imported instead of this package
     worker = subprocess.Popen([sys.executable, "-P", "-m", "mercia.ingest.fhir_worker"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    _widen_pipe(worker.stdout.fileno())
     worker.stdin.write(orjson.dumps(list(header)) + b"\n")
     return worker
+
+
+def _widen_pipe(fd: int) -> None:
+    """The answers pipe as large as the system allows (``/proc/sys/fs/pipe-max-size``, 1 MiB by default).
+    An answer is up to ~22 MB (synthea_medium's Observation piece), taken by a thread of the load's process
+    while its main thread reads a unit of its own: after every pipe's worth the thread waits for the GIL (up
+    to the 5 ms switch interval) while the worker, its pipe full, waits for it.  With the default 64 KiB pipe
+    the worker stood idle for up to ~0.4 s of a 2.4 s read; widened, synthea_medium reads in ~0.3 s less
+    (5 alternating runs).  Where the size cannot be set (not Linux, a lower limit) the pipe stays as it is."""
+    try:
+        import fcntl
+        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, limit)
+    except (ImportError, AttributeError, OSError, ValueError):
+        pass
 
 
 def _entered_in_error(res: dict) -> bool:

@@ -186,3 +186,19 @@ def test_a_worker_task_longer_than_an_argument_may_be(tmp_path):
     one, two = read_fhir(folder, processes=1), read_fhir(folder, processes=2)
     assert one.read == two.read == 1200
     assert one.persons.table().equals(two.persons.table())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe sizes are set through Linux's fcntl")
+def test_a_workers_answers_pipe_is_as_large_as_the_system_allows():
+    """Answers of many MB through the default 64 KiB pipe kept a worker waiting on the load process's GIL
+    once per 64 KiB; the pipe is widened to the system's limit."""
+    import fcntl
+    from pathlib import Path
+
+    worker = fhir._start_worker(("x", None, 0))
+    try:
+        size = fcntl.fcntl(worker.stdout.fileno(), fcntl.F_GETPIPE_SZ)
+        assert size == int(Path("/proc/sys/fs/pipe-max-size").read_text()) > 64 * 1024
+    finally:
+        worker.kill()
+        worker.wait()
