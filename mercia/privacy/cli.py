@@ -30,3 +30,22 @@ def purge(opt_out: Path = typer.Option(..., "--opt-out", exists=True, help="NHS 
         record_cli_write(store, "privacy.purge", "opt-out", listed=len(numbers), removed=deleted)
     Console().print(f"{len(numbers)} NHS numbers on the list; rows removed: "
                     + (", ".join(f"{t} {n}" for t, n in sorted(deleted.items())) or "none"))
+
+
+@app.command()
+def readmit(opt_in: Path = typer.Option(..., "--opt-in", exists=True, help="NHS numbers, one per line"),
+            db: DbOption = None) -> None:
+    """Take people who opted back in off the stored opt-out list: later loads store them again."""
+    from rich.console import Console
+
+    from mercia.cdm import Store
+    from mercia.governance.audit import record_cli_write
+    from mercia.privacy.optout import read_opt_out_file
+    from mercia.privacy.optout import readmit as readmit_people
+    from mercia.privacy.pseudonym import Pseudonymiser, load_key
+
+    numbers = read_opt_out_file(opt_in)
+    with Store.open(db) as store:
+        readmitted = readmit_people(store, numbers, Pseudonymiser(load_key()))
+        record_cli_write(store, "privacy.readmit", "opt-out", listed=len(numbers), readmitted=readmitted)
+    Console().print(f"{len(numbers)} NHS numbers on the list; {readmitted} taken off the stored opt-out list")

@@ -96,8 +96,9 @@ def test_purge_leaves_nothing_of_the_person_s_records_and_a_resend_is_withheld(s
 
     # sent again (the list not given this time): the leaver's records are withheld, nothing of them stored,
     # also from an extract that refers to them by their local id only (no Patient resource in it)
-    again = ingest(store, "fhir", extract, GP, options=options)
+    again = ingest_with_tokens(store, "fhir", extract, GP, options, NETWORK_KEY)
     assert (again.withheld, again.rejected, again.unchanged) == (5, 1, 4)
+    assert store.query_one("SELECT count(*) FROM mercia_network_token WHERE source_pseudonym = ?", [b_pseudonym]) == 0
     later = ingest(store, "fhir", write_ndjson(tmp_path / "later", resources(*LEAVES)[1:3]), GP, options=options)
     assert (later.withheld, later.rejected, later.loaded) == (2, 0, 0)
     assert named(store, leaves | record_keys(options, GP, ["Encounter/e-b", "Condition/c-b"])) == \
@@ -156,3 +157,30 @@ def test_a_vcf_sample_without_rows_leaves_no_hash_and_is_loaded_again_after_read
     back = ingest(store, "vcf", vcf, "R9G", options=options)
     assert (back.loaded, back.unchanged, back.withheld) == (3, 2, 0)  # P3's sample loaded anew, not unchanged
     assert store.query_one("SELECT count(*) FROM mercia_record_hash") == 1
+
+
+def test_readmission_from_the_command_line_is_audited_without_nhs_numbers(options, tmp_path):
+    from typer.testing import CliRunner
+
+    from mercia.cdm import Store
+    from mercia.cli import app
+    from mercia.governance import Governance
+
+    db = str(tmp_path / "readmit.duckdb")
+    with Store(db) as store:
+        ingest(store, "fhir", write_ndjson(tmp_path / "gp", resources(*LEAVES)), GP, options=options)
+    listed = tmp_path / "people.txt"
+    listed.write_text(f"{LEAVES[1]}\n")
+    for command, option in (("purge", "--opt-out"), ("readmit", "--opt-in")):
+        result = CliRunner().invoke(app, ["privacy", command, option, str(listed), "--db", db])
+        assert result.exit_code == 0, result.output
+    assert "1 taken off the stored opt-out list" in result.output
+    with Store(db) as store:
+        assert store.query_one("SELECT count(*) FROM mercia_opt_out") == 0
+        assert store.query_one("SELECT count(*) FROM mercia_opt_out_source") == 0
+        gov = Governance(store)
+        [purged] = gov.audit.search(action="privacy.purge")
+        [readmitted] = gov.audit.search(action="privacy.readmit")
+        assert purged["detail"]["removed"]["person"] == 1 and readmitted["detail"]["readmitted"] == 1
+        assert LEAVES[1] not in str(purged) + str(readmitted)
+        assert gov.audit.verify().ok
