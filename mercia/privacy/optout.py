@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from mercia.cdm import Store, quote
-from mercia.cdm.extensions import ensure_extension_tables, person_tables
+from mercia.cdm.extensions import PERSON_NAMED_RECORD_TABLES, ensure_extension_tables, person_tables
 from mercia.privacy.nhs import normalise_nhs_numbers
 from mercia.privacy.pseudonym import Pseudonymiser
 
@@ -23,10 +23,7 @@ OPT_OUT_SOURCE_DDL = """CREATE TABLE IF NOT EXISTS mercia_opt_out_source (
     nhs_pseudonym VARCHAR NOT NULL, org VARCHAR NOT NULL, source_pseudonym VARCHAR NOT NULL)"""
 # The tables that name a source record (organisation, pseudonymised record key): what the store keeps
 # about a record besides its rows.  A purge deletes the rows of each that name one of the person's records.
-RECORD_TABLES = ("mercia_provenance", "mercia_record_version", "mercia_record_hash", "mercia_reject")
-# Of those, the ones that also say whose record it is (for a record that wrote no row: a VCF sample
-# without a call, a record rejected after its subject was known).
-PERSON_NAMED_TABLES = ("mercia_record_hash", "mercia_reject")
+RECORD_TABLES = ("mercia_provenance", "mercia_record_version", *PERSON_NAMED_RECORD_TABLES)
 
 
 def read_opt_out_file(path: Path | str) -> frozenset[str]:
@@ -96,7 +93,7 @@ def purge(store: Store, nhs_numbers: frozenset[str], pseudonymiser: Pseudonymise
         # the person's records: those with a row of theirs, and those without a row that say whose they are
         store.execute("""INSERT INTO mercia_tmp_purge_records SELECT DISTINCT org, source_record FROM mercia_provenance
                          WHERE (cdm_table, row_id) IN (SELECT cdm_table, row_id FROM mercia_tmp_purge_rows)""")
-        for table in PERSON_NAMED_TABLES:
+        for table in PERSON_NAMED_RECORD_TABLES:
             store.execute(f"""INSERT INTO mercia_tmp_purge_records SELECT DISTINCT org, source_record FROM {table}
                               WHERE person_id IN {doomed} AND source_record IS NOT NULL""")
         for table, pk in [*tables.items(), ("cost", "cost_id")]:
@@ -106,7 +103,7 @@ def purge(store: Store, nhs_numbers: frozenset[str], pseudonymiser: Pseudonymise
             store.execute(f"DELETE FROM cohort WHERE subject_id IN {doomed}")
         for table in RECORD_TABLES:
             delete(table, "(org, source_record) IN (SELECT org, source_record FROM mercia_tmp_purge_records)")
-        for table in PERSON_NAMED_TABLES:
+        for table in PERSON_NAMED_RECORD_TABLES:
             delete(table, f"person_id IN {doomed}")
         links = f"(SELECT org, source_pseudonym FROM mercia_person_link WHERE person_id IN {doomed})"
         # their local ids, kept as pseudonyms with the list: a later extract naming them withholds them

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from mercia.federation.cli import ingest_with_tokens
 from mercia.ingest.service import ingest
+from mercia.linkage.probabilistic import merge_persons
 from mercia.privacy.optout import purge, readmit
 from tests.ingest.test_vcf import HEADER
 
@@ -118,6 +119,24 @@ def test_after_readmission_a_resend_loads_even_an_older_version(store, options, 
     assert store.query("SELECT condition_start_date FROM condition_occurrence ORDER BY 1") == store.query(
         "SELECT DATE '2019-06-01' UNION ALL SELECT DATE '2020-01-01' ORDER BY 1")
     assert store.query_one("SELECT count(*) FROM person") == 2
+
+
+def test_a_reject_follows_its_person_through_linkage_to_the_purge(store, options, tmp_path):
+    """A trust holds the leaver without an NHS number (a person of its own) with a rejected condition;
+    linkage merges the two persons, and the purge of the merged person takes the trust's reject too."""
+    ingest(store, "fhir", write_ndjson(tmp_path / "gp", resources(*LEAVES)), GP, options=options)
+    trust = resources("x", LEAVES[1])
+    del trust[0]["identifier"]
+    ingest(store, "fhir", write_ndjson(tmp_path / "trust", trust), "R9A", options=options)
+    (gp_person,), (trust_person,) = store.query("SELECT person_id FROM mercia_person_link ORDER BY org")
+    trust_reject = record_keys(options, "R9A", ["Condition/bad-x"])
+    assert store.query("SELECT person_id FROM mercia_reject WHERE source_record = ?", [*trust_reject]) == \
+        [(trust_person,)]
+    merge_persons(store, pa.table({"old": [trust_person], "new": [gp_person]}))
+    purge(store, frozenset({LEAVES[1]}), options.pseudonymiser)
+    assert named(store, trust_reject | record_keys(options, "R9A", person_records("x"))) == \
+        dict.fromkeys(RECORD_TABLES, 0)
+    assert store.query_one("SELECT count(*) FROM mercia_person_link") == 0
 
 
 def _phenopackets(folder, people: dict[str, str | None]):
