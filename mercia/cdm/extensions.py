@@ -15,7 +15,8 @@
   and linkage tokens (computed before identifiers were dropped) and the person_id it links to.
 - ``mercia_network_token``: per local person record, its network linkage token (mercia.federation);
   ``mercia_person_token``: the same per person, for questions.
-- ``mercia_record_version``: the newest source version (lastUpdated, versionId) of each loaded record.
+- ``mercia_record_version``: the newest source version (lastUpdated, versionId) of each loaded record (and
+  the person of a withdrawn one).
 - ``mercia_record_hash``: the content hash (and person) of each loaded record that wrote no CDM row (a VCF sample).
 - ``mercia_organisation``: the organisations (ODS codes) that send extracts, with their names.
 - ``mercia_id_block``: the id counters behind ``Store.allocate_ids``.
@@ -93,10 +94,10 @@ DDL.append("CREATE TABLE IF NOT EXISTS mercia_person_token_source (fingerprint V
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_record_hash (
         org VARCHAR NOT NULL, source_record VARCHAR NOT NULL, record_hash VARCHAR NOT NULL, load_id BIGINT NOT NULL)""")
 # Whose record it is, where a record without a row knows (the sample's person; the person of an event rejected
-# after its subject was found): an opt-out purge (mercia.privacy.optout) finds these by it, as it finds the
+# after its subject was found; the person whose rows a withdrawn record's removal deleted): an opt-out purge (mercia.privacy.optout) finds these by it, as it finds the
 # records with rows by their rows' provenance, and linkage merging persons renumbers it as it does their rows.
 # NULL in rows written before the column.
-PERSON_NAMED_RECORD_TABLES = ("mercia_record_hash", "mercia_reject")
+PERSON_NAMED_RECORD_TABLES = ("mercia_record_hash", "mercia_reject", "mercia_record_version")
 DDL.extend(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS person_id BIGINT" for table in PERSON_NAMED_RECORD_TABLES)
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_organisation (
         ods_code VARCHAR NOT NULL PRIMARY KEY, name VARCHAR NOT NULL, kind VARCHAR, registered_at TIMESTAMP NOT NULL)""")

@@ -37,7 +37,7 @@ from mercia.cdm import Store, quote
 from mercia.ingest.proms import link_prom_items
 from mercia.ingest.staging import CALL_CODE_VOCABULARY, CALL_SCHEMA, CALL_VALUE_VOCABULARY, EARLIEST_DATE, \
     END_DATE_AHEAD, VALUE_SCHEMA, VERSIONED_REJECT_SCHEMA, Staged, conform, date_window, latest_date
-from mercia.cdm.extensions import TOKEN_FIELDS, ensure_extension_tables
+from mercia.cdm.extensions import TOKEN_FIELDS, ensure_extension_tables, person_tables
 from mercia.cdm.persons import EHR_TYPE, EVENT_DATES, max_id, rebuild_person_rows
 from mercia.privacy.geography import GeographyLookup
 from mercia.privacy.optout import stored_opt_outs, stored_source_opt_outs
@@ -181,6 +181,7 @@ class _Load:
         self.stored_source_opt_outs = stored_source_opt_outs(store, org)  # purged people's local ids, pseudonymised
         self.touched_persons: list[pa.Table] = []  # persons whose rows a deletion removed
         self.removed_records: set[str] = set()
+        self.removed_owners: dict[str, int] = {}  # a withdrawn record -> the person its earlier rows belonged to
 
     # -- helpers ---------------------------------------------------------------------------
     def reject(self, table: pa.Table, field_name: str, reason: str, action: str = "rejected") -> None:
@@ -446,11 +447,14 @@ class _Load:
         """Remember the newest version of each record this load wrote or removed (mercia_record_version)."""
         if not self.has_versions:  # choose_versions made no ranking
             return
-        self.register("removed_now", pa.table({"source_record": pa.array(sorted(self.removed_records), pa.string())}))
+        removed = sorted(self.removed_records)
+        self.register("removed_now", pa.table({"source_record": pa.array(removed, pa.string()), "person_id": pa.array(
+            [self.removed_owners.get(r) for r in removed], pa.int64())}))
         newest = _table_from_query(self.con, f"""
-            SELECT ? AS org, source_record, effective AS last_updated, version_id, {load_id} AS load_id
-            FROM ranked WHERE rank = 1 AND NOT stored AND (effective IS NOT NULL OR version_id IS NOT NULL)
-              AND source_record IN (SELECT source_record FROM prov_rows UNION SELECT source_record FROM removed_now)""",
+            SELECT ? AS org, source_record, effective AS last_updated, version_id, {load_id} AS load_id, o.person_id
+            FROM ranked LEFT JOIN removed_now o USING (source_record)
+            WHERE rank = 1 AND NOT stored AND (effective IS NOT NULL OR version_id IS NOT NULL)
+              AND (source_record IN (SELECT source_record FROM prov_rows) OR o.source_record IS NOT NULL)""",
                                   [self.org])
         if not newest.num_rows:
             return
@@ -865,10 +869,30 @@ class _Load:
         self.register("removed", removed)
         for table in ("events", "sites", "calls"):
             self.con.execute(f"DELETE FROM {table} WHERE source_record IN (SELECT source_record FROM removed)")
+        owners = self._owners(removed.select(["source_record"]))
+        self.removed_owners = dict(zip(owners.column("source_record").to_pylist(), owners.column("person_id").to_pylist()))
         self._delete_records(removed.select(["source_record"]))
         for rec, line, field_name, reason in zip(*(removed.column(c).to_pylist()
                                                    for c in ("source_record", "line", "field", "reason"))):
-            self.rejects.append(dict(source_record=rec, line=line, field=field_name, reason=reason, action="removed"))
+            self.rejects.append(dict(source_record=rec, line=line, field=field_name, reason=reason, action="removed",
+                                     person_id=self.removed_owners.get(rec)))
+
+    def _owners(self, records: pa.Table) -> pa.Table:
+        """(source_record, person_id) of ``records`` by the person rows this organisation's loads wrote for them:
+        a withdrawn record's reject and version keep whose it was, for an opt-out purge."""
+        self._store_temp("mercia_tmp_records", records, "source_record VARCHAR")
+        tables = person_tables(self.store)
+        of_records = "org = ? AND source_record IN (SELECT source_record FROM mercia_tmp_records)"
+        written = [t for (t,) in self.store.query(f"SELECT DISTINCT cdm_table FROM mercia_provenance WHERE {of_records}",
+                                                  [self.org]) if t in tables]
+        rows = " UNION ALL ".join(
+            f"SELECT p.source_record, x.person_id FROM mercia_provenance p JOIN {quote(t)} x "
+            f"ON x.{quote(tables[t] or 'person_id')} = p.row_id WHERE p.cdm_table = '{t}' AND p.{of_records}"
+            for t in written)
+        if not rows:
+            return pa.table({"source_record": pa.array([], pa.string()), "person_id": pa.array([], pa.int64())})
+        return self.store.query_arrow(f"SELECT source_record, min(person_id) AS person_id FROM ({rows}) o GROUP BY 1",
+                                      [self.org] * len(written))
 
     def _delete_records(self, records: pa.Table) -> None:
         store = self.store

@@ -139,6 +139,24 @@ def test_a_reject_follows_its_person_through_linkage_to_the_purge(store, options
     assert store.query_one("SELECT count(*) FROM mercia_person_link") == 0
 
 
+def test_a_record_the_source_withdrew_leaves_nothing_after_the_purge(store, options, tmp_path):
+    """The source withdraws the leaver's condition (entered-in-error): its rows go, and its removal (a
+    ``removed`` reject, the version that withdrew it) keeps whose it was, so the purge takes those too."""
+    ingest(store, "fhir", write_ndjson(tmp_path / "gp", resources(*STAYS) + resources(*LEAVES)), GP, options=options)
+    withdrawn = [{**r, "meta": {"lastUpdated": "2024-03-01T00:00:00Z"},
+                  "verificationStatus": {"coding": [{"code": "entered-in-error"}]}}
+                 for r in resources(*STAYS)[2:3] + resources(*LEAVES)[2:3]]
+    removal = ingest(store, "fhir", write_ndjson(tmp_path / "withdrawn", withdrawn), GP, options=options)
+    assert removal.removed == 2
+    leaver_condition = record_keys(options, GP, ["Condition/c-b"])
+    assert named(store, leaver_condition) == {"mercia_provenance": 0, "mercia_record_version": 1,
+                                              "mercia_record_hash": 0, "mercia_reject": 1}
+    purge(store, frozenset({LEAVES[1]}), options.pseudonymiser)
+    assert named(store, leaver_condition) == dict.fromkeys(RECORD_TABLES, 0)
+    assert named(store, record_keys(options, GP, ["Condition/c-a"])) == {  # the other person's removal stays
+        "mercia_provenance": 0, "mercia_record_version": 1, "mercia_record_hash": 0, "mercia_reject": 1}
+
+
 def _phenopackets(folder, people: dict[str, str | None]):
     folder.mkdir()
     for pid, nhs in people.items():
