@@ -94,9 +94,9 @@ DDL.append("CREATE TABLE IF NOT EXISTS mercia_person_token_source (fingerprint V
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_record_hash (
         org VARCHAR NOT NULL, source_record VARCHAR NOT NULL, record_hash VARCHAR NOT NULL, load_id BIGINT NOT NULL)""")
 # Whose record it is, where a record without a row knows (the sample's person; the person of an event rejected
-# after its subject was found; the person whose rows a withdrawn record's removal deleted): an opt-out purge (mercia.privacy.optout) finds these by it, as it finds the
-# records with rows by their rows' provenance, and linkage merging persons renumbers it as it does their rows.
-# NULL in rows written before the column.
+# after its subject was found; the person whose rows a withdrawn record's removal deleted): an opt-out purge
+# (mercia.privacy.optout) finds these by it, as it finds the records with rows by their rows' provenance, and
+# linkage merging persons renumbers it as it does their rows.  NULL in rows written before the column.
 PERSON_NAMED_RECORD_TABLES = ("mercia_record_hash", "mercia_reject", "mercia_record_version")
 DDL.extend(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS person_id BIGINT" for table in PERSON_NAMED_RECORD_TABLES)
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_organisation (

@@ -688,7 +688,8 @@ class _Load:
                 ("length(start) > 10 AND start_datetime IS NULL", "date", "time of day not valid (hh:mm:ss)"),
                 (f'"end" IS NOT NULL AND (end_date IS NULL OR end_date < {earliest} OR end_date > {latest_end})',
                  "end", f"end date not a date between {EARLIEST_DATE} and a year from today")]:
-            bad = _table_from_query(self.con, f"SELECT DISTINCT source_record, line, person_id FROM events WHERE {where}")
+            bad = _table_from_query(self.con,
+                                    f"SELECT DISTINCT source_record, line, person_id FROM events WHERE {where}")
             if bad.num_rows:
                 bad = _table_from_query(self.con, f"""SELECT source_record, line, person_id FROM events WHERE {where}
                     UNION SELECT source_record, line, person_id FROM value_events WHERE {where}""")
@@ -870,7 +871,8 @@ class _Load:
         for table in ("events", "sites", "calls"):
             self.con.execute(f"DELETE FROM {table} WHERE source_record IN (SELECT source_record FROM removed)")
         owners = self._owners(removed.select(["source_record"]))
-        self.removed_owners = dict(zip(owners.column("source_record").to_pylist(), owners.column("person_id").to_pylist()))
+        self.removed_owners = dict(zip(owners.column("source_record").to_pylist(),
+                                       owners.column("person_id").to_pylist()))
         self._delete_records(removed.select(["source_record"]))
         for rec, line, field_name, reason in zip(*(removed.column(c).to_pylist()
                                                    for c in ("source_record", "line", "field", "reason"))):
@@ -883,8 +885,8 @@ class _Load:
         self._store_temp("mercia_tmp_records", records, "source_record VARCHAR")
         tables = person_tables(self.store)
         of_records = "org = ? AND source_record IN (SELECT source_record FROM mercia_tmp_records)"
-        written = [t for (t,) in self.store.query(f"SELECT DISTINCT cdm_table FROM mercia_provenance WHERE {of_records}",
-                                                  [self.org]) if t in tables]
+        written = [t for (t,) in self.store.query(
+            f"SELECT DISTINCT cdm_table FROM mercia_provenance WHERE {of_records}", [self.org]) if t in tables]
         rows = " UNION ALL ".join(
             f"SELECT p.source_record, x.person_id FROM mercia_provenance p JOIN {quote(t)} x "
             f"ON x.{quote(tables[t] or 'person_id')} = p.row_id WHERE p.cdm_table = '{t}' AND p.{of_records}"

@@ -68,7 +68,8 @@ def purge(store: Store, nhs_numbers: frozenset[str], pseudonymiser: Pseudonymise
     deleted: dict[str, int] = {}
 
     def delete(table: str, where: str) -> None:
-        deleted[table] = deleted.get(table, 0) + int(store.query_one(f"SELECT count(*) FROM {quote(table)} WHERE {where}"))
+        count = int(store.query_one(f"SELECT count(*) FROM {quote(table)} WHERE {where}"))
+        deleted[table] = deleted.get(table, 0) + count
         store.execute(f"DELETE FROM {quote(table)} WHERE {where}")
 
     with store.transaction():

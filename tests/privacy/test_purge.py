@@ -175,8 +175,8 @@ def test_a_vcf_sample_without_rows_leaves_no_hash_and_is_loaded_again_after_read
     people = _phenopackets(tmp_path / "pp", {"P1": None, "P2": None, "P3": LEAVES[1]})
     ingest(store, "phenopackets", people, "R9G", options=options)
     vcf = tmp_path / "trio.vcf"
-    vcf.write_text(HEADER + "".join(f"chr17\t{1000 + i}\t.\tA\tT\t50\tPASS\t.\tGT:DP:GQ\t0/1:20:50\t1/1:20:50\t0/0:1:1\n"
-                                    for i in range(2)))
+    vcf.write_text(HEADER + "".join(f"chr17\t{1000 + i}\t.\tA\tT\t50\tPASS\t.\tGT:DP:GQ\t0/1:20:50\t1/1:20:50\t"
+                                    "0/0:1:1\n" for i in range(2)))
     first = ingest(store, "vcf", vcf, "R9G", options=options)
     assert (first.loaded, store.query_one("SELECT count(*) FROM mercia_record_hash")) == (3, 1)
 
