@@ -7,15 +7,17 @@
   local id, so a key holder can trace a row back while the table itself names nobody.
 - ``mercia_reject``: records that failed validation (``action = 'rejected'``), were loaded with a
   problem flagged (``'flagged'``, e.g. an invalid NHS number), or were withheld by the national
-  data opt-out (``'withheld'``, counted only: no record key).  Never holds identifiers.
+  data opt-out (``'withheld'``, counted only: no record key); ``person_id`` where the record's person
+  was known.  Never holds identifiers.
 - ``variant_occurrence``: genomic variant calls (OHDSI Genomic CDM shape, see mercia.ingest.genomics).
 - ``mercia_registration``: GP registrations, from which observation periods are built.
 - ``mercia_person_link``: one row per organisation's person, with the keyed-hash NHS pseudonym
   and linkage tokens (computed before identifiers were dropped) and the person_id it links to.
 - ``mercia_network_token``: per local person record, its network linkage token (mercia.federation);
   ``mercia_person_token``: the same per person, for questions.
-- ``mercia_record_version``: the newest source version (lastUpdated, versionId) of each loaded record.
-- ``mercia_record_hash``: the content hash of each loaded record that wrote no CDM row (a VCF sample).
+- ``mercia_record_version``: the newest source version (lastUpdated, versionId) of each loaded record (and
+  the person of a withdrawn one).
+- ``mercia_record_hash``: the content hash (and person) of each loaded record that wrote no CDM row (a VCF sample).
 - ``mercia_organisation``: the organisations (ODS codes) that send extracts, with their names.
 - ``mercia_id_block``: the id counters behind ``Store.allocate_ids``.
 """
@@ -88,9 +90,15 @@ DDL.append("CREATE TABLE IF NOT EXISTS mercia_person_token_source (fingerprint V
 # The content hash of each VCF sample record loaded without any row (mercia.ingest.vcf: a sample of a file is
 # one record; without a carrier call it writes no CDM row and so no provenance, and a resend of it counted it
 # loaded again rather than unchanged).  A record with rows keeps its hash in their provenance only, so that
-# deleting its rows (an opt-out) leaves no hash saying a resend is unchanged.
+# deleting its rows leaves no hash saying a resend is unchanged.
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_record_hash (
         org VARCHAR NOT NULL, source_record VARCHAR NOT NULL, record_hash VARCHAR NOT NULL, load_id BIGINT NOT NULL)""")
+# Whose record it is, where a record without a row knows (the sample's person; the person of an event rejected
+# after its subject was found; the person whose rows a withdrawn record's removal deleted): an opt-out purge
+# (mercia.privacy.optout) finds these by it, as it finds the records with rows by their rows' provenance, and
+# linkage merging persons renumbers it as it does their rows.  NULL in rows written before the column.
+PERSON_NAMED_RECORD_TABLES = ("mercia_record_hash", "mercia_reject", "mercia_record_version")
+DDL.extend(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS person_id BIGINT" for table in PERSON_NAMED_RECORD_TABLES)
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_organisation (
         ods_code VARCHAR NOT NULL PRIMARY KEY, name VARCHAR NOT NULL, kind VARCHAR, registered_at TIMESTAMP NOT NULL)""")
 INDEXES = [

@@ -99,7 +99,8 @@ def record_network_tokens(store: Store, org: str, persons: pa.Table, load_id: in
                           network_key: bytes, allow_synthetic: bool = False) -> int:
     """Store the network tokens of a load's persons (the staged table, identifiers still in clear, as
     ``mercia.ingest`` reads it), keyed by the organisation's source pseudonym; replaces earlier tokens
-    of the same records, and rebuilds the per-person tokens.  Returns the number of tokens stored."""
+    of the same records, and rebuilds the per-person tokens.  Only persons the load linked get tokens:
+    one withheld by the national data opt-out (or rejected) keeps none.  Returns the number stored."""
     if persons.num_rows == 0:
         return 0
     tokens = network_tokens(network_key, persons, allow_synthetic)
@@ -112,6 +113,9 @@ def record_network_tokens(store: Store, org: str, persons: pa.Table, load_id: in
         store.temp_table_from_arrow("fed_refresh", "source_pseudonym VARCHAR", rows.select(["source_pseudonym"]))
         store.execute("DELETE FROM mercia_network_token WHERE org = ? AND source_pseudonym IN "
                       "(SELECT source_pseudonym FROM fed_refresh)", [org])
+        linked = store.query_arrow("SELECT source_pseudonym FROM mercia_person_link WHERE org = ? AND source_pseudonym "
+                                   "IN (SELECT source_pseudonym FROM fed_refresh)", [org]).column("source_pseudonym")
+        rows = rows.filter(pc.is_in(rows.column("source_pseudonym"), linked.combine_chunks().cast(pa.string())))
         store.insert_arrow("mercia_network_token", rows)
         refresh_person_tokens(store)
     return rows.num_rows

@@ -37,10 +37,10 @@ from mercia.cdm import Store, quote
 from mercia.ingest.proms import link_prom_items
 from mercia.ingest.staging import CALL_CODE_VOCABULARY, CALL_SCHEMA, CALL_VALUE_VOCABULARY, EARLIEST_DATE, \
     END_DATE_AHEAD, VALUE_SCHEMA, VERSIONED_REJECT_SCHEMA, Staged, conform, date_window, latest_date
-from mercia.cdm.extensions import TOKEN_FIELDS, ensure_extension_tables
+from mercia.cdm.extensions import TOKEN_FIELDS, ensure_extension_tables, person_tables
 from mercia.cdm.persons import EHR_TYPE, EVENT_DATES, max_id, rebuild_person_rows
 from mercia.privacy.geography import GeographyLookup
-from mercia.privacy.optout import stored_opt_outs
+from mercia.privacy.optout import stored_opt_outs, stored_source_opt_outs
 from mercia.privacy.nhs import nhs_number_problems, normalise_nhs_numbers
 from mercia.privacy.policy import DobPolicy, normalise_name, normalise_postcode, postcode_district, \
     reduced_birth_columns_sql, soundex, valid_partial_date
@@ -178,13 +178,21 @@ class _Load:
         self.rejects: list[dict] = []
         self.rows: Counter[str] = Counter()
         self.stored_opt_outs = stored_opt_outs(store)
+        self.stored_source_opt_outs = stored_source_opt_outs(store, org)  # purged people's local ids, pseudonymised
         self.touched_persons: list[pa.Table] = []  # persons whose rows a deletion removed
         self.removed_records: set[str] = set()
+        self.removed_owners: dict[str, int] = {}  # a withdrawn record -> the person its earlier rows belonged to
 
     # -- helpers ---------------------------------------------------------------------------
     def reject(self, table: pa.Table, field_name: str, reason: str, action: str = "rejected") -> None:
-        for rec, line in zip(table.column("source_record").to_pylist(), table.column("line").to_pylist()):
-            self.rejects.append(dict(source_record=rec, line=line, field=field_name, reason=reason, action=action))
+        """Each (source_record, line) of ``table`` as a reject, with its ``person_id`` where ``table`` has
+        one (so that an opt-out purge finds the reject of a record that wrote no row)."""
+        persons = table.column("person_id").to_pylist() if "person_id" in table.column_names \
+            else [None] * table.num_rows
+        for rec, line, person in zip(table.column("source_record").to_pylist(), table.column("line").to_pylist(),
+                                     persons):
+            self.rejects.append(dict(source_record=rec, line=line, field=field_name, reason=reason, action=action,
+                                     person_id=person))
 
     def register(self, name: str, table: pa.Table) -> None:
         self.con.register(name, table)
@@ -439,11 +447,14 @@ class _Load:
         """Remember the newest version of each record this load wrote or removed (mercia_record_version)."""
         if not self.has_versions:  # choose_versions made no ranking
             return
-        self.register("removed_now", pa.table({"source_record": pa.array(sorted(self.removed_records), pa.string())}))
+        removed = sorted(self.removed_records)
+        self.register("removed_now", pa.table({"source_record": pa.array(removed, pa.string()), "person_id": pa.array(
+            [self.removed_owners.get(r) for r in removed], pa.int64())}))
         newest = _table_from_query(self.con, f"""
-            SELECT ? AS org, source_record, effective AS last_updated, version_id, {load_id} AS load_id
-            FROM ranked WHERE rank = 1 AND NOT stored AND (effective IS NOT NULL OR version_id IS NOT NULL)
-              AND source_record IN (SELECT source_record FROM prov_rows UNION SELECT source_record FROM removed_now)""",
+            SELECT ? AS org, source_record, effective AS last_updated, version_id, {load_id} AS load_id, o.person_id
+            FROM ranked LEFT JOIN removed_now o USING (source_record)
+            WHERE rank = 1 AND NOT stored AND (effective IS NOT NULL OR version_id IS NOT NULL)
+              AND (source_record IN (SELECT source_record FROM prov_rows) OR o.source_record IS NOT NULL)""",
                                   [self.org])
         if not newest.num_rows:
             return
@@ -465,8 +476,9 @@ class _Load:
         ps = opt.pseudonymiser
         valid_nhs = [n if v else None for n, v in zip(nhs_list, valid_list)]
         nhs_pseudonyms = ps.nhs_pseudonyms(valid_nhs)
-        opted_out = [bool(n) and (n in opt.opt_out or p in self.stored_opt_outs)
-                     for n, p in zip(valid_nhs, nhs_pseudonyms.to_pylist())]
+        source_pseudonyms = ps.source_pseudonyms(self.org, p.column("person_ref"))
+        opted_out = [(bool(n) and (n in opt.opt_out or p in self.stored_opt_outs)) or s in self.stored_source_opt_outs
+                     for n, p, s in zip(valid_nhs, nhs_pseudonyms.to_pylist(), source_pseudonyms.to_pylist())]
         status = ["valid" if v else ("absent" if n in (None, "") else "invalid") for n, v in zip(nhs_list, valid_list)]
         family = [normalise_name(x) for x in p.column("family").to_pylist()]
         given = [normalise_name(x) for x in p.column("given").to_pylist()]
@@ -483,7 +495,7 @@ class _Load:
         safe = pa.table({
             "record": p.column("record"), "record_hash": p.column("record_hash"),
             "person_ref": p.column("person_ref"), "line": p.column("line"),
-            "source_pseudonym": ps.source_pseudonyms(self.org, p.column("person_ref")),
+            "source_pseudonym": source_pseudonyms,
             "nhs_pseudonym": nhs_pseudonyms, "nhs_status": pa.array(status, pa.string()),
             "nhs_problem": problems, "opted_out": pa.array(opted_out, pa.bool_()),
             "birth_date": pa.array(dob, pa.string()), "sex": p.column("sex"),
@@ -592,15 +604,17 @@ class _Load:
         refs = sorted({r for r in e.column("person_ref").to_pylist() if r and not r.startswith("?")})
         conditional = sorted({r for r in e.column("person_ref").to_pylist() if r and r.startswith("?")})
         ps = self.options.pseudonymiser
+        ref_pseudonyms = ps.source_pseudonyms(self.org, refs).to_pylist()
         cond_nhs = [r.split("|", 1)[1] if "|" in r else None for r in conditional]
         cond_valid = nhs_number_problems(normalise_nhs_numbers(pa.array(cond_nhs, pa.string())),
                                          self.options.allow_synthetic_nhs_numbers).to_pylist()
         cond_pseudonyms = ps.nhs_pseudonyms([n if v is None else None for n, v in zip(cond_nhs, cond_valid)]).to_pylist()
         self.register("ref_keys", pa.table({
             "person_ref": refs + conditional,
-            "source_pseudonym": ps.source_pseudonyms(self.org, refs).to_pylist() + [None] * len(conditional),
+            "source_pseudonym": ref_pseudonyms + [None] * len(conditional),
             "nhs_pseudonym": [None] * len(refs) + cond_pseudonyms,
-            "opted_out": [r in self.opted_out_refs for r in refs] + [
+            "opted_out": [r in self.opted_out_refs or s in self.stored_source_opt_outs
+                          for r, s in zip(refs, ref_pseudonyms)] + [
                 n in self.opted_out_nhs or p in self.stored_opt_outs for n, p in zip(cond_nhs, cond_pseudonyms)],
         }, schema=pa.schema([("person_ref", pa.string()), ("source_pseudonym", pa.string()),
                              ("nhs_pseudonym", pa.string()), ("opted_out", pa.bool_())])))
@@ -674,15 +688,17 @@ class _Load:
                 ("length(start) > 10 AND start_datetime IS NULL", "date", "time of day not valid (hh:mm:ss)"),
                 (f'"end" IS NOT NULL AND (end_date IS NULL OR end_date < {earliest} OR end_date > {latest_end})',
                  "end", f"end date not a date between {EARLIEST_DATE} and a year from today")]:
-            bad = _table_from_query(self.con, f"SELECT DISTINCT source_record, line FROM events WHERE {where}")
+            bad = _table_from_query(self.con,
+                                    f"SELECT DISTINCT source_record, line, person_id FROM events WHERE {where}")
             if bad.num_rows:
-                bad = _table_from_query(self.con, f"""SELECT source_record, line FROM events WHERE {where}
-                                                      UNION SELECT source_record, line FROM value_events WHERE {where}""")
+                bad = _table_from_query(self.con, f"""SELECT source_record, line, person_id FROM events WHERE {where}
+                    UNION SELECT source_record, line, person_id FROM value_events WHERE {where}""")
             self.reject(bad, field_name, reason)
             self.con.execute(f"DELETE FROM events WHERE record IN (SELECT record FROM events WHERE {where})")
             # a VCF sample is one record: rejected once, naming its smallest line (its file's #CHROM line)
-            self.reject(_table_from_query(self.con, f"SELECT source_record, min(line) AS line FROM calls "
-                                                    f"WHERE {where} GROUP BY 1 ORDER BY 1"), field_name, reason)
+            self.reject(_table_from_query(self.con, f"SELECT source_record, min(line) AS line, min(person_id) AS "
+                                                    f"person_id FROM calls WHERE {where} GROUP BY 1 ORDER BY 1"),
+                        field_name, reason)
             self.con.execute(f"DELETE FROM calls WHERE {where}")
 
     def skip_unchanged(self) -> int:
@@ -854,10 +870,31 @@ class _Load:
         self.register("removed", removed)
         for table in ("events", "sites", "calls"):
             self.con.execute(f"DELETE FROM {table} WHERE source_record IN (SELECT source_record FROM removed)")
+        owners = self._owners(removed.select(["source_record"]))
+        self.removed_owners = dict(zip(owners.column("source_record").to_pylist(),
+                                       owners.column("person_id").to_pylist()))
         self._delete_records(removed.select(["source_record"]))
         for rec, line, field_name, reason in zip(*(removed.column(c).to_pylist()
                                                    for c in ("source_record", "line", "field", "reason"))):
-            self.rejects.append(dict(source_record=rec, line=line, field=field_name, reason=reason, action="removed"))
+            self.rejects.append(dict(source_record=rec, line=line, field=field_name, reason=reason, action="removed",
+                                     person_id=self.removed_owners.get(rec)))
+
+    def _owners(self, records: pa.Table) -> pa.Table:
+        """(source_record, person_id) of ``records`` by the person rows this organisation's loads wrote for them:
+        a withdrawn record's reject and version keep whose it was, for an opt-out purge."""
+        self._store_temp("mercia_tmp_records", records, "source_record VARCHAR")
+        tables = person_tables(self.store)
+        of_records = "org = ? AND source_record IN (SELECT source_record FROM mercia_tmp_records)"
+        written = [t for (t,) in self.store.query(
+            f"SELECT DISTINCT cdm_table FROM mercia_provenance WHERE {of_records}", [self.org]) if t in tables]
+        rows = " UNION ALL ".join(
+            f"SELECT p.source_record, x.person_id FROM mercia_provenance p JOIN {quote(t)} x "
+            f"ON x.{quote(tables[t] or 'person_id')} = p.row_id WHERE p.cdm_table = '{t}' AND p.{of_records}"
+            for t in written)
+        if not rows:
+            return pa.table({"source_record": pa.array([], pa.string()), "person_id": pa.array([], pa.int64())})
+        return self.store.query_arrow(f"SELECT source_record, min(person_id) AS person_id FROM ({rows}) o GROUP BY 1",
+                                      [self.org] * len(written))
 
     def _delete_records(self, records: pa.Table) -> None:
         store = self.store
@@ -1078,10 +1115,11 @@ class _Load:
         # only what the cost rows, their provenance and the rejects use: a bill's other columns were
         # carried through the numbering sort for nothing
         self.con.execute("""CREATE TABLE billed AS
-            SELECT r.source_record, r.also_source_record, r.record_hash, r.line, r.value_as_concept_id, r.value_number,
+            SELECT r.source_record, r.also_source_record, r.record_hash, r.line, r.person_id, r.value_as_concept_id,
+                   r.value_number,
                    r.paid_by_payer, r.paid_by_patient, v.row_id AS visit_occurrence_id
             FROM events r LEFT JOIN visit_ids v ON v.source_record = r.visit_record WHERE r.domain = 'Cost'""")
-        self.reject(_table_from_query(self.con, "SELECT DISTINCT source_record, line FROM billed WHERE "
+        self.reject(_table_from_query(self.con, "SELECT DISTINCT source_record, line, person_id FROM billed WHERE "
                                                 "visit_occurrence_id IS NULL"),
                     "item.encounter", "the billed Encounter is not loaded: a cost row belongs to a visit")
         start = self._first_id("cost", "cost_id")
@@ -1179,7 +1217,7 @@ class _Load:
         sample's row without an allele (once per file, first chunk) unless the chunk holds a call of it,
         and taken back when a later chunk does."""
         self.store.insert_arrow("mercia_record_hash", _table_from_query(self.con, f"""
-            SELECT ? AS org, source_record, record_hash, {load_id} AS load_id FROM calls s WHERE alt IS NULL
+            SELECT ? AS org, source_record, record_hash, {load_id} AS load_id, person_id FROM calls s WHERE alt IS NULL
             AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.source_record = s.source_record AND c.alt IS NOT NULL)""",
                                                                    [self.org]))
         if self.after_chunks:
@@ -1411,7 +1449,8 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
                                    schema=pa.schema([("load_id", pa.int64()), ("org", pa.string()),
                                                      ("extract", pa.string()), ("source_record", pa.string()),
                                                      ("line", pa.int64()), ("field", pa.string()),
-                                                     ("reason", pa.string()), ("action", pa.string())]))
+                                                     ("reason", pa.string()), ("action", pa.string()),
+                                                     ("person_id", pa.int64())]))
     store.insert_arrow("mercia_reject", rejects)
     job.register("touched_persons", pa.concat_tables([t.select(["person_id"]).cast(
         pa.schema([("person_id", pa.int64())])) for t in job.touched_persons])

@@ -35,7 +35,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from mercia.cdm import Store
-from mercia.cdm.extensions import TOKEN_FIELDS, person_tables
+from mercia.cdm.extensions import PERSON_NAMED_RECORD_TABLES, TOKEN_FIELDS, person_tables
 from mercia.cdm.persons import rebuild_person_rows
 from mercia.cdm.store import sql_string
 
@@ -136,17 +136,24 @@ def _link(store: Store, con: duckdb.DuckDBPyConnection, threshold: float, page_r
                        WHERE a.old <> m.new""").to_arrow_table()
     persons_before = con.execute("SELECT count(DISTINCT person_id) FROM records").fetchall()[0][0]
     if remap.num_rows:
-        with store.transaction():
-            store.temp_table_from_arrow("mercia_tmp_remap", "old BIGINT, new BIGINT", remap)
-            for table in list(person_tables(store)) + ["mercia_person_link"]:
-                store.execute(f"""UPDATE {table} SET person_id = m.new FROM mercia_tmp_remap m
-                                  WHERE {table}.person_id = m.old""")
-            provenance_ids = store.query_arrow("SELECT DISTINCT new AS person_id FROM mercia_tmp_remap")
-            store.execute("""UPDATE mercia_provenance SET row_id = m.new FROM mercia_tmp_remap m
-                             WHERE mercia_provenance.cdm_table = 'person' AND mercia_provenance.row_id = m.old""")
-            rebuild_person_rows(store, provenance_ids)
-            store.execute("DROP TABLE IF EXISTS mercia_tmp_remap")
+        merge_persons(store, remap)
     return LinkageResult(n, persons_before, len(np.unique(labels)), pairs.num_rows, comparisons, warning)
+
+
+def merge_persons(store: Store, remap: pa.Table) -> None:
+    """Renumber each ``old`` person_id of ``remap`` (columns old, new) to its ``new`` one, in one transaction:
+    in every table holding person rows, the links, the person rows' provenance, and the records without
+    rows that name their person (so an opt-out purge of the merged person finds them too)."""
+    with store.transaction():
+        store.temp_table_from_arrow("mercia_tmp_remap", "old BIGINT, new BIGINT", remap)
+        for table in [*person_tables(store), "mercia_person_link", *PERSON_NAMED_RECORD_TABLES]:
+            store.execute(f"""UPDATE {table} SET person_id = m.new FROM mercia_tmp_remap m
+                              WHERE {table}.person_id = m.old""")
+        provenance_ids = store.query_arrow("SELECT DISTINCT new AS person_id FROM mercia_tmp_remap")
+        store.execute("""UPDATE mercia_provenance SET row_id = m.new FROM mercia_tmp_remap m
+                         WHERE mercia_provenance.cdm_table = 'person' AND mercia_provenance.row_id = m.old""")
+        rebuild_person_rows(store, provenance_ids)
+        store.execute("DROP TABLE IF EXISTS mercia_tmp_remap")
 
 
 def _stage_records(store: Store, con: duckdb.DuckDBPyConnection, page_rows: int) -> int:
