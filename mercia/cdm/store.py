@@ -393,15 +393,16 @@ class Store(ABC):
 
     def temp_table_from_arrow(self, name: str, columns: str, data: pa.Table) -> None:
         """A table of this session (``columns``: its column definitions) holding ``data``, replacing one of
-        that name, with the statistics the planner needs (``analyse_temp_table``)."""
+        that name, with the statistics the planner needs (``analyse_new_table``)."""
         self.drop_temp_table(name)
         self.execute(f"CREATE TEMP TABLE {quote(name)} ({columns})")
         self.insert_arrow(name, data)
-        self.analyse_temp_table(name)
+        self.analyse_new_table(name)
 
-    def analyse_temp_table(self, name: str) -> None:
-        """Statistics for a temporary table just filled, where the engine's planner needs them (nothing by
-        default: DuckDB keeps its own as it writes)."""
+    def analyse_new_table(self, name: str) -> None:
+        """Statistics for a table just made and filled (a temporary table, or one built inside a transaction),
+        where the engine's planner needs them before its next statement reads it (nothing by default: DuckDB
+        keeps its own as it writes)."""
 
     def prefix_match(self, column: str, prefix: str) -> tuple[str, list[str]]:
         """A condition (and its parameters) for ``column`` starting with ``prefix`` taken literally."""

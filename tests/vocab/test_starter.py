@@ -95,12 +95,23 @@ def test_ensure_is_a_no_op_when_installed(starter_store):
     assert starter_store.table_counts(["concept", "concept_ancestor", "concept_relationship"]) == before
 
 
+def vocabulary_indexes(store) -> list[str]:
+    """The definitions of the vocabulary tables' indexes (PostgreSQL keeps them; DuckDB none)."""
+    if not store.wants_indexes:
+        return []
+    return [r[0] for r in store.query("SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+                                      "AND tablename LIKE 'concept%' ORDER BY indexdef")]
+
+
 def test_reinstall_replaces_only_the_starter_rows(heavy_store):
     store = heavy_store
+    indexes = vocabulary_indexes(store)
+    assert len(indexes) >= (9 if store.wants_indexes else 0)
     store.execute("INSERT INTO concept VALUES (201826, 'Type 2 diabetes mellitus', 'Condition', 'SNOMED', "
                   "'Clinical Finding', 'S', '44054006', DATE '1970-01-01', DATE '2099-12-31', NULL)")
     store.execute("INSERT INTO vocabulary VALUES ('SNOMED', 'SNOMED CT', '', 'test', 0)")
     installed = vocab.install_starter(store)
+    assert vocabulary_indexes(store) == indexes  # those dropped while the empty tables filled are made again
     assert set(installed) == {"ICD10", "HPO", "OMIM", "ORPHA", "DECIPHER"}
     once = store.table_counts(["concept", "concept_ancestor", "concept_relationship", "vocabulary"])
     vocab.install_starter(store)
