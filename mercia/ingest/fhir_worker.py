@@ -1,25 +1,46 @@
 """A FHIR reading worker: ``python -m mercia.ingest.fhir_worker`` reads, on stdin, a JSON header line
 (extract, extract date, number of resource files) and then one unit per line (file number, path, piece; see
 ``fhir.read_files``); it answers each with its ``FileRead``, pickled on stdout after ``fhir.WORKER_ANSWER``
-and its length (8 bytes)."""
+and its length (8 bytes).  ``Refusing``/``refusing`` keep pandas (and in a worker numpy) out of a FHIR load's
+processes.  Standard library only, so that importing it costs a load nothing."""
 
 import pickle
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 
-class _WithoutPandasOrNumpy:
-    """Refuses to import pandas and numpy: pyarrow imports pandas on its first conversion only to ask whether a
-    value is a DataFrame (~0.24 CPU-s per worker) and numpy when it is imported (~0.05 CPU-s), and works without
-    either (numpy is optional since pyarrow 16); nothing a worker does needs them."""
+class Refusing:
+    """A meta-path finder refusing to import ``packages`` (and their modules).  pyarrow imports pandas on its
+    first conversion only to ask whether a value is a DataFrame (~0.13-0.24 CPU-s), and numpy when it is
+    imported (~0.05 CPU-s); it works without either (numpy is optional since pyarrow 16).  A reading worker
+    needs neither, and a FHIR load's own process does not need pandas."""
+
+    def __init__(self, *packages: str):
+        self.packages = frozenset(packages)
 
     def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("pandas", "numpy"):
-            raise ImportError(f"a FHIR reading worker does not use pandas or numpy (asked for {name})")
+        if name.partition(".")[0] in self.packages:
+            raise ImportError(f"a FHIR load does not use {name.partition('.')[0]} (asked for {name})")
+
+
+@contextmanager
+def refusing(*packages: str):
+    """``Refusing`` installed for the block, unless one of ``packages`` is already imported (a test process, a
+    server): refusing only what nothing has imported, so no import that worked before fails."""
+    if any(package in sys.modules for package in packages):
+        yield
+        return
+    finder = Refusing(*packages)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
 
 
 if __name__ == "__main__":
-    sys.meta_path.insert(0, _WithoutPandasOrNumpy())
+    sys.meta_path.insert(0, Refusing("pandas", "numpy"))
     import orjson
 
     from mercia.ingest.fhir import WORKER_ANSWER, read_files

@@ -202,3 +202,53 @@ def test_a_workers_answers_pipe_is_as_large_as_the_system_allows():
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_refusing_blocks_only_what_nothing_has_imported(tmp_path, monkeypatch):
+    """``refusing`` keeps a package out for the block and is gone after it; a package already imported (a test
+    process, a server) is never refused, so no import that worked before can fail."""
+    import importlib
+
+    from mercia.ingest.fhir_worker import refusing
+
+    (tmp_path / "refused_here").mkdir()
+    (tmp_path / "refused_here" / "__init__.py").write_text("")
+    (tmp_path / "refused_here" / "part.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    meta_path = list(sys.meta_path)
+    with refusing("refused_here"), pytest.raises(ImportError, match="does not use refused_here"):
+        importlib.import_module("refused_here.part")
+    assert sys.meta_path == meta_path and "refused_here" not in sys.modules
+    importlib.import_module("refused_here")
+    with refusing("refused_here"):
+        importlib.import_module("refused_here.part")  # the package was imported before the block
+    monkeypatch.delitem(sys.modules, "refused_here")
+    monkeypatch.delitem(sys.modules, "refused_here.part")
+
+
+def test_a_command_line_fhir_load_imports_no_pandas(shared_data, tmp_path, options):
+    """pyarrow imports pandas at its first table only to ask whether a value is a DataFrame (~0.1 s of a cold
+    command's 3.75 s): ``mercia ingest fhir`` refuses it, and loads what a load in this process loads."""
+    import os
+    from pathlib import Path
+
+    from mercia.cdm import Store
+    from mercia.ingest.service import ingest
+
+    folder = shared_data / "fhir/synthea_small/ndjson"
+    script = ("import runpy, sys\n"
+              "try:\n    runpy.run_module('mercia.cli', run_name='__main__')\n"
+              "except SystemExit as stop:\n    assert not stop.code, stop.code\n"
+              "sys.stderr.write(f'pandas imported: {\"pandas\" in sys.modules}')\n")
+    done = subprocess.run([sys.executable, "-c", script, "ingest", "fhir", str(folder), "--org", "RX1",
+                           "--db", str(tmp_path / "cli.duckdb"), "--json"], capture_output=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                               "MERCIA_ALLOW_SYNTHETIC_NHS_NUMBERS": "1"})
+    assert done.stderr.endswith(b"pandas imported: False"), done.stderr[-500:]
+    by_command = orjson.loads(done.stdout)[0]
+    options.allow_synthetic_nhs_numbers = True
+    store = Store(str(tmp_path / "here.duckdb"))
+    here = ingest(store, "fhir", folder, "RX1", options=options)
+    store.close()
+    assert by_command["loaded"] == here.loaded > 0
+    assert (by_command["read"], by_command["rejected"], by_command["rows"]) == (here.read, here.rejected, here.rows)
