@@ -125,6 +125,10 @@ def ensure_extension_tables(store: Store) -> None:
 
 # Extension tables holding person rows -> their row-id column.
 EXTRA_PERSON_TABLES = {"variant_occurrence": "variant_occurrence_id", "mercia_registration": "registration_id"}
+# Tables other capabilities keep of what was derived from people's data before any consent (a cohort's
+# members, a trial's pre-screening candidates) -> the column naming the person.  An opt-out purge deletes
+# the person's rows in each; consented trial records are not among them (their own legal basis).
+DERIVED_PERSON_TABLES = {"cohort": "subject_id", "mercia_trial_candidate": "person_id"}
 
 
 def person_tables(store: Store) -> dict[str, str | None]:

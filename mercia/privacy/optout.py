@@ -14,7 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from mercia.cdm import Store, quote
-from mercia.cdm.extensions import PERSON_NAMED_RECORD_TABLES, ensure_extension_tables, person_tables
+from mercia.cdm.extensions import (DERIVED_PERSON_TABLES, PERSON_NAMED_RECORD_TABLES, ensure_extension_tables,
+                                   person_tables)
 from mercia.privacy.nhs import normalise_nhs_numbers
 from mercia.privacy.pseudonym import Pseudonymiser
 
@@ -62,7 +63,8 @@ def _nhs_pseudonyms(nhs_numbers: frozenset[str], pseudonymiser: Pseudonymiser) -
 def purge(store: Store, nhs_numbers: frozenset[str], pseudonymiser: Pseudonymiser) -> dict[str, int]:
     """Delete everyone on the list (all organisations' records of the linked person) from every table
     holding their rows, and everything the store keeps about their records: provenance, versions,
-    content hashes, rejects naming them, bills of their visits, links and network tokens.  One
+    content hashes, rejects naming them, bills of their visits, links, network tokens, cohort
+    memberships and trial pre-screening candidates.  One
     transaction; returns rows deleted per table."""
     ensure_extension_tables(store)
     deleted: dict[str, int] = {}
@@ -100,8 +102,9 @@ def purge(store: Store, nhs_numbers: frozenset[str], pseudonymiser: Pseudonymise
         for table, pk in [*tables.items(), ("cost", "cost_id")]:
             delete(table, f"{quote(pk) if pk else 'person_id'} IN "
                           f"(SELECT row_id FROM mercia_tmp_purge_rows WHERE cdm_table = '{table}')")
-        if store.table_exists("cohort"):
-            store.execute(f"DELETE FROM cohort WHERE subject_id IN {doomed}")
+        for table, column in DERIVED_PERSON_TABLES.items():
+            if store.table_exists(table):
+                delete(table, f"{column} IN {doomed}")
         for table in RECORD_TABLES:
             delete(table, "(org, source_record) IN (SELECT org, source_record FROM mercia_tmp_purge_records)")
         for table in PERSON_NAMED_RECORD_TABLES:

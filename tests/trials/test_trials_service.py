@@ -113,6 +113,26 @@ def test_worklist_excludes_dead_dissenting_and_opted_out_and_is_audited(world):
         record_dissent(world.register, p["researcher"], 7)
 
 
+def test_an_opt_out_purge_deletes_pre_screening_candidates_but_not_consented_trial_records(world):
+    from mercia.privacy.optout import purge
+
+    nurse = world.people["nurse_a"]
+    worklist(world.register, nurse, T, SITE_A)
+    enrol(world, 8)
+    candidates = "SELECT person_id FROM mercia_trial_candidate WHERE person_id IN (7, 8, 9) ORDER BY 1"
+    assert [r[0] for r in world.store.query(candidates)] == [7, 8, 9]
+    history = "SELECT status FROM mercia_trial_status WHERE person_id = 8 ORDER BY recorded_at"
+    statuses = world.store.query(history)
+
+    purge(world.store, frozenset({nhs_number(7), nhs_number(8)}), PSEUDONYMISER)
+
+    assert [r[0] for r in world.store.query(candidates)] == [9]
+    # a participant's consent is its own legal basis: their allocation and status history stay
+    assert world.store.query_one("SELECT count(*) FROM mercia_trial_allocation WHERE person_id = 8") == 1
+    assert world.store.query(history) == statuses and len(statuses) == 4
+    assert {r["person_id"] for r in worklist(world.register, nurse, T, SITE_A)} == set(range(1, 41)) - {3, 5, 7, 8}  # 3 died, 5 opted out earlier
+
+
 def test_newly_eligible_since_picks_up_new_data(world):
     import pyarrow as pa
 
