@@ -1,4 +1,5 @@
-"""VCF (``.vcf``, bgzipped ``.vcf.gz``, one or many samples) -> staged variant calls, read with cyvcf2 (htslib).
+"""VCF (``.vcf``, bgzipped ``.vcf.gz``, one or many samples) -> staged variant calls, read with htslib's
+bcftools (``bcftools query``, bundled with pysam) and DuckDB.
 
 Each sample of a file is one source record ``VCF/<file>/<sample>`` (as an NMR panel is one record per
 sample): each of its calls carrying an ALT allele becomes a ``measurement`` (HGNC gene, genotype as value,
@@ -18,10 +19,13 @@ content hash and fate were most of the cost of loading it (docs/metabolomics.md)
 - Kept per call: GT, zygosity (heterozygous / homozygous / hemizygous), FORMAT DP and GQ, and the
   annotation of this ALT allele from VEP ``CSQ`` or SnpEff ``ANN`` (gene, consequence, HGVS c. and p.);
   ``INFO/GENE`` is the gene when neither is present.
-- Vectorised: per block of ``BLOCK_SITES`` sites, numpy finds each ALT allele's carriers and their allele
-  states in cyvcf2's stacked genotype/DP/GQ arrays for all samples (per site, Python only takes cyvcf2's
-  fields); per chunk, DuckDB splits the CSQ/ANN annotations (``_annotation_sql``) and spells the rows (no
-  Python work per call or annotation).  The rows are ``Staged.calls``, which the load writes set-based.
+- No Python per site: htslib parses every line (in ``bcftools query``, run in a child process, so on the
+  other core) and prints CHROM, POS, REF, ALT, INFO and each sample's GT, DP and GQ as text; Arrow reads
+  that text in batches of ``SITE_BATCH_BYTES`` and one DuckDB statement per batch (``_calls_sql``) splits
+  the ALT alleles, finds their carriers, rewrites the genotypes, trims, picks the CSQ/ANN entry
+  (``_annotation_sql``) and spells the rows.  DuckDB only reads bcftools' canonical output, never the
+  file's own text.  (Until 6 December cyvcf2 handed each site to Python, about half of the reading.)
+  The rows are ``Staged.calls``, which the load writes set-based.
 - Streamed: ``read_vcf_chunks`` hands the load chunks of about ``CALLS_PER_CHUNK`` carrier calls (whole
   sites), so a large file is never held whole.
 - A sample's content hash covers its column of every line, order-free (``_sample_hashes``: one DuckDB
@@ -29,8 +33,10 @@ content hash and fate were most of the cost of loading it (docs/metabolomics.md)
 - Sites are never split between chunks at one position (``CHROM``, ``POS``), so in a sorted file an
   allele listed twice for a sample is found in one chunk (the load keeps its last copy).
 - A file htslib cannot read to the end (a truncated ``.vcf.gz``, a corrupt record) is rejected as a whole:
-  record ``VCF/<file>``, field ``file``, the htslib message; none of its calls are staged (``VcfReader.chunks``
-  says how when part of it was already handed on).
+  record ``VCF/<file>``, field ``file``, the htslib message (a corrupt record's names the field and its
+  CHROM:POS); none of its calls are staged (``VcfReader.chunks`` says how when part of it was already
+  handed on).  GT, DP or GQ used without a ``##FORMAT`` line (htslib assumes one, bcftools cannot print an
+  undeclared tag) are declared for bcftools through ``bcftools reheader`` (``_Sites``).
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,16 +54,21 @@ import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from isal import igzip
+from isal.igzip_lib import IsalError
 
 from mercia.ingest.staging import CALL_SCHEMA, Staged
 
 VCF_SUFFIXES = (".vcf", ".vcf.gz", ".vcf.bgz")
-_MISSING_INT = np.iinfo(np.int32).min
 # Carrier calls per staged chunk of a streamed VCF: each chunk's load stays well under 1 GB
 # (976,363 carrier rows loaded as one chunk peaked at 3.65 GB).
 CALLS_PER_CHUNK = 200_000
-BLOCK_SITES = 1_000  # sites whose genotypes one numpy pass reads (``_add_block``)
+BLOCK_SITES = 1_000  # sites a chunk may end after (``_Runs``)
+SITE_BATCH_BYTES = 16 << 20  # bcftools' text per DuckDB statement (~24,000 sites of the trio benchmark file)
+# pysam's bundled bcftools, a command of it run in a child interpreter (the wheel ships no executable)
+_BCFTOOLS = "import sys, pysam.bcftools; getattr(pysam.bcftools, sys.argv[1])(*sys.argv[2:], catch_stdout=False)"
 
 
 class VcfFileError(ValueError):
@@ -66,55 +80,53 @@ class VcfFileError(ValueError):
         self.rejected = rejected
 
 
-def _annotation_fields(vcf) -> dict[str, list[str]]:
-    """'CSQ' / 'ANN' -> field names, from each INFO header's ``Format:`` description."""
+def _annotation_fields(header) -> dict[str, list[str]]:
+    """'CSQ' / 'ANN' -> field names, from each INFO header's ``Format:`` description (pysam's header)."""
     out = {}
     for tag in ("CSQ", "ANN"):
-        try:
-            description = vcf.get_header_type(tag).get("Description", "")
-        except KeyError:
+        if tag not in header.info:
             continue
+        description = header.info[tag].description or ""
         match = re.search(r"Format:\s*'?([^'\"]+)", description) or re.search(r"'([^']+)'", description)
         if match:
             out[tag] = [f.strip() for f in match.group(1).split("|")]
     return out
 
 
-def _trim(pos: int, ref: str, alt: str) -> tuple[int, str, str]:
-    while len(ref) > 1 and len(alt) > 1 and ref[-1] == alt[-1]:
-        ref, alt = ref[:-1], alt[:-1]
-    while len(ref) > 1 and len(alt) > 1 and ref[0] == alt[0]:
-        ref, alt, pos = ref[1:], alt[1:], pos + 1
-    return pos, ref, alt
-
-
-def _format_field(site, tag: str) -> np.ndarray | None:
-    try:
-        return site.format(tag)
-    except KeyError:  # the tag is not declared in the header
-        return None
-
-
-def _call_text(states: tuple[int, ...], phased: bool) -> tuple[str, str]:
-    """(genotype, zygosity) of one call whose alleles are ``states`` (0 reference, 1 this ALT, 2 another
-    ALT or missing, 3 absent: a haploid call in a diploid site)."""
-    called = ["01."[state] for state in states if state != 3]
-    zygosity = "hemizygous" if len(called) == 1 else "homozygous" if called.count("1") == len(called) else \
-        "heterozygous"
-    return ("|" if phased else "/").join(called), zygosity
-
-
-def _header_lines(file: Path) -> tuple[int, bool]:
-    """How many header lines the file itself has (htslib's ``raw_header`` adds lines it implies, such as
-    ``##FILTER=<ID=PASS>``, so counting those would put every reject one line late), and whether it is
-    gzipped (un-gzipped with ISA-L, every member, as the FHIR reader does: a header spans BGZF blocks)."""
+def _header_lines(file: Path) -> tuple[int, bool, int]:
+    """How many header lines the file itself has (htslib's header adds lines it implies, such as
+    ``##FILTER=<ID=PASS>``, so counting those would put every reject one line late), whether it is gzipped
+    (un-gzipped with ISA-L, every member, as the FHIR reader does: a header spans BGZF blocks), and how many
+    samples its last header line (``#CHROM``) names.  ``VcfFileError`` when the header cannot be un-gzipped."""
     with open(file, "rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"
-    with (igzip.open(file, "rb") if compressed else open(file, "rb")) as handle:  # (htslib read it whole first)
-        return sum(1 for _ in itertools.takewhile(lambda line: line.startswith(b"#"), handle)), compressed
+    count, last = 0, b""
+    try:
+        with (igzip.open(file, "rb") if compressed else open(file, "rb")) as handle:
+            for line in itertools.takewhile(lambda line: line.startswith(b"#"), handle):
+                count, last = count + 1, line
+    except (EOFError, OSError, IsalError) as exc:
+        raise VcfFileError(f"not a readable VCF: {exc}") from exc
+    return count, compressed, max(0, last.rstrip(b"\r\n").count(b"\t") - 8) if last.startswith(b"#CHROM") else 0
 
 
-def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: list[str]) -> list[str]:
+def _header(file: Path) -> tuple[list[str], str, set[str], dict[str, list[str]]]:
+    """The file's samples, header text, FORMAT tags and annotation fields, as htslib (pysam) reads them;
+    ``VcfFileError`` when it cannot."""
+    import pysam
+
+    verbosity = pysam.set_verbosity(0)  # (htslib would print that a .vcf.gz has no index, which is not needed)
+    try:
+        with pysam.VariantFile(str(file)) as vcf:
+            return list(vcf.header.samples), str(vcf.header), set(vcf.header.formats), _annotation_fields(vcf.header)
+    except (ValueError, OSError) as exc:
+        # pysam names the full path: keep only the file's own name (an upload's folder is the server's)
+        raise VcfFileError(f"not a readable VCF: {str(exc).replace(str(file), file.name)[:200]}") from exc
+    finally:
+        pysam.set_verbosity(verbosity)
+
+
+def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: int) -> list[str]:
     """Each sample's content hash: the sum (order-free, as NMR's) of a 64-bit hash of every line's CHROM,
     POS, REF, ALT, INFO and FORMAT with the sample's column, and the line count, in one DuckDB pass over
     the text (~0.15 CPU-s per 10 MB of the trio file; an MD5 per call instead cost 11x as much on the
@@ -122,8 +134,8 @@ def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: lis
     DuckDB's ``hash`` is not promised stable across its versions: an upgrade that changed it would make a
     resend ``changed`` once.  A file DuckDB cannot read to the end (a truncated ``.vcf.gz``) raises
     ``VcfFileError`` before any of its calls is read."""
-    columns = {f"c{i}": "VARCHAR" for i in range(9)} | {f"s{i}": "VARCHAR" for i in range(len(samples))}
-    sums = ", ".join(f"CAST(sum(hash(line_hash, s{i})) AS VARCHAR)" for i in range(len(samples)))
+    columns = {f"c{i}": "VARCHAR" for i in range(9)} | {f"s{i}": "VARCHAR" for i in range(samples)}
+    sums = ", ".join(f"CAST(sum(hash(line_hash, s{i})) AS VARCHAR)" for i in range(samples))
     con = duckdb.connect()
     try:
         con.execute("SET threads = 1")  # a streaming sum: one core, the other is the reader's
@@ -151,11 +163,6 @@ def _phenopacket_date(path: Path) -> str | None:
     return created[:10] if created else None
 
 
-# Per (site, ALT allele), as columns: where the file has it (site, line), the split and trimmed allele
-# (chrom, pos, ref, alt), what its annotation is matched on (the untrimmed ``raw_ref``, ``raw_alt``), the
-# site's INFO/GENE, annotation tag and text, and how many carrier calls it has.
-_PAIR_COLUMNS = ("chrom", "pos", "ref", "alt", "raw_ref", "raw_alt", "info_gene", "tag", "note", "line", "calls")
-_STRING_COLUMNS = ("chrom", "ref", "alt", "raw_ref", "raw_alt", "info_gene", "tag", "note")
 # What each annotation field is called in VEP's CSQ and in SnpEff's ANN.
 _ANNOTATION_NAMES = {"CSQ": {"gene": "SYMBOL", "consequence": "Consequence", "hgvs": "HGVSc", "hgvs_p": "HGVSp"},
                      "ANN": {"gene": "Gene_Name", "consequence": "Annotation", "hgvs": "HGVS.c", "hgvs_p": "HGVS.p"}}
@@ -164,7 +171,7 @@ _ANNOTATION_NAMES = {"CSQ": {"gene": "SYMBOL", "consequence": "Consequence", "hg
 def _annotation_sql(annotations: dict[str, list[str]]) -> str:
     """The ``notes`` query: per (site, ALT) row of ``pairs`` with an annotation, the first entry of its
     ALT allele (VEP writes a deletion's allele as '-' or without the shared base) split into gene,
-    consequence and HGVS c./p. (empty fields NULL), for a whole chunk at once.  The first entry is
+    consequence and HGVS c./p. (empty fields NULL), for a whole batch at once.  The first entry is
     usually this allele's, so it is tried first and the others split only when it is not; each entry
     is split once into a list (``split_part`` would split it again per field taken)."""
     def at(name: str) -> str:  # the field's position in the entries of the pair's tag
@@ -194,75 +201,85 @@ def _annotation_sql(annotations: dict[str, list[str]]) -> str:
               FROM noted)"""
 
 
-class _Carriers:
-    """A file's carrier calls as numpy pieces, one per (site, ALT allele); ``table`` joins them with the
-    sites' annotations, samples and genotype texts in DuckDB (no Python work per call or annotation)."""
+def _info_sql(tag: str) -> str:
+    """The value of INFO ``tag`` in bcftools' ``%INFO`` text ('' when the site has none): found with
+    ``strpos`` (a regular expression over the ~600-character INFO of a VEP site cost 5x the whole query)."""
+    value = f"substr(info, CASE WHEN starts_with(info, '{tag}=') THEN {len(tag) + 2} " \
+            f"ELSE NULLIF(strpos(info, ';{tag}='), 0) + {len(tag) + 2} END)"
+    return f"COALESCE(left({value}, strpos({value} || ';', ';') - 1), '')"
 
-    def __init__(self):
-        self.pairs: dict[str, list] = {name: [] for name in _PAIR_COLUMNS}
-        self.calls: dict[str, list[np.ndarray]] = {"sample": [], "text": [], "depth": [], "quality": []}
-        self.texts: dict[tuple[tuple[int, ...], bool], int] = {}  # (allele states, phased) -> row of texts
-        self.count = 0  # carrier calls so far
 
-    def add(self, pairs: dict[str, np.ndarray], carriers: np.ndarray, states: np.ndarray, phased: np.ndarray,
-            depth: np.ndarray, quality: np.ndarray) -> None:
-        """``pairs``: (site, ALT) columns (``_PAIR_COLUMNS``; "calls" carriers each); the other arrays:
-        one row per carrier in that order, ``states`` its alleles for the row's ALT (see ``_call_text``)."""
-        for name, values in pairs.items():
-            self.pairs[name].append(values)
-        self.count += carriers.size
-        ploidy = states.shape[1]
-        code = (states * (4 ** np.arange(ploidy))).sum(axis=1) + phased * 4 ** ploidy
-        unique, inverse = np.unique(code, return_inverse=True)
-        rows = [self.texts.setdefault((tuple(int(c) // 4 ** j % 4 for j in range(ploidy)), bool(c // 4 ** ploidy)),
-                                      len(self.texts)) for c in unique]
-        for name, values in (("sample", carriers), ("text", np.asarray(rows, np.int64)[inverse]), ("depth", depth),
-                             ("quality", quality)):
-            self.calls[name].append(values)
+def _calls_sql(samples: int, annotations: dict[str, list[str]]) -> str:
+    """The query turning a batch of bcftools' site rows (``sites``: its text columns and ``site``, the
+    site's number in the file) into carrier calls, ordered (site, ALT allele, sample).  Per ALT allele
+    (split as the module describes) its carriers are the samples whose GT names its index; their GT is
+    rewritten for it (``1`` this allele, ``0`` reference, ``.`` anything else); REF and ALT are trimmed of
+    shared bases (suffix first, then prefix: at most length - 1 of either, POS moving with the prefix);
+    the annotation is CSQ's, else ANN's (``_annotation_sql``), INFO/GENE the gene without one."""
+    def listed(tag: str) -> str:  # the samples' values of a FORMAT tag
+        return f"string_split({tag.lower()}, ':')[1:{samples}]" if samples else "[]::VARCHAR[]"
 
-    def table(self, file: str, samples: list[str], hashes: list[str], refs: list[str], dates: list[str | None],
-              assembly: str | None, annotations: dict[str, list[str]]) -> pa.Table:
-        """One row per carrier call, in file order, with the ``CALL_SCHEMA`` columns."""
-        pairs = {name: np.concatenate(values) if values else np.array([], object if name in _STRING_COLUMNS
-                                                                      else np.int64)
-                 for name, values in self.pairs.items()}
-        call_pair = np.repeat(np.arange(pairs["calls"].size), pairs["calls"].astype(np.int64))
-        pieces = {name: np.concatenate(values) if values else np.array([], np.float64 if name in ("depth", "quality")
-                                                                         else np.int64)
-                  for name, values in self.calls.items()}
-        calls = pa.table({"position": np.arange(call_pair.size), "pair": call_pair, "sample": pieces["sample"],
-                          "text": pieces["text"], "depth": pa.array(pieces["depth"], from_pandas=True),
-                          "quality": pa.array(pieces["quality"], from_pandas=True)})
-        texts = [_call_text(states, phased) for states, phased in self.texts]
-        con = duckdb.connect()
-        try:
-            con.register("calls", calls)
-            con.register("pairs", pa.table({"pair": np.arange(pairs["calls"].size), **{
-                name: pa.array(values, pa.string() if name in _STRING_COLUMNS else pa.int64())
-                for name, values in pairs.items() if name != "calls"}}))
-            con.register("samples", pa.table({"sample": np.arange(len(samples)), "name": pa.array(samples, pa.string()),
-                                              "record_hash": pa.array(hashes, pa.string()),
-                                              "person_ref": pa.array(refs, pa.string()),
-                                              "start": pa.array(dates, pa.string())}))
-            con.register("texts", pa.table({"text": np.arange(len(texts), dtype=np.int64),
-                                            "genotype": pa.array([g for g, _ in texts], pa.string()),
-                                            "zygosity": pa.array([z for _, z in texts], pa.string())}))
-            notes = _annotation_sql(annotations) if annotations else \
-                "SELECT NULL::BIGINT AS pair, NULL AS gene, NULL AS consequence, NULL AS hgvs, NULL AS hgvs_p"
-            con.execute(f"""CREATE TABLE sites AS
-                SELECT p.pair, p.chrom, p.pos, p.ref, p.alt, p.line, COALESCE(n.gene, p.info_gene) AS gene,
-                       n.consequence, n.hgvs, n.hgvs_p
-                FROM pairs p LEFT JOIN ({notes}) n USING (pair)""")
-            return con.sql("""
-                SELECT 'VCF/' || $file || '/' || p.name AS record, p.record_hash, p.person_ref, p.start, s.line,
-                       $assembly AS assembly, s.chrom, s.pos, s.ref, s.alt, s.gene,
-                       COALESCE(s.gene, s.chrom || ':' || s.pos) AS code, t.genotype, s.hgvs, s.hgvs_p, s.consequence,
-                       t.zygosity, CAST(c.depth AS BIGINT) AS read_depth, c.quality AS genotype_quality
-                FROM calls c
-                JOIN sites s USING (pair) JOIN samples p USING (sample) JOIN texts t USING (text)
-                ORDER BY c.position""", params={"file": file, "assembly": assembly}).to_arrow_table()
-        finally:
-            con.close()
+    tag = " ".join(f"WHEN {_info_sql(name)} <> '' THEN '{name}'" for name in annotations)
+    note = " ".join(f"WHEN {_info_sql(name)} <> '' THEN {_info_sql(name)}" for name in annotations)
+    notes = _annotation_sql(annotations) if annotations else \
+        "SELECT NULL::BIGINT AS pair, NULL AS gene, NULL AS consequence, NULL AS hgvs, NULL AS hgvs_p"
+    number = "CAST(NULLIF(split_part({}, ',', 1), '.') AS DOUBLE)"  # a FORMAT number's first value
+    return f"""
+        WITH alleles AS (
+            SELECT site, alt_index, CAST(alt_index AS VARCHAR) AS allele, gts, dps, gqs
+            FROM (SELECT site, unnest(generate_series(1, len(alts))) AS alt_index, gts, dps, gqs
+                  FROM (SELECT site, CASE WHEN alt = '.' THEN [] ELSE string_split(alt, ',') END AS alts,
+                               {listed('GT')} AS gts, {listed('DP')} AS dps, {listed('GQ')} AS gqs
+                        FROM sites))),
+        called AS (  -- the samples whose GT text holds the allele's number (then checked allele by allele)
+            SELECT site, alt_index, allele, sample - 1 AS sample, gts[sample] AS gt, dps[sample] AS dp,
+                   gqs[sample] AS gq
+            FROM (SELECT *, unnest(list_filter(generate_series(1, {samples}), lambda i: contains(gts[i], allele)))
+                             AS sample
+                  FROM alleles)),
+        carriers AS MATERIALIZED (
+            SELECT site, alt_index, sample, gt, dp, gq, allele, held,
+                   list_transform(held, lambda h: CASE h WHEN allele THEN '1' WHEN '0' THEN '0' ELSE '.' END) AS states
+            FROM (SELECT *, string_split(replace(gt, '|', '/'), '/') AS held FROM called)
+            WHERE list_contains(held, allele)),
+        raw AS (
+            SELECT p.site, p.alt_index, s.chrom, CAST(s.pos AS BIGINT) AS pos, s.ref AS raw_ref,
+                   string_split(s.alt, ',')[p.alt_index] AS raw_alt, s.info,
+                   CASE {tag or "WHEN false THEN NULL"} END AS tag, CASE {note or "WHEN false THEN NULL"} END AS note
+            FROM (SELECT DISTINCT site, alt_index FROM carriers) p JOIN sites s USING (site)),
+        suffixed AS (
+            SELECT *, CASE WHEN length(raw_ref) > 1 AND length(raw_alt) > 1 THEN list_max(list_filter(
+                          range(0, least(length(raw_ref), length(raw_alt))),
+                          lambda k: right(raw_ref, k) = right(raw_alt, k))) ELSE 0 END AS suffix
+            FROM raw),
+        unsuffixed AS (
+            SELECT *, left(raw_ref, length(raw_ref) - suffix) AS short_ref, left(raw_alt, length(raw_alt) - suffix)
+                       AS short_alt
+            FROM suffixed),
+        pairs AS (
+            SELECT site * 65536 + alt_index AS pair, site, alt_index, chrom, pos + prefix AS pos,
+                   short_ref[prefix + 1:] AS ref, short_alt[prefix + 1:] AS alt, raw_ref, raw_alt, info, tag, note
+            FROM (SELECT *, CASE WHEN length(short_ref) > 1 AND length(short_alt) > 1 THEN list_max(list_filter(
+                                     range(0, least(length(short_ref), length(short_alt))),
+                                     lambda k: left(short_ref, k) = left(short_alt, k))) ELSE 0 END AS prefix
+                  FROM unsuffixed)),
+        notes AS ({notes}),
+        sited AS (  -- INFO/GENE looked up only where the annotation names no gene
+            SELECT p.site, p.alt_index, p.chrom, p.pos, p.ref, p.alt, n.hgvs, n.hgvs_p, n.consequence,
+                   COALESCE(n.gene, NULLIF({_info_sql('GENE')}, '')) AS gene
+            FROM pairs p LEFT JOIN notes n USING (pair))
+        SELECT c.site, 'VCF/' || $file || '/' || m.name AS record, m.record_hash, m.person_ref, m.start,
+               $header_lines + c.site + 1 AS line, $assembly AS assembly, p.chrom, p.pos, p.ref, p.alt,
+               p.gene, COALESCE(p.gene, p.chrom || ':' || p.pos) AS code,
+               CASE WHEN contains(c.gt, '|') THEN array_to_string(c.states, '|') ELSE array_to_string(c.states, '/')
+                   END AS genotype,
+               p.hgvs, p.hgvs_p, p.consequence,
+               CASE WHEN len(c.held) = 1 THEN 'hemizygous'
+                    WHEN list_bool_and(list_transform(c.held, lambda h: h = c.allele)) THEN 'homozygous'
+                    ELSE 'heterozygous' END AS zygosity,
+               CAST({number.format('c.dp')} AS BIGINT) AS read_depth, {number.format('c.gq')} AS genotype_quality
+        FROM carriers c JOIN sited p USING (site, alt_index) JOIN samples m USING (sample)
+        ORDER BY c.site, c.alt_index, c.sample"""
 
 
 def _sample_rows(file: str, samples: list[str], hashes: list[str], refs: list[str], dates: list[str | None],
@@ -337,63 +354,166 @@ class VcfReader:
     def _file(self, file: Path, sample_person: dict[str, str], when: str | None
               ) -> Iterator[tuple[pa.Table, int, bool]]:
         """(carrier calls, calls read, whether they reach back into positions an earlier piece held:
-        ``_Spans``) per block of sites of about ``calls_per_chunk`` carriers (one block when None);
+        ``_Spans``) per run of blocks of sites holding about ``calls_per_chunk`` carriers (all of them when
+        None), cut (``_Runs``) after a block of ``BLOCK_SITES`` sites (extended so
+        that a position's sites stay in one block) that brought the run to ``calls_per_chunk``.
         ``VcfFileError`` when htslib cannot open the file or DuckDB cannot read it to the end
-        (``_sample_hashes``), ``_ReadError`` when htslib stops inside."""
-        from cyvcf2 import VCF
-
-        try:
-            vcf = VCF(str(file), lazy=True)
-        except Exception as exc:  # noqa: BLE001 (cyvcf2 raises bare Exception for unreadable files)
-            # cyvcf2 names the full path: keep only the file's own name (an upload's folder is the server's)
-            raise VcfFileError(f"not a readable VCF: {str(exc).replace(str(file), file.name)[:200]}") from exc
-        header = {m.group(1): m.group(2) for m in re.finditer(r"^##(\w+)=(.*)$", vcf.raw_header, re.MULTILINE)}
-        assembly = header.get("reference") or None
-        date = when or header.get("fileDate")
+        (``_sample_hashes``), ``_ReadError`` when bcftools stops inside."""
+        number, compressed, named = _header_lines(file)
+        # a file cut or corrupt in its body is found here, before htslib reads its header (pysam refuses a
+        # BGZF file without its end marker, as any cut one is, naming no more than that)
+        hashes = _sample_hashes(file, number, compressed, named) if named else []
+        samples, text, formats, annotations = _header(file)
+        meta = {m.group(1): m.group(2) for m in re.finditer(r"^##(\w+)=(.*)$", text, re.MULTILINE)}
+        date = when or meta.get("fileDate")
         if date and re.fullmatch(r"\d{8}", date):
             date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
-        annotations = _annotation_fields(vcf)
-        samples = list(vcf.samples)
         refs = [sample_person.get(s, f"Subject/{s}") for s in samples]
         dates = [date or _phenopacket_date(file.parent.parent / "phenopackets" / f"{s}.json") for s in samples]
-        carriers, read, block, at, spans = _Carriers(), 0, [], None, _Spans()
+        con = duckdb.connect()
+        con.register("samples", pa.table({"sample": np.arange(len(samples)), "name": pa.array(samples, pa.string()),
+                                          "record_hash": pa.array(hashes, pa.string()),
+                                          "person_ref": pa.array(refs, pa.string()),
+                                          "start": pa.array(dates, pa.string())}))
+        query = _calls_sql(len(samples), annotations)
+        params = {"file": file.name, "header_lines": number, "assembly": meta.get("reference") or None}
+        runs = _Runs(self.calls_per_chunk, [_sample_rows(file.name, samples, hashes, refs, dates, number)])
+        spans = _Spans()
         try:
-            number, compressed = _header_lines(file)
-            hashes = _sample_hashes(file, number, compressed, samples) if samples else []
-            staged = [_sample_rows(file.name, samples, hashes, refs, dates, number)]  # with the first calls
-            sites = iter(vcf)
-            while True:
-                try:
-                    site = next(sites)
-                except StopIteration:
-                    break
-                except Exception as exc:  # noqa: BLE001 (htslib read errors surface as bare Exception)
-                    raise _ReadError(number, str(exc)) from exc
-                number += 1
-                if len(block) >= BLOCK_SITES and (site.CHROM, site.POS) != at:  # a position's sites in one block
-                    _add_block(block, len(samples), carriers)
-                    block = []
-                    if self.calls_per_chunk and carriers.count >= self.calls_per_chunk:
-                        staged.append(carriers.table(file.name, samples, hashes, refs, dates, assembly, annotations))
-                        yield _staged_calls(staged), read, spans.revisited(staged[-1])
-                        carriers, read, staged = _Carriers(), 0, []
-                at = (site.CHROM, site.POS)
-                alts = site.ALT  # (cyvcf2 builds the list on each access)
-                read += len(samples) * len(alts)
-                if samples:
-                    info, tag, note = site.INFO, None, None
-                    for tag in annotations:
-                        if note := info.get(tag):
-                            break
-                    else:
-                        tag = note = None
-                    block.append((at[0], at[1], site.REF, alts, number, site.genotype.array(),
-                                  _format_field(site, "DP"), _format_field(site, "GQ"), info.get("GENE"), tag, note))
+            with _Sites(file, text, len(samples), formats) as sites:
+                for batch in sites.batches():
+                    con.register("sites", pa.Table.from_batches([batch]))
+                    calls = con.sql(query, params=params).to_arrow_table()
+                    for run, read in runs.add(batch, calls, len(samples)):
+                        yield run, read, spans.revisited(run)
+                if sites.failure:
+                    raise _ReadError(number + sites.count, sites.failure)
         finally:
-            vcf.close()
-        _add_block(block, len(samples), carriers)
-        staged.append(carriers.table(file.name, samples, hashes, refs, dates, assembly, annotations))
-        yield _staged_calls(staged), read, spans.revisited(staged[-1])
+            con.close()
+        run, read = runs.rest()
+        yield run, read, spans.revisited(run)
+
+
+class _Sites:
+    """A file's sites as bcftools (htslib) prints them, read as Arrow batches of text columns (CHROM, POS,
+    REF, ALT, INFO, then GT, DP and GQ as declared, each all samples' values).  bcftools runs in a child
+    process (pysam's bundled bcftools, called in a fresh interpreter), so htslib's parse takes the other
+    core while this one works on the previous batch; ``failure`` is htslib's message when it stopped
+    inside the file."""
+
+    def __init__(self, file: Path, header: str, samples: int, formats: set[str]):
+        tags = ("GT", "DP", "GQ") if samples else ()
+        self.columns = ["chrom", "pos", "ref", "alt", "info", *(tag.lower() for tag in tags)]
+        # one column per FORMAT tag, its samples' values each ended by ':' (no FORMAT value holds one)
+        self.query = ["query", "-o", "/dev/stdout", "-f",
+                      "%CHROM\\t%POS\\t%REF\\t%ALT\\t%INFO" + "".join(f"\\t[%{tag}:]" for tag in tags) + "\\n"]
+        # bcftools cannot print a FORMAT tag the header does not declare (htslib declares one only when
+        # a record uses it): such a file is given a header declaring it, as htslib would (Type=String)
+        self.missing = [tag for tag in tags if tag not in formats]
+        self.file, self.header, self.count, self.failure = file, header, 0, None
+
+    def __enter__(self):
+        self.errors, self.processes = tempfile.TemporaryFile(), []
+        if self.missing:
+            self.declared = tempfile.NamedTemporaryFile("w", suffix=".txt")
+            self.declared.write(self.header.replace("#CHROM", "".join(
+                f'##FORMAT=<ID={tag},Number=1,Type=String,Description="{tag}">\n' for tag in self.missing) + "#CHROM",
+                1))
+            self.declared.flush()
+            self._start("reheader", "-h", self.declared.name, "-o", "/dev/stdout", str(self.file))
+            self._start(*self.query, "-", stdin=self.processes[0].stdout)
+            self.processes[0].stdout.close()  # (bcftools query holds it now)
+        else:
+            self._start(*self.query, str(self.file))
+        return self
+
+    def _start(self, *command: str, stdin=None) -> None:
+        self.processes.append(subprocess.Popen([sys.executable, "-c", _BCFTOOLS, *command], stdin=stdin,
+                                               stdout=subprocess.PIPE, stderr=self.errors))
+
+    def __exit__(self, *exc) -> None:
+        for process in self.processes:
+            if process.poll() is None:  # the reader stopped early: end bcftools, started here
+                process.kill()
+            process.wait()
+            process.stdout.close()
+        self.errors.close()
+        if self.missing:
+            self.declared.close()
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """Batches of about ``SITE_BATCH_BYTES`` of bcftools' text, each with ``site``: its sites' numbers
+        in the file (from 0); after the last, ``failure`` tells whether bcftools read the file through."""
+        try:
+            reader = pa_csv.open_csv(self.processes[-1].stdout, read_options=pa_csv.ReadOptions(
+                column_names=self.columns, block_size=SITE_BATCH_BYTES), parse_options=pa_csv.ParseOptions(
+                delimiter="\t", quote_char=False, escape_char=False), convert_options=pa_csv.ConvertOptions(
+                column_types={name: pa.string() for name in self.columns}))
+        except pa.ArrowInvalid:  # nothing printed: no site, or bcftools failed at the first
+            reader = iter(())
+        for batch in reader:
+            yield batch.append_column("site", pa.array(np.arange(self.count, self.count + batch.num_rows)))
+            self.count += batch.num_rows
+        if any([process.wait() for process in self.processes]):
+            self.errors.seek(0)
+            # (bcftools names the full path: keep only the file's own name)
+            messages = self.errors.read().decode(errors="replace").replace(str(self.file), self.file.name).splitlines()
+            self.failure = next((m for m in messages if m.startswith("[E::")), None) or \
+                next((m for m in messages if m.startswith("Error")), "bcftools stopped")
+
+
+class _Runs:
+    """Cuts a file's carrier calls into runs of about ``calls_per_chunk`` (None: one run) at the ends of
+    blocks of ``BLOCK_SITES`` sites, a block running on while its next site has its last one's position (so
+    a position's sites are never split between chunks).  The first run also holds the sample rows."""
+
+    def __init__(self, calls_per_chunk: int | None, held: list[pa.Table]):
+        self.calls_per_chunk, self.held, self.read = calls_per_chunk, held, 0
+        self.closed = 0  # carriers in the blocks closed since the last cut
+        self.open_sites, self.open_carriers, self.last = 0, 0, None  # the open block; the last site's position
+
+    def add(self, batch: pa.RecordBatch, calls: pa.Table, samples: int) -> Iterator[tuple[pa.Table, int]]:
+        """The runs this batch of sites (and its carrier calls, ordered by site) completes."""
+        sites, first = batch.num_rows, batch.column("site")[0].as_py() if batch.num_rows else 0
+        chrom, pos = batch.column("chrom"), pc.cast(batch.column("pos"), pa.int64()).to_numpy()
+        moved = np.ones(sites, bool)  # the site's position is not its previous one's
+        if sites:
+            moved[1:] = pc.not_equal(chrom.slice(1), chrom.slice(0, sites - 1)).to_numpy(zero_copy_only=False) \
+                | (pos[1:] != pos[:-1])
+            moved[0] = (chrom[0].as_py(), int(pos[0])) != self.last
+            self.last = (chrom[sites - 1].as_py(), int(pos[-1]))
+        alts = batch.column("alt")
+        read = samples * np.where(pc.equal(alts, ".").to_numpy(zero_copy_only=False), 0,
+                                  pc.count_substring(alts, ",").to_numpy(zero_copy_only=False) + 1)
+        site_of = calls.column("site").to_numpy() - first
+        carriers = np.bincount(site_of, minlength=sites)
+        start, cut = 0, 0  # the open block's first site in this batch; the last cut in it
+        while True:
+            earliest = start + max(BLOCK_SITES - self.open_sites, 0)  # the first site the block may end before
+            candidates = np.flatnonzero(moved[earliest:])
+            if not candidates.size:
+                break
+            end = earliest + int(candidates[0])  # the block ends before this site
+            self.closed += self.open_carriers + int(carriers[start:end].sum())
+            self.open_sites, self.open_carriers, start = 0, 0, end
+            if self.calls_per_chunk and self.closed >= self.calls_per_chunk:
+                bound = int(np.searchsorted(site_of, end))
+                self.held.append(calls.slice(cut_call := int(np.searchsorted(site_of, cut)), bound - cut_call))
+                yield self._cut(int(read[cut:end].sum()))
+                cut = end
+        self.open_sites += sites - start
+        self.open_carriers += int(carriers[start:].sum())
+        self.held.append(calls.slice(int(np.searchsorted(site_of, cut))))
+        self.read += int(read[cut:].sum())
+
+    def _cut(self, read: int) -> tuple[pa.Table, int]:
+        run, read = _staged_calls(self.held), self.read + read
+        self.held, self.read, self.closed = [], 0, 0
+        return run, read
+
+    def rest(self) -> tuple[pa.Table, int]:
+        """The calls after the last cut (the file's end)."""
+        return self._cut(0)
 
 
 class _Spans:
@@ -409,6 +529,8 @@ class _Spans:
         spans = calls.group_by("chrom").aggregate([("pos", "min"), ("pos", "max")])
         revisits = False
         for chrom, low, high in zip(*(spans.column(c).to_pylist() for c in ("chrom", "pos_min", "pos_max"))):
+            if chrom is None:  # the sample rows
+                continue
             if chrom in self.held:
                 held_low, held_high = self.held[chrom]
                 revisits |= low <= held_high and high >= held_low
@@ -421,70 +543,6 @@ def _staged_calls(tables: list[pa.Table]) -> pa.Table:
     """Tables of calls (and sample rows) as one ``CALL_SCHEMA`` table."""
     return pa.concat_tables([t.select(CALL_SCHEMA.names).cast(CALL_SCHEMA) for t in tables]) if tables \
         else CALL_SCHEMA.empty_table()
-
-
-def _first_numbers(values: list[np.ndarray | None], samples: int) -> np.ndarray:
-    """A block's FORMAT numbers (first value per sample) as float64 (sites x samples), NaN when absent
-    (htslib: int32 minimum for integers, NaN for floats; None: the tag is not declared)."""
-    out = np.full((len(values), samples), np.nan)
-    integer = np.zeros(len(values), bool)
-    for i, site_values in enumerate(values):
-        if site_values is not None:
-            out[i] = site_values[:, 0]
-            integer[i] = site_values.dtype.kind == "i"
-    out[integer[:, None] & (out == _MISSING_INT)] = np.nan
-    return out
-
-
-def _add_block(block: list[tuple], samples: int, carriers: _Carriers) -> None:
-    """A block of sites' carriers of each ALT allele (split as the module describes) found in one numpy
-    pass over the block's stacked genotypes; calls in file order (site, ALT, sample).  Sites of lower
-    ploidy are padded with absent alleles (state 3: not spelled, so a haploid call stays hemizygous)."""
-    if not block:
-        return
-    chroms, positions, refs, alts, lines, genotypes, depths, qualities, genes, tags, notes = zip(*block)
-    widths = {site_genotypes.shape[1] for site_genotypes in genotypes}
-    if len(widths) == 1:  # one ploidy throughout (the usual case): one stack
-        stacked = np.stack(genotypes)
-        alleles, phased = stacked[:, :, :-1].astype(np.int16), stacked[:, :, -1].astype(bool)
-    else:
-        alleles = np.full((len(block), samples, max(widths) - 1), -2, np.int16)
-        phased = np.zeros((len(block), samples), bool)
-        for i, site_genotypes in enumerate(genotypes):
-            alleles[i, :, :site_genotypes.shape[1] - 1] = site_genotypes[:, :-1]
-            phased[i] = site_genotypes[:, -1].astype(bool)
-    alt_counts = np.fromiter(map(len, alts), np.int64, len(block))
-    if not alt_counts.max():  # no ALT allele in the whole block (ALT '.'): no carriers
-        return
-    found = [np.nonzero((alleles == index).any(axis=2) & (alt_counts >= index)[:, None]) + (index,)
-             for index in range(1, int(alt_counts.max()) + 1)]
-    site_of = np.concatenate([f[0] for f in found])
-    sample_of = np.concatenate([f[1] for f in found])
-    alt_of = np.concatenate([np.full(f[0].size, f[2]) for f in found])
-    order = np.lexsort((sample_of, alt_of, site_of))
-    site_of, sample_of, alt_of = site_of[order], sample_of[order], alt_of[order]
-    width = int(alt_counts.max()) + 1
-    pairs, counts = np.unique(site_of * width + alt_of, return_counts=True)
-    pair_site, pair_alt = pairs // width, pairs % width
-    flat_alts = np.array([alt for site_alts in alts for alt in site_alts], object)
-    raw_alt = flat_alts[np.cumsum(alt_counts)[pair_site] - alt_counts[pair_site] + pair_alt - 1]
-    raw_ref = np.array(refs, object)[pair_site]
-    pos, ref, alt = np.array(positions, np.int64)[pair_site], raw_ref.copy(), raw_alt.copy()
-    for i in np.nonzero((np.fromiter(map(len, raw_ref), np.int64, raw_ref.size) > 1)
-                        & (np.fromiter(map(len, raw_alt), np.int64, raw_alt.size) > 1))[0]:
-        pos[i], ref[i], alt[i] = _trim(int(pos[i]), raw_ref[i], raw_alt[i])  # only where both have 2+ bases
-    carriers.add({"chrom": np.array(chroms, object)[pair_site], "pos": pos, "ref": ref, "alt": alt, "raw_ref": raw_ref,
-                  "raw_alt": raw_alt, "info_gene": np.array(genes, object)[pair_site],
-                  "tag": np.array(tags, object)[pair_site], "note": np.array(notes, object)[pair_site],
-                  "line": np.array(lines, np.int64)[pair_site], "calls": counts},
-                 sample_of, _states(alleles[site_of, sample_of], alt_of), phased[site_of, sample_of],
-                 _first_numbers(depths, samples)[site_of, sample_of],
-                 _first_numbers(qualities, samples)[site_of, sample_of])
-
-
-def _states(held: np.ndarray, alt: np.ndarray) -> np.ndarray:
-    """Each carrier's alleles for its ALT: 1 this ALT, 0 reference, 3 absent (padding), 2 anything else."""
-    return np.where(held == alt[:, None], 1, np.where(held == 0, 0, np.where(held == -2, 3, 2)))
 
 
 def read_vcf(path: Path | str, sample_person: dict[str, str] | None = None) -> Staged:
