@@ -46,23 +46,16 @@ def postgres_url() -> str:
 
 
 _SPARK_WAREHOUSE: list[str] = []
-# The test JVM: C1 compiler only and a single-threaded collector.  A test's Spark jobs are many and tiny,
-# so C2's background compiles and parallel GC threads cost more CPU than they win back, and on two cores
-# they take it from the other worker (JVM CPU 127-134 -> 91-94 s for tests/analytics/test_analytics_spark.py,
-# docs/contributing.md).  JVM flags only: Spark's plans and results are the same.
-SPARK_TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 def spark_url() -> str:
-    """The local Spark store URL of this test process: one small session, one warehouse, a JVM tuned
-    for short jobs (``SPARK_TEST_JVM_OPTIONS``; a JDK_JAVA_OPTIONS already set wins)."""
+    """The local Spark store URL of this test process: one small session, one warehouse."""
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         engine_missing("Spark needs a Java runtime (apt-get install openjdk-17-jre-headless)")
     try:
         import pyspark  # noqa: F401
     except ImportError:
         engine_missing("pyspark is not installed (pip install -e .[test])")
-    os.environ.setdefault("JDK_JAVA_OPTIONS", SPARK_TEST_JVM_OPTIONS)
     if not _SPARK_WAREHOUSE:
         _SPARK_WAREHOUSE.append(tempfile.mkdtemp(prefix="mercia-spark-warehouse-"))
     return f"spark://local[1]?warehouse={_SPARK_WAREHOUSE[0]}&partitions=1&memory=1g"
