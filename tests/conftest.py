@@ -144,6 +144,19 @@ def prepared(tmp_path_factory):
         drop_store(template)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cheap_password_hashing():
+    """Argon2id at its smallest cost in every test: the production parameters take ~0.2 CPU-s a hash
+    or check, and tests create and sign in many users.  A CLI run in a subprocess keeps the real cost."""
+    from argon2 import PasswordHasher
+
+    from mercia.governance import passwords
+
+    production, passwords.hasher = passwords.hasher, PasswordHasher(time_cost=1, memory_cost=1024)
+    yield
+    passwords.hasher = production
+
+
 @pytest.fixture(params=ENGINES)
 def engine(request) -> str:
     return request.param

@@ -1,10 +1,9 @@
-"""Shared governance fixtures: cheap password hashing, a Governance on each engine, a password that
-passes the NCSC rules and a project end date a year ahead."""
+"""Shared governance fixtures: a Governance on each engine, a password that passes the NCSC rules and a
+project end date a year ahead."""
 
 from datetime import date, timedelta
 
 import pytest
-from argon2 import PasswordHasher
 
 from mercia.governance import Governance
 
@@ -13,12 +12,6 @@ FUTURE = (date.today() + timedelta(days=365)).isoformat()
 # What submission needs for the public register, beside purpose, domains and end date.
 PUBLIC_TEXT = {"lay_summary": "We will look at health records with names removed to learn how to improve care.",
                "purpose_category": "research", "lead_organisation": "University of the Midlands"}
-
-
-@pytest.fixture(autouse=True)
-def cheap_password_hashing(monkeypatch):
-    """Argon2 at its production cost takes ~150 ms a hash here; tests create many users."""
-    monkeypatch.setattr("mercia.governance.passwords.hasher", PasswordHasher(time_cost=1, memory_cost=1024))
 
 
 @pytest.fixture

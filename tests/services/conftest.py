@@ -1,3 +1,3 @@
 """The services run in the same small world as the API tests (``tests.api.api_world``)."""
 
-from tests.api.conftest import cheap_password_hashing, world  # noqa: F401  (pytest fixtures)
+from tests.api.conftest import world  # noqa: F401  (a pytest fixture)

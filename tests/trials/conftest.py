@@ -9,7 +9,6 @@ from datetime import date, timedelta
 
 import pyarrow as pa
 import pytest
-from argon2 import PasswordHasher
 
 from mercia.cdm.extensions import ensure_extension_tables
 from mercia.governance import Governance, Role
@@ -86,11 +85,6 @@ class TrialWorld:
     people: dict
     project: int
     trial_id: str
-
-
-@pytest.fixture(autouse=True)
-def cheap_password_hashing(monkeypatch):
-    monkeypatch.setattr("mercia.governance.passwords.hasher", PasswordHasher(time_cost=1, memory_cost=1024))
 
 
 def fill_world(store, method: str = "minimisation", blinded: bool = True) -> tuple[dict, int]:

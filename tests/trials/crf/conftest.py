@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-from argon2 import PasswordHasher
 
 from mercia.governance import Governance, Role
 from mercia.trials.crf.service import CrfService, StudyRole
@@ -39,8 +38,7 @@ class Team:
 
 
 @pytest.fixture
-def team(engine, tmp_path, monkeypatch):
-    monkeypatch.setattr("mercia.governance.passwords.hasher", PasswordHasher(time_cost=1, memory_cost=1024))
+def team(engine, tmp_path):
     store = open_store(engine, tmp_path)
     yield Team(Governance(store))
     drop_store(store)

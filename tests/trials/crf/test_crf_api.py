@@ -13,12 +13,9 @@ FORM = "/api/v1/crf/studies/heart/records/H001/events/baseline_arm_1/forms/demog
 
 
 @pytest.fixture
-def api(tmp_path, monkeypatch):
-    from argon2 import PasswordHasher
-
+def api(tmp_path):
     from mercia.cdm import Store
 
-    monkeypatch.setattr("mercia.governance.passwords.hasher", PasswordHasher(time_cost=1, memory_cost=1024))
     store = Store(str(tmp_path / "api.duckdb"))
     app = create_app(store, ServerOptions(secure_cookies=True, job_workers=1))
     team = Team(app.state.mercia.gov)

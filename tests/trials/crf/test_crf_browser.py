@@ -20,15 +20,9 @@ FORM = "/crf/heart/H001/baseline_arm_1/demographics"
 
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
-    from argon2 import PasswordHasher
-
-    from mercia.governance import passwords
-
-    previous, passwords.hasher = passwords.hasher, PasswordHasher(time_cost=1, memory_cost=1024)
     store = Store(str(tmp_path_factory.mktemp("crf-browser") / "cdm.duckdb"))
     store.init_schema()
     yield Team(Governance(store))
-    passwords.hasher = previous
     store.close()
 
 
