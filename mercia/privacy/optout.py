@@ -64,8 +64,7 @@ def purge(store: Store, nhs_numbers: frozenset[str], pseudonymiser: Pseudonymise
     """Delete everyone on the list (all organisations' records of the linked person) from every table
     holding their rows, and everything the store keeps about their records: provenance, versions,
     content hashes, rejects naming them, bills of their visits, links, network tokens, cohort
-    memberships and trial pre-screening candidates.  One
-    transaction; returns rows deleted per table."""
+    memberships and trial pre-screening candidates.  One transaction; returns rows deleted per table."""
     ensure_extension_tables(store)
     deleted: dict[str, int] = {}
 
