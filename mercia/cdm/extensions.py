@@ -125,10 +125,19 @@ def ensure_extension_tables(store: Store) -> None:
 
 # Extension tables holding person rows -> their row-id column.
 EXTRA_PERSON_TABLES = {"variant_occurrence": "variant_occurrence_id", "mercia_registration": "registration_id"}
-# Tables other capabilities keep of what was derived from people's data before any consent (a cohort's
-# members, a trial's pre-screening candidates) -> the column naming the person.  An opt-out purge deletes
-# the person's rows in each; consented trial records are not among them (their own legal basis).
+# Tables other capabilities keep that name a person -> the column naming them; linkage merging persons
+# renumbers them all (mercia.linkage.probabilistic.merge_persons).  Derived: what was derived from people's
+# data before any consent (a cohort's members, a trial's pre-screening candidates), which an opt-out purge
+# deletes.  Participant: a participant's trial and eCRF records and a patient's dissent from research
+# contact, which a purge keeps (their own legal basis).
 DERIVED_PERSON_TABLES = {"cohort": "subject_id", "mercia_trial_candidate": "person_id"}
+PARTICIPANT_TABLES = {"mercia_trial_status": "person_id", "mercia_trial_allocation": "person_id",
+                      "mercia_trial_unblinding": "person_id", "mercia_research_contact_dissent": "person_id",
+                      "mercia_crf_participant": "person_id"}
+# Of those, the tables holding at most one row per person and value of a column (a trial's candidate, its
+# allocation) -> that column: a merge keeps the merged-into person's candidate row, and leaves apart persons
+# each randomised in one trial (mercia.linkage.probabilistic.merge_persons).
+ONE_ROW_PER_PERSON = {"mercia_trial_candidate": "trial_id", "mercia_trial_allocation": "trial_id"}
 
 
 def person_tables(store: Store) -> dict[str, str | None]:

@@ -26,6 +26,9 @@ def max_id(store: Store, table: str, column: str) -> int:
 def rebuild_person_rows(store: Store, person_ids: pa.Table) -> None:
     """person, death and observation_period rows of the given persons, rebuilt from their links
     and events (one link per person chosen: a valid NHS number first, then the earliest load).
+    ``person.care_site_id`` is the practice of the person's latest GP registration (a ``care_site``
+    whose ``care_site_source_value`` is its ODS code, added when no site has that code yet): trials
+    take a person's site from it, and an extract carries its practice only as its organisation.
 
     The statements go as two scripts (``execute_script``): fewer round trips, and on PostgreSQL no JIT,
     which the planner chose for the observation periods from its guess of the events just loaded
@@ -34,6 +37,7 @@ def rebuild_person_rows(store: Store, person_ids: pa.Table) -> None:
     store.execute_script([f"DELETE FROM {table} WHERE person_id IN (SELECT person_id FROM mercia_tmp_persons)"
                           for table in ("person", "death", "observation_period")])
     next_location = max_id(store, "location", "location_id")
+    next_site = max_id(store, "care_site", "care_site_id")
     next_period = max_id(store, "observation_period", "observation_period_id")
     # Observation periods: a person's GP registrations, overlapping ones merged (gaps and islands);
     # a person never registered gets one period spanning their events.
@@ -48,16 +52,29 @@ def rebuild_person_rows(store: Store, person_ids: pa.Table) -> None:
               AND person_id IN (SELECT person_id FROM mercia_tmp_persons)
               AND lsoa NOT IN (SELECT location_source_value FROM location
                                WHERE location_source_value IS NOT NULL)) new_lsoa""",
+        # one site per registering practice: care_site_source_value = its ODS code (as an Organization's)
+        f"""
+        INSERT INTO care_site (care_site_id, care_site_source_value, place_of_service_source_value)
+        SELECT {next_site} + row_number() OVER (ORDER BY org), org, 'Organization' FROM (
+            SELECT DISTINCT org FROM mercia_registration
+            WHERE person_id IN (SELECT person_id FROM mercia_tmp_persons)
+              AND org NOT IN (SELECT care_site_source_value FROM care_site
+                              WHERE care_site_source_value IS NOT NULL)) new_practice""",
         """
         INSERT INTO person (person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth,
             birth_datetime, race_concept_id, ethnicity_concept_id, person_source_value, gender_source_value,
-            race_source_value, location_id)
-        SELECT person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth, birth_datetime, 0, 0,
+            race_source_value, location_id, care_site_id)
+        SELECT x.person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth, birth_datetime, 0, 0,
                left(COALESCE(nhs_pseudonym, source_pseudonym), 50), gender_source_value, race_source_value,
-               (SELECT min(location_id) FROM location WHERE location_source_value = x.lsoa)
+               (SELECT min(location_id) FROM location WHERE location_source_value = x.lsoa),
+               (SELECT min(care_site_id) FROM care_site WHERE care_site_source_value = practice.org)
         FROM (SELECT l.*, row_number() OVER (PARTITION BY person_id ORDER BY (nhs_status = 'valid') DESC,
                      load_id, org, source_pseudonym) AS rn
               FROM mercia_person_link l WHERE person_id IN (SELECT person_id FROM mercia_tmp_persons)) x
+        LEFT JOIN (SELECT person_id, org, row_number() OVER (PARTITION BY person_id
+                          ORDER BY start_date DESC, end_date DESC NULLS FIRST, org) AS latest
+                   FROM mercia_registration WHERE person_id IN (SELECT person_id FROM mercia_tmp_persons)
+                  ) practice ON practice.person_id = x.person_id AND practice.latest = 1
         WHERE rn = 1""",
         """
         INSERT INTO death (person_id, death_date, death_type_concept_id)

@@ -236,7 +236,8 @@ def region(directory: Path = typer.Argument(..., exists=True, file_okay=False, h
 
         ingest_region(store, directory, opt_out=opt_out, on_extract=done)
         if summaries and link:
-            link_store(store)
+            for warning in link_store(store).left_unmerged:
+                progress.console.print(f"[yellow]warning:[/] {warning}")
         record_cli_write(store, "ingest.region", f"region:{directory.name}", extracts=len(summaries),
                          loaded=sum(s.loaded for s in summaries), linked=link)
     _report(summaries, as_json)
@@ -264,5 +265,5 @@ def link(db: DbOption = None, threshold: float = typer.Option(None, help="match 
     else:
         Console().print(f"{result.records} organisation records: {result.persons_before} persons before, "
                         f"{result.persons_after} after ({result.probabilistic_links} probabilistic links)")
-        if result.warning:
-            Console(stderr=True).print(f"[yellow]warning:[/] {result.warning}")
+        for warning in ([result.warning] if result.warning else []) + result.left_unmerged:
+            Console(stderr=True).print(f"[yellow]warning:[/] {warning}")

@@ -1460,6 +1460,7 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
                                   UNION SELECT DISTINCT person_id FROM calls WHERE alt IS NOT NULL
                                   UNION SELECT person_id FROM touched_persons""")
     rebuild_person_rows(store, affected)
+    last_ids.pop("care_site", None)  # it may have added registering practices' sites: the next chunk asks again
     sets = job.fate_sets()
     # each record counted once per load, with its last copy's fate (what an earlier chunk counted is taken back)
     counts = Counter({name: len(members) for name, members in sets.items()})

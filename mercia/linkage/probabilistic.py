@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -35,7 +35,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from mercia.cdm import Store
-from mercia.cdm.extensions import PERSON_NAMED_RECORD_TABLES, TOKEN_FIELDS, person_tables
+from mercia.cdm.extensions import (DERIVED_PERSON_TABLES, ONE_ROW_PER_PERSON, PARTICIPANT_TABLES,
+                                   PERSON_NAMED_RECORD_TABLES, TOKEN_FIELDS, person_tables)
 from mercia.cdm.persons import rebuild_person_rows
 from mercia.cdm.store import sql_string
 
@@ -58,6 +59,7 @@ class LinkageResult:
     probabilistic_links: int
     comparisons: int = 0  # candidate pairs the blocking rules produced and the model scored
     warning: str | None = None  # why probabilistic linkage did not run, when it did not
+    left_unmerged: list[str] = field(default_factory=list)  # persons who look like one but were kept apart, and why
 
 
 def _settings():
@@ -135,25 +137,71 @@ def _link(store: Store, con: duckdb.DuckDBPyConnection, threshold: float, page_r
                        (SELECT label, min(old) AS new FROM assign GROUP BY label) m USING (label)
                        WHERE a.old <> m.new""").to_arrow_table()
     persons_before = con.execute("SELECT count(DISTINCT person_id) FROM records").fetchall()[0][0]
-    if remap.num_rows:
-        merge_persons(store, remap)
-    return LinkageResult(n, persons_before, len(np.unique(labels)), pairs.num_rows, comparisons, warning)
+    held = merge_persons(store, remap) if remap.num_rows else []
+    persons_after = store.query_one("SELECT count(DISTINCT person_id) FROM mercia_person_link")
+    return LinkageResult(n, persons_before, persons_after, pairs.num_rows, comparisons, warning, held)
 
 
-def merge_persons(store: Store, remap: pa.Table) -> None:
+def merge_persons(store: Store, remap: pa.Table) -> list[str]:
     """Renumber each ``old`` person_id of ``remap`` (columns old, new) to its ``new`` one, in one transaction:
-    in every table holding person rows, the links, the person rows' provenance, and the records without
-    rows that name their person (so an opt-out purge of the merged person finds them too)."""
+    in every table holding person rows, the links, the person rows' provenance, the records without rows
+    that name their person (so an opt-out purge of the merged person finds them too), and the tables other
+    capabilities keep of persons (``DERIVED_PERSON_TABLES``, ``PARTICIPANT_TABLES``: a dissent from research
+    contact or a trial allocation stays with the person).  Where two persons to be merged were each
+    randomised in one trial, their whole cluster is left unmerged: one person allocated twice is for the
+    trial team to resolve, and merging would lose an allocation.  Returns what was left unmerged and why."""
     with store.transaction():
         store.temp_table_from_arrow("mercia_tmp_remap", "old BIGINT, new BIGINT", remap)
-        for table in [*person_tables(store), "mercia_person_link", *PERSON_NAMED_RECORD_TABLES]:
-            store.execute(f"""UPDATE {table} SET person_id = m.new FROM mercia_tmp_remap m
-                              WHERE {table}.person_id = m.old""")
+        held = _hold_apart_double_allocations(store)
+        named = {**DERIVED_PERSON_TABLES, **PARTICIPANT_TABLES}
+        kept = {table: column for table, column in named.items() if store.table_exists(table)}
+        for table, key in ONE_ROW_PER_PERSON.items():
+            if table in kept and table in DERIVED_PERSON_TABLES:
+                _keep_the_merged_into_row(store, table, kept[table], key)
+        renumbered = {**dict.fromkeys([*person_tables(store), "mercia_person_link", *PERSON_NAMED_RECORD_TABLES],
+                                      "person_id"), **kept}
+        for table, column in renumbered.items():
+            store.execute(f"""UPDATE {table} SET {column} = m.new FROM mercia_tmp_remap m
+                              WHERE {table}.{column} = m.old""")
         provenance_ids = store.query_arrow("SELECT DISTINCT new AS person_id FROM mercia_tmp_remap")
         store.execute("""UPDATE mercia_provenance SET row_id = m.new FROM mercia_tmp_remap m
                          WHERE mercia_provenance.cdm_table = 'person' AND mercia_provenance.row_id = m.old""")
         rebuild_person_rows(store, provenance_ids)
         store.execute("DROP TABLE IF EXISTS mercia_tmp_remap")
+    return held
+
+
+_MEMBERS = "(SELECT old AS person_id, new FROM mercia_tmp_remap UNION SELECT new, new FROM mercia_tmp_remap)"
+
+
+def _hold_apart_double_allocations(store: Store) -> list[str]:
+    """Drop from ``mercia_tmp_remap`` each cluster holding two persons allocated in one trial; say which."""
+    if not store.table_exists("mercia_trial_allocation"):
+        return []
+    doubles = store.query(f"""SELECT m.new, a.trial_id, a.person_id FROM mercia_trial_allocation a
+                              JOIN {_MEMBERS} m ON m.person_id = a.person_id
+                              WHERE EXISTS (SELECT 1 FROM mercia_trial_allocation b JOIN {_MEMBERS} n
+                                            ON n.person_id = b.person_id
+                                            WHERE n.new = m.new AND b.trial_id = a.trial_id
+                                              AND b.person_id <> a.person_id)
+                              ORDER BY 1, 2, 3""")
+    clusters: dict[int, dict[str, list[int]]] = {}
+    for new, trial, person in doubles:
+        clusters.setdefault(new, {}).setdefault(trial, []).append(person)
+    for new in clusters:
+        store.execute("DELETE FROM mercia_tmp_remap WHERE new = ?", [new])
+    return [f"persons {', '.join(map(str, persons))} look like one person but were each randomised in trial "
+            f"{trial}: left unmerged for the trial team" for trials in clusters.values()
+            for trial, persons in trials.items()]
+
+
+def _keep_the_merged_into_row(store: Store, table: str, column: str, key: str) -> None:
+    """Before renumbering ``table`` (at most one row per person and ``key``): where several persons of a
+    cluster have a row for one key, keep the merged-into person's (else the smallest id's), drop the rest."""
+    store.execute(f"""DELETE FROM {table} WHERE EXISTS (
+        SELECT 1 FROM {_MEMBERS} m JOIN {_MEMBERS} n ON n.new = m.new JOIN {table} other ON other.{column} = n.person_id
+        WHERE m.person_id = {table}.{column} AND m.person_id <> m.new AND other.{key} = {table}.{key}
+          AND (n.person_id = n.new OR n.person_id < m.person_id))""")
 
 
 def _stage_records(store: Store, con: duckdb.DuckDBPyConnection, page_rows: int) -> int:

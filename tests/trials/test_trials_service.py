@@ -295,3 +295,45 @@ def test_consort_from_the_log_internal_and_controlled(world, tmp_path):
         consort_counts(world.register, p["nurse_a"], T)
     board = {row["site"]: row for row in r.dashboard(p["manager"], T)}
     assert board[SITE_A]["randomised"] == 10 and board[SITE_A]["percent_of_target"] == 50.0
+
+
+def test_linkage_merging_two_persons_carries_their_trial_records_and_dissent_to_the_merged_person(world):
+    import pyarrow as pa
+
+    from mercia.linkage.probabilistic import merge_persons
+
+    worklist(world.register, world.people["nurse_a"], T, SITE_A)
+    record_dissent(world.register, world.people["gp_a"], 12)
+    enrol(world, 12)
+    statuses = world.store.query("SELECT status FROM mercia_trial_status WHERE person_id = 12 ORDER BY recorded_at")
+
+    assert merge_persons(world.store, pa.table({"old": [12], "new": [11]})) == []
+
+    def rows(table):
+        return world.store.query(f"SELECT person_id, count(*) FROM {table} WHERE person_id IN (11, 12) GROUP BY 1")
+    assert rows("mercia_research_contact_dissent") == [(11, 1)]
+    assert rows("mercia_trial_allocation") == [(11, 1)]
+    assert rows("mercia_trial_candidate") == [(11, 1)]   # one candidate row per person and trial
+    assert world.store.query("SELECT status FROM mercia_trial_status WHERE person_id = 11 ORDER BY recorded_at") \
+        == statuses
+    with pytest.raises(Conflict, match="already randomised"):
+        world.recruitment.randomise(world.people["nurse_a"], T, 11, LEVELS)
+
+
+def test_persons_each_randomised_in_one_trial_are_left_unmerged(world):
+    import pyarrow as pa
+
+    from mercia.linkage.probabilistic import merge_persons
+
+    worklist(world.register, world.people["nurse_a"], T, SITE_A)
+    enrol(world, 13)
+    enrol(world, 14)
+    held = merge_persons(world.store, pa.table({"old": [14, 16], "new": [13, 15]}))
+
+    assert held == [f"persons 13, 14 look like one person but were each randomised in trial {T}: "
+                    "left unmerged for the trial team"]
+    links = dict(world.store.query("SELECT source_pseudonym, person_id FROM mercia_person_link "
+                                   "WHERE source_pseudonym IN ('s13', 's14', 's15', 's16')"))
+    assert links == {"s13": 13, "s14": 14, "s15": 15, "s16": 15}   # the other cluster merged
+    assert world.store.query("SELECT person_id FROM mercia_trial_allocation WHERE person_id IN (13, 14) "
+                             "ORDER BY 1") == [(13,), (14,)]
