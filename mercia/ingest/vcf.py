@@ -62,9 +62,10 @@ from isal.igzip_lib import IsalError
 from mercia.ingest.staging import CALL_SCHEMA, Staged
 
 VCF_SUFFIXES = (".vcf", ".vcf.gz", ".vcf.bgz")
-# Carrier calls per staged chunk of a streamed VCF: each chunk's load stays well under 1 GB
-# (976,363 carrier rows loaded as one chunk peaked at 3.65 GB).
-CALLS_PER_CHUNK = 200_000
+# Carrier calls per staged chunk of a streamed VCF: each chunk has fixed costs (~0.2 CPU-s: its scratch
+# DuckDB, some 70 statements), so 500,000 took ~7% less CPU than 200,000 on the 95 MB trio file, for
+# ~0.6 GB more peak RSS (2.0 GB there, the next chunk read ahead); 976,363 in one chunk peaked at 3.65 GB.
+CALLS_PER_CHUNK = 500_000
 BLOCK_SITES = 1_000  # sites a chunk may end after (``_Runs``)
 SITE_BATCH_BYTES = 16 << 20  # bcftools' text per DuckDB statement (~24,000 sites of the trio benchmark file)
 # pysam's bundled bcftools, a command of it run in a child interpreter (the wheel ships no executable)
@@ -133,7 +134,10 @@ def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: int
     500-sample file).  It covers hom-ref calls too: a resend differing only there is a changed record.
     DuckDB's ``hash`` is not promised stable across its versions: an upgrade that changed it would make a
     resend ``changed`` once.  A file DuckDB cannot read to the end (a truncated ``.vcf.gz``) raises
-    ``VcfFileError`` before any of its calls is read."""
+    ``VcfFileError`` before any of its calls is read.  DuckDB's CSV buffer is by default 16 times the longest
+    line allowed (4 GiB here), which a gzipped file fills as it is read (this pass alone: 2.9 GB RSS on a
+    416 MB file; the whole 3.33 GB ingest peaked at 8.4 GB): 512 MiB, more than the longest line as DuckDB
+    requires, kept the pass at 1.1 GB and that ingest at 2.65 GB."""
     columns = {f"c{i}": "VARCHAR" for i in range(9)} | {f"s{i}": "VARCHAR" for i in range(samples)}
     sums = ", ".join(f"CAST(sum(hash(line_hash, s{i})) AS VARCHAR)" for i in range(samples))
     con = duckdb.connect()
@@ -143,7 +147,8 @@ def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: int
             SELECT count(*), {sums} FROM (
                 SELECT hash(c0, c1, c3, c4, c7, c8) AS line_hash, * FROM read_csv(
                     $file, compression = $compression, delim = chr(9), header = false, skip = $skip, quote = '',
-                    escape = '', auto_detect = false, columns = $columns, max_line_size = 268435456))""",
+                    escape = '', auto_detect = false, columns = $columns, max_line_size = 268435456,
+                    buffer_size = 536870912))""",
             {"file": str(file), "compression": "gzip" if compressed else "none", "skip": header_lines,
              "columns": columns}).fetchone()
     except duckdb.Error as exc:
