@@ -1,5 +1,5 @@
 """Spark Connect: the store reaches a Spark server over ``sc://HOST:PORT`` the way a user reaches a
-cluster.  The tests start the Connect server that ships with pyspark on a free local port, run a
+cluster.  The tests start the Connect service that ships with pyspark on a free local port, run a
 cohort through the store and check DuckDB's rows, read across sessions, and claim one cohort id from
 two client processes at once."""
 
@@ -9,9 +9,7 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -48,41 +46,24 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def connect_url(tmp_path_factory):
-    spark_url()  # skips (fails in CI) without Java or pyspark
-    import pyspark
-
-    home = Path(pyspark.__file__).parent
-    port, warehouse = free_port(), tmp_path_factory.mktemp("connect-warehouse")
-    log = (warehouse / "server.log").open("wb")
-    server = subprocess.Popen(
-        [str(home / "bin" / "spark-submit"), "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
-         "--master", "local[1]", "--conf", f"spark.connect.grpc.binding.port={port}",
-         "--conf", "spark.connect.grpc.binding.address=127.0.0.1", "--conf", "spark.ui.enabled=false",
-         "--conf", "spark.sql.shuffle.partitions=1", "--conf", "spark.driver.memory=1g",
-         "--conf", f"spark.sql.warehouse.dir={warehouse}",
-         "--conf", "spark.sql.filesourceTableRelationCacheSize=0",   # sessions see each other's writes (docs/cdm.md)
-         "--conf", f"spark.driver.extraJavaOptions=-Dderby.system.home={warehouse}", "spark-internal"],
-        stdout=log, stderr=subprocess.STDOUT, env={"SPARK_HOME": str(home), "PATH": "/usr/bin:/bin"},
-        start_new_session=True)
+def connect_url():
+    """The Connect service that ships with pyspark, started inside this process's local Spark JVM on a
+    free local port: the same server a ``spark-submit`` of ``SparkConnectServer`` runs, without a second
+    JVM's minutes of start-up and cold compilation (the local JVM is already warm from the other Spark
+    tests).  Clients still reach it only over gRPC, as they would a cluster."""
+    local = Store(spark_url())  # skips (fails in CI) without Java or pyspark
+    context = local.spark.sparkContext
+    conf = context._jsc.sc().conf()  # the driver's own conf, which the service reads when it starts
+    conf.set("spark.connect.grpc.binding.address", "127.0.0.1")
+    port = free_port()
+    conf.set("spark.connect.grpc.binding.port", str(port))
+    service = context._jvm.org.apache.spark.sql.connect.service.SparkConnectService
+    service.start(context._jsc.sc())
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"Spark Connect server did not start: {(warehouse / 'server.log').read_text()[-2000:]}")
-                time.sleep(1)
         yield f"sc://127.0.0.1:{port}"
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        service.stop(getattr(service, "stop$default$1")(), getattr(service, "stop$default$2")())
+        local.close()
 
 
 def test_cohort_through_spark_connect_equals_duckdb(connect_url, tmp_path):
