@@ -27,9 +27,12 @@ def test_local_url_options():
     assert parse_url("spark://local[2]?warehouse=/data/wh&memory=4g&partitions=8") == (
         "local[2]", {"warehouse": "/data/wh", "memory": "4g", "partitions": "8"})
     assert parse_url("spark://local[*]") == ("local[*]", {})
+    assert parse_url("spark://local[1]?spark.sql.adaptive.enabled=false") == (
+        "local[1]", {"spark.sql.adaptive.enabled": "false"})
 
 
-@pytest.mark.parametrize("url", ["spark://yarn?warehouse=/x", "spark://local[2]?warehous=/x", "spark://local[two]"])
+@pytest.mark.parametrize("url", ["spark://yarn?warehouse=/x", "spark://local[2]?warehous=/x", "spark://local[two]",
+                                 "spark://local[2]?spark.sql.warehouse.dir=/y", "spark://local[2]?spark.sql.ansi.enabled=false"])
 def test_bad_local_urls_are_refused_with_the_accepted_form(url):
     with pytest.raises(StoreError, match=r"spark://local\[N\]\?warehouse=DIR"):
         parse_url(url)

@@ -90,15 +90,22 @@ def split_statements(script: str) -> list[str]:
     return [s.strip() for s in out if s.strip()]
 
 
+# Settings a ``spark://`` URL may not override: the warehouse and catalog are the ``warehouse`` option's,
+# and the session settings are what makes Spark read Mercia's SQL as every other engine does.
+_FIXED_CONF = {"spark.sql.warehouse.dir", "spark.hadoop.javax.jdo.option.ConnectionURL", *_SESSION_CONF}
+
+
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
-    """``spark://local[2]?warehouse=/x`` -> (``local[2]``, {warehouse: /x})."""
+    """``spark://local[2]?warehouse=/x`` -> (``local[2]``, {warehouse: /x}).  Options named ``spark.*``
+    are Spark settings for the local session (say ``spark.sql.adaptive.enabled=false``)."""
     rest = url.removeprefix("spark://")
     master, _, query = rest.partition("?")
     options = {k: v[-1] for k, v in parse_qs(query).items()}
-    unknown = set(options) - {"warehouse", "format", "memory", "partitions"}
-    if not re.fullmatch(r"local(\[(\d+|\*)\])?", master) or unknown:
+    unknown = {k for k in options if not k.startswith("spark.")} - {"warehouse", "format", "memory", "partitions"}
+    if not re.fullmatch(r"local(\[(\d+|\*)\])?", master) or unknown or _FIXED_CONF & set(options):
         raise StoreError(f"not a Spark store URL: {url!r}; use spark://local[N]?warehouse=DIR"
-                         "[&memory=2g][&partitions=N] or sc://HOST:PORT", engine="spark")
+                         "[&memory=2g][&partitions=N][&spark.SETTING=VALUE] or sc://HOST:PORT "
+                         f"(Mercia sets {', '.join(sorted(_FIXED_CONF))} itself)", engine="spark")
     return master, options
 
 
@@ -121,7 +128,8 @@ def _local_session(master: str, options: dict[str, str]):
                    .config("spark.ui.enabled", "false")
                    .config("spark.ui.showConsoleProgress", "false")
                    .config("spark.sql.warehouse.dir", str(warehouse))
-                   .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={warehouse}")
+                   .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={warehouse} "
+                           + options.get("spark.driver.extraJavaOptions", ""))
                    # the table catalog lives beside the tables, so the next process finds them
                    .config("spark.hadoop.javax.jdo.option.ConnectionURL",
                            f"jdbc:derby:;databaseName={warehouse / 'metastore_db'};create=true")
@@ -134,6 +142,9 @@ def _local_session(master: str, options: dict[str, str]):
                    .config("spark.sql.filesourceTableRelationCacheSize", "0")
                    .config("spark.sql.shuffle.partitions", options.get("partitions", "4"))
                    .config("spark.driver.memory", options.get("memory", "2g")))
+        for key, value in options.items():
+            if key.startswith("spark.") and key != "spark.driver.extraJavaOptions":
+                builder = builder.config(key, value)
         session = builder.getOrCreate()
         session.sparkContext.setLogLevel("ERROR")
         return session
