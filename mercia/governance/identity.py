@@ -224,7 +224,7 @@ class Identity:
         self._claim_attempt(username, source)
         row = self.db.row("SELECT * FROM mercia_user WHERE username = ?", [username])
         try:
-            passwords.hasher.verify(row["password_hash"] if row and row["password_hash"] else passwords.DUMMY_HASH,
+            passwords.hasher.verify(row["password_hash"] if row and row["password_hash"] else passwords.dummy_hash(),
                                     password[:passwords.MAX_LENGTH])
             ok = bool(row and row["active"] and row["password_hash"])
         except (VerificationError, InvalidHashError):
@@ -271,7 +271,7 @@ class Identity:
         """Self-service: needs the current password; ends every other session of the user."""
         row = self.db.row("SELECT password_hash FROM mercia_user WHERE id = ?", [user.id])
         try:
-            passwords.hasher.verify(row["password_hash"] or passwords.DUMMY_HASH, current[:passwords.MAX_LENGTH])
+            passwords.hasher.verify(row["password_hash"] or passwords.dummy_hash(), current[:passwords.MAX_LENGTH])
         except (VerificationError, InvalidHashError):
             self.audit.record(user.username, "user.change_password.refused", f"user:{user.username}")
             raise Forbidden("the current password is not right") from None

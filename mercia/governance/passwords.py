@@ -17,8 +17,13 @@ from mercia.governance.model import GovernanceError
 MIN_LENGTH = 12
 MAX_LENGTH = 256  # bounds the hashing work a request can ask for
 hasher = PasswordHasher()
-# Verified against when the username is unknown, so a miss costs as long as a wrong password.
-DUMMY_HASH = hasher.hash(secrets.token_urlsafe(16))
+
+
+@lru_cache(maxsize=1)
+def dummy_hash() -> str:
+    """Verified against when the username is unknown, so a miss costs as long as a wrong password; made on
+    first need (an Argon2 hash is ~64 MiB and tens of ms, which every command importing this would pay)."""
+    return hasher.hash(secrets.token_urlsafe(16))
 
 
 @lru_cache(maxsize=1)
