@@ -20,7 +20,7 @@ from typing import Any
 
 from mercia.analytics.base import (
     AnalyticsError, age_band_sql, as_id, cohort_check, concept_names, count, derived, finish,
-    index_table_sql, label, statistic, temp_table,
+    index_table_sql, label, refuse_stale, statistic, temp_table,
 )
 from mercia.cdm import Store
 from mercia.cdm.dialect import add_days, as_text, days_between
@@ -89,6 +89,7 @@ def incidence(store: Store, target_id: int, outcome_id: int, tars: Sequence[str 
     if not parsed:
         raise AnalyticsError("give at least one time-at-risk window")
     cohort_check(store, target_id, "target cohort")
+    refuse_stale(store, outcome_id, "outcome cohort")
     rate_rows: list[dict[str, Any]] = []
     year_rows: list[dict[str, Any]] = []
     attrition: list[dict[str, Any]] = []

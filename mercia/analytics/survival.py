@@ -16,7 +16,8 @@ from typing import Any
 import pandas as pd
 
 from mercia.analytics.base import (
-    AnalyticsError, as_id, cohort_check, count, finish, index_table_sql, label, statistic, temp_table,
+    AnalyticsError, as_id, cohort_check, count, finish, index_table_sql, label, refuse_stale, statistic,
+    temp_table,
 )
 from mercia.cdm import Store
 from mercia.cdm.dialect import add_days, days_between
@@ -115,6 +116,8 @@ def survival(store: Store, target_id: int, outcome: int | str, comparator_id: in
     cohorts = {"target": target_id}
     if comparator_id is not None:
         cohorts["comparator"] = as_id(comparator_id, "comparator cohort id")
+    if outcome != DEATH:
+        refuse_stale(store, outcome, "outcome cohort")
     summary, tables, aggregated = [], [], {}
     for role, cid in cohorts.items():
         cohort_check(store, cid, f"{role} cohort")

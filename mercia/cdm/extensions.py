@@ -131,6 +131,11 @@ EXTRA_PERSON_TABLES = {"variant_occurrence": "variant_occurrence_id", "mercia_re
 # deletes.  Participant: a participant's trial and eCRF records and a patient's dissent from research
 # contact, which a purge keeps (their own legal basis).
 DERIVED_PERSON_TABLES = {"cohort": "subject_id", "mercia_trial_candidate": "person_id"}
+# A cohort whose persons linkage merged after it was generated (cohort_definition_id, marked_at, reason): its
+# rows are renumbered with the persons, but one person may now hold two entries that a run would have made one,
+# so its results are refused until it is generated again (created and cleared with the cohort's result tables,
+# mercia.cohorts; written by mercia.linkage, read by mercia.analytics).
+STALE_COHORT_TABLE = "mercia_cohort_stale"
 PARTICIPANT_TABLES = {"mercia_trial_status": "person_id", "mercia_trial_allocation": "person_id",
                       "mercia_trial_unblinding": "person_id", "mercia_research_contact_dissent": "person_id",
                       "mercia_crf_participant": "person_id"}

@@ -28,6 +28,7 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.generator import Generator
 
 from mercia.cdm.dialect import TemporaryTable
+from mercia.cdm.extensions import STALE_COHORT_TABLE
 from mercia.cohorts import model as m
 from mercia.cohorts.criteria import CODESETS, CriteriaCompiler, demographic_conditions, in_codeset
 from mercia.cohorts.model import CohortDefinitionError
@@ -92,6 +93,13 @@ RESULT_TABLES: dict[str, list[tuple[str, str]]] = {
         ("mode_id", "BIGINT"),
         ("base_count", "BIGINT"),
         ("final_count", "BIGINT"),
+    ],
+    # Mercia's: why a cohort's rows no longer stand for its definition (linkage merged some of its persons
+    # after it was generated, mercia.linkage); the next run of the cohort clears it.
+    STALE_COHORT_TABLE: [
+        ("cohort_definition_id", "BIGINT"),
+        ("marked_at", "TIMESTAMP"),
+        ("reason", "VARCHAR(1000)"),
     ],
 }
 

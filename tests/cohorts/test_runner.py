@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import date
 
+from mercia.cdm.extensions import STALE_COHORT_TABLE
 from mercia.cohorts import builder as cb
+from mercia.cohorts.batch import run_batch
 from mercia.cohorts.compiler import RESULT_TABLES, compile_cohort
 from mercia.cohorts.runner import missing_result_tables_ddl, run_cohort, without_needless_clears
 
@@ -45,10 +47,33 @@ def test_a_run_clears_only_the_tables_that_hold_its_rows(store):
         assert [s for s in kept if not s.startswith("DELETE")] == [s for s in script if not s.startswith("DELETE")]
         return [s.split()[2] for s in kept if s.startswith("DELETE")]
 
-    run_cohort(store, DEFINITION, 5)   # with a rule: rows in all five tables
-    assert cleared(5) == ["cohort", *RESULT_TABLES] and cleared(6) == []
+    attrition = [t for t in RESULT_TABLES if t != STALE_COHORT_TABLE]
+    run_cohort(store, DEFINITION, 5)   # with a rule: rows in the cohort and all four attrition tables
+    assert cleared(5) == ["cohort", *attrition] and cleared(6) == []
     result = run_cohort(store, without_rules, 5)
     assert (result.persons, result.entries, result.attrition) == (1, 1, [])
-    assert [store.query_one(f"SELECT count(*) FROM {t} WHERE cohort_definition_id = 5") for t in ["cohort", *RESULT_TABLES]] \
+    assert [store.query_one(f"SELECT count(*) FROM {t} WHERE cohort_definition_id = 5") for t in ["cohort", *attrition]] \
         == [1, 0, 2, 0, 2]
     assert cleared(5) == ["cohort", "cohort_inclusion_result", "cohort_summary_stats"]
+
+
+def test_generating_a_cohort_again_clears_its_stale_mark_and_only_its_own(store):
+    """Linkage marks a cohort stale when it merges its persons (mercia.linkage); a run, alone or in a batch,
+    makes its rows current again."""
+    _one_person_with_a_condition(store)
+    run_cohort(store, DEFINITION, 5)
+    run_cohort(store, DEFINITION, 6)
+
+    def mark(*ids: int) -> None:
+        for cid in ids:
+            store.execute(f"INSERT INTO {STALE_COHORT_TABLE} VALUES (?, CURRENT_TIMESTAMP, 'persons merged')", [cid])
+
+    def marked() -> list[int]:
+        return [r[0] for r in store.query(f"SELECT cohort_definition_id FROM {STALE_COHORT_TABLE} ORDER BY 1")]
+
+    mark(5, 6)
+    run_cohort(store, DEFINITION, 5)
+    assert marked() == [6]
+    mark(5)
+    run_batch(store, [(5, DEFINITION), (7, DEFINITION)])
+    assert marked() == [6]
