@@ -422,6 +422,8 @@ def test_resolving_a_duplicate_keeps_one_allocation_and_the_next_link_run_merges
     counts = {row["box"]: row["count"] for row in consort_counts(world.register, p["stats"], T).rows}
     assert (counts["randomised"], counts["duplicate_randomisations"], counts["suspected_duplicate_randomisations"],
             counts["excluded"], counts["assessed"]) == (1, 1, 0, 0, 1)
+    external = {row["box"]: row["count"] for row in consort_counts(world.register, p["stats"], T, external=True).rows}
+    assert external["duplicate_randomisations"] is None                 # a count of 1 is suppressed outside the team
     allocator = world.recruitment.allocator(world.register.trial(T))
     assert allocator.allocated == 2                                   # the set-aside draw stays spent
     assert [sum(level) for level in allocator.margins[0]] == [0, 1]   # sex F: the set-aside 13 is in no margin
