@@ -138,11 +138,25 @@ DERIVED_PERSON_TABLES = {"cohort": "subject_id", "mercia_trial_candidate": "pers
 STALE_COHORT_TABLE = "mercia_cohort_stale"
 PARTICIPANT_TABLES = {"mercia_trial_status": "person_id", "mercia_trial_allocation": "person_id",
                       "mercia_trial_unblinding": "person_id", "mercia_research_contact_dissent": "person_id",
-                      "mercia_crf_participant": "person_id"}
+                      "mercia_crf_participant": "person_id", "mercia_trial_duplicate": "person_id"}
 # Of those, the tables holding at most one row per person and value of a column (a trial's candidate, its
 # allocation) -> that column: a merge keeps the merged-into person's candidate row, and leaves apart persons
 # each randomised in one trial (mercia.linkage.probabilistic.merge_persons).
 ONE_ROW_PER_PERSON = {"mercia_trial_candidate": "trial_id", "mercia_trial_allocation": "trial_id"}
+
+
+# Suspected duplicate enrolments: persons linkage found to be one human, each randomised in one trial.  One row per
+# randomisation of the duplicate (``duplicate_id``), a copy of its ``mercia_trial_allocation`` row as found
+# (``randomised_as``: its person_id then; ``person_id`` follows later merges), ``status`` open or resolved; once
+# resolved, ``kept`` says whose randomisation stands and the others' allocation rows live on here only
+# (mercia.trials.duplicates).  Declared here because linkage writes it and must not import the trials code.
+TRIAL_DUPLICATE_TABLE = "mercia_trial_duplicate"
+TRIAL_DUPLICATE_COLUMNS = """duplicate_id BIGINT NOT NULL, trial_id TEXT NOT NULL, person_id BIGINT NOT NULL,
+        randomised_as BIGINT NOT NULL, version BIGINT NOT NULL, sequence BIGINT NOT NULL, site TEXT NOT NULL,
+        levels TEXT NOT NULL, arm TEXT NOT NULL, pack_code TEXT NOT NULL, allocated_by TEXT NOT NULL,
+        allocated_at TEXT NOT NULL, audit_seq BIGINT NOT NULL, found_at TEXT NOT NULL, status TEXT NOT NULL,
+        kept BOOLEAN, reason TEXT, resolved_by TEXT, resolved_at TEXT, resolution_audit_seq BIGINT,
+        UNIQUE (duplicate_id, version, sequence)"""
 
 
 def person_tables(store: Store) -> dict[str, str | None]:

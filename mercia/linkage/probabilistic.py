@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -36,7 +37,8 @@ from scipy.sparse.csgraph import connected_components
 
 from mercia.cdm import Store
 from mercia.cdm.extensions import (DERIVED_PERSON_TABLES, ONE_ROW_PER_PERSON, PARTICIPANT_TABLES,
-                                   PERSON_NAMED_RECORD_TABLES, TOKEN_FIELDS, person_tables)
+                                   PERSON_NAMED_RECORD_TABLES, TOKEN_FIELDS, TRIAL_DUPLICATE_COLUMNS,
+                                   TRIAL_DUPLICATE_TABLE, person_tables)
 from mercia.cdm.persons import rebuild_person_rows
 from mercia.cdm.store import sql_string
 
@@ -148,8 +150,10 @@ def merge_persons(store: Store, remap: pa.Table) -> list[str]:
     that name their person (so an opt-out purge of the merged person finds them too), and the tables other
     capabilities keep of persons (``DERIVED_PERSON_TABLES``, ``PARTICIPANT_TABLES``: a dissent from research
     contact or a trial allocation stays with the person).  Where two persons to be merged were each
-    randomised in one trial, their whole cluster is left unmerged: one person allocated twice is for the
-    trial team to resolve, and merging would lose an allocation.  Returns what was left unmerged and why."""
+    randomised in one trial, their whole cluster is left unmerged and recorded as a suspected duplicate
+    enrolment: one human allocated twice is for the trial team to resolve (mercia.trials.duplicates; once
+    resolved, only the kept allocation is left and the next run merges), and merging would lose an allocation.
+    Returns what was left unmerged and why."""
     with store.transaction():
         store.temp_table_from_arrow("mercia_tmp_remap", "old BIGINT, new BIGINT", remap)
         held = _hold_apart_double_allocations(store)
@@ -174,25 +178,60 @@ def merge_persons(store: Store, remap: pa.Table) -> list[str]:
 _MEMBERS = "(SELECT old AS person_id, new FROM mercia_tmp_remap UNION SELECT new, new FROM mercia_tmp_remap)"
 
 
+_ALLOCATION_COLUMNS = ("trial_id", "person_id", "version", "sequence", "site", "levels", "arm", "pack_code",
+                       "allocated_by", "allocated_at", "audit_seq")
+
+
 def _hold_apart_double_allocations(store: Store) -> list[str]:
-    """Drop from ``mercia_tmp_remap`` each cluster holding two persons allocated in one trial; say which."""
+    """Drop from ``mercia_tmp_remap`` each cluster holding two persons allocated in one trial, record their
+    randomisations as a suspected duplicate enrolment (``_record_duplicate_enrolments``), and say which."""
     if not store.table_exists("mercia_trial_allocation"):
         return []
-    doubles = store.query(f"""SELECT m.new, a.trial_id, a.person_id FROM mercia_trial_allocation a
-                              JOIN {_MEMBERS} m ON m.person_id = a.person_id
-                              WHERE EXISTS (SELECT 1 FROM mercia_trial_allocation b JOIN {_MEMBERS} n
-                                            ON n.person_id = b.person_id
-                                            WHERE n.new = m.new AND b.trial_id = a.trial_id
-                                              AND b.person_id <> a.person_id)
-                              ORDER BY 1, 2, 3""")
-    clusters: dict[int, dict[str, list[int]]] = {}
-    for new, trial, person in doubles:
-        clusters.setdefault(new, {}).setdefault(trial, []).append(person)
-    for new in clusters:
+    doubles = store.query_dicts(f"""SELECT m.new, {', '.join(f'a.{c}' for c in _ALLOCATION_COLUMNS)}
+                                    FROM mercia_trial_allocation a JOIN {_MEMBERS} m ON m.person_id = a.person_id
+                                    WHERE EXISTS (SELECT 1 FROM mercia_trial_allocation b JOIN {_MEMBERS} n
+                                                  ON n.person_id = b.person_id
+                                                  WHERE n.new = m.new AND b.trial_id = a.trial_id
+                                                    AND b.person_id <> a.person_id)
+                                    ORDER BY m.new, a.trial_id, a.person_id""")
+    clusters: dict[tuple[int, str], list[dict]] = {}
+    for row in doubles:
+        clusters.setdefault((row.pop("new"), row["trial_id"]), []).append(row)
+    for new in {new for new, _ in clusters}:
         store.execute("DELETE FROM mercia_tmp_remap WHERE new = ?", [new])
-    return [f"persons {', '.join(map(str, persons))} look like one person but were each randomised in trial "
-            f"{trial}: left unmerged for the trial team" for trials in clusters.values()
-            for trial, persons in trials.items()]
+    _record_duplicate_enrolments(store, list(clusters.values()))
+    return [f"persons {', '.join(str(r['person_id']) for r in rows)} look like one person but were each randomised "
+            f"in trial {trial}: left unmerged for the trial team (mercia trials duplicates)"
+            for (_, trial), rows in clusters.items()]
+
+
+def _record_duplicate_enrolments(store: Store, clusters: list[list[dict]]) -> None:
+    """Write each cluster's randomisations (allocation rows) to ``mercia_trial_duplicate`` as an open suspected
+    duplicate enrolment, once: those already in an open one are not added again, and the others join the open
+    duplicate holding any of their cluster (several: the smallest ``duplicate_id``, the others renumbered to
+    it), else a new one.  A resolved duplicate is left as it was: its kept randomisation found again with a
+    further one of the same human is recorded anew, in an open duplicate."""
+    if not clusters:
+        return
+    store.execute(f"CREATE TABLE IF NOT EXISTS {TRIAL_DUPLICATE_TABLE} ({TRIAL_DUPLICATE_COLUMNS})")
+    found_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for rows in clusters:
+        trial = rows[0]["trial_id"]
+        keys = " OR ".join("(version = ? AND sequence = ?)" for _ in rows)
+        recorded = store.query(f"SELECT version, sequence, duplicate_id FROM {TRIAL_DUPLICATE_TABLE} "
+                               f"WHERE trial_id = ? AND status = 'open' AND ({keys})",
+                               [trial, *(v for r in rows for v in (r["version"], r["sequence"]))])
+        ids = sorted({d for _, _, d in recorded})
+        duplicate_id = ids[0] if ids else store.allocate_ids(TRIAL_DUPLICATE_TABLE, "duplicate_id")
+        if len(ids) > 1:
+            store.execute(f"UPDATE {TRIAL_DUPLICATE_TABLE} SET duplicate_id = ? WHERE duplicate_id IN "
+                          f"({', '.join('?' for _ in ids[1:])})", [duplicate_id, *ids[1:]])
+        known = {(v, s) for v, s, _ in recorded}
+        for row in (r for r in rows if (r["version"], r["sequence"]) not in known):
+            values = {**row, "duplicate_id": duplicate_id, "randomised_as": row["person_id"], "found_at": found_at,
+                      "status": "open"}
+            store.execute(f"INSERT INTO {TRIAL_DUPLICATE_TABLE} ({', '.join(values)}) "
+                          f"VALUES ({', '.join('?' for _ in values)})", list(values.values()))
 
 
 def _keep_the_merged_into_row(store: Store, table: str, column: str, key: str) -> None:

@@ -197,6 +197,36 @@ def unblind(trial: str = TRIAL, person: int = typer.Option(..., "--person"), rea
     typer.echo(f"person {person} on {trial}: arm {shown['arm']} (pack {shown['pack_code']})")
 
 
+@app.command()
+def duplicates(trial: str = TRIAL, db: DbOption = None, username: str = AS, as_json: bool = JSON) -> None:
+    """Suspected duplicate enrolments linkage found (one human randomised twice): the open ones, one row per
+    randomisation (trial managers and statisticians; arms as your role may see them)."""
+    from mercia.trials.duplicates import DuplicateEnrolments
+
+    register, user = _context(db, username)
+    rows = _run(lambda: DuplicateEnrolments(register).open(user, trial))
+    if rows or as_json:
+        _print(rows, as_json)
+    else:
+        typer.echo(f"no open duplicate enrolments on {trial}")
+
+
+@app.command("resolve-duplicate")
+def resolve_duplicate(trial: str = TRIAL, keep: int = typer.Option(..., "--keep", help="the person whose "
+                                                                    "randomisation stands (suggested: the first)"),
+                      reason: str = typer.Option(..., "--reason"),
+                      duplicate: int | None = typer.Option(None, "--duplicate", help="the duplicate_id, to check "
+                                                           "the person is in it"),
+                      db: DbOption = None, username: str = AS) -> None:
+    """Resolve a duplicate enrolment (trial managers): keep one randomisation, set the others aside (audited)."""
+    from mercia.trials.duplicates import DuplicateEnrolments
+
+    register, user = _context(db, username)
+    done = _run(lambda: DuplicateEnrolments(register).resolve(user, trial, keep, reason, duplicate))
+    typer.echo(f"duplicate enrolment {done['duplicate_id']} on {trial}: kept person {keep}'s randomisation; set aside "
+               f"{', '.join(map(str, done['set_aside']))}; the next link run merges them")
+
+
 @app.command("screening-log")
 def screening_log(trial: str = TRIAL, out: Path | None = typer.Option(None, "--out", help="write CSV here"),
                   db: DbOption = None, username: str = AS, as_json: bool = JSON) -> None:

@@ -1,7 +1,9 @@
 """The CONSORT 2010 flow diagram (Schulz et al. 2010, BMJ 340:c332), drawn from the screening log.
 
 Enrolment: people assessed for eligibility (reached screening), excluded (not meeting criteria, declined,
-other reasons); allocation per arm; withdrawn per arm; analysed (allocated minus withdrawn).  Counts are
+other reasons); randomised, with the randomisations set aside as duplicate enrolments (one human randomised
+twice: counted once, as the kept randomisation; ``mercia.trials.duplicates``) and those suspected but not yet
+resolved; allocation per arm; withdrawn per arm; analysed (allocated minus withdrawn).  Counts are
 disclosure-controlled when the diagram leaves the trial team (``external=True``).
 """
 
@@ -13,6 +15,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from mercia.analytics.charts import TEXT, Chart, write_chart
+from mercia.cdm.extensions import TRIAL_DUPLICATE_TABLE
 from mercia.governance import User
 from mercia.privacy.disclosure import ColumnSpec, DisclosurePolicy, Kind, StatTable, get_policy
 from mercia.trials.register import TrialRegister, TrialRole
@@ -33,6 +36,14 @@ def consort_counts(register: TrialRegister, actor: User, trial_id: str, *, exter
         FROM mercia_trial_status WHERE trial_id = ? GROUP BY person_id""", [trial_id])
     arms = {r["person_id"]: r["arm"] for r in register.db.rows(
         "SELECT person_id, arm FROM mercia_trial_allocation WHERE trial_id = ?", [trial_id])}
+    duplicates = register.db.row(f"""SELECT COUNT(CASE WHEN kept = FALSE THEN 1 END) AS set_aside,
+                                            COUNT(CASE WHEN status = 'open' THEN 1 END)
+                                            - COUNT(DISTINCT CASE WHEN status = 'open' THEN duplicate_id END) AS open
+                                     FROM {TRIAL_DUPLICATE_TABLE} WHERE trial_id = ?""", [trial_id])
+    # a person whose randomisation was set aside is the same human as the kept one: counted once, as that one
+    set_aside = {r["person_id"] for r in register.db.rows(
+        f"SELECT person_id FROM {TRIAL_DUPLICATE_TABLE} WHERE trial_id = ? AND kept = FALSE", [trial_id])} - set(arms)
+    statuses = [r for r in statuses if r["person_id"] not in set_aside]
     assessed = {r["person_id"] for r in statuses if r["assessed"] or r["declined"]}
     ineligible = {r["person_id"] for r in statuses if r["ineligible"]} - set(arms)
     declined = {r["person_id"] for r in statuses if r["declined"]} - set(arms) - ineligible
@@ -42,7 +53,9 @@ def consort_counts(register: TrialRegister, actor: User, trial_id: str, *, exter
             {"box": "excluded_ineligible", "count": len(ineligible)},
             {"box": "excluded_declined", "count": len(declined)},
             {"box": "excluded_other", "count": len(assessed - set(arms) - ineligible - declined)},
-            {"box": "randomised", "count": len(arms)}]
+            {"box": "randomised", "count": len(arms)},
+            {"box": "duplicate_randomisations", "count": int(duplicates["set_aside"])},
+            {"box": "suspected_duplicate_randomisations", "count": int(duplicates["open"])}]
     for arm in (a.code for a in trial.settings.arms):
         members = {p for p, a in arms.items() if a == arm}
         rows += [{"box": f"allocated_{arm}", "count": len(members)},
@@ -82,7 +95,8 @@ def consort_chart(table: StatTable, arms: list[str]) -> Chart:
                   f"  Declined to participate (n={n['excluded_declined']})\n  Other reasons (n={n['excluded_other']})")
     arrow(3.5, 8.9, 3.5, 7.0)
     arrow(3.5, 8.0, 5.9, 8.0)
-    put(3.5, 6.6, f"Randomised (n={n['randomised']})")
+    put(3.5, 6.6, f"Randomised (n={n['randomised']})\nDuplicate enrolments set aside "
+                  f"(n={n['duplicate_randomisations']}; unresolved n={n['suspected_duplicate_randomisations']})")
     step = 9.0 / len(arms)
     for i, arm in enumerate(arms):
         x = step * (i + 0.5) + 0.5

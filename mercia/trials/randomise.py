@@ -164,6 +164,8 @@ class Allocator:
 
     State is what has been allocated so far (counts per stratum, per factor level), so an allocator can be
     rebuilt from the stored allocations at any time (``replay``) and continues exactly where it left off.
+    ``allocated`` counts every randomisation made, so no draw position or block place is used twice, even
+    where a randomisation was later set aside as a duplicate enrolment (it counts in no balance).
     Counts are kept in plain lists: with a handful of arms and factors that is several times faster than
     numpy's per-call overhead, and minimisation must keep up with 1,000 allocations a second.
     """
@@ -183,20 +185,26 @@ class Allocator:
         self.margins = [[[0] * len(s.arms) for _ in f.levels] for f in s.factors]
         self._blocks: dict[tuple, tuple[int, int, list[str]]] = {}   # stratum -> (block no., start, block)
 
-    def replay(self, history: Sequence[tuple[dict[str, str], str]]) -> Allocator:
-        """Take earlier allocations (levels, arm) into account without drawing."""
+    def replay(self, history: Sequence[tuple[dict[str, str], str]], set_aside: Sequence[dict[str, str]] = ()
+               ) -> Allocator:
+        """Take earlier allocations (levels, arm) into account without drawing; ``set_aside``: the levels of
+        randomisations set aside as duplicate enrolments, whose draws and block places are spent but whose
+        participants count in no minimisation margin (the same human's kept randomisation does)."""
         for levels, arm in history:
             self._record(levels, self._codes.index(arm))
+        for levels in set_aside:
+            self._record(levels, None)
         return self
 
     def _stratum(self, levels: dict[str, str]) -> tuple:
         return tuple(levels[f.name] for f in self.settings.factors) if self.settings.method == "stratified" else ()
 
-    def _record(self, levels: dict[str, str], arm: int) -> None:
+    def _record(self, levels: dict[str, str], arm: int | None) -> None:
         stratum = self._stratum(levels)
         self.per_stratum[stratum] = self.per_stratum.get(stratum, 0) + 1
-        for i, f in enumerate(self.settings.factors):
-            self.margins[i][self._level_index[i][levels[f.name]]][arm] += 1
+        if arm is not None:
+            for i, f in enumerate(self.settings.factors):
+                self.margins[i][self._level_index[i][levels[f.name]]][arm] += 1
         self.allocated += 1
 
     def allocate(self, levels: dict[str, str] | None = None) -> tuple[str, dict]:

@@ -13,11 +13,12 @@ from typing import Any
 
 import orjson
 
+from mercia.cdm.extensions import TRIAL_DUPLICATE_TABLE
 from mercia.governance import Conflict, User
 from mercia.governance.db import now
 from mercia.trials.crf.service import CrfService
 from mercia.trials.randomise import Allocator, KeyedStream, RandomisationError, load_randomisation_key
-from mercia.trials.register import TrialError, TrialRegister, TrialRole
+from mercia.trials.register import Trial, TrialError, TrialRegister, TrialRole
 
 # The path through recruitment, in order; a patient only moves forward along it.
 PATHWAY = ["identified", "prescreened", "approached", "screened", "consented", "randomised"]
@@ -125,15 +126,12 @@ class Recruitment:
             if self.db.row("SELECT person_id FROM mercia_trial_allocation WHERE trial_id = ? AND person_id = ?",
                            [trial_id, person_id]):
                 raise Conflict(f"{where} is already randomised")
-            history = [(orjson.loads(r["levels"]), r["arm"]) for r in self.db.rows(
-                "SELECT levels, arm FROM mercia_trial_allocation WHERE trial_id = ? AND version = ? ORDER BY sequence",
-                [trial_id, trial.version])]
-            allocator = Allocator(trial.settings, self.stream, (trial_id, trial.version)).replay(history)
+            allocator = self.allocator(trial)
             try:
                 arm, inputs = allocator.allocate(levels)
             except RandomisationError as exc:
                 raise TrialError(f"{where}: {exc}") from exc
-            sequence = len(history) + 1
+            sequence = inputs["sequence"]
             pack = self.stream.code(trial_id, trial.version, sequence)
             seq = self.audit.record(actor.username, "trial.randomise", f"trial:{trial_id}/person:{person_id}",
                                     trial.project_id, version=trial.version, site=site, pack_code=pack,
@@ -150,6 +148,17 @@ class Recruitment:
             record_id = self.crf.enrol_randomised(actor, trial_id, person_id, arm, site, today)
         shown = self.allocation(actor, trial_id, person_id)
         return {**shown, "crf_record": record_id} if record_id else shown
+
+    def allocator(self, trial: Trial) -> Allocator:
+        """The trial's allocator under its current settings version, where the stored randomisations left it:
+        the allocations, and the randomisations set aside as duplicate enrolments (mercia.trials.duplicates)."""
+        history = [(orjson.loads(r["levels"]), r["arm"]) for r in self.db.rows(
+            "SELECT levels, arm FROM mercia_trial_allocation WHERE trial_id = ? AND version = ? ORDER BY sequence",
+            [trial.trial_id, trial.version])]
+        set_aside = [orjson.loads(r["levels"]) for r in self.db.rows(
+            f"SELECT levels FROM {TRIAL_DUPLICATE_TABLE} WHERE trial_id = ? AND version = ? AND kept = FALSE "
+            "ORDER BY sequence", [trial.trial_id, trial.version])]
+        return Allocator(trial.settings, self.stream, (trial.trial_id, trial.version)).replay(history, set_aside)
 
     def link_study(self, actor: User, trial_id: str, study_name: str, arm_map: dict[str, str]) -> None:
         """From now on each randomised participant is enrolled in the eCRF study (trial manager, who is

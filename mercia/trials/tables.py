@@ -9,6 +9,7 @@ UTC text (as in governance), JSON is TEXT.  Nothing here holds an identifier: pe
 from __future__ import annotations
 
 from mercia.cdm import Store
+from mercia.cdm.extensions import TRIAL_DUPLICATE_COLUMNS, TRIAL_DUPLICATE_TABLE
 
 TABLES: dict[str, str] = {
     # One row per trial; ``version`` is the current randomisation settings version.
@@ -33,6 +34,9 @@ TABLES: dict[str, str] = {
         UNIQUE (trial_id, person_id), UNIQUE (trial_id, version, sequence)""",
     "mercia_trial_unblinding": """trial_id TEXT NOT NULL, person_id BIGINT NOT NULL, unblinded_by TEXT NOT NULL,
         reason TEXT NOT NULL, unblinded_at TEXT NOT NULL""",
+    # Suspected duplicate enrolments found by linkage and their resolution (mercia.trials.duplicates); declared
+    # beside the person tables because linkage writes it.
+    TRIAL_DUPLICATE_TABLE: TRIAL_DUPLICATE_COLUMNS,
     "mercia_trial_notification": """trial_id TEXT NOT NULL, user_id BIGINT NOT NULL, message TEXT NOT NULL,
         created_at TEXT NOT NULL""",
     # Patients who asked not to be contacted about research (recorded by their care team).

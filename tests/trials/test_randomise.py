@@ -112,6 +112,18 @@ def test_replay_continues_where_it_left_off():
     assert first + [resumed.allocate(lv)[0] for lv in levels[20:]] == straight
 
 
+def test_a_randomisation_set_aside_spends_its_draw_but_counts_in_no_margin():
+    settings = Settings(method="minimisation", arms=(Arm("A"), Arm("B")), factors=(Factor("sex", ("F", "M")),))
+    history = [({"sex": "F"}, "A"), ({"sex": "M"}, "B")]
+    counted = Allocator(settings, STREAM, ("d",)).replay(history)
+    set_aside = Allocator(settings, STREAM, ("d",)).replay(history, set_aside=[{"sex": "F"}])
+    assert set_aside.margins == counted.margins == [[[1, 0], [0, 1]]]
+    assert set_aside.allocated == counted.allocated + 1
+    _, detail = set_aside.allocate({"sex": "F"})
+    assert detail["sequence"] == 4 and counted.imbalance_if({"sex": "F"}) == [2.0, 0.0]
+    assert detail["imbalance"] == {"A": 2.0, "B": 0.0}   # as if the set-aside F had never been allocated
+
+
 def test_variance_imbalance_and_audit_detail():
     settings = Settings(method="minimisation", arms=(Arm("A"), Arm("B"), Arm("C")),
                         factors=(Factor("sex", ("F", "M"), 2.0),), imbalance="variance")

@@ -82,3 +82,36 @@ def test_randomise_without_a_key_is_unavailable_not_a_crash(api, monkeypatch):
     answer = client.post(f"/api/v1/trials/{T}/participants/9/randomise", json={"levels": {"sex": "F", "age": "65+"}},
                          headers=nurse)
     assert answer.status_code == 503 and "no randomisation key" in answer.json()["detail"]
+
+
+def test_duplicate_enrolments_are_listed_and_resolved_by_the_right_roles(api):
+    import pyarrow as pa
+
+    from mercia.linkage.probabilistic import merge_persons
+    from mercia.trials.prescreen import worklist
+
+    from .test_trials_service import enrol
+
+    client, world, as_user = api
+    base = f"/api/v1/trials/{T}/duplicates"
+    worklist(world.register, world.people["nurse_a"], T, SITE_A)
+    enrol(world, 13)
+    enrol(world, 14)
+    merge_persons(world.store, pa.table({"old": [14], "new": [13]}))
+    assert client.get(base).status_code == 401
+    assert client.get(base, headers=as_user("nurse_a")).status_code == 403
+    assert client.get(base, headers=as_user("researcher")).status_code == 404
+    listed = client.get(base, headers=as_user("stats")).json()
+    assert [(r["person_id"], r["suggested_keep"]) for r in listed] == [(13, True), (14, False)]
+    manager = as_user("manager")
+    assert client.post(f"{base}/resolve", json={"keep": 13, "reason": "first"}, headers=as_user("stats")).status_code \
+        == 403
+    outside = client.post(f"{base}/resolve", json={"keep": 20, "reason": "first"}, headers=manager)
+    assert outside.status_code == 400 and "not in any suspected duplicate" in outside.json()["detail"]
+    assert client.post(f"{base}/resolve", json={"keep": 13}, headers=manager).status_code == 422
+    done = client.post(f"{base}/resolve", json={"keep": 13, "reason": "first randomisation"}, headers=manager)
+    assert done.status_code == 200 and done.json()["set_aside"] == [14]
+    assert client.post(f"{base}/resolve", json={"keep": 13, "reason": "again"}, headers=manager).status_code == 409
+    assert client.get(base, headers=manager).json() == []
+    boxes = {b["box"]: b["count"] for b in client.get(f"/api/v1/trials/{T}/consort", headers=manager).json()["boxes"]}
+    assert (boxes["randomised"], boxes["duplicate_randomisations"]) == (1, 1)

@@ -92,3 +92,36 @@ def test_trial_journey_from_the_command_line(tmp_path, monkeypatch):
     feas = _cli("feasibility", "--trial", T, "--years", "2", "--horizon", "3", "--json", *db, "--as", "stats")
     assert feas.exit_code == 0, feas.output
     assert orjson.loads(feas.stdout)["disclosure"]["policy"]
+
+
+def test_duplicate_enrolments_from_the_command_line(tmp_path):
+    import pyarrow as pa
+
+    from mercia.linkage.probabilistic import merge_persons
+    from mercia.trials.prescreen import worklist
+
+    from .test_trials_service import enrol
+
+    path = tmp_path / "cdm.duckdb"
+    store = Store(str(path))
+    store.init_schema()
+    world = make_world(store)
+    worklist(world.register, world.people["nurse_a"], T, SITE_A)
+    enrol(world, 13)
+    enrol(world, 14)
+    merge_persons(store, pa.table({"old": [14], "new": [13]}))
+    store.close()
+    db = ["--db", str(path)]
+    refused = _cli("duplicates", "--trial", T, *db, "--as", "nurse_a")
+    assert refused.exit_code == 1 and "refused:" in refused.output and "trial_manager or statistician" in refused.output
+    listed = _cli("duplicates", "--trial", T, "--json", *db, "--as", "manager")
+    assert listed.exit_code == 0, listed.output
+    assert [(r["person_id"], r["suggested_keep"]) for r in orjson.loads(listed.stdout)] == [(13, True), (14, False)]
+    by_stats = _cli("resolve-duplicate", "--trial", T, "--keep", "13", "--reason", "first", *db, "--as", "stats")
+    assert by_stats.exit_code == 1 and "needs the role trial_manager" in by_stats.output
+    outside = _cli("resolve-duplicate", "--trial", T, "--keep", "20", "--reason", "first", *db, "--as", "manager")
+    assert outside.exit_code == 1 and "person 20 is not in any suspected duplicate" in outside.output
+    done = _cli("resolve-duplicate", "--trial", T, "--keep", "13", "--reason", "first randomisation", *db,
+                "--as", "manager")
+    assert done.exit_code == 0 and "set aside 14" in done.output, done.output
+    assert "no open duplicate enrolments" in _cli("duplicates", "--trial", T, *db, "--as", "stats").output

@@ -331,9 +331,139 @@ def test_persons_each_randomised_in_one_trial_are_left_unmerged(world):
     held = merge_persons(world.store, pa.table({"old": [14, 16], "new": [13, 15]}))
 
     assert held == [f"persons 13, 14 look like one person but were each randomised in trial {T}: "
-                    "left unmerged for the trial team"]
+                    "left unmerged for the trial team (mercia trials duplicates)"]
     links = dict(world.store.query("SELECT source_pseudonym, person_id FROM mercia_person_link "
                                    "WHERE source_pseudonym IN ('s13', 's14', 's15', 's16')"))
     assert links == {"s13": 13, "s14": 14, "s15": 15, "s16": 15}   # the other cluster merged
     assert world.store.query("SELECT person_id FROM mercia_trial_allocation WHERE person_id IN (13, 14) "
                              "ORDER BY 1") == [(13,), (14,)]
+
+
+def _link_as_one_human(world, *persons: int) -> None:
+    """Give the persons' link records one NHS pseudonym, so the next link run finds them to be one human."""
+    first = world.store.query_one("SELECT nhs_pseudonym FROM mercia_person_link WHERE person_id = ?", [persons[0]])
+    for person in persons[1:]:
+        world.store.execute("UPDATE mercia_person_link SET nhs_pseudonym = ? WHERE person_id = ?", [first, person])
+
+
+def test_a_double_randomisation_found_by_linkage_is_recorded_once_and_listed_for_the_trial_team(world):
+    from mercia.linkage.probabilistic import link_store
+    from mercia.trials.duplicates import DuplicateEnrolments
+
+    p, duplicates = world.people, DuplicateEnrolments(world.register)
+    worklist(world.register, p["nurse_a"], T, SITE_A)
+    arms = [enrol(world, 13), enrol(world, 14, levels={"sex": "M", "age": "65+"})]
+    _link_as_one_human(world, 13, 14)
+
+    runs = [link_store(world.store), link_store(world.store)]
+
+    assert all(any("persons 13, 14" in held for held in run.left_unmerged) for run in runs)
+    recorded = world.store.query_dicts("SELECT * FROM mercia_trial_duplicate ORDER BY sequence")
+    assert [(r["randomised_as"], r["person_id"], r["status"], r["site"]) for r in recorded] == \
+        [(13, 13, "open", SITE_A), (14, 14, "open", SITE_A)]                          # once, not per run
+    assert len({r["duplicate_id"] for r in recorded}) == 1
+    assert [r["arm"] for r in recorded] == [r["arm"] for r in world.store.query_dicts(
+        "SELECT arm FROM mercia_trial_allocation WHERE person_id IN (13, 14) ORDER BY sequence")]
+    assert [r["pack_code"] for r in recorded] == [a["pack_code"] for a in arms]
+    listed = duplicates.open(p["manager"], T)
+    assert [(r["person_id"], r["suggested_keep"]) for r in listed] == [(13, True), (14, False)]
+    assert not any("arm" in r for r in listed)                                       # blinded trial: no arms
+    assert [r["person_id"] for r in duplicates.open(p["stats"], T)] == [13, 14]
+    with pytest.raises(Forbidden):
+        duplicates.open(p["nurse_a"], T)
+    with pytest.raises(NotFound):
+        duplicates.open(p["researcher"], T)
+    counts = {row["box"]: row["count"] for row in consort_counts(world.register, p["stats"], T).rows}
+    assert (counts["randomised"], counts["suspected_duplicate_randomisations"], counts["duplicate_randomisations"]) \
+        == (2, 1, 0)
+
+
+def test_resolving_a_duplicate_keeps_one_allocation_and_the_next_link_run_merges(world):
+    from mercia.linkage.probabilistic import link_store
+    from mercia.trials.duplicates import DuplicateEnrolments
+
+    p, duplicates = world.people, DuplicateEnrolments(world.register)
+    worklist(world.register, p["nurse_a"], T, SITE_A)
+    enrol(world, 13)
+    enrol(world, 14, levels={"sex": "M", "age": "65+"})
+    _link_as_one_human(world, 13, 14)
+    link_store(world.store)
+    before = world.store.query_dicts("SELECT * FROM mercia_trial_allocation ORDER BY sequence")
+
+    with pytest.raises(Forbidden):
+        duplicates.resolve(p["stats"], T, 14, "second enrolment at the same practice")
+    with pytest.raises(NotFound):
+        duplicates.resolve(p["researcher"], T, 14, "x")
+    with pytest.raises(TrialError, match="not in any suspected duplicate"):
+        duplicates.resolve(p["manager"], T, 20, "x")
+    with pytest.raises(TrialError, match="not in duplicate enrolment 999"):
+        duplicates.resolve(p["manager"], T, 14, "x", duplicate_id=999)
+    with pytest.raises(TrialError, match="needs a reason"):
+        duplicates.resolve(p["manager"], T, 14, " ")
+    with pytest.raises(NotFound):
+        duplicates.resolve(p["manager"], "ISRCTN00000000", 14, "x")
+    assert world.store.query_dicts("SELECT * FROM mercia_trial_allocation ORDER BY sequence") == before
+    assert world.store.query("SELECT DISTINCT status FROM mercia_trial_duplicate") == [("open",)]
+
+    # the second randomisation kept (its data were collected; the first person record was the stale one)
+    done = duplicates.resolve(p["manager"], T, 14, "the record at 14 holds the trial data")
+    assert (done["kept"], done["set_aside"]) == (14, [13])
+    with pytest.raises(Conflict, match="already resolved"):
+        duplicates.resolve(p["manager"], T, 14, "again")
+    assert world.store.query("SELECT person_id FROM mercia_trial_allocation") == [(14,)]
+    set_aside = world.store.query_dicts("SELECT * FROM mercia_trial_duplicate WHERE kept = FALSE")[0]
+    assert {k: set_aside[k] for k in ("person_id", "arm", "sequence", "status", "resolved_by", "reason")} == {
+        "person_id": 13, "arm": before[0]["arm"], "sequence": 1, "status": "resolved", "resolved_by": "manager",
+        "reason": "the record at 14 holds the trial data"}
+    entry = world.gov.audit.search(action="trial.duplicate.resolve")[0]
+    assert entry["detail"]["kept"] == 14 and not entry["detail"]["kept_was_first"]
+    assert entry["seq"] == set_aside["resolution_audit_seq"]
+    assert duplicates.open(p["manager"], T) == []
+    counts = {row["box"]: row["count"] for row in consort_counts(world.register, p["stats"], T).rows}
+    assert (counts["randomised"], counts["duplicate_randomisations"], counts["suspected_duplicate_randomisations"],
+            counts["excluded"], counts["assessed"]) == (1, 1, 0, 0, 1)
+    external = {row["box"]: row["count"] for row in consort_counts(world.register, p["stats"], T, external=True).rows}
+    assert external["duplicate_randomisations"] is None                 # a count of 1 is suppressed outside the team
+    allocator = world.recruitment.allocator(world.register.trial(T))
+    assert allocator.allocated == 2                                   # the set-aside draw stays spent
+    assert [sum(level) for level in allocator.margins[0]] == [0, 1]   # sex F: the set-aside 13 is in no margin
+
+    assert link_store(world.store).left_unmerged == []
+    assert world.store.query("SELECT source_pseudonym, person_id FROM mercia_person_link "
+                             "WHERE source_pseudonym IN ('s13', 's14') ORDER BY 1") == [("s13", 13), ("s14", 13)]
+    kept = world.store.query_dicts("SELECT * FROM mercia_trial_allocation")
+    assert [(a["person_id"], a["sequence"], a["arm"]) for a in kept] == [(13, 2, before[1]["arm"])]
+    assert world.store.query("SELECT randomised_as, person_id, kept FROM mercia_trial_duplicate ORDER BY 1") == \
+        [(13, 13, False), (14, 13, True)]
+    assert link_store(world.store).left_unmerged == [] and \
+        world.store.query_one("SELECT COUNT(*) FROM mercia_trial_duplicate") == 2
+    assert enrol(world, 15)["sequence"] == 3                           # no sequence reused
+    counts = {row["box"]: row["count"] for row in consort_counts(world.register, p["stats"], T).rows}
+    assert (counts["randomised"], counts["duplicate_randomisations"]) == (2, 1)
+
+
+def test_a_third_enrolment_of_a_resolved_human_opens_a_new_duplicate_and_leaves_the_resolution(world):
+    import pyarrow as pa
+
+    from mercia.linkage.probabilistic import merge_persons
+    from mercia.trials.duplicates import DuplicateEnrolments
+
+    p, duplicates = world.people, DuplicateEnrolments(world.register)
+    worklist(world.register, p["nurse_a"], T, SITE_A)
+    enrol(world, 13)
+    enrol(world, 14)
+    merge_persons(world.store, pa.table({"old": [14], "new": [13]}))
+    first = duplicates.resolve(p["manager"], T, 13, "first randomisation")["duplicate_id"]
+    assert merge_persons(world.store, pa.table({"old": [14], "new": [13]})) == []
+    resolved = world.store.query_dicts("SELECT * FROM mercia_trial_duplicate ORDER BY sequence")
+    enrol(world, 16)
+
+    assert len(merge_persons(world.store, pa.table({"old": [16], "new": [13]}))) == 1
+    listed = duplicates.open(p["manager"], T)
+    assert [(r["person_id"], r["sequence"], r["suggested_keep"]) for r in listed] == [(13, 1, True), (16, 3, False)]
+    assert {r["duplicate_id"] for r in listed} != {first}
+    assert world.store.query_dicts(f"SELECT * FROM mercia_trial_duplicate WHERE duplicate_id = {first} "
+                                   "ORDER BY sequence") == resolved
+    counts = {row["box"]: row["count"] for row in consort_counts(world.register, p["stats"], T).rows}
+    assert (counts["randomised"], counts["duplicate_randomisations"], counts["suspected_duplicate_randomisations"]) \
+        == (2, 1, 1)

@@ -67,6 +67,13 @@ class UnblindRequest(BaseModel):
     reason: str = Field(..., min_length=1, max_length=500)
 
 
+class DuplicateResolution(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    keep: int = Field(..., ge=1, le=2**63 - 1, description="the person whose randomisation stands")
+    reason: str = Field(..., min_length=1, max_length=500)
+    duplicate_id: int | None = Field(None, ge=1, le=2**63 - 1, description="where given, the person must be in it")
+
+
 def _services(request: Request):
     from mercia.trials.recruitment import Recruitment
     from mercia.trials.register import TrialRegister
@@ -196,3 +203,22 @@ def consort(trial_id: str, request: Request, external: bool = False,
     with state.lock:
         table = consort_counts(register, user, trial_id, external=external)
     return {"boxes": table.display_rows() if external else table.rows, "controlled": external}
+
+
+@router.get("/{trial_id}/duplicates", summary="Open suspected duplicate enrolments (trial managers, statisticians)")
+def duplicates(trial_id: str, request: Request, user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    from mercia.trials.duplicates import DuplicateEnrolments
+
+    state, register, _ = _services(request)
+    with state.lock:
+        return DuplicateEnrolments(register).open(user, trial_id)
+
+
+@router.post("/{trial_id}/duplicates/resolve", summary="Keep one randomisation of a duplicate enrolment (managers)")
+def resolve_duplicate(trial_id: str, body: DuplicateResolution, request: Request,
+                      user: User = Depends(current_user)) -> dict[str, Any]:
+    from mercia.trials.duplicates import DuplicateEnrolments
+
+    state, register, _ = _services(request)
+    with state.lock:
+        return DuplicateEnrolments(register).resolve(user, trial_id, body.keep, body.reason, body.duplicate_id)
