@@ -37,8 +37,8 @@ from scipy.sparse.csgraph import connected_components
 
 from mercia.cdm import Store
 from mercia.cdm.extensions import (DERIVED_PERSON_TABLES, ONE_ROW_PER_PERSON, PARTICIPANT_TABLES,
-                                   PERSON_NAMED_RECORD_TABLES, TOKEN_FIELDS, TRIAL_DUPLICATE_COLUMNS,
-                                   TRIAL_DUPLICATE_TABLE, person_tables)
+                                   PERSON_NAMED_RECORD_TABLES, STALE_COHORT_TABLE, TOKEN_FIELDS,
+                                   TRIAL_DUPLICATE_COLUMNS, TRIAL_DUPLICATE_TABLE, person_tables)
 from mercia.cdm.persons import rebuild_person_rows
 from mercia.cdm.store import sql_string
 
@@ -162,6 +162,8 @@ def merge_persons(store: Store, remap: pa.Table) -> list[str]:
         for table, key in ONE_ROW_PER_PERSON.items():
             if table in kept and table in DERIVED_PERSON_TABLES:
                 _keep_the_merged_into_row(store, table, kept[table], key)
+        if "cohort" in kept and store.table_exists(STALE_COHORT_TABLE):
+            _mark_cohorts_stale(store)
         renumbered = {**dict.fromkeys([*person_tables(store), "mercia_person_link", *PERSON_NAMED_RECORD_TABLES],
                                       "person_id"), **kept}
         for table, column in renumbered.items():
@@ -176,6 +178,21 @@ def merge_persons(store: Store, remap: pa.Table) -> list[str]:
 
 
 _MEMBERS = "(SELECT old AS person_id, new FROM mercia_tmp_remap UNION SELECT new, new FROM mercia_tmp_remap)"
+
+
+def _mark_cohorts_stale(store: Store) -> None:
+    """Mark each generated cohort holding rows of a person about to be merged into another (not yet marked):
+    renumbered, its rows may give one person two entries that generating it would have made one, or keep
+    an entry the merged person's other record rules out (``STALE_COHORT_TABLE``; analytics refuse it until
+    it is generated again)."""
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    store.execute(f"""INSERT INTO {STALE_COHORT_TABLE} (cohort_definition_id, marked_at, reason)
+        SELECT c.cohort_definition_id, CURRENT_TIMESTAMP,
+               'linkage merged ' || CAST(COUNT(DISTINCT c.subject_id) AS VARCHAR) || ' of its persons into others '
+               || 'on {when}, after it was generated'
+        FROM cohort c JOIN mercia_tmp_remap m ON m.old = c.subject_id
+        WHERE c.cohort_definition_id NOT IN (SELECT cohort_definition_id FROM {STALE_COHORT_TABLE})
+        GROUP BY c.cohort_definition_id""")
 
 
 _ALLOCATION_COLUMNS = ("trial_id", "person_id", "version", "sequence", "site", "levels", "arm", "pack_code",

@@ -142,3 +142,31 @@ def test_records_without_a_birth_date_never_link_by_probability(store, options):
     assert result.probabilistic_links > 0  # the records with a birth date but no valid NHS number
     assert store.query_one("SELECT count(DISTINCT person_id) FROM person WHERE year_of_birth IS NULL") == 80
     assert store.query_one("SELECT count(*) FROM person WHERE year_of_birth IS NULL") == 80
+
+
+def test_merging_persons_marks_the_cohorts_holding_them_stale_until_generated_again(store, options):
+    from datetime import date
+
+    from mercia.analytics.base import AnalyticsError, refuse_stale
+    from mercia.cdm.extensions import STALE_COHORT_TABLE
+    from mercia.cohorts import builder as cb
+    from mercia.cohorts.runner import ensure_result_tables, run_cohort
+
+    options.allow_synthetic_nhs_numbers = True
+    load_copies(store, options, 300, 0.02, seed=7)
+    ensure_result_tables(store)
+    persons = [r[0] for r in store.query("SELECT person_id FROM person ORDER BY 1")]
+    store.insert_arrow("cohort", pa.table({"cohort_definition_id": [1] * len(persons), "subject_id": persons,
+                                           "cohort_start_date": [date(2020, 1, 1)] * len(persons),
+                                           "cohort_end_date": [date(2020, 1, 1)] * len(persons)}))
+    result = link_store(store)
+    merged = result.persons_before - result.persons_after
+    assert merged > 0
+    (cohort, reason), = store.query(f"SELECT cohort_definition_id, reason FROM {STALE_COHORT_TABLE}")
+    assert cohort == 1 and reason.startswith(f"linkage merged {merged} of its persons into others on ")
+    with pytest.raises(AnalyticsError, match="cohort 1 is out of date"):
+        refuse_stale(store, 1)
+    link_store(store)  # nothing more to merge: no second mark
+    assert store.query_one(f"SELECT count(*) FROM {STALE_COHORT_TABLE}") == 1
+    run_cohort(store, cb.cohort([cb.condition()]), 1)
+    assert store.query_one(f"SELECT count(*) FROM {STALE_COHORT_TABLE}") == 0
