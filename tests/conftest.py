@@ -49,18 +49,20 @@ def postgres_url() -> str:
 _SPARK_WAREHOUSE: list[str] = []
 
 
-def spark_url() -> str:
-    """The local Spark store URL of this test process: one small session, one warehouse."""
+def spark_url(warehouse: str | None = None) -> str:
+    """The local Spark store URL of this test process: one small session, one warehouse (another one for a
+    test that runs Spark in processes of its own)."""
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         engine_missing("Spark needs a Java runtime (apt-get install openjdk-17-jre-headless)")
     try:
         import pyspark  # noqa: F401
     except ImportError:
         engine_missing("pyspark is not installed (pip install -e .[test])")
-    if not _SPARK_WAREHOUSE:
-        _SPARK_WAREHOUSE.append(tempfile.mkdtemp(prefix="mercia-spark-warehouse-"))
-    return "spark://local[1]?" + urlencode({"warehouse": _SPARK_WAREHOUSE[0], "partitions": 1, "memory": "1g",
-                                            **SMALL_DATA_SPARK})
+    if warehouse is None:
+        if not _SPARK_WAREHOUSE:
+            _SPARK_WAREHOUSE.append(tempfile.mkdtemp(prefix="mercia-spark-warehouse-"))
+        warehouse = _SPARK_WAREHOUSE[0]
+    return "spark://local[1]?" + urlencode({"warehouse": warehouse, "partitions": 1, "memory": "1g", **SMALL_DATA_SPARK})
 
 
 # Spark settings for test-sized tables, where planning and code generation cost more than the work: on the

@@ -72,8 +72,7 @@ print("PERSONS", store.table_counts(["person"]).get("person"))
 def test_local_spark_tables_outlive_the_process(tmp_path):
     """``mercia db load-omop`` and ``mercia cohort run`` are separate processes: the second must find
     the first one's tables (the catalog is kept in the warehouse, not in the JVM's memory)."""
-    spark_url()  # skips (fails in CI) without Java or pyspark
-    url = f"spark://local[1]?warehouse={tmp_path / 'wh'}&partitions=1&memory=1g"
+    url = spark_url(str(tmp_path / "wh"))  # skips (fails in CI) without Java or pyspark
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     outputs = [subprocess.run([sys.executable, "-c", WRITE_THEN_COUNT, url, step], capture_output=True, text=True,
                               timeout=600, env=env, check=True).stdout for step in ("write", "read")]
