@@ -15,7 +15,7 @@ from typing import Any
 
 from mercia.cdm import Store
 from mercia.cdm.dialect import as_double, days_between
-from mercia.cdm.extensions import STALE_COHORT_TABLE
+from mercia.cdm.extensions import stale_cohort_reason
 from mercia.privacy.disclosure import (
     AnalysisResult, ColumnSpec, DisclosurePolicy, Kind, PartitionSpec, StatTable, get_policy,
 )
@@ -87,12 +87,10 @@ def refuse_stale(store: Store, cohort_id: int, role: str = "cohort") -> None:
     """An error naming the cohort when linkage merged its persons after it was generated: one person may
     then hold entries a run would have made one (an outcome cohort, which may rightly be empty, is
     checked by this alone)."""
-    if store.table_exists(STALE_COHORT_TABLE):
-        reason = store.query_one(f"SELECT MIN(reason) FROM {STALE_COHORT_TABLE} WHERE cohort_definition_id = ?",
-                                 [cohort_id])
-        if reason:
-            raise AnalyticsError(f"{role} {cohort_id} is out of date: {reason}; generate it again "
-                                 f"(`mercia cohort run`) before analysing it")
+    reason = stale_cohort_reason(store, cohort_id)
+    if reason:
+        raise AnalyticsError(f"{role} {cohort_id} is out of date: {reason}; generate it again "
+                             f"(`mercia cohort run`) before analysing it")
 
 
 def first_entry_sql(cohort_id: int, table: str = "cohort") -> str:

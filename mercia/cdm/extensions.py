@@ -136,6 +136,14 @@ DERIVED_PERSON_TABLES = {"cohort": "subject_id", "mercia_trial_candidate": "pers
 # so its results are refused until it is generated again (created and cleared with the cohort's result tables,
 # mercia.cohorts; written by mercia.linkage, read by mercia.analytics).
 STALE_COHORT_TABLE = "mercia_cohort_stale"
+
+
+def stale_cohort_reason(store: Store, cohort_id: int) -> str | None:
+    """Why the cohort's rows are out of date (``STALE_COHORT_TABLE``), or None when they are current."""
+    if not store.table_exists(STALE_COHORT_TABLE):
+        return None
+    return store.query_one(f"SELECT MIN(reason) FROM {STALE_COHORT_TABLE} WHERE cohort_definition_id = ?",
+                           [int(cohort_id)])
 PARTICIPANT_TABLES = {"mercia_trial_status": "person_id", "mercia_trial_allocation": "person_id",
                       "mercia_trial_unblinding": "person_id", "mercia_research_contact_dissent": "person_id",
                       "mercia_crf_participant": "person_id", "mercia_trial_duplicate": "person_id"}

@@ -184,15 +184,14 @@ def _mark_cohorts_stale(store: Store) -> None:
     """Mark each generated cohort holding rows of a person about to be merged into another (not yet marked):
     renumbered, its rows may give one person two entries that generating it would have made one, or keep
     an entry the merged person's other record rules out (``STALE_COHORT_TABLE``; analytics refuse it until
-    it is generated again)."""
+    it is generated again).  The reason gives no count: researchers see it, and a count of merged persons
+    could be a small number."""
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     store.execute(f"""INSERT INTO {STALE_COHORT_TABLE} (cohort_definition_id, marked_at, reason)
-        SELECT c.cohort_definition_id, CURRENT_TIMESTAMP,
-               'linkage merged ' || CAST(COUNT(DISTINCT c.subject_id) AS VARCHAR) || ' of its persons into others '
-               || 'on {when}, after it was generated'
+        SELECT DISTINCT c.cohort_definition_id, CURRENT_TIMESTAMP,
+               'linkage merged persons of it into others on {when}, after it was generated'
         FROM cohort c JOIN mercia_tmp_remap m ON m.old = c.subject_id
-        WHERE c.cohort_definition_id NOT IN (SELECT cohort_definition_id FROM {STALE_COHORT_TABLE})
-        GROUP BY c.cohort_definition_id""")
+        WHERE c.cohort_definition_id NOT IN (SELECT cohort_definition_id FROM {STALE_COHORT_TABLE})""")
 
 
 _ALLOCATION_COLUMNS = ("trial_id", "person_id", "version", "sequence", "site", "levels", "arm", "pack_code",

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from mercia.cdm.dialect import as_text
+from mercia.cdm.extensions import stale_cohort_reason
 from mercia.cohorts import CohortDefinitionError, CohortExpression, CohortResult, run_cohort
 from mercia.cohorts.batch import run_batch
 from mercia.cohorts.registry import CohortIdTaken, adopt_cohorts, claim_cohort_id, new_cohort_id
@@ -123,7 +124,8 @@ def view_cohort(state: MerciaState, user: User, cohort_id: int) -> tuple[dict[st
     """A cohort as people see it: its run result disclosure-controlled; the view is audited."""
     row, project = get_cohort(state, user, cohort_id)
     state.gov.audit.record(user.username, "cohort.view", f"cohort:{cohort_id}", project.id)
-    return row | {"result": controlled_result(row["result"])}, project
+    stale = stale_cohort_reason(state.store, cohort_id) if row["result"] else None
+    return row | {"result": controlled_result(row["result"]), "stale": stale}, project
 
 
 def list_cohorts(state: MerciaState, user: User, project_id: int) -> list[dict[str, Any]]:

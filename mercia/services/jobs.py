@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from mercia.analytics.base import AnalyticsError
 from mercia.cdm import Store, StoreError
 from mercia.cdm.sessions import bound_sessions
 from mercia.governance import GovernanceError
@@ -25,7 +26,7 @@ Progress = Callable[[float, str], None]
 JobFunction = Callable[[Progress], dict[str, Any]]
 # Failures whose message is written for the person who started the job; anything else is a fault,
 # reported in plain words (its details go to the server log, never to the page).
-EXPLAINED = (GovernanceError, ValueError, LoadError, KeyError_, StoreError, FileNotFoundError)
+EXPLAINED = (GovernanceError, ValueError, LoadError, KeyError_, StoreError, FileNotFoundError, AnalyticsError)
 
 
 class JobCancelled(Exception):

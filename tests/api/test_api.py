@@ -366,6 +366,27 @@ def test_rare_disease_ranking(world):
     assert bad.status_code == 400
 
 
+def test_a_cohort_linkage_made_stale_says_so_and_is_not_analysed_until_run_again(world):
+    """Linkage marks a cohort stale when it merges persons holding its rows (tests/linkage); the API shows
+    why, an analysis of it fails naming the cohort, and a run clears it."""
+    from mercia.cdm.extensions import STALE_COHORT_TABLE
+
+    h = world.login("res")
+    target = make_cohort(world, h, expression=circe(rule_drug=None))
+    run(world, h, target)
+    assert world.client.get(f"/api/v1/cohorts/{target}", headers=h).json()["stale"] is None
+    store = world.client.app.state.mercia.store
+    store.execute(f"INSERT INTO {STALE_COHORT_TABLE} VALUES (?, CURRENT_TIMESTAMP, ?)",
+                  [target, "linkage merged persons of it into others on 2026-12-06 21:00 UTC, after it was generated"])
+    assert world.client.get(f"/api/v1/cohorts/{target}", headers=h).json()["stale"].startswith("linkage merged persons")
+    body = {"project_id": world.approved, "kind": "characterise", "target_cohort_id": target}
+    job = world.client.app.state.mercia.jobs.wait(world.client.post("/api/v1/analyses", headers=h, json=body)
+                                                 .json()["job_id"], 120)
+    assert job["status"] == "failed" and f"cohort {target} is out of date" in job["error"], job
+    run(world, h, target)
+    assert world.client.get(f"/api/v1/cohorts/{target}", headers=h).json()["stale"] is None
+
+
 # -- vocabulary and analytics ---------------------------------------------------------------------------
 def test_concept_search(world):
     h = world.login("res")

@@ -175,6 +175,21 @@ def test_builder_preview_and_import(client, demo):
     assert r.status_code == 303 and r.headers["location"].startswith("/cohorts/")
 
 
+def test_a_stale_cohort_page_says_why_and_that_analyses_wait_for_a_run(client, demo):
+    from mercia.cdm.extensions import STALE_COHORT_TABLE
+
+    sign_in(client, demo, "researcher")
+    assert "Out of date" not in client.get("/cohorts/1").text
+    demo.store.execute(f"INSERT INTO {STALE_COHORT_TABLE} VALUES (1, CURRENT_TIMESTAMP, 'linkage merged persons "
+                       "of it into others on 2026-12-06 21:00 UTC, after it was generated')")
+    try:
+        html = client.get("/cohorts/1").text
+        assert "<strong>Out of date:</strong> linkage merged persons of it into others" in html
+        assert "Analyses of this cohort are refused until you run it again" in html
+    finally:
+        demo.store.execute(f"DELETE FROM {STALE_COHORT_TABLE} WHERE cohort_definition_id = 1")
+
+
 def test_concept_search_page(client, demo):
     sign_in(client, demo, "researcher")
     html = client.get("/concepts?q=metformin").text
