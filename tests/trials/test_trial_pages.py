@@ -161,6 +161,7 @@ def test_duplicate_enrolments_page_and_resolution_form(web_world):
     assert "eCRF record A81001-0001 kept apart" in done.text
     assert "No suspected duplicate enrolments are open" in done.text
     assert "the record at 14 holds the data" in done.text and "Set aside" in done.text and "Stands" in done.text
+    assert "<td>drug</td>" not in done.text and "<td>placebo</td>" not in done.text        # still blind to arm
     assert world.store.query("SELECT person_id FROM mercia_trial_allocation") == [(14,)]       # as through the API
     again = client.post(action, data={"csrf_token": csrf, "keep": "14", "reason": "again"})
     assert again.status_code == 409 and "already resolved" in again.text
