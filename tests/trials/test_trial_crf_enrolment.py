@@ -168,3 +168,30 @@ def test_the_ecrf_record_of_a_set_aside_randomisation_is_kept_apart_not_lost(wor
     assert world.store.query("SELECT record_id, person_id FROM mercia_crf_participant ORDER BY 1") == \
         [("A81001-0001", 13), ("A81001-0002", 13)]
     assert [r["record_id"] for r in crf.overview(p["manager"], "dm2")["participants"]] == ["A81001-0002"]
+
+
+def test_a_record_already_set_aside_is_not_set_aside_again_after_a_merge(world):
+    """After the first resolution and the merge, both records name the merged person; when a third
+    randomisation of the same human is resolved in its favour, only the record that stood is set aside."""
+    import pyarrow as pa
+
+    from mercia.linkage.probabilistic import merge_persons
+    from mercia.trials.duplicates import DuplicateEnrolments
+
+    study_for(world)
+    p, duplicates = world.people, DuplicateEnrolments(world.register)
+    world.recruitment.link_study(p["manager"], T, "dm2", {"drug": "arm_1", "placebo": "arm_1"})
+    enrol(world, 13)
+    enrol(world, 14)
+    merge_persons(world.store, pa.table({"old": [14], "new": [13]}))
+    first = duplicates.resolve(p["manager"], T, 13, "first randomisation")
+    merge_persons(world.store, pa.table({"old": [14], "new": [13]}))
+    enrol(world, 16)
+    merge_persons(world.store, pa.table({"old": [16], "new": [13]}))
+
+    second = duplicates.resolve(p["manager"], T, 16, "the third record holds the data")
+
+    assert (first["crf_records_set_aside"], second["crf_records_set_aside"]) == (["A81001-0002"], ["A81001-0001"])
+    assert world.store.query("SELECT record_id, duplicate_id, kept_record FROM mercia_crf_set_aside ORDER BY "
+                             "duplicate_id") == [("A81001-0002", first["duplicate_id"], "A81001-0001"),
+                                                 ("A81001-0001", second["duplicate_id"], "A81001-0003")]
