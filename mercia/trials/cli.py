@@ -224,7 +224,9 @@ def resolve_duplicate(trial: str = TRIAL, keep: int = typer.Option(..., "--keep"
     register, user = _context(db, username)
     done = _run(lambda: DuplicateEnrolments(register).resolve(user, trial, keep, reason, duplicate))
     typer.echo(f"duplicate enrolment {done['duplicate_id']} on {trial}: kept person {keep}'s randomisation; set aside "
-               f"{', '.join(map(str, done['set_aside']))}; the next link run merges them")
+               f"{', '.join(map(str, done['set_aside']))}; the next link run merges them"
+               + (f"; eCRF record {', '.join(done['crf_records_set_aside'])} set aside (kept, not exported)"
+                  if done["crf_records_set_aside"] else ""))
 
 
 @app.command("screening-log")

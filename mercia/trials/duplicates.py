@@ -7,8 +7,9 @@ randomisation, "include the first randomisation only"), every other one is set a
 enrolment.  A set-aside allocation is never deleted: its row moves from ``mercia_trial_allocation`` to the
 duplicate record (arm, site, date, who randomised; who resolved, when, why), so it is no second allocation
 when the next link run merges the persons, counts neither as randomised in CONSORT nor in the minimisation
-margins of later allocations, and keeps its draw position spent (``Allocator.replay``).  Every resolution is
-audited.
+margins of later allocations, and keeps its draw position spent (``Allocator.replay``).  The eCRF record that
+randomisation enrolled (in a study linked to the trial) is set aside with it (``CrfService.set_aside_randomised``):
+kept, but out of the study's participants and exports.  Every resolution is audited.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 from mercia.cdm.extensions import TRIAL_DUPLICATE_TABLE
 from mercia.governance import Conflict, User
 from mercia.governance.db import now
-from mercia.trials.register import TrialError, TrialRegister, TrialRole
+from mercia.trials.crf.service import CrfService
+from mercia.trials.register import Trial, TrialError, TrialRegister, TrialRole
 
 # Who sees the suspected duplicates (person ids of randomised participants, trial-wide) and who resolves them.
 VIEWERS = (TrialRole.TRIAL_MANAGER, TrialRole.STATISTICIAN)
@@ -39,14 +41,28 @@ class DuplicateEnrolments:
                                        version, sequence, found_at
                                 FROM {TRIAL_DUPLICATE_TABLE} WHERE trial_id = ? AND status = 'open'
                                 ORDER BY duplicate_id, allocated_at, version, sequence""", [trial_id])
-        show_arm = not trial.blinded or TrialRole.UNBLINDED_PHARMACIST in self.register.roles(actor, trial_id)
         first = None
         for row in rows:
             row["suggested_keep"] = row["duplicate_id"] != first
             first = row["duplicate_id"]
-            if not show_arm:
+        return self._arms_as_allowed(actor, trial, rows)
+
+    def _arms_as_allowed(self, actor: User, trial: Trial, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows without their arm unless ``actor`` may see arms (open-label trial, unblinded pharmacist)."""
+        if trial.blinded and TrialRole.UNBLINDED_PHARMACIST not in self.register.roles(actor, trial.trial_id):
+            for row in rows:
                 del row["arm"]
         return rows
+
+    def resolved(self, actor: User, trial_id: str) -> list[dict[str, Any]]:
+        """The resolved duplicates' randomisations, one row each, latest resolution first, each with who
+        resolved it, when, why and whether it was kept; the arm as in ``open``."""
+        trial = self.register.require(actor, trial_id, *VIEWERS)
+        rows = self.db.rows(f"""SELECT duplicate_id, person_id, randomised_as, site, arm, allocated_at, kept, reason,
+                                       resolved_by, resolved_at
+                                FROM {TRIAL_DUPLICATE_TABLE} WHERE trial_id = ? AND status = 'resolved'
+                                ORDER BY resolved_at DESC, duplicate_id, allocated_at, version, sequence""", [trial_id])
+        return self._arms_as_allowed(actor, trial, rows)
 
     def resolve(self, actor: User, trial_id: str, keep: int, reason: str, duplicate_id: int | None = None
                 ) -> dict[str, Any]:
@@ -55,6 +71,7 @@ class DuplicateEnrolments:
         marked).  Refused, with nothing changed, for a person in no open duplicate of the trial (or not in
         ``duplicate_id``), a resolved one, no reason, or a caller who is not a trial manager."""
         trial = self.register.require(actor, trial_id, *RESOLVERS)
+        crf = CrfService(self.register.gov)
         where = f"trial {trial_id}, person {keep}"
         if not reason.strip():
             raise TrialError(f"{where}: say why this randomisation is the one kept (resolving needs a reason)")
@@ -90,6 +107,8 @@ class DuplicateEnrolments:
                                 AND d.resolution_audit_seq = ? AND d.kept = FALSE
                                 AND d.version = mercia_trial_allocation.version
                                 AND d.sequence = mercia_trial_allocation.sequence)""", [trial_id, duplicate_id, seq])
+            records = crf.set_aside_randomised(
+                actor, trial_id, duplicate_id, keep, [m["person_id"] for m in set_aside], reason.strip(), seq)
         return {"trial_id": trial_id, "duplicate_id": duplicate_id, "kept": keep,
                 "set_aside": [m["person_id"] for m in set_aside], "resolved_by": actor.username,
-                "resolved_at": resolved_at, "reason": reason.strip()}
+                "resolved_at": resolved_at, "reason": reason.strip(), "crf_records_set_aside": records}

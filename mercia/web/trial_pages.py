@@ -1,6 +1,7 @@
 """Trial pages: the register, a trial's feasibility chart, recruitment dashboard and CONSORT counts for
-its team, and a site's pseudonymous worklist for site staff.  The rules and the audit are those of
-``mercia.trials``, as for the API; identities are never shown here (they stay at the organisation)."""
+its team, its suspected duplicate enrolments to resolve, and a site's pseudonymous worklist for site
+staff.  The rules and the audit are those of ``mercia.trials``, as for the API; identities are never
+shown here (they stay at the organisation)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from mercia.api.auth import Caller
+from mercia.api.errors import status_for
 from mercia.services.state import state_of
 from mercia.governance import GovernanceError
 from mercia.services.errors import Invalid
@@ -167,6 +169,7 @@ def consort_svg(trial_id: str, request: Request, caller: Caller = Depends(signed
 def trial_page(trial_id: str, request: Request, caller: Caller = Depends(signed_in),
                years: int = Query(10, ge=1, le=30)):
     from mercia.trials.consort import consort_counts
+    from mercia.trials.duplicates import DuplicateEnrolments
     from mercia.trials.feasibility import feasibility
     from mercia.trials.recruitment import Recruitment
     from mercia.trials.register import SITE_ROLES, TrialRole
@@ -180,7 +183,9 @@ def trial_page(trial_id: str, request: Request, caller: Caller = Depends(signed_
         for name, build in (
                 ("feasibility", lambda: feasibility(register, user, trial_id, years=years).to_json_dict()),
                 ("dashboard", lambda: Recruitment(register).dashboard(user, trial_id)),
-                ("consort", lambda: consort_counts(register, user, trial_id).rows)):
+                ("consort", lambda: consort_counts(register, user, trial_id).rows),
+                ("duplicates", lambda: {r["duplicate_id"]
+                                        for r in DuplicateEnrolments(register).open(user, trial_id)})):
             try:
                 sections[name] = build()
             except GovernanceError:
@@ -194,7 +199,65 @@ def trial_page(trial_id: str, request: Request, caller: Caller = Depends(signed_
                   feasibility=feas, charts=result_charts(orjson.dumps(feas)) if feas else (),
                   pool=display_table(tables["pool"]) if feas else None,
                   projection=display_table(tables["projection"]) if feas else None,
-                  dashboard=sections["dashboard"], consort=sections["consort"])
+                  dashboard=sections["dashboard"], consort=sections["consort"], duplicates=sections["duplicates"])
+
+
+def _duplicates_page(request: Request, caller: Caller, trial_id: str, status_code: int = 200,
+                     **entered: Any) -> HTMLResponse:
+    """The open suspected duplicate enrolments, each with its randomisations (grouped by duplicate), and
+    the resolved ones with who, when and why; ``entered`` holds a refused resolution's form and problems."""
+    from itertools import groupby
+
+    from mercia.trials.duplicates import DuplicateEnrolments
+    from mercia.trials.register import TrialRole
+
+    state, register = _register(request)
+    duplicates = DuplicateEnrolments(register)
+    with state.lock:
+        open_rows = duplicates.open(caller.user, trial_id)
+        resolved = duplicates.resolved(caller.user, trial_id)
+        trial = register.trial(trial_id)
+        manager = TrialRole.TRIAL_MANAGER in register.roles(caller.user, trial_id)
+    groups = [(d, list(rows)) for d, rows in groupby(open_rows, key=lambda r: r["duplicate_id"])]
+    return render(request, "trials_duplicates.html", caller, status_code=status_code, trial=trial, groups=groups,
+                  resolved=resolved, manager=manager, show_arm=any("arm" in r for r in open_rows + resolved),
+                  **entered)
+
+
+@router.get("/trials/{trial_id}/duplicates", response_class=HTMLResponse)
+def duplicates_page(trial_id: str, request: Request, caller: Caller = Depends(signed_in)):
+    """Suspected duplicate enrolments for the trial manager and statistician (as the API)."""
+    return _duplicates_page(request, caller, trial_id)
+
+
+@router.post("/trials/{trial_id}/duplicates/{duplicate_id}/resolve", response_class=HTMLResponse)
+def resolve_duplicate(trial_id: str, duplicate_id: int, request: Request, caller: Caller = Depends(signed_in),
+                      form: dict = Depends(form_data)):
+    """Keep one randomisation of a duplicate (trial managers), through the service the API calls; a refused
+    resolution comes back on the page with its problem, nothing changed."""
+    from mercia.governance import Conflict
+    from mercia.trials.duplicates import RESOLVERS, DuplicateEnrolments
+    from mercia.trials.register import TrialError
+
+    state, register = _register(request)
+    keep, reason = form.get("keep", ""), form.get("reason", "")
+    entered = {"entered_duplicate": duplicate_id, "entered_keep": keep, "entered_reason": reason}
+    with state.lock:
+        register.require(caller.user, trial_id, *RESOLVERS)     # a refusal before any problem with the form
+    if not keep.isdigit():
+        return _duplicates_page(request, caller, trial_id, 400, errors={
+            f"keep-{duplicate_id}": "Choose the randomisation that stands"}, **entered)
+    try:
+        with state.lock:
+            done = DuplicateEnrolments(register).resolve(caller.user, trial_id, int(keep), reason, duplicate_id)
+    except (TrialError, Conflict) as exc:
+        field = f"reason-{duplicate_id}" if not reason.strip() else f"keep-{duplicate_id}"
+        return _duplicates_page(request, caller, trial_id, status_for(exc), errors={field: str(exc)}, **entered)
+    records = done["crf_records_set_aside"]
+    return redirect(f"/trials/{urlquote(trial_id)}/duplicates",
+                    f"Duplicate enrolment {duplicate_id} resolved: the randomisation of person {keep} stands; "
+                    f"set aside {', '.join(map(str, done['set_aside']))}"
+                    + (f" (eCRF record {', '.join(records)} kept apart)" if records else ""))
 
 
 @router.get("/trials/{trial_id}/allocations", response_class=HTMLResponse)
@@ -291,11 +354,13 @@ def _form_page(request: Request, caller: Caller, study: str, record: str, event:
     for f in definition["fields"]:
         f["shown"] = shows(f["branching"], record_view)
     state_row = data["state"] or {}
-    editable = "data_entry" in roles and not state_row.get("locked") and not state_row.get("deleted")
+    editable = ("data_entry" in roles and not state_row.get("locked") and not state_row.get("deleted")
+                and not data["set_aside"])
     script = {"fields": definition["fields"], "values": values, "events": others, "today": record_view.today}
     return render(request, "trials_crf_form.html", caller, status_code=status_code, study=found, record=record,
                   event=event, event_label=event_label, form=form, fields=definition["fields"], values=values,
-                  state=state_row, roles=roles, editable=editable, queries=queries, problems=problems or {},
+                  state=state_row, set_aside=data["set_aside"], roles=roles, editable=editable, queries=queries,
+                  problems=problems or {},
                   script=script, path=_form_path(study, record, event, form),
                   statuses=["incomplete", "unverified", "complete"])
 

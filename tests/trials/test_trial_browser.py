@@ -119,3 +119,45 @@ def test_trial_journey(browser, live_server, world):  # noqa: F811
         assert "Randomised (n=1)" in diagram.read()
     assert not errors, errors
     context.close()
+
+
+def test_duplicate_enrolment_journey_passes_axe_and_fits_a_phone(browser, live_server, world):  # noqa: F811
+    """The trial manager follows the trial page's count to the suspected duplicates, submits without a
+    choice (the problem is shown, linked), then resolves one; every page is checked with axe-core and at a
+    phone's width."""
+    from mercia.linkage.probabilistic import link_store
+    from tests.web.axe import assert_accessible, assert_fits
+
+    from .test_trials_service import _link_as_one_human, enrol
+    from mercia.trials.prescreen import worklist
+
+    worklist(world.register, world.people["nurse_a"], world.trial_id, SITE_A)
+    enrol(world, 13)
+    enrol(world, 14, levels={"sex": "M", "age": "65+"})
+    _link_as_one_human(world, 13, 14)
+    link_store(world.store)
+
+    def check(page) -> None:
+        assert_accessible(page)
+        assert_fits(page)
+        page.set_viewport_size({"width": 1280, "height": 900})
+
+    context, page, errors = as_user(browser, world, live_server, "manager")
+    page.goto(f"{live_server}/trials/{world.trial_id}")
+    check(page)
+    page.get_by_role("link", name="1 suspected duplicate enrolment to resolve").click()
+    page.wait_for_url(re.compile(r".*/duplicates$"))
+    check(page)
+    page.get_by_role("button", name=re.compile("Resolve duplicate enrolment")).click()
+    assert page.title().startswith("Error:")
+    page.locator(".error-summary").get_by_role("link", name="Choose the randomisation that stands").click()
+    check(page)
+    page.get_by_label(re.compile(r"Person 14, ")).check()
+    page.get_by_label("Why this randomisation stands").fill("the record at 14 holds the trial data")
+    page.get_by_role("button", name=re.compile("Resolve duplicate enrolment")).click()
+    page.wait_for_url(re.compile(r".*notice=.*"))
+    assert "the randomisation of person 14 stands" in page.locator(".notice").inner_text()
+    assert page.get_by_role("cell", name="the record at 14 holds the trial data").count() == 2
+    check(page)
+    assert not [e for e in errors if "status of 400" not in e], errors
+    context.close()

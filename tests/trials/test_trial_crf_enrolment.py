@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import re
+
 import pytest
 
 from mercia.governance import Conflict, Forbidden, GovernanceError
@@ -96,3 +100,98 @@ def test_link_trial_command(tmp_path, monkeypatch):
     assert refused.exit_code == 1 and "no events in arm(s) arm_2" in refused.output
     done = link("--arm", "drug=arm_1", "--arm", "placebo=arm_1")
     assert done.exit_code == 0 and f"takes its participants from trial {T}" in done.output
+
+
+def _subjects(odm: bytes) -> list[str]:
+    return re.findall(r'SubjectKey="([^"]+)"', odm.decode())
+
+
+def test_the_ecrf_record_of_a_set_aside_randomisation_is_kept_apart_not_lost(world):
+    """Resolving a duplicate enrolment sets aside the eCRF record its other randomisation enrolled: the data
+    stay readable and audited, but the record takes no more entry, is no participant of the overview and
+    leaves every export (which gives it on its own when asked), so the merged person counts once."""
+    from mercia.linkage.probabilistic import link_store
+    from mercia.trials.crf.export import write_csv, write_odm
+    from mercia.trials.crf.service import StudyRole
+    from mercia.trials.duplicates import DuplicateEnrolments
+
+    from .test_trials_service import _link_as_one_human
+
+    crf, p = study_for(world), world.people
+    world.recruitment.link_study(p["manager"], T, "dm2", {"drug": "arm_1", "placebo": "arm_1"})
+    crf.add_member(p["manager"], "dm2", "nurse_a", StudyRole.DATA_ENTRY)
+    records = [enrol(world, person)["crf_record"] for person in (13, 14)]
+    assert records == ["A81001-0001", "A81001-0002"]
+    for record, initials in zip(records, ("AB", "ABC"), strict=True):
+        crf.save_form(p["nurse_a"], "dm2", record, "enrolment_arm_1", "enrolment", {"initials": initials, "sex": "1"})
+    _link_as_one_human(world, 13, 14)
+    link_store(world.store)
+
+    done = DuplicateEnrolments(world.register).resolve(p["manager"], T, 14, "the record at 14 holds the trial data")
+
+    assert done["crf_records_set_aside"] == ["A81001-0001"]
+    mark = world.store.query_dicts("SELECT * FROM mercia_crf_set_aside")
+    assert [(m["record_id"], m["kept_record"], m["trial_id"], m["duplicate_id"], m["reason"], m["set_aside_by"])
+            for m in mark] == [("A81001-0001", "A81001-0002", T, done["duplicate_id"],
+                                "the record at 14 holds the trial data", "manager")]
+    entry = world.gov.audit.search(action="crf.participant.set_aside")
+    resolution = world.gov.audit.search(action="trial.duplicate.resolve")[0]
+    assert [(e["target"], e["seq"], e["detail"]["cause_seq"]) for e in entry] == \
+        [("crf:dm2:A81001-0001", mark[0]["audit_seq"], resolution["seq"])]
+    kept_data = crf.form_data(p["manager"], "dm2", "A81001-0001", "enrolment_arm_1", "enrolment")
+    assert kept_data["values"] == {"initials": "AB", "sex": "1"}                 # nothing lost
+    assert kept_data["set_aside"]["kept_record"] == "A81001-0002"
+    with pytest.raises(Conflict, match="set aside as a duplicate randomisation.*enter them in record A81001-0002"):
+        crf.save_form(p["nurse_a"], "dm2", "A81001-0001", "enrolment_arm_1", "enrolment", {"initials": "XY"},
+                      reason="correction")
+    overview = crf.overview(p["manager"], "dm2")
+    assert [r["record_id"] for r in overview["participants"]] == ["A81001-0002"]
+    assert [(r["record_id"], r["kept_record"]) for r in overview["set_aside"]] == [("A81001-0001", "A81001-0002")]
+
+    def flat(set_aside: bool = False) -> list[str]:
+        out = io.StringIO()
+        write_csv(crf, p["manager"], "dm2", out, set_aside=set_aside)
+        return [row[0] for row in csv.reader(io.StringIO(out.getvalue()))][1:]
+
+    def odm(**options) -> list[str]:
+        out = io.BytesIO()
+        write_odm(crf, p["manager"], "dm2", out, **options)
+        return _subjects(out.getvalue())
+
+    assert flat() == ["A81001-0002"] and flat(set_aside=True) == ["A81001-0001"]
+    assert odm() == ["A81001-0002"] and odm(set_aside=True) == ["A81001-0001"]
+    assert odm(history=True) == ["A81001-0002"] and odm(history=True, set_aside=True) == ["A81001-0001"]
+    exports = world.gov.audit.search(action="crf.export")
+    assert sorted(e["detail"]["set_aside"] for e in exports) == [False] * 3 + [True] * 3
+
+    link_store(world.store)                       # the persons merge: both records now name person 13
+    assert world.store.query("SELECT record_id, person_id FROM mercia_crf_participant ORDER BY 1") == \
+        [("A81001-0001", 13), ("A81001-0002", 13)]
+    assert [r["record_id"] for r in crf.overview(p["manager"], "dm2")["participants"]] == ["A81001-0002"]
+
+
+def test_a_record_already_set_aside_is_not_set_aside_again_after_a_merge(world):
+    """After the first resolution and the merge, both records name the merged person; when a third
+    randomisation of the same human is resolved in its favour, only the record that stood is set aside."""
+    import pyarrow as pa
+
+    from mercia.linkage.probabilistic import merge_persons
+    from mercia.trials.duplicates import DuplicateEnrolments
+
+    study_for(world)
+    p, duplicates = world.people, DuplicateEnrolments(world.register)
+    world.recruitment.link_study(p["manager"], T, "dm2", {"drug": "arm_1", "placebo": "arm_1"})
+    enrol(world, 13)
+    enrol(world, 14)
+    merge_persons(world.store, pa.table({"old": [14], "new": [13]}))
+    first = duplicates.resolve(p["manager"], T, 13, "first randomisation")
+    merge_persons(world.store, pa.table({"old": [14], "new": [13]}))
+    enrol(world, 16)
+    merge_persons(world.store, pa.table({"old": [16], "new": [13]}))
+
+    second = duplicates.resolve(p["manager"], T, 16, "the third record holds the data")
+
+    assert (first["crf_records_set_aside"], second["crf_records_set_aside"]) == (["A81001-0002"], ["A81001-0001"])
+    assert world.store.query("SELECT record_id, duplicate_id, kept_record FROM mercia_crf_set_aside ORDER BY "
+                             "duplicate_id") == [("A81001-0002", first["duplicate_id"], "A81001-0001"),
+                                                 ("A81001-0001", second["duplicate_id"], "A81001-0003")]

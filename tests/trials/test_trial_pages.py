@@ -16,7 +16,8 @@ T = "ISRCTN12345678"
 
 
 @pytest.fixture
-def web(tmp_path, monkeypatch):
+def web_world(tmp_path, monkeypatch):
+    """A test client over the trial world, a sign-in helper, and the world."""
     from mercia.cdm import Store
 
     monkeypatch.setenv("MERCIA_RANDOMISATION_KEY", "web-test-key-web-test-key-0123456789")
@@ -36,8 +37,13 @@ def web(tmp_path, monkeypatch):
         return csrf
 
     with client:
-        yield client, sign_in
+        yield client, sign_in, world
     store.close()
+
+
+@pytest.fixture
+def web(web_world):
+    return web_world[:2]
 
 
 def test_trial_pages_by_role(web):
@@ -94,3 +100,74 @@ def test_create_recruit_randomise_and_consort_through_forms(web):
     sign_in("manager")
     svg = client.get("/trials/IRAS4242/consort.svg")
     assert svg.status_code == 200 and b"Randomised (n=1)" in svg.content
+
+
+def _open_duplicate(web_world) -> int:
+    """Persons 13 and 14 randomised in the trial, found by linkage to be one human; the study linked first,
+    so each has an eCRF record.  Returns the duplicate's id."""
+    from mercia.linkage.probabilistic import link_store
+
+    from .test_trial_crf_enrolment import study_for
+    from .test_trials_service import _link_as_one_human, enrol
+
+    study_for(web_world)
+    web_world.recruitment.link_study(web_world.people["manager"], T, "dm2", {"drug": "arm_1", "placebo": "arm_1"})
+    enrol(web_world, 13)
+    enrol(web_world, 14, levels={"sex": "M", "age": "65+"})
+    _link_as_one_human(web_world, 13, 14)
+    link_store(web_world.store)
+    return web_world.store.query_one("SELECT DISTINCT duplicate_id FROM mercia_trial_duplicate")
+
+
+def test_duplicate_enrolments_page_and_resolution_form(web_world):
+    client, sign_in, world = web_world
+    duplicate = _open_duplicate(world)
+    page_path, action = f"/trials/{T}/duplicates", f"/trials/{T}/duplicates/{duplicate}/resolve"
+
+    def still_open() -> bool:
+        return world.store.query("SELECT DISTINCT status FROM mercia_trial_duplicate") == [("open",)]
+
+    csrf = sign_in("stats")
+    assert "1 suspected duplicate enrolment to resolve" in client.get(f"/trials/{T}").text
+    listing = client.get(page_path)
+    assert listing.status_code == 200 and f"Duplicate enrolment {duplicate}" in listing.text
+    assert "Keep: first randomisation" in listing.text and "Which randomisation stands?" not in listing.text
+    assert "<td>drug</td>" not in listing.text and "<td>placebo</td>" not in listing.text     # blinded: no arms
+    for refused in ({"keep": "13", "reason": "x"}, {}):
+        assert client.post(action, data={"csrf_token": csrf, **refused}).status_code == 403
+    for name, code in (("nurse_a", 403), ("researcher", 404)):
+        csrf = sign_in(name)
+        assert client.get(page_path).status_code == code
+        assert client.post(action, data={"csrf_token": csrf, "keep": "13", "reason": "x"}).status_code == code
+        assert "duplicate enrolment" not in client.get(f"/trials/{T}").text
+    assert still_open()
+
+    csrf = sign_in("manager")
+    assert "Which randomisation stands?" in client.get(page_path).text
+    assert client.post(action, data={"keep": "13", "reason": "first"}).status_code == 403          # no CSRF token
+    unchosen = client.post(action, data={"csrf_token": csrf, "reason": "first randomisation"})
+    assert unchosen.status_code == 400 and "Choose the randomisation that stands" in unchosen.text
+    assert f'href="#keep-{duplicate}"' in unchosen.text and "first randomisation</textarea>" in unchosen.text
+    no_reason = client.post(action, data={"csrf_token": csrf, "keep": "14", "reason": " "})
+    assert no_reason.status_code == 400 and "needs a reason" in no_reason.text
+    assert f'href="#reason-{duplicate}"' in no_reason.text and 'value="14" checked' in no_reason.text
+    not_in_it = client.post(action, data={"csrf_token": csrf, "keep": "20", "reason": "x"})
+    assert not_in_it.status_code == 400 and f"not in duplicate enrolment {duplicate}" in not_in_it.text
+    assert still_open()
+
+    done = client.post(action, data={"csrf_token": csrf, "keep": "14", "reason": "the record at 14 holds the data"})
+    assert done.status_code == 200
+    assert f"Duplicate enrolment {duplicate} resolved: the randomisation of person 14 stands; set aside 13" in done.text
+    assert "eCRF record A81001-0001 kept apart" in done.text
+    assert "No suspected duplicate enrolments are open" in done.text
+    assert "the record at 14 holds the data" in done.text and "Set aside" in done.text and "Stands" in done.text
+    assert "<td>drug</td>" not in done.text and "<td>placebo</td>" not in done.text        # still blind to arm
+    assert world.store.query("SELECT person_id FROM mercia_trial_allocation") == [(14,)]       # as through the API
+    again = client.post(action, data={"csrf_token": csrf, "keep": "14", "reason": "again"})
+    assert again.status_code == 409 and "already resolved" in again.text
+    assert "Duplicate enrolments (none open)" in client.get(f"/trials/{T}").text
+
+    study = client.get("/crf/dm2").text
+    assert "Set aside: duplicate randomisations" in study and "the record at 14 holds the data" in study
+    form = client.get("/crf/dm2/A81001-0001/enrolment_arm_1/enrolment").text
+    assert "Set aside: duplicate randomisation" in form and "The person's record is" in form

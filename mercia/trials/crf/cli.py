@@ -146,6 +146,8 @@ def export(study: str, out: Path = typer.Option(..., "--out"),
            format: str = typer.Option("odm", "--format", help="odm, flat or redcap"),
            history: bool = typer.Option(False, "--history", help="ODM: every change with its audit record "
                                                                   "(a transactional file), not the current values"),
+           set_aside: bool = typer.Option(False, "--set-aside", help="the records set aside as duplicate "
+                                                                      "randomisations instead of the participants"),
            user: str = USER, db: DbOption = None) -> None:
     """Export the study's data (streamed): CDISC ODM 1.3.2, flat CSV or REDCap-compatible CSV."""
     from mercia.trials.crf.export import write_csv, write_odm
@@ -155,11 +157,11 @@ def export(study: str, out: Path = typer.Option(..., "--out"),
     crf, actor = _session(db, user)
     if format == "odm":
         with out.open("wb") as f:
-            n = _run(lambda: write_odm(crf, actor, study, f, history=history))
+            n = _run(lambda: write_odm(crf, actor, study, f, history=history, set_aside=set_aside))
         typer.echo(f"{n} item values -> {out}")
     else:
         with out.open("w", newline="", encoding="utf-8") as f:
-            n = _run(lambda: write_csv(crf, actor, study, f, redcap=format == "redcap"))
+            n = _run(lambda: write_csv(crf, actor, study, f, redcap=format == "redcap", set_aside=set_aside))
         typer.echo(f"{n} participant-event rows -> {out}")
 
 

@@ -2,7 +2,8 @@
 
 Participants are read in batches (keyset on record id) and the EAV values are pivoted per batch in
 SQL, so 20,000 participants x 200 fields pass through in bounded memory; ODM is written participant
-by participant.  Every export is recorded in the audit log (who, what, how many).
+by participant.  Records set aside as duplicate randomisations (the same human counted in another record)
+are left out unless asked for on their own.  Every export is recorded in the audit log (who, what, how many).
 """
 
 from __future__ import annotations
@@ -29,14 +30,22 @@ LOCATION = "LOC.mercia"
 BATCH = 500
 
 
-def _record_batches(service: CrfService, study: Study, batch: int) -> Iterator[list[str]]:
-    """Participants' record ids in order, ``batch`` at a time: each batch is a contiguous range, so
-    queries select it with ``BETWEEN first AND last`` (which uses zone maps) rather than a long IN list."""
+def _exported(alias: str, set_aside: bool) -> str:
+    """The records an export holds: the participants, leaving out records set aside as duplicate
+    randomisations of a human counted in another record; with ``set_aside``, only those."""
+    return (f"{'' if set_aside else 'NOT '}EXISTS (SELECT 1 FROM mercia_crf_set_aside a WHERE "
+            f"a.study_id = {alias}.study_id AND a.record_id = {alias}.record_id)")
+
+
+def _record_batches(service: CrfService, study: Study, batch: int, set_aside: bool) -> Iterator[list[str]]:
+    """Exported record ids in order, ``batch`` at a time: each batch is a range, so queries select it
+    with ``BETWEEN first AND last`` (which uses zone maps) rather than a long IN list, and with
+    ``_exported`` again, since a record of the other kind may fall inside the range."""
     last = ""
     while True:
         ids = [r[0] for r in service.db.store.query(
-            f"SELECT record_id FROM mercia_crf_participant WHERE study_id = ? AND record_id > ? "
-            f"ORDER BY record_id LIMIT {int(batch)}", [study.id, last])]
+            f"SELECT record_id FROM mercia_crf_participant p WHERE study_id = ? AND record_id > ? "
+            f"AND {_exported('p', set_aside)} ORDER BY record_id LIMIT {int(batch)}", [study.id, last])]
         if not ids:
             return
         yield ids
@@ -51,16 +60,17 @@ def _columns(study: Study) -> list[tuple[Field, str]]:
     return [(f, c) for f in study.dictionary.fields for c in f.export_columns()]
 
 
-def _wide(service: CrfService, study: Study, columns: list[str], batch: int
+def _wide(service: CrfService, study: Study, columns: list[str], batch: int, set_aside: bool
           ) -> Iterator[tuple[list[tuple[str, str, str]], np.ndarray]]:
     """Per batch of participants: the (record_id, arm, event) of each participant-event with data, in
     record and schedule order, and a text grid of their values (one column per export column).
     The EAV rows are pivoted with Arrow and numpy, not row by row."""
     events = [e["event_name"] for e in service.events(study)]
-    for ids in _record_batches(service, study, batch):
+    for ids in _record_batches(service, study, batch, set_aside):
         long = service.db.store.query_arrow(
             f"SELECT v.record_id, v.event_name, v.field_name, v.value FROM mercia_crf_value v "
-            f"WHERE v.study_id = ? AND v.record_id BETWEEN ? AND ? AND {_LIVE}", [study.id, ids[0], ids[-1]])
+            f"WHERE v.study_id = ? AND v.record_id BETWEEN ? AND ? AND {_LIVE} AND {_exported('v', set_aside)}",
+            [study.id, ids[0], ids[-1]])
         if not long.num_rows:
             continue
         records, record_index = np.unique(long.column(0).to_numpy(zero_copy_only=False), return_inverse=True)
@@ -84,9 +94,10 @@ def _form_status(service: CrfService, study: Study, ids: list[str]) -> dict[tupl
 
 
 def write_csv(service: CrfService, actor: User, study_name: str, out: IO[str], redcap: bool = False,
-              batch: int = BATCH) -> int:
+              batch: int = BATCH, set_aside: bool = False) -> int:
     """One row per participant-event.  ``redcap``: REDCap's record export layout (``redcap_event_name``,
-    checkbox columns ``field___code``, a ``<form>_complete`` status 0/1/2 after each form's fields)."""
+    checkbox columns ``field___code``, a ``<form>_complete`` status 0/1/2 after each form's fields).
+    ``set_aside``: the records set aside as duplicate randomisations instead of the participants."""
     study = service.study(study_name)
     service.require(actor, study, StudyRole.DATA_MANAGER, StudyRole.MONITOR)
     columns = _columns(study)
@@ -106,7 +117,7 @@ def write_csv(service: CrfService, actor: User, study_name: str, out: IO[str], r
     record_column = names.index(study.dictionary.record_id_field)
     kept = [i for i in range(len(names)) if i != record_column]
     count = 0
-    for keys, grid in _wide(service, study, names, batch):
+    for keys, grid in _wide(service, study, names, batch, set_aside):
         if redcap:
             statuses = _form_status(service, study, sorted({k[0] for k in keys}))
             cells = np.empty((len(keys), len(layout)), dtype=object)
@@ -120,7 +131,7 @@ def write_csv(service: CrfService, actor: User, study_name: str, out: IO[str], r
         writer.writerows(first + rest for first, rest in zip(lead, cells.tolist(), strict=True))
         count += len(keys)
     service.gov.audit.record(actor.username, "crf.export", f"crf:{study.name}",
-                             format="redcap_csv" if redcap else "flat_csv", rows=count)
+                             format="redcap_csv" if redcap else "flat_csv", rows=count, set_aside=set_aside)
     return count
 
 
@@ -232,7 +243,7 @@ def _serialise(element: etree._Element) -> bytes:
 
 
 def write_odm(service: CrfService, actor: User, study_name: str, out: IO[bytes], batch: int = BATCH,
-              history: bool = False) -> int:
+              history: bool = False, set_aside: bool = False) -> int:
     """CDISC ODM 1.3.2: metadata, users and signature meanings, and clinical data; returns ItemData count.
 
     A snapshot (the default) gives each item's current value with its last audit record (who, when,
@@ -240,7 +251,8 @@ def write_odm(service: CrfService, actor: User, study_name: str, out: IO[bytes],
     every change ever saved, in order, as ItemData with TransactionType Insert, Update or Remove and its
     own AuditRecord, and each soft deletion of a form as a FormData Remove with who, when and why.
     Either way everything is read in one transaction (repeatable read), so the file is one consistent
-    view however long it takes to write.
+    view however long it takes to write.  ``set_aside``: the records set aside as duplicate randomisations
+    instead of the participants.
 
     Metadata and administrative data are built with lxml; the clinical data, one participant at a time,
     are formatted directly with XML escaping (an lxml element per value was ten times slower at 4 million
@@ -250,13 +262,13 @@ def write_odm(service: CrfService, actor: User, study_name: str, out: IO[bytes],
     store = service.db.store
     with service.db.transaction():
         store.snapshot_reads()
-        items = _write_odm(service, study, out, batch, history)
+        items = _write_odm(service, study, out, batch, history, set_aside)
         service.gov.audit.record(actor.username, "crf.export", f"crf:{study.name}", format="odm_1.3.2",
-                                 items=items, history=history)
+                                 items=items, history=history, set_aside=set_aside)
     return items
 
 
-def _write_odm(service: CrfService, study: Study, out: IO[bytes], batch: int, history: bool) -> int:
+def _write_odm(service: CrfService, study: Study, out: IO[bytes], batch: int, history: bool, set_aside: bool) -> int:
     events = service.events(study)
     event_order = {e["event_name"]: i for i, e in enumerate(events)}
     form_order = {f: i for i, f in enumerate(study.dictionary.forms)}
@@ -280,7 +292,7 @@ def _write_odm(service: CrfService, study: Study, out: IO[bytes], batch: int, hi
     out.write(f'<ClinicalData StudyOID="{_attr(f"S.{study.name}")}" '
               f'MetaDataVersionOID="MDV.{study.dictionary_version}">'.encode())
     items = 0
-    for ids in _record_batches(service, study, batch):
+    for ids in _record_batches(service, study, batch, set_aside):
         if history:
             parts = []
             items += _history_rows(parts, _changes(service, study, ids), event_order, form_order, by_column)
@@ -289,7 +301,7 @@ def _write_odm(service: CrfService, study: Study, out: IO[bytes], batch: int, hi
         rows = service.db.store.query(
             f"SELECT v.record_id, v.event_name, v.form_name, v.field_name, v.value, v.saved_by, v.saved_at, "
             f"v.reason, v.audit_seq FROM mercia_crf_value v WHERE v.study_id = ? AND v.value <> '' "
-            f"AND v.record_id BETWEEN ? AND ? AND {_LIVE}", [study.id, ids[0], ids[-1]])
+            f"AND v.record_id BETWEEN ? AND ? AND {_LIVE} AND {_exported('v', set_aside)}", [study.id, ids[0], ids[-1]])
         rows.sort(key=lambda r: (r[0], event_order.get(r[1], 0), form_order.get(r[2], 0), field_order.get(r[3], 0)))
         forms = {(f["record_id"], f["event_name"], f["form_name"]): f for f in service.db.rows(
             "SELECT * FROM mercia_crf_form WHERE study_id = ? AND signed_at IS NOT NULL AND record_id BETWEEN ? AND ?",

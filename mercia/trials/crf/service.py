@@ -323,6 +323,44 @@ class CrfService:
             self.gov.audit.record(actor.username, "crf.participant.add", f"crf:{study.name}:{record_id}",
                                   arm=arm, start_date=start_date, person_id=person_id)
 
+    def set_aside_randomised(self, actor: User, trial_id: str, duplicate_id: int, kept_person: int,
+                             set_aside_persons: list[int], reason: str, cause_seq: int) -> list[str]:
+        """Called by the resolution of a duplicate enrolment, in its transaction: mark the records that the
+        set-aside randomisations enrolled in the trial's study (if one is linked).  Nothing is deleted: the
+        data stay readable and in the audit trail, but the record takes no more entry and leaves exports
+        (unless asked for), so the human is not counted twice.  A record already set aside is not matched
+        again (after a merge it shares the kept person's id).  Returns the records marked.  The caller has
+        checked that ``actor`` manages the trial."""
+        row = self.db.row("SELECT s.name FROM mercia_crf_trial_link l JOIN mercia_crf_study s "
+                          "ON s.study_id = l.study_id WHERE l.trial_id = ?", [trial_id])
+        if row is None or not set_aside_persons:
+            return []
+        study = self.study(row["name"])
+        marks = ", ".join("?" for _ in set_aside_persons)
+        with self.db.transaction():
+            records = self.db.rows(
+                "SELECT record_id, person_id FROM mercia_crf_participant p WHERE study_id = ? AND person_id IN "
+                f"(?, {marks}) AND NOT EXISTS (SELECT 1 FROM mercia_crf_set_aside a WHERE a.study_id = p.study_id "
+                "AND a.record_id = p.record_id) ORDER BY record_id", [study.id, kept_person, *set_aside_persons])
+            kept = next((r["record_id"] for r in records if r["person_id"] == kept_person), None)
+            marked = [r["record_id"] for r in records if r["person_id"] != kept_person]
+            at = now()
+            for record_id in marked:
+                seq = self.gov.audit.record(actor.username, "crf.participant.set_aside",
+                                            f"crf:{study.name}:{record_id}", trial_id=trial_id,
+                                            duplicate_id=duplicate_id, kept_record=kept, reason=reason,
+                                            cause_seq=cause_seq)
+                self.db.insert("mercia_crf_set_aside", {
+                    "study_id": study.id, "record_id": record_id, "trial_id": trial_id, "duplicate_id": duplicate_id,
+                    "kept_record": kept, "reason": reason, "set_aside_by": actor.username, "set_aside_at": at,
+                    "audit_seq": seq})
+        return marked
+
+    def set_aside(self, study: Study, record_id: str) -> dict[str, Any] | None:
+        """Why and when the record was set aside as a duplicate randomisation, or None."""
+        return self.db.row("SELECT * FROM mercia_crf_set_aside WHERE study_id = ? AND record_id = ?",
+                           [study.id, record_id])
+
     def _participant(self, study: Study, record_id: str) -> dict[str, Any]:
         row = self.db.row("SELECT * FROM mercia_crf_participant WHERE study_id = ? AND record_id = ?",
                           [study.id, record_id])
@@ -371,10 +409,11 @@ class CrfService:
         values = self.record_values(study, record_id).get(event, {})
         return {"record": record_id, "event": event, "form": form,
                 "values": {c: v for c, v in values.items() if c in columns},
-                "state": self.form_state(study, record_id, event, form)}
+                "state": self.form_state(study, record_id, event, form), "set_aside": self.set_aside(study, record_id)}
 
     def overview(self, actor: User, study_name: str) -> dict[str, Any]:
-        """Participants and the state of each scheduled form: the study's home page."""
+        """Participants and the state of each scheduled form: the study's home page.  Records set aside as
+        duplicate randomisations are listed apart (``set_aside``), with why, so they count as no participant."""
         study = self.study(study_name)
         self.require(actor, study, *StudyRole)
         events = self.events(study)
@@ -384,14 +423,17 @@ class CrfService:
         open_queries = {(r["record_id"], r["event_name"], r["form_name"]): r["n"] for r in self.db.rows(
             "SELECT record_id, event_name, form_name, COUNT(*) AS n FROM mercia_crf_query WHERE study_id = ? "
             "AND status <> 'closed' GROUP BY record_id, event_name, form_name", [study.id])}
-        participants = self.db.rows("SELECT record_id, arm, start_date FROM mercia_crf_participant WHERE study_id = ? "
-                                    "ORDER BY record_id", [study.id])
-        for p in participants:
+        everyone = self.db.rows(
+            "SELECT p.record_id, p.arm, p.start_date, a.duplicate_id, a.kept_record, a.reason, a.set_aside_by, "
+            "a.set_aside_at FROM mercia_crf_participant p LEFT JOIN mercia_crf_set_aside a ON a.study_id = p.study_id "
+            "AND a.record_id = p.record_id WHERE p.study_id = ? ORDER BY p.record_id", [study.id])
+        for p in everyone:
             p["forms"] = [{"event": e["event_name"], "event_label": e["label"], "form": form,
                            "state": states.get((p["record_id"], e["event_name"], form)),
                            "open_queries": open_queries.get((p["record_id"], e["event_name"], form), 0)}
                           for e in events if e["arm"] == p["arm"] for form in e["forms"]]
-        return {"study": study, "events": events, "participants": participants, "link": self.trial_link(study),
+        return {"study": study, "events": events, "participants": [p for p in everyone if p["duplicate_id"] is None],
+                "set_aside": [p for p in everyone if p["duplicate_id"] is not None], "link": self.trial_link(study),
                 "roles": sorted(r.value for r in self.roles(actor, study))}
 
     def form_queries(self, actor: User, study_name: str, record_id: str, event: str, form: str) -> list[dict[str, Any]]:
@@ -460,6 +502,11 @@ class CrfService:
                                "before it can be edited")
             if state and state["deleted"]:
                 raise Conflict(f"record {record_id}, {event}/{form} was deleted")
+            set_aside = self.set_aside(study, record_id)
+            if set_aside:
+                elsewhere = f"; enter them in record {set_aside['kept_record']}" if set_aside["kept_record"] else ""
+                raise Conflict(f"record {record_id} was set aside as a duplicate randomisation (duplicate enrolment "
+                               f"{set_aside['duplicate_id']}); its data are kept but no more are entered{elsewhere}")
             if state and (changes or status.value != state["status"]) and not reason.strip():
                 raise EntryError(record_id, event, form, {"reason": "a reason for change is needed after the first save"})
             if not changes and state and status.value == state["status"]:

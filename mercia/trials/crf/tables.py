@@ -27,6 +27,12 @@ TABLES: dict[str, str] = {
     # A study whose participants come from a trial's randomisation: trial arm -> schedule arm (JSON).
     "mercia_crf_trial_link": """study_id BIGINT NOT NULL UNIQUE, trial_id TEXT NOT NULL UNIQUE, arm_map TEXT NOT NULL,
         linked_by TEXT NOT NULL, linked_at TEXT NOT NULL""",
+    # A participant record enrolled by a randomisation later set aside as a duplicate enrolment of the same
+    # human (mercia.trials.duplicates): its data stay, readable and audited, but it leaves exports by default
+    # and takes no more entry.  ``kept_record`` is the same human's record that stands (if the study has one).
+    "mercia_crf_set_aside": """study_id BIGINT NOT NULL, record_id TEXT NOT NULL, trial_id TEXT NOT NULL,
+        duplicate_id BIGINT NOT NULL, kept_record TEXT, reason TEXT NOT NULL, set_aside_by TEXT NOT NULL,
+        set_aside_at TEXT NOT NULL, audit_seq BIGINT NOT NULL, UNIQUE (study_id, record_id)""",
     "mercia_crf_value": """study_id BIGINT NOT NULL, record_id TEXT NOT NULL, event_name TEXT NOT NULL,
         form_name TEXT NOT NULL, field_name TEXT NOT NULL, value TEXT NOT NULL, saved_by TEXT NOT NULL,
         saved_at TEXT NOT NULL, reason TEXT, audit_seq BIGINT NOT NULL""",

@@ -82,5 +82,7 @@ def test_data_entry_round_trip_over_http(api):
     assert csv_text.startswith("record_id,redcap_event_name,")
     history = client.get("/api/v1/crf/studies/heart/export?format=odm&history=true", headers=monitor)
     assert b'FileType="Transactional"' in history.content and b'TransactionType="Insert"' in history.content
+    aside = client.get("/api/v1/crf/studies/heart/export?format=odm&set_aside=true", headers=monitor)
+    assert b"<SubjectData" in odm.content and b"<SubjectData" not in aside.content   # no record is set aside
     trail = client.get("/api/v1/crf/studies/heart/audit", headers=monitor).json()
-    assert [e["action"] for e in trail].count("crf.export") == 3
+    assert [e["detail"]["set_aside"] for e in trail if e["action"] == "crf.export"] == [False, False, False, True]

@@ -50,10 +50,15 @@ def test_study_from_the_command_line(db, tmp_path):
     assert out.read_text() == changed.read_text()
     assert crf(db, "export", "heart", "--format", "odm", "--out", str(tmp_path / "heart.xml")).exit_code == 0
     assert b"ODMVersion=\"1.3.2\"" in (tmp_path / "heart.xml").read_bytes()
+    aside = tmp_path / "set-aside.csv"
+    assert crf(db, "export", "heart", "--format", "flat", "--set-aside", "--out", str(aside)).exit_code == 0
+    assert aside.read_text().startswith("record_id,arm,event,")
     trail = tmp_path / "trail.json"
     assert crf(db, "audit-trail", "heart", "--out", str(trail)).exit_code == 0
     actions = [e["action"] for e in json.loads(trail.read_text())]
     assert actions.count("crf.dictionary.version") == 2 and "crf.export" in actions
+    assert [e["detail"]["set_aside"] for e in json.loads(trail.read_text()) if e["action"] == "crf.export"] == \
+        [False, True]
 
 
 def test_wrong_password_and_wrong_role_are_refused(db, monkeypatch):
