@@ -107,8 +107,20 @@ class DuplicateEnrolments:
                                 AND d.resolution_audit_seq = ? AND d.kept = FALSE
                                 AND d.version = mercia_trial_allocation.version
                                 AND d.sequence = mercia_trial_allocation.sequence)""", [trial_id, duplicate_id, seq])
+            self._reassert_status(actor, trial_id, keep, duplicate_id, resolved_at)
             records = crf.set_aside_randomised(
                 actor, trial_id, duplicate_id, keep, [m["person_id"] for m in set_aside], reason.strip(), seq)
         return {"trial_id": trial_id, "duplicate_id": duplicate_id, "kept": keep,
                 "set_aside": [m["person_id"] for m in set_aside], "resolved_by": actor.username,
                 "resolved_at": resolved_at, "reason": reason.strip(), "crf_records_set_aside": records}
+
+    def _reassert_status(self, actor: User, trial_id: str, keep: int, duplicate_id: int, at: str) -> None:
+        """Record the kept person's current status again, as of the resolution: once linkage merges the
+        duplicate, the person holds both records' status histories, and the set-aside one's may be the later
+        (randomised at another site, or withdrawn), which the worklist and dashboard would take as current."""
+        latest = self.db.row("SELECT * FROM mercia_trial_status WHERE trial_id = ? AND person_id = ? "
+                             "ORDER BY recorded_at DESC LIMIT 1", [trial_id, keep])
+        if latest is not None:
+            self.db.insert("mercia_trial_status", {
+                **latest, "reason": f"duplicate enrolment {duplicate_id} resolved: this randomisation stands",
+                "recorded_on": at[:10], "recorded_by": actor.username, "recorded_at": at})

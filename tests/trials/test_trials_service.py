@@ -442,6 +442,26 @@ def test_resolving_a_duplicate_keeps_one_allocation_and_the_next_link_run_merges
     assert (counts["randomised"], counts["duplicate_randomisations"]) == (2, 1)
 
 
+def test_after_the_merge_the_kept_randomisation_is_the_persons_current_status(world):
+    """The set-aside record's later status (here: withdrawn after its randomisation) arrives with the merge;
+    the dashboard must still count the human as randomised, by the randomisation kept."""
+    from mercia.linkage.probabilistic import link_store
+    from mercia.trials.duplicates import DuplicateEnrolments
+
+    p = world.people
+    worklist(world.register, p["nurse_a"], T, SITE_A)
+    enrol(world, 13)
+    enrol(world, 14, levels={"sex": "M", "age": "65+"})
+    world.recruitment.record(p["nurse_a"], T, 14, "withdrawn", site=SITE_A, reason="moved away")
+    _link_as_one_human(world, 13, 14)
+    link_store(world.store)
+    DuplicateEnrolments(world.register).resolve(p["manager"], T, 13, "the first randomisation stands")
+    assert link_store(world.store).left_unmerged == []
+    board = {row["site"]: row for row in world.recruitment.dashboard(p["manager"], T)}
+    assert board[SITE_A]["randomised"] == 1
+    assert board[SITE_A].get("now_randomised") == 1 and "now_withdrawn" not in board[SITE_A]
+
+
 def test_a_third_enrolment_of_a_resolved_human_opens_a_new_duplicate_and_leaves_the_resolution(world):
     import pyarrow as pa
 
