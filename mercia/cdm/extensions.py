@@ -136,6 +136,7 @@ DERIVED_PERSON_TABLES = {"cohort": "subject_id", "mercia_trial_candidate": "pers
 # so its results are refused until it is generated again (created and cleared with the cohort's result tables,
 # mercia.cohorts; written by mercia.linkage, read by mercia.analytics).
 STALE_COHORT_TABLE = "mercia_cohort_stale"
+STALE_COHORT_COLUMNS = [("cohort_definition_id", "BIGINT"), ("marked_at", "TIMESTAMP"), ("reason", "VARCHAR(1000)")]
 
 
 def stale_cohort_reason(store: Store, cohort_id: int) -> str | None:

@@ -28,7 +28,7 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.generator import Generator
 
 from mercia.cdm.dialect import TemporaryTable
-from mercia.cdm.extensions import STALE_COHORT_TABLE
+from mercia.cdm.extensions import STALE_COHORT_COLUMNS, STALE_COHORT_TABLE
 from mercia.cohorts import model as m
 from mercia.cohorts.criteria import CODESETS, CriteriaCompiler, demographic_conditions, in_codeset
 from mercia.cohorts.model import CohortDefinitionError
@@ -96,11 +96,7 @@ RESULT_TABLES: dict[str, list[tuple[str, str]]] = {
     ],
     # Mercia's: why a cohort's rows no longer stand for its definition (linkage merged some of its persons
     # after it was generated, mercia.linkage); the next run of the cohort clears it.
-    STALE_COHORT_TABLE: [
-        ("cohort_definition_id", "BIGINT"),
-        ("marked_at", "TIMESTAMP"),
-        ("reason", "VARCHAR(1000)"),
-    ],
+    STALE_COHORT_TABLE: STALE_COHORT_COLUMNS,
 }
 
 # The tables a cohort's run replaces its rows in (``clear_statements``).

@@ -37,7 +37,7 @@ from scipy.sparse.csgraph import connected_components
 
 from mercia.cdm import Store
 from mercia.cdm.extensions import (DERIVED_PERSON_TABLES, ONE_ROW_PER_PERSON, PARTICIPANT_TABLES,
-                                   PERSON_NAMED_RECORD_TABLES, STALE_COHORT_TABLE, TOKEN_FIELDS,
+                                   PERSON_NAMED_RECORD_TABLES, STALE_COHORT_COLUMNS, STALE_COHORT_TABLE, TOKEN_FIELDS,
                                    TRIAL_DUPLICATE_COLUMNS, TRIAL_DUPLICATE_TABLE, person_tables)
 from mercia.cdm.persons import rebuild_person_rows
 from mercia.cdm.store import sql_string
@@ -162,7 +162,7 @@ def merge_persons(store: Store, remap: pa.Table) -> list[str]:
         for table, key in ONE_ROW_PER_PERSON.items():
             if table in kept and table in DERIVED_PERSON_TABLES:
                 _keep_the_merged_into_row(store, table, kept[table], key)
-        if "cohort" in kept and store.table_exists(STALE_COHORT_TABLE):
+        if "cohort" in kept:
             _mark_cohorts_stale(store)
         renumbered = {**dict.fromkeys([*person_tables(store), "mercia_person_link", *PERSON_NAMED_RECORD_TABLES],
                                       "person_id"), **kept}
@@ -187,6 +187,8 @@ def _mark_cohorts_stale(store: Store) -> None:
     it is generated again).  The reason gives no count: researchers see it, and a count of merged persons
     could be a small number."""
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    columns = ", ".join(f"{name} {kind}" for name, kind in STALE_COHORT_COLUMNS)
+    store.execute(f"CREATE TABLE IF NOT EXISTS {STALE_COHORT_TABLE} ({columns})")  # cohorts made before it existed
     store.execute(f"""INSERT INTO {STALE_COHORT_TABLE} (cohort_definition_id, marked_at, reason)
         SELECT DISTINCT c.cohort_definition_id, CURRENT_TIMESTAMP,
                'linkage merged persons of it into others on {when}, after it was generated'
