@@ -131,6 +131,14 @@ EXTRA_PERSON_TABLES = {"variant_occurrence": "variant_occurrence_id", "mercia_re
 # deletes.  Participant: a participant's trial and eCRF records and a patient's dissent from research
 # contact, which a purge keeps (their own legal basis).
 DERIVED_PERSON_TABLES = {"cohort": "subject_id", "mercia_trial_candidate": "person_id"}
+PARTICIPANT_TABLES = {"mercia_trial_status": "person_id", "mercia_trial_allocation": "person_id",
+                      "mercia_trial_unblinding": "person_id", "mercia_research_contact_dissent": "person_id",
+                      "mercia_crf_participant": "person_id", "mercia_trial_duplicate": "person_id"}
+# Of those, the tables holding at most one row per person and value of a column (a trial's candidate, its
+# allocation) -> that column: a merge keeps the merged-into person's candidate row, and leaves apart persons
+# each randomised in one trial (mercia.linkage.probabilistic.merge_persons).
+ONE_ROW_PER_PERSON = {"mercia_trial_candidate": "trial_id", "mercia_trial_allocation": "trial_id"}
+
 # A cohort whose persons linkage merged after it was generated (cohort_definition_id, marked_at, reason): its
 # rows are renumbered with the persons, but one person may now hold two entries that a run would have made one,
 # so its results are refused until it is generated again (created and cleared with the cohort's result tables,
@@ -145,13 +153,6 @@ def stale_cohort_reason(store: Store, cohort_id: int) -> str | None:
         return None
     return store.query_one(f"SELECT MIN(reason) FROM {STALE_COHORT_TABLE} WHERE cohort_definition_id = ?",
                            [int(cohort_id)])
-PARTICIPANT_TABLES = {"mercia_trial_status": "person_id", "mercia_trial_allocation": "person_id",
-                      "mercia_trial_unblinding": "person_id", "mercia_research_contact_dissent": "person_id",
-                      "mercia_crf_participant": "person_id", "mercia_trial_duplicate": "person_id"}
-# Of those, the tables holding at most one row per person and value of a column (a trial's candidate, its
-# allocation) -> that column: a merge keeps the merged-into person's candidate row, and leaves apart persons
-# each randomised in one trial (mercia.linkage.probabilistic.merge_persons).
-ONE_ROW_PER_PERSON = {"mercia_trial_candidate": "trial_id", "mercia_trial_allocation": "trial_id"}
 
 
 # Suspected duplicate enrolments: persons linkage found to be one human, each randomised in one trial.  One row per

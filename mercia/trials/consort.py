@@ -36,13 +36,14 @@ def consort_counts(register: TrialRegister, actor: User, trial_id: str, *, exter
         FROM mercia_trial_status WHERE trial_id = ? GROUP BY person_id""", [trial_id])
     arms = {r["person_id"]: r["arm"] for r in register.db.rows(
         "SELECT person_id, arm FROM mercia_trial_allocation WHERE trial_id = ?", [trial_id])}
-    duplicates = register.db.row(f"""SELECT COUNT(CASE WHEN kept = FALSE THEN 1 END) AS set_aside,
-                                            COUNT(CASE WHEN status = 'open' THEN 1 END)
-                                            - COUNT(DISTINCT CASE WHEN status = 'open' THEN duplicate_id END) AS open
-                                     FROM {TRIAL_DUPLICATE_TABLE} WHERE trial_id = ?""", [trial_id])
+    duplicates = register.db.rows(f"SELECT duplicate_id, person_id, status, kept FROM {TRIAL_DUPLICATE_TABLE} "
+                                  "WHERE trial_id = ?", [trial_id])
+    set_aside_count = sum(1 for r in duplicates if r["kept"] is not None and not r["kept"])
+    open_rows = [r for r in duplicates if r["status"] == "open"]
+    # each open duplicate's randomisations beyond one are the suspected duplicates
+    suspected = len(open_rows) - len({r["duplicate_id"] for r in open_rows})
     # a person whose randomisation was set aside is the same human as the kept one: counted once, as that one
-    set_aside = {r["person_id"] for r in register.db.rows(
-        f"SELECT person_id FROM {TRIAL_DUPLICATE_TABLE} WHERE trial_id = ? AND kept = FALSE", [trial_id])} - set(arms)
+    set_aside = {r["person_id"] for r in duplicates if r["kept"] is not None and not r["kept"]} - set(arms)
     statuses = [r for r in statuses if r["person_id"] not in set_aside]
     assessed = {r["person_id"] for r in statuses if r["assessed"] or r["declined"]}
     ineligible = {r["person_id"] for r in statuses if r["ineligible"]} - set(arms)
@@ -54,8 +55,8 @@ def consort_counts(register: TrialRegister, actor: User, trial_id: str, *, exter
             {"box": "excluded_declined", "count": len(declined)},
             {"box": "excluded_other", "count": len(assessed - set(arms) - ineligible - declined)},
             {"box": "randomised", "count": len(arms)},
-            {"box": "duplicate_randomisations", "count": int(duplicates["set_aside"])},
-            {"box": "suspected_duplicate_randomisations", "count": int(duplicates["open"])}]
+            {"box": "duplicate_randomisations", "count": set_aside_count},
+            {"box": "suspected_duplicate_randomisations", "count": suspected}]
     for arm in (a.code for a in trial.settings.arms):
         members = {p for p, a in arms.items() if a == arm}
         rows += [{"box": f"allocated_{arm}", "count": len(members)},
