@@ -224,6 +224,7 @@ def region(directory: Path = typer.Argument(..., exists=True, file_okay=False, h
     from mercia.governance.audit import record_cli_write
     from mercia.ingest.region import ingest_region, plan_region
     from mercia.linkage.probabilistic import link_store
+    from mercia.trials.notifications import notify_found_duplicates
 
     plan = plan_region(directory)
     summaries = []
@@ -238,6 +239,7 @@ def region(directory: Path = typer.Argument(..., exists=True, file_okay=False, h
         if summaries and link:
             for warning in link_store(store).left_unmerged:
                 progress.console.print(f"[yellow]warning:[/] {warning}")
+            notify_found_duplicates(store)
         record_cli_write(store, "ingest.region", f"region:{directory.name}", extracts=len(summaries),
                          loaded=sum(s.loaded for s in summaries), linked=link)
     _report(summaries, as_json)
@@ -254,9 +256,11 @@ def link(db: DbOption = None, threshold: float = typer.Option(None, help="match 
     from mercia.cdm import Store
     from mercia.governance.audit import record_cli_write
     from mercia.linkage.probabilistic import DEFAULT_THRESHOLD, link_store
+    from mercia.trials.notifications import notify_found_duplicates
 
     with Store.open(db) as store:
         result = link_store(store, threshold or DEFAULT_THRESHOLD)
+        notify_found_duplicates(store)
         record_cli_write(store, "ingest.link", "persons", records=result.records,
                          links=result.probabilistic_links)
     if as_json:

@@ -229,6 +229,26 @@ def resolve_duplicate(trial: str = TRIAL, keep: int = typer.Option(..., "--keep"
                   if done["crf_records_set_aside"] else ""))
 
 
+@app.command()
+def notifications(trial: str = TRIAL, mark_read: bool = typer.Option(False, "--mark-read", help="then mark those "
+                                                                    "listed read (audited)"),
+                  db: DbOption = None, username: str = AS, as_json: bool = JSON) -> None:
+    """Your notifications on the trial, newest first (unblindings, duplicate enrolments found and resolved);
+    anyone with a role on it sees their own."""
+    from mercia.trials.notifications import TrialNotifications
+
+    register, user = _context(db, username)
+    service = TrialNotifications(register)
+    rows = _run(lambda: service.for_user(user, trial))
+    if rows or as_json:
+        _print(rows, as_json)
+    else:
+        typer.echo(f"no notifications on {trial}")
+    if mark_read and rows:
+        marked = _run(lambda: service.mark_read(user, trial, up_to=rows[0]["created_at"]))
+        typer.echo(f"{marked} marked read", err=as_json)
+
+
 @app.command("screening-log")
 def screening_log(trial: str = TRIAL, out: Path | None = typer.Option(None, "--out", help="write CSV here"),
                   db: DbOption = None, username: str = AS, as_json: bool = JSON) -> None:

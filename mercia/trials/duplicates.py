@@ -9,7 +9,8 @@ duplicate record (arm, site, date, who randomised; who resolved, when, why), so 
 when the next link run merges the persons, counts neither as randomised in CONSORT nor in the minimisation
 margins of later allocations, and keeps its draw position spent (``Allocator.replay``).  The eCRF record that
 randomisation enrolled (in a study linked to the trial) is set aside with it (``CrfService.set_aside_randomised``):
-kept, but out of the study's participants and exports.  Every resolution is audited.
+kept, but out of the study's participants and exports.  Every resolution is audited and told to the trial's
+other managers (``mercia.trials.notifications``, which also tells them of the finding).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mercia.cdm.extensions import TRIAL_DUPLICATE_TABLE
 from mercia.governance import Conflict, User
 from mercia.governance.db import now
 from mercia.trials.crf.service import CrfService
+from mercia.trials.notifications import DUPLICATES_PAGE, TrialNotifications, randomisation
 from mercia.trials.register import Trial, TrialError, TrialRegister, TrialRole
 
 # Who sees the suspected duplicates (person ids of randomised participants, trial-wide) and who resolves them.
@@ -88,6 +90,8 @@ class DuplicateEnrolments:
                     "any suspected duplicate enrolment of the trial"
                 raise TrialError(f"{where} is not in {named}")
             duplicate_id = open_id
+            notifications = TrialNotifications(self.register)
+            notifications.raise_found_duplicates(trial_id)     # the finding is told before its resolution
             members = self.db.rows(f"SELECT person_id, version, sequence, site FROM {TRIAL_DUPLICATE_TABLE} "
                                    "WHERE duplicate_id = ? AND status = 'open' ORDER BY allocated_at, version, "
                                    "sequence", [duplicate_id])
@@ -110,6 +114,11 @@ class DuplicateEnrolments:
             self._reassert_status(actor, trial_id, keep, duplicate_id, resolved_at)
             records = crf.set_aside_randomised(
                 actor, trial_id, duplicate_id, keep, [m["person_id"] for m in set_aside], reason.strip(), seq)
+            kept = next(m for m in members if m["person_id"] == keep)
+            notifications.notify(trial_id, (m for m in self.register.managers(trial_id) if m != actor.id), (
+                f"{actor.username} resolved duplicate enrolment {duplicate_id} on trial {trial_id}: kept the "
+                f"randomisation of {randomisation(kept)}, set aside {' and '.join(map(randomisation, set_aside))}: "
+                f"{reason.strip()}. The resolution is on {DUPLICATES_PAGE}."))
         return {"trial_id": trial_id, "duplicate_id": duplicate_id, "kept": keep,
                 "set_aside": [m["person_id"] for m in set_aside], "resolved_by": actor.username,
                 "resolved_at": resolved_at, "reason": reason.strip(), "crf_records_set_aside": records}

@@ -17,6 +17,7 @@ from mercia.cdm.extensions import TRIAL_DUPLICATE_TABLE
 from mercia.governance import Conflict, User
 from mercia.governance.db import now
 from mercia.trials.crf.service import CrfService
+from mercia.trials.notifications import TrialNotifications
 from mercia.trials.randomise import Allocator, KeyedStream, RandomisationError, load_randomisation_key
 from mercia.trials.register import Trial, TrialError, TrialRegister, TrialRole
 
@@ -199,17 +200,12 @@ class Recruitment:
             self.db.insert("mercia_trial_unblinding", {"trial_id": trial_id, "person_id": person_id,
                                                        "unblinded_by": actor.username, "reason": reason.strip(),
                                                        "unblinded_at": now()})
-            for manager in self.register.managers(trial_id):
-                self.db.insert("mercia_trial_notification", {
-                    "trial_id": trial_id, "user_id": manager, "created_at": now(),
-                    "message": f"{actor.username} unblinded participant {person_id}: {reason.strip()}"})
+            TrialNotifications(self.register).notify(trial_id, self.register.managers(trial_id), (
+                f"{actor.username} unblinded participant {person_id} on trial {trial_id} in an emergency: "
+                f"{reason.strip()}"))
             self.audit.record(actor.username, "trial.unblind", f"trial:{trial_id}/person:{person_id}",
                               trial.project_id, reason=reason.strip())
         return {**self.allocation(actor, trial_id, person_id), "arm": row["arm"]}
-
-    def notifications(self, actor: User, trial_id: str) -> list[dict[str, Any]]:
-        return self.db.rows("SELECT message, created_at FROM mercia_trial_notification WHERE trial_id = ? "
-                            "AND user_id = ? ORDER BY created_at", [trial_id, actor.id])
 
     # -- logs and dashboard --------------------------------------------------------------------
     def screening_log(self, actor: User, trial_id: str) -> list[dict[str, Any]]:

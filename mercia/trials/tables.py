@@ -45,8 +45,19 @@ TABLES: dict[str, str] = {
 }
 
 
+# Columns added after a table was first released: ``ensure_trial_tables`` adds them to existing stores, and new
+# stores get them the same way (as governance's ``ADDED_COLUMNS``).  When a notification was read (NULL:
+# unread), and when a duplicate enrolment record's notification was raised (mercia.trials.notifications).
+ADDED_COLUMNS: list[tuple[str, str, str]] = [
+    ("mercia_trial_notification", "read_at", "TEXT"),
+    (TRIAL_DUPLICATE_TABLE, "notified_at", "TEXT"),
+]
+
+
 def ensure_trial_tables(store: Store) -> None:
-    """Create the trial tables when missing.  Idempotent."""
+    """Create the trial tables when missing, and add the columns added since.  Idempotent."""
     with store.transaction():
         for name, columns in TABLES.items():
             store.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+        for table, column, definition in ADDED_COLUMNS:
+            store.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}")

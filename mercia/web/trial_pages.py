@@ -1,7 +1,7 @@
 """Trial pages: the register, a trial's feasibility chart, recruitment dashboard and CONSORT counts for
-its team, its suspected duplicate enrolments to resolve, and a site's pseudonymous worklist for site
-staff.  The rules and the audit are those of ``mercia.trials``, as for the API; identities are never
-shown here (they stay at the organisation)."""
+its team, its suspected duplicate enrolments to resolve, each team member's notifications, and a site's
+pseudonymous worklist for site staff.  The rules and the audit are those of ``mercia.trials``, as for the
+API; identities are never shown here (they stay at the organisation)."""
 
 from __future__ import annotations
 
@@ -171,6 +171,7 @@ def trial_page(trial_id: str, request: Request, caller: Caller = Depends(signed_
     from mercia.trials.consort import consort_counts
     from mercia.trials.duplicates import DuplicateEnrolments
     from mercia.trials.feasibility import feasibility
+    from mercia.trials.notifications import TrialNotifications
     from mercia.trials.recruitment import Recruitment
     from mercia.trials.register import SITE_ROLES, TrialRole
 
@@ -179,6 +180,7 @@ def trial_page(trial_id: str, request: Request, caller: Caller = Depends(signed_
     with state.lock:
         trial = register.require(user, trial_id, *TrialRole)
         roles = register.roles(user, trial_id)
+        unread = sum(n["read_at"] is None for n in TrialNotifications(register).for_user(user, trial_id))
         sections: dict[str, Any] = {}
         for name, build in (
                 ("feasibility", lambda: feasibility(register, user, trial_id, years=years).to_json_dict()),
@@ -199,7 +201,34 @@ def trial_page(trial_id: str, request: Request, caller: Caller = Depends(signed_
                   feasibility=feas, charts=result_charts(orjson.dumps(feas)) if feas else (),
                   pool=display_table(tables["pool"]) if feas else None,
                   projection=display_table(tables["projection"]) if feas else None,
-                  dashboard=sections["dashboard"], consort=sections["consort"], duplicates=sections["duplicates"])
+                  dashboard=sections["dashboard"], consort=sections["consort"], duplicates=sections["duplicates"],
+                  unread=unread)
+
+
+@router.get("/trials/{trial_id}/notifications", response_class=HTMLResponse)
+def notifications_page(trial_id: str, request: Request, caller: Caller = Depends(signed_in)):
+    """The signed-in user's own notifications on the trial, newest first, the unread ones apart (as the API)."""
+    from mercia.trials.notifications import TrialNotifications
+
+    state, register = _register(request)
+    with state.lock:
+        shown = TrialNotifications(register).for_user(caller.user, trial_id)
+        trial = register.trial(trial_id)
+    return render(request, "trials_notifications.html", caller, trial=trial,
+                  unread=[n for n in shown if n["read_at"] is None], read=[n for n in shown if n["read_at"]])
+
+
+@router.post("/trials/{trial_id}/notifications/read")
+def mark_notifications_read(trial_id: str, request: Request, caller: Caller = Depends(signed_in),
+                            form: dict = Depends(form_data)):
+    """Mark read those the page showed (up to its newest), so one arriving meanwhile stays unread."""
+    from mercia.trials.notifications import TrialNotifications
+
+    state, register = _register(request)
+    with state.lock:
+        marked = TrialNotifications(register).mark_read(caller.user, trial_id, form.get("up_to") or None)
+    return redirect(f"/trials/{urlquote(trial_id)}/notifications",
+                    f"{marked} notification{'s' if marked != 1 else ''} marked read")
 
 
 def _duplicates_page(request: Request, caller: Caller, trial_id: str, status_code: int = 200,

@@ -171,3 +171,39 @@ def test_duplicate_enrolments_page_and_resolution_form(web_world):
     assert "Set aside: duplicate randomisations" in study and "the record at 14 holds the data" in study
     form = client.get("/crf/dm2/A81001-0001/enrolment_arm_1/enrolment").text
     assert "Set aside: duplicate randomisation" in form and "The person's record is" in form
+
+
+def test_notifications_page_unread_count_and_mark_read_form(web_world):
+    """The duplicate found and an unblinding reach the manager: counted on the trial page, listed newest first
+    with their times, marked read by a CSRF-protected form (audited), then shown apart as read."""
+    client, sign_in, world = web_world
+    duplicate = _open_duplicate(world)
+    world.recruitment.unblind(world.people["pi_a"], T, 13, "anaphylaxis")
+    path = f"/trials/{T}/notifications"
+
+    csrf = sign_in("manager")
+    assert f'<a href="{path}"><strong>2 unread notifications</strong></a>' in client.get(f"/trials/{T}").text
+    page = client.get(path)
+    assert page.status_code == 200 and "Unread (2)" in page.text and ">Read</h2>" not in page.text
+    unblinding, finding = page.text.index("unblinded participant 13"), page.text.index(
+        f"Suspected duplicate enrolment {duplicate} on trial {T}")
+    assert finding < unblinding               # newest first: linked outside a command, the finding is told when read
+    assert page.text.count('<time datetime="') == 2
+    listed = page.text.split("</h1>", 1)[1]                                          # after the trial's title
+    assert "drug" not in listed and "placebo" not in listed                          # blinded: no arm named
+    assert client.post(f"{path}/read", data={}).status_code == 403                   # no CSRF token
+    assert client.post(f"{path}/read", data={"csrf_token": "wrong"}).status_code == 403
+    assert world.store.query("SELECT COUNT(*) FROM mercia_trial_notification WHERE read_at IS NOT NULL") == [(0,)]
+    done = client.post(f"{path}/read", data={"csrf_token": csrf, "up_to": world.store.query_one(
+        "SELECT MAX(created_at) FROM mercia_trial_notification")})
+    assert done.status_code == 200 and "2 notifications marked read" in done.text
+    assert "Nothing unread" in done.text and ">Read</h2>" in done.text and "anaphylaxis" in done.text
+    assert "Notifications (none unread)" in client.get(f"/trials/{T}").text
+    assert world.gov.audit.search(action="trial.notifications.read")[0]["detail"]["marked"] == 2
+
+    sign_in("nurse_a")                                                               # a role, none of these
+    assert "Notifications (none unread)" in client.get(f"/trials/{T}").text
+    assert "anaphylaxis" not in client.get(path).text
+    csrf = sign_in("researcher")                                                     # no role on the trial
+    assert client.get(path).status_code == 404
+    assert client.post(f"{path}/read", data={"csrf_token": csrf}).status_code == 404

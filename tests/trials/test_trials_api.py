@@ -115,3 +115,39 @@ def test_duplicate_enrolments_are_listed_and_resolved_by_the_right_roles(api):
     assert client.get(base, headers=manager).json() == []
     boxes = {b["box"]: b["count"] for b in client.get(f"/api/v1/trials/{T}/consort", headers=manager).json()["boxes"]}
     assert (boxes["randomised"], boxes["duplicate_randomisations"]) == (1, 1)
+
+
+def test_notifications_are_your_own_and_marked_read_up_to_a_time(api):
+    from mercia.trials.prescreen import worklist
+
+    from .test_trials_service import enrol
+
+    client, world, as_user = api
+    base = f"/api/v1/trials/{T}/notifications"
+    worklist(world.register, world.people["nurse_a"], T, SITE_A)
+    enrol(world, 7)
+    enrol(world, 8)
+    manager = as_user("manager")
+    for person in (7, 8):
+        assert client.post(f"/api/v1/trials/{T}/participants/{person}/unblind", json={"reason": f"reaction {person}"},
+                           headers=as_user("pi_a")).status_code == 200
+    assert client.get(base).status_code == 401
+    assert client.post(f"{base}/read", json={}).status_code == 401
+    assert client.get(base, headers=as_user("researcher")).status_code == 404          # no role: not revealed
+    assert client.get("/api/v1/trials/ISRCTN00000000/notifications", headers=manager).status_code == 404
+    assert client.get(base, headers=as_user("nurse_a")).json() == []                   # not another user's
+    newer, older = client.get(base, headers=manager).json()
+    assert newer["message"].endswith("reaction 8") and older["message"].endswith("reaction 7")
+    assert client.post(f"{base}/read", json={"up_to": "yesterday"}, headers=manager).status_code == 400
+    assert client.post(f"{base}/read", json={"until": older["created_at"]}, headers=manager).status_code == 422
+    marked = client.post(f"{base}/read", json={"up_to": older["created_at"]}, headers=manager)
+    assert marked.status_code == 200 and marked.json() == {"trial_id": T, "marked": 1}
+    assert [n["read_at"] is None for n in client.get(base, headers=manager).json()] == [True, False]
+    assert client.post(f"{base}/read", json={}, headers=manager).json()["marked"] == 1
+    world.gov.db.execute("UPDATE mercia_project SET status = 'expired' WHERE id = ?", [world.project])
+    assert client.get(base, headers=manager).status_code == 403
+    assert client.post(f"{base}/read", json={}, headers=manager).status_code == 403
+    schema = client.get("/api/v1/openapi.json").json()["paths"]
+    assert schema["/trials/{trial_id}/notifications"]["get"]["summary"].startswith("Your notifications")
+    body = schema["/trials/{trial_id}/notifications/read"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["$ref"].endswith("/NotificationsRead")

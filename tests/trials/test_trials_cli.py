@@ -94,13 +94,12 @@ def test_trial_journey_from_the_command_line(tmp_path, monkeypatch):
     assert orjson.loads(feas.stdout)["disclosure"]["policy"]
 
 
-def test_duplicate_enrolments_from_the_command_line(tmp_path):
-    import pyarrow as pa
-
-    from mercia.linkage.probabilistic import merge_persons
+def _two_randomised(tmp_path, link_as_one_human: bool = False):
+    """A DuckDB file holding the trial world with persons 13 and 14 randomised (their link records made one
+    human's, where asked); returns its path and the world."""
     from mercia.trials.prescreen import worklist
 
-    from .test_trials_service import enrol
+    from .test_trials_service import _link_as_one_human, enrol
 
     path = tmp_path / "cdm.duckdb"
     store = Store(str(path))
@@ -109,8 +108,20 @@ def test_duplicate_enrolments_from_the_command_line(tmp_path):
     worklist(world.register, world.people["nurse_a"], T, SITE_A)
     enrol(world, 13)
     enrol(world, 14)
-    merge_persons(store, pa.table({"old": [14], "new": [13]}))
+    if link_as_one_human:
+        _link_as_one_human(world, 13, 14)
     store.close()
+    return path, world
+
+
+def test_duplicate_enrolments_from_the_command_line(tmp_path):
+    import pyarrow as pa
+
+    from mercia.linkage.probabilistic import merge_persons
+
+    path, _ = _two_randomised(tmp_path)
+    with Store(str(path)) as store:
+        merge_persons(store, pa.table({"old": [14], "new": [13]}))
     db = ["--db", str(path)]
     refused = _cli("duplicates", "--trial", T, *db, "--as", "nurse_a")
     assert refused.exit_code == 1 and "refused:" in refused.output and "trial_manager or statistician" in refused.output
@@ -125,3 +136,34 @@ def test_duplicate_enrolments_from_the_command_line(tmp_path):
                 "--as", "manager")
     assert done.exit_code == 0 and "set aside 14" in done.output, done.output
     assert "no open duplicate enrolments" in _cli("duplicates", "--trial", T, *db, "--as", "stats").output
+
+    # the finding was told to the (only) manager before their resolution; each reads only their own
+    listed = _cli("notifications", "--trial", T, "--json", *db, "--as", "manager")
+    assert listed.exit_code == 0, listed.output
+    [found] = orjson.loads(listed.stdout)
+    assert found["message"].startswith("Suspected duplicate enrolment") and found["read_at"] is None
+    assert "person 13 (randomisation number 1" in found["message"]
+    assert "no notifications on" in _cli("notifications", "--trial", T, *db, "--as", "stats").output
+    nobody = _cli("notifications", "--trial", T, *db, "--as", "nobody")
+    assert nobody.exit_code == 2 and "no Mercia user 'nobody'" in nobody.output
+    outsider = _cli("notifications", "--trial", T, *db, "--as", "researcher")
+    assert outsider.exit_code == 1 and f"no trial '{T}'" in outsider.output
+    marked = _cli("notifications", "--trial", T, "--mark-read", *db, "--as", "manager")
+    assert marked.exit_code == 0 and "1 marked read" in marked.output, marked.output
+    [read] = orjson.loads(_cli("notifications", "--trial", T, "--json", *db, "--as", "manager").stdout)
+    assert read["read_at"] is not None
+
+
+def test_a_link_command_tells_the_managers_of_a_duplicate_once(tmp_path):
+    """``mercia ingest link`` raises the notification right after linkage finds the duplicate; a second run
+    finds it again and tells nobody again."""
+    path, world = _two_randomised(tmp_path, link_as_one_human=True)
+    db = ["--db", str(path)]
+    for _ in range(2):
+        linked = runner.invoke(app, ["ingest", "link", *db])
+        assert linked.exit_code == 0 and "persons 13, 14 look like one person" in linked.output, linked.output
+        with Store(str(path)) as store:
+            told = store.query("SELECT user_id, created_at FROM mercia_trial_notification")
+        assert [user for user, _ in told] == [world.people["manager"].id]
+    listed = orjson.loads(_cli("notifications", "--trial", T, "--json", *db, "--as", "manager").stdout)
+    assert [n["created_at"] for n in listed] == [told[0][1]]

@@ -11,6 +11,7 @@ from mercia.governance import Conflict, Forbidden, NotFound
 from mercia.privacy.disclosure import get_policy
 from mercia.trials.consort import consort, consort_counts
 from mercia.trials.feasibility import feasibility
+from mercia.trials.notifications import TrialNotifications
 from mercia.trials.prescreen import ReidentificationService, record_dissent, worklist
 from mercia.trials.register import TrialError, TrialRole
 
@@ -233,7 +234,7 @@ def test_emergency_unblinding_is_audited_and_notified(world):
     out = r.unblind(p["pi_a"], T, 7, "anaphylaxis")
     assert out["arm"] in ("drug", "placebo")
     assert r.allocation(p["nurse_a"], T, 7)["arm"] == out["arm"]
-    assert "anaphylaxis" in r.notifications(p["manager"], T)[0]["message"]
+    assert "anaphylaxis" in TrialNotifications(world.register).for_user(p["manager"], T)[0]["message"]
     assert world.gov.audit.search(action="trial.unblind")[0]["detail"]["reason"] == "anaphylaxis"
 
 

@@ -74,6 +74,13 @@ class DuplicateResolution(BaseModel):
     duplicate_id: int | None = Field(None, ge=1, le=2**63 - 1, description="where given, the person must be in it")
 
 
+class NotificationsRead(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    up_to: str | None = Field(None, max_length=40, description="mark those created up to this time (ISO-8601, UTC "
+                              "unless an offset is given; the newest `created_at` you read), so one arriving "
+                              "meanwhile stays unread; default: now")
+
+
 def _services(request: Request):
     from mercia.trials.recruitment import Recruitment
     from mercia.trials.register import TrialRegister
@@ -222,3 +229,22 @@ def resolve_duplicate(trial_id: str, body: DuplicateResolution, request: Request
     state, register, _ = _services(request)
     with state.lock:
         return DuplicateEnrolments(register).resolve(user, trial_id, body.keep, body.reason, body.duplicate_id)
+
+
+@router.get("/{trial_id}/notifications", summary="Your notifications on the trial, newest first (any role on it)")
+def notifications(trial_id: str, request: Request, user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    from mercia.trials.notifications import TrialNotifications
+
+    state, register, _ = _services(request)
+    with state.lock:
+        return TrialNotifications(register).for_user(user, trial_id)
+
+
+@router.post("/{trial_id}/notifications/read", summary="Mark your notifications on the trial read, up to a time")
+def mark_notifications_read(trial_id: str, body: NotificationsRead, request: Request,
+                            user: User = Depends(current_user)) -> dict[str, Any]:
+    from mercia.trials.notifications import TrialNotifications
+
+    state, register, _ = _services(request)
+    with state.lock:
+        return {"trial_id": trial_id, "marked": TrialNotifications(register).mark_read(user, trial_id, body.up_to)}
