@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
-from mercia.cdm.extensions import TRIAL_DUPLICATE_TABLE
 from mercia.cdm import Store
+from mercia.cdm.extensions import TRIAL_DUPLICATE_TABLE
 from mercia.governance import Governance, User
 from mercia.governance.db import now
 from mercia.governance.identity import iso
