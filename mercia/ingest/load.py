@@ -370,6 +370,49 @@ class _Load:
                         "ALT", reason, action="superseded")
         self._replace_staged("staged_calls", "SELECT * EXCLUDE (copy, alike) FROM call_copies WHERE copy = 1")
 
+    def number_calls(self) -> None:
+        """``call_rows``: the carrier calls of the records left in ``calls`` (a sample's row without an allele
+        writes nothing: mercia.ingest.vcf) in (sample record, reading order), numbered ``n`` from 1, with their
+        record's keys, person and dates, the gene's source and standard concepts (0 when unmapped; a gene
+        mapped to several takes the smallest) and the genotype's (the smallest) as the value.  Taken from the
+        reader's Arrow in Arrow: copying every call into DuckDB with its person and dates, then numbering,
+        joining and selecting it there, materialised it four times (docs/performance/metabolomics.md)."""
+        if self.staged.calls is None:
+            return
+        con = self.con
+        # (the reader's table, unless ``keep_last_copies`` rebuilt it: an allele or a file's record repeated)
+        rebuilt = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'staged_calls'").fetchall()[0][0]
+        staged = _table_from_query(con, "SELECT * FROM staged_calls") if rebuilt else self.staged.calls
+        staged = staged.filter(pc.is_valid(staged.column("alt")))
+        records = _table_from_query(con, """SELECT record, start, source_record, record_hash, person_id, start_date,
+                                                   start_datetime FROM calls""")
+
+        def record_and_date(table: pa.Table) -> pa.Array:
+            return pc.binary_join_element_wise(table.column("record"), pc.fill_null(table.column("start"), ""), "\t")
+
+        owner = pc.index_in(record_and_date(staged), value_set=record_and_date(records))
+        kept = pc.is_valid(owner)  # (records rejected, withheld, unchanged or withdrawn write nothing)
+        staged, owner = staged.filter(kept), owner.filter(kept).to_numpy()
+        record_rank = pc.rank(records.column("source_record"), "ascending", tiebreaker="min").to_numpy()[owner]
+        order = np.argsort(record_rank, kind="stable")
+        calls = records.select(["source_record", "record_hash", "person_id", "start_date", "start_datetime"]).take(
+            owner[order])
+        for name in ("line", "code", "assembly", "chrom", "pos", "ref", "alt", "gene", "genotype", "hgvs", "hgvs_p",
+                     "consequence", "zygosity", "read_depth", "genotype_quality"):
+            calls = calls.append_column(name, staged.column(name).take(order))
+        genes = _table_from_query(con, "SELECT code, source_concept_id, concept_id FROM mapped WHERE vocabulary = ? "
+                                       "ORDER BY code, concept_id", [CALL_CODE_VOCABULARY])
+        genotypes = _table_from_query(con, "SELECT code, min(concept_id) AS concept_id FROM mapped "
+                                           "WHERE vocabulary = ? GROUP BY 1", [CALL_VALUE_VOCABULARY])
+        gene = pc.index_in(calls.column("code"), value_set=genes.column("code"))  # (the first of a code's rows)
+        unmapped = pa.scalar(0, pa.int64())
+        con.register("call_rows", calls.append_column("n", pa.array(np.arange(1, calls.num_rows + 1, dtype=np.int64)))
+                     .append_column("source_concept_id", pc.coalesce(genes.column("source_concept_id").take(gene),
+                                                                     unmapped))
+                     .append_column("concept_id", pc.coalesce(genes.column("concept_id").take(gene), unmapped))
+                     .append_column("value_as_concept_id", genotypes.column("concept_id").take(
+                         pc.index_in(calls.column("genotype"), value_set=genotypes.column("code")))))
+
     def supersede_earlier_chunk_calls(self) -> None:
         """A VCF sample's allele listed twice in an unsorted file, the copies in different chunks: the copy
         an earlier chunk of this load wrote goes (its measurement, variant and their provenance) and its
@@ -381,7 +424,7 @@ class _Load:
         store, content = self.store, ("genotype", "zygosity", "read_depth", "genotype_quality", "hgvs", "hgvs_p",
                                       "consequence")
         self._store_temp("mercia_tmp_calls", _table_from_query(self.con, f"""SELECT DISTINCT source_record, chrom,
-            pos, ref, alt, gene, assembly, {", ".join(content)} FROM calls WHERE alt IS NOT NULL"""),
+            pos, ref, alt, gene, assembly, {", ".join(content)} FROM call_rows"""),
             "source_record VARCHAR, chrom VARCHAR, pos BIGINT, ref VARCHAR, alt VARCHAR, gene VARCHAR, "
             "assembly VARCHAR, genotype VARCHAR, zygosity VARCHAR, read_depth BIGINT, "
             "genotype_quality DOUBLE PRECISION, hgvs VARCHAR, hgvs_p VARCHAR, consequence VARCHAR")
@@ -663,10 +706,15 @@ class _Load:
                    ON u.code = e.unit
             LEFT JOIN (SELECT vocabulary, code, min(concept_id) AS concept_id FROM mapped GROUP BY 1, 2) vc
                    ON vc.vocabulary = e.value_vocabulary AND vc.code = e.value_code""")
+        # a VCF sample is one record whose calls share its person and date: ``calls`` holds a row per record (and
+        # date: two files of one name), its lines, carriers and whether its row without an allele is here; the calls
+        # themselves stay in the reader's Arrow (``number_calls``), not copied here with their person and dates
         self.con.execute(f"""
             CREATE TABLE calls AS
             SELECT e.*, k.source_record, r.opted_out, r.person_id, {dates}
-            FROM (SELECT *, NULL::VARCHAR AS "end" FROM staged_calls) e
+            FROM (SELECT record, record_hash, person_ref, start, NULL::VARCHAR AS "end", min(line) AS line,
+                         max(line) AS last_line, count(alt) AS carriers, bool_or(alt IS NULL) AS sample_row
+                  FROM staged_calls GROUP BY record, record_hash, person_ref, start) e
             JOIN record_keys k ON k.record = e.record
             LEFT JOIN ref_persons r ON r.person_ref = e.person_ref""")
         for table in ("events", "calls"):
@@ -709,7 +757,7 @@ class _Load:
             CREATE TABLE batch_records AS SELECT source_record, record_hash, max(line) AS line FROM (
                 SELECT source_record, record_hash, line FROM events UNION ALL
                 SELECT source_record, record_hash, line FROM sites UNION ALL
-                SELECT source_record, record_hash, line FROM calls) GROUP BY 1, 2""")
+                SELECT source_record, record_hash, last_line FROM calls) GROUP BY 1, 2""")
         # only the records this chunk read, looked up in the provenance of earlier loads (their rows come first,
         # so DuckDB's row-group statistics skip this load's: reading the provenance a large load keeps adding
         # made each of its chunks dearer than the last) and among the records earlier chunks read
@@ -1155,8 +1203,8 @@ class _Load:
 
     def _insert_calls(self, load_id: int, extract: str) -> None:
         """VCF carrier calls -> ``measurement`` (the gene; the genotype as value), ``variant_occurrence`` (with
-        the call's ``source_line``) and the provenance of both, each one set-based statement over one
-        numbered table (measurements in (sample record, file order), variants in the same order).  A sample
+        the call's ``source_line``) and the provenance of both, each one projection over ``call_rows``
+        (``number_calls``: measurements in (sample record, file order), variants in the same order).  A sample
         is one record, so the provenance keys are its record's, one Arrow dictionary entry per sample."""
         if self.staged.calls is None:
             return
@@ -1164,24 +1212,15 @@ class _Load:
         self._keep_hashes_of_samples_without_rows(load_id)
         measurement_start = self._first_id("measurement", "measurement_id")
         variant_start = self._first_id("variant_occurrence", "variant_occurrence_id")
-        # numbered over the sort keys and the row's position only, as ``_insert_domain`` does
-        con.execute("""CREATE TABLE call_rows AS
-            SELECT o.n, c.*,
-                   COALESCE(m.source_concept_id, 0) AS source_concept_id, COALESCE(m.concept_id, 0) AS concept_id,
-                   g.concept_id AS value_as_concept_id, c.genotype AS value_code, NULL::DOUBLE AS value_number,
-                   NULL::VARCHAR AS unit, 0 AS unit_concept_id, NULL::DOUBLE AS range_low,
-                   NULL::DOUBLE AS range_high, NULL::BIGINT AS visit_occurrence_id
-            FROM (SELECT rowid AS position, row_number() OVER (ORDER BY source_record, rowid) AS n FROM calls
-                  WHERE alt IS NOT NULL) o  -- (a sample's row without an allele writes nothing: mercia.ingest.vcf)
-            JOIN calls c ON c.rowid = o.position
-            LEFT JOIN mapped m ON m.vocabulary = ? AND m.code = c.code
-            LEFT JOIN (SELECT code, min(concept_id) AS concept_id FROM mapped WHERE vocabulary = ? GROUP BY 1) g
-                   ON g.code = c.genotype""", [CALL_CODE_VOCABULARY, CALL_VALUE_VOCABULARY])
         columns = _domain_columns("Measurement", self.options.type_concept_id or TYPE_CONCEPTS.get(self.reader,
                                                                                                    EHR_TYPE))
+        # (projections over an Arrow table keep its order: DuckDB's preserve_insertion_order)
         rows = _table_from_query(con, f"SELECT {measurement_start} + n AS measurement_id, person_id, "
                                       f"{', '.join(f'{expr} AS {quote(col)}' for col, expr in columns.items())} "
-                                      "FROM call_rows ORDER BY n")
+                                      """FROM (SELECT *, genotype AS value_code, NULL::DOUBLE AS value_number,
+                                                      NULL::VARCHAR AS unit, 0 AS unit_concept_id,
+                                                      NULL::DOUBLE AS range_low, NULL::DOUBLE AS range_high,
+                                                      NULL::BIGINT AS visit_occurrence_id FROM call_rows)""")
         count = self.store.insert_arrow("measurement", rows)
         del rows
         rows = _table_from_query(con, f"""
@@ -1189,7 +1228,7 @@ class _Load:
                    assembly AS reference_sequence, chrom AS chromosome, pos AS position, ref AS reference_allele,
                    alt AS alternate_allele, gene AS target_gene_symbol, hgvs, genotype, hgvs_p, consequence, zygosity,
                    read_depth, genotype_quality, line AS source_line
-            FROM call_rows ORDER BY n""")
+            FROM call_rows""")
         self.store.insert_arrow("variant_occurrence", rows)
         del rows
         for table in ("measurement", "variant_occurrence"):
@@ -1217,12 +1256,12 @@ class _Load:
         sample's row without an allele (once per file, first chunk) unless the chunk holds a call of it,
         and taken back when a later chunk does."""
         self.store.insert_arrow("mercia_record_hash", _table_from_query(self.con, f"""
-            SELECT ? AS org, source_record, record_hash, {load_id} AS load_id, person_id FROM calls s WHERE alt IS NULL
-            AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.source_record = s.source_record AND c.alt IS NOT NULL)""",
+            SELECT ? AS org, source_record, record_hash, {load_id} AS load_id, person_id FROM calls s WHERE sample_row
+            AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.source_record = s.source_record AND c.carriers > 0)""",
                                                                    [self.org]))
         if self.after_chunks:
             self._store_temp("mercia_tmp_records", _table_from_query(
-                self.con, "SELECT DISTINCT source_record FROM calls WHERE alt IS NOT NULL"), "source_record VARCHAR")
+                self.con, "SELECT DISTINCT source_record FROM calls WHERE carriers > 0"), "source_record VARCHAR")
             self.store.execute("DELETE FROM mercia_record_hash WHERE org = ? AND load_id = ? AND source_record IN "
                                "(SELECT source_record FROM mercia_tmp_records)", [self.org, load_id])
 
@@ -1432,6 +1471,7 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
     job.prepare_sites()
     unchanged = job.skip_unchanged()
     job.remove_withdrawn()
+    job.number_calls()
     job.supersede_earlier_chunk_calls()
     job.insert(load_id, staged.extract)
     job.record_versions(load_id)
@@ -1457,7 +1497,7 @@ def _load_chunk(store: Store, staged: Staged, org: str, reader: str, options: Lo
         if job.touched_persons else pa.table({"person_id": pa.array([], pa.int64())}))
     affected = _table_from_query(job.con, """SELECT DISTINCT person_id FROM resolved UNION
                                   SELECT DISTINCT person_id FROM events
-                                  UNION SELECT DISTINCT person_id FROM calls WHERE alt IS NOT NULL
+                                  UNION SELECT DISTINCT person_id FROM calls WHERE carriers > 0
                                   UNION SELECT person_id FROM touched_persons""")
     rebuild_person_rows(store, affected)
     last_ids.pop("care_site", None)  # it may have added registering practices' sites: the next chunk asks again

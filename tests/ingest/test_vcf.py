@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import json
 import subprocess
 import sys
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -101,6 +103,28 @@ def test_vcf_gz_loads_into_variant_occurrence(store, load, vcf_gz, tmp_path):
     assert len(rows) == 4
     again = load(store, "vcf", vcf_gz, "R9G")
     assert again.unchanged == 3 and store.query_one("SELECT count(*) FROM variant_occurrence") == 4
+
+
+def test_a_gene_mapped_to_two_standard_concepts_is_one_measurement_per_call(store, load, vcf_gz, tmp_path):
+    """An HGNC symbol with two valid 'Maps to' targets: each call is still one measurement (and one variant),
+    of the smaller target; numbering the calls before joining the map gave each call two rows with one id."""
+    valid = {"valid_start_date": pa.array([dt.date(1970, 1, 1)] * 3),
+             "valid_end_date": pa.array([dt.date(2099, 12, 31)] * 3)}
+    store.insert_arrow("concept", pa.table({
+        "concept_id": [70, 71, 72], "concept_name": ["TP53", "TP53 variant", "TP53 gene"],
+        "domain_id": ["Measurement"] * 3, "vocabulary_id": ["HGNC", "OMOP Genomic", "OMOP Genomic"],
+        "concept_class_id": ["Gene"] * 3, "standard_concept": [None, "S", "S"],
+        "concept_code": ["TP53", "N71", "N72"], **valid}))
+    store.insert_arrow("concept_relationship", pa.table({
+        "concept_id_1": [70, 70, 71], "concept_id_2": [72, 71, 71], "relationship_id": ["Maps to"] * 3,
+        "valid_start_date": valid["valid_start_date"], "valid_end_date": valid["valid_end_date"]}))
+    _phenopackets(tmp_path / "pp", ["P1", "P2", "P3"])
+    load(store, "phenopackets", tmp_path / "pp", "R9G")
+    load(store, "vcf", vcf_gz, "R9G")
+    assert store.query("""SELECT count(*), count(DISTINCT measurement_id), min(measurement_source_concept_id),
+                                 min(measurement_concept_id), max(measurement_concept_id)
+                          FROM measurement WHERE measurement_source_value = 'TP53'""") == [(3, 3, 70, 71, 71)]
+    assert store.query_one("SELECT count(*) FROM variant_occurrence") == 4
 
 
 def test_truncated_vcf_gz_is_rejected_whole_and_nothing_loaded(store, load, vcf_gz, tmp_path):
