@@ -20,12 +20,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from mercia.ingest.staging import EVENT_SCHEMA, PERSON_SCHEMA, SITE_SCHEMA, Columns, Staged
+from mercia.ingest.staging import CARE_SITE_KINDS, EVENT_SCHEMA, PERSON_SCHEMA, SITE_SCHEMA, Columns, Staged
 
 MAPPINGS_DIR = Path(__file__).with_name("mappings")
 _DATE_FIELDS = {"birth_date", "start", "end", "death_date"}
 _NUMERIC_FIELDS = {"value_number", "range_low", "range_high", "quantity"}
-SITE_KINDS = ("Organization", "Location")  # what a ``sites`` entry's rows are (care sites, as FHIR's)
 
 
 class MappingError(Exception):
@@ -145,8 +144,9 @@ class CsvReader:
             self._stage(directory, entry, f"events[{i}]", EVENT_SCHEMA, self.staged.events, entry.get("kind"))
         for i, entry in enumerate(self.mapping.get("sites") or []):
             kind = entry.get("kind", "Organization")
-            if kind not in SITE_KINDS:
-                raise MappingError(f"{entry['source']} sites[{i}]: kind {kind!r} is not one of {', '.join(SITE_KINDS)}")
+            if kind not in CARE_SITE_KINDS:
+                raise MappingError(f"{entry['source']} sites[{i}]: kind {kind!r} is not one of "
+                                   f"{', '.join(CARE_SITE_KINDS)}")
             self._stage(directory, entry, f"sites[{i}]", SITE_SCHEMA, self.staged.sites, kind)
         return self.staged
 

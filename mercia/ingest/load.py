@@ -35,8 +35,8 @@ import pyarrow.compute as pc
 
 from mercia.cdm import Store, quote
 from mercia.ingest.proms import link_prom_items
-from mercia.ingest.staging import CALL_CODE_VOCABULARY, CALL_SCHEMA, CALL_VALUE_VOCABULARY, EARLIEST_DATE, \
-    END_DATE_AHEAD, VALUE_SCHEMA, VERSIONED_REJECT_SCHEMA, Staged, conform, date_window, latest_date
+from mercia.ingest.staging import CALL_CODE_VOCABULARY, CALL_SCHEMA, CALL_VALUE_VOCABULARY, CARE_SITE_KINDS, \
+    EARLIEST_DATE, END_DATE_AHEAD, VALUE_SCHEMA, VERSIONED_REJECT_SCHEMA, Staged, conform, date_window, latest_date
 from mercia.cdm.extensions import TOKEN_FIELDS, ensure_extension_tables, person_tables
 from mercia.cdm.persons import EHR_TYPE, EVENT_DATES, max_id, rebuild_person_rows
 from mercia.privacy.geography import GeographyLookup
@@ -1031,9 +1031,9 @@ class _Load:
         order (not in the order a parallel scan happens to return them).  Every record's provenance points at
         its site, and ``mercia_care_site_name`` keeps which organisation gave each name."""
         con, store = self.con, self.store
-        con.execute("""CREATE TABLE site_records AS SELECT source_record, record_hash, kind, name,
-                           COALESCE(ods_code, left(source_record, 50)) AS site_key
-                       FROM sites WHERE kind IN ('Organization', 'Location')""")
+        con.execute(f"""CREATE TABLE site_records AS SELECT source_record, record_hash, kind, name,
+                            COALESCE(ods_code, left(source_record, 50)) AS site_key
+                        FROM sites WHERE kind IN {CARE_SITE_KINDS}""")
         # a code met several times in the chunk: an Organization's name first, then in record order
         con.execute("""CREATE TABLE site_names AS SELECT * FROM site_records QUALIFY row_number() OVER (
                            PARTITION BY site_key ORDER BY kind <> 'Organization', name IS NULL, source_record) = 1""")

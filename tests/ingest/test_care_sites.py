@@ -3,6 +3,8 @@ site gets the name an Organization resource gives it, in place (docs/ingest.md, 
 
 from __future__ import annotations
 
+import pytest
+
 from tests.ingest.test_registered_practice import MOVER, NEW_GP, OLD_GP, STAYER, TRUST, extract, patient, \
     registration
 
@@ -159,3 +161,13 @@ def test_a_csv_site_row_names_a_registration_site_and_bad_rows_are_rejected_by_f
     assert sorted(store.query("SELECT line, field, reason FROM mercia_reject WHERE org = ?", [TRUST])) == [
         (3, "name", "Organization has no name"), (4, "ods_code", "the ODS code is not 3 to 10 letters and digits")]
     assert (summary.loaded, summary.rejected) == (1, 2)
+
+
+def test_a_csv_sites_entry_of_another_kind_is_a_mapping_error(tmp_path):
+    from mercia.ingest.csv import CsvReader, MappingError
+
+    (tmp_path / "staff.csv").write_text("id,name\n1,Dr Who\n")
+    reader = CsvReader({"sites": [{"source": "staff.csv", "kind": "Practitioner", "record": "id", "name": "name"}]},
+                       "x")
+    with pytest.raises(MappingError, match="staff.csv sites\\[0\\]: kind 'Practitioner' is not one of Organization"):
+        reader.read(tmp_path)
