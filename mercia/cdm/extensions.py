@@ -19,6 +19,7 @@
   the person of a withdrawn one).
 - ``mercia_record_hash``: the content hash (and person) of each loaded record that wrote no CDM row (a VCF sample).
 - ``mercia_organisation``: the organisations (ODS codes) that send extracts, with their names.
+- ``mercia_care_site_name``: which organisation's extract gave each named care site its current name.
 - ``mercia_id_block``: the id counters behind ``Store.allocate_ids``.
 """
 
@@ -101,6 +102,10 @@ PERSON_NAMED_RECORD_TABLES = ("mercia_record_hash", "mercia_reject", "mercia_rec
 DDL.extend(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS person_id BIGINT" for table in PERSON_NAMED_RECORD_TABLES)
 DDL.append("""CREATE TABLE IF NOT EXISTS mercia_organisation (
         ods_code VARCHAR NOT NULL PRIMARY KEY, name VARCHAR NOT NULL, kind VARCHAR, registered_at TIMESTAMP NOT NULL)""")
+# The organisation whose Organization (or CSV site row) gave a care site its name: it may change that name later,
+# another organisation may not, unless the site is its own (mercia.ingest.load; docs/ingest.md, "Care sites").
+DDL.append("""CREATE TABLE IF NOT EXISTS mercia_care_site_name (
+        care_site_id BIGINT NOT NULL, org VARCHAR NOT NULL, load_id BIGINT NOT NULL)""")
 INDEXES = [
     "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_org_record ON mercia_provenance (org, source_record)",
     "CREATE INDEX IF NOT EXISTS idx_mercia_provenance_row ON mercia_provenance (cdm_table, row_id)",

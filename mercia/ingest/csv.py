@@ -7,6 +7,9 @@ nothing here loops over rows in Python.  Field specs:
 - ``column`` or ``"file.column"`` (file name without extension, after a ``join``), ``{columns: [...]}`` to concatenate a key, ``join: {source: F, key: C}`` for a second file,
 - ``{constant: X}``, ``{column: C, map: {source: target}}``, ``vocabulary: V`` for codes,
 - dates use the mapping's ``date_format`` (strptime) or a per-field ``format``.
+
+Entries are ``persons``, ``events`` (each with its ``kind``) and ``sites`` (``record``, ``name``, ``ods_code``;
+``kind`` Organization, the default, or Location): care sites, named and matched by ODS code as FHIR's are.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from mercia.ingest.staging import EVENT_SCHEMA, PERSON_SCHEMA, Columns, Staged
+from mercia.ingest.staging import CARE_SITE_KINDS, EVENT_SCHEMA, PERSON_SCHEMA, SITE_SCHEMA, Columns, Staged
 
 MAPPINGS_DIR = Path(__file__).with_name("mappings")
 _DATE_FIELDS = {"birth_date", "start", "end", "death_date"}
@@ -139,6 +142,12 @@ class CsvReader:
             self._stage(directory, entry, f"persons[{i}]", PERSON_SCHEMA, self.staged.persons, "Person")
         for i, entry in enumerate(self.mapping.get("events") or []):
             self._stage(directory, entry, f"events[{i}]", EVENT_SCHEMA, self.staged.events, entry.get("kind"))
+        for i, entry in enumerate(self.mapping.get("sites") or []):
+            kind = entry.get("kind", "Organization")
+            if kind not in CARE_SITE_KINDS:
+                raise MappingError(f"{entry['source']} sites[{i}]: kind {kind!r} is not one of "
+                                   f"{', '.join(CARE_SITE_KINDS)}")
+            self._stage(directory, entry, f"sites[{i}]", SITE_SCHEMA, self.staged.sites, kind)
         return self.staged
 
     def _stage(self, directory: Path, entry: dict, context: str, schema: pa.Schema, target: Columns,

@@ -35,8 +35,8 @@ import pyarrow.compute as pc
 
 from mercia.cdm import Store, quote
 from mercia.ingest.proms import link_prom_items
-from mercia.ingest.staging import CALL_CODE_VOCABULARY, CALL_SCHEMA, CALL_VALUE_VOCABULARY, EARLIEST_DATE, \
-    END_DATE_AHEAD, VALUE_SCHEMA, VERSIONED_REJECT_SCHEMA, Staged, conform, date_window, latest_date
+from mercia.ingest.staging import CALL_CODE_VOCABULARY, CALL_SCHEMA, CALL_VALUE_VOCABULARY, CARE_SITE_KINDS, \
+    EARLIEST_DATE, END_DATE_AHEAD, VALUE_SCHEMA, VERSIONED_REJECT_SCHEMA, Staged, conform, date_window, latest_date
 from mercia.cdm.extensions import TOKEN_FIELDS, ensure_extension_tables, person_tables
 from mercia.cdm.persons import EHR_TYPE, EVENT_DATES, max_id, rebuild_person_rows
 from mercia.privacy.geography import GeographyLookup
@@ -77,6 +77,14 @@ SAME_RECORD = "the record repeats in this extract with the same content: stored 
 REPEATED_CALL = ("the sample's call of this allele repeats in the file with different content: only its last copy "
                  "was loaded")
 SAME_CALL = "the sample's call of this allele repeats in the file with the same content: stored once"
+# An ODS code (of an organisation or one of its sites): letters and digits, after upper(trim()).
+ODS_CODE = "[A-Z0-9]{3,10}"
+ODS_CODE_REASON = "the ODS code is not 3 to 10 letters and digits"
+# When a site the store has (``stored_sites``) takes the name the chunk brings (``site_names``), the load's
+# organisation being the two parameters: the site has no name yet, or the name comes from the organisation whose
+# own ODS code the site's is, or from the organisation that gave the name it has (docs/ingest.md, "Care sites").
+RENAMES = """s.care_site_id IS NOT NULL AND n.name IS NOT NULL AND n.name IS DISTINCT FROM s.care_site_name
+             AND (s.care_site_name IS NULL OR n.site_key = ? OR s.named_by = ?)"""
 NOTE_TEXT = ""  # note text is never loaded (docs/ingest.md: free text can identify people); the column is NOT NULL
 
 
@@ -950,7 +958,9 @@ class _Load:
         doomed = """SELECT cdm_table, row_id FROM mercia_provenance WHERE org = ?
                      AND source_record IN (SELECT source_record FROM mercia_tmp_records)"""
         for (table,) in store.query(f"SELECT DISTINCT cdm_table FROM ({doomed}) d", [self.org]):
-            pk = "care_site_id" if table == "care_site" else f"{table}_id"
+            if table == "care_site":
+                continue  # a site stays, its id too (others' rows point at it): a resend names it in place
+            pk = f"{table}_id"
             if table in EVENT_DATES:  # their persons' observation periods are rebuilt
                 self.touched_persons.append(store.query_arrow(
                     f"SELECT DISTINCT person_id FROM {quote(table)} WHERE {quote(pk)} IN "
@@ -959,7 +969,7 @@ class _Load:
                           f"(SELECT row_id FROM ({doomed}) d WHERE cdm_table = ?)", [self.org, table])
         # rows an earlier chunk of this load wrote are not counted as written
         for table, count in store.query("SELECT cdm_table, count(*) FROM mercia_provenance WHERE org = ? AND "
-                                        "load_id = ? AND cdm_table <> 'person' AND source_record IN "
+                                        "load_id = ? AND cdm_table NOT IN ('person', 'care_site') AND source_record IN "
                                         "(SELECT source_record FROM mercia_tmp_records) GROUP BY 1",
                                         [self.org, self.load_id]):
             self.rows[ROWS_KEY.get(table, table)] -= count
@@ -969,11 +979,20 @@ class _Load:
                       "(SELECT source_record FROM mercia_tmp_records)", [self.org])
 
     def prepare_sites(self) -> None:
+        """Each site record's last copy, its ODS code in capitals; an Organization without a name, or a site
+        whose ODS code is not one, is rejected naming the field."""
         self.con.execute("""
-            CREATE TABLE sites AS SELECT s.* , k.source_record FROM (
+            CREATE TABLE sites AS SELECT s.* REPLACE (upper(trim(s.ods_code)) AS ods_code), k.source_record FROM (
                 SELECT * EXCLUDE (pos) FROM (SELECT *, row_number() OVER () AS pos FROM staged_sites)
                 QUALIFY row_number() OVER (PARTITION BY record ORDER BY pos DESC) = 1) s
             JOIN record_keys k ON k.record = s.record""")
+        for where, field_name, reason in [
+                ("kind = 'Organization' AND NULLIF(trim(name), '') IS NULL", "name", "Organization has no name"),
+                (f"ods_code IS NOT NULL AND NOT regexp_full_match(ods_code, '{ODS_CODE}')",
+                 "identifier" if self.reader == "fhir" else "ods_code", ODS_CODE_REASON)]:
+            self.reject(_table_from_query(self.con, f"SELECT source_record, line FROM sites WHERE {where}"),
+                        field_name, reason)
+            self.con.execute(f"DELETE FROM sites WHERE {where}")
 
     def map_codes(self) -> None:
         """Source codes -> (source concept, standard concept, domain) through 'Maps to', for every staged
@@ -1023,16 +1042,7 @@ class _Load:
         self.rows["person_link"] += links.num_rows
         con.execute("CREATE TABLE prov_rows (cdm_table VARCHAR, row_id BIGINT, source_record VARCHAR, record_hash VARCHAR)")
         self._provenance("SELECT 'person', CAST(person_id AS BIGINT), source_record, record_hash FROM new_links")
-        # sites, numbered in record order (not in the order a parallel scan happens to return them)
-        next_site = self._first_id("care_site", "care_site_id")
-        con.execute(f"""CREATE TABLE site_rows AS SELECT {next_site} + row_number() OVER (ORDER BY source_record) AS care_site_id, *
-                        FROM sites WHERE kind IN ('Organization', 'Location')""")
-        care_sites = _table_from_query(con, """SELECT care_site_id, name AS care_site_name,
-            COALESCE(ods_code, left(source_record, 50)) AS care_site_source_value,
-            kind AS place_of_service_source_value FROM site_rows""")
-        self.rows["care_site"] += store.insert_arrow("care_site", care_sites)
-        self._used_ids("care_site", care_sites.num_rows)
-        self._provenance("SELECT 'care_site', care_site_id, source_record, record_hash FROM site_rows")
+        self._insert_sites()
         next_provider = self._first_id("provider", "provider_id")
         con.execute(f"""CREATE TABLE provider_rows AS SELECT {next_provider} + row_number() OVER (ORDER BY source_record) AS provider_id, *
                         FROM sites WHERE kind = 'Practitioner'""")
@@ -1061,6 +1071,57 @@ class _Load:
         self._insert_costs()
         self._insert_variants()
         self._insert_calls(load_id, extract)
+
+    def _insert_sites(self) -> None:
+        """Organizations and Locations -> ``care_site``, one site per ODS code in the store (a site without
+        one: per record), so ``site_rows`` gives each site record its site.  A code the store has a site for
+        names that site in place under the naming rule (``RENAMES``); a new code gets a site numbered in record
+        order (not in the order a parallel scan happens to return them).  Every record's provenance points at
+        its site, and ``mercia_care_site_name`` keeps which organisation gave each name."""
+        con, store = self.con, self.store
+        con.execute(f"""CREATE TABLE site_records AS SELECT source_record, record_hash, kind, name,
+                            COALESCE(ods_code, left(source_record, 50)) AS site_key
+                        FROM sites WHERE kind IN {CARE_SITE_KINDS}""")
+        # a code met several times in the chunk: an Organization's name first, then in record order
+        con.execute("""CREATE TABLE site_names AS SELECT * FROM site_records QUALIFY row_number() OVER (
+                           PARTITION BY site_key ORDER BY kind <> 'Organization', name IS NULL, source_record) = 1""")
+        keys = _table_from_query(con, "SELECT site_key FROM site_names")
+        stored = pa.table({})
+        if keys.num_rows:
+            self._store_temp("mercia_tmp_site_keys", keys, "site_key VARCHAR")
+            stored = store.query_arrow("""
+                SELECT s.care_site_source_value AS site_key, s.care_site_id, s.care_site_name, n.org AS named_by
+                FROM care_site s LEFT JOIN mercia_care_site_name n ON n.care_site_id = s.care_site_id
+                WHERE s.care_site_id IN (SELECT min(care_site_id) FROM care_site WHERE care_site_source_value IN
+                                         (SELECT site_key FROM mercia_tmp_site_keys) GROUP BY care_site_source_value)""")
+        self.register("stored_sites", conform(stored, pa.schema([
+            ("site_key", pa.string()), ("care_site_id", pa.int64()), ("care_site_name", pa.string()),
+            ("named_by", pa.string())])))
+        next_site = self._first_id("care_site", "care_site_id")
+        con.execute(f"""CREATE TABLE site_targets AS
+            SELECT n.*, COALESCE(s.care_site_id, {next_site} + row_number() OVER (
+                       PARTITION BY s.care_site_id IS NULL ORDER BY n.source_record)) AS care_site_id,
+                   s.care_site_id IS NULL AS new_site, {RENAMES} AS renamed
+            FROM site_names n LEFT JOIN stored_sites s USING (site_key)""", [self.org, self.org])
+        con.execute("""CREATE TABLE site_rows AS SELECT r.source_record, r.record_hash, t.care_site_id
+                       FROM site_records r JOIN site_targets t USING (site_key)""")
+        care_sites = _table_from_query(con, """SELECT care_site_id, name AS care_site_name,
+            site_key AS care_site_source_value, kind AS place_of_service_source_value FROM site_targets
+            WHERE new_site ORDER BY care_site_id""")
+        self.rows["care_site"] += store.insert_arrow("care_site", care_sites)
+        self._used_ids("care_site", care_sites.num_rows)
+        renamed = _table_from_query(con, "SELECT care_site_id, name FROM site_targets WHERE renamed")
+        if renamed.num_rows:
+            self._store_temp("mercia_tmp_site_names", renamed, "care_site_id BIGINT, name VARCHAR")
+            store.execute("""UPDATE care_site SET care_site_name = t.name FROM mercia_tmp_site_names t
+                             WHERE care_site.care_site_id = t.care_site_id""")
+            store.execute("DELETE FROM mercia_care_site_name WHERE care_site_id IN "
+                          "(SELECT care_site_id FROM mercia_tmp_site_names)")
+            self.rows["care_site"] += renamed.num_rows
+        store.insert_arrow("mercia_care_site_name", _table_from_query(
+            con, f"SELECT care_site_id, ? AS org, {self.load_id} AS load_id FROM site_targets "
+                 "WHERE renamed OR (new_site AND name IS NOT NULL)", [self.org]))
+        self._provenance("SELECT 'care_site', care_site_id, source_record, record_hash FROM site_rows")
 
     def _earlier_rows(self, cdm_table: str, reference: str) -> pa.Table:
         """(source_record, row_id) of the ``cdm_table`` rows this organisation loaded before, for the

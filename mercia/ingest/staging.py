@@ -39,6 +39,9 @@ SITE_SCHEMA = pa.schema([
     ("name", pa.string()), ("ods_code", pa.string()), ("line", pa.int64()),
 ])
 
+# The staged site kinds that are care sites (a Practitioner is a provider), matched by ODS code (mercia.ingest.load).
+CARE_SITE_KINDS = ("Organization", "Location")
+
 REJECT_SCHEMA = pa.schema([
     ("record", pa.string()), ("line", pa.int64()), ("field", pa.string()), ("reason", pa.string()),
 ])

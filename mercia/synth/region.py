@@ -186,6 +186,7 @@ def generate_region(out_dir: Path | str, persons: int = 20_000, seed: int = 42, 
     pq.write_table(errors, out / "truth" / "errors.parquet", compression="zstd")
     pacsv.write_csv(org_table.select(["org_code", "org_type", "name"]).append_column(
         "postcode", pa.array([""] * org_table.num_rows)), out / "organisations.csv")
+    _practice_organizations(out, orgs, writer)
     _complete_layout(out, orgs, writer)
     for code in orgs.practices:
         _bulk_manifest(out, code, writer.counts)
@@ -694,7 +695,21 @@ CSV_HEADERS = {
              "completed_date,eq5d_mobility,eq5d_selfcare,eq5d_usual_activities,eq5d_pain_discomfort,"
              "eq5d_anxiety_depression,eq_vas,oks_score",
 }
-FHIR_TYPES = ("Patient", "EpisodeOfCare", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure")
+FHIR_TYPES = ("Organization", "Patient", "EpisodeOfCare", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure")
+
+
+def _practice_organizations(out: Path, orgs: Organisations, writer: Writer) -> None:
+    """Each practice's own Organization resource (ODS code and name), which names its care site when loaded;
+    written whole, outside the injected errors and their random draws (the other files stay as they were)."""
+    for row in orgs.rows():
+        if row["org_type"] != "gp":
+            continue
+        rel = f"gp/{row['org_code']}/Organization.ndjson"
+        resource = {"resourceType": "Organization", "id": row["org_code"], "name": row["name"],
+                    "identifier": [{"system": ODS_SYSTEM, "value": row["org_code"]}]}
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(orjson.dumps(resource) + b"\n")
+        writer.counts[rel] = 1
 
 
 def _complete_layout(out: Path, orgs: Organisations, writer: Writer) -> None:

@@ -62,13 +62,15 @@ def test_clean_region_loads_to_the_true_cdm(store, clean_region, synthetic_key):
     truth = duckdb.sql(f"""SELECT person_id, year_of_birth, month_of_birth, gender_concept_id
                            FROM read_parquet('{clean_region}/truth/omop/person/*.parquet')""").fetchall()
     assert sorted((mapping[p], *rest) for p, *rest in ours) == sorted(truth)
-    practices = store.query("""SELECT person_id, care_site_source_value FROM person
+    # each person's practice, by ODS code and by the name its Organization gave it; no site left unnamed
+    practices = store.query("""SELECT person_id, care_site_source_value, care_site_name FROM person
                                JOIN care_site USING (care_site_id)""")
-    true_practices = duckdb.sql(f"""SELECT person_id, care_site_source_value
+    assert store.query_one("SELECT count(*) FROM care_site WHERE care_site_name IS NULL") == 0
+    true_practices = duckdb.sql(f"""SELECT person_id, care_site_source_value, care_site_name
         FROM read_parquet('{clean_region}/truth/omop/person/*.parquet')
         JOIN read_parquet('{clean_region}/truth/omop/care_site/*.parquet') USING (care_site_id)""").fetchall()
     assert len(true_practices) == true_persons
-    assert sorted((mapping[p], site) for p, site in practices) == sorted(true_practices)
+    assert sorted((mapping[p], *site) for p, *site in practices) == sorted(true_practices)
     for table, (date, source) in COMPARED.items():
         # genomic calls are measurements here (OHDSI G-CDM convention) but live in variants.parquet in the truth,
         # NMR and LC-MS values (Nightingale and ChEBI source concepts) in metabolomics/mztab.parquet: compared below

@@ -22,7 +22,7 @@ from mercia.synth.population import nhs_check_digits
 
 REGION_PERSONS = 2_000  # as in conftest.py
 
-FHIR_TYPES = ["Patient", "EpisodeOfCare", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure"]
+FHIR_TYPES = ["Organization", "Patient", "EpisodeOfCare", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure"]
 
 
 def _errors(out: Path):
