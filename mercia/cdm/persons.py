@@ -52,14 +52,17 @@ def rebuild_person_rows(store: Store, person_ids: pa.Table) -> None:
               AND person_id IN (SELECT person_id FROM mercia_tmp_persons)
               AND lsoa NOT IN (SELECT location_source_value FROM location
                                WHERE location_source_value IS NOT NULL)) new_lsoa""",
-        # one site per registering practice: care_site_source_value = its ODS code (as an Organization's)
+        # one site per registering practice: care_site_source_value = its ODS code (as an Organization's),
+        # named as the practice is registered (mercia.services.sources) until an Organization names it
         f"""
-        INSERT INTO care_site (care_site_id, care_site_source_value, place_of_service_source_value)
-        SELECT {next_site} + row_number() OVER (ORDER BY org), org, 'Organization' FROM (
-            SELECT DISTINCT org FROM mercia_registration
-            WHERE person_id IN (SELECT person_id FROM mercia_tmp_persons)
-              AND org NOT IN (SELECT care_site_source_value FROM care_site
-                              WHERE care_site_source_value IS NOT NULL)) new_practice""",
+        INSERT INTO care_site (care_site_id, care_site_name, care_site_source_value, place_of_service_source_value)
+        SELECT {next_site} + row_number() OVER (ORDER BY new_practice.org), registered.name, new_practice.org,
+               'Organization'
+        FROM (SELECT DISTINCT org FROM mercia_registration
+              WHERE person_id IN (SELECT person_id FROM mercia_tmp_persons)
+                AND org NOT IN (SELECT care_site_source_value FROM care_site
+                                WHERE care_site_source_value IS NOT NULL)) new_practice
+        LEFT JOIN mercia_organisation registered ON registered.ods_code = new_practice.org""",
         """
         INSERT INTO person (person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth,
             birth_datetime, race_concept_id, ethnicity_concept_id, person_source_value, gender_source_value,

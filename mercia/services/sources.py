@@ -25,7 +25,8 @@ ODS_CODE = re.compile(r"^[A-Z0-9]{3,10}$")  # NHS ODS codes: 3 (trusts) to 6+ (p
 
 
 def register_organisation(store: Store, ods_code: str, name: str, kind: str | None = None) -> None:
-    """Add (or rename) an organisation that sends extracts.  Idempotent."""
+    """Add (or rename) an organisation that sends extracts, and name its care site if it has one without a
+    name (a practice whose registrations came before any Organization resource of it).  Idempotent."""
     code = ods_code.strip().upper()
     if not ODS_CODE.match(code):
         raise Invalid(f"{ods_code!r} is not an ODS code (3 to 10 capital letters and digits, e.g. RRK or M85001)")
@@ -36,6 +37,9 @@ def register_organisation(store: Store, ods_code: str, name: str, kind: str | No
         store.execute("DELETE FROM mercia_organisation WHERE ods_code = ?", [code])
         store.execute("INSERT INTO mercia_organisation VALUES (?, ?, ?, ?)",
                       [code, name.strip(), kind, dt.datetime.now(dt.UTC).replace(tzinfo=None)])
+        if store.table_exists("care_site"):
+            store.execute("UPDATE care_site SET care_site_name = ? WHERE care_site_source_value = ? "
+                          "AND care_site_name IS NULL", [name.strip(), code])
 
 
 def _regional_source(store: Store) -> dict[str, Any]:

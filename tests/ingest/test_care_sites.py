@@ -171,3 +171,21 @@ def test_a_csv_sites_entry_of_another_kind_is_a_mapping_error(tmp_path):
                        "x")
     with pytest.raises(MappingError, match="staff.csv sites\\[0\\]: kind 'Practitioner' is not one of Organization"):
         reader.read(tmp_path)
+
+
+def test_a_registering_practice_s_site_takes_its_registered_name_before_or_after_it_is_added(store, load,
+                                                                                            tmp_path):
+    """The name the data manager registered the practice under (data sources) names its unnamed site, whichever
+    comes first; a trust's later Organization does not rename it, the practice's own does."""
+    from mercia.services.sources import register_organisation
+
+    register_organisation(store, NEW_GP, "New Surgery")
+    load(store, "fhir", extract(tmp_path, "new", [patient("m", MOVER), registration("m", "2019-07-01")]), NEW_GP)
+    site_id = registered(store, load, tmp_path)
+    assert sites(store) == sorted([(site_id, OLD_GP, None), (site_id - 1, NEW_GP, "New Surgery")])
+
+    register_organisation(store, OLD_GP, "Old Surgery")
+    load(store, "fhir", extract(tmp_path, "trust", [organization(NEW_GP, "Newe Surgery")]), TRUST)
+    assert sites(store) == [(site_id - 1, NEW_GP, "New Surgery"), (site_id, OLD_GP, "Old Surgery")]
+    load(store, "fhir", extract(tmp_path, "own", [organization(NEW_GP, "The New Surgery")]), NEW_GP)
+    assert sites(store)[0] == (site_id - 1, NEW_GP, "The New Surgery")
