@@ -110,6 +110,37 @@ def grant(trial: str = TRIAL, member: str = typer.Option(..., "--user"), role: s
 
 
 @app.command()
+def revoke(trial: str = TRIAL, member: str = typer.Option(..., "--user"), role: str = typer.Option(..., "--role"),
+           site: str = typer.Option("", "--site"), reason: str = typer.Option(..., "--reason"),
+           db: DbOption = None, username: str = AS) -> None:
+    """End a user's role on the trial from now, with a reason (trial managers; never the last manager)."""
+    register, user = _context(db, username)
+    target = register.gov.user_by_name(member)
+    if target is None:
+        raise typer.BadParameter(f"no Mercia user {member!r}")
+    _run(lambda: register.revoke(user, trial, target.id, role, site, reason))
+    typer.echo(f"{member} is no longer {role}{' at ' + site if site else ''} on {trial}")
+
+
+@app.command()
+def team(trial: str = TRIAL, ended: bool = typer.Option(False, "--all", help="the whole delegation log, ended "
+                                                         "roles too (trial managers)"),
+         out: Path | None = typer.Option(None, "--out", help="write the log as CSV here (trial master file)"),
+         db: DbOption = None, username: str = AS, as_json: bool = JSON) -> None:
+    """Who holds which role at which site, since when and granted by whom (any team member); with --all the
+    delegation log's ended periods too."""
+    from mercia.trials.register import delegation_log_csv
+
+    register, user = _context(db, username)
+    rows = _run(lambda: register.team(user, trial, ended=ended))
+    if out is None:
+        _print(rows, as_json)
+        return
+    out.write_text(delegation_log_csv(rows))
+    typer.echo(f"wrote {len(rows)} rows to {out}")
+
+
+@app.command()
 def feasibility(trial: str = TRIAL, years: int = typer.Option(10, "--years"),
                 as_of: str | None = typer.Option(None, "--as-of"), consent: float = typer.Option(0.5, "--consent"),
                 screen_failure: float = typer.Option(0.3, "--screen-failure"),

@@ -33,7 +33,8 @@ IDENTITY_DDL = """CREATE TABLE IF NOT EXISTS mercia_reid_identity (
 
 def record_dissent(register: TrialRegister, actor: User, person_id: int) -> None:
     """Record that a patient does not want to be contacted about research (by any care-team member)."""
-    if not register.db.row("SELECT user_id FROM mercia_trial_role WHERE user_id = ? AND role = ?",
+    if not register.db.row("SELECT user_id FROM mercia_trial_role WHERE user_id = ? AND role = ? "
+                           "AND ended_at IS NULL",
                            [actor.id, TrialRole.CARE_TEAM.value]):
         raise Forbidden("only a patient's care team records their research-contact preference")
     with register.db.transaction():

@@ -7,6 +7,8 @@ project, and every later step checks that the project is still approved.  Every 
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
@@ -34,6 +36,20 @@ class TrialRole(StrEnum):
 
 SITE_ROLES = {TrialRole.SITE_INVESTIGATOR, TrialRole.RESEARCH_NURSE, TrialRole.CARE_TEAM,
               TrialRole.UNBLINDED_PHARMACIST}
+
+
+DELEGATION_LOG_COLUMNS = ["username", "display_name", "role", "site", "granted_at", "granted_by", "ended_at",
+                          "ended_by", "end_reason"]
+UNKNOWN_GRANT = "unknown (granted before the log was kept)"
+
+
+def delegation_log_csv(rows: list[dict[str, Any]]) -> str:
+    """The delegation log (``TrialRegister.team``) as CSV for the trial master file: one row per period."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=DELEGATION_LOG_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**r, "granted_at": r["granted_at"] or UNKNOWN_GRANT} for r in rows)
+    return out.getvalue()
 
 
 class TrialError(GovernanceError):
@@ -115,8 +131,7 @@ class TrialRegister:
                 "manual_criteria": orjson.dumps(list(manual_criteria)).decode(), "cohort_id": cohort_id,
                 "status": "open", "version": 1, "created_by": actor.username, "created_at": now()})
             self._insert_settings(trial_id, 1, settings, "initial settings", actor)
-            self.db.insert("mercia_trial_role", {"trial_id": trial_id, "user_id": actor.id,
-                                                 "role": TrialRole.TRIAL_MANAGER.value, "site": ""})
+            self._insert_role(trial_id, actor.id, TrialRole.TRIAL_MANAGER, "", actor)
             self.gov.audit.record(actor.username, "trial.create", f"trial:{trial_id}", project_id, title=title,
                                   sites=sites, sample_size=target, settings=settings.to_dict())
         return self.trial(trial_id)
@@ -160,7 +175,8 @@ class TrialRegister:
 
     def trials_for(self, user: User) -> list[Trial]:
         ids = [r["trial_id"] for r in self.db.rows(
-            "SELECT DISTINCT trial_id FROM mercia_trial_role WHERE user_id = ? ORDER BY trial_id", [user.id])]
+            "SELECT DISTINCT trial_id FROM mercia_trial_role WHERE user_id = ? AND ended_at IS NULL "
+            "ORDER BY trial_id", [user.id])]
         return [self.trial(t) for t in ids]
 
     def change_settings(self, actor: User, trial_id: str, settings: Settings | dict, *,
@@ -197,32 +213,78 @@ class TrialRegister:
             self.gov.audit.record(actor.username, "trial.close", f"trial:{trial_id}", trial.project_id)
         return self.trial(trial_id)
 
-    # -- roles -------------------------------------------------------------------------------
+    # -- roles: the delegation log ----------------------------------------------------------------
     def grant(self, actor: User, trial_id: str, user_id: int, role: TrialRole | str, site: str = "") -> None:
+        """Give ``user_id`` the role (at ``site`` for site roles) from now; holding it already changes nothing."""
+        self._delegate(actor, trial_id, user_id, role, site)
+
+    def revoke(self, actor: User, trial_id: str, user_id: int, role: TrialRole | str, site: str, reason: str) -> None:
+        """End the role held from now, with a reason: the period stays in the delegation log.  The last trial
+        manager's role is never ended (a trial always has one)."""
+        self._delegate(actor, trial_id, user_id, role, site, end_reason=reason)
+
+    def _delegate(self, actor: User, trial_id: str, user_id: int, role: TrialRole | str, site: str,
+                  end_reason: str | None = None) -> None:
+        """The one audited path of ``grant`` (``end_reason`` None) and ``revoke``: who may, and which role and
+        site are meant, are checked the same way for both."""
         trial = self.require(actor, trial_id, TrialRole.TRIAL_MANAGER)
-        role = TrialRole(role)
+        try:
+            role = TrialRole(role)
+        except ValueError:
+            raise TrialError(f"no trial role {role!r}: one of {', '.join(r.value for r in TrialRole)}") from None
         site = site.strip().upper()
         if role in SITE_ROLES and site not in trial.sites:
             raise TrialError(f"trial {trial_id}: role {role.value} needs one of the trial's sites "
                              f"({', '.join(trial.sites)}), not {site!r}")
         member = self.gov.user(user_id)
-        if role is TrialRole.CARE_TEAM and member.organisation != site:
-            raise TrialError(f"{member.username} works for {member.organisation or 'no organisation'}, not {site}: "
-                             "only the patient's own organisation's staff join its care team")
         site = site if role in SITE_ROLES else ""
+        held, key = ("trial_id = ? AND user_id = ? AND role = ? AND site = ? AND ended_at IS NULL",
+                     [trial_id, user_id, role.value, site])
+        at = f" at {site}" if site else ""
         with self.db.transaction():
-            if not self.db.row("SELECT user_id FROM mercia_trial_role WHERE trial_id = ? AND user_id = ? AND role = ? "
-                               "AND site = ?", [trial_id, user_id, role.value, site]):
-                self.db.insert("mercia_trial_role", {"trial_id": trial_id, "user_id": user_id, "role": role.value,
-                                                     "site": site})
-            self.gov.audit.record(actor.username, "trial.grant_role", f"trial:{trial_id}", trial.project_id,
-                                  member=member.username, role=role.value, site=site)
+            active = self.db.row(f"SELECT user_id FROM mercia_trial_role WHERE {held}", key)
+            if end_reason is None:
+                if role is TrialRole.CARE_TEAM and member.organisation != site:
+                    raise TrialError(f"{member.username} works for {member.organisation or 'no organisation'}, "
+                                     f"not {site}: only the patient's own organisation's staff join its care team")
+                if not active:
+                    self._insert_role(trial_id, user_id, role, site, actor)
+                self.gov.audit.record(actor.username, "trial.grant_role", f"trial:{trial_id}", trial.project_id,
+                                      member=member.username, role=role.value, site=site)
+                return
+            if not end_reason.strip():
+                raise TrialError(f"trial {trial_id}: say why {member.username}'s role {role.value}{at} ends")
+            if not active:
+                raise TrialError(f"trial {trial_id}: {member.username} does not hold the role {role.value}{at}")
+            if role is TrialRole.TRIAL_MANAGER and self.managers(trial_id) == [user_id]:
+                raise Conflict(f"trial {trial_id}: {member.username} is its last trial manager, and a trial always "
+                               "has one; grant the role to someone else first")
+            self.db.execute(f"UPDATE mercia_trial_role SET ended_at = ?, ended_by = ?, end_reason = ? WHERE {held}",
+                            [now(), actor.username, end_reason.strip(), *key])
+            self.gov.audit.record(actor.username, "trial.revoke_role", f"trial:{trial_id}", trial.project_id,
+                                  member=member.username, role=role.value, site=site, reason=end_reason.strip())
+
+    def _insert_role(self, trial_id: str, user_id: int, role: TrialRole, site: str, actor: User) -> None:
+        self.db.insert("mercia_trial_role", {"trial_id": trial_id, "user_id": user_id, "role": role.value,
+                                             "site": site, "granted_at": now(), "granted_by": actor.username})
+
+    def team(self, actor: User, trial_id: str, *, ended: bool = False) -> list[dict[str, Any]]:
+        """The delegation log: who holds (held, with ``ended``) which role at which site, from when until when,
+        granted and ended by whom, and why it ended; ``granted_at`` None for a role granted before the log
+        was kept.  Any member of the team sees who holds a role now; the ended periods (with their reasons)
+        are for trial managers."""
+        self.require(actor, trial_id, *((TrialRole.TRIAL_MANAGER,) if ended else TrialRole))
+        return self.db.rows(f"""SELECT u.username, u.display_name, r.role, r.site, r.granted_at, r.granted_by,
+                                       r.ended_at, r.ended_by, r.end_reason
+                                FROM mercia_trial_role r JOIN mercia_user u ON u.id = r.user_id
+                                WHERE r.trial_id = ? {'' if ended else 'AND r.ended_at IS NULL'}
+                                ORDER BY u.username, r.role, r.site, r.granted_at NULLS FIRST""", [trial_id])
 
     def roles(self, user: User, trial_id: str) -> dict[TrialRole, set[str]]:
-        """The user's roles on the trial, each with its sites ('' for trial-wide roles)."""
+        """The roles the user holds on the trial now (not ended), each with its sites ('' for trial-wide roles)."""
         found: dict[TrialRole, set[str]] = {}
-        for r in self.db.rows("SELECT role, site FROM mercia_trial_role WHERE trial_id = ? AND user_id = ?",
-                              [trial_id, user.id]):
+        for r in self.db.rows("SELECT role, site FROM mercia_trial_role WHERE trial_id = ? AND user_id = ? "
+                              "AND ended_at IS NULL", [trial_id, user.id]):
             found.setdefault(TrialRole(r["role"]), set()).add(r["site"])
         return found
 
@@ -246,5 +308,6 @@ class TrialRegister:
 
     def managers(self, trial_id: str) -> list[int]:
         return [int(r["user_id"]) for r in self.db.rows(
-            "SELECT user_id FROM mercia_trial_role WHERE trial_id = ? AND role = ?",
+            "SELECT user_id FROM mercia_trial_role WHERE trial_id = ? AND role = ? AND ended_at IS NULL "
+            "ORDER BY user_id",
             [trial_id, TrialRole.TRIAL_MANAGER.value])]

@@ -48,9 +48,16 @@ TABLES: dict[str, str] = {
 # Columns added after a table was first released: ``ensure_trial_tables`` adds them to existing stores, and new
 # stores get them the same way (as governance's ``ADDED_COLUMNS``).  When a notification was read (NULL:
 # unread), and when a duplicate enrolment record's notification was raised (mercia.trials.notifications).
+# The delegation log: each trial role's period, from its grant (by whom) to its end (by whom, why); NULL
+# ``ended_at``: the role is held.  A role granted before the log has no ``granted_at``/``granted_by`` (unknown).
 ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("mercia_trial_notification", "read_at", "TEXT"),
     (TRIAL_DUPLICATE_TABLE, "notified_at", "TEXT"),
+    ("mercia_trial_role", "granted_at", "TEXT"),
+    ("mercia_trial_role", "granted_by", "TEXT"),
+    ("mercia_trial_role", "ended_at", "TEXT"),
+    ("mercia_trial_role", "ended_by", "TEXT"),
+    ("mercia_trial_role", "end_reason", "TEXT"),
 ]
 
 

@@ -122,6 +122,50 @@ def grant_role(trial_id: str, request: Request, caller: Caller = Depends(signed_
     return redirect(f"/trials/{trial_id}", f"{member.display_name} added to the team")
 
 
+@router.get("/trials/{trial_id}/team", response_class=HTMLResponse)
+def team_page(trial_id: str, request: Request, caller: Caller = Depends(signed_in)):
+    """The delegation log (as the API): who holds which role now for any team member; for trial managers
+    also the ended periods, and a form per held role to end it."""
+    from mercia.trials.register import TrialRole
+
+    state, register = _register(request)
+    with state.lock:
+        trial = register.require(caller.user, trial_id, *TrialRole)
+        manager = TrialRole.TRIAL_MANAGER in register.roles(caller.user, trial_id)
+        rows = register.team(caller.user, trial_id, ended=manager)
+    return render(request, "trials_team.html", caller, trial=trial, manager=manager,
+                  held=[r for r in rows if r["ended_at"] is None], ended=[r for r in rows if r["ended_at"]])
+
+
+@router.post("/trials/{trial_id}/team/end")
+def end_role(trial_id: str, request: Request, caller: Caller = Depends(signed_in), form: dict = Depends(form_data)):
+    """End a held role from now, with a reason (trial managers), through the service the API calls."""
+    from mercia.trials.register import TrialError
+
+    state, register = _register(request)
+    username = form.get("username", "")
+    with state.lock:
+        member = state.gov.user_by_name(username)
+        if member is None:
+            raise TrialError(f"no Mercia user {username!r}")
+        register.revoke(caller.user, trial_id, member.id, form.get("role", ""), form.get("site", ""),
+                        form.get("reason", ""))
+    role = form.get("role", "").replace("_", " ")
+    return redirect(f"/trials/{urlquote(trial_id)}/team", f"{member.display_name}'s role {role} ended")
+
+
+@router.get("/trials/{trial_id}/team.csv")
+def team_csv(trial_id: str, request: Request, caller: Caller = Depends(signed_in)):
+    """The whole delegation log as CSV for the trial master file (trial managers)."""
+    from mercia.trials.register import delegation_log_csv
+
+    state, register = _register(request)
+    with state.lock:
+        rows = register.team(caller.user, trial_id, ended=True)
+    return Response(delegation_log_csv(rows), media_type="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{trial_id}-delegation-log.csv"'})
+
+
 @router.post("/trials/{trial_id}/participants/{person_id}/status")
 def record_status(trial_id: str, person_id: int, request: Request, caller: Caller = Depends(signed_in),
                   form: dict = Depends(form_data)):

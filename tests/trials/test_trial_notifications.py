@@ -52,7 +52,7 @@ def test_an_unblinding_is_listed_for_each_manager_only_while_they_hold_a_role(te
         notifications.for_user(p["researcher"], T)                     # no role: the trial is not revealed
     with pytest.raises(NotFound):
         notifications.for_user(p["manager"], "ISRCTN00000000")
-    world.store.execute("DELETE FROM mercia_trial_role WHERE user_id = ?", [p["lead"].id])   # left the team
+    world.register.revoke(p["manager"], T, p["lead"].id, TrialRole.TRIAL_MANAGER, "", "left the team")
     with pytest.raises(NotFound):
         notifications.for_user(p["lead"], T)
     with pytest.raises(NotFound):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from mercia.api.auth import current_user
@@ -46,6 +46,10 @@ class RoleGrant(BaseModel):
     role: str = Field(..., pattern="^(trial_manager|site_investigator|research_nurse|statistician|"
                                    "unblinded_pharmacist|care_team)$")
     site: str = Field("", max_length=20)
+
+
+class RoleEnd(RoleGrant):
+    reason: str = Field(..., min_length=1, max_length=500, description="why the role ends (in the delegation log)")
 
 
 class StatusUpdate(BaseModel):
@@ -128,6 +132,36 @@ def grant_role(trial_id: str, body: RoleGrant, request: Request, user: User = De
     with state.lock:
         register.grant(user, trial_id, body.user_id, body.role, body.site)
     return {"trial_id": trial_id, **body.model_dump()}
+
+
+@router.post("/{trial_id}/roles/end", summary="End someone's role on the trial from now, with a reason (trial "
+             "managers; never the last manager)")
+def end_role(trial_id: str, body: RoleEnd, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    state, register, _ = _services(request)
+    with state.lock:
+        register.revoke(user, trial_id, body.user_id, body.role, body.site, body.reason)
+    return {"trial_id": trial_id, **body.model_dump()}
+
+
+@router.get("/{trial_id}/team", summary="The delegation log: who holds which role, from when, granted by whom (any "
+            "team member); all=true adds the ended periods (trial managers)")
+def team(trial_id: str, request: Request, ended: bool = Query(False, alias="all"),
+         user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    state, register, _ = _services(request)
+    with state.lock:
+        return register.team(user, trial_id, ended=ended)
+
+
+@router.get("/{trial_id}/team.csv", summary="The whole delegation log as CSV, for the trial master file (trial "
+            "managers)")
+def team_csv(trial_id: str, request: Request, user: User = Depends(current_user)) -> Response:
+    from mercia.trials.register import delegation_log_csv
+
+    state, register, _ = _services(request)
+    with state.lock:
+        rows = register.team(user, trial_id, ended=True)
+    return Response(delegation_log_csv(rows), media_type="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{trial_id}-delegation-log.csv"'})
 
 
 @router.get("/{trial_id}/feasibility", summary="Newly eligible per site and month, pool, projection (controlled)")

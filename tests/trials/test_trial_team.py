@@ -1,0 +1,249 @@
+"""The trial team and its delegation log: a trial manager ends a role with a reason (audited, never the
+last manager's), the period stays in the log, granting again starts a new one; every access path then
+refuses the member.  The service on both engines; the API, web pages and command line on DuckDB."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from mercia.cdm import Store
+from mercia.cli import app
+from mercia.governance import Conflict, Forbidden, NotFound
+from mercia.services.state import ServerOptions
+from mercia.trials.prescreen import worklist
+from mercia.trials.register import DELEGATION_LOG_COLUMNS, UNKNOWN_GRANT, TrialError, TrialRegister, TrialRole
+from mercia.web.app import create_app
+
+from .conftest import SITE_A, SITE_B
+
+T = "ISRCTN12345678"
+NEW_COLUMNS = ("granted_at", "granted_by", "ended_at", "ended_by", "end_reason")
+
+
+def periods(world, username: str) -> list[tuple]:
+    return [(r["role"], r["site"], r["granted_by"], r["ended_by"], r["end_reason"])
+            for r in world.register.team(world.people["manager"], T, ended=True) if r["username"] == username]
+
+
+def test_an_ended_role_is_refused_everywhere_kept_in_the_log_and_granted_again_as_a_new_period(world):
+    p, register = world.people, world.register
+    worklist(register, p["nurse_a"], T, SITE_A)
+    register.revoke(p["manager"], T, p["nurse_a"].id, "research_nurse", SITE_A.lower(), " left the practice ")
+
+    with pytest.raises(NotFound):                                  # no role left: the trial is not revealed
+        register.require(p["nurse_a"], T, *TrialRole)
+    with pytest.raises(NotFound):
+        worklist(register, p["nurse_a"], T, SITE_A)
+    assert register.roles(p["nurse_a"], T) == {} and register.trials_for(p["nurse_a"]) == []
+    [entry] = world.gov.audit.search(action="trial.revoke_role")
+    assert (entry["actor"], entry["target"]) == ("manager", f"trial:{T}")
+    assert {k: entry["detail"][k] for k in ("member", "role", "site", "reason")} == {
+        "member": "nurse_a", "role": "research_nurse", "site": SITE_A, "reason": "left the practice"}
+
+    register.grant(p["manager"], T, p["nurse_a"].id, TrialRole.RESEARCH_NURSE, SITE_A)
+    register.grant(p["manager"], T, p["nurse_a"].id, TrialRole.RESEARCH_NURSE, SITE_A)   # held: no second row
+    assert register.roles(p["nurse_a"], T) == {TrialRole.RESEARCH_NURSE: {SITE_A}}
+    assert periods(world, "nurse_a") == [("research_nurse", SITE_A, "manager", "manager", "left the practice"),
+                                         ("research_nurse", SITE_A, "manager", None, None)]
+    first, second = [r for r in register.team(p["manager"], T, ended=True) if r["username"] == "nurse_a"]
+    assert first["granted_at"] <= first["ended_at"] <= second["granted_at"] and second["ended_at"] is None
+
+
+def test_the_last_manager_stays_and_a_manager_may_leave_when_another_remains(world):
+    p, register = world.people, world.register
+    with pytest.raises(Conflict, match="manager is its last trial manager, and a trial always has one"):
+        register.revoke(p["manager"], T, p["manager"].id, TrialRole.TRIAL_MANAGER, "", "moving on")
+    assert register.managers(T) == [p["manager"].id]
+
+    register.grant(p["manager"], T, p["lead"].id, TrialRole.TRIAL_MANAGER)
+    register.revoke(p["manager"], T, p["manager"].id, TrialRole.TRIAL_MANAGER, "", "moving on")
+    assert register.managers(T) == [p["lead"].id]
+    with pytest.raises(NotFound):
+        register.require(p["manager"], T, TrialRole.TRIAL_MANAGER)
+    with pytest.raises(Conflict, match="lead is its last trial manager"):
+        register.revoke(p["lead"], T, p["lead"].id, TrialRole.TRIAL_MANAGER, "", "also moving on")
+
+
+def test_refusals_name_the_problem_and_change_nothing(world):
+    p, register = world.people, world.register
+    before = register.team(p["manager"], T, ended=True)
+    with pytest.raises(Forbidden, match="needs the role trial_manager"):
+        register.revoke(p["pi_a"], T, p["nurse_a"].id, TrialRole.RESEARCH_NURSE, SITE_A, "x")
+    with pytest.raises(TrialError, match="no trial role 'nurse'"):
+        register.revoke(p["manager"], T, p["nurse_a"].id, "nurse", SITE_A, "x")
+    with pytest.raises(TrialError, match="needs one of the trial's sites .* not 'Z99999'"):
+        register.revoke(p["manager"], T, p["nurse_a"].id, TrialRole.RESEARCH_NURSE, "Z99999", "x")
+    with pytest.raises(NotFound, match="no user with id 999999"):
+        register.revoke(p["manager"], T, 999999, TrialRole.RESEARCH_NURSE, SITE_A, "x")
+    with pytest.raises(TrialError, match=f"nurse_a does not hold the role research_nurse at {SITE_B}"):
+        register.revoke(p["manager"], T, p["nurse_a"].id, TrialRole.RESEARCH_NURSE, SITE_B, "x")
+    with pytest.raises(TrialError, match="stats does not hold the role trial_manager"):
+        register.revoke(p["manager"], T, p["stats"].id, TrialRole.TRIAL_MANAGER, "", "x")
+    with pytest.raises(TrialError, match="say why nurse_a's role research_nurse at A81001 ends"):
+        register.revoke(p["manager"], T, p["nurse_a"].id, TrialRole.RESEARCH_NURSE, SITE_A, "  ")
+    assert register.team(p["manager"], T, ended=True) == before
+    assert world.gov.audit.search(action="trial.revoke_role") == []
+
+
+def test_the_team_shows_who_holds_a_role_to_members_and_the_whole_log_to_managers(world):
+    p, register = world.people, world.register
+    register.revoke(p["manager"], T, p["pharm"].id, TrialRole.UNBLINDED_PHARMACIST, SITE_A, "end of contract")
+    shown = register.team(p["nurse_a"], T)
+    assert [(r["username"], r["role"], r["site"]) for r in shown] == [
+        ("gp_a", "care_team", SITE_A), ("gp_b", "care_team", SITE_B), ("manager", "trial_manager", ""),
+        ("nurse_a", "research_nurse", SITE_A), ("pi_a", "site_investigator", SITE_A), ("stats", "statistician", "")]
+    assert all(r["granted_by"] == "manager" and r["granted_at"] and r["ended_at"] is None for r in shown)
+    with pytest.raises(Forbidden):
+        register.team(p["nurse_a"], T, ended=True)                 # ended periods and reasons: managers only
+    with pytest.raises(NotFound):
+        register.team(p["researcher"], T)
+    assert periods(world, "pharm") == [("unblinded_pharmacist", SITE_A, "manager", "manager", "end of contract")]
+
+
+def test_a_store_made_before_the_delegation_log_still_works(world):
+    """Drop the added columns, as a store of the release before had its role table: opening the trials again
+    adds them; the roles granted back then are held, from an unknown time, and can be ended."""
+    p = world.people
+    for column in NEW_COLUMNS:
+        world.store.execute(f"ALTER TABLE mercia_trial_role DROP COLUMN {column}")
+
+    register = TrialRegister(world.store, world.gov)
+    assert register.roles(p["nurse_a"], T) == {TrialRole.RESEARCH_NURSE: {SITE_A}}
+    old = [r for r in register.team(p["manager"], T, ended=True) if r["username"] == "nurse_a"]
+    assert [(r["granted_at"], r["granted_by"], r["ended_at"]) for r in old] == [(None, None, None)]
+    register.revoke(p["manager"], T, p["nurse_a"].id, TrialRole.RESEARCH_NURSE, SITE_A, "left")
+    with pytest.raises(NotFound):
+        register.require(p["nurse_a"], T, *TrialRole)
+    assert periods(world, "nurse_a") == [("research_nurse", SITE_A, None, "manager", "left")]
+
+
+# -- the API, web pages and command line (DuckDB) --------------------------------------------------------
+def _log(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.mark.parametrize("engine", ["duckdb"])
+def test_api_ends_a_role_lists_the_team_and_exports_the_log(world, monkeypatch):
+    monkeypatch.setenv("MERCIA_RANDOMISATION_KEY", "team-test-key-team-test-key-0123456789")
+    p = world.people
+    client = TestClient(create_app(world.store, ServerOptions(secure_cookies=True, job_workers=1)),
+                        base_url="https://testserver")
+
+    def as_user(name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {world.gov.create_token(p[name], 'test')[1]}"}
+
+    base = f"/api/v1/trials/{T}"
+    end = {"user_id": p["nurse_a"].id, "role": "research_nurse", "site": SITE_A, "reason": "left the practice"}
+    with client:
+        nurse = as_user("nurse_a")
+        assert client.get(f"{base}/worklist", params={"site": SITE_A}, headers=nurse).status_code == 200
+        assert client.post(f"{base}/roles/end", json=end, headers=as_user("pi_a")).status_code == 403
+        assert client.post(f"{base}/roles/end", json={**end, "reason": ""}, headers=as_user("manager")).status_code \
+            == 422
+        last = client.post(f"{base}/roles/end", json={**end, "user_id": p["manager"].id, "role": "trial_manager",
+                                                      "site": ""}, headers=as_user("manager"))
+        assert last.status_code == 409 and "last trial manager" in last.json()["detail"]
+        assert [r["username"] for r in client.get(f"{base}/team", headers=nurse).json()].count("nurse_a") == 1
+        assert client.get(f"{base}/team", params={"all": True}, headers=nurse).status_code == 403
+        assert client.get(f"{base}/team.csv", headers=nurse).status_code == 403
+
+        assert client.post(f"{base}/roles/end", json=end, headers=as_user("manager")).status_code == 200
+        assert client.get(f"{base}/worklist", params={"site": SITE_A}, headers=nurse).status_code == 404
+        assert client.get(f"{base}/team", headers=nurse).status_code == 404
+        held = client.get(f"{base}/team", headers=as_user("manager")).json()
+        assert "nurse_a" not in [r["username"] for r in held]
+        everyone = client.get(f"{base}/team", params={"all": True}, headers=as_user("manager")).json()
+        assert [r["end_reason"] for r in everyone if r["username"] == "nurse_a"] == ["left the practice"]
+        exported = client.get(f"{base}/team.csv", headers=as_user("manager"))
+    assert exported.status_code == 200 and exported.headers["content-type"].startswith("text/csv")
+    assert f'filename="{T}-delegation-log.csv"' in exported.headers["content-disposition"]
+    rows = _log(exported.text)
+    assert list(rows[0]) == DELEGATION_LOG_COLUMNS == ["username", "display_name", "role", "site", "granted_at",
+                                                      "granted_by", "ended_at", "ended_by", "end_reason"]
+    [ended] = [r for r in rows if r["username"] == "nurse_a"]
+    assert (ended["role"], ended["site"], ended["granted_by"], ended["ended_by"], ended["end_reason"]) == (
+        "research_nurse", SITE_A, "manager", "manager", "left the practice") and ended["ended_at"]
+
+
+@pytest.mark.parametrize("engine", ["duckdb"])
+def test_web_team_page_and_end_role_form(world):
+    p = world.people
+    client = TestClient(create_app(world.store, ServerOptions(secure_cookies=False, job_workers=1)),
+                        base_url="http://testserver")
+
+    def sign_in(name: str) -> str:
+        token, csrf = world.gov.start_session(p[name])
+        client.cookies.set("mercia_session", token)
+        return csrf
+
+    page, action = f"/trials/{T}/team", f"/trials/{T}/team/end"
+    end = {"username": "nurse_a", "role": "research_nurse", "site": SITE_A, "reason": "left the practice"}
+    with client:
+        csrf = sign_in("pi_a")
+        assert 'href="/trials/ISRCTN12345678/team"' in client.get(f"/trials/{T}").text
+        listing = client.get(page)
+        assert listing.status_code == 200 and "Nurse_A (nurse_a)" in listing.text
+        assert "End this role" not in listing.text and "team.csv" not in listing.text and "Ended (" not in listing.text
+        assert client.post(action, data={"csrf_token": csrf, **end}).status_code == 403          # not a manager
+        assert client.get(f"{page}.csv").status_code == 403
+
+        csrf = sign_in("manager")
+        listing = client.get(page)
+        assert listing.text.count("End this role</button>") == 7 and "No role has ended" in listing.text
+        assert client.post(action, data=end).status_code == 403                                  # no CSRF token
+        unknown = client.post(action, data={"csrf_token": csrf, **end, "username": "nobody"})
+        assert unknown.status_code == 400 and "no Mercia user &#39;nobody&#39;" in unknown.text
+        assert world.register.roles(p["nurse_a"], T) == {TrialRole.RESEARCH_NURSE: {SITE_A}}
+        done = client.post(action, data={"csrf_token": csrf, **end})
+        assert done.status_code == 200 and "Nurse_A&#39;s role research nurse ended" in done.text
+        assert "left the practice" in done.text and done.text.count("End this role</button>") == 6
+        rows = _log(client.get(f"{page}.csv").text)
+        assert [r["end_reason"] for r in rows if r["username"] == "nurse_a"] == ["left the practice"]
+
+        sign_in("nurse_a")
+        assert client.get(f"/trials/{T}").status_code == 404
+        assert client.get(f"/trials/{T}/worklist", params={"site": SITE_A}).status_code == 404
+        assert client.get(page).status_code == 404
+
+
+@pytest.mark.parametrize("engine", ["duckdb"])
+def test_cli_revokes_lists_the_team_and_writes_the_log(world, tmp_path):
+    runner = CliRunner()
+    world.store.close()
+    db = ["--db", world.store.location]
+
+    def cli(*args: str):
+        return runner.invoke(app, ["trials", *args, *db])
+
+    refused = cli("revoke", "--trial", T, "--user", "nurse_a", "--role", "research_nurse", "--site", SITE_A,
+                  "--reason", "left", "--as", "pi_a")
+    assert refused.exit_code == 1 and "needs the role trial_manager" in refused.output
+    last = cli("revoke", "--trial", T, "--user", "manager", "--role", "trial_manager", "--reason", "x",
+               "--as", "manager")
+    assert last.exit_code == 1 and "last trial manager" in last.output
+    done = cli("revoke", "--trial", T, "--user", "nurse_a", "--role", "research_nurse", "--site", SITE_A,
+               "--reason", "left the practice", "--as", "manager")
+    assert done.exit_code == 0 and f"nurse_a is no longer research_nurse at {SITE_A}" in done.output, done.output
+    gone = cli("worklist", "--trial", T, "--site", SITE_A, "--as", "nurse_a")
+    assert gone.exit_code == 1 and f"refused: no trial '{T}'" in gone.output
+
+    held = orjson.loads(cli("team", "--trial", T, "--json", "--as", "stats").stdout)
+    assert "nurse_a" not in [r["username"] for r in held] and len(held) == 6
+    assert cli("team", "--trial", T, "--all", "--as", "stats").exit_code == 1
+    out = tmp_path / "log.csv"
+    written = cli("team", "--trial", T, "--all", "--out", str(out), "--as", "manager")
+    assert written.exit_code == 0 and "wrote 7 rows" in written.output, written.output
+    rows = _log(out.read_text())
+    assert list(rows[0]) == DELEGATION_LOG_COLUMNS
+    assert [(r["username"], r["end_reason"]) for r in rows if r["ended_at"]] == [("nurse_a", "left the practice")]
+    assert UNKNOWN_GRANT not in out.read_text()
+    with Store(world.store.location) as store:      # a role from before the log: its start shows as unknown
+        store.execute("UPDATE mercia_trial_role SET granted_at = NULL, granted_by = NULL WHERE role = 'statistician'")
+    rows = _log((cli("team", "--trial", T, "--out", str(out), "--as", "manager"), out.read_text())[1])
+    assert [(r["granted_at"], r["granted_by"]) for r in rows if r["username"] == "stats"] == [(UNKNOWN_GRANT, "")]
