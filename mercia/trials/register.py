@@ -226,22 +226,23 @@ class TrialRegister:
     def _delegate(self, actor: User, trial_id: str, user_id: int, role: TrialRole | str, site: str,
                   end_reason: str | None = None) -> None:
         """The one audited path of ``grant`` (``end_reason`` None) and ``revoke``: who may, and which role and
-        site are meant, are checked the same way for both."""
-        trial = self.require(actor, trial_id, TrialRole.TRIAL_MANAGER)
-        try:
-            role = TrialRole(role)
-        except ValueError:
-            raise TrialError(f"no trial role {role!r}: one of {', '.join(r.value for r in TrialRole)}") from None
-        site = site.strip().upper()
-        if role in SITE_ROLES and site not in trial.sites:
-            raise TrialError(f"trial {trial_id}: role {role.value} needs one of the trial's sites "
-                             f"({', '.join(trial.sites)}), not {site!r}")
-        member = self.gov.user(user_id)
-        site = site if role in SITE_ROLES else ""
-        held, key = ("trial_id = ? AND user_id = ? AND role = ? AND site = ? AND ended_at IS NULL",
-                     [trial_id, user_id, role.value, site])
-        at = f" at {site}" if site else ""
-        with self.db.transaction():
+        site are meant, are checked the same way for both.  The checks and the write run alone per trial (two
+        servers, or a server and the CLI): two managers ending each other's role at once leave one."""
+        with self.db.transaction(), self.db.store.exclusive(f"trial_team_{trial_id}", reads=["mercia_trial_role"]):
+            trial = self.require(actor, trial_id, TrialRole.TRIAL_MANAGER)
+            try:
+                role = TrialRole(role)
+            except ValueError:
+                raise TrialError(f"no trial role {role!r}: one of {', '.join(r.value for r in TrialRole)}") from None
+            site = site.strip().upper()
+            if role in SITE_ROLES and site not in trial.sites:
+                raise TrialError(f"trial {trial_id}: role {role.value} needs one of the trial's sites "
+                                 f"({', '.join(trial.sites)}), not {site!r}")
+            member = self.gov.user(user_id)
+            site = site if role in SITE_ROLES else ""
+            held, key = ("trial_id = ? AND user_id = ? AND role = ? AND site = ? AND ended_at IS NULL",
+                         [trial_id, user_id, role.value, site])
+            at = f" at {site}" if site else ""
             active = self.db.row(f"SELECT user_id FROM mercia_trial_role WHERE {held}", key)
             if end_reason is None:
                 if role is TrialRole.CARE_TEAM and member.organisation != site:

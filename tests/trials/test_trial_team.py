@@ -70,6 +70,33 @@ def test_the_last_manager_stays_and_a_manager_may_leave_when_another_remains(wor
         register.revoke(p["lead"], T, p["lead"].id, TrialRole.TRIAL_MANAGER, "", "also moving on")
 
 
+@pytest.mark.parametrize("engine", ["postgres"])
+def test_two_managers_leaving_at_once_leave_one(world):
+    """Two connections (two servers): while manager's own role has ended, not yet committed, lead ending their
+    own waits for it, then finds themselves the last manager and is refused: the trial keeps one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import postgres_url
+
+    p = world.people
+    world.register.grant(p["manager"], T, p["lead"].id, TrialRole.TRIAL_MANAGER)
+    other = Store(postgres_url(), schema=world.store.schema)
+    try:
+        second = TrialRegister(other)
+        with ThreadPoolExecutor(1) as pool:
+            with world.register.db.transaction():
+                world.register.revoke(p["manager"], T, p["manager"].id, TrialRole.TRIAL_MANAGER, "", "moving on")
+                racing = pool.submit(second.revoke, p["lead"], T, p["lead"].id, TrialRole.TRIAL_MANAGER, "",
+                                     "moving on too")
+                with pytest.raises(TimeoutError):
+                    racing.result(timeout=1)                   # waits for the first to commit
+            with pytest.raises(Conflict, match="lead is its last trial manager"):
+                racing.result(timeout=30)
+    finally:
+        other.close()
+    assert world.register.managers(T) == [p["lead"].id]
+
+
 def test_refusals_name_the_problem_and_change_nothing(world):
     p, register = world.people, world.register
     before = register.team(p["manager"], T, ended=True)
