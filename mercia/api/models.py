@@ -81,6 +81,10 @@ class Withdrawal(Body):
     reason: str = Field(..., min_length=1, max_length=2000)
 
 
+class MemberRemoval(Body):
+    reason: str = Field(..., min_length=1, max_length=2000)
+
+
 class LayReviewSetting(Body):
     required: bool
 

@@ -257,6 +257,42 @@ class Projects:
                               member=member.username, project_role=project_role)
             self._back_for_decision(actor, project_id, "membership changed")
 
+    def remove_member(self, actor: User, project_id: int, user_id: int, reason: str) -> None:
+        """Take someone off a project, from now: whoever may add members (the lead while in draft,
+        governance at any time), or the member themselves.  Never the last lead, who answers for the
+        project.  The row is deleted; the audit log (``project.remove_member``) keeps who, when and why."""
+        if not self.may_remove_member(actor, self.project(project_id), user_id):
+            raise Forbidden("members are removed by the project lead while in draft, later by governance, "
+                            "or by themselves")
+        if not reason.strip():
+            raise GovernanceError("say why the member leaves the project")
+        member = self.identity.user(user_id)
+        with self.db.transaction():
+            # Claim the project so that two leads leaving at the same moment cannot leave it without one.
+            self.db.execute("UPDATE mercia_project SET status = status WHERE id = ?", [project_id])
+            project_role = self.db.scalar("SELECT project_role FROM mercia_project_member "
+                                          "WHERE project_id = ? AND user_id = ?", [project_id, user_id])
+            if project_role is None:
+                raise NotFound(f"{member.username} is not a member of project {project_id}")
+            if project_role == "lead" and self.db.scalar(
+                    "SELECT count(*) FROM mercia_project_member WHERE project_id = ? AND project_role = 'lead'",
+                    [project_id]) == 1:
+                raise Conflict(f"{member.username} is project {project_id}'s only lead: add another lead first")
+            self.db.execute("DELETE FROM mercia_project_member WHERE project_id = ? AND user_id = ?",
+                            [project_id, user_id])
+            self.audit.record(actor.username, "project.remove_member", f"project:{project_id}", project_id,
+                              member=member.username, project_role=project_role, reason=reason.strip())
+
+    @staticmethod
+    def may_remove_member(actor: User, project: Project, user_id: int) -> bool:
+        lead_editing_draft = actor.id in project.lead_ids and project.status is ProjectStatus.DRAFT
+        return lead_editing_draft or actor.id == user_id or actor.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN)
+
+    def removable_members(self, actor: User, project: Project) -> list[int]:
+        """The members ``actor`` may take off ``project`` (the project page offers these): never its only lead."""
+        only_lead = project.lead_ids if len(project.lead_ids) == 1 else []
+        return [uid for uid in project.members if uid not in only_lead and self.may_remove_member(actor, project, uid)]
+
     def _back_for_decision(self, actor: User, project_id: int, why: str) -> None:
         """An approved (or expired) project returns to 'submitted' with its approvals cleared."""
         reopened = self.db.scalar(

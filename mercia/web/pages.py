@@ -371,6 +371,7 @@ def _project_page(request: Request, caller: Caller, project_id: int, status_code
                   candidates=[u for u in state.gov.users() if u["id"] not in project.members]
                   if user.id in project.lead_ids and project.status is ProjectStatus.DRAFT else [],
                   themes=state.gov.themes(), can_lay_review=state.gov.can_lay_review(user, project),
+                  removable=state.gov.removable_members(user, project),
                   can_withdraw=project.status is not ProjectStatus.WITHDRAWN and (
                       user.id in project.lead_ids or user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN)),
                   **extra)
@@ -393,6 +394,17 @@ def add_member(project_id: int, request: Request, caller: Caller = Depends(signe
         raise GovernanceError(f"no user called {form.get('username', '')!r}")
     gov.add_member(caller.user, project_id, member.id, "member")
     return redirect(f"/projects/{project_id}", f"{member.display_name} added.")
+
+
+@router.post("/projects/{project_id}/members/{user_id}/remove")
+def remove_member(project_id: int, user_id: int, request: Request, caller: Caller = Depends(signed_in),
+                  form: dict[str, str] = Depends(form_data)):
+    gov = state_of(request).gov
+    gov.visible_project(caller.user, project_id)
+    gov.remove_member(caller.user, project_id, user_id, form.get("reason", ""))
+    if user_id == caller.user.id:
+        return redirect("/projects", f"You have left project {project_id}: its data is closed to you.")
+    return redirect(f"/projects/{project_id}", "Removed from the project: their access to its data has ended.")
 
 
 @router.post("/projects/{project_id}/decision", response_class=HTMLResponse)

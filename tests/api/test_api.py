@@ -178,6 +178,23 @@ def test_project_lifecycle_over_api(world):
     assert {a["capacity"] for a in detail["approvals"]} == {"pillar_lead", "governance_officer"}
 
 
+
+def test_removing_a_project_member_ends_their_data_access(world):
+    c, govo, res, member = world.client, world.login("govo"), world.login("res"), world.login("checker2")
+    url = f"/api/v1/projects/{world.approved}/members"
+    leaver = world.people["checker2"].id
+    assert c.get(f"/api/v1/concept-sets?project_id={world.approved}", headers=member).status_code == 200
+    assert c.post(f"{url}/{leaver}/remove", headers=res, json={"reason": "approved: governance only"}).status_code == 403
+    assert c.post(f"{url}/{leaver}/remove", headers=world.login("res2"), json={"reason": "x"}).status_code == 404
+    assert c.post(f"{url}/{world.people['res'].id}/remove", headers=govo, json={"reason": "x"}).status_code == 409
+    assert c.post(f"{url}/{leaver}/remove", headers=govo, json={"reason": ""}).status_code == 422
+    r = c.post(f"{url}/{world.people['clin'].id}/remove", headers=govo, json={"reason": "never joined"})
+    assert r.status_code == 404 and "clin is not a member" in r.text
+    r = c.post(f"{url}/{leaver}/remove", headers=govo, json={"reason": "left the team"})
+    assert r.status_code == 200 and r.json() == {"project_id": world.approved, "user_id": leaver, "removed": True}
+    assert c.get(f"/api/v1/concept-sets?project_id={world.approved}", headers=member).status_code == 404
+    assert leaver not in {m["user_id"] for m in c.get(f"/api/v1/projects/{world.approved}", headers=res).json()["members"]}
+
 # -- cohorts, concept sets, jobs --------------------------------------------------------------------
 def test_cohort_create_run_attrition(world):
     h = world.login("res")

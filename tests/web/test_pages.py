@@ -384,6 +384,38 @@ def test_start_a_project_through_the_form(client, demo):
     assert " selected" not in client.get("/projects/new").text  # no pillar chosen for the applicant
 
 
+def test_members_are_removed_from_the_project_page(client, demo):
+    """The lead takes a member off a draft, with a reason; a member leaves; the pillar lead, who sees the
+    project, may not; no form passes without its security token; the only lead is never offered."""
+    gov = client.app.state.mercia.gov
+    lead, coordinator, clinician = (gov.user_by_name(n) for n in ("researcher", "coordinator", "clinician"))
+    project = gov.create_project(lead, title="Leavers welcome", pillar="cancer", purpose="Test leaving",
+                                 scope_domains=["person"], expires_on="2099-01-01")
+    gov.add_member(lead, project.id, coordinator.id)
+    gov.add_member(lead, project.id, clinician.id)
+    remove = f"/projects/{project.id}/members/{{}}/remove"
+    csrf = sign_in(client, demo, "cancerlead")
+    assert client.post(remove.format(coordinator.id), data={"csrf_token": csrf, "reason": "x"}).status_code == 403
+    client.cookies.clear()
+    csrf = sign_in(client, demo, "researcher")
+    page = client.get(f"/projects/{project.id}").text
+    assert "Remove from project" in page and remove.format(coordinator.id) in page and remove.format(lead.id) not in page
+    assert client.post(remove.format(coordinator.id), data={"reason": "no token"}).status_code == 403
+    r = client.post(remove.format(coordinator.id), data={"csrf_token": csrf, "reason": " "})
+    assert r.status_code == 400 and "say why" in r.text
+    r = client.post(remove.format(coordinator.id), data={"csrf_token": csrf, "reason": "Not needed"},
+                    follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith(f"/projects/{project.id}?notice=")
+    client.cookies.clear()
+    csrf = sign_in(client, demo, "clinician")
+    r = client.post(remove.format(clinician.id), data={"csrf_token": csrf, "reason": "Moving on"},
+                    follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/projects?notice=")
+    assert client.get(f"/projects/{project.id}").status_code == 404
+    assert gov.project(project.id).members == {lead.id: "lead"}
+    assert [e["detail"]["member"] for e in gov.audit.search(action="project.remove_member", project_id=project.id)] \
+        == ["clinician", "coordinator"]
+
 def test_incidence_analysis_page_has_a_chart(client, demo):
     csrf = sign_in(client, demo, "researcher")
     state = client.app.state.mercia

@@ -167,6 +167,17 @@ def add_member(project_id: int, body: m.MemberRequest, request: Request,
     return gov.project(project_id).to_dict()
 
 
+@router.post("/projects/{project_id}/members/{user_id}/remove", tags=["projects"],
+             summary="Take someone off a project from now, with a reason (its lead in draft, governance, or "
+                     "the member themselves; never the last lead)")
+def remove_member(project_id: int, user_id: int, body: m.MemberRemoval, request: Request,
+                  user: User = Depends(current_user)) -> dict[str, Any]:
+    gov = state_of(request).gov
+    gov.visible_project(user, project_id)
+    gov.remove_member(user, project_id, user_id, body.reason)
+    return {"project_id": project_id, "user_id": user_id, "removed": True}
+
+
 @router.post("/projects/{project_id}/submit", tags=["projects"], summary="Submit for approval")
 def submit_project(project_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
     gov = state_of(request).gov
