@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from mercia.cdm.sessions import bound_session
-from mercia.governance import Role
+from mercia.governance import Conflict, Role
 from tests.governance.conftest import PW
 
 WRITERS = 20
@@ -58,3 +60,32 @@ def test_parallel_users_and_jobs_get_distinct_ids(gov, store):
         assert results == set(range(WRITERS))
     finally:
         runner.shutdown()
+
+
+
+@pytest.mark.parametrize("engine", ["postgres"])  # DuckDB's governance writes take turns: no race to lose
+def test_two_leads_leaving_at_once_leave_one(gov, store):
+    """The second lead to leave while the first's removal is uncommitted waits for it, then counts the
+    leads again and is refused, instead of both seeing another lead and leaving the project with none."""
+    leads = [gov.create_user(f"lead{i}", f"Lead {i}", PW, [(Role.RESEARCHER, "")]) for i in range(2)]
+    project = gov.create_project(leads[0], title="Two leads", pillar="cancer", purpose="Concurrency")
+    gov.add_member(leads[0], project.id, leads[1].id, "lead")
+    outcome = []
+
+    def second_leaves():
+        with bound_session(store):
+            try:
+                gov.remove_member(leads[1], project.id, leads[1].id, "leaving too")
+                outcome.append("left")
+            except Conflict as refused:
+                outcome.append(str(refused))
+
+    second = threading.Thread(target=second_leaves)
+    with gov.db.transaction():
+        gov.remove_member(leads[0], project.id, leads[0].id, "leaving")
+        second.start()
+        second.join(timeout=1)
+        assert second.is_alive()  # waiting for the first removal to commit
+    second.join(timeout=30)
+    assert outcome == [f"lead1 is project {project.id}'s only lead: add another lead first"]
+    assert gov.project(project.id).lead_ids == [leads[1].id]
