@@ -64,6 +64,19 @@ def add_member(study: str, username: str, role: str = typer.Option(..., "--role"
     typer.echo(f"{username} is {role} in {study}")
 
 
+@app.command("remove-member")
+def remove_member(study: str, username: str, role: str = typer.Option(..., "--role",
+                  help="data_entry, monitor, investigator or data_manager"),
+                  reason: str = typer.Option(..., "--reason", help="why the role ends"),
+                  user: str = USER, db: DbOption = None) -> None:
+    """End someone's role in a study from now (data managers; never the last data manager)."""
+    from mercia.trials.crf.service import StudyRole
+
+    crf, actor = _session(db, user)
+    _run(lambda: crf.remove_member(actor, study, username, StudyRole(role), reason))
+    typer.echo(f"{username} is no longer {role} in {study}")
+
+
 @app.command("import-dictionary")
 def import_dictionary(study: str, path: Path = typer.Argument(..., exists=True, dir_okay=False),
                       reason: str = typer.Option("", "--reason", help="why the dictionary changes (needed after v1)"),

@@ -147,6 +147,33 @@ class CrfService:
             self.db.insert("mercia_crf_member", {"study_id": study.id, "username": username, "role": StudyRole(role).value})
             self.gov.audit.record(actor.username, "crf.member.add", f"crf:{study.name}", user=username, role=role)
 
+    def remove_member(self, actor: User, study_name: str, username: str, role: StudyRole, reason: str) -> None:
+        """End someone's role in a study, from now: data managers only, never the study's last data
+        manager, always with a reason.  The row is deleted; the audit entry (``crf.member.remove``),
+        written in the same transaction, keeps who ended whose role, when and why."""
+        study = self.study(study_name)
+        self.require(actor, study, StudyRole.DATA_MANAGER)
+        if not reason.strip():
+            raise GovernanceError("say why the role ends")
+        if self.gov.user_by_name(username) is None:
+            raise NotFound(f"no user {username!r}")
+        role = StudyRole(role)
+        with self.db.transaction():
+            # Claim the study so that two data managers leaving at the same moment cannot leave it without one.
+            self.db.execute("UPDATE mercia_crf_study SET title = title WHERE study_id = ?", [study.id])
+            held = self.db.scalar("SELECT count(*) FROM mercia_crf_member WHERE study_id = ? AND username = ? "
+                                  "AND role = ?", [study.id, username, role.value])
+            if not held:
+                raise NotFound(f"{username} is not {role.value} in {study.name}")
+            if role is StudyRole.DATA_MANAGER and not self.db.scalar(
+                    "SELECT count(*) FROM mercia_crf_member WHERE study_id = ? AND role = ? AND username <> ?",
+                    [study.id, role.value, username]):
+                raise Conflict(f"{username} is the last data manager of {study.name}: add another first")
+            self.db.execute("DELETE FROM mercia_crf_member WHERE study_id = ? AND username = ? AND role = ?",
+                            [study.id, username, role.value])
+            self.gov.audit.record(actor.username, "crf.member.remove", f"crf:{study.name}", user=username,
+                                  role=role.value, reason=reason.strip())
+
     # -- dictionary versions -----------------------------------------------------------------
     def plan_migration(self, study: Study, new: Dictionary) -> Migration:
         """The diff from the current dictionary, and the collected data each change would orphan."""

@@ -75,3 +75,14 @@ def test_wrong_password_and_wrong_role_are_refused(db, monkeypatch):
 def test_crf_lives_only_under_trials():
     assert runner.invoke(app, ["crf", "--help"]).exit_code != 0
     assert "create-study" in runner.invoke(app, ["trials", "crf", "--help"]).output
+
+
+def test_remove_member_from_the_command_line(db):
+    crf(db, "create-study", "heart", "--title", "HEART")
+    assert crf(db, "add-member", "heart", "nurse_ed", "--role", "data_entry").exit_code == 0
+    removed = crf(db, "remove-member", "heart", "nurse_ed", "--role", "data_entry", "--reason", "left the unit")
+    assert removed.exit_code == 0 and "nurse_ed is no longer data_entry in heart" in removed.output
+    last = crf(db, "remove-member", "heart", "dm_dana", "--role", "data_manager", "--reason", "leaving")
+    assert last.exit_code == 1 and "last data manager" in last.output
+    with Store(db) as store:
+        assert store.query("SELECT username, role FROM mercia_crf_member") == [("dm_dana", "data_manager")]
