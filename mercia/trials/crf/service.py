@@ -139,12 +139,17 @@ class CrfService:
                             f"in {study.name}")
 
     def add_member(self, actor: User, study_name: str, username: str, role: StudyRole) -> None:
+        """Give ``username`` the study role; holding it already changes nothing (one row per role held, so
+        that ``remove_member`` ends it once)."""
         study = self.study(study_name)
         self.require(actor, study, StudyRole.DATA_MANAGER)
         if self.gov.user_by_name(username) is None:
             raise NotFound(f"no user {username!r}")
+        role = StudyRole(role)
         with self.db.transaction():
-            self.db.insert("mercia_crf_member", {"study_id": study.id, "username": username, "role": StudyRole(role).value})
+            if not self.db.scalar("SELECT COUNT(*) FROM mercia_crf_member WHERE study_id = ? AND username = ? "
+                                  "AND role = ?", [study.id, username, role.value]):
+                self.db.insert("mercia_crf_member", {"study_id": study.id, "username": username, "role": role.value})
             self.gov.audit.record(actor.username, "crf.member.add", f"crf:{study.name}", user=username, role=role)
 
     def remove_member(self, actor: User, study_name: str, username: str, role: StudyRole, reason: str) -> None:

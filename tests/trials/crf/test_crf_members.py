@@ -87,3 +87,9 @@ def test_two_data_managers_leaving_at_once_leave_one(team):
     second.join(timeout=30)
     assert outcome == ["dr_pi is the last data manager of heart: add another first"]
     assert [u for u, r in _members(team) if r == "data_manager"] == ["dr_pi"]
+
+
+def test_adding_a_role_held_already_keeps_one_row(team):
+    before = _members(team)
+    team.crf.add_member(team.manager, "heart", "nurse_ed", StudyRole.DATA_ENTRY)
+    assert _members(team) == before
