@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
@@ -216,18 +218,40 @@ class TrialRegister:
     # -- roles: the delegation log ----------------------------------------------------------------
     def grant(self, actor: User, trial_id: str, user_id: int, role: TrialRole | str, site: str = "") -> None:
         """Give ``user_id`` the role (at ``site`` for site roles) from now; holding it already changes nothing."""
-        self._delegate(actor, trial_id, user_id, role, site)
+        with self._team_change(actor, trial_id, user_id, role, site) as (trial, member, role, site, active):
+            if role is TrialRole.CARE_TEAM and member.organisation != site:
+                raise TrialError(f"{member.username} works for {member.organisation or 'no organisation'}, "
+                                 f"not {site}: only the patient's own organisation's staff join its care team")
+            if not active:
+                self._insert_role(trial_id, user_id, role, site, actor)
+            self.gov.audit.record(actor.username, "trial.grant_role", f"trial:{trial_id}", trial.project_id,
+                                  member=member.username, role=role.value, site=site)
 
     def revoke(self, actor: User, trial_id: str, user_id: int, role: TrialRole | str, site: str, reason: str) -> None:
         """End the role held from now, with a reason: the period stays in the delegation log.  The last trial
         manager's role is never ended (a trial always has one)."""
-        self._delegate(actor, trial_id, user_id, role, site, end_reason=reason)
+        with self._team_change(actor, trial_id, user_id, role, site) as (trial, member, role, site, active):
+            at = f" at {site}" if site else ""
+            if not reason.strip():
+                raise TrialError(f"trial {trial_id}: say why {member.username}'s role {role.value}{at} ends")
+            if not active:
+                raise TrialError(f"trial {trial_id}: {member.username} does not hold the role {role.value}{at}")
+            if role is TrialRole.TRIAL_MANAGER and self.managers(trial_id) == [user_id]:
+                raise Conflict(f"trial {trial_id}: {member.username} is its last trial manager, and a trial always "
+                               "has one; grant the role to someone else first")
+            self.db.execute("UPDATE mercia_trial_role SET ended_at = ?, ended_by = ?, end_reason = ? WHERE trial_id = ? "
+                            "AND user_id = ? AND role = ? AND site = ? AND ended_at IS NULL",
+                            [now(), actor.username, reason.strip(), trial_id, user_id, role.value, site])
+            self.gov.audit.record(actor.username, "trial.revoke_role", f"trial:{trial_id}", trial.project_id,
+                                  member=member.username, role=role.value, site=site, reason=reason.strip())
 
-    def _delegate(self, actor: User, trial_id: str, user_id: int, role: TrialRole | str, site: str,
-                  end_reason: str | None = None) -> None:
-        """The one audited path of ``grant`` (``end_reason`` None) and ``revoke``: who may, and which role and
-        site are meant, are checked the same way for both.  The checks and the write run alone per trial (two
-        servers, or a server and the CLI): two managers ending each other's role at once leave one."""
+    @contextmanager
+    def _team_change(self, actor: User, trial_id: str, user_id: int, role: TrialRole | str,
+                     site: str) -> Iterator[tuple[Trial, User, TrialRole, str, bool]]:
+        """What ``grant`` and ``revoke`` both check, held alone per trial (two servers, or a server and the CLI:
+        two managers ending each other's role at once leave one): the actor manages the trial, the role and
+        site are the trial's; yields the trial, the member, the role, the site ('' for trial-wide roles) and
+        whether the member holds that role there now."""
         with self.db.transaction(), self.db.store.exclusive(f"trial_team_{trial_id}", reads=["mercia_trial_role"]):
             trial = self.require(actor, trial_id, TrialRole.TRIAL_MANAGER)
             try:
@@ -240,30 +264,9 @@ class TrialRegister:
                                  f"({', '.join(trial.sites)}), not {site!r}")
             member = self.gov.user(user_id)
             site = site if role in SITE_ROLES else ""
-            held, key = ("trial_id = ? AND user_id = ? AND role = ? AND site = ? AND ended_at IS NULL",
-                         [trial_id, user_id, role.value, site])
-            at = f" at {site}" if site else ""
-            active = self.db.row(f"SELECT user_id FROM mercia_trial_role WHERE {held}", key)
-            if end_reason is None:
-                if role is TrialRole.CARE_TEAM and member.organisation != site:
-                    raise TrialError(f"{member.username} works for {member.organisation or 'no organisation'}, "
-                                     f"not {site}: only the patient's own organisation's staff join its care team")
-                if not active:
-                    self._insert_role(trial_id, user_id, role, site, actor)
-                self.gov.audit.record(actor.username, "trial.grant_role", f"trial:{trial_id}", trial.project_id,
-                                      member=member.username, role=role.value, site=site)
-                return
-            if not end_reason.strip():
-                raise TrialError(f"trial {trial_id}: say why {member.username}'s role {role.value}{at} ends")
-            if not active:
-                raise TrialError(f"trial {trial_id}: {member.username} does not hold the role {role.value}{at}")
-            if role is TrialRole.TRIAL_MANAGER and self.managers(trial_id) == [user_id]:
-                raise Conflict(f"trial {trial_id}: {member.username} is its last trial manager, and a trial always "
-                               "has one; grant the role to someone else first")
-            self.db.execute(f"UPDATE mercia_trial_role SET ended_at = ?, ended_by = ?, end_reason = ? WHERE {held}",
-                            [now(), actor.username, end_reason.strip(), *key])
-            self.gov.audit.record(actor.username, "trial.revoke_role", f"trial:{trial_id}", trial.project_id,
-                                  member=member.username, role=role.value, site=site, reason=end_reason.strip())
+            active = self.db.row("SELECT user_id FROM mercia_trial_role WHERE trial_id = ? AND user_id = ? AND role = ? "
+                                 "AND site = ? AND ended_at IS NULL", [trial_id, user_id, role.value, site])
+            yield trial, member, role, site, active is not None
 
     def _insert_role(self, trial_id: str, user_id: int, role: TrialRole, site: str, actor: User) -> None:
         self.db.insert("mercia_trial_role", {"trial_id": trial_id, "user_id": user_id, "role": role.value,
