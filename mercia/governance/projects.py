@@ -249,6 +249,9 @@ class Projects:
         if not member.has_any(*PROJECT_ROLES):
             raise GovernanceError(f"{member.username} is not a researcher, trial coordinator or clinician")
         with self.db.transaction():
+            self._claim(project_id)
+            if project_role == "member":
+                self._keep_a_lead(project_id, user_id, member.username, "made a member")
             self.db.execute("DELETE FROM mercia_project_member WHERE project_id = ? AND user_id = ?",
                             [project_id, user_id])
             self.db.insert("mercia_project_member", {"project_id": project_id, "user_id": user_id,
@@ -268,20 +271,29 @@ class Projects:
             raise GovernanceError("say why the member leaves the project")
         member = self.identity.user(user_id)
         with self.db.transaction():
-            # Claim the project so that two leads leaving at the same moment cannot leave it without one.
-            self.db.execute("UPDATE mercia_project SET status = status WHERE id = ?", [project_id])
+            self._claim(project_id)
             project_role = self.db.scalar("SELECT project_role FROM mercia_project_member "
                                           "WHERE project_id = ? AND user_id = ?", [project_id, user_id])
             if project_role is None:
                 raise NotFound(f"{member.username} is not a member of project {project_id}")
-            if project_role == "lead" and self.db.scalar(
-                    "SELECT count(*) FROM mercia_project_member WHERE project_id = ? AND project_role = 'lead'",
-                    [project_id]) == 1:
-                raise Conflict(f"{member.username} is project {project_id}'s only lead: add another lead first")
+            self._keep_a_lead(project_id, user_id, member.username, "taken off")
             self.db.execute("DELETE FROM mercia_project_member WHERE project_id = ? AND user_id = ?",
                             [project_id, user_id])
             self.audit.record(actor.username, "project.remove_member", f"project:{project_id}", project_id,
                               member=member.username, project_role=project_role, reason=reason.strip())
+
+    def _claim(self, project_id: int) -> None:
+        """Lock the project's row for this transaction, so that membership changes take turns: two leads
+        leaving, or one made a member while the other leaves, cannot both see another lead."""
+        self.db.execute("UPDATE mercia_project SET status = status WHERE id = ?", [project_id])
+
+    def _keep_a_lead(self, project_id: int, user_id: int, username: str, change: str) -> None:
+        """Refuse a change that would leave the project without a lead, who answers for it."""
+        leads = [row["user_id"] for row in self.db.rows(
+            "SELECT user_id FROM mercia_project_member WHERE project_id = ? AND project_role = 'lead'", [project_id])]
+        if leads == [user_id]:
+            raise Conflict(f"{username} is project {project_id}'s only lead and cannot be {change}: "
+                           "add another lead first")
 
     @staticmethod
     def may_remove_member(actor: User, project: Project, user_id: int) -> bool:

@@ -87,5 +87,34 @@ def test_two_leads_leaving_at_once_leave_one(gov, store):
         second.join(timeout=1)
         assert second.is_alive()  # waiting for the first removal to commit
     second.join(timeout=30)
-    assert outcome == [f"lead1 is project {project.id}'s only lead: add another lead first"]
+    assert outcome == [f"lead1 is project {project.id}'s only lead and cannot be taken off: add another lead first"]
+    assert gov.project(project.id).lead_ids == [leads[1].id]
+
+
+@pytest.mark.parametrize("engine", ["postgres"])
+def test_a_lead_made_member_while_the_other_leaves_leaves_one(gov, store):
+    """Governance making one lead a plain member while the other lead's removal is uncommitted waits for
+    it, then is refused: without the project's row claimed both would have seen another lead."""
+    officer = gov.create_user("officer", "Officer", PW, [(Role.GOVERNANCE_OFFICER, "")])
+    leads = [gov.create_user(f"lead{i}", f"Lead {i}", PW, [(Role.RESEARCHER, "")]) for i in range(2)]
+    project = gov.create_project(leads[0], title="Two leads", pillar="cancer", purpose="Concurrency")
+    gov.add_member(leads[0], project.id, leads[1].id, "lead")
+    outcome = []
+
+    def demote_the_other():
+        with bound_session(store):
+            try:
+                gov.add_member(officer, project.id, leads[1].id, "member")
+                outcome.append("demoted")
+            except Conflict as refused:
+                outcome.append(str(refused))
+
+    second = threading.Thread(target=demote_the_other)
+    with gov.db.transaction():
+        gov.remove_member(leads[0], project.id, leads[0].id, "leaving")
+        second.start()
+        second.join(timeout=1)
+        assert second.is_alive()  # waiting for the removal to commit
+    second.join(timeout=30)
+    assert outcome == [f"lead1 is project {project.id}'s only lead and cannot be made a member: add another lead first"]
     assert gov.project(project.id).lead_ids == [leads[1].id]

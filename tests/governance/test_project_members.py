@@ -60,6 +60,17 @@ def test_the_last_lead_stays_and_a_reason_is_needed(gov, people, approved):  # n
     assert gov.project(approved.id).lead_ids == [people["res2"].id]
 
 
+def test_the_only_lead_is_not_made_a_plain_member(gov, people, approved):  # noqa: F811
+    """Adding the only lead again as a member would leave the project with nobody answering for it."""
+    with pytest.raises(Conflict, match="only lead and cannot be made a member"):
+        gov.add_member(people["gov"], approved.id, people["res"].id, "member")
+    assert gov.project(approved.id).lead_ids == [people["res"].id]
+    assert gov.project(approved.id).status.value == "approved"  # nothing changed, so no fresh decision
+    gov.add_member(people["gov"], approved.id, people["res2"].id, "lead")
+    gov.add_member(people["gov"], approved.id, people["res"].id, "member")
+    assert gov.project(approved.id).lead_ids == [people["res2"].id]
+
+
 def test_removing_someone_not_on_the_project_names_them(gov, people, approved):  # noqa: F811
     outsider = gov.create_user("outsider", "Out Sider", PW, [(Role.RESEARCHER, "")])
     with pytest.raises(NotFound, match="outsider is not a member"):
