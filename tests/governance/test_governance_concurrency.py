@@ -63,58 +63,47 @@ def test_parallel_users_and_jobs_get_distinct_ids(gov, store):
 
 
 
-@pytest.mark.parametrize("engine", ["postgres"])  # DuckDB's governance writes take turns: no race to lose
-def test_two_leads_leaving_at_once_leave_one(gov, store):
-    """The second lead to leave while the first's removal is uncommitted waits for it, then counts the
-    leads again and is refused, instead of both seeing another lead and leaving the project with none."""
-    leads = [gov.create_user(f"lead{i}", f"Lead {i}", PW, [(Role.RESEARCHER, "")]) for i in range(2)]
-    project = gov.create_project(leads[0], title="Two leads", pillar="cancer", purpose="Concurrency")
-    gov.add_member(leads[0], project.id, leads[1].id, "lead")
-    outcome = []
-
-    def second_leaves():
-        with bound_session(store):
-            try:
-                gov.remove_member(leads[1], project.id, leads[1].id, "leaving too")
-                outcome.append("left")
-            except Conflict as refused:
-                outcome.append(str(refused))
-
-    second = threading.Thread(target=second_leaves)
-    with gov.db.transaction():
-        gov.remove_member(leads[0], project.id, leads[0].id, "leaving")
-        second.start()
-        second.join(timeout=1)
-        assert second.is_alive()  # waiting for the first removal to commit
-    second.join(timeout=30)
-    assert outcome == [f"lead1 is project {project.id}'s only lead and cannot be taken off: add another lead first"]
-    assert gov.project(project.id).lead_ids == [leads[1].id]
-
-
-@pytest.mark.parametrize("engine", ["postgres"])
-def test_a_lead_made_member_while_the_other_leaves_leaves_one(gov, store):
-    """Governance making one lead a plain member while the other lead's removal is uncommitted waits for
-    it, then is refused: without the project's row claimed both would have seen another lead."""
+def _while_a_lead_leaves(gov, store, change) -> str:
+    """Run ``change(officer, project_id, other_lead_id)`` in another session while the first of two leads'
+    removal is uncommitted: it must wait for the removal to commit. Its outcome; the other lead must be the only one left."""
     officer = gov.create_user("officer", "Officer", PW, [(Role.GOVERNANCE_OFFICER, "")])
     leads = [gov.create_user(f"lead{i}", f"Lead {i}", PW, [(Role.RESEARCHER, "")]) for i in range(2)]
     project = gov.create_project(leads[0], title="Two leads", pillar="cancer", purpose="Concurrency")
     gov.add_member(leads[0], project.id, leads[1].id, "lead")
     outcome = []
 
-    def demote_the_other():
+    def second_change():
         with bound_session(store):
             try:
-                gov.add_member(officer, project.id, leads[1].id, "member")
-                outcome.append("demoted")
+                change(officer, project.id, leads[1])
+                outcome.append("done")
             except Conflict as refused:
-                outcome.append(str(refused))
+                outcome.append(str(refused).replace(f"project {project.id}'s", "project P's"))
 
-    second = threading.Thread(target=demote_the_other)
+    second = threading.Thread(target=second_change)
     with gov.db.transaction():
         gov.remove_member(leads[0], project.id, leads[0].id, "leaving")
         second.start()
         second.join(timeout=1)
-        assert second.is_alive()  # waiting for the removal to commit
+        assert second.is_alive()  # waiting for the first removal to commit
     second.join(timeout=30)
-    assert outcome == [f"lead1 is project {project.id}'s only lead and cannot be made a member: add another lead first"]
-    assert gov.project(project.id).lead_ids == [leads[1].id]
+    assert [lead.id for lead in leads[1:]] == gov.project(project.id).lead_ids
+    return outcome[0]
+
+
+@pytest.mark.parametrize("engine", ["postgres"])  # DuckDB's governance writes take turns: no race to lose
+def test_two_leads_leaving_at_once_leave_one(gov, store):
+    """The second lead to leave while the first's removal is uncommitted waits for it, then counts the
+    leads again and is refused, instead of both seeing another lead and leaving the project with none."""
+    outcome = _while_a_lead_leaves(gov, store, lambda officer, project_id, lead: gov.remove_member(
+        lead, project_id, lead.id, "leaving too"))
+    assert outcome == "lead1 is project P's only lead and cannot be taken off: add another lead first"
+
+
+@pytest.mark.parametrize("engine", ["postgres"])
+def test_a_lead_made_member_while_the_other_leaves_leaves_one(gov, store):
+    """Governance making the other lead a plain member meanwhile is refused likewise: without the
+    project's row claimed, both changes would have seen another lead."""
+    outcome = _while_a_lead_leaves(gov, store, lambda officer, project_id, lead: gov.add_member(
+        officer, project_id, lead.id, "member"))
+    assert outcome == "lead1 is project P's only lead and cannot be made a member: add another lead first"
