@@ -400,10 +400,74 @@ def crf_studies(request: Request, caller: Caller = Depends(signed_in)):
 
 @router.get("/crf/{study}", response_class=HTMLResponse)
 def crf_study(study: str, request: Request, caller: Caller = Depends(signed_in)):
+    from mercia.trials.crf.service import OVERSEERS
+
     state, crf = _crf(request)
     with state.lock:
         overview = crf.overview(caller.user, study)
-    return render(request, "trials_crf_study.html", caller, form_path=_form_path, **overview)
+    team_link = any(r.value in overview["roles"] for r in OVERSEERS)
+    return render(request, "trials_crf_study.html", caller, form_path=_form_path, team_link=team_link, **overview)
+
+
+def _team_page(request: Request, caller: Caller, study: str, status_code: int = 200,
+               errors: dict[str, str] | None = None, entered: dict[str, str] | None = None) -> HTMLResponse:
+    """The study's role holders by role (as the API); for its data managers a form to give a role and one per
+    holder to end it.  ``errors`` and ``entered`` hold a refused form's problem and what it said."""
+    from mercia.trials.crf.service import StudyRole
+
+    state, crf = _crf(request)
+    with state.lock:
+        holders = crf.team(caller.user, study)
+        found = crf.study(study)
+        manager = StudyRole.DATA_MANAGER in crf.roles(caller.user, found)
+    by_role = [(role.value, [h for h in holders if h["role"] == role.value]) for role in StudyRole]
+    return render(request, "trials_crf_team.html", caller, status_code=status_code, study=found, by_role=by_role,
+                  manager=manager, errors=errors or {}, entered=entered or {})
+
+
+def _team_change(request: Request, caller: Caller, study: str, change, field_for, entered: dict[str, str],
+                 notice: str) -> Response:
+    """Make a change to the study team through the service the API calls.  A refusal of the caller is the
+    usual refusal page; a refusal of what the form said comes back on the team page, by the field
+    ``field_for(exc)`` names, with nothing changed."""
+    from mercia.governance import Forbidden
+
+    state, crf = _crf(request)
+    try:
+        with state.lock:
+            change(crf)
+    except Forbidden:
+        raise
+    except GovernanceError as exc:
+        return _team_page(request, caller, study, status_for(exc), errors={field_for(exc): str(exc)}, entered=entered)
+    return redirect(f"/crf/{urlquote(study, safe='')}/team", notice)
+
+
+@router.get("/crf/{study}/team", response_class=HTMLResponse)
+def crf_team(study: str, request: Request, caller: Caller = Depends(signed_in)):
+    return _team_page(request, caller, study)
+
+
+@router.post("/crf/{study}/team", response_class=HTMLResponse)
+def crf_give_role(study: str, request: Request, caller: Caller = Depends(signed_in), form: dict = Depends(form_data)):
+    """Give someone a study role (data managers): an unknown person is the username's problem, anything
+    else the role's."""
+    from mercia.governance import NotFound
+
+    username, role = form.get("username", "").strip(), form.get("role", "")
+    return _team_change(request, caller, study, lambda crf: crf.add_member(caller.user, study, username, role),
+                        lambda exc: "give-username" if isinstance(exc, NotFound) else "give-role",
+                        {"username": username, "role": role}, f"{username} is now {role.replace('_', ' ')}")
+
+
+@router.post("/crf/{study}/team/end", response_class=HTMLResponse)
+def crf_end_role(study: str, request: Request, caller: Caller = Depends(signed_in), form: dict = Depends(form_data)):
+    """End a holder's study role from now, with a reason (data managers; never the last data manager)."""
+    username, role, reason = form.get("username", ""), form.get("role", ""), form.get("reason", "")
+    return _team_change(request, caller, study,
+                        lambda crf: crf.remove_member(caller.user, study, username, role, reason),
+                        lambda exc: f"reason-{role}-{username}", {"end": f"{role}-{username}", "reason": reason},
+                        f"{username}'s role {role.replace('_', ' ')} ended")
 
 
 def _form_page(request: Request, caller: Caller, study: str, record: str, event: str, form: str,

@@ -1,5 +1,5 @@
-"""eCRF data entry over HTTP: form definitions (with branching ASTs), values, lock, sign, queries,
-audit trail and exports.  Thin: the signed-in caller is passed to ``CrfService``, which checks the
+"""eCRF data entry over HTTP: the study team, form definitions (with branching ASTs), values, lock, sign,
+queries, audit trail and exports.  Thin: the signed-in caller is passed to ``CrfService``, which checks the
 study role every action needs and audits it."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from mercia.api.auth import current_user
 from mercia.api.limits import ParsedOffLoop
 from mercia.governance import User
 from mercia.services.state import state_of
-from mercia.trials.crf.service import CrfService, FormStatus
+from mercia.trials.crf.service import CrfService, FormStatus, StudyRole
 
 router = APIRouter(prefix="/crf/studies/{study}", tags=["trials"], route_class=ParsedOffLoop)
 FORM = "/records/{record}/events/{event}/forms/{form}"
@@ -41,6 +41,15 @@ class Signature(Body):
     meaning: str = Field(..., min_length=1, max_length=500)
 
 
+class TeamRole(Body):
+    username: str = Field(..., min_length=1, max_length=200)
+    role: StudyRole
+
+
+class TeamRoleEnd(TeamRole):
+    reason: str = Field(..., min_length=1, max_length=2000)
+
+
 class QueryRaise(Body):
     record: str
     event: str
@@ -60,6 +69,24 @@ def _crf(request: Request) -> CrfService:
     if service is None:
         service = state.crf_service = CrfService(state.gov)
     return service
+
+
+@router.get("/team", summary="Who holds which study role now (data managers, monitors); reading it is audited")
+def team(study: str, request: Request, user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    return _crf(request).team(user, study)
+
+
+@router.post("/team", summary="Give someone a study role (data managers); holding it already changes nothing")
+def give_role(study: str, body: TeamRole, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    _crf(request).add_member(user, study, body.username, body.role)
+    return {"study": study, **body.model_dump()}
+
+
+@router.post("/team/end", summary="End someone's study role from now, with a reason (data managers; never the "
+             "study's last data manager)")
+def end_role(study: str, body: TeamRoleEnd, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    _crf(request).remove_member(user, study, body.username, body.role, body.reason)
+    return {"study": study, **body.model_dump()}
 
 
 @router.get("/forms/{form}", summary="A form's fields, with branching and calculation ASTs for the browser")

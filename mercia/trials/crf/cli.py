@@ -57,10 +57,8 @@ def create_study(name: str, title: str = typer.Option(..., "--title"), user: str
 def add_member(study: str, username: str, role: str = typer.Option(..., "--role",
                help="data_entry, monitor, investigator or data_manager"), user: str = USER, db: DbOption = None) -> None:
     """Give someone a role in a study."""
-    from mercia.trials.crf.service import StudyRole
-
     crf, actor = _session(db, user)
-    _run(lambda: crf.add_member(actor, study, username, StudyRole(role)))
+    _run(lambda: crf.add_member(actor, study, username, role))
     typer.echo(f"{username} is {role} in {study}")
 
 
@@ -70,10 +68,8 @@ def remove_member(study: str, username: str, role: str = typer.Option(..., "--ro
                   reason: str = typer.Option(..., "--reason", help="why the role ends"),
                   user: str = USER, db: DbOption = None) -> None:
     """End someone's role in a study from now (data managers; never the last data manager)."""
-    from mercia.trials.crf.service import StudyRole
-
     crf, actor = _session(db, user)
-    _run(lambda: crf.remove_member(actor, study, username, StudyRole(role), reason))
+    _run(lambda: crf.remove_member(actor, study, username, role, reason))
     typer.echo(f"{username} is no longer {role} in {study}")
 
 

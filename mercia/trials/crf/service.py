@@ -31,6 +31,18 @@ class StudyRole(StrEnum):
     INVESTIGATOR = "investigator"     # may sign forms
     DATA_MANAGER = "data_manager"     # dictionary, schedule, participants, lock/unlock, exports
 
+    @classmethod
+    def named(cls, value: str) -> StudyRole:
+        """The role a caller named: an unknown name is the caller's mistake (400), naming the roles there are."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise GovernanceError(f"{value!r} is not a study role: {', '.join(r.value for r in cls)}") from None
+
+
+# Those who oversee a study: they read its audit trail and who holds which role in it.
+OVERSEERS = (StudyRole.DATA_MANAGER, StudyRole.MONITOR)
+
 
 class FormStatus(StrEnum):
     """REDCap's form status, with its export codes."""
@@ -138,21 +150,32 @@ class CrfService:
             raise Forbidden(f"{user.username} needs the study role {' or '.join(r.value for r in roles)} "
                             f"in {study.name}")
 
-    def add_member(self, actor: User, study_name: str, username: str, role: StudyRole) -> None:
+    def team(self, actor: User, study_name: str) -> list[dict[str, Any]]:
+        """Who holds which role in the study now (username, the user's full name if any, role), by role then
+        username: for its data managers and monitors, and the read is audited as a read of its audit trail is."""
+        study = self.study(study_name)
+        self.require(actor, study, *OVERSEERS)
+        rows = self.db.rows("SELECT m.username, NULLIF(u.display_name, '') AS display_name, m.role "
+                            "FROM mercia_crf_member m LEFT JOIN mercia_user u ON u.username = m.username "
+                            "WHERE m.study_id = ? ORDER BY m.role, m.username", [study.id])
+        self.gov.audit.record(actor.username, "crf.team.read", f"crf:{study.name}", holders=len(rows))
+        return rows
+
+    def add_member(self, actor: User, study_name: str, username: str, role: StudyRole | str) -> None:
         """Give ``username`` the study role; holding it already changes nothing (one row per role held, so
         that ``remove_member`` ends it once)."""
         study = self.study(study_name)
         self.require(actor, study, StudyRole.DATA_MANAGER)
         if self.gov.user_by_name(username) is None:
             raise NotFound(f"no user {username!r}")
-        role = StudyRole(role)
+        role = StudyRole.named(role)
         with self.db.transaction():
             if not self.db.scalar("SELECT COUNT(*) FROM mercia_crf_member WHERE study_id = ? AND username = ? "
                                   "AND role = ?", [study.id, username, role.value]):
                 self.db.insert("mercia_crf_member", {"study_id": study.id, "username": username, "role": role.value})
             self.gov.audit.record(actor.username, "crf.member.add", f"crf:{study.name}", user=username, role=role)
 
-    def remove_member(self, actor: User, study_name: str, username: str, role: StudyRole, reason: str) -> None:
+    def remove_member(self, actor: User, study_name: str, username: str, role: StudyRole | str, reason: str) -> None:
         """End someone's role in a study, from now: data managers only, never the study's last data
         manager, always with a reason.  The row is deleted; the audit entry (``crf.member.remove``),
         written in the same transaction, keeps who ended whose role, when and why."""
@@ -162,7 +185,7 @@ class CrfService:
             raise GovernanceError("say why the role ends")
         if self.gov.user_by_name(username) is None:
             raise NotFound(f"no user {username!r}")
-        role = StudyRole(role)
+        role = StudyRole.named(role)
         with self.db.transaction():
             # Claim the study so that two data managers leaving at the same moment cannot leave it without one.
             self.db.execute("UPDATE mercia_crf_study SET title = title WHERE study_id = ?", [study.id])
@@ -721,7 +744,7 @@ class CrfService:
     def audit_trail(self, actor: User, study_name: str, record_id: str | None = None) -> list[dict[str, Any]]:
         """The eCRF entries of the audit log, oldest first; reading it for export is itself audited."""
         study = self.study(study_name)
-        self.require(actor, study, StudyRole.DATA_MANAGER, StudyRole.MONITOR)
+        self.require(actor, study, *OVERSEERS)
         prefix = f"crf:{study.name}:{record_id}:" if record_id else f"crf:{study.name}"
         rows = self.db.rows("SELECT seq, logged_at, actor, action, target, detail FROM mercia_audit "
                             "WHERE action LIKE 'crf.%' AND (target = ? OR target LIKE ?) ORDER BY seq",

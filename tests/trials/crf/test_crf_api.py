@@ -10,6 +10,7 @@ from .conftest import PASSWORD, Team
 from .test_crf_entry import DEMO, ENROL
 
 FORM = "/api/v1/crf/studies/heart/records/H001/events/baseline_arm_1/forms/demographics"
+TEAM = "/api/v1/crf/studies/heart/team"
 
 
 @pytest.fixture
@@ -41,6 +42,9 @@ ROUTES = [
     ("post", "/api/v1/crf/studies/heart/queries/1/answer", {"text": "t"}),
     ("get", "/api/v1/crf/studies/heart/audit", None),
     ("get", "/api/v1/crf/studies/heart/export?format=odm", None),
+    ("get", TEAM, None),
+    ("post", TEAM, {"username": "nurse_ed", "role": "monitor"}),
+    ("post", TEAM + "/end", {"username": "nurse_ed", "role": "data_entry", "reason": "r"}),
 ]
 
 
@@ -86,3 +90,50 @@ def test_data_entry_round_trip_over_http(api):
     assert b"<SubjectData" in odm.content and b"<SubjectData" not in aside.content   # no record is set aside
     trail = client.get("/api/v1/crf/studies/heart/audit", headers=monitor).json()
     assert [e["detail"]["set_aside"] for e in trail if e["action"] == "crf.export"] == [False, False, False, True]
+
+
+def test_the_study_team_over_http(api):
+    client, team, headers = api
+    manager, entry, monitor = headers(team.manager), headers(team.entry), headers(team.monitor)
+
+    def holders(who=monitor):
+        return [(r["username"], r["role"]) for r in client.get(TEAM, headers=who).json()]
+
+    listed = client.get(TEAM, headers=manager)
+    assert listed.status_code == 200 and {"username": "nurse_ed", "display_name": "Nurse Ed",
+                                          "role": "data_entry"} in listed.json()
+    assert holders() == [("nurse_ed", "data_entry"), ("dm_dana", "data_manager"), ("dr_pi", "investigator"),
+                         ("cra_mo", "monitor")]
+    give = {"username": "cra_mo", "role": "data_entry"}
+    for _ in range(2):                                                   # adding twice keeps one row
+        added = client.post(TEAM, headers=manager, json=give)
+        assert added.status_code == 200 and added.json() == {"study": "heart", **give}
+    assert holders().count(("cra_mo", "data_entry")) == 1
+    end = {**give, "reason": "covering only this week"}
+    assert client.post(TEAM + "/end", headers=manager, json=end).status_code == 200
+    assert ("cra_mo", "data_entry") not in holders()
+    (removal,) = team.gov.audit.search(action="crf.member.remove")
+    assert removal["detail"] == {"user": "cra_mo", "role": "data_entry", "reason": "covering only this week"}
+
+    assert client.get(TEAM).status_code == 401
+    assert client.post(TEAM, json=give).status_code == 401
+    refused = client.post(TEAM, headers=entry, json=give)
+    assert refused.status_code == 403 and "needs the study role data_manager" in refused.json()["detail"]
+    assert client.get(TEAM, headers=entry).status_code == 403                # data entry does not read the team
+    for path, body in ((TEAM, give), (TEAM + "/end", end)):
+        assert client.post(path.replace("heart", "lung"), headers=manager, json=body).status_code == 404
+        unknown = client.post(path, headers=manager, json={**body, "username": "nobody"})
+        assert unknown.status_code == 404 and unknown.json()["detail"] == "no user 'nobody'"
+        bad_role = client.post(path, headers=manager, json={**body, "role": "nurse"})
+        assert bad_role.status_code == 422 and bad_role.json()["detail"][0]["loc"] == ["body", "role"]
+    assert client.get(TEAM.replace("heart", "lung"), headers=manager).status_code == 404
+    last = client.post(TEAM + "/end", headers=manager, json={"username": "dm_dana", "role": "data_manager",
+                                                              "reason": "leaving"})
+    assert last.status_code == 409 and "last data manager" in last.json()["detail"]
+    assert client.post(TEAM + "/end", headers=manager, json={**end, "reason": ""}).status_code == 422
+    assert client.post(TEAM + "/end", headers=manager, json={**end, "reason": "  "}).status_code == 400
+    assert ("dm_dana", "data_manager") in holders()
+
+    paths = client.get("/api/v1/openapi.json").json()["paths"]
+    assert set(paths["/crf/studies/{study}/team"]) == {"get", "post"}
+    assert paths["/crf/studies/{study}/team/end"]["post"]["summary"].startswith("End someone's study role")

@@ -122,3 +122,32 @@ def test_data_entry_journey(browser, live_server, team):  # noqa: F811
     assert page.get_by_label("Height (cm)").is_disabled()
     assert not errors, errors
     context.close()
+
+
+def test_a_data_manager_manages_the_study_team_in_the_browser(browser, live_server, team):  # noqa: F811
+    from tests.web.axe import assert_accessible, assert_fits
+
+    base = live_server
+    context, page, errors = as_user(browser, team, base, team.manager)
+    page.goto(f"{base}/crf/heart")
+    page.get_by_role("link", name="Study team: who holds which role").click()
+    assert page.get_by_role("heading", name="Monitor (1)").is_visible()
+    assert_accessible(page)
+    page.get_by_label("Username").fill("cra_mo")
+    page.get_by_label("Role", exact=True).select_option("data_entry")
+    page.get_by_role("button", name="Give this role").click()
+    assert "cra_mo is now data entry" in saved(page)
+    assert page.get_by_role("heading", name="Data entry (2)").is_visible()
+    page.get_by_label("Why it ends for Cra Mo (cra_mo) as data entry").fill("covered one week")
+    page.get_by_role("button", name="End this role for Cra Mo (cra_mo) as data entry").click()
+    assert "cra_mo's role data entry ended" in saved(page)
+    assert not errors, errors
+    page.get_by_label("Why it ends for Dm Dana (dm_dana) as data manager").fill("leaving")
+    page.get_by_role("button", name="End this role for Dm Dana (dm_dana) as data manager").click()
+    page.locator(".error-summary").wait_for()
+    assert "last data manager of heart" in page.locator(".error-summary").inner_text()
+    assert page.get_by_label("Why it ends for Dm Dana (dm_dana) as data manager").input_value() == "leaving"
+    assert_accessible(page)
+    assert_fits(page)
+    assert errors == ["Failed to load resource: the server responded with a status of 409 (Conflict)"]   # the refusal
+    context.close()

@@ -86,3 +86,12 @@ def test_remove_member_from_the_command_line(db):
     assert last.exit_code == 1 and "last data manager" in last.output
     with Store(db) as store:
         assert store.query("SELECT username, role FROM mercia_crf_member") == [("dm_dana", "data_manager")]
+
+
+def test_an_unknown_role_on_the_command_line_is_one_line_naming_the_roles(db):
+    crf(db, "create-study", "heart", "--title", "HEART")
+    for args in (("add-member", "heart", "nurse_ed", "--role", "nurse"),
+                 ("remove-member", "heart", "nurse_ed", "--role", "nurse", "--reason", "wrong role")):
+        refused = crf(db, *args)
+        assert refused.exit_code == 1 and "error: 'nurse' is not a study role: data_entry, monitor" in refused.output
+        assert refused.exception is None or isinstance(refused.exception, SystemExit)

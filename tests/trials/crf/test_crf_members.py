@@ -93,3 +93,41 @@ def test_adding_a_role_held_already_keeps_one_row(team):
     before = _members(team)
     team.crf.add_member(team.manager, "heart", "nurse_ed", StudyRole.DATA_ENTRY)
     assert _members(team) == before
+
+
+def test_the_team_lists_every_holder_by_role_with_their_name(team):
+    team.crf.add_member(team.manager, "heart", "cra_mo", StudyRole.DATA_ENTRY)
+    team.gov.db.execute("UPDATE mercia_user SET display_name = '' WHERE username = 'dr_pi'")
+    assert team.crf.team(team.monitor, "heart") == [
+        {"username": "cra_mo", "display_name": "Cra Mo", "role": "data_entry"},
+        {"username": "nurse_ed", "display_name": "Nurse Ed", "role": "data_entry"},
+        {"username": "dm_dana", "display_name": "Dm Dana", "role": "data_manager"},
+        {"username": "dr_pi", "display_name": None, "role": "investigator"},     # no full name: none shown
+        {"username": "cra_mo", "display_name": "Cra Mo", "role": "monitor"}]
+
+
+def test_only_data_managers_and_monitors_read_the_team_and_each_read_is_audited(team):
+    for reader, holders in ((team.manager, 4), (team.monitor, 4)):
+        assert len(team.crf.team(reader, "heart")) == holders
+    reads = team.gov.audit.search(action="crf.team.read")
+    assert sorted((r["actor"], r["target"], r["detail"]["holders"]) for r in reads) == [
+        ("cra_mo", "crf:heart", 4), ("dm_dana", "crf:heart", 4)]
+    for user in (team.entry, team.signer, team.outsider):
+        with pytest.raises(Forbidden, match="needs the study role data_manager or monitor"):
+            team.crf.team(user, "heart")
+    refused = team.gov.audit.search(action="crf.refused")
+    assert sorted(r["actor"] for r in refused) == ["dr_pi", "nurse_ed", "someone_else"]
+    assert len(team.gov.audit.search(action="crf.team.read")) == 2
+    with pytest.raises(NotFound, match="no study 'lung'"):
+        team.crf.team(team.manager, "lung")
+
+
+def test_an_unknown_role_is_the_callers_mistake_naming_the_roles(team):
+    before = _members(team)
+    for change in (lambda: team.crf.add_member(team.manager, "heart", "nurse_ed", "nurse"),
+                   lambda: team.crf.remove_member(team.manager, "heart", "nurse_ed", "nurse", "wrong role")):
+        with pytest.raises(GovernanceError, match="'nurse' is not a study role: data_entry, monitor, investigator, "
+                                                  "data_manager") as refused:
+            change()
+        assert type(refused.value) is GovernanceError
+    assert _members(team) == before and _removals(team) == []

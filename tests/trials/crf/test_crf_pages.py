@@ -130,3 +130,72 @@ def test_scripts_are_served_from_the_package(web):
     assert "MerciaLogic" in client.get("/crf-assets/crf-logic.js").text
     assert client.get("/crf-assets/crf-form.js").headers["content-type"].startswith("text/javascript")
     assert client.get("/crf-assets/service.py").status_code == 404
+
+
+def _members(team):
+    return sorted((r["username"], r["role"]) for r in team.gov.db.rows("SELECT username, role FROM mercia_crf_member"))
+
+
+def test_a_data_manager_gives_and_ends_study_roles_through_the_team_page(web):
+    client, sign_in, team = web
+    csrf = sign_in(team.manager)
+    assert 'href="/crf/heart/team"' in client.get("/crf/heart").text
+    page = client.get("/crf/heart/team")
+    assert page.status_code == 200 and "Nurse Ed (nurse_ed)" in page.text and "Give this role</button>" in page.text
+    assert page.text.count('End this role<span class="visually-hidden">') == 4
+    assert ('>End this role<span class="visually-hidden"> for Nurse Ed (nurse_ed) as data entry</span></button>'
+            in page.text)
+    given = post(client, "/crf/heart/team", csrf, username="cra_mo", role="data_entry")
+    assert given.status_code == 303 and given.headers["location"].startswith("/crf/heart/team?notice=")
+    assert ("cra_mo", "data_entry") in _members(team)
+    assert "cra_mo is now data entry" in client.get(given.headers["location"]).text
+    ended = post(client, "/crf/heart/team/end", csrf, username="cra_mo", role="data_entry", reason="cover ended")
+    assert ended.status_code == 303 and ("cra_mo", "data_entry") not in _members(team)
+    (removal,) = team.gov.audit.search(action="crf.member.remove")
+    assert removal["actor"] == "dm_dana" and removal["detail"]["reason"] == "cover ended"
+
+
+def test_team_forms_show_their_problems_on_the_page_and_need_the_csrf_token(web):
+    client, sign_in, team = web
+    csrf = sign_in(team.manager)
+    before = _members(team)
+    assert post(client, "/crf/heart/team", "wrong-token", username="cra_mo", role="data_entry").status_code == 403
+    assert client.post("/crf/heart/team/end", data={"username": "nurse_ed", "role": "data_entry",
+                                                    "reason": "r"}).status_code == 403       # no token at all
+    unknown = post(client, "/crf/heart/team", csrf, username="nobody", role="monitor")
+    assert unknown.status_code == 404 and 'href="#give-username">no user &#39;nobody&#39;' in unknown.text
+    assert 'value="nobody"' in unknown.text and "Give this role</button>" in unknown.text
+    bad_role = post(client, "/crf/heart/team", csrf, username="cra_mo", role="nurse")
+    assert bad_role.status_code == 400 and 'href="#give-role">&#39;nurse&#39; is not a study role' in bad_role.text
+    no_reason = post(client, "/crf/heart/team/end", csrf, username="nurse_ed", role="data_entry", reason=" ")
+    assert no_reason.status_code == 400 and 'id="reason-data_entry-nurse_ed-error"' in no_reason.text
+    last = post(client, "/crf/heart/team/end", csrf, username="dm_dana", role="data_manager", reason="leaving")
+    assert last.status_code == 409 and "last data manager of heart" in last.text
+    assert 'id="reason-data_manager-dm_dana-error"' in last.text and last.text.count("form-group--error") == 1
+    assert 'value="leaving"' in last.text
+    assert post(client, "/crf/lung/team", csrf, username="cra_mo", role="monitor").status_code == 404
+    assert _members(team) == before
+
+
+def test_the_team_page_follows_the_service_rule_for_each_role(web):
+    client, sign_in, team = web
+    csrf = sign_in(team.monitor)                             # reads the team, changes nothing
+    assert 'href="/crf/heart/team"' in client.get("/crf/heart").text
+    page = client.get("/crf/heart/team")
+    assert page.status_code == 200 and "Dm Dana (dm_dana)" in page.text
+    assert "Give this role" not in page.text and "End this role" not in page.text
+    assert post(client, "/crf/heart/team", csrf, username="cra_mo", role="data_entry").status_code == 403
+    for user in (team.entry, team.signer):                   # data entry and investigators do not see the team
+        csrf = sign_in(user)
+        assert 'href="/crf/heart/team"' not in client.get("/crf/heart").text
+        refused = client.get("/crf/heart/team")
+        assert refused.status_code == 403 and "needs the study role data_manager or monitor" in refused.text
+        ended = post(client, "/crf/heart/team/end", csrf, username="nurse_ed", role="data_entry", reason="r")
+        assert ended.status_code == 403
+    csrf = sign_in(team.outsider)                            # as every other eCRF page answers them
+    assert client.get("/crf/heart").status_code == client.get("/crf/heart/team").status_code == 403
+    assert post(client, "/crf/heart/team", csrf, username="someone_else", role="data_manager").status_code == 403
+    assert client.get("/crf/lung/team").status_code == 404
+    client.cookies.clear()
+    assert client.get("/crf/heart/team", follow_redirects=False).status_code == 303     # to sign-in
+    assert ("someone_else", "data_manager") not in _members(team) and ("cra_mo", "data_entry") not in _members(team)
