@@ -73,6 +73,21 @@ def remove_member(study: str, username: str, role: str = typer.Option(..., "--ro
     typer.echo(f"{username} is no longer {role} in {study}")
 
 
+@app.command("team")
+def team(study: str, as_json: bool = typer.Option(False, "--json", help="one JSON list instead of a table"),
+         user: str = USER, db: DbOption = None) -> None:
+    """Who holds which role in a study now (data managers and monitors; the read is audited)."""
+    import orjson
+
+    crf, actor = _session(db, user)
+    holders = _run(lambda: crf.team(actor, study))
+    if as_json:
+        typer.echo(orjson.dumps(holders).decode())
+        return
+    for holder in holders:
+        typer.echo(f"{holder['role']:<13} {holder['username']:<20} {holder['display_name'] or ''}".rstrip())
+
+
 @app.command("import-dictionary")
 def import_dictionary(study: str, path: Path = typer.Argument(..., exists=True, dir_okay=False),
                       reason: str = typer.Option("", "--reason", help="why the dictionary changes (needed after v1)"),

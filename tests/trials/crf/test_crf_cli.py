@@ -88,6 +88,20 @@ def test_remove_member_from_the_command_line(db):
         assert store.query("SELECT username, role FROM mercia_crf_member") == [("dm_dana", "data_manager")]
 
 
+def test_the_team_from_the_command_line(db, monkeypatch):
+    crf(db, "create-study", "heart", "--title", "HEART")
+    crf(db, "add-member", "heart", "nurse_ed", "--role", "data_entry")
+    listed = crf(db, "team", "heart")
+    assert listed.exit_code == 0
+    assert listed.output.splitlines() == ["data_entry    nurse_ed             Ed Nurse",
+                                          "data_manager  dm_dana              Dana DM"]
+    assert json.loads(crf(db, "team", "heart", "--json").output) == [
+        {"username": "nurse_ed", "display_name": "Ed Nurse", "role": "data_entry"},
+        {"username": "dm_dana", "display_name": "Dana DM", "role": "data_manager"}]
+    refused = runner.invoke(app, ["trials", "crf", "team", "heart", "--db", db, "--user", "nurse_ed"])
+    assert refused.exit_code == 1 and "needs the study role data_manager or monitor" in refused.output
+
+
 def test_an_unknown_role_on_the_command_line_is_one_line_naming_the_roles(db):
     crf(db, "create-study", "heart", "--title", "HEART")
     for args in (("add-member", "heart", "nurse_ed", "--role", "nurse"),
