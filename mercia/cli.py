@@ -61,6 +61,20 @@ class LazyGroup(TyperGroup):
             return load_command(cmd_name)
         return super().get_command(ctx, cmd_name)
 
+    def invoke(self, ctx: click.Context):
+        """A machine not yet set up (no pseudonymisation key, a wrong configuration file) is one line naming
+        what to set, exit 2, from every command: not a traceback."""
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            from mercia.config import ConfigError
+            from mercia.privacy.pseudonym import KeyError_
+
+            if not isinstance(exc, (ConfigError, KeyError_)):
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
 
 app = typer.Typer(name="mercia", help="Mercia: clinical research data platform (OMOP CDM).", cls=LazyGroup,
                   no_args_is_help=True, pretty_exceptions_enable=False)

@@ -17,6 +17,23 @@ OPT_OUT = typer.Option(None, "--opt-out", help="national data opt-out list (NHS 
 JSON = typer.Option(False, "--json", help="print the load summary as JSON")
 
 
+def _ods_code(value: str) -> str:
+    """The sending organisation as its ODS code in capitals: the code is the organisation's key in every
+    row's provenance, so ``rr8`` and ``RR8`` must be one organisation (a resend is matched by it)."""
+    import re
+
+    from mercia.ingest.load import ODS_CODE, ODS_CODE_REASON
+
+    code = value.strip().upper()
+    if not re.fullmatch(ODS_CODE, code):
+        raise typer.BadParameter(f"{value!r}: {ODS_CODE_REASON} (e.g. RRK or M85001)")
+    return code
+
+
+def _org_option(help_text: str):
+    return typer.Option(..., "--org", help=help_text, callback=_ods_code)
+
+
 def _report(summaries, as_json: bool) -> None:
     from dataclasses import asdict
 
@@ -91,7 +108,7 @@ def _run(kind: str, path: Path, org: str, db: str | None, mapping: str | None, o
 
 def _command(kind: str, needs_mapping: bool = False):
     def command(path: Path = typer.Argument(..., exists=True, help=f"{kind} file or directory"),
-                org: str = typer.Option(..., "--org", help="ODS code of the sending organisation"),
+                org: str = _org_option("ODS code of the sending organisation"),
                 db: DbOption = None,
                 mapping: str = typer.Option(None, "--mapping", help="YAML mapping file or shipped mapping name"),
                 opt_out: Path = OPT_OUT, as_json: bool = JSON,
@@ -122,7 +139,7 @@ for _kind in ("fhir", "csv", "hl7v2", "phenopackets", "vcf", "nmr", "mztab", "mw
 @app.command(name="fhir-export")
 def fhir_export(
         base_url: str = typer.Argument(..., help="FHIR server base URL (https)"),
-        org: str = typer.Option(..., "--org", help="ODS code of the organisation the server belongs to"),
+        org: str = _org_option("ODS code of the organisation the server belongs to"),
         out: Path = typer.Option(..., "--out", file_okay=False,
                                  help="directory for the NDJSON files and the export state; run the same "
                                       "command again with it to resume"),

@@ -87,3 +87,20 @@ def test_a_fhir_load_from_the_command_line_imports_only_what_it_uses(shared_data
     assert {"mercia.ingest.load", "mercia.vocab.concepts"} <= set(loaded)  # the load looked its codes up
     assert not [m for m in loaded if m.split(".")[0] == "sqlglot" or m.startswith(
         ("mercia.cohorts", "mercia.synth", "mercia.web", "mercia.trials", "mercia.federation"))]
+
+
+def test_the_org_is_one_organisation_whatever_its_case(shared_data, tmp_path):
+    """``--org rr8`` is RR8: the code keys every row's provenance, so a resend typed in lower case is matched
+    as unchanged instead of loading every record a second time under another organisation."""
+    db = str(tmp_path / "org.duckdb")
+    extract = str(shared_data / "hl7v2/oru_lab")
+    first = runner.invoke(app, ["ingest", "hl7v2", extract, "--org", "R9P", "--db", db, "--json"])
+    again = runner.invoke(app, ["ingest", "hl7v2", extract, "--org", " r9p ", "--db", db, "--json"])
+    assert first.exit_code == 0 and again.exit_code == 0, again.output
+    loaded, resent = orjson.loads(first.output)[0], orjson.loads(again.output)[0]
+    assert resent["org"] == "R9P" and resent["unchanged"] == loaded["loaded"] > 0
+    assert not any(resent["rows"].values())
+    for bad in ("R9", "R9P!", "ABCDEFGHIJK"):
+        refused = runner.invoke(app, ["ingest", "hl7v2", extract, "--org", bad, "--db", db])
+        said = " ".join(refused.output.replace("│", " ").split())
+        assert refused.exit_code == 2 and f"Invalid value for '--org': '{bad}': the ODS code is not 3 to 10" in said
