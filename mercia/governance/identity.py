@@ -243,6 +243,16 @@ class Identity:
             self.signed_in(user, source)
         return user
 
+    def confirm_signer(self, actor: User, username: str, password: str, refused_action: str, target: str) -> User:
+        """An e-signature's re-entered credentials (21 CFR Part 11): they must be ``actor``'s own.  A wrong
+        password is audited by ``authenticate``; another user's credentials as ``refused_action`` on ``target``.
+        Call outside a transaction, so a refusal's audit stays."""
+        signer = self.authenticate(username, password)
+        if signer.id != actor.id:
+            self.audit.record(actor.username, refused_action, target, reason="credentials of another user")
+            raise Forbidden("a signature must be made with the signer's own credentials")
+        return signer
+
     def signed_in(self, user: User, source: str = "", provider: str = "password") -> None:
         """Record a completed sign-in (every factor passed)."""
         self.audit.record(user.username, "signin.success", f"user:{user.username}", ip=source, provider=provider)

@@ -6,6 +6,7 @@ the API; ``simulate`` needs no store and writes one row per simulated participan
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -120,6 +121,24 @@ def revoke(trial: str = TRIAL, member: str = typer.Option(..., "--user"), role: 
         raise typer.BadParameter(f"no Mercia user {member!r}")
     _run(lambda: register.revoke(user, trial, target.id, role, site, reason))
     typer.echo(f"{member} is no longer {role}{' at ' + site if site else ''} on {trial}")
+
+
+@app.command("sign-delegation")
+def sign_delegation(trial: str = TRIAL, member: str = typer.Option(..., "--member", help="whose role is signed off"),
+                    role: str = typer.Option(..., "--role"), site: str = typer.Option("", "--site"),
+                    meaning: str = typer.Option(..., "--meaning", help="what your signature means"),
+                    signer: str = typer.Option(..., "--user", help="your Mercia username (password prompted or "
+                                               "MERCIA_PASSWORD)"),
+                    db: DbOption = None) -> None:
+    """Sign off a member's held role in the delegation log with your password (the site's investigator for its
+    staff; a trial manager for trial-wide roles and for site investigators' own)."""
+    register, user = _context(db, signer)
+    target = register.gov.user_by_name(member)
+    if target is None:
+        raise typer.BadParameter(f"no Mercia user {member!r}")
+    password = os.environ.get("MERCIA_PASSWORD") or typer.prompt(f"password for {signer}", hide_input=True)
+    _run(lambda: register.sign_delegation(user, trial, target.id, role, site, signer, password, meaning))
+    typer.echo(f"signed off {member}'s role {role}{' at ' + site if site else ''} on {trial}")
 
 
 @app.command()

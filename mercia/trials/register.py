@@ -41,16 +41,36 @@ SITE_ROLES = {TrialRole.SITE_INVESTIGATOR, TrialRole.RESEARCH_NURSE, TrialRole.C
 
 
 DELEGATION_LOG_COLUMNS = ["username", "display_name", "role", "site", "granted_at", "granted_by", "ended_at",
-                          "ended_by", "end_reason"]
+                          "ended_by", "end_reason", "signature", "signed_by", "signed_name", "signed_at",
+                          "signature_meaning"]
 UNKNOWN_GRANT = "unknown (granted before the log was kept)"
+SIGNED, AWAITING_SIGN_OFF, NOT_SIGNED = "signed", "awaiting sign-off", "ended unsigned"
+
+
+def signature_state(period: dict[str, Any]) -> str:
+    """Whether a period of the log is signed off, still awaits it (held), or ended without it."""
+    if period["signed_at"]:
+        return SIGNED
+    return NOT_SIGNED if period["ended_at"] else AWAITING_SIGN_OFF
+
+
+def signing_role(role: TrialRole, member_investigates_here: bool) -> TrialRole:
+    """Who authorises a period (ICH E6(R3): the investigator supervises the duties delegated at the site):
+    a site's investigator signs its staff's site roles; a trial manager signs trial-wide roles and every role
+    a site investigator holds at their own site (nobody authorises their own duties)."""
+    if role in SITE_ROLES and not member_investigates_here:
+        return TrialRole.SITE_INVESTIGATOR
+    return TrialRole.TRIAL_MANAGER
 
 
 def delegation_log_csv(rows: list[dict[str, Any]]) -> str:
-    """The delegation log (``TrialRegister.team``) as CSV for the trial master file: one row per period."""
+    """The delegation log (``TrialRegister.team``) as CSV for the trial master file: one row per period,
+    ``signature`` saying plainly whether it is signed off."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=DELEGATION_LOG_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({**r, "granted_at": r["granted_at"] or UNKNOWN_GRANT} for r in rows)
+    writer.writerows({**r, "granted_at": r["granted_at"] or UNKNOWN_GRANT, "signature": signature_state(r)}
+                     for r in rows)
     return out.getvalue()
 
 
@@ -245,15 +265,67 @@ class TrialRegister:
             self.gov.audit.record(actor.username, "trial.revoke_role", f"trial:{trial_id}", trial.project_id,
                                   member=member.username, role=role.value, site=site, reason=reason.strip())
 
+    def sign_delegation(self, actor: User, trial_id: str, user_id: int, role: TrialRole | str, site: str,
+                        username: str, password: str, meaning: str) -> None:
+        """The responsible investigator signs off a held role's period (``signing_role`` says who that is), as
+        an e-signature on an eCRF form: the signer re-enters their own credentials; their name, the time and
+        the meaning are recorded on the period, once, and audited."""
+        self.require(actor, trial_id, *TrialRole)
+        meaning = meaning.strip()
+        if not meaning:
+            raise TrialError("a signature needs its meaning (e.g. 'I delegate these duties and will supervise them')")
+        signer = self.gov.confirm_signer(actor, username, password, "trial.sign_delegation.refused",
+                                         f"trial:{trial_id}")
+        with self._team_change(actor, trial_id, user_id, role, site, *TrialRole) as (trial, member, role, site, _):
+            at = f" at {site}" if site else ""
+            investigates_here = site in self.roles(member, trial_id).get(TrialRole.SITE_INVESTIGATOR, set())
+            needed = signing_role(role, investigates_here)
+            if member.id == actor.id:
+                raise Forbidden(f"trial {trial_id}: nobody signs off their own delegation; a {needed.value} other "
+                                f"than {member.username} signs off their role {role.value}{at}")
+            self.require(actor, trial_id, needed, site=site)
+            held = self.db.row("SELECT granted_at, signed_by, signed_at FROM mercia_trial_role WHERE trial_id = ? "
+                               "AND user_id = ? AND role = ? AND site = ? AND ended_at IS NULL",
+                               [trial_id, user_id, role.value, site])
+            if held is None:
+                raise TrialError(f"trial {trial_id}: {member.username} does not hold the role {role.value}{at}; only "
+                                 "a role held now is signed off")
+            if held["signed_at"]:
+                raise Conflict(f"trial {trial_id}: {member.username}'s role {role.value}{at} held from "
+                               f"{held['granted_at'] or UNKNOWN_GRANT} is already signed off by {held['signed_by']} "
+                               f"at {held['signed_at']}")
+            self.db.execute("UPDATE mercia_trial_role SET signed_by = ?, signed_name = ?, signed_at = ?, "
+                            "signature_meaning = ? WHERE trial_id = ? AND user_id = ? AND role = ? AND site = ? "
+                            "AND ended_at IS NULL", [signer.username, signer.display_name, now(), meaning, trial_id,
+                                                     user_id, role.value, site])
+            self.gov.audit.record(actor.username, "trial.sign_delegation", f"trial:{trial_id}", trial.project_id,
+                                  member=member.username, role=role.value, site=site, name=signer.display_name,
+                                  meaning=meaning)
+
+    def may_sign(self, actor: User, trial_id: str, periods: list[dict[str, Any]]) -> list[bool]:
+        """For each period of ``team``, whether ``actor`` may sign it off now (held, unsigned, someone else's,
+        and ``actor`` holds its ``signing_role``), so a page offers the form only where it would be taken."""
+        held = self.roles(actor, trial_id)
+        investigators = {(p["username"], p["site"]) for p in periods
+                         if p["role"] == TrialRole.SITE_INVESTIGATOR and p["ended_at"] is None}
+
+        def allowed(p: dict[str, Any]) -> bool:
+            needed = signing_role(TrialRole(p["role"]), (p["username"], p["site"]) in investigators)
+            return needed in held and (needed not in SITE_ROLES or p["site"] in held[needed])
+
+        return [p["ended_at"] is None and not p["signed_at"] and p["username"] != actor.username and allowed(p)
+                for p in periods]
+
     @contextmanager
-    def _team_change(self, actor: User, trial_id: str, user_id: int, role: TrialRole | str,
-                     site: str) -> Iterator[tuple[Trial, User, TrialRole, str, bool]]:
-        """What ``grant`` and ``revoke`` both check, held alone per trial (two servers, or a server and the CLI:
-        two managers ending each other's role at once leave one): the actor manages the trial, the role and
-        site are the trial's; yields the trial, the member, the role, the site ('' for trial-wide roles) and
-        whether the member holds that role there now."""
+    def _team_change(self, actor: User, trial_id: str, user_id: int, role: TrialRole | str, site: str,
+                     *actor_roles: TrialRole) -> Iterator[tuple[Trial, User, TrialRole, str, bool]]:
+        """What ``grant``, ``revoke`` and ``sign_delegation`` check, held alone per trial (two servers, or a
+        server and the CLI: two managers ending each other's role at once leave one; a signature racing an
+        end): the actor holds one of ``actor_roles`` (a trial manager when none is given), the role and site are
+        the trial's; yields the trial, the member, the role, the site ('' for trial-wide roles) and whether the
+        member holds that role there now."""
         with self.db.transaction(), self.db.store.exclusive(f"trial_team_{trial_id}", reads=["mercia_trial_role"]):
-            trial = self.require(actor, trial_id, TrialRole.TRIAL_MANAGER)
+            trial = self.require(actor, trial_id, *(actor_roles or (TrialRole.TRIAL_MANAGER,)))
             try:
                 role = TrialRole(role)
             except ValueError:
@@ -274,12 +346,13 @@ class TrialRegister:
 
     def team(self, actor: User, trial_id: str, *, ended: bool = False) -> list[dict[str, Any]]:
         """The delegation log: who holds (held, with ``ended``) which role at which site, from when until when,
-        granted and ended by whom, and why it ended; ``granted_at`` None for a role granted before the log
-        was kept.  Any member of the team sees who holds a role now; the ended periods (with their reasons)
-        are for trial managers."""
+        granted and ended by whom, why it ended, and who signed it off when, meaning what (None: not signed);
+        ``granted_at`` None for a role granted before the log was kept.  Any member of the team sees who holds
+        a role now; the ended periods (with their reasons) are for trial managers."""
         self.require(actor, trial_id, *((TrialRole.TRIAL_MANAGER,) if ended else TrialRole))
         return self.db.rows(f"""SELECT u.username, u.display_name, r.role, r.site, r.granted_at, r.granted_by,
-                                       r.ended_at, r.ended_by, r.end_reason
+                                       r.ended_at, r.ended_by, r.end_reason, r.signed_by, r.signed_name,
+                                       r.signed_at, r.signature_meaning
                                 FROM mercia_trial_role r JOIN mercia_user u ON u.id = r.user_id
                                 WHERE r.trial_id = ? {'' if ended else 'AND r.ended_at IS NULL'}
                                 ORDER BY u.username, r.role, r.site, r.granted_at NULLS FIRST""", [trial_id])

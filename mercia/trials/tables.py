@@ -50,6 +50,7 @@ TABLES: dict[str, str] = {
 # unread), and when a duplicate enrolment record's notification was raised (mercia.trials.notifications).
 # The delegation log: each trial role's period, from its grant (by whom) to its end (by whom, why); NULL
 # ``ended_at``: the role is held.  A role granted before the log has no ``granted_at``/``granted_by`` (unknown).
+# Its sign-off by the responsible investigator (``TrialRegister.sign_delegation``): NULL ``signed_at``: unsigned.
 ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("mercia_trial_notification", "read_at", "TEXT"),
     (TRIAL_DUPLICATE_TABLE, "notified_at", "TEXT"),
@@ -58,6 +59,10 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("mercia_trial_role", "ended_at", "TEXT"),
     ("mercia_trial_role", "ended_by", "TEXT"),
     ("mercia_trial_role", "end_reason", "TEXT"),
+    ("mercia_trial_role", "signed_by", "TEXT"),
+    ("mercia_trial_role", "signed_name", "TEXT"),
+    ("mercia_trial_role", "signed_at", "TEXT"),
+    ("mercia_trial_role", "signature_meaning", "TEXT"),
 ]
 
 

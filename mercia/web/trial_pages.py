@@ -122,19 +122,52 @@ def grant_role(trial_id: str, request: Request, caller: Caller = Depends(signed_
     return redirect(f"/trials/{trial_id}", f"{member.display_name} added to the team")
 
 
-@router.get("/trials/{trial_id}/team", response_class=HTMLResponse)
-def team_page(trial_id: str, request: Request, caller: Caller = Depends(signed_in)):
-    """The delegation log (as the API): who holds which role now for any team member; for trial managers
-    also the ended periods, and a form per held role to end it."""
-    from mercia.trials.register import TrialRole
+def _trial_team_page(request: Request, caller: Caller, trial_id: str, status_code: int = 200,
+                     errors: dict[str, str] | None = None, entered: dict[str, str] | None = None):
+    """The delegation log (as the API): who holds which role now and whether it is signed off, for any team
+    member, with a sign-off form on each period the caller may sign; for trial managers also the ended
+    periods, and a form per held role to end it.  ``errors`` and ``entered`` hold a refused signature's problem
+    and meaning, by its period's field."""
+    from mercia.trials.register import TrialRole, signature_state
 
     state, register = _register(request)
     with state.lock:
         trial = register.require(caller.user, trial_id, *TrialRole)
         manager = TrialRole.TRIAL_MANAGER in register.roles(caller.user, trial_id)
         rows = register.team(caller.user, trial_id, ended=manager)
-    return render(request, "trials_team.html", caller, trial=trial, manager=manager,
-                  held=[r for r in rows if r["ended_at"] is None], ended=[r for r in rows if r["ended_at"]])
+        held = [r for r in rows if r["ended_at"] is None]
+        signable = register.may_sign(caller.user, trial_id, held)
+    return render(request, "trials_team.html", caller, status_code=status_code, trial=trial, manager=manager,
+                  held=list(zip(held, signable)), ended=[r for r in rows if r["ended_at"]], errors=errors or {},
+                  entered=entered or {}, signature_state=signature_state)
+
+
+@router.get("/trials/{trial_id}/team", response_class=HTMLResponse)
+def team_page(trial_id: str, request: Request, caller: Caller = Depends(signed_in)):
+    return _trial_team_page(request, caller, trial_id)
+
+
+@router.post("/trials/{trial_id}/team/sign", response_class=HTMLResponse)
+def sign_role(trial_id: str, request: Request, caller: Caller = Depends(signed_in), form: dict = Depends(form_data)):
+    """Sign off a held role with the caller's re-entered password, through the service the API calls; a refusal
+    comes back on the team page beside the period's form, with the meaning kept."""
+    from mercia.trials.register import TrialError
+
+    state, register = _register(request)
+    username, role, site, meaning = (form.get(k, "") for k in ("username", "role", "site", "meaning"))
+    try:
+        with state.lock:
+            member = state.gov.user_by_name(username)
+            if member is None:
+                raise TrialError(f"no Mercia user {username!r}")
+            register.sign_delegation(caller.user, trial_id, member.id, role, site, caller.user.username,
+                                     form.get("password", ""), meaning)
+    except GovernanceError as exc:
+        field = f"meaning-{username}-{role}-{site}"
+        return _trial_team_page(request, caller, trial_id, status_for(exc), {field: str(exc)},
+                                {"field": field, "meaning": meaning})
+    return redirect(f"/trials/{urlquote(trial_id)}/team",
+                    f"{member.display_name}'s role {role.replace('_', ' ')} signed off")
 
 
 @router.post("/trials/{trial_id}/team/end")

@@ -52,6 +52,12 @@ class RoleEnd(RoleGrant):
     reason: str = Field(..., min_length=1, max_length=500, description="why the role ends (in the delegation log)")
 
 
+class RoleSignature(RoleGrant):
+    username: str = Field(..., min_length=1, max_length=200, description="your own username, re-entered")
+    password: str = Field(..., min_length=1, max_length=1000, description="your own password, re-entered")
+    meaning: str = Field(..., min_length=1, max_length=500, description="what the signature means (in the log)")
+
+
 class StatusUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: str = Field(..., max_length=30)
@@ -141,6 +147,18 @@ def end_role(trial_id: str, body: RoleEnd, request: Request, user: User = Depend
     with state.lock:
         register.revoke(user, trial_id, body.user_id, body.role, body.site, body.reason)
     return {"trial_id": trial_id, **body.model_dump()}
+
+
+@router.post("/{trial_id}/roles/sign", summary="Sign off someone's held role in the delegation log, re-entering your "
+             "credentials (the site's investigator for its staff; a trial manager for trial-wide roles and for site "
+             "investigators' own)")
+def sign_role(trial_id: str, body: RoleSignature, request: Request,
+              user: User = Depends(current_user)) -> dict[str, Any]:
+    state, register, _ = _services(request)
+    with state.lock:
+        register.sign_delegation(user, trial_id, body.user_id, body.role, body.site, body.username, body.password,
+                                 body.meaning)
+    return {"trial_id": trial_id, **body.model_dump(exclude={"password"})}
 
 
 @router.get("/{trial_id}/team", summary="The delegation log: who holds which role, from when, granted by whom (any "

@@ -667,11 +667,8 @@ class CrfService:
         self.require(actor, study, StudyRole.INVESTIGATOR)
         if not meaning.strip():
             raise GovernanceError("a signature needs its meaning (e.g. 'I approve the data on this form')")
-        signer = self.gov.authenticate(username, password)   # outside the transaction: failures stay audited
-        if signer.id != actor.id:
-            self.gov.audit.record(actor.username, "crf.sign.refused", f"crf:{study.name}:{record_id}:{event}:{form}",
-                                  reason="credentials of another user")
-            raise Forbidden("a signature must be made with the signer's own credentials")
+        signer = self.gov.confirm_signer(actor, username, password, "crf.sign.refused",
+                                         f"crf:{study.name}:{record_id}:{event}:{form}")
         with self.db.transaction():
             state = self._existing_form(study, record_id, event, form)
             if state["status"] != FormStatus.COMPLETE.value:
