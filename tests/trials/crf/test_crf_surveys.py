@@ -144,7 +144,8 @@ def test_only_the_tokens_hash_is_stored(team):
     team.surveys.submit(token, ANSWERS)
     store = team.gov.db.store
     tables = [r["table_name"] for r in store.query_dicts(
-        "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'mercia_%'")]
+        "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'mercia_%' "
+        "AND table_schema = current_schema()")]
     assert "mercia_crf_survey" in tables and "mercia_audit" in tables
     for table in tables:
         assert token not in str(store.query_dicts(f"SELECT * FROM {table}")), table
