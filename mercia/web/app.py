@@ -44,7 +44,7 @@ def create_app(store: Store, options: ServerOptions | None = None, state_store: 
         headers.setdefault("Content-Security-Policy", CSP)
         headers["X-Frame-Options"] = "DENY"
         headers["X-Content-Type-Options"] = "nosniff"
-        headers["Referrer-Policy"] = "same-origin"
+        headers.setdefault("Referrer-Policy", "same-origin")   # survey pages send none (the token is in the address)
         headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
         headers["Cross-Origin-Opener-Policy"] = "same-origin"
         if not request.url.path.startswith("/static/"):

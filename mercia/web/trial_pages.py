@@ -399,7 +399,7 @@ def worklist_page(trial_id: str, request: Request, site: str = Query(..., max_le
 CRF_ASSETS = {"crf-logic.js", "crf-form.js"}
 
 
-def _crf(request: Request):
+def crf_of(request: Request):
     from mercia.trials.crf.service import CrfService
 
     state = state_of(request)
@@ -425,7 +425,7 @@ def crf_asset(name: str):
 
 @router.get("/crf", response_class=HTMLResponse)
 def crf_studies(request: Request, caller: Caller = Depends(signed_in)):
-    state, crf = _crf(request)
+    state, crf = crf_of(request)
     with state.lock:
         studies = crf.studies_for(caller.user)
     return render(request, "trials_crf_studies.html", caller, studies=studies)
@@ -435,7 +435,7 @@ def crf_studies(request: Request, caller: Caller = Depends(signed_in)):
 def crf_study(study: str, request: Request, caller: Caller = Depends(signed_in)):
     from mercia.trials.crf.service import OVERSEERS
 
-    state, crf = _crf(request)
+    state, crf = crf_of(request)
     with state.lock:
         overview = crf.overview(caller.user, study)
     team_link = any(r.value in overview["roles"] for r in OVERSEERS)
@@ -448,7 +448,7 @@ def _team_page(request: Request, caller: Caller, study: str, status_code: int = 
     holder to end it.  ``errors`` and ``entered`` hold a refused form's problem and what it said."""
     from mercia.trials.crf.service import StudyRole
 
-    state, crf = _crf(request)
+    state, crf = crf_of(request)
     with state.lock:
         holders = crf.team(caller.user, study)
         found = crf.study(study)
@@ -465,7 +465,7 @@ def _team_change(request: Request, caller: Caller, study: str, change, field_for
     ``field_for(exc)`` names, with nothing changed."""
     from mercia.governance import Forbidden
 
-    state, crf = _crf(request)
+    state, crf = crf_of(request)
     try:
         with state.lock:
             change(crf)
@@ -503,13 +503,25 @@ def crf_end_role(study: str, request: Request, caller: Caller = Depends(signed_i
                         f"{username}'s role {role.replace('_', ' ')} ended")
 
 
-def _form_page(request: Request, caller: Caller, study: str, record: str, event: str, form: str,
-               problems: dict[str, str] | None = None, entered: dict[str, str] | None = None, status_code: int = 200):
+def entry_fields(definition: dict[str, Any], values: dict[str, str], others: dict[str, dict[str, str]]
+                 ) -> tuple[list[dict[str, Any]], str]:
+    """The fields a person enters on a form page (not the record id), each marked ``shown`` as its branching
+    logic says for ``values`` and the record's ``others`` events; and today's date the logic used."""
     from datetime import date
 
     from mercia.trials.crf.logic import Record, shows
 
-    state, crf = _crf(request)
+    record_view = Record(values, others, today=date.today().isoformat())
+    fields = [f for f in definition["fields"] if f["name"] != definition["record_id_field"]]
+    for f in fields:
+        f["shown"] = shows(f["branching"], record_view)
+    return fields, record_view.today
+
+
+def _form_page(request: Request, caller: Caller, study: str, record: str, event: str, form: str,
+               problems: dict[str, str] | None = None, entered: dict[str, str] | None = None, status_code: int = 200,
+               sent: dict[str, Any] | None = None):
+    state, crf = crf_of(request)
     with state.lock:
         definition = crf.form_definition(caller.user, study, form)
         data = crf.form_data(caller.user, study, record, event, form)
@@ -518,19 +530,17 @@ def _form_page(request: Request, caller: Caller, study: str, record: str, event:
         queries = crf.form_queries(caller.user, study, record, event, form)
         others = crf.record_values(found, record)
         event_label = next(e["label"] for e in crf.events(found) if e["event_name"] == event)
-    definition["fields"] = [f for f in definition["fields"] if f["name"] != definition["record_id_field"]]
     values = {**data["values"], **(entered or {})}
-    record_view = Record(values, others, today=date.today().isoformat())
-    for f in definition["fields"]:
-        f["shown"] = shows(f["branching"], record_view)
+    fields, today = entry_fields(definition, values, others)
     state_row = data["state"] or {}
-    editable = ("data_entry" in roles and not state_row.get("locked") and not state_row.get("deleted")
-                and not data["set_aside"])
-    script = {"fields": definition["fields"], "values": values, "events": others, "today": record_view.today}
+    open_for_entry = not state_row.get("locked") and not state_row.get("deleted") and not data["set_aside"]
+    editable = "data_entry" in roles and open_for_entry
+    script = {"fields": fields, "values": values, "events": others, "today": today}
     return render(request, "trials_crf_form.html", caller, status_code=status_code, study=found, record=record,
-                  event=event, event_label=event_label, form=form, fields=definition["fields"], values=values,
+                  event=event, event_label=event_label, form=form, fields=fields, values=values,
                   state=state_row, set_aside=data["set_aside"], roles=roles, editable=editable, queries=queries,
-                  problems=problems or {},
+                  problems=problems or {}, sent=sent,
+                  may_send_survey=open_for_entry and bool(roles & {"data_entry", "data_manager"}),
                   script=script, path=_form_path(study, record, event, form),
                   statuses=["incomplete", "unverified", "complete"])
 
@@ -563,7 +573,7 @@ def crf_save(study: str, record: str, event: str, form: str, request: Request, c
              submitted: dict = Depends(form_data)):
     from mercia.trials.crf.service import EntryError
 
-    state, crf = _crf(request)
+    state, crf = crf_of(request)
     with state.lock:
         definition = crf.form_definition(caller.user, study, form)
         current = crf.form_data(caller.user, study, record, event, form)["values"]
@@ -583,11 +593,28 @@ def crf_save(study: str, record: str, event: str, form: str, request: Request, c
                     f"Saved: {len(changes)} change{'s' if len(changes) != 1 else ''}" if changes else "No changes")
 
 
+@router.post("/crf/{study}/{record}/{event}/{form}/survey", response_class=HTMLResponse)
+def crf_send_survey(study: str, record: str, event: str, form: str, request: Request,
+                    caller: Caller = Depends(signed_in), submitted: dict = Depends(form_data)):
+    """Send the form to its participant as a survey: the page shows the new single-use link this once."""
+    from datetime import timedelta
+
+    from mercia.trials.crf.surveys import SurveyService
+
+    days = submitted.get("days", "14").strip()
+    state, crf = crf_of(request)
+    with state.lock:
+        sent = SurveyService(crf).invite(caller.user, study, record, event, form,
+                                         timedelta(days=int(days) if days.isdigit() else 0))
+    sent["url"] = str(request.base_url).rstrip("/") + sent["path"]
+    return _form_page(request, caller, study, record, event, form, sent=sent)
+
+
 @router.post("/crf/{study}/{record}/{event}/{form}/{action}")
 def crf_form_action(study: str, record: str, event: str, form: str, action: str, request: Request,
                     caller: Caller = Depends(signed_in), submitted: dict = Depends(form_data)):
     """Sign (password re-entered), lock, unlock (with a reason), raise a query."""
-    state, crf = _crf(request)
+    state, crf = crf_of(request)
     user = caller.user
     actions = {
         "sign": lambda: crf.sign(user, study, record, event, form, submitted.get("username", ""),
@@ -608,7 +635,7 @@ def crf_form_action(study: str, record: str, event: str, form: str, action: str,
 @router.post("/crf/{study}/{record}/{event}/{form}/queries/{query_id}/{action}")
 def crf_query_action(study: str, record: str, event: str, form: str, query_id: int, action: str, request: Request,
                      caller: Caller = Depends(signed_in), submitted: dict = Depends(form_data)):
-    state, crf = _crf(request)
+    state, crf = crf_of(request)
     steps = {"answer": crf.answer_query, "close": crf.close_query, "reopen": crf.reopen_query}
     if action not in steps:
         return Response(status_code=404)

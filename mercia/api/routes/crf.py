@@ -5,6 +5,7 @@ study role every action needs and audits it."""
 from __future__ import annotations
 
 import tempfile
+from datetime import timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -60,6 +61,13 @@ class QueryRaise(Body):
 
 class QueryStep(Body):
     text: str = Field(..., min_length=1, max_length=4000)
+
+
+class SurveyInvite(Body):
+    record: str
+    event: str
+    form: str
+    days: int = Field(14, ge=1, le=90, description="how long the link stays valid")
 
 
 def _crf(request: Request) -> CrfService:
@@ -140,6 +148,31 @@ def query_step(study: str, query_id: int, action: Literal["answer", "close", "re
     step = {"answer": crf.answer_query, "close": crf.close_query, "reopen": crf.reopen_query}[action]
     step(user, study, query_id, body.text)
     return crf.query_history(query_id)
+
+
+@router.post("/surveys", status_code=201, summary="Send one scheduled form to its participant as a survey: a "
+             "single-use link, returned this once (data entry, data manager)")
+def invite(study: str, body: SurveyInvite, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    from mercia.trials.crf.surveys import SurveyService
+
+    return SurveyService(_crf(request)).invite(user, study, body.record, body.event, body.form,
+                                               timedelta(days=body.days))
+
+
+@router.get("/surveys", summary="The study's survey links and their status (open, used, expired, revoked); no tokens")
+def invitations(study: str, request: Request, record: str | None = None,
+                user: User = Depends(current_user)) -> list[dict[str, Any]]:
+    from mercia.trials.crf.surveys import SurveyService
+
+    return SurveyService(_crf(request)).invitations(user, study, record)
+
+
+@router.post("/surveys/{survey_id}/revoke", summary="Withdraw an open survey link")
+def revoke_survey(study: str, survey_id: int, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    from mercia.trials.crf.surveys import SurveyService
+
+    SurveyService(_crf(request)).revoke(user, study, survey_id)
+    return {"id": survey_id, "revoked": True}
 
 
 @router.get("/audit", summary="The study's audit trail (monitor, data manager); reading it is audited")

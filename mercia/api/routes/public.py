@@ -34,6 +34,8 @@ ANONYMOUS_ROUTES = frozenset({
     ("GET", "/signin/oidc"), ("GET", "/signin/oidc/callback"),
     # the eCRF pages' two scripts (code from the package, a fixed list of names; no data)
     ("GET", "/crf-assets/{name}"),
+    # a participant's survey: the single-use link's token is the credential (mercia.trials.crf.surveys)
+    ("GET", "/survey/{token}"), ("POST", "/survey/{token}"), ("GET", "/survey/thanks"),
 })
 
 

@@ -88,6 +88,35 @@ def team(study: str, as_json: bool = typer.Option(False, "--json", help="one JSO
         typer.echo(f"{holder['role']:<13} {holder['username']:<20} {holder['display_name'] or ''}".rstrip())
 
 
+@app.command("invite")
+def invite(study: str, record_id: str, event: str = typer.Option(..., "--event"), form: str = typer.Option(..., "--form"),
+           days: int = typer.Option(14, "--days", help="how long the link stays valid (1 to 90 days)"),
+           base_url: str | None = typer.Option(None, "--base-url", help="the server's address, to print the full link"),
+           user: str = USER, db: DbOption = None) -> None:
+    """Send one scheduled form to its participant as a survey: prints the single-use link (shown this once;
+    send it yourself by text or e-mail).  A new link replaces the form's earlier open one."""
+    from datetime import timedelta
+
+    from mercia.trials.crf.surveys import SurveyService
+
+    crf, actor = _session(db, user)
+    sent = _run(lambda: SurveyService(crf).invite(actor, study, record_id, event, form, timedelta(days=days)))
+    typer.echo(f"{base_url.rstrip('/')}{sent['path']}" if base_url else sent["path"])
+    typer.echo(f"survey link {sent['id']} for {record_id} {event}/{form}, valid until {sent['expires_at']}", err=True)
+
+
+@app.command("invitations")
+def invitations(study: str, record_id: str | None = typer.Option(None, "--record"),
+                user: str = USER, db: DbOption = None) -> None:
+    """The study's survey links, newest first, with their status (open, used, expired, revoked)."""
+    from mercia.trials.crf.surveys import SurveyService
+
+    crf, actor = _session(db, user)
+    for s in _run(lambda: SurveyService(crf).invitations(actor, study, record_id)):
+        typer.echo(f"{s['id']:>5} {s['status']:<8} {s['record']:<12} {s['event']}/{s['form']}  sent by {s['created_by']} "
+                   f"{s['created_at'][:16]}, expires {s['expires_at'][:16]}")
+
+
 @app.command("import-dictionary")
 def import_dictionary(study: str, path: Path = typer.Argument(..., exists=True, dir_okay=False),
                       reason: str = typer.Option("", "--reason", help="why the dictionary changes (needed after v1)"),

@@ -444,6 +444,10 @@ class CrfService:
         calculation ASTs the browser evaluates with ``static/crf-logic.js``."""
         study = self.study(study_name)
         self.require(actor, study, *StudyRole)
+        return self.definition(study, form)
+
+    def definition(self, study: Study, form: str) -> dict[str, Any]:
+        """``form_definition`` without the role check, for a caller that settled its right another way."""
         if study.dictionary is None or form not in study.dictionary.forms:
             raise NotFound(f"study {study.name} has no form {form!r}")
         return {"study": study.name, "form": form, "dictionary_version": study.dictionary_version,
@@ -459,7 +463,7 @@ class CrfService:
         """Current values and state (status, lock, signature, voided signature) of one form."""
         study = self.study(study_name)
         self.require(actor, study, *StudyRole)
-        self._check_form(study, record_id, event, form)
+        self.check_form(study, record_id, event, form)
         columns = {c for f in study.dictionary.form_fields(form) for c in f.export_columns()}
         values = self.record_values(study, record_id).get(event, {})
         return {"record": record_id, "event": event, "form": form,
@@ -501,7 +505,7 @@ class CrfService:
             q["messages"] = self.query_history(q["query_id"])
         return queries
 
-    def _check_form(self, study: Study, record_id: str, event: str, form: str) -> None:
+    def check_form(self, study: Study, record_id: str, event: str, form: str) -> None:
         participant = self._participant(study, record_id)
         allowed = {e["event_name"]: e["forms"] for e in self.events(study, participant["arm"])}
         if event not in allowed:
@@ -515,7 +519,13 @@ class CrfService:
         """Validate and save entered values; returns the changes (field, old, new) that were recorded."""
         study = self.study(study_name)
         self.require(actor, study, StudyRole.DATA_ENTRY)
-        self._check_form(study, record_id, event, form)
+        return self.save_as(actor.username, study, record_id, event, form, values, reason, status)
+
+    def save_as(self, who: str, study: Study, record_id: str, event: str, form: str, values: Mapping[str, str],
+                reason: str = "", status: FormStatus | str = FormStatus.INCOMPLETE) -> list[dict[str, str]]:
+        """``save_form`` once the caller's right to enter data is settled: ``who`` is recorded as the author
+        (a study member's username, or ``participant:<record>`` for a survey answered through its link)."""
+        self.check_form(study, record_id, event, form)
         status = FormStatus(status)
         fields = study.dictionary.form_fields(form)
         columns = {c: f for f in fields for c in f.export_columns() if f.field_type != "calc"}
@@ -567,7 +577,7 @@ class CrfService:
             if not changes and state and status.value == state["status"]:
                 return []
             at = now()
-            seq = self.gov.audit.record(actor.username, "crf.form.save", f"crf:{study.name}:{record_id}:{event}:{form}",
+            seq = self.gov.audit.record(who, "crf.form.save", f"crf:{study.name}:{record_id}:{event}:{form}",
                                         changes=changes, reason=reason or None, status=status.value,
                                         first_save=state is None, dictionary_version=study.dictionary_version)
             for change in changes:
@@ -575,9 +585,9 @@ class CrfService:
                                 "AND field_name = ?", [study.id, record_id, event, change["field"]])
                 self.db.insert("mercia_crf_value", {
                     "study_id": study.id, "record_id": record_id, "event_name": event, "form_name": form,
-                    "field_name": change["field"], "value": change["new"], "saved_by": actor.username,
+                    "field_name": change["field"], "value": change["new"], "saved_by": who,
                     "saved_at": at, "reason": reason or None, "audit_seq": seq})
-            self._write_through(actor, study, record_id, event, form, fields, merged, seq)
+            self._write_through(who, study, record_id, event, form, fields, merged, seq)
             if state is None:
                 self.db.insert("mercia_crf_form", {
                     "study_id": study.id, "record_id": record_id, "event_name": event, "form_name": form,
@@ -586,7 +596,7 @@ class CrfService:
                 self._update_form(study, record_id, event, form, status=status.value, updated_at=at)
         return changes
 
-    def _write_through(self, actor: User, study: Study, record_id: str, event: str, form: str, fields: list,
+    def _write_through(self, who: str, study: Study, record_id: str, event: str, form: str, fields: list,
                        values: Mapping[str, str], cause: int | None) -> None:
         """Bring the participant's OMOP rows (mapped fields, PROM scores) and PROM responses from this form
         up to date, auditing what changed beside the entry of the save or delete that caused it.  A
@@ -603,7 +613,7 @@ class CrfService:
         changes = omop.write_through(self.db, study.id, study.name, record_id, event, form, facts,
                                      participant["person_id"])
         if changes:
-            self.gov.audit.record(actor.username, "crf.omop.write", f"crf:{study.name}:{record_id}:{event}:{form}",
+            self.gov.audit.record(who, "crf.omop.write", f"crf:{study.name}:{record_id}:{event}:{form}",
                                   person_id=participant["person_id"], cause_seq=cause, changes=changes)
 
     def _update_form(self, study: Study, record_id: str, event: str, form: str, **columns: Any) -> None:
@@ -630,7 +640,8 @@ class CrfService:
             self._update_form(study, record_id, event, form, deleted=True, updated_at=now())
             seq = self.gov.audit.record(actor.username, "crf.form.delete",
                                         f"crf:{study.name}:{record_id}:{event}:{form}", reason=reason)
-            self._write_through(actor, study, record_id, event, form, study.dictionary.form_fields(form), {}, seq)
+            self._write_through(actor.username, study, record_id, event, form, study.dictionary.form_fields(form), {},
+                                seq)
 
     def lock(self, actor: User, study_name: str, record_id: str, event: str, form: str) -> None:
         study = self.study(study_name)
@@ -688,7 +699,7 @@ class CrfService:
                     text: str) -> int:
         study = self.study(study_name)
         self.require(actor, study, StudyRole.MONITOR, StudyRole.DATA_MANAGER)
-        self._check_form(study, record_id, event, form)
+        self.check_form(study, record_id, event, form)
         if field not in {f.name for f in study.dictionary.form_fields(form)}:
             raise NotFound(f"form {form} has no field {field!r}")
         with self.db.transaction():

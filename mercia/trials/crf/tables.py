@@ -49,6 +49,11 @@ TABLES: dict[str, str] = {
         raised_by TEXT NOT NULL, raised_at TEXT NOT NULL""",
     "mercia_crf_query_message": """query_id BIGINT NOT NULL, seq BIGINT NOT NULL, action TEXT NOT NULL,
         author TEXT NOT NULL, written_at TEXT NOT NULL, text TEXT NOT NULL""",
+    # A single-use link sending one scheduled form to its participant (mercia.trials.crf.surveys): only the
+    # SHA-256 of the link's token is kept, so the table cannot be read back into working links.
+    "mercia_crf_survey": """survey_id BIGINT PRIMARY KEY, token_sha256 TEXT NOT NULL UNIQUE, study_id BIGINT NOT NULL,
+        record_id TEXT NOT NULL, event_name TEXT NOT NULL, form_name TEXT NOT NULL, created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL, expires_at TEXT NOT NULL, used_at TEXT, revoked_at TEXT, revoked_by TEXT""",
 }
 
 INDEXES = [

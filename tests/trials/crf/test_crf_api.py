@@ -11,6 +11,7 @@ from .test_crf_entry import DEMO, ENROL
 
 FORM = "/api/v1/crf/studies/heart/records/H001/events/baseline_arm_1/forms/demographics"
 TEAM = "/api/v1/crf/studies/heart/team"
+SURVEYS = "/api/v1/crf/studies/heart/surveys"
 
 
 @pytest.fixture
@@ -45,6 +46,9 @@ ROUTES = [
     ("get", TEAM, None),
     ("post", TEAM, {"username": "nurse_ed", "role": "monitor"}),
     ("post", TEAM + "/end", {"username": "nurse_ed", "role": "data_entry", "reason": "r"}),
+    ("post", SURVEYS, {"record": "H001", "event": "enrolment_arm_1", "form": "enrolment"}),
+    ("get", SURVEYS, None),
+    ("post", SURVEYS + "/1/revoke", None),
 ]
 
 
@@ -137,3 +141,28 @@ def test_the_study_team_over_http(api):
     paths = client.get("/api/v1/openapi.json").json()["paths"]
     assert set(paths["/crf/studies/{study}/team"]) == {"get", "post"}
     assert paths["/crf/studies/{study}/team/end"]["post"]["summary"].startswith("End someone's study role")
+
+
+def test_survey_links_over_http(api):
+    client, team, headers = api
+    entry = headers(team.entry)
+    sent = client.post(SURVEYS, headers=entry, json={"record": "H001", "event": "enrolment_arm_1", "form": "enrolment",
+                                                     "days": 3})
+    assert sent.status_code == 201
+    invitation = sent.json()
+    assert invitation["path"] == f"/survey/{invitation['token']}" and invitation["record"] == "H001"
+    listed = client.get(SURVEYS, headers=entry, params={"record": "H001"})
+    assert [(s["id"], s["status"]) for s in listed.json()] == [(invitation["id"], "open")]
+    assert invitation["token"] not in listed.text and "token" not in listed.json()[0]
+    by_monitor = client.post(SURVEYS, headers=headers(team.monitor),
+                             json={"record": "H001", "event": "enrolment_arm_1", "form": "enrolment"})
+    assert by_monitor.status_code == 403 and "needs the study role data_entry or data_manager" in by_monitor.text
+    assert client.post(SURVEYS, headers=entry, json={"record": "H001", "event": "enrolment_arm_1",
+                                                     "form": "enrolment", "days": 91}).status_code == 422
+    assert client.post(f"{SURVEYS}/{invitation['id']}/revoke", headers=entry).json() == {
+        "id": invitation["id"], "revoked": True}
+    again = client.post(f"{SURVEYS}/{invitation['id']}/revoke", headers=entry)
+    assert again.status_code == 409 and "is revoked" in again.json()["detail"]
+    assert client.get(SURVEYS, headers=entry).json()[0]["status"] == "revoked"
+    paths = client.get("/api/v1/openapi.json").json()["paths"]
+    assert {"/crf/studies/{study}/surveys", "/crf/studies/{study}/surveys/{survey_id}/revoke"} <= set(paths)

@@ -151,3 +151,51 @@ def test_a_data_manager_manages_the_study_team_in_the_browser(browser, live_serv
     assert_fits(page)
     assert errors == ["Failed to load resource: the server responded with a status of 409 (Conflict)"]   # the refusal
     context.close()
+
+
+def test_a_participant_answers_a_survey_on_a_phone(browser, live_server, team):  # noqa: F811
+    """The nurse sends record H002's enrolment form as a survey; the participant opens the link on a phone,
+    with no account, sees the branching follow her answers, a wrong answer flagged next to its question, and
+    the thank-you page; the link then no longer works."""
+    from tests.web.axe import assert_accessible, assert_fits
+
+    base = live_server
+    context, page, errors = as_user(browser, team, base, team.entry)
+    page.goto(f"{base}/crf/heart/H002/enrolment_arm_1/enrolment")
+    page.get_by_role("button", name="Send as survey").click()
+    link = page.get_by_label("Survey link").input_value()
+    assert link.startswith(f"{base}/survey/")
+    assert_accessible(page)
+    context.close()
+
+    phone = browser.new_context(viewport={"width": 390, "height": 844})
+    page = phone.new_page()
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(link)
+    assert page.get_by_role("heading", name="HEART trial").is_visible()
+    pregnant = page.locator("#group-pregnant")
+    assert pregnant.is_hidden()
+    page.get_by_label("Female", exact=True).check()
+    assert pregnant.is_visible()                                   # the staff form's branching, live
+    page.get_by_label("Participant initials").fill("CD")
+    page.get_by_label("Date of consent").fill("2024-02-30")
+    page.get_by_role("button", name="Send my answers").click()             # held back by the page's own check
+    assert "is not a date" in page.locator("#error-consent_date").inner_text()
+    assert page.get_by_label("Participant initials").input_value() == "CD"
+    assert_accessible(page)
+    assert_fits(page)
+    page.get_by_label("Date of consent").fill("2024-02-28")
+    page.get_by_label("Date of consent").blur()                     # its message clears: the button moves up
+    page.get_by_label("No", exact=True).check()
+    page.get_by_role("button", name="Send my answers").click()
+    page.get_by_role("heading", name="Thank you").wait_for()
+    assert_accessible(page)
+    assert phone.cookies() == []
+    page.goto(link)
+    assert page.get_by_role("heading", name="This link is no longer valid").is_visible()
+    assert "HEART" not in page.content()
+    state = team.crf.form_state(team.crf.study("heart"), "H002", "enrolment_arm_1", "enrolment")
+    assert state["status"] == "complete"
+    assert errors == ["Failed to load resource: the server responded with a status of 404 (Not Found)"], errors
+    phone.close()

@@ -1,5 +1,6 @@
 """``mercia trials crf``: a study set up, migrated and exported from the command line, as a signed-in user."""
 
+import hashlib
 import json
 
 import pytest
@@ -109,3 +110,25 @@ def test_an_unknown_role_on_the_command_line_is_one_line_naming_the_roles(db):
         refused = crf(db, *args)
         assert refused.exit_code == 1 and "error: 'nurse' is not a study role: data_entry, monitor" in refused.output
         assert refused.exception is None or isinstance(refused.exception, SystemExit)
+
+
+def test_a_survey_link_from_the_command_line(db):
+    crf(db, "create-study", "heart", "--title", "HEART")
+    crf(db, "import-dictionary", "heart", str(DICTIONARIES / "baseline.csv"))
+    crf(db, "add-event", "heart", "enrolment_arm_1", "--form", "enrolment")
+    crf(db, "add-participant", "heart", "H001", "--arm", "arm_1", "--start", "2024-03-01")
+    sent = crf(db, "invite", "heart", "H001", "--event", "enrolment_arm_1", "--form", "enrolment", "--days", "7",
+               "--base-url", "https://mercia.example.nhs.uk/")
+    assert sent.exit_code == 0
+    [link] = sent.stdout.splitlines()
+    assert link.startswith("https://mercia.example.nhs.uk/survey/") and len(link.rsplit("/", 1)[1]) == 43
+    with Store(db) as store:
+        stored = store.query_one("SELECT token_sha256 FROM mercia_crf_survey")
+    assert stored == hashlib.sha256(link.rsplit("/", 1)[1].encode()).hexdigest()
+    listed = crf(db, "invitations", "heart")
+    assert listed.exit_code == 0 and listed.stdout.split()[:4] == ["1", "open", "H001", "enrolment_arm_1/enrolment"]
+    too_long = crf(db, "invite", "heart", "H001", "--event", "enrolment_arm_1", "--form", "enrolment", "--days", "91")
+    assert too_long.exit_code == 1 and "valid for 1 to 90 days" in too_long.output
+    path_only = crf(db, "invite", "heart", "H001", "--event", "enrolment_arm_1", "--form", "enrolment")
+    assert path_only.stdout.startswith("/survey/")
+    assert [line.split()[1] for line in crf(db, "invitations", "heart").stdout.splitlines()] == ["open", "revoked"]

@@ -8,38 +8,19 @@ from datetime import date
 
 import pyarrow as pa
 import pytest
-from argon2 import PasswordHasher
 
-from mercia.governance import Governance
 from mercia.proms.scoring import score_eq5d
 from mercia.proms.valuesets import value_set
 from mercia.trials.crf.dictionary import DictionaryError, read_dictionary
-from tests.conftest import drop_store, open_store
 
-from .conftest import DICTIONARIES, Team
+from .conftest import BMI, DICTIONARIES, MMHG, SBP
 
-BMI, SBP, MMHG = 3038553, 3004249, 8876
 DIMS = ("mo", "sc", "ua", "pd", "ad")
 
 
 @pytest.fixture
-def team(engine, tmp_path, monkeypatch):
-    monkeypatch.setattr("mercia.governance.passwords.hasher", PasswordHasher(time_cost=1, memory_cost=1024))
-    store = open_store(engine, tmp_path)
-    store.init_schema()
-    store.insert_arrow("concept", pa.table({
-        "concept_id": [BMI, SBP], "concept_name": ["Body mass index", "Systolic blood pressure"],
-        "domain_id": ["Measurement", "Measurement"], "vocabulary_id": ["LOINC", "LOINC"],
-        "concept_class_id": ["Clinical Observation"] * 2, "standard_concept": ["S", "S"],
-        "concept_code": ["39156-5", "8480-6"], "valid_start_date": [date(1970, 1, 1)] * 2,
-        "valid_end_date": [date(2099, 12, 31)] * 2}))
-    built = Team(Governance(store))
-    crf, dm = built.crf, built.manager
-    crf.import_dictionary(dm, "heart", (DICTIONARIES / "with_proms.csv").read_text(), reason="PROMs and blood pressure")
-    crf.add_event(dm, "heart", "arm_1", "month_3_arm_1", "Month 3", ["eq5d"], day_offset=90)
-    crf.add_participant(dm, "heart", "P042", "arm_1", "2024-03-01", person_id=42)
-    yield built
-    drop_store(store)
+def team(prom_team):
+    return prom_team
 
 
 def rows(team, table):

@@ -199,3 +199,59 @@ def test_the_team_page_follows_the_service_rule_for_each_role(web):
     client.cookies.clear()
     assert client.get("/crf/heart/team", follow_redirects=False).status_code == 303     # to sign-in
     assert ("someone_else", "data_manager") not in _members(team) and ("cra_mo", "data_entry") not in _members(team)
+
+
+ENROLMENT = "/crf/heart/H001/enrolment_arm_1/enrolment"
+
+
+def _send_survey(client, sign_in, user) -> str:
+    page = post(client, f"{ENROLMENT}/survey", sign_in(user), days="5")
+    assert page.status_code == 200 and "works once" in page.text
+    [url] = re.findall(r'id="survey-url" value="([^"]+)"', page.text)
+    return url.removeprefix("http://testserver")
+
+
+def test_staff_send_a_form_as_a_survey_and_see_the_link_once(web):
+    client, sign_in, team = web
+    sign_in(team.monitor)
+    assert "Send as survey" not in client.get(ENROLMENT).text
+    assert post(client, f"{ENROLMENT}/survey", sign_in(team.monitor)).status_code == 403
+    sign_in(team.entry)
+    assert "Send as survey" in client.get(ENROLMENT).text
+    assert post(client, f"{ENROLMENT}/survey", "not-the-token").status_code == 403
+    assert team.gov.db.scalar("SELECT COUNT(*) FROM mercia_crf_survey") == 0
+    path = _send_survey(client, sign_in, team.entry)
+    assert path.startswith("/survey/")
+    assert path not in client.get(ENROLMENT).text                 # shown once, on the answer to the POST only
+    refused = post(client, f"{ENROLMENT}/survey", sign_in(team.entry), days="91")
+    assert refused.status_code == 400 and "valid for 1 to 90 days" in refused.text
+
+
+def test_a_participant_answers_through_the_link(web):
+    client, sign_in, team = web
+    path = _send_survey(client, sign_in, team.entry)
+    client.cookies.clear()                                          # the participant has no session
+    page = client.get(path)
+    assert page.status_code == 200 and "HEART trial" in page.text and "Date of consent" in page.text
+    assert page.headers["cache-control"] == "no-store" and page.headers["referrer-policy"] == "no-referrer"
+    assert "set-cookie" not in page.headers and "Staff sign in" not in page.text and "/trials" not in page.text
+    [csrf] = re.findall(r'name="csrf_token" value="([^"]+)"', page.text)
+    answers = {"consent_date": "2024-03-01", "sex": "2", "initials": "AB"}
+    assert client.post(path, data=answers, follow_redirects=False).status_code == 403      # no CSRF token
+    bad = client.post(path, data={"csrf_token": csrf, **answers, "consent_date": "2024-13-01"},
+                      follow_redirects=False)
+    assert bad.status_code == 400
+    group = re.search(r'id="group-consent_date".*?</div>', bad.text, re.S).group(0)
+    assert "is not a date" in group and 'value="AB"' in bad.text
+    assert team.gov.db.scalar("SELECT COUNT(*) FROM mercia_crf_survey WHERE used_at IS NULL") == 1
+    done = client.post(path, data={"csrf_token": csrf, **answers}, follow_redirects=False)
+    assert done.status_code == 303 and done.headers["location"] == "/survey/thanks"
+    assert "Thank you" in client.get("/survey/thanks").text
+    data = team.crf.form_data(team.entry, "heart", "H001", "enrolment_arm_1", "enrolment")
+    assert data["state"]["status"] == "complete" and data["values"]["initials"] == "AB"
+    used, unknown = client.get(path), client.get("/survey/not-a-link")
+    assert used.status_code == unknown.status_code == 404 and used.text == unknown.text
+    assert "no longer valid" in used.text and "HEART" not in used.text and "heart" not in used.text
+    assert used.headers["referrer-policy"] == "no-referrer"
+    again = client.post(path, data={"csrf_token": csrf, **answers}, follow_redirects=False)
+    assert again.status_code == 404
