@@ -32,7 +32,7 @@ def report(db: DbOption = None,
     from mercia.quality.report import build_report
 
     with Store.open(db) as store:
-        result = build_report(store, org)
+        result = build_report(store, org.strip().upper() if org else None)  # stored in capitals, as ingest takes it
     if html:
         html.write_text(render_html(result))
     if as_json:

@@ -28,7 +28,7 @@ def test_ingest_purge_and_dq_report_commands(shared_data, tmp_path):
     assert orjson.loads(result.output)["records"] == 7  # 2 UK Core patients + 5 HL7 patients
 
     html = tmp_path / "dq.html"
-    result = runner.invoke(app, ["dq", "report", "--db", db, "--org", "R9P", "--json", "--html", str(html)])
+    result = runner.invoke(app, ["dq", "report", "--db", db, "--org", "r9p", "--json", "--html", str(html)])
     assert result.exit_code == 0, result.output
     report = orjson.loads(result.output)
     assert {c["org"] for c in report["counts"]} == {"R9P"}
