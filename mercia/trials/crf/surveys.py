@@ -20,6 +20,7 @@ from typing import Any
 
 from mercia.governance import Conflict, GovernanceError, NotFound, User
 from mercia.governance.db import now
+from mercia.governance.identity import iso
 from mercia.trials.crf.service import CrfService, FormStatus, Study, StudyRole
 
 DEFAULT_VALIDITY = timedelta(days=14)
@@ -38,10 +39,6 @@ def token_hash(token: str) -> str:
 def participant(record_id: str) -> str:
     """Who a survey's answers are recorded as having been entered by."""
     return f"participant:{record_id}"
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")   # as governance.db.now(), so text order is time order
 
 
 class SurveyService:
@@ -67,14 +64,14 @@ class SurveyService:
             at = datetime.now(UTC)
             replaced = [r["survey_id"] for r in self.db.rows(
                 "SELECT survey_id FROM mercia_crf_survey WHERE study_id = ? AND record_id = ? AND event_name = ? "
-                f"AND form_name = ? AND {_STATUS} = 'open'", [study.id, record_id, event, form, _stamp(at)])]
+                f"AND form_name = ? AND {_STATUS} = 'open'", [study.id, record_id, event, form, iso(at)])]
             if replaced:
                 self.db.execute(f"UPDATE mercia_crf_survey SET revoked_at = ?, revoked_by = ? WHERE survey_id IN "
-                                f"({', '.join('?' for _ in replaced)})", [_stamp(at), actor.username, *replaced])
+                                f"({', '.join('?' for _ in replaced)})", [iso(at), actor.username, *replaced])
             survey_id = self.db.next_id("mercia_crf_survey", "survey_id")
             row = {"survey_id": survey_id, "token_sha256": token_hash(token), "study_id": study.id,
                    "record_id": record_id, "event_name": event, "form_name": form, "created_by": actor.username,
-                   "created_at": _stamp(at), "expires_at": _stamp(at + valid_for)}
+                   "created_at": iso(at), "expires_at": iso(at + valid_for)}
             self.db.insert("mercia_crf_survey", row)
             self.audit.record(actor.username, "crf.survey.invite", f"crf:{study.name}:{record_id}:{event}:{form}",
                               survey_id=survey_id, expires_at=row["expires_at"], replaced=replaced)
