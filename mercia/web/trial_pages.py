@@ -521,6 +521,8 @@ def entry_fields(definition: dict[str, Any], values: dict[str, str], others: dic
 def _form_page(request: Request, caller: Caller, study: str, record: str, event: str, form: str,
                problems: dict[str, str] | None = None, entered: dict[str, str] | None = None, status_code: int = 200,
                sent: dict[str, Any] | None = None):
+    from mercia.trials.crf.surveys import SENDERS
+
     state, crf = crf_of(request)
     with state.lock:
         definition = crf.form_definition(caller.user, study, form)
@@ -540,7 +542,7 @@ def _form_page(request: Request, caller: Caller, study: str, record: str, event:
                   event=event, event_label=event_label, form=form, fields=fields, values=values,
                   state=state_row, set_aside=data["set_aside"], roles=roles, editable=editable, queries=queries,
                   problems=problems or {}, sent=sent,
-                  may_send_survey=open_for_entry and bool(roles & {"data_entry", "data_manager"}),
+                  may_send_survey=open_for_entry and bool(roles & {r.value for r in SENDERS}),
                   script=script, path=_form_path(study, record, event, form),
                   statuses=["incomplete", "unverified", "complete"])
 
