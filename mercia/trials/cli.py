@@ -6,13 +6,13 @@ the API; ``simulate`` needs no store and writes one row per simulated participan
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
 from mercia.cdm.cli import DbOption
 from mercia.trials.crf.cli import app as crf_app
+from mercia.trials.crf.cli import password_for
 
 app = typer.Typer(help="Clinical trials: register, feasibility, worklists, recruitment, randomisation, CONSORT.",
                   no_args_is_help=True)
@@ -136,7 +136,7 @@ def sign_delegation(trial: str = TRIAL, member: str = typer.Option(..., "--membe
     target = register.gov.user_by_name(member)
     if target is None:
         raise typer.BadParameter(f"no Mercia user {member!r}")
-    password = os.environ.get("MERCIA_PASSWORD") or typer.prompt(f"password for {signer}", hide_input=True)
+    password = password_for(signer)
     _run(lambda: register.sign_delegation(user, trial, target.id, role, site, signer, password, meaning))
     typer.echo(f"signed off {member}'s role {role}{' at ' + site if site else ''} on {trial}")
 

@@ -18,15 +18,19 @@ app = typer.Typer(help="Electronic case report forms (REDCap dictionaries, data,
 USER = typer.Option(..., "--user", help="your Mercia username (password prompted or MERCIA_PASSWORD)")
 
 
+def password_for(username: str) -> str:
+    """The signing-in user's password: ``MERCIA_PASSWORD`` for scripts, else prompted (never an option)."""
+    return os.environ.get("MERCIA_PASSWORD") or typer.prompt(f"password for {username}", hide_input=True)
+
+
 def _session(db: str | None, username: str):
     from mercia.cdm import Store
     from mercia.governance import Governance, GovernanceError
     from mercia.trials.crf.service import CrfService
 
     gov = Governance(Store.open(db))
-    password = os.environ.get("MERCIA_PASSWORD") or typer.prompt(f"password for {username}", hide_input=True)
     try:
-        user = gov.authenticate(username, password)
+        user = gov.authenticate(username, password_for(username))
     except GovernanceError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
