@@ -143,22 +143,25 @@ def survey_page(token: str, request: Request):
 @router.post("/survey/{token}", response_class=HTMLResponse, dependencies=limited)
 def survey_submit(token: str, request: Request, submitted: dict = Depends(form_data)):
     """Save the answers (validated as staff entry is); a refused answer comes back next to its question
-    with the link still usable; then the thank-you page, at an address without the token."""
+    with the link still usable (that showing audited as an opening of the link); then the thank-you page,
+    at an address without the token."""
     from mercia.governance import NotFound
     from mercia.trials.crf.service import EntryError
-    from mercia.web.trial_pages import entered_values
 
     if not hmac.compare_digest(submitted.get("csrf_token", ""), survey_csrf(token)):
         return _survey_render(request, "error.html", 403, title="Form expired",
                               message="This form could not be checked. Open the link you were sent again.")
+    answers = {name: value for name, value in submitted.items() if name != "csrf_token"}
     state, surveys = _surveys(request)
     try:
         with state.lock:
-            page = surveys.open(token)
-            values = entered_values(page["definition"], submitted, {})
-            surveys.submit(token, values)
+            try:
+                surveys.submit(token, answers)
+            except EntryError as exc:
+                problems = exc.problems
+                page = surveys.open(token, refused=problems)
+            else:
+                return RedirectResponse("/survey/thanks", status_code=303, headers=SURVEY_HEADERS)
     except NotFound:
         return _survey_gone(request)
-    except EntryError as exc:
-        return _survey_form(request, token, page, exc.problems, values, 400)
-    return RedirectResponse("/survey/thanks", status_code=303, headers=SURVEY_HEADERS)
+    return _survey_form(request, token, page, problems, answers, 400)

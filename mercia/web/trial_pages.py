@@ -552,28 +552,10 @@ def crf_form(study: str, record: str, event: str, form: str, request: Request, c
     return _form_page(request, caller, study, record, event, form)
 
 
-def entered_values(definition: dict[str, Any], submitted: dict[str, str], current: dict[str, str]) -> dict[str, str]:
-    """What the form submitted for each entered column: an unticked box is '0' once the column holds a
-    value (browsers send nothing for it); calculated and descriptive fields and the record id are not entered."""
-    values: dict[str, str] = {}
-    for f in definition["fields"]:
-        if f["type"] in ("calc", "descriptive") or f["name"] == definition["record_id_field"]:
-            continue
-        for column in f["columns"]:
-            if f["type"] == "checkbox":
-                if submitted.get(column) == "1":
-                    values[column] = "1"
-                elif current.get(column, "") != "":
-                    values[column] = "0"
-            else:
-                values[column] = submitted.get(column, "").strip()
-    return values
-
-
 @router.post("/crf/{study}/{record}/{event}/{form}/save")
 def crf_save(study: str, record: str, event: str, form: str, request: Request, caller: Caller = Depends(signed_in),
              submitted: dict = Depends(form_data)):
-    from mercia.trials.crf.service import EntryError
+    from mercia.trials.crf.service import EntryError, entered_values
 
     state, crf = crf_of(request)
     with state.lock:

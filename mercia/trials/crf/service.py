@@ -97,6 +97,32 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def entered_fields(definition: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The fields of ``definition`` (``CrfService.definition``) a person enters: not calculated or
+    descriptive fields, nor the record id."""
+    return [f for f in definition["fields"]
+            if f["type"] not in ("calc", "descriptive") and f["name"] != definition["record_id_field"]]
+
+
+def entered_values(definition: Mapping[str, Any], submitted: Mapping[str, str], current: Mapping[str, str]
+                   ) -> dict[str, str]:
+    """What a form's submission says for each entered column of ``definition`` (``CrfService.definition``):
+    a submitted form replaces what the form held, so a field not sent is '' and a box not sent as ticked
+    ('1') is '0' once its column holds a value (browsers send nothing for an unticked box).  A name that is
+    not an entered column (``entered_fields``) is left out."""
+    values: dict[str, str] = {}
+    for f in entered_fields(definition):
+        for column in f["columns"]:
+            if f["type"] == "checkbox":
+                if submitted.get(column) == "1":
+                    values[column] = "1"
+                elif current.get(column, "") != "":
+                    values[column] = "0"
+            else:
+                values[column] = submitted.get(column, "").strip()
+    return values
+
+
 class CrfService:
     def __init__(self, governance: Governance):
         self.gov = governance

@@ -3,25 +3,36 @@
 The study team invites (``invite``): Mercia returns a fresh random token once, for the team to send as
 ``/survey/<token>`` by text or e-mail, and keeps only its SHA-256, with the record, event and form it opens,
 who sent it, when it expires, and when it was used or revoked.  Whoever holds the link may open that one
-form (``open``: a blank form; the participant's answers replace what the form held) and submit it once
-(``submit``): the answers go through ``CrfService.save_as``, the path staff saves take, so they are
-validated, audited (as ``participant:<record>``), scored and written to OMOP exactly as staff entry is, and
-the form is marked complete in the transaction that uses up the link.  An unknown, used, revoked or expired
-link, or one whose form has been locked since, is refused in one and the same way (``NotFound``), so a
-refusal tells nothing about the study; it is audited with the first characters of the token's hash only.
+form (``open``: a blank form, each showing audited as ``participant:<record>``) and submit it once
+(``submit``): the answers replace what the form held (``entered_values``, the staff form's rule: a question
+left unanswered is blank, an unticked box '0'), and go through ``CrfService.save_as``, the path staff saves
+take, so they are validated, audited (as ``participant:<record>``), scored and written to OMOP exactly as
+staff entry is, and the form is marked complete in the transaction that uses up the link.  An unknown,
+used, revoked or expired link, or one whose form has been locked or left the schedule since, is refused in
+one and the same way (``NotFound``), so a refusal tells nothing about the study; it is audited with the
+first characters of the token's hash only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mercia.governance import Conflict, GovernanceError, NotFound, User
 from mercia.governance.db import now
 from mercia.governance.identity import iso
-from mercia.trials.crf.service import CrfService, FormStatus, Study, StudyRole
+from mercia.trials.crf.service import (
+    CrfService,
+    EntryError,
+    FormStatus,
+    Study,
+    StudyRole,
+    entered_fields,
+    entered_values,
+)
 
 DEFAULT_VALIDITY = timedelta(days=14)
 LONGEST_VALIDITY = timedelta(days=90)
@@ -34,6 +45,11 @@ _STATUS = ("CASE WHEN used_at IS NOT NULL THEN 'used' WHEN revoked_at IS NOT NUL
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _target(survey: Mapping[str, Any]) -> str:
+    """The audit target of the form an invitation opens."""
+    return f"crf:{survey['study'].name}:{survey['record_id']}:{survey['event_name']}:{survey['form_name']}"
 
 
 def participant(record_id: str) -> str:
@@ -90,17 +106,14 @@ class SurveyService:
         return None
 
     def _usable(self, token: str) -> dict[str, Any] | None:
-        """The invitation a link stands for, with its study, if it may still be answered; else None."""
+        """The invitation a link stands for, with its study, if it is open and its form takes entry; else None.
+        Whether the form is still on the record's schedule is the caller's to check (``save_as`` does)."""
         survey = self.db.row(f"SELECT s.*, {_STATUS} AS status FROM mercia_crf_survey s WHERE token_sha256 = ?",
                              [now(), token_hash(token)])
         if survey is None or survey["status"] != "open":
             return None
         study = self.crf.study(self.db.scalar("SELECT name FROM mercia_crf_study WHERE study_id = ?",
                                               [survey["study_id"]]))
-        try:
-            self.crf.check_form(study, survey["record_id"], survey["event_name"], survey["form_name"])
-        except NotFound:     # the schedule changed since the link was sent
-            return None
         if self._closed_for_entry(study, survey["record_id"], survey["event_name"], survey["form_name"]):
             return None
         return {**survey, "study": study}
@@ -110,37 +123,59 @@ class SurveyService:
                           step=step)
         return NotFound(REFUSAL)
 
-    def open(self, token: str) -> dict[str, Any]:
+    def open(self, token: str, refused: Mapping[str, str] | None = None) -> dict[str, Any]:
         """What the participant's page needs: the study's title, the event's label and that one form's
-        definition (the study's own labels).  The form is shown blank."""
+        definition (the study's own labels).  The form is shown blank.  Each showing is audited
+        (``crf.survey.open``); ``refused`` are the problems of answers just refused, when the form is shown
+        again with them, and the entry names their fields (``answers_refused``)."""
         survey = self._usable(token)
+        if survey is not None:
+            try:
+                self.crf.check_form(survey["study"], survey["record_id"], survey["event_name"], survey["form_name"])
+            except NotFound:     # the schedule changed since the link was sent
+                survey = None
         if survey is None:
             raise self._refuse(token, "open")
         study = survey["study"]
         label = next(e["label"] for e in self.crf.events(study) if e["event_name"] == survey["event_name"])
+        self.audit.record(participant(survey["record_id"]), "crf.survey.open", _target(survey),
+                          survey_id=survey["survey_id"], **({"answers_refused": sorted(refused)} if refused else {}))
         return {"study_title": study.title, "event_label": label, "expires_at": survey["expires_at"],
                 "definition": self.crf.definition(study, survey["form_name"])}
 
-    def submit(self, token: str, values: dict[str, str]) -> list[dict[str, str]]:
-        """Save the answers as complete and use up the link, in one transaction; answers that fail
-        validation raise ``EntryError`` and leave the link usable.  Of two submits at once, the second
-        waits for the first and is then refused."""
-        digest = token_hash(token)
-        with self.db.transaction():
-            # Claim the invitation's row first, so a concurrent submit of the same link waits here.
-            self.db.execute("UPDATE mercia_crf_survey SET used_at = used_at WHERE token_sha256 = ?", [digest])
-            survey = self._usable(token)
-            if survey is not None:
-                study, record_id = survey["study"], survey["record_id"]
-                changes = self.crf.save_as(participant(record_id), study, record_id, survey["event_name"],
-                                           survey["form_name"], values, SUBMIT_REASON, FormStatus.COMPLETE)
-                self.db.execute("UPDATE mercia_crf_survey SET used_at = ? WHERE survey_id = ?",
-                                [now(), survey["survey_id"]])
-                self.audit.record(participant(record_id), "crf.survey.submit",
-                                  f"crf:{study.name}:{record_id}:{survey['event_name']}:{survey['form_name']}",
-                                  survey_id=survey["survey_id"], changes=len(changes))
-                return changes
+    def submit(self, token: str, answers: Mapping[str, str]) -> list[dict[str, str]]:
+        """Save the answers as complete and use up the link, in one transaction.  The answers replace what
+        the form held (``entered_values``): a question not answered is blank, a box not ticked ('1') is '0'.
+        Answers that fail validation, or name no question of the form, raise ``EntryError`` and leave the
+        link usable.  Of two submits at once, the second waits for the first and is then refused."""
+        try:
+            with self.db.transaction():
+                # Claim the invitation's row first, so a concurrent submit of the same link waits here.
+                self.db.execute("UPDATE mercia_crf_survey SET used_at = used_at WHERE token_sha256 = ?",
+                                [token_hash(token)])
+                survey = self._usable(token)
+                if survey is not None:
+                    return self._save(survey, answers)
+        except NotFound:     # the form left the record's schedule since the link was sent
+            pass
         raise self._refuse(token, "submit")
+
+    def _save(self, survey: dict[str, Any], answers: Mapping[str, str]) -> list[dict[str, str]]:
+        """``submit`` once the link is claimed and usable: the answers, each entered column of the form not
+        answered made blank, saved complete as the participant; the link used up."""
+        study, record_id, event, form = survey["study"], survey["record_id"], survey["event_name"], survey["form_name"]
+        definition = self.crf.definition(study, form)
+        questions = {column for f in entered_fields(definition) for column in f["columns"]}
+        strangers = {name: "not a field of this form" for name in answers if name not in questions}
+        if strangers:
+            raise EntryError(record_id, event, form, strangers)
+        values = entered_values(definition, answers, self.crf.record_values(study, record_id).get(event, {}))
+        changes = self.crf.save_as(participant(record_id), study, record_id, event, form, values, SUBMIT_REASON,
+                                   FormStatus.COMPLETE)     # which checks that the form is still on the schedule
+        self.db.execute("UPDATE mercia_crf_survey SET used_at = ? WHERE survey_id = ?", [now(), survey["survey_id"]])
+        self.audit.record(participant(record_id), "crf.survey.submit", _target(survey),
+                          survey_id=survey["survey_id"], changes=len(changes))
+        return changes
 
     def invitations(self, actor: User, study_name: str, record_id: str | None = None) -> list[dict[str, Any]]:
         """The study's survey links, newest first, each with its status (open, used, expired, revoked); never a

@@ -34,8 +34,8 @@ def app(team):
     return create_app(team.gov.db.store, ServerOptions(secure_cookies=False, job_workers=1))
 
 
-def as_user(browser, team, base, user):  # noqa: F811 - the fixture, passed in
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+def as_user(browser, team, base, user, height=900):  # noqa: F811 - the fixture, passed in
+    context = browser.new_context(viewport={"width": 1280, "height": height})
     token, _ = team.gov.start_session(user)
     context.add_cookies([{"name": "mercia_session", "value": token, "url": base}])
     page = context.new_page()
@@ -124,6 +124,28 @@ def test_data_entry_journey(browser, live_server, team):  # noqa: F811
     context.close()
 
 
+def test_save_takes_the_click_that_leaves_a_corrected_field(browser, live_server, team):  # noqa: F811
+    """A field's inline error goes as it is corrected, so the press on Save that leaves the field does not
+    move the button from under the pointer: the form is saved by that one click.  The window shows the
+    whole form: scrolled, Chromium's scroll anchoring would keep the button in place and hide a move."""
+    base = live_server
+    context, page, errors = as_user(browser, team, base, team.entry, height=3200)
+    page.goto(f"{base}/crf/heart/H002/baseline_arm_1/demographics")
+    height = page.get_by_label("Height (cm)")
+    height.fill("tall")
+    height.blur()
+    assert page.locator("#error-height_cm").inner_text() == "'tall' is not a number"
+    height.fill("180")
+    assert height.evaluate("e => e === document.activeElement")
+    assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight")
+    page.get_by_role("button", name="Save form").click()
+    assert "Saved: 1 change" in saved(page)
+    assert team.crf.form_data(team.entry, "heart", "H002", "baseline_arm_1", "demographics")["values"] == {
+        "height_cm": "180"}
+    assert not errors, errors
+    context.close()
+
+
 def test_a_data_manager_manages_the_study_team_in_the_browser(browser, live_server, team):  # noqa: F811
     from tests.web.axe import assert_accessible, assert_fits
 
@@ -186,7 +208,7 @@ def test_a_participant_answers_a_survey_on_a_phone(browser, live_server, team): 
     assert_accessible(page)
     assert_fits(page)
     page.get_by_label("Date of consent").fill("2024-02-28")
-    page.get_by_label("Date of consent").blur()                     # its message clears: the button moves up
+    assert page.locator("#error-consent_date").inner_text() == ""   # cleared as it was corrected
     page.get_by_label("No", exact=True).check()
     page.get_by_role("button", name="Send my answers").click()
     page.get_by_role("heading", name="Thank you").wait_for()

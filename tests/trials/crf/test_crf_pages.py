@@ -246,6 +246,9 @@ def test_a_participant_answers_through_the_link(web):
     assert team.gov.db.scalar("SELECT COUNT(*) FROM mercia_crf_survey WHERE used_at IS NULL") == 1
     done = client.post(path, data={"csrf_token": csrf, **answers}, follow_redirects=False)
     assert done.status_code == 303 and done.headers["location"] == "/survey/thanks"
+    opened = [e["detail"] for e in reversed(team.gov.audit.search(action="crf.survey.open"))]
+    assert opened == [{"survey_id": 1}, {"survey_id": 1, "answers_refused": ["consent_date"]}]  # the page, shown again
+    assert [e["actor"] for e in team.gov.audit.search(action="crf.survey.submit")] == ["participant:H001"]
     assert "Thank you" in client.get("/survey/thanks").text
     data = team.crf.form_data(team.entry, "heart", "H001", "enrolment_arm_1", "enrolment")
     assert data["state"]["status"] == "complete" and data["values"]["initials"] == "AB"
@@ -255,3 +258,27 @@ def test_a_participant_answers_through_the_link(web):
     assert used.headers["referrer-policy"] == "no-referrer"
     again = client.post(path, data={"csrf_token": csrf, **answers}, follow_redirects=False)
     assert again.status_code == 404
+
+
+def test_a_survey_sent_from_its_page_replaces_what_staff_had_entered(web):
+    """The participant's page is blank and a browser sends nothing for an unticked box: the box staff ticked
+    and the field staff filled end blank, as the participant left them, and the audit trail shows the change."""
+    client, sign_in, team = web
+    demographics = "/crf/heart/H001/baseline_arm_1/demographics"
+    csrf = sign_in(team.entry)
+    assert post(client, f"{demographics}/save", csrf, height_cm="180", weight_kg="81", smoking___2="1",
+                notes="seen by the nurse").status_code == 303
+    page = post(client, f"{demographics}/survey", csrf, days="5")
+    [url] = re.findall(r'id="survey-url" value="([^"]+)"', page.text)
+    client.cookies.clear()
+    path = url.removeprefix("http://testserver")
+    form = client.get(path).text
+    assert "seen by the nurse" not in form and "checked" not in form
+    [survey_csrf] = re.findall(r'name="csrf_token" value="([^"]+)"', form)
+    done = client.post(path, data={"csrf_token": survey_csrf, "height_cm": "175", "weight_kg": "81", "notes": ""},
+                       follow_redirects=False)
+    assert done.status_code == 303
+    assert (stored(team, "smoking___2"), stored(team, "notes"), stored(team, "height_cm")) == ("0", "", "175")
+    [save] = [e for e in team.gov.audit.search(action="crf.form.save") if e["actor"] == "participant:H001"]
+    assert {(c["field"], c["old"], c["new"]) for c in save["detail"]["changes"]} >= {
+        ("smoking___2", "1", "0"), ("notes", "seen by the nurse", ""), ("height_cm", "180", "175")}

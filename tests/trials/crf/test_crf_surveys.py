@@ -205,3 +205,68 @@ def test_of_two_submits_at_once_one_wins(team):
     assert outcome == [REFUSAL]
     assert team.crf.form_data(team.entry, "heart", "P042", *EQ5D)["values"]["eq_vas"] == "80"
     assert len(team.gov.audit.search(action="crf.survey.submit")) == 1
+
+
+def test_each_opening_of_a_link_is_audited_as_the_participant_without_the_token(team):
+    invitation = _invite(team)
+    team.surveys.open(invitation["token"])
+    team.surveys.submit(invitation["token"], ANSWERS)
+    [opened] = team.gov.audit.search(action="crf.survey.open")        # the submit logs no second opening
+    assert (opened["actor"], opened["target"], opened["detail"]) == (
+        "participant:P042", "crf:heart:P042:month_3_arm_1:eq5d", {"survey_id": invitation["id"]})
+    assert invitation["token"] not in str(team.gov.audit.search(limit=1000))
+
+
+BASELINE = ("baseline_arm_1", "demographics")
+STAFF_DEMOGRAPHICS = {"dob": "1980-06-15", "height_cm": "180", "weight_kg": "81", "smoking___2": "1",
+                      "notes": "seen by the nurse", "sbp": "120"}
+
+
+def test_a_surveys_answers_replace_what_staff_had_entered_on_the_form(team):
+    """What the participant leaves out (an unticked box, an empty field) is blank, not the staff value kept."""
+    crf, store = team.crf, team.gov.db.store
+    crf.save_form(team.entry, "heart", "P042", *BASELINE, STAFF_DEMOGRAPHICS)
+    sbp_rows = "SELECT count(*) FROM measurement WHERE person_id = 42 AND measurement_source_value LIKE '%sbp%'"
+    assert store.query_one(sbp_rows) == 1
+    token = team.surveys.invite(team.entry, "heart", "P042", *BASELINE)["token"]
+    changes = team.surveys.submit(token, {"dob": "1980-06-15", "height_cm": "175", "weight_kg": "81"})
+    expected = {("height_cm", "180", "175"), ("bmi", "25", "26.4"), ("smoking___2", "1", "0"),
+                ("notes", "seen by the nurse", ""), ("sbp", "120", "")}
+    assert {(c["field"], c["old"], c["new"]) for c in changes} == expected
+    assert crf.form_data(team.entry, "heart", "P042", *BASELINE)["values"] == {
+        "dob": "1980-06-15", "height_cm": "175", "weight_kg": "81", "bmi": "26.4", "smoking___2": "0", "notes": "",
+        "sbp": ""}
+    save = team.gov.audit.search(action="crf.form.save")[0]
+    assert save["actor"] == "participant:P042"
+    assert {(c["field"], c["old"], c["new"]) for c in save["detail"]["changes"]} == expected
+    assert store.query_one(sbp_rows) == 0
+
+
+def test_a_link_whose_form_left_the_schedule_is_refused(team):
+    token = _invite(team)["token"]
+    team.gov.db.execute("DELETE FROM mercia_crf_event_form WHERE form_name = 'eq5d'")
+    for step in (team.surveys.open, lambda token: team.surveys.submit(token, ANSWERS)):
+        with pytest.raises(NotFound, match=REFUSAL):
+            step(token)
+    assert [e["detail"]["step"] for e in team.gov.audit.search(action="crf.survey.refused")] == ["submit", "open"]
+    assert team.crf.form_state(team.crf.study("heart"), "P042", *EQ5D) is None
+
+
+def test_a_submit_checks_the_schedule_once(team, monkeypatch):
+    token, checks = _invite(team)["token"], []
+    check_form = team.crf.check_form
+    monkeypatch.setattr(team.crf, "check_form", lambda *args: checks.append(args[1:]) or check_form(*args))
+    team.surveys.submit(token, ANSWERS)
+    assert checks == [("P042", *EQ5D)]
+
+
+def test_an_answer_to_no_question_of_the_form_is_refused(team):
+    """The record id is not the participant's to enter, nor a field of another form or none."""
+    token = team.surveys.invite(team.entry, "heart", "H001", "enrolment_arm_1", "enrolment")["token"]
+    answers = {"consent_date": "2024-03-01", "sex": "2"}
+    with pytest.raises(EntryError) as refused:
+        team.surveys.submit(token, answers | {"record_id": "H999", "bmi": "20", "shoe_size": "9"})
+    assert refused.value.problems == {name: "not a field of this form" for name in ("record_id", "bmi", "shoe_size")}
+    assert team.crf.form_state(team.crf.study("heart"), "H001", "enrolment_arm_1", "enrolment") is None
+    team.surveys.submit(token, answers)
+    assert team.crf.form_data(team.entry, "heart", "H001", "enrolment_arm_1", "enrolment")["values"] == answers

@@ -1,6 +1,7 @@
 // A data-entry page: calculations and branching logic follow what is typed (through MerciaLogic, the
 // evaluator tested against the Python reference), and each entry is checked as it is left with the
-// dictionary's validation.  The server checks everything again on save; this only helps the person typing.
+// dictionary's validation (its message clears as soon as the entry is acceptable).  The server checks
+// everything again on save; this only helps the person typing.
 (function () {
   "use strict";
   var source = document.getElementById("crf-definition");
@@ -97,10 +98,12 @@
       group.hidden = !shown;
     });
   }
+  // A message goes as soon as what is typed is acceptable, not when the field is left: leaving it is
+  // often the press of a button below, which would move under the pointer and miss the click.
   def.fields.forEach(function (f) {
     inputs(f).forEach(function (e) {
       e.addEventListener("change", function () { show(f, problem(f, valueOf(f))); refresh(); });
-      e.addEventListener("input", refresh);
+      e.addEventListener("input", function () { if (!problem(f, valueOf(f))) show(f, ""); refresh(); });
     });
   });
   form.addEventListener("submit", function (event) {
