@@ -554,8 +554,12 @@ class CrfService:
         self.check_form(study, record_id, event, form)
         status = FormStatus(status)
         fields = study.dictionary.form_fields(form)
-        columns = {c: f for f in fields for c in f.export_columns() if f.field_type != "calc"}
-        problems = {name: "not a field of this form" for name in values if name not in columns}
+        record_id_field = study.dictionary.record_id_field
+        columns = {c: f for f in fields for c in f.export_columns()
+                   if f.field_type != "calc" and f.name != record_id_field}
+        problems = {name: ("is the record id, which the record is created with and is not entered"
+                           if name == record_id_field else "not a field of this form")
+                    for name in values if name not in columns}
         for name, value in values.items():
             if name in columns:
                 why = validate_value(columns[name], str(value))

@@ -56,6 +56,10 @@ def test_validation_names_record_and_field(team):
                            {"consent_date": "2024-03-01", "sex": "2", "pregnant": "1"})
     with pytest.raises(EntryError, match="bmi: not a field of this form"):
         team.crf.save_form(team.entry, "heart", "H001", "baseline_arm_1", "demographics", {"bmi": "22"})
+    record_id_field = team.crf.study("heart").dictionary.record_id_field      # the record's own, never typed
+    with pytest.raises(EntryError, match=f"{record_id_field}: is the record id"):
+        team.crf.save_form(team.entry, "heart", "H001", "enrolment_arm_1", "enrolment",
+                           {**ENROL, record_id_field: "H999"})
     assert team.crf.record_values(team.crf.study("heart"), "H001") == {}        # nothing half-written
 
 
