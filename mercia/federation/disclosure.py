@@ -37,6 +37,15 @@ class FederatedPolicy:
             return None if noisy <= SHRINE_THRESHOLD else noisy
         return None if self.base.is_small(value) else self.base.publish_count(value)
 
+    def publish_cells(self, total: int, cells: dict[str, int], partition: bool, seed: str,
+                      cell_seed: str) -> tuple[int | None, dict[str, int | None]]:
+        """A total and its cells published together, so that no hidden cell is the total less the
+        cells shown (the platform's policies: ``DisclosurePolicy.publish_breakdown``); ``shrine`` and
+        ``none`` publish each figure on its own (a cell's noise seeded by ``cell_seed`` and its name)."""
+        if self.base is not None:
+            return self.base.publish_breakdown(total, cells, partition=partition)
+        return self.publish(total, seed), {cell: self.publish(n, cell_seed + cell) for cell, n in cells.items()}
+
 
 def federated_policy(name: str, allow_raw: bool = False) -> FederatedPolicy:
     if name == "none":

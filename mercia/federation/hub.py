@@ -454,33 +454,36 @@ class Hub:
                   "status": "timed_out" if s["status"] not in FINAL_TASK_STATUSES else s["status"],
                   "count": s["count"], "reason": s["reason"], "last_load": s["last_load"]} for s in sites]
         missing = [n["org"] for n in nodes if n["status"] != "answered"]
+        total, cells = self._cells(query, distinct + unlinkable, per_cell, extra, answered, policy, seed)
         answer = {"kind": query.kind, "nodes": nodes, "complete": not missing, "missing": missing,
-                  "deduplicated_total": policy.publish(distinct + unlinkable, seed + ":total"),
+                  "deduplicated_total": total,
                   "naive_sum": policy.publish(naive, seed + ":naive"),
                   "seen_at_two_or_more_sites": policy.publish(shared, seed + ":shared"),
                   "redacted_marker": policy.redacted_marker, "policy_description": policy.description,
                   "answered_at": _iso(_now())}
         if query.kind != "feasibility" or query.strata:
-            answer["cells"] = self._cells(query, per_cell, extra, answered, policy, seed)
+            answer["cells"] = cells
         return answer
 
     @staticmethod
-    def _cells(query: CohortQuery, per_cell: dict[str, int], extra: list[dict[str, Any]],
-               answered: list[dict[str, Any]], policy: FederatedPolicy, seed: str) -> list[dict[str, Any]]:
-        """One row per cell: its de-duplicated count and each site's published count, all through the policy."""
+    def _cells(query: CohortQuery, total: int, per_cell: dict[str, int], extra: list[dict[str, Any]],
+               answered: list[dict[str, Any]], policy: FederatedPolicy,
+               seed: str) -> tuple[int | None, list[dict[str, Any]]]:
+        """The published de-duplicated total, and one row per cell: its de-duplicated count and each
+        site's published count; the total and the cells go through the policy together."""
         names = set(per_cell) | {c for e in extra for c in e["cells"]}
         labels = {c: label for e in extra for c, label in e["labels"].items()}
         if query.kind == "trial_feasibility":
             names |= set(months_between(query.start_month, query.end_month))
             labels |= {"0000-00": f"before {query.start_month}", "9999-99": f"after {query.end_month}"}
-        rows = []
-        for cell in sorted(names):
-            unlinked = sum(e["unlinkable"].get(cell, 0) for e in extra)
-            rows.append({"cell": cell, "label": labels.get(cell, cell),
-                         "deduplicated": policy.publish(per_cell.get(cell, 0) + unlinked, f"{seed}:cell:{cell}"),
-                         "sites": {s["org"]: e["cells"].get(cell, policy.publish(0, f"{seed}:{s['org']}:{cell}"))
-                                   for s, e in zip(answered, extra)}})
-        return rows
+        deduplicated = {cell: per_cell.get(cell, 0) + sum(e["unlinkable"].get(cell, 0) for e in extra)
+                        for cell in sorted(names)}
+        shown_total, shown = policy.publish_cells(total, deduplicated, partitioned(query),
+                                                  f"{seed}:total", f"{seed}:cell:")
+        return shown_total, [
+            {"cell": cell, "label": labels.get(cell, cell), "deduplicated": shown[cell],
+             "sites": {s["org"]: e["cells"].get(cell, policy.publish(0, f"{seed}:{s['org']}:{cell}"))
+                       for s, e in zip(answered, extra)}} for cell in deduplicated]
 
     # -- nodes -----------------------------------------------------------------------------
     def authenticate_node(self, org: str | None, method: str, path: str, stamp: str | None, body: bytes,

@@ -345,6 +345,21 @@ class DisclosurePolicy(BaseModel):
         step = self.statistic_step(resolution, int(min(sizes)) if sizes else 1)
         return _round_to_step(value, step)
 
+    def publish_breakdown(self, total: int, cells: dict[str, int], *,
+                          partition: bool) -> tuple[int | None, dict[str, int | None]]:
+        """A total and its cells released together (None: hidden), as one table through this policy.
+
+        Published one by one, a single hidden cell is the total less the cells shown; as a table each
+        cell is part of the total (a near-100% cell is hidden) and, when the cells ``partition`` the
+        total (each person in one cell), secondary suppression hides enough of them."""
+        table = self._apply_table(StatTable(
+            name="breakdown", title="breakdown", population=total,
+            columns=[ColumnSpec(name="cell", kind=Kind.LABEL),
+                     ColumnSpec(name="count", kind=Kind.COUNT, denominator=POPULATION)],
+            rows=[{"cell": cell, "count": count} for cell, count in cells.items()],
+            partitions=[PartitionSpec(column="count")] if partition else []))
+        return table.population, {row["cell"]: row["count"] for row in table.rows}
+
     # -- tables ---------------------------------------------------------------------------
     def _apply_table(self, table: StatTable) -> StatTable:
         if table.redacted_marker is not None:

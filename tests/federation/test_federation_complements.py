@@ -1,0 +1,51 @@
+"""Attacks on stratified federated answers by complement: the total is published, so a single hidden
+cell is the total less the cells shown.  Secondary suppression (``mercia.privacy.disclosure``) must hide
+enough cells that the hidden ones together describe nobody or more than the threshold people."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mercia.federation.node import NodePolicy
+from mercia.privacy.disclosure import get_policy
+
+from .test_federation_hub import agents, answer
+from .test_federation_kinds import ask
+
+STRATA = {"kind": "feasibility", "strata": ["sex"]}   # in the test region a site of 17 has 10 men
+
+
+def stratified_answer(network, hub_factory, policy: str) -> dict:
+    hub, app, project_id, token = hub_factory(policy=policy, differencing_limit=100)
+    client = TestClient(app)
+    query_id = ask(client, token, project_id, STRATA).json()["query_id"]
+    for agent in agents(network, client, {n.org: NodePolicy() for n in network.nodes}).values():
+        agent.step()
+    return answer(client, token, query_id)
+
+
+def test_threshold10_total_less_the_shown_cells_never_gives_a_small_count(network, hub_factory):
+    """Without rounding the total minus the shown cells is exactly the hidden cells' sum: it must be 0 or
+    more than 9, for the network's de-duplicated cells and for each site's own cells."""
+    result = stratified_answer(network, hub_factory, "threshold10")
+    threshold = get_policy("threshold10").threshold
+    cells = [row["deduplicated"] for row in result["cells"]]
+    hidden_sum = result["deduplicated_total"] - sum(v for v in cells if v is not None)
+    assert not 1 <= hidden_sum <= threshold, f"hidden cells hold exactly {hidden_sum} people"
+    for node in (n for n in result["nodes"] if n["count"] is not None):
+        site = [row["sites"][node["org"]] for row in result["cells"]]
+        site_hidden = node["count"] - sum(v for v in site if v is not None)
+        assert not 1 <= site_hidden <= threshold, f"{node['org']}: hidden cells hold exactly {site_hidden}"
+
+
+@pytest.mark.parametrize("policy", ["opensafely", "threshold10"])
+def test_a_hidden_stratum_never_stands_alone_beside_a_published_total(network, hub_factory, policy):
+    """One hidden cell beside a published total is that total less the cells shown (give or take the
+    rounding); under a policy with secondary suppression a hidden cell always has company."""
+    result = stratified_answer(network, hub_factory, policy)
+    columns = [(result["deduplicated_total"], [row["deduplicated"] for row in result["cells"]])]
+    columns += [(node["count"], [row["sites"][node["org"]] for row in result["cells"]]) for node in result["nodes"]]
+    published_totals = [cells for total, cells in columns if total is not None]
+    assert any(None in cells for cells in published_totals)       # the attack has a hidden cell to look for
+    assert all(cells.count(None) != 1 for cells in published_totals), columns
