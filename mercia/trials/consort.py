@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from mercia.analytics.charts import TEXT, Chart, write_chart
 from mercia.cdm.extensions import TRIAL_DUPLICATE_TABLE
 from mercia.governance import User
-from mercia.privacy.disclosure import ColumnSpec, DisclosurePolicy, Kind, StatTable, get_policy
+from mercia.privacy.disclosure import ColumnSpec, DisclosurePolicy, Kind, PartitionSpec, StatTable, get_policy
 from mercia.trials.register import TrialRegister, TrialRole
 
 ASSESSED = ("screened", "consented", "randomised", "ineligible", "withdrawn")
@@ -49,22 +49,28 @@ def consort_counts(register: TrialRegister, actor: User, trial_id: str, *, exter
     ineligible = {r["person_id"] for r in statuses if r["ineligible"]} - set(arms)
     declined = {r["person_id"] for r in statuses if r["declined"]} - set(arms) - ineligible
     withdrawn = {r["person_id"] for r in statuses if r["withdrawn"]}
-    rows = [{"box": "identified", "count": len(statuses)}, {"box": "assessed", "count": len(assessed)},
-            {"box": "excluded", "count": len(assessed - set(arms))},
-            {"box": "excluded_ineligible", "count": len(ineligible)},
-            {"box": "excluded_declined", "count": len(declined)},
-            {"box": "excluded_other", "count": len(assessed - set(arms) - ineligible - declined)},
-            {"box": "randomised", "count": len(arms)},
-            {"box": "duplicate_randomisations", "count": set_aside_count},
-            {"box": "suspected_duplicate_randomisations", "count": suspected}]
+    # ``part_of``: the box a row's people are a share of, beside the other boxes of that share (a box
+    # shown in the diagram as their total), so that disclosure control hides no box alone among them
+    rows = [{"box": "identified", "part_of": "identified", "count": len(statuses)},
+            {"box": "assessed", "part_of": "identified", "count": len(assessed)},
+            {"box": "excluded", "part_of": "assessed", "count": len(assessed - set(arms))},
+            {"box": "excluded_ineligible", "part_of": "excluded", "count": len(ineligible)},
+            {"box": "excluded_declined", "part_of": "excluded", "count": len(declined)},
+            {"box": "excluded_other", "part_of": "excluded",
+             "count": len(assessed - set(arms) - ineligible - declined)},
+            {"box": "randomised", "part_of": "assessed", "count": len(arms)},
+            {"box": "duplicate_randomisations", "part_of": "duplicate_randomisations", "count": set_aside_count},
+            {"box": "suspected_duplicate_randomisations", "part_of": "suspected_duplicate_randomisations",
+             "count": suspected}]
     for arm in (a.code for a in trial.settings.arms):
         members = {p for p, a in arms.items() if a == arm}
-        rows += [{"box": f"allocated_{arm}", "count": len(members)},
-                 {"box": f"withdrawn_{arm}", "count": len(members & withdrawn)},
-                 {"box": f"analysed_{arm}", "count": len(members - withdrawn)}]
+        rows += [{"box": f"allocated_{arm}", "part_of": "randomised", "count": len(members)},
+                 {"box": f"withdrawn_{arm}", "part_of": f"allocated_{arm}", "count": len(members & withdrawn)},
+                 {"box": f"analysed_{arm}", "part_of": f"allocated_{arm}", "count": len(members - withdrawn)}]
     table = StatTable(name="consort", title=f"CONSORT flow: {trial.title}",
-                      columns=[ColumnSpec(name="box", kind=Kind.LABEL), ColumnSpec(name="count", kind=Kind.COUNT)],
-                      rows=rows)
+                      columns=[ColumnSpec(name="box", kind=Kind.LABEL), ColumnSpec(name="part_of", kind=Kind.LABEL),
+                               ColumnSpec(name="count", kind=Kind.COUNT)],
+                      rows=rows, partitions=[PartitionSpec(column="count", within=["part_of"])])
     return (policy or get_policy()).apply(table) if external else table
 
 

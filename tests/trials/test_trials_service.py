@@ -285,12 +285,14 @@ def test_consort_from_the_log_internal_and_controlled(world, tmp_path):
     assert counts["withdrawn_drug"] + counts["withdrawn_placebo"] == 1
     external = consort_counts(world.register, p["stats"], T, external=True)
     assert external.redacted_marker is not None
-    assert {row["box"]: row["count"] for row in external.rows}["randomised"] == 10   # 10 is safe, multiple of 5
-    assert {row["box"]: row["count"] for row in external.rows}["excluded_declined"] is None
+    shown = {row["box"]: row["count"] for row in external.rows}
+    assert shown["assessed"] == 10 and shown["excluded_declined"] is None
+    # 2 of the 12 assessed were excluded: randomised (10) beside them would give them away
+    assert shown["excluded"] is None and shown["randomised"] is None
     out = consort(world.register, p["manager"], T, tmp_path / "consort", external=True)
     svg, png = (tmp_path / "consort.svg"), (tmp_path / "consort.png")
     assert [svg.exists(), png.exists()] == [True, True]
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "Randomised (n=10)" in svg.read_text()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "Assessed for eligibility (n=10)" in svg.read_text()
     assert out["counts"]["excluded_declined"] == get_policy().redacted_marker
     with pytest.raises(Forbidden):
         consort_counts(world.register, p["nurse_a"], T)
@@ -488,3 +490,27 @@ def test_a_third_enrolment_of_a_resolved_human_opens_a_new_duplicate_and_leaves_
     counts = {row["box"]: row["count"] for row in consort_counts(world.register, p["stats"], T).rows}
     assert (counts["randomised"], counts["duplicate_randomisations"], counts["suspected_duplicate_randomisations"]) \
         == (2, 1, 1)
+
+
+def test_external_consort_hides_an_exclusion_reason_that_the_other_boxes_give_away(world):
+    """Attack by complement: 'excluded' is published, so with one reason hidden and the others shown the
+    hidden one is 'excluded' less the others.  Without rounding (threshold10) that is exact; the
+    exclusion reasons partition 'excluded', so secondary suppression hides a second reason with it."""
+    r, p = world.recruitment, world.people
+    worklist(world.register, p["nurse_a"], T, SITE_A)
+    for i in range(6, 16):
+        enrol(world, i)
+    for i in range(16, 28):
+        r.record(p["nurse_a"], T, i, "approached", site=SITE_A)
+        r.record(p["nurse_a"], T, i, "ineligible", site=SITE_A, reason="on insulin")
+    for i in (28, 29):
+        r.record(p["nurse_a"], T, i, "approached", site=SITE_A)
+        r.record(p["nurse_a"], T, i, "declined", site=SITE_A, reason="no time")
+    policy = get_policy("threshold10")
+    shown = {row["box"]: row["count"] for row in consort_counts(world.register, p["stats"], T, external=True,
+                                                               policy=policy).rows}
+    assert shown["excluded"] == 14 and shown["excluded_declined"] is None      # 2 declined: hidden
+    reasons = [shown[f"excluded_{reason}"] for reason in ("ineligible", "declined", "other")]
+    assert reasons.count(None) != 1, shown                                       # the 2 is not 14 - 12 - 0
+    arms = [shown[f"allocated_{arm}"] for arm in ("drug", "placebo")]
+    assert arms.count(None) != 1, shown
