@@ -176,6 +176,8 @@ class StatTable(BaseModel):
     rows: list[dict[str, Any]]
     population: int | None = Field(None, description="people the table describes (a count)")
     partitions: list[PartitionSpec] = Field(default_factory=list)
+    nested: str | None = Field(None, description="a count column whose rows are nested: each row's people "
+                                                 "are among the row before's (an attrition)")
     totals: list[dict[str, Any]] = Field(default_factory=list, description="from published cells")
     redacted: list[tuple[int, str]] = Field(default_factory=list, description="(row, column)")
     redacted_marker: str | None = None
@@ -193,6 +195,8 @@ class StatTable(BaseModel):
         for part in self.partitions:
             if part.column not in names or any(w not in names for w in part.within):
                 raise DisclosureError(f"table {self.name!r}: bad partition {part}")
+        if self.nested is not None and self.nested not in names:
+            raise DisclosureError(f"table {self.name!r}: unknown nested column {self.nested!r}")
         for i, row in enumerate(self.rows):
             extra = set(row) - names
             if extra:
@@ -345,6 +349,19 @@ class DisclosurePolicy(BaseModel):
         step = self.statistic_step(resolution, int(min(sizes)) if sizes else 1)
         return _round_to_step(value, step)
 
+    def too_close(self, value: int, other: int) -> bool:
+        """Would ``value`` shown beside ``other``, a count of a cohort one criterion apart (a step of an
+        attrition, a near-identical question), give the 1..threshold people between them?  Policies
+        without secondary protection (nhse-hes) leave this to rounding."""
+        return self.secondary_suppression and self.is_small(abs(value - other))
+
+    def publish_beside(self, value: int, others: list[int]) -> int | None:
+        """``value`` published (None: hidden) where the counts ``others`` of cohorts one criterion apart
+        from it have been published before: hidden when small or ``too_close`` to any of them."""
+        if self.is_small(value) or any(self.too_close(value, other) for other in others):
+            return None
+        return self.publish_count(value)
+
     def publish_breakdown(self, total: int, cells: dict[str, int], *,
                           partition: bool) -> tuple[int | None, dict[str, int | None]]:
         """A total and its cells released together (None: hidden), as one table through this policy.
@@ -393,6 +410,8 @@ class DisclosurePolicy(BaseModel):
                 groups.setdefault(tuple(row.get(w) for w in part.within), []).append(i)
             for members in groups.values():
                 hidden |= self._secondary(table, part.column, members, hidden)
+        if table.nested:
+            hidden |= self._nested(table, table.nested, hidden)
         changed = True
         while changed:  # a part of a hidden group is hidden too
             changed = False
@@ -474,6 +493,21 @@ class DisclosurePolicy(BaseModel):
                 break
             out.add((i, column))
             hidden_sum += value[i]
+        return out
+
+    def _nested(self, table: StatTable, column: str, hidden: set[tuple[int, str]]) -> set[tuple[int, str]]:
+        """Hide a step of a chain of nested counts that is 1..threshold more than the next step shown, so
+        that no two steps shown side by side differ by a small count (the people one rule removed).
+        Walks from the last step (the cohort itself, shown everywhere else) towards the first."""
+        out, after = set(), None
+        for i in reversed(range(len(table.rows))):
+            value = table.rows[i].get(column)
+            if (i, column) in hidden or value is None:
+                continue
+            if after is not None and self.too_close(int(value), after):
+                out.add((i, column))
+            else:
+                after = int(value)
         return out
 
     def _describe(self, col: ColumnSpec) -> str | None:

@@ -72,7 +72,8 @@ ATTRITION_COLUMNS = [ColumnSpec(name="step", kind=Kind.LABEL, label="Step"),
 
 
 def attrition_table(title: str, result: dict[str, Any]) -> StatTable:
-    return StatTable(name="attrition", title=title, columns=ATTRITION_COLUMNS, rows=attrition_rows(result))
+    return StatTable(name="attrition", title=title, columns=ATTRITION_COLUMNS, rows=attrition_rows(result),
+                     nested="count_persons")
 
 
 def shown_attrition(shown: dict[str, Any]) -> StatTable:
