@@ -450,14 +450,20 @@ class Hub:
         distinct, shared, per_cell = network_counts(received, partitioned(query))
         naive = sum(e["linked"] for e in extra) + unlinkable
         seed = fingerprint([row["fingerprint"], sorted((s["org"], s["data_version"]) for s in answered)])
+        # the naive sum is the sites' counts added: published with them, so that no site the policy hides
+        # is the naive sum less the sites shown (a site's own count is shown unless this hides it)
+        naive_sum, per_site = policy.publish_cells(
+            naive, {s["org"]: e["linked"] + int(s["unlinkable"] or 0) for s, e in zip(answered, extra)},
+            True, seed + ":naive", f"{seed}:site:")
         nodes = [{"org": s["org"], "name": s["name"],
                   "status": "timed_out" if s["status"] not in FINAL_TASK_STATUSES else s["status"],
-                  "count": s["count"], "reason": s["reason"], "last_load": s["last_load"]} for s in sites]
+                  "count": s["count"] if per_site.get(s["org"], s["count"]) is not None else None,
+                  "reason": s["reason"], "last_load": s["last_load"]} for s in sites]
         missing = [n["org"] for n in nodes if n["status"] != "answered"]
         total, cells = self._cells(query, distinct + unlinkable, per_cell, extra, answered, policy, seed)
         answer = {"kind": query.kind, "nodes": nodes, "complete": not missing, "missing": missing,
                   "deduplicated_total": total,
-                  "naive_sum": policy.publish(naive, seed + ":naive"),
+                  "naive_sum": naive_sum,
                   "seen_at_two_or_more_sites": policy.publish(shared, seed + ":shared"),
                   "redacted_marker": policy.redacted_marker, "policy_description": policy.description,
                   "answered_at": _iso(_now())}

@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from mercia.federation.hubapp import PREFIX
 from mercia.federation.node import NodePolicy
+from mercia.federation.region import reference_cohort
 from mercia.privacy.disclosure import get_policy
 
 from .test_federation_hub import agents, answer
@@ -49,3 +51,22 @@ def test_a_hidden_stratum_never_stands_alone_beside_a_published_total(network, h
     published_totals = [cells for total, cells in columns if total is not None]
     assert any(None in cells for cells in published_totals)       # the attack has a hidden cell to look for
     assert all(cells.count(None) != 1 for cells in published_totals), columns
+
+
+def test_the_naive_sum_less_the_sites_shown_never_gives_a_small_count(network, hub_factory):
+    """The naive sum is the sites' counts added: with the small sites hidden and one large one shown, the
+    naive sum less the shown site is what the hidden sites hold together (in the test region, people
+    aged 80 or more: 15 in all, 11 at one site, 1 + 2 + 1 at three others)."""
+    cohort = reference_cohort()
+    cohort["InclusionRules"] = [{"name": "Aged 80 or more", "expression": {
+        "Type": "ALL", "CriteriaList": [], "Groups": [], "DemographicCriteriaList": [{"Age": {"Value": 80, "Op": "gte"}}]}}]
+    hub, app, project_id, token = hub_factory(policy="threshold10", differencing_limit=100)
+    client = TestClient(app)
+    query_id = client.post(f"{PREFIX}/queries", headers={"Authorization": f"Bearer {token}"}, json={
+        "project_id": project_id, "query": {"kind": "feasibility", "cohort": cohort}}).json()["query_id"]
+    for agent in agents(network, client, {n.org: NodePolicy() for n in network.nodes}).values():
+        agent.step()
+    result = answer(client, token, query_id)
+    shown_sites = [node["count"] for node in result["nodes"] if node["count"] is not None]
+    hidden_sum = result["naive_sum"] - sum(shown_sites)
+    assert not 1 <= hidden_sum <= get_policy("threshold10").threshold, (result["naive_sum"], result["nodes"])
