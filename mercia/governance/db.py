@@ -75,6 +75,8 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("mercia_project", "first_approved_at", "TEXT"),
     ("mercia_pillar", "lay_review_required", "BOOLEAN DEFAULT FALSE"),
     ("mercia_export", "publish_numbers", "BOOLEAN DEFAULT FALSE"),
+    # the true count behind a quick count, to hide a near-identical one that differs from it by a few
+    ("mercia_quick_count", "persons", "BIGINT"),
 ]
 
 

@@ -2,9 +2,10 @@
 researcher, before a project exists (as TriNetX users expect).
 
 No output checker sees it, so it is safe by construction: the count goes through the platform's
-disclosure policy (counts of 1..threshold hidden, the rest rounded), every count is audited, and each
-user has a differencing budget (``privacy.differencing``) so that cohorts differing by one criterion
-cannot be subtracted to describe a few people.  A count is asked for with a button, not refreshed
+disclosure policy (counts of 1..threshold hidden, the rest rounded), every count is audited, each
+user has a differencing budget (``privacy.differencing``), and a count one criterion apart from one the
+user asked before is hidden when the two differ by 1..threshold, so that cohorts differing by one
+criterion cannot be subtracted to describe a few people.  A count is asked for with a button, not refreshed
 as criteria change: every edit would otherwise be one criterion added or removed, and the budget
 would be spent in minutes.
 """
@@ -17,7 +18,7 @@ from typing import Any
 import orjson
 
 from mercia.governance import Role, User
-from mercia.privacy.differencing import Asked, budget, cohort_parts, fingerprint
+from mercia.privacy.differencing import Asked, budget, cohort_parts, fingerprint, near_identical
 from mercia.privacy.disclosure import get_policy
 from mercia.services.errors import Forbidden, Invalid, Throttled
 from mercia.services.state import MerciaState
@@ -45,7 +46,7 @@ def quick_count(state: MerciaState, user: User, cohort: dict[str, Any]) -> dict[
     db = state.gov.db
     refusal = None
     with db.transaction():   # read the budget and spend it in one step: two tabs cannot both pass
-        earlier = db.rows("SELECT criteria, differencing, asked_at FROM mercia_quick_count "
+        earlier = db.rows("SELECT criteria, differencing, asked_at, persons FROM mercia_quick_count "
                           "WHERE user_id = ? AND asked_at >= ? ORDER BY asked_at", [user.id, _iso(moment - window)])
         today = [r for r in earlier if r["asked_at"] >= _iso(moment - timedelta(days=1))]
         verdict = budget(parts, [Asked(frozenset(orjson.loads(r["criteria"])), bool(r["differencing"]),
@@ -67,14 +68,19 @@ def quick_count(state: MerciaState, user: User, cohort: dict[str, Any]) -> dict[
         state.gov.audit.record(user.username, "feasibility.quick_count.refused", "quick-count", reason=refusal[0])
         raise Throttled(*refusal)
     persons = _count_persons(state, expression)
+    db.execute("UPDATE mercia_quick_count SET persons = ? WHERE id = ?", [persons, count_id])
     policy = get_policy()
-    hidden = policy.is_small(persons)
-    shown = None if hidden else policy.publish_count(persons)
+    # beside the near-identical counts answered before, this one must not give the few between them
+    shown = policy.publish_beside(persons, [r["persons"] for r in earlier if r["persons"] is not None and
+                                            near_identical(parts, frozenset(orjson.loads(r["criteria"])))])
+    hidden = shown is None
+    # why a count is hidden: a few people, or a few from a count the user asked before
+    hidden_reason = None if not hidden else "small" if policy.is_small(persons) else "near_earlier"
     state.gov.audit.record(user.username, "feasibility.quick_count", f"quick-count:{count_id}",
                            fingerprint=mine, differencing=verdict.differencing,
                            shown=policy.redacted_marker if hidden else shown)
     used = verdict.used + verdict.differencing
-    return {"persons": shown, "hidden": hidden, "policy": policy.name, "threshold": policy.threshold,
+    return {"persons": shown, "hidden": hidden, "hidden_reason": hidden_reason, "policy": policy.name, "threshold": policy.threshold,
             "rounding_base": policy.rounding_base, "differencing": verdict.differencing,
             "budget": {"used": used, "limit": DIFFERENCING_LIMIT, "window_days": WINDOW_DAYS}}
 

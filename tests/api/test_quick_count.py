@@ -73,3 +73,23 @@ def test_refusals(world):
     bad = world.client.post(URL, headers=world.login("res"), json={"expression": {"PrimaryCriteria": 5}})
     assert bad.status_code == 400 and "cannot be counted" in bad.json()["detail"]
     assert world.gov.db.scalar("SELECT count(*) FROM mercia_quick_count") == 0   # nothing spent on a refusal
+
+
+def test_two_quick_counts_one_criterion_apart_do_not_give_a_small_difference(world, monkeypatch):
+    """24 have a GI bleed, 21 of them are aged 45 or more: unrounded, the pair says 3 are younger."""
+    from mercia.config import load_settings
+
+    from .test_attrition_differencing import aged_at_least
+
+    monkeypatch.setenv("MERCIA_DISCLOSURE_POLICY", "threshold10")
+    load_settings.cache_clear()
+    try:
+        headers = world.login("res")
+        answers = [world.client.post(URL, headers=headers, json={"expression": e}).json()
+                   for e in (circe(rule_drug=None), aged_at_least(45))]
+    finally:
+        monkeypatch.delenv("MERCIA_DISCLOSURE_POLICY")
+        load_settings.cache_clear()
+    everyone, older = (a["persons"] for a in answers)
+    assert None in (everyone, older) or not 1 <= everyone - older <= get_policy("threshold10").threshold
+    assert everyone == 24 and answers[1]["hidden_reason"] == "near_earlier"
