@@ -49,6 +49,7 @@ class Demo:
     source: str
     key_file: Path
     organisations: list[tuple[str, str, str]]
+    nmr_catalogue: Path | None  # None: no Nightingale catalogue on this machine, so no NMR panels
 
 
 def default_directory() -> Path:
@@ -114,6 +115,7 @@ def build_demo(directory: Path, persons: int, seed: int) -> Demo:
     from mercia.services.sources import register_organisation
     from mercia.services.state import MerciaState, ServerOptions
     from mercia.synth.omop import write_omop
+    from mercia.vocab.metabolites import catalogue_path
 
     directory.mkdir(parents=True, exist_ok=True)
     key_file = demo_key(directory)
@@ -121,7 +123,10 @@ def build_demo(directory: Path, persons: int, seed: int) -> Demo:
     for stale in (path, path.with_suffix(".duckdb.wal")):
         stale.unlink(missing_ok=True)
     store = Store(str(path))
-    write_omop(store, persons, seed, metabolomics=True)
+    # The NMR panels need the Nightingale catalogue (public data, not shipped in the repository); a
+    # machine without it still gets the whole demo, less the metabolomics study.
+    nmr_catalogue = catalogue_path() if catalogue_path().exists() else None
+    write_omop(store, persons, seed, metabolomics=nmr_catalogue is not None)
     source = store.query_one("SELECT cdm_source_name FROM cdm_source LIMIT 1") or "OMOP CDM store"
     organisations = demo_organisations(persons)
     for code, name, kind in organisations:
@@ -171,12 +176,13 @@ def build_demo(directory: Path, persons: int, seed: int) -> Demo:
     cohort = create_cohort(state, people["researcher"], diabetes.id, "New type 2 diabetes starting metformin",
                            "First T2DM diagnosis with a year of prior observation.", diabetes_cohort())
     state.jobs.wait(start_run(state, people["researcher"], cohort["id"]), timeout=600)
-    glucose = create_cohort(state, people["researcher"], diabetes.id, "NMR glucose above 7 mmol/L",
-                            "Metabolomics study participants whose Nightingale NMR glucose exceeds 7 mmol/L.",
-                            nmr_glucose_cohort(store))
-    state.jobs.wait(start_run(state, people["researcher"], glucose["id"]), timeout=600)
+    if nmr_catalogue:
+        glucose = create_cohort(state, people["researcher"], diabetes.id, "NMR glucose above 7 mmol/L",
+                                "Metabolomics study participants whose Nightingale NMR glucose exceeds 7 mmol/L.",
+                                nmr_glucose_cohort(store))
+        state.jobs.wait(start_run(state, people["researcher"], glucose["id"]), timeout=600)
     state.jobs.shutdown()
-    return Demo(store, passwords, source, key_file, organisations)
+    return Demo(store, passwords, source, key_file, organisations, nmr_catalogue)
 
 
 def demo(persons: int = typer.Option(10_000, help="people in the synthetic region"),
@@ -190,6 +196,7 @@ def demo(persons: int = typer.Option(10_000, help="people in the synthetic regio
     from rich.table import Table
 
     from mercia.services.state import ServerOptions
+    from mercia.vocab.metabolites import catalogue_path
     from mercia.web.app import create_app
     from mercia.web.cli import is_loopback
 
@@ -202,5 +209,8 @@ def demo(persons: int = typer.Option(10_000, help="people in the synthetic regio
     console.print(table)
     console.print(f"Open [bold]http://{host}:{port}[/] and sign in. Data: {built.source}. Ctrl+C stops.")
     console.print(f"Pseudonymisation key for uploads: {built.key_file}")
+    if built.nmr_catalogue is None:
+        console.print(f"No NMR metabolomics panels: the Nightingale catalogue is not at {catalogue_path()} "
+                      "(set MERCIA_NMR_CATALOGUE to the ukbnmr package's nmr_info.csv to add them).")
     app = create_app(built.store, ServerOptions(secure_cookies=not is_loopback(host), pseudonym_key_file=built.key_file))
     uvicorn.run(app, host=host, port=port, log_level="warning")

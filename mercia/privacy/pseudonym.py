@@ -19,6 +19,8 @@ import pyarrow as pa
 
 KEY_ENV = "MERCIA_PSEUDONYM_KEY"
 KEY_FILE_ENV = "MERCIA_PSEUDONYM_KEY_FILE"
+# What a new machine does to get a key (a missing key names it).
+MAKE_KEY_HINT = "a file outside the repository, e.g. created with `openssl rand -hex 32 > FILE`"
 _MIN_KEY_BYTES = 32
 
 
@@ -54,13 +56,14 @@ def load_key(key_file: Path | str | None = None) -> bytes:
 
             key_file = load_settings().pseudonym_key_file
         if key_file is None:
-            raise KeyError_(f"no pseudonymisation key: set {KEY_ENV} or {KEY_FILE_ENV} "
-                            "(a file outside the repository, e.g. created with `openssl rand -hex 32`)")
+            raise KeyError_(f"no pseudonymisation key: set {KEY_ENV} or {KEY_FILE_ENV} ({MAKE_KEY_HINT})")
         path = Path(key_file).expanduser().resolve()
         if path.is_relative_to(_repository_root()):
             raise KeyError_(f"refusing a pseudonymisation key file inside the repository: {path}")
         try:
             raw = path.read_text().strip()
+        except FileNotFoundError:
+            raise KeyError_(f"pseudonymisation key file {path} does not exist ({MAKE_KEY_HINT})") from None
         except OSError as exc:
             raise KeyError_(f"cannot read pseudonymisation key file {path}: {exc.strerror}") from exc
     key = raw.encode()

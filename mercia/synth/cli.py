@@ -30,11 +30,14 @@ def region(persons: int = typer.Option(20_000, "--persons", "-n", min=1, help="P
     from rich.console import Console
     from rich.table import Table
 
+    from mercia.config import ConfigError
     from mercia.synth.region import generate_region
 
     started = time.perf_counter()
     try:
         manifest = generate_region(out, persons, seed, error_rate, practices, trusts)
+    except ConfigError:
+        raise  # a machine not set up (no Nightingale catalogue): the root command's one line
     except (FileExistsError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     if as_json:

@@ -31,6 +31,7 @@ from mercia.synth.omop import (IdCounters, Organisations, ParquetParts, chunk_ta
                                reference_tables)
 from mercia.synth.population import EPOCH, REFERENCE_DATE
 from mercia.synth.rare import panel as rare_panel
+from mercia.vocab.metabolites import nightingale_catalogue
 
 _GENERATED = ("gp", "acute", "pathology", "rare_disease", "metabolomics", "proms", "truth", "geography",
               "manifest.json", "organisations.csv")
@@ -123,6 +124,7 @@ def generate_region(out_dir: Path | str, persons: int = 20_000, seed: int = 42, 
     """Write a synthetic region (extracts + truth) to ``out_dir``; returns the manifest."""
     if not 0 <= error_rate <= 0.2:
         raise ValueError(f"error_rate must be between 0 and 0.2, got {error_rate}")
+    nightingale_catalogue()  # the metabolomics study's panel: a machine without it stops before writing anything
     out = Path(out_dir)
     _prepare(out)
     orgs = Organisations.for_region(persons, practices, trusts)

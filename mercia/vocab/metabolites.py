@@ -27,6 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from mercia.cdm.store import Store
+from mercia.config import ConfigError
 from mercia.vocab.local_ids import block_size, block_start
 
 NIGHTINGALE_VOCABULARY_ID = "Nightingale"
@@ -90,12 +91,21 @@ def catalogue_path() -> Path:
     return shared / "metabolomics" / "nightingale" / "nmr_info.csv"
 
 
-@functools.cache
+class CatalogueMissing(ConfigError, FileNotFoundError):
+    """The Nightingale catalogue is public data outside the repository: a machine without it is not set up
+    for NMR (the command line says so in one line, not a traceback)."""
+
+
 def nightingale_catalogue(path: Path | None = None) -> dict[str, Biomarker]:
-    """Biomarker name -> its catalogue entry, in catalogue order."""
-    path = Path(path or catalogue_path())
+    """Biomarker name -> its catalogue entry, in catalogue order (read once per file)."""
+    return _read_catalogue(Path(path or catalogue_path()))
+
+
+@functools.cache
+def _read_catalogue(path: Path) -> dict[str, Biomarker]:
     if not path.exists():
-        raise FileNotFoundError(f"Nightingale catalogue not found at {path}; set MERCIA_NMR_CATALOGUE to nmr_info.csv")
+        raise CatalogueMissing(f"Nightingale catalogue not found at {path}; set MERCIA_NMR_CATALOGUE to the ukbnmr "
+                               "package's nmr_info.csv, or MERCIA_SHARED_DATA to the public test data folder")
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     out = {}

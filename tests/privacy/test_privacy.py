@@ -55,6 +55,12 @@ def test_key_from_environment_or_file_outside_repo(tmp_path, monkeypatch):
     load_settings.cache_clear()
 
 
+def test_a_key_file_not_yet_made_says_how_to_make_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("MERCIA_PSEUDONYM_KEY", raising=False)
+    with pytest.raises(KeyError_, match=r"absent\.key does not exist \(.*openssl rand -hex 32 > FILE"):
+        load_key(tmp_path / "absent.key")
+
+
 def test_pseudonyms_are_keyed_purpose_bound_and_project_specific():
     one, two = Pseudonymiser(b"k" * 40), Pseudonymiser(b"j" * 40)
     nhs = one.nhs_pseudonyms(["9434765919"]).to_pylist()[0]

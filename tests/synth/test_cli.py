@@ -45,3 +45,12 @@ def test_omop_parquet_refuses_a_directory_with_files(tmp_path):
     result = CliRunner().invoke(app, ["synth", "omop", "--persons", "5", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "not empty" in result.output
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_region_without_the_nightingale_catalogue_says_what_to_set(tmp_path, monkeypatch):
+    """A machine without the public data gets one line naming the setting, and no half-written region."""
+    monkeypatch.setenv("MERCIA_NMR_CATALOGUE", str(tmp_path / "absent" / "nmr_info.csv"))
+    result = CliRunner().invoke(app, ["synth", "region", "--persons", "50", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: Nightingale catalogue not found") and "MERCIA_NMR_CATALOGUE" in result.output
+    assert not (tmp_path / "r").exists()
