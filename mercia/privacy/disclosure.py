@@ -490,7 +490,7 @@ class DisclosurePolicy(BaseModel):
             "redacted": sorted(hidden), "redacted_marker": self.redacted_marker})
 
     def _secondary(self, table: StatTable, column: str, members: list[int], hidden: set[tuple[int, str]],
-                   total: int | None = None) -> set[tuple[int, str]]:
+                   total: int | None) -> set[tuple[int, str]]:
         """Hide more cells of one partition until the hidden ones describe nobody or > threshold; where
         the group's total is a row of the table (``total``) and hidden, until they describe > threshold,
         so that a hidden total is never the sum of its parts all shown."""
