@@ -11,6 +11,7 @@ ground-truth tests and must be switched on explicitly (``allow_raw``).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,11 +38,12 @@ class FederatedPolicy:
             return None if noisy <= SHRINE_THRESHOLD else noisy
         return None if self.base.is_small(value) else self.base.publish_count(value)
 
-    def publish_cells(self, total: int, cells: dict[str, int], partition: bool, seed: str,
+    def publish_cells(self, total: int, cells: dict[str, int], partition: Callable[[str], str | None], seed: str,
                       cell_seed: str) -> tuple[int | None, dict[str, int | None]]:
-        """A total and its cells published together, so that no hidden cell is the total less the
-        cells shown (the platform's policies: ``DisclosurePolicy.publish_breakdown``); ``shrine`` and
-        ``none`` publish each figure on its own (a cell's noise seeded by ``cell_seed`` and its name)."""
+        """A total and its cells published together, so that no hidden cell is the total less the cells
+        shown (the platform's policies: ``DisclosurePolicy.publish_breakdown``, ``partition`` naming each
+        cell's partition of the total); ``shrine`` and ``none`` publish each figure on its own (a cell's
+        noise seeded by ``cell_seed`` and its name)."""
         if self.base is not None:
             return self.base.publish_breakdown(total, cells, partition=partition)
         return self.publish(total, seed), {cell: self.publish(n, cell_seed + cell) for cell, n in cells.items()}

@@ -12,6 +12,7 @@ import asyncio
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from mercia.cdm import Store
 from mercia.cohorts.model import CohortDefinitionError
 from mercia.federation.disclosure import FederatedPolicy, federated_policy
-from mercia.federation.messages import PROTOCOL_VERSION, QUERY, CohortQuery, NodeResult, Task, partitioned
+from mercia.federation.messages import (PROTOCOL_VERSION, QUERY, CohortQuery, NodeResult, Task, cell_partition,
+                                        partitioned)
 from mercia.federation.signing import SignatureError, load_public_key, verify
 from mercia.federation.tokens import new_salt
 from mercia.governance import Role, Throttled, User
@@ -448,13 +450,16 @@ class Hub:
         extra = [self._site_extra[s["task_id"]] for s in answered]
         unlinkable = sum(int(s["unlinkable"] or 0) for s in answered)
         distinct, shared, per_cell = network_counts(received, partitioned(query))
+        if not partitioned(query):   # a characterisation: each of its partitions counted as a partition
+            part = cell_partition(query)
+            per_cell = {c: n for c, n in per_cell.items() if part(c) is None} | partition_cells(received, part)
         naive = sum(e["linked"] for e in extra) + unlinkable
         seed = fingerprint([row["fingerprint"], sorted((s["org"], s["data_version"]) for s in answered)])
         # the naive sum is the sites' counts added: published with them, so that no site the policy hides
         # is the naive sum less the sites shown (a site's own count is shown unless this hides it)
         naive_sum, per_site = policy.publish_cells(
             naive, {s["org"]: e["linked"] + int(s["unlinkable"] or 0) for s, e in zip(answered, extra)},
-            True, seed + ":naive", f"{seed}:site:")
+            lambda site: "", seed + ":naive", f"{seed}:site:")
         nodes = [{"org": s["org"], "name": s["name"],
                   "status": "timed_out" if s["status"] not in FINAL_TASK_STATUSES else s["status"],
                   "count": s["count"] if per_site.get(s["org"], s["count"]) is not None else None,
@@ -484,7 +489,7 @@ class Hub:
             labels |= {"0000-00": f"before {query.start_month}", "9999-99": f"after {query.end_month}"}
         deduplicated = {cell: per_cell.get(cell, 0) + sum(e["unlinkable"].get(cell, 0) for e in extra)
                         for cell in sorted(names)}
-        shown_total, shown = policy.publish_cells(total, deduplicated, partitioned(query),
+        shown_total, shown = policy.publish_cells(total, deduplicated, cell_partition(query),
                                                   f"{seed}:total", f"{seed}:cell:")
         return shown_total, [
             {"cell": cell, "label": labels.get(cell, cell), "deduplicated": shown[cell],
@@ -741,6 +746,21 @@ def network_counts(rows: pa.Table, partition: bool) -> tuple[int, int, dict[str,
         d, s = _persons(person[part], site[part], cell[part], partition, per_cell)
         distinct, shared = distinct + d, shared + s
     return distinct, shared, {name: int(n) for name, n in zip(cell_names, per_cell) if n}
+
+
+def partition_cells(rows: pa.Table, part: Callable[[str], str | None]) -> dict[str, int]:
+    """Distinct persons per cell of each partition ``part`` names among the cells (a characterisation's sex,
+    age band, IMD quintile), a person in one cell of each (its smallest, as ``network_counts`` with
+    ``partition``): two sites that disagree on a person's age band would otherwise count them twice, and
+    the bands would no longer add up to the total that disclosure control publishes them with."""
+    cells = rows.column("cell").unify_dictionaries()
+    names = {part(name) for chunk in cells.chunks for name in chunk.dictionary.to_pylist()} - {None}
+    out: dict[str, int] = {}
+    for name in sorted(names):
+        mask = pa.chunked_array([pc.take(pc.starts_with(chunk.dictionary, f"{name}="), chunk.indices)
+                                 for chunk in cells.chunks], pa.bool_())
+        out |= network_counts(rows.filter(mask), True)[2]
+    return out
 
 
 def _person_keys(nhs: pa.Array, demographic: pa.Array) -> tuple[np.ndarray, np.ndarray]:

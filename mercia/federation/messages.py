@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
@@ -91,6 +92,15 @@ KINDS = ("feasibility", "trial_feasibility", "characterisation")
 def partitioned(query: CohortQuery) -> bool:
     """Does each person fall in exactly one cell (strata, months) rather than in several (features)?"""
     return not isinstance(query, CharacterisationQuery)
+
+
+def cell_partition(query: CohortQuery) -> Callable[[str], str | None]:
+    """Which partition of the total a cell is in (its cells divide the cohort between them), None for a cell
+    in none: all the cells of a stratified or monthly question; a characterisation's ``sex=``, ``age_band=``
+    and ``imd_quintile=`` cells each (every person has one of each), not its features."""
+    if partitioned(query):
+        return lambda cell: ""
+    return lambda cell: cell.split("=", 1)[0] if "=" in cell else None
 
 
 class Task(BaseModel):

@@ -34,7 +34,7 @@ from mercia.federation.hub import _iso, _now, request_message, token_integers
 from mercia.federation.hubapp import PREFIX
 from mercia.federation.messages import (KINDS, MEMBERS, PROTOCOL_HEADER, PROTOCOL_VERSION, RESULT_MEDIA_TYPE,
                                         CharacterisationQuery, CohortQuery, FeasibilityQuery, NodeResult, Task,
-                                        TrialFeasibilityQuery, partitioned)
+                                        TrialFeasibilityQuery, cell_partition)
 from mercia.federation.signing import load_private_key, sign
 from mercia.federation.tokens import PersonTokens, cohort_tokens
 from mercia.governance.audit import AuditLog
@@ -231,7 +231,7 @@ def answer_query(store: Store, task: Task, policy: NodePolicy, org: str,
     members = pa.table([linked.column("nhs"), linked.column("demographic"),
                         linked.column("cell").combine_chunks().dictionary_encode()], schema=MEMBERS)
     no_token = tokens.filter(pc.and_(pc.is_null(tokens.column("nhs")), pc.is_null(tokens.column("demographic"))))
-    count, cells = published.publish_cells(tokens.num_rows, per_cell, partitioned(query), seed, f"{seed}:")
+    count, cells = published.publish_cells(tokens.num_rows, per_cell, cell_partition(query), seed, f"{seed}:")
     return NodeResult(
         task_id=task.task_id, org=org, nonce=task.nonce, status="answered", count=count, cells=cells,
         labels=_labels(store, list(per_cell)),

@@ -157,6 +157,9 @@ class PartitionSpec(BaseModel):
 
     column: str
     within: list[str] = Field(default_factory=list)
+    total: str | None = Field(None, description="a label column naming each row: the row (outside the group) "
+                                                "it names as the group's ``within`` value holds the group's "
+                                                "people (a CONSORT box and the boxes it divides into)")
 
 
 class DisclosureStamp(BaseModel):
@@ -193,7 +196,8 @@ class StatTable(BaseModel):
             if missing:
                 raise DisclosureError(f"table {self.name!r}, column {col.name!r}: unknown {missing}")
         for part in self.partitions:
-            if part.column not in names or any(w not in names for w in part.within):
+            if part.column not in names or any(w not in names for w in part.within) or \
+                    (part.total is not None and (part.total not in names or len(part.within) != 1)):
                 raise DisclosureError(f"table {self.name!r}: bad partition {part}")
         if self.nested is not None and self.nested not in names:
             raise DisclosureError(f"table {self.name!r}: unknown nested column {self.nested!r}")
@@ -363,18 +367,21 @@ class DisclosurePolicy(BaseModel):
         return self.publish_count(value)
 
     def publish_breakdown(self, total: int, cells: dict[str, int], *,
-                          partition: bool) -> tuple[int | None, dict[str, int | None]]:
+                          partition: Callable[[str], str | None]) -> tuple[int | None, dict[str, int | None]]:
         """A total and its cells released together (None: hidden), as one table through this policy.
 
         Published one by one, a single hidden cell is the total less the cells shown; as a table each
-        cell is part of the total (a near-100% cell is hidden) and, when the cells ``partition`` the
-        total (each person in one cell), secondary suppression hides enough of them."""
+        cell is part of the total (a near-100% cell is hidden) and the cells of one partition of the total
+        (``partition(cell)`` names it: each person in one of its cells; None for a cell in none, such as
+        a feature) get secondary suppression together."""
         table = self._apply_table(StatTable(
             name="breakdown", title="breakdown", population=total,
-            columns=[ColumnSpec(name="cell", kind=Kind.LABEL),
+            columns=[ColumnSpec(name="cell", kind=Kind.LABEL), ColumnSpec(name="part", kind=Kind.LABEL),
                      ColumnSpec(name="count", kind=Kind.COUNT, denominator=POPULATION)],
-            rows=[{"cell": cell, "count": count} for cell, count in cells.items()],
-            partitions=[PartitionSpec(column="count")] if partition else []))
+            # a cell in no partition is a group of its own, to which secondary suppression adds nothing
+            rows=[{"cell": cell, "part": _partition_group(partition(cell), cell), "count": count}
+                  for cell, count in cells.items()],
+            partitions=[PartitionSpec(column="count", within=["part"])]))
         return table.population, {row["cell"]: row["count"] for row in table.rows}
 
     # -- tables ---------------------------------------------------------------------------
@@ -404,14 +411,16 @@ class DisclosurePolicy(BaseModel):
                 elif self.secondary_suppression and den and value is not None \
                         and true_count(i, den) is not None and self.is_small(true_count(i, den) - value):
                     hidden.add((i, name))
-        for part in table.partitions if self.secondary_suppression else []:
-            groups: dict[tuple, list[int]] = {}
-            for i, row in enumerate(table.rows):
-                groups.setdefault(tuple(row.get(w) for w in part.within), []).append(i)
-            for members in groups.values():
-                hidden |= self._secondary(table, part.column, members, hidden)
-        if table.nested:
-            hidden |= self._nested(table, table.nested, hidden)
+        groups = [(part.column, members, self._total_row(table, part, key, members))
+                  for part in (table.partitions if self.secondary_suppression else [])
+                  for key, members in _groups(table, part.within).items()]
+        before = None
+        while hidden != before:  # until stable: a cell hidden in one group is a total or a part in another
+            before = set(hidden)
+            for column, members, total in groups:
+                hidden |= self._secondary(table, column, members, hidden, total)
+            if table.nested:
+                hidden |= self._nested(table, table.nested, hidden)
         changed = True
         while changed:  # a part of a hidden group is hidden too
             changed = False
@@ -480,20 +489,31 @@ class DisclosurePolicy(BaseModel):
             "rows": rows, "columns": columns, "population": population, "totals": totals,
             "redacted": sorted(hidden), "redacted_marker": self.redacted_marker})
 
-    def _secondary(self, table: StatTable, column: str, members: list[int],
-                   hidden: set[tuple[int, str]]) -> set[tuple[int, str]]:
-        """Hide more cells of one partition until the hidden ones describe nobody or > threshold."""
+    def _secondary(self, table: StatTable, column: str, members: list[int], hidden: set[tuple[int, str]],
+                   total: int | None) -> set[tuple[int, str]]:
+        """Hide more cells of one partition until the hidden ones describe nobody or > threshold; where
+        the group's total is a row of the table (``total``) and hidden, until they describe > threshold,
+        so that a hidden total is never the sum of its parts all shown."""
         value = {i: int(table.rows[i].get(column) or 0) for i in members}
         out = {(i, column) for i in members if (i, column) in hidden}
         hidden_sum = sum(value[i] for i, _ in out)
+        total_hidden = total is not None and (total, column) in hidden
         candidates = sorted((i for i in members if (i, column) not in out and value[i] > 0),
                             key=lambda i: (value[i], i))
         for i in candidates:
-            if hidden_sum == 0 or hidden_sum > self.threshold:
+            if hidden_sum > self.threshold or (hidden_sum == 0 and not total_hidden):
                 break
             out.add((i, column))
             hidden_sum += value[i]
         return out
+
+    @staticmethod
+    def _total_row(table: StatTable, part: PartitionSpec, key: tuple, members: list[int]) -> int | None:
+        """The row holding a group's people (``PartitionSpec.total``), when it is not one of the group."""
+        if part.total is None:
+            return None
+        rows = [i for i, row in enumerate(table.rows) if row.get(part.total) == key[0] and i not in members]
+        return rows[0] if rows else None
 
     def _nested(self, table: StatTable, column: str, hidden: set[tuple[int, str]]) -> set[tuple[int, str]]:
         """Hide a step of a chain of nested counts that is 1..threshold more than the next step shown, so
@@ -608,6 +628,18 @@ def _round_to_step(value: float, step: float) -> float:
     decimals = max(0, -round(math.log10(step)))
     rounded = math.floor(abs(value) / step + 0.5) * step * (1 if value >= 0 else -1)
     return round(rounded, decimals) + 0.0
+
+
+def _groups(table: StatTable, within: list[str]) -> dict[tuple, list[int]]:
+    """Row numbers by their values of ``within`` (one partition each)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(table.rows):
+        groups.setdefault(tuple(row.get(w) for w in within), []).append(i)
+    return groups
+
+
+def _partition_group(name: str | None, cell: str) -> str:
+    return f"partition:{name}" if name is not None else f"cell:{cell}"
 
 
 def _small_basis(policy: DisclosurePolicy, value: Any) -> bool:

@@ -70,7 +70,7 @@ def consort_counts(register: TrialRegister, actor: User, trial_id: str, *, exter
     table = StatTable(name="consort", title=f"CONSORT flow: {trial.title}",
                       columns=[ColumnSpec(name="box", kind=Kind.LABEL), ColumnSpec(name="part_of", kind=Kind.LABEL),
                                ColumnSpec(name="count", kind=Kind.COUNT)],
-                      rows=rows, partitions=[PartitionSpec(column="count", within=["part_of"])])
+                      rows=rows, partitions=[PartitionSpec(column="count", within=["part_of"], total="box")])
     return (policy or get_policy()).apply(table) if external else table
 
 

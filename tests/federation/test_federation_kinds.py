@@ -13,7 +13,7 @@ from mercia.analytics.base import index_table_sql, temp_table
 from mercia.cohorts.registry import scratch_cohort
 from mercia.cohorts.runner import run_cohort
 from mercia.federation.hubapp import PREFIX
-from mercia.federation.messages import QUERY, FeasibilityQuery, partitioned
+from mercia.federation.messages import QUERY, FeasibilityQuery, cell_partition
 from mercia.federation.node import NodePolicy, _cells_sql, decide, open_node_store, pending
 from mercia.federation.region import reference_cohort
 from mercia.linkage.evaluate import region_person_truth
@@ -39,7 +39,7 @@ def run(network, hub_factory, query, policies=None):
 
 def truth(network, query: dict) -> dict[str, int]:
     """Distinct true persons per cell, from each node's cohort members mapped through the region's
-    crosswalk (independent of the network tokens): one cell per person (the smallest) for partitions."""
+    crosswalk (independent of the network tokens): one cell per person and partition (the smallest)."""
     parsed = QUERY.validate_python({"cohort": reference_cohort(), **query})
     cells_of = defaultdict(set)
     for node in network.nodes:
@@ -56,8 +56,12 @@ def truth(network, query: dict) -> dict[str, int]:
         finally:
             store.close()
     counts: dict[str, int] = defaultdict(int)
+    part = cell_partition(parsed)
     for cells in cells_of.values():
-        for cell in ([min(cells)] if partitioned(parsed) else cells):
+        smallest = {}    # a person's smallest cell in each partition; every cell in none
+        for cell in sorted(cells, reverse=True):
+            smallest[part(cell) if part(cell) is not None else cell] = cell
+        for cell in smallest.values():
             counts[cell] += 1
     return dict(counts)
 

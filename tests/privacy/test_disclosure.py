@@ -289,3 +289,30 @@ def test_nested_steps_shown_side_by_side_never_differ_by_a_small_count():
     assert get_policy("threshold10").apply(table).values("count_persons") == [None, 97, 50, 50]
     assert get_policy("opensafely").apply(table).values("count_persons") == [None, 95, 50, 50]
     assert get_policy("nhse-hes").apply(table).values("count_persons") == [100, 95, 50, 50]
+
+
+def tree_table(boxes: list[tuple[str, str, int]]) -> StatTable:
+    """Boxes ``(box, part_of, count)``: each box divides into the boxes that name it as ``part_of``."""
+    return StatTable(name="tree", title="t",
+                     columns=[ColumnSpec(name="box", kind="label"), ColumnSpec(name="part_of", kind="label"),
+                              ColumnSpec(name="count", kind="count")],
+                     rows=[{"box": b, "part_of": p, "count": n} for b, p, n in boxes],
+                     partitions=[PartitionSpec(column="count", within=["part_of"], total="box")])
+
+
+def test_a_box_hidden_as_cover_is_not_rebuilt_from_its_own_parts():
+    """assessed 27 = excluded 3 + randomised 24, randomised = arm a 12 + arm b 12: the 3 are hidden and
+    randomised with them; shown, the arms would add up to randomised and 27 less that gives the 3.  So a
+    hidden box keeps hidden parts (together more than 9), a level down too."""
+    table = tree_table([("assessed", "root", 27), ("excluded", "assessed", 3), ("randomised", "assessed", 24),
+                        ("a", "randomised", 12), ("b", "randomised", 12),
+                        ("a_withdrawn", "a", 0), ("a_analysed", "a", 12),
+                        ("b_withdrawn", "b", 2), ("b_analysed", "b", 10)])
+    shown = dict(zip(table.values("box"), get_policy("threshold10").apply(table).values("count")))
+    assert shown["assessed"] == 27 and shown["excluded"] is None and shown["randomised"] is None
+    assert None in (shown["a"], shown["b"])                              # randomised is not a + b
+    for arm in ("a", "b"):                                               # nor a hidden arm its parts' sum
+        if shown[arm] is None:
+            assert None in (shown[f"{arm}_withdrawn"], shown[f"{arm}_analysed"]), shown
+    assert get_policy("nhse-hes").apply(table).values("count")[1:3] == [None, 25]   # rounding instead
+

@@ -492,20 +492,24 @@ def test_a_third_enrolment_of_a_resolved_human_opens_a_new_duplicate_and_leaves_
         == (2, 1, 1)
 
 
+def screening_log(world, randomised, ineligible, declined=()):
+    """People randomised, found ineligible and who declined, by person id, at site A."""
+    r, nurse = world.recruitment, world.people["nurse_a"]
+    worklist(world.register, nurse, T, SITE_A)
+    for i in randomised:
+        enrol(world, i)
+    for status, people, reason in (("ineligible", ineligible, "on insulin"), ("declined", declined, "no time")):
+        for i in people:
+            r.record(nurse, T, i, "approached", site=SITE_A)
+            r.record(nurse, T, i, status, site=SITE_A, reason=reason)
+
+
 def test_external_consort_hides_an_exclusion_reason_that_the_other_boxes_give_away(world):
     """Attack by complement: 'excluded' is published, so with one reason hidden and the others shown the
     hidden one is 'excluded' less the others.  Without rounding (threshold10) that is exact; the
     exclusion reasons partition 'excluded', so secondary suppression hides a second reason with it."""
-    r, p = world.recruitment, world.people
-    worklist(world.register, p["nurse_a"], T, SITE_A)
-    for i in range(6, 16):
-        enrol(world, i)
-    for i in range(16, 28):
-        r.record(p["nurse_a"], T, i, "approached", site=SITE_A)
-        r.record(p["nurse_a"], T, i, "ineligible", site=SITE_A, reason="on insulin")
-    for i in (28, 29):
-        r.record(p["nurse_a"], T, i, "approached", site=SITE_A)
-        r.record(p["nurse_a"], T, i, "declined", site=SITE_A, reason="no time")
+    p = world.people
+    screening_log(world, randomised=range(6, 16), ineligible=range(16, 28), declined=(28, 29))
     policy = get_policy("threshold10")
     shown = {row["box"]: row["count"] for row in consort_counts(world.register, p["stats"], T, external=True,
                                                                policy=policy).rows}
@@ -514,3 +518,38 @@ def test_external_consort_hides_an_exclusion_reason_that_the_other_boxes_give_aw
     assert reasons.count(None) != 1, shown                                       # the 2 is not 14 - 12 - 0
     arms = [shown[f"allocated_{arm}"] for arm in ("drug", "placebo")]
     assert arms.count(None) != 1, shown
+
+
+def rebuilt_boxes(shown: dict[str, int | None], part_of: dict[str, str]) -> dict[str, int]:
+    """What adding and subtracting the published boxes gives: a box is the sum of the boxes it divides
+    into, so a hidden box whose parts are all shown, or a hidden part beside its box and shown siblings,
+    is worked out, and so on until nothing more follows."""
+    known = {box: n for box, n in shown.items() if n is not None}
+    parts: dict[str, list[str]] = {}
+    for box, group in part_of.items():
+        if box != group:                      # a box is never a part of itself
+            parts.setdefault(group, []).append(box)
+    changed = True
+    while changed:
+        changed = False
+        for box, members in parts.items():
+            unknown = [m for m in members if m not in known]
+            if box not in known and not unknown:
+                known[box], changed = sum(known[m] for m in members), True
+            elif box in known and len(unknown) == 1:
+                known[unknown[0]], changed = known[box] - sum(known[m] for m in members if m in known), True
+    return {box: n for box, n in known.items() if shown[box] is None}
+
+
+def test_external_consort_never_lets_a_hidden_box_be_rebuilt_from_its_parts(world):
+    """Attack by chains: 3 ineligible are hidden and 'randomised' (24) is hidden as their cover beside
+    'assessed' (27); but the arms (12 and 12) add up to 'randomised', and 'assessed' less that gave the 3
+    excluded exactly under threshold10.  No hidden box may follow from the boxes shown."""
+    p = world.people
+    screening_log(world, randomised=range(6, 30), ineligible=range(30, 33))
+    raw = consort_counts(world.register, p["stats"], T)
+    assert {row["box"]: row["count"] for row in raw.rows}["excluded"] == 3
+    table = consort_counts(world.register, p["stats"], T, external=True, policy=get_policy("threshold10"))
+    shown = {row["box"]: row["count"] for row in table.rows}
+    assert shown["excluded"] is None
+    assert rebuilt_boxes(shown, {row["box"]: row["part_of"] for row in table.rows}) == {}, shown
