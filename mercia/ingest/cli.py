@@ -17,13 +17,16 @@ OPT_OUT = typer.Option(None, "--opt-out", help="national data opt-out list (NHS 
 JSON = typer.Option(False, "--json", help="print the load summary as JSON")
 
 
-def _ods_code(value: str) -> str:
-    """The sending organisation as its ODS code in capitals: the code is the organisation's key in every
-    row's provenance, so ``rr8`` and ``RR8`` must be one organisation (a resend is matched by it)."""
+def ods_code(value: str | None) -> str | None:
+    """An ``--org`` option's organisation as its ODS code in capitals (None when the option is not given): the
+    code is the organisation's key in every row's provenance, so ``rr8`` and ``RR8`` must be one organisation
+    (a resend is matched by it)."""
     import re
 
     from mercia.ingest.load import ODS_CODE, ODS_CODE_REASON
 
+    if value is None:
+        return None
     code = value.strip().upper()
     if not re.fullmatch(ODS_CODE, code):
         raise typer.BadParameter(f"{value!r}: {ODS_CODE_REASON} (e.g. RRK or M85001)")
@@ -31,7 +34,7 @@ def _ods_code(value: str) -> str:
 
 
 def _org_option(help_text: str):
-    return typer.Option(..., "--org", help=help_text, callback=_ods_code)
+    return typer.Option(..., "--org", help=help_text, callback=ods_code)
 
 
 def _report(summaries, as_json: bool) -> None:

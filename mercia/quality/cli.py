@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mercia.cdm.cli import DbOption
+from mercia.ingest.cli import ods_code
 
 app = typer.Typer(help="Data quality of the loaded CDM.", no_args_is_help=True)
 
@@ -21,7 +22,7 @@ def render_html(report) -> str:
 
 @app.command()
 def report(db: DbOption = None,
-           org: str = typer.Option(None, "--org", help="only this organisation's rows (ODS code)"),
+           org: str = typer.Option(None, "--org", help="only this organisation's rows (ODS code)", callback=ods_code),
            html: Path = typer.Option(None, "--html", help="also write a standalone HTML report here"),
            as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
     """Counts per domain and organisation, mapping rates, rejects by reason and DQD-style checks."""
@@ -32,7 +33,7 @@ def report(db: DbOption = None,
     from mercia.quality.report import build_report
 
     with Store.open(db) as store:
-        result = build_report(store, org.strip().upper() if org else None)  # stored in capitals, as ingest takes it
+        result = build_report(store, org)
     if html:
         html.write_text(render_html(result))
     if as_json:

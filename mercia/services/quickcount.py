@@ -49,9 +49,9 @@ def quick_count(state: MerciaState, user: User, cohort: dict[str, Any]) -> dict[
         earlier = db.rows("SELECT criteria, differencing, asked_at, persons FROM mercia_quick_count "
                           "WHERE user_id = ? AND asked_at >= ? ORDER BY asked_at", [user.id, _iso(moment - window)])
         today = [r for r in earlier if r["asked_at"] >= _iso(moment - timedelta(days=1))]
-        verdict = budget(parts, [Asked(frozenset(orjson.loads(r["criteria"])), bool(r["differencing"]),
-                                       datetime.fromisoformat(r["asked_at"])) for r in earlier],
-                         DIFFERENCING_LIMIT, window)
+        asked = [Asked(frozenset(orjson.loads(r["criteria"])), bool(r["differencing"]),
+                       datetime.fromisoformat(r["asked_at"])) for r in earlier]
+        verdict = budget(parts, asked, DIFFERENCING_LIMIT, window)
         if len(today) >= DAILY_LIMIT:
             next_free = datetime.fromisoformat(today[0]["asked_at"]) + timedelta(days=1)
             refusal = (f"at most {DAILY_LIMIT} quick counts a day", max(1.0, (next_free - moment).total_seconds()))
@@ -71,8 +71,8 @@ def quick_count(state: MerciaState, user: User, cohort: dict[str, Any]) -> dict[
     db.execute("UPDATE mercia_quick_count SET persons = ? WHERE id = ?", [persons, count_id])
     policy = get_policy()
     # beside the near-identical counts answered before, this one must not give the few between them
-    shown = policy.publish_beside(persons, [r["persons"] for r in earlier if r["persons"] is not None and
-                                            near_identical(parts, frozenset(orjson.loads(r["criteria"])))])
+    shown = policy.publish_beside(persons, [r["persons"] for r, question in zip(earlier, asked)
+                                            if r["persons"] is not None and near_identical(parts, question.parts)])
     hidden = shown is None
     # why a count is hidden: a few people, or a few from a count the user asked before
     hidden_reason = None if not hidden else "small" if policy.is_small(persons) else "near_earlier"
@@ -80,8 +80,8 @@ def quick_count(state: MerciaState, user: User, cohort: dict[str, Any]) -> dict[
                            fingerprint=mine, differencing=verdict.differencing,
                            shown=policy.redacted_marker if hidden else shown)
     used = verdict.used + verdict.differencing
-    return {"persons": shown, "hidden": hidden, "hidden_reason": hidden_reason, "policy": policy.name, "threshold": policy.threshold,
-            "rounding_base": policy.rounding_base, "differencing": verdict.differencing,
+    return {"persons": shown, "hidden": hidden, "hidden_reason": hidden_reason, "policy": policy.name,
+            "threshold": policy.threshold, "rounding_base": policy.rounding_base, "differencing": verdict.differencing,
             "budget": {"used": used, "limit": DIFFERENCING_LIMIT, "window_days": WINDOW_DAYS}}
 
 

@@ -38,6 +38,9 @@ def test_ingest_purge_and_dq_report_commands(shared_data, tmp_path):
     checks = {c["name"]: c for c in report["checks"]}
     assert checks["measurement_before_birth"]["violations"] > 0  # the OUL examples: born 2019, result 1999
     assert "Mercia data quality" in html.read_text() and "R9P" in html.read_text()
+    refused = runner.invoke(app, ["dq", "report", "--db", db, "--org", "R9-P"])   # the ingest commands' ODS rule
+    said = " ".join(refused.output.replace("│", " ").split())
+    assert refused.exit_code == 2 and "'R9-P': the ODS code is not 3 to 10 letters and digits" in said
 
     opt_out = tmp_path / "optout.txt"
     opt_out.write_text("9912003888\n")  # Richard Smith, UK Core
