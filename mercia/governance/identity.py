@@ -220,6 +220,16 @@ class Identity:
     def authenticate(self, username: str, password: str, source: str = "") -> User:
         """The active user with this password, or GovernanceError; throttled per (user, source).
         For roles that need a second factor, follow with ``verify_second_factor``."""
+        user = self._check_password(username, password, source, "signin.failure")
+        if user.needs_second_factor:
+            self.audit.record(user.username, "signin.password", f"user:{user.username}", ip=source)
+        else:
+            self.signed_in(user, source)
+        return user
+
+    def _check_password(self, username: str, password: str, source: str, failure_action: str) -> User:
+        """The active user with this password (throttled, a failure audited as ``failure_action``); no
+        sign-in is recorded, so an e-signature's re-entered password is not a new session in the audit."""
         username = username.strip().lower()[:200]
         self._claim_attempt(username, source)
         row = self.db.row("SELECT * FROM mercia_user WHERE username = ?", [username])
@@ -230,24 +240,20 @@ class Identity:
         except (VerificationError, InvalidHashError):
             ok = False
         if not ok:
-            self.audit.record(username or "-", "signin.failure", f"user:{username}", ip=source)
+            self.audit.record(username or "-", failure_action, f"user:{username}", ip=source)
             raise GovernanceError("the username or password is not right")
         self._clear_attempts(username, source)
         if passwords.hasher.check_needs_rehash(row["password_hash"]):
             self.db.execute("UPDATE mercia_user SET password_hash = ? WHERE id = ?",
                             [passwords.hasher.hash(password), row["id"]])
-        user = self._user(row)
-        if user.needs_second_factor:
-            self.audit.record(user.username, "signin.password", f"user:{user.username}", ip=source)
-        else:
-            self.signed_in(user, source)
-        return user
+        return self._user(row)
 
     def confirm_signer(self, actor: User, username: str, password: str, refused_action: str, target: str) -> User:
-        """An e-signature's re-entered credentials (21 CFR Part 11): they must be ``actor``'s own.  A wrong
-        password is audited by ``authenticate``; another user's credentials as ``refused_action`` on ``target``.
+        """An e-signature's re-entered credentials (21 CFR Part 11): they must be ``actor``'s own.  Throttled
+        as a sign-in is; a wrong password is audited as ``signature.failure``, another user's credentials as
+        ``refused_action`` on ``target``; a right one records no sign-in (the caller audits the signature).
         Call outside a transaction, so a refusal's audit stays."""
-        signer = self.authenticate(username, password)
+        signer = self._check_password(username, password, "", "signature.failure")
         if signer.id != actor.id:
             self.audit.record(actor.username, refused_action, target, reason="credentials of another user")
             raise Forbidden("a signature must be made with the signer's own credentials")

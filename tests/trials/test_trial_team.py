@@ -232,13 +232,17 @@ def test_only_the_responsible_person_signs_and_only_with_their_own_password(worl
     assert world.gov.audit.search(action="trial.sign_delegation") == []
     [refused] = world.gov.audit.search(action="trial.sign_delegation.refused")
     assert (refused["actor"], refused["detail"]["reason"]) == ("pi_a", "credentials of another user")
-    assert [e["actor"] for e in world.gov.audit.search(action="signin.failure")] == ["pi_a"]
+    # a signature's wrong password is its own audited failure, not a failed sign-in
+    assert [e["actor"] for e in world.gov.audit.search(action="signature.failure")] == ["pi_a"]
+    assert world.gov.audit.search(action="signin.failure") == []
 
 
 def test_an_ended_period_is_not_signed_and_a_signed_one_not_twice(world):
     p, register = world.people, world.register
     with_passwords(world, "pi_a")
     sign(world, "pi_a", "nurse_a", TrialRole.RESEARCH_NURSE, SITE_A)
+    # re-entering the password to sign is not a new sign-in in the audit trail
+    assert world.gov.audit.search(action="signin.success") == []
     with pytest.raises(Conflict, match=f"nurse_a's role research_nurse at {SITE_A} held from 20.* is already signed "
                                        "off by pi_a at 20"):
         sign(world, "pi_a", "nurse_a", TrialRole.RESEARCH_NURSE, SITE_A, meaning="again")
