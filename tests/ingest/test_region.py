@@ -114,3 +114,30 @@ def test_messy_region_linkage_quality(store, messy_region, synthetic_key):
     link_store(store)
     quality = region_linkage_quality(store, messy_region, Pseudonymiser(load_key()))
     assert quality.precision >= 0.995 and quality.recall >= 0.98, quality
+
+
+def test_the_region_command_loads_links_and_reports_each_extract_to_a_log(clean_region, synthetic_key, tmp_path):
+    """`mercia ingest region` with its output going to a file (cron, CI): no progress bar there, so each
+    extract is one line on stderr as it finishes, then the loads as JSON on stdout."""
+    import orjson
+    from typer.testing import CliRunner
+
+    from mercia.cdm import Store
+    from mercia.cli import app
+    from mercia.ingest.region import plan_region
+
+    db = tmp_path / "region.duckdb"
+    result = CliRunner().invoke(app, ["ingest", "region", str(clean_region), "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    plan = plan_region(clean_region)
+    loads = orjson.loads(result.stdout)
+    assert [(s["org"], s["extract"]) for s in loads] == [(item.org, item.path.name) for item in plan]
+    lines = result.stderr.splitlines()
+    assert len(lines) == len(plan)
+    for n, (line, item, load) in enumerate(zip(lines, plan, loads), start=1):
+        assert line == (f"{n}/{len(plan)} {item.kind} {item.org} {item.path.name}: {load['loaded']} loaded, "
+                        f"{load['rejected']} rejected")
+    with Store.open(str(db)) as store:
+        assert store.query_one("SELECT count(*) FROM person") > 0
+        assert store.query_one("SELECT count(*) FROM mercia_person_link") > store.query_one(
+            "SELECT count(*) FROM person")  # linked: people seen at several organisations are one person
