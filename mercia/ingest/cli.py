@@ -255,8 +255,9 @@ def region(directory: Path = typer.Argument(..., exists=True, file_okay=False, h
             summaries.append(summary)
             progress.update(task, advance=1, description=f"{item.kind} {item.org}")
             if not progress.console.is_terminal:  # a log (cron, CI) sees no progress bar: a line per extract
-                typer.echo(f"{len(summaries)}/{len(plan)} {item.kind} {item.org} {item.path.name}: "
-                           f"{summary.loaded} loaded, {summary.rejected} rejected", err=True)
+                where = item.path.relative_to(directory)
+                typer.echo(f"{len(summaries)}/{len(plan)} {item.kind} {item.org} {where}: {summary.loaded} loaded, "
+                           f"{summary.rejected} rejected", err=True)
 
         ingest_region(store, directory, opt_out=opt_out, on_extract=done)
         if summaries and link:

@@ -135,8 +135,8 @@ def test_the_region_command_loads_links_and_reports_each_extract_to_a_log(clean_
     lines = result.stderr.splitlines()
     assert len(lines) == len(plan)
     for n, (line, item, load) in enumerate(zip(lines, plan, loads), start=1):
-        assert line == (f"{n}/{len(plan)} {item.kind} {item.org} {item.path.name}: {load['loaded']} loaded, "
-                        f"{load['rejected']} rejected")
+        where = item.path.relative_to(clean_region)
+        assert line == f"{n}/{len(plan)} {item.kind} {item.org} {where}: {load['loaded']} loaded, {load['rejected']} rejected"
     with Store.open(str(db)) as store:
         assert store.query_one("SELECT count(*) FROM person") > 0
         assert store.query_one("SELECT count(*) FROM mercia_person_link") > store.query_one(
