@@ -20,8 +20,9 @@ content hash and fate were most of the cost of loading it (docs/metabolomics.md)
   annotation of this ALT allele from VEP ``CSQ`` or SnpEff ``ANN`` (gene, consequence, HGVS c. and p.);
   ``INFO/GENE`` is the gene when neither is present.
 - No Python per site: htslib parses every line (in ``bcftools query``, run in a child process, so on the
-  other core) and prints CHROM, POS, REF, ALT, INFO and each sample's GT, DP and GQ as text; Arrow reads
-  that text in batches of ``SITE_BATCH_BYTES`` and one DuckDB statement per batch (``_calls_sql``) splits
+  other core) and prints CHROM, POS, REF, ALT, INFO's CSQ, ANN and GENE and each sample's GT, DP and GQ as
+  text; Arrow reads that text in batches of ``SITE_BATCH_BYTES`` and one DuckDB statement per batch
+  (``_calls_sql``) splits
   the ALT alleles, finds their carriers, rewrites the genotypes, trims, picks the CSQ/ANN entry
   (``_annotation_sql``) and spells the rows.  DuckDB only reads bcftools' canonical output, never the
   file's own text.  (Until 6 December cyvcf2 handed each site to Python, about half of the reading.)
@@ -35,8 +36,9 @@ content hash and fate were most of the cost of loading it (docs/metabolomics.md)
 - A file htslib cannot read to the end (a truncated ``.vcf.gz``, a corrupt record) is rejected as a whole:
   record ``VCF/<file>``, field ``file``, the htslib message (a corrupt record's names the field and its
   CHROM:POS); none of its calls are staged (``VcfReader.chunks`` says how when part of it was already
-  handed on).  GT, DP or GQ used without a ``##FORMAT`` line (htslib assumes one, bcftools cannot print an
-  undeclared tag) are declared for bcftools through ``bcftools reheader`` (``_Sites``).
+  handed on).  GT, DP or GQ used without a ``##FORMAT`` line, and GENE without an ``##INFO`` line (htslib
+  assumes one, bcftools cannot print an undeclared tag) are declared for bcftools through ``bcftools
+  reheader`` (``_Sites``).
 """
 
 from __future__ import annotations
@@ -111,15 +113,16 @@ def _header_lines(file: Path) -> tuple[int, bool, int]:
     return count, compressed, max(0, last.rstrip(b"\r\n").count(b"\t") - 8) if last.startswith(b"#CHROM") else 0
 
 
-def _header(file: Path) -> tuple[list[str], str, set[str], dict[str, list[str]]]:
-    """The file's samples, header text, FORMAT tags and annotation fields, as htslib (pysam) reads them;
-    ``VcfFileError`` when it cannot."""
+def _header(file: Path) -> tuple[list[str], str, set[str], set[str], dict[str, list[str]]]:
+    """The file's samples, header text, FORMAT and INFO tags and annotation fields, as htslib (pysam) reads
+    them; ``VcfFileError`` when it cannot."""
     import pysam
 
     verbosity = pysam.set_verbosity(0)  # (htslib would print that a .vcf.gz has no index, which is not needed)
     try:
         with pysam.VariantFile(str(file)) as vcf:
-            return list(vcf.header.samples), str(vcf.header), set(vcf.header.formats), _annotation_fields(vcf.header)
+            return (list(vcf.header.samples), str(vcf.header), set(vcf.header.formats), set(vcf.header.info),
+                    _annotation_fields(vcf.header))
     except (ValueError, OSError) as exc:
         # pysam names the full path: keep only the file's own name (an upload's folder is the server's)
         raise VcfFileError(f"not a readable VCF: {str(exc).replace(str(file), file.name)[:200]}") from exc
@@ -207,11 +210,10 @@ def _annotation_sql(annotations: dict[str, list[str]]) -> str:
 
 
 def _info_sql(tag: str) -> str:
-    """The value of INFO ``tag`` in bcftools' ``%INFO`` text ('' when the site has none): found with
-    ``strpos`` (a regular expression over the ~600-character INFO of a VEP site cost 5x the whole query)."""
-    value = f"substr(info, CASE WHEN starts_with(info, '{tag}=') THEN {len(tag) + 2} " \
-            f"ELSE NULLIF(strpos(info, ';{tag}='), 0) + {len(tag) + 2} END)"
-    return f"COALESCE(left({value}, strpos({value} || ';', ';') - 1), '')"
+    """The value of INFO ``tag`` as bcftools printed it in its own column (``%INFO/TAG``; '' when the site
+    has none, which bcftools prints as '.').  Until 7 December the tag was found in the whole ``%INFO``
+    text with ``strpos``: a third of this query's operator time on a VEP-annotated file."""
+    return f"COALESCE(NULLIF(info_{tag.lower()}, '.'), '')"
 
 
 def _calls_sql(samples: int, annotations: dict[str, list[str]]) -> str:
@@ -249,7 +251,7 @@ def _calls_sql(samples: int, annotations: dict[str, list[str]]) -> str:
             WHERE list_contains(held, allele)),
         raw AS (
             SELECT p.site, p.alt_index, s.chrom, CAST(s.pos AS BIGINT) AS pos, s.ref AS raw_ref,
-                   string_split(s.alt, ',')[p.alt_index] AS raw_alt, s.info,
+                   string_split(s.alt, ',')[p.alt_index] AS raw_alt, s.info_gene,
                    CASE {tag or "WHEN false THEN NULL"} END AS tag, CASE {note or "WHEN false THEN NULL"} END AS note
             FROM (SELECT DISTINCT site, alt_index FROM carriers) p JOIN sites s USING (site)),
         suffixed AS (
@@ -263,7 +265,8 @@ def _calls_sql(samples: int, annotations: dict[str, list[str]]) -> str:
             FROM suffixed),
         pairs AS (
             SELECT site * 65536 + alt_index AS pair, site, alt_index, chrom, pos + prefix AS pos,
-                   short_ref[prefix + 1:] AS ref, short_alt[prefix + 1:] AS alt, raw_ref, raw_alt, info, tag, note
+                   short_ref[prefix + 1:] AS ref, short_alt[prefix + 1:] AS alt, raw_ref, raw_alt, info_gene, tag,
+                   note
             FROM (SELECT *, CASE WHEN length(short_ref) > 1 AND length(short_alt) > 1 THEN list_max(list_filter(
                                      range(0, least(length(short_ref), length(short_alt))),
                                      lambda k: left(short_ref, k) = left(short_alt, k))) ELSE 0 END AS prefix
@@ -368,7 +371,7 @@ class VcfReader:
         # a file cut or corrupt in its body is found here, before htslib reads its header (pysam refuses a
         # BGZF file without its end marker, as any cut one is, naming no more than that)
         hashes = _sample_hashes(file, number, compressed, named) if named else []
-        samples, text, formats, annotations = _header(file)
+        samples, text, formats, infos, annotations = _header(file)
         meta = {m.group(1): m.group(2) for m in re.finditer(r"^##(\w+)=(.*)$", text, re.MULTILINE)}
         date = when or meta.get("fileDate")
         if date and re.fullmatch(r"\d{8}", date):
@@ -385,7 +388,7 @@ class VcfReader:
         runs = _Runs(self.calls_per_chunk, [_sample_rows(file.name, samples, hashes, refs, dates, number)])
         spans = _Spans()
         try:
-            with _Sites(file, text, len(samples), formats) as sites:
+            with _Sites(file, text, len(samples), formats, infos, list(annotations)) as sites:
                 for batch in sites.batches():
                     con.register("sites", pa.Table.from_batches([batch]))
                     calls = con.sql(query, params=params).to_arrow_table()
@@ -401,29 +404,35 @@ class VcfReader:
 
 class _Sites:
     """A file's sites as bcftools (htslib) prints them, read as Arrow batches of text columns (CHROM, POS,
-    REF, ALT, INFO, then GT, DP and GQ as declared, each all samples' values).  bcftools runs in a child
+    REF, ALT, the INFO tags the rows take (CSQ and ANN as declared, GENE: ``info_csq`` ...), then GT, DP and GQ
+    as declared, each all samples' values).  bcftools runs in a child
     process (pysam's bundled bcftools, called in a fresh interpreter), so htslib's parse takes the other
     core while this one works on the previous batch; ``failure`` is htslib's message when it stopped
     inside the file."""
 
-    def __init__(self, file: Path, header: str, samples: int, formats: set[str]):
+    def __init__(self, file: Path, header: str, samples: int, formats: set[str], infos: set[str],
+                 annotations: list[str]):
         tags = ("GT", "DP", "GQ") if samples else ()
-        self.columns = ["chrom", "pos", "ref", "alt", "info", *(tag.lower() for tag in tags)]
+        notes = [*annotations, "GENE"]  # INFO tags, each printed alone (``_info_sql``)
+        self.columns = ["chrom", "pos", "ref", "alt", *(f"info_{tag.lower()}" for tag in notes),
+                        *(tag.lower() for tag in tags)]
         # one column per FORMAT tag, its samples' values each ended by ':' (no FORMAT value holds one)
-        self.query = ["query", "-o", "/dev/stdout", "-f",
-                      "%CHROM\\t%POS\\t%REF\\t%ALT\\t%INFO" + "".join(f"\\t[%{tag}:]" for tag in tags) + "\\n"]
-        # bcftools cannot print a FORMAT tag the header does not declare (htslib declares one only when
-        # a record uses it): such a file is given a header declaring it, as htslib would (Type=String)
-        self.missing = [tag for tag in tags if tag not in formats]
+        self.query = ["query", "-o", "/dev/stdout", "-f", "%CHROM\\t%POS\\t%REF\\t%ALT"
+                      + "".join(f"\\t%INFO/{tag}" for tag in notes) + "".join(f"\\t[%{tag}:]" for tag in tags) + "\\n"]
+        # bcftools cannot print a tag the header does not declare (htslib declares one only when a record
+        # uses it): such a file is given a header declaring it, as htslib would (Type=String)
+        self.missing = [f'##FORMAT=<ID={tag},Number=1,Type=String,Description="{tag}">' for tag in tags
+                        if tag not in formats]
+        self.missing += [f'##INFO=<ID={tag},Number=1,Type=String,Description="{tag}">' for tag in notes
+                         if tag not in infos]
         self.file, self.header, self.count, self.failure = file, header, 0, None
 
     def __enter__(self):
         self.errors, self.processes = tempfile.TemporaryFile(), []
         if self.missing:
             self.declared = tempfile.NamedTemporaryFile("w", suffix=".txt")
-            self.declared.write(self.header.replace("#CHROM", "".join(
-                f'##FORMAT=<ID={tag},Number=1,Type=String,Description="{tag}">\n' for tag in self.missing) + "#CHROM",
-                1))
+            self.declared.write(self.header.replace("#CHROM", "".join(f"{line}\n" for line in self.missing) + "#CHROM",
+                                                    1))
             self.declared.flush()
             self._start("reheader", "-h", self.declared.name, "-o", "/dev/stdout", str(self.file))
             self._start(*self.query, "-", stdin=self.processes[0].stdout)
