@@ -9,15 +9,40 @@ from typing import Any, BinaryIO
 
 from mercia.cdm.extensions import ensure_extension_tables
 from mercia.governance import Role, User
-from mercia.services.errors import Forbidden, Invalid
+from mercia.services.errors import Forbidden, Invalid, TooLarge
+from mercia.services.sources import ODS_CODE
 from mercia.services.state import MerciaState
 
 UPLOAD_KINDS = ("fhir", "hl7v2", "phenopackets", "vcf")  # single-file readers; CSV extracts are directories
 
 
+def unpacked_size(path: Path, limit: int) -> int:
+    """The bytes a gzip upload unpacks to, counted up to just past ``limit`` (the file's own size when it
+    is not gzip).  Readers hold a file's content in memory, so a few hundred kilobytes of gzip could
+    otherwise unpack to more memory than the server has; an upload that is not valid gzip is counted as
+    far as it reads, and its reader rejects it with the reason."""
+    from isal import igzip
+    from isal.igzip_lib import IsalError
+
+    with path.open("rb") as raw:
+        if raw.read(2) != b"\x1f\x8b":
+            return path.stat().st_size
+    total = 0
+    try:
+        with igzip.open(path, "rb") as unpacking:
+            while total <= limit and (block := unpacking.read(1 << 20)):
+                total += len(block)
+    except (OSError, EOFError, ValueError, IsalError):
+        pass
+    return total
+
+
 def start_load(state: MerciaState, user: User, org: str, kind: str, filename: str, data: BinaryIO) -> int:
     if not (user.has(Role.DATA_MANAGER, org) or user.has(Role.ADMIN)):
         raise Forbidden(f"only {org}'s data managers can load its data")
+    if not ODS_CODE.fullmatch(org):
+        # The key of every row's provenance, as the ingest command's --org: 'rrk' beside 'RRK' loads all again.
+        raise Invalid(f"{org[:40]!r} is not an ODS code (3 to 10 capital letters and digits, e.g. RRK or M85001)")
     if kind not in UPLOAD_KINDS:
         raise Invalid(f"kind must be one of {', '.join(UPLOAD_KINDS)}")
     state.require_row_transactions("Loading extracts (loads, provenance and rejects beside the CDM)")
@@ -28,8 +53,13 @@ def start_load(state: MerciaState, user: User, org: str, kind: str, filename: st
     path = folder / name
     with path.open("wb") as out:
         shutil.copyfileobj(data, out)
-    state.gov.audit.record(user.username, "source.load", f"source:{org}", kind=kind, extract=name,
-                           bytes=path.stat().st_size)
+    size, limit = path.stat().st_size, state.options.max_upload_bytes
+    if unpacked_size(path, limit) > limit:
+        shutil.rmtree(folder, ignore_errors=True)
+        state.gov.audit.record(user.username, "source.load.refused", f"source:{org}", kind=kind, extract=name,
+                               bytes=size, unpacks_beyond=limit)
+        raise TooLarge(f"{name} unpacks to more than {limit:,} bytes, the largest extract the server takes")
+    state.gov.audit.record(user.username, "source.load", f"source:{org}", kind=kind, extract=name, bytes=size)
 
     def work(progress) -> dict[str, Any]:
         from mercia.ingest.service import default_options, ingest

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ DELEGATION_LOG_COLUMNS = ["username", "display_name", "role", "site", "granted_a
                           "ended_by", "end_reason", "signature", "signed_by", "signed_name", "signed_at",
                           "signature_meaning"]
 UNKNOWN_GRANT = "unknown (granted before the log was kept)"
+# ISRCTN, EudraCT, IRAS and NCT numbers: one path segment of every trial address, and the download file names.
+TRIAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,59}")
 SIGNED, AWAITING_SIGN_OFF, NOT_SIGNED = "signed", "awaiting sign-off", "ended unsigned"
 
 
@@ -130,6 +133,9 @@ class TrialRegister:
         trial_id = trial_id.strip()
         if not trial_id or not title.strip():
             raise TrialError("a trial needs an id (ISRCTN, EudraCT or IRAS number) and a title")
+        if not TRIAL_ID.fullmatch(trial_id):
+            raise TrialError(f"trial id {trial_id[:60]!r}: up to 60 letters, digits, '-', '_' and '.', "
+                             "starting with a letter or digit")
         sites = [s.strip().upper() for s in sites if s.strip()]
         if not sites:
             raise TrialError(f"trial {trial_id}: list at least one site (ODS code)")

@@ -3,6 +3,8 @@ same functions; forms carry the session's CSRF token; nothing here runs inline s
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from datetime import date, timedelta
 from pathlib import Path
@@ -38,6 +40,8 @@ templates.env.globals.update(PILLARS=PILLARS, DOMAINS=DOMAINS, Role=Role, Projec
                              PURPOSE_CATEGORIES=PURPOSE_CATEGORIES, LAY_RECOMMENDATIONS=LAY_RECOMMENDATIONS)
 templates.env.filters["count"] = lambda value, marker: marker if value is None else f"{value:,}"
 router = APIRouter(include_in_schema=False)
+# Seals the notices this process writes into redirect addresses (a restart only drops a pending notice).
+NOTICE_KEY = secrets.token_bytes(32)
 PRE_CSRF = "mercia_signin_csrf"
 PENDING = "mercia_signin_pending"  # password passed, second factor to come
 ROLE_LABELS = {r.value: r.label for r in Role}
@@ -74,7 +78,7 @@ def render(request: Request, template: str, caller: Caller | None, status_code: 
     nav = navigation(user, request.url.path) if user else []
     return templates.TemplateResponse(request, template, {
         "user": user, "csrf": caller.csrf if caller else None, "nav": nav,
-        "notice": request.query_params.get("notice"), **context}, status_code=status_code, headers=headers)
+        "notice": sealed_notice(request), **context}, status_code=status_code, headers=headers)
 
 
 def navigation(user, path: str) -> list[dict[str, Any]]:
@@ -99,7 +103,23 @@ def navigation(user, path: str) -> list[dict[str, Any]]:
 
 
 def redirect(path: str, notice: str | None = None) -> RedirectResponse:
-    return RedirectResponse(path + (f"?notice={urlquote(notice)}" if notice else ""), status_code=303)
+    return RedirectResponse(path + (f"?{notice_query(notice)}" if notice else ""), status_code=303)
+
+
+def _seal(notice: str) -> str:
+    return hmac.new(NOTICE_KEY, notice.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def notice_query(notice: str) -> str:
+    """The query that shows ``notice`` on the next page, sealed: a link someone else made cannot put
+    words of theirs on Mercia's pages (an unsealed ``?notice=`` is not shown)."""
+    return f"notice={urlquote(notice)}&seal={_seal(notice)}"
+
+
+def sealed_notice(request: Request) -> str | None:
+    notice = request.query_params.get("notice")
+    seal = request.query_params.get("seal", "")
+    return notice if notice is not None and hmac.compare_digest(seal.encode(), _seal(notice).encode()) else None
 
 
 def install_handlers(app: FastAPI) -> None:

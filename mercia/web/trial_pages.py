@@ -18,7 +18,7 @@ from mercia.services.state import state_of
 from mercia.governance import GovernanceError
 from mercia.services.errors import Invalid
 from mercia.web.results import display_table, result_charts
-from mercia.web.pages import form_data, redirect, render, signed_in
+from mercia.web.pages import form_data, notice_query, redirect, render, signed_in
 
 router = APIRouter(include_in_schema=False)
 
@@ -32,7 +32,7 @@ def _register(request: Request):
 
 
 def _to_worklist(trial_id: str, site: str, notice: str) -> RedirectResponse:
-    return RedirectResponse(f"/trials/{urlquote(trial_id)}/worklist?site={urlquote(site)}&notice={urlquote(notice)}",
+    return RedirectResponse(f"/trials/{urlquote(trial_id)}/worklist?site={urlquote(site)}&{notice_query(notice)}",
                             status_code=303)
 
 

@@ -536,6 +536,42 @@ def test_data_manager_loads_an_extract(world, shared_data, monkeypatch):
     assert "RRK" in [s["name"] for s in world.client.get("/api/v1/sources", headers=h).json()]
 
 
+def test_a_gzip_upload_that_unpacks_beyond_the_upload_limit_is_refused(world, monkeypatch):
+    """The reader holds a file's content in memory: 400 KB of gzip unpacked to 400 MB (peak memory +800 MB),
+    so the upload limit bounded nothing.  Now an upload may not unpack to more than an upload may be."""
+    import gzip
+    import zlib
+
+    monkeypatch.setenv("MERCIA_PSEUDONYM_KEY", "cd" * 32)
+    world.client.app.state.mercia.options.max_upload_bytes = 1 << 20
+    dm_org = world.gov.create_user("dmrrk", "Trust DM", PASSWORD, [("data_manager", "RRK")])
+    h = {"Authorization": f"Bearer {world.gov.create_token(dm_org, 't')[1]}"}
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = b"".join([packer.compress(b" " * (1 << 20)) for _ in range(8)] + [packer.flush()])
+    assert len(bomb) < 10_000
+    refused = world.client.post("/api/v1/sources/RRK/loads", headers=h, data={"kind": "fhir"},
+                                files={"file": ("Patient.ndjson.gz", bomb)})
+    assert refused.status_code == 413 and "unpacks to more than 1,048,576 bytes" in refused.json()["detail"]
+    assert world.client.get("/api/v1/jobs", headers=h).json() == []
+    assert world.gov.audit.search(action="source.load.refused")[0]["detail"]["extract"] == "Patient.ndjson.gz"
+    patient = gzip.compress(b'{"resourceType": "Patient", "id": "p1", "gender": "female"}\n')
+    taken = world.client.post("/api/v1/sources/RRK/loads", headers=h, data={"kind": "fhir"},
+                              files={"file": ("Patient.ndjson.gz", patient)})
+    assert taken.status_code == 202
+
+
+def test_an_upload_names_its_organisation_by_ods_code_as_the_ingest_command_does(world, monkeypatch):
+    """The code keys every row's provenance: an administrator's upload to 'rrk' beside 'RRK' made a second
+    organisation loading every record again (the CLI refuses it since 'mercia ingest --org')."""
+    monkeypatch.setenv("MERCIA_PSEUDONYM_KEY", "cd" * 32)
+    files = {"file": ("Patient.ndjson", b'{"resourceType": "Patient", "id": "p1"}\n')}
+    for org in ("rrk", "R K", "a<b>", "ABCDEFGHIJK"):
+        refused = world.client.post(f"/api/v1/sources/{org}/loads", headers=world.login("admin"), files=files,
+                                    data={"kind": "fhir"})
+        assert refused.status_code == 400 and "is not an ODS code" in refused.json()["detail"], org
+    assert world.client.get("/api/v1/jobs", headers=world.login("admin")).json() == []
+
+
 def test_cohort_builder_endpoint(world):
     h = world.login("res")
     fields = {"entry_concepts": str(GI_BLEED), "rule1_name": "Aspirin before", "rule1_domain": "drug",

@@ -151,3 +151,18 @@ def test_notifications_are_your_own_and_marked_read_up_to_a_time(api):
     assert schema["/trials/{trial_id}/notifications"]["get"]["summary"].startswith("Your notifications")
     body = schema["/trials/{trial_id}/notifications/read"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"]["$ref"].endswith("/NotificationsRead")
+
+
+@pytest.mark.parametrize("trial_id", ['X"; filename="evil.html', "A\r\nSet-Cookie: x=y", "ISRCTN\u8a66", "a/b", ".."])
+def test_a_trial_id_that_cannot_name_a_download_or_an_address_is_refused(api, trial_id):
+    """The id is a path segment and the delegation log's file name: a quote rewrote the file name, a
+    character outside Latin-1 made the download a 500, a '/' made the trial unreachable."""
+    client, world, as_user = api
+    new = {"trial_id": trial_id, "title": "T", "project_id": world.project, "sponsor": "S", "chief_investigator": "C",
+           "sites": [SITE_A], "target": 5, "opens_on": "2026-01-01", "closes_on": "2030-01-01",
+           "eligibility": eligibility(), "settings": {"method": "simple", "arms": [{"code": "a"}, {"code": "b"}]}}
+    refused = client.post("/api/v1/trials", json=new, headers=as_user("manager"))
+    assert refused.status_code == 400 and "letters, digits" in refused.json()["detail"]
+    assert [t["trial_id"] for t in client.get("/api/v1/trials", headers=as_user("manager")).json()] == [T]
+    log = client.get(f"/api/v1/trials/{T}/team.csv", headers=as_user("manager"))
+    assert log.headers["content-disposition"] == f'attachment; filename="{T}-delegation-log.csv"'

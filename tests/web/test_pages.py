@@ -50,6 +50,18 @@ def test_wrong_password_and_signin_csrf(client, demo):
     assert r.status_code == 403 and "security token" in r.text
 
 
+def test_a_notice_shows_only_when_the_server_wrote_it(client, demo):
+    """A link could put any words in the page's status box ('?notice=Your account is locked: call ...');
+    only a notice the server sealed in its own redirect is shown."""
+    forged = "Your account is locked. Call 0800 000 000 with your password"
+    assert forged not in client.get("/signin", params={"notice": forged}).text
+    csrf = sign_in(client, demo, "researcher")
+    assert forged not in client.get("/", params={"notice": forged, "seal": "0" * 32}).text
+    assert forged not in client.get("/", params={"notice": forged, "seal": "\u00e9"}).text
+    signed_out = client.post("/signout", data={"csrf_token": csrf}, follow_redirects=False)
+    assert "You have signed out." in client.get(signed_out.headers["location"]).text
+
+
 def test_signin_throttled(client):
     for _ in range(5):
         client.post("/signin", data={"username": "ghost", "password": "x" * 12,

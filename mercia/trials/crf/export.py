@@ -208,12 +208,14 @@ def _checkbox_label(f: Field, column: str) -> str:
 
 def _admin(service: CrfService, study: Study, meanings: list[str]) -> etree._Element:
     admin = etree.Element("AdminData", StudyOID=f"S.{study.name}", nsmap={None: ODM_NS})
-    users = [r[0] for r in service.db.store.query(
+    store = service.db.store
+    in_study, in_study_params = store.prefix_match("target", f"crf:{study.name}:")
+    users = [r[0] for r in store.query(
         "SELECT DISTINCT saved_by FROM mercia_crf_value WHERE study_id = ? UNION "
         "SELECT DISTINCT signed_by FROM mercia_crf_form WHERE study_id = ? AND signed_by IS NOT NULL "
         "UNION SELECT DISTINCT actor FROM mercia_audit WHERE action IN ('crf.form.save', 'crf.form.delete') "
-        "AND target LIKE ? ORDER BY 1",
-        [study.id, study.id, f"crf:{study.name}:%"])]
+        f"AND {in_study} ORDER BY 1",
+        [study.id, study.id, *in_study_params])]
     for username in users:
         user = service.gov.user_by_name(username)
         element = etree.SubElement(admin, "User", OID=f"U.{username}")
@@ -317,11 +319,12 @@ def _changes(service: CrfService, study: Study, ids: list[str]) -> dict[tuple[st
     """The saves and deletions of each form of a batch of participants, oldest first, from the audit log,
     whose targets are ``crf:<study>:<record>:<event>:<form>`` (study names and record ids hold no ':')."""
     prefix = f"crf:{study.name}:"
+    in_study, in_study_params = service.db.store.prefix_match("target", prefix)
     found: dict[tuple[str, str, str], list[dict]] = {}
     for seq, at, actor, action, target, detail in service.db.store.query(
             "SELECT seq, logged_at, actor, action, target, detail FROM mercia_audit WHERE action IN "
-            "('crf.form.save', 'crf.form.delete') AND target LIKE ? AND split_part(target, ':', 3) IN "
-            f"({', '.join('?' for _ in ids)}) ORDER BY seq", [prefix + "%", *ids]):
+            f"('crf.form.save', 'crf.form.delete') AND {in_study} AND split_part(target, ':', 3) IN "
+            f"({', '.join('?' for _ in ids)}) ORDER BY seq", [*in_study_params, *ids]):
         record, event, form = target[len(prefix):].split(":")
         found.setdefault((record, event, form), []).append(
             {"seq": seq, "at": at, "actor": actor, "action": action, **json.loads(detail)})

@@ -783,10 +783,12 @@ class CrfService:
         """The eCRF entries of the audit log, oldest first; reading it for export is itself audited."""
         study = self.study(study_name)
         self.require(actor, study, *OVERSEERS)
-        prefix = f"crf:{study.name}:{record_id}:" if record_id else f"crf:{study.name}"
+        target = f"crf:{study.name}:{record_id}" if record_id else f"crf:{study.name}"
+        # Taken literally: '_' in a study name or record id is LIKE's any-character (another study's trail).
+        below, below_params = self.db.store.prefix_match("target", target + ":")
         rows = self.db.rows("SELECT seq, logged_at, actor, action, target, detail FROM mercia_audit "
-                            "WHERE action LIKE 'crf.%' AND (target = ? OR target LIKE ?) ORDER BY seq",
-                            [prefix.rstrip(":"), prefix.rstrip(":") + ":%"])
+                            f"WHERE action LIKE 'crf.%' AND (target = ? OR ({below})) ORDER BY seq",
+                            [target, *below_params])
         for r in rows:
             r["detail"] = json.loads(r["detail"])
         self.gov.audit.record(actor.username, "crf.audit.export", f"crf:{study.name}", record=record_id,

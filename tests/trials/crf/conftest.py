@@ -40,6 +40,16 @@ class Team:
         self.crf.add_participant(self.manager, "heart", "H001", "arm_1", "2024-03-01")
         self.crf.add_participant(self.manager, "heart", "H002", "arm_1", "2024-03-02")
 
+    def look_alike(self):
+        """Another trial coordinator's study 'he_rt' (LIKE's '_' matches the 'a' of 'heart'), with its own
+        H001; returns its data manager."""
+        other = self.gov.create_user("other_dm", "Other", PASSWORD, [(Role.TRIAL_COORDINATOR, "")])
+        self.crf.create_study(other, "he_rt", "Look-alike")
+        self.crf.import_dictionary(other, "he_rt", (DICTIONARIES / "baseline.csv").read_text())
+        self.crf.add_event(other, "he_rt", "arm_1", "enrolment_arm_1", "Enrolment", ["enrolment"])
+        self.crf.add_participant(other, "he_rt", "H001", "arm_1", "2024-03-01")
+        return other
+
 
 @pytest.fixture
 def team(engine, tmp_path):

@@ -7,7 +7,7 @@ from mercia.services.state import ServerOptions
 from mercia.web.app import create_app
 
 from .conftest import PASSWORD, Team
-from .test_crf_entry import DEMO, ENROL
+from .test_crf_entry import DEMO, ENROL, _enrol_and_baseline
 
 FORM = "/api/v1/crf/studies/heart/records/H001/events/baseline_arm_1/forms/demographics"
 TEAM = "/api/v1/crf/studies/heart/team"
@@ -166,3 +166,18 @@ def test_survey_links_over_http(api):
     assert client.get(SURVEYS, headers=entry).json()[0]["status"] == "revoked"
     paths = client.get("/api/v1/openapi.json").json()["paths"]
     assert {"/crf/studies/{study}/surveys", "/crf/studies/{study}/surveys/{survey_id}/revoke"} <= set(paths)
+
+
+def test_a_study_named_with_an_underscore_reads_no_other_study(api):
+    """'_' is LIKE's any-character: a data manager of 'he_rt' (any trial coordinator may make one) read
+    the audit trail of 'heart', its values in the ODM history and who saved them."""
+    client, team, headers = api
+    _enrol_and_baseline(team)
+    own = headers(team.look_alike())
+    trail = client.get("/api/v1/crf/studies/he_rt/audit", headers=own).json()
+    assert trail and {e["target"].split(":")[1] for e in trail} == {"he_rt"}
+    for_record = client.get("/api/v1/crf/studies/he_rt/audit?record=H001", headers=own).json()
+    assert [e["target"] for e in for_record] == ["crf:he_rt:H001"]
+    history = client.get("/api/v1/crf/studies/he_rt/export?format=odm&history=true", headers=own)
+    assert history.status_code == 200
+    assert b"<ItemData" not in history.content and b"nurse_ed" not in history.content

@@ -181,3 +181,16 @@ def test_odm_with_full_history_is_transactional_and_valid(team, odm_schema, tmp_
     users = {u.get("OID") for u in document.iter(f"{ODM}User")}
     assert {ref.get("UserOID") for ref in document.iter(f"{ODM}UserRef")} <= users
     assert team.gov.audit.search(action="crf.export")[0]["detail"]["history"] is True
+
+
+def test_an_underscore_in_a_study_name_is_not_a_wildcard(team, tmp_path):
+    """On each engine: the look-alike study 'he_rt' reads none of 'heart''s trail or history."""
+    _session(team)
+    other = team.look_alike()
+    assert {e["target"].split(":")[1] for e in team.crf.audit_trail(other, "he_rt")} == {"he_rt"}
+    assert team.crf.audit_trail(other, "he_rt", "H00_") == []
+    path = tmp_path / "history.xml"
+    with path.open("wb") as f:
+        assert write_odm(team.crf, other, "he_rt", f, history=True) == 0
+    assert b"nurse_ed" not in path.read_bytes() and b"dr_pi" not in path.read_bytes()
+    assert len(team.crf.audit_trail(team.monitor, "heart", "H001")) > 1      # heart's own trail still reads
