@@ -112,3 +112,40 @@ def test_follow_up_and_time_at_risk_never_give_a_hidden_analysed_group(world, th
         at_risk, prevalent = shown_count(at_risk), shown_count(prevalent)
         assert at_risk is None or prevalent is None or not 1 <= at_risk - prevalent <= THRESHOLD, \
             incidence["People and time at risk"]
+
+
+def test_a_comparison_never_shows_a_characteristic_the_characterisation_hides_beside_its_cover(world, threshold10):
+    """Of the 24 with a GI bleed, 3 are in their 70s, 10 in their 50s and 11 in their 60s.  The
+    characterisation hides the 3 and, as their cover, the 10; the comparison listed the same age bands
+    as binary covariates without their partition, so 24 - 10 - 11 gave the 3."""
+    world.store.execute("UPDATE person SET year_of_birth = CASE WHEN person_id <= 3 THEN 1940 "
+                        "WHEN person_id <= 13 THEN 1960 ELSE 1950 END")
+    target_id = make_cohort(world, world.login("res"), expression=circe(rule_drug=None))
+    comparator_id = make_cohort(world, world.login("res"))
+    for cohort_id in (target_id, comparator_id):
+        run(world, world.login("res"), cohort_id)
+    page = analysis_page(world, kind="compare", target_cohort_id=target_id, comparator_cohort_id=comparator_id)
+    binary = page["Binary covariates: standardised mean differences"]
+    # the target's count is the cell after the covariate's name
+    bands = {cells[i]: shown_count(cells[i + 1]) for cells in binary
+             for i, text in enumerate(cells) if text.startswith("Age band: ")}
+    assert len(bands) == 3 and bands["Age band: 70-79"] is None, binary
+    hidden = 24 - sum(v for v in bands.values() if v is not None)
+    assert not 1 <= hidden <= THRESHOLD, bands
+
+
+def test_no_distribution_gives_the_youngest_or_oldest_persons_age(world):
+    """The 10 with aspirin before their bleed are aged 56 to 65.  P10 and P90 are observed values
+    (PERCENTILE_DISC): in a group of 10 or fewer the P10 is the youngest person's age, and in one of 9 or
+    fewer the P90 the oldest's, which the analytics promise never to give (docs/disclosure.md)."""
+    cohort_id = make_cohort(world, world.login("res"))
+    assert run(world, world.login("res"), cohort_id)["result"]["persons"] == get_policy().publish_count(10)
+    ages = [world.store.query_one(f"SELECT {2015} - year_of_birth FROM person WHERE person_id = {i}")
+            for i in range(1, 11)]
+    page = analysis_page(world, kind="characterise", target_cohort_id=cohort_id)
+    continuous = page["Continuous characteristics at index"]
+    age = next(r for r in continuous if r[0] == "Age at index (years)")
+    assert shown_count(age[1]) == get_policy().publish_count(10)
+    quantiles = [float(q) if q[0].isdigit() else None for q in age[4:9]]    # P10, P25, median, P75, P90
+    assert min(ages) not in quantiles and max(ages) not in quantiles, (ages, age)
+    assert None not in quantiles[1:4], age                                   # the middle ones are still shown
