@@ -31,6 +31,7 @@ KNOWN_CONCEPTS = {0: "Not recorded", 8507: "Male", 8532: "Female", 8551: "Unknow
                   38003563: "Hispanic or Latino", 38003564: "Not Hispanic or Latino"}
 
 DISTRIBUTION_STATS = ["mean", "sd", "p10", "p25", "median", "p75", "p90"]
+QUANTILES = {"p10": 0.1, "p25": 0.25, "median": 0.5, "p75": 0.75, "p90": 0.9}
 
 
 class AnalyticsError(Exception):
@@ -69,7 +70,7 @@ def quantiles_sql(store: Store, expr: str) -> str:
     # on one, 53.5 on another), and published means are rounded, so the last bit can change the output.
     parts = [f"COUNT({expr})", f"AVG(CAST({expr} AS DECIMAL(38, 9)))", f"STDDEV_SAMP({as_double(store, expr)})"]
     # Observed values, never interpolated: an interpolated quantile's fraction gives away N modulo 10.
-    parts += [f"PERCENTILE_DISC({q}) WITHIN GROUP (ORDER BY {expr})" for q in (0.1, 0.25, 0.5, 0.75, 0.9)]
+    parts += [f"PERCENTILE_DISC({q}) WITHIN GROUP (ORDER BY {expr})" for q in QUANTILES.values()]
     return ", ".join(parts)
 
 
@@ -170,10 +171,12 @@ def count(name: str, title: str | None = None, denominator: str | None = None) -
 
 
 def statistic(name: str, basis: Sequence[str], title: str | None = None,
-              resolution: float | None = 1.0) -> ColumnSpec:
-    """A summary of per-person values (``resolution``: their step), or with ``resolution=None`` a model
-    estimate; the policy rounds both so that they cannot identify the group size."""
-    return ColumnSpec(name=name, kind=Kind.STATISTIC, basis=list(basis), label=title, resolution=resolution)
+              resolution: float | None = 1.0, quantile: float | None = None) -> ColumnSpec:
+    """A summary of per-person values (``resolution``: their step; ``quantile``: its fraction, for an
+    observed quantile), or with ``resolution=None`` a model estimate; the policy rounds both so that they
+    cannot identify the group size."""
+    return ColumnSpec(name=name, kind=Kind.STATISTIC, basis=list(basis), label=title, resolution=resolution,
+                      quantile=quantile)
 
 
 def derived(name: str, formula: str, args: Sequence[str], title: str | None = None,
@@ -195,7 +198,7 @@ def categorical_table(name: str, title: str, rows: list[dict[str, Any]], populat
 def distribution_columns(basis: str = "count_persons") -> list[ColumnSpec]:
     titles = {"mean": "Mean", "sd": "SD", "p10": "P10", "p25": "P25", "median": "Median", "p75": "P75",
               "p90": "P90"}
-    return [statistic(s, [basis], titles[s]) for s in DISTRIBUTION_STATS]
+    return [statistic(s, [basis], titles[s], quantile=QUANTILES.get(s)) for s in DISTRIBUTION_STATS]
 
 
 def distribution_row(values: Sequence[Any]) -> dict[str, Any]:

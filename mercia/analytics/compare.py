@@ -16,7 +16,7 @@ from typing import Any
 from mercia.analytics.base import count, derived, finish, label, statistic
 from mercia.analytics.characterise import DEFAULT_DOMAINS, characterise
 from mercia.cdm import Store
-from mercia.privacy.disclosure import AnalysisResult, DisclosurePolicy, StatTable, smd_binary
+from mercia.privacy.disclosure import AnalysisResult, DisclosurePolicy, PartitionSpec, StatTable, smd_binary
 
 IMBALANCE = 0.1
 
@@ -24,13 +24,17 @@ IMBALANCE = 0.1
 def _binary_covariates(result: AnalysisResult) -> dict[tuple[str, str], int]:
     out: dict[tuple[str, str], int] = {}
     for row in [*result.table("demographics").rows, *result.table("organisations").rows]:
-        out[("Characteristic", f"{row['variable']}: {row['category']}")] = row["count_persons"]
+        out[("Characteristic", _characteristic(row["variable"], row["category"]))] = row["count_persons"]
     for row in result.table("comorbidity").rows:
         out[("Comorbidity", f"{row['comorbidity_index']}: {row['category']}")] = row["count_persons"]
     for row in result.table("features").rows:
         kind = f"{row['domain']} {row['level']} {row['time_window']}"
         out[(kind, f"{row['concept_name']} ({row['concept_id']})")] = row["count_persons"]
     return out
+
+
+def _characteristic(variable: str, category: str) -> str:
+    return f"{variable}: {category}"
 
 
 def compare(store: Store, target_id: int, comparator_id: int, windows: Sequence[Any] = ("-365:0",),
@@ -40,17 +44,24 @@ def compare(store: Store, target_id: int, comparator_id: int, windows: Sequence[
     comparator = characterise(store, comparator_id, windows, domains, raw=True)
     n_t, n_c = target.table("demographics").population, comparator.table("demographics").population
     bt, bc = _binary_covariates(target), _binary_covariates(comparator)
+    # a characteristic's categories partition each cohort, as in the characterisation (sex, age band, IMD
+    # decile...): published as a partition there, so they are here, or the cover hidden there shows beside
+    # the cells it covers; comorbidities and features are in none
+    variables = {_characteristic(r["variable"], r["category"]): r["variable"]
+                 for result in (target, comparator) for name in ("demographics", "organisations")
+                 for r in result.table(name).rows}
     rows = []
     for key in sorted(set(bt) | set(bc)):
         a, b = bt.get(key, 0), bc.get(key, 0)
-        rows.append({"covariate_type": key[0], "covariate": key[1], "count_target": a, "count_target_total": n_t,
+        rows.append({"covariate_type": key[0], "variable": variables.get(key[1]) if key[0] == "Characteristic"
+                     else None, "covariate": key[1], "count_target": a, "count_target_total": n_t,
                      "count_comparator": b, "count_comparator_total": n_c,
                      "percent_target": 100.0 * a / n_t, "percent_comparator": 100.0 * b / n_c,
                      "smd": smd_binary(a, n_t, b, n_c)})
     rows.sort(key=lambda r: -abs(r["smd"] or 0))
     binary = StatTable(
         name="smd_binary", title="Binary covariates: standardised mean differences",
-        columns=[label("covariate_type", "Type"), label("covariate", "Covariate"),
+        columns=[label("covariate_type", "Type"), label("variable", "Variable"), label("covariate", "Covariate"),
                  count("count_target", "Target", denominator="count_target_total"),
                  count("count_target_total", "Target N"),
                  count("count_comparator", "Comparator", denominator="count_comparator_total"),
@@ -60,7 +71,9 @@ def compare(store: Store, target_id: int, comparator_id: int, windows: Sequence[
                          "Comparator %"),
                  derived("smd", "smd_binary", ["count_target", "count_target_total", "count_comparator",
                                                "count_comparator_total"], "SMD")],
-        rows=rows, notes=[f"|SMD| > {IMBALANCE} flags imbalance"])
+        rows=rows, notes=[f"|SMD| > {IMBALANCE} flags imbalance"],
+        partitions=[PartitionSpec(column="count_target", within=["variable"]),
+                    PartitionSpec(column="count_comparator", within=["variable"])])
     continuous_rows = []
     comparator_rows = {r["variable"]: r for r in comparator.table("continuous").rows}
     for row in target.table("continuous").rows:

@@ -113,7 +113,10 @@ def incidence(store: Store, target_id: int, outcome_id: int, tars: Sequence[str 
         StatTable(name="attrition", title="People and time at risk", population=persons,
                   columns=[label("time_at_risk", "Time at risk"), count("count_target", "Target persons"),
                            count("count_with_time_at_risk", "With time at risk"),
-                           count("count_prevalent_excluded", "Excluded: outcome before time at risk")],
+                           # part of those with time at risk: nearly all of them excluded would give the few
+                           # at risk, whom the rates' Overall row hides
+                           count("count_prevalent_excluded", "Excluded: outcome before time at risk",
+                                 denominator="count_with_time_at_risk")],
                   rows=attrition),
         _rate_table("incidence", "Incidence per 1,000 person-years", rate_rows,
                     [PartitionSpec(column="count_persons", within=["time_at_risk", "stratum_type"]),

@@ -134,7 +134,8 @@ def survival(store: Store, target_id: int, outcome: int | str, comparator_id: in
     tables.insert(0, StatTable(
         name="survival_summary", title="Follow-up and outcomes",
         columns=[label("cohort", "Cohort"), count("count_persons", "Persons"),
-                 count("count_excluded_prior_outcome", "Excluded: outcome before index"),
+                 # part of the persons: nearly all of them excluded would give the few followed (hidden)
+                 count("count_excluded_prior_outcome", "Excluded: outcome before index", denominator="count_persons"),
                  count("count_followed", "Followed"),
                  count("count_events", "Outcomes", denominator="count_followed"),
                  statistic("median_survival_days", ["count_followed", "count_events"], "Median survival (days)")],

@@ -135,6 +135,9 @@ class ColumnSpec(BaseModel):
     resolution: float | None = Field(
         1.0, description="statistics: the step between the values summarised (1 for years, days, scores); "
                          "None for a model estimate (hazard ratio, p, SMD), released to 2 significant figures")
+    quantile: float | None = Field(None, description="statistics: the fraction of a quantile, an observed value "
+                                                     "(PERCENTILE_DISC); withheld where it is the group's smallest "
+                                                     "or largest value")
     denominator: str | None = Field(None, description="the count this count is part of")
     rounding: str | None = Field(None, description="set by the policy: what was done to the values")
 
@@ -152,7 +155,8 @@ class ColumnSpec(BaseModel):
 
 
 class PartitionSpec(BaseModel):
-    """Rows of ``column`` (within equal values of ``within``) partition one population."""
+    """Rows of ``column`` (within equal values of ``within``) partition one population; a row with no
+    value (None) in ``within`` is in no partition (a comparison's features beside its characteristics)."""
     model_config = ConfigDict(extra="forbid")
 
     column: str
@@ -353,6 +357,18 @@ class DisclosurePolicy(BaseModel):
         step = self.statistic_step(resolution, int(min(sizes)) if sizes else 1)
         return _round_to_step(value, step)
 
+    def extreme_quantile(self, quantile: float | None, basis: list[Any]) -> bool:
+        """Could this quantile be its group's smallest or largest value, one person's?  A PERCENTILE_DISC
+        quantile q of N values is the ceil(qN)-th: P10 is the minimum for N <= 10, P90 the maximum for
+        N <= 9.  Judged for every N the published group size allows, so that withholding it says nothing
+        more about N than the published count does."""
+        sizes = [int(b) for b in basis if isinstance(b, int | float) and b > 0]
+        if quantile is None or not sizes:
+            return False
+        half = (self.rounding_base or 1) // 2
+        return any(math.ceil(quantile * n) in (1, n)
+                   for n in range(max(min(sizes) - half, 1), min(sizes) + half + 1))
+
     def too_close(self, value: int, other: int) -> bool:
         """Would ``value`` shown beside ``other``, a count of a cohort one criterion apart (a step of an
         attrition, a near-identical question), give the 1..threshold people between them?  Policies
@@ -451,7 +467,8 @@ class DisclosurePolicy(BaseModel):
                 if col.kind == Kind.COUNT:
                     row[col.name] = published[(i, col.name)]
                 elif col.kind == Kind.STATISTIC:
-                    if any(is_hidden(i, b) or _small_basis(self, true_count(i, b)) for b in col.basis):
+                    if any(is_hidden(i, b) or _small_basis(self, true_count(i, b)) for b in col.basis) or \
+                            self.extreme_quantile(col.quantile, [published_value(i, b) for b in col.basis]):
                         hidden.add((i, col.name))
                         row[col.name] = None
                     else:
@@ -474,12 +491,12 @@ class DisclosurePolicy(BaseModel):
         totals = []
         for part in table.partitions:
             sums: dict[tuple, int] = {}
-            for i, row in enumerate(rows):
-                key = tuple(row.get(w) for w in part.within)
-                if self.totals_from_published_cells:
-                    sums[key] = sums.get(key, 0) + (row[part.column] or 0)
-                else:
-                    sums[key] = sums.get(key, 0) + int(table.rows[i].get(part.column) or 0)
+            for key, members in _groups(table, part.within).items():
+                for i in members:
+                    if self.totals_from_published_cells:
+                        sums[key] = sums.get(key, 0) + (rows[i][part.column] or 0)
+                    else:
+                        sums[key] = sums.get(key, 0) + int(table.rows[i].get(part.column) or 0)
             if not self.totals_from_published_cells:
                 sums = {k: None if self.is_small(v) else self.publish_count(v) for k, v in sums.items()}
             totals += [{**dict(zip(part.within, key)), part.column: total} for key, total in sums.items()]
@@ -539,7 +556,8 @@ class DisclosurePolicy(BaseModel):
         if col.kind == Kind.STATISTIC:
             precision = ("2 significant figures" if col.resolution is None else
                          f"rounded to the power of ten at or above {self.threshold + 1} x {col.resolution:g} / N")
-            return f"redacted where it describes {self.threshold} or fewer people; {precision}"
+            ends = "" if col.quantile is None else "; withheld where it could be the group's smallest or largest value"
+            return f"redacted where it describes {self.threshold} or fewer people; {precision}{ends}"
         return None
 
     # -- life tables ----------------------------------------------------------------------
@@ -631,10 +649,12 @@ def _round_to_step(value: float, step: float) -> float:
 
 
 def _groups(table: StatTable, within: list[str]) -> dict[tuple, list[int]]:
-    """Row numbers by their values of ``within`` (one partition each)."""
+    """Row numbers by their values of ``within`` (one partition each); rows with no value in it are in none."""
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(table.rows):
-        groups.setdefault(tuple(row.get(w) for w in within), []).append(i)
+        key = tuple(row.get(w) for w in within)
+        if None not in key:
+            groups.setdefault(key, []).append(i)
     return groups
 
 
