@@ -180,6 +180,8 @@ def feasibility(trial: str = TRIAL, years: int = typer.Option(10, "--years"),
         table = result.table(name)
         typer.echo(table.title)
         _print(table.display_rows(), False)
+        for note in table.notes:
+            typer.echo(note)
 
 
 @app.command()

@@ -6,22 +6,32 @@ from the *published* counts (so it cannot reveal the unrounded ones): with ``P``
 ``lam`` the published new-eligible count of the last 12 months / 12, expected recruits by month ``m`` are
 ``mu = (P + lam * m) * (1 - screen_failure) * consent``, with a 95% interval from the Poisson
 distribution of mean ``mu`` (uncertainty in ``lam`` itself is not included).
+
+Each answer's true counts are kept with its user and ``as_of``; a count within 1..threshold of one the same
+user was given for the same trial, site and month (or pool) in the last ``WINDOW_DAYS`` is hidden, with a note
+saying why, so that two answers (as of consecutive days, say) cannot be subtracted to give the few people
+who became eligible or left between them.
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from scipy.stats import poisson
 
 from mercia.governance import User
+from mercia.governance.identity import iso
 from mercia.privacy.disclosure import AnalysisResult, ColumnSpec, DisclosurePolicy, Kind, StatTable, get_policy
 from mercia.trials.eligibility import PERSON_SITE, data_as_of, run_eligibility, site_list
 from mercia.trials.register import Trial, TrialError, TrialRegister, TrialRole
 
 FEASIBILITY_ROLES = (TrialRole.TRIAL_MANAGER, TrialRole.STATISTICIAN, TrialRole.SITE_INVESTIGATOR)
+WINDOW_DAYS = 30     # a count is compared with the user's answers for the trial over this many days
+POOL = "pool"        # the cell of a site's pool; a month's new eligible are in the cell of their month, YYYY-MM
+COUNT_COLUMNS = {"new_eligible": "count_new", "pool": "count_pool"}
 
 
 def _months(as_of: date, years: int) -> list[str]:
@@ -61,21 +71,73 @@ def eligible_counts(register: TrialRegister, trial: Trial, as_of: date, years: i
     return monthly, [{"site": s, "count_pool": pool.get(s, 0)} for s in trial.sites]
 
 
-def _tables(monthly: list[dict], pool: list[dict], projection: list[dict]) -> list[StatTable]:
-    label = lambda name: ColumnSpec(name=name, kind=Kind.LABEL)  # noqa: E731
-    tables = [
+def _cell(row: dict) -> tuple[str, str]:
+    """Where a count sits in every answer, whatever its ``as_of`` or years: its site and month (or the pool)."""
+    return row["site"], row.get("month", POOL)
+
+
+def _near_earlier(register: TrialRegister, actor: User, trial: Trial, as_of: date, monthly: list[dict],
+                 pool: list[dict], policy: DisclosurePolicy) -> set[tuple[str, str]]:
+    """Keep this answer's true counts and return the cells (``_cell``) that, published beside the user's
+    earlier answers for the trial in the window, would give the few people between them (``publish_beside``).
+    Two answers of the same cell are compared whatever made them differ (another ``as_of``, new records, a
+    dissent recorded): the difference describes the same few people either way.  Zeros are not kept: a count
+    within 1..threshold of 0 is small, hidden anyway."""
+    counts = {_cell(row): row[column] for rows, column in ((monthly, "count_new"), (pool, "count_pool"))
+              for row in rows}
+    kept = {cell: persons for cell, persons in counts.items() if persons}
+    moment = datetime.now(UTC)
+    db = register.db
+    with db.transaction():   # read the earlier answers and add this one in one step
+        earlier = db.rows("SELECT site, cell, persons FROM mercia_trial_feasibility_count "
+                          "WHERE trial_id = ? AND user_id = ? AND asked_at >= ?",
+                          [trial.trial_id, actor.id, iso(moment - timedelta(days=WINDOW_DAYS))])
+        db.store.insert_arrow("mercia_trial_feasibility_count", pa.table({
+            "trial_id": [trial.trial_id] * len(kept), "user_id": [actor.id] * len(kept),
+            "as_of": [as_of.isoformat()] * len(kept), "site": [site for site, _ in kept],
+            "cell": [cell for _, cell in kept], "persons": list(kept.values()), "asked_at": [iso(moment)] * len(kept)}))
+    before: dict[tuple[str, str], list[int]] = {}
+    for row in earlier:
+        before.setdefault((row["site"], row["cell"]), []).append(int(row["persons"]))
+    return {cell for cell, persons in counts.items()
+            if not policy.is_small(persons) and policy.publish_beside(persons, before.get(cell, [])) is None}
+
+
+def _withhold(table: StatTable, cells: set[tuple[str, str]], policy: DisclosurePolicy) -> StatTable:
+    """A published count table with ``cells`` (from ``_near_earlier``) hidden, and a note saying why."""
+    column = COUNT_COLUMNS[table.name]
+    hide = {i for i, row in enumerate(table.rows) if _cell(row) in cells}
+    if not hide:
+        return table
+    where = ", ".join(" ".join(part for part in _cell(table.rows[i]) if part != POOL) for i in sorted(hide))
+    return table.model_copy(update={
+        "rows": [{**row, column: None} if i in hide else row for i, row in enumerate(table.rows)],
+        "redacted": [*table.redacted, *((i, column) for i in sorted(hide))],
+        "notes": [*table.notes, f"Hidden beside your earlier answers: {where}. Each is within "
+                                f"1-{policy.threshold} of a count you were given for the same trial and cell in the "
+                                f"last {WINDOW_DAYS} days, and the two side by side would give the few people "
+                                f"between them."]})
+
+
+def _tables(monthly: list[dict], pool: list[dict]) -> list[StatTable]:
+    return [
         StatTable(name="new_eligible", title="People newly meeting the computable eligibility, per site and month",
-                  columns=[label("site"), label("month"), ColumnSpec(name="count_new", kind=Kind.COUNT)],
+                  columns=[_label("site"), _label("month"), ColumnSpec(name="count_new", kind=Kind.COUNT)],
                   rows=monthly),
         StatTable(name="pool", title="Prevalent pool: people eligible now, per site",
-                  columns=[label("site"), ColumnSpec(name="count_pool", kind=Kind.COUNT)], rows=pool)]
-    if projection:
-        stat = lambda name: ColumnSpec(name=name, kind=Kind.STATISTIC, basis=["count_basis"])  # noqa: E731
-        tables.append(StatTable(
-            name="projection", title="Projected cumulative recruitment per site (95% Poisson interval)",
-            columns=[label("site"), label("month_ahead"), ColumnSpec(name="count_basis", kind=Kind.COUNT),
-                     stat("expected"), stat("lower"), stat("upper")], rows=projection))
-    return tables
+                  columns=[_label("site"), ColumnSpec(name="count_pool", kind=Kind.COUNT)], rows=pool)]
+
+
+def _projection_table(projection: list[dict]) -> StatTable:
+    stat = lambda name: ColumnSpec(name=name, kind=Kind.STATISTIC, basis=["count_basis"])  # noqa: E731
+    return StatTable(
+        name="projection", title="Projected cumulative recruitment per site (95% Poisson interval)",
+        columns=[_label("site"), _label("month_ahead"), ColumnSpec(name="count_basis", kind=Kind.COUNT),
+                 stat("expected"), stat("lower"), stat("upper")], rows=projection)
+
+
+def _label(name: str) -> ColumnSpec:
+    return ColumnSpec(name=name, kind=Kind.LABEL)
 
 
 def project(monthly: list[dict], pool: list[dict], *, consent: float, screen_failure: float, horizon: int
@@ -114,13 +176,15 @@ def feasibility(register: TrialRegister, actor: User, trial_id: str, *, years: i
     if refresh:
         run_eligibility(register.store, trial)
     monthly, pool = eligible_counts(register, trial, day, years)
+    hidden = _near_earlier(register, actor, trial, day, monthly, pool, policy)
     params: dict[str, Any] = {"trial_id": trial_id, "years": years, "as_of": day.isoformat(), "consent": consent,
                               "screen_failure": screen_failure, "horizon": horizon}
-    published = policy.apply(AnalysisResult(analysis="trial_feasibility", title="", tables=_tables(monthly, pool, [])))
-    projection = project(published.table("new_eligible").rows, published.table("pool").rows, consent=consent,
-                         screen_failure=screen_failure, horizon=horizon)
-    result = AnalysisResult(analysis="trial_feasibility", title=f"Feasibility of {trial.title}", parameters=params,
-                            tables=_tables(monthly, pool, projection))
-    controlled = policy.apply(result)
+    published = policy.apply(AnalysisResult(analysis="trial_feasibility", title=f"Feasibility of {trial.title}",
+                                            parameters=params, tables=_tables(monthly, pool)))
+    new_eligible, pool_table = (_withhold(t, hidden, policy) for t in published.tables)
+    projection = project(new_eligible.rows, pool_table.rows, consent=consent, screen_failure=screen_failure,
+                         horizon=horizon)
+    controlled = published.model_copy(update={
+        "tables": [new_eligible, pool_table, policy.apply(_projection_table(projection))]})
     register.gov.audit.record(actor.username, "trial.feasibility", f"trial:{trial_id}", trial.project_id, **params)
     return controlled

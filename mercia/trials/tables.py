@@ -39,6 +39,10 @@ TABLES: dict[str, str] = {
     TRIAL_DUPLICATE_TABLE: TRIAL_DUPLICATE_COLUMNS,
     "mercia_trial_notification": """trial_id TEXT NOT NULL, user_id BIGINT NOT NULL, message TEXT NOT NULL,
         created_at TEXT NOT NULL""",
+    # The true counts behind each feasibility answer (pool or month, per site; zeros left out), to hide a count
+    # a few from one the same user was given before (mercia.trials.feasibility).
+    "mercia_trial_feasibility_count": """trial_id TEXT NOT NULL, user_id BIGINT NOT NULL, as_of TEXT NOT NULL,
+        site TEXT NOT NULL, cell TEXT NOT NULL, persons BIGINT NOT NULL, asked_at TEXT NOT NULL""",
     # Patients who asked not to be contacted about research (recorded by their care team).
     "mercia_research_contact_dissent": """person_id BIGINT NOT NULL, recorded_by TEXT NOT NULL,
         recorded_at TEXT NOT NULL""",

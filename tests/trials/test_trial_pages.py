@@ -67,6 +67,17 @@ def test_trial_pages_by_role(web):
     assert client.get(f"/trials/{T}/worklist", params={"site": SITE_A}).status_code == 404
 
 
+def test_the_trial_page_says_why_a_pool_a_few_from_the_last_one_is_hidden(web_world):
+    """Site A's pool is 39; after a dissent the page would show 38 beside the 39 the statistician saw."""
+    from mercia.trials.prescreen import record_dissent
+
+    client, sign_in, world = web_world
+    sign_in("stats")
+    assert "Hidden beside your earlier answers" not in client.get(f"/trials/{T}").text
+    record_dissent(world.register, world.people["gp_a"], 10)
+    assert f"Hidden beside your earlier answers: {SITE_A}." in client.get(f"/trials/{T}").text
+
+
 def test_create_recruit_randomise_and_consort_through_forms(web):
     client, sign_in = web
     csrf = sign_in("manager")

@@ -166,3 +166,31 @@ def test_a_trial_id_that_cannot_name_a_download_or_an_address_is_refused(api, tr
     assert [t["trial_id"] for t in client.get("/api/v1/trials", headers=as_user("manager")).json()] == [T]
     log = client.get(f"/api/v1/trials/{T}/team.csv", headers=as_user("manager"))
     assert log.headers["content-disposition"] == f'attachment; filename="{T}-delegation-log.csv"'
+
+
+def test_feasibility_on_consecutive_days_never_gives_the_person_who_became_eligible(api, monkeypatch):
+    """Person 30 (site A) is diagnosed on 2023-06-15: the pool as of the 14th and the 15th, unrounded, were
+    28 and 29, the one person who became eligible that day at that site."""
+    from mercia.config import load_settings
+    from mercia.privacy.disclosure import get_policy
+
+    client, _, as_user = api
+    monkeypatch.setenv("MERCIA_DISCLOSURE_POLICY", "threshold10")
+    load_settings.cache_clear()
+    try:
+        answers = [client.get(f"/api/v1/trials/{T}/feasibility", headers=as_user("stats"),
+                              params={"as_of": day, "years": 3, "horizon": 1}).json()
+                   for day in ("2023-06-14", "2023-06-15")]
+    finally:
+        monkeypatch.delenv("MERCIA_DISCLOSURE_POLICY")
+        load_settings.cache_clear()
+    pools = [{r["site"]: r["count_pool"] for r in _table(answer, "pool")["rows"]} for answer in answers]
+    before, after = pools[0][SITE_A], pools[1][SITE_A]
+    assert after is None or not 1 <= abs(after - before) <= get_policy("threshold10").threshold
+    assert before == 28 and any(SITE_A in note and "earlier" in note for note in _table(answers[1], "pool")["notes"])
+    basis = {r["count_basis"] for r in _table(answers[1], "projection")["rows"] if r["site"] == SITE_A}
+    assert 29 not in basis                        # nor does the projection, made from the published pool
+
+
+def _table(answer: dict, name: str) -> dict:
+    return next(t for t in answer["tables"] if t["name"] == name)

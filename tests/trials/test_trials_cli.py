@@ -92,6 +92,9 @@ def test_trial_journey_from_the_command_line(tmp_path, monkeypatch):
     feas = _cli("feasibility", "--trial", T, "--years", "2", "--horizon", "3", "--json", *db, "--as", "stats")
     assert feas.exit_code == 0, feas.output
     assert orjson.loads(feas.stdout)["disclosure"]["policy"]
+    for day in ("2023-06-14", "2023-06-15"):     # site A's pool 28, then 29: the second is hidden, and why is said
+        plain = _cli("feasibility", "--trial", T, "--as-of", day, "--years", "2", "--horizon", "1", *db, "--as", "stats")
+    assert plain.exit_code == 0 and f"Hidden beside your earlier answers: {SITE_A}." in plain.output
 
 
 def _two_randomised(tmp_path, link_as_one_human: bool = False):

@@ -83,6 +83,26 @@ def test_feasibility_counts_per_site_and_month_are_controlled(world):
         feasibility(world.register, world.people["researcher"], T)
 
 
+def test_feasibility_hides_a_pool_a_few_from_the_users_earlier_answer_whatever_made_them_differ(world):
+    """As of 2023-06-14 site A's pool is 28; a dissent recorded, the same question gives 27: the pair would say
+    who dissented.  The rule is per user and window; ``nhse-hes`` leaves it to rounding."""
+    def pool_a(name: str, as_of: str = "2023-06-14", policy: str = "threshold10") -> int | None:
+        result = feasibility(world.register, world.people[name], T, years=3, as_of=as_of, horizon=1,
+                             policy=get_policy(policy))
+        return {r["site"]: r["count_pool"] for r in result.table("pool").rows}[SITE_A]
+
+    assert pool_a("stats") == 28
+    record_dissent(world.register, world.people["gp_a"], 10)
+    assert pool_a("stats") is None                # the same as_of: the records changed, not the question
+    assert pool_a("manager") == 27                # another user's answers are compared with their own only
+    kept = world.register.db.rows("SELECT user_id, as_of, persons FROM mercia_trial_feasibility_count "
+                                  "WHERE site = ? AND cell = 'pool' ORDER BY asked_at", [SITE_A])
+    assert [(r["as_of"], r["persons"]) for r in kept] == [("2023-06-14", 28), ("2023-06-14", 27), ("2023-06-14", 27)]
+    world.register.db.execute("UPDATE mercia_trial_feasibility_count SET asked_at = '2000-01-01T00:00:00.000000Z'")
+    assert pool_a("stats") == 27                  # past the window, an earlier answer is not compared
+    assert (pool_a("pi_a", policy="nhse-hes"), pool_a("pi_a", "2023-06-15", "nhse-hes")) == (25, 30)
+
+
 def test_feasibility_raw_monthly_counts(world):
     from mercia.trials.eligibility import run_eligibility
     from mercia.trials.feasibility import eligible_counts
