@@ -20,6 +20,9 @@ from mercia.privacy.nhs import normalise_nhs_numbers
 from mercia.privacy.pseudonym import Pseudonymiser
 
 OPT_OUT_DDL = "CREATE TABLE IF NOT EXISTS mercia_opt_out (nhs_pseudonym VARCHAR NOT NULL)"
+# Stored persons withheld by the opt-out (listed after their load, not purged yet): their data must not be used.
+OPTED_OUT_PERSONS = ("SELECT l.person_id FROM mercia_person_link l "
+                     "JOIN mercia_opt_out o ON o.nhs_pseudonym = l.nhs_pseudonym")
 OPT_OUT_SOURCE_DDL = """CREATE TABLE IF NOT EXISTS mercia_opt_out_source (
     nhs_pseudonym VARCHAR NOT NULL, org VARCHAR NOT NULL, source_pseudonym VARCHAR NOT NULL)"""
 # The tables that name a source record (organisation, pseudonymised record key): what the store keeps

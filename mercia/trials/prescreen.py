@@ -21,7 +21,7 @@ from mercia.cdm import Store
 from mercia.cdm.extensions import ensure_extension_tables
 from mercia.governance import Forbidden, NotFound, User
 from mercia.governance.db import now
-from mercia.privacy.optout import OPT_OUT_DDL
+from mercia.privacy.optout import OPT_OUT_DDL, OPTED_OUT_PERSONS
 from mercia.privacy.pseudonym import Pseudonymiser
 from mercia.trials.eligibility import data_as_of, run_eligibility
 from mercia.trials.register import TrialError, TrialRegister, TrialRole
@@ -43,6 +43,12 @@ def record_dissent(register: TrialRegister, actor: User, person_id: int) -> None
         register.gov.audit.record(actor.username, "trial.dissent", f"person:{person_id}")
 
 
+def ensure_screening_tables(store: Store) -> None:
+    """The tables screening reads beside the trial tables: the person link and the opt-out list."""
+    ensure_extension_tables(store)
+    store.execute(OPT_OUT_DDL)
+
+
 def worklist(register: TrialRegister, actor: User, trial_id: str, site: str, *, since: str | None = None,
              refresh: bool = True) -> list[dict[str, Any]]:
     """People at ``site`` meeting the computable criteria now (see ``data_as_of``), pseudonymous, with their
@@ -53,8 +59,7 @@ def worklist(register: TrialRegister, actor: User, trial_id: str, site: str, *, 
     """
     trial = register.require(actor, trial_id, *WORKLIST_ROLES, site=site)
     store = register.store
-    ensure_extension_tables(store)
-    store.execute(OPT_OUT_DDL)
+    ensure_screening_tables(store)
     if refresh:
         run_eligibility(store, trial)
     since_clause = "AND c.first_seen >= ?" if since else ""
@@ -71,8 +76,7 @@ def worklist(register: TrialRegister, actor: User, trial_id: str, site: str, *, 
           AND c.person_id NOT IN (SELECT person_id FROM death)
           AND c.person_id NOT IN (SELECT person_id FROM mercia_person_link WHERE death_date IS NOT NULL)
           AND c.person_id NOT IN (SELECT person_id FROM mercia_research_contact_dissent)
-          AND c.person_id NOT IN (SELECT l.person_id FROM mercia_person_link l
-                                  JOIN mercia_opt_out o ON o.nhs_pseudonym = l.nhs_pseudonym)
+          AND c.person_id NOT IN ({OPTED_OUT_PERSONS})
         ORDER BY c.first_seen DESC, c.person_id""",
         [trial_id, site, *([since] if since else []), trial.cohort_id, data_as_of(store).isoformat()])
     register.gov.audit.record(actor.username, "trial.worklist", f"trial:{trial_id}/site:{site}", trial.project_id,

@@ -16,8 +16,10 @@ import orjson
 from mercia.cdm.extensions import TRIAL_DUPLICATE_TABLE
 from mercia.governance import Conflict, User
 from mercia.governance.db import now
+from mercia.privacy.optout import OPTED_OUT_PERSONS
 from mercia.trials.crf.service import CrfService
 from mercia.trials.notifications import TrialNotifications
+from mercia.trials.prescreen import ensure_screening_tables
 from mercia.trials.randomise import Allocator, KeyedStream, RandomisationError, load_randomisation_key
 from mercia.trials.register import Trial, TrialError, TrialRegister, TrialRole
 
@@ -58,35 +60,68 @@ class Recruitment:
         """Add a status to the patient's history.  ``confirmed`` lists the manual eligibility criteria
         checked at screening; 'screened' needs every one (otherwise record 'ineligible' with the reason)."""
         trial = self.register.require(actor, trial_id, *STAFF, site=site)
+        where = f"trial {trial_id}, person {person_id}"
         if status not in STATUSES or status == "randomised":
-            raise TrialError(f"trial {trial_id}, person {person_id}: status {status!r} is not one of "
+            raise TrialError(f"{where}: status {status!r} is not one of "
                              f"{', '.join(s for s in STATUSES if s != 'randomised')} (randomise to randomise)")
         if site not in trial.sites:
             raise TrialError(f"trial {trial_id}: {site!r} is not one of its sites")
         if status in ("ineligible", "declined", "withdrawn") and not reason.strip():
-            raise TrialError(f"trial {trial_id}, person {person_id}: say why ({status} needs a reason)")
+            raise TrialError(f"{where}: say why ({status} needs a reason)")
         missing = sorted(set(trial.manual_criteria) - set(confirmed or []))
         if status == "screened" and missing:
-            raise TrialError(f"trial {trial_id}, person {person_id}: manual criteria not confirmed: "
+            raise TrialError(f"{where}: manual criteria not confirmed: "
                              f"{'; '.join(missing)} (record 'ineligible' if they are not met)")
         on = on or date.today().isoformat()
+        if not self.register.store.tables_exist(("mercia_person_link", "mercia_opt_out")):
+            ensure_screening_tables(self.register.store)   # ~20 ms on DuckDB: only for a store without them
         with self.db.transaction():
-            self._check_move(trial_id, person_id, site, status)
-            row = {"trial_id": trial_id, "person_id": person_id, "site": site, "status": status,
-                   "reason": reason.strip(), "detail": orjson.dumps({"confirmed": confirmed or []}).decode(),
-                   "recorded_on": on, "recorded_by": actor.username, "recorded_at": now()}
-            self.db.insert("mercia_trial_status", row)
-            self.audit.record(actor.username, f"trial.status.{status}", f"trial:{trial_id}/person:{person_id}",
-                              trial.project_id, site=site, reason=reason, on=on)
-        return row
+            last = self.current(trial_id, person_id)
+            refusal = self._refusal(trial_id, person_id, site, last)
+            if refusal is None:
+                self._check_move(where, last, status)
+                row = {"trial_id": trial_id, "person_id": person_id, "site": site, "status": status,
+                       "reason": reason.strip(), "detail": orjson.dumps({"confirmed": confirmed or []}).decode(),
+                       "recorded_on": on, "recorded_by": actor.username, "recorded_at": now()}
+                self.db.insert("mercia_trial_status", row)
+                self.audit.record(actor.username, f"trial.status.{status}", f"trial:{trial_id}/person:{person_id}",
+                                  trial.project_id, site=site, reason=reason, on=on)
+                return row
+        self.audit.record(actor.username, "trial.status.refused", f"trial:{trial_id}/person:{person_id}",
+                          trial.project_id, site=site, status=status, refusal=refusal)
+        raise TrialError(f"{where}: {refusal}")
 
-    def _check_move(self, trial_id: str, person_id: int, site: str, status: str) -> None:
-        last = self.current(trial_id, person_id)
+    def _refusal(self, trial_id: str, person_id: int, site: str, last: dict[str, Any] | None) -> str | None:
+        """Why no status may be recorded for the person at ``site`` (None: it may).
+
+        A person's recruitment belongs to one site: where their statuses are recorded, else the site whose
+        worklist lists them, so no site claims (or, with 'declined', ends) another's candidate.  Someone
+        outside the worklist (a referral) may be recorded where they are nobody's candidate.  A consented
+        participant's consent is its own legal basis, kept through an opt-out purge; anyone else must be a
+        person in the store who is not withheld by the opt-out."""
+        if last is not None:
+            owner = last["site"]
+        else:
+            candidate = self.db.row("SELECT site FROM mercia_trial_candidate WHERE trial_id = ? AND person_id = ?",
+                                    [trial_id, person_id])
+            owner = candidate["site"] if candidate else site
+        if owner != site:
+            return f"is in site {owner}'s recruitment for this trial, not {site}'s"
+        if last is not None and last["status"] in ("consented", "randomised"):
+            return None
+        found = self.db.row(f"""
+            SELECT (SELECT COUNT(*) FROM person WHERE person_id = ?) AS stored,
+                   (SELECT COUNT(*) FROM ({OPTED_OUT_PERSONS}) o WHERE o.person_id = ?) AS opted_out""",
+                            [person_id, person_id])
+        if not found["stored"]:
+            return "is not a person in the store"
+        if found["opted_out"]:
+            return "is withheld by the national data opt-out: their data must not be used"
+        return None
+
+    def _check_move(self, where: str, last: dict[str, Any] | None, status: str) -> None:
         if last is None:
             return
-        where = f"trial {trial_id}, person {person_id}"
-        if last["site"] != site:
-            raise TrialError(f"{where}: recorded at site {last['site']}, not {site}")
         now_status = last["status"]
         if now_status in ("ineligible", "declined", "withdrawn"):
             raise Conflict(f"{where} is {now_status}; no further status can be recorded")
@@ -209,17 +244,16 @@ class Recruitment:
 
     # -- logs and dashboard --------------------------------------------------------------------
     def screening_log(self, actor: User, trial_id: str) -> list[dict[str, Any]]:
-        """Every status recorded, for the trial team (no arms: blinding holds in the log too)."""
+        """Every status recorded at the sites ``actor`` oversees (no arms: blinding holds in the log too)."""
         trial = self.register.require(actor, trial_id, *STAFF, TrialRole.STATISTICIAN)
-        sites = self.register.sites_for(actor, trial_id, TrialRole.SITE_INVESTIGATOR, TrialRole.RESEARCH_NURSE)
-        trial_wide = self.register.roles(actor, trial_id).keys() & {TrialRole.TRIAL_MANAGER, TrialRole.STATISTICIAN}
+        sites = self.overseen_sites(actor, trial)
         rows = self.db.rows("SELECT person_id, site, status, reason, recorded_on, recorded_by FROM mercia_trial_status "
                             "WHERE trial_id = ? ORDER BY recorded_at", [trial.trial_id])
-        return rows if trial_wide else [r for r in rows if r["site"] in sites]
+        return [r for r in rows if r["site"] in sites]
 
     def dashboard(self, actor: User, trial_id: str) -> list[dict[str, Any]]:
-        """Per site: randomised so far against an even share of the target, and people by current status
-        (``now_<status>``)."""
+        """Per site ``actor`` oversees: randomised so far against an even share of the target, and people by
+        current status (``now_<status>``)."""
         trial = self.register.require(actor, trial_id, *STAFF, TrialRole.STATISTICIAN)
         rows = self.db.rows("""
             SELECT site, status, COUNT(*) AS n FROM (
@@ -230,11 +264,19 @@ class Recruitment:
             "SELECT site, COUNT(*) AS n FROM mercia_trial_allocation WHERE trial_id = ? GROUP BY site", [trial_id])}
         share = trial.target / len(trial.sites)
         out = []
-        for site in trial.sites:
+        for site in self.overseen_sites(actor, trial):
             counts = {f"now_{r['status']}": int(r["n"]) for r in rows if r["site"] == site}
             out.append({"site": site, "randomised": randomised.get(site, 0), "target": round(share, 1),
                         "percent_of_target": round(100 * randomised.get(site, 0) / share, 1), **counts})
         return out
+
+    def overseen_sites(self, actor: User, trial: Trial) -> list[str]:
+        """The sites whose recruitment ``actor`` sees in the screening log and the dashboard: every site for
+        the trial manager and the statistician, otherwise those where they are investigator or nurse."""
+        if self.register.roles(actor, trial.trial_id).keys() & {TrialRole.TRIAL_MANAGER, TrialRole.STATISTICIAN}:
+            return list(trial.sites)
+        own = self.register.sites_for(actor, trial.trial_id, TrialRole.SITE_INVESTIGATOR, TrialRole.RESEARCH_NURSE)
+        return [site for site in trial.sites if site in own]
 
     def allocation_summary(self, actor: User, trial_id: str) -> dict[str, Any]:
         """Unblinded counts for the trial statistician only: allocations by arm, by site and arm, and

@@ -57,6 +57,10 @@ def test_trial_routes_follow_the_rules(api):
     boxes = client.get(f"{base}/consort", params={"external": True}, headers=as_user("stats")).json()
     assert boxes["controlled"] and any(b["box"] == "randomised" for b in boxes["boxes"])
     assert client.get(f"{base}/dashboard", headers=as_user("manager")).json()[0]["randomised"] == 1
+    assert [row["site"] for row in client.get(f"{base}/dashboard", headers=nurse).json()] == [SITE_A]
+    outsider = client.post(f"{base}/participants/999/status", json={"status": "approached", "site": SITE_A},
+                           headers=nurse)
+    assert outsider.status_code == 400 and "person 999: is not a person in the store" in outsider.json()["detail"]
     log = client.get(f"{base}/screening-log", headers=as_user("stats")).json()
     assert [r["status"] for r in log] == ["approached", "screened", "consented", "randomised"]
     assert not any("arm" in r for r in log)

@@ -29,6 +29,15 @@ def enrol(world, person_id: int, site: str = SITE_A, levels=LEVELS):
     return r.randomise(nurse, T, person_id, levels)
 
 
+def add_person(world, person_id: int, care_site_id: int = 1) -> None:
+    """A person registered at site A (care site 1) or B (2), with no records: one the cohort never finds."""
+    import pyarrow as pa
+
+    world.store.insert_arrow("person", pa.table({
+        "person_id": [person_id], "gender_concept_id": [8507], "year_of_birth": [1970], "race_concept_id": [0],
+        "ethnicity_concept_id": [0], "care_site_id": [care_site_id]}))
+
+
 def test_create_needs_an_approved_project_and_valid_input(world):
     p = world.people
     common = {"title": "X", "project_id": world.project, "sponsor": "S", "chief_investigator": "C",
@@ -152,6 +161,9 @@ def test_an_opt_out_purge_deletes_pre_screening_candidates_but_not_consented_tri
     assert world.store.query_one("SELECT count(*) FROM mercia_trial_allocation WHERE person_id = 8") == 1
     assert world.store.query(history) == statuses and len(statuses) == 4
     assert {r["person_id"] for r in worklist(world.register, nurse, T, SITE_A)} == set(range(1, 41)) - {3, 5, 7, 8}  # 3 died, 5 opted out earlier
+    world.recruitment.record(nurse, T, 8, "withdrawn", site=SITE_A, reason="moved away")   # consent still stands
+    with pytest.raises(TrialError, match="person 7: is not a person in the store"):
+        world.recruitment.record(nurse, T, 7, "approached", site=SITE_A)
 
 
 def test_newly_eligible_since_picks_up_new_data(world):
@@ -159,8 +171,7 @@ def test_newly_eligible_since_picks_up_new_data(world):
 
     worklist(world.register, world.people["nurse_a"], T, SITE_A)
     world.store.execute("UPDATE mercia_trial_candidate SET first_seen = '2020-01-01'")
-    world.store.insert_arrow("person", pa.table({"person_id": [61], "gender_concept_id": [8507], "year_of_birth": [1970],
-                                                 "race_concept_id": [0], "ethnicity_concept_id": [0], "care_site_id": [1]}))
+    add_person(world, 61)
     world.store.insert_arrow("observation_period", pa.table({
         "observation_period_id": [61], "person_id": [61], "observation_period_start_date": [date(2010, 1, 1)],
         "observation_period_end_date": [date(2035, 1, 1)], "period_type_concept_id": [44814724]}))
@@ -209,6 +220,59 @@ def test_status_history_moves_forward_with_reasons(world):
     assert r.screening_log(world.people["stats"], T)[0]["recorded_by"] == "nurse_a"
 
 
+def test_a_status_is_refused_for_a_person_not_in_the_store(world):
+    r, nurse = world.recruitment, world.people["nurse_a"]
+    with pytest.raises(TrialError, match="person 999: is not a person in the store"):
+        r.record(nurse, T, 999, "approached", site=SITE_A)
+    assert r.history(T, 999) == []
+    [refused] = world.gov.audit.search(action="trial.status.refused")
+    assert (refused["actor"], refused["target"], refused["detail"]["status"]) == \
+        ("nurse_a", f"trial:{T}/person:999", "approached")
+
+
+def test_a_status_is_refused_for_a_person_withheld_by_the_opt_out(world):
+    r, nurse = world.recruitment, world.people["nurse_a"]
+    with pytest.raises(TrialError, match="person 5: is withheld by the national data opt-out"):
+        r.record(nurse, T, 5, "declined", site=SITE_A, reason="no time")
+    assert r.history(T, 5) == []
+    [refused] = world.gov.audit.search(action="trial.status.refused")
+    assert (refused["target"], refused["detail"]["status"]) == (f"trial:{T}/person:5", "declined")
+
+
+def test_a_site_cannot_claim_or_end_another_sites_candidate(world):
+    r, p = world.recruitment, world.people
+    world.register.grant(p["manager"], T, p["researcher"].id, TrialRole.RESEARCH_NURSE, SITE_B)
+    worklist(world.register, p["nurse_a"], T, SITE_A)          # runs eligibility: 41-60 are site B's candidates
+    claimed = f"person 45: is in site {SITE_B}'s recruitment for this trial, not {SITE_A}'s"
+    with pytest.raises(TrialError, match=claimed):
+        r.record(p["nurse_a"], T, 45, "declined", site=SITE_A, reason="claimed")
+    assert r.history(T, 45) == []
+    r.record(p["researcher"], T, 45, "approached", site=SITE_B)  # site B still recruits them
+    with pytest.raises(TrialError, match=f"person 45: is in site {SITE_B}'s recruitment"):
+        r.record(p["nurse_a"], T, 45, "declined", site=SITE_A, reason="claimed")
+    # a referral (nobody's candidate) is recorded at the site it was referred to, and is then that site's
+    add_person(world, 98, care_site_id=2)
+    r.record(p["nurse_a"], T, 98, "approached", site=SITE_A)
+    with pytest.raises(TrialError, match=f"person 98: is in site {SITE_A}'s recruitment"):
+        r.record(p["researcher"], T, 98, "declined", site=SITE_B, reason="no time")
+    assert [e["detail"]["site"] for e in world.gov.audit.search(action="trial.status.refused")] \
+        == [SITE_B, SITE_A, SITE_A]
+
+
+def test_the_dashboard_shows_site_staff_only_their_own_sites_as_the_screening_log_does(world):
+    r, p = world.recruitment, world.people
+    world.register.grant(p["manager"], T, p["researcher"].id, TrialRole.RESEARCH_NURSE, SITE_B)
+    worklist(world.register, p["nurse_a"], T, SITE_A)
+    enrol(world, 7)
+    r.record(p["researcher"], T, 45, "approached", site=SITE_B)
+    for who, sites in (("nurse_a", [SITE_A]), ("pi_a", [SITE_A]), ("researcher", [SITE_B]),
+                       ("manager", [SITE_A, SITE_B]), ("stats", [SITE_A, SITE_B])):
+        assert [row["site"] for row in r.dashboard(p[who], T)] == sites, who
+        assert sorted({row["site"] for row in r.screening_log(p[who], T)}) == sites, who
+    assert r.dashboard(p["researcher"], T) == [{"site": SITE_B, "randomised": 0, "target": 20.0,
+                                                "percent_of_target": 0.0, "now_approached": 1}]
+
+
 def test_randomisation_concealment_blinding_and_refusals(world):
     r, p = world.recruitment, world.people
     worklist(world.register, p["nurse_a"], T, SITE_A)
@@ -232,11 +296,13 @@ def test_randomisation_concealment_blinding_and_refusals(world):
         r.randomise(p["nurse_a"], T, 8, LEVELS)
     with pytest.raises(Conflict, match="not consented"):
         r.randomise(p["nurse_a"], T, 9, LEVELS)
-    # consented but not meeting the computable criteria (no diagnosis: a person the cohort never found)
+    # consented but not meeting the computable criteria (no diagnosis: a person the cohort never found, referred
+    # to the site from outside its worklist)
+    add_person(world, 99)
     for status in ("approached", "screened", "consented"):
-        r.record(p["nurse_a"], T, 999, status, site=SITE_A, confirmed=["HbA1c over 58 mmol/mol", "no insulin"])
+        r.record(p["nurse_a"], T, 99, status, site=SITE_A, confirmed=["HbA1c over 58 mmol/mol", "no insulin"])
     with pytest.raises(Conflict, match="does not meet the trial's computable eligibility"):
-        r.randomise(p["nurse_a"], T, 999, LEVELS)
+        r.randomise(p["nurse_a"], T, 99, LEVELS)
     with pytest.raises(TrialError, match="level None"):
         enrol(world, 12, levels={"sex": "F"})
     with pytest.raises(Forbidden):
