@@ -3,7 +3,8 @@
 Builds a demo store (a synthetic region from ``mercia.synth``), registers one person for each role
 with a fresh random password (printed, never stored in the repository), registers the region's
 organisations by ODS code, writes its own pseudonymisation key file in its data folder (outside the
-repository), sets up approved projects with a cohort already run, and serves the app on
+repository), sets up approved projects with a cohort already run, a clinical trial recruiting with its
+eCRF study (``mercia.demo_trial``, randomised with the demo's own key file), and serves the app on
 http://127.0.0.1:8000.
 """
 
@@ -39,14 +40,15 @@ DEMO_PEOPLE = [
     ("nurse", "Grace Mensah (research nurse)", [(Role.CLINICIAN, "")], True,
      f"Trials → StartWell (worklists, randomise); eCRF → {STUDY} (data entry)"),
     ("monitor", "Daniel Reid (trial monitor)", [(Role.RESEARCHER, "")], False,
-     f"eCRF → {STUDY} (queries, audit trail)"),
+     f"eCRF → {STUDY} (the open query, the study team)"),
     ("datamanager", "Priya Singh (data manager)", [(Role.DATA_MANAGER, "SOURCE"), (Role.DATA_MANAGER, "ORGS")],
-     False, f"Data sources (load an extract, data quality); eCRF → {STUDY} (lock, exports)"),
+     False, f"Data sources (load an extract, data quality); eCRF → {STUDY} (lock forms, the study team)"),
     ("cancerlead", "Prof. Mark Evans (Cancer pillar lead)", [(Role.PILLAR_LEAD, "cancer")], False,
      "Projects → Breast cancer pathways (awaiting the pillar's review)"),
     ("chroniclead", "Dr Ruth Allen (Chronic Disease pillar lead)", [(Role.PILLAR_LEAD, "chronic")], False,
      "Projects (the chronic pillar's)"),
-    ("checker", "Sam Wright (output checker)", [(Role.OUTPUT_CHECKER, "")], False, "Exports (release requests; none yet)"),
+    ("checker", "Sam Wright (output checker)", [(Role.OUTPUT_CHECKER, "")], False,
+     "Exports (release requests; none yet)"),
     ("governance", "Helen Clarke (governance officer)", [(Role.GOVERNANCE_OFFICER, "")], False,
      "Projects (approvals); Audit"),
     ("admin", "Platform administrator", [(Role.ADMIN, "")], False, "People; Audit"),
@@ -239,8 +241,8 @@ def demo(persons: int = typer.Option(10_000, help="people in the synthetic regio
     console.print(table)
     console.print(f"Open [bold]http://{host}:{port}[/] and sign in. Data: {built.source}. Ctrl+C stops.")
     console.print(f"Pseudonymisation key for uploads: {built.key_file}")
-    # The demo trial's allocations were drawn with the demo's own randomisation key: the server randomises
-    # with it too, so that allocations made in the browser continue the same sequence.
+    # The server randomises too (from a worklist page), which needs a key: the one the demo trial's allocations
+    # were drawn with, so that the trial keeps one random stream.
     os.environ.pop(KEY_ENV, None)
     os.environ[KEY_FILE_ENV] = str(built.randomisation_key_file)
     if built.nmr_catalogue is None:

@@ -71,3 +71,17 @@ def test_demo_has_a_trial_and_its_ecrf_study_with_content_for_each_role(tmp_path
                 "crf.form.sign", "crf.query.raise"} <= actions
     finally:
         store.close()
+
+
+def test_the_demo_server_randomises_with_the_key_the_demo_trial_was_randomised_with(tmp_path, monkeypatch):
+    import uvicorn
+
+    from mercia.demo import RANDOMISATION_KEY_FILE, demo
+    from mercia.trials.randomise import KEY_ENV, KEY_FILE_ENV, load_randomisation_key
+
+    monkeypatch.setenv(KEY_ENV, "another key of at least thirty-two bytes")
+    monkeypatch.setenv(KEY_FILE_ENV, str(tmp_path / "absent.key"))
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(load_randomisation_key()))
+    demo(persons=400, seed=3, host="127.0.0.1", port=8000, directory=tmp_path / "demo")
+    assert served == [(tmp_path / "demo" / RANDOMISATION_KEY_FILE).read_text().encode()]
