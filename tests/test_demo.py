@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from mercia.demo import build_demo
 from mercia.demo_trial import STUDY, TRIAL_ID
+from mercia.proms.valuesets import value_set
 from mercia.vocab.metabolites import NIGHTINGALE_VOCABULARY_ID
 
 
 def test_demo_builds_without_the_nightingale_catalogue(tmp_path, monkeypatch):
     monkeypatch.setenv("MERCIA_NMR_CATALOGUE", str(tmp_path / "absent" / "nmr_info.csv"))
     monkeypatch.setenv("MERCIA_EQ5D_DIR", str(tmp_path / "absent" / "eq5d"))
+    value_set.cache_clear()             # value sets read by an earlier test in this process are not at hand
     built = build_demo(tmp_path / "demo", persons=400, seed=3)
+    value_set.cache_clear()
     try:
         assert built.nmr_catalogue is None
         assert built.store.query_one("SELECT count(*) FROM person") > 0
