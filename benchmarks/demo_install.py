@@ -56,17 +56,22 @@ def main() -> None:
     runs = [{"kind": kind, "pair": pair, **install(args.scratch / "venv", spec)}
             for pair in range(1, args.pairs + 1) for kind, spec in SPECS.items()]
     shutil.rmtree(args.scratch, ignore_errors=True)
+    write_result("demo_install", {
+        "counted": "CPU seconds of pip and its children (user+system), per fresh venv; size on disk of "
+                   "the venv; pip's download cache as found (warm here: every wheel cached)", "runs": runs})
+
+
+def write_result(benchmark: str, result: dict) -> Path:
+    """benchmarks/results/<benchmark>-<UTC time>.json (underscores as dashes), and its runs on stdout."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    result = {"benchmark": "demo_install", "utc": stamp, "python": sys.version.split()[0],
-              "counted": "CPU seconds of pip and its children (user+system), per fresh venv; size on disk of "
-                         "the venv; pip's download cache as found (warm here: every wheel cached)",
-              "runs": runs}
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"demo-install-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = RESULTS / f"{benchmark.replace('_', '-')}-{stamp}.json"
+    path.write_text(json.dumps({"benchmark": benchmark, "utc": stamp, "python": sys.version.split()[0], **result},
+                               indent=2) + "\n")
     print(path)
-    for run in runs:
+    for run in result["runs"]:
         print(run)
+    return path
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 Builds a demo store (a synthetic region from ``mercia.synth``), registers one person for each role
 with a fresh random password (printed, never stored in the repository), registers the region's
 organisations by ODS code, writes its own pseudonymisation key file in its data folder (outside the
-repository), sets up approved projects with a cohort already run, and serves the app on
+repository), sets up approved projects with a cohort already run, a clinical trial recruiting with its
+eCRF study (``mercia.demo_trial``, randomised with the demo's own key file), and serves the app on
 http://127.0.0.1:8000.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -17,25 +19,41 @@ from pathlib import Path
 import typer
 
 from mercia.cdm import Store
+from mercia.demo_trial import STUDY, TRIAL_ID
 from mercia.governance.model import Role
 
 KEY_FILE = "pseudonym.key"
+RANDOMISATION_KEY_FILE = "randomisation.key"
 # An organisation with no synthetic records, for trying uploads (a Synthea FHIR bundle, say).
 UPLOAD_ORGANISATION = ("RRK", "Demo acute trust (uploads)", "acute")
 
 # username, display name, roles (scope "SOURCE" becomes the demo store's source name, "ORGS" every
-# registered organisation's ODS code)
+# registered organisation's ODS code), whether they work at the region's first GP practice, and where the
+# demo has something for them to look at
 DEMO_PEOPLE = [
-    ("researcher", "Dr Asha Patel (researcher)", [(Role.RESEARCHER, "")]),
-    ("coordinator", "Tom Hughes (trial coordinator)", [(Role.TRIAL_COORDINATOR, "")]),
-    ("clinician", "Dr Lena Okafor (clinician)", [(Role.CLINICIAN, "")]),
-    ("datamanager", "Priya Singh (data manager)", [(Role.DATA_MANAGER, "SOURCE"), (Role.DATA_MANAGER, "ORGS")]),
-    ("cancerlead", "Prof. Mark Evans (Cancer pillar lead)", [(Role.PILLAR_LEAD, "cancer")]),
-    ("chroniclead", "Dr Ruth Allen (Chronic Disease pillar lead)", [(Role.PILLAR_LEAD, "chronic")]),
-    ("checker", "Sam Wright (output checker)", [(Role.OUTPUT_CHECKER, "")]),
-    ("governance", "Helen Clarke (governance officer)", [(Role.GOVERNANCE_OFFICER, "")]),
-    ("admin", "Platform administrator", [(Role.ADMIN, "")]),
-    ("layreviewer", "Joan Baker (public contributor)", [(Role.LAY_REVIEWER, "cancer")]),
+    ("researcher", "Dr Asha Patel (researcher)", [(Role.RESEARCHER, "")], False,
+     "Projects → Metformin uptake (cohorts); Trials → StartWell (trial statistician: allocations)"),
+    ("coordinator", "Tom Hughes (trial coordinator)", [(Role.TRIAL_COORDINATOR, "")], False,
+     f"Trials → {TRIAL_ID} StartWell (feasibility, recruitment, CONSORT, team); eCRF → {STUDY}"),
+    ("clinician", "Dr Lena Okafor (clinician)", [(Role.CLINICIAN, "")], True,
+     f"Trials → StartWell (site investigator, worklist); eCRF → {STUDY} (sign forms)"),
+    ("nurse", "Grace Mensah (research nurse)", [(Role.CLINICIAN, "")], True,
+     f"Trials → StartWell (worklists, randomise); eCRF → {STUDY} (data entry)"),
+    ("monitor", "Daniel Reid (trial monitor)", [(Role.RESEARCHER, "")], False,
+     f"eCRF → {STUDY} (the open query, the study team)"),
+    ("datamanager", "Priya Singh (data manager)", [(Role.DATA_MANAGER, "SOURCE"), (Role.DATA_MANAGER, "ORGS")],
+     False, f"Data sources (load an extract, data quality); eCRF → {STUDY} (lock forms, the study team)"),
+    ("cancerlead", "Prof. Mark Evans (Cancer pillar lead)", [(Role.PILLAR_LEAD, "cancer")], False,
+     "Projects → Breast cancer pathways (awaiting the pillar's review)"),
+    ("chroniclead", "Dr Ruth Allen (Chronic Disease pillar lead)", [(Role.PILLAR_LEAD, "chronic")], False,
+     "Projects (the chronic pillar's)"),
+    ("checker", "Sam Wright (output checker)", [(Role.OUTPUT_CHECKER, "")], False,
+     "Exports (release requests; none yet)"),
+    ("governance", "Helen Clarke (governance officer)", [(Role.GOVERNANCE_OFFICER, "")], False,
+     "Projects (approvals); Audit"),
+    ("admin", "Platform administrator", [(Role.ADMIN, "")], False, "People; Audit"),
+    ("layreviewer", "Joan Baker (public contributor)", [(Role.LAY_REVIEWER, "cancer")], False,
+     "Projects → Breast cancer pathways (lay summary)"),
 ]
 
 T2DM, METFORMIN = 201826, 1503297  # OMOP concepts (SNOMED 44054006, RxNorm 6809), present in mercia.synth
@@ -48,6 +66,7 @@ class Demo:
     passwords: dict[str, str]
     source: str
     key_file: Path
+    randomisation_key_file: Path
     organisations: list[tuple[str, str, str]]
     nmr_catalogue: Path | None  # None: no Nightingale catalogue on this machine, so no NMR panels
 
@@ -59,14 +78,20 @@ def default_directory() -> Path:
     return load_settings().data_dir / "demo"
 
 
-def demo_key(directory: Path) -> Path:
-    """The demo's own pseudonymisation key (made once, readable by its owner only)."""
-    from mercia.privacy.pseudonym import load_key
-
-    path = directory.resolve() / KEY_FILE
+def demo_secret(directory: Path, name: str) -> Path:
+    """A key file of the demo's own in its folder (made once, readable by its owner only)."""
+    path = directory.resolve() / name
     if not path.exists():
         path.touch(mode=0o600)
         path.write_text(secrets.token_hex(32))
+    return path
+
+
+def demo_key(directory: Path) -> Path:
+    """The demo's own pseudonymisation key."""
+    from mercia.privacy.pseudonym import load_key
+
+    path = demo_secret(directory, KEY_FILE)
     load_key(path)  # refuses a folder inside the repository, with the reason
     return path
 
@@ -114,11 +139,13 @@ def build_demo(directory: Path, persons: int, seed: int) -> Demo:
     from mercia.services.conceptsets import create_concept_set
     from mercia.services.sources import register_organisation
     from mercia.services.state import MerciaState, ServerOptions
+    from mercia.demo_trial import build_demo_trial
     from mercia.synth.omop import write_omop
     from mercia.vocab.metabolites import catalogue_path
 
     directory.mkdir(parents=True, exist_ok=True)
     key_file = demo_key(directory)
+    randomisation_key_file = demo_secret(directory, RANDOMISATION_KEY_FILE)
     path = directory / "mercia-demo.duckdb"
     for stale in (path, path.with_suffix(".duckdb.wal")):
         stale.unlink(missing_ok=True)
@@ -134,12 +161,14 @@ def build_demo(directory: Path, persons: int, seed: int) -> Demo:
     state = MerciaState(store, ServerOptions(job_workers=1))
     gov = state.gov
     passwords, people = {}, {}
-    for username, name, roles in DEMO_PEOPLE:
+    practices = [code for code, _, kind in organisations if kind == "gp"]
+    for username, name, roles, at_practice, _ in DEMO_PEOPLE:
         passwords[username] = secrets.token_urlsafe(12)
         roles = [(role, org) for role, scope in roles
                  for org in ([code for code, _, _ in organisations] if scope == "ORGS" else [scope])]
         roles = [(role, source if scope == "SOURCE" else scope) for role, scope in roles]
-        people[username] = gov.create_user(username, name, passwords[username], roles, actor="demo")
+        people[username] = gov.create_user(username, name, passwords[username], roles, actor="demo",
+                                           organisation=practices[0] if at_practice else None)
     gov.set_pillar_leads(people["admin"], "cancer", clinical=people["cancerlead"].id, academic=None, executive=None)
     gov.set_pillar_leads(people["admin"], "chronic", clinical=people["chroniclead"].id, academic=None, executive=None)
     year = (date.today() + timedelta(days=365)).isoformat()
@@ -182,7 +211,9 @@ def build_demo(directory: Path, persons: int, seed: int) -> Demo:
                                 nmr_glucose_cohort(store))
         state.jobs.wait(start_run(state, people["researcher"], glucose["id"]), timeout=600)
     state.jobs.shutdown()
-    return Demo(store, passwords, source, key_file, organisations, nmr_catalogue)
+    build_demo_trial(state, people, passwords, diabetes.id, practices, diabetes_cohort(),
+                     randomisation_key_file.read_text().encode())
+    return Demo(store, passwords, source, key_file, randomisation_key_file, organisations, nmr_catalogue)
 
 
 def demo(persons: int = typer.Option(10_000, help="people in the synthetic region"),
@@ -196,6 +227,7 @@ def demo(persons: int = typer.Option(10_000, help="people in the synthetic regio
     from rich.table import Table
 
     from mercia.services.state import ServerOptions
+    from mercia.trials.randomise import KEY_ENV, KEY_FILE_ENV
     from mercia.vocab.metabolites import catalogue_path
     from mercia.web.app import create_app
     from mercia.web.cli import is_loopback
@@ -203,12 +235,16 @@ def demo(persons: int = typer.Option(10_000, help="people in the synthetic regio
     console = Console()
     with console.status(f"Generating a synthetic region of {persons:,} people..."):
         built = build_demo(directory or default_directory(), persons, seed)
-    table = Table("username", "password", "role", title="Demo sign-ins (new passwords each start)")
-    for username, name, _ in DEMO_PEOPLE:
-        table.add_row(username, built.passwords[username], name)
+    table = Table("username", "password", "role", "where to look", title="Demo sign-ins (new passwords each start)")
+    for username, name, _, _, look in DEMO_PEOPLE:
+        table.add_row(username, built.passwords[username], name, look)
     console.print(table)
     console.print(f"Open [bold]http://{host}:{port}[/] and sign in. Data: {built.source}. Ctrl+C stops.")
     console.print(f"Pseudonymisation key for uploads: {built.key_file}")
+    # The server randomises too (from a worklist page), which needs a key: the one the demo trial's allocations
+    # were drawn with, so that the trial keeps one random stream.
+    os.environ.pop(KEY_ENV, None)
+    os.environ[KEY_FILE_ENV] = str(built.randomisation_key_file)
     if built.nmr_catalogue is None:
         console.print(f"No NMR metabolomics panels: the Nightingale catalogue is not at {catalogue_path()} "
                       "(set MERCIA_NMR_CATALOGUE to the ukbnmr package's nmr_info.csv to add them).")

@@ -382,7 +382,7 @@ class TrialRegister:
         if not ok:
             where = f" at site {site}" if site else ""
             raise Forbidden(f"trial {trial_id}: this needs the role {' or '.join(r.value for r in roles)}{where}")
-        if self.gov.project(trial.project_id).status is not ProjectStatus.APPROVED:
+        if self.gov.project_status(trial.project_id) is not ProjectStatus.APPROVED:
             raise Forbidden(f"trial {trial_id}: its project {trial.project_id} is no longer approved")
         return trial
 

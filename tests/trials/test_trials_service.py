@@ -639,3 +639,15 @@ def test_external_consort_never_lets_a_hidden_box_be_rebuilt_from_its_parts(worl
     shown = {row["box"]: row["count"] for row in table.rows}
     assert shown["excluded"] is None
     assert rebuilt_boxes(shown, {row["box"]: row["part_of"] for row in table.rows}) == {}, shown
+
+
+def test_every_trial_step_is_refused_once_the_project_is_past_its_expiry_date(world):
+    """Expired by date (``expires_on`` passed) though no job has marked it so: the status read is the
+    project's effective one, as ``Governance.project`` gives it."""
+    yesterday = (date.today() - timedelta(days=1)).isoformat()
+    world.gov.db.execute("UPDATE mercia_project SET expires_on = ? WHERE id = ?", [yesterday, world.project])
+    assert world.gov.project_status(world.project) is world.gov.project(world.project).status
+    with pytest.raises(Forbidden, match="no longer approved"):
+        world.register.require(world.people["manager"], T, TrialRole.TRIAL_MANAGER)
+    with pytest.raises(NotFound):
+        world.gov.project_status(world.project + 1000)

@@ -285,6 +285,8 @@ def test_rare_disease_terms_as_chips_and_every_bad_term_at_once(page, live_serve
                     "/sources", "/raredisease", "/trials"]),
     ("governance", ["/", "/audit", "/sources"]),
     ("admin", ["/admin/users"]),
+    ("coordinator", ["/trials/ISRCTN90000001", "/trials/ISRCTN90000001/team", "/crf/startwell"]),
+    ("nurse", ["/trials/ISRCTN90000001/worklist?site=M90001", "/crf", "/crf/startwell"]),
 ])
 def test_every_page_passes_axe_and_fits_a_phone(page, live_server, demo, username, paths):
     sign_in(page, live_server, demo, username)
