@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mercia.demo import build_demo
-from mercia.demo_trial import STUDY, TRIAL_ID
+from mercia.demo.trial import STUDY, TRIAL_ID
 from mercia.proms.valuesets import value_set
 from mercia.vocab.metabolites import NIGHTINGALE_VOCABULARY_ID
 

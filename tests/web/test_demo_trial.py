@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import lxml.html
 
-from mercia.demo_trial import STUDY, TRIAL_ID, TRIAL_TITLE
+from mercia.demo.trial import STUDY, TRIAL_ID, TRIAL_TITLE
 from tests.web.test_pages import sign_in
 
 

@@ -4,7 +4,7 @@ Builds a demo store (a synthetic region from ``mercia.synth``), registers one pe
 with a fresh random password (printed, never stored in the repository), registers the region's
 organisations by ODS code, writes its own pseudonymisation key file in its data folder (outside the
 repository), sets up approved projects with a cohort already run, a clinical trial recruiting with its
-eCRF study (``mercia.demo_trial``, randomised with the demo's own key file), and serves the app on
+eCRF study (``mercia.demo.trial``, randomised with the demo's own key file), and serves the app on
 http://127.0.0.1:8000.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import typer
 
 from mercia.cdm import Store
-from mercia.demo_trial import STUDY, TRIAL_ID
+from mercia.demo.trial import STUDY, TRIAL_ID
 from mercia.governance.model import Role
 
 KEY_FILE = "pseudonym.key"
@@ -139,7 +139,7 @@ def build_demo(directory: Path, persons: int, seed: int) -> Demo:
     from mercia.services.conceptsets import create_concept_set
     from mercia.services.sources import register_organisation
     from mercia.services.state import MerciaState, ServerOptions
-    from mercia.demo_trial import build_demo_trial
+    from mercia.demo.trial import build_demo_trial
     from mercia.synth.omop import write_omop
     from mercia.vocab.metabolites import catalogue_path
 

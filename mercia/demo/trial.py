@@ -20,7 +20,7 @@ from mercia.trials.register import TrialRegister, TrialRole
 TRIAL_ID = "ISRCTN90000001"
 TRIAL_TITLE = "StartWell: a pharmacist-led medicines review when starting metformin (demonstration)"
 STUDY = "startwell"
-DICTIONARY = Path(__file__).with_name("demo_study.csv")
+DICTIONARY = Path(__file__).with_name("study.csv")
 MANUAL_CRITERIA = ["HbA1c 58 mmol/mol or more at the last test", "Not taking insulin"]
 ARM = "arm_1"   # the one schedule both trial arms follow (REDCap's arm naming)
 BASELINE, MONTH_3, ADVERSE_EVENTS = "baseline_arm_1", "month_3_arm_1", "adverse_events_arm_1"
