@@ -19,7 +19,7 @@ from pathlib import Path
 import typer
 
 from mercia.cdm import Store
-from mercia.demo.trial import STUDY, TRIAL_ID
+from mercia.demo.trial import STUDY, TRIAL_ID, build_demo_trial
 from mercia.governance.model import Role
 
 KEY_FILE = "pseudonym.key"
@@ -139,7 +139,6 @@ def build_demo(directory: Path, persons: int, seed: int) -> Demo:
     from mercia.services.conceptsets import create_concept_set
     from mercia.services.sources import register_organisation
     from mercia.services.state import MerciaState, ServerOptions
-    from mercia.demo.trial import build_demo_trial
     from mercia.synth.omop import write_omop
     from mercia.vocab.metabolites import catalogue_path
 

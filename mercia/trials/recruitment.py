@@ -247,9 +247,11 @@ class Recruitment:
         """Every status recorded at the sites ``actor`` oversees (no arms: blinding holds in the log too)."""
         trial = self.register.require(actor, trial_id, *STAFF, TrialRole.STATISTICIAN)
         sites = self.overseen_sites(actor, trial)
-        rows = self.db.rows("SELECT person_id, site, status, reason, recorded_on, recorded_by FROM mercia_trial_status "
-                            "WHERE trial_id = ? ORDER BY recorded_at", [trial.trial_id])
-        return [r for r in rows if r["site"] in sites]
+        if not sites:
+            return []
+        return self.db.rows("SELECT person_id, site, status, reason, recorded_on, recorded_by FROM mercia_trial_status "
+                            f"WHERE trial_id = ? AND site IN ({', '.join('?' for _ in sites)}) ORDER BY recorded_at",
+                            [trial.trial_id, *sites])
 
     def dashboard(self, actor: User, trial_id: str) -> list[dict[str, Any]]:
         """Per site ``actor`` oversees: randomised so far against an even share of the target, and people by
