@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mercia.demo import build_demo
+from mercia.demo import RANDOMISATION_KEY_FILE, build_demo
 from mercia.demo.trial import STUDY, TRIAL_ID
 from mercia.proms.valuesets import value_set
 from mercia.vocab.metabolites import NIGHTINGALE_VOCABULARY_ID
@@ -29,6 +29,9 @@ def test_demo_builds_without_the_nightingale_catalogue(tmp_path, monkeypatch):
 
 
 def test_demo_has_a_trial_and_its_ecrf_study_with_content_for_each_role(tmp_path):
+    # a fixed randomisation key, so the three allocations are the same on every run (a fresh demo draws its own)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / RANDOMISATION_KEY_FILE).write_text("0" * 64)
     built = build_demo(tmp_path / "demo", persons=400, seed=3)
     store = built.store
     try:
