@@ -89,13 +89,27 @@ def _near_earlier(register: TrialRegister, actor: User, trial: Trial, as_of: dat
     moment = datetime.now(UTC)
     db = register.db
     with db.transaction():   # read the earlier answers and add this one in one step
+        # the table holds the window's answers only, each (user, cell, count) once with when it was last given:
+        # answers past the window are never compared again, and a page viewed again adds no rows
+        db.execute("DELETE FROM mercia_trial_feasibility_count WHERE trial_id = ? AND asked_at < ?",
+                   [trial.trial_id, iso(moment - timedelta(days=WINDOW_DAYS))])
         earlier = db.rows("SELECT site, cell, persons FROM mercia_trial_feasibility_count "
-                          "WHERE trial_id = ? AND user_id = ? AND asked_at >= ?",
-                          [trial.trial_id, actor.id, iso(moment - timedelta(days=WINDOW_DAYS))])
-        db.store.insert_arrow("mercia_trial_feasibility_count", pa.table({
-            "trial_id": [trial.trial_id] * len(kept), "user_id": [actor.id] * len(kept),
-            "as_of": [as_of.isoformat()] * len(kept), "site": [site for site, _ in kept],
-            "cell": [cell for _, cell in kept], "persons": list(kept.values()), "asked_at": [iso(moment)] * len(kept)}))
+                          "WHERE trial_id = ? AND user_id = ?", [trial.trial_id, actor.id])
+        known = {(row["site"], row["cell"], int(row["persons"])) for row in earlier}
+        repeated = [cell for cell, persons in kept.items() if (*cell, persons) in known]
+        if repeated:
+            keys = [f"{site}\x1f{cell}\x1f{kept[(site, cell)]}" for site, cell in repeated]
+            db.execute("UPDATE mercia_trial_feasibility_count SET as_of = ?, asked_at = ? WHERE trial_id = ? "
+                       "AND user_id = ? AND site || chr(31) || cell || chr(31) || CAST(persons AS VARCHAR) IN "
+                       f"({', '.join('?' for _ in keys)})",
+                       [as_of.isoformat(), iso(moment), trial.trial_id, actor.id, *keys])
+        new = [(cell, persons) for cell, persons in kept.items() if (*cell, persons) not in known]
+        if new:
+            db.store.insert_arrow("mercia_trial_feasibility_count", pa.table({
+                "trial_id": [trial.trial_id] * len(new), "user_id": [actor.id] * len(new),
+                "as_of": [as_of.isoformat()] * len(new), "site": [site for (site, _), _ in new],
+                "cell": [cell for (_, cell), _ in new], "persons": [persons for _, persons in new],
+                "asked_at": [iso(moment)] * len(new)}))
     before: dict[tuple[str, str], list[int]] = {}
     for row in earlier:
         before.setdefault((row["site"], row["cell"]), []).append(int(row["persons"]))

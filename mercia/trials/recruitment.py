@@ -75,9 +75,12 @@ class Recruitment:
         on = on or date.today().isoformat()
         if not self.register.store.tables_exist(("mercia_person_link", "mercia_opt_out")):
             ensure_screening_tables(self.register.store)   # ~20 ms on DuckDB: only for a store without them
-        with self.db.transaction():
+        # one person's statuses are recorded one at a time (two servers, or a server and the CLI), so two first
+        # statuses cannot both pass the checks against a history that has neither
+        with self.db.transaction(), self.db.store.exclusive(f"trial_status_{trial_id}_{person_id}",
+                                                            reads=["mercia_trial_status"]):
             last = self.current(trial_id, person_id)
-            refusal = self._refusal(trial_id, person_id, site, last)
+            refusal = self._refusal(trial_id, person_id, site, last, status)
             if refusal is None:
                 self._check_move(where, last, status)
                 row = {"trial_id": trial_id, "person_id": person_id, "site": site, "status": status,
@@ -91,14 +94,17 @@ class Recruitment:
                           trial.project_id, site=site, status=status, refusal=refusal)
         raise TrialError(f"{where}: {refusal}")
 
-    def _refusal(self, trial_id: str, person_id: int, site: str, last: dict[str, Any] | None) -> str | None:
+    def _refusal(self, trial_id: str, person_id: int, site: str, last: dict[str, Any] | None,
+                 status: str) -> str | None:
         """Why no status may be recorded for the person at ``site`` (None: it may).
 
         A person's recruitment belongs to one site: where their statuses are recorded, else the site whose
         worklist lists them, so no site claims (or, with 'declined', ends) another's candidate.  Someone
         outside the worklist (a referral) may be recorded where they are nobody's candidate.  A consented
         participant's consent is its own legal basis, kept through an opt-out purge; anyone else must be a
-        person in the store who is not withheld by the opt-out."""
+        person in the store who is not withheld by the opt-out.  A patient who asked their care team not to
+        be contacted about research is not identified, pre-screened or approached from their records; if
+        they come forward themselves, their recruitment starts at screening."""
         if last is not None:
             owner = last["site"]
         else:
@@ -111,12 +117,16 @@ class Recruitment:
             return None
         found = self.db.row(f"""
             SELECT (SELECT COUNT(*) FROM person WHERE person_id = ?) AS stored,
-                   (SELECT COUNT(*) FROM ({OPTED_OUT_PERSONS}) o WHERE o.person_id = ?) AS opted_out""",
-                            [person_id, person_id])
+                   (SELECT COUNT(*) FROM ({OPTED_OUT_PERSONS}) o WHERE o.person_id = ?) AS opted_out,
+                   (SELECT MIN(recorded_at) FROM mercia_research_contact_dissent WHERE person_id = ?) AS dissent""",
+                            [person_id, person_id, person_id])
         if not found["stored"]:
             return "is not a person in the store"
         if found["opted_out"]:
             return "is withheld by the national data opt-out: their data must not be used"
+        if found["dissent"] and status in PATHWAY[:PATHWAY.index("screened")]:
+            return (f"asked their care team not to be contacted about research (recorded {found['dissent'][:10]}): "
+                    f"not {status}; if they come forward themselves, record them from 'screened'")
         return None
 
     def _check_move(self, where: str, last: dict[str, Any] | None, status: str) -> None:

@@ -7,13 +7,15 @@ from datetime import date, timedelta
 
 import pytest
 
+from mercia.cdm import Store
 from mercia.governance import Conflict, Forbidden, NotFound
 from mercia.privacy.disclosure import get_policy
 from mercia.trials.consort import consort, consort_counts
 from mercia.trials.feasibility import feasibility
 from mercia.trials.notifications import TrialNotifications
 from mercia.trials.prescreen import ReidentificationService, record_dissent, worklist
-from mercia.trials.register import TrialError, TrialRole
+from mercia.trials.recruitment import Recruitment
+from mercia.trials.register import TrialError, TrialRegister, TrialRole
 
 from .conftest import PSEUDONYMISER, SITE_A, SITE_B, eligibility, make_world, nhs_number
 
@@ -110,6 +112,30 @@ def test_feasibility_hides_a_pool_a_few_from_the_users_earlier_answer_whatever_m
     world.register.db.execute("UPDATE mercia_trial_feasibility_count SET asked_at = '2000-01-01T00:00:00.000000Z'")
     assert pool_a("stats") == 27                  # past the window, an earlier answer is not compared
     assert (pool_a("pi_a", policy="nhse-hes"), pool_a("pi_a", "2023-06-15", "nhse-hes")) == (25, 30)
+
+
+def test_feasibility_keeps_each_answer_once_for_the_window_only(world):
+    """Viewing the same answer again adds no rows but renews when it was given (so it is compared for another
+    window); answers older than the window are removed, as they are never compared again."""
+    def ask(as_of: str = "2023-06-14") -> None:
+        feasibility(world.register, world.people["stats"], T, years=3, as_of=as_of, horizon=1,
+                    policy=get_policy("threshold10"))
+
+    def kept() -> list[tuple]:
+        return world.register.db.rows("SELECT site, cell, persons, asked_at FROM mercia_trial_feasibility_count "
+                                      "ORDER BY site, cell")
+    ask()
+    first = kept()
+    assert first and len({r["asked_at"] for r in first}) == 1
+    world.register.db.execute("UPDATE mercia_trial_feasibility_count SET asked_at = '2000-01-02T00:00:00.000000Z' "
+                              "WHERE site = ?", [SITE_B])
+    ask()
+    again = kept()
+    assert [(r["site"], r["cell"], r["persons"]) for r in again] == [(r["site"], r["cell"], r["persons"]) for r in first]
+    assert min(r["asked_at"] for r in again) > first[0]["asked_at"]   # site B's rows renewed, none added
+    world.register.db.execute("UPDATE mercia_trial_feasibility_count SET asked_at = '2000-01-02T00:00:00.000000Z'")
+    ask("2023-06-15")
+    assert min(r["asked_at"] for r in kept()) > "2000-01-02"       # the old answers are gone
 
 
 def test_feasibility_raw_monthly_counts(world):
@@ -237,6 +263,59 @@ def test_a_status_is_refused_for_a_person_withheld_by_the_opt_out(world):
     assert r.history(T, 5) == []
     [refused] = world.gov.audit.search(action="trial.status.refused")
     assert (refused["target"], refused["detail"]["status"]) == (f"trial:{T}/person:5", "declined")
+
+
+def test_a_patient_who_dissented_from_research_contact_is_not_approached_unless_they_come_forward(world):
+    r, nurse = world.recruitment, world.people["nurse_a"]
+    worklist(world.register, nurse, T, SITE_A)
+    record_dissent(world.register, world.people["gp_a"], 14)
+    for status in ("identified", "prescreened", "approached"):
+        with pytest.raises(TrialError, match=f"person 14: asked their care team not to be contacted about research "
+                                             rf"\(recorded \d{{4}}-\d\d-\d\d\): not {status}"):
+            r.record(nurse, T, 14, status, site=SITE_A)
+    assert r.history(T, 14) == []
+    assert [e["detail"]["status"] for e in world.gov.audit.search(action="trial.status.refused")] == \
+        ["approached", "prescreened", "identified"]
+    # they came forward themselves: screening, consent and randomisation go ahead
+    assert enrol_from_screening(world, 14)["sequence"] == 1
+    record_dissent(world.register, world.people["gp_a"], 15)
+    r.record(nurse, T, 15, "declined", site=SITE_A, reason="asked not to be contacted")   # an end is recorded
+    assert r.current(T, 15)["status"] == "declined"
+
+
+def enrol_from_screening(world, person_id: int):
+    r, nurse = world.recruitment, world.people["nurse_a"]
+    r.record(nurse, T, person_id, "screened", site=SITE_A, confirmed=["HbA1c over 58 mmol/mol", "no insulin"])
+    r.record(nurse, T, person_id, "consented", site=SITE_A)
+    return r.randomise(nurse, T, person_id, LEVELS)
+
+
+@pytest.mark.parametrize("engine", ["postgres"])
+def test_two_first_statuses_at_once_are_recorded_one_after_the_other(world):
+    """Two connections (two servers): while a first status of person 16 is recorded, not yet committed, a second
+    first status waits for it, then is checked against the history it left ('approached' after 'screened' goes
+    backwards), so no history gets two first statuses that were each checked against none."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import postgres_url
+
+    nurse = world.people["nurse_a"]
+    worklist(world.register, nurse, T, SITE_A)
+    other = Store(postgres_url(), schema=world.store.schema)
+    try:
+        second = Recruitment(TrialRegister(other))
+        with ThreadPoolExecutor(1) as pool:
+            with world.register.db.transaction():
+                world.recruitment.record(nurse, T, 16, "screened", site=SITE_A,
+                                         confirmed=["HbA1c over 58 mmol/mol", "no insulin"])
+                racing = pool.submit(second.record, nurse, T, 16, "approached", site=SITE_A)
+                with pytest.raises(TimeoutError):
+                    racing.result(timeout=1)                   # waits for the first to commit
+            with pytest.raises(Conflict, match="person 16 is already screened; statuses only move forward"):
+                racing.result(timeout=30)
+    finally:
+        other.close()
+    assert [h["status"] for h in world.recruitment.history(T, 16)] == ["screened"]
 
 
 def test_a_site_cannot_claim_or_end_another_sites_candidate(world):
@@ -392,8 +471,8 @@ def test_linkage_merging_two_persons_carries_their_trial_records_and_dissent_to_
     from mercia.linkage.probabilistic import merge_persons
 
     worklist(world.register, world.people["nurse_a"], T, SITE_A)
-    record_dissent(world.register, world.people["gp_a"], 12)
     enrol(world, 12)
+    record_dissent(world.register, world.people["gp_a"], 12)       # after consent: their consent still stands
     statuses = world.store.query("SELECT status FROM mercia_trial_status WHERE person_id = 12 ORDER BY recorded_at")
 
     assert merge_persons(world.store, pa.table({"old": [12], "new": [11]})) == []
