@@ -65,6 +65,7 @@ def test_two_saved_cohorts_one_criterion_apart_never_give_a_small_difference(wor
     assert released_everywhere(world, older) == {None}            # one "withheld" everywhere, never 21
     h = world.login("res")
     assert world.client.get(f"/api/v1/cohorts/{older}", headers=h).json()["result"]["withheld"] == REASON
+    assert world.client.get(f"/api/v1/cohorts/{older}/attrition", headers=h).json()["withheld"] == REASON
     page = world.client.get(f"/cohorts/{older}").text
     assert "Size withheld" in page and REASON.replace("'", "&#39;") in page
     project_page = world.client.get(f"/projects/{world.approved}").text
@@ -77,6 +78,9 @@ def test_two_saved_cohorts_one_criterion_apart_never_give_a_small_difference(wor
     r = world.client.post("/api/v1/analyses", headers=h, json={
         "project_id": world.approved, "kind": "compare", "target_cohort_id": everyone, "comparator_cohort_id": older})
     assert r.status_code == 400 and REASON in r.json()["detail"], r.text
+    csrf = sign_in(world.client, SimpleNamespace(passwords={"res": PASSWORD}), "res")
+    r = world.client.post(f"/cohorts/{older}/analyses", data={"csrf_token": csrf, "kind": "survival"})
+    assert r.status_code == 400 and REASON.replace("'", "&#39;") in r.text
     r = world.client.post("/api/v1/exports", headers=h, json={"project_id": world.approved, "kind": "cohort_attrition",
                                                                "ref": str(older), "justification": "paper"})
     assert r.status_code == 400 and REASON in r.json()["detail"], r.text
@@ -118,6 +122,17 @@ def test_an_analysis_queued_before_a_run_withholds_its_cohort_is_refused_when_it
     assert state.jobs.wait(rerun, 60)["result"]["withheld"] == REASON
     analysis = state.jobs.wait(r.json()["job_id"], 60)
     assert analysis["status"] == "failed" and REASON in analysis["error"], analysis
+
+
+def test_cohorts_run_together_are_judged_in_turn(world, threshold10):
+    """A batch records its runs one after another: the first keeps its number, the second is judged beside it."""
+    everyone, older = saved(world, "GI bleed", circe(rule_drug=None)), saved(world, "Aged 45", aged_at_least(45))
+    r = world.client.post(f"/api/v1/projects/{world.approved}/cohorts/run", headers=world.login("res"),
+                          json={"cohort_ids": [everyone, older]})
+    assert r.status_code == 202, r.text
+    job = world.client.app.state.mercia.jobs.wait(r.json()["job_id"], 60)
+    assert [(c["cohort_id"], c["persons"], c["withheld"]) for c in job["result"]["cohorts"]] == \
+        [(everyone, 24, None), (older, None, REASON)]
 
 
 def test_cohorts_further_apart_than_the_threshold_keep_their_sizes(world, threshold10):
