@@ -17,7 +17,7 @@ import orjson
 from mercia.governance import GovernanceError, User
 from mercia.governance.db import now
 from mercia.privacy.disclosure import AnalysisResult
-from mercia.services.cohorts import get_cohort
+from mercia.services.cohorts import get_cohort, require_sizes_released
 from mercia.services.errors import Invalid, NotFound
 from mercia.services.scope import require_domains
 from mercia.services.state import MerciaState
@@ -98,15 +98,14 @@ def start_analysis(state: MerciaState, user: User, project_id: int, kind: str,
     if kind in REQUIRED_COHORTS:
         _required(parameters, REQUIRED_COHORTS[kind])
     require_domains(project, analysis_domains(kind, parameters), f"a {kind} analysis")
-    for name in COHORT_PARAMETERS:
-        cohort_id = parameters.get(name)
-        if cohort_id is None:
-            continue
+    cohort_ids = [parameters[name] for name in COHORT_PARAMETERS if parameters.get(name) is not None]
+    for cohort_id in cohort_ids:
         cohort, project = get_cohort(state, user, cohort_id)
         if project.id != project_id:
             raise NotFound(f"no cohort {cohort_id} in project {project_id}")
         if not cohort["result"]:
             raise Invalid(f"cohort {cohort_id} has not been run yet")
+    require_sizes_released(state, cohort_ids)
     run = ANALYSES[kind][1]
     db = state.gov.db
     with db.transaction():
@@ -120,6 +119,7 @@ def start_analysis(state: MerciaState, user: User, project_id: int, kind: str,
     def work(progress) -> dict[str, Any]:
         progress(0.1, f"running {kind}")
         with state.lock:
+            require_sizes_released(state, cohort_ids)   # a run recorded since it was queued may withhold one
             result = run(state.store, parameters)
         if result.disclosure is None:
             raise GovernanceError("the analysis returned a result without disclosure control")

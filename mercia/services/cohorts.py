@@ -4,7 +4,9 @@ A project's cohort is kept in ``mercia_cohort``; its id is the ``cohort_definiti
 get in the CDM ``cohort`` table.  A definition may only use the data domains the project was
 approved for (``mercia.services.scope``), and its rows are clipped to the approved date range after
 each run.  The true counts of a run stay in the table; every view shows them through the disclosure
-policy (``controlled_result``).
+policy (``controlled_result``).  A run whose size is a few people from the released size of another
+cohort of the project one criterion apart is withheld (``size_withheld``), decided when the run is
+recorded and kept with it, so that the cohort's size is one number, or one "withheld", everywhere.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mercia.cohorts.registry import CohortIdTaken, adopt_cohorts, claim_cohort_i
 from mercia.cohorts.runner import ensure_result_tables
 from mercia.governance import Project, User
 from mercia.governance.db import now
+from mercia.privacy.differencing import cohort_parts, near_identical
 from mercia.privacy.disclosure import ColumnSpec, Kind, StatTable, get_policy
 from mercia.services.errors import Conflict, Invalid, NotFound
 from mercia.services.scope import cohort_domains, require_domains
@@ -87,7 +90,9 @@ def shown_attrition(shown: dict[str, Any]) -> StatTable:
 
 def controlled_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the platform shows of a cohort run: people, entries and attrition through the disclosure
-    policy (a small count is ``None``, shown as the policy's marker), never the true counts."""
+    policy (a small count is ``None``, shown as the policy's marker), never the true counts.  A run
+    whose size was withheld (``size_withheld``) shows neither its people, its entries nor any
+    attrition step equal to its size, and says why."""
     if not result:
         return None
     policy = get_policy()
@@ -95,10 +100,52 @@ def controlled_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
         ColumnSpec(name=n, kind=Kind.COUNT) for n in ("count_persons", "count_entries", "count_clipped")],
         rows=[{"count_persons": result["persons"], "count_entries": result["entries"],
                "count_clipped": result.get("clipped_entries", 0)}])).rows[0]
-    steps = policy.apply(attrition_table("attrition", result)).rows
+    attrition = attrition_table("attrition", result)
+    steps = policy.apply(attrition).rows
+    withheld = result.get("withheld")
+    if withheld:
+        counts |= {"count_persons": None, "count_entries": None}
+        steps = [shown | {"count_persons": None} if true["count_persons"] == result["persons"] else shown
+                 for shown, true in zip(steps, attrition.rows)]
     return {"persons": counts["count_persons"], "entries": counts["count_entries"],
             "clipped_entries": counts["count_clipped"], "date_range": result.get("date_range"),
-            "steps": steps, "disclosure": policy.name, "redacted_marker": policy.redacted_marker}
+            "steps": steps, "disclosure": policy.name, "redacted_marker": policy.redacted_marker,
+            "withheld": withheld["reason"] if withheld else None}
+
+
+def size_withheld(state: MerciaState, project_id: int, cohort_id: int, persons: int) -> dict[str, Any] | None:
+    """Why a fresh run of ``persons`` people may not be released (None: it may): the project has released
+    the size of a cohort one criterion apart (``privacy.differencing.near_identical``) that differs from
+    it by 1..threshold people (``DisclosurePolicy.too_close``, the quick count's rule; never under
+    ``nhse-hes``, where rounding answers for it), and the two side by side would give those few.  The
+    cohort released first keeps its number; a cohort whose size is withheld or small was not released."""
+    policy = get_policy()
+    if policy.is_small(persons):
+        return None   # hidden as a small count already
+    rows = state.gov.db.rows("SELECT id, name, expression, result FROM mercia_cohort WHERE project_id = ? "
+                             "AND (id = ? OR result IS NOT NULL) ORDER BY ran_at, id", [project_id, cohort_id])
+    others = [(r, orjson.loads(r["result"])) for r in rows if r["id"] != cohort_id]
+    close = [r for r, run in others if not run.get("withheld") and not policy.is_small(run["persons"])
+             and policy.too_close(persons, run["persons"])]
+    if not close:
+        return None
+    parts = cohort_parts(orjson.loads(next(r["expression"] for r in rows if r["id"] == cohort_id)))
+    for r in close:
+        if near_identical(parts, cohort_parts(orjson.loads(r["expression"]))):
+            return {"cohort_id": r["id"], "cohort_name": r["name"], "policy": policy.name,
+                    "reason": f"within {policy.threshold} people of cohort '{r['name']}' in this project"}
+    return None
+
+
+def require_sizes_released(state: MerciaState, cohort_ids: list[int]) -> None:
+    """Refuse work that would give a withheld cohort size (an analysis of the cohort, in any role, or an
+    export of its attrition), with the reason kept with its run."""
+    for cohort_id in cohort_ids:
+        row = _cohort_row(state, cohort_id)
+        withheld = (row["result"] or {}).get("withheld")
+        if withheld:
+            raise Invalid(f"the size of cohort '{row['name']}' is withheld ({withheld['reason']}), and this "
+                          "would give it")
 
 
 def _cohort_row(state: MerciaState, cohort_id: int) -> dict[str, Any]:
@@ -218,9 +265,13 @@ def start_batch_run(state: MerciaState, user: User, project_id: int, cohort_ids:
 
 
 def _record_run(state: MerciaState, project: Project, run: CohortResult) -> dict[str, Any]:
-    """Clip a fresh run to the approved date range, keep its true result, and return what may be
-    shown (a job keeps only that)."""
+    """Clip a fresh run to the approved date range, keep its true result with the decision whether its
+    size may be released beside the project's other cohorts (``size_withheld``), and return what may
+    be shown (a job keeps only that)."""
     result = run.summary() | clip_to_scope(state, run.cohort_id, project)
+    withheld = size_withheld(state, project.id, run.cohort_id, result["persons"])
+    if withheld:
+        result["withheld"] = withheld
     state.gov.db.execute("UPDATE mercia_cohort SET result = ?, ran_at = ? WHERE id = ?",
                          [orjson.dumps(result, default=str).decode(), now(), run.cohort_id])
     return {"cohort_id": run.cohort_id, **controlled_result(result)}

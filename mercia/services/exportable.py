@@ -11,7 +11,7 @@ from typing import Any
 from mercia.governance import Project, Role, User
 from mercia.privacy.disclosure import AnalysisResult
 from mercia.services.analyses import analysis_domains, get_analysis
-from mercia.services.cohorts import attrition_table, get_cohort, parse_definition
+from mercia.services.cohorts import attrition_table, get_cohort, parse_definition, require_sizes_released
 from mercia.services.errors import GovernanceError, Invalid, NotFound
 from mercia.services.scope import require_domains
 from mercia.services.state import MerciaState
@@ -36,6 +36,7 @@ def _cohort_attrition(state: MerciaState, user: User, project: Project, ref: str
     parse_definition(cohort["expression"], project)  # the scope may have narrowed since it ran
     if not cohort["result"]:
         raise Invalid(f"cohort {ref} has not been run yet")
+    require_sizes_released(state, [cohort["id"]])
     table = attrition_table(f"Attrition: {cohort['name']}", cohort["result"])
     return AnalysisResult(analysis="cohort_attrition", title=f"Cohort attrition: {cohort['name']}",
                           parameters={"cohort_id": cohort["id"], "ran_at": cohort["ran_at"]}, tables=[table])

@@ -8,10 +8,8 @@ from datetime import date
 from types import SimpleNamespace
 
 import pyarrow as pa
-import pytest
 
 from mercia.cdm.extensions import ensure_extension_tables
-from mercia.config import load_settings
 from mercia.privacy.disclosure import get_policy
 from tests.api.api_world import PASSWORD, circe
 from tests.web.test_one_number import tables
@@ -20,15 +18,6 @@ from tests.web.test_pages import sign_in
 from .test_api import make_cohort, run
 
 THRESHOLD = get_policy("threshold10").threshold
-
-
-@pytest.fixture
-def threshold10(monkeypatch):
-    monkeypatch.setenv("MERCIA_DISCLOSURE_POLICY", "threshold10")
-    load_settings.cache_clear()
-    yield
-    monkeypatch.delenv("MERCIA_DISCLOSURE_POLICY")
-    load_settings.cache_clear()
 
 
 def analysis_page(world, **body) -> dict[str, list[list[str]]]:

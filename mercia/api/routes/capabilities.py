@@ -127,7 +127,8 @@ def cohort_attrition(cohort_id: int, request: Request, user: User = Depends(curr
     if not row["result"]:
         raise NotFound(f"cohort {cohort_id} has not been run yet")
     return {"cohort_id": cohort_id, "ran_at": row["ran_at"], "steps": row["result"]["steps"],
-            "disclosure": row["result"]["disclosure"], "redacted_marker": row["result"]["redacted_marker"]}
+            "disclosure": row["result"]["disclosure"], "redacted_marker": row["result"]["redacted_marker"],
+            "withheld": row["result"]["withheld"]}
 
 
 @router.get("/cohorts/{cohort_id}/circe", tags=["cohorts"], summary="The definition as ATLAS/Circe JSON")
