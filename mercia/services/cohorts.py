@@ -5,8 +5,8 @@ get in the CDM ``cohort`` table.  A definition may only use the data domains the
 approved for (``mercia.services.scope``), and its rows are clipped to the approved date range after
 each run.  The true counts of a run stay in the table; every view shows them through the disclosure
 policy (``controlled_result``).  A run whose size is a few people from the released size of another
-cohort of the project one criterion apart is withheld (``size_withheld``), decided when the run is
-recorded and kept with it, so that the cohort's size is one number, or one "withheld", everywhere.
+cohort of the project whose people contain its own or lie within them is withheld (``size_withheld``),
+decided when the run is recorded and kept with it, so that the cohort's size is one number, or one "withheld", everywhere.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from mercia.cdm import Store
 from mercia.cdm.dialect import as_text
 from mercia.cdm.extensions import stale_cohort_reason
 from mercia.cohorts import CohortDefinitionError, CohortExpression, CohortResult, run_cohort
@@ -23,7 +24,6 @@ from mercia.cohorts.registry import CohortIdTaken, adopt_cohorts, claim_cohort_i
 from mercia.cohorts.runner import ensure_result_tables
 from mercia.governance import Project, User
 from mercia.governance.db import now
-from mercia.privacy.differencing import cohort_parts, near_identical
 from mercia.privacy.disclosure import ColumnSpec, Kind, StatTable, get_policy
 from mercia.services.errors import Conflict, Invalid, NotFound
 from mercia.services.scope import cohort_domains, require_domains
@@ -115,26 +115,36 @@ def controlled_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def size_withheld(state: MerciaState, project_id: int, cohort_id: int, persons: int) -> dict[str, Any] | None:
     """Why a fresh run of ``persons`` people may not be released (None: it may): the project has released
-    the size of a cohort one criterion apart (``privacy.differencing.near_identical``) that differs from
-    it by 1..threshold people (``DisclosurePolicy.too_close``, the quick count's rule; never under
-    ``nhse-hes``, where rounding answers for it), and the two side by side would give those few.  The
-    cohort released first keeps its number; a cohort whose size is withheld or small was not released."""
+    the size of a cohort whose people contain this one's or lie within it (``_nested``), 1..threshold
+    people apart (``DisclosurePolicy.too_close``, the quick count's rule; never under ``nhse-hes``, where
+    rounding answers for it), so the two side by side would give those few.  Judged on the people, not the
+    definitions, so no criterion that changes nobody makes two such cohorts look unrelated.  The cohort
+    released first keeps its number; a cohort whose size is withheld or small was not released."""
     policy = get_policy()
     if policy.is_small(persons):
         return None   # hidden as a small count already
-    rows = state.gov.db.rows("SELECT id, name, expression, result FROM mercia_cohort WHERE project_id = ? "
-                             "AND (id = ? OR result IS NOT NULL) ORDER BY ran_at, id", [project_id, cohort_id])
-    others = [(r, orjson.loads(r["result"])) for r in rows if r["id"] != cohort_id]
-    close = [r for r, run in others if not run.get("withheld") and not policy.is_small(run["persons"])
-             and policy.too_close(persons, run["persons"])]
-    if not close:
-        return None
-    parts = cohort_parts(orjson.loads(next(r["expression"] for r in rows if r["id"] == cohort_id)))
-    for r in close:
-        if near_identical(parts, cohort_parts(orjson.loads(r["expression"]))):
+    rows = state.gov.db.rows("SELECT id, name, result FROM mercia_cohort WHERE project_id = ? AND id <> ? "
+                             "AND result IS NOT NULL ORDER BY ran_at, id", [project_id, cohort_id])
+    for r in rows:
+        released = orjson.loads(r["result"])
+        if released.get("withheld") or policy.is_small(released["persons"]):
+            continue
+        if policy.too_close(persons, released["persons"]) and _nested(state.store, cohort_id, r["id"]):
             return {"cohort_id": r["id"], "cohort_name": r["name"], "policy": policy.name,
                     "reason": f"within {policy.threshold} people of cohort '{r['name']}' in this project"}
     return None
+
+
+def _nested(store: Store, cohort_id: int, other_id: int) -> bool:
+    """Whether one cohort's people are all in the other's: only then is the difference of their sizes a
+    group of people (otherwise it is those only in one less those only in the other)."""
+    only_here, only_there = store.query("""
+        SELECT SUM(CASE WHEN there.subject_id IS NULL THEN 1 ELSE 0 END),
+               SUM(CASE WHEN here.subject_id IS NULL THEN 1 ELSE 0 END)
+        FROM (SELECT DISTINCT subject_id FROM cohort WHERE cohort_definition_id = ?) here
+        FULL OUTER JOIN (SELECT DISTINCT subject_id FROM cohort WHERE cohort_definition_id = ?) there
+          ON here.subject_id = there.subject_id""", [cohort_id, other_id])[0]
+    return not only_here or not only_there
 
 
 def require_sizes_released(state: MerciaState, cohort_ids: list[int]) -> None:

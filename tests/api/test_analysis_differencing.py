@@ -65,7 +65,7 @@ def test_characterisation_summary_never_gives_the_people_a_hidden_cell_describes
 EARLIER = 4_000_002   # a condition 21 of the 24 people with a GI bleed had before it
 
 
-def outcome_before_index(world, persons: range) -> int:
+def outcome_before_index(world, persons: list[int]) -> int:
     """An outcome cohort (run) of ``persons``, each with the outcome a year before their GI bleed."""
     store = world.store
     store.insert_arrow("concept", pa.table({
@@ -85,7 +85,9 @@ def outcome_before_index(world, persons: range) -> int:
 def test_follow_up_and_time_at_risk_never_give_a_hidden_analysed_group(world, threshold10):
     """21 of the 24 had the outcome before index: the 3 left to follow are hidden (and so is the curve),
     but "persons 24, excluded 21" and "with time at risk 24, excluded 21" gave them beside it."""
-    outcome_id = outcome_before_index(world, range(1, 22))
+    # also 4 people without a GI bleed, so neither cohort's people lie within the other's and both sizes are
+    # released (services.cohorts.size_withheld): what is tested is what the analyses show beside them
+    outcome_id = outcome_before_index(world, [*range(1, 22), *range(25, 29)])
     target_id = make_cohort(world, world.login("res"), expression=circe(rule_drug=None))
     run(world, world.login("res"), target_id)
 

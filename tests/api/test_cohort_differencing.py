@@ -90,6 +90,29 @@ def test_two_saved_cohorts_one_criterion_apart_never_give_a_small_difference(wor
     assert '"persons":21' in stored["result"] and '"cohort_name":"GI bleed"' in stored["result"]
 
 
+def test_a_criterion_that_changes_nobody_does_not_unlock_the_pair(world, threshold10):
+    """Aged 45 or more, and 30 days of observation before the bleed (everyone has years): two criteria from
+    GI bleed, the same 21 people, so still withheld beside its 24."""
+    padded = aged_at_least(45)
+    padded["PrimaryCriteria"]["ObservationWindow"] = {"PriorDays": 30, "PostDays": 0}
+    everyone, older = saved(world, "GI bleed", circe(rule_drug=None)), saved(world, "Aged 45, observed", padded)
+    assert run(world, world.login("res"), everyone)["result"]["persons"] == 24
+    assert run(world, world.login("res"), older)["result"]["withheld"] == REASON
+    assert world.client.app.state.mercia.gov.db.row(
+        "SELECT result FROM mercia_cohort WHERE id = ?", [older])["result"].count('"persons":21') == 1
+
+
+def test_two_cohorts_each_with_people_the_other_lacks_keep_their_sizes(world, threshold10):
+    """Aged 45 or more (21) and aged under 60 (18: the 3 under 45 and 15 of the 45s): 3 apart, but each holds
+    people the other lacks, so the difference is no group of people and both are released."""
+    younger = circe(rule_drug=None)
+    younger["InclusionRules"] = [{"name": "Aged under 60", "expression": {
+        "Type": "ALL", "CriteriaList": [], "Groups": [], "DemographicCriteriaList": [{"Age": {"Value": 60, "Op": "lt"}}]}}]
+    older, under60 = saved(world, "Aged 45", aged_at_least(45)), saved(world, "Under 60", younger)
+    assert run(world, world.login("res"), older)["result"]["persons"] == 21
+    assert run(world, world.login("res"), under60)["result"]["persons"] == 18
+
+
 def test_the_cohort_released_first_keeps_its_number_and_a_rerun_is_judged_again(world, threshold10):
     older, everyone = saved(world, "Aged 45", aged_at_least(45)), saved(world, "GI bleed", circe(rule_drug=None))
     assert run(world, world.login("res"), older)["result"]["persons"] == 21
