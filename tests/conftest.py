@@ -119,24 +119,68 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                                 f"scheduler in tests/conftest.py: {unnamed}")
 
 
-def copy_store(source: Store, tmp_path: Path) -> Store:
+def copy_store(source: Store, tmp_path: Path, name: str | None = None) -> Store:
     """A writable copy of a prepared store, for a test that writes to what a module built once: far
-    cheaper than building it again.  DuckDB: the checkpointed file, copied; PostgreSQL: every table
-    (rows, keys, indexes) copied into a fresh schema by one statement on the server."""
+    cheaper than building it again.  DuckDB: the checkpointed file, copied (to ``tmp_path / name``);
+    PostgreSQL: every table (rows, constraints, indexes under their own names) copied into a fresh schema
+    by one statement on the server."""
     if source.dialect == "duckdb":
         source.execute("CHECKPOINT")
-        copy = tmp_path / f"copy-{uuid.uuid4().hex[:8]}.duckdb"
+        copy = tmp_path / (name or f"copy-{uuid.uuid4().hex[:8]}.duckdb")
         shutil.copyfile(source.location, copy)
         return Store(str(copy))
     if source.dialect != "postgres":
         raise ValueError(f"no cheap copy of a {source.dialect} store")
     target = Store(postgres_url(), schema=f"t_{uuid.uuid4().hex[:12]}")
-    target.execute(f"""DO $$ DECLARE t text; BEGIN
-        FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = '{source.schema}' LOOP
-            EXECUTE format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING ALL)', '{target.schema}', t, '{source.schema}', t);
-            EXECUTE format('INSERT INTO %I.%I SELECT * FROM %I.%I', '{target.schema}', t, '{source.schema}', t);
+    target.execute(f"""DO $$ DECLARE r record; BEGIN
+        FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = '{source.schema}' LOOP
+            EXECUTE format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING ALL EXCLUDING INDEXES)',
+                           '{target.schema}', r.tablename, '{source.schema}', r.tablename);
+            EXECUTE format('INSERT INTO %I.%I SELECT * FROM %I.%I',
+                           '{target.schema}', r.tablename, '{source.schema}', r.tablename);
+        END LOOP;
+        FOR r IN SELECT i.indexdef, c.conname, c.conrelid FROM pg_indexes i
+                 LEFT JOIN pg_constraint c ON c.conindid = format('%I.%I', i.schemaname, i.indexname)::regclass
+                      AND c.contype IN ('p', 'u', 'x')
+                 WHERE i.schemaname = '{source.schema}' LOOP
+            IF r.conname IS NULL THEN
+                EXECUTE replace(r.indexdef, ' ON {source.schema}.', ' ON {target.schema}.');
+            ELSE
+                EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s', '{target.schema}',
+                               (SELECT relname FROM pg_class WHERE oid = r.conrelid), r.conname,
+                               (SELECT pg_get_constraintdef(oid) FROM pg_constraint
+                                WHERE conname = r.conname AND conrelid = r.conrelid));
+            END IF;
         END LOOP; END $$""")
     return target
+
+
+@pytest.fixture(scope="session")
+def empty_cdm(tmp_path_factory):
+    """``empty_cdm(engine)``: a store with every CDM table and no rows, made once per worker and engine,
+    for ``store`` and its kin to copy: a file copy on DuckDB, one statement on PostgreSQL, where
+    ``init_schema`` is ~116 statements (DuckDB 0.045 -> 0.018 s, PostgreSQL 0.130 -> 0.066 s a store)."""
+    made: dict[str, Store] = {}
+
+    def template(engine: str) -> Store:
+        if engine not in made:
+            made[engine] = open_store(engine, tmp_path_factory.mktemp(f"empty-cdm-{engine}"))
+            made[engine].init_schema()
+        return made[engine]
+
+    yield template
+    for s in made.values():
+        drop_store(s)
+
+
+def new_cdm_store(engine: str, tmp_path: Path, empty_cdm) -> Store:
+    """A fresh store with every CDM table, as ``open_store`` + ``init_schema`` make it: a copy of
+    ``empty_cdm``'s where the engine has a cheap copy."""
+    if engine == "spark":
+        s = open_store(engine, tmp_path)
+        s.init_schema()
+        return s
+    return copy_store(empty_cdm(engine), tmp_path, "cdm.duckdb")
 
 
 @pytest.fixture(scope="module")
@@ -184,20 +228,18 @@ def contract_engine(request) -> str:
 
 
 @pytest.fixture
-def store(engine, tmp_path):
+def store(engine, tmp_path, empty_cdm):
     """A fresh CDM store with every table created, on each engine."""
-    s = open_store(engine, tmp_path)
-    s.init_schema()
+    s = new_cdm_store(engine, tmp_path, empty_cdm)
     yield s
     drop_store(s)
 
 
 @pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.slow)])
-def heavy_store(request, tmp_path):
+def heavy_store(request, tmp_path, empty_cdm):
     """Like ``store``, for tests whose work takes seconds on PostgreSQL (say, reinstalling the
     starter vocabulary): the PostgreSQL case runs in the slow tier only (CI runs every tier)."""
-    s = open_store(request.param, tmp_path)
-    s.init_schema()
+    s = new_cdm_store(request.param, tmp_path, empty_cdm)
     yield s
     drop_store(s)
 
@@ -211,14 +253,15 @@ def empty_store(engine, tmp_path):
 
 
 @pytest.fixture
-def store_factory(tmp_path):
+def store_factory(tmp_path, empty_cdm):
     """Make extra fresh CDM stores on a given engine (dropped after the test):
     ``store_factory("postgres")``."""
     made: list[Store] = []
 
     def make(engine: str) -> Store:
-        s = open_store(engine, tmp_path / f"extra{len(made)}")
-        s.init_schema()
+        directory = tmp_path / f"extra{len(made)}"
+        directory.mkdir()
+        s = new_cdm_store(engine, directory, empty_cdm)
         made.append(s)
         return s
 

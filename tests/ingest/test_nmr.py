@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -43,10 +44,18 @@ def load_sampled(options):
     return _load
 
 
+@pytest.fixture(scope="module")
+def written_study(tmp_path_factory) -> Path:
+    """The 40-sample study, written once for the module (0.5 CPU-s); tests get copies (``study``)."""
+    folder = tmp_path_factory.mktemp("nmr-study") / "nmr"
+    write_nmr_study(folder, 40, seed=3)
+    return folder
+
+
 @pytest.fixture
-def study(tmp_path):
-    write_nmr_study(tmp_path / "nmr", 40, seed=3)
-    return tmp_path / "nmr"
+def study(written_study, tmp_path):
+    """This test's own copy of the study, free to rewrite."""
+    return Path(shutil.copytree(written_study, tmp_path / "nmr"))
 
 
 def test_catalogue_has_ukb_panel_with_units():

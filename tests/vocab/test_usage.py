@@ -9,17 +9,24 @@ from mercia.cohorts import resolve_concept_set
 from mercia.cohorts.model import ConceptSetExpression
 from mercia.services.vocabulary import find_concepts
 from mercia.vocab.usage import EVENT_CONCEPTS, record_counts
+from tests.conftest import drop_store
 
 CANCER, BREAST, LUNG, PROSTATE, COLON = 443392, 4112853, 443388, 4163261, 4180790
 T2DM, METFORMIN, HBA1C, STROKE = 201826, 1503297, 3004410, 381316
 
 
-@pytest.fixture
-def region(store):
+def fill_region(store) -> None:
     from mercia.synth.omop import write_omop
 
     write_omop(store, 400, seed=3)
-    return store
+
+
+@pytest.fixture
+def region(engine, prepared, tmp_path):
+    """The 400-person region, written once per engine; each test gets its own copy (a search may cache)."""
+    store, _ = prepared(engine, fill_region, tmp_path)
+    yield store
+    drop_store(store)
 
 
 def test_record_counts_are_the_records_and_people_of_each_concept(region):
