@@ -307,6 +307,7 @@ def screening_log(trial: str = TRIAL, out: Path | None = typer.Option(None, "--o
     """The screening log (every status recorded) for the trial team."""
     import csv
 
+    from mercia.privacy.spreadsheet import inert_rows
     from mercia.trials.recruitment import Recruitment
 
     register, user = _context(db, username)
@@ -318,7 +319,7 @@ def screening_log(trial: str = TRIAL, out: Path | None = typer.Option(None, "--o
         writer = csv.DictWriter(handle, fieldnames=["person_id", "site", "status", "reason", "recorded_on",
                                                     "recorded_by"])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(inert_rows(rows))
     typer.echo(f"wrote {len(rows)} rows to {out}")
 
 

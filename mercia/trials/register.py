@@ -24,6 +24,7 @@ from mercia.cohorts import CohortDefinitionError, CohortExpression
 from mercia.cohorts.registry import new_cohort_id
 from mercia.governance import Conflict, Forbidden, Governance, GovernanceError, NotFound, ProjectStatus, User
 from mercia.governance.db import now
+from mercia.privacy.spreadsheet import inert_rows
 from mercia.trials.randomise import RandomisationError, Settings
 from mercia.trials.tables import ensure_trial_tables
 
@@ -72,8 +73,8 @@ def delegation_log_csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=DELEGATION_LOG_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({**r, "granted_at": r["granted_at"] or UNKNOWN_GRANT, "signature": signature_state(r)}
-                     for r in rows)
+    writer.writerows(inert_rows({**r, "granted_at": r["granted_at"] or UNKNOWN_GRANT, "signature": signature_state(r)}
+                                for r in rows))
     return out.getvalue()
 
 

@@ -99,6 +99,8 @@ def export_csv(content: dict[str, Any]) -> str:
     import csv
     import io
 
+    from mercia.privacy.spreadsheet import inert_rows
+
     out = io.StringIO()
     writer = csv.writer(out)
     for table in content["tables"]:
@@ -106,7 +108,7 @@ def export_csv(content: dict[str, Any]) -> str:
         names = [c["name"] for c in table["columns"]]
         writer.writerow([f"# {table['title']}"])
         writer.writerow(names)
-        for i, row in enumerate(table["rows"]):
-            writer.writerow([table["redacted_marker"] if (i, n) in hidden else row.get(n) for n in names])
+        writer.writerows(inert_rows([table["redacted_marker"] if (i, n) in hidden else row.get(n) for n in names]
+                                    for i, row in enumerate(table["rows"])))
         writer.writerow([])
     return out.getvalue()

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from lxml import etree
 
 from mercia.governance import User
+from mercia.privacy.spreadsheet import inert_text
 from mercia.trials.crf.dictionary import Field, checkbox_code_column
 from mercia.trials.crf.service import CrfService, FormStatus, Study, StudyRole
 
@@ -60,10 +61,17 @@ def _columns(study: Study) -> list[tuple[Field, str]]:
     return [(f, c) for f in study.dictionary.fields for c in f.export_columns()]
 
 
-def _wide(service: CrfService, study: Study, columns: list[str], batch: int, set_aside: bool
-          ) -> Iterator[tuple[list[tuple[str, str, str]], np.ndarray]]:
+def _free_text(f: Field, column: str) -> bool:
+    """Whether a column holds text typed by a person (a participant, on a survey): what a spreadsheet must
+    not run as a formula.  Numbers, dates and choice codes are checked against the dictionary when saved."""
+    return f.field_type in ("text", "notes") and _data_type(f, column) == "text"
+
+
+def _wide(service: CrfService, study: Study, columns: list[str], free_text: np.ndarray, batch: int,
+          set_aside: bool) -> Iterator[tuple[list[tuple[str, str, str]], np.ndarray]]:
     """Per batch of participants: the (record_id, arm, event) of each participant-event with data, in
-    record and schedule order, and a text grid of their values (one column per export column).
+    record and schedule order, and a text grid of their values (one column per export column), the
+    ``free_text`` columns' values made inert for spreadsheets.
     The EAV rows are pivoted with Arrow and numpy, not row by row."""
     events = [e["event_name"] for e in service.events(study)]
     for ids in _record_batches(service, study, batch, set_aside):
@@ -79,7 +87,8 @@ def _wide(service: CrfService, study: Study, columns: list[str], batch: int, set
         keys, row_index = np.unique(record_index * len(events) + event_index, return_inverse=True)
         grid = np.full((len(keys), len(columns)), "", dtype=object)
         known = column_index >= 0
-        grid[row_index[known], column_index[known]] = long.column(3).to_numpy(zero_copy_only=False)[known]
+        values = pc.if_else(pa.array(known & free_text[column_index]), inert_text(long.column(3)), long.column(3))
+        grid[row_index[known], column_index[known]] = values.to_numpy(zero_copy_only=False)[known]
         arms = dict(service.db.store.query(
             "SELECT record_id, arm FROM mercia_crf_participant WHERE study_id = ? AND record_id BETWEEN ? AND ?",
             [study.id, ids[0], ids[-1]]))
@@ -117,7 +126,8 @@ def write_csv(service: CrfService, actor: User, study_name: str, out: IO[str], r
     record_column = names.index(study.dictionary.record_id_field)
     kept = [i for i in range(len(names)) if i != record_column]
     count = 0
-    for keys, grid in _wide(service, study, names, batch, set_aside):
+    free_text = np.array([_free_text(f, c) for f, c in columns], dtype=bool)
+    for keys, grid in _wide(service, study, names, free_text, batch, set_aside):
         if redcap:
             statuses = _form_status(service, study, sorted({k[0] for k in keys}))
             cells = np.empty((len(keys), len(layout)), dtype=object)

@@ -194,3 +194,26 @@ def test_an_underscore_in_a_study_name_is_not_a_wildcard(team, tmp_path):
         assert write_odm(team.crf, other, "he_rt", f, history=True) == 0
     assert b"nurse_ed" not in path.read_bytes() and b"dr_pi" not in path.read_bytes()
     assert len(team.crf.audit_trail(team.monitor, "heart", "H001")) > 1      # heart's own trail still reads
+
+
+def test_a_survey_answer_that_a_spreadsheet_would_run_is_exported_as_text(team):
+    """A participant's free text beginning like a formula is prefixed with ' in both CSV layouts; a negative
+    number in a number field, a choice code and the ODM export keep the value as saved."""
+    from mercia.trials.crf.surveys import SurveyService
+
+    dictionary = (DICTIONARIES / "baseline.csv").read_text().rstrip("\n")
+    team.crf.import_dictionary(team.manager, "heart", dictionary + "\ntemp_change,demographics,,text,"
+                               "Change in temperature,,,number,,,,,,,,,,\n", reason="temperature")
+    formula = '=HYPERLINK("http://x","y")'
+    token = SurveyService(team.crf).invite(team.entry, "heart", "H001", "baseline_arm_1", "demographics")["token"]
+    SurveyService(team.crf).submit(token, {"notes": formula, "temp_change": "-1.5", "ethnicity": "A",
+                                           "height_cm": "170", "weight_kg": "70"})
+    for redcap in (False, True):
+        out = io.StringIO()
+        write_csv(team.crf, team.manager, "heart", out, redcap=redcap)
+        [row] = [r for r in csv.DictReader(io.StringIO(out.getvalue())) if r["notes"]]
+        assert row["notes"] == "'" + formula
+        assert (row["temp_change"], row["height_cm"], row["ethnicity"]) == ("-1.5", "170", "A")
+    odm = io.BytesIO()
+    write_odm(team.crf, team.manager, "heart", odm)
+    assert b'Value="=HYPERLINK(&quot;http://x&quot;,&quot;y&quot;)"' in odm.getvalue()
