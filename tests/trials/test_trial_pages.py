@@ -113,6 +113,25 @@ def test_create_recruit_randomise_and_consort_through_forms(web):
     assert svg.status_code == 200 and b"Randomised (n=1)" in svg.content
 
 
+def test_the_cohort_picker_tells_a_non_member_nothing_about_which_cohort_ids_exist(web_world):
+    """stats is no member of the project holding cohort 1: choosing it reads as choosing one that does not
+    exist (before, the register's project refusal said it did)."""
+    client, sign_in, world = web_world
+    form = {"trial_id": "IRAS4242", "title": "Web trial", "sponsor": "S", "chief_investigator": "C", "sites": SITE_A,
+            "target": "20", "opens_on": "2026-01-01", "closes_on": "2030-12-31", "method": "simple",
+            "arms": "drug, placebo"}
+    csrf = sign_in("stats")
+    pages = set()
+    for project, cohort in ((world.project, 1), (world.project, 99), (99, 1), (world.project, 2**64)):
+        message = f"project {project} has no saved cohort {cohort}"
+        refused = client.post("/trials", data={**form, "csrf_token": csrf, "cohort": f"{project}:{cohort}"})
+        assert refused.status_code == 400 and message in refused.text
+        pages.add(refused.text.replace(message, ""))
+    assert len(pages) == 1
+    assert client.post("/trials", data={**form, "csrf_token": sign_in("manager"), "cohort": f"{world.project}:1"},
+                       follow_redirects=False).status_code == 303
+
+
 def _open_duplicate(web_world) -> int:
     """Persons 13 and 14 randomised in the trial, found by linkage to be one human; the study linked first,
     so each has an eCRF record.  Returns the duplicate's id."""
