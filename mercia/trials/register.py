@@ -101,6 +101,8 @@ class Trial:
     status: str
     version: int
     settings: Settings
+    eligibility_run_at: str | None = None    # the last run of the eligibility cohort (None: never run)
+    eligibility_run_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("eligibility", "settings")}
@@ -200,7 +202,8 @@ class TrialRegister:
                      eligibility=CohortExpression.from_json(row["eligibility"]),
                      manual_criteria=orjson.loads(row["manual_criteria"]), cohort_id=int(row["cohort_id"]),
                      status=row["status"], version=int(row["version"]),
-                     settings=Settings.from_dict(orjson.loads(settings)))
+                     settings=Settings.from_dict(orjson.loads(settings)),
+                     eligibility_run_at=row["eligibility_run_at"], eligibility_run_by=row["eligibility_run_by"])
 
     def trials_for(self, user: User) -> list[Trial]:
         ids = [r["trial_id"] for r in self.db.rows(

@@ -206,6 +206,17 @@ def team_csv(trial_id: str, request: Request, caller: Caller = Depends(signed_in
                     headers={"Content-Disposition": f'attachment; filename="{trial_id}-delegation-log.csv"'})
 
 
+@router.post("/trials/{trial_id}/worklist/run")
+def run_worklist(trial_id: str, request: Request, caller: Caller = Depends(signed_in), form: dict = Depends(form_data)):
+    from mercia.trials.prescreen import rerun_eligibility
+
+    state, register = _register(request)
+    site = form.get("site", "")
+    with state.lock:
+        run = rerun_eligibility(register, caller.user, trial_id, site)
+    return _to_worklist(trial_id, site, f"Eligibility run again: {run['persons']} people meet the criteria")
+
+
 @router.post("/trials/{trial_id}/participants/{person_id}/status")
 def record_status(trial_id: str, person_id: int, request: Request, caller: Caller = Depends(signed_in),
                   form: dict = Depends(form_data)):

@@ -67,6 +67,25 @@ def test_trial_pages_by_role(web):
     assert client.get(f"/trials/{T}/worklist", params={"site": SITE_A}).status_code == 404
 
 
+def test_the_worklist_page_says_when_eligibility_was_last_run_and_reruns_it_only_by_a_post(web_world):
+    client, sign_in, world = web_world
+    csrf = sign_in("nurse_a")
+    before = world.register.trial(T).eligibility_run_at
+    page = client.get(f"/trials/{T}/worklist", params={"site": SITE_A})
+    assert f"Eligibility last run {before[:10]} {before[11:16]} UTC by nurse_a" in page.text
+    assert world.register.trial(T).eligibility_run_at == before
+    assert client.post(f"/trials/{T}/worklist/run", data={"site": SITE_A, "csrf_token": "wrong"}).status_code == 403
+    assert world.register.trial(T).eligibility_run_at == before
+    ran = client.post(f"/trials/{T}/worklist/run", data={"site": SITE_A, "csrf_token": csrf}, follow_redirects=False)
+    assert ran.status_code == 303 and ran.headers["location"].startswith(f"/trials/{T}/worklist?site={SITE_A}")
+    after = world.register.trial(T).eligibility_run_at
+    assert after > before and "Eligibility run again" in client.get(ran.headers["location"]).text
+    assert world.gov.audit.search(action="trial.eligibility.run")[0]["actor"] == "nurse_a"
+    sign_in("gp_b")
+    assert client.post(f"/trials/{T}/worklist/run", data={"site": SITE_A, "csrf_token": sign_in("gp_b")}
+                       ).status_code == 403
+
+
 def test_the_trial_page_says_why_a_pool_a_few_from_the_last_one_is_hidden(web_world):
     """Site A's pool is 39; after a dissent the page would show 38 beside the 39 the statistician saw."""
     from mercia.trials.prescreen import record_dissent
