@@ -58,7 +58,8 @@ def federation_page(request: Request, caller: Caller = Depends(signed_in)):
 @router.post("/federation")
 def ask(request: Request, caller: Caller = Depends(signed_in), form: dict = Depends(form_data)):
     state = state_of(request)
-    project_id, cohort = saved_cohort(state, caller.user, form.get("cohort", ""), "choose the saved cohort to ask about")
+    project_id, cohort = saved_cohort(state, caller.user, form.get("cohort", ""),
+                                      "choose the saved cohort to ask about")
     asked = hub_of(state).submit(caller.user, project_id, query_from_form(form, cohort))
     return redirect(f"/federation/queries/{asked['query_id']}", f"Asked {len(asked['nodes'])} organisations")
 

@@ -101,8 +101,8 @@ def trials_page(request: Request, caller: Caller = Depends(signed_in)):
 @router.post("/trials")
 def create_trial(request: Request, caller: Caller = Depends(signed_in), form: dict = Depends(form_data)):
     state, register = _register(request)
-    project_id, expression = saved_cohort(state, caller.user, form.get("cohort", ""), "choose the saved cohort that defines "
-                                                                         "eligibility")
+    project_id, expression = saved_cohort(state, caller.user, form.get("cohort", ""),
+                                          "choose the saved cohort that defines eligibility")
     with state.lock:
         target = form.get("target", "")
         trial = register.create(
