@@ -30,7 +30,7 @@ from mercia.cohorts import CohortExpression, run_cohort
 from mercia.governance import Governance, Role
 from mercia.synth.omop import write_omop
 from mercia.trials.feasibility import feasibility
-from mercia.trials.prescreen import worklist
+from mercia.trials.prescreen import rerun_eligibility, worklist
 from mercia.trials.randomise import Allocator, Arm, Factor, KeyedStream, Settings
 from mercia.trials.register import TrialRegister, TrialRole
 
@@ -131,12 +131,13 @@ def main() -> None:
     site_persons = int(store.query_one("SELECT COUNT(*) FROM person p JOIN care_site c ON c.care_site_id = "
                                        "p.care_site_id WHERE c.care_site_source_value = ?", [sites[0]]))
     began = time.perf_counter()
-    rows = worklist(register, who["nurse"], trial_id, sites[0], refresh=True)
+    rerun_eligibility(register, who["nurse"], trial_id, sites[0])
+    rows = worklist(register, who["nurse"], trial_id, sites[0])
     with_refresh = time.perf_counter() - began
     query_runs = []
     for _ in range(3):
         began = time.perf_counter()
-        rows = worklist(register, who["nurse"], trial_id, sites[0], refresh=False)
+        rows = worklist(register, who["nurse"], trial_id, sites[0])
         query_runs.append(time.perf_counter() - began)
     worklist_seconds = statistics.median(query_runs)
 
@@ -154,8 +155,9 @@ def main() -> None:
             "ratio_to_cohort": round(feasibility_seconds / cohort_seconds, 2), "target_ratio": 3.0,
             "meets_target": feasibility_seconds <= 3 * cohort_seconds, "published_pool": pool},
         "worklist": {
-            "what": "one site's pseudonymous worklist over the generated eligibility cohort (dead, dissenting and "
-                    "opted-out people excluded, status joined, view audited); median of 3 runs",
+            "what": "one site's pseudonymous worklist (what a GET reads) over the generated eligibility cohort (dead, "
+                    "dissenting and opted-out people excluded, status joined, view audited); median of 3 runs; "
+                    "with_cohort_refresh: the explicit rerun (POST .../worklist/run) and a read",
             "site": sites[0], "site_persons": site_persons, "rows": len(rows), "seconds": round(worklist_seconds, 3),
             "seconds_with_cohort_refresh": round(with_refresh, 3), "target_seconds": 2.0,
             "meets_target": worklist_seconds < 2.0},

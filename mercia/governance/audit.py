@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from mercia.cdm import Store
+from mercia.cdm.store import LIKE_ESCAPE, like_escape
 from mercia.governance.db import GovernanceDB, now
 from mercia.governance.keys import read_key
 from mercia.governance.model import Conflict
@@ -207,7 +208,8 @@ class AuditLog:
     def search(self, *, actor: str | None = None, action: str | None = None, project_id: int | None = None,
                since: str | None = None, until: str | None = None, text: str | None = None,
                limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        """Entries newest first, filtered on any combination of fields."""
+        """Entries newest first, filtered on any combination of fields; ``text`` is found literally (a ``%`` or
+        ``_`` in it is that character, not a wildcard) in the target or the detail, in any case."""
         where, params = [], []
         for column, value in (("actor", actor), ("action", action), ("project_id", project_id)):
             if value not in (None, ""):
@@ -220,8 +222,8 @@ class AuditLog:
             where.append("logged_at < ?")
             params.append(until)
         if text:
-            where.append("(LOWER(target) LIKE ? OR LOWER(detail) LIKE ?)")
-            params += [f"%{text.lower()}%"] * 2
+            where.append(f"(LOWER(target) LIKE ? {LIKE_ESCAPE} OR LOWER(detail) LIKE ? {LIKE_ESCAPE})")
+            params += [f"%{like_escape(text.lower())}%"] * 2
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self.db.rows(f"SELECT seq, logged_at, actor, action, target, project_id, detail, hash FROM mercia_audit "
                             f"{clause} ORDER BY seq DESC LIMIT {int(limit)} OFFSET {int(offset)}", params)

@@ -55,6 +55,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mercia.privacy.spreadsheet import inert_rows
+
 __all__ = [
     "AnalysisResult", "ColumnSpec", "DisclosureError", "DisclosurePolicy", "DisclosureStamp", "Kind",
     "PartitionSpec", "POLICIES", "StatTable", "get_policy", "kaplan_meier", "midpoint_round", "require_controlled",
@@ -244,9 +246,9 @@ class StatTable(BaseModel):
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow([c.name for c in self.columns])
         hidden = set(self.redacted)
-        for i, row in enumerate(self.rows):
-            writer.writerow([self.redacted_marker if (i, c.name) in hidden else
-                             ("" if row.get(c.name) is None else row.get(c.name)) for c in self.columns])
+        writer.writerows(inert_rows([self.redacted_marker if (i, c.name) in hidden else
+                                     ("" if row.get(c.name) is None else row.get(c.name)) for c in self.columns]
+                                    for i, row in enumerate(self.rows)))
         return buffer.getvalue()
 
 

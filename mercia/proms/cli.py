@@ -15,12 +15,13 @@ app = typer.Typer(help="Patient-reported outcome measures (EQ-5D, Oxford scores)
 def _report_rejections(rejections, out: Path) -> None:
     import csv
 
+    from mercia.privacy.spreadsheet import inert_rows
+
     reject_path = out.with_suffix(".rejected.csv")
     with reject_path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["row", "id", "field", "value", "reason"])
-        for r in rejections:
-            writer.writerow([r.row, r.record, r.field, r.value, r.reason])
+        writer.writerows(inert_rows([r.row, r.record, r.field, r.value, r.reason] for r in rejections))
     for r in rejections[:20]:
         typer.echo(str(r), err=True)
     typer.echo(f"{len(rejections)} answers rejected (not scored); all listed in {reject_path}", err=True)
@@ -39,6 +40,7 @@ def score(instrument: str = typer.Option(..., "--instrument", help="eq5d5l, eq5d
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
+    from mercia.privacy.spreadsheet import inert_table
     from mercia.proms.scoring import (
         INSTRUMENTS,
         OXFORD_ITEMS,
@@ -64,7 +66,7 @@ def score(instrument: str = typer.Option(..., "--instrument", help="eq5d5l, eq5d
     except (ScoringError, ValueSetError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    pa_csv.write_csv(scored.table, out_path, pa_csv.WriteOptions(quoting_style="needed"))
+    pa_csv.write_csv(inert_table(scored.table), out_path, pa_csv.WriteOptions(quoting_style="needed"))
     typer.echo(f"scored {scored.table.num_rows - len({r.row for r in scored.rejections})} of "
                f"{scored.table.num_rows} rows into {out_path}")
     if scored.rejections:

@@ -120,8 +120,21 @@ def source_detail(store: Store, name: str, with_quality: bool = False) -> dict[s
             "quality": quality}
 
 
+LOAD_COUNTS = ("loads", "records_loaded", "records_rejected", "records_withheld")
+
+
 def may_see_quality(user: User, source: str) -> bool:
+    """The source's own data managers, and the roles that oversee every source (admin, governance)."""
     return user.has(Role.DATA_MANAGER, source) or user.has_any(Role.ADMIN, Role.GOVERNANCE_OFFICER)
+
+
+def visible_sources(state: MerciaState, user: User) -> list[dict[str, Any]]:
+    """``list_sources`` as ``user`` may see it: every source's name, ODS code and last load, and the load
+    counts (opt-out withholdings among them: small numbers about real people) only of the sources whose
+    quality they may see; the others' counts are None."""
+    with state.lock:
+        sources = list_sources(state.store)
+    return [s if may_see_quality(user, s["name"]) else {**s, **dict.fromkeys(LOAD_COUNTS)} for s in sources]
 
 
 def view_source(state: MerciaState, user: User, name: str, with_quality: bool = False) -> dict[str, Any]:

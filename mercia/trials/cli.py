@@ -189,13 +189,19 @@ def worklist(trial: str = TRIAL, site: str = typer.Option(..., "--site"),
              since: str | None = typer.Option(None, "--since", help="only first found eligible on/after this date"),
              org_db: str | None = typer.Option(None, "--org-db", help="your organisation's re-identification store: "
                                                "show NHS numbers and MRNs (care team only)"),
+             run: bool = typer.Option(False, "--run", help="run the eligibility cohort again first, so that data "
+                                      "loaded since its last run count"),
              db: DbOption = None, username: str = AS, as_json: bool = JSON) -> None:
-    """The site's pre-screening worklist (pseudonymous; identities with --org-db for its care team)."""
+    """The site's pre-screening worklist as the eligibility cohort's last run found it (pseudonymous; identities
+    with --org-db for its care team)."""
     from mercia.cdm import Store
-    from mercia.trials.prescreen import ReidentificationService
+    from mercia.trials.prescreen import ReidentificationService, rerun_eligibility
     from mercia.trials.prescreen import worklist as build
 
     register, user = _context(db, username)
+    if run:
+        done = _run(lambda: rerun_eligibility(register, user, trial, site))
+        typer.echo(f"eligibility run again: {done['persons']} people meet the criteria", err=True)
     if org_db:
         service = ReidentificationService(Store.open(org_db), site)
         rows = _run(lambda: service.worklist(register, user, trial, since=since))
@@ -307,6 +313,7 @@ def screening_log(trial: str = TRIAL, out: Path | None = typer.Option(None, "--o
     """The screening log (every status recorded) for the trial team."""
     import csv
 
+    from mercia.privacy.spreadsheet import inert_rows
     from mercia.trials.recruitment import Recruitment
 
     register, user = _context(db, username)
@@ -318,7 +325,7 @@ def screening_log(trial: str = TRIAL, out: Path | None = typer.Option(None, "--o
         writer = csv.DictWriter(handle, fieldnames=["person_id", "site", "status", "reason", "recorded_on",
                                                     "recorded_by"])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(inert_rows(rows))
     typer.echo(f"wrote {len(rows)} rows to {out}")
 
 

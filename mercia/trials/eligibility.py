@@ -13,6 +13,7 @@ from datetime import date
 from mercia.cdm import Store
 from mercia.cdm.dialect import as_text
 from mercia.cohorts import CohortResult, run_cohort
+from mercia.governance.db import now
 from mercia.trials.register import Trial
 
 PERSON_SITE = """SELECT p.person_id, cs.care_site_source_value AS site FROM person p
@@ -29,8 +30,9 @@ def site_list(trial: Trial) -> str:
     return ", ".join("'" + s.replace("'", "''") + "'" for s in trial.sites)
 
 
-def run_eligibility(store: Store, trial: Trial, today: str | None = None) -> CohortResult:
-    """Generate the trial's eligibility cohort and record people newly eligible at its sites."""
+def run_eligibility(store: Store, trial: Trial, ran_by: str, today: str | None = None) -> CohortResult:
+    """Generate the trial's eligibility cohort, record people newly eligible at its sites, and when and by whom
+    it was run (what worklists, which read the stored result, show)."""
     today = today or date.today().isoformat()
     with store.transaction():
         result = run_cohort(store, trial.eligibility, trial.cohort_id)
@@ -42,4 +44,6 @@ def run_eligibility(store: Store, trial: Trial, today: str | None = None) -> Coh
               AND NOT EXISTS (SELECT 1 FROM mercia_trial_candidate t
                               WHERE t.trial_id = ? AND t.person_id = c.subject_id)
             GROUP BY c.subject_id, ps.site""", [trial.trial_id, today, trial.cohort_id, trial.trial_id])
+        store.execute("UPDATE mercia_trial SET eligibility_run_at = ?, eligibility_run_by = ? WHERE trial_id = ?",
+                      [now(), ran_by, trial.trial_id])
     return result

@@ -188,7 +188,7 @@ def feasibility(register: TrialRegister, actor: User, trial_id: str, *, years: i
         raise TrialError(f"as_of must be a date YYYY-MM-DD, not {as_of!r}") from exc
     policy = policy or get_policy()
     if refresh:
-        run_eligibility(register.store, trial)
+        run_eligibility(register.store, trial, actor.username)
     monthly, pool = eligible_counts(register, trial, day, years)
     hidden = _near_earlier(register, actor, trial, day, monthly, pool, policy)
     params: dict[str, Any] = {"trial_id": trial_id, "years": years, "as_of": day.isoformat(), "consent": consent,

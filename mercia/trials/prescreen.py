@@ -49,19 +49,30 @@ def ensure_screening_tables(store: Store) -> None:
     store.execute(OPT_OUT_DDL)
 
 
-def worklist(register: TrialRegister, actor: User, trial_id: str, site: str, *, since: str | None = None,
-             refresh: bool = True) -> list[dict[str, Any]]:
-    """People at ``site`` meeting the computable criteria now (see ``data_as_of``), pseudonymous, with their
-    recruitment status.
+def rerun_eligibility(register: TrialRegister, actor: User, trial_id: str, site: str) -> dict[str, Any]:
+    """Run the trial's eligibility cohort again so that newly loaded data count, for whoever may read ``site``'s
+    worklist (a write that runs the whole cohort: asked for on purpose, never by reading a worklist); audited."""
+    trial = register.require(actor, trial_id, *WORKLIST_ROLES, site=site)
+    ensure_screening_tables(register.store)
+    result = run_eligibility(register.store, trial, actor.username)
+    run = register.trial(trial_id)
+    register.gov.audit.record(actor.username, "trial.eligibility.run", f"trial:{trial_id}/site:{site}",
+                              trial.project_id, persons=result.persons)
+    return {"trial_id": trial_id, "site": site, "run_at": run.eligibility_run_at, "run_by": run.eligibility_run_by,
+            "persons": result.persons}
 
-    ``since`` (a date) keeps only those Mercia first found eligible on or after it; ``refresh`` reruns
-    the eligibility cohort first so that newly loaded data counts.
+
+def worklist(register: TrialRegister, actor: User, trial_id: str, site: str, *, since: str | None = None
+             ) -> list[dict[str, Any]]:
+    """People at ``site`` meeting the computable criteria now (see ``data_as_of``) as the eligibility cohort's
+    last run found them (``rerun_eligibility``), pseudonymous, with their recruitment status; death, dissent
+    and the opt-out are applied as of now.
+
+    ``since`` (a date) keeps only those Mercia first found eligible on or after it.
     """
     trial = register.require(actor, trial_id, *WORKLIST_ROLES, site=site)
     store = register.store
     ensure_screening_tables(store)
-    if refresh:
-        run_eligibility(store, trial)
     since_clause = "AND c.first_seen >= ?" if since else ""
     rows = store.query_dicts(f"""
         SELECT c.person_id, link.nhs_pseudonym, c.eligible_from, c.first_seen,

@@ -24,6 +24,7 @@ from mercia.cohorts import CohortDefinitionError, CohortExpression
 from mercia.cohorts.registry import new_cohort_id
 from mercia.governance import Conflict, Forbidden, Governance, GovernanceError, NotFound, ProjectStatus, User
 from mercia.governance.db import now
+from mercia.privacy.spreadsheet import inert_rows
 from mercia.trials.randomise import RandomisationError, Settings
 from mercia.trials.tables import ensure_trial_tables
 
@@ -72,8 +73,8 @@ def delegation_log_csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=DELEGATION_LOG_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({**r, "granted_at": r["granted_at"] or UNKNOWN_GRANT, "signature": signature_state(r)}
-                     for r in rows)
+    writer.writerows(inert_rows({**r, "granted_at": r["granted_at"] or UNKNOWN_GRANT, "signature": signature_state(r)}
+                                for r in rows))
     return out.getvalue()
 
 
@@ -100,6 +101,8 @@ class Trial:
     status: str
     version: int
     settings: Settings
+    eligibility_run_at: str | None = None    # the last run of the eligibility cohort (None: never run)
+    eligibility_run_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("eligibility", "settings")}
@@ -199,7 +202,8 @@ class TrialRegister:
                      eligibility=CohortExpression.from_json(row["eligibility"]),
                      manual_criteria=orjson.loads(row["manual_criteria"]), cohort_id=int(row["cohort_id"]),
                      status=row["status"], version=int(row["version"]),
-                     settings=Settings.from_dict(orjson.loads(settings)))
+                     settings=Settings.from_dict(orjson.loads(settings)),
+                     eligibility_run_at=row["eligibility_run_at"], eligibility_run_by=row["eligibility_run_by"])
 
     def trials_for(self, user: User) -> list[Trial]:
         ids = [r["trial_id"] for r in self.db.rows(

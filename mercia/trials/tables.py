@@ -55,6 +55,7 @@ TABLES: dict[str, str] = {
 # The delegation log: each trial role's period, from its grant (by whom) to its end (by whom, why); NULL
 # ``ended_at``: the role is held.  A role granted before the log has no ``granted_at``/``granted_by`` (unknown).
 # Its sign-off by the responsible investigator (``TrialRegister.sign_delegation``): NULL ``signed_at``: unsigned.
+# When the eligibility cohort was last run, and by whom (``run_eligibility``): what a worklist shows; NULL: never.
 ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("mercia_trial_notification", "read_at", "TEXT"),
     (TRIAL_DUPLICATE_TABLE, "notified_at", "TEXT"),
@@ -67,6 +68,8 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("mercia_trial_role", "signed_name", "TEXT"),
     ("mercia_trial_role", "signed_at", "TEXT"),
     ("mercia_trial_role", "signature_meaning", "TEXT"),
+    ("mercia_trial", "eligibility_run_at", "TEXT"),
+    ("mercia_trial", "eligibility_run_by", "TEXT"),
 ]
 
 

@@ -4,7 +4,6 @@ budget, disclosure) are the hub's, as for the API (``/api/v1/federation``)."""
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
@@ -59,8 +58,8 @@ def federation_page(request: Request, caller: Caller = Depends(signed_in)):
 @router.post("/federation")
 def ask(request: Request, caller: Caller = Depends(signed_in), form: dict = Depends(form_data)):
     state = state_of(request)
-    project_id, expression = saved_cohort(state, form.get("cohort", ""), "choose the saved cohort to ask about")
-    cohort = expression if isinstance(expression, dict) else orjson.loads(expression)
+    project_id, cohort = saved_cohort(state, caller.user, form.get("cohort", ""),
+                                      "choose the saved cohort to ask about")
     asked = hub_of(state).submit(caller.user, project_id, query_from_form(form, cohort))
     return redirect(f"/federation/queries/{asked['query_id']}", f"Asked {len(asked['nodes'])} organisations")
 

@@ -30,7 +30,7 @@ from mercia.services.errors import Invalid, NotFound
 from mercia.services.exportable import request_export as request_export_service, view_export
 from mercia.services.jobs import cancel_job, job_for
 from mercia.services.quickcount import QUICK_COUNT_ROLES, quick_count
-from mercia.services.sources import list_sources, view_source
+from mercia.services.sources import view_source, visible_sources
 from mercia.services.state import state_of
 from mercia.web import words
 from mercia.web.results import attrition_svg, display_table, result_charts
@@ -313,8 +313,7 @@ def home(request: Request, caller: Caller = Depends(signed_in)):
         context["pending_exports"] = [e for e in state.airlock.list_for(user, "pending")
                                       if e["requester_id"] != user.id]
     if user.has_any(Role.DATA_MANAGER, Role.ADMIN, Role.GOVERNANCE_OFFICER):
-        with state.lock:
-            context["sources"] = list_sources(state.store)
+        context["sources"] = visible_sources(state, user)
     if user.has_any(Role.GOVERNANCE_OFFICER, Role.ADMIN):
         context["audit_check"] = state.gov.audit.verify()
         context["all_projects"] = projects
@@ -826,10 +825,7 @@ def download_export(export_id: int, request: Request, caller: Caller = Depends(s
 # -- sources, rare disease, audit, account ------------------------------------------------------
 @router.get("/sources", response_class=HTMLResponse)
 def sources_page(request: Request, caller: Caller = Depends(signed_in)):
-    state = state_of(request)
-    with state.lock:
-        sources = list_sources(state.store)
-    return render(request, "sources.html", caller, sources=sources)
+    return render(request, "sources.html", caller, sources=visible_sources(state_of(request), caller.user))
 
 
 @router.get("/sources/{name}", response_class=HTMLResponse)

@@ -50,17 +50,24 @@ def saved_cohorts(state, user) -> list[dict[str, Any]]:
                                        "ORDER BY project_id, id", list(projects))]
 
 
-def saved_cohort(state, choice: str, missing: str) -> tuple[int, str]:
-    """(project id, Circe JSON) of the cohort a form chose as ``project:cohort``; access is checked by
-    whoever uses it (the trial register, the federation hub)."""
+def saved_cohort(state, user, choice: str, missing: str) -> tuple[int, dict[str, Any]]:
+    """(project id, Circe expression) of the cohort a form chose as ``project:cohort``, if ``user`` may work
+    with it (``get_cohort``): a cohort of a project they are not a member of gets the same answer as an id
+    that does not exist, so the form tells nobody which ids exist."""
+    from mercia.governance import NotFound
+    from mercia.services.cohorts import get_cohort
+
     project_id, _, cohort_id = choice.partition(":")
     if not (project_id.isdigit() and cohort_id.isdigit()):
         raise Invalid(missing)
-    with state.lock:
-        row = state.gov.db.row("SELECT expression FROM mercia_cohort WHERE id = ? AND project_id = ?",
-                               [int(cohort_id), int(project_id)])
-    if row is None:
-        raise Invalid(f"project {project_id} has no saved cohort {cohort_id}")
+    absent = Invalid(f"project {project_id} has no saved cohort {cohort_id}")
+    try:
+        with state.lock:
+            row, _ = get_cohort(state, user, int(cohort_id))
+    except NotFound:
+        raise absent from None
+    if row["project_id"] != int(project_id):
+        raise absent
     return int(project_id), row["expression"]
 
 
@@ -94,8 +101,8 @@ def trials_page(request: Request, caller: Caller = Depends(signed_in)):
 @router.post("/trials")
 def create_trial(request: Request, caller: Caller = Depends(signed_in), form: dict = Depends(form_data)):
     state, register = _register(request)
-    project_id, expression = saved_cohort(state, form.get("cohort", ""), "choose the saved cohort that defines "
-                                                                         "eligibility")
+    project_id, expression = saved_cohort(state, caller.user, form.get("cohort", ""),
+                                          "choose the saved cohort that defines eligibility")
     with state.lock:
         target = form.get("target", "")
         trial = register.create(
@@ -197,6 +204,17 @@ def team_csv(trial_id: str, request: Request, caller: Caller = Depends(signed_in
         rows = register.team(caller.user, trial_id, ended=True)
     return Response(delegation_log_csv(rows), media_type="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{trial_id}-delegation-log.csv"'})
+
+
+@router.post("/trials/{trial_id}/worklist/run")
+def run_worklist(trial_id: str, request: Request, caller: Caller = Depends(signed_in), form: dict = Depends(form_data)):
+    from mercia.trials.prescreen import rerun_eligibility
+
+    state, register = _register(request)
+    site = form.get("site", "")
+    with state.lock:
+        run = rerun_eligibility(register, caller.user, trial_id, site)
+    return _to_worklist(trial_id, site, f"Eligibility run again: {run['persons']} people meet the criteria")
 
 
 @router.post("/trials/{trial_id}/participants/{person_id}/status")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import lxml.html
 import pytest
 
+from mercia.governance import Role
 from tests.api.api_world import FUTURE, GI_BLEED, PASSWORD, PUBLIC_TEXT, circe
 
 
@@ -342,11 +344,52 @@ def test_small_counts_are_redacted_in_exports(world):
 def test_sources(world):
     h = world.login("res")
     sources = world.client.get("/api/v1/sources", headers=h).json()
-    assert sources[0]["name"] == "OMOP CDM store" and sources[0]["records_loaded"] > 0
+    assert sources[0]["name"] == "OMOP CDM store" and sources[0]["records_loaded"] is None
+    assert world.client.get("/api/v1/sources", headers=world.login("dm")).json()[0]["records_loaded"] > 0
     assert world.client.get("/api/v1/sources/OMOP%20CDM%20store", headers=h).status_code == 403
     detail = world.client.get("/api/v1/sources/OMOP%20CDM%20store", headers=world.login("dm")).json()
     assert detail["row_counts"]["person"] == 40 and detail["load_history"] == []
     assert world.client.get("/api/v1/sources/elsewhere", headers=world.login("admin")).status_code == 404
+
+
+def test_load_counts_are_shown_to_the_sources_data_managers_and_governance_only(world):
+    """Opt-out withholdings are small numbers about real people: a researcher, and RR8's data manager for RRK,
+    see each organisation's name, ODS code and last load, and no counts; on the API and the page."""
+    from mercia.services.sources import register_organisation
+
+    store = world.client.app.state.mercia.store
+    for code, name in (("RRK", "University Hospitals Birmingham"), ("RR8", "Leeds Teaching Hospitals")):
+        register_organisation(store, code, name)
+        store.execute("INSERT INTO mercia_load (load_id, org, extract, reader, loaded_at, records_read, records_loaded, "
+                      "records_unchanged, records_rejected, records_withheld) VALUES (?, ?, 'x.ndjson', 'fhir', "
+                      "TIMESTAMP '2026-11-02 09:30:00', 120, 110, 0, 7, 3)", [ord(code[-1]), code])
+    world.people["dm_rr8"] = world.gov.create_user("dm_rr8", "Dm Rr8", None, [(Role.DATA_MANAGER, "RR8")])
+    shown = {"loads": 1, "records_loaded": 110, "records_rejected": 7, "records_withheld": 3}
+    hidden = dict.fromkeys(shown)
+
+    def listed(username):
+        return {s["name"]: s for s in world.client.get("/api/v1/sources", headers=world.login(username)).json()}
+
+    for username, counted in (("res", set()), ("dm_rr8", {"RR8"}), ("dm", set()), ("govo", {"RRK", "RR8"}),
+                              ("admin", {"RRK", "RR8"})):
+        sources = listed(username)
+        assert sources["RRK"]["title"] == "University Hospitals Birmingham", username
+        assert sources["RRK"]["last_loaded"].startswith("2026-11-02"), username
+        for org in ("RRK", "RR8"):
+            counts = {k: None if sources[org][k] is None else int(sources[org][k]) for k in shown}
+            assert counts == (shown if org in counted else hidden), (username, org)
+
+    def page(username):
+        token, _ = world.gov.start_session(world.people[username])
+        world.client.cookies.set("mercia_session", token)
+        rows = {}
+        for row in lxml.html.fromstring(world.client.get("/sources").text).xpath("//tbody/tr"):
+            cells = [c.text_content().strip() for c in row.xpath("td")]
+            rows[cells[1]] = cells[2:]
+        return rows
+
+    assert page("dm_rr8") == {"RR8": ["1", "2026-11-02 09:30", "110", "7"], "RRK": ["–", "2026-11-02 09:30", "–", "–"]}
+    assert page("govo")["RRK"] == ["1", "2026-11-02 09:30", "110", "7"]
 
 
 def test_audit_records_and_filters(world):

@@ -124,7 +124,7 @@ def test_characterisation_on_spark_equals_duckdbs(worlds):
 
 def test_sources_are_read_from_spark(worlds):
     world = worlds["spark"]
-    sources = world.client.get("/api/v1/sources", headers=world.login("res")).json()
+    sources = world.client.get("/api/v1/sources", headers=world.login("dm")).json()
     assert sources[0]["name"] == "OMOP CDM store" and sources[0]["records_loaded"] > 0
     detail = world.client.get("/api/v1/sources/OMOP%20CDM%20store", headers=world.login("dm"))
     assert detail.status_code == 200, detail.text

@@ -216,6 +216,19 @@ def test_audit_chain_detects_deletion(gov, people):
     assert not bad.ok and bad.first_bad_seq == 3 and "missing" in bad.problem
 
 
+def test_audit_search_takes_percent_and_underscore_literally(gov):
+    """On each engine: ``%`` and ``_`` typed into the search are characters, not LIKE's wildcards."""
+    gov.audit.record("dm", "crf.export", "crf:heart", format="flat_csv")
+    gov.audit.record("dm", "crf.export", "crf:he_rt", format="flat_csv")
+    gov.audit.record("dm", "cohort.run", "cohort:7", note="100% of rows")
+    assert [e["target"] for e in gov.audit.search(text="he_rt")] == ["crf:he_rt"]
+    assert [e["target"] for e in gov.audit.search(text="HE_RT")] == ["crf:he_rt"]
+    assert [e["target"] for e in gov.audit.search(text="100%")] == ["cohort:7"]
+    assert gov.audit.search(text="%") == gov.audit.search(text="100%")
+    assert gov.audit.search(text="h_art") == [] and gov.audit.search(text="crf:%") == []
+    assert gov.audit.search(text="!") == []
+
+
 @pytest.mark.parametrize("engine", ["postgres"])  # DuckDB has no triggers: the hash chain protects it
 def test_audit_is_append_only_on_postgres(gov, people):
     with pytest.raises(Exception, match="append-only"):

@@ -132,3 +132,16 @@ def test_score_command_imports_only_what_it_uses(tmp_path):
     assert not loaded & {"mercia.cohorts", "mercia.synth", "mercia.governance", "mercia.web", "mercia.demo",
                          "mercia.trials", "pandas"}
     assert (tmp_path / "out.csv").exists()
+
+
+def test_score_command_writes_text_that_looks_like_a_formula_as_text(tmp_path):
+    _write(tmp_path / "in.csv", ["id", "MO", "SC", "UA", "PD", "AD"],
+           [["=HYPERLINK(\"http://x\",\"y\")", 5, 5, 5, 5, 5], ["p2", "@SUM(A1)", 1, 1, 1, 1]])
+    result = runner.invoke(app, ["proms", "score", "--instrument", "eq5d5l", "--value-set", "england_2018",
+                                 "--in", str(tmp_path / "in.csv"), "--out", str(tmp_path / "out.csv")])
+    assert result.exit_code == 1
+    out = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert [(r["id"], r["MO"], r["index"]) for r in out] == [("'=HYPERLINK(\"http://x\",\"y\")", "5", "-0.285"),
+                                                            ("p2", "'@SUM(A1)", "")]
+    rejected = list(csv.DictReader((tmp_path / "out.rejected.csv").open()))
+    assert [(r["id"], r["field"], r["value"]) for r in rejected] == [("p2", "MO", "'@SUM(A1)")]

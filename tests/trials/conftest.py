@@ -13,6 +13,7 @@ import pytest
 from mercia.cdm.extensions import ensure_extension_tables
 from mercia.governance import Governance, Role
 from mercia.privacy.pseudonym import Pseudonymiser
+from mercia.trials.prescreen import rerun_eligibility
 from mercia.trials.randomise import KeyedStream
 from mercia.trials.recruitment import Recruitment
 from mercia.trials.register import TrialRegister, TrialRole
@@ -117,6 +118,7 @@ def fill_world(store, method: str = "minimisation", blinded: bool = True) -> tup
                              ("gp_a", TrialRole.CARE_TEAM, SITE_A), ("gp_b", TrialRole.CARE_TEAM, SITE_B),
                              ("stats", TrialRole.STATISTICIAN, ""), ("pharm", TrialRole.UNBLINDED_PHARMACIST, SITE_A)):
         register.grant(people["manager"], "ISRCTN12345678", people[name].id, role, site)
+    rerun_eligibility(register, people["nurse_a"], "ISRCTN12345678", SITE_A)
     return people, project
 
 

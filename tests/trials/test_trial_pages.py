@@ -67,6 +67,25 @@ def test_trial_pages_by_role(web):
     assert client.get(f"/trials/{T}/worklist", params={"site": SITE_A}).status_code == 404
 
 
+def test_the_worklist_page_says_when_eligibility_was_last_run_and_reruns_it_only_by_a_post(web_world):
+    client, sign_in, world = web_world
+    csrf = sign_in("nurse_a")
+    before = world.register.trial(T).eligibility_run_at
+    page = client.get(f"/trials/{T}/worklist", params={"site": SITE_A})
+    assert f"Eligibility last run {before[:10]} {before[11:16]} UTC by nurse_a" in page.text
+    assert world.register.trial(T).eligibility_run_at == before
+    assert client.post(f"/trials/{T}/worklist/run", data={"site": SITE_A, "csrf_token": "wrong"}).status_code == 403
+    assert world.register.trial(T).eligibility_run_at == before
+    ran = client.post(f"/trials/{T}/worklist/run", data={"site": SITE_A, "csrf_token": csrf}, follow_redirects=False)
+    assert ran.status_code == 303 and ran.headers["location"].startswith(f"/trials/{T}/worklist?site={SITE_A}")
+    after = world.register.trial(T).eligibility_run_at
+    assert after > before and "Eligibility run again" in client.get(ran.headers["location"]).text
+    assert world.gov.audit.search(action="trial.eligibility.run")[0]["actor"] == "nurse_a"
+    sign_in("gp_b")
+    assert client.post(f"/trials/{T}/worklist/run", data={"site": SITE_A, "csrf_token": sign_in("gp_b")}
+                       ).status_code == 403
+
+
 def test_the_trial_page_says_why_a_pool_a_few_from_the_last_one_is_hidden(web_world):
     """Site A's pool is 39; after a dissent the page would show 38 beside the 39 the statistician saw."""
     from mercia.trials.prescreen import record_dissent
@@ -111,6 +130,25 @@ def test_create_recruit_randomise_and_consort_through_forms(web):
     sign_in("manager")
     svg = client.get("/trials/IRAS4242/consort.svg")
     assert svg.status_code == 200 and b"Randomised (n=1)" in svg.content
+
+
+def test_the_cohort_picker_tells_a_non_member_nothing_about_which_cohort_ids_exist(web_world):
+    """stats is no member of the project holding cohort 1: choosing it reads as choosing one that does not
+    exist (before, the register's project refusal said it did)."""
+    client, sign_in, world = web_world
+    form = {"trial_id": "IRAS4242", "title": "Web trial", "sponsor": "S", "chief_investigator": "C", "sites": SITE_A,
+            "target": "20", "opens_on": "2026-01-01", "closes_on": "2030-12-31", "method": "simple",
+            "arms": "drug, placebo"}
+    csrf = sign_in("stats")
+    pages = set()
+    for project, cohort in ((world.project, 1), (world.project, 99), (99, 1), (world.project, 2**64)):
+        message = f"project {project} has no saved cohort {cohort}"
+        refused = client.post("/trials", data={**form, "csrf_token": csrf, "cohort": f"{project}:{cohort}"})
+        assert refused.status_code == 400 and message in refused.text
+        pages.add(refused.text.replace(message, ""))
+    assert len(pages) == 1
+    assert client.post("/trials", data={**form, "csrf_token": sign_in("manager"), "cohort": f"{world.project}:1"},
+                       follow_redirects=False).status_code == 303
 
 
 def _open_duplicate(web_world) -> int:

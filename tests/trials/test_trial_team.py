@@ -535,3 +535,11 @@ def test_cli_signs_off_a_role_with_the_signers_password(world, monkeypatch):
     [nurse] = [r for r in orjson.loads(cli("team", "--trial", T, "--json", "--as", "stats").stdout)
                if r["username"] == "nurse_a"]
     assert (nurse["signed_by"], nurse["signature_meaning"]) == ("pi_a", MEANING)
+
+
+def test_the_delegation_log_csv_writes_an_end_reason_that_looks_like_a_formula_as_text(world):
+    p, register = world.people, world.register
+    register.revoke(p["manager"], T, p["gp_a"].id, TrialRole.CARE_TEAM, SITE_A, "=HYPERLINK(\"http://x\",\"y\")")
+    [row] = [r for r in csv.DictReader(io.StringIO(delegation_log_csv(register.team(p["manager"], T, ended=True))))
+             if r["username"] == "gp_a"]
+    assert row["end_reason"] == "'=HYPERLINK(\"http://x\",\"y\")" and row["role"] == "care_team"

@@ -27,6 +27,23 @@ def api(store, monkeypatch):
         yield client, world, as_user
 
 
+def test_a_worklist_get_reads_the_last_run_and_the_rerun_is_a_post(api):
+    """GET runs nothing (the trial's eligibility_run_at stays); POST .../worklist/run reruns the cohort for
+    whoever may read the site's worklist, audited; others are refused as the worklist refuses them."""
+    client, world, as_user = api
+    base, nurse = f"/api/v1/trials/{T}", as_user("nurse_a")
+    before = client.get(base, headers=nurse).json()["eligibility_run_at"]
+    assert before and client.get(f"{base}/worklist", params={"site": SITE_A}, headers=nurse).status_code == 200
+    assert client.get(base, headers=nurse).json()["eligibility_run_at"] == before
+    assert client.post(f"{base}/worklist/run", params={"site": SITE_A}, headers=as_user("researcher")).status_code == 404
+    assert client.post(f"{base}/worklist/run", params={"site": "A81002"}, headers=nurse).status_code == 403
+    assert client.get(base, headers=nurse).json()["eligibility_run_at"] == before
+    run = client.post(f"{base}/worklist/run", params={"site": SITE_A}, headers=nurse)
+    assert run.status_code == 200 and run.json()["run_by"] == "nurse_a" and run.json()["persons"] >= 60
+    assert client.get(base, headers=nurse).json()["eligibility_run_at"] == run.json()["run_at"] != before
+    assert world.gov.audit.search(action="trial.eligibility.run")[0]["actor"] == "nurse_a"
+
+
 def test_trial_routes_follow_the_rules(api):
     client, world, as_user = api
     base = f"/api/v1/trials/{T}"

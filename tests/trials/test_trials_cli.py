@@ -97,6 +97,19 @@ def test_trial_journey_from_the_command_line(tmp_path, monkeypatch):
     assert plain.exit_code == 0 and f"Hidden beside your earlier answers: {SITE_A}." in plain.output
 
 
+def test_the_screening_log_csv_writes_a_reason_that_looks_like_a_formula_as_text(tmp_path):
+    path = tmp_path / "cdm.duckdb"
+    store = Store(str(path))
+    store.init_schema()
+    world = make_world(store)
+    world.recruitment.record(world.people["nurse_a"], T, 7, "declined", site=SITE_A, reason="-2+3+cmd|' /C calc'!A0")
+    store.close()
+    log = _cli("screening-log", "--trial", T, "--out", str(tmp_path / "log.csv"), "--db", str(path), "--as", "manager")
+    assert log.exit_code == 0, log.output
+    [row] = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert (row["person_id"], row["status"], row["reason"]) == ("7", "declined", "'-2+3+cmd|' /C calc'!A0")
+
+
 def _two_randomised(tmp_path, link_as_one_human: bool = False):
     """A DuckDB file holding the trial world with persons 13 and 14 randomised (their link records made one
     human's, where asked); returns its path and the world."""

@@ -143,7 +143,7 @@ def test_feasibility_raw_monthly_counts(world):
     from mercia.trials.feasibility import eligible_counts
 
     trial = world.register.trial(T)
-    run_eligibility(world.store, trial)
+    run_eligibility(world.store, trial, "stats")
     monthly, pool = eligible_counts(world.register, trial, date(2026, 6, 30), 6)
     by = {(r["site"], r["month"]): r["count_new"] for r in monthly}
     assert by[(SITE_A, "2021-01")] == 1 and by[(SITE_B, "2024-05")] == 1 and by[(SITE_A, "2024-05")] == 0
@@ -192,10 +192,12 @@ def test_an_opt_out_purge_deletes_pre_screening_candidates_but_not_consented_tri
         world.recruitment.record(nurse, T, 7, "approached", site=SITE_A)
 
 
-def test_newly_eligible_since_picks_up_new_data(world):
+def test_reading_a_worklist_runs_nothing_and_a_rerun_picks_up_new_data(world):
+    """A worklist is read as the eligibility cohort's last run found it; data loaded since count once someone
+    who may read the site's worklist runs it again (audited, and the trial says when and by whom)."""
     import pyarrow as pa
 
-    worklist(world.register, world.people["nurse_a"], T, SITE_A)
+    nurse = world.people["nurse_a"]
     world.store.execute("UPDATE mercia_trial_candidate SET first_seen = '2020-01-01'")
     add_person(world, 61)
     world.store.insert_arrow("observation_period", pa.table({
@@ -204,8 +206,26 @@ def test_newly_eligible_since_picks_up_new_data(world):
     world.store.insert_arrow("condition_occurrence", pa.table({
         "condition_occurrence_id": [61], "person_id": [61], "condition_concept_id": [201826],
         "condition_start_date": [date(2026, 1, 5)], "condition_type_concept_id": [32020]}))
-    new = worklist(world.register, world.people["nurse_a"], T, SITE_A, since=(date.today() - timedelta(days=7)).isoformat())
-    assert [r["person_id"] for r in new] == [61]
+    since = (date.today() - timedelta(days=7)).isoformat()
+    assert worklist(world.register, nurse, T, SITE_A, since=since) == []
+    before = world.register.trial(T).eligibility_run_at
+    worklist(world.register, nurse, T, SITE_A)
+    assert world.register.trial(T).eligibility_run_at == before
+
+    from mercia.trials.prescreen import rerun_eligibility
+
+    with pytest.raises(NotFound):
+        rerun_eligibility(world.register, world.people["researcher"], T, SITE_A)
+    with pytest.raises(Forbidden):
+        rerun_eligibility(world.register, world.people["gp_b"], T, SITE_A)
+    run = rerun_eligibility(world.register, nurse, T, SITE_A)
+    trial = world.register.trial(T)
+    assert (run["run_at"], run["run_by"]) == (trial.eligibility_run_at, trial.eligibility_run_by) != (before, None)
+    assert run["run_by"] == "nurse_a" and run["persons"] >= 60
+    assert [r["person_id"] for r in worklist(world.register, nurse, T, SITE_A, since=since)] == [61]
+    entry = world.gov.audit.search(action="trial.eligibility.run")[0]
+    assert (entry["actor"], entry["target"], entry["detail"]["persons"]) == ("nurse_a", f"trial:{T}/site:{SITE_A}",
+                                                                             run["persons"])
 
 
 def test_reidentification_only_for_the_care_team_at_the_patients_own_organisation(world, store_factory, engine):

@@ -186,18 +186,22 @@ def export(study: str, request: Request, format: Literal["odm", "flat", "redcap"
            history: bool = Query(False, description="ODM only: every change with its audit record (transactional)"),
            set_aside: bool = Query(False, description="the records set aside as duplicate randomisations instead "
                                                       "of the participants"),
+           include_identifiers: bool = Query(False, description="the fields the dictionary flags as identifiers "
+                                                                "too (left out by default; data managers only)"),
            user: User = Depends(current_user)) -> StreamingResponse:
     from mercia.trials.crf.export import write_csv, write_odm
 
     crf = _crf(request)
     spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024)   # spills to disk beyond 16 MB
     if format == "odm":
-        write_odm(crf, user, study, spool, history=history, set_aside=set_aside)
+        write_odm(crf, user, study, spool, history=history, set_aside=set_aside,
+                  include_identifiers=include_identifiers)
     else:
         import io
 
         text = io.TextIOWrapper(spool, encoding="utf-8", newline="", write_through=True)
-        write_csv(crf, user, study, text, redcap=format == "redcap", set_aside=set_aside)
+        write_csv(crf, user, study, text, redcap=format == "redcap", set_aside=set_aside,
+                  include_identifiers=include_identifiers)
         text.detach()
     spool.seek(0)
 

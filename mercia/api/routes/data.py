@@ -14,17 +14,16 @@ from mercia.governance import User
 from mercia.services import exportable
 from mercia.services.exportable import EXPORTABLE, view_export
 from mercia.services.loads import start_load
-from mercia.services.sources import list_sources, view_source
+from mercia.services.sources import view_source, visible_sources
 from mercia.services.state import state_of
 
 router = APIRouter(route_class=ParsedOffLoop)
 
 
-@router.get("/sources", tags=["sources"], summary="Data sources and their load totals")
+@router.get("/sources", tags=["sources"], summary="Data sources; their load totals for their data managers "
+                                                    "and governance")
 def sources(request: Request, user: User = Depends(current_user)) -> list[dict[str, Any]]:
-    state = state_of(request)
-    with state.lock:
-        return list_sources(state.store)
+    return visible_sources(state_of(request), user)
 
 
 @router.get("/sources/{name}", tags=["sources"],
@@ -99,6 +98,8 @@ def export_csv(content: dict[str, Any]) -> str:
     import csv
     import io
 
+    from mercia.privacy.spreadsheet import inert_rows
+
     out = io.StringIO()
     writer = csv.writer(out)
     for table in content["tables"]:
@@ -106,7 +107,7 @@ def export_csv(content: dict[str, Any]) -> str:
         names = [c["name"] for c in table["columns"]]
         writer.writerow([f"# {table['title']}"])
         writer.writerow(names)
-        for i, row in enumerate(table["rows"]):
-            writer.writerow([table["redacted_marker"] if (i, n) in hidden else row.get(n) for n in names])
+        writer.writerows(inert_rows([table["redacted_marker"] if (i, n) in hidden else row.get(n) for n in names]
+                                    for i, row in enumerate(table["rows"])))
         writer.writerow([])
     return out.getvalue()

@@ -195,7 +195,8 @@ def get_feasibility(trial_id: str, request: Request, years: int = Query(10, ge=1
                            horizon=horizon, as_of=as_of).to_json_dict()
 
 
-@router.get("/{trial_id}/worklist", summary="A site's pseudonymous pre-screening worklist")
+@router.get("/{trial_id}/worklist", summary="A site's pseudonymous pre-screening worklist, as the eligibility "
+                                         "cohort's last run found it (the trial's eligibility_run_at)")
 def get_worklist(trial_id: str, request: Request, site: str = Query(..., max_length=20),
                  since: str | None = Query(None, pattern=DATE), user: User = Depends(current_user)
                  ) -> list[dict[str, Any]]:
@@ -204,6 +205,17 @@ def get_worklist(trial_id: str, request: Request, site: str = Query(..., max_len
     state, register, _ = _services(request)
     with state.lock:
         return worklist(register, user, trial_id, site, since=since)
+
+
+@router.post("/{trial_id}/worklist/run", summary="Run the eligibility cohort again so newly loaded data count "
+                                                 "(whoever may read the site's worklist; audited)")
+def run_worklist(trial_id: str, request: Request, site: str = Query(..., max_length=20),
+                 user: User = Depends(current_user)) -> dict[str, Any]:
+    from mercia.trials.prescreen import rerun_eligibility
+
+    state, register, _ = _services(request)
+    with state.lock:
+        return rerun_eligibility(register, user, trial_id, site)
 
 
 @router.post("/{trial_id}/participants/{person_id}/status", summary="Record a recruitment status")

@@ -205,8 +205,11 @@ def export(study: str, out: Path = typer.Option(..., "--out"),
                                                                   "(a transactional file), not the current values"),
            set_aside: bool = typer.Option(False, "--set-aside", help="the records set aside as duplicate "
                                                                       "randomisations instead of the participants"),
+           include_identifiers: bool = typer.Option(False, "--include-identifiers", help="the fields the dictionary "
+                                                    "flags as identifiers too (data managers only)"),
            user: str = USER, db: DbOption = None) -> None:
-    """Export the study's data (streamed): CDISC ODM 1.3.2, flat CSV or REDCap-compatible CSV."""
+    """Export the study's data (streamed): CDISC ODM 1.3.2, flat CSV or REDCap-compatible CSV; identifier fields
+    only with --include-identifiers."""
     from mercia.trials.crf.export import write_csv, write_odm
 
     if format not in ("odm", "flat", "redcap"):
@@ -214,11 +217,13 @@ def export(study: str, out: Path = typer.Option(..., "--out"),
     crf, actor = _session(db, user)
     if format == "odm":
         with out.open("wb") as f:
-            n = _run(lambda: write_odm(crf, actor, study, f, history=history, set_aside=set_aside))
+            n = _run(lambda: write_odm(crf, actor, study, f, history=history, set_aside=set_aside,
+                                       include_identifiers=include_identifiers))
         typer.echo(f"{n} item values -> {out}")
     else:
         with out.open("w", newline="", encoding="utf-8") as f:
-            n = _run(lambda: write_csv(crf, actor, study, f, redcap=format == "redcap", set_aside=set_aside))
+            n = _run(lambda: write_csv(crf, actor, study, f, redcap=format == "redcap", set_aside=set_aside,
+                                       include_identifiers=include_identifiers))
         typer.echo(f"{n} participant-event rows -> {out}")
 
 

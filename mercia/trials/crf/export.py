@@ -1,5 +1,9 @@
 """Streaming exports of a study: flat CSV, REDCap-compatible CSV and CDISC ODM 1.3.2 XML.
 
+Fields the data dictionary flags as identifiers (REDCap's "Identifier?") are left out unless asked for
+(``include_identifiers``), as REDCap's de-identified export does; only the study's data managers may ask,
+and the export's audit entry says so.
+
 Participants are read in batches (keyset on record id) and the EAV values are pivoted per batch in
 SQL, so 20,000 participants x 200 fields pass through in bounded memory; ODM is written participant
 by participant.  Records set aside as duplicate randomisations (the same human counted in another record)
@@ -21,6 +25,7 @@ import pyarrow.compute as pc
 from lxml import etree
 
 from mercia.governance import User
+from mercia.privacy.spreadsheet import inert_text
 from mercia.trials.crf.dictionary import Field, checkbox_code_column
 from mercia.trials.crf.service import CrfService, FormStatus, Study, StudyRole
 
@@ -56,14 +61,35 @@ _LIVE = ("NOT EXISTS (SELECT 1 FROM mercia_crf_form f WHERE f.study_id = v.study
          "AND f.event_name = v.event_name AND f.form_name = v.form_name AND f.deleted)")
 
 
-def _columns(study: Study) -> list[tuple[Field, str]]:
-    return [(f, c) for f in study.dictionary.fields for c in f.export_columns()]
+def _exported_fields(study: Study, include_identifiers: bool) -> list[Field]:
+    """The dictionary's fields an export holds: identifier fields only when asked for (the record id always)."""
+    d = study.dictionary
+    return [f for f in d.fields if include_identifiers or not f.is_identifier or f.name == d.record_id_field]
 
 
-def _wide(service: CrfService, study: Study, columns: list[str], batch: int, set_aside: bool
-          ) -> Iterator[tuple[list[tuple[str, str, str]], np.ndarray]]:
+def _columns(study: Study, include_identifiers: bool) -> list[tuple[Field, str]]:
+    return [(f, c) for f in _exported_fields(study, include_identifiers) for c in f.export_columns()]
+
+
+def _require_exporter(service: CrfService, actor: User, study: Study, include_identifiers: bool) -> None:
+    """Data managers and monitors export; identifier fields only to data managers (a refusal is audited)."""
+    if include_identifiers:
+        service.require(actor, study, StudyRole.DATA_MANAGER)
+    else:
+        service.require(actor, study, StudyRole.DATA_MANAGER, StudyRole.MONITOR)
+
+
+def _free_text(f: Field, column: str) -> bool:
+    """Whether a column holds text typed by a person (a participant, on a survey): what a spreadsheet must
+    not run as a formula.  Numbers, dates and choice codes are checked against the dictionary when saved."""
+    return f.field_type in ("text", "notes") and _data_type(f, column) == "text"
+
+
+def _wide(service: CrfService, study: Study, columns: list[str], free_text: np.ndarray, batch: int,
+          set_aside: bool) -> Iterator[tuple[list[tuple[str, str, str]], np.ndarray]]:
     """Per batch of participants: the (record_id, arm, event) of each participant-event with data, in
-    record and schedule order, and a text grid of their values (one column per export column).
+    record and schedule order, and a text grid of their values (one column per export column), the
+    ``free_text`` columns' values made inert for spreadsheets.
     The EAV rows are pivoted with Arrow and numpy, not row by row."""
     events = [e["event_name"] for e in service.events(study)]
     for ids in _record_batches(service, study, batch, set_aside):
@@ -79,7 +105,8 @@ def _wide(service: CrfService, study: Study, columns: list[str], batch: int, set
         keys, row_index = np.unique(record_index * len(events) + event_index, return_inverse=True)
         grid = np.full((len(keys), len(columns)), "", dtype=object)
         known = column_index >= 0
-        grid[row_index[known], column_index[known]] = long.column(3).to_numpy(zero_copy_only=False)[known]
+        values = pc.if_else(pa.array(known & free_text[column_index]), inert_text(long.column(3)), long.column(3))
+        grid[row_index[known], column_index[known]] = values.to_numpy(zero_copy_only=False)[known]
         arms = dict(service.db.store.query(
             "SELECT record_id, arm FROM mercia_crf_participant WHERE study_id = ? AND record_id BETWEEN ? AND ?",
             [study.id, ids[0], ids[-1]]))
@@ -94,13 +121,14 @@ def _form_status(service: CrfService, study: Study, ids: list[str]) -> dict[tupl
 
 
 def write_csv(service: CrfService, actor: User, study_name: str, out: IO[str], redcap: bool = False,
-              batch: int = BATCH, set_aside: bool = False) -> int:
+              batch: int = BATCH, set_aside: bool = False, include_identifiers: bool = False) -> int:
     """One row per participant-event.  ``redcap``: REDCap's record export layout (``redcap_event_name``,
     checkbox columns ``field___code``, a ``<form>_complete`` status 0/1/2 after each form's fields).
-    ``set_aside``: the records set aside as duplicate randomisations instead of the participants."""
+    ``set_aside``: the records set aside as duplicate randomisations instead of the participants.
+    ``include_identifiers``: the identifier fields too (data managers only)."""
     study = service.study(study_name)
-    service.require(actor, study, StudyRole.DATA_MANAGER, StudyRole.MONITOR)
-    columns = _columns(study)
+    _require_exporter(service, actor, study, include_identifiers)
+    columns = _columns(study, include_identifiers)
     names = [c for _, c in columns]
     writer = csv.writer(out, lineterminator="\n")
     if redcap:
@@ -117,7 +145,8 @@ def write_csv(service: CrfService, actor: User, study_name: str, out: IO[str], r
     record_column = names.index(study.dictionary.record_id_field)
     kept = [i for i in range(len(names)) if i != record_column]
     count = 0
-    for keys, grid in _wide(service, study, names, batch, set_aside):
+    free_text = np.array([_free_text(f, c) for f, c in columns], dtype=bool)
+    for keys, grid in _wide(service, study, names, free_text, batch, set_aside):
         if redcap:
             statuses = _form_status(service, study, sorted({k[0] for k in keys}))
             cells = np.empty((len(keys), len(layout)), dtype=object)
@@ -131,7 +160,8 @@ def write_csv(service: CrfService, actor: User, study_name: str, out: IO[str], r
         writer.writerows(first + rest for first, rest in zip(lead, cells.tolist(), strict=True))
         count += len(keys)
     service.gov.audit.record(actor.username, "crf.export", f"crf:{study.name}",
-                             format="redcap_csv" if redcap else "flat_csv", rows=count, set_aside=set_aside)
+                             format="redcap_csv" if redcap else "flat_csv", rows=count, set_aside=set_aside,
+                             include_identifiers=include_identifiers)
     return count
 
 
@@ -165,7 +195,7 @@ def _translated(tag: str, text: str) -> etree._Element:
     return wrapper
 
 
-def _metadata(study: Study, events: list[dict[str, Any]]) -> etree._Element:
+def _metadata(study: Study, events: list[dict[str, Any]], fields: list[Field]) -> etree._Element:
     d = study.dictionary
     mdv = etree.Element("MetaDataVersion", OID=f"MDV.{study.dictionary_version}",
                         Name=f"{study.name} data dictionary version {study.dictionary_version}")
@@ -183,17 +213,17 @@ def _metadata(study: Study, events: list[dict[str, Any]]) -> etree._Element:
         etree.SubElement(fd, "ItemGroupRef", ItemGroupOID=f"IG.{form}", Mandatory="Yes")
     for form in d.forms:
         ig = etree.SubElement(mdv, "ItemGroupDef", OID=f"IG.{form}", Name=form, Repeating="No")
-        for f in d.form_fields(form):
+        for f in (f for f in fields if f.form == form):
             for column in f.export_columns():
                 etree.SubElement(ig, "ItemRef", ItemOID=f"I.{column}", Mandatory="Yes" if f.is_required else "No")
-    for f in d.fields:
+    for f in fields:
         for column in f.export_columns():
             item = etree.SubElement(mdv, "ItemDef", OID=f"I.{column}", Name=column, DataType=_data_type(f, column))
             label = f.label if f.field_type != "checkbox" else f"{f.label}: {_checkbox_label(f, column)}"
             item.append(_translated("Question", label))
             if f.field_type in ("dropdown", "radio", "yesno", "truefalse"):
                 etree.SubElement(item, "CodeListRef", CodeListOID=f"CL.{f.name}")
-    for f in d.fields:
+    for f in fields:
         if f.field_type in ("dropdown", "radio", "yesno", "truefalse"):
             code_list = etree.SubElement(mdv, "CodeList", OID=f"CL.{f.name}", Name=f.name, DataType="text")
             for code, label in f.choices.items():
@@ -245,7 +275,7 @@ def _serialise(element: etree._Element) -> bytes:
 
 
 def write_odm(service: CrfService, actor: User, study_name: str, out: IO[bytes], batch: int = BATCH,
-              history: bool = False, set_aside: bool = False) -> int:
+              history: bool = False, set_aside: bool = False, include_identifiers: bool = False) -> int:
     """CDISC ODM 1.3.2: metadata, users and signature meanings, and clinical data; returns ItemData count.
 
     A snapshot (the default) gives each item's current value with its last audit record (who, when,
@@ -254,28 +284,33 @@ def write_odm(service: CrfService, actor: User, study_name: str, out: IO[bytes],
     own AuditRecord, and each soft deletion of a form as a FormData Remove with who, when and why.
     Either way everything is read in one transaction (repeatable read), so the file is one consistent
     view however long it takes to write.  ``set_aside``: the records set aside as duplicate randomisations
-    instead of the participants.
+    instead of the participants.  ``include_identifiers``: the identifier fields too (data managers only);
+    without it they are in neither the metadata nor the data nor the history.
 
     Metadata and administrative data are built with lxml; the clinical data, one participant at a time,
     are formatted directly with XML escaping (an lxml element per value was ten times slower at 4 million
     values).  Values never hold control characters (data entry refuses them), so escaping is enough."""
     study = service.study(study_name)
-    service.require(actor, study, StudyRole.DATA_MANAGER, StudyRole.MONITOR)
+    _require_exporter(service, actor, study, include_identifiers)
     store = service.db.store
     with service.db.transaction():
         store.snapshot_reads()
-        items = _write_odm(service, study, out, batch, history, set_aside)
+        items = _write_odm(service, study, out, batch, history, set_aside, include_identifiers)
         service.gov.audit.record(actor.username, "crf.export", f"crf:{study.name}", format="odm_1.3.2",
-                                 items=items, history=history, set_aside=set_aside)
+                                 items=items, history=history, set_aside=set_aside,
+                                 include_identifiers=include_identifiers)
     return items
 
 
-def _write_odm(service: CrfService, study: Study, out: IO[bytes], batch: int, history: bool, set_aside: bool) -> int:
+def _write_odm(service: CrfService, study: Study, out: IO[bytes], batch: int, history: bool, set_aside: bool,
+               include_identifiers: bool) -> int:
     events = service.events(study)
     event_order = {e["event_name"]: i for i, e in enumerate(events)}
     form_order = {f: i for i, f in enumerate(study.dictionary.forms)}
-    field_order = {c: i for i, (_, c) in enumerate(_columns(study))}
-    by_column = {c: f for f, c in _columns(study)}
+    columns = _columns(study, include_identifiers)
+    field_order = {c: i for i, (_, c) in enumerate(columns)}
+    by_column = {c: f for f, c in columns}
+    left_out = [c for f, c in _columns(study, True) if c not in by_column]
     meanings = [r[0] for r in service.db.store.query(
         "SELECT DISTINCT signature_meaning FROM mercia_crf_form WHERE study_id = ? AND signature_meaning IS NOT NULL "
         "ORDER BY 1", [study.id])]
@@ -285,7 +320,7 @@ def _write_odm(service: CrfService, study: Study, out: IO[bytes], batch: int, hi
     globals_el.append(_text("StudyName", study.name))
     globals_el.append(_text("StudyDescription", study.title))
     globals_el.append(_text("ProtocolName", study.name))
-    study_el.append(_metadata(study, events))
+    study_el.append(_metadata(study, events, _exported_fields(study, include_identifiers)))
     out.write(b'<?xml version="1.0" encoding="UTF-8"?>\n')
     out.write(f'<ODM xmlns="{ODM_NS}" FileType="{"Transactional" if history else "Snapshot"}" Granularity="All" FileOID="{_attr(f"mercia.{study.name}.{created}")}" '
               f'CreationDateTime="{created}" ODMVersion="1.3.2" SourceSystem="Mercia">'.encode())
@@ -297,13 +332,14 @@ def _write_odm(service: CrfService, study: Study, out: IO[bytes], batch: int, hi
     for ids in _record_batches(service, study, batch, set_aside):
         if history:
             parts = []
-            items += _history_rows(parts, _changes(service, study, ids), event_order, form_order, by_column)
+            items += _history_rows(parts, _changes(service, study, ids, left_out), event_order, form_order, by_column)
             out.write("".join(parts).encode())
             continue
         rows = service.db.store.query(
             f"SELECT v.record_id, v.event_name, v.form_name, v.field_name, v.value, v.saved_by, v.saved_at, "
             f"v.reason, v.audit_seq FROM mercia_crf_value v WHERE v.study_id = ? AND v.value <> '' "
-            f"AND v.record_id BETWEEN ? AND ? AND {_LIVE} AND {_exported('v', set_aside)}", [study.id, ids[0], ids[-1]])
+            f"AND v.record_id BETWEEN ? AND ? AND {_LIVE} AND {_exported('v', set_aside)}"
+            + " AND v.field_name <> ?" * len(left_out), [study.id, ids[0], ids[-1], *left_out])
         rows.sort(key=lambda r: (r[0], event_order.get(r[1], 0), form_order.get(r[2], 0), field_order.get(r[3], 0)))
         forms = {(f["record_id"], f["event_name"], f["form_name"]): f for f in service.db.rows(
             "SELECT * FROM mercia_crf_form WHERE study_id = ? AND signed_at IS NOT NULL AND record_id BETWEEN ? AND ?",
@@ -315,9 +351,11 @@ def _write_odm(service: CrfService, study: Study, out: IO[bytes], batch: int, hi
     return items
 
 
-def _changes(service: CrfService, study: Study, ids: list[str]) -> dict[tuple[str, str, str], list[dict]]:
+def _changes(service: CrfService, study: Study, ids: list[str], left_out: list[str]
+             ) -> dict[tuple[str, str, str], list[dict]]:
     """The saves and deletions of each form of a batch of participants, oldest first, from the audit log,
-    whose targets are ``crf:<study>:<record>:<event>:<form>`` (study names and record ids hold no ':')."""
+    whose targets are ``crf:<study>:<record>:<event>:<form>`` (study names and record ids hold no ':'); the
+    changes of the ``left_out`` columns are dropped (a save that changed only those leaves an empty list)."""
     prefix = f"crf:{study.name}:"
     in_study, in_study_params = service.db.store.prefix_match("target", prefix)
     found: dict[tuple[str, str, str], list[dict]] = {}
@@ -326,8 +364,10 @@ def _changes(service: CrfService, study: Study, ids: list[str]) -> dict[tuple[st
             f"('crf.form.save', 'crf.form.delete') AND {in_study} AND split_part(target, ':', 3) IN "
             f"({', '.join('?' for _ in ids)}) ORDER BY seq", [*in_study_params, *ids]):
         record, event, form = target[len(prefix):].split(":")
-        found.setdefault((record, event, form), []).append(
-            {"seq": seq, "at": at, "actor": actor, "action": action, **json.loads(detail)})
+        entry = {"seq": seq, "at": at, "actor": actor, "action": action, **json.loads(detail)}
+        if "changes" in entry:
+            entry["changes"] = [c for c in entry["changes"] if c["field"] not in left_out]
+        found.setdefault((record, event, form), []).append(entry)
     return found
 
 

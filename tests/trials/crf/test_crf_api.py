@@ -87,13 +87,17 @@ def test_data_entry_round_trip_over_http(api):
     odm = client.get("/api/v1/crf/studies/heart/export?format=odm", headers=monitor)
     assert odm.status_code == 200 and b'ODMVersion="1.3.2"' in odm.content
     csv_text = client.get("/api/v1/crf/studies/heart/export?format=redcap", headers=manager).text
-    assert csv_text.startswith("record_id,redcap_event_name,")
+    assert csv_text.startswith("record_id,redcap_event_name,consent_date,")           # initials: an identifier
+    assert client.get("/api/v1/crf/studies/heart/export?format=redcap&include_identifiers=true",
+                      headers=manager).text.startswith("record_id,redcap_event_name,initials,")
+    assert client.get("/api/v1/crf/studies/heart/export?format=flat&include_identifiers=true",
+                      headers=monitor).status_code == 403
     history = client.get("/api/v1/crf/studies/heart/export?format=odm&history=true", headers=monitor)
     assert b'FileType="Transactional"' in history.content and b'TransactionType="Insert"' in history.content
     aside = client.get("/api/v1/crf/studies/heart/export?format=odm&set_aside=true", headers=monitor)
     assert b"<SubjectData" in odm.content and b"<SubjectData" not in aside.content   # no record is set aside
     trail = client.get("/api/v1/crf/studies/heart/audit", headers=monitor).json()
-    assert [e["detail"]["set_aside"] for e in trail if e["action"] == "crf.export"] == [False, False, False, True]
+    assert [e["detail"]["set_aside"] for e in trail if e["action"] == "crf.export"] == [False] * 4 + [True]
 
 
 def test_the_study_team_over_http(api):

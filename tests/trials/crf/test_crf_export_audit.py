@@ -49,9 +49,12 @@ def test_flat_and_redcap_csv(team):
     assert [(r["record_id"], r["event"]) for r in rows] == [
         ("H001", "enrolment_arm_1"), ("H001", "baseline_arm_1"), ("H002", "enrolment_arm_1")]
     assert rows[1]["weight_kg"] == "81" and rows[1]["bmi"] == "28" and rows[1]["smoking___1"] == "1"
-    assert rows[2]["email"] == "p2@example.org" and rows[2]["weight_kg"] == ""
+    assert rows[2]["weight_kg"] == "" and not {"initials", "email", "dob"} & set(rows[0])    # identifiers
+    with_identifiers = io.StringIO()
+    write_csv(team.crf, team.manager, "heart", with_identifiers, include_identifiers=True)
+    assert list(csv.DictReader(io.StringIO(with_identifiers.getvalue())))[2]["email"] == "p2@example.org"
     redcap = io.StringIO()
-    write_csv(team.crf, team.manager, "heart", redcap, redcap=True)
+    write_csv(team.crf, team.manager, "heart", redcap, redcap=True, include_identifiers=True)
     lines = list(csv.reader(io.StringIO(redcap.getvalue())))
     header = lines[0]
     assert header[:3] == ["record_id", "redcap_event_name", "initials"]
@@ -61,7 +64,36 @@ def test_flat_and_redcap_csv(team):
     h002 = dict(zip(header, lines[3], strict=True))
     assert h002["enrolment_complete"] == "0" and h002["demographics_complete"] == ""
     exports = team.gov.audit.search(action="crf.export")
-    assert {e["detail"]["format"] for e in exports} == {"flat_csv", "redcap_csv"}
+    assert {(e["detail"]["format"], e["detail"]["include_identifiers"]) for e in exports} == {
+        ("flat_csv", False), ("flat_csv", True), ("redcap_csv", True)}
+
+
+def test_identifier_fields_leave_every_export_unless_a_data_manager_asks(team):
+    """REDCap's de-identified export: initials, e-mail and date of birth (flagged "Identifier?") are in no
+    CSV, ODM or ODM history by default; a monitor asking for them is refused, and the refusal audited."""
+    _session(team)
+    team.crf.save_form(team.entry, "heart", "H001", "baseline_arm_1", "demographics", {"dob": "1960-05-01"},
+                       reason="dob from the notes")
+    flat, redcap = io.StringIO(), io.StringIO()
+    write_csv(team.crf, team.monitor, "heart", flat)
+    write_csv(team.crf, team.monitor, "heart", redcap, redcap=True)
+    for text in (flat.getvalue(), redcap.getvalue()):
+        assert "p2@example.org" not in text and "1960-05-01" not in text
+        assert not {"initials", "email", "dob"} & set(text.splitlines()[0].split(","))
+    for history in (False, True):
+        odm = io.BytesIO()
+        write_odm(team.crf, team.monitor, "heart", odm, history=history)
+        assert b"p2@example.org" not in odm.getvalue() and b"1960-05-01" not in odm.getvalue()
+        assert b'"I.email"' not in odm.getvalue() and b'"I.weight_kg"' in odm.getvalue()
+        odm = io.BytesIO()
+        write_odm(team.crf, team.manager, "heart", odm, history=history, include_identifiers=True)
+        assert b"p2@example.org" in odm.getvalue() and b"1960-05-01" in odm.getvalue()
+    for export in (lambda: write_csv(team.crf, team.monitor, "heart", io.StringIO(), include_identifiers=True),
+                   lambda: write_odm(team.crf, team.monitor, "heart", io.BytesIO(), include_identifiers=True)):
+        with pytest.raises(GovernanceError, match="needs the study role data_manager"):
+            export()
+    refusals = team.gov.audit.search(action="crf.refused", actor="cra_mo")
+    assert len(refusals) == 2 and refusals[0]["detail"]["needed"] == ["data_manager"]
 
 
 def test_odm_export_validates_and_carries_audit_and_signatures(team, odm_schema, tmp_path):
@@ -166,7 +198,8 @@ def test_odm_with_full_history_is_transactional_and_valid(team, odm_schema, tmp_
     assert odm_schema.validate(document), odm_schema.error_log
     assert document.getroot().get("FileType") == "Transactional"
     changes = [e for e in team.gov.audit.search(action="crf.form.save")]
-    assert items == sum(len(e["detail"]["changes"]) for e in changes) == len(document.findall(f".//{ODM}ItemData"))
+    assert items == sum(c["field"] not in ("initials", "email", "dob") for e in changes for c in e["detail"]["changes"]
+                        ) == len(document.findall(f".//{ODM}ItemData"))
     weights = document.findall(f".//{ODM}ItemData[@ItemOID='I.weight_kg']")
     assert [(w.get("TransactionType"), w.get("Value")) for w in weights] == [("Insert", "80"), ("Update", "81")]
     assert weights[1].findtext(f"{ODM}AuditRecord/{ODM}ReasonForChange") == "re-weighed"
@@ -194,3 +227,26 @@ def test_an_underscore_in_a_study_name_is_not_a_wildcard(team, tmp_path):
         assert write_odm(team.crf, other, "he_rt", f, history=True) == 0
     assert b"nurse_ed" not in path.read_bytes() and b"dr_pi" not in path.read_bytes()
     assert len(team.crf.audit_trail(team.monitor, "heart", "H001")) > 1      # heart's own trail still reads
+
+
+def test_a_survey_answer_that_a_spreadsheet_would_run_is_exported_as_text(team):
+    """A participant's free text beginning like a formula is prefixed with ' in both CSV layouts; a negative
+    number in a number field, a choice code and the ODM export keep the value as saved."""
+    from mercia.trials.crf.surveys import SurveyService
+
+    dictionary = (DICTIONARIES / "baseline.csv").read_text().rstrip("\n")
+    team.crf.import_dictionary(team.manager, "heart", dictionary + "\ntemp_change,demographics,,text,"
+                               "Change in temperature,,,number,,,,,,,,,,\n", reason="temperature")
+    formula = '=HYPERLINK("http://x","y")'
+    token = SurveyService(team.crf).invite(team.entry, "heart", "H001", "baseline_arm_1", "demographics")["token"]
+    SurveyService(team.crf).submit(token, {"notes": formula, "temp_change": "-1.5", "ethnicity": "A",
+                                           "height_cm": "170", "weight_kg": "70"})
+    for redcap in (False, True):
+        out = io.StringIO()
+        write_csv(team.crf, team.manager, "heart", out, redcap=redcap)
+        [row] = [r for r in csv.DictReader(io.StringIO(out.getvalue())) if r["notes"]]
+        assert row["notes"] == "'" + formula
+        assert (row["temp_change"], row["height_cm"], row["ethnicity"]) == ("-1.5", "170", "A")
+    odm = io.BytesIO()
+    write_odm(team.crf, team.manager, "heart", odm)
+    assert b'Value="=HYPERLINK(&quot;http://x&quot;,&quot;y&quot;)"' in odm.getvalue()
