@@ -4,12 +4,15 @@ years, a pseudonymised person link, governance people in every trial role, and a
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 import pyarrow as pa
 import pytest
 
+from mercia.cdm import Store
 from mercia.cdm.extensions import ensure_extension_tables
 from mercia.governance import Governance, Role
 from mercia.privacy.pseudonym import Pseudonymiser
@@ -17,7 +20,7 @@ from mercia.trials.prescreen import rerun_eligibility
 from mercia.trials.randomise import KeyedStream
 from mercia.trials.recruitment import Recruitment
 from mercia.trials.register import TrialRegister, TrialRole
-from tests.conftest import drop_store
+from tests.conftest import drop_store, postgres_url
 
 T2DM = 201826
 SITE_A, SITE_B = "A81001", "A81002"
@@ -139,3 +142,22 @@ def world(engine, prepared, tmp_path) -> TrialWorld:
     store, (people, project) = prepared(engine, fill_world, tmp_path)
     yield open_world(store, people, project)
     drop_store(store)
+
+
+def second_server_waits_then_is_refused(world, first: Callable[[], object], second: Callable[[TrialRegister], object],
+                                        error: type[Exception], match: str) -> None:
+    """Two connections (two servers): ``second`` runs on a register of its own while ``first`` is inside a
+    transaction not yet committed; it must wait for that commit, then be refused (``error`` matching ``match``)."""
+    other = Store(postgres_url(), schema=world.store.schema)
+    try:
+        register = TrialRegister(other)    # made first: making it sets up tables, which would wait on ``first``
+        with ThreadPoolExecutor(1) as pool:
+            with world.register.db.transaction():
+                first()
+                racing = pool.submit(second, register)
+                with pytest.raises(TimeoutError):
+                    racing.result(timeout=1)                   # waits for the first to commit
+            with pytest.raises(error, match=match):
+                racing.result(timeout=30)
+    finally:
+        other.close()

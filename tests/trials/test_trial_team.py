@@ -23,7 +23,7 @@ from mercia.trials.register import (AWAITING_SIGN_OFF, DELEGATION_LOG_COLUMNS, N
                                     TrialError, TrialRegister, TrialRole, delegation_log_csv)
 from mercia.web.app import create_app
 
-from .conftest import SITE_A, SITE_B
+from .conftest import SITE_A, SITE_B, second_server_waits_then_is_refused
 
 T = "ISRCTN12345678"
 NEW_COLUMNS = ("granted_at", "granted_by", "ended_at", "ended_by", "end_reason")
@@ -99,26 +99,12 @@ def test_the_last_manager_stays_and_a_manager_may_leave_when_another_remains(wor
 def test_two_managers_leaving_at_once_leave_one(world):
     """Two connections (two servers): while manager's own role has ended, not yet committed, lead ending their
     own waits for it, then finds themselves the last manager and is refused: the trial keeps one."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tests.conftest import postgres_url
-
     p = world.people
     world.register.grant(p["manager"], T, p["lead"].id, TrialRole.TRIAL_MANAGER)
-    other = Store(postgres_url(), schema=world.store.schema)
-    try:
-        second = TrialRegister(other)
-        with ThreadPoolExecutor(1) as pool:
-            with world.register.db.transaction():
-                world.register.revoke(p["manager"], T, p["manager"].id, TrialRole.TRIAL_MANAGER, "", "moving on")
-                racing = pool.submit(second.revoke, p["lead"], T, p["lead"].id, TrialRole.TRIAL_MANAGER, "",
-                                     "moving on too")
-                with pytest.raises(TimeoutError):
-                    racing.result(timeout=1)                   # waits for the first to commit
-            with pytest.raises(Conflict, match="lead is its last trial manager"):
-                racing.result(timeout=30)
-    finally:
-        other.close()
+    second_server_waits_then_is_refused(
+        world, lambda: world.register.revoke(p["manager"], T, p["manager"].id, TrialRole.TRIAL_MANAGER, "", "moving on"),
+        lambda register: register.revoke(p["lead"], T, p["lead"].id, TrialRole.TRIAL_MANAGER, "", "moving on too"),
+        Conflict, "lead is its last trial manager")
     assert world.register.managers(T) == [p["lead"].id]
 
 
@@ -289,26 +275,13 @@ def test_a_store_made_before_signatures_gains_the_columns(world):
 def test_a_signature_racing_the_end_of_the_role_finds_it_ended(world):
     """Two connections: while the nurse's role is ended, not yet committed, the investigator's signature waits
     for it (the same per-trial lock), then finds the role no longer held: no ended period is signed."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tests.conftest import postgres_url
-
     p = world.people
     with_passwords(world, "pi_a")
-    other = Store(postgres_url(), schema=world.store.schema)
-    try:
-        second = TrialRegister(other)
-        with ThreadPoolExecutor(1) as pool:
-            with world.register.db.transaction():
-                world.register.revoke(p["manager"], T, p["nurse_a"].id, TrialRole.RESEARCH_NURSE, SITE_A, "left")
-                racing = pool.submit(second.sign_delegation, p["pi_a"], T, p["nurse_a"].id, "research_nurse", SITE_A,
-                                     "pi_a", PASSWORD, MEANING)
-                with pytest.raises(TimeoutError):
-                    racing.result(timeout=1)
-            with pytest.raises(TrialError, match="nurse_a does not hold the role research_nurse"):
-                racing.result(timeout=30)
-    finally:
-        other.close()
+    second_server_waits_then_is_refused(
+        world, lambda: world.register.revoke(p["manager"], T, p["nurse_a"].id, TrialRole.RESEARCH_NURSE, SITE_A, "left"),
+        lambda register: register.sign_delegation(p["pi_a"], T, p["nurse_a"].id, "research_nurse", SITE_A, "pi_a",
+                                                  PASSWORD, MEANING),
+        TrialError, "nurse_a does not hold the role research_nurse")
     assert [r["signed_at"] for r in world.register.team(p["manager"], T, ended=True) if r["username"] == "nurse_a"] \
         == [None]
 

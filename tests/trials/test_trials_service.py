@@ -7,7 +7,6 @@ from datetime import date, timedelta
 
 import pytest
 
-from mercia.cdm import Store
 from mercia.governance import Conflict, Forbidden, NotFound
 from mercia.privacy.disclosure import get_policy
 from mercia.trials.consort import consort, consort_counts
@@ -15,9 +14,10 @@ from mercia.trials.feasibility import feasibility
 from mercia.trials.notifications import TrialNotifications
 from mercia.trials.prescreen import ReidentificationService, record_dissent, worklist
 from mercia.trials.recruitment import Recruitment
-from mercia.trials.register import TrialError, TrialRegister, TrialRole
+from mercia.trials.register import TrialError, TrialRole
 
-from .conftest import PSEUDONYMISER, SITE_A, SITE_B, eligibility, make_world, nhs_number
+from .conftest import (PSEUDONYMISER, SITE_A, SITE_B, eligibility, make_world, nhs_number,
+                       second_server_waits_then_is_refused)
 
 T = "ISRCTN12345678"
 LEVELS = {"sex": "F", "age": "<65"}
@@ -315,26 +315,12 @@ def test_two_first_statuses_at_once_are_recorded_one_after_the_other(world):
     """Two connections (two servers): while a first status of person 16 is recorded, not yet committed, a second
     first status waits for it, then is checked against the history it left ('approached' after 'screened' goes
     backwards), so no history gets two first statuses that were each checked against none."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tests.conftest import postgres_url
-
     nurse = world.people["nurse_a"]
-    worklist(world.register, nurse, T, SITE_A)
-    other = Store(postgres_url(), schema=world.store.schema)
-    try:
-        second = Recruitment(TrialRegister(other))
-        with ThreadPoolExecutor(1) as pool:
-            with world.register.db.transaction():
-                world.recruitment.record(nurse, T, 16, "screened", site=SITE_A,
-                                         confirmed=["HbA1c over 58 mmol/mol", "no insulin"])
-                racing = pool.submit(second.record, nurse, T, 16, "approached", site=SITE_A)
-                with pytest.raises(TimeoutError):
-                    racing.result(timeout=1)                   # waits for the first to commit
-            with pytest.raises(Conflict, match="person 16 is already screened; statuses only move forward"):
-                racing.result(timeout=30)
-    finally:
-        other.close()
+    second_server_waits_then_is_refused(
+        world, lambda: world.recruitment.record(nurse, T, 16, "screened", site=SITE_A,
+                                                confirmed=["HbA1c over 58 mmol/mol", "no insulin"]),
+        lambda register: Recruitment(register).record(nurse, T, 16, "approached", site=SITE_A),
+        Conflict, "person 16 is already screened; statuses only move forward")
     assert [h["status"] for h in world.recruitment.history(T, 16)] == ["screened"]
 
 
