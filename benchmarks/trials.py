@@ -120,12 +120,16 @@ def main() -> None:
     register, who, sites = trial_world(store)
     trial_id = who["trial_id"]
 
-    feasibility_runs = []
+    feasibility_runs, refreshed_runs = [], []
     for _ in range(3):
+        began = time.perf_counter()
+        rerun_eligibility(register, who["manager"], trial_id)
+        result = feasibility(register, who["manager"], trial_id, years=10, horizon=24)
+        refreshed_runs.append(time.perf_counter() - began)
         began = time.perf_counter()
         result = feasibility(register, who["manager"], trial_id, years=10, horizon=24)
         feasibility_runs.append(time.perf_counter() - began)
-    feasibility_seconds = statistics.median(feasibility_runs)
+    feasibility_seconds, refreshed_seconds = statistics.median(feasibility_runs), statistics.median(refreshed_runs)
     pool = {r["site"]: r["count_pool"] for r in result.table("pool").rows}
 
     site_persons = int(store.query_one("SELECT COUNT(*) FROM person p JOIN care_site c ON c.care_site_id = "
@@ -148,12 +152,15 @@ def main() -> None:
         "store": {"engine": "duckdb", "persons": args.persons, "practices_as_sites": 5, "threads": args.threads,
                   "build": built},
         "feasibility": {
-            "what": "refresh eligibility (runs the cohort) + monthly new-eligible counts over 10 years per site "
-                    "+ prevalent pool + 24-month projection, disclosure-controlled; median of 3 runs",
+            "what": "monthly new-eligible counts over 10 years per site + prevalent pool + 24-month projection, "
+                    "disclosure-controlled, over the eligibility cohort's last run (what asking costs); median of 3 "
+                    "runs; with_cohort_refresh: the trial-wide rerun (POST .../eligibility/run) and then asking "
+                    "(what every feasibility cost before 2026-12-07), compared with the target",
             "sites": len(sites), "months": 120, "seconds": round(feasibility_seconds, 3),
+            "seconds_with_cohort_refresh": round(refreshed_seconds, 3),
             "cohort_generation_seconds": round(cohort_seconds, 3), "cohort_runs": [round(s, 3) for s in cohort_runs],
-            "ratio_to_cohort": round(feasibility_seconds / cohort_seconds, 2), "target_ratio": 3.0,
-            "meets_target": feasibility_seconds <= 3 * cohort_seconds, "published_pool": pool},
+            "ratio_to_cohort": round(refreshed_seconds / cohort_seconds, 2), "target_ratio": 3.0,
+            "meets_target": refreshed_seconds <= 3 * cohort_seconds, "published_pool": pool},
         "worklist": {
             "what": "one site's pseudonymous worklist (what a GET reads) over the generated eligibility cohort (dead, "
                     "dissenting and opted-out people excluded, status joined, view audited); median of 3 runs; "

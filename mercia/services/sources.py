@@ -56,17 +56,18 @@ def list_sources(store: Store) -> list[dict[str, Any]]:
         organisations = store.query_dicts("""
             WITH orgs AS (SELECT ods_code AS name FROM mercia_organisation UNION SELECT org FROM mercia_load)
             SELECT o.name, r.name AS title, TRUE AS organisation, COUNT(l.load_id) AS loads,
-                   MAX(l.loaded_at) AS last_loaded, COALESCE(SUM(l.records_loaded), 0) AS records_loaded,
-                   COALESCE(SUM(l.records_rejected), 0) AS records_rejected,
-                   COALESCE(SUM(l.records_withheld), 0) AS records_withheld
+                   MAX(l.loaded_at) AS last_loaded,
+                   CAST(COALESCE(SUM(l.records_loaded), 0) AS BIGINT) AS records_loaded,
+                   CAST(COALESCE(SUM(l.records_rejected), 0) AS BIGINT) AS records_rejected,
+                   CAST(COALESCE(SUM(l.records_withheld), 0) AS BIGINT) AS records_withheld
             FROM orgs o LEFT JOIN mercia_organisation r ON r.ods_code = o.name
             LEFT JOIN mercia_load l ON l.org = o.name
             GROUP BY o.name, r.name ORDER BY o.name""")
     elif store.table_exists("mercia_load"):  # a store from before organisations were registered
         organisations = store.query_dicts(
             "SELECT org AS name, NULL AS title, TRUE AS organisation, COUNT(*) AS loads, MAX(loaded_at) AS last_loaded, "
-            "SUM(records_loaded) AS records_loaded, SUM(records_rejected) AS records_rejected, "
-            "SUM(records_withheld) AS records_withheld FROM mercia_load GROUP BY org ORDER BY org")
+            "CAST(SUM(records_loaded) AS BIGINT) AS records_loaded, CAST(SUM(records_rejected) AS BIGINT) AS records_rejected, "
+            "CAST(SUM(records_withheld) AS BIGINT) AS records_withheld FROM mercia_load GROUP BY org ORDER BY org")
     has_region = store.table_exists("cdm_source") and store.query_one("SELECT COUNT(*) FROM cdm_source")
     return ([_regional_source(store)] if has_region or not organisations else []) + organisations
 

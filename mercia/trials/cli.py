@@ -164,13 +164,20 @@ def feasibility(trial: str = TRIAL, years: int = typer.Option(10, "--years"),
                 as_of: str | None = typer.Option(None, "--as-of"), consent: float = typer.Option(0.5, "--consent"),
                 screen_failure: float = typer.Option(0.3, "--screen-failure"),
                 horizon: int = typer.Option(24, "--horizon", help="months to project"),
+                rerun: bool = typer.Option(False, "--run", help="run the eligibility cohort again first, so that "
+                                           "data loaded since its last run count"),
                 db: DbOption = None, username: str = AS, as_json: bool = JSON) -> None:
-    """Newly eligible per site and month, the prevalent pool and projected recruitment (controlled)."""
+    """Newly eligible per site and month, the prevalent pool and projected recruitment (controlled), as the
+    eligibility cohort's last run found them."""
     import orjson
 
     from mercia.trials.feasibility import feasibility as run
+    from mercia.trials.prescreen import rerun_eligibility
 
     register, user = _context(db, username)
+    if rerun:
+        done = _run(lambda: rerun_eligibility(register, user, trial))
+        typer.echo(f"eligibility run again: {done['persons']} people meet the criteria", err=True)
     result = _run(lambda: run(register, user, trial, years=years, as_of=as_of, consent=consent,
                               screen_failure=screen_failure, horizon=horizon))
     if as_json:

@@ -11,6 +11,10 @@ Each answer's true counts are kept with its user and ``as_of``; a count within 1
 user was given for the same trial, site and month (or pool) in the last ``WINDOW_DAYS`` is hidden, with a note
 saying why, so that two answers (as of consecutive days, say) cannot be subtracted to give the few people
 who became eligible or left between them.
+
+The counts are those of the eligibility cohort's last run (``Trial.eligibility_run_at``, named in the answer's
+parameters): asking runs nothing, as reading a worklist runs nothing; running it again is its own audited
+write (``mercia.trials.prescreen.rerun_eligibility``).  Until it has run once there is no answer.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from scipy.stats import poisson
 from mercia.governance import User
 from mercia.governance.identity import iso
 from mercia.privacy.disclosure import AnalysisResult, ColumnSpec, DisclosurePolicy, Kind, StatTable, get_policy
-from mercia.trials.eligibility import PERSON_SITE, data_as_of, run_eligibility, site_list
+from mercia.trials.eligibility import PERSON_SITE, data_as_of, site_list
 from mercia.trials.register import Trial, TrialError, TrialRegister, TrialRole
 
 FEASIBILITY_ROLES = (TrialRole.TRIAL_MANAGER, TrialRole.STATISTICIAN, TrialRole.SITE_INVESTIGATOR)
@@ -174,7 +178,7 @@ def project(monthly: list[dict], pool: list[dict], *, consent: float, screen_fai
 
 def feasibility(register: TrialRegister, actor: User, trial_id: str, *, years: int = 10, as_of: str | None = None,
                 consent: float = 0.5, screen_failure: float = 0.3, horizon: int = 24,
-                policy: DisclosurePolicy | None = None, refresh: bool = True) -> AnalysisResult:
+                policy: DisclosurePolicy | None = None) -> AnalysisResult:
     """The trial's feasibility, disclosure-controlled (see the module docstring for the projection).
     ``as_of`` defaults to today, or to the last day the records cover if they stop earlier."""
     trial = register.require(actor, trial_id, *FEASIBILITY_ROLES)
@@ -186,13 +190,17 @@ def feasibility(register: TrialRegister, actor: User, trial_id: str, *, years: i
         day = date.fromisoformat(as_of) if as_of else data_as_of(register.store)
     except ValueError as exc:
         raise TrialError(f"as_of must be a date YYYY-MM-DD, not {as_of!r}") from exc
+    if trial.eligibility_run_at is None:
+        raise TrialError(f"trial {trial_id}: its eligibility cohort has not been run yet, so there is nothing to count; "
+                         f"run it first (the trial page's 'Run eligibility', POST /api/v1/trials/{trial_id}/eligibility/run "
+                         "or mercia trials feasibility --run)")
     policy = policy or get_policy()
-    if refresh:
-        run_eligibility(register.store, trial, actor.username)
     monthly, pool = eligible_counts(register, trial, day, years)
     hidden = _near_earlier(register, actor, trial, day, monthly, pool, policy)
     params: dict[str, Any] = {"trial_id": trial_id, "years": years, "as_of": day.isoformat(), "consent": consent,
-                              "screen_failure": screen_failure, "horizon": horizon}
+                              "screen_failure": screen_failure, "horizon": horizon,
+                              "eligibility_run_at": trial.eligibility_run_at,
+                              "eligibility_run_by": trial.eligibility_run_by}
     published = policy.apply(AnalysisResult(analysis="trial_feasibility", title=f"Feasibility of {trial.title}",
                                             parameters=params, tables=_tables(monthly, pool)))
     new_eligible, pool_table = (_withhold(t, hidden, policy) for t in published.tables)

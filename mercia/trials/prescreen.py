@@ -49,14 +49,18 @@ def ensure_screening_tables(store: Store) -> None:
     store.execute(OPT_OUT_DDL)
 
 
-def rerun_eligibility(register: TrialRegister, actor: User, trial_id: str, site: str) -> dict[str, Any]:
-    """Run the trial's eligibility cohort again so that newly loaded data count, for whoever may read ``site``'s
-    worklist (a write that runs the whole cohort: asked for on purpose, never by reading a worklist); audited."""
-    trial = register.require(actor, trial_id, *WORKLIST_ROLES, site=site)
+def rerun_eligibility(register: TrialRegister, actor: User, trial_id: str, site: str | None = None) -> dict[str, Any]:
+    """Run the trial's eligibility cohort again so that newly loaded data count (a write that runs the whole cohort:
+    asked for on purpose, never by reading a worklist or the feasibility); audited.  For ``site``'s worklist,
+    whoever may read it; for the whole trial (no site), whoever may ask its feasibility."""
+    from mercia.trials.feasibility import FEASIBILITY_ROLES
+
+    trial = register.require(actor, trial_id, *(WORKLIST_ROLES if site is not None else FEASIBILITY_ROLES), site=site)
     ensure_screening_tables(register.store)
     result = run_eligibility(register.store, trial, actor.username)
     run = register.trial(trial_id)
-    register.gov.audit.record(actor.username, "trial.eligibility.run", f"trial:{trial_id}/site:{site}",
+    register.gov.audit.record(actor.username, "trial.eligibility.run",
+                              f"trial:{trial_id}/site:{site}" if site is not None else f"trial:{trial_id}",
                               trial.project_id, persons=result.persons)
     return {"trial_id": trial_id, "site": site, "run_at": run.eligibility_run_at, "run_by": run.eligibility_run_by,
             "persons": result.persons}

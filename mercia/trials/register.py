@@ -165,6 +165,10 @@ class TrialRegister:
             self._insert_role(trial_id, actor.id, TrialRole.TRIAL_MANAGER, "", actor)
             self.gov.audit.record(actor.username, "trial.create", f"trial:{trial_id}", project_id, title=title,
                                   sites=sites, sample_size=target, settings=settings.to_dict())
+        # its feasibility and worklists count the eligibility cohort from the start (asking them runs nothing)
+        from mercia.trials.prescreen import rerun_eligibility  # (prescreen builds on this module)
+
+        rerun_eligibility(self, actor, trial_id)
         return self.trial(trial_id)
 
     @staticmethod

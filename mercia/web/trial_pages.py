@@ -217,6 +217,18 @@ def run_worklist(trial_id: str, request: Request, caller: Caller = Depends(signe
     return _to_worklist(trial_id, site, f"Eligibility run again: {run['persons']} people meet the criteria")
 
 
+@router.post("/trials/{trial_id}/eligibility/run")
+def run_trial_eligibility(trial_id: str, request: Request, caller: Caller = Depends(signed_in),
+                          form: dict = Depends(form_data)):
+    from mercia.trials.prescreen import rerun_eligibility
+
+    state, register = _register(request)
+    with state.lock:
+        run = rerun_eligibility(register, caller.user, trial_id)
+    notice = notice_query(f"Eligibility run again: {run['persons']} people meet the criteria")
+    return RedirectResponse(f"/trials/{urlquote(trial_id)}?{notice}", status_code=303)
+
+
 @router.post("/trials/{trial_id}/participants/{person_id}/status")
 def record_status(trial_id: str, person_id: int, request: Request, caller: Caller = Depends(signed_in),
                   form: dict = Depends(form_data)):
@@ -265,7 +277,7 @@ def trial_page(trial_id: str, request: Request, caller: Caller = Depends(signed_
                years: int = Query(10, ge=1, le=30)):
     from mercia.trials.consort import consort_counts
     from mercia.trials.duplicates import DuplicateEnrolments
-    from mercia.trials.feasibility import feasibility
+    from mercia.trials.feasibility import FEASIBILITY_ROLES, feasibility
     from mercia.trials.notifications import TrialNotifications
     from mercia.trials.recruitment import Recruitment
     from mercia.trials.register import SITE_ROLES, TrialRole
@@ -292,6 +304,7 @@ def trial_page(trial_id: str, request: Request, caller: Caller = Depends(signed_
     sites = sorted(set().union(*(s for r, s in roles.items() if r in SITE_ROLES)) - {""})
     return render(request, "trial.html", caller, trial=trial, roles=sorted(r.value for r in roles), sites=sites,
                   statistician=TrialRole.STATISTICIAN in roles,
+                  runs_eligibility=any(r in roles for r in FEASIBILITY_ROLES),
                   all_roles=[r.value for r in TrialRole], manager=TrialRole.TRIAL_MANAGER in roles,
                   feasibility=feas, charts=result_charts(orjson.dumps(feas)) if feas else (),
                   pool=display_table(tables["pool"]) if feas else None,

@@ -86,6 +86,23 @@ def test_the_worklist_page_says_when_eligibility_was_last_run_and_reruns_it_only
                        ).status_code == 403
 
 
+def test_the_trial_page_reads_the_last_eligibility_run_and_reruns_it_only_by_a_post(web_world):
+    client, sign_in, world = web_world
+    csrf = sign_in("stats")
+    before = world.register.trial(T).eligibility_run_at
+    page = client.get(f"/trials/{T}").text
+    assert f"last run {before[:10]} {before[11:16]} UTC by nurse_a" in page and "Prevalent pool" in page
+    assert world.register.trial(T).eligibility_run_at == before
+    assert client.post(f"/trials/{T}/eligibility/run", data={"csrf_token": "wrong"}).status_code == 403
+    ran = client.post(f"/trials/{T}/eligibility/run", data={"csrf_token": csrf}, follow_redirects=False)
+    assert ran.status_code == 303 and ran.headers["location"].startswith(f"/trials/{T}?")
+    assert world.register.trial(T).eligibility_run_at > before
+    assert "by stats" in client.get(ran.headers["location"]).text
+    csrf = sign_in("nurse_a")                        # a worklist role: reruns from the worklist, not here
+    assert "Run eligibility again" not in client.get(f"/trials/{T}").text
+    assert client.post(f"/trials/{T}/eligibility/run", data={"csrf_token": csrf}).status_code == 403
+
+
 def test_the_trial_page_says_why_a_pool_a_few_from_the_last_one_is_hidden(web_world):
     """Site A's pool is 39; after a dissent the page would show 38 beside the 39 the statistician saw."""
     from mercia.trials.prescreen import record_dissent

@@ -44,6 +44,33 @@ def test_a_worklist_get_reads_the_last_run_and_the_rerun_is_a_post(api):
     assert world.gov.audit.search(action="trial.eligibility.run")[0]["actor"] == "nurse_a"
 
 
+def test_feasibility_reads_the_last_eligibility_run_and_the_rerun_is_a_post(api):
+    """Asking the feasibility runs nothing (until 7 December every GET reran the cohort and signed the run as the
+    asker's, changing what the worklists said of their last run); POST .../eligibility/run reruns it for whoever may
+    ask the feasibility, audited; a trial never run has no feasibility yet, and says so."""
+    client, world, as_user = api
+    base, stats = f"/api/v1/trials/{T}", as_user("stats")
+    before = world.register.trial(T)
+    feas = client.get(f"{base}/feasibility", params={"years": 3, "horizon": 2}, headers=stats)
+    assert feas.status_code == 200
+    assert feas.json()["parameters"]["eligibility_run_at"] == before.eligibility_run_at
+    after = world.register.trial(T)
+    assert (after.eligibility_run_at, after.eligibility_run_by) == (before.eligibility_run_at, "nurse_a")
+    assert client.post(f"{base}/eligibility/run", headers=as_user("researcher")).status_code == 404
+    assert client.post(f"{base}/eligibility/run", headers=as_user("nurse_a")).status_code == 403
+    assert world.register.trial(T).eligibility_run_at == before.eligibility_run_at
+    run = client.post(f"{base}/eligibility/run", headers=stats)
+    assert run.status_code == 200 and run.json()["run_by"] == "stats" and run.json()["persons"] >= 60
+    assert world.register.trial(T).eligibility_run_at == run.json()["run_at"] != before.eligibility_run_at
+    entry = world.gov.audit.search(action="trial.eligibility.run")[0]
+    assert (entry["actor"], entry["target"]) == ("stats", f"trial:{T}")
+    world.register.db.execute("UPDATE mercia_trial SET eligibility_run_at = NULL, eligibility_run_by = NULL "
+                              "WHERE trial_id = ?", [T])
+    never = client.get(f"{base}/feasibility", headers=stats)
+    assert never.status_code == 400 and "has not been run yet" in never.json()["detail"]
+    assert world.register.trial(T).eligibility_run_at is None
+
+
 def test_trial_routes_follow_the_rules(api):
     client, world, as_user = api
     base = f"/api/v1/trials/{T}"

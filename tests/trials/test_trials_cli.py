@@ -91,7 +91,11 @@ def test_trial_journey_from_the_command_line(tmp_path, monkeypatch):
     assert nhs_number(8) not in (tmp_path / "log.csv").read_text()
     feas = _cli("feasibility", "--trial", T, "--years", "2", "--horizon", "3", "--json", *db, "--as", "stats")
     assert feas.exit_code == 0, feas.output
-    assert orjson.loads(feas.stdout)["disclosure"]["policy"]
+    answer = orjson.loads(feas.stdout)
+    assert answer["disclosure"]["policy"] and answer["parameters"]["eligibility_run_by"] == "nurse_a"
+    rerun = _cli("feasibility", "--trial", T, "--run", "--years", "2", "--horizon", "3", "--json", *db, "--as", "stats")
+    assert rerun.exit_code == 0 and "eligibility run again" in rerun.stderr
+    assert orjson.loads(rerun.stdout)["parameters"]["eligibility_run_by"] == "stats"
     for day in ("2023-06-14", "2023-06-15"):     # site A's pool 28, then 29: the second is hidden, and why is said
         plain = _cli("feasibility", "--trial", T, "--as-of", day, "--years", "2", "--horizon", "1", *db, "--as", "stats")
     assert plain.exit_code == 0 and f"Hidden beside your earlier answers: {SITE_A}." in plain.output

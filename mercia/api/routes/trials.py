@@ -182,7 +182,8 @@ def team_csv(trial_id: str, request: Request, user: User = Depends(current_user)
         "Content-Disposition": f'attachment; filename="{trial_id}-delegation-log.csv"'})
 
 
-@router.get("/{trial_id}/feasibility", summary="Newly eligible per site and month, pool, projection (controlled)")
+@router.get("/{trial_id}/feasibility", summary="Newly eligible per site and month, pool, projection (controlled), "
+                                            "as the eligibility cohort's last run found them")
 def get_feasibility(trial_id: str, request: Request, years: int = Query(10, ge=1, le=30),
                     consent: float = Query(0.5, ge=0, le=1), screen_failure: float = Query(0.3, ge=0, le=1),
                     horizon: int = Query(24, ge=1, le=120), as_of: str | None = Query(None, pattern=DATE),
@@ -193,6 +194,17 @@ def get_feasibility(trial_id: str, request: Request, years: int = Query(10, ge=1
     with state.lock:
         return feasibility(register, user, trial_id, years=years, consent=consent, screen_failure=screen_failure,
                            horizon=horizon, as_of=as_of).to_json_dict()
+
+
+@router.post("/{trial_id}/eligibility/run", summary="Run the eligibility cohort again so newly loaded data count in "
+                                                   "the feasibility and every worklist (whoever may ask the "
+                                                   "feasibility; audited)")
+def run_eligibility_cohort(trial_id: str, request: Request, user: User = Depends(current_user)) -> dict[str, Any]:
+    from mercia.trials.prescreen import rerun_eligibility
+
+    state, register, _ = _services(request)
+    with state.lock:
+        return rerun_eligibility(register, user, trial_id)
 
 
 @router.get("/{trial_id}/worklist", summary="A site's pseudonymous pre-screening worklist, as the eligibility "
