@@ -33,6 +33,8 @@ content hash and fate were most of the cost of loading it (docs/metabolomics.md)
   pass over the file's text before the calls are read, so every chunk already carries it).
 - Sites are never split between chunks at one position (``CHROM``, ``POS``), so in a sorted file an
   allele listed twice for a sample is found in one chunk (the load keeps its last copy).
+- A POS beyond ``MAX_POS`` (2^31 - 1) refuses the file whole (field ``POS``), found by the hashing pass before any
+  call is read: bcftools would print it wrapped, and its calls would land at wrong positions.
 - A file htslib cannot read to the end (a truncated ``.vcf.gz``, a corrupt record) is rejected as a whole:
   record ``VCF/<file>``, field ``file``, the htslib message (a corrupt record's names the field and its
   CHROM:POS); none of its calls are staged (``VcfReader.chunks`` says how when part of it was already
@@ -75,12 +77,19 @@ _BCFTOOLS = "import sys, pysam.bcftools; getattr(pysam.bcftools, sys.argv[1])(*s
 
 
 class VcfFileError(ValueError):
-    """A VCF htslib cannot open or read through; ``rejected``: its reject, staged alone, when the file
-    broke after part of it had been handed to the load (which then rolls back)."""
+    """A VCF htslib cannot open or read through, or one Mercia refuses whole (``field``: what the reject
+    names); ``rejected``: its reject, staged alone, when the file broke after part of it had been handed to
+    the load (which then rolls back)."""
 
-    def __init__(self, message: str, rejected: Staged | None = None):
+    def __init__(self, message: str, rejected: Staged | None = None, field: str = "file"):
         super().__init__(message)
-        self.rejected = rejected
+        self.rejected, self.field = rejected, field
+
+
+# The largest POS a VCF holds: VCF 4.3 types an Integer as a 32-bit signed integer (section 1.3).  htslib
+# parses larger ones, but bcftools query prints them wrapped round 2^32 (10,840,074,257 as 2,250,139,665 -
+# 2^32 ...): a file with one is refused whole, before any call is read, rather than loaded at wrong places.
+MAX_POS = 2**31 - 1
 
 
 def _annotation_fields(header) -> dict[str, list[str]]:
@@ -146,9 +155,9 @@ def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: int
     con = duckdb.connect()
     try:
         con.execute("SET threads = 1")  # a streaming sum: one core, the other is the reader's
-        count, *totals = con.execute(f"""
-            SELECT count(*), {sums} FROM (
-                SELECT hash(c0, c1, c3, c4, c7, c8) AS line_hash, * FROM read_csv(
+        count, beyond, largest, *totals = con.execute(f"""
+            SELECT count(*), count(*) FILTER (WHERE position > {MAX_POS}), max(position), {sums} FROM (
+                SELECT hash(c0, c1, c3, c4, c7, c8) AS line_hash, TRY_CAST(c1 AS HUGEINT) AS position, * FROM read_csv(
                     $file, compression = $compression, delim = chr(9), header = false, skip = $skip, quote = '',
                     escape = '', auto_detect = false, columns = $columns, max_line_size = 268435456,
                     buffer_size = 536870912))""",
@@ -159,6 +168,10 @@ def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: int
         raise VcfFileError(f"cannot be read to the end (truncated or corrupt): {message}; file not loaded") from exc
     finally:
         con.close()
+    if beyond:
+        raise VcfFileError(f"POS {largest:,} ({beyond:,} line{'s' if beyond > 1 else ''} beyond {MAX_POS:,}, the "
+                           "largest position a VCF holds: a 32-bit integer, VCF 4.3 section 1.3); file not loaded",
+                           field="POS")
     return [hashlib.md5(f"{count}\t{total}".encode()).hexdigest() for total in totals]
 
 
@@ -344,9 +357,9 @@ class VcfReader:
                 chunk.read += 1
                 chunk.reject(f"VCF/{file.name}", "file", reason, None)
                 continue
-            except VcfFileError as exc:  # cannot be opened or read through: nothing read
+            except VcfFileError as exc:  # cannot be opened or read through, or refused whole: nothing read
                 chunk.read += 1
-                chunk.reject(f"VCF/{file.name}", "file", str(exc), None)
+                chunk.reject(f"VCF/{file.name}", exc.field, str(exc), None)
                 continue
             chunk.read += kept_read
             held += kept

@@ -142,6 +142,32 @@ def test_truncated_vcf_gz_is_rejected_whole_and_nothing_loaded(store, load, vcf_
     assert summary.rejected == 1 and store.query_one("SELECT count(*) FROM variant_occurrence") == 0
 
 
+@pytest.mark.parametrize("suffix", [".vcf", ".vcf.gz"])
+def test_a_position_beyond_a_32_bit_integer_refuses_the_file_and_the_largest_one_loads(store, load, tmp_path,
+                                                                                         suffix):
+    """VCF positions are 32-bit integers; bcftools printed 3,000,000,000 as -1,294,967,296 (wrapped round 2^32),
+    and until 7 December the call loaded there.  2^31 - 1 itself is a position."""
+    def vcf(name, *positions):
+        plain = tmp_path / f"{name}.vcf"
+        plain.write_text(HEADER + "".join(f"chr17\t{p}\t.\tA\tT\t50\tPASS\t.\tGT:DP:GQ\t0/1:20:50\t0/0:1:1\t"
+                                          "0/0:1:1\n" for p in positions))
+        if suffix == ".vcf":
+            return plain
+        bgzip(plain, tmp_path / f"{name}.vcf.gz")
+        return tmp_path / f"{name}.vcf.gz"
+
+    beyond = read_vcf(vcf("beyond", 1000, 3_000_000_000, 3_000_000_001))
+    (reject,) = beyond.rejects.table().to_pylist()
+    assert (reject["record"], reject["field"]) == (f"VCF/beyond{suffix}", "POS")
+    assert reject["reason"].startswith("POS 3,000,000,001 (2 lines beyond 2,147,483,647") and beyond.calls.num_rows == 0
+    _phenopackets(tmp_path / "pp", ["P1", "P2", "P3"])
+    load(store, "phenopackets", tmp_path / "pp", "R9G")
+    assert load(store, "vcf", vcf("beyond", 1000, 3_000_000_000, 3_000_000_001), "R9G").rejected == 1
+    assert store.query_one("SELECT count(*) FROM variant_occurrence") == 0
+    assert load(store, "vcf", vcf("largest", 1000, 2**31 - 1), "R9G").rejected == 0
+    assert store.query("SELECT position FROM variant_occurrence ORDER BY 1") == [(1000,), (2**31 - 1,)]
+
+
 def _many_sites(tmp_path, sites=5000):
     """A bgzipped 3-sample VCF with one heterozygous carrier per site (P1)."""
     big = tmp_path / "big.vcf"
