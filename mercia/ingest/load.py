@@ -439,11 +439,17 @@ class _Load:
         alike = " AND ".join([f"v.{c} IS NOT DISTINCT FROM t.{c}" for c in content]
                              + ["v.target_gene_symbol IS NOT DISTINCT FROM t.gene",
                                 "v.reference_sequence IS NOT DISTINCT FROM t.assembly"])
-        earlier = store.query_arrow(f"""
-            SELECT p.source_record, v.source_line AS line, v.variant_occurrence_id, v.measurement_id, {alike} AS alike
-            FROM mercia_provenance p JOIN variant_occurrence v ON v.variant_occurrence_id = p.row_id
-            JOIN mercia_tmp_calls t ON t.source_record = p.source_record AND t.chrom = v.chromosome
-                 AND t.pos = v.position AND t.ref = v.reference_allele AND t.alt = v.alternate_allele
+        # in two steps, each joined against this chunk's few rows: the variants at its calls' alleles, then those of
+        # them this load wrote for the same record.  As one join the planner built a hash table of the load's
+        # provenance and variants, which outgrew the load's memory limit once tens of millions were loaded.
+        self._store_temp("mercia_tmp_hits", store.query_arrow(f"""
+            SELECT t.source_record, v.source_line AS line, v.variant_occurrence_id, v.measurement_id, {alike} AS alike
+            FROM mercia_tmp_calls t JOIN variant_occurrence v ON t.chrom = v.chromosome AND t.pos = v.position
+                 AND t.ref = v.reference_allele AND t.alt = v.alternate_allele"""),
+            "source_record VARCHAR, line BIGINT, variant_occurrence_id BIGINT, measurement_id BIGINT, alike BOOLEAN")
+        earlier = store.query_arrow("""
+            SELECT h.source_record, h.line, h.variant_occurrence_id, h.measurement_id, h.alike FROM mercia_tmp_hits h
+            JOIN mercia_provenance p ON p.row_id = h.variant_occurrence_id AND p.source_record = h.source_record
             WHERE p.org = ? AND p.load_id = ? AND p.cdm_table = 'variant_occurrence'""", [self.org, self.load_id])
         if not earlier.num_rows:
             return
