@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mercia.governance import User
 from mercia.trials.crf.service import CrfService, FormStatus, StudyRole
-from mercia.trials.prescreen import rerun_eligibility, worklist
+from mercia.trials.prescreen import worklist
 from mercia.trials.randomise import KeyedStream
 from mercia.trials.recruitment import Recruitment
 from mercia.trials.register import TrialRegister, TrialRole
@@ -93,7 +93,6 @@ def recruit(register: TrialRegister, recruitment: Recruitment, nurse: User, prac
     """Take each practice's worklist through ``OUTCOMES``, dated across the months the trial has been open;
     returns the randomised participants (person, site, eCRF record), in the order they were randomised."""
     randomised = []
-    rerun_eligibility(register, nurse, TRIAL_ID, practices[0])
     for s, site in enumerate(practices):
         persons = sorted(r["person_id"] for r in worklist(register, nurse, TRIAL_ID, site))[:len(OUTCOMES)]
         levels = minimisation_levels(register, persons, site, len(practices) > 1)

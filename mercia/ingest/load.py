@@ -442,11 +442,12 @@ class _Load:
         # in two steps, each joined against this chunk's few rows: the variants at its calls' alleles, then those of
         # them this load wrote for the same record.  As one join the planner built a hash table of the load's
         # provenance and variants, which outgrew the load's memory limit once tens of millions were loaded.
-        self._store_temp("mercia_tmp_hits", store.query_arrow(f"""
+        store.drop_temp_table("mercia_tmp_hits")
+        store.create_temp_table("mercia_tmp_hits", f"""
             SELECT t.source_record, v.source_line AS line, v.variant_occurrence_id, v.measurement_id, {alike} AS alike
             FROM mercia_tmp_calls t JOIN variant_occurrence v ON t.chrom = v.chromosome AND t.pos = v.position
-                 AND t.ref = v.reference_allele AND t.alt = v.alternate_allele"""),
-            "source_record VARCHAR, line BIGINT, variant_occurrence_id BIGINT, measurement_id BIGINT, alike BOOLEAN")
+                 AND t.ref = v.reference_allele AND t.alt = v.alternate_allele""")
+        store.analyse_new_table("mercia_tmp_hits")
         earlier = store.query_arrow("""
             SELECT h.source_record, h.line, h.variant_occurrence_id, h.measurement_id, h.alike FROM mercia_tmp_hits h
             JOIN mercia_provenance p ON p.row_id = h.variant_occurrence_id AND p.source_record = h.source_record

@@ -159,6 +159,14 @@ def team(trial: str = TRIAL, ended: bool = typer.Option(False, "--all", help="th
     typer.echo(f"wrote {len(rows)} rows to {out}")
 
 
+def _rerun_eligibility(register, user, trial: str, site: str | None = None) -> None:
+    """``--run``: the eligibility cohort run again (for the trial, or for ``site``'s worklist), said on stderr."""
+    from mercia.trials.prescreen import rerun_eligibility
+
+    done = _run(lambda: rerun_eligibility(register, user, trial, site))
+    typer.echo(f"eligibility run again: {done['persons']} people meet the criteria", err=True)
+
+
 @app.command()
 def feasibility(trial: str = TRIAL, years: int = typer.Option(10, "--years"),
                 as_of: str | None = typer.Option(None, "--as-of"), consent: float = typer.Option(0.5, "--consent"),
@@ -172,12 +180,10 @@ def feasibility(trial: str = TRIAL, years: int = typer.Option(10, "--years"),
     import orjson
 
     from mercia.trials.feasibility import feasibility as run
-    from mercia.trials.prescreen import rerun_eligibility
 
     register, user = _context(db, username)
     if rerun:
-        done = _run(lambda: rerun_eligibility(register, user, trial))
-        typer.echo(f"eligibility run again: {done['persons']} people meet the criteria", err=True)
+        _rerun_eligibility(register, user, trial)
     result = _run(lambda: run(register, user, trial, years=years, as_of=as_of, consent=consent,
                               screen_failure=screen_failure, horizon=horizon))
     if as_json:
@@ -202,13 +208,12 @@ def worklist(trial: str = TRIAL, site: str = typer.Option(..., "--site"),
     """The site's pre-screening worklist as the eligibility cohort's last run found it (pseudonymous; identities
     with --org-db for its care team)."""
     from mercia.cdm import Store
-    from mercia.trials.prescreen import ReidentificationService, rerun_eligibility
+    from mercia.trials.prescreen import ReidentificationService
     from mercia.trials.prescreen import worklist as build
 
     register, user = _context(db, username)
     if run:
-        done = _run(lambda: rerun_eligibility(register, user, trial, site))
-        typer.echo(f"eligibility run again: {done['persons']} people meet the criteria", err=True)
+        _rerun_eligibility(register, user, trial, site)
     if org_db:
         service = ReidentificationService(Store.open(org_db), site)
         rows = _run(lambda: service.worklist(register, user, trial, since=since))
