@@ -21,16 +21,17 @@ content hash and fate were most of the cost of loading it (docs/metabolomics.md)
   ``INFO/GENE`` is the gene when neither is present.
 - No Python per site: htslib parses every line (in ``bcftools query``, run in a child process, so on the
   other core) and prints CHROM, POS, REF, ALT, INFO's CSQ, ANN and GENE and each sample's GT, DP and GQ as
-  text; Arrow reads that text in batches of ``SITE_BATCH_BYTES`` and one DuckDB statement per batch
-  (``_calls_sql``) splits
-  the ALT alleles, finds their carriers, rewrites the genotypes, trims, picks the CSQ/ANN entry
-  (``_annotation_sql``) and spells the rows.  DuckDB only reads bcftools' canonical output, never the
-  file's own text.  (Until 6 December cyvcf2 handed each site to Python, about half of the reading.)
-  The rows are ``Staged.calls``, which the load writes set-based.
+  text; Arrow reads that text (on one thread: threaded, it took twice the CPU) in batches of
+  ``SITE_BATCH_BYTES`` and one DuckDB statement per batch (``_calls_sql``) splits the ALT alleles, finds
+  their carriers, rewrites the genotypes, trims, picks the CSQ/ANN entry (``_annotation_sql``) and spells
+  the rows.  The calls come only from bcftools' canonical output, never from the file's own text.  (Until
+  6 December cyvcf2 handed each site to Python, about half of the reading.)  The rows are
+  ``Staged.calls``, which the load writes set-based.
 - Streamed: ``read_vcf_chunks`` hands the load chunks of about ``CALLS_PER_CHUNK`` carrier calls (whole
   sites), so a large file is never held whole.
-- A sample's content hash covers its column of every line, order-free (``_sample_hashes``: one DuckDB
-  pass over the file's text before the calls are read, so every chunk already carries it).
+- A sample's content hash covers its column of every line, order-free (``_sample_hashes``: one pass
+  over the file's text, un-gzipped by ISA-L and hashed by DuckDB, before the calls are read, so every
+  chunk already carries it).
 - Sites are never split between chunks at one position (``CHROM``, ``POS``), so in a sorted file an
   allele listed twice for a sample is found in one chunk (the load keeps its last copy).
 - A POS beyond ``MAX_POS`` (2^31 - 1) refuses the file whole (field ``POS``), found by the hashing pass before any
@@ -72,6 +73,7 @@ VCF_SUFFIXES = (".vcf", ".vcf.gz", ".vcf.bgz")
 CALLS_PER_CHUNK = 500_000
 BLOCK_SITES = 1_000  # sites a chunk may end after (``_Runs``)
 SITE_BATCH_BYTES = 16 << 20  # bcftools' text per DuckDB statement (~24,000 sites of the trio benchmark file)
+LONGEST_LINE = 256 << 20  # the longest line of a file the hashing pass reads (``_sample_hashes``)
 # pysam's bundled bcftools, a command of it run in a child interpreter (the wheel ships no executable)
 _BCFTOOLS = "import sys, pysam.bcftools; getattr(pysam.bcftools, sys.argv[1])(*sys.argv[2:], catch_stdout=False)"
 
@@ -141,30 +143,44 @@ def _header(file: Path) -> tuple[list[str], str, set[str], set[str], dict[str, l
 
 def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: int) -> list[str]:
     """Each sample's content hash: the sum (order-free, as NMR's) of a 64-bit hash of every line's CHROM,
-    POS, REF, ALT, INFO and FORMAT with the sample's column, and the line count, in one DuckDB pass over
-    the text (~0.15 CPU-s per 10 MB of the trio file; an MD5 per call instead cost 11x as much on the
-    500-sample file).  It covers hom-ref calls too: a resend differing only there is a changed record.
-    DuckDB's ``hash`` is not promised stable across its versions: an upgrade that changed it would make a
-    resend ``changed`` once.  A file DuckDB cannot read to the end (a truncated ``.vcf.gz``) raises
-    ``VcfFileError`` before any of its calls is read.  DuckDB's CSV buffer is by default 16 times the longest
-    line allowed (4 GiB here), which a gzipped file fills as it is read (this pass alone: 2.9 GB RSS on a
-    416 MB file; the whole 3.33 GB ingest peaked at 8.4 GB): 512 MiB, more than the longest line as DuckDB
-    requires, kept the pass at 1.1 GB and that ingest at 2.65 GB."""
-    columns = {f"c{i}": "VARCHAR" for i in range(9)} | {f"s{i}": "VARCHAR" for i in range(samples)}
-    sums = ", ".join(f"CAST(sum(hash(line_hash, s{i})) AS VARCHAR)" for i in range(samples))
+    POS, REF, ALT, INFO and FORMAT with the sample's column, and the line count.  It covers hom-ref calls
+    too: a resend differing only there is a changed record.  The text is un-gzipped with ISA-L and split
+    into columns by Arrow (one thread: its threaded parse took twice the CPU for a slower read) in blocks of
+    ``SITE_BATCH_BYTES``, each hashed by one DuckDB statement; until 7 December DuckDB read the file itself
+    (its own inflate, 2.15 s against 1.2 s a 95 MB file).  The sums are DuckDB's exact ones, block by block,
+    so a file hashes as it did.  DuckDB's ``hash`` is not promised stable across its versions: an upgrade
+    that changed it would make a resend ``changed`` once.  A file that cannot be read to the end (a
+    truncated ``.vcf.gz``) raises ``VcfFileError`` before any of its calls is read, as does a line longer
+    than ``LONGEST_LINE`` (Arrow needs a line within a block: the few files with lines over a block are
+    read again in blocks that size)."""
+    names = [f"c{i}" for i in range(9 + samples)]
+    kept = ["c0", "c1", "c3", "c4", "c7", "c8", *names[9:]]
+    sums = ", ".join(f"sum(hash(line_hash, c{9 + i}))" for i in range(samples))
+    query = f"""SELECT count(*), count(*) FILTER (WHERE position > {MAX_POS}), max(position), {sums} FROM (
+        SELECT hash(c0, c1, c3, c4, c7, c8) AS line_hash, TRY_CAST(c1 AS HUGEINT) AS position, * FROM lines)"""
     con = duckdb.connect()
     try:
-        con.execute("SET threads = 1")  # a streaming sum: one core, the other is the reader's
-        count, beyond, largest, *totals = con.execute(f"""
-            SELECT count(*), count(*) FILTER (WHERE position > {MAX_POS}), max(position), {sums} FROM (
-                SELECT hash(c0, c1, c3, c4, c7, c8) AS line_hash, TRY_CAST(c1 AS HUGEINT) AS position, * FROM read_csv(
-                    $file, compression = $compression, delim = chr(9), header = false, skip = $skip, quote = '',
-                    escape = '', auto_detect = false, columns = $columns, max_line_size = 268435456,
-                    buffer_size = 536870912))""",
-            {"file": str(file), "compression": "gzip" if compressed else "none", "skip": header_lines,
-             "columns": columns}).fetchone()
-    except duckdb.Error as exc:
-        message = str(exc).replace(str(file), file.name).splitlines()[0][:200]
+        con.execute("SET threads = 1")  # a streaming sum over small blocks
+        for block in (SITE_BATCH_BYTES, LONGEST_LINE):
+            try:
+                count, beyond, largest, totals = 0, 0, None, [None] * samples
+                with igzip.open(file, "rb") if compressed else open(file, "rb") as text:
+                    for lines in pa_csv.open_csv(text, read_options=pa_csv.ReadOptions(
+                            column_names=names, skip_rows=header_lines, block_size=block, use_threads=False),
+                            parse_options=pa_csv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False),
+                            convert_options=pa_csv.ConvertOptions(column_types={n: pa.string() for n in kept},
+                                                                  include_columns=kept)):
+                        con.register("lines", lines)
+                        (rows, over, high, *parts), = con.execute(query).fetchall()
+                        count, beyond = count + rows, beyond + over
+                        largest = high if largest is None or (high is not None and high > largest) else largest
+                        totals = [t if p is None else int(p) + (t or 0) for t, p in zip(totals, parts)]
+                break
+            except pa.ArrowInvalid as exc:
+                if "straddl" not in str(exc) or block == LONGEST_LINE:
+                    raise
+    except (pa.ArrowInvalid, EOFError, OSError, IsalError, duckdb.Error) as exc:
+        message = str(exc).replace(str(file), file.name).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise VcfFileError(f"cannot be read to the end (truncated or corrupt): {message}; file not loaded") from exc
     finally:
         con.close()
@@ -189,37 +205,31 @@ _ANNOTATION_NAMES = {"CSQ": {"gene": "SYMBOL", "consequence": "Consequence", "hg
                      "ANN": {"gene": "Gene_Name", "consequence": "Annotation", "hgvs": "HGVS.c", "hgvs_p": "HGVS.p"}}
 
 
-def _annotation_sql(annotations: dict[str, list[str]]) -> str:
-    """The ``notes`` query: per (site, ALT) row of ``pairs`` with an annotation, the first entry of its
-    ALT allele (VEP writes a deletion's allele as '-' or without the shared base) split into gene,
-    consequence and HGVS c./p. (empty fields NULL), for a whole batch at once.  The first entry is
-    usually this allele's, so it is tried first and the others split only when it is not; each entry
-    is split once into a list (``split_part`` would split it again per field taken)."""
-    def at(name: str) -> str:  # the field's position in the entries of the pair's tag
+def _annotation_sql(annotations: dict[str, list[str]]) -> tuple[str, dict[str, str]]:
+    """The annotation of each row of a relation with ``tag``, ``note`` (that tag's INFO text), ``raw_ref``
+    and ``raw_alt``: a query template over it (``{}``) adding ``parts``, the first entry of its ALT allele
+    (VEP writes a deletion's allele as '-' or without the shared base) split into fields, and the
+    expressions of gene, consequence and HGVS c./p. over ``parts`` (empty fields NULL).  The first entry is
+    usually this allele's, so it is tried first and the others split only when it is not; each entry is
+    split once into a list (``split_part`` would split it again per field taken)."""
+    def at(name: str) -> str:  # the field's position in the entries of the row's tag
         cases = " ".join(f"WHEN '{tag}' THEN {names.index(field) + 1}" for tag, names in annotations.items()
                          if (field := "Allele" if name == "allele" else _ANNOTATION_NAMES[tag][name]) in names)
         return f"CASE tag {cases} END" if cases else "NULL::INTEGER"
 
-    def field(name: str) -> str:
-        return f"NULLIF(parts[{at(name)}], '')"
-
     allele = f"COALESCE({at('allele')}, 1)"  # without an Allele field, the first
     alleles = "(raw_alt, vep_allele, CASE WHEN vep_allele = '' THEN '-' ELSE vep_allele END)"
-    return f"""
-        WITH noted AS (
-            SELECT pair, tag, raw_alt, note,
-                   string_split(CASE WHEN contains(note, ',') THEN left(note, strpos(note, ',') - 1) ELSE note END, '|')
-                       AS first_parts,
-                   CASE WHEN length(raw_ref) > 0 AND left(raw_alt, 1) = left(raw_ref, 1)
-                             AND length(raw_alt) <> length(raw_ref) THEN raw_alt[2:] ELSE raw_alt END AS vep_allele
-            FROM pairs WHERE note <> '' AND tag IS NOT NULL)
-        SELECT pair, {field("gene")} AS gene, {field("consequence")} AS consequence, {field("hgvs")} AS hgvs,
-               {field("hgvs_p")} AS hgvs_p
-        FROM (SELECT pair, tag, CASE WHEN first_parts[{allele}] IN {alleles} THEN first_parts
-                                     ELSE string_split(list_filter(string_split(note, ','),
-                                                                   lambda e: string_split(e, '|')[{allele}] IN {alleles})[1], '|')
-                                END AS parts
-              FROM noted)"""
+    template = f"""(SELECT *, CASE WHEN note = '' OR tag IS NULL THEN NULL
+                           WHEN first_parts[{allele}] IN {alleles} THEN first_parts
+                           ELSE string_split(list_filter(string_split(note, ','),
+                                                         lambda e: string_split(e, '|')[{allele}] IN {alleles})[1], '|')
+                      END AS parts
+        FROM (SELECT *, string_split(CASE WHEN contains(note, ',') THEN left(note, strpos(note, ',') - 1) ELSE note END,
+                                     '|') AS first_parts,
+                     CASE WHEN length(raw_ref) > 0 AND left(raw_alt, 1) = left(raw_ref, 1)
+                               AND length(raw_alt) <> length(raw_ref) THEN raw_alt[2:] ELSE raw_alt END AS vep_allele
+              FROM {{}}))"""
+    return template, {name: f"NULLIF(parts[{at(name)}], '')" for name in ("gene", "consequence", "hgvs", "hgvs_p")}
 
 
 def _info_sql(tag: str) -> str:
@@ -235,72 +245,72 @@ def _calls_sql(samples: int, annotations: dict[str, list[str]]) -> str:
     (split as the module describes) its carriers are the samples whose GT names its index; their GT is
     rewritten for it (``1`` this allele, ``0`` reference, ``.`` anything else); REF and ALT are trimmed of
     shared bases (suffix first, then prefix: at most length - 1 of either, POS moving with the prefix);
-    the annotation is CSQ's, else ANN's (``_annotation_sql``), INFO/GENE the gene without one."""
+    the annotation is CSQ's, else ANN's (``_annotation_sql``), INFO/GENE the gene without one.  Each
+    call comes from its site's row alone, so the query is one pipeline of projections, unnests and
+    filters, in the sites' order (DuckDB keeps insertion order): until 7 December it was joins of
+    materialised steps and a sort, a third more CPU for the same rows.  Parameters: the file's
+    ``header_lines`` and ``assembly``, and per sample (in the file's order) its ``records``, ``hashes``,
+    ``refs`` (person) and ``starts`` (date)."""
     def listed(tag: str) -> str:  # the samples' values of a FORMAT tag
         return f"string_split({tag.lower()}, ':')[1:{samples}]" if samples else "[]::VARCHAR[]"
 
     tag = " ".join(f"WHEN {_info_sql(name)} <> '' THEN '{name}'" for name in annotations)
     note = " ".join(f"WHEN {_info_sql(name)} <> '' THEN {_info_sql(name)}" for name in annotations)
-    notes = _annotation_sql(annotations) if annotations else \
-        "SELECT NULL::BIGINT AS pair, NULL AS gene, NULL AS consequence, NULL AS hgvs, NULL AS hgvs_p"
     number = "CAST(NULLIF(split_part({}, ',', 1), '.') AS DOUBLE)"  # a FORMAT number's first value
+    # per (site, ALT allele) with a sample whose GT text holds the allele's number (checked below), trimmed
+    pairs = f"""(
+        SELECT * EXCLUDE (pos, short_ref, short_alt, prefix, suffix), pos + prefix AS pos, short_ref[prefix + 1:] AS ref,
+               short_alt[prefix + 1:] AS alt
+        FROM (SELECT *, CASE WHEN length(short_ref) > 1 AND length(short_alt) > 1 THEN list_max(list_filter(
+                            range(0, least(length(short_ref), length(short_alt))),
+                            lambda k: left(short_ref, k) = left(short_alt, k))) ELSE 0 END AS prefix
+              FROM (SELECT *, left(raw_ref, length(raw_ref) - suffix) AS short_ref,
+                           left(raw_alt, length(raw_alt) - suffix) AS short_alt
+                    FROM (SELECT *, CASE WHEN length(raw_ref) > 1 AND length(raw_alt) > 1 THEN list_max(list_filter(
+                                        range(0, least(length(raw_ref), length(raw_alt))),
+                                        lambda k: right(raw_ref, k) = right(raw_alt, k))) ELSE 0 END AS suffix
+                          FROM (SELECT site, chrom, CAST(pos AS BIGINT) AS pos, ref AS raw_ref, alt_index, allele,
+                                       alts[alt_index] AS raw_alt, gts, dps, gqs, candidates, info_gene,
+                                       CASE {tag or "WHEN false THEN NULL"} END AS tag,
+                                       CASE {note or "WHEN false THEN ''"} END AS note
+                                FROM (SELECT *, list_filter(generate_series(1, {samples}),
+                                                            lambda i: contains(gts[i], allele)) AS candidates
+                                      FROM (SELECT *, CAST(alt_index AS VARCHAR) AS allele
+                                            FROM (SELECT *, unnest(generate_series(1, len(alts))) AS alt_index
+                                                  FROM (SELECT *, CASE WHEN alt = '.' THEN []
+                                                                       ELSE string_split(alt, ',') END AS alts,
+                                                               {listed('GT')} AS gts, {listed('DP')} AS dps,
+                                                               {listed('GQ')} AS gqs
+                                                        FROM sites))))
+                                WHERE len(candidates) > 0)))))"""
+    if annotations:
+        template, fields = _annotation_sql(annotations)
+        pairs = template.format(pairs)
+    else:
+        fields = {name: "NULL::VARCHAR" for name in ("gene", "consequence", "hgvs", "hgvs_p")}
     return f"""
-        WITH alleles AS (
-            SELECT site, alt_index, CAST(alt_index AS VARCHAR) AS allele, gts, dps, gqs
-            FROM (SELECT site, unnest(generate_series(1, len(alts))) AS alt_index, gts, dps, gqs
-                  FROM (SELECT site, CASE WHEN alt = '.' THEN [] ELSE string_split(alt, ',') END AS alts,
-                               {listed('GT')} AS gts, {listed('DP')} AS dps, {listed('GQ')} AS gqs
-                        FROM sites))),
-        called AS (  -- the samples whose GT text holds the allele's number (then checked allele by allele)
-            SELECT site, alt_index, allele, sample - 1 AS sample, gts[sample] AS gt, dps[sample] AS dp,
-                   gqs[sample] AS gq
-            FROM (SELECT *, unnest(list_filter(generate_series(1, {samples}), lambda i: contains(gts[i], allele)))
-                             AS sample
-                  FROM alleles)),
-        carriers AS MATERIALIZED (
-            SELECT site, alt_index, sample, gt, dp, gq, allele, held,
-                   list_transform(held, lambda h: CASE h WHEN allele THEN '1' WHEN '0' THEN '0' ELSE '.' END) AS states
-            FROM (SELECT *, string_split(replace(gt, '|', '/'), '/') AS held FROM called)
-            WHERE list_contains(held, allele)),
-        raw AS (
-            SELECT p.site, p.alt_index, s.chrom, CAST(s.pos AS BIGINT) AS pos, s.ref AS raw_ref,
-                   string_split(s.alt, ',')[p.alt_index] AS raw_alt, s.info_gene,
-                   CASE {tag or "WHEN false THEN NULL"} END AS tag, CASE {note or "WHEN false THEN NULL"} END AS note
-            FROM (SELECT DISTINCT site, alt_index FROM carriers) p JOIN sites s USING (site)),
-        suffixed AS (
-            SELECT *, CASE WHEN length(raw_ref) > 1 AND length(raw_alt) > 1 THEN list_max(list_filter(
-                          range(0, least(length(raw_ref), length(raw_alt))),
-                          lambda k: right(raw_ref, k) = right(raw_alt, k))) ELSE 0 END AS suffix
-            FROM raw),
-        unsuffixed AS (
-            SELECT *, left(raw_ref, length(raw_ref) - suffix) AS short_ref, left(raw_alt, length(raw_alt) - suffix)
-                       AS short_alt
-            FROM suffixed),
-        pairs AS (
-            SELECT site * 65536 + alt_index AS pair, site, alt_index, chrom, pos + prefix AS pos,
-                   short_ref[prefix + 1:] AS ref, short_alt[prefix + 1:] AS alt, raw_ref, raw_alt, info_gene, tag,
-                   note
-            FROM (SELECT *, CASE WHEN length(short_ref) > 1 AND length(short_alt) > 1 THEN list_max(list_filter(
-                                     range(0, least(length(short_ref), length(short_alt))),
-                                     lambda k: left(short_ref, k) = left(short_alt, k))) ELSE 0 END AS prefix
-                  FROM unsuffixed)),
-        notes AS ({notes}),
-        sited AS (  -- INFO/GENE looked up only where the annotation names no gene
-            SELECT p.site, p.alt_index, p.chrom, p.pos, p.ref, p.alt, n.hgvs, n.hgvs_p, n.consequence,
-                   COALESCE(n.gene, NULLIF({_info_sql('GENE')}, '')) AS gene
-            FROM pairs p LEFT JOIN notes n USING (pair))
-        SELECT c.site, 'VCF/' || $file || '/' || m.name AS record, m.record_hash, m.person_ref, m.start,
-               $header_lines + c.site + 1 AS line, $assembly AS assembly, p.chrom, p.pos, p.ref, p.alt,
-               p.gene, COALESCE(p.gene, p.chrom || ':' || p.pos) AS code,
-               CASE WHEN contains(c.gt, '|') THEN array_to_string(c.states, '|') ELSE array_to_string(c.states, '/')
+        SELECT site, CAST($records AS VARCHAR[])[sample] AS record, CAST($hashes AS VARCHAR[])[sample] AS record_hash,
+               CAST($refs AS VARCHAR[])[sample] AS person_ref, CAST($starts AS VARCHAR[])[sample] AS start,
+               $header_lines + site + 1 AS line, $assembly AS assembly, chrom, pos, ref, alt, gene,
+               COALESCE(gene, chrom || ':' || pos) AS code,
+               CASE WHEN contains(gt, '|') THEN array_to_string(states, '|') ELSE array_to_string(states, '/')
                    END AS genotype,
-               p.hgvs, p.hgvs_p, p.consequence,
-               CASE WHEN len(c.held) = 1 THEN 'hemizygous'
-                    WHEN list_bool_and(list_transform(c.held, lambda h: h = c.allele)) THEN 'homozygous'
+               hgvs, hgvs_p, consequence,
+               CASE WHEN len(held) = 1 THEN 'hemizygous'
+                    WHEN list_bool_and(list_transform(held, lambda h: h = allele)) THEN 'homozygous'
                     ELSE 'heterozygous' END AS zygosity,
-               CAST({number.format('c.dp')} AS BIGINT) AS read_depth, {number.format('c.gq')} AS genotype_quality
-        FROM carriers c JOIN sited p USING (site, alt_index) JOIN samples m USING (sample)
-        ORDER BY c.site, c.alt_index, c.sample"""
+               CAST({number.format('dps[sample]')} AS BIGINT) AS read_depth,
+               {number.format('gqs[sample]')} AS genotype_quality
+        FROM (SELECT *, list_transform(held, lambda h: CASE h WHEN allele THEN '1' WHEN '0' THEN '0' ELSE '.' END)
+                            AS states
+              FROM (SELECT *, gts[sample] AS gt, string_split(replace(gts[sample], '|', '/'), '/') AS held
+                    FROM (SELECT site, chrom, pos, ref, alt, allele, gts, dps, gqs,
+                                 {fields['gene']} AS annotated_gene, {fields['consequence']} AS consequence,
+                                 {fields['hgvs']} AS hgvs, {fields['hgvs_p']} AS hgvs_p,
+                                 COALESCE(annotated_gene, NULLIF({_info_sql('GENE')}, '')) AS gene,
+                                 unnest(candidates) AS sample
+                          FROM {pairs}))
+              WHERE list_contains(held, allele))"""
 
 
 def _sample_rows(file: str, samples: list[str], hashes: list[str], refs: list[str], dates: list[str | None],
@@ -392,12 +402,9 @@ class VcfReader:
         refs = [sample_person.get(s, f"Subject/{s}") for s in samples]
         dates = [date or _phenopacket_date(file.parent.parent / "phenopackets" / f"{s}.json") for s in samples]
         con = duckdb.connect()
-        con.register("samples", pa.table({"sample": np.arange(len(samples)), "name": pa.array(samples, pa.string()),
-                                          "record_hash": pa.array(hashes, pa.string()),
-                                          "person_ref": pa.array(refs, pa.string()),
-                                          "start": pa.array(dates, pa.string())}))
         query = _calls_sql(len(samples), annotations)
-        params = {"file": file.name, "header_lines": number, "assembly": meta.get("reference") or None}
+        params = {"header_lines": number, "assembly": meta.get("reference") or None, "hashes": hashes, "refs": refs,
+                  "records": [f"VCF/{file.name}/{sample}" for sample in samples], "starts": dates}
         runs = _Runs(self.calls_per_chunk, [_sample_rows(file.name, samples, hashes, refs, dates, number)])
         spans = _Spans()
         try:
@@ -473,9 +480,9 @@ class _Sites:
         in the file (from 0); after the last, ``failure`` tells whether bcftools read the file through."""
         try:
             reader = pa_csv.open_csv(self.processes[-1].stdout, read_options=pa_csv.ReadOptions(
-                column_names=self.columns, block_size=SITE_BATCH_BYTES), parse_options=pa_csv.ParseOptions(
-                delimiter="\t", quote_char=False, escape_char=False), convert_options=pa_csv.ConvertOptions(
-                column_types={name: pa.string() for name in self.columns}))
+                column_names=self.columns, block_size=SITE_BATCH_BYTES, use_threads=False),
+                parse_options=pa_csv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False),
+                convert_options=pa_csv.ConvertOptions(column_types={name: pa.string() for name in self.columns}))
         except pa.ArrowInvalid:  # nothing printed: no site, or bcftools failed at the first
             reader = iter(())
         for batch in reader:
