@@ -127,6 +127,13 @@ class LoadSummary:
     superseded: int = 0  # records not loaded: the version sent is older than the one loaded before
 
 
+# ``variant_occurrence`` column -> the carrier call's (``Staged.calls``) column it is
+VARIANT_COLUMNS = {"reference_sequence": "assembly", "chromosome": "chrom", "position": "pos", "reference_allele": "ref",
+                   "alternate_allele": "alt", "target_gene_symbol": "gene", "hgvs": "hgvs", "genotype": "genotype",
+                   "hgvs_p": "hgvs_p", "consequence": "consequence", "zygosity": "zygosity",
+                   "read_depth": "read_depth", "genotype_quality": "genotype_quality", "source_line": "line"}
+
+
 def _table_from_query(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> pa.Table:
     return con.sql(sql, params=params).to_arrow_table()
 
@@ -188,6 +195,7 @@ class _Load:
         self.stored_opt_outs = stored_opt_outs(store)
         self.stored_source_opt_outs = stored_source_opt_outs(store, org)  # purged people's local ids, pseudonymised
         self.touched_persons: list[pa.Table] = []  # persons whose rows a deletion removed
+        self.call_rows: pa.Table | None = None  # the carrier calls to write, numbered (``number_calls``)
         self.removed_records: set[str] = set()
         self.removed_owners: dict[str, int] = {}  # a withdrawn record -> the person its earlier rows belonged to
 
@@ -414,12 +422,13 @@ class _Load:
                                            "WHERE vocabulary = ? GROUP BY 1", [CALL_VALUE_VOCABULARY])
         gene = pc.index_in(calls.column("code"), value_set=genes.column("code"))  # (the first of a code's rows)
         unmapped = pa.scalar(0, pa.int64())
-        con.register("call_rows", calls.append_column("n", pa.array(np.arange(1, calls.num_rows + 1, dtype=np.int64)))
-                     .append_column("source_concept_id", pc.coalesce(genes.column("source_concept_id").take(gene),
-                                                                     unmapped))
-                     .append_column("concept_id", pc.coalesce(genes.column("concept_id").take(gene), unmapped))
-                     .append_column("value_as_concept_id", genotypes.column("concept_id").take(
-                         pc.index_in(calls.column("genotype"), value_set=genotypes.column("code")))))
+        self.call_rows = (calls.append_column("n", pa.array(np.arange(1, calls.num_rows + 1, dtype=np.int64)))
+                          .append_column("source_concept_id", pc.coalesce(
+                              genes.column("source_concept_id").take(gene), unmapped))
+                          .append_column("concept_id", pc.coalesce(genes.column("concept_id").take(gene), unmapped))
+                          .append_column("value_as_concept_id", genotypes.column("concept_id").take(
+                              pc.index_in(calls.column("genotype"), value_set=genotypes.column("code")))))
+        con.register("call_rows", self.call_rows)
 
     def supersede_earlier_chunk_calls(self) -> None:
         """A VCF sample's allele listed twice in an unsorted file, the copies in different chunks: the copy
@@ -1271,9 +1280,11 @@ class _Load:
 
     def _insert_calls(self, load_id: int, extract: str) -> None:
         """VCF carrier calls -> ``measurement`` (the gene; the genotype as value), ``variant_occurrence`` (with
-        the call's ``source_line``) and the provenance of both, each one projection over ``call_rows``
-        (``number_calls``: measurements in (sample record, file order), variants in the same order).  A sample
-        is one record, so the provenance keys are its record's, one Arrow dictionary entry per sample."""
+        the call's ``source_line``) and the provenance of both from ``call_rows`` (``number_calls``:
+        measurements in (sample record, file order), variants in the same order): the measurements one
+        projection (the domain's columns, as for every event), the variants the calls' own Arrow columns
+        renamed (``VARIANT_COLUMNS``; a query copied their text, 7 December).  A sample is one record, so the
+        provenance keys are its record's, one Arrow dictionary entry per sample."""
         if self.staged.calls is None:
             return
         con = self.con
@@ -1291,12 +1302,11 @@ class _Load:
                                                       NULL::BIGINT AS visit_occurrence_id FROM call_rows)""")
         count = self.store.insert_arrow("measurement", rows)
         del rows
-        rows = _table_from_query(con, f"""
-            SELECT {variant_start} + n AS variant_occurrence_id, person_id, {measurement_start} + n AS measurement_id,
-                   assembly AS reference_sequence, chrom AS chromosome, pos AS position, ref AS reference_allele,
-                   alt AS alternate_allele, gene AS target_gene_symbol, hgvs, genotype, hgvs_p, consequence, zygosity,
-                   read_depth, genotype_quality, line AS source_line
-            FROM call_rows""")
+        # the call's columns renamed (no copy of their text, as a query's result would be), the ids added
+        calls, n = self.call_rows, self.call_rows.column("n")
+        rows = pa.table({"variant_occurrence_id": pc.add(n, variant_start), "person_id": calls.column("person_id"),
+                         "measurement_id": pc.add(n, measurement_start),
+                         **{name: calls.column(column) for name, column in VARIANT_COLUMNS.items()}})
         self.store.insert_arrow("variant_occurrence", rows)
         del rows
         for table in ("measurement", "variant_occurrence"):
