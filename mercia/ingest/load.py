@@ -399,7 +399,8 @@ class _Load:
         # (the reader's table, unless ``keep_last_copies`` rebuilt it: an allele or a file's record repeated)
         rebuilt = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'staged_calls'").fetchall()[0][0]
         staged = _table_from_query(con, "SELECT * FROM staged_calls") if rebuilt else self.staged.calls
-        staged = staged.filter(pc.is_valid(staged.column("alt")))
+        if staged.column("alt").null_count:  # (a filter copies every column: the sample rows are in one chunk)
+            staged = staged.filter(pc.is_valid(staged.column("alt")))
         records = _table_from_query(con, """SELECT record, start, source_record, record_hash, person_id, start_date,
                                                    start_datetime FROM calls""")
 
@@ -407,8 +408,10 @@ class _Load:
             return pc.binary_join_element_wise(table.column("record"), pc.fill_null(table.column("start"), ""), "\t")
 
         owner = pc.index_in(record_and_date(staged), value_set=record_and_date(records))
-        kept = pc.is_valid(owner)  # (records rejected, withheld, unchanged or withdrawn write nothing)
-        staged, owner = staged.filter(kept), owner.filter(kept).to_numpy()
+        if owner.null_count:  # records rejected, withheld, unchanged or withdrawn write nothing
+            kept = pc.is_valid(owner)
+            staged, owner = staged.filter(kept), owner.filter(kept)
+        owner = owner.to_numpy()
         record_rank = pc.rank(records.column("source_record"), "ascending", tiebreaker="min").to_numpy()[owner]
         order = np.argsort(record_rank, kind="stable")
         calls = records.select(["source_record", "record_hash", "person_id", "start_date", "start_datetime"]).take(
