@@ -165,11 +165,14 @@ def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: int
             try:
                 count, beyond, largest, totals = 0, 0, None, [None] * samples
                 with igzip.open(file, "rb") if compressed else open(file, "rb") as text:
-                    for lines in pa_csv.open_csv(text, read_options=pa_csv.ReadOptions(
-                            column_names=names, skip_rows=header_lines, block_size=block, use_threads=False),
+                    for _ in range(header_lines):  # (Arrow skips rows only within its first block)
+                        text.readline()
+                    blocks = pa_csv.open_csv(text, read_options=pa_csv.ReadOptions(
+                            column_names=names, block_size=block, use_threads=False),
                             parse_options=pa_csv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False),
                             convert_options=pa_csv.ConvertOptions(column_types={n: pa.string() for n in kept},
-                                                                  include_columns=kept)):
+                                                                  include_columns=kept)) if text.peek(1) else ()
+                    for lines in blocks:  # (a file without sites has none: Arrow calls it an empty CSV file)
                         con.register("lines", lines)
                         (rows, over, high, *parts), = con.execute(query).fetchall()
                         count, beyond = count + rows, beyond + over
@@ -177,8 +180,11 @@ def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: int
                         totals = [t if p is None else int(p) + (t or 0) for t, p in zip(totals, parts)]
                 break
             except pa.ArrowInvalid as exc:
-                if "straddl" not in str(exc) or block == LONGEST_LINE:
+                if "straddl" not in str(exc):
                     raise
+                if block == LONGEST_LINE:
+                    raise VcfFileError(f"a line longer than {LONGEST_LINE:,} bytes, the longest read; file not "
+                                       "loaded") from exc
     except (pa.ArrowInvalid, EOFError, OSError, IsalError, duckdb.Error) as exc:
         message = str(exc).replace(str(file), file.name).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise VcfFileError(f"cannot be read to the end (truncated or corrupt): {message}; file not loaded") from exc

@@ -422,6 +422,37 @@ def test_a_corrupt_call_rejects_its_file_naming_the_line(store, load, tmp_path, 
     assert store.query_one("SELECT count(*) FROM variant_occurrence") == 0
 
 
+def test_a_file_without_sites_loads_its_samples_and_its_resend_is_unchanged(store, load, tmp_path):
+    """A header and no site (a panel where nobody carries anything): each sample is read as its record, with
+    the hash of no lines (Arrow calls such text an empty CSV file: the hashing pass reads no block)."""
+    (tmp_path / "empty.vcf").write_text(HEADER)
+    staged = read_vcf(tmp_path / "empty.vcf")
+    assert staged.rejects.table().num_rows == 0 and staged.calls.num_rows == 3
+    assert len(set(staged.calls.column("record_hash").to_pylist())) == 1  # no line: alike for every sample
+    _phenopackets(tmp_path / "pp", ["P1", "P2", "P3"])
+    load(store, "phenopackets", tmp_path / "pp", "R9G")
+    first = load(store, "vcf", tmp_path / "empty.vcf", "R9G")
+    again = load(store, "vcf", tmp_path / "empty.vcf", "R9G")
+    assert (first.loaded, first.rejected, again.unchanged) == (3, 0, 3)
+    assert store.query_one("SELECT count(*) FROM variant_occurrence") == 0
+
+
+def test_a_line_longer_than_a_block_is_read_again_and_one_past_the_longest_is_refused(tmp_path, monkeypatch):
+    """The hashing pass reads blocks of ``SITE_BATCH_BYTES`` and needs each line within one: a file with a
+    longer line is read again in blocks of ``LONGEST_LINE``, with the same hashes; a line longer still
+    refuses the file, saying so."""
+    import mercia.ingest.vcf as vcf
+
+    path = tmp_path / "lines.vcf"
+    path.write_text(HEADER + BODY)
+    hashes = vcf._sample_hashes(path, *vcf._header_lines(path))
+    monkeypatch.setattr(vcf, "SITE_BATCH_BYTES", 64)  # shorter than every line
+    assert vcf._sample_hashes(path, *vcf._header_lines(path)) == hashes
+    monkeypatch.setattr(vcf, "LONGEST_LINE", 100)
+    (reject,) = read_vcf(path).rejects.table().to_pylist()
+    assert reject["field"] == "file" and reject["reason"].startswith("a line longer than 100 bytes")
+
+
 def test_a_sample_that_lost_every_call_loses_its_rows(store, load, tmp_path):
     """Each sample is read as its record even without a carrier call, so a resend in which P2 carries
     nothing any more replaces P2's rows with none (P1's stay); sent again, every sample is unchanged, those
