@@ -163,7 +163,7 @@ def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: int
         con.execute("SET threads = 1")  # a streaming sum over small blocks
         for block in (SITE_BATCH_BYTES, LONGEST_LINE):
             try:
-                count, beyond, largest, totals = 0, 0, None, [None] * samples
+                count, beyond, largest, totals = 0, 0, 0, [None] * samples
                 with igzip.open(file, "rb") if compressed else open(file, "rb") as text:
                     for _ in range(header_lines):  # (Arrow skips rows only within its first block)
                         text.readline()
@@ -176,7 +176,7 @@ def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: int
                         con.register("lines", lines)
                         (rows, over, high, *parts), = con.execute(query).fetchall()
                         count, beyond = count + rows, beyond + over
-                        largest = high if largest is None or (high is not None and high > largest) else largest
+                        largest = max(largest, high or 0)
                         totals = [t if p is None else int(p) + (t or 0) for t, p in zip(totals, parts)]
                 break
             except pa.ArrowInvalid as exc:
@@ -212,12 +212,12 @@ _ANNOTATION_NAMES = {"CSQ": {"gene": "SYMBOL", "consequence": "Consequence", "hg
 
 
 def _annotation_sql(annotations: dict[str, list[str]]) -> tuple[str, dict[str, str]]:
-    """The annotation of each row of a relation with ``tag``, ``note`` (that tag's INFO text), ``raw_ref``
-    and ``raw_alt``: a query template over it (``{}``) adding ``parts``, the first entry of its ALT allele
-    (VEP writes a deletion's allele as '-' or without the shared base) split into fields, and the
-    expressions of gene, consequence and HGVS c./p. over ``parts`` (empty fields NULL).  The first entry is
-    usually this allele's, so it is tried first and the others split only when it is not; each entry is
-    split once into a list (``split_part`` would split it again per field taken)."""
+    """The annotation of each row of ``pairs`` (its ``tag``, ``note``: that tag's INFO text, ``raw_ref`` and
+    ``raw_alt``): a query adding ``parts``, the first entry of its ALT allele (VEP writes a deletion's allele
+    as '-' or without the shared base) split into fields, and the expressions of gene, consequence and HGVS
+    c./p. over ``parts`` (empty fields NULL).  The first entry is usually this allele's, so it is tried first
+    and the others split only when it is not; each entry is split once into a list (``split_part`` would
+    split it again per field taken)."""
     def at(name: str) -> str:  # the field's position in the entries of the row's tag
         cases = " ".join(f"WHEN '{tag}' THEN {names.index(field) + 1}" for tag, names in annotations.items()
                          if (field := "Allele" if name == "allele" else _ANNOTATION_NAMES[tag][name]) in names)
@@ -225,17 +225,17 @@ def _annotation_sql(annotations: dict[str, list[str]]) -> tuple[str, dict[str, s
 
     allele = f"COALESCE({at('allele')}, 1)"  # without an Allele field, the first
     alleles = "(raw_alt, vep_allele, CASE WHEN vep_allele = '' THEN '-' ELSE vep_allele END)"
-    template = f"""(SELECT *, CASE WHEN note = '' OR tag IS NULL THEN NULL
-                           WHEN first_parts[{allele}] IN {alleles} THEN first_parts
-                           ELSE string_split(list_filter(string_split(note, ','),
-                                                         lambda e: string_split(e, '|')[{allele}] IN {alleles})[1], '|')
-                      END AS parts
+    query = f"""SELECT *, CASE WHEN note = '' OR tag IS NULL THEN NULL
+                          WHEN first_parts[{allele}] IN {alleles} THEN first_parts
+                          ELSE string_split(list_filter(string_split(note, ','),
+                                                        lambda e: string_split(e, '|')[{allele}] IN {alleles})[1], '|')
+                     END AS parts
         FROM (SELECT *, string_split(CASE WHEN contains(note, ',') THEN left(note, strpos(note, ',') - 1) ELSE note END,
                                      '|') AS first_parts,
                      CASE WHEN length(raw_ref) > 0 AND left(raw_alt, 1) = left(raw_ref, 1)
                                AND length(raw_alt) <> length(raw_ref) THEN raw_alt[2:] ELSE raw_alt END AS vep_allele
-              FROM {{}}))"""
-    return template, {name: f"NULLIF(parts[{at(name)}], '')" for name in ("gene", "consequence", "hgvs", "hgvs_p")}
+              FROM pairs)"""
+    return query, {name: f"NULLIF(parts[{at(name)}], '')" for name in ("gene", "consequence", "hgvs", "hgvs_p")}
 
 
 def _info_sql(tag: str) -> str:
@@ -263,38 +263,49 @@ def _calls_sql(samples: int, annotations: dict[str, list[str]]) -> str:
     tag = " ".join(f"WHEN {_info_sql(name)} <> '' THEN '{name}'" for name in annotations)
     note = " ".join(f"WHEN {_info_sql(name)} <> '' THEN {_info_sql(name)}" for name in annotations)
     number = "CAST(NULLIF(split_part({}, ',', 1), '.') AS DOUBLE)"  # a FORMAT number's first value
-    # per (site, ALT allele) with a sample whose GT text holds the allele's number (checked below), trimmed
-    pairs = f"""(
-        SELECT * EXCLUDE (pos, short_ref, short_alt, prefix, suffix), pos + prefix AS pos, short_ref[prefix + 1:] AS ref,
-               short_alt[prefix + 1:] AS alt
-        FROM (SELECT *, CASE WHEN length(short_ref) > 1 AND length(short_alt) > 1 THEN list_max(list_filter(
-                            range(0, least(length(short_ref), length(short_alt))),
-                            lambda k: left(short_ref, k) = left(short_alt, k))) ELSE 0 END AS prefix
-              FROM (SELECT *, left(raw_ref, length(raw_ref) - suffix) AS short_ref,
-                           left(raw_alt, length(raw_alt) - suffix) AS short_alt
-                    FROM (SELECT *, CASE WHEN length(raw_ref) > 1 AND length(raw_alt) > 1 THEN list_max(list_filter(
-                                        range(0, least(length(raw_ref), length(raw_alt))),
-                                        lambda k: right(raw_ref, k) = right(raw_alt, k))) ELSE 0 END AS suffix
-                          FROM (SELECT site, chrom, CAST(pos AS BIGINT) AS pos, ref AS raw_ref, alt_index, allele,
-                                       alts[alt_index] AS raw_alt, gts, dps, gqs, candidates, info_gene,
-                                       CASE {tag or "WHEN false THEN NULL"} END AS tag,
-                                       CASE {note or "WHEN false THEN ''"} END AS note
-                                FROM (SELECT *, list_filter(generate_series(1, {samples}),
-                                                            lambda i: contains(gts[i], allele)) AS candidates
-                                      FROM (SELECT *, CAST(alt_index AS VARCHAR) AS allele
-                                            FROM (SELECT *, unnest(generate_series(1, len(alts))) AS alt_index
-                                                  FROM (SELECT *, CASE WHEN alt = '.' THEN []
-                                                                       ELSE string_split(alt, ',') END AS alts,
-                                                               {listed('GT')} AS gts, {listed('DP')} AS dps,
-                                                               {listed('GQ')} AS gqs
-                                                        FROM sites))))
-                                WHERE len(candidates) > 0)))))"""
     if annotations:
-        template, fields = _annotation_sql(annotations)
-        pairs = template.format(pairs)
+        noted, fields = _annotation_sql(annotations)
     else:
-        fields = {name: "NULL::VARCHAR" for name in ("gene", "consequence", "hgvs", "hgvs_p")}
+        noted, fields = "SELECT * FROM pairs", {name: "NULL::VARCHAR" for name in ("gene", "consequence", "hgvs", "hgvs_p")}
+    # (each step is read once, so DuckDB inlines it: the whole query stays one pipeline)
     return f"""
+        WITH alleles AS (
+            SELECT *, CAST(alt_index AS VARCHAR) AS allele
+            FROM (SELECT *, unnest(generate_series(1, len(alts))) AS alt_index
+                  FROM (SELECT *, CASE WHEN alt = '.' THEN [] ELSE string_split(alt, ',') END AS alts,
+                               {listed('GT')} AS gts, {listed('DP')} AS dps, {listed('GQ')} AS gqs
+                        FROM sites))),
+        candidates AS (  -- the samples whose GT text holds the allele's number (checked call by call below)
+            SELECT site, chrom, CAST(pos AS BIGINT) AS pos, ref AS raw_ref, alt_index, allele, alts[alt_index] AS raw_alt,
+                   gts, dps, gqs, candidates, info_gene, CASE {tag or "WHEN false THEN NULL"} END AS tag,
+                   CASE {note or "WHEN false THEN ''"} END AS note
+            FROM (SELECT *, list_filter(generate_series(1, {samples}), lambda i: contains(gts[i], allele)) AS candidates
+                  FROM alleles)
+            WHERE len(candidates) > 0),
+        suffixed AS (
+            SELECT *, CASE WHEN length(raw_ref) > 1 AND length(raw_alt) > 1 THEN list_max(list_filter(
+                          range(0, least(length(raw_ref), length(raw_alt))),
+                          lambda k: right(raw_ref, k) = right(raw_alt, k))) ELSE 0 END AS suffix
+            FROM candidates),
+        unsuffixed AS (
+            SELECT *, left(raw_ref, length(raw_ref) - suffix) AS short_ref, left(raw_alt, length(raw_alt) - suffix)
+                       AS short_alt
+            FROM suffixed),
+        pairs AS (  -- trimmed
+            SELECT * EXCLUDE (pos, short_ref, short_alt, prefix, suffix), pos + prefix AS pos,
+                   short_ref[prefix + 1:] AS ref, short_alt[prefix + 1:] AS alt
+            FROM (SELECT *, CASE WHEN length(short_ref) > 1 AND length(short_alt) > 1 THEN list_max(list_filter(
+                                range(0, least(length(short_ref), length(short_alt))),
+                                lambda k: left(short_ref, k) = left(short_alt, k))) ELSE 0 END AS prefix
+                  FROM unsuffixed)),
+        noted AS ({noted}),
+        calls AS (
+            SELECT *, gts[sample] AS gt, string_split(replace(gts[sample], '|', '/'), '/') AS held
+            FROM (SELECT site, chrom, pos, ref, alt, allele, gts, dps, gqs,
+                         {fields['gene']} AS annotated_gene, {fields['consequence']} AS consequence,
+                         {fields['hgvs']} AS hgvs, {fields['hgvs_p']} AS hgvs_p,
+                         COALESCE(annotated_gene, NULLIF({_info_sql('GENE')}, '')) AS gene, unnest(candidates) AS sample
+                  FROM noted))
         SELECT site, CAST($records AS VARCHAR[])[sample] AS record, CAST($hashes AS VARCHAR[])[sample] AS record_hash,
                CAST($refs AS VARCHAR[])[sample] AS person_ref, CAST($starts AS VARCHAR[])[sample] AS start,
                $header_lines + site + 1 AS line, $assembly AS assembly, chrom, pos, ref, alt, gene,
@@ -309,14 +320,7 @@ def _calls_sql(samples: int, annotations: dict[str, list[str]]) -> str:
                {number.format('gqs[sample]')} AS genotype_quality
         FROM (SELECT *, list_transform(held, lambda h: CASE h WHEN allele THEN '1' WHEN '0' THEN '0' ELSE '.' END)
                             AS states
-              FROM (SELECT *, gts[sample] AS gt, string_split(replace(gts[sample], '|', '/'), '/') AS held
-                    FROM (SELECT site, chrom, pos, ref, alt, allele, gts, dps, gqs,
-                                 {fields['gene']} AS annotated_gene, {fields['consequence']} AS consequence,
-                                 {fields['hgvs']} AS hgvs, {fields['hgvs_p']} AS hgvs_p,
-                                 COALESCE(annotated_gene, NULLIF({_info_sql('GENE')}, '')) AS gene,
-                                 unnest(candidates) AS sample
-                          FROM {pairs}))
-              WHERE list_contains(held, allele))"""
+              FROM calls WHERE list_contains(held, allele))"""
 
 
 def _sample_rows(file: str, samples: list[str], hashes: list[str], refs: list[str], dates: list[str | None],
