@@ -66,7 +66,9 @@ def test_the_registered_practice_is_the_latest_registration_s_and_each_practice_
 
 
 def test_sites_added_for_practices_between_chunks_of_one_load_keep_their_ids_distinct(store, options, tmp_path):
-    """A load's later chunk numbers its sites after those the person rows of an earlier chunk added."""
+    """Each chunk numbers its sites after the earlier chunks', and the person rows, built once after the last
+    chunk, add the registering practice's after all of them (until 8 December they were built after every
+    chunk, so the second chunk numbered its site after the practice the first chunk's persons added)."""
     from mercia.ingest.load import load_staged
     from mercia.ingest.service import read_source
 
@@ -74,4 +76,9 @@ def test_sites_added_for_practices_between_chunks_of_one_load_keep_their_ids_dis
     second = extract(tmp_path / "2", "x", [practice("Y99999"), patient("s", STAYER), registration("s", "2011-01-01")])
     load_staged(store, [read_source("fhir", first), read_source("fhir", second)], OLD_GP, "fhir", options)
     assert store.query("SELECT care_site_id, care_site_source_value FROM care_site ORDER BY 1, 2") == [
-        (1, "Y12345"), (2, OLD_GP), (3, "Y99999")]
+        (1, "Y12345"), (2, "Y99999"), (3, OLD_GP)]
+    # both chunks' persons have their person row, registered at the practice, with an observation period
+    assert store.query("""SELECT count(*), count(DISTINCT o.person_id), min(s.care_site_source_value),
+                                 max(s.care_site_source_value) FROM person p
+                          JOIN care_site s USING (care_site_id) JOIN observation_period o USING (person_id)""") == [
+        (2, 2, OLD_GP, OLD_GP)]
