@@ -431,6 +431,9 @@ def _loaded_content(store) -> dict[str, list]:
                                               count(*) FROM observation GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""),
         "specimens": store.query("SELECT count(*), count(DISTINCT person_id) FROM specimen"),
         "persons": store.query("SELECT count(*) FROM person"),
+        "periods": store.query("""SELECT l.source_pseudonym, o.observation_period_start_date,
+                                         o.observation_period_end_date FROM observation_period o
+                                  JOIN mercia_person_link l USING (person_id) ORDER BY 1, 2"""),
     }
 
 

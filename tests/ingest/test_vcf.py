@@ -228,6 +228,10 @@ def test_streamed_chunks_land_what_one_chunk_does(store, store_factory, engine, 
     summary = load(store, "vcf", path, "R9G")
     assert (summary.read, summary.loaded, summary.rejected) == (15000, 3, 0)
     assert _calls(store) == _calls(whole) and len(_calls(store)) == 5000
+    # the person rows, rebuilt once after the last chunk, are one chunk's: the carrier's period spans its calls
+    periods = """SELECT p.person_source_value, o.observation_period_start_date, o.observation_period_end_date
+                 FROM person p JOIN observation_period o USING (person_id) ORDER BY 1, 2"""
+    assert store.query(periods) == whole.query(periods) and len(store.query(periods)) == 3
     # P2 and P3, without a carrier call, wrote no row, but their hashes were kept: all three unchanged
     assert load(store, "vcf", path, "R9G").unchanged == 3
     assert store.query_one("SELECT count(*) FROM variant_occurrence") == 5000
