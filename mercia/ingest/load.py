@@ -196,6 +196,7 @@ class _Load:
         self.stored_source_opt_outs = stored_source_opt_outs(store, org)  # purged people's local ids, pseudonymised
         self.touched_persons: list[pa.Table] = []  # persons whose rows a deletion removed
         self.call_rows: pa.Table | None = None  # the carrier calls to write, numbered (``number_calls``)
+        self.call_records: pa.Table | None = None  # their records' keys, ``call_rows.owner`` indexing them
         self.removed_records: set[str] = set()
         self.removed_owners: dict[str, int] = {}  # a withdrawn record -> the person its earlier rows belonged to
         self.affected_persons: pa.Table | None = None  # whose person rows to rebuild after the load's last chunk
@@ -390,11 +391,13 @@ class _Load:
 
     def number_calls(self) -> None:
         """``call_rows``: the carrier calls of the records left in ``calls`` (a sample's row without an allele
-        writes nothing: mercia.ingest.vcf) in (sample record, reading order), numbered ``n`` from 1, with their
-        record's keys, person and dates, the gene's source and standard concepts (0 when unmapped; a gene
-        mapped to several takes the smallest) and the genotype's (the smallest) as the value.  Taken from the
-        reader's Arrow in Arrow: copying every call into DuckDB with its person and dates, then numbering,
-        joining and selecting it there, materialised it four times (docs/performance/metabolomics.md)."""
+        writes nothing: mercia.ingest.vcf) in reading order, numbered ``n`` from 1, with their record's keys
+        (dictionary entries of ``call_records``, ``owner`` its index), person and dates, the gene's source and
+        standard concepts (0 when unmapped; a gene mapped to several takes the smallest) and the genotype's
+        (the smallest) as the value.  Taken from the reader's Arrow in Arrow: copying every call into DuckDB with
+        its person and dates, then numbering, joining and selecting it there, materialised it four times
+        (docs/performance/metabolomics.md); until 7 December the calls were also sorted by record, every column
+        copied, so that a record's rows were numbered together."""
         if self.staged.calls is None:
             return
         con = self.con
@@ -413,14 +416,17 @@ class _Load:
         if owner.null_count:  # records rejected, withheld, unchanged or withdrawn write nothing
             kept = pc.is_valid(owner)
             staged, owner = staged.filter(kept), owner.filter(kept)
-        owner = owner.to_numpy()
-        record_rank = pc.rank(records.column("source_record"), "ascending", tiebreaker="min").to_numpy()[owner]
-        order = np.argsort(record_rank, kind="stable")
-        calls = records.select(["source_record", "record_hash", "person_id", "start_date", "start_datetime"]).take(
-            owner[order])
+        # each call's record as an index into ``records``: its keys are that record's dictionary entry, not text
+        owner = owner.combine_chunks() if isinstance(owner, pa.ChunkedArray) else owner
+        self.call_records = records.select(["source_record", "record_hash"]).combine_chunks()
+        calls = pa.table({
+            "owner": owner,
+            **{name: pa.DictionaryArray.from_arrays(owner, self.call_records.column(name).combine_chunks())
+               for name in ("source_record", "record_hash")},
+            **{name: records.column(name).take(owner) for name in ("person_id", "start_date", "start_datetime")}})
         for name in ("line", "code", "assembly", "chrom", "pos", "ref", "alt", "gene", "genotype", "hgvs", "hgvs_p",
                      "consequence", "zygosity", "read_depth", "genotype_quality"):
-            calls = calls.append_column(name, staged.column(name).take(order))
+            calls = calls.append_column(name, staged.column(name))
         genes = _table_from_query(con, "SELECT code, source_concept_id, concept_id FROM mapped WHERE vocabulary = ? "
                                        "ORDER BY code, concept_id", [CALL_CODE_VOCABULARY])
         genotypes = _table_from_query(con, "SELECT code, min(concept_id) AS concept_id FROM mapped "
@@ -1286,10 +1292,10 @@ class _Load:
     def _insert_calls(self, load_id: int, extract: str) -> None:
         """VCF carrier calls -> ``measurement`` (the gene; the genotype as value), ``variant_occurrence`` (with
         the call's ``source_line``) and the provenance of both from ``call_rows`` (``number_calls``:
-        measurements in (sample record, file order), variants in the same order): the measurements one
-        projection (the domain's columns, as for every event), the variants the calls' own Arrow columns
-        renamed (``VARIANT_COLUMNS``; a query copied their text, 7 December).  A sample is one record, so the
-        provenance keys are its record's, one Arrow dictionary entry per sample."""
+        measurements in reading order, variants in the same order): the measurements one projection (the
+        domain's columns, as for every event), the variants the calls' own Arrow columns renamed
+        (``VARIANT_COLUMNS``; a query copied their text, 7 December).  A sample is one record, so the provenance
+        keys are its record's, one Arrow dictionary entry per sample."""
         if self.staged.calls is None:
             return
         con = self.con
@@ -1317,12 +1323,10 @@ class _Load:
         for table in ("measurement", "variant_occurrence"):
             self.rows[table] += count
             self._used_ids(table, count)
-        # two provenance rows per call (its measurement, its variant); a record's calls are numbered together,
-        # so its keys are one dictionary entry repeated over its calls
-        keys = _table_from_query(con, "SELECT source_record, record_hash, count(*) AS calls FROM call_rows "
-                                      "GROUP BY 1, 2 ORDER BY min(n)")
-        owner = pa.array(np.tile(np.repeat(np.arange(keys.num_rows, dtype=np.int32),
-                                           keys.column("calls").to_numpy()), 2))
+        # two provenance rows per call (its measurement, its variant), each naming its record by the record's
+        # dictionary entry
+        keys = self.call_records
+        owner = pa.array(np.tile(calls.column("owner").to_numpy(), 2))
         self.store.insert_arrow("mercia_provenance", pa.table({
             "cdm_table": pa.DictionaryArray.from_arrays(pa.array(np.repeat(np.arange(2, dtype=np.int32), count)),
                                                         pa.array(["measurement", "variant_occurrence"])),
@@ -1518,7 +1522,7 @@ def load_staged(store: Store, staged: Staged | Iterable[Staged], org: str, reade
             raise LoadError("the reader produced nothing to load")
         # once, after every chunk: a person's observation period spans all their events, so rebuilt after each
         # chunk it read every event of the chunk's persons again (a trio VCF's 3 persons: 74 million measurements
-        # by the end of the 3 GB file, the load's main thread 0.5 -> 1.5 CPU-s a chunk until 8 December)
+        # by the end of the 3 GB file, the load's main thread 0.5 -> 1.5 CPU-s a chunk until 7 December)
         rebuild_person_rows(store, pa.table({"person_id": pc.unique(pa.chunked_array(
             [t.column("person_id") for t in affected], pa.int64()))}))
         summary = _combined(parts)

@@ -67,7 +67,7 @@ def test_the_registered_practice_is_the_latest_registration_s_and_each_practice_
 
 def test_sites_added_for_practices_between_chunks_of_one_load_keep_their_ids_distinct(store, options, tmp_path):
     """Each chunk numbers its sites after the earlier chunks', and the person rows, built once after the last
-    chunk, add the registering practice's after all of them (until 8 December they were built after every
+    chunk, add the registering practice's after all of them (until 7 December they were built after every
     chunk, so the second chunk numbered its site after the practice the first chunk's persons added)."""
     from mercia.ingest.load import load_staged
     from mercia.ingest.service import read_source

@@ -6,7 +6,11 @@ The clinical rows (each measurement with its variant_occurrence, ids left out: `
 from the per-call record model (8b2966c, which wrote what the per-call event path of 898a365 wrote) and
 must not change.  The other digests and the summaries were taken again on 6 December when a VCF sample
 became one record per file: fewer records, one reject per rejected sample instead of one per call,
-measurement and variant ids in (sample, file order) and the call's ``source_line`` beside its variant."""
+measurement and variant ids in (sample, file order) and the call's ``source_line`` beside its variant.  On
+7 December the ids became the reading order (no sort by sample): the measurement, variant_occurrence and
+provenance digests were taken again (the same row counts; every other table, the summaries and the clinical
+rows unchanged, and the provenance rows joined to their measurement or variant, ids left out, identical to the
+code before on both engines)."""
 
 from __future__ import annotations
 
