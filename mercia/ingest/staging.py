@@ -68,9 +68,12 @@ VALUE_SCHEMA = pa.schema([
 # load writes them set-based (no event per call): a ``measurement`` of the gene (``CALL_CODE_VOCABULARY``:
 # ``code`` is the HGNC symbol, else chrom:pos) with the genotype as its value (``CALL_VALUE_VOCABULARY``),
 # and the ``variant_occurrence`` row beside it.
+# A sample's record, hash, person and date, and the file's assembly, are the same over its calls: each is a
+# dictionary entry (one per sample), not its text repeated in every call.
+PER_SAMPLE = pa.dictionary(pa.int32(), pa.string())
 CALL_SCHEMA = pa.schema([
-    ("record", pa.string()), ("record_hash", pa.string()), ("person_ref", pa.string()), ("start", pa.string()),
-    ("line", pa.int64()), ("code", pa.string()), ("assembly", pa.string()), ("chrom", pa.string()),
+    ("record", PER_SAMPLE), ("record_hash", PER_SAMPLE), ("person_ref", PER_SAMPLE), ("start", PER_SAMPLE),
+    ("line", pa.int64()), ("code", pa.string()), ("assembly", PER_SAMPLE), ("chrom", pa.string()),
     ("pos", pa.int64()), ("ref", pa.string()), ("alt", pa.string()), ("gene", pa.string()), ("genotype", pa.string()),
     ("hgvs", pa.string()), ("hgvs_p", pa.string()), ("consequence", pa.string()), ("zygosity", pa.string()),
     ("read_depth", pa.int64()), ("genotype_quality", pa.float64()),
