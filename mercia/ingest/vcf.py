@@ -333,9 +333,7 @@ class _SampleKeys:
 
     def of(self, calls: pa.Table) -> pa.Table:
         """``calls`` with its ``sample`` column replaced by the sample's keys and the file's assembly."""
-        samples = calls.column("sample")
-        index = pc.cast(pc.subtract(samples, 1), pa.int32()).combine_chunks() if samples.num_chunks != 1 else \
-            pc.cast(pc.subtract(samples.chunk(0), 1), pa.int32())
+        index = pc.cast(pc.subtract(calls.column("sample").combine_chunks(), 1), pa.int32())
         columns = {name: pa.DictionaryArray.from_arrays(index, values) for name, values in self.values.items()}
         columns["assembly"] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(index), np.int32)), self.assembly)
         calls = calls.drop_columns(["sample"])
