@@ -144,7 +144,7 @@ def _record_indices(record: pa.ChunkedArray, start: pa.ChunkedArray, records: pa
 
     known = keys(records.column("record"), records.column("start"))
     if pa.types.is_dictionary(record.type) and pa.types.is_dictionary(start.type) and \
-            [len(c) for c in record.chunks] == [len(c) for c in start.chunks] and \
+            record.num_chunks == start.num_chunks and \
             all(r.indices.equals(s.indices) for r, s in zip(record.chunks, start.chunks)):
         return pa.chunked_array([pc.index_in(keys(r.dictionary, s.dictionary), value_set=known).take(r.indices)
                                  for r, s in zip(record.chunks, start.chunks)], pa.int32()).combine_chunks()
@@ -213,7 +213,6 @@ class _Load:
         self.stored_source_opt_outs = stored_source_opt_outs(store, org)  # purged people's local ids, pseudonymised
         self.touched_persons: list[pa.Table] = []  # persons whose rows a deletion removed
         self.call_rows: pa.Table | None = None  # the carrier calls to write, numbered (``number_calls``)
-        self.call_records: pa.Table | None = None  # their records' keys, ``call_rows.owner`` indexing them
         self.removed_records: set[str] = set()
         self.removed_owners: dict[str, int] = {}  # a withdrawn record -> the person its earlier rows belonged to
         self.affected_persons: pa.Table | None = None  # whose person rows to rebuild after the load's last chunk
@@ -409,7 +408,7 @@ class _Load:
     def number_calls(self) -> None:
         """``call_rows``: the carrier calls of the records left in ``calls`` (a sample's row without an allele
         writes nothing: mercia.ingest.vcf) in reading order, numbered ``n`` from 1, with their record's keys
-        (dictionary entries of ``call_records``, ``owner`` its index), person and dates, the gene's source and
+        (dictionary arrays over the call's row of ``calls``), person and dates, the gene's source and
         standard concepts (0 when unmapped; a gene mapped to several takes the smallest) and the genotype's
         (the smallest) as the value.  Taken from the reader's Arrow in Arrow: copying every call into DuckDB with
         its person and dates, then numbering, joining and selecting it there, materialised it four times
@@ -431,10 +430,8 @@ class _Load:
             kept = pc.is_valid(owner)
             staged, owner = staged.filter(kept), owner.filter(kept)
         # each call's record as an index into ``records``: its keys are that record's dictionary entry, not text
-        self.call_records = records.select(["source_record", "record_hash"]).combine_chunks()
         calls = pa.table({
-            "owner": owner,
-            **{name: pa.DictionaryArray.from_arrays(owner, self.call_records.column(name).combine_chunks())
+            **{name: pa.DictionaryArray.from_arrays(owner, records.column(name).combine_chunks())
                for name in ("source_record", "record_hash")},
             **{name: records.column(name).take(owner) for name in ("person_id", "start_date", "start_datetime")}})
         for name in ("line", "code", "assembly", "chrom", "pos", "ref", "alt", "gene", "genotype", "hgvs", "hgvs_p",
@@ -1337,17 +1334,17 @@ class _Load:
             self.rows[table] += count
             self._used_ids(table, count)
         # two provenance rows per call (its measurement, its variant), each naming its record by the record's
-        # dictionary entry
-        keys = self.call_records
-        owner = pa.array(np.tile(calls.column("owner").to_numpy(), 2))
+        # dictionary entry (the calls' own, one chunk: ``number_calls``)
+        record, record_hash = (calls.column(name).chunk(0) for name in ("source_record", "record_hash"))
+        owner = pa.array(np.tile(record.indices.to_numpy(), 2))
         self.store.insert_arrow("mercia_provenance", pa.table({
             "cdm_table": pa.DictionaryArray.from_arrays(pa.array(np.repeat(np.arange(2, dtype=np.int32), count)),
                                                         pa.array(["measurement", "variant_occurrence"])),
             "row_id": pa.array(np.concatenate([np.arange(measurement_start + 1, measurement_start + 1 + count),
                                                np.arange(variant_start + 1, variant_start + 1 + count)])),
             "org": _constant(self.org, 2 * count), "extract": _constant(extract, 2 * count),
-            "source_record": pa.DictionaryArray.from_arrays(owner, keys.column("source_record").combine_chunks()),
-            "record_hash": pa.DictionaryArray.from_arrays(owner, keys.column("record_hash").combine_chunks()),
+            "source_record": pa.DictionaryArray.from_arrays(owner, record.dictionary),
+            "record_hash": pa.DictionaryArray.from_arrays(owner, record_hash.dictionary),
             "load_id": pa.array(np.full(2 * count, load_id, dtype=np.int64))}))
 
     def _keep_hashes_of_samples_without_rows(self, load_id: int) -> None:

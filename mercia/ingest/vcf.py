@@ -13,7 +13,7 @@ content hash and fate were most of the cost of loading it (docs/metabolomics.md)
   ALT are trimmed (suffix first, then prefix, keeping one base; POS moves with the prefix).  Left-
   alignment needs the reference genome and is not done.
 - Calls without this ALT allele (hom-ref, missing, other allele only) are read but write no rows.
-- Each sample is staged once per file as a row without an allele (``_sample_rows``, line: the ``#CHROM``
+- Each sample is staged once per file as a row without an allele (``_SampleKeys.sample_rows``, line: the ``#CHROM``
   header line naming it), so a sample with no carrier call is still its record: a resend in which it
   lost every call replaces its rows with none, and a sample without a person is rejected even so.
 - Kept per call: GT, zygosity (heterozygous / homozygous / hemizygous), FORMAT DP and GQ, and the
@@ -323,33 +323,36 @@ def _calls_sql(samples: int, annotations: dict[str, list[str]]) -> str:
 
 class _SampleKeys:
     """A file's per-sample columns (record, hash, person, date; the assembly, one for all) as dictionary
-    arrays over the calls' ``sample`` numbers: each sample's text is held once."""
+    arrays over the sample's number: each sample's text is held once, for its calls and its row."""
 
-    def __init__(self, records: list[str], hashes: list[str], refs: list[str], dates: list[str | None],
+    def __init__(self, file: str, samples: list[str], hashes: list[str], refs: list[str], dates: list[str | None],
                  assembly: str | None):
-        self.values = {"record": pa.array(records, pa.string()), "record_hash": pa.array(hashes, pa.string()),
-                       "person_ref": pa.array(refs, pa.string()), "start": pa.array(dates, pa.string())}
+        self.values = {"record": pa.array([f"VCF/{file}/{sample}" for sample in samples], pa.string()),
+                       "record_hash": pa.array(hashes, pa.string()), "person_ref": pa.array(refs, pa.string()),
+                       "start": pa.array(dates, pa.string())}
         self.assembly = pa.array([assembly], pa.string())
 
+    def _columns(self, index: pa.Array) -> dict[str, pa.Array]:
+        return {name: pa.DictionaryArray.from_arrays(index, values) for name, values in self.values.items()}
+
     def of(self, calls: pa.Table) -> pa.Table:
-        """``calls`` with its ``sample`` column replaced by the sample's keys and the file's assembly."""
+        """``calls`` with its ``sample`` column (from 1) replaced by the sample's keys and the file's assembly."""
         index = pc.cast(pc.subtract(calls.column("sample").combine_chunks(), 1), pa.int32())
-        columns = {name: pa.DictionaryArray.from_arrays(index, values) for name, values in self.values.items()}
+        columns = self._columns(index)
         columns["assembly"] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(index), np.int32)), self.assembly)
         calls = calls.drop_columns(["sample"])
         for name, column in columns.items():
             calls = calls.append_column(name, column)
         return calls
 
-
-def _sample_rows(file: str, samples: list[str], hashes: list[str], refs: list[str], dates: list[str | None],
-                 line: int) -> pa.Table:
-    """One row per sample without an allele (``alt`` NULL: nothing to write), staged with the file's first
-    calls, so that every sample of the file is read as its record."""
-    given = {"record": [f"VCF/{file}/{sample}" for sample in samples], "record_hash": hashes, "person_ref": refs,
-             "start": dates, "line": [line] * len(samples)}
-    return pa.table({column.name: pa.array(given[column.name], column.type) if column.name in given
-                     else pa.nulls(len(samples), column.type) for column in CALL_SCHEMA}, schema=CALL_SCHEMA)
+    def sample_rows(self, line: int) -> pa.Table:
+        """One row per sample without an allele (``alt`` NULL: nothing to write), staged with the file's first
+        calls, so that every sample of the file is read as its record (``line``: the ``#CHROM`` line)."""
+        count = len(self.values["record"])
+        given = {**self._columns(pa.array(np.arange(count, dtype=np.int32))),
+                 "line": pa.array(np.full(count, line, np.int64))}
+        return pa.table({column.name: given[column.name] if column.name in given else pa.nulls(count, column.type)
+                         for column in CALL_SCHEMA}, schema=CALL_SCHEMA)
 
 
 class _ReadError(Exception):
@@ -432,9 +435,8 @@ class VcfReader:
         dates = [date or _phenopacket_date(file.parent.parent / "phenopackets" / f"{s}.json") for s in samples]
         con = duckdb.connect()
         query, params = _calls_sql(len(samples), annotations), {"header_lines": number}
-        keys = _SampleKeys([f"VCF/{file.name}/{sample}" for sample in samples], hashes, refs, dates,
-                           meta.get("reference") or None)
-        runs = _Runs(self.calls_per_chunk, [_sample_rows(file.name, samples, hashes, refs, dates, number)])
+        keys = _SampleKeys(file.name, samples, hashes, refs, dates, meta.get("reference") or None)
+        runs = _Runs(self.calls_per_chunk, [keys.sample_rows(number)])
         spans = _Spans()
         try:
             with _Sites(file, text, len(samples), formats, infos, list(annotations)) as sites:
