@@ -155,6 +155,9 @@ def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: int
     read again in blocks that size)."""
     names = [f"c{i}" for i in range(9 + samples)]
     kept = ["c0", "c1", "c3", "c4", "c7", "c8", *names[9:]]
+    # bytes, not text: Arrow's UTF-8 check of every INFO was a tenth of the pass, and DuckDB hashes a BLOB as the
+    # VARCHAR of its bytes (the hashes did not move); POS stays text, for its cast to a number
+    types = {n: pa.string() if n == "c1" else pa.binary() for n in kept}
     sums = ", ".join(f"sum(hash(line_hash, c{9 + i}))" for i in range(samples))
     query = f"""SELECT count(*), count(*) FILTER (WHERE position > {MAX_POS}), max(position), {sums} FROM (
         SELECT hash(c0, c1, c3, c4, c7, c8) AS line_hash, TRY_CAST(c1 AS HUGEINT) AS position, * FROM lines)"""
@@ -170,7 +173,7 @@ def _sample_hashes(file: Path, header_lines: int, compressed: bool, samples: int
                     blocks = pa_csv.open_csv(text, read_options=pa_csv.ReadOptions(
                             column_names=names, block_size=block, use_threads=False),
                             parse_options=pa_csv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False),
-                            convert_options=pa_csv.ConvertOptions(column_types={n: pa.string() for n in kept},
+                            convert_options=pa_csv.ConvertOptions(column_types=types,
                                                                   include_columns=kept)) if text.peek(1) else ()
                     for lines in blocks:  # (a file without sites has none: Arrow calls it an empty CSV file)
                         con.register("lines", lines)
@@ -230,8 +233,7 @@ def _annotation_sql(annotations: dict[str, list[str]]) -> tuple[str, dict[str, s
                           ELSE string_split(list_filter(string_split(note, ','),
                                                         lambda e: string_split(e, '|')[{allele}] IN {alleles})[1], '|')
                      END AS parts
-        FROM (SELECT *, string_split(CASE WHEN contains(note, ',') THEN left(note, strpos(note, ',') - 1) ELSE note END,
-                                     '|') AS first_parts,
+        FROM (SELECT *, string_split(string_split(note, ',')[1], '|') AS first_parts,
                      CASE WHEN length(raw_ref) > 0 AND left(raw_alt, 1) = left(raw_ref, 1)
                                AND length(raw_alt) <> length(raw_ref) THEN raw_alt[2:] ELSE raw_alt END AS vep_allele
               FROM pairs)"""
@@ -257,8 +259,8 @@ def _calls_sql(samples: int, annotations: dict[str, list[str]]) -> str:
     materialised steps and a sort, a third more CPU for the same rows.  Parameter: the file's
     ``header_lines``.  Each call's ``sample`` (from 1, in the file's order) gives its record, hash, person and
     date (``_SampleKeys``), not the query: their text in every call was a tenth of its CPU."""
-    def listed(tag: str) -> str:  # the samples' values of a FORMAT tag
-        return f"string_split({tag.lower()}, ':')[1:{samples}]" if samples else "[]::VARCHAR[]"
+    def listed(tag: str) -> str:  # the samples' values of a FORMAT tag (and '' after the last one's ':')
+        return f"string_split({tag.lower()}, ':')" if samples else "[]::VARCHAR[]"
 
     tag = " ".join(f"WHEN {_info_sql(name)} <> '' THEN '{name}'" for name in annotations)
     note = " ".join(f"WHEN {_info_sql(name)} <> '' THEN {_info_sql(name)}" for name in annotations)
@@ -312,7 +314,7 @@ def _calls_sql(samples: int, annotations: dict[str, list[str]]) -> str:
                    END AS genotype,
                hgvs, hgvs_p, consequence,
                CASE WHEN len(held) = 1 THEN 'hemizygous'
-                    WHEN list_bool_and(list_transform(held, lambda h: h = allele)) THEN 'homozygous'
+                    WHEN NOT (list_contains(states, '0') OR list_contains(states, '.')) THEN 'homozygous'
                     ELSE 'heterozygous' END AS zygosity,
                CAST({number.format('dps[sample]')} AS BIGINT) AS read_depth,
                {number.format('gqs[sample]')} AS genotype_quality
